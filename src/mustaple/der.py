@@ -1,0 +1,134 @@
+"""A strict, minimal DER reader: just enough to look inside OCSP structures.
+
+`cryptography` parses OCSP responses for us, but it does not expose a few things a strict
+validator needs (the response type OID, the explicit version, the signature algorithm
+parameters of RSASSA-PSS) and it is worth checking "no trailing bytes" ourselves. This module
+reads tag-length-value triples and rejects anything that is not canonical DER (indefinite
+lengths, non-minimal lengths, high tag numbers we never need). Pure: bytes in, values out.
+
+Every failure raises `DerError`; callers turn it into a `malformed` rejection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "DerError",
+    "Tlv",
+    "children",
+    "decode_integer",
+    "decode_oid",
+    "read_single",
+    "read_tlv",
+]
+
+SEQUENCE = 0x30
+INTEGER = 0x02
+BIT_STRING = 0x03
+OCTET_STRING = 0x04
+NULL = 0x05
+OID = 0x06
+ENUMERATED = 0x0A
+
+
+class DerError(ValueError):
+    """The bytes are not valid DER for what was expected."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tlv:
+    """One element: its tag byte and where its content lies in the buffer."""
+
+    tag: int
+    data: bytes
+    start: int  # first content byte
+    end: int  # one past the last content byte
+
+    @property
+    def content(self) -> bytes:
+        return self.data[self.start : self.end]
+
+
+def read_tlv(data: bytes, offset: int = 0) -> Tlv:
+    """Read the element starting at `offset`; raise DerError if it is not canonical DER."""
+    if offset + 2 > len(data):
+        raise DerError("truncated element header")
+    tag = data[offset]
+    if tag & 0x1F == 0x1F:
+        raise DerError("high tag numbers are not used in OCSP")
+    first = data[offset + 1]
+    pos = offset + 2
+    if first < 0x80:
+        length = first
+    elif first == 0x80:
+        raise DerError("indefinite length is not DER")
+    else:
+        count = first & 0x7F
+        if count > 4 or pos + count > len(data):
+            raise DerError("bad length field")
+        raw = data[pos : pos + count]
+        if raw[0] == 0:
+            raise DerError("non-minimal length")
+        length = int.from_bytes(raw, "big")
+        if length < 0x80:
+            raise DerError("non-minimal length")
+        pos += count
+    if pos + length > len(data):
+        raise DerError("element runs past the end of the data")
+    return Tlv(tag, data, pos, pos + length)
+
+
+def read_single(data: bytes, expected_tag: int | None = None) -> Tlv:
+    """Read exactly one element that spans all of `data` (no trailing bytes)."""
+    tlv = read_tlv(data)
+    if tlv.end != len(data):
+        raise DerError(f"{len(data) - tlv.end} trailing bytes after the DER element")
+    if expected_tag is not None and tlv.tag != expected_tag:
+        raise DerError(f"expected tag 0x{expected_tag:02x}, found 0x{tlv.tag:02x}")
+    return tlv
+
+
+def children(parent: Tlv) -> list[Tlv]:
+    """The elements inside a constructed element, in order."""
+    if not parent.tag & 0x20:
+        raise DerError("element is not constructed")
+    items = []
+    pos = parent.start
+    while pos < parent.end:
+        item = read_tlv(parent.data[: parent.end], pos)
+        items.append(item)
+        pos = item.end
+    return items
+
+
+def decode_integer(tlv: Tlv) -> int:
+    """A minimal two's-complement INTEGER or ENUMERATED value."""
+    raw = tlv.content
+    if not raw:
+        raise DerError("empty integer")
+    padded_positive = raw[0] == 0 and raw[1:2] < b"\x80"
+    padded_negative = raw[0] == 0xFF and raw[1:2] >= b"\x80"
+    if len(raw) > 1 and (padded_positive or padded_negative):
+        raise DerError("non-minimal integer")
+    return int.from_bytes(raw, "big", signed=True)
+
+
+def decode_oid(tlv: Tlv) -> str:
+    """Dotted string form of an OBJECT IDENTIFIER."""
+    if tlv.tag != OID:
+        raise DerError("expected an object identifier")
+    raw = tlv.content
+    if not raw or raw[-1] & 0x80:
+        raise DerError("bad object identifier")
+    arcs: list[int] = []
+    value = 0
+    for i, byte in enumerate(raw):
+        if value == 0 and byte == 0x80 and (i == 0 or not raw[i - 1] & 0x80):
+            raise DerError("non-minimal object identifier arc")
+        value = (value << 7) | (byte & 0x7F)
+        if not byte & 0x80:
+            arcs.append(value)
+            value = 0
+    first = min(arcs[0] // 40, 2)
+    return ".".join(str(a) for a in [first, arcs[0] - 40 * first, *arcs[1:]])

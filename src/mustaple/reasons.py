@@ -1,0 +1,189 @@
+"""Stable reason codes: why a response was rejected, and notes on an accepted one.
+
+A reason is data: a stable code (used in logs, JSON, metrics and hooks), a short sentence a
+person understands, and whether trying again later may help. `docs/reasons.md` lists every code;
+a test keeps the two in step. Codes never change meaning once published.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+__all__ = ["Note", "Reason", "Rejection"]
+
+
+class Reason(enum.Enum):
+    """Why no usable staple came out of an attempt."""
+
+    def __init__(self, code: str, summary: str, retryable: bool) -> None:
+        self.code = code
+        self.summary = summary
+        self.retryable = retryable
+
+    # Transport and HTTP
+    TIMEOUT = ("timeout", "the responder did not answer in time", True)
+    CONNECTION_FAILED = ("connection-failed", "could not talk to the responder", True)
+    HTTP_SERVER_ERROR = ("http-server-error", "the responder answered with an HTTP error", True)
+    HTTP_CLIENT_ERROR = ("http-client-error", "the responder refused the HTTP request", False)
+    TOO_MANY_REDIRECTS = ("too-many-redirects", "the responder redirected too often", False)
+    CONTENT_TYPE = (
+        "content-type",
+        "the answer is not application/ocsp-response (an error page?)",
+        True,
+    )
+    EMPTY_BODY = ("empty-body", "the responder sent an empty body", True)
+    TOO_LARGE = ("too-large", "the answer is larger than the size cap", False)
+    # Structure
+    MALFORMED = ("malformed", "the answer is not a well-formed DER OCSP response", True)
+    TRAILING_DATA = ("trailing-data", "the OCSP response is followed by extra bytes", True)
+    NOT_BASIC = ("not-basic", "the response type is not id-pkix-ocsp-basic", False)
+    UNSUPPORTED_VERSION = ("unsupported-version", "the response is not version 1", False)
+    UNKNOWN_CRITICAL_EXTENSION = (
+        "unknown-critical-extension",
+        "the response carries a critical extension we do not understand",
+        False,
+    )
+    # responseStatus other than successful
+    MALFORMED_REQUEST = ("malformed-request", "the responder says our request is malformed", False)
+    INTERNAL_ERROR = ("internal-error", "the responder reports an internal error", True)
+    TRY_LATER = ("try-later", "the responder asks us to try later", True)
+    SIG_REQUIRED = ("sig-required", "the responder wants signed requests", False)
+    UNAUTHORIZED = (
+        "unauthorized",
+        "the responder is not authoritative for this certificate",
+        False,
+    )
+    # Which certificate the answer is about
+    CERT_NOT_IN_RESPONSE = (
+        "cert-not-in-response",
+        "the response is about another certificate (serial mismatch)",
+        True,
+    )
+    WRONG_ISSUER = (
+        "wrong-issuer",
+        "the response names our serial under another issuer (name or key hash mismatch)",
+        False,
+    )
+    UNSUPPORTED_HASH = ("unsupported-hash", "the CertID uses an unsupported hash", False)
+    # Who signed it
+    SIGNER_UNKNOWN = (
+        "signer-unknown",
+        "the signer is neither the issuer nor a certificate included in the response",
+        False,
+    )
+    BAD_SIGNATURE = ("bad-signature", "the response signature does not verify", False)
+    WEAK_ALGORITHM = ("weak-algorithm", "the response is signed with a broken algorithm", False)
+    UNSUPPORTED_ALGORITHM = (
+        "unsupported-algorithm",
+        "the response is signed with an unsupported algorithm",
+        False,
+    )
+    DELEGATE_NOT_ISSUED_BY_ISSUER = (
+        "delegate-not-issued-by-issuer",
+        "the delegated responder certificate was not issued by the certificate's issuer",
+        False,
+    )
+    DELEGATE_NO_OCSP_SIGNING = (
+        "delegate-no-ocsp-signing",
+        "the delegated responder certificate lacks the id-kp-OCSPSigning usage",
+        False,
+    )
+    DELEGATE_EXPIRED = (
+        "delegate-expired",
+        "the delegated responder certificate has expired",
+        False,
+    )
+    DELEGATE_NOT_YET_VALID = (
+        "delegate-not-yet-valid",
+        "the delegated responder certificate is not valid yet",
+        False,
+    )
+    DELEGATE_IS_CA = ("delegate-is-ca", "the delegated responder certificate is a CA", False)
+    # Time
+    PRODUCED_IN_FUTURE = ("produced-in-future", "producedAt is in the future", True)
+    THIS_UPDATE_IN_FUTURE = ("this-update-in-future", "thisUpdate is in the future", True)
+    NO_NEXT_UPDATE = ("no-next-update", "the response has no nextUpdate", False)
+    BAD_VALIDITY_WINDOW = (
+        "bad-validity-window",
+        "nextUpdate is not after thisUpdate",
+        True,
+    )
+    EXPIRED = ("expired", "the response has expired", True)
+    # The answer itself
+    CERT_STATUS_UNKNOWN = (
+        "cert-status-unknown",
+        "the responder does not know this certificate (status unknown)",
+        True,
+    )
+    # Compared with the staple in hand
+    OLDER_THAN_CURRENT = (
+        "older-than-current",
+        "the response is older than the staple already held",
+        True,
+    )
+    EXPIRES_SOONER = (
+        "expires-sooner",
+        "the response expires before the staple already held",
+        True,
+    )
+    # About the certificate rather than the response
+    NO_OCSP_URL = ("no-ocsp-url", "the certificate names no OCSP responder", False)
+
+    @classmethod
+    def from_code(cls, code: str) -> Reason:
+        for reason in cls:
+            if reason.code == code:
+                return reason
+        raise ValueError(f"unknown reason code {code!r}")
+
+
+class Note(enum.Enum):
+    """Something worth an operator's attention about a response that was accepted."""
+
+    def __init__(self, code: str, summary: str) -> None:
+        self.code = code
+        self.summary = summary
+
+    LONG_WINDOW = (
+        "long-window",
+        "the validity window is over the clients' maximum; the staple is treated as expiring "
+        "at thisUpdate plus that maximum",
+    )
+    BEYOND_CERT_EXPIRY = (
+        "beyond-cert-expiry",
+        "nextUpdate is after the certificate's own notAfter",
+    )
+    NEXT_UPDATE_MISSING = (
+        "next-update-missing",
+        "no nextUpdate (accepted by the lenient option); treated as valid for one day",
+    )
+    SEVERAL_RESPONSES = (
+        "several-responses",
+        "the response carries SingleResponses for other certificates too (HAProxy refuses those)",
+    )
+    DELEGATED_SIGNER_EXPIRES_FIRST = (
+        "delegated-signer-expires-first",
+        "the delegated responder certificate expires before nextUpdate",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why an attempt gave no usable staple: a stable reason plus the specifics."""
+
+    reason: Reason
+    detail: str = ""
+
+    @property
+    def code(self) -> str:
+        return self.reason.code
+
+    @property
+    def retryable(self) -> bool:
+        return self.reason.retryable
+
+    @property
+    def message(self) -> str:
+        """One line for a person: the reason, then the specifics when there are any."""
+        return f"{self.reason.summary}: {self.detail}" if self.detail else self.reason.summary

@@ -1,0 +1,562 @@
+"""Validation of OCSP responses: bytes + target + now -> Staple or Rejection. Pure.
+
+As strict as the strictest client (Firefox's mozpkix, GnuTLS, curl --cert-status) and a bit
+more: strict DER, a basic v1 response, no unknown critical extension, the SingleResponse for
+exactly our CertID (issuer name hash, issuer key hash and serial), a signature by the issuer or
+by a delegated responder it authorised, and times that make sense at `now`.
+
+Nothing here reads the clock, a file or the network: `now` is an argument, so a test can walk
+a response through its whole life in microseconds. Bad data never raises: every problem is a
+`Rejection` with a stable reason code (see `reasons` and docs/reasons.md).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+from cryptography.x509 import ocsp
+from cryptography.x509.oid import ExtendedKeyUsageOID, OCSPExtensionOID
+
+from mustaple import der
+from mustaple.certs import Target, signed_by
+from mustaple.reasons import Note, Reason, Rejection
+from mustaple.request import HASHES, issuer_key_bits, make_cert_id
+
+__all__ = [
+    "HttpAnswer",
+    "Policy",
+    "Staple",
+    "check_http",
+    "compare",
+    "judge",
+    "verify",
+]
+
+OCSP_CONTENT_TYPE = "application/ocsp-response"
+_BASIC = "1.3.6.1.5.5.7.48.1.1"
+_STATUS_REASONS = {
+    1: Reason.MALFORMED_REQUEST,
+    2: Reason.INTERNAL_ERROR,
+    3: Reason.TRY_LATER,
+    5: Reason.SIG_REQUIRED,
+    6: Reason.UNAUTHORIZED,
+}
+_HASH_OIDS = {
+    "1.3.14.3.2.26": "sha1",
+    "2.16.840.1.101.3.4.2.1": "sha256",
+    "2.16.840.1.101.3.4.2.2": "sha384",
+    "2.16.840.1.101.3.4.2.3": "sha512",
+}
+_WEAK_SIGNATURES = {
+    "1.2.840.113549.1.1.2": "md2WithRSAEncryption",
+    "1.2.840.113549.1.1.3": "md4WithRSAEncryption",
+    "1.2.840.113549.1.1.4": "md5WithRSAEncryption",
+}
+_RSA_PKCS1 = {
+    "1.2.840.113549.1.1.5": "sha1",
+    "1.2.840.113549.1.1.11": "sha256",
+    "1.2.840.113549.1.1.12": "sha384",
+    "1.2.840.113549.1.1.13": "sha512",
+}
+_ECDSA = {
+    "1.2.840.10045.4.1": "sha1",
+    "1.2.840.10045.4.3.2": "sha256",
+    "1.2.840.10045.4.3.3": "sha384",
+    "1.2.840.10045.4.3.4": "sha512",
+}
+_RSA_PSS = "1.2.840.113549.1.1.10"
+_MGF1 = "1.2.840.113549.1.1.8"
+_ED25519 = "1.3.101.112"
+_ED448 = "1.3.101.113"
+_KNOWN_RESPONSE_EXTENSIONS = {OCSPExtensionOID.NONCE}
+_NO_NEXT_UPDATE_LIFETIME = timedelta(days=1)
+_E = TypeVar("_E", bound=x509.ExtensionType)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """How strict to be. The defaults match what the strictest clients accept."""
+
+    clock_skew: timedelta = timedelta(minutes=5)
+    max_lifetime: timedelta = timedelta(days=10)  # Firefox's cap on a response's lifetime
+    allow_missing_next_update: bool = False
+
+
+DEFAULT_POLICY = Policy()
+
+
+class Signer(enum.Enum):
+    ISSUER = "issuer"
+    DELEGATED = "delegated"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpAnswer:
+    """What came back over HTTP, as far as validation cares."""
+
+    status: int
+    content_type: str | None
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Staple:
+    """A response that passed every check: the DER to staple and what it says."""
+
+    der: bytes = field(repr=False)
+    serial: int
+    status: ocsp.OCSPCertStatus
+    produced_at: datetime
+    this_update: datetime
+    next_update: datetime | None
+    effective_expiry: datetime
+    signer: Signer
+    signer_name: str
+    hash_name: str
+    revocation_time: datetime | None = None
+    revocation_reason: x509.ReasonFlags | None = None
+    notes: tuple[Note, ...] = ()
+
+    @property
+    def good(self) -> bool:
+        """Whether this response may be stapled (status good)."""
+        return self.status == ocsp.OCSPCertStatus.GOOD
+
+    def seconds_left(self, now: datetime) -> float:
+        return (self.effective_expiry - now).total_seconds()
+
+    def fraction_left(self, now: datetime) -> float:
+        """How much of the validity window remains, from 1.0 (fresh) to 0.0 (expired)."""
+        window = (self.effective_expiry - self.this_update).total_seconds()
+        left = self.seconds_left(now)
+        return max(0.0, min(1.0, left / window)) if window > 0 else 0.0
+
+
+class _Fail(Exception):
+    """Internal short-cut: carries a Rejection out of a nested check."""
+
+    def __init__(self, reason: Reason, detail: str = "") -> None:
+        super().__init__(reason.code)
+        self.rejection = Rejection(reason, detail)
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """The fixed inputs of one validation."""
+
+    target: Target
+    now: datetime
+    policy: Policy
+
+
+@dataclass(frozen=True, slots=True)
+class _Envelope:
+    """What the DER walk finds that cryptography does not expose."""
+
+    basic: der.Tlv
+    tbs_children: list[der.Tlv]
+    signature_oid: str
+    signature_params: der.Tlv | None
+
+
+# --- HTTP -------------------------------------------------------------------------------------
+
+
+def check_http(answer: HttpAnswer) -> Rejection | None:
+    """The HTTP-level checks: status 200, the OCSP content type, a body."""
+    if answer.status != 200:
+        reason = Reason.HTTP_CLIENT_ERROR
+        if answer.status >= 500 or answer.status in (408, 429) or answer.status < 400:
+            reason = Reason.HTTP_SERVER_ERROR
+        return Rejection(reason, f"HTTP {answer.status}")
+    ctype = (answer.content_type or "").split(";")[0].strip().lower()
+    if ctype != OCSP_CONTENT_TYPE:
+        return Rejection(Reason.CONTENT_TYPE, f"Content-Type is {answer.content_type or 'missing'}")
+    if not answer.body:
+        return Rejection(Reason.EMPTY_BODY)
+    return None
+
+
+def judge(
+    answer: HttpAnswer, target: Target, now: datetime, policy: Policy = DEFAULT_POLICY
+) -> Staple | Rejection:
+    """HTTP checks, then full validation of the body."""
+    return check_http(answer) or verify(answer.body, target, now, policy)
+
+
+# --- The response -------------------------------------------------------------------------------
+
+
+def verify(
+    data: bytes, target: Target, now: datetime, policy: Policy = DEFAULT_POLICY
+) -> Staple | Rejection:
+    """Validate a DER OCSPResponse for `target` at `now`; never raises for bad data."""
+    if now.tzinfo is None:
+        raise ValueError("now must be an aware UTC datetime")
+    if not data:
+        return Rejection(Reason.EMPTY_BODY)
+    try:
+        return _verify(data, target, now, policy)
+    except _Fail as fail:
+        return fail.rejection
+
+
+def _verify(data: bytes, target: Target, now: datetime, policy: Policy) -> Staple:
+    envelope = _open_envelope(data)
+    try:
+        resp = ocsp.load_der_ocsp_response(data)
+        certs = resp.certificates
+        extensions = resp.extensions
+        singles = list(resp.responses)
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise _Fail(Reason.MALFORMED, _short(exc)) from exc
+    _check_critical(extensions, "response")
+    ctx = _Context(target, now, policy)
+    signer_key, delegate = _find_signer(ctx, resp, certs)
+    _check_signature(envelope, resp, signer_key)
+    index, single = _match_single(singles, target)
+    _check_single_extensions(envelope, index)
+    return _build_staple(ctx, data, resp, single, several=len(singles) > 1, delegate=delegate)
+
+
+def _short(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+def _open_envelope(data: bytes) -> _Envelope:
+    """Walk the DER: status, response type, version, signature algorithm, trailing bytes."""
+    try:
+        outer = der.read_tlv(data)
+        if outer.end != len(data):
+            raise _Fail(Reason.TRAILING_DATA, f"{len(data) - outer.end} bytes after the response")
+        if outer.tag != der.SEQUENCE:
+            raise der.DerError("not a SEQUENCE")
+        parts = der.children(outer)
+        if not parts or parts[0].tag != der.ENUMERATED:
+            raise der.DerError("no responseStatus")
+        status = der.decode_integer(parts[0])
+        if status != 0:
+            raise _unsuccessful(status)
+        if len(parts) != 2 or parts[1].tag != 0xA0:
+            raise der.DerError("successful response without responseBytes")
+        return _open_basic(der.read_single(parts[1].content, der.SEQUENCE))
+    except der.DerError as exc:
+        raise _Fail(Reason.MALFORMED, str(exc)) from exc
+
+
+def _unsuccessful(status: int) -> _Fail:
+    reason = _STATUS_REASONS.get(status)
+    if reason is None:
+        return _Fail(Reason.MALFORMED, f"unknown responseStatus {status}")
+    return _Fail(reason, f"responseStatus {status}")
+
+
+def _open_basic(response_bytes: der.Tlv) -> _Envelope:
+    rtype, payload = der.children(response_bytes)
+    if der.decode_oid(rtype) != _BASIC:
+        raise _Fail(Reason.NOT_BASIC, f"response type {der.decode_oid(rtype)}")
+    if payload.tag != der.OCTET_STRING:
+        raise der.DerError("response is not an OCTET STRING")
+    basic = der.read_single(payload.content, der.SEQUENCE)
+    fields = der.children(basic)
+    if len(fields) < 3:
+        raise der.DerError("BasicOCSPResponse is too short")
+    tbs = der.children(fields[0])
+    if tbs and tbs[0].tag == 0xA0:
+        version = der.decode_integer(der.read_single(tbs[0].content, der.INTEGER))
+        if version != 0:
+            raise _Fail(Reason.UNSUPPORTED_VERSION, f"version {version + 1}")
+    algorithm = der.children(fields[1])
+    params = algorithm[1] if len(algorithm) > 1 else None
+    return _Envelope(basic, tbs, der.decode_oid(algorithm[0]), params)
+
+
+def _check_critical(extensions: x509.Extensions, where: str) -> None:
+    for ext in extensions:
+        if ext.critical and ext.oid not in _KNOWN_RESPONSE_EXTENSIONS:
+            raise _Fail(Reason.UNKNOWN_CRITICAL_EXTENSION, f"{ext.oid.dotted_string} in {where}")
+
+
+def _check_single_extensions(envelope: _Envelope, index: int) -> None:
+    """Critical extensions of our SingleResponse (cryptography shows only the first's)."""
+    try:
+        responses = next(t for t in envelope.tbs_children if t.tag == der.SEQUENCE)
+        single = der.children(responses)[index]
+        for part in der.children(single):
+            if part.tag == 0xA1:
+                for ext in der.children(der.read_single(part.content, der.SEQUENCE)):
+                    _check_raw_extension(ext)
+    except (der.DerError, StopIteration, IndexError) as exc:
+        raise _Fail(Reason.MALFORMED, "unreadable singleExtensions") from exc
+
+
+def _check_raw_extension(ext: der.Tlv) -> None:
+    fields = der.children(ext)
+    critical = len(fields) == 3 and fields[1].tag == 0x01 and fields[1].content != b"\x00"
+    if critical:
+        raise _Fail(
+            Reason.UNKNOWN_CRITICAL_EXTENSION,
+            f"{der.decode_oid(fields[0])} in singleExtensions",
+        )
+
+
+# --- Which certificate -------------------------------------------------------------------------
+
+
+def _match_single(
+    singles: list[ocsp.OCSPSingleResponse], target: Target
+) -> tuple[int, ocsp.OCSPSingleResponse]:
+    """The SingleResponse for exactly our CertID; others are ignored."""
+    serial_seen = unsupported = False
+    for index, single in enumerate(singles):
+        if single.serial_number != target.serial:
+            continue
+        serial_seen = True
+        name = _hash_name(single)
+        if name is None:
+            unsupported = True
+            continue
+        expected = make_cert_id(target.issuer, target.serial, name)
+        if (single.issuer_name_hash, single.issuer_key_hash) == (
+            expected.issuer_name_hash,
+            expected.issuer_key_hash,
+        ):
+            return index, single
+    serials = ", ".join(f"{s.serial_number:x}" for s in singles[:3])
+    if unsupported:
+        raise _Fail(Reason.UNSUPPORTED_HASH)
+    if serial_seen:
+        raise _Fail(Reason.WRONG_ISSUER, f"serial {target.serial:x}")
+    raise _Fail(Reason.CERT_NOT_IN_RESPONSE, f"wanted {target.serial:x}, got {serials or 'none'}")
+
+
+def _hash_name(single: ocsp.OCSPSingleResponse) -> str | None:
+    try:
+        name = single.hash_algorithm.name
+    except UnsupportedAlgorithm:
+        return None
+    return name if name in HASHES else None
+
+
+# --- Who signed it ------------------------------------------------------------------------------
+
+
+def _is_responder(resp: ocsp.OCSPResponse, cert: x509.Certificate) -> bool:
+    if resp.responder_name is not None:
+        return resp.responder_name == cert.subject
+    key_hash = hashes.Hash(hashes.SHA1())
+    key_hash.update(issuer_key_bits(cert))
+    return resp.responder_key_hash == key_hash.finalize()
+
+
+def _find_signer(
+    ctx: _Context, resp: ocsp.OCSPResponse, certs: list[x509.Certificate]
+) -> tuple[object, x509.Certificate | None]:
+    """The signing key: the issuer's, or an authorised delegated responder's."""
+    if _is_responder(resp, ctx.target.issuer):
+        return ctx.target.issuer.public_key(), None
+    for cert in certs:
+        if _is_responder(resp, cert):
+            _check_delegate(ctx, cert)
+            return cert.public_key(), cert
+    raise _Fail(Reason.SIGNER_UNKNOWN, _responder_text(resp))
+
+
+def _responder_text(resp: ocsp.OCSPResponse) -> str:
+    if resp.responder_name is not None:
+        return f"responder {resp.responder_name.rfc4514_string()}"
+    return f"responder key hash {(resp.responder_key_hash or b'').hex()}"
+
+
+def _check_delegate(ctx: _Context, cert: x509.Certificate) -> None:
+    """RFC 6960 section 4.2.2.2: issued by our issuer, id-kp-OCSPSigning, valid, not a CA."""
+    name = cert.subject.rfc4514_string()
+    if not signed_by(cert, ctx.target.issuer):
+        raise _Fail(Reason.DELEGATE_NOT_ISSUED_BY_ISSUER, name)
+    eku = _extension(cert, x509.ExtendedKeyUsage)
+    basic = _extension(cert, x509.BasicConstraints)
+    if eku is None or ExtendedKeyUsageOID.OCSP_SIGNING not in eku:
+        raise _Fail(Reason.DELEGATE_NO_OCSP_SIGNING, name)
+    if basic is not None and basic.ca:
+        raise _Fail(Reason.DELEGATE_IS_CA, name)
+    if cert.not_valid_before_utc > ctx.now + ctx.policy.clock_skew:
+        raise _Fail(Reason.DELEGATE_NOT_YET_VALID, f"{name} from {cert.not_valid_before_utc}")
+    if cert.not_valid_after_utc <= ctx.now:
+        raise _Fail(Reason.DELEGATE_EXPIRED, f"{name} until {cert.not_valid_after_utc}")
+
+
+def _extension(cert: x509.Certificate, kind: type[_E]) -> _E | None:
+    try:
+        return cert.extensions.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
+    except ValueError as exc:
+        raise _Fail(Reason.MALFORMED, f"responder certificate: {_short(exc)}") from exc
+
+
+def _check_signature(envelope: _Envelope, resp: ocsp.OCSPResponse, key: object) -> None:
+    oid = envelope.signature_oid
+    if oid in _WEAK_SIGNATURES:
+        raise _Fail(Reason.WEAK_ALGORITHM, _WEAK_SIGNATURES[oid])
+    try:
+        _verify_with(oid, envelope.signature_params, key, resp.signature, resp.tbs_response_bytes)
+    except InvalidSignature as exc:
+        raise _Fail(Reason.BAD_SIGNATURE) from exc
+    except (der.DerError, ValueError, UnsupportedAlgorithm) as exc:
+        raise _Fail(Reason.BAD_SIGNATURE, _short(exc)) from exc
+
+
+def _verify_with(
+    oid: str, params: der.Tlv | None, key: object, signature: bytes, data: bytes
+) -> None:
+    """Verify `signature` over `data`; raise InvalidSignature or _Fail."""
+    if oid in _RSA_PKCS1 and isinstance(key, rsa.RSAPublicKey):
+        key.verify(signature, data, padding.PKCS1v15(), HASHES[_RSA_PKCS1[oid]]())
+    elif oid == _RSA_PSS and isinstance(key, rsa.RSAPublicKey):
+        digest, pss = _pss(params)
+        key.verify(signature, data, pss, digest)
+    elif oid in _ECDSA and isinstance(key, ec.EllipticCurvePublicKey):
+        key.verify(signature, data, ec.ECDSA(HASHES[_ECDSA[oid]]()))
+    elif (oid == _ED25519 and isinstance(key, ed25519.Ed25519PublicKey)) or (
+        oid == _ED448 and isinstance(key, ed448.Ed448PublicKey)
+    ):
+        key.verify(signature, data)
+    elif oid in {*_RSA_PKCS1, _RSA_PSS, *_ECDSA, _ED25519, _ED448}:
+        raise _Fail(Reason.BAD_SIGNATURE, f"algorithm {oid} does not fit the signer's key")
+    else:
+        raise _Fail(Reason.UNSUPPORTED_ALGORITHM, oid)
+
+
+def _pss(params: der.Tlv | None) -> tuple[hashes.HashAlgorithm, padding.PSS]:
+    """RSASSA-PSS-params (RFC 4055), with its defaults (SHA-1, MGF1-SHA-1, salt 20)."""
+    digest, mgf_digest, salt = "sha1", "sha1", 20
+    for field in der.children(params) if params is not None else []:
+        inner = der.read_single(field.content)
+        if field.tag == 0xA0:
+            digest = _algorithm_hash(inner)
+        elif field.tag == 0xA1:
+            mgf = der.children(inner)
+            if der.decode_oid(mgf[0]) != _MGF1 or len(mgf) != 2:
+                raise _Fail(Reason.UNSUPPORTED_ALGORITHM, "PSS mask generation is not MGF1")
+            mgf_digest = _algorithm_hash(mgf[1])
+        elif field.tag == 0xA2:
+            salt = der.decode_integer(inner)
+        elif field.tag == 0xA3 and der.decode_integer(inner) != 1:
+            raise _Fail(Reason.UNSUPPORTED_ALGORITHM, "PSS trailer field is not 1")
+    pss = padding.PSS(mgf=padding.MGF1(HASHES[mgf_digest]()), salt_length=salt)
+    return HASHES[digest](), pss
+
+
+def _algorithm_hash(algorithm: der.Tlv) -> str:
+    oid = der.decode_oid(der.children(algorithm)[0])
+    if oid not in _HASH_OIDS:
+        raise _Fail(Reason.UNSUPPORTED_ALGORITHM, f"hash {oid}")
+    return _HASH_OIDS[oid]
+
+
+# --- Times and status ---------------------------------------------------------------------------
+
+
+def _build_staple(
+    ctx: _Context,
+    data: bytes,
+    resp: ocsp.OCSPResponse,
+    single: ocsp.OCSPSingleResponse,
+    *,
+    several: bool,
+    delegate: x509.Certificate | None,
+) -> Staple:
+    target = ctx.target
+    expiry, notes = _check_times(ctx, resp.produced_at_utc, single, delegate)
+    status = single.certificate_status
+    if status == ocsp.OCSPCertStatus.UNKNOWN:
+        raise _Fail(Reason.CERT_STATUS_UNKNOWN, f"serial {target.serial:x}")
+    if several:
+        notes.append(Note.SEVERAL_RESPONSES)
+    revoked = status == ocsp.OCSPCertStatus.REVOKED
+    return Staple(
+        der=data,
+        serial=target.serial,
+        status=status,
+        produced_at=resp.produced_at_utc,
+        this_update=single.this_update_utc,
+        next_update=single.next_update_utc,
+        effective_expiry=expiry,
+        signer=Signer.DELEGATED if delegate else Signer.ISSUER,
+        signer_name=(delegate or target.issuer).subject.rfc4514_string(),
+        hash_name=single.hash_algorithm.name,
+        revocation_time=single.revocation_time_utc if revoked else None,
+        revocation_reason=single.revocation_reason if revoked else None,
+        notes=tuple(notes),
+    )
+
+
+def _check_times(
+    ctx: _Context,
+    produced_at: datetime,
+    single: ocsp.OCSPSingleResponse,
+    delegate: x509.Certificate | None,
+) -> tuple[datetime, list[Note]]:
+    """Reject impossible or stale times; return the effective expiry and any notes."""
+    now, policy = ctx.now, ctx.policy
+    this_update, next_update = single.this_update_utc, single.next_update_utc
+    latest = now + policy.clock_skew
+    if produced_at > latest:
+        raise _Fail(Reason.PRODUCED_IN_FUTURE, f"producedAt {produced_at:%Y-%m-%d %H:%M:%SZ}")
+    if this_update > latest:
+        raise _Fail(Reason.THIS_UPDATE_IN_FUTURE, f"thisUpdate {this_update:%Y-%m-%d %H:%M:%SZ}")
+    notes: list[Note] = []
+    if next_update is None:
+        if not policy.allow_missing_next_update:
+            raise _Fail(Reason.NO_NEXT_UPDATE)
+        notes.append(Note.NEXT_UPDATE_MISSING)
+        expiry = this_update + _NO_NEXT_UPDATE_LIFETIME
+    elif next_update <= this_update:
+        raise _Fail(Reason.BAD_VALIDITY_WINDOW, f"{this_update} .. {next_update}")
+    elif next_update - this_update > policy.max_lifetime:
+        notes.append(Note.LONG_WINDOW)
+        expiry = this_update + policy.max_lifetime
+    else:
+        expiry = next_update
+    if next_update is not None and next_update > ctx.target.leaf.not_valid_after_utc:
+        notes.append(Note.BEYOND_CERT_EXPIRY)
+    if delegate is not None and delegate.not_valid_after_utc < expiry:
+        notes.append(Note.DELEGATED_SIGNER_EXPIRES_FIRST)
+        expiry = delegate.not_valid_after_utc
+    if expiry <= now:
+        raise _Fail(Reason.EXPIRED, f"valid until {expiry:%Y-%m-%d %H:%M:%SZ}")
+    return expiry, notes
+
+
+# --- Compared with the staple in hand -----------------------------------------------------------
+
+
+def compare(candidate: Staple, current: Staple | None) -> Rejection | None:
+    """None when `candidate` may replace `current`; else why not.
+
+    Never an older thisUpdate, never an earlier effective expiry. (A `good` staple is never
+    replaced by `unknown`, since `unknown` never becomes a Staple.)
+    """
+    if current is None:
+        return None
+    if candidate.this_update < current.this_update:
+        return Rejection(
+            Reason.OLDER_THAN_CURRENT,
+            f"thisUpdate {candidate.this_update:%Y-%m-%d %H:%M:%SZ} < "
+            f"{current.this_update:%Y-%m-%d %H:%M:%SZ}",
+        )
+    if candidate.effective_expiry < current.effective_expiry:
+        return Rejection(
+            Reason.EXPIRES_SOONER,
+            f"{candidate.effective_expiry:%Y-%m-%d %H:%M:%SZ} < "
+            f"{current.effective_expiry:%Y-%m-%d %H:%M:%SZ}",
+        )
+    return None
