@@ -438,18 +438,18 @@ def _verify_with(
 def _pss(params: der.Tlv | None) -> tuple[hashes.HashAlgorithm, padding.PSS]:
     """RSASSA-PSS-params (RFC 4055), with its defaults (SHA-1, MGF1-SHA-1, salt 20)."""
     digest, mgf_digest, salt = "sha1", "sha1", 20
-    for field in der.children(params) if params is not None else []:
-        inner = der.read_single(field.content)
-        if field.tag == 0xA0:
+    for part in der.children(params) if params is not None else []:
+        inner = der.read_single(part.content)
+        if part.tag == 0xA0:
             digest = _algorithm_hash(inner)
-        elif field.tag == 0xA1:
+        elif part.tag == 0xA1:
             mgf = der.children(inner)
             if der.decode_oid(mgf[0]) != _MGF1 or len(mgf) != 2:
                 raise _Fail(Reason.UNSUPPORTED_ALGORITHM, "PSS mask generation is not MGF1")
             mgf_digest = _algorithm_hash(mgf[1])
-        elif field.tag == 0xA2:
+        elif part.tag == 0xA2:
             salt = der.decode_integer(inner)
-        elif field.tag == 0xA3 and der.decode_integer(inner) != 1:
+        elif part.tag == 0xA3 and der.decode_integer(inner) != 1:
             raise _Fail(Reason.UNSUPPORTED_ALGORITHM, "PSS trailer field is not 1")
     pss = padding.PSS(mgf=padding.MGF1(HASHES[mgf_digest]()), salt_length=salt)
     return HASHES[digest](), pss

@@ -1,0 +1,349 @@
+"""Fetching over HTTP (aiohttp): OCSP responses with retries and failover, and AIA issuers.
+
+The I/O adapter between the pure request builder and the pure validator. For each responder URL
+(overrides first, then the certificate's own), it sends GET when the URL is short enough and
+falls back to POST when GET fails; it retries what is worth retrying with exponential backoff
+and full jitter, honouring Retry-After; and it records every attempt (url, method, HTTP status,
+latency, reason) so callers can log, store and show them. Every answer is judged by
+`verify.judge` the moment it arrives, so a `tryLater` or an HTML error page is retried exactly
+like a timeout. Nothing here raises for a misbehaving responder: the result says what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import aiohttp
+from cryptography import x509
+
+from mustaple import __version__
+from mustaple.certs import Target, parse_certificates
+from mustaple.errors import InputError
+from mustaple.reasons import Reason, Rejection
+from mustaple.request import HttpRequest, encode_request, make_cert_id, plan_requests
+from mustaple.verify import DEFAULT_POLICY, HttpAnswer, Policy, Staple, compare, judge
+
+__all__ = [
+    "Attempt",
+    "FetchPolicy",
+    "FetchResult",
+    "fetch_issuer",
+    "fetch_staple",
+    "utc_now",
+]
+
+USER_AGENT = f"mustaple/{__version__}"
+# When GET fails in one of these ways, the same URL is tried at once with POST.
+_POST_FALLBACK = {
+    Reason.HTTP_CLIENT_ERROR,
+    Reason.HTTP_SERVER_ERROR,
+    Reason.CONTENT_TYPE,
+    Reason.EMPTY_BODY,
+    Reason.MALFORMED,
+    Reason.MALFORMED_REQUEST,
+    Reason.TOO_MANY_REDIRECTS,
+}
+
+# HTTP statuses that mean "later", not "GET unsupported".
+_SLOW_DOWN = {429, 503}
+
+Clock = Callable[[], datetime]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class FetchPolicy:
+    """Timeouts (seconds), size cap (bytes) and retry rules for talking to responders."""
+
+    connect_timeout: float = 5.0
+    total_timeout: float = 10.0
+    max_size: int = 65536
+    max_redirects: int = 3
+    attempts_per_url: int = 3
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    retry_after_max: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.attempts_per_url < 1:
+            raise ValueError("attempts_per_url must be at least 1")
+        if min(self.connect_timeout, self.total_timeout) <= 0 or self.max_size <= 0:
+            raise ValueError("timeouts and max_size must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One HTTP exchange with a responder and how it ended."""
+
+    url: str
+    method: str
+    started: datetime
+    latency: float  # seconds
+    http_status: int | None
+    reason: str | None  # a Reason code, None when the answer was a usable staple
+    message: str
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """The staple obtained, or the last rejection, with every attempt on the way."""
+
+    staple: Staple | None
+    rejection: Rejection | None
+    attempts: tuple[Attempt, ...]
+    url: str | None  # the base URL the staple (or the last rejection) came from
+
+    @property
+    def ok(self) -> bool:
+        return self.staple is not None
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """What one HTTP exchange gave: an answer, or the reason there is none."""
+
+    answer: HttpAnswer | None
+    rejection: Rejection | None
+    retry_after: float | None = None
+
+
+def _ordered_urls(overrides: Sequence[str], own: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys([*overrides, *own]))
+
+
+async def fetch_staple(
+    target: Target,
+    *,
+    urls: Sequence[str] = (),
+    hash_name: str = "sha1",
+    policy: FetchPolicy = FetchPolicy(),
+    verify_policy: Policy = DEFAULT_POLICY,
+    current: Staple | None = None,
+    session: aiohttp.ClientSession | None = None,
+    clock: Clock = utc_now,
+    sleep: Sleep = asyncio.sleep,
+    rng: Callable[[], float] = random.random,
+) -> FetchResult:
+    """Get a validated staple for `target`, trying `urls` then the certificate's own URLs.
+
+    A staple that is not better than `current` (see `verify.compare`) counts as a rejection.
+    """
+    all_urls = _ordered_urls(urls, target.ocsp_urls)
+    if not all_urls:
+        return FetchResult(None, Rejection(Reason.NO_OCSP_URL, target.no_url_message()), (), None)
+    request_der = encode_request(make_cert_id(target.issuer, target.serial, hash_name))
+    run = _Run(target, policy, verify_policy, current, clock, sleep, rng)
+    async with _session_for(session, policy) as http:
+        for url in all_urls:
+            staple = await run.try_url(http, url, request_der)
+            if staple is not None:
+                return FetchResult(staple, None, tuple(run.attempts), url)
+    return FetchResult(None, run.last, tuple(run.attempts), all_urls[-1])
+
+
+@asynccontextmanager
+async def _session_for(
+    session: aiohttp.ClientSession | None, policy: FetchPolicy
+) -> AsyncIterator[aiohttp.ClientSession]:
+    if session is not None:
+        yield session
+        return
+    async with aiohttp.ClientSession(
+        headers={"User-Agent": USER_AGENT}, timeout=_timeout(policy)
+    ) as owned:
+        yield owned
+
+
+def _timeout(policy: FetchPolicy) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=policy.total_timeout, connect=policy.connect_timeout)
+
+
+@dataclass
+class _Run:
+    """The state of one fetch: its settings, the attempts so far and the last rejection."""
+
+    target: Target
+    policy: FetchPolicy
+    verify_policy: Policy
+    current: Staple | None
+    clock: Clock
+    sleep: Sleep
+    rng: Callable[[], float]
+    attempts: list[Attempt] = field(default_factory=list)
+    last: Rejection | None = None
+
+    async def try_url(
+        self, http: aiohttp.ClientSession, url: str, request_der: bytes
+    ) -> Staple | None:
+        """Rounds of GET-then-POST on one URL, with backoff between rounds."""
+        for round_no in range(self.policy.attempts_per_url):
+            staple, retry_after = await self._one_round(http, plan_requests(url, request_der))
+            if staple is not None:
+                return staple
+            last_round = round_no + 1 == self.policy.attempts_per_url
+            if self.last is None or not self.last.retryable or last_round:
+                return None
+            await self.sleep(self._delay(round_no, retry_after))
+        return None
+
+    def _delay(self, round_no: int, retry_after: float | None) -> float:
+        """Full jitter exponential backoff, but never sooner than Retry-After (capped)."""
+        cap = min(self.policy.backoff_max, self.policy.backoff_base * 2**round_no)
+        delay: float = self.rng() * cap
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.policy.retry_after_max))
+        return delay
+
+    async def _one_round(
+        self, http: aiohttp.ClientSession, plan: list[HttpRequest]
+    ) -> tuple[Staple | None, float | None]:
+        retry_after = None
+        for request in plan:
+            outcome, retry_after = await self._exchange(http, request)
+            if isinstance(outcome, Staple):
+                return outcome, None
+            self.last = outcome
+            if not _worth_post(request, outcome, self.attempts[-1].http_status):
+                break
+        return None, retry_after
+
+    async def _exchange(
+        self, http: aiohttp.ClientSession, request: HttpRequest
+    ) -> tuple[Staple | Rejection, float | None]:
+        started, t0 = self.clock(), time.monotonic()
+        reply = await _send(http, request, self.policy)
+        outcome: Staple | Rejection
+        if reply.answer is None:
+            assert reply.rejection is not None
+            outcome = reply.rejection
+        else:
+            outcome = judge(reply.answer, self.target, self.clock(), self.verify_policy)
+            if isinstance(outcome, Staple):
+                outcome = compare(outcome, self.current) or outcome
+        self.attempts.append(_record(request, started, time.monotonic() - t0, reply, outcome))
+        return outcome, reply.retry_after
+
+
+def _worth_post(request: HttpRequest, rejection: Rejection, http_status: int | None) -> bool:
+    """After a failed GET, POST at once, unless the responder asked us to slow down."""
+    if http_status in _SLOW_DOWN:
+        return False
+    return request.method == "GET" and rejection.reason in _POST_FALLBACK
+
+
+def _record(
+    request: HttpRequest, started: datetime, latency: float, reply: _Reply, outcome: object
+) -> Attempt:
+    status = reply.answer.status if reply.answer is not None else None
+    if isinstance(outcome, Rejection):
+        return Attempt(
+            request.url, request.method, started, latency, status, outcome.code, outcome.message
+        )
+    return Attempt(request.url, request.method, started, latency, status, None, "valid staple")
+
+
+async def _send(http: aiohttp.ClientSession, request: HttpRequest, policy: FetchPolicy) -> _Reply:
+    """One HTTP exchange; transport failures become rejections."""
+    headers = {"Accept": "application/ocsp-response"}
+    if request.method == "POST":
+        headers["Content-Type"] = "application/ocsp-request"
+    try:
+        async with http.request(
+            request.method,
+            request.url,
+            data=request.body,
+            headers=headers,
+            max_redirects=policy.max_redirects,
+            timeout=_timeout(policy),
+        ) as response:
+            return await _read(response, policy.max_size)
+    except aiohttp.TooManyRedirects:
+        return _Reply(None, Rejection(Reason.TOO_MANY_REDIRECTS, request.url[:120]))
+    except TimeoutError:
+        return _Reply(None, Rejection(Reason.TIMEOUT, f"after {policy.total_timeout:g} s"))
+    except (aiohttp.ClientError, OSError) as exc:
+        return _Reply(None, Rejection(Reason.CONNECTION_FAILED, _describe(exc)))
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+async def _read(response: aiohttp.ClientResponse, max_size: int) -> _Reply:
+    if response.content_length is not None and response.content_length > max_size:
+        return _too_large(response.content_length, max_size)
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(16384):
+        body += chunk
+        if len(body) > max_size:
+            return _too_large(len(body), max_size)
+    answer = HttpAnswer(response.status, response.headers.get("Content-Type"), bytes(body))
+    return _Reply(answer, None, _retry_after(response.headers.get("Retry-After")))
+
+
+def _message(rejection: Rejection | None) -> str:
+    return rejection.message if rejection else "no answer"
+
+
+def _too_large(size: int, max_size: int) -> _Reply:
+    return _Reply(None, Rejection(Reason.TOO_LARGE, f"over {max_size} bytes (at least {size})"))
+
+
+def _retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+async def fetch_issuer(
+    url: str,
+    *,
+    session: aiohttp.ClientSession | None = None,
+    policy: FetchPolicy = FetchPolicy(),
+    cache: MutableMapping[str, bytes] | None = None,
+) -> list[x509.Certificate]:
+    """The certificates at an AIA caIssuers URL (DER or PKCS#7), size-capped and cached.
+
+    Raises InputError with one line saying what went wrong and what to do instead.
+    """
+    if cache is not None and url in cache:
+        return parse_certificates(cache[url], source=url)
+    request = HttpRequest("GET", url)
+    async with _session_for(session, policy) as http:
+        reply = await _send(http, request, policy)
+    if reply.answer is None or reply.answer.status != 200:
+        problem = f"HTTP {reply.answer.status}" if reply.answer else _message(reply.rejection)
+        raise InputError(
+            f"could not download the issuer from {url} ({problem}); "
+            "pass the issuer certificate with --issuer"
+        )
+    certs = parse_certificates(reply.answer.body, source=f"issuer at {url}")
+    if cache is not None:
+        cache[url] = reply.answer.body
+    return certs
