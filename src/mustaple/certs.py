@@ -148,10 +148,10 @@ class Target:
         """What to tell a person when the certificate has no OCSP URL."""
         if self.must_staple:
             return (
-                f"{self.name}: must-staple certificate without an OCSP URL: it can never be "
-                "served correctly; reissue it without must-staple or from a CA that runs OCSP"
+                "must-staple certificate without an OCSP URL: it can never be served "
+                "correctly; reissue it without must-staple or from a CA that runs OCSP"
             )
-        return f"{self.name}: the certificate has no OCSP URL, so there is nothing to staple"
+        return "the certificate has no OCSP URL, so there is nothing to staple"
 
 
 def make_target(leaf: x509.Certificate, issuer: x509.Certificate) -> Target:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import os
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
@@ -31,6 +32,7 @@ from mustaple.request import HttpRequest, encode_request, make_cert_id, plan_req
 from mustaple.verify import DEFAULT_POLICY, HttpAnswer, Policy, Staple, compare, judge
 
 __all__ = [
+    "DEFAULT_FETCH_POLICY",
     "Attempt",
     "FetchPolicy",
     "FetchResult",
@@ -82,6 +84,9 @@ class FetchPolicy:
             raise ValueError("timeouts and max_size must be positive")
 
 
+DEFAULT_FETCH_POLICY = FetchPolicy()
+
+
 @dataclass(frozen=True, slots=True)
 class Attempt:
     """One HTTP exchange with a responder and how it ended."""
@@ -131,7 +136,7 @@ async def fetch_staple(
     *,
     urls: Sequence[str] = (),
     hash_name: str = "sha1",
-    policy: FetchPolicy = FetchPolicy(),
+    policy: FetchPolicy = DEFAULT_FETCH_POLICY,
     verify_policy: Policy = DEFAULT_POLICY,
     current: Staple | None = None,
     session: aiohttp.ClientSession | None = None,
@@ -281,6 +286,11 @@ async def _send(http: aiohttp.ClientSession, request: HttpRequest, policy: Fetch
 
 
 def _describe(exc: BaseException) -> str:
+    """A short account of a transport failure, e.g. '127.0.0.1:80: Connection refused'."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        errno = exc.os_error.errno
+        problem = os.strerror(errno) if errno else str(exc.os_error) or "connection failed"
+        return f"{exc.host}:{exc.port}: {problem}"
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
@@ -325,7 +335,7 @@ async def fetch_issuer(
     url: str,
     *,
     session: aiohttp.ClientSession | None = None,
-    policy: FetchPolicy = FetchPolicy(),
+    policy: FetchPolicy = DEFAULT_FETCH_POLICY,
     cache: MutableMapping[str, bytes] | None = None,
 ) -> list[x509.Certificate]:
     """The certificates at an AIA caIssuers URL (DER or PKCS#7), size-capped and cached.

@@ -130,6 +130,11 @@ class Reason(enum.Enum):
     # About the certificate rather than the response
     NO_OCSP_URL = ("no-ocsp-url", "the certificate names no OCSP responder", False)
 
+    @property
+    def hint(self) -> str:
+        """What a person can do about it."""
+        return _HINTS.get(self, _RETRY_HINT if self.retryable else "report it to the CA")
+
     @classmethod
     def from_code(cls, code: str) -> Reason:
         for reason in cls:
@@ -168,6 +173,39 @@ class Note(enum.Enum):
     )
 
 
+_RETRY_HINT = (
+    "retry later (the keeper does by itself); a staple in hand stays valid until it expires"
+)
+_HINTS = {
+    Reason.HTTP_CLIENT_ERROR: "check the responder URL (override it with --url)",
+    Reason.TOO_MANY_REDIRECTS: "check the responder URL; point --url at the final address",
+    Reason.TOO_LARGE: "the responder sends too much; check the URL or raise the size cap",
+    Reason.NOT_BASIC: "the responder speaks a response type no TLS client accepts; ask the CA",
+    Reason.UNSUPPORTED_VERSION: "no TLS client accepts this response; ask the CA",
+    Reason.UNKNOWN_CRITICAL_EXTENSION: "no strict client accepts this response; ask the CA",
+    Reason.MALFORMED_REQUEST: "try --hash sha1 (the default) or another responder URL",
+    Reason.SIG_REQUIRED: "this responder wants signed requests, which TLS servers never send",
+    Reason.UNAUTHORIZED: "the URL or issuer is wrong for this certificate; check --url and "
+    "--issuer",
+    Reason.WRONG_ISSUER: "the issuer given is not the one the responder knows; check --issuer",
+    Reason.UNSUPPORTED_HASH: "the responder answers with a CertID hash we cannot check",
+    Reason.SIGNER_UNKNOWN: "check --issuer; otherwise the responder is misconfigured",
+    Reason.BAD_SIGNATURE: "do not staple this; check --issuer, otherwise report it to the CA",
+    Reason.WEAK_ALGORITHM: "no client accepts this signature; ask the CA",
+    Reason.UNSUPPORTED_ALGORITHM: "ask the CA which algorithm its responder signs with",
+    Reason.DELEGATE_NOT_ISSUED_BY_ISSUER: "the responder is misconfigured; report it to the CA",
+    Reason.DELEGATE_NO_OCSP_SIGNING: "the responder is misconfigured; report it to the CA",
+    Reason.DELEGATE_EXPIRED: "the CA let its OCSP signing certificate expire; report it",
+    Reason.DELEGATE_NOT_YET_VALID: "check this machine's clock, then report it to the CA",
+    Reason.DELEGATE_IS_CA: "the responder is misconfigured; report it to the CA",
+    Reason.NO_NEXT_UPDATE: "strict clients refuse this; ask the CA, or allow it with the "
+    "lenient option",
+    Reason.NO_OCSP_URL: "use a CA that runs OCSP, or give a responder with --url",
+    Reason.PRODUCED_IN_FUTURE: "check this machine's clock (NTP); " + _RETRY_HINT,
+    Reason.THIS_UPDATE_IN_FUTURE: "check this machine's clock (NTP); " + _RETRY_HINT,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Rejection:
     """Why an attempt gave no usable staple: a stable reason plus the specifics."""
@@ -182,6 +220,11 @@ class Rejection:
     @property
     def retryable(self) -> bool:
         return self.reason.retryable
+
+    @property
+    def hint(self) -> str:
+        """What a person can do about it."""
+        return self.reason.hint
 
     @property
     def message(self) -> str:

@@ -84,9 +84,9 @@ class Identity:
 class LeafFiles:
     """Where `Leaf.write` put things."""
 
-    fullchain: Path  # leaf then intermediates, as certbot's fullchain.pem
+    fullchain: Path  # leaf then the issuing CA, as certbot's fullchain.pem
     cert: Path  # the leaf alone
-    chain: Path  # intermediates (or the root when there is none)
+    chain: Path  # the issuing CA
     issuer: Path  # the certificate that signed the leaf
     key: Path
     root: Path
@@ -97,7 +97,7 @@ class Leaf(Identity):
     """An end-entity certificate with its issuer and the chain a server would send."""
 
     issuer: x509.Certificate
-    chain: tuple[x509.Certificate, ...]  # intermediates, nearest first (no root)
+    chain: tuple[x509.Certificate, ...]  # the issuing CA, as a server sends it
     root: x509.Certificate
 
     @property
@@ -117,7 +117,7 @@ class Leaf(Identity):
         )
         files.fullchain.write_bytes(self.fullchain_pem)
         files.cert.write_bytes(self.cert_pem)
-        files.chain.write_bytes(b"".join(_pem(c) for c in self.chain) or _pem(self.root))
+        files.chain.write_bytes(b"".join(_pem(c) for c in self.chain))
         files.issuer.write_bytes(_pem(self.issuer))
         files.key.write_bytes(self.key_pem)
         files.root.write_bytes(_pem(self.root))
@@ -154,7 +154,8 @@ class CA:
 
     @property
     def chain(self) -> tuple[x509.Certificate, ...]:
-        return (self.issuing.cert,) if self.issuing is not self.root else ()
+        """What a server sends after the leaf: the issuing CA (the root itself when alone)."""
+        return (self.issuing.cert,)
 
     def _builder(
         self, subject: x509.Name, public_key: object, not_before: datetime, not_after: datetime

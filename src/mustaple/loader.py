@@ -1,0 +1,79 @@
+"""From certificate files to a `Target`: read the bundle, find the issuer that signed the leaf.
+
+The issuer is taken from, in order: an explicit issuer file, the rest of the bundle
+(fullchain.pem), or the leaf's AIA caIssuers URL (downloaded, size-capped, cached). Whichever it
+is, its signature on the leaf is checked. Every failure is an InputError with one line saying
+what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from pathlib import Path
+
+import aiohttp
+from cryptography import x509
+
+from mustaple.certs import Target, ca_issuer_urls, display_name, find_issuer, parse_certificates
+from mustaple.errors import InputError
+from mustaple.fetch import DEFAULT_FETCH_POLICY, FetchPolicy, fetch_issuer
+from mustaple.files import read_input
+
+__all__ = ["load_target"]
+
+
+async def load_target(
+    cert_path: str | Path,
+    issuer_path: str | Path | None = None,
+    *,
+    session: aiohttp.ClientSession | None = None,
+    policy: FetchPolicy = DEFAULT_FETCH_POLICY,
+    cache: MutableMapping[str, bytes] | None = None,
+) -> Target:
+    """The Target for the first certificate in `cert_path`."""
+    certs = parse_certificates(read_input(cert_path, "certificate"), source=str(cert_path))
+    leaf = certs[0]
+    if issuer_path is not None:
+        data = read_input(issuer_path, "issuer certificate")
+        given = parse_certificates(data, source=str(issuer_path))
+        issuer = find_issuer(leaf, given)
+        if issuer is None:
+            raise InputError(
+                f"{issuer_path}: this issuer did not sign {display_name(leaf)} "
+                f"(the certificate names {leaf.issuer.rfc4514_string()} as its issuer)"
+            )
+        return Target(leaf, issuer)
+    issuer = find_issuer(leaf, certs[1:]) or await _issuer_from_aia(
+        leaf, str(cert_path), session=session, policy=policy, cache=cache
+    )
+    return Target(leaf, issuer)
+
+
+async def _issuer_from_aia(
+    leaf: x509.Certificate,
+    source: str,
+    *,
+    session: aiohttp.ClientSession | None,
+    policy: FetchPolicy,
+    cache: MutableMapping[str, bytes] | None,
+) -> x509.Certificate:
+    """Download the issuer named by the leaf's caIssuers URLs; the first that signed it wins."""
+    urls = ca_issuer_urls(leaf)
+    if not urls:
+        raise InputError(
+            f"{source}: the issuer of {display_name(leaf)} is not in this file and the "
+            "certificate names no caIssuers URL; use fullchain.pem or pass --issuer FILE"
+        )
+    problems = []
+    for url in urls:
+        try:
+            issuer = find_issuer(
+                leaf, await fetch_issuer(url, session=session, policy=policy, cache=cache)
+            )
+        except InputError as exc:
+            problems.append(str(exc))
+            continue
+        if issuer is not None:
+            return issuer
+        problems.append(f"the certificate at {url} did not sign {display_name(leaf)}")
+    raise InputError(f"{source}: no issuer found: {'; '.join(problems)}")
