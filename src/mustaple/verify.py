@@ -290,7 +290,8 @@ def _check_single_extensions(envelope: _Envelope, index: int) -> None:
     try:
         responses = next(t for t in envelope.tbs_children if t.tag == der.SEQUENCE)
         single = der.children(responses)[index]
-        for part in der.children(single):
+        # certID, certStatus, thisUpdate come first; certStatus `revoked` is also tagged [1]
+        for part in der.children(single)[3:]:
             if part.tag == 0xA1:
                 for ext in der.children(der.read_single(part.content, der.SEQUENCE)):
                     _check_raw_extension(ext)

@@ -1,0 +1,145 @@
+"""Shared fixtures: a test PKI, responses made with cryptography's builder, a loopback server.
+
+Module files that need more control (misbehaving responders, OpenSSL) build their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
+
+from mustaple.certs import Target, make_target
+from mustaple.testing import CA, Identity, Leaf
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@pytest.fixture(scope="session")
+def now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+@pytest.fixture(scope="session")
+def ca(now: datetime) -> CA:
+    return CA(key_type="ec", ocsp_url="http://127.0.0.1:9/", now=now - timedelta(hours=1))
+
+
+@pytest.fixture(scope="session")
+def leaf(ca: CA) -> Leaf:
+    return ca.issue("www.example.test")
+
+
+@pytest.fixture(scope="session")
+def target(leaf: Leaf) -> Target:
+    return make_target(leaf.cert, leaf.issuer)
+
+
+def build_response(
+    leaf: Leaf,
+    signer: Identity,
+    *,
+    this_update: datetime,
+    next_update: datetime | None,
+    status: ocsp.OCSPCertStatus = ocsp.OCSPCertStatus.GOOD,
+    cert_id_hash: hashes.HashAlgorithm | None = None,
+    by_name: bool = False,
+    include_signer: bool = False,
+    revoked_at: datetime | None = None,
+) -> bytes:
+    """A DER response made by cryptography's builder (the well-behaved cases)."""
+    reason = x509.ReasonFlags.key_compromise if status == ocsp.OCSPCertStatus.REVOKED else None
+    builder = ocsp.OCSPResponseBuilder().add_response(
+        leaf.cert,
+        leaf.issuer,
+        cert_id_hash or hashes.SHA1(),
+        status,
+        this_update,
+        next_update,
+        revoked_at or (this_update if reason else None),
+        reason,
+    )
+    encoding = ocsp.OCSPResponderEncoding.NAME if by_name else ocsp.OCSPResponderEncoding.HASH
+    builder = builder.responder_id(encoding, signer.cert)
+    if include_signer:
+        builder = builder.certificates([signer.cert])
+    algorithm = hashes.SHA256() if not _is_ed(signer) else None
+    response = builder.sign(signer.key, algorithm)
+    return response.public_bytes(serialization.Encoding.DER)
+
+
+def _is_ed(identity: Identity) -> bool:
+    return identity.cert.signature_hash_algorithm is None
+
+
+@dataclass
+class LoopbackServer:
+    """An aiohttp app on 127.0.0.1 in its own thread, for code that makes real HTTP calls."""
+
+    handler: Handler
+    hits: list[str] = field(default_factory=list)
+    url: str = ""
+    _loop: asyncio.AbstractEventLoop | None = None
+    _runner: web.AppRunner | None = None
+
+    def start(self) -> None:
+        ready = threading.Event()
+        threading.Thread(target=self._serve, args=(ready,), daemon=True).start()
+        ready.wait(10)
+
+    def _serve(self, ready: threading.Event) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._loop.run_until_complete(self._setup())
+        ready.set()
+        self._loop.run_forever()
+
+    async def _setup(self) -> None:
+        async def record(request: web.Request) -> web.StreamResponse:
+            self.hits.append(f"{request.method} {request.path_qs}")
+            return await self.handler(request)
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", record)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}/"
+
+    def stop(self) -> None:
+        loop, runner = self._loop, self._runner
+        if loop is None or runner is None:
+            return
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Handler], LoopbackServer]]:
+    """Start loopback servers with the given handlers; all are stopped after the test."""
+    servers: list[LoopbackServer] = []
+
+    def start(handler: Handler) -> LoopbackServer:
+        server = LoopbackServer(handler)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def ocsp_reply(body: bytes, status: int = 200, **headers: str) -> web.Response:
+    return web.Response(
+        body=body, status=status, content_type="application/ocsp-response", headers=headers
+    )

@@ -1,0 +1,83 @@
+"""Parsing bundles, finding the issuer, must-staple and OCSP URLs."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs7
+
+from mustaple.certs import (
+    ca_issuer_urls,
+    display_name,
+    find_issuer,
+    is_must_staple,
+    make_target,
+    ocsp_urls,
+    parse_certificates,
+)
+from mustaple.errors import InputError
+from mustaple.testing import CA, Leaf
+
+DER = serialization.Encoding.DER
+PEM = serialization.Encoding.PEM
+
+
+def test_fullchain_keeps_order(leaf: Leaf) -> None:
+    certs = parse_certificates(leaf.fullchain_pem)
+    assert certs == [leaf.cert, leaf.issuer]
+
+
+def test_der_and_pkcs7(leaf: Leaf) -> None:
+    assert parse_certificates(leaf.cert.public_bytes(DER)) == [leaf.cert]
+    bundle = [leaf.issuer, leaf.root]
+    assert parse_certificates(pkcs7.serialize_certificates(bundle, DER)) == bundle
+    assert parse_certificates(pkcs7.serialize_certificates(bundle, PEM)) == bundle
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"hello", b"\x30\x03abc", b"-----BEGIN CERTIFICATE-----\nAAAA\n"]
+)
+def test_garbage_is_an_input_error_naming_the_source(data: bytes) -> None:
+    with pytest.raises(InputError, match=r"^cert\.pem: "):
+        parse_certificates(data, source="cert.pem")
+
+
+def test_must_staple_and_urls(ca: CA) -> None:
+    plain = ca.issue("plain.test", must_staple=False, ocsp_urls=[])
+    assert not is_must_staple(plain.cert)
+    assert ocsp_urls(plain.cert) == []
+    both = ca.issue(
+        "both.test", ocsp_urls=["http://a.test/", "http://b.test/"], ca_issuer_urls=["http://c/"]
+    )
+    assert is_must_staple(both.cert)
+    assert ocsp_urls(both.cert) == ["http://a.test/", "http://b.test/"]
+    assert ca_issuer_urls(both.cert) == ["http://c/"]
+
+
+def test_find_issuer_checks_the_signature_not_just_the_name(ca: CA, leaf: Leaf) -> None:
+    impostor = CA(name="mustaple test root")  # same subject, other key
+    assert impostor.cert.subject == leaf.issuer.subject
+    assert find_issuer(leaf.cert, [impostor.cert, leaf.issuer]) == leaf.issuer
+    assert find_issuer(leaf.cert, [impostor.cert]) is None
+    with pytest.raises(InputError, match="did not sign"):
+        make_target(leaf.cert, impostor.cert)
+
+
+def test_intermediate_issues(leaf: Leaf) -> None:
+    ca = CA(key_type="rsa", intermediate=True)
+    child = ca.issue("deep.test")
+    certs = parse_certificates(child.fullchain_pem)
+    assert find_issuer(certs[0], certs[1:]) == ca.cert != ca.root.cert
+
+
+def test_target_fields(ca: CA) -> None:
+    leaf = ca.issue("a.test", "b.test", ocsp_urls=[])
+    target = make_target(leaf.cert, leaf.issuer)
+    assert (target.name, target.must_staple, target.ocsp_urls) == ("a.test", True, ())
+    assert "can never be served correctly" in target.no_url_message()
+    plain = ca.issue("c.test", ocsp_urls=[], must_staple=False)
+    assert "nothing to staple" in make_target(plain.cert, plain.issuer).no_url_message()
+
+
+def test_display_name_falls_back_to_common_name_then_serial(ca: CA) -> None:
+    assert display_name(ca.cert) == "mustaple test root"
