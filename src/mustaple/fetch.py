@@ -158,7 +158,7 @@ async def fetch_staple(
             staple = await run.try_url(http, url, request_der)
             if staple is not None:
                 return FetchResult(staple, None, tuple(run.attempts), url)
-    return FetchResult(None, run.last, tuple(run.attempts), all_urls[-1])
+    return FetchResult(None, run.reported, tuple(run.attempts), run.reported_url)
 
 
 @asynccontextmanager
@@ -190,14 +190,26 @@ class _Run:
     sleep: Sleep
     rng: Callable[[], float]
     attempts: list[Attempt] = field(default_factory=list)
-    last: Rejection | None = None
+    last: Rejection | None = None  # decides whether to retry
+    reported: Rejection | None = None  # what the result tells: see `_report`
+    reported_url: str | None = None
+    reported_answered: bool = False
+
+    def _report(self, url: str, rejection: Rejection, answered: bool) -> None:
+        """Keep the latest rejection, preferring one that came with an HTTP answer.
+
+        A responder's own words (tryLater, a stale response, an error page) say more than a
+        refused connection to a fallback URL tried afterwards.
+        """
+        if answered or not self.reported_answered:
+            self.reported, self.reported_url, self.reported_answered = rejection, url, answered
 
     async def try_url(
         self, http: aiohttp.ClientSession, url: str, request_der: bytes
     ) -> Staple | None:
         """Rounds of GET-then-POST on one URL, with backoff between rounds."""
         for round_no in range(self.policy.attempts_per_url):
-            staple, retry_after = await self._one_round(http, plan_requests(url, request_der))
+            staple, retry_after = await self._one_round(http, url, plan_requests(url, request_der))
             if staple is not None:
                 return staple
             last_round = round_no + 1 == self.policy.attempts_per_url
@@ -215,7 +227,7 @@ class _Run:
         return delay
 
     async def _one_round(
-        self, http: aiohttp.ClientSession, plan: list[HttpRequest]
+        self, http: aiohttp.ClientSession, url: str, plan: list[HttpRequest]
     ) -> tuple[Staple | None, float | None]:
         retry_after = None
         for request in plan:
@@ -223,6 +235,7 @@ class _Run:
             if isinstance(outcome, Staple):
                 return outcome, None
             self.last = outcome
+            self._report(url, outcome, self.attempts[-1].http_status is not None)
             if not _worth_post(request, outcome, self.attempts[-1].http_status):
                 break
         return None, retry_after
