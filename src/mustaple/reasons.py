@@ -173,9 +173,7 @@ class Note(enum.Enum):
     )
 
 
-_RETRY_HINT = (
-    "retry later (the keeper does by itself); a staple in hand stays valid until it expires"
-)
+_RETRY_HINT = "worth retrying later; a staple in hand stays valid until it expires"
 _HINTS = {
     Reason.HTTP_CLIENT_ERROR: "check the responder URL (override it with --url)",
     Reason.TOO_MANY_REDIRECTS: "check the responder URL; point --url at the final address",

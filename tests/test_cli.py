@@ -1,0 +1,250 @@
+"""The command line, run in-process through `main(argv)`, and once as the installed script."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from cryptography.x509 import ocsp
+
+from conftest import Handler, LoopbackServer, build_response, ocsp_reply
+from mustaple.cli import main
+from mustaple.report import STAPLE_KEYS, ExitCode
+from mustaple.testing import CA, Leaf, LeafFiles
+
+Serve = Callable[[Handler], LoopbackServer]
+DAY = timedelta(days=1)
+JSON_KEYS = {
+    "ok", "status", "reason", "message", "serial", "must_staple", "this_update", "next_update",
+    "effective_expiry", "responder_url", "attempts",
+}  # fmt: skip
+
+
+def answering(body: bytes) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return ocsp_reply(body)
+
+    return handler
+
+
+async def html_page(request: web.Request) -> web.StreamResponse:
+    return web.Response(text="<html>maintenance</html>", content_type="text/html")
+
+
+@pytest.fixture
+def site(ca: CA, tmp_path: Path, now: datetime) -> tuple[Leaf, LeafFiles]:
+    leaf = ca.issue("cli.test", ocsp_urls=[])
+    return leaf, leaf.write(tmp_path / "cert")
+
+
+def response(ca: CA, leaf: Leaf, now: datetime, **kwargs: object) -> bytes:
+    return build_response(
+        leaf,
+        ca.issuing,
+        this_update=now,
+        next_update=now + 2 * DAY,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_fetch_good_writes_the_staple(
+    serve: Serve,
+    ca: CA,
+    site: tuple[Leaf, LeafFiles],
+    now: datetime,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    leaf, files = site
+    body = response(ca, leaf, now)
+    server = serve(answering(body))
+    out_file = tmp_path / "staple.der"
+    code, out, err = run(
+        ["fetch", str(files.fullchain), "--url", server.url, "--out", str(out_file)], capsys
+    )
+    assert code == ExitCode.GOOD
+    assert out.startswith("OK cli.test: good staple, valid until ")
+    assert f"saved to {out_file}" in out
+    assert out.count("\n") == 1
+    assert err == ""
+    assert out_file.read_bytes() == body
+
+
+def test_fetch_json(
+    serve: Serve,
+    ca: CA,
+    site: tuple[Leaf, LeafFiles],
+    now: datetime,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    leaf, files = site
+    server = serve(answering(response(ca, leaf, now)))
+    code, out, _ = run(["fetch", str(files.fullchain), "--url", server.url, "--json"], capsys)
+    data = json.loads(out)
+    assert code == 0
+    assert JSON_KEYS | set(STAPLE_KEYS) <= set(data)
+    assert data["ok"] is True
+    assert data["status"] == "good"
+    assert data["must_staple"] is True
+    assert data["serial"] == f"{leaf.cert.serial_number:x}"
+    assert data["responder_url"] == server.url
+    assert data["attempts"][0]["http_status"] == 200
+
+
+def test_fetch_revoked_exits_3_and_writes_nothing(
+    serve: Serve,
+    ca: CA,
+    site: tuple[Leaf, LeafFiles],
+    now: datetime,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    leaf, files = site
+    server = serve(answering(response(ca, leaf, now, status=ocsp.OCSPCertStatus.REVOKED)))
+    out_file = tmp_path / "staple.der"
+    argv = ["fetch", str(files.fullchain), "--url", server.url, "--out", str(out_file)]
+    code, out, _ = run(argv, capsys)
+    assert code == ExitCode.REVOKED
+    assert out.startswith("REVOKED cli.test: REVOKED at ")
+    assert "replace the certificate" in out
+    assert not out_file.exists()
+
+
+def test_fetch_unknown_and_rejected_exit_1(
+    serve: Serve,
+    ca: CA,
+    site: tuple[Leaf, LeafFiles],
+    now: datetime,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    leaf, files = site
+    server = serve(answering(response(ca, leaf, now, status=ocsp.OCSPCertStatus.UNKNOWN)))
+    code, out, _ = run(["fetch", str(files.fullchain), "--url", server.url, "--json"], capsys)
+    assert code == ExitCode.NO_STAPLE
+    data = json.loads(out)
+    assert (data["ok"], data["status"], data["reason"]) == (False, "unknown", "cert-status-unknown")
+    server.handler = html_page
+    code, out, _ = run(["fetch", str(files.fullchain), "--url", server.url], capsys)
+    assert code == ExitCode.NO_STAPLE
+    assert out.startswith("FAILED cli.test: no valid staple: the answer is not application/ocsp")
+    assert out.count("\n") == 1
+
+
+def test_fetch_without_ocsp_url_on_must_staple(
+    site: tuple[Leaf, LeafFiles], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(["fetch", str(site[1].fullchain)], capsys)
+    assert code == ExitCode.NO_STAPLE
+    assert "must-staple certificate without an OCSP URL: it can never be served" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (["fetch", "/nonexistent/cert.pem"], "certificate not found"),
+        (["fetch", "{garbage}"], "no certificate found"),
+        (["fetch", "{cert}", "--url", "ftp://x"], "not an http:// or https:// URL"),
+        (["fetch", "{cert}", "--hash", "md5"], "Invalid value for '--hash'"),
+        (["fetch"], "Missing argument 'CERT'"),
+        (["inspect", "{garbage}", "--cert", "{cert}", "--at", "yesterday"], "ISO 8601"),
+        (["fetch", "{cert}", "--out", "/nonexistent/dir/x.der", "--url", "{url}"], "cannot write"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    serve: Serve,
+    ca: CA,
+    site: tuple[Leaf, LeafFiles],
+    now: datetime,
+    tmp_path: Path,
+    argv: list[str],
+    problem: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    leaf, files = site
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_bytes(b"\x00\x01 not a certificate")
+    server = serve(answering(response(ca, leaf, now)))
+    values = {"garbage": str(garbage), "cert": str(files.fullchain), "url": server.url}
+    code, out, err = run([a.format(**values) for a in argv], capsys)
+    assert code == ExitCode.USAGE
+    assert problem in err
+    assert "Traceback" not in err + out
+
+
+def test_inspect_explains(
+    ca: CA,
+    site: tuple[Leaf, LeafFiles],
+    now: datetime,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    leaf, files = site
+    der_file = tmp_path / "r.der"
+    der_file.write_bytes(response(ca, leaf, now))
+    code, out, _ = run(["inspect", str(der_file), "--cert", str(files.fullchain)], capsys)
+    assert code == 0
+    assert "verdict:          VALID, can be stapled" in out
+    assert "must-staple:      yes" in out
+    later = (now + 3 * DAY).strftime("%Y-%m-%dT%H:%M:%SZ")
+    argv = ["inspect", str(der_file), "--cert", str(files.fullchain), "--at", later, "--json"]
+    code, out, _ = run(argv, capsys)
+    assert code == ExitCode.NO_STAPLE
+    assert json.loads(out)["reason"] == "expired"
+
+
+def test_inspect_base64_and_garbage(
+    ca: CA,
+    site: tuple[Leaf, LeafFiles],
+    now: datetime,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    leaf, files = site
+    b64 = tmp_path / "r.b64"
+    b64.write_bytes(base64.encodebytes(response(ca, leaf, now)))
+    code, _, _ = run(["inspect", str(b64), "--cert", str(files.fullchain)], capsys)
+    assert code == 0
+    junk = tmp_path / "junk.der"
+    junk.write_bytes(b"\x30\x82\xff\xff garbage")
+    code, out, _ = run(["inspect", str(junk), "--cert", str(files.fullchain)], capsys)
+    assert code == ExitCode.NO_STAPLE
+    assert "REJECTED [malformed]" in out
+
+
+def test_installed_script_never_shows_a_traceback(tmp_path: Path) -> None:
+    garbage = tmp_path / "bad.pem"
+    garbage.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot base64 at all\n")
+    script = Path(sys.executable).with_name("mustaple")
+    done = subprocess.run(
+        [str(script), "fetch", str(garbage)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.startswith(f"mustaple: {garbage}: not a readable certificate")
+    assert done.stderr.count("\n") == 1
+
+
+def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["--version"], capsys)
+    assert code == 0
+    assert "mustaple" in out
+    code, out, _ = run(["fetch", "--help"], capsys)
+    assert code == 0
+    assert "Exit codes" in out
