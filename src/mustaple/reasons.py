@@ -228,3 +228,20 @@ class Rejection:
     def message(self) -> str:
         """One line for a person: the reason, then the specifics when there are any."""
         return f"{self.reason.summary}: {self.detail}" if self.detail else self.reason.summary
+
+
+def markdown_tables() -> str:
+    """The reason and note tables of docs/reasons.md (tests/test_docs.py checks them)."""
+    rows = [
+        "| code | retry helps | meaning | what to do |",
+        "| --- | --- | --- | --- |",
+        *(
+            f"| `{r.code}` | {'yes' if r.retryable else 'no'} | {r.summary} | {r.hint} |"
+            for r in Reason
+        ),
+        "",
+        "| note | meaning |",
+        "| --- | --- |",
+        *(f"| `{n.code}` | {n.summary} |" for n in Note),
+    ]
+    return "\n".join(rows) + "\n"
