@@ -1,0 +1,113 @@
+"""Refresh and retry decisions, driven by a fake clock: a week of refreshes in microseconds."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from cryptography.x509 import ocsp
+
+from mustaple.schedule import (
+    Alert,
+    SchedulePolicy,
+    alert_level,
+    next_refresh,
+    next_retry,
+    refresh_point,
+)
+from mustaple.verify import Signer, Staple
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
+
+
+def staple(this_update: datetime, lifetime: timedelta = 4 * DAY) -> Staple:
+    return Staple(
+        der=b"",
+        serial=1,
+        status=ocsp.OCSPCertStatus.GOOD,
+        produced_at=this_update,
+        this_update=this_update,
+        next_update=this_update + lifetime,
+        effective_expiry=this_update + lifetime,
+        signer=Signer.ISSUER,
+        signer_name="CN=test",
+        hash_name="sha1",
+    )
+
+
+def test_refresh_half_way_minus_jitter() -> None:
+    held = staple(T0)
+    assert refresh_point(held) == T0 + 2 * DAY
+    assert next_refresh(held, T0, dice=lambda: 0.0) == T0 + 2 * DAY
+    assert next_refresh(held, T0, dice=lambda: 0.999) == T0 + 2 * DAY - 0.4 * DAY * 0.999
+
+
+def test_refresh_never_sooner_than_the_floor() -> None:
+    held = staple(T0, lifetime=4 * 60 * timedelta(seconds=1))  # a 4 minute window
+    assert next_refresh(held, T0, dice=lambda: 0.5) == T0 + timedelta(minutes=5)
+
+
+def test_a_week_of_refreshes_keeps_a_fresh_staple() -> None:
+    """Responder issues 4-day responses; we refresh and never let a staple run past 60%."""
+    dice = random.Random(7).random
+    now, held = T0, staple(T0)
+    fetches = 0
+    while now < T0 + 7 * DAY:
+        now = next_refresh(held, now, dice)
+        assert now < held.effective_expiry
+        assert held.fraction_left(now) >= 0.4
+        held, fetches = staple(now), fetches + 1
+    assert 3 <= fetches <= 5
+
+
+def test_retry_backoff_grows_and_is_capped() -> None:
+    top = [next_retry(n, T0, None, dice=lambda: 0.999999) - T0 for n in range(1, 12)]
+    assert top[0] < timedelta(seconds=30)
+    assert top[1] < timedelta(seconds=60)
+    assert top == sorted(top)
+    assert max(top) <= HOUR
+    assert next_retry(1, T0, None, dice=lambda: 0.0) == T0 + timedelta(seconds=5)
+
+
+def test_retry_is_more_urgent_near_expiry() -> None:
+    far = next_retry(10, T0, T0 + 3 * DAY, dice=lambda: 0.999) - T0
+    near = next_retry(10, T0, T0 + 20 * timedelta(minutes=1), dice=lambda: 0.999) - T0
+    assert far > 50 * timedelta(minutes=1)
+    assert near <= timedelta(minutes=5)
+
+
+def test_outage_until_expiry_gives_many_tries() -> None:
+    """With the responder down from the refresh point on, we keep trying until expiry."""
+    dice = random.Random(3).random
+    held = staple(T0)
+    now, failures, tries_last_day = refresh_point(held), 0, 0
+    while now < held.effective_expiry:
+        failures += 1
+        now = next_retry(failures, now, held.effective_expiry, dice)
+        tries_last_day += now > held.effective_expiry - DAY
+    assert tries_last_day >= 24
+
+
+def test_alerts_escalate() -> None:
+    held = staple(T0)
+    assert alert_level(held, T0 + DAY) is Alert.OK
+    assert alert_level(held, T0 + 3 * DAY + HOUR) is Alert.WARNING
+    assert alert_level(held, T0 + 4 * DAY - 5 * HOUR) is Alert.CRITICAL
+    assert alert_level(None, T0) is Alert.CRITICAL
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"refresh_at": 1.0}, {"refresh_at": 0.5, "jitter": 0.6}, {"retry_min": 2 * HOUR}],
+)
+def test_policy_rejects_nonsense(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011
+        SchedulePolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_failures_start_at_one() -> None:
+    with pytest.raises(ValueError, match="starting at 1"):
+        next_retry(0, T0, None, dice=lambda: 0.5)
