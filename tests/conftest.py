@@ -23,14 +23,15 @@ from mustaple.testing import CA, Identity, Leaf
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
+    """The test's idea of now (responses built by cryptography carry the real producedAt)."""
+    return datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
 
 
 @pytest.fixture(scope="session")
-def ca(now: datetime) -> CA:
-    return CA(key_type="ec", ocsp_url="http://127.0.0.1:9/", now=now - timedelta(hours=1))
+def ca() -> CA:
+    return CA(key_type="ec", ocsp_url="http://127.0.0.1:9/")
 
 
 @pytest.fixture(scope="session")

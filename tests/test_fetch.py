@@ -9,7 +9,7 @@ import asyncio
 import base64
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import pytest
 from aiohttp import web
@@ -19,6 +19,7 @@ from conftest import Handler, LoopbackServer, build_response, ocsp_reply
 from mustaple.certs import Target, make_target
 from mustaple.fetch import FetchPolicy, FetchResult, _retry_after, fetch_staple
 from mustaple.reasons import Reason
+from mustaple.request import encode_request, get_url, make_cert_id
 from mustaple.testing import CA, Leaf
 from mustaple.verify import Staple
 
@@ -70,6 +71,24 @@ def test_get_carries_the_request_in_the_path(
     (attempt,) = result.attempts
     assert (attempt.method, attempt.http_status, attempt.reason) == ("GET", 200, None)
     assert attempt.latency > 0
+
+
+@pytest.mark.parametrize("hash_name", ["sha1", "sha256"])
+def test_get_path_arrives_exactly_as_built(
+    serve: Serve, target: Target, good_body: bytes, hash_name: str
+) -> None:
+    raw_paths: list[str] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        raw_paths.append(request.raw_path)
+        return ocsp_reply(good_body)
+
+    server = serve(handler)
+    run_fetch(target, urls=[server.url + "ocsp/"], hash_name=hash_name)
+    der = encode_request(make_cert_id(target.issuer, target.serial, hash_name))
+    assert raw_paths == [urlsplit(get_url(server.url + "ocsp/", der)).path]
+    assert "=" not in raw_paths[0]
+    assert "+" not in raw_paths[0]
 
 
 def test_post_fallback_when_get_is_refused(serve: Serve, target: Target, good_body: bytes) -> None:

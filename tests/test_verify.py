@@ -69,6 +69,10 @@ def test_clock_skew_allowance(ca: CA, leaf: Leaf, target: Target, now: datetime)
     assert reason_of(verify(later, target, now)) is Reason.THIS_UPDATE_IN_FUTURE
     strict = Policy(clock_skew=timedelta(0))
     assert reason_of(verify(soon, target, now, strict)) is Reason.THIS_UPDATE_IN_FUTURE
+    signed_now = good(ca, leaf, now, this_update=now - timedelta(seconds=5))
+    assert reason_of(verify(signed_now, target, now - timedelta(minutes=6))) is (
+        Reason.PRODUCED_IN_FUTURE
+    )
 
 
 def test_long_window_is_capped_at_the_client_maximum(

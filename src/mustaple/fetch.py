@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 
 import aiohttp
 from cryptography import x509
+from yarl import URL
 
 from mustaple import __version__
 from mustaple.certs import Target, parse_certificates
@@ -283,7 +284,7 @@ async def _send(http: aiohttp.ClientSession, request: HttpRequest, policy: Fetch
     try:
         async with http.request(
             request.method,
-            request.url,
+            URL(request.url, encoded=True),  # keep %2B %2F %3D exactly as RFC 5019 wants
             data=request.body,
             headers=headers,
             max_redirects=policy.max_redirects,

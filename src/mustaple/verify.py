@@ -206,6 +206,10 @@ def verify(
         return _verify(data, target, now, policy)
     except _Fail as fail:
         return fail.rejection
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        # cryptography parses names and embedded certificates lazily: garbled ones fail on
+        # first use, with ValueError or (for some attribute types) TypeError
+        return Rejection(Reason.MALFORMED, f"{type(exc).__name__}: {_short(exc)}")
 
 
 def _verify(data: bytes, target: Target, now: datetime, policy: Policy) -> Staple:
@@ -248,8 +252,8 @@ def _open_envelope(data: bytes) -> _Envelope:
         if len(parts) != 2 or parts[1].tag != 0xA0:
             raise der.DerError("successful response without responseBytes")
         return _open_basic(der.read_single(parts[1].content, der.SEQUENCE))
-    except der.DerError as exc:
-        raise _Fail(Reason.MALFORMED, str(exc)) from exc
+    except (der.DerError, ValueError, IndexError) as exc:  # wrong shapes, too few fields
+        raise _Fail(Reason.MALFORMED, _short(exc)) from exc
 
 
 def _unsuccessful(status: int) -> _Fail:
@@ -260,7 +264,10 @@ def _unsuccessful(status: int) -> _Fail:
 
 
 def _open_basic(response_bytes: der.Tlv) -> _Envelope:
-    rtype, payload = der.children(response_bytes)
+    parts = der.children(response_bytes)
+    if len(parts) != 2:
+        raise der.DerError("responseBytes must have exactly two fields")
+    rtype, payload = parts
     if der.decode_oid(rtype) != _BASIC:
         raise _Fail(Reason.NOT_BASIC, f"response type {der.decode_oid(rtype)}")
     if payload.tag != der.OCTET_STRING:
@@ -411,7 +418,7 @@ def _check_signature(envelope: _Envelope, resp: ocsp.OCSPResponse, key: object) 
         _verify_with(oid, envelope.signature_params, key, resp.signature, resp.tbs_response_bytes)
     except InvalidSignature as exc:
         raise _Fail(Reason.BAD_SIGNATURE) from exc
-    except (der.DerError, ValueError, UnsupportedAlgorithm) as exc:
+    except (der.DerError, ValueError, IndexError, UnsupportedAlgorithm) as exc:
         raise _Fail(Reason.BAD_SIGNATURE, _short(exc)) from exc
 
 
