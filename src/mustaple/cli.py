@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import click
 
 from mustaple import __version__
+from mustaple.demo import run_demo
 from mustaple.errors import InputError
 from mustaple.fetch import FetchPolicy, FetchResult, fetch_staple, utc_now
 from mustaple.files import read_input, write_atomic
@@ -202,6 +203,12 @@ def _response_bytes(data: bytes, source: str) -> bytes:
     if decoded[:1] != b"\x30":
         raise InputError(f"{source}: neither DER nor base64 DER")
     return decoded
+
+
+@cli.command()
+def demo() -> int:
+    """Show mustaple end to end on loopback: no internet, no setup, under a minute."""
+    return asyncio.run(run_demo(click.echo))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
