@@ -21,14 +21,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from mustaple.errors import InputError
 
-__all__ = ["AttemptRecord", "SqliteStore", "Store", "StoredStaple", "cert_key"]
+__all__ = ["AttemptRecord", "CertStatus", "SqliteStore", "Store", "StoredStaple", "cert_key"]
 
 HISTORY_LIMIT = 50
 _SCHEMA_VERSION = 1
@@ -54,6 +54,18 @@ CREATE TABLE IF NOT EXISTS attempts (
     message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS attempts_by_cert ON attempts (cert_key, id);
+CREATE TABLE IF NOT EXISTS status (
+    cert_key TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    cert_path TEXT NOT NULL,
+    must_staple INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    next_due TEXT,
+    failures INTEGER NOT NULL,
+    last_attempt TEXT,
+    last_reason TEXT,
+    last_message TEXT
+);
 """
 
 
@@ -72,6 +84,21 @@ class StoredStaple:
     effective_expiry: datetime
     fetched_at: datetime
     responder_url: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CertStatus:
+    """What the keeper last knew about a certificate, for `mustaple status`."""
+
+    name: str
+    cert_path: str
+    must_staple: bool
+    state: str  # "good", "failing", "revoked", "expired", "no-ocsp-url", "pending"
+    next_due: datetime | None
+    failures: int
+    last_attempt: datetime | None
+    last_reason: str | None
+    last_message: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +126,10 @@ class Store(Protocol):
     def history(self, key: str, limit: int = HISTORY_LIMIT) -> list[AttemptRecord]: ...
 
     def keys(self) -> list[str]: ...
+
+    def save_status(self, key: str, status: CertStatus) -> None: ...
+
+    def statuses(self) -> dict[str, CertStatus]: ...
 
     def remove(self, key: str) -> None: ...
 
@@ -189,13 +220,48 @@ class SqliteStore:
     def keys(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT cert_key FROM staples ORDER BY cert_key")]
 
+    def save_status(self, key: str, status: CertStatus) -> None:
+        values = (
+            key,
+            status.name,
+            status.cert_path,
+            int(status.must_staple),
+            status.state,
+            _iso(status.next_due) if status.next_due else None,
+            status.failures,
+            _iso(status.last_attempt) if status.last_attempt else None,
+            status.last_reason,
+            status.last_message,
+        )
+        with self._transaction():
+            self._db.execute("INSERT OR REPLACE INTO status VALUES (?,?,?,?,?,?,?,?,?,?)", values)
+
+    def statuses(self) -> dict[str, CertStatus]:
+        rows = self._db.execute("SELECT * FROM status ORDER BY name").fetchall()
+        return {row[0]: _status(row[1:]) for row in rows}
+
     def remove(self, key: str) -> None:
         with self._transaction():
-            self._db.execute("DELETE FROM staples WHERE cert_key = ?", (key,))
-            self._db.execute("DELETE FROM attempts WHERE cert_key = ?", (key,))
+            for table in ("staples", "attempts", "status"):
+                self._db.execute(f"DELETE FROM {table} WHERE cert_key = ?", (key,))
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
+
+
+def _status(row: tuple[Any, ...]) -> CertStatus:
+    name, path, must_staple, state, next_due, failures, last_attempt, reason, message = row
+    return CertStatus(
+        name,
+        path,
+        bool(must_staple),
+        state,
+        _time(next_due) if next_due else None,
+        failures,
+        _time(last_attempt) if last_attempt else None,
+        reason,
+        message,
+    )
 
 
 class _Transaction:

@@ -1,0 +1,286 @@
+"""The keeper's configuration: one TOML file, checked strictly (docs/configuration.md).
+
+Every problem is a `ConfigError` naming the file, the key and what is wrong; unknown keys are
+errors, not silently ignored. Durations are written with their unit ("30s", "5m", "2h", "1d").
+Sink tables are kept raw here and checked by `sinks.build_sink` when the keeper builds them.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from mustaple.errors import InputError
+from mustaple.fetch import FetchPolicy
+from mustaple.request import HASHES
+from mustaple.schedule import SchedulePolicy
+from mustaple.verify import Policy
+
+__all__ = [
+    "CertEntry",
+    "Config",
+    "ConfigError",
+    "Hooks",
+    "KeeperPolicy",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+]
+
+_T = TypeVar("_T")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+HOOK_EVENTS = ("on_revoked", "on_expiring", "on_failure", "on_recovered")
+
+
+class ConfigError(InputError):
+    """The configuration cannot be used; the message names the file and the key."""
+
+
+def parse_duration(text: str) -> timedelta:
+    """'30s', '5m', '2h', '1d' (a number and one unit) as a timedelta."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a duration such as '30s', '5m', '2h' or '1d'")
+    return timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+
+
+@dataclass(frozen=True)
+class CertEntry:
+    """Which certificates, and how to get and deliver their staples."""
+
+    paths: tuple[str, ...]  # files or globs
+    issuer: Path | None = None
+    urls: tuple[str, ...] = ()
+    sinks: tuple[str, ...] | None = None  # None: every sink
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """Commands run on events, with the event in their environment (docs/configuration.md)."""
+
+    on_revoked: str | None = None
+    on_expiring: str | None = None
+    on_failure: str | None = None
+    on_recovered: str | None = None
+    timeout: timedelta = timedelta(seconds=60)
+
+    def command(self, event: str) -> str | None:
+        value: str | None = getattr(self, event)
+        return value
+
+
+@dataclass(frozen=True)
+class KeeperPolicy:
+    """The policy knobs, grouped by the part of mustaple they steer."""
+
+    schedule: SchedulePolicy = field(default_factory=SchedulePolicy)
+    fetch: FetchPolicy = field(default_factory=FetchPolicy)
+    verify: Policy = field(default_factory=Policy)
+    hash_name: str = "sha1"
+    concurrency: int = 32
+    per_host: int = 4
+    at_expiry: str = "remove"  # or "keep"
+    watch_interval: timedelta = timedelta(seconds=5)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    state_dir: Path
+    certificates: tuple[CertEntry, ...]
+    sinks: Mapping[str, Mapping[str, Any]]
+    hooks: Hooks = field(default_factory=Hooks)
+    policy: KeeperPolicy = field(default_factory=KeeperPolicy)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and check a configuration file."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: configuration file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read the configuration ({exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML ({exc})") from None
+    return parse_config(data, p)
+
+
+class _Reader:
+    """Typed access to one TOML table, naming `prefix.key` in every error."""
+
+    def __init__(self, source: Path, prefix: str, table: object) -> None:
+        self.source, self.prefix = source, prefix
+        if not isinstance(table, dict):
+            raise self.error("", "must be a table")
+        self.table: dict[str, Any] = table
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        name = f"{self.prefix}.{key}" if self.prefix and key else self.prefix or key
+        return ConfigError(f"{self.source}: {name}: {problem}")
+
+    def only(self, *allowed: str) -> None:
+        for key in self.table:
+            if key not in allowed:
+                raise self.error(key, f"unknown key; expected one of: {', '.join(allowed)}")
+
+    def get(self, key: str, kind: type[_T], default: _T) -> _T:
+        value = self.table.get(key, default)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.error(key, f"must be a {kind.__name__}, not {type(value).__name__}")
+        return value
+
+    def convert(self, key: str, default: _T, parse: Callable[[Any], _T]) -> _T:
+        if key not in self.table:
+            return default
+        try:
+            return parse(self.table[key])
+        except (ValueError, TypeError) as exc:
+            raise self.error(key, str(exc)) from None
+
+    def strings(self, key: str) -> tuple[str, ...] | None:
+        value = self.table.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.error(key, "must be a list of strings")
+        return tuple(value)
+
+
+def parse_config(data: Mapping[str, Any], source: Path) -> Config:
+    """Check a parsed TOML document."""
+    top = _Reader(source, "", dict(data))
+    top.only("state_dir", "certificates", "sinks", "hooks", "policy")
+    entries = top.table.get("certificates", [])
+    if not isinstance(entries, list) or not entries:
+        raise top.error("certificates", "give at least one [[certificates]] entry")
+    sinks = _sinks(_Reader(source, "sinks", top.table.get("sinks", {})))
+    certificates = tuple(
+        _entry(_Reader(source, f"certificates[{i}]", t), sinks) for i, t in enumerate(entries)
+    )
+    return Config(
+        path=source,
+        state_dir=Path(top.get("state_dir", str, "/var/lib/mustaple")),
+        certificates=certificates,
+        sinks=sinks,
+        hooks=_hooks(_Reader(source, "hooks", top.table.get("hooks", {}))),
+        policy=_policy(_Reader(source, "policy", top.table.get("policy", {}))),
+    )
+
+
+def _sinks(reader: _Reader) -> dict[str, Mapping[str, Any]]:
+    sinks: dict[str, Mapping[str, Any]] = {}
+    for name, table in reader.table.items():
+        sink = _Reader(reader.source, f"sinks.{name}", table)
+        if not isinstance(sink.table.get("type"), str):
+            raise sink.error("type", 'required: "file", "haproxy" or "command"')
+        sinks[name] = sink.table
+    return sinks
+
+
+def _entry(reader: _Reader, sinks: Mapping[str, object]) -> CertEntry:
+    reader.only("paths", "issuer", "urls", "sinks")
+    paths = reader.strings("paths")
+    if not paths:
+        raise reader.error("paths", "required: certificate files or globs")
+    urls = reader.strings("urls") or ()
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise reader.error("urls", f"{url!r} is not an http:// or https:// URL")
+    chosen = reader.strings("sinks")
+    for name in chosen or ():
+        if name not in sinks:
+            raise reader.error("sinks", f"no sink named {name!r} in [sinks]")
+    issuer = reader.table.get("issuer")
+    if issuer is not None and not isinstance(issuer, str):
+        raise reader.error("issuer", "must be a file path")
+    return CertEntry(paths, Path(issuer) if issuer else None, urls, chosen)
+
+
+def _hooks(reader: _Reader) -> Hooks:
+    reader.only(*HOOK_EVENTS, "timeout")
+    commands = {e: reader.table[e] for e in HOOK_EVENTS if e in reader.table}
+    for event, command in commands.items():
+        if not isinstance(command, str) or not command.strip():
+            raise reader.error(event, "must be a shell command (a non-empty string)")
+    timeout = reader.convert("timeout", Hooks.timeout, _positive_duration)
+    return Hooks(**commands, timeout=timeout)
+
+
+def _positive_duration(value: Any) -> timedelta:
+    if not isinstance(value, str):
+        raise TypeError("must be a duration string such as '30s' or '5m'")
+    duration = parse_duration(value)
+    if duration <= timedelta(0):
+        raise ValueError("must be more than zero")
+    return duration
+
+
+def _seconds(value: Any) -> float:
+    return _positive_duration(value).total_seconds()
+
+
+def _policy(reader: _Reader) -> KeeperPolicy:
+    reader.only(
+        "refresh_at", "jitter", "min_interval", "retry_max", "timeout", "attempts",
+        "clock_skew", "allow_missing_next_update", "hash", "concurrency", "per_host",
+        "at_expiry", "watch_interval", "max_response_size",
+    )  # fmt: skip
+    defaults = KeeperPolicy()
+    try:
+        schedule = SchedulePolicy(
+            refresh_at=reader.get("refresh_at", float, defaults.schedule.refresh_at),
+            jitter=reader.get("jitter", float, defaults.schedule.jitter),
+            min_interval=reader.convert(
+                "min_interval", defaults.schedule.min_interval, _positive_duration
+            ),
+            retry_max=reader.convert("retry_max", defaults.schedule.retry_max, _positive_duration),
+        )
+        fetch = FetchPolicy(
+            total_timeout=reader.convert("timeout", defaults.fetch.total_timeout, _seconds),
+            attempts_per_url=reader.get("attempts", int, defaults.fetch.attempts_per_url),
+            max_size=reader.get("max_response_size", int, defaults.fetch.max_size),
+        )
+    except ValueError as exc:
+        raise reader.error("", str(exc)) from None
+    verify = Policy(
+        clock_skew=reader.convert("clock_skew", defaults.verify.clock_skew, parse_duration),
+        allow_missing_next_update=reader.get("allow_missing_next_update", bool, False),
+    )
+    return KeeperPolicy(
+        schedule=schedule,
+        fetch=fetch,
+        verify=verify,
+        hash_name=_choice(reader, "hash", sorted(HASHES), defaults.hash_name),
+        concurrency=_at_least_one(reader, "concurrency", defaults.concurrency),
+        per_host=_at_least_one(reader, "per_host", defaults.per_host),
+        at_expiry=_choice(reader, "at_expiry", ["remove", "keep"], defaults.at_expiry),
+        watch_interval=reader.convert(
+            "watch_interval", defaults.watch_interval, _positive_duration
+        ),
+    )
+
+
+def _choice(reader: _Reader, key: str, choices: list[str], default: str) -> str:
+    value = reader.get(key, str, default)
+    if value not in choices:
+        raise reader.error(key, f"must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
+def _at_least_one(reader: _Reader, key: str, default: int) -> int:
+    value = reader.get(key, int, default)
+    if value < 1:
+        raise reader.error(key, "must be at least 1")
+    return value

@@ -1,0 +1,66 @@
+"""The contract between the keeper and the sinks that hand staples to TLS servers.
+
+The keeper decides *what* each certificate's staple should be; a `Sink` makes one kind of
+server see it (a file plus a reload, HAProxy's runtime API, a command). The keeper calls
+`deliver` with a batch (everything that changed in one pass) so a sink can reload a server
+once per batch, not once per certificate.
+
+Rules every sink keeps:
+- `deliver` never raises for a failure of the outside world (a missing directory, a
+  reload command that fails, HAProxy not listening): it returns a `Delivered` with `error`
+  set, one line that says what failed, and goes on with the rest of the batch.
+- Delivering the same staple again is harmless and reports `changed=False`.
+- `Action.REMOVE` takes the staple away (expired staple, or a revoked certificate): a server
+  must never go on serving it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+__all__ = ["Action", "Delivered", "Delivery", "Sink"]
+
+
+class Action(enum.Enum):
+    STAPLE = "staple"  # serve `der`
+    REMOVE = "remove"  # serve nothing
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One certificate's staple, as the sinks should make the servers see it."""
+
+    key: str  # the certificate's identity (store.cert_key)
+    name: str  # its display name, for logs and path templates
+    cert_path: Path  # the certificate file as configured (fullchain.pem, HAProxy crt file)
+    action: Action
+    der: bytes | None  # the DER response for STAPLE, None for REMOVE
+    issuer_pem: bytes  # the issuer certificate, for sinks that need it beside the staple
+    bundle_has_issuer: bool  # whether `cert_path` already carries the issuer
+    status: str  # "good", "revoked", "expired" ...: for commands and logs
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """What a sink did with one Delivery."""
+
+    key: str
+    sink: str
+    changed: bool
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Sink(Protocol):
+    """Something that makes servers see staples. See the module docstring for the rules."""
+
+    name: str
+
+    async def deliver(self, batch: Sequence[Delivery]) -> list[Delivered]: ...

@@ -1,0 +1,85 @@
+"""Events worth telling an operator about, as log lines and as hook commands.
+
+An event has a kind (revoked, expiring, expired, failure, recovered), the certificate, and the
+reason code when there is one. The keeper logs every event as one line and runs the matching
+hook command (docs/configuration.md, [hooks]) with the event in its environment:
+
+    MUSTAPLE_EVENT  MUSTAPLE_NAME  MUSTAPLE_CERT  MUSTAPLE_MUST_STAPLE  MUSTAPLE_STATUS
+    MUSTAPLE_REASON  MUSTAPLE_MESSAGE  MUSTAPLE_THIS_UPDATE  MUSTAPLE_EXPIRY
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+__all__ = ["HOOK_FOR", "Event", "run_hook"]
+
+# Which [hooks] key runs for which event kind.
+HOOK_FOR = {
+    "revoked": "on_revoked",
+    "expiring": "on_expiring",
+    "expired": "on_expiring",
+    "failure": "on_failure",
+    "recovered": "on_recovered",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: str
+    name: str
+    cert_path: str
+    must_staple: bool
+    status: str
+    message: str
+    reason: str | None = None
+    this_update: datetime | None = None
+    expiry: datetime | None = None
+
+    def line(self) -> str:
+        """The log line: certificate, event, reason code, what it means."""
+        code = f" [{self.reason}]" if self.reason else ""
+        return f"{self.name}: {self.kind}{code}: {self.message}"
+
+    def environment(self) -> dict[str, str]:
+        def iso(value: datetime | None) -> str:
+            return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else ""
+
+        return {
+            "MUSTAPLE_EVENT": self.kind,
+            "MUSTAPLE_NAME": self.name,
+            "MUSTAPLE_CERT": self.cert_path,
+            "MUSTAPLE_MUST_STAPLE": "1" if self.must_staple else "0",
+            "MUSTAPLE_STATUS": self.status,
+            "MUSTAPLE_REASON": self.reason or "",
+            "MUSTAPLE_MESSAGE": self.message,
+            "MUSTAPLE_THIS_UPDATE": iso(self.this_update),
+            "MUSTAPLE_EXPIRY": iso(self.expiry),
+        }
+
+
+async def run_hook(command: str, event: Event, timeout: timedelta) -> str | None:
+    """Run `command` through the shell for `event`; None on success, else one line why not."""
+    try:
+        process = await asyncio.create_subprocess_shell(
+            command,
+            env={**os.environ, **event.environment()},
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    except OSError as exc:
+        return f"hook {command!r} could not start: {exc.strerror}"
+    try:
+        _, stderr = await asyncio.wait_for(process.communicate(), timeout.total_seconds())
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        return f"hook {command!r} timed out after {timeout.total_seconds():g} s"
+    if process.returncode != 0:
+        last = stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+        return f"hook {command!r} exited with {process.returncode}: {last[0]}".rstrip(": ")
+    return None

@@ -1,0 +1,36 @@
+"""systemd's sd_notify protocol, without libsystemd: READY, WATCHDOG, STOPPING, STATUS.
+
+When NOTIFY_SOCKET is not set (not run by systemd with Type=notify), every call does nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import timedelta
+
+__all__ = ["notify", "watchdog_interval"]
+
+
+def notify(*lines: str) -> bool:
+    """Send state lines such as 'READY=1'; True when a notify socket took them."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # abstract namespace
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto("\n".join(lines).encode(), address)
+    except OSError:
+        return False
+    return True
+
+
+def watchdog_interval() -> timedelta | None:
+    """How often to send WATCHDOG=1 (half of WATCHDOG_USEC), or None when not asked."""
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec.isdigit() or (pid and pid != str(os.getpid())):
+        return None
+    return timedelta(microseconds=int(usec) / 2)

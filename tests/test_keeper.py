@@ -1,0 +1,306 @@
+"""The keeper against the misbehaving responder, driven by a fake clock (no sleeping).
+
+Sinks here record what they are given; the real servers are in test_sinks.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from conftest import Handler, LoopbackServer
+from mustaple.config import CertEntry, Config, Hooks, KeeperPolicy
+from mustaple.delivery import Action, Delivered, Delivery
+from mustaple.fetch import FetchPolicy
+from mustaple.keeper import Keeper
+from mustaple.store import SqliteStore
+from mustaple.testing import CA, Behaviour, Leaf, OCSPResponder
+
+DAY = timedelta(days=1)
+QUICK = FetchPolicy(total_timeout=1.0, connect_timeout=1.0, attempts_per_url=1)
+
+
+@dataclass
+class Clock:
+    now: datetime = field(default_factory=lambda: datetime.now(UTC).replace(microsecond=0))
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@dataclass
+class RecordingSink:
+    """A sink that keeps what it was given, in order."""
+
+    name: str = "record"
+    batches: list[list[Delivery]] = field(default_factory=list)
+    fail: bool = False
+
+    async def deliver(self, batch: Sequence[Delivery]) -> list[Delivered]:
+        self.batches.append(list(batch))
+        error = "disk full" if self.fail else None
+        return [Delivered(d.key, self.name, True, error) for d in batch]
+
+    def last(self) -> Delivery:
+        return self.batches[-1][-1]
+
+
+@dataclass
+class World:
+    ca: CA
+    clock: Clock
+    responder: OCSPResponder
+    sink: RecordingSink
+    tmp: Path
+    keeper: Keeper
+
+    def issue(self, name: str, **kwargs: object) -> Leaf:
+        leaf = self.ca.issue(name, ocsp_urls=[self.responder.url], **kwargs)  # type: ignore[arg-type]
+        self.responder.add(leaf)
+        leaf.write(self.tmp / "live" / name)
+        return leaf
+
+
+def config(tmp: Path, **policy: object) -> Config:
+    return Config(
+        path=tmp / "mustaple.toml",
+        state_dir=tmp / "state",
+        certificates=(CertEntry(paths=(str(tmp / "live" / "*" / "fullchain.pem"),)),),
+        sinks={"record": {"type": "record"}},
+        hooks=Hooks(on_failure=f"env > {tmp}/failure.env", on_revoked=f"env > {tmp}/revoked.env",
+                    on_expiring=f"echo $MUSTAPLE_EVENT >> {tmp}/expiring.log"),
+        policy=KeeperPolicy(fetch=QUICK, **policy),  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+@asynccontextmanager
+async def world(tmp: Path, **policy: object) -> AsyncIterator[World]:
+    clock = Clock()
+    ca = CA(now=clock.now - DAY)
+    sink = RecordingSink()
+    store = SqliteStore(tmp / "state" / "state.db")
+    async with OCSPResponder(ca, clock=clock, cache_for=timedelta(0)) as responder:
+        keeper = Keeper(config(tmp, **policy), store=store, sinks={"record": sink}, clock=clock,
+                        dice=lambda: 0.5)  # fmt: skip
+        async with keeper:
+            yield World(ca, clock, responder, sink, tmp, keeper)
+    store.close()
+
+
+def run(coro: Callable[[Path], object], tmp: Path) -> None:
+    asyncio.run(coro(tmp))  # type: ignore[arg-type]
+
+
+async def advance_to_next(w: World) -> None:
+    wake = w.keeper.next_wakeup()
+    assert wake is not None
+    w.clock.now = max(wake, w.clock.now)
+    await w.keeper.tick()
+
+
+def test_new_certificate_is_fetched_stored_and_delivered(tmp_path: Path) -> None:
+    async def scenario(tmp: Path) -> None:
+        async with world(tmp) as w:
+            leaf = w.issue("a.test")
+            assert [m.name for m in await w.keeper.scan()] == ["a.test"]
+            await w.keeper.tick()
+            delivery = w.sink.last()
+            assert delivery.action is Action.STAPLE
+            assert delivery.name == "a.test"
+            assert delivery.bundle_has_issuer
+            managed = next(iter(w.keeper.managed.values()))
+            assert managed.held is not None
+            assert managed.held.der == delivery.der
+            assert (
+                managed.next_due == managed.held.this_update + 2 * DAY - 0.2 * DAY
+            )  # 4-day window
+            stored = w.keeper.store.load(managed.key)
+            assert stored is not None
+            assert stored.der == delivery.der
+            assert leaf.cert.serial_number == managed.target.serial
+            await w.keeper.tick()  # nothing due, nothing changed: nothing delivered again
+            assert len(w.sink.batches) == 1
+
+    run(scenario, tmp_path)
+
+
+def test_a_week_of_refreshes_always_serves_a_valid_staple(tmp_path: Path) -> None:
+    async def scenario(tmp: Path) -> None:
+        async with world(tmp) as w:
+            w.issue("a.test")
+            await w.keeper.scan()
+            await w.keeper.tick()
+            start, fetches = w.clock.now, len(w.responder.requests)
+            while w.clock.now < start + 7 * DAY:
+                await advance_to_next(w)
+                served = w.keeper.managed[next(iter(w.keeper.managed))].held
+                assert served is not None
+                assert served.fraction_left(w.clock.now) > 0.4
+                assert w.sink.last().der == served.der
+            assert 4 <= len(w.responder.requests) - fetches <= 5
+
+    run(scenario, tmp_path)
+
+
+def test_restart_delivers_the_stored_staple_before_fetching(tmp_path: Path) -> None:
+    async def scenario(tmp: Path) -> None:
+        async with world(tmp) as w:
+            w.issue("a.test")
+            await w.keeper.scan()
+            await w.keeper.tick()
+            first = w.sink.last().der
+            w.responder.set_behaviour(Behaviour.HANG)
+            store = SqliteStore(tmp / "state" / "state.db")
+            sink = RecordingSink()
+            fresh = Keeper(w.keeper.config, store=store, sinks={"record": sink}, clock=w.clock)
+            async with fresh:
+                await fresh.scan()
+                served_before = len(w.responder.requests)
+                await fresh.deliver()
+                assert sink.last().der == first
+                assert len(w.responder.requests) == served_before
+                assert fresh.next_wakeup() is not None
+                assert fresh.next_wakeup() > w.clock.now  # type: ignore[operator]
+
+    run(scenario, tmp_path)
+
+
+BAD = [Behaviour.TRY_LATER, Behaviour.HTML_200, Behaviour.EXPIRED, Behaviour.STALE,
+       Behaviour.BAD_SIGNATURE, Behaviour.WRONG_SERIAL, Behaviour.UNRELATED_SIGNER,
+       Behaviour.TRUNCATED, Behaviour.DELEGATE_NO_EKU, Behaviour.UNKNOWN_STATUS]  # fmt: skip
+
+
+def test_outage_keeps_the_last_good_staple_until_expiry_then_removes_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario(tmp: Path) -> None:
+        async with world(tmp) as w:
+            w.issue("a.test")
+            await w.keeper.scan()
+            await w.keeper.tick()
+            good = w.sink.last().der
+            expiry = next(iter(w.keeper.managed.values())).held.effective_expiry  # type: ignore[union-attr]
+            for i in range(200):
+                w.responder.set_behaviour(BAD[i % len(BAD)])
+                await advance_to_next(w)
+                if w.clock.now >= expiry:
+                    break
+                assert w.sink.last().der == good, f"replaced by {BAD[i % len(BAD)]}"
+            assert w.sink.last().action is Action.REMOVE
+            assert "FAILING" in caplog.text
+            await asyncio.sleep(0.2)  # hooks run in the background
+        failure_env = (tmp / "failure.env").read_text()
+        assert "MUSTAPLE_EVENT=failure" in failure_env
+        assert "MUSTAPLE_NAME=a.test" in failure_env
+        assert "MUSTAPLE_MUST_STAPLE=1" in failure_env
+        assert (tmp / "expiring.log").read_text().split() == ["expiring", "expiring", "expired"]
+
+    caplog.set_level(logging.INFO, "mustaple")
+    run(scenario, tmp_path)
+
+
+def test_revoked_is_withdrawn_and_hooked(tmp_path: Path) -> None:
+    async def scenario(tmp: Path) -> None:
+        async with world(tmp) as w:
+            w.issue("a.test")
+            await w.keeper.scan()
+            await w.keeper.tick()
+            w.responder.set_behaviour(Behaviour.REVOKED)
+            w.clock.now = w.keeper.next_wakeup()  # type: ignore[assignment]
+            await w.keeper.tick()
+            assert w.sink.last().action is Action.REMOVE
+            assert w.sink.last().status == "revoked"
+            await asyncio.sleep(0.2)
+        assert "MUSTAPLE_STATUS=revoked" in (tmp / "revoked.env").read_text()
+
+    run(scenario, tmp_path)
+
+
+def test_watching_new_changed_and_removed_files(tmp_path: Path) -> None:
+    async def scenario(tmp: Path) -> None:
+        async with world(tmp) as w:
+            w.issue("a.test")
+            await w.keeper.scan()
+            assert await w.keeper.scan() == []
+            w.issue("b.test")
+            assert [m.name for m in await w.keeper.scan()] == ["b.test"]
+            w.issue("a.test")  # reissued: a new certificate in the same file
+            (changed,) = await w.keeper.scan()
+            assert changed.next_due == w.clock.now
+            (tmp / "live" / "b.test" / "fullchain.pem").unlink()
+            await w.keeper.scan()
+            assert sorted(m.name for m in w.keeper.managed.values()) == ["a.test"]
+
+    run(scenario, tmp_path)
+
+
+def test_unusable_files_are_reported_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario(tmp: Path) -> None:
+        async with world(tmp) as w:
+            bad = tmp / "live" / "bad.test" / "fullchain.pem"
+            bad.parent.mkdir(parents=True)
+            bad.write_text("garbage")
+            leaf = w.ca.issue("nourl.test", ocsp_urls=[])
+            leaf.write(tmp / "live" / "nourl.test")
+            await w.keeper.scan()
+            await w.keeper.scan()
+            await w.keeper.tick()
+            names = {m.name: m for m in w.keeper.managed.values()}
+            assert names["nourl.test"].next_due is None
+            assert names["nourl.test"].state() == "no-ocsp-url"
+
+    caplog.set_level(logging.INFO, "mustaple")
+    run(scenario, tmp_path)
+    assert caplog.text.count("no certificate found") == 1
+    assert "must-staple certificate without an OCSP URL" in caplog.text
+
+
+def test_failed_delivery_is_retried_on_the_next_pass(tmp_path: Path) -> None:
+    async def scenario(tmp: Path) -> None:
+        async with world(tmp) as w:
+            w.issue("a.test")
+            await w.keeper.scan()
+            w.sink.fail = True
+            await w.keeper.tick()
+            w.sink.fail = False
+            await w.keeper.tick()
+            assert len(w.sink.batches) == 2
+            await w.keeper.tick()
+            assert len(w.sink.batches) == 2
+
+    run(scenario, tmp_path)
+
+
+def test_concurrency_per_responder_host_is_bounded(
+    tmp_path: Path, serve: Callable[[Handler], LoopbackServer]
+) -> None:
+    active, peak = 0, 0
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.05)
+        active -= 1
+        return web.Response(status=503)
+
+    server = serve(slow)
+
+    async def scenario(tmp: Path) -> None:
+        async with world(tmp, per_host=2) as w:
+            for n in range(8):
+                leaf = w.ca.issue(f"c{n}.test", ocsp_urls=[server.url])
+                leaf.write(tmp / "live" / f"c{n}.test")
+            await w.keeper.scan()
+            await w.keeper.tick()
+
+    run(scenario, tmp_path)
+    assert peak == 2
