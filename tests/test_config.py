@@ -1,0 +1,126 @@
+"""The configuration file: defaults, durations, and errors that name the file and the key."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from mustaple.config import ConfigError, load_config, parse_duration
+
+MINIMAL = """
+[[certificates]]
+paths = ["/etc/letsencrypt/live/*/fullchain.pem"]
+"""
+
+FULL = """
+state_dir = "/tmp/state"
+
+[[certificates]]
+paths = ["/etc/ssl/a.pem", "/etc/ssl/b/*.pem"]
+issuer = "/etc/ssl/issuer.pem"
+urls = ["http://ocsp.example/"]
+sinks = ["nginx"]
+
+[sinks.nginx]
+type = "file"
+path = "/var/lib/mustaple/{name}.der"
+reload = "systemctl reload nginx"
+
+[hooks]
+on_revoked = "/usr/local/bin/renew"
+timeout = "30s"
+
+[policy]
+refresh_at = 0.4
+jitter = 0.05
+min_interval = "10m"
+timeout = "5s"
+attempts = 2
+hash = "sha256"
+concurrency = 8
+per_host = 2
+at_expiry = "keep"
+watch_interval = "2s"
+clock_skew = "1m"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "mustaple.toml"
+    path.write_text(text)
+    return path
+
+
+def test_minimal_config_gets_the_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL))
+    assert config.state_dir == Path("/var/lib/mustaple")
+    assert config.sinks == {}
+    assert config.certificates[0].sinks is None
+    assert config.policy.schedule.refresh_at == 0.5
+    assert config.policy.at_expiry == "remove"
+    assert config.policy.hash_name == "sha1"
+
+
+def test_full_config(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, FULL))
+    (entry,) = config.certificates
+    assert entry.paths == ("/etc/ssl/a.pem", "/etc/ssl/b/*.pem")
+    assert entry.issuer == Path("/etc/ssl/issuer.pem")
+    assert entry.sinks == ("nginx",)
+    assert config.sinks["nginx"]["reload"] == "systemctl reload nginx"
+    assert config.hooks.on_revoked == "/usr/local/bin/renew"
+    assert config.hooks.timeout == timedelta(seconds=30)
+    policy = config.policy
+    assert policy.schedule.min_interval == timedelta(minutes=10)
+    assert policy.fetch.total_timeout == 5.0
+    assert (policy.hash_name, policy.per_host, policy.at_expiry) == ("sha256", 2, "keep")
+    assert policy.verify.clock_skew == timedelta(minutes=1)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("", "certificates: give at least one"),
+        ("colour = 'blue'\n" + MINIMAL, "colour: unknown key"),
+        (MINIMAL + "colour = 'blue'\n", r"certificates\[0\].colour: unknown key"),
+        ("[[certificates]]\npaths = []\n", r"certificates\[0\].paths: required"),
+        ("[[certificates]]\npaths = 'a.pem'\n", r"certificates\[0\].paths: must be a list"),
+        (MINIMAL + "urls = ['ftp://x']\n", r"certificates\[0\].urls: 'ftp://x' is not"),
+        (MINIMAL + "sinks = ['nope']\n", r"certificates\[0\].sinks: no sink named 'nope'"),
+        (MINIMAL + "[sinks.x]\npath = 'a'\n", "sinks.x.type: required"),
+        (MINIMAL + "[policy]\ntimeout = 5\n", "policy.timeout: must be a duration"),
+        (MINIMAL + "[policy]\ntimeout = '5 minutes'\n", "policy.timeout: '5 minutes' is not"),
+        (MINIMAL + "[policy]\nrefresh_at = 2.0\n", "policy: refresh_at must be between"),
+        (MINIMAL + "[policy]\nhash = 'md5'\n", "policy.hash: must be one of"),
+        (MINIMAL + "[policy]\nconcurrency = 0\n", "policy.concurrency: must be at least 1"),
+        (MINIMAL + "[policy]\nattempts = true\n", "policy.attempts: must be a int"),
+        (MINIMAL + "[policy]\nat_expiry = 'panic'\n", "policy.at_expiry: must be one of"),
+        (MINIMAL + "[hooks]\non_revoke = 'x'\n", "hooks.on_revoke: unknown key"),
+        (MINIMAL + "[hooks]\non_revoked = ''\n", "hooks.on_revoked: must be a shell command"),
+        ("[[certificates\n", "not valid TOML"),
+    ],
+)
+def test_errors_name_the_file_and_the_key(tmp_path: Path, text: str, problem: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=f"^{path}: {problem}"):
+        load_config(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="configuration file not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30s", 30), ("5m", 300), ("2h", 7200), ("1d", 86400), ("1.5m", 90)]
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text).total_seconds() == seconds
+
+
+@pytest.mark.parametrize("text", ["5", "5 m", "m", "-5m", "5w"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a duration"):
+        parse_duration(text)
