@@ -1,4 +1,5 @@
-"""mustaple.testing: a test PKI and a misbehaving OCSP responder, for tests and the demo.
+"""mustaple.testing: a test PKI, a misbehaving OCSP responder and a stapling TLS server,
+for tests and the demo.
 
 Public and documented (docs/testing.md): use it to test your own deployment of mustaple.
 """
@@ -16,6 +17,7 @@ from mustaple.testing.craft import (
 )
 from mustaple.testing.pki import CA, Identity, KeyType, Leaf, LeafFiles, new_key
 from mustaple.testing.responder import Behaviour, OCSPResponder, ResponderThread, Served
+from mustaple.testing.tls import StaplingServer
 
 __all__ = [
     "CA",
@@ -31,6 +33,7 @@ __all__ = [
     "Served",
     "SignatureAlgorithm",
     "SingleSpec",
+    "StaplingServer",
     "craft_response",
     "good_single",
     "good_spec",
