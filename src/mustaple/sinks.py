@@ -1,0 +1,610 @@
+"""The sinks: make TLS servers see staples. `build_sink(name, table)` makes one from its config.
+
+- `file`: writes the DER response atomically to a path made from a template, then runs a
+  reload command once per batch if some file changed (nginx `ssl_stapling_file`, lighttpd
+  `ssl.stapling-file`, Exim `tls_ocsp_file`).
+- `haproxy`: writes `<crt>.ocsp` (and `<crt>.issuer` when the bundle lacks the issuer) for
+  HAProxy's next start, and pushes the response to the running HAProxy over its runtime API
+  (`set ssl ocsp-response`), so no reload is needed.
+- `command`: runs a shell command for each delivery, with the event in its environment.
+
+Every sink keeps the `mustaple.delivery` rules: a failure of the outside world (a directory
+that cannot be written, a reload that fails, HAProxy not listening) becomes `Delivered.error`,
+one line; nothing here raises for it. Commands and socket calls have timeouts. What each
+server does with the files, and its quirks, is in docs/integrations/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import signal
+import string
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cryptography.x509 import ocsp
+
+from mustaple.config import parse_duration
+from mustaple.delivery import Action, Delivered, Delivery, Sink
+from mustaple.files import write_atomic
+
+__all__ = [
+    "CommandSink",
+    "FileSink",
+    "HAProxySink",
+    "SinkConfigError",
+    "SocketAddress",
+    "ask_haproxy",
+    "build_sink",
+    "run_shell",
+]
+
+DEFAULT_RELOAD_TIMEOUT = timedelta(seconds=60)
+DEFAULT_SOCKET_TIMEOUT = timedelta(seconds=10)
+DEFAULT_COMMAND_TIMEOUT = timedelta(seconds=60)
+# HAProxy stops stapling a response this long before its nextUpdate (2.6 even takes one with
+# less left over the socket, and then staples nothing).
+HAPROXY_MARGIN = timedelta(seconds=300)
+HAPROXY_UPDATED = "OCSP Response updated!"
+_UNREACHABLE = "cannot reach HAProxy's runtime API"
+_TEMPLATE_FIELDS = ("name", "stem", "dir")
+_FIELDS_TEXT = "{name}, {stem} or {dir}"
+_TAIL_CHARS = 200
+
+
+class SinkConfigError(ValueError):
+    """A sink's config table cannot be used.
+
+    The message is one line, "sinks.NAME.KEY: what is wrong and what to do"; show it as is.
+    """
+
+
+# --- Config ---------------------------------------------------------------------------------------
+
+
+class _Table:
+    """One `[sinks.NAME]` table, read key by key with errors that name the key."""
+
+    def __init__(self, name: str, table: Mapping[str, object], kind: str, keys: Sequence[str]):
+        self.name = name
+        self.table = table
+        unknown = sorted(key for key in table if key not in ("type", *keys))
+        if unknown:
+            raise self.error(unknown[0], f"unknown key; a {kind} sink takes {', '.join(keys)}")
+
+    def error(self, key: str, problem: str) -> SinkConfigError:
+        return SinkConfigError(f"sinks.{self.name}.{key}: {problem}")
+
+    def text(self, key: str) -> str | None:
+        """The string at `key`, None when absent."""
+        value = self.table.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(key, f"must be a non-empty string, not {value!r}")
+        return value
+
+    def required(self, key: str, hint: str) -> str:
+        value = self.text(key)
+        if value is None:
+            raise self.error(key, f"missing; {hint}")
+        return value
+
+    def duration(self, key: str, default: timedelta) -> timedelta:
+        value = self.table.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            raise self.error(key, f"must be a duration such as '30s' or '2m', not {value!r}")
+        try:
+            duration = parse_duration(value)
+        except ValueError as exc:
+            raise self.error(key, str(exc)) from None
+        if duration <= timedelta(0):
+            raise self.error(key, "must be more than zero")
+        return duration
+
+    def flag(self, key: str) -> bool:
+        value = self.table.get(key, False)
+        if not isinstance(value, bool):
+            raise self.error(key, f"must be true or false, not {value!r}")
+        return value
+
+
+def build_sink(name: str, table: Mapping[str, object]) -> Sink:
+    """The sink that `[sinks.NAME]` describes, or SinkConfigError naming the bad key."""
+    builders: dict[str, Callable[[str, Mapping[str, object]], Sink]] = {
+        "file": _file_sink,
+        "haproxy": _haproxy_sink,
+        "command": _command_sink,
+    }
+    kind = table.get("type")
+    if not isinstance(kind, str) or kind not in builders:
+        choices = ", ".join(f'"{k}"' for k in builders)
+        problem = "missing" if kind is None else f"{kind!r} is not a sink type"
+        raise SinkConfigError(f"sinks.{name}.type: {problem}; use one of {choices}")
+    return builders[kind](name, table)
+
+
+def _file_sink(name: str, table: Mapping[str, object]) -> FileSink:
+    reader = _Table(name, table, "file", ("path", "reload", "reload_timeout", "remove"))
+    hint = 'give the staple file, e.g. "/var/lib/mustaple/staples/{name}.der"'
+    path = reader.required("path", hint)
+    _check_template(reader, path)
+    remove = reader.text("remove") or "delete"
+    if remove not in ("delete", "keep"):
+        raise reader.error("remove", f'must be "delete" or "keep", not {remove!r}')
+    return FileSink(
+        name,
+        path=path,
+        reload=reader.text("reload"),
+        reload_timeout=reader.duration("reload_timeout", DEFAULT_RELOAD_TIMEOUT),
+        keep_on_remove=remove == "keep",
+    )
+
+
+def _check_template(reader: _Table, path: str) -> None:
+    """Only {name}, {stem} and {dir} may appear in braces, and the template must fill in."""
+    try:
+        fields = {field for _, field, _, _ in string.Formatter().parse(path) if field is not None}
+    except ValueError as exc:
+        raise reader.error("path", f"{exc}; use braces only around {_FIELDS_TEXT}") from None
+    unknown = sorted(fields - set(_TEMPLATE_FIELDS))
+    if unknown:
+        raise reader.error("path", f"unknown placeholder {{{unknown[0]}}}; use {_FIELDS_TEXT}")
+    try:
+        path.format(name="name", stem="stem", dir="dir")
+    except ValueError as exc:
+        raise reader.error("path", f"{exc}; write placeholders plainly: {_FIELDS_TEXT}") from None
+
+
+def _haproxy_sink(name: str, table: Mapping[str, object]) -> HAProxySink:
+    keys = ("socket", "master", "ocsp_dir", "timeout", "reload", "reload_timeout")
+    reader = _Table(name, table, "haproxy", keys)
+    socket = reader.required(
+        "socket", 'give HAProxy\'s admin socket, e.g. "/run/haproxy/admin.sock"'
+    )
+    try:
+        address = SocketAddress.parse(socket)
+    except ValueError as exc:
+        raise reader.error("socket", str(exc)) from None
+    ocsp_dir = reader.text("ocsp_dir")
+    return HAProxySink(
+        name,
+        socket=address,
+        master=reader.flag("master"),
+        ocsp_dir=Path(ocsp_dir) if ocsp_dir else None,
+        timeout=reader.duration("timeout", DEFAULT_SOCKET_TIMEOUT),
+        reload=reader.text("reload"),
+        reload_timeout=reader.duration("reload_timeout", DEFAULT_RELOAD_TIMEOUT),
+    )
+
+
+def _command_sink(name: str, table: Mapping[str, object]) -> CommandSink:
+    reader = _Table(name, table, "command", ("command", "timeout"))
+    command = reader.required("command", "give a shell command to run for each delivery")
+    return CommandSink(
+        name, command=command, timeout=reader.duration("timeout", DEFAULT_COMMAND_TIMEOUT)
+    )
+
+
+# --- Shared: outcomes, files, commands ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """What happened to one delivery before any reload."""
+
+    changed: bool
+    error: str | None = None
+    needs_reload: bool = False  # the server sees this only after a reload
+
+
+class _Reloader:
+    """Runs a sink's reload command once per batch, and again next time if it failed."""
+
+    def __init__(self, command: str | None, timeout: timedelta) -> None:
+        self.command = command
+        self.timeout = timeout
+        self.owed = False  # the last reload failed: the server may not see what was written
+
+    async def finish(
+        self, sink: str, batch: Sequence[Delivery], outcomes: Sequence[_Outcome]
+    ) -> list[Delivered]:
+        """Reload if some delivery needs it (or a failed reload is owed); report each one."""
+        waiting = [o.needs_reload or (self.owed and o.error is None) for o in outcomes]
+        problem = None
+        if self.command is not None and any(waiting):
+            problem = await run_shell(self.command, self.timeout)
+            self.owed = problem is not None
+        done = []
+        for delivery, outcome, waits in zip(batch, outcomes, waiting, strict=True):
+            error = outcome.error
+            if self.command is not None and waits:
+                error = _joined(outcome.error, f"reload failed: {problem}") if problem else None
+            done.append(Delivered(delivery.key, sink, outcome.changed, error))
+        return done
+
+
+def _joined(first: str | None, second: str) -> str:
+    return f"{first}; {second}" if first else second
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _replace(path: Path, data: bytes) -> bool:
+    """Write `data` to `path` atomically unless it already holds it; whether it changed."""
+    if _read(path) == data:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, data)
+    return True
+
+
+def _delete(path: Path) -> bool:
+    """Remove `path`; whether it existed."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _os_problem(path: Path, exc: OSError) -> str:
+    return f"{path}: {exc.strerror or exc}"
+
+
+async def run_shell(
+    command: str, timeout: timedelta, env: Mapping[str, str] | None = None
+) -> str | None:
+    """Run `command` through /bin/sh; None when it exits 0, else one line saying how it failed.
+
+    The command runs in its own process group, killed whole when `timeout` passes.
+    """
+    try:
+        process = await asyncio.create_subprocess_shell(
+            command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the environment
+        return f"`{command}` could not start ({_describe(exc)})"
+    try:
+        _, stderr = await asyncio.wait_for(process.communicate(), timeout.total_seconds())
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+        return f"`{command}` timed out after {timeout.total_seconds():g} s and was killed"
+    if process.returncode == 0:
+        return None
+    return f"`{command}` {_how_it_ended(process.returncode)}{_last_line(stderr)}"
+
+
+def _how_it_ended(code: int | None) -> str:
+    if code is not None and code > 0:
+        return f"exited with status {code}"
+    try:
+        return f"was killed by {signal.Signals(-(code or 0)).name}"
+    except ValueError:
+        return f"ended with status {code}"
+
+
+def _last_line(output: bytes) -> str:
+    lines = [line.strip() for line in output.decode(errors="replace").splitlines()]
+    lines = [line for line in lines if line]
+    return f": {lines[-1][:_TAIL_CHARS]}" if lines else ""
+
+
+# --- file -----------------------------------------------------------------------------------------
+
+
+class FileSink:
+    """Writes each staple to a file made from `path` and reloads the server once per batch.
+
+    STAPLE writes the DER atomically (creating the directory), REMOVE deletes the file (or,
+    with `remove = "keep"`, leaves it: nginx cannot reload without its stapling file); the
+    reload command runs only if some file changed (or a previous reload failed), and its
+    failure is reported on each delivery it was meant to make visible.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        path: str,
+        reload: str | None = None,
+        reload_timeout: timedelta = DEFAULT_RELOAD_TIMEOUT,
+        keep_on_remove: bool = False,
+    ) -> None:
+        self.name = name
+        self.path = path
+        self.keep_on_remove = keep_on_remove
+        self._reloader = _Reloader(reload, reload_timeout)
+
+    def path_for(self, delivery: Delivery) -> Path:
+        """The staple file for `delivery`: the template filled in."""
+        return Path(
+            self.path.format(
+                name=delivery.name.replace("/", "_").replace("\0", "_"),
+                stem=delivery.cert_path.stem,
+                dir=delivery.cert_path.parent,
+            )
+        )
+
+    async def deliver(self, batch: Sequence[Delivery]) -> list[Delivered]:
+        outcomes = [await asyncio.to_thread(self._apply, d) for d in batch]
+        return await self._reloader.finish(self.name, batch, outcomes)
+
+    def _apply(self, delivery: Delivery) -> _Outcome:
+        path = self.path_for(delivery)
+        try:
+            if delivery.action is Action.REMOVE:
+                if self.keep_on_remove:
+                    return _Outcome(False)
+                changed = _delete(path)
+            elif delivery.der is None:
+                return _Outcome(False, "nothing to staple: the delivery carries no response")
+            else:
+                changed = _replace(path, delivery.der)
+        except OSError as exc:
+            return _Outcome(False, _os_problem(path, exc))
+        return _Outcome(changed, needs_reload=changed)
+
+
+# --- haproxy --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SocketAddress:
+    """Where HAProxy's runtime API listens: a unix socket path, or a TCP host and port."""
+
+    path: str | None = None
+    host: str | None = None
+    port: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> SocketAddress:
+        """Read "/run/haproxy/admin.sock", "unix@/path", "127.0.0.1:9999" or "[::1]:9999"."""
+        text = text.strip()
+        for prefix in ("unix@", "ipv4@", "ipv6@"):
+            text = text.removeprefix(prefix)
+        if text.startswith("/"):
+            return cls(path=text)
+        host, _, port = text.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(
+                f"{text!r} is neither a unix socket path (starting with /) nor HOST:PORT"
+            )
+        return cls(host=host, port=int(port))
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return self.path
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+async def ask_haproxy(address: SocketAddress, command: str, timeout: timedelta) -> str:
+    """Send one command to HAProxy's runtime API and return its answer.
+
+    Raises OSError (or TimeoutError) when HAProxy cannot be reached or does not answer in time.
+    """
+    async with asyncio.timeout(timeout.total_seconds()):
+        if address.path is not None:
+            reader, writer = await asyncio.open_unix_connection(address.path)
+        else:
+            reader, writer = await asyncio.open_connection(address.host, address.port)
+        try:
+            writer.write(command.encode() + b"\n")
+            await writer.drain()
+            answer = await _read_answer(reader)
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+    return answer.decode(errors="replace")
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> bytes:
+    """Up to the empty line that ends every answer (the master CLI keeps the connection open)."""
+    answer = b""
+    while not answer.endswith(b"\n\n"):
+        chunk = await reader.read(4096)
+        if not chunk:
+            break
+        answer += chunk
+    return answer
+
+
+class HAProxySink:
+    """Keeps `<crt>.ocsp` (and `<crt>.issuer`) for HAProxy's next start and pushes each staple
+    to the running HAProxy over its runtime API.
+
+    HAProxy 2.6 has no runtime command to drop a staple: REMOVE empties `<crt>.ocsp` (stapling
+    stays enabled for the certificate, with nothing to send, and later pushes still work) and
+    runs `reload` if configured; without it, the error says until when HAProxy goes on
+    serving the previous staple from memory.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        socket: SocketAddress,
+        master: bool = False,
+        ocsp_dir: Path | None = None,
+        timeout: timedelta = DEFAULT_SOCKET_TIMEOUT,
+        reload: str | None = None,
+        reload_timeout: timedelta = DEFAULT_RELOAD_TIMEOUT,
+    ) -> None:
+        self.name = name
+        self.socket = socket
+        self.master = master  # the master CLI: send commands to the current worker with "@1"
+        self.ocsp_dir = ocsp_dir
+        self.timeout = timeout
+        self._reloader = _Reloader(reload, reload_timeout)
+
+    def path_for(self, delivery: Delivery, suffix: str = ".ocsp") -> Path:
+        """`<crt>.ocsp` beside the certificate HAProxy loads, or in `ocsp_dir`."""
+        directory = self.ocsp_dir or delivery.cert_path.parent
+        return directory / f"{delivery.cert_path.name}{suffix}"
+
+    async def deliver(self, batch: Sequence[Delivery]) -> list[Delivered]:
+        outcomes = [await self._deliver_one(d) for d in batch]
+        return await self._reloader.finish(self.name, batch, outcomes)
+
+    async def _deliver_one(self, delivery: Delivery) -> _Outcome:
+        if delivery.action is Action.REMOVE:
+            return await asyncio.to_thread(self._remove, delivery)
+        if delivery.der is None:
+            return _Outcome(False, "nothing to staple: the delivery carries no response")
+        path = self.path_for(delivery)
+        try:
+            changed = await asyncio.to_thread(self._write, delivery, delivery.der)
+        except OSError as exc:
+            problem = f"{_os_problem(path, exc)}: HAProxy will not have it after a reload"
+            return _Outcome(False, _joined(await self._push(delivery.der, path), problem))
+        pushed = await self._push(delivery.der, path)
+        if pushed is not None and pushed.startswith(_UNREACHABLE):
+            pushed += f"; {path} is written: HAProxy reads it at its next start or reload"
+        return _Outcome(changed, pushed)
+
+    def _write(self, delivery: Delivery, data: bytes) -> bool:
+        """Write `.issuer` first when needed: HAProxy refuses to start with a `.ocsp` file it
+        cannot match to an issuer."""
+        if not delivery.bundle_has_issuer:
+            _replace(self.path_for(delivery, ".issuer"), delivery.issuer_pem)
+        return _replace(self.path_for(delivery), data)
+
+    async def _push(self, der: bytes, path: Path) -> str | None:
+        """None when the running HAProxy took the staple, else what went wrong."""
+        command = f"set ssl ocsp-response {base64.b64encode(der).decode()}"
+        if self.master:
+            command = f"@1 {command}"
+        try:
+            answer = await ask_haproxy(self.socket, command, self.timeout)
+        except (OSError, TimeoutError) as exc:
+            return f"{_UNREACHABLE} at {self.socket} ({_describe(exc)})"
+        first = answer.strip().splitlines()[0] if answer.strip() else "no answer"
+        if first == HAPROXY_UPDATED:
+            return None
+        if "does not match any certificate" in first:
+            return (
+                f"HAProxy refused the staple: {first} (it knows only certificates it loaded "
+                f"with a .ocsp file, by SHA-1 CertID: if it started without {path}, reload it)"
+            )
+        return f"HAProxy refused the staple: {first}"
+
+    def _remove(self, delivery: Delivery) -> _Outcome:
+        path = self.path_for(delivery)
+        try:
+            previous = _read(path)
+            if not delivery.bundle_has_issuer:
+                _replace(self.path_for(delivery, ".issuer"), delivery.issuer_pem)
+            _replace(path, b"")
+        except OSError as exc:
+            return _Outcome(False, _os_problem(path, exc))
+        if not previous:
+            return _Outcome(False)
+        until = _served_until(previous)
+        when = f"until {until:%Y-%m-%d %H:%M:%S} UTC" if until else "until it expires"
+        error = (
+            "HAProxy cannot drop a staple at run time: it goes on serving the previous one "
+            f"{when} or until it is reloaded ({path} is now empty)"
+        )
+        return _Outcome(True, error, needs_reload=True)
+
+
+def _served_until(der: bytes) -> datetime | None:
+    """When HAProxy stops stapling `der` by itself: 300 s before its nextUpdate."""
+    try:
+        next_update = ocsp.load_der_ocsp_response(der).next_update_utc
+    except ValueError:
+        return None
+    return next_update - HAPROXY_MARGIN if next_update else None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
+    return str(exc) or type(exc).__name__
+
+
+# --- command --------------------------------------------------------------------------------------
+
+
+class CommandSink:
+    """Runs `command` through the shell once per delivery, with the event in its environment:
+    MUSTAPLE_EVENT ("staple" or "remove"), MUSTAPLE_CERT, MUSTAPLE_NAME, MUSTAPLE_STATUS and
+    MUSTAPLE_STAPLE (a temporary file holding the DER, removed afterwards; empty for remove).
+
+    A delivery identical to the last one this sink ran successfully for the same certificate
+    is not run again (changed=False).
+    """
+
+    def __init__(
+        self, name: str, *, command: str, timeout: timedelta = DEFAULT_COMMAND_TIMEOUT
+    ) -> None:
+        self.name = name
+        self.command = command
+        self.timeout = timeout
+        self._done: dict[str, tuple[Action, bytes | None]] = {}
+
+    async def deliver(self, batch: Sequence[Delivery]) -> list[Delivered]:
+        return [await self._deliver_one(d) for d in batch]
+
+    async def _deliver_one(self, delivery: Delivery) -> Delivered:
+        wanted = (delivery.action, delivery.der)
+        if self._done.get(delivery.key) == wanted:
+            return Delivered(delivery.key, self.name, changed=False)
+        try:
+            problem = await self._run(delivery)
+        except OSError as exc:
+            problem = f"cannot write the temporary staple file ({exc.strerror or exc})"
+        if problem is not None:
+            return Delivered(delivery.key, self.name, changed=False, error=problem)
+        self._done[delivery.key] = wanted
+        return Delivered(delivery.key, self.name, changed=True)
+
+    async def _run(self, delivery: Delivery) -> str | None:
+        staple = ""
+        if delivery.action is Action.STAPLE and delivery.der is not None:
+            staple = await asyncio.to_thread(_temporary_file, delivery.der)
+        env = {
+            **os.environ,
+            "MUSTAPLE_EVENT": delivery.action.value,
+            "MUSTAPLE_CERT": str(delivery.cert_path),
+            "MUSTAPLE_NAME": delivery.name,
+            "MUSTAPLE_STATUS": delivery.status,
+            "MUSTAPLE_STAPLE": staple,
+        }
+        try:
+            return await run_shell(self.command, self.timeout, env)
+        finally:
+            if staple:
+                Path(staple).unlink(missing_ok=True)
+
+
+def _temporary_file(data: bytes) -> str:
+    fd, name = tempfile.mkstemp(prefix="mustaple-", suffix=".der")
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    return name

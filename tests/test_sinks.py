@@ -1,0 +1,550 @@
+"""The sinks against real servers, and their own rules.
+
+nginx, lighttpd and HAProxy are started for real on loopback (tests/servers.py) with the staple
+mustaple delivered, fetched from the misbehaving test responder: each must staple it on the
+very first handshake, and serve a newer one once it is delivered. nginx's own stapling is the
+comparison: nothing on the first handshake. Then the sinks' rules without a server: files and
+reloads, the command's environment and failures, and config errors that name the key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from mustaple.certs import make_target
+from mustaple.delivery import Action, Delivered, Delivery, Sink
+from mustaple.fetch import fetch_staple
+from mustaple.probe import probe
+from mustaple.request import make_cert_id
+from mustaple.sinks import SinkConfigError, SocketAddress, build_sink
+from mustaple.store import cert_key
+from mustaple.testing import (
+    CA,
+    Leaf,
+    LeafFiles,
+    ResponderThread,
+    craft_response,
+    good_single,
+    good_spec,
+)
+from mustaple.verify import Staple
+from servers import (
+    HAProxyServer,
+    LighttpdServer,
+    NginxServer,
+    ServerError,
+    free_port,
+    staple_from,
+)
+
+NAME = "www.example.test"
+WAIT = 10.0  # seconds a reloading server may take to serve the new staple
+
+
+class StepClock:
+    """The responder's clock: an hour ago, moved on two minutes for each fresh staple."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@dataclass
+class Pki:
+    ca: CA
+    leaf: Leaf
+    clock: StepClock
+    responder: ResponderThread
+
+    def fresh(self) -> Staple:
+        """A new staple from the responder, with a later thisUpdate than the one before."""
+        self.clock.now += timedelta(minutes=2)
+        result = asyncio.run(fetch_staple(make_target(self.leaf.cert, self.leaf.issuer)))
+        assert result.staple is not None, result.rejection
+        return result.staple
+
+    def delivery(self, cert_path: Path, der: bytes | None, *, with_issuer: bool = True) -> Delivery:
+        """STAPLE `der`, or REMOVE when it is None."""
+        return Delivery(
+            key=cert_key(self.leaf.cert),
+            name=NAME,
+            cert_path=cert_path,
+            action=Action.STAPLE if der is not None else Action.REMOVE,
+            der=der,
+            issuer_pem=self.leaf.issuer.public_bytes(serialization.Encoding.PEM),
+            bundle_has_issuer=with_issuer,
+            status="good" if der is not None else "revoked",
+        )
+
+
+@pytest.fixture(scope="module")
+def pki() -> Iterator[Pki]:
+    clock = StepClock()
+    ca = CA(key_type="ec")
+    with ResponderThread(ca, clock=clock) as responder:
+        leaf = ca.issue(NAME, ocsp_urls=[responder.url])
+        responder.add(leaf)
+        yield Pki(ca, leaf, clock, responder)
+
+
+@pytest.fixture
+def files(pki: Pki, tmp_path: Path) -> LeafFiles:
+    return pki.leaf.write(tmp_path / "cert")
+
+
+def deliver(sink: Sink, *batch: Delivery) -> list[Delivered]:
+    return asyncio.run(sink.deliver(batch))
+
+
+def outcome(delivered: Delivered) -> tuple[str | None, bool]:
+    """(error, changed): a failing comparison shows the error."""
+    return delivered.error, delivered.changed
+
+
+def served(port: int) -> bytes | None:
+    """What the first client gets, as openssl s_client sees it; mustaple's probe agrees."""
+    staple = staple_from(port, NAME)
+    assert probe("127.0.0.1", port, servername=NAME).staple == staple
+    return staple
+
+
+def wait_for(port: int, expected: bytes | None) -> None:
+    """Until the server staples `expected` (a reload takes a moment); fail after WAIT s."""
+    deadline = time.monotonic() + WAIT
+    seen: bytes | str | None = "nothing yet"
+    while time.monotonic() < deadline:
+        try:
+            seen = staple_from(port, NAME)
+        except ServerError as exc:
+            seen = str(exc)
+        if seen == expected:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"port {port} still staples {seen!r:.80}")
+
+
+# --- nginx ----------------------------------------------------------------------------------------
+
+
+def test_nginx_staples_the_delivered_file_from_the_first_handshake(
+    pki: Pki, files: LeafFiles, tmp_path: Path
+) -> None:
+    template = str(tmp_path / "staples" / "{name}.der")
+    first = pki.fresh()
+    [primed] = deliver(
+        build_sink("nginx", {"type": "file", "path": template}),
+        pki.delivery(files.fullchain, first.der),
+    )
+    assert outcome(primed) == (None, True)
+    staple_file = tmp_path / "staples" / f"{NAME}.der"
+    server = NginxServer(
+        tmp_path / "nginx", cert=files.fullchain, key=files.key, stapling_file=staple_file
+    )
+    with server:
+        assert served(server.port) == first.der
+        reloads = tmp_path / "reloads"
+        reload = f"{server.reload_command} && echo reloaded >> {reloads}"
+        sink = build_sink("nginx", {"type": "file", "path": template, "reload": reload})
+        second = pki.fresh()
+        assert second.this_update > first.this_update
+        [done] = deliver(sink, pki.delivery(files.fullchain, second.der))
+        assert outcome(done) == (None, True)
+        wait_for(server.port, second.der)
+        [again] = deliver(sink, pki.delivery(files.fullchain, second.der))
+        assert outcome(again) == (None, False)
+        assert reloads.read_text().split() == ["reloaded"]
+        [removed] = deliver(sink, pki.delivery(files.fullchain, None))
+        assert removed.changed
+        assert "reload failed:" in (removed.error or "")  # nginx refuses a missing file...
+        assert "BIO_new_file" in (removed.error or "")
+        assert served(server.port) == second.der  # ...and goes on with what it has
+
+
+def test_nginx_with_remove_keep_reloads_fine_after_a_removal(
+    pki: Pki, files: LeafFiles, tmp_path: Path
+) -> None:
+    """`remove = "keep"` is the nginx setting: the file stays, so reloads keep working."""
+    template = str(tmp_path / "staples" / "{name}.der")
+    staple = pki.fresh()
+    deliver(
+        build_sink("n", {"type": "file", "path": template}),
+        pki.delivery(files.fullchain, staple.der),
+    )
+    staple_file = tmp_path / "staples" / f"{NAME}.der"
+    server = NginxServer(
+        tmp_path / "nginx", cert=files.fullchain, key=files.key, stapling_file=staple_file
+    )
+    with server:
+        table = {
+            "type": "file",
+            "path": template,
+            "reload": server.reload_command,
+            "remove": "keep",
+        }
+        [removed] = deliver(build_sink("n", table), pki.delivery(files.fullchain, None))
+        assert outcome(removed) == (None, False)
+        assert staple_file.read_bytes() == staple.der
+        newer = pki.fresh()
+        [done] = deliver(build_sink("n", table), pki.delivery(files.fullchain, newer.der))
+        assert outcome(done) == (None, True)
+        wait_for(server.port, newer.der)
+
+
+def test_nginx_own_stapling_sends_nothing_on_the_first_handshake(
+    pki: Pki, files: LeafFiles, tmp_path: Path
+) -> None:
+    server = NginxServer(
+        tmp_path / "nginx",
+        cert=files.fullchain,
+        key=files.key,
+        responder=pki.responder.url,
+        trusted=files.chain,
+    )
+    with server:
+        assert staple_from(server.port, NAME) is None  # nginx only now asks the responder
+        deadline = time.monotonic() + WAIT
+        while staple_from(server.port, NAME) is None:
+            assert time.monotonic() < deadline, "nginx never stapled its own response"
+            time.sleep(0.05)
+
+
+# --- lighttpd -------------------------------------------------------------------------------------
+
+
+def test_lighttpd_staples_the_delivered_file_from_the_first_handshake(
+    pki: Pki, files: LeafFiles, tmp_path: Path
+) -> None:
+    path = str(tmp_path / "staples" / "{stem}.der")
+    first = pki.fresh()
+    [primed] = deliver(
+        build_sink("lighttpd", {"type": "file", "path": path}),
+        pki.delivery(files.fullchain, first.der),
+    )
+    assert outcome(primed) == (None, True)
+    server = LighttpdServer(
+        tmp_path / "lighttpd",
+        cert=files.fullchain,
+        key=files.key,
+        stapling_file=tmp_path / "staples" / "fullchain.der",
+    )
+    with server:
+        assert served(server.port) == first.der
+        sink = build_sink(
+            "lighttpd", {"type": "file", "path": path, "reload": server.reload_command}
+        )
+        second = pki.fresh()
+        [done] = deliver(sink, pki.delivery(files.fullchain, second.der))
+        assert outcome(done) == (None, True)
+        wait_for(server.port, second.der)
+        [removed] = deliver(sink, pki.delivery(files.fullchain, None))
+        assert outcome(removed) == (None, True)
+        wait_for(server.port, None)  # lighttpd goes on without a staple file
+
+
+# --- HAProxy --------------------------------------------------------------------------------------
+
+
+def haproxy_pem(leaf: Leaf, directory: Path, *, chain: bool = True) -> Path:
+    """The one PEM HAProxy loads: the certificate (and its chain), then the key."""
+    directory.mkdir(parents=True, exist_ok=True)
+    pem = directory / "site.pem"
+    pem.write_bytes((leaf.fullchain_pem if chain else leaf.cert_pem) + leaf.key_pem)
+    return pem
+
+
+def test_haproxy_takes_a_new_staple_over_its_socket_without_reload(
+    pki: Pki, tmp_path: Path
+) -> None:
+    pem = haproxy_pem(pki.leaf, tmp_path / "certs")
+    server = HAProxyServer(tmp_path / "haproxy", pem=pem)
+    sink = build_sink("haproxy", {"type": "haproxy", "socket": str(server.api_socket)})
+    first = pki.fresh()
+    [primed] = deliver(sink, pki.delivery(pem, first.der))  # HAProxy is not running yet
+    assert primed.changed
+    assert re.search("cannot reach .* next start or reload", primed.error or "")
+    assert Path(f"{pem}.ocsp").read_bytes() == first.der
+    with server:
+        assert served(server.port) == first.der
+        worker = server.worker_pid()
+        second = pki.fresh()
+        [done] = deliver(sink, pki.delivery(pem, second.der))
+        assert outcome(done) == (None, True)
+        assert served(server.port) == second.der
+        assert server.worker_pid() == worker  # the same process: no reload
+        assert Path(f"{pem}.ocsp").read_bytes() == second.der
+
+
+def test_haproxy_socket_over_tcp_and_through_the_master_cli(pki: Pki, tmp_path: Path) -> None:
+    pem = haproxy_pem(pki.leaf, tmp_path / "certs")
+    Path(f"{pem}.ocsp").write_bytes(pki.fresh().der)
+    with HAProxyServer(tmp_path / "haproxy", pem=pem) as server:
+        tcp = {"type": "haproxy", "socket": f"127.0.0.1:{server.api_port}"}
+        master = {"type": "haproxy", "socket": str(server.master_socket), "master": True}
+        for table in (tcp, master):
+            staple = pki.fresh()
+            [done] = deliver(build_sink("haproxy", table), pki.delivery(pem, staple.der))
+            assert done.ok, done.error
+            assert served(server.port) == staple.der
+    nobody = {"type": "haproxy", "socket": f"127.0.0.1:{free_port()}", "timeout": "2s"}
+    [refused] = deliver(build_sink("haproxy", nobody), pki.delivery(pem, pki.fresh().der))
+    assert "cannot reach HAProxy" in (refused.error or "")
+
+
+def test_haproxy_started_without_ocsp_file_needs_one_reload(pki: Pki, tmp_path: Path) -> None:
+    pem = haproxy_pem(pki.leaf, tmp_path / "certs")
+    with HAProxyServer(tmp_path / "haproxy", pem=pem) as server:
+        sink = build_sink("haproxy", {"type": "haproxy", "socket": str(server.api_socket)})
+        staple = pki.fresh()
+        [unknown] = deliver(sink, pki.delivery(pem, staple.der))
+        assert unknown.changed
+        assert "does not match any certificate" in (unknown.error or "")
+        assert f"if it started without {pem}.ocsp, reload it" in (unknown.error or "")
+        assert staple_from(server.port, NAME) is None
+        server.reload()
+        wait_for(server.port, staple.der)  # the new worker read the file
+
+
+def test_haproxy_issuer_file_for_a_bundle_without_the_chain(pki: Pki, tmp_path: Path) -> None:
+    pem = haproxy_pem(pki.leaf, tmp_path / "certs", chain=False)
+    server = HAProxyServer(tmp_path / "haproxy", pem=pem)
+    sink = build_sink("haproxy", {"type": "haproxy", "socket": str(server.api_socket)})
+    first = pki.fresh()
+    deliver(sink, pki.delivery(pem, first.der, with_issuer=False))
+    issuer = pki.leaf.issuer.public_bytes(serialization.Encoding.PEM)
+    assert Path(f"{pem}.issuer").read_bytes() == issuer
+    with server:  # without .issuer, HAProxy refuses to start with this .ocsp
+        assert served(server.port) == first.der
+
+
+def test_haproxy_remove_needs_a_reload_and_keeps_the_slot(pki: Pki, tmp_path: Path) -> None:
+    pem = haproxy_pem(pki.leaf, tmp_path / "certs")
+    first = pki.fresh()
+    Path(f"{pem}.ocsp").write_bytes(first.der)
+    with HAProxyServer(tmp_path / "haproxy", pem=pem) as server:
+        plain = build_sink("haproxy", {"type": "haproxy", "socket": str(server.api_socket)})
+        [kept] = deliver(plain, pki.delivery(pem, None))
+        assert kept.changed
+        assert first.next_update is not None
+        dropped_at = first.next_update - timedelta(seconds=300)
+        assert f"until {dropped_at:%Y-%m-%d %H:%M:%S} UTC" in (kept.error or "")
+        assert Path(f"{pem}.ocsp").read_bytes() == b""
+        assert served(server.port) == first.der  # HAProxy has no command to drop it
+        table = {"type": "haproxy", "socket": str(server.api_socket)}
+        reloading = build_sink("haproxy", {**table, "reload": server.reload_command})
+        second = pki.fresh()
+        assert deliver(reloading, pki.delivery(pem, second.der))[0].ok
+        [removed] = deliver(reloading, pki.delivery(pem, None))
+        assert outcome(removed) == (None, True)
+        wait_for(server.port, None)
+        third = pki.fresh()  # the empty .ocsp kept stapling on: a push works again
+        assert deliver(reloading, pki.delivery(pem, third.der))[0].ok
+        assert served(server.port) == third.der
+
+
+def test_haproxy_rules_a_staple_must_keep(pki: Pki, tmp_path: Path) -> None:
+    """HAProxy 2.6 takes one SingleResponse with a SHA-1 CertID; it stops stapling a response
+    300 s before its nextUpdate, and takes one with less left, then staples nothing."""
+    pem = haproxy_pem(pki.leaf, tmp_path / "certs")
+    good = pki.fresh().der
+    Path(f"{pem}.ocsp").write_bytes(good)
+    now = datetime.now(UTC).replace(microsecond=0)
+    serial = pki.leaf.cert.serial_number
+
+    def crafted(seconds_left: int = 3600, **changes: Any) -> bytes:
+        """A response whose nextUpdate is `seconds_left` from now, then `changes`."""
+        validity = timedelta(hours=1, seconds=seconds_left)
+        spec = good_spec(pki.leaf, pki.ca.issuing, now - timedelta(hours=1), validity=validity)
+        return craft_response(replace(spec, **changes))
+
+    sha256 = crafted(singles=[good_single(make_cert_id(pki.leaf.issuer, serial, "sha256"), now)])
+    other = good_single(make_cert_id(pki.leaf.issuer, serial + 1), now)
+    several = crafted(singles=[good_single(make_cert_id(pki.leaf.issuer, serial), now), other])
+    with HAProxyServer(tmp_path / "haproxy", pem=pem) as server:
+        sink = build_sink("haproxy", {"type": "haproxy", "socket": str(server.api_socket)})
+        [by_sha256] = deliver(sink, pki.delivery(pem, sha256))
+        assert "Certificate ID does not match any certificate" in (by_sha256.error or "")
+        [by_several] = deliver(sink, pki.delivery(pem, several))
+        assert "contains multiple single responses" in (by_several.error or "")
+        assert served(server.port) == good
+        [short] = deliver(sink, pki.delivery(pem, crafted(295)))
+        assert outcome(short) == (None, True)  # taken, replacing the good one...
+        assert staple_from(server.port, NAME) is None  # ...but never stapled
+        soon = crafted(303)
+        [taken] = deliver(sink, pki.delivery(pem, soon))
+        assert outcome(taken) == (None, True)
+        assert served(server.port) == soon
+        time.sleep(max(0.0, (now + timedelta(seconds=4) - datetime.now(UTC)).total_seconds()))
+        assert staple_from(server.port, NAME) is None  # 300 s before nextUpdate: dropped
+
+
+# --- command --------------------------------------------------------------------------------------
+
+
+def test_command_sees_the_delivery_in_its_environment(
+    pki: Pki, files: LeafFiles, tmp_path: Path
+) -> None:
+    seen, copy = tmp_path / "seen", tmp_path / "copy.der"
+    variables = ["EVENT", "CERT", "NAME", "STATUS", "STAPLE"]
+    values = " ".join(f'"$MUSTAPLE_{v}"' for v in variables)
+    script = (
+        f"printf '%s\\n' {values} > {seen}; "
+        f'if [ -n "$MUSTAPLE_STAPLE" ]; then cp "$MUSTAPLE_STAPLE" {copy}; fi'
+    )
+    sink = build_sink("hook", {"type": "command", "command": script})
+    staple = pki.fresh()
+    [done] = deliver(sink, pki.delivery(files.fullchain, staple.der))
+    assert outcome(done) == (None, True)
+    event, cert, name, status, temporary = seen.read_text().splitlines()
+    assert (event, cert, name, status) == ("staple", str(files.fullchain), NAME, "good")
+    assert copy.read_bytes() == staple.der
+    assert not Path(temporary).exists()
+    seen.unlink()
+    [again] = deliver(sink, pki.delivery(files.fullchain, staple.der))
+    assert outcome(again) == (None, False)
+    assert not seen.exists()
+    [removed] = deliver(sink, pki.delivery(files.fullchain, None))
+    assert outcome(removed) == (None, True)
+    assert seen.read_text().splitlines() == ["remove", str(files.fullchain), NAME, "revoked", ""]
+
+
+def test_command_failure_and_timeout_are_reported(pki: Pki, files: LeafFiles) -> None:
+    failing = "echo starting >&2; echo 'it broke' >&2; exit 3"
+    sink = build_sink("hook", {"type": "command", "command": failing})
+    delivery = pki.delivery(files.fullchain, pki.fresh().der)
+    for _ in range(2):  # a failure is not remembered as done: it runs again
+        [failed] = deliver(sink, delivery)
+        assert failed.error == f"`{failing}` exited with status 3: it broke"
+        assert not failed.changed
+    slow = build_sink("hook", {"type": "command", "command": "sleep 30", "timeout": "0.2s"})
+    started = time.monotonic()
+    [late] = deliver(slow, delivery)
+    assert late.error == "`sleep 30` timed out after 0.2 s and was killed"
+    assert time.monotonic() - started < 5
+
+
+# --- file, without a server -----------------------------------------------------------------------
+
+
+def test_file_paths_unchanged_staples_and_removal(
+    pki: Pki, files: LeafFiles, tmp_path: Path
+) -> None:
+    sink = build_sink("beside", {"type": "file", "path": "{dir}/ocsp/{stem}.der"})
+    target = files.fullchain.parent / "ocsp" / "fullchain.der"
+    staple = pki.fresh()
+    results = [deliver(sink, pki.delivery(files.fullchain, staple.der))[0] for _ in range(2)]
+    assert [outcome(r) for r in results] == [(None, True), (None, False)]
+    assert target.read_bytes() == staple.der
+    removals = [deliver(sink, pki.delivery(files.fullchain, None))[0] for _ in range(2)]
+    assert [outcome(r) for r in removals] == [(None, True), (None, False)]
+    assert not target.exists()
+    blocked = build_sink("blocked", {"type": "file", "path": f"{files.key}/{{name}}.der"})
+    [error] = deliver(blocked, pki.delivery(files.fullchain, staple.der))
+    assert (error.error or "").startswith(f"{files.key}/{NAME}.der: ")
+
+
+def test_file_reload_failure_is_reported_and_retried(
+    pki: Pki, files: LeafFiles, tmp_path: Path
+) -> None:
+    runs, ready = tmp_path / "runs", tmp_path / "ready"
+    reload = (
+        f"echo run >> {runs}; test -e {ready} || {{ echo 'nginx: [emerg] not ready' >&2; exit 1; }}"
+    )
+    table = {"type": "file", "path": str(tmp_path / "{name}.der"), "reload": reload}
+    sink = build_sink("nginx", table)
+    delivery = pki.delivery(files.fullchain, pki.fresh().der)
+    [failed] = deliver(sink, delivery)
+    assert failed.changed
+    assert (
+        failed.error == f"reload failed: `{reload}` exited with status 1: nginx: [emerg] not ready"
+    )
+    ready.touch()
+    [retried] = deliver(sink, delivery)  # unchanged, but the failed reload is owed
+    assert outcome(retried) == (None, False)
+    [quiet] = deliver(sink, delivery)
+    assert outcome(quiet) == (None, False)
+    assert runs.read_text().split() == ["run", "run"]
+
+
+# --- config ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({}, "sinks.s.type: missing; use one of"),
+        ({"type": "ftp"}, "sinks.s.type: 'ftp' is not a sink type"),
+        ({"type": "file"}, "sinks.s.path: missing; give the staple file"),
+        (
+            {"type": "file", "path": "/x", "colour": "red"},
+            "sinks.s.colour: unknown key; a file sink takes path, reload, reload_timeout",
+        ),
+        ({"type": "file", "path": 5}, "sinks.s.path: must be a non-empty string, not 5"),
+        ({"type": "file", "path": "/x/{nam}.der"}, "sinks.s.path: unknown placeholder {nam}"),
+        ({"type": "file", "path": "/x/{name.der"}, "sinks.s.path: "),
+        ({"type": "file", "path": "/x/{name!x}.der"}, "sinks.s.path: Unknown conversion"),
+        (
+            {"type": "file", "path": "/x", "reload": ["nginx"]},
+            "sinks.s.reload: must be a non-empty string",
+        ),
+        (
+            {"type": "file", "path": "/x", "reload_timeout": 5},
+            "sinks.s.reload_timeout: must be a duration",
+        ),
+        (
+            {"type": "file", "path": "/x", "reload_timeout": "soon"},
+            "sinks.s.reload_timeout: 'soon' is not a duration",
+        ),
+        (
+            {"type": "file", "path": "/x", "reload_timeout": "0s"},
+            "sinks.s.reload_timeout: must be more than zero",
+        ),
+        (
+            {"type": "file", "path": "/x", "remove": "shred"},
+            'sinks.s.remove: must be "delete" or "keep"',
+        ),
+        ({"type": "haproxy"}, "sinks.s.socket: missing"),
+        ({"type": "haproxy", "socket": "localhost"}, "sinks.s.socket: 'localhost' is neither"),
+        (
+            {"type": "haproxy", "socket": "/run/a", "master": "yes"},
+            "sinks.s.master: must be true or false",
+        ),
+        (
+            {"type": "haproxy", "socket": "/run/a", "path": "/x"},
+            "sinks.s.path: unknown key; a haproxy sink takes",
+        ),
+        ({"type": "command"}, "sinks.s.command: missing"),
+        (
+            {"type": "command", "command": "true", "timeout": 60},
+            "sinks.s.timeout: must be a duration",
+        ),
+    ],
+)
+def test_config_errors_name_the_key(table: Mapping[str, object], message: str) -> None:
+    with pytest.raises(SinkConfigError, match="^" + re.escape(message)):
+        build_sink("s", table)
+
+
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [
+        ("/run/haproxy/admin.sock", SocketAddress(path="/run/haproxy/admin.sock")),
+        ("unix@/run/haproxy/admin.sock", SocketAddress(path="/run/haproxy/admin.sock")),
+        ("127.0.0.1:9999", SocketAddress(host="127.0.0.1", port=9999)),
+        ("ipv4@127.0.0.1:9999", SocketAddress(host="127.0.0.1", port=9999)),
+        ("[::1]:9999", SocketAddress(host="::1", port=9999)),
+    ],
+)
+def test_haproxy_socket_addresses(text: str, address: SocketAddress) -> None:
+    assert SocketAddress.parse(text) == address
