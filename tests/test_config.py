@@ -95,7 +95,7 @@ def test_full_config(tmp_path: Path) -> None:
         (MINIMAL + "[policy]\nrefresh_at = 2.0\n", "policy: refresh_at must be between"),
         (MINIMAL + "[policy]\nhash = 'md5'\n", "policy.hash: must be one of"),
         (MINIMAL + "[policy]\nconcurrency = 0\n", "policy.concurrency: must be at least 1"),
-        (MINIMAL + "[policy]\nattempts = true\n", "policy.attempts: must be a int"),
+        (MINIMAL + "[policy]\nattempts = true\n", "policy.attempts: must be an integer, not bool"),
         (MINIMAL + "[policy]\nat_expiry = 'panic'\n", "policy.at_expiry: must be one of"),
         (MINIMAL + "[hooks]\non_revoke = 'x'\n", "hooks.on_revoke: unknown key"),
         (MINIMAL + "[hooks]\non_revoked = ''\n", "hooks.on_revoked: must be a shell command"),

@@ -1,4 +1,4 @@
-"""The command line: `mustaple fetch`, `mustaple inspect`, `mustaple demo`.
+"""The command line: fetch, inspect, prime, run, status, check and demo.
 
 `main(argv=None) -> int` runs in-process (tests call it directly) and never lets a traceback
 reach the user: bad input is one line on stderr and exit code 2; an outcome is one line (or a
@@ -11,23 +11,38 @@ import asyncio
 import base64
 import binascii
 import json
+import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import click
 
 from mustaple import __version__
+from mustaple.check import check_command
+from mustaple.config import Config, load_config
+from mustaple.daemon import check_config as check_config_file
+from mustaple.daemon import open_keeper, serve
 from mustaple.demo import run_demo
 from mustaple.errors import InputError
 from mustaple.fetch import FetchPolicy, FetchResult, fetch_staple, utc_now
 from mustaple.files import read_input, write_atomic
+from mustaple.keeper import Managed
 from mustaple.loader import load_target
 from mustaple.report import ExitCode, exit_code, explain, fetch_json, fetch_line, outcome_json
 from mustaple.request import HASHES
+from mustaple.status import (
+    prime_exit_code,
+    prime_json,
+    prime_line,
+    print_status_table,
+    status_rows,
+)
 from mustaple.verify import Policy, verify
 
 __all__ = ["main"]
@@ -205,10 +220,101 @@ def _response_bytes(data: bytes, source: str) -> bytes:
     return decoded
 
 
+config_option = click.option(
+    "--config",
+    "config_path",
+    default="/etc/mustaple/mustaple.toml",
+    show_default=True,
+    help="The keeper's configuration file.",
+)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+    )
+
+
+@cli.command()
+@click.argument("certs", nargs=-1, required=True)
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per certificate.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every step to stderr.")
+def prime(*, certs: tuple[str, ...], config_path: str, as_json: bool, verbose: bool) -> int:
+    """Fetch, validate, store and deliver the staples of CERTS now: the deploy-hook gate.
+
+    Exit 0 only if every must-staple certificate has a valid good staple delivered, so
+    `mustaple prime "$RENEWED_LINEAGE/fullchain.pem" && systemctl reload nginx` never puts a
+    must-staple certificate live without its staple. Same exit codes as fetch.
+    """
+    _setup_logging(verbose)
+    config = check_config_file(Path(config_path))
+    results = asyncio.run(_prime(config, [Path(c) for c in certs]))
+    now = utc_now()
+    for managed in results:
+        if as_json:
+            click.echo(json.dumps(prime_json(managed, now)))
+        else:
+            click.echo(prime_line(managed, now))
+    return prime_exit_code(results)
+
+
+async def _prime(config: Config, paths: list[Path]) -> list[Managed]:
+    async with open_keeper(config) as keeper:
+        return await keeper.prime(paths)
+
+
+@cli.command("run")
+@config_option
+@click.option("--check-config", is_flag=True, help="Only check the configuration, then exit.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every refresh, not only problems.")
+def run_keeper(*, config_path: str, check_config: bool, verbose: bool) -> int:
+    """Run the keeper in the foreground (SIGTERM stops, SIGHUP reloads the configuration)."""
+    path = Path(config_path)
+    if check_config:
+        checked = check_config_file(path)
+        click.echo(
+            f"{path}: OK ({len(checked.certificates)} certificate entries, "
+            f"{len(checked.sinks)} sinks)"
+        )
+        return ExitCode.GOOD
+    _setup_logging(verbose)
+    asyncio.run(_run(path))
+    return ExitCode.GOOD
+
+
+async def _run(path: Path) -> None:
+    stop, reload = asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload.set)
+    await serve(path, stop=stop, reload=reload)
+
+
+@cli.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+def status(*, config_path: str, as_json: bool) -> int:
+    """Show every certificate's staple: status, times, next refresh, last error."""
+    config = load_config(Path(config_path))
+    rows = status_rows(config, utc_now())
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        print_status_table(rows)
+    return ExitCode.GOOD
+
+
 @cli.command()
 def demo() -> int:
     """Show mustaple end to end on loopback: no internet, no setup, under a minute."""
     return asyncio.run(run_demo(click.echo))
+
+
+cli.add_command(check_command, "check")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -36,6 +36,7 @@ __all__ = [
 _T = TypeVar("_T")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 HOOK_EVENTS = ("on_revoked", "on_expiring", "on_failure", "on_recovered")
 
 
@@ -137,7 +138,8 @@ class _Reader:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise self.error(key, f"must be a {kind.__name__}, not {type(value).__name__}")
+            wanted = _KIND_NAMES.get(kind, kind.__name__)
+            raise self.error(key, f"must be {wanted}, not {type(value).__name__}")
         return value
 
     def convert(self, key: str, default: _T, parse: Callable[[Any], _T]) -> _T:

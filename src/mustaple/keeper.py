@@ -42,7 +42,7 @@ from mustaple.schedule import Alert, alert_level, next_refresh, next_retry
 from mustaple.store import AttemptRecord, CertStatus, Store, StoredStaple, cert_key
 from mustaple.verify import Staple, verify
 
-__all__ = ["Keeper", "Managed"]
+__all__ = ["Keeper", "Managed", "configured_files"]
 
 log = logging.getLogger("mustaple")
 Clock = Callable[[], datetime]
@@ -132,16 +132,6 @@ class Keeper:
 
     # --- Which certificates -------------------------------------------------------------------
 
-    def wanted_files(self) -> dict[Path, CertEntry]:
-        """Every configured certificate file that exists now, with its entry (first wins)."""
-        found: dict[Path, CertEntry] = {}
-        for entry in self.config.certificates:
-            for pattern in entry.paths:
-                names = glob.glob(pattern) if glob.has_magic(pattern) else [pattern]
-                for name in sorted(names):
-                    found.setdefault(Path(name), entry)
-        return found
-
     def entry_for(self, path: Path) -> CertEntry:
         """The configured entry matching `path`, or a default one (all sinks)."""
         for entry in self.config.certificates:
@@ -151,7 +141,7 @@ class Keeper:
 
     async def scan(self) -> list[Managed]:
         """Pick up new, changed and removed certificate files; return the new or changed."""
-        wanted = self.wanted_files()
+        wanted = configured_files(self.config)
         for path in set(self.managed) - set(wanted):
             log.info("%s: no longer configured or present (%s)", self.managed[path].name, path)
             del self.managed[path]
@@ -447,6 +437,17 @@ class Keeper:
         self._watch_expiry(self.clock())
         await self.deliver()
         return chosen
+
+
+def configured_files(config: Config) -> dict[Path, CertEntry]:
+    """Every configured certificate file that exists now, with its entry (first wins)."""
+    found: dict[Path, CertEntry] = {}
+    for entry in config.certificates:
+        for pattern in entry.paths:
+            names = glob.glob(pattern) if glob.has_magic(pattern) else [pattern]
+            for name in sorted(names):
+                found.setdefault(Path(name), entry)
+    return found
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:

@@ -1,0 +1,130 @@
+"""Running the keeper for real: build it from a config, the daemon loop, reload and stop.
+
+`serve(config_path, stop=..., reload=...)` is embeddable (tests and `mustaple run` use it):
+setting `stop` ends it gracefully after the pass in progress; setting `reload` re-reads the
+configuration, and a configuration that fails to load is reported and the running one kept.
+Under systemd (Type=notify) it reports READY, STATUS, WATCHDOG and STOPPING.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from mustaple.config import Config, ConfigError, load_config
+from mustaple.delivery import Sink
+from mustaple.fetch import utc_now
+from mustaple.keeper import Keeper
+from mustaple.notify import notify, watchdog_interval
+from mustaple.sinks import SinkConfigError, build_sink
+from mustaple.store import SqliteStore
+
+__all__ = ["build_sinks", "check_config", "open_keeper", "serve"]
+
+log = logging.getLogger("mustaple")
+Clock = Callable[[], datetime]
+
+
+def build_sinks(config: Config) -> dict[str, Sink]:
+    """Every configured sink, or ConfigError naming the file and the key."""
+    try:
+        return {name: build_sink(name, table) for name, table in config.sinks.items()}
+    except SinkConfigError as exc:
+        raise ConfigError(f"{config.path}: {exc}") from None
+
+
+def check_config(path: Path) -> Config:
+    """Load the configuration and build its sinks; raise ConfigError if anything is wrong."""
+    config = load_config(path)
+    build_sinks(config)
+    return config
+
+
+@asynccontextmanager
+async def open_keeper(config: Config, *, clock: Clock = utc_now) -> AsyncIterator[Keeper]:
+    """A keeper with its state store and sinks, closed on exit."""
+    sinks = build_sinks(config)
+    store = SqliteStore(config.state_dir / "state.db")
+    try:
+        async with Keeper(config, store=store, sinks=sinks, clock=clock) as keeper:
+            yield keeper
+    finally:
+        store.close()
+
+
+async def serve(
+    config_path: Path,
+    *,
+    stop: asyncio.Event,
+    reload: asyncio.Event | None = None,
+    clock: Clock = utc_now,
+) -> None:
+    """Run the keeper until `stop` is set; re-read the configuration when `reload` is set."""
+    reload = reload or asyncio.Event()
+    config = check_config(config_path)
+    while True:
+        async with open_keeper(config, clock=clock) as keeper:
+            await _start(keeper)
+            await _loop(keeper, stop, reload, clock)
+            keeper.save_all_status()
+        if stop.is_set():
+            break
+        reload.clear()
+        config = _reloaded(config_path, config)
+    notify("STOPPING=1")
+    log.info("stopped")
+
+
+def _reloaded(path: Path, running: Config) -> Config:
+    try:
+        config = check_config(path)
+    except ConfigError as exc:
+        log.error("%s; keeping the running configuration", exc)
+        return running
+    log.info("configuration reloaded from %s", path)
+    return config
+
+
+async def _start(keeper: Keeper) -> None:
+    """Deliver every stored staple that is still valid, before the first fetch."""
+    await keeper.scan()
+    await keeper.deliver(again=True)
+    keeper.save_all_status()
+    held = sum(m.held is not None for m in keeper.managed.values())
+    status = f"{len(keeper.managed)} certificates, {held} with a valid staple"
+    log.info("started: %s", status)
+    notify("READY=1", f"STATUS={status}")
+
+
+async def _loop(keeper: Keeper, stop: asyncio.Event, reload: asyncio.Event, clock: Clock) -> None:
+    watchdog = watchdog_interval()
+    while not (stop.is_set() or reload.is_set()):
+        await keeper.tick()
+        await keeper.scan()
+        if watchdog:
+            notify("WATCHDOG=1")
+        await _wait(stop, reload, _pause(keeper, clock, watchdog))
+
+
+def _pause(keeper: Keeper, clock: Clock, watchdog: timedelta | None) -> float:
+    """Seconds until something is due, at most the watch interval (and the watchdog)."""
+    pause = keeper.policy.watch_interval
+    wake = keeper.next_wakeup()
+    if wake is not None:
+        pause = min(pause, max(wake - clock(), timedelta(0)))
+    if watchdog is not None:
+        pause = min(pause, watchdog)
+    return pause.total_seconds()
+
+
+async def _wait(stop: asyncio.Event, reload: asyncio.Event, seconds: float) -> None:
+    waiters = [asyncio.ensure_future(e.wait()) for e in (stop, reload)]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

@@ -1,0 +1,169 @@
+"""What `mustaple prime` and `mustaple status` show: lines, JSON and the status table."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from mustaple.config import Config
+from mustaple.delivery import Action
+from mustaple.keeper import Managed, configured_files
+from mustaple.report import ExitCode, human_duration
+from mustaple.store import CertStatus, SqliteStore
+
+__all__ = [
+    "delivered",
+    "prime_exit_code",
+    "prime_json",
+    "prime_line",
+    "print_status_table",
+    "status_rows",
+]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
+
+
+def delivered(managed: Managed) -> bool:
+    """Whether every sink confirmed the staple held now."""
+    held = managed.held
+    return held is not None and managed.sent == (Action.STAPLE, held.der)
+
+
+def prime_line(managed: Managed, now: datetime) -> str:
+    """One line per primed certificate."""
+    name, held = managed.name, managed.held
+    if managed.revoked is not None:
+        return f"REVOKED {name}: the certificate is revoked; its staple was withdrawn"
+    if held is not None and delivered(managed):
+        left = human_duration(held.seconds_left(now))
+        return (
+            f"OK {name}: good staple until {_iso(held.effective_expiry)} ({left} left), delivered"
+        )
+    head = "FAILED" if managed.target.must_staple else "WARNING"
+    if managed.next_due is None:
+        return f"{head} {name}: {managed.target.no_url_message()}"
+    if held is not None:
+        return f"{head} {name}: a valid staple is held but a sink did not take it (see the log)"
+    rejection = managed.last_rejection
+    why = f"{rejection.message}; {rejection.hint}" if rejection else "no staple"
+    return f"{head} {name}: no valid staple: {why}"
+
+
+def prime_json(managed: Managed, now: datetime) -> dict[str, Any]:
+    held, rejection = managed.held, managed.last_rejection
+    return {
+        "name": managed.name,
+        "cert": str(managed.path),
+        "must_staple": managed.target.must_staple,
+        "state": managed.state(),
+        "ok": delivered(managed),
+        "effective_expiry": _iso(held.effective_expiry) if held else None,
+        "reason": rejection.code if rejection and not held else None,
+        "message": prime_line(managed, now),
+    }
+
+
+def prime_exit_code(results: list[Managed]) -> ExitCode:
+    """3 if any is revoked; 1 if a must-staple certificate has no delivered staple; else 0."""
+    if any(m.revoked is not None for m in results):
+        return ExitCode.REVOKED
+    if any(m.target.must_staple and not delivered(m) for m in results):
+        return ExitCode.NO_STAPLE
+    return ExitCode.GOOD
+
+
+def status_rows(config: Config, now: datetime) -> list[dict[str, Any]]:
+    """One row per configured certificate, from the keeper's state (read only)."""
+    db = config.state_dir / "state.db"
+    stored = SqliteStore(db) if db.exists() else None
+    known = stored.statuses() if stored else {}
+    rows = [_row(key, status, stored, now) for key, status in known.items()]
+    seen = {row["cert"] for row in rows}
+    for path in sorted(configured_files(config)):
+        if str(path) not in seen:
+            rows.append(_pending(path))
+    if stored:
+        stored.close()
+    return rows
+
+
+def _row(key: str, status: CertStatus, store: SqliteStore | None, now: datetime) -> dict[str, Any]:
+    staple = store.load(key) if store else None
+    valid = staple is not None and staple.effective_expiry > now
+    return {
+        "name": status.name,
+        "cert": status.cert_path,
+        "must_staple": status.must_staple,
+        "state": status.state,
+        "this_update": _iso(staple.this_update) if valid and staple else None,
+        "effective_expiry": _iso(staple.effective_expiry) if valid and staple else None,
+        "seconds_left": _seconds_left(staple.effective_expiry, now) if valid and staple else None,
+        "next_refresh": _iso(status.next_due),
+        "last_attempt": _iso(status.last_attempt),
+        "failures": status.failures,
+        "last_error": status.last_reason,
+        "last_message": status.last_message,
+    }
+
+
+def _seconds_left(expiry: datetime, now: datetime) -> int:
+    return round((expiry - now).total_seconds())
+
+
+def _pending(path: Path) -> dict[str, Any]:
+    return {
+        "name": path.parent.name or path.name,
+        "cert": str(path),
+        "must_staple": None,
+        "state": "not yet seen by the keeper",
+        "this_update": None,
+        "effective_expiry": None,
+        "seconds_left": None,
+        "next_refresh": None,
+        "last_attempt": None,
+        "failures": 0,
+        "last_error": None,
+        "last_message": None,
+    }
+
+
+_STYLE = {"good": "green", "failing": "yellow", "pending": "yellow"}
+
+
+_COLUMNS = (
+    "certificate",
+    "must-staple",
+    "status",
+    "thisUpdate",
+    "effective expiry",
+    "next refresh",
+    "last attempt",
+    "last error",
+)
+_TIMES = ("this_update", "effective_expiry", "next_refresh", "last_attempt")
+
+
+def print_status_table(rows: list[dict[str, Any]]) -> None:
+    """The table for people; wide enough to read when piped too."""
+    table = Table(title="mustaple status", title_justify="left")
+    for column in _COLUMNS:
+        table.add_column(column, no_wrap=column not in ("certificate", "last error"))
+    for row in rows:
+        style = _STYLE.get(row["state"], "red")
+        must = {True: "yes", False: "no", None: "?"}[row["must_staple"]]
+        error = f"{row['last_error']}: {row['last_message']}" if row["last_error"] else ""
+        times = (_short(row[key]) for key in _TIMES)
+        table.add_row(row["name"], must, f"[{style}]{row['state']}[/]", *times, error)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+
+
+def _short(iso: str | None) -> str:
+    """'2026-11-24T05:40:00Z' as '11-24 05:40Z'."""
+    return f"{iso[5:10]} {iso[11:16]}Z" if iso else "-"

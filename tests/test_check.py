@@ -1,0 +1,639 @@
+"""`mustaple check` against servers that staple well, badly, lazily or not at all.
+
+The test kit's `StaplingServer` staples whatever each test sets (a good staple, one past its
+refresh point, expired, revoked, for another certificate, garbage, trailing bytes, nothing),
+over TLS 1.2 and 1.3; `openssl s_client -status` confirms from the outside whether a staple was
+sent. Real nginx and HAProxy (tests/servers.py) serving a staple file must come out OK, and
+nginx's own stapling must show the lazy-stapling problem: no staple on the first connection.
+The pure `judge` and the client model are checked on their own too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import http.server
+import json
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+from click.testing import CliRunner
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509 import ocsp
+
+from mustaple.certs import Target
+from mustaple.check import (
+    JSON_KEYS,
+    Client,
+    Issuer,
+    Level,
+    StapleState,
+    check_command,
+    client_accepts,
+    judge,
+    parse_address,
+    report_lines,
+)
+from mustaple.fetch import fetch_staple
+from mustaple.probe import ProbeResult, probe
+from mustaple.request import make_cert_id
+from mustaple.testing import (
+    CA,
+    Behaviour,
+    Leaf,
+    LeafFiles,
+    ResponderThread,
+    StaplingServer,
+    craft_response,
+    good_single,
+    good_spec,
+)
+from servers import HAProxyServer, NginxServer
+
+HOST = "127.0.0.1"
+NAME = "www.example.test"
+VERSIONS = ("1.2", "1.3")
+DAY = timedelta(days=1)
+VALIDITY = 4 * DAY
+
+
+# --- Helpers ------------------------------------------------------------------------------------
+
+
+def run_check(*args: str) -> tuple[int, str]:
+    """Run `check` as the lead's CLI will: a click group with the command added."""
+    group = click.Group()
+    group.add_command(check_command, "check")
+    result = CliRunner().invoke(group, ["check", *args], catch_exceptions=False)
+    return result.exit_code, result.stdout
+
+
+def check_json(*args: str) -> dict[str, Any]:
+    code, out = run_check(*args, "--json")
+    report: dict[str, Any] = json.loads(out)
+    assert report["exit_code"] == code
+    return report
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def good(ca: CA, leaf: Leaf, at: datetime) -> bytes:
+    """A valid good response made at `at`, valid for four days."""
+    return craft_response(good_spec(leaf, ca.issuing, at, validity=VALIDITY))
+
+
+def revoked(ca: CA, leaf: Leaf, at: datetime) -> bytes:
+    cert_id = make_cert_id(leaf.issuer, leaf.cert.serial_number)
+    single = good_single(
+        cert_id,
+        at,
+        validity=VALIDITY,
+        status=ocsp.OCSPCertStatus.REVOKED,
+        revocation_time=at - DAY,
+    )
+    return craft_response(good_spec(leaf, ca.issuing, at, singles=(single,)))
+
+
+def staple_for(state: str, ca: CA, leaf: Leaf, other: Leaf) -> bytes | None:
+    """The bytes a server staples in each named state."""
+    now = utc_now()
+    staples: dict[str, Callable[[], bytes | None]] = {
+        "none": lambda: None,
+        "good": lambda: good(ca, leaf, now),
+        "past-refresh": lambda: good(ca, leaf, now - 3 * DAY),  # a quarter of the window left
+        "expired": lambda: good(ca, leaf, now - 5 * DAY),
+        "revoked": lambda: revoked(ca, leaf, now),
+        "wrong-cert": lambda: good(ca, other, now),
+        "garbage": lambda: b"this is not an OCSP response",
+        "trailing": lambda: good(ca, leaf, now) + b"\x00\x00",
+    }
+    return staples[state]()
+
+
+@pytest.fixture(scope="module")
+def other(ca: CA) -> Leaf:
+    return ca.issue("other.example.test")
+
+
+@pytest.fixture(scope="module")
+def plain(ca: CA) -> Leaf:
+    return ca.issue("plain.example.test", must_staple=False)
+
+
+@pytest.fixture
+def server(leaf: Leaf) -> Iterator[StaplingServer]:
+    with StaplingServer(leaf) as running:
+        yield running
+
+
+@pytest.fixture
+def plain_server(plain: Leaf) -> Iterator[StaplingServer]:
+    with StaplingServer(plain) as running:
+        yield running
+
+
+def address(port: int) -> str:
+    return f"{HOST}:{port}"
+
+
+# --- Every state, over TLS 1.2 and 1.3 ----------------------------------------------------------
+
+# state -> level, reason code, what each client does (Firefox, GnuTLS, curl), must-staple leaf
+MUST_STAPLE = {
+    "good": (Level.OK, None, (True, True, True)),
+    "past-refresh": (Level.WARNING, None, (True, True, True)),
+    "none": (Level.CRITICAL, None, (False, False, False)),
+    "expired": (Level.CRITICAL, "expired", (False, False, False)),
+    "revoked": (Level.CRITICAL, None, (False, False, False)),
+    "wrong-cert": (Level.CRITICAL, "cert-not-in-response", (False, False, False)),
+    "garbage": (Level.CRITICAL, "malformed", (False, False, False)),
+    "trailing": (Level.CRITICAL, "trailing-data", (False, False, False)),
+}
+
+# the same without must-staple: a missing staple is a warning, clients differ
+NOT_MUST_STAPLE = {
+    "good": (Level.OK, None, (True, True, True)),
+    "none": (Level.WARNING, None, (True, True, False)),
+    "expired": (Level.CRITICAL, "expired", (True, False, False)),
+    "revoked": (Level.CRITICAL, None, (False, False, False)),
+    "garbage": (Level.CRITICAL, "malformed", (False, False, False)),
+}
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("state", MUST_STAPLE)
+def test_must_staple_states(
+    server: StaplingServer, ca: CA, leaf: Leaf, other: Leaf, state: str, version: str
+) -> None:
+    staple = staple_for(state, ca, leaf, other)
+    server.set_staple(staple)
+    level, reason, clients = MUST_STAPLE[state]
+    report = check_json(address(server.port), "--servername", NAME, "--tls", version)
+    assert (report["level"], report["exit_code"], report["reason"]) == (level.name, level, reason)
+    assert report["stapled"] is (staple is not None)
+    assert report["must_staple"] is True
+    assert tuple(report["clients"].values()) == clients
+    assert report["connections"][0]["tls_version"] == version
+    code, out = run_check(address(server.port), "--tls", version)
+    assert code == level
+    assert out.startswith(f"{level.name} {NAME}: ")
+
+
+@pytest.mark.parametrize("state", NOT_MUST_STAPLE)
+def test_states_without_must_staple(
+    plain_server: StaplingServer, ca: CA, plain: Leaf, other: Leaf, state: str
+) -> None:
+    plain_server.set_staple(staple_for(state, ca, plain, other))
+    level, reason, clients = NOT_MUST_STAPLE[state]
+    report = check_json(address(plain_server.port))
+    assert (report["level"], report["reason"]) == (level.name, reason)
+    assert report["must_staple"] is False
+    assert tuple(report["clients"].values()) == clients
+
+
+def test_text_output_of_a_good_staple(server: StaplingServer, ca: CA, leaf: Leaf) -> None:
+    server.set_staple(good(ca, leaf, utc_now()))
+    code, out = run_check(address(server.port), "--tls", "1.3")
+    lines = out.splitlines()
+    assert code == Level.OK
+    assert lines[0].startswith(f"OK {NAME}: safe for must-staple: a valid good staple, 3d 23h")
+    labels = [line.split(":")[0] for line in lines[1:]]
+    assert labels == ["certificate", "must-staple", "staple", "time left", "clients", "connections"]
+    assert len({line.index(line.split(":", 1)[1].strip()) for line in lines[1:]}) == 1  # aligned
+    assert "must-staple:  yes" in lines
+    assert "staple:       sent, valid, good" in lines
+    assert "Firefox accepts, GnuTLS accepts, curl --cert-status accepts" in out
+    assert f"1 to {HOST}:{server.port} over TLS 1.3, stapled" in out
+
+
+def test_revoked_and_past_refresh_are_explained(server: StaplingServer, ca: CA, leaf: Leaf) -> None:
+    server.set_staple(revoked(ca, leaf, utc_now()))
+    report = check_json(address(server.port))
+    assert (report["valid"], report["status"]) == (True, "revoked")
+    assert "REVOKED" in report["verdict"]
+    server.set_staple(good(ca, leaf, utc_now() - 3 * DAY))
+    report = check_json(address(server.port))
+    assert report["past_refresh_point"] is True
+    assert report["staple"]["fraction_left"] == pytest.approx(0.25, abs=0.01)
+    assert report["verdict"].startswith("safe for must-staple for now, but the staple is past")
+
+
+def test_json_keys_are_stable(server: StaplingServer, ca: CA, leaf: Leaf) -> None:
+    server.set_staple(good(ca, leaf, utc_now()))
+    report = check_json(address(server.port))
+    assert tuple(report) == JSON_KEYS
+    assert set(report["clients"]) == {"firefox", "gnutls", "curl"}
+    assert report["issuer_source"] == "chain"
+    assert report["staple"]["seconds_left"] > 3 * 86400
+
+
+# --- Several connections ------------------------------------------------------------------------
+
+
+def test_every_connection_stapled_the_same(server: StaplingServer, ca: CA, leaf: Leaf) -> None:
+    server.set_staple(good(ca, leaf, utc_now()))
+    report = check_json(address(server.port), "--connections", "3")
+    assert report["level"] == "OK"
+    assert [c["stapled"] for c in report["connections"]] == [True, True, True]
+    assert report["same_staple"] is True
+    assert server.status_requests == 3
+    _, out = run_check(address(server.port), "--connections", "3")
+    assert ": 3 of 3 stapled, the same staple each time" in out
+    assert "3 sequential" in out
+
+
+def lazy_results(server: StaplingServer, staple: bytes, connections: int) -> list[ProbeResult]:
+    """Probe `connections` times; the server staples only from the second connection on."""
+    server.set_staple(None)
+    results = [probe(HOST, server.port)]
+    server.set_staple(staple)
+    results += [probe(HOST, server.port) for _ in range(connections - 1)]
+    return results
+
+
+def test_staple_only_after_the_first_connection(server: StaplingServer, ca: CA, leaf: Leaf) -> None:
+    results = lazy_results(server, good(ca, leaf, utc_now()), 3)
+    report = judge(results, Issuer(leaf.issuer, "chain"), utc_now(), server="lazy:443")
+    assert report.level is Level.CRITICAL
+    assert [c.staple is not None for c in report.connections] == [False, True, True]
+    assert report.verdict.endswith("so clients refuse it (connection 1 of 3)")
+    assert report.clients() == dict.fromkeys(Client, False)
+    assert report.same_staple is True
+    lines = report_lines(report)
+    assert "staple:       sent (first on connection 2), valid, good" in lines
+    assert "2 of 3 stapled (none on the first: lazy stapling)" in lines[-1]
+
+
+def test_some_connections_stapled_without_must_staple(
+    plain_server: StaplingServer, ca: CA, plain: Leaf
+) -> None:
+    results = lazy_results(plain_server, good(ca, plain, utc_now()), 2)
+    report = judge(results, Issuer(plain.issuer, "chain"), utc_now(), server="lazy:443")
+    assert report.level is Level.WARNING
+    assert report.verdict.startswith("not safe for must-staple: no staple; fine for")
+
+
+def test_different_staples_on_different_connections(
+    server: StaplingServer, ca: CA, leaf: Leaf
+) -> None:
+    now = utc_now()
+    server.set_staple(good(ca, leaf, now))
+    first = probe(HOST, server.port)
+    server.set_staple(good(ca, leaf, now - timedelta(hours=1)))
+    report = judge([first, probe(HOST, server.port)], Issuer(leaf.issuer, "chain"), now, server="s")
+    assert (report.level, report.same_staple) == (Level.OK, False)
+    assert report_lines(report)[-1].endswith(", different staples")
+
+
+# --- The issuer ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bare(ca: CA) -> Leaf:
+    """A leaf served without its chain, with no caIssuers URL."""
+    return dataclasses.replace(ca.issue(NAME), chain=())
+
+
+def test_no_issuer_is_unknown(bare: Leaf, ca: CA) -> None:
+    with StaplingServer(bare, staple=good(ca, bare, utc_now())) as alone:
+        code, out = run_check(address(alone.port))
+    assert code == Level.UNKNOWN
+    assert out.startswith(f"UNKNOWN {NAME}: cannot tell: a staple was sent but cannot be")
+    assert "names no caIssuers URL; pass it with --issuer FILE" in out
+    assert "cannot tell" in out.splitlines()[5]  # clients
+
+
+def test_no_staple_needs_no_issuer(bare: Leaf) -> None:
+    with StaplingServer(bare) as alone:
+        assert run_check(address(alone.port))[0] == Level.CRITICAL
+
+
+def test_issuer_from_a_file(bare: Leaf, ca: CA, other: Leaf, tmp_path: Path) -> None:
+    files = bare.write(tmp_path)
+    wrong = other.write(tmp_path / "other").cert  # a leaf: it signed nothing
+    with StaplingServer(bare, staple=good(ca, bare, utc_now())) as alone:
+        report = check_json(address(alone.port), "--issuer", str(files.issuer))
+        assert (report["level"], report["issuer_source"]) == ("OK", "file")
+        report = check_json(address(alone.port), "--issuer", str(wrong))
+        assert report["level"] == "UNKNOWN"
+        assert f"{wrong} did not sign {NAME}" in report["verdict"]
+        code, out = run_check(address(alone.port), "--issuer", str(tmp_path / "missing.pem"))
+    assert (code, out) == (
+        Level.UNKNOWN,
+        f"UNKNOWN {tmp_path / 'missing.pem'}: issuer certificate not found\n",
+    )
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """No access log on stderr."""
+
+
+@contextlib.contextmanager
+def file_server(directory: Path) -> Iterator[str]:
+    """Serve `directory` over HTTP on loopback; yields the base URL."""
+    handler = functools.partial(_Quiet, directory=str(directory))
+    with http.server.ThreadingHTTPServer((HOST, 0), handler) as httpd:
+        thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+        thread.start()
+        try:
+            yield f"http://{HOST}:{httpd.server_address[1]}/"
+        finally:
+            httpd.shutdown()
+            thread.join()
+
+
+def test_issuer_from_aia(ca: CA, tmp_path: Path) -> None:
+    (tmp_path / "issuer.der").write_bytes(ca.cert.public_bytes(serialization.Encoding.DER))
+    with file_server(tmp_path) as base:
+        leaf = ca.issue(NAME, ca_issuer_urls=[base + "issuer.der"])
+        bare = dataclasses.replace(leaf, chain=())
+        with StaplingServer(bare, staple=good(ca, bare, utc_now())) as alone:
+            report = check_json(address(alone.port))
+    assert (report["level"], report["issuer_source"]) == ("OK", "aia")
+
+
+# --- Chain verification -------------------------------------------------------------------------
+
+
+def test_cafile(server: StaplingServer, ca: CA, leaf: Leaf, tmp_path: Path) -> None:
+    server.set_staple(good(ca, leaf, utc_now()))
+    files = leaf.write(tmp_path)
+    assert check_json(address(server.port), "--cafile", str(files.root))["level"] == "OK"
+    stranger = CA(name="another root").issue("x.test").write(tmp_path / "stranger")
+    report = check_json(address(server.port), "--cafile", str(stranger.root))
+    assert report["level"] == "CRITICAL"
+    assert report["verdict"].endswith("the chain does not verify against the CA file")
+    assert report["clients"] == {"firefox": False, "gnutls": False, "curl": False}
+
+
+# --- Cannot check: UNKNOWN, exit 3 --------------------------------------------------------------
+
+
+def closed_port() -> int:
+    """A port nothing listens on (bound, never listened)."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_cannot_connect() -> None:
+    port = closed_port()
+    code, out = run_check(address(port))
+    assert (code, out) == (Level.UNKNOWN, f"UNKNOWN {HOST}:{port}: connection refused\n")
+    report = check_json(address(port))
+    assert tuple(report) == JSON_KEYS
+    assert (report["level"], report["name"]) == ("UNKNOWN", None)
+
+
+def test_handshake_failure(responder: ResponderThread) -> None:
+    http_port = responder.url.rsplit(":", 1)[1].strip("/")  # plain HTTP, not TLS
+    code, out = run_check(f"{HOST}:{http_port}")
+    assert code == Level.UNKNOWN
+    assert out.startswith(f"UNKNOWN {HOST}:{http_port}: TLS handshake failed (")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["127.0.0.1:0"],
+        ["127.0.0.1:x"],
+        ["[::1"],
+        ["127.0.0.1", "--connections", "0"],
+        ["127.0.0.1", "--tls", "1.1"],
+        ["127.0.0.1", "--url", "http://127.0.0.1/"],
+        ["127.0.0.1", "--cert", "cert.pem"],
+        ["--cert", "cert.pem", "--connections", "2"],
+        ["--no-such-option"],
+    ],
+)
+def test_usage_errors_are_unknown(args: list[str]) -> None:
+    code, out = run_check(*args)
+    assert code == Level.UNKNOWN
+    assert out.startswith("UNKNOWN usage error: ")
+    assert len(out.splitlines()) == 1
+
+
+def test_exit_code_through_a_non_standalone_group(server: StaplingServer) -> None:
+    """The lead's `main` runs the group with standalone_mode=False: same codes."""
+    group = click.Group()
+    group.add_command(check_command, "check")
+    assert group.main(["check", address(server.port)], standalone_mode=False) == Level.CRITICAL
+    assert group.main(["check", "--bad"], standalone_mode=False) == Level.UNKNOWN
+    assert group.main(["check", "--help"], standalone_mode=False) == 0
+
+
+def test_parse_address() -> None:
+    assert parse_address("example.org") == ("example.org", 443)
+    assert parse_address("example.org:8443") == ("example.org", 8443)
+    assert parse_address("[::1]:8443") == ("::1", 8443)
+    assert parse_address("[::1]") == ("::1", 443)
+    assert parse_address("::1") == ("::1", 443)
+    for bad in ("", ":443", "example.org:", "example.org:70000", "[::1]x"):
+        with pytest.raises(ValueError, match="HOST"):
+            parse_address(bad)
+
+
+# --- The client model ---------------------------------------------------------------------------
+
+
+def test_client_model() -> None:
+    states = list(StapleState)
+    accepted = {
+        (client, must): [s.value for s in states if client_accepts(client, must, s)]
+        for client in Client
+        for must in (True, False)
+    }
+    assert accepted == {
+        (Client.FIREFOX, True): ["good"],
+        (Client.FIREFOX, False): ["none", "good", "expired"],
+        (Client.GNUTLS, True): ["good"],
+        (Client.GNUTLS, False): ["none", "good"],
+        (Client.CURL, True): ["good"],
+        (Client.CURL, False): ["good"],
+    }
+    for client in Client:
+        assert client_accepts(client, True, StapleState.UNVALIDATED) is None
+
+
+def test_judge_is_pure_and_strict_about_time(server: StaplingServer, ca: CA, leaf: Leaf) -> None:
+    server.set_staple(good(ca, leaf, utc_now()))
+    result = probe(HOST, server.port)
+    issuer = Issuer(leaf.issuer, "chain")
+    later = utc_now() + 3 * DAY  # the same handshake judged three days on
+    assert judge([result], issuer, later, server="s").level is Level.WARNING
+    assert judge([result], issuer, later + 2 * DAY, server="s").level is Level.CRITICAL
+    with pytest.raises(ValueError, match="aware"):
+        judge([result], issuer, datetime(2030, 1, 1), server="s")
+    with pytest.raises(ValueError, match="at least one"):
+        judge([], issuer, later, server="s")
+
+
+# --- No server: ask the responder (--cert) ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def responder(ca: CA) -> Iterator[ResponderThread]:
+    with ResponderThread(ca) as running:
+        yield running
+
+
+def responder_leaf(
+    ca: CA, responder: ResponderThread, tmp_path: Path, behaviour: Behaviour, *, must: bool = True
+) -> LeafFiles:
+    leaf = ca.issue("responder.example.test", ocsp_urls=[responder.url], must_staple=must)
+    responder.add(leaf)
+    responder.set_behaviour(behaviour, serial=leaf.cert.serial_number)
+    return leaf.write(tmp_path)
+
+
+def test_cert_mode_good(ca: CA, responder: ResponderThread, tmp_path: Path) -> None:
+    files = responder_leaf(ca, responder, tmp_path, Behaviour.GOOD)
+    report = check_json("--cert", str(files.fullchain))
+    assert (report["level"], report["stapled"], report["status"]) == ("OK", True, "good")
+    assert report["responder_url"] == responder.url
+    assert (report["server"], report["clients"], report["connections"]) == (None, None, None)
+    code, out = run_check("--cert", str(files.cert), "--issuer", str(files.issuer))
+    assert code == Level.OK
+    assert f"valid, good, from {responder.url} (no server asked)" in out
+    assert "clients:      no server: not applicable" in out
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "must", "level", "reason"),
+    [
+        (Behaviour.REVOKED, True, Level.CRITICAL, None),
+        (Behaviour.UNAUTHORIZED, True, Level.CRITICAL, "unauthorized"),
+        (Behaviour.UNAUTHORIZED, False, Level.WARNING, "unauthorized"),
+        (Behaviour.WRONG_ISSUER_KEY_HASH, True, Level.CRITICAL, "wrong-issuer"),
+    ],
+)
+def test_cert_mode_problems(
+    ca: CA,
+    responder: ResponderThread,
+    tmp_path: Path,
+    behaviour: Behaviour,
+    must: bool,
+    level: Level,
+    reason: str | None,
+) -> None:
+    files = responder_leaf(ca, responder, tmp_path, behaviour, must=must)
+    report = check_json("--cert", str(files.fullchain))
+    assert (report["level"], report["reason"]) == (level.name, reason)
+
+
+def test_cert_mode_unusable_input(tmp_path: Path) -> None:
+    code, out = run_check("--cert", str(tmp_path / "nothing.pem"))
+    assert (code, out) == (
+        Level.UNKNOWN,
+        f"UNKNOWN {tmp_path / 'nothing.pem'}: certificate not found\n",
+    )
+
+
+# --- Cross-check with OpenSSL's client ----------------------------------------------------------
+
+
+def openssl_saw_a_staple(port: int) -> bool:
+    done = subprocess.run(
+        ["openssl", "s_client", "-connect", address(port), "-servername", NAME, "-status"],
+        check=False,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    if "OCSP response: no response sent" in done.stdout:
+        return False
+    assert (
+        "OCSP Response Status: successful" in done.stdout or "response parse error" in done.stdout
+    )
+    return True
+
+
+@pytest.mark.parametrize("state", ["none", "good", "revoked", "garbage"])
+def test_openssl_agrees_on_stapled(
+    server: StaplingServer, ca: CA, leaf: Leaf, other: Leaf, state: str
+) -> None:
+    server.set_staple(staple_for(state, ca, leaf, other))
+    assert check_json(address(server.port))["stapled"] is openssl_saw_a_staple(server.port)
+
+
+# --- Real servers: nginx and HAProxy ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def site(leaf: Leaf, tmp_path_factory: pytest.TempPathFactory) -> LeafFiles:
+    return leaf.write(tmp_path_factory.mktemp("site"))
+
+
+def fetched_staple(ca: CA, leaf: Leaf) -> bytes:
+    with ResponderThread(ca) as answering:
+        answering.add(leaf)
+        result = asyncio.run(fetch_staple(Target(leaf.cert, leaf.issuer), urls=[answering.url]))
+    assert result.staple is not None, result.rejection
+    return result.staple.der
+
+
+def test_real_nginx_with_a_staple_file(ca: CA, leaf: Leaf, site: LeafFiles, tmp_path: Path) -> None:
+    staple = tmp_path / "staple.der"
+    staple.write_bytes(fetched_staple(ca, leaf))
+    server = NginxServer(
+        tmp_path / "nginx", cert=site.fullchain, key=site.key, stapling_file=staple
+    )
+    with server as nginx:
+        report = check_json(address(nginx.port), "--servername", NAME, "--connections", "2")
+    assert (report["level"], report["stapled"], report["same_staple"]) == ("OK", True, True)
+
+
+def test_real_nginx_own_stapling_is_lazy(
+    ca: CA, leaf: Leaf, site: LeafFiles, responder: ResponderThread, tmp_path: Path
+) -> None:
+    responder.add(leaf)
+    responder.set_behaviour(Behaviour.GOOD, serial=leaf.cert.serial_number)
+    server = NginxServer(
+        tmp_path / "nginx",
+        cert=site.fullchain,
+        key=site.key,
+        responder=responder.url,
+        trusted=site.root,
+    )
+    with server as nginx:
+        report = check_json(address(nginx.port), "--servername", NAME, "--connections", "3")
+        later = poll_until_ok(address(nginx.port))
+    assert report["level"] == "CRITICAL"
+    assert report["connections"][0]["stapled"] is False
+    assert report["verdict"].startswith("not safe for must-staple: no staple on a must-staple")
+    assert later["level"] == "OK"  # once nginx has fetched it, it staples
+
+
+def poll_until_ok(where: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    report = check_json(where, "--servername", NAME)
+    while report["level"] != "OK" and time.monotonic() < deadline:
+        time.sleep(0.05)
+        report = check_json(where, "--servername", NAME)
+    return report
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_real_haproxy_with_an_ocsp_file(ca: CA, leaf: Leaf, tmp_path: Path, version: str) -> None:
+    pem = tmp_path / "site.pem"
+    pem.write_bytes(leaf.fullchain_pem + leaf.key_pem)
+    (tmp_path / "site.pem.ocsp").write_bytes(fetched_staple(ca, leaf))
+    with HAProxyServer(tmp_path / "haproxy", pem=pem) as haproxy:
+        report = check_json(address(haproxy.port), "--servername", NAME, "--tls", version)
+    assert (report["level"], report["stapled"], report["status"]) == ("OK", True, "good")

@@ -1,0 +1,246 @@
+"""The keeper as people run it: prime, status, check-config, and `mustaple run` as a real
+process (systemd notify, SIGHUP, SIGTERM, kill -9 and restart from the state)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.x509 import ocsp
+
+from mustaple.certs import make_target
+from mustaple.cli import main
+from mustaple.fetch import utc_now
+from mustaple.report import ExitCode
+from mustaple.testing import CA, Behaviour, Leaf, ResponderThread
+from mustaple.verify import Staple, verify
+
+MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))
+
+
+@dataclass
+class Site:
+    tmp: Path
+    ca: CA
+    responder: ResponderThread
+    config: Path
+
+    def issue(self, name: str, **kwargs: object) -> Leaf:
+        kwargs.setdefault("ocsp_urls", [self.responder.url])
+        leaf = self.ca.issue(name, **kwargs)  # type: ignore[arg-type]
+        if kwargs["ocsp_urls"]:
+            self.responder.add(leaf)
+        leaf.write(self.tmp / "live" / name)
+        return leaf
+
+    def cert(self, name: str) -> str:
+        return str(self.tmp / "live" / name / "fullchain.pem")
+
+    def staple(self, name: str) -> Path:
+        return self.tmp / "staples" / f"{name}.der"
+
+
+def write_config(tmp: Path, extra: str = "") -> Path:
+    path = tmp / "mustaple.toml"
+    path.write_text(f"""
+state_dir = "{tmp}/state"
+
+[[certificates]]
+paths = ["{tmp}/live/*/fullchain.pem"]
+
+[sinks.files]
+type = "file"
+path = "{tmp}/staples/{{name}}.der"
+reload = "echo reloaded >> {tmp}/reloads.log"
+
+[policy]
+timeout = "1s"
+attempts = 1
+watch_interval = "1s"
+{extra}
+""")
+    return path
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    ca = CA()
+    with ResponderThread(ca) as responder:
+        yield Site(tmp_path, ca, responder, write_config(tmp_path))
+
+
+def check_staple(site: Site, leaf: Leaf, name: str) -> Staple:
+    target = make_target(leaf.cert, leaf.issuer)
+    result = verify(site.staple(name).read_bytes(), target, utc_now())
+    assert isinstance(result, Staple), result
+    return result
+
+
+def test_check_config(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--check-config", "--config", str(site.config)]) == 0
+    assert "OK (1 certificate entries, 1 sinks)" in capsys.readouterr().out
+    site.config.write_text(site.config.read_text() + "bogus = 1\n")
+    assert main(["run", "--check-config", "--config", str(site.config)]) == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert f"{site.config}: policy.bogus: unknown key" in err
+    assert err.count("\n") == 1
+
+
+def test_prime_delivers_and_gates(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    leaf = site.issue("a.test")
+    assert main(["prime", "--config", str(site.config), site.cert("a.test")]) == 0
+    assert capsys.readouterr().out.startswith("OK a.test: good staple until ")
+    assert check_staple(site, leaf, "a.test").good
+    assert (site.tmp / "reloads.log").read_text() == "reloaded\n"
+    site.responder.set_behaviour(Behaviour.REVOKED)
+    assert main(["prime", "--config", str(site.config), site.cert("a.test")]) == ExitCode.REVOKED
+    assert not site.staple("a.test").exists()
+
+
+def test_prime_fails_without_a_staple(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    site.issue("down.test")
+    site.issue("plain.test", must_staple=False)
+    site.responder.set_behaviour(Behaviour.TRY_LATER)
+    argv = ["prime", "--config", str(site.config), site.cert("down.test")]
+    assert main(argv) == ExitCode.NO_STAPLE
+    out = capsys.readouterr().out
+    assert out.startswith("FAILED down.test: no valid staple: the responder asks us to try later")
+    argv = ["prime", "--config", str(site.config), site.cert("plain.test")]
+    assert main(argv) == ExitCode.GOOD  # not must-staple: a warning, not a failure
+    assert capsys.readouterr().out.startswith("WARNING plain.test:")
+    site.issue("nourl.test", ocsp_urls=[])
+    assert main(["prime", "--config", str(site.config), site.cert("nourl.test")]) == 1
+    assert "can never be served correctly" in capsys.readouterr().out
+    assert main(["prime", "--config", str(site.config), "/nonexistent.pem"]) == ExitCode.USAGE
+
+
+def test_status_after_prime(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    site.issue("a.test")
+    site.issue("later.test")
+    main(["prime", "--config", str(site.config), site.cert("a.test")])
+    capsys.readouterr()
+    assert main(["status", "--config", str(site.config), "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["a.test"]["state"] == "good"
+    assert rows["a.test"]["must_staple"] is True
+    assert rows["a.test"]["seconds_left"] > 3 * 86400
+    assert rows["later.test"]["state"] == "not yet seen by the keeper"
+    assert main(["status", "--config", str(site.config)]) == 0
+    table = capsys.readouterr().out
+    assert "a.test" in table
+    assert "good" in table
+
+
+@dataclass
+class Daemon:
+    process: subprocess.Popen[str]
+    notify: socket.socket
+
+    def notices(self, until: str, timeout: float = 20) -> list[str]:
+        seen: list[str] = []
+        deadline = time.monotonic() + timeout
+        while until not in seen:
+            self.notify.settimeout(max(0.01, deadline - time.monotonic()))
+            seen += self.notify.recv(4096).decode().splitlines()
+        return seen
+
+
+@pytest.fixture
+def daemon(site: Site) -> Iterator[Callable[[], Daemon]]:
+    started: list[Daemon] = []
+
+    def start() -> Daemon:
+        path = site.tmp / f"notify{len(started)}.sock"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(path))
+        env = {**os.environ, "NOTIFY_SOCKET": str(path)}
+        process = subprocess.Popen(
+            [MUSTAPLE, "run", "--config", str(site.config), "-v"],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        started.append(Daemon(process, sock))
+        return started[-1]
+
+    yield start
+    for d in started:
+        if d.process.poll() is None:
+            d.process.kill()
+        d.process.wait(10)
+        d.notify.close()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_run_delivers_watches_and_stops_gracefully(
+    site: Site, daemon: Callable[[], Daemon]
+) -> None:
+    leaf = site.issue("a.test")
+    d = daemon()
+    assert "READY=1" in d.notices("READY=1")
+    wait_for(site.staple("a.test").exists)
+    assert check_staple(site, leaf, "a.test").good
+    new = site.issue("b.test")  # picked up without a restart
+    wait_for(site.staple("b.test").exists)
+    assert check_staple(site, new, "b.test").good
+    d.process.send_signal(signal.SIGTERM)
+    assert d.process.wait(20) == 0
+    assert "STOPPING=1" in d.notices("STOPPING=1")
+    assert "Traceback" not in (d.process.stderr.read() if d.process.stderr else "")
+
+
+def test_sighup_reloads_and_a_bad_config_keeps_the_running_one(
+    site: Site, daemon: Callable[[], Daemon]
+) -> None:
+    site.issue("a.test")
+    d = daemon()
+    d.notices("READY=1")
+    site.config.write_text(site.config.read_text().replace("attempts = 1", 'attempts = "x"'))
+    d.process.send_signal(signal.SIGHUP)
+    assert "READY=1" in d.notices("READY=1")  # restarted on the running configuration
+    assert d.process.poll() is None
+    site.config.write_text(write_config(site.tmp).read_text())
+    d.process.send_signal(signal.SIGHUP)
+    assert "READY=1" in d.notices("READY=1")
+    d.process.send_signal(signal.SIGTERM)
+    assert d.process.wait(20) == 0
+    log = d.process.stderr.read() if d.process.stderr else ""
+    assert "policy.attempts: must be an integer, not str" in log
+    assert "keeping the running configuration" in log
+    assert "configuration reloaded" in log
+
+
+def test_kill_9_loses_nothing(site: Site, daemon: Callable[[], Daemon]) -> None:
+    leaves = [site.issue(f"c{n}.test") for n in range(20)]
+    d = daemon()
+    d.notices("READY=1")
+    wait_for(lambda: sum(site.staple(f"c{n}.test").exists() for n in range(20)) >= 10)
+    d.process.kill()  # SIGKILL in the middle of the burst
+    d.process.wait(10)
+    for n in range(20):
+        site.staple(f"c{n}.test").unlink(missing_ok=True)
+    site.responder.set_behaviour(Behaviour.HANG)  # the CA is down: only the state can help
+    served = len(site.responder.requests)
+    second = daemon()
+    second.notices("READY=1")
+    stored = [n for n in range(20) if site.staple(f"c{n}.test").exists()]
+    assert len(stored) >= 10
+    for n in stored:
+        staple = check_staple(site, leaves[n], f"c{n}.test")
+        assert staple.status == ocsp.OCSPCertStatus.GOOD
+    assert len(site.responder.requests) - served <= 20 - len(stored)
