@@ -1,32 +1,39 @@
-"""`mustaple demo`: the whole story in under a minute, with no internet and no setup.
+"""`mustaple demo`: the whole system end to end in under a minute, with no internet and no setup.
 
-A test PKI issues a must-staple certificate, a misbehaving OCSP responder answers for it on
-loopback, and mustaple fetches and validates. Then the responder misbehaves in the ways real
-ones do; every bad answer is rejected with its reason while the staple in hand stays valid.
-It recovers, and last it says the certificate is revoked. The demo grows with the keeper
-(delivery to a live TLS server) and `mustaple check`.
+A test PKI issues a must-staple certificate; a misbehaving OCSP responder answers for it and a
+TLS server serves it, all on loopback. First `check` shows why a server without mustaple is not
+safe: no staple, so every strict client refuses. Then the keeper fetches, validates, stores and
+delivers a staple before any client connects, and `check` turns OK. Then the responder
+misbehaves the ways real ones do: every bad answer is refused with its reason, the server keeps
+the good staple, and the verdict stays OK. It recovers; last the CA revokes the certificate and
+the staple is withdrawn.
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from mustaple.certs import Target, make_target
-from mustaple.fetch import FetchPolicy, FetchResult, fetch_staple, utc_now
-from mustaple.files import write_atomic
+from mustaple.check import CheckReport, check_server
+from mustaple.config import CertEntry, Config, KeeperPolicy
+from mustaple.delivery import Action, Delivered, Delivery
+from mustaple.fetch import FetchPolicy, utc_now
+from mustaple.keeper import Keeper, Managed
 from mustaple.report import human_duration
-from mustaple.testing import CA, Behaviour, OCSPResponder
+from mustaple.store import SqliteStore
+from mustaple.testing import CA, Behaviour, OCSPResponder, StaplingServer
 from mustaple.verify import Staple
 
-__all__ = ["run_demo"]
+__all__ = ["MISBEHAVIOURS", "run_demo"]
 
 Echo = Callable[[str], None]
-# What real responders do, in the order the demo shows them, with what a person would see.
+# What real responders do, in the order the demo shows them.
 MISBEHAVIOURS = (
     (Behaviour.TRY_LATER, "answers tryLater"),
     (Behaviour.HTML_200, "serves an HTML error page with status 200"),
@@ -37,65 +44,122 @@ MISBEHAVIOURS = (
     (Behaviour.WRONG_SERIAL, "answers about another certificate"),
     (Behaviour.BAD_SIGNATURE, "sends a response with a broken signature"),
     (Behaviour.DELEGATE_NO_EKU, "signs with a certificate not allowed to sign OCSP"),
-    (Behaviour.TRUNCATED, "sends half a response"),
+    (Behaviour.TRUNCATED, "sends half a response (garbage)"),
 )
 _WIDTH = max(len(story) for _, story in MISBEHAVIOURS)
 QUICK = FetchPolicy(total_timeout=1.0, connect_timeout=1.0, attempts_per_url=1)
 
 
 @dataclass
-class _Scene:
-    target: Target
-    responder: OCSPResponder
-    echo: Echo
-    held: Staple | None = None
+class _ServerSink:
+    """Hands staples straight to the demo's TLS server (real servers use the file sinks)."""
 
-    async def fetch(self) -> FetchResult:
-        return await fetch_staple(self.target, policy=QUICK, current=self.held)
+    server: StaplingServer
+    name: str = "tls-server"
+
+    async def deliver(self, batch: Sequence[Delivery]) -> list[Delivered]:
+        for delivery in batch:
+            self.server.set_staple(delivery.der if delivery.action is Action.STAPLE else None)
+        return [Delivered(d.key, self.name, True) for d in batch]
+
+
+@dataclass
+class _Scene:
+    keeper: Keeper
+    responder: OCSPResponder
+    server: StaplingServer
+    echo: Echo
+
+    @property
+    def managed(self) -> Managed:
+        return next(iter(self.keeper.managed.values()))
+
+    async def check(self) -> CheckReport:
+        return await check_server("127.0.0.1", self.server.port, servername="www.demo.test")
+
+    async def verdict(self, indent: str = "   ") -> bool:
+        report = await self.check()
+        self.echo(f"{indent}mustaple check: {report.level.name} {report.verdict}")
+        return report.level.name == "OK"
 
 
 async def run_demo(echo: Echo) -> int:
     """Tell the story; 0 when every step came out as it should."""
     started = time.monotonic()
+    logging.getLogger("mustaple").setLevel(logging.CRITICAL)  # the story says it all
     ca = CA(key_type="ec", intermediate=True, name="mustaple demo root")
-    async with OCSPResponder(ca, validity=timedelta(days=4), cache_for=timedelta(0)) as responder:
-        leaf = ca.issue("www.demo.test", ocsp_urls=[responder.url])
-        responder.add(leaf)
-        scene = _Scene(make_target(leaf.cert, leaf.issuer), responder, echo)
-        echo(
-            "mustaple demo: a must-staple certificate, a misbehaving OCSP responder, and "
-            "what mustaple makes of them.\n"
-        )
-        echo(
-            f"Test PKI: root and intermediate CA (ECDSA P-256); must-staple certificate for "
-            f"{scene.target.name}; its OCSP responder runs at {responder.url}\n"
-        )
-        ok = await _first_fetch(scene) and await _misbehave(scene) and await _recover(scene)
-        ok = ok and await _revoked(scene)
+    with tempfile.TemporaryDirectory() as tmp:
+        async with OCSPResponder(ca, cache_for=timedelta(0)) as responder:
+            leaf = ca.issue("www.demo.test", ocsp_urls=[responder.url])
+            responder.add(leaf)
+            cert = leaf.write(Path(tmp) / "live").fullchain
+            with StaplingServer(leaf) as server:
+                echo(
+                    "mustaple demo: a must-staple certificate, a misbehaving OCSP responder, "
+                    "a TLS server, and mustaple keeping them safe.\n"
+                )
+                echo(
+                    f"Test PKI: root and intermediate CA (ECDSA P-256), a must-staple "
+                    f"certificate for www.demo.test; OCSP responder at {responder.url}; "
+                    f"TLS server at 127.0.0.1:{server.port}.\n"
+                )
+                async with _keeper(Path(tmp), cert, server) as keeper:
+                    scene = _Scene(keeper, responder, server, echo)
+                    ok = await _story(scene)
     echo(
-        f"\nDone in {time.monotonic() - started:.1f} s. "
-        "Try it on yours: mustaple fetch /path/to/fullchain.pem --json"
+        f"\nDone in {time.monotonic() - started:.1f} s. Try it on yours: "
+        "mustaple check www.example.org, mustaple fetch /path/to/fullchain.pem"
     )
     return 0 if ok else 1
 
 
-async def _first_fetch(scene: _Scene) -> bool:
-    result = await scene.fetch()
-    if result.staple is None:
-        scene.echo(f"1. First fetch FAILED: {result.rejection and result.rejection.message}")
-        return False
-    scene.held = result.staple
-    attempt = result.attempts[-1]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "www.demo.test.der"
-        write_atomic(path, scene.held.der)
-        size = path.stat().st_size
-    scene.echo(
-        f"1. Fetch before any client connects: {attempt.method} in "
-        f"{attempt.latency * 1000:.0f} ms, every check passed."
+@asynccontextmanager
+async def _keeper(tmp: Path, cert: Path, server: StaplingServer) -> AsyncIterator[Keeper]:
+    config = Config(
+        path=tmp / "demo.toml",
+        state_dir=tmp / "state",
+        certificates=(CertEntry(paths=(str(cert),)),),
+        sinks={},
+        policy=KeeperPolicy(fetch=QUICK),
     )
-    scene.echo(f"   {_held_line(scene.held)}; {size} bytes, ready for the server.\n")
+    store = SqliteStore(tmp / "state" / "state.db")
+    try:
+        sinks = {"tls-server": _ServerSink(server)}
+        async with Keeper(config, store=store, sinks=sinks) as keeper:
+            yield keeper
+    finally:
+        store.close()
+
+
+async def _story(scene: _Scene) -> bool:
+    steps = (_without_mustaple, _first_staple, _misbehave, _recover, _revoked)
+    for step in steps:
+        if not await step(scene):
+            return False
     return True
+
+
+async def _without_mustaple(scene: _Scene) -> bool:
+    scene.echo(
+        "1. The server before mustaple: nothing to staple yet, like nginx on its first handshake."
+    )
+    report = await scene.check()
+    scene.echo(f"   mustaple check: {report.level.name} {report.verdict}\n")
+    return report.level.name == "CRITICAL"
+
+
+async def _first_staple(scene: _Scene) -> bool:
+    await scene.keeper.scan()
+    await scene.keeper.tick()
+    held = scene.managed.held
+    if held is None:
+        scene.echo("2. The keeper could NOT get a first staple (this is a bug)")
+        return False
+    scene.echo("2. The keeper fetches, validates, stores and delivers a staple, before any client:")
+    scene.echo(f"   {_held_line(held)}")
+    ok = await scene.verdict()
+    scene.echo("")
+    return ok
 
 
 def _held_line(staple: Staple) -> str:
@@ -107,48 +171,59 @@ def _held_line(staple: Staple) -> str:
 
 
 async def _misbehave(scene: _Scene) -> bool:
-    scene.echo("2. The responder misbehaves. Each answer is refused, with its reason:")
+    scene.echo(
+        "3. The responder misbehaves. Each answer is refused, with its reason; the "
+        "server keeps the good staple:"
+    )
+    good = scene.managed.held
     ok = True
     for behaviour, story in MISBEHAVIOURS:
         scene.responder.set_behaviour(behaviour)
-        result = await scene.fetch()
+        result = await scene.keeper.refresh(scene.managed)
+        await scene.keeper.deliver()
         rejection = result.rejection
         if result.staple is not None or rejection is None:
-            scene.echo(f"   the responder {story}: ACCEPTED (this is a bug)")
+            scene.echo(f"   it {story}: ACCEPTED (this is a bug)")
             ok = False
             continue
         retry = "retry later" if rejection.retryable else "needs the CA"
         scene.echo(f"   it {story:<{_WIDTH}} -> {rejection.code} ({retry})")
-    assert scene.held is not None
-    scene.echo(f"   Meanwhile the staple in hand is untouched: {_held_line(scene.held)}.\n")
+    ok = ok and scene.managed.held is good
+    scene.echo(f"   The server still staples the {_held_line(good)}." if good else "")
+    ok = await scene.verdict() and ok
+    scene.echo("")
     return ok
 
 
 async def _recover(scene: _Scene) -> bool:
     scene.responder.set_behaviour(Behaviour.GOOD)
-    result = await scene.fetch()
-    if result.staple is None:
-        scene.echo("3. The responder recovers, but the fetch FAILED")
+    await scene.keeper.refresh(scene.managed)
+    await scene.keeper.deliver()
+    held = scene.managed.held
+    if held is None:
+        scene.echo("4. The responder recovers, but the refresh FAILED")
         return False
-    scene.held = result.staple
     scene.echo(
-        f"3. The responder recovers: a fresh response replaces the old one: "
-        f"{_held_line(scene.held)}.\n"
+        f"4. The responder recovers: a fresh response replaces the old one: {_held_line(held)}."
     )
-    return True
+    ok = await scene.verdict()
+    scene.echo("")
+    return ok
 
 
 async def _revoked(scene: _Scene) -> bool:
     scene.responder.set_behaviour(Behaviour.REVOKED)
-    result = await scene.fetch()
-    staple = result.staple
-    if staple is None or staple.good:
-        scene.echo("4. Revocation was NOT recognised (this is a bug)")
+    await scene.keeper.refresh(scene.managed)
+    await scene.keeper.deliver()
+    revoked = scene.managed.revoked
+    if revoked is None:
+        scene.echo("5. Revocation was NOT recognised (this is a bug)")
         return False
-    reason = staple.revocation_reason.name if staple.revocation_reason else "unspecified"
+    reason = revoked.revocation_reason.name if revoked.revocation_reason else "unspecified"
     scene.echo(
-        f"4. The CA revokes the certificate ({reason}): a valid answer, so it is "
-        "believed, but a revoked staple is never served; `mustaple fetch` exits with 3 "
-        "so a deploy hook can act."
+        f"5. The CA revokes the certificate ({reason}). A revoked staple is never "
+        "served: the keeper withdraws it (in production its on_revoked hook gets a renewal)."
     )
-    return True
+    report = await scene.check()
+    scene.echo(f"   mustaple check: {report.level.name} {report.verdict}")
+    return report.level.name == "CRITICAL"
