@@ -100,12 +100,21 @@ def test_full_config(tmp_path: Path) -> None:
         (MINIMAL + "[hooks]\non_revoke = 'x'\n", "hooks.on_revoke: unknown key"),
         (MINIMAL + "[hooks]\non_revoked = ''\n", "hooks.on_revoked: must be a shell command"),
         ("[[certificates\n", "not valid TOML"),
+        (MINIMAL + "[http]\nlisten = '8008'\n", "http.listen: '8008' is not HOST:PORT"),
+        (MINIMAL + "[http]\nport = 1\n", "http.port: unknown key"),
     ],
 )
 def test_errors_name_the_file_and_the_key(tmp_path: Path, text: str, problem: str) -> None:
     path = write(tmp_path, text)
     with pytest.raises(ConfigError, match=f"^{path}: {problem}"):
         load_config(path)
+
+
+def test_http_section(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, MINIMAL)).http is None
+    config = load_config(write(tmp_path, "[http]\nlisten = '[::1]:9000'\n" + MINIMAL))
+    assert config.http is not None
+    assert (config.http.host, config.http.port) == ("::1", 9000)
 
 
 def test_missing_file(tmp_path: Path) -> None:

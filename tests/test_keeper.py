@@ -21,6 +21,7 @@ from mustaple.config import CertEntry, Config, Hooks, KeeperPolicy
 from mustaple.delivery import Action, Delivered, Delivery
 from mustaple.fetch import FetchPolicy
 from mustaple.keeper import Keeper
+from mustaple.request import make_cert_id
 from mustaple.store import SqliteStore
 from mustaple.testing import CA, Behaviour, Leaf, OCSPResponder
 
@@ -304,3 +305,25 @@ def test_concurrency_per_responder_host_is_bounded(
 
     run(scenario, tmp_path)
     assert peak == 2
+
+
+def test_find_by_cert_id_and_observers(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    async def scenario(tmp: Path) -> None:
+        async with world(tmp) as w:
+            w.keeper.observers.append(lambda m, r: seen.append(f"{m.name} {r.ok}"))
+            leaf = w.issue("a.test")
+            await w.keeper.scan()
+            await w.keeper.tick()
+            for hash_name in ("sha1", "sha256"):
+                found = w.keeper.find(make_cert_id(leaf.issuer, leaf.cert.serial_number, hash_name))
+                assert found is not None
+                assert found.name == "a.test"
+            assert w.keeper.find(make_cert_id(leaf.issuer, 12345)) is None
+            (tmp / "live" / "a.test" / "fullchain.pem").unlink()
+            await w.keeper.scan()
+            assert w.keeper.find(make_cert_id(leaf.issuer, leaf.cert.serial_number)) is None
+
+    run(scenario, tmp_path)
+    assert seen == ["a.test True"]

@@ -27,6 +27,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Hooks",
+    "HttpConfig",
     "KeeperPolicy",
     "load_config",
     "parse_config",
@@ -92,6 +93,15 @@ class KeeperPolicy:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """The HTTP endpoint: the local OCSP responder, metrics, health and the status page."""
+
+    host: str = "127.0.0.1"
+    port: int = 8008
+    max_request_size: int = 10000  # bytes of an OCSP request (POST body or GET path)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     state_dir: Path
@@ -99,6 +109,7 @@ class Config:
     sinks: Mapping[str, Mapping[str, Any]]
     hooks: Hooks = field(default_factory=Hooks)
     policy: KeeperPolicy = field(default_factory=KeeperPolicy)
+    http: HttpConfig | None = None  # None: no HTTP endpoint
 
 
 def load_config(path: str | Path) -> Config:
@@ -162,7 +173,7 @@ class _Reader:
 def parse_config(data: Mapping[str, Any], source: Path) -> Config:
     """Check a parsed TOML document."""
     top = _Reader(source, "", dict(data))
-    top.only("state_dir", "certificates", "sinks", "hooks", "policy")
+    top.only("state_dir", "certificates", "sinks", "hooks", "policy", "http")
     entries = top.table.get("certificates", [])
     if not isinstance(entries, list) or not entries:
         raise top.error("certificates", "give at least one [[certificates]] entry")
@@ -177,7 +188,19 @@ def parse_config(data: Mapping[str, Any], source: Path) -> Config:
         sinks=sinks,
         hooks=_hooks(_Reader(source, "hooks", top.table.get("hooks", {}))),
         policy=_policy(_Reader(source, "policy", top.table.get("policy", {}))),
+        http=_http(_Reader(source, "http", top.table["http"])) if "http" in top.table else None,
     )
+
+
+def _http(reader: _Reader) -> HttpConfig:
+    reader.only("listen", "max_request_size")
+    listen = reader.get("listen", str, "127.0.0.1:8008")
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise reader.error("listen", f"{listen!r} is not HOST:PORT such as 127.0.0.1:8008")
+    size = _at_least_one(reader, "max_request_size", HttpConfig.max_request_size)
+    return HttpConfig(host, int(port), size)
 
 
 def _sinks(reader: _Reader) -> dict[str, Mapping[str, Any]]:

@@ -38,14 +38,17 @@ from mustaple.fetch import USER_AGENT, FetchResult, fetch_staple, utc_now
 from mustaple.files import read_input
 from mustaple.loader import load_target
 from mustaple.reasons import Reason, Rejection
+from mustaple.request import CertId, make_cert_id
 from mustaple.schedule import Alert, alert_level, next_refresh, next_retry
 from mustaple.store import AttemptRecord, CertStatus, Store, StoredStaple, cert_key
 from mustaple.verify import Staple, verify
 
-__all__ = ["Keeper", "Managed", "configured_files"]
+__all__ = ["Keeper", "Managed", "Observer", "configured_files"]
 
 log = logging.getLogger("mustaple")
 Clock = Callable[[], datetime]
+# Called after every refresh with the certificate and the fetch result (metrics use it).
+Observer = Callable[["Managed", FetchResult], None]
 
 
 @dataclass
@@ -103,11 +106,14 @@ class Keeper:
         sinks: Mapping[str, Sink],
         clock: Clock = utc_now,
         dice: Callable[[], float] = random.random,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.config, self.policy = config, config.policy
         self.store, self.sinks = store, dict(sinks)
         self.clock, self.dice = clock, dice
+        self.observers = list(observers)
         self.managed: dict[Path, Managed] = {}
+        self._index: dict[str, dict[CertId, Managed]] = {}  # by hash name; see `find`
         self._problems: dict[Path, str] = {}
         self._issuer_cache: dict[str, bytes] = {}
         self._all = asyncio.Semaphore(self.policy.concurrency)
@@ -145,6 +151,7 @@ class Keeper:
         for path in set(self.managed) - set(wanted):
             log.info("%s: no longer configured or present (%s)", self.managed[path].name, path)
             del self.managed[path]
+            self._index.clear()
         added = []
         for path, entry in wanted.items():
             current = self.managed.get(path)
@@ -168,6 +175,7 @@ class Keeper:
             certs = parse_certificates(read_input(path, "certificate"), source=str(path))
         except InputError as exc:
             self.managed.pop(path, None)
+            self._index.clear()
             if self._problems.get(path) != str(exc):
                 log.error("%s", exc)
                 self._problems[path] = str(exc)
@@ -176,6 +184,7 @@ class Keeper:
         managed = Managed(path, entry, target, stamp, target.issuer in certs[1:], self.clock())
         self._restore(managed)
         self.managed[path] = managed
+        self._index.clear()
         return managed
 
     def _restore(self, managed: Managed) -> None:
@@ -210,6 +219,17 @@ class Keeper:
         self._watch_expiry(self.clock())
         await self.deliver()
 
+    def find(self, cert_id: CertId) -> Managed | None:
+        """The managed certificate a CertID names (any supported hash), or None."""
+        index = self._index.get(cert_id.hash_name)
+        if index is None:
+            index = {
+                make_cert_id(m.target.issuer, m.target.serial, cert_id.hash_name): m
+                for m in self.managed.values()
+            }
+            self._index[cert_id.hash_name] = index
+        return index.get(cert_id)
+
     def next_wakeup(self) -> datetime | None:
         """When the next certificate falls due."""
         dues = [m.next_due for m in self.managed.values() if m.next_due is not None]
@@ -234,6 +254,8 @@ class Keeper:
         now = self.clock()
         managed.last_attempt = now
         self.store.add_attempts(managed.key, _records(result))
+        for observer in self.observers:
+            observer(managed, result)
         if result.staple is not None:
             self._accepted(managed, result.staple, result.url, now)
         else:
