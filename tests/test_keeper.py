@@ -76,21 +76,29 @@ def config(tmp: Path, **policy: object) -> Config:
         state_dir=tmp / "state",
         certificates=(CertEntry(paths=(str(tmp / "live" / "*" / "fullchain.pem"),)),),
         sinks={"record": {"type": "record"}},
-        hooks=Hooks(on_failure=f"env > {tmp}/failure.env", on_revoked=f"env > {tmp}/revoked.env",
-                    on_expiring=f"echo $MUSTAPLE_EVENT >> {tmp}/expiring.log"),
+        hooks=Hooks(
+            on_failure=f"env > {tmp}/failure.env",
+            on_revoked=f"env > {tmp}/revoked.env",
+            on_expiring=f"echo $MUSTAPLE_EVENT >> {tmp}/expiring.log",
+        ),
         policy=KeeperPolicy(fetch=QUICK, **policy),  # type: ignore[arg-type]
-    )  # fmt: skip
+    )
 
 
 @asynccontextmanager
-async def world(tmp: Path, **policy: object) -> AsyncIterator[World]:
+async def world(tmp: Path, key_type: str = "ec", **policy: object) -> AsyncIterator[World]:
     clock = Clock()
-    ca = CA(now=clock.now - DAY)
+    ca = CA(now=clock.now - DAY, key_type=key_type)  # type: ignore[arg-type]
     sink = RecordingSink()
     store = SqliteStore(tmp / "state" / "state.db")
     async with OCSPResponder(ca, clock=clock, cache_for=timedelta(0)) as responder:
-        keeper = Keeper(config(tmp, **policy), store=store, sinks={"record": sink}, clock=clock,
-                        dice=lambda: 0.5)  # fmt: skip
+        keeper = Keeper(
+            config(tmp, **policy),
+            store=store,
+            sinks={"record": sink},
+            clock=clock,
+            dice=lambda: 0.5,
+        )
         async with keeper:
             yield World(ca, clock, responder, sink, tmp, keeper)
     store.close()
@@ -174,9 +182,18 @@ def test_restart_delivers_the_stored_staple_before_fetching(tmp_path: Path) -> N
     run(scenario, tmp_path)
 
 
-BAD = [Behaviour.TRY_LATER, Behaviour.HTML_200, Behaviour.EXPIRED, Behaviour.STALE,
-       Behaviour.BAD_SIGNATURE, Behaviour.WRONG_SERIAL, Behaviour.UNRELATED_SIGNER,
-       Behaviour.TRUNCATED, Behaviour.DELEGATE_NO_EKU, Behaviour.UNKNOWN_STATUS]  # fmt: skip
+BAD = [
+    Behaviour.TRY_LATER,
+    Behaviour.HTML_200,
+    Behaviour.EXPIRED,
+    Behaviour.STALE,
+    Behaviour.BAD_SIGNATURE,
+    Behaviour.WRONG_SERIAL,
+    Behaviour.UNRELATED_SIGNER,
+    Behaviour.TRUNCATED,
+    Behaviour.DELEGATE_NO_EKU,
+    Behaviour.UNKNOWN_STATUS,
+]
 
 
 def test_outage_keeps_the_last_good_staple_until_expiry_then_removes_it(
@@ -327,3 +344,39 @@ def test_find_by_cert_id_and_observers(tmp_path: Path) -> None:
 
     run(scenario, tmp_path)
     assert seen == ["a.test True"]
+
+
+# Valid answers: a newer one may replace the staple (revoked withdraws it). Every other
+# behaviour of the misbehaving responder must leave the staple in hand where it is.
+VALID = {
+    Behaviour.GOOD,
+    Behaviour.DELEGATED,
+    Behaviour.SEVERAL_RESPONSES,
+    Behaviour.PSS_SIGNATURE,
+    Behaviour.REVOKED,
+}
+
+
+def test_every_misbehaviour_keeps_the_last_good_staple(tmp_path: Path) -> None:
+    async def scenario(tmp: Path) -> None:
+        async with world(tmp, key_type="rsa") as w:
+            w.issue("a.test")
+            await w.keeper.scan()
+            await w.keeper.tick()
+            managed = next(iter(w.keeper.managed.values()))
+            good, delivered = managed.held, w.sink.last().der
+            for behaviour in Behaviour:
+                if behaviour in VALID:
+                    continue
+                w.responder.set_behaviour(behaviour)
+                result = await w.keeper.refresh(managed)
+                await w.keeper.deliver()
+                assert result.rejection is not None, behaviour
+                assert managed.held is good, behaviour
+                assert w.sink.last().der == delivered, behaviour
+            assert good is not None
+            w.clock.now = good.effective_expiry
+            await w.keeper.tick()
+            assert w.sink.last().action is Action.REMOVE
+
+    run(scenario, tmp_path)
