@@ -424,3 +424,67 @@ def _certificate_status(body: bytes) -> bytes:
     if body[0] != _OCSP:
         raise ServerError(f"CertificateStatus of type {body[0]}, not ocsp")
     return body[4 : 4 + int.from_bytes(body[1:4])]
+
+
+APACHE = "/usr/sbin/apache2"
+APACHE_MODULES = Path("/usr/lib/apache2/modules")
+
+
+class ApacheServer(Server):
+    """Apache httpd with mod_ssl serving `cert`/`key` (the chain after the leaf in `cert`), its
+    own stapling on (`SSLUseStapling`): mod_ssl fetches the response itself from `responder`
+    (`SSLStaplingForceURL`, whatever the certificate says) and keeps it in a shmcb cache in
+    the directory, good answers for `cache_timeout` seconds, errors for `error_timeout`."""
+
+    program = APACHE
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        cert: Path,
+        key: Path,
+        responder: str,
+        responder_timeout: int = 5,
+        cache_timeout: int = 3600,
+        error_timeout: int = 600,
+    ) -> None:
+        super().__init__(directory)
+        self.cert, self.key, self.responder = cert, key, responder
+        self.responder_timeout = responder_timeout
+        self.cache_timeout, self.error_timeout = cache_timeout, error_timeout
+        self.config = directory / "apache2.conf"
+
+    def _modules(self) -> str:
+        return "".join(
+            f"LoadModule {name}_module {APACHE_MODULES}/mod_{name}.so\n"
+            for name in ("mpm_event", "authz_core", "socache_shmcb", "ssl")
+        )
+
+    def write_config(self) -> None:
+        d = self.directory
+        self.config.write_text(
+            f"ServerRoot {d}\n{self._modules()}"
+            # Apache never serves as root: started as root, its workers become nobody
+            "User nobody\nGroup nogroup\nServerName localhost\n"
+            f"Listen 127.0.0.1:{self.port}\n"
+            f"PidFile {d}/apache2.pid\nDefaultRuntimeDir {d}\nMutex file:{d} default\n"
+            f"ErrorLog {self.error_log}\nLogLevel warn ssl:info\n"
+            "StartServers 1\nServerLimit 1\nThreadsPerChild 4\nThreadLimit 4\n"
+            "MaxRequestWorkers 4\nMinSpareThreads 1\nMaxSpareThreads 4\n"
+            f"SSLStaplingCache shmcb:{d}/stapling(32768)\n"
+            f"<VirtualHost 127.0.0.1:{self.port}>\n"
+            "  SSLEngine on\n"
+            f"  SSLCertificateFile {self.cert}\n  SSLCertificateKeyFile {self.key}\n"
+            "  SSLUseStapling on\n"
+            f"  SSLStaplingForceURL {self.responder}\n"
+            f"  SSLStaplingResponderTimeout {self.responder_timeout}\n"
+            f"  SSLStaplingStandardCacheTimeout {self.cache_timeout}\n"
+            f"  SSLStaplingErrorCacheTimeout {self.error_timeout}\n"
+            "  SSLStaplingReturnResponderErrors off\n"
+            "  SSLStaplingFakeTryLater off\n"
+            "</VirtualHost>\n"
+        )
+
+    def command(self) -> list[str]:
+        return [APACHE, "-d", str(self.directory), "-f", str(self.config), "-DFOREGROUND"]

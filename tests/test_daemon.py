@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from mustaple.certs import make_target
 from mustaple.cli import main
 from mustaple.fetch import utc_now
 from mustaple.report import ExitCode
+from mustaple.request import encode_request, get_url, make_cert_id
 from mustaple.testing import CA, Behaviour, Leaf, ResponderThread
 from mustaple.verify import Staple, verify
 
@@ -244,3 +247,41 @@ def test_kill_9_loses_nothing(site: Site, daemon: Callable[[], Daemon]) -> None:
         staple = check_staple(site, leaves[n], f"c{n}.test")
         assert staple.status == ocsp.OCSPCertStatus.GOOD
     assert len(site.responder.requests) - served <= 20 - len(stored)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_run_serves_health_metrics_and_the_local_responder(
+    site: Site, daemon: Callable[[], Daemon]
+) -> None:
+    leaf = site.issue("a.test")
+    port = free_port()
+    text = site.config.read_text()
+    site.config.write_text(text + f'\n[http]\nlisten = "127.0.0.1:{port}"\n')
+    d = daemon()
+    d.notices("READY=1")
+    base = f"http://127.0.0.1:{port}"
+    wait_for(site.staple("a.test").exists)
+    wait_for(lambda: _get(f"{base}/readyz")[0] == 200)
+    assert _get(f"{base}/healthz") == (200, b"ok\n")
+    status, metrics = _get(f"{base}/metrics")
+    assert b"mustaple_seconds_until_expiry" in metrics
+    request = encode_request(make_cert_id(leaf.issuer, leaf.cert.serial_number))
+    status, body = _get(get_url(f"{base}/ocsp", request))
+    assert status == 200
+    assert body == site.staple("a.test").read_bytes()
+    d.process.send_signal(signal.SIGTERM)
+    assert d.process.wait(20) == 0
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()

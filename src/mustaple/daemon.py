@@ -3,7 +3,8 @@
 `serve(config_path, stop=..., reload=...)` is embeddable (tests and `mustaple run` use it):
 setting `stop` ends it gracefully after the pass in progress; setting `reload` re-reads the
 configuration, and a configuration that fails to load is reported and the running one kept.
-Under systemd (Type=notify) it reports READY, STATUS, WATCHDOG and STOPPING.
+Under systemd (Type=notify) it reports READY, STATUS, WATCHDOG and STOPPING. With an `[http]`
+table it also serves the local OCSP responder, metrics, health and the status page.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from mustaple.config import Config, ConfigError, load_config
 from mustaple.delivery import Sink
 from mustaple.fetch import utc_now
 from mustaple.keeper import Keeper
+from mustaple.metrics import Metrics
 from mustaple.notify import notify, watchdog_interval
 from mustaple.sinks import SinkConfigError, build_sink
 from mustaple.store import SqliteStore
+from mustaple.web import start_http
 
 __all__ = ["build_sinks", "check_config", "open_keeper", "serve"]
 
@@ -68,9 +71,15 @@ async def serve(
     config = check_config(config_path)
     while True:
         async with open_keeper(config, clock=clock) as keeper:
-            await _start(keeper)
-            await _loop(keeper, stop, reload, clock)
-            keeper.save_all_status()
+            metrics = Metrics(keeper, clock=clock)  # attaches itself to keeper.observers
+            runner = await start_http(keeper, config.http, metrics=metrics) if config.http else None
+            try:
+                await _start(keeper)
+                await _loop(keeper, stop, reload, clock)
+                keeper.save_all_status()
+            finally:
+                if runner is not None:
+                    await runner.cleanup()
         if stop.is_set():
             break
         reload.clear()

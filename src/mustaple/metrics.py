@@ -1,0 +1,163 @@
+"""Prometheus metrics for one keeper, in a registry of their own (docs/observability.md).
+
+`Metrics(keeper)` owns a `CollectorRegistry` (never the global one, so several keepers and
+tests do not collide) and attaches itself to the keeper as an observer:
+
+- per certificate gauges (`name`, `serial` labels) are computed at scrape time from the
+  keeper's state, so they are always current, with no timer updating them;
+- fetch counters and the attempt latency histogram are fed by `observe` after every refresh;
+- local responder counters are fed by `served` (the responder's `on_served` callback).
+
+`exposition(accept)` renders the registry in the format the scraper asks for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+
+from mustaple.fetch import FetchResult, utc_now
+from mustaple.keeper import Keeper, Managed
+
+__all__ = ["RESPONDER_RESULTS", "STATES", "Metrics", "serial_hex"]
+
+Clock = Callable[[], datetime]
+# Every value `Managed.state()` can take: `mustaple_status` has one series for each.
+STATES = ("good", "failing", "revoked", "no-ocsp-url", "pending")
+# What the local responder reports through `on_served`.
+RESPONDER_RESULTS = ("good", "revoked", "not-modified", "unauthorized", "malformed", "too-large")
+_LABELS = ("name", "serial")
+
+
+def serial_hex(managed: Managed) -> str:
+    """The certificate's serial number as the `serial` label shows it (lowercase hex)."""
+    return f"{managed.target.serial:x}"
+
+
+class Metrics:
+    """The metrics of one keeper; attaches `observe` to `keeper.observers`."""
+
+    def __init__(self, keeper: Keeper, *, clock: Clock = utc_now) -> None:
+        self.registry = CollectorRegistry()
+        self.fetches = Counter(
+            "mustaple_fetches",
+            "Refreshes by outcome (ok: a valid answer; rejected: none) and reason code.",
+            ("outcome", "reason"),
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "mustaple_fetch_latency_seconds",
+            "Duration of each HTTP exchange with an OCSP responder.",
+            registry=self.registry,
+        )
+        self.responder_requests = Counter(
+            "mustaple_responder_requests",
+            "Requests answered by the local OCSP responder, by result.",
+            ("result",),
+            registry=self.registry,
+        )
+        for result in RESPONDER_RESULTS:
+            self.responder_requests.labels(result)
+        self._certificates = _CertificateCollector(keeper, clock)
+        self.registry.register(self._certificates)
+        keeper.observers.append(self.observe)
+
+    def observe(self, managed: Managed, result: FetchResult) -> None:
+        """Count one refresh and time its attempts (a keeper `Observer`)."""
+        if result.rejection is None:
+            self.fetches.labels("ok", "").inc()
+        else:
+            self.fetches.labels("rejected", result.rejection.code).inc()
+        for attempt in result.attempts:
+            self.latency.observe(attempt.latency)
+        self._certificates.forget(managed.key)
+
+    def served(self, result: str) -> None:
+        """Count one request answered by the local responder (its `on_served` callback)."""
+        self.responder_requests.labels(result).inc()
+
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """The registry rendered for a scraper's Accept header, and its content type."""
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
+
+
+class _CertificateCollector:
+    """Per certificate gauges, computed from the keeper's state at each scrape."""
+
+    def __init__(self, keeper: Keeper, clock: Clock) -> None:
+        self.keeper, self.clock = keeper, clock
+        self._fetched: dict[str, datetime | None] = {}  # cert key -> last good fetch, cached
+
+    def forget(self, key: str) -> None:
+        """Read the last good fetch from the store again at the next scrape."""
+        self._fetched.pop(key, None)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(_families())
+
+    def collect(self) -> Iterator[Metric]:
+        now = self.clock()
+        expiry, since, status, must, valid = families = _families()
+        certificates = self._certificates()
+        for managed in certificates:
+            labels = [managed.name, serial_hex(managed)]
+            held = managed.held
+            if held is not None:
+                expiry.add_metric(labels, held.seconds_left(now))
+            fetched = self._last_good_fetch(managed.key)
+            if fetched is not None:
+                since.add_metric(labels, (now - fetched).total_seconds())
+            for state in STATES:
+                status.add_metric([*labels, state], float(managed.state() == state))
+            must.add_metric(labels, float(managed.target.must_staple))
+            valid.add_metric(labels, float(held is not None and held.effective_expiry > now))
+        self._fetched = {m.key: self._fetched[m.key] for m in certificates}
+        return iter(families)
+
+    def _certificates(self) -> list[Managed]:
+        """One per (name, serial): the same certificate in two files is one series."""
+        unique: dict[tuple[str, str], Managed] = {}
+        for managed in self.keeper.managed.values():
+            unique.setdefault((managed.name, serial_hex(managed)), managed)
+        return list(unique.values())
+
+    def _last_good_fetch(self, key: str) -> datetime | None:
+        if key not in self._fetched:
+            stored = self.keeper.store.load(key)
+            self._fetched[key] = stored.fetched_at if stored else None
+        return self._fetched[key]
+
+
+def _families() -> tuple[GaugeMetricFamily, ...]:
+    return (
+        GaugeMetricFamily(
+            "mustaple_seconds_until_expiry",
+            "Seconds until the held staple's effective expiry (absent with no valid staple).",
+            labels=_LABELS,
+        ),
+        GaugeMetricFamily(
+            "mustaple_seconds_since_last_good_fetch",
+            "Seconds since the last fetch that gave a new valid good staple.",
+            labels=_LABELS,
+        ),
+        GaugeMetricFamily(
+            "mustaple_status",
+            "The certificate's state: 1 for the current state, 0 for the others.",
+            labels=(*_LABELS, "state"),
+        ),
+        GaugeMetricFamily(
+            "mustaple_must_staple",
+            "1 if the certificate carries the must-staple flag, else 0.",
+            labels=_LABELS,
+        ),
+        GaugeMetricFamily(
+            "mustaple_staple_valid",
+            "1 if a valid good staple is in hand for delivery, else 0.",
+            labels=_LABELS,
+        ),
+    )

@@ -1,0 +1,540 @@
+"""The local OCSP responder: over real HTTP on loopback, then with real Apache and nginx.
+
+The keeper is driven as in test_keeper.py (the misbehaving responder plays the CA, a fake
+clock, `scan` + `tick`); the requests are sent byte for byte over a socket, as a server would
+send them (HTTP/1.0, like nginx and Apache's mod_ssl).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+import pytest
+from aiohttp import web
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
+
+from mustaple.config import CertEntry, Config, KeeperPolicy
+from mustaple.fetch import FetchPolicy, utc_now
+from mustaple.keeper import Keeper, Managed
+from mustaple.localresponder import MALFORMED_REQUEST, UNAUTHORIZED, add_routes, read_cert_id
+from mustaple.request import CertId, encode_request, get_url, make_cert_id
+from mustaple.schedule import refresh_point
+from mustaple.store import SqliteStore
+from mustaple.testing import CA, Behaviour, Leaf, OCSPResponder
+from mustaple.verify import Staple
+from servers import ApacheServer, NginxServer, Server, staple_from
+
+DAY = timedelta(days=1)
+NAME = "www.example.test"
+QUICK = FetchPolicy(total_timeout=1.0, connect_timeout=1.0, attempts_per_url=1)
+LIMIT = 1000  # max_request_size in these tests
+WAIT = 10.0  # seconds a real server may take to staple
+_T = TypeVar("_T")
+
+
+@dataclass
+class Clock:
+    now: datetime = field(default_factory=lambda: datetime.now(UTC).replace(microsecond=0))
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+
+
+async def exchange(port: int, head: str, body: bytes = b"") -> Reply:
+    """Send `head` (request line and header lines) and `body`; read until the server closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+    data = await reader.read()
+    writer.close()
+    top, _, content = data.partition(b"\r\n\r\n")
+    status_line, *lines = top.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return Reply(int(status_line.split()[1]), headers, content)
+
+
+def config(tmp: Path, fetch: FetchPolicy) -> Config:
+    return Config(
+        path=tmp / "mustaple.toml",
+        state_dir=tmp / "state",
+        certificates=(CertEntry(paths=(str(tmp / "live" / "*" / "fullchain.pem"),)),),
+        sinks={},
+        policy=KeeperPolicy(fetch=fetch),
+    )
+
+
+@asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[int]:
+    """Serve `app` on a free port of 127.0.0.1; yield the port."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def keeping(
+    tmp: Path, clock: Callable[[], datetime], fetch: FetchPolicy
+) -> AsyncIterator[Keeper]:
+    """A keeper of the certificates under `tmp/live`, with no sinks."""
+    store = SqliteStore(tmp / "state" / "state.db")
+    try:
+        async with Keeper(config(tmp, fetch), store=store, sinks={}, clock=clock) as keeper:
+            yield keeper
+    finally:
+        store.close()
+
+
+@dataclass
+class World:
+    """The CA's responder, a keeper and the local responder (on `port`), on one fake clock."""
+
+    tmp: Path
+    clock: Clock
+    ca: CA
+    responder: OCSPResponder
+    keeper: Keeper
+    port: int
+    served: list[str]
+
+    def issue(self, name: str = NAME) -> Leaf:
+        leaf = self.ca.issue(name, ocsp_urls=[self.responder.url])
+        self.responder.add(leaf)
+        leaf.write(self.tmp / "live" / name)
+        return leaf
+
+    async def stapled(self, name: str = NAME) -> tuple[Leaf, Managed, Staple]:
+        """Issue a certificate and let the keeper fetch its staple."""
+        leaf = self.issue(name)
+        await self.keeper.scan()
+        await self.keeper.tick()
+        managed = next(m for m in self.keeper.managed.values() if m.name == name)
+        assert managed.held is not None
+        return leaf, managed, managed.held
+
+    async def get(self, path: str, *headers: str) -> Reply:
+        return await exchange(self.port, "\n".join([f"GET {path} HTTP/1.0", *headers, ""]))
+
+    async def post(self, body: bytes, path: str = "/ocsp") -> Reply:
+        head = f"POST {path} HTTP/1.0\nContent-Type: application/ocsp-request\n"
+        return await exchange(self.port, f"{head}Content-Length: {len(body)}\n", body)
+
+
+@asynccontextmanager
+async def world(tmp: Path, fetch: FetchPolicy) -> AsyncIterator[World]:
+    clock = Clock()
+    ca = CA(now=clock.now - DAY)
+    served: list[str] = []
+    async with (
+        OCSPResponder(ca, clock=clock, cache_for=timedelta(0)) as responder,
+        keeping(tmp, clock, fetch) as keeper,
+    ):
+        app = web.Application()
+        add_routes(app, keeper, max_request_size=LIMIT, clock=clock, on_served=served.append)
+        async with serving(app) as port:
+            yield World(tmp, clock, ca, responder, keeper, port, served)
+
+
+def run(
+    scenario: Callable[[World], Awaitable[None]], tmp: Path, fetch: FetchPolicy = QUICK
+) -> None:
+    async def main() -> None:
+        async with world(tmp, fetch) as w:
+            await scenario(w)
+
+    asyncio.run(main())
+
+
+def request_of(leaf: Leaf, hash_name: str = "sha1") -> bytes:
+    return encode_request(make_cert_id(leaf.issuer, leaf.cert.serial_number, hash_name))
+
+
+def path_of(request_der: bytes) -> str:
+    """The GET path as nginx sends it: base64 with '+', '/' and '=' escaped."""
+    return get_url("/ocsp", request_der)
+
+
+def awkward_request(cert_id: CertId) -> bytes:
+    """A request (with a nonce) whose base64 holds a '+', a '/' and padding."""
+    for n in range(1000):
+        nonce = hashlib.sha256(bytes([n % 256, n // 256])).digest()[: 16 + n % 3]
+        der = encode_request(cert_id, nonce=nonce)
+        text = base64.b64encode(der).decode()
+        if "+" in text and "/" in text and text.endswith("="):
+            return der
+    raise AssertionError("no such request in a thousand nonces")
+
+
+def http_date(when: datetime) -> str:
+    return format_datetime(when, usegmt=True)
+
+
+# --- Over HTTP ------------------------------------------------------------------------------
+
+
+def test_get_and_post_give_the_held_staple_byte_for_byte(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        leaf, _, held = await w.stapled()
+        asked = len(w.responder.requests)
+        request = request_of(leaf)
+        cert_id = make_cert_id(leaf.issuer, leaf.cert.serial_number)
+        big = encode_request(cert_id, nonce=bytes(600))  # too big to be remembered: read again
+        replies = [
+            await w.get(path_of(request)),
+            await w.post(request),
+            await w.post(request, "/ocsp/"),
+            await w.get(path_of(request_of(leaf, "sha256"))),
+            await w.post(big),
+            await w.post(big),
+        ]
+        for reply in replies:
+            assert (reply.status, reply.body) == (200, held.der)
+            assert reply.headers["content-type"] == "application/ocsp-response"
+        assert w.served == ["good"] * 6
+        assert len(w.responder.requests) == asked  # the CA was never asked
+
+    run(scenario, tmp_path)
+
+
+def test_get_paths_escaped_or_not(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        leaf, managed, held = await w.stapled()
+        request = awkward_request(make_cert_id(leaf.issuer, managed.target.serial))
+        escaped = path_of(request)
+        assert all(escape in escaped for escape in ("%2B", "%2F", "%3D"))
+        raw = "/ocsp/" + base64.b64encode(request).decode()
+        for path in (escaped, raw, f"{escaped}?ignored=1"):
+            reply = await w.get(path)
+            assert (reply.status, reply.body) == (200, held.der), path
+
+    run(scenario, tmp_path)
+
+
+def test_caching_headers_follow_the_refresh_point(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        leaf, _, held = await w.stapled()
+        path = path_of(request_of(leaf))
+        reply = await w.get(path)
+        max_age = int((refresh_point(held) - w.clock.now).total_seconds())
+        assert max_age > 3600
+        assert reply.headers["cache-control"] == (
+            f"max-age={max_age}, public, no-transform, must-revalidate"
+        )
+        assert reply.headers["last-modified"] == http_date(held.this_update)
+        assert reply.headers["expires"] == http_date(held.effective_expiry)
+        etag = reply.headers["etag"]
+        assert etag[0] == etag[-1] == '"'
+        w.clock.now = refresh_point(held) + timedelta(seconds=1)
+        late = await w.get(path)
+        assert late.headers["cache-control"].startswith("max-age=0,")
+        assert (late.body, late.headers["etag"]) == (held.der, etag)
+
+    run(scenario, tmp_path)
+
+
+def test_if_none_match_gets_304(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        leaf, _, held = await w.stapled()
+        path = path_of(request_of(leaf))
+        etag = (await w.get(path)).headers["etag"]
+        for tag in (etag, f"W/{etag}", f'"other", {etag}', "*"):
+            reply = await w.get(path, f"If-None-Match: {tag}")
+            assert (reply.status, reply.body, reply.headers["etag"]) == (304, b"", etag)
+            assert reply.headers["cache-control"].startswith("max-age=")
+        other = await w.get(path, 'If-None-Match: "other"')
+        assert (other.status, other.body) == (200, held.der)
+        assert w.served == ["good", *["not-modified"] * 4, "good"]
+
+    run(scenario, tmp_path)
+
+
+def test_certificates_without_a_valid_good_staple_get_unauthorized(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        leaf, _, held = await w.stapled()
+        unmanaged = w.ca.issue("other.test")  # same CA, never configured
+        stranger = CA().issue(NAME)  # another CA
+        for request in (request_of(unmanaged), request_of(stranger)):
+            for reply in (await w.get(path_of(request)), await w.post(request)):
+                assert (reply.status, reply.body) == (200, UNAUTHORIZED)
+                assert reply.headers["cache-control"] == "no-store"
+        w.clock.now = held.effective_expiry  # the keeper has not ticked: held, but expired
+        assert (await w.get(path_of(request_of(leaf)))).body == UNAUTHORIZED
+        assert w.served == ["unauthorized"] * 5
+
+    run(scenario, tmp_path)
+
+
+def test_a_revoked_certificate_gets_the_cas_revoked_answer_while_valid(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        leaf, managed, _ = await w.stapled()
+        w.responder.set_behaviour(Behaviour.REVOKED, serial=leaf.cert.serial_number)
+        w.clock.now = managed.next_due or w.clock.now
+        await w.keeper.tick()
+        assert managed.held is None
+        assert managed.revoked is not None
+        reply = await w.get(path_of(request_of(leaf)))
+        assert (reply.status, reply.body) == (200, managed.revoked.der)
+        answer = ocsp.load_der_ocsp_response(reply.body)
+        assert answer.certificate_status is ocsp.OCSPCertStatus.REVOKED
+        w.clock.now = managed.revoked.effective_expiry
+        assert (await w.get(path_of(request_of(leaf)))).body == UNAUTHORIZED
+        assert w.served == ["revoked", "unauthorized"]
+
+    run(scenario, tmp_path)
+
+
+def sequence(content: bytes) -> bytes:
+    """A DER SEQUENCE of `content` (under 256 bytes)."""
+    length = bytes([len(content)]) if len(content) < 0x80 else bytes([0x81, len(content)])
+    return b"\x30" + length + content
+
+
+def two_cert_ids(leaf: Leaf) -> bytes:
+    """A request for two certificates (its one Request element twice), in DER made by hand."""
+    one = request_of(leaf)
+    # OCSPRequest, TBSRequest, requestList: three SEQUENCE headers of two bytes each
+    assert (one[0:6:2], max(one[1:6:2]) < 0x80) == (b"\x30\x30\x30", True)
+    request = one[6:]
+    return sequence(sequence(sequence(request + request)))
+
+
+def test_malformed_requests_get_malformed_request(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        leaf, _, _ = await w.stapled()
+        good = request_of(leaf)
+        sha224 = ocsp.OCSPRequestBuilder().add_certificate(leaf.cert, leaf.issuer, hashes.SHA224())
+        bodies = [
+            b"",
+            b"not DER",
+            good + b"\x00",
+            good[:-1],
+            two_cert_ids(leaf),
+            sha224.build().public_bytes(serialization.Encoding.DER),
+        ]
+        paths = ["/ocsp/", "/ocsp/not%20base64!", "/ocsp/%C3%A9", *map(path_of, bodies)]
+        replies = [await w.post(body) for body in bodies] + [await w.get(p) for p in paths]
+        for reply in replies:
+            assert (reply.status, reply.body) == (200, MALFORMED_REQUEST)
+        assert w.served == ["malformed"] * len(replies)
+
+    run(scenario, tmp_path)
+
+
+def test_requests_over_the_size_limit_are_refused_unread(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        leaf, _, held = await w.stapled()
+        assert (await w.post(request_of(leaf) + bytes(LIMIT))).status == 413
+        # announced far over the limit, and never sent: answered without waiting for it
+        # (and the connection closed at once, where aiohttp would wait 10 s for the rest)
+        head = "POST /ocsp HTTP/1.0\nContent-Length: 100000000\n"
+        announced = await asyncio.wait_for(exchange(w.port, head, b"0" * 100), 5)
+        # chunked, no length announced: read up to the limit only, the end never sent
+        chunked = "POST /ocsp HTTP/1.1\nHost: 127.0.0.1\nTransfer-Encoding: chunked\n"
+        chunk = b"%x\r\n%s\r\n" % (LIMIT // 2, bytes(LIMIT // 2))
+        unending = await asyncio.wait_for(exchange(w.port, chunked, chunk * 3), 5)
+        assert announced.status == unending.status == 413
+        long_path = "/ocsp/" + "A" * LIMIT
+        assert (await w.get(long_path)).status == 414
+        assert (await w.get(path_of(request_of(leaf)))).body == held.der
+        assert w.served == ["too-large"] * 4 + ["good"]
+
+    run(scenario, tmp_path)
+
+
+def test_the_ca_down_changes_nothing_for_the_servers(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        leaf, managed, held = await w.stapled()
+        path = path_of(request_of(leaf))
+        w.responder.set_behaviour(Behaviour.TRY_LATER)
+        w.clock.now = managed.next_due or w.clock.now
+        await w.keeper.tick()
+        assert (managed.failures, managed.held) == (1, held)
+        asked = len(w.responder.requests)
+        assert (await w.get(path)).body == held.der
+        w.responder.set_behaviour(Behaviour.HANG)
+        w.clock.now = managed.next_due or w.clock.now
+        refresh = asyncio.create_task(w.keeper.tick())
+        while len(w.responder.requests) == asked:  # the keeper's fetch now hangs at the CA
+            await asyncio.sleep(0.01)
+        assert (await w.get(path)).body == held.der
+        assert (await w.post(request_of(leaf))).body == held.der
+        assert not refresh.done()  # answered while the CA holds the keeper's fetch (30 s)
+        assert len(w.responder.requests) == asked + 1  # that fetch, and nothing else
+        refresh.cancel()
+        with suppress(asyncio.CancelledError):
+            await refresh
+
+    patient = FetchPolicy(total_timeout=30.0, connect_timeout=1.0, attempts_per_url=1)
+    run(scenario, tmp_path, patient)
+
+
+def test_prefix_and_arguments(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        leaf, _, held = await w.stapled()
+        app = web.Application()
+        add_routes(app, w.keeper, prefix="/", clock=w.clock)
+        async with serving(app) as port:
+            path = get_url("/", request_of(leaf))
+            assert (await exchange(port, f"GET {path} HTTP/1.0\n")).body == held.der
+        for prefix in ("ocsp", ""):
+            with pytest.raises(ValueError, match="prefix"):
+                add_routes(web.Application(), w.keeper, prefix=prefix)
+        with pytest.raises(ValueError, match="max_request_size"):
+            add_routes(web.Application(), w.keeper, max_request_size=0)
+
+    run(scenario, tmp_path)
+
+
+def test_read_cert_id() -> None:
+    leaf = CA().issue(NAME)
+    for hash_name in ("sha1", "sha256", "sha384", "sha512"):
+        cert_id = make_cert_id(leaf.issuer, leaf.cert.serial_number, hash_name)
+        assert read_cert_id(encode_request(cert_id)) == cert_id
+    assert read_cert_id(two_cert_ids(leaf)) is None
+    assert read_cert_id(b"\x30\x00") is None
+
+
+# --- With real servers ----------------------------------------------------------------------
+
+
+class LiveStack:
+    """The CA's responder, a keeper and the local responder on the real clock, on one event
+    loop in a thread, for real servers to fetch from. `url` is the local responder's."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.ca = CA(now=datetime.now(UTC) - DAY)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.exits = AsyncExitStack()
+        self.responder = OCSPResponder(self.ca)
+        self.keeper: Keeper | None = None
+        self.url = ""
+
+    def __enter__(self) -> LiveStack:
+        self.thread.start()
+        self.call(self._start())
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.call(self.exits.aclose())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+    def call(self, coro: Coroutine[object, object, _T]) -> _T:
+        """Run `coro` on the stack's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
+
+    async def _start(self) -> None:
+        await self.exits.enter_async_context(self.responder)
+        self.keeper = await self.exits.enter_async_context(keeping(self.tmp, utc_now, QUICK))
+        app = web.Application()
+        add_routes(app, self.keeper)
+        port = await self.exits.enter_async_context(serving(app))
+        self.url = f"http://127.0.0.1:{port}/ocsp"
+
+    async def stapled(self) -> tuple[Leaf, Managed, Staple]:
+        """Issue the certificate and let the keeper fetch its staple from the CA."""
+        assert self.keeper is not None
+        leaf = self.ca.issue(NAME, ocsp_urls=[self.responder.url])
+        self.responder.add(leaf)
+        leaf.write(self.tmp / "live" / NAME)
+        await self.keeper.scan()
+        await self.keeper.tick()
+        (managed,) = self.keeper.managed.values()
+        assert managed.held is not None
+        return leaf, managed, managed.held
+
+    async def ca_down(self, managed: Managed) -> None:
+        """The CA hangs from now on; the keeper's refresh fails and it keeps its staple."""
+        assert self.keeper is not None
+        self.responder.set_behaviour(Behaviour.HANG)
+        await self.keeper.refresh(managed)
+        assert managed.failures == 1
+
+    async def asked(self) -> int:
+        """How many requests the CA has had."""
+        return len(self.responder.requests)
+
+
+def first_staple(server: Server) -> bytes:
+    """What the server staples once it has fetched (servers fetch lazily: retry a while)."""
+    deadline = time.monotonic() + WAIT
+    while (staple := staple_from(server.port, NAME)) is None:
+        assert time.monotonic() < deadline, f"{server.program} never stapled:\n{server.output()}"
+        time.sleep(0.05)
+    return staple
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[LiveStack]:
+    with LiveStack(tmp_path / "mustaple") as stack:
+        yield stack
+
+
+def test_real_apache_staples_from_mustaple_and_keeps_it_while_the_ca_is_down(
+    live: LiveStack, tmp_path: Path
+) -> None:
+    leaf, managed, held = live.call(live.stapled())
+    files = leaf.write(tmp_path / "site")
+    server = ApacheServer(
+        tmp_path / "apache", cert=files.fullchain, key=files.key, responder=live.url
+    )
+    with server:
+        assert first_staple(server) == held.der
+        live.call(live.ca_down(managed))
+        asked = live.call(live.asked())
+        server.stop()
+        server.start()  # a new stapling cache: Apache must fetch again
+        assert first_staple(server) == held.der
+    assert live.call(live.asked()) == asked  # the server's fetches never reached the CA
+
+
+def test_real_nginx_staples_from_mustaple_and_keeps_it_while_the_ca_is_down(
+    live: LiveStack, tmp_path: Path
+) -> None:
+    leaf, managed, held = live.call(live.stapled())
+    files = leaf.write(tmp_path / "site")
+    server = NginxServer(
+        tmp_path / "nginx",
+        cert=files.fullchain,
+        key=files.key,
+        responder=live.url,
+        trusted=files.chain,
+    )
+    with server:
+        assert first_staple(server) == held.der
+        live.call(live.ca_down(managed))
+        asked = live.call(live.asked())
+        server.stop()
+        server.start()  # nginx forgets its staple: it must fetch again
+        assert first_staple(server) == held.der
+    assert live.call(live.asked()) == asked  # the server's fetches never reached the CA
