@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import IO, Self
 
 __all__ = [
+    "ApacheServer",
     "HAProxyServer",
     "LighttpdServer",
     "NginxServer",

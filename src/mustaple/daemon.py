@@ -72,9 +72,9 @@ async def serve(
     while True:
         async with open_keeper(config, clock=clock) as keeper:
             metrics = Metrics(keeper, clock=clock)  # attaches itself to keeper.observers
+            await _start(keeper)  # stored staples first: the responder never answers empty-handed
             runner = await start_http(keeper, config.http, metrics=metrics) if config.http else None
             try:
-                await _start(keeper)
                 await _loop(keeper, stop, reload, clock)
                 keeper.save_all_status()
             finally:

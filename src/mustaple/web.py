@@ -110,7 +110,9 @@ def make_app(
 async def start_http(keeper: Keeper, http: HttpConfig, *, metrics: Metrics) -> web.AppRunner:
     """Serve `make_app` on `http.host:http.port`; raise InputError if that is impossible."""
     app = make_app(keeper, metrics, http, clock=keeper.clock)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+    # aiohttp refuses long request lines itself; let a GET request up to the cap through
+    line = max(8190, http.max_request_size + 64)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, max_line_size=line)
     await runner.setup()
     try:
         await web.TCPSite(runner, http.host, http.port).start()

@@ -1,0 +1,533 @@
+"""Benchmark: the local OCSP responder under load, next to nginx serving the same bytes.
+
+Three servers on loopback answer the same OCSP response to HTTP GETs from `wrk` (256
+connections, 2 threads, `--latency`), in the same run, in alternating rounds:
+
+* mustaple: `mustaple.localresponder.add_routes` on a bare aiohttp app (no access log) in its
+  own process (this script with `--serve`), whose keeper holds valid staples for
+  `--certificates` certificates, fetched from a throwaway CA responder that is stopped before
+  the load: only the keeper's memory answers. wrk asks for one certificate's RFC 5019 GET URL.
+* aiohttp floor: in the same process, a one-line aiohttp handler returning the same bytes on
+  the same path: what any responder built on aiohttp pays before doing anything.
+* nginx: the same DER as a static file, `worker_processes 1` (one event loop, like mustaple).
+
+Two loads: *saturated*, the issue's command (every connection sends its next request as soon
+as the answer arrives), and *paced*, where each connection waits a random 0 to 2 x `PACE_MS`
+between requests (a load well under saturation), for the latency of a server not queueing.
+Each round also records the server's CPU time per request. Figures are medians of the rounds.
+The goal: at least half of nginx's requests per second, with a p99 under 5 ms, at 256
+connections. wrk, the servers and Python share the machine's cores.
+
+    .venv/bin/python bench/responder.py             # 3 rounds of 10 s per side and load
+    .venv/bin/python bench/responder.py --quick     # 1 round of 3 s, a smoke test
+    .venv/bin/python bench/responder.py --no-write  # print only
+
+Needs `wrk` and `nginx` (Debian: `apt-get install -y wrk nginx`). The figures go to
+docs/performance.md between the `<!-- bench:responder -->` markers only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from mustaple.config import CertEntry, Config
+from mustaple.keeper import Keeper
+from mustaple.localresponder import OCSP_RESPONSE, add_routes
+from mustaple.request import encode_request, get_url, make_cert_id
+from mustaple.store import SqliteStore
+from mustaple.testing import CA, OCSPResponder
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "performance.md"
+BEGIN, END = "<!-- bench:responder -->", "<!-- /bench:responder -->"
+NGINX = "/usr/sbin/nginx"
+CONNECTIONS, THREADS = 256, 2
+PACE_MS = 100  # paced load: each connection waits this long between requests, on average
+GOAL_RATIO, GOAL_P99_MS = 0.5, 5.0
+MUSTAPLE, FLOOR, NGINX_SIDE = "mustaple", "aiohttp floor", "nginx"
+SATURATED, PACED = "saturated", "paced"
+INSTALL_HINT = "install them: apt-get install -y wrk nginx"
+NEW_DOC = "# Performance\n\nFigures measured by the scripts in `bench/` (see bench/README.md).\n"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# --- The mustaple side (its own process) --------------------------------------------------------
+
+
+def bench_config(directory: Path) -> Config:
+    pattern = str(directory / "live" / "*" / "fullchain.pem")
+    return Config(
+        path=directory / "mustaple.toml",
+        state_dir=directory / "state",
+        certificates=(CertEntry(paths=(pattern,)),),
+        sinks={},
+    )
+
+
+async def stapled_keeper(keeper: Keeper, directory: Path, certificates: int) -> None:
+    """Issue `certificates` certificates and let `keeper` fetch their staples from a CA
+    responder that stops right after."""
+    ca = CA(now=datetime.now(UTC) - timedelta(days=1))
+    async with OCSPResponder(ca) as upstream:
+        for n in range(certificates):
+            leaf = ca.issue(f"c{n}.bench.test", ocsp_urls=[upstream.url])
+            upstream.add(leaf)
+            leaf.write(directory / "live" / f"c{n}.bench.test")
+        await keeper.scan()
+        await keeper.tick()
+    held = sum(m.held is not None for m in keeper.managed.values())
+    if held != certificates:
+        raise SystemExit(f"only {held} of {certificates} certificates have a staple")
+
+
+async def start_site(app: web.Application) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, backlog=1024).start()
+    return runner, runner.addresses[0][1]
+
+
+def floor_app(body: bytes) -> web.Application:
+    """The least an aiohttp responder can do: the same bytes, whatever the request."""
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=body, headers={"Content-Type": OCSP_RESPONSE})
+
+    app = web.Application()
+    app.router.add_get("/ocsp/{request:.*}", answer)
+    return app
+
+
+async def serve(directory: Path, certificates: int) -> None:
+    """Serve mustaple's responder and the floor until SIGTERM; once serving, print one JSON
+    line: both ports, one certificate's GET path and its staple (hex)."""
+    store = SqliteStore(directory / "state" / "state.db")
+    async with Keeper(bench_config(directory), store=store, sinks={}) as keeper:
+        await stapled_keeper(keeper, directory, certificates)
+        managed = min(keeper.managed.values(), key=lambda m: m.name)
+        assert managed.held is not None
+        app = web.Application()
+        add_routes(app, keeper)
+        ours, port = await start_site(app)
+        floor, floor_port = await start_site(floor_app(managed.held.der))
+        request = encode_request(make_cert_id(managed.target.issuer, managed.target.serial))
+        ready = {
+            "port": port,
+            "floor_port": floor_port,
+            "path": get_url("/ocsp", request),
+            "staple": managed.held.der.hex(),
+        }
+        print(json.dumps(ready), flush=True)
+        await until_terminated()
+        await ours.cleanup()
+        await floor.cleanup()
+    store.close()
+
+
+async def until_terminated() -> None:
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+
+
+# --- The servers, seen from the benchmark -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Side:
+    label: str
+    url: str
+    pid: int  # the server's process: its CPU time (and its children's) is measured
+
+
+@contextmanager
+def mustaple_sides(directory: Path, certificates: int) -> Iterator[tuple[list[Side], bytes]]:
+    """The responder process; yields mustaple's side, the floor's, and the staple."""
+    command = [sys.executable, __file__, "--serve", str(directory)]
+    process = subprocess.Popen(
+        [*command, "--certificates", str(certificates)], stdout=subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if not line:
+            raise SystemExit("the mustaple responder process did not start")
+        ready = json.loads(line)
+        sides = [
+            Side(label, f"http://127.0.0.1:{ready[key]}{ready['path']}", process.pid)
+            for label, key in ((MUSTAPLE, "port"), (FLOOR, "floor_port"))
+        ]
+        yield sides, bytes.fromhex(ready["staple"])
+    finally:
+        stop(process)
+
+
+@contextmanager
+def nginx_side(directory: Path, staple: bytes) -> Iterator[Side]:
+    """nginx (one worker) serving `staple` as a static file."""
+    directory.mkdir(parents=True)
+    (directory / "staple.der").write_bytes(staple)
+    port = free_port()
+    config = directory / "nginx.conf"
+    config.write_text(nginx_config(directory, port))
+    command = [NGINX, "-p", str(directory), "-c", str(config), "-e", str(directory / "error.log")]
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, process)
+        yield Side(NGINX_SIDE, f"http://127.0.0.1:{port}/staple.der", process.pid)
+    finally:
+        stop(process)
+
+
+def nginx_config(directory: Path, port: int) -> str:
+    temp = " ".join(
+        f"{kind}_temp_path {directory}/{kind}_temp;"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return (
+        "daemon off; master_process on; worker_processes 1; user root;\n"
+        f"pid {directory}/nginx.pid; error_log {directory}/error.log warn;\n"
+        "events { worker_connections 2048; }\n"
+        f"http {{ access_log off; {temp} keepalive_requests 1000000;\n"
+        f"  server {{ listen 127.0.0.1:{port} backlog=1024; root {directory};\n"
+        "    location = /staple.der { default_type application/ocsp-response; } } }\n"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit("nginx did not start (see its error.log)")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            time.sleep(0.05)
+        else:
+            return
+    raise SystemExit(f"nothing answers on port {port}")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        body: bytes = response.read()
+        return body
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time used so far by process `pid` and its live children (nginx's workers)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    total = 0
+    for each in [pid, *map(int, children)]:
+        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / TICKS
+
+
+# --- wrk ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Round:
+    rate: float  # requests per second
+    p99_ms: float
+    cpu_us: float  # server CPU time per request, microseconds
+    errors: str  # wrk's complaints (socket errors, non-2xx answers), or ""
+
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def wrk_command(url: str, seconds: int, script: Path | None) -> list[str]:
+    paced = ["-s", str(script)] if script else []
+    return [
+        "wrk",
+        f"-c{CONNECTIONS}",
+        f"-t{THREADS}",
+        f"-d{seconds}s",
+        "--latency",
+        *paced,
+        url,
+    ]
+
+
+def run_wrk(side: Side, seconds: int, script: Path | None) -> Round:
+    before = cpu_seconds(side.pid)
+    command = wrk_command(side.url, seconds, script)
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    used = cpu_seconds(side.pid) - before
+    return parse_wrk(output, used)
+
+
+def parse_wrk(output: str, cpu: float) -> Round:
+    rate = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.M)
+    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)$", output, re.M)
+    done = re.search(r"^\s+(\d+) requests in", output, re.M)
+    if rate is None or p99 is None or done is None:
+        raise SystemExit(f"cannot read wrk's output:\n{output}")
+    errors = re.findall(r"^\s*(Socket errors:.*|Non-2xx or 3xx responses:.*)$", output, re.M)
+    cpu_us = cpu / max(int(done[1]), 1) * 1e6
+    return Round(float(rate[1]), float(p99[1]) * _UNITS_MS[p99[2]], cpu_us, "; ".join(errors))
+
+
+@dataclass(frozen=True)
+class Result:
+    rounds: dict[tuple[str, str], list[Round]]  # by (load, side)
+
+    def median(self, load: str, side: str, what: str) -> float:
+        values: list[float] = [getattr(r, what) for r in self.rounds[load, side]]
+        return statistics.median(values)
+
+    def rate(self, side: str, load: str = SATURATED) -> float:
+        return self.median(load, side, "rate")
+
+    def p99(self, side: str, load: str = SATURATED) -> float:
+        return self.median(load, side, "p99_ms")
+
+    def cpu(self, side: str) -> float:
+        return self.median(SATURATED, side, "cpu_us")
+
+    @property
+    def ratio(self) -> float:
+        return self.rate(MUSTAPLE) / self.rate(NGINX_SIDE)
+
+    @property
+    def met(self) -> bool:
+        return self.ratio >= GOAL_RATIO and self.p99(MUSTAPLE) < GOAL_P99_MS
+
+
+def measure(sides: list[Side], rounds: int, seconds: int, script: Path) -> Result:
+    """Warm every side up, then run the rounds, each load in turn, the sides' order reversed
+    every other round so that drift hits them alike."""
+    for side in sides:
+        run_wrk(side, 2, None)
+    results: dict[tuple[str, str], list[Round]] = {}
+    for n in range(rounds):
+        for load, paced in ((SATURATED, None), (PACED, script)):
+            for side in sides if n % 2 == 0 else sides[::-1]:
+                measured = run_wrk(side, seconds, paced)
+                results.setdefault((load, side.label), []).append(measured)
+                print(
+                    f"  {load:>9} {side.label:>13}: {measured.rate:9,.0f} req/s,"
+                    f" p99 {measured.p99_ms:6.2f} ms, {measured.cpu_us:5.1f} µs CPU/request"
+                )
+    return Result(results)
+
+
+# --- Reporting ----------------------------------------------------------------------------------
+
+
+def machine_facts() -> list[str]:
+    cpu = platform.processor() or platform.machine()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    nginx = subprocess.run([NGINX, "-v"], check=True, capture_output=True, text=True).stderr
+    wrk = subprocess.run(["wrk", "-v"], check=False, capture_output=True, text=True).stdout
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return [
+        f"CPU: {cpu}, {os.cpu_count()} cores visible, shared by wrk and the server under load",
+        f"OS: {platform.system()} {platform.release()} ({platform.machine()}); load average"
+        f" before the run: {load}",
+        f"Python {platform.python_version()}, aiohttp {aiohttp.__version__} (asyncio loop)",
+        f"{nginx.strip().removeprefix('nginx version: ')}, {' '.join(wrk.split()[:2])}",
+    ]
+
+
+def table(result: Result, sides: list[str]) -> list[str]:
+    rows = [
+        f"| {side} | {result.rate(side):,.0f} | {result.p99(side):.2f} | {result.cpu(side):.1f}"
+        f" | {result.rate(side, PACED):,.0f} | {result.p99(side, PACED):.2f} |"
+        for side in sides
+    ]
+    return [
+        "| server | saturated: requests/s | p99 (ms) | server CPU per request (µs)"
+        " | paced: requests/s | p99 (ms) |",
+        "|---|---:|---:|---:|---:|---:|",
+        *rows,
+    ]
+
+
+def analysis(result: Result) -> list[str]:
+    """What the figures say, one paragraph per point (the first is the verdict)."""
+    ours, floor, nginx = (result.cpu(side) for side in (MUSTAPLE, FLOOR, NGINX_SIDE))
+    floor_ratio = result.rate(FLOOR) / result.rate(NGINX_SIDE)
+    bound = CONNECTIONS / (GOAL_P99_MS / 1000)
+    verdict = "**met**" if result.met else "**not met**"
+    beyond = (
+        f" Below {GOAL_RATIO}, the rate goal is out of reach of any handler on aiohttp here:"
+        " meeting it takes a server that does less per request than aiohttp."
+        if floor_ratio < GOAL_RATIO
+        else ""
+    )
+    return [
+        f"Ratio mustaple / nginx, saturated: **{result.ratio:.2f}** (goal >= {GOAL_RATIO});"
+        f" mustaple's p99: **{result.p99(MUSTAPLE):.2f} ms** (goal < {GOAL_P99_MS:g} ms)."
+        f" The goal is {verdict}.",
+        f"CPU per request: mustaple {ours:.1f} µs, of which the aiohttp floor is {floor:.1f} µs"
+        " and mustaple's own work (the request looked up in a cache, the keeper's answer, the"
+        f" headers) {ours - floor:.1f} µs; nginx {nginx:.1f} µs. Even a responder doing nothing"
+        f" on aiohttp reaches {floor_ratio:.2f} of nginx's rate.{beyond}",
+        f"Saturated, wrk keeps all {CONNECTIONS} connections busy, so the mean latency is"
+        f" {CONNECTIONS} divided by the rate (Little's law): a p99 under {GOAL_P99_MS:g} ms needs"
+        f" more than {bound:,.0f} requests/s; nginx itself serves {result.rate(NGINX_SIDE):,.0f}/s"
+        f" here, with a p99 of {result.p99(NGINX_SIDE):.2f} ms. The latency goal only"
+        " means something under a load the server keeps up with: paced (each connection waits"
+        f" {PACE_MS} ms on average between requests), mustaple's p99 is"
+        f" {result.p99(MUSTAPLE, PACED):.2f} ms at {result.rate(MUSTAPLE, PACED):,.0f}"
+        " requests/s.",
+    ]
+
+
+def wrapped(text: str, first: str = "", rest: str = "") -> list[str]:
+    return textwrap.wrap(text, 92, initial_indent=first, subsequent_indent=rest)
+
+
+def section(result: Result, command: str, args: argparse.Namespace) -> str:
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    errors = [
+        f"- {load} {side}: {r.errors}"
+        for (load, side), rounds in result.rounds.items()
+        for r in rounds
+        if r.errors
+    ]
+    how = (
+        f"Each load runs `{' '.join(wrk_command('URL', args.seconds, None))}` against each"
+        f" server, {args.rounds} alternating rounds after a 2 s warm-up; figures are the"
+        " medians. *saturated*: the issue's command. *paced*: the same with a wrk script in"
+        f" which each connection waits a random 0 to {2 * PACE_MS} ms between requests."
+        " *mustaple*: `add_routes` on a bare aiohttp app (no access log) in its own process,"
+        f" with a keeper holding staples for {args.certificates} certificates; one"
+        " certificate's RFC 5019 GET URL. *aiohttp floor*: a one-line handler returning the"
+        " same bytes, in the same process. *nginx*: the same DER as a static file, one worker"
+        " process."
+    )
+    lines = [
+        BEGIN,
+        "## Local OCSP responder: mustaple against nginx serving the same bytes",
+        "",
+        f"Written by `bench/responder.py` on {when}. Command, from the repository root:",
+        "",
+        f"    {command}",
+        "",
+        *(f"- {fact}" for fact in args.facts),
+        "",
+        *wrapped(how),
+        "",
+        *table(result, [MUSTAPLE, FLOOR, NGINX_SIDE]),
+        "",
+        *(line for point in analysis(result) for line in wrapped(point, "- ", "  ")),
+        *(["", "wrk reported:", *errors] if errors else []),
+        END,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_doc(path: Path, new: str) -> None:
+    """Replace our marked section of `path` (or append it); leave the rest as it is."""
+    text = path.read_text() if path.exists() else NEW_DOC
+    if text.count(BEGIN) != text.count(END) or text.count(BEGIN) > 1:
+        raise SystemExit(f"{path}: the {BEGIN} markers are broken; fix them by hand")
+    if BEGIN in text:
+        before, rest = text.split(BEGIN)
+        after = rest.split(END, 1)[1].lstrip("\n")
+        text = before + new + ("\n" + after if after else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + new
+    path.write_text(text)
+
+
+# --- Main ---------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="1 round of 3 s (a smoke test)")
+    parser.add_argument("--rounds", type=int, help="rounds per side and load (default 3)")
+    parser.add_argument("--seconds", type=int, help="seconds per round (default 10)")
+    parser.add_argument("--certificates", type=int, default=100, help="held staples (100)")
+    parser.add_argument("--doc", type=Path, default=DOC, help="where to write the figures")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)  # the mustaple process
+    args = parser.parse_args(argv)
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.seconds = args.seconds or (3 if args.quick else 10)
+    return args
+
+
+def run_benchmark(args: argparse.Namespace) -> Result:
+    with tempfile.TemporaryDirectory(prefix="mustaple-bench-") as temp:
+        script = Path(temp) / "paced.lua"
+        # random waits, so that the connections do not all ask at the same moment
+        script.write_text(f"function delay()\n  return math.random(0, {2 * PACE_MS})\nend\n")
+        with (
+            mustaple_sides(Path(temp) / "mustaple", args.certificates) as (ours, staple),
+            nginx_side(Path(temp) / "nginx", staple) as theirs,
+        ):
+            sides = [*ours, theirs]
+            if any(fetch(side.url) != staple for side in sides):
+                raise SystemExit("the servers do not all answer the same bytes")
+            return measure(sides, args.rounds, args.seconds, script)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if args.serve is not None:
+        asyncio.run(serve(args.serve, args.certificates))
+        return 0
+    if missing := [tool for tool in ("wrk", NGINX) if shutil.which(tool) is None]:
+        raise SystemExit(f"missing {', '.join(missing)}: {INSTALL_HINT}")
+    args.facts = machine_facts()  # before the load, for its load average
+    result = run_benchmark(args)
+    for point in analysis(result):
+        print(point.replace("**", ""))
+    if not args.no_write:
+        command = " ".join([".venv/bin/python", "bench/responder.py", *argv])
+        write_doc(args.doc, section(result, command, args))
+        print(f"figures written to {args.doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
