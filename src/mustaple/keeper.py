@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import functools
 import glob
 import logging
 import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -27,16 +28,16 @@ from types import TracebackType
 from urllib.parse import urlsplit
 
 import aiohttp
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from mustaple.certs import Target, parse_certificates
+from mustaple.certs import Target
 from mustaple.config import CertEntry, Config
 from mustaple.delivery import Action, Delivered, Delivery, Sink
 from mustaple.errors import InputError
 from mustaple.events import HOOK_FOR, Event, run_hook
 from mustaple.fetch import USER_AGENT, FetchResult, fetch_staple, utc_now
-from mustaple.files import read_input
-from mustaple.loader import load_target
+from mustaple.loader import load_file
 from mustaple.reasons import Reason, Rejection
 from mustaple.request import CertId, make_cert_id
 from mustaple.schedule import Alert, alert_level, next_refresh, next_retry
@@ -47,6 +48,10 @@ __all__ = ["Keeper", "Managed", "Observer", "configured_files"]
 
 log = logging.getLogger("mustaple")
 Clock = Callable[[], datetime]
+# Store writes are grouped, this many to a transaction (one fsync), and always written before
+# anything is delivered: a crash loses at most the outcomes of one group, never a staple a
+# server was given.
+WRITE_GROUP = 256
 # Called after every refresh with the certificate and the fetch result (metrics use it).
 Observer = Callable[["Managed", FetchResult], None]
 
@@ -69,8 +74,9 @@ class Managed:
     alert: Alert = Alert.OK
     sent: tuple[Action, bytes | None] | None = None  # what every sink has confirmed
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
+        """The store key: the leaf's SHA-256 fingerprint, worked out once."""
         return cert_key(self.target.leaf)
 
     @property
@@ -116,10 +122,12 @@ class Keeper:
         self._index: dict[str, dict[CertId, Managed]] = {}  # by hash name; see `find`
         self._problems: dict[Path, str] = {}
         self._issuer_cache: dict[str, bytes] = {}
+        self._issuers: dict[x509.Certificate, x509.Certificate] = {}
         self._all = asyncio.Semaphore(self.policy.concurrency)
         self._hosts: dict[str, asyncio.Semaphore] = {}
         self._session: aiohttp.ClientSession | None = None
         self._hooks: set[asyncio.Task[None]] = set()
+        self._writes: list[Callable[[], None]] = []
 
     async def __aenter__(self) -> Keeper:
         connector = aiohttp.TCPConnector(limit=self.policy.concurrency)
@@ -131,6 +139,7 @@ class Keeper:
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self._flush()
         if self._hooks:
             await asyncio.wait(self._hooks, timeout=self.config.hooks.timeout.total_seconds())
         if self._session is not None:
@@ -165,14 +174,14 @@ class Keeper:
 
     async def _load(self, path: Path, entry: CertEntry, stamp: tuple[int, int]) -> Managed | None:
         try:
-            target = await load_target(
+            loaded = await load_file(
                 path,
                 entry.issuer,
                 session=self._session,
                 policy=self.policy.fetch,
                 cache=self._issuer_cache,
+                issuers=self._issuers,
             )
-            certs = parse_certificates(read_input(path, "certificate"), source=str(path))
         except InputError as exc:
             self.managed.pop(path, None)
             self._index.clear()
@@ -181,7 +190,7 @@ class Keeper:
                 self._problems[path] = str(exc)
             return None
         self._problems.pop(path, None)
-        managed = Managed(path, entry, target, stamp, target.issuer in certs[1:], self.clock())
+        managed = Managed(path, entry, loaded.target, stamp, loaded.bundle_has_issuer, self.clock())
         self._restore(managed)
         self.managed[path] = managed
         self._index.clear()
@@ -215,8 +224,9 @@ class Keeper:
         """Refresh what is due, handle expiry and alerts, deliver what changed."""
         now = self.clock()
         due = [m for m in self.managed.values() if m.next_due is not None and m.next_due <= now]
-        await asyncio.gather(*(self.refresh(m) for m in due))
+        await self._refresh_all(due)
         self._watch_expiry(self.clock())
+        self._flush()
         await self.deliver()
 
     def find(self, cert_id: CertId) -> Managed | None:
@@ -235,10 +245,32 @@ class Keeper:
         dues = [m.next_due for m in self.managed.values() if m.next_due is not None]
         return min(dues, default=None)
 
+    async def _refresh_all(self, due: Sequence[Managed]) -> None:
+        """Refresh `due`: per responder host, `per_host` workers take turns (no task per
+        certificate, so a pass over 100k certificates costs no 100k tasks)."""
+        by_host: dict[str, list[Managed]] = {}
+        for managed in due:
+            by_host.setdefault(_host(managed), []).append(managed)
+
+        async def drain(queue: Iterator[Managed]) -> None:
+            for managed in queue:
+                await self._refresh(managed)
+
+        workers = []
+        for items in by_host.values():
+            queue = iter(items)
+            workers += [drain(queue) for _ in range(min(self.policy.per_host, len(items)))]
+        await asyncio.gather(*workers)
+
     async def refresh(self, managed: Managed) -> FetchResult:
-        """Fetch a new staple for one certificate now and apply the outcome."""
-        urls = [*managed.entry.urls, *managed.target.ocsp_urls]
-        host = urlsplit(urls[0]).hostname or "" if urls else ""
+        """Fetch a new staple for one certificate now, apply and store the outcome."""
+        result = await self._refresh(managed)
+        self._flush()
+        return result
+
+    async def _refresh(self, managed: Managed) -> FetchResult:
+        """Fetch and apply; the store writes wait for the next `_flush`."""
+        host = _host(managed)
         async with self._all, self._hosts.setdefault(host, asyncio.Semaphore(self.policy.per_host)):
             result = await fetch_staple(
                 managed.target,
@@ -253,7 +285,7 @@ class Keeper:
             )
         now = self.clock()
         managed.last_attempt = now
-        self.store.add_attempts(managed.key, _records(result))
+        self._write(functools.partial(self.store.add_attempts, managed.key, _records(result)))
         for observer in self.observers:
             observer(managed, result)
         if result.staple is not None:
@@ -279,7 +311,7 @@ class Keeper:
         stored = StoredStaple(
             managed.name, staple.der, staple.this_update, staple.effective_expiry, now, url
         )
-        self.store.save_staple(managed.key, stored)
+        self._write(functools.partial(self.store.save_staple, managed.key, stored))
         if recovered:
             self._emit(
                 "recovered", managed, f"good staple again, until {_time(staple.effective_expiry)}"
@@ -424,7 +456,8 @@ class Keeper:
 
     def _save_status(self, managed: Managed) -> None:
         rejection = managed.last_rejection
-        self.store.save_status(
+        status = functools.partial(
+            self.store.save_status,
             managed.key,
             CertStatus(
                 name=managed.name,
@@ -438,10 +471,25 @@ class Keeper:
                 last_message=rejection.message if rejection else None,
             ),
         )
+        self._write(status)
+
+    def _write(self, write: Callable[[], None]) -> None:
+        self._writes.append(write)
+        if len(self._writes) >= WRITE_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Apply the pending store writes in one transaction."""
+        writes, self._writes = self._writes, []
+        if writes:
+            with self.store.transaction():
+                for write in writes:
+                    write()
 
     def save_all_status(self) -> None:
         for managed in self.managed.values():
             self._save_status(managed)
+        self._flush()
 
     async def prime(self, paths: Sequence[Path]) -> list[Managed]:
         """Load `paths`, fetch each now, deliver; raises InputError for unusable files."""
@@ -455,8 +503,9 @@ class Keeper:
             if managed is None:
                 raise InputError(self._problems.get(path, f"{path}: cannot be loaded"))
             chosen.append(managed)
-        await asyncio.gather(*(self.refresh(m) for m in chosen if m.next_due is not None))
+        await self._refresh_all([m for m in chosen if m.next_due is not None])
         self._watch_expiry(self.clock())
+        self._flush()
         await self.deliver()
         return chosen
 
@@ -470,6 +519,12 @@ def configured_files(config: Config) -> dict[Path, CertEntry]:
             for name in sorted(names):
                 found.setdefault(Path(name), entry)
     return found
+
+
+def _host(managed: Managed) -> str:
+    """The host of the first responder URL tried: what `per_host` limits."""
+    urls = [*managed.entry.urls, *managed.target.ocsp_urls]
+    return urlsplit(urls[0]).hostname or "" if urls else ""
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
@@ -488,7 +543,12 @@ def _records(result: FetchResult) -> Iterable[AttemptRecord]:
 
 
 def _pem(target: Target) -> bytes:
-    return target.issuer.public_bytes(Encoding.PEM)
+    return _issuer_pem(target.issuer)
+
+
+@functools.lru_cache(maxsize=64)
+def _issuer_pem(issuer: x509.Certificate) -> bytes:
+    return issuer.public_bytes(Encoding.PEM)
 
 
 def _time(value: datetime | None) -> str:

@@ -9,6 +9,7 @@ what is wrong and what to do.
 from __future__ import annotations
 
 from collections.abc import MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -19,7 +20,15 @@ from mustaple.errors import InputError
 from mustaple.fetch import DEFAULT_FETCH_POLICY, FetchPolicy, fetch_issuer
 from mustaple.files import read_input
 
-__all__ = ["load_target"]
+__all__ = ["Loaded", "load_file", "load_target"]
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A certificate file as loaded: its Target, and whether the file carries the issuer."""
+
+    target: Target
+    bundle_has_issuer: bool
 
 
 async def load_target(
@@ -31,6 +40,24 @@ async def load_target(
     cache: MutableMapping[str, bytes] | None = None,
 ) -> Target:
     """The Target for the first certificate in `cert_path`."""
+    loaded = await load_file(cert_path, issuer_path, session=session, policy=policy, cache=cache)
+    return loaded.target
+
+
+async def load_file(
+    cert_path: str | Path,
+    issuer_path: str | Path | None = None,
+    *,
+    session: aiohttp.ClientSession | None = None,
+    policy: FetchPolicy = DEFAULT_FETCH_POLICY,
+    cache: MutableMapping[str, bytes] | None = None,
+    issuers: MutableMapping[x509.Certificate, x509.Certificate] | None = None,
+) -> Loaded:
+    """`cert_path` (read once) with the Target for its first certificate.
+
+    `issuers` makes every Target with the same issuer share one certificate object (memory,
+    and caches keyed by the issuer): a found issuer equal to one in it is replaced by it.
+    """
     certs = parse_certificates(read_input(cert_path, "certificate"), source=str(cert_path))
     leaf = certs[0]
     if issuer_path is not None:
@@ -42,11 +69,13 @@ async def load_target(
                 f"{issuer_path}: this issuer did not sign {display_name(leaf)} "
                 f"(the certificate names {leaf.issuer.rfc4514_string()} as its issuer)"
             )
-        return Target(leaf, issuer)
-    issuer = find_issuer(leaf, certs[1:]) or await _issuer_from_aia(
-        leaf, str(cert_path), session=session, policy=policy, cache=cache
-    )
-    return Target(leaf, issuer)
+    else:
+        issuer = find_issuer(leaf, certs[1:]) or await _issuer_from_aia(
+            leaf, str(cert_path), session=session, policy=policy, cache=cache
+        )
+    if issuers is not None:
+        issuer = issuers.setdefault(issuer, issuer)
+    return Loaded(Target(leaf, issuer), issuer in certs[1:])
 
 
 async def _issuer_from_aia(

@@ -9,6 +9,7 @@ their answers (RFC 5019) cannot echo one. GET is used when the whole URL fits in
 from __future__ import annotations
 
 import base64
+import functools
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import quote
@@ -69,11 +70,16 @@ def make_cert_id(issuer: x509.Certificate, serial: int, hash_name: str = "sha1")
     """The CertID of certificate `serial` issued by `issuer`, hashed with `hash_name`."""
     if hash_name not in HASHES:
         raise ValueError(f"unsupported CertID hash {hash_name!r}; use one of {sorted(HASHES)}")
-    return CertId(
-        hash_name,
+    return CertId(hash_name, *_issuer_hashes(issuer, hash_name), serial)
+
+
+@functools.lru_cache(maxsize=64)
+def _issuer_hashes(issuer: x509.Certificate, hash_name: str) -> tuple[bytes, bytes]:
+    """issuerNameHash and issuerKeyHash, worked out once per issuer (about 25 µs each time
+    otherwise, for every certificate it signed)."""
+    return (
         _digest(hash_name, issuer.subject.public_bytes()),
         _digest(hash_name, issuer_key_bits(issuer)),
-        serial,
     )
 
 

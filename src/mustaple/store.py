@@ -9,15 +9,18 @@
 - Stored bytes are not trusted blindly: the keeper validates a loaded staple again before
   delivering it, so a corrupted row costs a fetch, never a bad staple.
 - Calls may come from one thread at a time; the keeper serialises them.
+- `transaction()` groups writes: inside it they are applied together, atomically and durably
+  when it ends (or not at all); outside it each write is a transaction of its own.
 
-`SqliteStore` uses the stdlib sqlite3 in WAL mode with synchronous=FULL: each write is one
-transaction, durable when the call returns.
+`SqliteStore` uses the stdlib sqlite3 in WAL mode with synchronous=FULL: each transaction is
+durable when it ends.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -133,6 +136,8 @@ class Store(Protocol):
 
     def remove(self, key: str) -> None: ...
 
+    def transaction(self) -> AbstractContextManager[None]: ...
+
     def close(self) -> None: ...
 
 
@@ -177,7 +182,7 @@ class SqliteStore:
         )
 
     def save_staple(self, key: str, staple: StoredStaple) -> None:
-        with self._transaction():
+        with self.transaction():
             self._db.execute(
                 "INSERT OR REPLACE INTO staples VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -196,7 +201,7 @@ class SqliteStore:
             (key, _iso(a.at), a.url, a.method, a.http_status, a.latency, a.reason, a.message)
             for a in attempts
         ]
-        with self._transaction():
+        with self.transaction():
             self._db.executemany(
                 "INSERT INTO attempts (cert_key, at, url, method, http_status, latency, reason,"
                 " message) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -233,7 +238,7 @@ class SqliteStore:
             status.last_reason,
             status.last_message,
         )
-        with self._transaction():
+        with self.transaction():
             self._db.execute("INSERT OR REPLACE INTO status VALUES (?,?,?,?,?,?,?,?,?,?)", values)
 
     def statuses(self) -> dict[str, CertStatus]:
@@ -241,11 +246,12 @@ class SqliteStore:
         return {row[0]: _status(row[1:]) for row in rows}
 
     def remove(self, key: str) -> None:
-        with self._transaction():
+        with self.transaction():
             for table in ("staples", "attempts", "status"):
                 self._db.execute(f"DELETE FROM {table} WHERE cert_key = ?", (key,))
 
-    def _transaction(self) -> _Transaction:
+    def transaction(self) -> _Transaction:
+        """One transaction for every write inside it (see the module docstring)."""
         return _Transaction(self._db)
 
 
@@ -265,13 +271,18 @@ def _status(row: tuple[Any, ...]) -> CertStatus:
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception."""
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception; inside an open transaction,
+    nothing (the writes join it)."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
+        self._outer = False
 
     def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+        self._outer = not self._db.in_transaction
+        if self._outer:
+            self._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, kind: object, value: object, tb: object) -> None:
-        self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+        if self._outer:
+            self._db.execute("COMMIT" if kind is None else "ROLLBACK")

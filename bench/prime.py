@@ -1,0 +1,986 @@
+"""Benchmark: prime N must-staple certificates against a responder with pre-signed responses.
+
+For N = 1k, 10k and 100k (the issue's goal: 100k primed in under 60 s on 2 cores with under
+1 GiB peak RSS, the cost growing linearly with N):
+
+* setup (timed, not part of the figures): one P-256 CA (`mustaple.testing.CA`), N must-staple
+  leaves (one shared leaf key, distinct serials) written as fullchain.pem-style files, and N
+  pre-signed OCSP responses; built by a pool of worker processes;
+* a responder in its own process on loopback answers from a dict keyed by the request (the
+  DER decoded from the GET path, or the POST body), so that the measured process's CPU and RSS
+  are the keeper's alone; it still shares the machine's cores with the keeper;
+* the measured run, in a fresh process each time: a `Keeper` with a `SqliteStore` in a new
+  state directory and one in-memory sink that counts deliveries, timing
+  `await keeper.prime(paths)` and its phases from the outside; then every certificate must
+  hold a valid good staple, stored and delivered.
+
+    .venv/bin/python bench/prime.py              # 1k, 10k, 100k; updates docs/performance.md
+    .venv/bin/python bench/prime.py --quick      # 1k only, a smoke test
+    .venv/bin/python bench/prime.py --max 10000  # stop after 10k
+
+A size whose predicted setup and run would overrun `--budget` is not run: its figures are
+extrapolated from a linear fit of the measured ones and labelled so. The figures go to
+docs/performance.md between the `<!-- bench:prime -->` markers only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import cProfile
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import sqlite3
+import struct
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import aiohttp
+import cryptography
+from cryptography import x509
+from cryptography.hazmat.backends.openssl import backend
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import ocsp
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
+
+import mustaple
+import mustaple.fetch
+import mustaple.keeper
+from mustaple.certs import Target
+from mustaple.config import CertEntry, Config, KeeperPolicy
+from mustaple.delivery import Action, Delivered, Delivery
+from mustaple.fetch import FetchResult, fetch_staple
+from mustaple.keeper import Keeper, Managed
+from mustaple.reasons import Rejection
+from mustaple.request import encode_request, make_cert_id
+from mustaple.store import AttemptRecord, CertStatus, SqliteStore, StoredStaple
+from mustaple.testing import CA
+from mustaple.verify import DEFAULT_POLICY, HttpAnswer, Policy, Staple, judge
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = Path(__file__).resolve()
+DOC = ROOT / "docs" / "performance.md"
+BEGIN, END = "<!-- bench:prime -->", "<!-- /bench:prime -->"
+SIZES = (1_000, 10_000, 100_000)
+GOAL_N, GOAL_SECONDS, GOAL_MIB = 100_000, 60.0, 1024.0
+LINEAR_SLACK = 1.25  # ms/cert at the largest N may exceed that at the one before by this factor
+CHUNK = 500  # certificates per setup job
+SERIAL_BASE = 0x5EED_0000_0000
+RECORD = struct.Struct(">HH")  # lengths of one (request DER, response DER) record
+PEM = serialization.Encoding.PEM
+
+
+# --- Setup: the CA, the leaves, the pre-signed responses -----------------------------------------
+
+
+@dataclass(frozen=True)
+class Authority:
+    """What every setup worker needs, in picklable form."""
+
+    ca_cert_pem: bytes
+    ca_key_pem: bytes
+    leaf_public_der: bytes  # the one key every leaf certifies
+    url: str
+    start: datetime
+
+
+@dataclass(frozen=True)
+class Job:
+    """Leaves `first` .. `first + count - 1`, written into `directory`."""
+
+    authority: Authority
+    directory: Path
+    first: int
+    count: int
+
+
+@dataclass(frozen=True)
+class Signer:
+    """An Authority loaded into key and certificate objects (once per job)."""
+
+    ca_cert: x509.Certificate
+    ca_key: ec.EllipticCurvePrivateKey
+    leaf_public: ec.EllipticCurvePublicKey
+
+
+def new_authority(url: str) -> Authority:
+    """A fresh P-256 CA and leaf key; leaves will point at `url` for OCSP."""
+    start = datetime.now(UTC).replace(microsecond=0)
+    ca = CA(key_type="ec", name="mustaple prime bench", ocsp_url=url, now=start)
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    return Authority(
+        ca_cert_pem=ca.cert.public_bytes(PEM),
+        ca_key_pem=ca.issuing.key_pem,
+        leaf_public_der=leaf_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
+        url=url,
+        start=start,
+    )
+
+
+def load_signer(authority: Authority) -> Signer:
+    ca_key = serialization.load_pem_private_key(authority.ca_key_pem, None)
+    leaf_public = serialization.load_der_public_key(authority.leaf_public_der)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey) or not isinstance(
+        leaf_public, ec.EllipticCurvePublicKey
+    ):
+        raise TypeError("the bench CA and leaf keys are P-256")
+    return Signer(x509.load_pem_x509_certificate(authority.ca_cert_pem), ca_key, leaf_public)
+
+
+def cert_path(directory: Path, index: int) -> Path:
+    return directory / f"{index:06d}.pem"
+
+
+def issue_leaf(authority: Authority, signer: Signer, index: int) -> x509.Certificate:
+    """A must-staple leaf for h<index>.bench.test, serial SERIAL_BASE + index."""
+    host = f"h{index}.bench.test"
+    aia = x509.AccessDescription(
+        AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(authority.url)
+    )
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+        .issuer_name(signer.ca_cert.subject)
+        .public_key(signer.leaf_public)
+        .serial_number(SERIAL_BASE + index)
+        .not_valid_before(authority.start - timedelta(hours=1))
+        .not_valid_after(authority.start + timedelta(days=90))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityInformationAccess([aia]), critical=False)
+        .add_extension(x509.TLSFeature([x509.TLSFeatureType.status_request]), critical=False)
+    )
+    return builder.sign(signer.ca_key, hashes.SHA256())
+
+
+def presign(authority: Authority, signer: Signer, leaf: x509.Certificate) -> bytes:
+    """A good response for `leaf`, signed by the CA, valid for three days."""
+    response = (
+        ocsp.OCSPResponseBuilder()
+        .add_response(
+            leaf,
+            signer.ca_cert,
+            hashes.SHA1(),
+            ocsp.OCSPCertStatus.GOOD,
+            authority.start - timedelta(hours=1),
+            authority.start + timedelta(days=3),
+            None,
+            None,
+        )
+        .responder_id(ocsp.OCSPResponderEncoding.HASH, signer.ca_cert)
+        .sign(signer.ca_key, hashes.SHA256())
+    )
+    return response.public_bytes(serialization.Encoding.DER)
+
+
+def build_job(job: Job) -> bytes:
+    """Write the job's leaves (leaf, then CA); return its packed (request, response) records."""
+    signer = load_signer(job.authority)
+    records = []
+    for index in range(job.first, job.first + job.count):
+        leaf = issue_leaf(job.authority, signer, index)
+        cert_path(job.directory, index).write_bytes(
+            leaf.public_bytes(PEM) + job.authority.ca_cert_pem
+        )
+        request = encode_request(make_cert_id(signer.ca_cert, leaf.serial_number))
+        response = presign(job.authority, signer, leaf)
+        records.append(RECORD.pack(len(request), len(response)) + request + response)
+    return b"".join(records)
+
+
+@dataclass
+class Workdir:
+    """The certificate files and the responses built so far."""
+
+    root: Path
+    authority: Authority
+    built: int = 0
+    seconds: float = 0.0  # setup time so far
+
+    @property
+    def certs(self) -> Path:
+        return self.root / "certs"
+
+    @property
+    def answers(self) -> Path:
+        return self.root / "responses.bin"
+
+    def grow(self, size: int, workers: int) -> None:
+        """Build leaves and responses up to `size`, in `workers` processes."""
+        self.certs.mkdir(parents=True, exist_ok=True)
+        jobs = [
+            Job(self.authority, self.certs, first, min(CHUNK, size - first))
+            for first in range(self.built, size, CHUNK)
+        ]
+        start = time.perf_counter()
+        with multiprocessing.Pool(workers) as pool, self.answers.open("ab") as out:
+            for records in pool.imap(build_job, jobs):
+                out.write(records)
+        self.seconds += time.perf_counter() - start
+        self.built = max(self.built, size)
+
+
+# --- The responder (its own process) -------------------------------------------------------------
+
+
+def load_answers(path: Path) -> dict[bytes, bytes]:
+    """The packed records as a dict from request DER to response DER."""
+    data, offset, answers = path.read_bytes(), 0, {}
+    while offset < len(data):
+        request_size, response_size = RECORD.unpack_from(data, offset)
+        offset += RECORD.size
+        request_end = offset + request_size
+        answers[data[offset:request_end]] = data[request_end : request_end + response_size]
+        offset = request_end + response_size
+    return answers
+
+
+def request_der(method: str, target: str, body: bytes) -> bytes:
+    """The OCSP request: the POST body, or the base64 after the last slash of a GET path."""
+    if method == "POST":
+        return body
+    try:
+        return base64.b64decode(unquote(target.rsplit("/", 1)[-1]), validate=True)
+    except (binascii.Error, ValueError):
+        return b""
+
+
+def http_reply(body: bytes | None) -> bytes:
+    if body is None:
+        return b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/ocsp-response\r\nContent-Length: %d\r\n\r\n"
+    )
+    return head % len(body) + body
+
+
+def content_length(headers: list[str]) -> int:
+    for header in headers:
+        name, _, value = header.partition(":")
+        if name.strip().lower() == "content-length":
+            return int(value)
+    return 0
+
+
+class AnswerProtocol(asyncio.Protocol):
+    """HTTP/1.1 with keep-alive, just enough for OCSP GET and POST."""
+
+    def __init__(self, answers: dict[bytes, bytes]) -> None:
+        self.answers = answers
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while (reply := self.next_reply()) is not None:
+            assert self.transport is not None
+            self.transport.write(reply)
+
+    def next_reply(self) -> bytes | None:
+        """The reply to the first complete request in the buffer (consumed), or None."""
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        lines = self.buffer[:end].decode("latin-1").split("\r\n")
+        method, target, _ = lines[0].split(" ", 2)
+        length = content_length(lines[1:])
+        if len(self.buffer) < end + 4 + length:
+            return None
+        body = bytes(self.buffer[end + 4 : end + 4 + length])
+        del self.buffer[: end + 4 + length]
+        return http_reply(self.answers.get(request_der(method, target, body)))
+
+
+async def serve_answers(sock: socket.socket, answers: dict[bytes, bytes]) -> None:
+    """Answer on `sock` until SIGTERM."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    server = await loop.create_server(lambda: AnswerProtocol(answers), sock=sock, backlog=1024)
+    print("ready", flush=True)
+    await stop.wait()
+    server.close()
+
+
+def responder_main(fd: str, answers_path: str) -> int:
+    answers = load_answers(Path(answers_path))
+    asyncio.run(serve_answers(socket.socket(fileno=int(fd)), answers))
+    return 0
+
+
+class Responder:
+    """The responder process, serving the responses built so far on a listening socket."""
+
+    def __init__(self, sock: socket.socket, answers: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(SCRIPT), "_responder", str(sock.fileno()), str(answers)],
+            pass_fds=(sock.fileno(),),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        if self.process.stdout.readline().strip() != "ready":
+            raise SystemExit("the responder did not start")
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the responder used so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+# --- The measured run (a fresh process per size) -------------------------------------------------
+
+
+@dataclass
+class Phases:
+    """Seconds spent in each part of `prime`, timed from the outside."""
+
+    load: float = 0.0  # Keeper._load: read, parse, issuer signature check, restore
+    validate: float = 0.0  # verify.judge, called by the fetcher on each answer
+    store: float = 0.0  # SqliteStore writes (each one a transaction, synchronous=FULL)
+    deliver: float = 0.0  # Keeper.deliver: the batch to the counting sink
+    first_fetch: float = 0.0  # perf_counter when the first fetch started
+    last_fetch: float = 0.0  # ... and when the last one ended
+    attempts: int = 0
+    loaded_mib: float = 0.0  # RSS when the first fetch started: every certificate loaded
+
+
+class CountingSink:
+    """A sink that only counts the staples it is given (no files, no reload)."""
+
+    name = "count"
+
+    def __init__(self) -> None:
+        self.staples = 0
+
+    async def deliver(self, batch: Sequence[Delivery]) -> list[Delivered]:
+        self.staples += sum(1 for d in batch if d.action is Action.STAPLE and d.der)
+        return [Delivered(d.key, self.name, changed=True) for d in batch]
+
+
+class TimedStore(SqliteStore):
+    """SqliteStore adding the time of every write to `phases.store` (a write that commits
+    its own transaction, as every write does unless its caller opened one)."""
+
+    def __init__(self, path: Path, phases: Phases) -> None:
+        super().__init__(path)
+        self.phases = phases
+
+    def save_staple(self, key: str, staple: StoredStaple) -> None:
+        start = time.perf_counter()
+        super().save_staple(key, staple)
+        self.phases.store += time.perf_counter() - start
+
+    def add_attempts(self, key: str, attempts: Iterable[AttemptRecord]) -> None:
+        start = time.perf_counter()
+        super().add_attempts(key, attempts)
+        self.phases.store += time.perf_counter() - start
+
+    def save_status(self, key: str, status: CertStatus) -> None:
+        start = time.perf_counter()
+        super().save_status(key, status)
+        self.phases.store += time.perf_counter() - start
+
+
+class TimedKeeper(Keeper):
+    """Keeper timing its loads and its delivery into `phases`."""
+
+    phases: Phases
+
+    async def _load(self, path: Path, entry: CertEntry, stamp: tuple[int, int]) -> Managed | None:
+        start = time.perf_counter()
+        try:
+            return await super()._load(path, entry, stamp)
+        finally:
+            self.phases.load += time.perf_counter() - start
+
+    async def deliver(self, *, again: bool = False) -> list[Delivered]:
+        start = time.perf_counter()
+        try:
+            return await super().deliver(again=again)
+        finally:
+            self.phases.deliver += time.perf_counter() - start
+
+
+def time_fetches(phases: Phases) -> None:
+    """Make the keeper's `fetch_staple` note when fetching began and ended, and the attempts."""
+
+    async def timed(target: Target, **options: Any) -> FetchResult:
+        if not phases.first_fetch:
+            phases.first_fetch, phases.loaded_mib = time.perf_counter(), rss_mib("VmRSS")
+        result = await fetch_staple(target, **options)
+        phases.last_fetch = time.perf_counter()
+        phases.attempts += len(result.attempts)
+        return result
+
+    vars(mustaple.keeper)["fetch_staple"] = timed
+
+
+def time_validation(phases: Phases) -> None:
+    """Make the fetcher's `judge` (the one `fetch_staple` calls) add its time to `phases`."""
+
+    def timed(
+        answer: HttpAnswer, target: Target, now: datetime, policy: Policy = DEFAULT_POLICY
+    ) -> Staple | Rejection:
+        start = time.perf_counter()
+        try:
+            return judge(answer, target, now, policy)
+        finally:
+            phases.validate += time.perf_counter() - start
+
+    vars(mustaple.fetch)["judge"] = timed
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What the measured process is asked to do."""
+
+    certs: str  # the directory of certificate files
+    size: int
+    state_dir: str
+    concurrency: int
+    profile: str | None  # write a cProfile of `prime` here
+
+
+def rss_mib(field_name: str) -> float:
+    """VmRSS or VmHWM of this process, in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1]) / 1024
+    raise LookupError(field_name)
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def config_for(spec: Spec) -> Config:
+    """One entry globbing the certificate files, every sink, concurrency and per_host alike."""
+    return Config(
+        path=Path("bench-prime.toml"),
+        state_dir=Path(spec.state_dir),
+        certificates=(CertEntry(paths=(str(Path(spec.certs) / "*.pem"),)),),
+        sinks={},
+        policy=KeeperPolicy(concurrency=spec.concurrency, per_host=spec.concurrency),
+    )
+
+
+async def prime_measured(spec: Spec, phases: Phases) -> dict[str, Any]:
+    """Prime `spec.size` certificates; the figures and the checks of the outcome."""
+    paths = [cert_path(Path(spec.certs), i) for i in range(spec.size)]
+    base_mib, sink = rss_mib("VmRSS"), CountingSink()
+    store = TimedStore(Path(spec.state_dir) / "state.db", phases)
+    cpu, start = cpu_seconds(), time.perf_counter()
+    keeper = TimedKeeper(config_for(spec), store=store, sinks={sink.name: sink})
+    keeper.phases = phases
+    async with keeper:
+        chosen = await prime_profiled(keeper, paths, spec.profile)
+    wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+    stored = len(store.keys())
+    store.close()
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "base_mib": base_mib,
+        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "good": sum(1 for m in chosen if m.state() == "good" and m.held and m.held.good),
+        "stored": stored,
+        "delivered": sink.staples,
+    }
+
+
+async def prime_profiled(keeper: Keeper, paths: list[Path], profile: str | None) -> list[Managed]:
+    """`keeper.prime(paths)`, under cProfile (written to `profile`) when one is asked for."""
+    if profile is None:
+        return await keeper.prime(paths)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        return await keeper.prime(paths)
+    finally:
+        profiler.disable()
+        profiler.dump_stats(profile)
+
+
+def keeper_main(spec_json: str) -> int:
+    spec = Spec(**json.loads(spec_json))
+    phases = Phases()
+    time_fetches(phases)
+    time_validation(phases)
+    figures = asyncio.run(prime_measured(spec, phases))
+    figures.update(asdict(phases), fetch=phases.last_fetch - phases.first_fetch)
+    figures["mustaple"] = str(Path(mustaple.__file__).parent)
+    print(json.dumps(figures))
+    return 0
+
+
+# --- Orchestration -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    """The figures for one N, measured (or extrapolated from the measured ones)."""
+
+    size: int
+    setup: float  # seconds to build this many certificates and responses
+    wall: float  # seconds of `prime` (with the keeper's set-up and close)
+    fetch: float  # seconds from the first fetch started to the last one ended
+    attempts: int
+    cpu: float  # the keeper process's CPU seconds during `prime`
+    responder_cpu: float
+    other_cpu: float  # CPU seconds other processes used meanwhile: noise, when it is high
+    base_mib: float  # RSS before the keeper was built (interpreter and imports)
+    loaded_mib: float  # RSS when every certificate was loaded, before the first fetch
+    peak_mib: float
+    load: float
+    validate: float
+    store: float
+    deliver: float
+    good: int
+    stored: int
+    delivered: int
+    extrapolated: bool = False
+
+    @property
+    def ms_per_cert(self) -> float:
+        return self.wall / self.size * 1000
+
+    @property
+    def fetches_per_second(self) -> float:
+        return self.attempts / self.fetch if self.fetch else 0.0
+
+    @property
+    def rest(self) -> float:
+        """HTTP, asyncio and the keeper's own bookkeeping: what no phase timer covers."""
+        return self.wall - self.load - self.validate - self.store - self.deliver
+
+    @property
+    def complete(self) -> bool:
+        return self.extrapolated or self.good == self.stored == self.delivered == self.size
+
+
+@dataclass
+class Bench:
+    """The settings of one benchmark run and what it measured so far."""
+
+    sizes: list[int]
+    concurrency: int
+    workers: int
+    budget: float  # seconds for setup and runs together
+    profile: Path | None
+    repeat: int  # runs per size; the fastest is kept
+    runs: list[Run] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+
+def measure(bench: Bench, workdir: Workdir, size: int, responder: Responder) -> Run:
+    """Prime `size` certificates in a fresh process with a fresh state directory."""
+    state = tempfile.mkdtemp(prefix=f"state-{size}-", dir=workdir.root)
+    profile = str(bench.profile / f"prime-{size}.prof") if bench.profile else None
+    spec = Spec(str(workdir.certs), size, state, bench.concurrency, profile)
+    before = (machine_busy(), children_cpu(), responder.cpu_seconds())
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "_keeper", json.dumps(asdict(spec))],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"the keeper run for {size} failed:\n{done.stderr[-3000:]}")
+    figures = json.loads(done.stdout.splitlines()[-1])
+    print(f"  mustaple imported from {figures.pop('mustaple')}")
+    for name in ("first_fetch", "last_fetch"):
+        figures.pop(name)
+    responder_cpu = responder.cpu_seconds() - before[2]
+    keeper_process = children_cpu() - before[1]
+    other = machine_busy() - before[0] - keeper_process - responder_cpu
+    return Run(
+        size=size,
+        setup=workdir.seconds,
+        responder_cpu=responder_cpu,
+        other_cpu=max(0.0, other),
+        **figures,
+    )
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine spent busy since boot (every core, from /proc/stat)."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (
+        Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    )
+    busy = sum(int(v) for v in (user, nice, system, irq, softirq, steal))
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    """CPU seconds of the child processes waited for so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def fit(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares intercept and slope of two or more points."""
+    mean_x = sum(x for x, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sum(
+        (x - mean_x) ** 2 for x, _ in points
+    )
+    return mean_y - slope * mean_x, slope
+
+
+def extrapolate(runs: Sequence[Run], size: int) -> Run:
+    """Every figure of `size` from a linear fit of the measured runs over N."""
+    measured = [r for r in runs if not r.extrapolated]
+    values: dict[str, Any] = {}
+    for name, value in asdict(measured[0]).items():
+        if isinstance(value, float) or name in ("attempts", "good", "stored", "delivered"):
+            intercept, slope = fit([(r.size, float(getattr(r, name))) for r in measured])
+            estimate = intercept + slope * size
+            values[name] = estimate if isinstance(value, float) else round(estimate)
+    return replace(measured[0], **values, size=size, extrapolated=True)
+
+
+def affordable(bench: Bench, size: int) -> bool:
+    """Whether setup and run of `size`, predicted from the runs so far, fit in the budget.
+
+    The first two sizes always run: a linear fit needs two points.
+    """
+    if len(bench.runs) < 2:
+        return True
+    guess = extrapolate(bench.runs, size)
+    setup = guess.setup - bench.runs[-1].setup
+    predicted = setup + guess.wall * 1.5 * bench.repeat  # 1.5: process start, checks
+    return time.perf_counter() - bench.started + predicted <= bench.budget
+
+
+def run_all(bench: Bench, workdir: Workdir, sock: socket.socket) -> None:
+    for size in bench.sizes:
+        if affordable(bench, size):
+            bench.runs.append(run_size(bench, workdir, size, sock))
+        else:
+            print(f"N={size:,}: predicted to overrun the {bench.budget:.0f} s budget; extrapolated")
+            bench.runs.append(extrapolate(bench.runs, size))
+
+
+def run_size(bench: Bench, workdir: Workdir, size: int, sock: socket.socket) -> Run:
+    """Build up to `size`, then prime `size` certificates `bench.repeat` times; the fastest."""
+    workdir.grow(size, bench.workers)
+    print(f"N={size:,}: setup so far {workdir.seconds:.1f} s; priming ...", flush=True)
+    responder = Responder(sock, workdir.answers)
+    runs = []
+    try:
+        for _ in range(bench.repeat):
+            runs.append(measure(bench, workdir, size, responder))
+            print(summary(runs[-1]), flush=True)
+    finally:
+        responder.stop()
+    return min(runs, key=lambda run: run.wall)
+
+
+def listening_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    return sock
+
+
+# --- Reporting -----------------------------------------------------------------------------------
+
+
+def summary(run: Run) -> str:
+    label = " (extrapolated)" if run.extrapolated else ""
+    return (
+        f"  N={run.size:,}{label}: wall {run.wall:.2f} s, {run.fetches_per_second:,.0f} fetches/s,"
+        f" {run.ms_per_cert:.3f} ms/cert, peak RSS {run.peak_mib:.0f} MiB"
+        f" ({run.loaded_mib:.0f} loaded); CPU keeper {run.cpu:.1f} s, responder"
+        f" {run.responder_cpu:.1f} s, others {run.other_cpu:.1f} s;"
+        f" load {run.load:.2f} s, validate {run.validate:.2f} s, store {run.store:.2f} s,"
+        f" deliver {run.deliver:.2f} s, rest {run.rest:.2f} s;"
+        f" good {run.good:,}, stored {run.stored:,}, delivered {run.delivered:,}"
+    )
+
+
+def mount_of(path: Path) -> str:
+    """The file system type and mount point holding `path`, from /proc/mounts."""
+    best = ("?", "")
+    for line in Path("/proc/mounts").read_text().splitlines():
+        _, point, kind, *_ = line.split()
+        inside = str(path).startswith(point.rstrip("/") + "/") or str(path) == point
+        if inside and len(point) > len(best[1]):
+            best = (kind, point)
+    return f"{best[0]} ({best[1]})"
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
+def machine_facts(workdir: Path) -> list[str]:
+    return [
+        f"CPU: {cpu_model()}, {os.cpu_count()} cores visible",
+        f"OS: {platform.system()} {platform.release()} ({platform.machine()})",
+        f"Python {platform.python_version()} ({platform.python_implementation()})",
+        f"cryptography {cryptography.__version__}, {backend.openssl_version_text()}",
+        f"aiohttp {aiohttp.__version__}, SQLite {sqlite3.sqlite_version}",
+        f"mustaple: {source_version()}",
+        f"state database and certificate files on {mount_of(workdir)}",
+    ]
+
+
+def source_version() -> str:
+    """Where the measured mustaple came from: the commit, and whether src/ has changes."""
+    where = Path(mustaple.__file__).resolve().parent
+    if where != ROOT / "src" / "mustaple":
+        return f"imported from {where} (not this tree's src/)"
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    changes = " with uncommitted changes in src/" if git("status", "--porcelain", "src") else ""
+    return f"src/ at commit {commit}{changes}"
+
+
+def git(*args: str) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False
+    )
+    return done.stdout.strip()
+
+
+def cell(run: Run, text: str) -> str:
+    return f"*{text}*" if run.extrapolated else text
+
+
+def main_table(runs: Sequence[Run]) -> list[str]:
+    lines = [
+        "| N | setup (s) | wall (s) | fetches/s | ms/cert | peak RSS (MiB) | RSS loaded (MiB) "
+        "| keeper CPU (s) | responder CPU (s) | other CPU (s) | good staples |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        figures = [
+            f"{r.size:,}",
+            f"{r.setup:.1f}",
+            f"{r.wall:.2f}",
+            f"{r.fetches_per_second:,.0f}",
+            f"{r.ms_per_cert:.3f}",
+            f"{r.peak_mib:.0f}",
+            f"{r.loaded_mib:.0f}",
+            f"{r.cpu:.1f}",
+            f"{r.responder_cpu:.1f}",
+            "-" if r.extrapolated else f"{r.other_cpu:.1f}",
+            "extrapolated" if r.extrapolated else f"{r.good:,}",
+        ]
+        lines.append("| " + " | ".join(cell(r, f) for f in figures) + " |")
+    return lines
+
+
+def phase_table(runs: Sequence[Run]) -> list[str]:
+    lines = [
+        "| N | load | fetching (first to last) | of which validate | of which store | deliver "
+        "| rest (HTTP, asyncio, keeper) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        figures = [f"{r.size:,}"] + [
+            f"{v:.2f} s ({v / r.wall:.0%})"
+            for v in (r.load, r.fetch, r.validate, r.store, r.deliver, r.rest)
+        ]
+        lines.append("| " + " | ".join(cell(r, f) for f in figures) + " |")
+    return lines
+
+
+def verdict(runs: Sequence[Run]) -> list[str]:
+    """Whether the goal is met, one line per criterion, with the figure judged."""
+    goal = next((r for r in runs if r.size == GOAL_N), None)
+    if goal is None:
+        return [f"Goal: not judged: N = {GOAL_N:,} was not part of this run."]
+    before = runs[runs.index(goal) - 1]
+    ratio = goal.ms_per_cert / before.ms_per_cert
+    checks = [
+        (f"{GOAL_N:,} primed in under {GOAL_SECONDS:.0f} s", goal.wall < GOAL_SECONDS,
+         f"{goal.wall:.1f} s"),
+        (f"peak RSS under {GOAL_MIB:.0f} MiB", goal.peak_mib < GOAL_MIB,
+         f"{goal.peak_mib:.0f} MiB"),
+    ]  # fmt: skip
+    if not goal.extrapolated:
+        linear = f"linear: ms/cert at {GOAL_N:,} within {LINEAR_SLACK}x of that at {before.size:,}"
+        checks.append((linear, ratio <= LINEAR_SLACK, f"{ratio:.2f}x"))
+    how = "extrapolated, so only predicted" if goal.extrapolated else "measured"
+    lines = [f"Goal ({how}):", ""]
+    for text, ok, figure in checks:
+        lines.append(f"- {text}: {'met' if ok else '**not met**'} ({figure})")
+    return lines
+
+
+def where_time_goes(runs: Sequence[Run]) -> list[str]:
+    """Per-certificate cost of each phase at the largest measured N."""
+    run = max((r for r in runs if not r.extrapolated), key=lambda r: r.size)
+    per_cert = {
+        "load (read, parse, check the issuer's signature, look up the stored staple)": run.load,
+        "validate (`verify.judge`)": run.validate,
+        "store (SQLite writes: attempts, staple, status)": run.store,
+        "deliver (one batch to the counting sink)": run.deliver,
+        "rest: HTTP client, asyncio and the keeper's bookkeeping": run.rest,
+    }
+    lines = [f"Where the time goes at N = {run.size:,} (µs per certificate, share of wall):", ""]
+    for name, seconds in sorted(per_cert.items(), key=lambda item: -item[1]):
+        lines.append(f"- {name}: {seconds / run.size * 1e6:,.0f} µs ({seconds / run.wall:.0%})")
+    return lines
+
+
+def method_notes(bench: Bench) -> list[str]:
+    best = f"the fastest of {bench.repeat} runs" if bench.repeat > 1 else "one run"
+    text = (
+        "One P-256 CA, N must-staple leaves (fullchain files), N pre-signed good responses "
+        "served from memory by a responder in its own process on loopback. Each N is primed in "
+        "a fresh process: `Keeper.prime(paths)` with a new SqliteStore (WAL, synchronous=FULL) "
+        "and one in-memory sink that counts deliveries; concurrency and per_host "
+        f"{bench.concurrency}; {best} per N. Peak RSS is that process's ru_maxrss, interpreter "
+        f"and imports included ({bench.runs[0].base_mib:.0f} MiB before the keeper is built); "
+        "*RSS loaded* is taken when every certificate is loaded, before the first fetch. "
+        "fetches/s counts HTTP exchanges from the first fetch started to the last one ended. "
+        "The 2 cores are shared: the responder's CPU time is in the table, and so is what other "
+        "processes on the machine used meanwhile (*other CPU*: when it is high, the figures are "
+        "noisy). Setup (building certificates and responses) is not part of the figures. "
+        "*Italic* rows are extrapolated from a linear fit of the measured ones, because running "
+        f"them would have overrun the {bench.budget:.0f} s budget. How to profile, and what the "
+        "profile says: bench/README.md."
+    )
+    return textwrap.wrap(text, width=95)
+
+
+def section(bench: Bench, command: str, workdir: Path) -> str:
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        BEGIN,
+        "## Priming: N certificates against a responder with pre-signed responses",
+        "",
+        f"Written by `bench/prime.py` on {when}. Command, from the repository root:",
+        "",
+        f"    {command}",
+        "",
+        *(f"- {fact}" for fact in machine_facts(workdir)),
+        "",
+        *method_notes(bench),
+        "",
+        *main_table(bench.runs),
+        "",
+        *phase_table(bench.runs),
+        "",
+        *verdict(bench.runs),
+        "",
+        *where_time_goes(bench.runs),
+        END,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def replace_section(text: str, new: str) -> str:
+    """`text` with our marked section replaced (or appended); other sections untouched."""
+    if text.count(BEGIN) != text.count(END) or text.count(BEGIN) > 1:
+        raise ValueError(f"the {BEGIN} markers are broken; fix them by hand")
+    if BEGIN not in text:
+        return text.rstrip("\n") + "\n\n" + new
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1].lstrip("\n")
+    return head + new + ("\n" + tail if tail else "")
+
+
+def write_doc(path: Path, new: str) -> None:
+    text = path.read_text() if path.exists() else "# Performance\n"
+    try:
+        path.write_text(replace_section(text, new))
+    except ValueError as exc:
+        raise SystemExit(f"{path}: {exc}") from exc
+
+
+# --- Main ----------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="N = 1,000 only (a smoke test)")
+    parser.add_argument("--max", type=int, default=SIZES[-1], help="stop after this N")
+    parser.add_argument("--concurrency", type=int, default=64, help="and per_host (default 64)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="setup processes")
+    parser.add_argument("--budget", type=float, default=900, help="seconds (default 900)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per size, the fastest kept")
+    parser.add_argument("--profile", type=Path, help="write a cProfile of each prime here")
+    parser.add_argument("--workdir", type=Path, help="a new directory to build in, kept afterwards")
+    parser.add_argument("--doc", type=Path, default=DOC, help="where to write the figures")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    return parser.parse_args(argv)
+
+
+def command_line(argv: list[str]) -> str:
+    return " ".join([".venv/bin/python", "bench/prime.py", *argv])
+
+
+def bench_from(args: argparse.Namespace) -> Bench:
+    sizes = [s for s in SIZES if s <= (SIZES[0] if args.quick else args.max)]
+    if not sizes:
+        raise SystemExit(f"--max must be at least {SIZES[0]}")
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    if args.workdir and args.workdir.exists() and any(args.workdir.iterdir()):
+        raise SystemExit(f"--workdir {args.workdir}: not empty; give a new directory")
+    return Bench(
+        sizes, args.concurrency, args.workers, args.budget, args.profile, max(1, args.repeat)
+    )
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    bench = bench_from(args)
+    root = args.workdir or Path(tempfile.mkdtemp(prefix="mustaple-prime-"))
+    with listening_socket() as sock:
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+        workdir = Workdir(root, new_authority(url))
+        try:
+            run_all(bench, workdir, sock)
+        finally:
+            if not args.workdir:
+                shutil.rmtree(root, ignore_errors=True)
+    if not args.no_write and not args.profile:
+        write_doc(args.doc, section(bench, command_line(argv), root))
+        print(f"figures written to {args.doc}")
+    print("\n".join(verdict(bench.runs)))
+    return 0 if all(r.complete for r in bench.runs) else 1
+
+
+ROLES: dict[str, Callable[..., int]] = {"_responder": responder_main, "_keeper": keeper_main}
+
+if __name__ == "__main__":
+    if sys.argv[1:2] and sys.argv[1] in ROLES:
+        sys.exit(ROLES[sys.argv[1]](*sys.argv[2:]))
+    sys.exit(main(sys.argv[1:]))
