@@ -94,6 +94,7 @@ def read_cert_id(request_der: bytes) -> CertId | None:
     try:
         request = ocsp.load_der_ocsp_request(request_der)
         hash_name = request.hash_algorithm.name
+    # cryptography raises NotImplementedError for a request with several CertIDs
     except (ValueError, NotImplementedError, UnsupportedAlgorithm):
         return None
     if hash_name not in HASHES:
