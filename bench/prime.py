@@ -64,6 +64,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 import mustaple
 import mustaple.fetch
 import mustaple.keeper
+from docsection import cpu_model, markers, write_section
 from mustaple.certs import Target
 from mustaple.config import CertEntry, Config, KeeperPolicy
 from mustaple.delivery import Action, Delivered, Delivery
@@ -78,7 +79,7 @@ from mustaple.verify import DEFAULT_POLICY, HttpAnswer, Policy, Staple, judge
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve()
 DOC = ROOT / "docs" / "performance.md"
-BEGIN, END = "<!-- bench:prime -->", "<!-- /bench:prime -->"
+BEGIN, END = markers("prime")
 SIZES = (1_000, 10_000, 100_000)
 GOAL_N, GOAL_SECONDS, GOAL_MIB = 100_000, 60.0, 1024.0
 LINEAR_SLACK = 1.25  # ms/cert at the largest N may exceed that at the one before by this factor
@@ -740,13 +741,6 @@ def mount_of(path: Path) -> str:
     return f"{best[0]} ({best[1]})"
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
-
-
 def machine_facts(workdir: Path) -> list[str]:
     return [
         f"CPU: {cpu_model()}, {os.cpu_count()} cores visible",
@@ -905,25 +899,6 @@ def section(bench: Bench, command: str, workdir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def replace_section(text: str, new: str) -> str:
-    """`text` with our marked section replaced (or appended); other sections untouched."""
-    if text.count(BEGIN) != text.count(END) or text.count(BEGIN) > 1:
-        raise ValueError(f"the {BEGIN} markers are broken; fix them by hand")
-    if BEGIN not in text:
-        return text.rstrip("\n") + "\n\n" + new
-    head, rest = text.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1].lstrip("\n")
-    return head + new + ("\n" + tail if tail else "")
-
-
-def write_doc(path: Path, new: str) -> None:
-    text = path.read_text() if path.exists() else "# Performance\n"
-    try:
-        path.write_text(replace_section(text, new))
-    except ValueError as exc:
-        raise SystemExit(f"{path}: {exc}") from exc
-
-
 # --- Main ----------------------------------------------------------------------------------------
 
 
@@ -972,7 +947,7 @@ def main(argv: list[str]) -> int:
             if not args.workdir:
                 shutil.rmtree(root, ignore_errors=True)
     if not args.no_write and not args.profile:
-        write_doc(args.doc, section(bench, command_line(argv), root))
+        write_section(args.doc, section(bench, command_line(argv), root), BEGIN, END)
         print(f"figures written to {args.doc}")
     print("\n".join(verdict(bench.runs)))
     return 0 if all(r.complete for r in bench.runs) else 1

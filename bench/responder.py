@@ -53,6 +53,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from docsection import cpu_model, markers, write_section
 from mustaple.config import CertEntry, Config
 from mustaple.keeper import Keeper
 from mustaple.localresponder import OCSP_RESPONSE, add_routes
@@ -62,7 +63,7 @@ from mustaple.testing import CA, OCSPResponder
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "performance.md"
-BEGIN, END = "<!-- bench:responder -->", "<!-- /bench:responder -->"
+BEGIN, END = markers("responder")
 NGINX = "/usr/sbin/nginx"
 CONNECTIONS, THREADS = 256, 2
 PACE_MS = 100  # paced load: each connection waits this long between requests, on average
@@ -70,7 +71,6 @@ GOAL_RATIO, GOAL_P99_MS = 0.5, 5.0
 MUSTAPLE, FLOOR, NGINX_SIDE = "mustaple", "aiohttp floor", "nginx"
 SATURATED, PACED = "saturated", "paced"
 INSTALL_HINT = "install them: apt-get install -y wrk nginx"
-NEW_DOC = "# Performance\n\nFigures measured by the scripts in `bench/` (see bench/README.md).\n"
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -358,11 +358,7 @@ def measure(sides: list[Side], rounds: int, seconds: int, script: Path) -> Resul
 
 
 def machine_facts() -> list[str]:
-    cpu = platform.processor() or platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
+    cpu = cpu_model()
     nginx = subprocess.run([NGINX, "-v"], check=True, capture_output=True, text=True).stderr
     wrk = subprocess.run(["wrk", "-v"], check=False, capture_output=True, text=True).stdout
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -464,20 +460,6 @@ def section(result: Result, command: str, args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_doc(path: Path, new: str) -> None:
-    """Replace our marked section of `path` (or append it); leave the rest as it is."""
-    text = path.read_text() if path.exists() else NEW_DOC
-    if text.count(BEGIN) != text.count(END) or text.count(BEGIN) > 1:
-        raise SystemExit(f"{path}: the {BEGIN} markers are broken; fix them by hand")
-    if BEGIN in text:
-        before, rest = text.split(BEGIN)
-        after = rest.split(END, 1)[1].lstrip("\n")
-        text = before + new + ("\n" + after if after else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + new
-    path.write_text(text)
-
-
 # --- Main ---------------------------------------------------------------------------------------
 
 
@@ -524,7 +506,7 @@ def main(argv: list[str]) -> int:
         print(point.replace("**", ""))
     if not args.no_write:
         command = " ".join([".venv/bin/python", "bench/responder.py", *argv])
-        write_doc(args.doc, section(result, command, args))
+        write_section(args.doc, section(result, command, args), BEGIN, END)
         print(f"figures written to {args.doc}")
     return 0
 

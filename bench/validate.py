@@ -43,26 +43,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import ocsp
 
+from docsection import cpu_model, markers, write_section
 from mustaple.certs import Target, make_target
 from mustaple.testing import CA, KeyType
 from mustaple.verify import Staple, verify
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "performance.md"
-BEGIN, END = "<!-- bench:validate -->", "<!-- /bench:validate -->"
+BEGIN, END = markers("validate")
 GOAL = 0.9
 PROPOSED_MAX_OVERHEAD = 15.0  # µs per validation: the restated goal the section proposes
-INTRO = """# Performance
-
-Figures measured by the scripts in `bench/` (see bench/README.md). Each section is written by
-one script, between its own markers; run the script again to refresh it.
-
-How to read these figures: they depend on the machine (CPU model and number of cores, given in
-each section; the reference machine has 2 cores), on the command (given in each section, so
-the run can be repeated) and on the date (versions of Python, OpenSSL and cryptography change
-the picture). Compare figures from the same section and run only; the ratios travel better
-between machines than the absolute rates.
-"""
 
 
 @dataclass(frozen=True)
@@ -283,16 +273,6 @@ def measure(subject: Subject, rounds: int, seconds: float) -> Result:
 # --- Reporting -----------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_facts() -> list[str]:
     return [
         f"CPU: {cpu_model()}, {os.cpu_count()} cores visible",
@@ -435,28 +415,6 @@ def section(results: list[Result], command: str, rounds: int, seconds: float) ->
     return "\n".join(lines) + "\n"
 
 
-def replace_section(text: str, new: str) -> str:
-    """`text` with our marked section replaced (or appended); other sections untouched."""
-    begins, ends = text.count(BEGIN), text.count(END)
-    if (begins, ends) == (0, 0):
-        return text.rstrip("\n") + "\n\n" + new
-    if (begins, ends) != (1, 1) or text.index(BEGIN) > text.index(END):
-        raise ValueError(f"the {BEGIN} markers are broken; fix them by hand")
-    head = text[: text.index(BEGIN)]
-    tail = text[text.index(END) + len(END) :].lstrip("\n")
-    return head + new + ("\n" + tail if tail else "")
-
-
-def write_doc(path: Path, new: str) -> None:
-    text = path.read_text() if path.exists() else INTRO
-    try:
-        updated = replace_section(text, new)
-    except ValueError as exc:
-        raise SystemExit(f"{path}: {exc}") from exc
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(updated)
-
-
 def print_results(results: list[Result]) -> None:
     for r in results:
         print(
@@ -498,7 +456,7 @@ def main(argv: list[str]) -> int:
     results = [measure(subject, rounds, seconds) for subject in subjects]
     print_results(results)
     if not args.no_write:
-        write_doc(args.doc, section(results, command_line(argv), rounds, seconds))
+        write_section(args.doc, section(results, command_line(argv), rounds, seconds), BEGIN, END)
         print(f"figures written to {args.doc}")
     below = [r.label for r in results if r.ratio < GOAL]
     if below:
