@@ -23,7 +23,7 @@ from pathlib import Path
 from mustaple.check import CheckReport, check_server
 from mustaple.config import CertEntry, Config, KeeperPolicy
 from mustaple.delivery import Action, Delivered, Delivery
-from mustaple.fetch import FetchPolicy, utc_now
+from mustaple.fetch import FetchPolicy, FetchResult, utc_now
 from mustaple.keeper import Keeper, Managed
 from mustaple.report import human_duration
 from mustaple.store import SqliteStore
@@ -73,6 +73,13 @@ class _Scene:
     @property
     def managed(self) -> Managed:
         return next(iter(self.keeper.managed.values()))
+
+    async def answer(self, behaviour: Behaviour) -> FetchResult:
+        """Make the responder behave so, refresh now and deliver what changed."""
+        self.responder.set_behaviour(behaviour)
+        result = await self.keeper.refresh(self.managed)
+        await self.keeper.deliver()
+        return result
 
     async def check(self) -> CheckReport:
         return await check_server("127.0.0.1", self.server.port, servername="www.demo.test")
@@ -178,9 +185,7 @@ async def _misbehave(scene: _Scene) -> bool:
     good = scene.managed.held
     ok = True
     for behaviour, story in MISBEHAVIOURS:
-        scene.responder.set_behaviour(behaviour)
-        result = await scene.keeper.refresh(scene.managed)
-        await scene.keeper.deliver()
+        result = await scene.answer(behaviour)
         rejection = result.rejection
         if result.staple is not None or rejection is None:
             scene.echo(f"   it {story}: ACCEPTED (this is a bug)")
@@ -196,9 +201,7 @@ async def _misbehave(scene: _Scene) -> bool:
 
 
 async def _recover(scene: _Scene) -> bool:
-    scene.responder.set_behaviour(Behaviour.GOOD)
-    await scene.keeper.refresh(scene.managed)
-    await scene.keeper.deliver()
+    await scene.answer(Behaviour.GOOD)
     held = scene.managed.held
     if held is None:
         scene.echo("4. The responder recovers, but the refresh FAILED")
@@ -212,9 +215,7 @@ async def _recover(scene: _Scene) -> bool:
 
 
 async def _revoked(scene: _Scene) -> bool:
-    scene.responder.set_behaviour(Behaviour.REVOKED)
-    await scene.keeper.refresh(scene.managed)
-    await scene.keeper.deliver()
+    await scene.answer(Behaviour.REVOKED)
     revoked = scene.managed.revoked
     if revoked is None:
         scene.echo("5. Revocation was NOT recognised (this is a bug)")
