@@ -10,6 +10,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -19,6 +20,7 @@ from cryptography.x509 import ocsp
 
 from mustaple.certs import Target, make_target
 from mustaple.testing import CA, Identity, Leaf
+from servers import RedisServer
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -27,6 +29,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def now() -> datetime:
     """The test's idea of now (responses built by cryptography carry the real producedAt)."""
     return datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server per test process; tests keep apart by key prefix."""
+    directory: Path = tmp_path_factory.mktemp("redis")
+    with RedisServer(directory) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

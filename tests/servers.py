@@ -6,6 +6,8 @@ directory of the test's, on a free port of 127.0.0.1; `start` returns once the p
 `stop` (or leaving the `with` block) ends it. A missing program fails loudly: the test setup
 (`./dev test`) installs them.
 
+`RedisServer` is a real redis-server for fleet tests; it keeps its port across a restart.
+
 `staple_from(port, servername)` is what a client asking for a staple gets: the OCSP response
 exactly as sent, read from `openssl s_client -msg` (the CertificateStatus message in TLS 1.2,
 the status_request extension of the leaf's Certificate entry in TLS 1.3), or None.
@@ -30,6 +32,7 @@ __all__ = [
     "HAProxyServer",
     "LighttpdServer",
     "NginxServer",
+    "RedisServer",
     "Server",
     "ServerError",
     "free_port",
@@ -40,6 +43,7 @@ __all__ = [
 NGINX = "/usr/sbin/nginx"
 HAPROXY = "/usr/sbin/haproxy"
 LIGHTTPD = "/usr/sbin/lighttpd"
+REDIS = "/usr/bin/redis-server"
 OPENSSL = "openssl"
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
@@ -489,3 +493,44 @@ class ApacheServer(Server):
 
     def command(self) -> list[str]:
         return [APACHE, "-d", str(self.directory), "-f", str(self.config), "-DFOREGROUND"]
+
+
+class RedisServer(Server):
+    """redis-server on loopback; with `persist`, an append-only file fsynced on every write,
+    so a restart keeps the data (without it, a restart starts empty)."""
+
+    program = REDIS
+
+    def __init__(self, directory: Path, *, persist: bool = True) -> None:
+        super().__init__(directory)
+        self.persist = persist
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def choose_ports(self) -> None:
+        """A free port the first time; the same port on a restart (the members keep it)."""
+        if not self.port:
+            self.port = free_port()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def write_config(self) -> None:
+        lines = [
+            "bind 127.0.0.1",
+            f"port {self.port}",
+            f"dir {self.directory}",
+            "daemonize no",
+            'save ""',
+            f"appendonly {'yes' if self.persist else 'no'}",
+            "appendfsync always",
+            "protected-mode yes",
+            f"logfile {self.error_log}",
+        ]
+        (self.directory / "redis.conf").write_text("\n".join(lines) + "\n")
+
+    def command(self) -> list[str]:
+        return [self.program, str(self.directory / "redis.conf")]

@@ -1,4 +1,5 @@
-"""The SQLite store: the contract, bounded history, and a real kill -9 mid-write."""
+"""The Store contract, run on both backends (SQLite and a real Redis), and a real kill -9
+in the middle of SQLite writes."""
 
 from __future__ import annotations
 
@@ -6,14 +7,26 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from mustaple.errors import InputError
-from mustaple.store import AttemptRecord, SqliteStore, StoredStaple, cert_key
+from mustaple.redisstore import RedisStore
+from mustaple.store import (
+    HISTORY_LIMIT,
+    AttemptRecord,
+    CertStatus,
+    SqliteStore,
+    Store,
+    StoredStaple,
+    cert_key,
+)
 from mustaple.testing import Leaf
+from servers import RedisServer
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -29,33 +42,96 @@ def attempt(n: int) -> AttemptRecord:
     return AttemptRecord(T0, f"http://r/{n}", "GET", 200, 0.01, None, "valid staple")
 
 
-def test_round_trip_and_replace(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "state.db")
+def status(name: str, failures: int = 0) -> CertStatus:
+    return CertStatus(name, f"/certs/{name}.pem", True, "good", T0, failures, T0, None, None)
+
+
+Opener = Callable[..., Store]  # (history_limit=...) -> a store
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def open_store(
+    request: pytest.FixtureRequest, tmp_path: Path, redis_server: RedisServer
+) -> Iterator[Opener]:
+    """Opens the backend under test; opening again reaches the same state (a restart)."""
+    prefix = f"t{uuid.uuid4().hex[:8]}:"
+    opened: list[Store] = []
+
+    def opener(history_limit: int = HISTORY_LIMIT) -> Store:
+        store: Store
+        if request.param == "sqlite":
+            store = SqliteStore(tmp_path / "state.db", history_limit=history_limit)
+        else:
+            store = RedisStore(redis_server.url, prefix=prefix, history_limit=history_limit)
+        opened.append(store)
+        return store
+
+    yield opener
+    for store in opened:
+        store.close()
+
+
+def test_round_trip_and_replace(open_store: Opener) -> None:
+    store = open_store()
     assert store.load("k") is None
     store.save_staple("k", stored(1))
     store.save_staple("k", stored(2))
     assert store.load("k") == stored(2)
     assert store.keys() == ["k"]
     store.close()
-    assert SqliteStore(tmp_path / "state.db").load("k") == stored(2)
+    assert open_store().load("k") == stored(2)
 
 
-def test_history_is_bounded_and_newest_first(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "state.db", history_limit=5)
+def test_history_is_bounded_and_newest_first(open_store: Opener) -> None:
+    store = open_store(history_limit=5)
     store.add_attempts("k", [attempt(n) for n in range(8)])
     store.add_attempts("other", [attempt(99)])
     urls = [a.url for a in store.history("k")]
     assert urls == [f"http://r/{n}" for n in (7, 6, 5, 4, 3)]
     assert len(store.history("other")) == 1
+    assert store.history("k", limit=2) == [attempt(7), attempt(6)]
 
 
-def test_remove(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "state.db")
+def test_remove(open_store: Opener) -> None:
+    store = open_store()
     store.save_staple("k", stored(1))
     store.add_attempts("k", [attempt(1)])
+    store.save_status("k", status("k.test"))
     store.remove("k")
     assert store.load("k") is None
     assert store.history("k") == []
+    assert store.statuses() == {}
+    assert store.keys() == []
+
+
+def test_statuses_round_trip_sorted_by_name(open_store: Opener) -> None:
+    store = open_store()
+    store.save_status("k2", status("b.test"))
+    store.save_status("k1", status("c.test"))
+    store.save_status("k2", status("a.test", failures=3))
+    assert list(store.statuses().items()) == [("k2", status("a.test", 3)), ("k1", status("c.test"))]
+
+
+def test_a_transaction_writes_all_or_nothing(open_store: Opener) -> None:
+    store = open_store()
+    with store.transaction():
+        store.save_staple("a", stored(1))
+        with store.transaction():  # an inner one joins the outer
+            store.add_attempts("a", [attempt(1)])
+        store.save_status("a", status("a.test"))
+    assert store.load("a") == stored(1)
+    assert store.history("a") == [attempt(1)]
+
+    def crash_in_the_middle() -> None:
+        with store.transaction():
+            store.save_staple("b", stored(2))
+            store.save_status("b", status("b.test"))
+            raise RuntimeError("crash in the middle")
+
+    with pytest.raises(RuntimeError):
+        crash_in_the_middle()
+    assert store.load("b") is None
+    assert "b" not in store.statuses()
 
 
 def test_cert_key_is_the_fingerprint(leaf: Leaf) -> None:
@@ -70,6 +146,7 @@ def test_unopenable_database_is_an_input_error(tmp_path: Path) -> None:
 
 WRITER = """
 import sys
+sys.path.insert(0, "tests")
 from tests.test_store import stored
 from mustaple.store import SqliteStore
 store = SqliteStore(sys.argv[1])

@@ -8,6 +8,7 @@ Sink tables are kept raw here and checked by `sinks.build_sink` when the keeper 
 from __future__ import annotations
 
 import re
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ __all__ = [
     "CertEntry",
     "Config",
     "ConfigError",
+    "FleetConfig",
     "Hooks",
     "HttpConfig",
     "KeeperPolicy",
@@ -102,6 +104,16 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class FleetConfig:
+    """Fleet mode: the members share staples and take turns fetching, through one Redis."""
+
+    url: str  # redis://, rediss:// or unix://
+    prefix: str = "mustaple:"
+    member: str = field(default_factory=socket.gethostname)
+    lease: timedelta = timedelta(seconds=30)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     state_dir: Path
@@ -110,6 +122,7 @@ class Config:
     hooks: Hooks = field(default_factory=Hooks)
     policy: KeeperPolicy = field(default_factory=KeeperPolicy)
     http: HttpConfig | None = None  # None: no HTTP endpoint
+    fleet: FleetConfig | None = None  # None: on our own (no Redis)
 
 
 def load_config(path: str | Path) -> Config:
@@ -173,7 +186,7 @@ class _Reader:
 def parse_config(data: Mapping[str, Any], source: Path) -> Config:
     """Check a parsed TOML document."""
     top = _Reader(source, "", dict(data))
-    top.only("state_dir", "certificates", "sinks", "hooks", "policy", "http")
+    top.only("state_dir", "certificates", "sinks", "hooks", "policy", "http", "fleet")
     entries = top.table.get("certificates", [])
     if not isinstance(entries, list) or not entries:
         raise top.error("certificates", "give at least one [[certificates]] entry")
@@ -189,7 +202,25 @@ def parse_config(data: Mapping[str, Any], source: Path) -> Config:
         hooks=_hooks(_Reader(source, "hooks", top.table.get("hooks", {}))),
         policy=_policy(_Reader(source, "policy", top.table.get("policy", {}))),
         http=_http(_Reader(source, "http", top.table["http"])) if "http" in top.table else None,
+        fleet=_fleet(_Reader(source, "fleet", top.table["fleet"]))
+        if "fleet" in top.table
+        else None,
     )
+
+
+def _fleet(reader: _Reader) -> FleetConfig:
+    reader.only("redis", "prefix", "member", "lease")
+    url = reader.get("redis", str, "")
+    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise reader.error("redis", f"{url!r} is not a redis://, rediss:// or unix:// URL")
+    defaults = FleetConfig(url)
+    member = reader.get("member", str, defaults.member)
+    if not member or any(c.isspace() for c in member):
+        raise reader.error("member", "must be a name without spaces")
+    lease = reader.convert("lease", defaults.lease, _positive_duration)
+    if lease < timedelta(seconds=1):
+        raise reader.error("lease", "must be at least 1s")
+    return FleetConfig(url, reader.get("prefix", str, defaults.prefix), member, lease)
 
 
 def _http(reader: _Reader) -> HttpConfig:
