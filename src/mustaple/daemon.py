@@ -4,7 +4,8 @@
 setting `stop` ends it gracefully after the pass in progress; setting `reload` re-reads the
 configuration, and a configuration that fails to load is reported and the running one kept.
 Under systemd (Type=notify) it reports READY, STATUS, WATCHDOG and STOPPING. With an `[http]`
-table it also serves the local OCSP responder, metrics, health and the status page.
+table it also serves the local OCSP responder, metrics, health and the status page; with a
+`[fleet]` table it joins the fleet on Redis (`mustaple.fleet`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from mustaple.config import Config, ConfigError, load_config
 from mustaple.delivery import Sink
 from mustaple.fetch import utc_now
+from mustaple.fleet import Fleet
 from mustaple.keeper import Keeper
 from mustaple.metrics import Metrics
 from mustaple.notify import notify, watchdog_interval
@@ -72,14 +74,21 @@ async def serve(
     while True:
         async with open_keeper(config, clock=clock) as keeper:
             metrics = Metrics(keeper, clock=clock)  # attaches itself to keeper.observers
-            await _start(keeper)  # stored staples first: the responder never answers empty-handed
-            runner = await start_http(keeper, config.http, metrics=metrics) if config.http else None
+            fleet = await _join(config, keeper)
             try:
-                await _loop(keeper, stop, reload, clock)
-                keeper.save_all_status()
+                await _start(keeper)  # stored staples first: never answer empty-handed
+                runner = (
+                    await start_http(keeper, config.http, metrics=metrics) if config.http else None
+                )
+                try:
+                    await _loop(keeper, stop, reload, clock)
+                    keeper.save_all_status()
+                finally:
+                    if runner is not None:
+                        await runner.cleanup()
             finally:
-                if runner is not None:
-                    await runner.cleanup()
+                if fleet is not None:
+                    await fleet.close()
         if stop.is_set():
             break
         reload.clear()
@@ -96,6 +105,16 @@ def _reloaded(path: Path, running: Config) -> Config:
         return running
     log.info("configuration reloaded from %s", path)
     return config
+
+
+async def _join(config: Config, keeper: Keeper) -> Fleet | None:
+    """With a `[fleet]` table: scan, then join the fleet (it adopts newer shared staples)."""
+    if config.fleet is None:
+        return None
+    fleet = Fleet(config.fleet)
+    await keeper.scan()
+    await fleet.start(keeper)
+    return fleet
 
 
 async def _start(keeper: Keeper) -> None:

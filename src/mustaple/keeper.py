@@ -10,6 +10,10 @@ staple is still valid has it delivered at once, however old, before anything is 
 Decisions come from the pure core (`verify`, `schedule`); the keeper only wires them to the
 adapters (`fetch`, `store`, sinks, hooks). The clock and the dice are injected, so tests drive
 days of refreshes without sleeping.
+
+In fleet mode a `Coordinator` (`mustaple.fleet`) is asked before each due fetch whether to
+fetch, to adopt a staple another member fetched (validated here all the same), or to wait for
+one; it is told every outcome, and hands in staples announced by other members (`adopt`).
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ import functools
 import glob
 import logging
 import random
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -42,9 +47,17 @@ from mustaple.reasons import Reason, Rejection
 from mustaple.request import CertId, make_cert_id
 from mustaple.schedule import Alert, alert_level, next_refresh, next_retry
 from mustaple.store import AttemptRecord, CertStatus, Store, StoredStaple, cert_key
-from mustaple.verify import Staple, verify
+from mustaple.verify import Staple, compare, verify
 
-__all__ = ["Keeper", "Managed", "Observer", "configured_files"]
+__all__ = [
+    "Coordinator",
+    "Keeper",
+    "Managed",
+    "Observer",
+    "Turn",
+    "attempt_records",
+    "configured_files",
+]
 
 log = logging.getLogger("mustaple")
 Clock = Callable[[], datetime]
@@ -93,6 +106,24 @@ class Managed:
         return "failing" if self.failures else "pending"
 
 
+@dataclass(frozen=True)
+class Turn:
+    """A coordinator's answer for one due certificate: fetch (the default), adopt a shared
+    staple, or wait until a time. `token` is the coordinator's own (a lease), handed back."""
+
+    adopt: tuple[Staple, StoredStaple, str] | None = None  # staple, as stored, fetched by
+    wait_until: datetime | None = None
+    token: object = None
+
+
+class Coordinator(Protocol):
+    """Who fetches what, across a fleet (see the module docstring)."""
+
+    async def claim(self, managed: Managed) -> Turn: ...
+
+    async def settle(self, managed: Managed, turn: Turn, result: FetchResult | None) -> None: ...
+
+
 @dataclass
 class _Batch:
     """Deliveries gathered in one pass, per sink, and what each certificate should become."""
@@ -113,13 +144,17 @@ class Keeper:
         clock: Clock = utc_now,
         dice: Callable[[], float] = random.random,
         observers: Sequence[Observer] = (),
+        coordinator: Coordinator | None = None,
     ) -> None:
         self.config, self.policy = config, config.policy
         self.store, self.sinks = store, dict(sinks)
         self.clock, self.dice = clock, dice
         self.observers = list(observers)
+        self.coordinator = coordinator
         self.managed: dict[Path, Managed] = {}
         self._index: dict[str, dict[CertId, Managed]] = {}  # by hash name; see `find`
+        self._by_key: dict[str, list[Managed]] | None = None  # see `by_key`
+        self._delivering = asyncio.Lock()
         self._problems: dict[Path, str] = {}
         self._issuer_cache: dict[str, bytes] = {}
         self._issuers: dict[x509.Certificate, x509.Certificate] = {}
@@ -160,7 +195,7 @@ class Keeper:
         for path in set(self.managed) - set(wanted):
             log.info("%s: no longer configured or present (%s)", self.managed[path].name, path)
             del self.managed[path]
-            self._index.clear()
+            self._forget()
         added = []
         for path, entry in wanted.items():
             current = self.managed.get(path)
@@ -184,7 +219,7 @@ class Keeper:
             )
         except InputError as exc:
             self.managed.pop(path, None)
-            self._index.clear()
+            self._forget()
             if self._problems.get(path) != str(exc):
                 log.error("%s", exc)
                 self._problems[path] = str(exc)
@@ -193,7 +228,7 @@ class Keeper:
         managed = Managed(path, entry, loaded.target, stamp, loaded.bundle_has_issuer, self.clock())
         self._restore(managed)
         self.managed[path] = managed
-        self._index.clear()
+        self._forget()
         return managed
 
     def _restore(self, managed: Managed) -> None:
@@ -240,6 +275,19 @@ class Keeper:
             self._index[cert_id.hash_name] = index
         return index.get(cert_id)
 
+    def by_key(self, key: str) -> list[Managed]:
+        """The managed certificates stored under `key` (one, unless files repeat a leaf)."""
+        if self._by_key is None:
+            self._by_key = {}
+            for managed in self.managed.values():
+                self._by_key.setdefault(managed.key, []).append(managed)
+        return self._by_key.get(key, [])
+
+    def _forget(self) -> None:
+        """Drop the lookup indexes: the managed certificates changed."""
+        self._index.clear()
+        self._by_key = None
+
     def next_wakeup(self) -> datetime | None:
         """When the next certificate falls due."""
         dues = [m.next_due for m in self.managed.values() if m.next_due is not None]
@@ -254,7 +302,7 @@ class Keeper:
 
         async def drain(queue: Iterator[Managed]) -> None:
             for managed in queue:
-                await self._refresh(managed)
+                await self._take_turn(managed)
 
         workers = []
         for items in by_host.values():
@@ -262,8 +310,38 @@ class Keeper:
             workers += [drain(queue) for _ in range(min(self.policy.per_host, len(items)))]
         await asyncio.gather(*workers)
 
+    async def _take_turn(self, managed: Managed) -> None:
+        """Refresh a due certificate, or do what the coordinator says instead."""
+        if self.coordinator is None:
+            await self._refresh(managed)
+            return
+        turn = await self.coordinator.claim(managed)
+        if turn.adopt is not None:
+            self.adopt(managed, *turn.adopt)
+        elif turn.wait_until is not None:
+            managed.next_due = turn.wait_until
+        else:
+            result = None
+            try:
+                result = await self._refresh(managed)
+            finally:
+                await self.coordinator.settle(managed, turn, result)
+
+    def adopt(self, managed: Managed, staple: Staple, stored: StoredStaple, origin: str) -> bool:
+        """Take a staple another member fetched, validated (`staple`), if it is newer than
+        the one held; schedule from when it was fetched. Returns whether it was taken."""
+        current = managed.revoked if managed.revoked is not None else managed.held
+        if current is not None and (current.der == staple.der or compare(staple, current)):
+            return False
+        self._accepted(
+            managed, staple, stored.responder_url, stored.fetched_at, f" (fetched by {origin})"
+        )
+        self._save_status(managed)
+        return True
+
     async def refresh(self, managed: Managed) -> FetchResult:
-        """Fetch a new staple for one certificate now, apply and store the outcome."""
+        """Fetch a new staple for one certificate now, apply and store the outcome (in fleet
+        mode too: an operator's explicit fetch)."""
         result = await self._refresh(managed)
         self._flush()
         return result
@@ -285,7 +363,9 @@ class Keeper:
             )
         now = self.clock()
         managed.last_attempt = now
-        self._write(functools.partial(self.store.add_attempts, managed.key, _records(result)))
+        self._write(
+            functools.partial(self.store.add_attempts, managed.key, attempt_records(result))
+        )
         for observer in self.observers:
             observer(managed, result)
         if result.staple is not None:
@@ -296,7 +376,15 @@ class Keeper:
         self._save_status(managed)
         return result
 
-    def _accepted(self, managed: Managed, staple: Staple, url: str | None, now: datetime) -> None:
+    def _accepted(
+        self,
+        managed: Managed,
+        staple: Staple,
+        url: str | None,
+        now: datetime,
+        origin: str = "",
+    ) -> None:
+        """Hold `staple`, fetched at `now` (by another member, as `origin` says)."""
         managed.next_due = next_refresh(staple, now, self.dice, self.policy.schedule)
         if not staple.good:
             first = managed.revoked is None
@@ -317,9 +405,10 @@ class Keeper:
                 "recovered", managed, f"good staple again, until {_time(staple.effective_expiry)}"
             )
         log.info(
-            "%s: good staple until %s; next refresh at %s",
+            "%s: good staple until %s%s; next refresh at %s",
             managed.name,
             _time(staple.effective_expiry),
+            origin,
             _time(managed.next_due),
         )
 
@@ -380,7 +469,12 @@ class Keeper:
         return (Action.REMOVE, None)
 
     async def deliver(self, *, again: bool = False) -> list[Delivered]:
-        """Send every changed staple (or all, with `again`) to its sinks, one batch per sink."""
+        """Send every changed staple (or all, with `again`) to its sinks, one batch per sink;
+        one delivery at a time."""
+        async with self._delivering:
+            return await self._deliver(again)
+
+    async def _deliver(self, again: bool) -> list[Delivered]:
         batch = _Batch()
         for managed in self.managed.values():
             wanted = self._wanted(managed)
@@ -535,7 +629,8 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     return (info.st_mtime_ns, info.st_size)
 
 
-def _records(result: FetchResult) -> Iterable[AttemptRecord]:
+def attempt_records(result: FetchResult) -> list[AttemptRecord]:
+    """The attempts of a fetch, as the store keeps them."""
     return [
         AttemptRecord(a.started, a.url, a.method, a.http_status, a.latency, a.reason, a.message)
         for a in result.attempts

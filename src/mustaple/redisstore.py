@@ -158,8 +158,12 @@ class RedisStore:
     # --- The Store contract ---------------------------------------------------------------------
 
     def load(self, key: str) -> StoredStaple | None:
-        fields = self.client.hgetall(self._k("staple", key))
-        return _staple(fields) if fields else None
+        found = self.load_with_origin(key)
+        return found[0] if found else None
+
+    def load_with_origin(self, key: str) -> tuple[StoredStaple, str] | None:
+        """The stored staple and the member that fetched it."""
+        return _found(self.client.hgetall(self._k("staple", key)))
 
     def save_staple(self, key: str, staple: StoredStaple) -> None:
         """Store `staple` unless a newer one is stored (see `publish`)."""
@@ -248,6 +252,21 @@ class RedisStore:
         token = int(self._acquire(keys=keys, args=[self.member, _ms_delta(ttl)]))
         return Lease(key, self.member, token) if token else None
 
+    def look(self, key: str) -> tuple[tuple[StoredStaple, str] | None, Retry | None]:
+        """The stored staple with who fetched it, and the retry mark, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self._k("staple", key))
+        pipe.get(self._k("retry", key))
+        fields, raw = pipe.execute()
+        return _found(fields), _retry(raw)
+
+    def acquire_and_load(
+        self, key: str, ttl: timedelta
+    ) -> tuple[Lease | None, tuple[StoredStaple, str] | None]:
+        """`acquire`, then (when it succeeded) `load_with_origin`."""
+        lease = self.acquire(key, ttl)
+        return lease, self.load_with_origin(key) if lease is not None else None
+
     def renew(self, lease: Lease, ttl: timedelta) -> bool:
         """Extend a lease still held; False when it ran out (someone else may hold it now)."""
         args: list[str | int] = [lease.value, _ms_delta(ttl)]
@@ -266,11 +285,7 @@ class RedisStore:
         self._w().delete(self._k("retry", key))
 
     def retry(self, key: str) -> Retry | None:
-        raw = self.client.get(self._k("retry", key))
-        if raw is None:
-            return None
-        data = json.loads(raw)
-        return Retry(_time(data["at"]), data["member"], data["reason"])
+        return _retry(self.client.get(self._k("retry", key)))
 
     def beat(self, now: datetime, info: dict[str, Any]) -> None:
         """This member's heartbeat, with what it wants the fleet view to show."""
@@ -325,6 +340,18 @@ def _staple(fields: dict[bytes, bytes]) -> StoredStaple:
         _time(fields[b"fetched_at"]),
         url or None,
     )
+
+
+def _found(fields: dict[bytes, bytes]) -> tuple[StoredStaple, str] | None:
+    """A staple hash as (the staple, who fetched it)."""
+    return (_staple(fields), fields[b"fetched_by"].decode()) if fields else None
+
+
+def _retry(raw: bytes | None) -> Retry | None:
+    if raw is None:
+        return None
+    data = json.loads(raw)
+    return Retry(_time(data["at"]), data["member"], data["reason"])
 
 
 def _attempt_json(a: AttemptRecord, member: str) -> str:

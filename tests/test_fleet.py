@@ -1,0 +1,401 @@
+"""Fleet mode on a real redis-server: the shared records, and members taking turns.
+
+The members here are keepers in one process sharing a fake clock, each with its own Redis
+connections, listener thread, SQLite file and file sink, so that a simulated day runs in
+seconds. Real `mustaple run` processes (kill -9, Redis restarts) are in test_fleet_daemon.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography.x509.oid import NameOID
+
+from mustaple.config import CertEntry, Config, FleetConfig, KeeperPolicy
+from mustaple.fetch import FetchPolicy
+from mustaple.fleet import Fleet
+from mustaple.keeper import Keeper
+from mustaple.redisstore import Lease, RedisStore
+from mustaple.sinks import build_sink
+from mustaple.store import SqliteStore, StoredStaple, cert_key
+from mustaple.testing import CA, Behaviour, Leaf, OCSPResponder
+from servers import RedisServer
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+HOUR = timedelta(hours=1)
+VALIDITY = 6 * HOUR  # short windows: a simulated day holds eight refreshes
+QUICK = FetchPolicy(total_timeout=2.0, connect_timeout=1.0, attempts_per_url=1)
+
+
+def key_of(leaf: Leaf) -> str:
+    return cert_key(leaf.cert)
+
+
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:8]}:"
+
+
+def stored(n: int) -> StoredStaple:
+    this_update = T0 + timedelta(minutes=n)
+    return StoredStaple("x.test", bytes([n]) * 10, this_update, this_update + HOUR, T0, None)
+
+
+# --- The shared records -----------------------------------------------------------------------
+
+
+def test_a_lease_is_held_by_one_member_until_released_or_run_out(
+    redis_server: RedisServer,
+) -> None:
+    p = prefix()
+    a = RedisStore(redis_server.url, prefix=p, member="a")
+    b = RedisStore(redis_server.url, prefix=p, member="b")
+    first = a.acquire("k", timedelta(seconds=30))
+    assert first is not None
+    assert b.acquire("k", timedelta(seconds=30)) is None
+    assert b.record("k").lease_holder == "a"
+    b.release(Lease("k", "b", first.token))  # not b's: nothing happens
+    assert b.acquire("k", timedelta(seconds=30)) is None
+    a.release(first)
+    second = b.acquire("k", timedelta(milliseconds=200))
+    assert second is not None
+    assert second.token > first.token  # fencing tokens only grow
+    assert not a.renew(first, timedelta(seconds=30))
+    assert b.renew(second, timedelta(milliseconds=200))
+    time.sleep(0.5)
+    third = a.acquire("k", timedelta(seconds=30))  # b's lease ran out: a takes over
+    assert third is not None
+    assert third.token > second.token
+
+
+def test_a_write_under_an_older_lease_or_of_an_older_staple_is_refused(
+    redis_server: RedisServer,
+) -> None:
+    p = prefix()
+    a = RedisStore(redis_server.url, prefix=p, member="a")
+    b = RedisStore(redis_server.url, prefix=p, member="b")
+    old = a.acquire("k", timedelta(milliseconds=50))
+    assert old is not None
+    time.sleep(0.1)  # a's lease runs out while it is "paused"
+    new = b.acquire("k", timedelta(seconds=30))
+    assert new is not None
+    assert b.publish("k", stored(2), new)
+    assert not a.publish("k", stored(3), old)  # a newer staple, but a stale lease
+    assert not a.publish("k", stored(1))  # a fresh token, but an older staple
+    assert b.load_with_origin("k") == (stored(2), "b")
+    assert a.publish("k", stored(3))  # a fresh token and a newer staple
+    assert b.load_with_origin("k") == (stored(3), "a")
+
+
+def test_an_accepted_staple_is_announced(redis_server: RedisServer) -> None:
+    p = prefix()
+    store = RedisStore(redis_server.url, prefix=p, member="a")
+    pubsub = store.client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(store.channel)
+    pubsub.get_message(timeout=1)
+    assert store.publish("k", stored(2))
+    assert not store.publish("k", stored(1))
+    message = pubsub.get_message(timeout=2)
+    assert message is not None
+    assert message["data"] == b"k a"
+    assert pubsub.get_message(timeout=0.3) is None  # the refused write said nothing
+    pubsub.close()
+
+
+def test_retry_marks_members_and_history(redis_server: RedisServer) -> None:
+    store = RedisStore(redis_server.url, prefix=prefix(), member="a")
+    store.mark_retry("k", T0 + HOUR, "try-later", T0)
+    retry = store.retry("k")
+    assert retry is not None
+    assert (retry.at, retry.member, retry.reason) == (T0 + HOUR, "a", "try-later")
+    store.clear_retry("k")
+    assert store.retry("k") is None
+    store.beat(T0, {"certificates": 3})
+    (member,) = store.members()
+    assert (member.name, member.seen, member.info) == ("a", T0, {"certificates": 3})
+
+
+# --- Members taking turns ---------------------------------------------------------------------
+
+
+@dataclass
+class Clock:
+    now: datetime
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@dataclass
+class Member:
+    name: str
+    keeper: Keeper
+    fleet: Fleet
+    out: Path  # the file sink's directory
+
+    def served(self, leaf: Leaf) -> bytes | None:
+        (name,) = leaf.cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        path = self.out / f"{name.value!s}.der"
+        return path.read_bytes() if path.exists() else None
+
+
+def member_config(tmp: Path, name: str, live: Path, url: str, p: str) -> Config:
+    out = tmp / name / "out"
+    return Config(
+        path=tmp / name / "mustaple.toml",
+        state_dir=tmp / name,
+        certificates=(CertEntry(paths=(str(live / "*" / "fullchain.pem"),)),),
+        sinks={"out": {"type": "file", "path": f"{out}/{{name}}.der"}},
+        policy=KeeperPolicy(fetch=QUICK),
+        fleet=FleetConfig(url, prefix=p, member=name, lease=timedelta(seconds=10)),
+    )
+
+
+@asynccontextmanager
+async def member(
+    stack: AsyncExitStack, tmp: Path, name: str, live: Path, url: str, p: str, clock: Clock
+) -> AsyncIterator[Member]:
+    config = member_config(tmp, name, live, url, p)
+    assert config.fleet is not None
+    store = SqliteStore(config.state_dir / "state.db")
+    stack.callback(store.close)
+    sinks = {"out": build_sink("out", config.sinks["out"])}
+    dice = random.Random(name).random
+    keeper = await stack.enter_async_context(
+        Keeper(config, store=store, sinks=sinks, clock=clock, dice=dice)
+    )
+    fleet = Fleet(config.fleet)
+    await keeper.scan()
+    await fleet.start(keeper)
+    stack.push_async_callback(fleet.close)
+    yield Member(name, keeper, fleet, tmp / name / "out")
+
+
+@dataclass
+class Fleetworld:
+    clock: Clock
+    ca: CA
+    responder: OCSPResponder
+    leaves: list[Leaf]
+    members: list[Member]
+
+    async def tick_all(self) -> None:
+        await asyncio.gather(*(m.keeper.tick() for m in self.members))
+
+    async def advance(self) -> None:
+        """To the next moment a member has something due; those members tick."""
+        wakes = {m.name: m.keeper.next_wakeup() for m in self.members}
+        self.clock.now = max(self.clock.now, min(w for w in wakes.values() if w is not None))
+        due = [m for m in self.members if (w := wakes[m.name]) is not None and w <= self.clock.now]
+        await asyncio.gather(*(m.keeper.tick() for m in due))
+
+    def fetch_times(self, leaf: Leaf) -> list[datetime]:
+        serial = leaf.cert.serial_number
+        return [r.time for r in self.responder.requests if r.serial == serial]
+
+
+@asynccontextmanager
+async def fleetworld(
+    tmp: Path, redis_server: RedisServer, *, members: int, certificates: int
+) -> AsyncIterator[Fleetworld]:
+    clock = Clock(datetime.now(UTC).replace(microsecond=0))
+    ca = CA(now=clock.now - timedelta(days=1), key_type="ec")
+    live = tmp / "live"
+    p = prefix()
+    async with OCSPResponder(ca, clock=clock, validity=VALIDITY, cache_for=timedelta(0)) as r:
+        leaves = []
+        for n in range(certificates):
+            leaf = ca.issue(f"c{n}.test", ocsp_urls=[r.url], must_staple=True)
+            r.add(leaf)
+            leaf.write(live / f"c{n}.test")
+            leaves.append(leaf)
+        async with AsyncExitStack() as stack:
+            found = []
+            for n in range(members):
+                found.append(
+                    await stack.enter_async_context(
+                        member(stack, tmp, f"m{n}", live, redis_server.url, p, clock)
+                    )
+                )
+            yield Fleetworld(clock, ca, r, leaves, found)
+
+
+def run(scenario: Callable[[], object]) -> None:
+    asyncio.run(scenario())  # type: ignore[arg-type]
+
+
+async def eventually(check: Callable[[], bool], seconds: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "not within the time allowed"
+        await asyncio.sleep(0.05)
+
+
+def test_a_simulated_day_fetches_each_staple_once_per_window(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """8 members, 50 certificates, a day: one upstream fetch per certificate per refresh
+    window, every member always holds a fresh staple, and every sink ends with the newest."""
+
+    async def scenario() -> None:
+        async with fleetworld(tmp_path, redis_server, members=8, certificates=50) as w:
+            start = w.clock.now
+            await w.tick_all()
+            steps = 0
+            while w.clock.now < start + timedelta(days=1):
+                await w.advance()
+                steps += 1
+                if steps % 10:
+                    continue
+                for m in w.members:
+                    for managed in m.keeper.managed.values():
+                        held = managed.held
+                        assert held is not None, f"{m.name}: {managed.name} has no staple"
+                        assert held.fraction_left(w.clock.now) > 0.35
+            window = VALIDITY
+            for leaf in w.leaves:
+                times = w.fetch_times(leaf)
+                gaps = [b - a for a, b in itertools.pairwise(times)]
+                assert all(gap >= 0.4 * window - timedelta(minutes=1) for gap in gaps), gaps
+                assert 8 <= len(times) <= 10, len(times)  # a day of 3-hour-ish windows
+
+            def all_newest() -> bool:
+                return all(
+                    m.served(leaf) == w.members[0].fleet.shared.load(key_of(leaf)).der  # type: ignore[union-attr]
+                    for m in w.members
+                    for leaf in w.leaves
+                )
+
+            await eventually(all_newest)
+
+    run(scenario)
+
+
+def test_a_member_adopts_an_announced_staple_within_a_second(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async def scenario() -> None:
+        async with fleetworld(tmp_path, redis_server, members=2, certificates=1) as w:
+            a, b = w.members
+            (leaf,) = w.leaves
+            await a.keeper.tick()  # a fetches; b has not ticked at all
+            assert len(w.responder.requests) == 1
+            await eventually(lambda: b.served(leaf) == a.served(leaf) is not None, 2.0)
+            await b.keeper.tick()  # nothing due for b: it fetches nothing
+            assert len(w.responder.requests) == 1
+
+    run(scenario)
+
+
+def test_a_shared_staple_that_fails_validation_is_never_delivered(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async def scenario() -> None:
+        async with fleetworld(tmp_path, redis_server, members=2, certificates=1) as w:
+            a, b = w.members
+            (leaf,) = w.leaves
+            await w.tick_all()
+            await eventually(
+                lambda: a.served(leaf) is not None and b.served(leaf) == a.served(leaf)
+            )
+            good = a.served(leaf)
+            forged = StoredStaple(
+                "c0.test",
+                b"\x30\x03\x0a\x01\x00",
+                w.clock.now,
+                w.clock.now + HOUR,
+                w.clock.now,
+                None,
+            )
+            assert a.fleet.shared.publish(key_of(leaf), forged)  # a newer, garbled "staple"
+            await asyncio.sleep(1.0)
+            assert b.served(leaf) == good  # heard, validated, refused
+            w.clock.now += VALIDITY / 2 + timedelta(minutes=1)
+            await b.keeper.tick()  # due: the shared one is refused, so b fetches itself
+            assert b.served(leaf) not in (None, good)
+
+    run(scenario)
+
+
+def test_failures_are_shared_so_the_fleet_does_not_hammer_the_ca(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async def scenario() -> None:
+        async with fleetworld(tmp_path, redis_server, members=4, certificates=1) as w:
+            await w.tick_all()
+            assert len(w.responder.requests) == 1
+            w.responder.set_behaviour(Behaviour.TRY_LATER)
+            w.clock.now += VALIDITY / 2
+            for _ in range(12):
+                await w.advance()
+            fetches = w.fetch_times(w.leaves[0])[1:]
+            # retries back off across the fleet: never two tries closer than the first backoff
+            gaps = [b - a for a, b in itertools.pairwise(fetches)]
+            assert len(fetches) >= 3
+            assert all(gap >= timedelta(seconds=5) for gap in gaps), gaps
+            members = {
+                r.member for r in [w.members[0].fleet.shared.retry(key_of(w.leaves[0]))] if r
+            }
+            assert members  # the retry mark names who tried last
+            w.responder.set_behaviour(Behaviour.GOOD)
+            for _ in range(8):
+                await w.advance()
+            for m in w.members:
+                assert all(x.failures == 0 for x in m.keeper.managed.values())
+
+    run(scenario)
+
+
+def test_redis_gone_members_go_on_alone_and_rejoin(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """A Redis of its own (stopped and restarted here), without persistence: when it returns
+    empty, the members share their staples again."""
+
+    async def scenario() -> None:
+        own = RedisServer(tmp_path / "redis", persist=False).start()
+        try:
+            async with fleetworld(tmp_path, own, members=2, certificates=2) as w:
+                a, b = w.members
+                await w.tick_all()
+                own.stop()
+                w.clock.now += VALIDITY / 2 + timedelta(minutes=1)
+                await w.tick_all()  # both due, Redis gone: each fetches alone
+                assert not a.fleet.up
+                assert not b.fleet.up
+                for m in w.members:
+                    for managed in m.keeper.managed.values():
+                        assert managed.held is not None
+                        assert managed.held.fraction_left(w.clock.now) > 0.9
+                own.start()
+                await eventually(lambda: a.fleet.up and b.fleet.up, 15.0)
+                wanted = sorted(key_of(leaf) for leaf in w.leaves)
+                await eventually(lambda: a.fleet.shared.keys() == wanted)  # shared again
+        finally:
+            own.stop()
+
+    run(scenario)
+
+
+def test_the_shared_record_names_who_fetched(tmp_path: Path, redis_server: RedisServer) -> None:
+    async def scenario() -> None:
+        async with fleetworld(tmp_path, redis_server, members=2, certificates=1) as w:
+            a = w.members[0]
+            await a.keeper.tick()
+            record = a.fleet.shared.record(key_of(w.leaves[0]))
+            assert record.fetched_by == "m0"
+            assert record.lease_holder is None  # released after the fetch
+            assert record.staple is not None
+            assert [m.name for m in a.fleet.shared.members()] == []  # no beat yet
+            history = a.fleet.shared.history_by_member(key_of(w.leaves[0]))
+            assert [who for _, who in history] == ["m0"]
+
+    run(scenario)
