@@ -1,0 +1,198 @@
+"""Fleet mode as people run it: real `mustaple run` processes sharing a real redis-server.
+
+Each member is its own process with its own state directory and staple files; the CA is the
+test responder in this process, so every upstream request is counted.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from mustaple.certs import make_target
+from mustaple.fetch import utc_now
+from mustaple.redisstore import RedisStore
+from mustaple.store import cert_key
+from mustaple.testing import CA, Behaviour, Leaf, ResponderThread
+from mustaple.verify import Staple, verify
+from servers import RedisServer
+
+MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))
+LEASE_SECONDS = 2
+
+
+@dataclass
+class Member:
+    name: str
+    directory: Path
+    process: subprocess.Popen[bytes]
+
+    def staple(self, leaf: Leaf) -> Staple | None:
+        """The staple this member's file sink holds for `leaf`, if it is valid now."""
+        path = self.directory / "staples" / f"{_name(leaf)}.der"
+        if not path.exists():
+            return None
+        outcome = verify(path.read_bytes(), make_target(leaf.cert, leaf.issuer), utc_now())
+        return outcome if isinstance(outcome, Staple) else None
+
+    def log(self) -> str:
+        return (self.directory / "stderr.log").read_text()
+
+
+@dataclass
+class Fleet:
+    tmp: Path
+    ca: CA
+    responder: ResponderThread
+    redis: RedisServer
+    prefix: str
+    members: list[Member] = field(default_factory=list)
+
+    def issue(self, name: str) -> Leaf:
+        leaf = self.ca.issue(name, ocsp_urls=[self.responder.url])
+        self.responder.add(leaf)
+        leaf.write(self.tmp / "live" / name)
+        return leaf
+
+    def start(self, name: str, *, timeout: str = "1s") -> Member:
+        directory = self.tmp / name
+        directory.mkdir()
+        config = directory / "mustaple.toml"
+        config.write_text(f"""
+state_dir = "{directory}/state"
+
+[[certificates]]
+paths = ["{self.tmp}/live/*/fullchain.pem"]
+
+[sinks.files]
+type = "file"
+path = "{directory}/staples/{{name}}.der"
+
+[policy]
+timeout = "{timeout}"
+attempts = 1
+watch_interval = "1s"
+
+[fleet]
+redis = "{self.redis.url}"
+prefix = "{self.prefix}"
+member = "{name}"
+lease = "{LEASE_SECONDS}s"
+""")
+        with (directory / "stderr.log").open("wb") as log:
+            process = subprocess.Popen(
+                [MUSTAPLE, "run", "--config", str(config), "-v"],
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+            )
+        self.members.append(Member(name, directory, process))
+        return self.members[-1]
+
+    def fetches(self, *leaves: Leaf) -> int:
+        serials = {leaf.cert.serial_number for leaf in leaves}
+        return sum(r.serial in serials for r in self.responder.requests)
+
+    def shared(self) -> RedisStore:
+        return RedisStore(self.redis.url, prefix=self.prefix)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    ca = CA()
+    with ResponderThread(ca) as responder, RedisServer(tmp_path / "redis") as redis:
+        f = Fleet(tmp_path, ca, responder, redis, f"t{uuid.uuid4().hex[:8]}:")
+        yield f
+        for member in f.members:
+            if member.process.poll() is None:
+                member.process.send_signal(signal.SIGTERM)
+        for member in f.members:
+            try:
+                member.process.wait(15)
+            except subprocess.TimeoutExpired:
+                member.process.kill()
+                member.process.wait()
+            assert "Traceback" not in member.log(), member.log()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def _name(leaf: Leaf) -> str:
+    return str(leaf.cert.subject.rfc4514_string().split("=", 1)[1].split(",")[0])
+
+
+def test_one_fetch_per_certificate_for_the_whole_fleet(fleet: Fleet) -> None:
+    members = [fleet.start(f"m{n}") for n in range(3)]
+    leaves = [fleet.issue(f"c{n}.test") for n in range(5)]
+    wait_for(lambda: all(m.staple(leaf) for m in members for leaf in leaves))
+    time.sleep(1.5)  # a few more passes of every member: still nothing fetched again
+    assert fleet.fetches(*leaves) == len(leaves)
+    holders = {m.staple(leaf).der for m in members for leaf in leaves[:1]}  # type: ignore[union-attr]
+    assert len(holders) == 1  # every member staples the same response
+
+
+def test_kill_9_of_the_lease_holder_hands_over_after_the_lease(fleet: Fleet) -> None:
+    first = fleet.start("m0")
+    early = fleet.issue("early.test")
+    wait_for(lambda: first.staple(early) is not None)
+    fleet.responder.set_behaviour(Behaviour.HANG)  # the CA hangs: m0 holds the leases
+    first.process.send_signal(signal.SIGTERM)  # restarted with a long timeout, to hang long
+    first.process.wait(15)
+    fleet.members.remove(first)
+    holder = fleet.start("m0-again", timeout="60s")
+    leaves = [fleet.issue(f"c{n}.test") for n in range(4)]
+    shared = fleet.shared()
+    wait_for(lambda: all(shared.record(cert_key(x.cert)).lease_holder for x in leaves))
+    assert {shared.record(cert_key(x.cert)).lease_holder for x in leaves} == {"m0-again"}
+    others = [fleet.start("m1"), fleet.start("m2")]
+    wait_for(lambda: all(m.staple(early) for m in others))  # adopted from the shared state
+    time.sleep(2 * LEASE_SECONDS)  # the lease is renewed: nobody else asks the CA
+    assert fleet.fetches(*leaves) == len(leaves)
+    holder.process.kill()  # kill -9 in the middle of the fetches
+    holder.process.wait(10)
+    killed_at = time.monotonic()
+    fleet.responder.set_behaviour(Behaviour.GOOD)
+    wait_for(lambda: all(m.staple(x) for m in others for x in leaves))
+    handed_over = time.monotonic() - killed_at
+    assert handed_over < LEASE_SECONDS + 8
+    assert fleet.fetches(*leaves) == 2 * len(leaves)  # once more per certificate, not twice
+    assert all(m.staple(early) for m in others)  # never went stale meanwhile
+    fetched_by = {shared.record(cert_key(x.cert)).fetched_by for x in leaves}
+    assert fetched_by <= {"m1", "m2"}
+
+
+def test_redis_stopped_and_restarted_members_keep_serving(fleet: Fleet) -> None:
+    members = [fleet.start(f"m{n}") for n in range(3)]
+    before = [fleet.issue(f"b{n}.test") for n in range(3)]
+    wait_for(lambda: all(m.staple(x) for m in members for x in before))
+    fleet.redis.stop()
+    during = fleet.issue("during.test")  # each member fetches it alone
+    wait_for(lambda: all(m.staple(during) for m in members))
+    assert all(m.staple(x) for m in members for x in before)
+    assert all(m.process.poll() is None for m in members)
+    assert fleet.fetches(during) == len(members)
+    fleet.redis.start()
+    wait_for(lambda: all(m.log().count("fleet: joined") >= 2 for m in members))
+    shared = fleet.shared()
+    wait_for(lambda: shared.load(cert_key(during.cert)) is not None)  # shared on return
+    after = fleet.issue("after.test")
+    wait_for(lambda: all(m.staple(after) for m in members))
+    assert fleet.fetches(after) == 1  # one fetch again, as a fleet
+    for member in members:
+        log = member.log()
+        assert log.count("Redis at") == 1, log  # said once, not at every pass
+        assert "Traceback" not in log
+    assert os.path.exists(fleet.redis.directory / "appendonlydir")
