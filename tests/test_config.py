@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from mustaple.config import ConfigError, load_config, parse_duration
+from mustaple.redisstore import shown_url
 
 MINIMAL = """
 [[certificates]]
@@ -102,6 +104,11 @@ def test_full_config(tmp_path: Path) -> None:
         ("[[certificates\n", "not valid TOML"),
         (MINIMAL + "[http]\nlisten = '8008'\n", "http.listen: '8008' is not HOST:PORT"),
         (MINIMAL + "[http]\nport = 1\n", "http.port: unknown key"),
+        (MINIMAL + "[fleet]\n", "fleet.redis: '' is not a redis://, rediss:// or unix:// URL"),
+        (MINIMAL + "[fleet]\nredis = 'http://r/'\n", "fleet.redis: 'http://r/' is not a"),
+        (MINIMAL + "[fleet]\nredis = 'redis://r/'\nmember = 'a b'\n", "fleet.member: must be"),
+        (MINIMAL + "[fleet]\nredis = 'redis://r/'\nlease = '0.5s'\n", "fleet.lease: must be at"),
+        (MINIMAL + "[fleet]\nredis = 'redis://r/'\nleases = '5s'\n", "fleet.leases: unknown"),
     ],
 )
 def test_errors_name_the_file_and_the_key(tmp_path: Path, text: str, problem: str) -> None:
@@ -115,6 +122,24 @@ def test_http_section(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, "[http]\nlisten = '[::1]:9000'\n" + MINIMAL))
     assert config.http is not None
     assert (config.http.host, config.http.port) == ("::1", 9000)
+
+
+def test_fleet_section(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, MINIMAL)).fleet is None
+    text = "[fleet]\nredis = 'rediss://:pw@r.example:6380/2'\n"
+    fleet = load_config(write(tmp_path, text + MINIMAL)).fleet
+    assert fleet is not None
+    assert (fleet.url, fleet.prefix, fleet.lease) == (
+        "rediss://:pw@r.example:6380/2",
+        "mustaple:",
+        timedelta(seconds=30),
+    )
+    assert fleet.member == socket.gethostname()
+    text += "prefix = 'web:'\nmember = 'web-1'\nlease = '1m'\n"
+    fleet = load_config(write(tmp_path, text + MINIMAL)).fleet
+    assert fleet is not None
+    assert (fleet.prefix, fleet.member, fleet.lease) == ("web:", "web-1", timedelta(minutes=1))
+    assert shown_url(fleet.url) == "rediss://r.example:6380/2"  # no password in logs
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ test responder in this process, so every upstream request is counted.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,8 +20,10 @@ from pathlib import Path
 import pytest
 
 from mustaple.certs import make_target
+from mustaple.cli import main
 from mustaple.fetch import utc_now
 from mustaple.redisstore import RedisStore
+from mustaple.report import ExitCode
 from mustaple.store import cert_key
 from mustaple.testing import CA, Behaviour, Leaf, ResponderThread
 from mustaple.verify import Staple, verify
@@ -134,7 +137,9 @@ def _name(leaf: Leaf) -> str:
     return str(leaf.cert.subject.rfc4514_string().split("=", 1)[1].split(",")[0])
 
 
-def test_one_fetch_per_certificate_for_the_whole_fleet(fleet: Fleet) -> None:
+def test_one_fetch_per_certificate_for_the_whole_fleet(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
     members = [fleet.start(f"m{n}") for n in range(3)]
     leaves = [fleet.issue(f"c{n}.test") for n in range(5)]
     wait_for(lambda: all(m.staple(leaf) for m in members for leaf in leaves))
@@ -142,6 +147,31 @@ def test_one_fetch_per_certificate_for_the_whole_fleet(fleet: Fleet) -> None:
     assert fleet.fetches(*leaves) == len(leaves)
     holders = {m.staple(leaf).der for m in members for leaf in leaves[:1]}  # type: ignore[union-attr]
     assert len(holders) == 1  # every member staples the same response
+    config = str(members[0].directory / "mustaple.toml")
+    assert main(["status", "--fleet", "--json", "--config", config]) == 0
+    view = json.loads(capsys.readouterr().out)
+    assert [m["member"] for m in view["members"]] == ["m0", "m1", "m2"]
+    assert all(m["certificates"] == 5 and m["good"] == 5 for m in view["members"])
+    rows = view["certificates"]
+    assert [row["name"] for row in rows] == [f"c{n}.test" for n in range(5)]
+    assert all(row["fetched_by"] in {"m0", "m1", "m2"} for row in rows)
+    assert all(row["last_attempt_by"] == row["fetched_by"] for row in rows)
+    assert main(["status", "--fleet", "--config", config]) == 0
+    table = capsys.readouterr().out
+    assert "mustaple fleet: members" in table
+    assert "c4.test" in table
+
+
+def test_status_of_a_fleet_whose_redis_is_unreachable(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    member = fleet.start("m0")
+    fleet.redis.stop()
+    config = str(member.directory / "mustaple.toml")
+    assert main(["status", "--fleet", "--config", config]) == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert err.startswith(f"mustaple: fleet: cannot reach Redis at {fleet.redis.url} (")
+    assert err.count("\n") == 1
 
 
 def test_kill_9_of_the_lease_holder_hands_over_after_the_lease(fleet: Fleet) -> None:

@@ -37,9 +37,11 @@ from mustaple.loader import load_target
 from mustaple.report import ExitCode, exit_code, explain, fetch_json, fetch_line, outcome_json
 from mustaple.request import HASHES
 from mustaple.status import (
+    fleet_view,
     prime_exit_code,
     prime_json,
     prime_line,
+    print_fleet_tables,
     print_status_table,
     status_rows,
 )
@@ -296,10 +298,19 @@ async def _run(path: Path) -> None:
 
 @cli.command()
 @config_option
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
-def status(*, config_path: str, as_json: bool) -> int:
-    """Show every certificate's staple: status, times, next refresh, last error."""
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option("--fleet", "fleet", is_flag=True, help="Show the fleet's view, from Redis.")
+def status(*, config_path: str, as_json: bool, fleet: bool) -> int:
+    """Show every certificate's staple: status, times, next refresh, last error. With
+    --fleet: every member, and who fetched each certificate's staple, when."""
     config = load_config(Path(config_path))
+    if fleet:
+        view = fleet_view(config, utc_now())
+        if as_json:
+            click.echo(json.dumps(view, indent=2))
+        else:
+            print_fleet_tables(view)
+        return ExitCode.GOOD
     rows = status_rows(config, utc_now())
     if as_json:
         click.echo(json.dumps(rows, indent=2))

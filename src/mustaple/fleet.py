@@ -44,7 +44,7 @@ import redis
 from mustaple.config import FleetConfig
 from mustaple.fetch import FetchResult
 from mustaple.keeper import Keeper, Managed, Turn, attempt_records
-from mustaple.redisstore import Lease, RedisStore
+from mustaple.redisstore import Lease, RedisStore, shown_url
 from mustaple.schedule import next_refresh
 from mustaple.store import StoredStaple
 from mustaple.verify import Staple, verify
@@ -128,7 +128,7 @@ class Fleet:
             return
         self._listen()
         self.up = True
-        log.info("fleet: joined as %s at %s", self.member, _where(self.config.url))
+        log.info("fleet: joined as %s at %s", self.member, shown_url(self.config.url))
         try:
             await self._catch_up(deliver)
         except redis.RedisError as exc:
@@ -140,7 +140,7 @@ class Fleet:
             log.error(
                 "fleet: Redis at %s unavailable (%s); serving and refreshing alone until it"
                 " returns",
-                _where(self.config.url),
+                shown_url(self.config.url),
                 _short(exc),
             )
         self.up = False
@@ -373,12 +373,6 @@ def _stored(
 
 def _newer(staple: Staple, found: tuple[StoredStaple, str] | None) -> bool:
     return found is None or staple.this_update > found[0].this_update
-
-
-def _where(url: str) -> str:
-    """The URL without a password."""
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://{rest.rpartition('@')[2]}"
 
 
 def _short(exc: BaseException) -> str:

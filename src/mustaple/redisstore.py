@@ -37,7 +37,7 @@ import redis
 
 from mustaple.store import HISTORY_LIMIT, AttemptRecord, CertStatus, StoredStaple
 
-__all__ = ["FleetRecord", "Lease", "Member", "RedisStore", "Retry"]
+__all__ = ["FleetRecord", "Lease", "Member", "RedisStore", "Retry", "shown_url"]
 
 CHANNEL = "staples"
 # KEYS: staple hash, key set. ARGV: fence, thisUpdate (ms), channel, key, member, fields...
@@ -312,6 +312,12 @@ class RedisStore:
             lease.decode().split(" ")[0] if lease else None,
             self.retry(key),
         )
+
+
+def shown_url(url: str) -> str:
+    """A Redis URL fit for logs: without its user and password."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}"
 
 
 def _iso(value: datetime) -> str:

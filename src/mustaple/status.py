@@ -1,4 +1,5 @@
-"""What `mustaple prime` and `mustaple status` show: lines, JSON and the status table."""
+"""What `mustaple prime` and `mustaple status` show: lines, JSON and the status tables
+(this member's view from its state; with `--fleet`, the fleet's view from Redis)."""
 
 from __future__ import annotations
 
@@ -7,20 +8,25 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import redis
 from rich.console import Console
 from rich.table import Table
 
-from mustaple.config import Config
+from mustaple.config import Config, ConfigError, FleetConfig
 from mustaple.delivery import Action
+from mustaple.errors import InputError
 from mustaple.keeper import Managed, configured_files
+from mustaple.redisstore import FleetRecord, Member, RedisStore, shown_url
 from mustaple.report import ExitCode, human_duration
 from mustaple.store import CertStatus, SqliteStore
 
 __all__ = [
     "delivered",
+    "fleet_view",
     "prime_exit_code",
     "prime_json",
     "prime_line",
+    "print_fleet_tables",
     "print_status_table",
     "status_rows",
 ]
@@ -167,3 +173,86 @@ def print_status_table(rows: list[dict[str, Any]]) -> None:
 def _short(iso: str | None) -> str:
     """'2026-11-24T05:40:00Z' as '11-24 05:40Z'."""
     return f"{iso[5:10]} {iso[11:16]}Z" if iso else "-"
+
+
+def fleet_view(config: Config, now: datetime) -> dict[str, Any]:
+    """The fleet's view from Redis: its members, and per certificate who fetched what, when,
+    who holds the lease now and when the fleet retries. InputError if Redis cannot answer."""
+    if config.fleet is None:
+        raise ConfigError(f"{config.path}: no [fleet] table: this member is not in a fleet")
+    shared = RedisStore(config.fleet.url, prefix=config.fleet.prefix)
+    try:
+        members = [_member_json(m, now) for m in shared.members()]
+        shared_keys = shared.keys()
+        records = [shared.record(key) for key in shared_keys]
+        history = {r.key: shared.history_by_member(r.key, limit=1) for r in records}
+    except redis.RedisError as exc:
+        raise InputError(_unreachable(config.fleet, exc)) from None
+    finally:
+        shared.close()
+    certificates = [_record_json(r, history[r.key], now) for r in records]
+    certificates.sort(key=lambda row: str(row["name"]))
+    return {"members": members, "certificates": certificates}
+
+
+def _unreachable(fleet: FleetConfig, exc: redis.RedisError) -> str:
+    return (
+        f"fleet: cannot reach Redis at {shown_url(fleet.url)} ({exc}); "
+        "`mustaple status` without --fleet shows this member's own view"
+    )
+
+
+def _member_json(member: Member, now: datetime) -> dict[str, Any]:
+    return {
+        "member": member.name,
+        "last_seen": _iso(member.seen),
+        "seconds_since_seen": round((now - member.seen).total_seconds()),
+        **member.info,
+    }
+
+
+def _record_json(record: FleetRecord, last: list[Any], now: datetime) -> dict[str, Any]:
+    staple, retry = record.staple, record.retry
+    attempt, by = last[0] if last else (None, None)
+    return {
+        "key": record.key,
+        "name": staple.name if staple else record.key[:12],
+        "fetched_by": record.fetched_by,
+        "fetched_at": _iso(staple.fetched_at) if staple else None,
+        "this_update": _iso(staple.this_update) if staple else None,
+        "effective_expiry": _iso(staple.effective_expiry) if staple else None,
+        "seconds_left": _seconds_left(staple.effective_expiry, now) if staple else None,
+        "lease_holder": record.lease_holder,
+        "retry_at": _iso(retry.at) if retry else None,
+        "retry_reason": retry.reason if retry else None,
+        "last_attempt_by": by,
+        "last_attempt": _iso(attempt.at) if attempt else None,
+        "last_attempt_reason": attempt.reason if attempt else None,
+    }
+
+
+def print_fleet_tables(view: dict[str, Any]) -> None:
+    """The members, then the certificates, for people."""
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    members = Table(title="mustaple fleet: members", title_justify="left")
+    for column in ("member", "last seen", "host", "pid", "certificates", "good", "failing"):
+        members.add_column(column, no_wrap=True)
+    for m in view["members"]:
+        seen = "left" if m.get("left") else f"{human_duration(m['seconds_since_seen'])} ago"
+        cells = (m.get(k, "-") for k in ("host", "pid", "certificates", "good", "failing"))
+        members.add_row(m["member"], seen, *(str(c) for c in cells))
+    console.print(members)
+    certificates = Table(title="mustaple fleet: certificates", title_justify="left")
+    for column in ("certificate", "fetched by", "fetched at", "effective expiry", "lease", "retry"):
+        certificates.add_column(column, no_wrap=column != "retry")
+    for c in view["certificates"]:
+        retry = f"{_short(c['retry_at'])} ({c['retry_reason']})" if c["retry_at"] else ""
+        certificates.add_row(
+            c["name"],
+            c["fetched_by"] or "-",
+            _short(c["fetched_at"]),
+            _short(c["effective_expiry"]),
+            c["lease_holder"] or "",
+            retry,
+        )
+    console.print(certificates)
