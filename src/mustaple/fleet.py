@@ -54,6 +54,7 @@ __all__ = ["Fleet"]
 log = logging.getLogger("mustaple")
 _T = TypeVar("_T")
 GATHER_SECONDS = 0.2  # announcements heard within this are adopted and delivered together
+SHARED_HISTORY = 10  # attempts kept in Redis per certificate (each member keeps 50 locally)
 LISTEN_POLL_SECONDS = 0.25  # how soon the listener thread notices it should stop
 
 
@@ -63,7 +64,11 @@ class Fleet:
     def __init__(self, config: FleetConfig, *, timeout: float = 2.0) -> None:
         self.config = config
         self.shared = RedisStore(
-            config.url, prefix=config.prefix, member=config.member, timeout=timeout
+            config.url,
+            prefix=config.prefix,
+            member=config.member,
+            history_limit=SHARED_HISTORY,
+            timeout=timeout,
         )
         self.up = False
         self._keeper: Keeper | None = None
