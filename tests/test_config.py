@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import socket
+import tomllib
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from mustaple.config import ConfigError, load_config, parse_duration
+from mustaple.config import ConfigError, load_config, parse_config, parse_duration
+from mustaple.daemon import check_config
 from mustaple.redisstore import shown_url
 
 MINIMAL = """
@@ -158,3 +160,13 @@ def test_durations(text: str, seconds: float) -> None:
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError, match="is not a duration"):
         parse_duration(text)
+
+
+def test_the_example_configuration_loads() -> None:
+    example = Path(__file__).resolve().parent.parent / "examples" / "mustaple.toml"
+    config = check_config(example)
+    assert config.fleet is None  # commented out there
+    text = example.read_text().replace("# [fleet]", "[fleet]").replace("# redis", "redis")
+    fleet = parse_config(tomllib.loads(text.replace("# member", "member")), example).fleet
+    assert fleet is not None
+    assert fleet.member == "web-1"
