@@ -54,6 +54,7 @@ __all__ = ["Fleet"]
 log = logging.getLogger("mustaple")
 _T = TypeVar("_T")
 GATHER_SECONDS = 0.2  # announcements heard within this are adopted and delivered together
+CATCH_UP_BATCH = 500  # certificates read from Redis in one round trip when catching up
 SHARED_HISTORY = 10  # attempts kept in Redis per certificate (each member keeps 50 locally)
 LISTEN_POLL_SECONDS = 0.25  # how soon the listener thread notices it should stop
 
@@ -131,7 +132,11 @@ class Fleet:
         except redis.RedisError as exc:
             self._lost(exc)
             return
-        self._listen()
+        try:
+            await self._listen()
+        except redis.RedisError as exc:
+            self._lost(exc)
+            return
         self.up = True
         log.info("fleet: joined as %s at %s", self.member, shown_url(self.config.url))
         try:
@@ -178,15 +183,18 @@ class Fleet:
     async def _catch_up(self, deliver: bool) -> None:
         """Adopt shared staples newer than ours; share ours where they are newer."""
         adopted = shared = 0
-        for managed in list(self.keeper.managed.values()):
-            if managed.next_due is None:
-                continue
-            found = await self._call(self.shared.load_with_origin, managed.key)
-            if found is not None and self._adopt(managed, *found):
-                adopted += 1
-            elif managed.held is not None and _newer(managed.held, found):
-                await self._call(self.shared.publish, managed.key, _stored(managed, managed.held))
-                shared += 1
+        fetchable = [m for m in self.keeper.managed.values() if m.next_due is not None]
+        for start in range(0, len(fetchable), CATCH_UP_BATCH):
+            batch = fetchable[start : start + CATCH_UP_BATCH]
+            found = await self._call(self.shared.load_many, [m.key for m in batch])
+            newer = []
+            for managed, shared_staple in zip(batch, found, strict=True):
+                if shared_staple is not None and self._adopt(managed, *shared_staple):
+                    adopted += 1
+                elif managed.held is not None and _newer(managed.held, shared_staple):
+                    newer.append((managed.key, _stored(managed, managed.held)))
+            await self._call(self.shared.publish_many, newer)
+            shared += len(newer)
         if adopted and deliver:
             await self.keeper.deliver()
         if adopted or shared:
@@ -194,14 +202,15 @@ class Fleet:
 
     # --- Hearing other members ------------------------------------------------------------------
 
-    def _listen(self) -> None:
-        """Start the listener thread: announcements go to `_heard`, Redis trouble to `_lost`."""
+    async def _listen(self) -> None:
+        """Subscribe, then start the listener thread: announcements go to `_heard`, Redis
+        trouble to `_lost`. Once this returns, no announcement is missed."""
         self._stop_listening()
+        pubsub = self.shared.client.pubsub(ignore_subscribe_messages=True)
+        await self._call(pubsub.subscribe, self.shared.channel)
         stop = threading.Event()
         self._listening = stop
         loop = asyncio.get_running_loop()
-        pubsub = self.shared.client.pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(self.shared.channel)  # here, so that nothing from now on is missed
         self._listener = threading.Thread(
             target=self._listen_until, args=(pubsub, stop, loop), daemon=True, name="fleet-listen"
         )

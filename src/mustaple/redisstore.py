@@ -252,6 +252,19 @@ class RedisStore:
         token = int(self._acquire(keys=keys, args=[self.member, _ms_delta(ttl)]))
         return Lease(key, self.member, token) if token else None
 
+    def load_many(self, keys: list[str]) -> list[tuple[StoredStaple, str] | None]:
+        """`load_with_origin` of each key, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(self._k("staple", key))
+        return [_found(fields) for fields in pipe.execute()]
+
+    def publish_many(self, staples: list[tuple[str, StoredStaple]]) -> None:
+        """`publish` each (key, staple), in one transaction."""
+        with self.transaction():
+            for key, staple in staples:
+                self.publish(key, staple)
+
     def look(self, key: str) -> tuple[tuple[StoredStaple, str] | None, Retry | None]:
         """The stored staple with who fetched it, and the retry mark, in one round trip."""
         pipe = self.client.pipeline(transaction=False)
