@@ -24,6 +24,7 @@ from mustaple.config import CertEntry, Config, FleetConfig, KeeperPolicy
 from mustaple.fetch import FetchPolicy
 from mustaple.fleet import Fleet
 from mustaple.keeper import Keeper
+from mustaple.metrics import Metrics
 from mustaple.redisstore import Lease, RedisStore
 from mustaple.sinks import build_sink
 from mustaple.store import SqliteStore, StoredStaple, cert_key
@@ -291,6 +292,9 @@ def test_a_member_adopts_an_announced_staple_within_a_second(
             await eventually(lambda: b.served(leaf) == a.served(leaf) is not None, 2.0)
             await b.keeper.tick()  # nothing due for b: it fetches nothing
             assert len(w.responder.requests) == 1
+            text = Metrics(b.keeper, fleet=b.fleet).exposition()[0].decode()
+            assert "mustaple_fleet_connected 1.0" in text
+            assert "mustaple_fleet_adopted_total 1.0" in text
 
     run(scenario)
 
@@ -371,6 +375,8 @@ def test_redis_gone_members_go_on_alone_and_rejoin(
                 await w.tick_all()  # both due, Redis gone: each fetches alone
                 assert not a.fleet.up
                 assert not b.fleet.up
+                text = Metrics(a.keeper, fleet=a.fleet).exposition()[0].decode()
+                assert "mustaple_fleet_connected 0.0" in text
                 for m in w.members:
                     for managed in m.keeper.managed.values():
                         assert managed.held is not None

@@ -73,8 +73,8 @@ async def serve(
     config = check_config(config_path)
     while True:
         async with open_keeper(config, clock=clock) as keeper:
-            metrics = Metrics(keeper, clock=clock)  # attaches itself to keeper.observers
             fleet = await _join(config, keeper)
+            metrics = Metrics(keeper, clock=clock, fleet=fleet)  # observes the keeper
             try:
                 await _start(keeper)  # stored staples first: never answer empty-handed
                 runner = (

@@ -71,7 +71,8 @@ class Fleet:
             history_limit=SHARED_HISTORY,
             timeout=timeout,
         )
-        self.up = False
+        self.up = False  # whether Redis answers (else this member goes on alone)
+        self.adopted = 0  # staples fetched by other members and adopted here
         self._keeper: Keeper | None = None
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="mustaple-redis")
         self._heard: asyncio.Queue[str] = asyncio.Queue()
@@ -268,9 +269,10 @@ class Fleet:
         if current is not None and current.der == stored.der:
             return False
         staple = self._validated(managed, stored)
-        if staple is None:
+        if staple is None or not self.keeper.adopt(managed, staple, stored, origin):
             return False
-        return self.keeper.adopt(managed, staple, stored, origin)
+        self.adopted += 1
+        return True
 
     def _validated(self, managed: Managed, stored: StoredStaple) -> Staple | None:
         """The shared staple if it passes our own validation; never trusted otherwise."""

@@ -6,7 +6,9 @@ tests do not collide) and attaches itself to the keeper as an observer:
 - per certificate gauges (`name`, `serial` labels) are computed at scrape time from the
   keeper's state, so they are always current, with no timer updating them;
 - fetch counters and the attempt latency histogram are fed by `observe` after every refresh;
-- local responder counters are fed by `served` (the responder's `on_served` callback).
+- local responder counters are fed by `served` (the responder's `on_served` callback);
+- in fleet mode, whether Redis answers and how many staples were adopted from other members,
+  read from the `Fleet` at scrape time.
 
 `exposition(accept)` renders the registry in the format the scraper asks for.
 """
@@ -17,10 +19,11 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
 from mustaple.fetch import FetchResult, utc_now
+from mustaple.fleet import Fleet
 from mustaple.keeper import Keeper, Managed
 
 __all__ = ["RESPONDER_RESULTS", "STATES", "Metrics", "serial_hex"]
@@ -41,7 +44,9 @@ def serial_hex(managed: Managed) -> str:
 class Metrics:
     """The metrics of one keeper; attaches `observe` to `keeper.observers`."""
 
-    def __init__(self, keeper: Keeper, *, clock: Clock = utc_now) -> None:
+    def __init__(
+        self, keeper: Keeper, *, clock: Clock = utc_now, fleet: Fleet | None = None
+    ) -> None:
         self.registry = CollectorRegistry()
         self.fetches = Counter(
             "mustaple_fetches",
@@ -64,6 +69,8 @@ class Metrics:
             self.responder_requests.labels(result)
         self._certificates = _CertificateCollector(keeper, clock)
         self.registry.register(self._certificates)
+        if fleet is not None:
+            self.registry.register(_FleetCollector(fleet))
         keeper.observers.append(self.observe)
 
     def observe(self, managed: Managed, result: FetchResult) -> None:
@@ -131,6 +138,34 @@ class _CertificateCollector:
             stored = self.keeper.store.load(key)
             self._fetched[key] = stored.fetched_at if stored else None
         return self._fetched[key]
+
+
+class _FleetCollector:
+    """Fleet mode: whether Redis answers, and the staples adopted from other members."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        connected, adopted = families = self._families()
+        connected.add_metric([], float(self.fleet.up))
+        adopted.add_metric([], float(self.fleet.adopted))
+        return iter(families)
+
+    def _families(self) -> tuple[GaugeMetricFamily, CounterMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "mustaple_fleet_connected",
+                "1 while the fleet's Redis answers; 0 while this member goes on alone.",
+            ),
+            CounterMetricFamily(
+                "mustaple_fleet_adopted",
+                "Staples fetched by other members, validated here and adopted.",
+            ),
+        )
 
 
 def _families() -> tuple[GaugeMetricFamily, ...]:
