@@ -189,6 +189,7 @@ def test_kill_9_of_the_lease_holder_hands_over_after_the_lease(fleet: Fleet) -> 
     assert {shared.record(cert_key(x.cert)).lease_holder for x in leaves} == {"m0-again"}
     others = [fleet.start("m1"), fleet.start("m2")]
     wait_for(lambda: all(m.staple(early) for m in others))  # adopted from the shared state
+    assert fleet.fetches(early) == 1
     time.sleep(2 * LEASE_SECONDS)  # the lease is renewed: nobody else asks the CA
     assert fleet.fetches(*leaves) == len(leaves)
     holder.process.kill()  # kill -9 in the middle of the fetches
