@@ -108,10 +108,10 @@ class Managed:
 
 @dataclass(frozen=True)
 class Turn:
-    """A coordinator's answer for one due certificate: fetch (the default), adopt a shared
-    staple, or wait until a time. `token` is the coordinator's own (a lease), handed back."""
+    """A coordinator's answer for one due certificate: fetch (the default), or wait until a
+    time (it may have adopted a shared staple, through `Keeper.adopt`, meanwhile). `token` is
+    the coordinator's own (a lease), handed back to `settle`."""
 
-    adopt: tuple[Staple, StoredStaple, str] | None = None  # staple, as stored, fetched by
     wait_until: datetime | None = None
     token: object = None
 
@@ -316,9 +316,7 @@ class Keeper:
             await self._refresh(managed)
             return
         turn = await self.coordinator.claim(managed)
-        if turn.adopt is not None:
-            self.adopt(managed, *turn.adopt)
-        elif turn.wait_until is not None:
+        if turn.wait_until is not None:
             managed.next_due = turn.wait_until
         else:
             result = None
