@@ -265,8 +265,11 @@ def test_a_simulated_day_fetches_each_staple_once_per_window(
             for leaf in w.leaves:
                 times = w.fetch_times(leaf)
                 gaps = [b - a for a, b in itertools.pairwise(times)]
-                assert all(gap >= 0.4 * window - timedelta(minutes=1) for gap in gaps), gaps
-                assert 8 <= len(times) <= 10, len(times)  # a day of 3-hour-ish windows
+                # never two fetches in one window: the earliest refresh point of the members
+                # (0.4 to 0.5 of the window, jittered) is the only fetch of that window
+                assert all(gap >= 0.4 * window - timedelta(minutes=1) for gap in gaps), min(gaps)
+                assert all(gap <= 0.5 * window + timedelta(minutes=1) for gap in gaps), max(gaps)
+                assert 9 <= len(times) <= 11, len(times)
 
             def all_newest() -> bool:
                 return all(

@@ -4,8 +4,8 @@ A `Fleet` is the keeper's `Coordinator`. For each certificate that falls due it 
 (`claim`), looking at the shared state (`mustaple.redisstore`):
 
 1. a shared staple newer than ours, that passes our own validation: adopt it, fetch nothing;
-2. the same staple as ours, fetched by a member so recently that it is not due yet: wait until
-   it is (counted from when that member fetched it);
+2. the same staple as ours, fetched again by a member less than `min_interval` ago (the CA
+   answered the same): wait until `min_interval` has passed;
 3. the fleet asked to wait after a failure (a retry mark by another member): wait until then;
 4. the lease of the certificate is ours: fetch (the lease is renewed while fetching); `settle`
    then stores the staple under the lease's fencing token (or marks when to retry), records
@@ -45,7 +45,6 @@ from mustaple.config import FleetConfig
 from mustaple.fetch import FetchResult
 from mustaple.keeper import Keeper, Managed, Turn, attempt_records
 from mustaple.redisstore import Lease, RedisStore, shown_url
-from mustaple.schedule import next_refresh
 from mustaple.store import StoredStaple
 from mustaple.verify import Staple, verify
 
@@ -325,9 +324,11 @@ class Fleet:
             return None
         stored, origin = found
         current = managed.revoked or managed.held
-        keeper = self.keeper
         if current is not None and current.der == stored.der:  # ours: validated already
-            due = next_refresh(current, stored.fetched_at, keeper.dice, keeper.policy.schedule)
+            # due, unless it was adopted while we looked (its schedule then says when), or a
+            # member fetched it again just now (the CA answered the same: keep the floor)
+            again = stored.fetched_at + self.keeper.policy.schedule.min_interval
+            due = max(again, managed.next_due or now)
             return Turn(wait_until=due) if due > now else None
         if self._adopt(managed, stored, origin):
             return Turn(wait_until=managed.next_due)

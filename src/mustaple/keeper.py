@@ -315,9 +315,13 @@ class Keeper:
         if self.coordinator is None:
             await self._refresh(managed)
             return
+        due = managed.next_due
+        if due is None or due > self.clock():
+            return  # a staple was adopted since the pass began: not due any more
         turn = await self.coordinator.claim(managed)
         if turn.wait_until is not None:
-            managed.next_due = turn.wait_until
+            if managed.next_due == due:  # else a staple was adopted meanwhile: its schedule wins
+                managed.next_due = turn.wait_until
         else:
             result = None
             try:
