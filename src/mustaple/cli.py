@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -305,17 +305,14 @@ def status(*, config_path: str, as_json: bool, fleet: bool) -> int:
     --fleet: every member, and who fetched each certificate's staple, when."""
     config = load_config(Path(config_path))
     if fleet:
-        view = fleet_view(config, utc_now())
-        if as_json:
-            click.echo(json.dumps(view, indent=2))
-        else:
-            print_fleet_tables(view)
-        return ExitCode.GOOD
-    rows = status_rows(config, utc_now())
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        view: Any = fleet_view(config, utc_now())
+        show: Callable[[Any], None] = print_fleet_tables
     else:
-        print_status_table(rows)
+        view, show = status_rows(config, utc_now()), print_status_table
+    if as_json:
+        click.echo(json.dumps(view, indent=2))
+    else:
+        show(view)
     return ExitCode.GOOD
 
 
