@@ -407,6 +407,44 @@ def test_prefix_and_arguments(tmp_path: Path) -> None:
     run(scenario, tmp_path)
 
 
+def test_one_answer_whatever_the_server(tmp_path: Path) -> None:
+    """`Responder.answer` decides; `for_path` and `for_body` read the request and count."""
+
+    async def scenario(w: World) -> None:
+        leaf, _, held = await w.stapled()
+        counted: list[str] = []
+        responder = add_routes(
+            web.Application(), w.keeper, max_request_size=LIMIT, clock=w.clock,
+            on_served=counted.append,
+        )  # fmt: skip
+        cert_id = make_cert_id(leaf.issuer, leaf.cert.serial_number)
+        now = w.clock.now
+        ok = responder.answer(cert_id, now, None)
+        assert (ok.status, ok.body, ok.result) == (200, held.der, "good")
+        assert list(ok.headers) == [
+            "Content-Type", "ETag", "Last-Modified", "Expires", "Cache-Control"
+        ]  # fmt: skip
+        assert responder.answer(cert_id, now, None) is ok  # the same until max-age changes
+        not_modified = responder.answer(cert_id, now, ok.headers["ETag"])
+        assert (not_modified.status, not_modified.body) == (304, b"")
+        assert not_modified.result == "not-modified"
+        assert "Content-Type" not in not_modified.headers
+        assert responder.answer(None, now, None).body == MALFORMED_REQUEST
+        stranger = make_cert_id(leaf.issuer, leaf.cert.serial_number + 1)
+        assert responder.answer(stranger, now, None).body == UNAUTHORIZED
+        assert counted == []  # answer() counts nothing
+        request = request_of(leaf)
+        assert responder.for_path(path_of(request), None) is ok
+        assert responder.for_body(request, None) is ok
+        assert responder.for_path("/ocsp/" + "A" * LIMIT, None) is None  # refused by the caller
+        assert counted == ["good", "good"]
+        later = responder.answer(cert_id, now + timedelta(seconds=1), None)
+        assert later is not ok
+        assert (later.body, later.headers["ETag"]) == (ok.body, ok.headers["ETag"])
+
+    run(scenario, tmp_path)
+
+
 def test_read_cert_id() -> None:
     leaf = CA().issue(NAME)
     for hash_name in ("sha1", "sha256", "sha384", "sha512"):

@@ -27,13 +27,18 @@ limit) or 414 (GET path). Nothing here contacts a CA, or anything else: the resp
 reads the keeper's memory, so it is never an open proxy and answers at once even when the CA
 is down. It answers whoever can reach the app, which listens on loopback unless configured
 otherwise (`mustaple.config.HttpConfig`).
+
+What to answer is decided in one place, `Responder.answer` (a CertID, `now` and the
+If-None-Match header in, an `Answer` out: status, headers, body and the metrics label); the
+aiohttp handlers here and the fast path of `mustaple.fastpath` only put it on the wire.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
 from typing import TypeVar
@@ -49,7 +54,14 @@ from mustaple.request import HASHES, CertId
 from mustaple.schedule import SchedulePolicy, refresh_point
 from mustaple.verify import Staple
 
-__all__ = ["MALFORMED_REQUEST", "UNAUTHORIZED", "add_routes", "read_cert_id"]
+__all__ = [
+    "MALFORMED_REQUEST",
+    "UNAUTHORIZED",
+    "Answer",
+    "Responder",
+    "add_routes",
+    "read_cert_id",
+]
 
 Clock = Callable[[], datetime]
 OnServed = Callable[[str], None]
@@ -71,8 +83,9 @@ def add_routes(
     max_request_size: int = 10000,
     clock: Clock = utc_now,
     on_served: OnServed | None = None,
-) -> None:
-    """Serve OCSP requests under `prefix` from `keeper`'s staples (see the module docstring).
+) -> Responder:
+    """Serve OCSP requests under `prefix` from `keeper`'s staples (see the module docstring);
+    return the `Responder` behind the routes (`mustaple.fastpath` answers with it too).
 
     `on_served` is called once per request with the result: "good", "revoked",
     "not-modified", "unauthorized", "malformed" or "too-large" (for metrics).
@@ -81,11 +94,11 @@ def add_routes(
         raise ValueError(f"prefix must start with '/', not {prefix!r}")
     if max_request_size < 1:
         raise ValueError("max_request_size must be at least 1 byte")
-    base = prefix.rstrip("/")
-    responder = _Responder(keeper, len(base) + 1, max_request_size, clock, on_served)
-    for path in sorted({base or "/", base + "/"}):
+    responder = Responder(keeper, prefix.rstrip("/"), max_request_size, clock, on_served)
+    for path in sorted({responder.base or "/", responder.base + "/"}):
         app.router.add_post(path, responder.post)
-    app.router.add_get(base + "/{request:.*}", responder.get)
+    app.router.add_get(responder.base + "/{request:.*}", responder.get)
+    return responder
 
 
 def read_cert_id(request_der: bytes) -> CertId | None:
@@ -104,11 +117,35 @@ def read_cert_id(request_der: bytes) -> CertId | None:
     )
 
 
-class _Prepared:
-    """What every answer carrying one staple shares, worked out once per staple; the headers
-    are made again only when `max-age` changes (once a second at most)."""
+@dataclass(frozen=True, eq=False, slots=True)
+class Answer:
+    """One answer of the responder before any HTTP framing: what every server sends for it.
 
-    __slots__ = ("_headers", "_max_age", "body", "etag", "fixed", "fresh_until", "result")
+    `headers` are in the order sent (Content-Length, Date and Server are the server's to
+    add); `result` is the `on_served` label. Answers compare by identity: the same object is
+    returned while nothing in it changes (a second at least), so servers may cache what they
+    make of it. Shared: callers must not change `headers`.
+    """
+
+    status: int  # 200, or 304 for a matching If-None-Match
+    headers: Mapping[str, str]
+    body: bytes  # empty for a 304
+    result: str
+
+
+def _unsuccessful(body: bytes, result: str) -> Answer:
+    return Answer(200, {"Content-Type": OCSP_RESPONSE, "Cache-Control": "no-store"}, body, result)
+
+
+MALFORMED_ANSWER = _unsuccessful(MALFORMED_REQUEST, "malformed")
+UNAUTHORIZED_ANSWER = _unsuccessful(UNAUTHORIZED, "unauthorized")
+
+
+class _Prepared:
+    """What every answer carrying one staple shares, worked out once per staple; the two
+    answers (200 and 304) are made again only when `max-age` changes (once a second at most)."""
+
+    __slots__ = ("_max_age", "answers", "body", "etag", "fixed", "fresh_until", "result")
 
     def __init__(self, staple: Staple, schedule: SchedulePolicy) -> None:
         self.body = staple.der
@@ -122,60 +159,94 @@ class _Prepared:
         self.fresh_until = min(refresh_point(staple, schedule), staple.effective_expiry)
         self.result = "good" if staple.good else "revoked"  # the `on_served` label
         self._max_age = -1
-        self._headers: dict[str, str] = {}
+        self.answers = (MALFORMED_ANSWER, MALFORMED_ANSWER)  # replaced at the first call
 
-    def headers_at(self, now: datetime) -> dict[str, str]:
-        """The headers of a 200 answer at `now` (shared: callers must not change them)."""
+    def answers_at(self, now: datetime) -> tuple[Answer, Answer]:
+        """The 200 answer and the 304 answer at `now`."""
         max_age = max(0, int((self.fresh_until - now).total_seconds()))
         if max_age != self._max_age:
             cache_control = _CACHE_CONTROL.format(max_age)
-            self._headers = {
-                "Content-Type": OCSP_RESPONSE,
-                **self.fixed,
-                "Cache-Control": cache_control,
-            }
+            headers = {"Content-Type": OCSP_RESPONSE, **self.fixed, "Cache-Control": cache_control}
+            unchanged = {k: v for k, v in headers.items() if k != "Content-Type"}
+            self.answers = (
+                Answer(200, headers, self.body, self.result),
+                Answer(304, unchanged, b"", "not-modified"),
+            )
             self._max_age = max_age
-        return self._headers
+        return self.answers
 
 
-class _Responder:
-    """The request handlers, with what they remember between requests.
+class Responder:
+    """The responder: what it answers (`answer`), for a GET path (`for_path`) or a POST body
+    (`for_body`), and the aiohttp handlers that serve those (`get`, `post`).
 
     Two bounded caches keep the hot path free of parsing: the CertID of each request already
-    read (by GET path or POST body), and the prepared answer of each staple (by its DER).
+    read (by GET path or POST body), and the prepared answers of each staple (by its DER).
+    `base` is the prefix without its trailing '/' ("" for "/").
     """
 
     def __init__(
         self,
         keeper: Keeper,
-        path_start: int,
+        base: str,
         max_request_size: int,
         clock: Clock,
         on_served: OnServed | None,
     ) -> None:
         self.keeper, self.clock = keeper, clock
-        self.path_start, self.limit = path_start, max_request_size
+        self.base, self.limit = base, max_request_size
+        self.path_start = len(base) + 1
         self.on_served = on_served or _ignore
         self._cert_ids: dict[str | bytes, CertId] = {}
         self._prepared: dict[bytes, _Prepared] = {}
 
-    async def get(self, request: web.Request) -> web.Response:
-        path = request.raw_path
-        if len(path) > self.limit:
-            return await self._too_large(request, 414)
-        cert_id = self._cert_ids.get(path)
+    def answer(self, cert_id: CertId | None, now: datetime, if_none_match: str | None) -> Answer:
+        """What to answer at `now` for a request about `cert_id` (None: unreadable) with
+        this If-None-Match header (None: none). Counts nothing."""
         if cert_id is None:
-            cert_id = self._read(path, _from_path(path, self.path_start))
-        return self._answer(request, cert_id)
+            return MALFORMED_ANSWER
+        managed = self.keeper.find(cert_id)
+        staple = _servable(managed, now) if managed is not None else None
+        if staple is None:
+            return UNAUTHORIZED_ANSWER
+        prepared = self._prepare(staple)
+        ok, not_modified = prepared.answers_at(now)
+        if if_none_match is not None and _matches(if_none_match, prepared.etag):
+            return not_modified
+        return ok
+
+    def for_path(self, raw_path: str, if_none_match: str | None) -> Answer | None:
+        """The answer to `GET raw_path` (the path as sent, query included), counted; None
+        for a path over the size limit, which the caller refuses (414, counted there)."""
+        if len(raw_path) > self.limit:
+            return None
+        cert_id = self._cert_ids.get(raw_path)
+        if cert_id is None:
+            cert_id = self._read(raw_path, _from_path(raw_path, self.path_start))
+        answer = self.answer(cert_id, self.clock(), if_none_match)
+        self.on_served(answer.result)
+        return answer
+
+    def for_body(self, body: bytes, if_none_match: str | None) -> Answer:
+        """The answer to a POST of `body` (within the size limit), counted."""
+        cert_id = self._cert_ids.get(body)
+        if cert_id is None:
+            cert_id = self._read(body, body)
+        answer = self.answer(cert_id, self.clock(), if_none_match)
+        self.on_served(answer.result)
+        return answer
+
+    async def get(self, request: web.Request) -> web.Response:
+        answer = self.for_path(request.raw_path, request.headers.get("If-None-Match"))
+        if answer is None:
+            return await self._too_large(request, 414)
+        return _response(answer)
 
     async def post(self, request: web.Request) -> web.Response:
         body = await _read_body(request, self.limit)
         if body is None:
             return await self._too_large(request, 413)
-        cert_id = self._cert_ids.get(body)
-        if cert_id is None:
-            cert_id = self._read(body, body)
-        return self._answer(request, cert_id)
+        return _response(self.for_body(body, request.headers.get("If-None-Match")))
 
     def _read(self, key: str | bytes, request_der: bytes) -> CertId | None:
         cert_id = read_cert_id(request_der)
@@ -183,34 +254,12 @@ class _Responder:
             _put(self._cert_ids, key, cert_id)
         return cert_id
 
-    def _answer(self, request: web.Request, cert_id: CertId | None) -> web.Response:
-        if cert_id is None:
-            return self._unsuccessful(MALFORMED_REQUEST, "malformed")
-        now = self.clock()
-        managed = self.keeper.find(cert_id)
-        staple = _servable(managed, now) if managed is not None else None
-        if staple is None:
-            return self._unsuccessful(UNAUTHORIZED, "unauthorized")
-        prepared = self._prepare(staple)
-        headers = prepared.headers_at(now)
-        if _matches(request.headers.get("If-None-Match"), prepared.etag):
-            self.on_served("not-modified")
-            unchanged = {k: v for k, v in headers.items() if k != "Content-Type"}
-            return web.Response(status=304, headers=unchanged)
-        self.on_served(prepared.result)
-        return web.Response(body=prepared.body, headers=headers)
-
     def _prepare(self, staple: Staple) -> _Prepared:
         prepared = self._prepared.get(staple.der)
         if prepared is None:
             prepared = _Prepared(staple, self.keeper.policy.schedule)
             _put(self._prepared, staple.der, prepared)
         return prepared
-
-    def _unsuccessful(self, body: bytes, result: str) -> web.Response:
-        self.on_served(result)
-        headers = {"Content-Type": OCSP_RESPONSE, "Cache-Control": "no-store"}
-        return web.Response(body=body, headers=headers)
 
     async def _too_large(self, request: web.Request, status: int) -> web.Response:
         """Refuse, then close the connection: the rest of a body too large is never read
@@ -221,6 +270,11 @@ class _Responder:
         await response.write_eof()
         request.protocol.force_close()
         return response
+
+
+def _response(answer: Answer) -> web.Response:
+    """`answer` for aiohttp."""
+    return web.Response(status=answer.status, body=answer.body or None, headers=answer.headers)
 
 
 def _servable(managed: Managed, now: datetime) -> Staple | None:

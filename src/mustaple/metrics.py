@@ -65,8 +65,8 @@ class Metrics:
             ("result",),
             registry=self.registry,
         )
-        for result in RESPONDER_RESULTS:
-            self.responder_requests.labels(result)
+        # each result's child looked up once: `served` runs for every request answered
+        self._served = {r: self.responder_requests.labels(r) for r in RESPONDER_RESULTS}
         self._certificates = _CertificateCollector(keeper, clock)
         self.registry.register(self._certificates)
         if fleet is not None:
@@ -85,7 +85,10 @@ class Metrics:
 
     def served(self, result: str) -> None:
         """Count one request answered by the local responder (its `on_served` callback)."""
-        self.responder_requests.labels(result).inc()
+        counter = self._served.get(result)
+        if counter is None:
+            counter = self._served[result] = self.responder_requests.labels(result)
+        counter.inc()
 
     def exposition(self, accept: str = "") -> tuple[bytes, str]:
         """The registry rendered for a scraper's Accept header, and its content type."""

@@ -1,7 +1,9 @@
 """The HTTP endpoint: health, readiness, status JSON, a status page and Prometheus metrics.
 
 `start_http(keeper, http, metrics=...)` serves `make_app(...)` on `http.host:http.port`
-(loopback by default) and returns the runner; `await runner.cleanup()` stops it. Endpoints:
+(loopback by default) and returns an `HttpServer`; `await server.cleanup()` stops it. Every
+connection goes first through `mustaple.fastpath`, which answers the OCSP GETs itself and
+hands everything else to aiohttp. Endpoints:
 
 - `/healthz`: 200 "ok" while the event loop runs.
 - `/readyz`: 200 when every must-staple certificate has a valid good staple, else 503 and the
@@ -12,31 +14,35 @@
 - `/metrics`: Prometheus text or OpenMetrics, as the scraper asks (`mustaple.metrics`).
 
 The local OCSP responder (`mustaple.localresponder`) is served under `/ocsp`, its answers
-counted by the metrics. Every value shown in HTML is escaped.
+counted by the metrics. Every value shown in HTML is escaped. A request aiohttp cannot parse
+is the client's doing: logged at debug level, in one line (aiohttp logs a traceback).
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from html import escape
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http import HttpProcessingError
 
 from mustaple.config import HttpConfig
 from mustaple.errors import InputError
+from mustaple.fastpath import IDLE_TIMEOUT, FastPath
 from mustaple.fetch import utc_now
 from mustaple.keeper import Keeper, Managed
-from mustaple.localresponder import add_routes
+from mustaple.localresponder import Responder, add_routes
 from mustaple.metrics import Metrics, serial_hex
 from mustaple.report import human_duration
 from mustaple.schedule import Alert, SchedulePolicy, alert_level, refresh_point
 from mustaple.store import AttemptRecord
 
-__all__ = ["Health", "health", "make_app", "not_ready", "start_http"]
+__all__ = ["Health", "HttpServer", "health", "make_app", "not_ready", "start_http"]
 
 log = logging.getLogger("mustaple")
 Clock = Callable[[], datetime]
@@ -44,6 +50,8 @@ ATTEMPTS_SHOWN = 5
 PAGE_REFRESH_SECONDS = 30
 _NAMES_SHOWN = 20  # in the /readyz body
 _PATH_SHOWN = 36  # characters of a certificate's path on the page; all of it in the title
+BACKLOG = 1024  # connections waiting to be accepted (servers ask for staples in bursts)
+HEAD_FIELDS = 16384  # bytes of header lines, beyond the request line, the fast path waits for
 
 
 class Health(enum.Enum):
@@ -94,6 +102,13 @@ def make_app(
     keeper: Keeper, metrics: Metrics, http: HttpConfig, *, clock: Clock = utc_now
 ) -> web.Application:
     """The application serving the endpoints of the module docstring."""
+    return _app(keeper, metrics, http, clock)[0]
+
+
+def _app(
+    keeper: Keeper, metrics: Metrics, http: HttpConfig, clock: Clock
+) -> tuple[web.Application, Responder]:
+    """`make_app`, and the local responder it serves."""
     endpoints = _Endpoints(keeper, metrics, clock)
     app = web.Application()
     app.router.add_get("/", endpoints.page)
@@ -101,28 +116,106 @@ def make_app(
     app.router.add_get("/readyz", endpoints.readyz)
     app.router.add_get("/status", endpoints.status)
     app.router.add_get("/metrics", endpoints.prometheus)
-    add_routes(
-        app, keeper, max_request_size=http.max_request_size, clock=clock, on_served=metrics.served
+    responder = add_routes(
+        app,
+        keeper,
+        max_request_size=http.max_request_size,
+        clock=clock,
+        on_served=metrics.served,
     )
-    return app
+    return app, responder
 
 
-async def start_http(keeper: Keeper, http: HttpConfig, *, metrics: Metrics) -> web.AppRunner:
-    """Serve `make_app` on `http.host:http.port`; raise InputError if that is impossible."""
-    app = make_app(keeper, metrics, http, clock=keeper.clock)
+class HttpServer:
+    """The running HTTP endpoint (what `start_http` returns)."""
+
+    def __init__(self, server: asyncio.Server, runner: web.AppRunner, fast: FastPath) -> None:
+        self.server, self.runner, self.fast = server, runner, fast
+
+    @property
+    def addresses(self) -> list[Any]:
+        """The addresses listened on, as `socket.getsockname()` gives them."""
+        return [sock.getsockname() for sock in self.server.sockets]
+
+    async def cleanup(self) -> None:
+        """Stop listening and close every connection (aiohttp's within its shutdown time).
+        Once: later calls do nothing."""
+        if self.fast.closed:
+            return
+        self.server.close()
+        self.fast.close()
+        await self.runner.cleanup()
+        await self.server.wait_closed()
+
+
+async def start_http(keeper: Keeper, http: HttpConfig, *, metrics: Metrics) -> HttpServer:
+    """Serve `make_app` on `http.host:http.port`, OCSP GETs through `mustaple.fastpath`;
+    raise InputError if that is impossible."""
+    app, responder = _app(keeper, metrics, http, keeper.clock)
     # aiohttp refuses long request lines itself; let a GET request up to the cap through
     line = max(8190, http.max_request_size + 64)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, max_line_size=line)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=2.0,
+        max_line_size=line,
+        keepalive_timeout=IDLE_TIMEOUT,  # as on the fast path
+        logger=_ServerLog(),
+    )
     await runner.setup()
+    assert runner.server is not None  # set up
+    fast = FastPath(responder, runner.server, max_head=line + HEAD_FIELDS)
     try:
-        await web.TCPSite(runner, http.host, http.port).start()
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(fast, http.host, http.port, backlog=BACKLOG)
     except OSError as exc:
+        fast.close()
         await runner.cleanup()
         where = f"{keeper.config.path}: http.listen"
         raise InputError(f"{where}: cannot listen on {http.host}:{http.port} ({exc})") from exc
-    host, port = runner.addresses[0][:2]
+    endpoint = HttpServer(server, runner, fast)
+    host, port = endpoint.addresses[0][:2]
     log.info("HTTP endpoint at http://%s:%d/", host, port)
-    return runner
+    return endpoint
+
+
+class _ServerLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's server log, where a request aiohttp cannot parse (the client's doing) is one
+    line at debug level instead of a traceback; any other error is logged as aiohttp does."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"))
+
+    def exception(
+        self,
+        msg: object,
+        *args: object,
+        exc_info: Any = True,
+        stack_info: bool = False,
+        stacklevel: int = 1,
+        extra: Mapping[str, object] | None = None,
+        **kwargs: object,
+    ) -> None:
+        if isinstance(exc_info, HttpProcessingError | web.RequestPayloadError):
+            text = str(msg) % args if args else str(msg)
+            self.debug("%s: %s", text, _one_line(exc_info))
+            return
+        super().exception(
+            msg,
+            *args,
+            exc_info=exc_info,
+            stack_info=stack_info,
+            stacklevel=stacklevel,
+            extra=extra,
+            **kwargs,
+        )
+
+
+def _one_line(exc: BaseException) -> str:
+    """What aiohttp says of a request it refuses, on one line of at most 200 characters."""
+    message = getattr(exc, "message", None)
+    text = " ".join(str(message if isinstance(message, str) and message else exc).split())
+    return text if len(text) <= 200 else text[:199] + "…"
 
 
 class _Endpoints:
