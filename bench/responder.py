@@ -3,18 +3,23 @@
 Three servers on loopback answer the same OCSP response to HTTP GETs from `wrk` (256
 connections, 2 threads, `--latency`), in the same run, in alternating rounds:
 
-* mustaple: `mustaple.localresponder.add_routes` on a bare aiohttp app (no access log) in its
-  own process (this script with `--serve`), whose keeper holds valid staples for
+* mustaple: `mustaple.web.start_http`, the HTTP endpoint as `mustaple run` serves it (the
+  fast path of `mustaple.fastpath` in front of aiohttp, every answer counted in the metrics),
+  in its own process (this script with `--serve`), whose keeper holds valid staples for
   `--certificates` certificates, fetched from a throwaway CA responder that is stopped before
   the load: only the keeper's memory answers. wrk asks for one certificate's RFC 5019 GET URL.
 * aiohttp floor: in the same process, a one-line aiohttp handler returning the same bytes on
-  the same path: what any responder built on aiohttp pays before doing anything.
+  the same path: what any responder built on aiohttp pays before doing anything (mustaple's
+  responder was one until the fast path).
 * nginx: the same DER as a static file, `worker_processes 1` (one event loop, like mustaple).
 
 Two loads: *saturated*, the issue's command (every connection sends its next request as soon
 as the answer arrives), and *paced*, where each connection waits a random 0 to 2 x `PACE_MS`
 between requests (a load well under saturation), for the latency of a server not queueing.
-Each round also records the server's CPU time per request. Figures are medians of the rounds.
+Each round also records the CPU time per request of the server and of wrk, and so how many
+of the machine's cores the two kept busy, and what else the machine did meanwhile: a round
+during which other work kept more than `NOISY_CORES` busy is run again (up to `TRIES` times
+in all; the quietest is kept). Figures are medians of the rounds.
 The goal: at least half of nginx's requests per second, with a p99 under 5 ms, at 256
 connections. wrk, the servers and Python share the machine's cores.
 
@@ -34,6 +39,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -54,12 +60,14 @@ import aiohttp
 from aiohttp import web
 
 from docsection import cpu_model, markers, write_section
-from mustaple.config import CertEntry, Config
+from mustaple.config import CertEntry, Config, HttpConfig
 from mustaple.keeper import Keeper
-from mustaple.localresponder import OCSP_RESPONSE, add_routes
+from mustaple.localresponder import OCSP_RESPONSE
+from mustaple.metrics import Metrics
 from mustaple.request import encode_request, get_url, make_cert_id
 from mustaple.store import SqliteStore
 from mustaple.testing import CA, OCSPResponder
+from mustaple.web import start_http
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "performance.md"
@@ -68,6 +76,7 @@ NGINX = "/usr/sbin/nginx"
 CONNECTIONS, THREADS = 256, 2
 PACE_MS = 100  # paced load: each connection waits this long between requests, on average
 GOAL_RATIO, GOAL_P99_MS = 0.5, 5.0
+NOISY_CORES, TRIES = 0.25, 3  # a round is run again while other work took more cores
 MUSTAPLE, FLOOR, NGINX_SIDE = "mustaple", "aiohttp floor", "nginx"
 SATURATED, PACED = "saturated", "paced"
 INSTALL_HINT = "install them: apt-get install -y wrk nginx"
@@ -129,9 +138,8 @@ async def serve(directory: Path, certificates: int) -> None:
         await stapled_keeper(keeper, directory, certificates)
         managed = min(keeper.managed.values(), key=lambda m: m.name)
         assert managed.held is not None
-        app = web.Application()
-        add_routes(app, keeper)
-        ours, port = await start_site(app)
+        ours = await start_http(keeper, HttpConfig(port=0), metrics=Metrics(keeper))
+        port = ours.addresses[0][1]
         floor, floor_port = await start_site(floor_app(managed.held.der))
         request = encode_request(make_cert_id(managed.target.issuer, managed.target.serial))
         ready = {
@@ -254,6 +262,20 @@ def fetch(url: str) -> bytes:
         return body
 
 
+def machine_busy_seconds() -> float:
+    """CPU time the machine's cores have spent busy so far (not idle, not waiting for I/O),
+    from /proc/stat: every process's, and the kernel's own."""
+    fields = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / TICKS
+
+
+def children_cpu_seconds() -> float:
+    """CPU time used so far by the processes this one ran and waited for (wrk)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time used so far by process `pid` and its live children (nginx's workers)."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
@@ -272,6 +294,8 @@ class Round:
     rate: float  # requests per second
     p99_ms: float
     cpu_us: float  # server CPU time per request, microseconds
+    wrk_cpu_us: float  # wrk's CPU time per request, microseconds
+    other_cores: float  # cores kept busy by anything but the server and wrk
     errors: str  # wrk's complaints (socket errors, non-2xx answers), or ""
 
 
@@ -292,22 +316,26 @@ def wrk_command(url: str, seconds: int, script: Path | None) -> list[str]:
 
 
 def run_wrk(side: Side, seconds: int, script: Path | None) -> Round:
-    before = cpu_seconds(side.pid)
+    before, wrk_before = cpu_seconds(side.pid), children_cpu_seconds()
+    busy_before = machine_busy_seconds()
     command = wrk_command(side.url, seconds, script)
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    used = cpu_seconds(side.pid) - before
-    return parse_wrk(output, used)
+    used, wrk_used = cpu_seconds(side.pid) - before, children_cpu_seconds() - wrk_before
+    other = machine_busy_seconds() - busy_before - used - wrk_used
+    return parse_wrk(output, used, wrk_used, max(other, 0.0) / seconds)
 
 
-def parse_wrk(output: str, cpu: float) -> Round:
+def parse_wrk(output: str, cpu: float, wrk_cpu: float, other_cores: float) -> Round:
     rate = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.M)
     p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)$", output, re.M)
     done = re.search(r"^\s+(\d+) requests in", output, re.M)
     if rate is None or p99 is None or done is None:
         raise SystemExit(f"cannot read wrk's output:\n{output}")
     errors = re.findall(r"^\s*(Socket errors:.*|Non-2xx or 3xx responses:.*)$", output, re.M)
-    cpu_us = cpu / max(int(done[1]), 1) * 1e6
-    return Round(float(rate[1]), float(p99[1]) * _UNITS_MS[p99[2]], cpu_us, "; ".join(errors))
+    count = max(int(done[1]), 1)
+    p99_ms = float(p99[1]) * _UNITS_MS[p99[2]]
+    cpu_us, wrk_cpu_us = cpu / count * 1e6, wrk_cpu / count * 1e6
+    return Round(float(rate[1]), p99_ms, cpu_us, wrk_cpu_us, other_cores, "; ".join(errors))
 
 
 @dataclass(frozen=True)
@@ -327,6 +355,18 @@ class Result:
     def cpu(self, side: str) -> float:
         return self.median(SATURATED, side, "cpu_us")
 
+    def wrk_cpu(self, side: str) -> float:
+        return self.median(SATURATED, side, "wrk_cpu_us")
+
+    def cores(self, side: str) -> tuple[float, float, float]:
+        """Cores kept busy, saturated: by the server, by wrk, by anything else."""
+        rate, other = self.rate(side), self.median(SATURATED, side, "other_cores")
+        return rate * self.cpu(side) / 1e6, rate * self.wrk_cpu(side) / 1e6, other
+
+    def mean_ms(self, side: str) -> float:
+        """The mean latency, saturated, by Little's law: connections over rate."""
+        return CONNECTIONS / self.rate(side) * 1000
+
     @property
     def ratio(self) -> float:
         return self.rate(MUSTAPLE) / self.rate(NGINX_SIDE)
@@ -345,13 +385,25 @@ def measure(sides: list[Side], rounds: int, seconds: int, script: Path) -> Resul
     for n in range(rounds):
         for load, paced in ((SATURATED, None), (PACED, script)):
             for side in sides if n % 2 == 0 else sides[::-1]:
-                measured = run_wrk(side, seconds, paced)
+                measured = quiet_round(side, load, seconds, paced)
                 results.setdefault((load, side.label), []).append(measured)
-                print(
-                    f"  {load:>9} {side.label:>13}: {measured.rate:9,.0f} req/s,"
-                    f" p99 {measured.p99_ms:6.2f} ms, {measured.cpu_us:5.1f} µs CPU/request"
-                )
     return Result(results)
+
+
+def quiet_round(side: Side, load: str, seconds: int, script: Path | None) -> Round:
+    """One round; run again (`TRIES` times at most) while something else on the machine kept
+    more than `NOISY_CORES` busy, and keep the quietest."""
+    tries: list[Round] = []
+    while len(tries) < TRIES and (not tries or tries[-1].other_cores > NOISY_CORES):
+        measured = run_wrk(side, seconds, script)
+        tries.append(measured)
+        print(
+            f"  {load:>9} {side.label:>13}: {measured.rate:9,.0f} req/s,"
+            f" p99 {measured.p99_ms:6.2f} ms, CPU/request: server"
+            f" {measured.cpu_us:5.1f} µs, wrk {measured.wrk_cpu_us:5.1f} µs;"
+            f" other {measured.other_cores:.2f} cores"
+        )
+    return min(tries, key=lambda r: r.other_cores)
 
 
 # --- Reporting ----------------------------------------------------------------------------------
@@ -373,14 +425,17 @@ def machine_facts() -> list[str]:
 
 def table(result: Result, sides: list[str]) -> list[str]:
     rows = [
-        f"| {side} | {result.rate(side):,.0f} | {result.p99(side):.2f} | {result.cpu(side):.1f}"
+        f"| {side} | {result.rate(side):,.0f} | {result.p99(side):.2f}"
+        f" | {result.mean_ms(side):.2f} | {result.cpu(side):.1f} | {result.wrk_cpu(side):.1f}"
+        f" | {' + '.join(f'{n:.2f}' for n in result.cores(side))}"
         f" | {result.rate(side, PACED):,.0f} | {result.p99(side, PACED):.2f} |"
         for side in sides
     ]
     return [
-        "| server | saturated: requests/s | p99 (ms) | server CPU per request (µs)"
-        " | paced: requests/s | p99 (ms) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| server | saturated: requests/s | p99 (ms) | mean (ms) | server CPU per request (µs)"
+        " | wrk CPU per request (µs) | cores busy: server + wrk + other | paced: requests/s"
+        " | p99 (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
     ]
 
@@ -390,30 +445,52 @@ def analysis(result: Result) -> list[str]:
     ours, floor, nginx = (result.cpu(side) for side in (MUSTAPLE, FLOOR, NGINX_SIDE))
     floor_ratio = result.rate(FLOOR) / result.rate(NGINX_SIDE)
     bound = CONNECTIONS / (GOAL_P99_MS / 1000)
+    rate_met = result.ratio >= GOAL_RATIO
     verdict = "**met**" if result.met else "**not met**"
-    beyond = (
-        f" Below {GOAL_RATIO}, the rate goal is out of reach of any handler on aiohttp here:"
-        " meeting it takes a server that does less per request than aiohttp."
-        if floor_ratio < GOAL_RATIO
-        else ""
-    )
-    return [
+    if not result.met:
+        verdict += f" ({'latency' if rate_met else 'rate'})"
+    server, client, other = result.cores(MUSTAPLE)
+    cores = os.cpu_count() or 1
+    tail = result.p99(MUSTAPLE) / result.mean_ms(MUSTAPLE)
+    needed = CONNECTIONS * tail / (GOAL_P99_MS / 1000)  # requests/s for the p99 goal
+    points = [
         f"Ratio mustaple / nginx, saturated: **{result.ratio:.2f}** (goal >= {GOAL_RATIO});"
         f" mustaple's p99: **{result.p99(MUSTAPLE):.2f} ms** (goal < {GOAL_P99_MS:g} ms)."
         f" The goal is {verdict}.",
-        f"CPU per request: mustaple {ours:.1f} µs, of which the aiohttp floor is {floor:.1f} µs"
-        " and mustaple's own work (the request looked up in a cache, the keeper's answer, the"
-        f" headers) {ours - floor:.1f} µs; nginx {nginx:.1f} µs. Even a responder doing nothing"
-        f" on aiohttp reaches {floor_ratio:.2f} of nginx's rate.{beyond}",
-        f"Saturated, wrk keeps all {CONNECTIONS} connections busy, so the mean latency is"
-        f" {CONNECTIONS} divided by the rate (Little's law): a p99 under {GOAL_P99_MS:g} ms needs"
-        f" more than {bound:,.0f} requests/s; nginx itself serves {result.rate(NGINX_SIDE):,.0f}/s"
-        f" here, with a p99 of {result.p99(NGINX_SIDE):.2f} ms. The latency goal only"
-        " means something under a load the server keeps up with: paced (each connection waits"
-        f" {PACE_MS} ms on average between requests), mustaple's p99 is"
-        f" {result.p99(MUSTAPLE, PACED):.2f} ms at {result.rate(MUSTAPLE, PACED):,.0f}"
-        " requests/s.",
+        f"CPU per request: mustaple {ours:.1f} µs, nginx {nginx:.1f} µs, the aiohttp floor"
+        f" {floor:.1f} µs (a do-nothing aiohttp handler: {floor_ratio:.2f} of nginx's rate)."
+        " The fast path answers from bytes made once a second: per request it reads the head"
+        " (a cached parse), asks the responder (the CertID of the path, cached; the keeper's"
+        " staple; its answer, made once a second), counts it, and writes; the rest is asyncio"
+        " and the kernel's loopback TCP, which nginx pays too.",
+        f"Latency, saturated: wrk keeps all {CONNECTIONS} connections busy, so the mean latency"
+        f" is {CONNECTIONS} divided by the rate (Little's law): {result.mean_ms(MUSTAPLE):.2f} ms"
+        f" for mustaple, {result.mean_ms(NGINX_SIDE):.2f} ms for nginx. A p99 under"
+        f" {GOAL_P99_MS:g} ms needs more than {bound:,.0f} requests/s and a tail close to the"
+        f" mean; here the p99 is {tail:.1f} times the mean for mustaple,"
+        f" {result.p99(NGINX_SIDE) / result.mean_ms(NGINX_SIDE):.1f} for nginx (p99"
+        f" {result.p99(NGINX_SIDE):.2f} ms). Both serve from one thread that takes the"
+        " connections ready at each turn of its event loop, so a request waits up to about two"
+        f" turns; and the machine's {cores} cores are shared: saturated, mustaple kept"
+        f" {server:.2f} core busy, wrk {client:.2f} and anything else {other:.2f}, so the"
+        " three busy threads (the server's and wrk's two) take turns on the cores.",
     ]
+    limits = (
+        f"What limits the p99: with the tail measured here ({tail:.1f} times the mean), a p99"
+        f" under {GOAL_P99_MS:g} ms takes about {needed:,.0f} requests/s, which one thread"
+        f" reaches only at {1e6 / needed:.1f} µs of CPU per request or less. mustaple's one"
+        f" Python thread spends {ours:.1f} µs (its core {server:.0%} busy), nginx's one C"
+        f" worker {nginx:.1f} µs; most of it is the same for both: the kernel's loopback TCP"
+        " (a receive and a send per request) and the event loop."
+    )
+    paced = (
+        "Under a load the server keeps up with, the latency is the server's own: paced (each"
+        f" connection waits {PACE_MS} ms on average between requests), mustaple's p99 is"
+        f" {result.p99(MUSTAPLE, PACED):.2f} ms at {result.rate(MUSTAPLE, PACED):,.0f}"
+        f" requests/s, nginx's {result.p99(NGINX_SIDE, PACED):.2f} ms."
+    )
+    slow = result.p99(MUSTAPLE) >= GOAL_P99_MS
+    return [*points, *([limits] if slow else []), paced]
 
 
 def wrapped(text: str, first: str = "", rest: str = "") -> list[str]:
@@ -433,11 +510,16 @@ def section(result: Result, command: str, args: argparse.Namespace) -> str:
         f" server, {args.rounds} alternating rounds after a 2 s warm-up; figures are the"
         " medians. *saturated*: the issue's command. *paced*: the same with a wrk script in"
         f" which each connection waits a random 0 to {2 * PACE_MS} ms between requests."
-        " *mustaple*: `add_routes` on a bare aiohttp app (no access log) in its own process,"
-        f" with a keeper holding staples for {args.certificates} certificates; one"
-        " certificate's RFC 5019 GET URL. *aiohttp floor*: a one-line handler returning the"
-        " same bytes, in the same process. *nginx*: the same DER as a static file, one worker"
-        " process."
+        " *mustaple*: `start_http`, the endpoint of `mustaple run` (the fast path in front of"
+        " aiohttp, answers counted in the metrics), in its own process, with a keeper holding"
+        f" staples for {args.certificates} certificates; one certificate's RFC 5019 GET URL."
+        " *aiohttp floor*: a one-line aiohttp handler returning the same bytes, in the same"
+        " process. *nginx*: the same DER as a static file, one worker process. *mean*: the mean"
+        " latency by Little's law (connections over rate). *cores busy*: CPU time over wall"
+        " time; *other*: the machine's busy time (/proc/stat) less the server's and wrk's, what"
+        " else the machine did (near 0 when it is quiet: the kernel's loopback TCP work is"
+        " mostly counted in the server's and wrk's time); a round with other above"
+        f" {NOISY_CORES} core was run again, up to {TRIES} times, and the quietest kept."
     )
     lines = [
         BEGIN,
