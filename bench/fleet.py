@@ -41,7 +41,6 @@ import itertools
 import os
 import platform
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -67,6 +66,7 @@ from mustaple.keeper import Keeper, Managed
 from mustaple.probe import ProbeError, probe
 from mustaple.store import SqliteStore
 from mustaple.testing import CA, Leaf, OCSPResponder, ResponderThread
+from processes import free_port, stop, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "performance.md"
@@ -81,41 +81,9 @@ DAY = timedelta(days=1)
 HOUR = timedelta(hours=1)
 WORKERS = 4  # worker_processes of the extra nginx server
 SPREAD = 8  # handshakes per certificate per round with that server (to reach every worker)
-START_TIMEOUT = 10.0
 
 
 # --- Processes: free ports, and a redis-server of our own -----------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for_port(port: int, process: subprocess.Popen[bytes], name: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{name} exited at start (exit code {process.returncode})")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except OSError:
-            time.sleep(0.02)
-            continue
-        return
-    raise SystemExit(f"{name} did not answer on port {port} in time")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @contextmanager

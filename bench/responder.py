@@ -42,13 +42,11 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -68,6 +66,7 @@ from mustaple.request import encode_request, get_url, make_cert_id
 from mustaple.store import SqliteStore
 from mustaple.testing import CA, OCSPResponder
 from mustaple.web import start_http
+from processes import free_port, stop, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "performance.md"
@@ -204,7 +203,7 @@ def nginx_side(directory: Path, staple: bytes) -> Iterator[Side]:
     command = [NGINX, "-p", str(directory), "-c", str(config), "-e", str(directory / "error.log")]
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
     try:
-        wait_for_port(port, process)
+        wait_for_port(port, process, "nginx")
         yield Side(NGINX_SIDE, f"http://127.0.0.1:{port}/staple.der", process.pid)
     finally:
         stop(process)
@@ -223,37 +222,6 @@ def nginx_config(directory: Path, port: int) -> str:
         f"  server {{ listen 127.0.0.1:{port} backlog=1024; root {directory};\n"
         "    location = /staple.der { default_type application/ocsp-response; } } }\n"
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit("nginx did not start (see its error.log)")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except OSError:
-            time.sleep(0.05)
-        else:
-            return
-    raise SystemExit(f"nothing answers on port {port}")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def fetch(url: str) -> bytes:
