@@ -3,16 +3,18 @@ process (systemd notify, SIGHUP, SIGTERM, kill -9 and restart from the state).""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -285,3 +287,76 @@ def _get(url: str) -> tuple[int, bytes]:
             return answer.status, answer.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+
+
+def test_reload_keeps_the_local_responder_answering(
+    site: Site, daemon: Callable[[], Daemon]
+) -> None:
+    leaf = site.issue("a.test")
+    port = free_port()
+    text = site.config.read_text()
+    site.config.write_text(text + f'\n[http]\nlisten = "127.0.0.1:{port}"\n')
+    d = daemon()
+    d.notices("READY=1")
+    wait_for(site.staple("a.test").exists)
+    request = encode_request(make_cert_id(leaf.issuer, leaf.cert.serial_number))
+    url = get_url(f"http://127.0.0.1:{port}/ocsp", request)
+    expected = site.staple("a.test").read_bytes()
+    answers: list[tuple[int, bytes] | str] = []
+    done = threading.Event()
+
+    def ask_all_the_time() -> None:
+        while not done.is_set():
+            try:
+                answers.append(_get(url))
+            except OSError as exc:  # refused, reset: the endpoint went away
+                answers.append(str(exc))
+
+    asker = threading.Thread(target=ask_all_the_time)
+    asker.start()
+    try:
+        for _ in range(3):
+            asked = len(answers)
+            d.process.send_signal(signal.SIGHUP)
+            assert "READY=1" in d.notices("READY=1")
+            wait_for(functools.partial(more_than, answers, asked + 3))  # during and after it
+    finally:
+        done.set()
+        asker.join(10)
+    assert set(answers) == {(200, expected)}
+    d.process.send_signal(signal.SIGTERM)
+    assert d.process.wait(20) == 0
+
+
+def more_than(items: Sequence[object], count: int) -> bool:
+    return len(items) > count
+
+
+def test_reload_moves_the_endpoint_when_http_changes(
+    site: Site, daemon: Callable[[], Daemon]
+) -> None:
+    site.issue("a.test")
+    base = site.config.read_text()
+    first, second = free_port(), free_port()
+    site.config.write_text(base + f'\n[http]\nlisten = "127.0.0.1:{first}"\n')
+    d = daemon()
+    d.notices("READY=1")
+    assert _get(f"http://127.0.0.1:{first}/healthz") == (200, b"ok\n")
+    site.config.write_text(base + f'\n[http]\nlisten = "127.0.0.1:{second}"\n')
+    d.process.send_signal(signal.SIGHUP)
+    d.notices("READY=1")
+    wait_for(lambda: _answers(f"http://127.0.0.1:{second}/healthz"))
+    assert not _answers(f"http://127.0.0.1:{first}/healthz")
+    site.config.write_text(base)  # no [http] at all: the endpoint closes
+    d.process.send_signal(signal.SIGHUP)
+    d.notices("READY=1")
+    wait_for(lambda: not _answers(f"http://127.0.0.1:{second}/healthz"))
+    d.process.send_signal(signal.SIGTERM)
+    assert d.process.wait(20) == 0
+
+
+def _answers(url: str) -> bool:
+    try:
+        return _get(url)[0] == 200
+    except OSError:
+        return False

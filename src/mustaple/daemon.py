@@ -4,8 +4,9 @@
 setting `stop` ends it gracefully after the pass in progress; setting `reload` re-reads the
 configuration, and a configuration that fails to load is reported and the running one kept.
 Under systemd (Type=notify) it reports READY, STATUS, WATCHDOG and STOPPING. With an `[http]`
-table it also serves the local OCSP responder, metrics, health and the status page; with a
-`[fleet]` table it joins the fleet on Redis (`mustaple.fleet`).
+table it also serves the local OCSP responder, metrics, health and the status page (and keeps
+serving them across a reload); with a `[fleet]` table it joins the fleet on Redis
+(`mustaple.fleet`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -26,7 +28,7 @@ from mustaple.metrics import Metrics
 from mustaple.notify import notify, watchdog_interval
 from mustaple.sinks import SinkConfigError, build_sink
 from mustaple.store import SqliteStore
-from mustaple.web import start_http
+from mustaple.web import HttpServer, start_http
 
 __all__ = ["build_sinks", "check_config", "open_keeper", "serve"]
 
@@ -68,33 +70,81 @@ async def serve(
     reload: asyncio.Event | None = None,
     clock: Clock = utc_now,
 ) -> None:
-    """Run the keeper until `stop` is set; re-read the configuration when `reload` is set."""
+    """Run the keeper until `stop` is set; re-read the configuration when `reload` is set.
+
+    On a reload the new keeper is built and has delivered its staples before the old one is
+    closed, and the HTTP endpoint keeps listening (unless `[http]` itself changed), so the
+    local responder never stops answering."""
     reload = reload or asyncio.Event()
     config = check_config(config_path)
-    while True:
-        async with open_keeper(config, clock=clock) as keeper:
-            fleet = await _join(config, keeper)
-            metrics = Metrics(keeper, clock=clock, fleet=fleet)  # observes the keeper
+    running: _Running | None = None
+    server: HttpServer | None = None
+    try:
+        while True:
+            started = await _Running.open(config, clock)
             try:
-                await _start(keeper)  # stored staples first: never answer empty-handed
-                runner = (
-                    await start_http(keeper, config.http, metrics=metrics) if config.http else None
-                )
-                try:
-                    await _loop(keeper, stop, reload, clock)
-                    keeper.save_all_status()
-                finally:
-                    if runner is not None:
-                        await runner.cleanup()
-            finally:
-                if fleet is not None:
-                    await fleet.close()
-        if stop.is_set():
-            break
-        reload.clear()
-        config = _reloaded(config_path, config)
+                server = await _serve_http(server, started, config)
+            finally:  # the old keeper goes once the new one serves
+                if running is not None:
+                    await running.close()
+                running = started
+            _ready(running.keeper)
+            await _loop(running.keeper, stop, reload, clock)
+            running.keeper.save_all_status()
+            if stop.is_set():
+                break
+            reload.clear()
+            config = _reloaded(config_path, config)
+    finally:
+        if server is not None:
+            await server.cleanup()
+        if running is not None:
+            await running.close()
     notify("STOPPING=1")
     log.info("stopped")
+
+
+@dataclass
+class _Running:
+    """One configuration at work: the keeper, its fleet membership and its metrics."""
+
+    keeper: Keeper
+    metrics: Metrics
+    stack: AsyncExitStack
+
+    @classmethod
+    async def open(cls, config: Config, clock: Clock) -> _Running:
+        """Build the keeper, join the fleet, deliver the stored staples (see `_start`)."""
+        stack = AsyncExitStack()
+        try:
+            keeper = await stack.enter_async_context(open_keeper(config, clock=clock))
+            fleet = await _join(config, keeper)
+            if fleet is not None:
+                stack.push_async_callback(fleet.close)
+            metrics = Metrics(keeper, clock=clock, fleet=fleet)  # observes the keeper
+            await _start(keeper)  # stored staples first: never answer empty-handed
+        except BaseException:
+            await stack.aclose()
+            raise
+        return cls(keeper, metrics, stack)
+
+    async def close(self) -> None:
+        await self.stack.aclose()
+
+
+async def _serve_http(
+    server: HttpServer | None, running: _Running, config: Config
+) -> HttpServer | None:
+    """The HTTP endpoint for `config`: the one listening, switched to the new keeper, or
+    a new one (none without `[http]`)."""
+    if server is not None and server.http == config.http:
+        server.switch(running.keeper, running.metrics)
+        return server
+    if server is not None:
+        await server.cleanup()
+    if config.http is None:
+        return None
+    return await start_http(running.keeper, config.http, metrics=running.metrics)
 
 
 def _reloaded(path: Path, running: Config) -> Config:
@@ -122,6 +172,10 @@ async def _start(keeper: Keeper) -> None:
     await keeper.scan()
     await keeper.deliver(again=True)
     keeper.save_all_status()
+
+
+def _ready(keeper: Keeper) -> None:
+    """Tell systemd (and the log) that we serve: staples delivered, endpoint listening."""
     held = sum(m.held is not None for m in keeper.managed.values())
     status = f"{len(keeper.managed)} certificates, {held} with a valid staple"
     log.info("started: %s", status)

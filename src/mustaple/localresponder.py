@@ -200,6 +200,12 @@ class Responder:
         self._cert_ids: dict[str | bytes, CertId] = {}
         self._prepared: dict[bytes, _Prepared] = {}
 
+    def switch(self, keeper: Keeper, on_served: OnServed | None) -> None:
+        """Answer from `keeper` from now on (after a configuration reload), counting with
+        `on_served`; answers prepared under the old keeper's policy are dropped."""
+        self.keeper, self.on_served = keeper, on_served or _ignore
+        self._prepared.clear()
+
     def answer(self, cert_id: CertId | None, now: datetime, if_none_match: str | None) -> Answer:
         """What to answer at `now` for a request about `cert_id` (None: unreadable) with
         this If-None-Match header (None: none). Counts nothing."""

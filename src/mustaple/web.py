@@ -107,8 +107,8 @@ def make_app(
 
 def _app(
     keeper: Keeper, metrics: Metrics, http: HttpConfig, clock: Clock
-) -> tuple[web.Application, Responder]:
-    """`make_app`, and the local responder it serves."""
+) -> tuple[web.Application, _Endpoints, Responder]:
+    """`make_app`, its endpoints and the local responder it serves."""
     endpoints = _Endpoints(keeper, metrics, clock)
     app = web.Application()
     app.router.add_get("/", endpoints.page)
@@ -123,14 +123,28 @@ def _app(
         clock=clock,
         on_served=metrics.served,
     )
-    return app, responder
+    return app, endpoints, responder
 
 
 class HttpServer:
-    """The running HTTP endpoint (what `start_http` returns)."""
+    """The running HTTP endpoint (what `start_http` returns), serving `http` from a keeper
+    that `switch` replaces (the listener stays open across a configuration reload)."""
 
-    def __init__(self, server: asyncio.Server, runner: web.AppRunner, fast: FastPath) -> None:
-        self.server, self.runner, self.fast = server, runner, fast
+    def __init__(
+        self,
+        http: HttpConfig,
+        server: asyncio.Server,
+        runner: web.AppRunner,
+        fast: FastPath,
+        endpoints: _Endpoints,
+    ) -> None:
+        self.http, self.server, self.runner, self.fast = http, server, runner, fast
+        self.endpoints = endpoints
+
+    def switch(self, keeper: Keeper, metrics: Metrics) -> None:
+        """Serve from `keeper` and count in `metrics` from now on."""
+        self.endpoints.keeper, self.endpoints.metrics = keeper, metrics
+        self.fast.responder.switch(keeper, metrics.served)
 
     @property
     def addresses(self) -> list[Any]:
@@ -151,7 +165,7 @@ class HttpServer:
 async def start_http(keeper: Keeper, http: HttpConfig, *, metrics: Metrics) -> HttpServer:
     """Serve `make_app` on `http.host:http.port`, OCSP GETs through `mustaple.fastpath`;
     raise InputError if that is impossible."""
-    app, responder = _app(keeper, metrics, http, keeper.clock)
+    app, endpoints, responder = _app(keeper, metrics, http, keeper.clock)
     # aiohttp refuses long request lines itself; let a GET request up to the cap through
     line = max(8190, http.max_request_size + 64)
     runner = web.AppRunner(
@@ -173,7 +187,7 @@ async def start_http(keeper: Keeper, http: HttpConfig, *, metrics: Metrics) -> H
         await runner.cleanup()
         where = f"{keeper.config.path}: http.listen"
         raise InputError(f"{where}: cannot listen on {http.host}:{http.port} ({exc})") from exc
-    endpoint = HttpServer(server, runner, fast)
+    endpoint = HttpServer(http, server, runner, fast, endpoints)
     host, port = endpoint.addresses[0][:2]
     log.info("HTTP endpoint at http://%s:%d/", host, port)
     return endpoint
