@@ -69,28 +69,7 @@ class Fleet:
     def start(self, name: str, *, timeout: str = "1s") -> Member:
         directory = self.tmp / name
         directory.mkdir()
-        config = directory / "mustaple.toml"
-        config.write_text(f"""
-state_dir = "{directory}/state"
-
-[[certificates]]
-paths = ["{self.tmp}/live/*/fullchain.pem"]
-
-[sinks.files]
-type = "file"
-path = "{directory}/staples/{{name}}.der"
-
-[policy]
-timeout = "{timeout}"
-attempts = 1
-watch_interval = "1s"
-
-[fleet]
-redis = "{self.redis.url}"
-prefix = "{self.prefix}"
-member = "{name}"
-lease = "{LEASE_SECONDS}s"
-""")
+        config = write_member_config(self, name, directory, timeout=timeout)
         with (directory / "stderr.log").open("wb") as log:
             process = subprocess.Popen(
                 [MUSTAPLE, "run", "--config", str(config), "-v"],
@@ -106,6 +85,33 @@ lease = "{LEASE_SECONDS}s"
 
     def shared(self) -> RedisStore:
         return RedisStore(self.redis.url, prefix=self.prefix)
+
+
+def write_member_config(fleet: Fleet, name: str, directory: Path, timeout: str = "1s") -> Path:
+    """A member's configuration: its own state and staple files, the fleet's Redis."""
+    config = directory / "mustaple.toml"
+    config.write_text(f"""
+state_dir = "{directory}/state"
+
+[[certificates]]
+paths = ["{fleet.tmp}/live/*/fullchain.pem"]
+
+[sinks.files]
+type = "file"
+path = "{directory}/staples/{{name}}.der"
+
+[policy]
+timeout = "{timeout}"
+attempts = 1
+watch_interval = "1s"
+
+[fleet]
+redis = "{fleet.redis.url}"
+prefix = "{fleet.prefix}"
+member = "{name}"
+lease = "{LEASE_SECONDS}s"
+""")
+    return config
 
 
 @pytest.fixture
@@ -227,3 +233,44 @@ def test_redis_stopped_and_restarted_members_keep_serving(fleet: Fleet) -> None:
         assert log.count("Redis at") == 1, log  # said once, not at every pass
         assert "Traceback" not in log
     assert os.path.exists(fleet.redis.directory / "appendonlydir")
+
+
+def test_prime_uses_and_shares_the_fleets_staples(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The deploy hook on each member: the first fetches and shares, the others take the
+    shared staple; a member started afterwards adopts it too. Nobody waits."""
+    leaf = fleet.issue("deployed.test")
+    cert = str(fleet.tmp / "live" / "deployed.test" / "fullchain.pem")
+    configs = []
+    for name in ("m0", "m1"):
+        directory = fleet.tmp / f"{name}-prime"
+        directory.mkdir()
+        configs.append(write_member_config(fleet, name, directory))
+    assert main(["prime", "--config", str(configs[0]), cert]) == 0
+    assert fleet.fetches(leaf) == 1
+    assert main(["prime", "--config", str(configs[1]), cert]) == 0
+    assert fleet.fetches(leaf) == 1  # taken from the fleet
+    assert capsys.readouterr().out.count("OK deployed.test: good staple") == 2
+    later = fleet.start("m2")
+    wait_for(lambda: later.staple(leaf) is not None)
+    assert fleet.fetches(leaf) == 1
+    names = {m.name for m in fleet.shared().members()}
+    assert not names & {"m0", "m1"}  # a one-shot prime is no member of the fleet view
+
+
+def test_prime_without_redis_fetches_alone(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    leaf = fleet.issue("alone.test")
+    cert = str(fleet.tmp / "live" / "alone.test" / "fullchain.pem")
+    directory = fleet.tmp / "m0-prime"
+    directory.mkdir()
+    config = write_member_config(fleet, "m0", directory)
+    fleet.redis.stop()
+    assert main(["prime", "--config", str(config), cert]) == 0
+    assert fleet.fetches(leaf) == 1
+    assert capsys.readouterr().out.startswith("OK alone.test: good staple")
+    said = [r.getMessage() for r in caplog.records if "fleet:" in r.getMessage()]
+    assert len(said) == 1
+    assert "serving and refreshing alone" in said[0]

@@ -32,6 +32,7 @@ from mustaple.demo import run_demo
 from mustaple.errors import InputError
 from mustaple.fetch import FetchPolicy, FetchResult, fetch_staple, utc_now
 from mustaple.files import read_input, write_atomic
+from mustaple.fleet import Fleet
 from mustaple.keeper import Managed
 from mustaple.loader import load_target
 from mustaple.report import ExitCode, exit_code, explain, fetch_json, fetch_line, outcome_json
@@ -265,7 +266,14 @@ def prime(*, certs: tuple[str, ...], config_path: str, as_json: bool, verbose: b
 
 async def _prime(config: Config, paths: list[Path]) -> list[Managed]:
     async with open_keeper(config) as keeper:
-        return await keeper.prime(paths)
+        if config.fleet is None:
+            return await keeper.prime(paths)
+        fleet = Fleet(config.fleet, eager=True)  # use or share the fleet's staples, never wait
+        await fleet.start(keeper, background=False)
+        try:
+            return await keeper.prime(paths)
+        finally:
+            await fleet.close()
 
 
 @cli.command("run")

@@ -59,10 +59,15 @@ LISTEN_POLL_SECONDS = 0.25  # how soon the listener thread notices it should sto
 
 
 class Fleet:
-    """One member of a fleet (see the module docstring). `start(keeper)` joins, `close` leaves."""
+    """One member of a fleet (see the module docstring). `start(keeper)` joins, `close` leaves.
 
-    def __init__(self, config: FleetConfig, *, timeout: float = 2.0) -> None:
-        self.config = config
+    An `eager` member never waits: with no newer shared staple it fetches, under the lease if
+    it can get it, and shares what it got (`mustaple prime`: a deploy hook must not wait on
+    another member). `start(keeper, background=False)` only connects: no listening, no
+    heartbeat (a one-shot command is no member of the fleet view)."""
+
+    def __init__(self, config: FleetConfig, *, timeout: float = 2.0, eager: bool = False) -> None:
+        self.config, self.eager = config, eager
         self.shared = RedisStore(
             config.url,
             prefix=config.prefix,
@@ -101,11 +106,18 @@ class Fleet:
 
     # --- Joining and leaving ----------------------------------------------------------------------
 
-    async def start(self, keeper: Keeper) -> None:
+    async def start(self, keeper: Keeper, *, background: bool = True) -> None:
         """Join: listen, catch up with the shared state (the caller delivers), beat. Redis
         down: go on alone. Call after the keeper's first scan."""
         self._keeper = keeper
         keeper.coordinator = self
+        if not background:
+            try:
+                await self._call(self.shared.ping)
+                self.up = True
+            except redis.RedisError as exc:
+                self._lost(exc)
+            return
         await self._join(deliver=False)
         self._tasks = [
             asyncio.create_task(self._adopt_heard(), name="fleet-adopt"),
@@ -119,7 +131,7 @@ class Fleet:
         for task in [*self._tasks, *self._renewals.values()]:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._renewals.values(), return_exceptions=True)
-        if self.up:
+        if self.up and self._tasks:
             with contextlib.suppress(redis.RedisError):
                 await self._call(self.shared.beat, self.keeper.clock(), self._info(left=True))
         await self._call(self.shared.close)
@@ -303,12 +315,12 @@ class Fleet:
         turn = self._from_shared(managed, found, now)
         if turn is not None:
             return turn
-        if retry is not None and retry.at > now and retry.member != self.member:
+        if retry is not None and retry.at > now and retry.member != self.member and not self.eager:
             return Turn(wait_until=retry.at)
         # the member before us stores its staple before it releases the lease: look again
         lease, found = await self._call(shared.acquire_and_load, managed.key, self.config.lease)
         if lease is None:
-            return Turn(wait_until=now + self.config.lease)
+            return Turn() if self.eager else Turn(wait_until=now + self.config.lease)
         turn = self._from_shared(managed, found, now)
         if turn is not None:
             await self._call(shared.release, lease)

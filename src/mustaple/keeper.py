@@ -588,7 +588,8 @@ class Keeper:
         self._flush()
 
     async def prime(self, paths: Sequence[Path]) -> list[Managed]:
-        """Load `paths`, fetch each now, deliver; raises InputError for unusable files."""
+        """Load `paths`, fetch each now (in fleet mode: unless the fleet has just fetched it),
+        deliver; raises InputError for unusable files."""
         chosen = []
         for path in paths:
             stamp = _stamp(path)
@@ -599,7 +600,10 @@ class Keeper:
             if managed is None:
                 raise InputError(self._problems.get(path, f"{path}: cannot be loaded"))
             chosen.append(managed)
-        await self._refresh_all([m for m in chosen if m.next_due is not None])
+        wanted = [m for m in chosen if m.next_due is not None]
+        for managed in wanted:
+            managed.next_due = self.clock()  # due now, even with a valid staple restored
+        await self._refresh_all(wanted)
         self._watch_expiry(self.clock())
         self._flush()
         await self.deliver()
