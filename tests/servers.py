@@ -245,6 +245,16 @@ class NginxServer(Server):
     def reload(self) -> None:
         self.signal(signal.SIGHUP)
 
+    def settle(self) -> None:
+        """Wait until the workers from before a reload have gone: until then a new
+        connection may still reach one of them and get what it had loaded."""
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        deadline = time.monotonic() + START_TIMEOUT
+        while len(children.read_text().split()) > self.workers:
+            if time.monotonic() > deadline:
+                raise ServerError("nginx's old workers did not exit after the reload")
+            time.sleep(0.02)
+
 
 class HAProxyServer(Server):
     """HAProxy in master-worker mode: a TLS frontend with `crt pem` (certificate and key in one

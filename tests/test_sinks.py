@@ -162,6 +162,7 @@ def test_nginx_staples_the_delivered_file_from_the_first_handshake(
         [done] = deliver(sink, pki.delivery(files.fullchain, second.der))
         assert outcome(done) == (None, True)
         wait_for(server.port, second.der)
+        server.settle()  # no worker with the first staple left
         [again] = deliver(sink, pki.delivery(files.fullchain, second.der))
         assert outcome(again) == (None, False)
         assert reloads.read_text().split() == ["reloaded"]
