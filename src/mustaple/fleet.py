@@ -256,13 +256,19 @@ class Fleet:
             await asyncio.sleep(GATHER_SECONDS)
             while not self._heard.empty():
                 heard.add(self._heard.get_nowait())
-            adopted = 0
-            for message in heard:
-                key, _, member = message.partition(" ")
-                if member != self.member:
-                    adopted += await self._adopt_key(key)
-            if adopted:
-                await self.keeper.deliver()
+            try:
+                await self._adopt_messages(heard)
+            except Exception as exc:  # keep hearing: a due certificate is claimed anyway
+                log.error("fleet: adopting announced staples failed: %s", _short(exc))
+
+    async def _adopt_messages(self, heard: set[str]) -> None:
+        adopted = 0
+        for message in heard:
+            key, _, member = message.partition(" ")
+            if member != self.member:
+                adopted += await self._adopt_key(key)
+        if adopted:
+            await self.keeper.deliver()
 
     async def _adopt_key(self, key: str) -> int:
         managed = self.keeper.by_key(key)

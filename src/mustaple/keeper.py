@@ -471,9 +471,10 @@ class Keeper:
         return (Action.REMOVE, None)
 
     async def deliver(self, *, again: bool = False) -> list[Delivered]:
-        """Send every changed staple (or all, with `again`) to its sinks, one batch per sink;
-        one delivery at a time."""
+        """Store the pending writes, then send every changed staple (or all, with `again`)
+        to its sinks, one batch per sink; one delivery at a time."""
         async with self._delivering:
+            self._flush()  # a staple is stored before any server is given it
             return await self._deliver(again)
 
     async def _deliver(self, again: bool) -> list[Delivered]:
