@@ -6,6 +6,8 @@ test responder in this process, so every upstream request is counted.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import os
 import signal
@@ -21,13 +23,14 @@ import pytest
 
 from mustaple.certs import make_target
 from mustaple.cli import main
-from mustaple.fetch import utc_now
+from mustaple.fetch import fetch_staple, utc_now
 from mustaple.redisstore import RedisStore
 from mustaple.report import ExitCode
 from mustaple.store import cert_key
 from mustaple.testing import CA, Behaviour, Leaf, ResponderThread
 from mustaple.verify import Staple, verify
-from servers import RedisServer
+from servers import HAProxyServer, RedisServer, staple_from
+from test_sinks import haproxy_pem
 
 MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))
 LEASE_SECONDS = 2
@@ -66,10 +69,10 @@ class Fleet:
         leaf.write(self.tmp / "live" / name)
         return leaf
 
-    def start(self, name: str, *, timeout: str = "1s") -> Member:
+    def start(self, name: str, *, timeout: str = "1s", sink: str = "") -> Member:
         directory = self.tmp / name
-        directory.mkdir()
-        config = write_member_config(self, name, directory, timeout=timeout)
+        directory.mkdir(exist_ok=True)
+        config = write_member_config(self, name, directory, timeout=timeout, sink=sink)
         with (directory / "stderr.log").open("wb") as log:
             process = subprocess.Popen(
                 [MUSTAPLE, "run", "--config", str(config), "-v"],
@@ -87,18 +90,26 @@ class Fleet:
         return RedisStore(self.redis.url, prefix=self.prefix)
 
 
-def write_member_config(fleet: Fleet, name: str, directory: Path, timeout: str = "1s") -> Path:
-    """A member's configuration: its own state and staple files, the fleet's Redis."""
-    config = directory / "mustaple.toml"
-    config.write_text(f"""
-state_dir = "{directory}/state"
-
+def write_member_config(
+    fleet: Fleet, name: str, directory: Path, timeout: str = "1s", sink: str = ""
+) -> Path:
+    """A member's configuration: its own state and staple files (or `sink`, a `[sinks.X]`
+    table and the certificates it takes), the fleet's Redis."""
+    sink = (
+        sink
+        or f"""
 [[certificates]]
 paths = ["{fleet.tmp}/live/*/fullchain.pem"]
 
 [sinks.files]
 type = "file"
 path = "{directory}/staples/{{name}}.der"
+"""
+    )
+    config = directory / "mustaple.toml"
+    config.write_text(f"""
+state_dir = "{directory}/state"
+{sink}
 
 [policy]
 timeout = "{timeout}"
@@ -274,3 +285,46 @@ def test_prime_without_redis_fetches_alone(
     said = [r.getMessage() for r in caplog.records if "fleet:" in r.getMessage()]
     assert len(said) == 1
     assert "serving and refreshing alone" in said[0]
+
+
+def test_every_member_hands_the_shared_staple_to_its_own_haproxy(fleet: Fleet) -> None:
+    """Distribution reaches the servers: two members, each with its HAProxy (runtime API, no
+    reload); one fetch, and both HAProxys staple the new response."""
+    leaf = fleet.issue("ha.test")
+    fleet.responder.set_behaviour(Behaviour.STALE)  # valid, but older than what comes next
+    result = asyncio.run(fetch_staple(make_target(leaf.cert, leaf.issuer)))
+    fleet.responder.set_behaviour(Behaviour.GOOD)
+    assert result.staple is not None
+    first = result.staple.der  # HAProxy 2.6 takes staples at run time only if it started with one
+    servers = []
+    for name in ("m0", "m1"):
+        pem = haproxy_pem(leaf, fleet.tmp / name / "certs")
+        Path(f"{pem}.ocsp").write_bytes(first)
+        server = HAProxyServer(fleet.tmp / f"{name}-haproxy", pem=pem).start()
+        servers.append(server)
+        sink = f"""
+[[certificates]]
+paths = ["{pem}"]
+
+[sinks.haproxy]
+type = "haproxy"
+socket = "{server.api_socket}"
+"""
+        fleet.start(name, sink=sink)
+    try:
+        workers = [server.worker_pid() for server in servers]
+        shared = fleet.shared()
+        wait_for(lambda: shared.load(cert_key(leaf.cert)) is not None)
+        newest = shared.load(cert_key(leaf.cert)).der  # type: ignore[union-attr]
+        assert newest != first
+        for server in servers:
+            wait_for(functools.partial(serves, server.port, "ha.test", newest))
+        assert fleet.fetches(leaf) == 2  # the one above, and one for the whole fleet
+        assert [server.worker_pid() for server in servers] == workers  # no reload
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def serves(port: int, name: str, der: bytes) -> bool:
+    return staple_from(port, name) == der

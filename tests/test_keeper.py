@@ -182,6 +182,35 @@ def test_restart_delivers_the_stored_staple_before_fetching(tmp_path: Path) -> N
     run(scenario, tmp_path)
 
 
+def test_what_a_server_has_is_only_taken_away_if_it_was_ours(tmp_path: Path) -> None:
+    """A certificate never seen with a staple: its sinks are left alone, even when the first
+    fetch fails. One whose stored staple expired while mustaple was down: removed at start."""
+
+    async def scenario(tmp: Path) -> None:
+        async with world(tmp) as w:
+            w.responder.set_behaviour(Behaviour.TRY_LATER)
+            w.issue("new.test")
+            await w.keeper.scan()
+            await w.keeper.deliver(again=True)
+            await w.keeper.tick()
+            assert w.sink.batches == []  # nothing to say yet, and nothing taken away
+            w.responder.set_behaviour(Behaviour.GOOD)
+            w.clock.now = w.keeper.next_wakeup() or w.clock.now
+            await w.keeper.tick()
+            assert w.sink.last().action is Action.STAPLE
+            w.clock.now += 5 * DAY  # mustaple was down past the staple's expiry
+            store = SqliteStore(tmp / "state" / "state.db")
+            sink = RecordingSink()
+            fresh = Keeper(w.keeper.config, store=store, sinks={"record": sink}, clock=w.clock)
+            async with fresh:
+                await fresh.scan()
+                await fresh.deliver(again=True)
+                assert sink.last().action is Action.REMOVE  # the expired one was ours
+            store.close()
+
+    run(scenario, tmp_path)
+
+
 BAD = [
     Behaviour.TRY_LATER,
     Behaviour.HTML_200,

@@ -86,6 +86,7 @@ class Managed:
     last_attempt: datetime | None = None
     alert: Alert = Alert.OK
     sent: tuple[Action, bytes | None] | None = None  # what every sink has confirmed
+    known: bool = False  # a staple of ours was stored or held: a staple file may be ours
 
     @functools.cached_property
     def key(self) -> str:
@@ -242,6 +243,7 @@ class Keeper:
         stored = self.store.load(managed.key)
         if stored is None:
             return
+        managed.known = True
         outcome = verify(stored.der, managed.target, now, self.policy.verify)
         if isinstance(outcome, Staple) and outcome.good:
             managed.held = outcome
@@ -397,6 +399,7 @@ class Keeper:
             return
         recovered = managed.failures > 0 or managed.revoked is not None
         managed.held, managed.revoked, managed.failures = staple, None, 0
+        managed.known = True
         managed.last_rejection, managed.alert = None, Alert.OK
         stored = StoredStaple(
             managed.name, staple.der, staple.this_update, staple.effective_expiry, now, url
@@ -464,9 +467,15 @@ class Keeper:
     # --- Delivery -------------------------------------------------------------------------------
 
     def _wanted(self, managed: Managed) -> tuple[Action, bytes | None] | None:
+        """What the sinks should have: the staple held; nothing when it expired (or was
+        withdrawn for revocation) and `at_expiry` says remove; else leave them alone. A
+        certificate never seen with a staple is left alone: what a server has for it then
+        is not ours to take away (HAProxy, for one, needs the file it started with)."""
         if managed.held is not None:
             return (Action.STAPLE, managed.held.der)
-        if self.policy.at_expiry == "keep" and managed.revoked is None:
+        if managed.revoked is not None:
+            return (Action.REMOVE, None)
+        if self.policy.at_expiry == "keep" or not managed.known:
             return None
         return (Action.REMOVE, None)
 
