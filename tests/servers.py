@@ -507,17 +507,23 @@ class ApacheServer(Server):
 
 class RedisServer(Server):
     """redis-server on loopback; with `persist`, an append-only file fsynced on every write,
-    so a restart keeps the data (without it, a restart starts empty)."""
+    so a restart keeps the data (without it, a restart starts empty). With `tls` (a PEM
+    certificate for 127.0.0.1 and its key), it speaks TLS only, and `url` is a rediss:// URL
+    trusting that certificate."""
 
     program = REDIS
 
-    def __init__(self, directory: Path, *, persist: bool = True) -> None:
+    def __init__(
+        self, directory: Path, *, persist: bool = True, tls: tuple[Path, Path] | None = None
+    ) -> None:
         super().__init__(directory)
-        self.persist = persist
+        self.persist, self.tls = persist, tls
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        if self.tls is None:
+            return f"redis://127.0.0.1:{self.port}/0"
+        return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls[0]}"
 
     def choose_ports(self) -> None:
         """A free port the first time; the same port on a restart (the members keep it)."""
@@ -529,9 +535,20 @@ class RedisServer(Server):
         self.start()
 
     def write_config(self) -> None:
+        ports = [f"port {self.port}"]
+        if self.tls is not None:
+            cert, key = self.tls
+            ports = [
+                "port 0",
+                f"tls-port {self.port}",
+                f"tls-cert-file {cert}",
+                f"tls-key-file {key}",
+                f"tls-ca-cert-file {cert}",
+                "tls-auth-clients no",
+            ]
         lines = [
             "bind 127.0.0.1",
-            f"port {self.port}",
+            *ports,
             f"dir {self.directory}",
             "daemonize no",
             'save ""',

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from cryptography.x509.oid import NameOID
 
 from mustaple.config import CertEntry, Config, FleetConfig, KeeperPolicy
@@ -205,7 +207,12 @@ class Fleetworld:
 
 @asynccontextmanager
 async def fleetworld(
-    tmp: Path, redis_server: RedisServer, *, members: int, certificates: int
+    tmp: Path,
+    redis_server: RedisServer,
+    *,
+    members: int,
+    certificates: int,
+    url: str | None = None,
 ) -> AsyncIterator[Fleetworld]:
     clock = Clock(datetime.now(UTC).replace(microsecond=0))
     ca = CA(now=clock.now - timedelta(days=1), key_type="ec")
@@ -223,7 +230,7 @@ async def fleetworld(
             for n in range(members):
                 found.append(
                     await stack.enter_async_context(
-                        member(stack, tmp, f"m{n}", live, redis_server.url, p, clock)
+                        member(stack, tmp, f"m{n}", live, url or redis_server.url, p, clock)
                     )
                 )
             yield Fleetworld(clock, ca, r, leaves, found)
@@ -408,3 +415,47 @@ def test_the_shared_record_names_who_fetched(tmp_path: Path, redis_server: Redis
             assert [who for _, who in history] == ["m0"]
 
     run(scenario)
+
+
+def self_signed(directory: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, made by the openssl command."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", "2", "-subj", f"/CN={name}", "-addext",
+         "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_a_fleet_over_tls_and_a_redis_it_cannot_trust(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """rediss:// with a private CA works; a Redis whose certificate does not verify is one
+    the members never talk to: they go on alone and say why."""
+
+    async def scenario() -> None:
+        tls = self_signed(tmp_path / "tls", "redis")
+        with RedisServer(tmp_path / "redis", tls=tls) as own:
+            async with fleetworld(tmp_path / "good", own, members=2, certificates=1) as w:
+                a, b = w.members
+                (leaf,) = w.leaves
+                assert a.fleet.up
+                await a.keeper.tick()
+                await eventually(lambda: b.served(leaf) == a.served(leaf) is not None, 2.0)
+                assert len(w.responder.requests) == 1
+            other, _ = self_signed(tmp_path / "tls", "other")
+            untrusted_url = f"rediss://127.0.0.1:{own.port}/0?ssl_ca_certs={other}"
+            async with fleetworld(
+                tmp_path / "bad", own, members=1, certificates=1, url=untrusted_url
+            ) as w:
+                (m,) = w.members
+                assert not m.fleet.up  # certificate verify failed: never joined
+                await m.keeper.tick()
+                assert m.served(w.leaves[0]) is not None  # alone, but serving
+
+    run(scenario)
+    assert "certificate verify failed" in caplog.text.lower()
