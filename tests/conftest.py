@@ -25,6 +25,16 @@ from servers import RedisServer
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+@dataclass
+class Clock:
+    """A clock the test moves by hand (`clock.now += ...`); starts at the real now."""
+
+    now: datetime = field(default_factory=lambda: datetime.now(UTC).replace(microsecond=0))
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
 @pytest.fixture
 def now() -> datetime:
     """The test's idea of now (responses built by cryptography carry the real producedAt)."""

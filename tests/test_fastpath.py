@@ -15,7 +15,7 @@ import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from conftest import Clock
 from mustaple.config import CertEntry, Config, HttpConfig, KeeperPolicy
 from mustaple.fastpath import FastPath
 from mustaple.fetch import FetchPolicy, utc_now
@@ -43,14 +44,6 @@ QUICK = FetchPolicy(total_timeout=1.0, connect_timeout=1.0, attempts_per_url=1)
 LIMIT = 1000  # max_request_size in these tests
 WAIT = 5.0  # seconds any answer may take
 REQUESTS = "mustaple_responder_requests_total"
-
-
-@dataclass
-class Clock:
-    now: datetime = field(default_factory=lambda: datetime.now(UTC).replace(microsecond=0))
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @dataclass

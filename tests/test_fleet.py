@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from cryptography.x509.oid import NameOID
 
+from conftest import Clock
 from mustaple.config import CertEntry, Config, FleetConfig, KeeperPolicy
 from mustaple.fetch import FetchPolicy
 from mustaple.fleet import Fleet
@@ -127,14 +128,6 @@ def test_retry_marks_members_and_history(redis_server: RedisServer) -> None:
 
 
 # --- Members taking turns ---------------------------------------------------------------------
-
-
-@dataclass
-class Clock:
-    now: datetime
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @dataclass

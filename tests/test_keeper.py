@@ -10,13 +10,13 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
-from conftest import Handler, LoopbackServer
+from conftest import Clock, Handler, LoopbackServer
 from mustaple.config import CertEntry, Config, Hooks, KeeperPolicy
 from mustaple.delivery import Action, Delivered, Delivery
 from mustaple.fetch import FetchPolicy
@@ -27,14 +27,6 @@ from mustaple.testing import CA, Behaviour, Leaf, OCSPResponder
 
 DAY = timedelta(days=1)
 QUICK = FetchPolicy(total_timeout=1.0, connect_timeout=1.0, attempts_per_url=1)
-
-
-@dataclass
-class Clock:
-    now: datetime = field(default_factory=lambda: datetime.now(UTC).replace(microsecond=0))
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @dataclass

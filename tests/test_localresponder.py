@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -26,6 +26,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
+from conftest import Clock
 from mustaple.config import CertEntry, Config, KeeperPolicy
 from mustaple.fetch import FetchPolicy, utc_now
 from mustaple.keeper import Keeper, Managed
@@ -43,14 +44,6 @@ QUICK = FetchPolicy(total_timeout=1.0, connect_timeout=1.0, attempts_per_url=1)
 LIMIT = 1000  # max_request_size in these tests
 WAIT = 10.0  # seconds a real server may take to staple
 _T = TypeVar("_T")
-
-
-@dataclass
-class Clock:
-    now: datetime = field(default_factory=lambda: datetime.now(UTC).replace(microsecond=0))
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import struct
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import Clock
 from mustaple.config import CertEntry, Config, HttpConfig, KeeperPolicy
 from mustaple.delivery import Delivered, Delivery
 from mustaple.errors import InputError
@@ -53,14 +54,6 @@ CHROMIUM_FLAGS = (
     "--window-size=1280,800",
 )
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-@dataclass
-class Clock:
-    now: datetime = field(default_factory=lambda: datetime.now(UTC).replace(microsecond=0))
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 class NullSink:
