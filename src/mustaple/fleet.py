@@ -44,7 +44,7 @@ import redis
 from mustaple.config import FleetConfig
 from mustaple.fetch import FetchResult
 from mustaple.keeper import Keeper, Managed, Turn, attempt_records
-from mustaple.redisstore import Lease, RedisStore, shown_url
+from mustaple.redisstore import Lease, RedisStore, Retry, shown_url
 from mustaple.store import StoredStaple
 from mustaple.verify import Staple, verify
 
@@ -317,22 +317,38 @@ class Fleet:
 
     async def _claim(self, managed: Managed) -> Turn:
         now, shared = self.keeper.clock(), self.shared
-        found, retry = await self._call(shared.look, managed.key)
-        turn = self._from_shared(managed, found, now)
+        turn = self._from_look(managed, *await self._call(shared.look, managed.key), now)
         if turn is not None:
             return turn
-        if retry is not None and retry.at > now and retry.member != self.member and not self.eager:
-            return Turn(wait_until=retry.at)
-        # the member before us stores its staple before it releases the lease: look again
-        lease, found = await self._call(shared.acquire_and_load, managed.key, self.config.lease)
+        # the member before us stores its staple or its retry mark before it releases the
+        # lease: look again once the lease is ours
+        lease, found, retry = await self._call(
+            shared.acquire_and_look, managed.key, self.config.lease
+        )
         if lease is None:
             return Turn() if self.eager else Turn(wait_until=now + self.config.lease)
-        turn = self._from_shared(managed, found, now)
+        turn = self._from_look(managed, found, retry, now)
         if turn is not None:
             await self._call(shared.release, lease)
             return turn
         self._renewals[managed.key] = asyncio.create_task(self._renew(lease))
         return Turn(token=lease)
+
+    def _from_look(
+        self,
+        managed: Managed,
+        found: tuple[StoredStaple, str] | None,
+        retry: Retry | None,
+        now: datetime,
+    ) -> Turn | None:
+        """What the shared state says: adopt or wait (see `_from_shared`), or wait for the
+        retry mark of another member's failure; None: fetch."""
+        turn = self._from_shared(managed, found, now)
+        if turn is not None:
+            return turn
+        if retry is not None and retry.at > now and retry.member != self.member and not self.eager:
+            return Turn(wait_until=retry.at)
+        return None
 
     def _from_shared(
         self, managed: Managed, found: tuple[StoredStaple, str] | None, now: datetime

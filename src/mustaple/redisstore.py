@@ -273,12 +273,12 @@ class RedisStore:
         fields, raw = pipe.execute()
         return _found(fields), _retry(raw)
 
-    def acquire_and_load(
+    def acquire_and_look(
         self, key: str, ttl: timedelta
-    ) -> tuple[Lease | None, tuple[StoredStaple, str] | None]:
-        """`acquire`, then (when it succeeded) `load_with_origin`."""
+    ) -> tuple[Lease | None, tuple[StoredStaple, str] | None, Retry | None]:
+        """`acquire`, then (when it succeeded) `look`."""
         lease = self.acquire(key, ttl)
-        return lease, self.load_with_origin(key) if lease is not None else None
+        return (lease, *self.look(key)) if lease is not None else (None, None, None)
 
     def renew(self, lease: Lease, ttl: timedelta) -> bool:
         """Extend a lease still held; False when it ran out (someone else may hold it now)."""
