@@ -395,10 +395,12 @@ class TimedStore(SqliteStore):
         super().__init__(path)
         self.phases = phases
 
-    def save_staple(self, key: str, staple: StoredStaple) -> None:
+    def save_staple(self, key: str, staple: StoredStaple) -> bool:
         start = time.perf_counter()
-        super().save_staple(key, staple)
-        self.phases.store += time.perf_counter() - start
+        try:
+            return super().save_staple(key, staple)
+        finally:
+            self.phases.store += time.perf_counter() - start
 
     def add_attempts(self, key: str, attempts: Iterable[AttemptRecord]) -> None:
         start = time.perf_counter()

@@ -318,7 +318,7 @@ def test_a_shared_staple_that_fails_validation_is_never_delivered(
                 "c0.test",
                 b"\x30\x03\x0a\x01\x00",
                 w.clock.now,
-                w.clock.now + HOUR,
+                w.clock.now + 2 * VALIDITY,
                 w.clock.now,
                 None,
             )

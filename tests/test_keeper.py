@@ -246,7 +246,7 @@ def test_outage_keeps_the_last_good_staple_until_expiry_then_removes_it(
     run(scenario, tmp_path)
 
 
-def test_revoked_is_withdrawn_and_hooked(tmp_path: Path) -> None:
+def test_revoked_replaces_the_good_staple_everywhere_and_is_hooked(tmp_path: Path) -> None:
     async def scenario(tmp: Path) -> None:
         async with world(tmp) as w:
             w.issue("a.test")
@@ -255,8 +255,13 @@ def test_revoked_is_withdrawn_and_hooked(tmp_path: Path) -> None:
             w.responder.set_behaviour(Behaviour.REVOKED)
             w.clock.now = w.keeper.next_wakeup()  # type: ignore[assignment]
             await w.keeper.tick()
-            assert w.sink.last().action is Action.REMOVE
-            assert w.sink.last().status == "revoked"
+            revoked = w.sink.last()
+            assert revoked.action is Action.STAPLE  # the CA's revoked answer, not a good one
+            assert revoked.status == "revoked"
+            managed = next(iter(w.keeper.managed.values()))
+            assert managed.revoked is not None
+            assert revoked.der == managed.revoked.der
+            assert managed.held is None
             await asyncio.sleep(0.2)
         assert "MUSTAPLE_STATUS=revoked" in (tmp / "revoked.env").read_text()
 
@@ -294,7 +299,15 @@ def test_unusable_files_are_reported_once(tmp_path: Path, caplog: pytest.LogCapt
             await w.keeper.tick()
             names = {m.name: m for m in w.keeper.managed.values()}
             assert names["nourl.test"].next_due is None
-            assert names["nourl.test"].state() == "no-ocsp-url"
+            assert names["nourl.test"].state() == "unusable"
+            views = {v.name: v for v in w.keeper.views()}
+            assert views["nourl.test"].state.rejection.code == "no-ocsp-url"  # type: ignore[union-attr]
+            assert "`urls`" in (views["nourl.test"].state.problem or "")
+            # the garbled file is visible too, with its reason and its own line
+            bad_view = views["bad.test"]
+            assert bad_view.phase == "unusable"
+            assert bad_view.paths == (str(bad),)
+            assert bad_view.state.rejection.code == "cert-unusable"  # type: ignore[union-attr]
 
     caplog.set_level(logging.INFO, "mustaple")
     run(scenario, tmp_path)
@@ -310,6 +323,9 @@ def test_failed_delivery_is_retried_on_the_next_pass(tmp_path: Path) -> None:
             w.sink.fail = True
             await w.keeper.tick()
             w.sink.fail = False
+            await w.keeper.tick()  # a failed sink is tried again after a pause, not at once
+            assert len(w.sink.batches) == 1
+            w.clock.now += timedelta(seconds=5)
             await w.keeper.tick()
             assert len(w.sink.batches) == 2
             await w.keeper.tick()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -274,7 +275,10 @@ def test_haproxy_takes_a_new_staple_over_its_socket_without_reload(
     first = pki.fresh()
     [primed] = deliver(sink, pki.delivery(pem, first.der))  # HAProxy is not running yet
     assert primed.changed
-    assert re.search("cannot reach .* next start or reload", primed.error or "")
+    assert primed.ok  # in place for HAProxy's start: what `prime` before the server needs
+    assert re.search(
+        "HAProxy is not running .* it reads .*site.pem.ocsp at its start", primed.note or ""
+    )
     assert Path(f"{pem}.ocsp").read_bytes() == first.der
     with server:
         assert served(server.port) == first.der
@@ -300,7 +304,16 @@ def test_haproxy_socket_over_tcp_and_through_the_master_cli(pki: Pki, tmp_path: 
             assert served(server.port) == staple.der
     nobody = {"type": "haproxy", "socket": f"127.0.0.1:{free_port()}", "timeout": "2s"}
     [refused] = deliver(build_sink("haproxy", nobody), pki.delivery(pem, pki.fresh().der))
-    assert "cannot reach HAProxy" in (refused.error or "")
+    assert refused.ok  # nothing listens: HAProxy is down, and the file is in place for its start
+    assert "HAProxy is not running" in (refused.note or "")
+    with socket.socket() as silent:  # listens, never answers: that is a failure
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        mute = {"type": "haproxy", "socket": f"127.0.0.1:{silent.getsockname()[1]}"}
+        [stuck] = deliver(
+            build_sink("haproxy", {**mute, "timeout": "1s"}), pki.delivery(pem, pki.fresh().der)
+        )
+    assert "cannot reach HAProxy" in (stuck.error or "")
 
 
 def test_haproxy_started_without_ocsp_file_needs_one_reload(pki: Pki, tmp_path: Path) -> None:

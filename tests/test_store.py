@@ -138,10 +138,25 @@ def test_cert_key_is_the_fingerprint(leaf: Leaf) -> None:
     assert len(cert_key(leaf.cert)) == 64
 
 
-def test_unopenable_database_is_an_input_error(tmp_path: Path) -> None:
-    (tmp_path / "state.db").write_bytes(b"this is not a database" * 100)
+def test_a_corrupted_database_is_moved_aside_and_started_afresh(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    garbage = b"this is not a database" * 100
+    (tmp_path / "state.db").write_bytes(garbage)
+    store = SqliteStore(tmp_path / "state.db")
+    assert store.keys() == []
+    store.save_staple("k", stored(1))
+    store.close()
+    aside = list(tmp_path.glob("state.db.corrupt-*"))
+    assert [p.read_bytes() for p in aside] == [garbage]  # kept, for whoever wants to look
+    assert "moved to" in caplog.text
+    assert "started afresh" in caplog.text
+
+
+def test_an_unwritable_state_directory_is_an_input_error(tmp_path: Path) -> None:
+    (tmp_path / "state").write_text("a file where the directory should be")
     with pytest.raises(InputError, match="cannot open the state database"):
-        SqliteStore(tmp_path / "state.db")
+        SqliteStore(tmp_path / "state" / "state.db")
 
 
 WRITER = """

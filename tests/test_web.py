@@ -187,7 +187,7 @@ def test_metrics_follow_every_state(tmp_path: Path) -> None:
                 "www.example.test": ("good", 1.0),
                 "shop.example.test": ("failing", 1.0),
                 "mail.example.test": ("revoked", 0.0),
-                "legacy.example.test": ("no-ocsp-url", 0.0),
+                "legacy.example.test": ("unusable", 0.0),
                 "static.example.test": ("good", 1.0),
             }
             for name, (state, valid) in expected.items():
@@ -333,8 +333,9 @@ def test_status_json_describes_every_certificate(tmp_path: Path) -> None:
         assert mail["revoked_at"] is not None
         legacy = certs["legacy.example.test"]
         assert (legacy["state"], legacy["next_refresh"], legacy["attempts"]) == (
-            "no-ocsp-url", None, [])  # fmt: skip
-        assert legacy["health_reason"].startswith("no OCSP URL")
+            "unusable", None, [])  # fmt: skip
+        assert legacy["last_error"] == "no-ocsp-url"
+        assert legacy["health_reason"].startswith("unusable: must-staple certificate without")
 
     run(scenario, tmp_path)
 
@@ -469,7 +470,7 @@ def test_status_page_in_headless_chromium(tmp_path: Path) -> None:
         parser = Rows()
         parser.feed(dom)
         assert parser.rows == [
-            ["legacy.example.test", "no-ocsp-url", "CRITICAL", "no-ocsp-url"],
+            ["legacy.example.test", "unusable", "CRITICAL", "unusable"],
             ["mail.example.test", "revoked", "CRITICAL", "revoked"],
             ["shop.example.test", "failing", "WARNING", "failing"],
             ["static.example.test", "good", "OK", "good"],

@@ -19,10 +19,11 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["Action", "Delivered", "Delivery", "Sink"]
+__all__ = ["Action", "Delivered", "Delivery", "Sink", "SinkHealth"]
 
 
 class Action(enum.Enum):
@@ -52,6 +53,25 @@ class Delivered:
     sink: str
     changed: bool
     error: str | None = None
+    # In place for the server's next start, but no running server took it (HAProxy not
+    # running, or the file sink's `running` check says the server is down): not an error.
+    note: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class SinkHealth:
+    """How one sink last took one certificate's staple (status, page and metrics show it)."""
+
+    sink: str
+    last_delivery: datetime | None  # when it last took a staple
+    error: str | None = None  # the last failure; None when the last delivery worked
+    failures: int = 0  # failed deliveries in a row
+    since: datetime | None = None  # when this run of failures began
+    note: str | None = None  # see `Delivered.note`
 
     @property
     def ok(self) -> bool:

@@ -46,7 +46,7 @@ from mustaple.fetch import FetchResult
 from mustaple.keeper import Keeper, Managed, Turn, attempt_records
 from mustaple.redisstore import Lease, RedisStore, Retry, shown_url
 from mustaple.store import StoredStaple
-from mustaple.verify import Staple, verify
+from mustaple.verify import Staple, may_replace, verify
 
 __all__ = ["Fleet"]
 
@@ -190,6 +190,7 @@ class Fleet:
             "certificates": len(managed),
             "good": sum(m.held is not None for m in managed),
             "failing": sum(m.failures > 0 for m in managed),
+            "revoked": sum(m.revoked is not None for m in managed),
         }
 
     async def _catch_up(self, deliver: bool) -> None:
@@ -203,8 +204,10 @@ class Fleet:
             for managed, shared_staple in zip(batch, found, strict=True):
                 if shared_staple is not None and self._adopt(managed, *shared_staple):
                     adopted += 1
-                elif managed.held is not None and _newer(managed.held, shared_staple):
-                    newer.append((managed.key, _stored(managed, managed.held)))
+                elif (answer := managed.life.state.answer) is not None and _newer(
+                    answer, shared_staple
+                ):
+                    newer.append((managed.key, _stored(managed, answer)))
             await self._call(self.shared.publish_many, newer)
             shared += len(newer)
         if adopted and deliver:
@@ -282,7 +285,7 @@ class Fleet:
         return sum(self._adopt(m, *found) for m in managed) if found else 0
 
     def _adopt(self, managed: Managed, stored: StoredStaple, origin: str) -> bool:
-        current = managed.revoked or managed.held
+        current = managed.life.state.answer
         if current is not None and current.der == stored.der:
             return False
         staple = self._validated(managed, stored)
@@ -357,7 +360,7 @@ class Fleet:
         if found is None:
             return None
         stored, origin = found
-        current = managed.revoked or managed.held
+        current = managed.life.state.answer
         if current is not None and current.der == stored.der:  # ours: validated already
             # due, unless it was adopted while we looked (its schedule then says when), or a
             # member fetched it again just now (the CA answered the same: keep the floor)
@@ -419,11 +422,17 @@ def _stored(
         staple.effective_expiry,
         at or staple.produced_at,
         url,
+        revoked=not staple.good,
     )
 
 
 def _newer(staple: Staple, found: tuple[StoredStaple, str] | None) -> bool:
-    return found is None or staple.this_update > found[0].this_update
+    """Whether ours is strictly newer than the shared one, by `verify.may_replace`: ours may
+    replace it and it may not replace ours."""
+    if found is None:
+        return True
+    shared = found[0]
+    return may_replace(staple, shared) is None and may_replace(shared, staple) is not None
 
 
 def _short(exc: BaseException) -> str:

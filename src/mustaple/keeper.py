@@ -1,15 +1,24 @@
 """The keeper: the one orchestrator that keeps every staple fresh and delivered.
 
-One pass (`tick`) does, in order: refresh every certificate that is due (fetching outside any
-lock, with bounded concurrency overall and per responder host), apply the outcomes (store the
-new staple, schedule the next refresh or retry, raise events), handle expiry and alerts, and
-deliver what changed to the sinks in one batch per sink. `scan` picks up new, changed and
-removed certificate files; a new certificate is due at once, and a certificate whose stored
-staple is still valid has it delivered at once, however old, before anything is fetched.
+It gathers events (timers, file changes, fetch results, what another process stored, what the
+fleet shares), hands each to the pure life cycle (`mustaple.lifecycle.step`), and carries out the
+effects in order: store first, then hooks and logs; what the servers should have follows from
+the state (`lifecycle.wanted`) and is delivered in one batch per sink. It decides nothing itself.
 
-Decisions come from the pure core (`verify`, `schedule`); the keeper only wires them to the
-adapters (`fetch`, `store`, sinks, hooks). The clock and the dice are injected, so tests drive
-days of refreshes without sleeping.
+One pass (`tick`) does, in order: pick up what another process stored (`prime`, a second
+member), refresh every certificate that is due (fetching outside any lock, with bounded
+concurrency overall and per responder host, once per certificate however many files hold it),
+judge expiry and alerts, store, and deliver what changed. `scan` picks up new, changed and
+removed certificate files; a new certificate is due at once, and a certificate whose stored
+answer is still valid has it delivered at once, however old, before anything is fetched.
+
+A certificate has one life (`Life`), keyed by its leaf, shared by every file that holds it; a
+file the keeper cannot use is `Unusable`, with a line naming the key to fix, and shown as such.
+Readers above the keeper (status, web, metrics) take `views()`: frozen snapshots.
+
+An unexpected error while handling one certificate marks that certificate unusable with its
+reason and never leaves the loop; a store that cannot be written (disk full) keeps the writes
+pending, serves from memory, says so once, and writes them when it can.
 
 In fleet mode a `Coordinator` (`mustaple.fleet`) is asked before each due fetch whether to
 fetch, to adopt a staple another member fetched (validated here all the same), or to wait for
@@ -24,9 +33,10 @@ import functools
 import glob
 import logging
 import random
+import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
@@ -36,22 +46,27 @@ import aiohttp
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from mustaple.certs import Target
+from mustaple import lifecycle
+from mustaple.certs import Target, display_name, is_must_staple, parse_certificates
 from mustaple.config import CertEntry, Config
-from mustaple.delivery import Action, Delivered, Delivery, Sink
+from mustaple.delivery import Action, Delivered, Delivery, Sink, SinkHealth
 from mustaple.errors import InputError
 from mustaple.events import HOOK_FOR, Event, run_hook
 from mustaple.fetch import USER_AGENT, FetchResult, fetch_staple, utc_now
+from mustaple.files import read_input
+from mustaple.lifecycle import Accepted, CertState, Phase, Rejected, Restored, Tick, Wait
 from mustaple.loader import load_file
 from mustaple.reasons import Reason, Rejection
 from mustaple.request import CertId, make_cert_id
-from mustaple.schedule import Alert, alert_level, next_refresh, next_retry
+from mustaple.schedule import Alert
 from mustaple.store import AttemptRecord, CertStatus, Store, StoredStaple, cert_key
-from mustaple.verify import Staple, compare, verify
+from mustaple.verify import Staple, verify
 
 __all__ = [
+    "CertView",
     "Coordinator",
     "Keeper",
+    "Life",
     "Managed",
     "Observer",
     "Turn",
@@ -67,44 +82,111 @@ Clock = Callable[[], datetime]
 WRITE_GROUP = 256
 # Called after every refresh with the certificate and the fetch result (metrics use it).
 Observer = Callable[["Managed", FetchResult], None]
+STORED_ELSEWHERE = "stored by another mustaple process"
+# A sink that failed is tried again after this, doubling up to the policy's retry_max.
+DELIVERY_RETRY = timedelta(seconds=5)
+
+
+@dataclass
+class Life:
+    """One certificate's life: its frozen state, replaced only by `lifecycle.step`, shared by
+    every file that holds the leaf; and how each sink took its staple."""
+
+    key: str
+    target: Target
+    state: CertState = field(default_factory=CertState)
+    sinks: dict[str, SinkHealth] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.target.name
 
 
 @dataclass
 class Managed:
-    """One certificate the keeper looks after, and what it knows about it."""
+    """One certificate file the keeper looks after; its certificate's `life` is shared."""
 
     path: Path
     entry: CertEntry
     target: Target
     stamp: tuple[int, int]  # (mtime_ns, size) of the file when loaded
     bundle_has_issuer: bool
-    next_due: datetime | None  # None: nothing to do until the file changes
-    held: Staple | None = None  # the freshest valid good staple
-    revoked: Staple | None = None  # a valid answer saying revoked
-    failures: int = 0  # consecutive failed refreshes
-    last_rejection: Rejection | None = None
-    last_attempt: datetime | None = None
-    alert: Alert = Alert.OK
+    life: Life
     sent: tuple[Action, bytes | None] | None = None  # what every sink has confirmed
-    known: bool = False  # a staple of ours was stored or held: a staple file may be ours
+    retry_at: datetime | None = None  # a sink failed: deliver again then
 
-    @functools.cached_property
+    @property
     def key(self) -> str:
-        """The store key: the leaf's SHA-256 fingerprint, worked out once."""
-        return cert_key(self.target.leaf)
+        return self.life.key
 
     @property
     def name(self) -> str:
         return self.target.name
 
+    # Read-only windows on the state, for readers that hold a Managed.
+    @property
+    def held(self) -> Staple | None:
+        return self.life.state.held
+
+    @property
+    def revoked(self) -> Staple | None:
+        return self.life.state.revoked
+
+    @property
+    def failures(self) -> int:
+        return self.life.state.failures
+
+    @property
+    def next_due(self) -> datetime | None:
+        return self.life.state.next_due
+
+    @property
+    def last_rejection(self) -> Rejection | None:
+        return self.life.state.rejection
+
+    @property
+    def last_attempt(self) -> datetime | None:
+        return self.life.state.last_attempt
+
+    @property
+    def alert(self) -> Alert:
+        return self.life.state.alert
+
     def state(self) -> str:
-        if self.revoked is not None:
-            return "revoked"
-        if self.next_due is None and self.held is None:
-            return "no-ocsp-url"
-        if self.held is not None:
-            return "failing" if self.failures else "good"
-        return "failing" if self.failures else "pending"
+        return self.life.state.phase.value
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A configured file the keeper cannot use, and why (one line naming what to fix)."""
+
+    path: Path
+    key: str  # the leaf's key when it could be read, else "file:<path>"
+    name: str
+    must_staple: bool | None
+    message: str
+    reason: Reason  # cert-unusable, or keeper-fault
+
+
+@dataclass(frozen=True, slots=True)
+class CertView:
+    """A frozen snapshot of one certificate, for every reader above the keeper."""
+
+    key: str
+    name: str
+    paths: tuple[str, ...]
+    must_staple: bool | None
+    serial: int | None
+    state: CertState
+    sinks: tuple[SinkHealth, ...] = ()
+
+    @property
+    def phase(self) -> str:
+        return self.state.phase.value
+
+    @property
+    def sinks_failing(self) -> tuple[SinkHealth, ...]:
+        return tuple(s for s in self.sinks if not s.ok)
 
 
 @dataclass(frozen=True)
@@ -123,14 +205,6 @@ class Coordinator(Protocol):
     async def claim(self, managed: Managed) -> Turn: ...
 
     async def settle(self, managed: Managed, turn: Turn, result: FetchResult | None) -> None: ...
-
-
-@dataclass
-class _Batch:
-    """Deliveries gathered in one pass, per sink, and what each certificate should become."""
-
-    per_sink: dict[str, list[Delivery]] = field(default_factory=dict)
-    wanted: dict[str, tuple[Managed, tuple[Action, bytes | None]]] = field(default_factory=dict)
 
 
 class Keeper:
@@ -153,17 +227,20 @@ class Keeper:
         self.observers = list(observers)
         self.coordinator = coordinator
         self.managed: dict[Path, Managed] = {}
+        self.lives: dict[str, Life] = {}
+        self.problems: dict[Path, Problem] = {}
         self._index: dict[str, dict[CertId, Managed]] = {}  # by hash name; see `find`
         self._by_key: dict[str, list[Managed]] | None = None  # see `by_key`
         self._delivering = asyncio.Lock()
-        self._problems: dict[Path, str] = {}
         self._issuer_cache: dict[str, bytes] = {}
         self._issuers: dict[x509.Certificate, x509.Certificate] = {}
         self._all = asyncio.Semaphore(self.policy.concurrency)
         self._hosts: dict[str, asyncio.Semaphore] = {}
         self._session: aiohttp.ClientSession | None = None
         self._hooks: set[asyncio.Task[None]] = set()
-        self._writes: list[Callable[[], None]] = []
+        self._writes: list[Callable[[], object]] = []
+        self._store_problem: str | None = None
+        self._problem_stamps: dict[Path, tuple[int, int]] = {}
 
     async def __aenter__(self) -> Keeper:
         connector = aiohttp.TCPConnector(limit=self.policy.concurrency)
@@ -195,20 +272,28 @@ class Keeper:
         wanted = configured_files(self.config)
         for path in set(self.managed) - set(wanted):
             log.info("%s: no longer configured or present (%s)", self.managed[path].name, path)
-            del self.managed[path]
-            self._forget()
+            self._drop(path)
+        for path in set(self.problems) - set(wanted):
+            del self.problems[path]
         added = []
         for path, entry in wanted.items():
             current = self.managed.get(path)
             stamp = _stamp(path)
             if stamp is None or (current and current.stamp == stamp and current.entry == entry):
                 continue
+            if current is None and path in self.problems and self._same_problem(path, stamp):
+                continue
             managed = await self._load(path, entry, stamp)
             if managed is not None:
                 added.append(managed)
         return added
 
+    def _same_problem(self, path: Path, stamp: tuple[int, int]) -> bool:
+        """An unusable file is read again only when it changes (or at a reload)."""
+        return self._problem_stamps.get(path) == stamp
+
     async def _load(self, path: Path, entry: CertEntry, stamp: tuple[int, int]) -> Managed | None:
+        """Load one file; an unusable one becomes a `Problem`, shown everywhere."""
         try:
             loaded = await load_file(
                 path,
@@ -219,52 +304,107 @@ class Keeper:
                 issuers=self._issuers,
             )
         except InputError as exc:
-            self.managed.pop(path, None)
-            self._forget()
-            if self._problems.get(path) != str(exc):
-                log.error("%s", exc)
-                self._problems[path] = str(exc)
+            self._unusable(path, stamp, str(exc), Reason.CERT_UNUSABLE)
             return None
-        self._problems.pop(path, None)
-        managed = Managed(path, entry, loaded.target, stamp, loaded.bundle_has_issuer, self.clock())
-        self._restore(managed)
+        except Exception as exc:  # a bug of ours, or input nobody foresaw: this file only
+            self._unusable(path, stamp, _internal(exc), Reason.KEEPER_FAULT)
+            return None
+        self.problems.pop(path, None)
+        self._problem_stamps.pop(path, None)
+        target = loaded.target
+        self._drop(path)
+        life = self.lives.get(cert_key(target.leaf))
+        fresh = life is None
+        if life is None:
+            life = Life(cert_key(target.leaf), target)
+            self.lives[life.key] = life
+        managed = Managed(path, entry, target, stamp, loaded.bundle_has_issuer, life)
         self.managed[path] = managed
         self._forget()
+        if fresh:
+            self._begin(managed)
         return managed
 
-    def _restore(self, managed: Managed) -> None:
-        """Take back a stored staple that is still valid; schedule the first refresh."""
-        now = self.clock()
+    def _begin(self, managed: Managed) -> None:
+        """A certificate seen for the first time by this process: its stored truth, or due now."""
+        life, now = managed.life, self.clock()
         if not managed.target.ocsp_urls and not managed.entry.urls:
-            managed.next_due = None
+            problem = (
+                f"{managed.target.no_url_message()} (or set `urls` in its [[certificates]] entry)"
+            )
+            self._apply(life, lifecycle.Unusable(problem), now)
             level = logging.ERROR if managed.target.must_staple else logging.WARNING
-            log.log(level, "%s: %s", managed.name, managed.target.no_url_message())
+            log.log(level, "%s: %s", managed.name, problem)
             return
-        stored = self.store.load(managed.key)
+        self._apply(life, Wait(now), now)
+        stored = self.store.load(life.key)
         if stored is None:
             return
-        managed.known = True
         outcome = verify(stored.der, managed.target, now, self.policy.verify)
-        if isinstance(outcome, Staple) and outcome.good:
-            managed.held = outcome
-            due = next_refresh(outcome, stored.fetched_at, self.dice, self.policy.schedule)
-            managed.next_due = min(due, now) if due <= now else due
-            log.info(
-                "%s: restored a valid staple from the state (until %s)",
-                managed.name,
-                _time(outcome.effective_expiry),
-            )
+        if isinstance(outcome, Staple):
+            self._apply(life, Restored(outcome, stored.fetched_at), now)
+        elif stored.good:
+            life.state = _known(life.state)  # a staple file may be ours: ours to take away
+
+    def _unusable(self, path: Path, stamp: tuple[int, int], message: str, reason: Reason) -> None:
+        self._drop(path)
+        key, name, must = _identify(path)
+        problem = Problem(path, key, name, must, message, reason)
+        if self.problems.get(path) != problem:
+            log.error("%s", message)
+        self.problems[path] = problem
+        self._problem_stamps[path] = stamp
+        self._write(functools.partial(self.store.save_status, key, _problem_status(problem)))
+
+    def _drop(self, path: Path) -> None:
+        """Forget a file; its certificate's life goes when no file holds it any more."""
+        managed = self.managed.pop(path, None)
+        if managed is None:
+            return
+        self._forget()
+        if not any(m.life is managed.life for m in self.managed.values()):
+            self.lives.pop(managed.key, None)
 
     # --- One pass -------------------------------------------------------------------------------
 
     async def tick(self) -> None:
-        """Refresh what is due, handle expiry and alerts, deliver what changed."""
+        """Take in what others stored, refresh what is due, judge expiry and alerts, store,
+        deliver what changed."""
+        self.sync()
         now = self.clock()
-        due = [m for m in self.managed.values() if m.next_due is not None and m.next_due <= now]
+        due = self._one_per_life(m for m in self.managed.values() if m.life.state.due(now))
         await self._refresh_all(due)
-        self._watch_expiry(self.clock())
+        self.judge_time()
         self._flush()
         await self.deliver()
+
+    def sync(self) -> int:
+        """Take in the answers another process (`prime`, a second keeper) stored since the last
+        look: validated here, and taken only where the life cycle allows. Returns how many."""
+        try:
+            if not self.store.changed():
+                return 0
+        except sqlite3.Error as exc:
+            self._store_failed(exc)
+            return 0
+        now, taken = self.clock(), 0
+        for life in list(self.lives.values()):
+            stored = self.store.load(life.key)
+            answer = life.state.answer
+            if stored is None or (answer is not None and answer.der == stored.der):
+                continue
+            outcome = verify(stored.der, life.target, now, self.policy.verify)
+            if isinstance(outcome, Staple):
+                event = Accepted(outcome, stored.fetched_at, stored.responder_url, STORED_ELSEWHERE)
+                self._apply(life, event, now)
+                taken += life.state.answer is outcome
+        return taken
+
+    def judge_time(self) -> None:
+        """Expiry and alerts, for every certificate, at the clock's time."""
+        now = self.clock()
+        for life in self.lives.values():
+            self._apply(life, Tick(), now)
 
     def find(self, cert_id: CertId) -> Managed | None:
         """The managed certificate a CertID names (any supported hash), or None."""
@@ -291,9 +431,15 @@ class Keeper:
         self._by_key = None
 
     def next_wakeup(self) -> datetime | None:
-        """When the next certificate falls due."""
-        dues = [m.next_due for m in self.managed.values() if m.next_due is not None]
-        return min(dues, default=None)
+        """When the next certificate falls due (or a failed delivery is tried again)."""
+        dues = [life.state.next_due for life in self.lives.values()]
+        dues += [m.retry_at for m in self.managed.values()]
+        return min((due for due in dues if due is not None), default=None)
+
+    @staticmethod
+    def _one_per_life(managed: Iterator[Managed]) -> list[Managed]:
+        """One file per certificate: a leaf in two files is fetched once."""
+        return list({m.key: m for m in reversed(list(managed))}.values())[::-1]
 
     async def _refresh_all(self, due: Sequence[Managed]) -> None:
         """Refresh `due`: per responder host, `per_host` workers take turns (no task per
@@ -304,13 +450,25 @@ class Keeper:
 
         async def drain(queue: Iterator[Managed]) -> None:
             for managed in queue:
-                await self._take_turn(managed)
+                await self._guarded_turn(managed)
 
         workers = []
         for items in by_host.values():
             queue = iter(items)
             workers += [drain(queue) for _ in range(min(self.policy.per_host, len(items)))]
         await asyncio.gather(*workers)
+
+    async def _guarded_turn(self, managed: Managed) -> None:
+        """A fault while handling one certificate stays in that certificate."""
+        try:
+            await self._take_turn(managed)
+        except Exception as exc:
+            self._broken(managed, exc)
+
+    def _broken(self, managed: Managed, exc: Exception) -> None:
+        message = f"{managed.path}: {_internal(exc)}"
+        log.error("%s", message)
+        self._apply(managed.life, lifecycle.Unusable(message, Reason.KEEPER_FAULT), self.clock())
 
     async def _take_turn(self, managed: Managed) -> None:
         """Refresh a due certificate, or do what the coordinator says instead."""
@@ -323,7 +481,7 @@ class Keeper:
         turn = await self.coordinator.claim(managed)
         if turn.wait_until is not None:
             if managed.next_due == due:  # else a staple was adopted meanwhile: its schedule wins
-                managed.next_due = turn.wait_until
+                self._apply(managed.life, Wait(turn.wait_until), self.clock())
         else:
             result = None
             try:
@@ -332,16 +490,11 @@ class Keeper:
                 await self.coordinator.settle(managed, turn, result)
 
     def adopt(self, managed: Managed, staple: Staple, stored: StoredStaple, origin: str) -> bool:
-        """Take a staple another member fetched, validated (`staple`), if it is newer than
-        the one held; schedule from when it was fetched. Returns whether it was taken."""
-        current = managed.revoked if managed.revoked is not None else managed.held
-        if current is not None and (current.der == staple.der or compare(staple, current)):
-            return False
-        self._accepted(
-            managed, staple, stored.responder_url, stored.fetched_at, f" (fetched by {origin})"
-        )
-        self._save_status(managed)
-        return True
+        """Take a staple another member fetched, validated (`staple`), if the life cycle
+        allows it; schedule from when it was fetched. Returns whether it was taken."""
+        event = Accepted(staple, stored.fetched_at, stored.responder_url, f"fetched by {origin}")
+        self._apply(managed.life, event, self.clock())
+        return managed.life.state.answer is staple
 
     async def refresh(self, managed: Managed) -> FetchResult:
         """Fetch a new staple for one certificate now, apply and store the outcome (in fleet
@@ -360,124 +513,48 @@ class Keeper:
                 hash_name=self.policy.hash_name,
                 policy=self.policy.fetch,
                 verify_policy=self.policy.verify,
-                current=managed.held,
+                current=managed.life.state.answer,
                 session=self._session,
                 clock=self.clock,
                 rng=self.dice,
             )
         now = self.clock()
-        managed.last_attempt = now
         self._write(
             functools.partial(self.store.add_attempts, managed.key, attempt_records(result))
         )
         for observer in self.observers:
             observer(managed, result)
         if result.staple is not None:
-            self._accepted(managed, result.staple, result.url, now)
+            self._apply(managed.life, Accepted(result.staple, now, result.url), now)
         else:
             assert result.rejection is not None
-            self._failed(managed, result.rejection, now)
-        self._save_status(managed)
+            self._apply(managed.life, Rejected(result.rejection), now)
         return result
 
-    def _accepted(
-        self,
-        managed: Managed,
-        staple: Staple,
-        url: str | None,
-        now: datetime,
-        origin: str = "",
-    ) -> None:
-        """Hold `staple`, fetched at `now` (by another member, as `origin` says)."""
-        managed.next_due = next_refresh(staple, now, self.dice, self.policy.schedule)
-        if not staple.good:
-            first = managed.revoked is None
-            managed.revoked, managed.held = staple, None
-            if first:
-                when = _time(staple.revocation_time)
-                self._emit("revoked", managed, f"revoked at {when}; withdrawn from every server")
-            return
-        recovered = managed.failures > 0 or managed.revoked is not None
-        managed.held, managed.revoked, managed.failures = staple, None, 0
-        managed.known = True
-        managed.last_rejection, managed.alert = None, Alert.OK
-        stored = StoredStaple(
-            managed.name, staple.der, staple.this_update, staple.effective_expiry, now, url
-        )
-        self._write(functools.partial(self.store.save_staple, managed.key, stored))
-        if recovered:
-            self._emit(
-                "recovered", managed, f"good staple again, until {_time(staple.effective_expiry)}"
-            )
-        log.info(
-            "%s: good staple until %s%s; next refresh at %s",
-            managed.name,
-            _time(staple.effective_expiry),
-            origin,
-            _time(managed.next_due),
-        )
+    # --- Carrying out the life cycle's effects ----------------------------------------------------
 
-    def _failed(self, managed: Managed, rejection: Rejection, now: datetime) -> None:
-        managed.failures += 1
-        managed.last_rejection = rejection
-        if rejection.reason is Reason.NO_OCSP_URL:
-            managed.next_due = None
-        else:
-            expiry = managed.held.effective_expiry if managed.held else None
-            managed.next_due = next_retry(
-                managed.failures, now, expiry, self.dice, self.policy.schedule
-            )
-        held = (
-            f"; the staple in hand stays valid until {_time(managed.held.effective_expiry)}"
-            if managed.held
-            else "; no valid staple in hand"
-        )
-        message = f"{rejection.message}{held}; next try at {_time(managed.next_due)}"
-        self._emit("failure", managed, message, rejection.code, hook=managed.failures == 1)
-
-    def _watch_expiry(self, now: datetime) -> None:
-        for managed in self.managed.values():
-            held = managed.held
-            if held is not None and held.effective_expiry <= now:
-                managed.held = None
-                failing = (
-                    " A must-staple certificate is now FAILING for clients."
-                    if (managed.target.must_staple)
-                    else ""
+    def _apply(self, life: Life, event: lifecycle.Event, now: datetime) -> None:
+        """Step the life cycle, then do what it says, in order; store the new status."""
+        before = life.state
+        life.state, effects = lifecycle.step(before, event, now, self.policy.schedule, self.dice)
+        for effect in effects:
+            if isinstance(effect, lifecycle.Store):
+                self._write(
+                    functools.partial(self.store.save_staple, life.key, _stored(life, effect))
                 )
-                self._emit(
-                    "expired",
-                    managed,
-                    "the staple expired with no valid replacement;"
-                    f" policy at_expiry={self.policy.at_expiry}.{failing}",
-                )
-                self._save_status(managed)
-            if managed.next_due is None or managed.revoked is not None:
-                continue
-            level = alert_level(managed.held, now, self.policy.schedule)
-            if level > managed.alert and managed.held is not None:
-                self._emit(
-                    "expiring",
-                    managed,
-                    f"{level.name}: the staple expires at "
-                    f"{_time(managed.held.effective_expiry)} and no fresh one came yet",
-                )
-            managed.alert = level
+            elif isinstance(effect, lifecycle.Emit):
+                self._emit(life, effect)
+            else:
+                log.log(_LEVELS[effect.level], "%s: %s", life.name, effect.message)
+        if life.state != before:
+            self._save_status(life)
 
     # --- Delivery -------------------------------------------------------------------------------
 
     def _wanted(self, managed: Managed) -> tuple[Action, bytes | None] | None:
-        """What the sinks should have: the staple held; nothing when it expired (or was
-        withdrawn for revocation) and `at_expiry` says remove; else leave them alone. A
-        certificate never seen with a staple is left alone: what a server has for it then
-        is not ours to take away (HAProxy, for one, needs the file it started with)."""
-        if managed.held is not None:
-            return (Action.STAPLE, managed.held.der)
-        if managed.revoked is not None:
-            return (Action.REMOVE, None)
-        if self.policy.at_expiry == "keep" or not managed.known:
-            return None
-        return (Action.REMOVE, None)
+        return lifecycle.wanted(
+            managed.life.state, remove_at_expiry=self.policy.at_expiry == "remove"
+        )
 
     async def deliver(self, *, again: bool = False) -> list[Delivered]:
         """Store the pending writes, then send every changed staple (or all, with `again`)
@@ -487,30 +564,66 @@ class Keeper:
             return await self._deliver(again)
 
     async def _deliver(self, again: bool) -> list[Delivered]:
-        batch = _Batch()
+        now = self.clock()
+        per_sink: dict[str, list[tuple[Managed, Delivery]]] = {}
+        wanted: dict[Path, tuple[Action, bytes | None]] = {}
         for managed in self.managed.values():
-            wanted = self._wanted(managed)
-            if wanted is None or (wanted == managed.sent and not again):
+            want = self._wanted(managed)
+            if want is None or (want == managed.sent and not again):
                 continue
-            batch.wanted[managed.key] = (managed, wanted)
+            if not again and managed.retry_at is not None and managed.retry_at > now:
+                continue
+            wanted[managed.path] = want
+            delivery = self._delivery(managed, want)
             for sink in managed.entry.sinks or tuple(self.sinks):
-                batch.per_sink.setdefault(sink, []).append(self._delivery(managed, wanted))
+                per_sink.setdefault(sink, []).append((managed, delivery))
+        names = list(per_sink)
         results = await asyncio.gather(
-            *(self.sinks[name].deliver(items) for name, items in batch.per_sink.items())
+            *(self.sinks[name].deliver([d for _, d in per_sink[name]]) for name in names)
         )
-        done = [d for group in results for d in group]
-        failed = {d.key for d in done if not d.ok}
-        for delivered in done:
-            if not delivered.ok:
-                log.error("%s: sink %s: %s", delivered.key[:12], delivered.sink, delivered.error)
-        for key, (managed, wanted) in batch.wanted.items():
-            if key not in failed:
-                managed.sent = wanted
+        failed: set[Path] = set()
+        done = []
+        for name, group in zip(names, results, strict=True):
+            for (managed, _), delivered in zip(per_sink[name], group, strict=True):
+                done.append(delivered)
+                if not self._took(managed, delivered, now):
+                    failed.add(managed.path)
+        for path, want in wanted.items():
+            managed = self.managed[path]
+            if path in failed:
+                failures = max(h.failures for h in managed.life.sinks.values())
+                delay = min(
+                    DELIVERY_RETRY * (1 << min(failures - 1, 20)), self.policy.schedule.retry_max
+                )
+                managed.retry_at = now + delay
+            else:
+                managed.sent, managed.retry_at = want, None
+        for life in {self.managed[p].life.key: self.managed[p].life for p in wanted}.values():
+            self._save_status(life)
         return done
+
+    def _took(self, managed: Managed, delivered: Delivered, now: datetime) -> bool:
+        """Record how a sink took a delivery; log a repeated failure once, then at doubling
+        counts, with the certificate's name. Returns whether it worked."""
+        life, sink = managed.life, delivered.sink
+        before = life.sinks.get(sink)
+        if delivered.ok:
+            if before is not None and not before.ok:
+                log.info("%s: sink %s takes the staple again", life.name, sink)
+            life.sinks[sink] = SinkHealth(sink, now, None, note=delivered.note)
+            return True
+        same = before is not None and before.error == delivered.error
+        failures = before.failures + 1 if before is not None and not before.ok else 1
+        since = before.since if before is not None and not before.ok and before.since else now
+        last = before.last_delivery if before is not None else None
+        life.sinks[sink] = SinkHealth(sink, last, delivered.error, failures, since)
+        if not same or failures & (failures - 1) == 0:
+            repeat = f" (failed {failures} times since {_time(since)})" if failures > 1 else ""
+            log.error("%s: sink %s: %s%s", life.name, sink, delivered.error, repeat)
+        return False
 
     def _delivery(self, managed: Managed, wanted: tuple[Action, bytes | None]) -> Delivery:
         action, der = wanted
-        status = "good" if action is Action.STAPLE else managed.state()
         return Delivery(
             key=managed.key,
             name=managed.name,
@@ -519,38 +632,37 @@ class Keeper:
             der=der,
             issuer_pem=_pem(managed.target),
             bundle_has_issuer=managed.bundle_has_issuer,
-            status=status,
+            status=managed.state(),
         )
 
     # --- Events and status ------------------------------------------------------------------------
 
-    def _emit(
-        self,
-        kind: str,
-        managed: Managed,
-        message: str,
-        reason: str | None = None,
-        *,
-        hook: bool = True,
-    ) -> None:
-        staple = managed.held or managed.revoked
+    def _emit(self, life: Life, effect: lifecycle.Emit) -> None:
+        state = life.state
+        staple = state.answer
+        paths = [m.path for m in self.by_key(life.key)]
+        message = effect.message
+        if effect.kind == "expired":
+            message += f"; at_expiry={self.policy.at_expiry}"
+            if life.target.must_staple:
+                message += ". A must-staple certificate is now FAILING for clients."
         event = Event(
-            kind=kind,
-            name=managed.name,
-            cert_path=str(managed.path),
-            must_staple=managed.target.must_staple,
-            status=managed.state(),
+            kind=effect.kind,
+            name=life.name,
+            cert_path=str(paths[0]) if paths else "",
+            must_staple=life.target.must_staple,
+            status=state.phase.value,
             message=message,
-            reason=reason,
+            reason=effect.reason,
             this_update=staple.this_update if staple else None,
             expiry=staple.effective_expiry if staple else None,
         )
-        level = logging.INFO if kind == "recovered" else logging.WARNING
-        if kind == "expired" or (kind == "failure" and managed.held is None):
+        level = logging.INFO if effect.kind == "recovered" else logging.WARNING
+        if effect.kind == "expired" or (effect.kind == "failure" and state.held is None):
             level = logging.ERROR
         log.log(level, "%s", event.line())
-        command = self.config.hooks.command(HOOK_FOR[kind])
-        if hook and command:
+        command = self.config.hooks.command(HOOK_FOR[effect.kind])
+        if effect.hook and command:
             task = asyncio.get_running_loop().create_task(self._hook(command, event))
             self._hooks.add(task)
             task.add_done_callback(self._hooks.discard)
@@ -560,61 +672,106 @@ class Keeper:
         if problem:
             log.error("%s: %s", event.name, problem)
 
-    def _save_status(self, managed: Managed) -> None:
-        rejection = managed.last_rejection
-        status = functools.partial(
-            self.store.save_status,
-            managed.key,
-            CertStatus(
-                name=managed.name,
-                cert_path=str(managed.path),
-                must_staple=managed.target.must_staple,
-                state=managed.state(),
-                next_due=managed.next_due,
-                failures=managed.failures,
-                last_attempt=managed.last_attempt,
-                last_reason=rejection.code if rejection else None,
-                last_message=rejection.message if rejection else None,
-            ),
-        )
-        self._write(status)
+    def views(self) -> list[CertView]:
+        """Every certificate, usable or not, as a frozen snapshot (sorted by name)."""
+        views = [self.view(life) for life in self.lives.values()]
+        views += [_problem_view(p) for p in self.problems.values() if p.key not in self.lives]
+        return sorted(views, key=lambda v: (v.name, v.paths))
 
-    def _write(self, write: Callable[[], None]) -> None:
+    def view(self, life: Life) -> CertView:
+        paths = tuple(str(m.path) for m in self.by_key(life.key))
+        target = life.target
+        sinks = tuple(life.sinks[name] for name in sorted(life.sinks))
+        return CertView(
+            life.key, life.name, paths, target.must_staple, target.serial, life.state, sinks
+        )
+
+    def _save_status(self, life: Life) -> None:
+        view = self.view(life)
+        self._write(functools.partial(self.store.save_status, life.key, _status(view)))
+
+    def _write(self, write: Callable[[], object]) -> None:
         self._writes.append(write)
         if len(self._writes) >= WRITE_GROUP:
             self._flush()
 
     def _flush(self) -> None:
-        """Apply the pending store writes in one transaction."""
+        """Apply the pending store writes in one transaction. When the store cannot take them
+        (disk full), they stay pending and the keeper serves from memory until it can."""
         writes, self._writes = self._writes, []
-        if writes:
+        if not writes:
+            return
+        try:
             with self.store.transaction():
                 for write in writes:
                     write()
+        except (sqlite3.Error, OSError) as exc:
+            self._writes = writes + self._writes
+            self._store_failed(exc)
+            return
+        if self._store_problem is not None:
+            log.warning("state store writable again: %d pending writes stored", len(writes))
+            self._store_problem = None
+
+    def _store_failed(self, exc: BaseException) -> None:
+        problem = f"{exc}"
+        if problem != self._store_problem:
+            log.error(
+                "the state store cannot be written (%s): serving from memory, writes kept "
+                "and tried again at every pass",
+                problem,
+            )
+        self._store_problem = problem
+
+    @property
+    def store_problem(self) -> str | None:
+        """Why the state store cannot be written now, or None."""
+        return self._store_problem
 
     def save_all_status(self) -> None:
-        for managed in self.managed.values():
-            self._save_status(managed)
+        for life in self.lives.values():
+            self._save_status(life)
         self._flush()
 
+    # --- The deploy gate --------------------------------------------------------------------------
+
+    def covered(self) -> dict[Path, tuple[Path, CertEntry]]:
+        """Every configured file by its resolved path (relative paths and symlinks such as
+        certbot's `live/` resolved), with the path as configured and its entry."""
+        files = configured_files(self.config).items()
+        return {_resolved(path): (path, entry) for path, entry in reversed(list(files))}
+
+    def _covering(
+        self, given: Path, covered: Mapping[Path, tuple[Path, CertEntry]]
+    ) -> tuple[Path, CertEntry]:
+        found = covered.get(_resolved(given))
+        if found is None:
+            raise InputError(
+                f"{given}: no [[certificates]] entry of {self.config.path} covers this file: "
+                "add it (or a glob matching it) to an entry's `paths`"
+            )
+        return found
+
     async def prime(self, paths: Sequence[Path]) -> list[Managed]:
-        """Load `paths`, fetch each now (in fleet mode: unless the fleet has just fetched it),
-        deliver; raises InputError for unusable files."""
-        chosen = []
-        for path in paths:
+        """Load `paths` (each covered by an entry), fetch each now (in fleet mode: unless the
+        fleet has just fetched it), deliver to its entry's sinks; InputError for unusable
+        files."""
+        chosen, covered = [], self.covered()
+        for given in paths:
+            path, entry = self._covering(given, covered)
             stamp = _stamp(path)
-            entry = self.entry_for(path)
             if stamp is None:
-                raise InputError(f"{path}: certificate not found")
+                raise InputError(f"{given}: certificate not found")
             managed = await self._load(path, entry, stamp)
             if managed is None:
-                raise InputError(self._problems.get(path, f"{path}: cannot be loaded"))
+                raise InputError(self.problems[path].message)
             chosen.append(managed)
-        wanted = [m for m in chosen if m.next_due is not None]
+        now = self.clock()
+        wanted = self._one_per_life(m for m in chosen if m.next_due is not None)
         for managed in wanted:
-            managed.next_due = self.clock()  # due now, even with a valid staple restored
+            self._apply(managed.life, Wait(now), now)  # due now, even with a valid staple
         await self._refresh_all(wanted)
-        self._watch_expiry(self.clock())
+        self.judge_time()
         self._flush()
         await self.deliver()
         return chosen
@@ -631,10 +788,20 @@ def configured_files(config: Config) -> dict[Path, CertEntry]:
     return found
 
 
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop: compare as given
+        return path.absolute()
+
+
 def _host(managed: Managed) -> str:
     """The host of the first responder URL tried: what `per_host` limits."""
     urls = [*managed.entry.urls, *managed.target.ocsp_urls]
-    return urlsplit(urls[0]).hostname or "" if urls else ""
+    try:
+        return urlsplit(urls[0]).hostname or "" if urls else ""
+    except ValueError:  # a malformed URL: the fetch says so, for this certificate only
+        return ""
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
@@ -643,6 +810,79 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return (info.st_mtime_ns, info.st_size)
+
+
+def _identify(path: Path) -> tuple[str, str, bool | None]:
+    """The key, name and must-staple flag of an unusable file's leaf, when it can be read."""
+    try:
+        leaf = parse_certificates(read_input(path, "certificate"), source=str(path))[0]
+    except Exception:
+        return f"file:{path}", path.parent.name or path.name, None
+    return cert_key(leaf), display_name(leaf), is_must_staple(leaf)
+
+
+def _internal(exc: BaseException) -> str:
+    return (
+        f"unexpected error while handling this certificate ({type(exc).__name__}: {exc}); "
+        "the other certificates go on; please report it"
+    )
+
+
+def _problem_status(problem: Problem) -> CertStatus:
+    return CertStatus(
+        name=problem.name,
+        cert_path=str(problem.path),
+        must_staple=bool(problem.must_staple),
+        state=Phase.UNUSABLE.value,
+        next_due=None,
+        failures=0,
+        last_attempt=None,
+        last_reason=problem.reason.code,
+        last_message=problem.message,
+        paths=(str(problem.path),),
+    )
+
+
+def _problem_view(problem: Problem) -> CertView:
+    rejection = Rejection(problem.reason, problem.message)
+    state = CertState(phase=Phase.UNUSABLE, problem=problem.message, rejection=rejection)
+    return CertView(
+        problem.key, problem.name, (str(problem.path),), problem.must_staple, None, state
+    )
+
+
+def _status(view: CertView) -> CertStatus:
+    state, rejection = view.state, view.state.rejection
+    return CertStatus(
+        name=view.name,
+        cert_path=view.paths[0] if view.paths else "",
+        must_staple=bool(view.must_staple),
+        state=view.phase,
+        next_due=state.next_due,
+        failures=state.failures,
+        last_attempt=state.last_attempt,
+        last_reason=rejection.code if rejection else None,
+        last_message=state.problem or (rejection.message if rejection else None),
+        paths=view.paths,
+        sinks=view.sinks,
+    )
+
+
+def _stored(life: Life, effect: lifecycle.Store) -> StoredStaple:
+    staple = effect.staple
+    return StoredStaple(
+        life.name,
+        staple.der,
+        staple.this_update,
+        staple.effective_expiry,
+        effect.fetched_at,
+        effect.url,
+        revoked=not staple.good,
+    )
+
+
+def _known(state: CertState) -> CertState:
+    return replace(state, known=True)
 
 
 def attempt_records(result: FetchResult) -> list[AttemptRecord]:
@@ -664,3 +904,6 @@ def _issuer_pem(issuer: x509.Certificate) -> bytes:
 
 def _time(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else "never"
+
+
+_LEVELS = {"info": logging.INFO, "warning": logging.WARNING}

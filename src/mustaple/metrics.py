@@ -4,7 +4,9 @@
 tests do not collide) and attaches itself to the keeper as an observer:
 
 - per certificate gauges (`name`, `serial` labels) are computed at scrape time from the
-  keeper's state, so they are always current, with no timer updating them;
+  keeper's frozen views (`Keeper.views`), so they are always current, with no timer updating
+  them; unusable certificates are there too (serial "" when the file cannot be read), and each
+  sink's consecutive failures per certificate;
 - fetch counters and the attempt latency histogram are fed by `observe` after every refresh;
 - local responder counters are fed by `served` (the responder's `on_served` callback);
 - in fleet mode, whether Redis answers and how many staples were adopted from other members,
@@ -24,21 +26,23 @@ from prometheus_client.exposition import choose_encoder
 
 from mustaple.fetch import FetchResult, utc_now
 from mustaple.fleet import Fleet
-from mustaple.keeper import Keeper, Managed
+from mustaple.keeper import CertView, Keeper, Managed
+from mustaple.lifecycle import Phase
 
 __all__ = ["RESPONDER_RESULTS", "STATES", "Metrics", "serial_hex"]
 
 Clock = Callable[[], datetime]
-# Every value `Managed.state()` can take: `mustaple_status` has one series for each.
-STATES = ("good", "failing", "revoked", "no-ocsp-url", "pending")
+# Every phase of the life cycle: `mustaple_status` has one series for each.
+STATES = tuple(phase.value for phase in Phase)
 # What the local responder reports through `on_served`.
 RESPONDER_RESULTS = ("good", "revoked", "not-modified", "unauthorized", "malformed", "too-large")
 _LABELS = ("name", "serial")
 
 
-def serial_hex(managed: Managed) -> str:
-    """The certificate's serial number as the `serial` label shows it (lowercase hex)."""
-    return f"{managed.target.serial:x}"
+def serial_hex(view: CertView) -> str:
+    """The certificate's serial number as the `serial` label shows it (lowercase hex; empty
+    when the file could not be read)."""
+    return f"{view.serial:x}" if view.serial is not None else ""
 
 
 class Metrics:
@@ -112,34 +116,37 @@ class _CertificateCollector:
 
     def collect(self) -> Iterator[Metric]:
         now = self.clock()
-        expiry, since, status, must, valid = families = _families()
-        certificates = self._certificates()
-        for managed in certificates:
-            labels = [managed.name, serial_hex(managed)]
-            held = managed.held
+        families = _families()
+        expiry, since, status, must, valid, sink_failures = families
+        views = self._views()
+        for view in views:
+            labels = [view.name, serial_hex(view)]
+            held = view.state.held
             if held is not None:
                 expiry.add_metric(labels, held.seconds_left(now))
-            fetched = self._last_good_fetch(managed.key)
+            fetched = self._last_good_fetch(view.key)
             if fetched is not None:
                 since.add_metric(labels, (now - fetched).total_seconds())
             for state in STATES:
-                status.add_metric([*labels, state], float(managed.state() == state))
-            must.add_metric(labels, float(managed.target.must_staple))
+                status.add_metric([*labels, state], float(view.phase == state))
+            must.add_metric(labels, float(bool(view.must_staple)))
             valid.add_metric(labels, float(held is not None and held.effective_expiry > now))
-        self._fetched = {m.key: self._fetched[m.key] for m in certificates}
+            for sink in view.sinks:
+                sink_failures.add_metric([*labels, sink.sink], float(sink.failures))
+        self._fetched = {v.key: self._fetched[v.key] for v in views if v.key in self._fetched}
         return iter(families)
 
-    def _certificates(self) -> list[Managed]:
+    def _views(self) -> list[CertView]:
         """One per (name, serial): the same certificate in two files is one series."""
-        unique: dict[tuple[str, str], Managed] = {}
-        for managed in self.keeper.managed.values():
-            unique.setdefault((managed.name, serial_hex(managed)), managed)
+        unique: dict[tuple[str, str], CertView] = {}
+        for view in self.keeper.views():
+            unique.setdefault((view.name, serial_hex(view)), view)
         return list(unique.values())
 
     def _last_good_fetch(self, key: str) -> datetime | None:
         if key not in self._fetched:
-            stored = self.keeper.store.load(key)
-            self._fetched[key] = stored.fetched_at if stored else None
+            stored = self.keeper.store.load(key) if not key.startswith("file:") else None
+            self._fetched[key] = stored.fetched_at if stored and stored.good else None
         return self._fetched[key]
 
 
@@ -197,5 +204,10 @@ def _families() -> tuple[GaugeMetricFamily, ...]:
             "mustaple_staple_valid",
             "1 if a valid good staple is in hand for delivery, else 0.",
             labels=_LABELS,
+        ),
+        GaugeMetricFamily(
+            "mustaple_sink_failures",
+            "Failed deliveries in a row to this sink for this certificate (0: it took the last).",
+            labels=(*_LABELS, "sink"),
         ),
     )

@@ -129,6 +129,16 @@ class Reason(enum.Enum):
     )
     # About the certificate rather than the response
     NO_OCSP_URL = ("no-ocsp-url", "the certificate names no OCSP responder", False)
+    CERT_UNUSABLE = (
+        "cert-unusable",
+        "the certificate file cannot be used (unreadable, or its issuer is not found)",
+        False,
+    )
+    KEEPER_FAULT = (
+        "keeper-fault",
+        "mustaple met an unexpected error with this certificate; the others go on",
+        False,
+    )
 
     @property
     def hint(self) -> str:
@@ -198,7 +208,12 @@ _HINTS = {
     Reason.DELEGATE_IS_CA: "the responder is misconfigured; report it to the CA",
     Reason.NO_NEXT_UPDATE: "strict clients refuse this; ask the CA, or allow it with the "
     "lenient option",
-    Reason.NO_OCSP_URL: "use a CA that runs OCSP, or give a responder with --url",
+    Reason.NO_OCSP_URL: "use a CA that runs OCSP, or give a responder with --url (`urls` in "
+    "the [[certificates]] entry)",
+    Reason.CERT_UNUSABLE: "fix the file, or name the issuer with --issuer (`issuer` in the "
+    "[[certificates]] entry)",
+    Reason.KEEPER_FAULT: "report it with the log line; the certificate is tried again when its "
+    "file changes or at a reload",
     Reason.PRODUCED_IN_FUTURE: "check this machine's clock (NTP); " + _RETRY_HINT,
     Reason.THIS_UPDATE_IN_FUTURE: "check this machine's clock (NTP); " + _RETRY_HINT,
 }

@@ -35,18 +35,35 @@ from typing import Any
 
 import redis
 
-from mustaple.store import HISTORY_LIMIT, AttemptRecord, CertStatus, StoredStaple
+from mustaple.store import (
+    HISTORY_LIMIT,
+    AttemptRecord,
+    CertStatus,
+    StoredStaple,
+    sinks_from_json,
+    sinks_json,
+)
 
 __all__ = ["FleetRecord", "Lease", "Member", "RedisStore", "Retry", "shown_url"]
 
 CHANNEL = "staples"
-# KEYS: staple hash, key set. ARGV: fence, thisUpdate (ms), channel, key, member, fields...
+# KEYS: staple hash, key set. ARGV: fence, thisUpdate (ms), channel, key, member, effective
+# expiry (ms), revoked ("1"/"0"), fields... Refuses a write under an older fence, and any answer
+# that may not replace the stored one: `verify.may_replace` on the stored numbers (never older,
+# never expiring sooner, a good answer after a revoked one only when strictly newer).
 _SAVE = """
-local held = redis.call('HMGET', KEYS[1], 'fence', 'this_update_ms')
+local held = redis.call('HMGET', KEYS[1], 'fence', 'this_update_ms', 'expiry_ms', 'revoked')
 if held[1] and tonumber(ARGV[1]) < tonumber(held[1]) then return 0 end
-if held[2] and tonumber(ARGV[2]) < tonumber(held[2]) then return 0 end
+local this_update, expiry = tonumber(ARGV[2]), tonumber(ARGV[6])
+if held[2] then
+  local held_update = tonumber(held[2])
+  if ARGV[7] == '0' and held[4] == '1' and this_update <= held_update then return 0 end
+  if this_update < held_update then return 0 end
+  if held[3] and expiry < tonumber(held[3]) then return 0 end
+end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'fence', ARGV[1], 'this_update_ms', ARGV[2], unpack(ARGV, 6))
+redis.call('HSET', KEYS[1], 'fence', ARGV[1], 'this_update_ms', ARGV[2], 'expiry_ms', ARGV[6],
+  'revoked', ARGV[7], unpack(ARGV, 8))
 redis.call('SADD', KEYS[2], ARGV[4])
 redis.call('PUBLISH', ARGV[3], ARGV[4] .. ' ' .. ARGV[5])
 return 1
@@ -165,9 +182,13 @@ class RedisStore:
         """The stored staple and the member that fetched it."""
         return _found(self.client.hgetall(self._k("staple", key)))
 
-    def save_staple(self, key: str, staple: StoredStaple) -> None:
+    def save_staple(self, key: str, staple: StoredStaple) -> bool:
         """Store `staple` unless a newer one is stored (see `publish`)."""
-        self.publish(key, staple)
+        return self.publish(key, staple)
+
+    def changed(self) -> bool:
+        """Always False: a fleet hears other members' writes as announcements instead."""
+        return False
 
     def publish(self, key: str, staple: StoredStaple, lease: Lease | None = None) -> bool:
         """Store `staple` unless a newer one is stored, or one written under a later lease;
@@ -184,6 +205,7 @@ class RedisStore:
             "fetched_by": self.member,
         }
         args: list[Any] = [token, _ms(staple.this_update), self.channel, key, self.member]
+        args += [_ms(staple.effective_expiry), "1" if staple.revoked else "0"]
         for name, value in fields.items():
             args += [name, value]
         keys = [self._k("staple", key), self._k("keys")]
@@ -358,6 +380,7 @@ def _staple(fields: dict[bytes, bytes]) -> StoredStaple:
         _time(fields[b"effective_expiry"]),
         _time(fields[b"fetched_at"]),
         url or None,
+        fields.get(b"revoked") == b"1",
     )
 
 
@@ -413,6 +436,8 @@ def _status_json(status: CertStatus) -> str:
             "last_attempt": _iso(status.last_attempt) if status.last_attempt else None,
             "last_reason": status.last_reason,
             "last_message": status.last_message,
+            "paths": list(status.paths),
+            "sinks": sinks_json(status.sinks),
         }
     )
 
@@ -428,4 +453,6 @@ def _status(data: dict[str, Any]) -> CertStatus:
         _time(data["last_attempt"]) if data["last_attempt"] else None,
         data["last_reason"],
         data["last_message"],
+        tuple(data.get("paths", ())),
+        sinks_from_json(data.get("sinks", "[]")),
     )

@@ -53,6 +53,7 @@ DEFAULT_COMMAND_TIMEOUT = timedelta(seconds=60)
 HAPROXY_MARGIN = timedelta(seconds=300)
 HAPROXY_UPDATED = "OCSP Response updated!"
 _UNREACHABLE = "cannot reach HAProxy's runtime API"
+_NOT_RUNNING = "HAProxy is not running"
 _TEMPLATE_FIELDS = ("name", "stem", "dir")
 _FIELDS_TEXT = "{name}, {stem} or {dir}"
 _TAIL_CHARS = 200
@@ -133,7 +134,8 @@ def build_sink(name: str, table: Mapping[str, object]) -> Sink:
 
 
 def _file_sink(name: str, table: Mapping[str, object]) -> FileSink:
-    reader = _Table(name, table, "file", ("path", "reload", "reload_timeout", "remove"))
+    keys = ("path", "reload", "reload_timeout", "remove", "running")
+    reader = _Table(name, table, "file", keys)
     hint = 'give the staple file, e.g. "/var/lib/mustaple/staples/{name}.der"'
     path = reader.required("path", hint)
     _check_template(reader, path)
@@ -146,6 +148,7 @@ def _file_sink(name: str, table: Mapping[str, object]) -> FileSink:
         reload=reader.text("reload"),
         reload_timeout=reader.duration("reload_timeout", DEFAULT_RELOAD_TIMEOUT),
         keep_on_remove=remove == "keep",
+        running=reader.text("running"),
     )
 
 
@@ -204,14 +207,20 @@ class _Outcome:
     changed: bool
     error: str | None = None
     needs_reload: bool = False  # the server sees this only after a reload
+    note: str | None = None  # in place for the next start; no running server took it
 
 
 class _Reloader:
-    """Runs a sink's reload command once per batch, and again next time if it failed."""
+    """Runs a sink's reload command once per batch, and again next time if it failed.
 
-    def __init__(self, command: str | None, timeout: timedelta) -> None:
+    With a `running` check (a command that exits 0 while the server runs), a server that is
+    not running is not reloaded: what was written is in place for its start, which is not an
+    error (`mustaple prime` before the servers start)."""
+
+    def __init__(self, command: str | None, timeout: timedelta, running: str | None = None):
         self.command = command
         self.timeout = timeout
+        self.running = running
         self.owed = False  # the last reload failed: the server may not see what was written
 
     async def finish(
@@ -219,16 +228,22 @@ class _Reloader:
     ) -> list[Delivered]:
         """Reload if some delivery needs it (or a failed reload is owed); report each one."""
         waiting = [o.needs_reload or (self.owed and o.error is None) for o in outcomes]
-        problem = None
+        problem = note = None
         if self.command is not None and any(waiting):
-            problem = await run_shell(self.command, self.timeout)
-            self.owed = problem is not None
+            down = self.running is not None and await run_shell(self.running, self.timeout)
+            if down:
+                note = f"the server is not running ({down}): it reads this at its start"
+                self.owed = False
+            else:
+                problem = await run_shell(self.command, self.timeout)
+                self.owed = problem is not None
         done = []
         for delivery, outcome, waits in zip(batch, outcomes, waiting, strict=True):
-            error = outcome.error
+            error, noted = outcome.error, outcome.note
             if self.command is not None and waits:
                 error = _joined(outcome.error, f"reload failed: {problem}") if problem else None
-            done.append(Delivered(delivery.key, sink, outcome.changed, error))
+                noted = noted or note
+            done.append(Delivered(delivery.key, sink, outcome.changed, error, noted))
         return done
 
 
@@ -330,11 +345,12 @@ class FileSink:
         reload: str | None = None,
         reload_timeout: timedelta = DEFAULT_RELOAD_TIMEOUT,
         keep_on_remove: bool = False,
+        running: str | None = None,
     ) -> None:
         self.name = name
         self.path = path
         self.keep_on_remove = keep_on_remove
-        self._reloader = _Reloader(reload, reload_timeout)
+        self._reloader = _Reloader(reload, reload_timeout, running)
 
     def path_for(self, delivery: Delivery) -> Path:
         """The staple file for `delivery`: the template filled in."""
@@ -481,6 +497,8 @@ class HAProxySink:
             problem = f"{_os_problem(path, exc)}: HAProxy will not have it after a reload"
             return _Outcome(False, _joined(await self._push(delivery.der, path), problem))
         pushed = await self._push(delivery.der, path)
+        if pushed is not None and pushed.startswith(_NOT_RUNNING):
+            return _Outcome(changed, note=f"{pushed}: it reads {path} at its start")
         if pushed is not None and pushed.startswith(_UNREACHABLE):
             pushed += f"; {path} is written: HAProxy reads it at its next start or reload"
         return _Outcome(changed, pushed)
@@ -499,6 +517,8 @@ class HAProxySink:
             command = f"@1 {command}"
         try:
             answer = await ask_haproxy(self.socket, command, self.timeout)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            return f"{_NOT_RUNNING} (nothing listens at {self.socket}: {_describe(exc)})"
         except (OSError, TimeoutError) as exc:
             return f"{_UNREACHABLE} at {self.socket} ({_describe(exc)})"
         first = answer.strip().splitlines()[0] if answer.strip() else "no answer"

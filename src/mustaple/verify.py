@@ -20,7 +20,7 @@ import enum
 import functools
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -35,12 +35,14 @@ from mustaple.reasons import Note, Reason, Rejection
 from mustaple.request import HASHES, issuer_key_bits, make_cert_id
 
 __all__ = [
+    "Dated",
     "HttpAnswer",
     "Policy",
     "Staple",
     "check_http",
     "compare",
     "judge",
+    "may_replace",
     "verify",
 ]
 
@@ -713,13 +715,38 @@ def _check_times(
 
 
 def compare(candidate: Staple, current: Staple | None) -> Rejection | None:
-    """None when `candidate` may replace `current`; else why not.
-
-    Never an older thisUpdate, never an earlier effective expiry. (A `good` staple is never
-    replaced by `unknown`, since `unknown` never becomes a Staple.)
-    """
+    """None when `candidate` may replace `current`; else why not (see `may_replace`)."""
     if current is None:
         return None
+    return may_replace(candidate, current)
+
+
+class Dated(Protocol):
+    """What the rule for "newer" reads: a `Staple`, or a stored one."""
+
+    @property
+    def this_update(self) -> datetime: ...
+
+    @property
+    def effective_expiry(self) -> datetime: ...
+
+    @property
+    def good(self) -> bool: ...
+
+
+def may_replace(candidate: Dated, current: Dated) -> Rejection | None:
+    """The one rule for "newer", used by the keeper, the stores and the fleet.
+
+    Never an older thisUpdate, never an earlier effective expiry; and a good answer replaces a
+    revoked one only when strictly newer (a revocation is never undone by an answer of the
+    same age). (A `good` staple is never replaced by `unknown`: `unknown` is never a Staple.)
+    """
+    if candidate.good and not current.good and candidate.this_update <= current.this_update:
+        return Rejection(
+            Reason.OLDER_THAN_CURRENT,
+            f"a good answer of {candidate.this_update:%Y-%m-%d %H:%M:%SZ} is not newer than "
+            f"the revoked answer of {current.this_update:%Y-%m-%d %H:%M:%SZ}",
+        )
     if candidate.this_update < current.this_update:
         return Rejection(
             Reason.OLDER_THAN_CURRENT,

@@ -32,10 +32,12 @@ from aiohttp import web
 from aiohttp.http import HttpProcessingError
 
 from mustaple.config import HttpConfig
+from mustaple.delivery import SinkHealth
 from mustaple.errors import InputError
 from mustaple.fastpath import IDLE_TIMEOUT, FastPath
 from mustaple.fetch import utc_now
-from mustaple.keeper import Keeper, Managed
+from mustaple.keeper import CertView, Keeper
+from mustaple.lifecycle import Phase
 from mustaple.localresponder import Responder, add_routes
 from mustaple.metrics import Metrics, serial_hex
 from mustaple.report import human_duration
@@ -62,38 +64,47 @@ class Health(enum.Enum):
     CRITICAL = "critical"
 
 
-def health(managed: Managed, now: datetime, policy: SchedulePolicy) -> tuple[Health, str]:
-    """The health of one certificate and a few words saying why."""
-    held = managed.held
-    if managed.revoked is not None:
+def health(view: CertView, now: datetime, policy: SchedulePolicy) -> tuple[Health, str]:
+    """The health of one certificate and a few words saying why (the one scale that
+    `/status`, the page, `/readyz` and `mustaple status` share)."""
+    state = view.state
+    held = state.held
+    if state.revoked is not None:
         return Health.CRITICAL, "the certificate is revoked"
     if held is None or held.effective_expiry <= now:
-        worst = Health.CRITICAL if managed.target.must_staple else Health.WARNING
-        return worst, _why_no_staple(managed)
+        worst = Health.CRITICAL if view.must_staple else Health.WARNING
+        return worst, _why_no_staple(view)
     if alert_level(held, now, policy) is Alert.CRITICAL:
         return Health.CRITICAL, "the staple expires soon and no fresh one came"
-    if managed.failures:
-        return Health.WARNING, f"refreshing fails ({managed.failures} in a row)"
+    if view.sinks_failing:
+        names = ", ".join(s.sink for s in view.sinks_failing)
+        return Health.WARNING, f"a server does not take the staple (sink {names})"
+    if state.failures:
+        return Health.WARNING, f"refreshing fails ({state.failures} in a row)"
     if now >= refresh_point(held, policy):
         return Health.WARNING, "past the refresh point"
     return Health.OK, "fresh staple"
 
 
-def _why_no_staple(managed: Managed) -> str:
-    if managed.next_due is None:
-        return "no OCSP URL: no staple is possible"
-    if managed.state() == "pending":
+def _why_no_staple(view: CertView) -> str:
+    state = view.state
+    if state.phase is Phase.UNUSABLE:
+        return f"unusable: {state.problem}"
+    if state.phase is Phase.EXPIRED:
+        return "the staple expired and no valid one came"
+    if state.phase is Phase.PENDING:
         return "no staple yet: the first fetch is due"
     return "no valid staple"
 
 
 def not_ready(keeper: Keeper, now: datetime) -> list[str]:
-    """Names of the must-staple certificates without a valid good staple."""
+    """Names of the must-staple certificates without a valid good staple (unusable ones
+    included)."""
     return sorted(
         {
-            m.name
-            for m in keeper.managed.values()
-            if m.target.must_staple and (m.held is None or m.held.effective_expiry <= now)
+            v.name
+            for v in keeper.views()
+            if v.must_staple and (v.state.held is None or v.state.held.effective_expiry <= now)
         }
     )
 
@@ -263,33 +274,37 @@ class _Endpoints:
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     def _report(self, now: datetime) -> dict[str, Any]:
-        managed = sorted(self.keeper.managed.values(), key=lambda m: (m.name, str(m.path)))
+        views = self.keeper.views()
         missing = not_ready(self.keeper, now)
         return {
             "now": _iso(now),
             "ready": not missing,
             "not_ready": missing,
-            "certificates": [self._certificate(m, now) for m in managed],
+            "store_problem": self.keeper.store_problem,
+            "certificates": [self._certificate(v, now) for v in views],
         }
 
-    def _certificate(self, managed: Managed, now: datetime) -> dict[str, Any]:
-        attempts = self.keeper.store.history(managed.key, ATTEMPTS_SHOWN)
-        return _certificate_json(managed, now, self.keeper.policy.schedule, attempts)
+    def _certificate(self, view: CertView, now: datetime) -> dict[str, Any]:
+        known = not view.key.startswith("file:")
+        attempts = self.keeper.store.history(view.key, ATTEMPTS_SHOWN) if known else []
+        return _certificate_json(view, now, self.keeper.policy.schedule, attempts)
 
 
 def _certificate_json(
-    managed: Managed, now: datetime, policy: SchedulePolicy, attempts: list[AttemptRecord]
+    view: CertView, now: datetime, policy: SchedulePolicy, attempts: list[AttemptRecord]
 ) -> dict[str, Any]:
     """One certificate as `/status` shows it."""
-    held = managed.held if managed.held and managed.held.effective_expiry > now else None
-    rejection, revoked = managed.last_rejection, managed.revoked
-    level, why = health(managed, now, policy)
+    state = view.state
+    held = state.held if state.held and state.held.effective_expiry > now else None
+    rejection, revoked = state.rejection, state.revoked
+    level, why = health(view, now, policy)
     return {
-        "name": managed.name,
-        "serial": serial_hex(managed),
-        "cert": str(managed.path),
-        "must_staple": managed.target.must_staple,
-        "state": managed.state(),
+        "name": view.name,
+        "serial": serial_hex(view),
+        "cert": view.paths[0] if view.paths else None,
+        "paths": list(view.paths),
+        "must_staple": view.must_staple,
+        "state": view.phase,
         "health": level.value,
         "health_reason": why,
         "this_update": _iso(held.this_update) if held else None,
@@ -297,13 +312,28 @@ def _certificate_json(
         "effective_expiry": _iso(held.effective_expiry) if held else None,
         "seconds_left": round(held.seconds_left(now)) if held else None,
         "fraction_left": round(held.fraction_left(now), 4) if held else None,
-        "next_refresh": _iso(managed.next_due),
-        "failures": managed.failures,
-        "last_attempt": _iso(managed.last_attempt),
+        "next_refresh": _iso(state.next_due),
+        "failures": state.failures,
+        "last_attempt": _iso(state.last_attempt),
         "last_error": rejection.code if rejection else None,
         "last_message": rejection.message if rejection else None,
         "revoked_at": _iso(revoked.revocation_time) if revoked else None,
+        "expired_at": _iso(state.expired_at),
+        "sinks": [sink_json(s) for s in view.sinks],
         "attempts": [_attempt_json(a) for a in attempts],
+    }
+
+
+def sink_json(sink: SinkHealth) -> dict[str, Any]:
+    """How one sink took one certificate's staple, as `/status` and `status --json` show it."""
+    return {
+        "sink": sink.sink,
+        "ok": sink.ok,
+        "last_delivery": _iso(sink.last_delivery),
+        "error": sink.error,
+        "failures": sink.failures,
+        "failing_since": _iso(sink.since),
+        "note": sink.note,
     }
 
 
