@@ -3,6 +3,7 @@ in the middle of SQLite writes."""
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
@@ -143,7 +144,8 @@ def test_a_corrupted_database_is_moved_aside_and_started_afresh(
 ) -> None:
     garbage = b"this is not a database" * 100
     (tmp_path / "state.db").write_bytes(garbage)
-    store = SqliteStore(tmp_path / "state.db")
+    with caplog.at_level(logging.ERROR, "mustaple"):
+        store = SqliteStore(tmp_path / "state.db")
     assert store.keys() == []
     store.save_staple("k", stored(1))
     store.close()
