@@ -232,9 +232,9 @@ config_option = click.option(
 )
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(verbose: bool, level: int = logging.WARNING) -> None:
     logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
+        level=logging.DEBUG if verbose else level,
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%Y-%m-%dT%H:%M:%S",
     )
@@ -279,9 +279,13 @@ async def _prime(config: Config, paths: list[Path]) -> list[Managed]:
 @cli.command("run")
 @config_option
 @click.option("--check-config", is_flag=True, help="Only check the configuration, then exit.")
-@click.option("-v", "--verbose", is_flag=True, help="Log every refresh, not only problems.")
-def run_keeper(*, config_path: str, check_config: bool, verbose: bool) -> int:
-    """Run the keeper in the foreground (SIGTERM stops, SIGHUP reloads the configuration)."""
+@click.option("-v", "--verbose", is_flag=True, help="Log debugging detail too.")
+@click.option("-q", "--quiet", is_flag=True, help="Log only problems (warnings and errors).")
+def run_keeper(*, config_path: str, check_config: bool, verbose: bool, quiet: bool) -> int:
+    """Run the keeper in the foreground (SIGTERM stops, SIGHUP reloads the configuration).
+
+    Logs one line per event to stderr (refreshes, deliveries, problems), as a service should.
+    """
     path = Path(config_path)
     if check_config:
         checked = check_config_file(path)
@@ -290,7 +294,7 @@ def run_keeper(*, config_path: str, check_config: bool, verbose: bool) -> int:
             f"{len(checked.sinks)} sinks)"
         )
         return ExitCode.GOOD
-    _setup_logging(verbose)
+    _setup_logging(verbose, logging.WARNING if quiet else logging.INFO)
     asyncio.run(_run(path))
     return ExitCode.GOOD
 

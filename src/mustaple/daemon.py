@@ -12,15 +12,18 @@ serving them across a reload); with a `[fleet]` table it joins the fleet on Redi
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from mustaple.config import Config, ConfigError, load_config
 from mustaple.delivery import Sink
+from mustaple.errors import InputError
 from mustaple.fetch import utc_now
 from mustaple.fleet import Fleet
 from mustaple.keeper import Keeper
@@ -77,6 +80,42 @@ async def serve(
     local responder never stops answering."""
     reload = reload or asyncio.Event()
     config = check_config(config_path)
+    with _only_daemon(config.state_dir):
+        await _serve(config_path, config, stop, reload, clock)
+    notify("STOPPING=1")
+    log.info("stopped")
+
+
+@contextmanager
+def _only_daemon(state_dir: Path) -> Iterator[None]:
+    """Hold `state_dir/run.lock` while running: a second daemon on the same state stops at
+    once, before it delivers or runs anything (InputError, exit 2). `prime` and `status` do
+    not take it: they work beside the daemon through the shared state."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        handle = (state_dir / "run.lock").open("a+")
+    except OSError as exc:
+        raise InputError(f"{state_dir}: cannot use the state directory ({exc.strerror})") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise InputError(
+                f"{state_dir}: another `mustaple run` (pid {holder}) keeps this state "
+                "directory; stop it first, or give this one its own `state_dir`"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+
+
+async def _serve(
+    config_path: Path, config: Config, stop: asyncio.Event, reload: asyncio.Event, clock: Clock
+) -> None:
     running: _Running | None = None
     server: HttpServer | None = None
     try:
@@ -100,8 +139,6 @@ async def serve(
             await server.cleanup()
         if running is not None:
             await running.close()
-    notify("STOPPING=1")
-    log.info("stopped")
 
 
 @dataclass

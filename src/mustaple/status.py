@@ -12,13 +12,16 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
+from mustaple.certs import display_name, is_must_staple, parse_certificates
 from mustaple.config import Config, ConfigError, FleetConfig
 from mustaple.delivery import Action
 from mustaple.errors import InputError
+from mustaple.files import read_input
 from mustaple.keeper import Managed, configured_files
 from mustaple.redisstore import FleetRecord, Member, RedisStore, shown_url
 from mustaple.report import ExitCode, human_duration
 from mustaple.store import CertStatus, SqliteStore
+from mustaple.web import sink_json
 
 __all__ = [
     "delivered",
@@ -37,7 +40,8 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def delivered(managed: Managed) -> bool:
-    """Whether every sink confirmed the staple held now."""
+    """Whether every sink took the staple held now, or has it in place for its server's start
+    (the server not running yet is fine: `prime` before the servers start)."""
     held = managed.held
     return held is not None and managed.sent == (Action.STAPLE, held.der)
 
@@ -46,17 +50,25 @@ def prime_line(managed: Managed, now: datetime) -> str:
     """One line per primed certificate."""
     name, held = managed.name, managed.held
     if managed.revoked is not None:
-        return f"REVOKED {name}: the certificate is revoked; its staple was withdrawn"
+        return (
+            f"REVOKED {name}: the certificate is revoked; every server gets the CA's revoked "
+            "answer instead of a good staple"
+        )
     if held is not None and delivered(managed):
         left = human_duration(held.seconds_left(now))
+        notes = sorted({s.note for s in managed.life.sinks.values() if s.note})
+        where = f" ({'; '.join(notes)})" if notes else ""
         return (
-            f"OK {name}: good staple until {_iso(held.effective_expiry)} ({left} left), delivered"
+            f"OK {name}: good staple until {_iso(held.effective_expiry)} ({left} left), "
+            f"delivered{where}"
         )
     head = "FAILED" if managed.target.must_staple else "WARNING"
     if managed.next_due is None:
-        return f"{head} {name}: {managed.target.no_url_message()}"
+        return f"{head} {name}: {managed.life.state.problem or managed.target.no_url_message()}"
     if held is not None:
-        return f"{head} {name}: a valid staple is held but a sink did not take it (see the log)"
+        failing = [f"{s.sink}: {s.error}" for s in managed.life.sinks.values() if s.error]
+        why = "; ".join(failing) or "see the log"
+        return f"{head} {name}: a valid staple is held but a server did not take it ({why})"
     rejection = managed.last_rejection
     why = f"{rejection.message}; {rejection.hint}" if rejection else "no staple"
     return f"{head} {name}: no valid staple: {why}"
@@ -86,26 +98,28 @@ def prime_exit_code(results: list[Managed]) -> ExitCode:
 
 
 def status_rows(config: Config, now: datetime) -> list[dict[str, Any]]:
-    """One row per configured certificate, from the keeper's state (read only)."""
+    """One row per certificate (a leaf in two files is one row, listing both), from the
+    state the keeper and `prime` share (read only); configured files not seen yet too."""
     db = config.state_dir / "state.db"
     stored = SqliteStore(db) if db.exists() else None
     known = stored.statuses() if stored else {}
     rows = [_row(key, status, stored, now) for key, status in known.items()]
-    seen = {row["cert"] for row in rows}
+    seen = {path for row in rows for path in row["paths"]}
     for path in sorted(configured_files(config)):
         if str(path) not in seen:
             rows.append(_pending(path))
     if stored:
         stored.close()
-    return rows
+    return sorted(rows, key=lambda row: (row["name"], row["paths"]))
 
 
 def _row(key: str, status: CertStatus, store: SqliteStore | None, now: datetime) -> dict[str, Any]:
-    staple = store.load(key) if store else None
-    valid = staple is not None and staple.effective_expiry > now
+    staple = store.load(key) if store and not key.startswith("file:") else None
+    valid = staple is not None and staple.good and staple.effective_expiry > now
     return {
         "name": status.name,
         "cert": status.cert_path,
+        "paths": list(status.paths or (status.cert_path,)),
         "must_staple": status.must_staple,
         "state": status.state,
         "this_update": _iso(staple.this_update) if valid and staple else None,
@@ -116,6 +130,7 @@ def _row(key: str, status: CertStatus, store: SqliteStore | None, now: datetime)
         "failures": status.failures,
         "last_error": status.last_reason,
         "last_message": status.last_message,
+        "sinks": [sink_json(s) for s in status.sinks],
     }
 
 
@@ -124,10 +139,17 @@ def _seconds_left(expiry: datetime, now: datetime) -> int:
 
 
 def _pending(path: Path) -> dict[str, Any]:
+    """A configured file no process has handled yet, named by its own certificate."""
+    try:
+        leaf = parse_certificates(read_input(path, "certificate"), source=str(path))[0]
+        name, must = display_name(leaf), is_must_staple(leaf)
+    except InputError:
+        name, must = path.parent.name or path.name, None
     return {
-        "name": path.parent.name or path.name,
+        "name": name,
         "cert": str(path),
-        "must_staple": None,
+        "paths": [str(path)],
+        "must_staple": must,
         "state": "not yet seen by the keeper",
         "this_update": None,
         "effective_expiry": None,
@@ -137,6 +159,7 @@ def _pending(path: Path) -> dict[str, Any]:
         "failures": 0,
         "last_error": None,
         "last_message": None,
+        "sinks": [],
     }
 
 
@@ -164,7 +187,9 @@ def print_status_table(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         style = _STYLE.get(row["state"], "red")
         must = {True: "yes", False: "no", None: "?"}[row["must_staple"]]
-        error = f"{row['last_error']}: {row['last_message']}" if row["last_error"] else ""
+        errors = [f"{row['last_error']}: {row['last_message']}"] if row["last_error"] else []
+        errors += [f"sink {s['sink']}: {s['error']}" for s in row["sinks"] if s["error"]]
+        error = "; ".join(errors)
         times = (_short(row[key]) for key in _TIMES)
         table.add_row(row["name"], must, f"[{style}]{row['state']}[/]", *times, error)
     Console(width=None if sys.stdout.isatty() else 160).print(table)

@@ -1,0 +1,249 @@
+"""The certificate's life cycle as a pure function: every transition in a table, then long
+random event sequences under a fake clock, checking the promises at every step."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from cryptography.x509 import ocsp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mustaple.delivery import Action
+from mustaple.lifecycle import (
+    Accepted,
+    CertState,
+    Effect,
+    Emit,
+    Event,
+    Phase,
+    Rejected,
+    Restored,
+    Store,
+    Tick,
+    Unusable,
+    Wait,
+    step,
+    wanted,
+)
+from mustaple.reasons import Reason, Rejection
+from mustaple.schedule import SchedulePolicy
+from mustaple.verify import Signer, Staple
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
+POLICY = SchedulePolicy()
+HALF = 0.5
+
+
+def answer(this_update: datetime, *, good: bool = True, life: timedelta = 4 * DAY) -> Staple:
+    status = ocsp.OCSPCertStatus.GOOD if good else ocsp.OCSPCertStatus.REVOKED
+    return Staple(
+        der=f"{this_update.isoformat()}-{good}".encode(),
+        serial=1,
+        status=status,
+        produced_at=this_update,
+        this_update=this_update,
+        next_update=this_update + life,
+        effective_expiry=this_update + life,
+        signer=Signer.ISSUER,
+        signer_name="CN=test",
+        hash_name="sha1",
+        revocation_time=None if good else this_update - HOUR,
+    )
+
+
+def run(state: CertState, event: Event, now: datetime = T0) -> tuple[CertState, list[Effect]]:
+    return step(state, event, now, POLICY, lambda: HALF)
+
+
+def kinds(effects: list[Effect]) -> list[str]:
+    return [e.kind if isinstance(e, Emit) else type(e).__name__ for e in effects]
+
+
+GOOD = answer(T0)
+LATER_GOOD = answer(T0 + DAY)
+REVOKED = answer(T0 + HOUR, good=False)
+FAIL = Rejected(Rejection(Reason.TRY_LATER))
+HELD = CertState(phase=Phase.GOOD, held=GOOD, next_due=T0 + DAY, known=True)
+REVOKED_STATE = CertState(phase=Phase.REVOKED, revoked=REVOKED, next_due=T0 + DAY, known=True)
+
+
+# (name, state before, event, now, phase after, effects, what sinks get)
+TABLE = [
+    ("first good answer", CertState(), Accepted(GOOD, T0), T0, Phase.GOOD,
+     ["Store", "LogLine"], (Action.STAPLE, GOOD.der)),
+    ("first answer revoked", CertState(), Accepted(REVOKED, T0), T0, Phase.REVOKED,
+     ["Store", "revoked"], (Action.STAPLE, REVOKED.der)),
+    ("pending fails", CertState(), FAIL, T0, Phase.FAILING, ["failure"], None),
+    ("good fails: keeps the staple", HELD, FAIL, T0, Phase.FAILING, ["failure"],
+     (Action.STAPLE, GOOD.der)),
+    ("good, then revoked", HELD, Accepted(REVOKED, T0 + HOUR), T0 + HOUR, Phase.REVOKED,
+     ["Store", "revoked"], (Action.STAPLE, REVOKED.der)),
+    ("revoked, good of the same age is refused", REVOKED_STATE,
+     Accepted(answer(T0 + HOUR), T0 + 2 * HOUR), T0 + 2 * HOUR, Phase.REVOKED, ["failure"],
+     (Action.STAPLE, REVOKED.der)),
+    ("revoked, another process stores an older good: noted only", REVOKED_STATE,
+     Accepted(GOOD, T0, origin="stored by another mustaple process"), T0 + 2 * HOUR,
+     Phase.REVOKED, ["LogLine"], (Action.STAPLE, REVOKED.der)),
+    ("revoked, strictly newer good lifts it (certificateHold)", REVOKED_STATE,
+     Accepted(LATER_GOOD, T0 + DAY), T0 + DAY, Phase.GOOD, ["Store", "recovered", "LogLine"],
+     (Action.STAPLE, LATER_GOOD.der)),
+    ("good, an older answer from the fleet is not taken", replace(HELD, held=LATER_GOOD),
+     Accepted(GOOD, T0, origin="fetched by m2"), T0 + DAY, Phase.GOOD, ["LogLine"],
+     (Action.STAPLE, LATER_GOOD.der)),
+    ("good, the same answer heard again", HELD, Accepted(GOOD, T0, origin="fetched by m2"),
+     T0 + HOUR, Phase.GOOD, [], (Action.STAPLE, GOOD.der)),
+    ("failing recovers", replace(HELD, phase=Phase.FAILING, failures=3, backoff=3),
+     Accepted(LATER_GOOD, T0 + DAY), T0 + DAY, Phase.GOOD, ["Store", "recovered", "LogLine"],
+     (Action.STAPLE, LATER_GOOD.der)),
+    ("time passes the expiry", HELD, Tick(), T0 + 4 * DAY, Phase.EXPIRED, ["expired"],
+     (Action.REMOVE, None)),
+    ("time passes the warning point", HELD, Tick(), T0 + 3 * DAY + HOUR, Phase.GOOD,
+     ["expiring"], (Action.STAPLE, GOOD.der)),
+    ("expired recovers", CertState(phase=Phase.EXPIRED, expired_at=T0, known=True, failures=5),
+     Accepted(LATER_GOOD, T0 + DAY), T0 + DAY, Phase.GOOD, ["Store", "recovered", "LogLine"],
+     (Action.STAPLE, LATER_GOOD.der)),
+    ("revoked: no expiry, no alert", REVOKED_STATE, Tick(), T0 + 10 * DAY, Phase.REVOKED, [],
+     (Action.STAPLE, REVOKED.der)),
+    ("restored good", CertState(), Restored(GOOD, T0), T0 + HOUR, Phase.GOOD, ["LogLine"],
+     (Action.STAPLE, GOOD.der)),
+    ("restored revoked", CertState(), Restored(REVOKED, T0), T0 + HOUR, Phase.REVOKED,
+     ["LogLine"], (Action.STAPLE, REVOKED.der)),
+    ("no OCSP URL", CertState(), Unusable("no URL; set `urls`"), T0, Phase.UNUSABLE, [], None),
+    ("the fleet says wait", HELD, Wait(T0 + 2 * HOUR), T0, Phase.GOOD, [],
+     (Action.STAPLE, GOOD.der)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("state", "event", "now", "phase", "effects", "sinks"),
+    [pytest.param(*row[1:], id=row[0]) for row in TABLE],
+)
+def test_transition(
+    state: CertState,
+    event: Event,
+    now: datetime,
+    phase: Phase,
+    effects: list[str],
+    sinks: tuple[Action, bytes | None] | None,
+) -> None:
+    after, done = run(state, event, now)
+    assert after.phase is phase
+    assert kinds(done) == effects
+    assert wanted(after, remove_at_expiry=True) == sinks
+
+
+def test_a_revoked_answer_is_stored_so_a_restart_keeps_it() -> None:
+    _, effects = run(HELD, Accepted(REVOKED, T0 + HOUR), T0 + HOUR)
+    assert [e.staple for e in effects if isinstance(e, Store)] == [REVOKED]
+    restarted, _ = run(CertState(), Restored(REVOKED, T0 + HOUR), T0 + 2 * HOUR)
+    assert restarted.phase is Phase.REVOKED
+    assert wanted(restarted, remove_at_expiry=False) == (Action.STAPLE, REVOKED.der)
+
+
+def test_after_expiry_attempts_restart_at_once_and_never_wait_longer_than_retry_max() -> None:
+    state = replace(HELD, phase=Phase.FAILING, failures=12, backoff=12, next_due=T0 + 4 * DAY)
+    expired, effects = run(state, Tick(), T0 + 4 * DAY + timedelta(seconds=1))
+    assert expired.next_due == T0 + 4 * DAY  # at once: not the backoff of the outage
+    assert "expired at 2026-01-05 00:00:00Z" in next(
+        e.message for e in effects if isinstance(e, Emit)
+    )
+    now = T0 + 4 * DAY
+    waits = []
+    for _ in range(20):
+        expired, effects = run(expired, FAIL, now)
+        assert expired.next_due is not None
+        waits.append(expired.next_due - now)
+        now = expired.next_due
+        (failure,) = effects
+        assert isinstance(failure, Emit)
+        assert "the last one expired at 2026-01-05 00:00:00Z" in failure.message
+    assert waits[0] <= POLICY.retry_base
+    assert max(waits) <= POLICY.retry_max
+
+
+def test_hooks_run_once_per_run_of_failures() -> None:
+    state, hooked = HELD, []
+    for _ in range(5):
+        state, effects = run(state, FAIL)
+        hooked += [e.hook for e in effects if isinstance(e, Emit)]
+    assert hooked == [True, False, False, False, False]
+
+
+EVENTS = st.lists(
+    st.tuples(
+        st.sampled_from(["good", "revoked", "fail", "tick", "stored-good", "stored-revoked"]),
+        st.integers(min_value=0, max_value=36),  # hours the clock moves before the event
+        st.integers(min_value=-24, max_value=24),  # age of the answer relative to now, hours
+    ),
+    max_size=80,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(EVENTS)
+def test_random_lives_keep_the_promises(events: list[tuple[str, int, int]]) -> None:
+    """Whatever happens, in any order: never a good staple served while the newest valid
+    answer seen says revoked; never an expired staple held; the phase matches the state."""
+    state, now = CertState(next_due=T0), T0  # as the keeper begins: due at once
+    newest_revoked: Staple | None = None
+    for kind, hours, age in events:
+        now += timedelta(hours=hours)
+        this_update = now - timedelta(hours=abs(age))
+        event: Event
+        if kind in ("good", "stored-good"):
+            event = Accepted(answer(this_update), now, origin="" if kind == "good" else "x")
+        elif kind in ("revoked", "stored-revoked"):
+            revoked = answer(this_update, good=False)
+            event = Accepted(revoked, now, origin="" if kind == "revoked" else "x")
+        elif kind == "fail":
+            event = FAIL
+        else:
+            event = Tick()
+        state, _ = run(state, event, now)
+        state, _ = run(state, Tick(), now)
+        if state.revoked is not None and (
+            newest_revoked is None or state.revoked.this_update >= newest_revoked.this_update
+        ):
+            newest_revoked = state.revoked
+        served = wanted(state, remove_at_expiry=True)
+        if newest_revoked is not None and served is not None and served[1] is not None:
+            held = state.held
+            if held is not None and served[1] == held.der:
+                assert held.this_update > newest_revoked.this_update
+        if state.held is not None:
+            assert state.held.effective_expiry > now
+        assert (state.phase is Phase.REVOKED) == (state.revoked is not None)
+        assert state.held is None or state.revoked is None
+        assert state.next_due is not None
+
+
+def test_a_month_of_random_faults_under_a_fake_clock() -> None:
+    """Seeded: a month of refreshes against a responder that fails a third of the time.
+    The staple in hand is never expired, and whenever a valid staple could be held, the gap
+    without one stays under a day (the retry cadence after expiry, not an outage's backoff)."""
+    rng = random.Random(12)
+    state, now = CertState(), T0
+    end = T0 + 30 * DAY
+    without_since: datetime | None = None
+    longest = timedelta(0)
+    while now < end:
+        due = state.next_due or now
+        now = max(now, due)
+        if rng.random() < 1 / 3:
+            state, _ = step(state, FAIL, now, POLICY, rng.random)
+        else:
+            state, _ = step(state, Accepted(answer(now), now), now, POLICY, rng.random)
+        state, _ = step(state, Tick(), now, POLICY, rng.random)
+        if state.held is None:
+            without_since = without_since or now
+            longest = max(longest, now - without_since)
+        else:
+            assert state.held.effective_expiry > now
+            without_since = None
+    assert longest < DAY
