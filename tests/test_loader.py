@@ -53,7 +53,7 @@ def test_wrong_explicit_issuer(ca: CA, tmp_path: Path) -> None:
 
 def test_missing_issuer_without_aia_says_what_to_do(ca: CA, tmp_path: Path) -> None:
     files = ca.issue("lonely.test").write(tmp_path)
-    with pytest.raises(InputError, match="pass --issuer"):
+    with pytest.raises(InputError, match="--issuer FILE"):
         load(files.cert)
 
 

@@ -91,7 +91,8 @@ async def _issuer_from_aia(
     if not urls:
         raise InputError(
             f"{source}: the issuer of {display_name(leaf)} is not in this file and the "
-            "certificate names no caIssuers URL; use fullchain.pem or pass --issuer FILE"
+            "certificate names no caIssuers URL; use fullchain.pem, or name the issuer's file "
+            "(`issuer` in the [[certificates]] entry, --issuer FILE on the command line)"
         )
     problems = []
     for url in urls:

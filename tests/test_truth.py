@@ -1,0 +1,398 @@
+"""One truth across processes and time, judged from outside: real `mustaple run` and
+`mustaple prime` processes, OpenSSL's own `openssl ocsp` responder and CA index, a real nginx,
+and what clients see (`openssl s_client -status`, `openssl ocsp -respin`), the HTTP endpoints,
+the files and the exit codes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from openssl_pki import Pki, Responder, run_openssl, serve_new_pki, start_responder
+from servers import NginxServer, free_port, staple_from
+
+MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))
+HOST = "good.ec.interop.test"
+
+
+@dataclass
+class Deployment:
+    """An OpenSSL CA with its responder, one must-staple certificate, nginx, and the
+    configuration of the keeper that looks after them."""
+
+    tmp: Path
+    pki: Pki
+    responder: Responder
+    nginx: NginxServer
+    http_port: int
+    config: Path
+    runs: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    @property
+    def live(self) -> Path:
+        return self.tmp / "live" / HOST
+
+    @property
+    def fullchain(self) -> Path:
+        return self.live / "fullchain.pem"
+
+    @property
+    def staple(self) -> Path:
+        return self.tmp / "staples" / f"{HOST}.der"
+
+    def mustaple(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [MUSTAPLE, *args], capture_output=True, text=True, timeout=60, cwd=cwd, check=False
+        )
+
+    def prime(self, *paths: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        return self.mustaple("prime", "--config", str(self.config), *paths, cwd=cwd)
+
+    def run(self) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [MUSTAPLE, "run", "--config", str(self.config)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.runs.append(process)
+        return process
+
+    def status(self) -> dict[str, object]:
+        """The running keeper's `/status`."""
+        with urllib.request.urlopen(f"{self.base}/status", timeout=5) as answer:
+            report: dict[str, object] = json.load(answer)
+        return report
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def ready(self) -> int:
+        try:
+            with urllib.request.urlopen(f"{self.base}/readyz", timeout=5) as answer:
+                return int(answer.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    def revoke(self) -> None:
+        """Revoke the certificate in the CA's index; `openssl ocsp` reads its index at start,
+        so the responder is started again on the same port."""
+        run_openssl(
+            "ca", "-config", "openssl.cnf", "-cert", "ca.pem", "-keyfile", "ca.key",
+            "-revoke", "good.pem", cwd=self.pki.directory,
+        )  # fmt: skip
+        port = self.responder.port
+        self.responder.stop()
+        self.responder = start_responder(self.pki, "issuer", port=port)
+
+    def says(self, der: bytes) -> str:
+        """What OpenSSL's own client makes of a response: `good` or `revoked`."""
+        response = self.tmp / "check.der"
+        response.write_bytes(der)
+        out = run_openssl(
+            "ocsp", "-respin", response, "-issuer", self.pki.ca, "-cert", self.pki.leaf("good"),
+            "-CAfile", self.pki.ca, cwd=self.tmp,
+        )  # fmt: skip
+        line = next(line for line in out.splitlines() if "good.pem:" in line)
+        return line.split(":", 1)[1].strip()
+
+
+def write_config(tmp: Path, nginx: NginxServer, http_port: int, extra: str = "") -> Path:
+    path = tmp / "mustaple.toml"
+    path.write_text(f"""
+state_dir = "{tmp}/state"
+
+[[certificates]]
+paths = ["{tmp}/live/*/fullchain.pem"]
+sinks = ["nginx"]
+
+[sinks.nginx]
+type = "file"
+path = "{tmp}/staples/{{name}}.der"
+remove = "keep"
+reload = "{nginx.reload_command}"
+running = "test -s {nginx.directory}/nginx.pid"
+
+[hooks]
+on_recovered = "echo $MUSTAPLE_EVENT >> {tmp}/hooks.log"
+on_revoked = "echo $MUSTAPLE_EVENT >> {tmp}/hooks.log"
+
+[policy]
+timeout = "2s"
+attempts = 1
+watch_interval = "1s"
+
+[http]
+listen = "127.0.0.1:{http_port}"
+{extra}
+""")
+    return path
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[Deployment]:
+    pki, responder = serve_new_pki(tmp_path / "pki", "ec")
+    live = tmp_path / "live" / HOST
+    live.mkdir(parents=True)
+    fullchain = live / "fullchain.pem"
+    fullchain.write_bytes(pki.leaf("good").read_bytes() + pki.ca.read_bytes())
+    nginx = NginxServer(
+        tmp_path / "nginx",
+        cert=fullchain,
+        key=pki.directory / "leaf.key",
+        stapling_file=tmp_path / "staples" / f"{HOST}.der",
+    )
+    http_port = free_port()
+    d = Deployment(
+        tmp_path, pki, responder, nginx, http_port, write_config(tmp_path, nginx, http_port)
+    )
+    try:
+        yield d
+    finally:
+        for process in d.runs:
+            if process.poll() is None:
+                process.kill()
+            process.wait(10)
+        nginx.stop()
+        d.responder.stop()
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def certificate(report: dict[str, object]) -> dict[str, object]:
+    (cert,) = report["certificates"]  # type: ignore[misc]
+    assert isinstance(cert, dict)
+    return cert
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def test_prime_before_nginx_then_revocation_found_by_prime_reaches_everything(
+    deployment: Deployment,
+) -> None:
+    d = deployment
+    # the documented start order: prime with nginx not running, then start nginx
+    primed = d.prime(str(d.fullchain))
+    assert primed.returncode == 0, primed.stdout + primed.stderr
+    assert "the server is not running" in primed.stdout
+    d.nginx.start()
+    assert d.says(staple_from(d.nginx.port, HOST) or b"") == "good"
+    keeper = d.run()
+    wait_for(lambda: answers(f"{d.base}/healthz"))
+    wait_for(lambda: certificate(d.status())["state"] == "good")
+    assert d.ready() == 200
+
+    d.revoke()
+    revoked = d.prime(str(d.fullchain))
+    assert revoked.returncode == 3, revoked.stdout + revoked.stderr
+    assert revoked.stdout.startswith(f"REVOKED {HOST}")
+    # nginx keeps running and staples the CA's revoked answer (remove = "keep" or not)
+    assert d.says(d.staple.read_bytes()) == "revoked"
+    wait_for(lambda: d.says(staple_from(d.nginx.port, HOST) or b"") == "revoked")
+    # the running keeper hears it within seconds, without SIGHUP
+    wait_for(lambda: certificate(d.status())["state"] == "revoked", timeout=10)
+    assert d.ready() == 503
+    check = d.mustaple("check", f"127.0.0.1:{d.nginx.port}", "--servername", HOST)
+    assert check.returncode == 2, check.stdout  # CRITICAL
+
+    # a reload, then a restart: the same truth, never the good staple again
+    keeper.send_signal(signal.SIGHUP)
+    time.sleep(1.5)
+    assert certificate(d.status())["state"] == "revoked"
+    keeper.send_signal(signal.SIGTERM)
+    assert keeper.wait(20) == 0
+    log = keeper.stderr.read() if keeper.stderr else ""
+    assert "Traceback" not in log
+    assert "restored a valid staple" not in log.split("revoked at")[-1]
+    again = d.run()
+    wait_for(lambda: answers(f"{d.base}/healthz"))
+    assert certificate(d.status())["state"] == "revoked"
+    time.sleep(1.5)  # a pass or two of the new keeper
+    assert d.says(d.staple.read_bytes()) == "revoked"
+    shown = d.mustaple("status", "--config", str(d.config), "--json")
+    (row,) = json.loads(shown.stdout)
+    assert row["state"] == "revoked"
+    again.send_signal(signal.SIGTERM)
+    assert again.wait(20) == 0
+    assert "revoked" in (d.tmp / "hooks.log").read_text().split()
+
+
+def test_recovery_stored_by_prime_is_taken_by_the_running_keeper(deployment: Deployment) -> None:
+    d = deployment
+    port = d.responder.port
+    d.responder.stop()  # the CA is down from the start: the keeper fails
+    keeper = d.run()
+    wait_for(lambda: answers(f"{d.base}/healthz"))
+    wait_for(lambda: certificate(d.status())["state"] == "failing")
+    d.responder = start_responder(d.pki, "issuer", port=port)
+    assert d.prime(str(d.fullchain)).returncode == 0
+    wait_for(lambda: certificate(d.status())["state"] == "good", timeout=10)
+    wait_for((d.tmp / "hooks.log").exists)
+    assert (d.tmp / "hooks.log").read_text().split() == ["recovered"]
+    keeper.send_signal(signal.SIGTERM)
+    assert keeper.wait(20) == 0
+
+
+def test_a_second_run_stops_before_it_delivers_or_hooks(deployment: Deployment) -> None:
+    d = deployment
+    first = d.run()
+    wait_for(d.staple.exists)
+    before = d.staple.stat().st_mtime_ns
+    hooks = d.tmp / "hooks.log"
+    second = subprocess.run(
+        [MUSTAPLE, "run", "--config", str(d.config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert second.returncode == 2
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert f"another `mustaple run` (pid {first.pid}) keeps this state directory" in lines[0]
+    assert d.staple.stat().st_mtime_ns == before
+    assert not hooks.exists()
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(20) == 0
+
+
+def test_run_logs_one_line_per_event_by_default(deployment: Deployment) -> None:
+    d = deployment
+    keeper = d.run()
+    wait_for(d.staple.exists)
+    keeper.send_signal(signal.SIGTERM)
+    assert keeper.wait(20) == 0
+    log = keeper.stderr.read() if keeper.stderr else ""
+    assert f"{HOST}: good staple until" in log
+    assert "started: 1 certificates, 0 with a valid staple" in log
+
+
+def two_entries(d: Deployment) -> Path:
+    """The same leaf for nginx (fullchain.pem) and for another server (a combined file)."""
+    combined = d.tmp / "combined" / "site.pem"
+    combined.parent.mkdir()
+    combined.write_bytes(d.fullchain.read_bytes())
+    d.config.write_text(
+        d.config.read_text().replace(
+            "[sinks.nginx]",
+            f'[[certificates]]\npaths = ["{combined}"]\nsinks = ["other"]\n\n'
+            f'[sinks.other]\ntype = "file"\npath = "{d.tmp}/other/{{stem}}.der"\n\n'
+            "[sinks.nginx]",
+        )
+    )
+    return combined
+
+
+def test_the_same_leaf_in_two_entries_is_one_certificate(deployment: Deployment) -> None:
+    d = deployment
+    combined = two_entries(d)
+    primed = d.prime(str(d.fullchain), str(combined))
+    assert primed.returncode == 0, primed.stdout + primed.stderr
+    assert len(primed.stdout.splitlines()) == 2
+    assert d.staple.exists()
+    assert (d.tmp / "other" / "site.der").exists()
+    shown = d.mustaple("status", "--config", str(d.config), "--json")
+    (row,) = json.loads(shown.stdout)
+    assert row["name"] == HOST
+    assert row["state"] == "good"
+    assert sorted(row["paths"]) == sorted([str(d.fullchain), str(combined)])
+    keeper = d.run()
+    wait_for(lambda: answers(f"{d.base}/healthz"))
+    cert = certificate(d.status())
+    assert sorted(cert["paths"]) == sorted([str(d.fullchain), str(combined)])  # type: ignore[arg-type]
+    keeper.send_signal(signal.SIGTERM)
+    assert keeper.wait(20) == 0
+
+
+def test_prime_resolves_paths_and_delivers_only_to_its_entry(deployment: Deployment) -> None:
+    d = deployment
+    two_entries(d)
+    certbot = d.tmp / "letsencrypt"
+    (certbot / "live").mkdir(parents=True)
+    (certbot / "live" / HOST).symlink_to(d.live)
+    primed = d.prime("fullchain.pem", cwd=certbot / "live" / HOST)  # relative, through a link
+    assert primed.returncode == 0, primed.stdout + primed.stderr
+    assert d.staple.exists()
+    assert not (d.tmp / "other").exists()  # the other entry's sink is not this file's
+    assert not (d.live / "fullchain.pem.ocsp").exists()
+    stray = d.tmp / "stray.pem"
+    stray.write_bytes(d.fullchain.read_bytes())
+    uncovered = d.prime(str(stray))
+    assert uncovered.returncode == 2
+    assert "no [[certificates]] entry" in uncovered.stderr
+    assert "`paths`" in uncovered.stderr
+
+
+def test_an_unusable_certificate_is_visible_everywhere(deployment: Deployment) -> None:
+    d = deployment
+    lonely = d.tmp / "live" / "lonely.test"
+    lonely.mkdir()
+    (lonely / "fullchain.pem").write_bytes(d.pki.leaf("unknown").read_bytes())  # no issuer
+    keeper = d.run()
+    wait_for(lambda: answers(f"{d.base}/healthz"))
+    wait_for(lambda: len(d.status()["certificates"]) == 2)  # type: ignore[arg-type]
+    rows = {tuple(c["paths"]): c for c in d.status()["certificates"]}  # type: ignore[attr-defined]
+    bad = rows[(str(lonely / "fullchain.pem"),)]
+    assert bad["state"] == "unusable"
+    assert bad["name"] == d.pki.host("unknown")  # its own name, read from the file
+    assert bad["last_error"] == "cert-unusable"
+    assert "`issuer`" in bad["last_message"]
+    assert d.ready() == 503  # a must-staple certificate that cannot be served
+    with urllib.request.urlopen(f"{d.base}/metrics", timeout=5) as answer:
+        metrics = answer.read().decode()
+    unusable = f'mustaple_status{{name="{d.pki.host("unknown")}",serial="",state="unusable"}} 1.0'
+    assert unusable in metrics
+    shown = d.mustaple("status", "--config", str(d.config), "--json")
+    states = sorted(row["state"] for row in json.loads(shown.stdout))
+    assert states == ["good", "unusable"]
+    keeper.send_signal(signal.SIGTERM)
+    assert keeper.wait(20) == 0
+
+
+def test_sink_failures_are_shown_and_logged_with_the_name_not_every_pass(
+    deployment: Deployment,
+) -> None:
+    d = deployment
+    d.config.write_text(
+        d.config.read_text()
+        .replace(f'running = "test -s {d.nginx.directory}/nginx.pid"', 'reload = "exit 3"')
+        .replace(f'reload = "{d.nginx.reload_command}"\n', "")
+    )
+    keeper = d.run()
+    wait_for(lambda: answers(f"{d.base}/healthz"))
+    wait_for(lambda: certificate(d.status())["sinks"])
+    time.sleep(8)  # several passes
+    cert = certificate(d.status())
+    (sink,) = cert["sinks"]  # type: ignore[misc]
+    assert sink["sink"] == "nginx"
+    assert not sink["ok"]
+    assert "reload failed" in sink["error"]
+    assert cert["health"] != "ok"
+    keeper.send_signal(signal.SIGTERM)
+    assert keeper.wait(20) == 0
+    log = keeper.stderr.read() if keeper.stderr else ""
+    lines = [line for line in log.splitlines() if "sink nginx" in line]
+    assert lines
+    assert all(HOST in line for line in lines)
+    assert len(lines) <= 3  # once, then at doubling counts: not every 1 s pass
