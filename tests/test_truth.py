@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,10 +68,10 @@ class Deployment:
         self.runs.append(process)
         return process
 
-    def status(self) -> dict[str, object]:
+    def status(self) -> dict[str, Any]:
         """The running keeper's `/status`."""
         with urllib.request.urlopen(f"{self.base}/status", timeout=5) as answer:
-            report: dict[str, object] = json.load(answer)
+            report: dict[str, Any] = json.load(answer)
         return report
 
     @property
@@ -174,8 +175,8 @@ def wait_for(condition: Callable[[], object], timeout: float = 20) -> None:
         time.sleep(0.1)
 
 
-def certificate(report: dict[str, object]) -> dict[str, object]:
-    (cert,) = report["certificates"]  # type: ignore[misc]
+def certificate(report: dict[str, Any]) -> dict[str, Any]:
+    (cert,) = report["certificates"]
     assert isinstance(cert, dict)
     return cert
 
@@ -320,7 +321,7 @@ def test_the_same_leaf_in_two_entries_is_one_certificate(deployment: Deployment)
     keeper = d.run()
     wait_for(lambda: answers(f"{d.base}/healthz"))
     cert = certificate(d.status())
-    assert sorted(cert["paths"]) == sorted([str(d.fullchain), str(combined)])  # type: ignore[arg-type]
+    assert sorted(cert["paths"]) == sorted([str(d.fullchain), str(combined)])
     keeper.send_signal(signal.SIGTERM)
     assert keeper.wait(20) == 0
 
@@ -351,8 +352,8 @@ def test_an_unusable_certificate_is_visible_everywhere(deployment: Deployment) -
     (lonely / "fullchain.pem").write_bytes(d.pki.leaf("unknown").read_bytes())  # no issuer
     keeper = d.run()
     wait_for(lambda: answers(f"{d.base}/healthz"))
-    wait_for(lambda: len(d.status()["certificates"]) == 2)  # type: ignore[arg-type]
-    rows = {tuple(c["paths"]): c for c in d.status()["certificates"]}  # type: ignore[attr-defined]
+    wait_for(lambda: len(d.status()["certificates"]) == 2)
+    rows = {tuple(c["paths"]): c for c in d.status()["certificates"]}
     bad = rows[(str(lonely / "fullchain.pem"),)]
     assert bad["state"] == "unusable"
     assert bad["name"] == d.pki.host("unknown")  # its own name, read from the file
@@ -384,7 +385,7 @@ def test_sink_failures_are_shown_and_logged_with_the_name_not_every_pass(
     wait_for(lambda: certificate(d.status())["sinks"])
     time.sleep(8)  # several passes
     cert = certificate(d.status())
-    (sink,) = cert["sinks"]  # type: ignore[misc]
+    (sink,) = cert["sinks"]
     assert sink["sink"] == "nginx"
     assert not sink["ok"]
     assert "reload failed" in sink["error"]
