@@ -8,18 +8,25 @@ of 127.0.0.1.
 refuse every client (403 Access denied), `filtered` refuses every URL (403 Filtered), and
 `upstream` sends everything on to another proxy (a dead one gives 502), `auth` (user, password)
 wants those credentials (407 without them).
+
+`EximServer` is Exim 4 (Debian's exim4-daemon-heavy, built with GnuTLS) in the foreground as
+root, offering STARTTLS with `tls_ocsp_file`; it refuses every recipient, so no mail is ever
+accepted or sent. `gnutls_staple` is what GnuTLS's client gets from it over STARTTLS.
 """
 
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
-from servers import Server
+from servers import Server, ServerError
 
-__all__ = ["TinyproxyServer"]
+__all__ = ["EximServer", "TinyproxyServer", "gnutls_staple"]
 
 TINYPROXY = "/usr/bin/tinyproxy"
+EXIM = "/usr/sbin/exim4"
+GNUTLS_CLI = "gnutls-cli"
 
 
 class TinyproxyServer(Server):
@@ -76,3 +83,70 @@ class TinyproxyServer(Server):
             return []
         text = self.access_log.read_text(errors="replace")
         return re.findall(r"Request \(file descriptor \d+\): (.+)", text)
+
+
+class EximServer(Server):
+    """Exim's SMTP daemon offering STARTTLS with the staple in `ocsp_file`.
+
+    `guarded` writes `tls_ocsp_file` as `${if exists{FILE}{FILE}}` (what docs/integrations/
+    exim.md recommends); otherwise as the plain path.
+    """
+
+    program = EXIM
+
+    def __init__(
+        self, directory: Path, *, cert: Path, key: Path, ocsp_file: Path, guarded: bool = True
+    ) -> None:
+        super().__init__(directory)
+        self.cert, self.key, self.ocsp_file, self.guarded = cert, key, ocsp_file, guarded
+        self.config = directory / "exim.conf"
+
+    @property
+    def error_log(self) -> Path:
+        return self.directory / "log" / "mainlog"
+
+    def write_config(self) -> None:
+        d = self.directory
+        for sub in ("spool", "log"):
+            (d / sub).mkdir(exist_ok=True)
+        staple = f"${{if exists{{{self.ocsp_file}}}{{{self.ocsp_file}}}}}"
+        self.config.write_text(
+            "keep_environment =\n"
+            "exim_user = root\nexim_group = root\n"
+            f"spool_directory = {d}/spool\nlog_file_path = {d}/log/%slog\n"
+            f"pid_file_path = {d}/exim.pid\n"
+            "primary_hostname = mail.example.test\n"
+            f"daemon_smtp_ports = {self.port}\nlocal_interfaces = 127.0.0.1\n"
+            "tls_advertise_hosts = *\n"
+            f"tls_certificate = {self.cert}\ntls_privatekey = {self.key}\n"
+            f"tls_ocsp_file = {staple if self.guarded else self.ocsp_file}\n"
+            "acl_smtp_rcpt = refuse\n"
+            "begin acl\nrefuse:\n  deny\n"
+        )
+
+    def command(self) -> list[str]:
+        return [EXIM, "-C", str(self.config), "-bdf"]
+
+
+def gnutls_staple(port: int, cafile: Path, save: Path) -> tuple[bool, bytes | None]:
+    """gnutls-cli over SMTP STARTTLS with --ocsp (it checks a staple it gets): whether the
+    handshake succeeded, and the staple it saved (None when none was sent)."""
+    save.unlink(missing_ok=True)
+    command = [
+        GNUTLS_CLI, "--starttls-proto=smtp", "--ocsp", f"--x509cafile={cafile}",
+        "--verify-hostname=mail.example.test", f"--save-ocsp={save}", "-p", str(port),
+        "127.0.0.1",
+    ]  # fmt: skip
+    try:
+        result = subprocess.run(
+            command,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise ServerError(f"gnutls-cli got no answer from port {port}") from None
+    staple = save.read_bytes() if save.exists() else None
+    return "Handshake was completed" in result.stdout, staple or None
