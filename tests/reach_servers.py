@@ -12,20 +12,43 @@ wants those credentials (407 without them).
 `EximServer` is Exim 4 (Debian's exim4-daemon-heavy, built with GnuTLS) in the foreground as
 root, offering STARTTLS with `tls_ocsp_file`; it refuses every recipient, so no mail is ever
 accepted or sent. `gnutls_staple` is what GnuTLS's client gets from it over STARTTLS.
+
+The staplers that fetch their own staples, each told to ask `responder` instead of the CA:
+`CaddyServer` (Caddy 2, `ocsp_overrides`), `NatsServer` (nats-server, `ocsp { url }`) and
+`JsseServer` (tests/jsse/StaplingServer.java on Java's own TLS stack, `jdk.tls.stapling.*`).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 from pathlib import Path
 
+from cryptography.hazmat.primitives.serialization import BestAvailableEncryption, pkcs12
+
+from mustaple.testing import Leaf
 from servers import Server, ServerError
 
-__all__ = ["EximServer", "TinyproxyServer", "gnutls_staple"]
+__all__ = [
+    "CaddyServer",
+    "EximServer",
+    "JsseServer",
+    "NatsServer",
+    "TinyproxyServer",
+    "compile_jsse_server",
+    "gnutls_staple",
+]
 
 TINYPROXY = "/usr/bin/tinyproxy"
 EXIM = "/usr/sbin/exim4"
+CADDY = "/usr/bin/caddy"
+NATS = "/usr/sbin/nats-server"
+JAVA = "/usr/bin/java"
+JAVAC = "/usr/bin/javac"
+JSSE_SOURCE = Path(__file__).with_name("jsse") / "StaplingServer.java"
+KEYSTORE_PASSWORD = "changeit"
 GNUTLS_CLI = "gnutls-cli"
 
 
@@ -150,3 +173,113 @@ def gnutls_staple(port: int, cafile: Path, save: Path) -> tuple[bool, bytes | No
         raise ServerError(f"gnutls-cli got no answer from port {port}") from None
     staple = save.read_bytes() if save.exists() else None
     return "Handshake was completed" in result.stdout, staple or None
+
+
+class CaddyServer(Server):
+    """Caddy serving `cert`/`key` (loaded from files), with `ocsp_overrides` mapping the
+    certificate's own responder URL `original` to `responder`. Its data, config and admin
+    endpoint stay in the test's directory (the admin endpoint is off)."""
+
+    program = CADDY
+
+    def __init__(
+        self, directory: Path, *, cert: Path, key: Path, original: str, responder: str
+    ) -> None:
+        super().__init__(directory)
+        self.cert, self.key, self.original, self.responder = cert, key, original, responder
+        self.config = directory / "caddy.json"
+
+    def write_config(self) -> None:
+        server = {
+            "listen": [f"127.0.0.1:{self.port}"],
+            "routes": [{"handle": [{"handler": "static_response", "body": "ok"}]}],
+            "tls_connection_policies": [{}],
+            "automatic_https": {"disable": True},
+        }
+        tls = {
+            "certificates": {"load_files": [{"certificate": str(self.cert), "key": str(self.key)}]},
+            "automation": {"policies": [{"ocsp_overrides": {self.original: self.responder}}]},
+        }
+        config = {
+            "admin": {"disabled": True},
+            "storage": {"module": "file_system", "root": str(self.directory / "data")},
+            "apps": {"http": {"servers": {"test": server}}, "tls": tls},
+        }
+        self.config.write_text(json.dumps(config, indent=2))
+
+    def command(self) -> list[str]:
+        return [CADDY, "run", "--config", str(self.config)]
+
+    def environment(self) -> dict[str, str]:
+        d = str(self.directory)
+        return {**os.environ, "HOME": d, "XDG_DATA_HOME": d, "XDG_CONFIG_HOME": d}
+
+
+class NatsServer(Server):
+    """nats-server requiring TLS with `cert`/`key`, stapling always (`ocsp { mode: always }`)
+    from `responder`."""
+
+    program = NATS
+
+    def __init__(self, directory: Path, *, cert: Path, key: Path, responder: str) -> None:
+        super().__init__(directory)
+        self.cert, self.key, self.responder = cert, key, responder
+        self.config = directory / "nats.conf"
+
+    def write_config(self) -> None:
+        self.config.write_text(
+            f'listen: "127.0.0.1:{self.port}"\n'
+            f'pid_file: "{self.directory}/nats.pid"\n'
+            f'tls {{ cert_file: "{self.cert}", key_file: "{self.key}" }}\n'
+            f'ocsp {{ mode: always, url: "{self.responder}" }}\n'
+        )
+
+    def command(self) -> list[str]:
+        return [NATS, "-c", str(self.config)]
+
+
+def compile_jsse_server(directory: Path) -> Path:
+    """Compile tests/jsse/StaplingServer.java into `directory`; return that directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        [JAVAC, "-d", str(directory), str(JSSE_SOURCE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise ServerError(f"javac failed:\n{result.stderr}")
+    return directory
+
+
+class JsseServer(Server):
+    """The JSSE test server with the key and chain of `leaf`, stapling from `responder` in
+    place of the certificate's own URL (`jdk.tls.stapling.responderOverride`)."""
+
+    program = JAVA
+
+    def __init__(self, directory: Path, *, leaf: Leaf, classes: Path, responder: str) -> None:
+        super().__init__(directory)
+        self.leaf, self.classes, self.responder = leaf, classes, responder
+        self.keystore = directory / "server.p12"
+
+    def write_config(self) -> None:
+        self.keystore.write_bytes(
+            pkcs12.serialize_key_and_certificates(
+                b"server",
+                self.leaf.key,  # type: ignore[arg-type]
+                self.leaf.cert,
+                list(self.leaf.chain),
+                BestAvailableEncryption(KEYSTORE_PASSWORD.encode()),
+            )
+        )
+
+    def command(self) -> list[str]:
+        return [
+            JAVA, "-cp", str(self.classes),
+            "-Djdk.tls.server.enableStatusRequestExtension=true",
+            f"-Djdk.tls.stapling.responderURI={self.responder}",
+            "-Djdk.tls.stapling.responderOverride=true",
+            "StaplingServer", str(self.keystore), KEYSTORE_PASSWORD, str(self.port),
+        ]  # fmt: skip

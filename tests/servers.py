@@ -115,6 +115,7 @@ class Server(abc.ABC):
         self._log_file = self.log.open("wb")
         self.process = subprocess.Popen(
             self.command(),
+            env=self.environment(),
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
@@ -175,6 +176,10 @@ class Server(abc.ABC):
     @abc.abstractmethod
     def command(self) -> list[str]:
         """The command line that runs the server in the foreground."""
+
+    def environment(self) -> dict[str, str] | None:
+        """The server's environment (None: the test's own)."""
+        return None
 
 
 class NginxServer(Server):

@@ -1,10 +1,11 @@
 """Exim for real: mustaple's file sink feeds `tls_ocsp_file`, clients get the staple over SMTP
 STARTTLS (openssl s_client, gnutls-cli, `mustaple check --starttls smtp`), a refresh is served
-on the next connection, and the STARTTLS dialogue itself copes with hostile servers."""
+on the next connection; and the STARTTLS dialogues (SMTP, NATS) cope with hostile servers."""
 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -168,22 +169,27 @@ EHLO_OK = b"250-mail.example.test\r\n250-PIPELINING\r\n250 STARTTLS\r\n"
 
 
 @pytest.mark.parametrize(
-    ("replies", "problem"),
+    ("protocol", "replies", "problem"),
     [
-        ([b"554 go away\r\n"], "the SMTP greeting is 554, not 220"),
-        ([b"220 hi\r\n", b"250-mail\r\n250 SIZE 1000\r\n"], "does not offer STARTTLS"),
-        ([b"220 hi\r\n", EHLO_OK, b"454 TLS not available\r\n"], "refused STARTTLS (454"),
-        ([b"220 hi\r\n", EHLO_OK, b"220 go\r\nINJECTED\r\n"], "data after agreeing"),
-        ([b"HTTP/1.1 200 OK\r\n"], "not an SMTP reply"),
-        ([b"220 " + b"x" * 5000], "a line of over 4096 bytes"),
-        ([b"220 hi\r\n", b"250-x\r\n" * 101], "over 100 lines"),
-        ([b"220-still greeting\r\n"], "no STARTTLS answer in time"),
+        ("nats", [b"+OK\r\n"], "not a NATS server (it said '+OK')"),
+        ("nats", [b"INFO {oops\r\n"], "the NATS INFO line is not JSON"),
+        ("nats", [b'INFO {"tls_required":false}\r\n'], "the NATS server does not offer TLS"),
+        ("smtp", [b"554 go away\r\n"], "the SMTP greeting is 554, not 220"),
+        ("smtp", [b"220 hi\r\n", b"250-mail\r\n250 SIZE 1000\r\n"], "does not offer STARTTLS"),
+        ("smtp", [b"220 hi\r\n", EHLO_OK, b"454 TLS not available\r\n"], "refused STARTTLS (454"),
+        ("smtp", [b"220 hi\r\n", EHLO_OK, b"220 go\r\nINJECTED\r\n"], "data after agreeing"),
+        ("smtp", [b"HTTP/1.1 200 OK\r\n"], "not an SMTP reply"),
+        ("smtp", [b"220 " + b"x" * 5000], "a line of over 4096 bytes"),
+        ("smtp", [b"220 hi\r\n", b"250-x\r\n" * 101], "over 100 lines"),
+        ("smtp", [b"220-still greeting\r\n"], "no STARTTLS answer in time"),
     ],
 )
-def test_starttls_refusals_are_one_clear_line(replies: list[bytes], problem: str) -> None:
+def test_starttls_refusals_are_one_clear_line(
+    protocol: str, replies: list[bytes], problem: str
+) -> None:
     for port in scripted(replies):
-        with pytest.raises(ProbeError, match=problem.replace("(", r"\(")) as caught:
-            probe("127.0.0.1", port, starttls="smtp", timeout=1.0)
+        with pytest.raises(ProbeError, match=re.escape(problem)) as caught:
+            probe("127.0.0.1", port, starttls=protocol, timeout=1.0)
         assert str(caught.value).startswith(f"127.0.0.1:{port}: ")
         assert "\n" not in str(caught.value)
 

@@ -492,7 +492,7 @@ def _connections_text(report: CheckReport) -> str:
 
 
 _LAZY_ADVICE = (
-    "; the server fetches its staple only once a client asks (nginx and Apache do, even "
+    "; the server fetches its staple only after a client has asked (nginx does, even "
     "pointed at a responder URL): hand it the staple as a file instead"
 )
 

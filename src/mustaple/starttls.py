@@ -1,9 +1,9 @@
-"""STARTTLS: the plain-text exchange that turns a mail connection into a TLS one.
+"""STARTTLS: the plain-text exchange that turns a connection into a TLS one (mail, NATS).
 
 An I/O adapter for `probe`: `negotiate(sock, protocol, ...)` speaks the protocol on a connected
 socket until the server says "go ahead with TLS", then returns; the caller starts the
-handshake on the same socket. Only SMTP (RFC 3207) is supported, the one tested here against a
-real server (Exim).
+handshake on the same socket. Two protocols, each tested here against a real server: SMTP
+(RFC 3207; Exim) and NATS (the server's plain-text INFO line, then TLS; nats-server).
 
 Hostile or broken servers get one clear `StarttlsError`: a reply that is not the expected
 one, a line over 4096 bytes or a reply over 100 lines, silence past the deadline, a closed
@@ -13,6 +13,7 @@ STARTTLS implementations must refuse, CVE-2011-0411).
 
 from __future__ import annotations
 
+import json
 import select
 import socket
 import time
@@ -22,8 +23,8 @@ from mustaple.errors import MustapleError
 
 __all__ = ["DEFAULT_PORTS", "PROTOCOLS", "StarttlsError", "negotiate"]
 
-PROTOCOLS = ("smtp",)
-DEFAULT_PORTS = {"smtp": 25}
+PROTOCOLS = ("smtp", "nats")
+DEFAULT_PORTS = {"smtp": 25, "nats": 4222}
 _MAX_LINE = 4096
 _MAX_LINES = 100
 
@@ -37,7 +38,10 @@ def negotiate(sock: socket.socket, protocol: str, *, where: str, deadline: float
     if protocol not in PROTOCOLS:
         raise ValueError(f"STARTTLS for {protocol!r} is not supported; use one of {PROTOCOLS}")
     lines = _Lines(sock, where, deadline)
-    _smtp(lines, where)
+    if protocol == "smtp":
+        _smtp(lines, where)
+    else:
+        _nats(lines, where)
     if lines.pending:
         raise StarttlsError(
             f"{where}: the server sent data after agreeing to STARTTLS, before TLS "
@@ -61,6 +65,20 @@ def _smtp(lines: _Lines, where: str) -> None:
     if code != "220":
         said = " ".join(text)[:120]
         raise StarttlsError(f"{where}: the server refused STARTTLS ({code} {said})".rstrip())
+
+
+def _nats(lines: _Lines, where: str) -> None:
+    """NATS: the server speaks first, `INFO {json}`; TLS follows when it requires or offers it."""
+    line = lines.read()
+    verb, _, body = line.partition(" ")
+    if verb != "INFO":
+        raise StarttlsError(f"{where}: not a NATS server (it said {line[:80]!r})")
+    try:
+        info = json.loads(body)
+    except ValueError:
+        raise StarttlsError(f"{where}: the NATS INFO line is not JSON") from None
+    if not isinstance(info, dict) or not (info.get("tls_required") or info.get("tls_available")):
+        raise StarttlsError(f"{where}: the NATS server does not offer TLS")
 
 
 def _smtp_reply(lines: _Lines, where: str) -> tuple[str, list[str]]:
