@@ -20,7 +20,8 @@ from conftest import Clock
 from mustaple.cli import main
 from mustaple.probe import ProbeError, probe
 from mustaple.report import ExitCode
-from mustaple.testing import CA, Behaviour, LeafFiles, ResponderThread
+from mustaple.testing import CA, Behaviour, Leaf, LeafFiles, ResponderThread
+from mustaple.testing.craft import craft_response, good_spec
 from reach_servers import EximServer, gnutls_staple
 from servers import ServerError, staple_from
 
@@ -33,6 +34,7 @@ class MailSite:
     tmp: Path
     clock: Clock
     responder: ResponderThread
+    leaf: Leaf
     files: LeafFiles
     config: Path
 
@@ -69,7 +71,7 @@ def site(tmp_path: Path) -> Iterator[MailSite]:
             f'[sinks.exim]\ntype = "file"\npath = "{tmp_path}/staples/{{name}}.der"\n'
             "[policy]\nattempts = 1\n"
         )
-        yield MailSite(tmp_path, clock, responder, files, config)
+        yield MailSite(tmp_path, clock, responder, leaf, files, config)
 
 
 def check(port: int, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, object]]:
@@ -122,7 +124,8 @@ def test_a_plain_tls_ocsp_file_is_reread_by_exim_itself_and_must_never_be_missin
     site: MailSite, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Why exim.md recommends the ${if exists...} form: with a plain path Exim preloads the
-    file, sees a change only a few seconds later, and fails every STARTTLS without it."""
+    file and sees a change only a few seconds later, and fails every STARTTLS when the file
+    is missing or expired."""
     assert site.prime() == ExitCode.GOOD
     first = site.staple.read_bytes()
     with site.exim(guarded=False) as exim:
@@ -131,15 +134,21 @@ def test_a_plain_tls_ocsp_file_is_reread_by_exim_itself_and_must_never_be_missin
         assert site.prime() == ExitCode.GOOD
         second = site.staple.read_bytes()
         assert until(lambda: staple_from(exim.port, NAME, starttls="smtp") == second)
-        site.staple.unlink()
-        assert until(lambda: check(exim.port, capsys)[0] == 3)
-        _, report = check(exim.port, capsys)
+    ca = site.responder.responder.ca
+    expired = craft_response(good_spec(site.leaf, ca.issuing, site.clock.now - timedelta(days=6)))
+    for staple, logged in [(None, "Error while reading file"), (expired, "has expired")]:
+        site.staple.unlink(missing_ok=True)
+        if staple is not None:
+            site.staple.write_bytes(staple)
+        with site.exim(guarded=False) as exim:
+            code, report = check(exim.port, capsys)
+            with pytest.raises(ServerError, match="no TLS handshake"):
+                staple_from(exim.port, NAME, starttls="smtp")
+        assert code == 3
         assert "the server refused STARTTLS (454 TLS currently unavailable)" in str(
             report["verdict"]
         )
-        with pytest.raises(ServerError, match="no TLS handshake"):
-            staple_from(exim.port, NAME, starttls="smtp")
-    assert "Error while reading file" in exim.error_log.read_text()
+        assert logged in exim.error_log.read_text()
 
 
 # --- The STARTTLS dialogue against scripted servers ---------------------------------------------
