@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 
 from conftest import Clock
+from mustaple.check import parse_address
 from mustaple.cli import main
 from mustaple.probe import ProbeError, probe
 from mustaple.report import ExitCode
+from mustaple.starttls import DEFAULT_PORTS as STARTTLS_PORTS
 from mustaple.testing import CA, Behaviour, Leaf, LeafFiles, ResponderThread
 from mustaple.testing.craft import craft_response, good_spec
 from reach_servers import EximServer, gnutls_staple
@@ -201,6 +203,12 @@ def test_starttls_refusals_are_one_clear_line(
             probe("127.0.0.1", port, starttls=protocol, timeout=1.0)
         assert str(caught.value).startswith(f"127.0.0.1:{port}: ")
         assert "\n" not in str(caught.value)
+
+
+def test_starttls_default_ports() -> None:
+    assert STARTTLS_PORTS == {"smtp": 25, "nats": 4222}
+    assert parse_address("mx.example.org", STARTTLS_PORTS["smtp"]) == ("mx.example.org", 25)
+    assert parse_address("mx.example.org:587", STARTTLS_PORTS["smtp"]) == ("mx.example.org", 587)
 
 
 def test_check_starttls_usage(capsys: pytest.CaptureFixture[str]) -> None:
