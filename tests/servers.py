@@ -115,6 +115,7 @@ class Server(abc.ABC):
         self._log_file = self.log.open("wb")
         self.process = subprocess.Popen(
             self.command(),
+            env=self.environment(),
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
@@ -175,6 +176,10 @@ class Server(abc.ABC):
     @abc.abstractmethod
     def command(self) -> list[str]:
         """The command line that runs the server in the foreground."""
+
+    def environment(self) -> dict[str, str] | None:
+        """The server's environment (None: the test's own)."""
+        return None
 
 
 class NginxServer(Server):
@@ -372,11 +377,16 @@ _STATUS_REQUEST = 5  # the TLS extension type
 _OCSP = 1  # CertificateStatusType
 
 
-def staple_from(port: int, servername: str = "www.example.test") -> bytes | None:
+def staple_from(
+    port: int, servername: str = "www.example.test", starttls: str | None = None
+) -> bytes | None:
     """The OCSP response the server on 127.0.0.1:`port` staples for `servername`, exactly as
-    sent, or None when it sends none. Raises ServerError when the handshake fails."""
+    sent, or None when it sends none (after `-starttls PROTOCOL` when given). Raises
+    ServerError when the handshake fails."""
     address = f"127.0.0.1:{port}"
     command = [OPENSSL, "s_client", "-connect", address, "-servername", servername, "-status"]
+    if starttls is not None:
+        command += ["-starttls", starttls]
     try:
         result = subprocess.run(
             [*command, "-msg"],

@@ -44,6 +44,8 @@ from mustaple.probe import ProbeError, ProbeResult, probe_async
 from mustaple.reasons import Reason, Rejection
 from mustaple.report import human_duration, staple_json
 from mustaple.schedule import DEFAULT_SCHEDULE, SchedulePolicy, refresh_point
+from mustaple.starttls import DEFAULT_PORTS as STARTTLS_PORTS
+from mustaple.starttls import PROTOCOLS as STARTTLS_PROTOCOLS
 from mustaple.verify import DEFAULT_POLICY, Policy, Staple, verify
 
 __all__ = [
@@ -480,12 +482,19 @@ def _connections_text(report: CheckReport) -> str:
     if total == 1:
         return f"{text}, {'stapled' if stapled else 'no staple'}"
     text += f": {len(stapled)} of {total} stapled"
-    if stapled and stapled[0] > 1 and stapled == list(range(stapled[0], total + 1)):
+    lazy = bool(stapled) and stapled[0] > 1 and stapled == list(range(stapled[0], total + 1))
+    if lazy:
         text += " (none on the first: lazy stapling)"
     same = report.same_staple
     if same is not None:
         text += ", the same staple each time" if same else ", different staples"
-    return text
+    return text + (_LAZY_ADVICE if lazy else "")
+
+
+_LAZY_ADVICE = (
+    "; the server fetches its staple only after a client has asked (nginx does, even "
+    "pointed at a responder URL): hand it the staple as a file instead"
+)
 
 
 JSON_KEYS = (
@@ -571,9 +580,9 @@ def error_json(message: str) -> dict[str, Any]:
 # --- I/O ----------------------------------------------------------------------------------------
 
 
-def parse_address(text: str) -> tuple[str, int]:
+def parse_address(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     """HOST, HOST:PORT, [V6]:PORT or a bare IPv6 address -> (host, port); ValueError if not."""
-    host, port = text, str(DEFAULT_PORT)
+    host, port = text, str(default_port)
     if text.startswith("["):
         host, bracket, rest = text[1:].partition("]")
         if not bracket or (rest and not rest.startswith(":")):
@@ -595,13 +604,21 @@ async def check_server(
     cafile: str | None = None,
     issuer_path: str | None = None,
     connections: int = 1,
+    starttls: str | None = None,
 ) -> CheckReport:
     """Connect `connections` times, one after the other, find the issuer and judge.
 
     Raises ProbeError when the server cannot be probed, InputError for an unreadable file.
     """
     results = [
-        await probe_async(host, port, servername=servername, tls_version=tls_version, cafile=cafile)
+        await probe_async(
+            host,
+            port,
+            servername=servername,
+            tls_version=tls_version,
+            cafile=cafile,
+            starttls=starttls,
+        )
         for _ in range(connections)
     ]
     issuer = await _server_issuer(results[0].chain, issuer_path)
@@ -699,6 +716,11 @@ class _CheckCommand(click.Command):
     show_default=True,
     help="Connect this many times, one after the other.",
 )
+@click.option(
+    "--starttls",
+    type=click.Choice(STARTTLS_PROTOCOLS),
+    help="Speak this protocol's STARTTLS first (default port: 25 for smtp).",
+)
 @click.option("--cert", help="No server: ask this certificate's OCSP responder directly.")
 @click.option("--url", "urls", multiple=True, help="With --cert: responder URL to try first.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -712,6 +734,7 @@ def check_command(
     cafile: str | None,
     issuer: str | None,
     connections: int,
+    starttls: str | None,
     cert: str | None,
     urls: tuple[str, ...],
     as_json: bool,
@@ -730,6 +753,7 @@ def check_command(
             "--tls": tls_version is not None,
             "--cafile": cafile is not None,
             "--connections": connections != 1,
+            "--starttls": starttls is not None,
         }
         given = [name for name, used in server_only.items() if used]
         if given:
@@ -739,7 +763,7 @@ def check_command(
         assert address is not None
         if urls:
             raise click.UsageError("--url: only with --cert")
-        host, port = _address(address)
+        host, port = _address(address, STARTTLS_PORTS.get(starttls or "", DEFAULT_PORT))
         work = check_server(
             host,
             port,
@@ -748,13 +772,14 @@ def check_command(
             cafile=cafile,
             issuer_path=issuer,
             connections=connections,
+            starttls=starttls,
         )
     ctx.exit(int(_run(work, as_json)))
 
 
-def _address(text: str) -> tuple[str, int]:
+def _address(text: str, default_port: int) -> tuple[str, int]:
     try:
-        return parse_address(text)
+        return parse_address(text, default_port)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="HOST[:PORT]") from None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ from mustaple.files import read_input, write_atomic
 from mustaple.fleet import Fleet
 from mustaple.keeper import Managed
 from mustaple.loader import load_target
+from mustaple.proxy import ProxyError, check_proxy_url
 from mustaple.report import ExitCode, exit_code, explain, fetch_json, fetch_line, outcome_json
 from mustaple.request import HASHES
 from mustaple.status import (
@@ -68,6 +70,23 @@ def _check_urls(urls: Sequence[str]) -> None:
 @click.version_option(__version__, prog_name="mustaple")
 def cli() -> None:
     """Keep OCSP staples (and must-staple certificates) safe on real TLS servers."""
+
+
+proxy_option = click.option(
+    "--proxy",
+    help='HTTP proxy for OCSP and AIA requests, http://HOST:PORT ("" for none; default: '
+    "HTTP_PROXY/HTTPS_PROXY/NO_PROXY as curl reads them).",
+)
+
+
+def _proxy_setting(proxy: str | None) -> str | None:
+    """A --proxy value checked: one line saying what is wrong, exit 2."""
+    if proxy:
+        try:
+            check_proxy_url(proxy, "--proxy")
+        except ProxyError as exc:
+            raise click.BadParameter(str(exc), param_hint="--proxy") from None
+    return proxy
 
 
 lenient_option = click.option(
@@ -105,6 +124,7 @@ lenient_option = click.option(
     show_default=True,
     help="Rounds of tries per responder URL.",
 )
+@proxy_option
 @lenient_option
 def fetch(
     *,
@@ -116,6 +136,7 @@ def fetch(
     hash_name: str,
     timeout: float,
     attempts: int,
+    proxy: str | None,
     allow_missing_next_update: bool,
 ) -> int:
     """Fetch and validate the OCSP staple for CERT (a PEM bundle such as fullchain.pem, or DER).
@@ -125,7 +146,10 @@ def fetch(
     """
     _check_urls(urls)
     policy = FetchPolicy(
-        total_timeout=timeout, connect_timeout=min(timeout, 5.0), attempts_per_url=attempts
+        total_timeout=timeout,
+        connect_timeout=min(timeout, 5.0),
+        attempts_per_url=attempts,
+        proxy=_proxy_setting(proxy),
     )
     verify_policy = Policy(allow_missing_next_update=allow_missing_next_update)
     target, result = asyncio.run(
@@ -245,7 +269,10 @@ def _setup_logging(verbose: bool, level: int = logging.WARNING) -> None:
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per certificate.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every step to stderr.")
-def prime(*, certs: tuple[str, ...], config_path: str, as_json: bool, verbose: bool) -> int:
+@proxy_option
+def prime(
+    *, certs: tuple[str, ...], config_path: str, as_json: bool, verbose: bool, proxy: str | None
+) -> int:
     """Fetch, validate, store and deliver the staples of CERTS now: the deploy-hook gate.
 
     Exit 0 only if every must-staple certificate has a valid good staple delivered, so
@@ -254,6 +281,8 @@ def prime(*, certs: tuple[str, ...], config_path: str, as_json: bool, verbose: b
     """
     _setup_logging(verbose)
     config = check_config_file(Path(config_path))
+    if proxy is not None:
+        config = _overriding_proxy(config, _proxy_setting(proxy))
     results = asyncio.run(_prime(config, [Path(c) for c in certs]))
     now = utc_now()
     for managed in results:
@@ -262,6 +291,14 @@ def prime(*, certs: tuple[str, ...], config_path: str, as_json: bool, verbose: b
         else:
             click.echo(prime_line(managed, now))
     return prime_exit_code(results)
+
+
+def _overriding_proxy(config: Config, proxy: str | None) -> Config:
+    """The configuration with --proxy in place of every `proxy` key."""
+    fetch_policy = dataclasses.replace(config.policy.fetch, proxy=proxy)
+    entries = tuple(dataclasses.replace(e, proxy=None) for e in config.certificates)
+    policy = dataclasses.replace(config.policy, fetch=fetch_policy)
+    return dataclasses.replace(config, policy=policy, certificates=entries)
 
 
 async def _prime(config: Config, paths: list[Path]) -> list[Managed]:

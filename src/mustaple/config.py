@@ -7,6 +7,7 @@ Sink tables are kept raw here and checked by `sinks.build_sink` when the keeper 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import socket
 import tomllib
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 
 from mustaple.errors import InputError
 from mustaple.fetch import FetchPolicy
+from mustaple.proxy import ProxyError, check_proxy_url
 from mustaple.request import HASHES
 from mustaple.schedule import SchedulePolicy
 from mustaple.verify import Policy
@@ -34,6 +36,7 @@ __all__ = [
     "load_config",
     "parse_config",
     "parse_duration",
+    "with_proxy",
 ]
 
 _T = TypeVar("_T")
@@ -63,6 +66,7 @@ class CertEntry:
     issuer: Path | None = None
     urls: tuple[str, ...] = ()
     sinks: tuple[str, ...] | None = None  # None: every sink
+    proxy: str | None = None  # None: the policy's; "": none; else an http:// proxy URL
 
 
 @dataclass(frozen=True)
@@ -245,7 +249,7 @@ def _sinks(reader: _Reader) -> dict[str, Mapping[str, Any]]:
 
 
 def _entry(reader: _Reader, sinks: Mapping[str, object]) -> CertEntry:
-    reader.only("paths", "issuer", "urls", "sinks")
+    reader.only("paths", "issuer", "urls", "sinks", "proxy")
     paths = reader.strings("paths")
     if not paths:
         raise reader.error("paths", "required: certificate files or globs")
@@ -261,7 +265,26 @@ def _entry(reader: _Reader, sinks: Mapping[str, object]) -> CertEntry:
     issuer = reader.table.get("issuer")
     if issuer is not None and not isinstance(issuer, str):
         raise reader.error("issuer", "must be a file path")
-    return CertEntry(paths, Path(issuer) if issuer else None, urls, chosen)
+    proxy = _proxy(reader) if "proxy" in reader.table else None
+    return CertEntry(paths, Path(issuer) if issuer else None, urls, chosen, proxy)
+
+
+def _proxy(reader: _Reader) -> str:
+    """The `proxy` key: "" (no proxy) or http://[user:password@]host:port."""
+    value = reader.get("proxy", str, "")
+    if value:
+        try:
+            check_proxy_url(value)
+        except ProxyError as exc:
+            raise reader.error("proxy", str(exc).removeprefix(f"proxy {value!r}: ")) from None
+    return value
+
+
+def with_proxy(policy: FetchPolicy, entry: CertEntry) -> FetchPolicy:
+    """The fetch policy for one certificate entry: its own `proxy` when it sets one."""
+    if entry.proxy is None or entry.proxy == policy.proxy:
+        return policy
+    return dataclasses.replace(policy, proxy=entry.proxy)
 
 
 def _hooks(reader: _Reader) -> Hooks:
@@ -291,7 +314,7 @@ def _policy(reader: _Reader) -> KeeperPolicy:
     reader.only(
         "refresh_at", "jitter", "min_interval", "retry_max", "timeout", "attempts",
         "clock_skew", "allow_missing_next_update", "hash", "concurrency", "per_host",
-        "at_expiry", "watch_interval", "max_response_size",
+        "at_expiry", "watch_interval", "max_response_size", "proxy",
     )  # fmt: skip
     defaults = KeeperPolicy()
     try:
@@ -307,6 +330,7 @@ def _policy(reader: _Reader) -> KeeperPolicy:
             total_timeout=reader.convert("timeout", defaults.fetch.total_timeout, _seconds),
             attempts_per_url=reader.get("attempts", int, defaults.fetch.attempts_per_url),
             max_size=reader.get("max_response_size", int, defaults.fetch.max_size),
+            proxy=_proxy(reader) if "proxy" in reader.table else None,
         )
     except ValueError as exc:
         raise reader.error("", str(exc)) from None

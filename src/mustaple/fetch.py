@@ -4,7 +4,10 @@ The I/O adapter between the pure request builder and the pure validator. For eac
 (overrides first, then the certificate's own), it sends GET when the URL is short enough and
 falls back to POST when GET fails; it retries what is worth retrying with exponential backoff
 and full jitter, honouring Retry-After; and it records every attempt (url, method, HTTP status,
-latency, reason) so callers can log, store and show them. Every answer is judged by
+latency, reason, proxy) so callers can log, store and show them. Requests go through
+the outbound HTTP proxy that `proxy.choose_proxy` picks (the environment's, as curl does, or
+the configured one); an answer that is the proxy's own error page is told apart from the
+responder's (`proxy-refused`, `proxy-error`). Every answer is judged by
 `verify.judge` the moment it arrives, so a `tryLater` or an HTML error page is retried exactly
 like a timeout. Nothing here raises for a misbehaving responder: the result says what happened.
 """
@@ -12,6 +15,7 @@ like a timeout. Nothing here raises for a misbehaving responder: the result says
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import os
 import random
@@ -28,6 +32,7 @@ from yarl import URL
 from mustaple import __version__
 from mustaple.certs import Target, parse_certificates
 from mustaple.errors import InputError
+from mustaple.proxy import Proxy, ProxyError, check_proxy_url, choose_proxy
 from mustaple.reasons import Reason, Rejection
 from mustaple.request import HttpRequest, encode_request, make_cert_id, plan_requests
 from mustaple.verify import DEFAULT_POLICY, HttpAnswer, Policy, Staple, compare, judge
@@ -56,6 +61,8 @@ _POST_FALLBACK = {
 
 # HTTP statuses that mean "later", not "GET unsupported".
 _SLOW_DOWN = {429, 503}
+# A proxy's own answers that mean "not for you" (the rest of its error pages: it could not help).
+_PROXY_REFUSALS = {401, 403, 407}
 
 Clock = Callable[[], datetime]
 Sleep = Callable[[float], Awaitable[None]]
@@ -77,12 +84,15 @@ class FetchPolicy:
     backoff_base: float = 0.5
     backoff_max: float = 30.0
     retry_after_max: float = 60.0
+    proxy: str | None = None  # None: from the environment (HTTP_PROXY...); "": no proxy
 
     def __post_init__(self) -> None:
         if self.attempts_per_url < 1:
             raise ValueError("attempts_per_url must be at least 1")
         if min(self.connect_timeout, self.total_timeout) <= 0 or self.max_size <= 0:
             raise ValueError("timeouts and max_size must be positive")
+        if self.proxy:
+            check_proxy_url(self.proxy)
 
 
 DEFAULT_FETCH_POLICY = FetchPolicy()
@@ -99,6 +109,7 @@ class Attempt:
     http_status: int | None
     reason: str | None  # a Reason code, None when the answer was a usable staple
     message: str
+    proxy: str | None = None  # the proxy the request went through (no credentials)
 
     @property
     def ok(self) -> bool:
@@ -245,7 +256,12 @@ class _Run:
         self, http: aiohttp.ClientSession, request: HttpRequest
     ) -> tuple[Staple | Rejection, float | None]:
         started, t0 = self.clock(), time.monotonic()
-        reply = await _send(http, request, self.policy)
+        try:
+            proxy = choose_proxy(request.url, self.policy.proxy, os.environ)
+        except ProxyError as exc:
+            proxy, reply = None, _Reply(None, Rejection(Reason.PROXY_INVALID, str(exc)))
+        else:
+            reply = await _send(http, request, self.policy, proxy)
         outcome: Staple | Rejection
         if reply.answer is None:
             assert reply.rejection is not None
@@ -254,7 +270,8 @@ class _Run:
             outcome = judge(reply.answer, self.target, self.clock(), self.verify_policy)
             if isinstance(outcome, Staple):
                 outcome = compare(outcome, self.current) or outcome
-        self.attempts.append(_record(request, started, time.monotonic() - t0, reply, outcome))
+        latency = time.monotonic() - t0
+        self.attempts.append(_record(request, started, latency, reply, outcome, proxy=proxy))
         return outcome, reply.retry_after
 
 
@@ -266,21 +283,38 @@ def _worth_post(request: HttpRequest, rejection: Rejection, http_status: int | N
 
 
 def _record(
-    request: HttpRequest, started: datetime, latency: float, reply: _Reply, outcome: object
+    request: HttpRequest,
+    started: datetime,
+    latency: float,
+    reply: _Reply,
+    outcome: object,
+    *,
+    proxy: Proxy | None,
 ) -> Attempt:
+    """The attempt as it is kept; its message names the proxy, so the store's history does."""
     status = reply.answer.status if reply.answer is not None else None
+    reason, message = None, "valid staple"
     if isinstance(outcome, Rejection):
-        return Attempt(
-            request.url, request.method, started, latency, status, outcome.code, outcome.message
-        )
-    return Attempt(request.url, request.method, started, latency, status, None, "valid staple")
+        reason, message = outcome.code, outcome.message
+    if proxy is not None and proxy.url not in message:
+        message += f" (via proxy {proxy.url})"
+    via = proxy.url if proxy else None
+    return Attempt(request.url, request.method, started, latency, status, reason, message, via)
 
 
-async def _send(http: aiohttp.ClientSession, request: HttpRequest, policy: FetchPolicy) -> _Reply:
-    """One HTTP exchange; transport failures become rejections."""
+async def _send(
+    http: aiohttp.ClientSession,
+    request: HttpRequest,
+    policy: FetchPolicy,
+    proxy: Proxy | None = None,
+) -> _Reply:
+    """One HTTP exchange, through `proxy` if given; transport failures become rejections."""
     headers = {"Accept": "application/ocsp-response"}
     if request.method == "POST":
         headers["Content-Type"] = "application/ocsp-request"
+    credentials = _proxy_headers(proxy)
+    if credentials and request.url.startswith("http:"):  # https: only in CONNECT, never inside
+        headers.update(credentials)
     try:
         async with http.request(
             request.method,
@@ -289,14 +323,49 @@ async def _send(http: aiohttp.ClientSession, request: HttpRequest, policy: Fetch
             headers=headers,
             max_redirects=policy.max_redirects,
             timeout=_timeout(policy),
+            proxy=URL(proxy.url) if proxy else None,
+            proxy_headers=credentials,
         ) as response:
+            if proxy is not None and _from_proxy(response):
+                return _proxy_answer(proxy, response.status, response.reason)
             return await _read(response, policy.max_size)
     except aiohttp.TooManyRedirects:
         return _Reply(None, Rejection(Reason.TOO_MANY_REDIRECTS, request.url[:120]))
     except TimeoutError:
-        return _Reply(None, Rejection(Reason.TIMEOUT, f"after {policy.total_timeout:g} s"))
+        through = f" (through proxy {proxy.url})" if proxy else ""
+        return _Reply(None, Rejection(Reason.TIMEOUT, f"after {policy.total_timeout:g} s{through}"))
+    except aiohttp.ClientProxyConnectionError as exc:
+        return _Reply(None, Rejection(Reason.PROXY_UNREACHABLE, _describe(exc)))
+    except aiohttp.ClientHttpProxyError as exc:
+        assert proxy is not None
+        return _proxy_answer(proxy, exc.status, exc.message)
     except (aiohttp.ClientError, OSError) as exc:
         return _Reply(None, Rejection(Reason.CONNECTION_FAILED, _describe(exc)))
+
+
+def _proxy_headers(proxy: Proxy | None) -> dict[str, str] | None:
+    if proxy is None or proxy.user is None:
+        return None
+    token = base64.b64encode(f"{proxy.user}:{proxy.password}".encode()).decode("ascii")
+    return {"Proxy-Authorization": f"Basic {token}"}
+
+
+def _from_proxy(response: aiohttp.ClientResponse) -> bool:
+    """Whether an answer through a proxy is the proxy's own error page, not the responder's.
+
+    A proxy marks what it forwards with a Via header (RFC 9110 7.6.3); its own error pages
+    carry none (tinyproxy), or say so (Squid's X-Squid-Error). 407 is always the proxy's.
+    """
+    if response.status < 400 or response.content_type == "application/ocsp-response":
+        return False
+    headers = response.headers
+    return response.status == 407 or "X-Squid-Error" in headers or "Via" not in headers
+
+
+def _proxy_answer(proxy: Proxy, status: int, words: str | None) -> _Reply:
+    reason = Reason.PROXY_REFUSED if status in _PROXY_REFUSALS else Reason.PROXY_ERROR
+    detail = f"{proxy.url} answered HTTP {status} {words or ''}".rstrip()
+    return _Reply(None, Rejection(reason, detail))
 
 
 def _describe(exc: BaseException) -> str:
@@ -359,8 +428,12 @@ async def fetch_issuer(
     if cache is not None and url in cache:
         return parse_certificates(cache[url], source=url)
     request = HttpRequest("GET", url)
+    try:
+        proxy = choose_proxy(url, policy.proxy, os.environ)
+    except ProxyError as exc:
+        raise InputError(f"{exc}; fix or unset it") from None
     async with _session_for(session, policy) as http:
-        reply = await _send(http, request, policy)
+        reply = await _send(http, request, policy, proxy)
     if reply.answer is None or reply.answer.status != 200:
         problem = f"HTTP {reply.answer.status}" if reply.answer else _message(reply.rejection)
         raise InputError(

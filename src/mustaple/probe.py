@@ -1,9 +1,10 @@
 """Probing a live TLS server: what it serves when a client asks for an OCSP staple.
 
-An I/O adapter (pyOpenSSL, blocking). `probe` connects, sends status_request in the
-ClientHello (TLS 1.2 or 1.3), and returns the certificate chain and the stapled bytes exactly
-as they came over the wire. It judges nothing: the chain is verified only when a CA file is
-given (and then only reported), and the staple is handed back raw for `verify` to judge.
+An I/O adapter (pyOpenSSL, blocking). `probe` connects (for a mail server, first speaking
+STARTTLS: `mustaple.starttls`), sends status_request in the ClientHello (TLS 1.2 or 1.3),
+and returns the certificate chain and the stapled bytes exactly as they came over the wire.
+It judges nothing: the chain is verified only when a CA file is given (and then only
+reported), and the staple is handed back raw for `verify` to judge.
 
 Why the handshake is read message by message: OpenSSL 3.6 and later (pyOpenSSL's wheels bundle
 it) parse a staple and re-encode it before a client sees it, so trailing bytes vanish and a
@@ -33,6 +34,7 @@ from cryptography.hazmat.bindings.openssl.binding import Binding
 from OpenSSL import SSL, crypto
 
 from mustaple.errors import InputError, MustapleError
+from mustaple.starttls import StarttlsError, negotiate
 
 __all__ = ["ProbeError", "ProbeResult", "probe", "probe_async"]
 
@@ -74,13 +76,15 @@ def probe(
     tls_version: str | None = None,
     cafile: str | None = None,
     timeout: float = 10.0,
+    starttls: str | None = None,
 ) -> ProbeResult:
     """Handshake with `host`:`port` asking for a staple, and return what was served.
 
     `servername` is sent as SNI (default `host`, unless it is an IP address). `tls_version`
     is "1.2", "1.3" or None for the best both sides support. With `cafile` (PEM), `verified`
     says whether the chain verifies against it (the name is not checked). `timeout` covers
-    connecting and the handshake. Raises ProbeError when the server cannot be probed,
+    connecting, STARTTLS (`starttls`: "smtp", or None for TLS at once) and the handshake.
+    Raises ProbeError when the server cannot be probed,
     InputError for an unreadable `cafile`, ValueError for a bad `tls_version`, `timeout` or
     `servername`.
     """
@@ -93,6 +97,8 @@ def probe(
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     deadline = time.monotonic() + timeout
     sock = _connect(host, port, timeout, where)
+    if starttls is not None:
+        _starttls(sock, starttls, where, deadline)
     conn = SSL.Connection(context, sock)
     try:
         conn.set_connect_state()
@@ -113,6 +119,7 @@ async def probe_async(
     tls_version: str | None = None,
     cafile: str | None = None,
     timeout: float = 10.0,
+    starttls: str | None = None,
 ) -> ProbeResult:
     """`probe` in a worker thread, for asyncio code."""
     return await asyncio.to_thread(
@@ -123,6 +130,7 @@ async def probe_async(
         tls_version=tls_version,
         cafile=cafile,
         timeout=timeout,
+        starttls=starttls,
     )
 
 
@@ -187,6 +195,14 @@ def _connect(host: str, port: int, timeout: float, where: str) -> socket.socket:
         raise ProbeError(f"{where}: cannot connect ({exc.strerror or exc})") from exc
     sock.setblocking(False)
     return sock
+
+
+def _starttls(sock: socket.socket, protocol: str, where: str, deadline: float) -> None:
+    try:
+        negotiate(sock, protocol, where=where, deadline=deadline)
+    except StarttlsError as exc:
+        sock.close()
+        raise ProbeError(str(exc)) from exc
 
 
 def _handshake(

@@ -34,6 +34,19 @@ class Reason(enum.Enum):
     )
     EMPTY_BODY = ("empty-body", "the responder sent an empty body", True)
     TOO_LARGE = ("too-large", "the answer is larger than the size cap", False)
+    # The outbound HTTP proxy (the responder was not reached, or we cannot tell)
+    PROXY_UNREACHABLE = ("proxy-unreachable", "could not connect to the HTTP proxy", True)
+    PROXY_REFUSED = ("proxy-refused", "the HTTP proxy refused to forward the request", False)
+    PROXY_ERROR = (
+        "proxy-error",
+        "the HTTP proxy answered with its own error page (it could not reach the responder?)",
+        True,
+    )
+    PROXY_INVALID = (
+        "proxy-invalid",
+        "the proxy setting is not a usable http:// proxy URL",
+        False,
+    )
     # Structure
     MALFORMED = ("malformed", "the answer is not a well-formed DER OCSP response", True)
     TRAILING_DATA = ("trailing-data", "the OCSP response is followed by extra bytes", True)
@@ -188,6 +201,13 @@ _HINTS = {
     Reason.HTTP_CLIENT_ERROR: "check the responder URL (override it with --url)",
     Reason.TOO_MANY_REDIRECTS: "check the responder URL; point --url at the final address",
     Reason.TOO_LARGE: "the responder sends too much; check the URL or raise the size cap",
+    Reason.PROXY_UNREACHABLE: "start the proxy or fix the proxy setting (the proxy key, "
+    "HTTP_PROXY/HTTPS_PROXY); the CA was not asked",
+    Reason.PROXY_REFUSED: "let this host through the proxy (its ACL, filter or credentials), "
+    "or add the responder to NO_PROXY; the CA was not asked",
+    Reason.PROXY_ERROR: "look in the proxy's log: it could not reach the responder; " + _RETRY_HINT,
+    Reason.PROXY_INVALID: "fix the proxy key, or HTTP_PROXY/HTTPS_PROXY/ALL_PROXY, "
+    'to http://HOST:PORT; proxy = "" turns the proxy off',
     Reason.NOT_BASIC: "the responder speaks a response type no TLS client accepts; ask the CA",
     Reason.UNSUPPORTED_VERSION: "no TLS client accepts this response; ask the CA",
     Reason.UNKNOWN_CRITICAL_EXTENSION: "no strict client accepts this response; ask the CA",
