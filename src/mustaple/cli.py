@@ -33,6 +33,7 @@ from mustaple.errors import InputError
 from mustaple.fetch import FetchPolicy, FetchResult, fetch_staple, utc_now
 from mustaple.files import read_input, write_atomic
 from mustaple.fleet import Fleet
+from mustaple.init import init_command
 from mustaple.keeper import Managed
 from mustaple.loader import load_target
 from mustaple.report import ExitCode, exit_code, explain, fetch_json, fetch_line, outcome_json
@@ -331,6 +332,7 @@ def demo() -> int:
 
 
 cli.add_command(check_command, "check")
+cli.add_command(init_command, "init")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
