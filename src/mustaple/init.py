@@ -472,6 +472,7 @@ def init_command(
 
 def _write_config(out: Path, text: str) -> None:
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(out, text.encode(), mode=0o640)
     except OSError as exc:
         raise InputError(f"{out}: cannot write the configuration ({exc.strerror})") from None
