@@ -174,6 +174,8 @@ def test_init_writes_a_config_the_real_loader_accepts(
     code, said = _init(tree, *confs, "--out", str(out), capsys=capsys)
     assert code == 0, said
     config = check_config(out)  # the real loader, and every sink built
+    assert main(["run", "--check-config", "--config", str(out)]) == 0
+    assert "warning" not in capsys.readouterr().err
     entries = {e.paths[0]: e for e in config.certificates}
     live = str(tree.live)
     assert live in entries  # the live/ symlink, never the archive/ file it points to

@@ -36,6 +36,7 @@ from mustaple.fleet import Fleet
 from mustaple.init import init_command
 from mustaple.keeper import Managed
 from mustaple.loader import load_target
+from mustaple.preflight import preflight
 from mustaple.report import ExitCode, exit_code, explain, fetch_json, fetch_line, outcome_json
 from mustaple.request import HASHES
 from mustaple.status import (
@@ -286,6 +287,11 @@ def run_keeper(*, config_path: str, check_config: bool, verbose: bool) -> int:
     path = Path(config_path)
     if check_config:
         checked = check_config_file(path)
+        found = preflight(checked)
+        for line in found.errors + [f"warning: {w}" for w in found.warnings]:
+            click.echo(f"mustaple: {line}", err=True)
+        if found.errors:
+            return ExitCode.USAGE
         click.echo(
             f"{path}: OK ({len(checked.certificates)} certificate entries, "
             f"{len(checked.sinks)} sinks)"
