@@ -37,6 +37,7 @@ from mustaple.init import init_command
 from mustaple.keeper import Managed
 from mustaple.loader import load_target
 from mustaple.preflight import preflight
+from mustaple.progress import FetchProgress, PrimeProgress
 from mustaple.report import ExitCode, exit_code, explain, fetch_json, fetch_line, outcome_json
 from mustaple.request import HASHES
 from mustaple.status import (
@@ -164,10 +165,14 @@ async def _fetch(
     policy: FetchPolicy,
     verify_policy: Policy,
 ) -> tuple[Any, FetchResult]:
-    target = await load_target(cert, issuer, policy=policy)
-    result = await fetch_staple(
-        target, urls=urls, hash_name=hash_name, policy=policy, verify_policy=verify_policy
-    )
+    progress = FetchProgress(cert)  # on stderr: which URL it waits on, for how long
+    async with progress.session(policy) as http:
+        target = await load_target(cert, issuer, policy=policy, session=http)
+        progress.name = target.name
+        result = await fetch_staple(
+            target, urls=urls, hash_name=hash_name, policy=policy, verify_policy=verify_policy,
+            session=http, sleep=progress.sleep,
+        )  # fmt: skip
     return target, result
 
 
@@ -267,7 +272,9 @@ def prime(*, certs: tuple[str, ...], config_path: str, as_json: bool, verbose: b
 
 
 async def _prime(config: Config, paths: list[Path]) -> list[Managed]:
-    async with open_keeper(config) as keeper:
+    progress = PrimeProgress(len(paths))  # on stderr: how many are done, which came last
+    async with open_keeper(config) as keeper, progress.running():
+        keeper.observers.append(progress.refreshed)
         if config.fleet is None:
             return await keeper.prime(paths)
         fleet = Fleet(config.fleet, eager=True)  # use or share the fleet's staples, never wait
