@@ -201,7 +201,7 @@ def inspect(
     target = asyncio.run(load_target(cert, issuer))
     outcome = verify(data, target, now, Policy(allow_missing_next_update=allow_missing_next_update))
     if as_json:
-        _emit_json(outcome_json(target, outcome, now))
+        _emit_json(outcome_json(target, outcome, now, from_file=True))
     else:
         click.echo("\n".join(explain(target, outcome, now)))
     return exit_code(outcome)
@@ -358,6 +358,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except click.UsageError as exc:  # one line, as every other problem (docs/cli.md)
+        message = exc.format_message()
+        if "\n" in message:  # no command at all: the help is the message
+            exc.show()
+            return ExitCode.USAGE
+        command = exc.ctx.command_path if exc.ctx is not None else "mustaple"
+        click.echo(f"mustaple: {message} (see {command} --help)", err=True)
+        return ExitCode.USAGE
     except click.ClickException as exc:
         exc.show()
         return ExitCode.USAGE

@@ -196,8 +196,8 @@ _HINTS = {
     Reason.DELEGATE_EXPIRED: "the CA let its OCSP signing certificate expire; report it",
     Reason.DELEGATE_NOT_YET_VALID: "check this machine's clock, then report it to the CA",
     Reason.DELEGATE_IS_CA: "the responder is misconfigured; report it to the CA",
-    Reason.NO_NEXT_UPDATE: "strict clients refuse this; ask the CA, or allow it with the "
-    "lenient option",
+    Reason.NO_NEXT_UPDATE: "strict clients refuse this; ask the CA, or accept it with "
+    "--allow-missing-next-update (keeper: policy.allow_missing_next_update = true)",
     Reason.NO_OCSP_URL: "use a CA that runs OCSP, or give a responder with --url",
     Reason.PRODUCED_IN_FUTURE: "check this machine's clock (NTP); " + _RETRY_HINT,
     Reason.THIS_UPDATE_IN_FUTURE: "check this machine's clock (NTP); " + _RETRY_HINT,
