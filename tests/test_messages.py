@@ -15,7 +15,7 @@ from mustaple.check import Level
 from mustaple.cli import main
 from mustaple.config import parse_config
 from mustaple.report import ExitCode
-from mustaple.testing import CA, StaplingServer
+from mustaple.testing import CA, Leaf, StaplingServer
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -44,19 +44,37 @@ def test_usage_errors_are_one_line(
     assert err.count("\n") == 1
 
 
+@dataclasses.dataclass
+class Leafy:
+    """A CA, one of its leaves, the leaf's fullchain.pem and a response file to fill."""
+
+    ca: CA
+    leaf: Leaf
+    cert: Path
+    response: Path
+    now: datetime
+
+    def respond(self, *, this_update: datetime, next_update: datetime | None) -> bytes:
+        der = build_response(
+            self.leaf, self.ca.issuing, this_update=this_update, next_update=next_update
+        )
+        self.response.write_bytes(der)
+        return der
+
+
 @pytest.fixture
-def ca() -> CA:
-    return CA(key_type="ec", ocsp_url="http://127.0.0.1:9/")
+def one(tmp_path: Path) -> Leafy:
+    ca = CA(key_type="ec", ocsp_url="http://127.0.0.1:9/")
+    leaf = ca.issue("msg.test")
+    cert = leaf.write(tmp_path / "leaf").fullchain
+    return Leafy(ca, leaf, cert, tmp_path / "response.der", datetime.now(UTC))
 
 
 def test_missing_next_update_names_the_option_and_the_config_key(
-    ca: CA, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    one: Leafy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    now = datetime.now(UTC)
-    leaf = ca.issue("msg.test")
-    cert = leaf.write(tmp_path / "nnu").fullchain
-    response = tmp_path / "no-next-update.der"
-    response.write_bytes(build_response(leaf, ca.issuing, this_update=now, next_update=None))
+    one.respond(this_update=one.now, next_update=None)
+    response, cert = one.response, one.cert
     code, out, _ = _run(["inspect", str(response), "--cert", str(cert)], capsys)
     assert code == ExitCode.NO_STAPLE
     hint = next(line for line in out.splitlines() if line.startswith("what to do:"))
@@ -70,14 +88,9 @@ def test_missing_next_update_names_the_option_and_the_config_key(
     assert parse_config(config, tmp_path / "m.toml").policy.verify.allow_missing_next_update
 
 
-def test_inspect_of_a_file_never_says_retry(
-    ca: CA, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    now = datetime.now(UTC)
-    leaf = ca.issue("msg.test")
-    cert = leaf.write(tmp_path / "trailing").fullchain
-    good = build_response(leaf, ca.issuing, this_update=now, next_update=now + timedelta(days=4))
-    response = tmp_path / "trailing.der"
+def test_inspect_of_a_file_never_says_retry(one: Leafy, capsys: pytest.CaptureFixture[str]) -> None:
+    now, response, cert = one.now, one.response, one.cert
+    good = one.respond(this_update=now, next_update=now + timedelta(days=4))
     response.write_bytes(good + b"\x00\x00")
     code, out, _ = _run(["inspect", str(response), "--cert", str(cert)], capsys)
     assert code == ExitCode.NO_STAPLE
@@ -86,10 +99,7 @@ def test_inspect_of_a_file_never_says_retry(
     assert "this response cannot be stapled; fetch a new one with `mustaple fetch" in out
     code, out, _ = _run(["inspect", str(response), "--cert", str(cert), "--json"], capsys)
     assert "retrying" not in json.loads(out)["hint"]
-    future = build_response(
-        leaf, ca.issuing, this_update=now + timedelta(hours=2), next_update=now + timedelta(days=4)
-    )
-    response.write_bytes(future)
+    one.respond(this_update=now + timedelta(hours=2), next_update=now + timedelta(days=4))
     code, out, _ = _run(["inspect", str(response), "--cert", str(cert)], capsys)
     assert "check this machine's clock (NTP), or judge it at another time with --at" in out
     assert "retrying" not in out
