@@ -10,6 +10,7 @@ leave every file byte for byte as it was.
 from __future__ import annotations
 
 import subprocess
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -306,3 +307,16 @@ def test_init_with_nothing_to_staple_writes_nothing(
     assert code == 1
     assert "nothing to staple" in said
     assert not out.exists()
+
+
+def test_nginx_t_on_standard_input(tree: Tree) -> None:
+    dump = _checker(NGINX, "-T", "-c", tree.nginx).stdout
+    program = Path(sys.executable).parent / "mustaple"
+    state = tree.root / "state"
+    done = subprocess.run(
+        [program, "init", "--nginx-conf", "-", "--state-dir", state],
+        input=dump, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count(f"ssl_stapling_file {state}/staples/example.test.der;") == 2
+    assert f'paths = ["{tree.live}"]' in done.stdout

@@ -408,9 +408,9 @@ def _check(server: str, main: Path) -> tuple[bool, str]:
 def _conf_option(server: str) -> Callable[[_F], _F]:
     return click.option(
         f"--{server}-conf",
-        type=click.Path(path_type=Path, dir_okay=False),
+        type=click.Path(path_type=Path, dir_okay=False, allow_dash=server == "nginx"),
         help=f"{server}'s main configuration file (default: {DEFAULT_CONFS[server]} if there)"
-        + (", or saved `nginx -T` output" if server == "nginx" else ""),
+        + (", or `nginx -T` output (saved, or - for standard input)" if server == "nginx" else ""),
     )
 
 

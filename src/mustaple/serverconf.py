@@ -16,6 +16,7 @@ import itertools
 import os
 import re
 import shlex
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -71,6 +72,8 @@ class _Files:
         self.dump = dump
 
     def read(self, path: Path) -> str:
+        if str(path) == "-":
+            return sys.stdin.read()
         if self.dump is not None:
             if path not in self.dump:
                 raise InputError(f"{path}: not in the `nginx -T` output")
@@ -152,7 +155,8 @@ def _nginx_parse(text: str, file: Path) -> list[_Stmt]:
 
 
 def read_nginx(path: Path) -> ServerConf:
-    """nginx's configuration from its main file, or from saved `nginx -T` output."""
+    """nginx's configuration from its main file, or from `nginx -T` output (saved, or `-`:
+    standard input)."""
     text = _Files().read(path)
     dump = _nginx_dump(text)
     files = _Files(dump)
