@@ -195,6 +195,7 @@ def test_init_writes_a_config_the_real_loader_accepts(
     assert said.count(f"ssl_stapling_file {staple};") == 2  # both server blocks, once each
     assert f'ssl.stapling-file = "{staple}"' in said
     assert "SSLStaplingForceURL http://127.0.0.1:8008/ocsp" in said
+    assert "(<VirtualHost *:443> example.test):" in said
     assert "stats socket /run/haproxy/admin.sock mode 660 level admin" in said
     assert "none: can never be stapled" in said
 

@@ -240,7 +240,7 @@ def _entry(plan: Plan, found: Found) -> list[str]:
     sinks = [s for s in found.servers if s != "apache"]
     if sinks != list(found.servers):
         head.append("# Apache asks the local OCSP responder ([http]): it needs no sink")
-    if sinks != list(plan_sinks(plan)):
+    if set(sinks) != set(_plan_sinks(plan)):
         body.append(f"sinks = [{', '.join(_q(s) for s in sinks)}]")
     why = _unusable(found)
     if why:
@@ -248,7 +248,7 @@ def _entry(plan: Plan, found: Found) -> list[str]:
     return [*head, "[[certificates]]", *body]
 
 
-def plan_sinks(plan: Plan) -> list[str]:
+def _plan_sinks(plan: Plan) -> list[str]:
     return sorted({s for f in plan.found if f.usable for s in f.servers if s != "apache"})
 
 
@@ -360,7 +360,9 @@ def print_edits(edits: Sequence[Edit], advice: Sequence[str], echo: Callable[[st
     for edit in edits:
         where = f"after line {edit.after}" if edit.after else "at the top"
         echo(f"\n{edit.server}: {edit.file}, {where} ({edit.block}):")
-        echo("\n".join(line for line in edit.lines))
+        echo("\n".join(edit.lines))
+    if advice:
+        echo("")
     for line in advice:
         echo(line)
 

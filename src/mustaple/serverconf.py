@@ -272,7 +272,6 @@ class _ApacheState:
     root: Path
     defines: dict[str, str] = field(default_factory=dict)
     block: str = "server"
-    names: list[str] = field(default_factory=list)
 
 
 def _apache_lines(text: str) -> Iterator[tuple[int, str]]:
@@ -293,9 +292,11 @@ def _apache_file(path: Path, conf: ServerConf, state: _ApacheState) -> None:
             continue
         key = words[0].lower()
         if key.startswith("<virtualhost"):
-            state.block, state.names = line.strip(), []
+            state.block = line.strip()
         elif key == "</virtualhost>":
             state.block = "server"
+        elif key == "servername" and len(words) > 1 and state.block.startswith("<"):
+            state.block = f"{state.block} {words[1]}"
         elif key == "serverroot" and len(words) > 1:
             state.root = Path(words[1])
         elif key == "define" and len(words) > 2:
