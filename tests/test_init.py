@@ -198,6 +198,8 @@ def test_init_writes_a_config_the_real_loader_accepts(
     assert "(<VirtualHost *:443> example.test):" in said
     assert "stats socket /run/haproxy/admin.sock mode 660 level admin" in said
     assert "none: can never be stapled" in said
+    shop = tree.haproxy.parent / "certs/shop.test.pem"
+    assert said.count(f"HAProxy loads {shop}.ocsp at start, and mustaple writes it") == 1
 
 
 def test_nginx_dump_reads_like_the_files(tree: Tree) -> None:
@@ -321,3 +323,17 @@ def test_nginx_t_on_standard_input(tree: Tree) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.count(f"ssl_stapling_file {state}/staples/example.test.der;") == 2
     assert f'paths = ["{tree.live}"]' in done.stdout
+
+
+def test_apply_lighttpd_passes_lighttpd_tt(tree: Tree, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = tree.lighttpd.parent / "conf-enabled/10-ssl.conf"
+    before = conf.read_text()
+    _staple(tree, "example.test", tree.leaf)
+    code, said = _init(tree, "--lighttpd-conf", str(tree.lighttpd), "--apply", capsys=capsys)
+    assert code == 0, said
+    checked = _checker("/usr/sbin/lighttpd", "-tt", "-f", tree.lighttpd)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    staple = tree.root / "state/staples/example.test.der"
+    lines = before.splitlines(keepends=True)
+    lines.insert(4, f'    ssl.stapling-file = "{staple}"\n')  # after ssl.pemfile, line 4
+    assert conf.read_text() == "".join(lines)

@@ -118,20 +118,25 @@ def test_fetch_tells_a_pipe_what_it_waits_on(
 
 def test_fetch_on_a_terminal_shows_the_url_and_a_clock(silent: str, tmp_path: Path) -> None:
     cert = _cert(tmp_path, silent)
+    argv = ["fetch", str(cert), "--timeout", "2", "--attempts", "1"]
+    text = _on_a_terminal(argv, ExitCode.NO_STAPLE)
+    assert f"slow.test: waiting on GET {silent}/" in text
+    assert "0:00:01" in text  # the running clock of the wait
+    assert "FAILED slow.test:" in text
+
+
+def _on_a_terminal(argv: list[str], exit_code: int) -> str:
+    """Run mustaple on a pseudo-terminal; what the terminal received, escapes removed."""
     program = Path(sys.executable).parent / "mustaple"
     leader, follower = pty.openpty()
     env = {**os.environ, "COLUMNS": "200", "TERM": "xterm"}
     process = subprocess.Popen(
-        [program, "fetch", str(cert), "--timeout", "2", "--attempts", "1"],
-        stdin=subprocess.DEVNULL, stdout=follower, stderr=follower, env=env,
-    )  # fmt: skip
+        [program, *argv], stdin=subprocess.DEVNULL, stdout=follower, stderr=follower, env=env
+    )
     os.close(follower)
     screen = _read_all(leader)
-    assert process.wait(30) == ExitCode.NO_STAPLE
-    text = ANSI.sub("", screen)
-    assert f"slow.test: waiting on GET {silent}/" in text
-    assert "0:00:01" in text  # the running clock of the wait
-    assert "FAILED slow.test:" in text
+    assert process.wait(30) == exit_code
+    return ANSI.sub("", screen)
 
 
 def _read_all(fd: int) -> str:
@@ -146,3 +151,34 @@ def _read_all(fd: int) -> str:
         chunks.append(chunk)
     os.close(fd)
     return b"".join(chunks).decode(errors="replace")
+
+
+def _prime_config(tmp_path: Path, cert: Path) -> Path:
+    config = tmp_path / "mustaple.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path}/state"\n[[certificates]]\npaths = ["{cert}"]\n'
+        '[policy]\ntimeout = "2.5s"\nattempts = 1\n'
+    )
+    return config
+
+
+def test_prime_tells_a_pipe_how_far_it_is(
+    silent: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cert = _cert(tmp_path, silent)
+    code = main(["prime", "--config", str(_prime_config(tmp_path, cert)), str(cert)])
+    out, err = capsys.readouterr()
+    assert code == ExitCode.NO_STAPLE
+    assert out.startswith("FAILED slow.test")
+    assert err.splitlines() == [
+        "mustaple: prime: 0/1 certificates refreshed: 2 s so far",
+        "mustaple: prime: slow.test: no valid staple (timeout) (1/1)",
+    ]
+
+
+def test_prime_on_a_terminal_shows_the_count_and_a_clock(silent: str, tmp_path: Path) -> None:
+    cert = _cert(tmp_path, silent)
+    config = _prime_config(tmp_path, cert)
+    text = _on_a_terminal(["prime", "--config", str(config), str(cert)], ExitCode.NO_STAPLE)
+    assert "prime: 0/1 certificates refreshed" in text
+    assert "0:00:01" in text

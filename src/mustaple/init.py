@@ -326,7 +326,7 @@ def make_edits(plan: Plan) -> tuple[list[Edit], list[str]]:
             )  # fmt: skip
         if conf.server == "apache" and conf.sites:
             advice.append(f"apache: once, at server level: {APACHE_SERVER}")
-    return sorted(edits.values(), key=lambda e: (str(e.file), e.after)), advice
+    return sorted(edits.values(), key=lambda e: (str(e.file), e.after)), list(dict.fromkeys(advice))
 
 
 def _site_edit(plan: Plan, found: Found, server: str, site: Site, advice: list[str]) -> Edit | None:
@@ -351,7 +351,11 @@ def _site_edit(plan: Plan, found: Found, server: str, site: Site, advice: list[s
                     site.block)  # fmt: skip
     if server == "apache":
         return Edit(server, site.file, site.line, tuple(pad + d for d in APACHE_VHOST), site.block)
-    return None  # haproxy loads <crt>.ocsp by itself
+    advice.append(
+        f"haproxy: nothing to add for {found.cert}: HAProxy loads {found.cert}.ocsp at start, "
+        "and mustaple writes it"
+    )
+    return None
 
 
 def print_edits(edits: Sequence[Edit], advice: Sequence[str], echo: Callable[[str], None]) -> None:

@@ -93,13 +93,14 @@ class Display:
     def told(self, key: int) -> bool:
         return key in self.waits and self.waits[key].told
 
-    def end(self, key: int, outcome: str) -> None:
+    def end(self, key: int, outcome: str | None) -> None:
+        """The wait is over; after plain lines about it, say how it ended (unless None)."""
         wait = self.waits.pop(key, None)
         if wait is None:
             return
         if self.rich is not None and wait.task is not None:
             self.rich.remove_task(wait.task)
-        elif wait.told:
+        elif wait.told and outcome is not None:
             self.say(f"{wait.what}: {outcome} after {self.clock() - wait.since:.1f} s")
 
     def tick(self) -> None:
@@ -217,4 +218,4 @@ class PrimeProgress:
             async with self.display.running():
                 yield
         finally:
-            self.display.end(0, "done")
+            self.display.end(0, None)  # each certificate had its line
