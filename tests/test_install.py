@@ -63,7 +63,7 @@ def _verify_unit(installed: Path, tmp_path: Path) -> None:
     assert program == "/usr/local/bin/mustaple"
     assert f"{program}\n" in _install_section() or f" {program}" in _install_section()
     assert re.search(r"^StateDirectory=mustaple$", text, re.M)
-    assert re.search(r"^StateDirectoryMode=0750$", text, re.M)
+    assert re.search(r"^StateDirectoryMode=0755$", text, re.M)
     unit = tmp_path / "mustaple.service"
     unit.write_text(text.replace(program, str(installed)))
     verified = _run("systemd-analyze", "verify", unit, cwd=tmp_path)
