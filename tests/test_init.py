@@ -22,6 +22,7 @@ from mustaple.cli import main
 from mustaple.daemon import check_config
 from mustaple.serverconf import read_nginx
 from mustaple.testing.pki import CA, Leaf
+from servers import Server, free_port, staple_from
 
 NGINX = "/usr/sbin/nginx"
 HAPROXY = "/usr/sbin/haproxy"
@@ -337,3 +338,47 @@ def test_apply_lighttpd_passes_lighttpd_tt(tree: Tree, capsys: pytest.CaptureFix
     lines = before.splitlines(keepends=True)
     lines.insert(4, f'    ssl.stapling-file = "{staple}"\n')  # after ssl.pemfile, line 4
     assert conf.read_text() == "".join(lines)
+
+
+class AppliedNginx(Server):
+    """nginx run on a configuration `init --apply` edited, as it stands."""
+
+    program = NGINX
+
+    def __init__(self, directory: Path, config: Path, port: int) -> None:
+        super().__init__(directory)
+        self.config, self.fixed_port = config, port
+
+    def choose_ports(self) -> None:
+        self.port = self.fixed_port
+
+    def write_config(self) -> None:
+        """The configuration is the one under test: nothing to write."""
+
+    def command(self) -> list[str]:
+        return [NGINX, "-c", str(self.config), "-e", str(self.error_log)]
+
+
+def test_nginx_staples_from_the_first_handshake_after_apply(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca = CA(key_type="ec", ocsp_url="http://127.0.0.1:9/ocsp")
+    leaf = ca.issue("e2e.test")
+    live = _certbot(tmp_path / "letsencrypt", "e2e.test", leaf).parent
+    port = free_port()
+    conf = tmp_path / "nginx/nginx.conf"
+    (conf.parent / "sites").mkdir(parents=True)
+    conf.write_text(
+        f"daemon off; user root; pid {tmp_path}/nginx.pid;\nevents {{}}\n"
+        "http {\n    access_log off;\n    include sites/*.conf;\n}\n"
+    )
+    (conf.parent / "sites/e2e.conf").write_text(_server("e2e.test", live, port))
+    now = datetime.now(UTC)
+    staple = build_response(leaf, ca.issuing, this_update=now, next_update=now + timedelta(days=4))
+    state = tmp_path / "state"
+    (state / "staples").mkdir(parents=True)
+    (state / "staples/e2e.test.der").write_bytes(staple)  # as `mustaple prime` leaves it
+    code = main(["init", "--nginx-conf", str(conf), "--state-dir", str(state), "--apply"])
+    assert code == 0, capsys.readouterr()
+    with AppliedNginx(tmp_path / "run", conf, port):
+        assert staple_from(port, "e2e.test") == staple
