@@ -72,7 +72,7 @@ class Display:
         if stream.isatty() if tty is None else tty:
             self.rich = Progress(
                 SpinnerColumn(),
-                TextColumn("{task.description}"),
+                TextColumn("{task.description}", markup=False),
                 TimeElapsedColumn(),
                 console=Console(file=stream, force_terminal=True),
                 transient=True,
