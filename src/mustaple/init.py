@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import click
 from cryptography import x509
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mustaple.certs import (
@@ -182,23 +183,24 @@ def _issuer_beside(cert: Path, leaf: x509.Certificate) -> Path | None:
 
 
 def print_table(plan: Plan, console: Console) -> None:
+    """What was found; text from files is escaped, never read as rich markup."""
     table = Table(title="certificates served", title_justify="left")
     for column in ("certificate", "must-staple", "OCSP URL", "issuer", "served by"):
         table.add_column(column, overflow="fold")
     for found in plan.found:
         where = "\n".join(f"{s}: {site.block} ({site.file}:{site.line})" for s, site in found.sites)
         if found.problem:
-            table.add_row(str(found.cert), "?", found.problem, "", where)
+            table.add_row(escape(str(found.cert)), "?", escape(found.problem), "", escape(where))
             continue
-        url = "\n".join(found.ocsp_urls) or (
+        url = escape("\n".join(found.ocsp_urls)) or (
             "[red]none: can never be stapled[/]" if found.must_staple else "none: nothing to staple"
         )
         table.add_row(
-            f"{found.name}\n{found.cert}",
+            escape(f"{found.name}\n{found.cert}"),
             "[bold]yes[/]" if found.must_staple else "no",
             url,
-            found.issuer or "[red]not found: set issuer[/]",
-            where,
+            escape(found.issuer) or "[red]not found: set issuer[/]",
+            escape(where),
         )
     console.print(table)
     for conf in plan.confs:
