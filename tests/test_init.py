@@ -382,3 +382,20 @@ def test_nginx_staples_from_the_first_handshake_after_apply(
     assert code == 0, capsys.readouterr()
     with AppliedNginx(tmp_path / "run", conf, port):
         assert staple_from(port, "e2e.test") == staple
+
+
+def test_apply_where_no_backup_can_be_made_changes_nothing(
+    tree: Tree, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sites = tree.nginx.parent / "sites-enabled"
+    before = {p: p.read_bytes() for p in sites.iterdir()}
+    subprocess.run(["chattr", "+i", str(sites)], check=True)  # not even root may add a file
+    try:
+        code, said = _init(tree, "--nginx-conf", str(tree.nginx), "--apply", capsys=capsys)
+    finally:
+        subprocess.run(["chattr", "-i", str(sites)], check=True)
+    assert code == 2
+    assert said.splitlines()[-1].endswith(
+        "cannot back up or edit (Operation not permitted); every file is as it was"
+    )
+    assert {p: p.read_bytes() for p in sites.iterdir()} == before

@@ -377,37 +377,59 @@ def print_edits(edits: Sequence[Edit], advice: Sequence[str], echo: Callable[[st
 
 
 def apply_edits(server: str, main: Path, edits: Sequence[Edit], stamp: str) -> tuple[bool, str]:
-    """Back up, edit, check with the server's checker; put the backups back if it refuses."""
+    """Back up, edit, check with the server's checker; put the backups back if it refuses.
+
+    A file that cannot be backed up or written raises InputError, every file as it was."""
     files = sorted({e.file for e in edits})
-    backups = {f: f.with_name(f"{f.name}.mustaple-{stamp}") for f in files}
-    for file, backup in backups.items():
-        shutil.copy2(file, backup)
-    for file in files:
-        lines = file.read_text().splitlines(keepends=True)
-        for edit in sorted((e for e in edits if e.file == file), key=lambda e: -e.after):
-            lines[edit.after : edit.after] = [f"{line}\n" for line in edit.lines]
-        write_atomic(file, "".join(lines).encode(), mode=file.stat().st_mode & 0o777)
+    backups: dict[Path, Path] = {}
+    try:
+        for file in files:
+            backups[file] = file.with_name(f"{file.name}.mustaple-{stamp}")
+            shutil.copy2(file, backups[file])
+        for file in files:
+            _insert(file, [e for e in edits if e.file == file])
+    except OSError as exc:
+        _restore(backups)
+        raise InputError(
+            f"{exc.filename}: cannot back up or edit ({exc.strerror}); every file is as it was"
+        ) from None
     ok, said = _check(server, main)
     if ok:
         return True, f"{server}: {said}; backups: {', '.join(map(str, backups.values()))}"
-    for file, backup in backups.items():
-        shutil.copy2(backup, file)
-        backup.unlink()
+    _restore(backups)
     return False, f"{server}: its checker refused the change, so it was undone: {said}"
+
+
+def _insert(file: Path, edits: Sequence[Edit]) -> None:
+    lines = file.read_text().splitlines(keepends=True)
+    for edit in sorted(edits, key=lambda e: -e.after):  # bottom up: line numbers stay true
+        lines[edit.after : edit.after] = [f"{line}\n" for line in edit.lines]
+    write_atomic(file, "".join(lines).encode(), mode=file.stat().st_mode & 0o777)
+
+
+def _restore(backups: dict[Path, Path]) -> None:
+    for file, backup in backups.items():
+        if backup.exists():
+            shutil.copy2(backup, file)
+            backup.unlink()
 
 
 def _check(server: str, main: Path) -> tuple[bool, str]:
     program, *args = CHECKERS[server]
     found = shutil.which(program, path=f"{os.environ.get('PATH', '')}:{_SBIN}")
+    command = " ".join([program, *args, str(main)])
     if found is None:
         return False, f"{program} not found, so the change cannot be checked"
-    done = subprocess.run(
-        [found, *args, str(main)], capture_output=True, text=True, timeout=60, check=False
-    )
+    try:
+        done = subprocess.run(
+            [found, *args, str(main)], capture_output=True, text=True, timeout=60, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return False, f"`{command}` did not finish in 60 s"
     output = (done.stderr + done.stdout).strip().splitlines()
     last = next((line for line in output if "emerg" in line or "ALERT" in line), None)
     summary = last or (output[-1] if output else f"exit status {done.returncode}")
-    return done.returncode == 0, f"`{' '.join([program, *args, str(main)])}`: {summary}"
+    return done.returncode == 0, f"`{command}`: {summary}"
 
 
 # --- The command ---------------------------------------------------------------------------------
