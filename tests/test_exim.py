@@ -71,6 +71,7 @@ def site(tmp_path: Path) -> Iterator[MailSite]:
             f'state_dir = "{tmp_path}/state"\n'
             f'[[certificates]]\npaths = ["{tmp_path}/live/*/fullchain.pem"]\n'
             f'[sinks.exim]\ntype = "file"\npath = "{tmp_path}/staples/{{name}}.der"\n'
+            'revoked = "remove"\n'  # Exim refuses TLS with a revoked answer in the file
             "[policy]\nattempts = 1\n"
         )
         yield MailSite(tmp_path, clock, responder, leaf, files, config)
@@ -113,7 +114,7 @@ def test_exim_staples_from_the_first_connection_and_serves_each_refresh(
 
         site.responder.set_behaviour(Behaviour.REVOKED)
         assert site.prime() == ExitCode.REVOKED
-        assert not site.staple.exists()
+        assert not site.staple.exists()  # revoked = "remove": the good staple is gone
         assert staple_from(exim.port, NAME, starttls="smtp") is None  # TLS goes on, no staple
         completed, _ = gnutls_staple(exim.port, site.files.root, site.tmp / "gnutls.der")
         assert not completed  # must-staple without a staple: GnuTLS refuses

@@ -256,7 +256,7 @@ def test_revoked_replaces_the_good_staple_everywhere_and_is_hooked(tmp_path: Pat
             w.clock.now = w.keeper.next_wakeup()  # type: ignore[assignment]
             await w.keeper.tick()
             revoked = w.sink.last()
-            assert revoked.action is Action.STAPLE  # the CA's revoked answer, not a good one
+            assert revoked.action is Action.REVOKED  # the CA's revoked answer, not a good one
             assert revoked.status == "revoked"
             managed = next(iter(w.keeper.managed.values()))
             assert managed.revoked is not None

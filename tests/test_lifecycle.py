@@ -78,18 +78,18 @@ TABLE = [
     ("first good answer", CertState(), Accepted(GOOD, T0), T0, Phase.GOOD,
      ["Store", "LogLine"], (Action.STAPLE, GOOD.der)),
     ("first answer revoked", CertState(), Accepted(REVOKED, T0), T0, Phase.REVOKED,
-     ["Store", "revoked"], (Action.STAPLE, REVOKED.der)),
+     ["Store", "revoked"], (Action.REVOKED, REVOKED.der)),
     ("pending fails", CertState(), FAIL, T0, Phase.FAILING, ["failure"], None),
     ("good fails: keeps the staple", HELD, FAIL, T0, Phase.FAILING, ["failure"],
      (Action.STAPLE, GOOD.der)),
     ("good, then revoked", HELD, Accepted(REVOKED, T0 + HOUR), T0 + HOUR, Phase.REVOKED,
-     ["Store", "revoked"], (Action.STAPLE, REVOKED.der)),
+     ["Store", "revoked"], (Action.REVOKED, REVOKED.der)),
     ("revoked, good of the same age is refused", REVOKED_STATE,
      Accepted(answer(T0 + HOUR), T0 + 2 * HOUR), T0 + 2 * HOUR, Phase.REVOKED, ["failure"],
-     (Action.STAPLE, REVOKED.der)),
+     (Action.REVOKED, REVOKED.der)),
     ("revoked, another process stores an older good: noted only", REVOKED_STATE,
      Accepted(GOOD, T0, origin="stored by another mustaple process"), T0 + 2 * HOUR,
-     Phase.REVOKED, ["LogLine"], (Action.STAPLE, REVOKED.der)),
+     Phase.REVOKED, ["LogLine"], (Action.REVOKED, REVOKED.der)),
     ("revoked, strictly newer good lifts it (certificateHold)", REVOKED_STATE,
      Accepted(LATER_GOOD, T0 + DAY), T0 + DAY, Phase.GOOD, ["Store", "recovered", "LogLine"],
      (Action.STAPLE, LATER_GOOD.der)),
@@ -109,11 +109,11 @@ TABLE = [
      Accepted(LATER_GOOD, T0 + DAY), T0 + DAY, Phase.GOOD, ["Store", "recovered", "LogLine"],
      (Action.STAPLE, LATER_GOOD.der)),
     ("revoked: no expiry, no alert", REVOKED_STATE, Tick(), T0 + 10 * DAY, Phase.REVOKED, [],
-     (Action.STAPLE, REVOKED.der)),
+     (Action.REVOKED, REVOKED.der)),
     ("restored good", CertState(), Restored(GOOD, T0), T0 + HOUR, Phase.GOOD, ["LogLine"],
      (Action.STAPLE, GOOD.der)),
     ("restored revoked", CertState(), Restored(REVOKED, T0), T0 + HOUR, Phase.REVOKED,
-     ["LogLine"], (Action.STAPLE, REVOKED.der)),
+     ["LogLine"], (Action.REVOKED, REVOKED.der)),
     ("no OCSP URL", CertState(), Unusable("no URL; set `urls`"), T0, Phase.UNUSABLE, [], None),
     ("the fleet says wait", HELD, Wait(T0 + 2 * HOUR), T0, Phase.GOOD, [],
      (Action.STAPLE, GOOD.der)),
@@ -143,7 +143,7 @@ def test_a_revoked_answer_is_stored_so_a_restart_keeps_it() -> None:
     assert [e.staple for e in effects if isinstance(e, Store)] == [REVOKED]
     restarted, _ = run(CertState(), Restored(REVOKED, T0 + HOUR), T0 + 2 * HOUR)
     assert restarted.phase is Phase.REVOKED
-    assert wanted(restarted, remove_at_expiry=False) == (Action.STAPLE, REVOKED.der)
+    assert wanted(restarted, remove_at_expiry=False) == (Action.REVOKED, REVOKED.der)
 
 
 def test_after_expiry_attempts_restart_at_once_and_never_wait_longer_than_retry_max() -> None:

@@ -329,3 +329,22 @@ def test_proxy_key_global_and_per_certificate(tmp_path: Path) -> None:
 def test_bad_proxy_key(tmp_path: Path, policy: str, entry: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(write(tmp_path, policy, entry))
+
+
+def test_an_entry_s_own_proxy_wins_over_the_global_one(
+    leaf: Leaf, proxy: TinyproxyServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    leaf.write(tmp_path / "live" / "proxied.test")
+    dead = f"http://127.0.0.1:{free_port()}"
+    config = tmp_path / "mustaple.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path}/state"\n'
+        f'[[certificates]]\npaths = ["{tmp_path}/live/*/fullchain.pem"]\n'
+        f'proxy = "{proxy.url}"\n'
+        f'[sinks.files]\ntype = "file"\npath = "{tmp_path}/staples/{{name}}.der"\n'
+        f'[policy]\nattempts = 1\nproxy = "{dead}"\n'
+    )
+    cert = str(tmp_path / "live" / "proxied.test" / "fullchain.pem")
+    assert main(["prime", "--config", str(config), cert]) == ExitCode.GOOD
+    assert len(proxy.requests()) == 1
+    capsys.readouterr()

@@ -31,6 +31,7 @@ from mustaple.sinks import SinkConfigError, SocketAddress, build_sink
 from mustaple.store import cert_key
 from mustaple.testing import (
     CA,
+    Behaviour,
     Leaf,
     LeafFiles,
     ResponderThread,
@@ -289,6 +290,17 @@ def test_haproxy_takes_a_new_staple_over_its_socket_without_reload(
         assert served(server.port) == second.der
         assert server.worker_pid() == worker  # the same process: no reload
         assert Path(f"{pem}.ocsp").read_bytes() == second.der
+        pki.responder.set_behaviour(Behaviour.REVOKED)
+        try:
+            revoked = pki.fresh()
+        finally:
+            pki.responder.set_behaviour(Behaviour.GOOD)
+        assert not revoked.good
+        took = replace(pki.delivery(pem, revoked.der), action=Action.REVOKED, status="revoked")
+        [done] = deliver(sink, took)
+        assert outcome(done) == (None, True)
+        assert served(server.port) == revoked.der  # HAProxy takes the CA's revoked answer
+        assert server.worker_pid() == worker
 
 
 def test_haproxy_socket_over_tcp_and_through_the_master_cli(pki: Pki, tmp_path: Path) -> None:

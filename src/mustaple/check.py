@@ -412,7 +412,7 @@ def report_lines(report: CheckReport) -> list[str]:
 def _issuer_text(issuer: Issuer) -> str:
     if issuer.cert is None:
         return f"issuer not found ({issuer.problem})"
-    where = {"chain": "the served chain", "file": "--issuer", "aia": "AIA"}
+    where = {"chain": "the served chain", "file": "--issuer", "cafile": "--cafile", "aia": "AIA"}
     source = where.get(issuer.source or "", "the bundle or AIA")
     return f"issued by {issuer.cert.subject.rfc4514_string()} (from {source})"
 
@@ -621,26 +621,33 @@ async def check_server(
         )
         for _ in range(connections)
     ]
-    issuer = await _server_issuer(results[0].chain, issuer_path)
+    issuer = await _server_issuer(results[0].chain, issuer_path, cafile)
     server = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return judge(results, issuer, utc_now(), server=server)
 
 
-async def _server_issuer(chain: Sequence[x509.Certificate], issuer_path: str | None) -> Issuer:
-    """The leaf's issuer: from the served chain, else `issuer_path`, else AIA caIssuers."""
+async def _server_issuer(
+    chain: Sequence[x509.Certificate], issuer_path: str | None, cafile: str | None = None
+) -> Issuer:
+    """The leaf's issuer: from the served chain, else `issuer_path`, else `cafile` (the
+    issuing CA may be among its roots), else AIA caIssuers."""
     leaf = chain[0]
     found = find_issuer(leaf, chain[1:])
     if found is not None:
         return Issuer(found, "chain")
     if issuer_path is not None:
-        given = parse_certificates(
-            read_input(issuer_path, "issuer certificate"), source=issuer_path
-        )
-        found = find_issuer(leaf, given)
+        found = _signer_in(issuer_path, "issuer certificate", leaf)
         if found is not None:
             return Issuer(found, "file")
         return Issuer(None, None, f"{issuer_path} did not sign {display_name(leaf)}")
+    found = _signer_in(cafile, "CA file", leaf) if cafile is not None else None
+    if found is not None:
+        return Issuer(found, "cafile")
     return await _issuer_from_aia(leaf)
+
+
+def _signer_in(path: str, what: str, leaf: x509.Certificate) -> x509.Certificate | None:
+    return find_issuer(leaf, parse_certificates(read_input(path, what), source=path))
 
 
 async def _issuer_from_aia(leaf: x509.Certificate) -> Issuer:

@@ -34,8 +34,11 @@ from mustaple.errors import InputError
 from mustaple.fetch import FetchPolicy, FetchResult, fetch_staple, utc_now
 from mustaple.files import read_input, write_atomic
 from mustaple.fleet import Fleet
+from mustaple.init import init_command
 from mustaple.keeper import Managed
 from mustaple.loader import load_target
+from mustaple.preflight import preflight
+from mustaple.progress import FetchProgress, PrimeProgress
 from mustaple.proxy import ProxyError, check_proxy_url
 from mustaple.report import ExitCode, exit_code, explain, fetch_json, fetch_line, outcome_json
 from mustaple.request import HASHES
@@ -186,10 +189,14 @@ async def _fetch(
     policy: FetchPolicy,
     verify_policy: Policy,
 ) -> tuple[Any, FetchResult]:
-    target = await load_target(cert, issuer, policy=policy)
-    result = await fetch_staple(
-        target, urls=urls, hash_name=hash_name, policy=policy, verify_policy=verify_policy
-    )
+    progress = FetchProgress(cert)  # on stderr: which URL it waits on, for how long
+    async with progress.session(policy) as http:
+        target = await load_target(cert, issuer, policy=policy, session=http)
+        progress.name = target.name
+        result = await fetch_staple(
+            target, urls=urls, hash_name=hash_name, policy=policy, verify_policy=verify_policy,
+            session=http, sleep=progress.sleep,
+        )  # fmt: skip
     return target, result
 
 
@@ -218,7 +225,7 @@ def inspect(
     target = asyncio.run(load_target(cert, issuer))
     outcome = verify(data, target, now, Policy(allow_missing_next_update=allow_missing_next_update))
     if as_json:
-        _emit_json(outcome_json(target, outcome, now))
+        _emit_json(outcome_json(target, outcome, now, from_file=True))
     else:
         click.echo("\n".join(explain(target, outcome, now)))
     return exit_code(outcome)
@@ -302,7 +309,9 @@ def _overriding_proxy(config: Config, proxy: str | None) -> Config:
 
 
 async def _prime(config: Config, paths: list[Path]) -> list[Managed]:
-    async with open_keeper(config) as keeper:
+    progress = PrimeProgress(len(paths))  # on stderr: how many are done, which came last
+    async with open_keeper(config) as keeper, progress.running():
+        keeper.observers.append(progress.refreshed)
         if config.fleet is None:
             return await keeper.prime(paths)
         fleet = Fleet(config.fleet, eager=True)  # use or share the fleet's staples, never wait
@@ -326,6 +335,11 @@ def run_keeper(*, config_path: str, check_config: bool, verbose: bool, quiet: bo
     path = Path(config_path)
     if check_config:
         checked = check_config_file(path)
+        found = preflight(checked)
+        for line in found.errors + [f"warning: {w}" for w in found.warnings]:
+            click.echo(f"mustaple: {line}", err=True)
+        if found.errors:
+            return ExitCode.USAGE
         click.echo(
             f"{path}: OK ({len(checked.certificates)} certificate entries, "
             f"{len(checked.sinks)} sinks)"
@@ -372,6 +386,7 @@ def demo() -> int:
 
 
 cli.add_command(check_command, "check")
+cli.add_command(init_command, "init")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -384,6 +399,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except click.UsageError as exc:  # one line, as every other problem (docs/cli.md)
+        message = exc.format_message()
+        if "\n" in message:  # no command at all: the help is the message
+            exc.show()
+            return ExitCode.USAGE
+        command = exc.ctx.command_path if exc.ctx is not None else "mustaple"
+        click.echo(f"mustaple: {message} (see {command} --help)", err=True)
+        return ExitCode.USAGE
     except click.ClickException as exc:
         exc.show()
         return ExitCode.USAGE

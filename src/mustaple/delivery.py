@@ -10,8 +10,11 @@ Rules every sink keeps:
   reload command that fails, HAProxy not listening): it returns a `Delivered` with `error`
   set, one line that says what failed, and goes on with the rest of the batch.
 - Delivering the same staple again is harmless and reports `changed=False`.
-- `Action.REMOVE` takes the staple away (expired staple, or a revoked certificate): a server
-  must never go on serving it.
+- `Action.REVOKED` serves the CA's revoked answer instead of the good staple, so clients learn
+  the truth and the server keeps running; a sink whose server cannot serve one withdraws the
+  staple instead. Never the good staple of a revoked certificate.
+- `Action.REMOVE` takes the staple away (an expired staple): a server must never go on
+  serving it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ __all__ = ["Action", "Delivered", "Delivery", "Sink", "SinkHealth"]
 
 class Action(enum.Enum):
     STAPLE = "staple"  # serve `der`
+    REVOKED = "revoked"  # serve `der`, the CA's revoked answer (or nothing, if it cannot)
     REMOVE = "remove"  # serve nothing
 
 

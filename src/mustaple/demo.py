@@ -59,7 +59,7 @@ class _ServerSink:
 
     async def deliver(self, batch: Sequence[Delivery]) -> list[Delivered]:
         for delivery in batch:
-            self.server.set_staple(delivery.der if delivery.action is Action.STAPLE else None)
+            self.server.set_staple(delivery.der if delivery.action is not Action.REMOVE else None)
         return [Delivered(d.key, self.name, True) for d in batch]
 
 

@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from mustaple import lifecycle
 from mustaple.certs import Target, display_name, is_must_staple, parse_certificates
-from mustaple.config import CertEntry, Config
+from mustaple.config import CertEntry, Config, with_proxy
 from mustaple.delivery import Action, Delivered, Delivery, Sink, SinkHealth
 from mustaple.errors import InputError
 from mustaple.events import HOOK_FOR, Event, run_hook
@@ -299,7 +299,7 @@ class Keeper:
                 path,
                 entry.issuer,
                 session=self._session,
-                policy=self.policy.fetch,
+                policy=with_proxy(self.policy.fetch, entry),
                 cache=self._issuer_cache,
                 issuers=self._issuers,
             )
@@ -511,7 +511,7 @@ class Keeper:
                 managed.target,
                 urls=managed.entry.urls,
                 hash_name=self.policy.hash_name,
-                policy=self.policy.fetch,
+                policy=with_proxy(self.policy.fetch, managed.entry),
                 verify_policy=self.policy.verify,
                 current=managed.life.state.answer,
                 session=self._session,

@@ -326,7 +326,7 @@ def wanted(state: CertState, *, remove_at_expiry: bool) -> tuple[Action, bytes |
     if state.held is not None:
         return (Action.STAPLE, state.held.der)
     if state.revoked is not None:
-        return (Action.STAPLE, state.revoked.der)
+        return (Action.REVOKED, state.revoked.der)
     if remove_at_expiry and state.known:
         return (Action.REMOVE, None)
     return None

@@ -226,8 +226,8 @@ _HINTS = {
     Reason.DELEGATE_EXPIRED: "the CA let its OCSP signing certificate expire; report it",
     Reason.DELEGATE_NOT_YET_VALID: "check this machine's clock, then report it to the CA",
     Reason.DELEGATE_IS_CA: "the responder is misconfigured; report it to the CA",
-    Reason.NO_NEXT_UPDATE: "strict clients refuse this; ask the CA, or allow it with the "
-    "lenient option",
+    Reason.NO_NEXT_UPDATE: "strict clients refuse this; ask the CA, or accept it with "
+    "--allow-missing-next-update (keeper: policy.allow_missing_next_update = true)",
     Reason.NO_OCSP_URL: "use a CA that runs OCSP, or give a responder with --url (`urls` in "
     "the [[certificates]] entry)",
     Reason.CERT_UNUSABLE: "fix the file, or name the issuer with --issuer (`issuer` in the "

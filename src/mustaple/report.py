@@ -23,6 +23,7 @@ __all__ = [
     "explain",
     "fetch_json",
     "fetch_line",
+    "file_hint",
     "human_duration",
     "outcome_json",
     "staple_json",
@@ -102,8 +103,11 @@ def _attempt_json(attempt: Attempt) -> dict[str, Any]:
     }
 
 
-def outcome_json(target: Target, outcome: Staple | Rejection, now: datetime) -> dict[str, Any]:
-    """The common JSON object for one certificate's outcome (fetch and inspect)."""
+def outcome_json(
+    target: Target, outcome: Staple | Rejection, now: datetime, *, from_file: bool = False
+) -> dict[str, Any]:
+    """The common JSON object for one certificate's outcome (fetch and inspect; `from_file`:
+    the response was read from a file, so the hint is `file_hint`)."""
     staple = outcome if isinstance(outcome, Staple) else None
     rejection = outcome if isinstance(outcome, Rejection) else None
     empty = dict.fromkeys(STAPLE_KEYS)
@@ -116,7 +120,7 @@ def outcome_json(target: Target, outcome: Staple | Rejection, now: datetime) -> 
         "reason": rejection.code if rejection else None,
         "retryable": rejection.retryable if rejection else None,
         "message": verdict(target, outcome, now),
-        "hint": rejection.hint if rejection else None,
+        "hint": (file_hint(rejection) if from_file else rejection.hint) if rejection else None,
         **(staple_json(staple, now) if staple else empty),
     }
 
@@ -202,7 +206,7 @@ def explain(target: Target, outcome: Staple | Rejection, now: datetime) -> list[
     if isinstance(outcome, Rejection):
         lines += [
             f"verdict:          REJECTED [{outcome.code}] {outcome.message}",
-            f"what to do:       {outcome.hint}",
+            f"what to do:       {file_hint(outcome)}",
         ]
         return lines
     label = "VALID, can be stapled" if outcome.good else "VALID, but REVOKED: never stapled"
@@ -222,3 +226,16 @@ def explain(target: Target, outcome: Staple | Rejection, now: datetime) -> list[
         lines.append(f"revoked at:       {_time(outcome.revocation_time)}")
     lines += [f"note:             [{n.code}] {n.summary}" for n in outcome.notes]
     return lines
+
+
+_CLOCK_REASONS = (Reason.PRODUCED_IN_FUTURE, Reason.THIS_UPDATE_IN_FUTURE)
+
+
+def file_hint(rejection: Rejection) -> str:
+    """What to do about a response read from a file: retrying it cannot help, a new one may."""
+    if not rejection.retryable:
+        return rejection.hint
+    fetch = "fetch a new one with `mustaple fetch CERT --out FILE`"
+    if rejection.reason in _CLOCK_REASONS:
+        return f"check this machine's clock (NTP), or judge it at another time with --at; {fetch}"
+    return f"this response cannot be stapled; {fetch}"

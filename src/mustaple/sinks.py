@@ -134,7 +134,7 @@ def build_sink(name: str, table: Mapping[str, object]) -> Sink:
 
 
 def _file_sink(name: str, table: Mapping[str, object]) -> FileSink:
-    keys = ("path", "reload", "reload_timeout", "remove", "running")
+    keys = ("path", "reload", "reload_timeout", "remove", "revoked", "running")
     reader = _Table(name, table, "file", keys)
     hint = 'give the staple file, e.g. "/var/lib/mustaple/staples/{name}.der"'
     path = reader.required("path", hint)
@@ -142,12 +142,20 @@ def _file_sink(name: str, table: Mapping[str, object]) -> FileSink:
     remove = reader.text("remove") or "delete"
     if remove not in ("delete", "keep"):
         raise reader.error("remove", f'must be "delete" or "keep", not {remove!r}')
+    revoked = reader.text("revoked") or "staple"
+    if revoked not in ("staple", "remove"):
+        raise reader.error("revoked", f'must be "staple" or "remove", not {revoked!r}')
+    if revoked == "remove" and remove == "keep":
+        raise reader.error(
+            "revoked", 'cannot be "remove" with remove = "keep": the good staple would stay'
+        )
     return FileSink(
         name,
         path=path,
         reload=reader.text("reload"),
         reload_timeout=reader.duration("reload_timeout", DEFAULT_RELOAD_TIMEOUT),
         keep_on_remove=remove == "keep",
+        remove_revoked=revoked == "remove",
         running=reader.text("running"),
     )
 
@@ -331,7 +339,9 @@ def _last_line(output: bytes) -> str:
 class FileSink:
     """Writes each staple to a file made from `path` and reloads the server once per batch.
 
-    STAPLE writes the DER atomically (creating the directory), REMOVE deletes the file (or,
+    STAPLE writes the DER atomically (creating the directory); REVOKED writes the CA's revoked
+    answer the same way (or, with `revoked = "remove"`, deletes the file: Exim's GnuTLS refuses
+    TLS altogether with a revoked answer in `tls_ocsp_file`); REMOVE deletes the file (or,
     with `remove = "keep"`, leaves it: nginx cannot reload without its stapling file); the
     reload command runs only if some file changed (or a previous reload failed), and its
     failure is reported on each delivery it was meant to make visible.
@@ -345,11 +355,13 @@ class FileSink:
         reload: str | None = None,
         reload_timeout: timedelta = DEFAULT_RELOAD_TIMEOUT,
         keep_on_remove: bool = False,
+        remove_revoked: bool = False,
         running: str | None = None,
     ) -> None:
         self.name = name
         self.path = path
         self.keep_on_remove = keep_on_remove
+        self.remove_revoked = remove_revoked
         self._reloader = _Reloader(reload, reload_timeout, running)
 
     def path_for(self, delivery: Delivery) -> Path:
@@ -368,8 +380,11 @@ class FileSink:
 
     def _apply(self, delivery: Delivery) -> _Outcome:
         path = self.path_for(delivery)
+        revoked = delivery.action is Action.REVOKED
         try:
-            if delivery.action is Action.REMOVE:
+            if revoked and self.remove_revoked:
+                changed = _delete(path)
+            elif delivery.action is Action.REMOVE:
                 if self.keep_on_remove:
                     return _Outcome(False)
                 changed = _delete(path)
@@ -606,7 +621,7 @@ class CommandSink:
 
     async def _run(self, delivery: Delivery) -> str | None:
         staple = ""
-        if delivery.action is Action.STAPLE and delivery.der is not None:
+        if delivery.action is not Action.REMOVE and delivery.der is not None:
             staple = await asyncio.to_thread(_temporary_file, delivery.der)
         env = {
             **os.environ,

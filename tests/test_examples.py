@@ -1,0 +1,123 @@
+"""Every file in examples/ passes the real program's own check.
+
+The examples name system paths (/etc/letsencrypt, /var/lib/mustaple, /run/haproxy ...); each
+test copies the example with those paths moved under a temporary root holding real test
+certificates and staples, and asks the program that reads it: `nginx -t`, `haproxy -c`,
+`lighttpd -tt`, `exim -bV`, `promtool check rules`, `mustaple run --check-config`, `sh -n`.
+(examples/mustaple.service is verified by `systemd-analyze` in test_install.py.)
+"""
+
+from __future__ import annotations
+
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from conftest import build_response
+from mustaple.cli import main
+from mustaple.testing.pki import CA
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+MOVED = ("/etc/", "/var/lib/", "/run/", "/usr/local/sbin/")
+CHECKED = {
+    "nginx.conf",
+    "haproxy.cfg",
+    "lighttpd.conf",
+    "exim.conf",
+    "prometheus-alerts.yml",
+    "mustaple.toml",
+    "certbot-deploy-hook.sh",
+    "mustaple.service",
+}
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A temporary root with what the examples name: certificates, staples, a hook."""
+    ca = CA(key_type="ec", ocsp_url="http://127.0.0.1:9/ocsp")
+    now = datetime.now(UTC)
+    for name in ("example.org", "mail.example.org"):
+        leaf = ca.issue(name)
+        leaf.write(tmp_path / "etc/letsencrypt/live" / name)
+        staple = tmp_path / "var/lib/mustaple/staples" / f"{name}.der"
+        staple.parent.mkdir(parents=True, exist_ok=True)
+        staple.write_bytes(
+            build_response(leaf, ca.issuing, this_update=now, next_update=now + timedelta(days=4))
+        )
+        if name == "example.org":
+            pem = tmp_path / "etc/haproxy/certs/example.org.pem"
+            pem.parent.mkdir(parents=True)
+            pem.write_bytes(leaf.fullchain_pem + leaf.key_pem)
+    (tmp_path / "run/haproxy").mkdir(parents=True)
+    hook = tmp_path / "usr/local/sbin/renew-now"
+    hook.parent.mkdir(parents=True)
+    hook.write_text("#!/bin/sh\nexit 0\n")
+    hook.chmod(0o755)
+    return tmp_path
+
+
+def _moved(name: str, root: Path) -> Path:
+    """The example with its system paths under `root`."""
+    text = (EXAMPLES / name).read_text()
+    for prefix in MOVED:
+        text = text.replace(prefix, f"{root}{prefix}")
+    path = root / name
+    path.write_text(text)
+    return path
+
+
+def _ok(*args: str | Path) -> None:
+    done = subprocess.run([str(a) for a in args], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_example_is_checked() -> None:
+    assert {p.name for p in EXAMPLES.iterdir()} == CHECKED
+
+
+def test_nginx_example_passes_nginx_t(root: Path) -> None:
+    example = _moved("nginx.conf", root)
+    main_conf = root / "main.conf"
+    main_conf.write_text(
+        f"pid {root}/nginx.pid;\nevents {{}}\nhttp {{\n    access_log off;\n"
+        f"    include {example};\n}}\n"
+    )
+    _ok("/usr/sbin/nginx", "-t", "-e", "stderr", "-c", main_conf)
+
+
+def test_haproxy_example_passes_haproxy_c(root: Path) -> None:
+    _ok("/usr/sbin/haproxy", "-c", "-f", _moved("haproxy.cfg", root))
+
+
+def test_lighttpd_example_passes_lighttpd_tt(root: Path) -> None:
+    example = _moved("lighttpd.conf", root)
+    main_conf = root / "lighttpd-main.conf"
+    main_conf.write_text(
+        f'server.document-root = "{root}"\nserver.port = 8080\ninclude "{example}"\n'
+    )
+    _ok("/usr/sbin/lighttpd", "-tt", "-f", main_conf)
+
+
+def test_exim_example_passes_exim_bv(root: Path) -> None:
+    _ok("/usr/sbin/exim4", "-C", _moved("exim.conf", root), "-bV")
+
+
+def test_prometheus_rules_pass_promtool(root: Path) -> None:
+    _ok("promtool", "check", "rules", EXAMPLES / "prometheus-alerts.yml")
+
+
+def test_deploy_hook_is_valid_shell() -> None:
+    _ok("sh", "-n", EXAMPLES / "certbot-deploy-hook.sh")
+
+
+def test_mustaple_example_passes_check_config(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _moved("mustaple.toml", root)
+    code = main(["run", "--check-config", "--config", str(config)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.startswith(f"{config}: OK")
+    assert "warning" not in out + err

@@ -1,0 +1,401 @@
+"""`mustaple init` against real server configurations, judged by the servers' own checkers.
+
+A certbot-style tree (live/ symlinks into archive/), nginx with includes and the same
+certificate in several server blocks, lighttpd serving that certificate too, HAProxy with a
+`crt` file, a `crt` directory and a `crt-list`, Apache with Include. The written mustaple.toml
+must load with the real loader and sinks; `--apply` must pass `nginx -t` / `haproxy -c` or
+leave every file byte for byte as it was.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from conftest import build_response
+from mustaple.cli import main
+from mustaple.daemon import check_config
+from mustaple.serverconf import read_nginx
+from mustaple.testing.pki import CA, Leaf
+from servers import Server, free_port, staple_from
+
+NGINX = "/usr/sbin/nginx"
+HAPROXY = "/usr/sbin/haproxy"
+
+
+@dataclass
+class Tree:
+    root: Path
+    nginx: Path
+    haproxy: Path
+    lighttpd: Path
+    apache: Path
+    live: Path  # live/example.test/fullchain.pem (a symlink)
+    leaf: Leaf
+    ca: CA
+
+
+def _certbot(base: Path, name: str, leaf: Leaf) -> Path:
+    """certbot's layout: archive/NAME/fullchain1.pem and live/NAME/fullchain.pem -> it."""
+    archive, live = base / "archive" / name, base / "live" / name
+    files = leaf.write(archive)
+    live.mkdir(parents=True)
+    for kind in ("fullchain", "cert", "chain", "privkey"):
+        target = getattr(files, "key" if kind == "privkey" else kind)
+        numbered = target.rename(archive / f"{kind}1.pem")
+        (live / f"{kind}.pem").symlink_to(Path("../../archive", name, numbered.name))
+    return live / "fullchain.pem"
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Tree:
+    ca = CA(key_type="ec", ocsp_url="http://127.0.0.1:9/ocsp")
+    le = tmp_path / "etc/letsencrypt"
+    example = ca.issue("example.test")
+    live = _certbot(le, "example.test", example)
+    _certbot(le, "plain.test", ca.issue("plain.test", must_staple=False))
+    _certbot(le, "no-url.test", ca.issue("no-url.test", ocsp_urls=[]))
+    run = tmp_path / "run"
+    run.mkdir()
+    return Tree(
+        tmp_path,
+        _nginx(tmp_path, le, run),
+        _haproxy(tmp_path, ca),
+        _lighttpd(tmp_path, le),
+        _apache(tmp_path, le),
+        live,
+        example,
+        ca,
+    )
+
+
+def _server(names: str, live: Path, port: int) -> str:
+    return (
+        f"    server {{\n        listen 127.0.0.1:{port} ssl;\n        server_name {names};\n"
+        f"        ssl_certificate     {live}/fullchain.pem;\n"
+        f"        ssl_certificate_key {live}/privkey.pem;\n    }}\n"
+    )
+
+
+def _nginx(root: Path, le: Path, run: Path) -> Path:
+    conf = root / "etc/nginx"
+    (conf / "sites-enabled").mkdir(parents=True)
+    (conf / "nginx.conf").write_text(
+        f"pid {run}/nginx.pid;\nerror_log {run}/nginx.log;\nevents {{}}\n"
+        "http {\n    access_log off;\n    include sites-enabled/*.conf;\n}\n"
+    )
+    example = le / "live/example.test"
+    (conf / "sites-enabled/example.conf").write_text(
+        _server("example.test", example, 8443) + _server("www.example.test", example, 8444)
+    )
+    (conf / "sites-enabled/other.conf").write_text(
+        _server("plain.test", le / "live/plain.test", 8445)
+        + _server("no-url.test", le / "live/no-url.test", 8446)
+    )
+    return conf / "nginx.conf"
+
+
+def _haproxy_pem(path: Path, leaf: Leaf) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(leaf.fullchain_pem + leaf.key_pem)
+    return path
+
+
+def _haproxy(root: Path, ca: CA) -> Path:
+    conf = root / "etc/haproxy"
+    _haproxy_pem(conf / "certs/shop.test.pem", ca.issue("shop.test"))
+    _haproxy_pem(conf / "dir/a.test.pem", ca.issue("a.test"))
+    _haproxy_pem(conf / "dir/b.test.pem", ca.issue("b.test"))
+    _haproxy_pem(conf / "listed/c.test.pem", ca.issue("c.test"))
+    (conf / "dir/b.test.pem.ocsp").write_bytes(b"not a certificate")
+    (conf / "list.txt").write_text(f"# one per line\n{conf}/listed/c.test.pem [alpn h2] c.test\n")
+    (conf / "haproxy.cfg").write_text(
+        f"global\n    crt-base {conf}/certs\n\n"
+        "defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n"
+        "    timeout server 30s\n\n"
+        "frontend https\n"
+        f"    bind 127.0.0.1:9443 ssl crt shop.test.pem crt-list {conf}/list.txt\n"
+        f"    bind 127.0.0.1:9444 ssl crt {conf}/dir\n"
+        "    default_backend app\n\n"
+        "backend app\n    server app1 127.0.0.1:9\n"
+    )
+    return conf / "haproxy.cfg"
+
+
+def _lighttpd(root: Path, le: Path) -> Path:
+    conf = root / "etc/lighttpd"
+    (conf / "conf-enabled").mkdir(parents=True)
+    (conf / "lighttpd.conf").write_text(
+        f'server.document-root = "{root}"\nserver.port = 8080\ninclude "conf-enabled/*.conf"\n'
+    )
+    (conf / "conf-enabled/10-ssl.conf").write_text(
+        'server.modules += ("mod_openssl")\n'
+        '$SERVER["socket"] == "127.0.0.1:8447" {\n    ssl.engine = "enable"\n'
+        f'    ssl.pemfile = "{le}/live/example.test/fullchain.pem"\n'
+        f'    ssl.privkey = "{le}/live/example.test/privkey.pem"\n}}\n'
+    )
+    return conf / "lighttpd.conf"
+
+
+def _apache(root: Path, le: Path) -> Path:
+    conf = root / "etc/apache2"
+    (conf / "sites-enabled").mkdir(parents=True)
+    (conf / "apache2.conf").write_text(
+        "Define LE " + str(le) + "\nIncludeOptional sites-enabled/*.conf\n"
+    )
+    (conf / "sites-enabled/site.conf").write_text(
+        "<VirtualHost *:443>\n    ServerName plain.test\n    SSLEngine on\n"
+        "    SSLCertificateFile ${LE}/live/plain.test/fullchain.pem\n</VirtualHost>\n"
+        "<VirtualHost *:443>\n    ServerName example.test\n"
+        "    SSLCertificateFile ${LE}/live/example.test/fullchain.pem\n</VirtualHost>\n"
+    )
+    return conf / "apache2.conf"
+
+
+def _init(tree: Tree, *args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(["init", "--state-dir", str(tree.root / "state"), *args])
+    out, err = capsys.readouterr()
+    return code, out + err
+
+
+def _checker(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, check=False)
+
+
+def test_init_writes_a_config_the_real_loader_accepts(
+    tree: Tree, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tree.root / "mustaple.toml"
+    confs = ["--nginx-conf", str(tree.nginx), "--haproxy-conf", str(tree.haproxy)]
+    confs += ["--lighttpd-conf", str(tree.lighttpd), "--apache-conf", str(tree.apache)]
+    code, said = _init(tree, *confs, "--out", str(out), capsys=capsys)
+    assert code == 0, said
+    config = check_config(out)  # the real loader, and every sink built
+    assert main(["run", "--check-config", "--config", str(out)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    entries = {e.paths[0]: e for e in config.certificates}
+    live = str(tree.live)
+    assert live in entries  # the live/ symlink, never the archive/ file it points to
+    assert "archive" not in out.read_text().replace("# ", "")
+    assert entries[live].sinks == ("nginx", "lighttpd")  # one entry for both servers
+    haproxy_certs = {Path(p).name for p, e in entries.items() if e.sinks == ("haproxy",)}
+    assert haproxy_certs == {"shop.test.pem", "a.test.pem", "b.test.pem", "c.test.pem"}
+    assert str(tree.root / "etc/letsencrypt/live/plain.test/fullchain.pem") in entries
+    assert not any("no-url.test" in p for p in entries)  # left out, and said why
+    assert "must-staple without an OCSP URL" in out.read_text()
+    assert config.http is not None
+    assert config.http.port == 8008
+    assert set(config.sinks) == {"nginx", "haproxy", "lighttpd"}
+    assert config.sinks["nginx"]["remove"] == "keep"
+    staple = tree.root / "state/staples/example.test.der"
+    assert said.count(f"ssl_stapling_file {staple};") == 2  # both server blocks, once each
+    assert f'ssl.stapling-file = "{staple}"' in said
+    assert "SSLStaplingForceURL http://127.0.0.1:8008/ocsp" in said
+    assert "(<VirtualHost *:443> example.test):" in said
+    assert "stats socket /run/haproxy/admin.sock mode 660 level admin" in said
+    assert "none: can never be stapled" in said
+    shop = tree.haproxy.parent / "certs/shop.test.pem"
+    assert said.count(f"HAProxy loads {shop}.ocsp at start, and mustaple writes it") == 1
+
+
+def test_nginx_dump_reads_like_the_files(tree: Tree) -> None:
+    dump = _checker(NGINX, "-T", "-c", tree.nginx)
+    assert dump.returncode == 0, dump.stderr
+    saved = tree.root / "nginx-T.txt"
+    saved.write_text(dump.stdout)
+    from_dump, from_files = read_nginx(saved), read_nginx(tree.nginx)
+    assert from_dump.main == tree.nginx
+    assert from_dump.sites == from_files.sites
+    assert [s.block for s in from_files.sites] == [
+        "server example.test",
+        "server www.example.test",
+        "server plain.test",
+        "server no-url.test",
+    ]
+
+
+def _staple(tree: Tree, name: str, leaf: Leaf) -> None:
+    now = datetime.now(UTC)
+    der = build_response(
+        leaf, tree.ca.issuing, this_update=now, next_update=now + timedelta(days=4)
+    )
+    path = tree.root / "state/staples" / f"{name}.der"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(der)
+
+
+def test_apply_nginx_is_undone_when_nginx_t_refuses_it(
+    tree: Tree, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sites = tree.nginx.parent / "sites-enabled/example.conf"
+    before = {p: p.read_bytes() for p in tree.nginx.parent.rglob("*") if p.is_file()}
+    code, said = _init(tree, "--nginx-conf", str(tree.nginx), "--apply", capsys=capsys)
+    assert code == 1, said  # no staple file yet: nginx -t refuses ssl_stapling_file
+    assert "its checker refused the change, so it was undone" in said
+    assert "mustaple prime" in said
+    after = {p: p.read_bytes() for p in tree.nginx.parent.rglob("*") if p.is_file()}
+    assert after == before  # byte for byte, and no backup left behind
+    assert _checker(NGINX, "-t", "-c", tree.nginx).returncode == 0
+
+    _staple(tree, "example.test", tree.leaf)
+    _staple(tree, "plain.test", tree.leaf)  # any OCSP response satisfies nginx -t
+    code, said = _init(tree, "--nginx-conf", str(tree.nginx), "--apply", capsys=capsys)
+    assert code == 0, said
+    checked = _checker(NGINX, "-t", "-c", tree.nginx)
+    assert checked.returncode == 0, checked.stderr
+    text = sites.read_text()
+    assert text.count("ssl_stapling on;") == 2
+    assert text.count(f"ssl_stapling_file {tree.root}/state/staples/example.test.der;") == 2
+    backups = list(sites.parent.glob("example.conf.mustaple-*"))
+    assert len(backups) == 1
+    assert backups[0].read_bytes() == before[sites]
+
+
+def test_apply_haproxy_adds_the_admin_socket_and_passes_haproxy_c(
+    tree: Tree, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = tree.haproxy.read_text()
+    code, said = _init(tree, "--haproxy-conf", str(tree.haproxy), "--apply", capsys=capsys)
+    assert code == 0, said
+    checked = _checker(HAPROXY, "-c", "-f", tree.haproxy)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    after = tree.haproxy.read_text()
+    assert after.replace("    stats socket /run/haproxy/admin.sock mode 660 level admin\n", "") == (
+        before
+    )
+
+
+def test_apply_haproxy_that_fails_haproxy_c_is_restored(
+    tree: Tree, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree.haproxy.write_text(
+        tree.haproxy.read_text().replace("default_backend app", "default_backend gone")
+    )
+    before = tree.haproxy.read_bytes()
+    code, said = _init(tree, "--haproxy-conf", str(tree.haproxy), "--apply", capsys=capsys)
+    assert code == 1, said
+    assert "haproxy -c -f" in said
+    assert "undone" in said
+    assert tree.haproxy.read_bytes() == before
+    assert not list(tree.haproxy.parent.glob("haproxy.cfg.mustaple-*"))
+
+
+def test_init_refuses_to_overwrite_and_needs_a_server(
+    tree: Tree, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out = tmp_path / "mustaple.toml"
+    out.write_text("mine")
+    code, said = _init(tree, "--nginx-conf", str(tree.nginx), "--out", str(out), capsys=capsys)
+    assert code == 2
+    assert "--force" in said
+    assert out.read_text() == "mine"
+    missing = tmp_path / "nope.conf"
+    code, said = _init(tree, "--nginx-conf", str(missing), capsys=capsys)
+    assert code == 2
+    assert said.strip().endswith("(No such file or directory)")
+    assert len(said.strip().splitlines()) == 1
+
+
+def test_init_with_nothing_to_staple_writes_nothing(
+    tree: Tree, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = tree.root / "empty.conf"
+    conf.write_text("events {}\nhttp {\n    server { listen 80; }\n}\n")
+    out = tree.root / "mustaple.toml"
+    code, said = _init(tree, "--nginx-conf", str(conf), "--out", str(out), capsys=capsys)
+    assert code == 1
+    assert "nothing to staple" in said
+    assert not out.exists()
+
+
+def test_nginx_t_on_standard_input(tree: Tree) -> None:
+    dump = _checker(NGINX, "-T", "-c", tree.nginx).stdout
+    program = Path(sys.executable).parent / "mustaple"
+    state = tree.root / "state"
+    done = subprocess.run(
+        [program, "init", "--nginx-conf", "-", "--state-dir", state],
+        input=dump, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count(f"ssl_stapling_file {state}/staples/example.test.der;") == 2
+    assert f'paths = ["{tree.live}"]' in done.stdout
+
+
+def test_apply_lighttpd_passes_lighttpd_tt(tree: Tree, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = tree.lighttpd.parent / "conf-enabled/10-ssl.conf"
+    before = conf.read_text()
+    _staple(tree, "example.test", tree.leaf)
+    code, said = _init(tree, "--lighttpd-conf", str(tree.lighttpd), "--apply", capsys=capsys)
+    assert code == 0, said
+    checked = _checker("/usr/sbin/lighttpd", "-tt", "-f", tree.lighttpd)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    staple = tree.root / "state/staples/example.test.der"
+    lines = before.splitlines(keepends=True)
+    lines.insert(4, f'    ssl.stapling-file = "{staple}"\n')  # after ssl.pemfile, line 4
+    assert conf.read_text() == "".join(lines)
+
+
+class AppliedNginx(Server):
+    """nginx run on a configuration `init --apply` edited, as it stands."""
+
+    program = NGINX
+
+    def __init__(self, directory: Path, config: Path, port: int) -> None:
+        super().__init__(directory)
+        self.config, self.fixed_port = config, port
+
+    def choose_ports(self) -> None:
+        self.port = self.fixed_port
+
+    def write_config(self) -> None:
+        """The configuration is the one under test: nothing to write."""
+
+    def command(self) -> list[str]:
+        return [NGINX, "-c", str(self.config), "-e", str(self.error_log)]
+
+
+def test_nginx_staples_from_the_first_handshake_after_apply(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca = CA(key_type="ec", ocsp_url="http://127.0.0.1:9/ocsp")
+    leaf = ca.issue("e2e.test")
+    live = _certbot(tmp_path / "letsencrypt", "e2e.test", leaf).parent
+    port = free_port()
+    conf = tmp_path / "nginx/nginx.conf"
+    (conf.parent / "sites").mkdir(parents=True)
+    conf.write_text(
+        f"daemon off; user root; pid {tmp_path}/nginx.pid;\nevents {{}}\n"
+        "http {\n    access_log off;\n    include sites/*.conf;\n}\n"
+    )
+    (conf.parent / "sites/e2e.conf").write_text(_server("e2e.test", live, port))
+    now = datetime.now(UTC)
+    staple = build_response(leaf, ca.issuing, this_update=now, next_update=now + timedelta(days=4))
+    state = tmp_path / "state"
+    (state / "staples").mkdir(parents=True)
+    (state / "staples/e2e.test.der").write_bytes(staple)  # as `mustaple prime` leaves it
+    code = main(["init", "--nginx-conf", str(conf), "--state-dir", str(state), "--apply"])
+    assert code == 0, capsys.readouterr()
+    with AppliedNginx(tmp_path / "run", conf, port):
+        assert staple_from(port, "e2e.test") == staple
+
+
+def test_apply_where_no_backup_can_be_made_changes_nothing(
+    tree: Tree, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sites = tree.nginx.parent / "sites-enabled"
+    before = {p: p.read_bytes() for p in sites.iterdir()}
+    subprocess.run(["chattr", "+i", str(sites)], check=True)  # not even root may add a file
+    try:
+        code, said = _init(tree, "--nginx-conf", str(tree.nginx), "--apply", capsys=capsys)
+    finally:
+        subprocess.run(["chattr", "-i", str(sites)], check=True)
+    assert code == 2
+    assert said.splitlines()[-1].endswith(
+        "cannot back up or edit (Operation not permitted); every file is as it was"
+    )
+    assert {p: p.read_bytes() for p in sites.iterdir()} == before

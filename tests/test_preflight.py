@@ -1,0 +1,123 @@
+"""`mustaple run --check-config` catches what would fail only at run time.
+
+Unwritable directories are made for real with `chattr +i` (immutable: not even root may write
+there); programs are looked up on this machine's PATH and file system.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mustaple.cli import main
+from mustaple.report import ExitCode
+from mustaple.testing.pki import CA
+
+
+@pytest.fixture
+def immutable(tmp_path: Path) -> Iterator[Path]:
+    """A directory nobody, root included, can create anything in."""
+    directory = tmp_path / "immutable"
+    directory.mkdir()
+    subprocess.run(["chattr", "+i", str(directory)], check=True)
+    try:
+        yield directory
+    finally:
+        subprocess.run(["chattr", "-i", str(directory)], check=True)
+
+
+@pytest.fixture
+def cert(tmp_path: Path) -> Path:
+    return (
+        CA(key_type="ec", ocsp_url="http://127.0.0.1:9/")
+        .issue("a.test")
+        .write(tmp_path / "live/a.test")
+        .fullchain
+    )
+
+
+def _check(
+    tmp_path: Path, body: str, capsys: pytest.CaptureFixture[str], state: Path | None = None
+) -> tuple[int, str, str]:
+    config = tmp_path / "mustaple.toml"
+    config.write_text(f'state_dir = "{state or tmp_path / "state"}"\n{body}')
+    code = main(["run", "--check-config", "--config", str(config)])
+    out, err = capsys.readouterr()
+    return code, out, err.replace(f"{config}: ", "")
+
+
+def _entry(paths: str) -> str:
+    return f"[[certificates]]\npaths = [{paths}]\n"
+
+
+def test_a_glob_that_matches_nothing_is_a_warning(
+    tmp_path: Path, cert: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = _entry(f'"{cert}", "{tmp_path}/none/*.pem"')
+    code, out, err = _check(tmp_path, body, capsys)
+    assert code == ExitCode.GOOD
+    assert "OK (1 certificate entries, 0 sinks)" in out
+    glob = f"'{tmp_path}/none/*.pem'"
+    assert err == f"mustaple: warning: certificates[0].paths: {glob} matches no file yet\n"
+    code, out, err = _check(tmp_path, _entry(f'"{cert}"'), capsys)
+    assert (code, err) == (ExitCode.GOOD, "")
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "immutable", "immutable-itself"])
+def test_a_state_dir_that_cannot_be_created_or_written(
+    tmp_path: Path, cert: Path, immutable: Path, where: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = {
+        "under-a-file": cert / "state",
+        "immutable": immutable / "state",
+        "immutable-itself": immutable,
+    }[where]
+    code, out, err = _check(tmp_path, _entry(f'"{cert}"'), capsys, state=state)
+    assert code == ExitCode.USAGE
+    assert out == ""
+    assert err.startswith(f"mustaple: state_dir: {state} cannot be ")
+    assert err.count("\n") == 1
+
+
+def test_sink_directories_reload_programs_and_hooks(
+    tmp_path: Path, cert: Path, immutable: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hook = tmp_path / "hook.sh"
+    hook.write_text("#!/bin/sh\n")
+    hook.chmod(0o644)
+    body = _entry(f'"{cert}"') + (
+        f'[sinks.files]\ntype = "file"\npath = "{immutable}/staples/{{name}}.der"\n'
+        'reload = "no-such-reloader --now"\n'
+        f'[sinks.ha]\ntype = "haproxy"\nsocket = "/run/x.sock"\nocsp_dir = "{immutable}"\n'
+        'reload = "/nonexistent/haproxy-reload"\n'
+        '[sinks.cmd]\ntype = "command"\ncommand = "PATH=/bin /bin/true && exit 0"\n'
+        f'[hooks]\non_revoked = "{hook} now"\non_failure = "{tmp_path}/gone.sh"\n'
+        'on_expiring = "logger -t mustaple \\"$MUSTAPLE_NAME\\""\n'
+    )
+    code, _, err = _check(tmp_path, body, capsys)
+    assert code == ExitCode.USAGE
+    lines = err.splitlines()
+    assert lines[0].startswith("mustaple: sinks.files.reload: 'no-such-reloader' is not found")
+    assert lines[1].startswith(f"mustaple: sinks.files.path: {immutable}/staples cannot be created")
+    assert lines[2:] == [
+        "mustaple: sinks.ha.reload: /nonexistent/haproxy-reload does not exist",
+        f"mustaple: sinks.ha.ocsp_dir: {immutable} cannot be written to: Operation not permitted",
+        f"mustaple: hooks.on_revoked: {hook} is not executable (chmod +x {hook})",
+        f"mustaple: hooks.on_failure: {tmp_path}/gone.sh does not exist",
+    ]
+
+
+def test_haproxy_writes_beside_the_certificates(
+    tmp_path: Path, immutable: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    subprocess.run(["chattr", "-i", str(immutable)], check=True)
+    cert = CA(key_type="ec").issue("b.test").write(immutable).fullchain
+    subprocess.run(["chattr", "+i", str(immutable)], check=True)
+    body = _entry(f'"{cert}"') + '[sinks.ha]\ntype = "haproxy"\nsocket = "/run/x.sock"\n'
+    code, _, err = _check(tmp_path, body, capsys)
+    assert code == ExitCode.USAGE
+    problem = f"{immutable} cannot be written to: Operation not permitted"
+    assert err == f"mustaple: sinks.ha.ocsp_dir: {problem}\n"

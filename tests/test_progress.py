@@ -1,0 +1,184 @@
+"""Long work shows what it waits on: plain lines when not on a terminal, rich on a terminal.
+
+The plain-line rules (silent for quick waits, a line after 2 s, then every 10 s, one when the
+wait ends) are timed with a hand-moved clock. Then the real thing: `mustaple fetch` against a
+responder that accepts the connection and never answers (a listening socket nobody reads),
+once in-process with stderr a pipe, once as a process on a pseudo-terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import pty
+import re
+import select
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from mustaple.cli import main
+from mustaple.fetch import FetchResult
+from mustaple.progress import Display, FetchProgress, PrimeProgress
+from mustaple.reasons import Reason, Rejection
+from mustaple.report import ExitCode
+from mustaple.testing.pki import CA
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[a-zA-Z]")
+
+
+class Ticks:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def silent() -> Iterator[str]:
+    """An OCSP URL whose server accepts connections and never says a word."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/ocsp"
+
+
+async def _request(progress: FetchProgress, ctx: SimpleNamespace, url: str) -> None:
+    await progress._request_start(None, ctx, SimpleNamespace(method="GET", url=url))  # type: ignore[arg-type]
+
+
+def test_plain_lines_only_for_waits_that_last() -> None:
+    stream, clock = io.StringIO(), Ticks()
+    progress = FetchProgress("a.test", Display(stream, tty=False, clock=clock))
+    quick, slow = SimpleNamespace(), SimpleNamespace()
+
+    async def scenario() -> None:
+        await _request(progress, quick, "http://127.0.0.1:9/quick")
+        clock.now += 1.9
+        progress.display.tick()
+        answer = SimpleNamespace(response=SimpleNamespace(status=200))
+        await progress._request_end(None, quick, answer)  # type: ignore[arg-type]
+        assert stream.getvalue() == ""  # a quick exchange says nothing
+        await _request(progress, slow, "http://127.0.0.1:9/slow")
+        for step in (1.9, 0.1, 5.0, 5.0, 0.5):
+            clock.now += step
+            progress.display.tick()
+        failure = SimpleNamespace(exception=TimeoutError())
+        await progress._request_exception(None, slow, failure)  # type: ignore[arg-type]
+
+    asyncio.run(scenario())
+    what = "mustaple: a.test: waiting on GET http://127.0.0.1:9/slow"
+    assert stream.getvalue().splitlines() == [
+        f"{what}: 2 s so far",
+        f"{what}: 12 s so far",
+        f"{what}: failed (TimeoutError) after 12.5 s",
+    ]
+
+
+def test_prime_progress_counts_certificates_once_it_is_slow() -> None:
+    stream, clock = io.StringIO(), Ticks()
+    progress = PrimeProgress(3, Display(stream, tty=False, clock=clock))
+    good = FetchResult(None, None, (), None)
+    bad = FetchResult(None, Rejection(Reason.TIMEOUT, "after 10 s"), (), None)
+    progress.display.start(0, progress._what())
+    progress.refreshed(SimpleNamespace(name="a.test"), good)  # type: ignore[arg-type]
+    clock.now += 3
+    progress.display.tick()
+    progress.refreshed(SimpleNamespace(name="b.test"), bad)  # type: ignore[arg-type]
+    assert stream.getvalue().splitlines() == [
+        "mustaple: prime: 1/3 certificates refreshed, last a.test: no valid staple: 3 s so far",
+        "mustaple: prime: b.test: no valid staple (timeout) (2/3)",
+    ]
+
+
+def _cert(tmp_path: Path, url: str) -> Path:
+    return CA(key_type="ec", ocsp_url=url).issue("slow.test").write(tmp_path).fullchain
+
+
+def test_fetch_tells_a_pipe_what_it_waits_on(
+    silent: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cert = _cert(tmp_path, silent)
+    code = main(["fetch", str(cert), "--timeout", "2.5", "--attempts", "1"])
+    out, err = capsys.readouterr()
+    assert code == ExitCode.NO_STAPLE
+    assert out.startswith("FAILED slow.test:")
+    lines = err.splitlines()
+    assert len(lines) == 2, err
+    assert re.fullmatch(rf"mustaple: slow\.test: waiting on GET {silent}/\S+: 2 s so far", lines[0])
+    assert re.fullmatch(r"mustaple: .*: failed \(\w*TimeoutError\) after 2\.\d s", lines[1])
+
+
+def test_fetch_on_a_terminal_shows_the_url_and_a_clock(silent: str, tmp_path: Path) -> None:
+    cert = _cert(tmp_path, silent)
+    argv = ["fetch", str(cert), "--timeout", "2", "--attempts", "1"]
+    text = _on_a_terminal(argv, ExitCode.NO_STAPLE)
+    assert f"slow.test: waiting on GET {silent}/" in text
+    assert "0:00:01" in text  # the running clock of the wait
+    assert "FAILED slow.test:" in text
+
+
+def _on_a_terminal(argv: list[str], exit_code: int) -> str:
+    """Run mustaple on a pseudo-terminal; what the terminal received, escapes removed."""
+    program = Path(sys.executable).parent / "mustaple"
+    leader, follower = pty.openpty()
+    env = {**os.environ, "COLUMNS": "200", "TERM": "xterm"}
+    process = subprocess.Popen(
+        [program, *argv], stdin=subprocess.DEVNULL, stdout=follower, stderr=follower, env=env
+    )
+    os.close(follower)
+    screen = _read_all(leader)
+    assert process.wait(30) == exit_code
+    return ANSI.sub("", screen)
+
+
+def _read_all(fd: int) -> str:
+    chunks = []
+    while select.select([fd], [], [], 30)[0]:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # the other side closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def _prime_config(tmp_path: Path, cert: Path) -> Path:
+    config = tmp_path / "mustaple.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path}/state"\n[[certificates]]\npaths = ["{cert}"]\n'
+        '[policy]\ntimeout = "2.5s"\nattempts = 1\n'
+    )
+    return config
+
+
+def test_prime_tells_a_pipe_how_far_it_is(
+    silent: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cert = _cert(tmp_path, silent)
+    code = main(["prime", "--config", str(_prime_config(tmp_path, cert)), str(cert)])
+    out, err = capsys.readouterr()
+    assert code == ExitCode.NO_STAPLE
+    assert out.startswith("FAILED slow.test")
+    assert err.splitlines() == [
+        "mustaple: prime: 0/1 certificates refreshed: 2 s so far",
+        "mustaple: prime: slow.test: no valid staple (timeout) (1/1)",
+    ]
+
+
+def test_prime_on_a_terminal_shows_the_count_and_a_clock(silent: str, tmp_path: Path) -> None:
+    cert = _cert(tmp_path, silent)
+    config = _prime_config(tmp_path, cert)
+    text = _on_a_terminal(["prime", "--config", str(config), str(cert)], ExitCode.NO_STAPLE)
+    assert "prime: 0/1 certificates refreshed" in text
+    assert "0:00:01" in text
