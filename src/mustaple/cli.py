@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import click
 
@@ -46,6 +45,7 @@ from mustaple.status import (
     print_status_table,
     status_rows,
 )
+from mustaple.urls import url_problem
 from mustaple.verify import Policy, verify
 
 __all__ = ["main"]
@@ -57,11 +57,9 @@ def _emit_json(obj: dict[str, Any]) -> None:
 
 def _check_urls(urls: Sequence[str]) -> None:
     for url in urls:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise click.BadParameter(
-                f"{url!r} is not an http:// or https:// URL", param_hint="--url"
-            )
+        problem = url_problem(url)
+        if problem is not None:
+            raise click.BadParameter(problem, param_hint="--url")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -21,6 +21,7 @@ from mustaple.errors import InputError
 from mustaple.fetch import FetchPolicy
 from mustaple.request import HASHES
 from mustaple.schedule import SchedulePolicy
+from mustaple.urls import url_problem
 from mustaple.verify import Policy
 
 __all__ = [
@@ -251,9 +252,9 @@ def _entry(reader: _Reader, sinks: Mapping[str, object]) -> CertEntry:
         raise reader.error("paths", "required: certificate files or globs")
     urls = reader.strings("urls") or ()
     for url in urls:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise reader.error("urls", f"{url!r} is not an http:// or https:// URL")
+        problem = url_problem(url)
+        if problem is not None:
+            raise reader.error("urls", problem)
     chosen = reader.strings("sinks")
     for name in chosen or ():
         if name not in sinks:

@@ -129,6 +129,7 @@ class Reason(enum.Enum):
     )
     # About the certificate rather than the response
     NO_OCSP_URL = ("no-ocsp-url", "the certificate names no OCSP responder", False)
+    BAD_URL = ("bad-url", "the responder URL is malformed; nothing was sent", False)
 
     @property
     def hint(self) -> str:
@@ -199,6 +200,8 @@ _HINTS = {
     Reason.NO_NEXT_UPDATE: "strict clients refuse this; ask the CA, or allow it with the "
     "lenient option",
     Reason.NO_OCSP_URL: "use a CA that runs OCSP, or give a responder with --url",
+    Reason.BAD_URL: "fix the URL in `urls` (or --url); if it is the certificate's AIA OCSP "
+    "URL, give a working responder in `urls` or --url, or reissue the certificate",
     Reason.PRODUCED_IN_FUTURE: "check this machine's clock (NTP); " + _RETRY_HINT,
     Reason.THIS_UPDATE_IN_FUTURE: "check this machine's clock (NTP); " + _RETRY_HINT,
 }
