@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import os
+import re
 import signal
 import string
 import tempfile
@@ -32,7 +34,7 @@ from cryptography.x509 import ocsp
 
 from mustaple.config import parse_duration
 from mustaple.delivery import Action, Delivered, Delivery, Sink
-from mustaple.files import write_atomic
+from mustaple.files import MAX_INPUT, clean_temporaries, read_prefix, write_atomic
 
 __all__ = [
     "CommandSink",
@@ -56,6 +58,8 @@ _UNREACHABLE = "cannot reach HAProxy's runtime API"
 _TEMPLATE_FIELDS = ("name", "stem", "dir")
 _FIELDS_TEXT = "{name}, {stem} or {dir}"
 _TAIL_CHARS = 200
+MAX_SINK_DURATION = timedelta(days=1)  # the longest timeout or reload_timeout
+log = logging.getLogger("mustaple")
 
 
 class SinkConfigError(ValueError):
@@ -108,6 +112,8 @@ class _Table:
             raise self.error(key, str(exc)) from None
         if duration <= timedelta(0):
             raise self.error(key, "must be more than zero")
+        if duration > MAX_SINK_DURATION:
+            raise self.error(key, f"must be at most {MAX_SINK_DURATION.days}d")
         return duration
 
     def flag(self, key: str) -> bool:
@@ -236,16 +242,33 @@ def _joined(first: str | None, second: str) -> str:
     return f"{first}; {second}" if first else second
 
 
-def _read(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
+class _Cleaner:
+    """Removes, once per directory and process, the temporary files that an interrupted
+    write (kill -9, power loss) left there: `.NAME.XXXXXXXX` where NAME is a file of ours."""
+
+    def __init__(self, names: re.Pattern[str]) -> None:
+        self.names = names
+        self.done: set[Path] = set()
+
+    def once(self, directory: Path) -> None:
+        if directory in self.done:
+            return
+        self.done.add(directory)
+        for path in clean_temporaries(directory, self.names):
+            log.warning("%s: removed, left by an interrupted write", path)
+
+
+def _file_names(template: str) -> re.Pattern[str]:
+    """The file names a path template can make, e.g. '{name}.der' gives '.+\\.der'."""
+    parts = string.Formatter().parse(Path(template).name)
+    return re.compile(
+        "".join(re.escape(text) + (".+" if f is not None else "") for text, f, _, _ in parts)
+    )
 
 
 def _replace(path: Path, data: bytes) -> bool:
     """Write `data` to `path` atomically unless it already holds it; whether it changed."""
-    if _read(path) == data:
+    if read_prefix(path, len(data) + 1) == data:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, data)
@@ -335,6 +358,7 @@ class FileSink:
         self.path = path
         self.keep_on_remove = keep_on_remove
         self._reloader = _Reloader(reload, reload_timeout)
+        self._cleaner = _Cleaner(_file_names(path))
 
     def path_for(self, delivery: Delivery) -> Path:
         """The staple file for `delivery`: the template filled in."""
@@ -353,6 +377,7 @@ class FileSink:
     def _apply(self, delivery: Delivery) -> _Outcome:
         path = self.path_for(delivery)
         try:
+            self._cleaner.once(path.parent)
             if delivery.action is Action.REMOVE:
                 if self.keep_on_remove:
                     return _Outcome(False)
@@ -459,6 +484,7 @@ class HAProxySink:
         self.ocsp_dir = ocsp_dir
         self.timeout = timeout
         self._reloader = _Reloader(reload, reload_timeout)
+        self._cleaner = _Cleaner(re.compile(r".+\.(?:ocsp|issuer)"))
 
     def path_for(self, delivery: Delivery, suffix: str = ".ocsp") -> Path:
         """`<crt>.ocsp` beside the certificate HAProxy loads, or in `ocsp_dir`."""
@@ -488,6 +514,7 @@ class HAProxySink:
     def _write(self, delivery: Delivery, data: bytes) -> bool:
         """Write `.issuer` first when needed: HAProxy refuses to start with a `.ocsp` file it
         cannot match to an issuer."""
+        self._cleaner.once(self.path_for(delivery).parent)
         if not delivery.bundle_has_issuer:
             _replace(self.path_for(delivery, ".issuer"), delivery.issuer_pem)
         return _replace(self.path_for(delivery), data)
@@ -514,7 +541,8 @@ class HAProxySink:
     def _remove(self, delivery: Delivery) -> _Outcome:
         path = self.path_for(delivery)
         try:
-            previous = _read(path)
+            self._cleaner.once(path.parent)
+            previous = read_prefix(path, MAX_INPUT)
             if not delivery.bundle_has_issuer:
                 _replace(self.path_for(delivery, ".issuer"), delivery.issuer_pem)
             _replace(path, b"")
