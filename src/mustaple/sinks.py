@@ -22,7 +22,6 @@ import contextlib
 import logging
 import os
 import re
-import signal
 import string
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -35,6 +34,7 @@ from cryptography.x509 import ocsp
 from mustaple.config import parse_duration
 from mustaple.delivery import Action, Delivered, Delivery, Sink
 from mustaple.files import MAX_INPUT, clean_temporaries, read_prefix, write_atomic
+from mustaple.shell import run_command
 
 __all__ = [
     "CommandSink",
@@ -44,7 +44,6 @@ __all__ = [
     "SocketAddress",
     "ask_haproxy",
     "build_sink",
-    "run_shell",
 ]
 
 DEFAULT_RELOAD_TIMEOUT = timedelta(seconds=60)
@@ -57,7 +56,6 @@ HAPROXY_UPDATED = "OCSP Response updated!"
 _UNREACHABLE = "cannot reach HAProxy's runtime API"
 _TEMPLATE_FIELDS = ("name", "stem", "dir")
 _FIELDS_TEXT = "{name}, {stem} or {dir}"
-_TAIL_CHARS = 200
 MAX_SINK_DURATION = timedelta(days=1)  # the longest timeout or reload_timeout
 log = logging.getLogger("mustaple")
 
@@ -227,7 +225,7 @@ class _Reloader:
         waiting = [o.needs_reload or (self.owed and o.error is None) for o in outcomes]
         problem = None
         if self.command is not None and any(waiting):
-            problem = await run_shell(self.command, self.timeout)
+            problem = await run_command(self.command, self.timeout)
             self.owed = problem is not None
         done = []
         for delivery, outcome, waits in zip(batch, outcomes, waiting, strict=True):
@@ -286,51 +284,6 @@ def _delete(path: Path) -> bool:
 
 def _os_problem(path: Path, exc: OSError) -> str:
     return f"{path}: {exc.strerror or exc}"
-
-
-async def run_shell(
-    command: str, timeout: timedelta, env: Mapping[str, str] | None = None
-) -> str | None:
-    """Run `command` through /bin/sh; None when it exits 0, else one line saying how it failed.
-
-    The command runs in its own process group, killed whole when `timeout` passes.
-    """
-    try:
-        process = await asyncio.create_subprocess_shell(
-            command,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-            start_new_session=True,
-        )
-    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the environment
-        return f"`{command}` could not start ({_describe(exc)})"
-    try:
-        _, stderr = await asyncio.wait_for(process.communicate(), timeout.total_seconds())
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
-        return f"`{command}` timed out after {timeout.total_seconds():g} s and was killed"
-    if process.returncode == 0:
-        return None
-    return f"`{command}` {_how_it_ended(process.returncode)}{_last_line(stderr)}"
-
-
-def _how_it_ended(code: int | None) -> str:
-    if code is not None and code > 0:
-        return f"exited with status {code}"
-    try:
-        return f"was killed by {signal.Signals(-(code or 0)).name}"
-    except ValueError:
-        return f"ended with status {code}"
-
-
-def _last_line(output: bytes) -> str:
-    lines = [line.strip() for line in output.decode(errors="replace").splitlines()]
-    lines = [line for line in lines if line]
-    return f": {lines[-1][:_TAIL_CHARS]}" if lines else ""
 
 
 # --- file -----------------------------------------------------------------------------------------
@@ -625,7 +578,7 @@ class CommandSink:
             "MUSTAPLE_STAPLE": staple,
         }
         try:
-            return await run_shell(self.command, self.timeout, env)
+            return await run_command(self.command, self.timeout, env)
         finally:
             if staple:
                 Path(staple).unlink(missing_ok=True)
