@@ -111,6 +111,8 @@ class HttpConfig:
     host: str = "127.0.0.1"
     port: int = 8008
     max_request_size: int = 10000  # bytes of an OCSP request (POST body or GET path)
+    max_connections: int = 512  # open at once; see mustaple.fastpath
+    idle_timeout: timedelta = timedelta(seconds=75)  # a connection idle this long is closed
 
 
 @dataclass(frozen=True)
@@ -276,14 +278,16 @@ def _fleet(reader: _Reader) -> FleetConfig:
 
 
 def _http(reader: _Reader) -> HttpConfig:
-    reader.only("listen", "max_request_size")
+    reader.only("listen", "max_request_size", "max_connections", "idle_timeout")
     listen = reader.get("listen", str, "127.0.0.1:8008")
     host, _, port = listen.rpartition(":")
     host = host.strip("[]")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise reader.error("listen", f"{listen!r} is not HOST:PORT such as 127.0.0.1:8008")
     size = reader.number("max_request_size", HttpConfig.max_request_size, 1, 1024 * 1024)
-    return HttpConfig(host, int(port), size)
+    cap = reader.number("max_connections", HttpConfig.max_connections, 1, 65536)
+    idle = reader.duration("idle_timeout", HttpConfig.idle_timeout, _HOUR)
+    return HttpConfig(host, int(port), size, cap, idle)
 
 
 def _sinks(reader: _Reader) -> dict[str, Mapping[str, Any]]:
