@@ -13,6 +13,7 @@ import binascii
 import dataclasses
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -20,19 +21,18 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import click
 
 from mustaple import __version__
 from mustaple.check import check_command
-from mustaple.config import Config, load_config
+from mustaple.config import Config
 from mustaple.daemon import check_config as check_config_file
 from mustaple.daemon import open_keeper, serve
 from mustaple.demo import run_demo
 from mustaple.errors import InputError
 from mustaple.fetch import FetchPolicy, FetchResult, fetch_staple, utc_now
-from mustaple.files import read_input, write_atomic
+from mustaple.files import NotRegularFileError, read_input, write_atomic
 from mustaple.fleet import Fleet
 from mustaple.init import init_command
 from mustaple.keeper import Managed
@@ -51,9 +51,20 @@ from mustaple.status import (
     print_status_table,
     status_rows,
 )
+from mustaple.urls import url_problem
 from mustaple.verify import Policy, verify
 
 __all__ = ["main"]
+
+
+MAX_TIMEOUT = 600.0  # seconds: the longest --timeout
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """Refuse nan, which passes every range check."""
+    if not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number of seconds")
+    return value
 
 
 def _emit_json(obj: dict[str, Any]) -> None:
@@ -62,11 +73,9 @@ def _emit_json(obj: dict[str, Any]) -> None:
 
 def _check_urls(urls: Sequence[str]) -> None:
     for url in urls:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise click.BadParameter(
-                f"{url!r} is not an http:// or https:// URL", param_hint="--url"
-            )
+        problem = url_problem(url)
+        if problem is not None:
+            raise click.BadParameter(problem, param_hint="--url")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -115,7 +124,8 @@ lenient_option = click.option(
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0.1),
+    type=click.FloatRange(min=0.1, max=MAX_TIMEOUT),
+    callback=_finite,
     default=10.0,
     show_default=True,
     help="Seconds allowed for each HTTP exchange.",
@@ -176,6 +186,8 @@ def fetch(
 def _write_out(path: str, data: bytes) -> None:
     try:
         write_atomic(path, data)
+    except NotRegularFileError as exc:
+        raise InputError(f"{path}: {exc.strerror}; --out writes only regular files") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot write the staple ({exc.strerror})") from None
 
@@ -366,7 +378,7 @@ async def _run(path: Path) -> None:
 def status(*, config_path: str, as_json: bool, fleet: bool) -> int:
     """Show every certificate's staple: status, times, next refresh, last error. With
     --fleet: every member, and who fetched each certificate's staple, when."""
-    config = load_config(Path(config_path))
+    config = check_config_file(Path(config_path))  # the sinks too: the same checks as run
     if fleet:
         view: Any = fleet_view(config, utc_now())
         show: Callable[[Any], None] = print_fleet_tables

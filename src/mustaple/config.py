@@ -8,6 +8,7 @@ Sink tables are kept raw here and checked by `sinks.build_sink` when the keeper 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import socket
 import tomllib
@@ -20,9 +21,11 @@ from urllib.parse import urlsplit
 
 from mustaple.errors import InputError
 from mustaple.fetch import FetchPolicy
+from mustaple.files import MAX_INPUT, read_input
 from mustaple.proxy import ProxyError, check_proxy_url
 from mustaple.request import HASHES
 from mustaple.schedule import SchedulePolicy
+from mustaple.urls import url_problem
 from mustaple.verify import Policy
 
 __all__ = [
@@ -44,6 +47,10 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 HOOK_EVENTS = ("on_revoked", "on_expiring", "on_failure", "on_recovered")
+MAX_CONFIG_SIZE = 1024 * 1024  # bytes of the configuration file
+MAX_NESTING = 16  # tables and arrays within one another
+MAX_DURATION = timedelta(days=3650)  # no duration may be longer, whatever its key
+_MINUTE, _HOUR, _DAY = timedelta(minutes=1), timedelta(hours=1), timedelta(days=1)
 
 
 class ConfigError(InputError):
@@ -55,7 +62,10 @@ def parse_duration(text: str) -> timedelta:
     match = _DURATION.match(text.strip())
     if not match:
         raise ValueError(f"{text!r} is not a duration such as '30s', '5m', '2h' or '1d'")
-    return timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+    seconds = float(match[1]) * _UNITS[match[2]]
+    if not seconds <= MAX_DURATION.total_seconds():  # also inf
+        raise ValueError(f"{text!r} is longer than {MAX_DURATION.days}d")
+    return timedelta(seconds=seconds)
 
 
 @dataclass(frozen=True)
@@ -105,6 +115,8 @@ class HttpConfig:
     host: str = "127.0.0.1"
     port: int = 8008
     max_request_size: int = 10000  # bytes of an OCSP request (POST body or GET path)
+    max_connections: int = 512  # open at once; see mustaple.fastpath
+    idle_timeout: timedelta = timedelta(seconds=75)  # a connection idle this long is closed
 
 
 @dataclass(frozen=True)
@@ -130,17 +142,37 @@ class Config:
 
 
 def load_config(path: str | Path) -> Config:
-    """Read and check a configuration file."""
+    """Read and check a configuration file (a regular file of at most 1 MiB)."""
     p = Path(path)
     try:
-        data = tomllib.loads(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: configuration file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
+        data = tomllib.loads(read_input(p, "configuration file", MAX_CONFIG_SIZE).decode())
+    except InputError as exc:
+        raise ConfigError(str(exc)) from None
+    except UnicodeDecodeError as exc:
         raise ConfigError(f"{p}: cannot read the configuration ({exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML ({exc})") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: {_TOO_DEEP}") from None
+    if _depth(data) > MAX_NESTING:
+        raise ConfigError(f"{p}: {_TOO_DEEP}")
     return parse_config(data, p)
+
+
+_TOO_DEEP = f"tables and arrays are nested more than {MAX_NESTING} deep; no key needs that"
+
+
+def _depth(data: object) -> int:
+    """How deeply tables and arrays are nested in `data` (counted without recursion)."""
+    deepest, todo = 0, [(data, 0)]
+    while todo:
+        value, level = todo.pop()
+        deepest = max(deepest, level)
+        if isinstance(value, dict):
+            todo += [(v, level + 1) for v in value.values()]
+        elif isinstance(value, list):
+            todo += [(v, level + 1) for v in value]
+    return deepest
 
 
 class _Reader:
@@ -168,6 +200,30 @@ class _Reader:
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             wanted = _KIND_NAMES.get(kind, kind.__name__)
             raise self.error(key, f"must be {wanted}, not {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.error(key, f"must be a finite number, not {value}")
+        return value
+
+    def number(self, key: str, default: int, low: int, high: int) -> int:
+        """An integer from `low` to `high`."""
+        value = self.get(key, int, default)
+        if value < low:
+            raise self.error(key, f"must be at least {low}")
+        if value > high:
+            raise self.error(key, f"must be at most {high}")
+        return value
+
+    def duration(
+        self, key: str, default: timedelta, high: timedelta, low: timedelta | None = None
+    ) -> timedelta:
+        """A duration string, more than zero (or at least `low`) and at most `high`."""
+        value = self.convert(key, default, _duration)
+        if low is None and value <= timedelta(0):
+            raise self.error(key, "must be more than zero")
+        if low is not None and value < low:
+            raise self.error(key, f"must be at least {_shown(low)}")
+        if value > high:
+            raise self.error(key, f"must be at most {_shown(high)}")
         return value
 
     def convert(self, key: str, default: _T, parse: Callable[[Any], _T]) -> _T:
@@ -221,21 +277,21 @@ def _fleet(reader: _Reader) -> FleetConfig:
     member = reader.get("member", str, defaults.member)
     if not member or any(c.isspace() for c in member):
         raise reader.error("member", "must be a name without spaces")
-    lease = reader.convert("lease", defaults.lease, _positive_duration)
-    if lease < timedelta(seconds=1):
-        raise reader.error("lease", "must be at least 1s")
+    lease = reader.duration("lease", defaults.lease, _HOUR, low=timedelta(seconds=1))
     return FleetConfig(url, reader.get("prefix", str, defaults.prefix), member, lease)
 
 
 def _http(reader: _Reader) -> HttpConfig:
-    reader.only("listen", "max_request_size")
+    reader.only("listen", "max_request_size", "max_connections", "idle_timeout")
     listen = reader.get("listen", str, "127.0.0.1:8008")
     host, _, port = listen.rpartition(":")
     host = host.strip("[]")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise reader.error("listen", f"{listen!r} is not HOST:PORT such as 127.0.0.1:8008")
-    size = _at_least_one(reader, "max_request_size", HttpConfig.max_request_size)
-    return HttpConfig(host, int(port), size)
+    size = reader.number("max_request_size", HttpConfig.max_request_size, 1, 1024 * 1024)
+    cap = reader.number("max_connections", HttpConfig.max_connections, 1, 65536)
+    idle = reader.duration("idle_timeout", HttpConfig.idle_timeout, _HOUR)
+    return HttpConfig(host, int(port), size, cap, idle)
 
 
 def _sinks(reader: _Reader) -> dict[str, Mapping[str, Any]]:
@@ -255,9 +311,9 @@ def _entry(reader: _Reader, sinks: Mapping[str, object]) -> CertEntry:
         raise reader.error("paths", "required: certificate files or globs")
     urls = reader.strings("urls") or ()
     for url in urls:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise reader.error("urls", f"{url!r} is not an http:// or https:// URL")
+        problem = url_problem(url)
+        if problem is not None:
+            raise reader.error("urls", problem)
     chosen = reader.strings("sinks")
     for name in chosen or ():
         if name not in sinks:
@@ -293,21 +349,22 @@ def _hooks(reader: _Reader) -> Hooks:
     for event, command in commands.items():
         if not isinstance(command, str) or not command.strip():
             raise reader.error(event, "must be a shell command (a non-empty string)")
-    timeout = reader.convert("timeout", Hooks.timeout, _positive_duration)
-    return Hooks(**commands, timeout=timeout)
+    return Hooks(**commands, timeout=reader.duration("timeout", Hooks.timeout, _DAY))
 
 
-def _positive_duration(value: Any) -> timedelta:
+def _duration(value: Any) -> timedelta:
     if not isinstance(value, str):
         raise TypeError("must be a duration string such as '30s' or '5m'")
-    duration = parse_duration(value)
-    if duration <= timedelta(0):
-        raise ValueError("must be more than zero")
-    return duration
+    return parse_duration(value)
 
 
-def _seconds(value: Any) -> float:
-    return _positive_duration(value).total_seconds()
+def _shown(value: timedelta) -> str:
+    """A duration as written in the configuration: '10m', '1d', '30s'."""
+    seconds = int(value.total_seconds())
+    for unit in ("d", "h", "m"):
+        if seconds % _UNITS[unit] == 0:
+            return f"{seconds // _UNITS[unit]}{unit}"
+    return f"{seconds}s"
 
 
 def _policy(reader: _Reader) -> KeeperPolicy:
@@ -321,21 +378,21 @@ def _policy(reader: _Reader) -> KeeperPolicy:
         schedule = SchedulePolicy(
             refresh_at=reader.get("refresh_at", float, defaults.schedule.refresh_at),
             jitter=reader.get("jitter", float, defaults.schedule.jitter),
-            min_interval=reader.convert(
-                "min_interval", defaults.schedule.min_interval, _positive_duration
-            ),
-            retry_max=reader.convert("retry_max", defaults.schedule.retry_max, _positive_duration),
+            min_interval=reader.duration("min_interval", defaults.schedule.min_interval, _DAY),
+            retry_max=reader.duration("retry_max", defaults.schedule.retry_max, _DAY),
         )
+        timeout = reader.duration("timeout", timedelta(seconds=defaults.fetch.total_timeout), _HOUR)
         fetch = FetchPolicy(
-            total_timeout=reader.convert("timeout", defaults.fetch.total_timeout, _seconds),
-            attempts_per_url=reader.get("attempts", int, defaults.fetch.attempts_per_url),
-            max_size=reader.get("max_response_size", int, defaults.fetch.max_size),
+            total_timeout=timeout.total_seconds(),
+            attempts_per_url=reader.number("attempts", defaults.fetch.attempts_per_url, 1, 10),
+            max_size=reader.number("max_response_size", defaults.fetch.max_size, 1, MAX_INPUT),
             proxy=_proxy(reader) if "proxy" in reader.table else None,
         )
     except ValueError as exc:
         raise reader.error("", str(exc)) from None
+    skew = reader.duration("clock_skew", defaults.verify.clock_skew, _DAY, low=timedelta(0))
     verify = Policy(
-        clock_skew=reader.convert("clock_skew", defaults.verify.clock_skew, parse_duration),
+        clock_skew=skew,
         allow_missing_next_update=reader.get("allow_missing_next_update", bool, False),
     )
     return KeeperPolicy(
@@ -343,12 +400,10 @@ def _policy(reader: _Reader) -> KeeperPolicy:
         fetch=fetch,
         verify=verify,
         hash_name=_choice(reader, "hash", sorted(HASHES), defaults.hash_name),
-        concurrency=_at_least_one(reader, "concurrency", defaults.concurrency),
-        per_host=_at_least_one(reader, "per_host", defaults.per_host),
+        concurrency=reader.number("concurrency", defaults.concurrency, 1, 1024),
+        per_host=reader.number("per_host", defaults.per_host, 1, 1024),
         at_expiry=_choice(reader, "at_expiry", ["remove", "keep"], defaults.at_expiry),
-        watch_interval=reader.convert(
-            "watch_interval", defaults.watch_interval, _positive_duration
-        ),
+        watch_interval=reader.duration("watch_interval", defaults.watch_interval, _DAY),
     )
 
 
@@ -356,11 +411,4 @@ def _choice(reader: _Reader, key: str, choices: list[str], default: str) -> str:
     value = reader.get(key, str, default)
     if value not in choices:
         raise reader.error(key, f"must be one of {', '.join(choices)}, not {value!r}")
-    return value
-
-
-def _at_least_one(reader: _Reader, key: str, default: int) -> int:
-    value = reader.get(key, int, default)
-    if value < 1:
-        raise reader.error(key, "must be at least 1")
     return value

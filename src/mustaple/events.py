@@ -10,10 +10,11 @@ hook command (docs/configuration.md, [hooks]) with the event in its environment:
 
 from __future__ import annotations
 
-import asyncio
 import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+
+from mustaple.shell import run_command
 
 __all__ = ["HOOK_FOR", "Event", "run_hook"]
 
@@ -62,24 +63,9 @@ class Event:
 
 
 async def run_hook(command: str, event: Event, timeout: timedelta) -> str | None:
-    """Run `command` through the shell for `event`; None on success, else one line why not."""
-    try:
-        process = await asyncio.create_subprocess_shell(
-            command,
-            env={**os.environ, **event.environment()},
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-    except OSError as exc:
-        return f"hook {command!r} could not start: {exc.strerror}"
-    try:
-        _, stderr = await asyncio.wait_for(process.communicate(), timeout.total_seconds())
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        return f"hook {command!r} timed out after {timeout.total_seconds():g} s"
-    if process.returncode != 0:
-        last = stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
-        return f"hook {command!r} exited with {process.returncode}: {last[0]}".rstrip(": ")
-    return None
+    """Run `command` through the shell for `event`; None on success, else one line why not.
+
+    See `mustaple.shell`: its own process group, killed whole at `timeout`, output capped.
+    """
+    env = {**os.environ, **event.environment()}
+    return await run_command(command, timeout, env, label=f"hook {command!r}")

@@ -24,13 +24,25 @@ Connections follow aiohttp's rules: HTTP/1.1 keeps the connection open unless
 are answered in order. A client that stops reading stops being read (the transport's flow
 control), and a connection idle for `idle_timeout` seconds (75 by default) is closed.
 `close()` closes every connection not handed off; the aiohttp runner closes the others.
+
+At most `max_connections` connections are open at once, handed off or not, so idle clients can
+never use up the file descriptors. A connection that comes at the cap takes the place of the
+connection of ours idle longest (the first to come among equally idle ones; as nginx reuses
+keep-alive connections when short of them), so
+a fresh request is still answered; if every open connection is aiohttp's, the new one is closed
+at once. Either is logged once a minute at most, as is running out of descriptors in accept()
+(`quiet_accept_errors`), instead of a traceback a second.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
 import re
+import resource
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -41,9 +53,20 @@ from aiohttp.http import SERVER_SOFTWARE
 
 from mustaple.localresponder import Answer, Responder
 
-__all__ = ["IDLE_TIMEOUT", "FastPath"]
+log = logging.getLogger("mustaple")
+
+__all__ = [
+    "IDLE_TIMEOUT",
+    "MAX_CONNECTIONS",
+    "FastPath",
+    "quiet_accept_errors",
+    "raise_file_limit",
+]
 
 IDLE_TIMEOUT = 75.0  # seconds a connection may stay idle (nginx's keepalive_timeout)
+MAX_CONNECTIONS = 512  # open at once, well below the usual limit of 1024 descriptors
+SPARE_DESCRIPTORS = 128  # for the state, sinks, fetches and hooks beside the connections
+LOG_EVERY = 60.0  # seconds between two lines about the same shortage
 MAX_FIELDS = 100  # header lines in a head answered here (aiohttp accepts 128)
 MAX_FIELD_SIZE = 8190  # bytes of one header line (aiohttp's max_field_size)
 HEAD_CACHE_LIMIT = 1024  # distinct request heads remembered, parsed
@@ -95,15 +118,19 @@ class FastPath:
         *,
         max_head: int = 32768,
         idle_timeout: float = IDLE_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         if not _PLAIN_PREFIX.fullmatch(responder.base):
             raise ValueError(f"the fast path needs a plain prefix, not {responder.base!r}")
-        if idle_timeout <= 0:
-            raise ValueError("idle_timeout must be positive")
+        if idle_timeout <= 0 or max_connections < 1:
+            raise ValueError("idle_timeout and max_connections must be positive")
         self.responder, self.fallback = responder, fallback
         self.max_head, self.idle_timeout = max_head, idle_timeout
-        self.answered = self.handed_off = 0
-        self.connections: set[_Connection] = set()
+        self.max_connections = max_connections
+        self.answered = self.handed_off = self.evicted = self.refused = 0
+        self.connections: dict[_Connection, None] = {}  # in the order they came
+        self.handed: set[asyncio.BaseTransport] = set()  # open connections given to aiohttp
+        self._full_logged = -LOG_EVERY
         self.closed = False
         self._target = re.compile(re.escape(responder.base.encode()) + b"/" + _REQUEST)
         self._heads: dict[bytes, _Request] = {}
@@ -124,6 +151,35 @@ class FastPath:
             self._sweeper.cancel()
         for connection in list(self.connections):
             connection.shut()
+
+    def admit(self, connection: _Connection) -> bool:
+        """Make room for `connection` under the cap; False if it must be closed instead."""
+        if len(self.connections) + len(self.handed) >= self.max_connections:
+            self.handed = {t for t in self.handed if not t.is_closing()}
+        if len(self.connections) + len(self.handed) < self.max_connections:
+            self.connections[connection] = None
+            return True
+        self._log_full()
+        if not self.connections:
+            self.refused += 1
+            return False
+        # idle longest: not within a head, most idle checks, then the first to come
+        oldest = max(self.connections, key=lambda c: (not c.buffer, c.idle))
+        del self.connections[oldest]
+        oldest.shut()
+        self.evicted += 1
+        self.connections[connection] = None
+        return True
+
+    def _log_full(self) -> None:
+        now = time.monotonic()
+        if now - self._full_logged >= LOG_EVERY:
+            self._full_logged = now
+            log.warning(
+                "HTTP endpoint: %d connections open (http.max_connections): closing the one "
+                "idle longest for each new one",
+                self.max_connections,
+            )
 
     def request(self, head: bytes) -> _Request | None:
         """The GET in `head` (ending with its blank line), or None if it is not ours."""
@@ -157,6 +213,7 @@ class FastPath:
             connection.idle += 1
             if connection.idle > _SWEEPS:
                 connection.shut()
+        self.handed = {t for t in self.handed if not t.is_closing()}
         loop = asyncio.get_running_loop()
         self._sweeper = loop.call_later(self.idle_timeout / _SWEEPS, self._sweep)
 
@@ -176,13 +233,11 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        if self.fast.closed:
-            self.transport.close()
-            return
-        self.fast.connections.add(self)
+        if self.fast.closed or not self.fast.admit(self):
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.fast.connections.discard(self)
+        self.fast.connections.pop(self, None)
         self.transport = None
         self.buffer.clear()
 
@@ -274,7 +329,7 @@ class _Connection(asyncio.Protocol):
     def _hand_off(self, data: bytes) -> None:
         """Give the connection, and the bytes not answered yet, to aiohttp."""
         transport, fast = self.transport, self.fast
-        fast.connections.discard(self)
+        fast.connections.pop(self, None)
         self.transport = None
         self.buffer.clear()
         if transport is None or transport.is_closing():
@@ -284,6 +339,63 @@ class _Connection(asyncio.Protocol):
         handler.connection_made(transport)
         handler.data_received(data)
         fast.handed_off += 1
+        fast.handed.add(transport)
+
+
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_QUIETED: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+
+def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """Log running out of descriptors in accept() as one line a minute at most, not a traceback
+    a second (asyncio retries the accept by itself); pass every other error on as before."""
+    if loop in _QUIETED:
+        return
+    _QUIETED.add(loop)
+    previous = loop.get_exception_handler()
+    last = -LOG_EVERY
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        nonlocal last
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in _OUT_OF_RESOURCES:
+            if time.monotonic() - last >= LOG_EVERY:
+                last = time.monotonic()
+                log.error(
+                    "HTTP endpoint: cannot accept connections (%s); raise LimitNOFILE or lower "
+                    "http.max_connections",
+                    exc.strerror,
+                )
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
+def raise_file_limit(connections: int, burst: int) -> int:
+    """Raise the soft limit of open files, as far as the hard limit allows, to fit
+    `connections`, a `burst` of connections accepted at once before any is closed (the
+    listen backlog: asyncio accepts that many in one go) and the spare descriptors; return
+    the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + burst + SPARE_DESCRIPTORS
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        soft = new
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        log.warning(
+            "HTTP endpoint: only %d file descriptors for %d connections (http.max_connections) "
+            "and bursts of %d; raise LimitNOFILE to %d",
+            soft,
+            connections,
+            burst,
+            wanted,
+        )
+    return soft
 
 
 def _parse(head: bytes, target: re.Pattern[bytes]) -> _Request | None:

@@ -35,6 +35,7 @@ from mustaple.errors import InputError
 from mustaple.proxy import Proxy, ProxyError, check_proxy_url, choose_proxy
 from mustaple.reasons import Reason, Rejection
 from mustaple.request import HttpRequest, encode_request, make_cert_id, plan_requests
+from mustaple.urls import url_problem
 from mustaple.verify import DEFAULT_POLICY, HttpAnswer, Policy, Staple, compare, judge
 
 __all__ = [
@@ -167,10 +168,21 @@ async def fetch_staple(
     run = _Run(target, policy, verify_policy, current, clock, sleep, rng)
     async with _session_for(session, policy) as http:
         for url in all_urls:
+            problem = url_problem(url)
+            if problem is not None:
+                run.refuse(url, f"{problem}; {_url_origin(url, urls)}")
+                continue
             staple = await run.try_url(http, url, request_der)
             if staple is not None:
                 return FetchResult(staple, None, tuple(run.attempts), url)
     return FetchResult(None, run.reported, tuple(run.attempts), run.reported_url)
+
+
+def _url_origin(url: str, overrides: Sequence[str]) -> str:
+    """Where a bad URL came from, so a person knows what to fix."""
+    if url in overrides:
+        return "fix it in `urls` (configuration) or --url"
+    return "it is the certificate's AIA OCSP URL: give a working one in `urls` or --url"
 
 
 @asynccontextmanager
@@ -215,6 +227,11 @@ class _Run:
         """
         if answered or not self.reported_answered:
             self.reported, self.reported_url, self.reported_answered = rejection, url, answered
+
+    def refuse(self, url: str, problem: str) -> None:
+        """Report `url` as unusable without sending anything to it."""
+        self.last = Rejection(Reason.BAD_URL, problem)
+        self._report(url, self.last, answered=False)
 
     async def try_url(
         self, http: aiohttp.ClientSession, url: str, request_der: bytes
@@ -316,9 +333,10 @@ async def _send(
     if credentials and request.url.startswith("http:"):  # https: only in CONNECT, never inside
         headers.update(credentials)
     try:
+        url = URL(request.url, encoded=True)  # keep %2B %2F %3D exactly as RFC 5019 wants
         async with http.request(
             request.method,
-            URL(request.url, encoded=True),  # keep %2B %2F %3D exactly as RFC 5019 wants
+            url,
             data=request.body,
             headers=headers,
             max_redirects=policy.max_redirects,
@@ -339,6 +357,8 @@ async def _send(
     except aiohttp.ClientHttpProxyError as exc:
         assert proxy is not None
         return _proxy_answer(proxy, exc.status, exc.message)
+    except ValueError as exc:  # a URL yarl or aiohttp cannot use (aiohttp.InvalidURL too)
+        return _Reply(None, Rejection(Reason.BAD_URL, f"{request.url[:120]!r}: {exc}"))
     except (aiohttp.ClientError, OSError) as exc:
         return _Reply(None, Rejection(Reason.CONNECTION_FAILED, _describe(exc)))
 

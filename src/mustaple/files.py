@@ -1,44 +1,156 @@
 """Reading inputs and writing outputs on disk, with one-line errors and atomic writes.
 
+Every read is bounded: only regular files are read (a device, a FIFO, a socket or a directory
+is one clear error, found without blocking: a FIFO with no writer is never waited for), and
+the size cap is enforced while reading, not trusted from `st_size` (which is 0 for
+`/dev/zero`).
+
 Files that servers read (staples) are written atomically: a temporary file in the same
 directory, fsync, rename over the target, then fsync of the directory, so a reader sees the
-old bytes or the new bytes and never a mixture, even across a crash.
+old bytes or the new bytes and never a mixture, even across a crash. Nothing that is not a
+regular file is ever written over. A temporary file left by an interrupted write
+(`.NAME.XXXXXXXX` beside NAME) is removed by `clean_temporaries` at the next start.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import stat
 import tempfile
+import time
 from pathlib import Path
 
 from mustaple.errors import InputError
 
-__all__ = ["read_input", "write_atomic"]
+__all__ = [
+    "MAX_INPUT",
+    "NotRegularFileError",
+    "clean_temporaries",
+    "read_input",
+    "read_prefix",
+    "write_atomic",
+]
 
 MAX_INPUT = 10 * 1024 * 1024
+_CHUNK = 65536
+# When this process started (near enough: when mustaple was imported). A temporary file older
+# than this cannot belong to a write of ours still under way.
+PROCESS_START = time.time()
+# tempfile.mkstemp's names: prefix, then 8 characters of this alphabet.
+_TEMP_TAIL = re.compile(r"\.[a-z0-9_]{8}")
 
 
-def read_input(path: str | Path, what: str = "file") -> bytes:
-    """The bytes of `path`, or InputError saying why they cannot be read."""
+class NotRegularFileError(OSError):
+    """A path that must be a regular file is a device, a FIFO, a socket or a directory."""
+
+
+def _kind(mode: int) -> str | None:
+    """What a non-regular file is, in words; None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def _not_regular(path: Path, mode: int) -> NotRegularFileError | None:
+    kind = _kind(mode)
+    if kind is None:
+        return None
+    return NotRegularFileError(errno.EINVAL, f"is {kind}, not a regular file", str(path))
+
+
+def _open_regular(path: Path) -> int:
+    """A read-only descriptor of regular file `path`; never blocks on a FIFO or device.
+
+    Raises NotRegularFileError (checked before opening, and again on the open file).
+    """
+    problem = _not_regular(path, os.stat(path).st_mode)
+    if problem:
+        raise problem
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    problem = _not_regular(path, os.fstat(fd).st_mode)
+    if problem:
+        os.close(fd)
+        raise problem
+    return fd
+
+
+def _read_upto(fd: int, limit: int) -> bytes:
+    """At most `limit` bytes from `fd`, read in chunks (the file may grow while read)."""
+    data = bytearray()
+    while len(data) < limit:
+        chunk = os.read(fd, min(_CHUNK, limit - len(data)))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+def read_input(path: str | Path, what: str = "file", limit: int = MAX_INPUT) -> bytes:
+    """The bytes of regular file `path` (at most `limit`), or InputError saying why not."""
     p = Path(path)
     try:
-        if p.stat().st_size > MAX_INPUT:
-            raise InputError(f"{p}: {what} is larger than {MAX_INPUT // 1024 // 1024} MiB")
-        return p.read_bytes()
+        fd = _open_regular(p)
+        try:
+            data = _read_upto(fd, limit + 1)
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         raise InputError(f"{p}: {what} not found") from None
-    except IsADirectoryError:
-        raise InputError(f"{p}: is a directory, expected a {what}") from None
+    except NotRegularFileError as exc:
+        raise InputError(f"{p}: {exc.strerror}; give the path of the {what}") from None
     except PermissionError:
         raise InputError(f"{p}: permission denied reading the {what}") from None
     except OSError as exc:
         raise InputError(f"{p}: cannot read the {what} ({exc.strerror})") from None
+    if len(data) > limit:
+        raise InputError(f"{p}: {what} is larger than {_size(limit)}")
+    return data
+
+
+def _size(limit: int) -> str:
+    if limit >= 1024 * 1024 and limit % (1024 * 1024) == 0:
+        return f"{limit // 1024 // 1024} MiB"
+    return f"{limit // 1024} KiB" if limit % 1024 == 0 else f"{limit} bytes"
+
+
+def read_prefix(path: str | Path, size: int) -> bytes | None:
+    """At most the first `size` bytes of regular file `path`; None when it does not exist.
+
+    Raises NotRegularFileError for anything else than a regular file, OSError otherwise.
+    """
+    try:
+        fd = _open_regular(Path(path))
+    except FileNotFoundError:
+        return None
+    try:
+        return _read_upto(fd, size)
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: str | Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace `path` with `data` atomically and durably."""
+    """Replace `path` with `data` atomically and durably.
+
+    Raises NotRegularFileError, writing nothing, when `path` exists and is not a regular file
+    (a device node, a FIFO, a directory): replacing it would destroy it.
+    """
     target = Path(path)
     directory = target.parent
+    try:
+        problem = _not_regular(target, os.stat(target).st_mode)
+    except FileNotFoundError:
+        problem = None
+    if problem:
+        raise problem
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=directory)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -55,3 +167,38 @@ def write_atomic(path: str | Path, data: bytes, mode: int = 0o644) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def clean_temporaries(
+    directory: str | Path, names: re.Pattern[str], before: float = PROCESS_START
+) -> list[Path]:
+    """Remove the temporary files an interrupted `write_atomic` left in `directory`.
+
+    Only regular files named `.NAME.XXXXXXXX` (our pattern) whose NAME fully matches `names`
+    and that were last modified before `before` (by default, this process's start) are
+    removed: never a file another write of ours is still filling. Returns what was removed;
+    a directory that cannot be listed is left alone.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not _is_our_temporary(entry.name, names):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(info.st_mode) and info.st_mtime < before:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue
+    return removed
+
+
+def _is_our_temporary(filename: str, names: re.Pattern[str]) -> bool:
+    if not filename.startswith(".") or len(filename) < 11:
+        return False
+    tail = filename[-9:]
+    return _TEMP_TAIL.fullmatch(tail) is not None and names.fullmatch(filename[1:-9]) is not None

@@ -40,7 +40,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
-from urllib.parse import urlsplit
 
 import aiohttp
 from cryptography import x509
@@ -60,6 +59,7 @@ from mustaple.reasons import Reason, Rejection
 from mustaple.request import CertId, make_cert_id
 from mustaple.schedule import Alert
 from mustaple.store import AttemptRecord, CertStatus, Store, StoredStaple, cert_key
+from mustaple.urls import url_host
 from mustaple.verify import Staple, verify
 
 __all__ = [
@@ -798,10 +798,7 @@ def _resolved(path: Path) -> Path:
 def _host(managed: Managed) -> str:
     """The host of the first responder URL tried: what `per_host` limits."""
     urls = [*managed.entry.urls, *managed.target.ocsp_urls]
-    try:
-        return urlsplit(urls[0]).hostname or "" if urls else ""
-    except ValueError:  # a malformed URL: the fetch says so, for this certificate only
-        return ""
+    return url_host(urls[0]) if urls else ""  # malformed: the fetch says so, for this one only
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:

@@ -152,6 +152,7 @@ class Reason(enum.Enum):
         "mustaple met an unexpected error with this certificate; the others go on",
         False,
     )
+    BAD_URL = ("bad-url", "the responder URL is malformed; nothing was sent", False)
 
     @property
     def hint(self) -> str:
@@ -234,6 +235,8 @@ _HINTS = {
     "[[certificates]] entry)",
     Reason.KEEPER_FAULT: "report it with the log line; the certificate is tried again when its "
     "file changes or at a reload",
+    Reason.BAD_URL: "fix the URL in `urls` (or --url); if it is the certificate's AIA OCSP "
+    "URL, give a working responder in `urls` or --url, or reissue the certificate",
     Reason.PRODUCED_IN_FUTURE: "check this machine's clock (NTP); " + _RETRY_HINT,
     Reason.THIS_UPDATE_IN_FUTURE: "check this machine's clock (NTP); " + _RETRY_HINT,
 }

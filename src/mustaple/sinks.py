@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import os
-import signal
+import re
 import string
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -32,7 +33,8 @@ from cryptography.x509 import ocsp
 
 from mustaple.config import parse_duration
 from mustaple.delivery import Action, Delivered, Delivery, Sink
-from mustaple.files import write_atomic
+from mustaple.files import MAX_INPUT, clean_temporaries, read_prefix, write_atomic
+from mustaple.shell import run_command
 
 __all__ = [
     "CommandSink",
@@ -42,7 +44,6 @@ __all__ = [
     "SocketAddress",
     "ask_haproxy",
     "build_sink",
-    "run_shell",
 ]
 
 DEFAULT_RELOAD_TIMEOUT = timedelta(seconds=60)
@@ -56,7 +57,8 @@ _UNREACHABLE = "cannot reach HAProxy's runtime API"
 _NOT_RUNNING = "HAProxy is not running"
 _TEMPLATE_FIELDS = ("name", "stem", "dir")
 _FIELDS_TEXT = "{name}, {stem} or {dir}"
-_TAIL_CHARS = 200
+MAX_SINK_DURATION = timedelta(days=1)  # the longest timeout or reload_timeout
+log = logging.getLogger("mustaple")
 
 
 class SinkConfigError(ValueError):
@@ -109,6 +111,8 @@ class _Table:
             raise self.error(key, str(exc)) from None
         if duration <= timedelta(0):
             raise self.error(key, "must be more than zero")
+        if duration > MAX_SINK_DURATION:
+            raise self.error(key, f"must be at most {MAX_SINK_DURATION.days}d")
         return duration
 
     def flag(self, key: str) -> bool:
@@ -238,12 +242,12 @@ class _Reloader:
         waiting = [o.needs_reload or (self.owed and o.error is None) for o in outcomes]
         problem = note = None
         if self.command is not None and any(waiting):
-            down = self.running is not None and await run_shell(self.running, self.timeout)
+            down = self.running is not None and await run_command(self.running, self.timeout)
             if down:
                 note = f"the server is not running ({down}): it reads this at its start"
                 self.owed = False
             else:
-                problem = await run_shell(self.command, self.timeout)
+                problem = await run_command(self.command, self.timeout)
                 self.owed = problem is not None
         done = []
         for delivery, outcome, waits in zip(batch, outcomes, waiting, strict=True):
@@ -259,16 +263,33 @@ def _joined(first: str | None, second: str) -> str:
     return f"{first}; {second}" if first else second
 
 
-def _read(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
+class _Cleaner:
+    """Removes, once per directory and process, the temporary files that an interrupted
+    write (kill -9, power loss) left there: `.NAME.XXXXXXXX` where NAME is a file of ours."""
+
+    def __init__(self, names: re.Pattern[str]) -> None:
+        self.names = names
+        self.done: set[Path] = set()
+
+    def once(self, directory: Path) -> None:
+        if directory in self.done:
+            return
+        self.done.add(directory)
+        for path in clean_temporaries(directory, self.names):
+            log.warning("%s: removed, left by an interrupted write", path)
+
+
+def _file_names(template: str) -> re.Pattern[str]:
+    """The file names a path template can make, e.g. '{name}.der' gives '.+\\.der'."""
+    parts = string.Formatter().parse(Path(template).name)
+    return re.compile(
+        "".join(re.escape(text) + (".+" if f is not None else "") for text, f, _, _ in parts)
+    )
 
 
 def _replace(path: Path, data: bytes) -> bool:
     """Write `data` to `path` atomically unless it already holds it; whether it changed."""
-    if _read(path) == data:
+    if read_prefix(path, len(data) + 1) == data:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, data)
@@ -286,51 +307,6 @@ def _delete(path: Path) -> bool:
 
 def _os_problem(path: Path, exc: OSError) -> str:
     return f"{path}: {exc.strerror or exc}"
-
-
-async def run_shell(
-    command: str, timeout: timedelta, env: Mapping[str, str] | None = None
-) -> str | None:
-    """Run `command` through /bin/sh; None when it exits 0, else one line saying how it failed.
-
-    The command runs in its own process group, killed whole when `timeout` passes.
-    """
-    try:
-        process = await asyncio.create_subprocess_shell(
-            command,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-            start_new_session=True,
-        )
-    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the environment
-        return f"`{command}` could not start ({_describe(exc)})"
-    try:
-        _, stderr = await asyncio.wait_for(process.communicate(), timeout.total_seconds())
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
-        return f"`{command}` timed out after {timeout.total_seconds():g} s and was killed"
-    if process.returncode == 0:
-        return None
-    return f"`{command}` {_how_it_ended(process.returncode)}{_last_line(stderr)}"
-
-
-def _how_it_ended(code: int | None) -> str:
-    if code is not None and code > 0:
-        return f"exited with status {code}"
-    try:
-        return f"was killed by {signal.Signals(-(code or 0)).name}"
-    except ValueError:
-        return f"ended with status {code}"
-
-
-def _last_line(output: bytes) -> str:
-    lines = [line.strip() for line in output.decode(errors="replace").splitlines()]
-    lines = [line for line in lines if line]
-    return f": {lines[-1][:_TAIL_CHARS]}" if lines else ""
 
 
 # --- file -----------------------------------------------------------------------------------------
@@ -363,6 +339,7 @@ class FileSink:
         self.keep_on_remove = keep_on_remove
         self.remove_revoked = remove_revoked
         self._reloader = _Reloader(reload, reload_timeout, running)
+        self._cleaner = _Cleaner(_file_names(path))
 
     def path_for(self, delivery: Delivery) -> Path:
         """The staple file for `delivery`: the template filled in."""
@@ -382,6 +359,7 @@ class FileSink:
         path = self.path_for(delivery)
         revoked = delivery.action is Action.REVOKED
         try:
+            self._cleaner.once(path.parent)
             if revoked and self.remove_revoked:
                 changed = _delete(path)
             elif delivery.action is Action.REMOVE:
@@ -490,6 +468,7 @@ class HAProxySink:
         self.ocsp_dir = ocsp_dir
         self.timeout = timeout
         self._reloader = _Reloader(reload, reload_timeout)
+        self._cleaner = _Cleaner(re.compile(r".+\.(?:ocsp|issuer)"))
 
     def path_for(self, delivery: Delivery, suffix: str = ".ocsp") -> Path:
         """`<crt>.ocsp` beside the certificate HAProxy loads, or in `ocsp_dir`."""
@@ -521,6 +500,7 @@ class HAProxySink:
     def _write(self, delivery: Delivery, data: bytes) -> bool:
         """Write `.issuer` first when needed: HAProxy refuses to start with a `.ocsp` file it
         cannot match to an issuer."""
+        self._cleaner.once(self.path_for(delivery).parent)
         if not delivery.bundle_has_issuer:
             _replace(self.path_for(delivery, ".issuer"), delivery.issuer_pem)
         return _replace(self.path_for(delivery), data)
@@ -549,7 +529,8 @@ class HAProxySink:
     def _remove(self, delivery: Delivery) -> _Outcome:
         path = self.path_for(delivery)
         try:
-            previous = _read(path)
+            self._cleaner.once(path.parent)
+            previous = read_prefix(path, MAX_INPUT)
             if not delivery.bundle_has_issuer:
                 _replace(self.path_for(delivery, ".issuer"), delivery.issuer_pem)
             _replace(path, b"")
@@ -632,7 +613,7 @@ class CommandSink:
             "MUSTAPLE_STAPLE": staple,
         }
         try:
-            return await run_shell(self.command, self.timeout, env)
+            return await run_command(self.command, self.timeout, env)
         finally:
             if staple:
                 Path(staple).unlink(missing_ok=True)

@@ -34,7 +34,7 @@ from aiohttp.http import HttpProcessingError
 from mustaple.config import HttpConfig
 from mustaple.delivery import SinkHealth
 from mustaple.errors import InputError
-from mustaple.fastpath import IDLE_TIMEOUT, FastPath
+from mustaple.fastpath import FastPath, quiet_accept_errors, raise_file_limit
 from mustaple.fetch import utc_now
 from mustaple.keeper import CertView, Keeper
 from mustaple.lifecycle import Phase
@@ -184,14 +184,22 @@ async def start_http(keeper: Keeper, http: HttpConfig, *, metrics: Metrics) -> H
         access_log=None,
         shutdown_timeout=2.0,
         max_line_size=line,
-        keepalive_timeout=IDLE_TIMEOUT,  # as on the fast path
+        keepalive_timeout=http.idle_timeout.total_seconds(),  # as on the fast path
         logger=_ServerLog(),
     )
     await runner.setup()
     assert runner.server is not None  # set up
-    fast = FastPath(responder, runner.server, max_head=line + HEAD_FIELDS)
+    fast = FastPath(
+        responder,
+        runner.server,
+        max_head=line + HEAD_FIELDS,
+        idle_timeout=http.idle_timeout.total_seconds(),
+        max_connections=http.max_connections,
+    )
+    raise_file_limit(http.max_connections, BACKLOG)
     try:
         loop = asyncio.get_running_loop()
+        quiet_accept_errors(loop)
         server = await loop.create_server(fast, http.host, http.port, backlog=BACKLOG)
     except OSError as exc:
         fast.close()

@@ -1,0 +1,94 @@
+"""Running a shell command for a hook or a sink, so that it can never hang or swamp us.
+
+The command runs through /bin/sh in a process group of its own. When its timeout passes, the
+whole group is killed (the shell and every child it started, however deep) and the result
+says "timed out". Its standard error is read as it comes and only the last `TAIL_BYTES` are
+kept, so a command that floods it costs a few KiB, not gigabytes; the last line of it explains
+a failure. Standard input and output are /dev/null.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Mapping
+from datetime import timedelta
+
+__all__ = ["TAIL_BYTES", "run_command"]
+
+TAIL_BYTES = 4096  # of standard error kept
+_LINE_CHARS = 200  # of the last line shown
+
+
+async def run_command(
+    command: str,
+    timeout: timedelta,
+    env: Mapping[str, str] | None = None,
+    *,
+    label: str | None = None,
+) -> str | None:
+    """Run `command`; None when it exits 0, else one line saying how it failed.
+
+    `label` names the command in that line (default: the command in backquotes).
+    """
+    label = label or f"`{command}`"
+    try:
+        process = await asyncio.create_subprocess_shell(
+            command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the environment
+        return f"{label} could not start ({exc.strerror if isinstance(exc, OSError) else exc})"
+    tail = bytearray()
+    try:
+        async with asyncio.timeout(timeout.total_seconds()):
+            assert process.stderr is not None  # a pipe, asked for above
+            await _keep_tail(process.stderr, tail)
+            await process.wait()
+    except TimeoutError:
+        _kill_group(process.pid)
+        await process.wait()
+        return f"{label} timed out after {timeout.total_seconds():g} s and was killed"
+    except asyncio.CancelledError:  # we are stopping: leave nothing running behind us
+        _kill_group(process.pid)
+        raise
+    if process.returncode == 0:
+        return None
+    return f"{label} {_how_it_ended(process.returncode)}{_last_line(bytes(tail))}"
+
+
+async def _keep_tail(stream: asyncio.StreamReader, tail: bytearray) -> None:
+    """Read `stream` to its end, keeping only its last TAIL_BYTES in `tail`."""
+    while chunk := await stream.read(65536):
+        tail += chunk
+        if len(tail) > TAIL_BYTES:
+            del tail[:-TAIL_BYTES]
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _how_it_ended(code: int | None) -> str:
+    if code is not None and code > 0:
+        return f"exited with status {code}"
+    try:
+        return f"was killed by {signal.Signals(-(code or 0)).name}"
+    except ValueError:
+        return f"ended with status {code}"
+
+
+def _last_line(output: bytes) -> str:
+    """': the last non-empty line', unprintable characters shown as '?'; or nothing."""
+    lines = [line.strip() for line in output.decode(errors="replace").splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        return ""
+    return ": " + "".join(c if c.isprintable() else "?" for c in lines[-1][:_LINE_CHARS])

@@ -1,0 +1,88 @@
+"""Absurd option and configuration values: not finite, out of range, nested too deeply, or
+unknown keys. Each is one line naming the option or key, exit code 2, in every command that
+reads it (`run --check-config`, `status`, `prime`), never an internal error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mustaple.cli import main
+from mustaple.report import ExitCode
+
+BASE = """
+state_dir = "{tmp}/state"
+[[certificates]]
+paths = ["{tmp}/live/*/fullchain.pem"]
+"""
+COMMANDS = [["run", "--check-config"], ["status"], ["prime", "/nonexistent/fullchain.pem"]]
+
+
+def check_all_commands(
+    tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str], *words: str
+) -> None:
+    config = tmp_path / "mustaple.toml"
+    config.write_text(BASE.format(tmp=tmp_path) + text)
+    for command in COMMANDS:
+        code = main([*command, "--config", str(config)])
+        out, err = capsys.readouterr()
+        assert code == ExitCode.USAGE, (command, out, err)
+        assert err.count("\n") == 1, (command, err)
+        assert "internal error" not in err
+        for word in words:
+            assert word in err, (command, err)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ('[policy]\ntimeout = "99999999999d"', ["policy.timeout", "longer than"]),
+        ('[policy]\ntimeout = "2h"', ["policy.timeout", "at most 1h"]),
+        ('[policy]\nmin_interval = "1e309s"', ["policy.min_interval", "not a duration"]),
+        ('[policy]\nretry_max = "999999999999999999999999s"', ["policy.retry_max"]),
+        ('[policy]\nwatch_interval = "0s"', ["policy.watch_interval", "more than zero"]),
+        ('[policy]\nclock_skew = "30d"', ["policy.clock_skew", "at most 1d"]),
+        ("[policy]\nrefresh_at = nan", ["policy.refresh_at", "finite"]),
+        ("[policy]\njitter = inf", ["policy.jitter", "finite"]),
+        ("[policy]\nattempts = 1000000", ["policy.attempts", "at most 10"]),
+        ("[policy]\nconcurrency = 9223372036854775807", ["policy.concurrency", "at most"]),
+        ("[policy]\nmax_response_size = 99999999999", ["policy.max_response_size", "at most"]),
+        ('[hooks]\ntimeout = "99999999999d"', ["hooks.timeout"]),
+        ("[http]\nmax_request_size = 0", ["http.max_request_size", "at least 1"]),
+        ('[fleet]\nredis = "redis://127.0.0.1:1"\nlease = "9999d"', ["fleet.lease"]),
+        ('[sinks.f]\ntype = "file"\npath = "/x/{name}"\ntimeout = 1', ["sinks.f.timeout"]),
+        ('[sinks.f]\ntype = "command"\ncommand = "true"\ntimeout = "2d"', ["at most 1d"]),
+    ],
+)
+def test_out_of_range_values_are_one_line_everywhere(
+    tmp_path: Path, text: str, words: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    check_all_commands(tmp_path, text, capsys, *words)
+
+
+@pytest.mark.parametrize("depth", [17, 100, 5000])
+def test_deeply_nested_arrays_are_one_line(
+    tmp_path: Path, depth: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nested = "[" * depth + "]" * depth
+    check_all_commands(tmp_path, f"[sinks.f]\ntype = {nested}\n", capsys, "nested more than 16")
+
+
+def test_unknown_keys_are_refused_by_every_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sink = '[sinks.f]\ntype = "file"\npath = "/x/{name}.der"\nbogus = 1\n'
+    check_all_commands(tmp_path, sink, capsys, "sinks.f.bogus: unknown key")
+    check_all_commands(tmp_path, "bogus = 1\n", capsys, "bogus: unknown key")
+
+
+@pytest.mark.parametrize("value", ["inf", "1e309", "nan", "-inf", "0", "601"])
+def test_fetch_timeout_must_be_finite_and_in_range(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["fetch", "/nonexistent.pem", "--timeout", value])
+    _, err = capsys.readouterr()
+    assert code == ExitCode.USAGE
+    assert "--timeout" in err
+    assert "internal error" not in err
