@@ -170,3 +170,20 @@ def test_the_example_configuration_loads() -> None:
     fleet = parse_config(tomllib.loads(text.replace("# member", "member")), example).fleet
     assert fleet is not None
     assert fleet.member == "web-1"
+
+
+def test_the_retry_cadence_is_configurable(tmp_path: Path) -> None:
+    path = tmp_path / "mustaple.toml"
+    path.write_text(
+        f'state_dir = "{tmp_path}"\n[[certificates]]\npaths = ["/x.pem"]\n'
+        '[policy]\nretry_min = "2s"\nretry_base = "10s"\nretry_max = "5m"\n'
+    )
+    schedule = load_config(path).policy.schedule
+    assert (schedule.retry_min, schedule.retry_base, schedule.retry_max) == (
+        timedelta(seconds=2),
+        timedelta(seconds=10),
+        timedelta(minutes=5),
+    )
+    path.write_text(path.read_text().replace('retry_min = "2s"', 'retry_min = "10m"'))
+    with pytest.raises(ConfigError, match="retry_min must not exceed retry_max"):
+        load_config(path)

@@ -170,10 +170,15 @@ def test_prime_tells_a_pipe_how_far_it_is(
     out, err = capsys.readouterr()
     assert code == ExitCode.NO_STAPLE
     assert out.startswith("FAILED slow.test")
-    assert err.splitlines() == [
-        "mustaple: prime: 0/1 certificates refreshed: 2 s so far",
-        "mustaple: prime: slow.test: no valid staple (timeout) (1/1)",
-    ]
+    lines = err.splitlines()
+    assert lines[0] == "mustaple: prime: 0/1 certificates refreshed: 2 s so far"
+    assert lines[-1] == "mustaple: prime: slow.test: no valid staple (timeout) (1/1)"
+    # and the request it waits on, with its URL and how long, as fetch shows it
+    assert re.fullmatch(
+        r"mustaple: prime: waiting on GET http://127\.0\.0\.1:\d+/ocsp/\S+: 2 s so far", lines[1]
+    )
+    assert re.match(r"mustaple: prime: waiting on GET .*: failed \(TimeoutError\) after", lines[2])
+    assert len(lines) == 4
 
 
 def test_prime_on_a_terminal_shows_the_count_and_a_clock(silent: str, tmp_path: Path) -> None:

@@ -322,7 +322,8 @@ def _overriding_proxy(config: Config, proxy: str | None) -> Config:
 
 async def _prime(config: Config, paths: list[Path]) -> list[Managed]:
     progress = PrimeProgress(len(paths))  # on stderr: how many are done, which came last
-    async with open_keeper(config) as keeper, progress.running():
+    waits = FetchProgress("prime", progress.display)  # and each request while it waits
+    async with open_keeper(config, trace_configs=[waits.trace()]) as keeper, progress.running():
         keeper.observers.append(progress.refreshed)
         if config.fleet is None:
             return await keeper.prime(paths)

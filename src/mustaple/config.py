@@ -369,7 +369,8 @@ def _shown(value: timedelta) -> str:
 
 def _policy(reader: _Reader) -> KeeperPolicy:
     reader.only(
-        "refresh_at", "jitter", "min_interval", "retry_max", "timeout", "attempts",
+        "refresh_at", "jitter", "min_interval", "retry_min", "retry_base", "retry_max",
+        "timeout", "attempts",
         "clock_skew", "allow_missing_next_update", "hash", "concurrency", "per_host",
         "at_expiry", "watch_interval", "max_response_size", "proxy",
     )  # fmt: skip
@@ -379,6 +380,8 @@ def _policy(reader: _Reader) -> KeeperPolicy:
             refresh_at=reader.get("refresh_at", float, defaults.schedule.refresh_at),
             jitter=reader.get("jitter", float, defaults.schedule.jitter),
             min_interval=reader.duration("min_interval", defaults.schedule.min_interval, _DAY),
+            retry_min=reader.duration("retry_min", defaults.schedule.retry_min, _HOUR),
+            retry_base=reader.duration("retry_base", defaults.schedule.retry_base, _DAY),
             retry_max=reader.duration("retry_max", defaults.schedule.retry_max, _DAY),
         )
         timeout = reader.duration("timeout", timedelta(seconds=defaults.fetch.total_timeout), _HOUR)

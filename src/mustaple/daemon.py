@@ -15,11 +15,13 @@ import asyncio
 import fcntl
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+
+import aiohttp
 
 from mustaple.config import Config, ConfigError, load_config
 from mustaple.delivery import Sink
@@ -55,12 +57,18 @@ def check_config(path: Path) -> Config:
 
 
 @asynccontextmanager
-async def open_keeper(config: Config, *, clock: Clock = utc_now) -> AsyncIterator[Keeper]:
+async def open_keeper(
+    config: Config,
+    *,
+    clock: Clock = utc_now,
+    trace_configs: Sequence[aiohttp.TraceConfig] = (),
+) -> AsyncIterator[Keeper]:
     """A keeper with its state store and sinks, closed on exit."""
     sinks = build_sinks(config)
     store = SqliteStore(config.state_dir / "state.db")
     try:
-        async with Keeper(config, store=store, sinks=sinks, clock=clock) as keeper:
+        keeper = Keeper(config, store=store, sinks=sinks, clock=clock, trace_configs=trace_configs)
+        async with keeper:
             yield keeper
     finally:
         store.close()

@@ -220,6 +220,7 @@ class Keeper:
         dice: Callable[[], float] = random.random,
         observers: Sequence[Observer] = (),
         coordinator: Coordinator | None = None,
+        trace_configs: Sequence[aiohttp.TraceConfig] = (),
     ) -> None:
         self.config, self.policy = config, config.policy
         self.store, self.sinks = store, dict(sinks)
@@ -237,6 +238,7 @@ class Keeper:
         self._all = asyncio.Semaphore(self.policy.concurrency)
         self._hosts: dict[str, asyncio.Semaphore] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._trace_configs = list(trace_configs)  # e.g. `prime` showing what it waits on
         self._hooks: set[asyncio.Task[None]] = set()
         self._writes: list[Callable[[], object]] = []
         self._store_problem: str | None = None
@@ -245,7 +247,9 @@ class Keeper:
     async def __aenter__(self) -> Keeper:
         connector = aiohttp.TCPConnector(limit=self.policy.concurrency)
         self._session = aiohttp.ClientSession(
-            connector=connector, headers={"User-Agent": USER_AGENT}
+            connector=connector,
+            headers={"User-Agent": USER_AGENT},
+            trace_configs=self._trace_configs or None,
         )
         return self
 

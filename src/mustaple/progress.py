@@ -146,18 +146,22 @@ class FetchProgress:
     @contextlib.asynccontextmanager
     async def session(self, policy: FetchPolicy) -> AsyncIterator[aiohttp.ClientSession]:
         """An HTTP session whose requests are shown, with the display running meanwhile."""
-        trace = aiohttp.TraceConfig()
-        trace.on_request_start.append(self._request_start)
-        trace.on_request_end.append(self._request_end)
-        trace.on_request_exception.append(self._request_exception)
         timeout = aiohttp.ClientTimeout(total=policy.total_timeout, connect=policy.connect_timeout)
         async with (
             aiohttp.ClientSession(
-                headers={"User-Agent": USER_AGENT}, timeout=timeout, trace_configs=[trace]
+                headers={"User-Agent": USER_AGENT}, timeout=timeout, trace_configs=[self.trace()]
             ) as http,
             self.display.running(),
         ):
             yield http
+
+    def trace(self) -> aiohttp.TraceConfig:
+        """Tracing that shows each request of a session while it waits (the keeper's too)."""
+        trace = aiohttp.TraceConfig()
+        trace.on_request_start.append(self._request_start)
+        trace.on_request_end.append(self._request_end)
+        trace.on_request_exception.append(self._request_exception)
+        return trace
 
     async def sleep(self, seconds: float) -> None:
         """The pause between rounds of tries, shown as a wait of its own."""
