@@ -41,7 +41,7 @@ from mustaple.fetch import FetchResult, fetch_issuer, fetch_staple, utc_now
 from mustaple.files import read_input
 from mustaple.loader import load_target
 from mustaple.probe import ProbeError, ProbeResult, probe_async
-from mustaple.reasons import Reason, Rejection
+from mustaple.reasons import Note, Reason, Rejection
 from mustaple.report import human_duration, staple_json
 from mustaple.schedule import DEFAULT_SCHEDULE, SchedulePolicy, refresh_point
 from mustaple.verify import DEFAULT_POLICY, Policy, Staple, verify
@@ -106,22 +106,91 @@ class Client(enum.Enum):
     CURL = ("curl", "curl --cert-status")
 
 
-def client_accepts(client: Client, must_staple: bool, state: StapleState) -> bool | None:
+def client_accepts(
+    client: Client,
+    must_staple: bool,
+    state: StapleState,
+    outcome: Staple | Rejection | None = None,
+) -> bool | None:
     """Whether `client` accepts a handshake that stapled `state` (None: cannot tell).
 
     Firefox (mozpkix): a must-staple certificate needs a valid good staple; otherwise a
     revoked or invalid staple fails the handshake, while an expired one is ignored like no
     staple. GnuTLS: a must-staple certificate needs a valid good staple; otherwise any staple
     sent must be valid and good, and none is fine. curl --cert-status: always a valid good
-    staple. "Valid" is mustaple's validator, which is at least as strict as each client.
+    staple. Where mustaple refuses a staple (`outcome`), the client refuses it too only for
+    the reasons the client matrix showed it always refuses (docs/strictness.md); for the
+    others mustaple is sometimes stricter than the client, so the model cannot tell.
     """
     if state is StapleState.UNVALIDATED:
         return None
     if must_staple or client is Client.CURL:
-        return state is StapleState.GOOD
+        return _needs_good_staple(client, state, outcome)
     if client is Client.FIREFOX:
         return state in (StapleState.NONE, StapleState.GOOD, StapleState.EXPIRED)
     return state in (StapleState.NONE, StapleState.GOOD)
+
+
+def _needs_good_staple(
+    client: Client, state: StapleState, outcome: Staple | Rejection | None
+) -> bool | None:
+    if state in (StapleState.GOOD, StapleState.NONE):
+        return state is StapleState.GOOD
+    if isinstance(outcome, Staple):  # revoked: GnuTLS and OpenSSL read one entry only
+        several = Note.SEVERAL_RESPONSES in outcome.notes
+        return None if several and client is not Client.FIREFOX else False
+    if isinstance(outcome, Rejection) and outcome.reason in _ALWAYS_REFUSED[client]:
+        return False
+    return None
+
+
+# Rejection reasons after which each client refused every staple of the client matrix
+# (docs/strictness.md; tests/test_client_matrix.py checks this table against the run).
+_REFUSED_BY_ALL = frozenset(
+    {
+        Reason.CERT_NOT_IN_RESPONSE,
+        Reason.BAD_SIGNATURE,
+        Reason.DELEGATE_NO_OCSP_SIGNING,
+        Reason.DELEGATE_EXPIRED,
+        Reason.DELEGATE_NOT_YET_VALID,
+        Reason.DELEGATE_NOT_ISSUED_BY_ISSUER,
+        Reason.DELEGATE_CRITICAL_EXTENSION,
+        Reason.MALFORMED_REQUEST,
+        Reason.INTERNAL_ERROR,
+        Reason.TRY_LATER,
+        Reason.SIG_REQUIRED,
+        Reason.UNAUTHORIZED,
+        Reason.NOT_BASIC,
+    }
+)
+_ALWAYS_REFUSED: dict[Client, frozenset[Reason]] = {
+    Client.FIREFOX: _REFUSED_BY_ALL
+    | {
+        Reason.WRONG_ISSUER,
+        Reason.UNKNOWN_CRITICAL_EXTENSION,
+        Reason.WEAK_ALGORITHM,
+        Reason.UNSUPPORTED_ALGORITHM,
+        Reason.DELEGATE_IS_CA,
+        Reason.SIGNER_UNKNOWN,
+        Reason.TRAILING_DATA,
+        Reason.UNSUPPORTED_VERSION,
+    },
+    Client.GNUTLS: _REFUSED_BY_ALL
+    | {
+        Reason.NOT_FIRST_RESPONSE,
+        Reason.WEAK_ALGORITHM,
+        Reason.BAD_VALIDITY_WINDOW,
+        Reason.TRAILING_DATA,
+    },
+    Client.CURL: _REFUSED_BY_ALL
+    | {
+        Reason.CERT_STATUS_UNKNOWN,
+        Reason.CERT_ID_NOT_SHA1,
+        Reason.WRONG_ISSUER,
+        Reason.THIS_UPDATE_IN_FUTURE,
+        Reason.BAD_VALIDITY_WINDOW,
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -151,7 +220,7 @@ class Connection:
         """The client model for this handshake; a chain that does not verify fails all."""
         if self.chain_verified is False:
             return False
-        return client_accepts(client, must_staple, self.state)
+        return client_accepts(client, must_staple, self.state, self.outcome)
 
 
 @dataclass(frozen=True)

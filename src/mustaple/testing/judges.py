@@ -104,6 +104,7 @@ class Workspace:
     """A directory with the trusted roots and, per case, the files the CLI clients read."""
 
     def __init__(self, directory: Path, roots: Iterable[x509.Certificate]) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.roots = directory / "roots.pem"
         pem = serialization.Encoding.PEM
@@ -119,14 +120,27 @@ class Workspace:
 
 def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=_TIMEOUT
+        command,
+        check=False,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=_TIMEOUT,
     )
 
 
 def gnutls(workspace: Workspace, port: int) -> Verdict:
     """`gnutls-cli --ocsp`: the handshake verifies the chain and the stapled response."""
     done = _run(
-        ["gnutls-cli", "--ocsp", "--x509cafile", str(workspace.roots), "--port", str(port), HOSTNAME]
+        [
+            "gnutls-cli",
+            "--ocsp",
+            "--x509cafile",
+            str(workspace.roots),
+            "--port",
+            str(port),
+            HOSTNAME,
+        ]
     )
     if done.returncode == 0:
         return Verdict(True)
@@ -160,7 +174,7 @@ def openssl_ocsp(workspace: Workspace, case: Case) -> Verdict:
     cert = directory / "cert.pem"
     done = _run(
         [
-            "openssl", "ocsp", "-respin", str(directory / "staple.der"),
+            "openssl", "ocsp", "-no_nonce", "-respin", str(directory / "staple.der"),
             "-CAfile", str(workspace.roots),
             "-issuer", str(directory / "issuer.pem"), "-cert", str(cert),
         ]
@@ -172,7 +186,12 @@ def openssl_ocsp(workspace: Workspace, case: Case) -> Verdict:
 
 
 def _openssl_words(done: subprocess.CompletedProcess[str], prefix: str) -> str:
-    errors = re.findall(r"^[0-9A-F]+:error:[0-9A-F]+:[^:]*:[^:]*:([^:]+):", done.stdout + done.stderr, re.M)
+    responder = re.search(r"^Responder Error: (.+)$", done.stdout, re.M)
+    if responder:
+        return f"responder error {responder.group(1)}"
+    errors: list[str] = re.findall(
+        r"^[0-9A-F]+:error:[0-9A-F]+:[^:]*:[^:]*:([^:]+):", done.stdout + done.stderr, re.M
+    )
     if errors:
         return errors[-1]
     for line in done.stdout.splitlines():
@@ -187,9 +206,7 @@ def _openssl_words(done: subprocess.CompletedProcess[str], prefix: str) -> str:
 CLI_JUDGES: dict[str, Callable[[Workspace, int], Verdict]] = {"gnutls": gnutls, "curl": curl}
 
 
-def judge_with_cli(
-    workspace: Workspace, cases: Iterable[Case], client: str
-) -> dict[str, Verdict]:
+def judge_with_cli(workspace: Workspace, cases: Iterable[Case], client: str) -> dict[str, Verdict]:
     """Every case judged by one CLI client: each served on its own port (openssl reads bytes)."""
     verdicts = {}
     for case in cases:
@@ -208,8 +225,8 @@ class FirefoxError(RuntimeError):
 class Firefox:
     """Headless Firefox ESR with a fresh profile trusting `roots`, driven over WebDriver BiDi.
 
-        async with Firefox(roots) as firefox:
-            verdict = await firefox.judge(port)
+    async with Firefox(roots) as firefox:
+        verdict = await firefox.judge(port)
     """
 
     def __init__(self, roots: Iterable[x509.Certificate]) -> None:
@@ -320,7 +337,9 @@ def _make_profile(profile: Path, roots: Iterable[x509.Certificate]) -> None:
     for number, root in enumerate(roots):
         pem = profile / f"root{number}.pem"
         pem.write_bytes(root.public_bytes(serialization.Encoding.PEM))
-        _certutil(["-A", "-d", database, "-n", f"mustaple root {number}", "-t", "C,,", "-i", str(pem)])
+        _certutil(
+            ["-A", "-d", database, "-n", f"mustaple root {number}", "-t", "C,,", "-i", str(pem)]
+        )
     prefs = (f"user_pref({json.dumps(k)}, {json.dumps(v)});\n" for k, v in _FIREFOX_PREFS.items())
     (profile / "user.js").write_text("".join(prefs))
 

@@ -15,9 +15,11 @@ and signing its tbsResponseData again (`resign`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -34,7 +36,6 @@ from mustaple.testing.craft import (
     SignatureAlgorithm,
     SingleSpec,
     bit_string,
-    boolean,
     craft_response,
     explicit,
     good_single,
@@ -300,7 +301,8 @@ class Pki:
         extensions: Sequence[tuple[x509.ExtensionType, bool]] = (),
         subject: x509.Name | None = None,
     ) -> Identity:
-        """A responder certificate issued by `ca`, valid from now+`not_before` to now+`not_after`."""
+        """A responder certificate issued by `ca`, valid from now + `not_before` until
+        now + `not_after`."""
         issuer = (ca or self.rsa).issuing
         key = key or ec.generate_private_key(ec.SECP256R1())
         builder = (
@@ -339,7 +341,7 @@ class _Catalogue:
         ca = self.pki.ec if leaf.issuer == self.pki.ec.cert else self.pki.rsa
         return ca.issuing
 
-    def spec(self, leaf: Leaf, signer: Identity | None = None, **changes: object) -> ResponseSpec:
+    def spec(self, leaf: Leaf, signer: Identity | None = None, **changes: Any) -> ResponseSpec:
         """A correct response about `leaf`: thisUpdate an hour ago, valid for four days."""
         return good_spec(leaf, signer or self.signer(leaf), self.now - _HOUR, **changes)
 
@@ -349,7 +351,7 @@ class _Catalogue:
         hash_name: str = "sha1",
         *,
         cert_id: CertId | None = None,
-        **changes: object,
+        **changes: Any,
     ) -> SingleSpec:
         """Ours, good, thisUpdate an hour ago; `cert_id` replaces our CertID."""
         cert_id = cert_id or make_cert_id(leaf.issuer, leaf.cert.serial_number, hash_name)
@@ -361,7 +363,7 @@ class _Catalogue:
         leaf = self.pki.leaf()
         self.add(name, what, leaf, craft_response(self.spec(leaf, singles=make(leaf))))
 
-    def with_spec(self, name: str, what: str, ca: CA | None = None, **changes: object) -> None:
+    def with_spec(self, name: str, what: str, ca: CA | None = None, **changes: Any) -> None:
         leaf = self.pki.leaf(ca)
         self.add(name, what, leaf, craft_response(self.spec(leaf, **changes)))
 
@@ -375,7 +377,7 @@ class _Catalogue:
         tbs_bytes: Callable[[bytes], bytes] | None = None,
         ca: CA | None = None,
         single_extensions: Sequence[ExtensionSpec] = (),
-        **changes: object,
+        **changes: Any,
     ) -> None:
         """A correct response about a new leaf, edited and signed again (by the issuer)."""
         leaf = self.pki.leaf(ca)
@@ -407,18 +409,30 @@ class _Catalogue:
         crafted = craft_response(spec)
         self.add(name, what, leaf, resign(crafted, signing or _natural(delegate.key)))
 
-    def revoked(self, leaf: Leaf, **changes: object) -> SingleSpec:
+    def revoked(self, leaf: Leaf, **changes: Any) -> SingleSpec:
         """Ours, revoked a day ago unless `changes` say otherwise."""
-        fields: dict[str, object] = {
+        fields: dict[str, Any] = {
             "status": ocsp.OCSPCertStatus.REVOKED,
             "revocation_time": self.now - _DAY,
         }
         return self.single(leaf, **(fields | changes))
 
-    def other_single(self, leaf: Leaf, **changes: object) -> SingleSpec:
+    def other_single(self, leaf: Leaf, **changes: Any) -> SingleSpec:
         """A SingleResponse for another certificate of the same issuer."""
         cert_id = make_cert_id(leaf.issuer, leaf.cert.serial_number + 100_000)
         return good_single(cert_id, self.now - _HOUR, **changes)
+
+
+def _ours(c: _Catalogue, **fields: Any) -> Callable[[Leaf], list[SingleSpec]]:
+    """SingleResponses for a leaf: ours alone, with `fields` changed."""
+    return lambda leaf: [c.single(leaf, **fields)]
+
+
+def _signed(
+    make: Callable[..., Signing], *args: Any, **kwargs: Any
+) -> Callable[[Identity], Signing]:
+    """A signing by the signer's key: `make(key, *args, **kwargs)`."""
+    return lambda who: make(who.key, *args, **kwargs)
 
 
 def _natural(key: CertificateIssuerPrivateKeyTypes) -> Signing:
@@ -476,7 +490,7 @@ def _cert_ids(c: _Catalogue) -> None:
         c.with_singles(
             f"certid/{hash_name}",
             f"CertID hashed with {hash_name.upper()}",
-            lambda leaf, h=hash_name: [c.single(leaf, h)],  # type: ignore[misc]
+            _ours(c, hash_name=hash_name),
         )
     c.with_singles(
         "certid/other-serial",
@@ -484,7 +498,7 @@ def _cert_ids(c: _Catalogue) -> None:
         lambda leaf: [c.other_single(leaf)],
     )
 
-    def changed(leaf: Leaf, **fields: object) -> list[SingleSpec]:
+    def changed(leaf: Leaf, **fields: Any) -> list[SingleSpec]:
         cert_id = make_cert_id(leaf.issuer, leaf.cert.serial_number)
         return [c.single(leaf, cert_id=replace(cert_id, **fields))]
 
@@ -513,7 +527,7 @@ def _cert_ids(c: _Catalogue) -> None:
     c.resigned(
         "certid/sha1-no-null",
         "SHA-1 CertID whose AlgorithmIdentifier leaves out the NULL parameters",
-        edit=lambda tbs: _first_cert_id(tbs).items[0].items.pop(),
+        edit=lambda tbs: _drop_last(_first_cert_id(tbs).items[0]),
     )
     c.resigned(
         "certid/serial-padded",
@@ -536,6 +550,10 @@ def _responses(tbs: Node) -> Node:
 
 def _first_cert_id(tbs: Node) -> Node:
     return _responses(tbs).items[0].items[0]
+
+
+def _drop_last(node: Node) -> None:
+    node.items.pop()
 
 
 def _pad_serial(cert_id: Node) -> None:
@@ -622,6 +640,14 @@ def _singles(c: _Catalogue) -> None:
         "ours last after 20 SingleResponses for other serials",
         lambda leaf: [*(c.other_single(leaf) for _ in range(20)), c.single(leaf)],
     )
+    c.with_singles(
+        "singles/ours-then-foreign-issuer",
+        "ours first, then one for a certificate of the foreign CA",
+        lambda leaf: [
+            c.single(leaf),
+            c.single(leaf, cert_id=make_cert_id(c.pki.foreign.cert, 0x77)),
+        ],
+    )
 
 
 def _expired_single(c: _Catalogue, leaf: Leaf) -> SingleSpec:
@@ -659,7 +685,7 @@ def _extensions(c: _Catalogue) -> None:
             c.with_singles(
                 f"extensions/single-{label}-{flag}",
                 f"singleExtensions of ours: {flag} {label}",
-                lambda leaf, e=_ext(number, critical, value): [c.single(leaf, extensions=[e])],  # type: ignore[misc]
+                _ours(c, extensions=[_ext(number, critical, value)]),
             )
     c.with_singles(
         "extensions/other-single-unknown-critical",
@@ -691,7 +717,7 @@ def _signatures(c: _Catalogue) -> None:
         c.resigned(
             f"signature/rsa-{hash_name}",
             f"RSA PKCS#1 v1.5 with {hash_name.upper()}",
-            lambda who, h=hash_name: pkcs1(who.key, h),  # type: ignore[misc]
+            _signed(pkcs1, hash_name),
         )
     c.resigned(
         "signature/rsa-sha256-no-null",
@@ -712,7 +738,7 @@ def _signatures(c: _Catalogue) -> None:
         c.resigned(
             f"signature/{slug}",
             f"RSASSA-PSS: {what}",
-            lambda who, h=hash_name, s=salt, m=mgf: pss(who.key, h, s, mgf_hash=m),  # type: ignore[misc]
+            _signed(pss, hash_name, salt, mgf_hash=mgf),
         )
     c.resigned(
         "signature/pss-sha1-defaults",
@@ -746,7 +772,7 @@ def _signatures(c: _Catalogue) -> None:
         c.resigned(
             f"signature/ecdsa-{hash_name}",
             f"ECDSA with {hash_name.upper()} by the EC issuer",
-            lambda who, h=hash_name: ecdsa(who.key, h),  # type: ignore[misc]
+            _signed(ecdsa, hash_name),
             ca=c.pki.ec,
         )
     c.resigned(
@@ -1123,9 +1149,7 @@ def _times(c: _Catalogue) -> None:
         c.with_singles(
             f"time/{slug}",
             what,
-            lambda leaf, t=this_update, n=next_update: [
-                c.single(leaf, this_update=t, next_update=n)
-            ],  # type: ignore[misc]
+            _ours(c, this_update=this_update, next_update=next_update),
         )
         c.cases[-1] = _reproduced(c, c.cases[-1], produced_at)
     short = c.pki.rsa.issue(HOSTNAME, key_type="ec", ocsp_urls=[OCSP_URL], not_after=now + 2 * _DAY)
@@ -1194,7 +1218,7 @@ def _der_defaults(c: _Catalogue) -> None:
         c.resigned(
             f"der/{slug}",
             what,
-            edit=lambda tbs, s=suffix: _replace_produced(tbs, c.now - _HOUR, s),  # type: ignore[misc]
+            edit=functools.partial(_replace_produced, when=c.now - _HOUR, suffix=suffix),
         )
     c.resigned(
         "der/time-utctime",

@@ -45,7 +45,31 @@ COLUMNS = {"mustaple": "mustaple", **CLIENTS}
 Table = dict[str, dict[str, Verdict]]  # case name -> column -> verdict
 
 # Why mustaple refuses a staple that every client accepts: one entry per such case.
-DELIBERATE: dict[str, str] = {}
+_CLOCKS = (
+    "producedAt ahead of this machine's clock by more than the 5-minute allowance means one "
+    "of the two clocks is wrong, and a staple whose times cannot be trusted may be refused by "
+    "the next client; retryable: it is taken once the clocks agree"
+)
+_NO_NEXT_UPDATE = (
+    "without nextUpdate there is no expiry to refresh before, and Firefox takes such a "
+    "response for only a day after thisUpdate; not retryable (the CA must set nextUpdate), "
+    "accepted on request with `--allow-missing-next-update`, then treated as valid for a day"
+)
+DELIBERATE: dict[str, str] = {
+    "extensions/response-duplicate-nonce": (
+        "an extension may appear only once (RFC 5280 4.2); the parser refuses the whole "
+        "response, and a responder that repeats an extension does it every time: report it to "
+        "the CA"
+    ),
+    "signature/ecdsa-with-null": (
+        "ecdsa-with-SHA256 takes no parameters (RFC 5758 3.2); the parser refuses a NULL "
+        "there, no known responder sends one: report it to the CA"
+    ),
+    "time/produced-hour-ahead": _CLOCKS,
+    "time/produced-2-days-ahead": _CLOCKS,
+    "time/no-next-update": _NO_NEXT_UPDATE,
+    "time/no-next-update-20h": _NO_NEXT_UPDATE,
+}
 
 
 def mustaple_verdict(case: Case, now: datetime) -> Verdict:
@@ -88,7 +112,9 @@ def run(clients: Sequence[str] = tuple(CLIENTS)) -> tuple[list[Case], Table]:
     now = datetime.now(UTC)
     cases = build_cases(now)
     columns = {"mustaple": mustaple_column(cases, now), **client_columns(cases, clients)}
-    table = {case.name: {column: columns[column][case.name] for column in columns} for case in cases}
+    table = {
+        case.name: {column: columns[column][case.name] for column in columns} for case in cases
+    }
     return cases, table
 
 
@@ -101,12 +127,20 @@ def all_clients_accept(row: Mapping[str, Verdict]) -> bool:
 
 def deliberate_cases(table: Table) -> list[str]:
     """Cases mustaple refuses while every client accepts."""
-    return [name for name, row in table.items() if not row["mustaple"].accepted and all_clients_accept(row)]
+    return [
+        name
+        for name, row in table.items()
+        if not row["mustaple"].accepted and all_clients_accept(row)
+    ]
 
 
 def open_disagreements(table: Table) -> list[str]:
     """Cases mustaple accepts while some client refuses: a broken promise."""
-    return [name for name, row in table.items() if row["mustaple"].accepted and not all_clients_accept(row)]
+    return [
+        name
+        for name, row in table.items()
+        if row["mustaple"].accepted and not all_clients_accept(row)
+    ]
 
 
 _INTRO = """\
