@@ -62,10 +62,9 @@ _CRL_ID = "1.3.6.1.5.5.7.48.1.3"
 _ARCHIVE_CUTOFF = "1.3.6.1.5.5.7.48.1.6"
 _EXTENDED_REVOKE = "1.3.6.1.5.5.7.48.1.9"
 _UNKNOWN_EXTENSION = "1.3.6.1.4.1.55555.1"
-_SHA1_WITH_RSA = "1.2.840.113549.1.1.5"
 _RSA_PKCS1_OIDS = {
     "md5": "1.2.840.113549.1.1.4",
-    "sha1": _SHA1_WITH_RSA,
+    "sha1": "1.2.840.113549.1.1.5",
     "sha256": "1.2.840.113549.1.1.11",
     "sha384": "1.2.840.113549.1.1.12",
     "sha512": "1.2.840.113549.1.1.13",
@@ -92,7 +91,6 @@ _HASH_OIDS = {
 _RSA_PSS = "1.2.840.113549.1.1.10"
 _MGF1 = "1.2.840.113549.1.1.8"
 _PRINTABLE_STRING = 0x13
-_UTF8_STRING = 0x0C
 
 
 @dataclass(frozen=True)
@@ -281,11 +279,6 @@ class Pki:
         self.ec = CA(key_type="ec", name="mustaple matrix EC root", now=now)
         self.foreign = CA(key_type="rsa", name="mustaple matrix foreign root", now=now)
 
-    @property
-    def roots(self) -> tuple[x509.Certificate, ...]:
-        """What the clients trust: the two roots that issue leaves, not the foreign one."""
-        return (self.rsa.root.cert, self.ec.root.cert)
-
     def leaf(self, ca: CA | None = None) -> Leaf:
         return (ca or self.rsa).issue(HOSTNAME, key_type="ec", ocsp_urls=[OCSP_URL])
 
@@ -299,7 +292,6 @@ class Pki:
         not_before: timedelta = -_DAY,
         not_after: timedelta = 30 * _DAY,
         extensions: Sequence[tuple[x509.ExtensionType, bool]] = (),
-        subject: x509.Name | None = None,
     ) -> Identity:
         """A responder certificate issued by `ca`, valid from now + `not_before` until
         now + `not_after`."""
@@ -307,7 +299,7 @@ class Pki:
         key = key or ec.generate_private_key(ec.SECP256R1())
         builder = (
             x509.CertificateBuilder()
-            .subject_name(subject or _name("mustaple matrix OCSP signer"))
+            .subject_name(_name("mustaple matrix OCSP signer"))
             .issuer_name(issuer.cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
@@ -1031,127 +1023,45 @@ def _names(c: _Catalogue) -> None:
 
 def _times(c: _Catalogue) -> None:
     now = c.now
-    minutes = timedelta(minutes=1)
-    relations: list[tuple[str, str, datetime, datetime | None, datetime]] = [
-        # name, what, thisUpdate, nextUpdate, producedAt
-        (
-            "this-update-3min-ahead",
-            "thisUpdate 3 minutes ahead",
-            now + 3 * minutes,
-            now + 4 * _DAY,
-            now,
-        ),
-        ("this-update-hour-ahead", "thisUpdate an hour ahead", now + _HOUR, now + 4 * _DAY, now),
-        (
-            "this-update-2-days-ahead",
-            "thisUpdate 2 days ahead",
-            now + 2 * _DAY,
-            now + 6 * _DAY,
-            now,
-        ),
-        (
-            "produced-hour-ahead",
-            "producedAt an hour ahead",
-            now - _HOUR,
-            now + 3 * _DAY,
-            now + _HOUR,
-        ),
-        (
-            "produced-2-days-ahead",
-            "producedAt 2 days ahead",
-            now - _HOUR,
-            now + 3 * _DAY,
-            now + 2 * _DAY,
-        ),
-        (
-            "produced-before-this-update",
-            "producedAt an hour before thisUpdate",
-            now - _HOUR,
-            now + 3 * _DAY,
-            now - 2 * _HOUR,
-        ),
-        ("expired-1min", "nextUpdate a minute ago", now - 4 * _DAY, now - minutes, now - 4 * _DAY),
-        ("expired-hour", "nextUpdate an hour ago", now - 4 * _DAY, now - _HOUR, now - 4 * _DAY),
-        ("expired-2-days", "nextUpdate 2 days ago", now - 6 * _DAY, now - 2 * _DAY, now - 6 * _DAY),
-        ("no-next-update", "no nextUpdate, thisUpdate an hour ago", now - _HOUR, None, now - _HOUR),
-        (
-            "no-next-update-20h",
-            "no nextUpdate, thisUpdate 20 hours ago",
-            now - 20 * _HOUR,
-            None,
-            now - 20 * _HOUR,
-        ),
-        (
-            "no-next-update-2-days",
-            "no nextUpdate, thisUpdate 2 days ago",
-            now - 2 * _DAY,
-            None,
-            now - 2 * _DAY,
-        ),
-        (
-            "next-equals-this",
-            "nextUpdate equal to thisUpdate (an hour ago)",
-            now - _HOUR,
-            now - _HOUR,
-            now - _HOUR,
-        ),
-        (
-            "next-before-this",
-            "nextUpdate before thisUpdate, both ahead",
-            now + _HOUR,
-            now + 30 * minutes,
-            now,
-        ),
-        (
-            "short-window",
-            "thisUpdate an hour ago, nextUpdate in 10 minutes",
-            now - _HOUR,
-            now + 10 * minutes,
-            now - _HOUR,
-        ),
-        (
-            "window-9-days",
-            "a 9-day window, nextUpdate in an hour",
-            now - 9 * _DAY + _HOUR,
-            now + _HOUR,
-            now - 9 * _DAY + _HOUR,
-        ),
-        (
-            "window-10-days",
-            "a 10-day window from an hour ago",
-            now - _HOUR,
-            now + 10 * _DAY - _HOUR,
-            now - _HOUR,
-        ),
-        (
-            "window-11-days",
-            "an 11-day window from an hour ago",
-            now - _HOUR,
-            now + 11 * _DAY - _HOUR,
-            now - _HOUR,
-        ),
-        (
-            "window-30-days",
-            "a 30-day window from an hour ago",
-            now - _HOUR,
-            now + 30 * _DAY,
-            now - _HOUR,
-        ),
-        (
-            "window-30-days-old",
-            "a 30-day window from 11 days ago",
-            now - 11 * _DAY,
-            now + 19 * _DAY,
-            now - 11 * _DAY,
-        ),
+    hour, day, minute = _HOUR, _DAY, timedelta(minutes=1)
+    # fmt: off
+    relations: list[tuple[str, str, timedelta, timedelta | None, timedelta]] = [
+        # name, what, then thisUpdate, nextUpdate and producedAt relative to now
+        ("this-update-3min-ahead", "thisUpdate 3 minutes ahead", 3 * minute, 4 * day, 0 * day),
+        ("this-update-hour-ahead", "thisUpdate an hour ahead", hour, 4 * day, 0 * day),
+        ("this-update-2-days-ahead", "thisUpdate 2 days ahead", 2 * day, 6 * day, 0 * day),
+        ("produced-hour-ahead", "producedAt an hour ahead", -hour, 3 * day, hour),
+        ("produced-2-days-ahead", "producedAt 2 days ahead", -hour, 3 * day, 2 * day),
+        ("produced-before-this-update", "producedAt an hour before thisUpdate",
+         -hour, 3 * day, -2 * hour),
+        ("expired-1min", "nextUpdate a minute ago", -4 * day, -minute, -4 * day),
+        ("expired-hour", "nextUpdate an hour ago", -4 * day, -hour, -4 * day),
+        ("expired-2-days", "nextUpdate 2 days ago", -6 * day, -2 * day, -6 * day),
+        ("no-next-update", "no nextUpdate, thisUpdate an hour ago", -hour, None, -hour),
+        ("no-next-update-20h", "no nextUpdate, thisUpdate 20 hours ago",
+         -20 * hour, None, -20 * hour),
+        ("no-next-update-2-days", "no nextUpdate, thisUpdate 2 days ago",
+         -2 * day, None, -2 * day),
+        ("next-equals-this", "nextUpdate equal to thisUpdate (an hour ago)", -hour, -hour, -hour),
+        ("next-before-this", "nextUpdate before thisUpdate, both ahead",
+         hour, 30 * minute, 0 * day),
+        ("short-window", "thisUpdate an hour ago, nextUpdate in 10 minutes",
+         -hour, 10 * minute, -hour),
+        ("window-9-days", "a 9-day window, nextUpdate in an hour",
+         hour - 9 * day, hour, hour - 9 * day),
+        ("window-10-days", "a 10-day window from an hour ago", -hour, 10 * day - hour, -hour),
+        ("window-11-days", "an 11-day window from an hour ago", -hour, 11 * day - hour, -hour),
+        ("window-30-days", "a 30-day window from an hour ago", -hour, 30 * day, -hour),
+        ("window-30-days-old", "a 30-day window from 11 days ago",
+         -11 * day, 19 * day, -11 * day),
     ]
+    # fmt: on
     for slug, what, this_update, next_update, produced_at in relations:
+        until = None if next_update is None else now + next_update
         c.with_singles(
-            f"time/{slug}",
-            what,
-            _ours(c, this_update=this_update, next_update=next_update),
+            f"time/{slug}", what, _ours(c, this_update=now + this_update, next_update=until)
         )
-        c.cases[-1] = _reproduced(c, c.cases[-1], produced_at)
+        c.cases[-1] = _reproduced(c, c.cases[-1], now + produced_at)
     short = c.pki.rsa.issue(HOSTNAME, key_type="ec", ocsp_urls=[OCSP_URL], not_after=now + 2 * _DAY)
     c.add(
         "time/beyond-leaf-expiry",
