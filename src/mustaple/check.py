@@ -20,9 +20,9 @@ import asyncio
 import contextlib
 import enum
 import json
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import click
@@ -34,6 +34,7 @@ from mustaple.certs import (
     display_name,
     find_issuer,
     is_must_staple,
+    issuer_encoded_differently,
     parse_certificates,
 )
 from mustaple.errors import InputError
@@ -58,6 +59,7 @@ __all__ = [
     "check_responder",
     "check_server",
     "client_accepts",
+    "client_states",
     "error_json",
     "judge",
     "judge_responder",
@@ -109,11 +111,11 @@ class Client(enum.Enum):
 def client_accepts(client: Client, must_staple: bool, state: StapleState) -> bool | None:
     """Whether `client` accepts a handshake that stapled `state` (None: cannot tell).
 
-    Firefox (mozpkix): a must-staple certificate needs a valid good staple; otherwise a
-    revoked or invalid staple fails the handshake, while an expired one is ignored like no
-    staple. GnuTLS: a must-staple certificate needs a valid good staple; otherwise any staple
-    sent must be valid and good, and none is fine. curl --cert-status: always a valid good
-    staple. "Valid" is mustaple's validator, which is at least as strict as each client.
+    `state` is the staple as this client sees it (`client_states`). Firefox (mozpkix): a
+    must-staple certificate needs a valid good staple; otherwise a revoked or invalid staple
+    fails the handshake, while an expired one is ignored like no staple. GnuTLS: a
+    must-staple certificate needs a valid good staple; otherwise any staple sent must be
+    valid and good, and none is fine. curl --cert-status: always a valid good staple.
     """
     if state is StapleState.UNVALIDATED:
         return None
@@ -122,6 +124,80 @@ def client_accepts(client: Client, must_staple: bool, state: StapleState) -> boo
     if client is Client.FIREFOX:
         return state in (StapleState.NONE, StapleState.GOOD, StapleState.EXPIRED)
     return state in (StapleState.NONE, StapleState.GOOD)
+
+
+# How long after the end of a response's life each client still takes it, and the lifetime
+# rules it applies, for a staple mustaple calls `expired` or lacking nextUpdate:
+# - Firefox: notAfter is min(nextUpdate, thisUpdate + 10 days), or thisUpdate + 1 day without
+#   nextUpdate, and a response is old only one day (SLOP_SECONDS) after that (mozpkix,
+#   pkixocsp.cpp, SingleResponse).
+# - curl: OCSP_check_validity(thisupd, nextupd, 300L, -1L) (lib/vtls/openssl.c, verifystatus):
+#   five minutes after nextUpdate, no cap on the window, no age limit without nextUpdate.
+# - GnuTLS: refused once nextUpdate has passed ("There is a newer OCSP response"), no cap;
+#   without nextUpdate, MAX_OCSP_VALIDITY_SECS (15 days) after thisUpdate (lib/cert-session.c,
+#   check_ocsp_response).
+_FOREVER = timedelta(days=36500)
+_CLIENT_TIMES: dict[Client, tuple[timedelta, Policy]] = {
+    Client.FIREFOX: (timedelta(days=1), Policy(allow_missing_next_update=True)),
+    Client.CURL: (
+        timedelta(seconds=300),
+        Policy(
+            max_lifetime=_FOREVER,
+            allow_missing_next_update=True,
+            missing_next_update_lifetime=_FOREVER,
+        ),
+    ),
+    Client.GNUTLS: (
+        timedelta(0),
+        Policy(
+            max_lifetime=_FOREVER,
+            allow_missing_next_update=True,
+            missing_next_update_lifetime=timedelta(days=15),
+        ),
+    ),
+}
+_TIME_REASONS = (Reason.EXPIRED, Reason.NO_NEXT_UPDATE)
+# Rejections that some clients take all the same; for those the model cannot tell (the
+# validator stops at the first problem, so it cannot say whether the rest would pass):
+# - cert-id-not-sha1: mozpkix matches SHA-2 CertIDs (MatchCertID, since bug 1745600) and
+#   GnuTLS hashes with the entry's own algorithm (gnutls_ocsp_resp_check_crt).
+# - not-first-response: mozpkix reads every entry, OpenSSL's OCSP_resp_find searches them all.
+# - mixed-issuers: mozpkix skips foreign entries, GnuTLS reads only the first.
+# - trailing-data: curl parses with d2i_OCSP_RESPONSE, which ignores what follows.
+_SOME_CLIENTS_TAKE: dict[Reason, frozenset[Client]] = {
+    Reason.CERT_ID_NOT_SHA1: frozenset({Client.FIREFOX, Client.GNUTLS}),
+    Reason.NOT_FIRST_RESPONSE: frozenset({Client.FIREFOX, Client.CURL}),
+    Reason.MIXED_ISSUERS: frozenset({Client.FIREFOX, Client.GNUTLS}),
+    Reason.TRAILING_DATA: frozenset({Client.CURL}),
+}
+
+
+def client_states(
+    staple: bytes, outcome: Staple | Rejection, target: Target, now: datetime
+) -> dict[Client, StapleState]:
+    """How each client sees a staple mustaple rejected, where that differs from mustaple.
+
+    A staple past its life (or without nextUpdate) is judged again with each client's time
+    rules; a rejection some clients take anyway is `UNVALIDATED` (cannot tell) for them.
+    """
+    if not isinstance(outcome, Rejection):
+        return {}
+    if outcome.reason in _TIME_REASONS:
+        return {
+            client: _state(staple, verify(staple, target, now - grace, _shifted(policy, grace)))
+            for client, (grace, policy) in _CLIENT_TIMES.items()
+        }
+    return dict.fromkeys(_SOME_CLIENTS_TAKE.get(outcome.reason, ()), StapleState.UNVALIDATED)
+
+
+def _shifted(policy: Policy, grace: timedelta) -> Policy:
+    """`policy` for judging at `now - grace`: nothing signed up to `now` is in the future."""
+    return Policy(
+        clock_skew=DEFAULT_POLICY.clock_skew + grace,
+        max_lifetime=policy.max_lifetime,
+        allow_missing_next_update=policy.allow_missing_next_update,
+        missing_next_update_lifetime=policy.missing_next_update_lifetime,
+    )
 
 
 @dataclass(frozen=True)
@@ -146,12 +222,13 @@ class Connection:
     state: StapleState
     level: Level
     why: str
+    seen_by: Mapping[Client, StapleState] = field(default_factory=dict)  # see client_states
 
     def accepted_by(self, client: Client, must_staple: bool) -> bool | None:
         """The client model for this handshake; a chain that does not verify fails all."""
         if self.chain_verified is False:
             return False
-        return client_accepts(client, must_staple, self.state)
+        return client_accepts(client, must_staple, self.seen_by.get(client, self.state))
 
 
 @dataclass(frozen=True)
@@ -238,9 +315,13 @@ def judge(
             judged[staple] = verify(staple, target, now, verify_policy)
         return judged[staple]
 
+    def seen_by(staple: bytes, outcome: Staple | Rejection) -> dict[Client, StapleState]:
+        assert target is not None  # an outcome was found, so there is a target
+        return client_states(staple, outcome, target, now)
+
     facts = _Facts(must_staple, now, schedule_policy, issuer)
     connections = [
-        _connection(number, result, validate, facts)
+        _connection(number, result, validate, facts, seen_by)
         for number, result in enumerate(results, start=1)
     ]
     first = next((c for c in connections if c.staple is not None), None)
@@ -266,9 +347,11 @@ def _connection(
     result: ProbeResult,
     validate: Callable[[bytes], Staple | Rejection | None],
     facts: _Facts,
+    seen_by: Callable[[bytes, Staple | Rejection], dict[Client, StapleState]],
 ) -> Connection:
     outcome = validate(result.staple) if result.staple is not None else None
     state = _state(result.staple, outcome)
+    clients = seen_by(result.staple, outcome) if result.staple and outcome else {}
     level, why = _assess(state, outcome, facts)
     if result.verified is False:
         level, why = Level.CRITICAL, "the chain does not verify against the CA file"
@@ -282,6 +365,7 @@ def _connection(
         state=state,
         level=level,
         why=why,
+        seen_by=clients,
     )
 
 
@@ -615,6 +699,14 @@ async def _server_issuer(chain: Sequence[x509.Certificate], issuer_path: str | N
     found = find_issuer(leaf, chain[1:])
     if found is not None:
         return Issuer(found, "chain")
+    if issuer_encoded_differently(leaf, chain[1:]) is not None:
+        return Issuer(
+            None,
+            None,
+            "the server sends the issuer, but the certificate names it encoded differently "
+            "(Firefox and GnuTLS compare names as bytes and find no issuer; the CA must "
+            "reissue it)",
+        )
     if issuer_path is not None:
         given = parse_certificates(
             read_input(issuer_path, "issuer certificate"), source=issuer_path
