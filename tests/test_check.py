@@ -155,20 +155,20 @@ MUST_STAPLE = {
     "good": (Level.OK, None, (True, True, True)),
     "past-refresh": (Level.WARNING, None, (True, True, True)),
     "none": (Level.CRITICAL, None, (False, False, False)),
-    "expired": (Level.CRITICAL, "expired", (None, None, None)),  # Firefox and curl allow some
+    "expired": (Level.CRITICAL, "expired", (False, False, False)),
     "revoked": (Level.CRITICAL, None, (False, False, False)),
     "wrong-cert": (Level.CRITICAL, "cert-not-in-response", (False, False, False)),
-    "garbage": (Level.CRITICAL, "malformed", (None, None, None)),  # some malformed pass
-    "trailing": (Level.CRITICAL, "trailing-data", (False, False, None)),  # curl reads past it
+    "garbage": (Level.CRITICAL, "malformed", (False, False, False)),
+    "trailing": (Level.CRITICAL, "trailing-data", (False, False, None)),  # curl ignores the rest
 }
 
 # the same without must-staple: a missing staple is a warning, clients differ
 NOT_MUST_STAPLE = {
     "good": (Level.OK, None, (True, True, True)),
     "none": (Level.WARNING, None, (True, True, False)),
-    "expired": (Level.CRITICAL, "expired", (True, False, None)),
+    "expired": (Level.CRITICAL, "expired", (True, False, False)),
     "revoked": (Level.CRITICAL, None, (False, False, False)),
-    "garbage": (Level.CRITICAL, "malformed", (False, False, None)),
+    "garbage": (Level.CRITICAL, "malformed", (False, False, False)),
 }
 
 

@@ -21,7 +21,7 @@ import pytest
 from cryptography import x509
 
 from mustaple.certs import Target
-from mustaple.check import Client, StapleState, client_accepts
+from mustaple.check import Client, StapleState, client_accepts, client_states
 from mustaple.reasons import Rejection
 from mustaple.testing.judges import CLI_JUDGES, Firefox, Verdict, Workspace, judge_with_cli
 from mustaple.testing.matrix import OCSP_URL, Case, build_cases
@@ -171,12 +171,16 @@ def state_of(outcome: Staple | Rejection) -> StapleState:
 
 
 def test_checks_client_model_agrees_with_the_clients(recorded: Table) -> None:
+    """Wherever the model makes a prediction, the real client did that."""
     now, cases = fresh_cases()
     wrong, judged = [], 0
     for case in cases:
-        outcome = verify(case.staple, Target(case.leaf.cert, case.leaf.issuer), now)
+        target = Target(case.leaf.cert, case.leaf.issuer)
+        outcome = verify(case.staple, target, now)
+        seen_by = client_states(case.staple, outcome, target, now)
         for client in Client:
-            predicted = client_accepts(client, True, state_of(outcome), outcome)
+            state = seen_by.get(client, state_of(outcome))
+            predicted = client_accepts(client, True, state)
             if predicted is None:
                 continue
             judged += 1

@@ -120,7 +120,6 @@ _REVOKED = ocsp.OCSPCertStatus.REVOKED
 _UNKNOWN = ocsp.OCSPCertStatus.UNKNOWN
 # What cryptography raises on first use of a garbled name, extension or embedded certificate
 _GARBLED = (ValueError, TypeError, UnsupportedAlgorithm, x509.DuplicateExtension)
-_NO_NEXT_UPDATE_LIFETIME = timedelta(days=1)
 _E = TypeVar("_E", bound=x509.ExtensionType)
 
 
@@ -131,6 +130,9 @@ class Policy:
     clock_skew: timedelta = timedelta(minutes=5)
     max_lifetime: timedelta = timedelta(days=10)  # Firefox's cap on a response's lifetime
     allow_missing_next_update: bool = False
+    # how long a response without nextUpdate lasts, when allowed: Firefox's day (pkixocsp.cpp,
+    # SingleResponse: "NSS requires all OCSP responses without a nextUpdate to be recent")
+    missing_next_update_lifetime: timedelta = timedelta(days=1)
 
 
 DEFAULT_POLICY = Policy()
@@ -806,7 +808,7 @@ def _check_times(
         if not policy.allow_missing_next_update:
             raise _Fail(Reason.NO_NEXT_UPDATE)
         notes.append(Note.NEXT_UPDATE_MISSING)
-        expiry = this_update + _NO_NEXT_UPDATE_LIFETIME
+        expiry = this_update + policy.missing_next_update_lifetime
     elif next_update <= this_update:
         raise _Fail(Reason.BAD_VALIDITY_WINDOW, f"{this_update} .. {next_update}")
     elif next_update - this_update > policy.max_lifetime:
