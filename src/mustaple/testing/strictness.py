@@ -45,26 +45,26 @@ COLUMNS = {"mustaple": "mustaple", **CLIENTS}
 Table = dict[str, dict[str, Verdict]]  # case name -> column -> verdict
 
 # Why mustaple refuses a staple that every client accepts: one entry per such case.
+# (docs/reasons.md, "Deliberate choices", says the same per reason code)
 _CLOCKS = (
-    "producedAt ahead of this machine's clock by more than the 5-minute allowance means one "
-    "of the two clocks is wrong, and a staple whose times cannot be trusted may be refused by "
-    "the next client; retryable: it is taken once the clocks agree"
+    "a response signed in our future means this machine's clock or the responder's is wrong; "
+    "until that is fixed, every other time judgement is in doubt (retryable: it is taken once "
+    "the clocks agree)"
 )
 _NO_NEXT_UPDATE = (
-    "without nextUpdate there is no expiry to refresh before, and Firefox takes such a "
-    "response for only a day after thisUpdate; not retryable (the CA must set nextUpdate), "
-    "accepted on request with `--allow-missing-next-update`, then treated as valid for a day"
+    "the CA promises nothing about how long its answer holds, so no refresh can be planned "
+    "against it (Firefox takes it for a day, GnuTLS for 15 days, curl for ever); not "
+    "retryable, `--allow-missing-next-update` lifts it and then treats it as Firefox does"
+)
+_PARSER = (
+    "the parser mustaple validates with (cryptography's) refuses the response, so mustaple "
+    "cannot check it; no known responder sends this, and a staple it cannot check is not "
+    "served (`malformed`: if it lasts, report it to the CA)"
 )
 DELIBERATE: dict[str, str] = {
-    "extensions/response-duplicate-nonce": (
-        "an extension may appear only once (RFC 5280 4.2); the parser refuses the whole "
-        "response, and a responder that repeats an extension does it every time: report it to "
-        "the CA"
-    ),
-    "signature/ecdsa-with-null": (
-        "ecdsa-with-SHA256 takes no parameters (RFC 5758 3.2); the parser refuses a NULL "
-        "there, no known responder sends one: report it to the CA"
-    ),
+    "extensions/response-duplicate-nonce": "an extension appears at most once (RFC 5280 4.2); "
+    + _PARSER,
+    "signature/ecdsa-with-null": "ecdsa-with-SHA256 takes no parameters (RFC 5758 3.2); " + _PARSER,
     "time/produced-hour-ahead": _CLOCKS,
     "time/produced-2-days-ahead": _CLOCKS,
     "time/no-next-update": _NO_NEXT_UPDATE,
@@ -173,8 +173,9 @@ def render(table: Table, cases: Sequence[Case]) -> str:
     what = {case.name: case.what for case in cases}
     lines = [_INTRO.format(count=len(table)), "## Deliberate choices", ""]
     lines.append(
-        "Cases mustaple refuses although every client accepts them, and why. Anything else "
-        "mustaple refuses, at least one client refuses too."
+        "Cases mustaple refuses although every client accepts them, and why (per reason code: "
+        "[reasons.md](reasons.md#deliberate-choices)). Anything else mustaple refuses, at "
+        "least one client refuses too."
     )
     lines.append("")
     for name in deliberate_cases(table):
@@ -185,7 +186,13 @@ def render(table: Table, cases: Sequence[Case]) -> str:
     if broken:
         lines.append("mustaple accepts these, and a client refuses them; each is a bug:")
         lines.append("")
-        lines += [f"- `{name}`" for name in broken]
+        for name in broken:
+            refusals = [
+                f"{label} refuses ({table[name][client].words})"
+                for client, label in CLIENTS.items()
+                if not table[name][client].accepted
+            ]
+            lines.append(f"- `{name}`: " + ", ".join(refusals))
     else:
         lines.append("None: every response mustaple accepts, every client accepts.")
     lines += ["", "## The matrix", ""]
