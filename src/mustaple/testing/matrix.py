@@ -554,96 +554,65 @@ def _pad_serial(cert_id: Node) -> None:
 
 
 def _singles(c: _Catalogue) -> None:
-    c.with_singles(
-        "singles/ours-then-other",
-        "ours first, then one for another serial",
-        lambda leaf: [c.single(leaf), c.other_single(leaf)],
-    )
-    c.with_singles(
-        "singles/other-then-ours",
-        "another serial first, ours second",
-        lambda leaf: [c.other_single(leaf), c.single(leaf)],
-    )
-    c.with_singles(
-        "singles/ours-in-middle",
-        "three SingleResponses, ours in the middle",
-        lambda leaf: [c.other_single(leaf), c.single(leaf), c.other_single(leaf, next_update=None)],
-    )
-    c.with_singles("singles/none", "an empty list of SingleResponses", lambda leaf: [])
-    c.with_singles("singles/ours-twice", "ours twice, both good", lambda leaf: [c.single(leaf)] * 2)
-    c.with_singles(
-        "singles/good-then-revoked",
-        "ours good, then ours revoked",
-        lambda leaf: [c.single(leaf), c.revoked(leaf)],
-    )
-    c.with_singles(
-        "singles/revoked-then-good",
-        "ours revoked, then ours good",
-        lambda leaf: [c.revoked(leaf), c.single(leaf)],
-    )
-    c.with_singles(
-        "singles/good-then-unknown",
-        "ours good, then ours unknown",
-        lambda leaf: [c.single(leaf), c.single(leaf, status=ocsp.OCSPCertStatus.UNKNOWN)],
-    )
-    c.with_singles(
-        "singles/unknown-then-good",
-        "ours unknown, then ours good",
-        lambda leaf: [c.single(leaf, status=ocsp.OCSPCertStatus.UNKNOWN), c.single(leaf)],
-    )
-    c.with_singles(
-        "singles/good-then-expired",
-        "ours good, then ours expired a day ago",
-        lambda leaf: [c.single(leaf), _expired_single(c, leaf)],
-    )
-    c.with_singles(
-        "singles/expired-then-good",
-        "ours expired a day ago, then ours good",
-        lambda leaf: [_expired_single(c, leaf), c.single(leaf)],
-    )
-    c.with_singles(
-        "singles/ours-then-other-revoked",
-        "ours good, then another serial revoked",
-        lambda leaf: [c.single(leaf), c.revoked(leaf, cert_id=c.other_single(leaf).cert_id)],
-    )
-    c.with_singles(
-        "singles/ours-then-other-expired",
-        "ours good, then another serial expired",
-        lambda leaf: [
-            c.single(leaf),
-            replace(_expired_single(c, leaf), cert_id=c.other_single(leaf).cert_id),
-        ],
-    )
-    c.with_singles(
-        "singles/sha256-then-sha1",
-        "ours by a SHA-256 CertID, then ours by SHA-1",
-        lambda leaf: [c.single(leaf, "sha256"), c.single(leaf)],
-    )
-    c.with_singles(
-        "singles/sha1-then-sha256-revoked",
-        "ours by SHA-1 good, then ours by SHA-256 revoked",
-        lambda leaf: [
-            c.single(leaf),
-            replace(c.revoked(leaf), cert_id=c.single(leaf, "sha256").cert_id),
-        ],
-    )
-    c.with_singles(
-        "singles/many-others",
-        "ours last after 20 SingleResponses for other serials",
-        lambda leaf: [*(c.other_single(leaf) for _ in range(20)), c.single(leaf)],
-    )
-    c.with_singles(
-        "singles/ours-then-foreign-issuer",
-        "ours first, then one for a certificate of the foreign CA",
-        lambda leaf: [
-            c.single(leaf),
-            c.single(leaf, cert_id=make_cert_id(c.pki.foreign.cert, 0x77)),
-        ],
-    )
+    ours, other, revoked = c.single, c.other_single, c.revoked
 
+    def expired(leaf: Leaf) -> SingleSpec:
+        return ours(leaf, this_update=c.now - 5 * _DAY, next_update=c.now - _DAY)
 
-def _expired_single(c: _Catalogue, leaf: Leaf) -> SingleSpec:
-    return c.single(leaf, this_update=c.now - 5 * _DAY, next_update=c.now - _DAY)
+    def unknown(leaf: Leaf) -> SingleSpec:
+        return ours(leaf, status=ocsp.OCSPCertStatus.UNKNOWN)
+
+    def foreign(leaf: Leaf) -> SingleSpec:
+        return ours(leaf, cert_id=make_cert_id(c.pki.foreign.cert, 0x77))
+
+    def others(leaf: Leaf, count: int) -> list[SingleSpec]:
+        return [other(leaf) for _ in range(count)]
+
+    def other_id(leaf: Leaf) -> CertId:
+        return other(leaf).cert_id
+
+    def sha256_id(leaf: Leaf) -> CertId:
+        return ours(leaf, "sha256").cert_id
+
+    Make = Callable[[Leaf], Sequence[SingleSpec]]
+    # fmt: off
+    table: list[tuple[str, str, Make]] = [
+        ("ours-then-other", "ours first, then one for another serial",
+         lambda leaf: [ours(leaf), other(leaf)]),
+        ("other-then-ours", "another serial first, ours second",
+         lambda leaf: [other(leaf), ours(leaf)]),
+        ("ours-in-middle", "three SingleResponses, ours in the middle",
+         lambda leaf: [other(leaf), ours(leaf), other(leaf, next_update=None)]),
+        ("none", "an empty list of SingleResponses", lambda leaf: []),
+        ("ours-twice", "ours twice, both good", lambda leaf: [ours(leaf)] * 2),
+        ("good-then-revoked", "ours good, then ours revoked",
+         lambda leaf: [ours(leaf), revoked(leaf)]),
+        ("revoked-then-good", "ours revoked, then ours good",
+         lambda leaf: [revoked(leaf), ours(leaf)]),
+        ("good-then-unknown", "ours good, then ours unknown",
+         lambda leaf: [ours(leaf), unknown(leaf)]),
+        ("unknown-then-good", "ours unknown, then ours good",
+         lambda leaf: [unknown(leaf), ours(leaf)]),
+        ("good-then-expired", "ours good, then ours expired a day ago",
+         lambda leaf: [ours(leaf), expired(leaf)]),
+        ("expired-then-good", "ours expired a day ago, then ours good",
+         lambda leaf: [expired(leaf), ours(leaf)]),
+        ("ours-then-other-revoked", "ours good, then another serial revoked",
+         lambda leaf: [ours(leaf), revoked(leaf, cert_id=other_id(leaf))]),
+        ("ours-then-other-expired", "ours good, then another serial expired",
+         lambda leaf: [ours(leaf), replace(expired(leaf), cert_id=other_id(leaf))]),
+        ("sha256-then-sha1", "ours by a SHA-256 CertID, then ours by SHA-1",
+         lambda leaf: [ours(leaf, "sha256"), ours(leaf)]),
+        ("sha1-then-sha256-revoked", "ours by SHA-1 good, then ours by SHA-256 revoked",
+         lambda leaf: [ours(leaf), revoked(leaf, cert_id=sha256_id(leaf))]),
+        ("many-others", "ours last after 20 SingleResponses for other serials",
+         lambda leaf: [*others(leaf, 20), ours(leaf)]),
+        ("ours-then-foreign-issuer", "ours first, then one for a certificate of the foreign CA",
+         lambda leaf: [ours(leaf), foreign(leaf)]),
+    ]
+    # fmt: on
+    for slug, what, make in table:
+        c.with_singles(f"singles/{slug}", what, make)
 
 
 def _ext(oid_text: str, critical: bool = False, value: bytes | None = None) -> ExtensionSpec:
@@ -812,85 +781,43 @@ def _delegate_signing(key: CertificateIssuerPrivateKeyTypes) -> Signing:
 
 
 def _signers(c: _Catalogue) -> None:
-    pki = c.pki
-    c.delegated("signer/delegate", "a delegated responder with id-kp-OCSPSigning", pki.delegate())
-    c.delegated(
-        "signer/delegate-rsa-key",
-        "a delegated responder with an RSA key",
-        pki.delegate(key=rsa.generate_private_key(65537, 2048)),
-    )
-    c.delegated(
-        "signer/delegate-no-eku", "a delegate without any extendedKeyUsage", pki.delegate(usages=())
-    )
-    c.delegated(
-        "signer/delegate-server-auth-only",
-        "a delegate with only id-kp-serverAuth",
-        pki.delegate(usages=(ExtendedKeyUsageOID.SERVER_AUTH,)),
-    )
-    c.delegated(
-        "signer/delegate-any-eku",
-        "a delegate with only anyExtendedKeyUsage",
-        pki.delegate(usages=(ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,)),
-    )
-    c.delegated(
-        "signer/delegate-expired",
-        "a delegate that expired a day ago",
-        pki.delegate(not_before=-30 * _DAY, not_after=-_DAY),
-    )
-    c.delegated(
-        "signer/delegate-not-yet-valid-minutes",
-        "a delegate valid from 4 minutes from now",
-        pki.delegate(not_before=timedelta(minutes=4)),
-    )
-    c.delegated(
-        "signer/delegate-not-yet-valid-day",
-        "a delegate valid from tomorrow",
-        pki.delegate(not_before=_DAY),
-    )
-    c.delegated(
-        "signer/delegate-expires-before-next-update",
-        "a delegate that expires in 2 days, nextUpdate in 3",
-        pki.delegate(not_after=2 * _DAY),
-    )
-    c.delegated(
-        "signer/delegate-is-ca",
-        "a delegate with basicConstraints cA TRUE",
-        pki.delegate(is_ca=True),
-    )
-    c.delegated(
-        "signer/delegate-of-foreign-ca",
-        "a delegate issued by the foreign CA",
-        pki.delegate(pki.foreign),
-    )
-    c.delegated(
-        "signer/delegate-unknown-critical-extension",
-        "a delegate with an unknown critical extension",
-        pki.delegate(
-            extensions=[
-                (
-                    x509.UnrecognizedExtension(
-                        x509.ObjectIdentifier(_UNKNOWN_EXTENSION), b"\x05\x00"
-                    ),
-                    True,
-                )
-            ]
-        ),
-    )
-    c.delegated(
-        "signer/delegate-ocsp-nocheck",
-        "a delegate with id-pkix-ocsp-nocheck",
-        pki.delegate(extensions=[(x509.OCSPNoCheck(), False)]),
-    )
-    c.delegated(
-        "signer/delegate-key-usage-no-signature",
-        "a delegate whose critical keyUsage lacks digitalSignature",
-        pki.delegate(extensions=[(_key_usage(signature=False), True)]),
-    )
-    c.delegated(
-        "signer/delegate-key-usage-signature",
-        "a delegate whose critical keyUsage has digitalSignature",
-        pki.delegate(extensions=[(_key_usage(signature=True), True)]),
-    )
+    pki, ocsp_signing = c.pki, ExtendedKeyUsageOID.OCSP_SIGNING
+    unknown = x509.UnrecognizedExtension(x509.ObjectIdentifier(_UNKNOWN_EXTENSION), b"\x05\x00")
+    # fmt: off
+    delegates: list[tuple[str, str, dict[str, Any]]] = [
+        ("delegate", "a delegated responder with id-kp-OCSPSigning", {}),
+        ("delegate-rsa-key", "a delegated responder with an RSA key",
+         {"key": rsa.generate_private_key(65537, 2048)}),
+        ("delegate-no-eku", "a delegate without any extendedKeyUsage", {"usages": ()}),
+        ("delegate-server-auth-only", "a delegate with only id-kp-serverAuth",
+         {"usages": (ExtendedKeyUsageOID.SERVER_AUTH,)}),
+        ("delegate-any-eku", "a delegate with only anyExtendedKeyUsage",
+         {"usages": (ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,)}),
+        ("delegate-ocsp-and-any-eku", "a delegate with id-kp-OCSPSigning and anyExtendedKeyUsage",
+         {"usages": (ocsp_signing, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE)}),
+        ("delegate-expired", "a delegate that expired a day ago",
+         {"not_before": -30 * _DAY, "not_after": -_DAY}),
+        ("delegate-not-yet-valid-minutes", "a delegate valid from 4 minutes from now",
+         {"not_before": timedelta(minutes=4)}),
+        ("delegate-not-yet-valid-day", "a delegate valid from tomorrow", {"not_before": _DAY}),
+        ("delegate-expires-before-next-update",
+         "a delegate that expires in 2 days, nextUpdate in 3", {"not_after": 2 * _DAY}),
+        ("delegate-is-ca", "a delegate with basicConstraints cA TRUE", {"is_ca": True}),
+        ("delegate-of-foreign-ca", "a delegate issued by the foreign CA", {"ca": pki.foreign}),
+        ("delegate-unknown-critical-extension", "a delegate with an unknown critical extension",
+         {"extensions": [(unknown, True)]}),
+        ("delegate-unknown-extension", "a delegate with an unknown non-critical extension",
+         {"extensions": [(unknown, False)]}),
+        ("delegate-ocsp-nocheck", "a delegate with id-pkix-ocsp-nocheck",
+         {"extensions": [(x509.OCSPNoCheck(), False)]}),
+        ("delegate-key-usage-no-signature", "a delegate whose critical keyUsage lacks "
+         "digitalSignature", {"extensions": [(_key_usage(signature=False), True)]}),
+        ("delegate-key-usage-signature", "a delegate whose critical keyUsage has "
+         "digitalSignature", {"extensions": [(_key_usage(signature=True), True)]}),
+    ]
+    # fmt: on
+    for slug, what, options in delegates:
+        c.delegated(f"signer/{slug}", what, pki.delegate(**options))
     c.delegated(
         "signer/delegate-not-included",
         "a delegate signs but its certificate is not included",
