@@ -152,9 +152,11 @@ client matrix that checks the promise: {count} hand-made OCSP responses
 (`mustaple.testing.matrix`), each for its own must-staple certificate, each served through a
 real TLS handshake on loopback to
 
-- **Firefox**: Debian's firefox-esr, headless, a fresh profile trusting the test roots, OCSP
-  on with a failing live fetch, driven over WebDriver BiDi (the cell is the navigation's NSS
-  or mozpkix error code);
+- **Firefox**: Debian's firefox-esr, headless, a fresh profile trusting the test roots,
+  driven over WebDriver BiDi (the cell is the navigation's NSS or mozpkix error code). OCSP is
+  on (`security.OCSP.enabled` 1, `security.OCSP.require` false) and the leaves' OCSP URL is a
+  closed loopback port, so every staple problem shows; with OCSP off, Firefox lets a few
+  staple errors pass (a staple for another certificate, an expired one);
 - **GnuTLS**: `gnutls-cli --ocsp`;
 - **curl**: `curl --cert-status` (OpenSSL);
 - **openssl ocsp**: `openssl ocsp -respin ... -CAfile ... -issuer ... -cert ...` on the same
