@@ -202,16 +202,19 @@ _HINTS = {
     Reason.UNSUPPORTED_VERSION: "no TLS client accepts this response; ask the CA",
     Reason.UNKNOWN_CRITICAL_EXTENSION: "Firefox refuses this response; the CA must drop the "
     "critical flag (a critical nonce included)",
-    Reason.MALFORMED: "often a truncated answer or a proxy: " + _RETRY_HINT + "; if it lasts, "
-    "report it to the CA",
-    Reason.TRAILING_DATA: "often a proxy or a broken responder: " + _RETRY_HINT + "; if it "
-    "lasts, report it to the CA",
+    Reason.MALFORMED: "often a truncated answer or a proxy, so worth retrying later (a staple "
+    "in hand stays valid until it expires); if it lasts, report it to the CA",
+    Reason.TRAILING_DATA: "often a proxy, so worth retrying later (a staple in hand stays "
+    "valid until it expires); if it lasts, report it to the CA: Firefox refuses it",
+    Reason.BAD_VALIDITY_WINDOW: "worth retrying later (a staple in hand stays valid until it "
+    "expires); if it lasts, the responder signs impossible times: report it to the CA",
     Reason.MALFORMED_REQUEST: "try --hash sha1 (the default) or another responder URL",
     Reason.SIG_REQUIRED: "this responder wants signed requests, which TLS servers never send",
     Reason.UNAUTHORIZED: "the URL or issuer is wrong for this certificate; check --url and "
     "--issuer",
     Reason.WRONG_ISSUER: "the issuer given is not the one the responder knows; check --issuer",
-    Reason.UNSUPPORTED_HASH: "the responder answers with a CertID hash we cannot check",
+    Reason.UNSUPPORTED_HASH: "the responder answers with a CertID hash no client matches; the "
+    "CA must answer with SHA-1",
     Reason.CERT_ID_NOT_SHA1: "fetch with --hash sha1 (the default); if the responder answers "
     "so anyway, the CA must change it",
     Reason.NOT_FIRST_RESPONSE: "GnuTLS clients refuse it; the CA must put the certificate's "
