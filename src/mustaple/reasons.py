@@ -225,7 +225,7 @@ _HINTS = {
     Reason.BAD_SIGNATURE: "do not staple this; check --issuer, otherwise report it to the CA",
     Reason.WEAK_ALGORITHM: "no client accepts this signature; ask the CA",
     Reason.UNSUPPORTED_ALGORITHM: "a strict client refuses this signature algorithm; the CA "
-    "must sign with RSA (PKCS#1 v1.5, or PSS as the CA/Browser Forum profiles it) or ECDSA",
+    "must sign with RSA (PKCS#1 v1.5, or PSS with SHA-256 and a 32-byte salt) or ECDSA",
     Reason.DELEGATE_NOT_ISSUED_BY_ISSUER: "the responder is misconfigured; report it to the CA",
     Reason.DELEGATE_NO_OCSP_SIGNING: "the responder is misconfigured; report it to the CA",
     Reason.DELEGATE_EXPIRED: "the CA let its OCSP signing certificate expire; report it",
