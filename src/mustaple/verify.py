@@ -597,8 +597,10 @@ def _key_hash(cert: x509.Certificate) -> bytes:
 def _is_responder(resp: ocsp.OCSPResponse, by_name: bytes | None, cert: x509.Certificate) -> bool:
     """Whether the ResponderID names `cert`: by its subject as encoded, or by its key hash.
 
-    Names are compared as bytes, as mozpkix (pkixocsp.cpp, MatchResponderID: InputsAreEqual)
-    and GnuTLS do; cryptography's `Name ==` would let a PrintableString equal a UTF8String.
+    Names are compared as bytes, as mozpkix does (pkixocsp.cpp, MatchResponderID:
+    InputsAreEqual); cryptography's `Name ==` would let a PrintableString equal a UTF8String.
+    (GnuTLS's TLS client falls back to the issuer's key whatever the name; OpenSSL compares
+    canonical forms.)
     """
     if by_name is not None:
         return by_name == encoded_names(cert)[1]
