@@ -35,7 +35,14 @@ from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 
 from mustaple.certs import Target, make_target
-from mustaple.check import Client, StapleState, client_accepts, client_states
+from mustaple.check import (
+    Client,
+    Level,
+    StapleState,
+    check_server,
+    client_accepts,
+    client_states,
+)
 from mustaple.errors import InputError
 from mustaple.loader import load_target
 from mustaple.reasons import Note, Reason, Rejection
@@ -48,6 +55,7 @@ from mustaple.testing import (
     ResponseSpec,
     SignatureAlgorithm,
     SingleSpec,
+    StaplingServer,
     craft_response,
     good_single,
     good_spec,
@@ -446,20 +454,28 @@ def test_trailing_data_needs_a_response_first(case: str, ec: Pki) -> None:
 # --- Texts: an issuer whose subject is encoded otherwise than the leaf's issuer name ----------
 
 
-def test_issuer_encoded_differently_is_named(ec: Pki, tmp_path: Path) -> None:
-    """The issuer is in the file; only its name's encoding differs (mozpkix and GnuTLS then
-    find no issuer: they match names as bytes). Old message: "is not in this file"."""
-    key = ec.leaf.key
-    leaf = (
+def oddly_issued(pki: Pki) -> Leaf:
+    """A leaf whose issuer name is the CA's subject in PrintableString: gnutls-cli 3.7.9 says
+    "The certificate issuer is unknown" for it, curl (OpenSSL's X509_NAME_cmp) accepts it."""
+    key = pki.leaf.key
+    cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "odd.test")]))
-        .issuer_name(printable(ec.ca.cert.subject))
+        .issuer_name(printable(pki.ca.cert.subject))
         .public_key(key.public_key())
         .serial_number(0x5151)
         .not_valid_before(NOW - DAY)
         .not_valid_after(NOW + DAY)
-        .sign(ec.ca.issuing.key, ec.leaf.cert.signature_hash_algorithm)  # type: ignore[arg-type]
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("odd.test")]), critical=False)
+        .sign(pki.ca.issuing.key, pki.leaf.cert.signature_hash_algorithm)  # type: ignore[arg-type]
     )
+    return Leaf(cert, key, issuer=pki.ca.cert, chain=pki.ca.chain, root=pki.ca.root.cert)
+
+
+def test_issuer_encoded_differently_is_named(ec: Pki, tmp_path: Path) -> None:
+    """The issuer is in the file; only its name's encoding differs (mozpkix and GnuTLS then
+    find no issuer: they match names as bytes). Old message: "is not in this file"."""
+    leaf = oddly_issued(ec).cert
     bundle = tmp_path / "fullchain.pem"
     bundle.write_bytes(
         b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (leaf, ec.ca.cert))
@@ -469,6 +485,15 @@ def test_issuer_encoded_differently_is_named(ec: Pki, tmp_path: Path) -> None:
     message = str(caught.value)
     assert "not in this file" not in message
     assert "encoded differently" in message
+
+
+def test_check_names_an_issuer_encoded_differently(ec: Pki) -> None:
+    """`mustaple check` against a real TLS server sending such a leaf and its issuer."""
+    with StaplingServer(oddly_issued(ec)) as server:
+        server.set_staple(craft_response(spec(ec)))
+        report = asyncio.run(check_server("127.0.0.1", server.port, servername="odd.test"))
+    assert report.level is Level.UNKNOWN
+    assert "encoded differently" in report.verdict
 
 
 # --- Texts: what `mustaple check` says each client does with a staple past its life -----------
