@@ -21,6 +21,7 @@ Every row marked `old` was judged otherwise before this change (see the report o
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -28,12 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 
+from conftest import Handler, LoopbackServer, ocsp_reply
 from mustaple.certs import Target, make_target
 from mustaple.check import (
     Client,
@@ -43,9 +46,11 @@ from mustaple.check import (
     client_accepts,
     client_states,
 )
+from mustaple.cli import main
 from mustaple.errors import InputError
 from mustaple.loader import load_target
 from mustaple.reasons import Note, Reason, Rejection
+from mustaple.report import ExitCode
 from mustaple.request import make_cert_id
 from mustaple.testing import (
     CA,
@@ -554,3 +559,30 @@ def test_check_client_model_follows_the_clients_times(case: str, ec: Pki) -> Non
         for client in (Client.FIREFOX, Client.GNUTLS, Client.CURL)
     )
     assert verdicts == expected
+
+
+# --- `fetch --hash sha256` says what it got, and writes no staple ------------------------------
+
+
+def test_fetch_with_sha256_is_honest(
+    serve: Callable[[Handler], LoopbackServer],
+    ec: Pki,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    body = craft_response(spec(ec, singles=[ours(ec, "sha256")]))
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return ocsp_reply(body)
+
+    server = serve(answer)
+    files = ec.leaf.write(tmp_path / "cert")
+    out_file = tmp_path / "staple.der"
+    argv = ["fetch", str(files.fullchain), "--url", server.url, "--hash", "sha256"]
+    code = main([*argv, "--out", str(out_file), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == ExitCode.NO_STAPLE
+    assert report["reason"] == "cert-id-not-sha1"
+    assert not out_file.exists()
+    assert main(argv) == ExitCode.NO_STAPLE
+    assert "SHA-1" in capsys.readouterr().out
