@@ -21,6 +21,7 @@ Every row marked `old` was judged otherwise before this change (see the report o
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -28,17 +29,28 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 
+from conftest import Handler, LoopbackServer, ocsp_reply
 from mustaple.certs import Target, make_target
-from mustaple.check import Client, StapleState, client_accepts, client_states
+from mustaple.check import (
+    Client,
+    Level,
+    StapleState,
+    check_server,
+    client_accepts,
+    client_states,
+)
+from mustaple.cli import main
 from mustaple.errors import InputError
 from mustaple.loader import load_target
 from mustaple.reasons import Note, Reason, Rejection
+from mustaple.report import ExitCode
 from mustaple.request import make_cert_id
 from mustaple.testing import (
     CA,
@@ -48,6 +60,7 @@ from mustaple.testing import (
     ResponseSpec,
     SignatureAlgorithm,
     SingleSpec,
+    StaplingServer,
     craft_response,
     good_single,
     good_spec,
@@ -261,8 +274,14 @@ A = SignatureAlgorithm
 RSA_ALGORITHMS: dict[str, tuple[Maker, Verdict]] = {
     "PKCS#1 v1.5 SHA-256": (signed_with(A.RSA_SHA256), GOOD),
     "PSS SHA-256 salt 32": (signed_with(A.RSA_PSS_SHA256), GOOD),
-    "PSS SHA-384 salt 48": (signed_with(A.RSA_PSS_SHA384), GOOD),
-    "PSS SHA-512 salt 64": (signed_with(A.RSA_PSS_SHA512), GOOD),
+    "PSS SHA-384 salt 48 (old: good)": (
+        signed_with(A.RSA_PSS_SHA384),
+        Reason.UNSUPPORTED_ALGORITHM,
+    ),
+    "PSS SHA-512 salt 64 (old: good)": (
+        signed_with(A.RSA_PSS_SHA512),
+        Reason.UNSUPPORTED_ALGORITHM,
+    ),
     "PSS SHA-1 defaults (old: good)": (
         signed_with(A.RSA_PSS_DEFAULTS),
         Reason.UNSUPPORTED_ALGORITHM,
@@ -278,7 +297,10 @@ RSA_ALGORITHMS: dict[str, tuple[Maker, Verdict]] = {
 @pytest.mark.parametrize("case", RSA_ALGORITHMS)
 def test_rsa_signature_algorithms(case: str, rsa: Pki) -> None:
     """mozpkix takes PSS only with the three CA/Browser Forum encodings (pkixder.cpp,
-    SignatureAlgorithmIdentifierValue: rsaPSSWithSHA256MGF1WithSHA256Salt32 and the others)."""
+    SignatureAlgorithmIdentifierValue: rsaPSSWithSHA256MGF1WithSHA256Salt32 and the others);
+    GnuTLS reads only the OID (lib/x509/ocsp.c, gnutls_ocsp_resp_get_signature_algorithm),
+    which it takes for PSS with SHA-256: gnutls-cli 3.7.9 here says "The received OCSP status
+    response is invalid" for the SHA-384 and SHA-512 sets."""
     check_table(rsa, *RSA_ALGORITHMS[case])
 
 
@@ -437,20 +459,28 @@ def test_trailing_data_needs_a_response_first(case: str, ec: Pki) -> None:
 # --- Texts: an issuer whose subject is encoded otherwise than the leaf's issuer name ----------
 
 
-def test_issuer_encoded_differently_is_named(ec: Pki, tmp_path: Path) -> None:
-    """The issuer is in the file; only its name's encoding differs (mozpkix and GnuTLS then
-    find no issuer: they match names as bytes). Old message: "is not in this file"."""
-    key = ec.leaf.key
-    leaf = (
+def oddly_issued(pki: Pki) -> Leaf:
+    """A leaf whose issuer name is the CA's subject in PrintableString: gnutls-cli 3.7.9 says
+    "The certificate issuer is unknown" for it, curl (OpenSSL's X509_NAME_cmp) accepts it."""
+    key = pki.leaf.key
+    cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "odd.test")]))
-        .issuer_name(printable(ec.ca.cert.subject))
+        .issuer_name(printable(pki.ca.cert.subject))
         .public_key(key.public_key())
         .serial_number(0x5151)
         .not_valid_before(NOW - DAY)
         .not_valid_after(NOW + DAY)
-        .sign(ec.ca.issuing.key, ec.leaf.cert.signature_hash_algorithm)  # type: ignore[arg-type]
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("odd.test")]), critical=False)
+        .sign(pki.ca.issuing.key, pki.leaf.cert.signature_hash_algorithm)  # type: ignore[arg-type]
     )
+    return Leaf(cert, key, issuer=pki.ca.cert, chain=pki.ca.chain, root=pki.ca.root.cert)
+
+
+def test_issuer_encoded_differently_is_named(ec: Pki, tmp_path: Path) -> None:
+    """The issuer is in the file; only its name's encoding differs (mozpkix and GnuTLS then
+    find no issuer: they match names as bytes). Old message: "is not in this file"."""
+    leaf = oddly_issued(ec).cert
     bundle = tmp_path / "fullchain.pem"
     bundle.write_bytes(
         b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (leaf, ec.ca.cert))
@@ -460,6 +490,15 @@ def test_issuer_encoded_differently_is_named(ec: Pki, tmp_path: Path) -> None:
     message = str(caught.value)
     assert "not in this file" not in message
     assert "encoded differently" in message
+
+
+def test_check_names_an_issuer_encoded_differently(ec: Pki) -> None:
+    """`mustaple check` against a real TLS server sending such a leaf and its issuer."""
+    with StaplingServer(oddly_issued(ec)) as server:
+        server.set_staple(craft_response(spec(ec)))
+        report = asyncio.run(check_server("127.0.0.1", server.port, servername="odd.test"))
+    assert report.level is Level.UNKNOWN
+    assert "encoded differently" in report.verdict
 
 
 # --- Texts: what `mustaple check` says each client does with a staple past its life -----------
@@ -520,3 +559,30 @@ def test_check_client_model_follows_the_clients_times(case: str, ec: Pki) -> Non
         for client in (Client.FIREFOX, Client.GNUTLS, Client.CURL)
     )
     assert verdicts == expected
+
+
+# --- `fetch --hash sha256` says what it got, and writes no staple ------------------------------
+
+
+def test_fetch_with_sha256_is_honest(
+    serve: Callable[[Handler], LoopbackServer],
+    ec: Pki,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    body = craft_response(spec(ec, singles=[ours(ec, "sha256")]))
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return ocsp_reply(body)
+
+    server = serve(answer)
+    files = ec.leaf.write(tmp_path / "cert")
+    out_file = tmp_path / "staple.der"
+    argv = ["fetch", str(files.fullchain), "--url", server.url, "--hash", "sha256"]
+    code = main([*argv, "--out", str(out_file), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == ExitCode.NO_STAPLE
+    assert report["reason"] == "cert-id-not-sha1"
+    assert not out_file.exists()
+    assert main(argv) == ExitCode.NO_STAPLE
+    assert "SHA-1" in capsys.readouterr().out

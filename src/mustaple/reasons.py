@@ -202,16 +202,19 @@ _HINTS = {
     Reason.UNSUPPORTED_VERSION: "no TLS client accepts this response; ask the CA",
     Reason.UNKNOWN_CRITICAL_EXTENSION: "Firefox refuses this response; the CA must drop the "
     "critical flag (a critical nonce included)",
-    Reason.MALFORMED: "often a truncated answer or a proxy: " + _RETRY_HINT + "; if it lasts, "
-    "report it to the CA",
-    Reason.TRAILING_DATA: "often a proxy or a broken responder: " + _RETRY_HINT + "; if it "
-    "lasts, report it to the CA",
+    Reason.MALFORMED: "often a truncated answer or a proxy, so worth retrying later (a staple "
+    "in hand stays valid until it expires); if it lasts, report it to the CA",
+    Reason.TRAILING_DATA: "often a proxy, so worth retrying later (a staple in hand stays "
+    "valid until it expires); if it lasts, report it to the CA: Firefox refuses it",
+    Reason.BAD_VALIDITY_WINDOW: "worth retrying later (a staple in hand stays valid until it "
+    "expires); if it lasts, the responder signs impossible times: report it to the CA",
     Reason.MALFORMED_REQUEST: "try --hash sha1 (the default) or another responder URL",
     Reason.SIG_REQUIRED: "this responder wants signed requests, which TLS servers never send",
     Reason.UNAUTHORIZED: "the URL or issuer is wrong for this certificate; check --url and "
     "--issuer",
     Reason.WRONG_ISSUER: "the issuer given is not the one the responder knows; check --issuer",
-    Reason.UNSUPPORTED_HASH: "the responder answers with a CertID hash we cannot check",
+    Reason.UNSUPPORTED_HASH: "the responder answers with a CertID hash no client matches; the "
+    "CA must answer with SHA-1",
     Reason.CERT_ID_NOT_SHA1: "fetch with --hash sha1 (the default); if the responder answers "
     "so anyway, the CA must change it",
     Reason.NOT_FIRST_RESPONSE: "GnuTLS clients refuse it; the CA must put the certificate's "
@@ -222,7 +225,7 @@ _HINTS = {
     Reason.BAD_SIGNATURE: "do not staple this; check --issuer, otherwise report it to the CA",
     Reason.WEAK_ALGORITHM: "no client accepts this signature; ask the CA",
     Reason.UNSUPPORTED_ALGORITHM: "a strict client refuses this signature algorithm; the CA "
-    "must sign with RSA (PKCS#1 v1.5, or PSS as the CA/Browser Forum profiles it) or ECDSA",
+    "must sign with RSA (PKCS#1 v1.5, or PSS with SHA-256 and a 32-byte salt) or ECDSA",
     Reason.DELEGATE_NOT_ISSUED_BY_ISSUER: "the responder is misconfigured; report it to the CA",
     Reason.DELEGATE_NO_OCSP_SIGNING: "the responder is misconfigured; report it to the CA",
     Reason.DELEGATE_EXPIRED: "the CA let its OCSP signing certificate expire; report it",

@@ -73,18 +73,18 @@ _ECDSA: dict[str, ec.ECDSA] = {
     "1.2.840.10045.4.3.4": ec.ECDSA(hashes.SHA512()),
 }
 _PKCS1V15 = padding.PKCS1v15()
+_SHA256 = hashes.SHA256()
 _RSA_PSS = "1.2.840.113549.1.1.10"
-# The only RSASSA-PSS parameters mozpkix takes (pkixder.cpp, SignatureAlgorithmIdentifierValue),
-# as the CA/Browser Forum Baseline Requirements (7.1.3.2.1) encode them: SHA-2, MGF1 with the
-# same hash, a salt as long as the hash, the trailer field left to its default.
-_PSS_TEMPLATE = (
-    "3034a00f300d06096086480165030402{0:02x}0500a11c301a06092a864886f70d010108300d0609"
-    "6086480165030402{0:02x}0500a2030201{1:02x}"
+# The only RSASSA-PSS parameters all strict clients take. mozpkix takes three sets (pkixder.cpp,
+# SignatureAlgorithmIdentifierValue), encoded as the CA/Browser Forum Baseline Requirements
+# (7.1.3.2.1) say: SHA-256/384/512, MGF1 with the same hash, a salt as long as the hash.
+# GnuTLS reads only the OID (lib/x509/ocsp.c, gnutls_ocsp_resp_get_signature_algorithm:
+# gnutls_oid_to_sign of "signatureAlgorithm.algorithm"), which it takes for RSA-PSS with
+# SHA-256 and a 32-byte salt: of the three, only that one verifies there.
+_PSS_SHA256 = bytes.fromhex(
+    "3034a00f300d06096086480165030402010500a11c301a06092a864886f70d010108300d0609"
+    "6086480165030402010500a203020120"
 )
-_PSS_PARAMS: dict[bytes, hashes.HashAlgorithm] = {
-    bytes.fromhex(_PSS_TEMPLATE.format(number, digest.digest_size)): digest
-    for number, digest in [(1, hashes.SHA256()), (2, hashes.SHA384()), (3, hashes.SHA512())]
-}
 # EdDSA signers: cryptography verifies them, but mozpkix refuses any algorithm outside its list
 # (pkixder.cpp, SignatureAlgorithmIdentifierValue: ERROR_CERT_SIGNATURE_ALGORITHM_DISABLED).
 _EDDSA = {"1.3.101.112": "Ed25519", "1.3.101.113": "Ed448"}
@@ -597,8 +597,10 @@ def _key_hash(cert: x509.Certificate) -> bytes:
 def _is_responder(resp: ocsp.OCSPResponse, by_name: bytes | None, cert: x509.Certificate) -> bool:
     """Whether the ResponderID names `cert`: by its subject as encoded, or by its key hash.
 
-    Names are compared as bytes, as mozpkix (pkixocsp.cpp, MatchResponderID: InputsAreEqual)
-    and GnuTLS do; cryptography's `Name ==` would let a PrintableString equal a UTF8String.
+    Names are compared as bytes, as mozpkix does (pkixocsp.cpp, MatchResponderID:
+    InputsAreEqual); cryptography's `Name ==` would let a PrintableString equal a UTF8String.
+    (GnuTLS's TLS client falls back to the issuer's key whatever the name; OpenSSL compares
+    canonical forms.)
     """
     if by_name is not None:
         return by_name == encoded_names(cert)[1]
@@ -715,15 +717,14 @@ def _verify_with(
 
 
 def _pss_hash(params: der.Tlv | None) -> hashes.HashAlgorithm:
-    """The hash of RSASSA-PSS parameters mozpkix takes; any others are unsupported."""
-    digest = _PSS_PARAMS.get(der.encoded(params)) if params is not None else None
-    if digest is None:
+    """The hash of the one RSASSA-PSS parameter set all clients take (see _PSS_SHA256)."""
+    if params is None or der.encoded(params) != _PSS_SHA256:
         raise _Fail(
             Reason.UNSUPPORTED_ALGORITHM,
-            "RSASSA-PSS parameters other than SHA-256/384/512 with MGF1 of the same hash and "
-            "a salt of the hash's length (Firefox takes no others)",
+            "RSASSA-PSS other than SHA-256 with MGF1-SHA-256 and a 32-byte salt (Firefox takes "
+            "no other, GnuTLS reads every PSS signature as that one)",
         )
-    return digest
+    return _SHA256
 
 
 # --- Times and status ---------------------------------------------------------------------------

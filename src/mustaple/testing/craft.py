@@ -185,7 +185,9 @@ class SignatureAlgorithm(enum.Enum):
     RSA_PSS_DEFAULTS = "rsa-pss-defaults"  # RSASSA-PSS, empty parameters: SHA-1, salt 20
     RSA_PSS_SHA256_SALT64 = "rsa-pss-sha256-salt64"  # SHA-256 with a salt of 64, not 32
     RSA_MD5 = "rsa-md5"  # md5WithRSAEncryption: broken, for testing refusal
+    RSA_SHA1 = "rsa-sha1"  # sha1WithRSAEncryption, PKCS#1 v1.5
     ECDSA_SHA256 = "ecdsa-sha256"
+    ECDSA_SHA1 = "ecdsa-sha1"
     ED25519 = "ed25519"
     ED448 = "ed448"
 
@@ -286,8 +288,9 @@ def _natural_algorithm(key: CertificateIssuerPrivateKeyTypes) -> SignatureAlgori
 
 def _fits(algorithm: SignatureAlgorithm, key: CertificateIssuerPrivateKeyTypes) -> bool:
     natural = _natural_algorithm(key)
-    if natural == SignatureAlgorithm.RSA_SHA256:
-        return algorithm.value.startswith("rsa-")
+    if natural in (SignatureAlgorithm.RSA_SHA256, SignatureAlgorithm.ECDSA_SHA256):
+        family: str = natural.value.split("-")[0]
+        return algorithm.value.startswith(family + "-")
     return algorithm == natural
 
 
@@ -381,6 +384,10 @@ def _algorithm_identifier(algorithm: SignatureAlgorithm) -> bytes:
         return seq(oid("1.2.840.113549.1.1.11"), null())
     if algorithm == SignatureAlgorithm.RSA_MD5:
         return seq(oid("1.2.840.113549.1.1.4"), null())
+    if algorithm == SignatureAlgorithm.RSA_SHA1:
+        return seq(oid("1.2.840.113549.1.1.5"), null())
+    if algorithm == SignatureAlgorithm.ECDSA_SHA1:
+        return seq(oid("1.2.840.10045.4.1"))
     if algorithm in _PSS:
         return seq(oid("1.2.840.113549.1.1.10"), _pss_params(*_PSS[algorithm]))
     if algorithm == SignatureAlgorithm.ECDSA_SHA256:
@@ -431,10 +438,14 @@ def _signature(
             digest = _HASHES[hash_name]
             pss = padding.PSS(mgf=padding.MGF1(digest), salt_length=salt)
             return key.sign(data, pss, digest)
-        digest = hashes.MD5() if algorithm == SignatureAlgorithm.RSA_MD5 else hashes.SHA256()
-        return key.sign(data, padding.PKCS1v15(), digest)
+        pkcs1 = {
+            SignatureAlgorithm.RSA_MD5: hashes.MD5(),
+            SignatureAlgorithm.RSA_SHA1: _HASHES["sha1"],
+        }
+        return key.sign(data, padding.PKCS1v15(), pkcs1.get(algorithm, hashes.SHA256()))
     if isinstance(key, ec.EllipticCurvePrivateKey):
-        return key.sign(data, ec.ECDSA(hashes.SHA256()))
+        sha1 = algorithm == SignatureAlgorithm.ECDSA_SHA1
+        return key.sign(data, ec.ECDSA(_HASHES["sha1"] if sha1 else hashes.SHA256()))
     if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey):
         return key.sign(data)
     raise TypeError(f"cannot sign with a {_key_kind(key)}")
