@@ -188,4 +188,4 @@ def test_checks_client_model_agrees_with_the_clients(recorded: Table) -> None:
             if predicted != actual.accepted:
                 wrong.append(f"{case.name} {client.key}: model {predicted}, real {actual.cell}")
     assert wrong == []
-    assert judged >= len(cases) * len(Client) * 2 // 3  # the model judges most of the matrix
+    assert judged > len(cases) * len(Client) // 2  # the model judges most of the matrix

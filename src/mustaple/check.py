@@ -164,13 +164,14 @@ _TIME_REASONS = (Reason.EXPIRED, Reason.NO_NEXT_UPDATE)
 # - cert-id-not-sha1: mozpkix matches SHA-2 CertIDs (MatchCertID, since bug 1745600) and
 #   GnuTLS hashes with the entry's own algorithm (gnutls_ocsp_resp_check_crt).
 # - not-first-response: mozpkix reads every entry, OpenSSL's OCSP_resp_find searches them all.
-# - mixed-issuers: mozpkix skips foreign entries, GnuTLS reads only the first.
+# - mixed-issuers: mozpkix skips foreign entries, GnuTLS reads only the first, and OpenSSL
+#   takes an MD5-hashed entry of our issuer that mustaple cannot place.
 # - trailing-data: curl parses with d2i_OCSP_RESPONSE, which ignores what follows.
 # - malformed: explicit defaults and BER lengths pass OpenSSL's and GnuTLS's BER parsers, and
 #   a NULL in ecdsa-with-SHA256 passes all three.
 # - unknown-critical-extension, unsupported-version, delegate-is-ca: only mozpkix checks them.
 # - weak-algorithm: curl verifies an MD5 signature; unsupported-algorithm: GnuTLS and curl
-#   verify Ed25519, and curl RSA-PSS with any parameters.
+#   verify Ed25519, curl RSA-PSS with any parameters, mozpkix PSS with SHA-384 and SHA-512.
 # - signer-unknown: GnuTLS tries the issuer whatever the ResponderID says; curl and OpenSSL
 #   compare names as parsed, not as bytes.
 # - wrong-issuer: GnuTLS compares only the name hash when the key hash differs.
@@ -180,14 +181,14 @@ _TIME_REASONS = (Reason.EXPIRED, Reason.NO_NEXT_UPDATE)
 _SOME_CLIENTS_TAKE: dict[Reason, frozenset[Client]] = {
     Reason.CERT_ID_NOT_SHA1: frozenset({Client.FIREFOX, Client.GNUTLS}),
     Reason.NOT_FIRST_RESPONSE: frozenset({Client.FIREFOX, Client.CURL}),
-    Reason.MIXED_ISSUERS: frozenset({Client.FIREFOX, Client.GNUTLS}),
+    Reason.MIXED_ISSUERS: frozenset(Client),
     Reason.TRAILING_DATA: frozenset({Client.CURL}),
     Reason.MALFORMED: frozenset(Client),
     Reason.UNKNOWN_CRITICAL_EXTENSION: frozenset({Client.GNUTLS, Client.CURL}),
     Reason.UNSUPPORTED_VERSION: frozenset({Client.GNUTLS, Client.CURL}),
     Reason.DELEGATE_IS_CA: frozenset({Client.GNUTLS, Client.CURL}),
     Reason.WEAK_ALGORITHM: frozenset({Client.CURL}),
-    Reason.UNSUPPORTED_ALGORITHM: frozenset({Client.GNUTLS, Client.CURL}),
+    Reason.UNSUPPORTED_ALGORITHM: frozenset(Client),
     Reason.SIGNER_UNKNOWN: frozenset({Client.GNUTLS, Client.CURL}),
     Reason.WRONG_ISSUER: frozenset({Client.GNUTLS}),
     Reason.CERT_STATUS_UNKNOWN: frozenset({Client.FIREFOX, Client.GNUTLS}),
@@ -195,8 +196,9 @@ _SOME_CLIENTS_TAKE: dict[Reason, frozenset[Client]] = {
     Reason.PRODUCED_IN_FUTURE: frozenset(Client),
     Reason.BAD_VALIDITY_WINDOW: frozenset({Client.FIREFOX}),
 }
-# A revoked entry after a good one for the same certificate: GnuTLS reads the first entry,
-# curl (OCSP_resp_find_status) the first that matches, so they may see `good`.
+# A revoked entry (or one past its life or from the future) after a good one for the same
+# certificate: GnuTLS reads the first entry, curl (OCSP_resp_find_status) the first that
+# matches, so they may see `good`.
 _FIRST_ENTRY_READERS = frozenset({Client.GNUTLS, Client.CURL})
 
 
@@ -217,12 +219,22 @@ def client_states(
             client: _state(staple, verify(staple, target, now - grace, _shifted(policy, grace)))
             for client, (grace, policy) in _CLIENT_TIMES.items()
         }
-        if _entries(staple) > 1:
-            states |= dict.fromkeys(_FIRST_ENTRY_READERS, StapleState.UNVALIDATED)
-        return states
+        return states | _first_entry_readers(staple)
+    if outcome.reason is Reason.THIS_UPDATE_IN_FUTURE:
+        return _some_clients_take(outcome.reason) | _first_entry_readers(staple)
     if outcome.reason is Reason.MALFORMED and not staple.startswith(b"\x30"):
         return {}  # not even a SEQUENCE: no parser takes it
-    return dict.fromkeys(_SOME_CLIENTS_TAKE.get(outcome.reason, ()), StapleState.UNVALIDATED)
+    return _some_clients_take(outcome.reason)
+
+
+def _some_clients_take(reason: Reason) -> dict[Client, StapleState]:
+    return dict.fromkeys(_SOME_CLIENTS_TAKE.get(reason, ()), StapleState.UNVALIDATED)
+
+
+def _first_entry_readers(staple: bytes) -> dict[Client, StapleState]:
+    """Cannot tell for GnuTLS and curl when the staple has several entries."""
+    several = _entries(staple) > 1
+    return dict.fromkeys(_FIRST_ENTRY_READERS if several else (), StapleState.UNVALIDATED)
 
 
 def _entries(staple: bytes) -> int:

@@ -29,7 +29,7 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from mustaple import der
-from mustaple.request import CertId, make_cert_id
+from mustaple.request import CertId, issuer_key_bits, make_cert_id
 from mustaple.testing.craft import (
     ExtensionSpec,
     ResponseSpec,
@@ -528,6 +528,14 @@ def _cert_ids(c: _Catalogue) -> None:
     )
 
 
+def _md5_cert_id(leaf: Leaf) -> CertId:
+    """A CertID for another serial of `leaf`'s issuer, hashed with MD5."""
+    name, key = hashes.Hash(hashes.MD5()), hashes.Hash(hashes.MD5())
+    name.update(leaf.issuer.subject.public_bytes())
+    key.update(issuer_key_bits(leaf.issuer))
+    return CertId("md5", name.finalize(), key.finalize(), leaf.cert.serial_number + 7)
+
+
 def _printable_name_hash(issuer: x509.Certificate) -> bytes:
     name = Node.parse(issuer.subject.public_bytes())
     retype_strings(name, _PRINTABLE_STRING)
@@ -609,6 +617,13 @@ def _singles(c: _Catalogue) -> None:
          lambda leaf: [*others(leaf, 20), ours(leaf)]),
         ("ours-then-foreign-issuer", "ours first, then one for a certificate of the foreign CA",
          lambda leaf: [ours(leaf), foreign(leaf)]),
+        ("ours-then-md5-entry", "ours first, then one for another serial with an MD5 CertID",
+         lambda leaf: [ours(leaf), ours(leaf, cert_id=_md5_cert_id(leaf))]),
+        ("good-then-expired-hour", "ours good, then ours expired an hour ago",
+         lambda leaf: [ours(leaf), ours(leaf, this_update=c.now - 4 * _DAY,
+                                       next_update=c.now - _HOUR)]),
+        ("good-then-from-future", "ours good, then ours with thisUpdate an hour ahead",
+         lambda leaf: [ours(leaf), ours(leaf, this_update=c.now + _HOUR)]),
     ]
     # fmt: on
     for slug, what, make in table:

@@ -61,7 +61,18 @@ _PARSER = (
     "cannot check it; no known responder sends this, and a staple it cannot check is not "
     "served (`malformed`: if it lasts, report it to the CA)"
 )
+_ONE_EXPIRY = (
+    "a staple has one expiry; judging every entry for our certificate by the same strict time "
+    "rules keeps that date one every client honours (GnuTLS and curl read only the first "
+    "entry, mozpkix allows a day of slop)"
+)
 DELIBERATE: dict[str, str] = {
+    "singles/ours-then-md5-entry": (
+        "mustaple cannot tell whose certificate an entry hashed with an algorithm it does not "
+        "compute is about, so it cannot rule out another issuer's, which OpenSSL refuses"
+    ),
+    "singles/good-then-expired-hour": _ONE_EXPIRY,
+    "singles/good-then-from-future": _ONE_EXPIRY,
     "extensions/response-duplicate-nonce": "an extension appears at most once (RFC 5280 4.2); "
     + _PARSER,
     "signature/ecdsa-with-null": "ecdsa-with-SHA256 takes no parameters (RFC 5758 3.2); " + _PARSER,
