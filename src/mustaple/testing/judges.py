@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -37,6 +38,7 @@ from mustaple.testing.tls import StaplingServer
 __all__ = ["CLI_JUDGES", "Firefox", "Verdict", "Workspace", "judge_with_cli"]
 
 _TIMEOUT = 30.0  # seconds for one client run or one navigation
+_CLI_PARALLEL = 4  # cases a CLI client judges at once (each waits mostly on its server)
 _FIREFOX_PREFS: dict[str, bool | int | str] = {
     # the judge: OCSP on, a failed live fetch tolerated (the AIA is a closed port)
     "security.OCSP.enabled": 1,
@@ -207,15 +209,21 @@ CLI_JUDGES: dict[str, Callable[[Workspace, int], Verdict]] = {"gnutls": gnutls, 
 
 
 def judge_with_cli(workspace: Workspace, cases: Iterable[Case], client: str) -> dict[str, Verdict]:
-    """Every case judged by one CLI client: each served on its own port (openssl reads bytes)."""
-    verdicts = {}
-    for case in cases:
+    """Every case judged by one CLI client, a few at a time: each served on its own port
+    (openssl reads the bytes alone)."""
+
+    def judge(case: Case) -> Verdict:
         if client == "openssl":
-            verdicts[case.name] = openssl_ocsp(workspace, case)
-            continue
+            return openssl_ocsp(workspace, case)
         with StaplingServer(case.leaf, staple=case.staple) as server:
-            verdicts[case.name] = CLI_JUDGES[client](workspace, server.port)
-    return verdicts
+            return CLI_JUDGES[client](workspace, server.port)
+
+    cases = list(cases)
+    if client == "openssl":
+        for case in cases:
+            workspace.case_dir(case)  # written once, before the threads read them
+    with ThreadPoolExecutor(max_workers=_CLI_PARALLEL) as pool:
+        return dict(zip((case.name for case in cases), pool.map(judge, cases), strict=True))
 
 
 class FirefoxError(RuntimeError):
