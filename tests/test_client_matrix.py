@@ -18,13 +18,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from cryptography import x509
 
 from mustaple.certs import Target
 from mustaple.check import Client, StapleState, client_accepts, client_states
 from mustaple.reasons import Rejection
 from mustaple.testing.judges import CLI_JUDGES, Firefox, Verdict, Workspace, judge_with_cli
-from mustaple.testing.matrix import OCSP_URL, Case, build_cases
+from mustaple.testing.matrix import OCSP_URL, Case, build_cases, roots_of
 from mustaple.testing.pki import CA
 from mustaple.testing.strictness import (
     CLIENTS,
@@ -107,18 +106,14 @@ def test_cli_client_refuses_no_staple_then_its_column_matches(
         control = CLI_JUDGES[client](workspace, server.port)
     assert control == NO_STAPLE[client]  # a valid judge: a must-staple certificate needs one
     _, cases = fresh_cases()
-    workspace = Workspace(tmp_path / "matrix", roots(cases))
+    workspace = Workspace(tmp_path / "matrix", roots_of(cases))
     run = judge_with_cli(workspace, cases, client)
     assert differences(client, run, recorded) == [], REGENERATE
 
 
-def roots(cases: list[Case]) -> list[x509.Certificate]:
-    return sorted({case.leaf.root for case in cases}, key=lambda root: root.serial_number)
-
-
 def test_openssl_ocsp_column_matches(recorded: Table, tmp_path: Path) -> None:
     _, cases = fresh_cases()
-    run = judge_with_cli(Workspace(tmp_path, roots(cases)), cases, "openssl")
+    run = judge_with_cli(Workspace(tmp_path, roots_of(cases)), cases, "openssl")
     assert differences("openssl", run, recorded) == [], REGENERATE
 
 
@@ -128,7 +123,7 @@ def test_firefox_refuses_no_staple_then_its_column_matches(recorded: Table) -> N
     _, cases = fresh_cases()
 
     async def judge() -> tuple[Verdict, dict[str, Verdict]]:
-        async with Firefox([ca.root.cert, *roots(cases)]) as firefox:
+        async with Firefox([ca.root.cert, *roots_of(cases)]) as firefox:
             with server:
                 control = await firefox.judge(server.port)
             return control, await firefox.judge_cases(cases)

@@ -135,15 +135,10 @@ def gnutls(workspace: Workspace, port: int) -> Verdict:
     """`gnutls-cli --ocsp`: the handshake verifies the chain and the stapled response."""
     done = _run(
         [
-            "gnutls-cli",
-            "--ocsp",
-            "--x509cafile",
-            str(workspace.roots),
-            "--port",
-            str(port),
-            HOSTNAME,
+            "gnutls-cli", "--ocsp", "--x509cafile", str(workspace.roots),
+            "--port", str(port), HOSTNAME,
         ]
-    )
+    )  # fmt: skip
     if done.returncode == 0:
         return Verdict(True)
     status = re.search(r"Status: The certificate is NOT trusted\. (.*?)\s*$", done.stdout, re.M)

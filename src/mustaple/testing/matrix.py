@@ -51,7 +51,7 @@ from mustaple.testing.craft import (
 )
 from mustaple.testing.pki import CA, Identity, Leaf
 
-__all__ = ["HOSTNAME", "OCSP_URL", "Case", "Node", "Pki", "build_cases", "resign"]
+__all__ = ["HOSTNAME", "OCSP_URL", "Case", "Node", "Pki", "build_cases", "resign", "roots_of"]
 
 HOSTNAME = "localhost"  # every leaf's name: the clients connect to localhost:<port>
 OCSP_URL = "http://127.0.0.1:9/"  # the leaves' AIA: a closed port, so a live fetch fails fast
@@ -433,6 +433,11 @@ def _natural(key: CertificateIssuerPrivateKeyTypes) -> Signing:
     if isinstance(key, ec.EllipticCurvePrivateKey):
         return ecdsa(key, "sha256")
     return eddsa(key)
+
+
+def roots_of(cases: Sequence[Case]) -> list[x509.Certificate]:
+    """The roots the clients must trust to judge `cases` (each once, in a stable order)."""
+    return sorted({case.leaf.root for case in cases}, key=lambda root: root.serial_number)
 
 
 def build_cases(now: datetime) -> list[Case]:

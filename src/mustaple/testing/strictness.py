@@ -22,7 +22,7 @@ from pathlib import Path
 
 from mustaple.certs import Target
 from mustaple.testing.judges import Firefox, Verdict, Workspace, judge_with_cli
-from mustaple.testing.matrix import Case, build_cases
+from mustaple.testing.matrix import Case, build_cases, roots_of
 from mustaple.verify import Staple, verify
 
 __all__ = [
@@ -97,13 +97,12 @@ def mustaple_column(cases: Sequence[Case], now: datetime) -> dict[str, Verdict]:
 
 def client_columns(cases: Sequence[Case], clients: Sequence[str]) -> dict[str, dict[str, Verdict]]:
     """Each client's verdict on every case (the CLI clients and Firefox side by side)."""
-    roots = {case.leaf.root for case in cases}
     with tempfile.TemporaryDirectory(prefix="mustaple-matrix-") as directory:
-        workspace = Workspace(Path(directory), sorted(roots, key=lambda r: r.serial_number))
+        workspace = Workspace(Path(directory), roots_of(cases))
 
         async def all_clients() -> list[dict[str, Verdict]]:
             jobs = [
-                _firefox(cases, workspace) if client == "firefox"
+                _firefox(cases) if client == "firefox"
                 else asyncio.to_thread(judge_with_cli, workspace, cases, client)
                 for client in clients
             ]  # fmt: skip
@@ -112,9 +111,8 @@ def client_columns(cases: Sequence[Case], clients: Sequence[str]) -> dict[str, d
         return dict(zip(clients, asyncio.run(all_clients()), strict=True))
 
 
-async def _firefox(cases: Sequence[Case], workspace: Workspace) -> dict[str, Verdict]:
-    roots = {case.leaf.root for case in cases}
-    async with Firefox(roots) as firefox:
+async def _firefox(cases: Sequence[Case]) -> dict[str, Verdict]:
+    async with Firefox(roots_of(cases)) as firefox:
         return await firefox.judge_cases(cases)
 
 
