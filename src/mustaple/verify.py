@@ -334,10 +334,7 @@ def _verify(data: bytes, target: Target, now: datetime, policy: Policy) -> Stapl
         raise _Fail(Reason.MALFORMED, _short(exc)) from exc
     _check_critical(extensions)
     facts = _target_facts(_Same(target))
-    by_name = None
-    if resp.responder_key_hash is None:  # byName: compared as encoded bytes, so walk the DER
-        envelope = envelope or _open_envelope(data)
-        by_name = _responder_name(envelope)
+    by_name = _responder_name(signed) if resp.responder_key_hash is None else None
     signer_key, delegate = _find_signer(resp, by_name, certs, target, facts, now=now)
     params = envelope.signature_params if envelope else None
     _check_signature(signature_oid, params, resp.signature, signed, signer_key)
@@ -470,13 +467,15 @@ def _open_basic(response_bytes: der.Tlv) -> _Envelope:
     return _Envelope(basic, fields[0], tbs, der.decode_oid(algorithm[0]), params)
 
 
-def _responder_name(envelope: _Envelope) -> bytes:
-    """The ResponderID byName's Name as encoded (after the optional version)."""
-    fields = envelope.tbs_children
+def _responder_name(tbs: bytes) -> bytes:
+    """The ResponderID byName's Name as encoded in tbsResponseData (after the version)."""
     try:
-        responder = fields[1] if fields[0].tag == 0xA0 else fields[0]
+        outer = der.read_tlv(tbs)
+        responder = der.read_tlv(tbs, outer.start, outer.end)
+        if responder.tag == 0xA0:  # an explicit version
+            responder = der.read_tlv(tbs, responder.end, outer.end)
         return der.encoded(der.read_single(responder.content, der.SEQUENCE))
-    except (der.DerError, IndexError) as exc:
+    except der.DerError as exc:
         raise _Fail(Reason.MALFORMED, "unreadable responderID") from exc
 
 
@@ -748,42 +747,43 @@ def _build_staple(
     the whole response old) and revoked overrides good and unknown. The status each other
     client reads (GnuTLS the first entry, curl the first SHA-1 one) must not be unknown.
     """
-    _, first, hash_name = ours[0]
     produced_at = resp.produced_at_utc
+    times = [(single.this_update_utc, single.next_update_utc) for _, single, _ in ours]
     expiries: list[datetime] = []
     notes: list[Note] = []
-    for _, single, _ in ours:
+    for this_update, next_update in times:
         single_expiry, single_notes = _check_times(
             now,
             policy,
             facts,
             produced_at=produced_at,
-            this_update=single.this_update_utc,
-            next_update=single.next_update_utc,
+            this_update=this_update,
+            next_update=next_update,
             delegate=delegate,
         )
         expiries.append(single_expiry)
         notes += [note for note in single_notes if note not in notes]
-    read = [first, next(single for _, single, name in ours if name == "sha1")]
-    revoked = next((s for _, s, _ in ours if s.certificate_status == _REVOKED), None)
-    if revoked is None and any(s.certificate_status == _UNKNOWN for s in read):
+    statuses = [single.certificate_status for _, single, _ in ours]
+    revoked = next((n for n, status in enumerate(statuses) if status == _REVOKED), None)
+    sha1 = next(n for n, (_, _, name) in enumerate(ours) if name == "sha1")
+    if revoked is None and _UNKNOWN in (statuses[0], statuses[sha1]):
         raise _Fail(Reason.CERT_STATUS_UNKNOWN, f"serial {facts.serial:x}")
     if several:
         notes.append(Note.SEVERAL_RESPONSES)
-    chosen = revoked or first
+    chosen = ours[revoked][1] if revoked is not None else None
     return Staple(
         der=data,
         serial=facts.serial,
-        status=chosen.certificate_status,
+        status=statuses[revoked or 0],
         produced_at=produced_at,
-        this_update=first.this_update_utc,
-        next_update=first.next_update_utc,
+        this_update=times[0][0],
+        next_update=times[0][1],
         effective_expiry=min(expiries),
         signer=Signer.DELEGATED if delegate else Signer.ISSUER,
         signer_name=signer_name,
-        hash_name=hash_name,
-        revocation_time=revoked.revocation_time_utc if revoked else None,
-        revocation_reason=revoked.revocation_reason if revoked else None,
+        hash_name=ours[0][2],
+        revocation_time=chosen.revocation_time_utc if chosen else None,
+        revocation_reason=chosen.revocation_reason if chosen else None,
         notes=tuple(notes),
     )
 
