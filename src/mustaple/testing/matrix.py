@@ -65,12 +65,14 @@ _UNKNOWN_EXTENSION = "1.3.6.1.4.1.55555.1"
 _RSA_PKCS1_OIDS = {
     "md5": "1.2.840.113549.1.1.4",
     "sha1": "1.2.840.113549.1.1.5",
+    "sha224": "1.2.840.113549.1.1.14",
     "sha256": "1.2.840.113549.1.1.11",
     "sha384": "1.2.840.113549.1.1.12",
     "sha512": "1.2.840.113549.1.1.13",
 }
 _ECDSA_OIDS = {
     "sha1": "1.2.840.10045.4.1",
+    "sha224": "1.2.840.10045.4.3.1",
     "sha256": "1.2.840.10045.4.3.2",
     "sha384": "1.2.840.10045.4.3.3",
     "sha512": "1.2.840.10045.4.3.4",
@@ -78,6 +80,7 @@ _ECDSA_OIDS = {
 _HASHES: dict[str, hashes.HashAlgorithm] = {
     "md5": hashes.MD5(),
     "sha1": hashes.SHA1(),
+    "sha224": hashes.SHA224(),
     "sha256": hashes.SHA256(),
     "sha384": hashes.SHA384(),
     "sha512": hashes.SHA512(),
@@ -694,7 +697,7 @@ def _extensions(c: _Catalogue) -> None:
 
 
 def _signatures(c: _Catalogue) -> None:
-    for hash_name in ("sha1", "sha384", "sha512", "md5"):
+    for hash_name in ("sha1", "sha224", "sha384", "sha512", "md5"):
         c.resigned(
             f"signature/rsa-{hash_name}",
             f"RSA PKCS#1 v1.5 with {hash_name.upper()}",
@@ -749,7 +752,7 @@ def _signatures(c: _Catalogue) -> None:
         lambda who: Signing(pkcs1(who.key, "sha256").identifier, pkcs1(who.key, "sha1").sign),
     )
     c.with_spec("signature/corrupt", "one bit of the signature flipped", corrupt_signature=True)
-    for hash_name in ("sha1", "sha384", "sha512"):
+    for hash_name in ("sha1", "sha224", "sha384", "sha512"):
         c.resigned(
             f"signature/ecdsa-{hash_name}",
             f"ECDSA with {hash_name.upper()} by the EC issuer",
