@@ -159,7 +159,7 @@ MUST_STAPLE = {
     "revoked": (Level.CRITICAL, None, (False, False, False)),
     "wrong-cert": (Level.CRITICAL, "cert-not-in-response", (False, False, False)),
     "garbage": (Level.CRITICAL, "malformed", (False, False, False)),
-    "trailing": (Level.CRITICAL, "trailing-data", (False, False, False)),
+    "trailing": (Level.CRITICAL, "trailing-data", (False, False, None)),  # curl ignores the rest
 }
 
 # the same without must-staple: a missing staple is a warning, clients differ

@@ -12,17 +12,21 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 
+from mustaple import der
 from mustaple.errors import InputError
 
 __all__ = [
     "Target",
     "ca_issuer_urls",
     "display_name",
+    "encoded_names",
     "find_issuer",
     "is_must_staple",
+    "issuer_encoded_differently",
     "make_target",
     "ocsp_urls",
     "parse_certificates",
@@ -108,6 +112,35 @@ def find_issuer(
 ) -> x509.Certificate | None:
     """The first candidate that really signed `leaf`, or None."""
     return next((c for c in candidates if signed_by(leaf, c)), None)
+
+
+def encoded_names(cert: x509.Certificate) -> tuple[bytes, bytes]:
+    """`cert`'s issuer and subject Names exactly as encoded in it, tags included.
+
+    mozpkix and GnuTLS compare names as bytes; cryptography's `Name ==` does not (it ignores
+    the string type: PrintableString equals UTF8String).
+    """
+    tbs = der.children(der.read_single(cert.public_bytes(serialization.Encoding.DER)))[0]
+    fields = der.children(tbs)
+    if fields[0].tag == 0xA0:  # version
+        fields = fields[1:]
+    # serialNumber, signature, issuer, validity, subject
+    return der.encoded(fields[2]), der.encoded(fields[4])
+
+
+def issuer_encoded_differently(
+    leaf: x509.Certificate, candidates: Iterable[x509.Certificate]
+) -> x509.Certificate | None:
+    """A candidate whose subject is `leaf`'s issuer name only when compared loosely, or None.
+
+    Such an issuer did not sign `leaf` as far as Firefox, GnuTLS and cryptography are
+    concerned (the encoded names differ, for example PrintableString and UTF8String).
+    """
+    wanted = encoded_names(leaf)[0]
+    for candidate in candidates:
+        if candidate.subject == leaf.issuer and encoded_names(candidate)[1] != wanted:
+            return candidate
+    return None
 
 
 def display_name(cert: x509.Certificate) -> str:

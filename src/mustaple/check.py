@@ -20,13 +20,14 @@ import asyncio
 import contextlib
 import enum
 import json
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import click
 from cryptography import x509
+from cryptography.x509 import ocsp
 
 from mustaple.certs import (
     Target,
@@ -34,6 +35,7 @@ from mustaple.certs import (
     display_name,
     find_issuer,
     is_must_staple,
+    issuer_encoded_differently,
     parse_certificates,
 )
 from mustaple.errors import InputError
@@ -41,7 +43,7 @@ from mustaple.fetch import FetchResult, fetch_issuer, fetch_staple, utc_now
 from mustaple.files import read_input
 from mustaple.loader import load_target
 from mustaple.probe import ProbeError, ProbeResult, probe_async
-from mustaple.reasons import Reason, Rejection
+from mustaple.reasons import Note, Reason, Rejection
 from mustaple.report import human_duration, staple_json
 from mustaple.schedule import DEFAULT_SCHEDULE, SchedulePolicy, refresh_point
 from mustaple.starttls import DEFAULT_PORTS as STARTTLS_PORTS
@@ -60,6 +62,7 @@ __all__ = [
     "check_responder",
     "check_server",
     "client_accepts",
+    "client_states",
     "error_json",
     "judge",
     "judge_responder",
@@ -111,11 +114,11 @@ class Client(enum.Enum):
 def client_accepts(client: Client, must_staple: bool, state: StapleState) -> bool | None:
     """Whether `client` accepts a handshake that stapled `state` (None: cannot tell).
 
-    Firefox (mozpkix): a must-staple certificate needs a valid good staple; otherwise a
-    revoked or invalid staple fails the handshake, while an expired one is ignored like no
-    staple. GnuTLS: a must-staple certificate needs a valid good staple; otherwise any staple
-    sent must be valid and good, and none is fine. curl --cert-status: always a valid good
-    staple. "Valid" is mustaple's validator, which is at least as strict as each client.
+    `state` is the staple as this client sees it (`client_states`). Firefox (mozpkix): a
+    must-staple certificate needs a valid good staple; otherwise a revoked or invalid staple
+    fails the handshake, while an expired one is ignored like no staple. GnuTLS: a
+    must-staple certificate needs a valid good staple; otherwise any staple sent must be
+    valid and good, and none is fine. curl --cert-status: always a valid good staple.
     """
     if state is StapleState.UNVALIDATED:
         return None
@@ -124,6 +127,134 @@ def client_accepts(client: Client, must_staple: bool, state: StapleState) -> boo
     if client is Client.FIREFOX:
         return state in (StapleState.NONE, StapleState.GOOD, StapleState.EXPIRED)
     return state in (StapleState.NONE, StapleState.GOOD)
+
+
+# How long after the end of a response's life each client still takes it, and the lifetime
+# rules it applies, for a staple mustaple calls `expired` or lacking nextUpdate:
+# - Firefox: notAfter is min(nextUpdate, thisUpdate + 10 days), or thisUpdate + 1 day without
+#   nextUpdate, and a response is old only one day (SLOP_SECONDS) after that (mozpkix,
+#   pkixocsp.cpp, SingleResponse).
+# - curl: OCSP_check_validity(thisupd, nextupd, 300L, -1L) (lib/vtls/openssl.c, verifystatus):
+#   five minutes after nextUpdate, no cap on the window, no age limit without nextUpdate.
+# - GnuTLS: refused once nextUpdate has passed ("There is a newer OCSP response"), no cap;
+#   without nextUpdate, MAX_OCSP_VALIDITY_SECS (15 days) after thisUpdate (lib/cert-session.c,
+#   check_ocsp_response).
+_FOREVER = timedelta(days=36500)
+_CLIENT_TIMES: dict[Client, tuple[timedelta, Policy]] = {
+    Client.FIREFOX: (timedelta(days=1), Policy(allow_missing_next_update=True)),
+    Client.CURL: (
+        timedelta(seconds=300),
+        Policy(
+            max_lifetime=_FOREVER,
+            allow_missing_next_update=True,
+            missing_next_update_lifetime=_FOREVER,
+        ),
+    ),
+    Client.GNUTLS: (
+        timedelta(0),
+        Policy(
+            max_lifetime=_FOREVER,
+            allow_missing_next_update=True,
+            missing_next_update_lifetime=timedelta(days=15),
+        ),
+    ),
+}
+_TIME_REASONS = (Reason.EXPIRED, Reason.NO_NEXT_UPDATE)
+# Rejections that some clients take all the same; for those the model cannot tell (the
+# validator stops at the first problem, so it cannot say whether the rest would pass). The
+# client matrix (docs/strictness.md) showed each client taking at least one such staple:
+# - cert-id-not-sha1: mozpkix matches SHA-2 CertIDs (MatchCertID, since bug 1745600) and
+#   GnuTLS hashes with the entry's own algorithm (gnutls_ocsp_resp_check_crt).
+# - not-first-response: mozpkix reads every entry, OpenSSL's OCSP_resp_find searches them all.
+# - mixed-issuers: mozpkix skips foreign entries, GnuTLS reads only the first, and OpenSSL
+#   takes an MD5-hashed entry of our issuer that mustaple cannot place.
+# - trailing-data: curl parses with d2i_OCSP_RESPONSE, which ignores what follows.
+# - malformed: explicit defaults and BER lengths pass OpenSSL's and GnuTLS's BER parsers, and
+#   a NULL in ecdsa-with-SHA256 passes all three.
+# - unknown-critical-extension, unsupported-version, delegate-is-ca: only mozpkix checks them.
+# - weak-algorithm: curl verifies an MD5 signature; unsupported-algorithm: GnuTLS and curl
+#   verify Ed25519, curl RSA-PSS with any parameters, mozpkix PSS with SHA-384 and SHA-512.
+# - signer-unknown: GnuTLS tries the issuer whatever the ResponderID says; curl and OpenSSL
+#   compare names as parsed, not as bytes.
+# - wrong-issuer: GnuTLS compares only the name hash when the key hash differs.
+# - cert-status-unknown: GnuTLS takes status unknown; mozpkix takes a good entry after it.
+# - this-update-in-future, produced-in-future, bad-validity-window: the clients' own time
+#   checks allow more (mozpkix a day of slop and no order check; GnuTLS no thisUpdate check).
+_SOME_CLIENTS_TAKE: dict[Reason, frozenset[Client]] = {
+    Reason.CERT_ID_NOT_SHA1: frozenset({Client.FIREFOX, Client.GNUTLS}),
+    Reason.NOT_FIRST_RESPONSE: frozenset({Client.FIREFOX, Client.CURL}),
+    Reason.MIXED_ISSUERS: frozenset(Client),
+    Reason.TRAILING_DATA: frozenset({Client.CURL}),
+    Reason.MALFORMED: frozenset(Client),
+    Reason.UNKNOWN_CRITICAL_EXTENSION: frozenset({Client.GNUTLS, Client.CURL}),
+    Reason.UNSUPPORTED_VERSION: frozenset({Client.GNUTLS, Client.CURL}),
+    Reason.DELEGATE_IS_CA: frozenset({Client.GNUTLS, Client.CURL}),
+    Reason.WEAK_ALGORITHM: frozenset({Client.CURL}),
+    Reason.UNSUPPORTED_ALGORITHM: frozenset(Client),
+    Reason.SIGNER_UNKNOWN: frozenset({Client.GNUTLS, Client.CURL}),
+    Reason.WRONG_ISSUER: frozenset({Client.GNUTLS}),
+    Reason.CERT_STATUS_UNKNOWN: frozenset({Client.FIREFOX, Client.GNUTLS}),
+    Reason.THIS_UPDATE_IN_FUTURE: frozenset({Client.FIREFOX, Client.GNUTLS}),
+    Reason.PRODUCED_IN_FUTURE: frozenset(Client),
+    Reason.BAD_VALIDITY_WINDOW: frozenset({Client.FIREFOX}),
+}
+# A revoked entry (or one past its life or from the future) after a good one for the same
+# certificate: GnuTLS reads the first entry, curl (OCSP_resp_find_status) the first that
+# matches, so they may see `good`.
+_FIRST_ENTRY_READERS = frozenset({Client.GNUTLS, Client.CURL})
+
+
+def client_states(
+    staple: bytes, outcome: Staple | Rejection, target: Target, now: datetime
+) -> dict[Client, StapleState]:
+    """How each client sees a staple, where that may differ from mustaple.
+
+    A staple past its life (or without nextUpdate) is judged again with each client's time
+    rules; a rejection some clients take anyway is `UNVALIDATED` (cannot tell) for them; so is
+    a revoked or expired entry of ours behind another for the clients that read one entry.
+    """
+    if isinstance(outcome, Staple):
+        several = not outcome.good and Note.SEVERAL_RESPONSES in outcome.notes
+        return dict.fromkeys(_FIRST_ENTRY_READERS if several else (), StapleState.UNVALIDATED)
+    if outcome.reason in _TIME_REASONS:
+        states = {
+            client: _state(staple, verify(staple, target, now - grace, _shifted(policy, grace)))
+            for client, (grace, policy) in _CLIENT_TIMES.items()
+        }
+        return states | _first_entry_readers(staple)
+    if outcome.reason is Reason.THIS_UPDATE_IN_FUTURE:
+        return _some_clients_take(outcome.reason) | _first_entry_readers(staple)
+    if outcome.reason is Reason.MALFORMED and not staple.startswith(b"\x30"):
+        return {}  # not even a SEQUENCE: no parser takes it
+    return _some_clients_take(outcome.reason)
+
+
+def _some_clients_take(reason: Reason) -> dict[Client, StapleState]:
+    return dict.fromkeys(_SOME_CLIENTS_TAKE.get(reason, ()), StapleState.UNVALIDATED)
+
+
+def _first_entry_readers(staple: bytes) -> dict[Client, StapleState]:
+    """Cannot tell for GnuTLS and curl when the staple has several entries."""
+    several = _entries(staple) > 1
+    return dict.fromkeys(_FIRST_ENTRY_READERS if several else (), StapleState.UNVALIDATED)
+
+
+def _entries(staple: bytes) -> int:
+    """How many SingleResponses a (well-formed) staple carries."""
+    try:
+        return len(list(ocsp.load_der_ocsp_response(staple).responses))
+    except ValueError:
+        return 0
+
+
+def _shifted(policy: Policy, grace: timedelta) -> Policy:
+    """`policy` for judging at `now - grace`: nothing signed up to `now` is in the future."""
+    return Policy(
+        clock_skew=DEFAULT_POLICY.clock_skew + grace,
+        max_lifetime=policy.max_lifetime,
+        allow_missing_next_update=policy.allow_missing_next_update,
+        missing_next_update_lifetime=policy.missing_next_update_lifetime,
+    )
 
 
 @dataclass(frozen=True)
@@ -148,12 +279,13 @@ class Connection:
     state: StapleState
     level: Level
     why: str
+    seen_by: Mapping[Client, StapleState] = field(default_factory=dict)  # see client_states
 
     def accepted_by(self, client: Client, must_staple: bool) -> bool | None:
         """The client model for this handshake; a chain that does not verify fails all."""
         if self.chain_verified is False:
             return False
-        return client_accepts(client, must_staple, self.state)
+        return client_accepts(client, must_staple, self.seen_by.get(client, self.state))
 
 
 @dataclass(frozen=True)
@@ -240,9 +372,13 @@ def judge(
             judged[staple] = verify(staple, target, now, verify_policy)
         return judged[staple]
 
+    def seen_by(staple: bytes, outcome: Staple | Rejection) -> dict[Client, StapleState]:
+        assert target is not None  # an outcome was found, so there is a target
+        return client_states(staple, outcome, target, now)
+
     facts = _Facts(must_staple, now, schedule_policy, issuer)
     connections = [
-        _connection(number, result, validate, facts)
+        _connection(number, result, validate, facts, seen_by)
         for number, result in enumerate(results, start=1)
     ]
     first = next((c for c in connections if c.staple is not None), None)
@@ -268,9 +404,11 @@ def _connection(
     result: ProbeResult,
     validate: Callable[[bytes], Staple | Rejection | None],
     facts: _Facts,
+    seen_by: Callable[[bytes, Staple | Rejection], dict[Client, StapleState]],
 ) -> Connection:
     outcome = validate(result.staple) if result.staple is not None else None
     state = _state(result.staple, outcome)
+    clients = seen_by(result.staple, outcome) if result.staple and outcome else {}
     level, why = _assess(state, outcome, facts)
     if result.verified is False:
         level, why = Level.CRITICAL, "the chain does not verify against the CA file"
@@ -284,6 +422,7 @@ def _connection(
         state=state,
         level=level,
         why=why,
+        seen_by=clients,
     )
 
 
@@ -635,6 +774,14 @@ async def _server_issuer(
     found = find_issuer(leaf, chain[1:])
     if found is not None:
         return Issuer(found, "chain")
+    if issuer_encoded_differently(leaf, chain[1:]) is not None:
+        return Issuer(
+            None,
+            None,
+            "the server sends the issuer, but the certificate names it encoded differently "
+            "(Firefox and GnuTLS compare names as bytes and find no issuer; the CA must "
+            "reissue it)",
+        )
     if issuer_path is not None:
         found = _signer_in(issuer_path, "issuer certificate", leaf)
         if found is not None:

@@ -120,7 +120,7 @@ lenient_option = click.option(
     type=click.Choice(sorted(HASHES)),
     default="sha1",
     show_default=True,
-    help="CertID hash algorithm.",
+    help="CertID hash algorithm (only sha1 gives a staple curl and OpenSSL accept).",
 )
 @click.option(
     "--timeout",

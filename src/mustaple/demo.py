@@ -92,8 +92,17 @@ class _Scene:
 
 async def run_demo(echo: Echo) -> int:
     """Tell the story; 0 when every step came out as it should."""
+    logger = logging.getLogger("mustaple")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)  # the story says it all
+    try:
+        return await _tell(echo)
+    finally:
+        logger.setLevel(level)  # whoever runs the demo in-process keeps their logs
+
+
+async def _tell(echo: Echo) -> int:
     started = time.monotonic()
-    logging.getLogger("mustaple").setLevel(logging.CRITICAL)  # the story says it all
     ca = CA(key_type="ec", intermediate=True, name="mustaple demo root")
     with tempfile.TemporaryDirectory() as tmp:
         async with OCSPResponder(ca, cache_for=timedelta(0)) as responder:

@@ -8,6 +8,11 @@ version 2). This module reads tag-length-value triples and rejects anything that
 canonical DER (indefinite lengths, non-minimal lengths, high tag numbers we never need). Pure:
 bytes in, values out.
 
+One leniency, on purpose: `without_encoded_defaults` rewrites a response whose only fault is
+an explicitly encoded DEFAULT (`version v1`, `critical FALSE`), which every TLS client accepts
+(mozpkix's `der::OptionalVersion` and `OptionalBoolean` say so in their comments) but
+cryptography's parser refuses. The signature is still checked over the original bytes.
+
 Every failure raises `DerError`; callers turn it into a `malformed` rejection.
 """
 
@@ -21,8 +26,11 @@ __all__ = [
     "children",
     "decode_integer",
     "decode_oid",
+    "encode",
+    "encoded",
     "read_single",
     "read_tlv",
+    "without_encoded_defaults",
 ]
 
 SEQUENCE = 0x30
@@ -32,6 +40,9 @@ OCTET_STRING = 0x04
 NULL = 0x05
 OID = 0x06
 ENUMERATED = 0x0A
+BOOLEAN = 0x01
+_EXPLICIT_V1 = bytes([INTEGER, 1, 0])  # [0] EXPLICIT Version holding v1, the DEFAULT
+_FALSE = b"\x00"
 
 
 class DerError(ValueError):
@@ -142,3 +153,82 @@ def decode_oid(tlv: Tlv) -> str:
             value = 0
     first = min(arcs[0] // 40, 2)
     return ".".join(str(a) for a in [first, arcs[0] - 40 * first, *arcs[1:]])
+
+
+def encode_length(length: int) -> bytes:
+    """The minimal DER length field for `length`."""
+    if length < 0x80:
+        return bytes([length])
+    raw = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(raw)]) + raw
+
+
+def encode(tag: int, content: bytes) -> bytes:
+    """One element: the tag byte, the DER length, the content."""
+    return bytes([tag]) + encode_length(len(content)) + content
+
+
+def encoded(tlv: Tlv) -> bytes:
+    """The whole encoding of an element read by this module (its header included).
+
+    Lengths read here are minimal, so the header's size follows from the content's.
+    """
+    header = 1 + len(encode_length(tlv.end - tlv.start))
+    return tlv.data[tlv.start - header : tlv.end]
+
+
+def without_encoded_defaults(data: bytes) -> bytes | None:
+    """The OCSPResponse `data` with explicitly encoded DEFAULTs dropped; None if it has none.
+
+    Looks at the ResponseData's version (an explicit v1) and at every Extension of the
+    response and of its SingleResponses (an explicit `critical FALSE`). Embedded certificates
+    are left as they are. Raises DerError when `data` is not shaped like a basic response.
+    """
+    status, wrapper = children(read_single(data, SEQUENCE))
+    response_type, payload = children(read_single(wrapper.content, SEQUENCE))
+    tbs, *rest = children(read_single(payload.content, SEQUENCE))
+    new_tbs = _tbs_without_defaults(tbs)
+    if new_tbs == encoded(tbs):
+        return None
+    basic = encode(SEQUENCE, new_tbs + b"".join(encoded(part) for part in rest))
+    response_bytes = encode(SEQUENCE, encoded(response_type) + encode(OCTET_STRING, basic))
+    return encode(SEQUENCE, encoded(status) + encode(wrapper.tag, response_bytes))
+
+
+def _tbs_without_defaults(tbs: Tlv) -> bytes:
+    parts: list[bytes] = []
+    seen_responses = False
+    for index, part in enumerate(children(tbs)):
+        if index == 0 and part.tag == 0xA0 and part.content == _EXPLICIT_V1:
+            continue
+        if part.tag == SEQUENCE and not seen_responses:  # responses
+            seen_responses = True
+            singles = [_single_without_defaults(single) for single in children(part)]
+            parts.append(encode(SEQUENCE, b"".join(singles)))
+        elif part.tag == 0xA1 and seen_responses:  # responseExtensions
+            parts.append(_extensions_without_defaults(part))
+        else:
+            parts.append(encoded(part))
+    return encode(tbs.tag, b"".join(parts))
+
+
+def _single_without_defaults(single: Tlv) -> bytes:
+    # certID, certStatus (`revoked` is also tagged [1]), thisUpdate, then the optional fields
+    parts = [
+        _extensions_without_defaults(part) if index >= 3 and part.tag == 0xA1 else encoded(part)
+        for index, part in enumerate(children(single))
+    ]
+    return encode(single.tag, b"".join(parts))
+
+
+def _extensions_without_defaults(wrapper: Tlv) -> bytes:
+    extensions = []
+    for extension in children(read_single(wrapper.content, SEQUENCE)):
+        fields = children(extension)
+        kept = [
+            encoded(field)
+            for field in fields
+            if not (field.tag == BOOLEAN and field.content == _FALSE)
+        ]
+        extensions.append(encode(extension.tag, b"".join(kept)))
+    return encode(wrapper.tag, encode(SEQUENCE, b"".join(extensions)))

@@ -15,7 +15,14 @@ from pathlib import Path
 import aiohttp
 from cryptography import x509
 
-from mustaple.certs import Target, ca_issuer_urls, display_name, find_issuer, parse_certificates
+from mustaple.certs import (
+    Target,
+    ca_issuer_urls,
+    display_name,
+    find_issuer,
+    issuer_encoded_differently,
+    parse_certificates,
+)
 from mustaple.errors import InputError
 from mustaple.fetch import DEFAULT_FETCH_POLICY, FetchPolicy, fetch_issuer
 from mustaple.files import read_input
@@ -65,17 +72,34 @@ async def load_file(
         given = parse_certificates(data, source=str(issuer_path))
         issuer = find_issuer(leaf, given)
         if issuer is None:
+            _refuse_differently_encoded(leaf, given, str(issuer_path))
             raise InputError(
                 f"{issuer_path}: this issuer did not sign {display_name(leaf)} "
                 f"(the certificate names {leaf.issuer.rfc4514_string()} as its issuer)"
             )
     else:
-        issuer = find_issuer(leaf, certs[1:]) or await _issuer_from_aia(
-            leaf, str(cert_path), session=session, policy=policy, cache=cache
-        )
+        issuer = find_issuer(leaf, certs[1:])
+        if issuer is None:
+            _refuse_differently_encoded(leaf, certs[1:], str(cert_path))
+            issuer = await _issuer_from_aia(
+                leaf, str(cert_path), session=session, policy=policy, cache=cache
+            )
     if issuers is not None:
         issuer = issuers.setdefault(issuer, issuer)
     return Loaded(Target(leaf, issuer), issuer in certs[1:])
+
+
+def _refuse_differently_encoded(
+    leaf: x509.Certificate, candidates: list[x509.Certificate], source: str
+) -> None:
+    """Raise InputError when the issuer is there but its name is encoded otherwise."""
+    if issuer_encoded_differently(leaf, candidates) is not None:
+        raise InputError(
+            f"{source}: the issuer {leaf.issuer.rfc4514_string()} is in this file, but "
+            f"{display_name(leaf)} names it encoded differently (for example PrintableString "
+            "against UTF8String); Firefox and GnuTLS compare names as bytes and find no issuer "
+            "for it, so the CA must reissue the certificate"
+        )
 
 
 async def _issuer_from_aia(

@@ -54,7 +54,7 @@ class Reason(enum.Enum):
     UNSUPPORTED_VERSION = ("unsupported-version", "the response is not version 1", False)
     UNKNOWN_CRITICAL_EXTENSION = (
         "unknown-critical-extension",
-        "the response carries a critical extension we do not understand",
+        "the response carries a critical extension Firefox does not understand",
         False,
     )
     # responseStatus other than successful
@@ -79,6 +79,21 @@ class Reason(enum.Enum):
         False,
     )
     UNSUPPORTED_HASH = ("unsupported-hash", "the CertID uses an unsupported hash", False)
+    CERT_ID_NOT_SHA1 = (
+        "cert-id-not-sha1",
+        "the CertID is not hashed with SHA-1, the only one curl and OpenSSL look for",
+        False,
+    )
+    NOT_FIRST_RESPONSE = (
+        "not-first-response",
+        "the first SingleResponse is about another certificate (GnuTLS reads only the first)",
+        False,
+    )
+    MIXED_ISSUERS = (
+        "mixed-issuers",
+        "the response also covers certificates of another issuer (OpenSSL refuses that)",
+        False,
+    )
     # Who signed it
     SIGNER_UNKNOWN = (
         "signer-unknown",
@@ -110,9 +125,14 @@ class Reason(enum.Enum):
     DELEGATE_NOT_YET_VALID = (
         "delegate-not-yet-valid",
         "the delegated responder certificate is not valid yet",
-        False,
+        True,
     )
     DELEGATE_IS_CA = ("delegate-is-ca", "the delegated responder certificate is a CA", False)
+    DELEGATE_CRITICAL_EXTENSION = (
+        "delegate-critical-extension",
+        "the delegated responder certificate has a critical extension clients do not handle",
+        False,
+    )
     # Time
     PRODUCED_IN_FUTURE = ("produced-in-future", "producedAt is in the future", True)
     THIS_UPDATE_IN_FUTURE = ("this-update-in-future", "thisUpdate is in the future", True)
@@ -211,24 +231,43 @@ _HINTS = {
     'to http://HOST:PORT; proxy = "" turns the proxy off',
     Reason.NOT_BASIC: "the responder speaks a response type no TLS client accepts; ask the CA",
     Reason.UNSUPPORTED_VERSION: "no TLS client accepts this response; ask the CA",
-    Reason.UNKNOWN_CRITICAL_EXTENSION: "no strict client accepts this response; ask the CA",
+    Reason.UNKNOWN_CRITICAL_EXTENSION: "Firefox refuses this response; the CA must drop the "
+    "critical flag (a critical nonce included)",
+    Reason.MALFORMED: "often a truncated answer or a proxy, so worth retrying later (a staple "
+    "in hand stays valid until it expires); if it lasts, report it to the CA",
+    Reason.TRAILING_DATA: "often a proxy, so worth retrying later (a staple in hand stays "
+    "valid until it expires); if it lasts, report it to the CA: Firefox refuses it",
+    Reason.BAD_VALIDITY_WINDOW: "worth retrying later (a staple in hand stays valid until it "
+    "expires); if it lasts, the responder signs impossible times: report it to the CA",
     Reason.MALFORMED_REQUEST: "try --hash sha1 (the default) or another responder URL",
     Reason.SIG_REQUIRED: "this responder wants signed requests, which TLS servers never send",
     Reason.UNAUTHORIZED: "the URL or issuer is wrong for this certificate; check --url and "
     "--issuer",
     Reason.WRONG_ISSUER: "the issuer given is not the one the responder knows; check --issuer",
-    Reason.UNSUPPORTED_HASH: "the responder answers with a CertID hash we cannot check",
+    Reason.UNSUPPORTED_HASH: "the responder answers with a CertID hash no client matches; the "
+    "CA must answer with SHA-1",
+    Reason.CERT_ID_NOT_SHA1: "fetch with --hash sha1 (the default); if the responder answers "
+    "so anyway, the CA must change it",
+    Reason.NOT_FIRST_RESPONSE: "GnuTLS clients refuse it; the CA must put the certificate's "
+    "own SingleResponse first",
+    Reason.MIXED_ISSUERS: "curl and OpenSSL clients refuse it; the CA must answer for this "
+    "issuer's certificates only",
     Reason.SIGNER_UNKNOWN: "check --issuer; otherwise the responder is misconfigured",
     Reason.BAD_SIGNATURE: "do not staple this; check --issuer, otherwise report it to the CA",
     Reason.WEAK_ALGORITHM: "no client accepts this signature; ask the CA",
-    Reason.UNSUPPORTED_ALGORITHM: "ask the CA which algorithm its responder signs with",
+    Reason.UNSUPPORTED_ALGORITHM: "a strict client refuses this signature algorithm; the CA "
+    "must sign with RSA (PKCS#1 v1.5, or PSS with SHA-256 and a 32-byte salt) or ECDSA",
     Reason.DELEGATE_NOT_ISSUED_BY_ISSUER: "the responder is misconfigured; report it to the CA",
     Reason.DELEGATE_NO_OCSP_SIGNING: "the responder is misconfigured; report it to the CA",
     Reason.DELEGATE_EXPIRED: "the CA let its OCSP signing certificate expire; report it",
-    Reason.DELEGATE_NOT_YET_VALID: "check this machine's clock, then report it to the CA",
+    Reason.DELEGATE_NOT_YET_VALID: "check this machine's clock (NTP); a responder certificate "
+    "the CA just issued becomes valid soon: " + _RETRY_HINT,
+    Reason.DELEGATE_CRITICAL_EXTENSION: "OpenSSL and Firefox refuse this responder "
+    "certificate; report it to the CA",
     Reason.DELEGATE_IS_CA: "the responder is misconfigured; report it to the CA",
-    Reason.NO_NEXT_UPDATE: "strict clients refuse this; ask the CA, or accept it with "
-    "--allow-missing-next-update (keeper: policy.allow_missing_next_update = true)",
+    Reason.NO_NEXT_UPDATE: "clients accept it (Firefox for a day after thisUpdate); allow it "
+    "with --allow-missing-next-update (keeper: policy.allow_missing_next_update = true), or "
+    "ask the CA to set nextUpdate",
     Reason.NO_OCSP_URL: "use a CA that runs OCSP, or give a responder with --url (`urls` in "
     "the [[certificates]] entry)",
     Reason.CERT_UNUSABLE: "fix the file, or name the issuer with --issuer (`issuer` in the "

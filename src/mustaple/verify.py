@@ -1,9 +1,11 @@
 """Validation of OCSP responses: bytes + target + now -> Staple or Rejection. Pure.
 
 As strict as the strictest client (Firefox's mozpkix, GnuTLS, curl --cert-status) and a bit
-more: strict DER, a basic v1 response, no unknown critical extension, the SingleResponse for
-exactly our CertID (issuer name hash, issuer key hash and serial), a signature by the issuer or
-by a delegated responder it authorised, and times that make sense at `now`.
+more: strict DER, a basic v1 response, no critical extension, the SingleResponse for exactly
+our CertID (issuer name hash, issuer key hash and serial) first, a signature by the issuer or
+by a delegated responder it authorised, and times that make sense at `now`. Each rule that a
+client imposes names the client's source in a comment; where mustaple is stricter than every
+client, docs/reasons.md ("Deliberate choices") says so and why.
 
 Nothing here reads the clock, a file or the network: `now` is an argument, so a test can walk
 a response through its whole life in microseconds. Bad data never raises: every problem is a
@@ -25,12 +27,12 @@ from typing import Protocol, TypeVar
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import ocsp
-from cryptography.x509.oid import ExtendedKeyUsageOID, OCSPExtensionOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from mustaple import der
-from mustaple.certs import Target, signed_by
+from mustaple.certs import Target, encoded_names, signed_by
 from mustaple.reasons import Note, Reason, Rejection
 from mustaple.request import HASHES, issuer_key_bits, make_cert_id
 
@@ -55,12 +57,6 @@ _STATUS_REASONS = {
     5: Reason.SIG_REQUIRED,
     6: Reason.UNAUTHORIZED,
 }
-_HASH_OIDS = {
-    "1.3.14.3.2.26": "sha1",
-    "2.16.840.1.101.3.4.2.1": "sha256",
-    "2.16.840.1.101.3.4.2.2": "sha384",
-    "2.16.840.1.101.3.4.2.3": "sha512",
-}
 _WEAK_SIGNATURES = {
     "1.2.840.113549.1.1.2": "md2WithRSAEncryption",
     "1.2.840.113549.1.1.3": "md4WithRSAEncryption",
@@ -79,26 +75,53 @@ _ECDSA: dict[str, ec.ECDSA] = {
     "1.2.840.10045.4.3.4": ec.ECDSA(hashes.SHA512()),
 }
 _PKCS1V15 = padding.PKCS1v15()
+_SHA256 = hashes.SHA256()
 _RSA_PSS = "1.2.840.113549.1.1.10"
-_MGF1 = "1.2.840.113549.1.1.8"
-_ED25519 = "1.3.101.112"
-_ED448 = "1.3.101.113"
-_SIGNATURE_ALGORITHMS = {*_RSA_PKCS1, _RSA_PSS, *_ECDSA, _ED25519, _ED448}
+# The only RSASSA-PSS parameters all strict clients take. mozpkix takes three sets (pkixder.cpp,
+# SignatureAlgorithmIdentifierValue), encoded as the CA/Browser Forum Baseline Requirements
+# (7.1.3.2.1) say: SHA-256/384/512, MGF1 with the same hash, a salt as long as the hash.
+# GnuTLS reads only the OID (lib/x509/ocsp.c, gnutls_ocsp_resp_get_signature_algorithm:
+# gnutls_oid_to_sign of "signatureAlgorithm.algorithm"), which it takes for RSA-PSS with
+# SHA-256 and a 32-byte salt: of the three, only that one verifies there.
+_PSS_SHA256 = bytes.fromhex(
+    "3034a00f300d06096086480165030402010500a11c301a06092a864886f70d010108300d0609"
+    "6086480165030402010500a203020120"
+)
+# EdDSA signers: cryptography verifies them, but mozpkix refuses any algorithm outside its list
+# (pkixder.cpp, SignatureAlgorithmIdentifierValue: ERROR_CERT_SIGNATURE_ALGORITHM_DISABLED).
+_EDDSA = {"1.3.101.112": "Ed25519", "1.3.101.113": "Ed448"}
+_SIGNATURE_ALGORITHMS = {*_RSA_PKCS1, _RSA_PSS, *_ECDSA}
+_NULL = bytes([der.NULL, 0])
 # Signature algorithms whose parameters cryptography's parser pins down (absent, or a NULL for
 # the RSA ones): for these our DER walk would find nothing cryptography has not already
 # refused, so a response signed with one of them is not walked (see `_parse`). Not in the set:
 # RSASSA-PSS (we read its parameters ourselves), the broken ones (refused by name below) and
 # ecdsa-with-SHA1, which cryptography parses as an unknown algorithm with any parameters.
 _PLAIN_ALGORITHMS = {
-    x509.ObjectIdentifier(oid): oid
-    for oid in [*_RSA_PKCS1, *_ECDSA, _ED25519, _ED448]
-    if oid != "1.2.840.10045.4.1"
+    x509.ObjectIdentifier(oid): oid for oid in [*_RSA_PKCS1, *_ECDSA] if oid != "1.2.840.10045.4.1"
 }  # keyed by cryptography's ObjectIdentifier: a lookup costs half of `.dotted_string`
-_KNOWN_RESPONSE_EXTENSIONS = {OCSPExtensionOID.NONCE}
+# The one single extension mozpkix understands, so may be critical (pkixocsp.cpp,
+# RememberSingleExtension): the SCT list of RFC 6962. It understands no response extension
+# at all (ExtensionNotUnderstood), a nonce included.
+_SCT_LIST = "1.3.6.1.4.1.11129.2.4.5"
+# Certificate extensions that mozpkix (pkixcert.cpp, BackCert::RememberExtension) and OpenSSL
+# (v3_purp.c, X509_supported_extension) both handle: any other one marked critical in a
+# delegated responder's certificate makes OpenSSL refuse it ("unhandled critical extension").
+_HANDLED_CERT_EXTENSIONS = {
+    "2.5.29.15",  # keyUsage
+    "2.5.29.17",  # subjectAltName
+    "2.5.29.19",  # basicConstraints
+    "2.5.29.30",  # nameConstraints
+    "2.5.29.32",  # certificatePolicies
+    "2.5.29.36",  # policyConstraints
+    "2.5.29.37",  # extKeyUsage
+    "2.5.29.54",  # inhibitAnyPolicy
+}
 _SUCCESSFUL = ocsp.OCSPResponseStatus.SUCCESSFUL
+_REVOKED = ocsp.OCSPCertStatus.REVOKED
+_UNKNOWN = ocsp.OCSPCertStatus.UNKNOWN
 # What cryptography raises on first use of a garbled name, extension or embedded certificate
 _GARBLED = (ValueError, TypeError, UnsupportedAlgorithm, x509.DuplicateExtension)
-_NO_NEXT_UPDATE_LIFETIME = timedelta(days=1)
 _E = TypeVar("_E", bound=x509.ExtensionType)
 
 
@@ -109,6 +132,9 @@ class Policy:
     clock_skew: timedelta = timedelta(minutes=5)
     max_lifetime: timedelta = timedelta(days=10)  # Firefox's cap on a response's lifetime
     allow_missing_next_update: bool = False
+    # how long a response without nextUpdate lasts, when allowed: Firefox's day (pkixocsp.cpp,
+    # SingleResponse: "NSS requires all OCSP responses without a nextUpdate to be recent")
+    missing_next_update_lifetime: timedelta = timedelta(days=1)
 
 
 DEFAULT_POLICY = Policy()
@@ -174,6 +200,7 @@ class _Envelope:
     """What the DER walk finds that cryptography does not expose."""
 
     basic: der.Tlv
+    tbs: der.Tlv
     tbs_children: list[der.Tlv]
     signature_oid: str
     signature_params: der.Tlv | None
@@ -185,6 +212,7 @@ class _IssuerFacts:
 
     key: object  # its public key
     key_hash: bytes  # SHA-1 of its subjectPublicKey bits, as in a ResponderID byKey
+    name: bytes  # its subject as encoded, as in a ResponderID byName
     text: str  # its subject in RFC 4514 form: the signer_name of the staples it signs
     hashes: dict[str, tuple[bytes, bytes]]  # issuerNameHash and issuerKeyHash, by hash name
 
@@ -200,6 +228,7 @@ def _issuer_facts(issuer: x509.Certificate) -> _IssuerFacts:
     return _IssuerFacts(
         key=issuer.public_key(),
         key_hash=cert_ids["sha1"].issuer_key_hash,  # the same SHA-1 of the same key bits
+        name=encoded_names(issuer)[1],
         text=issuer.subject.rfc4514_string(),
         hashes={name: (c.issuer_name_hash, c.issuer_key_hash) for name, c in cert_ids.items()},
     )
@@ -298,30 +327,30 @@ def verify(
 
 
 def _verify(data: bytes, target: Target, now: datetime, policy: Policy) -> Staple:
-    resp, signature_oid, envelope = _parse(data)
+    resp, signature_oid, envelope, signed = _parse(data)
     try:
         certs = resp.certificates
         extensions = resp.extensions
         singles = list(resp.responses)
     except (ValueError, UnsupportedAlgorithm, x509.DuplicateExtension) as exc:
         raise _Fail(Reason.MALFORMED, _short(exc)) from exc
-    _check_critical(extensions, "response")
+    _check_critical(extensions)
     facts = _target_facts(_Same(target))
-    signer_key, delegate = _find_signer(resp, certs, target, facts, now=now, policy=policy)
+    by_name = _responder_name(signed) if resp.responder_key_hash is None else None
+    signer_key, delegate = _find_signer(resp, by_name, certs, target, facts, now=now)
     params = envelope.signature_params if envelope else None
-    _check_signature(signature_oid, params, resp, signer_key)
-    index, single, hash_name = _match_single(singles, facts)
+    _check_signature(signature_oid, params, resp.signature, signed, signer_key)
+    ours = _our_singles(singles, facts)
     if len(singles) > 1 or _may_have_single_extensions(resp):
-        _check_single_extensions(envelope or _open_envelope(data), index)
+        _check_single_extensions(envelope or _open_envelope(data), [i for i, _, _ in ours])
     signer_name = delegate.subject.rfc4514_string() if delegate else facts.issuer.text
     return _build_staple(
         data,
         resp,
-        single,
+        ours,
         facts,
         now=now,
         policy=policy,
-        hash_name=hash_name,
         several=len(singles) > 1,
         delegate=delegate,
         signer_name=signer_name,
@@ -333,32 +362,50 @@ def _short(exc: Exception) -> str:
     return lines[0][:200] if lines else type(exc).__name__
 
 
-def _parse(data: bytes) -> tuple[ocsp.OCSPResponse, str, _Envelope | None]:
+def _parse(data: bytes) -> tuple[ocsp.OCSPResponse, str, _Envelope | None, bytes]:
     """cryptography's parse, then our DER walk only where it can add something.
 
-    Returns the response, its signature algorithm OID and the walk's findings, if it ran.
-    cryptography's parser (rust-asn1) is strict DER too: it refuses trailing bytes,
-    non-minimal and indefinite lengths, a response type other than id-pkix-ocsp-basic, any
-    explicit version, missing or extra fields and, for the algorithms of _PLAIN_ALGORITHMS,
-    signature parameters other than none (or NULL for RSA). The walk, which names those
-    problems precisely (`trailing-data`, `not-basic`, `unsupported-version`...), runs when
-    cryptography refuses the response, when the status is not successful, and when the
-    signature algorithm is not plain (PSS parameters, broken or unknown algorithms): so the
-    reason codes, and their order, are those of a walk before every parse.
+    Returns the response, its signature algorithm OID, the walk's findings (if it ran) and the
+    signed bytes (the original tbsResponseData). cryptography's parser (rust-asn1) is strict
+    DER too: it refuses trailing bytes, non-minimal and indefinite lengths, a response type
+    other than id-pkix-ocsp-basic, any explicit version, missing or extra fields and, for the
+    algorithms of _PLAIN_ALGORITHMS, signature parameters other than none (or NULL for RSA).
+    The walk, which names those problems precisely (`trailing-data`, `not-basic`,
+    `unsupported-version`...), runs when cryptography refuses the response, when the status
+    is not successful, and when the signature algorithm is not plain (PSS parameters, broken
+    or unknown algorithms): so the reason codes, and their order, are those of a walk before
+    every parse. A response cryptography refuses only for an explicitly encoded DEFAULT
+    (`version v1`, `critical FALSE`) is accepted, as every client does: see
+    `der.without_encoded_defaults`.
     """
     try:
         resp = ocsp.load_der_ocsp_response(data)
     except (ValueError, UnsupportedAlgorithm) as exc:
-        _open_envelope(data)  # raises the precise reason when the walk finds one
-        raise _Fail(Reason.MALFORMED, _short(exc)) from exc
+        envelope = _open_envelope(data)  # raises the precise reason when the walk finds one
+        return _parse_canonical(data, exc), envelope.signature_oid, envelope, _signed(envelope)
     if resp.response_status is not _SUCCESSFUL:  # even with responseBytes
         _open_envelope(data)  # raises the status's reason
         raise _Fail(Reason.MALFORMED, f"responseStatus {resp.response_status.name}")
     oid = _PLAIN_ALGORITHMS.get(resp.signature_algorithm_oid)
     if oid is not None:
-        return resp, oid, None
+        return resp, oid, None, resp.tbs_response_bytes
     envelope = _open_envelope(data)
-    return resp, envelope.signature_oid, envelope
+    return resp, envelope.signature_oid, envelope, resp.tbs_response_bytes
+
+
+def _parse_canonical(data: bytes, refused: Exception) -> ocsp.OCSPResponse:
+    """The response without its explicitly encoded DEFAULTs; MALFORMED when that is not it."""
+    try:
+        canonical = der.without_encoded_defaults(data)
+        if canonical is not None:
+            return ocsp.load_der_ocsp_response(canonical)
+    except (der.DerError, ValueError, UnsupportedAlgorithm):
+        pass
+    raise _Fail(Reason.MALFORMED, _short(refused)) from refused
+
+
+def _signed(envelope: _Envelope) -> bytes:
+    return der.encoded(envelope.tbs)
 
 
 def _open_envelope(data: bytes) -> _Envelope:
@@ -366,7 +413,7 @@ def _open_envelope(data: bytes) -> _Envelope:
     try:
         outer = der.read_tlv(data)
         if outer.end != len(data):
-            raise _Fail(Reason.TRAILING_DATA, f"{len(data) - outer.end} bytes after the response")
+            raise _trailing(data, outer.end)
         if outer.tag != der.SEQUENCE:
             raise der.DerError("not a SEQUENCE")
         parts = der.children(outer)
@@ -380,6 +427,16 @@ def _open_envelope(data: bytes) -> _Envelope:
         return _open_basic(der.read_single(parts[1].content, der.SEQUENCE))
     except (der.DerError, ValueError, IndexError) as exc:  # wrong shapes, too few fields
         raise _Fail(Reason.MALFORMED, _short(exc)) from exc
+
+
+def _trailing(data: bytes, end: int) -> _Fail:
+    """`trailing-data` when an OCSP response comes first; junk followed by bytes is malformed."""
+    try:
+        _open_envelope(data[:end])
+    except _Fail as fail:
+        if fail.rejection.reason is Reason.MALFORMED:
+            return _Fail(Reason.MALFORMED, "no OCSP response at the start of the body")
+    return _Fail(Reason.TRAILING_DATA, f"{len(data) - end} bytes after the response")
 
 
 def _unsuccessful(status: int) -> _Fail:
@@ -409,13 +466,27 @@ def _open_basic(response_bytes: der.Tlv) -> _Envelope:
             raise _Fail(Reason.UNSUPPORTED_VERSION, f"version {version + 1}")
     algorithm = der.children(fields[1])
     params = algorithm[1] if len(algorithm) > 1 else None
-    return _Envelope(basic, tbs, der.decode_oid(algorithm[0]), params)
+    return _Envelope(basic, fields[0], tbs, der.decode_oid(algorithm[0]), params)
 
 
-def _check_critical(extensions: x509.Extensions, where: str) -> None:
+def _responder_name(tbs: bytes) -> bytes:
+    """The ResponderID byName's Name as encoded in tbsResponseData (after the version)."""
+    try:
+        outer = der.read_tlv(tbs)
+        responder = der.read_tlv(tbs, outer.start, outer.end)
+        if responder.tag == 0xA0:  # an explicit version
+            responder = der.read_tlv(tbs, responder.end, outer.end)
+        return der.encoded(der.read_single(responder.content, der.SEQUENCE))
+    except der.DerError as exc:
+        raise _Fail(Reason.MALFORMED, "unreadable responderID") from exc
+
+
+def _check_critical(extensions: x509.Extensions) -> None:
+    """No critical response extension: mozpkix understands none (pkixocsp.cpp, ResponseData
+    reads them with ExtensionNotUnderstood), not even the nonce RFC 6960 defines."""
     for ext in extensions:
-        if ext.critical and ext.oid not in _KNOWN_RESPONSE_EXTENSIONS:
-            raise _Fail(Reason.UNKNOWN_CRITICAL_EXTENSION, f"{ext.oid.dotted_string} in {where}")
+        if ext.critical:
+            raise _Fail(Reason.UNKNOWN_CRITICAL_EXTENSION, f"{ext.oid.dotted_string} in response")
 
 
 def _may_have_single_extensions(resp: ocsp.OCSPResponse) -> bool:
@@ -431,55 +502,80 @@ def _may_have_single_extensions(resp: ocsp.OCSPResponse) -> bool:
         return True
 
 
-def _check_single_extensions(envelope: _Envelope, index: int) -> None:
-    """Critical extensions of our SingleResponse (cryptography shows only the first's)."""
+def _check_single_extensions(envelope: _Envelope, indexes: list[int]) -> None:
+    """Critical extensions of our SingleResponses (cryptography shows only the first's)."""
     try:
         responses = next(t for t in envelope.tbs_children if t.tag == der.SEQUENCE)
-        single = der.children(responses)[index]
-        # certID, certStatus, thisUpdate come first; certStatus `revoked` is also tagged [1]
-        for part in der.children(single)[3:]:
-            if part.tag == 0xA1:
-                for ext in der.children(der.read_single(part.content, der.SEQUENCE)):
-                    _check_raw_extension(ext)
+        singles = der.children(responses)
+        for index in indexes:
+            # certID, certStatus, thisUpdate come first; `revoked` is also tagged [1]
+            for part in der.children(singles[index])[3:]:
+                if part.tag == 0xA1:
+                    for ext in der.children(der.read_single(part.content, der.SEQUENCE)):
+                        _check_raw_extension(ext)
     except (der.DerError, StopIteration, IndexError) as exc:
         raise _Fail(Reason.MALFORMED, "unreadable singleExtensions") from exc
 
 
 def _check_raw_extension(ext: der.Tlv) -> None:
     fields = der.children(ext)
-    critical = len(fields) == 3 and fields[1].tag == 0x01 and fields[1].content != b"\x00"
-    if critical:
-        raise _Fail(
-            Reason.UNKNOWN_CRITICAL_EXTENSION,
-            f"{der.decode_oid(fields[0])} in singleExtensions",
-        )
+    critical = len(fields) == 3 and fields[1].tag == der.BOOLEAN and fields[1].content != b"\x00"
+    oid = der.decode_oid(fields[0])
+    if critical and oid != _SCT_LIST:
+        raise _Fail(Reason.UNKNOWN_CRITICAL_EXTENSION, f"{oid} in singleExtensions")
 
 
 # --- Which certificate -------------------------------------------------------------------------
 
 
-def _match_single(
-    singles: list[ocsp.OCSPSingleResponse], facts: _TargetFacts
-) -> tuple[int, ocsp.OCSPSingleResponse, str]:
-    """The SingleResponse for exactly our CertID, with its hash name; others are ignored."""
-    serial_seen = unsupported = False
+_Ours = list[tuple[int, ocsp.OCSPSingleResponse, str]]  # index, SingleResponse, hash name
+
+
+def _our_singles(singles: list[ocsp.OCSPSingleResponse], facts: _TargetFacts) -> _Ours:
+    """Every SingleResponse for exactly our CertID, as the strict clients need them.
+
+    - GnuTLS reads only the first SingleResponse (lib/x509/ocsp.c, gnutls_ocsp_resp_check_crt
+      with index 0, from lib/cert-session.c, check_ocsp_response): ours must be first.
+    - curl asks OpenSSL for a SHA-1 CertID (lib/vtls/openssl.c, verifystatus:
+      OCSP_cert_to_id(NULL, ...)), and OpenSSL's OCSP_resp_find compares the hash algorithm
+      too (OCSP_id_issuer_cmp): one of ours must be SHA-1.
+    - OpenSSL's OCSP_basic_verify refuses a response whose SingleResponses name different
+      issuers (ocsp_vfy.c, ocsp_check_ids and ocsp_check_issuer): every entry must be about a
+      certificate of our issuer.
+    - mozpkix judges every entry that matches (pkixocsp.cpp, SingleResponse): see
+      `_build_staple`.
+    """
+    ours: _Ours = []
+    serial_seen = unsupported = foreign = False
     for index, single in enumerate(singles):
+        name = _hash_name(single)
+        same_issuer = name is not None and facts.issuer.hashes[name] == (
+            single.issuer_name_hash,
+            single.issuer_key_hash,
+        )
+        foreign = foreign or not same_issuer
         if single.serial_number != facts.serial:
             continue
         serial_seen = True
-        name = _hash_name(single)
-        if name is None:
-            unsupported = True
-            continue
-        name_hash, key_hash = facts.issuer.hashes[name]
-        if single.issuer_name_hash == name_hash and single.issuer_key_hash == key_hash:
-            return index, single, name
-    serials = ", ".join(f"{s.serial_number:x}" for s in singles[:3])
-    if unsupported:
-        raise _Fail(Reason.UNSUPPORTED_HASH)
-    if serial_seen:
-        raise _Fail(Reason.WRONG_ISSUER, f"serial {facts.serial:x}")
-    raise _Fail(Reason.CERT_NOT_IN_RESPONSE, f"wanted {facts.serial:x}, got {serials or 'none'}")
+        unsupported = unsupported or name is None
+        if same_issuer and name is not None:
+            ours.append((index, single, name))
+    if not ours:
+        serials = ", ".join(f"{s.serial_number:x}" for s in singles[:3])
+        if unsupported:
+            raise _Fail(Reason.UNSUPPORTED_HASH)
+        if serial_seen:
+            raise _Fail(Reason.WRONG_ISSUER, f"serial {facts.serial:x}")
+        raise _Fail(
+            Reason.CERT_NOT_IN_RESPONSE, f"wanted {facts.serial:x}, got {serials or 'none'}"
+        )
+    if all(name != "sha1" for _, _, name in ours):
+        raise _Fail(Reason.CERT_ID_NOT_SHA1, f"hashed with {ours[0][2]}")
+    if ours[0][0] != 0:
+        raise _Fail(Reason.NOT_FIRST_RESPONSE, f"ours is number {ours[0][0] + 1} of {len(singles)}")
+    if foreign:
+        raise _Fail(Reason.MIXED_ISSUERS, f"{len(singles)} SingleResponses")
+    return ours
 
 
 def _hash_name(single: ocsp.OCSPSingleResponse) -> str | None:
@@ -499,44 +595,60 @@ def _key_hash(cert: x509.Certificate) -> bytes:
     return key_hash.finalize()
 
 
-def _is_responder(
-    resp: ocsp.OCSPResponse, cert: x509.Certificate, key_hash: bytes | None = None
-) -> bool:
-    """Whether the ResponderID names `cert` (`key_hash`: its key hash, when already known)."""
-    if resp.responder_name is not None:
-        return resp.responder_name == cert.subject
-    return resp.responder_key_hash == (key_hash or _key_hash(cert))
+def _is_responder(resp: ocsp.OCSPResponse, by_name: bytes | None, cert: x509.Certificate) -> bool:
+    """Whether the ResponderID names `cert`: by its subject as encoded, or by its key hash.
+
+    Names are compared as bytes, as mozpkix does (pkixocsp.cpp, MatchResponderID:
+    InputsAreEqual); cryptography's `Name ==` would let a PrintableString equal a UTF8String.
+    (GnuTLS's TLS client falls back to the issuer's key whatever the name; OpenSSL compares
+    canonical forms.)
+    """
+    if by_name is not None:
+        return by_name == encoded_names(cert)[1]
+    return resp.responder_key_hash == _key_hash(cert)
 
 
 def _find_signer(
     resp: ocsp.OCSPResponse,
+    by_name: bytes | None,
     certs: list[x509.Certificate],
     target: Target,
     facts: _TargetFacts,
     *,
     now: datetime,
-    policy: Policy,
 ) -> tuple[object, x509.Certificate | None]:
     """The signing key: the issuer's, or an authorised delegated responder's."""
-    if _is_responder(resp, target.issuer, facts.issuer.key_hash):
-        return facts.issuer.key, None
+    issuer = facts.issuer
+    if (
+        (by_name == issuer.name)
+        if by_name is not None
+        else (resp.responder_key_hash == issuer.key_hash)
+    ):
+        return issuer.key, None
     for cert in certs:
-        if _is_responder(resp, cert):
-            _check_delegate(cert, target.issuer, now, policy)
+        if _is_responder(resp, by_name, cert):
+            _check_delegate(cert, target.issuer, now)
             return cert.public_key(), cert
-    raise _Fail(Reason.SIGNER_UNKNOWN, _responder_text(resp))
+    raise _Fail(Reason.SIGNER_UNKNOWN, _responder_text(resp, [target.issuer, *certs]))
 
 
-def _responder_text(resp: ocsp.OCSPResponse) -> str:
-    if resp.responder_name is not None:
-        return f"responder {resp.responder_name.rfc4514_string()}"
-    return f"responder key hash {(resp.responder_key_hash or b'').hex()}"
+def _responder_text(resp: ocsp.OCSPResponse, known: list[x509.Certificate]) -> str:
+    if resp.responder_name is None:
+        return f"responder key hash {(resp.responder_key_hash or b'').hex()}"
+    text = f"responder {resp.responder_name.rfc4514_string()}"
+    if any(cert.subject == resp.responder_name for cert in known):
+        text += " (a certificate has this name, encoded differently: strict clients compare bytes)"
+    return text
 
 
-def _check_delegate(
-    cert: x509.Certificate, issuer: x509.Certificate, now: datetime, policy: Policy
-) -> None:
-    """RFC 6960 section 4.2.2.2: issued by our issuer, id-kp-OCSPSigning, valid, not a CA."""
+def _check_delegate(cert: x509.Certificate, issuer: x509.Certificate, now: datetime) -> None:
+    """RFC 6960 section 4.2.2.2: issued by our issuer, id-kp-OCSPSigning, valid, not a CA.
+
+    Valid means valid at `now` with no allowance: mozpkix (CheckOCSPResponseSignerCert ->
+    CheckIssuerIndependentProperties -> CheckValidity), GnuTLS (gnutls_ocsp_resp_verify_direct
+    verifies the signer certificate) and OpenSSL (OCSP_basic_verify -> X509_verify_cert)
+    check the time as it is. OpenSSL also refuses an unhandled critical extension.
+    """
     name = cert.subject.rfc4514_string()
     if not signed_by(cert, issuer):
         raise _Fail(Reason.DELEGATE_NOT_ISSUED_BY_ISSUER, name)
@@ -546,7 +658,14 @@ def _check_delegate(
         raise _Fail(Reason.DELEGATE_NO_OCSP_SIGNING, name)
     if basic is not None and basic.ca:
         raise _Fail(Reason.DELEGATE_IS_CA, name)
-    if cert.not_valid_before_utc > now + policy.clock_skew:
+    unhandled = [
+        ext.oid.dotted_string
+        for ext in cert.extensions
+        if ext.critical and ext.oid.dotted_string not in _HANDLED_CERT_EXTENSIONS
+    ]
+    if unhandled:
+        raise _Fail(Reason.DELEGATE_CRITICAL_EXTENSION, f"{name}: {', '.join(unhandled)}")
+    if cert.not_valid_before_utc > now:
         raise _Fail(Reason.DELEGATE_NOT_YET_VALID, f"{name} from {cert.not_valid_before_utc}")
     if cert.not_valid_after_utc <= now:
         raise _Fail(Reason.DELEGATE_EXPIRED, f"{name} until {cert.not_valid_after_utc}")
@@ -562,15 +681,17 @@ def _extension(cert: x509.Certificate, kind: type[_E]) -> _E | None:
 
 
 def _check_signature(
-    oid: str, params: der.Tlv | None, resp: ocsp.OCSPResponse, key: object
+    oid: str, params: der.Tlv | None, signature: bytes, signed: bytes, key: object
 ) -> None:
     if oid in _WEAK_SIGNATURES:
         raise _Fail(Reason.WEAK_ALGORITHM, _WEAK_SIGNATURES[oid])
+    if oid in _EDDSA:
+        raise _Fail(Reason.UNSUPPORTED_ALGORITHM, f"{_EDDSA[oid]}: Firefox takes no EdDSA")
     try:
-        _verify_with(oid, params, key, resp.signature, resp.tbs_response_bytes)
+        _verify_with(oid, params, key, signature, signed)
     except InvalidSignature as exc:
         raise _Fail(Reason.BAD_SIGNATURE) from exc
-    except (der.DerError, ValueError, IndexError, UnsupportedAlgorithm) as exc:
+    except (ValueError, UnsupportedAlgorithm) as exc:
         raise _Fail(Reason.BAD_SIGNATURE, _short(exc)) from exc
 
 
@@ -578,48 +699,33 @@ def _verify_with(
     oid: str, params: der.Tlv | None, key: object, signature: bytes, data: bytes
 ) -> None:
     """Verify `signature` over `data`; raise InvalidSignature or _Fail."""
+    if oid == _RSA_PSS:
+        digest = _pss_hash(params)
+    elif params is not None and der.encoded(params) != _NULL:
+        # mozpkix: "for non-RSA-PSS algorithms, the params are NULL or omitted"
+        raise _Fail(Reason.UNSUPPORTED_ALGORITHM, f"{oid} with parameters")
     if oid in _RSA_PKCS1 and isinstance(key, rsa.RSAPublicKey):
         key.verify(signature, data, _PKCS1V15, _RSA_PKCS1[oid])
     elif oid == _RSA_PSS and isinstance(key, rsa.RSAPublicKey):
-        digest, pss = _pss(params)
+        pss = padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size)
         key.verify(signature, data, pss, digest)
     elif oid in _ECDSA and isinstance(key, ec.EllipticCurvePublicKey):
         key.verify(signature, data, _ECDSA[oid])
-    elif (oid == _ED25519 and isinstance(key, ed25519.Ed25519PublicKey)) or (
-        oid == _ED448 and isinstance(key, ed448.Ed448PublicKey)
-    ):
-        key.verify(signature, data)
     elif oid in _SIGNATURE_ALGORITHMS:
         raise _Fail(Reason.BAD_SIGNATURE, f"algorithm {oid} does not fit the signer's key")
     else:
         raise _Fail(Reason.UNSUPPORTED_ALGORITHM, oid)
 
 
-def _pss(params: der.Tlv | None) -> tuple[hashes.HashAlgorithm, padding.PSS]:
-    """RSASSA-PSS-params (RFC 4055), with its defaults (SHA-1, MGF1-SHA-1, salt 20)."""
-    digest, mgf_digest, salt = "sha1", "sha1", 20
-    for part in der.children(params) if params is not None else []:
-        inner = der.read_single(part.content)
-        if part.tag == 0xA0:
-            digest = _algorithm_hash(inner)
-        elif part.tag == 0xA1:
-            mgf = der.children(inner)
-            if der.decode_oid(mgf[0]) != _MGF1 or len(mgf) != 2:
-                raise _Fail(Reason.UNSUPPORTED_ALGORITHM, "PSS mask generation is not MGF1")
-            mgf_digest = _algorithm_hash(mgf[1])
-        elif part.tag == 0xA2:
-            salt = der.decode_integer(inner)
-        elif part.tag == 0xA3 and der.decode_integer(inner) != 1:
-            raise _Fail(Reason.UNSUPPORTED_ALGORITHM, "PSS trailer field is not 1")
-    pss = padding.PSS(mgf=padding.MGF1(HASHES[mgf_digest]()), salt_length=salt)
-    return HASHES[digest](), pss
-
-
-def _algorithm_hash(algorithm: der.Tlv) -> str:
-    oid = der.decode_oid(der.children(algorithm)[0])
-    if oid not in _HASH_OIDS:
-        raise _Fail(Reason.UNSUPPORTED_ALGORITHM, f"hash {oid}")
-    return _HASH_OIDS[oid]
+def _pss_hash(params: der.Tlv | None) -> hashes.HashAlgorithm:
+    """The hash of the one RSASSA-PSS parameter set all clients take (see _PSS_SHA256)."""
+    if params is None or der.encoded(params) != _PSS_SHA256:
+        raise _Fail(
+            Reason.UNSUPPORTED_ALGORITHM,
+            "RSASSA-PSS other than SHA-256 with MGF1-SHA-256 and a 32-byte salt (Firefox takes "
+            "no other, GnuTLS reads every PSS signature as that one)",
+        )
+    return _SHA256
 
 
 # --- Times and status ---------------------------------------------------------------------------
@@ -628,46 +734,58 @@ def _algorithm_hash(algorithm: der.Tlv) -> str:
 def _build_staple(
     data: bytes,
     resp: ocsp.OCSPResponse,
-    single: ocsp.OCSPSingleResponse,
+    ours: _Ours,
     facts: _TargetFacts,
     *,
     now: datetime,
     policy: Policy,
-    hash_name: str,
     several: bool,
     delegate: x509.Certificate | None,
     signer_name: str,
 ) -> Staple:
+    """The staple, judged as mozpkix judges every SingleResponse for our CertID.
+
+    pkixocsp.cpp, SingleResponse: each matching entry's times are checked (one expired makes
+    the whole response old) and revoked overrides good and unknown. The status each other
+    client reads (GnuTLS the first entry, curl the first SHA-1 one) must not be unknown.
+    """
     produced_at = resp.produced_at_utc
-    this_update, next_update = single.this_update_utc, single.next_update_utc
-    expiry, notes = _check_times(
-        now,
-        policy,
-        facts,
-        produced_at=produced_at,
-        this_update=this_update,
-        next_update=next_update,
-        delegate=delegate,
-    )
-    status = single.certificate_status
-    if status == ocsp.OCSPCertStatus.UNKNOWN:
+    times = [(single.this_update_utc, single.next_update_utc) for _, single, _ in ours]
+    expiries: list[datetime] = []
+    notes: list[Note] = []
+    for this_update, next_update in times:
+        single_expiry, single_notes = _check_times(
+            now,
+            policy,
+            facts,
+            produced_at=produced_at,
+            this_update=this_update,
+            next_update=next_update,
+            delegate=delegate,
+        )
+        expiries.append(single_expiry)
+        notes += [note for note in single_notes if note not in notes]
+    statuses = [single.certificate_status for _, single, _ in ours]
+    revoked = next((n for n, status in enumerate(statuses) if status == _REVOKED), None)
+    sha1 = next(n for n, (_, _, name) in enumerate(ours) if name == "sha1")
+    if revoked is None and _UNKNOWN in (statuses[0], statuses[sha1]):
         raise _Fail(Reason.CERT_STATUS_UNKNOWN, f"serial {facts.serial:x}")
     if several:
         notes.append(Note.SEVERAL_RESPONSES)
-    revoked = status == ocsp.OCSPCertStatus.REVOKED
+    chosen = ours[revoked][1] if revoked is not None else None
     return Staple(
         der=data,
         serial=facts.serial,
-        status=status,
+        status=statuses[revoked or 0],
         produced_at=produced_at,
-        this_update=this_update,
-        next_update=next_update,
-        effective_expiry=expiry,
+        this_update=times[0][0],
+        next_update=times[0][1],
+        effective_expiry=min(expiries),
         signer=Signer.DELEGATED if delegate else Signer.ISSUER,
         signer_name=signer_name,
-        hash_name=hash_name,
-        revocation_time=single.revocation_time_utc if revoked else None,
-        revocation_reason=single.revocation_reason if revoked else None,
+        hash_name=ours[0][2],
+        revocation_time=chosen.revocation_time_utc if chosen else None,
+        revocation_reason=chosen.revocation_reason if chosen else None,
         notes=tuple(notes),
     )
 
@@ -693,7 +811,7 @@ def _check_times(
         if not policy.allow_missing_next_update:
             raise _Fail(Reason.NO_NEXT_UPDATE)
         notes.append(Note.NEXT_UPDATE_MISSING)
-        expiry = this_update + _NO_NEXT_UPDATE_LIFETIME
+        expiry = this_update + policy.missing_next_update_lifetime
     elif next_update <= this_update:
         raise _Fail(Reason.BAD_VALIDITY_WINDOW, f"{this_update} .. {next_update}")
     elif next_update - this_update > policy.max_lifetime:

@@ -22,7 +22,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     PublicKeyTypes,
@@ -180,18 +180,29 @@ class SignatureAlgorithm(enum.Enum):
 
     RSA_SHA256 = "rsa-sha256"  # sha256WithRSAEncryption, PKCS#1 v1.5
     RSA_PSS_SHA256 = "rsa-pss-sha256"  # RSASSA-PSS, SHA-256, MGF1-SHA-256, salt 32
+    RSA_PSS_SHA384 = "rsa-pss-sha384"  # RSASSA-PSS, SHA-384, MGF1-SHA-384, salt 48
+    RSA_PSS_SHA512 = "rsa-pss-sha512"  # RSASSA-PSS, SHA-512, MGF1-SHA-512, salt 64
+    RSA_PSS_DEFAULTS = "rsa-pss-defaults"  # RSASSA-PSS, empty parameters: SHA-1, salt 20
+    RSA_PSS_SHA256_SALT64 = "rsa-pss-sha256-salt64"  # SHA-256 with a salt of 64, not 32
     RSA_MD5 = "rsa-md5"  # md5WithRSAEncryption: broken, for testing refusal
+    RSA_SHA1 = "rsa-sha1"  # sha1WithRSAEncryption, PKCS#1 v1.5
     ECDSA_SHA256 = "ecdsa-sha256"
+    ECDSA_SHA1 = "ecdsa-sha1"
     ED25519 = "ed25519"
+    ED448 = "ed448"
 
 
 @dataclass(frozen=True, kw_only=True)
 class ExtensionSpec:
-    """An extension: its OID, criticality and the DER that goes inside extnValue."""
+    """An extension: its OID, criticality and the DER that goes inside extnValue.
+
+    `encode_default` writes `critical FALSE` explicitly (DER omits a DEFAULT value).
+    """
 
     oid: str
     value: bytes = field(default_factory=null)
     critical: bool = False
+    encode_default: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -225,7 +236,8 @@ class ResponseSpec:
     """Everything in an OCSPResponse. The defaults give a well-formed v1 basic response.
 
     `responder_id` is a Name (byName) or a SHA-1 key hash (byKey, see `key_hash`).
-    `version` is the RFC value: 0 is v1. `algorithm` None picks the natural one for `key`.
+    `version` is the RFC value: 0 is v1; `explicit_version` writes it even when it is the
+    DEFAULT v1. `algorithm` None picks the natural one for `key`.
     With a `response_status` other than 0 the responseBytes are still included; use
     `unsuccessful` for the usual bare form.
     """
@@ -241,6 +253,7 @@ class ResponseSpec:
     algorithm: SignatureAlgorithm | None = None
     certificates: Sequence[x509.Certificate] = ()
     corrupt_signature: bool = False
+    explicit_version: bool = False
 
     def __post_init__(self) -> None:
         for name in ("singles", "extensions", "certificates"):
@@ -268,13 +281,16 @@ def _natural_algorithm(key: CertificateIssuerPrivateKeyTypes) -> SignatureAlgori
         return SignatureAlgorithm.ECDSA_SHA256
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return SignatureAlgorithm.ED25519
-    raise TypeError(f"key must be an RSA, EC or Ed25519 private key, not {_key_kind(key)}")
+    if isinstance(key, ed448.Ed448PrivateKey):
+        return SignatureAlgorithm.ED448
+    raise TypeError(f"key must be an RSA, EC, Ed25519 or Ed448 private key, not {_key_kind(key)}")
 
 
 def _fits(algorithm: SignatureAlgorithm, key: CertificateIssuerPrivateKeyTypes) -> bool:
     natural = _natural_algorithm(key)
-    if natural == SignatureAlgorithm.RSA_SHA256:
-        return algorithm.value.startswith("rsa-")
+    if natural in (SignatureAlgorithm.RSA_SHA256, SignatureAlgorithm.ECDSA_SHA256):
+        family: str = natural.value.split("-")[0]
+        return algorithm.value.startswith(family + "-")
     return algorithm == natural
 
 
@@ -306,7 +322,8 @@ def craft_response(spec: ResponseSpec) -> bytes:
 
 
 def _response_data(spec: ResponseSpec) -> bytes:
-    parts = [explicit(0, integer(spec.version))] if spec.version != 0 else []
+    written = spec.version != 0 or spec.explicit_version
+    parts = [explicit(0, integer(spec.version))] if written else []
     if isinstance(spec.responder_id, x509.Name):
         parts.append(explicit(1, spec.responder_id.public_bytes()))
     else:
@@ -357,7 +374,8 @@ def _extensions(extensions: Sequence[ExtensionSpec]) -> bytes:
 
 
 def _extension(extension: ExtensionSpec) -> bytes:
-    critical = boolean(True) if extension.critical else b""  # DEFAULT FALSE is omitted
+    written = extension.critical or extension.encode_default  # DER omits DEFAULT FALSE
+    critical = boolean(extension.critical) if written else b""
     return seq(oid(extension.oid), critical, octet_string(extension.value))
 
 
@@ -366,18 +384,42 @@ def _algorithm_identifier(algorithm: SignatureAlgorithm) -> bytes:
         return seq(oid("1.2.840.113549.1.1.11"), null())
     if algorithm == SignatureAlgorithm.RSA_MD5:
         return seq(oid("1.2.840.113549.1.1.4"), null())
-    if algorithm == SignatureAlgorithm.RSA_PSS_SHA256:
-        return seq(oid("1.2.840.113549.1.1.10"), _pss_params())
+    if algorithm == SignatureAlgorithm.RSA_SHA1:
+        return seq(oid("1.2.840.113549.1.1.5"), null())
+    if algorithm == SignatureAlgorithm.ECDSA_SHA1:
+        return seq(oid("1.2.840.10045.4.1"))
+    if algorithm in _PSS:
+        return seq(oid("1.2.840.113549.1.1.10"), _pss_params(*_PSS[algorithm]))
     if algorithm == SignatureAlgorithm.ECDSA_SHA256:
         return seq(oid("1.2.840.10045.4.3.2"))
+    if algorithm == SignatureAlgorithm.ED448:
+        return seq(oid("1.3.101.113"))
     return seq(oid("1.3.101.112"))  # Ed25519
 
 
-def _pss_params() -> bytes:
-    """RSASSA-PSS-params with every field explicit: SHA-256, MGF1 with SHA-256, salt 32."""
-    sha256 = _hash_identifier("sha256")
-    mgf1 = seq(oid(_MGF1), sha256)
-    return seq(explicit(0, sha256), explicit(1, mgf1), explicit(2, integer(32)))
+# RSASSA-PSS variants: the hash (for the digest and MGF1) and the salt length
+_PSS = {
+    SignatureAlgorithm.RSA_PSS_SHA256: ("sha256", 32),
+    SignatureAlgorithm.RSA_PSS_SHA384: ("sha384", 48),
+    SignatureAlgorithm.RSA_PSS_SHA512: ("sha512", 64),
+    SignatureAlgorithm.RSA_PSS_DEFAULTS: ("sha1", 20),
+    SignatureAlgorithm.RSA_PSS_SHA256_SALT64: ("sha256", 64),
+}
+_HASHES = {
+    "sha1": hashes.SHA1(),
+    "sha256": hashes.SHA256(),
+    "sha384": hashes.SHA384(),
+    "sha512": hashes.SHA512(),
+}
+
+
+def _pss_params(hash_name: str, salt: int) -> bytes:
+    """RSASSA-PSS-params with every field explicit (empty for the SHA-1 defaults)."""
+    if hash_name == "sha1" and salt == 20:
+        return seq()  # every field DEFAULT: SHA-1, MGF1 with SHA-1, salt 20
+    digest = _hash_identifier(hash_name)
+    mgf1 = seq(oid(_MGF1), digest)
+    return seq(explicit(0, digest), explicit(1, mgf1), explicit(2, integer(salt)))
 
 
 def _sign(spec: ResponseSpec, data: bytes) -> bytes:
@@ -391,14 +433,20 @@ def _signature(
     key: CertificateIssuerPrivateKeyTypes, algorithm: SignatureAlgorithm, data: bytes
 ) -> bytes:
     if isinstance(key, rsa.RSAPrivateKey):
-        if algorithm == SignatureAlgorithm.RSA_PSS_SHA256:
-            pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
-            return key.sign(data, pss, hashes.SHA256())
-        digest = hashes.MD5() if algorithm == SignatureAlgorithm.RSA_MD5 else hashes.SHA256()
-        return key.sign(data, padding.PKCS1v15(), digest)
+        if algorithm in _PSS:
+            hash_name, salt = _PSS[algorithm]
+            digest = _HASHES[hash_name]
+            pss = padding.PSS(mgf=padding.MGF1(digest), salt_length=salt)
+            return key.sign(data, pss, digest)
+        pkcs1 = {
+            SignatureAlgorithm.RSA_MD5: hashes.MD5(),
+            SignatureAlgorithm.RSA_SHA1: _HASHES["sha1"],
+        }
+        return key.sign(data, padding.PKCS1v15(), pkcs1.get(algorithm, hashes.SHA256()))
     if isinstance(key, ec.EllipticCurvePrivateKey):
-        return key.sign(data, ec.ECDSA(hashes.SHA256()))
-    if isinstance(key, ed25519.Ed25519PrivateKey):
+        sha1 = algorithm == SignatureAlgorithm.ECDSA_SHA1
+        return key.sign(data, ec.ECDSA(_HASHES["sha1"] if sha1 else hashes.SHA256()))
+    if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey):
         return key.sign(data)
     raise TypeError(f"cannot sign with a {_key_kind(key)}")
 

@@ -21,30 +21,33 @@ from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 __all__ = ["CA", "Identity", "KeyType", "Leaf", "LeafFiles", "new_key"]
 
-KeyType = Literal["ec", "rsa", "ed25519"]
-_KEY_TYPES = ("ec", "rsa", "ed25519")
+KeyType = Literal["ec", "rsa", "ed25519", "ed448"]
+_KEY_TYPES = ("ec", "rsa", "ed25519", "ed448")
 _serials = itertools.count(0x1000)
 
 
 def new_key(key_type: KeyType) -> CertificateIssuerPrivateKeyTypes:
-    """A fresh private key: P-256, RSA-2048 or Ed25519."""
+    """A fresh private key: P-256, RSA-2048, Ed25519 or Ed448."""
     if key_type == "ec":
         return ec.generate_private_key(ec.SECP256R1())
     if key_type == "rsa":
         return rsa.generate_private_key(public_exponent=65537, key_size=2048)
     if key_type == "ed25519":
         return ed25519.Ed25519PrivateKey.generate()
+    if key_type == "ed448":
+        return ed448.Ed448PrivateKey.generate()
     raise ValueError(f"key_type must be one of {_KEY_TYPES}, not {key_type!r}")
 
 
 def _hash_for(key: CertificateIssuerPrivateKeyTypes) -> hashes.SHA256 | None:
-    return None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    eddsa = isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey)
+    return None if eddsa else hashes.SHA256()
 
 
 def _name(common_name: str) -> x509.Name:
@@ -245,8 +248,12 @@ class CA:
         not_after: datetime | None = None,
         key_type: KeyType | None = None,
         name: str = "mustaple test OCSP signer",
+        extensions: Sequence[tuple[x509.ExtensionType, bool]] = (),
     ) -> Identity:
-        """A delegated OCSP responder certificate issued by this CA (RFC 6960 4.2.2.2)."""
+        """A delegated OCSP responder certificate issued by this CA (RFC 6960 4.2.2.2).
+
+        `extensions`: more (extension, critical) pairs, such as an unknown critical one.
+        """
         key = new_key(key_type or self.key_type)
         builder = self._builder(
             _name(name),
@@ -257,6 +264,8 @@ class CA:
         usages = [ExtendedKeyUsageOID.OCSP_SIGNING] if ocsp_signing else []
         usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
         builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical=critical)
         return Identity(self._sign(builder), key)
 
 

@@ -66,7 +66,7 @@ class Behaviour(enum.Enum):
     REVOKED = "revoked"
     UNKNOWN_STATUS = "unknown-status"
     DELEGATED = "delegated"  # correct, signed by a proper delegated responder
-    SEVERAL_RESPONSES = "several-responses"  # ours plus two for other serials
+    SEVERAL_RESPONSES = "several-responses"  # ours first, then two for other serials
     PSS_SIGNATURE = "pss-signature"  # correct, RSASSA-PSS (needs an RSA CA)
     # Transport and HTTP
     HANG = "hang"
@@ -175,7 +175,7 @@ def _several(spec: ResponseSpec) -> ResponseSpec:
     others = [
         replace(ours, cert_id=replace(ours.cert_id, serial=ours.cert_id.serial + n)) for n in (1, 2)
     ]
-    return replace(spec, singles=[others[0], ours, others[1]])
+    return replace(spec, singles=[ours, *others])
 
 
 def _wrong_key_hash(spec: ResponseSpec) -> ResponseSpec:
