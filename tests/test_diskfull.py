@@ -1,0 +1,129 @@
+"""A full disk under the state directory degrades, never kills: a real `mustaple run` on a small
+tmpfs keeps fetching and delivering from memory, says so on `/status`, and stores what is
+pending by itself once space returns."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mustaple.testing import CA, ResponderThread
+from servers import free_port
+
+MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))
+
+
+@pytest.fixture
+def small_state(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs for the state directory (the tests run as root, as CI does)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(state)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert mount.returncode == 0, f"this test mounts a tmpfs as root: {mount.stderr.strip()}"
+    try:
+        yield state
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Fill the file system of `directory` to the last byte."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:  # ENOSPC: full
+        pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+def status(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as answer:
+        report: dict[str, Any] = json.load(answer)
+    return report
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def states(port: int) -> dict[str, str]:
+    return {c["name"]: c["state"] for c in status(port)["certificates"]}
+
+
+def test_a_full_state_disk_keeps_the_keeper_serving_and_recovers(
+    tmp_path: Path, small_state: Path
+) -> None:
+    ca = CA()
+    port = free_port()
+    config = tmp_path / "mustaple.toml"
+    config.write_text(
+        f'state_dir = "{small_state}"\n'
+        f'[[certificates]]\npaths = ["{tmp_path}/live/*/fullchain.pem"]\n'
+        f'[sinks.files]\ntype = "file"\npath = "{tmp_path}/staples/{{name}}.der"\n'
+        '[policy]\ntimeout = "2s"\nattempts = 1\nwatch_interval = "1s"\n'
+        f'[http]\nlisten = "127.0.0.1:{port}"\n'
+    )
+    with ResponderThread(ca) as responder:
+        for name in ("a.test", "b.test"):
+            leaf = ca.issue(name, ocsp_urls=[responder.url])
+            responder.add(leaf)
+            if name == "a.test":
+                leaf.write(tmp_path / "live" / name)
+        keeper = subprocess.Popen(
+            [MUSTAPLE, "run", "--config", str(config)], stderr=subprocess.PIPE, text=True
+        )
+        try:
+            wait_for((tmp_path / "staples" / "a.test.der").exists)
+            filler = fill(small_state)
+            # a new certificate while nothing can be stored: fetched and delivered all the same
+            b = ca.issue("b.test", ocsp_urls=[responder.url])
+            responder.add(b)
+            b.write(tmp_path / "live" / "b.test")
+            wait_for((tmp_path / "staples" / "b.test.der").exists)
+            wait_for(lambda: status(port)["store_problem"])
+            assert "full" in status(port)["store_problem"]
+            assert states(port) == {"a.test": "good", "b.test": "good"}
+            assert keeper.poll() is None
+            filler.unlink()  # space returns: the pending writes are stored by themselves
+            wait_for(lambda: status(port)["store_problem"] is None)
+            shown = subprocess.run(
+                [MUSTAPLE, "status", "--config", str(config), "--json"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            rows = {row["name"]: row["state"] for row in json.loads(shown.stdout)}
+            assert rows == {"a.test": "good", "b.test": "good"}
+        finally:
+            keeper.send_signal(signal.SIGTERM)
+            code = keeper.wait(20)
+        log = keeper.stderr.read() if keeper.stderr else ""
+    assert code == 0, log
+    assert "Traceback" not in log
+    assert log.count("the state store cannot be written") == 1
+    assert "state store writable again" in log
+    assert shutil.disk_usage(small_state).free > 0
