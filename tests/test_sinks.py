@@ -110,6 +110,17 @@ def deliver(sink: Sink, *batch: Delivery) -> list[Delivered]:
     return asyncio.run(sink.deliver(batch))
 
 
+def revoked_answer(pki: Pki) -> bytes:
+    """A valid answer from the CA saying the leaf is revoked."""
+    pki.responder.set_behaviour(Behaviour.REVOKED)
+    try:
+        revoked = pki.fresh()
+    finally:
+        pki.responder.set_behaviour(Behaviour.GOOD)
+    assert not revoked.good
+    return revoked.der
+
+
 def outcome(delivered: Delivered) -> tuple[str | None, bool]:
     """(error, changed): a failing comparison shows the error."""
     return delivered.error, delivered.changed
@@ -251,6 +262,11 @@ def test_lighttpd_staples_the_delivered_file_from_the_first_handshake(
         [done] = deliver(sink, pki.delivery(files.fullchain, second.der))
         assert outcome(done) == (None, True)
         wait_for(server.port, second.der)
+        revoked = revoked_answer(pki)
+        took = replace(pki.delivery(files.fullchain, revoked), action=Action.REVOKED)
+        [done] = deliver(sink, took)
+        assert outcome(done) == (None, True)
+        wait_for(server.port, revoked)  # lighttpd staples the CA's revoked answer
         [removed] = deliver(sink, pki.delivery(files.fullchain, None))
         assert outcome(removed) == (None, True)
         wait_for(server.port, None)  # lighttpd goes on without a staple file
@@ -290,16 +306,11 @@ def test_haproxy_takes_a_new_staple_over_its_socket_without_reload(
         assert served(server.port) == second.der
         assert server.worker_pid() == worker  # the same process: no reload
         assert Path(f"{pem}.ocsp").read_bytes() == second.der
-        pki.responder.set_behaviour(Behaviour.REVOKED)
-        try:
-            revoked = pki.fresh()
-        finally:
-            pki.responder.set_behaviour(Behaviour.GOOD)
-        assert not revoked.good
-        took = replace(pki.delivery(pem, revoked.der), action=Action.REVOKED, status="revoked")
+        revoked = revoked_answer(pki)
+        took = replace(pki.delivery(pem, revoked), action=Action.REVOKED, status="revoked")
         [done] = deliver(sink, took)
         assert outcome(done) == (None, True)
-        assert served(server.port) == revoked.der  # HAProxy takes the CA's revoked answer
+        assert served(server.port) == revoked  # HAProxy takes the CA's revoked answer
         assert server.worker_pid() == worker
 
 
