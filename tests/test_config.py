@@ -42,7 +42,7 @@ jitter = 0.05
 min_interval = "10m"
 timeout = "5s"
 attempts = 2
-hash = "sha256"
+hash = "sha1"
 concurrency = 8
 per_host = 2
 at_expiry = "keep"
@@ -79,7 +79,7 @@ def test_full_config(tmp_path: Path) -> None:
     policy = config.policy
     assert policy.schedule.min_interval == timedelta(minutes=10)
     assert policy.fetch.total_timeout == 5.0
-    assert (policy.hash_name, policy.per_host, policy.at_expiry) == ("sha256", 2, "keep")
+    assert (policy.hash_name, policy.per_host, policy.at_expiry) == ("sha1", 2, "keep")
     assert policy.verify.clock_skew == timedelta(minutes=1)
 
 
@@ -186,4 +186,14 @@ def test_the_retry_cadence_is_configurable(tmp_path: Path) -> None:
     )
     path.write_text(path.read_text().replace('retry_min = "2s"', 'retry_min = "10m"'))
     with pytest.raises(ConfigError, match="retry_min must not exceed retry_max"):
+        load_config(path)
+
+
+def test_a_certid_hash_other_than_sha1_is_refused_at_load(tmp_path: Path) -> None:
+    path = tmp_path / "mustaple.toml"
+    path.write_text(
+        f'state_dir = "{tmp_path}"\n[[certificates]]\npaths = ["/x.pem"]\n'
+        '[policy]\nhash = "sha256"\n'
+    )
+    with pytest.raises(ConfigError, match=r"policy\.hash: 'sha256' would never give a staple"):
         load_config(path)

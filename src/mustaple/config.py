@@ -367,6 +367,20 @@ def _shown(value: timedelta) -> str:
     return f"{seconds}s"
 
 
+def _sha1_only(reader: _Reader, default: str) -> str:
+    """The keeper's CertID hash: SHA-1, the only one whose staples every client accepts (curl
+    and OpenSSL match SHA-1 CertIDs only), so anything else would never give a staple."""
+    value = _choice(reader, "hash", sorted(HASHES), default)
+    if value != "sha1":
+        raise reader.error(
+            "hash",
+            f"{value!r} would never give a staple: curl and OpenSSL match SHA-1 CertIDs only; "
+            'remove the key or set "sha1" (`mustaple fetch --hash` still asks with another hash, '
+            "to see what a responder says)",
+        )
+    return value
+
+
 def _policy(reader: _Reader) -> KeeperPolicy:
     reader.only(
         "refresh_at", "jitter", "min_interval", "retry_min", "retry_base", "retry_max",
@@ -402,7 +416,7 @@ def _policy(reader: _Reader) -> KeeperPolicy:
         schedule=schedule,
         fetch=fetch,
         verify=verify,
-        hash_name=_choice(reader, "hash", sorted(HASHES), defaults.hash_name),
+        hash_name=_sha1_only(reader, defaults.hash_name),
         concurrency=reader.number("concurrency", defaults.concurrency, 1, 1024),
         per_host=reader.number("per_host", defaults.per_host, 1, 1024),
         at_expiry=_choice(reader, "at_expiry", ["remove", "keep"], defaults.at_expiry),
