@@ -28,7 +28,6 @@ one; it is told every outcome, and hands in staples announced by other members (
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import functools
 import glob
 import logging
@@ -166,6 +165,7 @@ class Problem:
     must_staple: bool | None
     message: str
     reason: Reason  # cert-unusable, or keeper-fault
+    stamp: tuple[int, int]  # the file as it was read: read again only when it changes
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +242,6 @@ class Keeper:
         self._hooks: set[asyncio.Task[None]] = set()
         self._writes: list[Callable[[], object]] = []
         self._store_problem: str | None = None
-        self._problem_stamps: dict[Path, tuple[int, int]] = {}
 
     async def __aenter__(self) -> Keeper:
         connector = aiohttp.TCPConnector(limit=self.policy.concurrency)
@@ -264,13 +263,6 @@ class Keeper:
 
     # --- Which certificates -------------------------------------------------------------------
 
-    def entry_for(self, path: Path) -> CertEntry:
-        """The configured entry matching `path`, or a default one (all sinks)."""
-        for entry in self.config.certificates:
-            if any(fnmatch.fnmatch(str(path), p) or Path(p) == path for p in entry.paths):
-                return entry
-        return CertEntry(paths=(str(path),))
-
     async def scan(self) -> list[Managed]:
         """Pick up new, changed and removed certificate files; return the new or changed."""
         wanted = configured_files(self.config)
@@ -285,16 +277,13 @@ class Keeper:
             stamp = _stamp(path)
             if stamp is None or (current and current.stamp == stamp and current.entry == entry):
                 continue
-            if current is None and path in self.problems and self._same_problem(path, stamp):
-                continue
+            problem = self.problems.get(path)
+            if current is None and problem is not None and problem.stamp == stamp:
+                continue  # an unusable file is read again only when it changes (or at a reload)
             managed = await self._load(path, entry, stamp)
             if managed is not None:
                 added.append(managed)
         return added
-
-    def _same_problem(self, path: Path, stamp: tuple[int, int]) -> bool:
-        """An unusable file is read again only when it changes (or at a reload)."""
-        return self._problem_stamps.get(path) == stamp
 
     async def _load(self, path: Path, entry: CertEntry, stamp: tuple[int, int]) -> Managed | None:
         """Load one file; an unusable one becomes a `Problem`, shown everywhere."""
@@ -314,7 +303,6 @@ class Keeper:
             self._unusable(path, stamp, _internal(exc), Reason.KEEPER_FAULT)
             return None
         self.problems.pop(path, None)
-        self._problem_stamps.pop(path, None)
         target = loaded.target
         self._drop(path)
         life = self.lives.get(cert_key(target.leaf))
@@ -353,11 +341,11 @@ class Keeper:
     def _unusable(self, path: Path, stamp: tuple[int, int], message: str, reason: Reason) -> None:
         self._drop(path)
         key, name, must = _identify(path)
-        problem = Problem(path, key, name, must, message, reason)
-        if self.problems.get(path) != problem:
+        problem = Problem(path, key, name, must, message, reason, stamp)
+        before = self.problems.get(path)
+        if before is None or before.message != message:
             log.error("%s", message)
         self.problems[path] = problem
-        self._problem_stamps[path] = stamp
         self._write(functools.partial(self.store.save_status, key, _problem_status(problem)))
 
     def _drop(self, path: Path) -> None:
