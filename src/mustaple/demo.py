@@ -25,7 +25,7 @@ from mustaple.config import CertEntry, Config, KeeperPolicy
 from mustaple.delivery import Action, Delivered, Delivery
 from mustaple.fetch import FetchPolicy, FetchResult, utc_now
 from mustaple.keeper import Keeper, Managed
-from mustaple.report import human_duration
+from mustaple.render import human_duration
 from mustaple.store import SqliteStore
 from mustaple.testing import CA, Behaviour, OCSPResponder, StaplingServer
 from mustaple.verify import Staple

@@ -13,17 +13,20 @@ so a time or a key reads the same wherever it appears:
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
+from mustaple.delivery import SinkHealth
 from mustaple.verify import Staple
 
 __all__ = [
     "STAPLE_KEYS",
+    "Dated",
     "attempt_json",
     "human_duration",
     "human_time",
     "iso",
     "seconds_until",
+    "sink_json",
     "staple_json",
     "validity_json",
 ]
@@ -92,15 +95,35 @@ def staple_json(staple: Staple, now: datetime) -> dict[str, Any]:
     }
 
 
-def validity_json(
-    this_update: datetime | None, effective_expiry: datetime | None, now: datetime
-) -> dict[str, Any]:
+class Dated(Protocol):
+    """A staple as held by this member or by the fleet: when it was made, when it ends."""
+
+    @property
+    def this_update(self) -> datetime: ...
+    @property
+    def effective_expiry(self) -> datetime: ...
+
+
+def validity_json(held: Dated | None, now: datetime) -> dict[str, Any]:
     """A held staple's life as a certificate's state shows it (`status --json`, `/status`,
     `status --fleet --json`): all three null when no staple is held."""
     return {
-        "this_update": iso(this_update),
-        "effective_expiry": iso(effective_expiry),
-        "seconds_left": seconds_until(effective_expiry, now) if effective_expiry else None,
+        "this_update": iso(held.this_update) if held else None,
+        "effective_expiry": iso(held.effective_expiry) if held else None,
+        "seconds_left": seconds_until(held.effective_expiry, now) if held else None,
+    }
+
+
+def sink_json(sink: SinkHealth) -> dict[str, Any]:
+    """How one sink took one certificate's staple, as `/status` and `status --json` show it."""
+    return {
+        "sink": sink.sink,
+        "ok": sink.ok,
+        "last_delivery": iso(sink.last_delivery),
+        "error": sink.error,
+        "failures": sink.failures,
+        "failing_since": iso(sink.since),
+        "note": sink.note,
     }
 
 
