@@ -16,9 +16,9 @@ from mustaple.certs import (
     parse_certificates,
 )
 from mustaple.checkjudge import CheckReport, Issuer, judge, judge_responder
-from mustaple.errors import InputError
 from mustaple.fetch import fetch_issuer, fetch_staple, utc_now
 from mustaple.files import read_input
+from mustaple.issuers import issuer_over_aia
 from mustaple.loader import load_target
 from mustaple.probe import probe_async
 
@@ -114,16 +114,9 @@ async def _issuer_from_aia(leaf: x509.Certificate) -> Issuer:
             "the server does not send the issuer and the certificate names no caIssuers "
             "URL; pass it with --issuer FILE",
         )
-    problems = []
-    for url in urls:
-        try:
-            found = find_issuer(leaf, await fetch_issuer(url))
-        except InputError as exc:
-            problems.append(str(exc))
-            continue
-        if found is not None:
-            return Issuer(found, "aia")
-        problems.append(f"the certificate at {url} did not sign {display_name(leaf)}")
+    found, problems = await issuer_over_aia(leaf, urls, fetch_issuer)
+    if found is not None:
+        return Issuer(found, "aia")
     return Issuer(None, None, "no issuer over AIA: " + "; ".join(problems))
 
 

@@ -12,9 +12,8 @@ import click
 from mustaple.cli.options import config_option, proxy_option, proxy_setting, setup_logging
 from mustaple.config import Config
 from mustaple.daemon import check_config as check_config_file
-from mustaple.daemon import open_keeper
+from mustaple.daemon import open_fleet, open_keeper
 from mustaple.fetch import utc_now
-from mustaple.fleet import Fleet
 from mustaple.keeper import Managed
 from mustaple.progress import FetchProgress, PrimeProgress
 from mustaple.status import prime_exit_code, prime_json, prime_line
@@ -64,11 +63,5 @@ async def _prime(config: Config, paths: list[Path]) -> list[Managed]:
     waits = FetchProgress("prime", progress.display)  # and each request while it waits
     async with open_keeper(config, trace_configs=[waits.trace()]) as keeper, progress.running():
         keeper.observers.append(progress.refreshed)
-        if config.fleet is None:
+        async with open_fleet(config, keeper, for_prime=True):
             return await keeper.prime(paths)
-        fleet = Fleet(config.fleet, eager=True)  # use or share the fleet's staples, never wait
-        await fleet.start(keeper, background=False)
-        try:
-            return await keeper.prime(paths)
-        finally:
-            await fleet.close()
