@@ -16,7 +16,8 @@ from mustaple.certs import (
     parse_certificates,
 )
 from mustaple.checkjudge import CheckReport, Issuer, judge, judge_responder
-from mustaple.fetch import fetch_issuer, fetch_staple, utc_now
+from mustaple.clock import utc_now
+from mustaple.fetch import fetch_issuer, fetch_staple
 from mustaple.files import read_input
 from mustaple.issuers import issuer_over_aia
 from mustaple.loader import load_target

@@ -15,18 +15,18 @@ import asyncio
 import fcntl
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
 
+from mustaple.clock import Clock, utc_now
 from mustaple.config import Config, ConfigError, load_config
 from mustaple.delivery import Sink
 from mustaple.errors import InputError
-from mustaple.fetch import utc_now
 from mustaple.fleet import Fleet
 from mustaple.keeper import Keeper
 from mustaple.metrics import Metrics
@@ -38,7 +38,6 @@ from mustaple.web import HttpServer, start_http
 __all__ = ["build_sinks", "check_config", "open_fleet", "open_keeper", "serve"]
 
 log = logging.getLogger("mustaple")
-Clock = Callable[[], datetime]
 
 
 def build_sinks(config: Config) -> dict[str, Sink]:

@@ -21,9 +21,10 @@ from datetime import timedelta
 from pathlib import Path
 
 from mustaple.check import CheckReport, check_server
+from mustaple.clock import utc_now
 from mustaple.config import CertEntry, Config, KeeperPolicy
 from mustaple.delivery import Action, Delivered, Delivery
-from mustaple.fetch import FetchPolicy, FetchResult, utc_now
+from mustaple.fetch import FetchPolicy, FetchResult
 from mustaple.keeper import Keeper, Managed
 from mustaple.render import human_duration
 from mustaple.store import SqliteStore

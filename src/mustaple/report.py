@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.x509 import ocsp
 
 from mustaple.certs import Target
-from mustaple.fetch import Attempt, FetchResult
 from mustaple.reasons import Reason, Rejection
 from mustaple.render import STAPLE_KEYS, human_duration, iso, staple_json
 from mustaple.verify import Staple
+
+if TYPE_CHECKING:
+    from mustaple.fetch import Attempt, FetchResult
 
 __all__ = [
     "STAPLE_KEYS",

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from html import escape
 from typing import Any
@@ -31,10 +31,10 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http import HttpProcessingError
 
+from mustaple.clock import Clock, utc_now
 from mustaple.config import HttpConfig
 from mustaple.errors import InputError
 from mustaple.fastpath import FastPath, quiet_accept_errors, raise_file_limit
-from mustaple.fetch import utc_now
 from mustaple.keeper import CertView, Keeper
 from mustaple.lifecycle import Phase
 from mustaple.localresponder import Responder, add_routes
@@ -46,7 +46,6 @@ from mustaple.store import AttemptRecord
 __all__ = ["Health", "HttpServer", "health", "make_app", "not_ready", "start_http"]
 
 log = logging.getLogger("mustaple")
-Clock = Callable[[], datetime]
 ATTEMPTS_SHOWN = 5
 PAGE_REFRESH_SECONDS = 30
 _NAMES_SHOWN = 20  # in the /readyz body

@@ -17,8 +17,9 @@ from mustaple.cli.options import (
     proxy_option,
     proxy_setting,
 )
+from mustaple.clock import utc_now
 from mustaple.errors import InputError
-from mustaple.fetch import FetchPolicy, FetchResult, fetch_staple, utc_now
+from mustaple.fetch import FetchPolicy, FetchResult, fetch_staple
 from mustaple.files import NotRegularFileError, write_atomic
 from mustaple.loader import load_target
 from mustaple.progress import FetchProgress

@@ -10,8 +10,8 @@ from datetime import datetime
 import click
 
 from mustaple.cli.options import emit_json, lenient_option
+from mustaple.clock import utc_now
 from mustaple.errors import InputError
-from mustaple.fetch import utc_now
 from mustaple.files import read_input
 from mustaple.loader import load_target
 from mustaple.report import exit_code, explain, outcome_json

@@ -10,10 +10,10 @@ from pathlib import Path
 import click
 
 from mustaple.cli.options import config_option, proxy_option, proxy_setting, setup_logging
+from mustaple.clock import utc_now
 from mustaple.config import Config
 from mustaple.daemon import check_config as check_config_file
 from mustaple.daemon import open_fleet, open_keeper
-from mustaple.fetch import utc_now
 from mustaple.keeper import Managed
 from mustaple.progress import FetchProgress, PrimeProgress
 from mustaple.status import prime_exit_code, prime_json, prime_line

@@ -10,8 +10,8 @@ from typing import Any
 import click
 
 from mustaple.cli.options import config_option
+from mustaple.clock import utc_now
 from mustaple.daemon import check_config as check_config_file
-from mustaple.fetch import utc_now
 from mustaple.report import ExitCode
 from mustaple.status import fleet_view, print_fleet_tables, print_status_table, status_rows
 
