@@ -4,7 +4,8 @@ Pure and free of I/O imports; the CLI, the web endpoints, the fleet view and the
 so a time or a key reads the same wherever it appears:
 
 - `iso` is the time in JSON and in the CLI's one-line verdicts: `2026-11-28T04:00:00Z`.
-- `human_time` is the time in sentences of the logs and life cycle: `2026-11-28 04:00:00Z`.
+- `human_time` is the time in sentences of the logs and life cycle: `2026-11-28 04:00:00Z`;
+  `short_time` the same in a table or on the status page, where space is short: `28 Nov 04:00Z`.
 - `human_duration` is a duration: `3d 4h`, `5h 12m`, `42s`.
 - `staple_json`, `validity_json` and `attempt_json` are the JSON shapes of an accepted response,
   of a held staple's life, and of one HTTP exchange with a responder.
@@ -26,6 +27,7 @@ __all__ = [
     "human_time",
     "iso",
     "seconds_until",
+    "short_time",
     "sink_json",
     "staple_json",
     "validity_json",
@@ -40,6 +42,14 @@ def iso(value: datetime | None) -> str | None:
 def human_time(value: datetime | None) -> str:
     """A time in a sentence of a log line or a message; 'never' for None."""
     return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else "never"
+
+
+def short_time(text: str | None, *, year: bool = False) -> str:
+    """An `iso` time for a table cell: '28 Nov 04:00Z' ('2026-11-28 04:00Z' with the year);
+    '-' for None."""
+    if not text:
+        return "-"
+    return datetime.fromisoformat(text).strftime("%Y-%m-%d %H:%MZ" if year else "%d %b %H:%MZ")
 
 
 def human_duration(seconds: float) -> str:

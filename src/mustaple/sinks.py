@@ -34,6 +34,7 @@ from cryptography.x509 import ocsp
 from mustaple.config import TableReader
 from mustaple.delivery import Action, Delivered, Delivery, Sink
 from mustaple.files import MAX_INPUT, clean_temporaries, read_prefix, write_atomic
+from mustaple.render import human_time
 from mustaple.shell import run_command
 
 __all__ = [
@@ -497,7 +498,7 @@ class HAProxySink:
         if not previous:
             return _Outcome(False)
         until = _served_until(previous)
-        when = f"until {until:%Y-%m-%d %H:%M:%S} UTC" if until else "until it expires"
+        when = f"until {human_time(until)}" if until else "until it expires"
         error = (
             "HAProxy cannot drop a staple at run time: it goes on serving the previous one "
             f"{when} or until it is reloaded ({path} is now empty)"

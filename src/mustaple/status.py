@@ -19,7 +19,7 @@ from mustaple.errors import InputError
 from mustaple.files import read_input
 from mustaple.keeper import Managed, configured_files
 from mustaple.redisstore import FleetRecord, Member, RedisStore, shown_url
-from mustaple.render import human_duration, iso, sink_json, validity_json
+from mustaple.render import human_duration, iso, short_time, sink_json, validity_json
 from mustaple.report import ExitCode
 from mustaple.store import CertStatus, SqliteStore
 
@@ -180,14 +180,9 @@ def print_status_table(rows: list[dict[str, Any]]) -> None:
         errors = [f"{row['last_error']}: {row['last_message']}"] if row["last_error"] else []
         errors += [f"sink {s['sink']}: {s['error']}" for s in row["sinks"] if s["error"]]
         error = "; ".join(errors)
-        times = (_short(row[key]) for key in _TIMES)
+        times = (short_time(row[key]) for key in _TIMES)
         table.add_row(row["name"], must, f"[{style}]{row['state']}[/]", *times, error)
     Console(width=None if sys.stdout.isatty() else 160).print(table)
-
-
-def _short(iso: str | None) -> str:
-    """'2026-11-24T05:40:00Z' as '11-24 05:40Z'."""
-    return f"{iso[5:10]} {iso[11:16]}Z" if iso else "-"
 
 
 def fleet_view(config: Config, now: datetime) -> dict[str, Any]:
@@ -259,12 +254,12 @@ def print_fleet_tables(view: dict[str, Any]) -> None:
     for column in ("certificate", "fetched by", "fetched at", "effective expiry", "lease", "retry"):
         certificates.add_column(column, no_wrap=column != "retry")
     for c in view["certificates"]:
-        retry = f"{_short(c['retry_at'])} ({c['retry_reason']})" if c["retry_at"] else ""
+        retry = f"{short_time(c['retry_at'])} ({c['retry_reason']})" if c["retry_at"] else ""
         certificates.add_row(
             c["name"],
             c["fetched_by"] or "-",
-            _short(c["fetched_at"]),
-            _short(c["effective_expiry"]),
+            short_time(c["fetched_at"]),
+            short_time(c["effective_expiry"]),
             c["lease_holder"] or "",
             retry,
         )

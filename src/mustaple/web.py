@@ -39,7 +39,14 @@ from mustaple.keeper import CertView, Keeper
 from mustaple.lifecycle import Phase
 from mustaple.localresponder import Responder, add_routes
 from mustaple.metrics import Metrics, serial_hex
-from mustaple.render import attempt_json, human_duration, iso, sink_json, validity_json
+from mustaple.render import (
+    attempt_json,
+    human_duration,
+    iso,
+    short_time,
+    sink_json,
+    validity_json,
+)
 from mustaple.schedule import Alert, SchedulePolicy, alert_level, refresh_point
 from mustaple.store import AttemptRecord
 
@@ -520,5 +527,5 @@ def _short_path(path: str) -> str:
 
 def _time(iso: str, *, year: bool = False) -> str:
     """A `<time>` element: '24 Nov 05:40Z' (with the year if asked), the full value as title."""
-    shown = datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%MZ" if year else "%d %b %H:%MZ")
+    shown = short_time(iso, year=year)
     return f'<time datetime="{escape(iso)}" title="{escape(iso)}">{escape(shown)}</time>'
