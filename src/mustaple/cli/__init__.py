@@ -20,7 +20,7 @@ from mustaple.cli.fetch import fetch
 from mustaple.cli.init import init_command
 from mustaple.cli.inspect import inspect
 from mustaple.cli.prime import prime
-from mustaple.cli.run import run_keeper
+from mustaple.cli.run_keeper import run_keeper
 from mustaple.cli.status import status
 from mustaple.errors import InputError
 from mustaple.report import ExitCode
