@@ -14,10 +14,11 @@ so a time or a key reads the same wherever it appears:
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from mustaple.delivery import SinkHealth
-from mustaple.verify import Staple
+if TYPE_CHECKING:
+    from mustaple.delivery import SinkHealth
+    from mustaple.verify import Staple
 
 __all__ = [
     "STAPLE_KEYS",
