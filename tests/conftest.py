@@ -19,20 +19,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from mustaple.certs import Target, make_target
-from mustaple.testing import CA, Identity, Leaf
+from mustaple.testing import CA, Identity, Leaf, ManualClock
 from servers import RedisServer
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@dataclass
-class Clock:
-    """A clock the test moves by hand (`clock.now += ...`); starts at the real now."""
-
-    now: datetime = field(default_factory=lambda: datetime.now(UTC).replace(microsecond=0))
-
-    def __call__(self) -> datetime:
-        return self.now
+Clock = ManualClock  # the name the tests use
 
 
 @pytest.fixture

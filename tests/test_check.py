@@ -38,12 +38,12 @@ from mustaple.check import (
     Issuer,
     Level,
     StapleState,
-    check_command,
     client_accepts,
     judge,
     parse_address,
     report_lines,
 )
+from mustaple.cli.check import check_command
 from mustaple.fetch import fetch_staple
 from mustaple.probe import ProbeResult, probe
 from mustaple.request import make_cert_id

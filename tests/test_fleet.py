@@ -24,6 +24,7 @@ from cryptography.x509.oid import NameOID
 
 from conftest import Clock
 from mustaple.config import CertEntry, Config, FleetConfig, KeeperPolicy
+from mustaple.daemon import open_fleet
 from mustaple.fetch import FetchPolicy
 from mustaple.fleet import Fleet
 from mustaple.keeper import Keeper
@@ -160,7 +161,6 @@ async def member(
     stack: AsyncExitStack, tmp: Path, name: str, live: Path, url: str, p: str, clock: Clock
 ) -> AsyncIterator[Member]:
     config = member_config(tmp, name, live, url, p)
-    assert config.fleet is not None
     store = SqliteStore(config.state_dir / "state.db")
     stack.callback(store.close)
     sinks = {"out": build_sink("out", config.sinks["out"])}
@@ -168,10 +168,8 @@ async def member(
     keeper = await stack.enter_async_context(
         Keeper(config, store=store, sinks=sinks, clock=clock, dice=dice)
     )
-    fleet = Fleet(config.fleet)
-    await keeper.scan()
-    await fleet.start(keeper)
-    stack.push_async_callback(fleet.close)
+    fleet = await stack.enter_async_context(open_fleet(config, keeper))
+    assert fleet is not None
     yield Member(name, keeper, fleet, tmp / name / "out")
 
 

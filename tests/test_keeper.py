@@ -7,104 +7,51 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
 
-from conftest import Clock, Handler, LoopbackServer
-from mustaple.config import CertEntry, Config, Hooks, KeeperPolicy
-from mustaple.delivery import Action, Delivered, Delivery
-from mustaple.fetch import FetchPolicy
+from conftest import Handler, LoopbackServer
+from mustaple.config import Config, Hooks
+from mustaple.delivery import Action
 from mustaple.keeper import Keeper
 from mustaple.request import make_cert_id
 from mustaple.store import SqliteStore
-from mustaple.testing import CA, Behaviour, Leaf, OCSPResponder
+from mustaple.testing import (
+    QUICK_FETCH,
+    Behaviour,
+    KeyType,
+    RecordingSink,
+    World,
+    keeper_config,
+    keeper_world,
+)
 
 DAY = timedelta(days=1)
-QUICK = FetchPolicy(total_timeout=1.0, connect_timeout=1.0, attempts_per_url=1)
+QUICK = QUICK_FETCH
 
 
-@dataclass
-class RecordingSink:
-    """A sink that keeps what it was given, in order."""
-
-    name: str = "record"
-    batches: list[list[Delivery]] = field(default_factory=list)
-    fail: bool = False
-
-    async def deliver(self, batch: Sequence[Delivery]) -> list[Delivered]:
-        self.batches.append(list(batch))
-        error = "disk full" if self.fail else None
-        return [Delivered(d.key, self.name, True, error) for d in batch]
-
-    def last(self) -> Delivery:
-        return self.batches[-1][-1]
-
-
-@dataclass
-class World:
-    ca: CA
-    clock: Clock
-    responder: OCSPResponder
-    sink: RecordingSink
-    tmp: Path
-    keeper: Keeper
-
-    def issue(self, name: str, **kwargs: object) -> Leaf:
-        leaf = self.ca.issue(name, ocsp_urls=[self.responder.url], **kwargs)  # type: ignore[arg-type]
-        self.responder.add(leaf)
-        leaf.write(self.tmp / "live" / name)
-        return leaf
-
-
-def config(tmp: Path, **policy: object) -> Config:
-    return Config(
-        path=tmp / "mustaple.toml",
-        state_dir=tmp / "state",
-        certificates=(CertEntry(paths=(str(tmp / "live" / "*" / "fullchain.pem"),)),),
-        sinks={"record": {"type": "record"}},
-        hooks=Hooks(
-            on_failure=f"env > {tmp}/failure.env",
-            on_revoked=f"env > {tmp}/revoked.env",
-            on_expiring=f"echo $MUSTAPLE_EVENT >> {tmp}/expiring.log",
-        ),
-        policy=KeeperPolicy(fetch=QUICK, **policy),  # type: ignore[arg-type]
+def config(tmp: Path, **policy: Any) -> Config:
+    hooks = Hooks(
+        on_failure=f"env > {tmp}/failure.env",
+        on_revoked=f"env > {tmp}/revoked.env",
+        on_expiring=f"echo $MUSTAPLE_EVENT >> {tmp}/expiring.log",
     )
+    return keeper_config(tmp, hooks=hooks, fetch=QUICK, **policy)
 
 
-@asynccontextmanager
-async def world(tmp: Path, key_type: str = "ec", **policy: object) -> AsyncIterator[World]:
-    clock = Clock()
-    ca = CA(now=clock.now - DAY, key_type=key_type)  # type: ignore[arg-type]
-    sink = RecordingSink()
-    store = SqliteStore(tmp / "state" / "state.db")
-    async with OCSPResponder(ca, clock=clock, cache_for=timedelta(0)) as responder:
-        keeper = Keeper(
-            config(tmp, **policy),
-            store=store,
-            sinks={"record": sink},
-            clock=clock,
-            dice=lambda: 0.5,
-        )
-        async with keeper:
-            yield World(ca, clock, responder, sink, tmp, keeper)
-    store.close()
+def world(tmp: Path, key_type: KeyType = "ec", **policy: Any) -> AbstractAsyncContextManager[World]:
+    """The keeper's world (`mustaple.testing.keeper_world`) with hooks that leave files."""
+    return keeper_world(tmp, config(tmp, **policy), key_type=key_type)
 
 
 def run(coro: Callable[[Path], object], tmp: Path) -> None:
     asyncio.run(coro(tmp))  # type: ignore[arg-type]
-
-
-async def advance_to_next(w: World) -> None:
-    wake = w.keeper.next_wakeup()
-    assert wake is not None
-    w.clock.now = max(wake, w.clock.now)
-    await w.keeper.tick()
 
 
 def test_new_certificate_is_fetched_stored_and_delivered(tmp_path: Path) -> None:
@@ -141,7 +88,7 @@ def test_a_week_of_refreshes_always_serves_a_valid_staple(tmp_path: Path) -> Non
             await w.keeper.tick()
             start, fetches = w.clock.now, len(w.responder.requests)
             while w.clock.now < start + 7 * DAY:
-                await advance_to_next(w)
+                await w.advance_to_next()
                 served = w.keeper.managed[next(iter(w.keeper.managed))].held
                 assert served is not None
                 assert served.fraction_left(w.clock.now) > 0.4
@@ -229,7 +176,7 @@ def test_outage_keeps_the_last_good_staple_until_expiry_then_removes_it(
             expiry = next(iter(w.keeper.managed.values())).held.effective_expiry  # type: ignore[union-attr]
             for i in range(200):
                 w.responder.set_behaviour(BAD[i % len(BAD)])
-                await advance_to_next(w)
+                await w.advance_to_next()
                 if w.clock.now >= expiry:
                     break
                 assert w.sink.last().der == good, f"replaced by {BAD[i % len(BAD)]}"

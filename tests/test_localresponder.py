@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -26,15 +26,15 @@ from aiohttp import web
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
-from conftest import Clock
-from mustaple.config import CertEntry, Config, KeeperPolicy
+from mustaple.config import Config
 from mustaple.fetch import FetchPolicy, utc_now
 from mustaple.keeper import Keeper, Managed
 from mustaple.localresponder import MALFORMED_REQUEST, UNAUTHORIZED, add_routes, read_cert_id
 from mustaple.request import CertId, encode_request, get_url, make_cert_id
 from mustaple.schedule import refresh_point
 from mustaple.store import SqliteStore
-from mustaple.testing import CA, Behaviour, Leaf, OCSPResponder
+from mustaple.testing import CA, Behaviour, Leaf, OCSPResponder, keeper_config, keeper_world
+from mustaple.testing import World as KeeperWorld
 from mustaple.verify import Staple
 from servers import ApacheServer, NginxServer, Server, staple_from
 
@@ -66,13 +66,7 @@ async def exchange(port: int, head: str, body: bytes = b"") -> Reply:
 
 
 def config(tmp: Path, fetch: FetchPolicy) -> Config:
-    return Config(
-        path=tmp / "mustaple.toml",
-        state_dir=tmp / "state",
-        certificates=(CertEntry(paths=(str(tmp / "live" / "*" / "fullchain.pem"),)),),
-        sinks={},
-        policy=KeeperPolicy(fetch=fetch),
-    )
+    return keeper_config(tmp, sinks={}, fetch=fetch)
 
 
 @asynccontextmanager
@@ -101,31 +95,15 @@ async def keeping(
 
 
 @dataclass
-class World:
-    """The CA's responder, a keeper and the local responder (on `port`), on one fake clock."""
+class World(KeeperWorld):
+    """The keeper's world (`mustaple.testing.keeper_world`) and the local responder on `port`;
+    `served` lists what it answered."""
 
-    tmp: Path
-    clock: Clock
-    ca: CA
-    responder: OCSPResponder
-    keeper: Keeper
-    port: int
-    served: list[str]
-
-    def issue(self, name: str = NAME) -> Leaf:
-        leaf = self.ca.issue(name, ocsp_urls=[self.responder.url])
-        self.responder.add(leaf)
-        leaf.write(self.tmp / "live" / name)
-        return leaf
+    port: int = 0
+    served: list[str] = field(default_factory=list)
 
     async def stapled(self, name: str = NAME) -> tuple[Leaf, Managed, Staple]:
-        """Issue a certificate and let the keeper fetch its staple."""
-        leaf = self.issue(name)
-        await self.keeper.scan()
-        await self.keeper.tick()
-        managed = next(m for m in self.keeper.managed.values() if m.name == name)
-        assert managed.held is not None
-        return leaf, managed, managed.held
+        return await super().stapled(name)
 
     async def get(self, path: str, *headers: str) -> Reply:
         return await exchange(self.port, "\n".join([f"GET {path} HTTP/1.0", *headers, ""]))
@@ -137,17 +115,14 @@ class World:
 
 @asynccontextmanager
 async def world(tmp: Path, fetch: FetchPolicy) -> AsyncIterator[World]:
-    clock = Clock()
-    ca = CA(now=clock.now - DAY)
-    served: list[str] = []
-    async with (
-        OCSPResponder(ca, clock=clock, cache_for=timedelta(0)) as responder,
-        keeping(tmp, clock, fetch) as keeper,
-    ):
+    async with keeper_world(tmp, config(tmp, fetch), sinks={}) as base:
+        served: list[str] = []
         app = web.Application()
-        add_routes(app, keeper, max_request_size=LIMIT, clock=clock, on_served=served.append)
+        add_routes(
+            app, base.keeper, max_request_size=LIMIT, clock=base.clock, on_served=served.append
+        )
         async with serving(app) as port:
-            yield World(tmp, clock, ca, responder, keeper, port, served)
+            yield World(**vars(base), port=port, served=served)
 
 
 def run(

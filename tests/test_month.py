@@ -20,10 +20,10 @@ from mustaple.fetch import FetchResult
 from mustaple.keeper import Managed
 from mustaple.metrics import Metrics
 from mustaple.status import status_rows
-from mustaple.testing import Behaviour
+from mustaple.testing import Behaviour, World
 from mustaple.verify import Staple, verify
 from mustaple.web import make_app
-from test_keeper import World, world
+from test_keeper import world
 
 DAYS = 30
 NAMES = [f"c{n}.test" for n in range(6)]

@@ -375,7 +375,7 @@ def test_haproxy_remove_needs_a_reload_and_keeps_the_slot(pki: Pki, tmp_path: Pa
         assert kept.changed
         assert first.next_update is not None
         dropped_at = first.next_update - timedelta(seconds=300)
-        assert f"until {dropped_at:%Y-%m-%d %H:%M:%S} UTC" in (kept.error or "")
+        assert f"until {dropped_at:%Y-%m-%d %H:%M:%S}Z" in (kept.error or "")
         assert Path(f"{pem}.ocsp").read_bytes() == b""
         assert served(server.port) == first.der  # HAProxy has no command to drop it
         table = {"type": "haproxy", "socket": str(server.api_socket)}

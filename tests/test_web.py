@@ -11,9 +11,8 @@ import os
 import re
 import shutil
 import struct
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import timedelta
 from html.parser import HTMLParser
 from pathlib import Path
@@ -24,16 +23,12 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Clock
-from mustaple.config import CertEntry, Config, HttpConfig, KeeperPolicy
-from mustaple.delivery import Delivered, Delivery
+from mustaple.config import HttpConfig
 from mustaple.errors import InputError
-from mustaple.fetch import FetchPolicy, FetchResult
-from mustaple.keeper import Keeper, Managed
-from mustaple.metrics import STATES, Metrics
+from mustaple.fetch import FetchPolicy
+from mustaple.metrics import STATES
 from mustaple.request import encode_request, make_cert_id
-from mustaple.store import SqliteStore
-from mustaple.testing import CA, Behaviour, Leaf, OCSPResponder
+from mustaple.testing import Behaviour, Leaf, World, keeper_world
 from mustaple.web import make_app, start_http
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,60 +49,6 @@ CHROMIUM_FLAGS = (
     "--window-size=1280,800",
 )
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-class NullSink:
-    """Takes every delivery (this file tests what is shown, not what is delivered)."""
-
-    name = "null"
-
-    async def deliver(self, batch: Sequence[Delivery]) -> list[Delivered]:
-        return [Delivered(d.key, "null", True, None) for d in batch]
-
-
-@dataclass
-class World:
-    ca: CA
-    clock: Clock
-    responder: OCSPResponder
-    keeper: Keeper
-    metrics: Metrics
-    tmp: Path
-    results: list[FetchResult] = field(default_factory=list)
-
-    def issue(self, name: str, *, must_staple: bool = True, url: bool = True) -> Leaf:
-        leaf = self.ca.issue(
-            name, must_staple=must_staple, ocsp_urls=[self.responder.url] if url else []
-        )
-        self.responder.add(leaf)
-        leaf.write(self.tmp / "live" / name)
-        return leaf
-
-    def managed(self, name: str) -> Managed:
-        return next(m for m in self.keeper.managed.values() if m.name == name)
-
-
-@asynccontextmanager
-async def world(tmp: Path) -> AsyncIterator[World]:
-    clock = Clock()
-    ca = CA(now=clock.now - DAY)
-    config = Config(
-        path=tmp / "mustaple.toml",
-        state_dir=tmp / "state",
-        certificates=(CertEntry(paths=(str(tmp / "live" / "*" / "fullchain.pem"),)),),
-        sinks={"null": {"type": "null"}},
-        policy=KeeperPolicy(fetch=QUICK),
-    )
-    store = SqliteStore(tmp / "state" / "state.db")
-    async with OCSPResponder(ca, clock=clock, cache_for=timedelta(0)) as responder:
-        keeper = Keeper(config, store=store, sinks={"null": NullSink()}, clock=clock,
-                        dice=lambda: 0.5)  # fmt: skip
-        async with keeper:
-            metrics = Metrics(keeper, clock=clock)
-            w = World(ca, clock, responder, keeper, metrics, tmp)
-            keeper.observers.append(lambda managed, result: w.results.append(result))
-            yield w
-    store.close()
 
 
 async def every_state(w: World) -> None:
@@ -180,7 +121,7 @@ def run(scenario: Callable[[Path], Coroutine[Any, Any, None]], tmp: Path) -> Non
 
 def test_metrics_follow_every_state(tmp_path: Path) -> None:
     async def scenario(tmp: Path) -> None:
-        async with world(tmp) as w, serving(w) as base:
+        async with keeper_world(tmp) as w, serving(w) as base:
             await every_state(w)
             samples = await scrape(base)
             expected = {
@@ -223,7 +164,7 @@ def check_times(w: World, samples: Samples) -> None:
 
 def test_fetch_counters_latency_and_responder_requests(tmp_path: Path) -> None:
     async def scenario(tmp: Path) -> None:
-        async with world(tmp) as w, serving(w) as base:
+        async with keeper_world(tmp) as w, serving(w) as base:
             before = await scrape(base)
             assert sample(before, "mustaple_responder_requests_total", result="good") == 0.0
             await every_state(w)
@@ -250,7 +191,7 @@ def test_fetch_counters_latency_and_responder_requests(tmp_path: Path) -> None:
 
 def test_metrics_speak_openmetrics_when_asked(tmp_path: Path) -> None:
     async def scenario(tmp: Path) -> None:
-        async with world(tmp) as w, serving(w) as base:
+        async with keeper_world(tmp) as w, serving(w) as base:
             accept = "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"
             status, content_type, text = await get(f"{base}/metrics", Accept=accept)
             assert status == 200
@@ -262,7 +203,7 @@ def test_metrics_speak_openmetrics_when_asked(tmp_path: Path) -> None:
 
 def test_docs_and_alert_rules_name_exactly_the_real_metrics(tmp_path: Path) -> None:
     async def scenario(tmp: Path) -> None:
-        async with world(tmp) as w, serving(w) as base:
+        async with keeper_world(tmp) as w, serving(w) as base:
             await every_state(w)
             _, _, text = await get(f"{base}/metrics")
         families = {f.name for f in text_string_to_metric_families(text)}
@@ -287,7 +228,7 @@ def metric_names(path: Path) -> set[str]:
 
 def test_healthz_and_readyz_follow_the_must_staple_certificates(tmp_path: Path) -> None:
     async def scenario(tmp: Path) -> None:
-        async with world(tmp) as w, serving(w) as base:
+        async with keeper_world(tmp) as w, serving(w) as base:
             assert await get(f"{base}/healthz") == (200, "text/plain; charset=utf-8", "ok\n")
             leaf = w.issue("www.example.test")
             w.issue("legacy.example.test", must_staple=False, url=False)
@@ -317,7 +258,7 @@ def test_healthz_and_readyz_follow_the_must_staple_certificates(tmp_path: Path) 
 
 def test_status_json_describes_every_certificate(tmp_path: Path) -> None:
     async def scenario(tmp: Path) -> None:
-        async with world(tmp) as w, serving(w) as base:
+        async with keeper_world(tmp) as w, serving(w) as base:
             await every_state(w)
             report = await get_json(f"{base}/status")
         assert report["now"] == w.clock.now.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -370,7 +311,7 @@ def check_shop(w: World, shop: dict[str, Any]) -> None:
 
 def test_start_http_listens_on_loopback_and_names_a_busy_port(tmp_path: Path) -> None:
     async def scenario(tmp: Path) -> None:
-        async with world(tmp) as w:
+        async with keeper_world(tmp) as w:
             runner = await start_http(w.keeper, HttpConfig(port=0), metrics=w.metrics)
             try:
                 host, port = runner.addresses[0][:2]
@@ -386,7 +327,7 @@ def test_start_http_listens_on_loopback_and_names_a_busy_port(tmp_path: Path) ->
 
 def test_local_responder_is_served_and_counted(tmp_path: Path) -> None:
     async def scenario(tmp: Path) -> None:
-        async with world(tmp) as w, serving(w) as base:
+        async with keeper_world(tmp) as w, serving(w) as base:
             leaf = w.issue("www.example.test")
             await w.keeper.scan()
             await w.keeper.tick()
@@ -421,7 +362,7 @@ async def ask(base: str, leaf: Leaf) -> bytes:
 
 def test_status_page_escapes_every_value(tmp_path: Path) -> None:
     async def scenario(tmp: Path) -> None:
-        async with world(tmp) as w, serving(w) as base:
+        async with keeper_world(tmp) as w, serving(w) as base:
             leaf = w.ca.issue("www.example.test", ocsp_urls=[w.responder.url])
             leaf.write(tmp / "live" / '<img src=x onerror="alert(1)">')
             w.responder.add(leaf)
@@ -463,7 +404,7 @@ def test_status_page_in_headless_chromium(tmp_path: Path) -> None:
     shot = tmp_path / "status-page.png"
 
     async def scenario(tmp: Path) -> None:
-        async with world(tmp) as w, serving(w) as base:
+        async with keeper_world(tmp) as w, serving(w) as base:
             await every_state(w)
             await chromium(browser, tmp / "profile-1", f"--screenshot={shot}", f"{base}/")
             dom = await chromium(browser, tmp / "profile-2", "--dump-dom", f"{base}/")

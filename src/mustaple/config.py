@@ -36,6 +36,7 @@ __all__ = [
     "Hooks",
     "HttpConfig",
     "KeeperPolicy",
+    "TableReader",
     "load_config",
     "parse_config",
     "parse_duration",
@@ -175,23 +176,34 @@ def _depth(data: object) -> int:
     return deepest
 
 
-class _Reader:
-    """Typed access to one TOML table, naming `prefix.key` in every error."""
+class TableReader:
+    """Typed access to one TOML table, naming `prefix.key` (after `source:` when given) in
+    every error, which is a `failure` (ConfigError unless the caller wants another)."""
 
-    def __init__(self, source: Path, prefix: str, table: object) -> None:
-        self.source, self.prefix = source, prefix
+    def __init__(
+        self,
+        source: Path | None,
+        prefix: str,
+        table: object,
+        failure: Callable[[str], Exception] = ConfigError,
+    ) -> None:
+        self.source, self.prefix, self.failure = source, prefix, failure
         if not isinstance(table, dict):
             raise self.error("", "must be a table")
         self.table: dict[str, Any] = table
 
-    def error(self, key: str, problem: str) -> ConfigError:
+    def error(self, key: str, problem: str) -> Exception:
         name = f"{self.prefix}.{key}" if self.prefix and key else self.prefix or key
-        return ConfigError(f"{self.source}: {name}: {problem}")
+        return self.failure(
+            f"{self.source}: {name}: {problem}" if self.source else f"{name}: {problem}"
+        )
 
-    def only(self, *allowed: str) -> None:
+    def only(self, *allowed: str, expected: str = "") -> None:
+        """No key but `allowed`; `expected` says what is (default: the allowed keys)."""
         for key in self.table:
             if key not in allowed:
-                raise self.error(key, f"unknown key; expected one of: {', '.join(allowed)}")
+                wanted = expected or f"expected one of: {', '.join(allowed)}"
+                raise self.error(key, f"unknown key; {wanted}")
 
     def get(self, key: str, kind: type[_T], default: _T) -> _T:
         value = self.table.get(key, default)
@@ -242,33 +254,56 @@ class _Reader:
             raise self.error(key, "must be a list of strings")
         return tuple(value)
 
+    def text(self, key: str) -> str | None:
+        """A non-empty string; None when absent."""
+        value = self.table.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(key, f"must be a non-empty string, not {value!r}")
+        return value
+
+    def required(self, key: str, hint: str) -> str:
+        """A non-empty string that must be there; `hint` says what to give."""
+        value = self.text(key)
+        if value is None:
+            raise self.error(key, f"missing; {hint}")
+        return value
+
+    def flag(self, key: str) -> bool:
+        """true or false; false when absent."""
+        value = self.table.get(key, False)
+        if not isinstance(value, bool):
+            raise self.error(key, f"must be true or false, not {value!r}")
+        return value
+
 
 def parse_config(data: Mapping[str, Any], source: Path) -> Config:
     """Check a parsed TOML document."""
-    top = _Reader(source, "", dict(data))
+    top = TableReader(source, "", dict(data))
     top.only("state_dir", "certificates", "sinks", "hooks", "policy", "http", "fleet")
     entries = top.table.get("certificates", [])
     if not isinstance(entries, list) or not entries:
         raise top.error("certificates", "give at least one [[certificates]] entry")
-    sinks = _sinks(_Reader(source, "sinks", top.table.get("sinks", {})))
+    sinks = _sinks(TableReader(source, "sinks", top.table.get("sinks", {})))
     certificates = tuple(
-        _entry(_Reader(source, f"certificates[{i}]", t), sinks) for i, t in enumerate(entries)
+        _entry(TableReader(source, f"certificates[{i}]", t), sinks) for i, t in enumerate(entries)
     )
     return Config(
         path=source,
         state_dir=Path(top.get("state_dir", str, "/var/lib/mustaple")),
         certificates=certificates,
         sinks=sinks,
-        hooks=_hooks(_Reader(source, "hooks", top.table.get("hooks", {}))),
-        policy=_policy(_Reader(source, "policy", top.table.get("policy", {}))),
-        http=_http(_Reader(source, "http", top.table["http"])) if "http" in top.table else None,
-        fleet=_fleet(_Reader(source, "fleet", top.table["fleet"]))
+        hooks=_hooks(TableReader(source, "hooks", top.table.get("hooks", {}))),
+        policy=_policy(TableReader(source, "policy", top.table.get("policy", {}))),
+        http=_http(TableReader(source, "http", top.table["http"])) if "http" in top.table else None,
+        fleet=_fleet(TableReader(source, "fleet", top.table["fleet"]))
         if "fleet" in top.table
         else None,
     )
 
 
-def _fleet(reader: _Reader) -> FleetConfig:
+def _fleet(reader: TableReader) -> FleetConfig:
     reader.only("redis", "prefix", "member", "lease")
     url = reader.get("redis", str, "")
     if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
@@ -281,7 +316,7 @@ def _fleet(reader: _Reader) -> FleetConfig:
     return FleetConfig(url, reader.get("prefix", str, defaults.prefix), member, lease)
 
 
-def _http(reader: _Reader) -> HttpConfig:
+def _http(reader: TableReader) -> HttpConfig:
     reader.only("listen", "max_request_size", "max_connections", "idle_timeout")
     listen = reader.get("listen", str, "127.0.0.1:8008")
     host, _, port = listen.rpartition(":")
@@ -294,17 +329,17 @@ def _http(reader: _Reader) -> HttpConfig:
     return HttpConfig(host, int(port), size, cap, idle)
 
 
-def _sinks(reader: _Reader) -> dict[str, Mapping[str, Any]]:
+def _sinks(reader: TableReader) -> dict[str, Mapping[str, Any]]:
     sinks: dict[str, Mapping[str, Any]] = {}
     for name, table in reader.table.items():
-        sink = _Reader(reader.source, f"sinks.{name}", table)
+        sink = TableReader(reader.source, f"sinks.{name}", table)
         if not isinstance(sink.table.get("type"), str):
             raise sink.error("type", 'required: "file", "haproxy" or "command"')
         sinks[name] = sink.table
     return sinks
 
 
-def _entry(reader: _Reader, sinks: Mapping[str, object]) -> CertEntry:
+def _entry(reader: TableReader, sinks: Mapping[str, object]) -> CertEntry:
     reader.only("paths", "issuer", "urls", "sinks", "proxy")
     paths = reader.strings("paths")
     if not paths:
@@ -325,7 +360,7 @@ def _entry(reader: _Reader, sinks: Mapping[str, object]) -> CertEntry:
     return CertEntry(paths, Path(issuer) if issuer else None, urls, chosen, proxy)
 
 
-def _proxy(reader: _Reader) -> str:
+def _proxy(reader: TableReader) -> str:
     """The `proxy` key: "" (no proxy) or http://[user:password@]host:port."""
     value = reader.get("proxy", str, "")
     if value:
@@ -343,7 +378,7 @@ def with_proxy(policy: FetchPolicy, entry: CertEntry) -> FetchPolicy:
     return dataclasses.replace(policy, proxy=entry.proxy)
 
 
-def _hooks(reader: _Reader) -> Hooks:
+def _hooks(reader: TableReader) -> Hooks:
     reader.only(*HOOK_EVENTS, "timeout")
     commands = {e: reader.table[e] for e in HOOK_EVENTS if e in reader.table}
     for event, command in commands.items():
@@ -367,7 +402,7 @@ def _shown(value: timedelta) -> str:
     return f"{seconds}s"
 
 
-def _sha1_only(reader: _Reader, default: str) -> str:
+def _sha1_only(reader: TableReader, default: str) -> str:
     """The keeper's CertID hash: SHA-1, the only one whose staples every client accepts (curl
     and OpenSSL match SHA-1 CertIDs only), so anything else would never give a staple."""
     value = _choice(reader, "hash", sorted(HASHES), default)
@@ -381,7 +416,7 @@ def _sha1_only(reader: _Reader, default: str) -> str:
     return value
 
 
-def _policy(reader: _Reader) -> KeeperPolicy:
+def _policy(reader: TableReader) -> KeeperPolicy:
     reader.only(
         "refresh_at", "jitter", "min_interval", "retry_min", "retry_base", "retry_max",
         "timeout", "attempts",
@@ -424,7 +459,7 @@ def _policy(reader: _Reader) -> KeeperPolicy:
     )
 
 
-def _choice(reader: _Reader, key: str, choices: list[str], default: str) -> str:
+def _choice(reader: TableReader, key: str, choices: list[str], default: str) -> str:
     value = reader.get(key, str, default)
     if value not in choices:
         raise reader.error(key, f"must be one of {', '.join(choices)}, not {value!r}")

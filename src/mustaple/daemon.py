@@ -15,18 +15,18 @@ import asyncio
 import fcntl
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
 
+from mustaple.clock import Clock, utc_now
 from mustaple.config import Config, ConfigError, load_config
 from mustaple.delivery import Sink
 from mustaple.errors import InputError
-from mustaple.fetch import utc_now
 from mustaple.fleet import Fleet
 from mustaple.keeper import Keeper
 from mustaple.metrics import Metrics
@@ -35,10 +35,9 @@ from mustaple.sinks import SinkConfigError, build_sink
 from mustaple.store import SqliteStore
 from mustaple.web import HttpServer, start_http
 
-__all__ = ["build_sinks", "check_config", "open_keeper", "serve"]
+__all__ = ["build_sinks", "check_config", "open_fleet", "open_keeper", "serve"]
 
 log = logging.getLogger("mustaple")
-Clock = Callable[[], datetime]
 
 
 def build_sinks(config: Config) -> dict[str, Sink]:
@@ -72,6 +71,28 @@ async def open_keeper(
             yield keeper
     finally:
         store.close()
+
+
+@asynccontextmanager
+async def open_fleet(
+    config: Config, keeper: Keeper, *, for_prime: bool = False
+) -> AsyncIterator[Fleet | None]:
+    """With a `[fleet]` table: `keeper` in the fleet on Redis, left on exit (None without one).
+
+    The daemon scans first, then joins for good (it adopts newer shared staples and keeps
+    beating); `prime` (`for_prime`) uses or shares the fleet's staples, never waits for
+    another member, and runs nothing in the background."""
+    if config.fleet is None:
+        yield None
+        return
+    fleet = Fleet(config.fleet, eager=for_prime)
+    try:
+        if not for_prime:
+            await keeper.scan()
+        await fleet.start(keeper, background=not for_prime)
+        yield fleet
+    finally:
+        await fleet.close()
 
 
 async def serve(
@@ -163,9 +184,7 @@ class _Running:
         stack = AsyncExitStack()
         try:
             keeper = await stack.enter_async_context(open_keeper(config, clock=clock))
-            fleet = await _join(config, keeper)
-            if fleet is not None:
-                stack.push_async_callback(fleet.close)
+            fleet = await stack.enter_async_context(open_fleet(config, keeper))
             metrics = Metrics(keeper, clock=clock, fleet=fleet)  # observes the keeper
             await _start(keeper)  # stored staples first: never answer empty-handed
         except BaseException:
@@ -200,16 +219,6 @@ def _reloaded(path: Path, running: Config) -> Config:
         return running
     log.info("configuration reloaded from %s", path)
     return config
-
-
-async def _join(config: Config, keeper: Keeper) -> Fleet | None:
-    """With a `[fleet]` table: scan, then join the fleet (it adopts newer shared staples)."""
-    if config.fleet is None:
-        return None
-    fleet = Fleet(config.fleet)
-    await keeper.scan()
-    await fleet.start(keeper)
-    return fleet
 
 
 async def _start(keeper: Keeper) -> None:

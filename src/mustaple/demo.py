@@ -21,11 +21,12 @@ from datetime import timedelta
 from pathlib import Path
 
 from mustaple.check import CheckReport, check_server
+from mustaple.clock import utc_now
 from mustaple.config import CertEntry, Config, KeeperPolicy
 from mustaple.delivery import Action, Delivered, Delivery
-from mustaple.fetch import FetchPolicy, FetchResult, utc_now
+from mustaple.fetch import FetchPolicy, FetchResult
 from mustaple.keeper import Keeper, Managed
-from mustaple.report import human_duration
+from mustaple.render import human_duration, human_time
 from mustaple.store import SqliteStore
 from mustaple.testing import CA, Behaviour, OCSPResponder, StaplingServer
 from mustaple.verify import Staple
@@ -182,7 +183,7 @@ def _held_line(staple: Staple) -> str:
     left = human_duration(staple.seconds_left(utc_now()))
     return (
         f"good staple from {staple.this_update:%H:%M:%S}Z signed by the {staple.signer.value}, "
-        f"valid until {staple.effective_expiry:%Y-%m-%d %H:%M}Z ({left} left)"
+        f"valid until {human_time(staple.effective_expiry)} ({left} left)"
     )
 
 

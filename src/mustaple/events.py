@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from mustaple.render import iso
 from mustaple.shell import run_command
 
 __all__ = ["HOOK_FOR", "Event", "run_hook"]
@@ -46,9 +47,6 @@ class Event:
         return f"{self.name}: {self.kind}{code}: {self.message}"
 
     def environment(self) -> dict[str, str]:
-        def iso(value: datetime | None) -> str:
-            return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else ""
-
         return {
             "MUSTAPLE_EVENT": self.kind,
             "MUSTAPLE_NAME": self.name,
@@ -57,8 +55,8 @@ class Event:
             "MUSTAPLE_STATUS": self.status,
             "MUSTAPLE_REASON": self.reason or "",
             "MUSTAPLE_MESSAGE": self.message,
-            "MUSTAPLE_THIS_UPDATE": iso(self.this_update),
-            "MUSTAPLE_EXPIRY": iso(self.expiry),
+            "MUSTAPLE_THIS_UPDATE": iso(self.this_update) or "",
+            "MUSTAPLE_EXPIRY": iso(self.expiry) or "",
         }
 
 

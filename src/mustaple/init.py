@@ -15,14 +15,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
 
-import click
 from cryptography import x509
 from rich.console import Console
 from rich.markup import escape
@@ -47,7 +44,20 @@ from mustaple.serverconf import (
     read_nginx,
 )
 
-__all__ = ["Found", "Plan", "init_command", "make_plan", "render_toml"]
+__all__ = [
+    "CHECKERS",
+    "DEFAULT_CONFS",
+    "Edit",
+    "Found",
+    "Plan",
+    "apply_edits",
+    "make_edits",
+    "make_plan",
+    "print_edits",
+    "print_table",
+    "read_confs",
+    "render_toml",
+]
 
 DEFAULT_CONFS = {
     "nginx": Path("/etc/nginx/nginx.conf"),
@@ -71,7 +81,6 @@ APACHE_VHOST = (
     "SSLStaplingFakeTryLater off",
     "SSLStaplingErrorCacheTimeout 60",
 )
-_F = TypeVar("_F", bound=Callable[..., Any])
 APACHE_SERVER = "SSLStaplingCache shmcb:${APACHE_RUN_DIR}/ssl_stapling(131072)"
 
 
@@ -430,103 +439,3 @@ def _check(server: str, main: Path) -> tuple[bool, str]:
     last = next((line for line in output if "emerg" in line or "ALERT" in line), None)
     summary = last or (output[-1] if output else f"exit status {done.returncode}")
     return done.returncode == 0, f"`{command}`: {summary}"
-
-
-# --- The command ---------------------------------------------------------------------------------
-
-
-def _conf_option(server: str) -> Callable[[_F], _F]:
-    return click.option(
-        f"--{server}-conf",
-        type=click.Path(path_type=Path, dir_okay=False, allow_dash=server == "nginx"),
-        help=f"{server}'s main configuration file (default: {DEFAULT_CONFS[server]} if there)"
-        + (", or `nginx -T` output (saved, or - for standard input)" if server == "nginx" else ""),
-    )
-
-
-@click.command("init")
-@_conf_option("nginx")
-@_conf_option("haproxy")
-@_conf_option("apache")
-@_conf_option("lighttpd")
-@click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
-              help="Write the configuration here (default: print it).")  # fmt: skip
-@click.option("--force", is_flag=True, help="Overwrite the --out file if it exists.")
-@click.option(
-    "--state-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("/var/lib/mustaple"),
-    show_default=True,
-    help="The keeper's state_dir; staple files go in its staples/.",
-)
-@click.option("--apply", is_flag=True, help="Also add the lines to the servers' files.")
-def init_command(
-    *,
-    nginx_conf: Path | None,
-    haproxy_conf: Path | None,
-    apache_conf: Path | None,
-    lighttpd_conf: Path | None,
-    out: Path | None,
-    force: bool,
-    state_dir: Path,
-    apply: bool,
-) -> int:
-    """Write a mustaple.toml for the certificates your servers serve, and say what to add to
-    their configuration.
-
-    Exit codes: 0 done; 1 nothing to staple, or --apply was refused by a server's own checker
-    (its files were put back as they were); 2 bad input.
-    """
-    if out is not None and out.exists() and not force:
-        raise InputError(f"{out}: exists; give --force to overwrite it, or another --out")
-    given = {"nginx": nginx_conf, "haproxy": haproxy_conf, "apache": apache_conf,
-             "lighttpd": lighttpd_conf}  # fmt: skip
-    plan = make_plan(read_confs(given), state_dir.absolute())
-    print_table(plan, Console(width=None if sys.stdout.isatty() else 160))
-    if not any(found.usable for found in plan.found):
-        read = ", ".join(str(conf.main) for conf in plan.confs)
-        click.echo(f"nothing to staple: no certificate with an OCSP URL served in {read}")
-        return 1
-    text = render_toml(plan)
-    if out is None:
-        click.echo("\n" + text)
-    else:
-        _write_config(out, text)
-        click.echo(f"\nwrote {out}; check it with: mustaple run --check-config --config {out}")
-    edits, advice = make_edits(plan)
-    if not apply:
-        print_edits(edits, advice, click.echo)
-        return 0
-    return _apply(plan, edits, advice)
-
-
-def _write_config(out: Path, text: str) -> None:
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(out, text.encode(), mode=0o640)
-    except OSError as exc:
-        raise InputError(f"{out}: cannot write the configuration ({exc.strerror})") from None
-
-
-def _apply(plan: Plan, edits: Sequence[Edit], advice: Sequence[str]) -> int:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    failed = False
-    for conf in plan.confs:
-        mine = [e for e in edits if e.server == conf.server]
-        if not mine:
-            continue
-        if conf.server not in CHECKERS:
-            print_edits(mine, [], click.echo)
-            click.echo(f"{conf.server}: not applied (no checker to trust): add the lines above")
-            continue
-        ok, said = apply_edits(conf.server, conf.main, mine, stamp)
-        click.echo(said)
-        failed = failed or not ok
-    for line in advice:
-        click.echo(line)
-    if failed and any(c.server == "nginx" for c in plan.confs):
-        click.echo(
-            "nginx refuses a missing ssl_stapling_file: run `mustaple prime --config FILE "
-            "CERT...` first, then init --apply again"
-        )
-    return 1 if failed else 0

@@ -33,6 +33,7 @@ from datetime import datetime
 
 from mustaple.delivery import Action
 from mustaple.reasons import Reason, Rejection
+from mustaple.render import human_time
 from mustaple.schedule import Alert, SchedulePolicy, alert_level, next_refresh, next_retry
 from mustaple.verify import Staple, compare
 
@@ -204,7 +205,9 @@ def _restored(
     due = next_refresh(staple, event.fetched_at, dice, policy)
     if staple.good:
         new = replace(state, phase=Phase.GOOD, held=staple, revoked=None, next_due=due, known=True)
-        line = f"restored a valid staple from the state (until {_time(staple.effective_expiry)})"
+        line = (
+            f"restored a valid staple from the state (until {human_time(staple.effective_expiry)})"
+        )
     else:
         new = replace(
             state, phase=Phase.REVOKED, held=None, revoked=staple, next_due=due, known=True
@@ -241,11 +244,13 @@ def _accepted(
     recovered = state.failures > 0 or state.phase in (Phase.EXPIRED, Phase.REVOKED)
     new = replace(base, phase=Phase.GOOD, held=staple, revoked=None, expired_at=None, known=True)
     effects = [stored]
-    until = _time(staple.effective_expiry)
+    until = human_time(staple.effective_expiry)
     if recovered:
         effects.append(Emit("recovered", f"good staple again, until {until}{_from(event)}"))
     effects.append(
-        LogLine("info", f"good staple until {until}{_from(event)}; next refresh at {_time(due)}")
+        LogLine(
+            "info", f"good staple until {until}{_from(event)}; next refresh at {human_time(due)}"
+        )
     )
     return new, effects
 
@@ -270,14 +275,14 @@ def _rejected(
         last_attempt=now,
     )
     if held is not None:
-        in_hand = f"the staple in hand stays valid until {_time(held.effective_expiry)}"
+        in_hand = f"the staple in hand stays valid until {human_time(held.effective_expiry)}"
     elif state.expired_at is not None:
-        in_hand = f"no valid staple in hand: the last one expired at {_time(state.expired_at)}"
+        in_hand = f"no valid staple in hand: the last one expired at {human_time(state.expired_at)}"
     elif state.revoked is not None:
         in_hand = "the revoked answer in hand stays on every server"
     else:
         in_hand = "no valid staple in hand"
-    message = f"{rejection.message}; {in_hand}; next try at {_time(due)}"
+    message = f"{rejection.message}; {in_hand}; next try at {human_time(due)}"
     return new, [Emit("failure", message, rejection.code, hook=failures == 1)]
 
 
@@ -299,13 +304,13 @@ def _tick(
             state, phase=Phase.EXPIRED, held=None, expired_at=when, backoff=0, next_due=due
         )
         effects.append(
-            Emit("expired", f"the staple expired at {_time(when)} with no valid replacement")
+            Emit("expired", f"the staple expired at {human_time(when)} with no valid replacement")
         )
     if state.phase in (Phase.REVOKED, Phase.UNUSABLE):
         return state, effects
     level = alert_level(state.held, now, policy)
     if level > state.alert and state.held is not None:
-        text = f"the staple expires at {_time(state.held.effective_expiry)}"
+        text = f"the staple expires at {human_time(state.held.effective_expiry)}"
         effects.append(Emit("expiring", f"{level.name}: {text} and no fresh one came yet"))
     if level != state.alert:
         state = replace(state, alert=level)
@@ -337,8 +342,4 @@ def _from(event: Accepted) -> str:
 
 
 def _revoked_at(staple: Staple) -> str:
-    return _time(staple.revocation_time)
-
-
-def _time(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else "never"
+    return human_time(staple.revocation_time)

@@ -26,6 +26,7 @@ from mustaple.certs import (
 from mustaple.errors import InputError
 from mustaple.fetch import DEFAULT_FETCH_POLICY, FetchPolicy, fetch_issuer
 from mustaple.files import read_input
+from mustaple.issuers import issuer_over_aia
 
 __all__ = ["Loaded", "load_file", "load_target"]
 
@@ -118,16 +119,9 @@ async def _issuer_from_aia(
             "certificate names no caIssuers URL; use fullchain.pem, or name the issuer's file "
             "(`issuer` in the [[certificates]] entry, --issuer FILE on the command line)"
         )
-    problems = []
-    for url in urls:
-        try:
-            issuer = find_issuer(
-                leaf, await fetch_issuer(url, session=session, policy=policy, cache=cache)
-            )
-        except InputError as exc:
-            problems.append(str(exc))
-            continue
-        if issuer is not None:
-            return issuer
-        problems.append(f"the certificate at {url} did not sign {display_name(leaf)}")
+    issuer, problems = await issuer_over_aia(
+        leaf, urls, lambda url: fetch_issuer(url, session=session, policy=policy, cache=cache)
+    )
+    if issuer is not None:
+        return issuer
     raise InputError(f"{source}: no issuer found: {'; '.join(problems)}")

@@ -48,7 +48,7 @@ from aiohttp import web
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.x509 import ocsp
 
-from mustaple.fetch import utc_now
+from mustaple.clock import Clock, utc_now
 from mustaple.keeper import Keeper, Managed
 from mustaple.request import HASHES, CertId
 from mustaple.schedule import SchedulePolicy, refresh_point
@@ -63,7 +63,6 @@ __all__ = [
     "read_cert_id",
 ]
 
-Clock = Callable[[], datetime]
 OnServed = Callable[[str], None]
 OCSP_RESPONSE = "application/ocsp-response"
 MALFORMED_REQUEST = bytes.fromhex("30030a0101")  # OCSPResponse, responseStatus 1

@@ -17,21 +17,21 @@ tests do not collide) and attaches itself to the keeper as an observer:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
-from mustaple.fetch import FetchResult, utc_now
+from mustaple.clock import Clock, utc_now
+from mustaple.fetch import FetchResult
 from mustaple.fleet import Fleet
 from mustaple.keeper import CertView, Keeper, Managed
 from mustaple.lifecycle import Phase
 
 __all__ = ["RESPONDER_RESULTS", "STATES", "Metrics", "serial_hex"]
 
-Clock = Callable[[], datetime]
 # Every phase of the life cycle: `mustaple_status` has one series for each.
 STATES = tuple(phase.value for phase in Phase)
 # What the local responder reports through `on_served`.

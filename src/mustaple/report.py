@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.x509 import ocsp
 
 from mustaple.certs import Target
-from mustaple.fetch import Attempt, FetchResult
 from mustaple.reasons import Reason, Rejection
+from mustaple.render import STAPLE_KEYS, human_duration, iso, staple_json
 from mustaple.verify import Staple
+
+if TYPE_CHECKING:
+    from mustaple.fetch import Attempt, FetchResult
 
 __all__ = [
     "STAPLE_KEYS",
@@ -47,23 +50,6 @@ def exit_code(outcome: Staple | Rejection | None) -> ExitCode:
     return ExitCode.NO_STAPLE
 
 
-def _time(value: datetime | None) -> str | None:
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
-
-
-def human_duration(seconds: float) -> str:
-    """A short duration such as '3d 4h', '5h 12m', '42s' (negative means ago)."""
-    sign, left = ("-" if seconds < 0 else ""), int(abs(seconds))
-    days, rest = divmod(left, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{sign}{days}d {hours}h"
-    if hours:
-        return f"{sign}{hours}h {minutes}m"
-    return f"{sign}{minutes}m {secs}s" if minutes else f"{sign}{secs}s"
-
-
 def _status_name(outcome: Staple | Rejection | None) -> str | None:
     if isinstance(outcome, Staple):
         return outcome.status.name.lower()
@@ -72,30 +58,11 @@ def _status_name(outcome: Staple | Rejection | None) -> str | None:
     return None
 
 
-def staple_json(staple: Staple, now: datetime) -> dict[str, Any]:
-    """The fields of an accepted response."""
-    reason = staple.revocation_reason
-    return {
-        "produced_at": _time(staple.produced_at),
-        "this_update": _time(staple.this_update),
-        "next_update": _time(staple.next_update),
-        "effective_expiry": _time(staple.effective_expiry),
-        "seconds_left": round(staple.seconds_left(now)),
-        "fraction_left": round(staple.fraction_left(now), 4),
-        "signer": staple.signer.value,
-        "signer_name": staple.signer_name,
-        "cert_id_hash": staple.hash_name,
-        "revocation_time": _time(staple.revocation_time),
-        "revocation_reason": reason.name if reason else None,
-        "notes": [note.code for note in staple.notes],
-    }
-
-
 def _attempt_json(attempt: Attempt) -> dict[str, Any]:
     return {
         "url": attempt.url,
         "method": attempt.method,
-        "started": _time(attempt.started),
+        "started": iso(attempt.started),
         "latency_ms": round(attempt.latency * 1000, 1),
         "http_status": attempt.http_status,
         "reason": attempt.reason,
@@ -123,22 +90,6 @@ def outcome_json(
         "hint": (file_hint(rejection) if from_file else rejection.hint) if rejection else None,
         **(staple_json(staple, now) if staple else empty),
     }
-
-
-STAPLE_KEYS = (  # staple_json's keys: null when there is no staple
-    "produced_at",
-    "this_update",
-    "next_update",
-    "effective_expiry",
-    "seconds_left",
-    "fraction_left",
-    "signer",
-    "signer_name",
-    "cert_id_hash",
-    "revocation_time",
-    "revocation_reason",
-    "notes",
-)
 
 
 def fetch_json(
@@ -169,10 +120,10 @@ def verdict(target: Target, outcome: Staple | Rejection, now: datetime) -> str:
         return f"no valid staple: {outcome.message}"
     if outcome.good:
         left = human_duration(outcome.seconds_left(now))
-        return f"good staple, valid until {_time(outcome.effective_expiry)} ({left} left)"
+        return f"good staple, valid until {iso(outcome.effective_expiry)} ({left} left)"
     reason = outcome.revocation_reason.name if outcome.revocation_reason else "unspecified"
     return (
-        f"REVOKED at {_time(outcome.revocation_time)} (reason {reason}) according to a valid "
+        f"REVOKED at {iso(outcome.revocation_time)} (reason {reason}) according to a valid "
         "response; it is not stapled"
     )
 
@@ -213,17 +164,17 @@ def explain(target: Target, outcome: Staple | Rejection, now: datetime) -> list[
     lines += [
         f"verdict:          {label}",
         f"status:           {outcome.status.name.lower()}",
-        f"produced at:      {_time(outcome.produced_at)}",
-        f"this update:      {_time(outcome.this_update)}",
-        f"next update:      {_time(outcome.next_update) or 'none'}",
-        f"effective expiry: {_time(outcome.effective_expiry)} "
+        f"produced at:      {iso(outcome.produced_at)}",
+        f"this update:      {iso(outcome.this_update)}",
+        f"next update:      {iso(outcome.next_update) or 'none'}",
+        f"effective expiry: {iso(outcome.effective_expiry)} "
         f"({human_duration(outcome.seconds_left(now))} left, "
         f"{outcome.fraction_left(now):.0%} of the window)",
         f"signed by:        {outcome.signer.value} ({outcome.signer_name})",
         f"CertID hash:      {outcome.hash_name}",
     ]
     if outcome.revocation_time:
-        lines.append(f"revoked at:       {_time(outcome.revocation_time)}")
+        lines.append(f"revoked at:       {iso(outcome.revocation_time)}")
     lines += [f"note:             [{n.code}] {n.summary}" for n in outcome.notes]
     return lines
 

@@ -31,9 +31,10 @@ from pathlib import Path
 
 from cryptography.x509 import ocsp
 
-from mustaple.config import parse_duration
+from mustaple.config import TableReader
 from mustaple.delivery import Action, Delivered, Delivery, Sink
 from mustaple.files import MAX_INPUT, clean_temporaries, read_prefix, write_atomic
+from mustaple.render import human_time
 from mustaple.shell import run_command
 
 __all__ = [
@@ -71,55 +72,11 @@ class SinkConfigError(ValueError):
 # --- Config ---------------------------------------------------------------------------------------
 
 
-class _Table:
-    """One `[sinks.NAME]` table, read key by key with errors that name the key."""
-
-    def __init__(self, name: str, table: Mapping[str, object], kind: str, keys: Sequence[str]):
-        self.name = name
-        self.table = table
-        unknown = sorted(key for key in table if key not in ("type", *keys))
-        if unknown:
-            raise self.error(unknown[0], f"unknown key; a {kind} sink takes {', '.join(keys)}")
-
-    def error(self, key: str, problem: str) -> SinkConfigError:
-        return SinkConfigError(f"sinks.{self.name}.{key}: {problem}")
-
-    def text(self, key: str) -> str | None:
-        """The string at `key`, None when absent."""
-        value = self.table.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value.strip():
-            raise self.error(key, f"must be a non-empty string, not {value!r}")
-        return value
-
-    def required(self, key: str, hint: str) -> str:
-        value = self.text(key)
-        if value is None:
-            raise self.error(key, f"missing; {hint}")
-        return value
-
-    def duration(self, key: str, default: timedelta) -> timedelta:
-        value = self.table.get(key)
-        if value is None:
-            return default
-        if not isinstance(value, str):
-            raise self.error(key, f"must be a duration such as '30s' or '2m', not {value!r}")
-        try:
-            duration = parse_duration(value)
-        except ValueError as exc:
-            raise self.error(key, str(exc)) from None
-        if duration <= timedelta(0):
-            raise self.error(key, "must be more than zero")
-        if duration > MAX_SINK_DURATION:
-            raise self.error(key, f"must be at most {MAX_SINK_DURATION.days}d")
-        return duration
-
-    def flag(self, key: str) -> bool:
-        value = self.table.get(key, False)
-        if not isinstance(value, bool):
-            raise self.error(key, f"must be true or false, not {value!r}")
-        return value
+def _reader(name: str, table: Mapping[str, object], kind: str, keys: Sequence[str]) -> TableReader:
+    """`[sinks.NAME]` read key by key, with errors that name the key; no key but `keys`."""
+    reader = TableReader(None, f"sinks.{name}", dict(table), SinkConfigError)
+    reader.only("type", *keys, expected=f"a {kind} sink takes {', '.join(keys)}")
+    return reader
 
 
 def build_sink(name: str, table: Mapping[str, object]) -> Sink:
@@ -139,7 +96,7 @@ def build_sink(name: str, table: Mapping[str, object]) -> Sink:
 
 def _file_sink(name: str, table: Mapping[str, object]) -> FileSink:
     keys = ("path", "reload", "reload_timeout", "remove", "revoked", "running")
-    reader = _Table(name, table, "file", keys)
+    reader = _reader(name, table, "file", keys)
     hint = 'give the staple file, e.g. "/var/lib/mustaple/staples/{name}.der"'
     path = reader.required("path", hint)
     _check_template(reader, path)
@@ -157,14 +114,14 @@ def _file_sink(name: str, table: Mapping[str, object]) -> FileSink:
         name,
         path=path,
         reload=reader.text("reload"),
-        reload_timeout=reader.duration("reload_timeout", DEFAULT_RELOAD_TIMEOUT),
+        reload_timeout=reader.duration("reload_timeout", DEFAULT_RELOAD_TIMEOUT, MAX_SINK_DURATION),
         keep_on_remove=remove == "keep",
         remove_revoked=revoked == "remove",
         running=reader.text("running"),
     )
 
 
-def _check_template(reader: _Table, path: str) -> None:
+def _check_template(reader: TableReader, path: str) -> None:
     """Only {name}, {stem} and {dir} may appear in braces, and the template must fill in."""
     try:
         fields = {field for _, field, _, _ in string.Formatter().parse(path) if field is not None}
@@ -181,7 +138,7 @@ def _check_template(reader: _Table, path: str) -> None:
 
 def _haproxy_sink(name: str, table: Mapping[str, object]) -> HAProxySink:
     keys = ("socket", "master", "ocsp_dir", "timeout", "reload", "reload_timeout")
-    reader = _Table(name, table, "haproxy", keys)
+    reader = _reader(name, table, "haproxy", keys)
     socket = reader.required(
         "socket", 'give HAProxy\'s admin socket, e.g. "/run/haproxy/admin.sock"'
     )
@@ -195,17 +152,19 @@ def _haproxy_sink(name: str, table: Mapping[str, object]) -> HAProxySink:
         socket=address,
         master=reader.flag("master"),
         ocsp_dir=Path(ocsp_dir) if ocsp_dir else None,
-        timeout=reader.duration("timeout", DEFAULT_SOCKET_TIMEOUT),
+        timeout=reader.duration("timeout", DEFAULT_SOCKET_TIMEOUT, MAX_SINK_DURATION),
         reload=reader.text("reload"),
-        reload_timeout=reader.duration("reload_timeout", DEFAULT_RELOAD_TIMEOUT),
+        reload_timeout=reader.duration("reload_timeout", DEFAULT_RELOAD_TIMEOUT, MAX_SINK_DURATION),
     )
 
 
 def _command_sink(name: str, table: Mapping[str, object]) -> CommandSink:
-    reader = _Table(name, table, "command", ("command", "timeout"))
+    reader = _reader(name, table, "command", ("command", "timeout"))
     command = reader.required("command", "give a shell command to run for each delivery")
     return CommandSink(
-        name, command=command, timeout=reader.duration("timeout", DEFAULT_COMMAND_TIMEOUT)
+        name,
+        command=command,
+        timeout=reader.duration("timeout", DEFAULT_COMMAND_TIMEOUT, MAX_SINK_DURATION),
     )
 
 
@@ -539,7 +498,7 @@ class HAProxySink:
         if not previous:
             return _Outcome(False)
         until = _served_until(previous)
-        when = f"until {until:%Y-%m-%d %H:%M:%S} UTC" if until else "until it expires"
+        when = f"until {human_time(until)}" if until else "until it expires"
         error = (
             "HAProxy cannot drop a staple at run time: it goes on serving the previous one "
             f"{when} or until it is reloaded ({path} is now empty)"

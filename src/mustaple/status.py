@@ -19,9 +19,9 @@ from mustaple.errors import InputError
 from mustaple.files import read_input
 from mustaple.keeper import Managed, configured_files
 from mustaple.redisstore import FleetRecord, Member, RedisStore, shown_url
-from mustaple.report import ExitCode, human_duration
+from mustaple.render import human_duration, iso, short_time, sink_json, validity_json
+from mustaple.report import ExitCode
 from mustaple.store import CertStatus, SqliteStore
-from mustaple.web import sink_json
 
 __all__ = [
     "delivered",
@@ -33,10 +33,6 @@ __all__ = [
     "print_status_table",
     "status_rows",
 ]
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
 
 
 def delivered(managed: Managed) -> bool:
@@ -59,7 +55,7 @@ def prime_line(managed: Managed, now: datetime) -> str:
         notes = sorted({s.note for s in managed.life.sinks.values() if s.note})
         where = f" ({'; '.join(notes)})" if notes else ""
         return (
-            f"OK {name}: good staple until {_iso(held.effective_expiry)} ({left} left), "
+            f"OK {name}: good staple until {iso(held.effective_expiry)} ({left} left), "
             f"delivered{where}"
         )
     head = "FAILED" if managed.target.must_staple else "WARNING"
@@ -82,7 +78,7 @@ def prime_json(managed: Managed, now: datetime) -> dict[str, Any]:
         "must_staple": managed.target.must_staple,
         "state": managed.state(),
         "ok": delivered(managed),
-        "effective_expiry": _iso(held.effective_expiry) if held else None,
+        "effective_expiry": iso(held.effective_expiry) if held else None,
         "reason": rejection.code if rejection and not held else None,
         "message": prime_line(managed, now),
     }
@@ -115,27 +111,21 @@ def status_rows(config: Config, now: datetime) -> list[dict[str, Any]]:
 
 def _row(key: str, status: CertStatus, store: SqliteStore | None, now: datetime) -> dict[str, Any]:
     staple = store.load(key) if store and not key.startswith("file:") else None
-    valid = staple is not None and staple.good and staple.effective_expiry > now
+    held = staple if staple is not None and staple.good and staple.effective_expiry > now else None
     return {
         "name": status.name,
         "cert": status.cert_path,
         "paths": list(status.paths or (status.cert_path,)),
         "must_staple": status.must_staple,
         "state": status.state,
-        "this_update": _iso(staple.this_update) if valid and staple else None,
-        "effective_expiry": _iso(staple.effective_expiry) if valid and staple else None,
-        "seconds_left": _seconds_left(staple.effective_expiry, now) if valid and staple else None,
-        "next_refresh": _iso(status.next_due),
-        "last_attempt": _iso(status.last_attempt),
+        **validity_json(held, now),
+        "next_refresh": iso(status.next_due),
+        "last_attempt": iso(status.last_attempt),
         "failures": status.failures,
         "last_error": status.last_reason,
         "last_message": status.last_message,
         "sinks": [sink_json(s) for s in status.sinks],
     }
-
-
-def _seconds_left(expiry: datetime, now: datetime) -> int:
-    return round((expiry - now).total_seconds())
 
 
 def _pending(path: Path) -> dict[str, Any]:
@@ -190,14 +180,9 @@ def print_status_table(rows: list[dict[str, Any]]) -> None:
         errors = [f"{row['last_error']}: {row['last_message']}"] if row["last_error"] else []
         errors += [f"sink {s['sink']}: {s['error']}" for s in row["sinks"] if s["error"]]
         error = "; ".join(errors)
-        times = (_short(row[key]) for key in _TIMES)
+        times = (short_time(row[key]) for key in _TIMES)
         table.add_row(row["name"], must, f"[{style}]{row['state']}[/]", *times, error)
     Console(width=None if sys.stdout.isatty() else 160).print(table)
-
-
-def _short(iso: str | None) -> str:
-    """'2026-11-24T05:40:00Z' as '11-24 05:40Z'."""
-    return f"{iso[5:10]} {iso[11:16]}Z" if iso else "-"
 
 
 def fleet_view(config: Config, now: datetime) -> dict[str, Any]:
@@ -230,7 +215,7 @@ def _unreachable(fleet: FleetConfig, exc: redis.RedisError) -> str:
 def _member_json(member: Member, now: datetime) -> dict[str, Any]:
     return {
         "member": member.name,
-        "last_seen": _iso(member.seen),
+        "last_seen": iso(member.seen),
         "seconds_since_seen": round((now - member.seen).total_seconds()),
         **member.info,
     }
@@ -243,15 +228,13 @@ def _record_json(record: FleetRecord, last: list[Any], now: datetime) -> dict[st
         "key": record.key,
         "name": staple.name if staple else record.key[:12],
         "fetched_by": record.fetched_by,
-        "fetched_at": _iso(staple.fetched_at) if staple else None,
-        "this_update": _iso(staple.this_update) if staple else None,
-        "effective_expiry": _iso(staple.effective_expiry) if staple else None,
-        "seconds_left": _seconds_left(staple.effective_expiry, now) if staple else None,
+        "fetched_at": iso(staple.fetched_at) if staple else None,
+        **validity_json(staple, now),
         "lease_holder": record.lease_holder,
-        "retry_at": _iso(retry.at) if retry else None,
+        "retry_at": iso(retry.at) if retry else None,
         "retry_reason": retry.reason if retry else None,
         "last_attempt_by": by,
-        "last_attempt": _iso(attempt.at) if attempt else None,
+        "last_attempt": iso(attempt.at) if attempt else None,
         "last_attempt_reason": attempt.reason if attempt else None,
     }
 
@@ -271,12 +254,12 @@ def print_fleet_tables(view: dict[str, Any]) -> None:
     for column in ("certificate", "fetched by", "fetched at", "effective expiry", "lease", "retry"):
         certificates.add_column(column, no_wrap=column != "retry")
     for c in view["certificates"]:
-        retry = f"{_short(c['retry_at'])} ({c['retry_reason']})" if c["retry_at"] else ""
+        retry = f"{short_time(c['retry_at'])} ({c['retry_reason']})" if c["retry_at"] else ""
         certificates.add_row(
             c["name"],
             c["fetched_by"] or "-",
-            _short(c["fetched_at"]),
-            _short(c["effective_expiry"]),
+            short_time(c["fetched_at"]),
+            short_time(c["effective_expiry"]),
             c["lease_holder"] or "",
             retry,
         )

@@ -34,6 +34,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from mustaple import der
 from mustaple.certs import Target, encoded_names, signed_by
 from mustaple.reasons import Note, Reason, Rejection
+from mustaple.render import human_time
 from mustaple.request import HASHES, issuer_key_bits, make_cert_id
 
 __all__ = [
@@ -803,9 +804,9 @@ def _check_times(
     """Reject impossible or stale times; return the effective expiry and any notes."""
     latest = now + policy.clock_skew
     if produced_at > latest:
-        raise _Fail(Reason.PRODUCED_IN_FUTURE, f"producedAt {produced_at:%Y-%m-%d %H:%M:%SZ}")
+        raise _Fail(Reason.PRODUCED_IN_FUTURE, f"producedAt {human_time(produced_at)}")
     if this_update > latest:
-        raise _Fail(Reason.THIS_UPDATE_IN_FUTURE, f"thisUpdate {this_update:%Y-%m-%d %H:%M:%SZ}")
+        raise _Fail(Reason.THIS_UPDATE_IN_FUTURE, f"thisUpdate {human_time(this_update)}")
     notes: list[Note] = []
     if next_update is None:
         if not policy.allow_missing_next_update:
@@ -825,7 +826,7 @@ def _check_times(
         notes.append(Note.DELEGATED_SIGNER_EXPIRES_FIRST)
         expiry = delegate.not_valid_after_utc
     if expiry <= now:
-        raise _Fail(Reason.EXPIRED, f"valid until {expiry:%Y-%m-%d %H:%M:%SZ}")
+        raise _Fail(Reason.EXPIRED, f"valid until {human_time(expiry)}")
     return expiry, notes
 
 
@@ -862,19 +863,17 @@ def may_replace(candidate: Dated, current: Dated) -> Rejection | None:
     if candidate.good and not current.good and candidate.this_update <= current.this_update:
         return Rejection(
             Reason.OLDER_THAN_CURRENT,
-            f"a good answer of {candidate.this_update:%Y-%m-%d %H:%M:%SZ} is not newer than "
-            f"the revoked answer of {current.this_update:%Y-%m-%d %H:%M:%SZ}",
+            f"a good answer of {human_time(candidate.this_update)} is not newer than "
+            f"the revoked answer of {human_time(current.this_update)}",
         )
     if candidate.this_update < current.this_update:
         return Rejection(
             Reason.OLDER_THAN_CURRENT,
-            f"thisUpdate {candidate.this_update:%Y-%m-%d %H:%M:%SZ} < "
-            f"{current.this_update:%Y-%m-%d %H:%M:%SZ}",
+            f"thisUpdate {human_time(candidate.this_update)} < {human_time(current.this_update)}",
         )
     if candidate.effective_expiry < current.effective_expiry:
         return Rejection(
             Reason.EXPIRES_SOONER,
-            f"{candidate.effective_expiry:%Y-%m-%d %H:%M:%SZ} < "
-            f"{current.effective_expiry:%Y-%m-%d %H:%M:%SZ}",
+            f"{human_time(candidate.effective_expiry)} < {human_time(current.effective_expiry)}",
         )
     return None

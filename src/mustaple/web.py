@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from html import escape
 from typing import Any
@@ -31,23 +31,28 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http import HttpProcessingError
 
+from mustaple.clock import Clock, utc_now
 from mustaple.config import HttpConfig
-from mustaple.delivery import SinkHealth
 from mustaple.errors import InputError
 from mustaple.fastpath import FastPath, quiet_accept_errors, raise_file_limit
-from mustaple.fetch import utc_now
 from mustaple.keeper import CertView, Keeper
 from mustaple.lifecycle import Phase
 from mustaple.localresponder import Responder, add_routes
 from mustaple.metrics import Metrics, serial_hex
-from mustaple.report import human_duration
+from mustaple.render import (
+    attempt_json,
+    human_duration,
+    iso,
+    short_time,
+    sink_json,
+    validity_json,
+)
 from mustaple.schedule import Alert, SchedulePolicy, alert_level, refresh_point
 from mustaple.store import AttemptRecord
 
 __all__ = ["Health", "HttpServer", "health", "make_app", "not_ready", "start_http"]
 
 log = logging.getLogger("mustaple")
-Clock = Callable[[], datetime]
 ATTEMPTS_SHOWN = 5
 PAGE_REFRESH_SECONDS = 30
 _NAMES_SHOWN = 20  # in the /readyz body
@@ -285,7 +290,7 @@ class _Endpoints:
         views = self.keeper.views()
         missing = not_ready(self.keeper, now)
         return {
-            "now": _iso(now),
+            "now": iso(now),
             "ready": not missing,
             "not_ready": missing,
             "store_problem": self.keeper.store_problem,
@@ -315,50 +320,31 @@ def _certificate_json(
         "state": view.phase,
         "health": level.value,
         "health_reason": why,
-        "this_update": _iso(held.this_update) if held else None,
-        "refresh_point": _iso(refresh_point(held, policy)) if held else None,
-        "effective_expiry": _iso(held.effective_expiry) if held else None,
-        "seconds_left": round(held.seconds_left(now)) if held else None,
+        **validity_json(held, now),
+        "refresh_point": iso(refresh_point(held, policy)) if held else None,
         "fraction_left": round(held.fraction_left(now), 4) if held else None,
-        "next_refresh": _iso(state.next_due),
+        "next_refresh": iso(state.next_due),
         "failures": state.failures,
-        "last_attempt": _iso(state.last_attempt),
+        "last_attempt": iso(state.last_attempt),
         "last_error": rejection.code if rejection else None,
         "last_message": rejection.message if rejection else None,
-        "revoked_at": _iso(revoked.revocation_time) if revoked else None,
-        "expired_at": _iso(state.expired_at),
+        "revoked_at": iso(revoked.revocation_time) if revoked else None,
+        "expired_at": iso(state.expired_at),
         "sinks": [sink_json(s) for s in view.sinks],
         "attempts": [_attempt_json(a) for a in attempts],
     }
 
 
-def sink_json(sink: SinkHealth) -> dict[str, Any]:
-    """How one sink took one certificate's staple, as `/status` and `status --json` show it."""
-    return {
-        "sink": sink.sink,
-        "ok": sink.ok,
-        "last_delivery": _iso(sink.last_delivery),
-        "error": sink.error,
-        "failures": sink.failures,
-        "failing_since": _iso(sink.since),
-        "note": sink.note,
-    }
-
-
 def _attempt_json(attempt: AttemptRecord) -> dict[str, Any]:
-    return {
-        "at": _iso(attempt.at),
-        "url": attempt.url,
-        "method": attempt.method,
-        "http_status": attempt.http_status,
-        "latency": round(attempt.latency, 3),
-        "reason": attempt.reason,
-        "message": attempt.message,
-    }
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
+    return attempt_json(
+        at=attempt.at,
+        url=attempt.url,
+        method=attempt.method,
+        http_status=attempt.http_status,
+        latency=attempt.latency,
+        reason=attempt.reason,
+        message=attempt.message,
+    )
 
 
 # --- The status page ------------------------------------------------------------------------
@@ -541,5 +527,5 @@ def _short_path(path: str) -> str:
 
 def _time(iso: str, *, year: bool = False) -> str:
     """A `<time>` element: '24 Nov 05:40Z' (with the year if asked), the full value as title."""
-    shown = datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%MZ" if year else "%d %b %H:%MZ")
+    shown = short_time(iso, year=year)
     return f'<time datetime="{escape(iso)}" title="{escape(iso)}">{escape(shown)}</time>'

@@ -1,5 +1,5 @@
-"""mustaple.testing: a test PKI, a misbehaving OCSP responder and a stapling TLS server,
-for tests and the demo.
+"""mustaple.testing: a test PKI, a misbehaving OCSP responder, a stapling TLS server and a
+keeper's whole world on a fake clock, for tests and the demo.
 
 Public and documented (docs/testing.md): use it to test your own deployment of mustaple.
 """
@@ -18,25 +18,39 @@ from mustaple.testing.craft import (
 from mustaple.testing.pki import CA, Identity, KeyType, Leaf, LeafFiles, new_key
 from mustaple.testing.responder import Behaviour, OCSPResponder, ResponderThread, Served
 from mustaple.testing.tls import StaplingServer
+from mustaple.testing.world import (
+    QUICK_FETCH,
+    ManualClock,
+    RecordingSink,
+    World,
+    keeper_config,
+    keeper_world,
+)
 
 __all__ = [
     "CA",
+    "QUICK_FETCH",
     "Behaviour",
     "ExtensionSpec",
     "Identity",
     "KeyType",
     "Leaf",
     "LeafFiles",
+    "ManualClock",
     "OCSPResponder",
+    "RecordingSink",
     "ResponderThread",
     "ResponseSpec",
     "Served",
     "SignatureAlgorithm",
     "SingleSpec",
     "StaplingServer",
+    "World",
     "craft_response",
     "good_single",
     "good_spec",
+    "keeper_config",
+    "keeper_world",
     "key_hash",
     "new_key",
     "unsuccessful",

@@ -1,0 +1,134 @@
+"""`mustaple fetch CERT`: fetch and validate one certificate's staple now; print the verdict."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from mustaple.cli.options import (
+    MAX_TIMEOUT,
+    check_urls,
+    emit_json,
+    finite,
+    lenient_option,
+    proxy_option,
+    proxy_setting,
+)
+from mustaple.clock import utc_now
+from mustaple.errors import InputError
+from mustaple.fetch import FetchPolicy, FetchResult, fetch_staple
+from mustaple.files import NotRegularFileError, write_atomic
+from mustaple.loader import load_target
+from mustaple.progress import FetchProgress
+from mustaple.report import exit_code, fetch_json, fetch_line
+from mustaple.request import HASHES
+from mustaple.verify import Policy
+
+__all__ = ["fetch"]
+
+
+@click.command("fetch")
+@click.argument("cert")
+@click.option("--issuer", help="Issuer certificate file (default: the bundle, then AIA).")
+@click.option("--url", "urls", multiple=True, help="Responder URL tried before the certificate's.")
+@click.option("--out", help="Write the DER staple here (atomically) when it is good.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--hash",
+    "hash_name",
+    type=click.Choice(sorted(HASHES)),
+    default="sha1",
+    show_default=True,
+    help="CertID hash algorithm (only sha1 gives a staple curl and OpenSSL accept).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1, max=MAX_TIMEOUT),
+    callback=finite,
+    default=10.0,
+    show_default=True,
+    help="Seconds allowed for each HTTP exchange.",
+)
+@click.option(
+    "--attempts",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Rounds of tries per responder URL.",
+)
+@proxy_option
+@lenient_option
+def fetch(
+    *,
+    cert: str,
+    issuer: str | None,
+    urls: tuple[str, ...],
+    out: str | None,
+    as_json: bool,
+    hash_name: str,
+    timeout: float,
+    attempts: int,
+    proxy: str | None,
+    allow_missing_next_update: bool,
+) -> int:
+    """Fetch and validate the OCSP staple for CERT (a PEM bundle such as fullchain.pem, or DER).
+
+    Exit codes: 0 a valid good staple; 1 no valid staple; 2 usage error or unreadable input;
+    3 the certificate is revoked.
+    """
+    check_urls(urls)
+    policy = FetchPolicy(
+        total_timeout=timeout,
+        connect_timeout=min(timeout, 5.0),
+        attempts_per_url=attempts,
+        proxy=proxy_setting(proxy),
+    )
+    verify_policy = Policy(allow_missing_next_update=allow_missing_next_update)
+    target, result = asyncio.run(
+        _fetch(
+            cert, issuer, urls=urls, hash_name=hash_name, policy=policy, verify_policy=verify_policy
+        )
+    )
+    now = utc_now()
+    staple = result.staple
+    saved = None
+    if out and staple is not None and staple.good:
+        _write_out(out, staple.der)
+        saved = out
+    if as_json:
+        emit_json(fetch_json(target, result, now, saved))
+    else:
+        click.echo(fetch_line(target, result, now, saved))
+    return exit_code(staple or result.rejection)
+
+
+def _write_out(path: str, data: bytes) -> None:
+    try:
+        write_atomic(path, data)
+    except NotRegularFileError as exc:
+        raise InputError(f"{path}: {exc.strerror}; --out writes only regular files") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write the staple ({exc.strerror})") from None
+
+
+async def _fetch(
+    cert: str,
+    issuer: str | None,
+    *,
+    urls: Sequence[str],
+    hash_name: str,
+    policy: FetchPolicy,
+    verify_policy: Policy,
+) -> tuple[Any, FetchResult]:
+    progress = FetchProgress(cert)  # on stderr: which URL it waits on, for how long
+    async with progress.session(policy) as http:
+        target = await load_target(cert, issuer, policy=policy, session=http)
+        progress.name = target.name
+        result = await fetch_staple(
+            target, urls=urls, hash_name=hash_name, policy=policy, verify_policy=verify_policy,
+            session=http, sleep=progress.sleep,
+        )  # fmt: skip
+    return target, result

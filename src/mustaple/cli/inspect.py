@@ -1,0 +1,74 @@
+"""`mustaple inspect RESPONSE --cert CERT`: explain an OCSP response file, judged at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from datetime import datetime
+
+import click
+
+from mustaple.cli.options import emit_json, lenient_option
+from mustaple.clock import utc_now
+from mustaple.errors import InputError
+from mustaple.files import read_input
+from mustaple.loader import load_target
+from mustaple.report import exit_code, explain, outcome_json
+from mustaple.verify import Policy, verify
+
+__all__ = ["inspect"]
+
+
+@click.command("inspect")
+@click.argument("response")
+@click.option("--cert", required=True, help="The certificate the response should be about.")
+@click.option("--issuer", help="Issuer certificate file (default: the bundle, then AIA).")
+@click.option("--at", "at", help="Judge as at this time (ISO 8601, UTC), not now.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@lenient_option
+def inspect(
+    *,
+    response: str,
+    cert: str,
+    issuer: str | None,
+    at: str | None,
+    as_json: bool,
+    allow_missing_next_update: bool,
+) -> int:
+    """Explain a DER OCSP response file (RESPONSE) for the certificate CERT.
+
+    Same exit codes as fetch.
+    """
+    now = _parse_time(at) if at else utc_now()
+    data = _response_bytes(read_input(response, "OCSP response"), response)
+    target = asyncio.run(load_target(cert, issuer))
+    outcome = verify(data, target, now, Policy(allow_missing_next_update=allow_missing_next_update))
+    if as_json:
+        emit_json(outcome_json(target, outcome, now, from_file=True))
+    else:
+        click.echo("\n".join(explain(target, outcome, now)))
+    return exit_code(outcome)
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an ISO 8601 time", param_hint="--at") from None
+    if value.tzinfo is None:
+        raise click.BadParameter("give a time zone, e.g. 2026-01-31T12:00:00Z", param_hint="--at")
+    return value
+
+
+def _response_bytes(data: bytes, source: str) -> bytes:
+    """DER as is; base64 text (as some tools store responses) decoded."""
+    if data[:1] == b"\x30" or not data.strip():
+        return data
+    try:
+        decoded = base64.b64decode(b"".join(data.split()), validate=True)
+    except (binascii.Error, ValueError):
+        return data
+    if decoded[:1] != b"\x30":
+        raise InputError(f"{source}: neither DER nor base64 DER")
+    return decoded

@@ -1,0 +1,86 @@
+"""What several commands share: their common options, checked values, JSON and logging."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from mustaple.proxy import ProxyError, check_proxy_url
+from mustaple.urls import url_problem
+
+__all__ = [
+    "MAX_TIMEOUT",
+    "check_urls",
+    "config_option",
+    "emit_json",
+    "finite",
+    "lenient_option",
+    "proxy_option",
+    "proxy_setting",
+    "setup_logging",
+]
+
+MAX_TIMEOUT = 600.0  # seconds: the longest --timeout
+
+
+def finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """Refuse nan, which passes every range check."""
+    if not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number of seconds")
+    return value
+
+
+def emit_json(obj: dict[str, Any]) -> None:
+    click.echo(json.dumps(obj, indent=2))
+
+
+def check_urls(urls: Sequence[str]) -> None:
+    for url in urls:
+        problem = url_problem(url)
+        if problem is not None:
+            raise click.BadParameter(problem, param_hint="--url")
+
+
+proxy_option = click.option(
+    "--proxy",
+    help='HTTP proxy for OCSP and AIA requests, http://HOST:PORT ("" for none; default: '
+    "HTTP_PROXY/HTTPS_PROXY/NO_PROXY as curl reads them).",
+)
+
+
+def proxy_setting(proxy: str | None) -> str | None:
+    """A --proxy value checked: one line saying what is wrong, exit 2."""
+    if proxy:
+        try:
+            check_proxy_url(proxy, "--proxy")
+        except ProxyError as exc:
+            raise click.BadParameter(str(exc), param_hint="--proxy") from None
+    return proxy
+
+
+lenient_option = click.option(
+    "--allow-missing-next-update",
+    is_flag=True,
+    help="Accept a response without nextUpdate (treated as valid for one day).",
+)
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    default="/etc/mustaple/mustaple.toml",
+    show_default=True,
+    help="The keeper's configuration file.",
+)
+
+
+def setup_logging(verbose: bool, level: int = logging.WARNING) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else level,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+    )

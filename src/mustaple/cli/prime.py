@@ -1,0 +1,67 @@
+"""`mustaple prime CERT...`: the deploy-hook gate: fetch, store and deliver staples now."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from pathlib import Path
+
+import click
+
+from mustaple.cli.options import config_option, proxy_option, proxy_setting, setup_logging
+from mustaple.clock import utc_now
+from mustaple.config import Config
+from mustaple.daemon import check_config as check_config_file
+from mustaple.daemon import open_fleet, open_keeper
+from mustaple.keeper import Managed
+from mustaple.progress import FetchProgress, PrimeProgress
+from mustaple.status import prime_exit_code, prime_json, prime_line
+
+__all__ = ["prime"]
+
+
+@click.command("prime")
+@click.argument("certs", nargs=-1, required=True)
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per certificate.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every step to stderr.")
+@proxy_option
+def prime(
+    *, certs: tuple[str, ...], config_path: str, as_json: bool, verbose: bool, proxy: str | None
+) -> int:
+    """Fetch, validate, store and deliver the staples of CERTS now: the deploy-hook gate.
+
+    Exit 0 only if every must-staple certificate has a valid good staple delivered, so
+    `mustaple prime "$RENEWED_LINEAGE/fullchain.pem" && systemctl reload nginx` never puts a
+    must-staple certificate live without its staple. Same exit codes as fetch.
+    """
+    setup_logging(verbose)
+    config = check_config_file(Path(config_path))
+    if proxy is not None:
+        config = _overriding_proxy(config, proxy_setting(proxy))
+    results = asyncio.run(_prime(config, [Path(c) for c in certs]))
+    now = utc_now()
+    for managed in results:
+        if as_json:
+            click.echo(json.dumps(prime_json(managed, now)))
+        else:
+            click.echo(prime_line(managed, now))
+    return prime_exit_code(results)
+
+
+def _overriding_proxy(config: Config, proxy: str | None) -> Config:
+    """The configuration with --proxy in place of every `proxy` key."""
+    fetch_policy = dataclasses.replace(config.policy.fetch, proxy=proxy)
+    entries = tuple(dataclasses.replace(e, proxy=None) for e in config.certificates)
+    policy = dataclasses.replace(config.policy, fetch=fetch_policy)
+    return dataclasses.replace(config, policy=policy, certificates=entries)
+
+
+async def _prime(config: Config, paths: list[Path]) -> list[Managed]:
+    progress = PrimeProgress(len(paths))  # on stderr: how many are done, which came last
+    waits = FetchProgress("prime", progress.display)  # and each request while it waits
+    async with open_keeper(config, trace_configs=[waits.trace()]) as keeper, progress.running():
+        keeper.observers.append(progress.refreshed)
+        async with open_fleet(config, keeper, for_prime=True):
+            return await keeper.prime(paths)

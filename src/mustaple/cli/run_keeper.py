@@ -1,0 +1,55 @@
+"""`mustaple run`: the keeper in the foreground, as a service runs it (or --check-config)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import click
+
+from mustaple.cli.options import config_option, setup_logging
+from mustaple.daemon import check_config as check_config_file
+from mustaple.daemon import serve
+from mustaple.preflight import preflight
+from mustaple.report import ExitCode
+
+__all__ = ["run_keeper"]
+
+
+@click.command("run")
+@config_option
+@click.option("--check-config", is_flag=True, help="Only check the configuration, then exit.")
+@click.option("-v", "--verbose", is_flag=True, help="Log debugging detail too.")
+@click.option("-q", "--quiet", is_flag=True, help="Log only problems (warnings and errors).")
+def run_keeper(*, config_path: str, check_config: bool, verbose: bool, quiet: bool) -> int:
+    """Run the keeper in the foreground (SIGTERM stops, SIGHUP reloads the configuration).
+
+    Logs one line per event to stderr (refreshes, deliveries, problems), as a service should.
+    """
+    path = Path(config_path)
+    if check_config:
+        checked = check_config_file(path)
+        found = preflight(checked)
+        for line in found.errors + [f"warning: {w}" for w in found.warnings]:
+            click.echo(f"mustaple: {line}", err=True)
+        if found.errors:
+            return ExitCode.USAGE
+        click.echo(
+            f"{path}: OK ({len(checked.certificates)} certificate entries, "
+            f"{len(checked.sinks)} sinks)"
+        )
+        return ExitCode.GOOD
+    setup_logging(verbose, logging.WARNING if quiet else logging.INFO)
+    asyncio.run(_run(path))
+    return ExitCode.GOOD
+
+
+async def _run(path: Path) -> None:
+    stop, reload = asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload.set)
+    await serve(path, stop=stop, reload=reload)

@@ -1,0 +1,17 @@
+"""The clock, as every part of mustaple is given it: `Clock` is a function returning an aware
+UTC `datetime`, `utc_now` the real one. Tests pass a clock they move by hand
+(`mustaple.testing.ManualClock`); nothing else reads the time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+__all__ = ["Clock", "utc_now"]
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
