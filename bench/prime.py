@@ -64,6 +64,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 import mustaple
 import mustaple.fetch
 import mustaple.keeper
+from baselines import Measured, cron_loop, environment_without_proxy, floor_main
 from docsection import cpu_model, markers, write_section
 from mustaple.certs import Target
 from mustaple.config import CertEntry, Config, KeeperPolicy
@@ -550,6 +551,27 @@ def keeper_main(spec_json: str) -> int:
 
 
 @dataclass(frozen=True)
+class Floor:
+    """The floor script (bench/baselines.py) over `size` certificates: its CPU time and the
+    responder's, and the least wall time they add up to on this machine's cores."""
+
+    size: int
+    wall: float  # serial, one core
+    client_cpu: float
+    responder_cpu: float
+    good: int
+
+    @property
+    def per_cert(self) -> float:
+        """Seconds of CPU, client and responder, per certificate."""
+        return (self.client_cpu + self.responder_cpu) / self.size
+
+    def wall_for(self, size: int) -> float:
+        """The least wall time for `size` certificates, the work spread over every core."""
+        return self.per_cert * size / (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
 class Run:
     """The figures for one N, measured (or extrapolated from the measured ones)."""
 
@@ -571,6 +593,7 @@ class Run:
     good: int
     stored: int
     delivered: int
+    floor: Floor | None = None  # the floor, measured in the same run (None: extrapolated)
     extrapolated: bool = False
 
     @property
@@ -601,7 +624,11 @@ class Bench:
     budget: float  # seconds for setup and runs together
     profile: Path | None
     repeat: int  # runs per size; the fastest is kept
+    floor_max: int  # the floor runs over at most this many certificates
+    cron_size: int  # the openssl cron loop and `mustaple prime` run over this many (0: not)
     runs: list[Run] = field(default_factory=list)
+    cron: Measured | None = None  # the `openssl ocsp` loop
+    cli: Measured | None = None  # `mustaple prime` over the same files
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -669,7 +696,7 @@ def extrapolate(runs: Sequence[Run], size: int) -> Run:
             intercept, slope = fit([(r.size, float(getattr(r, name))) for r in measured])
             estimate = intercept + slope * size
             values[name] = estimate if isinstance(value, float) else round(estimate)
-    return replace(measured[0], **values, size=size, extrapolated=True)
+    return replace(measured[0], **values, size=size, floor=None, extrapolated=True)
 
 
 def affordable(bench: Bench, size: int) -> bool:
@@ -699,14 +726,92 @@ def run_size(bench: Bench, workdir: Workdir, size: int, sock: socket.socket) -> 
     workdir.grow(size, bench.workers)
     print(f"N={size:,}: setup so far {workdir.seconds:.1f} s; priming ...", flush=True)
     responder = Responder(sock, workdir.answers)
-    runs = []
+    runs, floors = [], []
     try:
+        if size == bench.cron_size:
+            compare_cron(bench, workdir, size, responder)
         for _ in range(bench.repeat):
             runs.append(measure(bench, workdir, size, responder))
             print(summary(runs[-1]), flush=True)
+            floors.append(measure_floor(workdir, min(size, bench.floor_max), responder))
+            print(floor_summary(floors[-1], runs[-1]), flush=True)
     finally:
         responder.stop()
-    return min(runs, key=lambda run: run.wall)
+    floor = min(floors, key=lambda f: f.per_cert)
+    return replace(min(runs, key=lambda run: run.wall), floor=floor)
+
+
+def measure_floor(workdir: Workdir, size: int, responder: Responder) -> Floor:
+    """The floor script over the first `size` files, in its own process."""
+    out = Path(tempfile.mkdtemp(prefix=f"floor-{size}-", dir=workdir.root))
+    paths = [str(cert_path(workdir.certs, i)) for i in range(size)]
+    spec = {"paths": paths, "out": str(out), "url": workdir.authority.url}
+    before = responder.cpu_seconds()
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "_floor", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    responder_cpu = responder.cpu_seconds() - before
+    shutil.rmtree(out, ignore_errors=True)
+    if done.returncode != 0:
+        raise SystemExit(f"the floor run for {size} failed:\n{done.stderr[-3000:]}")
+    figures = json.loads(done.stdout.splitlines()[-1])
+    return Floor(size, figures["wall"], figures["cpu"], responder_cpu, figures["good"])
+
+
+def compare_cron(bench: Bench, workdir: Workdir, size: int, responder: Responder) -> None:
+    """The `openssl ocsp` cron loop, then `mustaple prime` (the command), over `size` files."""
+    paths = [cert_path(workdir.certs, i) for i in range(size)]
+    ca_pem = workdir.root / "ca.pem"
+    ca_pem.write_bytes(workdir.authority.ca_cert_pem)
+    out = Path(tempfile.mkdtemp(prefix="cron-", dir=workdir.root))
+    print(f"N={size:,}: the openssl ocsp cron loop ...", flush=True)
+    bench.cron = cron_loop(paths, ca_pem, workdir.authority.url, out)
+    print(f"N={size:,}: mustaple prime (the command) ...", flush=True)
+    bench.cli = command_prime(bench, workdir, paths)
+    for name, measured in (("openssl ocsp loop", bench.cron), ("mustaple prime", bench.cli)):
+        figures = f"wall {measured.wall:.2f} s, CPU {measured.cpu:.2f} s, {measured.good:,} good"
+        print(f"  {name}: {figures}")
+    if bench.cron.good != size or bench.cli.good != size:
+        raise SystemExit("a baseline did not get a good response for every certificate")
+
+
+def command_prime(bench: Bench, workdir: Workdir, paths: Sequence[Path]) -> Measured:
+    """`mustaple prime --config ... FILES` with a file sink, as a deploy hook runs it."""
+    root = Path(tempfile.mkdtemp(prefix="command-", dir=workdir.root))
+    config = root / "mustaple.toml"
+    config.write_text(
+        f'state_dir = "{root / "state"}"\n'
+        f'[[certificates]]\npaths = ["{workdir.certs / "*.pem"}"]\n'
+        f'[sinks.files]\ntype = "file"\npath = "{root / "staples"}/{{name}}.der"\n'
+        f"[policy]\nconcurrency = {bench.concurrency}\nper_host = {bench.concurrency}\n"
+    )
+    program = Path(sys.executable).parent / "mustaple"
+    cpu, start = children_cpu(), time.perf_counter()
+    done = subprocess.run(
+        [str(program), "prime", "--config", str(config), *map(str, paths)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=environment_without_proxy(),
+    )
+    wall, cpu = time.perf_counter() - start, children_cpu() - cpu
+    if done.returncode != 0:
+        raise SystemExit(f"mustaple prime failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    good = len(list((root / "staples").glob("*.der")))
+    return Measured(len(paths), wall, cpu, good)
+
+
+def floor_summary(floor: Floor, run: Run) -> str:
+    least = floor.wall_for(run.size)
+    return (
+        f"  floor over {floor.size:,}: client CPU {floor.client_cpu / floor.size * 1e6:.0f}"
+        f" µs/cert, responder {floor.responder_cpu / floor.size * 1e6:.0f} µs/cert;"
+        f" least wall for {run.size:,} on {os.cpu_count()} cores {least:.2f} s;"
+        f" mustaple / floor {run.wall / least:.2f}x"
+    )
 
 
 def listening_socket() -> socket.socket:
@@ -913,6 +1018,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, default=900, help="seconds (default 900)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per size, the fastest kept")
     parser.add_argument("--profile", type=Path, help="write a cProfile of each prime here")
+    parser.add_argument(
+        "--floor-max", type=int, default=10_000, help="floor over at most this N (default 10k)"
+    )
+    parser.add_argument(
+        "--cron", type=int, default=1_000, help="N for the openssl loop and the command (0: none)"
+    )
     parser.add_argument("--workdir", type=Path, help="a new directory to build in, kept afterwards")
     parser.add_argument("--doc", type=Path, default=DOC, help="where to write the figures")
     parser.add_argument("--no-write", action="store_true", help="print only")
@@ -932,7 +1043,14 @@ def bench_from(args: argparse.Namespace) -> Bench:
     if args.workdir and args.workdir.exists() and any(args.workdir.iterdir()):
         raise SystemExit(f"--workdir {args.workdir}: not empty; give a new directory")
     return Bench(
-        sizes, args.concurrency, args.workers, args.budget, args.profile, max(1, args.repeat)
+        sizes,
+        args.concurrency,
+        args.workers,
+        args.budget,
+        args.profile,
+        max(1, args.repeat),
+        args.floor_max,
+        args.cron if args.cron in sizes else 0,
     )
 
 
@@ -955,7 +1073,11 @@ def main(argv: list[str]) -> int:
     return 0 if all(r.complete for r in bench.runs) else 1
 
 
-ROLES: dict[str, Callable[..., int]] = {"_responder": responder_main, "_keeper": keeper_main}
+ROLES: dict[str, Callable[..., int]] = {
+    "_responder": responder_main,
+    "_keeper": keeper_main,
+    "_floor": floor_main,
+}
 
 if __name__ == "__main__":
     if sys.argv[1:2] and sys.argv[1] in ROLES:
