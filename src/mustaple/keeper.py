@@ -230,7 +230,7 @@ class Keeper:
         self.lives: dict[str, Life] = {}
         self.problems: dict[Path, Problem] = {}
         self._index: dict[str, dict[CertId, Managed]] = {}  # by hash name; see `find`
-        self._by_key: dict[str, list[Managed]] | None = None  # see `by_key`
+        self._files: dict[str, list[Managed]] = {}  # by key, in the order of `managed`
         self._delivering = asyncio.Lock()
         self._issuer_cache: dict[str, bytes] = {}
         self._issuers: dict[x509.Certificate, x509.Certificate] = {}
@@ -320,7 +320,8 @@ class Keeper:
             self.lives[life.key] = life
         managed = Managed(path, entry, target, stamp, loaded.bundle_has_issuer, life)
         self.managed[path] = managed
-        self._forget()
+        self._files.setdefault(life.key, []).append(managed)
+        self._index.clear()
         if fresh:
             self._begin(managed)
         return managed
@@ -361,8 +362,11 @@ class Keeper:
         managed = self.managed.pop(path, None)
         if managed is None:
             return
-        self._forget()
-        if not any(m.life is managed.life for m in self.managed.values()):
+        self._index.clear()
+        files = self._files[managed.key]
+        files.remove(managed)
+        if not files:
+            del self._files[managed.key]
             self.lives.pop(managed.key, None)
 
     # --- One pass -------------------------------------------------------------------------------
@@ -419,16 +423,7 @@ class Keeper:
 
     def by_key(self, key: str) -> list[Managed]:
         """The managed certificates stored under `key` (one, unless files repeat a leaf)."""
-        if self._by_key is None:
-            self._by_key = {}
-            for managed in self.managed.values():
-                self._by_key.setdefault(managed.key, []).append(managed)
-        return self._by_key.get(key, [])
-
-    def _forget(self) -> None:
-        """Drop the lookup indexes: the managed certificates changed."""
-        self._index.clear()
-        self._by_key = None
+        return self._files.get(key, [])
 
     def next_wakeup(self) -> datetime | None:
         """When the next certificate falls due (or a failed delivery is tried again)."""
