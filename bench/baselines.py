@@ -54,7 +54,7 @@ def _cpu(who: int) -> float:
 def floor_main(spec_json: str) -> int:
     """Run the floor over the files in the spec; print its figures as one JSON line."""
     spec = json.loads(spec_json)
-    paths = [Path(p) for p in spec["paths"]]
+    paths = [Path(p) for p in Path(spec["paths"]).read_text().splitlines()]
     out = Path(spec["out"])
     out.mkdir(parents=True, exist_ok=True)
     where = urlsplit(spec["url"])

@@ -239,6 +239,7 @@ class Keeper:
         self._session: aiohttp.ClientSession | None = None
         self._hooks: set[asyncio.Task[None]] = set()
         self._writes: list[Callable[[], object]] = []
+        self._statuses: dict[str, CertStatus] = {}  # pending: only the last one per key
         self._store_problem: str | None = None
         self._problem_stamps: dict[Path, tuple[int, int]] = {}
 
@@ -313,10 +314,11 @@ class Keeper:
         self._problem_stamps.pop(path, None)
         target = loaded.target
         self._drop(path)
-        life = self.lives.get(cert_key(target.leaf))
+        key = cert_key(target.leaf)
+        life = self.lives.get(key)
         fresh = life is None
         if life is None:
-            life = Life(cert_key(target.leaf), target)
+            life = Life(key, target)
             self.lives[life.key] = life
         managed = Managed(path, entry, target, stamp, loaded.bundle_has_issuer, life)
         self.managed[path] = managed
@@ -355,7 +357,7 @@ class Keeper:
             log.error("%s", message)
         self.problems[path] = problem
         self._problem_stamps[path] = stamp
-        self._write(functools.partial(self.store.save_status, key, _problem_status(problem)))
+        self._write_status(key, _problem_status(problem))
 
     def _drop(self, path: Path) -> None:
         """Forget a file; its certificate's life goes when no file holds it any more."""
@@ -683,29 +685,40 @@ class Keeper:
 
     def _save_status(self, life: Life) -> None:
         view = self.view(life)
-        self._write(functools.partial(self.store.save_status, life.key, _status(view)))
+        self._write_status(life.key, _status(view))
 
     def _write(self, write: Callable[[], object]) -> None:
         self._writes.append(write)
-        if len(self._writes) >= WRITE_GROUP:
+        if len(self._writes) + len(self._statuses) >= WRITE_GROUP:
+            self._flush()
+
+    def _write_status(self, key: str, status: CertStatus) -> None:
+        """A certificate's status row, written with the group; a newer one replaces it."""
+        self._statuses[key] = status
+        if len(self._writes) + len(self._statuses) >= WRITE_GROUP:
             self._flush()
 
     def _flush(self) -> None:
         """Apply the pending store writes in one transaction. When the store cannot take them
         (disk full), they stay pending and the keeper serves from memory until it can."""
         writes, self._writes = self._writes, []
-        if not writes:
+        statuses, self._statuses = self._statuses, {}
+        if not writes and not statuses:
             return
         try:
             with self.store.transaction():
                 for write in writes:
                     write()
+                for key, status in statuses.items():
+                    self.store.save_status(key, status)
         except (sqlite3.Error, OSError) as exc:
             self._writes = writes + self._writes
+            self._statuses = statuses | self._statuses
             self._store_failed(exc)
             return
         if self._store_problem is not None:
-            log.warning("state store writable again: %d pending writes stored", len(writes))
+            stored = len(writes) + len(statuses)
+            log.warning("state store writable again: %d pending writes stored", stored)
             self._store_problem = None
 
     def _store_failed(self, exc: BaseException) -> None:
