@@ -24,7 +24,7 @@ from cryptography.x509.ocsp import OCSPCertStatus
 
 from mustaple.certs import make_target
 from mustaple.cli import main
-from mustaple.fetch import utc_now
+from mustaple.clock import utc_now
 from mustaple.report import ExitCode
 from mustaple.request import encode_request, get_url, make_cert_id
 from mustaple.testing import CA, Behaviour, Leaf, ResponderThread

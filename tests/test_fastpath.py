@@ -24,9 +24,10 @@ import pytest
 from aiohttp import web
 
 from conftest import Clock
+from mustaple.clock import utc_now
 from mustaple.config import CertEntry, Config, HttpConfig, KeeperPolicy
 from mustaple.fastpath import FastPath
-from mustaple.fetch import FetchPolicy, utc_now
+from mustaple.fetch import FetchPolicy
 from mustaple.keeper import Keeper
 from mustaple.localresponder import MALFORMED_REQUEST, UNAUTHORIZED, add_routes
 from mustaple.metrics import Metrics

@@ -23,7 +23,8 @@ import pytest
 
 from mustaple.certs import make_target
 from mustaple.cli import main
-from mustaple.fetch import fetch_staple, utc_now
+from mustaple.clock import utc_now
+from mustaple.fetch import fetch_staple
 from mustaple.redisstore import RedisStore
 from mustaple.report import ExitCode
 from mustaple.store import cert_key

@@ -26,8 +26,9 @@ from aiohttp import web
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
+from mustaple.clock import utc_now
 from mustaple.config import Config
-from mustaple.fetch import FetchPolicy, utc_now
+from mustaple.fetch import FetchPolicy
 from mustaple.keeper import Keeper, Managed
 from mustaple.localresponder import MALFORMED_REQUEST, UNAUTHORIZED, add_routes, read_cert_id
 from mustaple.request import CertId, encode_request, get_url, make_cert_id

@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 import aiohttp
 from cryptography import x509
@@ -31,6 +31,7 @@ from yarl import URL
 
 from mustaple import __version__
 from mustaple.certs import Target, parse_certificates
+from mustaple.clock import Clock, utc_now
 from mustaple.errors import InputError
 from mustaple.proxy import Proxy, ProxyError, check_proxy_url, choose_proxy
 from mustaple.reasons import Reason, Rejection
@@ -45,7 +46,6 @@ __all__ = [
     "FetchResult",
     "fetch_issuer",
     "fetch_staple",
-    "utc_now",
 ]
 
 USER_AGENT = f"mustaple/{__version__}"
@@ -65,12 +65,7 @@ _SLOW_DOWN = {429, 503}
 # A proxy's own answers that mean "not for you" (the rest of its error pages: it could not help).
 _PROXY_REFUSALS = {401, 403, 407}
 
-Clock = Callable[[], datetime]
 Sleep = Callable[[float], Awaitable[None]]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)

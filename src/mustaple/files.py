@@ -20,6 +20,8 @@ import re
 import stat
 import tempfile
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mustaple.errors import InputError
@@ -31,6 +33,7 @@ __all__ = [
     "read_input",
     "read_prefix",
     "write_atomic",
+    "write_atomic_many",
 ]
 
 MAX_INPUT = 10 * 1024 * 1024
@@ -40,6 +43,8 @@ _CHUNK = 65536
 PROCESS_START = time.time()
 # tempfile.mkstemp's names: prefix, then 8 characters of this alphabet.
 _TEMP_TAIL = re.compile(r"\.[a-z0-9_]{8}")
+# Threads writing temporary files at once in `write_atomic_many`.
+_SYNC_THREADS = 8
 
 
 class NotRegularFileError(OSError):
@@ -144,24 +149,78 @@ def write_atomic(path: str | Path, data: bytes, mode: int = 0o644) -> None:
     (a device node, a FIFO, a directory): replacing it would destroy it.
     """
     target = Path(path)
-    directory = target.parent
+    _rename(_write_temporary(target, data, mode), target)
+    _sync_directory(target.parent)
+
+
+def write_atomic_many(
+    files: Sequence[tuple[Path, bytes]], mode: int = 0o644
+) -> list[OSError | None]:
+    """`write_atomic` for each (path, data), with what went wrong for each (None: written).
+
+    The same guarantees, for less waiting: the temporary files are written and fsync-ed by a
+    few threads at once (the file system commits their fsyncs together), then renamed in order,
+    then each directory is fsync-ed once. Every file is in place and durable on return.
+    """
+
+    def temporary(item: tuple[Path, bytes]) -> str | OSError:
+        try:
+            return _write_temporary(item[0], item[1], mode)
+        except OSError as exc:
+            return exc
+
+    with ThreadPoolExecutor(min(_SYNC_THREADS, len(files) or 1)) as pool:
+        written = list(pool.map(temporary, files))
+    problems: list[OSError | None] = []
+    for (target, _), tmp in zip(files, written, strict=True):
+        try:
+            if isinstance(tmp, OSError):
+                raise tmp
+            _rename(tmp, target)
+            problems.append(None)
+        except OSError as exc:
+            problems.append(exc)
+    written_to = {target.parent for (target, _), p in zip(files, problems, strict=True) if not p}
+    for directory in written_to:
+        try:
+            _sync_directory(directory)
+        except OSError as exc:
+            for index, (target, _) in enumerate(files):
+                if problems[index] is None and target.parent == directory:
+                    problems[index] = exc
+    return problems
+
+
+def _write_temporary(target: Path, data: bytes, mode: int) -> str:
+    """`data` in a new fsync-ed temporary file beside `target` (a regular file, or none)."""
     try:
         problem = _not_regular(target, os.stat(target).st_mode)
     except FileNotFoundError:
         problem = None
     if problem:
         raise problem
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
             out.flush()
             os.fchmod(out.fileno(), mode)
             os.fsync(out.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _rename(tmp: str, target: Path) -> None:
+    try:
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _sync_directory(directory: Path) -> None:
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

@@ -46,15 +46,17 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from mustaple import lifecycle
 from mustaple.certs import Target, display_name, is_must_staple, parse_certificates
+from mustaple.clock import Clock, utc_now
 from mustaple.config import CertEntry, Config, with_proxy
 from mustaple.delivery import Action, Delivered, Delivery, Sink, SinkHealth
 from mustaple.errors import InputError
 from mustaple.events import HOOK_FOR, Event, run_hook
-from mustaple.fetch import USER_AGENT, FetchResult, fetch_staple, utc_now
+from mustaple.fetch import USER_AGENT, FetchResult, fetch_staple
 from mustaple.files import read_input
 from mustaple.lifecycle import Accepted, CertState, Phase, Rejected, Restored, Tick, Wait
 from mustaple.loader import load_file
 from mustaple.reasons import Reason, Rejection
+from mustaple.render import human_time
 from mustaple.request import CertId, make_cert_id
 from mustaple.schedule import Alert
 from mustaple.store import AttemptRecord, CertStatus, Store, StoredStaple, cert_key
@@ -74,7 +76,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("mustaple")
-Clock = Callable[[], datetime]
 # Store writes are grouped, this many to a transaction (one fsync), and always written before
 # anything is delivered: a crash loses at most the outcomes of one group, never a staple a
 # server was given.
@@ -231,7 +232,7 @@ class Keeper:
         self.lives: dict[str, Life] = {}
         self.problems: dict[Path, Problem] = {}
         self._index: dict[str, dict[CertId, Managed]] = {}  # by hash name; see `find`
-        self._by_key: dict[str, list[Managed]] | None = None  # see `by_key`
+        self._files: dict[str, list[Managed]] = {}  # by key, in the order of `managed`
         self._delivering = asyncio.Lock()
         self._issuer_cache: dict[str, bytes] = {}
         self._issuers: dict[x509.Certificate, x509.Certificate] = {}
@@ -241,6 +242,7 @@ class Keeper:
         self._trace_configs = list(trace_configs)  # e.g. `prime` showing what it waits on
         self._hooks: set[asyncio.Task[None]] = set()
         self._writes: list[Callable[[], object]] = []
+        self._statuses: dict[str, CertStatus] = {}  # pending: only the last one per key
         self._store_problem: str | None = None
 
     async def __aenter__(self) -> Keeper:
@@ -305,14 +307,16 @@ class Keeper:
         self.problems.pop(path, None)
         target = loaded.target
         self._drop(path)
-        life = self.lives.get(cert_key(target.leaf))
+        key = cert_key(target.leaf)
+        life = self.lives.get(key)
         fresh = life is None
         if life is None:
-            life = Life(cert_key(target.leaf), target)
+            life = Life(key, target)
             self.lives[life.key] = life
         managed = Managed(path, entry, target, stamp, loaded.bundle_has_issuer, life)
         self.managed[path] = managed
-        self._forget()
+        self._files.setdefault(life.key, []).append(managed)
+        self._index.clear()
         if fresh:
             self._begin(managed)
         return managed
@@ -346,15 +350,18 @@ class Keeper:
         if before is None or before.message != message:
             log.error("%s", message)
         self.problems[path] = problem
-        self._write(functools.partial(self.store.save_status, key, _problem_status(problem)))
+        self._write_status(key, _problem_status(problem))
 
     def _drop(self, path: Path) -> None:
         """Forget a file; its certificate's life goes when no file holds it any more."""
         managed = self.managed.pop(path, None)
         if managed is None:
             return
-        self._forget()
-        if not any(m.life is managed.life for m in self.managed.values()):
+        self._index.clear()
+        files = self._files[managed.key]
+        files.remove(managed)
+        if not files:
+            del self._files[managed.key]
             self.lives.pop(managed.key, None)
 
     # --- One pass -------------------------------------------------------------------------------
@@ -411,16 +418,7 @@ class Keeper:
 
     def by_key(self, key: str) -> list[Managed]:
         """The managed certificates stored under `key` (one, unless files repeat a leaf)."""
-        if self._by_key is None:
-            self._by_key = {}
-            for managed in self.managed.values():
-                self._by_key.setdefault(managed.key, []).append(managed)
-        return self._by_key.get(key, [])
-
-    def _forget(self) -> None:
-        """Drop the lookup indexes: the managed certificates changed."""
-        self._index.clear()
-        self._by_key = None
+        return self._files.get(key, [])
 
     def next_wakeup(self) -> datetime | None:
         """When the next certificate falls due (or a failed delivery is tried again)."""
@@ -610,7 +608,7 @@ class Keeper:
         last = before.last_delivery if before is not None else None
         life.sinks[sink] = SinkHealth(sink, last, delivered.error, failures, since)
         if not same or failures & (failures - 1) == 0:
-            repeat = f" (failed {failures} times since {_time(since)})" if failures > 1 else ""
+            repeat = f" (failed {failures} times since {human_time(since)})" if failures > 1 else ""
             log.error("%s: sink %s: %s%s", life.name, sink, delivered.error, repeat)
         return False
 
@@ -680,29 +678,40 @@ class Keeper:
 
     def _save_status(self, life: Life) -> None:
         view = self.view(life)
-        self._write(functools.partial(self.store.save_status, life.key, _status(view)))
+        self._write_status(life.key, _status(view))
 
     def _write(self, write: Callable[[], object]) -> None:
         self._writes.append(write)
-        if len(self._writes) >= WRITE_GROUP:
+        if len(self._writes) + len(self._statuses) >= WRITE_GROUP:
+            self._flush()
+
+    def _write_status(self, key: str, status: CertStatus) -> None:
+        """A certificate's status row, written with the group; a newer one replaces it."""
+        self._statuses[key] = status
+        if len(self._writes) + len(self._statuses) >= WRITE_GROUP:
             self._flush()
 
     def _flush(self) -> None:
         """Apply the pending store writes in one transaction. When the store cannot take them
         (disk full), they stay pending and the keeper serves from memory until it can."""
         writes, self._writes = self._writes, []
-        if not writes:
+        statuses, self._statuses = self._statuses, {}
+        if not writes and not statuses:
             return
         try:
             with self.store.transaction():
                 for write in writes:
                     write()
+                for key, status in statuses.items():
+                    self.store.save_status(key, status)
         except (sqlite3.Error, OSError) as exc:
             self._writes = writes + self._writes
+            self._statuses = statuses | self._statuses
             self._store_failed(exc)
             return
         if self._store_problem is not None:
-            log.warning("state store writable again: %d pending writes stored", len(writes))
+            stored = len(writes) + len(statuses)
+            log.warning("state store writable again: %d pending writes stored", stored)
             self._store_problem = None
 
     def _store_failed(self, exc: BaseException) -> None:
@@ -889,10 +898,6 @@ def _pem(target: Target) -> bytes:
 @functools.lru_cache(maxsize=64)
 def _issuer_pem(issuer: x509.Certificate) -> bytes:
     return issuer.public_bytes(Encoding.PEM)
-
-
-def _time(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else "never"
 
 
 _LEVELS = {"info": logging.INFO, "warning": logging.WARNING}

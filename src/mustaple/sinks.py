@@ -33,7 +33,13 @@ from cryptography.x509 import ocsp
 
 from mustaple.config import TableReader
 from mustaple.delivery import Action, Delivered, Delivery, Sink
-from mustaple.files import MAX_INPUT, clean_temporaries, read_prefix, write_atomic
+from mustaple.files import (
+    MAX_INPUT,
+    clean_temporaries,
+    read_prefix,
+    write_atomic,
+    write_atomic_many,
+)
 from mustaple.render import human_time
 from mustaple.shell import run_command
 
@@ -311,11 +317,38 @@ class FileSink:
         )
 
     async def deliver(self, batch: Sequence[Delivery]) -> list[Delivered]:
-        outcomes = [await asyncio.to_thread(self._apply, d) for d in batch]
+        outcomes = await asyncio.to_thread(self._apply_all, batch)
         return await self._reloader.finish(self.name, batch, outcomes)
 
-    def _apply(self, delivery: Delivery) -> _Outcome:
-        path = self.path_for(delivery)
+    def _apply_all(self, batch: Sequence[Delivery]) -> list[_Outcome]:
+        """Each delivery, in order, with the same outcome as one at a time; the files to write
+        are written together (`write_atomic_many`), before any removal and before a file
+        would be written a second time."""
+        outcomes: list[_Outcome] = []
+        pending: dict[Path, tuple[int, bytes]] = {}  # to write: place in the batch, bytes
+        for delivery in batch:
+            path = self.path_for(delivery)
+            der = self._writes(delivery)
+            if der is None or path in pending:
+                _write_pending(pending, outcomes)
+            outcome = self._apply(delivery, path) if der is None else self._unchanged(path, der)
+            if outcome is None:
+                pending[path] = (len(outcomes), der or b"")
+                outcome = _Outcome(True, needs_reload=True)
+            outcomes.append(outcome)
+        _write_pending(pending, outcomes)
+        return outcomes
+
+    def _writes(self, delivery: Delivery) -> bytes | None:
+        """The bytes `delivery` writes to its file, or None when it writes nothing."""
+        if delivery.action is Action.REMOVE or (
+            delivery.action is Action.REVOKED and self.remove_revoked
+        ):
+            return None
+        return delivery.der
+
+    def _apply(self, delivery: Delivery, path: Path) -> _Outcome:
+        """A delivery that writes nothing: a removal, or one without a response."""
         revoked = delivery.action is Action.REVOKED
         try:
             self._cleaner.once(path.parent)
@@ -325,13 +358,35 @@ class FileSink:
                 if self.keep_on_remove:
                     return _Outcome(False)
                 changed = _delete(path)
-            elif delivery.der is None:
-                return _Outcome(False, "nothing to staple: the delivery carries no response")
             else:
-                changed = _replace(path, delivery.der)
+                return _Outcome(False, "nothing to staple: the delivery carries no response")
         except OSError as exc:
             return _Outcome(False, _os_problem(path, exc))
         return _Outcome(changed, needs_reload=changed)
+
+    def _unchanged(self, path: Path, der: bytes) -> _Outcome | None:
+        """The outcome when `path` needs no write (it holds `der`, or cannot be written);
+        None when it is to be written (its directory then exists)."""
+        try:
+            self._cleaner.once(path.parent)
+            if read_prefix(path, len(der) + 1) == der:
+                return _Outcome(False)
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return _Outcome(False, _os_problem(path, exc))
+        return None
+
+
+def _write_pending(pending: dict[Path, tuple[int, bytes]], outcomes: list[_Outcome]) -> None:
+    """Write the pending files together; a file that could not be written says why."""
+    if not pending:
+        return
+    files = [(path, der) for path, (_, der) in pending.items()]
+    problems = write_atomic_many(files)
+    for (path, (index, _)), problem in zip(pending.items(), problems, strict=True):
+        if problem is not None:
+            outcomes[index] = _Outcome(False, _os_problem(path, problem))
+    pending.clear()
 
 
 # --- haproxy --------------------------------------------------------------------------------------

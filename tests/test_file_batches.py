@@ -1,0 +1,69 @@
+"""The file sink writes a batch together (`files.write_atomic_many`) with the outcome of
+writing its deliveries one at a time: every file in place and durable, in order, each failure
+its own."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from mustaple.delivery import Action, Delivery
+from mustaple.files import write_atomic_many
+from mustaple.sinks import FileSink
+
+
+def delivery(name: str, der: bytes | None, action: Action = Action.STAPLE) -> Delivery:
+    return Delivery(
+        key=name,
+        name=name,
+        cert_path=Path(f"/nowhere/{name}/fullchain.pem"),
+        action=action,
+        der=der,
+        issuer_pem=b"",
+        bundle_has_issuer=True,
+        status="good",
+    )
+
+
+def test_a_batch_writes_every_file_and_reports_each(tmp_path: Path) -> None:
+    sink = FileSink("files", path=str(tmp_path / "staples" / "{name}.der"))
+    (tmp_path / "staples").mkdir()
+    (tmp_path / "staples" / "same.der").write_bytes(b"same")
+    (tmp_path / "staples" / "dir.der").mkdir()  # not a regular file: never written over
+    batch = [delivery(f"c{i}", b"der %d" % i) for i in range(40)]
+    batch += [delivery("same", b"same"), delivery("dir", b"x")]
+    done = asyncio.run(sink.deliver(batch))
+    assert [d.changed for d in done] == [True] * 40 + [False, False]
+    assert [d.error is None for d in done] == [True] * 41 + [False]
+    assert "dir.der" in (done[-1].error or "")
+    for i in range(40):
+        assert (tmp_path / "staples" / f"c{i}.der").read_bytes() == b"der %d" % i
+    leftovers = [p.name for p in (tmp_path / "staples").iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_the_order_of_a_batch_is_kept_for_one_file(tmp_path: Path) -> None:
+    target = tmp_path / "one.der"
+    sink = FileSink("files", path=str(tmp_path / "{name}.der"))
+    batch = [
+        delivery("one", b"first"),
+        delivery("one", b"second"),
+        delivery("one", b"second"),
+        delivery("one", None, Action.REMOVE),
+        delivery("one", b"third"),
+    ]
+    done = asyncio.run(sink.deliver(batch))
+    assert [d.changed for d in done] == [True, True, False, True, True]
+    assert target.read_bytes() == b"third"
+
+
+def test_write_atomic_many_says_what_failed_and_writes_the_rest(tmp_path: Path) -> None:
+    (tmp_path / "busy").mkdir()
+    files = [(tmp_path / "a", b"A"), (tmp_path / "busy", b"B"), (tmp_path / "no" / "c", b"C")]
+    problems = write_atomic_many(files)
+    assert problems[0] is None
+    assert (tmp_path / "a").read_bytes() == b"A"
+    assert problems[1] is not None
+    assert (tmp_path / "busy").is_dir()
+    assert isinstance(problems[2], FileNotFoundError)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "busy"]
