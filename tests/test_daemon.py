@@ -29,6 +29,7 @@ from mustaple.report import ExitCode
 from mustaple.request import encode_request, get_url, make_cert_id
 from mustaple.testing import CA, Behaviour, Leaf, ResponderThread
 from mustaple.verify import Staple, verify
+from outside import wait_for
 
 MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))
 
@@ -185,13 +186,6 @@ def daemon(site: Site) -> Iterator[Callable[[], Daemon]]:
             d.process.kill()
         d.process.wait(10)
         d.notify.close()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_run_delivers_watches_and_stops_gracefully(

@@ -10,15 +10,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mustaple.testing import CA, ResponderThread
+from outside import get_json, wait_for
 from servers import free_port
 
 MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))
@@ -57,16 +56,8 @@ def fill(directory: Path) -> Path:
 
 
 def status(port: int) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as answer:
-        report: dict[str, Any] = json.load(answer)
+    report: dict[str, Any] = get_json(f"http://127.0.0.1:{port}/status")
     return report
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def states(port: int) -> dict[str, str]:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from mustaple.report import ExitCode
 from mustaple.store import cert_key
 from mustaple.testing import CA, Behaviour, Leaf, ResponderThread
 from mustaple.verify import Staple, verify
+from outside import wait_for
 from servers import HAProxyServer, RedisServer, staple_from
 from test_sinks import haproxy_pem
 
@@ -142,13 +143,6 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
                 member.process.kill()
                 member.process.wait()
             assert "Traceback" not in member.log(), member.log()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def _name(leaf: Leaf) -> str:

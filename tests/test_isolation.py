@@ -5,43 +5,22 @@ refreshing and serving the good one, and shows each bad one with its reason."""
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from mustaple.request import encode_request, get_url, make_cert_id
 from mustaple.testing import CA, Behaviour, ResponderThread
+from outside import get_json, http_get, wait_for
 from servers import free_port
 
 MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
-def get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            return answer.status, answer.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except OSError:  # not listening yet
-        return 0, b""
-
-
 def rows(port: int) -> dict[str, dict[str, Any]]:
-    _, body = get(f"http://127.0.0.1:{port}/status")
-    report = json.loads(body)
+    report = get_json(f"http://127.0.0.1:{port}/status")
     return {Path(c["paths"][0]).parent.name: c for c in report["certificates"]}
 
 
@@ -75,7 +54,7 @@ def test_bad_certificates_never_stop_the_keeper(tmp_path: Path) -> None:
             [MUSTAPLE, "run", "--config", str(config)], stderr=subprocess.PIPE, text=True
         )
         try:
-            wait_for(lambda: get(f"http://127.0.0.1:{port}/healthz")[0] == 200)
+            wait_for(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200)
             wait_for(lambda: rows(port)["good"]["failures"] >= 1)
             # while it runs, one more bad certificate lands in the watched glob
             ca.issue("late.test", ocsp_urls=["http://[::1/late"]).write(live / "late")
@@ -83,7 +62,7 @@ def test_bad_certificates_never_stop_the_keeper(tmp_path: Path) -> None:
             responder.set_behaviour(Behaviour.GOOD)  # the good one's next retry succeeds
             wait_for(lambda: rows(port)["good"]["state"] == "good")
             request = encode_request(make_cert_id(good.issuer, good.cert.serial_number))
-            status, body = get(get_url(f"http://127.0.0.1:{port}/ocsp", request))
+            status, body = http_get(get_url(f"http://127.0.0.1:{port}/ocsp", request))
             assert status == 200
             assert body == (tmp_path / "staples" / "good.test.der").read_bytes()
             seen = rows(port)

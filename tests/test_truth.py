@@ -10,9 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 import pytest
 
 from openssl_pki import Pki, Responder, run_openssl, serve_new_pki, start_responder
+from outside import get_json, http_get, wait_for
 from servers import NginxServer, free_port, staple_from
 
 MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))
@@ -70,8 +69,7 @@ class Deployment:
 
     def status(self) -> dict[str, Any]:
         """The running keeper's `/status`."""
-        with urllib.request.urlopen(f"{self.base}/status", timeout=5) as answer:
-            report: dict[str, Any] = json.load(answer)
+        report: dict[str, Any] = get_json(f"{self.base}/status")
         return report
 
     @property
@@ -79,11 +77,7 @@ class Deployment:
         return f"http://127.0.0.1:{self.http_port}"
 
     def ready(self) -> int:
-        try:
-            with urllib.request.urlopen(f"{self.base}/readyz", timeout=5) as answer:
-                return int(answer.status)
-        except urllib.error.HTTPError as exc:
-            return exc.code
+        return http_get(f"{self.base}/readyz")[0]
 
     def revoke(self) -> None:
         """Revoke the certificate in the CA's index; `openssl ocsp` reads its index at start,
@@ -168,25 +162,10 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
         d.responder.stop()
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
 def certificate(report: dict[str, Any]) -> dict[str, Any]:
     (cert,) = report["certificates"]
     assert isinstance(cert, dict)
     return cert
-
-
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2):
-            return True
-    except (OSError, urllib.error.URLError):
-        return False
 
 
 def test_prime_before_nginx_then_revocation_found_by_prime_reaches_everything(
@@ -200,7 +179,7 @@ def test_prime_before_nginx_then_revocation_found_by_prime_reaches_everything(
     d.nginx.start()
     assert d.says(staple_from(d.nginx.port, HOST) or b"") == "good"
     keeper = d.run()
-    wait_for(lambda: answers(f"{d.base}/healthz"))
+    wait_for(lambda: http_get(f"{d.base}/healthz")[0] == 200)
     wait_for(lambda: certificate(d.status())["state"] == "good")
     assert d.ready() == 200
 
@@ -227,7 +206,7 @@ def test_prime_before_nginx_then_revocation_found_by_prime_reaches_everything(
     assert "Traceback" not in log
     assert "restored a valid staple" not in log.split("revoked at")[-1]
     again = d.run()
-    wait_for(lambda: answers(f"{d.base}/healthz"))
+    wait_for(lambda: http_get(f"{d.base}/healthz")[0] == 200)
     assert certificate(d.status())["state"] == "revoked"
     time.sleep(1.5)  # a pass or two of the new keeper
     assert d.says(d.staple.read_bytes()) == "revoked"
@@ -244,7 +223,7 @@ def test_recovery_stored_by_prime_is_taken_by_the_running_keeper(deployment: Dep
     port = d.responder.port
     d.responder.stop()  # the CA is down from the start: the keeper fails
     keeper = d.run()
-    wait_for(lambda: answers(f"{d.base}/healthz"))
+    wait_for(lambda: http_get(f"{d.base}/healthz")[0] == 200)
     wait_for(lambda: certificate(d.status())["state"] == "failing")
     d.responder = start_responder(d.pki, "issuer", port=port)
     assert d.prime(str(d.fullchain)).returncode == 0
@@ -319,7 +298,7 @@ def test_the_same_leaf_in_two_entries_is_one_certificate(deployment: Deployment)
     assert row["state"] == "good"
     assert sorted(row["paths"]) == sorted([str(d.fullchain), str(combined)])
     keeper = d.run()
-    wait_for(lambda: answers(f"{d.base}/healthz"))
+    wait_for(lambda: http_get(f"{d.base}/healthz")[0] == 200)
     cert = certificate(d.status())
     assert sorted(cert["paths"]) == sorted([str(d.fullchain), str(combined)])
     keeper.send_signal(signal.SIGTERM)
@@ -351,7 +330,7 @@ def test_an_unusable_certificate_is_visible_everywhere(deployment: Deployment) -
     lonely.mkdir()
     (lonely / "fullchain.pem").write_bytes(d.pki.leaf("unknown").read_bytes())  # no issuer
     keeper = d.run()
-    wait_for(lambda: answers(f"{d.base}/healthz"))
+    wait_for(lambda: http_get(f"{d.base}/healthz")[0] == 200)
     wait_for(lambda: len(d.status()["certificates"]) == 2)
     rows = {tuple(c["paths"]): c for c in d.status()["certificates"]}
     bad = rows[(str(lonely / "fullchain.pem"),)]
@@ -360,8 +339,7 @@ def test_an_unusable_certificate_is_visible_everywhere(deployment: Deployment) -
     assert bad["last_error"] == "cert-unusable"
     assert "`issuer`" in bad["last_message"]
     assert d.ready() == 503  # a must-staple certificate that cannot be served
-    with urllib.request.urlopen(f"{d.base}/metrics", timeout=5) as answer:
-        metrics = answer.read().decode()
+    metrics = http_get(f"{d.base}/metrics")[1].decode()
     unusable = f'mustaple_status{{name="{d.pki.host("unknown")}",serial="",state="unusable"}} 1.0'
     assert unusable in metrics
     shown = d.mustaple("status", "--config", str(d.config), "--json")
@@ -381,7 +359,7 @@ def test_sink_failures_are_shown_and_logged_with_the_name_not_every_pass(
         .replace(f'reload = "{d.nginx.reload_command}"\n', "")
     )
     keeper = d.run()
-    wait_for(lambda: answers(f"{d.base}/healthz"))
+    wait_for(lambda: http_get(f"{d.base}/healthz")[0] == 200)
     wait_for(lambda: certificate(d.status())["sinks"])
     time.sleep(8)  # several passes
     cert = certificate(d.status())

@@ -1,0 +1,36 @@
+"""Looking at a running system from outside, for the tests that run real processes: wait for a
+condition, and ask an HTTP endpoint (a status code and a body, never an exception)."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 20) -> None:
+    """Until `condition()` is true; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    """(status, body); (0, b"") while nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return 0, b""
+
+
+def get_json(url: str) -> Any:
+    status, body = http_get(url)
+    assert status == 200, (url, status, body[:200])
+    return json.loads(body)
