@@ -1,6 +1,6 @@
-"""A full disk under the state directory degrades, never kills: a real `mustaple run` on a small
-tmpfs keeps fetching and delivering from memory, says so on `/status`, and stores what is
-pending by itself once space returns."""
+"""A full disk degrades, never kills: a real `mustaple run` with its state, or its staple files,
+on a small tmpfs keeps going, says so on `/status`, and catches up by itself once space
+returns."""
 
 from __future__ import annotations
 
@@ -17,28 +17,36 @@ from typing import Any
 import pytest
 
 from mustaple.testing import CA, ResponderThread
-from outside import get_json, wait_for
+from outside import get_json, http_get, wait_for
 from servers import free_port
 
 MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))
 
 
-@pytest.fixture
-def small_state(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs for the state directory (the tests run as root, as CI does)."""
-    state = tmp_path / "state"
-    state.mkdir()
+def mounted(directory: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs at `directory` (the tests run as root, as CI does)."""
+    directory.mkdir()
     mount = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(state)],
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(directory)],
         capture_output=True,
         text=True,
         check=False,
     )
     assert mount.returncode == 0, f"this test mounts a tmpfs as root: {mount.stderr.strip()}"
     try:
-        yield state
+        yield directory
     finally:
-        subprocess.run(["umount", "-l", str(state)], check=False)
+        subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+@pytest.fixture
+def small_state(tmp_path: Path) -> Iterator[Path]:
+    yield from mounted(tmp_path / "state")
+
+
+@pytest.fixture
+def small_staples(tmp_path: Path) -> Iterator[Path]:
+    yield from mounted(tmp_path / "staples")
 
 
 def fill(directory: Path) -> Path:
@@ -118,3 +126,44 @@ def test_a_full_state_disk_keeps_the_keeper_serving_and_recovers(
     assert log.count("the state store cannot be written") == 1
     assert "state store writable again" in log
     assert shutil.disk_usage(small_state).free > 0
+
+
+def test_a_full_sink_directory_is_a_sink_failure_that_heals(
+    tmp_path: Path, small_staples: Path
+) -> None:
+    ca = CA()
+    port = free_port()
+    config = tmp_path / "mustaple.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path}/state"\n'
+        f'[[certificates]]\npaths = ["{tmp_path}/live/*/fullchain.pem"]\n'
+        f'[sinks.files]\ntype = "file"\npath = "{small_staples}/{{name}}.der"\n'
+        '[policy]\ntimeout = "2s"\nattempts = 1\nwatch_interval = "1s"\n'
+        f'[http]\nlisten = "127.0.0.1:{port}"\n'
+    )
+    with ResponderThread(ca) as responder:
+        leaf = ca.issue("a.test", ocsp_urls=[responder.url])
+        responder.add(leaf)
+        filler = fill(small_staples)
+        leaf.write(tmp_path / "live" / "a.test")
+        keeper = subprocess.Popen(
+            [MUSTAPLE, "run", "--config", str(config)], stderr=subprocess.PIPE, text=True
+        )
+        try:
+            wait_for(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200)
+            wait_for(lambda: status(port)["certificates"][0]["sinks"])
+            (sink,) = status(port)["certificates"][0]["sinks"]
+            assert not sink["ok"]
+            assert "No space left on device" in sink["error"]
+            assert status(port)["certificates"][0]["health"] != "ok"
+            filler.unlink()  # space returns: the next retry delivers
+            wait_for((small_staples / "a.test.der").exists, timeout=30)
+            wait_for(lambda: status(port)["certificates"][0]["sinks"][0]["ok"])
+            assert keeper.poll() is None
+        finally:
+            keeper.send_signal(signal.SIGTERM)
+            code = keeper.wait(20)
+        log = keeper.stderr.read() if keeper.stderr else ""
+    assert code == 0, log
+    assert "Traceback" not in log
+    assert "a.test: sink files takes the staple again" in log
