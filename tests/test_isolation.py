@@ -61,6 +61,7 @@ def test_bad_certificates_never_stop_the_keeper(tmp_path: Path) -> None:
             wait_for(lambda: "late" in rows(port))
             responder.set_behaviour(Behaviour.GOOD)  # the good one's next retry succeeds
             wait_for(lambda: rows(port)["good"]["state"] == "good")
+            wait_for((tmp_path / "staples" / "good.test.der").exists)  # delivered at the pass end
             request = encode_request(make_cert_id(good.issuer, good.cert.serial_number))
             status, body = http_get(get_url(f"http://127.0.0.1:{port}/ocsp", request))
             assert status == 200

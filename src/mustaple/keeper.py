@@ -242,7 +242,8 @@ class Keeper:
         self._trace_configs = list(trace_configs)  # e.g. `prime` showing what it waits on
         self._hooks: set[asyncio.Task[None]] = set()
         self._writes: list[Callable[[], object]] = []
-        self._statuses: dict[str, CertStatus] = {}  # pending: only the last one per key
+        # pending status rows, one per key: a Life's row is made from its state at the flush
+        self._statuses: dict[str, CertStatus | Life] = {}
         self._store_problem: str | None = None
 
     async def __aenter__(self) -> Keeper:
@@ -677,19 +678,17 @@ class Keeper:
         )
 
     def _save_status(self, life: Life) -> None:
-        view = self.view(life)
-        self._write_status(life.key, _status(view))
+        self._write_status(life.key, life)
 
     def _write(self, write: Callable[[], object]) -> None:
         self._writes.append(write)
-        if len(self._writes) + len(self._statuses) >= WRITE_GROUP:
+        if len(self._writes) >= WRITE_GROUP:
             self._flush()
 
-    def _write_status(self, key: str, status: CertStatus) -> None:
-        """A certificate's status row, written with the group; a newer one replaces it."""
+    def _write_status(self, key: str, status: CertStatus | Life) -> None:
+        """A certificate's status row, written with the next group (at the latest at the end
+        of the pass): one row per certificate however often its state changed meanwhile."""
         self._statuses[key] = status
-        if len(self._writes) + len(self._statuses) >= WRITE_GROUP:
-            self._flush()
 
     def _flush(self) -> None:
         """Apply the pending store writes in one transaction. When the store cannot take them
@@ -703,7 +702,8 @@ class Keeper:
                 for write in writes:
                     write()
                 for key, status in statuses.items():
-                    self.store.save_status(key, status)
+                    row = status if isinstance(status, CertStatus) else _status(self.view(status))
+                    self.store.save_status(key, row)
         except (sqlite3.Error, OSError) as exc:
             self._writes = writes + self._writes
             self._statuses = statuses | self._statuses
@@ -736,22 +736,9 @@ class Keeper:
 
     # --- The deploy gate --------------------------------------------------------------------------
 
-    def covered(self) -> dict[Path, tuple[Path, CertEntry]]:
-        """Every configured file by its resolved path (relative paths and symlinks such as
-        certbot's `live/` resolved), with the path as configured and its entry."""
-        files = configured_files(self.config).items()
-        return {_resolved(path): (path, entry) for path, entry in reversed(list(files))}
-
-    def _covering(
-        self, given: Path, covered: Mapping[Path, tuple[Path, CertEntry]]
-    ) -> tuple[Path, CertEntry]:
-        found = covered.get(_resolved(given))
-        if found is None:
-            raise InputError(
-                f"{given}: no [[certificates]] entry of {self.config.path} covers this file: "
-                "add it (or a glob matching it) to an entry's `paths`"
-            )
-        return found
+    def covered(self) -> Coverage:
+        """Which configured file, and entry, a path given to `prime` is."""
+        return Coverage(self.config)
 
     async def prime(self, paths: Sequence[Path]) -> list[Managed]:
         """Load `paths` (each covered by an entry), fetch each now (in fleet mode: unless the
@@ -759,7 +746,7 @@ class Keeper:
         files."""
         chosen, covered = [], self.covered()
         for given in paths:
-            path, entry = self._covering(given, covered)
+            path, entry = covered.find(given)
             stamp = _stamp(path)
             if stamp is None:
                 raise InputError(f"{given}: certificate not found")
@@ -776,6 +763,34 @@ class Keeper:
         self._flush()
         await self.deliver()
         return chosen
+
+
+class Coverage:
+    """The configured files and their entries, to find the one a given path is: as written
+    first, else with relative paths and symlinks (certbot's `live/`) resolved on both sides
+    (resolving costs a system call per path component, so only when needed)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.files = configured_files(config)
+
+    @functools.cached_property
+    def resolved(self) -> dict[Path, tuple[Path, CertEntry]]:
+        files = reversed(list(self.files.items()))  # the first entry wins
+        return {_resolved(path): (path, entry) for path, entry in files}
+
+    def find(self, given: Path) -> tuple[Path, CertEntry]:
+        """The configured path and its entry; InputError when no entry covers `given`."""
+        entry = self.files.get(given) if given.is_absolute() else None
+        if entry is not None:
+            return given, entry
+        found = self.resolved.get(_resolved(given))
+        if found is None:
+            raise InputError(
+                f"{given}: no [[certificates]] entry of {self.config.path} covers this file: "
+                "add it (or a glob matching it) to an entry's `paths`"
+            )
+        return found
 
 
 def configured_files(config: Config) -> dict[Path, CertEntry]:
