@@ -33,7 +33,8 @@ from mustaple import __version__
 from mustaple.certs import Target, parse_certificates
 from mustaple.clock import Clock, utc_now
 from mustaple.errors import InputError
-from mustaple.proxy import Proxy, ProxyError, check_proxy_url, choose_proxy
+from mustaple.fetchtypes import DEFAULT_FETCH_POLICY, Attempt, FetchPolicy, FetchResult
+from mustaple.proxy import Proxy, ProxyError, choose_proxy
 from mustaple.reasons import Reason, Rejection
 from mustaple.request import HttpRequest, encode_request, make_cert_id, plan_requests
 from mustaple.urls import url_problem
@@ -66,64 +67,6 @@ _SLOW_DOWN = {429, 503}
 _PROXY_REFUSALS = {401, 403, 407}
 
 Sleep = Callable[[float], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True)
-class FetchPolicy:
-    """Timeouts (seconds), size cap (bytes) and retry rules for talking to responders."""
-
-    connect_timeout: float = 5.0
-    total_timeout: float = 10.0
-    max_size: int = 65536
-    max_redirects: int = 3
-    attempts_per_url: int = 3
-    backoff_base: float = 0.5
-    backoff_max: float = 30.0
-    retry_after_max: float = 60.0
-    proxy: str | None = None  # None: from the environment (HTTP_PROXY...); "": no proxy
-
-    def __post_init__(self) -> None:
-        if self.attempts_per_url < 1:
-            raise ValueError("attempts_per_url must be at least 1")
-        if min(self.connect_timeout, self.total_timeout) <= 0 or self.max_size <= 0:
-            raise ValueError("timeouts and max_size must be positive")
-        if self.proxy:
-            check_proxy_url(self.proxy)
-
-
-DEFAULT_FETCH_POLICY = FetchPolicy()
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One HTTP exchange with a responder and how it ended."""
-
-    url: str
-    method: str
-    started: datetime
-    latency: float  # seconds
-    http_status: int | None
-    reason: str | None  # a Reason code, None when the answer was a usable staple
-    message: str
-    proxy: str | None = None  # the proxy the request went through (no credentials)
-
-    @property
-    def ok(self) -> bool:
-        return self.reason is None
-
-
-@dataclass(frozen=True)
-class FetchResult:
-    """The staple obtained, or the last rejection, with every attempt on the way."""
-
-    staple: Staple | None
-    rejection: Rejection | None
-    attempts: tuple[Attempt, ...]
-    url: str | None  # the base URL the staple (or the last rejection) came from
-
-    @property
-    def ok(self) -> bool:
-        return self.staple is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,7 +51,8 @@ from mustaple.config import CertEntry, Config, with_proxy
 from mustaple.delivery import Action, Delivered, Delivery, Sink, SinkHealth
 from mustaple.errors import InputError
 from mustaple.events import HOOK_FOR, Event, run_hook
-from mustaple.fetch import USER_AGENT, FetchResult, fetch_staple
+from mustaple.fetch import USER_AGENT, fetch_staple
+from mustaple.fetchtypes import FetchResult
 from mustaple.files import read_input
 from mustaple.lifecycle import Accepted, CertState, Phase, Rejected, Restored, Tick, Wait
 from mustaple.loader import load_file

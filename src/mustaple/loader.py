@@ -24,7 +24,8 @@ from mustaple.certs import (
     parse_certificates,
 )
 from mustaple.errors import InputError
-from mustaple.fetch import DEFAULT_FETCH_POLICY, FetchPolicy, fetch_issuer
+from mustaple.fetch import fetch_issuer
+from mustaple.fetchtypes import DEFAULT_FETCH_POLICY, FetchPolicy
 from mustaple.files import read_input
 from mustaple.issuers import issuer_over_aia
 
