@@ -17,6 +17,7 @@ PURE = (
     "checkjudge",
     "checkrender",
     "clock",
+    "fetchplan",
     "fetchtypes",
     "issuers",
     "lifecycle",

@@ -1,18 +1,26 @@
 """What a fetch is asked and what it gives, without doing one: the value types shared by the
 fetcher, the configuration, the keeper and the reports (`FetchPolicy`, `Attempt`,
-`FetchResult`). Pure: importing it loads no I/O library, so `config` and `report` stay pure.
+`FetchResult`), and `Fetcher`, the seam through which the keeper fetches (`fetch.HttpFetcher`
+over HTTP; a test hands in its own, such as `mustaple.testing.MemoryFetcher`). Pure: importing
+it loads no I/O library, so `config` and `report` stay pure.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
+from cryptography import x509
+
+from mustaple.certs import Target
+from mustaple.clock import Clock
 from mustaple.proxy import check_proxy_url
 from mustaple.reasons import Rejection
-from mustaple.verify import Staple
+from mustaple.verify import Policy, Staple
 
-__all__ = ["DEFAULT_FETCH_POLICY", "Attempt", "FetchPolicy", "FetchResult"]
+__all__ = ["DEFAULT_FETCH_POLICY", "Attempt", "FetchPolicy", "FetchResult", "Fetcher"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,3 +79,29 @@ class FetchResult:
     @property
     def ok(self) -> bool:
         return self.staple is not None
+
+
+class Fetcher(Protocol):
+    """How the keeper gets staples and issuer certificates, handed to it (`Keeper(fetcher=)`)."""
+
+    async def fetch(
+        self,
+        target: Target,
+        *,
+        urls: Sequence[str],
+        hash_name: str,
+        policy: FetchPolicy,
+        verify_policy: Policy,
+        current: Staple | None,
+        clock: Clock,
+        rng: Callable[[], float],
+    ) -> FetchResult:
+        """A validated staple for `target` better than `current`, from `urls` then the
+        certificate's own; never raises for a misbehaving responder."""
+        ...
+
+    async def issuer(
+        self, url: str, *, policy: FetchPolicy, cache: MutableMapping[str, bytes] | None
+    ) -> list[x509.Certificate]:
+        """The certificates at an AIA caIssuers URL; InputError (one line) when it fails."""
+        ...
