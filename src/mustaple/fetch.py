@@ -35,7 +35,7 @@ from mustaple.certs import Target, parse_certificates
 from mustaple.clock import Clock, utc_now
 from mustaple.errors import InputError
 from mustaple.fetchplan import Exchange, Stop, Taken, Wait, judged, next_step, routes_for
-from mustaple.fetchtypes import DEFAULT_FETCH_POLICY, Attempt, FetchPolicy, FetchResult
+from mustaple.fetchtypes import DEFAULT_FETCH_POLICY, Attempt, FetchJob, FetchPolicy, FetchResult
 from mustaple.proxy import Proxy, ProxyError, choose_proxy
 from mustaple.reasons import Reason, Rejection
 from mustaple.request import HttpRequest, encode_request, make_cert_id
@@ -124,25 +124,14 @@ class HttpFetcher:
         if self.session is not None:
             await self.session.close()
 
-    async def fetch(
-        self,
-        target: Target,
-        *,
-        urls: Sequence[str],
-        hash_name: str,
-        policy: FetchPolicy,
-        verify_policy: Policy,
-        current: Staple | None,
-        clock: Clock,
-        rng: Callable[[], float],
-    ) -> FetchResult:
+    async def fetch(self, job: FetchJob, *, clock: Clock, rng: Callable[[], float]) -> FetchResult:
         return await fetch_staple(
-            target,
-            urls=urls,
-            hash_name=hash_name,
-            policy=policy,
-            verify_policy=verify_policy,
-            current=current,
+            job.target,
+            urls=job.urls,
+            hash_name=job.hash_name,
+            policy=job.policy,
+            verify_policy=job.verify_policy,
+            current=job.current,
             session=self.session,
             clock=clock,
             rng=rng,

@@ -1,5 +1,5 @@
 """What a fetch is asked and what it gives, without doing one: the value types shared by the
-fetcher, the configuration, the keeper and the reports (`FetchPolicy`, `Attempt`,
+fetcher, the configuration, the keeper and the reports (`FetchPolicy`, `FetchJob`, `Attempt`,
 `FetchResult`), and `Fetcher`, the seam through which the keeper fetches (`fetch.HttpFetcher`
 over HTTP; a test hands in its own, such as `mustaple.testing.MemoryFetcher`). Pure: importing
 it loads no I/O library, so `config` and `report` stay pure.
@@ -18,9 +18,9 @@ from mustaple.certs import Target
 from mustaple.clock import Clock
 from mustaple.proxy import check_proxy_url
 from mustaple.reasons import Rejection
-from mustaple.verify import Policy, Staple
+from mustaple.verify import DEFAULT_POLICY, Policy, Staple
 
-__all__ = ["DEFAULT_FETCH_POLICY", "Attempt", "FetchPolicy", "FetchResult", "Fetcher"]
+__all__ = ["DEFAULT_FETCH_POLICY", "Attempt", "FetchJob", "FetchPolicy", "FetchResult", "Fetcher"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,23 +81,25 @@ class FetchResult:
         return self.staple is not None
 
 
+@dataclass(frozen=True, slots=True)
+class FetchJob:
+    """What one fetch is asked: a staple for `target`, valid under `verify_policy` and better
+    than `current`, from `urls` then the certificate's own, asked with `hash_name`."""
+
+    target: Target
+    urls: Sequence[str] = ()
+    hash_name: str = "sha1"
+    policy: FetchPolicy = DEFAULT_FETCH_POLICY
+    verify_policy: Policy = DEFAULT_POLICY
+    current: Staple | None = None
+
+
 class Fetcher(Protocol):
     """How the keeper gets staples and issuer certificates, handed to it (`Keeper(fetcher=)`)."""
 
-    async def fetch(
-        self,
-        target: Target,
-        *,
-        urls: Sequence[str],
-        hash_name: str,
-        policy: FetchPolicy,
-        verify_policy: Policy,
-        current: Staple | None,
-        clock: Clock,
-        rng: Callable[[], float],
-    ) -> FetchResult:
-        """A validated staple for `target` better than `current`, from `urls` then the
-        certificate's own; never raises for a misbehaving responder."""
+    async def fetch(self, job: FetchJob, *, clock: Clock, rng: Callable[[], float]) -> FetchResult:
+        """The staple `job` asks for, or why there is none; never raises for a misbehaving
+        responder."""
         ...
 
     async def issuer(

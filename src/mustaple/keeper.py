@@ -52,7 +52,7 @@ from mustaple.delivery import Action, Delivered, Delivery, Sink, SinkHealth
 from mustaple.errors import InputError
 from mustaple.events import HOOK_FOR, Event, run_hook
 from mustaple.fetch import HttpFetcher
-from mustaple.fetchtypes import Fetcher, FetchResult
+from mustaple.fetchtypes import Fetcher, FetchJob, FetchResult
 from mustaple.files import read_input
 from mustaple.lifecycle import Accepted, CertState, Phase, Rejected, Restored, Tick, Wait
 from mustaple.loader import load_file
@@ -499,16 +499,15 @@ class Keeper:
         """Fetch and apply; the store writes wait for the next `_flush`."""
         host = _host(managed)
         async with self._all, self._hosts.setdefault(host, asyncio.Semaphore(self.policy.per_host)):
-            result = await self.fetcher.fetch(
+            job = FetchJob(
                 managed.target,
                 urls=managed.entry.urls,
                 hash_name=self.policy.hash_name,
                 policy=with_proxy(self.policy.fetch, managed.entry),
                 verify_policy=self.policy.verify,
                 current=managed.life.state.answer,
-                clock=self.clock,
-                rng=self.dice,
             )
+            result = await self.fetcher.fetch(job, clock=self.clock, rng=self.dice)
         now = self.clock()
         self._write(
             functools.partial(self.store.add_attempts, managed.key, attempt_records(result))
