@@ -66,7 +66,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 
 import mustaple
 import mustaple.fetch
-import mustaple.keeper
+import mustaple.fetchplan
 from baselines import Measured, cron_loop, environment_without_proxy, floor_main
 from docsection import cpu_model, markers, write_section
 from mustaple.certs import Target
@@ -439,7 +439,8 @@ class TimedKeeper(Keeper):
 
 
 def time_fetches(phases: Phases) -> None:
-    """Make the keeper's `fetch_staple` note when fetching began and ended, and the attempts."""
+    """Make the keeper's fetcher (its `fetch_staple`) note when fetching began and ended, and
+    the attempts."""
 
     async def timed(target: Target, **options: Any) -> FetchResult:
         if not phases.first_fetch:
@@ -449,11 +450,11 @@ def time_fetches(phases: Phases) -> None:
         phases.attempts += len(result.attempts)
         return result
 
-    vars(mustaple.keeper)["fetch_staple"] = timed
+    vars(mustaple.fetch)["fetch_staple"] = timed
 
 
 def time_validation(phases: Phases) -> None:
-    """Make the fetcher's `judge` (the one `fetch_staple` calls) add its time to `phases`."""
+    """Make the fetcher's `judge` (the one `fetchplan.judged` calls) add its time to `phases`."""
 
     def timed(
         answer: HttpAnswer, target: Target, now: datetime, policy: Policy = DEFAULT_POLICY
@@ -464,7 +465,7 @@ def time_validation(phases: Phases) -> None:
         finally:
             phases.validate += time.perf_counter() - start
 
-    vars(mustaple.fetch)["judge"] = timed
+    vars(mustaple.fetchplan)["judge"] = timed
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ PURE = (
     "checkjudge",
     "checkrender",
     "clock",
+    "fetchplan",
+    "fetchtypes",
     "issuers",
     "lifecycle",
     "reasons",
@@ -74,10 +76,6 @@ def test_the_check_finds_an_io_import() -> None:
     assert "aiohttp" in own_imports("fetch")
 
 
-@pytest.mark.xfail(
-    reason="config builds fetch.FetchPolicy, and fetch.py loads aiohttp: FetchPolicy moves to "
-    "a module of its own once the perf branch's fetch.py is merged (issue 18, item 2)",
-    strict=True,
-)
 def test_config_loads_no_io_library() -> None:
+    """config builds a `FetchPolicy`, which lives in fetchtypes, not beside aiohttp in fetch."""
     assert loaded_after_importing("config") == set()

@@ -1,4 +1,6 @@
-"""The keeper against the misbehaving responder, driven by a fake clock (no sleeping).
+"""The keeper driven by a fake clock (no sleeping): its logic with a fetcher that needs no
+socket (`MemoryFetcher`: schedules, restarts, revocation, delivery), and the real HTTP path
+against the misbehaving responder (outages, every misbehaviour, concurrency per host).
 
 Sinks here record what they are given; the real servers are in test_sinks.py.
 """
@@ -7,27 +9,37 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
-from datetime import timedelta
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
+from cryptography.x509 import ocsp
 
 from conftest import Handler, LoopbackServer
+from mustaple.certs import Target
 from mustaple.config import Config, Hooks
 from mustaple.delivery import Action
 from mustaple.keeper import Keeper
+from mustaple.reasons import Reason, Rejection
 from mustaple.request import make_cert_id
 from mustaple.store import SqliteStore
 from mustaple.testing import (
+    CA,
     QUICK_FETCH,
     Behaviour,
     KeyType,
+    Leaf,
+    ManualClock,
+    MemoryFetcher,
     RecordingSink,
     World,
+    craft_response,
+    good_spec,
     keeper_config,
     keeper_world,
 )
@@ -54,27 +66,90 @@ def run(coro: Callable[[Path], object], tmp: Path) -> None:
     asyncio.run(coro(tmp))  # type: ignore[arg-type]
 
 
+NOWHERE = "http://127.0.0.1:9/"  # nothing listens: only a MemoryFetcher answers for it
+
+
+@dataclass
+class Offline:
+    """A keeper whose fetches a `MemoryFetcher` answers: the CA's correct answer, or what
+    the test sets (`failing`, `revoked`)."""
+
+    tmp: Path
+    clock: ManualClock
+    ca: CA
+    sink: RecordingSink = field(default_factory=RecordingSink)
+    leaves: dict[int, Leaf] = field(default_factory=dict)
+    failing: Rejection | None = None
+    revoked: bool = False
+
+    def issue(self, name: str) -> Leaf:
+        leaf = self.ca.issue(name, ocsp_urls=[NOWHERE])
+        self.leaves[leaf.cert.serial_number] = leaf
+        leaf.write(self.tmp / "live" / name)
+        return leaf
+
+    def answer(self, target: Target, now: datetime) -> bytes | Rejection:
+        if self.failing is not None:
+            return self.failing
+        spec = good_spec(self.leaves[target.serial], self.ca.issuing, now)
+        if self.revoked:
+            single = replace(
+                spec.singles[0],
+                status=ocsp.OCSPCertStatus.REVOKED,
+                revocation_time=now - timedelta(hours=1),
+            )
+            spec = replace(spec, singles=(single,))
+        return craft_response(spec)
+
+    def keeper(self, store: SqliteStore, fetcher: MemoryFetcher, **policy: Any) -> Keeper:
+        return Keeper(
+            config(self.tmp, **policy),
+            store=store,
+            sinks={self.sink.name: self.sink},
+            clock=self.clock,
+            dice=lambda: 0.5,
+            fetcher=fetcher,
+        )
+
+
+@asynccontextmanager
+async def offline(tmp: Path, **policy: Any) -> AsyncIterator[tuple[Offline, Keeper, MemoryFetcher]]:
+    """A keeper of `tmp/live` with no socket: the world, the keeper, its fetcher."""
+    clock = ManualClock()
+    world = Offline(tmp, clock, CA(now=clock.now - DAY))
+    fetcher = MemoryFetcher(world.answer)
+    store = SqliteStore(tmp / "state" / "state.db")
+    try:
+        async with world.keeper(store, fetcher, **policy) as keeper:
+            yield world, keeper, fetcher
+    finally:
+        store.close()
+
+
 def test_new_certificate_is_fetched_stored_and_delivered(tmp_path: Path) -> None:
     async def scenario(tmp: Path) -> None:
-        async with world(tmp) as w:
+        async with offline(tmp) as (w, keeper, fetcher):
             leaf = w.issue("a.test")
-            assert [m.name for m in await w.keeper.scan()] == ["a.test"]
-            await w.keeper.tick()
+            assert [m.name for m in await keeper.scan()] == ["a.test"]
+            await keeper.tick()
+            assert [t.serial for t in fetcher.fetched] == [leaf.cert.serial_number]
             delivery = w.sink.last()
             assert delivery.action is Action.STAPLE
             assert delivery.name == "a.test"
             assert delivery.bundle_has_issuer
-            managed = next(iter(w.keeper.managed.values()))
+            managed = next(iter(keeper.managed.values()))
             assert managed.held is not None
             assert managed.held.der == delivery.der
             assert (
                 managed.next_due == managed.held.this_update + 2 * DAY - 0.2 * DAY
             )  # 4-day window
-            stored = w.keeper.store.load(managed.key)
+            stored = keeper.store.load(managed.key)
             assert stored is not None
             assert stored.der == delivery.der
-            assert leaf.cert.serial_number == managed.target.serial
-            await w.keeper.tick()  # nothing due, nothing changed: nothing delivered again
+            assert stored.responder_url == NOWHERE
+            assert [a.url for a in keeper.store.history(managed.key)] == [NOWHERE]
+            await keeper.tick()  # nothing due, nothing changed: nothing fetched or delivered
+            assert len(fetcher.fetched) == 1
             assert len(w.sink.batches) == 1
 
     run(scenario, tmp_path)
@@ -82,41 +157,45 @@ def test_new_certificate_is_fetched_stored_and_delivered(tmp_path: Path) -> None
 
 def test_a_week_of_refreshes_always_serves_a_valid_staple(tmp_path: Path) -> None:
     async def scenario(tmp: Path) -> None:
-        async with world(tmp) as w:
+        async with offline(tmp) as (w, keeper, fetcher):
             w.issue("a.test")
-            await w.keeper.scan()
-            await w.keeper.tick()
-            start, fetches = w.clock.now, len(w.responder.requests)
+            await keeper.scan()
+            await keeper.tick()
+            start = w.clock.now
             while w.clock.now < start + 7 * DAY:
-                await w.advance_to_next()
-                served = w.keeper.managed[next(iter(w.keeper.managed))].held
+                wake = keeper.next_wakeup()
+                assert wake is not None
+                w.clock.now = max(wake, w.clock.now)
+                await keeper.tick()
+                served = next(iter(keeper.managed.values())).held
                 assert served is not None
                 assert served.fraction_left(w.clock.now) > 0.4
                 assert w.sink.last().der == served.der
-            assert 4 <= len(w.responder.requests) - fetches <= 5
+            assert 4 <= len(fetcher.fetched) - 1 <= 5
 
     run(scenario, tmp_path)
 
 
 def test_restart_delivers_the_stored_staple_before_fetching(tmp_path: Path) -> None:
     async def scenario(tmp: Path) -> None:
-        async with world(tmp) as w:
+        async with offline(tmp) as (w, keeper, _):
             w.issue("a.test")
-            await w.keeper.scan()
-            await w.keeper.tick()
+            await keeper.scan()
+            await keeper.tick()
             first = w.sink.last().der
-            w.responder.set_behaviour(Behaviour.HANG)
+            w.failing = Rejection(Reason.TIMEOUT, "after 1 s")
+            w.sink = RecordingSink()
+            fetcher = MemoryFetcher(w.answer)
             store = SqliteStore(tmp / "state" / "state.db")
-            sink = RecordingSink()
-            fresh = Keeper(w.keeper.config, store=store, sinks={"record": sink}, clock=w.clock)
-            async with fresh:
+            async with w.keeper(store, fetcher) as fresh:
                 await fresh.scan()
-                served_before = len(w.responder.requests)
                 await fresh.deliver()
-                assert sink.last().der == first
-                assert len(w.responder.requests) == served_before
-                assert fresh.next_wakeup() is not None
-                assert fresh.next_wakeup() > w.clock.now  # type: ignore[operator]
+                assert w.sink.last().der == first
+                assert fetcher.fetched == []
+                wake = fresh.next_wakeup()
+                assert wake is not None
+                assert wake > w.clock.now
+            store.close()
 
     run(scenario, tmp_path)
 
@@ -195,17 +274,17 @@ def test_outage_keeps_the_last_good_staple_until_expiry_then_removes_it(
 
 def test_revoked_replaces_the_good_staple_everywhere_and_is_hooked(tmp_path: Path) -> None:
     async def scenario(tmp: Path) -> None:
-        async with world(tmp) as w:
+        async with offline(tmp) as (w, keeper, _):
             w.issue("a.test")
-            await w.keeper.scan()
-            await w.keeper.tick()
-            w.responder.set_behaviour(Behaviour.REVOKED)
-            w.clock.now = w.keeper.next_wakeup()  # type: ignore[assignment]
-            await w.keeper.tick()
+            await keeper.scan()
+            await keeper.tick()
+            w.revoked = True
+            w.clock.now = keeper.next_wakeup()  # type: ignore[assignment]
+            await keeper.tick()
             revoked = w.sink.last()
             assert revoked.action is Action.REVOKED  # the CA's revoked answer, not a good one
             assert revoked.status == "revoked"
-            managed = next(iter(w.keeper.managed.values()))
+            managed = next(iter(keeper.managed.values()))
             assert managed.revoked is not None
             assert revoked.der == managed.revoked.der
             assert managed.held is None
@@ -217,18 +296,18 @@ def test_revoked_replaces_the_good_staple_everywhere_and_is_hooked(tmp_path: Pat
 
 def test_watching_new_changed_and_removed_files(tmp_path: Path) -> None:
     async def scenario(tmp: Path) -> None:
-        async with world(tmp) as w:
+        async with offline(tmp) as (w, keeper, _):
             w.issue("a.test")
-            await w.keeper.scan()
-            assert await w.keeper.scan() == []
+            await keeper.scan()
+            assert await keeper.scan() == []
             w.issue("b.test")
-            assert [m.name for m in await w.keeper.scan()] == ["b.test"]
+            assert [m.name for m in await keeper.scan()] == ["b.test"]
             w.issue("a.test")  # reissued: a new certificate in the same file
-            (changed,) = await w.keeper.scan()
+            (changed,) = await keeper.scan()
             assert changed.next_due == w.clock.now
             (tmp / "live" / "b.test" / "fullchain.pem").unlink()
-            await w.keeper.scan()
-            assert sorted(m.name for m in w.keeper.managed.values()) == ["a.test"]
+            await keeper.scan()
+            assert sorted(m.name for m in keeper.managed.values()) == ["a.test"]
 
     run(scenario, tmp_path)
 
@@ -264,18 +343,18 @@ def test_unusable_files_are_reported_once(tmp_path: Path, caplog: pytest.LogCapt
 
 def test_failed_delivery_is_retried_on_the_next_pass(tmp_path: Path) -> None:
     async def scenario(tmp: Path) -> None:
-        async with world(tmp) as w:
+        async with offline(tmp) as (w, keeper, _):
             w.issue("a.test")
-            await w.keeper.scan()
+            await keeper.scan()
             w.sink.fail = True
-            await w.keeper.tick()
+            await keeper.tick()
             w.sink.fail = False
-            await w.keeper.tick()  # a failed sink is tried again after a pause, not at once
+            await keeper.tick()  # a failed sink is tried again after a pause, not at once
             assert len(w.sink.batches) == 1
             w.clock.now += timedelta(seconds=5)
-            await w.keeper.tick()
+            await keeper.tick()
             assert len(w.sink.batches) == 2
-            await w.keeper.tick()
+            await keeper.tick()
             assert len(w.sink.batches) == 2
 
     run(scenario, tmp_path)

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from mustaple.errors import InputError
-from mustaple.fetch import FetchPolicy
+from mustaple.fetchtypes import FetchPolicy
 from mustaple.files import MAX_INPUT, read_input
 from mustaple.proxy import ProxyError, check_proxy_url
 from mustaple.request import HASHES

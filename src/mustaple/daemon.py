@@ -27,6 +27,7 @@ from mustaple.clock import Clock, utc_now
 from mustaple.config import Config, ConfigError, load_config
 from mustaple.delivery import Sink
 from mustaple.errors import InputError
+from mustaple.fetchtypes import Fetcher
 from mustaple.fleet import Fleet
 from mustaple.keeper import Keeper
 from mustaple.metrics import Metrics
@@ -61,12 +62,21 @@ async def open_keeper(
     *,
     clock: Clock = utc_now,
     trace_configs: Sequence[aiohttp.TraceConfig] = (),
+    fetcher: Fetcher | None = None,
 ) -> AsyncIterator[Keeper]:
-    """A keeper with its state store and sinks, closed on exit."""
+    """A keeper with its state store and sinks, closed on exit (its own HTTP fetcher unless
+    `fetcher` is given)."""
     sinks = build_sinks(config)
     store = SqliteStore(config.state_dir / "state.db")
     try:
-        keeper = Keeper(config, store=store, sinks=sinks, clock=clock, trace_configs=trace_configs)
+        keeper = Keeper(
+            config,
+            store=store,
+            sinks=sinks,
+            clock=clock,
+            trace_configs=trace_configs,
+            fetcher=fetcher,
+        )
         async with keeper:
             yield keeper
     finally:

@@ -1,15 +1,16 @@
 """Fetching over HTTP (aiohttp): OCSP responses with retries and failover, and AIA issuers.
 
-The I/O adapter between the pure request builder and the pure validator. For each responder URL
-(overrides first, then the certificate's own), it sends GET when the URL is short enough and
-falls back to POST when GET fails; it retries what is worth retrying with exponential backoff
-and full jitter, honouring Retry-After; and it records every attempt (url, method, HTTP status,
-latency, reason, proxy) so callers can log, store and show them. Requests go through
+The I/O adapter between the pure request builder and the pure validator, and the keeper's
+`Fetcher` (`HttpFetcher`). Which request to send next, when to pause and when to stop is
+decided by the pure plan (`fetchplan.next_step`: overrides first, then the certificate's own
+URLs; GET, POST when GET fails; retries with exponential backoff and full jitter, honouring
+Retry-After); this module carries its steps out and records every attempt (url, method, HTTP
+status, latency, reason, proxy) so callers can log, store and show them. Requests go through
 the outbound HTTP proxy that `proxy.choose_proxy` picks (the environment's, as curl does, or
 the configured one); an answer that is the proxy's own error page is told apart from the
-responder's (`proxy-refused`, `proxy-error`). Every answer is judged by
-`verify.judge` the moment it arrives, so a `tryLater` or an HTML error page is retried exactly
-like a timeout. Nothing here raises for a misbehaving responder: the result says what happened.
+responder's (`proxy-refused`, `proxy-error`). Every answer is judged (`fetchplan.judged`) the
+moment it arrives, so a `tryLater` or an HTML error page is retried exactly like a timeout.
+Nothing here raises for a misbehaving responder: the result says what happened.
 """
 
 from __future__ import annotations
@@ -33,97 +34,28 @@ from mustaple import __version__
 from mustaple.certs import Target, parse_certificates
 from mustaple.clock import Clock, utc_now
 from mustaple.errors import InputError
-from mustaple.proxy import Proxy, ProxyError, check_proxy_url, choose_proxy
+from mustaple.fetchplan import Exchange, Stop, Taken, Wait, judged, next_step, routes_for
+from mustaple.fetchtypes import DEFAULT_FETCH_POLICY, Attempt, FetchJob, FetchPolicy, FetchResult
+from mustaple.proxy import Proxy, ProxyError, choose_proxy
 from mustaple.reasons import Reason, Rejection
-from mustaple.request import HttpRequest, encode_request, make_cert_id, plan_requests
-from mustaple.urls import url_problem
-from mustaple.verify import DEFAULT_POLICY, HttpAnswer, Policy, Staple, compare, judge
+from mustaple.request import HttpRequest, encode_request, make_cert_id
+from mustaple.verify import DEFAULT_POLICY, HttpAnswer, Policy, Staple
 
 __all__ = [
     "DEFAULT_FETCH_POLICY",
     "Attempt",
     "FetchPolicy",
     "FetchResult",
+    "HttpFetcher",
     "fetch_issuer",
     "fetch_staple",
 ]
 
 USER_AGENT = f"mustaple/{__version__}"
-# When GET fails in one of these ways, the same URL is tried at once with POST.
-_POST_FALLBACK = {
-    Reason.HTTP_CLIENT_ERROR,
-    Reason.HTTP_SERVER_ERROR,
-    Reason.CONTENT_TYPE,
-    Reason.EMPTY_BODY,
-    Reason.MALFORMED,
-    Reason.MALFORMED_REQUEST,
-    Reason.TOO_MANY_REDIRECTS,
-}
-
-# HTTP statuses that mean "later", not "GET unsupported".
-_SLOW_DOWN = {429, 503}
 # A proxy's own answers that mean "not for you" (the rest of its error pages: it could not help).
 _PROXY_REFUSALS = {401, 403, 407}
 
 Sleep = Callable[[float], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True)
-class FetchPolicy:
-    """Timeouts (seconds), size cap (bytes) and retry rules for talking to responders."""
-
-    connect_timeout: float = 5.0
-    total_timeout: float = 10.0
-    max_size: int = 65536
-    max_redirects: int = 3
-    attempts_per_url: int = 3
-    backoff_base: float = 0.5
-    backoff_max: float = 30.0
-    retry_after_max: float = 60.0
-    proxy: str | None = None  # None: from the environment (HTTP_PROXY...); "": no proxy
-
-    def __post_init__(self) -> None:
-        if self.attempts_per_url < 1:
-            raise ValueError("attempts_per_url must be at least 1")
-        if min(self.connect_timeout, self.total_timeout) <= 0 or self.max_size <= 0:
-            raise ValueError("timeouts and max_size must be positive")
-        if self.proxy:
-            check_proxy_url(self.proxy)
-
-
-DEFAULT_FETCH_POLICY = FetchPolicy()
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One HTTP exchange with a responder and how it ended."""
-
-    url: str
-    method: str
-    started: datetime
-    latency: float  # seconds
-    http_status: int | None
-    reason: str | None  # a Reason code, None when the answer was a usable staple
-    message: str
-    proxy: str | None = None  # the proxy the request went through (no credentials)
-
-    @property
-    def ok(self) -> bool:
-        return self.reason is None
-
-
-@dataclass(frozen=True)
-class FetchResult:
-    """The staple obtained, or the last rejection, with every attempt on the way."""
-
-    staple: Staple | None
-    rejection: Rejection | None
-    attempts: tuple[Attempt, ...]
-    url: str | None  # the base URL the staple (or the last rejection) came from
-
-    @property
-    def ok(self) -> bool:
-        return self.staple is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,10 +65,6 @@ class _Reply:
     answer: HttpAnswer | None
     rejection: Rejection | None
     retry_after: float | None = None
-
-
-def _ordered_urls(overrides: Sequence[str], own: Sequence[str]) -> list[str]:
-    return list(dict.fromkeys([*overrides, *own]))
 
 
 async def fetch_staple(
@@ -152,32 +80,67 @@ async def fetch_staple(
     sleep: Sleep = asyncio.sleep,
     rng: Callable[[], float] = random.random,
 ) -> FetchResult:
-    """Get a validated staple for `target`, trying `urls` then the certificate's own URLs.
+    """Get a validated staple for `target`, trying `urls` then the certificate's own URLs,
+    as `fetchplan.next_step` says.
 
     A staple that is not better than `current` (see `verify.compare`) counts as a rejection.
     """
-    all_urls = _ordered_urls(urls, target.ocsp_urls)
-    if not all_urls:
+    if not urls and not target.ocsp_urls:
         return FetchResult(None, Rejection(Reason.NO_OCSP_URL, target.no_url_message()), (), None)
     request_der = encode_request(make_cert_id(target.issuer, target.serial, hash_name))
-    run = _Run(target, policy, verify_policy, current, clock, sleep, rng)
+    routes = routes_for(request_der, urls, target.ocsp_urls)
+    run = _Run(target, policy, verify_policy, current, clock)
+    taken: list[Taken] = []
     async with _session_for(session, policy) as http:
-        for url in all_urls:
-            problem = url_problem(url)
-            if problem is not None:
-                run.refuse(url, f"{problem}; {_url_origin(url, urls)}")
-                continue
-            staple = await run.try_url(http, url, request_der)
-            if staple is not None:
-                return FetchResult(staple, None, tuple(run.attempts), url)
-    return FetchResult(None, run.reported, tuple(run.attempts), run.reported_url)
+        while not isinstance(step := next_step(routes, taken, policy), Stop):
+            if isinstance(step, Wait):
+                await sleep(step.seconds(rng()))
+                taken.append(step)
+            else:
+                taken.append(await run.exchange(http, step.request))
+    return FetchResult(step.staple, step.rejection, tuple(run.attempts), step.url)
 
 
-def _url_origin(url: str, overrides: Sequence[str]) -> str:
-    """Where a bad URL came from, so a person knows what to fix."""
-    if url in overrides:
-        return "fix it in `urls` (configuration) or --url"
-    return "it is the certificate's AIA OCSP URL: give a working one in `urls` or --url"
+class HttpFetcher:
+    """The `Fetcher` over HTTP (aiohttp): one session, a pool of connections, for every fetch
+    and issuer download. Without a session, each call opens one of its own."""
+
+    def __init__(self, session: aiohttp.ClientSession | None = None) -> None:
+        self.session = session
+
+    @classmethod
+    def open(cls, *, limit: int, trace_configs: Sequence[aiohttp.TraceConfig] = ()) -> HttpFetcher:
+        """A fetcher with a session of its own, at most `limit` connections (call it in the
+        running event loop; `close` it)."""
+        return cls(
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=limit),
+                headers={"User-Agent": USER_AGENT},
+                trace_configs=list(trace_configs) or None,
+            )
+        )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    async def fetch(self, job: FetchJob, *, clock: Clock, rng: Callable[[], float]) -> FetchResult:
+        return await fetch_staple(
+            job.target,
+            urls=job.urls,
+            hash_name=job.hash_name,
+            policy=job.policy,
+            verify_policy=job.verify_policy,
+            current=job.current,
+            session=self.session,
+            clock=clock,
+            rng=rng,
+        )
+
+    async def issuer(
+        self, url: str, *, policy: FetchPolicy, cache: MutableMapping[str, bytes] | None
+    ) -> list[x509.Certificate]:
+        return await fetch_issuer(url, session=self.session, policy=policy, cache=cache)
 
 
 @asynccontextmanager
@@ -199,74 +162,16 @@ def _timeout(policy: FetchPolicy) -> aiohttp.ClientTimeout:
 
 @dataclass
 class _Run:
-    """The state of one fetch: its settings, the attempts so far and the last rejection."""
+    """The exchanges of one fetch: each request sent, its answer judged, its attempt kept."""
 
     target: Target
     policy: FetchPolicy
     verify_policy: Policy
     current: Staple | None
     clock: Clock
-    sleep: Sleep
-    rng: Callable[[], float]
     attempts: list[Attempt] = field(default_factory=list)
-    last: Rejection | None = None  # decides whether to retry
-    reported: Rejection | None = None  # what the result tells: see `_report`
-    reported_url: str | None = None
-    reported_answered: bool = False
 
-    def _report(self, url: str, rejection: Rejection, answered: bool) -> None:
-        """Keep the latest rejection, preferring one that came with an HTTP answer.
-
-        A responder's own words (tryLater, a stale response, an error page) say more than a
-        refused connection to a fallback URL tried afterwards.
-        """
-        if answered or not self.reported_answered:
-            self.reported, self.reported_url, self.reported_answered = rejection, url, answered
-
-    def refuse(self, url: str, problem: str) -> None:
-        """Report `url` as unusable without sending anything to it."""
-        self.last = Rejection(Reason.BAD_URL, problem)
-        self._report(url, self.last, answered=False)
-
-    async def try_url(
-        self, http: aiohttp.ClientSession, url: str, request_der: bytes
-    ) -> Staple | None:
-        """Rounds of GET-then-POST on one URL, with backoff between rounds."""
-        for round_no in range(self.policy.attempts_per_url):
-            staple, retry_after = await self._one_round(http, url, plan_requests(url, request_der))
-            if staple is not None:
-                return staple
-            last_round = round_no + 1 == self.policy.attempts_per_url
-            if self.last is None or not self.last.retryable or last_round:
-                return None
-            await self.sleep(self._delay(round_no, retry_after))
-        return None
-
-    def _delay(self, round_no: int, retry_after: float | None) -> float:
-        """Full jitter exponential backoff, but never sooner than Retry-After (capped)."""
-        cap = min(self.policy.backoff_max, self.policy.backoff_base * 2**round_no)
-        delay: float = self.rng() * cap
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, self.policy.retry_after_max))
-        return delay
-
-    async def _one_round(
-        self, http: aiohttp.ClientSession, url: str, plan: list[HttpRequest]
-    ) -> tuple[Staple | None, float | None]:
-        retry_after = None
-        for request in plan:
-            outcome, retry_after = await self._exchange(http, request)
-            if isinstance(outcome, Staple):
-                return outcome, None
-            self.last = outcome
-            self._report(url, outcome, self.attempts[-1].http_status is not None)
-            if not _worth_post(request, outcome, self.attempts[-1].http_status):
-                break
-        return None, retry_after
-
-    async def _exchange(
-        self, http: aiohttp.ClientSession, request: HttpRequest
-    ) -> tuple[Staple | Rejection, float | None]:
+    async def exchange(self, http: aiohttp.ClientSession, request: HttpRequest) -> Exchange:
         started, t0 = self.clock(), time.monotonic()
         try:
             proxy = choose_proxy(request.url, self.policy.proxy, os.environ)
@@ -279,19 +184,13 @@ class _Run:
             assert reply.rejection is not None
             outcome = reply.rejection
         else:
-            outcome = judge(reply.answer, self.target, self.clock(), self.verify_policy)
-            if isinstance(outcome, Staple):
-                outcome = compare(outcome, self.current) or outcome
+            outcome = judged(
+                reply.answer, self.target, self.clock(), self.verify_policy, self.current
+            )
         latency = time.monotonic() - t0
         self.attempts.append(_record(request, started, latency, reply, outcome, proxy=proxy))
-        return outcome, reply.retry_after
-
-
-def _worth_post(request: HttpRequest, rejection: Rejection, http_status: int | None) -> bool:
-    """After a failed GET, POST at once, unless the responder asked us to slow down."""
-    if http_status in _SLOW_DOWN:
-        return False
-    return request.method == "GET" and rejection.reason in _POST_FALLBACK
+        status = reply.answer.status if reply.answer is not None else None
+        return Exchange(request, outcome, status, reply.retry_after)
 
 
 def _record(

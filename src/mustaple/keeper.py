@@ -51,7 +51,8 @@ from mustaple.config import CertEntry, Config, with_proxy
 from mustaple.delivery import Action, Delivered, Delivery, Sink, SinkHealth
 from mustaple.errors import InputError
 from mustaple.events import HOOK_FOR, Event, run_hook
-from mustaple.fetch import USER_AGENT, FetchResult, fetch_staple
+from mustaple.fetch import HttpFetcher
+from mustaple.fetchtypes import Fetcher, FetchJob, FetchResult
 from mustaple.files import read_input
 from mustaple.lifecycle import Accepted, CertState, Phase, Rejected, Restored, Tick, Wait
 from mustaple.loader import load_file
@@ -221,8 +222,11 @@ class Keeper:
         dice: Callable[[], float] = random.random,
         observers: Sequence[Observer] = (),
         coordinator: Coordinator | None = None,
+        fetcher: Fetcher | None = None,
         trace_configs: Sequence[aiohttp.TraceConfig] = (),
     ) -> None:
+        """Without a `fetcher`, the keeper fetches over HTTP with a session of its own,
+        opened on entering it (`trace_configs` watch its requests)."""
         self.config, self.policy = config, config.policy
         self.store, self.sinks = store, dict(sinks)
         self.clock, self.dice = clock, dice
@@ -238,7 +242,8 @@ class Keeper:
         self._issuers: dict[x509.Certificate, x509.Certificate] = {}
         self._all = asyncio.Semaphore(self.policy.concurrency)
         self._hosts: dict[str, asyncio.Semaphore] = {}
-        self._session: aiohttp.ClientSession | None = None
+        self.fetcher: Fetcher = fetcher or HttpFetcher()
+        self._own_fetcher = fetcher is None
         self._trace_configs = list(trace_configs)  # e.g. `prime` showing what it waits on
         self._hooks: set[asyncio.Task[None]] = set()
         self._writes: list[Callable[[], object]] = []
@@ -247,12 +252,9 @@ class Keeper:
         self._store_problem: str | None = None
 
     async def __aenter__(self) -> Keeper:
-        connector = aiohttp.TCPConnector(limit=self.policy.concurrency)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            headers={"User-Agent": USER_AGENT},
-            trace_configs=self._trace_configs or None,
-        )
+        if self._own_fetcher:
+            limit = self.policy.concurrency
+            self.fetcher = HttpFetcher.open(limit=limit, trace_configs=self._trace_configs)
         return self
 
     async def __aexit__(
@@ -261,8 +263,8 @@ class Keeper:
         self._flush()
         if self._hooks:
             await asyncio.wait(self._hooks, timeout=self.config.hooks.timeout.total_seconds())
-        if self._session is not None:
-            await self._session.close()
+        if isinstance(self.fetcher, HttpFetcher) and self._own_fetcher:
+            await self.fetcher.close()
 
     # --- Which certificates -------------------------------------------------------------------
 
@@ -294,7 +296,7 @@ class Keeper:
             loaded = await load_file(
                 path,
                 entry.issuer,
-                session=self._session,
+                fetcher=self.fetcher,
                 policy=with_proxy(self.policy.fetch, entry),
                 cache=self._issuer_cache,
                 issuers=self._issuers,
@@ -498,17 +500,15 @@ class Keeper:
         """Fetch and apply; the store writes wait for the next `_flush`."""
         host = _host(managed)
         async with self._all, self._hosts.setdefault(host, asyncio.Semaphore(self.policy.per_host)):
-            result = await fetch_staple(
+            job = FetchJob(
                 managed.target,
                 urls=managed.entry.urls,
                 hash_name=self.policy.hash_name,
                 policy=with_proxy(self.policy.fetch, managed.entry),
                 verify_policy=self.policy.verify,
                 current=managed.life.state.answer,
-                session=self._session,
-                clock=self.clock,
-                rng=self.dice,
             )
+            result = await self.fetcher.fetch(job, clock=self.clock, rng=self.dice)
         now = self.clock()
         self._write(
             functools.partial(self.store.add_attempts, managed.key, attempt_records(result))

@@ -24,7 +24,8 @@ from mustaple.certs import (
     parse_certificates,
 )
 from mustaple.errors import InputError
-from mustaple.fetch import DEFAULT_FETCH_POLICY, FetchPolicy, fetch_issuer
+from mustaple.fetch import HttpFetcher
+from mustaple.fetchtypes import DEFAULT_FETCH_POLICY, Fetcher, FetchPolicy
 from mustaple.files import read_input
 from mustaple.issuers import issuer_over_aia
 
@@ -57,11 +58,13 @@ async def load_file(
     issuer_path: str | Path | None = None,
     *,
     session: aiohttp.ClientSession | None = None,
+    fetcher: Fetcher | None = None,
     policy: FetchPolicy = DEFAULT_FETCH_POLICY,
     cache: MutableMapping[str, bytes] | None = None,
     issuers: MutableMapping[x509.Certificate, x509.Certificate] | None = None,
 ) -> Loaded:
-    """`cert_path` (read once) with the Target for its first certificate.
+    """`cert_path` (read once) with the Target for its first certificate; an issuer found
+    over AIA is downloaded by `fetcher` (default: over HTTP with `session`).
 
     `issuers` makes every Target with the same issuer share one certificate object (memory,
     and caches keyed by the issuer): a found issuer equal to one in it is replaced by it.
@@ -83,7 +86,7 @@ async def load_file(
         if issuer is None:
             _refuse_differently_encoded(leaf, certs[1:], str(cert_path))
             issuer = await _issuer_from_aia(
-                leaf, str(cert_path), session=session, policy=policy, cache=cache
+                leaf, str(cert_path), fetcher or HttpFetcher(session), policy=policy, cache=cache
             )
     if issuers is not None:
         issuer = issuers.setdefault(issuer, issuer)
@@ -106,8 +109,8 @@ def _refuse_differently_encoded(
 async def _issuer_from_aia(
     leaf: x509.Certificate,
     source: str,
+    fetcher: Fetcher,
     *,
-    session: aiohttp.ClientSession | None,
     policy: FetchPolicy,
     cache: MutableMapping[str, bytes] | None,
 ) -> x509.Certificate:
@@ -120,7 +123,7 @@ async def _issuer_from_aia(
             "(`issuer` in the [[certificates]] entry, --issuer FILE on the command line)"
         )
     issuer, problems = await issuer_over_aia(
-        leaf, urls, lambda url: fetch_issuer(url, session=session, policy=policy, cache=cache)
+        leaf, urls, lambda url: fetcher.issuer(url, policy=policy, cache=cache)
     )
     if issuer is not None:
         return issuer

@@ -17,7 +17,7 @@ from mustaple.render import STAPLE_KEYS, human_duration, iso, staple_json
 from mustaple.verify import Staple
 
 if TYPE_CHECKING:
-    from mustaple.fetch import Attempt, FetchResult
+    from mustaple.fetchtypes import Attempt, FetchResult
 
 __all__ = [
     "STAPLE_KEYS",

@@ -1,5 +1,5 @@
-"""mustaple.testing: a test PKI, a misbehaving OCSP responder, a stapling TLS server and a
-keeper's whole world on a fake clock, for tests and the demo.
+"""mustaple.testing: a test PKI, a misbehaving OCSP responder, a stapling TLS server, a
+keeper's whole world on a fake clock and a fetcher with no network, for tests and the demo.
 
 Public and documented (docs/testing.md): use it to test your own deployment of mustaple.
 """
@@ -15,6 +15,7 @@ from mustaple.testing.craft import (
     key_hash,
     unsuccessful,
 )
+from mustaple.testing.memory import Answer, MemoryFetcher
 from mustaple.testing.pki import CA, Identity, KeyType, Leaf, LeafFiles, new_key
 from mustaple.testing.responder import Behaviour, OCSPResponder, ResponderThread, Served
 from mustaple.testing.tls import StaplingServer
@@ -30,6 +31,7 @@ from mustaple.testing.world import (
 __all__ = [
     "CA",
     "QUICK_FETCH",
+    "Answer",
     "Behaviour",
     "ExtensionSpec",
     "Identity",
@@ -37,6 +39,7 @@ __all__ = [
     "Leaf",
     "LeafFiles",
     "ManualClock",
+    "MemoryFetcher",
     "OCSPResponder",
     "RecordingSink",
     "ResponderThread",
