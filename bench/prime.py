@@ -948,7 +948,11 @@ def verdict(bench: Bench) -> list[str]:
     runs = bench.runs
     goal = next((r for r in runs if r.size == GOAL_N), None)
     if goal is None:
-        return [f"Goal: not judged: N = {GOAL_N:,} was not part of this run.", *cron_verdict(bench)]
+        return [
+            f"Goal: not judged: N = {GOAL_N:,} was not part of this run.",
+            "",
+            *cron_verdict(bench),
+        ]
     before = runs[runs.index(goal) - 1]
     ratio = goal.ms_per_cert / before.ms_per_cert
     floor = floor_of(runs, goal)

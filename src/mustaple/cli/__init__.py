@@ -3,10 +3,16 @@
 `main(argv=None) -> int` runs in-process (tests call it directly) and never lets a traceback
 reach the user: bad input is one line on stderr and exit code 2; an outcome is one line (or a
 JSON object) on stdout and the exit code of `report.ExitCode`. `run` is the console script.
+
+Start-up is part of every command's cost (a deploy hook runs `prime` once per renewal): the
+group imports a command's module only when that command is asked for (`COMMANDS`), and a
+command imports what only its run needs inside its function, so its --help and its usage
+errors stay quick.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -14,30 +20,45 @@ from collections.abc import Sequence
 import click
 
 from mustaple import __version__
-from mustaple.cli.check import check_command
-from mustaple.cli.demo import demo
-from mustaple.cli.fetch import fetch
-from mustaple.cli.init import init_command
-from mustaple.cli.inspect import inspect
-from mustaple.cli.prime import prime
-from mustaple.cli.run_keeper import run_keeper
-from mustaple.cli.status import status
 from mustaple.errors import InputError
 from mustaple.report import ExitCode
 
-__all__ = ["cli", "main", "run"]
+__all__ = ["COMMANDS", "cli", "main", "run"]
+
+# Each command's name -> (its module, the click command's name there). A command's module,
+# and what it imports, loads only when that command runs or the group's help lists it, so
+# `mustaple prime` does not pay for importing `check`, `init` or `demo` (docs/performance.md).
+COMMANDS = {
+    "check": ("mustaple.cli.check", "check_command"),
+    "demo": ("mustaple.cli.demo", "demo"),
+    "fetch": ("mustaple.cli.fetch", "fetch"),
+    "init": ("mustaple.cli.init", "init_command"),
+    "inspect": ("mustaple.cli.inspect", "inspect"),
+    "prime": ("mustaple.cli.prime", "prime"),
+    "run": ("mustaple.cli.run_keeper", "run_keeper"),
+    "status": ("mustaple.cli.status", "status"),
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A click group that imports a command's module only when the command is wanted."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, name = COMMANDS[cmd_name]
+        command = getattr(importlib.import_module(module), name)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mustaple")
 def cli() -> None:
     """Keep OCSP staples (and must-staple certificates) safe on real TLS servers."""
-
-
-for _command in (fetch, inspect, prime, run_keeper, status, demo):
-    cli.add_command(_command)
-cli.add_command(check_command, "check")
-cli.add_command(init_command, "init")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

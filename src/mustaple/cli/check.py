@@ -12,10 +12,7 @@ from typing import Any
 import click
 
 from mustaple.checkjudge import CheckReport, Level
-from mustaple.checkprobe import DEFAULT_PORT, check_responder, check_server, parse_address
-from mustaple.checkrender import error_json, report_json, report_lines
 from mustaple.errors import InputError
-from mustaple.probe import ProbeError
 from mustaple.starttls import DEFAULT_PORTS as STARTTLS_PORTS
 from mustaple.starttls import PROTOCOLS as STARTTLS_PROTOCOLS
 
@@ -88,6 +85,8 @@ def check_command(
     Exit codes (monitoring-plugin convention): 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN
     (including usage errors).
     """
+    from mustaple.checkprobe import DEFAULT_PORT, check_responder, check_server
+
     if (address is None) == (cert is None):
         raise click.UsageError("give either HOST[:PORT] or --cert CERT")
     if cert is not None:
@@ -121,6 +120,8 @@ def check_command(
 
 
 def _address(text: str, default_port: int) -> tuple[str, int]:
+    from mustaple.checkprobe import parse_address
+
     try:
         return parse_address(text, default_port)
     except ValueError as exc:
@@ -129,6 +130,9 @@ def _address(text: str, default_port: int) -> tuple[str, int]:
 
 def _run(work: Coroutine[Any, Any, CheckReport], as_json: bool) -> Level:
     """Run the check; print the report, or one UNKNOWN line when nothing could be checked."""
+    from mustaple.checkrender import error_json, report_json, report_lines
+    from mustaple.probe import ProbeError
+
     try:
         report = asyncio.run(work)
     except (ProbeError, InputError) as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -19,13 +19,11 @@ from mustaple.cli.options import (
 )
 from mustaple.clock import utc_now
 from mustaple.errors import InputError
-from mustaple.fetch import FetchPolicy, FetchResult, fetch_staple
-from mustaple.files import NotRegularFileError, write_atomic
-from mustaple.loader import load_target
-from mustaple.progress import FetchProgress
-from mustaple.report import exit_code, fetch_json, fetch_line
 from mustaple.request import HASHES
 from mustaple.verify import Policy
+
+if TYPE_CHECKING:
+    from mustaple.fetch import FetchPolicy, FetchResult
 
 __all__ = ["fetch"]
 
@@ -79,6 +77,9 @@ def fetch(
     Exit codes: 0 a valid good staple; 1 no valid staple; 2 usage error or unreadable input;
     3 the certificate is revoked.
     """
+    from mustaple.fetch import FetchPolicy
+    from mustaple.report import exit_code, fetch_json, fetch_line
+
     check_urls(urls)
     policy = FetchPolicy(
         total_timeout=timeout,
@@ -106,6 +107,8 @@ def fetch(
 
 
 def _write_out(path: str, data: bytes) -> None:
+    from mustaple.files import NotRegularFileError, write_atomic
+
     try:
         write_atomic(path, data)
     except NotRegularFileError as exc:
@@ -123,6 +126,10 @@ async def _fetch(
     policy: FetchPolicy,
     verify_policy: Policy,
 ) -> tuple[Any, FetchResult]:
+    from mustaple.fetch import fetch_staple
+    from mustaple.loader import load_target
+    from mustaple.progress import FetchProgress
+
     progress = FetchProgress(cert)  # on stderr: which URL it waits on, for how long
     async with progress.session(policy) as http:
         target = await load_target(cert, issuer, policy=policy, session=http)

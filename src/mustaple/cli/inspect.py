@@ -12,9 +12,6 @@ import click
 from mustaple.cli.options import emit_json, lenient_option
 from mustaple.clock import utc_now
 from mustaple.errors import InputError
-from mustaple.files import read_input
-from mustaple.loader import load_target
-from mustaple.report import exit_code, explain, outcome_json
 from mustaple.verify import Policy, verify
 
 __all__ = ["inspect"]
@@ -40,6 +37,10 @@ def inspect(
 
     Same exit codes as fetch.
     """
+    from mustaple.files import read_input
+    from mustaple.loader import load_target
+    from mustaple.report import exit_code, explain, outcome_json
+
     now = _parse_time(at) if at else utc_now()
     data = _response_bytes(read_input(response, "OCSP response"), response)
     target = asyncio.run(load_target(cert, issuer))

@@ -6,17 +6,16 @@ import asyncio
 import dataclasses
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from mustaple.cli.options import config_option, proxy_option, proxy_setting, setup_logging
 from mustaple.clock import utc_now
-from mustaple.config import Config
-from mustaple.daemon import check_config as check_config_file
-from mustaple.daemon import open_fleet, open_keeper
-from mustaple.keeper import Managed
-from mustaple.progress import FetchProgress, PrimeProgress
-from mustaple.status import prime_exit_code, prime_json, prime_line
+
+if TYPE_CHECKING:
+    from mustaple.config import Config
+    from mustaple.keeper import Managed
 
 __all__ = ["prime"]
 
@@ -36,6 +35,9 @@ def prime(
     `mustaple prime "$RENEWED_LINEAGE/fullchain.pem" && systemctl reload nginx` never puts a
     must-staple certificate live without its staple. Same exit codes as fetch.
     """
+    from mustaple.daemon import check_config as check_config_file
+    from mustaple.status import prime_exit_code, prime_json, prime_line
+
     setup_logging(verbose)
     config = check_config_file(Path(config_path))
     if proxy is not None:
@@ -59,6 +61,9 @@ def _overriding_proxy(config: Config, proxy: str | None) -> Config:
 
 
 async def _prime(config: Config, paths: list[Path]) -> list[Managed]:
+    from mustaple.daemon import open_fleet, open_keeper
+    from mustaple.progress import FetchProgress, PrimeProgress
+
     progress = PrimeProgress(len(paths))  # on stderr: how many are done, which came last
     waits = FetchProgress("prime", progress.display)  # and each request while it waits
     async with open_keeper(config, trace_configs=[waits.trace()]) as keeper, progress.running():

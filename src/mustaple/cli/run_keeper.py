@@ -10,9 +10,6 @@ from pathlib import Path
 import click
 
 from mustaple.cli.options import config_option, setup_logging
-from mustaple.daemon import check_config as check_config_file
-from mustaple.daemon import serve
-from mustaple.preflight import preflight
 from mustaple.report import ExitCode
 
 __all__ = ["run_keeper"]
@@ -28,6 +25,9 @@ def run_keeper(*, config_path: str, check_config: bool, verbose: bool, quiet: bo
 
     Logs one line per event to stderr (refreshes, deliveries, problems), as a service should.
     """
+    from mustaple.daemon import check_config as check_config_file
+    from mustaple.preflight import preflight
+
     path = Path(config_path)
     if check_config:
         checked = check_config_file(path)
@@ -47,6 +47,8 @@ def run_keeper(*, config_path: str, check_config: bool, verbose: bool, quiet: bo
 
 
 async def _run(path: Path) -> None:
+    from mustaple.daemon import serve
+
     stop, reload = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -11,9 +11,7 @@ import click
 
 from mustaple.cli.options import config_option
 from mustaple.clock import utc_now
-from mustaple.daemon import check_config as check_config_file
 from mustaple.report import ExitCode
-from mustaple.status import fleet_view, print_fleet_tables, print_status_table, status_rows
 
 __all__ = ["status"]
 
@@ -25,6 +23,9 @@ __all__ = ["status"]
 def status(*, config_path: str, as_json: bool, fleet: bool) -> int:
     """Show every certificate's staple: status, times, next refresh, last error. With
     --fleet: every member, and who fetched each certificate's staple, when."""
+    from mustaple.daemon import check_config as check_config_file
+    from mustaple.status import fleet_view, print_fleet_tables, print_status_table, status_rows
+
     config = check_config_file(Path(config_path))  # the sinks too: the same checks as run
     if fleet:
         view: Any = fleet_view(config, utc_now())
