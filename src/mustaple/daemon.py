@@ -20,6 +20,7 @@ from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 
@@ -28,13 +29,15 @@ from mustaple.config import Config, ConfigError, load_config
 from mustaple.delivery import Sink
 from mustaple.errors import InputError
 from mustaple.fetchtypes import Fetcher
-from mustaple.fleet import Fleet
 from mustaple.keeper import Keeper
-from mustaple.metrics import Metrics
 from mustaple.notify import notify, watchdog_interval
 from mustaple.sinks import SinkConfigError, build_sink
 from mustaple.store import SqliteStore
-from mustaple.web import HttpServer, start_http
+
+if TYPE_CHECKING:  # loaded where used: `prime` and `status` need none of redis, metrics, web
+    from mustaple.fleet import Fleet
+    from mustaple.metrics import Metrics
+    from mustaple.web import HttpServer
 
 __all__ = ["build_sinks", "check_config", "open_fleet", "open_keeper", "serve"]
 
@@ -95,6 +98,8 @@ async def open_fleet(
     if config.fleet is None:
         yield None
         return
+    from mustaple.fleet import Fleet  # redis, only in fleet mode
+
     fleet = Fleet(config.fleet, eager=for_prime)
     try:
         if not for_prime:
@@ -195,6 +200,8 @@ class _Running:
         try:
             keeper = await stack.enter_async_context(open_keeper(config, clock=clock))
             fleet = await stack.enter_async_context(open_fleet(config, keeper))
+            from mustaple.metrics import Metrics  # prometheus-client, only for `run`
+
             metrics = Metrics(keeper, clock=clock, fleet=fleet)  # observes the keeper
             await _start(keeper)  # stored staples first: never answer empty-handed
         except BaseException:
@@ -218,6 +225,8 @@ async def _serve_http(
         await server.cleanup()
     if config.http is None:
         return None
+    from mustaple.web import start_http  # aiohttp's server, only with [http]
+
     return await start_http(running.keeper, config.http, metrics=running.metrics)
 
 

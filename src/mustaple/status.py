@@ -6,11 +6,7 @@ from __future__ import annotations
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-import redis
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from mustaple.certs import display_name, is_must_staple, parse_certificates
 from mustaple.config import Config, ConfigError, FleetConfig
@@ -18,10 +14,15 @@ from mustaple.delivery import Action
 from mustaple.errors import InputError
 from mustaple.files import read_input
 from mustaple.keeper import Managed, configured_files
-from mustaple.redisstore import FleetRecord, Member, RedisStore, shown_url
 from mustaple.render import human_duration, iso, short_time, sink_json, validity_json
 from mustaple.report import ExitCode
 from mustaple.store import CertStatus, SqliteStore
+
+if TYPE_CHECKING:  # redis and rich load where used: `prime` prints neither tables nor fleets
+    import redis
+    from rich.console import Console
+
+    from mustaple.redisstore import FleetRecord, Member
 
 __all__ = [
     "delivered",
@@ -171,6 +172,8 @@ _TIMES = ("this_update", "effective_expiry", "next_refresh", "last_attempt")
 
 def print_status_table(rows: list[dict[str, Any]]) -> None:
     """The table for people; wide enough to read when piped too."""
+    from rich.table import Table
+
     table = Table(title="mustaple status", title_justify="left")
     for column in _COLUMNS:
         table.add_column(column, no_wrap=column not in ("certificate", "last error"))
@@ -182,7 +185,7 @@ def print_status_table(rows: list[dict[str, Any]]) -> None:
         error = "; ".join(errors)
         times = (short_time(row[key]) for key in _TIMES)
         table.add_row(row["name"], must, f"[{style}]{row['state']}[/]", *times, error)
-    Console(width=None if sys.stdout.isatty() else 160).print(table)
+    _console().print(table)
 
 
 def fleet_view(config: Config, now: datetime) -> dict[str, Any]:
@@ -190,6 +193,10 @@ def fleet_view(config: Config, now: datetime) -> dict[str, Any]:
     who holds the lease now and when the fleet retries. InputError if Redis cannot answer."""
     if config.fleet is None:
         raise ConfigError(f"{config.path}: no [fleet] table: this member is not in a fleet")
+    import redis
+
+    from mustaple.redisstore import RedisStore
+
     shared = RedisStore(config.fleet.url, prefix=config.fleet.prefix)
     try:
         members = [_member_json(m, now) for m in shared.members()]
@@ -206,6 +213,8 @@ def fleet_view(config: Config, now: datetime) -> dict[str, Any]:
 
 
 def _unreachable(fleet: FleetConfig, exc: redis.RedisError) -> str:
+    from mustaple.redisstore import shown_url
+
     return (
         f"fleet: cannot reach Redis at {shown_url(fleet.url)} ({exc}); "
         "`mustaple status` without --fleet shows this member's own view"
@@ -241,7 +250,9 @@ def _record_json(record: FleetRecord, last: list[Any], now: datetime) -> dict[st
 
 def print_fleet_tables(view: dict[str, Any]) -> None:
     """The members, then the certificates, for people."""
-    console = Console(width=None if sys.stdout.isatty() else 160)
+    from rich.table import Table
+
+    console = _console()
     members = Table(title="mustaple fleet: members", title_justify="left")
     for column in ("member", "last seen", "host", "pid", "certificates", "good", "failing"):
         members.add_column(column, no_wrap=True)
@@ -264,3 +275,10 @@ def print_fleet_tables(view: dict[str, Any]) -> None:
             retry,
         )
     console.print(certificates)
+
+
+def _console() -> Console:
+    """Wide enough to read when piped too."""
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 160)
