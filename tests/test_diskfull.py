@@ -68,6 +68,19 @@ def status(port: int) -> dict[str, Any]:
     return report
 
 
+def write_config(tmp_path: Path, state: Path, staples: Path, port: int) -> Path:
+    """One file sink; quick passes; the HTTP endpoint on `port`."""
+    config = tmp_path / "mustaple.toml"
+    config.write_text(
+        f'state_dir = "{state}"\n'
+        f'[[certificates]]\npaths = ["{tmp_path}/live/*/fullchain.pem"]\n'
+        f'[sinks.files]\ntype = "file"\npath = "{staples}/{{name}}.der"\n'
+        '[policy]\ntimeout = "2s"\nattempts = 1\nwatch_interval = "1s"\n'
+        f'[http]\nlisten = "127.0.0.1:{port}"\n'
+    )
+    return config
+
+
 def states(port: int) -> dict[str, str]:
     return {c["name"]: c["state"] for c in status(port)["certificates"]}
 
@@ -75,16 +88,8 @@ def states(port: int) -> dict[str, str]:
 def test_a_full_state_disk_keeps_the_keeper_serving_and_recovers(
     tmp_path: Path, small_state: Path
 ) -> None:
-    ca = CA()
-    port = free_port()
-    config = tmp_path / "mustaple.toml"
-    config.write_text(
-        f'state_dir = "{small_state}"\n'
-        f'[[certificates]]\npaths = ["{tmp_path}/live/*/fullchain.pem"]\n'
-        f'[sinks.files]\ntype = "file"\npath = "{tmp_path}/staples/{{name}}.der"\n'
-        '[policy]\ntimeout = "2s"\nattempts = 1\nwatch_interval = "1s"\n'
-        f'[http]\nlisten = "127.0.0.1:{port}"\n'
-    )
+    ca, port = CA(), free_port()
+    config = write_config(tmp_path, small_state, tmp_path / "staples", port)
     with ResponderThread(ca) as responder:
         for name in ("a.test", "b.test"):
             leaf = ca.issue(name, ocsp_urls=[responder.url])
@@ -131,16 +136,8 @@ def test_a_full_state_disk_keeps_the_keeper_serving_and_recovers(
 def test_a_full_sink_directory_is_a_sink_failure_that_heals(
     tmp_path: Path, small_staples: Path
 ) -> None:
-    ca = CA()
-    port = free_port()
-    config = tmp_path / "mustaple.toml"
-    config.write_text(
-        f'state_dir = "{tmp_path}/state"\n'
-        f'[[certificates]]\npaths = ["{tmp_path}/live/*/fullchain.pem"]\n'
-        f'[sinks.files]\ntype = "file"\npath = "{small_staples}/{{name}}.der"\n'
-        '[policy]\ntimeout = "2s"\nattempts = 1\nwatch_interval = "1s"\n'
-        f'[http]\nlisten = "127.0.0.1:{port}"\n'
-    )
+    ca, port = CA(), free_port()
+    config = write_config(tmp_path, tmp_path / "state", small_staples, port)
     with ResponderThread(ca) as responder:
         leaf = ca.issue("a.test", ocsp_urls=[responder.url])
         responder.add(leaf)
