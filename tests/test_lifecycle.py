@@ -22,6 +22,7 @@ from mustaple.lifecycle import (
     Phase,
     Rejected,
     Restored,
+    Stale,
     Store,
     Tick,
     Unusable,
@@ -115,6 +116,8 @@ TABLE = [
     ("restored revoked", CertState(), Restored(REVOKED, T0), T0 + HOUR, Phase.REVOKED,
      ["LogLine"], (Action.REVOKED, REVOKED.der)),
     ("no OCSP URL", CertState(), Unusable("no URL; set `urls`"), T0, Phase.UNUSABLE, [], None),
+    ("stored staple expired at start: ours to take away", CertState(), Stale(), T0,
+     Phase.PENDING, [], (Action.REMOVE, None)),
     ("the fleet says wait", HELD, Wait(T0 + 2 * HOUR), T0, Phase.GOOD, [],
      (Action.STAPLE, GOOD.der)),
 ]  # fmt: skip

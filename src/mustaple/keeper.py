@@ -34,7 +34,7 @@ import logging
 import random
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -54,7 +54,16 @@ from mustaple.events import HOOK_FOR, Event, run_hook
 from mustaple.fetch import HttpFetcher
 from mustaple.fetchtypes import Fetcher, FetchJob, FetchResult
 from mustaple.files import read_input
-from mustaple.lifecycle import Accepted, CertState, Phase, Rejected, Restored, Tick, Wait
+from mustaple.lifecycle import (
+    Accepted,
+    CertState,
+    Phase,
+    Rejected,
+    Restored,
+    Stale,
+    Tick,
+    Wait,
+)
 from mustaple.loader import load_file
 from mustaple.reasons import Reason, Rejection
 from mustaple.render import human_time
@@ -343,7 +352,7 @@ class Keeper:
         if isinstance(outcome, Staple):
             self._apply(life, Restored(outcome, stored.fetched_at), now)
         elif stored.good:
-            life.state = _known(life.state)  # a staple file may be ours: ours to take away
+            self._apply(life, Stale(), now)  # a staple file may be ours: ours to take away
 
     def _unusable(self, path: Path, stamp: tuple[int, int], message: str, reason: Reason) -> None:
         self._drop(path)
@@ -892,10 +901,6 @@ def _stored(life: Life, effect: lifecycle.Store) -> StoredStaple:
         effect.url,
         revoked=not staple.good,
     )
-
-
-def _known(state: CertState) -> CertState:
-    return replace(state, known=True)
 
 
 def attempt_records(result: FetchResult) -> list[AttemptRecord]:

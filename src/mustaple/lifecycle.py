@@ -47,6 +47,7 @@ __all__ = [
     "Phase",
     "Rejected",
     "Restored",
+    "Stale",
     "Store",
     "Tick",
     "Unusable",
@@ -105,6 +106,12 @@ class Restored:
 
 
 @dataclass(frozen=True, slots=True)
+class Stale:
+    """The stored good staple is no longer valid as a process starts: nothing to serve, but
+    a staple file on a sink may be ours (`known`), so it may be taken away at expiry."""
+
+
+@dataclass(frozen=True, slots=True)
 class Accepted:
     """A valid answer: fetched here, adopted from the fleet, or stored by another process
     (`origin` says which, for the log). `fetched_at` schedules the next refresh."""
@@ -142,7 +149,7 @@ class Unusable:
     reason: Reason = Reason.NO_OCSP_URL
 
 
-Event = Restored | Accepted | Rejected | Tick | Wait | Unusable
+Event = Restored | Stale | Accepted | Rejected | Tick | Wait | Unusable
 
 
 # --- Effects --------------------------------------------------------------------------------------
@@ -193,6 +200,8 @@ def step(
         return _rejected(state, event.rejection, now, policy, dice)
     if isinstance(event, Wait):
         return replace(state, next_due=event.until), []
+    if isinstance(event, Stale):
+        return replace(state, known=True), []
     if isinstance(event, Unusable):
         return _unusable(state, event), []
     return _tick(state, now, policy)
