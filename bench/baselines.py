@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 
-from mustaple.request import encode_request, make_cert_id
+from mustaple.core.request import encode_request, make_cert_id
 
 __all__ = ["Measured", "cron_loop", "floor_main"]
 

@@ -3,7 +3,7 @@
 Three ways to staple the same certificates, side by side in one run:
 
 * mustaple fleet on Redis: N members, each a `Keeper` with its own SQLite file joined to the
-  fleet by `mustaple.fleet.Fleet`, against a real redis-server that the script starts on
+  fleet by `mustaple.keeper.fleet.Fleet`, against a real redis-server that the script starts on
   loopback. The members live in this process and share a fake clock, as in
   tests/test_fleet.py: the clock jumps to the next moment a member has something due, and
   those members tick. Days pass in seconds.
@@ -13,10 +13,11 @@ Three ways to staple the same certificates, side by side in one run:
   `ssl_stapling_responder` pointing at a counting responder), one process per server. Its
   wall clock is accelerated by libfaketime (`FAKETIME="+0 xSPEED"`, the monotonic clock left
   alone so its timeouts stay real): nginx's refresh rule reads the wall clock, so a simulated
-  day passes in a few minutes. Clients hand-shake with status_request (`mustaple.probe`) with
-  every certificate on every server in turn, all the time (steady traffic). Eight servers of
-  one worker each mirror the fleet sizes (a fleet of N is the first N); one more server with
-  4 workers (`reuseport` spreads the connections) shows that each worker fetches on its own.
+  day passes in a few minutes. Clients hand-shake with status_request
+  (`mustaple.adapters.probe`) with every certificate on every server in turn, all the time
+  (steady traffic). Eight servers of one worker each mirror the fleet sizes (a fleet of N is the
+  first N); one more server with 4 workers (`reuseport` spreads the connections) shows that each
+  worker fetches on its own.
 
 Every side uses `mustaple.testing.OCSPResponder` (fresh answers, thisUpdate = now, nextUpdate
 = now + validity), whose request log is what is counted. The keepers use the default policy
@@ -59,12 +60,12 @@ import redis
 from cryptography.x509.oid import NameOID
 
 from docsection import cpu_model, markers, write_section
-from mustaple.config import CertEntry, Config, FleetConfig
-from mustaple.fetch import FetchResult
-from mustaple.fleet import Fleet
-from mustaple.keeper import Keeper, Managed
-from mustaple.probe import ProbeError, probe
-from mustaple.store import SqliteStore
+from mustaple.adapters.config import CertEntry, Config, FleetConfig
+from mustaple.adapters.fetch import FetchResult
+from mustaple.adapters.probe import ProbeError, probe
+from mustaple.adapters.store import SqliteStore
+from mustaple.keeper.fleet import Fleet
+from mustaple.keeper.keeper import Keeper, Managed
 from mustaple.testing import CA, Leaf, OCSPResponder, ResponderThread
 from processes import free_port, stop, wait_for_port
 
@@ -638,8 +639,8 @@ def method(args: argparse.Namespace, run: NginxRun) -> list[str]:
         "one process sharing a fake clock (it jumps to the next moment a member has something "
         "due; the members due tick), each a `Keeper` with its own SQLite file and the default "
         "policy (refresh at half the window, moved earlier by up to a tenth of it at random). "
-        "*Fleet on Redis*: each member also a `mustaple.fleet.Fleet` (lease 30 s) on one real "
-        "redis-server on loopback; *alone*: no coordinator. The responder "
+        "*Fleet on Redis*: each member also a `mustaple.keeper.fleet.Fleet` (lease 30 s) on one "
+        "real redis-server on loopback; *alone*: no coordinator. The responder "
         "(`mustaple.testing.OCSPResponder`) answers afresh each time (thisUpdate = now, "
         "nextUpdate = now + validity). Counted: the requests in its log after a warm-up of half "
         f"a window, over {args.windows} windows ({spans}), divided by the certificates and the "
@@ -657,8 +658,9 @@ def method(args: argparse.Namespace, run: NginxRun) -> list[str]:
         f"x{args.speed:g}\"`, with `FAKETIME_DONT_FAKE_MONOTONIC=1` so that nginx's timeouts "
         "stay real); each responder's clock is set from its server's `$msec` and the speed "
         f"checked at the end ({min(run.speeds):.1f} to {max(run.speeds):.1f}). Steady traffic: "
-        "`mustaple.probe` (pyOpenSSL, status_request) hand-shakes with every certificate of "
-        f"every server in turn, {SPREAD} times with the {WORKERS}-worker one, without pause: "
+        "`mustaple.adapters.probe` (pyOpenSSL, status_request) hand-shakes with every "
+        f"certificate of every server in turn, {SPREAD} times with the {WORKERS}-worker one, "
+        "without pause: "
         f"{run.rounds} rounds, one every {round_minutes(run):.1f} minutes of nginx's clock. "
         f"Counted: the requests after nginx's first hour, over {args.nginx_hours:g} hours of "
         "its clock."

@@ -65,20 +65,20 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 import mustaple
-import mustaple.fetch
-import mustaple.fetchplan
+import mustaple.adapters.fetch
+import mustaple.core.fetchplan
 from baselines import Measured, cron_loop, environment_without_proxy, floor_main
 from docsection import cpu_model, markers, write_section
-from mustaple.certs import Target
-from mustaple.config import CertEntry, Config, KeeperPolicy
-from mustaple.delivery import Action, Delivered, Delivery
-from mustaple.fetch import FetchResult, fetch_staple
-from mustaple.keeper import Keeper, Managed
-from mustaple.reasons import Rejection
-from mustaple.request import encode_request, make_cert_id
-from mustaple.store import AttemptRecord, CertStatus, SqliteStore, StoredStaple
+from mustaple.adapters.config import CertEntry, Config, KeeperPolicy
+from mustaple.adapters.fetch import FetchResult, fetch_staple
+from mustaple.adapters.store import AttemptRecord, CertStatus, SqliteStore, StoredStaple
+from mustaple.core.certs import Target
+from mustaple.core.delivery import Action, Delivered, Delivery
+from mustaple.core.reasons import Rejection
+from mustaple.core.request import encode_request, make_cert_id
+from mustaple.core.verify import DEFAULT_POLICY, HttpAnswer, Policy, Staple, judge
+from mustaple.keeper.keeper import Keeper, Managed
 from mustaple.testing import CA
-from mustaple.verify import DEFAULT_POLICY, HttpAnswer, Policy, Staple, judge
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve()
@@ -450,7 +450,7 @@ def time_fetches(phases: Phases) -> None:
         phases.attempts += len(result.attempts)
         return result
 
-    vars(mustaple.fetch)["fetch_staple"] = timed
+    vars(mustaple.adapters.fetch)["fetch_staple"] = timed
 
 
 def time_validation(phases: Phases) -> None:
@@ -465,7 +465,7 @@ def time_validation(phases: Phases) -> None:
         finally:
             phases.validate += time.perf_counter() - start
 
-    vars(mustaple.fetchplan)["judge"] = timed
+    vars(mustaple.core.fetchplan)["judge"] = timed
 
 
 @dataclass(frozen=True)

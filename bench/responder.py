@@ -3,8 +3,8 @@
 Three servers on loopback answer the same OCSP response to HTTP GETs from `wrk` (256
 connections, 2 threads, `--latency`), in the same run, in alternating rounds:
 
-* mustaple: `mustaple.web.start_http`, the HTTP endpoint as `mustaple run` serves it (the
-  fast path of `mustaple.fastpath` in front of aiohttp, every answer counted in the metrics),
+* mustaple: `mustaple.serve.web.start_http`, the HTTP endpoint as `mustaple run` serves it (the
+  fast path of `mustaple.serve.fastpath` in front of aiohttp, every answer counted in the metrics),
   in its own process (this script with `--serve`), whose keeper holds valid staples for
   `--certificates` certificates, fetched from a throwaway CA responder that is stopped before
   the load: only the keeper's memory answers. wrk asks for one certificate's RFC 5019 GET URL.
@@ -59,14 +59,14 @@ import aiohttp
 from aiohttp import web
 
 from docsection import cpu_model, markers, write_section
-from mustaple.config import CertEntry, Config, HttpConfig
-from mustaple.keeper import Keeper
-from mustaple.localresponder import OCSP_RESPONSE
-from mustaple.metrics import Metrics
-from mustaple.request import encode_request, get_url, make_cert_id
-from mustaple.store import SqliteStore
+from mustaple.adapters.config import CertEntry, Config, HttpConfig
+from mustaple.adapters.store import SqliteStore
+from mustaple.core.request import encode_request, get_url, make_cert_id
+from mustaple.keeper.keeper import Keeper
+from mustaple.serve.localresponder import OCSP_RESPONSE
+from mustaple.serve.metrics import Metrics
+from mustaple.serve.web import start_http
 from mustaple.testing import CA, OCSPResponder
-from mustaple.web import start_http
 from processes import free_port, stop, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent

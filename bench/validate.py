@@ -6,7 +6,7 @@ the same process:
 
 * bare: `ocsp.load_der_ocsp_response(data)`, then the issuer's public key verifies
   `resp.signature` over `resp.tbs_response_bytes` (PKCS#1 v1.5 + SHA-256, or ECDSA SHA-256);
-* mustaple: `mustaple.verify.verify(data, target, now)`, which must give a `Staple`.
+* mustaple: `mustaple.core.verify.verify(data, target, now)`, which must give a `Staple`.
 
 Two more sides say where the time goes: *parse* is the bare side without the signature check,
 and *fields* is the parse plus reading from cryptography every field mustaple's checks need
@@ -44,9 +44,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import ocsp
 
 from docsection import cpu_model, markers, write_section
-from mustaple.certs import Target, make_target
+from mustaple.core.certs import Target, make_target
+from mustaple.core.verify import Staple, verify
 from mustaple.testing import CA, KeyType
-from mustaple.verify import Staple, verify
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "performance.md"
@@ -388,7 +388,7 @@ def section(results: list[Result], command: str, rounds: int, seconds: float) ->
         "",
         "Validations per second of one response (issuer-signed, SHA-1 CertID, responder id",
         "by key hash). *bare*: `ocsp.load_der_ocsp_response`, then the issuer's key verifies",
-        "the signature over tbsResponseData. *mustaple*: `mustaple.verify.verify`, with every",
+        "the signature over tbsResponseData. *mustaple*: `mustaple.core.verify.verify`, with every",
         f"check. Median of {rounds} alternating rounds of about {seconds:g} s per side; the",
         "ratio is mustaple's median over bare's.",
         "",

@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
-from mustaple.certs import Target, make_target
+from mustaple.core.certs import Target, make_target
 from mustaple.testing import CA, Identity, Leaf, ManualClock
 from servers import RedisServer
 

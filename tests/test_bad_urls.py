@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from mustaple.certs import make_target
+from mustaple.adapters.fetch import fetch_staple
 from mustaple.cli import main
-from mustaple.fetch import fetch_staple
-from mustaple.reasons import Reason
-from mustaple.report import ExitCode
+from mustaple.core.certs import make_target
+from mustaple.core.reasons import Reason
+from mustaple.core.report import ExitCode
+from mustaple.core.urls import url_host, url_problem
 from mustaple.testing import CA, ResponderThread
-from mustaple.urls import url_host, url_problem
 
 BAD_URLS = [
     "http://[::1/",

@@ -17,12 +17,12 @@ import pytest
 from cryptography import x509
 from cryptography.x509 import ocsp
 
-from mustaple.certs import Target, make_target
-from mustaple.fetch import FetchPolicy, FetchResult, fetch_staple
-from mustaple.reasons import Note, Reason, Rejection
-from mustaple.request import CertId, cert_id_for, encode_request, get_url, make_cert_id
+from mustaple.adapters.fetch import FetchPolicy, FetchResult, fetch_staple
+from mustaple.core.certs import Target, make_target
+from mustaple.core.reasons import Note, Reason, Rejection
+from mustaple.core.request import CertId, cert_id_for, encode_request, get_url, make_cert_id
+from mustaple.core.verify import HttpAnswer, Signer, Staple, compare, judge
 from mustaple.testing import CA, Behaviour, OCSPResponder, ResponderThread, Served
-from mustaple.verify import HttpAnswer, Signer, Staple, compare, judge
 
 B = Behaviour
 Outcome = tuple[ocsp.OCSPCertStatus, Signer, tuple[Note, ...]]

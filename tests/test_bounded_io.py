@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from mustaple.adapters.files import NotRegularFileError, clean_temporaries, read_input, write_atomic
+from mustaple.adapters.sinks import FileSink
 from mustaple.cli import main
-from mustaple.delivery import Action, Delivery
-from mustaple.errors import InputError
-from mustaple.files import NotRegularFileError, clean_temporaries, read_input, write_atomic
-from mustaple.report import ExitCode
-from mustaple.sinks import FileSink
+from mustaple.core.delivery import Action, Delivery
+from mustaple.core.errors import InputError
+from mustaple.core.report import ExitCode
 from mustaple.testing import CA, LeafFiles, ResponderThread
 
 MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))

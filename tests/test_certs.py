@@ -6,7 +6,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 
-from mustaple.certs import (
+from mustaple.core.certs import (
     ca_issuer_urls,
     display_name,
     find_issuer,
@@ -15,7 +15,7 @@ from mustaple.certs import (
     ocsp_urls,
     parse_certificates,
 )
-from mustaple.errors import InputError
+from mustaple.core.errors import InputError
 from mustaple.testing import CA, Leaf
 
 DER = serialization.Encoding.DER

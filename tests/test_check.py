@@ -31,7 +31,8 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 
-from mustaple.certs import Target
+from mustaple.adapters.fetch import fetch_staple
+from mustaple.adapters.probe import ProbeResult, probe
 from mustaple.check import (
     JSON_KEYS,
     Client,
@@ -44,9 +45,8 @@ from mustaple.check import (
     report_lines,
 )
 from mustaple.cli.check import check_command
-from mustaple.fetch import fetch_staple
-from mustaple.probe import ProbeResult, probe
-from mustaple.request import make_cert_id
+from mustaple.core.certs import Target
+from mustaple.core.request import make_cert_id
 from mustaple.testing import (
     CA,
     Behaviour,

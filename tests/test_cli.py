@@ -16,7 +16,7 @@ from cryptography.x509 import ocsp
 
 from conftest import Handler, LoopbackServer, build_response, ocsp_reply
 from mustaple.cli import main
-from mustaple.report import STAPLE_KEYS, ExitCode
+from mustaple.core.report import STAPLE_KEYS, ExitCode
 from mustaple.testing import CA, Leaf, LeafFiles
 
 Serve = Callable[[Handler], LoopbackServer]

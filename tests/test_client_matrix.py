@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from mustaple.certs import Target
 from mustaple.check import Client, StapleState, client_accepts, client_states
-from mustaple.reasons import Rejection
+from mustaple.core.certs import Target
+from mustaple.core.reasons import Rejection
+from mustaple.core.verify import Staple, verify
 from mustaple.testing.judges import CLI_JUDGES, Firefox, Verdict, Workspace, judge_with_cli
 from mustaple.testing.matrix import OCSP_URL, Case, build_cases, roots_of
 from mustaple.testing.pki import CA
@@ -37,7 +38,6 @@ from mustaple.testing.strictness import (
     render,
 )
 from mustaple.testing.tls import StaplingServer
-from mustaple.verify import Staple, verify
 
 PAGE = Path(__file__).parent.parent / "docs" / "strictness.md"
 REGENERATE = "regenerate with: python -m mustaple.testing.strictness --write docs/strictness.md"

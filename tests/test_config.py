@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mustaple.config import ConfigError, load_config, parse_config, parse_duration
-from mustaple.daemon import check_config
-from mustaple.redisstore import shown_url
+from mustaple.adapters.config import ConfigError, load_config, parse_config, parse_duration
+from mustaple.adapters.redisstore import shown_url
+from mustaple.keeper.daemon import check_config
 
 MINIMAL = """
 [[certificates]]

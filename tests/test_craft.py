@@ -12,10 +12,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa
 from cryptography.x509 import ocsp
 
-from mustaple import der
-from mustaple.certs import Target, make_target
-from mustaple.reasons import Note, Reason, Rejection
-from mustaple.request import CertId, issuer_key_bits, make_cert_id
+from mustaple.core import der
+from mustaple.core.certs import Target, make_target
+from mustaple.core.reasons import Note, Reason, Rejection
+from mustaple.core.request import CertId, issuer_key_bits, make_cert_id
+from mustaple.core.verify import Signer, Staple, verify
 from mustaple.testing import (
     CA,
     ExtensionSpec,
@@ -40,7 +41,6 @@ from mustaple.testing.craft import (
     oid,
     tlv,
 )
-from mustaple.verify import Signer, Staple, verify
 
 NONCE = "1.3.6.1.5.5.7.48.1.2"
 EXAMPLE_OID = "1.3.6.1.4.1.32473.7"

@@ -1,6 +1,6 @@
 """What cryptography's parser refuses by itself, so that `verify` need not walk the DER first.
 
-`mustaple.verify` parses with cryptography first and runs its own strict DER walk only when
+`mustaple.core.verify` parses with cryptography first and runs its own strict DER walk only when
 cryptography refuses a response (to name the precise reason), when the status is not
 successful, or when the signature algorithm's parameters are not pinned down by cryptography.
 That is sound only while cryptography's parser (rust-asn1) refuses every non-DER shape the walk
@@ -17,9 +17,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from cryptography.x509 import ocsp
 
-from mustaple import der
-from mustaple.certs import Target, make_target
-from mustaple.reasons import Reason, Rejection
+from mustaple.core import der
+from mustaple.core.certs import Target, make_target
+from mustaple.core.reasons import Reason, Rejection
+from mustaple.core.verify import Staple, verify
 from mustaple.testing import CA, KeyType, Leaf, craft_response, good_spec
 from mustaple.testing.craft import (
     BASIC_RESPONSE,
@@ -32,7 +33,6 @@ from mustaple.testing.craft import (
     seq,
     tlv,
 )
-from mustaple.verify import Staple, verify
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 CHECK_AT = NOW + timedelta(minutes=1)

@@ -22,13 +22,13 @@ import pytest
 from cryptography.x509 import ocsp
 from cryptography.x509.ocsp import OCSPCertStatus
 
-from mustaple.certs import make_target
 from mustaple.cli import main
-from mustaple.clock import utc_now
-from mustaple.report import ExitCode
-from mustaple.request import encode_request, get_url, make_cert_id
+from mustaple.core.certs import make_target
+from mustaple.core.clock import utc_now
+from mustaple.core.report import ExitCode
+from mustaple.core.request import encode_request, get_url, make_cert_id
+from mustaple.core.verify import Staple, verify
 from mustaple.testing import CA, Behaviour, Leaf, ResponderThread
-from mustaple.verify import Staple, verify
 from outside import wait_for
 
 MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))

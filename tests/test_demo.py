@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mustaple.cli import main
-from mustaple.demo import MISBEHAVIOURS
+from mustaple.front.demo import MISBEHAVIOURS
 
 
 def test_demo_runs_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:

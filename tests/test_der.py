@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mustaple import der
+from mustaple.core import der
 
 
 def test_reads_short_and_long_lengths() -> None:

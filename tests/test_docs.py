@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mustaple.reasons import markdown_tables
-from mustaple.report import ExitCode
+from mustaple.core.reasons import markdown_tables
+from mustaple.core.report import ExitCode
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from conftest import Clock
+from mustaple.adapters.probe import ProbeError, probe
+from mustaple.adapters.starttls import DEFAULT_PORTS as STARTTLS_PORTS
 from mustaple.check import parse_address
 from mustaple.cli import main
-from mustaple.probe import ProbeError, probe
-from mustaple.report import ExitCode
-from mustaple.starttls import DEFAULT_PORTS as STARTTLS_PORTS
+from mustaple.core.report import ExitCode
 from mustaple.testing import CA, Behaviour, Leaf, LeafFiles, ResponderThread
 from mustaple.testing.craft import craft_response, good_spec
 from reach_servers import EximServer, gnutls_staple

@@ -24,18 +24,18 @@ import pytest
 from aiohttp import web
 
 from conftest import Clock
-from mustaple.clock import utc_now
-from mustaple.config import CertEntry, Config, HttpConfig, KeeperPolicy
-from mustaple.fastpath import FastPath
-from mustaple.fetch import FetchPolicy
-from mustaple.keeper import Keeper
-from mustaple.localresponder import MALFORMED_REQUEST, UNAUTHORIZED, add_routes
-from mustaple.metrics import Metrics
-from mustaple.request import encode_request, get_url, make_cert_id
-from mustaple.store import SqliteStore
+from mustaple.adapters.config import CertEntry, Config, HttpConfig, KeeperPolicy
+from mustaple.adapters.fetch import FetchPolicy
+from mustaple.adapters.store import SqliteStore
+from mustaple.core.clock import utc_now
+from mustaple.core.request import encode_request, get_url, make_cert_id
+from mustaple.core.verify import Staple
+from mustaple.keeper.keeper import Keeper
+from mustaple.serve.fastpath import FastPath
+from mustaple.serve.localresponder import MALFORMED_REQUEST, UNAUTHORIZED, add_routes
+from mustaple.serve.metrics import Metrics
+from mustaple.serve.web import HttpServer, make_app, start_http
 from mustaple.testing import CA, Leaf, OCSPResponder
-from mustaple.verify import Staple
-from mustaple.web import HttpServer, make_app, start_http
 from servers import NginxServer
 from test_localresponder import LiveStack, first_staple, keeping
 

@@ -16,12 +16,12 @@ from aiohttp import web
 from cryptography.x509 import ocsp
 
 from conftest import Handler, LoopbackServer, build_response, ocsp_reply
-from mustaple.certs import Target, make_target
-from mustaple.fetch import FetchPolicy, FetchResult, _retry_after, fetch_staple
-from mustaple.reasons import Reason
-from mustaple.request import encode_request, get_url, make_cert_id
+from mustaple.adapters.fetch import FetchPolicy, FetchResult, _retry_after, fetch_staple
+from mustaple.core.certs import Target, make_target
+from mustaple.core.reasons import Reason
+from mustaple.core.request import encode_request, get_url, make_cert_id
+from mustaple.core.verify import Staple
 from mustaple.testing import CA, Leaf
-from mustaple.verify import Staple
 
 Serve = Callable[[Handler], LoopbackServer]
 DAY = timedelta(days=1)

@@ -1,4 +1,4 @@
-"""The retry and failover plan (`mustaple.fetchplan`), table-tested: no socket, no clock, no
+"""The retry and failover plan (`mustaple.core.fetchplan`), table-tested: no socket, no clock, no
 sleep. Each row is the steps taken so far and the step the plan must say next; the HTTP path
 that carries the steps out is tested in test_fetch.py and test_behaviours.py."""
 
@@ -9,8 +9,8 @@ from datetime import datetime, timedelta
 import pytest
 
 from conftest import build_response
-from mustaple.certs import Target
-from mustaple.fetchplan import (
+from mustaple.core.certs import Target
+from mustaple.core.fetchplan import (
     Exchange,
     Route,
     Send,
@@ -22,11 +22,11 @@ from mustaple.fetchplan import (
     next_step,
     routes_for,
 )
-from mustaple.fetchtypes import FetchPolicy
-from mustaple.reasons import Reason, Rejection
-from mustaple.request import HttpRequest
+from mustaple.core.fetchtypes import FetchPolicy
+from mustaple.core.reasons import Reason, Rejection
+from mustaple.core.request import HttpRequest
+from mustaple.core.verify import DEFAULT_POLICY, HttpAnswer, Staple, verify
 from mustaple.testing import CA, Leaf
-from mustaple.verify import DEFAULT_POLICY, HttpAnswer, Staple, verify
 
 A, B = "http://a.test/", "http://b.test/"
 REQUEST = bytes(range(48))

@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from mustaple.delivery import Action, Delivery
-from mustaple.files import write_atomic_many
-from mustaple.sinks import FileSink
+from mustaple.adapters.files import write_atomic_many
+from mustaple.adapters.sinks import FileSink
+from mustaple.core.delivery import Action, Delivery
 
 
 def delivery(name: str, der: bytes | None, action: Action = Action.STAPLE) -> Delivery:

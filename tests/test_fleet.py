@@ -23,15 +23,15 @@ import pytest
 from cryptography.x509.oid import NameOID
 
 from conftest import Clock
-from mustaple.config import CertEntry, Config, FleetConfig, KeeperPolicy
-from mustaple.daemon import open_fleet
-from mustaple.fetch import FetchPolicy
-from mustaple.fleet import Fleet
-from mustaple.keeper import Keeper
-from mustaple.metrics import Metrics
-from mustaple.redisstore import Lease, RedisStore
-from mustaple.sinks import build_sink
-from mustaple.store import SqliteStore, StoredStaple, cert_key
+from mustaple.adapters.config import CertEntry, Config, FleetConfig, KeeperPolicy
+from mustaple.adapters.fetch import FetchPolicy
+from mustaple.adapters.redisstore import Lease, RedisStore
+from mustaple.adapters.sinks import build_sink
+from mustaple.adapters.store import SqliteStore, StoredStaple, cert_key
+from mustaple.keeper.daemon import open_fleet
+from mustaple.keeper.fleet import Fleet
+from mustaple.keeper.keeper import Keeper
+from mustaple.serve.metrics import Metrics
 from mustaple.testing import CA, Behaviour, Leaf, OCSPResponder
 from servers import RedisServer
 

@@ -21,15 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from mustaple.certs import make_target
+from mustaple.adapters.fetch import fetch_staple
+from mustaple.adapters.redisstore import RedisStore
+from mustaple.adapters.store import cert_key
 from mustaple.cli import main
-from mustaple.clock import utc_now
-from mustaple.fetch import fetch_staple
-from mustaple.redisstore import RedisStore
-from mustaple.report import ExitCode
-from mustaple.store import cert_key
+from mustaple.core.certs import make_target
+from mustaple.core.clock import utc_now
+from mustaple.core.report import ExitCode
+from mustaple.core.verify import Staple, verify
 from mustaple.testing import CA, Behaviour, Leaf, ResponderThread
-from mustaple.verify import Staple, verify
 from outside import wait_for
 from servers import HAProxyServer, RedisServer, staple_from
 from test_sinks import haproxy_pem

@@ -11,8 +11,8 @@ import textwrap
 from datetime import timedelta
 from pathlib import Path
 
-from mustaple.events import Event, run_hook
-from mustaple.shell import TAIL_BYTES, run_command
+from mustaple.adapters.events import Event, run_hook
+from mustaple.adapters.shell import TAIL_BYTES, run_command
 
 EVENT = Event("failure", "hook.test", "/x/fullchain.pem", True, "failing", "it broke", "timeout")
 FLOOD_MB = 200
@@ -73,7 +73,7 @@ def test_a_flood_on_stderr_keeps_memory_bounded() -> None:
     script = textwrap.dedent(f"""
         import asyncio, resource
         from datetime import timedelta
-        from mustaple.events import Event, run_hook
+        from mustaple.adapters.events import Event, run_hook
         event = Event("failure", "n", "/c", True, "failing", "m")
         flood = "head -c {FLOOD_MB}000000 /dev/zero >&2; echo >&2; echo last words >&2; exit 1"
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

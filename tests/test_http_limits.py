@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from mustaple.config import load_config
-from mustaple.fastpath import MAX_CONNECTIONS, SPARE_DESCRIPTORS
-from mustaple.request import encode_request, get_url, make_cert_id
+from mustaple.adapters.config import load_config
+from mustaple.core.request import encode_request, get_url, make_cert_id
+from mustaple.serve.fastpath import MAX_CONNECTIONS, SPARE_DESCRIPTORS
 from mustaple.testing import CA, Leaf, ResponderThread
 
 MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from conftest import build_response
+from mustaple.adapters.serverconf import read_nginx
 from mustaple.cli import main
-from mustaple.daemon import check_config
-from mustaple.serverconf import read_nginx
+from mustaple.keeper.daemon import check_config
 from mustaple.testing.pki import CA, Leaf
 from servers import Server, free_port, staple_from
 

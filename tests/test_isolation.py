@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mustaple.request import encode_request, get_url, make_cert_id
+from mustaple.core.request import encode_request, get_url, make_cert_id
 from mustaple.testing import CA, Behaviour, ResponderThread
 from outside import get_json, http_get, wait_for
 from servers import free_port

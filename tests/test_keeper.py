@@ -21,13 +21,13 @@ from aiohttp import web
 from cryptography.x509 import ocsp
 
 from conftest import Handler, LoopbackServer
-from mustaple.certs import Target
-from mustaple.config import Config, Hooks
-from mustaple.delivery import Action
-from mustaple.keeper import Keeper
-from mustaple.reasons import Reason, Rejection
-from mustaple.request import make_cert_id
-from mustaple.store import SqliteStore
+from mustaple.adapters.config import Config, Hooks
+from mustaple.adapters.store import SqliteStore
+from mustaple.core.certs import Target
+from mustaple.core.delivery import Action
+from mustaple.core.reasons import Reason, Rejection
+from mustaple.core.request import make_cert_id
+from mustaple.keeper.keeper import Keeper
 from mustaple.testing import (
     CA,
     QUICK_FETCH,

@@ -12,8 +12,8 @@ from cryptography.x509 import ocsp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mustaple.delivery import Action
-from mustaple.lifecycle import (
+from mustaple.core.delivery import Action
+from mustaple.core.lifecycle import (
     Accepted,
     CertState,
     Effect,
@@ -30,9 +30,9 @@ from mustaple.lifecycle import (
     step,
     wanted,
 )
-from mustaple.reasons import Reason, Rejection
-from mustaple.schedule import SchedulePolicy
-from mustaple.verify import Signer, Staple
+from mustaple.core.reasons import Reason, Rejection
+from mustaple.core.schedule import SchedulePolicy
+from mustaple.core.verify import Signer, Staple
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)

@@ -12,10 +12,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from conftest import Handler, LoopbackServer
-from mustaple.certs import Target
-from mustaple.errors import InputError
-from mustaple.fetch import FetchPolicy
-from mustaple.loader import load_target
+from mustaple.adapters.fetch import FetchPolicy
+from mustaple.adapters.loader import load_target
+from mustaple.core.certs import Target
+from mustaple.core.errors import InputError
 from mustaple.testing import CA
 
 Serve = Callable[[Handler], LoopbackServer]

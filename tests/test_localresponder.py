@@ -26,17 +26,17 @@ from aiohttp import web
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
-from mustaple.clock import utc_now
-from mustaple.config import Config
-from mustaple.fetch import FetchPolicy
-from mustaple.keeper import Keeper, Managed
-from mustaple.localresponder import MALFORMED_REQUEST, UNAUTHORIZED, add_routes, read_cert_id
-from mustaple.request import CertId, encode_request, get_url, make_cert_id
-from mustaple.schedule import refresh_point
-from mustaple.store import SqliteStore
+from mustaple.adapters.config import Config
+from mustaple.adapters.fetch import FetchPolicy
+from mustaple.adapters.store import SqliteStore
+from mustaple.core.clock import utc_now
+from mustaple.core.request import CertId, encode_request, get_url, make_cert_id
+from mustaple.core.schedule import refresh_point
+from mustaple.core.verify import Staple
+from mustaple.keeper.keeper import Keeper, Managed
+from mustaple.serve.localresponder import MALFORMED_REQUEST, UNAUTHORIZED, add_routes, read_cert_id
 from mustaple.testing import CA, Behaviour, Leaf, OCSPResponder, keeper_config, keeper_world
 from mustaple.testing import World as KeeperWorld
-from mustaple.verify import Staple
 from servers import ApacheServer, NginxServer, Server, staple_from
 
 DAY = timedelta(days=1)

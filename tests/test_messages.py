@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from conftest import build_response
+from mustaple.adapters.config import parse_config
 from mustaple.check import Level
 from mustaple.cli import main
-from mustaple.config import parse_config
-from mustaple.report import ExitCode
+from mustaple.core.report import ExitCode
 from mustaple.testing import CA, Leaf, StaplingServer
 
 

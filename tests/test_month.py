@@ -13,16 +13,16 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from mustaple.certs import make_target
-from mustaple.config import HttpConfig
-from mustaple.delivery import Action, Delivery
-from mustaple.fetch import FetchResult
-from mustaple.keeper import Managed
-from mustaple.metrics import Metrics
-from mustaple.status import status_rows
+from mustaple.adapters.config import HttpConfig
+from mustaple.adapters.fetch import FetchResult
+from mustaple.core.certs import make_target
+from mustaple.core.delivery import Action, Delivery
+from mustaple.core.verify import Staple, verify
+from mustaple.front.status import status_rows
+from mustaple.keeper.keeper import Managed
+from mustaple.serve.metrics import Metrics
+from mustaple.serve.web import make_app
 from mustaple.testing import Behaviour, World
-from mustaple.verify import Staple, verify
-from mustaple.web import make_app
 from test_keeper import world
 
 DAYS = 30

@@ -22,11 +22,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import CRLEntryExtensionOID, ExtendedKeyUsageOID
 
-from mustaple.certs import Target, make_target, parse_certificates
-from mustaple.fetch import FetchPolicy, FetchResult, fetch_staple
-from mustaple.reasons import Note, Reason, Rejection
-from mustaple.request import encode_request, make_cert_id, plan_requests
-from mustaple.verify import HttpAnswer, Signer, Staple, judge, verify
+from mustaple.adapters.fetch import FetchPolicy, FetchResult, fetch_staple
+from mustaple.core.certs import Target, make_target, parse_certificates
+from mustaple.core.reasons import Note, Reason, Rejection
+from mustaple.core.request import encode_request, make_cert_id, plan_requests
+from mustaple.core.verify import HttpAnswer, Signer, Staple, judge, verify
 from openssl_pki import (
     KEY_TYPES,
     LEAVES,

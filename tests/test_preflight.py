@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mustaple.cli import main
-from mustaple.report import ExitCode
+from mustaple.core.report import ExitCode
 from mustaple.testing.pki import CA
 
 

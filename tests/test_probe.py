@@ -23,11 +23,12 @@ from urllib.parse import urlsplit
 import pytest
 from OpenSSL import SSL
 
-from mustaple.certs import Target
-from mustaple.errors import InputError
-from mustaple.fetch import fetch_staple
-from mustaple.probe import ProbeError, probe, probe_async
-from mustaple.reasons import Reason, Rejection
+from mustaple.adapters.fetch import fetch_staple
+from mustaple.adapters.probe import ProbeError, probe, probe_async
+from mustaple.core.certs import Target
+from mustaple.core.errors import InputError
+from mustaple.core.reasons import Reason, Rejection
+from mustaple.core.verify import Staple, verify
 from mustaple.testing import (
     CA,
     Leaf,
@@ -37,7 +38,6 @@ from mustaple.testing import (
     craft_response,
     good_spec,
 )
-from mustaple.verify import Staple, verify
 
 VERSIONS = ("1.2", "1.3")
 HOST = "127.0.0.1"

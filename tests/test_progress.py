@@ -23,11 +23,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from mustaple.adapters.fetch import FetchResult
 from mustaple.cli import main
-from mustaple.fetch import FetchResult
-from mustaple.progress import Display, FetchProgress, PrimeProgress
-from mustaple.reasons import Reason, Rejection
-from mustaple.report import ExitCode
+from mustaple.core.reasons import Reason, Rejection
+from mustaple.core.report import ExitCode
+from mustaple.front.progress import Display, FetchProgress, PrimeProgress
 from mustaple.testing.pki import CA
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[a-zA-Z]")

@@ -11,7 +11,7 @@ A fifth case re-signs the issuer's RSA response with RSASSA-PSS (explicit parame
 the builder cannot do, so the PSS parameter parsing is mutated too. Inputs hypothesis found
 that made `verify` raise are kept as fixed cases (`FOUND`), so they reproduce on every run.
 
-`mustaple.der` gets the same treatment: random input raises only `DerError`, and what we encode
+`mustaple.core.der` gets the same treatment: random input raises only `DerError`, and what we encode
 ourselves (elements, integers, object identifiers) reads back unchanged.
 """
 
@@ -29,11 +29,11 @@ from cryptography.x509 import ocsp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mustaple import der
-from mustaple.certs import Target, make_target
-from mustaple.reasons import Rejection
+from mustaple.core import der
+from mustaple.core.certs import Target, make_target
+from mustaple.core.reasons import Rejection
+from mustaple.core.verify import Signer, Staple, verify
 from mustaple.testing import CA, Identity, KeyType
-from mustaple.verify import Signer, Staple, verify
 
 START = datetime.now(UTC).replace(microsecond=0)
 FEW = settings(max_examples=100, deadline=None)
@@ -639,7 +639,7 @@ def test_found_inputs_give_a_rejection(found: str) -> None:
     assert isinstance(result, Rejection), result
 
 
-# --- mustaple.der -------------------------------------------------------------------------------
+# --- mustaple.core.der ----------------------------------------------------------------------------
 
 
 @MANY

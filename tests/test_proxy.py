@@ -15,13 +15,13 @@ from aiohttp import web
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from conftest import Handler, LoopbackServer
-from mustaple.certs import make_target
+from mustaple.adapters.config import CertEntry, ConfigError, load_config, with_proxy
+from mustaple.adapters.fetch import FetchPolicy, FetchResult, fetch_issuer, fetch_staple
 from mustaple.cli import main
-from mustaple.config import CertEntry, ConfigError, load_config, with_proxy
-from mustaple.fetch import FetchPolicy, FetchResult, fetch_issuer, fetch_staple
-from mustaple.proxy import Proxy, ProxyError, check_proxy_url, choose_proxy
-from mustaple.reasons import Reason
-from mustaple.report import ExitCode
+from mustaple.core.certs import make_target
+from mustaple.core.proxy import Proxy, ProxyError, check_proxy_url, choose_proxy
+from mustaple.core.reasons import Reason
+from mustaple.core.report import ExitCode
 from mustaple.testing import CA, Behaviour, Leaf, ResponderThread
 from reach_servers import TinyproxyServer
 from servers import free_port

@@ -1,11 +1,11 @@
-"""One way to write a time, a duration and a held staple's life (mustaple.render)."""
+"""One way to write a time, a duration and a held staple's life (mustaple.core.render)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from mustaple.render import (
+from mustaple.core.render import (
     human_duration,
     human_time,
     iso,

@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509 import ocsp
 
-from mustaple.request import (
+from mustaple.core.request import (
     GET_URL_LIMIT,
     encode_request,
     get_url,

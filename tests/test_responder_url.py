@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from mustaple.adapters.probe import ProbeResult, probe
 from mustaple.check import Issuer, judge, report_lines
 from mustaple.cli import main
-from mustaple.probe import ProbeResult, probe
 from reach_servers import CaddyServer, JsseServer, NatsServer, compile_jsse_server
 from servers import ApacheServer, NginxServer, staple_from
 from test_localresponder import NAME, LiveStack, first_staple

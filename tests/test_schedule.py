@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from cryptography.x509 import ocsp
 
-from mustaple.schedule import (
+from mustaple.core.schedule import (
     Alert,
     SchedulePolicy,
     alert_level,
@@ -16,7 +16,7 @@ from mustaple.schedule import (
     next_retry,
     refresh_point,
 )
-from mustaple.verify import Signer, Staple
+from mustaple.core.verify import Signer, Staple
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)

@@ -22,13 +22,14 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from mustaple.certs import make_target
-from mustaple.delivery import Action, Delivered, Delivery, Sink
-from mustaple.fetch import fetch_staple
-from mustaple.probe import probe
-from mustaple.request import make_cert_id
-from mustaple.sinks import SinkConfigError, SocketAddress, build_sink
-from mustaple.store import cert_key
+from mustaple.adapters.fetch import fetch_staple
+from mustaple.adapters.probe import probe
+from mustaple.adapters.sinks import SinkConfigError, SocketAddress, build_sink
+from mustaple.adapters.store import cert_key
+from mustaple.core.certs import make_target
+from mustaple.core.delivery import Action, Delivered, Delivery, Sink
+from mustaple.core.request import make_cert_id
+from mustaple.core.verify import Staple
 from mustaple.testing import (
     CA,
     Behaviour,
@@ -39,7 +40,6 @@ from mustaple.testing import (
     good_single,
     good_spec,
 )
-from mustaple.verify import Staple
 from servers import (
     HAProxyServer,
     LighttpdServer,

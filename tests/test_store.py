@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from mustaple.errors import InputError
-from mustaple.redisstore import RedisStore
-from mustaple.store import (
+from mustaple.adapters.redisstore import RedisStore
+from mustaple.adapters.store import (
     HISTORY_LIMIT,
     AttemptRecord,
     CertStatus,
@@ -26,6 +25,7 @@ from mustaple.store import (
     StoredStaple,
     cert_key,
 )
+from mustaple.core.errors import InputError
 from mustaple.testing import Leaf
 from servers import RedisServer
 
@@ -165,7 +165,7 @@ WRITER = """
 import sys
 sys.path.insert(0, "tests")
 from tests.test_store import stored
-from mustaple.store import SqliteStore
+from mustaple.adapters.store import SqliteStore
 store = SqliteStore(sys.argv[1])
 n = 0
 while True:

@@ -37,7 +37,7 @@ from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 
 from conftest import Handler, LoopbackServer, ocsp_reply
-from mustaple.certs import Target, make_target
+from mustaple.adapters.loader import load_target
 from mustaple.check import (
     Client,
     Level,
@@ -47,11 +47,12 @@ from mustaple.check import (
     client_states,
 )
 from mustaple.cli import main
-from mustaple.errors import InputError
-from mustaple.loader import load_target
-from mustaple.reasons import Note, Reason, Rejection
-from mustaple.report import ExitCode
-from mustaple.request import make_cert_id
+from mustaple.core.certs import Target, make_target
+from mustaple.core.errors import InputError
+from mustaple.core.reasons import Note, Reason, Rejection
+from mustaple.core.report import ExitCode
+from mustaple.core.request import make_cert_id
+from mustaple.core.verify import Staple, verify
 from mustaple.testing import (
     CA,
     ExtensionSpec,
@@ -67,7 +68,6 @@ from mustaple.testing import (
     unsuccessful,
 )
 from mustaple.testing.craft import octet_string
-from mustaple.verify import Staple, verify
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 DAY = timedelta(days=1)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mustaple.cli import main
-from mustaple.report import ExitCode
+from mustaple.core.report import ExitCode
 
 BASE = """
 state_dir = "{tmp}/state"

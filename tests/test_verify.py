@@ -13,11 +13,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from conftest import build_response
-from mustaple.certs import Target, make_target
-from mustaple.reasons import Note, Reason, Rejection
-from mustaple.request import make_cert_id
+from mustaple.core.certs import Target, make_target
+from mustaple.core.reasons import Note, Reason, Rejection
+from mustaple.core.request import make_cert_id
+from mustaple.core.verify import HttpAnswer, Policy, Signer, Staple, check_http, compare, verify
 from mustaple.testing import CA, Leaf
-from mustaple.verify import HttpAnswer, Policy, Signer, Staple, check_http, compare, verify
 
 DAY = timedelta(days=1)
 

@@ -23,13 +23,13 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from mustaple.config import HttpConfig
-from mustaple.errors import InputError
-from mustaple.fetch import FetchPolicy
-from mustaple.metrics import STATES
-from mustaple.request import encode_request, make_cert_id
+from mustaple.adapters.config import HttpConfig
+from mustaple.adapters.fetch import FetchPolicy
+from mustaple.core.errors import InputError
+from mustaple.core.request import encode_request, make_cert_id
+from mustaple.serve.metrics import STATES
+from mustaple.serve.web import make_app, start_http
 from mustaple.testing import Behaviour, Leaf, World, keeper_world
-from mustaple.web import make_app, start_http
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY = timedelta(days=1)

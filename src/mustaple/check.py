@@ -4,18 +4,19 @@ The names of `mustaple check` gathered in one place, so `from mustaple.check imp
 the one import for users (docs/check.md). Three modules do the work, each thinner than the
 one before:
 
-- `mustaple.checkjudge` is pure: `judge` and `judge_responder` take what was served (or what
+- `mustaple.core.checkjudge` is pure: `judge` and `judge_responder` take what was served (or what
   the responder answered), the issuer, `now` and the policies, and give a `CheckReport`; the
   client model (`client_accepts`, `client_states`) lives there too.
-- `mustaple.checkprobe` does the I/O: TLS probes, the issuer, the OCSP fetch for `--cert`.
-- `mustaple.checkrender` renders a report as lines or as one JSON object.
+- `mustaple.adapters.checkprobe` does the I/O: TLS probes, the issuer, the OCSP fetch for `--cert`.
+- `mustaple.core.checkrender` renders a report as lines or as one JSON object.
 
 The click command is `mustaple.cli.check`.
 """
 
 from __future__ import annotations
 
-from mustaple.checkjudge import (
+from mustaple.adapters.checkprobe import DEFAULT_PORT, check_responder, check_server, parse_address
+from mustaple.core.checkjudge import (
     CheckReport,
     Client,
     Connection,
@@ -27,8 +28,7 @@ from mustaple.checkjudge import (
     judge,
     judge_responder,
 )
-from mustaple.checkprobe import DEFAULT_PORT, check_responder, check_server, parse_address
-from mustaple.checkrender import JSON_KEYS, error_json, report_json, report_lines
+from mustaple.core.checkrender import JSON_KEYS, error_json, report_json, report_lines
 
 __all__ = [
     "DEFAULT_PORT",

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 import click
 
 from mustaple import __version__
-from mustaple.errors import InputError
-from mustaple.report import ExitCode
+from mustaple.core.errors import InputError
+from mustaple.core.report import ExitCode
 
 __all__ = ["COMMANDS", "cli", "main", "run"]
 

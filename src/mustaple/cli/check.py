@@ -11,10 +11,10 @@ from typing import Any
 
 import click
 
-from mustaple.checkjudge import CheckReport, Level
-from mustaple.errors import InputError
-from mustaple.starttls import DEFAULT_PORTS as STARTTLS_PORTS
-from mustaple.starttls import PROTOCOLS as STARTTLS_PROTOCOLS
+from mustaple.adapters.starttls import DEFAULT_PORTS as STARTTLS_PORTS
+from mustaple.adapters.starttls import PROTOCOLS as STARTTLS_PROTOCOLS
+from mustaple.core.checkjudge import CheckReport, Level
+from mustaple.core.errors import InputError
 
 __all__ = ["check_command"]
 
@@ -85,7 +85,7 @@ def check_command(
     Exit codes (monitoring-plugin convention): 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN
     (including usage errors).
     """
-    from mustaple.checkprobe import DEFAULT_PORT, check_responder, check_server
+    from mustaple.adapters.checkprobe import DEFAULT_PORT, check_responder, check_server
 
     if (address is None) == (cert is None):
         raise click.UsageError("give either HOST[:PORT] or --cert CERT")
@@ -120,7 +120,7 @@ def check_command(
 
 
 def _address(text: str, default_port: int) -> tuple[str, int]:
-    from mustaple.checkprobe import parse_address
+    from mustaple.adapters.checkprobe import parse_address
 
     try:
         return parse_address(text, default_port)
@@ -130,8 +130,8 @@ def _address(text: str, default_port: int) -> tuple[str, int]:
 
 def _run(work: Coroutine[Any, Any, CheckReport], as_json: bool) -> Level:
     """Run the check; print the report, or one UNKNOWN line when nothing could be checked."""
-    from mustaple.checkrender import error_json, report_json, report_lines
-    from mustaple.probe import ProbeError
+    from mustaple.adapters.probe import ProbeError
+    from mustaple.core.checkrender import error_json, report_json, report_lines
 
     try:
         report = asyncio.run(work)

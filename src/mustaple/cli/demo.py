@@ -12,6 +12,6 @@ __all__ = ["demo"]
 @click.command("demo")
 def demo() -> int:
     """Show mustaple end to end on loopback: no internet, no setup, under a minute."""
-    from mustaple.demo import run_demo
+    from mustaple.front.demo import run_demo
 
     return asyncio.run(run_demo(click.echo))

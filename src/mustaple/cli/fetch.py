@@ -17,13 +17,13 @@ from mustaple.cli.options import (
     proxy_option,
     proxy_setting,
 )
-from mustaple.clock import utc_now
-from mustaple.errors import InputError
-from mustaple.request import HASHES
-from mustaple.verify import Policy
+from mustaple.core.clock import utc_now
+from mustaple.core.errors import InputError
+from mustaple.core.request import HASHES
+from mustaple.core.verify import Policy
 
 if TYPE_CHECKING:
-    from mustaple.fetch import FetchPolicy, FetchResult
+    from mustaple.adapters.fetch import FetchPolicy, FetchResult
 
 __all__ = ["fetch"]
 
@@ -77,8 +77,8 @@ def fetch(
     Exit codes: 0 a valid good staple; 1 no valid staple; 2 usage error or unreadable input;
     3 the certificate is revoked.
     """
-    from mustaple.fetch import FetchPolicy
-    from mustaple.report import exit_code, fetch_json, fetch_line
+    from mustaple.adapters.fetch import FetchPolicy
+    from mustaple.core.report import exit_code, fetch_json, fetch_line
 
     check_urls(urls)
     policy = FetchPolicy(
@@ -107,7 +107,7 @@ def fetch(
 
 
 def _write_out(path: str, data: bytes) -> None:
-    from mustaple.files import NotRegularFileError, write_atomic
+    from mustaple.adapters.files import NotRegularFileError, write_atomic
 
     try:
         write_atomic(path, data)
@@ -126,9 +126,9 @@ async def _fetch(
     policy: FetchPolicy,
     verify_policy: Policy,
 ) -> tuple[Any, FetchResult]:
-    from mustaple.fetch import fetch_staple
-    from mustaple.loader import load_target
-    from mustaple.progress import FetchProgress
+    from mustaple.adapters.fetch import fetch_staple
+    from mustaple.adapters.loader import load_target
+    from mustaple.front.progress import FetchProgress
 
     progress = FetchProgress(cert)  # on stderr: which URL it waits on, for how long
     async with progress.session(policy) as http:

@@ -12,9 +12,9 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from mustaple.errors import InputError
-from mustaple.files import write_atomic
-from mustaple.init import (
+from mustaple.adapters.files import write_atomic
+from mustaple.core.errors import InputError
+from mustaple.front.init import (
     CHECKERS,
     DEFAULT_CONFS,
     Edit,

@@ -10,9 +10,9 @@ from datetime import datetime
 import click
 
 from mustaple.cli.options import emit_json, lenient_option
-from mustaple.clock import utc_now
-from mustaple.errors import InputError
-from mustaple.verify import Policy, verify
+from mustaple.core.clock import utc_now
+from mustaple.core.errors import InputError
+from mustaple.core.verify import Policy, verify
 
 __all__ = ["inspect"]
 
@@ -37,9 +37,9 @@ def inspect(
 
     Same exit codes as fetch.
     """
-    from mustaple.files import read_input
-    from mustaple.loader import load_target
-    from mustaple.report import exit_code, explain, outcome_json
+    from mustaple.adapters.files import read_input
+    from mustaple.adapters.loader import load_target
+    from mustaple.core.report import exit_code, explain, outcome_json
 
     now = _parse_time(at) if at else utc_now()
     data = _response_bytes(read_input(response, "OCSP response"), response)

@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from mustaple.proxy import ProxyError, check_proxy_url
-from mustaple.urls import url_problem
+from mustaple.core.proxy import ProxyError, check_proxy_url
+from mustaple.core.urls import url_problem
 
 __all__ = [
     "MAX_TIMEOUT",

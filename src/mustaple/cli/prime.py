@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 import click
 
 from mustaple.cli.options import config_option, proxy_option, proxy_setting, setup_logging
-from mustaple.clock import utc_now
+from mustaple.core.clock import utc_now
 
 if TYPE_CHECKING:
-    from mustaple.config import Config
-    from mustaple.keeper import Managed
+    from mustaple.adapters.config import Config
+    from mustaple.keeper.keeper import Managed
 
 __all__ = ["prime"]
 
@@ -35,8 +35,8 @@ def prime(
     `mustaple prime "$RENEWED_LINEAGE/fullchain.pem" && systemctl reload nginx` never puts a
     must-staple certificate live without its staple. Same exit codes as fetch.
     """
-    from mustaple.daemon import check_config as check_config_file
-    from mustaple.status import prime_exit_code, prime_json, prime_line
+    from mustaple.front.status import prime_exit_code, prime_json, prime_line
+    from mustaple.keeper.daemon import check_config as check_config_file
 
     setup_logging(verbose)
     config = check_config_file(Path(config_path))
@@ -61,8 +61,8 @@ def _overriding_proxy(config: Config, proxy: str | None) -> Config:
 
 
 async def _prime(config: Config, paths: list[Path]) -> list[Managed]:
-    from mustaple.daemon import open_fleet, open_keeper
-    from mustaple.progress import FetchProgress, PrimeProgress
+    from mustaple.front.progress import FetchProgress, PrimeProgress
+    from mustaple.keeper.daemon import open_fleet, open_keeper
 
     progress = PrimeProgress(len(paths))  # on stderr: how many are done, which came last
     waits = FetchProgress("prime", progress.display)  # and each request while it waits

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from mustaple.cli.options import config_option, setup_logging
-from mustaple.report import ExitCode
+from mustaple.core.report import ExitCode
 
 __all__ = ["run_keeper"]
 
@@ -25,8 +25,8 @@ def run_keeper(*, config_path: str, check_config: bool, verbose: bool, quiet: bo
 
     Logs one line per event to stderr (refreshes, deliveries, problems), as a service should.
     """
-    from mustaple.daemon import check_config as check_config_file
-    from mustaple.preflight import preflight
+    from mustaple.adapters.preflight import preflight
+    from mustaple.keeper.daemon import check_config as check_config_file
 
     path = Path(config_path)
     if check_config:
@@ -47,7 +47,7 @@ def run_keeper(*, config_path: str, check_config: bool, verbose: bool, quiet: bo
 
 
 async def _run(path: Path) -> None:
-    from mustaple.daemon import serve
+    from mustaple.keeper.daemon import serve
 
     stop, reload = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -10,8 +10,8 @@ from typing import Any
 import click
 
 from mustaple.cli.options import config_option
-from mustaple.clock import utc_now
-from mustaple.report import ExitCode
+from mustaple.core.clock import utc_now
+from mustaple.core.report import ExitCode
 
 __all__ = ["status"]
 
@@ -23,8 +23,13 @@ __all__ = ["status"]
 def status(*, config_path: str, as_json: bool, fleet: bool) -> int:
     """Show every certificate's staple: status, times, next refresh, last error. With
     --fleet: every member, and who fetched each certificate's staple, when."""
-    from mustaple.daemon import check_config as check_config_file
-    from mustaple.status import fleet_view, print_fleet_tables, print_status_table, status_rows
+    from mustaple.front.status import (
+        fleet_view,
+        print_fleet_tables,
+        print_status_table,
+        status_rows,
+    )
+    from mustaple.keeper.daemon import check_config as check_config_file
 
     config = check_config_file(Path(config_path))  # the sinks too: the same checks as run
     if fleet:

@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 from cryptography.x509 import ocsp
 
-from mustaple import der
-from mustaple.request import CertId, make_cert_id
+from mustaple.core import der
+from mustaple.core.request import CertId, make_cert_id
 from mustaple.testing.pki import Identity, Leaf
 
 __all__ = [

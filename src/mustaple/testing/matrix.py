@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from mustaple import der
-from mustaple.request import CertId, issuer_key_bits, make_cert_id
+from mustaple.core import der
+from mustaple.core.request import CertId, issuer_key_bits, make_cert_id
 from mustaple.testing.craft import (
     ExtensionSpec,
     ResponseSpec,

@@ -10,13 +10,13 @@ from datetime import datetime
 
 from cryptography import x509
 
-from mustaple.certs import Target
-from mustaple.clock import Clock
-from mustaple.errors import InputError
-from mustaple.fetchplan import judged
-from mustaple.fetchtypes import Attempt, FetchJob, FetchPolicy, FetchResult
-from mustaple.reasons import Rejection
-from mustaple.verify import HttpAnswer, Staple
+from mustaple.core.certs import Target
+from mustaple.core.clock import Clock
+from mustaple.core.errors import InputError
+from mustaple.core.fetchplan import judged
+from mustaple.core.fetchtypes import Attempt, FetchJob, FetchPolicy, FetchResult
+from mustaple.core.reasons import Rejection
+from mustaple.core.verify import HttpAnswer, Staple
 
 __all__ = ["Answer", "MemoryFetcher"]
 

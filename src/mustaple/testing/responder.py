@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509 import ReasonFlags, ocsp
 
-from mustaple.request import HASHES, CertId, get_url, make_cert_id
+from mustaple.core.request import HASHES, CertId, get_url, make_cert_id
 from mustaple.testing.craft import (
     DEFAULT_VALIDITY,
     ExtensionSpec,

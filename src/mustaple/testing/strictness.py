@@ -20,10 +20,10 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mustaple.certs import Target
+from mustaple.core.certs import Target
+from mustaple.core.verify import Staple, verify
 from mustaple.testing.judges import Firefox, Verdict, Workspace, judge_with_cli
 from mustaple.testing.matrix import Case, build_cases, roots_of
-from mustaple.verify import Staple, verify
 
 __all__ = [
     "CLIENTS",

@@ -15,15 +15,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from mustaple.config import CertEntry, Config, Hooks, KeeperPolicy
-from mustaple.delivery import Delivered, Delivery, Sink
-from mustaple.fetch import FetchPolicy, FetchResult
-from mustaple.keeper import Keeper, Managed
-from mustaple.metrics import Metrics
-from mustaple.store import SqliteStore
+from mustaple.adapters.config import CertEntry, Config, Hooks, KeeperPolicy
+from mustaple.adapters.fetch import FetchPolicy, FetchResult
+from mustaple.adapters.store import SqliteStore
+from mustaple.core.delivery import Delivered, Delivery, Sink
+from mustaple.core.verify import Staple
+from mustaple.keeper.keeper import Keeper, Managed
+from mustaple.serve.metrics import Metrics
 from mustaple.testing.pki import CA, KeyType, Leaf
 from mustaple.testing.responder import OCSPResponder
-from mustaple.verify import Staple
 
 __all__ = [
     "QUICK_FETCH",

@@ -1,0 +1,134 @@
+"""The I/O of `mustaple check`: probe a server (or ask a certificate's responder), find the
+issuer, and hand everything to the pure judge (`mustaple.core.checkjudge`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from cryptography import x509
+
+from mustaple.adapters.fetch import fetch_issuer, fetch_staple
+from mustaple.adapters.files import read_input
+from mustaple.adapters.loader import load_target
+from mustaple.adapters.probe import probe_async
+from mustaple.core.certs import (
+    ca_issuer_urls,
+    display_name,
+    find_issuer,
+    issuer_encoded_differently,
+    parse_certificates,
+)
+from mustaple.core.checkjudge import CheckReport, Issuer, judge, judge_responder
+from mustaple.core.clock import utc_now
+from mustaple.core.issuers import issuer_over_aia
+
+__all__ = ["DEFAULT_PORT", "check_responder", "check_server", "parse_address"]
+
+DEFAULT_PORT = 443
+
+
+def parse_address(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """HOST, HOST:PORT, [V6]:PORT or a bare IPv6 address -> (host, port); ValueError if not."""
+    host, port = text, str(default_port)
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            host = ""
+        port = rest[1:] or port
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not HOST[:PORT] with a port from 1 to 65535")
+    return host, int(port)
+
+
+async def check_server(
+    host: str,
+    port: int,
+    *,
+    servername: str | None = None,
+    tls_version: str | None = None,
+    cafile: str | None = None,
+    issuer_path: str | None = None,
+    connections: int = 1,
+    starttls: str | None = None,
+) -> CheckReport:
+    """Connect `connections` times, one after the other, find the issuer and judge.
+
+    Raises ProbeError when the server cannot be probed, InputError for an unreadable file.
+    """
+    results = [
+        await probe_async(
+            host,
+            port,
+            servername=servername,
+            tls_version=tls_version,
+            cafile=cafile,
+            starttls=starttls,
+        )
+        for _ in range(connections)
+    ]
+    issuer = await _server_issuer(results[0].chain, issuer_path, cafile)
+    server = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return judge(results, issuer, utc_now(), server=server)
+
+
+async def _server_issuer(
+    chain: Sequence[x509.Certificate], issuer_path: str | None, cafile: str | None = None
+) -> Issuer:
+    """The leaf's issuer: from the served chain, else `issuer_path`, else `cafile` (the
+    issuing CA may be among its roots), else AIA caIssuers."""
+    leaf = chain[0]
+    found = find_issuer(leaf, chain[1:])
+    if found is not None:
+        return Issuer(found, "chain")
+    if issuer_encoded_differently(leaf, chain[1:]) is not None:
+        return Issuer(
+            None,
+            None,
+            "the server sends the issuer, but the certificate names it encoded differently "
+            "(Firefox and GnuTLS compare names as bytes and find no issuer; the CA must "
+            "reissue it)",
+        )
+    if issuer_path is not None:
+        found = _signer_in(issuer_path, "issuer certificate", leaf)
+        if found is not None:
+            return Issuer(found, "file")
+        return Issuer(None, None, f"{issuer_path} did not sign {display_name(leaf)}")
+    found = _signer_in(cafile, "CA file", leaf) if cafile is not None else None
+    if found is not None:
+        return Issuer(found, "cafile")
+    return await _issuer_from_aia(leaf)
+
+
+def _signer_in(path: str, what: str, leaf: x509.Certificate) -> x509.Certificate | None:
+    return find_issuer(leaf, parse_certificates(read_input(path, what), source=path))
+
+
+async def _issuer_from_aia(leaf: x509.Certificate) -> Issuer:
+    urls = ca_issuer_urls(leaf)
+    if not urls:
+        return Issuer(
+            None,
+            None,
+            "the server does not send the issuer and the certificate names no caIssuers "
+            "URL; pass it with --issuer FILE",
+        )
+    found, problems = await issuer_over_aia(leaf, urls, fetch_issuer)
+    if found is not None:
+        return Issuer(found, "aia")
+    return Issuer(None, None, "no issuer over AIA: " + "; ".join(problems))
+
+
+async def check_responder(
+    cert_path: str, issuer_path: str | None = None, urls: Sequence[str] = ()
+) -> CheckReport:
+    """Ask the certificate's responder (or `urls` first) directly, and judge its answer.
+
+    Raises InputError for an unusable certificate or issuer.
+    """
+    target = await load_target(cert_path, issuer_path)
+    fetched = await fetch_staple(target, urls=urls)
+    source = "file" if issuer_path is not None else "bundle-or-aia"
+    return judge_responder(target, fetched, utc_now(), issuer_source=source)

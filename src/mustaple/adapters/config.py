@@ -1,0 +1,466 @@
+"""The keeper's configuration: one TOML file, checked strictly (docs/configuration.md).
+
+Every problem is a `ConfigError` naming the file, the key and what is wrong; unknown keys are
+errors, not silently ignored. Durations are written with their unit ("30s", "5m", "2h", "1d").
+Sink tables are kept raw here and checked by `sinks.build_sink` when the keeper builds them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from mustaple.adapters.files import MAX_INPUT, read_input
+from mustaple.core.errors import InputError
+from mustaple.core.fetchtypes import FetchPolicy
+from mustaple.core.proxy import ProxyError, check_proxy_url
+from mustaple.core.request import HASHES
+from mustaple.core.schedule import SchedulePolicy
+from mustaple.core.urls import url_problem
+from mustaple.core.verify import Policy
+
+__all__ = [
+    "CertEntry",
+    "Config",
+    "ConfigError",
+    "FleetConfig",
+    "Hooks",
+    "HttpConfig",
+    "KeeperPolicy",
+    "TableReader",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+    "with_proxy",
+]
+
+_T = TypeVar("_T")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+HOOK_EVENTS = ("on_revoked", "on_expiring", "on_failure", "on_recovered")
+MAX_CONFIG_SIZE = 1024 * 1024  # bytes of the configuration file
+MAX_NESTING = 16  # tables and arrays within one another
+MAX_DURATION = timedelta(days=3650)  # no duration may be longer, whatever its key
+_MINUTE, _HOUR, _DAY = timedelta(minutes=1), timedelta(hours=1), timedelta(days=1)
+
+
+class ConfigError(InputError):
+    """The configuration cannot be used; the message names the file and the key."""
+
+
+def parse_duration(text: str) -> timedelta:
+    """'30s', '5m', '2h', '1d' (a number and one unit) as a timedelta."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a duration such as '30s', '5m', '2h' or '1d'")
+    seconds = float(match[1]) * _UNITS[match[2]]
+    if not seconds <= MAX_DURATION.total_seconds():  # also inf
+        raise ValueError(f"{text!r} is longer than {MAX_DURATION.days}d")
+    return timedelta(seconds=seconds)
+
+
+@dataclass(frozen=True)
+class CertEntry:
+    """Which certificates, and how to get and deliver their staples."""
+
+    paths: tuple[str, ...]  # files or globs
+    issuer: Path | None = None
+    urls: tuple[str, ...] = ()
+    sinks: tuple[str, ...] | None = None  # None: every sink
+    proxy: str | None = None  # None: the policy's; "": none; else an http:// proxy URL
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """Commands run on events, with the event in their environment (docs/configuration.md)."""
+
+    on_revoked: str | None = None
+    on_expiring: str | None = None
+    on_failure: str | None = None
+    on_recovered: str | None = None
+    timeout: timedelta = timedelta(seconds=60)
+
+    def command(self, event: str) -> str | None:
+        value: str | None = getattr(self, event)
+        return value
+
+
+@dataclass(frozen=True)
+class KeeperPolicy:
+    """The policy knobs, grouped by the part of mustaple they steer."""
+
+    schedule: SchedulePolicy = field(default_factory=SchedulePolicy)
+    fetch: FetchPolicy = field(default_factory=FetchPolicy)
+    verify: Policy = field(default_factory=Policy)
+    hash_name: str = "sha1"
+    concurrency: int = 32
+    per_host: int = 4
+    at_expiry: str = "remove"  # or "keep"
+    watch_interval: timedelta = timedelta(seconds=5)
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """The HTTP endpoint: the local OCSP responder, metrics, health and the status page."""
+
+    host: str = "127.0.0.1"
+    port: int = 8008
+    max_request_size: int = 10000  # bytes of an OCSP request (POST body or GET path)
+    max_connections: int = 512  # open at once; see mustaple.serve.fastpath
+    idle_timeout: timedelta = timedelta(seconds=75)  # a connection idle this long is closed
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """Fleet mode: the members share staples and take turns fetching, through one Redis."""
+
+    url: str  # redis://, rediss:// or unix://
+    prefix: str = "mustaple:"
+    member: str = field(default_factory=socket.gethostname)
+    lease: timedelta = timedelta(seconds=30)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    state_dir: Path
+    certificates: tuple[CertEntry, ...]
+    sinks: Mapping[str, Mapping[str, Any]]
+    hooks: Hooks = field(default_factory=Hooks)
+    policy: KeeperPolicy = field(default_factory=KeeperPolicy)
+    http: HttpConfig | None = None  # None: no HTTP endpoint
+    fleet: FleetConfig | None = None  # None: on our own (no Redis)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and check a configuration file (a regular file of at most 1 MiB)."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(read_input(p, "configuration file", MAX_CONFIG_SIZE).decode())
+    except InputError as exc:
+        raise ConfigError(str(exc)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: cannot read the configuration ({exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML ({exc})") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: {_TOO_DEEP}") from None
+    if _depth(data) > MAX_NESTING:
+        raise ConfigError(f"{p}: {_TOO_DEEP}")
+    return parse_config(data, p)
+
+
+_TOO_DEEP = f"tables and arrays are nested more than {MAX_NESTING} deep; no key needs that"
+
+
+def _depth(data: object) -> int:
+    """How deeply tables and arrays are nested in `data` (counted without recursion)."""
+    deepest, todo = 0, [(data, 0)]
+    while todo:
+        value, level = todo.pop()
+        deepest = max(deepest, level)
+        if isinstance(value, dict):
+            todo += [(v, level + 1) for v in value.values()]
+        elif isinstance(value, list):
+            todo += [(v, level + 1) for v in value]
+    return deepest
+
+
+class TableReader:
+    """Typed access to one TOML table, naming `prefix.key` (after `source:` when given) in
+    every error, which is a `failure` (ConfigError unless the caller wants another)."""
+
+    def __init__(
+        self,
+        source: Path | None,
+        prefix: str,
+        table: object,
+        failure: Callable[[str], Exception] = ConfigError,
+    ) -> None:
+        self.source, self.prefix, self.failure = source, prefix, failure
+        if not isinstance(table, dict):
+            raise self.error("", "must be a table")
+        self.table: dict[str, Any] = table
+
+    def error(self, key: str, problem: str) -> Exception:
+        name = f"{self.prefix}.{key}" if self.prefix and key else self.prefix or key
+        return self.failure(
+            f"{self.source}: {name}: {problem}" if self.source else f"{name}: {problem}"
+        )
+
+    def only(self, *allowed: str, expected: str = "") -> None:
+        """No key but `allowed`; `expected` says what is (default: the allowed keys)."""
+        for key in self.table:
+            if key not in allowed:
+                wanted = expected or f"expected one of: {', '.join(allowed)}"
+                raise self.error(key, f"unknown key; {wanted}")
+
+    def get(self, key: str, kind: type[_T], default: _T) -> _T:
+        value = self.table.get(key, default)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            wanted = _KIND_NAMES.get(kind, kind.__name__)
+            raise self.error(key, f"must be {wanted}, not {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.error(key, f"must be a finite number, not {value}")
+        return value
+
+    def number(self, key: str, default: int, low: int, high: int) -> int:
+        """An integer from `low` to `high`."""
+        value = self.get(key, int, default)
+        if value < low:
+            raise self.error(key, f"must be at least {low}")
+        if value > high:
+            raise self.error(key, f"must be at most {high}")
+        return value
+
+    def duration(
+        self, key: str, default: timedelta, high: timedelta, low: timedelta | None = None
+    ) -> timedelta:
+        """A duration string, more than zero (or at least `low`) and at most `high`."""
+        value = self.convert(key, default, _duration)
+        if low is None and value <= timedelta(0):
+            raise self.error(key, "must be more than zero")
+        if low is not None and value < low:
+            raise self.error(key, f"must be at least {_shown(low)}")
+        if value > high:
+            raise self.error(key, f"must be at most {_shown(high)}")
+        return value
+
+    def convert(self, key: str, default: _T, parse: Callable[[Any], _T]) -> _T:
+        if key not in self.table:
+            return default
+        try:
+            return parse(self.table[key])
+        except (ValueError, TypeError) as exc:
+            raise self.error(key, str(exc)) from None
+
+    def strings(self, key: str) -> tuple[str, ...] | None:
+        value = self.table.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.error(key, "must be a list of strings")
+        return tuple(value)
+
+    def text(self, key: str) -> str | None:
+        """A non-empty string; None when absent."""
+        value = self.table.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(key, f"must be a non-empty string, not {value!r}")
+        return value
+
+    def required(self, key: str, hint: str) -> str:
+        """A non-empty string that must be there; `hint` says what to give."""
+        value = self.text(key)
+        if value is None:
+            raise self.error(key, f"missing; {hint}")
+        return value
+
+    def flag(self, key: str) -> bool:
+        """true or false; false when absent."""
+        value = self.table.get(key, False)
+        if not isinstance(value, bool):
+            raise self.error(key, f"must be true or false, not {value!r}")
+        return value
+
+
+def parse_config(data: Mapping[str, Any], source: Path) -> Config:
+    """Check a parsed TOML document."""
+    top = TableReader(source, "", dict(data))
+    top.only("state_dir", "certificates", "sinks", "hooks", "policy", "http", "fleet")
+    entries = top.table.get("certificates", [])
+    if not isinstance(entries, list) or not entries:
+        raise top.error("certificates", "give at least one [[certificates]] entry")
+    sinks = _sinks(TableReader(source, "sinks", top.table.get("sinks", {})))
+    certificates = tuple(
+        _entry(TableReader(source, f"certificates[{i}]", t), sinks) for i, t in enumerate(entries)
+    )
+    return Config(
+        path=source,
+        state_dir=Path(top.get("state_dir", str, "/var/lib/mustaple")),
+        certificates=certificates,
+        sinks=sinks,
+        hooks=_hooks(TableReader(source, "hooks", top.table.get("hooks", {}))),
+        policy=_policy(TableReader(source, "policy", top.table.get("policy", {}))),
+        http=_http(TableReader(source, "http", top.table["http"])) if "http" in top.table else None,
+        fleet=_fleet(TableReader(source, "fleet", top.table["fleet"]))
+        if "fleet" in top.table
+        else None,
+    )
+
+
+def _fleet(reader: TableReader) -> FleetConfig:
+    reader.only("redis", "prefix", "member", "lease")
+    url = reader.get("redis", str, "")
+    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise reader.error("redis", f"{url!r} is not a redis://, rediss:// or unix:// URL")
+    defaults = FleetConfig(url)
+    member = reader.get("member", str, defaults.member)
+    if not member or any(c.isspace() for c in member):
+        raise reader.error("member", "must be a name without spaces")
+    lease = reader.duration("lease", defaults.lease, _HOUR, low=timedelta(seconds=1))
+    return FleetConfig(url, reader.get("prefix", str, defaults.prefix), member, lease)
+
+
+def _http(reader: TableReader) -> HttpConfig:
+    reader.only("listen", "max_request_size", "max_connections", "idle_timeout")
+    listen = reader.get("listen", str, "127.0.0.1:8008")
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise reader.error("listen", f"{listen!r} is not HOST:PORT such as 127.0.0.1:8008")
+    size = reader.number("max_request_size", HttpConfig.max_request_size, 1, 1024 * 1024)
+    cap = reader.number("max_connections", HttpConfig.max_connections, 1, 65536)
+    idle = reader.duration("idle_timeout", HttpConfig.idle_timeout, _HOUR)
+    return HttpConfig(host, int(port), size, cap, idle)
+
+
+def _sinks(reader: TableReader) -> dict[str, Mapping[str, Any]]:
+    sinks: dict[str, Mapping[str, Any]] = {}
+    for name, table in reader.table.items():
+        sink = TableReader(reader.source, f"sinks.{name}", table)
+        if not isinstance(sink.table.get("type"), str):
+            raise sink.error("type", 'required: "file", "haproxy" or "command"')
+        sinks[name] = sink.table
+    return sinks
+
+
+def _entry(reader: TableReader, sinks: Mapping[str, object]) -> CertEntry:
+    reader.only("paths", "issuer", "urls", "sinks", "proxy")
+    paths = reader.strings("paths")
+    if not paths:
+        raise reader.error("paths", "required: certificate files or globs")
+    urls = reader.strings("urls") or ()
+    for url in urls:
+        problem = url_problem(url)
+        if problem is not None:
+            raise reader.error("urls", problem)
+    chosen = reader.strings("sinks")
+    for name in chosen or ():
+        if name not in sinks:
+            raise reader.error("sinks", f"no sink named {name!r} in [sinks]")
+    issuer = reader.table.get("issuer")
+    if issuer is not None and not isinstance(issuer, str):
+        raise reader.error("issuer", "must be a file path")
+    proxy = _proxy(reader) if "proxy" in reader.table else None
+    return CertEntry(paths, Path(issuer) if issuer else None, urls, chosen, proxy)
+
+
+def _proxy(reader: TableReader) -> str:
+    """The `proxy` key: "" (no proxy) or http://[user:password@]host:port."""
+    value = reader.get("proxy", str, "")
+    if value:
+        try:
+            check_proxy_url(value)
+        except ProxyError as exc:
+            raise reader.error("proxy", str(exc).removeprefix(f"proxy {value!r}: ")) from None
+    return value
+
+
+def with_proxy(policy: FetchPolicy, entry: CertEntry) -> FetchPolicy:
+    """The fetch policy for one certificate entry: its own `proxy` when it sets one."""
+    if entry.proxy is None or entry.proxy == policy.proxy:
+        return policy
+    return dataclasses.replace(policy, proxy=entry.proxy)
+
+
+def _hooks(reader: TableReader) -> Hooks:
+    reader.only(*HOOK_EVENTS, "timeout")
+    commands = {e: reader.table[e] for e in HOOK_EVENTS if e in reader.table}
+    for event, command in commands.items():
+        if not isinstance(command, str) or not command.strip():
+            raise reader.error(event, "must be a shell command (a non-empty string)")
+    return Hooks(**commands, timeout=reader.duration("timeout", Hooks.timeout, _DAY))
+
+
+def _duration(value: Any) -> timedelta:
+    if not isinstance(value, str):
+        raise TypeError("must be a duration string such as '30s' or '5m'")
+    return parse_duration(value)
+
+
+def _shown(value: timedelta) -> str:
+    """A duration as written in the configuration: '10m', '1d', '30s'."""
+    seconds = int(value.total_seconds())
+    for unit in ("d", "h", "m"):
+        if seconds % _UNITS[unit] == 0:
+            return f"{seconds // _UNITS[unit]}{unit}"
+    return f"{seconds}s"
+
+
+def _sha1_only(reader: TableReader, default: str) -> str:
+    """The keeper's CertID hash: SHA-1, the only one whose staples every client accepts (curl
+    and OpenSSL match SHA-1 CertIDs only), so anything else would never give a staple."""
+    value = _choice(reader, "hash", sorted(HASHES), default)
+    if value != "sha1":
+        raise reader.error(
+            "hash",
+            f"{value!r} would never give a staple: curl and OpenSSL match SHA-1 CertIDs only; "
+            'remove the key or set "sha1" (`mustaple fetch --hash` still asks with another hash, '
+            "to see what a responder says)",
+        )
+    return value
+
+
+def _policy(reader: TableReader) -> KeeperPolicy:
+    reader.only(
+        "refresh_at", "jitter", "min_interval", "retry_min", "retry_base", "retry_max",
+        "timeout", "attempts",
+        "clock_skew", "allow_missing_next_update", "hash", "concurrency", "per_host",
+        "at_expiry", "watch_interval", "max_response_size", "proxy",
+    )  # fmt: skip
+    defaults = KeeperPolicy()
+    try:
+        schedule = SchedulePolicy(
+            refresh_at=reader.get("refresh_at", float, defaults.schedule.refresh_at),
+            jitter=reader.get("jitter", float, defaults.schedule.jitter),
+            min_interval=reader.duration("min_interval", defaults.schedule.min_interval, _DAY),
+            retry_min=reader.duration("retry_min", defaults.schedule.retry_min, _HOUR),
+            retry_base=reader.duration("retry_base", defaults.schedule.retry_base, _DAY),
+            retry_max=reader.duration("retry_max", defaults.schedule.retry_max, _DAY),
+        )
+        timeout = reader.duration("timeout", timedelta(seconds=defaults.fetch.total_timeout), _HOUR)
+        fetch = FetchPolicy(
+            total_timeout=timeout.total_seconds(),
+            attempts_per_url=reader.number("attempts", defaults.fetch.attempts_per_url, 1, 10),
+            max_size=reader.number("max_response_size", defaults.fetch.max_size, 1, MAX_INPUT),
+            proxy=_proxy(reader) if "proxy" in reader.table else None,
+        )
+    except ValueError as exc:
+        raise reader.error("", str(exc)) from None
+    skew = reader.duration("clock_skew", defaults.verify.clock_skew, _DAY, low=timedelta(0))
+    verify = Policy(
+        clock_skew=skew,
+        allow_missing_next_update=reader.get("allow_missing_next_update", bool, False),
+    )
+    return KeeperPolicy(
+        schedule=schedule,
+        fetch=fetch,
+        verify=verify,
+        hash_name=_sha1_only(reader, defaults.hash_name),
+        concurrency=reader.number("concurrency", defaults.concurrency, 1, 1024),
+        per_host=reader.number("per_host", defaults.per_host, 1, 1024),
+        at_expiry=_choice(reader, "at_expiry", ["remove", "keep"], defaults.at_expiry),
+        watch_interval=reader.duration("watch_interval", defaults.watch_interval, _DAY),
+    )
+
+
+def _choice(reader: TableReader, key: str, choices: list[str], default: str) -> str:
+    value = reader.get(key, str, default)
+    if value not in choices:
+        raise reader.error(key, f"must be one of {', '.join(choices)}, not {value!r}")
+    return value

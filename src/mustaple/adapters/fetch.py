@@ -1,0 +1,366 @@
+"""Fetching over HTTP (aiohttp): OCSP responses with retries and failover, and AIA issuers.
+
+The I/O adapter between the pure request builder and the pure validator, and the keeper's
+`Fetcher` (`HttpFetcher`). Which request to send next, when to pause and when to stop is
+decided by the pure plan (`fetchplan.next_step`: overrides first, then the certificate's own
+URLs; GET, POST when GET fails; retries with exponential backoff and full jitter, honouring
+Retry-After); this module carries its steps out and records every attempt (url, method, HTTP
+status, latency, reason, proxy) so callers can log, store and show them. Requests go through
+the outbound HTTP proxy that `proxy.choose_proxy` picks (the environment's, as curl does, or
+the configured one); an answer that is the proxy's own error page is told apart from the
+responder's (`proxy-refused`, `proxy-error`). Every answer is judged (`fetchplan.judged`) the
+moment it arrives, so a `tryLater` or an HTML error page is retried exactly like a timeout.
+Nothing here raises for a misbehaving responder: the result says what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import aiohttp
+from cryptography import x509
+from yarl import URL
+
+from mustaple import __version__
+from mustaple.core.certs import Target, parse_certificates
+from mustaple.core.clock import Clock, utc_now
+from mustaple.core.errors import InputError
+from mustaple.core.fetchplan import Exchange, Stop, Taken, Wait, judged, next_step, routes_for
+from mustaple.core.fetchtypes import (
+    DEFAULT_FETCH_POLICY,
+    Attempt,
+    FetchJob,
+    FetchPolicy,
+    FetchResult,
+)
+from mustaple.core.proxy import Proxy, ProxyError, choose_proxy
+from mustaple.core.reasons import Reason, Rejection
+from mustaple.core.request import HttpRequest, encode_request, make_cert_id
+from mustaple.core.verify import DEFAULT_POLICY, HttpAnswer, Policy, Staple
+
+__all__ = [
+    "DEFAULT_FETCH_POLICY",
+    "Attempt",
+    "FetchPolicy",
+    "FetchResult",
+    "HttpFetcher",
+    "fetch_issuer",
+    "fetch_staple",
+]
+
+USER_AGENT = f"mustaple/{__version__}"
+# A proxy's own answers that mean "not for you" (the rest of its error pages: it could not help).
+_PROXY_REFUSALS = {401, 403, 407}
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """What one HTTP exchange gave: an answer, or the reason there is none."""
+
+    answer: HttpAnswer | None
+    rejection: Rejection | None
+    retry_after: float | None = None
+
+
+async def fetch_staple(
+    target: Target,
+    *,
+    urls: Sequence[str] = (),
+    hash_name: str = "sha1",
+    policy: FetchPolicy = DEFAULT_FETCH_POLICY,
+    verify_policy: Policy = DEFAULT_POLICY,
+    current: Staple | None = None,
+    session: aiohttp.ClientSession | None = None,
+    clock: Clock = utc_now,
+    sleep: Sleep = asyncio.sleep,
+    rng: Callable[[], float] = random.random,
+) -> FetchResult:
+    """Get a validated staple for `target`, trying `urls` then the certificate's own URLs,
+    as `fetchplan.next_step` says.
+
+    A staple that is not better than `current` (see `verify.compare`) counts as a rejection.
+    """
+    if not urls and not target.ocsp_urls:
+        return FetchResult(None, Rejection(Reason.NO_OCSP_URL, target.no_url_message()), (), None)
+    request_der = encode_request(make_cert_id(target.issuer, target.serial, hash_name))
+    routes = routes_for(request_der, urls, target.ocsp_urls)
+    run = _Run(target, policy, verify_policy, current, clock)
+    taken: list[Taken] = []
+    async with _session_for(session, policy) as http:
+        while not isinstance(step := next_step(routes, taken, policy), Stop):
+            if isinstance(step, Wait):
+                await sleep(step.seconds(rng()))
+                taken.append(step)
+            else:
+                taken.append(await run.exchange(http, step.request))
+    return FetchResult(step.staple, step.rejection, tuple(run.attempts), step.url)
+
+
+class HttpFetcher:
+    """The `Fetcher` over HTTP (aiohttp): one session, a pool of connections, for every fetch
+    and issuer download. Without a session, each call opens one of its own."""
+
+    def __init__(self, session: aiohttp.ClientSession | None = None) -> None:
+        self.session = session
+
+    @classmethod
+    def open(cls, *, limit: int, trace_configs: Sequence[aiohttp.TraceConfig] = ()) -> HttpFetcher:
+        """A fetcher with a session of its own, at most `limit` connections (call it in the
+        running event loop; `close` it)."""
+        return cls(
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=limit),
+                headers={"User-Agent": USER_AGENT},
+                trace_configs=list(trace_configs) or None,
+            )
+        )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    async def fetch(self, job: FetchJob, *, clock: Clock, rng: Callable[[], float]) -> FetchResult:
+        return await fetch_staple(
+            job.target,
+            urls=job.urls,
+            hash_name=job.hash_name,
+            policy=job.policy,
+            verify_policy=job.verify_policy,
+            current=job.current,
+            session=self.session,
+            clock=clock,
+            rng=rng,
+        )
+
+    async def issuer(
+        self, url: str, *, policy: FetchPolicy, cache: MutableMapping[str, bytes] | None
+    ) -> list[x509.Certificate]:
+        return await fetch_issuer(url, session=self.session, policy=policy, cache=cache)
+
+
+@asynccontextmanager
+async def _session_for(
+    session: aiohttp.ClientSession | None, policy: FetchPolicy
+) -> AsyncIterator[aiohttp.ClientSession]:
+    if session is not None:
+        yield session
+        return
+    async with aiohttp.ClientSession(
+        headers={"User-Agent": USER_AGENT}, timeout=_timeout(policy)
+    ) as owned:
+        yield owned
+
+
+def _timeout(policy: FetchPolicy) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=policy.total_timeout, connect=policy.connect_timeout)
+
+
+@dataclass
+class _Run:
+    """The exchanges of one fetch: each request sent, its answer judged, its attempt kept."""
+
+    target: Target
+    policy: FetchPolicy
+    verify_policy: Policy
+    current: Staple | None
+    clock: Clock
+    attempts: list[Attempt] = field(default_factory=list)
+
+    async def exchange(self, http: aiohttp.ClientSession, request: HttpRequest) -> Exchange:
+        started, t0 = self.clock(), time.monotonic()
+        try:
+            proxy = choose_proxy(request.url, self.policy.proxy, os.environ)
+        except ProxyError as exc:
+            proxy, reply = None, _Reply(None, Rejection(Reason.PROXY_INVALID, str(exc)))
+        else:
+            reply = await _send(http, request, self.policy, proxy)
+        outcome: Staple | Rejection
+        if reply.answer is None:
+            assert reply.rejection is not None
+            outcome = reply.rejection
+        else:
+            outcome = judged(
+                reply.answer, self.target, self.clock(), self.verify_policy, self.current
+            )
+        latency = time.monotonic() - t0
+        self.attempts.append(_record(request, started, latency, reply, outcome, proxy=proxy))
+        status = reply.answer.status if reply.answer is not None else None
+        return Exchange(request, outcome, status, reply.retry_after)
+
+
+def _record(
+    request: HttpRequest,
+    started: datetime,
+    latency: float,
+    reply: _Reply,
+    outcome: object,
+    *,
+    proxy: Proxy | None,
+) -> Attempt:
+    """The attempt as it is kept; its message names the proxy, so the store's history does."""
+    status = reply.answer.status if reply.answer is not None else None
+    reason, message = None, "valid staple"
+    if isinstance(outcome, Rejection):
+        reason, message = outcome.code, outcome.message
+    if proxy is not None and proxy.url not in message:
+        message += f" (via proxy {proxy.url})"
+    via = proxy.url if proxy else None
+    return Attempt(request.url, request.method, started, latency, status, reason, message, via)
+
+
+async def _send(
+    http: aiohttp.ClientSession,
+    request: HttpRequest,
+    policy: FetchPolicy,
+    proxy: Proxy | None = None,
+) -> _Reply:
+    """One HTTP exchange, through `proxy` if given; transport failures become rejections."""
+    headers = {"Accept": "application/ocsp-response"}
+    if request.method == "POST":
+        headers["Content-Type"] = "application/ocsp-request"
+    credentials = _proxy_headers(proxy)
+    if credentials and request.url.startswith("http:"):  # https: only in CONNECT, never inside
+        headers.update(credentials)
+    try:
+        url = URL(request.url, encoded=True)  # keep %2B %2F %3D exactly as RFC 5019 wants
+        async with http.request(
+            request.method,
+            url,
+            data=request.body,
+            headers=headers,
+            max_redirects=policy.max_redirects,
+            timeout=_timeout(policy),
+            proxy=URL(proxy.url) if proxy else None,
+            proxy_headers=credentials,
+        ) as response:
+            if proxy is not None and _from_proxy(response):
+                return _proxy_answer(proxy, response.status, response.reason)
+            return await _read(response, policy.max_size)
+    except aiohttp.TooManyRedirects:
+        return _Reply(None, Rejection(Reason.TOO_MANY_REDIRECTS, request.url[:120]))
+    except TimeoutError:
+        through = f" (through proxy {proxy.url})" if proxy else ""
+        return _Reply(None, Rejection(Reason.TIMEOUT, f"after {policy.total_timeout:g} s{through}"))
+    except aiohttp.ClientProxyConnectionError as exc:
+        return _Reply(None, Rejection(Reason.PROXY_UNREACHABLE, _describe(exc)))
+    except aiohttp.ClientHttpProxyError as exc:
+        assert proxy is not None
+        return _proxy_answer(proxy, exc.status, exc.message)
+    except ValueError as exc:  # a URL yarl or aiohttp cannot use (aiohttp.InvalidURL too)
+        return _Reply(None, Rejection(Reason.BAD_URL, f"{request.url[:120]!r}: {exc}"))
+    except (aiohttp.ClientError, OSError) as exc:
+        return _Reply(None, Rejection(Reason.CONNECTION_FAILED, _describe(exc)))
+
+
+def _proxy_headers(proxy: Proxy | None) -> dict[str, str] | None:
+    if proxy is None or proxy.user is None:
+        return None
+    token = base64.b64encode(f"{proxy.user}:{proxy.password}".encode()).decode("ascii")
+    return {"Proxy-Authorization": f"Basic {token}"}
+
+
+def _from_proxy(response: aiohttp.ClientResponse) -> bool:
+    """Whether an answer through a proxy is the proxy's own error page, not the responder's.
+
+    A proxy marks what it forwards with a Via header (RFC 9110 7.6.3); its own error pages
+    carry none (tinyproxy), or say so (Squid's X-Squid-Error). 407 is always the proxy's.
+    """
+    if response.status < 400 or response.content_type == "application/ocsp-response":
+        return False
+    headers = response.headers
+    return response.status == 407 or "X-Squid-Error" in headers or "Via" not in headers
+
+
+def _proxy_answer(proxy: Proxy, status: int, words: str | None) -> _Reply:
+    reason = Reason.PROXY_REFUSED if status in _PROXY_REFUSALS else Reason.PROXY_ERROR
+    detail = f"{proxy.url} answered HTTP {status} {words or ''}".rstrip()
+    return _Reply(None, Rejection(reason, detail))
+
+
+def _describe(exc: BaseException) -> str:
+    """A short account of a transport failure, e.g. '127.0.0.1:80: Connection refused'."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        errno = exc.os_error.errno
+        problem = os.strerror(errno) if errno else str(exc.os_error) or "connection failed"
+        return f"{exc.host}:{exc.port}: {problem}"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+async def _read(response: aiohttp.ClientResponse, max_size: int) -> _Reply:
+    if response.content_length is not None and response.content_length > max_size:
+        return _too_large(response.content_length, max_size)
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(16384):
+        body += chunk
+        if len(body) > max_size:
+            return _too_large(len(body), max_size)
+    answer = HttpAnswer(response.status, response.headers.get("Content-Type"), bytes(body))
+    return _Reply(answer, None, _retry_after(response.headers.get("Retry-After")))
+
+
+def _message(rejection: Rejection | None) -> str:
+    return rejection.message if rejection else "no answer"
+
+
+def _too_large(size: int, max_size: int) -> _Reply:
+    return _Reply(None, Rejection(Reason.TOO_LARGE, f"over {max_size} bytes (at least {size})"))
+
+
+def _retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+async def fetch_issuer(
+    url: str,
+    *,
+    session: aiohttp.ClientSession | None = None,
+    policy: FetchPolicy = DEFAULT_FETCH_POLICY,
+    cache: MutableMapping[str, bytes] | None = None,
+) -> list[x509.Certificate]:
+    """The certificates at an AIA caIssuers URL (DER or PKCS#7), size-capped and cached.
+
+    Raises InputError with one line saying what went wrong and what to do instead.
+    """
+    if cache is not None and url in cache:
+        return parse_certificates(cache[url], source=url)
+    request = HttpRequest("GET", url)
+    try:
+        proxy = choose_proxy(url, policy.proxy, os.environ)
+    except ProxyError as exc:
+        raise InputError(f"{exc}; fix or unset it") from None
+    async with _session_for(session, policy) as http:
+        reply = await _send(http, request, policy, proxy)
+    if reply.answer is None or reply.answer.status != 200:
+        problem = f"HTTP {reply.answer.status}" if reply.answer else _message(reply.rejection)
+        raise InputError(
+            f"could not download the issuer from {url} ({problem}); "
+            "pass the issuer certificate with --issuer"
+        )
+    certs = parse_certificates(reply.answer.body, source=f"issuer at {url}")
+    if cache is not None:
+        cache[url] = reply.answer.body
+    return certs

@@ -1,0 +1,263 @@
+"""Reading inputs and writing outputs on disk, with one-line errors and atomic writes.
+
+Every read is bounded: only regular files are read (a device, a FIFO, a socket or a directory
+is one clear error, found without blocking: a FIFO with no writer is never waited for), and
+the size cap is enforced while reading, not trusted from `st_size` (which is 0 for
+`/dev/zero`).
+
+Files that servers read (staples) are written atomically: a temporary file in the same
+directory, fsync, rename over the target, then fsync of the directory, so a reader sees the
+old bytes or the new bytes and never a mixture, even across a crash. Nothing that is not a
+regular file is ever written over. A temporary file left by an interrupted write
+(`.NAME.XXXXXXXX` beside NAME) is removed by `clean_temporaries` at the next start.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import stat
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from mustaple.core.errors import InputError
+
+__all__ = [
+    "MAX_INPUT",
+    "NotRegularFileError",
+    "clean_temporaries",
+    "read_input",
+    "read_prefix",
+    "write_atomic",
+    "write_atomic_many",
+]
+
+MAX_INPUT = 10 * 1024 * 1024
+_CHUNK = 65536
+# When this process started (near enough: when mustaple was imported). A temporary file older
+# than this cannot belong to a write of ours still under way.
+PROCESS_START = time.time()
+# tempfile.mkstemp's names: prefix, then 8 characters of this alphabet.
+_TEMP_TAIL = re.compile(r"\.[a-z0-9_]{8}")
+# Threads writing temporary files at once in `write_atomic_many`.
+_SYNC_THREADS = 8
+
+
+class NotRegularFileError(OSError):
+    """A path that must be a regular file is a device, a FIFO, a socket or a directory."""
+
+
+def _kind(mode: int) -> str | None:
+    """What a non-regular file is, in words; None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def _not_regular(path: Path, mode: int) -> NotRegularFileError | None:
+    kind = _kind(mode)
+    if kind is None:
+        return None
+    return NotRegularFileError(errno.EINVAL, f"is {kind}, not a regular file", str(path))
+
+
+def _open_regular(path: Path) -> int:
+    """A read-only descriptor of regular file `path`; never blocks on a FIFO or device.
+
+    Raises NotRegularFileError (checked before opening, and again on the open file).
+    """
+    problem = _not_regular(path, os.stat(path).st_mode)
+    if problem:
+        raise problem
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    problem = _not_regular(path, os.fstat(fd).st_mode)
+    if problem:
+        os.close(fd)
+        raise problem
+    return fd
+
+
+def _read_upto(fd: int, limit: int) -> bytes:
+    """At most `limit` bytes from `fd`, read in chunks (the file may grow while read)."""
+    data = bytearray()
+    while len(data) < limit:
+        chunk = os.read(fd, min(_CHUNK, limit - len(data)))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+def read_input(path: str | Path, what: str = "file", limit: int = MAX_INPUT) -> bytes:
+    """The bytes of regular file `path` (at most `limit`), or InputError saying why not."""
+    p = Path(path)
+    try:
+        fd = _open_regular(p)
+        try:
+            data = _read_upto(fd, limit + 1)
+        finally:
+            os.close(fd)
+    except FileNotFoundError:
+        raise InputError(f"{p}: {what} not found") from None
+    except NotRegularFileError as exc:
+        raise InputError(f"{p}: {exc.strerror}; give the path of the {what}") from None
+    except PermissionError:
+        raise InputError(f"{p}: permission denied reading the {what}") from None
+    except OSError as exc:
+        raise InputError(f"{p}: cannot read the {what} ({exc.strerror})") from None
+    if len(data) > limit:
+        raise InputError(f"{p}: {what} is larger than {_size(limit)}")
+    return data
+
+
+def _size(limit: int) -> str:
+    if limit >= 1024 * 1024 and limit % (1024 * 1024) == 0:
+        return f"{limit // 1024 // 1024} MiB"
+    return f"{limit // 1024} KiB" if limit % 1024 == 0 else f"{limit} bytes"
+
+
+def read_prefix(path: str | Path, size: int) -> bytes | None:
+    """At most the first `size` bytes of regular file `path`; None when it does not exist.
+
+    Raises NotRegularFileError for anything else than a regular file, OSError otherwise.
+    """
+    try:
+        fd = _open_regular(Path(path))
+    except FileNotFoundError:
+        return None
+    try:
+        return _read_upto(fd, size)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str | Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace `path` with `data` atomically and durably.
+
+    Raises NotRegularFileError, writing nothing, when `path` exists and is not a regular file
+    (a device node, a FIFO, a directory): replacing it would destroy it.
+    """
+    target = Path(path)
+    _rename(_write_temporary(target, data, mode), target)
+    _sync_directory(target.parent)
+
+
+def write_atomic_many(
+    files: Sequence[tuple[Path, bytes]], mode: int = 0o644
+) -> list[OSError | None]:
+    """`write_atomic` for each (path, data), with what went wrong for each (None: written).
+
+    The same guarantees, for less waiting: the temporary files are written and fsync-ed by a
+    few threads at once (the file system commits their fsyncs together), then renamed in order,
+    then each directory is fsync-ed once. Every file is in place and durable on return.
+    """
+
+    def temporary(item: tuple[Path, bytes]) -> str | OSError:
+        try:
+            return _write_temporary(item[0], item[1], mode)
+        except OSError as exc:
+            return exc
+
+    with ThreadPoolExecutor(min(_SYNC_THREADS, len(files) or 1)) as pool:
+        written = list(pool.map(temporary, files))
+    problems: list[OSError | None] = []
+    for (target, _), tmp in zip(files, written, strict=True):
+        try:
+            if isinstance(tmp, OSError):
+                raise tmp
+            _rename(tmp, target)
+            problems.append(None)
+        except OSError as exc:
+            problems.append(exc)
+    written_to = {target.parent for (target, _), p in zip(files, problems, strict=True) if not p}
+    for directory in written_to:
+        try:
+            _sync_directory(directory)
+        except OSError as exc:
+            for index, (target, _) in enumerate(files):
+                if problems[index] is None and target.parent == directory:
+                    problems[index] = exc
+    return problems
+
+
+def _write_temporary(target: Path, data: bytes, mode: int) -> str:
+    """`data` in a new fsync-ed temporary file beside `target` (a regular file, or none)."""
+    try:
+        problem = _not_regular(target, os.stat(target).st_mode)
+    except FileNotFoundError:
+        problem = None
+    if problem:
+        raise problem
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fchmod(out.fileno(), mode)
+            os.fsync(out.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _rename(tmp: str, target: Path) -> None:
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _sync_directory(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def clean_temporaries(
+    directory: str | Path, names: re.Pattern[str], before: float = PROCESS_START
+) -> list[Path]:
+    """Remove the temporary files an interrupted `write_atomic` left in `directory`.
+
+    Only regular files named `.NAME.XXXXXXXX` (our pattern) whose NAME fully matches `names`
+    and that were last modified before `before` (by default, this process's start) are
+    removed: never a file another write of ours is still filling. Returns what was removed;
+    a directory that cannot be listed is left alone.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not _is_our_temporary(entry.name, names):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(info.st_mode) and info.st_mtime < before:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue
+    return removed
+
+
+def _is_our_temporary(filename: str, names: re.Pattern[str]) -> bool:
+    if not filename.startswith(".") or len(filename) < 11:
+        return False
+    tail = filename[-9:]
+    return _TEMP_TAIL.fullmatch(tail) is not None and names.fullmatch(filename[1:-9]) is not None

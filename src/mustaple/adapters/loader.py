@@ -1,0 +1,130 @@
+"""From certificate files to a `Target`: read the bundle, find the issuer that signed the leaf.
+
+The issuer is taken from, in order: an explicit issuer file, the rest of the bundle
+(fullchain.pem), or the leaf's AIA caIssuers URL (downloaded, size-capped, cached). Whichever it
+is, its signature on the leaf is checked. Every failure is an InputError with one line saying
+what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+from cryptography import x509
+
+from mustaple.adapters.fetch import HttpFetcher
+from mustaple.adapters.files import read_input
+from mustaple.core.certs import (
+    Target,
+    ca_issuer_urls,
+    display_name,
+    find_issuer,
+    issuer_encoded_differently,
+    parse_certificates,
+)
+from mustaple.core.errors import InputError
+from mustaple.core.fetchtypes import DEFAULT_FETCH_POLICY, Fetcher, FetchPolicy
+from mustaple.core.issuers import issuer_over_aia
+
+__all__ = ["Loaded", "load_file", "load_target"]
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A certificate file as loaded: its Target, and whether the file carries the issuer."""
+
+    target: Target
+    bundle_has_issuer: bool
+
+
+async def load_target(
+    cert_path: str | Path,
+    issuer_path: str | Path | None = None,
+    *,
+    session: aiohttp.ClientSession | None = None,
+    policy: FetchPolicy = DEFAULT_FETCH_POLICY,
+    cache: MutableMapping[str, bytes] | None = None,
+) -> Target:
+    """The Target for the first certificate in `cert_path`."""
+    loaded = await load_file(cert_path, issuer_path, session=session, policy=policy, cache=cache)
+    return loaded.target
+
+
+async def load_file(
+    cert_path: str | Path,
+    issuer_path: str | Path | None = None,
+    *,
+    session: aiohttp.ClientSession | None = None,
+    fetcher: Fetcher | None = None,
+    policy: FetchPolicy = DEFAULT_FETCH_POLICY,
+    cache: MutableMapping[str, bytes] | None = None,
+    issuers: MutableMapping[x509.Certificate, x509.Certificate] | None = None,
+) -> Loaded:
+    """`cert_path` (read once) with the Target for its first certificate; an issuer found
+    over AIA is downloaded by `fetcher` (default: over HTTP with `session`).
+
+    `issuers` makes every Target with the same issuer share one certificate object (memory,
+    and caches keyed by the issuer): a found issuer equal to one in it is replaced by it.
+    """
+    certs = parse_certificates(read_input(cert_path, "certificate"), source=str(cert_path))
+    leaf = certs[0]
+    if issuer_path is not None:
+        data = read_input(issuer_path, "issuer certificate")
+        given = parse_certificates(data, source=str(issuer_path))
+        issuer = find_issuer(leaf, given)
+        if issuer is None:
+            _refuse_differently_encoded(leaf, given, str(issuer_path))
+            raise InputError(
+                f"{issuer_path}: this issuer did not sign {display_name(leaf)} "
+                f"(the certificate names {leaf.issuer.rfc4514_string()} as its issuer)"
+            )
+    else:
+        issuer = find_issuer(leaf, certs[1:])
+        if issuer is None:
+            _refuse_differently_encoded(leaf, certs[1:], str(cert_path))
+            issuer = await _issuer_from_aia(
+                leaf, str(cert_path), fetcher or HttpFetcher(session), policy=policy, cache=cache
+            )
+    if issuers is not None:
+        issuer = issuers.setdefault(issuer, issuer)
+    return Loaded(Target(leaf, issuer), issuer in certs[1:])
+
+
+def _refuse_differently_encoded(
+    leaf: x509.Certificate, candidates: list[x509.Certificate], source: str
+) -> None:
+    """Raise InputError when the issuer is there but its name is encoded otherwise."""
+    if issuer_encoded_differently(leaf, candidates) is not None:
+        raise InputError(
+            f"{source}: the issuer {leaf.issuer.rfc4514_string()} is in this file, but "
+            f"{display_name(leaf)} names it encoded differently (for example PrintableString "
+            "against UTF8String); Firefox and GnuTLS compare names as bytes and find no issuer "
+            "for it, so the CA must reissue the certificate"
+        )
+
+
+async def _issuer_from_aia(
+    leaf: x509.Certificate,
+    source: str,
+    fetcher: Fetcher,
+    *,
+    policy: FetchPolicy,
+    cache: MutableMapping[str, bytes] | None,
+) -> x509.Certificate:
+    """Download the issuer named by the leaf's caIssuers URLs; the first that signed it wins."""
+    urls = ca_issuer_urls(leaf)
+    if not urls:
+        raise InputError(
+            f"{source}: the issuer of {display_name(leaf)} is not in this file and the "
+            "certificate names no caIssuers URL; use fullchain.pem, or name the issuer's file "
+            "(`issuer` in the [[certificates]] entry, --issuer FILE on the command line)"
+        )
+    issuer, problems = await issuer_over_aia(
+        leaf, urls, lambda url: fetcher.issuer(url, policy=policy, cache=cache)
+    )
+    if issuer is not None:
+        return issuer
+    raise InputError(f"{source}: no issuer found: {'; '.join(problems)}")

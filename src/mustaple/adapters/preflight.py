@@ -1,0 +1,173 @@
+"""What `mustaple run --check-config` checks beyond the file itself: will it work on this machine?
+
+`preflight(config)` looks at the machine as the keeper will find it, and returns the problems
+that would otherwise show only at run time, each one line naming the config key:
+- errors: a state or sink directory that cannot be created or written, a reload or sink command
+  whose program does not exist, a hook that is not executable;
+- warnings: certificate paths or globs that match no file (yet).
+It writes nothing: a directory's writability is tried with a temporary file in the nearest
+directory that exists, removed at once.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shlex
+import shutil
+import string
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mustaple.adapters.config import HOOK_EVENTS, Config
+
+__all__ = ["Preflight", "preflight"]
+
+# Shell words that are not programs: the command's program cannot be looked up before it runs.
+_SHELL_WORDS = frozenset(
+    [
+        "!",
+        "[",
+        "[[",
+        ".",
+        ":",
+        "{",
+        "(",
+        "break",
+        "case",
+        "cd",
+        "command",
+        "eval",
+        "exec",
+        "exit",
+        "export",
+        "for",
+        "if",
+        "set",
+        "test",
+        "then",
+        "trap",
+        "true",
+        "false",
+        "until",
+        "while",
+    ]
+)
+
+
+@dataclass
+class Preflight:
+    """Problems that would stop the keeper (errors) or that it would only log (warnings)."""
+
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def preflight(config: Config) -> Preflight:
+    """Check `config` against this machine; each finding names the file and the key."""
+    found = Preflight()
+    where = f"{config.path}: "
+    matched: dict[str, list[Path]] = {}
+    for i, entry in enumerate(config.certificates):
+        for pattern in entry.paths:
+            files = _matches(pattern)
+            if not files:
+                found.warnings.append(
+                    f"{where}certificates[{i}].paths: {pattern!r} matches no file yet"
+                )
+            for sink in entry.sinks if entry.sinks is not None else tuple(config.sinks):
+                matched.setdefault(sink, []).extend(files)
+    problem = _unwritable(config.state_dir)
+    if problem:
+        found.errors.append(f"{where}state_dir: {problem}")
+    for name, table in config.sinks.items():
+        found.errors += [f"{where}sinks.{name}.{p}" for p in _sink(table, matched.get(name, []))]
+    for event in HOOK_EVENTS:
+        command = config.hooks.command(event)
+        problem = _missing_program(command) if command else None
+        if problem:
+            found.errors.append(f"{where}hooks.{event}: {problem}")
+    return found
+
+
+def _matches(pattern: str) -> list[Path]:
+    return sorted(Path(p) for p in glob.glob(pattern) if Path(p).is_file())
+
+
+def _sink(table: Mapping[str, object], certs: list[Path]) -> Iterator[str]:
+    """'KEY: problem' for each problem of one sink."""
+    for key in ("reload", "command"):
+        command = table.get(key)
+        problem = _missing_program(command) if isinstance(command, str) else None
+        if problem:
+            yield f"{key}: {problem}"
+    for key, directory in _sink_dirs(table, certs):
+        problem = _unwritable(directory)
+        if problem:
+            yield f"{key}: {problem}"
+
+
+def _sink_dirs(table: Mapping[str, object], certs: list[Path]) -> Iterator[tuple[str, Path]]:
+    """The directories a sink writes into, as far as they are known before any certificate."""
+    kind, path, ocsp_dir = table.get("type"), table.get("path"), table.get("ocsp_dir")
+    if kind == "file" and isinstance(path, str):
+        fixed = _fixed_prefix(path)
+        if fixed is not None:
+            yield "path", fixed
+    elif kind == "haproxy" and isinstance(ocsp_dir, str):
+        yield "ocsp_dir", Path(ocsp_dir)
+    elif kind == "haproxy":
+        for directory in sorted({cert.parent for cert in certs}):
+            yield "ocsp_dir", directory  # beside each certificate (no ocsp_dir)
+
+
+def _fixed_prefix(template: str) -> Path | None:
+    """The directory of a path template up to its first placeholder ('{dir}/x' has none)."""
+    literal = next(iter(string.Formatter().parse(template)), ("", None, None, None))[0]
+    fixed = Path(literal) if "{" in template else Path(template).parent
+    if "{" in template and not literal.endswith("/"):
+        fixed = fixed.parent
+    return fixed if fixed.is_absolute() and str(fixed) != "/" else None
+
+
+def _unwritable(directory: Path) -> str | None:
+    """Why `directory` cannot be created or written to, or None if it can."""
+    existing = directory
+    while not existing.exists():
+        if existing.is_symlink():
+            return f"{existing} is a dangling symbolic link"
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{directory} cannot be created: {existing} is not a directory"
+    try:
+        fd, name = tempfile.mkstemp(prefix=".mustaple-check-", dir=existing)
+    except OSError as exc:
+        verb = "written to" if existing == directory else f"created ({existing} is not writable)"
+        return f"{directory} cannot be {verb}: {exc.strerror}"
+    os.close(fd)
+    os.unlink(name)
+    return None
+
+
+def _missing_program(command: str) -> str | None:
+    """Why the program a shell command starts cannot run, or None if it can (or cannot tell)."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None  # the shell will say; not a program question
+    words = [w for w in words if "=" not in w.split("/")[0]]  # VAR=value prefixes
+    if not words or words[0] in _SHELL_WORDS:
+        return None
+    program = words[0]
+    if "/" not in program:
+        if shutil.which(program) is None:
+            return f"{program!r} is not found in PATH ({os.environ.get('PATH', '')})"
+        return None
+    path = Path(program)
+    if not path.exists():
+        return f"{program} does not exist"
+    if path.is_dir() or not os.access(path, os.X_OK):
+        return f"{program} is not executable (chmod +x {program})"
+    return None

@@ -1,0 +1,458 @@
+"""The state on Redis: the `Store` contract, plus what a fleet shares (leases, who fetched what).
+
+`RedisStore(url, prefix=..., member=...)` keeps the `store.Store` contract (tests/test_store.py
+runs the same suite on it and on SQLite) and adds the records a fleet of members coordinates
+through (`mustaple.keeper.fleet`). Everything lives under `prefix`:
+
+- `{prefix}staple:{key}`, a hash: the last good staple (DER and times), who fetched it
+  (`fetched_by`) and the fencing token it was written with. `save_staple` is one Lua script:
+  it refuses a staple older than the stored one, and one written under a fencing token older
+  than the stored one (a member whose lease ran out while it was paused cannot overwrite what
+  its successor stored); an accepted staple is announced on the channel `{prefix}staples`
+  with the message `"{key} {member}"`.
+- `{prefix}lease:{key}`: `"{member} {token}"`, set with SET NX PX semantics by `acquire`
+  (the token comes from INCR of `{prefix}fence:{key}`, so it only grows), extended by `renew`
+  and dropped by `release` only by the member holding it.
+- `{prefix}retry:{key}`: after a failed fetch, when the fleet should try again and why.
+- `{prefix}attempts:{key}`: the bounded history of attempts, newest first, with the member.
+- `{prefix}status:{member}`: each member's view of each certificate (`save_status`).
+- `{prefix}members`: one heartbeat per member (`beat`, `members`).
+- `{prefix}keys`: the set of keys with a stored staple.
+
+Every call raises `redis.RedisError` (usually `ConnectionError` or `TimeoutError`) when Redis
+cannot answer; timeouts are short (`timeout`), so a Redis that does not answer costs seconds,
+not minutes. Calls from one thread at a time (the fleet runs them in one worker thread).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+
+from mustaple.adapters.store import (
+    HISTORY_LIMIT,
+    AttemptRecord,
+    CertStatus,
+    StoredStaple,
+    sinks_from_json,
+    sinks_json,
+)
+
+__all__ = ["FleetRecord", "Lease", "Member", "RedisStore", "Retry", "shown_url"]
+
+CHANNEL = "staples"
+# KEYS: staple hash, key set. ARGV: fence, thisUpdate (ms), channel, key, member, effective
+# expiry (ms), revoked ("1"/"0"), fields... Refuses a write under an older fence, and any answer
+# that may not replace the stored one: `verify.may_replace` on the stored numbers (never older,
+# never expiring sooner, a good answer after a revoked one only when strictly newer).
+_SAVE = """
+local held = redis.call('HMGET', KEYS[1], 'fence', 'this_update_ms', 'expiry_ms', 'revoked')
+if held[1] and tonumber(ARGV[1]) < tonumber(held[1]) then return 0 end
+local this_update, expiry = tonumber(ARGV[2]), tonumber(ARGV[6])
+if held[2] then
+  local held_update = tonumber(held[2])
+  if ARGV[7] == '0' and held[4] == '1' and this_update <= held_update then return 0 end
+  if this_update < held_update then return 0 end
+  if held[3] and expiry < tonumber(held[3]) then return 0 end
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'fence', ARGV[1], 'this_update_ms', ARGV[2], 'expiry_ms', ARGV[6],
+  'revoked', ARGV[7], unpack(ARGV, 8))
+redis.call('SADD', KEYS[2], ARGV[4])
+redis.call('PUBLISH', ARGV[3], ARGV[4] .. ' ' .. ARGV[5])
+return 1
+"""
+# KEYS: lease, fence counter. ARGV: member, ttl (ms). Returns the new token, or 0 when taken.
+_ACQUIRE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. token, 'PX', ARGV[2])
+return token
+"""
+# KEYS: lease. ARGV: value, ttl (ms).
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+# KEYS: lease. ARGV: value.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The right to fetch one certificate's staple for the fleet, until it runs out."""
+
+    key: str
+    member: str
+    token: int  # the fencing token: grows with every lease of this key
+
+    @property
+    def value(self) -> str:
+        return f"{self.member} {self.token}"
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """A failed fetch: the fleet waits until `at` before anyone tries again."""
+
+    at: datetime
+    member: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A member's last heartbeat."""
+
+    name: str
+    seen: datetime
+    info: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class FleetRecord:
+    """The fleet's view of one certificate: the shared staple, who fetched it, who holds the
+    lease now, and the retry mark."""
+
+    key: str
+    staple: StoredStaple | None
+    fetched_by: str | None
+    lease_holder: str | None
+    retry: Retry | None
+
+
+class RedisStore:
+    """A `Store` on Redis, with the fleet's records (see the module docstring)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "mustaple:",
+        member: str = "local",
+        history_limit: int = HISTORY_LIMIT,
+        timeout: float = 2.0,
+    ) -> None:
+        self.url, self.prefix, self.member = url, prefix, member
+        self.history_limit = history_limit
+        # redis-py's annotations mix its sync and async answers; values are checked here instead
+        self.client: Any = redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+        self._pipe: Any = None  # the open transaction's pipeline, if any
+        self._save = self.client.register_script(_SAVE)
+        self._acquire = self.client.register_script(_ACQUIRE)
+        self._renew = self.client.register_script(_RENEW)
+        self._release = self.client.register_script(_RELEASE)
+
+    @property
+    def channel(self) -> str:
+        """Where accepted staples are announced."""
+        return self.prefix + CHANNEL
+
+    def _k(self, kind: str, key: str = "") -> str:
+        return f"{self.prefix}{kind}:{key}" if key else f"{self.prefix}{kind}"
+
+    def _w(self) -> Any:
+        """Where writes go: the open transaction, else straight to Redis."""
+        return self._pipe if self._pipe is not None else self.client
+
+    def close(self) -> None:
+        self.client.close()
+
+    def ping(self) -> None:
+        self.client.ping()
+
+    # --- The Store contract ---------------------------------------------------------------------
+
+    def load(self, key: str) -> StoredStaple | None:
+        found = self.load_with_origin(key)
+        return found[0] if found else None
+
+    def load_with_origin(self, key: str) -> tuple[StoredStaple, str] | None:
+        """The stored staple and the member that fetched it."""
+        return _found(self.client.hgetall(self._k("staple", key)))
+
+    def save_staple(self, key: str, staple: StoredStaple) -> bool:
+        """Store `staple` unless a newer one is stored (see `publish`)."""
+        return self.publish(key, staple)
+
+    def changed(self) -> bool:
+        """Always False: a fleet hears other members' writes as announcements instead."""
+        return False
+
+    def publish(self, key: str, staple: StoredStaple, lease: Lease | None = None) -> bool:
+        """Store `staple` unless a newer one is stored, or one written under a later lease;
+        announce it. Without `lease`, a fresh token is taken (the write outranks every lease
+        given before it). Returns whether it was stored (inside a transaction: True)."""
+        token = lease.token if lease is not None else self.client.incr(self._k("fence", key))
+        fields = {
+            "name": staple.name,
+            "der": staple.der,
+            "this_update": _iso(staple.this_update),
+            "effective_expiry": _iso(staple.effective_expiry),
+            "fetched_at": _iso(staple.fetched_at),
+            "responder_url": staple.responder_url or "",
+            "fetched_by": self.member,
+        }
+        args: list[Any] = [token, _ms(staple.this_update), self.channel, key, self.member]
+        args += [_ms(staple.effective_expiry), "1" if staple.revoked else "0"]
+        for name, value in fields.items():
+            args += [name, value]
+        keys = [self._k("staple", key), self._k("keys")]
+        if self._pipe is not None:
+            self._save(keys=keys, args=args, client=self._pipe)
+            return True
+        return bool(self._save(keys=keys, args=args))
+
+    def add_attempts(self, key: str, attempts: Iterable[AttemptRecord]) -> None:
+        rows = [_attempt_json(a, self.member) for a in attempts]
+        if not rows:
+            return
+        name = self._k("attempts", key)
+        with self.transaction():
+            self._w().lpush(name, *rows)
+            self._w().ltrim(name, 0, self.history_limit - 1)
+
+    def history(self, key: str, limit: int = HISTORY_LIMIT) -> list[AttemptRecord]:
+        """The most recent attempts, newest first."""
+        return [record for record, _ in self.history_by_member(key, limit)]
+
+    def history_by_member(
+        self, key: str, limit: int = HISTORY_LIMIT
+    ) -> list[tuple[AttemptRecord, str]]:
+        """The most recent attempts with the member that made each, newest first."""
+        rows = self.client.lrange(self._k("attempts", key), 0, limit - 1)
+        return [_attempt(json.loads(row)) for row in rows]
+
+    def keys(self) -> list[str]:
+        return sorted(k.decode() for k in self.client.smembers(self._k("keys")))
+
+    def save_status(self, key: str, status: CertStatus) -> None:
+        self._w().hset(self._k("status", self.member), key, _status_json(status))
+
+    def statuses(self, member: str | None = None) -> dict[str, CertStatus]:
+        """One member's statuses (this store's member by default), sorted by name."""
+        rows = self.client.hgetall(self._k("status", member or self.member))
+        found = {k.decode(): _status(json.loads(v)) for k, v in rows.items()}
+        return dict(sorted(found.items(), key=lambda item: item[1].name))
+
+    def remove(self, key: str) -> None:
+        with self.transaction():
+            self._w().delete(self._k("staple", key), self._k("attempts", key))
+            self._w().hdel(self._k("status", self.member), key)
+            self._w().srem(self._k("keys"), key)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """MULTI ... EXEC around every write inside (reads inside see Redis as it was)."""
+        if self._pipe is not None:
+            yield
+            return
+        self._pipe = self.client.pipeline(transaction=True)
+        try:
+            yield
+            self._pipe.execute()
+        finally:
+            self._pipe.reset()
+            self._pipe = None
+
+    # --- The fleet's records --------------------------------------------------------------------
+
+    def acquire(self, key: str, ttl: timedelta) -> Lease | None:
+        """The lease of `key` for `ttl`, or None when another member holds it."""
+        keys = [self._k("lease", key), self._k("fence", key)]
+        token = int(self._acquire(keys=keys, args=[self.member, _ms_delta(ttl)]))
+        return Lease(key, self.member, token) if token else None
+
+    def load_many(self, keys: list[str]) -> list[tuple[StoredStaple, str] | None]:
+        """`load_with_origin` of each key, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(self._k("staple", key))
+        return [_found(fields) for fields in pipe.execute()]
+
+    def publish_many(self, staples: list[tuple[str, StoredStaple]]) -> None:
+        """`publish` each (key, staple), in one transaction."""
+        with self.transaction():
+            for key, staple in staples:
+                self.publish(key, staple)
+
+    def look(self, key: str) -> tuple[tuple[StoredStaple, str] | None, Retry | None]:
+        """The stored staple with who fetched it, and the retry mark, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self._k("staple", key))
+        pipe.get(self._k("retry", key))
+        fields, raw = pipe.execute()
+        return _found(fields), _retry(raw)
+
+    def acquire_and_look(
+        self, key: str, ttl: timedelta
+    ) -> tuple[Lease | None, tuple[StoredStaple, str] | None, Retry | None]:
+        """`acquire`, then (when it succeeded) `look`."""
+        lease = self.acquire(key, ttl)
+        return (lease, *self.look(key)) if lease is not None else (None, None, None)
+
+    def renew(self, lease: Lease, ttl: timedelta) -> bool:
+        """Extend a lease still held; False when it ran out (someone else may hold it now)."""
+        args: list[str | int] = [lease.value, _ms_delta(ttl)]
+        return bool(self._renew(keys=[self._k("lease", lease.key)], args=args))
+
+    def release(self, lease: Lease) -> None:
+        self._release(keys=[self._k("lease", lease.key)], args=[lease.value])
+
+    def mark_retry(self, key: str, at: datetime, reason: str, now: datetime) -> None:
+        """Ask the fleet to wait until `at` before fetching `key` again."""
+        value = json.dumps({"at": _iso(at), "member": self.member, "reason": reason})
+        ttl = max(at - now, timedelta(seconds=1))
+        self.client.set(self._k("retry", key), value, px=_ms_delta(ttl))
+
+    def clear_retry(self, key: str) -> None:
+        self._w().delete(self._k("retry", key))
+
+    def retry(self, key: str) -> Retry | None:
+        return _retry(self.client.get(self._k("retry", key)))
+
+    def beat(self, now: datetime, info: dict[str, Any]) -> None:
+        """This member's heartbeat, with what it wants the fleet view to show."""
+        value = json.dumps({"seen": _iso(now), **info})
+        self.client.hset(self._k("members"), self.member, value)
+
+    def members(self) -> list[Member]:
+        rows = self.client.hgetall(self._k("members"))
+        found = []
+        for name, raw in sorted(rows.items()):
+            data = json.loads(raw)
+            seen = _time(data.pop("seen"))
+            found.append(Member(name.decode(), seen, data))
+        return found
+
+    def record(self, key: str) -> FleetRecord:
+        """The fleet's view of one certificate."""
+        fields = self.client.hgetall(self._k("staple", key))
+        lease = self.client.get(self._k("lease", key))
+        return FleetRecord(
+            key,
+            _staple(fields) if fields else None,
+            fields[b"fetched_by"].decode() if fields else None,
+            lease.decode().split(" ")[0] if lease else None,
+            self.retry(key),
+        )
+
+
+def shown_url(url: str) -> str:
+    """A Redis URL fit for logs: without its user and password."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}"
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat()
+
+
+def _time(text: str | bytes) -> datetime:
+    return datetime.fromisoformat(text.decode() if isinstance(text, bytes) else text)
+
+
+def _ms(value: datetime) -> int:
+    return int(value.timestamp() * 1000)
+
+
+def _ms_delta(value: timedelta) -> int:
+    return max(1, int(value.total_seconds() * 1000))
+
+
+def _staple(fields: dict[bytes, bytes]) -> StoredStaple:
+    url = fields[b"responder_url"].decode()
+    return StoredStaple(
+        fields[b"name"].decode(),
+        fields[b"der"],
+        _time(fields[b"this_update"]),
+        _time(fields[b"effective_expiry"]),
+        _time(fields[b"fetched_at"]),
+        url or None,
+        fields.get(b"revoked") == b"1",
+    )
+
+
+def _found(fields: dict[bytes, bytes]) -> tuple[StoredStaple, str] | None:
+    """A staple hash as (the staple, who fetched it)."""
+    return (_staple(fields), fields[b"fetched_by"].decode()) if fields else None
+
+
+def _retry(raw: bytes | None) -> Retry | None:
+    if raw is None:
+        return None
+    data = json.loads(raw)
+    return Retry(_time(data["at"]), data["member"], data["reason"])
+
+
+def _attempt_json(a: AttemptRecord, member: str) -> str:
+    return json.dumps(
+        {
+            "at": _iso(a.at),
+            "url": a.url,
+            "method": a.method,
+            "http_status": a.http_status,
+            "latency": a.latency,
+            "reason": a.reason,
+            "message": a.message,
+            "member": member,
+        }
+    )
+
+
+def _attempt(data: dict[str, Any]) -> tuple[AttemptRecord, str]:
+    record = AttemptRecord(
+        _time(data["at"]),
+        data["url"],
+        data["method"],
+        data["http_status"],
+        data["latency"],
+        data["reason"],
+        data["message"],
+    )
+    return record, data["member"]
+
+
+def _status_json(status: CertStatus) -> str:
+    return json.dumps(
+        {
+            "name": status.name,
+            "cert_path": status.cert_path,
+            "must_staple": status.must_staple,
+            "state": status.state,
+            "next_due": _iso(status.next_due) if status.next_due else None,
+            "failures": status.failures,
+            "last_attempt": _iso(status.last_attempt) if status.last_attempt else None,
+            "last_reason": status.last_reason,
+            "last_message": status.last_message,
+            "paths": list(status.paths),
+            "sinks": sinks_json(status.sinks),
+        }
+    )
+
+
+def _status(data: dict[str, Any]) -> CertStatus:
+    return CertStatus(
+        data["name"],
+        data["cert_path"],
+        data["must_staple"],
+        data["state"],
+        _time(data["next_due"]) if data["next_due"] else None,
+        data["failures"],
+        _time(data["last_attempt"]) if data["last_attempt"] else None,
+        data["last_reason"],
+        data["last_message"],
+        tuple(data.get("paths", ())),
+        sinks_from_json(data.get("sinks", "[]")),
+    )

@@ -1,0 +1,640 @@
+"""The sinks: make TLS servers see staples. `build_sink(name, table)` makes one from its config.
+
+- `file`: writes the DER response atomically to a path made from a template, then runs a
+  reload command once per batch if some file changed (nginx `ssl_stapling_file`, lighttpd
+  `ssl.stapling-file`, Exim `tls_ocsp_file`).
+- `haproxy`: writes `<crt>.ocsp` (and `<crt>.issuer` when the bundle lacks the issuer) for
+  HAProxy's next start, and pushes the response to the running HAProxy over its runtime API
+  (`set ssl ocsp-response`), so no reload is needed.
+- `command`: runs a shell command for each delivery, with the event in its environment.
+
+Every sink keeps the `mustaple.core.delivery` rules: a failure of the outside world (a directory
+that cannot be written, a reload that fails, HAProxy not listening) becomes `Delivered.error`,
+one line; nothing here raises for it. Commands and socket calls have timeouts. What each
+server does with the files, and its quirks, is in docs/integrations/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import re
+import string
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cryptography.x509 import ocsp
+
+from mustaple.adapters.config import TableReader
+from mustaple.adapters.files import (
+    MAX_INPUT,
+    clean_temporaries,
+    read_prefix,
+    write_atomic,
+    write_atomic_many,
+)
+from mustaple.adapters.shell import run_command
+from mustaple.core.delivery import Action, Delivered, Delivery, Sink
+from mustaple.core.render import human_time
+
+__all__ = [
+    "CommandSink",
+    "FileSink",
+    "HAProxySink",
+    "SinkConfigError",
+    "SocketAddress",
+    "ask_haproxy",
+    "build_sink",
+]
+
+DEFAULT_RELOAD_TIMEOUT = timedelta(seconds=60)
+DEFAULT_SOCKET_TIMEOUT = timedelta(seconds=10)
+DEFAULT_COMMAND_TIMEOUT = timedelta(seconds=60)
+# HAProxy stops stapling a response this long before its nextUpdate (2.6 even takes one with
+# less left over the socket, and then staples nothing).
+HAPROXY_MARGIN = timedelta(seconds=300)
+HAPROXY_UPDATED = "OCSP Response updated!"
+_UNREACHABLE = "cannot reach HAProxy's runtime API"
+_NOT_RUNNING = "HAProxy is not running"
+_TEMPLATE_FIELDS = ("name", "stem", "dir")
+_FIELDS_TEXT = "{name}, {stem} or {dir}"
+MAX_SINK_DURATION = timedelta(days=1)  # the longest timeout or reload_timeout
+log = logging.getLogger("mustaple")
+
+
+class SinkConfigError(ValueError):
+    """A sink's config table cannot be used.
+
+    The message is one line, "sinks.NAME.KEY: what is wrong and what to do"; show it as is.
+    """
+
+
+# --- Config ---------------------------------------------------------------------------------------
+
+
+def _reader(name: str, table: Mapping[str, object], kind: str, keys: Sequence[str]) -> TableReader:
+    """`[sinks.NAME]` read key by key, with errors that name the key; no key but `keys`."""
+    reader = TableReader(None, f"sinks.{name}", dict(table), SinkConfigError)
+    reader.only("type", *keys, expected=f"a {kind} sink takes {', '.join(keys)}")
+    return reader
+
+
+def build_sink(name: str, table: Mapping[str, object]) -> Sink:
+    """The sink that `[sinks.NAME]` describes, or SinkConfigError naming the bad key."""
+    builders: dict[str, Callable[[str, Mapping[str, object]], Sink]] = {
+        "file": _file_sink,
+        "haproxy": _haproxy_sink,
+        "command": _command_sink,
+    }
+    kind = table.get("type")
+    if not isinstance(kind, str) or kind not in builders:
+        choices = ", ".join(f'"{k}"' for k in builders)
+        problem = "missing" if kind is None else f"{kind!r} is not a sink type"
+        raise SinkConfigError(f"sinks.{name}.type: {problem}; use one of {choices}")
+    return builders[kind](name, table)
+
+
+def _file_sink(name: str, table: Mapping[str, object]) -> FileSink:
+    keys = ("path", "reload", "reload_timeout", "remove", "revoked", "running")
+    reader = _reader(name, table, "file", keys)
+    hint = 'give the staple file, e.g. "/var/lib/mustaple/staples/{name}.der"'
+    path = reader.required("path", hint)
+    _check_template(reader, path)
+    remove = reader.text("remove") or "delete"
+    if remove not in ("delete", "keep"):
+        raise reader.error("remove", f'must be "delete" or "keep", not {remove!r}')
+    revoked = reader.text("revoked") or "staple"
+    if revoked not in ("staple", "remove"):
+        raise reader.error("revoked", f'must be "staple" or "remove", not {revoked!r}')
+    if revoked == "remove" and remove == "keep":
+        raise reader.error(
+            "revoked", 'cannot be "remove" with remove = "keep": the good staple would stay'
+        )
+    return FileSink(
+        name,
+        path=path,
+        reload=reader.text("reload"),
+        reload_timeout=reader.duration("reload_timeout", DEFAULT_RELOAD_TIMEOUT, MAX_SINK_DURATION),
+        keep_on_remove=remove == "keep",
+        remove_revoked=revoked == "remove",
+        running=reader.text("running"),
+    )
+
+
+def _check_template(reader: TableReader, path: str) -> None:
+    """Only {name}, {stem} and {dir} may appear in braces, and the template must fill in."""
+    try:
+        fields = {field for _, field, _, _ in string.Formatter().parse(path) if field is not None}
+    except ValueError as exc:
+        raise reader.error("path", f"{exc}; use braces only around {_FIELDS_TEXT}") from None
+    unknown = sorted(fields - set(_TEMPLATE_FIELDS))
+    if unknown:
+        raise reader.error("path", f"unknown placeholder {{{unknown[0]}}}; use {_FIELDS_TEXT}")
+    try:
+        path.format(name="name", stem="stem", dir="dir")
+    except ValueError as exc:
+        raise reader.error("path", f"{exc}; write placeholders plainly: {_FIELDS_TEXT}") from None
+
+
+def _haproxy_sink(name: str, table: Mapping[str, object]) -> HAProxySink:
+    keys = ("socket", "master", "ocsp_dir", "timeout", "reload", "reload_timeout")
+    reader = _reader(name, table, "haproxy", keys)
+    socket = reader.required(
+        "socket", 'give HAProxy\'s admin socket, e.g. "/run/haproxy/admin.sock"'
+    )
+    try:
+        address = SocketAddress.parse(socket)
+    except ValueError as exc:
+        raise reader.error("socket", str(exc)) from None
+    ocsp_dir = reader.text("ocsp_dir")
+    return HAProxySink(
+        name,
+        socket=address,
+        master=reader.flag("master"),
+        ocsp_dir=Path(ocsp_dir) if ocsp_dir else None,
+        timeout=reader.duration("timeout", DEFAULT_SOCKET_TIMEOUT, MAX_SINK_DURATION),
+        reload=reader.text("reload"),
+        reload_timeout=reader.duration("reload_timeout", DEFAULT_RELOAD_TIMEOUT, MAX_SINK_DURATION),
+    )
+
+
+def _command_sink(name: str, table: Mapping[str, object]) -> CommandSink:
+    reader = _reader(name, table, "command", ("command", "timeout"))
+    command = reader.required("command", "give a shell command to run for each delivery")
+    return CommandSink(
+        name,
+        command=command,
+        timeout=reader.duration("timeout", DEFAULT_COMMAND_TIMEOUT, MAX_SINK_DURATION),
+    )
+
+
+# --- Shared: outcomes, files, commands ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """What happened to one delivery before any reload."""
+
+    changed: bool
+    error: str | None = None
+    needs_reload: bool = False  # the server sees this only after a reload
+    note: str | None = None  # in place for the next start; no running server took it
+
+
+class _Reloader:
+    """Runs a sink's reload command once per batch, and again next time if it failed.
+
+    With a `running` check (a command that exits 0 while the server runs), a server that is
+    not running is not reloaded: what was written is in place for its start, which is not an
+    error (`mustaple prime` before the servers start)."""
+
+    def __init__(self, command: str | None, timeout: timedelta, running: str | None = None):
+        self.command = command
+        self.timeout = timeout
+        self.running = running
+        self.owed = False  # the last reload failed: the server may not see what was written
+
+    async def finish(
+        self, sink: str, batch: Sequence[Delivery], outcomes: Sequence[_Outcome]
+    ) -> list[Delivered]:
+        """Reload if some delivery needs it (or a failed reload is owed); report each one."""
+        waiting = [o.needs_reload or (self.owed and o.error is None) for o in outcomes]
+        problem = note = None
+        if self.command is not None and any(waiting):
+            down = self.running is not None and await run_command(self.running, self.timeout)
+            if down:
+                note = f"the server is not running ({down}): it reads this at its start"
+                self.owed = False
+            else:
+                problem = await run_command(self.command, self.timeout)
+                self.owed = problem is not None
+        done = []
+        for delivery, outcome, waits in zip(batch, outcomes, waiting, strict=True):
+            error, noted = outcome.error, outcome.note
+            if self.command is not None and waits:
+                error = _joined(outcome.error, f"reload failed: {problem}") if problem else None
+                noted = noted or note
+            done.append(Delivered(delivery.key, sink, outcome.changed, error, noted))
+        return done
+
+
+def _joined(first: str | None, second: str) -> str:
+    return f"{first}; {second}" if first else second
+
+
+class _Cleaner:
+    """Removes, once per directory and process, the temporary files that an interrupted
+    write (kill -9, power loss) left there: `.NAME.XXXXXXXX` where NAME is a file of ours."""
+
+    def __init__(self, names: re.Pattern[str]) -> None:
+        self.names = names
+        self.done: set[Path] = set()
+
+    def once(self, directory: Path) -> None:
+        if directory in self.done:
+            return
+        self.done.add(directory)
+        for path in clean_temporaries(directory, self.names):
+            log.warning("%s: removed, left by an interrupted write", path)
+
+
+def _file_names(template: str) -> re.Pattern[str]:
+    """The file names a path template can make, e.g. '{name}.der' gives '.+\\.der'."""
+    parts = string.Formatter().parse(Path(template).name)
+    return re.compile(
+        "".join(re.escape(text) + (".+" if f is not None else "") for text, f, _, _ in parts)
+    )
+
+
+def _replace(path: Path, data: bytes) -> bool:
+    """Write `data` to `path` atomically unless it already holds it; whether it changed."""
+    if read_prefix(path, len(data) + 1) == data:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, data)
+    return True
+
+
+def _delete(path: Path) -> bool:
+    """Remove `path`; whether it existed."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _os_problem(path: Path, exc: OSError) -> str:
+    return f"{path}: {exc.strerror or exc}"
+
+
+# --- file -----------------------------------------------------------------------------------------
+
+
+class FileSink:
+    """Writes each staple to a file made from `path` and reloads the server once per batch.
+
+    STAPLE writes the DER atomically (creating the directory); REVOKED writes the CA's revoked
+    answer the same way (or, with `revoked = "remove"`, deletes the file: Exim's GnuTLS refuses
+    TLS altogether with a revoked answer in `tls_ocsp_file`); REMOVE deletes the file (or,
+    with `remove = "keep"`, leaves it: nginx cannot reload without its stapling file); the
+    reload command runs only if some file changed (or a previous reload failed), and its
+    failure is reported on each delivery it was meant to make visible.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        path: str,
+        reload: str | None = None,
+        reload_timeout: timedelta = DEFAULT_RELOAD_TIMEOUT,
+        keep_on_remove: bool = False,
+        remove_revoked: bool = False,
+        running: str | None = None,
+    ) -> None:
+        self.name = name
+        self.path = path
+        self.keep_on_remove = keep_on_remove
+        self.remove_revoked = remove_revoked
+        self._reloader = _Reloader(reload, reload_timeout, running)
+        self._cleaner = _Cleaner(_file_names(path))
+
+    def path_for(self, delivery: Delivery) -> Path:
+        """The staple file for `delivery`: the template filled in."""
+        return Path(
+            self.path.format(
+                name=delivery.name.replace("/", "_").replace("\0", "_"),
+                stem=delivery.cert_path.stem,
+                dir=delivery.cert_path.parent,
+            )
+        )
+
+    async def deliver(self, batch: Sequence[Delivery]) -> list[Delivered]:
+        outcomes = await asyncio.to_thread(self._apply_all, batch)
+        return await self._reloader.finish(self.name, batch, outcomes)
+
+    def _apply_all(self, batch: Sequence[Delivery]) -> list[_Outcome]:
+        """Each delivery, in order, with the same outcome as one at a time; the files to write
+        are written together (`write_atomic_many`), before any removal and before a file
+        would be written a second time."""
+        outcomes: list[_Outcome] = []
+        pending: dict[Path, tuple[int, bytes]] = {}  # to write: place in the batch, bytes
+        for delivery in batch:
+            path = self.path_for(delivery)
+            der = self._writes(delivery)
+            if der is None or path in pending:
+                _write_pending(pending, outcomes)
+            outcome = self._apply(delivery, path) if der is None else self._unchanged(path, der)
+            if outcome is None:
+                pending[path] = (len(outcomes), der or b"")
+                outcome = _Outcome(True, needs_reload=True)
+            outcomes.append(outcome)
+        _write_pending(pending, outcomes)
+        return outcomes
+
+    def _writes(self, delivery: Delivery) -> bytes | None:
+        """The bytes `delivery` writes to its file, or None when it writes nothing."""
+        if delivery.action is Action.REMOVE or (
+            delivery.action is Action.REVOKED and self.remove_revoked
+        ):
+            return None
+        return delivery.der
+
+    def _apply(self, delivery: Delivery, path: Path) -> _Outcome:
+        """A delivery that writes nothing: a removal, or one without a response."""
+        revoked = delivery.action is Action.REVOKED
+        try:
+            self._cleaner.once(path.parent)
+            if revoked and self.remove_revoked:
+                changed = _delete(path)
+            elif delivery.action is Action.REMOVE:
+                if self.keep_on_remove:
+                    return _Outcome(False)
+                changed = _delete(path)
+            else:
+                return _Outcome(False, "nothing to staple: the delivery carries no response")
+        except OSError as exc:
+            return _Outcome(False, _os_problem(path, exc))
+        return _Outcome(changed, needs_reload=changed)
+
+    def _unchanged(self, path: Path, der: bytes) -> _Outcome | None:
+        """The outcome when `path` needs no write (it holds `der`, or cannot be written);
+        None when it is to be written (its directory then exists)."""
+        try:
+            self._cleaner.once(path.parent)
+            if read_prefix(path, len(der) + 1) == der:
+                return _Outcome(False)
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return _Outcome(False, _os_problem(path, exc))
+        return None
+
+
+def _write_pending(pending: dict[Path, tuple[int, bytes]], outcomes: list[_Outcome]) -> None:
+    """Write the pending files together; a file that could not be written says why."""
+    if not pending:
+        return
+    files = [(path, der) for path, (_, der) in pending.items()]
+    problems = write_atomic_many(files)
+    for (path, (index, _)), problem in zip(pending.items(), problems, strict=True):
+        if problem is not None:
+            outcomes[index] = _Outcome(False, _os_problem(path, problem))
+    pending.clear()
+
+
+# --- haproxy --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SocketAddress:
+    """Where HAProxy's runtime API listens: a unix socket path, or a TCP host and port."""
+
+    path: str | None = None
+    host: str | None = None
+    port: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> SocketAddress:
+        """Read "/run/haproxy/admin.sock", "unix@/path", "127.0.0.1:9999" or "[::1]:9999"."""
+        text = text.strip()
+        for prefix in ("unix@", "ipv4@", "ipv6@"):
+            text = text.removeprefix(prefix)
+        if text.startswith("/"):
+            return cls(path=text)
+        host, _, port = text.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(
+                f"{text!r} is neither a unix socket path (starting with /) nor HOST:PORT"
+            )
+        return cls(host=host, port=int(port))
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return self.path
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+async def ask_haproxy(address: SocketAddress, command: str, timeout: timedelta) -> str:
+    """Send one command to HAProxy's runtime API and return its answer.
+
+    Raises OSError (or TimeoutError) when HAProxy cannot be reached or does not answer in time.
+    """
+    async with asyncio.timeout(timeout.total_seconds()):
+        if address.path is not None:
+            reader, writer = await asyncio.open_unix_connection(address.path)
+        else:
+            reader, writer = await asyncio.open_connection(address.host, address.port)
+        try:
+            writer.write(command.encode() + b"\n")
+            await writer.drain()
+            answer = await _read_answer(reader)
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+    return answer.decode(errors="replace")
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> bytes:
+    """Up to the empty line that ends every answer (the master CLI keeps the connection open)."""
+    answer = b""
+    while not answer.endswith(b"\n\n"):
+        chunk = await reader.read(4096)
+        if not chunk:
+            break
+        answer += chunk
+    return answer
+
+
+class HAProxySink:
+    """Keeps `<crt>.ocsp` (and `<crt>.issuer`) for HAProxy's next start and pushes each staple
+    to the running HAProxy over its runtime API.
+
+    HAProxy 2.6 has no runtime command to drop a staple: REMOVE empties `<crt>.ocsp` (stapling
+    stays enabled for the certificate, with nothing to send, and later pushes still work) and
+    runs `reload` if configured; without it, the error says until when HAProxy goes on
+    serving the previous staple from memory.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        socket: SocketAddress,
+        master: bool = False,
+        ocsp_dir: Path | None = None,
+        timeout: timedelta = DEFAULT_SOCKET_TIMEOUT,
+        reload: str | None = None,
+        reload_timeout: timedelta = DEFAULT_RELOAD_TIMEOUT,
+    ) -> None:
+        self.name = name
+        self.socket = socket
+        self.master = master  # the master CLI: send commands to the current worker with "@1"
+        self.ocsp_dir = ocsp_dir
+        self.timeout = timeout
+        self._reloader = _Reloader(reload, reload_timeout)
+        self._cleaner = _Cleaner(re.compile(r".+\.(?:ocsp|issuer)"))
+
+    def path_for(self, delivery: Delivery, suffix: str = ".ocsp") -> Path:
+        """`<crt>.ocsp` beside the certificate HAProxy loads, or in `ocsp_dir`."""
+        directory = self.ocsp_dir or delivery.cert_path.parent
+        return directory / f"{delivery.cert_path.name}{suffix}"
+
+    async def deliver(self, batch: Sequence[Delivery]) -> list[Delivered]:
+        outcomes = [await self._deliver_one(d) for d in batch]
+        return await self._reloader.finish(self.name, batch, outcomes)
+
+    async def _deliver_one(self, delivery: Delivery) -> _Outcome:
+        if delivery.action is Action.REMOVE:
+            return await asyncio.to_thread(self._remove, delivery)
+        if delivery.der is None:
+            return _Outcome(False, "nothing to staple: the delivery carries no response")
+        path = self.path_for(delivery)
+        try:
+            changed = await asyncio.to_thread(self._write, delivery, delivery.der)
+        except OSError as exc:
+            problem = f"{_os_problem(path, exc)}: HAProxy will not have it after a reload"
+            return _Outcome(False, _joined(await self._push(delivery.der, path), problem))
+        pushed = await self._push(delivery.der, path)
+        if pushed is not None and pushed.startswith(_NOT_RUNNING):
+            return _Outcome(changed, note=f"{pushed}: it reads {path} at its start")
+        if pushed is not None and pushed.startswith(_UNREACHABLE):
+            pushed += f"; {path} is written: HAProxy reads it at its next start or reload"
+        return _Outcome(changed, pushed)
+
+    def _write(self, delivery: Delivery, data: bytes) -> bool:
+        """Write `.issuer` first when needed: HAProxy refuses to start with a `.ocsp` file it
+        cannot match to an issuer."""
+        self._cleaner.once(self.path_for(delivery).parent)
+        if not delivery.bundle_has_issuer:
+            _replace(self.path_for(delivery, ".issuer"), delivery.issuer_pem)
+        return _replace(self.path_for(delivery), data)
+
+    async def _push(self, der: bytes, path: Path) -> str | None:
+        """None when the running HAProxy took the staple, else what went wrong."""
+        command = f"set ssl ocsp-response {base64.b64encode(der).decode()}"
+        if self.master:
+            command = f"@1 {command}"
+        try:
+            answer = await ask_haproxy(self.socket, command, self.timeout)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            return f"{_NOT_RUNNING} (nothing listens at {self.socket}: {_describe(exc)})"
+        except (OSError, TimeoutError) as exc:
+            return f"{_UNREACHABLE} at {self.socket} ({_describe(exc)})"
+        first = answer.strip().splitlines()[0] if answer.strip() else "no answer"
+        if first == HAPROXY_UPDATED:
+            return None
+        if "does not match any certificate" in first:
+            return (
+                f"HAProxy refused the staple: {first} (it knows only certificates it loaded "
+                f"with a .ocsp file, by SHA-1 CertID: if it started without {path}, reload it)"
+            )
+        return f"HAProxy refused the staple: {first}"
+
+    def _remove(self, delivery: Delivery) -> _Outcome:
+        path = self.path_for(delivery)
+        try:
+            self._cleaner.once(path.parent)
+            previous = read_prefix(path, MAX_INPUT)
+            if not delivery.bundle_has_issuer:
+                _replace(self.path_for(delivery, ".issuer"), delivery.issuer_pem)
+            _replace(path, b"")
+        except OSError as exc:
+            return _Outcome(False, _os_problem(path, exc))
+        if not previous:
+            return _Outcome(False)
+        until = _served_until(previous)
+        when = f"until {human_time(until)}" if until else "until it expires"
+        error = (
+            "HAProxy cannot drop a staple at run time: it goes on serving the previous one "
+            f"{when} or until it is reloaded ({path} is now empty)"
+        )
+        return _Outcome(True, error, needs_reload=True)
+
+
+def _served_until(der: bytes) -> datetime | None:
+    """When HAProxy stops stapling `der` by itself: 300 s before its nextUpdate."""
+    try:
+        next_update = ocsp.load_der_ocsp_response(der).next_update_utc
+    except ValueError:
+        return None
+    return next_update - HAPROXY_MARGIN if next_update else None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
+    return str(exc) or type(exc).__name__
+
+
+# --- command --------------------------------------------------------------------------------------
+
+
+class CommandSink:
+    """Runs `command` through the shell once per delivery, with the event in its environment:
+    MUSTAPLE_EVENT ("staple" or "remove"), MUSTAPLE_CERT, MUSTAPLE_NAME, MUSTAPLE_STATUS and
+    MUSTAPLE_STAPLE (a temporary file holding the DER, removed afterwards; empty for remove).
+
+    A delivery identical to the last one this sink ran successfully for the same certificate
+    is not run again (changed=False).
+    """
+
+    def __init__(
+        self, name: str, *, command: str, timeout: timedelta = DEFAULT_COMMAND_TIMEOUT
+    ) -> None:
+        self.name = name
+        self.command = command
+        self.timeout = timeout
+        self._done: dict[str, tuple[Action, bytes | None]] = {}
+
+    async def deliver(self, batch: Sequence[Delivery]) -> list[Delivered]:
+        return [await self._deliver_one(d) for d in batch]
+
+    async def _deliver_one(self, delivery: Delivery) -> Delivered:
+        wanted = (delivery.action, delivery.der)
+        if self._done.get(delivery.key) == wanted:
+            return Delivered(delivery.key, self.name, changed=False)
+        try:
+            problem = await self._run(delivery)
+        except OSError as exc:
+            problem = f"cannot write the temporary staple file ({exc.strerror or exc})"
+        if problem is not None:
+            return Delivered(delivery.key, self.name, changed=False, error=problem)
+        self._done[delivery.key] = wanted
+        return Delivered(delivery.key, self.name, changed=True)
+
+    async def _run(self, delivery: Delivery) -> str | None:
+        staple = ""
+        if delivery.action is not Action.REMOVE and delivery.der is not None:
+            staple = await asyncio.to_thread(_temporary_file, delivery.der)
+        env = {
+            **os.environ,
+            "MUSTAPLE_EVENT": delivery.action.value,
+            "MUSTAPLE_CERT": str(delivery.cert_path),
+            "MUSTAPLE_NAME": delivery.name,
+            "MUSTAPLE_STATUS": delivery.status,
+            "MUSTAPLE_STAPLE": staple,
+        }
+        try:
+            return await run_command(self.command, self.timeout, env)
+        finally:
+            if staple:
+                Path(staple).unlink(missing_ok=True)
+
+
+def _temporary_file(data: bytes) -> str:
+    fd, name = tempfile.mkstemp(prefix="mustaple-", suffix=".der")
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    return name

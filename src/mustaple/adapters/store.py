@@ -1,0 +1,429 @@
+"""State that survives anything: the last good staple and a bounded history of attempts.
+
+`Store` is the contract every backend keeps (SQLite here; Redis in fleet mode):
+
+- Keys are certificate identities (`cert_key`: the leaf's SHA-256 fingerprint in hex).
+- The store is the single truth every process shares (`run`, `prime`, a restarted `run`):
+  the stored answer is the certificate's last valid answer, good or revoked.
+- `save_staple` replaces the stored answer atomically, and only with one that may replace it
+  (`verify.may_replace`: never older; a good answer after a revoked one only when strictly
+  newer); it returns whether it wrote. After a crash at any moment, `load` returns either the
+  previous answer or the new one, complete.
+- `changed()` says whether another process wrote since the last call (a running keeper picks
+  up what `prime` stored without a reload).
+- `load` returns None for an unknown key; it never raises for a missing entry.
+- Stored bytes are not trusted blindly: the keeper validates a loaded staple again before
+  delivering it, so a corrupted row costs a fetch, never a bad staple.
+- Calls may come from one thread at a time; the keeper serialises them.
+- `transaction()` groups writes: inside it they are applied together, atomically and durably
+  when it ends (or not at all); outside it each write is a transaction of its own.
+
+`SqliteStore` uses the stdlib sqlite3 in WAL mode with synchronous=FULL: each transaction is
+durable when it ends. A file that is not a readable database is moved aside
+(`state.db.corrupt-TIME`, one loud line) and a fresh one started: every staple in it can be
+fetched again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from mustaple.core.delivery import SinkHealth
+from mustaple.core.errors import InputError
+from mustaple.core.verify import may_replace
+
+__all__ = [
+    "AttemptRecord",
+    "CertStatus",
+    "SqliteStore",
+    "Store",
+    "StoredStaple",
+    "cert_key",
+    "sinks_from_json",
+    "sinks_json",
+]
+
+log = logging.getLogger("mustaple")
+HISTORY_LIMIT = 50
+_SCHEMA_VERSION = 2
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS staples (
+    cert_key TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    der BLOB NOT NULL,
+    this_update TEXT NOT NULL,
+    effective_expiry TEXT NOT NULL,
+    fetched_at TEXT NOT NULL,
+    responder_url TEXT,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    cert_key TEXT NOT NULL,
+    at TEXT NOT NULL,
+    url TEXT NOT NULL,
+    method TEXT NOT NULL,
+    http_status INTEGER,
+    latency REAL NOT NULL,
+    reason TEXT,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS attempts_by_cert ON attempts (cert_key, id);
+CREATE TABLE IF NOT EXISTS status (
+    cert_key TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    cert_path TEXT NOT NULL,
+    must_staple INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    next_due TEXT,
+    failures INTEGER NOT NULL,
+    last_attempt TEXT,
+    last_reason TEXT,
+    last_message TEXT,
+    paths TEXT NOT NULL DEFAULT '[]',
+    sinks TEXT NOT NULL DEFAULT '[]'
+);
+"""
+
+_ADDED_IN_2 = (
+    ("staples", "revoked", "INTEGER NOT NULL DEFAULT 0"),
+    ("status", "paths", "TEXT NOT NULL DEFAULT '[]'"),
+    ("status", "sinks", "TEXT NOT NULL DEFAULT '[]'"),
+)
+
+
+def cert_key(cert: x509.Certificate) -> str:
+    """The identity a certificate's state is stored under."""
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredStaple:
+    """An answer as stored (a good staple, or the revoked answer): the DER and enough metadata
+    to schedule and compare without parsing."""
+
+    name: str
+    der: bytes
+    this_update: datetime
+    effective_expiry: datetime
+    fetched_at: datetime
+    responder_url: str | None
+    revoked: bool = False
+
+    @property
+    def good(self) -> bool:
+        return not self.revoked
+
+
+@dataclass(frozen=True, slots=True)
+class CertStatus:
+    """What the keeper last knew about a certificate, for `mustaple status`."""
+
+    name: str
+    cert_path: str
+    must_staple: bool
+    state: str  # a `lifecycle.Phase` value: good, failing, expired, revoked, unusable, pending
+    next_due: datetime | None
+    failures: int
+    last_attempt: datetime | None
+    last_reason: str | None
+    last_message: str | None
+    paths: tuple[str, ...] = ()  # every configured file holding this certificate
+    sinks: tuple[SinkHealth, ...] = ()  # how each sink last took its staple
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One attempt as kept in the history."""
+
+    at: datetime
+    url: str
+    method: str
+    http_status: int | None
+    latency: float
+    reason: str | None
+    message: str
+
+
+class Store(Protocol):
+    """The storage contract (see the module docstring)."""
+
+    def load(self, key: str) -> StoredStaple | None: ...
+
+    def save_staple(self, key: str, staple: StoredStaple) -> bool: ...
+
+    def changed(self) -> bool: ...
+
+    def add_attempts(self, key: str, attempts: Iterable[AttemptRecord]) -> None: ...
+
+    def history(self, key: str, limit: int = HISTORY_LIMIT) -> list[AttemptRecord]: ...
+
+    def keys(self) -> list[str]: ...
+
+    def save_status(self, key: str, status: CertStatus) -> None: ...
+
+    def statuses(self) -> dict[str, CertStatus]: ...
+
+    def remove(self, key: str) -> None: ...
+
+    def transaction(self) -> AbstractContextManager[None]: ...
+
+    def close(self) -> None: ...
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat()
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+class SqliteStore:
+    """The embedded default backend: one SQLite file in the state directory."""
+
+    def __init__(self, path: str | Path, *, history_limit: int = HISTORY_LIMIT) -> None:
+        self.path = Path(path)
+        self.history_limit = history_limit
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = self._open()
+        except (sqlite3.Error, OSError) as exc:
+            if type(exc) is not sqlite3.DatabaseError:  # not corruption: locked, unwritable...
+                raise InputError(f"{self.path}: cannot open the state database ({exc})") from None
+            self._db = self._start_afresh(exc)
+        self._version = self._data_version()
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(_SCHEMA)
+            for table, column, kind in _ADDED_IN_2:  # schema 1 had none of these
+                columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                if column not in columns:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _start_afresh(self, exc: sqlite3.DatabaseError) -> sqlite3.Connection:
+        """Move an unreadable database aside and start an empty one."""
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        try:
+            self.path.rename(aside)
+            for suffix in ("-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            db = self._open()
+        except (sqlite3.Error, OSError) as again:
+            raise InputError(
+                f"{self.path}: the state database is unreadable ({exc}) and could not be "
+                f"replaced ({again}); move it away by hand"
+            ) from None
+        log.error(
+            "%s: the state database is unreadable (%s): moved to %s and started afresh; "
+            "every staple will be fetched again",
+            self.path,
+            exc,
+            aside,
+        )
+        return db
+
+    def close(self) -> None:
+        self._db.close()
+
+    def load(self, key: str) -> StoredStaple | None:
+        row = self._db.execute(
+            "SELECT name, der, this_update, effective_expiry, fetched_at, responder_url, revoked "
+            "FROM staples WHERE cert_key = ?",
+            (key,),
+        ).fetchone()
+        if row is None:
+            return None
+        name, der, this_update, expiry, fetched_at, url, revoked = row
+        return StoredStaple(
+            name,
+            bytes(der),
+            _time(this_update),
+            _time(expiry),
+            _time(fetched_at),
+            url,
+            bool(revoked),
+        )
+
+    def save_staple(self, key: str, staple: StoredStaple) -> bool:
+        with self.transaction():
+            current = self.load(key)
+            if current is not None and may_replace(staple, current) is not None:
+                return False
+            self._db.execute(
+                "INSERT OR REPLACE INTO staples VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key,
+                    staple.name,
+                    staple.der,
+                    _iso(staple.this_update),
+                    _iso(staple.effective_expiry),
+                    _iso(staple.fetched_at),
+                    staple.responder_url,
+                    int(staple.revoked),
+                ),
+            )
+        return True
+
+    def changed(self) -> bool:
+        """Whether another connection (another process) committed since the last call."""
+        version = self._data_version()
+        changed, self._version = version != self._version, version
+        return changed
+
+    def _data_version(self) -> int:
+        row = self._db.execute("PRAGMA data_version").fetchone()
+        return int(row[0])
+
+    def add_attempts(self, key: str, attempts: Iterable[AttemptRecord]) -> None:
+        rows = [
+            (key, _iso(a.at), a.url, a.method, a.http_status, a.latency, a.reason, a.message)
+            for a in attempts
+        ]
+        with self.transaction():
+            self._db.executemany(
+                "INSERT INTO attempts (cert_key, at, url, method, http_status, latency, reason,"
+                " message) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            self._db.execute(
+                "DELETE FROM attempts WHERE cert_key = ? AND id NOT IN "
+                "(SELECT id FROM attempts WHERE cert_key = ? ORDER BY id DESC LIMIT ?)",
+                (key, key, self.history_limit),
+            )
+
+    def history(self, key: str, limit: int = HISTORY_LIMIT) -> list[AttemptRecord]:
+        """The most recent attempts, newest first."""
+        rows = self._db.execute(
+            "SELECT at, url, method, http_status, latency, reason, message FROM attempts "
+            "WHERE cert_key = ? ORDER BY id DESC LIMIT ?",
+            (key, limit),
+        ).fetchall()
+        return [AttemptRecord(_time(r[0]), *r[1:]) for r in rows]
+
+    def keys(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT cert_key FROM staples ORDER BY cert_key")]
+
+    def save_status(self, key: str, status: CertStatus) -> None:
+        values = (
+            key,
+            status.name,
+            status.cert_path,
+            int(status.must_staple),
+            status.state,
+            _iso(status.next_due) if status.next_due else None,
+            status.failures,
+            _iso(status.last_attempt) if status.last_attempt else None,
+            status.last_reason,
+            status.last_message,
+            json.dumps(list(status.paths)),
+            sinks_json(status.sinks),
+        )
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO status VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", values
+            )
+
+    def statuses(self) -> dict[str, CertStatus]:
+        rows = self._db.execute("SELECT * FROM status ORDER BY name").fetchall()
+        return {row[0]: _status(row[1:]) for row in rows}
+
+    def remove(self, key: str) -> None:
+        with self.transaction():
+            for table in ("staples", "attempts", "status"):
+                self._db.execute(f"DELETE FROM {table} WHERE cert_key = ?", (key,))
+
+    def transaction(self) -> _Transaction:
+        """One transaction for every write inside it (see the module docstring)."""
+        return _Transaction(self._db)
+
+
+def sinks_json(sinks: Iterable[SinkHealth]) -> str:
+    """Sink health as stored (SQLite and Redis alike)."""
+    return json.dumps(
+        [
+            {
+                "sink": s.sink,
+                "last_delivery": _iso(s.last_delivery) if s.last_delivery else None,
+                "error": s.error,
+                "failures": s.failures,
+                "since": _iso(s.since) if s.since else None,
+                "note": s.note,
+            }
+            for s in sinks
+        ]
+    )
+
+
+def sinks_from_json(text: str) -> tuple[SinkHealth, ...]:
+    def when(value: str | None) -> datetime | None:
+        return _time(value) if value else None
+
+    return tuple(
+        SinkHealth(
+            d["sink"],
+            when(d["last_delivery"]),
+            d["error"],
+            d["failures"],
+            when(d["since"]),
+            d["note"],
+        )
+        for d in json.loads(text)
+    )
+
+
+def _status(row: tuple[Any, ...]) -> CertStatus:
+    name, path, must_staple, state, next_due, failures, last_attempt, reason, message = row[:9]
+    paths, sinks = row[9:]
+    return CertStatus(
+        name,
+        path,
+        bool(must_staple),
+        state,
+        _time(next_due) if next_due else None,
+        failures,
+        _time(last_attempt) if last_attempt else None,
+        reason,
+        message,
+        tuple(json.loads(paths)),
+        sinks_from_json(sinks),
+    )
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception; inside an open transaction,
+    nothing (the writes join it)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self._outer = False
+
+    def __enter__(self) -> None:
+        self._outer = not self._db.in_transaction
+        if self._outer:
+            self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: object, value: object, tb: object) -> None:
+        if self._outer:
+            self._db.execute("COMMIT" if kind is None else "ROLLBACK")

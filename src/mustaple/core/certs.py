@@ -1,0 +1,198 @@
+"""Certificates: parse bundles, find the issuer, read must-staple and the OCSP URLs.
+
+Pure: bytes in, values out; no files, no network (fetching an issuer over AIA lives in `fetch`).
+A `Target` is a leaf certificate paired with the issuer that really signed it: everything the
+rest of mustaple needs to ask for, check and deliver its staple.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
+
+from mustaple.core import der
+from mustaple.core.errors import InputError
+
+__all__ = [
+    "Target",
+    "ca_issuer_urls",
+    "display_name",
+    "encoded_names",
+    "find_issuer",
+    "is_must_staple",
+    "issuer_encoded_differently",
+    "make_target",
+    "ocsp_urls",
+    "parse_certificates",
+]
+
+_PEM_CERT = b"-----BEGIN CERTIFICATE-----"
+_PEM_PKCS7 = b"-----BEGIN PKCS7-----"
+
+
+def parse_certificates(data: bytes, *, source: str = "input") -> list[x509.Certificate]:
+    """Every certificate in `data`: PEM (one or many), DER, or PKCS#7 (.p7c, DER or PEM).
+
+    Order is kept, so a fullchain.pem gives the leaf first. Raises InputError naming `source`
+    when nothing usable is found.
+    """
+    try:
+        if _PEM_CERT in data:
+            return x509.load_pem_x509_certificates(data)
+        if _PEM_PKCS7 in data:
+            return pkcs7.load_pem_pkcs7_certificates(data)
+        if data[:1] == b"\x30":
+            return _parse_der(data)
+    except ValueError as exc:
+        raise InputError(f"{source}: not a readable certificate ({_first_line(exc)})") from exc
+    raise InputError(f"{source}: no certificate found (expected PEM, DER or PKCS#7)")
+
+
+def _parse_der(data: bytes) -> list[x509.Certificate]:
+    try:
+        return [x509.load_der_x509_certificate(data)]
+    except ValueError:
+        return pkcs7.load_der_pkcs7_certificates(data)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def is_must_staple(cert: x509.Certificate) -> bool:
+    """True when the TLS Feature extension lists status_request (RFC 7633)."""
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.TLSFeature)
+    except x509.ExtensionNotFound:
+        return False
+    return x509.TLSFeatureType.status_request in ext.value
+
+
+def _aia_urls(cert: x509.Certificate, method: x509.ObjectIdentifier) -> list[str]:
+    try:
+        aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess)
+    except x509.ExtensionNotFound:
+        return []
+    return [
+        desc.access_location.value
+        for desc in aia.value
+        if desc.access_method == method
+        and isinstance(desc.access_location, x509.UniformResourceIdentifier)
+    ]
+
+
+def ocsp_urls(cert: x509.Certificate) -> list[str]:
+    """The AIA OCSP responder URLs, in the certificate's order."""
+    return _aia_urls(cert, AuthorityInformationAccessOID.OCSP)
+
+
+def ca_issuer_urls(cert: x509.Certificate) -> list[str]:
+    """The AIA caIssuers URLs, where the issuer certificate can be downloaded."""
+    return _aia_urls(cert, AuthorityInformationAccessOID.CA_ISSUERS)
+
+
+def signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """True when `issuer`'s subject is `cert`'s issuer and its key verifies `cert`."""
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
+
+
+def find_issuer(
+    leaf: x509.Certificate, candidates: Iterable[x509.Certificate]
+) -> x509.Certificate | None:
+    """The first candidate that really signed `leaf`, or None."""
+    return next((c for c in candidates if signed_by(leaf, c)), None)
+
+
+def encoded_names(cert: x509.Certificate) -> tuple[bytes, bytes]:
+    """`cert`'s issuer and subject Names exactly as encoded in it, tags included.
+
+    mozpkix and GnuTLS compare names as bytes; cryptography's `Name ==` does not (it ignores
+    the string type: PrintableString equals UTF8String).
+    """
+    tbs = der.children(der.read_single(cert.public_bytes(serialization.Encoding.DER)))[0]
+    fields = der.children(tbs)
+    if fields[0].tag == 0xA0:  # version
+        fields = fields[1:]
+    # serialNumber, signature, issuer, validity, subject
+    return der.encoded(fields[2]), der.encoded(fields[4])
+
+
+def issuer_encoded_differently(
+    leaf: x509.Certificate, candidates: Iterable[x509.Certificate]
+) -> x509.Certificate | None:
+    """A candidate whose subject is `leaf`'s issuer name only when compared loosely, or None.
+
+    Such an issuer did not sign `leaf` as far as Firefox, GnuTLS and cryptography are
+    concerned (the encoded names differ, for example PrintableString and UTF8String).
+    """
+    wanted = encoded_names(leaf)[0]
+    for candidate in candidates:
+        if candidate.subject == leaf.issuer and encoded_names(candidate)[1] != wanted:
+            return candidate
+    return None
+
+
+def display_name(cert: x509.Certificate) -> str:
+    """A short human name: the first DNS name, else the common name, else the serial."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        names = san.value.get_values_for_type(x509.DNSName)
+        if names:
+            return names[0]
+    except x509.ExtensionNotFound:
+        pass
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if cns and isinstance(cns[0].value, str):
+        return cns[0].value
+    return f"serial {cert.serial_number:x}"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A leaf certificate with its verified issuer, and what we know about its stapling."""
+
+    leaf: x509.Certificate
+    issuer: x509.Certificate
+    name: str = field(init=False)
+    must_staple: bool = field(init=False)
+    ocsp_urls: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", display_name(self.leaf))
+        object.__setattr__(self, "must_staple", is_must_staple(self.leaf))
+        object.__setattr__(self, "ocsp_urls", tuple(ocsp_urls(self.leaf)))
+
+    @property
+    def serial(self) -> int:
+        return self.leaf.serial_number
+
+    def no_url_message(self) -> str:
+        """What to tell a person when the certificate has no OCSP URL."""
+        if self.must_staple:
+            return (
+                "must-staple certificate without an OCSP URL: it can never be served "
+                "correctly; reissue it without must-staple or from a CA that runs OCSP"
+            )
+        return "the certificate has no OCSP URL, so there is nothing to staple"
+
+
+def make_target(leaf: x509.Certificate, issuer: x509.Certificate) -> Target:
+    """Pair `leaf` with `issuer`, raising InputError if `issuer` did not sign it."""
+    if not signed_by(leaf, issuer):
+        raise InputError(
+            f"{display_name(leaf)}: the issuer certificate given "
+            f"({issuer.subject.rfc4514_string()}) did not sign this certificate; "
+            "pass the right one with --issuer"
+        )
+    return Target(leaf, issuer)

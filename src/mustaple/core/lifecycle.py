@@ -1,0 +1,354 @@
+"""A certificate's life, as one pure state machine: `step(state, event, now, policy, dice)`.
+
+Every process (`run`, `prime`, a restarted `run`, a fleet member) keeps a certificate's life
+through this one function, so they agree on what it means. It does no I/O and never reads the
+clock: it is told what happened (an `Event`) and when, and answers with the new frozen
+`CertState` and the `Effect`s the caller must carry out, in order (`Store` before anything is
+delivered). What the servers should be given follows from the state alone (`wanted`).
+
+The phases:
+
+    pending   no answer yet (a new certificate)
+    good      a valid good staple, and the last refresh worked
+    failing   refreshing fails (a valid good staple may still be in hand: `held`)
+    expired   the staple in hand expired with no valid replacement
+    revoked   a valid answer says revoked; no good staple is ever served again unless a
+              strictly newer good answer arrives (certificateHold can be lifted)
+    unusable  the certificate cannot be kept (no OCSP URL, no issuer, unreadable): `problem`
+
+Rules a reader can check here rather than in the keeper:
+- an answer replaces the one in hand only if `verify.compare` allows it (never older; a good
+  answer after a revoked one only if strictly newer);
+- after expiry, attempts restart at once and back off again from `retry_base`, never waiting
+  more than `retry_max`;
+- a failure is told to the hooks once per run of failures; an alert only when it gets worse.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from mustaple.core.delivery import Action
+from mustaple.core.reasons import Reason, Rejection
+from mustaple.core.render import human_time
+from mustaple.core.schedule import Alert, SchedulePolicy, alert_level, next_refresh, next_retry
+from mustaple.core.verify import Staple, compare
+
+__all__ = [
+    "Accepted",
+    "CertState",
+    "Effect",
+    "Emit",
+    "Event",
+    "LogLine",
+    "Phase",
+    "Rejected",
+    "Restored",
+    "Stale",
+    "Store",
+    "Tick",
+    "Unusable",
+    "Wait",
+    "step",
+    "wanted",
+]
+
+Dice = Callable[[], float]
+
+
+class Phase(enum.Enum):
+    PENDING = "pending"
+    GOOD = "good"
+    FAILING = "failing"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+    UNUSABLE = "unusable"
+
+
+@dataclass(frozen=True, slots=True)
+class CertState:
+    """Everything known about one certificate's staple, at one moment."""
+
+    phase: Phase = Phase.PENDING
+    held: Staple | None = None  # the freshest valid good staple
+    revoked: Staple | None = None  # the valid answer saying revoked
+    failures: int = 0  # consecutive failed refreshes
+    backoff: int = 0  # failures counted for the retry backoff (restarts at expiry)
+    rejection: Rejection | None = None  # the last failure's reason
+    problem: str | None = None  # why the certificate is unusable (names the key to fix)
+    next_due: datetime | None = None  # None: nothing to fetch until the file changes
+    last_attempt: datetime | None = None
+    expired_at: datetime | None = None
+    alert: Alert = Alert.OK
+    known: bool = False  # a staple of ours was stored or served: a staple file may be ours
+
+    @property
+    def answer(self) -> Staple | None:
+        """The valid answer in hand that newer ones are compared with."""
+        return self.revoked if self.revoked is not None else self.held
+
+    def due(self, now: datetime) -> bool:
+        return self.next_due is not None and self.next_due <= now
+
+
+# --- Events ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """The stored answer, validated again now, as a process starts (`fetched_at` from the store)."""
+
+    staple: Staple
+    fetched_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Stale:
+    """The stored good staple is no longer valid as a process starts: nothing to serve, but
+    a staple file on a sink may be ours (`known`), so it may be taken away at expiry."""
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A valid answer: fetched here, adopted from the fleet, or stored by another process
+    (`origin` says which, for the log). `fetched_at` schedules the next refresh."""
+
+    staple: Staple
+    fetched_at: datetime
+    url: str | None = None
+    origin: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A refresh that produced no valid answer."""
+
+    rejection: Rejection
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed: expiry and alerts are judged at `now`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Someone else fetches (the fleet): look again at `until`; or fetch now (`until` = now)."""
+
+    until: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Unusable:
+    """The certificate cannot be kept; `problem` is one line naming what to fix."""
+
+    problem: str
+    reason: Reason = Reason.NO_OCSP_URL
+
+
+Event = Restored | Stale | Accepted | Rejected | Tick | Wait | Unusable
+
+
+# --- Effects --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """Store this answer (good or revoked) as the certificate's truth, before delivering."""
+
+    staple: Staple
+    fetched_at: datetime
+    url: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """An event for the operator: a log line, and the matching hook when `hook`."""
+
+    kind: str  # revoked, expiring, expired, failure, recovered
+    message: str
+    reason: str | None = None
+    hook: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    """A line for the log only (no hook): `level` is "info" or "warning"."""
+
+    level: str
+    message: str
+
+
+Effect = Store | Emit | LogLine
+
+
+# --- The transition function ----------------------------------------------------------------------
+
+
+def step(
+    state: CertState, event: Event, now: datetime, policy: SchedulePolicy, dice: Dice
+) -> tuple[CertState, list[Effect]]:
+    """The state after `event` at `now`, and what to do about it (see the module docstring)."""
+    if isinstance(event, Restored):
+        return _restored(state, event, now, policy, dice)
+    if isinstance(event, Accepted):
+        return _accepted(state, event, now, policy, dice)
+    if isinstance(event, Rejected):
+        return _rejected(state, event.rejection, now, policy, dice)
+    if isinstance(event, Wait):
+        return replace(state, next_due=event.until), []
+    if isinstance(event, Stale):
+        return replace(state, known=True), []
+    if isinstance(event, Unusable):
+        return _unusable(state, event), []
+    return _tick(state, now, policy)
+
+
+def _restored(
+    state: CertState, event: Restored, now: datetime, policy: SchedulePolicy, dice: Dice
+) -> tuple[CertState, list[Effect]]:
+    staple = event.staple
+    due = next_refresh(staple, event.fetched_at, dice, policy)
+    if staple.good:
+        new = replace(state, phase=Phase.GOOD, held=staple, revoked=None, next_due=due, known=True)
+        line = (
+            f"restored a valid staple from the state (until {human_time(staple.effective_expiry)})"
+        )
+    else:
+        new = replace(
+            state, phase=Phase.REVOKED, held=None, revoked=staple, next_due=due, known=True
+        )
+        line = f"restored the revoked answer from the state (revoked at {_revoked_at(staple)})"
+    return new, [LogLine("info", line)]
+
+
+def _accepted(
+    state: CertState, event: Accepted, now: datetime, policy: SchedulePolicy, dice: Dice
+) -> tuple[CertState, list[Effect]]:
+    staple, current = event.staple, state.answer
+    why = compare(staple, current)
+    if why is not None and event.origin:  # another process or member: only noted
+        return state, [LogLine("info", f"kept the answer in hand{_from(event)}: {why.message}")]
+    if why is not None:  # our own fetch: a failed refresh
+        return _rejected(state, why, now, policy, dice)
+    if current is not None and current.der == staple.der and event.origin:
+        return state, []  # the answer in hand, heard again
+    due = next_refresh(staple, event.fetched_at, dice, policy)
+    stored = Store(staple, event.fetched_at, event.url)
+    base = replace(state, failures=0, backoff=0, rejection=None, next_due=due, alert=Alert.OK)
+    if event.origin == "":
+        base = replace(base, last_attempt=event.fetched_at)
+    if not staple.good:
+        new = replace(base, phase=Phase.REVOKED, held=None, revoked=staple, known=True)
+        effects: list[Effect] = [stored]
+        if state.phase is not Phase.REVOKED:
+            text = (
+                f"revoked at {_revoked_at(staple)}; every server now gets the CA's revoked answer"
+            )
+            effects.append(Emit("revoked", text + _from(event)))
+        return new, effects
+    recovered = state.failures > 0 or state.phase in (Phase.EXPIRED, Phase.REVOKED)
+    new = replace(base, phase=Phase.GOOD, held=staple, revoked=None, expired_at=None, known=True)
+    effects = [stored]
+    until = human_time(staple.effective_expiry)
+    if recovered:
+        effects.append(Emit("recovered", f"good staple again, until {until}{_from(event)}"))
+    effects.append(
+        LogLine(
+            "info", f"good staple until {until}{_from(event)}; next refresh at {human_time(due)}"
+        )
+    )
+    return new, effects
+
+
+def _rejected(
+    state: CertState, rejection: Rejection, now: datetime, policy: SchedulePolicy, dice: Dice
+) -> tuple[CertState, list[Effect]]:
+    failures, backoff = state.failures + 1, state.backoff + 1
+    held = state.held
+    expiry = held.effective_expiry if held else None
+    due = next_retry(backoff, now, expiry, dice, policy)
+    phase = state.phase
+    if phase in (Phase.PENDING, Phase.GOOD):
+        phase = Phase.FAILING
+    new = replace(
+        state,
+        phase=phase,
+        failures=failures,
+        backoff=backoff,
+        rejection=rejection,
+        next_due=due,
+        last_attempt=now,
+    )
+    if held is not None:
+        in_hand = f"the staple in hand stays valid until {human_time(held.effective_expiry)}"
+    elif state.expired_at is not None:
+        in_hand = f"no valid staple in hand: the last one expired at {human_time(state.expired_at)}"
+    elif state.revoked is not None:
+        in_hand = "the revoked answer in hand stays on every server"
+    else:
+        in_hand = "no valid staple in hand"
+    message = f"{rejection.message}; {in_hand}; next try at {human_time(due)}"
+    return new, [Emit("failure", message, rejection.code, hook=failures == 1)]
+
+
+def _unusable(state: CertState, event: Unusable) -> CertState:
+    rejection = Rejection(event.reason, event.problem)
+    return replace(
+        state, phase=Phase.UNUSABLE, problem=event.problem, rejection=rejection, next_due=None
+    )
+
+
+def _tick(
+    state: CertState, now: datetime, policy: SchedulePolicy
+) -> tuple[CertState, list[Effect]]:
+    held, effects = state.held, list[Effect]()
+    if held is not None and held.effective_expiry <= now:
+        when = held.effective_expiry
+        due = now if state.next_due is None or state.next_due > now else state.next_due
+        state = replace(
+            state, phase=Phase.EXPIRED, held=None, expired_at=when, backoff=0, next_due=due
+        )
+        effects.append(
+            Emit("expired", f"the staple expired at {human_time(when)} with no valid replacement")
+        )
+    if state.phase in (Phase.REVOKED, Phase.UNUSABLE):
+        return state, effects
+    level = alert_level(state.held, now, policy)
+    if level > state.alert and state.held is not None:
+        text = f"the staple expires at {human_time(state.held.effective_expiry)}"
+        effects.append(Emit("expiring", f"{level.name}: {text} and no fresh one came yet"))
+    if level != state.alert:
+        state = replace(state, alert=level)
+    return state, effects
+
+
+# --- What the servers should have -----------------------------------------------------------------
+
+
+def wanted(state: CertState, *, remove_at_expiry: bool) -> tuple[Action, bytes | None] | None:
+    """What every sink should serve for this certificate, or None to leave them alone.
+
+    The good staple held; the CA's revoked answer once revoked (every server keeps running and
+    clients learn the truth: nginx, which cannot reload without its stapling file, included);
+    nothing once expired, when `remove_at_expiry`. A certificate never seen with a staple of
+    ours is left alone: what a server has for it then is not ours to take away.
+    """
+    if state.held is not None:
+        return (Action.STAPLE, state.held.der)
+    if state.revoked is not None:
+        return (Action.REVOKED, state.revoked.der)
+    if remove_at_expiry and state.known:
+        return (Action.REMOVE, None)
+    return None
+
+
+def _from(event: Accepted) -> str:
+    return f" ({event.origin})" if event.origin else ""
+
+
+def _revoked_at(staple: Staple) -> str:
+    return human_time(staple.revocation_time)

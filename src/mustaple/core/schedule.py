@@ -1,0 +1,106 @@
+"""When to refresh a staple and when to retry a failure. Pure: the clock and dice are passed in.
+
+- A held staple is refreshed at a point of its validity window (default: half way from
+  thisUpdate to the effective expiry), moved earlier by up to `jitter` of the window so that a
+  fleet of certificates issued together does not refresh together, and never sooner than
+  `min_interval` after the last fetch.
+- After a failure, the next try comes after an exponential backoff with full jitter, but
+  never later than a quarter of the time left before the staple in hand expires, so there are
+  always several more tries before expiry, more urgent as it nears.
+- Alerts escalate as the expiry approaches with no fresh staple.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from mustaple.core.verify import Staple
+
+__all__ = ["Alert", "SchedulePolicy", "alert_level", "next_refresh", "next_retry"]
+
+Dice = Callable[[], float]  # uniform in [0, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulePolicy:
+    """Knobs of the refresh schedule, with the defaults of docs/configuration.md."""
+
+    refresh_at: float = 0.5  # fraction of the window after thisUpdate
+    jitter: float = 0.1  # fraction of the window the refresh may move earlier
+    min_interval: timedelta = timedelta(minutes=5)
+    retry_base: timedelta = timedelta(seconds=30)
+    retry_max: timedelta = timedelta(hours=1)
+    retry_min: timedelta = timedelta(seconds=5)
+    warn_left: float = 0.25  # alert WARNING when less than this share of the window is left
+    critical_left: timedelta = timedelta(hours=6)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.refresh_at < 1:
+            raise ValueError("refresh_at must be between 0 and 1 (a share of the window)")
+        if not 0 <= self.jitter < self.refresh_at:
+            raise ValueError("jitter must be at least 0 and less than refresh_at")
+        if self.retry_min > self.retry_max:
+            raise ValueError("retry_min must not exceed retry_max")
+
+
+DEFAULT_SCHEDULE = SchedulePolicy()
+
+
+def refresh_point(staple: Staple, policy: SchedulePolicy = DEFAULT_SCHEDULE) -> datetime:
+    """The nominal refresh time, before jitter and floors."""
+    window = staple.effective_expiry - staple.this_update
+    return staple.this_update + window * policy.refresh_at
+
+
+def next_refresh(
+    staple: Staple,
+    last_fetch: datetime,
+    dice: Dice,
+    policy: SchedulePolicy = DEFAULT_SCHEDULE,
+) -> datetime:
+    """When to fetch again after obtaining `staple` (fetched at `last_fetch`)."""
+    window = staple.effective_expiry - staple.this_update
+    when = refresh_point(staple, policy) - window * (policy.jitter * dice())
+    return max(when, last_fetch + policy.min_interval)
+
+
+def next_retry(
+    failures: int,
+    now: datetime,
+    expiry: datetime | None,
+    dice: Dice,
+    policy: SchedulePolicy = DEFAULT_SCHEDULE,
+) -> datetime:
+    """When to try again after `failures` consecutive failures (1 for the first).
+
+    `expiry` is the effective expiry of the staple in hand, if any.
+    """
+    if failures < 1:
+        raise ValueError("failures counts consecutive failures, starting at 1")
+    ceiling = min(policy.retry_max, policy.retry_base * (1 << min(failures - 1, 30)))
+    if expiry is not None and expiry > now:
+        ceiling = min(ceiling, (expiry - now) / 4)
+    delay = max(policy.retry_min, ceiling * dice())
+    return now + delay
+
+
+class Alert(enum.IntEnum):
+    """How worried an operator should be about one certificate."""
+
+    OK = 0
+    WARNING = 1  # refreshing is overdue: the window is running out
+    CRITICAL = 2  # expiry is near (or passed) with no fresh staple
+
+
+def alert_level(
+    staple: Staple | None, now: datetime, policy: SchedulePolicy = DEFAULT_SCHEDULE
+) -> Alert:
+    """The alert level for a certificate whose freshest valid staple is `staple`."""
+    if staple is None or staple.effective_expiry - now <= policy.critical_left:
+        return Alert.CRITICAL
+    if staple.fraction_left(now) < policy.warn_left:
+        return Alert.WARNING
+    return Alert.OK

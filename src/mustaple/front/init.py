@@ -1,0 +1,442 @@
+"""`mustaple init`: from the servers' own configuration to a commented mustaple.toml.
+
+It reads nginx, HAProxy, Apache and lighttpd configurations
+(`mustaple.adapters.serverconf`), looks at every certificate they serve (must-staple, OCSP URL,
+issuer), prints a table of what it found, writes a mustaple.toml with the right sinks, and
+prints the exact lines to add to each server's configuration. It edits a server's
+configuration only with `--apply`: each edited file is backed up first, the result is checked
+with the server's own checker (`nginx -t`, `haproxy -c`, `lighttpd -tt`), and the backups are
+put back when the checker refuses it.
+It never contacts anything: an issuer that is only reachable over AIA is fetched by the keeper.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography import x509
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from mustaple.adapters.files import read_input, write_atomic
+from mustaple.adapters.serverconf import (
+    ServerConf,
+    Site,
+    read_apache,
+    read_haproxy,
+    read_lighttpd,
+    read_nginx,
+)
+from mustaple.core.certs import (
+    ca_issuer_urls,
+    display_name,
+    find_issuer,
+    is_must_staple,
+    ocsp_urls,
+    parse_certificates,
+)
+from mustaple.core.errors import InputError
+
+__all__ = [
+    "CHECKERS",
+    "DEFAULT_CONFS",
+    "Edit",
+    "Found",
+    "Plan",
+    "apply_edits",
+    "make_edits",
+    "make_plan",
+    "print_edits",
+    "print_table",
+    "read_confs",
+    "render_toml",
+]
+
+DEFAULT_CONFS = {
+    "nginx": Path("/etc/nginx/nginx.conf"),
+    "haproxy": Path("/etc/haproxy/haproxy.cfg"),
+    "apache": Path("/etc/apache2/apache2.conf"),
+    "lighttpd": Path("/etc/lighttpd/lighttpd.conf"),
+}
+READERS = {"nginx": read_nginx, "haproxy": read_haproxy, "apache": read_apache,
+           "lighttpd": read_lighttpd}  # fmt: skip
+FILE_SINK_SERVERS = ("nginx", "lighttpd")
+HAPROXY_SOCKET = "/run/haproxy/admin.sock"
+LOCAL_RESPONDER = "127.0.0.1:8008"
+CHECKERS = {"nginx": ["nginx", "-t", "-c"], "haproxy": ["haproxy", "-c", "-f"],
+            "lighttpd": ["lighttpd", "-tt", "-f"]}  # fmt: skip
+_SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
+APACHE_VHOST = (
+    "SSLUseStapling on",
+    f"SSLStaplingForceURL http://{LOCAL_RESPONDER}/ocsp",
+    "SSLStaplingResponderTimeout 2",
+    "SSLStaplingReturnResponderErrors off",
+    "SSLStaplingFakeTryLater off",
+    "SSLStaplingErrorCacheTimeout 60",
+)
+APACHE_SERVER = "SSLStaplingCache shmcb:${APACHE_RUN_DIR}/ssl_stapling(131072)"
+
+
+@dataclass(frozen=True)
+class Found:
+    """One certificate file a server serves, and what mustaple can do with it."""
+
+    cert: Path
+    sites: tuple[tuple[str, Site], ...]  # (server, site)
+    name: str = ""
+    must_staple: bool = False
+    ocsp_urls: tuple[str, ...] = ()
+    issuer: str = ""  # where it is: "bundle", a file, "AIA"; "" when nowhere
+    issuer_file: Path | None = None
+    problem: str | None = None  # why it cannot be read
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(server for server, _ in self.sites))
+
+    @property
+    def usable(self) -> bool:
+        return self.problem is None and bool(self.ocsp_urls) and bool(self.issuer)
+
+
+@dataclass(frozen=True)
+class Edit:
+    """Lines to add to a server's configuration file after one line."""
+
+    server: str
+    file: Path
+    after: int
+    lines: tuple[str, ...]
+    block: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What init found, the configuration it writes and the edits it proposes."""
+
+    confs: tuple[ServerConf, ...]
+    found: tuple[Found, ...]
+    state_dir: Path
+
+    def staple_file(self, found: Found) -> Path:
+        return self.state_dir / "staples" / f"{found.name}.der"
+
+
+# --- Looking -------------------------------------------------------------------------------------
+
+
+def read_confs(given: dict[str, Path | None]) -> list[ServerConf]:
+    """The configurations given, or, when none is, those at their Debian places."""
+    chosen = {k: v for k, v in given.items() if v is not None}
+    if not chosen:
+        chosen = {k: v for k, v in DEFAULT_CONFS.items() if v.is_file()}
+    if not chosen:
+        raise InputError(
+            "no server configuration found; give --nginx-conf, --haproxy-conf, --apache-conf "
+            "or --lighttpd-conf"
+        )
+    return [READERS[server](path) for server, path in chosen.items()]
+
+
+def make_plan(confs: Sequence[ServerConf], state_dir: Path) -> Plan:
+    """Every certificate served, looked at once however many servers serve it."""
+    sites: dict[Path, list[tuple[str, Site]]] = {}
+    for conf in confs:
+        for site in conf.sites:
+            sites.setdefault(site.cert, []).append((conf.server, site))
+    found = tuple(_look(cert, tuple(where)) for cert, where in sites.items())
+    return Plan(tuple(confs), found, state_dir)
+
+
+def _look(cert: Path, sites: tuple[tuple[str, Site], ...]) -> Found:
+    try:
+        chain = parse_certificates(read_input(cert, "certificate"), source=str(cert))
+    except InputError as exc:
+        return Found(cert, sites, problem=str(exc))
+    leaf = chain[0]
+    issuer, issuer_file = "", None
+    if find_issuer(leaf, chain[1:]) is not None:
+        issuer = "bundle"
+    else:
+        issuer_file = _issuer_beside(cert, leaf)
+        if issuer_file is not None:
+            issuer = str(issuer_file)
+        elif ca_issuer_urls(leaf):
+            issuer = "AIA (fetched at run time)"
+    return Found(
+        cert, sites, display_name(leaf), is_must_staple(leaf), tuple(ocsp_urls(leaf)), issuer,
+        issuer_file,
+    )  # fmt: skip
+
+
+def _issuer_beside(cert: Path, leaf: x509.Certificate) -> Path | None:
+    """certbot's chain.pem, or HAProxy's <crt>.issuer, when it signed the certificate."""
+    for candidate in (cert.parent / "chain.pem", Path(f"{cert}.issuer")):
+        try:
+            certs = parse_certificates(candidate.read_bytes(), source=str(candidate))
+        except (OSError, InputError):
+            continue
+        if find_issuer(leaf, certs) is not None:
+            return candidate
+    return None
+
+
+# --- The table -----------------------------------------------------------------------------------
+
+
+def print_table(plan: Plan, console: Console) -> None:
+    """What was found; text from files is escaped, never read as rich markup."""
+    table = Table(title="certificates served", title_justify="left")
+    for column in ("certificate", "must-staple", "OCSP URL", "issuer", "served by"):
+        table.add_column(column, overflow="fold")
+    for found in plan.found:
+        where = "\n".join(f"{s}: {site.block} ({site.file}:{site.line})" for s, site in found.sites)
+        if found.problem:
+            table.add_row(escape(str(found.cert)), "?", escape(found.problem), "", escape(where))
+            continue
+        url = escape("\n".join(found.ocsp_urls)) or (
+            "[red]none: can never be stapled[/]" if found.must_staple else "none: nothing to staple"
+        )
+        table.add_row(
+            escape(f"{found.name}\n{found.cert}"),
+            "[bold]yes[/]" if found.must_staple else "no",
+            url,
+            escape(found.issuer) or "[red]not found: set issuer[/]",
+            escape(where),
+        )
+    console.print(table)
+    for conf in plan.confs:
+        for note in conf.notes:
+            console.print(f"{conf.server}: {note}", markup=False)
+
+
+# --- The configuration ---------------------------------------------------------------------------
+
+
+def _q(text: str | Path) -> str:
+    return json.dumps(str(text))  # a TOML basic string
+
+
+def render_toml(plan: Plan) -> str:
+    """A commented mustaple.toml for the certificates found."""
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"# mustaple.toml, written by `mustaple init` on {now} from:",
+        *(f"#   {conf.server}: {conf.main}" for conf in plan.confs),
+        "# Check it with: mustaple run --check-config --config THIS_FILE",
+        "# Every key is explained in docs/configuration.md.",
+        "",
+        f"state_dir = {_q(plan.state_dir)}",
+    ]
+    for found in plan.found:
+        lines += ["", *_entry(plan, found)]
+    for server in sorted({s for f in plan.found if f.usable for s in f.servers}):
+        lines += ["", *_sink(plan, server)]
+    return "\n".join(lines) + "\n"
+
+
+def _entry(plan: Plan, found: Found) -> list[str]:
+    served = ", ".join(f"{s} ({site.block})" for s, site in found.sites)
+    head = [f"# {found.name or found.cert}: served by {served}"]
+    body = [f"paths = [{_q(found.cert)}]"]
+    if found.issuer_file is not None:
+        body.append(f"issuer = {_q(found.issuer_file)}")
+    sinks = [s for s in found.servers if s != "apache"]
+    if sinks != list(found.servers):
+        head.append("# Apache asks the local OCSP responder ([http]): it needs no sink")
+    if set(sinks) != set(_plan_sinks(plan)):
+        body.append(f"sinks = [{', '.join(_q(s) for s in sinks)}]")
+    why = _unusable(found)
+    if why:
+        return [*head, f"# left out: {why}", "# [[certificates]]", *(f"# {b}" for b in body)]
+    return [*head, "[[certificates]]", *body]
+
+
+def _plan_sinks(plan: Plan) -> list[str]:
+    return sorted({s for f in plan.found if f.usable for s in f.servers if s != "apache"})
+
+
+def _unusable(found: Found) -> str | None:
+    if found.problem:
+        return found.problem
+    if not found.ocsp_urls:
+        return (
+            "must-staple without an OCSP URL: it can never be served correctly; replace it"
+            if found.must_staple
+            else "no OCSP URL, so there is nothing to staple"
+        )
+    if not found.issuer:
+        return "no issuer in the bundle, beside it or over AIA: add issuer = FILE"
+    return None
+
+
+def _sink(plan: Plan, server: str) -> list[str]:
+    template = plan.state_dir / "staples" / "{name}.der"
+    if server == "apache":
+        return [
+            "# Apache's mod_ssl asks this local OCSP responder (docs/integrations/apache.md)",
+            "[http]",
+            f"listen = {_q(LOCAL_RESPONDER)}",
+        ]
+    if server == "haproxy":
+        socket = _haproxy_socket(plan)
+        return [
+            "# HAProxy reads <crt>.ocsp at start; mustaple writes it and pushes every new",
+            "# staple over the runtime API, no reload (docs/integrations/haproxy.md)",
+            "[sinks.haproxy]",
+            'type = "haproxy"',
+            f"socket = {_q(socket)}",
+            'reload = "systemctl reload haproxy"   # only to take a staple away',
+        ]
+    keep = ['remove = "keep"   # nginx cannot reload without its stapling file'] * (
+        server == "nginx"
+    )
+    return [
+        f"# {server} staples the file named in its configuration (docs/integrations/{server}.md)",
+        f"[sinks.{server}]",
+        'type = "file"',
+        f"path = {_q(template)}",
+        f'reload = "systemctl reload {server}"',
+        *keep,
+    ]
+
+
+def _haproxy_socket(plan: Plan) -> str:
+    conf = next((c for c in plan.confs if c.server == "haproxy"), None)
+    socket = conf.admin_socket if conf is not None else None
+    return (socket or HAPROXY_SOCKET).removeprefix("unix@")
+
+
+# --- What to add to each server ------------------------------------------------------------------
+
+
+def make_edits(plan: Plan) -> tuple[list[Edit], list[str]]:
+    """The lines to add to the servers' files, and advice that is not an edit."""
+    edits: dict[tuple[Path, int], Edit] = {}
+    advice: list[str] = []
+    for found in plan.found:
+        if not found.usable:
+            continue
+        for server, site in found.sites:
+            edit = _site_edit(plan, found, server, site, advice)
+            if edit is not None:
+                edits.setdefault((edit.file, edit.after), edit)
+    for conf in plan.confs:
+        if conf.server == "haproxy" and conf.sites and conf.admin_socket is None:
+            line = f"    stats socket {HAPROXY_SOCKET} mode 660 level admin"
+            edits[(conf.main, conf.global_line or 0)] = Edit(
+                "haproxy", conf.main, conf.global_line or 0,
+                (line,) if conf.global_line else ("global", line), "global",
+            )  # fmt: skip
+        if conf.server == "apache" and conf.sites:
+            advice.append(f"apache: once, at server level: {APACHE_SERVER}")
+    return sorted(edits.values(), key=lambda e: (str(e.file), e.after)), list(dict.fromkeys(advice))
+
+
+def _site_edit(plan: Plan, found: Found, server: str, site: Site, advice: list[str]) -> Edit | None:
+    staple = plan.staple_file(found)
+    pad = site.indent
+    if server == "nginx":
+        if site.stapling_file is not None:
+            if site.stapling_file != str(staple):
+                advice.append(
+                    f"nginx: {site.file}:{site.line} ({site.block}) already staples from "
+                    f"{site.stapling_file}; mustaple writes {staple}"
+                )
+            return None
+        lines = ([] if site.stapling_on else [f"{pad}ssl_stapling on;"]) + [
+            f"{pad}ssl_stapling_file {staple};"
+        ]
+        return Edit(server, site.file, site.line, tuple(lines), site.block)
+    if server == "lighttpd":
+        if site.stapling_file is not None:
+            return None
+        return Edit(server, site.file, site.line, (f'{pad}ssl.stapling-file = "{staple}"',),
+                    site.block)  # fmt: skip
+    if server == "apache":
+        return Edit(server, site.file, site.line, tuple(pad + d for d in APACHE_VHOST), site.block)
+    advice.append(
+        f"haproxy: nothing to add for {found.cert}: HAProxy loads {found.cert}.ocsp at start, "
+        "and mustaple writes it"
+    )
+    return None
+
+
+def print_edits(edits: Sequence[Edit], advice: Sequence[str], echo: Callable[[str], None]) -> None:
+    if not edits and not advice:
+        echo("Nothing to add to the servers' configuration.")
+    for edit in edits:
+        where = f"after line {edit.after}" if edit.after else "at the top"
+        echo(f"\n{edit.server}: {edit.file}, {where} ({edit.block}):")
+        echo("\n".join(edit.lines))
+    if advice:
+        echo("")
+    for line in advice:
+        echo(line)
+
+
+# --- --apply -------------------------------------------------------------------------------------
+
+
+def apply_edits(server: str, main: Path, edits: Sequence[Edit], stamp: str) -> tuple[bool, str]:
+    """Back up, edit, check with the server's checker; put the backups back if it refuses.
+
+    A file that cannot be backed up or written raises InputError, every file as it was."""
+    files = sorted({e.file for e in edits})
+    backups: dict[Path, Path] = {}
+    try:
+        for file in files:
+            backups[file] = file.with_name(f"{file.name}.mustaple-{stamp}")
+            shutil.copy2(file, backups[file])
+        for file in files:
+            _insert(file, [e for e in edits if e.file == file])
+    except OSError as exc:
+        _restore(backups)
+        raise InputError(
+            f"{exc.filename}: cannot back up or edit ({exc.strerror}); every file is as it was"
+        ) from None
+    ok, said = _check(server, main)
+    if ok:
+        return True, f"{server}: {said}; backups: {', '.join(map(str, backups.values()))}"
+    _restore(backups)
+    return False, f"{server}: its checker refused the change, so it was undone: {said}"
+
+
+def _insert(file: Path, edits: Sequence[Edit]) -> None:
+    lines = file.read_text().splitlines(keepends=True)
+    for edit in sorted(edits, key=lambda e: -e.after):  # bottom up: line numbers stay true
+        lines[edit.after : edit.after] = [f"{line}\n" for line in edit.lines]
+    write_atomic(file, "".join(lines).encode(), mode=file.stat().st_mode & 0o777)
+
+
+def _restore(backups: dict[Path, Path]) -> None:
+    for file, backup in backups.items():
+        if backup.exists():
+            shutil.copy2(backup, file)
+            backup.unlink()
+
+
+def _check(server: str, main: Path) -> tuple[bool, str]:
+    program, *args = CHECKERS[server]
+    found = shutil.which(program, path=f"{os.environ.get('PATH', '')}:{_SBIN}")
+    command = " ".join([program, *args, str(main)])
+    if found is None:
+        return False, f"{program} not found, so the change cannot be checked"
+    try:
+        done = subprocess.run(
+            [found, *args, str(main)], capture_output=True, text=True, timeout=60, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return False, f"`{command}` did not finish in 60 s"
+    output = (done.stderr + done.stdout).strip().splitlines()
+    last = next((line for line in output if "emerg" in line or "ALERT" in line), None)
+    summary = last or (output[-1] if output else f"exit status {done.returncode}")
+    return done.returncode == 0, f"`{command}`: {summary}"

@@ -1,0 +1,284 @@
+"""What `mustaple prime` and `mustaple status` show: lines, JSON and the status tables
+(this member's view from its state; with `--fleet`, the fleet's view from Redis)."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mustaple.adapters.config import Config, ConfigError, FleetConfig
+from mustaple.adapters.files import read_input
+from mustaple.adapters.store import CertStatus, SqliteStore
+from mustaple.core.certs import display_name, is_must_staple, parse_certificates
+from mustaple.core.delivery import Action
+from mustaple.core.errors import InputError
+from mustaple.core.render import human_duration, iso, short_time, sink_json, validity_json
+from mustaple.core.report import ExitCode
+from mustaple.keeper.keeper import Managed, configured_files
+
+if TYPE_CHECKING:  # redis and rich load where used: `prime` prints neither tables nor fleets
+    import redis
+    from rich.console import Console
+
+    from mustaple.adapters.redisstore import FleetRecord, Member
+
+__all__ = [
+    "delivered",
+    "fleet_view",
+    "prime_exit_code",
+    "prime_json",
+    "prime_line",
+    "print_fleet_tables",
+    "print_status_table",
+    "status_rows",
+]
+
+
+def delivered(managed: Managed) -> bool:
+    """Whether every sink took the staple held now, or has it in place for its server's start
+    (the server not running yet is fine: `prime` before the servers start)."""
+    held = managed.held
+    return held is not None and managed.sent == (Action.STAPLE, held.der)
+
+
+def prime_line(managed: Managed, now: datetime) -> str:
+    """One line per primed certificate."""
+    name, held = managed.name, managed.held
+    if managed.revoked is not None:
+        return (
+            f"REVOKED {name}: the certificate is revoked; every server gets the CA's revoked "
+            "answer instead of a good staple"
+        )
+    if held is not None and delivered(managed):
+        left = human_duration(held.seconds_left(now))
+        notes = sorted({s.note for s in managed.life.sinks.values() if s.note})
+        where = f" ({'; '.join(notes)})" if notes else ""
+        return (
+            f"OK {name}: good staple until {iso(held.effective_expiry)} ({left} left), "
+            f"delivered{where}"
+        )
+    head = "FAILED" if managed.target.must_staple else "WARNING"
+    if managed.next_due is None:
+        return f"{head} {name}: {managed.life.state.problem or managed.target.no_url_message()}"
+    if held is not None:
+        failing = [f"{s.sink}: {s.error}" for s in managed.life.sinks.values() if s.error]
+        why = "; ".join(failing) or "see the log"
+        return f"{head} {name}: a valid staple is held but a server did not take it ({why})"
+    rejection = managed.last_rejection
+    why = f"{rejection.message}; {rejection.hint}" if rejection else "no staple"
+    return f"{head} {name}: no valid staple: {why}"
+
+
+def prime_json(managed: Managed, now: datetime) -> dict[str, Any]:
+    held, rejection = managed.held, managed.last_rejection
+    return {
+        "name": managed.name,
+        "cert": str(managed.path),
+        "must_staple": managed.target.must_staple,
+        "state": managed.state(),
+        "ok": delivered(managed),
+        "effective_expiry": iso(held.effective_expiry) if held else None,
+        "reason": rejection.code if rejection and not held else None,
+        "message": prime_line(managed, now),
+    }
+
+
+def prime_exit_code(results: list[Managed]) -> ExitCode:
+    """3 if any is revoked; 1 if a must-staple certificate has no delivered staple; else 0."""
+    if any(m.revoked is not None for m in results):
+        return ExitCode.REVOKED
+    if any(m.target.must_staple and not delivered(m) for m in results):
+        return ExitCode.NO_STAPLE
+    return ExitCode.GOOD
+
+
+def status_rows(config: Config, now: datetime) -> list[dict[str, Any]]:
+    """One row per certificate (a leaf in two files is one row, listing both), from the
+    state the keeper and `prime` share (read only); configured files not seen yet too."""
+    db = config.state_dir / "state.db"
+    stored = SqliteStore(db) if db.exists() else None
+    known = stored.statuses() if stored else {}
+    rows = [_row(key, status, stored, now) for key, status in known.items()]
+    seen = {path for row in rows for path in row["paths"]}
+    for path in sorted(configured_files(config)):
+        if str(path) not in seen:
+            rows.append(_pending(path))
+    if stored:
+        stored.close()
+    return sorted(rows, key=lambda row: (row["name"], row["paths"]))
+
+
+def _row(key: str, status: CertStatus, store: SqliteStore | None, now: datetime) -> dict[str, Any]:
+    staple = store.load(key) if store and not key.startswith("file:") else None
+    held = staple if staple is not None and staple.good and staple.effective_expiry > now else None
+    return {
+        "name": status.name,
+        "cert": status.cert_path,
+        "paths": list(status.paths or (status.cert_path,)),
+        "must_staple": status.must_staple,
+        "state": status.state,
+        **validity_json(held, now),
+        "next_refresh": iso(status.next_due),
+        "last_attempt": iso(status.last_attempt),
+        "failures": status.failures,
+        "last_error": status.last_reason,
+        "last_message": status.last_message,
+        "sinks": [sink_json(s) for s in status.sinks],
+    }
+
+
+def _pending(path: Path) -> dict[str, Any]:
+    """A configured file no process has handled yet, named by its own certificate."""
+    try:
+        leaf = parse_certificates(read_input(path, "certificate"), source=str(path))[0]
+        name, must = display_name(leaf), is_must_staple(leaf)
+    except InputError:
+        name, must = path.parent.name or path.name, None
+    return {
+        "name": name,
+        "cert": str(path),
+        "paths": [str(path)],
+        "must_staple": must,
+        "state": "not yet seen by the keeper",
+        "this_update": None,
+        "effective_expiry": None,
+        "seconds_left": None,
+        "next_refresh": None,
+        "last_attempt": None,
+        "failures": 0,
+        "last_error": None,
+        "last_message": None,
+        "sinks": [],
+    }
+
+
+_STYLE = {"good": "green", "failing": "yellow", "pending": "yellow"}
+
+
+_COLUMNS = (
+    "certificate",
+    "must-staple",
+    "status",
+    "thisUpdate",
+    "effective expiry",
+    "next refresh",
+    "last attempt",
+    "last error",
+)
+_TIMES = ("this_update", "effective_expiry", "next_refresh", "last_attempt")
+
+
+def print_status_table(rows: list[dict[str, Any]]) -> None:
+    """The table for people; wide enough to read when piped too."""
+    from rich.table import Table
+
+    table = Table(title="mustaple status", title_justify="left")
+    for column in _COLUMNS:
+        table.add_column(column, no_wrap=column not in ("certificate", "last error"))
+    for row in rows:
+        style = _STYLE.get(row["state"], "red")
+        must = {True: "yes", False: "no", None: "?"}[row["must_staple"]]
+        errors = [f"{row['last_error']}: {row['last_message']}"] if row["last_error"] else []
+        errors += [f"sink {s['sink']}: {s['error']}" for s in row["sinks"] if s["error"]]
+        error = "; ".join(errors)
+        times = (short_time(row[key]) for key in _TIMES)
+        table.add_row(row["name"], must, f"[{style}]{row['state']}[/]", *times, error)
+    _console().print(table)
+
+
+def fleet_view(config: Config, now: datetime) -> dict[str, Any]:
+    """The fleet's view from Redis: its members, and per certificate who fetched what, when,
+    who holds the lease now and when the fleet retries. InputError if Redis cannot answer."""
+    if config.fleet is None:
+        raise ConfigError(f"{config.path}: no [fleet] table: this member is not in a fleet")
+    import redis
+
+    from mustaple.adapters.redisstore import RedisStore
+
+    shared = RedisStore(config.fleet.url, prefix=config.fleet.prefix)
+    try:
+        members = [_member_json(m, now) for m in shared.members()]
+        shared_keys = shared.keys()
+        records = [shared.record(key) for key in shared_keys]
+        history = {r.key: shared.history_by_member(r.key, limit=1) for r in records}
+    except redis.RedisError as exc:
+        raise InputError(_unreachable(config.fleet, exc)) from None
+    finally:
+        shared.close()
+    certificates = [_record_json(r, history[r.key], now) for r in records]
+    certificates.sort(key=lambda row: str(row["name"]))
+    return {"members": members, "certificates": certificates}
+
+
+def _unreachable(fleet: FleetConfig, exc: redis.RedisError) -> str:
+    from mustaple.adapters.redisstore import shown_url
+
+    return (
+        f"fleet: cannot reach Redis at {shown_url(fleet.url)} ({exc}); "
+        "`mustaple status` without --fleet shows this member's own view"
+    )
+
+
+def _member_json(member: Member, now: datetime) -> dict[str, Any]:
+    return {
+        "member": member.name,
+        "last_seen": iso(member.seen),
+        "seconds_since_seen": round((now - member.seen).total_seconds()),
+        **member.info,
+    }
+
+
+def _record_json(record: FleetRecord, last: list[Any], now: datetime) -> dict[str, Any]:
+    staple, retry = record.staple, record.retry
+    attempt, by = last[0] if last else (None, None)
+    return {
+        "key": record.key,
+        "name": staple.name if staple else record.key[:12],
+        "fetched_by": record.fetched_by,
+        "fetched_at": iso(staple.fetched_at) if staple else None,
+        **validity_json(staple, now),
+        "lease_holder": record.lease_holder,
+        "retry_at": iso(retry.at) if retry else None,
+        "retry_reason": retry.reason if retry else None,
+        "last_attempt_by": by,
+        "last_attempt": iso(attempt.at) if attempt else None,
+        "last_attempt_reason": attempt.reason if attempt else None,
+    }
+
+
+def print_fleet_tables(view: dict[str, Any]) -> None:
+    """The members, then the certificates, for people."""
+    from rich.table import Table
+
+    console = _console()
+    members = Table(title="mustaple fleet: members", title_justify="left")
+    for column in ("member", "last seen", "host", "pid", "certificates", "good", "failing"):
+        members.add_column(column, no_wrap=True)
+    for m in view["members"]:
+        seen = "left" if m.get("left") else f"{human_duration(m['seconds_since_seen'])} ago"
+        cells = (m.get(k, "-") for k in ("host", "pid", "certificates", "good", "failing"))
+        members.add_row(m["member"], seen, *(str(c) for c in cells))
+    console.print(members)
+    certificates = Table(title="mustaple fleet: certificates", title_justify="left")
+    for column in ("certificate", "fetched by", "fetched at", "effective expiry", "lease", "retry"):
+        certificates.add_column(column, no_wrap=column != "retry")
+    for c in view["certificates"]:
+        retry = f"{short_time(c['retry_at'])} ({c['retry_reason']})" if c["retry_at"] else ""
+        certificates.add_row(
+            c["name"],
+            c["fetched_by"] or "-",
+            short_time(c["fetched_at"]),
+            short_time(c["effective_expiry"]),
+            c["lease_holder"] or "",
+            retry,
+        )
+    console.print(certificates)
+
+
+def _console() -> Console:
+    """Wide enough to read when piped too."""
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 160)

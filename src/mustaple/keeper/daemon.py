@@ -1,0 +1,285 @@
+"""Running the keeper for real: build it from a config, the daemon loop, reload and stop.
+
+`serve(config_path, stop=..., reload=...)` is embeddable (tests and `mustaple run` use it):
+setting `stop` ends it gracefully after the pass in progress; setting `reload` re-reads the
+configuration, and a configuration that fails to load is reported and the running one kept.
+Under systemd (Type=notify) it reports READY, STATUS, WATCHDOG and STOPPING. With an `[http]`
+table it also serves the local OCSP responder, metrics, health and the status page (and keeps
+serving them across a reload); with a `[fleet]` table it joins the fleet on Redis
+(`mustaple.keeper.fleet`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from mustaple.adapters.config import Config, ConfigError, load_config
+from mustaple.adapters.notify import notify, watchdog_interval
+from mustaple.adapters.sinks import SinkConfigError, build_sink
+from mustaple.adapters.store import SqliteStore
+from mustaple.core.clock import Clock, utc_now
+from mustaple.core.delivery import Sink
+from mustaple.core.errors import InputError
+from mustaple.core.fetchtypes import Fetcher
+from mustaple.keeper.keeper import Keeper
+
+if TYPE_CHECKING:  # loaded where used: `prime` and `status` need none of redis, metrics, web
+    from mustaple.keeper.fleet import Fleet
+    from mustaple.serve.metrics import Metrics
+    from mustaple.serve.web import HttpServer
+
+__all__ = ["build_sinks", "check_config", "open_fleet", "open_keeper", "serve"]
+
+log = logging.getLogger("mustaple")
+
+
+def build_sinks(config: Config) -> dict[str, Sink]:
+    """Every configured sink, or ConfigError naming the file and the key."""
+    try:
+        return {name: build_sink(name, table) for name, table in config.sinks.items()}
+    except SinkConfigError as exc:
+        raise ConfigError(f"{config.path}: {exc}") from None
+
+
+def check_config(path: Path) -> Config:
+    """Load the configuration and build its sinks; raise ConfigError if anything is wrong."""
+    config = load_config(path)
+    build_sinks(config)
+    return config
+
+
+@asynccontextmanager
+async def open_keeper(
+    config: Config,
+    *,
+    clock: Clock = utc_now,
+    trace_configs: Sequence[aiohttp.TraceConfig] = (),
+    fetcher: Fetcher | None = None,
+) -> AsyncIterator[Keeper]:
+    """A keeper with its state store and sinks, closed on exit (its own HTTP fetcher unless
+    `fetcher` is given)."""
+    sinks = build_sinks(config)
+    store = SqliteStore(config.state_dir / "state.db")
+    try:
+        keeper = Keeper(
+            config,
+            store=store,
+            sinks=sinks,
+            clock=clock,
+            trace_configs=trace_configs,
+            fetcher=fetcher,
+        )
+        async with keeper:
+            yield keeper
+    finally:
+        store.close()
+
+
+@asynccontextmanager
+async def open_fleet(
+    config: Config, keeper: Keeper, *, for_prime: bool = False
+) -> AsyncIterator[Fleet | None]:
+    """With a `[fleet]` table: `keeper` in the fleet on Redis, left on exit (None without one).
+
+    The daemon scans first, then joins for good (it adopts newer shared staples and keeps
+    beating); `prime` (`for_prime`) uses or shares the fleet's staples, never waits for
+    another member, and runs nothing in the background."""
+    if config.fleet is None:
+        yield None
+        return
+    from mustaple.keeper.fleet import Fleet  # redis, only in fleet mode
+
+    fleet = Fleet(config.fleet, eager=for_prime)
+    try:
+        if not for_prime:
+            await keeper.scan()
+        await fleet.start(keeper, background=not for_prime)
+        yield fleet
+    finally:
+        await fleet.close()
+
+
+async def serve(
+    config_path: Path,
+    *,
+    stop: asyncio.Event,
+    reload: asyncio.Event | None = None,
+    clock: Clock = utc_now,
+) -> None:
+    """Run the keeper until `stop` is set; re-read the configuration when `reload` is set.
+
+    On a reload the new keeper is built and has delivered its staples before the old one is
+    closed, and the HTTP endpoint keeps listening (unless `[http]` itself changed), so the
+    local responder never stops answering."""
+    reload = reload or asyncio.Event()
+    config = check_config(config_path)
+    with _only_daemon(config.state_dir):
+        await _serve(config_path, config, stop, reload, clock)
+    notify("STOPPING=1")
+    log.info("stopped")
+
+
+@contextmanager
+def _only_daemon(state_dir: Path) -> Iterator[None]:
+    """Hold `state_dir/run.lock` while running: a second daemon on the same state stops at
+    once, before it delivers or runs anything (InputError, exit 2). `prime` and `status` do
+    not take it: they work beside the daemon through the shared state."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        handle = (state_dir / "run.lock").open("a+")
+    except OSError as exc:
+        raise InputError(f"{state_dir}: cannot use the state directory ({exc.strerror})") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise InputError(
+                f"{state_dir}: another `mustaple run` (pid {holder}) keeps this state "
+                "directory; stop it first, or give this one its own `state_dir`"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+
+
+async def _serve(
+    config_path: Path, config: Config, stop: asyncio.Event, reload: asyncio.Event, clock: Clock
+) -> None:
+    running: _Running | None = None
+    server: HttpServer | None = None
+    try:
+        while True:
+            started = await _Running.open(config, clock)
+            try:
+                server = await _serve_http(server, started, config)
+            finally:  # the old keeper goes once the new one serves
+                if running is not None:
+                    await running.close()
+                running = started
+            _ready(running.keeper)
+            await _loop(running.keeper, stop, reload, clock)
+            running.keeper.save_all_status()
+            if stop.is_set():
+                break
+            reload.clear()
+            config = _reloaded(config_path, config)
+    finally:
+        if server is not None:
+            await server.cleanup()
+        if running is not None:
+            await running.close()
+
+
+@dataclass
+class _Running:
+    """One configuration at work: the keeper, its fleet membership and its metrics."""
+
+    keeper: Keeper
+    metrics: Metrics
+    stack: AsyncExitStack
+
+    @classmethod
+    async def open(cls, config: Config, clock: Clock) -> _Running:
+        """Build the keeper, join the fleet, deliver the stored staples (see `_start`)."""
+        stack = AsyncExitStack()
+        try:
+            keeper = await stack.enter_async_context(open_keeper(config, clock=clock))
+            fleet = await stack.enter_async_context(open_fleet(config, keeper))
+            from mustaple.serve.metrics import Metrics  # prometheus-client, only for `run`
+
+            metrics = Metrics(keeper, clock=clock, fleet=fleet)  # observes the keeper
+            await _start(keeper)  # stored staples first: never answer empty-handed
+        except BaseException:
+            await stack.aclose()
+            raise
+        return cls(keeper, metrics, stack)
+
+    async def close(self) -> None:
+        await self.stack.aclose()
+
+
+async def _serve_http(
+    server: HttpServer | None, running: _Running, config: Config
+) -> HttpServer | None:
+    """The HTTP endpoint for `config`: the one listening, switched to the new keeper, or
+    a new one (none without `[http]`)."""
+    if server is not None and server.http == config.http:
+        server.switch(running.keeper, running.metrics)
+        return server
+    if server is not None:
+        await server.cleanup()
+    if config.http is None:
+        return None
+    from mustaple.serve.web import start_http  # aiohttp's server, only with [http]
+
+    return await start_http(running.keeper, config.http, metrics=running.metrics)
+
+
+def _reloaded(path: Path, running: Config) -> Config:
+    try:
+        config = check_config(path)
+    except ConfigError as exc:
+        log.error("%s; keeping the running configuration", exc)
+        return running
+    log.info("configuration reloaded from %s", path)
+    return config
+
+
+async def _start(keeper: Keeper) -> None:
+    """Deliver every stored staple that is still valid, before the first fetch."""
+    await keeper.scan()
+    await keeper.deliver(again=True)
+    keeper.save_all_status()
+
+
+def _ready(keeper: Keeper) -> None:
+    """Tell systemd (and the log) that we serve: staples delivered, endpoint listening."""
+    held = sum(m.held is not None for m in keeper.managed.values())
+    status = f"{len(keeper.managed)} certificates, {held} with a valid staple"
+    log.info("started: %s", status)
+    notify("READY=1", f"STATUS={status}")
+
+
+async def _loop(keeper: Keeper, stop: asyncio.Event, reload: asyncio.Event, clock: Clock) -> None:
+    watchdog = watchdog_interval()
+    while not (stop.is_set() or reload.is_set()):
+        await keeper.tick()
+        await keeper.scan()
+        if watchdog:
+            notify("WATCHDOG=1")
+        await _wait(stop, reload, _pause(keeper, clock, watchdog))
+
+
+def _pause(keeper: Keeper, clock: Clock, watchdog: timedelta | None) -> float:
+    """Seconds until something is due, at most the watch interval (and the watchdog)."""
+    pause = keeper.policy.watch_interval
+    wake = keeper.next_wakeup()
+    if wake is not None:
+        pause = min(pause, max(wake - clock(), timedelta(0)))
+    if watchdog is not None:
+        pause = min(pause, watchdog)
+    return pause.total_seconds()
+
+
+async def _wait(stop: asyncio.Event, reload: asyncio.Event, seconds: float) -> None:
+    waiters = [asyncio.ensure_future(e.wait()) for e in (stop, reload)]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

@@ -1,0 +1,439 @@
+"""Fleet mode: the members of a fleet share staples through Redis and take turns fetching.
+
+A `Fleet` is the keeper's `Coordinator`. For each certificate that falls due it decides
+(`claim`), looking at the shared state (`mustaple.adapters.redisstore`):
+
+1. a shared staple newer than ours, that passes our own validation: adopt it, fetch nothing;
+2. the same staple as ours, fetched again by a member less than `min_interval` ago (the CA
+   answered the same): wait until `min_interval` has passed;
+3. the fleet asked to wait after a failure (a retry mark by another member): wait until then;
+4. the lease of the certificate is ours: fetch (the lease is renewed while fetching); `settle`
+   then stores the staple under the lease's fencing token (or marks when to retry), records
+   the attempts with our name and releases the lease;
+5. another member holds the lease: wait for its announcement, at most one lease time; a member
+   that died holding it is replaced when the lease runs out.
+
+A member that stores a staple announces it on a channel; every member hears it (a listener
+thread), validates the staple itself and delivers it to its own sinks within a second. A
+shared staple that fails our validation is never delivered: it is logged and we fetch.
+
+Redis unavailable: every member goes on alone (fetching for itself, from its local SQLite copy
+of the last good staple), logs it once, probes Redis with its heartbeat, and on its return
+catches up: it adopts shared staples newer than its own and shares its own newer ones.
+
+All Redis calls run in one worker thread, so a Redis that does not answer never stalls the
+event loop (nor the local OCSP responder); each call gives up after `RedisStore.timeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from functools import partial
+from typing import Any, TypeVar
+
+import redis
+
+from mustaple.adapters.config import FleetConfig
+from mustaple.adapters.fetch import FetchResult
+from mustaple.adapters.redisstore import Lease, RedisStore, Retry, shown_url
+from mustaple.adapters.store import StoredStaple
+from mustaple.core.verify import Staple, may_replace, verify
+from mustaple.keeper.keeper import Keeper, Managed, Turn, attempt_records
+
+__all__ = ["Fleet"]
+
+log = logging.getLogger("mustaple")
+_T = TypeVar("_T")
+GATHER_SECONDS = 0.2  # announcements heard within this are adopted and delivered together
+CATCH_UP_BATCH = 500  # certificates read from Redis in one round trip when catching up
+SHARED_HISTORY = 10  # attempts kept in Redis per certificate (each member keeps 50 locally)
+LISTEN_POLL_SECONDS = 0.25  # how soon the listener thread notices it should stop
+
+
+class Fleet:
+    """One member of a fleet (see the module docstring). `start(keeper)` joins, `close` leaves.
+
+    An `eager` member never waits: with no newer shared staple it fetches, under the lease if
+    it can get it, and shares what it got (`mustaple prime`: a deploy hook must not wait on
+    another member). `start(keeper, background=False)` only connects: no listening, no
+    heartbeat (a one-shot command is no member of the fleet view)."""
+
+    def __init__(self, config: FleetConfig, *, timeout: float = 2.0, eager: bool = False) -> None:
+        self.config, self.eager = config, eager
+        self.shared = RedisStore(
+            config.url,
+            prefix=config.prefix,
+            member=config.member,
+            history_limit=SHARED_HISTORY,
+            timeout=timeout,
+        )
+        self.up = False  # whether Redis answers (else this member goes on alone)
+        self.adopted = 0  # staples fetched by other members and adopted here
+        self._keeper: Keeper | None = None
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="mustaple-redis")
+        self._heard: asyncio.Queue[str] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._listening: threading.Event | None = None  # set to stop the listener thread
+        self._listener: threading.Thread | None = None
+        self._renewals: dict[str, asyncio.Task[None]] = {}
+
+    @property
+    def member(self) -> str:
+        return self.config.member
+
+    @property
+    def keeper(self) -> Keeper:
+        if self._keeper is None:
+            raise RuntimeError("the fleet has not been started with a keeper")
+        return self._keeper
+
+    @property
+    def beat_interval(self) -> float:
+        """Seconds between heartbeats (and Redis probes while it is down)."""
+        return min(10.0, max(0.5, self.config.lease.total_seconds() / 3))
+
+    async def _call(self, function: Callable[..., _T], *args: Any) -> _T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._worker, partial(function, *args))
+
+    # --- Joining and leaving ----------------------------------------------------------------------
+
+    async def start(self, keeper: Keeper, *, background: bool = True) -> None:
+        """Join: listen, catch up with the shared state (the caller delivers), beat. Redis
+        down: go on alone. Call after the keeper's first scan."""
+        self._keeper = keeper
+        keeper.coordinator = self
+        if not background:
+            try:
+                await self._call(self.shared.ping)
+                self.up = True
+            except redis.RedisError as exc:
+                self._lost(exc)
+            return
+        await self._join(deliver=False)
+        self._tasks = [
+            asyncio.create_task(self._adopt_heard(), name="fleet-adopt"),
+            asyncio.create_task(self._beat(), name="fleet-beat"),
+        ]
+
+    async def close(self) -> None:
+        self._stop_listening()
+        if self._listener is not None:
+            await asyncio.to_thread(self._listener.join, LISTEN_POLL_SECONDS * 4)
+        for task in [*self._tasks, *self._renewals.values()]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._renewals.values(), return_exceptions=True)
+        if self.up and self._tasks:
+            with contextlib.suppress(redis.RedisError):
+                await self._call(self.shared.beat, self.keeper.clock(), self._info(left=True))
+        await self._call(self.shared.close)
+        self._worker.shutdown(wait=True)
+
+    async def _join(self, *, deliver: bool = True) -> None:
+        """Listen first (nothing announced from now on is missed), then catch up."""
+        try:
+            await self._call(self.shared.ping)
+        except redis.RedisError as exc:
+            self._lost(exc)
+            return
+        try:
+            await self._listen()
+        except redis.RedisError as exc:
+            self._lost(exc)
+            return
+        self.up = True
+        log.info("fleet: joined as %s at %s", self.member, shown_url(self.config.url))
+        try:
+            await self._catch_up(deliver)
+        except redis.RedisError as exc:
+            self._lost(exc)
+
+    def _lost(self, exc: BaseException) -> None:
+        """Redis cannot answer: go on alone until the heartbeat finds it again."""
+        if self.up or not self._tasks:  # once, or at the start
+            log.error(
+                "fleet: Redis at %s unavailable (%s); serving and refreshing alone until it"
+                " returns",
+                shown_url(self.config.url),
+                _short(exc),
+            )
+        self.up = False
+        self._stop_listening()
+
+    async def _beat(self) -> None:
+        """Say we are alive, and show what we hold; while Redis is down, probe it to rejoin."""
+        while True:
+            await asyncio.sleep(self.beat_interval)
+            if not self.up:
+                await self._join()
+                if not self.up:
+                    continue
+            try:
+                await self._call(self.shared.beat, self.keeper.clock(), self._info())
+            except redis.RedisError as exc:
+                self._lost(exc)
+
+    def _info(self, *, left: bool = False) -> dict[str, Any]:
+        managed = list(self.keeper.managed.values())
+        return {
+            "left": left,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "certificates": len(managed),
+            "good": sum(m.held is not None for m in managed),
+            "failing": sum(m.failures > 0 for m in managed),
+            "revoked": sum(m.revoked is not None for m in managed),
+        }
+
+    async def _catch_up(self, deliver: bool) -> None:
+        """Adopt shared staples newer than ours; share ours where they are newer."""
+        adopted = shared = 0
+        fetchable = [m for m in self.keeper.managed.values() if m.next_due is not None]
+        for start in range(0, len(fetchable), CATCH_UP_BATCH):
+            batch = fetchable[start : start + CATCH_UP_BATCH]
+            found = await self._call(self.shared.load_many, [m.key for m in batch])
+            newer = []
+            for managed, shared_staple in zip(batch, found, strict=True):
+                if shared_staple is not None and self._adopt(managed, *shared_staple):
+                    adopted += 1
+                elif (answer := managed.life.state.answer) is not None and _newer(
+                    answer, shared_staple
+                ):
+                    newer.append((managed.key, _stored(managed, answer)))
+            await self._call(self.shared.publish_many, newer)
+            shared += len(newer)
+        if adopted and deliver:
+            await self.keeper.deliver()
+        if adopted or shared:
+            log.info("fleet: caught up: %d staples adopted, %d shared", adopted, shared)
+
+    # --- Hearing other members ------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        """Subscribe, then start the listener thread: announcements go to `_heard`, Redis
+        trouble to `_lost`. Once this returns, no announcement is missed."""
+        self._stop_listening()
+        pubsub = self.shared.client.pubsub(ignore_subscribe_messages=True)
+        await self._call(pubsub.subscribe, self.shared.channel)
+        stop = threading.Event()
+        self._listening = stop
+        loop = asyncio.get_running_loop()
+        self._listener = threading.Thread(
+            target=self._listen_until, args=(pubsub, stop, loop), daemon=True, name="fleet-listen"
+        )
+        self._listener.start()
+
+    def _listen_until(
+        self, pubsub: Any, stop: threading.Event, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        try:
+            while not stop.is_set():
+                message = pubsub.get_message(timeout=LISTEN_POLL_SECONDS)
+                if message is not None:
+                    loop.call_soon_threadsafe(self._heard.put_nowait, message["data"].decode())
+        except redis.RedisError as exc:
+            if not stop.is_set():
+                loop.call_soon_threadsafe(self._lost, exc)
+        except RuntimeError:  # the loop closed under us: we are leaving
+            pass
+        finally:
+            pubsub.close()
+
+    def _stop_listening(self) -> None:
+        if self._listening is not None:
+            self._listening.set()
+            self._listening = None
+
+    async def _adopt_heard(self) -> None:
+        """Adopt announced staples, a gathering at a time, and deliver them together."""
+        while True:
+            heard = {await self._heard.get()}
+            await asyncio.sleep(GATHER_SECONDS)
+            while not self._heard.empty():
+                heard.add(self._heard.get_nowait())
+            try:
+                await self._adopt_messages(heard)
+            except Exception as exc:  # keep hearing: a due certificate is claimed anyway
+                log.error("fleet: adopting announced staples failed: %s", _short(exc))
+
+    async def _adopt_messages(self, heard: set[str]) -> None:
+        adopted = 0
+        for message in heard:
+            key, _, member = message.partition(" ")
+            if member != self.member:
+                adopted += await self._adopt_key(key)
+        if adopted:
+            await self.keeper.deliver()
+
+    async def _adopt_key(self, key: str) -> int:
+        managed = self.keeper.by_key(key)
+        if not managed:
+            return 0
+        try:
+            found = await self._call(self.shared.load_with_origin, key)
+        except redis.RedisError as exc:
+            self._lost(exc)
+            return 0
+        return sum(self._adopt(m, *found) for m in managed) if found else 0
+
+    def _adopt(self, managed: Managed, stored: StoredStaple, origin: str) -> bool:
+        current = managed.life.state.answer
+        if current is not None and current.der == stored.der:
+            return False
+        staple = self._validated(managed, stored)
+        if staple is None or not self.keeper.adopt(managed, staple, stored, origin):
+            return False
+        self.adopted += 1
+        return True
+
+    def _validated(self, managed: Managed, stored: StoredStaple) -> Staple | None:
+        """The shared staple if it passes our own validation; never trusted otherwise."""
+        outcome = verify(stored.der, managed.target, self.keeper.clock(), self.keeper.policy.verify)
+        if isinstance(outcome, Staple):
+            return outcome
+        log.warning(
+            "%s: fleet: the shared staple is refused: %s",
+            managed.name,
+            f"{outcome.code}: {outcome.message}",
+        )
+        return None
+
+    # --- Taking turns ---------------------------------------------------------------------------
+
+    async def claim(self, managed: Managed) -> Turn:
+        """Fetch, adopt or wait (see the module docstring)."""
+        if not self.up:
+            return Turn()
+        try:
+            return await self._claim(managed)
+        except redis.RedisError as exc:
+            self._lost(exc)
+            return Turn()
+
+    async def _claim(self, managed: Managed) -> Turn:
+        now, shared = self.keeper.clock(), self.shared
+        turn = self._from_look(managed, *await self._call(shared.look, managed.key), now)
+        if turn is not None:
+            return turn
+        # the member before us stores its staple or its retry mark before it releases the
+        # lease: look again once the lease is ours
+        lease, found, retry = await self._call(
+            shared.acquire_and_look, managed.key, self.config.lease
+        )
+        if lease is None:
+            return Turn() if self.eager else Turn(wait_until=now + self.config.lease)
+        turn = self._from_look(managed, found, retry, now)
+        if turn is not None:
+            await self._call(shared.release, lease)
+            return turn
+        self._renewals[managed.key] = asyncio.create_task(self._renew(lease))
+        return Turn(token=lease)
+
+    def _from_look(
+        self,
+        managed: Managed,
+        found: tuple[StoredStaple, str] | None,
+        retry: Retry | None,
+        now: datetime,
+    ) -> Turn | None:
+        """What the shared state says: adopt or wait (see `_from_shared`), or wait for the
+        retry mark of another member's failure; None: fetch."""
+        turn = self._from_shared(managed, found, now)
+        if turn is not None:
+            return turn
+        if retry is not None and retry.at > now and retry.member != self.member and not self.eager:
+            return Turn(wait_until=retry.at)
+        return None
+
+    def _from_shared(
+        self, managed: Managed, found: tuple[StoredStaple, str] | None, now: datetime
+    ) -> Turn | None:
+        """Adopt a newer shared staple, or wait while the shared one is not due; None: fetch."""
+        if found is None:
+            return None
+        stored, origin = found
+        current = managed.life.state.answer
+        if current is not None and current.der == stored.der:  # ours: validated already
+            # due, unless it was adopted while we looked (its schedule then says when), or a
+            # member fetched it again just now (the CA answered the same: keep the floor)
+            again = stored.fetched_at + self.keeper.policy.schedule.min_interval
+            due = max(again, managed.next_due or now)
+            return Turn(wait_until=due) if due > now else None
+        if self._adopt(managed, stored, origin):
+            return Turn(wait_until=managed.next_due)
+        return None
+
+    async def _renew(self, lease: Lease) -> None:
+        """Keep the lease while the fetch goes on."""
+        while True:
+            await asyncio.sleep(self.config.lease.total_seconds() / 3)
+            try:
+                held = await self._call(self.shared.renew, lease, self.config.lease)
+            except redis.RedisError:
+                continue
+            if not held:
+                log.warning("fleet: lost the lease of %s before the fetch ended", lease.key[:12])
+                return
+
+    async def settle(self, managed: Managed, turn: Turn, result: FetchResult | None) -> None:
+        """Share what our fetch gave (fenced by the lease), then release the lease."""
+        lease = turn.token if isinstance(turn.token, Lease) else None
+        if lease is not None and (renewal := self._renewals.pop(lease.key, None)):
+            renewal.cancel()
+        if result is None or not self.up:
+            return
+        try:
+            await self._call(self._share, managed, lease, result)
+        except redis.RedisError as exc:
+            self._lost(exc)
+
+    def _share(self, managed: Managed, lease: Lease | None, result: FetchResult) -> None:
+        """In the worker thread: attempts, then the staple or the retry mark, then release."""
+        shared, key = self.shared, managed.key
+        shared.add_attempts(key, attempt_records(result))
+        staple = result.staple
+        if staple is not None:
+            stored = _stored(managed, staple, result.url, self.keeper.clock())
+            if not shared.publish(key, stored, lease):
+                log.info("%s: fleet: a newer staple was shared meanwhile", managed.name)
+            shared.clear_retry(key)
+        elif result.rejection is not None and managed.next_due is not None:
+            reason = result.rejection.code
+            shared.mark_retry(key, managed.next_due, reason, self.keeper.clock())
+        if lease is not None:
+            shared.release(lease)
+
+
+def _stored(
+    managed: Managed, staple: Staple, url: str | None = None, at: datetime | None = None
+) -> StoredStaple:
+    return StoredStaple(
+        managed.name,
+        staple.der,
+        staple.this_update,
+        staple.effective_expiry,
+        at or staple.produced_at,
+        url,
+        revoked=not staple.good,
+    )
+
+
+def _newer(staple: Staple, found: tuple[StoredStaple, str] | None) -> bool:
+    """Whether ours is strictly newer than the shared one, by `verify.may_replace`: ours may
+    replace it and it may not replace ours."""
+    if found is None:
+        return True
+    shared = found[0]
+    return may_replace(staple, shared) is None and may_replace(shared, staple) is not None
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

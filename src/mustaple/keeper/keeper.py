@@ -1,0 +1,924 @@
+"""The keeper: the one orchestrator that keeps every staple fresh and delivered.
+
+It gathers events (timers, file changes, fetch results, what another process stored, what the
+fleet shares), hands each to the pure life cycle (`mustaple.core.lifecycle.step`), and carries
+out the effects in order: store first, then hooks and logs; what the servers should have
+follows from the state (`lifecycle.wanted`) and is delivered in one batch per sink. It decides
+nothing itself.
+
+One pass (`tick`) does, in order: pick up what another process stored (`prime`, a second
+member), refresh every certificate that is due (fetching outside any lock, with bounded
+concurrency overall and per responder host, once per certificate however many files hold it),
+judge expiry and alerts, store, and deliver what changed. `scan` picks up new, changed and
+removed certificate files; a new certificate is due at once, and a certificate whose stored
+answer is still valid has it delivered at once, however old, before anything is fetched.
+
+A certificate has one life (`Life`), keyed by its leaf, shared by every file that holds it; a
+file the keeper cannot use is `Unusable`, with a line naming the key to fix, and shown as such.
+Readers above the keeper (status, web, metrics) take `views()`: frozen snapshots.
+
+An unexpected error while handling one certificate marks that certificate unusable with its
+reason and never leaves the loop; a store that cannot be written (disk full) keeps the writes
+pending, serves from memory, says so once, and writes them when it can.
+
+In fleet mode a `Coordinator` (`mustaple.keeper.fleet`) is asked before each due fetch whether to
+fetch, to adopt a staple another member fetched (validated here all the same), or to wait for
+one; it is told every outcome, and hands in staples announced by other members (`adopt`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import glob
+import logging
+import random
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol
+
+import aiohttp
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from mustaple.adapters.config import CertEntry, Config, with_proxy
+from mustaple.adapters.events import HOOK_FOR, Event, run_hook
+from mustaple.adapters.fetch import HttpFetcher
+from mustaple.adapters.files import read_input
+from mustaple.adapters.loader import load_file
+from mustaple.adapters.store import AttemptRecord, CertStatus, Store, StoredStaple, cert_key
+from mustaple.core import lifecycle
+from mustaple.core.certs import Target, display_name, is_must_staple, parse_certificates
+from mustaple.core.clock import Clock, utc_now
+from mustaple.core.delivery import Action, Delivered, Delivery, Sink, SinkHealth
+from mustaple.core.errors import InputError
+from mustaple.core.fetchtypes import Fetcher, FetchJob, FetchResult
+from mustaple.core.lifecycle import (
+    Accepted,
+    CertState,
+    Phase,
+    Rejected,
+    Restored,
+    Stale,
+    Tick,
+    Wait,
+)
+from mustaple.core.reasons import Reason, Rejection
+from mustaple.core.render import human_time
+from mustaple.core.request import CertId, make_cert_id
+from mustaple.core.schedule import Alert
+from mustaple.core.urls import url_host
+from mustaple.core.verify import Staple, verify
+
+__all__ = [
+    "CertView",
+    "Coordinator",
+    "Keeper",
+    "Life",
+    "Managed",
+    "Observer",
+    "Turn",
+    "attempt_records",
+    "configured_files",
+]
+
+log = logging.getLogger("mustaple")
+# Store writes are grouped, this many to a transaction (one fsync), and always written before
+# anything is delivered: a crash loses at most the outcomes of one group, never a staple a
+# server was given.
+WRITE_GROUP = 256
+# Called after every refresh with the certificate and the fetch result (metrics use it).
+Observer = Callable[["Managed", FetchResult], None]
+STORED_ELSEWHERE = "stored by another mustaple process"
+# A sink that failed is tried again after this, doubling up to the policy's retry_max.
+DELIVERY_RETRY = timedelta(seconds=5)
+
+
+@dataclass
+class Life:
+    """One certificate's life: its frozen state, replaced only by `lifecycle.step`, shared by
+    every file that holds the leaf; and how each sink took its staple."""
+
+    key: str
+    target: Target
+    state: CertState = field(default_factory=CertState)
+    sinks: dict[str, SinkHealth] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+
+@dataclass
+class Managed:
+    """One certificate file the keeper looks after; its certificate's `life` is shared."""
+
+    path: Path
+    entry: CertEntry
+    target: Target
+    stamp: tuple[int, int]  # (mtime_ns, size) of the file when loaded
+    bundle_has_issuer: bool
+    life: Life
+    sent: tuple[Action, bytes | None] | None = None  # what every sink has confirmed
+    retry_at: datetime | None = None  # a sink failed: deliver again then
+
+    @property
+    def key(self) -> str:
+        return self.life.key
+
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+    # Read-only windows on the state, for readers that hold a Managed.
+    @property
+    def held(self) -> Staple | None:
+        return self.life.state.held
+
+    @property
+    def revoked(self) -> Staple | None:
+        return self.life.state.revoked
+
+    @property
+    def failures(self) -> int:
+        return self.life.state.failures
+
+    @property
+    def next_due(self) -> datetime | None:
+        return self.life.state.next_due
+
+    @property
+    def last_rejection(self) -> Rejection | None:
+        return self.life.state.rejection
+
+    @property
+    def last_attempt(self) -> datetime | None:
+        return self.life.state.last_attempt
+
+    @property
+    def alert(self) -> Alert:
+        return self.life.state.alert
+
+    def state(self) -> str:
+        return self.life.state.phase.value
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A configured file the keeper cannot use, and why (one line naming what to fix)."""
+
+    path: Path
+    key: str  # the leaf's key when it could be read, else "file:<path>"
+    name: str
+    must_staple: bool | None
+    message: str
+    reason: Reason  # cert-unusable, or keeper-fault
+    stamp: tuple[int, int]  # the file as it was read: read again only when it changes
+
+
+@dataclass(frozen=True, slots=True)
+class CertView:
+    """A frozen snapshot of one certificate, for every reader above the keeper."""
+
+    key: str
+    name: str
+    paths: tuple[str, ...]
+    must_staple: bool | None
+    serial: int | None
+    state: CertState
+    sinks: tuple[SinkHealth, ...] = ()
+
+    @property
+    def phase(self) -> str:
+        return self.state.phase.value
+
+    @property
+    def sinks_failing(self) -> tuple[SinkHealth, ...]:
+        return tuple(s for s in self.sinks if not s.ok)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """A coordinator's answer for one due certificate: fetch (the default), or wait until a
+    time (it may have adopted a shared staple, through `Keeper.adopt`, meanwhile). `token` is
+    the coordinator's own (a lease), handed back to `settle`."""
+
+    wait_until: datetime | None = None
+    token: object = None
+
+
+class Coordinator(Protocol):
+    """Who fetches what, across a fleet (see the module docstring)."""
+
+    async def claim(self, managed: Managed) -> Turn: ...
+
+    async def settle(self, managed: Managed, turn: Turn, result: FetchResult | None) -> None: ...
+
+
+class Keeper:
+    """Keeps the staples of the certificates in `config` fresh and delivered to `sinks`."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: Store,
+        sinks: Mapping[str, Sink],
+        clock: Clock = utc_now,
+        dice: Callable[[], float] = random.random,
+        observers: Sequence[Observer] = (),
+        coordinator: Coordinator | None = None,
+        fetcher: Fetcher | None = None,
+        trace_configs: Sequence[aiohttp.TraceConfig] = (),
+    ) -> None:
+        """Without a `fetcher`, the keeper fetches over HTTP with a session of its own,
+        opened on entering it (`trace_configs` watch its requests)."""
+        self.config, self.policy = config, config.policy
+        self.store, self.sinks = store, dict(sinks)
+        self.clock, self.dice = clock, dice
+        self.observers = list(observers)
+        self.coordinator = coordinator
+        self.managed: dict[Path, Managed] = {}
+        self.lives: dict[str, Life] = {}
+        self.problems: dict[Path, Problem] = {}
+        self._index: dict[str, dict[CertId, Managed]] = {}  # by hash name; see `find`
+        self._files: dict[str, list[Managed]] = {}  # by key, in the order of `managed`
+        self._delivering = asyncio.Lock()
+        self._issuer_cache: dict[str, bytes] = {}
+        self._issuers: dict[x509.Certificate, x509.Certificate] = {}
+        self._all = asyncio.Semaphore(self.policy.concurrency)
+        self._hosts: dict[str, asyncio.Semaphore] = {}
+        self.fetcher: Fetcher = fetcher or HttpFetcher()
+        self._own_fetcher = fetcher is None
+        self._trace_configs = list(trace_configs)  # e.g. `prime` showing what it waits on
+        self._hooks: set[asyncio.Task[None]] = set()
+        self._writes: list[Callable[[], object]] = []
+        # pending status rows, one per key: a Life's row is made from its state at the flush
+        self._statuses: dict[str, CertStatus | Life] = {}
+        self._store_problem: str | None = None
+
+    async def __aenter__(self) -> Keeper:
+        if self._own_fetcher:
+            limit = self.policy.concurrency
+            self.fetcher = HttpFetcher.open(limit=limit, trace_configs=self._trace_configs)
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._flush()
+        if self._hooks:
+            await asyncio.wait(self._hooks, timeout=self.config.hooks.timeout.total_seconds())
+        if isinstance(self.fetcher, HttpFetcher) and self._own_fetcher:
+            await self.fetcher.close()
+
+    # --- Which certificates -------------------------------------------------------------------
+
+    async def scan(self) -> list[Managed]:
+        """Pick up new, changed and removed certificate files; return the new or changed."""
+        wanted = configured_files(self.config)
+        for path in set(self.managed) - set(wanted):
+            log.info("%s: no longer configured or present (%s)", self.managed[path].name, path)
+            self._drop(path)
+        for path in set(self.problems) - set(wanted):
+            del self.problems[path]
+        added = []
+        for path, entry in wanted.items():
+            current = self.managed.get(path)
+            stamp = _stamp(path)
+            if stamp is None or (current and current.stamp == stamp and current.entry == entry):
+                continue
+            problem = self.problems.get(path)
+            if current is None and problem is not None and problem.stamp == stamp:
+                continue  # an unusable file is read again only when it changes (or at a reload)
+            managed = await self._load(path, entry, stamp)
+            if managed is not None:
+                added.append(managed)
+        return added
+
+    async def _load(self, path: Path, entry: CertEntry, stamp: tuple[int, int]) -> Managed | None:
+        """Load one file; an unusable one becomes a `Problem`, shown everywhere."""
+        try:
+            loaded = await load_file(
+                path,
+                entry.issuer,
+                fetcher=self.fetcher,
+                policy=with_proxy(self.policy.fetch, entry),
+                cache=self._issuer_cache,
+                issuers=self._issuers,
+            )
+        except InputError as exc:
+            self._unusable(path, stamp, str(exc), Reason.CERT_UNUSABLE)
+            return None
+        except Exception as exc:  # a bug of ours, or input nobody foresaw: this file only
+            self._unusable(path, stamp, _internal(exc), Reason.KEEPER_FAULT)
+            return None
+        self.problems.pop(path, None)
+        target = loaded.target
+        self._drop(path)
+        key = cert_key(target.leaf)
+        life = self.lives.get(key)
+        fresh = life is None
+        if life is None:
+            life = Life(key, target)
+            self.lives[life.key] = life
+        managed = Managed(path, entry, target, stamp, loaded.bundle_has_issuer, life)
+        self.managed[path] = managed
+        self._files.setdefault(life.key, []).append(managed)
+        self._index.clear()
+        if fresh:
+            self._begin(managed)
+        return managed
+
+    def _begin(self, managed: Managed) -> None:
+        """A certificate seen for the first time by this process: its stored truth, or due now."""
+        life, now = managed.life, self.clock()
+        if not managed.target.ocsp_urls and not managed.entry.urls:
+            problem = (
+                f"{managed.target.no_url_message()} (or set `urls` in its [[certificates]] entry)"
+            )
+            self._apply(life, lifecycle.Unusable(problem), now)
+            level = logging.ERROR if managed.target.must_staple else logging.WARNING
+            log.log(level, "%s: %s", managed.name, problem)
+            return
+        self._apply(life, Wait(now), now)
+        stored = self.store.load(life.key)
+        if stored is None:
+            return
+        outcome = verify(stored.der, managed.target, now, self.policy.verify)
+        if isinstance(outcome, Staple):
+            self._apply(life, Restored(outcome, stored.fetched_at), now)
+        elif stored.good:
+            self._apply(life, Stale(), now)  # a staple file may be ours: ours to take away
+
+    def _unusable(self, path: Path, stamp: tuple[int, int], message: str, reason: Reason) -> None:
+        self._drop(path)
+        key, name, must = _identify(path)
+        problem = Problem(path, key, name, must, message, reason, stamp)
+        before = self.problems.get(path)
+        if before is None or before.message != message:
+            log.error("%s", message)
+        self.problems[path] = problem
+        self._write_status(key, _problem_status(problem))
+
+    def _drop(self, path: Path) -> None:
+        """Forget a file; its certificate's life goes when no file holds it any more."""
+        managed = self.managed.pop(path, None)
+        if managed is None:
+            return
+        self._index.clear()
+        files = self._files[managed.key]
+        files.remove(managed)
+        if not files:
+            del self._files[managed.key]
+            self.lives.pop(managed.key, None)
+
+    # --- One pass -------------------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """Take in what others stored, refresh what is due, judge expiry and alerts, store,
+        deliver what changed."""
+        self.sync()
+        now = self.clock()
+        due = self._one_per_life(m for m in self.managed.values() if m.life.state.due(now))
+        await self._refresh_all(due)
+        self.judge_time()
+        self._flush()
+        await self.deliver()
+
+    def sync(self) -> int:
+        """Take in the answers another process (`prime`, a second keeper) stored since the last
+        look: validated here, and taken only where the life cycle allows. Returns how many."""
+        try:
+            if not self.store.changed():
+                return 0
+        except sqlite3.Error as exc:
+            self._store_failed(exc)
+            return 0
+        now, taken = self.clock(), 0
+        for life in list(self.lives.values()):
+            stored = self.store.load(life.key)
+            answer = life.state.answer
+            if stored is None or (answer is not None and answer.der == stored.der):
+                continue
+            outcome = verify(stored.der, life.target, now, self.policy.verify)
+            if isinstance(outcome, Staple):
+                event = Accepted(outcome, stored.fetched_at, stored.responder_url, STORED_ELSEWHERE)
+                self._apply(life, event, now)
+                taken += life.state.answer is outcome
+        return taken
+
+    def judge_time(self) -> None:
+        """Expiry and alerts, for every certificate, at the clock's time."""
+        now = self.clock()
+        for life in self.lives.values():
+            self._apply(life, Tick(), now)
+
+    def find(self, cert_id: CertId) -> Managed | None:
+        """The managed certificate a CertID names (any supported hash), or None."""
+        index = self._index.get(cert_id.hash_name)
+        if index is None:
+            index = {
+                make_cert_id(m.target.issuer, m.target.serial, cert_id.hash_name): m
+                for m in self.managed.values()
+            }
+            self._index[cert_id.hash_name] = index
+        return index.get(cert_id)
+
+    def by_key(self, key: str) -> list[Managed]:
+        """The managed certificates stored under `key` (one, unless files repeat a leaf)."""
+        return self._files.get(key, [])
+
+    def next_wakeup(self) -> datetime | None:
+        """When the next certificate falls due (or a failed delivery is tried again)."""
+        dues = [life.state.next_due for life in self.lives.values()]
+        dues += [m.retry_at for m in self.managed.values()]
+        return min((due for due in dues if due is not None), default=None)
+
+    @staticmethod
+    def _one_per_life(managed: Iterator[Managed]) -> list[Managed]:
+        """One file per certificate: a leaf in two files is fetched once."""
+        return list({m.key: m for m in reversed(list(managed))}.values())[::-1]
+
+    async def _refresh_all(self, due: Sequence[Managed]) -> None:
+        """Refresh `due`: per responder host, `per_host` workers take turns (no task per
+        certificate, so a pass over 100k certificates costs no 100k tasks)."""
+        by_host: dict[str, list[Managed]] = {}
+        for managed in due:
+            by_host.setdefault(_host(managed), []).append(managed)
+
+        async def drain(queue: Iterator[Managed]) -> None:
+            for managed in queue:
+                await self._guarded_turn(managed)
+
+        workers = []
+        for items in by_host.values():
+            queue = iter(items)
+            workers += [drain(queue) for _ in range(min(self.policy.per_host, len(items)))]
+        await asyncio.gather(*workers)
+
+    async def _guarded_turn(self, managed: Managed) -> None:
+        """A fault while handling one certificate stays in that certificate."""
+        try:
+            await self._take_turn(managed)
+        except Exception as exc:
+            self._broken(managed, exc)
+
+    def _broken(self, managed: Managed, exc: Exception) -> None:
+        message = f"{managed.path}: {_internal(exc)}"
+        log.error("%s", message)
+        self._apply(managed.life, lifecycle.Unusable(message, Reason.KEEPER_FAULT), self.clock())
+
+    async def _take_turn(self, managed: Managed) -> None:
+        """Refresh a due certificate, or do what the coordinator says instead."""
+        if self.coordinator is None:
+            await self._refresh(managed)
+            return
+        due = managed.next_due
+        if due is None or due > self.clock():
+            return  # a staple was adopted since the pass began: not due any more
+        turn = await self.coordinator.claim(managed)
+        if turn.wait_until is not None:
+            if managed.next_due == due:  # else a staple was adopted meanwhile: its schedule wins
+                self._apply(managed.life, Wait(turn.wait_until), self.clock())
+        else:
+            result = None
+            try:
+                result = await self._refresh(managed)
+            finally:
+                await self.coordinator.settle(managed, turn, result)
+
+    def adopt(self, managed: Managed, staple: Staple, stored: StoredStaple, origin: str) -> bool:
+        """Take a staple another member fetched, validated (`staple`), if the life cycle
+        allows it; schedule from when it was fetched. Returns whether it was taken."""
+        event = Accepted(staple, stored.fetched_at, stored.responder_url, f"fetched by {origin}")
+        self._apply(managed.life, event, self.clock())
+        return managed.life.state.answer is staple
+
+    async def refresh(self, managed: Managed) -> FetchResult:
+        """Fetch a new staple for one certificate now, apply and store the outcome (in fleet
+        mode too: an operator's explicit fetch)."""
+        result = await self._refresh(managed)
+        self._flush()
+        return result
+
+    async def _refresh(self, managed: Managed) -> FetchResult:
+        """Fetch and apply; the store writes wait for the next `_flush`."""
+        host = _host(managed)
+        async with self._all, self._hosts.setdefault(host, asyncio.Semaphore(self.policy.per_host)):
+            job = FetchJob(
+                managed.target,
+                urls=managed.entry.urls,
+                hash_name=self.policy.hash_name,
+                policy=with_proxy(self.policy.fetch, managed.entry),
+                verify_policy=self.policy.verify,
+                current=managed.life.state.answer,
+            )
+            result = await self.fetcher.fetch(job, clock=self.clock, rng=self.dice)
+        now = self.clock()
+        self._write(
+            functools.partial(self.store.add_attempts, managed.key, attempt_records(result))
+        )
+        for observer in self.observers:
+            observer(managed, result)
+        if result.staple is not None:
+            self._apply(managed.life, Accepted(result.staple, now, result.url), now)
+        else:
+            assert result.rejection is not None
+            self._apply(managed.life, Rejected(result.rejection), now)
+        return result
+
+    # --- Carrying out the life cycle's effects ----------------------------------------------------
+
+    def _apply(self, life: Life, event: lifecycle.Event, now: datetime) -> None:
+        """Step the life cycle, then do what it says, in order; store the new status."""
+        before = life.state
+        life.state, effects = lifecycle.step(before, event, now, self.policy.schedule, self.dice)
+        for effect in effects:
+            if isinstance(effect, lifecycle.Store):
+                self._write(
+                    functools.partial(self.store.save_staple, life.key, _stored(life, effect))
+                )
+            elif isinstance(effect, lifecycle.Emit):
+                self._emit(life, effect)
+            else:
+                log.log(_LEVELS[effect.level], "%s: %s", life.name, effect.message)
+        if life.state != before:
+            self._save_status(life)
+
+    # --- Delivery -------------------------------------------------------------------------------
+
+    def _wanted(self, managed: Managed) -> tuple[Action, bytes | None] | None:
+        return lifecycle.wanted(
+            managed.life.state, remove_at_expiry=self.policy.at_expiry == "remove"
+        )
+
+    async def deliver(self, *, again: bool = False) -> list[Delivered]:
+        """Store the pending writes, then send every changed staple (or all, with `again`)
+        to its sinks, one batch per sink; one delivery at a time."""
+        async with self._delivering:
+            self._flush()  # a staple is stored before any server is given it
+            return await self._deliver(again)
+
+    async def _deliver(self, again: bool) -> list[Delivered]:
+        now = self.clock()
+        per_sink: dict[str, list[tuple[Managed, Delivery]]] = {}
+        wanted: dict[Path, tuple[Action, bytes | None]] = {}
+        for managed in self.managed.values():
+            want = self._wanted(managed)
+            if want is None or (want == managed.sent and not again):
+                continue
+            if not again and managed.retry_at is not None and managed.retry_at > now:
+                continue
+            wanted[managed.path] = want
+            delivery = self._delivery(managed, want)
+            for sink in managed.entry.sinks or tuple(self.sinks):
+                per_sink.setdefault(sink, []).append((managed, delivery))
+        names = list(per_sink)
+        results = await asyncio.gather(
+            *(self.sinks[name].deliver([d for _, d in per_sink[name]]) for name in names)
+        )
+        failed: set[Path] = set()
+        done = []
+        for name, group in zip(names, results, strict=True):
+            for (managed, _), delivered in zip(per_sink[name], group, strict=True):
+                done.append(delivered)
+                if not self._took(managed, delivered, now):
+                    failed.add(managed.path)
+        for path, want in wanted.items():
+            managed = self.managed[path]
+            if path in failed:
+                failures = max(h.failures for h in managed.life.sinks.values())
+                delay = min(
+                    DELIVERY_RETRY * (1 << min(failures - 1, 20)), self.policy.schedule.retry_max
+                )
+                managed.retry_at = now + delay
+            else:
+                managed.sent, managed.retry_at = want, None
+        for life in {self.managed[p].life.key: self.managed[p].life for p in wanted}.values():
+            self._save_status(life)
+        return done
+
+    def _took(self, managed: Managed, delivered: Delivered, now: datetime) -> bool:
+        """Record how a sink took a delivery; log a repeated failure once, then at doubling
+        counts, with the certificate's name. Returns whether it worked."""
+        life, sink = managed.life, delivered.sink
+        before = life.sinks.get(sink)
+        if delivered.ok:
+            if before is not None and not before.ok:
+                log.info("%s: sink %s takes the staple again", life.name, sink)
+            life.sinks[sink] = SinkHealth(sink, now, None, note=delivered.note)
+            return True
+        same = before is not None and before.error == delivered.error
+        failures = before.failures + 1 if before is not None and not before.ok else 1
+        since = before.since if before is not None and not before.ok and before.since else now
+        last = before.last_delivery if before is not None else None
+        life.sinks[sink] = SinkHealth(sink, last, delivered.error, failures, since)
+        if not same or failures & (failures - 1) == 0:
+            repeat = f" (failed {failures} times since {human_time(since)})" if failures > 1 else ""
+            log.error("%s: sink %s: %s%s", life.name, sink, delivered.error, repeat)
+        return False
+
+    def _delivery(self, managed: Managed, wanted: tuple[Action, bytes | None]) -> Delivery:
+        action, der = wanted
+        return Delivery(
+            key=managed.key,
+            name=managed.name,
+            cert_path=managed.path,
+            action=action,
+            der=der,
+            issuer_pem=_pem(managed.target),
+            bundle_has_issuer=managed.bundle_has_issuer,
+            status=managed.state(),
+        )
+
+    # --- Events and status ------------------------------------------------------------------------
+
+    def _emit(self, life: Life, effect: lifecycle.Emit) -> None:
+        state = life.state
+        staple = state.answer
+        paths = [m.path for m in self.by_key(life.key)]
+        message = effect.message
+        if effect.kind == "expired":
+            message += f"; at_expiry={self.policy.at_expiry}"
+            if life.target.must_staple:
+                message += ". A must-staple certificate is now FAILING for clients."
+        event = Event(
+            kind=effect.kind,
+            name=life.name,
+            cert_path=str(paths[0]) if paths else "",
+            must_staple=life.target.must_staple,
+            status=state.phase.value,
+            message=message,
+            reason=effect.reason,
+            this_update=staple.this_update if staple else None,
+            expiry=staple.effective_expiry if staple else None,
+        )
+        level = logging.INFO if effect.kind == "recovered" else logging.WARNING
+        if effect.kind == "expired" or (effect.kind == "failure" and state.held is None):
+            level = logging.ERROR
+        log.log(level, "%s", event.line())
+        command = self.config.hooks.command(HOOK_FOR[effect.kind])
+        if effect.hook and command:
+            task = asyncio.get_running_loop().create_task(self._hook(command, event))
+            self._hooks.add(task)
+            task.add_done_callback(self._hooks.discard)
+
+    async def _hook(self, command: str, event: Event) -> None:
+        problem = await run_hook(command, event, self.config.hooks.timeout)
+        if problem:
+            log.error("%s: %s", event.name, problem)
+
+    def views(self) -> list[CertView]:
+        """Every certificate, usable or not, as a frozen snapshot (sorted by name)."""
+        views = [self.view(life) for life in self.lives.values()]
+        views += [_problem_view(p) for p in self.problems.values() if p.key not in self.lives]
+        return sorted(views, key=lambda v: (v.name, v.paths))
+
+    def view(self, life: Life) -> CertView:
+        paths = tuple(str(m.path) for m in self.by_key(life.key))
+        target = life.target
+        sinks = tuple(life.sinks[name] for name in sorted(life.sinks))
+        return CertView(
+            life.key, life.name, paths, target.must_staple, target.serial, life.state, sinks
+        )
+
+    def _save_status(self, life: Life) -> None:
+        self._write_status(life.key, life)
+
+    def _write(self, write: Callable[[], object]) -> None:
+        self._writes.append(write)
+        if len(self._writes) >= WRITE_GROUP:
+            self._flush()
+
+    def _write_status(self, key: str, status: CertStatus | Life) -> None:
+        """A certificate's status row, written with the next group (at the latest at the end
+        of the pass): one row per certificate however often its state changed meanwhile."""
+        self._statuses[key] = status
+
+    def _flush(self) -> None:
+        """Apply the pending store writes in one transaction. When the store cannot take them
+        (disk full), they stay pending and the keeper serves from memory until it can."""
+        writes, self._writes = self._writes, []
+        statuses, self._statuses = self._statuses, {}
+        if not writes and not statuses:
+            return
+        try:
+            with self.store.transaction():
+                for write in writes:
+                    write()
+                for key, status in statuses.items():
+                    row = status if isinstance(status, CertStatus) else _status(self.view(status))
+                    self.store.save_status(key, row)
+        except (sqlite3.Error, OSError) as exc:
+            self._writes = writes + self._writes
+            self._statuses = statuses | self._statuses
+            self._store_failed(exc)
+            return
+        if self._store_problem is not None:
+            stored = len(writes) + len(statuses)
+            log.warning("state store writable again: %d pending writes stored", stored)
+            self._store_problem = None
+
+    def _store_failed(self, exc: BaseException) -> None:
+        problem = f"{exc}"
+        if problem != self._store_problem:
+            log.error(
+                "the state store cannot be written (%s): serving from memory, writes kept "
+                "and tried again at every pass",
+                problem,
+            )
+        self._store_problem = problem
+
+    @property
+    def store_problem(self) -> str | None:
+        """Why the state store cannot be written now, or None."""
+        return self._store_problem
+
+    def save_all_status(self) -> None:
+        for life in self.lives.values():
+            self._save_status(life)
+        self._flush()
+
+    # --- The deploy gate --------------------------------------------------------------------------
+
+    def covered(self) -> Coverage:
+        """Which configured file, and entry, a path given to `prime` is."""
+        return Coverage(self.config)
+
+    async def prime(self, paths: Sequence[Path]) -> list[Managed]:
+        """Load `paths` (each covered by an entry), fetch each now (in fleet mode: unless the
+        fleet has just fetched it), deliver to its entry's sinks; InputError for unusable
+        files."""
+        chosen, covered = [], self.covered()
+        for given in paths:
+            path, entry = covered.find(given)
+            stamp = _stamp(path)
+            if stamp is None:
+                raise InputError(f"{given}: certificate not found")
+            managed = await self._load(path, entry, stamp)
+            if managed is None:
+                raise InputError(self.problems[path].message)
+            chosen.append(managed)
+        now = self.clock()
+        wanted = self._one_per_life(m for m in chosen if m.next_due is not None)
+        for managed in wanted:
+            self._apply(managed.life, Wait(now), now)  # due now, even with a valid staple
+        await self._refresh_all(wanted)
+        self.judge_time()
+        self._flush()
+        await self.deliver()
+        return chosen
+
+
+class Coverage:
+    """The configured files and their entries, to find the one a given path is: as written
+    first, else with relative paths and symlinks (certbot's `live/`) resolved on both sides
+    (resolving costs a system call per path component, so only when needed)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.files = configured_files(config)
+
+    @functools.cached_property
+    def resolved(self) -> dict[Path, tuple[Path, CertEntry]]:
+        files = reversed(list(self.files.items()))  # the first entry wins
+        return {_resolved(path): (path, entry) for path, entry in files}
+
+    def find(self, given: Path) -> tuple[Path, CertEntry]:
+        """The configured path and its entry; InputError when no entry covers `given`."""
+        entry = self.files.get(given) if given.is_absolute() else None
+        if entry is not None:
+            return given, entry
+        found = self.resolved.get(_resolved(given))
+        if found is None:
+            raise InputError(
+                f"{given}: no [[certificates]] entry of {self.config.path} covers this file: "
+                "add it (or a glob matching it) to an entry's `paths`"
+            )
+        return found
+
+
+def configured_files(config: Config) -> dict[Path, CertEntry]:
+    """Every configured certificate file that exists now, with its entry (first wins)."""
+    found: dict[Path, CertEntry] = {}
+    for entry in config.certificates:
+        for pattern in entry.paths:
+            names = glob.glob(pattern) if glob.has_magic(pattern) else [pattern]
+            for name in sorted(names):
+                found.setdefault(Path(name), entry)
+    return found
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop: compare as given
+        return path.absolute()
+
+
+def _host(managed: Managed) -> str:
+    """The host of the first responder URL tried: what `per_host` limits."""
+    urls = [*managed.entry.urls, *managed.target.ocsp_urls]
+    return url_host(urls[0]) if urls else ""  # malformed: the fetch says so, for this one only
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (info.st_mtime_ns, info.st_size)
+
+
+def _identify(path: Path) -> tuple[str, str, bool | None]:
+    """The key, name and must-staple flag of an unusable file's leaf, when it can be read."""
+    try:
+        leaf = parse_certificates(read_input(path, "certificate"), source=str(path))[0]
+    except Exception:
+        return f"file:{path}", path.parent.name or path.name, None
+    return cert_key(leaf), display_name(leaf), is_must_staple(leaf)
+
+
+def _internal(exc: BaseException) -> str:
+    return (
+        f"unexpected error while handling this certificate ({type(exc).__name__}: {exc}); "
+        "the other certificates go on; please report it"
+    )
+
+
+def _problem_status(problem: Problem) -> CertStatus:
+    return CertStatus(
+        name=problem.name,
+        cert_path=str(problem.path),
+        must_staple=bool(problem.must_staple),
+        state=Phase.UNUSABLE.value,
+        next_due=None,
+        failures=0,
+        last_attempt=None,
+        last_reason=problem.reason.code,
+        last_message=problem.message,
+        paths=(str(problem.path),),
+    )
+
+
+def _problem_view(problem: Problem) -> CertView:
+    rejection = Rejection(problem.reason, problem.message)
+    state = CertState(phase=Phase.UNUSABLE, problem=problem.message, rejection=rejection)
+    return CertView(
+        problem.key, problem.name, (str(problem.path),), problem.must_staple, None, state
+    )
+
+
+def _status(view: CertView) -> CertStatus:
+    state, rejection = view.state, view.state.rejection
+    return CertStatus(
+        name=view.name,
+        cert_path=view.paths[0] if view.paths else "",
+        must_staple=bool(view.must_staple),
+        state=view.phase,
+        next_due=state.next_due,
+        failures=state.failures,
+        last_attempt=state.last_attempt,
+        last_reason=rejection.code if rejection else None,
+        last_message=state.problem or (rejection.message if rejection else None),
+        paths=view.paths,
+        sinks=view.sinks,
+    )
+
+
+def _stored(life: Life, effect: lifecycle.Store) -> StoredStaple:
+    staple = effect.staple
+    return StoredStaple(
+        life.name,
+        staple.der,
+        staple.this_update,
+        staple.effective_expiry,
+        effect.fetched_at,
+        effect.url,
+        revoked=not staple.good,
+    )
+
+
+def attempt_records(result: FetchResult) -> list[AttemptRecord]:
+    """The attempts of a fetch, as the store keeps them."""
+    return [
+        AttemptRecord(a.started, a.url, a.method, a.http_status, a.latency, a.reason, a.message)
+        for a in result.attempts
+    ]
+
+
+def _pem(target: Target) -> bytes:
+    return _issuer_pem(target.issuer)
+
+
+@functools.lru_cache(maxsize=64)
+def _issuer_pem(issuer: x509.Certificate) -> bytes:
+    return issuer.public_bytes(Encoding.PEM)
+
+
+_LEVELS = {"info": logging.INFO, "warning": logging.WARNING}

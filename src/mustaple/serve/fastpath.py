@@ -1,0 +1,454 @@
+"""The fast path of the HTTP endpoint: OCSP GETs answered straight from asyncio, the rest
+handed to aiohttp.
+
+`FastPath(responder, fallback)` is the protocol factory of every connection of the endpoint
+(`loop.create_server(fast_path, ...)`; `mustaple.serve.web.start_http` does that). A connection
+buffers the head of each request. A plain `GET {prefix}/<base64 request> HTTP/1.1` (or 1.0),
+with no body, is answered at once with the responder's own answer (`Responder.for_path`: the
+same decision and the same `on_served` count as the aiohttp handler), framed as aiohttp frames
+it: the same status line, headers in the same order (Server included), the same body; only the
+`Date` value may differ, being taken at another moment (whole seconds, as aiohttp's). The bytes
+are made once per answer, per second and per connection mode, then reused.
+
+Anything else hands the connection to aiohttp for good, unchanged: another method or path, a
+body (Content-Length, Transfer-Encoding), an Expect, Upgrade or unusual Connection header, a
+header aiohttp would refuse (HTTP/1.1 without Host, a repeated header, bytes outside printable
+ASCII, a line too long, too many lines), a GET path over the size limit (aiohttp's handler
+answers 414), a head not ended within `max_head` bytes, bytes that are not HTTP. `fallback()`
+(the runner's `aiohttp.web.Server`) makes aiohttp's protocol, which takes over the transport
+and is fed every byte not answered yet. So aiohttp serves every other page and every edge case
+exactly as it would alone, and answers what it cannot parse itself.
+
+Connections follow aiohttp's rules: HTTP/1.1 keeps the connection open unless
+`Connection: close`; HTTP/1.0 closes it unless `Connection: keep-alive`. Pipelined requests
+are answered in order. A client that stops reading stops being read (the transport's flow
+control), and a connection idle for `idle_timeout` seconds (75 by default) is closed.
+`close()` closes every connection not handed off; the aiohttp runner closes the others.
+
+At most `max_connections` connections are open at once, handed off or not, so idle clients can
+never use up the file descriptors. A connection that comes at the cap takes the place of the
+connection of ours idle longest (the first to come among equally idle ones; as nginx reuses
+keep-alive connections when short of them), so
+a fresh request is still answered; if every open connection is aiohttp's, the new one is closed
+at once. Either is logged once a minute at most, as is running out of descriptors in accept()
+(`quiet_accept_errors`), instead of a traceback a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import re
+import resource
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import cast
+
+from aiohttp.http import SERVER_SOFTWARE
+
+from mustaple.serve.localresponder import Answer, Responder
+
+log = logging.getLogger("mustaple")
+
+__all__ = [
+    "IDLE_TIMEOUT",
+    "MAX_CONNECTIONS",
+    "FastPath",
+    "quiet_accept_errors",
+    "raise_file_limit",
+]
+
+IDLE_TIMEOUT = 75.0  # seconds a connection may stay idle (nginx's keepalive_timeout)
+MAX_CONNECTIONS = 512  # open at once, well below the usual limit of 1024 descriptors
+SPARE_DESCRIPTORS = 128  # for the state, sinks, fetches and hooks beside the connections
+LOG_EVERY = 60.0  # seconds between two lines about the same shortage
+MAX_FIELDS = 100  # header lines in a head answered here (aiohttp accepts 128)
+MAX_FIELD_SIZE = 8190  # bytes of one header line (aiohttp's max_field_size)
+HEAD_CACHE_LIMIT = 1024  # distinct request heads remembered, parsed
+CACHED_HEAD_SIZE = 2048  # bytes: longer heads are parsed each time
+WIRE_CACHE_LIMIT = 4096  # answers framed per second and connection mode
+_SWEEPS = 5  # idle checks per idle_timeout
+_END = b"\r\n\r\n"
+_GET = b"GET "
+_REQUEST_LINE = re.compile(rb"GET ([^ ]+) HTTP/1\.([01])")
+_FIELD = re.compile(
+    rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*((?:[\x21-\x7e][\t\x20-\x7e]*)?[\x21-\x7e])?[ \t]*"
+)
+# the base64 of an OCSP request, '+', '/' and '=' escaped or not, and a plain query
+_REQUEST = rb"(?:[A-Za-z0-9+/=]|%(?:2[BbFf]|3[Dd]))*(?:\?(?:[A-Za-z0-9=&._~+/-]|%[0-9A-Fa-f]{2})*)?"
+_PLAIN_PREFIX = re.compile(r"(?:/[A-Za-z0-9_-]+)+")
+# headers that give the request a body, ask for more than an answer, or that aiohttp refuses
+_NOT_OURS = (
+    b"content-length",
+    b"transfer-encoding",
+    b"expect",
+    b"upgrade",
+    b"te",
+    b"sec-websocket-key1",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """A GET this module answers, read from its head."""
+
+    path: str  # as sent, query included
+    if_none_match: str | None
+    mode: int  # 2 x the HTTP minor version + keep-alive: which framing of the answer
+    close: bool  # close the connection after answering
+
+
+class FastPath:
+    """The protocol factory: the responder, aiohttp's factory and what the connections share
+    (the parsed heads, the framed answers, the Date of this second).
+
+    `answered` counts the requests answered here, `handed_off` the connections given to
+    aiohttp. `responder` must be served under a plain prefix of its own (such as "/ocsp").
+    """
+
+    def __init__(
+        self,
+        responder: Responder,
+        fallback: Callable[[], asyncio.Protocol],
+        *,
+        max_head: int = 32768,
+        idle_timeout: float = IDLE_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
+        if not _PLAIN_PREFIX.fullmatch(responder.base):
+            raise ValueError(f"the fast path needs a plain prefix, not {responder.base!r}")
+        if idle_timeout <= 0 or max_connections < 1:
+            raise ValueError("idle_timeout and max_connections must be positive")
+        self.responder, self.fallback = responder, fallback
+        self.max_head, self.idle_timeout = max_head, idle_timeout
+        self.max_connections = max_connections
+        self.answered = self.handed_off = self.evicted = self.refused = 0
+        self.connections: dict[_Connection, None] = {}  # in the order they came
+        self.handed: set[asyncio.BaseTransport] = set()  # open connections given to aiohttp
+        self._full_logged = -LOG_EVERY
+        self.closed = False
+        self._target = re.compile(re.escape(responder.base.encode()) + b"/" + _REQUEST)
+        self._heads: dict[bytes, _Request] = {}
+        self._second = -1
+        self._date = ""
+        self._wires: tuple[dict[Answer, bytes], ...] = ({}, {}, {}, {})
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def __call__(self) -> _Connection:
+        if self._sweeper is None and not self.closed:
+            self._sweep()
+        return _Connection(self)
+
+    def close(self) -> None:
+        """Close every connection not handed off, and any that comes later."""
+        self.closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for connection in list(self.connections):
+            connection.shut()
+
+    def admit(self, connection: _Connection) -> bool:
+        """Make room for `connection` under the cap; False if it must be closed instead."""
+        if len(self.connections) + len(self.handed) >= self.max_connections:
+            self.handed = {t for t in self.handed if not t.is_closing()}
+        if len(self.connections) + len(self.handed) < self.max_connections:
+            self.connections[connection] = None
+            return True
+        self._log_full()
+        if not self.connections:
+            self.refused += 1
+            return False
+        # idle longest: not within a head, most idle checks, then the first to come
+        oldest = max(self.connections, key=lambda c: (not c.buffer, c.idle))
+        del self.connections[oldest]
+        oldest.shut()
+        self.evicted += 1
+        self.connections[connection] = None
+        return True
+
+    def _log_full(self) -> None:
+        now = time.monotonic()
+        if now - self._full_logged >= LOG_EVERY:
+            self._full_logged = now
+            log.warning(
+                "HTTP endpoint: %d connections open (http.max_connections): closing the one "
+                "idle longest for each new one",
+                self.max_connections,
+            )
+
+    def request(self, head: bytes) -> _Request | None:
+        """The GET in `head` (ending with its blank line), or None if it is not ours."""
+        request = self._heads.get(head)
+        if request is None and len(head) <= self.max_head:
+            request = _parse(head, self._target)
+            if request is not None and len(head) <= CACHED_HEAD_SIZE:
+                if len(self._heads) >= HEAD_CACHE_LIMIT:
+                    del self._heads[next(iter(self._heads))]
+                self._heads[head] = request
+        return request
+
+    def wire(self, answer: Answer, mode: int) -> bytes:
+        """`answer` framed for a connection in `mode`, with the Date of this second."""
+        second = int(time.time())
+        if second != self._second:
+            self._second, self._date = second, formatdate(second, usegmt=True)
+            for wires in self._wires:
+                wires.clear()
+        wires = self._wires[mode]
+        wire = wires.get(answer)
+        if wire is None:
+            if len(wires) >= WIRE_CACHE_LIMIT:
+                wires.clear()
+            wire = wires[answer] = _frame(answer, mode, self._date)
+        return wire
+
+    def _sweep(self) -> None:
+        """Close the connections idle for `idle_timeout` (checked `_SWEEPS` times as often)."""
+        for connection in list(self.connections):
+            connection.idle += 1
+            if connection.idle > _SWEEPS:
+                connection.shut()
+        self.handed = {t for t in self.handed if not t.is_closing()}
+        loop = asyncio.get_running_loop()
+        self._sweeper = loop.call_later(self.idle_timeout / _SWEEPS, self._sweep)
+
+
+class _Connection(asyncio.Protocol):
+    """One connection until it is handed to aiohttp (or closed)."""
+
+    __slots__ = ("buffer", "fast", "idle", "paused", "scanned", "transport")
+
+    def __init__(self, fast: FastPath) -> None:
+        self.fast = fast
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()  # the start of a head, until its end comes
+        self.scanned = 0  # bytes of `buffer` known not to hold the end of the head
+        self.idle = 0  # idle checks since the last bytes came
+        self.paused = False  # the client does not read: stop answering
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        if self.fast.closed or not self.fast.admit(self):
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fast.connections.pop(self, None)
+        self.transport = None
+        self.buffer.clear()
+
+    def data_received(self, data: bytes) -> None:
+        self.idle = 0
+        if not self.buffer:
+            self._serve(data)
+            return
+        start = len(self.buffer)
+        self.buffer += data
+        if self.paused or (self.buffer.find(_END, self.scanned) < 0 and self._unfinished(start)):
+            return
+        data = bytes(self.buffer)
+        self.buffer.clear()
+        self._serve(data)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self.transport is None:
+            return
+        self.transport.resume_reading()
+        if self.buffer:
+            data = bytes(self.buffer)
+            self.buffer.clear()
+            self._serve(data)
+
+    def shut(self) -> None:
+        """Close now: at once if answers are still waiting to be sent (a stuck client)."""
+        transport = self.transport
+        if transport is None:
+            return
+        if transport.get_write_buffer_size():
+            transport.abort()
+        else:
+            transport.close()
+
+    def _serve(self, data: bytes) -> None:
+        """Answer the requests in `data`, in order; keep an unfinished head for later; hand
+        the connection off at the first request not ours."""
+        fast, transport = self.fast, self.transport
+        start = 0  # of the next request in `data`
+        while start < len(data) and transport is not None:
+            end = data.find(_END, start)
+            if self.paused or end < 0:
+                self._keep(data[start:])
+                return
+            end += len(_END)
+            request = fast.request(data if end - start == len(data) else data[start:end])
+            answer = None
+            if request is not None:
+                answer = fast.responder.for_path(request.path, request.if_none_match)
+            if request is None or answer is None:
+                self._hand_off(data[start:])
+                return
+            transport.write(fast.wire(answer, request.mode))
+            fast.answered += 1
+            if request.close:
+                transport.close()
+            if transport.is_closing():  # closed, or the client is gone
+                return
+            start = end
+
+    def _keep(self, data: bytes) -> None:
+        """Wait for the rest of a head (or for the client to read); give aiohttp what does
+        not look like a head this module answers."""
+        self.buffer += data
+        if self.paused or self._unfinished(0):
+            return
+        data = bytes(self.buffer)
+        self.buffer.clear()
+        self._hand_off(data)
+
+    def _unfinished(self, start: int) -> bool:
+        """Whether the buffer, with no end of head in it, may still become a head answered
+        here: a GET, lines ended by CRLF (checked from `start`), within `max_head` bytes."""
+        buffer = self.buffer
+        self.scanned = max(0, len(buffer) - len(_END) + 1)
+        return (
+            len(buffer) <= self.fast.max_head
+            and _GET.startswith(buffer[: len(_GET)])
+            and buffer.count(b"\n", start) == buffer.count(b"\r\n", max(0, start - 1))
+        )
+
+    def _hand_off(self, data: bytes) -> None:
+        """Give the connection, and the bytes not answered yet, to aiohttp."""
+        transport, fast = self.transport, self.fast
+        fast.connections.pop(self, None)
+        self.transport = None
+        self.buffer.clear()
+        if transport is None or transport.is_closing():
+            return
+        handler = fast.fallback()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        handler.data_received(data)
+        fast.handed_off += 1
+        fast.handed.add(transport)
+
+
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_QUIETED: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+
+def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """Log running out of descriptors in accept() as one line a minute at most, not a traceback
+    a second (asyncio retries the accept by itself); pass every other error on as before."""
+    if loop in _QUIETED:
+        return
+    _QUIETED.add(loop)
+    previous = loop.get_exception_handler()
+    last = -LOG_EVERY
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        nonlocal last
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in _OUT_OF_RESOURCES:
+            if time.monotonic() - last >= LOG_EVERY:
+                last = time.monotonic()
+                log.error(
+                    "HTTP endpoint: cannot accept connections (%s); raise LimitNOFILE or lower "
+                    "http.max_connections",
+                    exc.strerror,
+                )
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
+def raise_file_limit(connections: int, burst: int) -> int:
+    """Raise the soft limit of open files, as far as the hard limit allows, to fit
+    `connections`, a `burst` of connections accepted at once before any is closed (the
+    listen backlog: asyncio accepts that many in one go) and the spare descriptors; return
+    the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + burst + SPARE_DESCRIPTORS
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        soft = new
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        log.warning(
+            "HTTP endpoint: only %d file descriptors for %d connections (http.max_connections) "
+            "and bursts of %d; raise LimitNOFILE to %d",
+            soft,
+            connections,
+            burst,
+            wanted,
+        )
+    return soft
+
+
+def _parse(head: bytes, target: re.Pattern[bytes]) -> _Request | None:
+    """The GET in `head` if this module answers it, else None."""
+    lines = head[: -len(_END)].split(b"\r\n")
+    line = _REQUEST_LINE.fullmatch(lines[0])
+    if line is None or target.fullmatch(line[1]) is None:
+        return None
+    fields = _fields(lines[1:])
+    minor = int(line[2])
+    if fields is None or (minor == 1 and b"host" not in fields):
+        return None
+    if any(name in fields for name in _NOT_OURS):
+        return None
+    connection = fields.get(b"connection", b"").lower()
+    if connection not in (b"", b"close", b"keep-alive"):
+        return None
+    keep = connection == b"keep-alive" or (minor == 1 and connection != b"close")
+    if_none_match = fields.get(b"if-none-match")
+    return _Request(
+        line[1].decode(),
+        None if if_none_match is None else if_none_match.decode(),
+        2 * minor + keep,
+        not keep,
+    )
+
+
+def _fields(lines: list[bytes]) -> dict[bytes, bytes] | None:
+    """The header fields (lower-case names, trimmed values), or None if any is unusual."""
+    if len(lines) > MAX_FIELDS:
+        return None
+    fields: dict[bytes, bytes] = {}
+    for line in lines:
+        match = _FIELD.fullmatch(line) if len(line) <= MAX_FIELD_SIZE else None
+        if match is None:
+            return None
+        name = match[1].lower()
+        if name in fields:
+            return None
+        fields[name] = match[2] or b""
+    return fields
+
+
+def _frame(answer: Answer, mode: int, date: str) -> bytes:
+    """The HTTP answer, as aiohttp writes it for a connection in `mode`."""
+    minor, keep = divmod(mode, 2)
+    lines = [f"HTTP/1.{minor} {answer.status} {HTTPStatus(answer.status).phrase}"]
+    lines += [f"{name}: {value}" for name, value in answer.headers.items()]
+    if answer.status != HTTPStatus.NOT_MODIFIED:
+        lines.append(f"Content-Length: {len(answer.body)}")
+    lines += [f"Date: {date}", f"Server: {SERVER_SOFTWARE}"]
+    if minor == 1 and not keep:
+        lines.append("Connection: close")
+    elif minor == 0 and keep:
+        lines.append("Connection: keep-alive")
+    return "\r\n".join([*lines, "", ""]).encode() + answer.body

@@ -1,0 +1,335 @@
+"""The local OCSP responder: answers OCSP requests from the keeper's staples, in memory.
+
+For servers that insist on fetching their staples themselves (Apache mod_ssl, nginx with
+`ssl_stapling_responder`): pointed at mustaple, they fetch from a cache that is always warm
+and never breaks. `add_routes(app, keeper)` adds to an aiohttp application, under `prefix`:
+
+- `GET {prefix}/<url-escaped base64 DER request>` (RFC 6960 appendix A.1, RFC 5019 section 5),
+  where a base64 '/' may come escaped (%2F, as nginx sends it) or not;
+- `POST {prefix}` and `POST {prefix}/` with the DER request as the body (as Apache sends it).
+
+The request must name exactly one certificate (CertID hashed with SHA-1, SHA-256, SHA-384 or
+SHA-512). The answer is, byte for byte, the response the keeper holds for it:
+
+- its valid `good` staple, with the caching headers of RFC 5019 section 6.2: `max-age` until
+  the staple's refresh point (when mustaple will have a fresher one), `ETag`, `Last-Modified`
+  (thisUpdate), `Expires` (the effective expiry); a matching `If-None-Match` gets 304;
+- for a revoked certificate, the CA's signed `revoked` answer (validated by the keeper) while
+  it is valid: it is the truth and exactly what the CA itself would answer, so a server that
+  staples it (Apache does) tells its clients the certificate is revoked, where `unauthorized`
+  would only say that this responder cannot help;
+- otherwise (a certificate mustaple does not manage, or holds no valid answer for):
+  `unauthorized`; a request that cannot be read: `malformedRequest`. Both with
+  `Cache-Control: no-store`.
+
+A request over `max_request_size` bytes is refused with HTTP 413 (POST body, not read past the
+limit) or 414 (GET path). Nothing here contacts a CA, or anything else: the responder only
+reads the keeper's memory, so it is never an open proxy and answers at once even when the CA
+is down. It answers whoever can reach the app, which listens on loopback unless configured
+otherwise (`mustaple.adapters.config.HttpConfig`).
+
+What to answer is decided in one place, `Responder.answer` (a CertID, `now` and the
+If-None-Match header in, an `Answer` out: status, headers, body and the metrics label); the
+aiohttp handlers here and the fast path of `mustaple.serve.fastpath` only put it on the wire.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import format_datetime
+from typing import TypeVar
+from urllib.parse import unquote
+
+from aiohttp import web
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.x509 import ocsp
+
+from mustaple.core.clock import Clock, utc_now
+from mustaple.core.request import HASHES, CertId
+from mustaple.core.schedule import SchedulePolicy, refresh_point
+from mustaple.core.verify import Staple
+from mustaple.keeper.keeper import Keeper, Managed
+
+__all__ = [
+    "MALFORMED_REQUEST",
+    "UNAUTHORIZED",
+    "Answer",
+    "Responder",
+    "add_routes",
+    "read_cert_id",
+]
+
+OnServed = Callable[[str], None]
+OCSP_RESPONSE = "application/ocsp-response"
+MALFORMED_REQUEST = bytes.fromhex("30030a0101")  # OCSPResponse, responseStatus 1
+UNAUTHORIZED = bytes.fromhex("30030a0106")  # OCSPResponse, responseStatus 6
+CACHE_LIMIT = 4096  # entries in each of the two caches: prepared staples, known requests
+CACHED_REQUEST_LIMIT = 512  # bytes: longer requests (big nonces) are read each time
+_CACHE_CONTROL = "max-age={}, public, no-transform, must-revalidate"
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def add_routes(
+    app: web.Application,
+    keeper: Keeper,
+    *,
+    prefix: str = "/ocsp",
+    max_request_size: int = 10000,
+    clock: Clock = utc_now,
+    on_served: OnServed | None = None,
+) -> Responder:
+    """Serve OCSP requests under `prefix` from `keeper`'s staples (see the module docstring);
+    return the `Responder` behind the routes (`mustaple.serve.fastpath` answers with it too).
+
+    `on_served` is called once per request with the result: "good", "revoked",
+    "not-modified", "unauthorized", "malformed" or "too-large" (for metrics).
+    """
+    if not prefix.startswith("/"):
+        raise ValueError(f"prefix must start with '/', not {prefix!r}")
+    if max_request_size < 1:
+        raise ValueError("max_request_size must be at least 1 byte")
+    responder = Responder(keeper, prefix.rstrip("/"), max_request_size, clock, on_served)
+    for path in sorted({responder.base or "/", responder.base + "/"}):
+        app.router.add_post(path, responder.post)
+    app.router.add_get(responder.base + "/{request:.*}", responder.get)
+    return responder
+
+
+def read_cert_id(request_der: bytes) -> CertId | None:
+    """The CertID of a DER OCSP request about exactly one certificate, or None when the
+    request cannot be read (not DER, several CertIDs, a hash outside `request.HASHES`)."""
+    try:
+        request = ocsp.load_der_ocsp_request(request_der)
+        hash_name = request.hash_algorithm.name
+    # cryptography raises NotImplementedError for a request with several CertIDs
+    except (ValueError, NotImplementedError, UnsupportedAlgorithm):
+        return None
+    if hash_name not in HASHES:
+        return None
+    return CertId(
+        hash_name, request.issuer_name_hash, request.issuer_key_hash, request.serial_number
+    )
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class Answer:
+    """One answer of the responder before any HTTP framing: what every server sends for it.
+
+    `headers` are in the order sent (Content-Length, Date and Server are the server's to
+    add); `result` is the `on_served` label. Answers compare by identity: the same object is
+    returned while nothing in it changes (a second at least), so servers may cache what they
+    make of it. Shared: callers must not change `headers`.
+    """
+
+    status: int  # 200, or 304 for a matching If-None-Match
+    headers: Mapping[str, str]
+    body: bytes  # empty for a 304
+    result: str
+
+
+def _unsuccessful(body: bytes, result: str) -> Answer:
+    return Answer(200, {"Content-Type": OCSP_RESPONSE, "Cache-Control": "no-store"}, body, result)
+
+
+MALFORMED_ANSWER = _unsuccessful(MALFORMED_REQUEST, "malformed")
+UNAUTHORIZED_ANSWER = _unsuccessful(UNAUTHORIZED, "unauthorized")
+
+
+class _Prepared:
+    """What every answer carrying one staple shares, worked out once per staple; the two
+    answers (200 and 304) are made again only when `max-age` changes (once a second at most)."""
+
+    __slots__ = ("_max_age", "answers", "body", "etag", "fixed", "fresh_until", "result")
+
+    def __init__(self, staple: Staple, schedule: SchedulePolicy) -> None:
+        self.body = staple.der
+        self.etag = f'"{hashlib.sha256(staple.der).hexdigest()[:32]}"'
+        self.fixed = {
+            "ETag": self.etag,
+            "Last-Modified": _http_date(staple.this_update),
+            "Expires": _http_date(staple.effective_expiry),
+        }
+        # the refresh point: mustaple should have a fresher answer then
+        self.fresh_until = min(refresh_point(staple, schedule), staple.effective_expiry)
+        self.result = "good" if staple.good else "revoked"  # the `on_served` label
+        self._max_age = -1
+        self.answers = (MALFORMED_ANSWER, MALFORMED_ANSWER)  # replaced at the first call
+
+    def answers_at(self, now: datetime) -> tuple[Answer, Answer]:
+        """The 200 answer and the 304 answer at `now`."""
+        max_age = max(0, int((self.fresh_until - now).total_seconds()))
+        if max_age != self._max_age:
+            cache_control = _CACHE_CONTROL.format(max_age)
+            headers = {"Content-Type": OCSP_RESPONSE, **self.fixed, "Cache-Control": cache_control}
+            unchanged = {k: v for k, v in headers.items() if k != "Content-Type"}
+            self.answers = (
+                Answer(200, headers, self.body, self.result),
+                Answer(304, unchanged, b"", "not-modified"),
+            )
+            self._max_age = max_age
+        return self.answers
+
+
+class Responder:
+    """The responder: what it answers (`answer`), for a GET path (`for_path`) or a POST body
+    (`for_body`), and the aiohttp handlers that serve those (`get`, `post`).
+
+    Two bounded caches keep the hot path free of parsing: the CertID of each request already
+    read (by GET path or POST body), and the prepared answers of each staple (by its DER).
+    `base` is the prefix without its trailing '/' ("" for "/").
+    """
+
+    def __init__(
+        self,
+        keeper: Keeper,
+        base: str,
+        max_request_size: int,
+        clock: Clock,
+        on_served: OnServed | None,
+    ) -> None:
+        self.keeper, self.clock = keeper, clock
+        self.base, self.limit = base, max_request_size
+        self.path_start = len(base) + 1
+        self.on_served = on_served or _ignore
+        self._cert_ids: dict[str | bytes, CertId] = {}
+        self._prepared: dict[bytes, _Prepared] = {}
+
+    def switch(self, keeper: Keeper, on_served: OnServed | None) -> None:
+        """Answer from `keeper` from now on (after a configuration reload), counting with
+        `on_served`; answers prepared under the old keeper's policy are dropped."""
+        self.keeper, self.on_served = keeper, on_served or _ignore
+        self._prepared.clear()
+
+    def answer(self, cert_id: CertId | None, now: datetime, if_none_match: str | None) -> Answer:
+        """What to answer at `now` for a request about `cert_id` (None: unreadable) with
+        this If-None-Match header (None: none). Counts nothing."""
+        if cert_id is None:
+            return MALFORMED_ANSWER
+        managed = self.keeper.find(cert_id)
+        staple = _servable(managed, now) if managed is not None else None
+        if staple is None:
+            return UNAUTHORIZED_ANSWER
+        prepared = self._prepare(staple)
+        ok, not_modified = prepared.answers_at(now)
+        if if_none_match is not None and _matches(if_none_match, prepared.etag):
+            return not_modified
+        return ok
+
+    def for_path(self, raw_path: str, if_none_match: str | None) -> Answer | None:
+        """The answer to `GET raw_path` (the path as sent, query included), counted; None
+        for a path over the size limit, which the caller refuses (414, counted there)."""
+        if len(raw_path) > self.limit:
+            return None
+        cert_id = self._cert_ids.get(raw_path)
+        if cert_id is None:
+            cert_id = self._read(raw_path, _from_path(raw_path, self.path_start))
+        answer = self.answer(cert_id, self.clock(), if_none_match)
+        self.on_served(answer.result)
+        return answer
+
+    def for_body(self, body: bytes, if_none_match: str | None) -> Answer:
+        """The answer to a POST of `body` (within the size limit), counted."""
+        cert_id = self._cert_ids.get(body)
+        if cert_id is None:
+            cert_id = self._read(body, body)
+        answer = self.answer(cert_id, self.clock(), if_none_match)
+        self.on_served(answer.result)
+        return answer
+
+    async def get(self, request: web.Request) -> web.Response:
+        answer = self.for_path(request.raw_path, request.headers.get("If-None-Match"))
+        if answer is None:
+            return await self._too_large(request, 414)
+        return _response(answer)
+
+    async def post(self, request: web.Request) -> web.Response:
+        body = await _read_body(request, self.limit)
+        if body is None:
+            return await self._too_large(request, 413)
+        return _response(self.for_body(body, request.headers.get("If-None-Match")))
+
+    def _read(self, key: str | bytes, request_der: bytes) -> CertId | None:
+        cert_id = read_cert_id(request_der)
+        if cert_id is not None and len(key) <= CACHED_REQUEST_LIMIT:
+            _put(self._cert_ids, key, cert_id)
+        return cert_id
+
+    def _prepare(self, staple: Staple) -> _Prepared:
+        prepared = self._prepared.get(staple.der)
+        if prepared is None:
+            prepared = _Prepared(staple, self.keeper.policy.schedule)
+            _put(self._prepared, staple.der, prepared)
+        return prepared
+
+    async def _too_large(self, request: web.Request, status: int) -> web.Response:
+        """Refuse, then close the connection: the rest of a body too large is never read
+        (aiohttp would read and drop it for up to 10 s before closing)."""
+        self.on_served("too-large")
+        response = web.Response(status=status, text=f"OCSP request over {self.limit} bytes\n")
+        await response.prepare(request)
+        await response.write_eof()
+        request.protocol.force_close()
+        return response
+
+
+def _response(answer: Answer) -> web.Response:
+    """`answer` for aiohttp."""
+    return web.Response(status=answer.status, body=answer.body or None, headers=answer.headers)
+
+
+def _servable(managed: Managed, now: datetime) -> Staple | None:
+    """The answer for `managed` at `now`: its good staple, else its revoked answer, if valid."""
+    for staple in (managed.held, managed.revoked):
+        if staple is not None and staple.effective_expiry > now:
+            return staple
+    return None
+
+
+def _from_path(raw_path: str, start: int) -> bytes:
+    """The DER request in a GET path (empty when it is not base64): what follows the prefix
+    and its slash, without the query, url-unescaped (a raw '/' of base64 stays as it is)."""
+    encoded = unquote(raw_path.split("?", 1)[0][start:])
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except ValueError:  # binascii.Error, or characters outside ASCII
+        return b""
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes | None:
+    """The request body, or None as soon as it is known to be over `limit` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    body = bytearray()
+    while chunk := await request.content.read(limit + 1 - len(body)):
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether an If-None-Match header names `etag` (weak comparison, RFC 9110 13.1.2)."""
+    if if_none_match is None:
+        return False
+    tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in tags or etag in tags
+
+
+def _put(cache: dict[_K, _V], key: _K, value: _V) -> None:
+    """Add to a bounded cache, dropping its oldest entry when full."""
+    if len(cache) >= CACHE_LIMIT:
+        del cache[next(iter(cache))]
+    cache[key] = value
+
+
+def _http_date(when: datetime) -> str:
+    return format_datetime(when, usegmt=True)
+
+
+def _ignore(result: str) -> None:
+    """The default `on_served`: count nothing."""

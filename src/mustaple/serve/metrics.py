@@ -1,0 +1,234 @@
+"""Prometheus metrics for one keeper, in a registry of their own (docs/observability.md).
+
+`Metrics(keeper)` owns a `CollectorRegistry` (never the global one, so several keepers and
+tests do not collide) and attaches itself to the keeper as an observer:
+
+- per certificate gauges (`name`, `serial` labels) are computed at scrape time from the
+  keeper's frozen views (`Keeper.views`), so they are always current, with no timer updating
+  them; unusable certificates are there too (serial "" when the file cannot be read), and each
+  sink's consecutive failures per certificate;
+- fetch counters and the attempt latency histogram are fed by `observe` after every refresh;
+- local responder counters are fed by `served` (the responder's `on_served` callback);
+- in fleet mode, whether Redis answers and how many staples were adopted from other members,
+  read from the `Fleet` at scrape time.
+
+`exposition(accept)` renders the registry in the format the scraper asks for.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+
+from mustaple.adapters.fetch import FetchResult
+from mustaple.core.clock import Clock, utc_now
+from mustaple.core.lifecycle import Phase
+from mustaple.keeper.fleet import Fleet
+from mustaple.keeper.keeper import CertView, Keeper, Managed
+
+__all__ = ["RESPONDER_RESULTS", "STATES", "Metrics", "serial_hex"]
+
+# Every phase of the life cycle: `mustaple_status` has one series for each.
+STATES = tuple(phase.value for phase in Phase)
+# What the local responder reports through `on_served`.
+RESPONDER_RESULTS = ("good", "revoked", "not-modified", "unauthorized", "malformed", "too-large")
+_LABELS = ("name", "serial")
+
+
+def serial_hex(view: CertView) -> str:
+    """The certificate's serial number as the `serial` label shows it (lowercase hex; empty
+    when the file could not be read)."""
+    return f"{view.serial:x}" if view.serial is not None else ""
+
+
+class Metrics:
+    """The metrics of one keeper; attaches `observe` to `keeper.observers`."""
+
+    def __init__(
+        self, keeper: Keeper, *, clock: Clock = utc_now, fleet: Fleet | None = None
+    ) -> None:
+        self.registry = CollectorRegistry()
+        self.fetches = Counter(
+            "mustaple_fetches",
+            "Refreshes by outcome (ok: a valid answer; rejected: none) and reason code.",
+            ("outcome", "reason"),
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "mustaple_fetch_latency_seconds",
+            "Duration of each HTTP exchange with an OCSP responder.",
+            registry=self.registry,
+        )
+        # plain integers, handed to Prometheus at each scrape: `served` runs for every request
+        # the local responder answers, and a prometheus-client counter costs about a fifth of
+        # the fast path's own work per request (bench/README.md)
+        self.responder_counts: collections.Counter[str] = collections.Counter(
+            dict.fromkeys(RESPONDER_RESULTS, 0)
+        )
+        self.registry.register(_ResponderCollector(self.responder_counts))
+        self._certificates = _CertificateCollector(keeper, clock)
+        self.registry.register(self._certificates)
+        if fleet is not None:
+            self.registry.register(_FleetCollector(fleet))
+        keeper.observers.append(self.observe)
+
+    def observe(self, managed: Managed, result: FetchResult) -> None:
+        """Count one refresh and time its attempts (a keeper `Observer`)."""
+        if result.rejection is None:
+            self.fetches.labels("ok", "").inc()
+        else:
+            self.fetches.labels("rejected", result.rejection.code).inc()
+        for attempt in result.attempts:
+            self.latency.observe(attempt.latency)
+        self._certificates.forget(managed.key)
+
+    def served(self, result: str) -> None:
+        """Count one request answered by the local responder (its `on_served` callback)."""
+        self.responder_counts[result] += 1
+
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """The registry rendered for a scraper's Accept header, and its content type."""
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
+
+
+class _CertificateCollector:
+    """Per certificate gauges, computed from the keeper's state at each scrape."""
+
+    def __init__(self, keeper: Keeper, clock: Clock) -> None:
+        self.keeper, self.clock = keeper, clock
+        self._fetched: dict[str, datetime | None] = {}  # cert key -> last good fetch, cached
+
+    def forget(self, key: str) -> None:
+        """Read the last good fetch from the store again at the next scrape."""
+        self._fetched.pop(key, None)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(_families())
+
+    def collect(self) -> Iterator[Metric]:
+        now = self.clock()
+        families = _families()
+        expiry, since, status, must, valid, sink_failures = families
+        views = self._views()
+        for view in views:
+            labels = [view.name, serial_hex(view)]
+            held = view.state.held
+            if held is not None:
+                expiry.add_metric(labels, held.seconds_left(now))
+            fetched = self._last_good_fetch(view.key)
+            if fetched is not None:
+                since.add_metric(labels, (now - fetched).total_seconds())
+            for state in STATES:
+                status.add_metric([*labels, state], float(view.phase == state))
+            must.add_metric(labels, float(bool(view.must_staple)))
+            valid.add_metric(labels, float(held is not None and held.effective_expiry > now))
+            for sink in view.sinks:
+                sink_failures.add_metric([*labels, sink.sink], float(sink.failures))
+        self._fetched = {v.key: self._fetched[v.key] for v in views if v.key in self._fetched}
+        return iter(families)
+
+    def _views(self) -> list[CertView]:
+        """One per (name, serial): the same certificate in two files is one series."""
+        unique: dict[tuple[str, str], CertView] = {}
+        for view in self.keeper.views():
+            unique.setdefault((view.name, serial_hex(view)), view)
+        return list(unique.values())
+
+    def _last_good_fetch(self, key: str) -> datetime | None:
+        if key not in self._fetched:
+            stored = self.keeper.store.load(key) if not key.startswith("file:") else None
+            self._fetched[key] = stored.fetched_at if stored and stored.good else None
+        return self._fetched[key]
+
+
+class _ResponderCollector:
+    """`mustaple_responder_requests_total` by result, from the plain counts at each scrape."""
+
+    def __init__(self, counts: collections.Counter[str]) -> None:
+        self.counts = counts
+
+    def describe(self) -> Iterator[Metric]:
+        return iter([self._family()])
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for result, count in sorted(self.counts.items()):
+            family.add_metric([result], float(count))
+        return iter([family])
+
+    @staticmethod
+    def _family() -> CounterMetricFamily:
+        return CounterMetricFamily(
+            "mustaple_responder_requests",
+            "Requests answered by the local OCSP responder, by result.",
+            labels=("result",),
+        )
+
+
+class _FleetCollector:
+    """Fleet mode: whether Redis answers, and the staples adopted from other members."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        connected, adopted = families = self._families()
+        connected.add_metric([], float(self.fleet.up))
+        adopted.add_metric([], float(self.fleet.adopted))
+        return iter(families)
+
+    def _families(self) -> tuple[GaugeMetricFamily, CounterMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "mustaple_fleet_connected",
+                "1 while the fleet's Redis answers; 0 while this member goes on alone.",
+            ),
+            CounterMetricFamily(
+                "mustaple_fleet_adopted",
+                "Staples fetched by other members, validated here and adopted.",
+            ),
+        )
+
+
+def _families() -> tuple[GaugeMetricFamily, ...]:
+    return (
+        GaugeMetricFamily(
+            "mustaple_seconds_until_expiry",
+            "Seconds until the held staple's effective expiry (absent with no valid staple).",
+            labels=_LABELS,
+        ),
+        GaugeMetricFamily(
+            "mustaple_seconds_since_last_good_fetch",
+            "Seconds since the last fetch that gave a new valid good staple.",
+            labels=_LABELS,
+        ),
+        GaugeMetricFamily(
+            "mustaple_status",
+            "The certificate's state: 1 for the current state, 0 for the others.",
+            labels=(*_LABELS, "state"),
+        ),
+        GaugeMetricFamily(
+            "mustaple_must_staple",
+            "1 if the certificate carries the must-staple flag, else 0.",
+            labels=_LABELS,
+        ),
+        GaugeMetricFamily(
+            "mustaple_staple_valid",
+            "1 if a valid good staple is in hand for delivery, else 0.",
+            labels=_LABELS,
+        ),
+        GaugeMetricFamily(
+            "mustaple_sink_failures",
+            "Failed deliveries in a row to this sink for this certificate (0: it took the last).",
+            labels=(*_LABELS, "sink"),
+        ),
+    )
