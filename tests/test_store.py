@@ -191,3 +191,17 @@ def test_kill_9_during_writes_leaves_a_complete_staple(tmp_path: Path) -> None:
     n = int.from_bytes(loaded.der[:4], "big")
     assert n > 1
     assert loaded == stored(n)
+
+
+def test_others_wrote_tells_only_what_another_process_committed(tmp_path: Path) -> None:
+    ours, theirs = SqliteStore(tmp_path / "state.db"), SqliteStore(tmp_path / "state.db")
+    ours.others_wrote()  # opening `theirs` committed its schema check
+    ours.save_staple("a", stored(1))
+    assert ours.others_wrote() == {}  # our own write
+    theirs.save_staple("b", stored(2))
+    seen = ours.others_wrote()
+    assert set(seen) == {"a", "b"}
+    assert seen["b"] == (stored(2).this_update, False)
+    assert ours.others_wrote() == {}  # told once
+    ours.close()
+    theirs.close()

@@ -186,9 +186,9 @@ class RedisStore:
         """Store `staple` unless a newer one is stored (see `publish`)."""
         return self.publish(key, staple)
 
-    def changed(self) -> bool:
-        """Always False: a fleet hears other members' writes as announcements instead."""
-        return False
+    def others_wrote(self) -> dict[str, tuple[datetime, bool]]:
+        """Always empty: a fleet hears other members' writes as announcements instead."""
+        return {}
 
     def publish(self, key: str, staple: StoredStaple, lease: Lease | None = None) -> bool:
         """Store `staple` unless a newer one is stored, or one written under a later lease;

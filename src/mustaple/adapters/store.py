@@ -9,8 +9,9 @@
   (`verify.may_replace`: never older; a good answer after a revoked one only when strictly
   newer); it returns whether it wrote. After a crash at any moment, `load` returns either the
   previous answer or the new one, complete.
-- `changed()` says whether another process wrote since the last call (a running keeper picks
-  up what `prime` stored without a reload).
+- `others_wrote()` is empty unless another process committed since the last call; then it
+  gives every stored answer's (thisUpdate, revoked), so a running keeper loads only the
+  answers that differ from its own (it picks up what `prime` stored without a reload).
 - `load` returns None for an unknown key; it never raises for a missing entry.
 - Stored bytes are not trusted blindly: the keeper validates a loaded staple again before
   delivering it, so a corrupted row costs a fetch, never a bad staple.
@@ -164,7 +165,7 @@ class Store(Protocol):
 
     def save_staple(self, key: str, staple: StoredStaple) -> bool: ...
 
-    def changed(self) -> bool: ...
+    def others_wrote(self) -> dict[str, tuple[datetime, bool]]: ...
 
     def add_attempts(self, key: str, attempts: Iterable[AttemptRecord]) -> None: ...
 
@@ -286,11 +287,15 @@ class SqliteStore:
             )
         return True
 
-    def changed(self) -> bool:
-        """Whether another connection (another process) committed since the last call."""
+    def others_wrote(self) -> dict[str, tuple[datetime, bool]]:
+        """Empty unless another connection (another process) committed since the last call;
+        then every stored answer's (thisUpdate, revoked), in one query without the DER."""
         version = self._data_version()
         changed, self._version = version != self._version, version
-        return changed
+        if not changed:
+            return {}
+        rows = self._db.execute("SELECT cert_key, this_update, revoked FROM staples")
+        return {key: (_time(this_update), bool(revoked)) for key, this_update, revoked in rows}
 
     def _data_version(self) -> int:
         row = self._db.execute("PRAGMA data_version").fetchone()

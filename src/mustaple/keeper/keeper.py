@@ -394,16 +394,18 @@ class Keeper:
         """Take in the answers another process (`prime`, a second keeper) stored since the last
         look: validated here, and taken only where the life cycle allows. Returns how many."""
         try:
-            if not self.store.changed():
-                return 0
+            written = self.store.others_wrote()
         except sqlite3.Error as exc:
             self._store_failed(exc)
             return 0
         now, taken = self.clock(), 0
-        for life in list(self.lives.values()):
-            stored = self.store.load(life.key)
-            answer = life.state.answer
-            if stored is None or (answer is not None and answer.der == stored.der):
+        for key, (this_update, revoked) in written.items():
+            life = self.lives.get(key)
+            answer = life.state.answer if life is not None else None
+            if life is None or (answer is not None and _same(answer, this_update, revoked)):
+                continue  # not ours, or the answer in hand: no DER to load
+            stored = self.store.load(key)
+            if stored is None:
                 continue
             outcome = verify(stored.der, life.target, now, self.policy.verify)
             if isinstance(outcome, Staple):
@@ -441,8 +443,11 @@ class Keeper:
 
     @staticmethod
     def _one_per_life(managed: Iterator[Managed]) -> list[Managed]:
-        """One file per certificate: a leaf in two files is fetched once."""
-        return list({m.key: m for m in reversed(list(managed))}.values())[::-1]
+        """One file per certificate (the first): a leaf in two files is fetched once."""
+        first: dict[str, Managed] = {}
+        for m in managed:
+            first.setdefault(m.key, m)
+        return list(first.values())
 
     async def _refresh_all(self, due: Sequence[Managed]) -> None:
         """Refresh `due`: per responder host, `per_host` workers take turns (no task per
@@ -812,6 +817,11 @@ def configured_files(config: Config) -> dict[Path, CertEntry]:
             for name in sorted(names):
                 found.setdefault(Path(name), entry)
     return found
+
+
+def _same(answer: Staple, this_update: datetime, revoked: bool) -> bool:
+    """Whether a stored answer's stamp is the answer in hand's."""
+    return answer.this_update == this_update and answer.good != revoked
 
 
 def _resolved(path: Path) -> Path:
