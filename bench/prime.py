@@ -65,19 +65,18 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 import mustaple
-import mustaple.adapters.fetch
 import mustaple.core.fetchplan
 from baselines import Measured, cron_loop, environment_without_proxy, floor_main
 from docsection import cpu_model, markers, write_section
 from mustaple.adapters.config import CertEntry, Config, KeeperPolicy
-from mustaple.adapters.fetch import FetchResult, fetch_staple
+from mustaple.adapters.fetch import FetchResult
 from mustaple.adapters.store import AttemptRecord, CertStatus, SqliteStore, StoredStaple
 from mustaple.core.certs import Target
 from mustaple.core.delivery import Action, Delivered, Delivery
 from mustaple.core.reasons import Rejection
 from mustaple.core.request import encode_request, make_cert_id
 from mustaple.core.verify import DEFAULT_POLICY, HttpAnswer, Policy, Staple, judge
-from mustaple.keeper.keeper import Keeper, Managed
+from mustaple.keeper.keeper import FileToLoad, Keeper, Managed
 from mustaple.testing import CA
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -378,6 +377,9 @@ class Phases:
     attempts: int = 0
     loaded_mib: float = 0.0  # RSS when the first fetch started: every certificate loaded
 
+    def count(self, result: FetchResult) -> None:
+        self.attempts += len(result.attempts)
+
 
 class CountingSink:
     """A sink that only counts the staples it is given (no files, no reload)."""
@@ -423,12 +425,20 @@ class TimedKeeper(Keeper):
 
     phases: Phases
 
-    async def _load(self, path: Path, entry: CertEntry, stamp: tuple[int, int]) -> Managed | None:
+    async def _load_all(self, files: Sequence[FileToLoad]) -> list[Managed | None]:
         start = time.perf_counter()
         try:
-            return await super()._load(path, entry, stamp)
+            return await super()._load_all(files)
         finally:
             self.phases.load += time.perf_counter() - start
+
+    async def _refresh_all(self, due: Sequence[Managed]) -> None:
+        phases = self.phases
+        phases.first_fetch, phases.loaded_mib = time.perf_counter(), rss_mib("VmRSS")
+        try:
+            await super()._refresh_all(due)
+        finally:
+            phases.last_fetch = time.perf_counter()
 
     async def deliver(self, *, again: bool = False) -> list[Delivered]:
         start = time.perf_counter()
@@ -436,21 +446,6 @@ class TimedKeeper(Keeper):
             return await super().deliver(again=again)
         finally:
             self.phases.deliver += time.perf_counter() - start
-
-
-def time_fetches(phases: Phases) -> None:
-    """Make the keeper's fetcher (its `fetch_staple`) note when fetching began and ended, and
-    the attempts."""
-
-    async def timed(target: Target, **options: Any) -> FetchResult:
-        if not phases.first_fetch:
-            phases.first_fetch, phases.loaded_mib = time.perf_counter(), rss_mib("VmRSS")
-        result = await fetch_staple(target, **options)
-        phases.last_fetch = time.perf_counter()
-        phases.attempts += len(result.attempts)
-        return result
-
-    vars(mustaple.adapters.fetch)["fetch_staple"] = timed
 
 
 def time_validation(phases: Phases) -> None:
@@ -477,6 +472,7 @@ class Spec:
     state_dir: str
     concurrency: int
     profile: str | None  # write a cProfile of `prime` here
+    processes: int | None = None  # the keeper's worker processes (None: its default)
 
 
 def rss_mib(field_name: str) -> float:
@@ -499,7 +495,9 @@ def config_for(spec: Spec) -> Config:
         state_dir=Path(spec.state_dir),
         certificates=(CertEntry(paths=(str(Path(spec.certs) / "*.pem"),)),),
         sinks={},
-        policy=KeeperPolicy(concurrency=spec.concurrency, per_host=spec.concurrency),
+        policy=KeeperPolicy(
+            concurrency=spec.concurrency, per_host=spec.concurrency, workers=spec.processes
+        ),
     )
 
 
@@ -511,6 +509,7 @@ async def prime_measured(spec: Spec, phases: Phases) -> dict[str, Any]:
     cpu, start = cpu_seconds(), time.perf_counter()
     keeper = TimedKeeper(config_for(spec), store=store, sinks={sink.name: sink})
     keeper.phases = phases
+    keeper.observers.append(lambda _, result: phases.count(result))
     async with keeper:
         chosen = await prime_profiled(keeper, paths, spec.profile)
     wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
@@ -543,7 +542,6 @@ async def prime_profiled(keeper: Keeper, paths: list[Path], profile: str | None)
 def keeper_main(spec_json: str) -> int:
     spec = Spec(**json.loads(spec_json))
     phases = Phases()
-    time_fetches(phases)
     time_validation(phases)
     figures = asyncio.run(prime_measured(spec, phases))
     figures.update(asdict(phases), fetch=phases.last_fetch - phases.first_fetch)
@@ -626,6 +624,7 @@ class Bench:
     sizes: list[int]
     concurrency: int
     workers: int
+    processes: int | None  # the keeper's worker processes (None: its default)
     budget: float  # seconds for setup and runs together
     profile: Path | None
     repeat: int  # runs per size; the fastest is kept
@@ -641,7 +640,7 @@ def measure(bench: Bench, workdir: Workdir, size: int, responder: Responder) -> 
     """Prime `size` certificates in a fresh process with a fresh state directory."""
     state = tempfile.mkdtemp(prefix=f"state-{size}-", dir=workdir.root)
     profile = str(bench.profile / f"prime-{size}.prof") if bench.profile else None
-    spec = Spec(str(workdir.certs), size, state, bench.concurrency, profile)
+    spec = Spec(str(workdir.certs), size, state, bench.concurrency, profile, bench.processes)
     before = (machine_busy(), children_cpu(), responder.cpu_seconds())
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "_keeper", json.dumps(asdict(spec))],
@@ -1113,6 +1112,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max", type=int, default=SIZES[-1], help="stop after this N")
     parser.add_argument("--concurrency", type=int, default=64, help="and per_host (default 64)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="setup processes")
+    parser.add_argument(
+        "--processes", type=int, help="the keeper's worker processes (default: its own; 0: none)"
+    )
     parser.add_argument("--budget", type=float, default=900, help="seconds (default 900)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per size, the fastest kept")
     parser.add_argument("--profile", type=Path, help="write a cProfile of each prime here")
@@ -1144,6 +1146,7 @@ def bench_from(args: argparse.Namespace) -> Bench:
         sizes,
         args.concurrency,
         args.workers,
+        args.processes,
         args.budget,
         args.profile,
         max(1, args.repeat),

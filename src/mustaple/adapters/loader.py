@@ -29,7 +29,7 @@ from mustaple.core.errors import InputError
 from mustaple.core.fetchtypes import DEFAULT_FETCH_POLICY, Fetcher, FetchPolicy
 from mustaple.core.issuers import issuer_over_aia
 
-__all__ = ["Loaded", "load_file", "load_target"]
+__all__ = ["LoadFailed", "Loaded", "load_file", "load_or_fail", "load_target"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,14 @@ class Loaded:
 
     target: Target
     bundle_has_issuer: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LoadFailed:
+    """A file that could not be loaded: the `InputError` line, or an unexpected error."""
+
+    message: str
+    unexpected: bool = False  # a bug of ours, or input nobody foresaw
 
 
 async def load_target(
@@ -91,6 +99,26 @@ async def load_file(
     if issuers is not None:
         issuer = issuers.setdefault(issuer, issuer)
     return Loaded(Target(leaf, issuer), issuer in certs[1:])
+
+
+async def load_or_fail(
+    cert_path: str | Path,
+    issuer_path: str | Path | None,
+    *,
+    fetcher: Fetcher,
+    policy: FetchPolicy,
+    cache: MutableMapping[str, bytes],
+    issuers: MutableMapping[x509.Certificate, x509.Certificate],
+) -> Loaded | LoadFailed:
+    """`load_file`, with any failure as a value: a fault in one file stays in that file."""
+    try:
+        return await load_file(
+            cert_path, issuer_path, fetcher=fetcher, policy=policy, cache=cache, issuers=issuers
+        )
+    except InputError as exc:
+        return LoadFailed(str(exc))
+    except Exception as exc:
+        return LoadFailed(f"{type(exc).__name__}: {exc}", unexpected=True)
 
 
 def _refuse_differently_encoded(

@@ -29,12 +29,13 @@ one; it is told every outcome, and hands in staples announced by other members (
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import glob
 import logging
 import random
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -49,14 +50,15 @@ from mustaple.adapters.config import CertEntry, Config, with_proxy
 from mustaple.adapters.events import HOOK_FOR, Event, run_hook
 from mustaple.adapters.fetch import HttpFetcher
 from mustaple.adapters.files import read_input
-from mustaple.adapters.loader import load_file
+from mustaple.adapters.loader import Loaded, LoadFailed, load_or_fail
 from mustaple.adapters.store import AttemptRecord, CertStatus, Store, StoredStaple, cert_key
+from mustaple.adapters.workers import WorkerPool, cores
 from mustaple.core import lifecycle
 from mustaple.core.certs import Target, display_name, is_must_staple, parse_certificates
 from mustaple.core.clock import Clock, utc_now
 from mustaple.core.delivery import Action, Delivered, Delivery, Sink, SinkHealth
 from mustaple.core.errors import InputError
-from mustaple.core.fetchtypes import Fetcher, FetchJob, FetchResult
+from mustaple.core.fetchtypes import Fetcher, FetchJob, FetchPolicy, FetchResult
 from mustaple.core.lifecycle import (
     Accepted,
     CertState,
@@ -96,6 +98,10 @@ Observer = Callable[["Managed", FetchResult], None]
 STORED_ELSEWHERE = "stored by another mustaple process"
 # A sink that failed is tried again after this, doubling up to the policy's retry_max.
 DELIVERY_RETRY = timedelta(seconds=5)
+# A batch of this many certificates to load or fetch is worth worker processes (each costs
+# about 0.3 s of start-up: a fresh interpreter and its imports).
+WORKERS_FROM = 500
+FileToLoad = tuple[Path, "CertEntry", tuple[int, int]]  # a file, its entry, its (mtime, size)
 
 
 @dataclass
@@ -286,7 +292,7 @@ class Keeper:
             self._drop(path)
         for path in set(self.problems) - set(wanted):
             del self.problems[path]
-        added = []
+        changed = []
         for path, entry in wanted.items():
             current = self.managed.get(path)
             stamp = _stamp(path)
@@ -295,27 +301,50 @@ class Keeper:
             problem = self.problems.get(path)
             if current is None and problem is not None and problem.stamp == stamp:
                 continue  # an unusable file is read again only when it changes (or at a reload)
-            managed = await self._load(path, entry, stamp)
-            if managed is not None:
-                added.append(managed)
-        return added
+            changed.append((path, entry, stamp))
+        async with self._helpers(len(changed)):
+            loaded = await self._load_all(changed)
+        return [managed for managed in loaded if managed is not None]
+
+    async def _load_all(self, files: Sequence[FileToLoad]) -> list[Managed | None]:
+        """Load `files` (in worker processes when there are some), in order; an unusable file
+        becomes a `Problem` (None in the list)."""
+        if isinstance(self.fetcher, WorkerPool):
+            asked = [(path, entry.issuer, self._fetch_policy(entry)) for path, entry, _ in files]
+            outcomes = await self.fetcher.load_many(asked)
+        else:
+            outcomes = [await self._load_here(path, entry) for path, entry, _ in files]
+        return [
+            self._take(path, entry, stamp, loaded)
+            for (path, entry, stamp), loaded in zip(files, outcomes, strict=True)
+        ]
 
     async def _load(self, path: Path, entry: CertEntry, stamp: tuple[int, int]) -> Managed | None:
         """Load one file; an unusable one becomes a `Problem`, shown everywhere."""
-        try:
-            loaded = await load_file(
-                path,
-                entry.issuer,
-                fetcher=self.fetcher,
-                policy=with_proxy(self.policy.fetch, entry),
-                cache=self._issuer_cache,
-                issuers=self._issuers,
-            )
-        except InputError as exc:
-            self._unusable(path, stamp, str(exc), Reason.CERT_UNUSABLE)
-            return None
-        except Exception as exc:  # a bug of ours, or input nobody foresaw: this file only
-            self._unusable(path, stamp, _internal(exc), Reason.KEEPER_FAULT)
+        return self._take(path, entry, stamp, await self._load_here(path, entry))
+
+    async def _load_here(self, path: Path, entry: CertEntry) -> Loaded | LoadFailed:
+        return await load_or_fail(
+            path,
+            entry.issuer,
+            fetcher=self.fetcher,
+            policy=self._fetch_policy(entry),
+            cache=self._issuer_cache,
+            issuers=self._issuers,
+        )
+
+    def _fetch_policy(self, entry: CertEntry) -> FetchPolicy:
+        return with_proxy(self.policy.fetch, entry)
+
+    def _take(
+        self, path: Path, entry: CertEntry, stamp: tuple[int, int], loaded: Loaded | LoadFailed
+    ) -> Managed | None:
+        """A file as loaded becomes a `Managed` (its life begun if it is new), or a `Problem`."""
+        if isinstance(loaded, LoadFailed):
+            if loaded.unexpected:
+                self._unusable(path, stamp, _internal(loaded.message), Reason.KEEPER_FAULT)
+            else:
+                self._unusable(path, stamp, loaded.message, Reason.CERT_UNUSABLE)
             return None
         self.problems.pop(path, None)
         target = loaded.target
@@ -333,6 +362,31 @@ class Keeper:
         if fresh:
             self._begin(managed)
         return managed
+
+    @contextlib.asynccontextmanager
+    async def _helpers(self, batch: int) -> AsyncIterator[None]:
+        """For a batch of at least WORKERS_FROM certificates, load and fetch in worker
+        processes (`policy.workers`, default one per core) while inside; else in process.
+        Workers fetch over HTTP and judge by the real clock: a keeper given its own fetcher
+        or clock (tests) stays in process."""
+        count = self.policy.workers if self.policy.workers is not None else cores()
+        if not self._own_fetcher or self.clock is not utc_now:
+            count = 0
+        if count < 1 or batch < WORKERS_FROM:
+            yield
+            return
+        try:
+            pool = await WorkerPool.start(count, limit=self.policy.concurrency)
+        except (OSError, RuntimeError) as exc:
+            log.warning("no worker processes (%s): working in this process only", exc)
+            yield
+            return
+        mine, self.fetcher = self.fetcher, pool
+        try:
+            yield
+        finally:
+            self.fetcher = mine
+            await pool.close()
 
     def _begin(self, managed: Managed) -> None:
         """A certificate seen for the first time by this process: its stored truth, or due now."""
@@ -385,7 +439,8 @@ class Keeper:
         self.sync()
         now = self.clock()
         due = self._one_per_life(m for m in self.managed.values() if m.life.state.due(now))
-        await self._refresh_all(due)
+        async with self._helpers(len(due)):
+            await self._refresh_all(due)
         self.judge_time()
         self._flush()
         await self.deliver()
@@ -519,7 +574,7 @@ class Keeper:
                 managed.target,
                 urls=managed.entry.urls,
                 hash_name=self.policy.hash_name,
-                policy=with_proxy(self.policy.fetch, managed.entry),
+                policy=self._fetch_policy(managed.entry),
                 verify_policy=self.policy.verify,
                 current=managed.life.state.answer,
             )
@@ -698,34 +753,38 @@ class Keeper:
     def _write(self, write: Callable[[], object]) -> None:
         self._writes.append(write)
         if len(self._writes) >= WRITE_GROUP:
-            self._flush()
+            self._flush(statuses=False)
 
     def _write_status(self, key: str, status: CertStatus | Life) -> None:
-        """A certificate's status row, written with the next group (at the latest at the end
-        of the pass): one row per certificate however often its state changed meanwhile."""
+        """A certificate's status row, written at the end of the pass (or before a delivery):
+        one row per certificate however often its state changed meanwhile."""
         self._statuses[key] = status
 
-    def _flush(self) -> None:
-        """Apply the pending store writes in one transaction. When the store cannot take them
-        (disk full), they stay pending and the keeper serves from memory until it can."""
+    def _flush(self, *, statuses: bool = True) -> None:
+        """Apply the pending store writes in one transaction, with the status rows unless
+        `statuses` is False (a full group in the middle of a pass: the rows would be written
+        again at its end). When the store cannot take them (disk full), they stay pending and
+        the keeper serves from memory until it can."""
         writes, self._writes = self._writes, []
-        statuses, self._statuses = self._statuses, {}
-        if not writes and not statuses:
+        rows: dict[str, CertStatus | Life] = {}
+        if statuses:
+            rows, self._statuses = self._statuses, {}
+        if not writes and not rows:
             return
         try:
             with self.store.transaction():
                 for write in writes:
                     write()
-                for key, status in statuses.items():
+                for key, status in rows.items():
                     row = status if isinstance(status, CertStatus) else _status(self.view(status))
                     self.store.save_status(key, row)
         except (sqlite3.Error, OSError) as exc:
             self._writes = writes + self._writes
-            self._statuses = statuses | self._statuses
+            self._statuses = rows | self._statuses
             self._store_failed(exc)
             return
         if self._store_problem is not None:
-            stored = len(writes) + len(statuses)
+            stored = len(writes) + len(rows)
             log.warning("state store writable again: %d pending writes stored", stored)
             self._store_problem = None
 
@@ -759,21 +818,28 @@ class Keeper:
         """Load `paths` (each covered by an entry), fetch each now (in fleet mode: unless the
         fleet has just fetched it), deliver to its entry's sinks; InputError for unusable
         files."""
-        chosen, covered = [], self.covered()
+        files: dict[Path, FileToLoad] = {}
+        covered = self.covered()
         for given in paths:
             path, entry = covered.find(given)
             stamp = _stamp(path)
             if stamp is None:
                 raise InputError(f"{given}: certificate not found")
-            managed = await self._load(path, entry, stamp)
-            if managed is None:
-                raise InputError(self.problems[path].message)
-            chosen.append(managed)
-        now = self.clock()
-        wanted = self._one_per_life(m for m in chosen if m.next_due is not None)
-        for managed in wanted:
-            self._apply(managed.life, Wait(now), now)  # due now, even with a valid staple
-        await self._refresh_all(wanted)
+            files.setdefault(path, (path, entry, stamp))
+        async with self._helpers(len(files)):
+            loaded = dict(zip(files, await self._load_all(list(files.values())), strict=True))
+            chosen = []
+            for given in paths:
+                path, _ = covered.find(given)
+                managed = loaded[path]
+                if managed is None:
+                    raise InputError(self.problems[path].message)
+                chosen.append(managed)
+            now = self.clock()
+            wanted = self._one_per_life(m for m in chosen if m.next_due is not None)
+            for managed in wanted:
+                self._apply(managed.life, Wait(now), now)  # due now, even with a valid staple
+            await self._refresh_all(wanted)
         self.judge_time()
         self._flush()
         await self.deliver()
@@ -854,9 +920,11 @@ def _identify(path: Path) -> tuple[str, str, bool | None]:
     return cert_key(leaf), display_name(leaf), is_must_staple(leaf)
 
 
-def _internal(exc: BaseException) -> str:
+def _internal(what: BaseException | str) -> str:
+    if isinstance(what, BaseException):
+        what = f"{type(what).__name__}: {what}"
     return (
-        f"unexpected error while handling this certificate ({type(exc).__name__}: {exc}); "
+        f"unexpected error while handling this certificate ({what}); "
         "the other certificates go on; please report it"
     )
 

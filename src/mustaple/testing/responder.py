@@ -132,6 +132,7 @@ class Served:
     method: str
     serial: int | None
     behaviour: Behaviour
+    peer: tuple[str, int] | None = None  # the client's address and port
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,7 +469,10 @@ class OCSPResponder:
         leaf = self._leaf_for(cert_id)
         behaviour = self._choose(cert_id, leaf)
         serial = cert_id.serial if cert_id else None
-        self.requests.append(Served(self.clock(), request.method, serial, behaviour))
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        self.requests.append(
+            Served(self.clock(), request.method, serial, behaviour, peer and tuple(peer[:2]))
+        )
         if cert_id is None or leaf is None:
             return _ocsp(unsuccessful(_UNSUCCESSFUL[behaviour]))
         return await self._reply(behaviour, request, _Question(data, cert_id, leaf))

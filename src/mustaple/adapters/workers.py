@@ -1,0 +1,399 @@
+"""Worker processes that load certificate files and fetch staples, so that a large batch (a
+`prime` of many certificates, a keeper starting with many) uses every core.
+
+Python runs one thread of Python at a time, and loading and fetching are CPU-bound on a fast
+network (two signature checks, parsing, HTTP), so the keeper hands them to worker processes:
+each one is a fresh interpreter (`python -c ...`, never a fork of a process that may hold
+threads) with its own event loop and its own `HttpFetcher` pool of connections. The keeper stays
+the one orchestrator: it decides what to load and fetch, steps the life cycle, stores and
+delivers; a worker only carries out `load_file` and `Fetcher.fetch`, the very functions the
+keeper calls in process, and sends back their values.
+
+`WorkerPool` is a `Fetcher` (plus `load_many`) for the keeper. The channel is the worker's
+stdin and stdout: frames of a 4-byte length and a pickle, written in batches (everything sent in
+one turn of the event loop goes out in one write). What only the parent may hold (x509 objects)
+crosses as DER; what repeats (the issuer, the policies) is sent once per worker and named by a
+number after that. A worker that dies (killed, out of memory) costs nothing but speed: its calls
+in flight, and every call after, run in the parent instead, and the pool says so once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import random
+import struct
+import sys
+from collections.abc import Callable, Hashable, MutableMapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from mustaple.adapters.fetch import HttpFetcher
+from mustaple.adapters.loader import Loaded, LoadFailed, load_or_fail
+from mustaple.core.certs import Target
+from mustaple.core.clock import Clock, utc_now
+from mustaple.core.fetchtypes import FetchJob, FetchPolicy, FetchResult
+
+__all__ = ["WorkerPool", "cores"]
+
+log = logging.getLogger("mustaple")
+_LENGTH = struct.Struct(">I")
+_ENTRY = "from mustaple.adapters.workers import main; main()"
+LOAD_CHUNK = 64  # files per load message: one message costs about as much as a few loads
+
+
+def cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+# --- Framing, shared by both ends -------------------------------------------------------------
+
+
+class _Frames:
+    """Frames out of a byte stream: `feed` bytes, get every whole message."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Any]:
+        self._buffer += data
+        messages, at = [], 0
+        buffer = self._buffer
+        while len(buffer) - at >= 4:
+            (size,) = _LENGTH.unpack_from(buffer, at)
+            if len(buffer) - at - 4 < size:
+                break
+            messages.append(pickle.loads(buffer[at + 4 : at + 4 + size]))
+            at += 4 + size
+        del buffer[:at]
+        return messages
+
+
+class _Outbox:
+    """Messages to one peer, written together at the end of the event loop's turn."""
+
+    def __init__(self, write: Callable[[bytes], object]) -> None:
+        self._write = write
+        self._parts: list[bytes] = []
+
+    def send(self, message: object) -> None:
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        if not self._parts:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._parts += (_LENGTH.pack(len(data)), data)
+
+    def _flush(self) -> None:
+        parts, self._parts = self._parts, []
+        if parts:
+            self._write(b"".join(parts))
+
+
+# --- The parent's side --------------------------------------------------------------------------
+
+
+class WorkerGone(Exception):
+    """The worker process ended: its calls are run in the parent."""
+
+
+class _Worker(asyncio.SubprocessProtocol):
+    """One worker process as the parent sees it: calls out, answers in."""
+
+    def __init__(self) -> None:
+        self.calls: dict[int, asyncio.Future[Any]] = {}
+        self.known: set[int] = set()  # the references this worker has been given
+        self.frames = _Frames()
+        self.transport: asyncio.SubprocessTransport | None = None
+        self.outbox: _Outbox | None = None
+        self.alive = False
+        self.exited: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._next = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.SubprocessTransport)
+        self.transport = transport
+        stdin = transport.get_pipe_transport(0)
+        assert isinstance(stdin, asyncio.WriteTransport)
+
+        def write(data: bytes) -> None:
+            if not stdin.is_closing():
+                stdin.write(data)
+
+        self.outbox = _Outbox(write)
+        self.alive = True
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        for call, ok, value in self.frames.feed(data):
+            future = self.calls.pop(call, None)
+            if future is None or future.done():
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(RuntimeError(value))
+
+    def process_exited(self) -> None:
+        self._gone()
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._gone()
+
+    def _gone(self) -> None:
+        self.alive = False
+        calls, self.calls = self.calls, {}
+        for future in calls.values():
+            if not future.done():
+                future.set_exception(WorkerGone())
+
+    def call(self, *message: object) -> asyncio.Future[Any]:
+        if not self.alive or self.outbox is None:
+            raise WorkerGone()
+        self._next += 1
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.calls[self._next] = future
+        self.outbox.send((self._next, *message))
+        return future
+
+    def define(self, ref: int, value: object) -> None:
+        """Give the worker a value it will be asked about by number."""
+        if ref not in self.known and self.outbox is not None:
+            self.outbox.send((0, "define", ref, value))
+            self.known.add(ref)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Close the worker's stdin (it ends when its calls are answered), then make sure."""
+        if self.transport is None:
+            return
+        stdin = self.transport.get_pipe_transport(0)
+        if stdin is not None:
+            stdin.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.exited), timeout)
+        self.transport.close()
+
+
+class WorkerPool:
+    """A `Fetcher` whose fetches (and whose `load_many`) run in worker processes.
+
+    Start it with `await WorkerPool.start(count, limit=...)` in the running loop; `close` it."""
+
+    def __init__(self, workers: list[_Worker], fallback: HttpFetcher) -> None:
+        self.workers = workers
+        self.fallback = fallback  # the parent's own fetcher: issuers, and calls of dead workers
+        self._refs: dict[Hashable, int] = {}
+        self._issuers: dict[bytes, x509.Certificate] = {}
+        self._told_gone = False
+
+    @classmethod
+    async def start(cls, count: int, *, limit: int) -> WorkerPool:
+        loop = asyncio.get_running_loop()
+        env = dict(os.environ)
+        here = str(Path(__file__).resolve().parents[2])  # the mustaple the parent runs
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+        env["MUSTAPLE_WORKER_LIMIT"] = str(max(1, limit // count))
+        workers = []
+        for _ in range(count):
+            _, worker = await loop.subprocess_exec(
+                _Worker, sys.executable, "-c", _ENTRY, stdin=-1, stdout=-1, stderr=None, env=env
+            )
+            workers.append(worker)
+        return cls(workers, HttpFetcher.open(limit=limit))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(worker.stop() for worker in self.workers))
+        await self.fallback.close()
+
+    def _pick(self) -> _Worker | None:
+        alive = [w for w in self.workers if w.alive]
+        return min(alive, key=lambda w: len(w.calls)) if alive else None
+
+    def _ref(
+        self, worker: _Worker, value: Hashable, form: Callable[[], object] | None = None
+    ) -> int:
+        """The number `worker` knows `value` by (sent as `form()`, or as itself, at first)."""
+        ref = self._refs.setdefault(value, len(self._refs) + 1)
+        if ref not in worker.known:
+            worker.define(ref, form() if form is not None else value)
+        return ref
+
+    def _lost(self) -> None:
+        if not self._told_gone:
+            log.warning("a worker process ended; its work goes on in the main process")
+            self._told_gone = True
+
+    async def fetch(self, job: FetchJob, *, clock: Clock, rng: Callable[[], float]) -> FetchResult:
+        worker = self._pick()
+        if worker is not None:
+            issuer = job.target.issuer
+            message = (
+                "fetch",
+                job.target.leaf.public_bytes(Encoding.DER),
+                self._ref(worker, issuer, lambda: issuer.public_bytes(Encoding.DER)),
+                tuple(job.urls),
+                job.hash_name,
+                self._ref(worker, job.policy),
+                self._ref(worker, job.verify_policy),
+                job.current,
+            )
+            try:
+                result: FetchResult = await worker.call(*message)
+                return result
+            except WorkerGone:
+                self._lost()
+        return await self.fallback.fetch(job, clock=clock, rng=rng)
+
+    async def issuer(
+        self, url: str, *, policy: FetchPolicy, cache: MutableMapping[str, bytes] | None
+    ) -> list[x509.Certificate]:
+        return await self.fallback.issuer(url, policy=policy, cache=cache)
+
+    async def load_many(
+        self, files: Sequence[tuple[Path, Path | None, FetchPolicy]]
+    ) -> list[Loaded | LoadFailed]:
+        """Load each (certificate file, its issuer file or None, the policy to download an
+        issuer with), in order, in chunks spread over the workers."""
+        chunks = [files[at : at + LOAD_CHUNK] for at in range(0, len(files), LOAD_CHUNK)]
+        done = await asyncio.gather(*(self._load_chunk(chunk) for chunk in chunks))
+        return [loaded for chunk in done for loaded in chunk]
+
+    async def _load_chunk(
+        self, files: Sequence[tuple[Path, Path | None, FetchPolicy]]
+    ) -> list[Loaded | LoadFailed]:
+        worker = self._pick()
+        if worker is not None:
+            try:
+                asked = [
+                    (str(cert), issuer and str(issuer), self._ref(worker, policy))
+                    for cert, issuer, policy in files
+                ]
+                answers = await worker.call("load", asked)
+                return [self._loaded(answer) for answer in answers]
+            except WorkerGone:
+                self._lost()
+        return [
+            await load_or_fail(
+                cert, issuer, fetcher=self.fallback, policy=policy, cache={}, issuers={}
+            )
+            for cert, issuer, policy in files
+        ]
+
+    def _loaded(self, answer: tuple[bytes, bytes, bool] | LoadFailed) -> Loaded | LoadFailed:
+        if isinstance(answer, LoadFailed):
+            return answer
+        leaf_der, issuer_der, bundle_has_issuer = answer
+        issuer = self._issuers.get(issuer_der)
+        if issuer is None:
+            issuer = self._issuers[issuer_der] = x509.load_der_x509_certificate(issuer_der)
+        # The worker checked the issuer's signature on these very bytes.
+        return Loaded(Target(x509.load_der_x509_certificate(leaf_der), issuer), bundle_has_issuer)
+
+
+# --- The worker's side --------------------------------------------------------------------------
+
+
+class _Serving(asyncio.Protocol):
+    """The worker's end of the channel: each call runs as a task, its answer sent back."""
+
+    def __init__(self, outbox: Callable[[], _Outbox], fetcher: HttpFetcher) -> None:
+        self.outbox = outbox
+        self.fetcher = fetcher
+        self.frames = _Frames()
+        self.refs: dict[int, Any] = {}
+        self.issuer_cache: dict[str, bytes] = {}
+        self.issuers: dict[x509.Certificate, x509.Certificate] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.ended = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        for call, kind, *args in self.frames.feed(data):
+            if kind == "define":
+                ref, value = args
+                self.refs[ref] = _issuer(value) if isinstance(value, bytes) else value
+                continue
+            task = asyncio.get_running_loop().create_task(self._answer(call, kind, args))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ended.done():
+            self.ended.set_result(None)
+
+    async def _answer(self, call: int, kind: str, args: list[Any]) -> None:
+        try:
+            value = await (self._fetch(args) if kind == "fetch" else self._load(*args))
+        except Exception as exc:  # answered, never a dead worker
+            self.outbox().send((call, False, f"{type(exc).__name__}: {exc}"))
+        else:
+            self.outbox().send((call, True, value))
+
+    async def _fetch(self, asked: list[Any]) -> FetchResult:
+        leaf, issuer, urls, hash_name, policy, verify_policy, current = asked
+        target = Target(x509.load_der_x509_certificate(leaf), self.refs[issuer])
+        job = FetchJob(
+            target, urls, hash_name, self.refs[policy], self.refs[verify_policy], current
+        )
+        return await self.fetcher.fetch(job, clock=utc_now, rng=random.random)
+
+    async def _load(
+        self, files: list[tuple[str, str | None, int]]
+    ) -> list[tuple[bytes, bytes, bool] | LoadFailed]:
+        answers: list[tuple[bytes, bytes, bool] | LoadFailed] = []
+        for cert, issuer, policy in files:
+            loaded = await load_or_fail(
+                cert,
+                issuer,
+                fetcher=self.fetcher,
+                policy=self.refs[policy],
+                cache=self.issuer_cache,
+                issuers=self.issuers,
+            )
+            if isinstance(loaded, LoadFailed):
+                answers.append(loaded)
+            else:
+                target = loaded.target
+                answers.append((_der(target.leaf), _der(target.issuer), loaded.bundle_has_issuer))
+        return answers
+
+
+def _issuer(der: bytes) -> x509.Certificate:
+    return x509.load_der_x509_certificate(der)
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(Encoding.DER)
+
+
+async def _serve() -> None:
+    loop = asyncio.get_running_loop()
+    channel_out = os.dup(1)
+    os.dup2(2, 1)  # stray prints go to stderr: stdout is the channel
+    fetcher = HttpFetcher.open(limit=int(os.environ.get("MUSTAPLE_WORKER_LIMIT", "32")))
+    out: list[_Outbox] = []
+    serving = _Serving(lambda: out[0], fetcher)
+    writer, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(channel_out, "wb"))
+    out.append(_Outbox(writer.write))
+    await loop.connect_read_pipe(lambda: serving, sys.stdin.buffer)
+    try:
+        await serving.ended  # the parent closed our stdin: it is done with us
+        if serving.tasks:
+            await asyncio.wait(serving.tasks)
+    finally:
+        await fetcher.close()
+
+
+def main() -> None:
+    """The worker process: serve the parent until it closes the channel."""
+    logging.basicConfig(level=logging.WARNING, format="mustaple worker: %(message)s")
+    with contextlib.suppress(KeyboardInterrupt):  # the parent's Ctrl-C: it is stopping
+        asyncio.run(_serve())

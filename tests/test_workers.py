@@ -1,0 +1,272 @@
+"""Worker processes (`mustaple.adapters.workers`): a large batch is loaded and fetched in other
+processes, with the same outcome as in process, judged from outside: who held the TCP
+connection each request came on (the kernel's socket table), the child processes, the state
+store, the staple files, a reload command's log and `mustaple prime`'s exit code and lines.
+
+Batches here are small: the keeper's threshold (`WORKERS_FROM`) is lowered for the in-process
+tests; the command-line test primes more certificates than the real threshold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import mustaple.keeper.keeper as keeper_module
+from mustaple.adapters.config import Config
+from mustaple.adapters.store import SqliteStore
+from mustaple.core.clock import utc_now
+from mustaple.core.verify import Staple, verify
+from mustaple.keeper.keeper import WORKERS_FROM, Keeper, Managed
+from mustaple.testing import CA, OCSPResponder, RecordingSink, keeper_config
+
+MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))
+
+
+def socket_owners() -> dict[int, tuple[int, int]]:
+    """Local TCP port -> (pid, parent pid) of the process holding that socket (from /proc)."""
+    inodes: dict[str, int] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            inodes[fields[9]] = int(fields[1].rsplit(":", 1)[1], 16)
+    owners: dict[int, tuple[int, int]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            pid = int(proc.name)
+            holder, fds = (pid, parent_of(pid)), list((proc / "fd").iterdir())
+        except OSError:
+            continue  # gone, or not ours to look at
+        for link in map(_link, fds):
+            if link.startswith("socket:[") and link[8:-1] in inodes:
+                owners[inodes[link[8:-1]]] = holder
+    return owners
+
+
+def _link(fd: Path) -> str:
+    try:
+        return os.readlink(fd)
+    except OSError:  # closed meanwhile (the listing's own descriptor, for one)
+        return ""
+
+
+def parent_of(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+@dataclass
+class Fleet:
+    """Leaves on disk, a responder for them, and the keeper's configuration."""
+
+    tmp: Path
+    ca: CA
+    responder: OCSPResponder
+    config: Config
+
+    def state(self) -> SqliteStore:
+        return SqliteStore(self.config.state_dir / "state.db")
+
+
+@asynccontextmanager
+async def leaves(tmp: Path, count: int, **policy: Any) -> AsyncIterator[Fleet]:
+    ca = CA()
+    async with OCSPResponder(ca) as responder:
+        for index in range(count):
+            leaf = ca.issue(f"w{index}.example", ocsp_urls=[responder.url])
+            responder.add(leaf)
+            leaf.write(tmp / "live" / f"w{index:04d}")
+        yield Fleet(tmp, ca, responder, keeper_config(tmp, **policy))
+
+
+async def prime_all(fleet: Fleet, keeper: Keeper) -> list[Managed]:
+    paths = sorted((fleet.tmp / "live").glob("*/fullchain.pem"))
+    async with keeper:
+        return await keeper.prime(paths)
+
+
+def new_keeper(fleet: Fleet, store: SqliteStore, sink: RecordingSink) -> Keeper:
+    return Keeper(fleet.config, store=store, sinks={sink.name: sink})
+
+
+def fetched_by(fleet: Fleet, owners: dict[int, tuple[int, int]]) -> set[tuple[int, int]]:
+    """(pid, parent pid) of each process that sent a request the responder answered."""
+    return {owners[served.peer[1]] for served in fleet.responder.requests if served.peer}
+
+
+def test_a_large_prime_runs_in_worker_processes_with_the_same_outcome(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(keeper_module, "WORKERS_FROM", 8)
+
+    async def scenario() -> None:
+        async with leaves(tmp_path, 12, workers=2) as fleet:
+            store, sink = fleet.state(), RecordingSink()
+            keeper = new_keeper(fleet, store, sink)
+            owners: dict[int, tuple[int, int]] = {}
+            # While a worker holds its kept-alive connection, find whose it is.
+            keeper.observers.append(lambda *_: owners.update(socket_owners()))
+            primed = await prime_all(fleet, keeper)
+            assert [m.state() for m in primed] == ["good"] * 12
+            assert len(fleet.responder.requests) == 12
+            senders = fetched_by(fleet, owners)
+            assert len(senders) == 2
+            assert {parent for _, parent in senders} == {os.getpid()}
+            for managed in primed:  # stored, and valid here, in the parent
+                stored = store.load(managed.key)
+                assert stored is not None
+                assert stored.good
+                staple = verify(stored.der, managed.target, utc_now(), keeper.policy.verify)
+                assert isinstance(staple, Staple)
+            assert sum(len(batch) for batch in sink.batches) == 12
+            store.close()
+            for pid, _ in senders:  # the workers ended with the prime
+                assert not Path(f"/proc/{pid}").exists()
+
+    asyncio.run(scenario())
+
+
+def test_below_the_threshold_or_with_workers_0_everything_stays_in_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario(workers: int | None, tmp: Path) -> set[tuple[int, int]]:
+        async with leaves(tmp, 3, workers=workers) as fleet:
+            store, owners = fleet.state(), {}
+            keeper = new_keeper(fleet, store, RecordingSink())
+            keeper.observers.append(lambda *_: owners.update(socket_owners()))
+            primed = await prime_all(fleet, keeper)
+            store.close()
+            assert [m.state() for m in primed] == ["good"] * 3
+            return fetched_by(fleet, owners)
+
+    assert WORKERS_FROM > 3
+    us = (os.getpid(), os.getppid())
+    assert asyncio.run(scenario(None, tmp_path / "few")) == {us}
+    monkeypatch.setattr(keeper_module, "WORKERS_FROM", 2)
+    assert asyncio.run(scenario(0, tmp_path / "off")) == {us}
+
+
+def test_a_worker_killed_midway_costs_only_speed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(keeper_module, "WORKERS_FROM", 8)
+
+    async def scenario() -> None:
+        async with leaves(tmp_path, 16, workers=2, concurrency=1, per_host=1) as fleet:
+            store = fleet.state()
+            keeper = new_keeper(fleet, store, RecordingSink())
+            killed: list[int] = []
+
+            def kill_workers(*_: object) -> None:
+                if killed:
+                    return
+                for pid, _port in _workers_of_us():
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+
+            keeper.observers.append(kill_workers)
+            primed = await prime_all(fleet, keeper)
+            store.close()
+            assert len(killed) == 2
+            assert [m.state() for m in primed] == ["good"] * 16
+            assert len(fleet.responder.requests) == 16
+
+    with caplog.at_level(logging.WARNING, logger="mustaple"):
+        asyncio.run(scenario())
+    told = [r.getMessage() for r in caplog.records if "worker process ended" in r.getMessage()]
+    assert told == ["a worker process ended; its work goes on in the main process"]
+
+
+def _workers_of_us() -> list[tuple[int, str]]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                parent = parent_of(int(proc.name))
+            except OSError:
+                continue
+            if parent == os.getpid() and "mustaple.adapters.workers" in command:
+                found.append((int(proc.name), command))
+    return found
+
+
+def test_files_a_worker_cannot_load_read_as_they_do_in_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def problems(workers: int, tmp: Path) -> dict[str, str]:
+        async with leaves(tmp, 10, workers=workers) as fleet:
+            (tmp / "live" / "w0003" / "fullchain.pem").write_text("not a certificate\n")
+            other = CA().issue("stranger.example")  # its issuer is in no file, no AIA URL
+            (tmp / "live" / "w0005" / "fullchain.pem").write_bytes(other.cert_pem)
+            store = fleet.state()
+            keeper = new_keeper(fleet, store, RecordingSink())
+            async with keeper:
+                loaded = await keeper.scan()
+            store.close()
+            assert len(loaded) == 8
+            return {p.path.parent.name: p.message for p in keeper.problems.values()}
+
+    monkeypatch.setattr(keeper_module, "WORKERS_FROM", 4)
+    in_workers = asyncio.run(problems(2, tmp_path / "workers"))
+    in_process = asyncio.run(problems(0, tmp_path / "process"))
+    assert set(in_workers) == {"w0003", "w0005"}
+    assert {k: v.replace("/workers/", "/") for k, v in in_workers.items()} == {
+        k: v.replace("/process/", "/") for k, v in in_process.items()
+    }
+    assert "certificate" in in_workers["w0003"]
+    assert "issuer" in in_workers["w0005"]
+
+
+def test_mustaple_prime_of_many_certificates_delivers_every_staple_and_reloads_once(
+    tmp_path: Path,
+) -> None:
+    count = WORKERS_FROM + 20
+    staples, reloads = tmp_path / "staples", tmp_path / "reloads.log"
+
+    async def scenario() -> tuple[int, str, str]:
+        async with leaves(tmp_path, count) as fleet:
+            config = tmp_path / "mustaple.toml"
+            config.write_text(
+                f'state_dir = "{tmp_path / "state"}"\n'
+                "[policy]\nworkers = 2\nconcurrency = 16\nper_host = 16\n"
+                f'[[certificates]]\npaths = ["{tmp_path}/live/*/fullchain.pem"]\n'
+                f'[sinks.files]\ntype = "file"\npath = "{staples}/{{name}}.der"\n'
+                f'reload = "echo reloaded >> {reloads}"\n'
+            )
+            process = await asyncio.create_subprocess_exec(
+                MUSTAPLE,
+                "prime",
+                "--config",
+                str(config),
+                *sorted(str(p) for p in (tmp_path / "live").glob("*/fullchain.pem")),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            out, err = await asyncio.wait_for(process.communicate(), 120)
+            assert process.returncode is not None
+            assert len(fleet.responder.requests) == count
+            return process.returncode, out.decode(), err.decode()
+
+    code, out, err = asyncio.run(scenario())
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == count
+    assert all(line.startswith("OK w") for line in lines)
+    assert lines[0].startswith("OK w0.example")
+    assert lines[-1].startswith(f"OK w{count - 1}.")
+    assert len(list(staples.glob("*.der"))) == count
+    assert reloads.read_text() == "reloaded\n"
+    assert "Traceback" not in err
