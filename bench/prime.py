@@ -71,6 +71,7 @@ from docsection import cpu_model, markers, write_section
 from mustaple.adapters.config import CertEntry, Config, KeeperPolicy
 from mustaple.adapters.fetch import FetchResult
 from mustaple.adapters.store import AttemptRecord, CertStatus, SqliteStore, StoredStaple
+from mustaple.adapters.workers import cores
 from mustaple.core.certs import Target
 from mustaple.core.delivery import Action, Delivered, Delivery
 from mustaple.core.reasons import Rejection
@@ -483,8 +484,8 @@ def rss_mib(field_name: str) -> float:
     raise LookupError(field_name)
 
 
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
+def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
+    usage = resource.getrusage(who)
     return usage.ru_utime + usage.ru_stime
 
 
@@ -507,17 +508,20 @@ async def prime_measured(spec: Spec, phases: Phases) -> dict[str, Any]:
     base_mib, sink = rss_mib("VmRSS"), CountingSink()
     store = TimedStore(Path(spec.state_dir) / "state.db", phases)
     cpu, start = cpu_seconds(), time.perf_counter()
+    workers_cpu = cpu_seconds(resource.RUSAGE_CHILDREN)
     keeper = TimedKeeper(config_for(spec), store=store, sinks={sink.name: sink})
     keeper.phases = phases
     keeper.observers.append(lambda _, result: phases.count(result))
     async with keeper:
         chosen = await prime_profiled(keeper, paths, spec.profile)
     wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+    workers_cpu = cpu_seconds(resource.RUSAGE_CHILDREN) - workers_cpu
     stored = len(store.keys())
     store.close()
     return {
         "wall": wall,
-        "cpu": cpu,
+        "main_cpu": cpu,
+        "workers_cpu": workers_cpu,
         "base_mib": base_mib,
         "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "good": sum(1 for m in chosen if m.state() == "good" and m.held and m.held.good),
@@ -530,7 +534,7 @@ async def prime_profiled(keeper: Keeper, paths: list[Path], profile: str | None)
     """`keeper.prime(paths)`, under cProfile (written to `profile`) when one is asked for."""
     if profile is None:
         return await keeper.prime(paths)
-    profiler = cProfile.Profile()
+    profiler = cProfile.Profile(time.process_time)  # CPU time: a busy machine blurs it less
     profiler.enable()
     try:
         return await keeper.prime(paths)
@@ -579,11 +583,14 @@ class Run:
     """The figures for one N, measured (or extrapolated from the measured ones)."""
 
     size: int
+    processes: int  # the keeper's worker processes (0: in process)
     setup: float  # seconds to build this many certificates and responses
     wall: float  # seconds of `prime` (with the keeper's set-up and close)
     fetch: float  # seconds from the first fetch started to the last one ended
     attempts: int
-    cpu: float  # the keeper process's CPU seconds during `prime`
+    cpu: float  # the keeper process's CPU seconds during `prime`, its workers' included
+    main_cpu: float  # ... of which the keeper's own process
+    workers_cpu: float  # ... of which its worker processes (start-up included)
     responder_cpu: float
     other_cpu: float  # CPU seconds other processes used meanwhile: noise, when it is high
     base_mib: float  # RSS before the keeper was built (interpreter and imports)
@@ -598,6 +605,10 @@ class Run:
     delivered: int
     floor: Floor | None = None  # the floor, measured in the same run (None: extrapolated)
     extrapolated: bool = False
+
+    @property
+    def mode(self) -> str:
+        return f"{self.processes} workers" if self.processes else "in process"
 
     @property
     def ms_per_cert(self) -> float:
@@ -624,7 +635,7 @@ class Bench:
     sizes: list[int]
     concurrency: int
     workers: int
-    processes: int | None  # the keeper's worker processes (None: its default)
+    modes: list[int]  # the keeper's worker processes, one run of each per N (0: in process)
     budget: float  # seconds for setup and runs together
     profile: Path | None
     repeat: int  # runs per size; the fastest is kept
@@ -636,11 +647,12 @@ class Bench:
     started: float = field(default_factory=time.perf_counter)
 
 
-def measure(bench: Bench, workdir: Workdir, size: int, responder: Responder) -> Run:
-    """Prime `size` certificates in a fresh process with a fresh state directory."""
+def measure(bench: Bench, workdir: Workdir, size: int, responder: Responder, processes: int) -> Run:
+    """Prime `size` certificates in a fresh process with a fresh state directory, with
+    `processes` worker processes (0: in process)."""
     state = tempfile.mkdtemp(prefix=f"state-{size}-", dir=workdir.root)
-    profile = str(bench.profile / f"prime-{size}.prof") if bench.profile else None
-    spec = Spec(str(workdir.certs), size, state, bench.concurrency, profile, bench.processes)
+    profile = str(bench.profile / f"prime-{size}-{processes}.prof") if bench.profile else None
+    spec = Spec(str(workdir.certs), size, state, bench.concurrency, profile, processes)
     before = (machine_busy(), children_cpu(), responder.cpu_seconds())
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "_keeper", json.dumps(asdict(spec))],
@@ -659,7 +671,9 @@ def measure(bench: Bench, workdir: Workdir, size: int, responder: Responder) -> 
     other = machine_busy() - before[0] - keeper_process - responder_cpu
     return Run(
         size=size,
+        processes=processes,
         setup=workdir.seconds,
+        cpu=keeper_process,
         responder_cpu=responder_cpu,
         other_cpu=max(0.0, other),
         **figures,
@@ -691,9 +705,9 @@ def fit(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
     return mean_y - slope * mean_x, slope
 
 
-def extrapolate(runs: Sequence[Run], size: int) -> Run:
-    """Every figure of `size` from a linear fit of the measured runs over N."""
-    measured = [r for r in runs if not r.extrapolated]
+def extrapolate(runs: Sequence[Run], size: int, processes: int) -> Run:
+    """Every figure of `size` from a linear fit of the measured runs over N (of one mode)."""
+    measured = [r for r in runs if not r.extrapolated and r.processes == processes]
     values: dict[str, Any] = {}
     for name, value in asdict(measured[0]).items():
         if isinstance(value, float) or name in ("attempts", "good", "stored", "delivered"):
@@ -708,41 +722,47 @@ def affordable(bench: Bench, size: int) -> bool:
 
     The first two sizes always run: a linear fit needs two points.
     """
-    if len(bench.runs) < 2:
+    if len({r.size for r in bench.runs}) < 2:
         return True
-    guess = extrapolate(bench.runs, size)
-    setup = guess.setup - bench.runs[-1].setup
-    predicted = setup + guess.wall * 1.5 * bench.repeat  # 1.5: process start, checks
+    guesses = [extrapolate(bench.runs, size, processes) for processes in bench.modes]
+    setup = guesses[0].setup - bench.runs[-1].setup
+    predicted = setup + sum(g.wall for g in guesses) * 1.5 * bench.repeat  # 1.5: start, checks
     return time.perf_counter() - bench.started + predicted <= bench.budget
 
 
 def run_all(bench: Bench, workdir: Workdir, sock: socket.socket) -> None:
     for size in bench.sizes:
         if affordable(bench, size):
-            bench.runs.append(run_size(bench, workdir, size, sock))
+            bench.runs += run_size(bench, workdir, size, sock)
         else:
             print(f"N={size:,}: predicted to overrun the {bench.budget:.0f} s budget; extrapolated")
-            bench.runs.append(extrapolate(bench.runs, size))
+            bench.runs += [extrapolate(bench.runs, size, mode) for mode in bench.modes]
 
 
-def run_size(bench: Bench, workdir: Workdir, size: int, sock: socket.socket) -> Run:
-    """Build up to `size`, then prime `size` certificates `bench.repeat` times; the fastest."""
+def run_size(bench: Bench, workdir: Workdir, size: int, sock: socket.socket) -> list[Run]:
+    """Build up to `size`, then prime `size` certificates `bench.repeat` times in each mode,
+    the modes taking turns; the fastest of each."""
     workdir.grow(size, bench.workers)
     print(f"N={size:,}: setup so far {workdir.seconds:.1f} s; priming ...", flush=True)
     responder = Responder(sock, workdir.answers)
-    runs, floors = [], []
+    runs: list[Run] = []
+    floors = []
     try:
         if size == bench.cron_size:
             compare_cron(bench, workdir, size, responder)
         for _ in range(bench.repeat):
-            runs.append(measure(bench, workdir, size, responder))
-            print(summary(runs[-1]), flush=True)
+            for processes in bench.modes:
+                runs.append(measure(bench, workdir, size, responder, processes))
+                print(summary(runs[-1]), flush=True)
             floors.append(measure_floor(workdir, min(size, bench.floor_max), responder))
             print(floor_summary(floors[-1], runs[-1]), flush=True)
     finally:
         responder.stop()
     floor = min(floors, key=lambda f: f.per_cert)
-    return replace(min(runs, key=lambda run: run.wall), floor=floor)
+    return [
+        replace(min((r for r in runs if r.processes == mode), key=lambda r: r.wall), floor=floor)
+        for mode in bench.modes
+    ]
 
 
 def measure_floor(workdir: Workdir, size: int, responder: Responder) -> Floor:
@@ -832,9 +852,11 @@ def listening_socket() -> socket.socket:
 def summary(run: Run) -> str:
     label = " (extrapolated)" if run.extrapolated else ""
     return (
-        f"  N={run.size:,}{label}: wall {run.wall:.2f} s, {run.fetches_per_second:,.0f} fetches/s,"
+        f"  N={run.size:,}{label}, {run.mode}: wall {run.wall:.2f} s,"
+        f" {run.fetches_per_second:,.0f} fetches/s,"
         f" {run.ms_per_cert:.3f} ms/cert, peak RSS {run.peak_mib:.0f} MiB"
-        f" ({run.loaded_mib:.0f} loaded); CPU keeper {run.cpu:.1f} s, responder"
+        f" ({run.loaded_mib:.0f} loaded); CPU keeper {run.cpu:.1f} s (main {run.main_cpu:.1f},"
+        f" workers {run.workers_cpu:.1f}), responder"
         f" {run.responder_cpu:.1f} s, others {run.other_cpu:.1f} s;"
         f" load {run.load:.2f} s, validate {run.validate:.2f} s, store {run.store:.2f} s,"
         f" deliver {run.deliver:.2f} s, rest {run.rest:.2f} s;"
@@ -888,20 +910,22 @@ def cell(run: Run, text: str) -> str:
 
 def main_table(runs: Sequence[Run]) -> list[str]:
     lines = [
-        "| N | setup (s) | wall (s) | fetches/s | ms/cert | peak RSS (MiB) | RSS loaded (MiB) "
-        "| keeper CPU (s) | responder CPU (s) | other CPU (s) | good staples |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| N | keeper | setup (s) | wall (s) | fetches/s | ms/cert | peak RSS (MiB) "
+        "| RSS loaded (MiB) | keeper CPU (s): main + workers | responder CPU (s) "
+        "| other CPU (s) | good staples |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
         figures = [
             f"{r.size:,}",
+            r.mode,
             f"{r.setup:.1f}",
             f"{r.wall:.2f}",
             f"{r.fetches_per_second:,.0f}",
             f"{r.ms_per_cert:.3f}",
             f"{r.peak_mib:.0f}",
             f"{r.loaded_mib:.0f}",
-            f"{r.cpu:.1f}",
+            f"{r.main_cpu:.1f} + {r.workers_cpu:.1f}",
             f"{r.responder_cpu:.1f}",
             "-" if r.extrapolated else f"{r.other_cpu:.1f}",
             "extrapolated" if r.extrapolated else f"{r.good:,}",
@@ -912,14 +936,18 @@ def main_table(runs: Sequence[Run]) -> list[str]:
 
 def phase_table(runs: Sequence[Run]) -> list[str]:
     lines = [
-        "| N | load | fetching (first to last) | of which validate | of which store | deliver "
-        "| rest (HTTP, asyncio, keeper) |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| N | keeper | load | fetching (first to last) | of which validate | of which store "
+        "| deliver | rest (HTTP, asyncio, keeper) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
-        figures = [f"{r.size:,}"] + [
-            f"{v:.2f} s ({v / r.wall:.0%})"
-            for v in (r.load, r.fetch, r.validate, r.store, r.deliver, r.rest)
+        validate = f"{r.validate:.2f} s ({r.validate / r.wall:.0%})" if r.validate else "in workers"
+        figures = [
+            f"{r.size:,}",
+            r.mode,
+            *(f"{v:.2f} s ({v / r.wall:.0%})" for v in (r.load, r.fetch)),
+            validate,
+            *(f"{v:.2f} s ({v / r.wall:.0%})" for v in (r.store, r.deliver, r.rest)),
         ]
         lines.append("| " + " | ".join(cell(r, f) for f in figures) + " |")
     return lines
@@ -942,9 +970,15 @@ def cron_verdict(bench: Bench) -> list[str]:
     ]
 
 
+def judged(bench: Bench) -> list[Run]:
+    """The runs the goals are judged on: the last mode asked for (by default, the keeper's
+    own choice of worker processes)."""
+    return [r for r in bench.runs if r.processes == bench.modes[-1]]
+
+
 def verdict(bench: Bench) -> list[str]:
     """Whether the goal is met, one line per criterion, with the figure judged."""
-    runs = bench.runs
+    runs = judged(bench)
     goal = next((r for r in runs if r.size == GOAL_N), None)
     if goal is None:
         return [
@@ -966,7 +1000,7 @@ def verdict(bench: Bench) -> list[str]:
         linear = f"linear: ms/cert at {GOAL_N:,} within {LINEAR_SLACK}x of that at {before.size:,}"
         checks.append((linear, ratio <= LINEAR_SLACK, f"{ratio:.2f}x"))
     how = "extrapolated, so only predicted" if goal.extrapolated else "measured"
-    lines = [f"Goal ({how}):", ""]
+    lines = [f"Goal ({how}, keeper {goal.mode}):", ""]
     for text, ok, figure in checks:
         lines.append(f"- {text}: {'met' if ok else '**not met**'} ({figure})")
     return lines + cron_verdict(bench)
@@ -976,9 +1010,10 @@ def floor_table(runs: Sequence[Run]) -> list[str]:
     """mustaple against the floor, per N: the floor's CPU and the least wall it allows."""
     cores = os.cpu_count() or 1
     lines = [
-        "| N | floor measured over | floor client CPU (µs/cert) | floor responder CPU (µs/cert) "
-        f"| least wall on {cores} cores (s) | mustaple wall (s) | mustaple / floor |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| N | keeper | floor measured over | floor client CPU (µs/cert) "
+        f"| floor responder CPU (µs/cert) | least wall on {cores} cores (s) | mustaple wall (s) "
+        "| mustaple / floor |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
         floor = floor_of(runs, r)
@@ -987,6 +1022,7 @@ def floor_table(runs: Sequence[Run]) -> list[str]:
         least = floor.wall_for(r.size)
         figures = [
             f"{r.size:,}",
+            r.mode,
             f"{floor.size:,}",
             f"{floor.client_cpu / floor.size * 1e6:.0f}",
             f"{floor.responder_cpu / floor.size * 1e6:.0f}",
@@ -1002,12 +1038,13 @@ def cron_table(bench: Bench) -> list[str]:
     """The openssl loop, the command and the keeper over the same certificates."""
     if bench.cron is None or bench.cli is None:
         return []
-    run = next(r for r in bench.runs if r.size == bench.cli.size)
     rows = [
         ("`openssl ocsp` cron loop", bench.cron.wall, bench.cron.cpu),
         ("`mustaple prime` (the command, file sink)", bench.cli.wall, bench.cli.cpu),
-        ("`Keeper.prime` (in process, counting sink)", run.wall, run.cpu + run.responder_cpu),
     ]
+    for run in (r for r in bench.runs if r.size == bench.cli.size):
+        name = f"`Keeper.prime` ({run.mode}, counting sink)"
+        rows.append((name, run.wall, run.cpu + run.responder_cpu))
     lines = [
         f"{bench.cli.size:,} certificates, the same files and responder "
         "(CPU: the process and what it started; the keeper's row adds the responder's):",
@@ -1022,8 +1059,15 @@ def cron_table(bench: Bench) -> list[str]:
 
 
 def where_time_goes(runs: Sequence[Run]) -> list[str]:
-    """Per-certificate cost of each phase at the largest measured N."""
-    run = max((r for r in runs if not r.extrapolated), key=lambda r: r.size)
+    """Per-certificate cost of each phase at the largest measured N, in each mode."""
+    largest = max(r.size for r in runs if not r.extrapolated)
+    lines: list[str] = []
+    for run in (r for r in runs if r.size == largest and not r.extrapolated):
+        lines += [*time_of(run), ""]
+    return lines[:-1]
+
+
+def time_of(run: Run) -> list[str]:
     per_cert = {
         "load (read, parse, check the issuer's signature, look up the stored staple)": run.load,
         "validate (`verify.judge`)": run.validate,
@@ -1031,7 +1075,13 @@ def where_time_goes(runs: Sequence[Run]) -> list[str]:
         "deliver (one batch to the counting sink)": run.deliver,
         "rest: HTTP client, asyncio and the keeper's bookkeeping": run.rest,
     }
-    lines = [f"Where the time goes at N = {run.size:,} (µs per certificate, share of wall):", ""]
+    if not run.validate:
+        del per_cert["validate (`verify.judge`)"]  # in the workers, where it is not timed
+    lines = [
+        f"Where the time goes at N = {run.size:,}, keeper {run.mode} (µs per certificate of "
+        "wall time, share of wall):",
+        "",
+    ]
     for name, seconds in sorted(per_cert.items(), key=lambda item: -item[1]):
         lines.append(f"- {name}: {seconds / run.size * 1e6:,.0f} µs ({seconds / run.wall:.0%})")
     return lines
@@ -1044,7 +1094,12 @@ def method_notes(bench: Bench) -> list[str]:
         "served from memory by a responder in its own process on loopback. Each N is primed in "
         "a fresh process: `Keeper.prime(paths)` with a new SqliteStore (WAL, synchronous=FULL) "
         "and one in-memory sink that counts deliveries; concurrency and per_host "
-        f"{bench.concurrency}; {best} per N. Peak RSS is that process's ru_maxrss, interpreter "
+        f"{bench.concurrency}; {best} per N and mode. Each N is primed in every mode, one after "
+        "the other: *in process* (`policy.workers = 0`) and with worker processes "
+        "(`policy.workers = K`: loading and fetching in K other processes, the keeper's own "
+        "process stepping the life cycles, storing and delivering; *keeper CPU* adds the "
+        "workers' CPU, start-up included, to the main process's). Peak RSS is that process's "
+        "ru_maxrss (the main process's only), interpreter "
         f"and imports included ({bench.runs[0].base_mib:.0f} MiB before the keeper is built); "
         "*RSS loaded* is taken when every certificate is loaded, before the first fetch. "
         "fetches/s counts HTTP exchanges from the first fetch started to the last one ended. "
@@ -1113,7 +1168,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=64, help="and per_host (default 64)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="setup processes")
     parser.add_argument(
-        "--processes", type=int, help="the keeper's worker processes (default: its own; 0: none)"
+        "--modes",
+        default=f"0,{cores()}",
+        help="the keeper's worker processes, one run per N of each, comma-separated; 0: in "
+        "process; the last is judged (default: 0 and one per core, as the keeper chooses)",
     )
     parser.add_argument("--budget", type=float, default=900, help="seconds (default 900)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per size, the fastest kept")
@@ -1146,7 +1204,7 @@ def bench_from(args: argparse.Namespace) -> Bench:
         sizes,
         args.concurrency,
         args.workers,
-        args.processes,
+        [int(mode) for mode in args.modes.split(",")],
         args.budget,
         args.profile,
         max(1, args.repeat),

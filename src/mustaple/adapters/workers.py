@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copyreg
+import dataclasses
 import logging
 import os
 import pickle
@@ -38,7 +40,8 @@ from mustaple.adapters.fetch import HttpFetcher
 from mustaple.adapters.loader import Loaded, LoadFailed, load_or_fail
 from mustaple.core.certs import Target
 from mustaple.core.clock import Clock, utc_now
-from mustaple.core.fetchtypes import FetchJob, FetchPolicy, FetchResult
+from mustaple.core.fetchtypes import Attempt, FetchJob, FetchPolicy, FetchResult
+from mustaple.core.verify import Staple
 
 __all__ = ["WorkerPool", "cores"]
 
@@ -46,6 +49,20 @@ log = logging.getLogger("mustaple")
 _LENGTH = struct.Struct(">I")
 _ENTRY = "from mustaple.adapters.workers import main; main()"
 LOAD_CHUNK = 64  # files per load message: one message costs about as much as a few loads
+# A file as a worker loaded it: the leaf's and the issuer's DER, `Target.facts`, and whether
+# the file carries the issuer.
+_LoadAnswer = tuple[bytes, bytes, tuple[str, bool, tuple[str, ...]], bool]
+
+
+def _as_constructed(value: object) -> tuple[type, tuple[object, ...]]:
+    """Pickle a frozen dataclass with slots as the call that makes it: unpickling then runs
+    its `__init__`, much faster than the generic state of a slotted dataclass."""
+    assert dataclasses.is_dataclass(value)
+    return type(value), tuple(getattr(value, f.name) for f in dataclasses.fields(value))
+
+
+for _kind in (Staple, Attempt):  # what every fetch result carries, in both processes
+    copyreg.pickle(_kind, _as_constructed)
 
 
 def cores() -> int:
@@ -240,6 +257,7 @@ class WorkerPool:
                 "fetch",
                 job.target.leaf.public_bytes(Encoding.DER),
                 self._ref(worker, issuer, lambda: issuer.public_bytes(Encoding.DER)),
+                job.target.facts,
                 tuple(job.urls),
                 job.hash_name,
                 self._ref(worker, job.policy),
@@ -288,15 +306,16 @@ class WorkerPool:
             for cert, issuer, policy in files
         ]
 
-    def _loaded(self, answer: tuple[bytes, bytes, bool] | LoadFailed) -> Loaded | LoadFailed:
+    def _loaded(self, answer: _LoadAnswer | LoadFailed) -> Loaded | LoadFailed:
         if isinstance(answer, LoadFailed):
             return answer
-        leaf_der, issuer_der, bundle_has_issuer = answer
+        leaf_der, issuer_der, facts, bundle_has_issuer = answer
         issuer = self._issuers.get(issuer_der)
         if issuer is None:
             issuer = self._issuers[issuer_der] = x509.load_der_x509_certificate(issuer_der)
-        # The worker checked the issuer's signature on these very bytes.
-        return Loaded(Target(x509.load_der_x509_certificate(leaf_der), issuer), bundle_has_issuer)
+        # The worker checked the issuer's signature on these very bytes, and read the facts.
+        leaf = x509.load_der_x509_certificate(leaf_der)
+        return Loaded(Target.known(leaf, issuer, facts), bundle_has_issuer)
 
 
 # --- The worker's side --------------------------------------------------------------------------
@@ -338,8 +357,8 @@ class _Serving(asyncio.Protocol):
             self.outbox().send((call, True, value))
 
     async def _fetch(self, asked: list[Any]) -> FetchResult:
-        leaf, issuer, urls, hash_name, policy, verify_policy, current = asked
-        target = Target(x509.load_der_x509_certificate(leaf), self.refs[issuer])
+        leaf, issuer, facts, urls, hash_name, policy, verify_policy, current = asked
+        target = Target.known(x509.load_der_x509_certificate(leaf), self.refs[issuer], facts)
         job = FetchJob(
             target, urls, hash_name, self.refs[policy], self.refs[verify_policy], current
         )
@@ -347,8 +366,8 @@ class _Serving(asyncio.Protocol):
 
     async def _load(
         self, files: list[tuple[str, str | None, int]]
-    ) -> list[tuple[bytes, bytes, bool] | LoadFailed]:
-        answers: list[tuple[bytes, bytes, bool] | LoadFailed] = []
+    ) -> list[_LoadAnswer | LoadFailed]:
+        answers: list[_LoadAnswer | LoadFailed] = []
         for cert, issuer, policy in files:
             loaded = await load_or_fail(
                 cert,
@@ -361,8 +380,8 @@ class _Serving(asyncio.Protocol):
             if isinstance(loaded, LoadFailed):
                 answers.append(loaded)
             else:
-                target = loaded.target
-                answers.append((_der(target.leaf), _der(target.issuer), loaded.bundle_has_issuer))
+                target, bundled = loaded.target, loaded.bundle_has_issuer
+                answers.append((_der(target.leaf), _der(target.issuer), target.facts, bundled))
         return answers
 
 

@@ -173,6 +173,27 @@ class Target:
         object.__setattr__(self, "must_staple", is_must_staple(self.leaf))
         object.__setattr__(self, "ocsp_urls", tuple(ocsp_urls(self.leaf)))
 
+    @classmethod
+    def known(
+        cls,
+        leaf: x509.Certificate,
+        issuer: x509.Certificate,
+        facts: tuple[str, bool, tuple[str, ...]],
+    ) -> Target:
+        """A Target whose (name, must_staple, ocsp_urls) were read from these very
+        certificates elsewhere (a worker process), so they are not read again."""
+        target = object.__new__(cls)
+        values: dict[str, object] = {"leaf": leaf, "issuer": issuer}
+        values.update(zip(("name", "must_staple", "ocsp_urls"), facts, strict=True))
+        for name, value in values.items():
+            object.__setattr__(target, name, value)
+        return target
+
+    @property
+    def facts(self) -> tuple[str, bool, tuple[str, ...]]:
+        """What `known` takes: the name, the must-staple flag and the OCSP URLs."""
+        return self.name, self.must_staple, self.ocsp_urls
+
     @property
     def serial(self) -> int:
         return self.leaf.serial_number

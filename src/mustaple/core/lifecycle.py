@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields
 from datetime import datetime
+from typing import Any
 
 from mustaple.core.delivery import Action
 from mustaple.core.reasons import Reason, Rejection
@@ -176,10 +177,20 @@ class Emit:
 
 @dataclass(frozen=True, slots=True)
 class LogLine:
-    """A line for the log only (no hook): `level` is "info" or "warning"."""
+    """A line for the log only (no hook): `level` is "info" or "warning".
+
+    Its text is made only when read (`message`): most lines are at info, which `prime` and a
+    quiet keeper do not print. `template` has a `{}` for each of `values`; a datetime among
+    them reads as `human_time` writes it."""
 
     level: str
-    message: str
+    template: str
+    values: tuple[object, ...] = ()
+
+    @property
+    def message(self) -> str:
+        shown = (human_time(v) if isinstance(v, datetime) else v for v in self.values)
+        return self.template.format(*shown)
 
 
 Effect = Store | Emit | LogLine
@@ -199,9 +210,9 @@ def step(
     if isinstance(event, Rejected):
         return _rejected(state, event.rejection, now, policy, dice)
     if isinstance(event, Wait):
-        return replace(state, next_due=event.until), []
+        return _evolve(state, next_due=event.until), []
     if isinstance(event, Stale):
-        return replace(state, known=True), []
+        return _evolve(state, known=True), []
     if isinstance(event, Unusable):
         return _unusable(state, event), []
     return _tick(state, now, policy)
@@ -213,16 +224,20 @@ def _restored(
     staple = event.staple
     due = next_refresh(staple, event.fetched_at, dice, policy)
     if staple.good:
-        new = replace(state, phase=Phase.GOOD, held=staple, revoked=None, next_due=due, known=True)
-        line = (
-            f"restored a valid staple from the state (until {human_time(staple.effective_expiry)})"
+        new = _evolve(state, phase=Phase.GOOD, held=staple, revoked=None, next_due=due, known=True)
+        line = LogLine(
+            "info", "restored a valid staple from the state (until {})", (staple.effective_expiry,)
         )
     else:
-        new = replace(
+        new = _evolve(
             state, phase=Phase.REVOKED, held=None, revoked=staple, next_due=due, known=True
         )
-        line = f"restored the revoked answer from the state (revoked at {_revoked_at(staple)})"
-    return new, [LogLine("info", line)]
+        line = LogLine(
+            "info",
+            "restored the revoked answer from the state (revoked at {})",
+            (staple.revocation_time,),
+        )
+    return new, [line]
 
 
 def _accepted(
@@ -231,18 +246,19 @@ def _accepted(
     staple, current = event.staple, state.answer
     why = compare(staple, current)
     if why is not None and event.origin:  # another process or member: only noted
-        return state, [LogLine("info", f"kept the answer in hand{_from(event)}: {why.message}")]
+        kept = LogLine("info", "kept the answer in hand{}: {}", (_from(event), why.message))
+        return state, [kept]
     if why is not None:  # our own fetch: a failed refresh
         return _rejected(state, why, now, policy, dice)
     if current is not None and current.der == staple.der and event.origin:
         return state, []  # the answer in hand, heard again
     due = next_refresh(staple, event.fetched_at, dice, policy)
     stored = Store(staple, event.fetched_at, event.url)
-    base = replace(state, failures=0, backoff=0, rejection=None, next_due=due, alert=Alert.OK)
+    base = _evolve(state, failures=0, backoff=0, rejection=None, next_due=due, alert=Alert.OK)
     if event.origin == "":
-        base = replace(base, last_attempt=event.fetched_at)
+        base = _evolve(base, last_attempt=event.fetched_at)
     if not staple.good:
-        new = replace(base, phase=Phase.REVOKED, held=None, revoked=staple, known=True)
+        new = _evolve(base, phase=Phase.REVOKED, held=None, revoked=staple, known=True)
         effects: list[Effect] = [stored]
         if state.phase is not Phase.REVOKED:
             text = (
@@ -251,16 +267,13 @@ def _accepted(
             effects.append(Emit("revoked", text + _from(event)))
         return new, effects
     recovered = state.failures > 0 or state.phase in (Phase.EXPIRED, Phase.REVOKED)
-    new = replace(base, phase=Phase.GOOD, held=staple, revoked=None, expired_at=None, known=True)
+    new = _evolve(base, phase=Phase.GOOD, held=staple, revoked=None, expired_at=None, known=True)
     effects = [stored]
-    until = human_time(staple.effective_expiry)
+    until, origin = staple.effective_expiry, _from(event)
     if recovered:
-        effects.append(Emit("recovered", f"good staple again, until {until}{_from(event)}"))
-    effects.append(
-        LogLine(
-            "info", f"good staple until {until}{_from(event)}; next refresh at {human_time(due)}"
-        )
-    )
+        effects.append(Emit("recovered", f"good staple again, until {human_time(until)}{origin}"))
+    line = "good staple until {}{}; next refresh at {}"
+    effects.append(LogLine("info", line, (until, origin, due)))
     return new, effects
 
 
@@ -274,7 +287,7 @@ def _rejected(
     phase = state.phase
     if phase in (Phase.PENDING, Phase.GOOD):
         phase = Phase.FAILING
-    new = replace(
+    new = _evolve(
         state,
         phase=phase,
         failures=failures,
@@ -297,7 +310,7 @@ def _rejected(
 
 def _unusable(state: CertState, event: Unusable) -> CertState:
     rejection = Rejection(event.reason, event.problem)
-    return replace(
+    return _evolve(
         state, phase=Phase.UNUSABLE, problem=event.problem, rejection=rejection, next_due=None
     )
 
@@ -309,7 +322,7 @@ def _tick(
     if held is not None and held.effective_expiry <= now:
         when = held.effective_expiry
         due = now if state.next_due is None or state.next_due > now else state.next_due
-        state = replace(
+        state = _evolve(
             state, phase=Phase.EXPIRED, held=None, expired_at=when, backoff=0, next_due=due
         )
         effects.append(
@@ -322,7 +335,7 @@ def _tick(
         text = f"the staple expires at {human_time(state.held.effective_expiry)}"
         effects.append(Emit("expiring", f"{level.name}: {text} and no fresh one came yet"))
     if level != state.alert:
-        state = replace(state, alert=level)
+        state = _evolve(state, alert=level)
     return state, effects
 
 
@@ -344,6 +357,17 @@ def wanted(state: CertState, *, remove_at_expiry: bool) -> tuple[Action, bytes |
     if remove_at_expiry and state.known:
         return (Action.REMOVE, None)
     return None
+
+
+_STATE_FIELDS = tuple(f.name for f in fields(CertState))
+
+
+def _evolve(state: CertState, **changes: Any) -> CertState:
+    """`dataclasses.replace` for a CertState, without its inspection of the fields at every
+    call (a life steps several times per refresh)."""
+    values = {name: getattr(state, name) for name in _STATE_FIELDS}
+    values.update(changes)
+    return CertState(**values)
 
 
 def _from(event: Accepted) -> str:

@@ -606,7 +606,9 @@ class Keeper:
             elif isinstance(effect, lifecycle.Emit):
                 self._emit(life, effect)
             else:
-                log.log(_LEVELS[effect.level], "%s: %s", life.name, effect.message)
+                level = _LEVELS[effect.level]
+                if log.isEnabledFor(level):
+                    log.log(level, "%s: %s", life.name, effect.message)
         if life.state != before:
             self._save_status(life)
 
