@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import pytest
 from cryptography import x509
@@ -57,6 +57,13 @@ def test_get_url_escapes_base64_specials() -> None:
     url = get_url("http://ocsp.test/path/", data)
     assert url == "http://ocsp.test/path/%2B%2B%2F%2FPg%3D%3D"
     assert base64.b64decode(unquote(url.rsplit("/", 1)[1])) == data
+
+
+def test_get_url_escapes_as_quote_does_for_every_length_and_byte() -> None:
+    for size in range(1, 120):
+        data = bytes((size * 37 + i * 101) % 256 for i in range(size))
+        encoded = quote(base64.b64encode(data).decode("ascii"), safe="")
+        assert get_url("http://ocsp.test/", data) == f"http://ocsp.test/{encoded}"
 
 
 def test_short_requests_use_get_then_post(leaf: Leaf) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import signal
+import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -134,6 +135,37 @@ def test_a_large_prime_runs_in_worker_processes_with_the_same_outcome(
             store.close()
             for pid, _ in senders:  # the workers ended with the prime
                 assert not Path(f"/proc/{pid}").exists()
+
+    asyncio.run(scenario())
+
+
+def test_a_keeper_starting_with_many_stored_staples_restores_them_in_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start of `mustaple run`: files loaded and stored answers validated in workers; a
+    stored answer that does not validate (garbled here) is fetched again, the rest is not."""
+    monkeypatch.setattr(keeper_module, "WORKERS_FROM", 8)
+
+    async def scenario() -> None:
+        async with leaves(tmp_path, 12, workers=2) as fleet:
+            store = fleet.state()
+            primed = await prime_all(fleet, new_keeper(fleet, store, RecordingSink()))
+            garbled = primed[4].key
+            with sqlite3.connect(fleet.config.state_dir / "state.db") as db:
+                db.execute("UPDATE staples SET der = X'3000' WHERE cert_key = ?", (garbled,))
+            fleet.responder.requests.clear()
+            sink = RecordingSink()
+            keeper = new_keeper(fleet, store, sink)
+            async with keeper:
+                await keeper.scan()
+                assert {v.phase for v in keeper.views() if v.key != garbled} == {"good"}
+                await keeper.tick()
+            store.close()
+            served = [s.serial for s in fleet.responder.requests]
+            assert served == [primed[4].target.serial]
+            delivered = {d.key for batch in sink.batches for d in batch}
+            assert delivered == {m.key for m in primed}
+            assert {v.phase for v in keeper.views()} == {"good"}
 
     asyncio.run(scenario())
 

@@ -41,9 +41,11 @@ from typing import Any, Protocol
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from mustaple.core.certs import Target
 from mustaple.core.delivery import SinkHealth
 from mustaple.core.errors import InputError
-from mustaple.core.verify import may_replace
+from mustaple.core.reasons import Rejection
+from mustaple.core.verify import DEFAULT_POLICY, Policy, Staple, may_replace, verify
 
 __all__ = [
     "AttemptRecord",
@@ -129,6 +131,26 @@ class StoredStaple:
 
 
 @dataclass(frozen=True, slots=True)
+class Looked:
+    """What the store held for a certificate, validated at one moment (`look_up`): `outcome`
+    is None when nothing was stored."""
+
+    outcome: Staple | Rejection | None = None
+    fetched_at: datetime | None = None
+    good: bool = False  # the stored answer was a good staple (valid now or not)
+
+
+def look_up(
+    store: Store, key: str, target: Target, now: datetime, policy: Policy = DEFAULT_POLICY
+) -> Looked:
+    """The stored answer for `key`, validated again at `now` (a process starting)."""
+    stored = store.load(key)
+    if stored is None:
+        return Looked()
+    return Looked(verify(stored.der, target, now, policy), stored.fetched_at, stored.good)
+
+
+@dataclass(frozen=True, slots=True)
 class CertStatus:
     """What the keeper last knew about a certificate, for `mustaple status`."""
 
@@ -206,6 +228,21 @@ class SqliteStore:
                 raise InputError(f"{self.path}: cannot open the state database ({exc})") from None
             self._db = self._start_afresh(exc)
         self._version = self._data_version()
+
+    @classmethod
+    def reader(cls, path: str | Path) -> SqliteStore:
+        """A read-only connection to an existing store (a worker process looking up answers);
+        InputError when it cannot be opened."""
+        store = cls.__new__(cls)
+        store.path, store.history_limit = Path(path), HISTORY_LIMIT
+        try:
+            store._db = sqlite3.connect(
+                f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=30
+            )
+            store._version = store._data_version()
+        except sqlite3.Error as exc:
+            raise InputError(f"{path}: cannot read the state database ({exc})") from None
+        return store
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, timeout=30)

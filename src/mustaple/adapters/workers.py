@@ -38,10 +38,12 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from mustaple.adapters.fetch import HttpFetcher
 from mustaple.adapters.loader import Loaded, LoadFailed, load_or_fail
+from mustaple.adapters.store import Looked, SqliteStore, cert_key, look_up
 from mustaple.core.certs import Target
 from mustaple.core.clock import Clock, utc_now
+from mustaple.core.errors import InputError
 from mustaple.core.fetchtypes import Attempt, FetchJob, FetchPolicy, FetchResult
-from mustaple.core.verify import Staple
+from mustaple.core.verify import DEFAULT_POLICY, Policy, Staple
 
 __all__ = ["WorkerPool", "cores"]
 
@@ -49,9 +51,9 @@ log = logging.getLogger("mustaple")
 _LENGTH = struct.Struct(">I")
 _ENTRY = "from mustaple.adapters.workers import main; main()"
 LOAD_CHUNK = 64  # files per load message: one message costs about as much as a few loads
-# A file as a worker loaded it: the leaf's and the issuer's DER, `Target.facts`, and whether
-# the file carries the issuer.
-_LoadAnswer = tuple[bytes, bytes, tuple[str, bool, tuple[str, ...]], bool]
+# A file as a worker loaded it: the leaf's and the issuer's DER, `Target.facts`, whether the
+# file carries the issuer, and its stored answer validated (None: not looked up).
+_LoadAnswer = tuple[bytes, bytes, tuple[str, bool, tuple[str, ...]], bool, "Looked | None"]
 
 
 def _as_constructed(value: object) -> tuple[type, tuple[object, ...]]:
@@ -277,17 +279,29 @@ class WorkerPool:
         return await self.fallback.issuer(url, policy=policy, cache=cache)
 
     async def load_many(
-        self, files: Sequence[tuple[Path, Path | None, FetchPolicy]]
-    ) -> list[Loaded | LoadFailed]:
+        self,
+        files: Sequence[tuple[Path, Path | None, FetchPolicy]],
+        take: Callable[[int, Loaded | LoadFailed, Looked | None], object],
+        *,
+        restore: tuple[Path, Policy] | None = None,
+    ) -> None:
         """Load each (certificate file, its issuer file or None, the policy to download an
-        issuer with), in order, in chunks spread over the workers."""
-        chunks = [files[at : at + LOAD_CHUNK] for at in range(0, len(files), LOAD_CHUNK)]
-        done = await asyncio.gather(*(self._load_chunk(chunk) for chunk in chunks))
-        return [loaded for chunk in done for loaded in chunk]
+        issuer with), in chunks spread over the workers; `take(index, outcome, looked)` each
+        one as its chunk comes back. With `restore` (the state database and the policy to
+        validate with), a worker also looks up each certificate's stored answer and validates
+        it now (`looked`; None where it did not)."""
+        starts = range(0, len(files), LOAD_CHUNK)
+        await asyncio.gather(
+            *(self._load_chunk(files[at : at + LOAD_CHUNK], at, take, restore) for at in starts)
+        )
 
     async def _load_chunk(
-        self, files: Sequence[tuple[Path, Path | None, FetchPolicy]]
-    ) -> list[Loaded | LoadFailed]:
+        self,
+        files: Sequence[tuple[Path, Path | None, FetchPolicy]],
+        first: int,
+        take: Callable[[int, Loaded | LoadFailed, Looked | None], object],
+        restore: tuple[Path, Policy] | None,
+    ) -> None:
         worker = self._pick()
         if worker is not None:
             try:
@@ -295,27 +309,32 @@ class WorkerPool:
                     (str(cert), issuer and str(issuer), self._ref(worker, policy))
                     for cert, issuer, policy in files
                 ]
-                answers = await worker.call("load", asked)
-                return [self._loaded(answer) for answer in answers]
+                where = self._ref(worker, (str(restore[0]), restore[1])) if restore else 0
+                answers = await worker.call("load", asked, where)
             except WorkerGone:
                 self._lost()
-        return [
-            await load_or_fail(
+            else:
+                for index, answer in enumerate(answers, first):
+                    take(index, *self._loaded(answer))
+                return
+        for index, (cert, issuer, policy) in enumerate(files, first):
+            loaded = await load_or_fail(
                 cert, issuer, fetcher=self.fallback, policy=policy, cache={}, issuers={}
             )
-            for cert, issuer, policy in files
-        ]
+            take(index, loaded, None)
 
-    def _loaded(self, answer: _LoadAnswer | LoadFailed) -> Loaded | LoadFailed:
+    def _loaded(
+        self, answer: _LoadAnswer | LoadFailed
+    ) -> tuple[Loaded | LoadFailed, Looked | None]:
         if isinstance(answer, LoadFailed):
-            return answer
-        leaf_der, issuer_der, facts, bundle_has_issuer = answer
+            return answer, None
+        leaf_der, issuer_der, facts, bundle_has_issuer, looked = answer
         issuer = self._issuers.get(issuer_der)
         if issuer is None:
             issuer = self._issuers[issuer_der] = x509.load_der_x509_certificate(issuer_der)
         # The worker checked the issuer's signature on these very bytes, and read the facts.
         leaf = x509.load_der_x509_certificate(leaf_der)
-        return Loaded(Target.known(leaf, issuer, facts), bundle_has_issuer)
+        return Loaded(Target.known(leaf, issuer, facts), bundle_has_issuer), looked
 
 
 # --- The worker's side --------------------------------------------------------------------------
@@ -331,6 +350,7 @@ class _Serving(asyncio.Protocol):
         self.refs: dict[int, Any] = {}
         self.issuer_cache: dict[str, bytes] = {}
         self.issuers: dict[x509.Certificate, x509.Certificate] = {}
+        self.stores: dict[str, SqliteStore | None] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.ended = asyncio.get_running_loop().create_future()
 
@@ -365,8 +385,9 @@ class _Serving(asyncio.Protocol):
         return await self.fetcher.fetch(job, clock=utc_now, rng=random.random)
 
     async def _load(
-        self, files: list[tuple[str, str | None, int]]
+        self, files: list[tuple[str, str | None, int]], restore: int
     ) -> list[_LoadAnswer | LoadFailed]:
+        store, verify_policy = self._store(restore)
         answers: list[_LoadAnswer | LoadFailed] = []
         for cert, issuer, policy in files:
             loaded = await load_or_fail(
@@ -379,10 +400,30 @@ class _Serving(asyncio.Protocol):
             )
             if isinstance(loaded, LoadFailed):
                 answers.append(loaded)
-            else:
-                target, bundled = loaded.target, loaded.bundle_has_issuer
-                answers.append((_der(target.leaf), _der(target.issuer), target.facts, bundled))
+                continue
+            target, bundled = loaded.target, loaded.bundle_has_issuer
+            looked = None
+            if store is not None:
+                looked = look_up(store, cert_key(target.leaf), target, utc_now(), verify_policy)
+            answers.append((_der(target.leaf), _der(target.issuer), target.facts, bundled, looked))
         return answers
+
+    def _store(self, restore: int) -> tuple[SqliteStore | None, Policy]:
+        """The state database a load looks answers up in (read only), and the policy."""
+        if not restore:
+            return None, DEFAULT_POLICY
+        path, policy = self.refs[restore]
+        if path not in self.stores:
+            try:
+                self.stores[path] = SqliteStore.reader(path)
+            except InputError:
+                self.stores[path] = None  # the main process looks them up itself
+        return self.stores[path], policy
+
+    def close(self) -> None:
+        for store in self.stores.values():
+            if store is not None:
+                store.close()
 
 
 def _issuer(der: bytes) -> x509.Certificate:
@@ -408,6 +449,7 @@ async def _serve() -> None:
         if serving.tasks:
             await asyncio.wait(serving.tasks)
     finally:
+        serving.close()
         await fetcher.close()
 
 

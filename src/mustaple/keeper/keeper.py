@@ -51,7 +51,16 @@ from mustaple.adapters.events import HOOK_FOR, Event, run_hook
 from mustaple.adapters.fetch import HttpFetcher
 from mustaple.adapters.files import read_input
 from mustaple.adapters.loader import Loaded, LoadFailed, load_or_fail
-from mustaple.adapters.store import AttemptRecord, CertStatus, Store, StoredStaple, cert_key
+from mustaple.adapters.store import (
+    AttemptRecord,
+    CertStatus,
+    Looked,
+    SqliteStore,
+    Store,
+    StoredStaple,
+    cert_key,
+    look_up,
+)
 from mustaple.adapters.workers import WorkerPool, cores
 from mustaple.core import lifecycle
 from mustaple.core.certs import Target, display_name, is_must_staple, parse_certificates
@@ -74,7 +83,7 @@ from mustaple.core.render import human_time
 from mustaple.core.request import CertId, make_cert_id
 from mustaple.core.schedule import Alert
 from mustaple.core.urls import url_host
-from mustaple.core.verify import Staple, verify
+from mustaple.core.verify import Policy, Staple, verify
 
 __all__ = [
     "CertView",
@@ -307,17 +316,27 @@ class Keeper:
         return [managed for managed in loaded if managed is not None]
 
     async def _load_all(self, files: Sequence[FileToLoad]) -> list[Managed | None]:
-        """Load `files` (in worker processes when there are some), in order; an unusable file
-        becomes a `Problem` (None in the list)."""
-        if isinstance(self.fetcher, WorkerPool):
-            asked = [(path, entry.issuer, self._fetch_policy(entry)) for path, entry, _ in files]
-            outcomes = await self.fetcher.load_many(asked)
-        else:
-            outcomes = [await self._load_here(path, entry) for path, entry, _ in files]
-        return [
-            self._take(path, entry, stamp, loaded)
-            for (path, entry, stamp), loaded in zip(files, outcomes, strict=True)
-        ]
+        """Load `files` (in worker processes when there are some: each taken as it comes
+        back), in order; an unusable file becomes a `Problem` (None in the list)."""
+        taken: list[Managed | None] = [None] * len(files)
+        if not isinstance(self.fetcher, WorkerPool):
+            for index, (path, entry, stamp) in enumerate(files):
+                taken[index] = self._take(path, entry, stamp, await self._load_here(path, entry))
+            return taken
+
+        def take(index: int, loaded: Loaded | LoadFailed, looked: Looked | None) -> None:
+            path, entry, stamp = files[index]
+            taken[index] = self._take(path, entry, stamp, loaded, looked)
+
+        asked = [(path, entry.issuer, self._fetch_policy(entry)) for path, entry, _ in files]
+        await self.fetcher.load_many(asked, take, restore=self._restore_from())
+        return taken
+
+    def _restore_from(self) -> tuple[Path, Policy] | None:
+        """Where workers look up stored answers (a SQLite store: they read it themselves)."""
+        if isinstance(self.store, SqliteStore):
+            return self.store.path, self.policy.verify
+        return None
 
     async def _load(self, path: Path, entry: CertEntry, stamp: tuple[int, int]) -> Managed | None:
         """Load one file; an unusable one becomes a `Problem`, shown everywhere."""
@@ -337,9 +356,15 @@ class Keeper:
         return with_proxy(self.policy.fetch, entry)
 
     def _take(
-        self, path: Path, entry: CertEntry, stamp: tuple[int, int], loaded: Loaded | LoadFailed
+        self,
+        path: Path,
+        entry: CertEntry,
+        stamp: tuple[int, int],
+        loaded: Loaded | LoadFailed,
+        looked: Looked | None = None,
     ) -> Managed | None:
-        """A file as loaded becomes a `Managed` (its life begun if it is new), or a `Problem`."""
+        """A file as loaded becomes a `Managed` (its life begun if it is new, from `looked`
+        when a worker looked up its stored answer), or a `Problem`."""
         if isinstance(loaded, LoadFailed):
             if loaded.unexpected:
                 self._unusable(path, stamp, _internal(loaded.message), Reason.KEEPER_FAULT)
@@ -360,7 +385,7 @@ class Keeper:
         self._files.setdefault(life.key, []).append(managed)
         self._index.clear()
         if fresh:
-            self._begin(managed)
+            self._begin(managed, looked)
         return managed
 
     @contextlib.asynccontextmanager
@@ -388,8 +413,9 @@ class Keeper:
             self.fetcher = mine
             await pool.close()
 
-    def _begin(self, managed: Managed) -> None:
-        """A certificate seen for the first time by this process: its stored truth, or due now."""
+    def _begin(self, managed: Managed, looked: Looked | None = None) -> None:
+        """A certificate seen for the first time by this process: its stored truth (validated
+        now: `looked`, or looked up here), or due now."""
         life, now = managed.life, self.clock()
         if not managed.target.ocsp_urls and not managed.entry.urls:
             problem = (
@@ -400,13 +426,13 @@ class Keeper:
             log.log(level, "%s: %s", managed.name, problem)
             return
         self._apply(life, Wait(now), now)
-        stored = self.store.load(life.key)
-        if stored is None:
-            return
-        outcome = verify(stored.der, managed.target, now, self.policy.verify)
+        if looked is None:
+            looked = look_up(self.store, life.key, managed.target, now, self.policy.verify)
+        outcome = looked.outcome
         if isinstance(outcome, Staple):
-            self._apply(life, Restored(outcome, stored.fetched_at), now)
-        elif stored.good:
+            assert looked.fetched_at is not None
+            self._apply(life, Restored(outcome, looked.fetched_at), now)
+        elif outcome is not None and looked.good:
             self._apply(life, Stale(), now)  # a staple file may be ours: ours to take away
 
     def _unusable(self, path: Path, stamp: tuple[int, int], message: str, reason: Reason) -> None:
