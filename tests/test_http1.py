@@ -64,6 +64,7 @@ class Server:
     busy: int = 0
     most_busy: int = 0
     port: int = 0
+    ended: asyncio.Event = field(default_factory=asyncio.Event)  # a connection has ended
 
     @property
     def url(self) -> str:
@@ -91,6 +92,7 @@ class Server:
                     break
         finally:
             writer.close()
+            self.ended.set()
 
 
 async def _read_request(reader: asyncio.StreamReader, connection: int) -> Seen | None:
@@ -238,6 +240,20 @@ def test_an_idle_connection_the_server_closed_is_not_used() -> None:
 
     server = asyncio.run(scenario())
     assert (server.connections, len(server.seen)) == (2, 2)  # no request lost on conn 1
+
+
+def test_a_connection_busy_when_the_client_closes_is_closed_after_its_answer() -> None:
+    async def scenario() -> Response:
+        async with serving(lambda seen: ok()) as server:
+            http = client()
+            pending = asyncio.create_task(get(http, server.url))
+            await asyncio.sleep(0)  # the request is on its way
+            await http.close()
+            answer = await pending
+            await asyncio.wait_for(server.ended.wait(), 5)  # the server saw it close
+            return answer
+
+    assert asyncio.run(scenario()).body == b"staple"
 
 
 def test_a_fresh_connection_closed_unanswered_is_not_retried() -> None:

@@ -173,6 +173,7 @@ class Http1Client:
         self.limit, self.user_agent, self.watchers = limit, user_agent, tuple(watchers)
         self._idle: dict[_Key, list[_Connection]] = {}
         self._open = 0  # idle and busy
+        self._closed = False
         self._slots = asyncio.Semaphore(limit)
 
     async def request(
@@ -205,6 +206,7 @@ class Http1Client:
 
     async def close(self) -> None:
         """Close every idle connection (busy ones close when their exchange ends)."""
+        self._closed = True
         for connections in self._idle.values():
             for connection in connections:
                 connection.close()
@@ -305,7 +307,7 @@ class Http1Client:
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
             raise BadAnswer(f"the connection broke mid-answer ({type(exc).__name__})") from None
         finally:
-            if keep and connection.usable():
+            if keep and not self._closed and connection.usable():
                 connection.reused = True
                 self._idle.setdefault(connection.key, []).append(connection)
             else:
