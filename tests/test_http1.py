@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from mustaple.adapters.fetch import USER_AGENT, FetchPolicy, _Clients, _send
+from mustaple.adapters.fetch import USER_AGENT, FetchPolicy, _Clients, _Reply, _send
 from mustaple.adapters.http1 import (
     BadAnswer,
     ConnectFailed,
@@ -133,8 +133,26 @@ def client(**kwargs: object) -> Http1Client:
     return Http1Client(user_agent=USER_AGENT, **kwargs)  # type: ignore[arg-type]
 
 
+async def send(request: HttpRequest, proxy: Proxy | None = None) -> _Reply:
+    """One exchange as the fetcher makes it (the lean client, aiohttp when handed over)."""
+    lean = client()
+    async with _Clients(None, lean, POLICY) as clients:
+        reply = await _send(clients, request, POLICY, proxy)
+    await lean.close()
+    return reply
+
+
 async def get(http: Http1Client, url: str, policy: FetchPolicy = POLICY) -> Response:
     return await http.request("GET", url, headers={"Accept": "x/y"}, policy=policy)
+
+
+async def get_once(url: str, policy: FetchPolicy = POLICY, watcher: Told | None = None) -> Response:
+    """A GET on a client of its own, closed afterwards."""
+    http = client(watchers=[watcher] if watcher else [])
+    try:
+        return await get(http, url, policy)
+    finally:
+        await http.close()
 
 
 def test_keep_alive_reuses_one_connection_and_sends_the_path_byte_for_byte() -> None:
@@ -260,7 +278,7 @@ def test_a_fresh_connection_closed_unanswered_is_not_retried() -> None:
     async def scenario() -> Server:
         async with serving(lambda seen: None) as server:
             with pytest.raises(BadAnswer, match="closed the connection without answering"):
-                await get(client(), server.url)
+                await get_once(server.url)
             return server
 
     server = asyncio.run(scenario())
@@ -285,7 +303,7 @@ def test_silence_after_any_part_of_an_answer_ends_at_the_total_timeout(reply: Re
             loop = asyncio.get_running_loop()
             started = loop.time()
             with pytest.raises(TimeoutError):
-                await get(client(watchers=[told]), server.url, policy)
+                await get_once(server.url, policy, told)
             return loop.time() - started
 
     waited = asyncio.run(scenario())
@@ -306,7 +324,7 @@ def test_a_body_over_the_cap_is_refused_while_reading(answer: bytes, size: int) 
     async def scenario() -> None:
         async with serving(lambda seen: (answer, CLOSE)) as server:
             with pytest.raises(TooLarge) as caught:
-                await get(client(), server.url)
+                await get_once(server.url)
             assert (caught.value.status, caught.value.size) == (200, size)
 
     asyncio.run(scenario())
@@ -315,7 +333,7 @@ def test_a_body_over_the_cap_is_refused_while_reading(answer: bytes, size: int) 
 def test_a_body_of_exactly_the_cap_is_read() -> None:
     async def scenario() -> Response:
         async with serving(lambda seen: ok(b"y" * 100)) as server:
-            return await get(client(), server.url)
+            return await get_once(server.url)
 
     assert asyncio.run(scenario()).body == b"y" * 100
 
@@ -341,6 +359,7 @@ def test_redirects_are_followed_and_limited() -> None:
             with pytest.raises(Handover) as caught:
                 await get(http, server.url + "/away")
             assert (caught.value.url, caught.value.redirects) == ("https://127.0.0.1:1/x", 1)
+            await http.close()
             return server
 
     server = asyncio.run(scenario())
@@ -349,13 +368,25 @@ def test_redirects_are_followed_and_limited() -> None:
     assert lines[2:] == ["GET /loop HTTP/1.1"] * 3 + ["GET /away HTTP/1.1"]  # the 3rd refused
 
 
+def test_a_redirect_to_https_is_carried_on_by_aiohttp() -> None:
+    async def scenario() -> tuple[str | None, str]:
+        async with serving(_redirecting) as server:
+            request = HttpRequest("GET", server.url + "/away")
+            reply = await send(request)
+            assert reply.rejection is not None
+            return reply.rejection.code, reply.rejection.message
+
+    code, message = asyncio.run(scenario())
+    assert code == Reason.CONNECTION_FAILED.code
+    assert message.endswith(": 127.0.0.1:1: Connection refused")  # aiohttp tried the https URL
+
+
 def test_through_a_proxy_the_target_is_absolute_and_credentials_go_along() -> None:
     async def scenario() -> Server:
         async with serving(lambda seen: ok(extra="Via: 1.1 test\r\n")) as proxy:
-            clients = _Clients(None, client(), POLICY)
             via = Proxy(proxy.url, "user", "pa:ss")
             url = "http://ocsp.example.test:8080/MFQ%2B"
-            reply = await _send(clients, HttpRequest("GET", url), POLICY, via)
+            reply = await send(HttpRequest("GET", url), via)
             assert reply.answer is not None
             assert reply.answer.body == b"staple"
             return proxy
@@ -373,7 +404,7 @@ def test_the_proxy_s_own_error_page_is_told_apart() -> None:
 
     async def scenario() -> tuple[str, str, str]:
         async with serving(lambda seen: (page, CLOSE)) as proxy:
-            reply = await _send(_Clients(None, client(), POLICY), request, POLICY, Proxy(proxy.url))
+            reply = await send(request, Proxy(proxy.url))
             assert reply.rejection is not None
             return reply.rejection.code, reply.rejection.message, proxy.url
 
@@ -403,12 +434,8 @@ def test_a_refused_connection_says_where_and_why() -> None:
         async with serving(lambda seen: ok()) as server:
             port = server.port
         with pytest.raises(ConnectFailed) as caught:
-            await get(client(), f"http://127.0.0.1:{port}/")
-        reply = await _send(
-            _Clients(None, client(), POLICY),
-            HttpRequest("GET", f"http://127.0.0.1:{port}/"),
-            POLICY,
-        )
+            await get_once(f"http://127.0.0.1:{port}/")
+        reply = await send(HttpRequest("GET", f"http://127.0.0.1:{port}/"))
         assert reply.rejection is not None
         assert reply.rejection.reason is Reason.CONNECTION_FAILED
         assert reply.rejection.message.endswith(f": 127.0.0.1:{port}: Connection refused")
@@ -425,7 +452,7 @@ def test_what_is_not_http_is_a_bad_answer(answer: bytes) -> None:
     async def scenario() -> None:
         async with serving(lambda seen: (answer, CLOSE)) as server:
             with pytest.raises(BadAnswer):
-                await get(client(), server.url)
+                await get_once(server.url)
 
     asyncio.run(scenario())
 
@@ -436,7 +463,7 @@ def test_interim_answers_are_skipped_and_the_watcher_told() -> None:
 
     async def scenario() -> Response:
         async with serving(lambda seen: (interim + ok()[0], KEEP)) as server:
-            return await get(client(watchers=[told]), server.url + "/w")
+            return await get_once(server.url + "/w", watcher=told)
 
     assert asyncio.run(scenario()).status == 200
     assert told.lines[1] == "end 1 HTTP 200"

@@ -207,11 +207,11 @@ class Http1Client:
     async def close(self) -> None:
         """Close every idle connection (busy ones close when their exchange ends)."""
         self._closed = True
-        for connections in self._idle.values():
-            for connection in connections:
-                connection.close()
-                self._open -= 1
+        idle = [connection for connections in self._idle.values() for connection in connections]
         self._idle.clear()
+        for connection in idle:
+            self._drop(connection)
+        await asyncio.gather(*(c.writer.wait_closed() for c in idle), return_exceptions=True)
 
     async def _follow(
         self,
