@@ -246,6 +246,22 @@ def test_a_kept_connection_the_server_dropped_is_retried_once_on_a_fresh_one() -
     ]
 
 
+def test_a_kept_connection_closed_after_an_interim_answer_is_not_retried() -> None:
+    answers = iter([ok(), (b"HTTP/1.1 100 Continue\r\n\r\n", CLOSE)])
+
+    async def scenario() -> Server:
+        async with serving(lambda seen: next(answers, None)) as server:
+            http = client()
+            await get(http, server.url)
+            with pytest.raises(BadAnswer, match="after an interim HTTP 100"):
+                await get(http, server.url)
+            await http.close()
+            return server
+
+    server = asyncio.run(scenario())
+    assert (server.connections, len(server.seen)) == (1, 2)  # a byte came: no second try
+
+
 def test_an_idle_connection_the_server_closed_is_not_used() -> None:
     async def scenario() -> Server:
         async with serving(lambda seen: (ok()[0], CLOSE)) as server:

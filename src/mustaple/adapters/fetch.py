@@ -322,7 +322,9 @@ def _failed(
 ) -> _Reply:
     """The rejection for what the lean client raised."""
     if isinstance(exc, http1.TooLarge):
-        if proxy is not None and _from_proxy(exc.status, _media_type(exc.headers), exc.headers):
+        if proxy is not None and _from_proxy(
+            exc.status, http1.media_type(exc.headers), exc.headers
+        ):
             return _proxy_answer(proxy, exc.status, None)
         return _too_large(exc.size, policy.max_size)
     if isinstance(exc, TimeoutError):
@@ -335,10 +337,6 @@ def _failed(
     if isinstance(exc, http1.BadUrl):
         return _Reply(None, Rejection(Reason.BAD_URL, f"{request.url[:120]!r}: {exc}"))
     return _Reply(None, Rejection(Reason.CONNECTION_FAILED, str(exc) or type(exc).__name__))
-
-
-def _media_type(headers: Mapping[str, str]) -> str:
-    return headers.get("content-type", "").partition(";")[0].strip().lower()
 
 
 def _headers(request: HttpRequest, proxy: Proxy | None) -> dict[str, str]:

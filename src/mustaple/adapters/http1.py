@@ -34,6 +34,7 @@ __all__ = [
     "TooLarge",
     "TooManyRedirects",
     "Watcher",
+    "media_type",
     "outcome",
 ]
 
@@ -106,8 +107,12 @@ class Response:
 
     @property
     def content_type(self) -> str:
-        """The media type, lower case, without parameters ('' when none)."""
-        return self.headers.get("content-type", "").partition(";")[0].strip().lower()
+        return media_type(self.headers)
+
+
+def media_type(headers: Mapping[str, str]) -> str:
+    """The media type of a Content-Type, lower case, without parameters ('' when none)."""
+    return headers.get("content-type", "").partition(";")[0].strip().lower()
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +156,6 @@ class _Connection:
     key: _Key
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
-    reused: bool = False
 
     def usable(self) -> bool:
         return not (self.reader.at_eof() or self.writer.is_closing())
@@ -300,15 +304,12 @@ class Http1Client:
         keep = False
         try:
             connection.writer.write(data)
-            response, keep = await _read_response(
-                connection.reader, method, max_size, connection.reused
-            )
+            response, keep = await _read_response(connection.reader, method, max_size)
             return response
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
             raise BadAnswer(f"the connection broke mid-answer ({type(exc).__name__})") from None
         finally:
             if keep and not self._closed and connection.usable():
-                connection.reused = True
                 self._idle.setdefault(connection.key, []).append(connection)
             else:
                 self._drop(connection)
@@ -326,13 +327,15 @@ def _head(
 
 
 async def _read_response(
-    reader: asyncio.StreamReader, method: str, max_size: int, reused: bool
+    reader: asyncio.StreamReader, method: str, max_size: int
 ) -> tuple[Response, bool]:
     """The answer and whether the connection may serve another request."""
-    while True:
-        version, status, reason, headers = await _read_head(reader, reused)
-        if not 100 <= status < 200:
-            break
+    version, status, reason, headers = await _read_head(reader)
+    while 100 <= status < 200:  # interim answers (100 Continue...): the real one follows
+        try:
+            version, status, reason, headers = await _read_head(reader)
+        except _ClosedUnanswered:
+            raise BadAnswer(f"the connection ended after an interim HTTP {status}") from None
     tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
     keep = version == "HTTP/1.1" and "close" not in tokens
     if status in (204, 304) or method == "HEAD":
@@ -346,19 +349,17 @@ async def _read_response(
     return Response(status, reason, headers, body), keep
 
 
-async def _read_head(
-    reader: asyncio.StreamReader, reused: bool
-) -> tuple[str, int, str, dict[str, str]]:
+async def _read_head(reader: asyncio.StreamReader) -> tuple[str, int, str, dict[str, str]]:
     try:
         head = await reader.readuntil(b"\r\n\r\n")
     except asyncio.IncompleteReadError as exc:
         if not exc.partial:
-            raise (_ClosedUnanswered() if reused else BadAnswer(_UNANSWERED)) from None
+            raise _ClosedUnanswered from None
         raise BadAnswer("the answer's headers were cut short") from None
     except asyncio.LimitOverrunError:
         raise BadAnswer(f"the answer's headers are over {_HEAD_LIMIT} bytes") from None
     except ConnectionError:
-        raise (_ClosedUnanswered() if reused else BadAnswer(_UNANSWERED)) from None
+        raise _ClosedUnanswered from None
     status_line, *fields = head[:-4].decode("latin-1").split("\r\n")
     version, _, rest = status_line.partition(" ")
     code, _, reason = rest.partition(" ")
@@ -372,9 +373,6 @@ async def _read_head(
         name, value = name.lower(), value.strip()
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
     return version, int(code), reason, headers
-
-
-_UNANSWERED = "the server closed the connection without answering"
 
 
 async def _read_sized(
