@@ -445,6 +445,21 @@ def test_no_more_connections_than_the_limit() -> None:
     assert server.most_busy == 2
 
 
+def test_an_idle_connection_to_another_host_makes_room_at_the_limit() -> None:
+    async def scenario() -> tuple[Server, Server]:
+        async with serving(lambda seen: ok()) as first, serving(lambda seen: ok()) as second:
+            http = client(limit=1)
+            await get(http, first.url)
+            await get(http, second.url)  # the idle connection to `first` is closed for it
+            await asyncio.wait_for(first.ended.wait(), 5)
+            await get(http, second.url)
+            await http.close()
+            return first, second
+
+    first, second = asyncio.run(scenario())
+    assert (first.connections, second.connections, len(second.seen)) == (1, 1, 2)
+
+
 def test_a_refused_connection_says_where_and_why() -> None:
     async def scenario() -> int | None:
         async with serving(lambda seen: ok()) as server:

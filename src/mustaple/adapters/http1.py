@@ -287,7 +287,7 @@ class Http1Client:
         return _Connection(key, reader, writer)
 
     def _evict_one(self) -> None:
-        """Close the longest-idle connection of any key, to stay within `limit`."""
+        """Close an idle connection (the oldest of its key), to stay within `limit`."""
         for connections in self._idle.values():
             if connections:
                 self._drop(connections.pop(0))
