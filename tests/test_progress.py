@@ -8,7 +8,6 @@ once in-process with stderr a pipe, once as a process on a pseudo-terminal.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import os
 import pty
@@ -24,6 +23,7 @@ from types import SimpleNamespace
 import pytest
 
 from mustaple.adapters.fetch import FetchResult
+from mustaple.adapters.http1 import outcome
 from mustaple.cli import main
 from mustaple.core.reasons import Reason, Rejection
 from mustaple.core.report import ExitCode
@@ -50,30 +50,19 @@ def silent() -> Iterator[str]:
         yield f"http://127.0.0.1:{listener.getsockname()[1]}/ocsp"
 
 
-async def _request(progress: FetchProgress, ctx: SimpleNamespace, url: str) -> None:
-    await progress._request_start(None, ctx, SimpleNamespace(method="GET", url=url))  # type: ignore[arg-type]
-
-
 def test_plain_lines_only_for_waits_that_last() -> None:
     stream, clock = io.StringIO(), Ticks()
     progress = FetchProgress("a.test", Display(stream, tty=False, clock=clock))
-    quick, slow = SimpleNamespace(), SimpleNamespace()
-
-    async def scenario() -> None:
-        await _request(progress, quick, "http://127.0.0.1:9/quick")
-        clock.now += 1.9
+    quick = progress.request_started("GET", "http://127.0.0.1:9/quick")
+    clock.now += 1.9
+    progress.display.tick()
+    progress.request_ended(quick, outcome(200))
+    assert stream.getvalue() == ""  # a quick exchange says nothing
+    slow = progress.request_started("GET", "http://127.0.0.1:9/slow")
+    for step in (1.9, 0.1, 5.0, 5.0, 0.5):
+        clock.now += step
         progress.display.tick()
-        answer = SimpleNamespace(response=SimpleNamespace(status=200))
-        await progress._request_end(None, quick, answer)  # type: ignore[arg-type]
-        assert stream.getvalue() == ""  # a quick exchange says nothing
-        await _request(progress, slow, "http://127.0.0.1:9/slow")
-        for step in (1.9, 0.1, 5.0, 5.0, 0.5):
-            clock.now += step
-            progress.display.tick()
-        failure = SimpleNamespace(exception=TimeoutError())
-        await progress._request_exception(None, slow, failure)  # type: ignore[arg-type]
-
-    asyncio.run(scenario())
+    progress.request_ended(slow, outcome(None, TimeoutError()))
     what = "mustaple: a.test: waiting on GET http://127.0.0.1:9/slow"
     assert stream.getvalue().splitlines() == [
         f"{what}: 2 s so far",

@@ -1,4 +1,4 @@
-"""Fetching over HTTP (aiohttp): OCSP responses with retries and failover, and AIA issuers.
+"""Fetching over HTTP: OCSP responses with retries and failover, and AIA issuers.
 
 The I/O adapter between the pure request builder and the pure validator, and the keeper's
 `Fetcher` (`HttpFetcher`). Which request to send next, when to pause and when to stop is
@@ -11,26 +11,35 @@ the configured one); an answer that is the proxy's own error page is told apart 
 responder's (`proxy-refused`, `proxy-error`). Every answer is judged (`fetchplan.judged`) the
 moment it arrives, so a `tryLater` or an HTML error page is retried exactly like a timeout.
 Nothing here raises for a misbehaving responder: the result says what happened.
+
+Two clients carry the exchanges: OCSP requests to plain `http://` URLs (almost all of them),
+direct or through the proxy, go through the lean keep-alive client (`http1`), which costs a
+fraction of aiohttp's CPU per exchange; `https://` URLs, a redirect to one, and AIA issuer
+downloads go through aiohttp, whose session is opened only when first needed. `Watch` shows
+the requests of both to a `Watcher` (e.g. the progress display).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import email.utils
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import SimpleNamespace
+from typing import Any
 
 import aiohttp
 from cryptography import x509
 from yarl import URL
 
 from mustaple import __version__
+from mustaple.adapters import http1
 from mustaple.core.certs import Target, parse_certificates
 from mustaple.core.clock import Clock, utc_now
 from mustaple.core.errors import InputError
@@ -53,6 +62,7 @@ __all__ = [
     "FetchPolicy",
     "FetchResult",
     "HttpFetcher",
+    "Watch",
     "fetch_issuer",
     "fetch_staple",
 ]
@@ -82,12 +92,13 @@ async def fetch_staple(
     verify_policy: Policy = DEFAULT_POLICY,
     current: Staple | None = None,
     session: aiohttp.ClientSession | None = None,
+    lean: http1.Http1Client | None = None,
     clock: Clock = utc_now,
     sleep: Sleep = asyncio.sleep,
     rng: Callable[[], float] = random.random,
 ) -> FetchResult:
     """Get a validated staple for `target`, trying `urls` then the certificate's own URLs,
-    as `fetchplan.next_step` says.
+    as `fetchplan.next_step` says. Without `session` or `lean`, opens its own (only when needed).
 
     A staple that is not better than `current` (see `verify.compare`) counts as a rejection.
     """
@@ -97,7 +108,7 @@ async def fetch_staple(
     routes = routes_for(request_der, urls, target.ocsp_urls)
     run = _Run(target, policy, verify_policy, current, clock)
     taken: list[Taken] = []
-    async with _session_for(session, policy) as http:
+    async with _Clients(session, lean, policy) as http:
         while not isinstance(step := next_step(routes, taken, policy), Stop):
             if isinstance(step, Wait):
                 await sleep(step.seconds(rng()))
@@ -108,27 +119,33 @@ async def fetch_staple(
 
 
 class HttpFetcher:
-    """The `Fetcher` over HTTP (aiohttp): one session, a pool of connections, for every fetch
-    and issuer download. Without a session, each call opens one of its own."""
+    """The `Fetcher` over HTTP: the lean client and an aiohttp session, each with its pool of
+    connections, for every fetch and issuer download. Without them, each call opens its own."""
 
-    def __init__(self, session: aiohttp.ClientSession | None = None) -> None:
-        self.session = session
+    def __init__(
+        self, session: aiohttp.ClientSession | None = None, lean: http1.Http1Client | None = None
+    ) -> None:
+        self.session, self.lean = session, lean
 
     @classmethod
     def open(cls, *, limit: int, trace_configs: Sequence[aiohttp.TraceConfig] = ()) -> HttpFetcher:
-        """A fetcher with a session of its own, at most `limit` connections (call it in the
-        running event loop; `close` it)."""
+        """A fetcher with clients of its own, at most `limit` connections each (call it in the
+        running event loop; `close` it). A `Watch` among `trace_configs` sees both clients."""
+        watchers = [t.watcher for t in trace_configs if isinstance(t, Watch)]
         return cls(
             aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=limit),
                 headers={"User-Agent": USER_AGENT},
                 trace_configs=list(trace_configs) or None,
-            )
+            ),
+            http1.Http1Client(limit=limit, user_agent=USER_AGENT, watchers=watchers),
         )
 
     async def close(self) -> None:
         if self.session is not None:
             await self.session.close()
+        if self.lean is not None:
+            await self.lean.close()
 
     async def fetch(self, job: FetchJob, *, clock: Clock, rng: Callable[[], float]) -> FetchResult:
         return await fetch_staple(
@@ -139,6 +156,7 @@ class HttpFetcher:
             verify_policy=job.verify_policy,
             current=job.current,
             session=self.session,
+            lean=self.lean,
             clock=clock,
             rng=rng,
         )
@@ -149,17 +167,61 @@ class HttpFetcher:
         return await fetch_issuer(url, session=self.session, policy=policy, cache=cache)
 
 
-@asynccontextmanager
-async def _session_for(
-    session: aiohttp.ClientSession | None, policy: FetchPolicy
-) -> AsyncIterator[aiohttp.ClientSession]:
-    if session is not None:
-        yield session
-        return
-    async with aiohttp.ClientSession(
-        headers={"User-Agent": USER_AGENT}, timeout=_timeout(policy)
-    ) as owned:
-        yield owned
+class Watch(aiohttp.TraceConfig):
+    """Request tracing that both clients honour: aiohttp through these trace signals, the
+    lean client through `watcher` (`HttpFetcher.open` hands it over)."""
+
+    def __init__(self, watcher: http1.Watcher) -> None:
+        super().__init__()
+        self.watcher = watcher
+        self.on_request_start.append(self._started)
+        self.on_request_end.append(self._ended)
+        self.on_request_exception.append(self._failed)
+
+    async def _started(self, _: aiohttp.ClientSession, ctx: SimpleNamespace, params: Any) -> None:
+        ctx.mustaple_token = self.watcher.request_started(params.method, str(params.url))
+
+    async def _ended(self, _: aiohttp.ClientSession, ctx: SimpleNamespace, params: Any) -> None:
+        self.watcher.request_ended(ctx.mustaple_token, http1.outcome(params.response.status))
+
+    async def _failed(self, _: aiohttp.ClientSession, ctx: SimpleNamespace, params: Any) -> None:
+        self.watcher.request_ended(ctx.mustaple_token, http1.outcome(None, params.exception))
+
+
+class _Clients:
+    """The clients of one fetch: those given, else its own, opened when first needed and
+    closed at the end."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession | None,
+        lean: http1.Http1Client | None,
+        policy: FetchPolicy,
+    ) -> None:
+        self._session, self._lean, self.policy = session, lean, policy
+        self._own: list[aiohttp.ClientSession | http1.Http1Client] = []
+
+    async def __aenter__(self) -> _Clients:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        for client in self._own:
+            await client.close()
+
+    @property
+    def lean(self) -> http1.Http1Client:
+        if self._lean is None:
+            self._lean = http1.Http1Client(user_agent=USER_AGENT)
+            self._own.append(self._lean)
+        return self._lean
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            headers = {"User-Agent": USER_AGENT}
+            self._session = aiohttp.ClientSession(headers=headers, timeout=_timeout(self.policy))
+            self._own.append(self._session)
+        return self._session
 
 
 def _timeout(policy: FetchPolicy) -> aiohttp.ClientTimeout:
@@ -177,7 +239,7 @@ class _Run:
     clock: Clock
     attempts: list[Attempt] = field(default_factory=list)
 
-    async def exchange(self, http: aiohttp.ClientSession, request: HttpRequest) -> Exchange:
+    async def exchange(self, http: _Clients, request: HttpRequest) -> Exchange:
         started, t0 = self.clock(), time.monotonic()
         try:
             proxy = choose_proxy(request.url, self.policy.proxy, os.environ)
@@ -220,38 +282,106 @@ def _record(
 
 
 async def _send(
-    http: aiohttp.ClientSession,
-    request: HttpRequest,
-    policy: FetchPolicy,
-    proxy: Proxy | None = None,
+    http: _Clients, request: HttpRequest, policy: FetchPolicy, proxy: Proxy | None = None
 ) -> _Reply:
-    """One HTTP exchange, through `proxy` if given; transport failures become rejections."""
+    """One HTTP exchange, through `proxy` if given: plain http:// on the lean client, the rest
+    (and a redirect to https://) on aiohttp; transport failures become rejections."""
+    if request.url[:7].lower() != "http://":
+        return await _send_aiohttp(http.session, request, policy, proxy)
+    started = time.monotonic()
+    try:
+        response = await http.lean.request(
+            request.method,
+            request.url,
+            body=request.body,
+            headers=_headers(request, proxy),
+            proxy=proxy.url if proxy else None,
+            policy=policy,
+        )
+    except http1.Handover as turn:
+        onward = HttpRequest("POST" if turn.method == "POST" else "GET", turn.url, turn.body)
+        return await _send_aiohttp(http.session, onward, _rest(policy, turn, started), proxy)
+    except (http1.HttpProblem, TimeoutError, OSError) as exc:
+        return _failed(exc, request, policy, proxy)
+    if proxy is not None and _from_proxy(response.status, response.content_type, response.headers):
+        return _proxy_answer(proxy, response.status, response.reason)
+    answer = HttpAnswer(response.status, response.headers.get("content-type"), response.body)
+    return _Reply(answer, None, _retry_after(response.headers.get("retry-after")))
+
+
+def _rest(policy: FetchPolicy, turn: http1.Handover, started: float) -> FetchPolicy:
+    """The policy for the rest of an exchange handed over: what is left of its time and
+    redirects (0 stays 'no limit')."""
+    left = max(policy.total_timeout - (time.monotonic() - started), 0.001)
+    redirects = policy.max_redirects and policy.max_redirects - turn.redirects
+    return dataclasses.replace(policy, total_timeout=left, max_redirects=redirects)
+
+
+def _failed(
+    exc: Exception, request: HttpRequest, policy: FetchPolicy, proxy: Proxy | None
+) -> _Reply:
+    """The rejection for what the lean client raised."""
+    if isinstance(exc, http1.TooLarge):
+        if proxy is not None and _from_proxy(
+            exc.status, http1.media_type(exc.headers), exc.headers
+        ):
+            return _proxy_answer(proxy, exc.status, None)
+        return _too_large(exc.size, policy.max_size)
+    if isinstance(exc, TimeoutError):
+        return _timed_out(policy, proxy)
+    if isinstance(exc, http1.ConnectFailed):
+        reason = Reason.PROXY_UNREACHABLE if exc.to_proxy else Reason.CONNECTION_FAILED
+        return _Reply(None, Rejection(reason, _unreachable(exc.host, exc.port, exc.error)))
+    if isinstance(exc, http1.TooManyRedirects):
+        return _Reply(None, Rejection(Reason.TOO_MANY_REDIRECTS, request.url[:120]))
+    if isinstance(exc, http1.BadUrl):
+        return _Reply(None, Rejection(Reason.BAD_URL, f"{request.url[:120]!r}: {exc}"))
+    return _Reply(None, Rejection(Reason.CONNECTION_FAILED, str(exc) or type(exc).__name__))
+
+
+def _headers(request: HttpRequest, proxy: Proxy | None) -> dict[str, str]:
     headers = {"Accept": "application/ocsp-response"}
     if request.method == "POST":
         headers["Content-Type"] = "application/ocsp-request"
     credentials = _proxy_headers(proxy)
     if credentials and request.url.startswith("http:"):  # https: only in CONNECT, never inside
         headers.update(credentials)
+    return headers
+
+
+def _timed_out(policy: FetchPolicy, proxy: Proxy | None) -> _Reply:
+    through = f" (through proxy {proxy.url})" if proxy else ""
+    return _Reply(None, Rejection(Reason.TIMEOUT, f"after {policy.total_timeout:g} s{through}"))
+
+
+async def _send_aiohttp(
+    http: aiohttp.ClientSession,
+    request: HttpRequest,
+    policy: FetchPolicy,
+    proxy: Proxy | None = None,
+) -> _Reply:
+    """One HTTP exchange on aiohttp, through `proxy` if given."""
     try:
         url = URL(request.url, encoded=True)  # keep %2B %2F %3D exactly as RFC 5019 wants
         async with http.request(
             request.method,
             url,
             data=request.body,
-            headers=headers,
+            headers=_headers(request, proxy),
             max_redirects=policy.max_redirects,
             timeout=_timeout(policy),
             proxy=URL(proxy.url) if proxy else None,
-            proxy_headers=credentials,
+            proxy_headers=_proxy_headers(proxy),
         ) as response:
-            if proxy is not None and _from_proxy(response):
+            if proxy is not None and _from_proxy(
+                response.status, response.content_type, response.headers
+            ):
                 return _proxy_answer(proxy, response.status, response.reason)
             return await _read(response, policy.max_size)
     except aiohttp.TooManyRedirects:
         return _Reply(None, Rejection(Reason.TOO_MANY_REDIRECTS, request.url[:120]))
     except TimeoutError:
-        through = f" (through proxy {proxy.url})" if proxy else ""
-        return _Reply(None, Rejection(Reason.TIMEOUT, f"after {policy.total_timeout:g} s{through}"))
+        return _timed_out(policy, proxy)
     except aiohttp.ClientProxyConnectionError as exc:
         return _Reply(None, Rejection(Reason.PROXY_UNREACHABLE, _describe(exc)))
     except aiohttp.ClientHttpProxyError as exc:
@@ -270,16 +400,16 @@ def _proxy_headers(proxy: Proxy | None) -> dict[str, str] | None:
     return {"Proxy-Authorization": f"Basic {token}"}
 
 
-def _from_proxy(response: aiohttp.ClientResponse) -> bool:
-    """Whether an answer through a proxy is the proxy's own error page, not the responder's.
+def _from_proxy(status: int, media_type: str, headers: Mapping[str, str]) -> bool:
+    """Whether an answer through a proxy is the proxy's own error page, not the responder's
+    (`headers`: case-insensitive, or with lower-case names).
 
     A proxy marks what it forwards with a Via header (RFC 9110 7.6.3); its own error pages
     carry none (tinyproxy), or say so (Squid's X-Squid-Error). 407 is always the proxy's.
     """
-    if response.status < 400 or response.content_type == "application/ocsp-response":
+    if status < 400 or media_type == "application/ocsp-response":
         return False
-    headers = response.headers
-    return response.status == 407 or "X-Squid-Error" in headers or "Via" not in headers
+    return status == 407 or "x-squid-error" in headers or "via" not in headers
 
 
 def _proxy_answer(proxy: Proxy, status: int, words: str | None) -> _Reply:
@@ -291,11 +421,14 @@ def _proxy_answer(proxy: Proxy, status: int, words: str | None) -> _Reply:
 def _describe(exc: BaseException) -> str:
     """A short account of a transport failure, e.g. '127.0.0.1:80: Connection refused'."""
     if isinstance(exc, aiohttp.ClientConnectorError):
-        errno = exc.os_error.errno
-        problem = os.strerror(errno) if errno else str(exc.os_error) or "connection failed"
-        return f"{exc.host}:{exc.port}: {problem}"
+        return _unreachable(exc.host, exc.port, exc.os_error)
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _unreachable(host: str, port: int | None, error: OSError) -> str:
+    problem = os.strerror(error.errno) if error.errno else str(error) or "connection failed"
+    return f"{host}:{port}: {problem}"
 
 
 async def _read(response: aiohttp.ClientResponse, max_size: int) -> _Reply:
@@ -352,8 +485,8 @@ async def fetch_issuer(
         proxy = choose_proxy(url, policy.proxy, os.environ)
     except ProxyError as exc:
         raise InputError(f"{exc}; fix or unset it") from None
-    async with _session_for(session, policy) as http:
-        reply = await _send(http, request, policy, proxy)
+    async with _Clients(session, None, policy) as http:
+        reply = await _send_aiohttp(http.session, request, policy, proxy)
     if reply.answer is None or reply.answer.status != 200:
         problem = f"HTTP {reply.answer.status}" if reply.answer else _message(reply.rejection)
         raise InputError(

@@ -131,11 +131,11 @@ async def _fetch(
     from mustaple.front.progress import FetchProgress
 
     progress = FetchProgress(cert)  # on stderr: which URL it waits on, for how long
-    async with progress.session(policy) as http:
-        target = await load_target(cert, issuer, policy=policy, session=http)
+    async with progress.fetcher() as http:
+        target = await load_target(cert, issuer, policy=policy, session=http.session)
         progress.name = target.name
         result = await fetch_staple(
             target, urls=urls, hash_name=hash_name, policy=policy, verify_policy=verify_policy,
-            session=http, sleep=progress.sleep,
+            session=http.session, lean=http.lean, sleep=progress.sleep,
         )  # fmt: skip
     return target, result

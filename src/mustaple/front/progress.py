@@ -1,7 +1,8 @@
 """Showing long work while it runs: which certificate and URL a command waits on, for how long.
 
-`FetchProgress` watches the HTTP exchanges of `mustaple fetch` (through aiohttp's request
-tracing, so the fetching code stays unaware of it) and its pauses between retries. On a
+`FetchProgress` watches the HTTP exchanges of `mustaple fetch` (as the `Watcher` the HTTP
+clients tell when each request starts and ends, so the fetching code stays unaware of what it
+is shown for) and its pauses between retries. On a
 terminal it draws a rich progress display on stderr, one line per wait with a running clock,
 gone once the work is done. Elsewhere (a pipe, cron, a log) it stays silent unless a wait
 lasts: after `first_after` seconds it prints a plain line, then one every `every` seconds, and
@@ -18,14 +19,12 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from types import SimpleNamespace
-from typing import Any, TextIO
+from typing import TextIO
 
-import aiohttp
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from mustaple.adapters.fetch import USER_AGENT, FetchPolicy, FetchResult
+from mustaple.adapters.fetch import FetchResult, HttpFetcher, Watch
 from mustaple.keeper.keeper import Managed
 
 __all__ = ["Display", "FetchProgress", "PrimeProgress"]
@@ -34,6 +33,7 @@ FIRST_AFTER = 2.0  # seconds before a plain line about a wait
 EVERY = 10.0  # seconds between plain lines about the same wait
 TICK = 0.25
 _URL_CHARS = 72
+_LIMIT = 100  # connections of one `mustaple fetch` (aiohttp's default)
 
 
 def short_url(url: str) -> str:
@@ -144,24 +144,28 @@ class FetchProgress:
         self._keys = 0
 
     @contextlib.asynccontextmanager
-    async def session(self, policy: FetchPolicy) -> AsyncIterator[aiohttp.ClientSession]:
-        """An HTTP session whose requests are shown, with the display running meanwhile."""
-        timeout = aiohttp.ClientTimeout(total=policy.total_timeout, connect=policy.connect_timeout)
-        async with (
-            aiohttp.ClientSession(
-                headers={"User-Agent": USER_AGENT}, timeout=timeout, trace_configs=[self.trace()]
-            ) as http,
-            self.display.running(),
-        ):
-            yield http
+    async def fetcher(self) -> AsyncIterator[HttpFetcher]:
+        """HTTP clients whose requests are shown, with the display running meanwhile."""
+        fetcher = HttpFetcher.open(limit=_LIMIT, trace_configs=[self.trace()])
+        try:
+            async with self.display.running():
+                yield fetcher
+        finally:
+            await fetcher.close()
 
-    def trace(self) -> aiohttp.TraceConfig:
-        """Tracing that shows each request of a session while it waits (the keeper's too)."""
-        trace = aiohttp.TraceConfig()
-        trace.on_request_start.append(self._request_start)
-        trace.on_request_end.append(self._request_end)
-        trace.on_request_exception.append(self._request_exception)
-        return trace
+    def trace(self) -> Watch:
+        """Tracing that shows each request of both HTTP clients while it waits (the keeper's
+        too, through `HttpFetcher.open`)."""
+        return Watch(self)
+
+    def request_started(self, method: str, url: str) -> object:
+        key = self._next_key()
+        self.display.start(key, f"{self.name}: waiting on {method} {short_url(url)}")
+        return key
+
+    def request_ended(self, token: object, outcome: str) -> None:
+        assert isinstance(token, int)
+        self.display.end(token, outcome)
 
     async def sleep(self, seconds: float) -> None:
         """The pause between rounds of tries, shown as a wait of its own."""
@@ -175,24 +179,6 @@ class FetchProgress:
     def _next_key(self) -> int:
         self._keys += 1
         return self._keys
-
-    async def _request_start(
-        self, _: aiohttp.ClientSession, ctx: SimpleNamespace, params: Any
-    ) -> None:
-        ctx.mustaple_key = self._next_key()
-        what = f"{self.name}: waiting on {params.method} {short_url(str(params.url))}"
-        self.display.start(ctx.mustaple_key, what)
-
-    async def _request_end(
-        self, _: aiohttp.ClientSession, ctx: SimpleNamespace, params: Any
-    ) -> None:
-        self.display.end(ctx.mustaple_key, f"HTTP {params.response.status}")
-
-    async def _request_exception(
-        self, _: aiohttp.ClientSession, ctx: SimpleNamespace, params: Any
-    ) -> None:
-        failure = type(params.exception).__name__
-        self.display.end(ctx.mustaple_key, f"failed ({failure})")
 
 
 class PrimeProgress:
