@@ -865,8 +865,9 @@ class Keeper:
                 chosen.append(managed)
             now = self.clock()
             wanted = self._one_per_life(m for m in chosen if m.next_due is not None)
-            for managed in wanted:
-                self._apply(managed.life, Wait(now), now)  # due now, even with a valid staple
+            for managed in wanted:  # due now, even with a valid staple
+                if not managed.life.state.due(now):
+                    self._apply(managed.life, Wait(now), now)
             await self._refresh_all(wanted)
         self.judge_time()
         self._flush()
