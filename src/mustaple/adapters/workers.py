@@ -42,7 +42,7 @@ from mustaple.adapters.store import Looked, SqliteStore, cert_key, look_up
 from mustaple.core.certs import Target
 from mustaple.core.clock import Clock, utc_now
 from mustaple.core.errors import InputError
-from mustaple.core.fetchtypes import Attempt, FetchJob, FetchPolicy, FetchResult
+from mustaple.core.fetchtypes import Attempt, Fetcher, FetchJob, FetchPolicy, FetchResult
 from mustaple.core.verify import DEFAULT_POLICY, Policy, Staple
 
 __all__ = ["WorkerPool", "cores"]
@@ -207,31 +207,36 @@ class WorkerPool:
 
     Start it with `await WorkerPool.start(count, limit=...)` in the running loop; `close` it."""
 
-    def __init__(self, workers: list[_Worker], fallback: HttpFetcher) -> None:
+    def __init__(self, workers: list[_Worker], fallback: Fetcher) -> None:
         self.workers = workers
-        self.fallback = fallback  # the parent's own fetcher: issuers, and calls of dead workers
+        self.fallback = fallback  # the caller's own fetcher: issuers, calls of dead workers
         self._refs: dict[Hashable, int] = {}
         self._issuers: dict[bytes, x509.Certificate] = {}
         self._told_gone = False
 
     @classmethod
-    async def start(cls, count: int, *, limit: int) -> WorkerPool:
+    async def start(cls, count: int, *, limit: int, fallback: Fetcher) -> WorkerPool:
+        """`count` workers sharing `limit` connections; `fallback` (the caller's fetcher,
+        left open by `close`) does what no worker can."""
         loop = asyncio.get_running_loop()
         env = dict(os.environ)
         here = str(Path(__file__).resolve().parents[2])  # the mustaple the parent runs
         env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
         env["MUSTAPLE_WORKER_LIMIT"] = str(max(1, limit // count))
-        workers = []
-        for _ in range(count):
-            _, worker = await loop.subprocess_exec(
-                _Worker, sys.executable, "-c", _ENTRY, stdin=-1, stdout=-1, stderr=None, env=env
-            )
-            workers.append(worker)
-        return cls(workers, HttpFetcher.open(limit=limit))
+        pool = cls([], fallback)
+        try:
+            for _ in range(count):
+                _, worker = await loop.subprocess_exec(
+                    _Worker, sys.executable, "-c", _ENTRY, stdin=-1, stdout=-1, env=env
+                )
+                pool.workers.append(worker)
+        except BaseException:
+            await pool.close()  # the ones started so far
+            raise
+        return pool
 
     async def close(self) -> None:
         await asyncio.gather(*(worker.stop() for worker in self.workers))
-        await self.fallback.close()
 
     def _pick(self) -> _Worker | None:
         alive = [w for w in self.workers if w.alive]

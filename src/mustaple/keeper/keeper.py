@@ -401,7 +401,9 @@ class Keeper:
             yield
             return
         try:
-            pool = await WorkerPool.start(count, limit=self.policy.concurrency)
+            pool = await WorkerPool.start(
+                count, limit=self.policy.concurrency, fallback=self.fetcher
+            )
         except (OSError, RuntimeError) as exc:
             log.warning("no worker processes (%s): working in this process only", exc)
             yield
