@@ -77,7 +77,7 @@ from mustaple.core.delivery import Action, Delivered, Delivery
 from mustaple.core.reasons import Rejection
 from mustaple.core.request import encode_request, make_cert_id
 from mustaple.core.verify import DEFAULT_POLICY, HttpAnswer, Policy, Staple, judge
-from mustaple.keeper.keeper import FileToLoad, Keeper, Managed
+from mustaple.keeper.keeper import WORKERS_FROM, FileToLoad, Keeper, Managed
 from mustaple.testing import CA
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -608,7 +608,11 @@ class Run:
 
     @property
     def mode(self) -> str:
-        return f"{self.processes} workers" if self.processes else "in process"
+        if not self.processes:
+            return "in process"
+        if self.size < WORKERS_FROM:  # the keeper keeps a batch this small in process
+            return f"workers = {self.processes}, but in process (N < {WORKERS_FROM:,})"
+        return f"{self.processes} workers"
 
     @property
     def ms_per_cert(self) -> float:

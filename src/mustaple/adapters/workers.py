@@ -105,11 +105,15 @@ class _Outbox:
         self._write = write
         self._parts: list[bytes] = []
 
-    def send(self, message: object) -> None:
+    def send(self, message: object, *, at_once: bool = False) -> None:
+        """Send `message` with the others of this turn, or `at_once` (an answer that took
+        a while to make: the turn may go on for long)."""
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        if not self._parts:
+        if not self._parts and not at_once:
             asyncio.get_running_loop().call_soon(self._flush)
         self._parts += (_LENGTH.pack(len(data)), data)
+        if at_once:
+            self._flush()
 
     def _flush(self) -> None:
         parts, self._parts = self._parts, []
@@ -379,7 +383,9 @@ class _Serving(asyncio.Protocol):
         except Exception as exc:  # answered, never a dead worker
             self.outbox().send((call, False, f"{type(exc).__name__}: {exc}"))
         else:
-            self.outbox().send((call, True, value))
+            # A chunk of loads runs without a pause, and the next ones in the same turn of the
+            # loop: its answer goes now, so the keeper takes it while this worker goes on.
+            self.outbox().send((call, True, value), at_once=kind == "load")
 
     async def _fetch(self, asked: list[Any]) -> FetchResult:
         leaf, issuer, facts, urls, hash_name, policy, verify_policy, current = asked
