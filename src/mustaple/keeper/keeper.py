@@ -470,7 +470,6 @@ class Keeper:
         async with self._helpers(len(due)):
             await self._refresh_all(due)
         self.judge_time()
-        self._flush()
         await self.deliver()
 
     def sync(self) -> int:
@@ -649,10 +648,13 @@ class Keeper:
 
     async def deliver(self, *, again: bool = False) -> list[Delivered]:
         """Store the pending writes, then send every changed staple (or all, with `again`)
-        to its sinks, one batch per sink; one delivery at a time."""
+        to its sinks, one batch per sink, then write the status rows (how the sinks took it
+        included: one row per certificate per pass); one delivery at a time."""
         async with self._delivering:
-            self._flush()  # a staple is stored before any server is given it
-            return await self._deliver(again)
+            self._flush(statuses=False)  # a staple is stored before any server is given it
+            done = await self._deliver(again)
+            self._flush()
+            return done
 
     async def _deliver(self, again: bool) -> list[Delivered]:
         now = self.clock()
@@ -872,7 +874,6 @@ class Keeper:
                     self._apply(managed.life, Wait(now), now)
             await self._refresh_all(wanted)
         self.judge_time()
-        self._flush()
         await self.deliver()
         return chosen
 
