@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+import mustaple.adapters.workers as workers_module
 import mustaple.keeper.keeper as keeper_module
 from mustaple.adapters.config import Config
 from mustaple.adapters.store import SqliteStore
@@ -190,35 +191,48 @@ def test_below_the_threshold_or_with_workers_0_everything_stays_in_process(
     assert asyncio.run(scenario(0, tmp_path / "off")) == {us}
 
 
-def test_a_worker_killed_midway_costs_only_speed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("how", "told"),
+    [
+        (signal.SIGKILL, []),
+        (signal.SIGSTOP, ["a worker process was silent for 2 s with work in hand: stopped"] * 2),
+    ],
+)
+def test_a_worker_killed_or_stuck_midway_costs_only_speed(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    how: signal.Signals,
+    told: list[str],
 ) -> None:
     monkeypatch.setattr(keeper_module, "WORKERS_FROM", 8)
+    monkeypatch.setattr(workers_module, "SILENCE", 2.0)
 
     async def scenario() -> None:
         async with leaves(tmp_path, 16, workers=2, concurrency=1, per_host=1) as fleet:
             store = fleet.state()
             keeper = new_keeper(fleet, store, RecordingSink())
-            killed: list[int] = []
+            hit: list[int] = []
 
-            def kill_workers(*_: object) -> None:
-                if killed:
-                    return
-                for pid, _port in _workers_of_us():
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
+            def hit_workers(*_: object) -> None:
+                if not hit:
+                    for pid, _command in _workers_of_us():
+                        os.kill(pid, how)
+                        hit.append(pid)
 
-            keeper.observers.append(kill_workers)
+            keeper.observers.append(hit_workers)
             primed = await prime_all(fleet, keeper)
             store.close()
-            assert len(killed) == 2
+            assert len(hit) == 2
             assert [m.state() for m in primed] == ["good"] * 16
             assert len(fleet.responder.requests) == 16
+            assert not [pid for pid in hit if Path(f"/proc/{pid}").exists()]
 
     with caplog.at_level(logging.WARNING, logger="mustaple"):
         asyncio.run(scenario())
-    told = [r.getMessage() for r in caplog.records if "worker process ended" in r.getMessage()]
-    assert told == ["a worker process ended; its work goes on in the main process"]
+    lines = [r.getMessage() for r in caplog.records if "worker process" in r.getMessage()]
+    ended = "a worker process ended; its work goes on in the main process"
+    assert sorted(lines) == sorted([*told, ended])
 
 
 def _workers_of_us() -> list[tuple[int, str]]:

@@ -51,6 +51,8 @@ log = logging.getLogger("mustaple")
 _LENGTH = struct.Struct(">I")
 _ENTRY = "from mustaple.adapters.workers import main; main()"
 LOAD_CHUNK = 64  # files per load message: one message costs about as much as a few loads
+BEAT = 1.0  # seconds between a worker's signs of life
+SILENCE = 30.0  # a worker with calls in flight silent this long is stopped (its loop is stuck)
 # A file as a worker loaded it: the leaf's and the issuer's DER, `Target.facts`, whether the
 # file carries the issuer, and its stored answer validated (None: not looked up).
 _LoadAnswer = tuple[bytes, bytes, tuple[str, bool, tuple[str, ...]], bool, "Looked | None"]
@@ -138,7 +140,9 @@ class _Worker(asyncio.SubprocessProtocol):
         self.transport: asyncio.SubprocessTransport | None = None
         self.outbox: _Outbox | None = None
         self.alive = False
-        self.exited: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.exited: asyncio.Future[None] = loop.create_future()
+        self.heard = loop.time()  # when it last sent anything (an answer, a sign of life)
         self._next = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -155,7 +159,13 @@ class _Worker(asyncio.SubprocessProtocol):
         self.alive = True
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
-        for call, ok, value in self.frames.feed(data):
+        self.heard = asyncio.get_running_loop().time()
+        try:
+            answers = self.frames.feed(data)
+        except Exception as exc:  # not our frames: nothing more it says can be trusted
+            self.end(f"sent what is not an answer ({type(exc).__name__})")
+            return
+        for call, ok, value in answers:
             future = self.calls.pop(call, None)
             if future is None or future.done():
                 continue
@@ -170,6 +180,14 @@ class _Worker(asyncio.SubprocessProtocol):
             self.exited.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._gone()
+
+    def end(self, why: str) -> None:
+        """Stop a worker that cannot be trusted to answer; its calls run in the parent."""
+        if self.transport is not None and self.alive:
+            log.warning("a worker process %s: stopped", why)
+            with contextlib.suppress(ProcessLookupError):
+                self.transport.kill()
         self._gone()
 
     def _gone(self) -> None:
@@ -217,6 +235,16 @@ class WorkerPool:
         self._refs: dict[Hashable, int] = {}
         self._issuers: dict[bytes, x509.Certificate] = {}
         self._told_gone = False
+        self._watching = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        """Stop a worker whose calls are in flight but which has been silent too long."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(BEAT)
+            for worker in self.workers:
+                if worker.alive and worker.calls and loop.time() - worker.heard > SILENCE:
+                    worker.end(f"was silent for {SILENCE:.0f} s with work in hand")
 
     @classmethod
     async def start(cls, count: int, *, limit: int, fallback: Fetcher) -> WorkerPool:
@@ -240,6 +268,7 @@ class WorkerPool:
         return pool
 
     async def close(self) -> None:
+        self._watching.cancel()
         await asyncio.gather(*(worker.stop() for worker in self.workers))
 
     def _pick(self) -> _Worker | None:
@@ -364,7 +393,13 @@ class _Serving(asyncio.Protocol):
         self.ended = asyncio.get_running_loop().create_future()
 
     def data_received(self, data: bytes) -> None:
-        for call, kind, *args in self.frames.feed(data):
+        try:
+            asked = self.frames.feed(data)
+        except Exception as exc:  # not the keeper's frames: nothing to serve
+            log.error("unreadable request from the keeper (%s): ending", exc)
+            self.connection_lost(None)
+            return
+        for call, kind, *args in asked:
             if kind == "define":
                 ref, value = args
                 self.refs[ref] = _issuer(value) if isinstance(value, bytes) else value
@@ -455,13 +490,22 @@ async def _serve() -> None:
     writer, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(channel_out, "wb"))
     out.append(_Outbox(writer.write))
     await loop.connect_read_pipe(lambda: serving, sys.stdin.buffer)
+    beating = loop.create_task(_beat(out[0]))
     try:
         await serving.ended  # the parent closed our stdin: it is done with us
         if serving.tasks:
             await asyncio.wait(serving.tasks)
     finally:
+        beating.cancel()
         serving.close()
         await fetcher.close()
+
+
+async def _beat(outbox: _Outbox) -> None:
+    """A sign of life every BEAT seconds, so the parent can tell a stuck worker."""
+    while True:
+        await asyncio.sleep(BEAT)
+        outbox.send((0, True, None), at_once=True)
 
 
 def main() -> None:
