@@ -338,10 +338,6 @@ class Keeper:
             return self.store.path, self.policy.verify
         return None
 
-    async def _load(self, path: Path, entry: CertEntry, stamp: tuple[int, int]) -> Managed | None:
-        """Load one file; an unusable one becomes a `Problem`, shown everywhere."""
-        return self._take(path, entry, stamp, await self._load_here(path, entry))
-
     async def _load_here(self, path: Path, entry: CertEntry) -> Loaded | LoadFailed:
         return await load_or_fail(
             path,
@@ -788,15 +784,15 @@ class Keeper:
             self._flush(statuses=False)
 
     def _write_status(self, key: str, status: CertStatus | Life) -> None:
-        """A certificate's status row, written at the end of the pass (or before a delivery):
+        """A certificate's status row, written by the pass's last flush (after its delivery):
         one row per certificate however often its state changed meanwhile."""
         self._statuses[key] = status
 
     def _flush(self, *, statuses: bool = True) -> None:
         """Apply the pending store writes in one transaction, with the status rows unless
-        `statuses` is False (a full group in the middle of a pass: the rows would be written
-        again at its end). When the store cannot take them (disk full), they stay pending and
-        the keeper serves from memory until it can."""
+        `statuses` is False (a full group, or the staples before a delivery, in the middle of
+        a pass: the rows would be written again at its end). When the store cannot take them
+        (disk full), they stay pending and the keeper serves from memory until it can."""
         writes, self._writes = self._writes, []
         rows: dict[str, CertStatus | Life] = {}
         if statuses:
