@@ -10,11 +10,13 @@ delivers; a worker only carries out `load_file` and `Fetcher.fetch`, the very fu
 keeper calls in process, and sends back their values.
 
 `WorkerPool` is a `Fetcher` (plus `load_many`) for the keeper. The channel is the worker's
-stdin and stdout: frames of a 4-byte length and a pickle, written in batches (everything sent in
-one turn of the event loop goes out in one write). What only the parent may hold (x509 objects)
-crosses as DER; what repeats (the issuer, the policies) is sent once per worker and named by a
-number after that. A worker that dies (killed, out of memory) costs nothing but speed: its calls
-in flight, and every call after, run in the parent instead, and the pool says so once.
+stdin and stdout, private to the two processes: frames of a 4-byte length and a pickle, written
+in batches (everything sent in one turn of the event loop goes out in one write). What only the
+parent may hold (x509 objects) crosses as DER; what repeats (the issuer, the policies) is sent
+once per worker and named by a number after that. A worker that dies (killed, out of memory),
+garbles a frame, or stays silent for SILENCE seconds with calls in flight (it beats every BEAT
+seconds) costs nothing but speed: it is stopped, its calls in flight and every call after run
+in the parent instead, and the pool says so.
 """
 
 from __future__ import annotations
@@ -227,7 +229,7 @@ class _Worker(asyncio.SubprocessProtocol):
 class WorkerPool:
     """A `Fetcher` whose fetches (and whose `load_many`) run in worker processes.
 
-    Start it with `await WorkerPool.start(count, limit=...)` in the running loop; `close` it."""
+    Start it with `await WorkerPool.start(...)` in the running loop; `close` it."""
 
     def __init__(self, workers: list[_Worker], fallback: Fetcher) -> None:
         self.workers = workers
