@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from mustaple.adapters.fetch import USER_AGENT, FetchPolicy, _Clients, _Reply, _send
+from mustaple.adapters.fetch import USER_AGENT, Clients, FetchPolicy, _Reply, _send
 from mustaple.adapters.http1 import (
     BadAnswer,
     ConnectFailed,
@@ -135,11 +135,11 @@ def client(**kwargs: object) -> Http1Client:
 
 async def send(request: HttpRequest, proxy: Proxy | None = None) -> _Reply:
     """One exchange as the fetcher makes it (the lean client, aiohttp when handed over)."""
-    lean = client()
-    async with _Clients(None, lean, POLICY) as clients:
-        reply = await _send(clients, request, POLICY, proxy)
-    await lean.close()
-    return reply
+    clients = Clients()
+    try:
+        return await _send(clients, request, POLICY, proxy)
+    finally:
+        await clients.close()
 
 
 async def get(http: Http1Client, url: str, policy: FetchPolicy = POLICY) -> Response:

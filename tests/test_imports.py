@@ -31,12 +31,25 @@ IO_LIBRARIES = ("aiohttp", "asyncio", "redis", "click", "rich", "prometheus_clie
 OWN_IMPORTS_BANNED = {*IO_LIBRARIES, "socket", "ssl", "sqlite3", "subprocess"}
 
 
-def loaded_after_importing(*modules: str) -> set[str]:
-    """The I/O libraries in sys.modules after a fresh interpreter imported `modules`."""
+# what the start-up paths of `prime`, `fetch` and the workers do without (aiohttp is loaded
+# when an exchange first needs it: https://, an AIA download)
+HTTP_CLIENT = ("aiohttp", "yarl", "multidict")
+START_UP = (
+    "adapters.workers",
+    "keeper.keeper",
+    "keeper.daemon",
+    "front.progress",
+    "cli.prime",
+    "cli.fetch",
+)
+
+
+def loaded_after_importing(*modules: str, libraries: tuple[str, ...] = IO_LIBRARIES) -> set[str]:
+    """The `libraries` in sys.modules after a fresh interpreter imported `modules`."""
     code = (
         "import sys\n"
         + "".join(f"import mustaple.{m}\n" for m in modules)
-        + f"print(' '.join(m for m in {IO_LIBRARIES!r} if m in sys.modules))"
+        + f"print(' '.join(m for m in {libraries!r} if m in sys.modules))"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
@@ -89,9 +102,18 @@ def test_an_adapter_imports_only_the_core_and_adapters(module: str) -> None:
 
 
 def test_the_check_finds_an_io_import() -> None:
-    """The I/O checks above can fail: the keeper loads aiohttp, fetch imports it itself."""
-    assert {"aiohttp", "asyncio"} <= loaded_after_importing("keeper.keeper")
-    assert "aiohttp" in own_imports("adapters.fetch")
+    """The I/O checks above can fail: the web server loads aiohttp, and imports it itself."""
+    assert {"aiohttp", "asyncio"} <= loaded_after_importing("serve.web")
+    assert "aiohttp" in own_imports("serve.web")
+
+
+@pytest.mark.parametrize("module", START_UP)
+def test_the_start_up_paths_load_no_http_client_library(module: str) -> None:
+    assert loaded_after_importing(module, libraries=HTTP_CLIENT) == set()
+
+
+def test_the_http_client_check_can_fail() -> None:
+    assert loaded_after_importing("serve.web", libraries=HTTP_CLIENT) == set(HTTP_CLIENT)
 
 
 def test_config_loads_no_io_library() -> None:

@@ -15,28 +15,28 @@ Nothing here raises for a misbehaving responder: the result says what happened.
 Two clients carry the exchanges: OCSP requests to plain `http://` URLs (almost all of them),
 direct or through the proxy, go through the lean keep-alive client (`http1`), which costs a
 fraction of aiohttp's CPU per exchange; `https://` URLs, a redirect to one, and AIA issuer
-downloads go through aiohttp, whose session is opened only when first needed. `Watch` shows
-the requests of both to a `Watcher` (e.g. the progress display).
+downloads go through aiohttp, whose session is opened (and aiohttp imported) only when first
+needed. `Clients` holds both and tells the requests of both to its `Watcher`s (e.g. the
+progress display).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import email.utils
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 from cryptography import x509
-from yarl import URL
 
 from mustaple import __version__
 from mustaple.adapters import http1
@@ -56,13 +56,16 @@ from mustaple.core.reasons import Reason, Rejection
 from mustaple.core.request import HttpRequest, encode_request, make_cert_id
 from mustaple.core.verify import DEFAULT_POLICY, HttpAnswer, Policy, Staple
 
+if TYPE_CHECKING:  # imported where a session is opened: most fetches never need aiohttp
+    import aiohttp
+
 __all__ = [
     "DEFAULT_FETCH_POLICY",
     "Attempt",
+    "Clients",
     "FetchPolicy",
     "FetchResult",
     "HttpFetcher",
-    "Watch",
     "fetch_issuer",
     "fetch_staple",
 ]
@@ -91,14 +94,13 @@ async def fetch_staple(
     policy: FetchPolicy = DEFAULT_FETCH_POLICY,
     verify_policy: Policy = DEFAULT_POLICY,
     current: Staple | None = None,
-    session: aiohttp.ClientSession | None = None,
-    lean: http1.Http1Client | None = None,
+    clients: Clients | None = None,
     clock: Clock = utc_now,
     sleep: Sleep = asyncio.sleep,
     rng: Callable[[], float] = random.random,
 ) -> FetchResult:
     """Get a validated staple for `target`, trying `urls` then the certificate's own URLs,
-    as `fetchplan.next_step` says. Without `session` or `lean`, opens its own (only when needed).
+    as `fetchplan.next_step` says. Without `clients`, opens its own (only those needed).
 
     A staple that is not better than `current` (see `verify.compare`) counts as a rejection.
     """
@@ -108,7 +110,7 @@ async def fetch_staple(
     routes = routes_for(request_der, urls, target.ocsp_urls)
     run = _Run(target, policy, verify_policy, current, clock)
     taken: list[Taken] = []
-    async with _Clients(session, lean, policy) as http:
+    async with _using(clients) as http:
         while not isinstance(step := next_step(routes, taken, policy), Stop):
             if isinstance(step, Wait):
                 await sleep(step.seconds(rng()))
@@ -118,34 +120,93 @@ async def fetch_staple(
     return FetchResult(step.staple, step.rejection, tuple(run.attempts), step.url)
 
 
-class HttpFetcher:
-    """The `Fetcher` over HTTP: the lean client and an aiohttp session, each with its pool of
-    connections, for every fetch and issuer download. Without them, each call opens its own."""
+class Clients:
+    """The lean client and an aiohttp session, each opened when first needed (aiohttp is
+    imported only then) and kept, with its pool of at most `limit` connections, until `close`.
+    Both tell each request to `watchers`."""
 
-    def __init__(
-        self, session: aiohttp.ClientSession | None = None, lean: http1.Http1Client | None = None
-    ) -> None:
-        self.session, self.lean = session, lean
+    def __init__(self, *, limit: int = 100, watchers: Sequence[http1.Watcher] = ()) -> None:
+        self.limit, self.watchers = limit, tuple(watchers)
+        self._session: aiohttp.ClientSession | None = None
+        self._lean: http1.Http1Client | None = None
 
-    @classmethod
-    def open(cls, *, limit: int, trace_configs: Sequence[aiohttp.TraceConfig] = ()) -> HttpFetcher:
-        """A fetcher with clients of its own, at most `limit` connections each (call it in the
-        running event loop; `close` it). A `Watch` among `trace_configs` sees both clients."""
-        watchers = [t.watcher for t in trace_configs if isinstance(t, Watch)]
-        return cls(
-            aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=limit),
+    @property
+    def lean(self) -> http1.Http1Client:
+        if self._lean is None:
+            self._lean = http1.Http1Client(
+                limit=self.limit, user_agent=USER_AGENT, watchers=self.watchers
+            )
+        return self._lean
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            import aiohttp
+
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.limit),
                 headers={"User-Agent": USER_AGENT},
-                trace_configs=list(trace_configs) or None,
-            ),
-            http1.Http1Client(limit=limit, user_agent=USER_AGENT, watchers=watchers),
-        )
+                trace_configs=[_tracing(w) for w in self.watchers] or None,
+            )
+        return self._session
 
     async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
-        if self.lean is not None:
-            await self.lean.close()
+        session, lean, self._session, self._lean = self._session, self._lean, None, None
+        if session is not None:
+            await session.close()
+        if lean is not None:
+            await lean.close()
+
+
+@contextlib.asynccontextmanager
+async def _using(clients: Clients | None) -> AsyncIterator[Clients]:
+    """`clients`, else clients of this call's own, closed after it."""
+    if clients is not None:
+        yield clients
+        return
+    own = Clients()
+    try:
+        yield own
+    finally:
+        await own.close()
+
+
+def _tracing(watcher: http1.Watcher) -> aiohttp.TraceConfig:
+    """aiohttp's request signals, told to `watcher` as the lean client tells it."""
+    import aiohttp
+
+    async def started(_: aiohttp.ClientSession, ctx: SimpleNamespace, params: Any) -> None:
+        ctx.mustaple_token = watcher.request_started(params.method, str(params.url))
+
+    async def ended(_: aiohttp.ClientSession, ctx: SimpleNamespace, params: Any) -> None:
+        watcher.request_ended(ctx.mustaple_token, http1.outcome(params.response.status))
+
+    async def failed(_: aiohttp.ClientSession, ctx: SimpleNamespace, params: Any) -> None:
+        watcher.request_ended(ctx.mustaple_token, http1.outcome(None, params.exception))
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(started)
+    trace.on_request_end.append(ended)
+    trace.on_request_exception.append(failed)
+    return trace
+
+
+class HttpFetcher:
+    """The `Fetcher` over HTTP: with `clients`, every fetch and issuer download shares their
+    pools of connections; without, each call opens its own."""
+
+    def __init__(self, clients: Clients | None = None) -> None:
+        self.clients = clients
+
+    @classmethod
+    def open(cls, *, limit: int, watchers: Sequence[http1.Watcher] = ()) -> HttpFetcher:
+        """A fetcher with clients of its own, at most `limit` connections each, opened when
+        first needed (in the running event loop; `close` it), telling `watchers` each request."""
+        return cls(Clients(limit=limit, watchers=watchers))
+
+    async def close(self) -> None:
+        if self.clients is not None:
+            await self.clients.close()
 
     async def fetch(self, job: FetchJob, *, clock: Clock, rng: Callable[[], float]) -> FetchResult:
         return await fetch_staple(
@@ -155,8 +216,7 @@ class HttpFetcher:
             policy=job.policy,
             verify_policy=job.verify_policy,
             current=job.current,
-            session=self.session,
-            lean=self.lean,
+            clients=self.clients,
             clock=clock,
             rng=rng,
         )
@@ -164,67 +224,12 @@ class HttpFetcher:
     async def issuer(
         self, url: str, *, policy: FetchPolicy, cache: MutableMapping[str, bytes] | None
     ) -> list[x509.Certificate]:
-        return await fetch_issuer(url, session=self.session, policy=policy, cache=cache)
-
-
-class Watch(aiohttp.TraceConfig):
-    """Request tracing that both clients honour: aiohttp through these trace signals, the
-    lean client through `watcher` (`HttpFetcher.open` hands it over)."""
-
-    def __init__(self, watcher: http1.Watcher) -> None:
-        super().__init__()
-        self.watcher = watcher
-        self.on_request_start.append(self._started)
-        self.on_request_end.append(self._ended)
-        self.on_request_exception.append(self._failed)
-
-    async def _started(self, _: aiohttp.ClientSession, ctx: SimpleNamespace, params: Any) -> None:
-        ctx.mustaple_token = self.watcher.request_started(params.method, str(params.url))
-
-    async def _ended(self, _: aiohttp.ClientSession, ctx: SimpleNamespace, params: Any) -> None:
-        self.watcher.request_ended(ctx.mustaple_token, http1.outcome(params.response.status))
-
-    async def _failed(self, _: aiohttp.ClientSession, ctx: SimpleNamespace, params: Any) -> None:
-        self.watcher.request_ended(ctx.mustaple_token, http1.outcome(None, params.exception))
-
-
-class _Clients:
-    """The clients of one fetch: those given, else its own, opened when first needed and
-    closed at the end."""
-
-    def __init__(
-        self,
-        session: aiohttp.ClientSession | None,
-        lean: http1.Http1Client | None,
-        policy: FetchPolicy,
-    ) -> None:
-        self._session, self._lean, self.policy = session, lean, policy
-        self._own: list[aiohttp.ClientSession | http1.Http1Client] = []
-
-    async def __aenter__(self) -> _Clients:
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        for client in self._own:
-            await client.close()
-
-    @property
-    def lean(self) -> http1.Http1Client:
-        if self._lean is None:
-            self._lean = http1.Http1Client(user_agent=USER_AGENT)
-            self._own.append(self._lean)
-        return self._lean
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            headers = {"User-Agent": USER_AGENT}
-            self._session = aiohttp.ClientSession(headers=headers, timeout=_timeout(self.policy))
-            self._own.append(self._session)
-        return self._session
+        return await fetch_issuer(url, clients=self.clients, policy=policy, cache=cache)
 
 
 def _timeout(policy: FetchPolicy) -> aiohttp.ClientTimeout:
+    import aiohttp
+
     return aiohttp.ClientTimeout(total=policy.total_timeout, connect=policy.connect_timeout)
 
 
@@ -239,7 +244,7 @@ class _Run:
     clock: Clock
     attempts: list[Attempt] = field(default_factory=list)
 
-    async def exchange(self, http: _Clients, request: HttpRequest) -> Exchange:
+    async def exchange(self, http: Clients, request: HttpRequest) -> Exchange:
         started, t0 = self.clock(), time.monotonic()
         try:
             proxy = choose_proxy(request.url, self.policy.proxy, os.environ)
@@ -282,7 +287,7 @@ def _record(
 
 
 async def _send(
-    http: _Clients, request: HttpRequest, policy: FetchPolicy, proxy: Proxy | None = None
+    http: Clients, request: HttpRequest, policy: FetchPolicy, proxy: Proxy | None = None
 ) -> _Reply:
     """One HTTP exchange, through `proxy` if given: plain http:// on the lean client, the rest
     (and a redirect to https://) on aiohttp; transport failures become rejections."""
@@ -361,6 +366,9 @@ async def _send_aiohttp(
     proxy: Proxy | None = None,
 ) -> _Reply:
     """One HTTP exchange on aiohttp, through `proxy` if given."""
+    import aiohttp
+    from yarl import URL
+
     try:
         url = URL(request.url, encoded=True)  # keep %2B %2F %3D exactly as RFC 5019 wants
         async with http.request(
@@ -420,6 +428,8 @@ def _proxy_answer(proxy: Proxy, status: int, words: str | None) -> _Reply:
 
 def _describe(exc: BaseException) -> str:
     """A short account of a transport failure, e.g. '127.0.0.1:80: Connection refused'."""
+    import aiohttp  # loaded already: only aiohttp's failures come here
+
     if isinstance(exc, aiohttp.ClientConnectorError):
         return _unreachable(exc.host, exc.port, exc.os_error)
     text = str(exc).strip().splitlines()
@@ -470,7 +480,7 @@ def _retry_after(value: str | None, now: float | None = None) -> float | None:
 async def fetch_issuer(
     url: str,
     *,
-    session: aiohttp.ClientSession | None = None,
+    clients: Clients | None = None,
     policy: FetchPolicy = DEFAULT_FETCH_POLICY,
     cache: MutableMapping[str, bytes] | None = None,
 ) -> list[x509.Certificate]:
@@ -485,7 +495,7 @@ async def fetch_issuer(
         proxy = choose_proxy(url, policy.proxy, os.environ)
     except ProxyError as exc:
         raise InputError(f"{exc}; fix or unset it") from None
-    async with _Clients(session, None, policy) as http:
+    async with _using(clients) as http:
         reply = await _send_aiohttp(http.session, request, policy, proxy)
     if reply.answer is None or reply.answer.status != 200:
         problem = f"HTTP {reply.answer.status}" if reply.answer else _message(reply.rejection)

@@ -12,7 +12,6 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 from cryptography import x509
 
 from mustaple.adapters.fetch import HttpFetcher
@@ -52,12 +51,12 @@ async def load_target(
     cert_path: str | Path,
     issuer_path: str | Path | None = None,
     *,
-    session: aiohttp.ClientSession | None = None,
+    fetcher: Fetcher | None = None,
     policy: FetchPolicy = DEFAULT_FETCH_POLICY,
     cache: MutableMapping[str, bytes] | None = None,
 ) -> Target:
     """The Target for the first certificate in `cert_path`."""
-    loaded = await load_file(cert_path, issuer_path, session=session, policy=policy, cache=cache)
+    loaded = await load_file(cert_path, issuer_path, fetcher=fetcher, policy=policy, cache=cache)
     return loaded.target
 
 
@@ -65,14 +64,13 @@ async def load_file(
     cert_path: str | Path,
     issuer_path: str | Path | None = None,
     *,
-    session: aiohttp.ClientSession | None = None,
     fetcher: Fetcher | None = None,
     policy: FetchPolicy = DEFAULT_FETCH_POLICY,
     cache: MutableMapping[str, bytes] | None = None,
     issuers: MutableMapping[x509.Certificate, x509.Certificate] | None = None,
 ) -> Loaded:
     """`cert_path` (read once) with the Target for its first certificate; an issuer found
-    over AIA is downloaded by `fetcher` (default: over HTTP with `session`).
+    over AIA is downloaded by `fetcher` (default: over HTTP, with clients of its own).
 
     `issuers` makes every Target with the same issuer share one certificate object (memory,
     and caches keyed by the issuer): a found issuer equal to one in it is replaced by it.
@@ -94,7 +92,7 @@ async def load_file(
         if issuer is None:
             _refuse_differently_encoded(leaf, certs[1:], str(cert_path))
             issuer = await _issuer_from_aia(
-                leaf, str(cert_path), fetcher or HttpFetcher(session), policy=policy, cache=cache
+                leaf, str(cert_path), fetcher or HttpFetcher(), policy=policy, cache=cache
             )
     if issuers is not None:
         issuer = issuers.setdefault(issuer, issuer)

@@ -132,10 +132,10 @@ async def _fetch(
 
     progress = FetchProgress(cert)  # on stderr: which URL it waits on, for how long
     async with progress.fetcher() as http:
-        target = await load_target(cert, issuer, policy=policy, session=http.session)
+        target = await load_target(cert, issuer, policy=policy, fetcher=http)
         progress.name = target.name
         result = await fetch_staple(
             target, urls=urls, hash_name=hash_name, policy=policy, verify_policy=verify_policy,
-            session=http.session, lean=http.lean, sleep=progress.sleep,
+            clients=http.clients, sleep=progress.sleep,
         )  # fmt: skip
     return target, result

@@ -66,7 +66,7 @@ async def _prime(config: Config, paths: list[Path]) -> list[Managed]:
 
     progress = PrimeProgress(len(paths))  # on stderr: how many are done, which came last
     waits = FetchProgress("prime", progress.display)  # and each request while it waits
-    async with open_keeper(config, trace_configs=[waits.trace()]) as keeper, progress.running():
+    async with open_keeper(config, watchers=[waits]) as keeper, progress.running():
         keeper.observers.append(progress.refreshed)
         async with open_fleet(config, keeper, for_prime=True):
             return await keeper.prime(paths)

@@ -4,17 +4,22 @@ A malformed URL (`http://[::1/`, a port of 99999, spaces, a scheme other than ht
 comes from a person (`urls` in the configuration, `--url`) or from a certificate's AIA
 extension. Either way it is one line saying what is wrong, never an exception: `fetch` turns
 it into a `bad-url` rejection for that certificate, the configuration into a `ConfigError`.
+
+A URL passes here exactly when it passes both the standard library's `urlsplit` and yarl's
+parser (which aiohttp uses for https://): yarl also refuses a backslash in the authority and a
+host with brackets anywhere but around a whole IP literal. Those rules are written out here so
+that checking a URL does not load yarl (tests/test_url_rules.py holds them against yarl).
 """
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
-
-from yarl import URL
 
 __all__ = ["url_host", "url_problem"]
 
 MAX_URL_LENGTH = 2048  # characters: longer ones are not responder addresses
+_IP_FUTURE = re.compile(r"v[a-fA-F0-9]+\..+")  # RFC 3986 3.2.2 IPvFuture
 
 
 def url_problem(url: str) -> str | None:
@@ -27,7 +32,7 @@ def url_problem(url: str) -> str | None:
     try:
         parts = urlsplit(url)
         port = parts.port
-        URL(url, encoded=True)  # what the HTTP client will parse
+        _check_authority(parts.netloc)
     except ValueError as exc:
         return f"{shown} is not a valid URL ({exc})"
     if parts.scheme not in ("http", "https"):
@@ -37,6 +42,24 @@ def url_problem(url: str) -> str | None:
     if port == 0:
         return f"{shown} has port 0; give a port from 1 to 65535"
     return None
+
+
+def _check_authority(netloc: str) -> None:
+    """Raise ValueError for what yarl refuses in an authority that `urlsplit` takes: a
+    backslash, and brackets other than one pair around the whole host, which holds an IPv6
+    address (a colon) or an IPvFuture, followed by nothing or a port."""
+    if "\\" in netloc:
+        raise ValueError("a backslash is not allowed in the host part")
+    if "[" not in netloc and "]" not in netloc:
+        return
+    host = netloc.rpartition("@")[2]
+    literal, _, after = host[1:].partition("]")
+    if host[:1] != "[" or host.count("[") > 1 or host.count("]") > 1 or after[:1] not in ("", ":"):
+        raise ValueError("brackets only go around an IP address, before any port")
+    if literal.startswith("v") and not _IP_FUTURE.fullmatch(literal):
+        raise ValueError("the IPvFuture address between brackets is not valid")
+    if not literal.startswith("v") and ":" not in literal:
+        raise ValueError("the IPv6 address between brackets is not valid")
 
 
 def url_host(url: str) -> str:

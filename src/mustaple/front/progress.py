@@ -24,7 +24,7 @@ from typing import TextIO
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from mustaple.adapters.fetch import FetchResult, HttpFetcher, Watch
+from mustaple.adapters.fetch import FetchResult, HttpFetcher
 from mustaple.keeper.keeper import Managed
 
 __all__ = ["Display", "FetchProgress", "PrimeProgress"]
@@ -146,17 +146,12 @@ class FetchProgress:
     @contextlib.asynccontextmanager
     async def fetcher(self) -> AsyncIterator[HttpFetcher]:
         """HTTP clients whose requests are shown, with the display running meanwhile."""
-        fetcher = HttpFetcher.open(limit=_LIMIT, trace_configs=[self.trace()])
+        fetcher = HttpFetcher.open(limit=_LIMIT, watchers=[self])
         try:
             async with self.display.running():
                 yield fetcher
         finally:
             await fetcher.close()
-
-    def trace(self) -> Watch:
-        """Tracing that shows each request of both HTTP clients while it waits (the keeper's
-        too, through `HttpFetcher.open`)."""
-        return Watch(self)
 
     def request_started(self, method: str, url: str) -> object:
         key = self._next_key()

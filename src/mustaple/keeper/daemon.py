@@ -22,9 +22,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import aiohttp
-
 from mustaple.adapters.config import Config, ConfigError, load_config
+from mustaple.adapters.http1 import Watcher
 from mustaple.adapters.notify import notify, watchdog_interval
 from mustaple.adapters.sinks import SinkConfigError, build_sink
 from mustaple.adapters.store import SqliteStore
@@ -64,7 +63,7 @@ async def open_keeper(
     config: Config,
     *,
     clock: Clock = utc_now,
-    trace_configs: Sequence[aiohttp.TraceConfig] = (),
+    watchers: Sequence[Watcher] = (),
     fetcher: Fetcher | None = None,
 ) -> AsyncIterator[Keeper]:
     """A keeper with its state store and sinks, closed on exit (its own HTTP fetcher unless
@@ -77,7 +76,7 @@ async def open_keeper(
             store=store,
             sinks=sinks,
             clock=clock,
-            trace_configs=trace_configs,
+            watchers=watchers,
             fetcher=fetcher,
         )
         async with keeper:

@@ -42,7 +42,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
-import aiohttp
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -50,6 +49,7 @@ from mustaple.adapters.config import CertEntry, Config, with_proxy
 from mustaple.adapters.events import HOOK_FOR, Event, run_hook
 from mustaple.adapters.fetch import HttpFetcher
 from mustaple.adapters.files import read_input
+from mustaple.adapters.http1 import Watcher
 from mustaple.adapters.loader import Loaded, LoadFailed, load_or_fail
 from mustaple.adapters.store import (
     AttemptRecord,
@@ -248,10 +248,10 @@ class Keeper:
         observers: Sequence[Observer] = (),
         coordinator: Coordinator | None = None,
         fetcher: Fetcher | None = None,
-        trace_configs: Sequence[aiohttp.TraceConfig] = (),
+        watchers: Sequence[Watcher] = (),
     ) -> None:
         """Without a `fetcher`, the keeper fetches over HTTP with a session of its own,
-        opened on entering it (`trace_configs` watch its requests)."""
+        opened on entering it (`watchers` are told its requests)."""
         self.config, self.policy = config, config.policy
         self.store, self.sinks = store, dict(sinks)
         self.clock, self.dice = clock, dice
@@ -269,7 +269,7 @@ class Keeper:
         self._hosts: dict[str, asyncio.Semaphore] = {}
         self.fetcher: Fetcher = fetcher or HttpFetcher()
         self._own_fetcher = fetcher is None
-        self._trace_configs = list(trace_configs)  # e.g. `prime` showing what it waits on
+        self._watchers = list(watchers)  # e.g. `prime` showing what it waits on
         self._hooks: set[asyncio.Task[None]] = set()
         self._writes: list[Callable[[], object]] = []
         # pending status rows, one per key: a Life's row is made from its state at the flush
@@ -279,7 +279,7 @@ class Keeper:
     async def __aenter__(self) -> Keeper:
         if self._own_fetcher:
             limit = self.policy.concurrency
-            self.fetcher = HttpFetcher.open(limit=limit, trace_configs=self._trace_configs)
+            self.fetcher = HttpFetcher.open(limit=limit, watchers=self._watchers)
         return self
 
     async def __aexit__(
