@@ -50,6 +50,7 @@ from mustaple.adapters.events import HOOK_FOR, Event, run_hook
 from mustaple.adapters.fetch import HttpFetcher
 from mustaple.adapters.files import read_input
 from mustaple.adapters.loader import load_file
+from mustaple.adapters.signatures import SignatureCache
 from mustaple.adapters.store import AttemptRecord, CertStatus, Store, StoredStaple, cert_key
 from mustaple.core import lifecycle
 from mustaple.core.certs import Target, display_name, is_must_staple, parse_certificates
@@ -260,6 +261,7 @@ class Keeper:
         # pending status rows, one per key: a Life's row is made from its state at the flush
         self._statuses: dict[str, CertStatus | Life] = {}
         self._store_problem: str | None = None
+        self._signatures = SignatureCache.open(store, self._write, clock())
 
     async def __aenter__(self) -> Keeper:
         if self._own_fetcher:
@@ -310,6 +312,7 @@ class Keeper:
                 policy=with_proxy(self.policy.fetch, entry),
                 cache=self._issuer_cache,
                 issuers=self._issuers,
+                signatures=self._signatures,
             )
         except InputError as exc:
             self._unusable(path, stamp, str(exc), Reason.CERT_UNUSABLE)
