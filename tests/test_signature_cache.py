@@ -169,7 +169,7 @@ def test_rows_the_key_did_not_make_never_accept_a_wrong_issuer(tmp_path: Path) -
         os.urandom(32),
     ]
     for tag in forged:
-        store.add_signature(tag, datetime.now(UTC) + timedelta(days=1))
+        store.add_signatures([(tag, datetime.now(UTC) + timedelta(days=1))])
     with pytest.raises(InputError, match=r"the issuer of forged\.test is not in this file"):
         asyncio.run(load_file(bundle, signatures=cache))
     genuine = real.issue("genuine.test").write(tmp_path / "genuine")
@@ -185,7 +185,7 @@ def test_a_garbled_key_is_replaced_and_its_tags_forgotten(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = SqliteStore(tmp_path / "state.db")
-    store.add_signature(b"t" * 32, datetime.now(UTC) + timedelta(days=1))
+    store.add_signatures([(b"t" * 32, datetime.now(UTC) + timedelta(days=1))])
     (tmp_path / KEY_FILE).write_bytes(b"short")
     assert SignatureCache.open(store, immediately, datetime.now(UTC)) is not None
     assert caplog.messages == [
@@ -202,8 +202,8 @@ def test_tags_of_expired_leaves_are_dropped(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "state.db")
     now = datetime.now(UTC)
     assert SignatureCache.open(store, immediately, now) is not None  # makes the key
-    store.add_signature(b"old" * 11, now - timedelta(seconds=1))
-    store.add_signature(b"new" * 11, now + timedelta(seconds=1))
+    store.add_signatures([(b"old" * 11, now - timedelta(seconds=1))])
+    store.add_signatures([(b"new" * 11, now + timedelta(seconds=1))])
     assert SignatureCache.open(store, immediately, now) is not None
     assert not store.has_signature(b"old" * 11)
     assert store.has_signature(b"new" * 11)

@@ -42,6 +42,7 @@ __all__ = ["KEY_FILE", "SignatureCache"]
 log = logging.getLogger("mustaple")
 KEY_FILE = "signatures.key"
 _KEY_SIZE = 32
+_BATCH = 1024  # new tags per deferred write
 
 Defer = Callable[[Callable[[], object]], None]
 
@@ -50,8 +51,10 @@ class SignatureCache:
     """`signed_by` remembering, in `store`, the pairs it saw verify (see the module)."""
 
     def __init__(self, store: SqliteStore, key: bytes, defer: Defer) -> None:
-        """`defer` takes each store write (the keeper groups them into transactions)."""
+        """`defer` takes the store writes (the keeper groups them into transactions): one
+        write per `_BATCH` new tags, each storing every tag pending by then."""
         self._store, self._key, self._defer = store, key, defer
+        self._pending: list[tuple[bytes, datetime]] = []
 
     @classmethod
     def open(cls, store: object, defer: Defer, now: datetime) -> SignatureCache | None:
@@ -74,11 +77,18 @@ class SignatureCache:
                 return True
         except sqlite3.Error:
             pass  # as without a cache: checked
-
         if not signed_by(leaf, issuer):
             return False
-        self._defer(functools.partial(self._store.add_signature, tag, leaf.not_valid_after_utc))
+        self._pending.append((tag, leaf.not_valid_after_utc))
+        if len(self._pending) % _BATCH == 1:
+            self._defer(self._save)
         return True
+
+    def _save(self) -> None:
+        """Store the pending tags (kept when the store fails; lost if the transaction they
+        joined is rolled back later, which costs only a check at the next start)."""
+        self._store.add_signatures(self._pending)
+        self._pending = []
 
     def _tag(self, leaf: x509.Certificate, issuer: x509.Certificate) -> bytes:
         pair = issuer.fingerprint(hashes.SHA256()) + leaf.fingerprint(hashes.SHA256())

@@ -372,11 +372,11 @@ class SqliteStore:
         found = self._db.execute("SELECT 1 FROM signatures WHERE tag = ?", (tag,)).fetchone()
         return found is not None
 
-    def add_signature(self, tag: bytes, not_after: datetime) -> None:
+    def add_signatures(self, tags: Iterable[tuple[bytes, datetime]]) -> None:
+        """Store (tag, the leaf's notAfter) pairs."""
+        rows = [(tag, _iso(not_after)) for tag, not_after in tags]
         with self.transaction():
-            self._db.execute(
-                "INSERT OR IGNORE INTO signatures VALUES (?, ?)", (tag, _iso(not_after))
-            )
+            self._db.executemany("INSERT OR IGNORE INTO signatures VALUES (?, ?)", rows)
 
     def forget_signatures(self, expired_before: datetime | None = None) -> None:
         """Drop the tags of leaves expired before `expired_before` (None: every tag)."""
