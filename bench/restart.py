@@ -517,7 +517,10 @@ def section(bench: Bench, command: str, workdir: Path) -> str:
                 *gain_lines(bench.results),
                 "",
                 "A first prime cannot benefit from the cache (its table is empty); it checks every"
-                " signature and stores one tag per certificate in its write groups:",
+                " signature and stores one tag per certificate (about 35 µs each, in process;"
+                " bench/README.md). The two primes run once each, the one with the cache first,"
+                " which has been the slower in every run so far, by up to 0.3 s at 1k; alternating"
+                " runs (bench/README.md) found no difference beyond their spread:",
                 "",
                 *prime_table(bench.results),
                 "",
