@@ -171,6 +171,55 @@ def test_a_keeper_starting_with_many_stored_staples_restores_them_in_workers(
     asyncio.run(scenario())
 
 
+def test_workers_use_and_fill_the_leaf_signature_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counted in the workers themselves (a sitecustomize on their PYTHONPATH logs every leaf
+    signature they check): a prime checks each leaf once and stores its tag; a keeper starting
+    on the same state directory checks none."""
+    monkeypatch.setattr(keeper_module, "WORKERS_FROM", 8)
+    hooks, checks = tmp_path / "hooks", tmp_path / "checks.log"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(COUNTER)
+    monkeypatch.setenv("PYTHONPATH", str(hooks))
+    monkeypatch.setenv("SIGNATURE_LOG", str(checks))
+
+    async def scenario() -> None:
+        async with leaves(tmp_path, 12, workers=2) as fleet:
+            store = fleet.state()
+            primed = await prime_all(fleet, new_keeper(fleet, store, RecordingSink()))
+            assert len(checks.read_text().split()) == 12
+            with sqlite3.connect(fleet.config.state_dir / "state.db") as db:
+                assert db.execute("SELECT count(*) FROM signatures").fetchone() == (12,)
+            keeper = new_keeper(fleet, store, RecordingSink())
+            async with keeper:
+                await keeper.scan()
+            store.close()
+            assert len(checks.read_text().split()) == 12
+            assert {v.phase for v in keeper.views()} == {"good"}
+            assert {f"{m.target.serial:x}" for m in primed} == set(checks.read_text().split())
+
+    asyncio.run(scenario())
+
+
+# Each leaf-signature check the process makes appends the leaf's serial to $SIGNATURE_LOG.
+COUNTER = """
+import os
+import mustaple.core.certs as certs
+
+_check = certs.signed_by
+
+
+def _counted(cert, issuer):
+    with open(os.environ["SIGNATURE_LOG"], "a") as log:
+        log.write(f"{cert.serial_number:x}\\n")
+    return _check(cert, issuer)
+
+
+certs.signed_by = _counted
+"""
+
+
 def test_below_the_threshold_or_with_workers_0_everything_stays_in_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

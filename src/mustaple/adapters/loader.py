@@ -16,6 +16,7 @@ from cryptography import x509
 
 from mustaple.adapters.fetch import HttpFetcher
 from mustaple.adapters.files import read_input
+from mustaple.adapters.signatures import SignatureCache
 from mustaple.core.certs import (
     Target,
     ca_issuer_urls,
@@ -23,6 +24,7 @@ from mustaple.core.certs import (
     find_issuer,
     issuer_encoded_differently,
     parse_certificates,
+    signed_by,
 )
 from mustaple.core.errors import InputError
 from mustaple.core.fetchtypes import DEFAULT_FETCH_POLICY, Fetcher, FetchPolicy
@@ -68,19 +70,22 @@ async def load_file(
     policy: FetchPolicy = DEFAULT_FETCH_POLICY,
     cache: MutableMapping[str, bytes] | None = None,
     issuers: MutableMapping[x509.Certificate, x509.Certificate] | None = None,
+    signatures: SignatureCache | None = None,
 ) -> Loaded:
     """`cert_path` (read once) with the Target for its first certificate; an issuer found
     over AIA is downloaded by `fetcher` (default: over HTTP, with clients of its own).
 
     `issuers` makes every Target with the same issuer share one certificate object (memory,
     and caches keyed by the issuer): a found issuer equal to one in it is replaced by it.
+    `signatures` skips the check of a leaf's signature this state directory saw verify before.
     """
+    signed = signatures.signed_by if signatures is not None else signed_by
     certs = parse_certificates(read_input(cert_path, "certificate"), source=str(cert_path))
     leaf = certs[0]
     if issuer_path is not None:
         data = read_input(issuer_path, "issuer certificate")
         given = parse_certificates(data, source=str(issuer_path))
-        issuer = find_issuer(leaf, given)
+        issuer = find_issuer(leaf, given, signed)
         if issuer is None:
             _refuse_differently_encoded(leaf, given, str(issuer_path))
             raise InputError(
@@ -88,7 +93,7 @@ async def load_file(
                 f"(the certificate names {leaf.issuer.rfc4514_string()} as its issuer)"
             )
     else:
-        issuer = find_issuer(leaf, certs[1:])
+        issuer = find_issuer(leaf, certs[1:], signed)
         if issuer is None:
             _refuse_differently_encoded(leaf, certs[1:], str(cert_path))
             issuer = await _issuer_from_aia(
@@ -107,11 +112,18 @@ async def load_or_fail(
     policy: FetchPolicy,
     cache: MutableMapping[str, bytes],
     issuers: MutableMapping[x509.Certificate, x509.Certificate],
+    signatures: SignatureCache | None = None,
 ) -> Loaded | LoadFailed:
     """`load_file`, with any failure as a value: a fault in one file stays in that file."""
     try:
         return await load_file(
-            cert_path, issuer_path, fetcher=fetcher, policy=policy, cache=cache, issuers=issuers
+            cert_path,
+            issuer_path,
+            fetcher=fetcher,
+            policy=policy,
+            cache=cache,
+            issuers=issuers,
+            signatures=signatures,
         )
     except InputError as exc:
         return LoadFailed(str(exc))

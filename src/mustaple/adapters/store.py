@@ -19,6 +19,10 @@
 - `transaction()` groups writes: inside it they are applied together, atomically and durably
   when it ends (or not at all); outside it each write is a transaction of its own.
 
+`SqliteStore` also keeps the leaf-signature checks made (`mustaple.adapters.signatures`): one
+tag per (issuer, leaf) pair whose signature was checked, with the leaf's notAfter (the Redis
+store has none: there every start checks every signature).
+
 `SqliteStore` uses the stdlib sqlite3 in WAL mode with synchronous=FULL: each transaction is
 durable when it ends. A file that is not a readable database is moved aside
 (`state.db.corrupt-TIME`, one loud line) and a fresh one started: every staple in it can be
@@ -60,7 +64,7 @@ __all__ = [
 
 log = logging.getLogger("mustaple")
 HISTORY_LIMIT = 50
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3  # 3: the signatures table
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS staples (
     cert_key TEXT PRIMARY KEY,
@@ -98,6 +102,10 @@ CREATE TABLE IF NOT EXISTS status (
     paths TEXT NOT NULL DEFAULT '[]',
     sinks TEXT NOT NULL DEFAULT '[]'
 );
+CREATE TABLE IF NOT EXISTS signatures (
+    tag BLOB PRIMARY KEY,
+    not_after TEXT NOT NULL
+) WITHOUT ROWID;
 """
 
 _ADDED_IN_2 = (
@@ -395,6 +403,27 @@ class SqliteStore:
         with self.transaction():
             for table in ("staples", "attempts", "status"):
                 self._db.execute(f"DELETE FROM {table} WHERE cert_key = ?", (key,))
+
+    def has_signature(self, tag: bytes) -> bool:
+        """Whether `tag` (see `mustaple.adapters.signatures`) was stored."""
+        found = self._db.execute("SELECT 1 FROM signatures WHERE tag = ?", (tag,)).fetchone()
+        return found is not None
+
+    def add_signatures(self, tags: Iterable[tuple[bytes, datetime]]) -> None:
+        """Store (tag, the leaf's notAfter) pairs."""
+        rows = [(tag, _iso(not_after)) for tag, not_after in tags]
+        with self.transaction():
+            self._db.executemany("INSERT OR IGNORE INTO signatures VALUES (?, ?)", rows)
+
+    def forget_signatures(self, expired_before: datetime | None = None) -> None:
+        """Drop the tags of leaves expired before `expired_before` (None: every tag)."""
+        with self.transaction():
+            if expired_before is None:
+                self._db.execute("DELETE FROM signatures")
+            else:
+                self._db.execute(
+                    "DELETE FROM signatures WHERE not_after < ?", (_iso(expired_before),)
+                )
 
     def transaction(self) -> _Transaction:
         """One transaction for every write inside it (see the module docstring)."""

@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from mustaple.adapters.fetch import HttpFetcher
 from mustaple.adapters.loader import Loaded, LoadFailed, load_or_fail
+from mustaple.adapters.signatures import SignatureCache, Tag
 from mustaple.adapters.store import Looked, SqliteStore, cert_key, look_up
 from mustaple.core.certs import Target
 from mustaple.core.clock import Clock, utc_now
@@ -56,8 +57,11 @@ LOAD_CHUNK = 64  # files per load message: one message costs about as much as a 
 BEAT = 1.0  # seconds between a worker's signs of life
 SILENCE = 30.0  # a worker with calls in flight silent this long is stopped (its loop is stuck)
 # A file as a worker loaded it: the leaf's and the issuer's DER, `Target.facts`, whether the
-# file carries the issuer, and its stored answer validated (None: not looked up).
-_LoadAnswer = tuple[bytes, bytes, tuple[str, bool, tuple[str, ...]], bool, "Looked | None"]
+# file carries the issuer, its stored answer validated (None: not looked up), and the tags of
+# the signatures it checked (for the keeper's signature cache).
+_LoadAnswer = tuple[
+    bytes, bytes, tuple[str, bool, tuple[str, ...]], bool, "Looked | None", "list[Tag]"
+]
 
 
 def _as_constructed(value: object) -> tuple[type, tuple[object, ...]]:
@@ -324,23 +328,42 @@ class WorkerPool:
         take: Callable[[int, Loaded | LoadFailed, Looked | None], object],
         *,
         restore: tuple[Path, Policy] | None = None,
+        signatures: SignatureCache | None = None,
     ) -> None:
         """Load each (certificate file, its issuer file or None, the policy to download an
         issuer with), in chunks spread over the workers; `take(index, outcome, looked)` each
         one as its chunk comes back. With `restore` (the state database and the policy to
         validate with), a worker also looks up each certificate's stored answer and validates
-        it now (`looked`; None where it did not)."""
+        it now (`looked`; None where it did not), and with `signatures` (the keeper's cache,
+        of that database) skips the leaf signatures checked before; the new ones are handed
+        to `signatures` to store."""
+        reading = self._reading(restore, signatures)
         starts = range(0, len(files), LOAD_CHUNK)
         await asyncio.gather(
-            *(self._load_chunk(files[at : at + LOAD_CHUNK], at, take, restore) for at in starts)
+            *(
+                self._load_chunk(files[at : at + LOAD_CHUNK], at, take, reading, signatures)
+                for at in starts
+            )
         )
+
+    @staticmethod
+    def _reading(
+        restore: tuple[Path, Policy] | None, signatures: SignatureCache | None
+    ) -> tuple[str, Policy, bytes | None] | None:
+        """What a worker needs to read the state database: its path, the policy to validate
+        stored answers with, and the signature cache's key."""
+        if restore is None:
+            return None
+        path, policy = restore
+        return str(path), policy, signatures.key if signatures is not None else None
 
     async def _load_chunk(
         self,
         files: Sequence[tuple[Path, Path | None, FetchPolicy]],
         first: int,
         take: Callable[[int, Loaded | LoadFailed, Looked | None], object],
-        restore: tuple[Path, Policy] | None,
+        reading: tuple[str, Policy, bytes | None] | None,
+        signatures: SignatureCache | None,
     ) -> None:
         worker = self._pick()
         if worker is not None:
@@ -349,32 +372,41 @@ class WorkerPool:
                     (str(cert), issuer and str(issuer), self._ref(worker, policy))
                     for cert, issuer, policy in files
                 ]
-                where = self._ref(worker, (str(restore[0]), restore[1])) if restore else 0
+                where = self._ref(worker, reading) if reading else 0
                 answers = await worker.call("load", asked, where)
             except WorkerGone:
                 self._lost()
             else:
                 for index, answer in enumerate(answers, first):
-                    take(index, *self._loaded(answer))
+                    loaded, looked, tags = self._loaded(answer)
+                    if tags and signatures is not None:
+                        signatures.adopt(tags)
+                    take(index, loaded, looked)
                 return
         for index, (cert, issuer, policy) in enumerate(files, first):
             loaded = await load_or_fail(
-                cert, issuer, fetcher=self.fallback, policy=policy, cache={}, issuers={}
+                cert,
+                issuer,
+                fetcher=self.fallback,
+                policy=policy,
+                cache={},
+                issuers={},
+                signatures=signatures,
             )
             take(index, loaded, None)
 
     def _loaded(
         self, answer: _LoadAnswer | LoadFailed
-    ) -> tuple[Loaded | LoadFailed, Looked | None]:
+    ) -> tuple[Loaded | LoadFailed, Looked | None, list[Tag]]:
         if isinstance(answer, LoadFailed):
-            return answer, None
-        leaf_der, issuer_der, facts, bundle_has_issuer, looked = answer
+            return answer, None, []
+        leaf_der, issuer_der, facts, bundle_has_issuer, looked, tags = answer
         issuer = self._issuers.get(issuer_der)
         if issuer is None:
             issuer = self._issuers[issuer_der] = x509.load_der_x509_certificate(issuer_der)
         # The worker checked the issuer's signature on these very bytes, and read the facts.
         leaf = x509.load_der_x509_certificate(leaf_der)
-        return Loaded(Target.known(leaf, issuer, facts), bundle_has_issuer), looked
+        return Loaded(Target.known(leaf, issuer, facts), bundle_has_issuer), looked, tags
 
 
 # --- The worker's side --------------------------------------------------------------------------
@@ -391,6 +423,7 @@ class _Serving(asyncio.Protocol):
         self.issuer_cache: dict[str, bytes] = {}
         self.issuers: dict[x509.Certificate, x509.Certificate] = {}
         self.stores: dict[str, SqliteStore | None] = {}
+        self.signatures: dict[str, SignatureCache] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.ended = asyncio.get_running_loop().create_future()
 
@@ -433,9 +466,9 @@ class _Serving(asyncio.Protocol):
         return await self.fetcher.fetch(job, clock=utc_now, rng=random.random)
 
     async def _load(
-        self, files: list[tuple[str, str | None, int]], restore: int
+        self, files: list[tuple[str, str | None, int]], reading: int
     ) -> list[_LoadAnswer | LoadFailed]:
-        store, verify_policy = self._store(restore)
+        store, verify_policy, signatures = self._reading(reading)
         answers: list[_LoadAnswer | LoadFailed] = []
         for cert, issuer, policy in files:
             loaded = await load_or_fail(
@@ -445,6 +478,7 @@ class _Serving(asyncio.Protocol):
                 policy=self.refs[policy],
                 cache=self.issuer_cache,
                 issuers=self.issuers,
+                signatures=signatures,
             )
             if isinstance(loaded, LoadFailed):
                 answers.append(loaded)
@@ -453,20 +487,28 @@ class _Serving(asyncio.Protocol):
             looked = None
             if store is not None:
                 looked = look_up(store, cert_key(target.leaf), target, utc_now(), verify_policy)
-            answers.append((_der(target.leaf), _der(target.issuer), target.facts, bundled, looked))
+            tags = signatures.new_tags() if signatures is not None else []
+            leaf, issuer_der = _der(target.leaf), _der(target.issuer)
+            answers.append((leaf, issuer_der, target.facts, bundled, looked, tags))
         return answers
 
-    def _store(self, restore: int) -> tuple[SqliteStore | None, Policy]:
-        """The state database a load looks answers up in (read only), and the policy."""
-        if not restore:
-            return None, DEFAULT_POLICY
-        path, policy = self.refs[restore]
+    def _reading(self, ref: int) -> tuple[SqliteStore | None, Policy, SignatureCache | None]:
+        """The state database a load looks answers up in (read only), the policy to validate
+        them with, and the signature cache on that database (with the keeper's key)."""
+        if not ref:
+            return None, DEFAULT_POLICY, None
+        path, policy, key = self.refs[ref]
         if path not in self.stores:
             try:
                 self.stores[path] = SqliteStore.reader(path)
             except InputError:
                 self.stores[path] = None  # the main process looks them up itself
-        return self.stores[path], policy
+        store = self.stores[path]
+        if store is None or key is None:
+            return store, policy, None
+        if path not in self.signatures:
+            self.signatures[path] = SignatureCache(store, key, None)
+        return store, policy, self.signatures[path]
 
     def close(self) -> None:
         for store in self.stores.values():

@@ -7,7 +7,7 @@ rest of mustaple needs to ask for, check and deliver its staple.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -108,10 +108,12 @@ def signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 
 def find_issuer(
-    leaf: x509.Certificate, candidates: Iterable[x509.Certificate]
+    leaf: x509.Certificate,
+    candidates: Iterable[x509.Certificate],
+    signed: Callable[[x509.Certificate, x509.Certificate], bool] = signed_by,
 ) -> x509.Certificate | None:
-    """The first candidate that really signed `leaf`, or None."""
-    return next((c for c in candidates if signed_by(leaf, c)), None)
+    """The first candidate that really signed `leaf` (asked of `signed`), or None."""
+    return next((c for c in candidates if signed(leaf, c)), None)
 
 
 def encoded_names(cert: x509.Certificate) -> tuple[bytes, bytes]:

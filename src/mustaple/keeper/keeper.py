@@ -51,6 +51,7 @@ from mustaple.adapters.fetch import HttpFetcher
 from mustaple.adapters.files import read_input
 from mustaple.adapters.http1 import Watcher
 from mustaple.adapters.loader import Loaded, LoadFailed, load_or_fail
+from mustaple.adapters.signatures import SignatureCache
 from mustaple.adapters.store import (
     AttemptRecord,
     CertStatus,
@@ -275,6 +276,7 @@ class Keeper:
         # pending status rows, one per key: a Life's row is made from its state at the flush
         self._statuses: dict[str, CertStatus | Life] = {}
         self._store_problem: str | None = None
+        self._signatures = SignatureCache.open(store, self._write, clock())
 
     async def __aenter__(self) -> Keeper:
         if self._own_fetcher:
@@ -329,7 +331,9 @@ class Keeper:
             taken[index] = self._take(path, entry, stamp, loaded, looked)
 
         asked = [(path, entry.issuer, self._fetch_policy(entry)) for path, entry, _ in files]
-        await self.fetcher.load_many(asked, take, restore=self._restore_from())
+        await self.fetcher.load_many(
+            asked, take, restore=self._restore_from(), signatures=self._signatures
+        )
         return taken
 
     def _restore_from(self) -> tuple[Path, Policy] | None:
@@ -346,6 +350,7 @@ class Keeper:
             policy=self._fetch_policy(entry),
             cache=self._issuer_cache,
             issuers=self._issuers,
+            signatures=self._signatures,
         )
 
     def _fetch_policy(self, entry: CertEntry) -> FetchPolicy:
