@@ -31,6 +31,7 @@ from mustaple.core.clock import utc_now
 from mustaple.core.verify import Staple, verify
 from mustaple.keeper.keeper import WORKERS_FROM, Keeper, Managed
 from mustaple.testing import CA, OCSPResponder, RecordingSink, keeper_config
+from test_signature_cache import COUNTER
 
 MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))
 
@@ -200,24 +201,6 @@ def test_workers_use_and_fill_the_leaf_signature_cache(
             assert {f"{m.target.serial:x}" for m in primed} == set(checks.read_text().split())
 
     asyncio.run(scenario())
-
-
-# Each leaf-signature check the process makes appends the leaf's serial to $SIGNATURE_LOG.
-COUNTER = """
-import os
-import mustaple.core.certs as certs
-
-_check = certs.signed_by
-
-
-def _counted(cert, issuer):
-    with open(os.environ["SIGNATURE_LOG"], "a") as log:
-        log.write(f"{cert.serial_number:x}\\n")
-    return _check(cert, issuer)
-
-
-certs.signed_by = _counted
-"""
 
 
 def test_below_the_threshold_or_with_workers_0_everything_stays_in_process(
