@@ -13,6 +13,7 @@ that checking a URL does not load yarl (tests/test_url_rules.py holds them again
 
 from __future__ import annotations
 
+import functools
 import re
 from urllib.parse import urlsplit
 
@@ -62,8 +63,10 @@ def _check_authority(netloc: str) -> None:
         raise ValueError("the IPv6 address between brackets is not valid")
 
 
+@functools.lru_cache(maxsize=1024)
 def url_host(url: str) -> str:
-    """The host of `url` (lower case), or "" when it has none or is malformed; never raises."""
+    """The host of `url` (lower case), or "" when it has none or is malformed; never raises.
+    (Cached: a keeper asks it for every certificate, and their URLs are few.)"""
     try:
         return urlsplit(url).hostname or ""
     except ValueError:

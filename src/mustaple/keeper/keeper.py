@@ -62,7 +62,7 @@ from mustaple.adapters.store import (
     cert_key,
     look_up,
 )
-from mustaple.adapters.workers import WorkerPool, cores
+from mustaple.adapters.workers import WorkerPool, batch_collector, cores
 from mustaple.core import lifecycle
 from mustaple.core.certs import Target, display_name, is_must_staple, parse_certificates
 from mustaple.core.clock import Clock, utc_now
@@ -411,7 +411,8 @@ class Keeper:
             return
         mine, self.fetcher = self.fetcher, pool
         try:
-            yield
+            with batch_collector():
+                yield
         finally:
             self.fetcher = mine
             await pool.close()
