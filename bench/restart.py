@@ -12,8 +12,8 @@ with 100k certificates"), with the certificates, responses and responder of benc
   signature checked, and its stored staple verified again), the time to the first WATCHDOG=1
   (the first pass: nothing due, nothing fetched, every file looked at again), its CPU time at
   both moments (its worker processes' included: from 2,000 certificates it loads, checks
-  and verifies in one per core, and they end before READY) and its peak RSS; afterwards the state database must show N staple files, N
-  good status rows and no new fetch attempt;
+  and verifies in one per core, and they end before READY) and its peak RSS; afterwards the
+  state database must show N staple files, N good status rows and no new fetch attempt;
 * each restart with the leaf-signature cache (the tags the prime stored) and without it (the
   state directory's `signatures.key` replaced by a directory for that run: the cache is off,
   every signature is checked, as before the cache existed), alternating;
@@ -490,9 +490,11 @@ set, timed from their start (fork and exec, interpreter and imports included):
   path delivers nothing until its scan is complete.
 - *first pass done*: the first WATCHDOG=1, sent after the daemon's first `tick` (nothing due:
   no fetch) and `scan` (every file's stat compared).
-- CPU is the process's user + system time at each notice (from /proc), peak RSS its VmHWM
-  at the first pass; *other CPU* what the rest of the machine used from the start to the first
-  pass (from /proc/stat; the responder is idle): when it is high, the wall times are noise.
+- CPU is the process's user + system time at each notice (from /proc), with its worker
+  processes' (from 2,000 certificates the scan loads, checks and verifies in one per core;
+  they end before READY), peak RSS its VmHWM at the first pass (the main process's); *other
+  CPU* what the rest of the machine used from the start to the first pass (from /proc/stat;
+  the responder is idle): when it is high, the wall times are noise.
 - *cache off*: the state directory's `signatures.key` is replaced by a directory for that run,
   so the keeper cannot read it: one warning, every signature checked, no tag stored (the cost
   before the cache existed). Runs with and without alternate; the fastest READY of each is

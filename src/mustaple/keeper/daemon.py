@@ -240,10 +240,10 @@ def _reloaded(path: Path, running: Config) -> Config:
 
 
 async def _start(keeper: Keeper) -> None:
-    """Deliver every stored staple that is still valid, before the first fetch."""
+    """Deliver every stored staple that is still valid, before the first fetch (the delivery
+    writes every status row: each certificate is new to this process, so each has one)."""
     await keeper.scan()
     await keeper.deliver(again=True)
-    keeper.save_all_status()
 
 
 def _ready(keeper: Keeper) -> None:
