@@ -409,7 +409,7 @@ def test_find_by_cert_id_and_observers(tmp_path: Path) -> None:
     assert seen == ["a.test True"]
 
 
-# Valid answers: a newer one may replace the staple (revoked withdraws it). Every other
+# Valid answers: a newer one may replace the staple (revoked replaces it). Every other
 # behaviour of the misbehaving responder must leave the staple in hand where it is.
 VALID = {
     Behaviour.GOOD,

@@ -5,8 +5,8 @@ TLS server serves it, all on loopback. First `check` shows why a server without 
 safe: no staple, so every strict client refuses. Then the keeper fetches, validates, stores and
 delivers a staple before any client connects, and `check` turns OK. Then the responder
 misbehaves the ways real ones do: every bad answer is refused with its reason, the server keeps
-the good staple, and the verdict stays OK. It recovers; last the CA revokes the certificate and
-the staple is withdrawn.
+the good staple, and the verdict stays OK. It recovers; last the CA revokes the certificate: the
+good staple is withdrawn and the server staples the CA's revoked answer, so clients learn it.
 """
 
 from __future__ import annotations
@@ -232,8 +232,9 @@ async def _revoked(scene: _Scene) -> bool:
         return False
     reason = revoked.revocation_reason.name if revoked.revocation_reason else "unspecified"
     scene.echo(
-        f"5. The CA revokes the certificate ({reason}). A revoked staple is never "
-        "served: the keeper withdraws it (in production its on_revoked hook gets a renewal)."
+        f"5. The CA revokes the certificate ({reason}). The good staple is withdrawn and the "
+        "server staples the CA's revoked answer, so every client learns it (in production "
+        "the on_revoked hook gets a renewal)."
     )
     report = await scene.check()
     scene.echo(f"   mustaple check: {report.level.name} {report.verdict}")
