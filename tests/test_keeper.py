@@ -400,7 +400,10 @@ def test_find_by_cert_id_and_observers(tmp_path: Path) -> None:
                 found = w.keeper.find(make_cert_id(leaf.issuer, leaf.cert.serial_number, hash_name))
                 assert found is not None
                 assert found.name == "a.test"
+                cert_id = make_cert_id(leaf.issuer, leaf.cert.serial_number, hash_name)
+                assert w.keeper.state_of(cert_id) is found.life.state
             assert w.keeper.find(make_cert_id(leaf.issuer, 12345)) is None
+            assert w.keeper.state_of(make_cert_id(leaf.issuer, 12345)) is None
             (tmp / "live" / "a.test" / "fullchain.pem").unlink()
             await w.keeper.scan()
             assert w.keeper.find(make_cert_id(leaf.issuer, leaf.cert.serial_number)) is None

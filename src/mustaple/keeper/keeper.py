@@ -515,6 +515,12 @@ class Keeper:
             self._index[cert_id.hash_name] = index
         return index.get(cert_id)
 
+    def state_of(self, cert_id: CertId) -> CertState | None:
+        """The frozen state of the certificate a CertID names (what readers above the keeper,
+        such as the local responder, take), or None."""
+        managed = self.find(cert_id)
+        return managed.life.state if managed is not None else None
+
     def by_key(self, key: str) -> list[Managed]:
         """The managed certificates stored under `key` (one, unless files repeat a leaf)."""
         return self._files.get(key, [])

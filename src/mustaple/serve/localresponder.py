@@ -49,10 +49,11 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.x509 import ocsp
 
 from mustaple.core.clock import Clock, utc_now
+from mustaple.core.lifecycle import CertState
 from mustaple.core.request import HASHES, CertId
 from mustaple.core.schedule import SchedulePolicy, refresh_point
 from mustaple.core.verify import Staple
-from mustaple.keeper.keeper import Keeper, Managed
+from mustaple.keeper.keeper import Keeper
 
 __all__ = [
     "MALFORMED_REQUEST",
@@ -210,8 +211,8 @@ class Responder:
         this If-None-Match header (None: none). Counts nothing."""
         if cert_id is None:
             return MALFORMED_ANSWER
-        managed = self.keeper.find(cert_id)
-        staple = _servable(managed, now) if managed is not None else None
+        state = self.keeper.state_of(cert_id)
+        staple = _servable(state, now) if state is not None else None
         if staple is None:
             return UNAUTHORIZED_ANSWER
         prepared = self._prepare(staple)
@@ -282,9 +283,10 @@ def _response(answer: Answer) -> web.Response:
     return web.Response(status=answer.status, body=answer.body or None, headers=answer.headers)
 
 
-def _servable(managed: Managed, now: datetime) -> Staple | None:
-    """The answer for `managed` at `now`: its good staple, else its revoked answer, if valid."""
-    for staple in (managed.held, managed.revoked):
+def _servable(state: CertState, now: datetime) -> Staple | None:
+    """The answer at `now` for a certificate in `state`: its good staple, else its revoked
+    answer, if valid."""
+    for staple in (state.held, state.revoked):
         if staple is not None and staple.effective_expiry > now:
             return staple
     return None
