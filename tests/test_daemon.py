@@ -205,6 +205,32 @@ def test_run_delivers_watches_and_stops_gracefully(
     assert "Traceback" not in (d.process.stderr.read() if d.process.stderr else "")
 
 
+def test_sigterm_while_starting_stops_without_waiting_for_the_start(
+    site: Site, daemon: Callable[[], Daemon]
+) -> None:
+    """The start waits on an issuer download that never answers (timeout 60 s): SIGTERM ends
+    the daemon at once, cleanly, without waiting for it."""
+    with socket.socket() as hanging:
+        hanging.bind(("127.0.0.1", 0))
+        hanging.listen()
+        hanging.settimeout(20)
+        url = f"http://127.0.0.1:{hanging.getsockname()[1]}/issuer.der"
+        leaf = site.ca.issue("slow.test", ocsp_urls=[site.responder.url], ca_issuer_urls=[url])
+        (site.tmp / "live" / "slow.test").mkdir(parents=True)
+        (site.tmp / "live" / "slow.test" / "fullchain.pem").write_bytes(leaf.cert_pem)
+        site.config.write_text(site.config.read_text().replace('"1s"\nattempts', '"60s"\nattempts'))
+        assert 'timeout = "60s"' in site.config.read_text()
+        d = daemon()
+        connection, _ = hanging.accept()  # the start now waits on the download
+        with connection:
+            d.process.send_signal(signal.SIGTERM)
+            assert d.process.wait(20) == 0
+    assert "STOPPING=1" in d.notices("STOPPING=1")
+    log = d.process.stderr.read() if d.process.stderr else ""
+    assert "stopped while starting" in log
+    assert "Traceback" not in log
+
+
 def test_sighup_reloads_and_a_bad_config_keeps_the_running_one(
     site: Site, daemon: Callable[[], Daemon]
 ) -> None:

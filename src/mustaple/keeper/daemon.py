@@ -1,8 +1,9 @@
 """Running the keeper for real: build it from a config, the daemon loop, reload and stop.
 
 `serve(config_path, stop=..., reload=...)` is embeddable (tests and `mustaple run` use it):
-setting `stop` ends it gracefully after the pass in progress; setting `reload` re-reads the
-configuration, and a configuration that fails to load is reported and the running one kept.
+setting `stop` ends it gracefully after the pass in progress (at once while it starts);
+setting `reload` re-reads the configuration, and a configuration that fails to load is
+reported and the running one kept.
 Under systemd (Type=notify) it reports READY, STATUS, WATCHDOG and STOPPING. With an `[http]`
 table it also serves the local OCSP responder, metrics, health and the status page (and keeps
 serving them across a reload); with a `[fleet]` table it joins the fleet on Redis
@@ -15,7 +16,7 @@ import asyncio
 import fcntl
 import logging
 import os
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -163,7 +164,9 @@ async def _serve(
     server: HttpServer | None = None
     try:
         while True:
-            started = await _Running.open(config, clock)
+            started = await _unless_stopped(_Running.open(config, clock), stop)
+            if started is None:
+                break  # stopped while starting: a long scan is not waited for
             try:
                 server = await _serve_http(server, started, config)
             finally:  # the old keeper goes once the new one serves
@@ -182,6 +185,28 @@ async def _serve(
             await server.cleanup()
         if running is not None:
             await running.close()
+
+
+async def _unless_stopped(starting: Awaitable[_Running], stop: asyncio.Event) -> _Running | None:
+    """`starting`, or None when `stop` is set first (it is then cancelled: a start that loads
+    100k certificates, or waits on an issuer download, takes a while; SIGTERM should not)."""
+    task = asyncio.ensure_future(starting)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    try:
+        late = await task
+    except asyncio.CancelledError:
+        late = None
+    if late is not None:  # it finished before it heard the cancellation
+        await late.close()
+    log.info("stopped while starting")
+    return None
 
 
 @dataclass
