@@ -32,7 +32,7 @@ import pickle
 import random
 import struct
 import sys
-from collections.abc import Callable, Hashable, Iterator, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterator, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -443,6 +443,7 @@ class _Serving(asyncio.Protocol):
         self.stores: dict[str, SqliteStore | None] = {}
         self.signatures: dict[str, SignatureCache] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        self.loading = asyncio.Lock()  # one chunk of loads at a time
         self.ended = asyncio.get_running_loop().create_future()
 
     def data_received(self, data: bytes) -> None:
@@ -466,14 +467,23 @@ class _Serving(asyncio.Protocol):
             self.ended.set_result(None)
 
     async def _answer(self, call: int, kind: str, args: list[Any]) -> None:
+        if kind != "load":
+            await self._reply(call, self._fetch(args))
+            return
+        # A chunk of loads runs without a pause: one at a time, its answer sent at once, and a
+        # turn of the loop before the next, so that the answer leaves (the keeper takes it
+        # while this worker goes on) and the fetches in flight go on.
+        async with self.loading:
+            await self._reply(call, self._load(*args), at_once=True)
+            await asyncio.sleep(0)
+
+    async def _reply(self, call: int, work: Awaitable[object], *, at_once: bool = False) -> None:
         try:
-            value = await (self._fetch(args) if kind == "fetch" else self._load(*args))
+            value = await work
         except Exception as exc:  # answered, never a dead worker
             self.outbox().send((call, False, f"{type(exc).__name__}: {exc}"))
         else:
-            # A chunk of loads runs without a pause, and the next ones in the same turn of the
-            # loop: its answer goes now, so the keeper takes it while this worker goes on.
-            self.outbox().send((call, True, value), at_once=kind == "load")
+            self.outbox().send((call, True, value), at_once=at_once)
 
     async def _fetch(self, asked: list[Any]) -> FetchResult:
         leaf, issuer, facts, urls, hash_name, policy, verify_policy, current = asked

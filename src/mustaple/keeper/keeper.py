@@ -858,19 +858,20 @@ class Keeper:
         """Load `paths` (each covered by an entry), fetch each now (in fleet mode: unless the
         fleet has just fetched it), deliver to its entry's sinks; InputError for unusable
         files."""
-        files: dict[Path, FileToLoad] = {}
-        covered = self.covered()
-        for given in paths:
-            path, entry = covered.find(given)
-            stamp = _stamp(path)
-            if stamp is None:
-                raise InputError(f"{given}: certificate not found")
-            files.setdefault(path, (path, entry, stamp))
-        async with self._helpers(len(files)):
+        async with self._helpers(len(paths)):  # workers start while the paths are resolved
+            covered = self.covered()
+            files: dict[Path, FileToLoad] = {}
+            resolved = []
+            for given in paths:
+                path, entry = covered.find(given)
+                stamp = _stamp(path)
+                if stamp is None:
+                    raise InputError(f"{given}: certificate not found")
+                files.setdefault(path, (path, entry, stamp))
+                resolved.append(path)
             loaded = dict(zip(files, await self._load_all(list(files.values())), strict=True))
             chosen = []
-            for given in paths:
-                path, _ = covered.find(given)
+            for path in resolved:
                 managed = loaded[path]
                 if managed is None:
                     raise InputError(self.problems[path].message)
