@@ -18,11 +18,12 @@ import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 import mustaple.adapters.workers as workers_module
 import mustaple.keeper.keeper as keeper_module
@@ -31,7 +32,14 @@ from mustaple.adapters.store import SqliteStore
 from mustaple.core.clock import utc_now
 from mustaple.core.verify import Staple, verify
 from mustaple.keeper.keeper import WORKERS_FROM, Keeper, Managed
-from mustaple.testing import CA, OCSPResponder, RecordingSink, keeper_config
+from mustaple.testing import (
+    CA,
+    QUICK_FETCH,
+    Behaviour,
+    OCSPResponder,
+    RecordingSink,
+    keeper_config,
+)
 from test_signature_cache import COUNTER
 
 MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))
@@ -362,3 +370,50 @@ def test_a_batch_runs_with_the_collector_set_for_it_and_puts_it_back() -> None:
         assert gc.collect() >= 1  # cycles are still collected
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
+
+
+@dataclass
+class RecordingWatcher:
+    """A `Watcher` keeping what it is told."""
+
+    started: list[tuple[str, str]] = field(default_factory=list)
+    ended: list[tuple[str, str]] = field(default_factory=list)
+
+    def request_started(self, method: str, url: str) -> object:
+        self.started.append((method, url))
+        return url
+
+    def request_ended(self, token: object, outcome: str) -> None:
+        self.ended.append((str(token), outcome))
+
+
+def test_a_request_a_worker_waits_on_is_shown_to_the_keeper_watchers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `prime` shows while it waits: a request hanging in a worker is told to the
+    keeper's watchers after a second, and how it ended."""
+    monkeypatch.setattr(keeper_module, "WORKERS_FROM", 8)
+    fetch = replace(QUICK_FETCH, total_timeout=2.0, attempts_per_url=1)
+
+    async def scenario() -> RecordingWatcher:
+        async with leaves(tmp_path, 10, workers=2, fetch=fetch) as fleet:
+            paths = sorted((fleet.tmp / "live").glob("*/fullchain.pem"))
+            hanging = x509.load_pem_x509_certificate(paths[3].read_bytes()).serial_number
+            fleet.responder.set_behaviour(Behaviour.HANG, hanging)
+            store, watcher = fleet.state(), RecordingWatcher()
+            keeper = Keeper(
+                fleet.config, store=store, sinks={"r": RecordingSink()}, watchers=[watcher]
+            )
+            async with keeper:
+                primed = await keeper.prime(paths)
+            store.close()
+            assert [m.state() for m in primed].count("good") == 9
+            return watcher
+
+    watcher = asyncio.run(scenario())
+    assert watcher.started
+    assert all(url.startswith("http://127.0.0.1:") for _, url in watcher.started)
+    assert sorted(url for _, url in watcher.started) == sorted(url for url, _ in watcher.ended)
+    outcomes = [outcome for _, outcome in watcher.ended]
+    assert "failed (TimeoutError)" in outcomes
+    assert set(outcomes) <= {"failed (TimeoutError)", "HTTP 200"}

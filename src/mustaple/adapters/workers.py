@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import copyreg
 import dataclasses
+import functools
 import gc
 import logging
 import os
@@ -32,6 +33,7 @@ import pickle
 import random
 import struct
 import sys
+import time
 from collections.abc import Awaitable, Callable, Hashable, Iterator, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from mustaple.adapters.fetch import HttpFetcher
+from mustaple.adapters.http1 import Watcher
 from mustaple.adapters.loader import Loaded, LoadFailed, load_or_fail
 from mustaple.adapters.signatures import SignatureCache, Tag
 from mustaple.adapters.store import Looked, SqliteStore, cert_key, look_up
@@ -55,7 +58,8 @@ log = logging.getLogger("mustaple")
 _LENGTH = struct.Struct(">I")
 _ENTRY = "from mustaple.adapters.workers import main; main()"
 LOAD_CHUNK = 64  # files per load message: one message costs about as much as a few loads
-BEAT = 1.0  # seconds between a worker's signs of life
+BEAT = 1.0  # seconds between a worker's signs of life (and its reports of long waits)
+_WAIT = -1  # the call number of a worker's report of a request it has waited on for a while
 SILENCE = 30.0  # a worker with calls in flight silent this long is stopped (its loop is stuck)
 BATCH_GC = 100_000  # allocations between young collections during a batch (see batch_collector)
 # A file as a worker loaded it: the leaf's and the issuer's DER, `Target.facts`, whether the
@@ -167,6 +171,8 @@ class _Worker(asyncio.SubprocessProtocol):
         loop = asyncio.get_running_loop()
         self.exited: asyncio.Future[None] = loop.create_future()
         self.heard = loop.time()  # when it last sent anything (an answer, a sign of life)
+        self.on_wait: Callable[[int, tuple[Any, ...]], None] = lambda request, report: None
+        self.on_gone: Callable[[], None] = lambda: None
         self._next = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -190,6 +196,9 @@ class _Worker(asyncio.SubprocessProtocol):
             self.end(f"sent what is not an answer ({type(exc).__name__})")
             return
         for call, ok, value in answers:
+            if call == _WAIT:
+                self.on_wait(ok, value)
+                continue
             future = self.calls.pop(call, None)
             if future is None or future.done():
                 continue
@@ -215,6 +224,8 @@ class _Worker(asyncio.SubprocessProtocol):
         self._gone()
 
     def _gone(self) -> None:
+        if self.alive:
+            self.on_gone()
         self.alive = False
         calls, self.calls = self.calls, {}
         for future in calls.values():
@@ -253,9 +264,13 @@ class WorkerPool:
 
     Start it with `await WorkerPool.start(...)` in the running loop; `close` it."""
 
-    def __init__(self, workers: list[_Worker], fallback: Fetcher) -> None:
+    def __init__(
+        self, workers: list[_Worker], fallback: Fetcher, watchers: Sequence[Watcher] = ()
+    ) -> None:
         self.workers = workers
         self.fallback = fallback  # the caller's own fetcher: issuers, calls of dead workers
+        self.watchers = list(watchers)  # told the requests a worker has waited on for a while
+        self._waits: dict[tuple[int, int], list[object]] = {}  # (worker, request) -> tokens
         self._refs: dict[Hashable, int] = {}
         self._issuers: dict[bytes, x509.Certificate] = {}
         self._told_gone = False
@@ -271,20 +286,25 @@ class WorkerPool:
                     worker.end(f"was silent for {SILENCE:.0f} s with work in hand")
 
     @classmethod
-    async def start(cls, count: int, *, limit: int, fallback: Fetcher) -> WorkerPool:
+    async def start(
+        cls, count: int, *, limit: int, fallback: Fetcher, watchers: Sequence[Watcher] = ()
+    ) -> WorkerPool:
         """`count` workers sharing `limit` connections; `fallback` (the caller's fetcher,
-        left open by `close`) does what no worker can."""
+        left open by `close`) does what no worker can; `watchers` are told each request a
+        worker has waited on for more than a second (and how it ended)."""
         loop = asyncio.get_running_loop()
         env = dict(os.environ)
         here = str(Path(__file__).resolve().parents[2])  # the mustaple the parent runs
         env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
         env["MUSTAPLE_WORKER_LIMIT"] = str(max(1, limit // count))
-        pool = cls([], fallback)
+        pool = cls([], fallback, watchers)
         try:
             for _ in range(count):
                 _, worker = await loop.subprocess_exec(
                     _Worker, sys.executable, "-c", _ENTRY, stdin=-1, stdout=-1, env=env
                 )
+                worker.on_wait = functools.partial(pool._waited, len(pool.workers))
+                worker.on_gone = functools.partial(pool._gone, len(pool.workers))
                 pool.workers.append(worker)
         except BaseException:
             await pool.close()  # the ones started so far
@@ -294,6 +314,22 @@ class WorkerPool:
     async def close(self) -> None:
         self._watching.cancel()
         await asyncio.gather(*(worker.stop() for worker in self.workers))
+
+    def _waited(self, worker: int, request: int, report: tuple[Any, ...]) -> None:
+        """A worker's report: ("started", method, url) of a request it has waited on for a
+        while, or ("ended", outcome) of one it reported."""
+        key = (worker, request)
+        if report[0] == "started":
+            self._waits[key] = [w.request_started(*report[1:]) for w in self.watchers]
+            return
+        tokens = self._waits.pop(key, None)
+        for watcher, token in zip(self.watchers, tokens or (), strict=False):
+            watcher.request_ended(token, report[1])
+
+    def _gone(self, worker: int) -> None:
+        """A worker ended: the waits it reported are over."""
+        for key in [key for key in self._waits if key[0] == worker]:
+            self._waited(*key, ("ended", "failed (worker process ended)"))
 
     def _pick(self) -> _Worker | None:
         alive = [w for w in self.workers if w.alive]
@@ -556,13 +592,15 @@ async def _serve() -> None:
     loop = asyncio.get_running_loop()
     channel_out = os.dup(1)
     os.dup2(2, 1)  # stray prints go to stderr: stdout is the channel
-    fetcher = HttpFetcher.open(limit=int(os.environ.get("MUSTAPLE_WORKER_LIMIT", "32")))
     out: list[_Outbox] = []
+    waits = _Waits(lambda: out[0])
+    limit = int(os.environ.get("MUSTAPLE_WORKER_LIMIT", "32"))
+    fetcher = HttpFetcher.open(limit=limit, watchers=[waits])
     serving = _Serving(lambda: out[0], fetcher)
     writer, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(channel_out, "wb"))
     out.append(_Outbox(writer.write))
     await loop.connect_read_pipe(lambda: serving, sys.stdin.buffer)
-    beating = loop.create_task(_beat(out[0]))
+    beating = loop.create_task(_beat(out[0], waits))
     try:
         await serving.ended  # the parent closed our stdin: it is done with us
         if serving.tasks:
@@ -573,11 +611,43 @@ async def _serve() -> None:
         await fetcher.close()
 
 
-async def _beat(outbox: _Outbox) -> None:
-    """A sign of life every BEAT seconds, so the parent can tell a stuck worker."""
+async def _beat(outbox: _Outbox, waits: _Waits) -> None:
+    """A sign of life every BEAT seconds, so the parent can tell a stuck worker, with the
+    requests waited on for more than BEAT seconds since the last one."""
     while True:
         await asyncio.sleep(BEAT)
+        waits.report()
         outbox.send((0, True, None), at_once=True)
+
+
+class _Waits:
+    """The worker's `Watcher`: the requests in flight, of which those that last are reported
+    to the keeper (a report per request would cost more than the fetch's own bookkeeping)."""
+
+    def __init__(self, outbox: Callable[[], _Outbox]) -> None:
+        self.outbox = outbox
+        self.open: dict[int, tuple[float, str, str]] = {}  # request -> (since, method, url)
+        self.told: set[int] = set()
+        self._next = 0
+
+    def request_started(self, method: str, url: str) -> object:
+        self._next += 1
+        self.open[self._next] = (time.monotonic(), method, url)
+        return self._next
+
+    def request_ended(self, token: object, outcome: str) -> None:
+        assert isinstance(token, int)
+        self.open.pop(token, None)
+        if token in self.told:
+            self.told.discard(token)
+            self.outbox().send((_WAIT, token, ("ended", outcome)))
+
+    def report(self) -> None:
+        now = time.monotonic()
+        for request, (since, method, url) in self.open.items():
+            if request not in self.told and now - since >= BEAT:
+                self.told.add(request)
+                self.outbox().send((_WAIT, request, ("started", method, url)))
 
 
 def main() -> None:

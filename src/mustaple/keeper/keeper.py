@@ -403,7 +403,10 @@ class Keeper:
             return
         try:
             pool = await WorkerPool.start(
-                count, limit=self.policy.concurrency, fallback=self.fetcher
+                count,
+                limit=self.policy.concurrency,
+                fallback=self.fetcher,
+                watchers=self._watchers,
             )
         except (OSError, RuntimeError) as exc:
             log.warning("no worker processes (%s): working in this process only", exc)
