@@ -109,7 +109,7 @@ STORED_ELSEWHERE = "stored by another mustaple process"
 # A sink that failed is tried again after this, doubling up to the policy's retry_max.
 DELIVERY_RETRY = timedelta(seconds=5)
 # A batch of this many certificates to load or fetch is worth worker processes (each costs
-# about 0.3 s of start-up: a fresh interpreter and its imports).
+# 0.15 to 0.3 s of start-up: a fresh interpreter and its imports).
 WORKERS_FROM = 2000
 FileToLoad = tuple[Path, "CertEntry", tuple[int, int]]  # a file, its entry, its (mtime, size)
 
