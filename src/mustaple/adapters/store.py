@@ -146,16 +146,19 @@ class Looked:
     outcome: Staple | Rejection | None = None
     fetched_at: datetime | None = None
     good: bool = False  # the stored answer was a good staple (valid now or not)
+    url: str | None = None  # the responder it came from
 
 
 def look_up(
     store: Store, key: str, target: Target, now: datetime, policy: Policy = DEFAULT_POLICY
 ) -> Looked:
-    """The stored answer for `key`, validated again at `now` (a process starting)."""
+    """The stored answer for `key`, validated again at `now` (a process starting, or taking
+    in what another process stored)."""
     stored = store.load(key)
     if stored is None:
         return Looked()
-    return Looked(verify(stored.der, target, now, policy), stored.fetched_at, stored.good)
+    outcome = verify(stored.der, target, now, policy)
+    return Looked(outcome, stored.fetched_at, stored.good, stored.responder_url)
 
 
 @dataclass(frozen=True, slots=True)

@@ -84,7 +84,7 @@ from mustaple.core.render import human_time
 from mustaple.core.request import CertId, make_cert_id
 from mustaple.core.schedule import Alert
 from mustaple.core.urls import url_host
-from mustaple.core.verify import Policy, Staple, verify
+from mustaple.core.verify import Policy, Staple
 
 __all__ = [
     "CertView",
@@ -491,12 +491,11 @@ class Keeper:
             answer = life.state.answer if life is not None else None
             if life is None or (answer is not None and _same(answer, this_update, revoked)):
                 continue  # not ours, or the answer in hand: no DER to load
-            stored = self.store.load(key)
-            if stored is None:
-                continue
-            outcome = verify(stored.der, life.target, now, self.policy.verify)
+            looked = look_up(self.store, key, life.target, now, self.policy.verify)
+            outcome = looked.outcome
             if isinstance(outcome, Staple):
-                event = Accepted(outcome, stored.fetched_at, stored.responder_url, STORED_ELSEWHERE)
+                assert looked.fetched_at is not None
+                event = Accepted(outcome, looked.fetched_at, looked.url, STORED_ELSEWHERE)
                 self._apply(life, event, now)
                 taken += life.state.answer is outcome
         return taken
