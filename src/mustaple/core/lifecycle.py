@@ -27,6 +27,7 @@ Rules a reader can check here rather than in the keeper:
 from __future__ import annotations
 
 import enum
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -254,11 +255,18 @@ def _accepted(
         return state, []  # the answer in hand, heard again
     due = next_refresh(staple, event.fetched_at, dice, policy)
     stored = Store(staple, event.fetched_at, event.url)
-    base = _evolve(state, failures=0, backoff=0, rejection=None, next_due=due, alert=Alert.OK)
+    changes: dict[str, Any] = {
+        "failures": 0,
+        "backoff": 0,
+        "rejection": None,
+        "next_due": due,
+        "alert": Alert.OK,
+        "known": True,
+    }
     if event.origin == "":
-        base = _evolve(base, last_attempt=event.fetched_at)
+        changes["last_attempt"] = event.fetched_at
     if not staple.good:
-        new = _evolve(base, phase=Phase.REVOKED, held=None, revoked=staple, known=True)
+        new = _evolve(state, phase=Phase.REVOKED, held=None, revoked=staple, **changes)
         effects: list[Effect] = [stored]
         if state.phase is not Phase.REVOKED:
             text = (
@@ -267,7 +275,7 @@ def _accepted(
             effects.append(Emit("revoked", text + _from(event)))
         return new, effects
     recovered = state.failures > 0 or state.phase in (Phase.EXPIRED, Phase.REVOKED)
-    new = _evolve(base, phase=Phase.GOOD, held=staple, revoked=None, expired_at=None, known=True)
+    new = _evolve(state, phase=Phase.GOOD, held=staple, revoked=None, expired_at=None, **changes)
     effects = [stored]
     until, origin = staple.effective_expiry, _from(event)
     if recovered:
@@ -360,14 +368,17 @@ def wanted(state: CertState, *, remove_at_expiry: bool) -> tuple[Action, bytes |
 
 
 _STATE_FIELDS = tuple(f.name for f in fields(CertState))
+_STATE_VALUES = operator.attrgetter(*_STATE_FIELDS)
+_STATE_INDEX = {name: index for index, name in enumerate(_STATE_FIELDS)}
 
 
 def _evolve(state: CertState, **changes: Any) -> CertState:
     """`dataclasses.replace` for a CertState, without its inspection of the fields at every
     call (a life steps several times per refresh)."""
-    values = {name: getattr(state, name) for name in _STATE_FIELDS}
-    values.update(changes)
-    return CertState(**values)
+    values = list(_STATE_VALUES(state))
+    for name, value in changes.items():
+        values[_STATE_INDEX[name]] = value
+    return CertState(*values)
 
 
 def _from(event: Accepted) -> str:
