@@ -403,21 +403,21 @@ class TimedStore(SqliteStore):
         super().__init__(path)
         self.phases = phases
 
-    def save_staple(self, key: str, staple: StoredStaple) -> bool:
+    def save_staples(self, items: Sequence[tuple[str, StoredStaple]]) -> list[bool]:
         start = time.perf_counter()
         try:
-            return super().save_staple(key, staple)
+            return super().save_staples(items)
         finally:
             self.phases.store += time.perf_counter() - start
 
-    def add_attempts(self, key: str, attempts: Iterable[AttemptRecord]) -> None:
+    def add_all_attempts(self, items: Sequence[tuple[str, Iterable[AttemptRecord]]]) -> None:
         start = time.perf_counter()
-        super().add_attempts(key, attempts)
+        super().add_all_attempts(items)
         self.phases.store += time.perf_counter() - start
 
-    def save_status(self, key: str, status: CertStatus) -> None:
+    def save_statuses(self, rows: Iterable[tuple[str, CertStatus]]) -> None:
         start = time.perf_counter()
-        super().save_status(key, status)
+        super().save_statuses(rows)
         self.phases.store += time.perf_counter() - start
 
 

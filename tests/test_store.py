@@ -93,6 +93,29 @@ def test_history_is_bounded_and_newest_first(open_store: Opener) -> None:
     assert store.history("k", limit=2) == [attempt(7), attempt(6)]
 
 
+def test_batches_keep_the_order_and_the_rule_for_newer(open_store: Opener) -> None:
+    """A batch is the same writes one by one: each judged against what is stored or written
+    before it in the batch, each history cut to its limit."""
+    store = open_store(history_limit=3)
+    store.save_staple("k", stored(5))
+    revoked = StoredStaple("y.test", b"r" * 10, T0, T0 + timedelta(days=4), T0, None, revoked=True)
+    same_age_good = StoredStaple("y.test", b"g" * 10, T0, T0 + timedelta(days=4), T0, None)
+    done = store.save_staples(
+        [("k", stored(4)), ("n", stored(1)), ("n", stored(3)), ("n", stored(2))]
+        + [("r", revoked), ("r", same_age_good)]
+    )
+    assert done == [False, True, True, False, True, False]
+    assert store.load("k") == stored(5)
+    assert store.load("n") == stored(3)
+    assert store.load("r") == revoked
+    store.add_all_attempts([("a", [attempt(1), attempt(2)]), ("b", [attempt(9)])])
+    store.add_all_attempts([("a", [attempt(3), attempt(4)]), ("a", [attempt(5)])])
+    assert [a.url for a in store.history("a")] == [f"http://r/{n}" for n in (5, 4, 3)]
+    assert store.history("b") == [attempt(9)]
+    store.save_statuses([("s1", status("b.test")), ("s2", status("a.test", failures=2))])
+    assert [s.name for s in store.statuses().values()] == ["a.test", "b.test"]
+
+
 def test_remove(open_store: Opener) -> None:
     store = open_store()
     store.save_staple("k", stored(1))

@@ -27,7 +27,7 @@ not minutes. Calls from one thread at a time (the fleet runs them in one worker 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -186,6 +186,9 @@ class RedisStore:
         """Store `staple` unless a newer one is stored (see `publish`)."""
         return self.publish(key, staple)
 
+    def save_staples(self, items: Sequence[tuple[str, StoredStaple]]) -> list[bool]:
+        return [self.publish(key, staple) for key, staple in items]
+
     def others_wrote(self) -> dict[str, tuple[datetime, bool]]:
         """Always empty: a fleet hears other members' writes as announcements instead."""
         return {}
@@ -223,6 +226,11 @@ class RedisStore:
             self._w().lpush(name, *rows)
             self._w().ltrim(name, 0, self.history_limit - 1)
 
+    def add_all_attempts(self, items: Sequence[tuple[str, Iterable[AttemptRecord]]]) -> None:
+        with self.transaction():
+            for key, attempts in items:
+                self.add_attempts(key, attempts)
+
     def history(self, key: str, limit: int = HISTORY_LIMIT) -> list[AttemptRecord]:
         """The most recent attempts, newest first."""
         return [record for record, _ in self.history_by_member(key, limit)]
@@ -238,7 +246,12 @@ class RedisStore:
         return sorted(k.decode() for k in self.client.smembers(self._k("keys")))
 
     def save_status(self, key: str, status: CertStatus) -> None:
-        self._w().hset(self._k("status", self.member), key, _status_json(status))
+        self.save_statuses([(key, status)])
+
+    def save_statuses(self, rows: Iterable[tuple[str, CertStatus]]) -> None:
+        mapping = {key: _status_json(status) for key, status in rows}
+        if mapping:
+            self._w().hset(self._k("status", self.member), mapping=mapping)
 
     def statuses(self, member: str | None = None) -> dict[str, CertStatus]:
         """One member's statuses (this store's member by default), sorted by name."""

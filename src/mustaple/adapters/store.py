@@ -35,7 +35,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,7 +49,7 @@ from mustaple.core.certs import Target
 from mustaple.core.delivery import SinkHealth
 from mustaple.core.errors import InputError
 from mustaple.core.reasons import Rejection
-from mustaple.core.verify import DEFAULT_POLICY, Policy, Staple, may_replace, verify
+from mustaple.core.verify import DEFAULT_POLICY, Dated, Policy, Staple, may_replace, verify
 
 __all__ = [
     "AttemptRecord",
@@ -64,6 +64,7 @@ __all__ = [
 
 log = logging.getLogger("mustaple")
 HISTORY_LIMIT = 50
+_IN_CHUNK = 500  # keys to one `IN (...)` query (SQLite allows 32,766 parameters)
 _SCHEMA_VERSION = 3  # 3: the signatures table
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS staples (
@@ -198,15 +199,21 @@ class Store(Protocol):
 
     def save_staple(self, key: str, staple: StoredStaple) -> bool: ...
 
+    def save_staples(self, items: Sequence[tuple[str, StoredStaple]]) -> list[bool]: ...
+
     def others_wrote(self) -> dict[str, tuple[datetime, bool]]: ...
 
     def add_attempts(self, key: str, attempts: Iterable[AttemptRecord]) -> None: ...
+
+    def add_all_attempts(self, items: Sequence[tuple[str, Iterable[AttemptRecord]]]) -> None: ...
 
     def history(self, key: str, limit: int = HISTORY_LIMIT) -> list[AttemptRecord]: ...
 
     def keys(self) -> list[str]: ...
 
     def save_status(self, key: str, status: CertStatus) -> None: ...
+
+    def save_statuses(self, rows: Iterable[tuple[str, CertStatus]]) -> None: ...
 
     def statuses(self) -> dict[str, CertStatus]: ...
 
@@ -316,24 +323,41 @@ class SqliteStore:
         )
 
     def save_staple(self, key: str, staple: StoredStaple) -> bool:
-        with self.transaction():
-            current = self.load(key)
-            if current is not None and may_replace(staple, current) is not None:
-                return False
-            self._db.execute(
+        return self.save_staples([(key, staple)])[0]
+
+    def save_staples(self, items: Sequence[tuple[str, StoredStaple]]) -> list[bool]:
+        """`save_staple` for each (key, staple), in order, in one statement; whether each
+        was written."""
+        written: dict[str, StoredStaple] = {}
+        done = []
+        with self.transaction():  # read and written together: no other writer in between
+            current = self._stamps({key for key, _ in items})
+            for key, staple in items:
+                stored = current.get(key)
+                ok = stored is None or may_replace(staple, stored) is None
+                if ok:
+                    current[key] = written[key] = staple
+                done.append(ok)
+            self._db.executemany(
                 "INSERT OR REPLACE INTO staples VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    key,
-                    staple.name,
-                    staple.der,
-                    _iso(staple.this_update),
-                    _iso(staple.effective_expiry),
-                    _iso(staple.fetched_at),
-                    staple.responder_url,
-                    int(staple.revoked),
-                ),
+                [_staple_values(key, staple) for key, staple in written.items()],
             )
-        return True
+        return done
+
+    def _stamps(self, keys: Iterable[str]) -> dict[str, Dated]:
+        """What `may_replace` reads of the stored answers of `keys` (those stored)."""
+        found: dict[str, Dated] = {}
+        keys = list(keys)
+        for at in range(0, len(keys), _IN_CHUNK):
+            chunk = keys[at : at + _IN_CHUNK]
+            rows = self._db.execute(
+                "SELECT cert_key, this_update, effective_expiry, revoked FROM staples "
+                f"WHERE cert_key IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            for key, this_update, expiry, revoked in rows:
+                found[key] = _Stamp(_time(this_update), _time(expiry), not revoked)
+        return found
 
     def others_wrote(self) -> dict[str, tuple[datetime, bool]]:
         """Empty unless another connection (another process) committed since the last call;
@@ -350,20 +374,27 @@ class SqliteStore:
         return int(row[0])
 
     def add_attempts(self, key: str, attempts: Iterable[AttemptRecord]) -> None:
+        self.add_all_attempts([(key, attempts)])
+
+    def add_all_attempts(self, items: Sequence[tuple[str, Iterable[AttemptRecord]]]) -> None:
+        """`add_attempts` for each (key, attempts), in one statement; each key's history is
+        cut to the last `history_limit` attempts."""
         rows = [
             (key, _iso(a.at), a.url, a.method, a.http_status, a.latency, a.reason, a.message)
+            for key, attempts in items
             for a in attempts
         ]
+        keys = {key: None for key, _ in items}
         with self.transaction():
             self._db.executemany(
                 "INSERT INTO attempts (cert_key, at, url, method, http_status, latency, reason,"
                 " message) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
-            self._db.execute(
-                "DELETE FROM attempts WHERE cert_key = ? AND id NOT IN "
-                "(SELECT id FROM attempts WHERE cert_key = ? ORDER BY id DESC LIMIT ?)",
-                (key, key, self.history_limit),
+            self._db.executemany(  # the oldest beyond the limit, if there are so many
+                "DELETE FROM attempts WHERE cert_key = ? AND id <= (SELECT id FROM attempts "
+                "WHERE cert_key = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                [(key, key, self.history_limit) for key in keys],
             )
 
     def history(self, key: str, limit: int = HISTORY_LIMIT) -> list[AttemptRecord]:
@@ -379,22 +410,19 @@ class SqliteStore:
         return [r[0] for r in self._db.execute("SELECT cert_key FROM staples ORDER BY cert_key")]
 
     def save_status(self, key: str, status: CertStatus) -> None:
-        values = (
-            key,
-            status.name,
-            status.cert_path,
-            int(status.must_staple),
-            status.state,
-            _iso(status.next_due) if status.next_due else None,
-            status.failures,
-            _iso(status.last_attempt) if status.last_attempt else None,
-            status.last_reason,
-            status.last_message,
-            json.dumps(list(status.paths)),
-            sinks_json(status.sinks),
-        )
+        self.save_statuses([(key, status)])
+
+    def save_statuses(self, rows: Iterable[tuple[str, CertStatus]]) -> None:
+        """Write each (key, status) row, in one statement (a pass writes one per certificate)."""
+        sinks: dict[tuple[SinkHealth, ...], str] = {}  # most rows share their sinks' health
+        values = []
+        for key, status in rows:
+            shown = sinks.get(status.sinks)
+            if shown is None:
+                shown = sinks[status.sinks] = sinks_json(status.sinks)
+            values.append(_status_values(key, status, shown))
         with self.transaction():
-            self._db.execute(
+            self._db.executemany(
                 "INSERT OR REPLACE INTO status VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", values
             )
 
@@ -431,6 +459,46 @@ class SqliteStore:
     def transaction(self) -> _Transaction:
         """One transaction for every write inside it (see the module docstring)."""
         return _Transaction(self._db)
+
+
+@dataclass(frozen=True, slots=True)
+class _Stamp:
+    """A stored answer as the rule for "newer" reads it (`verify.Dated`)."""
+
+    this_update: datetime
+    effective_expiry: datetime
+    good: bool
+
+
+def _staple_values(key: str, staple: StoredStaple) -> tuple[object, ...]:
+    return (
+        key,
+        staple.name,
+        staple.der,
+        _iso(staple.this_update),
+        _iso(staple.effective_expiry),
+        _iso(staple.fetched_at),
+        staple.responder_url,
+        int(staple.revoked),
+    )
+
+
+def _status_values(key: str, status: CertStatus, sinks: str) -> tuple[object, ...]:
+    """A status row as SQLite stores it (`sinks` already as JSON)."""
+    return (
+        key,
+        status.name,
+        status.cert_path,
+        int(status.must_staple),
+        status.state,
+        _iso(status.next_due) if status.next_due else None,
+        status.failures,
+        _iso(status.last_attempt) if status.last_attempt else None,
+        status.last_reason,
+        status.last_message,
+        json.dumps(list(status.paths)),
+        sinks,
+    )
 
 
 def sinks_json(sinks: Iterable[SinkHealth]) -> str:

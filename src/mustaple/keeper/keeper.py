@@ -130,6 +130,33 @@ class Life:
 
 
 @dataclass
+class _Pending:
+    """Store writes not applied yet, by kind: the staples and the attempts are each written
+    in one statement when applied (`WRITE_GROUP` writes to a transaction)."""
+
+    staples: list[tuple[str, StoredStaple]] = field(default_factory=list)
+    attempts: list[tuple[str, list[AttemptRecord]]] = field(default_factory=list)
+    other: list[Callable[[], object]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.staples) + len(self.attempts) + len(self.other)
+
+    def apply(self, store: Store) -> None:
+        if self.staples:
+            store.save_staples(self.staples)
+        if self.attempts:
+            store.add_all_attempts(self.attempts)
+        for write in self.other:
+            write()
+
+    def then(self, later: _Pending) -> _Pending:
+        """These writes, then `later`'s (to keep what a failed transaction did not store)."""
+        return _Pending(
+            self.staples + later.staples, self.attempts + later.attempts, self.other + later.other
+        )
+
+
+@dataclass
 class Managed:
     """One certificate file the keeper looks after; its certificate's `life` is shared."""
 
@@ -272,7 +299,7 @@ class Keeper:
         self._own_fetcher = fetcher is None
         self._watchers = list(watchers)  # e.g. `prime` showing what it waits on
         self._hooks: set[asyncio.Task[None]] = set()
-        self._writes: list[Callable[[], object]] = []
+        self._pending = _Pending()
         # pending status rows, one per key: a Life's row is made from its state at the flush
         self._statuses: dict[str, CertStatus | Life] = {}
         self._store_problem: str | None = None
@@ -606,7 +633,10 @@ class Keeper:
     async def _refresh(self, managed: Managed) -> FetchResult:
         """Fetch and apply; the store writes wait for the next `_flush`."""
         host = _host(managed)
-        async with self._all, self._hosts.setdefault(host, asyncio.Semaphore(self.policy.per_host)):
+        per_host = self._hosts.get(host)
+        if per_host is None:
+            per_host = self._hosts[host] = asyncio.Semaphore(self.policy.per_host)
+        async with self._all, per_host:
             job = FetchJob(
                 managed.target,
                 urls=managed.entry.urls,
@@ -617,9 +647,8 @@ class Keeper:
             )
             result = await self.fetcher.fetch(job, clock=self.clock, rng=self.dice)
         now = self.clock()
-        self._write(
-            functools.partial(self.store.add_attempts, managed.key, attempt_records(result))
-        )
+        self._pending.attempts.append((managed.key, attempt_records(result)))
+        self._grouped()
         for observer in self.observers:
             observer(managed, result)
         if result.staple is not None:
@@ -637,9 +666,8 @@ class Keeper:
         life.state, effects = lifecycle.step(before, event, now, self.policy.schedule, self.dice)
         for effect in effects:
             if isinstance(effect, lifecycle.Store):
-                self._write(
-                    functools.partial(self.store.save_staple, life.key, _stored(life, effect))
-                )
+                self._pending.staples.append((life.key, _stored(life, effect)))
+                self._grouped()
             elif isinstance(effect, lifecycle.Emit):
                 self._emit(life, effect)
             else:
@@ -782,19 +810,49 @@ class Keeper:
         return sorted(views, key=lambda v: (v.name, v.paths))
 
     def view(self, life: Life) -> CertView:
-        paths = tuple(str(m.path) for m in self.by_key(life.key))
         target = life.target
-        sinks = tuple(life.sinks[name] for name in sorted(life.sinks))
         return CertView(
-            life.key, life.name, paths, target.must_staple, target.serial, life.state, sinks
+            life.key,
+            life.name,
+            self._paths(life),
+            target.must_staple,
+            target.serial,
+            life.state,
+            _sinks(life),
+        )
+
+    def _paths(self, life: Life) -> tuple[str, ...]:
+        return tuple(str(m.path) for m in self.by_key(life.key))
+
+    def _status(self, life: Life) -> CertStatus:
+        """The status row of a life (a CertView's, without making one: a pass writes a row
+        per certificate)."""
+        state, rejection = life.state, life.state.rejection
+        paths = self._paths(life)
+        return CertStatus(
+            name=life.name,
+            cert_path=paths[0] if paths else "",
+            must_staple=bool(life.target.must_staple),
+            state=state.phase.value,
+            next_due=state.next_due,
+            failures=state.failures,
+            last_attempt=state.last_attempt,
+            last_reason=rejection.code if rejection else None,
+            last_message=state.problem or (rejection.message if rejection else None),
+            paths=paths,
+            sinks=_sinks(life),
         )
 
     def _save_status(self, life: Life) -> None:
         self._write_status(life.key, life)
 
     def _write(self, write: Callable[[], object]) -> None:
-        self._writes.append(write)
-        if len(self._writes) >= WRITE_GROUP:
+        self._pending.other.append(write)
+        self._grouped()
+
+    def _grouped(self) -> None:
+        """Apply the pending writes once they make a group."""
+        if len(self._pending) >= WRITE_GROUP:
             self._flush(statuses=False)
 
     def _write_status(self, key: str, status: CertStatus | Life) -> None:
@@ -807,7 +865,7 @@ class Keeper:
         `statuses` is False (a full group, or the staples before a delivery, in the middle of
         a pass: the rows would be written again at its end). When the store cannot take them
         (disk full), they stay pending and the keeper serves from memory until it can."""
-        writes, self._writes = self._writes, []
+        writes, self._pending = self._pending, _Pending()
         rows: dict[str, CertStatus | Life] = {}
         if statuses:
             rows, self._statuses = self._statuses, {}
@@ -815,13 +873,13 @@ class Keeper:
             return
         try:
             with self.store.transaction():
-                for write in writes:
-                    write()
-                for key, status in rows.items():
-                    row = status if isinstance(status, CertStatus) else _status(self.view(status))
-                    self.store.save_status(key, row)
+                writes.apply(self.store)
+                self.store.save_statuses(
+                    (key, status if isinstance(status, CertStatus) else self._status(status))
+                    for key, status in rows.items()
+                )
         except (sqlite3.Error, OSError) as exc:
-            self._writes = writes + self._writes
+            self._pending = writes.then(self._pending)
             self._statuses = rows | self._statuses
             self._store_failed(exc)
             return
@@ -995,21 +1053,8 @@ def _problem_view(problem: Problem) -> CertView:
     )
 
 
-def _status(view: CertView) -> CertStatus:
-    state, rejection = view.state, view.state.rejection
-    return CertStatus(
-        name=view.name,
-        cert_path=view.paths[0] if view.paths else "",
-        must_staple=bool(view.must_staple),
-        state=view.phase,
-        next_due=state.next_due,
-        failures=state.failures,
-        last_attempt=state.last_attempt,
-        last_reason=rejection.code if rejection else None,
-        last_message=state.problem or (rejection.message if rejection else None),
-        paths=view.paths,
-        sinks=view.sinks,
-    )
+def _sinks(life: Life) -> tuple[SinkHealth, ...]:
+    return tuple(life.sinks[name] for name in sorted(life.sinks))
 
 
 def _stored(life: Life, effect: lifecycle.Store) -> StoredStaple:
