@@ -39,6 +39,7 @@ class Loaded:
 
     target: Target
     bundle_has_issuer: bool
+    key: str | None = None  # the leaf's `cert_key`, when the loader (a worker) computed it
 
 
 @dataclass(frozen=True, slots=True)

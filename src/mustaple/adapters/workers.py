@@ -62,11 +62,18 @@ BEAT = 1.0  # seconds between a worker's signs of life (and its reports of long 
 _WAIT = -1  # the call number of a worker's report of a request it has waited on for a while
 SILENCE = 30.0  # a worker with calls in flight silent this long is stopped (its loop is stuck)
 BATCH_GC = 100_000  # allocations between young collections during a batch (see batch_collector)
-# A file as a worker loaded it: the leaf's and the issuer's DER, `Target.facts`, whether the
-# file carries the issuer, its stored answer validated (None: not looked up), and the tags of
-# the signatures it checked (for the keeper's signature cache).
+# A file as a worker loaded it: the leaf's DER, the issuer's (or, once sent, its number among
+# the issuers this worker sent), `Target.facts`, whether the file carries the issuer, the
+# leaf's `cert_key`, its stored answer validated (None: not looked up), and the tags of the
+# signatures it checked (for the keeper's signature cache).
 _LoadAnswer = tuple[
-    bytes, bytes, tuple[str, bool, tuple[str, ...]], bool, "Looked | None", "list[Tag]"
+    bytes,
+    "bytes | int",
+    tuple[str, bool, tuple[str, ...]],
+    bool,
+    str,
+    "Looked | None",
+    "list[Tag]",
 ]
 
 
@@ -164,6 +171,7 @@ class _Worker(asyncio.SubprocessProtocol):
     def __init__(self) -> None:
         self.calls: dict[int, asyncio.Future[Any]] = {}
         self.known: set[int] = set()  # the references this worker has been given
+        self.issuers: list[x509.Certificate] = []  # the issuers it sent, by number
         self.frames = _Frames()
         self.transport: asyncio.SubprocessTransport | None = None
         self.outbox: _Outbox | None = None
@@ -272,6 +280,7 @@ class WorkerPool:
         self.watchers = list(watchers)  # told the requests a worker has waited on for a while
         self._waits: dict[tuple[int, int], list[object]] = {}  # (worker, request) -> tokens
         self._refs: dict[Hashable, int] = {}
+        self._by_id: dict[int, tuple[Hashable, int]] = {}
         self._issuers: dict[bytes, x509.Certificate] = {}
         self._told_gone = False
         self._watching = asyncio.get_running_loop().create_task(self._watch())
@@ -339,7 +348,12 @@ class WorkerPool:
         self, worker: _Worker, value: Hashable, form: Callable[[], object] | None = None
     ) -> int:
         """The number `worker` knows `value` by (sent as `form()`, or as itself, at first)."""
-        ref = self._refs.setdefault(value, len(self._refs) + 1)
+        kept = self._by_id.get(id(value))  # the same object again (hashing a policy is slow)
+        if kept is not None and kept[0] is value:
+            ref = kept[1]
+        else:
+            ref = self._refs.setdefault(value, len(self._refs) + 1)
+            self._by_id[id(value)] = (value, ref)  # kept alive: its id is not reused
         if ref not in worker.known:
             worker.define(ref, form() if form is not None else value)
         return ref
@@ -432,7 +446,7 @@ class WorkerPool:
                 self._lost()
             else:
                 for index, answer in enumerate(answers, first):
-                    loaded, looked, tags = self._loaded(answer)
+                    loaded, looked, tags = self._loaded(worker, answer)
                     if tags and signatures is not None:
                         signatures.adopt(tags)
                     take(index, loaded, looked)
@@ -450,17 +464,25 @@ class WorkerPool:
             take(index, loaded, None)
 
     def _loaded(
-        self, answer: _LoadAnswer | LoadFailed
+        self, worker: _Worker, answer: _LoadAnswer | LoadFailed
     ) -> tuple[Loaded | LoadFailed, Looked | None, list[Tag]]:
         if isinstance(answer, LoadFailed):
             return answer, None, []
-        leaf_der, issuer_der, facts, bundle_has_issuer, looked, tags = answer
-        issuer = self._issuers.get(issuer_der)
-        if issuer is None:
-            issuer = self._issuers[issuer_der] = x509.load_der_x509_certificate(issuer_der)
+        leaf_der, issuer, facts, bundle_has_issuer, key, looked, tags = answer
+        if isinstance(issuer, bytes):  # one this worker had not sent yet
+            worker.issuers.append(self._issuer(issuer))
+            issuer = len(worker.issuers) - 1
         # The worker checked the issuer's signature on these very bytes, and read the facts.
         leaf = x509.load_der_x509_certificate(leaf_der)
-        return Loaded(Target.known(leaf, issuer, facts), bundle_has_issuer), looked, tags
+        target = Target.known(leaf, worker.issuers[issuer], facts)
+        return Loaded(target, bundle_has_issuer, key), looked, tags
+
+    def _issuer(self, der: bytes) -> x509.Certificate:
+        """One object per issuer, whichever worker sent it."""
+        issuer = self._issuers.get(der)
+        if issuer is None:
+            issuer = self._issuers[der] = x509.load_der_x509_certificate(der)
+        return issuer
 
 
 # --- The worker's side --------------------------------------------------------------------------
@@ -476,6 +498,7 @@ class _Serving(asyncio.Protocol):
         self.refs: dict[int, Any] = {}
         self.issuer_cache: dict[str, bytes] = {}
         self.issuers: dict[x509.Certificate, x509.Certificate] = {}
+        self.sent: dict[x509.Certificate, int] = {}  # the issuers sent, by number
         self.stores: dict[str, SqliteStore | None] = {}
         self.signatures: dict[str, SignatureCache] = {}
         self.tasks: set[asyncio.Task[None]] = set()
@@ -534,6 +557,7 @@ class _Serving(asyncio.Protocol):
     ) -> list[_LoadAnswer | LoadFailed]:
         store, verify_policy, signatures = self._reading(reading)
         answers: list[_LoadAnswer | LoadFailed] = []
+        fresh: dict[x509.Certificate, int] = {}  # issuers first sent in this answer
         for cert, issuer, policy in files:
             loaded = await load_or_fail(
                 cert,
@@ -548,13 +572,22 @@ class _Serving(asyncio.Protocol):
                 answers.append(loaded)
                 continue
             target, bundled = loaded.target, loaded.bundle_has_issuer
-            looked = None
+            key, looked = cert_key(target.leaf), None
             if store is not None:
-                looked = look_up(store, cert_key(target.leaf), target, utc_now(), verify_policy)
+                looked = look_up(store, key, target, utc_now(), verify_policy)
             tags = signatures.new_tags() if signatures is not None else []
-            leaf, issuer_der = _der(target.leaf), _der(target.issuer)
-            answers.append((leaf, issuer_der, target.facts, bundled, looked, tags))
+            named = self._named(target.issuer, fresh)
+            answers.append((_der(target.leaf), named, target.facts, bundled, key, looked, tags))
+        self.sent.update(fresh)  # only once the answer is sure to go
         return answers
+
+    def _named(self, issuer: x509.Certificate, fresh: dict[x509.Certificate, int]) -> bytes | int:
+        """The issuer as an answer names it: its DER the first time, then its number."""
+        number = self.sent.get(issuer, fresh.get(issuer))
+        if number is None:
+            fresh[issuer] = len(self.sent) + len(fresh)
+            return _der(issuer)
+        return number
 
     def _reading(self, ref: int) -> tuple[SqliteStore | None, Policy, SignatureCache | None]:
         """The state database a load looks answers up in (read only), the policy to validate

@@ -402,7 +402,7 @@ class Keeper:
         self.problems.pop(path, None)
         target = loaded.target
         self._drop(path)
-        key = cert_key(target.leaf)
+        key = loaded.key or cert_key(target.leaf)
         life = self.lives.get(key)
         fresh = life is None
         if life is None:
