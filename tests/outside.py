@@ -1,13 +1,15 @@
 """Looking at a running system from outside, for the tests that run real processes: wait for a
-condition, and ask an HTTP endpoint (a status code and a body, never an exception)."""
+condition, ask an HTTP endpoint (a status code and a body, never an exception), and end the
+processes a test started."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 
@@ -34,3 +36,11 @@ def get_json(url: str) -> Any:
     status, body = http_get(url)
     assert status == 200, (url, status, body[:200])
     return json.loads(body)
+
+
+def end_all(processes: Iterable[subprocess.Popen[Any]]) -> None:
+    """Kill those of `processes` still running (a test that failed midway), and reap each."""
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)

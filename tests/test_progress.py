@@ -87,6 +87,21 @@ def test_prime_progress_counts_certificates_once_it_is_slow() -> None:
     ]
 
 
+def test_prime_progress_calls_a_revoked_answer_revoked() -> None:
+    stream, clock = io.StringIO(), Ticks()
+    progress = PrimeProgress(2, Display(stream, tty=False, clock=clock))
+    progress.display.start(0, progress._what())
+    clock.now += 3
+    progress.display.tick()
+    for name, good in (("a.test", True), ("r.test", False)):
+        result = FetchResult(SimpleNamespace(good=good), None, (), None)  # type: ignore[arg-type]
+        progress.refreshed(SimpleNamespace(name=name), result)  # type: ignore[arg-type]
+    assert stream.getvalue().splitlines()[1:] == [
+        "mustaple: prime: a.test: valid staple (1/2)",
+        "mustaple: prime: r.test: revoked (2/2)",
+    ]
+
+
 def _cert(tmp_path: Path, url: str) -> Path:
     return CA(key_type="ec", ocsp_url=url).issue("slow.test").write(tmp_path).fullchain
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from openssl_pki import Pki, Responder, run_openssl, serve_new_pki, start_responder
-from outside import get_json, http_get, wait_for
+from outside import end_all, get_json, http_get, wait_for
 from servers import NginxServer, free_port, staple_from
 
 MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))
@@ -154,10 +154,7 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
     try:
         yield d
     finally:
-        for process in d.runs:
-            if process.poll() is None:
-                process.kill()
-            process.wait(10)
+        end_all(d.runs)
         nginx.stop()
         d.responder.stop()
 

@@ -186,7 +186,9 @@ class PrimeProgress:
     def refreshed(self, managed: Managed, result: FetchResult) -> None:
         """A keeper observer: one certificate's refresh has ended."""
         self.done += 1
-        outcome = "valid staple" if result.staple is not None else "no valid staple"
+        outcome = "no valid staple"
+        if result.staple is not None:  # a valid answer: a staple, or the CA says revoked
+            outcome = "valid staple" if result.staple.good else "revoked"
         if result.rejection is not None:
             outcome = f"no valid staple ({result.rejection.code})"
         if self.display.told(0):
