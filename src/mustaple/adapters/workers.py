@@ -28,6 +28,7 @@ import dataclasses
 import functools
 import gc
 import logging
+import operator
 import os
 import pickle
 import random
@@ -77,15 +78,19 @@ _LoadAnswer = tuple[
 ]
 
 
-def _as_constructed(value: object) -> tuple[type, tuple[object, ...]]:
-    """Pickle a frozen dataclass with slots as the call that makes it: unpickling then runs
-    its `__init__`, much faster than the generic state of a slotted dataclass."""
-    assert dataclasses.is_dataclass(value)
-    return type(value), tuple(getattr(value, f.name) for f in dataclasses.fields(value))
+def _as_constructed(kind: type) -> Callable[[Any], tuple[type, tuple[object, ...]]]:
+    """How to pickle a frozen dataclass with slots: as the call that makes it (unpickling then
+    runs its `__init__`, much faster than the generic state of a slotted dataclass)."""
+    values = operator.attrgetter(*(f.name for f in dataclasses.fields(kind)))
+
+    def reduce(value: Any) -> tuple[type, tuple[object, ...]]:
+        return kind, values(value)
+
+    return reduce
 
 
 for _kind in (Staple, Attempt, Looked):  # what every answer carries, in both processes
-    copyreg.pickle(_kind, _as_constructed)
+    copyreg.pickle(_kind, _as_constructed(_kind))
 
 
 @contextlib.contextmanager

@@ -58,13 +58,14 @@ def choose_proxy(url: str, setting: str | None, environ: Mapping[str, str]) -> P
     """
     if setting == "":
         return None
-    parts = urlsplit(url)
     if setting is None:
-        name, value = _from_environment(parts.scheme, environ)
+        scheme = url.partition(":")[0].lower()  # as urlsplit reads it, for the URLs we fetch
+        name, value = _from_environment(scheme, environ)
         if not value:
             return None
     else:
         name, value = "proxy", setting
+    parts = urlsplit(url)
     if _bypassed(parts.hostname or "", _env(environ, "no_proxy")):
         return None
     return check_proxy_url(value, name)

@@ -23,6 +23,7 @@ MAX_URL_LENGTH = 2048  # characters: longer ones are not responder addresses
 _IP_FUTURE = re.compile(r"v[a-fA-F0-9]+\..+")  # RFC 3986 3.2.2 IPvFuture
 
 
+@functools.lru_cache(maxsize=1024)  # every fetch asks it of the same few URLs
 def url_problem(url: str) -> str | None:
     """None when `url` is a usable http:// or https:// URL, else one line saying why not."""
     shown = repr(url[:120])
