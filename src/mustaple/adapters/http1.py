@@ -16,6 +16,7 @@ TimeoutError) saying what happened; a `Watcher` is told when each request starts
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -130,6 +131,26 @@ class _Target:
 def _where(url: str, proxy: str | None) -> _Target:
     if not url.isascii() or not url.isprintable() or " " in url:
         raise BadUrl(f"{url[:120]!r} holds spaces, control or non-ASCII characters")
+    scheme, _, rest = url.partition("://")
+    ends = [at for at in (rest.find("/"), rest.find("?"), rest.find("#")) if at >= 0]
+    end = min(ends, default=len(rest))
+    path, _, query = rest[end:].partition("#")[0].partition("?")
+    path = (path or "/") + (f"?{query}" if query else "")
+    try:
+        o = _origin(f"{scheme}://{rest[:end]}", proxy)
+    except _NotHttp as exc:
+        raise BadUrl(f"{url[:120]!r}{exc}") from None
+    return _Target(o.host, o.port, o.authority, o.target + path, o.peer, o.proxy)
+
+
+class _NotHttp(Exception):
+    """What is wrong with an origin, said after its URL."""
+
+
+@functools.lru_cache(maxsize=256)  # a GET's URL is new every time, its origin seldom
+def _origin(url: str, proxy: str | None) -> _Target:
+    """Where requests to the origin `url` (scheme://authority) go; the target is the prefix of
+    every request target (empty unless through a proxy)."""
     try:
         parts = urlsplit(url)
         port = parts.port or 80
@@ -137,14 +158,13 @@ def _where(url: str, proxy: str | None) -> _Target:
         via = urlsplit(proxy) if proxy else None
         peer = (via.hostname or "", via.port or 80) if via else None
     except ValueError as exc:
-        raise BadUrl(f"{url[:120]!r}: {exc}") from None
+        raise _NotHttp(f": {exc}") from None
     if parts.scheme != "http" or not host or port == 0:
-        raise BadUrl(f"{url[:120]!r} is not an http:// URL with a host and a port")
+        raise _NotHttp(" is not an http:// URL with a host and a port")
     authority = f"[{host}]" if ":" in host else host
     if port != 80:
         authority += f":{port}"
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    target = f"http://{authority}{path}" if proxy else path
+    target = f"http://{authority}" if proxy else ""
     return _Target(host, port, authority, target, peer or (host, port), proxy)
 
 

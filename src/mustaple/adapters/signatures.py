@@ -103,8 +103,13 @@ class SignatureCache:
         self._pending, self._saving = [], False
 
     def _tag(self, leaf: x509.Certificate, issuer: x509.Certificate) -> bytes:
-        pair = issuer.fingerprint(hashes.SHA256()) + leaf.fingerprint(hashes.SHA256())
+        pair = _issuer_print(issuer) + leaf.fingerprint(hashes.SHA256())
         return hmac.digest(self.key, pair, hashlib.sha256)
+
+
+@functools.lru_cache(maxsize=64)  # the same few issuers, for every leaf
+def _issuer_print(issuer: x509.Certificate) -> bytes:
+    return issuer.fingerprint(hashes.SHA256())
 
 
 def _state_key(path: Path) -> tuple[bytes, bool] | None:
