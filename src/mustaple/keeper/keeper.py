@@ -299,6 +299,7 @@ class Keeper:
         self._own_fetcher = fetcher is None
         self._watchers = list(watchers)  # e.g. `prime` showing what it waits on
         self._hooks: set[asyncio.Task[None]] = set()
+        self._ending: set[asyncio.Task[None]] = set()  # worker pools closing meanwhile
         self._pending = _Pending()
         # pending status rows, one per key: a Life's row is made from its state at the flush
         self._statuses: dict[str, CertStatus | Life] = {}
@@ -315,6 +316,8 @@ class Keeper:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._flush()
+        if self._ending:
+            await asyncio.wait(self._ending)
         if self._hooks:
             await asyncio.wait(self._hooks, timeout=self.config.hooks.timeout.total_seconds())
         if isinstance(self.fetcher, HttpFetcher) and self._own_fetcher:
@@ -340,8 +343,9 @@ class Keeper:
             if current is None and problem is not None and problem.stamp == stamp:
                 continue  # an unusable file is read again only when it changes (or at a reload)
             changed.append((path, entry, stamp))
-        async with self._helpers(len(changed)):
-            loaded = await self._load_all(changed)
+        with _collecting(len(changed)):
+            async with self._helpers(len(changed)):
+                loaded = await self._load_all(changed)
         return [managed for managed in loaded if managed is not None]
 
     async def _load_all(self, files: Sequence[FileToLoad]) -> list[Managed | None]:
@@ -441,11 +445,12 @@ class Keeper:
             return
         mine, self.fetcher = self.fetcher, pool
         try:
-            with batch_collector():
-                yield
+            yield
         finally:
             self.fetcher = mine
-            await pool.close()
+            closing = asyncio.get_running_loop().create_task(pool.close())  # workers end
+            self._ending.add(closing)  # while the keeper goes on (awaited on leaving it)
+            closing.add_done_callback(self._ending.discard)
 
     def _begin(self, managed: Managed, looked: Looked | None = None) -> None:
         """A certificate seen for the first time by this process: its stored truth (validated
@@ -499,10 +504,11 @@ class Keeper:
         self.sync()
         now = self.clock()
         due = self._one_per_life(m for m in self.managed.values() if m.life.state.due(now))
-        async with self._helpers(len(due)):
-            await self._refresh_all(due)
-        self.judge_time()
-        await self.deliver()
+        with _collecting(len(due)):
+            async with self._helpers(len(due)):
+                await self._refresh_all(due)
+            self.judge_time()
+            await self.deliver()
 
     def sync(self) -> int:
         """Take in the answers another process (`prime`, a second keeper) stored since the last
@@ -918,33 +924,40 @@ class Keeper:
         """Load `paths` (each covered by an entry), fetch each now (in fleet mode: unless the
         fleet has just fetched it), deliver to its entry's sinks; InputError for unusable
         files."""
-        async with self._helpers(len(paths)):  # workers start while the paths are resolved
-            covered = self.covered()
-            files: dict[Path, FileToLoad] = {}
-            resolved = []
-            for given in paths:
-                path, entry = covered.find(given)
-                stamp = _stamp(path)
-                if stamp is None:
-                    raise InputError(f"{given}: certificate not found")
-                files.setdefault(path, (path, entry, stamp))
-                resolved.append(path)
-            loaded = dict(zip(files, await self._load_all(list(files.values())), strict=True))
-            chosen = []
-            for path in resolved:
-                managed = loaded[path]
-                if managed is None:
-                    raise InputError(self.problems[path].message)
-                chosen.append(managed)
-            now = self.clock()
-            wanted = self._one_per_life(m for m in chosen if m.next_due is not None)
-            for managed in wanted:  # due now, even with a valid staple
-                if not managed.life.state.due(now):
-                    self._apply(managed.life, Wait(now), now)
-            await self._refresh_all(wanted)
-        self.judge_time()
-        await self.deliver()
+        with _collecting(len(paths)):
+            async with self._helpers(len(paths)):  # workers start while the paths are resolved
+                files, resolved = self._resolve(paths)
+                loaded = dict(zip(files, await self._load_all(list(files.values())), strict=True))
+                chosen = []
+                for path in resolved:
+                    managed = loaded[path]
+                    if managed is None:
+                        raise InputError(self.problems[path].message)
+                    chosen.append(managed)
+                now = self.clock()
+                wanted = self._one_per_life(m for m in chosen if m.next_due is not None)
+                for managed in wanted:  # due now, even with a valid staple
+                    if not managed.life.state.due(now):
+                        self._apply(managed.life, Wait(now), now)
+                await self._refresh_all(wanted)
+            self.judge_time()
+            await self.deliver()
         return chosen
+
+    def _resolve(self, paths: Sequence[Path]) -> tuple[dict[Path, FileToLoad], list[Path]]:
+        """The files to load for `paths` (once each), and the configured path of each given
+        one, in order; InputError for a path no entry covers or that does not exist."""
+        covered = self.covered()
+        files: dict[Path, FileToLoad] = {}
+        resolved = []
+        for given in paths:
+            path, entry = covered.find(given)
+            stamp = _stamp(path)
+            if stamp is None:
+                raise InputError(f"{given}: certificate not found")
+            files.setdefault(path, (path, entry, stamp))
+            resolved.append(path)
+        return files, resolved
 
 
 class Coverage:
@@ -984,6 +997,12 @@ def configured_files(config: Config) -> dict[Path, CertEntry]:
             for name in sorted(names):
                 found.setdefault(Path(name), entry)
     return found
+
+
+def _collecting(batch: int) -> contextlib.AbstractContextManager[None]:
+    """The garbage collector set for a batch of `batch` certificates (`batch_collector`, from
+    WORKERS_FROM on: a large batch makes many objects that live until its end)."""
+    return batch_collector() if batch >= WORKERS_FROM else contextlib.nullcontext()
 
 
 def _same(answer: Staple, this_update: datetime, revoked: bool) -> bool:
