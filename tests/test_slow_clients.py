@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -185,6 +186,31 @@ def test_a_slow_request_within_the_deadline_is_answered(tmp_path: Path) -> None:
                 for request, (reader, writer) in asked:
                     writer.write(request)
                     assert await answer(reader) == (200, e.der)
+            assert e.timeouts() == 1
+
+    run(scenario, tmp_path)
+
+
+def test_a_client_that_does_not_read_is_left_to_the_idle_timeout(tmp_path: Path) -> None:
+    """Whole requests kept while the client does not read its answers are not cut at the
+    deadline: once it reads, every one is answered."""
+
+    async def scenario(tmp: Path) -> None:
+        async with endpoint(tmp) as e:
+            count = 20000
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window
+            sock.connect(("127.0.0.1", e.port))
+            reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+            try:
+                writer.write(e.get() * count)  # answers far beyond what the buffers take
+                async with client(e, e.get()[:30]) as (later, _):
+                    assert (await until_closed(later)).startswith(TIMED_OUT)
+                assert any(c.paused for c in e.server.fast.connections)
+                for _ in range(count):
+                    assert await answer(reader) == (200, e.der)
+            finally:
+                writer.close()
             assert e.timeouts() == 1
 
     run(scenario, tmp_path)

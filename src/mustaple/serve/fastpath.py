@@ -28,11 +28,14 @@ control), and a connection idle for `idle_timeout` seconds (75 by default) is cl
 Every request must come whole, head and body, within `request_timeout` seconds (60 by default,
 nginx's client_header_timeout and client_body_timeout) of its first byte: a deadline, not an
 idle timer, so a client trickling a byte at a time is caught too. Past it the client gets
-408 (or, if its request was already answered or it does not read, nothing) and the
-connection is closed; logged once a minute at most and counted (`on_timeout`). A connection
+408 (or nothing, if aiohttp has answered the request already) and the connection is closed;
+logged once a minute at most and counted (`on_timeout`). Bytes kept while the client does
+not read its answers are timed once it reads again (till then, the idle timeout). A connection
 handed to aiohttp keeps the deadline of the request under way and is fed through `_Handed`,
 which times each later request from its first byte; `request_deadlines`, the application's
 middleware, tells it when aiohttp has read a head, so that it waits for the end of the body.
+(aiohttp does not say where a request's bytes end: the start of a request pipelined behind
+another in the same bytes is not timed, and only aiohttp's idle timeout closes it if it stops.)
 
 At most `max_connections` connections are open at once, handed off or not, so idle clients can
 never use up the file descriptors. A connection that comes at the cap takes the place of the
@@ -360,18 +363,11 @@ class _Connection(asyncio.Protocol):
             self.deadline = None
 
     def _expire(self) -> None:
-        """The head under way did not come whole in time: say so, unless the client does not
-        read, and close."""
+        """The head under way did not come whole in time: say so and close."""
         self.deadline = None
-        transport = self.transport
-        if transport is None:
-            return
-        timed_out = self.fast.timed_out()
-        if self.paused:
-            transport.abort()
-        else:
-            transport.write(timed_out)
-            transport.close()
+        assert self.transport is not None  # else the deadline was cancelled
+        self.transport.write(self.fast.timed_out())
+        self.transport.close()
 
     def _unfinished(self, start: int) -> bool:
         """Whether the buffer, with no end of head in it, may still become a head answered
