@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from mustaple.core.request import encode_request, get_url, make_cert_id
 from mustaple.serve.metrics import Metrics
 from mustaple.serve.web import HttpServer, start_http
 from mustaple.testing import World, keeper_world
-from test_fastpath import WAIT, body_of, connection, head, read_reply, status_of
+from test_fastpath import WAIT, body_of, connection, head, read_reply, slow_reader, status_of
 
 DEADLINE = timedelta(seconds=0.5)
 STEP = 0.05  # seconds between two pieces a client sends
@@ -198,10 +197,7 @@ def test_a_client_that_does_not_read_is_left_to_the_idle_timeout(tmp_path: Path)
     async def scenario(tmp: Path) -> None:
         async with endpoint(tmp) as e:
             count = 20000
-            sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window
-            sock.connect(("127.0.0.1", e.port))
-            reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+            reader, writer = await slow_reader(e.port)
             try:
                 writer.write(e.get() * count)  # answers far beyond what the buffers take
                 async with client(e, e.get()[:30]) as (later, _):
