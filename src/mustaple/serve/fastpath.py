@@ -28,8 +28,11 @@ control), and a connection idle for `idle_timeout` seconds (75 by default) is cl
 Every request must come whole, head and body, within `request_timeout` seconds (60 by default,
 nginx's client_header_timeout and client_body_timeout) of its first byte: a deadline, not an
 idle timer, so a client trickling a byte at a time is caught too. Past it the client gets
-408 (or nothing, if aiohttp has answered the request already) and the connection is closed;
-logged once a minute at most and counted (`on_timeout`). Bytes kept while the client does
+408 and the end of the connection, and what it still sends is read and dropped until it closes
+too, for `LINGER` seconds at most (as nginx's lingering close: closing on unread bytes would
+reset the connection, and the client could lose the 408); if aiohttp has answered the request
+already, the connection is just closed. Logged once a minute at most and counted
+(`on_timeout`). Bytes kept while the client does
 not read its answers are timed once it reads again (till then, the idle timeout). A connection
 handed to aiohttp keeps the deadline of the request under way and is fed through `_Handed`,
 which times each later request from its first byte; `request_deadlines`, the application's
@@ -80,6 +83,7 @@ __all__ = [
 
 IDLE_TIMEOUT = 75.0  # seconds a connection may stay idle (nginx's keepalive_timeout)
 REQUEST_TIMEOUT = 60.0  # seconds from a request's first byte to its last (as nginx)
+LINGER = 5.0  # seconds to wait for a client to close after its 408 (nginx's lingering_timeout)
 MAX_CONNECTIONS = 512  # open at once, well below the usual limit of 1024 descriptors
 SPARE_DESCRIPTORS = 128  # for the state, sinks, fetches and hooks beside the connections
 LOG_EVERY = 60.0  # seconds between two lines about the same shortage
@@ -365,9 +369,11 @@ class _Connection(asyncio.Protocol):
     def _expire(self) -> None:
         """The head under way did not come whole in time: say so and close."""
         self.deadline = None
-        assert self.transport is not None  # else the deadline was cancelled
-        self.transport.write(self.fast.timed_out())
-        self.transport.close()
+        transport = self.transport
+        assert transport is not None  # else the deadline was cancelled
+        if not transport.is_closing():
+            self.buffer.clear()
+            _linger(transport, self.fast.timed_out(), self.connection_lost)
 
     def _unfinished(self, start: int) -> bool:
         """Whether the buffer, with no end of head in it, may still become a head answered
@@ -452,9 +458,42 @@ class _Handed(asyncio.Protocol):
         if self.transport.is_closing():
             return
         timed_out = self.fast.timed_out()
-        if not self.answered:
-            self.transport.write(timed_out)
-        self.transport.close()
+        if self.answered:
+            self.transport.close()
+        else:
+            _linger(self.transport, timed_out, self.connection_lost)
+
+
+def _linger(
+    transport: asyncio.Transport, answer: bytes, then: Callable[[Exception | None], None]
+) -> None:
+    """Send `answer` and the end of the connection, then read and drop what comes until the
+    client closes too (`LINGER` seconds at most); `then` is told when the connection is lost."""
+    transport.write(answer)
+    transport.write_eof()
+    transport.set_protocol(_Lingering(transport, then))
+
+
+class _Lingering(asyncio.Protocol):
+    """A connection past its deadline whose answer is sent: see `_linger`."""
+
+    __slots__ = ("then", "timer")
+
+    def __init__(
+        self, transport: asyncio.Transport, then: Callable[[Exception | None], None]
+    ) -> None:
+        self.then = then
+        self.timer = asyncio.get_running_loop().call_later(LINGER, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        """Dropped: the request has been answered."""
+
+    def eof_received(self) -> bool:
+        return False  # the client has closed too: close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.timer.cancel()
+        self.then(exc)
 
 
 @web.middleware
