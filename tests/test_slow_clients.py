@@ -220,7 +220,7 @@ def test_a_slow_request_within_the_deadline_is_answered(tmp_path: Path) -> None:
     connection is still open when a later client's deadline has passed)."""
 
     async def scenario(tmp: Path) -> None:
-        async with endpoint(tmp) as e:
+        async with endpoint(tmp, timedelta(seconds=1)) as e:  # ample for 3 pieces
             async with client(e) as fast, client(e) as aio:
                 asked = ((e.get(), fast), (e.post(), aio))  # the fast path's, aiohttp's
                 for request, (reader, writer) in asked:
