@@ -185,6 +185,14 @@ async def connection(port: int) -> AsyncIterator[tuple[asyncio.StreamReader, asy
             await writer.wait_closed()
 
 
+async def slow_reader(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection with a small receive window, for a client that does not read."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    return await asyncio.open_connection(sock=sock, limit=4096)
+
+
 async def ask(port: int, data: bytes) -> bytes:
     """Send `data` on a new connection; everything the server sends until it closes."""
     async with connection(port) as (reader, writer):
@@ -471,10 +479,7 @@ def test_clients_that_vanish(tmp_path: Path, caplog: pytest.LogCaptureFixture) -
 def test_a_client_that_stops_reading_is_not_read(tmp_path: Path) -> None:
     async def scenario(w: World) -> None:
         count = 20000
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window
-        sock.connect(("127.0.0.1", w.port))
-        reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+        reader, writer = await slow_reader(w.port)
         try:
             writer.write(head(w.path) * count)  # answers far beyond what the buffers take
             await asyncio.sleep(0.5)

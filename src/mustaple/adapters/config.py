@@ -119,6 +119,7 @@ class HttpConfig:
     max_request_size: int = 10000  # bytes of an OCSP request (POST body or GET path)
     max_connections: int = 512  # open at once; see mustaple.serve.fastpath
     idle_timeout: timedelta = timedelta(seconds=75)  # a connection idle this long is closed
+    request_timeout: timedelta = timedelta(seconds=60)  # from a request's first byte to its last
 
 
 @dataclass(frozen=True)
@@ -318,7 +319,7 @@ def _fleet(reader: TableReader) -> FleetConfig:
 
 
 def _http(reader: TableReader) -> HttpConfig:
-    reader.only("listen", "max_request_size", "max_connections", "idle_timeout")
+    reader.only("listen", "max_request_size", "max_connections", "idle_timeout", "request_timeout")
     listen = reader.get("listen", str, "127.0.0.1:8008")
     host, _, port = listen.rpartition(":")
     host = host.strip("[]")
@@ -327,7 +328,8 @@ def _http(reader: TableReader) -> HttpConfig:
     size = reader.number("max_request_size", HttpConfig.max_request_size, 1, 1024 * 1024)
     cap = reader.number("max_connections", HttpConfig.max_connections, 1, 65536)
     idle = reader.duration("idle_timeout", HttpConfig.idle_timeout, _HOUR)
-    return HttpConfig(host, int(port), size, cap, idle)
+    request = reader.duration("request_timeout", HttpConfig.request_timeout, _HOUR)
+    return HttpConfig(host, int(port), size, cap, idle, request)
 
 
 def _sinks(reader: TableReader) -> dict[str, Mapping[str, Any]]:

@@ -25,6 +25,21 @@ are answered in order. A client that stops reading stops being read (the transpo
 control), and a connection idle for `idle_timeout` seconds (75 by default) is closed.
 `close()` closes every connection not handed off; the aiohttp runner closes the others.
 
+Every request must come whole, head and body, within `request_timeout` seconds (60 by default,
+nginx's client_header_timeout and client_body_timeout) of its first byte: a deadline, not an
+idle timer, so a client trickling a byte at a time is caught too. Past it the client gets
+408 and the end of the connection, and what it still sends is read and dropped until it closes
+too, for `LINGER` seconds at most (as nginx's lingering close: closing on unread bytes would
+reset the connection, and the client could lose the 408); if aiohttp has answered the request
+already, the connection is just closed. Logged once a minute at most and counted
+(`on_timeout`). Bytes kept while the client does
+not read its answers are timed once it reads again (till then, the idle timeout). A connection
+handed to aiohttp keeps the deadline of the request under way and is fed through `_Handed`,
+which times each later request from its first byte; `request_deadlines`, the application's
+middleware, tells it when aiohttp has read a head, so that it waits for the end of the body.
+(aiohttp does not say where a request's bytes end: the start of a request pipelined behind
+another in the same bytes is not timed, and only aiohttp's idle timeout closes it if it stops.)
+
 At most `max_connections` connections are open at once, handed off or not, so idle clients can
 never use up the file descriptors. A connection that comes at the cap takes the place of the
 connection of ours idle longest (the first to come among equally idle ones; as nginx reuses
@@ -43,12 +58,13 @@ import re
 import resource
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import cast
 
+from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 
 from mustaple.serve.localresponder import Answer, Responder
@@ -58,12 +74,16 @@ log = logging.getLogger("mustaple")
 __all__ = [
     "IDLE_TIMEOUT",
     "MAX_CONNECTIONS",
+    "REQUEST_TIMEOUT",
     "FastPath",
     "quiet_accept_errors",
     "raise_file_limit",
+    "request_deadlines",
 ]
 
 IDLE_TIMEOUT = 75.0  # seconds a connection may stay idle (nginx's keepalive_timeout)
+REQUEST_TIMEOUT = 60.0  # seconds from a request's first byte to its last (as nginx)
+LINGER = 5.0  # seconds to wait for a client to close after its 408 (nginx's lingering_timeout)
 MAX_CONNECTIONS = 512  # open at once, well below the usual limit of 1024 descriptors
 SPARE_DESCRIPTORS = 128  # for the state, sinks, fetches and hooks beside the connections
 LOG_EVERY = 60.0  # seconds between two lines about the same shortage
@@ -91,6 +111,8 @@ _NOT_OURS = (
     b"te",
     b"sec-websocket-key1",
 )
+_TIMED_OUT = Answer(408, {"Content-Type": "text/plain; charset=utf-8"}, b"request timeout\n", "")
+_CLOSE = 2  # the mode of an HTTP/1.1 answer that closes the connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +130,8 @@ class FastPath:
     (the parsed heads, the framed answers, the Date of this second).
 
     `answered` counts the requests answered here, `handed_off` the connections given to
-    aiohttp. `responder` must be served under a plain prefix of its own (such as "/ocsp").
+    aiohttp, `timeouts` the requests not come whole in time. `responder` must be served under
+    a plain prefix of its own (such as "/ocsp").
     """
 
     def __init__(
@@ -119,18 +142,21 @@ class FastPath:
         max_head: int = 32768,
         idle_timeout: float = IDLE_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,
+        request_timeout: float = REQUEST_TIMEOUT,
+        on_timeout: Callable[[], None] = lambda: None,
     ) -> None:
         if not _PLAIN_PREFIX.fullmatch(responder.base):
             raise ValueError(f"the fast path needs a plain prefix, not {responder.base!r}")
-        if idle_timeout <= 0 or max_connections < 1:
-            raise ValueError("idle_timeout and max_connections must be positive")
+        if idle_timeout <= 0 or max_connections < 1 or request_timeout <= 0:
+            raise ValueError("idle_timeout, max_connections and request_timeout must be positive")
         self.responder, self.fallback = responder, fallback
         self.max_head, self.idle_timeout = max_head, idle_timeout
         self.max_connections = max_connections
-        self.answered = self.handed_off = self.evicted = self.refused = 0
+        self.request_timeout, self.on_timeout = request_timeout, on_timeout
+        self.answered = self.handed_off = self.evicted = self.refused = self.timeouts = 0
         self.connections: dict[_Connection, None] = {}  # in the order they came
         self.handed: set[asyncio.BaseTransport] = set()  # open connections given to aiohttp
-        self._full_logged = -LOG_EVERY
+        self._full_logged, self._timeout_logged = _Every(), _Every()
         self.closed = False
         self._target = re.compile(re.escape(responder.base.encode()) + b"/" + _REQUEST)
         self._heads: dict[bytes, _Request] = {}
@@ -172,14 +198,26 @@ class FastPath:
         return True
 
     def _log_full(self) -> None:
-        now = time.monotonic()
-        if now - self._full_logged >= LOG_EVERY:
-            self._full_logged = now
+        if self._full_logged.due():
             log.warning(
                 "HTTP endpoint: %d connections open (http.max_connections): closing the one "
                 "idle longest for each new one",
                 self.max_connections,
             )
+
+    def timed_out(self) -> bytes:
+        """Count and log (once a minute at most) a request not come whole in time; return
+        the answer that says so."""
+        self.timeouts += 1
+        self.on_timeout()
+        if self._timeout_logged.due():
+            log.warning(
+                "HTTP endpoint: a client did not send its request whole within %gs "
+                "(http.request_timeout): its connection is closed (%d so far)",
+                self.request_timeout,
+                self.timeouts,
+            )
+        return self.wire(_TIMED_OUT, _CLOSE)
 
     def request(self, head: bytes) -> _Request | None:
         """The GET in `head` (ending with its blank line), or None if it is not ours."""
@@ -221,7 +259,7 @@ class FastPath:
 class _Connection(asyncio.Protocol):
     """One connection until it is handed to aiohttp (or closed)."""
 
-    __slots__ = ("buffer", "fast", "idle", "paused", "scanned", "transport")
+    __slots__ = ("buffer", "deadline", "fast", "idle", "paused", "scanned", "transport")
 
     def __init__(self, fast: FastPath) -> None:
         self.fast = fast
@@ -230,6 +268,7 @@ class _Connection(asyncio.Protocol):
         self.scanned = 0  # bytes of `buffer` known not to hold the end of the head
         self.idle = 0  # idle checks since the last bytes came
         self.paused = False  # the client does not read: stop answering
+        self.deadline: asyncio.TimerHandle | None = None  # of the head in `buffer`
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -240,6 +279,7 @@ class _Connection(asyncio.Protocol):
         self.fast.connections.pop(self, None)
         self.transport = None
         self.buffer.clear()
+        self._met()
 
     def data_received(self, data: bytes) -> None:
         self.idle = 0
@@ -299,6 +339,8 @@ class _Connection(asyncio.Protocol):
                 return
             transport.write(fast.wire(answer, request.mode))
             fast.answered += 1
+            if self.deadline is not None:
+                self._met()
             if request.close:
                 transport.close()
             if transport.is_closing():  # closed, or the client is gone
@@ -309,11 +351,29 @@ class _Connection(asyncio.Protocol):
         """Wait for the rest of a head (or for the client to read); give aiohttp what does
         not look like a head this module answers."""
         self.buffer += data
+        if self.deadline is None and not self.paused:
+            loop = asyncio.get_running_loop()
+            self.deadline = loop.call_later(self.fast.request_timeout, self._expire)
         if self.paused or self._unfinished(0):
             return
         data = bytes(self.buffer)
         self.buffer.clear()
         self._hand_off(data)
+
+    def _met(self) -> None:
+        """The head under way came whole in time (or the connection is gone)."""
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+
+    def _expire(self) -> None:
+        """The head under way did not come whole in time: say so and close."""
+        self.deadline = None
+        transport = self.transport
+        assert transport is not None  # else the deadline was cancelled
+        if not transport.is_closing():
+            self.buffer.clear()
+            _linger(transport, self.fast.timed_out(), self.connection_lost)
 
     def _unfinished(self, start: int) -> bool:
         """Whether the buffer, with no end of head in it, may still become a head answered
@@ -327,19 +387,147 @@ class _Connection(asyncio.Protocol):
         )
 
     def _hand_off(self, data: bytes) -> None:
-        """Give the connection, and the bytes not answered yet, to aiohttp."""
+        """Give the connection, and the bytes not answered yet, to aiohttp (through
+        `_Handed`, with the deadline of the request under way)."""
         transport, fast = self.transport, self.fast
         fast.connections.pop(self, None)
         self.transport = None
         self.buffer.clear()
+        deadline = self.deadline.when() if self.deadline is not None else None
+        self._met()
         if transport is None or transport.is_closing():
             return
         handler = fast.fallback()
-        transport.set_protocol(handler)
+        handed = _Handed(fast, handler, transport, deadline)
+        transport.set_protocol(handed)
         handler.connection_made(transport)
-        handler.data_received(data)
+        handed.data_received(data)
         fast.handed_off += 1
         fast.handed.add(transport)
+
+
+class _Handed(asyncio.Protocol):
+    """A connection handed to aiohttp: aiohttp's protocol, fed through this one, which gives
+    each request a deadline from its first byte to the end of its body."""
+
+    __slots__ = ("answered", "deadline", "fast", "handler", "transport")
+
+    def __init__(
+        self,
+        fast: FastPath,
+        handler: asyncio.Protocol,
+        transport: asyncio.Transport,
+        deadline: float | None,
+    ) -> None:
+        self.fast, self.handler, self.transport = fast, handler, transport
+        self.answered = False  # aiohttp has answered the request under way
+        self.deadline: asyncio.TimerHandle | None = None
+        if deadline is not None:
+            self.deadline = asyncio.get_running_loop().call_at(deadline, self._expire)
+
+    def data_received(self, data: bytes) -> None:
+        if self.deadline is None and data:
+            loop = asyncio.get_running_loop()
+            self.deadline = loop.call_later(self.fast.request_timeout, self._expire)
+            self.answered = False
+        self.handler.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.handler.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.received()
+        self.handler.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.handler.resume_writing()
+
+    def received(self) -> None:
+        """The request under way came whole (its body ended) in time."""
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+
+    def _expire(self) -> None:
+        """The request under way did not come whole in time: say so if aiohttp has not
+        answered it, and close (aiohttp's handler then sees the connection lost)."""
+        self.deadline = None
+        if self.transport.is_closing():
+            return
+        timed_out = self.fast.timed_out()
+        if self.answered:
+            self.transport.close()
+        else:
+            _linger(self.transport, timed_out, self.connection_lost)
+
+
+def _linger(
+    transport: asyncio.Transport, answer: bytes, then: Callable[[Exception | None], None]
+) -> None:
+    """Send `answer` and the end of the connection, then read and drop what comes until the
+    client closes too (`LINGER` seconds at most); `then` is told when the connection is lost."""
+    transport.write(answer)
+    transport.write_eof()
+    transport.set_protocol(_Lingering(transport, then))
+
+
+class _Lingering(asyncio.Protocol):
+    """A connection past its deadline whose answer is sent: see `_linger`."""
+
+    __slots__ = ("then", "timer")
+
+    def __init__(
+        self, transport: asyncio.Transport, then: Callable[[Exception | None], None]
+    ) -> None:
+        self.then = then
+        self.timer = asyncio.get_running_loop().call_later(LINGER, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        """Dropped: the request has been answered."""
+
+    def eof_received(self) -> bool:
+        return False  # the client has closed too: close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.timer.cancel()
+        self.then(exc)
+
+
+@web.middleware
+async def request_deadlines(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """The application's middleware that tells a connection handed off by the fast path
+    (`_Handed`) when aiohttp has read a request's head, so that its deadline ends with the
+    body, and when the request is answered (no 408 then)."""
+    transport = request.transport
+    handed = transport.get_protocol() if transport is not None else None
+    if not isinstance(handed, _Handed):
+        return await handler(request)
+    request.content.on_eof(handed.received)
+    try:
+        return await handler(request)
+    finally:
+        handed.answered = True
+
+
+class _Every:
+    """Whether a line about the same trouble is due: once every LOG_EVERY seconds at most."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last = -LOG_EVERY
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now - self.last < LOG_EVERY:
+            return False
+        self.last = now
+        return True
 
 
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -353,14 +541,12 @@ def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
         return
     _QUIETED.add(loop)
     previous = loop.get_exception_handler()
-    last = -LOG_EVERY
+    logged = _Every()
 
     def handler(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
-        nonlocal last
         exc = context.get("exception")
         if isinstance(exc, OSError) and exc.errno in _OUT_OF_RESOURCES:
-            if time.monotonic() - last >= LOG_EVERY:
-                last = time.monotonic()
+            if logged.due():
                 log.error(
                     "HTTP endpoint: cannot accept connections (%s); raise LimitNOFILE or lower "
                     "http.max_connections",

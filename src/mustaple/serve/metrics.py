@@ -9,6 +9,7 @@ tests do not collide) and attaches itself to the keeper as an observer:
   sink's consecutive failures per certificate;
 - fetch counters and the attempt latency histogram are fed by `observe` after every refresh;
 - local responder counters are fed by `served` (the responder's `on_served` callback);
+- the HTTP endpoint counts in `request_timeouts` the requests not sent whole in time;
 - in fleet mode, whether Redis answers and how many staples were adopted from other members,
   read from the `Fleet` at scrape time.
 
@@ -71,6 +72,11 @@ class Metrics:
             dict.fromkeys(RESPONDER_RESULTS, 0)
         )
         self.registry.register(_ResponderCollector(self.responder_counts))
+        self.request_timeouts = Counter(
+            "mustaple_http_request_timeouts",
+            "Requests to the HTTP endpoint not sent whole within http.request_timeout.",
+            registry=self.registry,
+        )
         self._certificates = _CertificateCollector(keeper, clock)
         self.registry.register(self._certificates)
         if fleet is not None:

@@ -2,8 +2,9 @@
 
 `start_http(keeper, http, metrics=...)` serves `make_app(...)` on `http.host:http.port`
 (loopback by default) and returns an `HttpServer`; `await server.cleanup()` stops it. Every
-connection goes first through `mustaple.serve.fastpath`, which answers the OCSP GETs itself and
-hands everything else to aiohttp. Endpoints:
+connection goes first through `mustaple.serve.fastpath`, which answers the OCSP GETs itself,
+hands everything else to aiohttp and gives each request `http.request_timeout` to come whole
+(its middleware, `request_deadlines`, is the application's). Endpoints:
 
 - `/healthz`: 200 "ok" while the event loop runs.
 - `/readyz`: 200 when every must-staple certificate has a valid good staple, else 503 and the
@@ -14,8 +15,10 @@ hands everything else to aiohttp. Endpoints:
 - `/metrics`: Prometheus text or OpenMetrics, as the scraper asks (`mustaple.serve.metrics`).
 
 The local OCSP responder (`mustaple.serve.localresponder`) is served under `/ocsp`, its answers
-counted by the metrics. Every value shown in HTML is escaped. A request aiohttp cannot parse
-is the client's doing: logged at debug level, in one line (aiohttp logs a traceback).
+counted by the metrics. Every value shown in HTML is escaped. A request aiohttp cannot parse,
+or cannot read to its end because the connection is gone (the client left, or did not send it
+within `http.request_timeout`), is the client's doing: logged at debug level, in one line
+(aiohttp logs a traceback).
 """
 
 from __future__ import annotations
@@ -46,7 +49,12 @@ from mustaple.core.render import (
 )
 from mustaple.core.schedule import Alert, SchedulePolicy, alert_level, refresh_point
 from mustaple.keeper.keeper import CertView, Keeper
-from mustaple.serve.fastpath import FastPath, quiet_accept_errors, raise_file_limit
+from mustaple.serve.fastpath import (
+    FastPath,
+    quiet_accept_errors,
+    raise_file_limit,
+    request_deadlines,
+)
 from mustaple.serve.localresponder import Responder, add_routes
 from mustaple.serve.metrics import Metrics, serial_hex
 
@@ -126,7 +134,7 @@ def _app(
 ) -> tuple[web.Application, _Endpoints, Responder]:
     """`make_app`, its endpoints and the local responder it serves."""
     endpoints = _Endpoints(keeper, metrics, clock)
-    app = web.Application()
+    app = web.Application(middlewares=[request_deadlines])
     app.router.add_get("/", endpoints.page)
     app.router.add_get("/healthz", endpoints.healthz)
     app.router.add_get("/readyz", endpoints.readyz)
@@ -161,6 +169,7 @@ class HttpServer:
         """Serve from `keeper` and count in `metrics` from now on."""
         self.endpoints.keeper, self.endpoints.metrics = keeper, metrics
         self.fast.responder.switch(keeper, metrics.served)
+        self.fast.on_timeout = metrics.request_timeouts.inc
 
     @property
     def addresses(self) -> list[Any]:
@@ -200,6 +209,8 @@ async def start_http(keeper: Keeper, http: HttpConfig, *, metrics: Metrics) -> H
         max_head=line + HEAD_FIELDS,
         idle_timeout=http.idle_timeout.total_seconds(),
         max_connections=http.max_connections,
+        request_timeout=http.request_timeout.total_seconds(),
+        on_timeout=metrics.request_timeouts.inc,
     )
     raise_file_limit(http.max_connections, BACKLOG)
     try:
@@ -218,8 +229,9 @@ async def start_http(keeper: Keeper, http: HttpConfig, *, metrics: Metrics) -> H
 
 
 class _ServerLog(logging.LoggerAdapter[logging.Logger]):
-    """aiohttp's server log, where a request aiohttp cannot parse (the client's doing) is one
-    line at debug level instead of a traceback; any other error is logged as aiohttp does."""
+    """aiohttp's server log, where a request aiohttp cannot parse or read to its end (the
+    client's doing) is one line at debug level instead of a traceback; any other error is
+    logged as aiohttp does."""
 
     def __init__(self) -> None:
         super().__init__(logging.getLogger("aiohttp.server"))
@@ -234,7 +246,7 @@ class _ServerLog(logging.LoggerAdapter[logging.Logger]):
         extra: Mapping[str, object] | None = None,
         **kwargs: object,
     ) -> None:
-        if isinstance(exc_info, HttpProcessingError | web.RequestPayloadError):
+        if isinstance(exc_info, HttpProcessingError | web.RequestPayloadError | ConnectionError):
             text = str(msg) % args if args else str(msg)
             self.debug("%s: %s", text, _one_line(exc_info))
             return
