@@ -31,7 +31,7 @@ from mustaple.adapters.config import Config
 from mustaple.adapters.store import SqliteStore
 from mustaple.core.clock import utc_now
 from mustaple.core.verify import Staple, verify
-from mustaple.keeper.keeper import WORKERS_FROM, Keeper, Managed
+from mustaple.keeper.keeper import WORKERS_FROM, Keeper, Primed
 from mustaple.testing import (
     CA,
     QUICK_FETCH,
@@ -103,7 +103,7 @@ async def leaves(tmp: Path, count: int, **policy: Any) -> AsyncIterator[Fleet]:
         yield Fleet(tmp, ca, responder, keeper_config(tmp, **policy))
 
 
-async def prime_all(fleet: Fleet, keeper: Keeper) -> list[Managed]:
+async def prime_all(fleet: Fleet, keeper: Keeper) -> list[Primed]:
     paths = sorted((fleet.tmp / "live").glob("*/fullchain.pem"))
     async with keeper:
         return await keeper.prime(paths)
@@ -131,16 +131,17 @@ def test_a_large_prime_runs_in_worker_processes_with_the_same_outcome(
             # While a worker holds its kept-alive connection, find whose it is.
             keeper.observers.append(lambda *_: owners.update(socket_owners()))
             primed = await prime_all(fleet, keeper)
-            assert [m.state() for m in primed] == ["good"] * 12
+            assert [p.view.phase for p in primed] == ["good"] * 12
             assert len(fleet.responder.requests) == 12
             senders = fetched_by(fleet, owners)
             assert len(senders) == 2
             assert {parent for _, parent in senders} == {os.getpid()}
-            for managed in primed:  # stored, and valid here, in the parent
-                stored = store.load(managed.key)
+            for one in primed:  # stored, and valid here, in the parent
+                stored = store.load(one.view.key)
                 assert stored is not None
                 assert stored.good
-                staple = verify(stored.der, managed.target, utc_now(), keeper.policy.verify)
+                target = keeper.managed[one.path].target
+                staple = verify(stored.der, target, utc_now(), keeper.policy.verify)
                 assert isinstance(staple, Staple)
             assert sum(len(batch) for batch in sink.batches) == 12
             store.close()
@@ -161,7 +162,7 @@ def test_a_keeper_starting_with_many_stored_staples_restores_them_in_workers(
         async with leaves(tmp_path, 12, workers=2) as fleet:
             store = fleet.state()
             primed = await prime_all(fleet, new_keeper(fleet, store, RecordingSink()))
-            garbled = primed[4].key
+            garbled = primed[4].view.key
             with sqlite3.connect(fleet.config.state_dir / "state.db") as db:
                 db.execute("UPDATE staples SET der = X'3000' WHERE cert_key = ?", (garbled,))
             fleet.responder.requests.clear()
@@ -173,9 +174,9 @@ def test_a_keeper_starting_with_many_stored_staples_restores_them_in_workers(
                 await keeper.tick()
             store.close()
             served = [s.serial for s in fleet.responder.requests]
-            assert served == [primed[4].target.serial]
+            assert served == [primed[4].view.serial]
             delivered = {d.key for batch in sink.batches for d in batch}
-            assert delivered == {m.key for m in primed}
+            assert delivered == {p.view.key for p in primed}
             assert {v.phase for v in keeper.views()} == {"good"}
 
     asyncio.run(scenario())
@@ -207,7 +208,7 @@ def test_workers_use_and_fill_the_leaf_signature_cache(
             store.close()
             assert len(checks.read_text().split()) == 12
             assert {v.phase for v in keeper.views()} == {"good"}
-            assert {f"{m.target.serial:x}" for m in primed} == set(checks.read_text().split())
+            assert {f"{p.view.serial:x}" for p in primed} == set(checks.read_text().split())
 
     asyncio.run(scenario())
 
@@ -222,7 +223,7 @@ def test_below_the_threshold_or_with_workers_0_everything_stays_in_process(
             keeper.observers.append(lambda *_: owners.update(socket_owners()))
             primed = await prime_all(fleet, keeper)
             store.close()
-            assert [m.state() for m in primed] == ["good"] * 3
+            assert [p.view.phase for p in primed] == ["good"] * 3
             return fetched_by(fleet, owners)
 
     assert WORKERS_FROM > 3
@@ -265,7 +266,7 @@ def test_a_worker_killed_or_stuck_midway_costs_only_speed(
             primed = await prime_all(fleet, keeper)
             store.close()
             assert len(hit) == 2
-            assert [m.state() for m in primed] == ["good"] * 16
+            assert [p.view.phase for p in primed] == ["good"] * 16
             assert len(fleet.responder.requests) == 16
             assert not [pid for pid in hit if Path(f"/proc/{pid}").exists()]
 
@@ -407,7 +408,7 @@ def test_a_request_a_worker_waits_on_is_shown_to_the_keeper_watchers(
             async with keeper:
                 primed = await keeper.prime(paths)
             store.close()
-            assert [m.state() for m in primed].count("good") == 9
+            assert [p.view.phase for p in primed].count("good") == 9
             return watcher
 
     watcher = asyncio.run(scenario())

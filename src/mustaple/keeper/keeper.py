@@ -82,17 +82,18 @@ from mustaple.core.lifecycle import (
 from mustaple.core.reasons import Reason, Rejection
 from mustaple.core.render import human_time
 from mustaple.core.request import CertId, make_cert_id
-from mustaple.core.schedule import Alert
 from mustaple.core.urls import url_host
 from mustaple.core.verify import Policy, Staple
 
 __all__ = [
+    "CertFile",
     "CertView",
     "Coordinator",
     "Keeper",
     "Life",
     "Managed",
     "Observer",
+    "Primed",
     "Turn",
     "attempt_records",
     "configured_files",
@@ -103,8 +104,8 @@ log = logging.getLogger("mustaple")
 # anything is delivered: a crash loses at most the outcomes of one group, never a staple a
 # server was given.
 WRITE_GROUP = 256
-# Called after every refresh with the certificate and the fetch result (metrics use it).
-Observer = Callable[["Managed", FetchResult], None]
+# Called after every refresh with the certificate file and the fetch result (metrics use it).
+Observer = Callable[["CertFile", FetchResult], None]
 STORED_ELSEWHERE = "stored by another mustaple process"
 # A sink that failed is tried again after this, doubling up to the policy's retry_max.
 DELIVERY_RETRY = timedelta(seconds=5)
@@ -150,7 +151,7 @@ class Managed:
     def name(self) -> str:
         return self.target.name
 
-    # Read-only windows on the state, for readers that hold a Managed.
+    # Read-only windows on the state, for the keeper layer (and tests) that hold a Managed.
     @property
     def held(self) -> Staple | None:
         return self.life.state.held
@@ -166,18 +167,6 @@ class Managed:
     @property
     def next_due(self) -> datetime | None:
         return self.life.state.next_due
-
-    @property
-    def last_rejection(self) -> Rejection | None:
-        return self.life.state.rejection
-
-    @property
-    def last_attempt(self) -> datetime | None:
-        return self.life.state.last_attempt
-
-    @property
-    def alert(self) -> Alert:
-        return self.life.state.alert
 
     def state(self) -> str:
         return self.life.state.phase.value
@@ -212,9 +201,24 @@ class CertView:
     def phase(self) -> str:
         return self.state.phase.value
 
-    @property
-    def sinks_failing(self) -> tuple[SinkHealth, ...]:
-        return tuple(s for s in self.sinks if not s.ok)
+
+@dataclass(frozen=True, slots=True)
+class CertFile:
+    """Which certificate file a refresh was for, as the keeper's observers are told."""
+
+    key: str
+    name: str
+    path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class Primed:
+    """One file `prime` was given, after it: its certificate, and what every sink confirmed
+    having (None: nothing yet)."""
+
+    path: Path
+    view: CertView
+    sent: tuple[Action, bytes | None] | None
 
 
 @dataclass(frozen=True)
@@ -620,8 +624,10 @@ class Keeper:
         self._write(
             functools.partial(self.store.add_attempts, managed.key, attempt_records(result))
         )
-        for observer in self.observers:
-            observer(managed, result)
+        if self.observers:
+            told = CertFile(managed.key, managed.name, managed.path)
+            for observer in self.observers:
+                observer(told, result)
         if result.staple is not None:
             self._apply(managed.life, Accepted(result.staple, now, result.url), now)
         else:
@@ -856,10 +862,10 @@ class Keeper:
         """Which configured file, and entry, a path given to `prime` is."""
         return Coverage(self.config)
 
-    async def prime(self, paths: Sequence[Path]) -> list[Managed]:
+    async def prime(self, paths: Sequence[Path]) -> list[Primed]:
         """Load `paths` (each covered by an entry), fetch each now (in fleet mode: unless the
-        fleet has just fetched it), deliver to its entry's sinks; InputError for unusable
-        files."""
+        fleet has just fetched it), deliver to its entry's sinks; one frozen `Primed` per path
+        given; InputError for unusable files."""
         async with self._helpers(len(paths)):  # workers start while the paths are resolved
             covered = self.covered()
             files: dict[Path, FileToLoad] = {}
@@ -886,7 +892,7 @@ class Keeper:
             await self._refresh_all(wanted)
         self.judge_time()
         await self.deliver()
-        return chosen
+        return [Primed(m.path, self.view(m.life), m.sent) for m in chosen]
 
 
 class Coverage:
