@@ -788,9 +788,9 @@ class Keeper:
         return sorted(views, key=lambda v: (v.name, v.paths))
 
     def view(self, life: Life) -> CertView:
-        paths = tuple(str(m.path) for m in self.by_key(life.key))
+        paths = tuple([str(m.path) for m in self.by_key(life.key)])  # a list is built faster
         target = life.target
-        sinks = tuple(life.sinks[name] for name in sorted(life.sinks))
+        sinks = tuple([life.sinks[name] for name in sorted(life.sinks)])
         return CertView(
             life.key, life.name, paths, target.must_staple, target.serial, life.state, sinks
         )
