@@ -524,7 +524,7 @@ async def prime_measured(spec: Spec, phases: Phases) -> dict[str, Any]:
         "workers_cpu": workers_cpu,
         "base_mib": base_mib,
         "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "good": sum(1 for p in chosen if p.view.phase == "good" and p.view.state.held),
+        "good": sum(1 for p in chosen if p.phase == "good" and p.state.held),
         "stored": stored,
         "delivered": sink.staples,
     }

@@ -45,17 +45,16 @@ def test_prime_returns_frozen_results_that_later_work_does_not_change(tmp_path: 
             path = tmp_path / "live" / "a.test" / "fullchain.pem"
             (primed,) = await w.keeper.prime([path])
             assert isinstance(primed, Primed)
-            held = primed.view.state.held
+            held = primed.state.held
             assert isinstance(held, Staple)
-            assert (primed.path, primed.view.name, primed.view.phase) == (path, "a.test", "good")
+            assert (primed.path, primed.name, primed.phase) == (path, "a.test", "good")
             assert primed.sent is not None
             assert primed.sent[1] == held.der
             changes: list[Callable[[], None]] = [
                 lambda: setattr(primed, "sent", None),
-                lambda: setattr(primed, "view", None),
-                lambda: setattr(primed.view, "state", CertState()),
-                lambda: setattr(primed.view.state, "held", None),
-                lambda: setattr(primed.view.sinks[0], "error", "broken"),
+                lambda: setattr(primed, "state", CertState()),
+                lambda: setattr(primed.state, "held", None),
+                lambda: setattr(primed.sinks[0], "error", "broken"),
             ]
             for change in changes:
                 with pytest.raises(dataclasses.FrozenInstanceError):
@@ -67,6 +66,6 @@ def test_prime_returns_frozen_results_that_later_work_does_not_change(tmp_path: 
             w.clock.now = life.state.next_due or w.clock.now
             await w.keeper.tick()
             assert life.state.phase is Phase.REVOKED  # the keeper moved on
-            assert (primed.view.phase, primed.view.state.held) == ("good", held)
+            assert (primed.phase, primed.state.held) == ("good", held)
 
     asyncio.run(scenario())

@@ -131,17 +131,17 @@ def test_a_large_prime_runs_in_worker_processes_with_the_same_outcome(
             # While a worker holds its kept-alive connection, find whose it is.
             keeper.observers.append(lambda *_: owners.update(socket_owners()))
             primed = await prime_all(fleet, keeper)
-            assert [p.view.phase for p in primed] == ["good"] * 12
+            assert [p.phase for p in primed] == ["good"] * 12
             assert len(fleet.responder.requests) == 12
             senders = fetched_by(fleet, owners)
             assert len(senders) == 2
             assert {parent for _, parent in senders} == {os.getpid()}
             for one in primed:  # stored, and valid here, in the parent
-                stored = store.load(one.view.key)
+                managed = keeper.managed[one.path]
+                stored = store.load(managed.key)
                 assert stored is not None
                 assert stored.good
-                target = keeper.managed[one.path].target
-                staple = verify(stored.der, target, utc_now(), keeper.policy.verify)
+                staple = verify(stored.der, managed.target, utc_now(), keeper.policy.verify)
                 assert isinstance(staple, Staple)
             assert sum(len(batch) for batch in sink.batches) == 12
             store.close()
@@ -161,8 +161,9 @@ def test_a_keeper_starting_with_many_stored_staples_restores_them_in_workers(
     async def scenario() -> None:
         async with leaves(tmp_path, 12, workers=2) as fleet:
             store = fleet.state()
-            primed = await prime_all(fleet, new_keeper(fleet, store, RecordingSink()))
-            garbled = primed[4].view.key
+            first = new_keeper(fleet, store, RecordingSink())
+            primed = [first.managed[p.path] for p in await prime_all(fleet, first)]
+            garbled = primed[4].key
             with sqlite3.connect(fleet.config.state_dir / "state.db") as db:
                 db.execute("UPDATE staples SET der = X'3000' WHERE cert_key = ?", (garbled,))
             fleet.responder.requests.clear()
@@ -174,9 +175,9 @@ def test_a_keeper_starting_with_many_stored_staples_restores_them_in_workers(
                 await keeper.tick()
             store.close()
             served = [s.serial for s in fleet.responder.requests]
-            assert served == [primed[4].view.serial]
+            assert served == [primed[4].target.serial]
             delivered = {d.key for batch in sink.batches for d in batch}
-            assert delivered == {p.view.key for p in primed}
+            assert delivered == {m.key for m in primed}
             assert {v.phase for v in keeper.views()} == {"good"}
 
     asyncio.run(scenario())
@@ -198,7 +199,8 @@ def test_workers_use_and_fill_the_leaf_signature_cache(
     async def scenario() -> None:
         async with leaves(tmp_path, 12, workers=2) as fleet:
             store = fleet.state()
-            primed = await prime_all(fleet, new_keeper(fleet, store, RecordingSink()))
+            first = new_keeper(fleet, store, RecordingSink())
+            primed = [first.managed[p.path] for p in await prime_all(fleet, first)]
             assert len(checks.read_text().split()) == 12
             with sqlite3.connect(fleet.config.state_dir / "state.db") as db:
                 assert db.execute("SELECT count(*) FROM signatures").fetchone() == (12,)
@@ -208,7 +210,7 @@ def test_workers_use_and_fill_the_leaf_signature_cache(
             store.close()
             assert len(checks.read_text().split()) == 12
             assert {v.phase for v in keeper.views()} == {"good"}
-            assert {f"{p.view.serial:x}" for p in primed} == set(checks.read_text().split())
+            assert {f"{m.target.serial:x}" for m in primed} == set(checks.read_text().split())
 
     asyncio.run(scenario())
 
@@ -223,7 +225,7 @@ def test_below_the_threshold_or_with_workers_0_everything_stays_in_process(
             keeper.observers.append(lambda *_: owners.update(socket_owners()))
             primed = await prime_all(fleet, keeper)
             store.close()
-            assert [p.view.phase for p in primed] == ["good"] * 3
+            assert [p.phase for p in primed] == ["good"] * 3
             return fetched_by(fleet, owners)
 
     assert WORKERS_FROM > 3
@@ -266,7 +268,7 @@ def test_a_worker_killed_or_stuck_midway_costs_only_speed(
             primed = await prime_all(fleet, keeper)
             store.close()
             assert len(hit) == 2
-            assert [p.view.phase for p in primed] == ["good"] * 16
+            assert [p.phase for p in primed] == ["good"] * 16
             assert len(fleet.responder.requests) == 16
             assert not [pid for pid in hit if Path(f"/proc/{pid}").exists()]
 
@@ -408,7 +410,7 @@ def test_a_request_a_worker_waits_on_is_shown_to_the_keeper_watchers(
             async with keeper:
                 primed = await keeper.prime(paths)
             store.close()
-            assert [p.view.phase for p in primed].count("good") == 9
+            assert [p.phase for p in primed].count("good") == 9
             return watcher
 
     watcher = asyncio.run(scenario())

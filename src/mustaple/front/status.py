@@ -40,14 +40,13 @@ __all__ = [
 def delivered(primed: Primed) -> bool:
     """Whether every sink took the staple held now, or has it in place for its server's start
     (the server not running yet is fine: `prime` before the servers start)."""
-    held = primed.view.state.held
+    held = primed.state.held
     return held is not None and primed.sent == (Action.STAPLE, held.der)
 
 
 def prime_line(primed: Primed, now: datetime) -> str:
     """One line per primed certificate."""
-    view = primed.view
-    name, state = view.name, view.state
+    name, state = primed.name, primed.state
     held = state.held
     if state.revoked is not None:
         return (
@@ -56,17 +55,17 @@ def prime_line(primed: Primed, now: datetime) -> str:
         )
     if held is not None and delivered(primed):
         left = human_duration(held.seconds_left(now))
-        notes = sorted({s.note for s in view.sinks if s.note})
+        notes = sorted({s.note for s in primed.sinks if s.note})
         where = f" ({'; '.join(notes)})" if notes else ""
         return (
             f"OK {name}: good staple until {iso(held.effective_expiry)} ({left} left), "
             f"delivered{where}"
         )
-    head = "FAILED" if view.must_staple else "WARNING"
+    head = "FAILED" if primed.must_staple else "WARNING"
     if state.next_due is None:  # unusable: nothing to fetch
         return f"{head} {name}: {state.problem or 'unusable'}"
     if held is not None:
-        failing = [f"{s.sink}: {s.error}" for s in view.sinks if s.error]
+        failing = [f"{s.sink}: {s.error}" for s in primed.sinks if s.error]
         why = "; ".join(failing) or "see the log"
         return f"{head} {name}: a valid staple is held but a server did not take it ({why})"
     rejection = state.rejection
@@ -75,13 +74,12 @@ def prime_line(primed: Primed, now: datetime) -> str:
 
 
 def prime_json(primed: Primed, now: datetime) -> dict[str, Any]:
-    view = primed.view
-    held, rejection = view.state.held, view.state.rejection
+    held, rejection = primed.state.held, primed.state.rejection
     return {
-        "name": view.name,
+        "name": primed.name,
         "cert": str(primed.path),
-        "must_staple": view.must_staple,
-        "state": view.phase,
+        "must_staple": primed.must_staple,
+        "state": primed.phase,
         "ok": delivered(primed),
         "effective_expiry": iso(held.effective_expiry) if held else None,
         "reason": rejection.code if rejection and not held else None,
@@ -91,9 +89,9 @@ def prime_json(primed: Primed, now: datetime) -> dict[str, Any]:
 
 def prime_exit_code(results: list[Primed]) -> ExitCode:
     """3 if any is revoked; 1 if a must-staple certificate has no delivered staple; else 0."""
-    if any(p.view.state.revoked is not None for p in results):
+    if any(p.state.revoked is not None for p in results):
         return ExitCode.REVOKED
-    if any(p.view.must_staple and not delivered(p) for p in results):
+    if any(p.must_staple and not delivered(p) for p in results):
         return ExitCode.NO_STAPLE
     return ExitCode.GOOD
 

@@ -213,12 +213,20 @@ class CertFile:
 
 @dataclass(frozen=True, slots=True)
 class Primed:
-    """One file `prime` was given, after it: its certificate, and what every sink confirmed
-    having (None: nothing yet)."""
+    """One file `prime` was given, after it: its certificate's state, how each sink took its
+    staple (in the order they first took one) and what every sink confirmed having (None:
+    nothing yet). Leaner than a `CertView`: it is made for every file of a large prime."""
 
     path: Path
-    view: CertView
+    name: str
+    must_staple: bool
+    state: CertState
+    sinks: tuple[SinkHealth, ...]
     sent: tuple[Action, bytes | None] | None
+
+    @property
+    def phase(self) -> str:
+        return self.state.phase.value
 
 
 @dataclass(frozen=True)
@@ -788,9 +796,9 @@ class Keeper:
         return sorted(views, key=lambda v: (v.name, v.paths))
 
     def view(self, life: Life) -> CertView:
-        paths = tuple([str(m.path) for m in self.by_key(life.key)])  # a list is built faster
+        paths = tuple(str(m.path) for m in self.by_key(life.key))
         target = life.target
-        sinks = tuple([life.sinks[name] for name in sorted(life.sinks)])
+        sinks = tuple(life.sinks[name] for name in sorted(life.sinks))
         return CertView(
             life.key, life.name, paths, target.must_staple, target.serial, life.state, sinks
         )
@@ -892,7 +900,7 @@ class Keeper:
             await self._refresh_all(wanted)
         self.judge_time()
         await self.deliver()
-        return [Primed(m.path, self.view(m.life), m.sent) for m in chosen]
+        return [_primed(m) for m in chosen]
 
 
 class Coverage:
@@ -944,6 +952,12 @@ def _resolved(path: Path) -> Path:
         return path.resolve()
     except (OSError, RuntimeError):  # a symlink loop: compare as given
         return path.absolute()
+
+
+def _primed(managed: Managed) -> Primed:
+    life = managed.life
+    sinks = tuple(life.sinks.values())
+    return Primed(managed.path, life.name, life.target.must_staple, life.state, sinks, managed.sent)
 
 
 def _host(managed: Managed) -> str:
