@@ -65,7 +65,7 @@ from mustaple.adapters.fetch import FetchResult
 from mustaple.adapters.probe import ProbeError, probe
 from mustaple.adapters.store import SqliteStore
 from mustaple.keeper.fleet import Fleet
-from mustaple.keeper.keeper import Keeper, Managed
+from mustaple.keeper.keeper import CertFile, Keeper
 from mustaple.testing import CA, Leaf, OCSPResponder, ResponderThread
 from processes import free_port, stop, wait_for_port
 
@@ -216,8 +216,8 @@ async def join(stack: AsyncExitStack, sim: Sim, name: str) -> Member:
     store = SqliteStore(config.state_dir / "state.db")
     stack.callback(store.close)
 
-    def fetched(managed: Managed, result: FetchResult) -> None:
-        sim.fetches.append((name, managed.name, clock()))
+    def fetched(cert: CertFile, result: FetchResult) -> None:
+        sim.fetches.append((name, cert.name, clock()))
 
     dice = random.Random(f"{directory.parent.name}-{name}").random
     keeper = Keeper(config, store=store, sinks={}, clock=clock, dice=dice, observers=[fetched])

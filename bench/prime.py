@@ -77,7 +77,7 @@ from mustaple.core.delivery import Action, Delivered, Delivery
 from mustaple.core.reasons import Rejection
 from mustaple.core.request import encode_request, make_cert_id
 from mustaple.core.verify import DEFAULT_POLICY, HttpAnswer, Policy, Staple, judge
-from mustaple.keeper.keeper import WORKERS_FROM, FileToLoad, Keeper, Managed
+from mustaple.keeper.keeper import WORKERS_FROM, FileToLoad, Keeper, Managed, Primed
 from mustaple.testing import CA
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -524,13 +524,13 @@ async def prime_measured(spec: Spec, phases: Phases) -> dict[str, Any]:
         "workers_cpu": workers_cpu,
         "base_mib": base_mib,
         "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "good": sum(1 for m in chosen if m.state() == "good" and m.held and m.held.good),
+        "good": sum(1 for p in chosen if p.phase == "good" and p.state.held),
         "stored": stored,
         "delivered": sink.staples,
     }
 
 
-async def prime_profiled(keeper: Keeper, paths: list[Path], profile: str | None) -> list[Managed]:
+async def prime_profiled(keeper: Keeper, paths: list[Path], profile: str | None) -> list[Primed]:
     """`keeper.prime(paths)`, under cProfile (written to `profile`) when one is asked for."""
     if profile is None:
         return await keeper.prime(paths)

@@ -87,7 +87,7 @@ def prime_main(config_path: str, size: str) -> int:
     async def prime() -> int:
         async with open_keeper(config) as keeper:
             chosen = await keeper.prime(paths)
-        return sum(1 for m in chosen if m.state() == "good")
+        return sum(1 for p in chosen if p.phase == "good")
 
     start, cpu = time.perf_counter(), _own_cpu()
     good = asyncio.run(prime())

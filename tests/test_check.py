@@ -37,7 +37,7 @@ from mustaple.check import (
     JSON_KEYS,
     Client,
     Issuer,
-    Level,
+    Severity,
     StapleState,
     client_accepts,
     judge,
@@ -152,23 +152,23 @@ def address(port: int) -> str:
 
 # state -> level, reason code, what each client does (Firefox, GnuTLS, curl), must-staple leaf
 MUST_STAPLE = {
-    "good": (Level.OK, None, (True, True, True)),
-    "past-refresh": (Level.WARNING, None, (True, True, True)),
-    "none": (Level.CRITICAL, None, (False, False, False)),
-    "expired": (Level.CRITICAL, "expired", (False, False, False)),
-    "revoked": (Level.CRITICAL, None, (False, False, False)),
-    "wrong-cert": (Level.CRITICAL, "cert-not-in-response", (False, False, False)),
-    "garbage": (Level.CRITICAL, "malformed", (False, False, False)),
-    "trailing": (Level.CRITICAL, "trailing-data", (False, False, None)),  # curl ignores the rest
+    "good": (Severity.OK, None, (True, True, True)),
+    "past-refresh": (Severity.WARNING, None, (True, True, True)),
+    "none": (Severity.CRITICAL, None, (False, False, False)),
+    "expired": (Severity.CRITICAL, "expired", (False, False, False)),
+    "revoked": (Severity.CRITICAL, None, (False, False, False)),
+    "wrong-cert": (Severity.CRITICAL, "cert-not-in-response", (False, False, False)),
+    "garbage": (Severity.CRITICAL, "malformed", (False, False, False)),
+    "trailing": (Severity.CRITICAL, "trailing-data", (False, False, None)),  # curl ignores the rest
 }
 
 # the same without must-staple: a missing staple is a warning, clients differ
 NOT_MUST_STAPLE = {
-    "good": (Level.OK, None, (True, True, True)),
-    "none": (Level.WARNING, None, (True, True, False)),
-    "expired": (Level.CRITICAL, "expired", (True, False, False)),
-    "revoked": (Level.CRITICAL, None, (False, False, False)),
-    "garbage": (Level.CRITICAL, "malformed", (False, False, False)),
+    "good": (Severity.OK, None, (True, True, True)),
+    "none": (Severity.WARNING, None, (True, True, False)),
+    "expired": (Severity.CRITICAL, "expired", (True, False, False)),
+    "revoked": (Severity.CRITICAL, None, (False, False, False)),
+    "garbage": (Severity.CRITICAL, "malformed", (False, False, False)),
 }
 
 
@@ -207,7 +207,7 @@ def test_text_output_of_a_good_staple(server: StaplingServer, ca: CA, leaf: Leaf
     server.set_staple(good(ca, leaf, utc_now()))
     code, out = run_check(address(server.port), "--tls", "1.3")
     lines = out.splitlines()
-    assert code == Level.OK
+    assert code == Severity.OK
     assert lines[0].startswith(f"OK {NAME}: safe for must-staple: a valid good staple, 3d 23h")
     labels = [line.split(":")[0] for line in lines[1:]]
     assert labels == ["certificate", "must-staple", "staple", "time left", "clients", "connections"]
@@ -266,7 +266,7 @@ def lazy_results(server: StaplingServer, staple: bytes, connections: int) -> lis
 def test_staple_only_after_the_first_connection(server: StaplingServer, ca: CA, leaf: Leaf) -> None:
     results = lazy_results(server, good(ca, leaf, utc_now()), 3)
     report = judge(results, Issuer(leaf.issuer, "chain"), utc_now(), server="lazy:443")
-    assert report.level is Level.CRITICAL
+    assert report.level is Severity.CRITICAL
     assert [c.staple is not None for c in report.connections] == [False, True, True]
     assert report.verdict.endswith("so clients refuse it (connection 1 of 3)")
     assert report.clients() == dict.fromkeys(Client, False)
@@ -281,7 +281,7 @@ def test_some_connections_stapled_without_must_staple(
 ) -> None:
     results = lazy_results(plain_server, good(ca, plain, utc_now()), 2)
     report = judge(results, Issuer(plain.issuer, "chain"), utc_now(), server="lazy:443")
-    assert report.level is Level.WARNING
+    assert report.level is Severity.WARNING
     assert report.verdict.startswith("not safe for must-staple: no staple; fine for")
 
 
@@ -293,7 +293,7 @@ def test_different_staples_on_different_connections(
     first = probe(HOST, server.port)
     server.set_staple(good(ca, leaf, now - timedelta(hours=1)))
     report = judge([first, probe(HOST, server.port)], Issuer(leaf.issuer, "chain"), now, server="s")
-    assert (report.level, report.same_staple) == (Level.OK, False)
+    assert (report.level, report.same_staple) == (Severity.OK, False)
     assert report_lines(report)[-1].endswith(", different staples")
 
 
@@ -309,7 +309,7 @@ def bare(ca: CA) -> Leaf:
 def test_no_issuer_is_unknown(bare: Leaf, ca: CA) -> None:
     with StaplingServer(bare, staple=good(ca, bare, utc_now())) as alone:
         code, out = run_check(address(alone.port))
-    assert code == Level.UNKNOWN
+    assert code == Severity.UNKNOWN
     assert out.startswith(f"UNKNOWN {NAME}: cannot tell: a staple was sent but cannot be")
     assert "names no caIssuers URL; pass it with --issuer FILE" in out
     assert "cannot tell" in out.splitlines()[5]  # clients
@@ -317,7 +317,7 @@ def test_no_issuer_is_unknown(bare: Leaf, ca: CA) -> None:
 
 def test_no_staple_needs_no_issuer(bare: Leaf) -> None:
     with StaplingServer(bare) as alone:
-        assert run_check(address(alone.port))[0] == Level.CRITICAL
+        assert run_check(address(alone.port))[0] == Severity.CRITICAL
 
 
 def test_issuer_from_a_file(bare: Leaf, ca: CA, other: Leaf, tmp_path: Path) -> None:
@@ -331,7 +331,7 @@ def test_issuer_from_a_file(bare: Leaf, ca: CA, other: Leaf, tmp_path: Path) -> 
         assert f"{wrong} did not sign {NAME}" in report["verdict"]
         code, out = run_check(address(alone.port), "--issuer", str(tmp_path / "missing.pem"))
     assert (code, out) == (
-        Level.UNKNOWN,
+        Severity.UNKNOWN,
         f"UNKNOWN {tmp_path / 'missing.pem'}: issuer certificate not found\n",
     )
 
@@ -393,7 +393,7 @@ def closed_port() -> int:
 def test_cannot_connect() -> None:
     port = closed_port()
     code, out = run_check(address(port))
-    assert (code, out) == (Level.UNKNOWN, f"UNKNOWN {HOST}:{port}: connection refused\n")
+    assert (code, out) == (Severity.UNKNOWN, f"UNKNOWN {HOST}:{port}: connection refused\n")
     report = check_json(address(port))
     assert tuple(report) == JSON_KEYS
     assert (report["level"], report["name"]) == ("UNKNOWN", None)
@@ -402,7 +402,7 @@ def test_cannot_connect() -> None:
 def test_handshake_failure(responder: ResponderThread) -> None:
     http_port = responder.url.rsplit(":", 1)[1].strip("/")  # plain HTTP, not TLS
     code, out = run_check(f"{HOST}:{http_port}")
-    assert code == Level.UNKNOWN
+    assert code == Severity.UNKNOWN
     assert out.startswith(f"UNKNOWN {HOST}:{http_port}: TLS handshake failed (")
 
 
@@ -423,7 +423,7 @@ def test_handshake_failure(responder: ResponderThread) -> None:
 )
 def test_usage_errors_are_unknown(args: list[str]) -> None:
     code, out = run_check(*args)
-    assert code == Level.UNKNOWN
+    assert code == Severity.UNKNOWN
     assert out.startswith("UNKNOWN usage error: ")
     assert len(out.splitlines()) == 1
 
@@ -432,8 +432,8 @@ def test_exit_code_through_a_non_standalone_group(server: StaplingServer) -> Non
     """The lead's `main` runs the group with standalone_mode=False: same codes."""
     group = click.Group()
     group.add_command(check_command, "check")
-    assert group.main(["check", address(server.port)], standalone_mode=False) == Level.CRITICAL
-    assert group.main(["check", "--bad"], standalone_mode=False) == Level.UNKNOWN
+    assert group.main(["check", address(server.port)], standalone_mode=False) == Severity.CRITICAL
+    assert group.main(["check", "--bad"], standalone_mode=False) == Severity.UNKNOWN
     assert group.main(["check", "--help"], standalone_mode=False) == 0
 
 
@@ -475,8 +475,8 @@ def test_judge_is_pure_and_strict_about_time(server: StaplingServer, ca: CA, lea
     result = probe(HOST, server.port)
     issuer = Issuer(leaf.issuer, "chain")
     later = utc_now() + 3 * DAY  # the same handshake judged three days on
-    assert judge([result], issuer, later, server="s").level is Level.WARNING
-    assert judge([result], issuer, later + 2 * DAY, server="s").level is Level.CRITICAL
+    assert judge([result], issuer, later, server="s").level is Severity.WARNING
+    assert judge([result], issuer, later + 2 * DAY, server="s").level is Severity.CRITICAL
     with pytest.raises(ValueError, match="aware"):
         judge([result], issuer, datetime(2030, 1, 1), server="s")
     with pytest.raises(ValueError, match="at least one"):
@@ -508,7 +508,7 @@ def test_cert_mode_good(ca: CA, responder: ResponderThread, tmp_path: Path) -> N
     assert report["responder_url"] == responder.url
     assert (report["server"], report["clients"], report["connections"]) == (None, None, None)
     code, out = run_check("--cert", str(files.cert), "--issuer", str(files.issuer))
-    assert code == Level.OK
+    assert code == Severity.OK
     assert f"valid, good, from {responder.url} (no server asked)" in out
     assert "clients:      no server: not applicable" in out
 
@@ -516,10 +516,10 @@ def test_cert_mode_good(ca: CA, responder: ResponderThread, tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("behaviour", "must", "level", "reason"),
     [
-        (Behaviour.REVOKED, True, Level.CRITICAL, None),
-        (Behaviour.UNAUTHORIZED, True, Level.CRITICAL, "unauthorized"),
-        (Behaviour.UNAUTHORIZED, False, Level.WARNING, "unauthorized"),
-        (Behaviour.WRONG_ISSUER_KEY_HASH, True, Level.CRITICAL, "wrong-issuer"),
+        (Behaviour.REVOKED, True, Severity.CRITICAL, None),
+        (Behaviour.UNAUTHORIZED, True, Severity.CRITICAL, "unauthorized"),
+        (Behaviour.UNAUTHORIZED, False, Severity.WARNING, "unauthorized"),
+        (Behaviour.WRONG_ISSUER_KEY_HASH, True, Severity.CRITICAL, "wrong-issuer"),
     ],
 )
 def test_cert_mode_problems(
@@ -528,7 +528,7 @@ def test_cert_mode_problems(
     tmp_path: Path,
     behaviour: Behaviour,
     must: bool,
-    level: Level,
+    level: Severity,
     reason: str | None,
 ) -> None:
     files = responder_leaf(ca, responder, tmp_path, behaviour, must=must)
@@ -539,7 +539,7 @@ def test_cert_mode_problems(
 def test_cert_mode_unusable_input(tmp_path: Path) -> None:
     code, out = run_check("--cert", str(tmp_path / "nothing.pem"))
     assert (code, out) == (
-        Level.UNKNOWN,
+        Severity.UNKNOWN,
         f"UNKNOWN {tmp_path / 'nothing.pem'}: certificate not found\n",
     )
 

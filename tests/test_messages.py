@@ -12,7 +12,7 @@ import pytest
 
 from conftest import build_response
 from mustaple.adapters.config import parse_config
-from mustaple.check import Level
+from mustaple.check import Severity
 from mustaple.cli import main
 from mustaple.core.report import ExitCode
 from mustaple.testing import CA, Leaf, StaplingServer
@@ -116,8 +116,8 @@ def test_check_finds_the_issuer_in_cafile(
     with StaplingServer(leaf, staple=staple) as server:
         address = f"127.0.0.1:{server.port}"
         code, out, _ = _run(["check", address, "--servername", "private.test"], capsys)
-        assert code == Level.UNKNOWN  # no issuer anywhere: nothing to validate with
+        assert code == Severity.UNKNOWN  # no issuer anywhere: nothing to validate with
         argv = ["check", address, "--servername", "private.test", "--cafile", str(roots)]
         code, out, _ = _run([*argv, "--json"], capsys)
     report = json.loads(out)
-    assert (code, report["level"], report["issuer_source"]) == (Level.OK, "OK", "cafile")
+    assert (code, report["level"], report["issuer_source"]) == (Severity.OK, "OK", "cafile")

@@ -19,7 +19,7 @@ from mustaple.core.certs import make_target
 from mustaple.core.delivery import Action, Delivery
 from mustaple.core.verify import Staple, verify
 from mustaple.front.status import status_rows
-from mustaple.keeper.keeper import Managed
+from mustaple.keeper.keeper import CertFile
 from mustaple.serve.metrics import Metrics
 from mustaple.serve.web import make_app
 from mustaple.testing import Behaviour, World
@@ -49,9 +49,9 @@ class Watch:
         w.keeper.observers.append(self.fetched)
         self.current: dict[str, Delivery] = {}  # what the sink serves now, per certificate
 
-    def fetched(self, managed: Managed, result: FetchResult) -> None:
+    def fetched(self, cert: CertFile, result: FetchResult) -> None:
         if result.staple is not None and not result.staple.good:
-            self.known_revoked.add(managed.key)
+            self.known_revoked.add(cert.key)
 
     def check_deliveries(self, now: datetime) -> None:
         """No good staple after a revoked answer; no expired staple left on the sink."""

@@ -9,13 +9,13 @@ import pytest
 from cryptography.x509 import ocsp
 
 from mustaple.core.schedule import (
-    Alert,
     SchedulePolicy,
     alert_level,
     next_refresh,
     next_retry,
     refresh_point,
 )
+from mustaple.core.severity import Severity
 from mustaple.core.verify import Signer, Staple
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -93,10 +93,10 @@ def test_outage_until_expiry_gives_many_tries() -> None:
 
 def test_alerts_escalate() -> None:
     held = staple(T0)
-    assert alert_level(held, T0 + DAY) is Alert.OK
-    assert alert_level(held, T0 + 3 * DAY + HOUR) is Alert.WARNING
-    assert alert_level(held, T0 + 4 * DAY - 5 * HOUR) is Alert.CRITICAL
-    assert alert_level(None, T0) is Alert.CRITICAL
+    assert alert_level(held, T0 + DAY) is Severity.OK
+    assert alert_level(held, T0 + 3 * DAY + HOUR) is Severity.WARNING
+    assert alert_level(held, T0 + 4 * DAY - 5 * HOUR) is Severity.CRITICAL
+    assert alert_level(None, T0) is Severity.CRITICAL
 
 
 @pytest.mark.parametrize(

@@ -100,10 +100,9 @@ def test_batches_keep_the_order_and_the_rule_for_newer(open_store: Opener) -> No
     store.save_staple("k", stored(5))
     revoked = StoredStaple("y.test", b"r" * 10, T0, T0 + timedelta(days=4), T0, None, revoked=True)
     same_age_good = StoredStaple("y.test", b"g" * 10, T0, T0 + timedelta(days=4), T0, None)
-    done = store.save_staples(
-        [("k", stored(4)), ("n", stored(1)), ("n", stored(3)), ("n", stored(2))]
-        + [("r", revoked), ("r", same_age_good)]
-    )
+    batch = [("k", stored(4)), ("n", stored(1)), ("n", stored(3)), ("n", stored(2))]
+    batch += [("r", revoked), ("r", same_age_good)]
+    done = store.save_staples(batch)
     assert done == [False, True, True, False, True, False]
     assert store.load("k") == stored(5)
     assert store.load("n") == stored(3)

@@ -40,7 +40,7 @@ from conftest import Handler, LoopbackServer, ocsp_reply
 from mustaple.adapters.loader import load_target
 from mustaple.check import (
     Client,
-    Level,
+    Severity,
     StapleState,
     check_server,
     client_accepts,
@@ -497,7 +497,7 @@ def test_check_names_an_issuer_encoded_differently(ec: Pki) -> None:
     with StaplingServer(oddly_issued(ec)) as server:
         server.set_staple(craft_response(spec(ec)))
         report = asyncio.run(check_server("127.0.0.1", server.port, servername="odd.test"))
-    assert report.level is Level.UNKNOWN
+    assert report.level is Severity.UNKNOWN
     assert "encoded differently" in report.verdict
 
 

@@ -31,7 +31,7 @@ from mustaple.adapters.config import Config
 from mustaple.adapters.store import SqliteStore
 from mustaple.core.clock import utc_now
 from mustaple.core.verify import Staple, verify
-from mustaple.keeper.keeper import WORKERS_FROM, Keeper, Managed
+from mustaple.keeper.keeper import WORKERS_FROM, Keeper, Primed
 from mustaple.testing import (
     CA,
     QUICK_FETCH,
@@ -103,7 +103,7 @@ async def leaves(tmp: Path, count: int, **policy: Any) -> AsyncIterator[Fleet]:
         yield Fleet(tmp, ca, responder, keeper_config(tmp, **policy))
 
 
-async def prime_all(fleet: Fleet, keeper: Keeper) -> list[Managed]:
+async def prime_all(fleet: Fleet, keeper: Keeper) -> list[Primed]:
     paths = sorted((fleet.tmp / "live").glob("*/fullchain.pem"))
     async with keeper:
         return await keeper.prime(paths)
@@ -131,12 +131,13 @@ def test_a_large_prime_runs_in_worker_processes_with_the_same_outcome(
             # While a worker holds its kept-alive connection, find whose it is.
             keeper.observers.append(lambda *_: owners.update(socket_owners()))
             primed = await prime_all(fleet, keeper)
-            assert [m.state() for m in primed] == ["good"] * 12
+            assert [p.phase for p in primed] == ["good"] * 12
             assert len(fleet.responder.requests) == 12
             senders = fetched_by(fleet, owners)
             assert len(senders) == 2
             assert {parent for _, parent in senders} == {os.getpid()}
-            for managed in primed:  # stored, and valid here, in the parent
+            for one in primed:  # stored, and valid here, in the parent
+                managed = keeper.managed[one.path]
                 stored = store.load(managed.key)
                 assert stored is not None
                 assert stored.good
@@ -160,7 +161,8 @@ def test_a_keeper_starting_with_many_stored_staples_restores_them_in_workers(
     async def scenario() -> None:
         async with leaves(tmp_path, 12, workers=2) as fleet:
             store = fleet.state()
-            primed = await prime_all(fleet, new_keeper(fleet, store, RecordingSink()))
+            first = new_keeper(fleet, store, RecordingSink())
+            primed = [first.managed[p.path] for p in await prime_all(fleet, first)]
             garbled = primed[4].key
             with sqlite3.connect(fleet.config.state_dir / "state.db") as db:
                 db.execute("UPDATE staples SET der = X'3000' WHERE cert_key = ?", (garbled,))
@@ -197,7 +199,8 @@ def test_workers_use_and_fill_the_leaf_signature_cache(
     async def scenario() -> None:
         async with leaves(tmp_path, 12, workers=2) as fleet:
             store = fleet.state()
-            primed = await prime_all(fleet, new_keeper(fleet, store, RecordingSink()))
+            first = new_keeper(fleet, store, RecordingSink())
+            primed = [first.managed[p.path] for p in await prime_all(fleet, first)]
             assert len(checks.read_text().split()) == 12
             with sqlite3.connect(fleet.config.state_dir / "state.db") as db:
                 assert db.execute("SELECT count(*) FROM signatures").fetchone() == (12,)
@@ -222,7 +225,7 @@ def test_below_the_threshold_or_with_workers_0_everything_stays_in_process(
             keeper.observers.append(lambda *_: owners.update(socket_owners()))
             primed = await prime_all(fleet, keeper)
             store.close()
-            assert [m.state() for m in primed] == ["good"] * 3
+            assert [p.phase for p in primed] == ["good"] * 3
             return fetched_by(fleet, owners)
 
     assert WORKERS_FROM > 3
@@ -265,7 +268,7 @@ def test_a_worker_killed_or_stuck_midway_costs_only_speed(
             primed = await prime_all(fleet, keeper)
             store.close()
             assert len(hit) == 2
-            assert [m.state() for m in primed] == ["good"] * 16
+            assert [p.phase for p in primed] == ["good"] * 16
             assert len(fleet.responder.requests) == 16
             assert not [pid for pid in hit if Path(f"/proc/{pid}").exists()]
 
@@ -407,7 +410,7 @@ def test_a_request_a_worker_waits_on_is_shown_to_the_keeper_watchers(
             async with keeper:
                 primed = await keeper.prime(paths)
             store.close()
-            assert [m.state() for m in primed].count("good") == 9
+            assert [p.phase for p in primed].count("good") == 9
             return watcher
 
     watcher = asyncio.run(scenario())

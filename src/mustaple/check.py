@@ -21,7 +21,6 @@ from mustaple.core.checkjudge import (
     Client,
     Connection,
     Issuer,
-    Level,
     StapleState,
     client_accepts,
     client_states,
@@ -29,6 +28,7 @@ from mustaple.core.checkjudge import (
     judge_responder,
 )
 from mustaple.core.checkrender import JSON_KEYS, error_json, report_json, report_lines
+from mustaple.core.severity import Severity
 
 __all__ = [
     "DEFAULT_PORT",
@@ -37,7 +37,7 @@ __all__ = [
     "Client",
     "Connection",
     "Issuer",
-    "Level",
+    "Severity",
     "StapleState",
     "check_responder",
     "check_server",

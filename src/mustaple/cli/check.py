@@ -1,5 +1,5 @@
 """`mustaple check HOST[:PORT]` (or `--cert CERT`): options in, a report out, and the exit code
-of the monitoring-plugin convention (`Level`): usage errors are UNKNOWN (3), not 2."""
+of the monitoring-plugin convention (`Severity`): usage errors are UNKNOWN (3), not 2."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import click
 
 from mustaple.adapters.starttls import DEFAULT_PORTS as STARTTLS_PORTS
 from mustaple.adapters.starttls import PROTOCOLS as STARTTLS_PROTOCOLS
-from mustaple.core.checkjudge import CheckReport, Level
+from mustaple.core.checkjudge import CheckReport
 from mustaple.core.errors import InputError
+from mustaple.core.severity import Severity
 
 __all__ = ["check_command"]
 
@@ -28,7 +29,7 @@ def _usage_errors_are_unknown() -> Iterator[None]:
         yield
     except click.UsageError as exc:
         click.echo(f"UNKNOWN usage error: {exc.format_message()} (see mustaple check --help)")
-        raise click.exceptions.Exit(int(Level.UNKNOWN)) from exc
+        raise click.exceptions.Exit(int(Severity.UNKNOWN)) from exc
 
 
 class _CheckCommand(click.Command):
@@ -128,7 +129,7 @@ def _address(text: str, default_port: int) -> tuple[str, int]:
         raise click.BadParameter(str(exc), param_hint="HOST[:PORT]") from None
 
 
-def _run(work: Coroutine[Any, Any, CheckReport], as_json: bool) -> Level:
+def _run(work: Coroutine[Any, Any, CheckReport], as_json: bool) -> Severity:
     """Run the check; print the report, or one UNKNOWN line when nothing could be checked."""
     from mustaple.adapters.probe import ProbeError
     from mustaple.core.checkrender import error_json, report_json, report_lines
@@ -140,7 +141,7 @@ def _run(work: Coroutine[Any, Any, CheckReport], as_json: bool) -> Level:
             click.echo(json.dumps(error_json(str(exc)), indent=2))
         else:
             click.echo(f"UNKNOWN {exc}")
-        return Level.UNKNOWN
+        return Severity.UNKNOWN
     if as_json:
         click.echo(json.dumps(report_json(report), indent=2))
     else:

@@ -15,7 +15,7 @@ from mustaple.core.clock import utc_now
 
 if TYPE_CHECKING:
     from mustaple.adapters.config import Config
-    from mustaple.keeper.keeper import Managed
+    from mustaple.keeper.keeper import Primed
 
 __all__ = ["prime"]
 
@@ -44,11 +44,11 @@ def prime(
         config = _overriding_proxy(config, proxy_setting(proxy))
     results = asyncio.run(_prime(config, [Path(c) for c in certs]))
     now = utc_now()
-    for managed in results:
+    for primed in results:
         if as_json:
-            click.echo(json.dumps(prime_json(managed, now)))
+            click.echo(json.dumps(prime_json(primed, now)))
         else:
-            click.echo(prime_line(managed, now))
+            click.echo(prime_line(primed, now))
     return prime_exit_code(results)
 
 
@@ -60,7 +60,7 @@ def _overriding_proxy(config: Config, proxy: str | None) -> Config:
     return dataclasses.replace(config, policy=policy, certificates=entries)
 
 
-async def _prime(config: Config, paths: list[Path]) -> list[Managed]:
+async def _prime(config: Config, paths: list[Path]) -> list[Primed]:
     from mustaple.front.progress import FetchProgress, PrimeProgress
     from mustaple.keeper.daemon import open_fleet, open_keeper
 

@@ -21,6 +21,7 @@ from mustaple.core.certs import Target, display_name, is_must_staple
 from mustaple.core.reasons import Note, Reason, Rejection
 from mustaple.core.render import human_duration
 from mustaple.core.schedule import DEFAULT_SCHEDULE, SchedulePolicy, refresh_point
+from mustaple.core.severity import Severity
 from mustaple.core.verify import DEFAULT_POLICY, Policy, Staple, verify
 
 if TYPE_CHECKING:
@@ -32,7 +33,6 @@ __all__ = [
     "Client",
     "Connection",
     "Issuer",
-    "Level",
     "StapleState",
     "client_accepts",
     "client_states",
@@ -41,17 +41,9 @@ __all__ = [
 ]
 
 
-class Level(enum.IntEnum):
-    """Exit codes of `mustaple check`: the monitoring-plugin convention (docs/check.md)."""
-
-    OK = 0  # safe for must-staple
-    WARNING = 1  # works now, but at risk (past the refresh point; no staple, not must-staple)
-    CRITICAL = 2  # clients refuse, or will: no valid good staple where one is needed, revoked
-    UNKNOWN = 3  # cannot tell: no connection, failed handshake, no issuer, usage error
-
-
-# How bad each level is when several connections disagree: CRITICAL wins, then UNKNOWN.
-_SEVERITY = {Level.OK: 0, Level.WARNING: 1, Level.UNKNOWN: 2, Level.CRITICAL: 3}
+# How bad each severity is when several connections disagree: CRITICAL wins, then UNKNOWN.
+# A verdict's severity is also the exit code of `mustaple check` (docs/check.md).
+_RANK = {Severity.OK: 0, Severity.WARNING: 1, Severity.UNKNOWN: 2, Severity.CRITICAL: 3}
 
 
 class StapleState(enum.Enum):
@@ -243,7 +235,7 @@ class Connection:
     chain_verified: bool | None  # against --cafile; None without one
     outcome: Staple | Rejection | None  # the validator's judgement; None: no staple or issuer
     state: StapleState
-    level: Level
+    level: Severity
     why: str
     seen_by: Mapping[Client, StapleState] = field(default_factory=dict)  # see client_states
 
@@ -258,7 +250,7 @@ class Connection:
 class CheckReport:
     """Everything `mustaple check` found and concluded; rendered by `report_lines`/`_json`."""
 
-    level: Level
+    level: Severity
     verdict: str  # one sentence: safe for must-staple or not, and why
     now: datetime
     name: str
@@ -374,7 +366,7 @@ def _connection(
     clients = seen_by(result.staple, outcome) if result.staple and outcome else {}
     level, why = _assess(state, outcome, facts)
     if result.verified is False:
-        level, why = Level.CRITICAL, "the chain does not verify against the CA file"
+        level, why = Severity.CRITICAL, "the chain does not verify against the CA file"
     return Connection(
         number=number,
         staple=result.staple,
@@ -412,7 +404,7 @@ def judge_responder(
     else:
         message = outcome.message if outcome else "no answer"
         state = StapleState.NONE
-        level = Level.CRITICAL if target.must_staple else Level.WARNING
+        level = Severity.CRITICAL if target.must_staple else Severity.WARNING
         why = f"the responder gives nothing a server could staple ({message})"
     return CheckReport(
         level=level,
@@ -442,24 +434,27 @@ def _state(staple: bytes | None, outcome: Staple | Rejection | None) -> StapleSt
 
 def _assess(
     state: StapleState, outcome: Staple | Rejection | None, facts: _Facts
-) -> tuple[Level, str]:
+) -> tuple[Severity, str]:
     """The level of one handshake (or one responder answer) and why, in a few words."""
     now = facts.now
     if state is StapleState.NONE:
         if facts.must_staple:
-            return Level.CRITICAL, "no staple on a must-staple certificate, so clients refuse it"
-        return Level.WARNING, "no staple; fine for this certificate, which is not must-staple"
+            return Severity.CRITICAL, "no staple on a must-staple certificate, so clients refuse it"
+        return Severity.WARNING, "no staple; fine for this certificate, which is not must-staple"
     if state is StapleState.UNVALIDATED:
-        return Level.UNKNOWN, f"a staple was sent but cannot be validated: {facts.issuer.problem}"
+        return (
+            Severity.UNKNOWN,
+            f"a staple was sent but cannot be validated: {facts.issuer.problem}",
+        )
     if isinstance(outcome, Rejection):
-        return Level.CRITICAL, f"invalid staple [{outcome.code}] {outcome.message}"
+        return Severity.CRITICAL, f"invalid staple [{outcome.code}] {outcome.message}"
     assert isinstance(outcome, Staple)
     if not outcome.good:
-        return Level.CRITICAL, "the staple says the certificate is REVOKED"
+        return Severity.CRITICAL, "the staple says the certificate is REVOKED"
     if _past_refresh_point(outcome, facts):
         left = f"{outcome.fraction_left(now):.0%} of its window left"
-        return Level.WARNING, f"the staple is past its refresh point, {left}"
-    return Level.OK, f"a valid good staple, {human_duration(outcome.seconds_left(now))} left"
+        return Severity.WARNING, f"the staple is past its refresh point, {left}"
+    return Severity.OK, f"a valid good staple, {human_duration(outcome.seconds_left(now))} left"
 
 
 def _past_refresh_point(outcome: Staple | Rejection | None, facts: _Facts) -> bool | None:
@@ -468,9 +463,9 @@ def _past_refresh_point(outcome: Staple | Rejection | None, facts: _Facts) -> bo
     return facts.now >= refresh_point(outcome, facts.schedule_policy)
 
 
-def _overall(connections: Sequence[Connection]) -> tuple[Level, str]:
+def _overall(connections: Sequence[Connection]) -> tuple[Severity, str]:
     """The worst connection decides; the verdict says which connections it concerns."""
-    worst = max(connections, key=lambda c: _SEVERITY[c.level])
+    worst = max(connections, key=lambda c: _RANK[c.level])
     numbers = [c.number for c in connections if (c.level, c.state) == (worst.level, worst.state)]
     why = worst.why
     if len(connections) > 1:
@@ -478,12 +473,12 @@ def _overall(connections: Sequence[Connection]) -> tuple[Level, str]:
     return worst.level, _sentence(worst.level, worst.state, why)
 
 
-def _sentence(level: Level, state: StapleState | None, why: str) -> str:
-    if level is Level.OK:
+def _sentence(level: Severity, state: StapleState | None, why: str) -> str:
+    if level is Severity.OK:
         return f"safe for must-staple: {why}"
-    if level is Level.UNKNOWN:
+    if level is Severity.UNKNOWN:
         return f"cannot tell: {why}"
-    if level is Level.WARNING and state is StapleState.GOOD:
+    if level is Severity.WARNING and state is StapleState.GOOD:
         return f"safe for must-staple for now, but {why}"
     return f"not safe for must-staple: {why}"
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from mustaple.core.checkjudge import CheckReport, Connection, Issuer, Level
+from mustaple.core.checkjudge import CheckReport, Connection, Issuer
 from mustaple.core.reasons import Rejection
 from mustaple.core.render import human_duration, iso, staple_json
+from mustaple.core.severity import Severity
 from mustaple.core.verify import Staple
 
 __all__ = ["JSON_KEYS", "error_json", "report_json", "report_lines"]
@@ -184,7 +185,7 @@ def error_json(message: str) -> dict[str, Any]:
     """The `--json` object when nothing could be checked (UNKNOWN)."""
     return {
         **dict.fromkeys(JSON_KEYS),
-        "level": Level.UNKNOWN.name,
-        "exit_code": int(Level.UNKNOWN),
+        "level": Severity.UNKNOWN.name,
+        "exit_code": int(Severity.UNKNOWN),
         "verdict": message,
     }

@@ -36,7 +36,8 @@ from typing import Any
 from mustaple.core.delivery import Action
 from mustaple.core.reasons import Reason, Rejection
 from mustaple.core.render import human_time
-from mustaple.core.schedule import Alert, SchedulePolicy, alert_level, next_refresh, next_retry
+from mustaple.core.schedule import SchedulePolicy, alert_level, next_refresh, next_retry
+from mustaple.core.severity import Severity
 from mustaple.core.verify import Staple, compare
 
 __all__ = [
@@ -84,7 +85,7 @@ class CertState:
     next_due: datetime | None = None  # None: nothing to fetch until the file changes
     last_attempt: datetime | None = None
     expired_at: datetime | None = None
-    alert: Alert = Alert.OK
+    alert: Severity = Severity.OK
     known: bool = False  # a staple of ours was stored or served: a staple file may be ours
 
     @property
@@ -260,7 +261,7 @@ def _accepted(
         "backoff": 0,
         "rejection": None,
         "next_due": due,
-        "alert": Alert.OK,
+        "alert": Severity.OK,
         "known": True,
     }
     if event.origin == "":

@@ -7,19 +7,20 @@
 - After a failure, the next try comes after an exponential backoff with full jitter, but
   never later than a quarter of the time left before the staple in hand expires, so there are
   always several more tries before expiry, more urgent as it nears.
-- Alerts escalate as the expiry approaches with no fresh staple.
+- Alerts (on the one severity scale, `mustaple.core.severity`) escalate as the expiry
+  approaches with no fresh staple.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from mustaple.core.severity import Severity
 from mustaple.core.verify import Staple
 
-__all__ = ["Alert", "SchedulePolicy", "alert_level", "next_refresh", "next_retry"]
+__all__ = ["SchedulePolicy", "alert_level", "next_refresh", "next_retry"]
 
 Dice = Callable[[], float]  # uniform in [0, 1)
 
@@ -87,20 +88,14 @@ def next_retry(
     return now + delay
 
 
-class Alert(enum.IntEnum):
-    """How worried an operator should be about one certificate."""
-
-    OK = 0
-    WARNING = 1  # refreshing is overdue: the window is running out
-    CRITICAL = 2  # expiry is near (or passed) with no fresh staple
-
-
 def alert_level(
     staple: Staple | None, now: datetime, policy: SchedulePolicy = DEFAULT_SCHEDULE
-) -> Alert:
-    """The alert level for a certificate whose freshest valid staple is `staple`."""
+) -> Severity:
+    """How worried the keeper is about a certificate whose freshest valid staple is `staple`:
+    WARNING when refreshing is overdue (the window is running out), CRITICAL when expiry is
+    near (or passed) with no fresh staple."""
     if staple is None or staple.effective_expiry - now <= policy.critical_left:
-        return Alert.CRITICAL
+        return Severity.CRITICAL
     if staple.fraction_left(now) < policy.warn_left:
-        return Alert.WARNING
-    return Alert.OK
+        return Severity.WARNING
+    return Severity.OK

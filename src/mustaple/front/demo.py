@@ -26,6 +26,7 @@ from mustaple.adapters.store import SqliteStore
 from mustaple.check import CheckReport, check_server
 from mustaple.core.clock import utc_now
 from mustaple.core.delivery import Action, Delivered, Delivery
+from mustaple.core.lifecycle import CertState
 from mustaple.core.render import human_duration, human_time
 from mustaple.core.verify import Staple
 from mustaple.keeper.keeper import Keeper, Managed
@@ -73,7 +74,13 @@ class _Scene:
 
     @property
     def managed(self) -> Managed:
+        """The one certificate, to refresh (the demo drives the keeper)."""
         return next(iter(self.keeper.managed.values()))
+
+    @property
+    def state(self) -> CertState:
+        """The one certificate's state, as every reader above the keeper sees it."""
+        return self.keeper.views()[0].state
 
     async def answer(self, behaviour: Behaviour) -> FetchResult:
         """Make the responder behave so, refresh now and deliver what changed."""
@@ -168,7 +175,7 @@ async def _without_mustaple(scene: _Scene) -> bool:
 async def _first_staple(scene: _Scene) -> bool:
     await scene.keeper.scan()
     await scene.keeper.tick()
-    held = scene.managed.held
+    held = scene.state.held
     if held is None:
         scene.echo("2. The keeper could NOT get a first staple (this is a bug)")
         return False
@@ -192,7 +199,7 @@ async def _misbehave(scene: _Scene) -> bool:
         "3. The responder misbehaves. Each answer is refused, with its reason; the "
         "server keeps the good staple:"
     )
-    good = scene.managed.held
+    good = scene.state.held
     ok = True
     for behaviour, story in MISBEHAVIOURS:
         result = await scene.answer(behaviour)
@@ -203,7 +210,7 @@ async def _misbehave(scene: _Scene) -> bool:
             continue
         retry = "retry later" if rejection.retryable else "needs the CA"
         scene.echo(f"   it {story:<{_WIDTH}} -> {rejection.code} ({retry})")
-    ok = ok and scene.managed.held is good
+    ok = ok and scene.state.held is good
     scene.echo(f"   The server still staples the {_held_line(good)}." if good else "")
     ok = await scene.verdict() and ok
     scene.echo("")
@@ -212,7 +219,7 @@ async def _misbehave(scene: _Scene) -> bool:
 
 async def _recover(scene: _Scene) -> bool:
     await scene.answer(Behaviour.GOOD)
-    held = scene.managed.held
+    held = scene.state.held
     if held is None:
         scene.echo("4. The responder recovers, but the refresh FAILED")
         return False
@@ -226,7 +233,7 @@ async def _recover(scene: _Scene) -> bool:
 
 async def _revoked(scene: _Scene) -> bool:
     await scene.answer(Behaviour.REVOKED)
-    revoked = scene.managed.revoked
+    revoked = scene.state.revoked
     if revoked is None:
         scene.echo("5. Revocation was NOT recognised (this is a bug)")
         return False

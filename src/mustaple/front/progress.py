@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from mustaple.adapters.fetch import FetchResult, HttpFetcher
-from mustaple.keeper.keeper import Managed
+from mustaple.keeper.keeper import CertFile
 
 __all__ = ["Display", "FetchProgress", "PrimeProgress"]
 
@@ -183,7 +183,7 @@ class PrimeProgress:
         self.total, self.done = total, 0
         self.display = display or Display()
 
-    def refreshed(self, managed: Managed, result: FetchResult) -> None:
+    def refreshed(self, cert: CertFile, result: FetchResult) -> None:
         """A keeper observer: one certificate's refresh has ended."""
         self.done += 1
         outcome = "no valid staple"
@@ -192,8 +192,8 @@ class PrimeProgress:
         if result.rejection is not None:
             outcome = f"no valid staple ({result.rejection.code})"
         if self.display.told(0):
-            self.display.say(f"prime: {managed.name}: {outcome} ({self.done}/{self.total})")
-        self.display.update(0, self._what(f", last {managed.name}: {outcome}"))
+            self.display.say(f"prime: {cert.name}: {outcome} ({self.done}/{self.total})")
+        self.display.update(0, self._what(f", last {cert.name}: {outcome}"))
 
     def _what(self, last: str = "") -> str:
         return f"prime: {self.done}/{self.total} certificates refreshed{last}"

@@ -14,9 +14,10 @@ from mustaple.adapters.store import CertStatus, SqliteStore
 from mustaple.core.certs import display_name, is_must_staple, parse_certificates
 from mustaple.core.delivery import Action
 from mustaple.core.errors import InputError
+from mustaple.core.health import phase_severity
 from mustaple.core.render import human_duration, iso, short_time, sink_json, validity_json
 from mustaple.core.report import ExitCode
-from mustaple.keeper.keeper import Managed, configured_files
+from mustaple.keeper.keeper import Primed, configured_files
 
 if TYPE_CHECKING:  # redis and rich load where used: `prime` prints neither tables nor fleets
     import redis
@@ -36,60 +37,61 @@ __all__ = [
 ]
 
 
-def delivered(managed: Managed) -> bool:
+def delivered(primed: Primed) -> bool:
     """Whether every sink took the staple held now, or has it in place for its server's start
     (the server not running yet is fine: `prime` before the servers start)."""
-    held = managed.held
-    return held is not None and managed.sent == (Action.STAPLE, held.der)
+    held = primed.state.held
+    return held is not None and primed.sent == (Action.STAPLE, held.der)
 
 
-def prime_line(managed: Managed, now: datetime) -> str:
+def prime_line(primed: Primed, now: datetime) -> str:
     """One line per primed certificate."""
-    name, held = managed.name, managed.held
-    if managed.revoked is not None:
+    name, state = primed.name, primed.state
+    held = state.held
+    if state.revoked is not None:
         return (
             f"REVOKED {name}: the certificate is revoked; every server gets the CA's revoked "
             "answer instead of a good staple"
         )
-    if held is not None and delivered(managed):
+    if held is not None and delivered(primed):
         left = human_duration(held.seconds_left(now))
-        notes = sorted({s.note for s in managed.life.sinks.values() if s.note})
+        notes = sorted({s.note for s in primed.sinks if s.note})
         where = f" ({'; '.join(notes)})" if notes else ""
         return (
             f"OK {name}: good staple until {iso(held.effective_expiry)} ({left} left), "
             f"delivered{where}"
         )
-    head = "FAILED" if managed.target.must_staple else "WARNING"
-    if managed.next_due is None:
-        return f"{head} {name}: {managed.life.state.problem or managed.target.no_url_message()}"
+    head = "FAILED" if primed.must_staple else "WARNING"
+    if state.next_due is None:  # unusable: nothing to fetch
+        return f"{head} {name}: {state.problem or 'unusable'}"
     if held is not None:
-        failing = [f"{s.sink}: {s.error}" for s in managed.life.sinks.values() if s.error]
+        failing = [f"{s.sink}: {s.error}" for s in primed.sinks if s.error]
         why = "; ".join(failing) or "see the log"
         return f"{head} {name}: a valid staple is held but a server did not take it ({why})"
-    rejection = managed.last_rejection
+    rejection = state.rejection
     why = f"{rejection.message}; {rejection.hint}" if rejection else "no staple"
     return f"{head} {name}: no valid staple: {why}"
 
 
-def prime_json(managed: Managed, now: datetime) -> dict[str, Any]:
-    held, rejection = managed.held, managed.last_rejection
+def prime_json(primed: Primed, now: datetime) -> dict[str, Any]:
+    held, rejection = primed.state.held, primed.state.rejection
     return {
-        "name": managed.name,
-        "cert": str(managed.path),
-        "must_staple": managed.target.must_staple,
-        "state": managed.state(),
-        "ok": delivered(managed),
+        "name": primed.name,
+        "cert": str(primed.path),
+        "must_staple": primed.must_staple,
+        "state": primed.phase,
+        "ok": delivered(primed),
         "effective_expiry": iso(held.effective_expiry) if held else None,
         "reason": rejection.code if rejection and not held else None,
-        "message": prime_line(managed, now),
+        "message": prime_line(primed, now),
     }
 
 
-def prime_exit_code(results: list[Managed]) -> ExitCode:
+def prime_exit_code(results: list[Primed]) -> ExitCode:
     """3 if any is revoked; 1 if a must-staple certificate has no delivered staple; else 0."""
-    if any(m.revoked is not None for m in results):
+    if any(p.state.revoked is not None for p in results):
         return ExitCode.REVOKED
-    if any(m.target.must_staple and not delivered(m) for m in results):
+    if any(p.must_staple and not delivered(p) for p in results):
         return ExitCode.NO_STAPLE
     return ExitCode.GOOD
 
@@ -154,9 +156,6 @@ def _pending(path: Path) -> dict[str, Any]:
     }
 
 
-_STYLE = {"good": "green", "failing": "yellow", "pending": "yellow"}
-
-
 _COLUMNS = (
     "certificate",
     "must-staple",
@@ -178,7 +177,7 @@ def print_status_table(rows: list[dict[str, Any]]) -> None:
     for column in _COLUMNS:
         table.add_column(column, no_wrap=column not in ("certificate", "last error"))
     for row in rows:
-        style = _STYLE.get(row["state"], "red")
+        style = phase_severity(row["state"]).colour
         must = {True: "yes", False: "no", None: "?"}[row["must_staple"]]
         errors = [f"{row['last_error']}: {row['last_message']}"] if row["last_error"] else []
         errors += [f"sink {s['sink']}: {s['error']}" for s in row["sinks"] if s["error"]]

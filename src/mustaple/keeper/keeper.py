@@ -82,17 +82,18 @@ from mustaple.core.lifecycle import (
 from mustaple.core.reasons import Reason, Rejection
 from mustaple.core.render import human_time
 from mustaple.core.request import CertId, make_cert_id
-from mustaple.core.schedule import Alert
 from mustaple.core.urls import url_host
 from mustaple.core.verify import Policy, Staple
 
 __all__ = [
+    "CertFile",
     "CertView",
     "Coordinator",
     "Keeper",
     "Life",
     "Managed",
     "Observer",
+    "Primed",
     "Turn",
     "attempt_records",
     "configured_files",
@@ -103,8 +104,8 @@ log = logging.getLogger("mustaple")
 # anything is delivered: a crash loses at most the outcomes of one group, never a staple a
 # server was given.
 WRITE_GROUP = 256
-# Called after every refresh with the certificate and the fetch result (metrics use it).
-Observer = Callable[["Managed", FetchResult], None]
+# Called after every refresh with the certificate file and the fetch result (metrics use it).
+Observer = Callable[["CertFile", FetchResult], None]
 STORED_ELSEWHERE = "stored by another mustaple process"
 # A sink that failed is tried again after this, doubling up to the policy's retry_max.
 DELIVERY_RETRY = timedelta(seconds=5)
@@ -177,7 +178,7 @@ class Managed:
     def name(self) -> str:
         return self.target.name
 
-    # Read-only windows on the state, for readers that hold a Managed.
+    # Read-only windows on the state, for the keeper layer (and tests) that hold a Managed.
     @property
     def held(self) -> Staple | None:
         return self.life.state.held
@@ -193,18 +194,6 @@ class Managed:
     @property
     def next_due(self) -> datetime | None:
         return self.life.state.next_due
-
-    @property
-    def last_rejection(self) -> Rejection | None:
-        return self.life.state.rejection
-
-    @property
-    def last_attempt(self) -> datetime | None:
-        return self.life.state.last_attempt
-
-    @property
-    def alert(self) -> Alert:
-        return self.life.state.alert
 
     def state(self) -> str:
         return self.life.state.phase.value
@@ -239,9 +228,32 @@ class CertView:
     def phase(self) -> str:
         return self.state.phase.value
 
+
+@dataclass(frozen=True, slots=True)
+class CertFile:
+    """Which certificate file a refresh was for, as the keeper's observers are told."""
+
+    key: str
+    name: str
+    path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class Primed:
+    """One file `prime` was given, after it: its certificate's state, how each sink took its
+    staple (in the order they first took one) and what every sink confirmed having (None:
+    nothing yet). Leaner than a `CertView`: it is made for every file of a large prime."""
+
+    path: Path
+    name: str
+    must_staple: bool
+    state: CertState
+    sinks: tuple[SinkHealth, ...]
+    sent: tuple[Action, bytes | None] | None
+
     @property
-    def sinks_failing(self) -> tuple[SinkHealth, ...]:
-        return tuple(s for s in self.sinks if not s.ok)
+    def phase(self) -> str:
+        return self.state.phase.value
 
 
 @dataclass(frozen=True)
@@ -655,8 +667,10 @@ class Keeper:
         now = self.clock()
         self._pending.attempts.append((managed.key, attempt_records(result)))
         self._grouped()
-        for observer in self.observers:
-            observer(managed, result)
+        if self.observers:
+            told = CertFile(managed.key, managed.name, managed.path)
+            for observer in self.observers:
+                observer(told, result)
         if result.staple is not None:
             self._apply(managed.life, Accepted(result.staple, now, result.url), now)
         else:
@@ -920,10 +934,10 @@ class Keeper:
         """Which configured file, and entry, a path given to `prime` is."""
         return Coverage(self.config)
 
-    async def prime(self, paths: Sequence[Path]) -> list[Managed]:
+    async def prime(self, paths: Sequence[Path]) -> list[Primed]:
         """Load `paths` (each covered by an entry), fetch each now (in fleet mode: unless the
-        fleet has just fetched it), deliver to its entry's sinks; InputError for unusable
-        files."""
+        fleet has just fetched it), deliver to its entry's sinks; one frozen `Primed` per path
+        given; InputError for unusable files."""
         with _collecting(len(paths)):
             async with self._helpers(len(paths)):  # workers start while the paths are resolved
                 files, resolved = self._resolve(paths)
@@ -942,7 +956,7 @@ class Keeper:
                 await self._refresh_all(wanted)
             self.judge_time()
             await self.deliver()
-        return chosen
+        return [_primed(m) for m in chosen]
 
     def _resolve(self, paths: Sequence[Path]) -> tuple[dict[Path, FileToLoad], list[Path]]:
         """The files to load for `paths` (once each), and the configured path of each given
@@ -1015,6 +1029,12 @@ def _resolved(path: Path) -> Path:
         return path.resolve()
     except (OSError, RuntimeError):  # a symlink loop: compare as given
         return path.absolute()
+
+
+def _primed(managed: Managed) -> Primed:
+    life = managed.life
+    sinks = tuple(life.sinks.values())
+    return Primed(managed.path, life.name, life.target.must_staple, life.state, sinks, managed.sent)
 
 
 def _host(managed: Managed) -> str:

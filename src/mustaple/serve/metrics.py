@@ -30,7 +30,7 @@ from mustaple.adapters.fetch import FetchResult
 from mustaple.core.clock import Clock, utc_now
 from mustaple.core.lifecycle import Phase
 from mustaple.keeper.fleet import Fleet
-from mustaple.keeper.keeper import CertView, Keeper, Managed
+from mustaple.keeper.keeper import CertFile, CertView, Keeper
 
 __all__ = ["RESPONDER_RESULTS", "STATES", "Metrics", "serial_hex"]
 
@@ -83,7 +83,7 @@ class Metrics:
             self.registry.register(_FleetCollector(fleet))
         keeper.observers.append(self.observe)
 
-    def observe(self, managed: Managed, result: FetchResult) -> None:
+    def observe(self, cert: CertFile, result: FetchResult) -> None:
         """Count one refresh and time its attempts (a keeper `Observer`)."""
         if result.rejection is None:
             self.fetches.labels("ok", "").inc()
@@ -91,7 +91,7 @@ class Metrics:
             self.fetches.labels("rejected", result.rejection.code).inc()
         for attempt in result.attempts:
             self.latency.observe(attempt.latency)
-        self._certificates.forget(managed.key)
+        self._certificates.forget(cert.key)
 
     def served(self, result: str) -> None:
         """Count one request answered by the local responder (its `on_served` callback)."""

@@ -24,7 +24,6 @@ within `http.request_timeout`), is the client's doing: logged at debug level, in
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 from collections.abc import Mapping
 from datetime import datetime
@@ -38,7 +37,7 @@ from mustaple.adapters.config import HttpConfig
 from mustaple.adapters.store import AttemptRecord
 from mustaple.core.clock import Clock, utc_now
 from mustaple.core.errors import InputError
-from mustaple.core.lifecycle import Phase
+from mustaple.core.health import health
 from mustaple.core.render import (
     attempt_json,
     human_duration,
@@ -47,7 +46,8 @@ from mustaple.core.render import (
     sink_json,
     validity_json,
 )
-from mustaple.core.schedule import Alert, SchedulePolicy, alert_level, refresh_point
+from mustaple.core.schedule import SchedulePolicy, refresh_point
+from mustaple.core.severity import Severity
 from mustaple.keeper.keeper import CertView, Keeper
 from mustaple.serve.fastpath import (
     FastPath,
@@ -58,7 +58,7 @@ from mustaple.serve.fastpath import (
 from mustaple.serve.localresponder import Responder, add_routes
 from mustaple.serve.metrics import Metrics, serial_hex
 
-__all__ = ["Health", "HttpServer", "health", "make_app", "not_ready", "start_http"]
+__all__ = ["HttpServer", "make_app", "not_ready", "start_http"]
 
 log = logging.getLogger("mustaple")
 ATTEMPTS_SHOWN = 5
@@ -67,47 +67,6 @@ _NAMES_SHOWN = 20  # in the /readyz body
 _PATH_SHOWN = 36  # characters of a certificate's path on the page; all of it in the title
 BACKLOG = 1024  # connections waiting to be accepted (servers ask for staples in bursts)
 HEAD_FIELDS = 16384  # bytes of header lines, beyond the request line, the fast path waits for
-
-
-class Health(enum.Enum):
-    """How a certificate looks to a person: the colour and the word on the status page."""
-
-    OK = "ok"
-    WARNING = "warning"
-    CRITICAL = "critical"
-
-
-def health(view: CertView, now: datetime, policy: SchedulePolicy) -> tuple[Health, str]:
-    """The health of one certificate and a few words saying why (the one scale that
-    `/status`, the page, `/readyz` and `mustaple status` share)."""
-    state = view.state
-    held = state.held
-    if state.revoked is not None:
-        return Health.CRITICAL, "the certificate is revoked"
-    if held is None or held.effective_expiry <= now:
-        worst = Health.CRITICAL if view.must_staple else Health.WARNING
-        return worst, _why_no_staple(view)
-    if alert_level(held, now, policy) is Alert.CRITICAL:
-        return Health.CRITICAL, "the staple expires soon and no fresh one came"
-    if view.sinks_failing:
-        names = ", ".join(s.sink for s in view.sinks_failing)
-        return Health.WARNING, f"a server does not take the staple (sink {names})"
-    if state.failures:
-        return Health.WARNING, f"refreshing fails ({state.failures} in a row)"
-    if now >= refresh_point(held, policy):
-        return Health.WARNING, "past the refresh point"
-    return Health.OK, "fresh staple"
-
-
-def _why_no_staple(view: CertView) -> str:
-    state = view.state
-    if state.phase is Phase.UNUSABLE:
-        return f"unusable: {state.problem}"
-    if state.phase is Phase.EXPIRED:
-        return "the staple expired and no valid one came"
-    if state.phase is Phase.PENDING:
-        return "no staple yet: the first fetch is due"
-    return "no valid staple"
 
 
 def not_ready(keeper: Keeper, now: datetime) -> list[str]:
@@ -322,7 +281,7 @@ def _certificate_json(
     state = view.state
     held = state.held if state.held and state.held.effective_expiry > now else None
     rejection, revoked = state.rejection, state.revoked
-    level, why = health(view, now, policy)
+    level, why = health(state, view.must_staple, view.sinks, now, policy)
     return {
         "name": view.name,
         "serial": serial_hex(view),
@@ -330,7 +289,7 @@ def _certificate_json(
         "paths": list(view.paths),
         "must_staple": view.must_staple,
         "state": view.phase,
-        "health": level.value,
+        "health": level.word,
         "health_reason": why,
         **validity_json(held, now),
         "refresh_point": iso(refresh_point(held, policy)) if held else None,
@@ -455,8 +414,8 @@ dashed: refresh point, solid: now</span></th>
 
 def _summary(report: dict[str, Any]) -> str:
     certificates = report["certificates"]
-    counts = [sum(c["health"] == h.value for c in certificates) for h in Health]
-    parts = [f"{n} {h.name}" for n, h in zip(counts, Health, strict=True) if n]
+    counts = [sum(c["health"] == s.word for c in certificates) for s in Severity]
+    parts = [f"{n} {s.name}" for n, s in zip(counts, Severity, strict=True) if n]
     ready = "ready" if report["ready"] else "NOT READY: " + ", ".join(report["not_ready"])
     return f"{len(certificates)} certificates: {', '.join(parts) or 'none'} · {ready}"
 

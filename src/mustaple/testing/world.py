@@ -152,7 +152,7 @@ async def keeper_world(
             async with keeper:
                 metrics = Metrics(keeper, clock=clock)
                 world = World(ca, clock, responder, keeper, metrics, sink, tmp)
-                keeper.observers.append(lambda managed, result: world.results.append(result))
+                keeper.observers.append(lambda _, result: world.results.append(result))
                 yield world
     finally:
         store.close()
