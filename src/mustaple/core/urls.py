@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 __all__ = ["url_host", "url_problem"]
@@ -62,6 +63,14 @@ def _check_authority(netloc: str) -> None:
         raise ValueError("the IPvFuture address between brackets is not valid")
     if not literal.startswith("v") and ":" not in literal:
         raise ValueError("the IPv6 address between brackets is not valid")
+
+
+def first_host(overrides: Sequence[str], own: Sequence[str]) -> str:
+    """The host of the first responder URL a fetch tries (`overrides`, then the certificate's
+    `own` URLs): what `per_host` limits; "" when there is none or it is malformed (the fetch
+    says so, for that certificate only)."""
+    first = overrides[0] if overrides else own[0] if own else ""
+    return url_host(first) if first else ""
 
 
 @functools.lru_cache(maxsize=1024)

@@ -62,7 +62,7 @@ from mustaple.adapters.store import (
     cert_key,
     look_up,
 )
-from mustaple.adapters.workers import WorkerPool, batch_collector, cores
+from mustaple.adapters.workers import DEPTH, Limits, WorkerPool, batch_collector, cores
 from mustaple.core import lifecycle
 from mustaple.core.certs import Target, display_name, is_must_staple, parse_certificates
 from mustaple.core.clock import Clock, utc_now
@@ -82,7 +82,7 @@ from mustaple.core.lifecycle import (
 from mustaple.core.reasons import Reason, Rejection
 from mustaple.core.render import human_time
 from mustaple.core.request import CertId, make_cert_id
-from mustaple.core.urls import url_host
+from mustaple.core.urls import first_host
 from mustaple.core.verify import Policy, Staple
 
 __all__ = [
@@ -305,8 +305,7 @@ class Keeper:
         self._delivering = asyncio.Lock()
         self._issuer_cache: dict[str, bytes] = {}
         self._issuers: dict[x509.Certificate, x509.Certificate] = {}
-        self._all = asyncio.Semaphore(self.policy.concurrency)
-        self._hosts: dict[str, asyncio.Semaphore] = {}
+        self._limits = Limits(self.policy.concurrency, self.policy.per_host)
         self.fetcher: Fetcher = fetcher or HttpFetcher()
         self._own_fetcher = fetcher is None
         self._watchers = list(watchers)  # e.g. `prime` showing what it waits on
@@ -444,22 +443,22 @@ class Keeper:
         if count < 1 or batch < WORKERS_FROM:
             yield
             return
+        limits = Limits(self.policy.concurrency, self.policy.per_host)
         try:
             pool = await WorkerPool.start(
-                count,
-                limit=self.policy.concurrency,
-                fallback=self.fetcher,
-                watchers=self._watchers,
+                count, limits=limits, fallback=self.fetcher, watchers=self._watchers
             )
         except (OSError, RuntimeError) as exc:
             log.warning("no worker processes (%s): working in this process only", exc)
             yield
             return
-        mine, self.fetcher = self.fetcher, pool
+        mine, outside = self.fetcher, self._limits
+        self.fetcher = pool
+        self._limits = outside.deeper(DEPTH)  # the workers keep the limits themselves
         try:
             yield
         finally:
-            self.fetcher = mine
+            self.fetcher, self._limits = mine, outside
             closing = asyncio.get_running_loop().create_task(pool.close())  # workers end
             self._ending.add(closing)  # while the keeper goes on (awaited on leaving it)
             closing.add_done_callback(self._ending.discard)
@@ -600,7 +599,7 @@ class Keeper:
         workers = []
         for items in by_host.values():
             queue = iter(items)
-            workers += [drain(queue) for _ in range(min(self.policy.per_host, len(items)))]
+            workers += [drain(queue) for _ in range(min(self._limits.per_host, len(items)))]
         await asyncio.gather(*workers)
 
     async def _guarded_turn(self, managed: Managed) -> None:
@@ -650,11 +649,7 @@ class Keeper:
 
     async def _refresh(self, managed: Managed) -> FetchResult:
         """Fetch and apply; the store writes wait for the next `_flush`."""
-        host = _host(managed)
-        per_host = self._hosts.get(host)
-        if per_host is None:
-            per_host = self._hosts[host] = asyncio.Semaphore(self.policy.per_host)
-        async with self._all, per_host:
+        async with self._limits.slot(_host(managed)):
             job = FetchJob(
                 managed.target,
                 urls=managed.entry.urls,
@@ -1039,8 +1034,7 @@ def _primed(managed: Managed) -> Primed:
 
 def _host(managed: Managed) -> str:
     """The host of the first responder URL tried: what `per_host` limits."""
-    urls = [*managed.entry.urls, *managed.target.ocsp_urls]
-    return url_host(urls[0]) if urls else ""  # malformed: the fetch says so, for this one only
+    return first_host(managed.entry.urls, managed.target.ocsp_urls)
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
