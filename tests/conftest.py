@@ -153,6 +153,21 @@ def serve() -> Iterator[Callable[[Handler], LoopbackServer]]:
         server.stop()
 
 
+class Crowded:
+    """A handler answering 503 after 50 ms that counts the requests in flight at once: `peak`
+    is the most there were (what the limits on fetches promise a responder)."""
+
+    def __init__(self) -> None:
+        self.active = self.peak = 0
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        await asyncio.sleep(0.05)
+        self.active -= 1
+        return web.Response(status=503)
+
+
 def ocsp_reply(body: bytes, status: int = 200, **headers: str) -> web.Response:
     return web.Response(
         body=body, status=status, content_type="application/ocsp-response", headers=headers

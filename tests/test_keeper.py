@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from cryptography.x509 import ocsp
 
-from conftest import Handler, LoopbackServer
+from conftest import Crowded, Handler, LoopbackServer
 from mustaple.adapters.config import Config, Hooks
 from mustaple.adapters.store import SqliteStore
 from mustaple.core.certs import Target
@@ -363,17 +362,8 @@ def test_failed_delivery_is_retried_on_the_next_pass(tmp_path: Path) -> None:
 def test_concurrency_per_responder_host_is_bounded(
     tmp_path: Path, serve: Callable[[Handler], LoopbackServer]
 ) -> None:
-    active, peak = 0, 0
-
-    async def slow(request: web.Request) -> web.StreamResponse:
-        nonlocal active, peak
-        active += 1
-        peak = max(peak, active)
-        await asyncio.sleep(0.05)
-        active -= 1
-        return web.Response(status=503)
-
-    server = serve(slow)
+    crowded = Crowded()
+    server = serve(crowded)
 
     async def scenario(tmp: Path) -> None:
         async with world(tmp, per_host=2) as w:
@@ -384,7 +374,7 @@ def test_concurrency_per_responder_host_is_bounded(
             await w.keeper.tick()
 
     run(scenario, tmp_path)
-    assert peak == 2
+    assert crowded.peak == 2
 
 
 def test_find_by_cert_id_and_observers(tmp_path: Path) -> None:

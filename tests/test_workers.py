@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from cryptography import x509
 
 import mustaple.adapters.workers as workers_module
 import mustaple.keeper.keeper as keeper_module
-from conftest import Handler, LoopbackServer
+from conftest import Crowded, Handler, LoopbackServer
 from mustaple.adapters.config import Config
 from mustaple.adapters.store import SqliteStore
 from mustaple.core.clock import utc_now
@@ -245,17 +244,8 @@ def test_the_workers_keep_the_limits_between_them(
     """The keeper hands the pool more fetches than `concurrency` at once (DEPTH times); the
     workers keep `per_host` between them: each its part (2 and 1 of 3), on its own requests."""
     monkeypatch.setattr(keeper_module, "WORKERS_FROM", 8)
-    active, peak = 0, 0
-
-    async def slow(request: web.Request) -> web.StreamResponse:
-        nonlocal active, peak
-        active += 1
-        peak = max(peak, active)
-        await asyncio.sleep(0.05)
-        active -= 1
-        return web.Response(status=503)
-
-    server = serve(slow)
+    crowded = Crowded()
+    server = serve(crowded)
 
     async def scenario() -> None:
         ca = CA()
@@ -270,7 +260,7 @@ def test_the_workers_keep_the_limits_between_them(
         assert [p.phase for p in primed] == ["failing"] * 12
 
     asyncio.run(scenario())
-    assert peak == 3
+    assert crowded.peak == 3
 
 
 @pytest.mark.parametrize(
