@@ -42,6 +42,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import statistics
 import struct
 import subprocess
 import sys
@@ -605,6 +606,9 @@ class Run:
     delivered: int
     floor: Floor | None = None  # the floor, measured in the same run (None: extrapolated)
     extrapolated: bool = False
+    # each repeat's wall against the floor measured right after it (the machine's speed
+    # drifts over minutes: a floor and a prime measured minutes apart can differ by 25%)
+    paired: tuple[float, ...] = ()
 
     @property
     def mode(self) -> str:
@@ -751,6 +755,7 @@ def run_size(bench: Bench, workdir: Workdir, size: int, sock: socket.socket) -> 
     responder = Responder(sock, workdir.answers)
     runs: list[Run] = []
     floors = []
+    paired: dict[int, list[float]] = {mode: [] for mode in bench.modes}
     try:
         if size == bench.cron_size:
             compare_cron(bench, workdir, size, responder)
@@ -760,11 +765,17 @@ def run_size(bench: Bench, workdir: Workdir, size: int, sock: socket.socket) -> 
                 print(summary(runs[-1]), flush=True)
             floors.append(measure_floor(workdir, min(size, bench.floor_max), responder))
             print(floor_summary(floors[-1], runs[-1]), flush=True)
+            for run in runs[-len(bench.modes) :]:
+                paired[run.processes].append(run.wall / floors[-1].wall_for(size))
     finally:
         responder.stop()
     floor = min(floors, key=lambda f: f.per_cert)
     return [
-        replace(min((r for r in runs if r.processes == mode), key=lambda r: r.wall), floor=floor)
+        replace(
+            min((r for r in runs if r.processes == mode), key=lambda r: r.wall),
+            floor=floor,
+            paired=tuple(paired[mode]),
+        )
         for mode in bench.modes
     ]
 
@@ -1007,6 +1018,13 @@ def verdict(bench: Bench) -> list[str]:
     lines = [f"Goal ({how}, keeper {goal.mode}):", ""]
     for text, ok, figure in checks:
         lines.append(f"- {text}: {'met' if ok else '**not met**'} ({figure})")
+    if goal.paired:
+        each = ", ".join(f"{ratio:.2f}x" for ratio in goal.paired)
+        lines.append(
+            f"  (judged above: the fastest prime against the fastest floor of the run; each "
+            f"prime against the floor measured right after it: {each}, median "
+            f"{statistics.median(goal.paired):.2f}x)"
+        )
     return lines + cron_verdict(bench)
 
 
