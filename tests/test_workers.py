@@ -31,6 +31,7 @@ from conftest import Crowded, Handler, LoopbackServer
 from mustaple.adapters.config import Config
 from mustaple.adapters.store import SqliteStore
 from mustaple.core.clock import utc_now
+from mustaple.core.errors import InputError
 from mustaple.core.verify import Staple, verify
 from mustaple.keeper.keeper import WORKERS_FROM, Keeper, Primed
 from mustaple.testing import (
@@ -234,6 +235,30 @@ def test_below_the_threshold_or_with_workers_0_everything_stays_in_process(
     assert asyncio.run(scenario(None, tmp_path / "few")) == {us}
     monkeypatch.setattr(keeper_module, "WORKERS_FROM", 2)
     assert asyncio.run(scenario(0, tmp_path / "off")) == {us}
+
+
+def test_prime_loads_slices_while_it_resolves_and_refuses_a_bad_path_before_any_fetch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(keeper_module, "WORKERS_FROM", 8)
+    monkeypatch.setattr(keeper_module, "RESOLVE_SLICE", 5)
+
+    async def scenario() -> None:
+        async with leaves(tmp_path, 12, workers=2) as fleet:
+            paths = sorted((fleet.tmp / "live").glob("*/fullchain.pem"))
+            store = fleet.state()
+            keeper = new_keeper(fleet, store, RecordingSink())
+            with pytest.raises(InputError, match="gone"):
+                async with keeper:
+                    await keeper.prime([*paths, fleet.tmp / "gone" / "fullchain.pem"])
+            assert fleet.responder.requests == []
+            assert _workers_of_us() == []
+            primed = await prime_all(fleet, new_keeper(fleet, store, RecordingSink()))
+            store.close()
+            assert [p.phase for p in primed] == ["good"] * 12
+            assert len(fleet.responder.requests) == 12
+
+    asyncio.run(scenario())
 
 
 def test_the_workers_keep_the_limits_between_them(

@@ -225,7 +225,9 @@ class Store(Protocol):
 
 
 def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat()
+    if value.tzinfo is not UTC:  # the keeper's times are in UTC already
+        value = value.astimezone(UTC)
+    return value.isoformat()
 
 
 def _time(text: str) -> datetime:
