@@ -78,7 +78,7 @@ from mustaple.core.delivery import Action, Delivered, Delivery
 from mustaple.core.reasons import Rejection
 from mustaple.core.request import encode_request, make_cert_id
 from mustaple.core.verify import DEFAULT_POLICY, HttpAnswer, Policy, Staple, judge
-from mustaple.keeper.keeper import WORKERS_FROM, FileToLoad, Keeper, Managed, Primed
+from mustaple.keeper.keeper import WORKERS_FROM, Keeper, Managed, Primed
 from mustaple.testing import CA
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -370,7 +370,7 @@ class Responder:
 class Phases:
     """Seconds spent in each part of `prime`, timed from the outside."""
 
-    load: float = 0.0  # Keeper._load: read, parse, issuer signature check, restore
+    load: float = 0.0  # Keeper._load_given: resolve the paths; read, parse, check, restore
     validate: float = 0.0  # verify.judge, called by the fetcher on each answer
     store: float = 0.0  # SqliteStore writes (each one a transaction, synchronous=FULL)
     deliver: float = 0.0  # Keeper.deliver: the batch to the counting sink
@@ -427,10 +427,12 @@ class TimedKeeper(Keeper):
 
     phases: Phases
 
-    async def _load_all(self, files: Sequence[FileToLoad]) -> list[Managed | None]:
+    async def _load_given(
+        self, paths: Sequence[Path]
+    ) -> tuple[list[Path], dict[Path, Managed | None]]:
         start = time.perf_counter()
         try:
-            return await super()._load_all(files)
+            return await super()._load_given(paths)
         finally:
             self.phases.load += time.perf_counter() - start
 
