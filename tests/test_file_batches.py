@@ -5,9 +5,14 @@ its own."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import errno
 from pathlib import Path
 
-from mustaple.adapters.files import write_atomic_many
+import pytest
+
+import mustaple.adapters.files as files_module
+from mustaple.adapters.files import SYNC_ONCE_FROM, write_atomic_many
 from mustaple.adapters.sinks import FileSink
 from mustaple.core.delivery import Action, Delivery
 
@@ -67,3 +72,51 @@ def test_write_atomic_many_says_what_failed_and_writes_the_rest(tmp_path: Path) 
     assert (tmp_path / "busy").is_dir()
     assert isinstance(problems[2], FileNotFoundError)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "busy"]
+
+
+def test_a_large_batch_is_made_durable_by_one_syncfs_per_file_system(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From SYNC_ONCE_FROM files, no fsync each but one syncfs(2) per file system: the same
+    files in place (two directories, one file system here), the same errors, no temporaries."""
+    real = files_module._syncfs()
+    assert real is not None  # Linux: the C library has it
+    calls: list[int] = []
+
+    def counted(fd: int) -> int:
+        calls.append(fd)
+        return real(fd)
+
+    monkeypatch.setattr(files_module, "_syncfs", lambda: counted)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "dir").mkdir()
+    batch = [(tmp_path / "ab"[i % 2] / f"{i}.der", b"der %d" % i) for i in range(SYNC_ONCE_FROM)]
+    problems = write_atomic_many([*batch, (tmp_path / "b" / "dir", b"x")], mode=0o640)
+    assert problems[:-1] == [None] * SYNC_ONCE_FROM
+    assert problems[-1] is not None
+    assert len(calls) == 1
+    for path, data in batch:
+        assert path.read_bytes() == data
+        assert path.stat().st_mode & 0o777 == 0o640
+    assert not list(tmp_path.rglob(".*"))  # no temporary left
+
+
+def test_a_failed_syncfs_fails_its_files_and_keeps_what_was_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that cannot flush (EIO, injected at the C call: it cannot be made on demand
+    here): every file of the batch says so, the old bytes stay, no temporary is left."""
+
+    def failing(fd: int) -> int:
+        ctypes.set_errno(errno.EIO)
+        return -1
+
+    monkeypatch.setattr(files_module, "_syncfs", lambda: failing)
+    (tmp_path / "old.der").write_bytes(b"old")
+    batch = [(tmp_path / f"{i}.der", b"new") for i in range(SYNC_ONCE_FROM - 1)]
+    problems = write_atomic_many([*batch, (tmp_path / "old.der", b"new")])
+    assert all(isinstance(p, OSError) and p.errno == errno.EIO for p in problems)
+    assert "old.der" in str(problems[-1])
+    assert (tmp_path / "old.der").read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["old.der"]
