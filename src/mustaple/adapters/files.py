@@ -6,8 +6,9 @@ the size cap is enforced while reading, not trusted from `st_size` (which is 0 f
 `/dev/zero`).
 
 Files that servers read (staples) are written atomically: a temporary file in the same
-directory, fsync, rename over the target, then fsync of the directory, so a reader sees the
-old bytes or the new bytes and never a mixture, even across a crash. Nothing that is not a
+directory, fsync (for a large batch, one syncfs of the file system instead), rename over the
+target, then fsync of the directory, so a reader sees the old bytes or the new bytes and never
+a mixture, even across a crash. Nothing that is not a
 regular file is ever written over. A temporary file left by an interrupted write
 (`.NAME.XXXXXXXX` beside NAME) is removed by `clean_temporaries` at the next start.
 """
