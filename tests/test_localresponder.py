@@ -274,6 +274,48 @@ def test_a_revoked_certificate_gets_the_cas_revoked_answer_while_valid(tmp_path:
     run(scenario, tmp_path)
 
 
+def test_an_answer_asked_again_follows_the_clock_and_the_keeper(tmp_path: Path) -> None:
+    """The same path asked again gets the answer of that moment: a second later, the clock
+    set back, a revocation learned at the same moment, the answer expired, the file gone."""
+
+    async def scenario(w: World) -> None:
+        leaf, managed, _ = await w.stapled()
+        path = path_of(request_of(leaf))
+
+        async def max_age() -> int:
+            reply = await w.get(path)
+            assert managed.held is not None
+            assert (reply.status, reply.body) == (200, managed.held.der)
+            return int(reply.headers["cache-control"].split(",")[0].removeprefix("max-age="))
+
+        first = await max_age()
+        assert await max_age() == first
+        w.clock.now += timedelta(seconds=1)
+        assert await max_age() == first - 1
+        w.clock.now -= timedelta(seconds=30)
+        assert await max_age() == first + 29
+        w.clock.now += timedelta(seconds=60)
+        assert await max_age() == first - 31
+        w.responder.set_behaviour(Behaviour.REVOKED, serial=leaf.cert.serial_number)
+        await w.keeper.refresh(managed)  # at the same moment
+        assert managed.revoked is not None
+        assert (await w.get(path)).body == managed.revoked.der
+        w.clock.now = managed.revoked.effective_expiry - timedelta(microseconds=1)
+        assert (await w.get(path)).body == managed.revoked.der
+        w.clock.now += timedelta(microseconds=1)
+        assert (await w.get(path)).body == UNAUTHORIZED
+        w.clock.now -= timedelta(seconds=1)
+        assert (await w.get(path)).body == managed.revoked.der
+        for name in (tmp_path / "live" / NAME).iterdir():
+            name.unlink()
+        await w.keeper.scan()
+        assert (await w.get(path)).body == UNAUTHORIZED
+        later = ["revoked", "revoked", "unauthorized", "revoked", "unauthorized"]
+        assert w.served == ["good"] * 5 + later
+
+    run(scenario, tmp_path)
+
+
 def sequence(content: bytes) -> bytes:
     """A DER SEQUENCE of `content` (under 256 bytes)."""
     length = bytes([len(content)]) if len(content) < 0x80 else bytes([0x81, len(content)])

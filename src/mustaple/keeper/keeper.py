@@ -302,6 +302,7 @@ class Keeper:
         self.lives: dict[str, Life] = {}
         self.problems: dict[Path, Problem] = {}
         self._index: dict[str, dict[CertId, Managed]] = {}  # by hash name; see `find`
+        self.revision = 0  # see `state_of`
         self._files: dict[str, list[Managed]] = {}  # by key, in the order of `managed`
         self._delivering = asyncio.Lock()
         self._issuer_cache: dict[str, bytes] = {}
@@ -427,7 +428,7 @@ class Keeper:
         managed = Managed(path, entry, target, stamp, loaded.bundle_has_issuer, life)
         self.managed[path] = managed
         self._files.setdefault(life.key, []).append(managed)
-        self._index.clear()
+        self._roster_changed()
         if fresh:
             self._begin(managed, looked)
         return managed
@@ -496,12 +497,16 @@ class Keeper:
         self.problems[path] = problem
         self._write_status(key, _problem_status(problem))
 
+    def _roster_changed(self) -> None:
+        self._index.clear()
+        self.revision += 1
+
     def _drop(self, path: Path) -> None:
         """Forget a file; its certificate's life goes when no file holds it any more."""
         managed = self.managed.pop(path, None)
         if managed is None:
             return
-        self._index.clear()
+        self._roster_changed()
         files = self._files[managed.key]
         files.remove(managed)
         if not files:
@@ -564,7 +569,11 @@ class Keeper:
 
     def state_of(self, cert_id: CertId) -> CertState | None:
         """The frozen state of the certificate a CertID names (what readers above the keeper,
-        such as the local responder, take), or None."""
+        such as the local responder, take), or None.
+
+        What it returns, for any CertID, can change only when `revision` does: a number that
+        grows whenever a certificate's state changes or a certificate comes or goes, so a
+        reader may keep what it derived from a state while the number stays the same."""
         managed = self.find(cert_id)
         return managed.life.state if managed is not None else None
 
@@ -690,6 +699,8 @@ class Keeper:
                 level = _LEVELS[effect.level]
                 if log.isEnabledFor(level):
                     log.log(level, "%s: %s", life.name, effect.message)
+        if life.state is not before:
+            self.revision += 1
         if life.state != before:
             self._save_status(life)
 

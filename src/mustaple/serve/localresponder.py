@@ -31,6 +31,10 @@ otherwise (`mustaple.adapters.config.HttpConfig`).
 What to answer is decided in one place, `Responder.answer` (a CertID, `now` and the
 If-None-Match header in, an `Answer` out: status, headers, body and the metrics label); the
 aiohttp handlers here and the fast path of `mustaple.serve.fastpath` only put it on the wire.
+A GET path asked again is answered with the answer it got last, without reading the request
+or the keeper again, for as long as that answer is the one `answer` would give: until the
+keeper's `revision` changes (a certificate's state changed, or a certificate came or went),
+`max-age` drops by a second, or the staple expires (and anew if the clock goes back).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import base64
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import TypeVar
 from urllib.parse import unquote
@@ -71,6 +75,8 @@ UNAUTHORIZED = bytes.fromhex("30030a0106")  # OCSPResponse, responseStatus 6
 CACHE_LIMIT = 4096  # entries in each of the two caches: prepared staples, known requests
 CACHED_REQUEST_LIMIT = 512  # bytes: longer requests (big nonces) are read each time
 _CACHE_CONTROL = "max-age={}, public, no-transform, must-revalidate"
+_NEVER = datetime.max.replace(tzinfo=UTC)
+_TICK = timedelta(microseconds=1)  # the datetime's resolution
 _K = TypeVar("_K")
 _V = TypeVar("_V")
 
@@ -161,8 +167,8 @@ class _Prepared:
         self._max_age = -1
         self.answers = (MALFORMED_ANSWER, MALFORMED_ANSWER)  # replaced at the first call
 
-    def answers_at(self, now: datetime) -> tuple[Answer, Answer]:
-        """The 200 answer and the 304 answer at `now`."""
+    def answers_at(self, now: datetime) -> tuple[Answer, Answer, datetime]:
+        """The 200 answer and the 304 answer at `now`, and when `max-age` next changes."""
         max_age = max(0, int((self.fresh_until - now).total_seconds()))
         if max_age != self._max_age:
             cache_control = _CACHE_CONTROL.format(max_age)
@@ -173,7 +179,20 @@ class _Prepared:
                 Answer(304, unchanged, b"", "not-modified"),
             )
             self._max_age = max_age
-        return self.answers
+        # max-age stays while fresh_until - now >= max_age: up to and with that moment
+        changes = self.fresh_until - timedelta(seconds=max_age) + _TICK if max_age else _NEVER
+        return (*self.answers, changes)
+
+
+@dataclass(frozen=True, slots=True)
+class _Memo:
+    """An answer to one GET path, and while it holds: from `since` to before `until` of the
+    responder's clock, while the keeper's `revision` stays `revision`."""
+
+    answer: Answer
+    revision: int
+    since: datetime
+    until: datetime
 
 
 class Responder:
@@ -199,37 +218,56 @@ class Responder:
         self.on_served = on_served or _ignore
         self._cert_ids: dict[str | bytes, CertId] = {}
         self._prepared: dict[bytes, _Prepared] = {}
+        self._memos: dict[str, _Memo] = {}
 
     def switch(self, keeper: Keeper, on_served: OnServed | None) -> None:
         """Answer from `keeper` from now on (after a configuration reload), counting with
         `on_served`; answers prepared under the old keeper's policy are dropped."""
         self.keeper, self.on_served = keeper, on_served or _ignore
         self._prepared.clear()
+        self._memos.clear()
 
     def answer(self, cert_id: CertId | None, now: datetime, if_none_match: str | None) -> Answer:
         """What to answer at `now` for a request about `cert_id` (None: unreadable) with
         this If-None-Match header (None: none). Counts nothing."""
+        return self._answer(cert_id, now, if_none_match)[0]
+
+    def _answer(
+        self, cert_id: CertId | None, now: datetime, if_none_match: str | None
+    ) -> tuple[Answer, datetime]:
+        """`answer`, and the moment it may change (while the keeper's revision stays)."""
         if cert_id is None:
-            return MALFORMED_ANSWER
+            return MALFORMED_ANSWER, _NEVER
         state = self.keeper.state_of(cert_id)
         staple = _servable(state, now) if state is not None else None
         if staple is None:
-            return UNAUTHORIZED_ANSWER
+            return UNAUTHORIZED_ANSWER, _NEVER
         prepared = self._prepare(staple)
-        ok, not_modified = prepared.answers_at(now)
+        ok, not_modified, changes = prepared.answers_at(now)
+        until = min(changes, staple.effective_expiry)
         if if_none_match is not None and _matches(if_none_match, prepared.etag):
-            return not_modified
-        return ok
+            return not_modified, until
+        return ok, until
 
     def for_path(self, raw_path: str, if_none_match: str | None) -> Answer | None:
         """The answer to `GET raw_path` (the path as sent, query included), counted; None
-        for a path over the size limit, which the caller refuses (414, counted there)."""
+        for a path over the size limit, which the caller refuses (414, counted there).
+
+        A path asked again (without If-None-Match) gets the answer it got last while that
+        answer holds (`_Memo`), with no CertID, state or staple looked up."""
+        now = self.clock()
+        memo = self._memos.get(raw_path) if if_none_match is None else None
+        if memo and memo.revision == self.keeper.revision and memo.since <= now < memo.until:
+            self.on_served(memo.answer.result)
+            return memo.answer
         if len(raw_path) > self.limit:
             return None
         cert_id = self._cert_ids.get(raw_path)
         if cert_id is None:
             cert_id = self._read(raw_path, _from_path(raw_path, self.path_start))
-        answer = self.answer(cert_id, self.clock(), if_none_match)
+        answer, until = self._answer(cert_id, now, if_none_match)
+        if if_none_match is None and len(raw_path) <= CACHED_REQUEST_LIMIT:
+            _put(self._memos, raw_path, _Memo(answer, self.keeper.revision, now, until))
         self.on_served(answer.result)
         return answer
 
