@@ -94,6 +94,7 @@ CACHED_HEAD_SIZE = 2048  # bytes: longer heads are parsed each time
 WIRE_CACHE_LIMIT = 4096  # answers framed per second and connection mode
 _SWEEPS = 5  # idle checks per idle_timeout
 _END = b"\r\n\r\n"
+_END_SIZE = len(_END)
 _GET = b"GET "
 _REQUEST_LINE = re.compile(rb"GET ([^ ]+) HTTP/1\.([01])")
 _FIELD = re.compile(
@@ -159,7 +160,7 @@ class FastPath:
         self._full_logged, self._timeout_logged = _Every(), _Every()
         self.closed = False
         self._target = re.compile(re.escape(responder.base.encode()) + b"/" + _REQUEST)
-        self._heads: dict[bytes, _Request] = {}
+        self.heads: dict[bytes, _Request] = {}
         self._second = -1
         self._date = ""
         self._wires: tuple[dict[Answer, bytes], ...] = ({}, {}, {}, {})
@@ -221,13 +222,13 @@ class FastPath:
 
     def request(self, head: bytes) -> _Request | None:
         """The GET in `head` (ending with its blank line), or None if it is not ours."""
-        request = self._heads.get(head)
+        request = self.heads.get(head)
         if request is None and len(head) <= self.max_head:
             request = _parse(head, self._target)
             if request is not None and len(head) <= CACHED_HEAD_SIZE:
-                if len(self._heads) >= HEAD_CACHE_LIMIT:
-                    del self._heads[next(iter(self._heads))]
-                self._heads[head] = request
+                if len(self.heads) >= HEAD_CACHE_LIMIT:
+                    del self.heads[next(iter(self.heads))]
+                self.heads[head] = request
         return request
 
     def wire(self, answer: Answer, mode: int) -> bytes:
@@ -322,19 +323,20 @@ class _Connection(asyncio.Protocol):
     def _serve(self, data: bytes) -> None:
         """Answer the requests in `data`, in order; keep an unfinished head for later; hand
         the connection off at the first request not ours."""
-        fast, transport = self.fast, self.transport
+        fast, transport, size = self.fast, self.transport, len(data)
         start = 0  # of the next request in `data`
-        while start < len(data) and transport is not None:
-            end = data.find(_END, start)
-            if self.paused or end < 0:
+        while transport is not None:
+            end = data.find(_END, start) + _END_SIZE
+            if self.paused or end < _END_SIZE:
                 self._keep(data[start:])
                 return
-            end += len(_END)
-            request = fast.request(data if end - start == len(data) else data[start:end])
-            answer = None
-            if request is not None:
-                answer = fast.responder.for_path(request.path, request.if_none_match)
-            if request is None or answer is None:
+            head = data if end - start == size else data[start:end]
+            request = fast.heads.get(head) or fast.request(head)
+            if request is None:
+                self._hand_off(data[start:])
+                return
+            answer = fast.responder.for_path(request.path, request.if_none_match)
+            if answer is None:
                 self._hand_off(data[start:])
                 return
             transport.write(fast.wire(answer, request.mode))
@@ -343,7 +345,7 @@ class _Connection(asyncio.Protocol):
                 self._met()
             if request.close:
                 transport.close()
-            if transport.is_closing():  # closed, or the client is gone
+            if end == size or transport.is_closing():  # all answered, closed, or client gone
                 return
             start = end
 
@@ -379,7 +381,7 @@ class _Connection(asyncio.Protocol):
         """Whether the buffer, with no end of head in it, may still become a head answered
         here: a GET, lines ended by CRLF (checked from `start`), within `max_head` bytes."""
         buffer = self.buffer
-        self.scanned = max(0, len(buffer) - len(_END) + 1)
+        self.scanned = max(0, len(buffer) - _END_SIZE + 1)
         return (
             len(buffer) <= self.fast.max_head
             and _GET.startswith(buffer[: len(_GET)])
@@ -586,7 +588,7 @@ def raise_file_limit(connections: int, burst: int) -> int:
 
 def _parse(head: bytes, target: re.Pattern[bytes]) -> _Request | None:
     """The GET in `head` if this module answers it, else None."""
-    lines = head[: -len(_END)].split(b"\r\n")
+    lines = head[:-_END_SIZE].split(b"\r\n")
     line = _REQUEST_LINE.fullmatch(lines[0])
     if line is None or target.fullmatch(line[1]) is None:
         return None
