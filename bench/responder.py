@@ -1,6 +1,6 @@
 """Benchmark: the local OCSP responder under load, next to nginx serving the same bytes.
 
-Three servers on loopback answer the same OCSP response to HTTP GETs from `wrk` (256
+Four servers on loopback answer the same OCSP response to HTTP GETs from `wrk` (256
 connections, 2 threads, `--latency`), in the same run, in alternating rounds:
 
 * mustaple: `mustaple.serve.web.start_http`, the HTTP endpoint as `mustaple run` serves it (the
@@ -11,6 +11,9 @@ connections, 2 threads, `--latency`), in the same run, in alternating rounds:
 * aiohttp floor: in the same process, a one-line aiohttp handler returning the same bytes on
   the same path: what any responder built on aiohttp pays before doing anything (mustaple's
   responder was one until the fast path).
+* asyncio floor: in the same process, an asyncio protocol that writes the same HTTP answer
+  (fixed bytes, made once) at each read: the least any asyncio server pays per request (the
+  event loop, a receive and a send); the distance from it to mustaple is mustaple's own work.
 * nginx: the same DER as a static file, `worker_processes 1` (one event loop, like mustaple).
 
 Two loads: *saturated*, the issue's command (every connection sends its next request as soon
@@ -54,6 +57,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import aiohttp
 from aiohttp import web
@@ -78,6 +82,7 @@ PACE_MS = 100  # paced load: each connection waits this long between requests, o
 GOAL_RATIO, GOAL_PACED_P99_MS = 1.0, 1.0  # saturated: the p99 no worse than nginx's
 NOISY_CORES, TRIES = 0.25, 3  # a round is run again while other work took more cores
 MUSTAPLE, FLOOR, NGINX_SIDE = "mustaple", "aiohttp floor", "nginx"
+ASYNCIO_FLOOR = "asyncio floor"
 SATURATED, PACED = "saturated", "paced"
 INSTALL_HINT = "install them: apt-get install -y wrk nginx"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -130,9 +135,32 @@ def floor_app(body: bytes) -> web.Application:
     return app
 
 
+class _Fixed(asyncio.Protocol):
+    """The asyncio floor: the same answer, made once, written at each read."""
+
+    def __init__(self, wire: bytes) -> None:
+        self.wire = wire
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(self.wire)
+
+
+async def start_fixed(body: bytes) -> tuple[asyncio.Server, int]:
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: {OCSP_RESPONSE}\r\nContent-Length: {len(body)}"
+    wire = head.encode() + b"\r\n\r\n" + body
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: _Fixed(wire), "127.0.0.1", 0, backlog=1024)
+    return server, server.sockets[0].getsockname()[1]
+
+
 async def serve(directory: Path, certificates: int) -> None:
-    """Serve mustaple's responder and the floor until SIGTERM; once serving, print one JSON
-    line: both ports, one certificate's GET path and its staple (hex)."""
+    """Serve mustaple's responder and the two floors until SIGTERM; once serving, print one
+    JSON line: the three ports, one certificate's GET path and its staple (hex)."""
     store = SqliteStore(directory / "state" / "state.db")
     async with Keeper(bench_config(directory), store=store, sinks={}) as keeper:
         await stapled_keeper(keeper, directory, certificates)
@@ -141,10 +169,12 @@ async def serve(directory: Path, certificates: int) -> None:
         ours = await start_http(keeper, HttpConfig(port=0), metrics=Metrics(keeper))
         port = ours.addresses[0][1]
         floor, floor_port = await start_site(floor_app(managed.held.der))
+        fixed, fixed_port = await start_fixed(managed.held.der)
         request = encode_request(make_cert_id(managed.target.issuer, managed.target.serial))
         ready = {
             "port": port,
             "floor_port": floor_port,
+            "fixed_port": fixed_port,
             "path": get_url("/ocsp", request),
             "staple": managed.held.der.hex(),
         }
@@ -152,6 +182,7 @@ async def serve(directory: Path, certificates: int) -> None:
         await until_terminated()
         await ours.cleanup()
         await floor.cleanup()
+        fixed.close()
     store.close()
 
 
@@ -173,7 +204,7 @@ class Side:
 
 @contextmanager
 def mustaple_sides(directory: Path, certificates: int) -> Iterator[tuple[list[Side], bytes]]:
-    """The responder process; yields mustaple's side, the floor's, and the staple."""
+    """The responder process; yields mustaple's side, the floors', and the staple."""
     command = [sys.executable, __file__, "--serve", str(directory)]
     process = subprocess.Popen(
         [*command, "--certificates", str(certificates)], stdout=subprocess.PIPE
@@ -186,7 +217,11 @@ def mustaple_sides(directory: Path, certificates: int) -> Iterator[tuple[list[Si
         ready = json.loads(line)
         sides = [
             Side(label, f"http://127.0.0.1:{ready[key]}{ready['path']}", process.pid)
-            for label, key in ((MUSTAPLE, "port"), (FLOOR, "floor_port"))
+            for label, key in (
+                (MUSTAPLE, "port"),
+                (FLOOR, "floor_port"),
+                (ASYNCIO_FLOOR, "fixed_port"),
+            )
         ]
         yield sides, bytes.fromhex(ready["staple"])
     finally:
@@ -245,14 +280,15 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time used so far by process `pid` and its live children (nginx's workers)."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU time used so far by process `pid` and its live children (nginx's workers): in
+    user space, and in the kernel."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    total = 0
+    user = kernel = 0
     for each in [pid, *map(int, children)]:
         fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / TICKS
+        user, kernel = user + int(fields[11]), kernel + int(fields[12])  # utime, stime
+    return user / TICKS, kernel / TICKS
 
 
 # --- wrk ----------------------------------------------------------------------------------------
@@ -263,6 +299,7 @@ class Round:
     rate: float  # requests per second
     p99_ms: float
     cpu_us: float  # server CPU time per request, microseconds
+    user_us: float  # of which in user space (the rest: in the kernel)
     wrk_cpu_us: float  # wrk's CPU time per request, microseconds
     other_cores: float  # cores kept busy by anything but the server and wrk
     errors: str  # wrk's complaints (socket errors, non-2xx answers), or ""
@@ -285,16 +322,20 @@ def wrk_command(url: str, seconds: int, script: Path | None) -> list[str]:
 
 
 def run_wrk(side: Side, seconds: int, script: Path | None) -> Round:
-    before, wrk_before = cpu_seconds(side.pid), children_cpu_seconds()
+    (user, kernel), wrk_before = cpu_seconds(side.pid), children_cpu_seconds()
     busy_before = machine_busy_seconds()
     command = wrk_command(side.url, seconds, script)
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    used, wrk_used = cpu_seconds(side.pid) - before, children_cpu_seconds() - wrk_before
+    user_after, kernel_after = cpu_seconds(side.pid)
+    user, used = user_after - user, user_after + kernel_after - user - kernel
+    wrk_used = children_cpu_seconds() - wrk_before
     other = machine_busy_seconds() - busy_before - used - wrk_used
-    return parse_wrk(output, used, wrk_used, max(other, 0.0) / seconds)
+    return parse_wrk(output, (used, user), wrk_used, max(other, 0.0) / seconds)
 
 
-def parse_wrk(output: str, cpu: float, wrk_cpu: float, other_cores: float) -> Round:
+def parse_wrk(output: str, cpu: tuple[float, float], wrk_cpu: float, other_cores: float) -> Round:
+    """The round in wrk's `output`; `cpu` is the server's CPU time, in all and in user
+    space."""
     rate = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.M)
     p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)$", output, re.M)
     done = re.search(r"^\s+(\d+) requests in", output, re.M)
@@ -303,8 +344,11 @@ def parse_wrk(output: str, cpu: float, wrk_cpu: float, other_cores: float) -> Ro
     errors = re.findall(r"^\s*(Socket errors:.*|Non-2xx or 3xx responses:.*)$", output, re.M)
     count = max(int(done[1]), 1)
     p99_ms = float(p99[1]) * _UNITS_MS[p99[2]]
-    cpu_us, wrk_cpu_us = cpu / count * 1e6, wrk_cpu / count * 1e6
-    return Round(float(rate[1]), p99_ms, cpu_us, wrk_cpu_us, other_cores, "; ".join(errors))
+    cpu_us, user_us = (seconds / count * 1e6 for seconds in cpu)
+    wrk_cpu_us = wrk_cpu / count * 1e6
+    return Round(
+        float(rate[1]), p99_ms, cpu_us, user_us, wrk_cpu_us, other_cores, "; ".join(errors)
+    )
 
 
 @dataclass(frozen=True)
@@ -323,6 +367,9 @@ class Result:
 
     def cpu(self, side: str) -> float:
         return self.median(SATURATED, side, "cpu_us")
+
+    def user_cpu(self, side: str) -> float:
+        return self.median(SATURATED, side, "user_us")
 
     def wrk_cpu(self, side: str) -> float:
         return self.median(SATURATED, side, "wrk_cpu_us")
@@ -377,7 +424,8 @@ def quiet_round(side: Side, load: str, seconds: int, script: Path | None) -> Rou
         print(
             f"  {load:>9} {side.label:>13}: {measured.rate:9,.0f} req/s,"
             f" p99 {measured.p99_ms:6.2f} ms, CPU/request: server"
-            f" {measured.cpu_us:5.1f} µs, wrk {measured.wrk_cpu_us:5.1f} µs;"
+            f" {measured.cpu_us:5.1f} µs (user {measured.user_us:4.1f}),"
+            f" wrk {measured.wrk_cpu_us:5.1f} µs;"
             f" other {measured.other_cores:.2f} cores"
         )
     return min(tries, key=lambda r: r.other_cores)
@@ -403,16 +451,18 @@ def machine_facts() -> list[str]:
 def table(result: Result, sides: list[str]) -> list[str]:
     rows = [
         f"| {side} | {result.rate(side):,.0f} | {result.p99(side):.2f}"
-        f" | {result.mean_ms(side):.2f} | {result.cpu(side):.1f} | {result.wrk_cpu(side):.1f}"
+        f" | {result.mean_ms(side):.2f} | {result.cpu(side):.1f}"
+        f" | {result.user_cpu(side):.1f} + {result.cpu(side) - result.user_cpu(side):.1f}"
+        f" | {result.wrk_cpu(side):.1f}"
         f" | {' + '.join(f'{n:.2f}' for n in result.cores(side))}"
         f" | {result.rate(side, PACED):,.0f} | {result.p99(side, PACED):.2f} |"
         for side in sides
     ]
     return [
         "| server | saturated: requests/s | p99 (ms) | mean (ms) | server CPU per request (µs)"
-        " | wrk CPU per request (µs) | cores busy: server + wrk + other | paced: requests/s"
-        " | p99 (ms) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " | of which user + kernel (µs) | wrk CPU per request (µs) | cores busy: server + wrk"
+        " + other | paced: requests/s | p99 (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
     ]
 
@@ -421,6 +471,8 @@ def analysis(result: Result) -> list[str]:
     """What the figures say, one paragraph per point (the first is the verdict)."""
     ours, floor, nginx = (result.cpu(side) for side in (MUSTAPLE, FLOOR, NGINX_SIDE))
     floor_ratio = result.rate(FLOOR) / result.rate(NGINX_SIDE)
+    fixed_ratio = result.rate(ASYNCIO_FLOOR) / result.rate(NGINX_SIDE)
+    user = result.user_cpu
     target = result.p99(NGINX_SIDE)  # the saturated p99 to reach, in ms
     bound = CONNECTIONS / (target / 1000)
     verdict = "**met**" if result.met else "**not met**"
@@ -447,10 +499,14 @@ def analysis(result: Result) -> list[str]:
         f" The goal is {verdict}.",
         f"CPU per request: mustaple {ours:.1f} µs, nginx {nginx:.1f} µs, the aiohttp floor"
         f" {floor:.1f} µs (a do-nothing aiohttp handler: {floor_ratio:.2f} of nginx's rate)."
-        " The fast path answers from bytes made once a second: per request it reads the head"
-        " (a cached parse), asks the responder (the CertID of the path, cached; the keeper's"
-        " staple; its answer, made once a second), counts it, and writes; the rest is asyncio"
-        " and the kernel's loopback TCP, which nginx pays too.",
+        f" In user space: mustaple {user(MUSTAPLE):.1f} µs, the asyncio floor"
+        f" {user(ASYNCIO_FLOOR):.1f} µs (its rate {fixed_ratio:.2f} of nginx's), nginx"
+        f" {user(NGINX_SIDE):.1f} µs; the rest is the kernel's (loopback TCP, the event loop's"
+        " wait). mustaple's own work is the distance from the asyncio floor, about"
+        f" {user(MUSTAPLE) - user(ASYNCIO_FLOOR):.1f} µs: per request it reads the head (a"
+        " cached parse), takes the answer the path got last while it holds (the keeper's"
+        " revision unchanged, max-age the same second, the staple valid), counts it, and"
+        " writes bytes framed once a second.",
         f"Latency, saturated: wrk keeps all {CONNECTIONS} connections busy, so the mean latency"
         f" is {CONNECTIONS} divided by the rate (Little's law): {result.mean_ms(MUSTAPLE):.2f} ms"
         f" for mustaple, {result.mean_ms(NGINX_SIDE):.2f} ms for nginx. A p99 under"
@@ -521,7 +577,7 @@ def section(result: Result, command: str, args: argparse.Namespace) -> str:
         "",
         *wrapped(how),
         "",
-        *table(result, [MUSTAPLE, FLOOR, NGINX_SIDE]),
+        *table(result, [MUSTAPLE, FLOOR, ASYNCIO_FLOOR, NGINX_SIDE]),
         "",
         *(line for point in analysis(result) for line in wrapped(point, "- ", "  ")),
         *(["", "wrk reported:", *errors] if errors else []),
