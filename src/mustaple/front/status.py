@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mustaple.adapters.config import Config, ConfigError, FleetConfig
+from mustaple.adapters.coverage import configured_files
 from mustaple.adapters.files import read_input
 from mustaple.adapters.store import CertStatus, SqliteStore
 from mustaple.core.certs import display_name, is_must_staple, parse_certificates
@@ -17,7 +18,7 @@ from mustaple.core.errors import InputError
 from mustaple.core.health import phase_severity
 from mustaple.core.render import human_duration, iso, short_time, sink_json, validity_json
 from mustaple.core.report import ExitCode
-from mustaple.keeper.keeper import Primed, configured_files
+from mustaple.keeper.keeper import Primed
 
 if TYPE_CHECKING:  # redis and rich load where used: `prime` prints neither tables nor fleets
     import redis

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import glob
 import logging
 import random
 import sqlite3
@@ -46,6 +45,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from mustaple.adapters.config import CertEntry, Config, with_proxy
+from mustaple.adapters.coverage import Coverage, configured_files
 from mustaple.adapters.events import HOOK_FOR, Event, run_hook
 from mustaple.adapters.fetch import HttpFetcher
 from mustaple.adapters.files import read_input
@@ -96,7 +96,6 @@ __all__ = [
     "Primed",
     "Turn",
     "attempt_records",
-    "configured_files",
 ]
 
 log = logging.getLogger("mustaple")
@@ -999,45 +998,6 @@ class Keeper:
         return resolved, dict(zip(files, done, strict=True))
 
 
-class Coverage:
-    """The configured files and their entries, to find the one a given path is: as written
-    first, else with relative paths and symlinks (certbot's `live/`) resolved on both sides
-    (resolving costs a system call per path component, so only when needed)."""
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self.files = configured_files(config)
-
-    @functools.cached_property
-    def resolved(self) -> dict[Path, tuple[Path, CertEntry]]:
-        files = reversed(list(self.files.items()))  # the first entry wins
-        return {_resolved(path): (path, entry) for path, entry in files}
-
-    def find(self, given: Path) -> tuple[Path, CertEntry]:
-        """The configured path and its entry; InputError when no entry covers `given`."""
-        entry = self.files.get(given) if given.is_absolute() else None
-        if entry is not None:
-            return given, entry
-        found = self.resolved.get(_resolved(given))
-        if found is None:
-            raise InputError(
-                f"{given}: no [[certificates]] entry of {self.config.path} covers this file: "
-                "add it (or a glob matching it) to an entry's `paths`"
-            )
-        return found
-
-
-def configured_files(config: Config) -> dict[Path, CertEntry]:
-    """Every configured certificate file that exists now, with its entry (first wins)."""
-    found: dict[Path, CertEntry] = {}
-    for entry in config.certificates:
-        for pattern in entry.paths:
-            names = glob.glob(pattern) if glob.has_magic(pattern) else [pattern]
-            for name in sorted(names):
-                found.setdefault(Path(name), entry)
-    return found
-
-
 def _collecting(batch: int) -> contextlib.AbstractContextManager[None]:
     """The garbage collector set for a batch of `batch` certificates (`batch_collector`, from
     WORKERS_FROM on: a large batch makes many objects that live until its end)."""
@@ -1047,13 +1007,6 @@ def _collecting(batch: int) -> contextlib.AbstractContextManager[None]:
 def _same(answer: Staple, this_update: datetime, revoked: bool) -> bool:
     """Whether a stored answer's stamp is the answer in hand's."""
     return answer.this_update == this_update and answer.good != revoked
-
-
-def _resolved(path: Path) -> Path:
-    try:
-        return path.resolve()
-    except (OSError, RuntimeError):  # a symlink loop: compare as given
-        return path.absolute()
 
 
 def _primed(managed: Managed) -> Primed:

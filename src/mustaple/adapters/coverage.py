@@ -1,0 +1,101 @@
+"""Which configured certificate files there are, and which configured file and entry a path
+given on the command line is.
+
+`configured_files(config)` lists every configured file that exists now, with its entry (the
+first entry to cover a file wins). `Coverage(config).find(given)` names the configured file
+and entry of one path: an absolute path is matched against the entries' patterns as `glob`
+would match it (part by part; a name starting with '.' only by a pattern part starting with
+'.'), with no directory listed, so priming one file costs the same whatever the number of
+configured files; a relative path, or one that matches no pattern as written (reached through
+a symlink, such as certbot's `live/`), is looked up among every configured file, relative
+paths and symlinks resolved on both sides (a listing of every pattern, and a system call per
+path component: only then).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import glob
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from mustaple.adapters.config import CertEntry, Config
+from mustaple.core.errors import InputError
+
+__all__ = ["Coverage", "configured_files"]
+
+
+def configured_files(config: Config) -> dict[Path, CertEntry]:
+    """Every configured certificate file that exists now, with its entry (first wins)."""
+    found: dict[Path, CertEntry] = {}
+    for entry in config.certificates:
+        for pattern in entry.paths:
+            names = glob.glob(pattern) if glob.has_magic(pattern) else [pattern]
+            for name in sorted(names):
+                found.setdefault(Path(name), entry)
+    return found
+
+
+class Coverage:
+    """The configured file and entry of a given path (see the module docstring)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.patterns = [
+            (_parts(pattern), entry) for entry in config.certificates for pattern in entry.paths
+        ]
+
+    @functools.cached_property
+    def resolved(self) -> dict[Path, tuple[Path, CertEntry]]:
+        files = reversed(list(configured_files(self.config).items()))  # the first entry wins
+        return {_resolved(path): (path, entry) for path, entry in files}
+
+    def find(self, given: Path) -> tuple[Path, CertEntry]:
+        """The configured path and its entry; InputError when no entry covers `given`."""
+        if given.is_absolute():
+            parts = given.parts
+            for pattern, entry in self.patterns:
+                if _matches(pattern, parts):
+                    return given, entry
+        found = self.resolved.get(_resolved(given))
+        if found is None:
+            raise InputError(
+                f"{given}: no [[certificates]] entry of {self.config.path} covers this file: "
+                "add it (or a glob matching it) to an entry's `paths`"
+            )
+        return found
+
+
+_Part = Callable[[str], bool]  # whether a name matches one part of a pattern
+
+
+def _parts(pattern: str) -> tuple[_Part, ...]:
+    """A pattern as `glob.glob` reads it, part by part: a part with no magic is a name as
+    written; any other is an fnmatch pattern, which lists a name starting with '.' only if it
+    starts with '.' itself."""
+    return tuple(map(_part, Path(pattern).parts))
+
+
+def _part(want: str) -> _Part:
+    if not glob.has_magic(want):
+        return want.__eq__
+    match = re.compile(fnmatch.translate(want)).match
+    if want.startswith("."):
+        return lambda name: match(name) is not None
+    return lambda name: not name.startswith(".") and match(name) is not None
+
+
+def _matches(pattern: tuple[_Part, ...], path: tuple[str, ...]) -> bool:
+    """Whether `glob.glob` of a pattern would list `path`, were it there (both as parts)."""
+    return len(pattern) == len(path) and all(
+        test(name) for test, name in zip(pattern, path, strict=True)
+    )
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop: compare as given
+        return path.absolute()
