@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
+from mustaple.core.request import encode_request, get_url, make_cert_id
+from mustaple.serve.localresponder import UNAUTHORIZED
 from openssl_pki import Pki, Responder, run_openssl, serve_new_pki, start_responder
 from outside import end_all, get_json, http_get, wait_for
 from servers import NginxServer, free_port, staple_from
@@ -89,6 +92,15 @@ class Deployment:
         port = self.responder.port
         self.responder.stop()
         self.responder = start_responder(self.pki, "issuer", port=port)
+
+    def local_answer(self) -> str:
+        """What the running keeper's local OCSP responder answers for the certificate, read
+        by OpenSSL's own client ("" for an answer with no status in it)."""
+        leaf = x509.load_pem_x509_certificate(self.pki.leaf("good").read_bytes())
+        ca = x509.load_pem_x509_certificate(self.pki.ca.read_bytes())
+        request = encode_request(make_cert_id(ca, leaf.serial_number))
+        status, body = http_get(get_url(f"{self.base}/ocsp", request))
+        return self.says(body) if status == 200 and len(body) > len(UNAUTHORIZED) else ""
 
     def says(self, der: bytes) -> str:
         """What OpenSSL's own client makes of a response: `good` or `revoked`."""
@@ -179,6 +191,7 @@ def test_prime_before_nginx_then_revocation_found_by_prime_reaches_everything(
     wait_for(lambda: http_get(f"{d.base}/healthz")[0] == 200)
     wait_for(lambda: certificate(d.status())["state"] == "good")
     assert d.ready() == 200
+    assert [d.local_answer(), d.local_answer()] == ["good", "good"]  # the second remembered
 
     d.revoke()
     revoked = d.prime(str(d.fullchain))
@@ -189,6 +202,7 @@ def test_prime_before_nginx_then_revocation_found_by_prime_reaches_everything(
     wait_for(lambda: d.says(staple_from(d.nginx.port, HOST) or b"") == "revoked")
     # the running keeper hears it within seconds, without SIGHUP
     wait_for(lambda: certificate(d.status())["state"] == "revoked", timeout=10)
+    assert d.local_answer() == "revoked"  # its local responder too
     assert d.ready() == 503
     check = d.mustaple("check", f"127.0.0.1:{d.nginx.port}", "--servername", HOST)
     assert check.returncode == 2, check.stdout  # CRITICAL
