@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -129,6 +130,26 @@ def test_prime_fails_without_a_staple(site: Site, capsys: pytest.CaptureFixture[
     assert main(["prime", "--config", str(site.config), site.cert("nourl.test")]) == 1
     assert "can never be served correctly" in capsys.readouterr().out
     assert main(["prime", "--config", str(site.config), "/nonexistent.pem"]) == ExitCode.USAGE
+
+
+def test_prime_all_primes_every_configured_file_in_one_batch(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("a.test", "b.test"):
+        site.issue(name)
+    assert main(["prime", "--config", str(site.config), "--all"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sorted(line.split()[:2] for line in lines) == [["OK", "a.test:"], ["OK", "b.test:"]]
+    assert all(site.staple(name).exists() for name in ("a.test", "b.test"))
+    assert (site.tmp / "reloads.log").read_text() == "reloaded\n"  # one batch, one reload
+    for argv, problem in (([site.cert("a.test"), "--all"], "not both"), ([], "or --all")):
+        assert main(["prime", "--config", str(site.config), *argv]) == ExitCode.USAGE
+        assert problem in capsys.readouterr().err
+    shutil.rmtree(site.tmp / "live")
+    assert main(["prime", "--config", str(site.config), "--all"]) == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert "nothing to prime" in err
+    assert err.count("\n") == 1
 
 
 def test_status_after_prime(site: Site, capsys: pytest.CaptureFixture[str]) -> None:

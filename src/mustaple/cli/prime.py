@@ -21,15 +21,25 @@ __all__ = ["prime"]
 
 
 @click.command("prime")
-@click.argument("certs", nargs=-1, required=True)
+@click.argument("certs", nargs=-1)
+@click.option(
+    "--all", "every", is_flag=True, help="Prime every certificate file the configuration covers."
+)
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per certificate.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every step to stderr.")
 @proxy_option
 def prime(
-    *, certs: tuple[str, ...], config_path: str, as_json: bool, verbose: bool, proxy: str | None
+    *,
+    certs: tuple[str, ...],
+    every: bool,
+    config_path: str,
+    as_json: bool,
+    verbose: bool,
+    proxy: str | None,
 ) -> int:
-    """Fetch, validate, store and deliver the staples of CERTS now: the deploy-hook gate.
+    """Fetch, validate, store and deliver the staples of CERTS (or, with --all, of every
+    configured certificate file) now: the deploy-hook gate.
 
     Exit 0 only if every must-staple certificate has a valid good staple delivered, so
     `mustaple prime "$RENEWED_LINEAGE/fullchain.pem" && systemctl reload nginx` never puts a
@@ -38,11 +48,14 @@ def prime(
     from mustaple.front.status import prime_exit_code, prime_json, prime_line
     from mustaple.keeper.daemon import check_config as check_config_file
 
+    if every == bool(certs):
+        raise click.UsageError("give the certificate files to prime, or --all, not both")
     setup_logging(verbose)
     config = check_config_file(Path(config_path))
     if proxy is not None:
         config = _overriding_proxy(config, proxy_setting(proxy))
-    results = asyncio.run(_prime(config, [Path(c) for c in certs]))
+    paths = _every_file(config) if every else [Path(c) for c in certs]
+    results = asyncio.run(_prime(config, paths))
     now = utc_now()
     for primed in results:
         if as_json:
@@ -50,6 +63,20 @@ def prime(
         else:
             click.echo(prime_line(primed, now))
     return prime_exit_code(results)
+
+
+def _every_file(config: Config) -> list[Path]:
+    """Every configured certificate file that exists now; InputError when there is none."""
+    from mustaple.adapters.coverage import configured_files
+    from mustaple.core.errors import InputError
+
+    files = list(configured_files(config))
+    if not files:
+        raise InputError(
+            f"{config.path}: no file matches the `paths` of any [[certificates]] entry: "
+            "nothing to prime"
+        )
+    return files
 
 
 def _overriding_proxy(config: Config, proxy: str | None) -> Config:
