@@ -102,6 +102,22 @@ def test_prime_progress_calls_a_revoked_answer_revoked() -> None:
     ]
 
 
+def test_prime_progress_tells_a_good_staple_once_a_second_and_every_failure() -> None:
+    stream, clock = io.StringIO(), Ticks()
+    progress = PrimeProgress(40, Display(stream, tty=False, clock=clock))
+    progress.display.start(0, progress._what())
+    clock.now += 3
+    progress.display.tick()
+    good = FetchResult(SimpleNamespace(good=True), None, (), None)  # type: ignore[arg-type]
+    bad = FetchResult(None, Rejection(Reason.TIMEOUT, "after 10 s"), (), None)
+    for n in range(40):  # an eighth of a second apart, every tenth a failure
+        clock.now += 0.125
+        result = bad if n % 10 == 9 else good
+        progress.refreshed(SimpleNamespace(name=f"c{n}"), result)  # type: ignore[arg-type]
+    said = [line.split()[2].rstrip(":") for line in stream.getvalue().splitlines()[1:]]
+    assert said == ["c0", "c8", "c9", "c16", "c19", "c24", "c29", "c32", "c39"]
+
+
 def _cert(tmp_path: Path, url: str) -> Path:
     return CA(key_type="ec", ocsp_url=url).issue("slow.test").write(tmp_path).fullchain
 

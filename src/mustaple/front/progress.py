@@ -6,8 +6,9 @@ is shown for) and its pauses between retries. On a
 terminal it draws a rich progress display on stderr, one line per wait with a running clock,
 gone once the work is done. Elsewhere (a pipe, cron, a log) it stays silent unless a wait
 lasts: after `first_after` seconds it prints a plain line, then one every `every` seconds, and
-one when that wait ends. `PrimeProgress` does the same per certificate for `mustaple prime`,
-fed by the keeper's refresh observers. Everything goes to stderr, so stdout keeps the one-line
+one when that wait ends. `PrimeProgress` does the same for `mustaple prime`, fed by the
+keeper's refresh observers, with a line per certificate refreshed once it is slow (for good
+staples, one a second at most). Everything goes to stderr, so stdout keeps the one-line
 results that scripts read.
 """
 
@@ -31,6 +32,7 @@ __all__ = ["Display", "FetchProgress", "PrimeProgress"]
 
 FIRST_AFTER = 2.0  # seconds before a plain line about a wait
 EVERY = 10.0  # seconds between plain lines about the same wait
+GOOD_EVERY = 1.0  # seconds between two plain lines about certificates primed well
 TICK = 0.25
 _URL_CHARS = 72
 _LIMIT = 100  # connections of one `mustaple fetch` (aiohttp's default)
@@ -177,11 +179,16 @@ class FetchProgress:
 
 
 class PrimeProgress:
-    """`mustaple prime`: how many certificates are refreshed, which came last, since when."""
+    """`mustaple prime`: how many certificates are refreshed, which came last, since when.
+
+    Once the prime has been told of in plain mode, each certificate refreshed gets a line:
+    every one without a valid good staple, and a good one at most every GOOD_EVERY seconds
+    (a prime of 100k certificates would print as many lines otherwise, at 40 µs each)."""
 
     def __init__(self, total: int, display: Display | None = None) -> None:
         self.total, self.done = total, 0
         self.display = display or Display()
+        self.good_said = -GOOD_EVERY  # the display's clock at the last line about a good one
 
     def refreshed(self, cert: CertFile, result: FetchResult) -> None:
         """A keeper observer: one certificate's refresh has ended."""
@@ -191,9 +198,18 @@ class PrimeProgress:
             outcome = "valid staple" if result.staple.good else "revoked"
         if result.rejection is not None:
             outcome = f"no valid staple ({result.rejection.code})"
-        if self.display.told(0):
+        if self.display.told(0) and self._worth_a_line(outcome):
             self.display.say(f"prime: {cert.name}: {outcome} ({self.done}/{self.total})")
         self.display.update(0, self._what(f", last {cert.name}: {outcome}"))
+
+    def _worth_a_line(self, outcome: str) -> bool:
+        if outcome != "valid staple":
+            return True
+        now = self.display.clock()
+        if now - self.good_said < GOOD_EVERY:
+            return False
+        self.good_said = now
+        return True
 
     def _what(self, last: str = "") -> str:
         return f"prime: {self.done}/{self.total} certificates refreshed{last}"
