@@ -87,12 +87,18 @@ def test_prime_progress_counts_certificates_once_it_is_slow() -> None:
     ]
 
 
-def test_prime_progress_calls_a_revoked_answer_revoked() -> None:
+def slow_prime(total: int) -> tuple[PrimeProgress, io.StringIO, Ticks]:
+    """The progress of a prime of `total` certificates in plain mode, told of once (3 s in)."""
     stream, clock = io.StringIO(), Ticks()
-    progress = PrimeProgress(2, Display(stream, tty=False, clock=clock))
+    progress = PrimeProgress(total, Display(stream, tty=False, clock=clock))
     progress.display.start(0, progress._what())
     clock.now += 3
     progress.display.tick()
+    return progress, stream, clock
+
+
+def test_prime_progress_calls_a_revoked_answer_revoked() -> None:
+    progress, stream, _ = slow_prime(2)
     for name, good in (("a.test", True), ("r.test", False)):
         result = FetchResult(SimpleNamespace(good=good), None, (), None)  # type: ignore[arg-type]
         progress.refreshed(SimpleNamespace(name=name), result)  # type: ignore[arg-type]
@@ -103,11 +109,7 @@ def test_prime_progress_calls_a_revoked_answer_revoked() -> None:
 
 
 def test_prime_progress_tells_a_good_staple_once_a_second_and_every_failure() -> None:
-    stream, clock = io.StringIO(), Ticks()
-    progress = PrimeProgress(40, Display(stream, tty=False, clock=clock))
-    progress.display.start(0, progress._what())
-    clock.now += 3
-    progress.display.tick()
+    progress, stream, clock = slow_prime(40)
     good = FetchResult(SimpleNamespace(good=True), None, (), None)  # type: ignore[arg-type]
     bad = FetchResult(None, Rejection(Reason.TIMEOUT, "after 10 s"), (), None)
     for n in range(40):  # an eighth of a second apart, every tenth a failure
