@@ -316,6 +316,21 @@ def test_the_same_leaf_in_two_entries_is_one_certificate(deployment: Deployment)
     assert keeper.wait(20) == 0
 
 
+def test_prime_all_beside_a_running_keeper_primes_every_entry(deployment: Deployment) -> None:
+    d = deployment
+    combined = two_entries(d)
+    keeper = d.run()
+    wait_for(lambda: http_get(f"{d.base}/healthz")[0] == 200)
+    primed = d.mustaple("prime", "--config", str(d.config), "--all")
+    assert primed.returncode == 0, primed.stdout + primed.stderr
+    assert [line.split()[0] for line in primed.stdout.splitlines()] == ["OK", "OK"]  # 2 files
+    assert d.says(d.staple.read_bytes()) == "good"
+    assert d.says((d.tmp / "other" / "site.der").read_bytes()) == "good"
+    assert sorted(certificate(d.status())["paths"]) == sorted([str(d.fullchain), str(combined)])
+    keeper.send_signal(signal.SIGTERM)
+    assert keeper.wait(20) == 0
+
+
 def test_prime_resolves_paths_and_delivers_only_to_its_entry(deployment: Deployment) -> None:
     d = deployment
     two_entries(d)
