@@ -219,6 +219,7 @@ def test_prime_before_nginx_then_revocation_found_by_prime_reaches_everything(
     again = d.run()
     wait_for(lambda: http_get(f"{d.base}/healthz")[0] == 200)
     assert certificate(d.status())["state"] == "revoked"
+    assert d.local_answer() == "revoked"  # the restarted keeper's local responder too
     time.sleep(1.5)  # a pass or two of the new keeper
     assert d.says(d.staple.read_bytes()) == "revoked"
     shown = d.mustaple("status", "--config", str(d.config), "--json")
