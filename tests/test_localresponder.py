@@ -29,13 +29,27 @@ from cryptography.x509 import ocsp
 from mustaple.adapters.config import Config
 from mustaple.adapters.fetch import FetchPolicy
 from mustaple.adapters.store import SqliteStore
-from mustaple.core.clock import utc_now
+from mustaple.core.clock import timestamps, utc_now
 from mustaple.core.request import CertId, encode_request, get_url, make_cert_id
 from mustaple.core.schedule import refresh_point
 from mustaple.core.verify import Staple
 from mustaple.keeper.keeper import Keeper, Managed
-from mustaple.serve.localresponder import MALFORMED_REQUEST, UNAUTHORIZED, add_routes, read_cert_id
-from mustaple.testing import CA, Behaviour, Leaf, OCSPResponder, keeper_config, keeper_world
+from mustaple.serve.localresponder import (
+    MALFORMED_REQUEST,
+    UNAUTHORIZED,
+    add_routes,
+    read_cert_id,
+    served_counts,
+)
+from mustaple.testing import (
+    CA,
+    Behaviour,
+    Leaf,
+    ManualClock,
+    OCSPResponder,
+    keeper_config,
+    keeper_world,
+)
 from mustaple.testing import World as KeeperWorld
 from servers import ApacheServer, NginxServer, Server, staple_from
 
@@ -98,10 +112,14 @@ async def keeping(
 @dataclass
 class World(KeeperWorld):
     """The keeper's world (`mustaple.testing.keeper_world`) and the local responder on `port`;
-    `served` lists what it answered."""
+    `served` counts what it answered, by result."""
 
     port: int = 0
-    served: list[str] = field(default_factory=list)
+    served: dict[str, int] = field(default_factory=served_counts)
+
+    def counted(self) -> dict[str, int]:
+        """The results counted so far, those with a count only."""
+        return {result: count for result, count in self.served.items() if count}
 
     async def stapled(self, name: str = NAME) -> tuple[Leaf, Managed, Staple]:
         return await super().stapled(name)
@@ -117,11 +135,9 @@ class World(KeeperWorld):
 @asynccontextmanager
 async def world(tmp: Path, fetch: FetchPolicy) -> AsyncIterator[World]:
     async with keeper_world(tmp, config(tmp, fetch), sinks={}) as base:
-        served: list[str] = []
+        served = served_counts()
         app = web.Application()
-        add_routes(
-            app, base.keeper, max_request_size=LIMIT, clock=base.clock, on_served=served.append
-        )
+        add_routes(app, base.keeper, max_request_size=LIMIT, clock=base.clock, served=served)
         async with serving(app) as port:
             yield World(**vars(base), port=port, served=served)
 
@@ -181,7 +197,7 @@ def test_get_and_post_give_the_held_staple_byte_for_byte(tmp_path: Path) -> None
         for reply in replies:
             assert (reply.status, reply.body) == (200, held.der)
             assert reply.headers["content-type"] == "application/ocsp-response"
-        assert w.served == ["good"] * 6
+        assert w.counted() == {"good": 6}
         assert len(w.responder.requests) == asked  # the CA was never asked
 
     run(scenario, tmp_path)
@@ -234,7 +250,7 @@ def test_if_none_match_gets_304(tmp_path: Path) -> None:
             assert reply.headers["cache-control"].startswith("max-age=")
         other = await w.get(path, 'If-None-Match: "other"')
         assert (other.status, other.body) == (200, held.der)
-        assert w.served == ["good", *["not-modified"] * 4, "good"]
+        assert w.counted() == {"good": 2, "not-modified": 4}
 
     run(scenario, tmp_path)
 
@@ -250,7 +266,7 @@ def test_certificates_without_a_valid_good_staple_get_unauthorized(tmp_path: Pat
                 assert reply.headers["cache-control"] == "no-store"
         w.clock.now = held.effective_expiry  # the keeper has not ticked: held, but expired
         assert (await w.get(path_of(request_of(leaf)))).body == UNAUTHORIZED
-        assert w.served == ["unauthorized"] * 5
+        assert w.counted() == {"unauthorized": 5}
 
     run(scenario, tmp_path)
 
@@ -269,9 +285,19 @@ def test_a_revoked_certificate_gets_the_cas_revoked_answer_while_valid(tmp_path:
         assert answer.certificate_status is ocsp.OCSPCertStatus.REVOKED
         w.clock.now = managed.revoked.effective_expiry
         assert (await w.get(path_of(request_of(leaf)))).body == UNAUTHORIZED
-        assert w.served == ["revoked", "unauthorized"]
+        assert w.counted() == {"revoked": 1, "unauthorized": 1}
 
     run(scenario, tmp_path)
+
+
+def test_the_memo_reads_the_clock_as_seconds() -> None:
+    """The real clock is read with no datetime made; any other clock through its datetime."""
+    assert timestamps(utc_now) is time.time
+    clock = ManualClock(datetime(2026, 12, 5, 17, 0, 0, 123456, tzinfo=UTC))
+    seconds = timestamps(clock)
+    assert seconds() == clock.now.timestamp()
+    clock.now += timedelta(microseconds=1)
+    assert seconds() == clock.now.timestamp()
 
 
 def test_an_answer_asked_again_follows_the_clock_and_the_keeper(tmp_path: Path) -> None:
@@ -310,8 +336,7 @@ def test_an_answer_asked_again_follows_the_clock_and_the_keeper(tmp_path: Path) 
             name.unlink()
         await w.keeper.scan()
         assert (await w.get(path)).body == UNAUTHORIZED
-        later = ["revoked", "revoked", "unauthorized", "revoked", "unauthorized"]
-        assert w.served == ["good"] * 5 + later
+        assert w.counted() == {"good": 5, "revoked": 3, "unauthorized": 2}
 
     run(scenario, tmp_path)
 
@@ -348,7 +373,7 @@ def test_malformed_requests_get_malformed_request(tmp_path: Path) -> None:
         replies = [await w.post(body) for body in bodies] + [await w.get(p) for p in paths]
         for reply in replies:
             assert (reply.status, reply.body) == (200, MALFORMED_REQUEST)
-        assert w.served == ["malformed"] * len(replies)
+        assert w.counted() == {"malformed": len(replies)}
 
     run(scenario, tmp_path)
 
@@ -369,7 +394,7 @@ def test_requests_over_the_size_limit_are_refused_unread(tmp_path: Path) -> None
         long_path = "/ocsp/" + "A" * LIMIT
         assert (await w.get(long_path)).status == 414
         assert (await w.get(path_of(request_of(leaf)))).body == held.der
-        assert w.served == ["too-large"] * 4 + ["good"]
+        assert w.counted() == {"too-large": 4, "good": 1}
 
     run(scenario, tmp_path)
 
@@ -423,11 +448,10 @@ def test_one_answer_whatever_the_server(tmp_path: Path) -> None:
 
     async def scenario(w: World) -> None:
         leaf, _, held = await w.stapled()
-        counted: list[str] = []
+        served = served_counts()
         responder = add_routes(
-            web.Application(), w.keeper, max_request_size=LIMIT, clock=w.clock,
-            on_served=counted.append,
-        )  # fmt: skip
+            web.Application(), w.keeper, max_request_size=LIMIT, clock=w.clock, served=served
+        )
         cert_id = make_cert_id(leaf.issuer, leaf.cert.serial_number)
         now = w.clock.now
         ok = responder.answer(cert_id, now, None)
@@ -443,12 +467,12 @@ def test_one_answer_whatever_the_server(tmp_path: Path) -> None:
         assert responder.answer(None, now, None).body == MALFORMED_REQUEST
         stranger = make_cert_id(leaf.issuer, leaf.cert.serial_number + 1)
         assert responder.answer(stranger, now, None).body == UNAUTHORIZED
-        assert counted == []  # answer() counts nothing
+        assert served == served_counts()  # answer() counts nothing
         request = request_of(leaf)
         assert responder.for_path(path_of(request), None) is ok
         assert responder.for_body(request, None) is ok
         assert responder.for_path("/ocsp/" + "A" * LIMIT, None) is None  # refused by the caller
-        assert counted == ["good", "good"]
+        assert served == {**served_counts(), "good": 2}
         later = responder.answer(cert_id, now + timedelta(seconds=1), None)
         assert later is not ok
         assert (later.body, later.headers["ETag"]) == (ok.body, ok.headers["ETag"])

@@ -51,10 +51,10 @@ CHROMIUM_FLAGS = (
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-async def every_state(w: World) -> None:
+async def every_state(w: World) -> Leaf:
     """www good, shop failing (try-later, then an HTML page) past its refresh point, mail
-    revoked, legacy without an OCSP URL, static good without must-staple."""
-    w.issue("www.example.test")
+    revoked, legacy without an OCSP URL, static good without must-staple; return www."""
+    www = w.issue("www.example.test")
     shop = w.issue("shop.example.test")
     mail = w.issue("mail.example.test")
     w.issue("legacy.example.test", url=False)
@@ -68,6 +68,7 @@ async def every_state(w: World) -> None:
     w.responder.set_behaviour(Behaviour.HTML_200, serial=shop.cert.serial_number)
     w.clock.now += timedelta(hours=10)
     await w.keeper.tick()
+    return www
 
 
 @asynccontextmanager
@@ -167,10 +168,12 @@ def test_fetch_counters_latency_and_responder_requests(tmp_path: Path) -> None:
         async with keeper_world(tmp) as w, serving(w) as base:
             before = await scrape(base)
             assert sample(before, "mustaple_responder_requests_total", result="good") == 0.0
-            await every_state(w)
-            w.metrics.served("good")
-            w.metrics.served("good")
-            w.metrics.served("too-large")
+            www = await every_state(w)
+            await ask(base, www)
+            await ask(base, www)
+            async with aiohttp.ClientSession() as session:
+                too_large = await session.post(f"{base}/ocsp", data=b"0" * 10001)
+            assert too_large.status == 413
             samples = await scrape(base)
             # first pass: 4 valid answers (one revoked); second: www, static, mail again
             fetches = "mustaple_fetches_total"

@@ -5,7 +5,7 @@ handed to aiohttp.
 (`loop.create_server(fast_path, ...)`; `mustaple.serve.web.start_http` does that). A connection
 buffers the head of each request. A plain `GET {prefix}/<base64 request> HTTP/1.1` (or 1.0),
 with no body, is answered at once with the responder's own answer (`Responder.for_path`: the
-same decision and the same `on_served` count as the aiohttp handler), framed as aiohttp frames
+same decision and the same count in `served` as the aiohttp handler), framed as aiohttp frames
 it: the same status line, headers in the same order (Server included), the same body; only the
 `Date` value may differ, being taken at another moment (whole seconds, as aiohttp's). The bytes
 are made once per answer, per second and per connection mode, then reused.

@@ -8,7 +8,7 @@ tests do not collide) and attaches itself to the keeper as an observer:
   them; unusable certificates are there too (serial "" when the file cannot be read), and each
   sink's consecutive failures per certificate;
 - fetch counters and the attempt latency histogram are fed by `observe` after every refresh;
-- local responder counters are fed by `served` (the responder's `on_served` callback);
+- local responder counters are `responder_counts`, which the responder increases in place;
 - the HTTP endpoint counts in `request_timeouts` the requests not sent whole in time;
 - in fleet mode, whether Redis answers and how many staples were adopted from other members,
   read from the `Fleet` at scrape time.
@@ -18,7 +18,6 @@ tests do not collide) and attaches itself to the keeper as an observer:
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -31,13 +30,12 @@ from mustaple.core.clock import Clock, utc_now
 from mustaple.core.lifecycle import Phase
 from mustaple.keeper.fleet import Fleet
 from mustaple.keeper.keeper import CertFile, CertView, Keeper
+from mustaple.serve.localresponder import served_counts
 
-__all__ = ["RESPONDER_RESULTS", "STATES", "Metrics", "serial_hex"]
+__all__ = ["STATES", "Metrics", "serial_hex"]
 
 # Every phase of the life cycle: `mustaple_status` has one series for each.
 STATES = tuple(phase.value for phase in Phase)
-# What the local responder reports through `on_served`.
-RESPONDER_RESULTS = ("good", "revoked", "not-modified", "unauthorized", "malformed", "too-large")
 _LABELS = ("name", "serial")
 
 
@@ -65,12 +63,10 @@ class Metrics:
             "Duration of each HTTP exchange with an OCSP responder.",
             registry=self.registry,
         )
-        # plain integers, handed to Prometheus at each scrape: `served` runs for every request
-        # the local responder answers, and a prometheus-client counter costs about a fifth of
-        # the fast path's own work per request (bench/README.md)
-        self.responder_counts: collections.Counter[str] = collections.Counter(
-            dict.fromkeys(RESPONDER_RESULTS, 0)
-        )
+        # plain integers that the local responder increases at every request it answers
+        # (a prometheus-client counter, or even a call, costs a large share of the fast
+        # path's own work per request: bench/README.md), handed to Prometheus at each scrape
+        self.responder_counts = served_counts()
         self.registry.register(_ResponderCollector(self.responder_counts))
         self.request_timeouts = Counter(
             "mustaple_http_request_timeouts",
@@ -92,10 +88,6 @@ class Metrics:
         for attempt in result.attempts:
             self.latency.observe(attempt.latency)
         self._certificates.forget(cert.key)
-
-    def served(self, result: str) -> None:
-        """Count one request answered by the local responder (its `on_served` callback)."""
-        self.responder_counts[result] += 1
 
     def exposition(self, accept: str = "") -> tuple[bytes, str]:
         """The registry rendered for a scraper's Accept header, and its content type."""
@@ -156,7 +148,7 @@ class _CertificateCollector:
 class _ResponderCollector:
     """`mustaple_responder_requests_total` by result, from the plain counts at each scrape."""
 
-    def __init__(self, counts: collections.Counter[str]) -> None:
+    def __init__(self, counts: dict[str, int]) -> None:
         self.counts = counts
 
     def describe(self) -> Iterator[Metric]:

@@ -104,7 +104,7 @@ def _app(
         keeper,
         max_request_size=http.max_request_size,
         clock=clock,
-        on_served=metrics.served,
+        served=metrics.responder_counts,
     )
     return app, endpoints, responder
 
@@ -127,7 +127,7 @@ class HttpServer:
     def switch(self, keeper: Keeper, metrics: Metrics) -> None:
         """Serve from `keeper` and count in `metrics` from now on."""
         self.endpoints.keeper, self.endpoints.metrics = keeper, metrics
-        self.fast.responder.switch(keeper, metrics.served)
+        self.fast.responder.switch(keeper, metrics.responder_counts)
         self.fast.on_timeout = metrics.request_timeouts.inc
 
     @property
