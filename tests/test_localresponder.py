@@ -439,6 +439,16 @@ def test_prefix_and_arguments(tmp_path: Path) -> None:
                 add_routes(web.Application(), w.keeper, prefix=prefix)
         with pytest.raises(ValueError, match="max_request_size"):
             add_routes(web.Application(), w.keeper, max_request_size=0)
+        shared: dict[str, int] = {}  # empty: not taken for "none given"
+        with pytest.raises(ValueError, match="served has no count for good, malformed"):
+            add_routes(web.Application(), w.keeper, served=shared)
+        responder = add_routes(web.Application(), w.keeper)
+        counts = served_counts()
+        responder.switch(w.keeper, counts)
+        assert responder.served is counts  # counted in place, where the caller reads
+        del counts["too-large"]
+        with pytest.raises(ValueError, match="served has no count for too-large"):
+            responder.switch(w.keeper, counts)
 
     run(scenario, tmp_path)
 

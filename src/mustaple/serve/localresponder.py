@@ -110,7 +110,11 @@ def add_routes(
     if max_request_size < 1:
         raise ValueError("max_request_size must be at least 1 byte")
     responder = Responder(
-        keeper, prefix.rstrip("/"), max_request_size, clock, served or served_counts()
+        keeper,
+        prefix.rstrip("/"),
+        max_request_size,
+        clock,
+        served_counts() if served is None else served,
     )
     for path in sorted({responder.base or "/", responder.base + "/"}):
         app.router.add_post(path, responder.post)
@@ -121,6 +125,15 @@ def add_routes(
 def served_counts() -> dict[str, int]:
     """A count of 0 for each of `RESPONDER_RESULTS`: what a `Responder` counts in."""
     return dict.fromkeys(RESPONDER_RESULTS, 0)
+
+
+def _counting(served: dict[str, int]) -> dict[str, int]:
+    """`served`, once it is known to count every result (else the first answer of a result
+    missing would fail)."""
+    missing = set(RESPONDER_RESULTS) - set(served)
+    if missing:
+        raise ValueError(f"served has no count for {', '.join(sorted(missing))}")
+    return served
 
 
 def read_cert_id(request_der: bytes) -> CertId | None:
@@ -228,7 +241,7 @@ class Responder:
         clock: Clock,
         served: dict[str, int],
     ) -> None:
-        self.keeper, self.clock, self.served = keeper, clock, served
+        self.keeper, self.clock, self.served = keeper, clock, _counting(served)
         self.stamp = timestamps(clock)
         self.base, self.limit = base, max_request_size
         self.path_start = len(base) + 1
@@ -239,7 +252,7 @@ class Responder:
     def switch(self, keeper: Keeper, served: dict[str, int]) -> None:
         """Answer from `keeper` from now on (after a configuration reload), counting in
         `served`; answers prepared under the old keeper's policy are dropped."""
-        self.keeper, self.served = keeper, served
+        self.keeper, self.served = keeper, _counting(served)
         self._prepared.clear()
         self._memos.clear()
 
