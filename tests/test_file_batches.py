@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno
+import os
 from pathlib import Path
 
 import pytest
 
 import mustaple.adapters.files as files_module
-from mustaple.adapters.files import SYNC_ONCE_FROM, write_atomic_many
+from mustaple.adapters.files import SYNC_ONCE_FROM, syncfs_trusted, write_atomic_many
 from mustaple.adapters.sinks import FileSink
 from mustaple.core.delivery import Action, Delivery
 
@@ -100,6 +101,30 @@ def test_a_large_batch_is_made_durable_by_one_syncfs_per_file_system(
         assert path.read_bytes() == data
         assert path.stat().st_mode & 0o777 == 0o640
     assert not list(tmp_path.rglob(".*"))  # no temporary left
+
+
+def test_syncfs_is_opened_before_the_first_write_and_trusted_from_linux_5_15(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """syncfs(2) reports only the writeback errors that came after its descriptor was opened:
+    the directory is opened before any temporary is written. And it is used only from the
+    kernel that reports errors (5.8) and reaches FUSE (5.15)."""
+    opened: list[str] = []
+    real_open = os.open
+
+    def recording(path: str | Path, flags: int, *args: int, **kwargs: object) -> int:
+        opened.append("directory" if flags & os.O_DIRECTORY else Path(path).name)
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", recording)
+    batch = [(tmp_path / f"{i}.der", b"der") for i in range(SYNC_ONCE_FROM)]
+    assert write_atomic_many(batch) == [None] * SYNC_ONCE_FROM
+    assert opened[0] == "directory"
+    assert len(opened) == SYNC_ONCE_FROM + 2  # the directory, the temporaries, its fsync
+    assert [syncfs_trusted(r) for r in ("6.18.44-fc", "5.15.0-91-generic", "5.14.21")] == [
+        True, True, False
+    ]  # fmt: skip
+    assert not any(syncfs_trusted(r) for r in ("5.10.0-23-amd64", "4.19.0", "", "linux"))
 
 
 def test_a_failed_syncfs_fails_its_files_and_keeps_what_was_there(

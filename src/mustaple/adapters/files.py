@@ -6,10 +6,10 @@ the size cap is enforced while reading, not trusted from `st_size` (which is 0 f
 `/dev/zero`).
 
 Files that servers read (staples) are written atomically: a temporary file in the same
-directory, fsync (for a large batch, one syncfs of the file system instead), rename over the
-target, then fsync of the directory, so a reader sees the old bytes or the new bytes and never
-a mixture, even across a crash. Nothing that is not a
-regular file is ever written over. A temporary file left by an interrupted write
+directory, fsync (for a large batch on Linux 5.15 or later, one syncfs of the file system
+instead), rename over the target, then fsync of the directory, so a reader sees the old bytes
+or the new bytes and never a mixture, even across a crash. Nothing that is not a regular file
+is ever written over. A temporary file left by an interrupted write
 (`.NAME.XXXXXXXX` beside NAME) is removed by `clean_temporaries` at the next start.
 """
 
@@ -21,6 +21,7 @@ import functools
 import os
 import re
 import stat
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +36,7 @@ __all__ = [
     "clean_temporaries",
     "read_input",
     "read_prefix",
+    "syncfs_trusted",
     "write_atomic",
     "write_atomic_many",
 ]
@@ -49,6 +51,7 @@ _TEMP_TAIL = re.compile(r"\.[a-z0-9_]{8}")
 # Threads writing temporary files at once in `write_atomic_many`.
 _SYNC_THREADS = 8
 SYNC_ONCE_FROM = 64  # files in one batch from which one syncfs beats an fsync each
+SYNCFS_FROM = (5, 15)  # the first Linux whose syncfs can be trusted (`syncfs_trusted`)
 
 
 class NotRegularFileError(OSError):
@@ -164,10 +167,13 @@ def write_atomic_many(
 
     The same guarantees, for less waiting: the temporary files are written and fsync-ed by a
     few threads at once (the file system commits their fsyncs together); from SYNC_ONCE_FROM
-    files, where Linux's syncfs(2) is there, written without an fsync each and then made
-    durable by one syncfs per file system (a prime's 100k fsyncs cost about 15 s more on the
-    reference machine). Then they are renamed in order, then each directory is fsync-ed once.
-    Every file is in place and durable on return.
+    files, where Linux's syncfs(2) is there and can be trusted (`syncfs_trusted`), written
+    without an fsync each and then made durable by one syncfs per file system (a prime's 100k
+    fsyncs cost about 15 s more on the reference machine), through descriptors of the
+    directories opened before the first write. A syncfs that fails fails every file of its
+    file system in the batch: the error is the file system's, not one file's. Then they are
+    renamed in order, then each directory is fsync-ed once. Every file is in place and durable
+    on return.
     """
     once = len(files) >= SYNC_ONCE_FROM and _syncfs() is not None
 
@@ -178,7 +184,16 @@ def write_atomic_many(
             return exc
 
     if once:
-        written = _synced([temporary(item) for item in files], [target for target, _ in files])
+        # opened before the first write: syncfs reports the writeback errors that came after
+        # its descriptor was opened, not those before
+        watched = _open_directories({target.parent for target, _ in files})
+        try:
+            targets = [target for target, _ in files]
+            written = _synced([temporary(item) for item in files], targets, watched)
+        finally:
+            for fd in watched.values():
+                if isinstance(fd, int):
+                    os.close(fd)
     else:
         with ThreadPoolExecutor(min(_SYNC_THREADS, len(files) or 1)) as pool:
             written = list(pool.map(temporary, files))
@@ -202,19 +217,35 @@ def write_atomic_many(
     return problems
 
 
-def _synced(written: list[str | OSError], targets: list[Path]) -> list[str | OSError]:
+def _open_directories(directories: set[Path]) -> dict[Path, int | OSError]:
+    """A descriptor of each directory, or why it cannot be opened."""
+    opened: dict[Path, int | OSError] = {}
+    for directory in directories:
+        try:
+            opened[directory] = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            opened[directory] = exc
+    return opened
+
+
+def _synced(
+    written: list[str | OSError], targets: list[Path], watched: dict[Path, int | OSError]
+) -> list[str | OSError]:
     """`written` (temporary files beside `targets`, or why one could not be written), made
-    durable by one syncfs per file system; a temporary whose file system failed it becomes
-    that error."""
+    durable by one syncfs per file system, through the directories' descriptors in `watched`
+    (opened before the writes); a temporary whose file system failed it becomes that error."""
     pairs = list(zip(written, targets, strict=True))
     directories = {target.parent for tmp, target in pairs if isinstance(tmp, str)}
     by_device: dict[int, OSError | None] = {}
     failed: dict[Path, OSError] = {}
     for directory in directories:
+        fd = watched[directory]
         try:
-            device = os.stat(directory).st_dev
+            if isinstance(fd, OSError):
+                raise fd
+            device = os.fstat(fd).st_dev
             if device not in by_device:
-                by_device[device] = _sync_file_system(directory)
+                by_device[device] = _sync_file_system(fd)
             problem = by_device[device]
         except OSError as exc:
             problem = exc
@@ -231,29 +262,37 @@ def _synced(written: list[str | OSError], targets: list[Path]) -> list[str | OSE
     return out
 
 
-def _sync_file_system(directory: Path) -> OSError | None:
-    """syncfs(2) of the file system holding `directory`: None, or why it failed."""
+def _sync_file_system(fd: int) -> OSError | None:
+    """syncfs(2) of the file system holding the open directory `fd`: None, or why it
+    failed."""
     syncfs = _syncfs()
     assert syncfs is not None
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        if syncfs(fd) != 0:
-            code = ctypes.get_errno()
-            return OSError(code, os.strerror(code))
-        return None
-    finally:
-        os.close(fd)
+    if syncfs(fd) != 0:
+        code = ctypes.get_errno()
+        return OSError(code, os.strerror(code))
+    return None
 
 
 @functools.cache
 def _syncfs() -> Callable[[int], int] | None:
-    """Linux's syncfs(2) from the C library, or None where there is none."""
+    """Linux's syncfs(2) from the C library, or None where there is none or where it cannot
+    be trusted (`syncfs_trusted`)."""
+    if not sys.platform.startswith("linux") or not syncfs_trusted(os.uname().release):
+        return None
     try:
         function = ctypes.CDLL(None, use_errno=True).syncfs
     except (OSError, AttributeError):
         return None
     function.argtypes, function.restype = [ctypes.c_int], ctypes.c_int
     return function
+
+
+def syncfs_trusted(release: str) -> bool:
+    """Whether syncfs(2) makes files durable and says when it could not, on a Linux kernel of
+    this release ("6.1.0-18-amd64"): it reports writeback errors from 5.8 on, and reaches
+    FUSE file systems from 5.15; an older kernel, or another system, gets an fsync per file."""
+    version = re.match(r"(\d+)\.(\d+)", release)
+    return version is not None and (int(version[1]), int(version[2])) >= SYNCFS_FROM
 
 
 def _write_temporary(target: Path, data: bytes, mode: int, *, sync: bool = True) -> str:
