@@ -428,11 +428,11 @@ class TimedKeeper(Keeper):
     phases: Phases
 
     async def _load_given(
-        self, paths: Sequence[Path]
+        self, paths: Sequence[Path], *, refuse: bool
     ) -> tuple[list[Path], dict[Path, Managed | None]]:
         start = time.perf_counter()
         try:
-            return await super()._load_given(paths)
+            return await super()._load_given(paths, refuse=refuse)
         finally:
             self.phases.load += time.perf_counter() - start
 

@@ -5,6 +5,7 @@ through the listing, with links and relative paths resolved."""
 from __future__ import annotations
 
 import glob
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,24 @@ def test_a_pattern_covers_exactly_what_glob_lists(tree: Path, pattern: str) -> N
     for path in {tree / name for name in NAMES} - listed:
         with pytest.raises(InputError, match="covers this file"):
             covered.find(path)
+
+
+def test_a_path_glob_would_never_list_is_not_covered_by_its_look(tree: Path) -> None:
+    """glob lists no "..": a hidden-name pattern does not cover a path climbing out through
+    it; a pattern ending with a separator lists directories only, never a file."""
+    (tree / "fullchain.pem").write_text("x")  # outside every pattern
+    hidden = Coverage(config(tree, ("live/.*/fullchain.pem",)))
+    with pytest.raises(InputError, match="covers this file"):
+        hidden.find(tree / "live/../fullchain.pem")
+    assert str(tree / "live/../fullchain.pem") not in glob.glob(str(tree / "live/.*/*"))
+    climbing = tree / "live/b.test/../.hidden/fullchain.pem"
+    assert hidden.find(climbing)[0] == tree / "live/.hidden/fullchain.pem"  # resolved
+    slashed = (f"{tree}/live/*/", f"{tree}/other/*/")  # as written: a Path drops the slash
+    directories = Coverage(replace(config(tree), certificates=(CertEntry(paths=slashed),)))
+    assert f"{tree}/live/a.test/" in glob.glob(slashed[0])
+    assert glob.glob(slashed[1]) == []  # files only there
+    with pytest.raises(InputError, match="covers this file"):
+        directories.find(tree / "other/a.test.pem")
 
 
 def test_the_first_entry_to_cover_a_file_wins(tree: Path) -> None:

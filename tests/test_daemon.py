@@ -152,6 +152,36 @@ def test_prime_all_primes_every_configured_file_in_one_batch(
     assert err.count("\n") == 1
 
 
+def test_prime_all_leaves_out_an_unusable_file_and_primes_the_others(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A fault in one file stays there: a garbled file gets one line and exit 2, the others
+    are primed and delivered; a configured literal path that does not exist is not a file."""
+    leaf = site.issue("a.test")
+    broken = site.tmp / "live" / "broken.test" / "fullchain.pem"
+    broken.parent.mkdir(parents=True)
+    broken.write_text("garbage")
+    literal = f'paths = ["{site.tmp}/live/*/fullchain.pem", "{site.tmp}/later/fullchain.pem"]'
+    site.config.write_text(
+        site.config.read_text().replace(f'paths = ["{site.tmp}/live/*/fullchain.pem"]', literal)
+    )
+    assert main(["prime", "--config", str(site.config), "--all"]) == ExitCode.USAGE
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines] == [["OK", "a.test:"], ["UNUSABLE", f"{broken}:"]]
+    assert check_staple(site, leaf, "a.test").good
+    assert (site.tmp / "reloads.log").read_text() == "reloaded\n"
+    assert main(["prime", "--config", str(site.config), "--all", "--json"]) == ExitCode.USAGE
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(row["cert"], row["ok"]) for row in rows] == [
+        (site.cert("a.test"), True), (str(broken), False)
+    ]  # fmt: skip
+    assert rows[1]["state"] == "unusable"
+    # given by name, the same file still stops the whole prime before any fetch
+    argv = ["prime", "--config", str(site.config), site.cert("a.test"), str(broken)]
+    assert main(argv) == ExitCode.USAGE
+    assert capsys.readouterr().out == ""
+
+
 def test_status_after_prime(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
     site.issue("a.test")
     site.issue("later.test")

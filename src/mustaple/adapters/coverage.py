@@ -6,10 +6,11 @@ first entry to cover a file wins). `Coverage(config).find(given)` names the conf
 and entry of one path: an absolute path is matched against the entries' patterns as `glob`
 would match it (part by part; a name starting with '.' only by a pattern part starting with
 '.'), with no directory listed, so priming one file costs the same whatever the number of
-configured files; a relative path, or one that matches no pattern as written (reached through
-a symlink, such as certbot's `live/`), is looked up among every configured file, relative
-paths and symlinks resolved on both sides (a listing of every pattern, and a system call per
-path component: only then).
+configured files; a relative path, one with a ".." in it, or one that matches no pattern as
+written (reached through a symlink, such as certbot's `live/`), is looked up among every
+configured file, relative paths and symlinks resolved on both sides (a listing of every
+pattern, and a system call per path component: only then). A pattern ending with a separator
+lists directories only, so it is matched only by that listing.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import glob
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -32,8 +34,7 @@ def configured_files(config: Config) -> dict[Path, CertEntry]:
     found: dict[Path, CertEntry] = {}
     for entry in config.certificates:
         for pattern in entry.paths:
-            names = glob.glob(pattern) if glob.has_magic(pattern) else [pattern]
-            for name in sorted(names):
+            for name in sorted(glob.glob(pattern)):  # a name with no magic: if it exists
                 found.setdefault(Path(name), entry)
     return found
 
@@ -43,8 +44,12 @@ class Coverage:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        # a pattern ending with a separator lists directories only, never a certificate file
         self.patterns = [
-            (_parts(pattern), entry) for entry in config.certificates for pattern in entry.paths
+            (_parts(pattern), entry)
+            for entry in config.certificates
+            for pattern in entry.paths
+            if not pattern.endswith(("/", os.sep))
         ]
 
     @functools.cached_property
@@ -54,7 +59,7 @@ class Coverage:
 
     def find(self, given: Path) -> tuple[Path, CertEntry]:
         """The configured path and its entry; InputError when no entry covers `given`."""
-        if given.is_absolute():
+        if given.is_absolute() and ".." not in given.parts:  # glob never lists ".."
             parts = given.parts
             for pattern, entry in self.patterns:
                 if _matches(pattern, parts):

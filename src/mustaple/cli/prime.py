@@ -15,7 +15,7 @@ from mustaple.core.clock import utc_now
 
 if TYPE_CHECKING:
     from mustaple.adapters.config import Config
-    from mustaple.keeper.keeper import Primed
+    from mustaple.keeper.keeper import Primed, Unusable
 
 __all__ = ["prime"]
 
@@ -45,7 +45,13 @@ def prime(
     `mustaple prime "$RENEWED_LINEAGE/fullchain.pem" && systemctl reload nginx` never puts a
     must-staple certificate live without its staple. Same exit codes as fetch.
     """
-    from mustaple.front.status import prime_exit_code, prime_json, prime_line
+    from mustaple.front.status import (
+        prime_exit_code,
+        prime_json,
+        prime_line,
+        unusable_json,
+        unusable_line,
+    )
     from mustaple.keeper.daemon import check_config as check_config_file
 
     if every == bool(certs):
@@ -55,14 +61,16 @@ def prime(
     if proxy is not None:
         config = _overriding_proxy(config, proxy_setting(proxy))
     paths = _every_file(config) if every else [Path(c) for c in certs]
-    results = asyncio.run(_prime(config, paths))
+    results, unusable = asyncio.run(_prime(config, paths, every=every))
     now = utc_now()
     for primed in results:
         if as_json:
             click.echo(json.dumps(prime_json(primed, now)))
         else:
             click.echo(prime_line(primed, now))
-    return prime_exit_code(results)
+    for left in unusable:
+        click.echo(json.dumps(unusable_json(left)) if as_json else unusable_line(left))
+    return prime_exit_code(results, unusable)
 
 
 def _every_file(config: Config) -> list[Path]:
@@ -87,7 +95,11 @@ def _overriding_proxy(config: Config, proxy: str | None) -> Config:
     return dataclasses.replace(config, policy=policy, certificates=entries)
 
 
-async def _prime(config: Config, paths: list[Path]) -> list[Primed]:
+async def _prime(
+    config: Config, paths: list[Path], *, every: bool
+) -> tuple[list[Primed], list[Unusable]]:
+    """`Keeper.prime` of the given paths; with --all, `prime_usable` (an unusable file is
+    left out and said, the others primed)."""
     from mustaple.front.progress import FetchProgress, PrimeProgress
     from mustaple.keeper.daemon import open_fleet, open_keeper
 
@@ -96,4 +108,6 @@ async def _prime(config: Config, paths: list[Path]) -> list[Primed]:
     async with open_keeper(config, watchers=[waits]) as keeper, progress.running():
         keeper.observers.append(progress.refreshed)
         async with open_fleet(config, keeper, for_prime=True):
-            return await keeper.prime(paths)
+            if every:
+                return await keeper.prime_usable(paths)
+            return await keeper.prime(paths), []

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ from mustaple.core.errors import InputError
 from mustaple.core.health import phase_severity
 from mustaple.core.render import human_duration, iso, short_time, sink_json, validity_json
 from mustaple.core.report import ExitCode
-from mustaple.keeper.keeper import Primed
+from mustaple.keeper.keeper import Primed, Unusable
 
 if TYPE_CHECKING:  # redis and rich load where used: `prime` prints neither tables nor fleets
     import redis
@@ -88,10 +89,22 @@ def prime_json(primed: Primed, now: datetime) -> dict[str, Any]:
     }
 
 
-def prime_exit_code(results: list[Primed]) -> ExitCode:
-    """3 if any is revoked; 1 if a must-staple certificate has no delivered staple; else 0."""
+def unusable_line(left: Unusable) -> str:
+    """The line of a file `prime --all` left out."""
+    return f"UNUSABLE {left.message}"
+
+
+def unusable_json(left: Unusable) -> dict[str, Any]:
+    return {"cert": str(left.path), "state": "unusable", "ok": False, "message": left.message}
+
+
+def prime_exit_code(results: list[Primed], unusable: Sequence[Unusable] = ()) -> ExitCode:
+    """3 if any is revoked; 2 if a file was left out, unusable; 1 if a must-staple
+    certificate has no delivered staple; else 0."""
     if any(p.state.revoked is not None for p in results):
         return ExitCode.REVOKED
+    if unusable:
+        return ExitCode.USAGE
     if any(p.must_staple and not delivered(p) for p in results):
         return ExitCode.NO_STAPLE
     return ExitCode.GOOD

@@ -95,6 +95,7 @@ __all__ = [
     "Observer",
     "Primed",
     "Turn",
+    "Unusable",
     "attempt_records",
 ]
 
@@ -255,6 +256,15 @@ class Primed:
     @property
     def phase(self) -> str:
         return self.state.phase.value
+
+
+@dataclass(frozen=True, slots=True)
+class Unusable:
+    """A file `prime_usable` was given and left out: missing, or not usable as it is (the
+    message names the file and what to fix)."""
+
+    path: Path
+    message: str
 
 
 @dataclass(frozen=True)
@@ -944,16 +954,35 @@ class Keeper:
     async def prime(self, paths: Sequence[Path]) -> list[Primed]:
         """Load `paths` (each covered by an entry), fetch each now (in fleet mode: unless the
         fleet has just fetched it), deliver to its entry's sinks; one frozen `Primed` per path
-        given; InputError for unusable files."""
+        given; InputError for a missing or unusable file, before anything is fetched."""
+        primed, _ = await self._prime(paths, refuse=True)
+        return primed
+
+    async def prime_usable(self, paths: Sequence[Path]) -> tuple[list[Primed], list[Unusable]]:
+        """`prime` of the usable files among `paths`; each file missing or unusable is left
+        out and said, in the order given (`prime --all`: a fault in one file stays there)."""
+        return await self._prime(paths, refuse=False)
+
+    async def _prime(
+        self, paths: Sequence[Path], *, refuse: bool
+    ) -> tuple[list[Primed], list[Unusable]]:
+        unusable: list[Unusable] = []
         with _collecting(len(paths)):
             async with self._helpers(len(paths)):  # workers start while the paths are resolved
-                resolved, loaded = await self._load_given(paths)
+                resolved, loaded = await self._load_given(paths, refuse=refuse)
                 chosen = []
                 for path in resolved:
-                    managed = loaded[path]
-                    if managed is None:
-                        raise InputError(self.problems[path].message)
-                    chosen.append(managed)
+                    managed = loaded.get(path)
+                    if managed is not None:
+                        chosen.append(managed)
+                        continue
+                    if path in loaded:
+                        message = self.problems[path].message
+                    else:  # gone since it was listed
+                        message = f"{path}: certificate not found"
+                    if refuse:
+                        raise InputError(message)
+                    unusable.append(Unusable(path, message))
                 now = self.clock()
                 wanted = self._one_per_life(m for m in chosen if m.next_due is not None)
                 for managed in wanted:  # due now, even with a valid staple
@@ -962,13 +991,14 @@ class Keeper:
                 await self._refresh_all(wanted)
             self.judge_time()
             await self.deliver()
-        return [_primed(m) for m in chosen]
+        return [_primed(m) for m in chosen], unusable
 
     async def _load_given(
-        self, paths: Sequence[Path]
+        self, paths: Sequence[Path], *, refuse: bool
     ) -> tuple[list[Path], dict[Path, Managed | None]]:
         """The configured path of each given one, in order, and each file loaded (once);
-        InputError for a path no entry covers or that does not exist. With worker processes,
+        InputError for a path no entry covers, or that does not exist if `refuse` (else it
+        is not loaded: it has no entry among those loaded). With worker processes,
         a slice of RESOLVE_SLICE paths at a time: the workers load the first slices while the
         main process resolves the next (a stat and a look-up per path: about 1 s at 100k)."""
         covered = self.covered()
@@ -983,9 +1013,10 @@ class Keeper:
                     path, entry = covered.find(given)
                     if path not in files:
                         stamp = _stamp(path)
-                        if stamp is None:
+                        if stamp is None and refuse:
                             raise InputError(f"{given}: certificate not found")
-                        new.append(files.setdefault(path, (path, entry, stamp)))
+                        if stamp is not None:
+                            new.append(files.setdefault(path, (path, entry, stamp)))
                     resolved.append(path)
                 loading.append(asyncio.ensure_future(self._load_all(new)))
                 await asyncio.sleep(0)  # the slice goes out to the workers
