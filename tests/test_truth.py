@@ -328,6 +328,16 @@ def test_prime_all_beside_a_running_keeper_primes_every_entry(deployment: Deploy
     assert d.says(d.staple.read_bytes()) == "good"
     assert d.says((d.tmp / "other" / "site.der").read_bytes()) == "good"
     assert sorted(certificate(d.status())["paths"]) == sorted([str(d.fullchain), str(combined)])
+    d.staple.unlink()
+    combined.write_text("garbled\n")  # a fault in one file stays in that file
+    again = d.mustaple("prime", "--config", str(d.config), "--all")
+    assert again.returncode == 2, again.stdout + again.stderr
+    assert [line.split()[:2] for line in again.stdout.splitlines()] == [
+        ["OK", f"{HOST}:"], ["UNUSABLE", f"{combined}:"]
+    ]  # fmt: skip
+    assert d.says(d.staple.read_bytes()) == "good"
+    combined.unlink()  # a configured path that is not there (yet) is no file to prime
+    assert d.mustaple("prime", "--config", str(d.config), "--all").returncode == 0
     keeper.send_signal(signal.SIGTERM)
     assert keeper.wait(20) == 0
 
