@@ -119,6 +119,27 @@ def run(scenario: Callable[[Path], Awaitable[None]], tmp: Path) -> None:
     asyncio.run(asyncio.wait_for(scenario(tmp), 60))
 
 
+def test_empty_lines_around_requests_are_ignored_not_timed(tmp_path: Path) -> None:
+    """RFC 9112 2.2: an empty line before a request line is ignored. After an answer, a CRLF
+    (some clients send one) is no request: no 408 at the deadline, no hand-off; before a GET,
+    in the same read or split from it, the GET is answered by the fast path."""
+
+    async def scenario(tmp: Path) -> None:
+        async with endpoint(tmp) as e, client(e, e.get() + b"\r\n") as (reader, writer):
+            assert await answer(reader) == (200, e.der)
+            await asyncio.sleep(2 * DEADLINE.total_seconds())  # past the request deadline
+            for sent in (b"\r\n" + e.get(), b"\r", b"\n" + e.get(), b"\r\n\r\n"):
+                writer.write(sent)
+                if sent.endswith(e.get()):
+                    assert await answer(reader) == (200, e.der)
+            await asyncio.sleep(2 * DEADLINE.total_seconds())
+            writer.write(e.get())
+            assert await answer(reader) == (200, e.der)
+            assert (e.timeouts(), e.server.fast.handed_off) == (0.0, 0)
+
+    run(scenario, tmp_path)
+
+
 def test_a_half_head_gets_408_and_is_closed(tmp_path: Path) -> None:
     async def scenario(tmp: Path) -> None:
         async with endpoint(tmp) as e:

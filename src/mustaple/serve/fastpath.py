@@ -21,8 +21,10 @@ exactly as it would alone, and answers what it cannot parse itself.
 
 Connections follow aiohttp's rules: HTTP/1.1 keeps the connection open unless
 `Connection: close`; HTTP/1.0 closes it unless `Connection: keep-alive`. Pipelined requests
-are answered in order. A client that stops reading stops being read (the transport's flow
-control), and a connection idle for `idle_timeout` seconds (75 by default) is closed.
+are answered in order. Empty lines (CRLF) before a request line are ignored, as aiohttp does
+(RFC 9112 section 2.2): they are no request, and start no deadline. A client that stops
+reading stops being read (the transport's flow control), and a connection idle for
+`idle_timeout` seconds (75 by default) is closed.
 `close()` closes every connection not handed off; the aiohttp runner closes the others.
 
 Every request must come whole, head and body, within `request_timeout` seconds (60 by default,
@@ -95,6 +97,8 @@ WIRE_CACHE_LIMIT = 4096  # answers framed per second and connection mode
 _SWEEPS = 5  # idle checks per idle_timeout
 _END = b"\r\n\r\n"
 _END_SIZE = len(_END)
+_CRLF = b"\r\n"  # an empty line before a request line: ignored (RFC 9112 section 2.2)
+_CRLF_SIZE = len(_CRLF)
 _GET = b"GET "
 _REQUEST_LINE = re.compile(rb"GET ([^ ]+) HTTP/1\.([01])")
 _FIELD = re.compile(
@@ -332,6 +336,9 @@ class _Connection(asyncio.Protocol):
                 return
             head = data if end - start == size else data[start:end]
             request = fast.heads.get(head) or fast.request(head)
+            if request is None and data.startswith(_CRLF, start):
+                start += _CRLF_SIZE  # an empty line before a request is ignored
+                continue
             if request is None:
                 self._hand_off(data[start:])
                 return
@@ -351,7 +358,14 @@ class _Connection(asyncio.Protocol):
 
     def _keep(self, data: bytes) -> None:
         """Wait for the rest of a head (or for the client to read); give aiohttp what does
-        not look like a head this module answers."""
+        not look like a head this module answers. Empty lines before a head are dropped, and
+        are no request: they start no deadline (a lone CR is kept, without one, for its LF)."""
+        while data.startswith(_CRLF):
+            data = data[_CRLF_SIZE:]
+        if not data or (data == b"\r" and not self.buffer):
+            self.buffer += data
+            self.scanned = 0
+            return
         self.buffer += data
         if self.deadline is None and not self.paused:
             loop = asyncio.get_running_loop()
