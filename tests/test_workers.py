@@ -334,6 +334,52 @@ def test_a_worker_killed_or_stuck_midway_costs_only_speed(
     assert sorted(lines) == sorted([*told, ended])
 
 
+@pytest.mark.parametrize(
+    ("stray", "told"),
+    [
+        (b"hello from a sitecustomize\n", "sent what is not an answer (ValueError)"),
+        (b"\x00\xff\xff\xff\x80", "was silent for 2 s with work in hand"),  # a bogus length
+    ],
+)
+def test_a_worker_whose_output_is_garbled_costs_only_speed(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    stray: bytes,
+    told: str,
+) -> None:
+    """Bytes on a worker's stdout before its frames (a print at start-up): text is caught at
+    its first bytes; a length no answer ever fills holds every frame back, beats included, so
+    the worker is silent and stopped. Either way its work runs in the main process."""
+    monkeypatch.setattr(keeper_module, "WORKERS_FROM", 8)
+    monkeypatch.setattr(workers_module, "SILENCE", 2.0)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        "if 'MUSTAPLE_WORKER_LIMITS' in os.environ:\n"
+        f"    sys.stdout.buffer.write({stray!r}); sys.stdout.flush()\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(site))
+
+    async def scenario() -> None:
+        async with leaves(tmp_path, 16, workers=2, concurrency=2, per_host=2) as fleet:
+            store = fleet.state()
+            keeper = new_keeper(fleet, store, RecordingSink())
+            primed = await asyncio.wait_for(prime_all(fleet, keeper), 30)
+            store.close()
+            assert [p.phase for p in primed] == ["good"] * 16
+
+    with caplog.at_level(logging.WARNING, logger="mustaple"):
+        asyncio.run(scenario())
+    lines = [r.getMessage() for r in caplog.records if "worker process" in r.getMessage()]
+    assert sorted(lines) == [
+        "a worker process ended; its work goes on in the main process",
+        f"a worker process {told}: stopped",
+        f"a worker process {told}: stopped",
+    ]
+
+
 def _workers_of_us() -> list[tuple[int, str]]:
     found = []
     for proc in Path("/proc").iterdir():

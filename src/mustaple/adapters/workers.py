@@ -66,6 +66,7 @@ __all__ = ["DEPTH", "Limits", "WorkerPool", "batch_collector", "cores"]
 
 log = logging.getLogger("mustaple")
 _LENGTH = struct.Struct(">I")
+_PROTO = pickle.PROTO[0]  # the first byte of every pickle sent (protocol 2 and later)
 _ENTRY = "from mustaple.adapters.workers import main; main()"
 _LIMITS = "MUSTAPLE_WORKER_LIMITS"  # a worker's part of the limits: "TOTAL,PER_HOST"
 LOAD_CHUNK = 64  # files per load message: one message costs about as much as a few loads
@@ -165,7 +166,9 @@ def cores() -> int:
 
 
 class _Frames:
-    """Frames out of a byte stream: `feed` bytes, get every whole message."""
+    """Frames out of a byte stream: `feed` bytes, get every whole message; ValueError as
+    soon as a frame does not start as ours do (a pickle's PROTO opcode after the length: any
+    text, such as a stray print on the stream, is caught at its first bytes)."""
 
     def __init__(self) -> None:
         self._buffer = bytearray()
@@ -174,8 +177,10 @@ class _Frames:
         self._buffer += data
         messages, at = [], 0
         buffer = self._buffer
-        while len(buffer) - at >= 4:
+        while len(buffer) - at > _LENGTH.size:
             (size,) = _LENGTH.unpack_from(buffer, at)
+            if buffer[at + _LENGTH.size] != _PROTO:
+                raise ValueError("a frame that is not a pickle")
             if len(buffer) - at - 4 < size:
                 break
             messages.append(pickle.loads(buffer[at + 4 : at + 4 + size]))
@@ -227,7 +232,7 @@ class _Worker(asyncio.SubprocessProtocol):
         self.alive = False
         loop = asyncio.get_running_loop()
         self.exited: asyncio.Future[None] = loop.create_future()
-        self.heard = loop.time()  # when it last sent anything (an answer, a sign of life)
+        self.heard = loop.time()  # when it last sent a whole frame (an answer, a sign of life)
         self.on_wait: Callable[[int, tuple[Any, ...]], None] = lambda request, report: None
         self.on_gone: Callable[[], None] = lambda: None
         self.fetches = True  # False: its share of the limits is 0, it only loads
@@ -247,12 +252,13 @@ class _Worker(asyncio.SubprocessProtocol):
         self.alive = True
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
-        self.heard = asyncio.get_running_loop().time()
         try:
             answers = self.frames.feed(data)
         except Exception as exc:  # not our frames: nothing more it says can be trusted
             self.end(f"sent what is not an answer ({type(exc).__name__})")
             return
+        if answers:  # heard: whole frames, not bytes (a bogus length holds every frame back)
+            self.heard = asyncio.get_running_loop().time()
         for call, ok, value in answers:
             if call == _WAIT:
                 self.on_wait(ok, value)
