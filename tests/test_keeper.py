@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -309,6 +311,81 @@ def test_watching_new_changed_and_removed_files(tmp_path: Path) -> None:
             assert sorted(m.name for m in keeper.managed.values()) == ["a.test"]
 
     run(scenario, tmp_path)
+
+
+def test_status_rows_follow_the_files_across_passes(tmp_path: Path) -> None:
+    """The stored status rows (what `mustaple status` lists) are those of the files there now:
+    a second file's path goes when it goes, a renewed certificate's old leaf goes, a file
+    turned unusable shows that only, and its row goes with the file."""
+
+    async def scenario(tmp: Path) -> None:
+        async with offline(tmp) as (w, keeper, _):
+
+            async def rows() -> list[tuple[str, str, tuple[str, ...]]]:
+                await keeper.scan()
+                await keeper.tick()
+                return sorted((r.name, r.state, r.paths) for r in keeper.store.statuses().values())
+
+            def live(name: str) -> str:
+                return str(tmp / "live" / name / "fullchain.pem")
+
+            w.issue("a.test")
+            w.issue("b.test")
+            copy = tmp / "live" / "d.test" / "fullchain.pem"
+            copy.parent.mkdir()
+            copy.write_bytes(Path(live("a.test")).read_bytes())  # the same leaf, twice
+            both = (live("a.test"), str(copy))
+            assert await rows() == [("a.test", "good", both), ("b.test", "good", (live("b.test"),))]
+            copy.unlink()
+            w.issue("b.test")  # renewed: a new leaf in the same file
+            assert await rows() == [
+                ("a.test", "good", (live("a.test"),)), ("b.test", "good", (live("b.test"),))
+            ]  # fmt: skip
+            Path(live("a.test")).write_text("garbled")
+            assert await rows() == [
+                ("a.test", "unusable", (live("a.test"),)), ("b.test", "good", (live("b.test"),))
+            ]  # fmt: skip
+            Path(live("a.test")).unlink()
+            assert await rows() == [("b.test", "good", (live("b.test"),))]
+
+    run(scenario, tmp_path)
+
+
+def test_a_rewritten_file_of_the_same_certificate_keeps_what_is_known_of_it(
+    tmp_path: Path,
+) -> None:
+    """A file rewritten with the same leaf (a re-deploy, a touch) is the same certificate:
+    its state goes on, not read back from the store, which may be behind (a full disk)."""
+
+    async def scenario(tmp: Path) -> None:
+        async with offline(tmp) as (w, keeper, _):
+            w.issue("a.test")
+            await keeper.scan()
+            await keeper.tick()
+            setattr(keeper.store, "save_staples", _disk_full)  # noqa: B010 (a method, shadowed)
+            w.revoked = True
+            w.clock.now = keeper.next_wakeup()  # type: ignore[assignment]
+            await keeper.tick()
+            assert w.sink.last().action is Action.REVOKED  # learned, not stored
+            w.failing = Rejection(Reason.TIMEOUT, "the CA is down")
+            path = tmp / "live" / "a.test" / "fullchain.pem"
+            os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+            assert [m.name for m in await keeper.scan()] == ["a.test"]
+            await keeper.tick()
+            assert [v.phase for v in keeper.views()] == ["revoked"]
+            assert w.sink.last().action is Action.REVOKED  # never the older good staple again
+            del keeper.store.save_staples  # the class's own again
+            w.clock.now += timedelta(seconds=1)
+            await keeper.tick()
+            stored = keeper.store.load(next(iter(keeper.lives)))
+            assert stored is not None
+            assert stored.revoked
+
+    run(scenario, tmp_path)
+
+
+def _disk_full(*_: object) -> list[bool]:
+    raise sqlite3.OperationalError("database or disk is full")
 
 
 def test_unusable_files_are_reported_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -133,6 +133,10 @@ def test_statuses_round_trip_sorted_by_name(open_store: Opener) -> None:
     store.save_status("k1", status("c.test"))
     store.save_status("k2", status("a.test", failures=3))
     assert list(store.statuses().items()) == [("k2", status("a.test", 3)), ("k1", status("c.test"))]
+    store.forget_statuses(["k2", "never"])
+    store.forget_statuses([])
+    assert list(store.statuses()) == ["k1"]
+    assert list(open_store().statuses()) == ["k1"]  # as stored
 
 
 def test_a_transaction_writes_all_or_nothing(open_store: Opener) -> None:

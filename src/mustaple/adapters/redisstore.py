@@ -253,6 +253,12 @@ class RedisStore:
         if mapping:
             self._w().hset(self._k("status", self.member), mapping=mapping)
 
+    def forget_statuses(self, keys: Iterable[str]) -> None:
+        """Remove this member's status rows of `keys`."""
+        gone = list(keys)
+        if gone:
+            self._w().hdel(self._k("status", self.member), *gone)
+
     def statuses(self, member: str | None = None) -> dict[str, CertStatus]:
         """One member's statuses (this store's member by default), sorted by name."""
         rows = self.client.hgetall(self._k("status", member or self.member))

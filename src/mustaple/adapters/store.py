@@ -217,6 +217,8 @@ class Store(Protocol):
 
     def statuses(self) -> dict[str, CertStatus]: ...
 
+    def forget_statuses(self, keys: Iterable[str]) -> None: ...
+
     def remove(self, key: str) -> None: ...
 
     def transaction(self) -> AbstractContextManager[None]: ...
@@ -431,6 +433,11 @@ class SqliteStore:
     def statuses(self) -> dict[str, CertStatus]:
         rows = self._db.execute("SELECT * FROM status ORDER BY name").fetchall()
         return {row[0]: _status(row[1:]) for row in rows}
+
+    def forget_statuses(self, keys: Iterable[str]) -> None:
+        """Remove the status rows of `keys` (the staples and attempts stay)."""
+        with self.transaction():
+            self._db.executemany("DELETE FROM status WHERE cert_key = ?", ((k,) for k in keys))
 
     def remove(self, key: str) -> None:
         with self.transaction():

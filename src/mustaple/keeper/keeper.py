@@ -325,7 +325,7 @@ class Keeper:
         self._ending: set[asyncio.Task[None]] = set()  # worker pools closing meanwhile
         self._pending = _Pending()
         # pending status rows, one per key: a Life's row is made from its state at the flush
-        self._statuses: dict[str, CertStatus | Life] = {}
+        self._statuses: dict[str, CertStatus | Life | None] = {}  # None: the row goes
         self._store_problem: str | None = None
         self._signatures = SignatureCache.open(store, self._write, clock())
 
@@ -355,7 +355,7 @@ class Keeper:
             log.info("%s: no longer configured or present (%s)", self.managed[path].name, path)
             self._drop(path)
         for path in set(self.problems) - set(wanted):
-            del self.problems[path]
+            self._forget_status(self.problems.pop(path).key)
         changed = []
         for path, entry in wanted.items():
             current = self.managed.get(path)
@@ -426,21 +426,28 @@ class Keeper:
             else:
                 self._unusable(path, stamp, loaded.message, Reason.CERT_UNUSABLE)
             return None
-        self.problems.pop(path, None)
+        problem = self.problems.pop(path, None)
         target = loaded.target
-        self._drop(path)
         key = loaded.key or cert_key(target.leaf)
+        before = self.managed.get(path)
+        self._drop(path)
         life = self.lives.get(key)
+        if life is None and before is not None and before.key == key:
+            life = before.life  # the same certificate, its file rewritten: its truth goes on
         fresh = life is None
         if life is None:
             life = Life(key, target)
-            self.lives[life.key] = life
+        self.lives[life.key] = life
         managed = Managed(path, entry, target, stamp, loaded.bundle_has_issuer, life)
         self.managed[path] = managed
         self._files.setdefault(life.key, []).append(managed)
         self._roster_changed()
+        if problem is not None:
+            self._forget_status(problem.key)
         if fresh:
             self._begin(managed, looked)
+        else:
+            self._save_status(life)  # its paths
         return managed
 
     @contextlib.asynccontextmanager
@@ -519,9 +526,12 @@ class Keeper:
         self._roster_changed()
         files = self._files[managed.key]
         files.remove(managed)
-        if not files:
+        if files:
+            self._save_status(managed.life)  # its paths
+        else:
             del self._files[managed.key]
             self.lives.pop(managed.key, None)
+            self._forget_status(managed.key)
 
     # --- One pass -------------------------------------------------------------------------------
 
@@ -897,13 +907,20 @@ class Keeper:
         one row per certificate however often its state changed meanwhile."""
         self._statuses[key] = status
 
+    def _forget_status(self, key: str) -> None:
+        """The row of a certificate (or an unusable file) no configured file shows any more,
+        removed by the pass's last flush unless it is written again before: `status` lists
+        only what is there (a renewed certificate's old leaf, a removed file, a file fixed)."""
+        if key not in self.lives:
+            self._statuses[key] = None
+
     def _flush(self, *, statuses: bool = True) -> None:
         """Apply the pending store writes in one transaction, with the status rows unless
         `statuses` is False (a full group, or the staples before a delivery, in the middle of
         a pass: the rows would be written again at its end). When the store cannot take them
         (disk full), they stay pending and the keeper serves from memory until it can."""
         writes, self._pending = self._pending, _Pending()
-        rows: dict[str, CertStatus | Life] = {}
+        rows: dict[str, CertStatus | Life | None] = {}
         if statuses:
             rows, self._statuses = self._statuses, {}
         if not writes and not rows:
@@ -914,7 +931,9 @@ class Keeper:
                 self.store.save_statuses(
                     (key, status if isinstance(status, CertStatus) else self._status(status))
                     for key, status in rows.items()
+                    if status is not None
                 )
+                self.store.forget_statuses(key for key, status in rows.items() if status is None)
         except (sqlite3.Error, OSError) as exc:
             self._pending = writes.then(self._pending)
             self._statuses = rows | self._statuses
