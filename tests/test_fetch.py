@@ -204,6 +204,7 @@ def test_retry_after_forms() -> None:
     assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412500.0) == 0.0
     assert _retry_after("soon") is None
     assert _retry_after(None) is None
+    assert _retry_after("\u00b9") is None  # a superscript 1: a digit to str.isdigit only
 
 
 def test_policy_rejects_nonsense() -> None:

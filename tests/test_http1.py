@@ -477,13 +477,67 @@ def test_a_refused_connection_says_where_and_why() -> None:
 
 @pytest.mark.parametrize(
     "answer",
-    [b"SPDY/3 200 OK\r\n\r\n", b"HTTP/1.1 2x0 OK\r\n\r\n", b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n"],
+    [
+        b"SPDY/3 200 OK\r\n\r\n",
+        b"HTTP/1.1 2x0 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
+        b"HTTP/1.1 \xb200 OK\r\n\r\n",  # a superscript 2: a digit to str.isdigit, not to int
+        b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\nab",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\nabcde\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nabcde\r\n0\r\n\r\n",
+        b"HTTP/1.1 302 Found\r\nLocation: http://[bad/x\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:99999/\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 302 Found\r\nLocation: ftp://x/\r\nContent-Length: 0\r\n\r\n",
+    ],
 )
 def test_what_is_not_http_is_a_bad_answer(answer: bytes) -> None:
     async def scenario() -> None:
         async with serving(lambda seen: (answer, CLOSE)) as server:
             with pytest.raises(BadAnswer):
                 await get_once(server.url)
+
+    asyncio.run(scenario())
+
+
+def test_bytes_sent_unasked_are_never_read_as_the_next_answer() -> None:
+    """A second answer to one request, or a stray CRLF after a body, waits in the buffer of a
+    kept connection: the connection is not used again. A 408 sent as the server timed out an
+    idle connection is no answer to the request sent on it then: once more, on a fresh one."""
+
+    async def scenario() -> None:
+        for extra in (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray", b"\r\n"):
+
+            def twice(seen: Seen, extra: bytes = extra) -> tuple[bytes, str]:
+                body = seen.line.split()[1].encode()
+                answer, after = ok(body)
+                return answer + extra, after
+
+            async with serving(twice) as server:
+                http = client()
+                try:
+                    for path in ("/one", "/two", "/three"):
+                        assert (await get(http, server.url + path)).body == path.encode()
+                finally:
+                    await http.close()
+            assert server.connections == 3  # none kept with bytes in it
+
+        timed_out = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n"
+        served: list[int] = []
+
+        def timed_out_idle(seen: Seen) -> tuple[bytes, str]:
+            served.append(seen.connection)
+            if served == [1, 1]:  # the server timed the kept connection out as this request came
+                return timed_out, CLOSE
+            return ok(b"answered")
+
+        async with serving(timed_out_idle) as server:
+            http = client()
+            try:
+                assert (await get(http, server.url)).body == b"answered"
+                assert (await get(http, server.url)).body == b"answered"
+            finally:
+                await http.close()
+        assert served == [1, 1, 2]
 
     asyncio.run(scenario())
 

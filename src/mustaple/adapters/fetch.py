@@ -332,6 +332,8 @@ def _failed(
         ):
             return _proxy_answer(proxy, exc.status, None)
         return _too_large(exc.size, policy.max_size)
+    if isinstance(exc, http1.ConnectTimeout):
+        return _timed_out(policy, proxy, exc.seconds)
     if isinstance(exc, TimeoutError):
         return _timed_out(policy, proxy)
     if isinstance(exc, http1.ConnectFailed):
@@ -354,9 +356,13 @@ def _headers(request: HttpRequest, proxy: Proxy | None) -> dict[str, str]:
     return headers
 
 
-def _timed_out(policy: FetchPolicy, proxy: Proxy | None) -> _Reply:
+def _timed_out(policy: FetchPolicy, proxy: Proxy | None, seconds: float | None = None) -> _Reply:
+    """A timeout: of the whole exchange, or of the connection alone (`seconds`)."""
     through = f" (through proxy {proxy.url})" if proxy else ""
-    return _Reply(None, Rejection(Reason.TIMEOUT, f"after {policy.total_timeout:g} s{through}"))
+    if seconds is None:
+        return _Reply(None, Rejection(Reason.TIMEOUT, f"after {policy.total_timeout:g} s{through}"))
+    said = f"no connection within {seconds:g} s{through}"
+    return _Reply(None, Rejection(Reason.TIMEOUT, said))
 
 
 async def _send_aiohttp(
@@ -388,6 +394,8 @@ async def _send_aiohttp(
             return await _read(response, policy.max_size)
     except aiohttp.TooManyRedirects:
         return _Reply(None, Rejection(Reason.TOO_MANY_REDIRECTS, request.url[:120]))
+    except aiohttp.ConnectionTimeoutError:  # the connection (through the proxy too) alone
+        return _timed_out(policy, proxy, policy.connect_timeout)
     except TimeoutError:
         return _timed_out(policy, proxy)
     except aiohttp.ClientProxyConnectionError as exc:
@@ -466,7 +474,7 @@ def _retry_after(value: str | None, now: float | None = None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # '²' is a digit to isdigit, not to float
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -28,6 +29,7 @@ __all__ = [
     "BadAnswer",
     "BadUrl",
     "ConnectFailed",
+    "ConnectTimeout",
     "Handover",
     "Http1Client",
     "HttpProblem",
@@ -41,6 +43,8 @@ __all__ = [
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _HEAD_LIMIT = 65536  # bytes of status line and headers
+_DECIMAL = re.compile(r"[0-9]+")  # ASCII only: str.isdigit takes '²', which int() refuses
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")  # int(x, 16) would take '-5', '0x5', '+5'
 
 
 class Watcher(Protocol):
@@ -70,6 +74,14 @@ class ConnectFailed(HttpProblem):
     def __init__(self, host: str, port: int, error: OSError, *, to_proxy: bool) -> None:
         super().__init__(f"{host}:{port}: {error}")
         self.host, self.port, self.error, self.to_proxy = host, port, error, to_proxy
+
+
+class ConnectTimeout(TimeoutError):
+    """No connection within the connect timeout (`seconds`)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no connection within {seconds:g} s")
+        self.seconds = seconds
 
 
 class BadAnswer(HttpProblem):
@@ -178,10 +190,20 @@ class _Connection:
     writer: asyncio.StreamWriter
 
     def usable(self) -> bool:
-        return not (self.reader.at_eof() or self.writer.is_closing())
+        """Open, and with nothing the server sent unasked waiting to be read (a second answer
+        to one request, a stray CRLF, a 408 sent before closing an idle connection): such
+        bytes would be read as the answer to the next request."""
+        return not (self.reader.at_eof() or self.writer.is_closing() or _buffered(self.reader))
 
     def close(self) -> None:
         self.writer.close()
+
+
+def _buffered(reader: asyncio.StreamReader) -> int:
+    """Bytes received and not read yet (asyncio has no public way to ask; its `_buffer` has
+    been the StreamReader's buffer since Python 3.4)."""
+    buffer: bytearray = getattr(reader, "_buffer", bytearray())
+    return len(buffer)
 
 
 class _ClosedUnanswered(Exception):
@@ -260,12 +282,9 @@ class Http1Client:
                 raise TooManyRedirects(f"{redirects} redirects, the last to {location[:120]}")
             if response.status == 303 or (response.status in (301, 302) and method == "POST"):
                 method, body = "GET", None
-            url = urljoin(url, location)
-            scheme = urlsplit(url).scheme
-            if scheme == "https":
+            url = _redirected(url, location, proxy)
+            if url.startswith("https:"):
                 raise Handover(method, url, body, redirects)
-            if scheme != "http":
-                raise BadUrl(f"a redirect to {url[:120]!r}, which is not an http(s):// URL")
 
     async def _exchange(
         self, where: _Target, data: bytes, method: str, policy: FetchPolicy
@@ -276,7 +295,11 @@ class Http1Client:
             connection = self._take_idle(key)
             if connection is not None:
                 try:
-                    return await self._on(connection, data, method, max_size)
+                    response = await self._on(connection, data, method, max_size)
+                    if response.status != 408:
+                        return response
+                    # a 408 on a connection the server timed out while idle (sent just as
+                    # the request went): not an answer to it, as browsers read it too
                 except _ClosedUnanswered:
                     pass  # the server had closed it: once more, on a fresh connection
             connection = await self._connect(key, where, policy.connect_timeout)
@@ -301,6 +324,8 @@ class Http1Client:
         try:
             async with asyncio.timeout(connect_timeout):
                 reader, writer = await asyncio.open_connection(host, port, limit=_HEAD_LIMIT)
+        except TimeoutError:
+            raise ConnectTimeout(connect_timeout) from None
         except OSError as exc:
             raise ConnectFailed(host, port, exc, to_proxy=where.proxy is not None) from None
         self._open += 1
@@ -333,6 +358,21 @@ class Http1Client:
                 self._idle.setdefault(connection.key, []).append(connection)
             else:
                 self._drop(connection)
+
+
+def _redirected(url: str, location: str, proxy: str | None) -> str:
+    """Where a redirect from `url` to `location` goes: an http(s):// URL; BadAnswer if the
+    answer's Location cannot be one (the responder's fault, not its configured URL's)."""
+    try:
+        onward = urljoin(url, location)
+        scheme = urlsplit(onward).scheme
+        if scheme == "http":
+            _where(onward, proxy)  # a host and port a request can go to
+    except (ValueError, BadUrl) as exc:
+        raise BadAnswer(f"a redirect to a malformed URL {location[:120]!r} ({exc})") from None
+    if scheme not in ("http", "https"):
+        raise BadAnswer(f"a redirect to {onward[:120]!r}, which is not an http(s):// URL")
+    return onward
 
 
 def _head(
@@ -383,7 +423,7 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[str, int, str, dict[
     status_line, *fields = head[:-4].decode("latin-1").split("\r\n")
     version, _, rest = status_line.partition(" ")
     code, _, reason = rest.partition(" ")
-    if version not in ("HTTP/1.1", "HTTP/1.0") or len(code) != 3 or not code.isdigit():
+    if version not in ("HTTP/1.1", "HTTP/1.0") or len(code) != 3 or not _DECIMAL.fullmatch(code):
         raise BadAnswer(f"not an HTTP/1.x status line: {status_line[:60]!r}")
     headers: dict[str, str] = {}
     for line in fields:
@@ -399,7 +439,7 @@ async def _read_sized(
     reader: asyncio.StreamReader, status: int, headers: dict[str, str], max_size: int
 ) -> bytes:
     text = headers["content-length"]
-    if not text.isdigit():
+    if not _DECIMAL.fullmatch(text):
         raise BadAnswer(f"a Content-Length that is not a number: {text[:40]!r}")
     size = int(text)
     if size > max_size:
@@ -414,10 +454,9 @@ async def _read_chunked(
     while True:
         line = await reader.readuntil(b"\r\n")
         digits = line.split(b";", 1)[0].strip()
-        try:
-            size = int(digits, 16)
-        except ValueError:
-            raise BadAnswer(f"a malformed chunk size: {digits[:20]!r}") from None
+        if not _CHUNK_SIZE.fullmatch(digits):
+            raise BadAnswer(f"a malformed chunk size: {digits[:20]!r}")
+        size = int(digits, 16)
         if size == 0:
             break
         if len(body) + size > max_size:
