@@ -281,6 +281,45 @@ def test_a_simulated_day_fetches_each_staple_once_per_window(
     run(scenario)
 
 
+def test_a_fetch_that_raises_releases_its_lease_and_a_clock_ahead_is_not_trusted(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """A member whose fetch raised leaves no lease behind: the next member fetches at once.
+    A shared staple said fetched 30 days ahead (a member's clock, or its bug) is scheduled
+    from now, not from then: the next refresh stays within the staple's life."""
+
+    async def scenario() -> None:
+        async with fleetworld(tmp_path, redis_server, members=2, certificates=1) as w:
+            a, b = w.members
+            (leaf,) = w.leaves
+            key = key_of(leaf)
+
+            async def raising(*_: object, **__: object) -> None:
+                raise RuntimeError("a bug in the fetch")
+
+            setattr(a.keeper.fetcher, "fetch", raising)  # noqa: B010
+            await a.keeper.tick()
+            assert b.fleet.shared.record(key).lease_holder is None
+            await b.keeper.tick()
+            assert len(w.responder.requests) == 1  # b did not wait out a's lease
+        async with fleetworld(tmp_path / "ahead", redis_server, members=2, certificates=1) as w:
+            a, b = w.members
+            (leaf,) = w.leaves
+            key = key_of(leaf)
+            b.fleet._stop_listening()  # b finds the staple when it claims, not by the news
+            await a.keeper.tick()
+            ahead = (w.clock.now + timedelta(days=30)).isoformat()
+            a.fleet.shared.client.hset(f"{a.fleet.shared.prefix}staple:{key}", "fetched_at", ahead)
+            (managed,) = b.keeper.by_key(key)
+            await b.keeper.tick()  # due: it claims, finds the shared staple, adopts it
+            assert len(w.responder.requests) == 1
+            assert managed.held is not None
+            assert managed.next_due is not None
+            assert managed.next_due < managed.held.effective_expiry
+
+    run(scenario)
+
+
 def test_a_member_adopts_an_announced_staple_within_a_second(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:

@@ -454,6 +454,11 @@ def test_command_sees_the_delivery_in_its_environment(
     [removed] = deliver(sink, pki.delivery(files.fullchain, None))
     assert outcome(removed) == (None, True)
     assert seen.read_text().splitlines() == ["remove", str(files.fullchain), NAME, "revoked", ""]
+    # the same certificate in a second file (another server's copy): its own delivery
+    other = tmp_path / "haproxy" / "site.pem"
+    [second] = deliver(sink, pki.delivery(other, None))
+    assert outcome(second) == (None, True)
+    assert seen.read_text().splitlines()[:2] == ["remove", str(other)]
 
 
 def test_command_failure_and_timeout_are_reported(pki: Pki, files: LeafFiles) -> None:

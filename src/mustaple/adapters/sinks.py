@@ -596,14 +596,15 @@ class CommandSink:
         self.name = name
         self.command = command
         self.timeout = timeout
-        self._done: dict[str, tuple[Action, bytes | None]] = {}
+        self._done: dict[tuple[str, str], tuple[Action, bytes | None]] = {}  # (key, file)
 
     async def deliver(self, batch: Sequence[Delivery]) -> list[Delivered]:
         return [await self._deliver_one(d) for d in batch]
 
     async def _deliver_one(self, delivery: Delivery) -> Delivered:
         wanted = (delivery.action, delivery.der)
-        if self._done.get(delivery.key) == wanted:
+        done = (delivery.key, str(delivery.cert_path))  # each file: its own server may read it
+        if self._done.get(done) == wanted:
             return Delivered(delivery.key, self.name, changed=False)
         try:
             problem = await self._run(delivery)
@@ -611,7 +612,7 @@ class CommandSink:
             problem = f"cannot write the temporary staple file ({exc.strerror or exc})"
         if problem is not None:
             return Delivered(delivery.key, self.name, changed=False, error=problem)
-        self._done[delivery.key] = wanted
+        self._done[done] = wanted
         return Delivered(delivery.key, self.name, changed=True)
 
     async def _run(self, delivery: Delivery) -> str | None:

@@ -364,7 +364,7 @@ class Fleet:
         if current is not None and current.der == stored.der:  # ours: validated already
             # due, unless it was adopted while we looked (its schedule then says when), or a
             # member fetched it again just now (the CA answered the same: keep the floor)
-            again = stored.fetched_at + self.keeper.policy.schedule.min_interval
+            again = min(stored.fetched_at, now) + self.keeper.policy.schedule.min_interval
             due = max(again, managed.next_due or now)
             return Turn(wait_until=due) if due > now else None
         if self._adopt(managed, stored, origin):
@@ -388,10 +388,13 @@ class Fleet:
         lease = turn.token if isinstance(turn.token, Lease) else None
         if lease is not None and (renewal := self._renewals.pop(lease.key, None)):
             renewal.cancel()
-        if result is None or not self.up:
+        if not self.up:
             return
         try:
-            await self._call(self._share, managed, lease, result)
+            if result is not None:
+                await self._call(self._share, managed, lease, result)
+            elif lease is not None:  # the fetch raised: nothing to share, the lease goes
+                await self._call(self.shared.release, lease)
         except redis.RedisError as exc:
             self._lost(exc)
 

@@ -665,9 +665,13 @@ class Keeper:
 
     def adopt(self, managed: Managed, staple: Staple, stored: StoredStaple, origin: str) -> bool:
         """Take a staple another member fetched, validated (`staple`), if the life cycle
-        allows it; schedule from when it was fetched. Returns whether it was taken."""
-        event = Accepted(staple, stored.fetched_at, stored.responder_url, f"fetched by {origin}")
-        self._apply(managed.life, event, self.clock())
+        allows it; schedule from when it was fetched (never later than now: a member whose
+        clock runs ahead must not push the next refresh past the staple's life). Returns
+        whether it was taken."""
+        now = self.clock()
+        fetched = min(stored.fetched_at, now)
+        event = Accepted(staple, fetched, stored.responder_url, f"fetched by {origin}")
+        self._apply(managed.life, event, now)
         return managed.life.state.answer is staple
 
     async def refresh(self, managed: Managed) -> FetchResult:
