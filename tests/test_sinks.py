@@ -426,6 +426,37 @@ def test_haproxy_rules_a_staple_must_keep(pki: Pki, tmp_path: Path) -> None:
         assert staple_from(server.port, NAME) is None  # 300 s before nextUpdate: dropped
 
 
+def test_two_certificates_never_share_one_staple_file(pki: Pki, tmp_path: Path) -> None:
+    """A template that gives two certificate files one staple file (an ECDSA and an RSA
+    certificate of one name; certbot's example.com and example.com-0001): the second is
+    refused, naming the first, while the first's file is there; the same certificate in two
+    files, or a renewed one in its file, is no clash; a name that is no file name stays in
+    the directory."""
+    sink = build_sink("files", {"type": "file", "path": f"{tmp_path}/staples/{{name}}.der"})
+    first, second = tmp_path / "ec" / "fullchain.pem", tmp_path / "rsa" / "fullchain.pem"
+    for cert in (first, second):
+        cert.parent.mkdir()
+        cert.write_text("a certificate")
+    ec = pki.delivery(first, b"EC staple")
+    rsa = replace(pki.delivery(second, b"RSA staple"), key="another certificate")
+    done = deliver(sink, ec, rsa)
+    assert outcome(done[0]) == (None, True)
+    assert done[1].error is not None
+    assert f"another certificate, {first}" in done[1].error
+    staple = tmp_path / "staples" / f"{NAME}.der"
+    assert staple.read_bytes() == b"EC staple"
+    copy = pki.delivery(tmp_path / "copy.pem", b"EC staple")  # the same certificate
+    assert outcome(deliver(sink, copy)[0]) == (None, False)
+    renewed = replace(pki.delivery(first, b"renewed"), key="the renewed certificate")
+    assert outcome(deliver(sink, renewed)[0]) == (None, True)
+    first.unlink()  # the other file gone: the staple file is the second's now
+    assert outcome(deliver(sink, rsa)[0]) == (None, True)
+    assert staple.read_bytes() == b"RSA staple"
+    for name, written in (("..", "__"), (".", "_"), ("", "_")):
+        odd = replace(pki.delivery(second, b"x"), name=name)
+        assert sink.path_for(odd) == tmp_path / "staples" / f"{written}.der"  # type: ignore[attr-defined]
+
+
 # --- command --------------------------------------------------------------------------------------
 
 

@@ -305,16 +305,36 @@ class FileSink:
         self.remove_revoked = remove_revoked
         self._reloader = _Reloader(reload, reload_timeout, running)
         self._cleaner = _Cleaner(_file_names(path))
+        self._owners: dict[Path, tuple[str, Path]] = {}  # staple file -> (key, cert file)
+        self._placed: dict[Path, Path] = {}  # cert file -> its staple file, last delivered
 
     def path_for(self, delivery: Delivery) -> Path:
-        """The staple file for `delivery`: the template filled in."""
+        """The staple file for `delivery`: the template filled in (a name that is no file
+        name, such as ".." or "", becomes "_": it never climbs out of the directory)."""
+        name = delivery.name.replace("/", "_").replace("\0", "_")
         return Path(
             self.path.format(
-                name=delivery.name.replace("/", "_").replace("\0", "_"),
+                name=name if name.strip(".") else name.replace(".", "_") or "_",
                 stem=delivery.cert_path.stem,
                 dir=delivery.cert_path.parent,
             )
         )
+
+    def _clash(self, delivery: Delivery, path: Path) -> str | None:
+        """Why `delivery` must not touch `path`: another certificate's file, still there,
+        has its staple in it (the template gives two certificates one file); else None and
+        `path` is this certificate file's from now on."""
+        owner = self._owners.get(path)
+        if owner is not None and owner[0] != delivery.key and owner[1] != delivery.cert_path:
+            other = owner[1]
+            if self._placed.get(other) == path and other.exists():
+                return (
+                    f"{path} holds the staple of another certificate, {other}: the `path` "
+                    "of the sink gives both the same file; add {stem} or {dir} to it"
+                )
+        self._owners[path] = (delivery.key, delivery.cert_path)
+        self._placed[delivery.cert_path] = path
+        return None
 
     async def deliver(self, batch: Sequence[Delivery]) -> list[Delivered]:
         outcomes = await asyncio.to_thread(self._apply_all, batch)
@@ -328,6 +348,10 @@ class FileSink:
         pending: dict[Path, tuple[int, bytes]] = {}  # to write: place in the batch, bytes
         for delivery in batch:
             path = self.path_for(delivery)
+            clash = self._clash(delivery, path)
+            if clash is not None:
+                outcomes.append(_Outcome(False, clash))
+                continue
             der = self._writes(delivery)
             if der is None or path in pending:
                 _write_pending(pending, outcomes)
