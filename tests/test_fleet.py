@@ -320,6 +320,42 @@ def test_a_fetch_that_raises_releases_its_lease_and_a_clock_ahead_is_not_trusted
     run(scenario)
 
 
+def test_a_garbled_shared_record_or_message_is_refused_and_the_member_goes_on(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Another writer's garbage in Redis (a staple record with a field missing or a bad time,
+    a message that is not UTF-8) is refused with a line: the member fetches for itself, is
+    not marked broken, and keeps hearing the others."""
+
+    async def scenario() -> None:
+        async with fleetworld(tmp_path, redis_server, members=2, certificates=1) as w:
+            a, b = w.members
+            (leaf,) = w.leaves
+            key = key_of(leaf)
+            a.fleet.shared.client.publish(a.fleet.shared.channel, b"\xff\xfe")
+            listener = b.fleet._listener
+            await asyncio.sleep(0.5)  # the listener thread reads it
+            assert listener is not None
+            assert listener.is_alive()
+            b.fleet._stop_listening()  # b finds the record when it claims
+            await a.keeper.tick()
+            record = f"{a.fleet.shared.prefix}staple:{key}"
+            a.fleet.shared.client.hdel(record, "fetched_by")
+            (managed,) = b.keeper.by_key(key)
+            await b.keeper.tick()
+            assert len(w.responder.requests) == 2  # b fetched for itself
+            assert managed.held is not None
+            assert managed.life.state.phase.value == "good"
+            a.fleet.shared.client.hset(record, "fetched_at", "garbage")
+            assert b.fleet.shared.load(key) is None
+            await b.fleet._listen()
+            w.clock.now = a.keeper.next_wakeup()  # type: ignore[assignment]
+            await a.keeper.tick()
+            await eventually(lambda: b.served(leaf) == a.served(leaf) is not None, 3.0)
+
+    run(scenario)
+
+
 def test_a_member_adopts_an_announced_staple_within_a_second(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:

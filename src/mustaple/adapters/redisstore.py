@@ -27,6 +27,7 @@ not minutes. Calls from one thread at a time (the fleet runs them in one worker 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ from mustaple.adapters.store import (
 )
 
 __all__ = ["FleetRecord", "Lease", "Member", "RedisStore", "Retry", "shown_url"]
+
+log = logging.getLogger("mustaple")
 
 CHANNEL = "staples"
 # KEYS: staple hash, key set. ARGV: fence, thisUpdate (ms), channel, key, member, effective
@@ -404,15 +407,36 @@ def _staple(fields: dict[bytes, bytes]) -> StoredStaple:
 
 
 def _found(fields: dict[bytes, bytes]) -> tuple[StoredStaple, str] | None:
-    """A staple hash as (the staple, who fetched it)."""
-    return (_staple(fields), fields[b"fetched_by"].decode()) if fields else None
+    """A staple hash as (the staple, who fetched it); None when there is none, or when it
+    cannot be read (a field missing or garbled by another writer: refused, logged, and the
+    member fetches for itself)."""
+    if not fields:
+        return None
+    try:
+        return _staple(fields), fields[b"fetched_by"].decode()
+    except _UNREADABLE as exc:
+        log.warning("fleet: a shared staple cannot be read (%s: %s): refused", _kind(exc), exc)
+        return None
 
 
 def _retry(raw: bytes | None) -> Retry | None:
+    """A retry mark, or None (none, or one that cannot be read: no reason to wait)."""
     if raw is None:
         return None
-    data = json.loads(raw)
-    return Retry(_time(data["at"]), data["member"], data["reason"])
+    try:
+        data = json.loads(raw)
+        return Retry(_time(data["at"]), str(data["member"]), str(data["reason"]))
+    except (*_UNREADABLE, json.JSONDecodeError) as exc:
+        log.warning("fleet: a retry mark cannot be read (%s: %s): ignored", _kind(exc), exc)
+        return None
+
+
+# what a record garbled by another writer raises when read
+_UNREADABLE = (KeyError, ValueError, TypeError, AttributeError, UnicodeDecodeError)
+
+
+def _kind(exc: BaseException) -> str:
+    return type(exc).__name__
 
 
 def _attempt_json(a: AttemptRecord, member: str) -> str:

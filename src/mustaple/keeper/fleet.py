@@ -238,7 +238,8 @@ class Fleet:
             while not stop.is_set():
                 message = pubsub.get_message(timeout=LISTEN_POLL_SECONDS)
                 if message is not None:
-                    loop.call_soon_threadsafe(self._heard.put_nowait, message["data"].decode())
+                    heard = message["data"].decode(errors="replace")  # a garbled one: no key
+                    loop.call_soon_threadsafe(self._heard.put_nowait, heard)
         except redis.RedisError as exc:
             if not stop.is_set():
                 loop.call_soon_threadsafe(self._lost, exc)
