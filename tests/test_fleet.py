@@ -25,7 +25,7 @@ from cryptography.x509.oid import NameOID
 from conftest import Clock
 from mustaple.adapters.config import CertEntry, Config, FleetConfig, KeeperPolicy
 from mustaple.adapters.fetch import FetchPolicy
-from mustaple.adapters.redisstore import Lease, RedisStore
+from mustaple.adapters.redisstore import Lease, RedisStore, Retry
 from mustaple.adapters.sinks import build_sink
 from mustaple.adapters.store import SqliteStore, StoredStaple, cert_key
 from mustaple.keeper.daemon import open_fleet
@@ -316,6 +316,11 @@ def test_a_fetch_that_raises_releases_its_lease_and_a_clock_ahead_is_not_trusted
             assert managed.held is not None
             assert managed.next_due is not None
             assert managed.next_due < managed.held.effective_expiry
+            far = Retry(w.clock.now + timedelta(days=30), "m0", "try-later")  # a's mark
+            turn = b.fleet._from_look(managed, None, far, w.clock.now)
+            longest = w.clock.now + b.keeper.policy.schedule.retry_max
+            assert turn is not None
+            assert turn.wait_until == longest  # never held back longer than our own retry
 
     run(scenario)
 

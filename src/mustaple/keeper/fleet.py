@@ -351,7 +351,9 @@ class Fleet:
         if turn is not None:
             return turn
         if retry is not None and retry.at > now and retry.member != self.member and not self.eager:
-            return Turn(wait_until=retry.at)
+            # never longer than our own longest retry: a member whose clock runs ahead (or
+            # its bug) must not hold the others back for longer
+            return Turn(wait_until=min(retry.at, now + self.keeper.policy.schedule.retry_max))
         return None
 
     def _from_shared(
