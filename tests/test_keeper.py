@@ -351,6 +351,27 @@ def test_status_rows_follow_the_files_across_passes(tmp_path: Path) -> None:
     run(scenario, tmp_path)
 
 
+def test_rows_of_files_gone_while_no_keeper_ran_go_at_its_next_start(tmp_path: Path) -> None:
+    async def scenario(tmp: Path) -> None:
+        async with offline(tmp) as (w, keeper, fetcher):
+            w.issue("a.test")
+            w.issue("b.test")
+            await keeper.scan()
+            await keeper.tick()
+        (tmp / "live" / "b.test" / "fullchain.pem").unlink()  # while no keeper runs
+        store = SqliteStore(tmp / "state" / "state.db")
+        try:
+            assert sorted(r.name for r in store.statuses().values()) == ["a.test", "b.test"]
+            async with w.keeper(store, fetcher) as again:
+                await again.scan()
+                await again.tick()
+            assert [r.name for r in store.statuses().values()] == ["a.test"]
+        finally:
+            store.close()
+
+    run(scenario, tmp_path)
+
+
 def test_a_rewritten_file_of_the_same_certificate_keeps_what_is_known_of_it(
     tmp_path: Path,
 ) -> None:

@@ -133,9 +133,11 @@ def test_statuses_round_trip_sorted_by_name(open_store: Opener) -> None:
     store.save_status("k1", status("c.test"))
     store.save_status("k2", status("a.test", failures=3))
     assert list(store.statuses().items()) == [("k2", status("a.test", 3)), ("k1", status("c.test"))]
+    assert store.status_keys() == {"k1", "k2"}
     store.forget_statuses(["k2", "never"])
     store.forget_statuses([])
     assert list(store.statuses()) == ["k1"]
+    assert store.status_keys() == {"k1"}
     assert list(open_store().statuses()) == ["k1"]  # as stored
 
 

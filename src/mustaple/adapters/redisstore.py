@@ -256,6 +256,10 @@ class RedisStore:
         if mapping:
             self._w().hset(self._k("status", self.member), mapping=mapping)
 
+    def status_keys(self) -> set[str]:
+        """This member's keys that have a status row."""
+        return {k.decode() for k in self.client.hkeys(self._k("status", self.member))}
+
     def forget_statuses(self, keys: Iterable[str]) -> None:
         """Remove this member's status rows of `keys`."""
         gone = list(keys)

@@ -219,6 +219,8 @@ class Store(Protocol):
 
     def forget_statuses(self, keys: Iterable[str]) -> None: ...
 
+    def status_keys(self) -> set[str]: ...
+
     def remove(self, key: str) -> None: ...
 
     def transaction(self) -> AbstractContextManager[None]: ...
@@ -433,6 +435,10 @@ class SqliteStore:
     def statuses(self) -> dict[str, CertStatus]:
         rows = self._db.execute("SELECT * FROM status ORDER BY name").fetchall()
         return {row[0]: _status(row[1:]) for row in rows}
+
+    def status_keys(self) -> set[str]:
+        """The keys that have a status row."""
+        return {row[0] for row in self._db.execute("SELECT cert_key FROM status")}
 
     def forget_statuses(self, keys: Iterable[str]) -> None:
         """Remove the status rows of `keys` (the staples and attempts stay)."""

@@ -313,6 +313,7 @@ class Keeper:
         self.problems: dict[Path, Problem] = {}
         self._index: dict[str, dict[CertId, Managed]] = {}  # by hash name; see `find`
         self.revision = 0  # see `state_of`
+        self._rows_swept = False  # the status rows of files gone meanwhile, at the first scan
         self._files: dict[str, list[Managed]] = {}  # by key, in the order of `managed`
         self._delivering = asyncio.Lock()
         self._issuer_cache: dict[str, bytes] = {}
@@ -369,6 +370,11 @@ class Keeper:
         with _collecting(len(changed)):
             async with self._helpers(len(changed)):
                 loaded = await self._load_all(changed)
+        if not self._rows_swept:  # the first scan: rows of files gone while we were not here
+            self._rows_swept = True
+            shown = set(self.lives) | {problem.key for problem in self.problems.values()}
+            for key in self.store.status_keys() - shown:
+                self._forget_status(key)
         return [managed for managed in loaded if managed is not None]
 
     async def _load_all(self, files: Sequence[FileToLoad]) -> list[Managed | None]:
