@@ -52,6 +52,7 @@ MAX_CONFIG_SIZE = 1024 * 1024  # bytes of the configuration file
 MAX_NESTING = 16  # tables and arrays within one another
 MAX_DURATION = timedelta(days=3650)  # no duration may be longer, whatever its key
 _MINUTE, _HOUR, _DAY = timedelta(minutes=1), timedelta(hours=1), timedelta(days=1)
+_LOOP = timedelta(seconds=1)  # the least interval of what repeats (a rescan, a retry, a sweep)
 
 
 class ConfigError(InputError):
@@ -323,11 +324,11 @@ def _http(reader: TableReader) -> HttpConfig:
     listen = reader.get("listen", str, "127.0.0.1:8008")
     host, _, port = listen.rpartition(":")
     host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise reader.error("listen", f"{listen!r} is not HOST:PORT such as 127.0.0.1:8008")
     size = reader.number("max_request_size", HttpConfig.max_request_size, 1, 1024 * 1024)
     cap = reader.number("max_connections", HttpConfig.max_connections, 1, 65536)
-    idle = reader.duration("idle_timeout", HttpConfig.idle_timeout, _HOUR)
+    idle = reader.duration("idle_timeout", HttpConfig.idle_timeout, _HOUR, low=_LOOP)
     request = reader.duration("request_timeout", HttpConfig.request_timeout, _HOUR)
     return HttpConfig(host, int(port), size, cap, idle, request)
 
@@ -431,10 +432,12 @@ def _policy(reader: TableReader) -> KeeperPolicy:
         schedule = SchedulePolicy(
             refresh_at=reader.get("refresh_at", float, defaults.schedule.refresh_at),
             jitter=reader.get("jitter", float, defaults.schedule.jitter),
-            min_interval=reader.duration("min_interval", defaults.schedule.min_interval, _DAY),
-            retry_min=reader.duration("retry_min", defaults.schedule.retry_min, _HOUR),
-            retry_base=reader.duration("retry_base", defaults.schedule.retry_base, _DAY),
-            retry_max=reader.duration("retry_max", defaults.schedule.retry_max, _DAY),
+            min_interval=reader.duration(
+                "min_interval", defaults.schedule.min_interval, _DAY, low=_LOOP
+            ),
+            retry_min=reader.duration("retry_min", defaults.schedule.retry_min, _HOUR, low=_LOOP),
+            retry_base=reader.duration("retry_base", defaults.schedule.retry_base, _DAY, low=_LOOP),
+            retry_max=reader.duration("retry_max", defaults.schedule.retry_max, _DAY, low=_LOOP),
         )
         timeout = reader.duration("timeout", timedelta(seconds=defaults.fetch.total_timeout), _HOUR)
         fetch = FetchPolicy(
@@ -458,7 +461,7 @@ def _policy(reader: TableReader) -> KeeperPolicy:
         concurrency=reader.number("concurrency", defaults.concurrency, 1, 1024),
         per_host=reader.number("per_host", defaults.per_host, 1, 1024),
         at_expiry=_choice(reader, "at_expiry", ["remove", "keep"], defaults.at_expiry),
-        watch_interval=reader.duration("watch_interval", defaults.watch_interval, _DAY),
+        watch_interval=reader.duration("watch_interval", defaults.watch_interval, _DAY, low=_LOOP),
         workers=reader.number("workers", 0, 0, 64) if "workers" in reader.table else None,
     )
 

@@ -22,7 +22,7 @@ from mustaple.core.reasons import Note, Reason, Rejection
 from mustaple.core.render import human_duration
 from mustaple.core.schedule import DEFAULT_SCHEDULE, SchedulePolicy, refresh_point
 from mustaple.core.severity import Severity
-from mustaple.core.verify import DEFAULT_POLICY, Policy, Staple, verify
+from mustaple.core.verify import DEFAULT_POLICY, Policy, Staple, declares_unused_bits, verify
 
 if TYPE_CHECKING:
     from mustaple.adapters.probe import ProbeResult
@@ -184,7 +184,18 @@ def client_states(
         return _some_clients_take(outcome.reason) | _first_entry_readers(staple)
     if outcome.reason is Reason.MALFORMED and not staple.startswith(b"\x30"):
         return {}  # not even a SEQUENCE: no parser takes it
+    if outcome.reason is Reason.BAD_SIGNATURE and _unused_bits(staple):
+        return {Client.GNUTLS: StapleState.UNVALIDATED}  # GnuTLS reads past the count
     return _some_clients_take(outcome.reason)
+
+
+def _unused_bits(staple: bytes) -> bool:
+    """Whether a staple's signature BIT STRING declares unused bits."""
+    try:
+        signature = ocsp.load_der_ocsp_response(staple).signature
+    except ValueError:
+        return False
+    return declares_unused_bits(staple, signature)
 
 
 def _some_clients_take(reason: Reason) -> dict[Client, StapleState]:

@@ -225,10 +225,9 @@ def _extensions_without_defaults(wrapper: Tlv) -> bytes:
     extensions = []
     for extension in children(read_single(wrapper.content, SEQUENCE)):
         fields = children(extension)
-        kept = [
-            encoded(field)
-            for field in fields
-            if not (field.tag == BOOLEAN and field.content == _FALSE)
-        ]
-        extensions.append(encode(extension.tag, b"".join(kept)))
+        # extnID, critical (DEFAULT FALSE: only there, and once), extnValue; any other shape
+        # is kept as it is, for the parser to refuse
+        if len(fields) == 3 and fields[1].tag == BOOLEAN and fields[1].content == _FALSE:
+            fields = [fields[0], fields[2]]
+        extensions.append(encode(extension.tag, b"".join(map(encoded, fields))))
     return encode(wrapper.tag, encode(SEQUENCE, b"".join(extensions)))

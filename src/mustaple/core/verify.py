@@ -44,6 +44,7 @@ __all__ = [
     "Staple",
     "check_http",
     "compare",
+    "declares_unused_bits",
     "judge",
     "may_replace",
     "verify",
@@ -92,6 +93,17 @@ _PSS_SHA256 = bytes.fromhex(
 # (pkixder.cpp, SignatureAlgorithmIdentifierValue: ERROR_CERT_SIGNATURE_ALGORITHM_DISABLED).
 _EDDSA = {"1.3.101.112": "Ed25519", "1.3.101.113": "Ed448"}
 _SIGNATURE_ALGORITHMS = {*_RSA_PKCS1, _RSA_PSS, *_ECDSA}
+# How a delegated responder's own certificate may be signed, and on which curves its key may
+# be, for mozpkix (pkixcheck.cpp CheckSignatureAlgorithm, CheckPublicKey: SHA-256/384/512 with
+# RSA or ECDSA, RSASSA-PSS, and the NIST curves P-256/P-384/P-521); GnuTLS refuses secp256k1.
+_DELEGATE_SIGNATURES = {
+    "1.2.840.113549.1.1.11", "1.2.840.113549.1.1.12", "1.2.840.113549.1.1.13", _RSA_PSS,
+    "1.2.840.10045.4.3.2", "1.2.840.10045.4.3.3", "1.2.840.10045.4.3.4",
+}  # fmt: skip
+_DELEGATE_CURVES = ("secp256r1", "secp384r1", "secp521r1")
+# mozpkix keeps the certificates of a response in an array of 8 (pkixutil.h,
+# NonOwningDERArray::MAX_LENGTH) and refuses a response with more
+_MAX_CERTS = 8
 _NULL = bytes([der.NULL, 0])
 # Signature algorithms whose parameters cryptography's parser pins down (absent, or a NULL for
 # the RSA ones): for these our DER walk would find nothing cryptography has not already
@@ -336,11 +348,15 @@ def _verify(data: bytes, target: Target, now: datetime, policy: Policy) -> Stapl
     except (ValueError, UnsupportedAlgorithm, x509.DuplicateExtension) as exc:
         raise _Fail(Reason.MALFORMED, _short(exc)) from exc
     _check_critical(extensions)
+    if len(certs) > _MAX_CERTS:
+        said = f"{len(certs)} certificates: Firefox takes {_MAX_CERTS} at most"
+        raise _Fail(Reason.MALFORMED, said)
     facts = _target_facts(_Same(target))
     by_name = _responder_name(signed) if resp.responder_key_hash is None else None
     signer_key, delegate = _find_signer(resp, by_name, certs, target, facts, now=now)
     params = envelope.signature_params if envelope else None
     _check_signature(signature_oid, params, resp.signature, signed, signer_key)
+    _check_unused_bits(data, resp.signature)
     ours = _our_singles(singles, facts)
     if len(singles) > 1 or _may_have_single_extensions(resp):
         _check_single_extensions(envelope or _open_envelope(data), [i for i, _, _ in ours])
@@ -651,6 +667,14 @@ def _check_delegate(cert: x509.Certificate, issuer: x509.Certificate, now: datet
     check the time as it is. OpenSSL also refuses an unhandled critical extension.
     """
     name = cert.subject.rfc4514_string()
+    algorithm = cert.signature_algorithm_oid.dotted_string
+    if algorithm not in _DELEGATE_SIGNATURES:
+        said = f"{name} is signed with {cert.signature_algorithm_oid._name}: Firefox refuses it"
+        raise _Fail(Reason.UNSUPPORTED_ALGORITHM, said)
+    key = cert.public_key()
+    if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name not in _DELEGATE_CURVES:
+        said = f"{name} has a key on {key.curve.name}: Firefox takes P-256, P-384 and P-521"
+        raise _Fail(Reason.UNSUPPORTED_ALGORITHM, said)
     if not signed_by(cert, issuer):
         raise _Fail(Reason.DELEGATE_NOT_ISSUED_BY_ISSUER, name)
     eku = _extension(cert, x509.ExtendedKeyUsage)
@@ -694,6 +718,20 @@ def _check_signature(
         raise _Fail(Reason.BAD_SIGNATURE) from exc
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise _Fail(Reason.BAD_SIGNATURE, _short(exc)) from exc
+
+
+def _check_unused_bits(data: bytes, signature: bytes) -> None:
+    """The signature BIT STRING says 0 unused bits: Firefox and OpenSSL refuse any other count
+    (cryptography reads past it)."""
+    if declares_unused_bits(data, signature):
+        raise _Fail(Reason.BAD_SIGNATURE, "the signature BIT STRING declares unused bits")
+
+
+def declares_unused_bits(data: bytes, signature: bytes) -> bool:
+    """Whether the BIT STRING of `signature` in the response `data` declares unused bits (in
+    the DER, the count is the byte before the bits)."""
+    at = data.rfind(signature)
+    return at < 1 or data[at - 1] != 0
 
 
 def _verify_with(

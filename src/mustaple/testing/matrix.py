@@ -295,9 +295,10 @@ class Pki:
         not_before: timedelta = -_DAY,
         not_after: timedelta = 30 * _DAY,
         extensions: Sequence[tuple[x509.ExtensionType, bool]] = (),
+        sign_hash: hashes.SHA224 | hashes.SHA256 | None = None,
     ) -> Identity:
-        """A responder certificate issued by `ca`, valid from now + `not_before` until
-        now + `not_after`."""
+        """A responder certificate issued by `ca` (signed with `sign_hash`, SHA-256 by
+        default), valid from now + `not_before` until now + `not_after`."""
         issuer = (ca or self.rsa).issuing
         key = key or ec.generate_private_key(ec.SECP256R1())
         builder = (
@@ -314,7 +315,7 @@ class Pki:
             builder = builder.add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
         for extension, critical in extensions:
             builder = builder.add_extension(extension, critical=critical)
-        return Identity(builder.sign(issuer.key, hashes.SHA256()), key)
+        return Identity(builder.sign(issuer.key, sign_hash or hashes.SHA256()), key)
 
 
 # --- The catalogue ---------------------------------------------------------------------------
@@ -696,6 +697,27 @@ def _extensions(c: _Catalogue) -> None:
     )
 
 
+def _unused_bit(c: _Catalogue) -> None:
+    """A correct RSA signature whose BIT STRING declares 1 unused bit: a signature whose last
+    bit is 0 (one leaf in two), so the padding bit is 0 as DER wants."""
+    for _ in range(64):
+        leaf = c.pki.leaf()
+        response = craft_response(c.spec(leaf))
+        basic = Node.parse(_bytes(Node.parse(response).items[1].items[0].items[1]))
+        signature = _bytes(basic.items[2])
+        if signature[0] == 0 and signature[-1] & 1 == 0:
+            basic.items[2] = Node(basic.items[2].tag, b"\x01" + signature[1:])
+            staple = edit_basic(response, functools.partial(_replaced, basic.encode()))
+            what = "a correct signature whose BIT STRING declares 1 unused bit (a 0)"
+            c.add("signature/bit-string-unused-bit", what, leaf, staple)
+            return
+    raise RuntimeError("no RSA signature ending with a 0 bit in 64 leaves")
+
+
+def _replaced(new: bytes, _old: bytes) -> bytes:
+    return new
+
+
 def _signatures(c: _Catalogue) -> None:
     for hash_name in ("sha1", "sha224", "sha384", "sha512", "md5"):
         c.resigned(
@@ -837,6 +859,12 @@ def _signers(c: _Catalogue) -> None:
          "digitalSignature", {"extensions": [(_key_usage(signature=False), True)]}),
         ("delegate-key-usage-signature", "a delegate whose critical keyUsage has "
          "digitalSignature", {"extensions": [(_key_usage(signature=True), True)]}),
+        ("delegate-cert-sha224", "a delegate whose certificate the CA signed with "
+         "sha224WithRSA", {"sign_hash": hashes.SHA224()}),
+        ("delegate-secp256k1", "a delegate with a key on secp256k1",
+         {"key": ec.generate_private_key(ec.SECP256K1())}),
+        ("delegate-p224", "a delegate with a key on P-224",
+         {"key": ec.generate_private_key(ec.SECP224R1())}),
     ]
     # fmt: on
     for slug, what, options in delegates:
@@ -874,6 +902,12 @@ def _signers(c: _Catalogue) -> None:
         "issuer-signed, the issuer's certificate included",
         certificates=(pki.rsa.cert,),
     )
+    for count in (8, 9):  # mozpkix holds 8 certificates at most
+        c.with_spec(
+            f"signer/issuer-with-{count}-extra-certs",
+            f"issuer-signed, {count} unrelated certificates included",
+            certificates=(pki.foreign.cert,) * count,
+        )
 
 
 def _leaf_identity(leaf: Leaf) -> Identity:
@@ -1035,8 +1069,9 @@ def _generalized(when: datetime, suffix: str = "Z") -> bytes:
     return tlv(0x18, f"{when:%Y%m%d%H%M%S}{suffix}".encode("ascii"))
 
 
-def _insert_false(extension: Node) -> None:
-    extension.items.insert(1, Node(0x01, b"\x00"))
+def _insert_false(extension: Node, *, times: int = 1) -> None:
+    for _ in range(times):
+        extension.items.insert(1, Node(0x01, b"\x00"))
 
 
 def _produced_at(tbs: Node) -> Node:
@@ -1045,6 +1080,18 @@ def _produced_at(tbs: Node) -> Node:
 
 def _der_defaults(c: _Catalogue) -> None:
     nonce = [_ext(_NONCE, False, octet_string(bytes(8)))]
+    c.resigned(
+        "der/critical-false-after-value",
+        "a response nonce with a BOOLEAN FALSE after its value (not where critical goes)",
+        edit=lambda tbs: tbs.items[-1].items[0].items[0].items.append(Node(0x01, b"\x00")),
+        extensions=nonce,
+    )
+    c.resigned(
+        "der/critical-false-twice",
+        "a response nonce with critical FALSE spelled out twice",
+        edit=lambda tbs: _insert_false(tbs.items[-1].items[0].items[0], times=2),
+        extensions=nonce,
+    )
     c.resigned(
         "der/explicit-version-v1",
         "version v1 spelled out ([0] INTEGER 0)",
@@ -1250,6 +1297,7 @@ _AXES: tuple[Callable[[_Catalogue], None], ...] = (
     _singles,
     _extensions,
     _signatures,
+    _unused_bit,
     _signers,
     _responder_ids,
     _names,
