@@ -251,9 +251,61 @@ def test_apply_nginx_is_undone_when_nginx_t_refuses_it(
     text = sites.read_text()
     assert text.count("ssl_stapling on;") == 2
     assert text.count(f"ssl_stapling_file {tree.root}/state/staples/example.test.der;") == 2
-    backups = list(sites.parent.glob("example.conf.mustaple-*"))
+    backups = list((tree.root / "state/backups").rglob("example.conf"))
     assert len(backups) == 1
     assert backups[0].read_bytes() == before[sites]
+    assert sorted(p.name for p in sites.parent.iterdir()) == ["example.conf", "other.conf"]
+
+
+def test_a_block_serving_two_certificates_gets_the_local_responder_not_one_file(
+    tree: Tree, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """nginx staples one `ssl_stapling_file` for every certificate of a block: for an RSA and
+    an ECDSA certificate, init says to use the local responder instead of adding that line."""
+    le = tree.root / "etc/letsencrypt"
+    ecdsa = _certbot(le, "example.test-ecdsa", tree.ca.issue("example.test", key_type="ec"))
+    example = tree.nginx.parent / "sites-enabled/example.conf"
+    key = ecdsa.with_name("privkey.pem")
+    example.write_text(
+        example.read_text().replace(
+            "ssl_certificate_key",
+            f"ssl_certificate {ecdsa};\n        ssl_certificate_key {key};\n"
+            "        ssl_certificate_key",
+            1,
+        )
+    )
+    code, said = _init(tree, "--nginx-conf", str(tree.nginx), capsys=capsys)
+    assert code == 0, said
+    assert "serves 2 certificates" in said
+    assert "ssl_stapling_responder http://127.0.0.1:8008/ocsp;" in said
+    assert "(server example.test):" not in said  # no edit for that block
+    assert "(server www.example.test):" in said  # the other block of the file still gets one
+
+
+def test_apply_edits_a_linked_file_where_it_is_keeps_its_bytes_and_backs_up_outside(
+    tree: Tree, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Debian's layout: sites-enabled/example is a link to sites-available/example, loaded by
+    `include sites-enabled/*;`. The link stays a link, the file it names is edited, a byte
+    outside UTF-8 in a comment stays, and no backup lands where nginx would load it."""
+    conf = tree.nginx.parent
+    enabled = conf / "sites-enabled"
+    real = conf / "sites-available/example"
+    real.parent.mkdir()
+    (enabled / "example.conf").rename(real)
+    real.write_bytes(b"# caf\xe9 (Latin-1)\n" + real.read_bytes())
+    (enabled / "example").symlink_to("../sites-available/example")
+    tree.nginx.write_text(tree.nginx.read_text().replace("sites-enabled/*.conf", "sites-enabled/*"))
+    _staple(tree, "example.test", tree.leaf)
+    _staple(tree, "plain.test", tree.leaf)
+    code, said = _init(tree, "--nginx-conf", str(tree.nginx), "--apply", capsys=capsys)
+    assert code == 0, said
+    assert (enabled / "example").is_symlink()
+    assert real.read_bytes().startswith(b"# caf\xe9 (Latin-1)\n")
+    assert real.read_bytes().count(b"ssl_stapling_file") == 2
+    assert sorted(p.name for p in enabled.iterdir()) == ["example", "other.conf"]
+    checked = _checker(NGINX, "-t", "-c", tree.nginx)
+    assert checked.returncode == 0, checked.stderr
 
 
 def test_apply_haproxy_adds_the_admin_socket_and_passes_haproxy_c(

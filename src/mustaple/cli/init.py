@@ -117,7 +117,8 @@ def _apply(plan: Plan, edits: Sequence[Edit], advice: Sequence[str]) -> int:
             print_edits(mine, [], click.echo)
             click.echo(f"{conf.server}: not applied (no checker to trust): add the lines above")
             continue
-        ok, said = apply_edits(conf.server, conf.main, mine, stamp)
+        backups = plan.state_dir / "backups" / stamp / conf.server
+        ok, said = apply_edits(conf.server, conf.main, mine, backups)
         click.echo(said)
         failed = failed or not ok
     for line in advice:

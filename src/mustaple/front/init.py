@@ -322,10 +322,21 @@ def make_edits(plan: Plan) -> tuple[list[Edit], list[str]]:
     """The lines to add to the servers' files, and advice that is not an edit."""
     edits: dict[tuple[Path, int], Edit] = {}
     advice: list[str] = []
+    several = _blocks_of_several(plan)
     for found in plan.found:
         if not found.usable:
             continue
         for server, site in found.sites:
+            count = several.get((server, site.file, site.block), 1)
+            if count > 1:
+                advice.append(
+                    f"nginx: {site.file} ({site.block}) serves {count} certificates, and nginx "
+                    "staples one file for all of them: add `ssl_stapling on;` and "
+                    f"`ssl_stapling_responder http://{LOCAL_RESPONDER}/ocsp;` there instead "
+                    "(nginx then asks mustaple's local responder for each certificate: "
+                    "docs/integrations/nginx.md)"
+                )
+                continue
             edit = _site_edit(plan, found, server, site, advice)
             if edit is not None:
                 edits.setdefault((edit.file, edit.after), edit)
@@ -339,6 +350,17 @@ def make_edits(plan: Plan) -> tuple[list[Edit], list[str]]:
         if conf.server == "apache" and conf.sites:
             advice.append(f"apache: once, at server level: {APACHE_SERVER}")
     return sorted(edits.values(), key=lambda e: (str(e.file), e.after)), list(dict.fromkeys(advice))
+
+
+def _blocks_of_several(plan: Plan) -> dict[tuple[str, Path, str], int]:
+    """The nginx blocks that serve more than one certificate, and how many: a staple file
+    cannot serve them (`ssl_stapling_file` is one file for every certificate of the block)."""
+    blocks: dict[tuple[str, Path, str], set[Path]] = {}
+    for found in plan.found:
+        for server, site in found.sites:
+            if server == "nginx":
+                blocks.setdefault((server, site.file, site.block), set()).add(found.cert)
+    return {block: len(certs) for block, certs in blocks.items() if len(certs) > 1}
 
 
 def _site_edit(plan: Plan, found: Found, server: str, site: Site, advice: list[str]) -> Edit | None:
@@ -386,42 +408,53 @@ def print_edits(edits: Sequence[Edit], advice: Sequence[str], echo: Callable[[st
 # --- --apply -------------------------------------------------------------------------------------
 
 
-def apply_edits(server: str, main: Path, edits: Sequence[Edit], stamp: str) -> tuple[bool, str]:
+def apply_edits(
+    server: str, main: Path, edits: Sequence[Edit], backups_dir: Path
+) -> tuple[bool, str]:
     """Back up, edit, check with the server's checker; put the backups back if it refuses.
 
-    A file that cannot be backed up or written raises InputError, every file as it was."""
-    files = sorted({e.file for e in edits})
+    The backups go to `backups_dir` (under the state directory, never beside the files: an
+    `include sites-enabled/*;` would load a backup there as configuration). A file reached
+    through a symlink (Debian's sites-enabled/) is edited where it is, the link kept; its bytes
+    are kept as they are, whatever their encoding. A file that cannot be backed up or written
+    raises InputError, every file as it was."""
+    by_file: dict[Path, list[Edit]] = {}
+    for edit in edits:
+        by_file.setdefault(edit.file.resolve(), []).append(edit)
     backups: dict[Path, Path] = {}
     try:
-        for file in files:
-            backups[file] = file.with_name(f"{file.name}.mustaple-{stamp}")
-            shutil.copy2(file, backups[file])
-        for file in files:
-            _insert(file, [e for e in edits if e.file == file])
+        for file in sorted(by_file):
+            backup = backups_dir / file.relative_to(file.anchor)
+            backup.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(file, backup)
+            backups[file] = backup
+        for file, mine in by_file.items():
+            _insert(file, mine)
     except OSError as exc:
-        _restore(backups)
+        _restore(backups, backups_dir)
         raise InputError(
             f"{exc.filename}: cannot back up or edit ({exc.strerror}); every file is as it was"
         ) from None
     ok, said = _check(server, main)
     if ok:
         return True, f"{server}: {said}; backups: {', '.join(map(str, backups.values()))}"
-    _restore(backups)
+    _restore(backups, backups_dir)
     return False, f"{server}: its checker refused the change, so it was undone: {said}"
 
 
 def _insert(file: Path, edits: Sequence[Edit]) -> None:
-    lines = file.read_text().splitlines(keepends=True)
+    lines = file.read_bytes().splitlines(keepends=True)
     for edit in sorted(edits, key=lambda e: -e.after):  # bottom up: line numbers stay true
-        lines[edit.after : edit.after] = [f"{line}\n" for line in edit.lines]
-    write_atomic(file, "".join(lines).encode(), mode=file.stat().st_mode & 0o777)
+        lines[edit.after : edit.after] = [f"{line}\n".encode() for line in edit.lines]
+    write_atomic(file, b"".join(lines), mode=file.stat().st_mode & 0o777)
 
 
-def _restore(backups: dict[Path, Path]) -> None:
+def _restore(backups: dict[Path, Path], backups_dir: Path) -> None:
+    """Every file as it was; the backups (made for this run only) go."""
     for file, backup in backups.items():
         if backup.exists():
             shutil.copy2(backup, file)
-            backup.unlink()
+    shutil.rmtree(backups_dir, ignore_errors=True)
 
 
 def _check(server: str, main: Path) -> tuple[bool, str]:
