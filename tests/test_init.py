@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import build_response
-from mustaple.adapters.serverconf import read_nginx
+from mustaple.adapters.serverconf import read_apache, read_nginx
 from mustaple.cli import main
 from mustaple.keeper.daemon import check_config
 from mustaple.testing.pki import CA, Leaf
@@ -255,6 +255,33 @@ def test_apply_nginx_is_undone_when_nginx_t_refuses_it(
     assert len(backups) == 1
     assert backups[0].read_bytes() == before[sites]
     assert sorted(p.name for p in sites.parent.iterdir()) == ["example.conf", "other.conf"]
+
+
+def test_configurations_read_as_the_servers_read_them(tmp_path: Path) -> None:
+    """A '#' inside an nginx word is the word's; `ssl_stapling on;` set by a snippet the
+    server block includes is seen; Apache's Include of a directory reads every file in it."""
+    nginx = tmp_path / "nginx"
+    (nginx / "snippets").mkdir(parents=True)
+    (nginx / "snippets/ssl.conf").write_text("ssl_stapling on;\n")
+    (nginx / "nginx.conf").write_text(
+        "http {\n    server {\n        server_name a.test;\n"
+        "        ssl_certificate /etc/ssl/site#1/fullchain.pem; # a comment\n"
+        "        include snippets/ssl.conf;\n    }\n}\n"
+    )
+    (site,) = read_nginx(nginx / "nginx.conf").sites
+    assert site.cert == Path("/etc/ssl/site#1/fullchain.pem")
+    assert site.stapling_on
+    apache = tmp_path / "apache"
+    (apache / "sites").mkdir(parents=True)
+    (apache / "sites/site.conf").write_text(
+        "<VirtualHost *:443>\nServerName b.test\n"
+        "SSLCertificateFile /etc/ssl/b.pem\n</VirtualHost>\n"
+    )
+    for include in ("Include", "IncludeOptional"):
+        (apache / "apache2.conf").write_text(f"ServerRoot {apache}\n{include} sites\n")
+        assert [s.cert for s in read_apache(apache / "apache2.conf").sites] == [
+            Path("/etc/ssl/b.pem")
+        ]
 
 
 def test_a_block_serving_two_certificates_gets_the_local_responder_not_one_file(

@@ -109,9 +109,12 @@ class _Stmt:
     children: list[_Stmt] | None = None
 
 
+# a "#" starts a comment where a token could start; inside a word it is the word's (nginx's
+# ngx_conf_read_token: a path such as /etc/ssl/site#1/fullchain.pem)
 _NGINX_TOKEN = re.compile(
     r"""(?P<space>\s+)|(?P<comment>\#[^\n]*)|(?P<punct>[;{}])"""
-    r"""|"(?P<dq>(?:\\.|[^"\\])*)"|'(?P<sq>(?:\\.|[^'\\])*)'|(?P<word>(?:\\.|[^\s;{}"'#])+)"""
+    r"""|"(?P<dq>(?:\\.|[^"\\])*)"|'(?P<sq>(?:\\.|[^'\\])*)'"""
+    r"""|(?P<word>(?:\\.|[^\s;{}"'#])(?:\\.|[^\s;{}"'])*)"""
 )
 
 
@@ -175,14 +178,26 @@ def _nginx_dump(text: str) -> dict[Path, str] | None:
     return {Path(parts[i]): parts[i + 1].lstrip("\n") for i in range(1, len(parts) - 1, 2)}
 
 
+def _nginx_included(stmts: list[_Stmt], files: _Files, prefix: Path) -> list[_Stmt]:
+    """`stmts` with the statements of the files they include, as nginx reads them there."""
+    out: list[_Stmt] = []
+    for stmt in stmts:
+        out.append(stmt)
+        if stmt.name == "include" and stmt.args:
+            for found in files.glob(_absolute(prefix, stmt.args[0])):
+                out += _nginx_included(_nginx_parse(files.read(found), found), files, prefix)
+    return out
+
+
 def _nginx_walk(
     stmts: list[_Stmt], conf: ServerConf, files: _Files, prefix: Path, context: str
 ) -> None:
     block_certs = [s for s in stmts if s.name == "ssl_certificate"]
+    settings = _nginx_included(stmts, files, prefix)  # a snippet may set stapling for it
     stapling_file = next(
-        (s.args[0] for s in stmts if s.name == "ssl_stapling_file" and s.args), None
+        (s.args[0] for s in settings if s.name == "ssl_stapling_file" and s.args), None
     )
-    stapling_on = any(s.name == "ssl_stapling" and s.args[:1] == ["on"] for s in stmts)
+    stapling_on = any(s.name == "ssl_stapling" and s.args[:1] == ["on"] for s in settings)
     names = next((s.args for s in stmts if s.name == "server_name"), [])
     block = f"server {' '.join(names)}".strip() if context == "server" else context
     for stmt in block_certs:
@@ -302,11 +317,23 @@ def _apache_file(path: Path, conf: ServerConf, state: _ApacheState) -> None:
         elif key == "define" and len(words) > 2:
             state.defines[words[1]] = words[2]
         elif key in ("include", "includeoptional") and len(words) > 1:
-            for found in _Files().glob(_absolute(state.root, words[1])):
+            for found in _apache_included(_absolute(state.root, words[1])):
                 if found.is_file() or key == "include":
                     _apache_file(found, conf, state)
         elif key == "sslcertificatefile" and len(words) > 1:
             _apache_site(conf, state, (path, number, line), words[1])
+
+
+def _apache_included(pattern: Path) -> list[Path]:
+    """The files an Include names: a glob, a file, or a directory (every file in it, in
+    alphabetical order, as Apache reads it)."""
+    found = []
+    for path in _Files().glob(pattern):
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file())
+        else:
+            found.append(path)
+    return found
 
 
 def _apache_site(
