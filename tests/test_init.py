@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import build_response
-from mustaple.adapters.serverconf import read_apache, read_nginx
+from mustaple.adapters.serverconf import read_apache, read_lighttpd, read_nginx
 from mustaple.cli import main
 from mustaple.keeper.daemon import check_config
 from mustaple.testing.pki import CA, Leaf
@@ -282,6 +282,18 @@ def test_configurations_read_as_the_servers_read_them(tmp_path: Path) -> None:
         assert [s.cert for s in read_apache(apache / "apache2.conf").sites] == [
             Path("/etc/ssl/b.pem")
         ]
+    lighttpd = tmp_path / "lighttpd"
+    (lighttpd / "sites").mkdir(parents=True)
+    (lighttpd / "lighttpd.conf").write_text('include "sites/a.conf"\n')
+    (lighttpd / "sites/a.conf").write_text('include "sites/b.conf"\n')  # from the main file's
+    (lighttpd / "sites/b.conf").write_text(
+        '$SERVER["socket"] == ":8447" {   # site c\n  ssl.pemfile = "/etc/ssl/c.pem"\n}\n'
+        '$SERVER["socket"] == ":8448" {   # site d\n  ssl.pemfile = "/etc/ssl/d.pem"\n}\n'
+    )
+    blocks = [(s.cert.name, s.block) for s in read_lighttpd(lighttpd / "lighttpd.conf").sites]
+    assert blocks == [
+        ("c.pem", '$SERVER["socket"] == ":8447"'), ("d.pem", '$SERVER["socket"] == ":8448"')
+    ]  # fmt: skip
 
 
 def test_a_block_serving_two_certificates_gets_the_local_responder_not_one_file(

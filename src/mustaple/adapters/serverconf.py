@@ -84,11 +84,19 @@ class _Files:
             raise InputError(f"{path}: cannot read the configuration ({exc.strerror})") from None
 
     def glob(self, pattern: Path) -> list[Path]:
-        if self.dump is not None:
-            return sorted(p for p in self.dump if fnmatch.fnmatchcase(str(p), str(pattern)))
+        if self.dump is not None:  # as glob would match: a '*' stops at a '/'
+            return sorted(p for p in self.dump if _glob_match(p, pattern))
         if glob.has_magic(str(pattern)):
             return sorted(Path(p) for p in glob.glob(str(pattern)))
         return [pattern]
+
+
+def _glob_match(path: Path, pattern: Path) -> bool:
+    parts = path.parts
+    wanted = pattern.parts
+    return len(parts) == len(wanted) and all(
+        fnmatch.fnmatchcase(part, want) for part, want in zip(parts, wanted, strict=True)
+    )
 
 
 def _absolute(base: Path, value: str) -> Path:
@@ -366,12 +374,12 @@ def read_lighttpd(path: Path) -> ServerConf:
 def _lighttpd_file(path: Path, conf: ServerConf, base: Path, blocks: list[str]) -> None:
     pending: dict[str, Site] = {}
     for number, line in enumerate(_Files().read(path).splitlines(), 1):
-        code = line.split("#", 1)[0] if '"' not in line else line
+        code = _without_comment(line)
         include = _LIGHTTPD_INCLUDE.match(code)
         setting = _LIGHTTPD_SET.match(code)
         if include:
-            for found in _Files().glob(_absolute(path.parent, include[1])):
-                _lighttpd_file(found, conf, base, blocks)
+            for found in _Files().glob(_absolute(base, include[1])):  # as lighttpd: from
+                _lighttpd_file(found, conf, base, blocks)  # the main file's directory
         elif code.strip().startswith("include_shell"):
             _lighttpd_shell(code, (path, number), conf, base, blocks)
         elif code.rstrip().endswith("{"):
@@ -386,6 +394,21 @@ def _lighttpd_file(path: Path, conf: ServerConf, base: Path, blocks: list[str]) 
             pending[blocks[-1]] = replace(pending[blocks[-1]], stapling_file=setting[2])
     for site in pending.values():
         _lighttpd_close(conf, site)
+
+
+def _without_comment(line: str) -> str:
+    """A lighttpd line without its comment: from the first '#' outside a quoted string."""
+    quoted = escaped = False
+    for at, char in enumerate(line):
+        if escaped:
+            escaped = False
+        elif char == "\\" and quoted:
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == "#" and not quoted:
+            return line[:at]
+    return line
 
 
 def _lighttpd_close(conf: ServerConf, site: Site | None) -> None:
