@@ -4,13 +4,15 @@ One job: send one GET or POST to a plain `http://` URL, directly or through an `
 (absolute-form request target), and read the whole answer within a size cap and a total
 timeout. It keeps connections alive in a pool per (host, port, proxy), at most `limit` open in
 all; a connection the server closed, or whose answer said `Connection: close`, or came over
-HTTP/1.0, or ended at close, is never reused. A request on a reused connection that finds it
-closed before the first byte of the answer is sent once more on a fresh connection. Bodies may
+HTTP/1.0, or ended at close, or holds bytes nobody asked for, is never reused. A request on a
+reused connection that finds it closed before the first byte of the answer, or gets a 408
+(the server timed the idle connection out), is sent once more on a fresh connection. Bodies may
 be sized by Content-Length, chunked, or end at close. Redirects (301, 302, 303, 307, 308) are
 followed as aiohttp follows them; one to `https://` raises `Handover` so the caller can carry
 on with a full client. The request target is sent byte for byte as given (RFC 5019 GET paths
 keep %2B %2F %3D). Everything that goes wrong raises a subclass of `HttpProblem` (or
-TimeoutError) saying what happened; a `Watcher` is told when each request starts and ends.
+TimeoutError: `ConnectTimeout` for the connection alone) saying what happened; a `Watcher`
+is told when each request starts and ends.
 """
 
 from __future__ import annotations
