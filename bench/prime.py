@@ -71,6 +71,7 @@ from baselines import Measured, cron_loop, environment_without_proxy, floor_main
 from docsection import cpu_model, markers, write_section
 from mustaple.adapters.config import CertEntry, Config, KeeperPolicy
 from mustaple.adapters.fetch import FetchResult
+from mustaple.adapters.sinks import FileSink
 from mustaple.adapters.store import AttemptRecord, CertStatus, SqliteStore, StoredStaple
 from mustaple.adapters.workers import cores
 from mustaple.core.certs import Target
@@ -477,6 +478,7 @@ class Spec:
     concurrency: int
     profile: str | None  # write a cProfile of `prime` here
     processes: int | None = None  # the keeper's worker processes (None: its default)
+    sink: str = "file"  # "file": staple files, as the floor writes; "count": none
 
 
 def rss_mib(field_name: str) -> float:
@@ -508,7 +510,10 @@ def config_for(spec: Spec) -> Config:
 async def prime_measured(spec: Spec, phases: Phases) -> dict[str, Any]:
     """Prime `spec.size` certificates; the figures and the checks of the outcome."""
     paths = [cert_path(Path(spec.certs), i) for i in range(spec.size)]
-    base_mib, sink = rss_mib("VmRSS"), CountingSink()
+    staples = Path(spec.state_dir) / "staples"
+    counting = CountingSink()
+    sink = FileSink("files", path=f"{staples}/{{stem}}.der") if spec.sink == "file" else counting
+    base_mib = rss_mib("VmRSS")
     store = TimedStore(Path(spec.state_dir) / "state.db", phases)
     cpu, start = cpu_seconds(), time.perf_counter()
     workers_cpu = cpu_seconds(resource.RUSAGE_CHILDREN)
@@ -529,7 +534,7 @@ async def prime_measured(spec: Spec, phases: Phases) -> dict[str, Any]:
         "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "good": sum(1 for p in chosen if p.phase == "good" and p.state.held),
         "stored": stored,
-        "delivered": sink.staples,
+        "delivered": counting.staples if spec.sink != "file" else len(os.listdir(staples)),
     }
 
 
@@ -649,6 +654,7 @@ class Bench:
     budget: float  # seconds for setup and runs together
     profile: Path | None
     repeat: int  # runs per size; the fastest is kept
+    sink: str  # where the primes deliver: "file" (staple files) or "count" (none)
     floor_max: int  # the floor runs over at most this many certificates
     cron_size: int  # the openssl cron loop and `mustaple prime` run over this many (0: not)
     runs: list[Run] = field(default_factory=list)
@@ -662,7 +668,7 @@ def measure(bench: Bench, workdir: Workdir, size: int, responder: Responder, pro
     `processes` worker processes (0: in process)."""
     state = tempfile.mkdtemp(prefix=f"state-{size}-", dir=workdir.root)
     profile = str(bench.profile / f"prime-{size}-{processes}.prof") if bench.profile else None
-    spec = Spec(str(workdir.certs), size, state, bench.concurrency, profile, processes)
+    spec = Spec(str(workdir.certs), size, state, bench.concurrency, profile, processes, bench.sink)
     before = (machine_busy(), children_cpu(), responder.cpu_seconds())
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "_keeper", json.dumps(asdict(spec))],
@@ -1135,13 +1141,21 @@ def time_of(run: Run) -> list[str]:
     return lines
 
 
+SINKS = {
+    "file": "one file sink writing each staple to its own file (atomically, made durable "
+    "together), as the floor writes one per certificate (`--sink count`: none)",
+    "count": "one in-memory sink that counts deliveries (`--sink count`: the floor still "
+    "writes a file per certificate)",
+}
+
+
 def method_notes(bench: Bench) -> list[str]:
     best = f"the fastest of {bench.repeat} runs" if bench.repeat > 1 else "one run"
     text = (
         "One P-256 CA, N must-staple leaves (fullchain files), N pre-signed good responses "
         "served from memory by a responder in its own process on loopback. Each N is primed in "
         "a fresh process: `Keeper.prime(paths)` with a new SqliteStore (WAL, synchronous=FULL) "
-        "and one in-memory sink that counts deliveries; concurrency and per_host "
+        f"and {SINKS[bench.sink]}; concurrency and per_host "
         f"{bench.concurrency}; {best} per N and mode. Each N is primed in every mode, one after "
         "the other: *in process* (`policy.workers = 0`) and with worker processes "
         "(`policy.workers = K`: loading and fetching in K other processes, the keeper's own "
@@ -1233,6 +1247,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--cron", type=int, default=1_000, help="N for the openssl loop and the command (0: none)"
     )
+    parser.add_argument(
+        "--sink",
+        choices=("file", "count"),
+        default="file",
+        help="the primes write staple files, as the floor does (file, the default), or only "
+        "count them (count)",
+    )
     parser.add_argument("--workdir", type=Path, help="a new directory to build in, kept afterwards")
     parser.add_argument("--doc", type=Path, default=DOC, help="where to write the figures")
     parser.add_argument("--no-write", action="store_true", help="print only")
@@ -1259,6 +1280,7 @@ def bench_from(args: argparse.Namespace) -> Bench:
         args.budget,
         args.profile,
         max(1, args.repeat),
+        args.sink,
         args.floor_max,
         args.cron if args.cron in sizes else 0,
     )
