@@ -621,3 +621,9 @@ def test_config_errors_name_the_key(table: Mapping[str, object], message: str) -
 )
 def test_haproxy_socket_addresses(text: str, address: SocketAddress) -> None:
     assert SocketAddress.parse(text) == address
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1:\u00b2", "127.0.0.1:0", "127.0.0.1:", "haproxy"])
+def test_a_haproxy_socket_that_is_no_address_is_one_clear_error(text: str) -> None:
+    with pytest.raises(ValueError, match="neither a unix socket path"):
+        SocketAddress.parse(text)

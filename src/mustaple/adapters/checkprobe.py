@@ -38,7 +38,7 @@ def parse_address(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int
         port = rest[1:] or port
     elif text.count(":") == 1:
         host, port = text.split(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ValueError(f"{text!r} is not HOST[:PORT] with a port from 1 to 65535")
     return host, int(port)
 

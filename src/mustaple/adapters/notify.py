@@ -31,6 +31,6 @@ def watchdog_interval() -> timedelta | None:
     """How often to send WATCHDOG=1 (half of WATCHDOG_USEC), or None when not asked."""
     usec = os.environ.get("WATCHDOG_USEC", "")
     pid = os.environ.get("WATCHDOG_PID")
-    if not usec.isdigit() or (pid and pid != str(os.getpid())):
+    if not (usec.isascii() and usec.isdigit()) or (pid and pid != str(os.getpid())):
         return None
     return timedelta(microseconds=int(usec) / 2)

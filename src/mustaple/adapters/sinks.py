@@ -434,7 +434,7 @@ class SocketAddress:
             return cls(path=text)
         host, _, port = text.rpartition(":")
         host = host.removeprefix("[").removesuffix("]")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             raise ValueError(
                 f"{text!r} is neither a unix socket path (starting with /) nor HOST:PORT"
             )

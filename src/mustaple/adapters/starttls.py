@@ -87,7 +87,7 @@ def _smtp_reply(lines: _Lines, where: str) -> tuple[str, list[str]]:
     for _ in range(_MAX_LINES):
         line = lines.read()
         code, more = line[:3], line[3:4]
-        if len(line) < 3 or not code.isdigit() or more not in ("", " ", "-"):
+        if len(line) < 3 or not (code.isascii() and code.isdigit()) or more not in ("", " ", "-"):
             raise StarttlsError(f"{where}: not an SMTP reply: {line[:80]!r}")
         text.append(line[4:])
         if more != "-":
