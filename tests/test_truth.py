@@ -379,11 +379,28 @@ def test_an_unusable_certificate_is_visible_everywhere(deployment: Deployment) -
     metrics = http_get(f"{d.base}/metrics")[1].decode()
     unusable = f'mustaple_status{{name="{d.pki.host("unknown")}",serial="",state="unusable"}} 1.0'
     assert unusable in metrics
-    shown = d.mustaple("status", "--config", str(d.config), "--json")
-    states = sorted(row["state"] for row in json.loads(shown.stdout))
-    assert states == ["good", "unusable"]
+    assert stored_states(d) == ["good", "unusable"]
+    (lonely / "fullchain.pem").unlink()  # gone while the keeper runs: its row goes
+    wait_for(lambda: stored_states(d) == ["good"])
     keeper.send_signal(signal.SIGTERM)
     assert keeper.wait(20) == 0
+    (lonely / "fullchain.pem").write_bytes(d.pki.leaf("unknown").read_bytes())
+    keeper = d.run()
+    wait_for(lambda: stored_states(d) == ["good", "unusable"])
+    keeper.send_signal(signal.SIGTERM)
+    assert keeper.wait(20) == 0
+    (lonely / "fullchain.pem").unlink()  # gone while no keeper runs: its row goes at the start
+    assert stored_states(d) == ["good", "unusable"]
+    keeper = d.run()
+    wait_for(lambda: stored_states(d) == ["good"])
+    keeper.send_signal(signal.SIGTERM)
+    assert keeper.wait(20) == 0
+
+
+def stored_states(d: Deployment) -> list[str]:
+    """The states `mustaple status` (its own process) lists from the shared state."""
+    shown = d.mustaple("status", "--config", str(d.config), "--json")
+    return sorted(row["state"] for row in json.loads(shown.stdout))
 
 
 def test_sink_failures_are_shown_and_logged_with_the_name_not_every_pass(
