@@ -15,6 +15,8 @@ is ever written over. A temporary file left by an interrupted write
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import ctypes
 import errno
 import functools
@@ -22,7 +24,6 @@ import os
 import re
 import stat
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -46,8 +47,10 @@ _CHUNK = 65536
 # When this process started (near enough: when mustaple was imported). A temporary file older
 # than this cannot belong to a write of ours still under way.
 PROCESS_START = time.time()
-# tempfile.mkstemp's names: prefix, then 8 characters of this alphabet.
+# A temporary file's name ends as tempfile.mkstemp's do (earlier versions made them): a dot,
+# then 8 of these letters (ours: base32 of 40 random bits, lower case).
 _TEMP_TAIL = re.compile(r"\.[a-z0-9_]{8}")
+_NAME_TRIES = 100  # names taken in a row before giving up (mkstemp's TMP_MAX is 10,000)
 # Threads writing temporary files at once in `write_atomic_many`.
 _SYNC_THREADS = 8
 SYNC_ONCE_FROM = 64  # files in one batch from which one syncfs beats an fsync each
@@ -72,7 +75,7 @@ def _kind(mode: int) -> str | None:
     return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
-def _not_regular(path: Path, mode: int) -> NotRegularFileError | None:
+def _not_regular(path: str | Path, mode: int) -> NotRegularFileError | None:
     kind = _kind(mode)
     if kind is None:
         return None
@@ -176,29 +179,31 @@ def write_atomic_many(
     on return.
     """
     once = len(files) >= SYNC_ONCE_FROM and _syncfs() is not None
+    targets = [os.fspath(target) for target, _ in files]
+    directories = [os.path.dirname(target) or "." for target in targets]
 
-    def temporary(item: tuple[Path, bytes]) -> str | OSError:
+    def temporary(index: int) -> str | OSError:
         try:
-            return _write_temporary(item[0], item[1], mode, sync=not once)
+            return _write_temporary(targets[index], files[index][1], mode, sync=not once)
         except OSError as exc:
             return exc
 
     if once:
         # opened before the first write: syncfs reports the writeback errors that came after
         # its descriptor was opened, not those before
-        watched = _open_directories({target.parent for target, _ in files})
+        watched = _open_directories(set(directories))
         try:
-            targets = [target for target, _ in files]
-            written = _synced([temporary(item) for item in files], targets, watched)
+            written = [temporary(index) for index in range(len(files))]
+            written = _synced(written, targets, directories, watched)
         finally:
             for fd in watched.values():
                 if isinstance(fd, int):
                     os.close(fd)
     else:
         with ThreadPoolExecutor(min(_SYNC_THREADS, len(files) or 1)) as pool:
-            written = list(pool.map(temporary, files))
+            written = list(pool.map(temporary, range(len(files))))
     problems: list[OSError | None] = []
-    for (target, _), tmp in zip(files, written, strict=True):
+    for target, tmp in zip(targets, written, strict=True):
         try:
             if isinstance(tmp, OSError):
                 raise tmp
@@ -206,20 +211,20 @@ def write_atomic_many(
             problems.append(None)
         except OSError as exc:
             problems.append(exc)
-    written_to = {target.parent for (target, _), p in zip(files, problems, strict=True) if not p}
+    written_to = {d for d, problem in zip(directories, problems, strict=True) if not problem}
     for directory in written_to:
         try:
             _sync_directory(directory)
         except OSError as exc:
-            for index, (target, _) in enumerate(files):
-                if problems[index] is None and target.parent == directory:
+            for index, problem in enumerate(problems):
+                if problem is None and directories[index] == directory:
                     problems[index] = exc
     return problems
 
 
-def _open_directories(directories: set[Path]) -> dict[Path, int | OSError]:
+def _open_directories(directories: set[str]) -> dict[str, int | OSError]:
     """A descriptor of each directory, or why it cannot be opened."""
-    opened: dict[Path, int | OSError] = {}
+    opened: dict[str, int | OSError] = {}
     for directory in directories:
         try:
             opened[directory] = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
@@ -229,16 +234,19 @@ def _open_directories(directories: set[Path]) -> dict[Path, int | OSError]:
 
 
 def _synced(
-    written: list[str | OSError], targets: list[Path], watched: dict[Path, int | OSError]
+    written: list[str | OSError],
+    targets: list[str],
+    directories: list[str],
+    watched: dict[str, int | OSError],
 ) -> list[str | OSError]:
-    """`written` (temporary files beside `targets`, or why one could not be written), made
-    durable by one syncfs per file system, through the directories' descriptors in `watched`
-    (opened before the writes); a temporary whose file system failed it becomes that error."""
-    pairs = list(zip(written, targets, strict=True))
-    directories = {target.parent for tmp, target in pairs if isinstance(tmp, str)}
+    """`written` (temporary files beside `targets`, in `directories`, or why one could not be
+    written), made durable by one syncfs per file system, through the directories'
+    descriptors in `watched` (opened before the writes); a temporary whose file system failed
+    it becomes that error."""
+    used = {d for d, tmp in zip(directories, written, strict=True) if isinstance(tmp, str)}
     by_device: dict[int, OSError | None] = {}
-    failed: dict[Path, OSError] = {}
-    for directory in directories:
+    failed: dict[str, OSError] = {}
+    for directory in used:
         fd = watched[directory]
         try:
             if isinstance(fd, OSError):
@@ -251,12 +259,14 @@ def _synced(
             problem = exc
         if problem is not None:
             failed[directory] = problem
+    if not failed:
+        return written
     out: list[str | OSError] = []
-    for tmp, target in pairs:
-        problem = failed.get(target.parent) if isinstance(tmp, str) else None
+    for tmp, target, directory in zip(written, targets, directories, strict=True):
+        problem = failed.get(directory) if isinstance(tmp, str) else None
         if isinstance(tmp, str) and problem is not None:
-            Path(tmp).unlink(missing_ok=True)
-            out.append(OSError(problem.errno, problem.strerror, str(target)))
+            _unlink_quietly(tmp)
+            out.append(OSError(problem.errno, problem.strerror, target))
         else:
             out.append(tmp)
     return out
@@ -295,38 +305,65 @@ def syncfs_trusted(release: str) -> bool:
     return version is not None and (int(version[1]), int(version[2])) >= SYNCFS_FROM
 
 
-def _write_temporary(target: Path, data: bytes, mode: int, *, sync: bool = True) -> str:
+def _write_temporary(target: str | Path, data: bytes, mode: int, *, sync: bool = True) -> str:
     """`data` in a new temporary file beside `target` (a regular file, or none), fsync-ed
-    unless not `sync` (the caller makes it durable)."""
+    unless not `sync` (the caller makes it durable). Plain system calls: a prime writes
+    100k of them."""
     try:
         problem = _not_regular(target, os.stat(target).st_mode)
     except FileNotFoundError:
         problem = None
     if problem:
         raise problem
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    tmp, fd = _create_temporary(os.fspath(target))
     try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fchmod(out.fileno(), mode)
-            if sync:
-                os.fsync(out.fileno())
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fchmod(fd, mode)
+        if sync:
+            os.fsync(fd)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        os.close(fd)
+        _unlink_quietly(tmp)
+        raise
+    try:
+        os.close(fd)  # where a network file system reports a failed write
+    except BaseException:
+        _unlink_quietly(tmp)
         raise
     return tmp
 
 
-def _rename(tmp: str, target: Path) -> None:
+def _create_temporary(target: str) -> tuple[str, int]:
+    """A new file `.NAME.XXXXXXXX` beside `target` (a name `clean_temporaries` knows),
+    opened for writing, readable by its owner only (until `mode` is set)."""
+    directory, name = os.path.split(target)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(_NAME_TRIES):
+        tail = base64.b32encode(os.urandom(5)).decode().lower()
+        tmp = os.path.join(directory, f".{name}.{tail}")
+        try:
+            return tmp, os.open(tmp, flags, 0o600)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free name for a temporary file", target)
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def _rename(tmp: str, target: str | Path) -> None:
     try:
         os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _unlink_quietly(tmp)
         raise
 
 
-def _sync_directory(directory: Path) -> None:
+def _sync_directory(directory: str | Path) -> None:
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

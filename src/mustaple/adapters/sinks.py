@@ -346,6 +346,7 @@ class FileSink:
         would be written a second time."""
         outcomes: list[_Outcome] = []
         pending: dict[Path, tuple[int, bytes]] = {}  # to write: place in the batch, bytes
+        made: set[Path] = set()  # directories made (or found) in this batch
         for delivery in batch:
             path = self.path_for(delivery)
             clash = self._clash(delivery, path)
@@ -355,9 +356,12 @@ class FileSink:
             der = self._writes(delivery)
             if der is None or path in pending:
                 _write_pending(pending, outcomes)
-            outcome = self._apply(delivery, path) if der is None else self._unchanged(path, der)
+            if der is None:
+                outcomes.append(self._apply(delivery, path))
+                continue
+            outcome = self._unchanged(path, der, made)
             if outcome is None:
-                pending[path] = (len(outcomes), der or b"")
+                pending[path] = (len(outcomes), der)
                 outcome = _Outcome(True, needs_reload=True)
             outcomes.append(outcome)
         _write_pending(pending, outcomes)
@@ -388,14 +392,18 @@ class FileSink:
             return _Outcome(False, _os_problem(path, exc))
         return _Outcome(changed, needs_reload=changed)
 
-    def _unchanged(self, path: Path, der: bytes) -> _Outcome | None:
+    def _unchanged(self, path: Path, der: bytes, made: set[Path]) -> _Outcome | None:
         """The outcome when `path` needs no write (it holds `der`, or cannot be written);
-        None when it is to be written (its directory then exists)."""
+        None when it is to be written (its directory then exists: made once per batch,
+        recorded in `made`)."""
         try:
-            self._cleaner.once(path.parent)
+            directory = path.parent
+            self._cleaner.once(directory)
             if read_prefix(path, len(der) + 1) == der:
                 return _Outcome(False)
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if directory not in made:
+                directory.mkdir(parents=True, exist_ok=True)
+                made.add(directory)
         except OSError as exc:
             return _Outcome(False, _os_problem(path, exc))
         return None
