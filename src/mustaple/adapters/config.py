@@ -292,9 +292,12 @@ def parse_config(data: Mapping[str, Any], source: Path) -> Config:
     certificates = tuple(
         _entry(TableReader(source, f"certificates[{i}]", t), sinks) for i, t in enumerate(entries)
     )
+    state_dir = top.get("state_dir", str, "/var/lib/mustaple")
+    if not _is_path(state_dir):
+        raise top.error("state_dir", f'{state_dir!r} is not a directory, e.g. "/var/lib/mustaple"')
     return Config(
         path=source,
-        state_dir=Path(top.get("state_dir", str, "/var/lib/mustaple")),
+        state_dir=Path(state_dir),
         certificates=certificates,
         sinks=sinks,
         hooks=_hooks(TableReader(source, "hooks", top.table.get("hooks", {}))),
@@ -304,6 +307,12 @@ def parse_config(data: Mapping[str, Any], source: Path) -> Config:
         if "fleet" in top.table
         else None,
     )
+
+
+def _is_path(text: str) -> bool:
+    """Whether `text` can name a file: not blank (that would be the current directory), no
+    NUL byte (no system call takes one)."""
+    return bool(text.strip()) and "\0" not in text
 
 
 def _fleet(reader: TableReader) -> FleetConfig:
@@ -348,6 +357,9 @@ def _entry(reader: TableReader, sinks: Mapping[str, object]) -> CertEntry:
     paths = reader.strings("paths")
     if not paths:
         raise reader.error("paths", "required: certificate files or globs")
+    for path in paths:
+        if not _is_path(path):
+            raise reader.error("paths", f"{path!r} is not a file or a glob; give certificate files")
     urls = reader.strings("urls") or ()
     for url in urls:
         problem = url_problem(url)
@@ -358,8 +370,8 @@ def _entry(reader: TableReader, sinks: Mapping[str, object]) -> CertEntry:
         if name not in sinks:
             raise reader.error("sinks", f"no sink named {name!r} in [sinks]")
     issuer = reader.table.get("issuer")
-    if issuer is not None and not isinstance(issuer, str):
-        raise reader.error("issuer", "must be a file path")
+    if issuer is not None and not (isinstance(issuer, str) and _is_path(issuer)):
+        raise reader.error("issuer", f"{issuer!r} is not a file; give the issuer's certificate")
     proxy = _proxy(reader) if "proxy" in reader.table else None
     return CertEntry(paths, Path(issuer) if issuer else None, urls, chosen, proxy)
 
