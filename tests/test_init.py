@@ -376,6 +376,44 @@ def test_apply_haproxy_that_fails_haproxy_c_is_restored(
     assert not list(tree.haproxy.parent.glob("haproxy.cfg.mustaple-*"))
 
 
+def test_an_include_loop_is_one_line_exit_2_for_every_server(
+    tree: Tree, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A file that includes itself (a glob that matches it), two that include each other,
+    a loop through a link, or includes nested deeper than any real configuration: one line
+    naming the include, exit 2, never a RecursionError."""
+    loops = tmp_path / "loops"
+    (loops / "conf.d").mkdir(parents=True)
+    (loops / "nginx.conf").write_text(f"http {{\n    include {loops}/conf.d/*.conf;\n}}\n")
+    (loops / "conf.d/a.conf").write_text(f"include {loops}/conf.d/*.conf;\n")
+    (loops / "apache.conf").write_text(f"Include {loops}/other.conf\n")
+    (loops / "other.conf").write_text(f"Include {loops}/apache.conf\n")
+    (loops / "deep").symlink_to(loops)  # deep/deep/deep/... is a new path every time
+    (loops / "lighttpd.conf").write_text('include "deep/lighttpd.conf"\n')
+    wanted = {
+        "--nginx-conf": f"{loops}/conf.d/a.conf:1: an include loop: {loops}/conf.d/a.conf "
+        f"includes {loops}/conf.d/a.conf; remove the include",
+        "--apache-conf": f"{loops}/other.conf:1: an include loop: {loops}/apache.conf includes "
+        f"{loops}/other.conf includes {loops}/apache.conf; remove the include",
+        "--lighttpd-conf": f"{loops}/deep/lighttpd.conf:1: an include loop: "
+        f"{loops}/deep/lighttpd.conf includes {loops}/deep/lighttpd.conf; remove the include",
+    }
+    for option, line in wanted.items():
+        server = option.removeprefix("--").removesuffix("-conf")
+        code, said = _init(tree, option, str(loops / f"{server}.conf"), capsys=capsys)
+        assert code == 2
+        assert line in said
+        assert len(said.strip().splitlines()) == 1
+    chain = tmp_path / "chain"  # 70 files, each including the next: deeper than any real one
+    chain.mkdir()
+    for n in range(70):
+        (chain / f"{n}.conf").write_text(f"include {chain}/{n + 1}.conf;\n")
+    (chain / "70.conf").write_text("")
+    code, said = _init(tree, "--nginx-conf", str(chain / "0.conf"), capsys=capsys)
+    assert code == 2
+    assert f"{chain}/63.conf:1: includes nested more than 64 deep" in said
+
+
 def test_init_refuses_to_overwrite_and_needs_a_server(
     tree: Tree, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 NGINX_DUMP_HEADER = re.compile(r"^# configuration file (.+):$", re.M)
+MAX_INCLUDE_DEPTH = 64  # files included in one another: deeper is a loop through links
 _HAPROXY_SECTIONS = (
     "global", "defaults", "frontend", "backend", "listen", "peers", "resolvers", "userlist",
     "program", "http-errors", "ring", "mailers", "cache",
@@ -174,7 +175,7 @@ def read_nginx(path: Path) -> ServerConf:
     main = next(iter(dump)) if dump else path
     conf = ServerConf("nginx", main)
     prefix = main.parent
-    _nginx_walk(_nginx_parse(files.read(main), main), conf, files, prefix, "main")
+    _nginx_walk(_nginx_parse(files.read(main), main), conf, files, prefix, "main", chain=_top(main))
     return conf
 
 
@@ -186,22 +187,31 @@ def _nginx_dump(text: str) -> dict[Path, str] | None:
     return {Path(parts[i]): parts[i + 1].lstrip("\n") for i in range(1, len(parts) - 1, 2)}
 
 
-def _nginx_included(stmts: list[_Stmt], files: _Files, prefix: Path) -> list[_Stmt]:
+def _nginx_included(
+    stmts: list[_Stmt], files: _Files, prefix: Path, chain: tuple[Path, ...]
+) -> list[_Stmt]:
     """`stmts` with the statements of the files they include, as nginx reads them there."""
     out: list[_Stmt] = []
     for stmt in stmts:
         out.append(stmt)
         if stmt.name == "include" and stmt.args:
             for found in files.glob(_absolute(prefix, stmt.args[0])):
-                out += _nginx_included(_nginx_parse(files.read(found), found), files, prefix)
+                inner = _entering(chain, found, (stmt.file, stmt.line))
+                out += _nginx_included(_nginx_parse(files.read(found), found), files, prefix, inner)
     return out
 
 
 def _nginx_walk(
-    stmts: list[_Stmt], conf: ServerConf, files: _Files, prefix: Path, context: str
+    stmts: list[_Stmt],
+    conf: ServerConf,
+    files: _Files,
+    prefix: Path,
+    context: str,
+    *,
+    chain: tuple[Path, ...],
 ) -> None:
     block_certs = [s for s in stmts if s.name == "ssl_certificate"]
-    settings = _nginx_included(stmts, files, prefix)  # a snippet may set stapling for it
+    settings = _nginx_included(stmts, files, prefix, chain)  # a snippet may set stapling
     stapling_file = next(
         (s.args[0] for s in settings if s.name == "ssl_stapling_file" and s.args), None
     )
@@ -219,9 +229,32 @@ def _nginx_walk(
     for stmt in stmts:
         if stmt.name == "include" and stmt.args:
             for found in files.glob(_absolute(prefix, stmt.args[0])):
-                _nginx_walk(_nginx_parse(files.read(found), found), conf, files, prefix, context)
+                inner = _entering(chain, found, (stmt.file, stmt.line))
+                parsed = _nginx_parse(files.read(found), found)
+                _nginx_walk(parsed, conf, files, prefix, context, chain=inner)
         elif stmt.children is not None and stmt.name in ("http", "server"):
-            _nginx_walk(stmt.children, conf, files, prefix, stmt.name)
+            _nginx_walk(stmt.children, conf, files, prefix, stmt.name, chain=chain)
+
+
+def _top(path: Path) -> tuple[Path, ...]:
+    """The files being read when the main one is (`_entering`)."""
+    return (Path(os.path.abspath(path)),)
+
+
+def _entering(chain: tuple[Path, ...], found: Path, at: tuple[Path, int]) -> tuple[Path, ...]:
+    """The files being read, `chain`, with `found` (included at FILE, LINE `at`), or
+    InputError when it is one of them (an include loop: the server could not read it
+    either) or when includes nest deeper than MAX_INCLUDE_DEPTH."""
+    found = Path(os.path.abspath(found))
+    if found in chain:
+        loop = " includes ".join(str(path) for path in (*chain[chain.index(found) :], found))
+        raise InputError(f"{at[0]}:{at[1]}: an include loop: {loop}; remove the include")
+    if len(chain) >= MAX_INCLUDE_DEPTH:
+        raise InputError(
+            f"{at[0]}:{at[1]}: includes nested more than {MAX_INCLUDE_DEPTH} deep (a loop "
+            "through links?); include fewer levels"
+        )
+    return (*chain, found)
 
 
 # --- HAProxy --------------------------------------------------------------------------------------
@@ -286,7 +319,7 @@ def read_apache(path: Path) -> ServerConf:
     """Apache httpd's configuration: `SSLCertificateFile` in every file it includes."""
     conf = ServerConf("apache", path)
     state = _ApacheState(root=path.parent)
-    _apache_file(path, conf, state)
+    _apache_file(path, conf, state, _top(path))
     return conf
 
 
@@ -308,7 +341,9 @@ def _apache_lines(text: str) -> Iterator[tuple[int, str]]:
         pending = ""
 
 
-def _apache_file(path: Path, conf: ServerConf, state: _ApacheState) -> None:
+def _apache_file(
+    path: Path, conf: ServerConf, state: _ApacheState, chain: tuple[Path, ...]
+) -> None:
     for number, line in _apache_lines(_Files().read(path)):
         words = _words(re.sub(r"\$\{(\w+)\}", lambda m: state.defines.get(m[1], m[0]), line))
         if not words:
@@ -327,7 +362,7 @@ def _apache_file(path: Path, conf: ServerConf, state: _ApacheState) -> None:
         elif key in ("include", "includeoptional") and len(words) > 1:
             for found in _apache_included(_absolute(state.root, words[1])):
                 if found.is_file() or key == "include":
-                    _apache_file(found, conf, state)
+                    _apache_file(found, conf, state, _entering(chain, found, (path, number)))
         elif key == "sslcertificatefile" and len(words) > 1:
             _apache_site(conf, state, (path, number, line), words[1])
 
@@ -367,11 +402,13 @@ _DEBIAN_NO_CERTS = ("/usr/share/lighttpd/use-ipv6.pl", "/usr/share/lighttpd/crea
 def read_lighttpd(path: Path) -> ServerConf:
     """lighttpd's configuration: `ssl.pemfile` in every block of every included file."""
     conf = ServerConf("lighttpd", path)
-    _lighttpd_file(path, conf, path.parent, ["global"])
+    _lighttpd_file(path, conf, path.parent, ["global"], _top(path))
     return conf
 
 
-def _lighttpd_file(path: Path, conf: ServerConf, base: Path, blocks: list[str]) -> None:
+def _lighttpd_file(
+    path: Path, conf: ServerConf, base: Path, blocks: list[str], chain: tuple[Path, ...]
+) -> None:
     pending: dict[str, Site] = {}
     for number, line in enumerate(_Files().read(path).splitlines(), 1):
         code = _without_comment(line)
@@ -379,9 +416,10 @@ def _lighttpd_file(path: Path, conf: ServerConf, base: Path, blocks: list[str]) 
         setting = _LIGHTTPD_SET.match(code)
         if include:
             for found in _Files().glob(_absolute(base, include[1])):  # as lighttpd: from
-                _lighttpd_file(found, conf, base, blocks)  # the main file's directory
+                inner = _entering(chain, found, (path, number))  # the main file's directory
+                _lighttpd_file(found, conf, base, blocks, inner)
         elif code.strip().startswith("include_shell"):
-            _lighttpd_shell(code, (path, number), conf, base, blocks)
+            _lighttpd_shell(code, (path, number), conf, base, (blocks, chain))
         elif code.rstrip().endswith("{"):
             blocks.append(code.rstrip()[:-1].strip())
         elif code.strip() == "}" and len(blocks) > 1:
@@ -417,12 +455,18 @@ def _lighttpd_close(conf: ServerConf, site: Site | None) -> None:
 
 
 def _lighttpd_shell(
-    code: str, at: tuple[Path, int], conf: ServerConf, base: Path, blocks: list[str]
+    code: str,
+    at: tuple[Path, int],
+    conf: ServerConf,
+    base: Path,
+    reading: tuple[list[str], tuple[Path, ...]],
 ) -> None:
+    """Debian's include_shell of conf-enabled/ is read as that directory; others are noted
+    (`reading`: the blocks open, and the files being read)."""
     path, number = at
-    """Debian's include_shell of conf-enabled/ is read as that directory; others are noted."""
+    blocks, chain = reading
     if _DEBIAN_INCLUDE_SHELL in code:
         for found in _Files().glob(path.parent / "conf-enabled" / "*.conf"):
-            _lighttpd_file(found, conf, base, blocks)
+            _lighttpd_file(found, conf, base, blocks, _entering(chain, found, at))
     elif not any(script in code for script in _DEBIAN_NO_CERTS):
         conf.notes.append(f"{path}:{number}: {code.strip()} not followed")
