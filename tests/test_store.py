@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -139,6 +140,9 @@ def test_statuses_round_trip_sorted_by_name(open_store: Opener) -> None:
     assert list(store.statuses()) == ["k1"]
     assert store.status_keys() == {"k1"}
     assert list(open_store().statuses()) == ["k1"]  # as stored
+    unknown = replace(status("d.test"), must_staple=None)  # a file that cannot be read
+    store.save_status("k3", unknown)
+    assert open_store().statuses()["k3"] == unknown
 
 
 def test_a_transaction_writes_all_or_nothing(open_store: Opener) -> None:

@@ -361,6 +361,31 @@ def test_prime_resolves_paths_and_delivers_only_to_its_entry(deployment: Deploym
     assert "`paths`" in uncovered.stderr
 
 
+def test_prime_alone_drops_the_row_of_a_certificate_its_file_no_longer_holds(
+    deployment: Deployment,
+) -> None:
+    """Where `prime` runs from cron and no keeper ever runs: a renewed certificate (a new
+    leaf in the same file) has one row in `mustaple status`, not one more per renewal; a
+    file that turns unusable shows only that, with must-staple unknown, not "no"."""
+    d = deployment
+    assert d.prime(str(d.fullchain)).returncode == 0
+    assert [row["name"] for row in status_rows(d)] == [HOST]
+    d.fullchain.write_bytes(d.pki.leaf("held").read_bytes() + d.pki.ca.read_bytes())
+    d.prime(str(d.fullchain))
+    assert [row["name"] for row in status_rows(d)] == [d.pki.host("held")]
+    d.fullchain.write_bytes(b"garbled")
+    assert d.prime("--all").returncode == 2
+    (row,) = status_rows(d)
+    assert (row["state"], row["must_staple"]) == ("unusable", None)  # not known: not "no"
+
+
+def status_rows(d: Deployment) -> list[dict[str, Any]]:
+    """The rows `mustaple status` (its own process) lists from the shared state."""
+    shown = d.mustaple("status", "--config", str(d.config), "--json")
+    rows: list[dict[str, Any]] = json.loads(shown.stdout)
+    return rows
+
+
 def test_an_unusable_certificate_is_visible_everywhere(deployment: Deployment) -> None:
     d = deployment
     lonely = d.tmp / "live" / "lonely.test"
@@ -399,8 +424,7 @@ def test_an_unusable_certificate_is_visible_everywhere(deployment: Deployment) -
 
 def stored_states(d: Deployment) -> list[str]:
     """The states `mustaple status` (its own process) lists from the shared state."""
-    shown = d.mustaple("status", "--config", str(d.config), "--json")
-    return sorted(row["state"] for row in json.loads(shown.stdout))
+    return sorted(row["state"] for row in status_rows(d))
 
 
 def test_sink_failures_are_shown_and_logged_with_the_name_not_every_pass(

@@ -168,7 +168,7 @@ class CertStatus:
 
     name: str
     cert_path: str
-    must_staple: bool
+    must_staple: bool | None  # None: not known (a file that cannot be read)
     state: str  # a `lifecycle.Phase` value: good, failing, expired, revoked, unusable, pending
     next_due: datetime | None
     failures: int
@@ -498,13 +498,16 @@ def _staple_values(key: str, staple: StoredStaple) -> tuple[object, ...]:
     )
 
 
+_UNKNOWN = -1  # the status table's must_staple when it is not known (the column is NOT NULL)
+
+
 def _status_values(key: str, status: CertStatus, sinks: str) -> tuple[object, ...]:
     """A status row as SQLite stores it (`sinks` already as JSON)."""
     return (
         key,
         status.name,
         status.cert_path,
-        int(status.must_staple),
+        _UNKNOWN if status.must_staple is None else int(status.must_staple),
         status.state,
         _iso(status.next_due) if status.next_due else None,
         status.failures,
@@ -556,7 +559,7 @@ def _status(row: tuple[Any, ...]) -> CertStatus:
     return CertStatus(
         name,
         path,
-        bool(must_staple),
+        None if must_staple == _UNKNOWN else bool(must_staple),
         state,
         _time(next_due) if next_due else None,
         failures,

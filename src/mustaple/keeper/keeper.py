@@ -35,7 +35,7 @@ import logging
 import random
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -1020,7 +1020,27 @@ class Keeper:
                 await self._refresh_all(wanted)
             self.judge_time()
             await self.deliver()
+            self._forget_held_elsewhere(loaded)
         return [_primed(m) for m in chosen], unusable
+
+    def _forget_held_elsewhere(self, loaded: Mapping[Path, Managed | None]) -> None:
+        """The status rows of certificates these files held before (renewed, or turned
+        unusable) lose their paths, and go when none is left: no keeper may be running to
+        see it (`prime` from cron only), and `status` must not list a leaf no file holds."""
+        shown = set(self.lives) | {problem.key for problem in self.problems.values()}
+        others = self.store.status_keys() - shown
+        if not others:  # a first prime, or every row is one of these files'
+            return
+        read = {str(path) for path in loaded}
+        for key, row in self.store.statuses().items():
+            kept = tuple(path for path in row.paths if path not in read)
+            if key not in others or kept == row.paths:
+                continue
+            if kept:
+                self._write_status(key, replace(row, cert_path=kept[0], paths=kept))
+            else:
+                self._forget_status(key)
+        self._flush()
 
     async def _load_given(
         self, paths: Sequence[Path], *, refuse: bool
@@ -1110,7 +1130,7 @@ def _problem_status(problem: Problem) -> CertStatus:
     return CertStatus(
         name=problem.name,
         cert_path=str(problem.path),
-        must_staple=bool(problem.must_staple),
+        must_staple=problem.must_staple,
         state=Phase.UNUSABLE.value,
         next_due=None,
         failures=0,
