@@ -28,6 +28,7 @@ from mustaple.core.certs import Target
 from mustaple.core.delivery import Action
 from mustaple.core.reasons import Reason, Rejection
 from mustaple.core.request import make_cert_id
+from mustaple.keeper import daemon
 from mustaple.keeper.keeper import Keeper
 from mustaple.testing import (
     CA,
@@ -534,3 +535,36 @@ def test_every_misbehaviour_keeps_the_last_good_staple(tmp_path: Path) -> None:
             assert w.sink.last().action is Action.REMOVE
 
     run(scenario, tmp_path)
+
+
+def test_a_fault_in_a_pass_does_not_end_the_daemon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug that escapes a whole pass (not one certificate's) is one error line; the
+    daemon's loop goes on, and the next pass delivers."""
+
+    async def scenario(tmp: Path) -> None:
+        async with offline(tmp) as (w, keeper, _):
+            w.issue("a.test")
+            stop = asyncio.Event()
+            passes: list[int] = []
+            real_tick = keeper.tick
+
+            async def tick() -> None:
+                passes.append(1)
+                if len(passes) == 1:
+                    raise RuntimeError("a bug in a pass")
+                await real_tick()
+                stop.set()
+
+            monkeypatch.setattr(keeper, "tick", tick)
+            monkeypatch.setattr(daemon, "_pause", lambda *_: 0.0)
+            await keeper.scan()  # as the daemon's start does
+            await asyncio.wait_for(daemon._loop(keeper, stop, asyncio.Event(), w.clock), 10)
+            assert len(passes) == 2
+            assert w.sink.last().name == "a.test"
+
+    with caplog.at_level(logging.ERROR, logger="mustaple"):
+        run(scenario, tmp_path)
+    (line,) = [r.getMessage() for r in caplog.records if "in a pass" in r.getMessage()]
+    assert line.startswith("unexpected error in a pass (RuntimeError: a bug in a pass)")

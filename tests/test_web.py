@@ -379,6 +379,34 @@ def test_status_page_escapes_every_value(tmp_path: Path) -> None:
     run(scenario, tmp_path)
 
 
+def test_a_file_name_that_is_not_utf8_breaks_nothing(tmp_path: Path) -> None:
+    """A directory named with a byte that is not UTF-8 (legal on Linux), holding a good
+    certificate and a garbled file: the pass goes on, the page, /status and /metrics answer,
+    and the state store holds the name as `\\xff`."""
+
+    async def scenario(tmp: Path) -> None:
+        async with keeper_world(tmp) as w, serving(w) as base:
+            w.issue("good.example.test")
+            leaf = w.ca.issue("odd.example.test", ocsp_urls=[w.responder.url])
+            w.responder.add(leaf)
+            leaf.write(tmp / "live" / os.fsdecode(b"odd-\xff"))
+            garbled = tmp / "live" / os.fsdecode(b"bad-\xfe") / "fullchain.pem"
+            garbled.parent.mkdir()
+            garbled.write_bytes(b"garbled")
+            await w.keeper.scan()
+            await w.keeper.tick()
+            answers = [await get(f"{base}{path}") for path in ("/", "/status", "/metrics")]
+            rows = w.keeper.store.statuses()
+        assert [status for status, _, _ in answers] == [200, 200, 200]
+        assert "odd-\\xff" in answers[0][2]
+        shown = {row.name: (row.state, row.paths) for row in rows.values()}
+        assert shown["odd.example.test"][0] == "good"
+        assert "odd-\\xff" in shown["odd.example.test"][1][0]
+        assert shown["bad-\\xfe"][0] == "unusable"
+
+    run(scenario, tmp_path)
+
+
 class Rows(HTMLParser):
     """The certificate rows of the rendered page: (data-name, data-state, health, state text)."""
 

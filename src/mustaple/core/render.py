@@ -9,6 +9,8 @@ so a time or a key reads the same wherever it appears:
 - `human_duration` is a duration: `3d 4h`, `5h 12m`, `42s`.
 - `staple_json`, `validity_json` and `attempt_json` are the JSON shapes of an accepted response,
   of a held staple's life, and of one HTTP exchange with a responder.
+- `shown` is a file name as text every output can carry: a byte that is not UTF-8 (a legal
+  name on Linux) becomes `\xff`, where it would break a database, a page or a metric.
 """
 
 from __future__ import annotations
@@ -29,10 +31,30 @@ __all__ = [
     "iso",
     "seconds_until",
     "short_time",
+    "shown",
     "sink_json",
     "staple_json",
     "validity_json",
 ]
+
+
+def shown(text: object) -> str:
+    """`text` (a path, or a message naming one) as valid Unicode: the bytes Python keeps as
+    lone surrogates (os.fsdecode of a name that is not UTF-8) written `\xff`."""
+    value = str(text)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = value.encode("utf-8", "surrogateescape") if _escaped_only(value) else None
+        if raw is not None:
+            return raw.decode("utf-8", "backslashreplace")
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
+def _escaped_only(value: str) -> bool:
+    """Whether every lone surrogate in `value` is one `surrogateescape` made (U+DC80-DCFF)."""
+    return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in value)
 
 
 def iso(value: datetime | None) -> str | None:

@@ -17,7 +17,7 @@ from mustaple.core.certs import display_name, is_must_staple, parse_certificates
 from mustaple.core.delivery import Action
 from mustaple.core.errors import InputError
 from mustaple.core.health import phase_severity
-from mustaple.core.render import human_duration, iso, short_time, sink_json, validity_json
+from mustaple.core.render import human_duration, iso, short_time, shown, sink_json, validity_json
 from mustaple.core.report import ExitCode
 from mustaple.keeper.keeper import Primed, Unusable
 
@@ -119,7 +119,7 @@ def status_rows(config: Config, now: datetime) -> list[dict[str, Any]]:
     rows = [_row(key, status, stored, now) for key, status in known.items()]
     seen = {path for row in rows for path in row["paths"]}
     for path in sorted(configured_files(config)):
-        if str(path) not in seen:
+        if shown(path) not in seen:
             rows.append(_pending(path))
     if stored:
         stored.close()
@@ -151,11 +151,11 @@ def _pending(path: Path) -> dict[str, Any]:
         leaf = parse_certificates(read_input(path, "certificate"), source=str(path))[0]
         name, must = display_name(leaf), is_must_staple(leaf)
     except InputError:
-        name, must = path.parent.name or path.name, None
+        name, must = shown(path.parent.name or path.name), None
     return {
         "name": name,
-        "cert": str(path),
-        "paths": [str(path)],
+        "cert": shown(path),
+        "paths": [shown(path)],
         "must_staple": must,
         "state": "not yet seen by the keeper",
         "this_update": None,

@@ -282,10 +282,19 @@ def _ready(keeper: Keeper) -> None:
 async def _loop(keeper: Keeper, stop: asyncio.Event, reload: asyncio.Event, clock: Clock) -> None:
     watchdog = watchdog_interval()
     while not (stop.is_set() or reload.is_set()):
-        await keeper.tick()
-        await keeper.scan()
-        if watchdog:
-            notify("WATCHDOG=1")
+        try:
+            await keeper.tick()
+            await keeper.scan()
+        except Exception as exc:  # a bug must not end the daemon: the next pass tries again
+            log.error(
+                "unexpected error in a pass (%s: %s); the keeper goes on and tries again "
+                "at the next one; please report it",
+                type(exc).__name__,
+                exc,
+            )
+        else:
+            if watchdog:  # only a pass that worked tells systemd all is well
+                notify("WATCHDOG=1")
         await _wait(stop, reload, _pause(keeper, clock, watchdog))
 
 

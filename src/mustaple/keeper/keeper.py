@@ -80,7 +80,7 @@ from mustaple.core.lifecycle import (
     Wait,
 )
 from mustaple.core.reasons import Reason, Rejection
-from mustaple.core.render import human_time
+from mustaple.core.render import human_time, shown
 from mustaple.core.request import CertId, make_cert_id
 from mustaple.core.urls import first_host
 from mustaple.core.verify import Policy, Staple
@@ -513,6 +513,7 @@ class Keeper:
     def _unusable(self, path: Path, stamp: tuple[int, int], message: str, reason: Reason) -> None:
         self._drop(path)
         key, name, must = _identify(path)
+        message = shown(message)  # it names the file, which may not be UTF-8
         problem = Problem(path, key, name, must, message, reason, stamp)
         before = self.problems.get(path)
         if before is None or before.message != message:
@@ -646,7 +647,7 @@ class Keeper:
             self._broken(managed, exc)
 
     def _broken(self, managed: Managed, exc: Exception) -> None:
-        message = f"{managed.path}: {_internal(exc)}"
+        message = shown(f"{managed.path}: {_internal(exc)}")
         log.error("%s", message)
         self._apply(managed.life, lifecycle.Unusable(message, Reason.KEEPER_FAULT), self.clock())
 
@@ -879,7 +880,7 @@ class Keeper:
         )
 
     def _paths(self, life: Life) -> tuple[str, ...]:
-        return tuple([str(m.path) for m in self.by_key(life.key)])
+        return tuple([shown(m.path) for m in self.by_key(life.key)])
 
     def _status(self, life: Life) -> CertStatus:
         """The status row of a life (a CertView's, without making one: a pass writes a row
@@ -1027,11 +1028,11 @@ class Keeper:
         """The status rows of certificates these files held before (renewed, or turned
         unusable) lose their paths, and go when none is left: no keeper may be running to
         see it (`prime` from cron only), and `status` must not list a leaf no file holds."""
-        shown = set(self.lives) | {problem.key for problem in self.problems.values()}
-        others = self.store.status_keys() - shown
+        known = set(self.lives) | {problem.key for problem in self.problems.values()}
+        others = self.store.status_keys() - known
         if not others:  # a first prime, or every row is one of these files'
             return
-        read = {str(path) for path in loaded}
+        read = {shown(path) for path in loaded}
         for key, row in self.store.statuses().items():
             kept = tuple(path for path in row.paths if path not in read)
             if key not in others or kept == row.paths:
@@ -1113,7 +1114,7 @@ def _identify(path: Path) -> tuple[str, str, bool | None]:
     try:
         leaf = parse_certificates(read_input(path, "certificate"), source=str(path))[0]
     except Exception:
-        return f"file:{path}", path.parent.name or path.name, None
+        return f"file:{shown(path)}", shown(path.parent.name or path.name), None
     return cert_key(leaf), display_name(leaf), is_must_staple(leaf)
 
 
@@ -1129,7 +1130,7 @@ def _internal(what: BaseException | str) -> str:
 def _problem_status(problem: Problem) -> CertStatus:
     return CertStatus(
         name=problem.name,
-        cert_path=str(problem.path),
+        cert_path=shown(problem.path),
         must_staple=problem.must_staple,
         state=Phase.UNUSABLE.value,
         next_due=None,
@@ -1137,7 +1138,7 @@ def _problem_status(problem: Problem) -> CertStatus:
         last_attempt=None,
         last_reason=problem.reason.code,
         last_message=problem.message,
-        paths=(str(problem.path),),
+        paths=(shown(problem.path),),
     )
 
 
@@ -1145,7 +1146,7 @@ def _problem_view(problem: Problem) -> CertView:
     rejection = Rejection(problem.reason, problem.message)
     state = CertState(phase=Phase.UNUSABLE, problem=problem.message, rejection=rejection)
     return CertView(
-        problem.key, problem.name, (str(problem.path),), problem.must_staple, None, state
+        problem.key, problem.name, (shown(problem.path),), problem.must_staple, None, state
     )
 
 
