@@ -109,6 +109,7 @@ def test_full_config(tmp_path: Path) -> None:
         (MINIMAL + "[hooks]\non_revoke = 'x'\n", "hooks.on_revoke: unknown key"),
         (MINIMAL + "[hooks]\non_revoked = ''\n", "hooks.on_revoked: must be a shell command"),
         ("[[certificates\n", "not valid TOML"),
+        (MINIMAL + "[policy]\nattempts = " + "9" * 5000 + "\n", "not valid TOML"),
         (MINIMAL + "[http]\nlisten = '8008'\n", "http.listen: '8008' is not HOST:PORT"),
         (MINIMAL + "[http]\nport = 1\n", "http.port: unknown key"),
         (MINIMAL + "[fleet]\n", "fleet.redis: '' is not a redis://, rediss:// or unix:// URL"),

@@ -205,23 +205,24 @@ class Daemon:
     notify: socket.socket
 
     def notices(self, until: str, timeout: float = 20) -> list[str]:
+        """The notices up to the first line that starts with `until`."""
         seen: list[str] = []
         deadline = time.monotonic() + timeout
-        while until not in seen:
+        while not any(line.startswith(until) for line in seen):
             self.notify.settimeout(max(0.01, deadline - time.monotonic()))
             seen += self.notify.recv(4096).decode().splitlines()
         return seen
 
 
 @pytest.fixture
-def daemon(site: Site) -> Iterator[Callable[[], Daemon]]:
+def daemon(site: Site) -> Iterator[Callable[..., Daemon]]:
     started: list[Daemon] = []
 
-    def start() -> Daemon:
+    def start(**environment: str) -> Daemon:
         path = site.tmp / f"notify{len(started)}.sock"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(str(path))
-        env = {**os.environ, "NOTIFY_SOCKET": str(path)}
+        env = {**os.environ, "NOTIFY_SOCKET": str(path), **environment}
         process = subprocess.Popen(
             [MUSTAPLE, "run", "--config", str(site.config), "-v"],
             env=env,
@@ -240,7 +241,7 @@ def daemon(site: Site) -> Iterator[Callable[[], Daemon]]:
 
 
 def test_run_delivers_watches_and_stops_gracefully(
-    site: Site, daemon: Callable[[], Daemon]
+    site: Site, daemon: Callable[..., Daemon]
 ) -> None:
     leaf = site.issue("a.test")
     d = daemon()
@@ -257,7 +258,7 @@ def test_run_delivers_watches_and_stops_gracefully(
 
 
 def test_sigterm_while_starting_stops_without_waiting_for_the_start(
-    site: Site, daemon: Callable[[], Daemon]
+    site: Site, daemon: Callable[..., Daemon]
 ) -> None:
     """The start waits on an issuer download that never answers (timeout 60 s): SIGTERM ends
     the daemon at once, cleanly, without waiting for it."""
@@ -283,27 +284,73 @@ def test_sigterm_while_starting_stops_without_waiting_for_the_start(
 
 
 def test_sighup_reloads_and_a_bad_config_keeps_the_running_one(
-    site: Site, daemon: Callable[[], Daemon]
+    site: Site, daemon: Callable[..., Daemon]
 ) -> None:
+    """A configuration that cannot be used (a bad value, a moved state_dir, a port in use) is
+    one line and changes nothing: the same keeper goes on, with its backoff and its streaks,
+    and the endpoint keeps answering; a good one is taken."""
     site.issue("a.test")
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    ours = free_port()
+    good = write_config(site.tmp, f'[http]\nlisten = "127.0.0.1:{ours}"\n').read_text()
     d = daemon()
     d.notices("READY=1")
-    site.config.write_text(site.config.read_text().replace("attempts = 1", 'attempts = "x"'))
-    d.process.send_signal(signal.SIGHUP)
-    assert "READY=1" in d.notices("READY=1")  # restarted on the running configuration
-    assert d.process.poll() is None
-    site.config.write_text(write_config(site.tmp).read_text())
+    wait_for(lambda: _get(f"http://127.0.0.1:{ours}/healthz")[0] == 200)
+    unusable = [
+        good.replace("attempts = 1", 'attempts = "x"'),
+        good.replace(f"{site.tmp}/state", f"{site.tmp}/elsewhere"),
+        good.replace(str(ours), str(busy.getsockname()[1])),
+    ]
+    for text in unusable:
+        site.config.write_text(text)
+        d.process.send_signal(signal.SIGHUP)
+        seen = d.notices("STATUS=")  # a pass of the same keeper: no new start
+        seen += d.notices("STATUS=")
+        assert "READY=1" not in seen
+        assert d.process.poll() is None
+        assert _get(f"http://127.0.0.1:{ours}/healthz")[0] == 200
+    site.config.write_text(good)
     d.process.send_signal(signal.SIGHUP)
     assert "READY=1" in d.notices("READY=1")
     d.process.send_signal(signal.SIGTERM)
     assert d.process.wait(20) == 0
+    busy.close()
     log = d.process.stderr.read() if d.process.stderr else ""
     assert "policy.attempts: must be an integer, not str" in log
-    assert "keeping the running configuration" in log
+    assert "state_dir changed from" in log
+    assert "http.listen: cannot listen on" in log
+    assert log.count("keeping the running configuration") == 3
     assert "configuration reloaded" in log
+    assert not (site.tmp / "elsewhere").exists()
 
 
-def test_kill_9_loses_nothing(site: Site, daemon: Callable[[], Daemon]) -> None:
+def test_the_watchdog_is_fed_while_a_pass_waits_on_a_hanging_ca(
+    site: Site, daemon: Callable[..., Daemon]
+) -> None:
+    """WatchdogSec is about a stuck process, not a slow CA: while the first pass waits on
+    responders that hang, WATCHDOG=1 keeps coming (every half interval); a zero interval
+    asks for none."""
+    for name in ("a.test", "b.test", "c.test"):
+        leaf = site.issue(name)
+        site.responder.set_behaviour(Behaviour.HANG, serial=leaf.cert.serial_number)
+    site.config.write_text(site.config.read_text() + "per_host = 1\n")
+    d = daemon(WATCHDOG_USEC="400000")
+    seen = d.notices("READY=1")
+    seen = d.notices("STATUS=")  # the first pass: 3 hanging fetches of 1 s, one at a time
+    assert seen.count("WATCHDOG=1") >= 5
+    d.process.send_signal(signal.SIGTERM)
+    assert d.process.wait(20) == 0
+    quiet = daemon(WATCHDOG_USEC="0")
+    seen = quiet.notices("READY=1")
+    seen += quiet.notices("STATUS=")
+    assert "WATCHDOG=1" not in seen
+    quiet.process.send_signal(signal.SIGTERM)
+    assert quiet.process.wait(20) == 0
+
+
+def test_kill_9_loses_nothing(site: Site, daemon: Callable[..., Daemon]) -> None:
     leaves = [site.issue(f"c{n}.test") for n in range(20)]
     d = daemon()
     d.notices("READY=1")
@@ -332,7 +379,7 @@ def free_port() -> int:
 
 
 def test_run_serves_health_metrics_and_the_local_responder(
-    site: Site, daemon: Callable[[], Daemon]
+    site: Site, daemon: Callable[..., Daemon]
 ) -> None:
     leaf = site.issue("a.test")
     port = free_port()
@@ -363,7 +410,7 @@ def _get(url: str) -> tuple[int, bytes]:
 
 
 def test_reload_keeps_the_local_responder_answering(
-    site: Site, daemon: Callable[[], Daemon]
+    site: Site, daemon: Callable[..., Daemon]
 ) -> None:
     leaf = site.issue("a.test")
     port = free_port()
@@ -406,7 +453,7 @@ def more_than(items: Sequence[object], count: int) -> bool:
 
 
 def test_reload_moves_the_endpoint_when_http_changes(
-    site: Site, daemon: Callable[[], Daemon]
+    site: Site, daemon: Callable[..., Daemon]
 ) -> None:
     site.issue("a.test")
     base = site.config.read_text()

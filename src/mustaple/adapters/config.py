@@ -158,6 +158,8 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{p}: not valid TOML ({exc})") from None
     except RecursionError:
         raise ConfigError(f"{p}: {_TOO_DEEP}") from None
+    except ValueError as exc:  # an integer of more digits than Python converts (4300)
+        raise ConfigError(f"{p}: not valid TOML ({exc})") from None
     if _depth(data) > MAX_NESTING:
         raise ConfigError(f"{p}: {_TOO_DEEP}")
     return parse_config(data, p)

@@ -27,10 +27,16 @@ def notify(*lines: str) -> bool:
     return True
 
 
+MAX_WATCHDOG = timedelta(days=1)  # a longer WATCHDOG_USEC is pinged at least this often
+
+
 def watchdog_interval() -> timedelta | None:
-    """How often to send WATCHDOG=1 (half of WATCHDOG_USEC), or None when not asked."""
+    """How often to send WATCHDOG=1 (half of WATCHDOG_USEC, at most MAX_WATCHDOG), or None
+    when not asked (not set, 0 as systemd sets for "off", not a number, another pid's)."""
     usec = os.environ.get("WATCHDOG_USEC", "")
     pid = os.environ.get("WATCHDOG_PID")
     if not (usec.isascii() and usec.isdigit()) or (pid and pid != str(os.getpid())):
         return None
-    return timedelta(microseconds=int(usec) / 2)
+    longest = MAX_WATCHDOG // timedelta(microseconds=1)
+    micros = min(int(usec), longest) if len(usec) <= len(str(longest)) else longest
+    return timedelta(microseconds=micros / 2) if micros else None

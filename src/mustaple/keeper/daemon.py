@@ -2,9 +2,11 @@
 
 `serve(config_path, stop=..., reload=...)` is embeddable (tests and `mustaple run` use it):
 setting `stop` ends it gracefully after the pass in progress (at once while it starts);
-setting `reload` re-reads the configuration, and a configuration that fails to load is
-reported and the running one kept.
-Under systemd (Type=notify) it reports READY, STATUS, WATCHDOG and STOPPING. With an `[http]`
+setting `reload` re-reads the configuration, and a configuration that fails to load, moves
+`state_dir`, or whose keeper or endpoint cannot start is reported and the running keeper kept
+as it is.
+Under systemd (Type=notify) it reports READY, STATUS after each pass, WATCHDOG from a timer of
+its own (a slow pass is not a stuck process) and STOPPING. With an `[http]`
 table it also serves the local OCSP responder, metrics, health and the status page (and keeps
 serving them across a reload); with a `[fleet]` table it joins the fleet on Redis
 (`mustaple.keeper.fleet`).
@@ -32,6 +34,7 @@ from mustaple.core.clock import Clock, utc_now
 from mustaple.core.delivery import Sink
 from mustaple.core.errors import InputError
 from mustaple.core.fetchtypes import Fetcher
+from mustaple.core.render import human_time
 from mustaple.keeper.keeper import Keeper
 
 if TYPE_CHECKING:  # loaded where used: `prime` and `status` need none of redis, metrics, web
@@ -125,9 +128,22 @@ async def serve(
     reload = reload or asyncio.Event()
     config = check_config(config_path)
     with _only_daemon(config.state_dir):
-        await _serve(config_path, config, stop, reload, clock)
-    notify("STOPPING=1")
+        watchdog = asyncio.ensure_future(_watchdog(watchdog_interval()))
+        try:
+            await _serve(config_path, config, stop, reload, clock)
+        finally:
+            watchdog.cancel()
     log.info("stopped")
+
+
+async def _watchdog(interval: timedelta | None) -> None:
+    """WATCHDOG=1 every `interval` while the event loop turns (a pass that waits on a hanging
+    CA for minutes is alive; a stuck loop is not, and systemd restarts it)."""
+    if interval is None:
+        return
+    while True:
+        notify("WATCHDOG=1")
+        await asyncio.sleep(interval.total_seconds())
 
 
 @contextmanager
@@ -160,31 +176,70 @@ def _only_daemon(state_dir: Path) -> Iterator[None]:
 async def _serve(
     config_path: Path, config: Config, stop: asyncio.Event, reload: asyncio.Event, clock: Clock
 ) -> None:
-    running: _Running | None = None
+    running = await _unless_stopped(_Running.open(config, clock), stop)
+    if running is None:
+        notify("STOPPING=1")
+        return
     server: HttpServer | None = None
+    closing: set[asyncio.Task[None]] = set()  # keepers replaced by a reload, closing
     try:
+        server = await _serve_http(None, running, config)
+        _ready(running.keeper)
         while True:
-            started = await _unless_stopped(_Running.open(config, clock), stop)
-            if started is None:
-                break  # stopped while starting: a long scan is not waited for
-            try:
-                server = await _serve_http(server, started, config)
-            finally:  # the old keeper goes once the new one serves
-                if running is not None:
-                    await running.close()
-                running = started
-            _ready(running.keeper)
             await _loop(running.keeper, stop, reload, clock)
             running.keeper.save_all_status()
             if stop.is_set():
                 break
             reload.clear()
-            config = _reloaded(config_path, config)
+            changed = _reloaded(config_path, config)
+            if changed is None:
+                continue  # the running keeper goes on as it was: its backoff, its streaks
+            switched = await _switch(running, server, changed, stop, clock)
+            if switched is None:
+                continue
+            old, (running, server) = running, switched
+            config = changed
+            _ready(running.keeper)
+            closing.add(task := asyncio.ensure_future(old.close()))  # its hooks may run on
+            task.add_done_callback(closing.discard)
     finally:
+        notify("STOPPING=1")
         if server is not None:
             await server.cleanup()
-        if running is not None:
-            await running.close()
+        await running.close()
+        if closing:
+            await asyncio.wait(closing)
+
+
+async def _switch(
+    running: _Running,
+    server: HttpServer | None,
+    config: Config,
+    stop: asyncio.Event,
+    clock: Clock,
+) -> tuple[_Running, HttpServer | None] | None:
+    """The keeper and endpoint for a reloaded `config`, serving, or None when they cannot
+    start (a state directory that cannot be opened, a port in use: said in one line) or
+    `stop` came first; the running ones are then kept, untouched."""
+    try:
+        started = await _unless_stopped(_Running.open(config, clock), stop)
+    except Exception as exc:
+        log.error("%s; keeping the running configuration", _why(exc))
+        return None
+    if started is None:
+        return None
+    try:
+        return started, await _serve_http(server, started, config)
+    except Exception as exc:
+        await started.close()
+        log.error("%s; keeping the running configuration", _why(exc))
+        return None
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, InputError | ConfigError | OSError):
+        return str(exc)
+    return f"unexpected error ({type(exc).__name__}: {exc}); please report it"
 
 
 async def _unless_stopped(starting: Awaitable[_Running], stop: asyncio.Event) -> _Running | None:
@@ -241,25 +296,50 @@ async def _serve_http(
     server: HttpServer | None, running: _Running, config: Config
 ) -> HttpServer | None:
     """The HTTP endpoint for `config`: the one listening, switched to the new keeper, or
-    a new one (none without `[http]`)."""
+    a new one (none without `[http]`), listening before the old one closes unless both
+    listen on the same address (the old one must free it first)."""
     if server is not None and server.http == config.http:
         server.switch(running.keeper, running.metrics)
         return server
-    if server is not None:
+    http = config.http
+    if server is not None and (
+        http is None
+        or (server.http.host, server.http.port)
+        == (
+            http.host,
+            http.port,
+        )
+    ):
         await server.cleanup()
-    if config.http is None:
+        server = None
+    if http is None:
         return None
     from mustaple.serve.web import start_http  # aiohttp's server, only with [http]
 
-    return await start_http(running.keeper, config.http, metrics=running.metrics)
+    started = await start_http(running.keeper, http, metrics=running.metrics)
+    if server is not None:
+        await server.cleanup()
+    return started
 
 
-def _reloaded(path: Path, running: Config) -> Config:
+def _reloaded(path: Path, running: Config) -> Config | None:
+    """The configuration at `path`, or None (said in one line) when it cannot be used: the
+    running one is then kept as it is."""
     try:
         config = check_config(path)
     except ConfigError as exc:
         log.error("%s; keeping the running configuration", exc)
-        return running
+        return None
+    if config.state_dir != running.state_dir:
+        log.error(
+            "%s: state_dir changed from %s to %s, which a reload cannot do (this process "
+            "holds the old one's lock); restart mustaple to use it; keeping the running "
+            "configuration",
+            path,
+            running.state_dir,
+            config.state_dir,
+        )
+        return None
     log.info("configuration reloaded from %s", path)
     return config
 
@@ -273,14 +353,17 @@ async def _start(keeper: Keeper) -> None:
 
 def _ready(keeper: Keeper) -> None:
     """Tell systemd (and the log) that we serve: staples delivered, endpoint listening."""
-    held = sum(m.held is not None for m in keeper.managed.values())
-    status = f"{len(keeper.managed)} certificates, {held} with a valid staple"
+    status = _summary(keeper)
     log.info("started: %s", status)
     notify("READY=1", f"STATUS={status}")
 
 
+def _summary(keeper: Keeper) -> str:
+    held = sum(m.held is not None for m in keeper.managed.values())
+    return f"{len(keeper.managed)} certificates, {held} with a valid staple"
+
+
 async def _loop(keeper: Keeper, stop: asyncio.Event, reload: asyncio.Event, clock: Clock) -> None:
-    watchdog = watchdog_interval()
     while not (stop.is_set() or reload.is_set()):
         try:
             await keeper.tick()
@@ -293,19 +376,16 @@ async def _loop(keeper: Keeper, stop: asyncio.Event, reload: asyncio.Event, cloc
                 exc,
             )
         else:
-            if watchdog:  # only a pass that worked tells systemd all is well
-                notify("WATCHDOG=1")
-        await _wait(stop, reload, _pause(keeper, clock, watchdog))
+            notify(f"STATUS={_summary(keeper)}; last pass {human_time(clock())}")
+        await _wait(stop, reload, _pause(keeper, clock))
 
 
-def _pause(keeper: Keeper, clock: Clock, watchdog: timedelta | None) -> float:
-    """Seconds until something is due, at most the watch interval (and the watchdog)."""
+def _pause(keeper: Keeper, clock: Clock) -> float:
+    """Seconds until something is due, at most the watch interval."""
     pause = keeper.policy.watch_interval
     wake = keeper.next_wakeup()
     if wake is not None:
         pause = min(pause, max(wake - clock(), timedelta(0)))
-    if watchdog is not None:
-        pause = min(pause, watchdog)
     return pause.total_seconds()
 
 
