@@ -26,6 +26,8 @@ BAD_URLS = [
     "ftp://127.0.0.1/",
     "http:///nohost",
     "http://127.0.0.1/\x00",
+    "http://ocsp..example.test/",
+    "http://" + "x" * 64 + ".example/",
 ]
 
 

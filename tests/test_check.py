@@ -28,7 +28,8 @@ from typing import Any
 import click
 import pytest
 from click.testing import CliRunner
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from mustaple.adapters.fetch import fetch_staple
@@ -419,12 +420,42 @@ def test_handshake_failure(responder: ResponderThread) -> None:
         ["127.0.0.1", "--cert", "cert.pem"],
         ["--cert", "cert.pem", "--connections", "2"],
         ["--no-such-option"],
+        ["a..b"],  # host names the resolver cannot encode: empty label, label over 63
+        ["x" * 64 + ".test"],
+        ["127.0.0.1", "--servername", "a..b"],
     ],
 )
 def test_usage_errors_are_unknown(args: list[str]) -> None:
     code, out = run_check(*args)
     assert code == Severity.UNKNOWN
     assert out.startswith("UNKNOWN usage error: ")
+    assert len(out.splitlines()) == 1
+
+
+def test_a_certificate_whose_extensions_cannot_be_read_is_one_line(ca: CA, leaf: Leaf) -> None:
+    """A served leaf with its TLS Feature extension twice: it parses, but its extensions
+    cannot be read (strict clients refuse it); UNKNOWN in one line, never an internal error."""
+    stand_in = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.99")  # encoded as long as TLS Feature's
+    built = (
+        x509.CertificateBuilder()
+        .subject_name(leaf.cert.subject)
+        .issuer_name(leaf.cert.issuer)
+        .public_key(leaf.key.public_key())
+        .serial_number(4242)
+        .not_valid_before(leaf.cert.not_valid_before_utc)
+        .not_valid_after(leaf.cert.not_valid_after_utc)
+        .add_extension(x509.TLSFeature([x509.TLSFeatureType.status_request]), critical=False)
+        .add_extension(x509.UnrecognizedExtension(stand_in, b"\x30\x03\x02\x01\x05"), False)
+        .sign(ca.issuing.key, hashes.SHA256())
+    )
+    der = built.public_bytes(serialization.Encoding.DER)
+    stand_in_der, feature_der = "06082b06010505070163", "06082b06010505070118"
+    twice = der.replace(bytes.fromhex(stand_in_der), bytes.fromhex(feature_der))
+    bad = dataclasses.replace(leaf, cert=x509.load_der_x509_certificate(twice))
+    with StaplingServer(bad) as served:
+        code, out = run_check(address(served.port))
+    assert code == Severity.UNKNOWN
+    assert "extensions that cannot be read (Duplicate 1.3.6.1.5.5.7.1.24" in out
     assert len(out.splitlines()) == 1
 
 

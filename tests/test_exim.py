@@ -185,6 +185,7 @@ EHLO_OK = b"250-mail.example.test\r\n250-PIPELINING\r\n250 STARTTLS\r\n"
     [
         ("nats", [b"+OK\r\n"], "not a NATS server (it said '+OK')"),
         ("nats", [b"INFO {oops\r\n"], "the NATS INFO line is not JSON"),
+        ("nats", [b"INFO " + b"[" * 3000 + b"\r\n"], "the NATS INFO line is not JSON"),
         ("nats", [b'INFO {"tls_required":false}\r\n'], "the NATS server does not offer TLS"),
         ("smtp", [b"554 go away\r\n"], "the SMTP greeting is 554, not 220"),
         ("smtp", [b"220 hi\r\n", b"250-mail\r\n250 SIZE 1000\r\n"], "does not offer STARTTLS"),

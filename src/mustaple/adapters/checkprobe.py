@@ -11,7 +11,7 @@ from cryptography import x509
 from mustaple.adapters.fetch import fetch_issuer, fetch_staple
 from mustaple.adapters.files import read_input
 from mustaple.adapters.loader import load_target
-from mustaple.adapters.probe import probe_async
+from mustaple.adapters.probe import ProbeError, probe_async
 from mustaple.core.certs import (
     ca_issuer_urls,
     display_name,
@@ -69,9 +69,24 @@ async def check_server(
         )
         for _ in range(connections)
     ]
-    issuer = await _server_issuer(results[0].chain, issuer_path, cafile)
     server = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    for result in results:
+        _readable(result.leaf, server)
+    issuer = await _server_issuer(results[0].chain, issuer_path, cafile)
     return judge(results, issuer, utc_now(), server=server)
+
+
+def _readable(leaf: x509.Certificate, server: str) -> None:
+    """ProbeError when the served certificate's extensions cannot be read (one twice, a
+    value that is not DER): every strict client refuses such a certificate, and nothing
+    about its staple can be judged."""
+    try:
+        leaf.extensions  # noqa: B018 (reading them parses them)
+    except (ValueError, x509.DuplicateExtension) as exc:
+        raise ProbeError(
+            f"{server}: the server's certificate has extensions that cannot be read ({exc}); "
+            "strict clients refuse it: have it issued again"
+        ) from None
 
 
 async def _server_issuer(

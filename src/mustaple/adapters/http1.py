@@ -330,6 +330,8 @@ class Http1Client:
             raise ConnectTimeout(connect_timeout) from None
         except OSError as exc:
             raise ConnectFailed(host, port, exc, to_proxy=where.proxy is not None) from None
+        except UnicodeError as exc:  # a name the resolver cannot encode
+            raise BadUrl(f"the host {host[:120]!r} cannot be looked up ({exc})") from None
         self._open += 1
         return _Connection(key, reader, writer)
 

@@ -173,13 +173,35 @@ def _context(tls_version: str | None, transcript: _Transcript) -> SSL.Context:
 
 
 def _server_name(host: str, servername: str | None) -> bytes | None:
-    """What to send as SNI: `servername`, else `host` unless it is an IP address (RFC 6066)."""
+    """What to send as SNI: `servername`, else `host` unless it is an IP address (RFC 6066);
+    ProbeError for a name that cannot be encoded (`server_name_problem`)."""
     if servername is None:
         try:
             ipaddress.ip_address(host)
         except ValueError:
             servername = host
-    return servername.encode("idna") if servername else None
+    if not servername:
+        return None
+    problem = server_name_problem(servername)
+    if problem is not None:
+        raise ProbeError(problem)
+    return servername.encode("idna")
+
+
+def server_name_problem(name: str) -> str | None:
+    """None when `name` is an IP address or a host name that can be sent and looked up,
+    else one line saying why not (an empty label, or one over 63 characters)."""
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        pass
+    else:
+        return None
+    try:
+        name.encode("idna")
+    except UnicodeError as exc:
+        return f"{name[:80]!r} is not a valid host name ({exc})"
+    return None
 
 
 def _connect(host: str, port: int, timeout: float, where: str) -> socket.socket:

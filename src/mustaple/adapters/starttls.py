@@ -75,7 +75,7 @@ def _nats(lines: _Lines, where: str) -> None:
         raise StarttlsError(f"{where}: not a NATS server (it said {line[:80]!r})")
     try:
         info = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting too deep
         raise StarttlsError(f"{where}: the NATS INFO line is not JSON") from None
     if not isinstance(info, dict) or not (info.get("tls_required") or info.get("tls_available")):
         raise StarttlsError(f"{where}: the NATS server does not offer TLS")

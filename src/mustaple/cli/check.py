@@ -107,6 +107,8 @@ def check_command(
         if urls:
             raise click.UsageError("--url: only with --cert")
         host, port = _address(address, STARTTLS_PORTS.get(starttls or "", DEFAULT_PORT))
+        if servername is not None:
+            _host_name(servername, "--servername")
         work = check_server(
             host,
             port,
@@ -124,9 +126,21 @@ def _address(text: str, default_port: int) -> tuple[str, int]:
     from mustaple.adapters.checkprobe import parse_address
 
     try:
-        return parse_address(text, default_port)
+        host, port = parse_address(text, default_port)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="HOST[:PORT]") from None
+    return _host_name(host, "HOST[:PORT]"), port
+
+
+def _host_name(name: str, hint: str) -> str:
+    """`name`, if it can be sent and looked up: an IP address, or a name whose labels the
+    resolver can encode (none empty, none over 63 characters)."""
+    from mustaple.adapters.probe import server_name_problem
+
+    problem = server_name_problem(name)
+    if problem is not None:
+        raise click.BadParameter(problem, param_hint=hint)
+    return name
 
 
 def _run(work: Coroutine[Any, Any, CheckReport], as_json: bool) -> Severity:

@@ -42,9 +42,23 @@ def url_problem(url: str) -> str | None:
         return f"{shown} is not an http:// or https:// URL"
     if not parts.hostname:
         return f"{shown} names no host"
+    if not _dns_name(parts.hostname):
+        return (
+            f"{shown} names a host with an empty label or one over 63 characters, which no "
+            "client can look up"
+        )
     if port == 0:
         return f"{shown} has port 0; give a port from 1 to 65535"
     return None
+
+
+def _dns_name(host: str) -> bool:
+    """Whether `host` can be looked up: an IP address, or labels of 1 to 63 characters (a
+    final dot allowed), as the resolver's IDNA encoding requires."""
+    if ":" in host:  # an IPv6 address (or IPvFuture), not a name
+        return True
+    labels = host.removesuffix(".").split(".")
+    return all(0 < len(label) <= 63 for label in labels)
 
 
 def _check_authority(netloc: str) -> None:
