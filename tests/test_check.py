@@ -459,6 +459,50 @@ def test_a_certificate_whose_extensions_cannot_be_read_is_one_line(ca: CA, leaf:
     assert len(out.splitlines()) == 1
 
 
+def _aborting_server(leaf: Leaf, staple: bytes, ending: bytes) -> tuple[socket.socket, int]:
+    """A raw TLS 1.2 server: ServerHello, Certificate and a good CertificateStatus, then
+    `ending` (nothing, or an alert) and a close: no handshake with it can ever finish."""
+
+    def u24(n: int) -> bytes:
+        return n.to_bytes(3, "big")
+
+    def message(kind: int, body: bytes) -> bytes:
+        return bytes([kind]) + u24(len(body)) + body
+
+    def serve(listener: socket.socket) -> None:
+        conn, _ = listener.accept()
+        with conn:
+            hello = conn.recv(16384)[5:]  # one record: the ClientHello
+            session = hello[4 + 34 : 4 + 35 + hello[4 + 34]]
+            extensions = b"\x00\x05\x00\x00\xff\x01\x00\x01\x00"  # status_request, reneg.
+            server_hello = b"\x03\x03" + bytes(32) + session + b"\xc0\x2b\x00"
+            server_hello += len(extensions).to_bytes(2, "big") + extensions
+            ders = [c.public_bytes(serialization.Encoding.DER) for c in (leaf.cert, *leaf.chain)]
+            chain = b"".join(u24(len(der)) + der for der in ders)
+            status = b"\x01" + u24(len(staple)) + staple
+            flight = message(2, server_hello) + message(11, u24(len(chain)) + chain)
+            flight += message(22, status)
+            conn.sendall(b"\x16\x03\x03" + len(flight).to_bytes(2, "big") + flight + ending)
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    threading.Thread(target=serve, args=(listener,), daemon=True).start()
+    return listener, listener.getsockname()[1]
+
+
+@pytest.mark.parametrize("ending", [b"", b"\x15\x03\x03\x00\x02\x02\x28"])  # close, alert
+def test_a_handshake_that_cannot_finish_is_never_ok(ca: CA, leaf: Leaf, ending: bytes) -> None:
+    """A valid good staple, then the server closes or sends a fatal alert: every client
+    fails this handshake, so the check is UNKNOWN with the reason, not OK on the staple."""
+    listener, port = _aborting_server(leaf, good(ca, leaf, utc_now()), ending)
+    with listener:
+        code, out = run_check(address(port), "--tls", "1.2")
+    assert code == Severity.UNKNOWN
+    assert "TLS handshake failed (" in out
+    assert len(out.splitlines()) == 1
+
+
 def test_exit_code_through_a_non_standalone_group(server: StaplingServer) -> None:
     """The lead's `main` runs the group with standalone_mode=False: same codes."""
     group = click.Group()

@@ -10,8 +10,10 @@ Why the handshake is read message by message: OpenSSL 3.6 and later (pyOpenSSL's
 it) parse a staple and re-encode it before a client sees it, so trailing bytes vanish and a
 staple that is not DER makes the handshake fail. `probe` therefore reads the server's handshake
 messages as they arrive (OpenSSL's message callback) and takes the chain and the staple from
-there. When OpenSSL aborts because of the staple itself, the result is still returned, with
-`handshake_completed=False`.
+there. When OpenSSL aborts because of the staple itself (its reason names the certificate
+status response, and the staple was the last message read), the result is still returned,
+with `handshake_completed=False`; a server that closes or sends an alert after its staple
+fails the handshake like any other.
 
 A server that cannot be reached or that fails the handshake for any other reason raises
 `ProbeError`, whose message is one line naming the server: show it and move on.
@@ -274,11 +276,20 @@ def _served(
         chain = tuple(x509.load_der_x509_certificate(der) for der in served.chain)
     except ValueError as exc:
         raise ProbeError(failed or f"{where}: cannot read what the server sent ({exc})") from exc
-    if failed and not served.staple_refused:
+    if failed and not (served.staple_refused and _about_the_staple(error)):
         raise ProbeError(failed) from error
     if not chain:
         raise ProbeError(f"{where}: the server sent no certificate")
     return chain, served.staple
+
+
+def _about_the_staple(error: SSL.Error | None) -> bool:
+    """Whether OpenSSL stopped because of the staple itself ("bad certificate status
+    response"), not because the server closed the connection or sent an alert after it: a
+    handshake that cannot finish is never judged as if only its staple were refused."""
+    if error is None or isinstance(error, SSL.ZeroReturnError | SSL.SysCallError):
+        return False
+    return "status response" in _ssl_reason(error)
 
 
 def _verifies(chain: tuple[x509.Certificate, ...], store: crypto.X509Store) -> bool:
