@@ -8,8 +8,6 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from mustaple.core.health import phase_severity
-from mustaple.core.lifecycle import Phase
 from mustaple.core.severity import Severity
 from mustaple.front import status
 
@@ -25,31 +23,24 @@ def test_the_scale_is_the_monitoring_plugin_exit_codes_with_its_words() -> None:
     ]
 
 
-def test_status_colours_each_stored_state_by_its_severity(
+def test_status_colours_each_row_by_its_health(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    expected = {
-        "good": "green",
-        "pending": "yellow",
-        "failing": "yellow",
-        "expired": "red",
-        "revoked": "red",
-        "unusable": "red",
-        "not yet seen by the keeper": "red",
-    }
-    assert {p.value for p in Phase} < set(expected)
-    assert {state: phase_severity(state).colour for state in expected} == expected
+    """The state's colour is the row's health (`health.judge`, as on the status page), not
+    the state alone: a good staple a server refuses is yellow."""
+    expected = {("good", "ok"): "green", ("good", "warning"): "yellow"}
+    expected |= {("failing", "critical"): "red", ("unusable", "warning"): "yellow"}
     console = Console(force_terminal=True, color_system="standard", width=300)
     monkeypatch.setattr(status, "_console", lambda: console)
-    status.print_status_table([_row(state) for state in expected])
+    status.print_status_table([_row(state, health) for state, health in expected])
     lines = capsys.readouterr().out.splitlines()
-    for state, colour in expected.items():
-        (line,) = [line for line in lines if f"cert-{state.replace(' ', '-')}" in line]
+    for (state, health), colour in expected.items():
+        (line,) = [line for line in lines if f"cert-{state}-{health}" in line]
         assert f"{ANSI[colour]}{state}\x1b[0m" in line
 
 
-def _row(state: str) -> dict[str, Any]:
-    """A row of `status_rows` with no times and no error: only its state matters here."""
+def _row(state: str, health: str) -> dict[str, Any]:
+    """A row of `status_rows` with no times and no error: its state and health matter here."""
     row: dict[str, Any] = dict.fromkeys(("this_update", "effective_expiry", "next_refresh"))
     row |= {"last_attempt": None, "last_error": None, "sinks": [], "must_staple": True}
-    return row | {"name": f"cert-{state.replace(' ', '-')}", "state": state}
+    return row | {"name": f"cert-{state}-{health}", "state": state, "health": health}

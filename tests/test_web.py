@@ -27,9 +27,10 @@ from mustaple.adapters.config import HttpConfig
 from mustaple.adapters.fetch import FetchPolicy
 from mustaple.core.errors import InputError
 from mustaple.core.request import encode_request, make_cert_id
+from mustaple.front.status import status_rows
 from mustaple.serve.metrics import STATES
 from mustaple.serve.web import make_app, start_http
-from mustaple.testing import Behaviour, Leaf, World, keeper_world
+from mustaple.testing import Behaviour, Leaf, RecordingSink, World, keeper_world
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY = timedelta(days=1)
@@ -403,6 +404,65 @@ def test_a_file_name_that_is_not_utf8_breaks_nothing(tmp_path: Path) -> None:
         assert shown["odd.example.test"][0] == "good"
         assert "odd-\\xff" in shown["odd.example.test"][1][0]
         assert shown["bad-\\xfe"][0] == "unusable"
+
+    run(scenario, tmp_path)
+
+
+def test_the_page_and_mustaple_status_judge_every_certificate_alike(tmp_path: Path) -> None:
+    """One scale, one judgement: /status (and so the page) and `mustaple status`, which reads
+    the state store in its own way, give each certificate the same health: unusable without
+    must-staple, pending, a sink that refuses, a staple near expiry, a keeper fault with a
+    staple in hand (nothing will refresh it); and a staple that expired with no pass since
+    (prime from cron) is `expired` in `mustaple status`."""
+
+    async def scenario(tmp: Path) -> None:
+        sink = RecordingSink()
+        async with keeper_world(tmp, sinks={"record": sink}) as w, serving(w) as base:
+            w.issue("nourl.example.test", url=False, must_staple=False)
+            soon = w.issue("soon.example.test")
+            w.issue("fault.example.test")
+            await w.keeper.scan()
+            await w.keeper.tick()
+            w.responder.set_behaviour(Behaviour.TRY_LATER, serial=soon.cert.serial_number)
+            held = w.managed("soon.example.test").held
+            assert held is not None
+            w.clock.now = held.effective_expiry - timedelta(hours=3)
+            await w.keeper.tick()
+            sink.fail = True
+            w.issue("sinkfail.example.test")
+            await w.keeper.scan()
+            await w.keeper.tick()
+            w.issue("pending.example.test")
+            await w.keeper.scan()
+            faulty = w.managed("fault.example.test")
+            w.keeper._broken(faulty, RuntimeError("a bug"))
+            w.keeper.save_all_status()
+            page = (await get_json(f"{base}/status"))["certificates"]
+            rows = status_rows(w.keeper.config, w.clock.now)
+            held = w.managed("sinkfail.example.test").held
+            assert held is not None
+            later = status_rows(w.keeper.config, held.effective_expiry + timedelta(minutes=1))
+            w.clock.now = held.effective_expiry + timedelta(minutes=1)  # no pass since
+            samples = await scrape(base)
+            labels = cert_labels(w, "sinkfail.example.test")
+            lapsed_metrics = (
+                sample(samples, "mustaple_seconds_until_expiry", **labels),
+                sample(samples, "mustaple_staple_valid", **labels),
+            )
+        on_page = {c["name"].split(".")[0]: c["health"] for c in page}
+        in_cli = {r["name"].split(".")[0]: r["health"] for r in rows}
+        assert in_cli == on_page
+        assert on_page == {
+            "nourl": "warning",
+            "soon": "critical",
+            "fault": "critical",
+            "sinkfail": "warning",
+            "pending": "critical",
+        }
+        assert {r["name"].split(".")[0]: r["state"] for r in rows}["fault"] == "unusable"
+        lapsed = {r["name"].split(".")[0]: (r["state"], r["health"]) for r in later}
+        assert lapsed["sinkfail"] == ("expired", "critical")
+        assert lapsed_metrics == (None, 0.0)  # not a negative time left
 
     run(scenario, tmp_path)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from mustaple.core.severity import Severity
-from mustaple.core.verify import Staple
+from mustaple.core.verify import Dated, Staple
 
 __all__ = ["SchedulePolicy", "alert_level", "next_refresh", "next_retry"]
 
@@ -50,7 +50,7 @@ class SchedulePolicy:
 DEFAULT_SCHEDULE = SchedulePolicy()
 
 
-def refresh_point(staple: Staple, policy: SchedulePolicy = DEFAULT_SCHEDULE) -> datetime:
+def refresh_point(staple: Dated, policy: SchedulePolicy = DEFAULT_SCHEDULE) -> datetime:
     """The nominal refresh time, before jitter and floors."""
     window = staple.effective_expiry - staple.this_update
     return staple.this_update + window * policy.refresh_at

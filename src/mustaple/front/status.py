@@ -16,9 +16,12 @@ from mustaple.adapters.store import CertStatus, SqliteStore
 from mustaple.core.certs import display_name, is_must_staple, parse_certificates
 from mustaple.core.delivery import Action
 from mustaple.core.errors import InputError
-from mustaple.core.health import phase_severity
+from mustaple.core.health import Facts, judge
+from mustaple.core.lifecycle import Phase
 from mustaple.core.render import human_duration, iso, short_time, shown, sink_json, validity_json
 from mustaple.core.report import ExitCode
+from mustaple.core.schedule import SchedulePolicy
+from mustaple.core.severity import Severity
 from mustaple.keeper.keeper import Primed, Unusable
 
 if TYPE_CHECKING:  # redis and rich load where used: `prime` prints neither tables nor fleets
@@ -116,7 +119,8 @@ def status_rows(config: Config, now: datetime) -> list[dict[str, Any]]:
     db = config.state_dir / "state.db"
     stored = SqliteStore(db) if db.exists() else None
     known = stored.statuses() if stored else {}
-    rows = [_row(key, status, stored, now) for key, status in known.items()]
+    schedule = config.policy.schedule
+    rows = [_row(key, status, stored, now, schedule) for key, status in known.items()]
     seen = {path for row in rows for path in row["paths"]}
     for path in sorted(configured_files(config)):
         if shown(path) not in seen:
@@ -126,15 +130,26 @@ def status_rows(config: Config, now: datetime) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda row: (row["name"], row["paths"]))
 
 
-def _row(key: str, status: CertStatus, store: SqliteStore | None, now: datetime) -> dict[str, Any]:
+def _row(
+    key: str, status: CertStatus, store: SqliteStore | None, now: datetime, policy: SchedulePolicy
+) -> dict[str, Any]:
     staple = store.load(key) if store and not key.startswith("file:") else None
     held = staple if staple is not None and staple.good and staple.effective_expiry > now else None
+    state = status.state
+    expired = staple is not None and staple.good and held is None
+    if expired and state in (Phase.GOOD.value, Phase.FAILING.value):
+        state = Phase.EXPIRED.value  # the keeper judges time at its passes; none may run
+    revoked = (staple is not None and not staple.good) or state == Phase.REVOKED.value
+    facts = Facts(state, held, revoked, status.failures, status.last_message)
+    level, why = judge(facts, status.must_staple, status.sinks, now, policy)
     return {
         "name": status.name,
         "cert": status.cert_path,
         "paths": list(status.paths or (status.cert_path,)),
         "must_staple": status.must_staple,
-        "state": status.state,
+        "state": state,
+        "health": level.word,
+        "health_reason": why,
         **validity_json(held, now),
         "next_refresh": iso(status.next_due),
         "last_attempt": iso(status.last_attempt),
@@ -158,6 +173,8 @@ def _pending(path: Path) -> dict[str, Any]:
         "paths": [shown(path)],
         "must_staple": must,
         "state": "not yet seen by the keeper",
+        "health": Severity.CRITICAL.word if must is not False else Severity.WARNING.word,
+        "health_reason": "no process has handled this file yet: run mustaple prime or run",
         "this_update": None,
         "effective_expiry": None,
         "seconds_left": None,
@@ -191,7 +208,7 @@ def print_status_table(rows: list[dict[str, Any]]) -> None:
     for column in _COLUMNS:
         table.add_column(column, no_wrap=column not in ("certificate", "last error"))
     for row in rows:
-        style = phase_severity(row["state"]).colour
+        style = Severity[row["health"].upper()].colour
         must = {True: "yes", False: "no", None: "?"}[row["must_staple"]]
         errors = [f"{row['last_error']}: {row['last_message']}"] if row["last_error"] else []
         errors += [f"sink {s['sink']}: {s['error']}" for s in row["sinks"] if s["error"]]

@@ -117,6 +117,8 @@ class _CertificateCollector:
         for view in views:
             labels = [view.name, serial_hex(view)]
             held = view.state.held
+            if held is not None and held.effective_expiry <= now:
+                held = None  # expired since the last pass: no valid staple, nothing left
             if held is not None:
                 expiry.add_metric(labels, held.seconds_left(now))
             fetched = self._last_good_fetch(view.key)
@@ -125,7 +127,7 @@ class _CertificateCollector:
             for state in STATES:
                 status.add_metric([*labels, state], float(view.phase == state))
             must.add_metric(labels, float(bool(view.must_staple)))
-            valid.add_metric(labels, float(held is not None and held.effective_expiry > now))
+            valid.add_metric(labels, float(held is not None))
             for sink in view.sinks:
                 sink_failures.add_metric([*labels, sink.sink], float(sink.failures))
         self._fetched = {v.key: self._fetched[v.key] for v in views if v.key in self._fetched}
