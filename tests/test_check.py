@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import functools
 import http.server
+import itertools
 import json
 import socket
 import subprocess
@@ -253,6 +254,68 @@ def test_every_connection_stapled_the_same(server: StaplingServer, ca: CA, leaf:
     _, out = run_check(address(server.port), "--connections", "3")
     assert ": 3 of 3 stapled, the same staple each time" in out
     assert "3 sequential" in out
+
+
+@contextlib.contextmanager
+def balancer(backends: list[int | None]) -> Iterator[int]:
+    """A TCP proxy sending connection N to backends[N % len] (None: closed at once), as a
+    load balancer in front of several servers; yields its port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def serve() -> None:
+        for number in itertools.count():
+            with contextlib.suppress(OSError):
+                client, _ = listener.accept()
+                backend = backends[number % len(backends)]
+                if backend is None:
+                    client.close()
+                    continue
+                upstream = socket.create_connection(("127.0.0.1", backend))
+                for ends in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=pipe, args=ends, daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    with listener:
+        yield listener.getsockname()[1]
+
+
+def test_connections_that_serve_different_certificates_are_not_judged_as_one(
+    server: StaplingServer, ca: CA, leaf: Leaf, other: Leaf
+) -> None:
+    """Two backends behind one address, each with its own certificate and a good staple of
+    its own: judging both against the first one's certificate said CRITICAL (or, the other
+    way round, OK for a must-staple certificate with no staple); UNKNOWN says why."""
+    server.set_staple(good(ca, leaf, utc_now()))
+    with StaplingServer(other) as second:
+        second.set_staple(good(ca, other, utc_now()))
+        with balancer([server.port, second.port]) as port:
+            code, out = run_check(address(port), "--connections", "2")
+    assert code == Severity.UNKNOWN
+    assert "the connections served different certificates" in out
+
+
+def test_a_later_connection_that_fails_never_hides_a_critical_one(
+    server: StaplingServer, ca: CA, leaf: Leaf
+) -> None:
+    """The worst decides, CRITICAL before UNKNOWN before OK: an expired staple on connection
+    1 stays CRITICAL when connection 2 is dropped; a good one becomes UNKNOWN, naming it."""
+    server.set_staple(good(ca, leaf, utc_now() - timedelta(days=8)))
+    with balancer([server.port, None]) as port:
+        code, out = run_check(address(port), "--connections", "2")
+    assert code == Severity.CRITICAL
+    server.set_staple(good(ca, leaf, utc_now()))
+    with balancer([server.port, None]) as port:
+        code, out = run_check(address(port), "--connections", "2")
+    assert code == Severity.UNKNOWN
+    assert out.startswith("UNKNOWN connection 2 of 2: ")
 
 
 def lazy_results(server: StaplingServer, staple: bytes, connections: int) -> list[ProbeResult]:

@@ -11,7 +11,7 @@ from cryptography import x509
 from mustaple.adapters.fetch import fetch_issuer, fetch_staple
 from mustaple.adapters.files import read_input
 from mustaple.adapters.loader import load_target
-from mustaple.adapters.probe import ProbeError, probe_async
+from mustaple.adapters.probe import ProbeError, ProbeResult, probe_async
 from mustaple.core.certs import (
     ca_issuer_urls,
     display_name,
@@ -22,6 +22,7 @@ from mustaple.core.certs import (
 from mustaple.core.checkjudge import CheckReport, Issuer, judge, judge_responder
 from mustaple.core.clock import utc_now
 from mustaple.core.issuers import issuer_over_aia
+from mustaple.core.severity import Severity
 
 __all__ = ["DEFAULT_PORT", "check_responder", "check_server", "parse_address"]
 
@@ -58,22 +59,44 @@ async def check_server(
 
     Raises ProbeError when the server cannot be probed, InputError for an unreadable file.
     """
-    results = [
-        await probe_async(
-            host,
-            port,
-            servername=servername,
-            tls_version=tls_version,
-            cafile=cafile,
-            starttls=starttls,
-        )
-        for _ in range(connections)
-    ]
     server = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    for result in results:
+    results: list[ProbeResult] = []
+    failed = None  # why a connection after the first could not be probed
+    for number in range(1, connections + 1):
+        try:
+            result = await probe_async(
+                host,
+                port,
+                servername=servername,
+                tls_version=tls_version,
+                cafile=cafile,
+                starttls=starttls,
+            )
+        except ProbeError as exc:
+            if not results:
+                raise
+            failed = f"connection {number} of {connections}: {exc}"
+            break
         _readable(result.leaf, server)
+        results.append(result)
+    _one_certificate(results, server)
     issuer = await _server_issuer(results[0].chain, issuer_path, cafile)
-    return judge(results, issuer, utc_now(), server=server)
+    report = judge(results, issuer, utc_now(), server=server)
+    if failed is not None and report.level < Severity.CRITICAL:
+        raise ProbeError(failed)  # the worst decides: UNKNOWN beats WARNING and OK
+    return report
+
+
+def _one_certificate(results: Sequence[ProbeResult], server: str) -> None:
+    """ProbeError when the connections served different certificates (several backends
+    behind one address): each would need its own verdict; check them one by one."""
+    leaves = {result.leaf: None for result in results}
+    if len(leaves) > 1:
+        shown = ", ".join(f"{leaf.serial_number:x}" for leaf in leaves)
+        raise ProbeError(
+            f"{server}: the connections served different certificates (serials {shown}): "
+            "several servers behind one address? check each of them on its own"
+        )
 
 
 def _readable(leaf: x509.Certificate, server: str) -> None:
