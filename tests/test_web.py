@@ -25,9 +25,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mustaple.adapters.config import HttpConfig
 from mustaple.adapters.fetch import FetchPolicy
+from mustaple.adapters.store import SqliteStore
 from mustaple.core.errors import InputError
 from mustaple.core.request import encode_request, make_cert_id
 from mustaple.front.status import status_rows
+from mustaple.keeper.keeper import Keeper
 from mustaple.serve.metrics import STATES
 from mustaple.serve.web import make_app, start_http
 from mustaple.testing import Behaviour, Leaf, RecordingSink, World, keeper_world
@@ -465,6 +467,36 @@ def test_the_page_and_mustaple_status_judge_every_certificate_alike(tmp_path: Pa
         assert lapsed_metrics == (None, 0.0)  # not a negative time left
 
     run(scenario, tmp_path)
+
+
+def test_time_since_the_last_good_fetch_follows_a_staple_taken_from_prime(
+    tmp_path: Path,
+) -> None:
+    """A staple that `prime` (another keeper on the same state) fetched and the running
+    keeper took in counts as its last good fetch: the metric is not stuck on its own."""
+
+    async def scenario(tmp: Path) -> None:
+        async with keeper_world(tmp) as w, serving(w) as base:
+            await w.stapled("www.example.test")
+            labels = cert_labels(w, "www.example.test")
+            assert sample(await scrape(base), SINCE, **labels) == 0.0
+            w.clock.now += timedelta(hours=20)
+            other_store = SqliteStore(tmp / "state" / "state.db")
+            sinks = {w.sink.name: w.sink}
+            other = Keeper(w.keeper.config, store=other_store, sinks=sinks, clock=w.clock)
+            try:
+                async with other:
+                    await other.prime([tmp / "live" / "www.example.test" / "fullchain.pem"])
+            finally:
+                other_store.close()
+            w.clock.now += timedelta(minutes=1)
+            await w.keeper.tick()  # takes in what prime stored
+            assert sample(await scrape(base), SINCE, **labels) == 60.0
+
+    run(scenario, tmp_path)
+
+
+SINCE = "mustaple_seconds_since_last_good_fetch"
 
 
 class Rows(HTMLParser):

@@ -87,7 +87,6 @@ class Metrics:
             self.fetches.labels("rejected", result.rejection.code).inc()
         for attempt in result.attempts:
             self.latency.observe(attempt.latency)
-        self._certificates.forget(cert.key)
 
     def exposition(self, accept: str = "") -> tuple[bytes, str]:
         """The registry rendered for a scraper's Accept header, and its content type."""
@@ -100,11 +99,9 @@ class _CertificateCollector:
 
     def __init__(self, keeper: Keeper, clock: Clock) -> None:
         self.keeper, self.clock = keeper, clock
-        self._fetched: dict[str, datetime | None] = {}  # cert key -> last good fetch, cached
-
-    def forget(self, key: str) -> None:
-        """Read the last good fetch from the store again at the next scrape."""
-        self._fetched.pop(key, None)
+        # cert key -> (the answer in hand, its last good fetch): read again from the store
+        # whenever the answer changes (a refresh, or one taken from `prime` or the fleet)
+        self._fetched: dict[str, tuple[object, datetime | None]] = {}
 
     def describe(self) -> Iterator[Metric]:
         return iter(_families())
@@ -121,7 +118,7 @@ class _CertificateCollector:
                 held = None  # expired since the last pass: no valid staple, nothing left
             if held is not None:
                 expiry.add_metric(labels, held.seconds_left(now))
-            fetched = self._last_good_fetch(view.key)
+            fetched = self._last_good_fetch(view)
             if fetched is not None:
                 since.add_metric(labels, (now - fetched).total_seconds())
             for state in STATES:
@@ -140,11 +137,16 @@ class _CertificateCollector:
             unique.setdefault((view.name, serial_hex(view)), view)
         return list(unique.values())
 
-    def _last_good_fetch(self, key: str) -> datetime | None:
-        if key not in self._fetched:
-            stored = self.keeper.store.load(key) if not key.startswith("file:") else None
-            self._fetched[key] = stored.fetched_at if stored and stored.good else None
-        return self._fetched[key]
+    def _last_good_fetch(self, view: CertView) -> datetime | None:
+        key, answer = view.key, view.state.answer
+        cached = self._fetched.get(key)
+        if cached is not None and cached[0] is answer:
+            return cached[1]
+        stored = self.keeper.store.load(key) if not key.startswith("file:") else None
+        fetched = stored.fetched_at if stored and stored.good else None
+        if answer is None or (stored is not None and stored.der == answer.der):
+            self._fetched[key] = (answer, fetched)  # else the store is not there yet: ask again
+        return fetched
 
 
 class _ResponderCollector:
