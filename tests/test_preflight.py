@@ -110,6 +110,27 @@ def test_sink_directories_reload_programs_and_hooks(
     ]
 
 
+def test_commands_the_shell_would_find_are_not_refused(
+    tmp_path: Path, cert: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What the shell expands or looks up elsewhere cannot be judged here: a program found
+    through a PATH= prefix, one named through $VAR or ~, and an argument holding "=" are
+    not called missing (each runs under sh -c)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "notify.sh").write_text("#!/bin/sh\n")
+    (bin_dir / "notify.sh").chmod(0o755)
+    body = _entry(f'"{cert}"') + (
+        f'[sinks.files]\ntype = "file"\npath = "{tmp_path}/staples/{{name}}.der"\n'
+        f'reload = "PATH={bin_dir}:$PATH notify.sh"\n'
+        f'[hooks]\non_failure = "D={tmp_path} $D/bin/notify.sh"\n'
+        'on_revoked = "~/notify.sh"\n'
+        'on_expiring = "env MUSTAPLE=1 true"\n'
+    )
+    code, _, err = _check(tmp_path, body, capsys)
+    assert (code, err) == (ExitCode.GOOD, "")
+
+
 def test_haproxy_writes_beside_the_certificates(
     tmp_path: Path, immutable: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

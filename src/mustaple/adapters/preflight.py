@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shlex
 import shutil
 import string
@@ -151,16 +152,23 @@ def _unwritable(directory: Path) -> str | None:
     return None
 
 
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+
+
 def _missing_program(command: str) -> str | None:
     """Why the program a shell command starts cannot run, or None if it can (or cannot tell)."""
     try:
         words = shlex.split(command)
     except ValueError:
         return None  # the shell will say; not a program question
-    words = [w for w in words if "=" not in w.split("/")[0]]  # VAR=value prefixes
+    while words and _ASSIGNMENT.match(words[0]):  # VAR=value before the program
+        if words.pop(0).startswith("PATH="):
+            return None  # looked up in another PATH than ours
     if not words or words[0] in _SHELL_WORDS:
         return None
     program = words[0]
+    if program.startswith("~") or any(c in program for c in "$`*?["):
+        return None  # the shell expands it first: cannot tell here
     if "/" not in program:
         if shutil.which(program) is None:
             return f"{program!r} is not found in PATH ({os.environ.get('PATH', '')})"
