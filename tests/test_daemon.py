@@ -350,6 +350,25 @@ def test_the_watchdog_is_fed_while_a_pass_waits_on_a_hanging_ca(
     assert quiet.process.wait(20) == 0
 
 
+def test_a_newline_in_a_path_cannot_forge_a_log_line(
+    site: Site, daemon: Callable[..., Daemon]
+) -> None:
+    """A directory named with a newline and a forged line after it, holding a garbled file:
+    its one error line shows the newline escaped; no line of the log is the forged one."""
+    site.issue("a.test")
+    forged = site.tmp / "live" / "x\n2026-01-01T00:00:00 INFO bank.test: recovered \x1b[2J"
+    forged.mkdir()
+    (forged / "fullchain.pem").write_bytes(b"garbled")
+    d = daemon()
+    d.notices("READY=1")
+    d.process.send_signal(signal.SIGTERM)
+    assert d.process.wait(20) == 0
+    log = d.process.stderr.read() if d.process.stderr else ""
+    assert not [line for line in log.splitlines() if line.startswith("2026-01-01")]
+    assert "x\\n2026-01-01T00:00:00 INFO bank.test: recovered \\x1b[2J" in log
+    assert "\x1b" not in log
+
+
 def test_kill_9_loses_nothing(site: Site, daemon: Callable[..., Daemon]) -> None:
     leaves = [site.issue(f"c{n}.test") for n in range(20)]
     d = daemon()

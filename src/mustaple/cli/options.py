@@ -15,6 +15,7 @@ from mustaple.core.urls import url_problem
 
 __all__ = [
     "MAX_TIMEOUT",
+    "OneLine",
     "check_urls",
     "config_option",
     "emit_json",
@@ -79,8 +80,18 @@ config_option = click.option(
 
 
 def setup_logging(verbose: bool, level: int = logging.WARNING) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else level,
-        format="%(asctime)s %(levelname)s %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S",
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(OneLine("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    logging.basicConfig(level=logging.DEBUG if verbose else level, handlers=[handler])
+
+
+# Control characters written as escapes: \n, \r, \t, \x1b ... (not DEL's neighbours above).
+_ESCAPED = {code: repr(chr(code))[1:-1] for code in [*range(32), 127]}
+
+
+class OneLine(logging.Formatter):
+    """One event, one line: a newline or a terminal escape in a certificate's name or a file's
+    path (both can hold any character) is written escaped, so it cannot forge a log line."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return super().formatMessage(record).translate(_ESCAPED)
