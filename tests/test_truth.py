@@ -402,7 +402,10 @@ def test_an_unusable_certificate_is_visible_everywhere(deployment: Deployment) -
     assert "`issuer`" in bad["last_message"]
     assert d.ready() == 503  # a must-staple certificate that cannot be served
     metrics = http_get(f"{d.base}/metrics")[1].decode()
-    unusable = f'mustaple_status{{name="{d.pki.host("unknown")}",serial="",state="unusable"}} 1.0'
+    serial = f"{d.pki.serial('unknown'):x}"  # read from the file: it has no issuer, but a serial
+    unusable = (
+        f'mustaple_status{{name="{d.pki.host("unknown")}",serial="{serial}",state="unusable"}} 1.0'
+    )
     assert unusable in metrics
     assert stored_states(d) == ["good", "unusable"]
     (lonely / "fullchain.pem").unlink()  # gone while the keeper runs: its row goes

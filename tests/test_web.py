@@ -499,6 +499,33 @@ def test_time_since_the_last_good_fetch_follows_a_staple_taken_from_prime(
 SINCE = "mustaple_seconds_since_last_good_fetch"
 
 
+def test_an_unusable_file_beside_a_usable_one_of_the_same_certificate_has_its_own_row(
+    tmp_path: Path,
+) -> None:
+    """A second file holding only the leaf (its issuer not found): it is shown, in its own
+    row with its serial, and the usable file's row stays good in the state store."""
+
+    async def scenario(tmp: Path) -> None:
+        async with keeper_world(tmp) as w, serving(w) as base:
+            leaf = w.issue("www.example.test")
+            copy = tmp / "live" / "copy" / "fullchain.pem"
+            copy.parent.mkdir()
+            copy.write_bytes(leaf.cert_pem)
+            await w.keeper.scan()
+            await w.keeper.tick()
+            page = (await get_json(f"{base}/status"))["certificates"]
+            stored = sorted((row.state, row.paths) for row in w.keeper.store.statuses().values())
+        rows = sorted((c["state"], c["serial"], c["paths"]) for c in page)
+        serial = f"{leaf.cert.serial_number:x}"
+        assert rows == [
+            ("good", serial, [str(tmp / "live" / "www.example.test" / "fullchain.pem")]),
+            ("unusable", serial, [str(copy)]),
+        ]
+        assert [state for state, _ in stored] == ["good", "unusable"]
+
+    run(scenario, tmp_path)
+
+
 class Rows(HTMLParser):
     """The certificate rows of the rendered page: (data-name, data-state, health, state text)."""
 

@@ -206,9 +206,10 @@ class Problem:
     """A configured file the keeper cannot use, and why (one line naming what to fix)."""
 
     path: Path
-    key: str  # the leaf's key when it could be read, else "file:<path>"
+    key: str  # "file:<path>": its own row, beside any of a usable file holding the same leaf
     name: str
     must_staple: bool | None
+    serial: int | None  # the leaf's, when it could be read
     message: str
     reason: Reason  # cert-unusable, or keeper-fault
     stamp: tuple[int, int]  # the file as it was read: read again only when it changes
@@ -512,9 +513,10 @@ class Keeper:
 
     def _unusable(self, path: Path, stamp: tuple[int, int], message: str, reason: Reason) -> None:
         self._drop(path)
-        key, name, must = _identify(path)
+        key = f"file:{shown(path)}"
+        name, must, serial = _identify(path)
         message = shown(message)  # it names the file, which may not be UTF-8
-        problem = Problem(path, key, name, must, message, reason, stamp)
+        problem = Problem(path, key, name, must, serial, message, reason, stamp)
         before = self.problems.get(path)
         if before is None or before.message != message:
             log.error("%s", message)
@@ -864,7 +866,7 @@ class Keeper:
     def views(self) -> list[CertView]:
         """Every certificate, usable or not, as a frozen snapshot (sorted by name)."""
         views = [self.view(life) for life in self.lives.values()]
-        views += [_problem_view(p) for p in self.problems.values() if p.key not in self.lives]
+        views += [_problem_view(problem) for problem in self.problems.values()]
         return sorted(views, key=lambda v: (v.name, v.paths))
 
     def view(self, life: Life) -> CertView:
@@ -1109,13 +1111,14 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     return (info.st_mtime_ns, info.st_size)
 
 
-def _identify(path: Path) -> tuple[str, str, bool | None]:
-    """The key, name and must-staple flag of an unusable file's leaf, when it can be read."""
+def _identify(path: Path) -> tuple[str, bool | None, int | None]:
+    """The name, must-staple flag and serial of an unusable file's leaf, when it can be read
+    (else the file's directory name, unknown, none)."""
     try:
         leaf = parse_certificates(read_input(path, "certificate"), source=str(path))[0]
+        return display_name(leaf), is_must_staple(leaf), leaf.serial_number
     except Exception:
-        return f"file:{shown(path)}", shown(path.parent.name or path.name), None
-    return cert_key(leaf), display_name(leaf), is_must_staple(leaf)
+        return shown(path.parent.name or path.name), None, None
 
 
 def _internal(what: BaseException | str) -> str:
@@ -1146,7 +1149,12 @@ def _problem_view(problem: Problem) -> CertView:
     rejection = Rejection(problem.reason, problem.message)
     state = CertState(phase=Phase.UNUSABLE, problem=problem.message, rejection=rejection)
     return CertView(
-        problem.key, problem.name, (shown(problem.path),), problem.must_staple, None, state
+        problem.key,
+        problem.name,
+        (shown(problem.path),),
+        problem.must_staple,
+        problem.serial,
+        state,
     )
 
 
