@@ -367,6 +367,9 @@ class Responder:
 # --- The measured run (a fresh process per size) -------------------------------------------------
 
 
+SINK_WORDS = {"file": "file sink", "count": "counting sink"}  # `--sink`, as the tables say it
+
+
 @dataclass
 class Phases:
     """Seconds spent in each part of `prime`, timed from the outside."""
@@ -374,7 +377,7 @@ class Phases:
     load: float = 0.0  # Keeper._load_given: resolve the paths; read, parse, check, restore
     validate: float = 0.0  # verify.judge, called by the fetcher on each answer
     store: float = 0.0  # SqliteStore writes (each one a transaction, synchronous=FULL)
-    deliver: float = 0.0  # Keeper.deliver: the batch to the counting sink
+    deliver: float = 0.0  # Keeper.deliver: the batch to the sink, then the status rows
     first_fetch: float = 0.0  # perf_counter when the first fetch started
     last_fetch: float = 0.0  # ... and when the last one ended
     attempts: int = 0
@@ -1097,7 +1100,7 @@ def cron_table(bench: Bench) -> list[str]:
         ("`mustaple prime` (the command, file sink)", bench.cli.wall, bench.cli.cpu),
     ]
     for run in (r for r in bench.runs if r.size == bench.cli.size):
-        name = f"`Keeper.prime` ({run.mode}, counting sink)"
+        name = f"`Keeper.prime` ({run.mode}, {SINK_WORDS[bench.sink]})"
         rows.append((name, run.wall, run.cpu + run.responder_cpu))
     lines = [
         f"{bench.cli.size:,} certificates, the same files and responder "
@@ -1112,21 +1115,21 @@ def cron_table(bench: Bench) -> list[str]:
     return lines
 
 
-def where_time_goes(runs: Sequence[Run]) -> list[str]:
+def where_time_goes(runs: Sequence[Run], sink: str) -> list[str]:
     """Per-certificate cost of each phase at the largest measured N, in each mode."""
     largest = max(r.size for r in runs if not r.extrapolated)
     lines: list[str] = []
     for run in (r for r in runs if r.size == largest and not r.extrapolated):
-        lines += [*time_of(run), ""]
+        lines += [*time_of(run, sink), ""]
     return lines[:-1]
 
 
-def time_of(run: Run) -> list[str]:
+def time_of(run: Run, sink: str) -> list[str]:
     per_cert = {
         "load (read, parse, check the issuer's signature, look up the stored staple)": run.load,
         "validate (`verify.judge`)": run.validate,
         "store (SQLite writes: attempts, staple, status)": run.store,
-        "deliver (one batch to the counting sink)": run.deliver,
+        f"deliver (one batch to the {SINK_WORDS[sink]}, and the status rows)": run.deliver,
         "rest: HTTP client, asyncio and the keeper's bookkeeping": run.rest,
     }
     if not run.validate:
@@ -1217,7 +1220,7 @@ def section(bench: Bench, command: str, workdir: Path) -> str:
         "",
         *verdict(bench),
         "",
-        *where_time_goes(bench.runs),
+        *where_time_goes(bench.runs, bench.sink),
         END,
     ]
     return "\n".join(lines) + "\n"
