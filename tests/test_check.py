@@ -486,6 +486,7 @@ def test_handshake_failure(responder: ResponderThread) -> None:
         ["a..b"],  # host names the resolver cannot encode: empty label, label over 63
         ["x" * 64 + ".test"],
         ["127.0.0.1", "--servername", "a..b"],
+        ["127.0.0.1", "--servername", "straße.example"],  # IDNA 2003 would send strasse
     ],
 )
 def test_usage_errors_are_unknown(args: list[str]) -> None:

@@ -192,13 +192,18 @@ def _server_name(host: str, servername: str | None) -> bytes | None:
 
 def server_name_problem(name: str) -> str | None:
     """None when `name` is an IP address or a host name that can be sent and looked up,
-    else one line saying why not (an empty label, or one over 63 characters)."""
+    else one line saying why not (not ASCII, an empty label, or one over 63 characters)."""
     try:
         ipaddress.ip_address(name.strip("[]"))
     except ValueError:
         pass
     else:
         return None
+    if not name.isascii():  # Python's codec is IDNA 2003: straße would become strasse
+        return (
+            f"{name[:80]!r} is not ASCII; give the name in its ASCII form (xn--...), as "
+            "clients send it"
+        )
     try:
         name.encode("idna")
     except UnicodeError as exc:
