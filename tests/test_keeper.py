@@ -157,6 +157,65 @@ def test_new_certificate_is_fetched_stored_and_delivered(tmp_path: Path) -> None
     run(scenario, tmp_path)
 
 
+def test_a_renewed_certificate_never_keeps_the_old_ones_staple(tmp_path: Path) -> None:
+    """A file renewed with a new leaf the CA does not know yet (unauthorized, as just after
+    issuance): the staple on the sinks is the old leaf's, which no client can use with the new
+    one: it is taken away, not left there for ever."""
+
+    async def scenario(tmp: Path) -> None:
+        async with offline(tmp) as (w, keeper, _):
+            w.issue("site.test")
+            await keeper.scan()
+            await keeper.tick()
+            assert w.sink.last().action is Action.STAPLE
+            w.failing = Rejection(Reason.UNAUTHORIZED, "unauthorized")
+            w.issue("site.test")  # a new leaf in the same file
+            await keeper.scan()
+            await keeper.tick()
+            assert (w.sink.last().action, w.sink.last().der) == (Action.REMOVE, None)
+
+    run(scenario, tmp_path)
+
+
+def test_a_stored_row_that_cannot_be_read_costs_only_that_answer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A row of the state edited by hand or damaged (a time that is not a time, a response
+    stored as text): at the next start that certificate is fetched again, with one warning,
+    and the others are restored; taking in what others stored skips it too."""
+
+    async def scenario(tmp: Path) -> None:
+        async with offline(tmp) as (w, keeper, fetcher):
+            w.issue("one.test")
+            w.issue("two.test")
+            await keeper.scan()
+            await keeper.tick()
+            one = next(m for m in keeper.managed.values() if m.name == "one.test")
+        with sqlite3.connect(tmp / "state" / "state.db") as db:
+            db.execute("UPDATE staples SET fetched_at = 'garbage' WHERE cert_key = ?", (one.key,))
+        store = SqliteStore(tmp / "state" / "state.db")
+        fetcher = MemoryFetcher(w.answer)
+        try:
+            async with w.keeper(store, fetcher) as again:
+                await again.scan()
+                await again.deliver(again=True)
+                restored = sorted(m.name for m in again.managed.values() if m.held is not None)
+                assert restored == ["two.test"]
+                with sqlite3.connect(tmp / "state" / "state.db") as db:
+                    damage = "UPDATE staples SET this_update = 'x' WHERE cert_key = ?"
+                    db.execute(damage, (one.key,))
+                assert again.sync() == 0  # another process wrote: the bad row is skipped
+                await again.tick()
+                assert [t.serial for t in fetcher.fetched] == [one.target.serial]
+                assert all(m.held is not None for m in again.managed.values())
+        finally:
+            store.close()
+
+    with caplog.at_level(logging.WARNING, logger="mustaple"):
+        run(scenario, tmp_path)
+    assert any("cannot be read (Invalid isoformat" in r.getMessage() for r in caplog.records)
+
+
 def test_a_week_of_refreshes_always_serves_a_valid_staple(tmp_path: Path) -> None:
     async def scenario(tmp: Path) -> None:
         async with offline(tmp) as (w, keeper, fetcher):

@@ -238,6 +238,17 @@ def _time(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
+def _unreadable(key: str, exc: Exception) -> None:
+    """One line for a stored row that cannot be read (edited by hand, or damaged): it is
+    taken as absent, so it costs only that certificate's stored answer."""
+    log.warning(
+        "state store: the stored answer of %s cannot be read (%s); taken as none: it is "
+        "fetched again",
+        key[:16],
+        exc,
+    )
+
+
 class SqliteStore:
     """The embedded default backend: one SQLite file in the state directory."""
 
@@ -318,15 +329,15 @@ class SqliteStore:
         if row is None:
             return None
         name, der, this_update, expiry, fetched_at, url, revoked = row
-        return StoredStaple(
-            name,
-            bytes(der),
-            _time(this_update),
-            _time(expiry),
-            _time(fetched_at),
-            url,
-            bool(revoked),
-        )
+        try:
+            if not isinstance(der, bytes):
+                raise TypeError(f"the response is {type(der).__name__}, not bytes")
+            return StoredStaple(
+                name, der, _time(this_update), _time(expiry), _time(fetched_at), url, bool(revoked)
+            )
+        except (ValueError, TypeError) as exc:
+            _unreadable(key, exc)
+            return None
 
     def save_staple(self, key: str, staple: StoredStaple) -> bool:
         return self.save_staples([(key, staple)])[0]
@@ -362,7 +373,10 @@ class SqliteStore:
                 chunk,
             )
             for key, this_update, expiry, revoked in rows:
-                found[key] = _Stamp(_time(this_update), _time(expiry), not revoked)
+                try:
+                    found[key] = _Stamp(_time(this_update), _time(expiry), not revoked)
+                except (ValueError, TypeError):
+                    continue  # unreadable: as if absent, so a new answer replaces it
         return found
 
     def others_wrote(self) -> dict[str, tuple[datetime, bool]]:
@@ -373,7 +387,13 @@ class SqliteStore:
         if not changed:
             return {}
         rows = self._db.execute("SELECT cert_key, this_update, revoked FROM staples")
-        return {key: (_time(this_update), bool(revoked)) for key, this_update, revoked in rows}
+        written = {}
+        for key, this_update, revoked in rows:
+            try:
+                written[key] = (_time(this_update), bool(revoked))
+            except (ValueError, TypeError) as exc:
+                _unreadable(key, exc)
+        return written
 
     def _data_version(self) -> int:
         row = self._db.execute("PRAGMA data_version").fetchone()
@@ -434,7 +454,13 @@ class SqliteStore:
 
     def statuses(self) -> dict[str, CertStatus]:
         rows = self._db.execute("SELECT * FROM status ORDER BY name").fetchall()
-        return {row[0]: _status(row[1:]) for row in rows}
+        found = {}
+        for row in rows:
+            try:
+                found[row[0]] = _status(row[1:])
+            except (ValueError, TypeError, KeyError) as exc:  # written again at the next pass
+                log.warning("state store: the status row of %s cannot be read (%s)", row[0], exc)
+        return found
 
     def status_keys(self) -> set[str]:
         """The keys that have a status row."""

@@ -453,6 +453,9 @@ class Keeper:
             self._forget_status(problem.key)
         if fresh:
             self._begin(managed, looked)
+            if before is not None and before.key != key and before.sent is not None:
+                # renewed: what the sinks have is the old leaf's answer, ours to take away
+                self._apply(life, Stale(), self.clock())
         else:
             self._save_status(life)  # its paths
         return managed
