@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from mustaple.core.certs import (
     ca_issuer_urls,
+    check_extensions,
     display_name,
     find_issuer,
     is_must_staple,
@@ -17,6 +19,9 @@ from mustaple.core.certs import (
 )
 from mustaple.core.errors import InputError
 from mustaple.testing import CA, Leaf
+
+OCSP = x509.oid.AuthorityInformationAccessOID.OCSP
+ISSUERS = x509.oid.AuthorityInformationAccessOID.CA_ISSUERS
 
 DER = serialization.Encoding.DER
 PEM = serialization.Encoding.PEM
@@ -52,6 +57,58 @@ def test_must_staple_and_urls(ca: CA) -> None:
     assert is_must_staple(both.cert)
     assert ocsp_urls(both.cert) == ["http://a.test/", "http://b.test/"]
     assert ca_issuer_urls(both.cert) == ["http://c/"]
+
+
+def _with_tls_feature(ca: CA, value: bytes, *, twice: bool = False) -> x509.Certificate:
+    """A leaf whose TLS Feature extension holds `value` (DER), as given (once or twice)."""
+    leaf = ca.issue("odd.test", must_staple=False)
+    feature = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.24")
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(leaf.cert.subject)
+        .issuer_name(leaf.cert.issuer)
+        .public_key(leaf.key.public_key())
+        .serial_number(leaf.cert.serial_number)
+        .not_valid_before(leaf.cert.not_valid_before_utc)
+        .not_valid_after(leaf.cert.not_valid_after_utc)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("odd.test")]), False)
+        .add_extension(
+            x509.AuthorityInformationAccess(
+                [
+                    x509.AccessDescription(OCSP, x509.UniformResourceIdentifier("http://o/")),
+                    x509.AccessDescription(ISSUERS, x509.UniformResourceIdentifier("http://c/")),
+                ]
+            ),
+            False,
+        )
+        .add_extension(x509.UnrecognizedExtension(feature, value), False)
+    )
+    if twice:  # the builder refuses the same OID twice: a stand-in, renamed in the DER
+        stand_in = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.99")
+        builder = builder.add_extension(x509.UnrecognizedExtension(stand_in, value), False)
+    der = builder.sign(ca.issuing.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+    renamed = der.replace(
+        bytes.fromhex("06082b06010505070163"), bytes.fromhex("06082b06010505070118")
+    )
+    return x509.load_der_x509_certificate(renamed)
+
+
+def test_a_tls_feature_cryptography_cannot_read_is_read_from_the_der(ca: CA) -> None:
+    """RFC 7633 allows any TLS extension number in the TLS Feature; cryptography knows only
+    5 and 17 (and refuses an empty list), and then reads no extension at all: must-staple,
+    the name and the URLs come from the DER. Two TLS Features are not valid: one line."""
+    feature_5_and_18 = _with_tls_feature(ca, bytes.fromhex("3006020105020112"))
+    assert is_must_staple(feature_5_and_18)
+    assert display_name(feature_5_and_18) == "odd.test"
+    assert (ocsp_urls(feature_5_and_18), ca_issuer_urls(feature_5_and_18)) == (
+        ["http://o/"],
+        ["http://c/"],
+    )
+    check_extensions(feature_5_and_18, "odd.pem")
+    assert not is_must_staple(_with_tls_feature(ca, bytes.fromhex("3000")))
+    twice = _with_tls_feature(ca, bytes.fromhex("3003020105"), twice=True)
+    with pytest.raises(InputError, match=r"^odd.pem: the certificate's extensions cannot be read"):
+        check_extensions(twice, "odd.pem")
 
 
 def test_find_issuer_checks_the_signature_not_just_the_name(ca: CA, leaf: Leaf) -> None:

@@ -519,7 +519,7 @@ def test_a_certificate_whose_extensions_cannot_be_read_is_one_line(ca: CA, leaf:
     with StaplingServer(bad) as served:
         code, out = run_check(address(served.port))
     assert code == Severity.UNKNOWN
-    assert "extensions that cannot be read (Duplicate 1.3.6.1.5.5.7.1.24" in out
+    assert "the certificate's extensions cannot be read (Duplicate 1.3.6.1.5.5.7.1.24" in out
     assert len(out.splitlines()) == 1
 
 

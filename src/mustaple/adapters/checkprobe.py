@@ -14,6 +14,7 @@ from mustaple.adapters.loader import load_target
 from mustaple.adapters.probe import ProbeError, ProbeResult, probe_async
 from mustaple.core.certs import (
     ca_issuer_urls,
+    check_extensions,
     display_name,
     find_issuer,
     issuer_encoded_differently,
@@ -21,6 +22,7 @@ from mustaple.core.certs import (
 )
 from mustaple.core.checkjudge import CheckReport, Issuer, judge, judge_responder
 from mustaple.core.clock import utc_now
+from mustaple.core.errors import InputError
 from mustaple.core.issuers import issuer_over_aia
 from mustaple.core.severity import Severity
 
@@ -100,16 +102,13 @@ def _one_certificate(results: Sequence[ProbeResult], server: str) -> None:
 
 
 def _readable(leaf: x509.Certificate, server: str) -> None:
-    """ProbeError when the served certificate's extensions cannot be read (one twice, a
-    value that is not DER): every strict client refuses such a certificate, and nothing
-    about its staple can be judged."""
+    """ProbeError when the served certificate's extensions are not valid (one twice, a value
+    that is not DER): every strict client refuses it, and nothing about its staple can be
+    judged."""
     try:
-        leaf.extensions  # noqa: B018 (reading them parses them)
-    except (ValueError, x509.DuplicateExtension) as exc:
-        raise ProbeError(
-            f"{server}: the server's certificate has extensions that cannot be read ({exc}); "
-            "strict clients refuse it: have it issued again"
-        ) from None
+        check_extensions(leaf, server)
+    except InputError as exc:
+        raise ProbeError(str(exc)) from None
 
 
 async def _server_issuer(

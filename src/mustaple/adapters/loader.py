@@ -20,6 +20,7 @@ from mustaple.adapters.signatures import SignatureCache
 from mustaple.core.certs import (
     Target,
     ca_issuer_urls,
+    check_extensions,
     display_name,
     find_issuer,
     issuer_encoded_differently,
@@ -83,6 +84,7 @@ async def load_file(
     signed = signatures.signed_by if signatures is not None else signed_by
     certs = parse_certificates(read_input(cert_path, "certificate"), source=str(cert_path))
     leaf = certs[0]
+    check_extensions(leaf, str(cert_path))
     if issuer_path is not None:
         data = read_input(issuer_path, "issuer certificate")
         given = parse_certificates(data, source=str(issuer_path))

@@ -66,12 +66,29 @@ def _first_line(exc: Exception) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def check_extensions(cert: x509.Certificate, source: str) -> None:
+    """InputError naming `source` when the certificate's extensions are not valid (one
+    twice, a value that is not DER): strict clients refuse such a certificate. One valid but
+    unknown to cryptography (a TLS Feature listing feature 18) is not an error."""
+    try:
+        cert.extensions  # noqa: B018 (reading them parses them)
+    except (KeyError, TypeError):
+        pass  # read from the DER where needed (`_raw_extension`)
+    except (ValueError, x509.DuplicateExtension) as exc:
+        raise InputError(
+            f"{source}: the certificate's extensions cannot be read ({_first_line(exc)}); "
+            "strict clients refuse it: have it issued again"
+        ) from None
+
+
 def is_must_staple(cert: x509.Certificate) -> bool:
     """True when the TLS Feature extension lists status_request (RFC 7633)."""
     try:
         ext = cert.extensions.get_extension_for_class(x509.TLSFeature)
     except x509.ExtensionNotFound:
         return False
+    except (KeyError, TypeError):  # a feature cryptography does not know, or an empty list
+        return _STATUS_REQUEST in _raw_values(cert, _TLS_FEATURE, der.INTEGER)
     return x509.TLSFeatureType.status_request in ext.value
 
 
@@ -80,12 +97,65 @@ def _aia_urls(cert: x509.Certificate, method: x509.ObjectIdentifier) -> list[str
         aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess)
     except x509.ExtensionNotFound:
         return []
+    except (KeyError, TypeError):  # another extension cryptography cannot read
+        return _raw_aia_urls(cert, method.dotted_string)
     return [
         desc.access_location.value
         for desc in aia.value
         if desc.access_method == method
         and isinstance(desc.access_location, x509.UniformResourceIdentifier)
     ]
+
+
+# Where cryptography cannot read an extension that is valid X.509 (a TLS Feature listing a
+# feature it does not know, such as 18; an empty one), every `cert.extensions` raises: the
+# few extensions mustaple needs are then read from the DER here.
+_TLS_FEATURE = "1.3.6.1.5.5.7.1.24"
+_AIA = "1.3.6.1.5.5.7.1.1"
+_SAN = "2.5.29.17"
+_STATUS_REQUEST = 5
+_URI, _DNS_NAME = 0x86, 0x82  # GeneralName [6] and [2], IMPLICIT IA5String
+
+
+def _raw_extension(cert: x509.Certificate, oid: str) -> der.Tlv | None:
+    """The extnValue content (the extension's own DER) of `oid`, or None; DerError when
+    the certificate's extensions are not DER."""
+    tbs = der.read_single(cert.tbs_certificate_bytes, der.SEQUENCE)
+    wrapper = next((f for f in der.children(tbs) if f.tag == 0xA3), None)
+    if wrapper is None:
+        return None
+    for extension in der.children(der.children(wrapper)[0]):
+        parts = der.children(extension)
+        if der.decode_oid(parts[0]) == oid:
+            return der.read_single(parts[-1].content)
+    return None
+
+
+def _raw_values(cert: x509.Certificate, oid: str, tag: int) -> list[int]:
+    value = _raw_extension(cert, oid)
+    if value is None:
+        return []
+    return [der.decode_integer(item) for item in der.children(value) if item.tag == tag]
+
+
+def _raw_aia_urls(cert: x509.Certificate, method: str) -> list[str]:
+    value = _raw_extension(cert, _AIA)
+    if value is None:
+        return []
+    urls = []
+    for description in der.children(value):
+        kind, location = der.children(description)
+        if der.decode_oid(kind) == method and location.tag == _URI:
+            urls.append(location.content.decode("ascii", "replace"))
+    return urls
+
+
+def _raw_dns_names(cert: x509.Certificate) -> list[str]:
+    value = _raw_extension(cert, _SAN)
+    if value is None:
+        return []
+    names = (item.content for item in der.children(value) if item.tag == _DNS_NAME)
+    return [name.decode("ascii", "replace") for name in names]
 
 
 def ocsp_urls(cert: x509.Certificate) -> list[str]:
@@ -150,10 +220,13 @@ def display_name(cert: x509.Certificate) -> str:
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
         names = san.value.get_values_for_type(x509.DNSName)
-        if names:
-            return names[0]
     except x509.ExtensionNotFound:
-        pass
+        names = []
+    except (KeyError, TypeError):  # another extension cryptography cannot read
+        names = _raw_dns_names(cert)
+    names = [name for name in names if name]
+    if names:
+        return names[0]
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if cns and isinstance(cns[0].value, str):
         return cns[0].value
