@@ -22,7 +22,7 @@ import pytest
 from cryptography.x509 import ocsp
 
 from conftest import Crowded, Handler, LoopbackServer
-from mustaple.adapters.config import Config, Hooks
+from mustaple.adapters.config import CertEntry, Config, Hooks
 from mustaple.adapters.store import SqliteStore
 from mustaple.core.certs import Target
 from mustaple.core.delivery import Action
@@ -214,6 +214,28 @@ def test_a_stored_row_that_cannot_be_read_costs_only_that_answer(
     with caplog.at_level(logging.WARNING, logger="mustaple"):
         run(scenario, tmp_path)
     assert any("cannot be read (Invalid isoformat" in r.getMessage() for r in caplog.records)
+
+
+def test_a_fixed_issuer_file_is_noticed(tmp_path: Path) -> None:
+    """An entry with `issuer = FILE` whose file first holds the wrong certificate (the
+    previous intermediate, same name, as when a client writes cert.pem before chain.pem):
+    the certificate is unusable until that file is fixed, then loaded at the next scan
+    without its own file changing."""
+
+    async def scenario(tmp: Path) -> None:
+        issuer = tmp / "issuer.pem"
+        config = keeper_config(tmp)
+        entry = CertEntry(paths=(str(tmp / "live" / "*" / "cert.pem"),), issuer=issuer)
+        async with keeper_world(tmp, replace(config, certificates=(entry,))) as w:
+            files = w.issue("site.test").write(tmp / "site")
+            issuer.write_bytes(CA(name="mustaple test root").issuing.cert_pem)
+            await w.keeper.scan()
+            assert [p.path.name for p in w.keeper.problems.values()] == ["cert.pem"]
+            issuer.write_bytes(files.issuer.read_bytes())
+            await w.keeper.scan()
+            assert (len(w.keeper.problems), len(w.keeper.managed)) == (0, 1)
+
+    run(scenario, tmp_path)
 
 
 def test_a_week_of_refreshes_always_serves_a_valid_staple(tmp_path: Path) -> None:

@@ -331,6 +331,9 @@ def test_a_worker_killed_or_stuck_midway_costs_only_speed(
         asyncio.run(scenario())
     lines = [r.getMessage() for r in caplog.records if "worker process" in r.getMessage()]
     ended = "a worker process ended; its work goes on in the main process"
+    silent = "a worker process was silent for 2 s with work in hand: stopped"
+    if not told:  # a worker slowed 2 s by a busy machine before the kill may be told silent
+        lines = [line for line in lines if line != silent]
     assert sorted(lines) == sorted([*told, ended])
 
 

@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import random
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -114,7 +115,9 @@ DELIVERY_RETRY = timedelta(seconds=5)
 # in process against 2 workers: 1,000 files 1.01 against 0.93 s, 500 files 0.66 against 0.71 s.
 WORKERS_FROM = 1000
 RESOLVE_SLICE = 4096  # paths `prime` resolves before their loads go out to the workers
-FileToLoad = tuple[Path, "CertEntry", tuple[int, int]]  # a file, its entry, its (mtime, size)
+# What a file was when read: (mtime_ns, size), and its entry's `issuer` file's, or (-1, -1)
+Stamp = tuple[int, int, int, int]
+FileToLoad = tuple[Path, "CertEntry", Stamp]  # a file, its entry, its stamp
 
 
 @dataclass
@@ -166,7 +169,7 @@ class Managed:
     path: Path
     entry: CertEntry
     target: Target
-    stamp: tuple[int, int]  # (mtime_ns, size) of the file when loaded
+    stamp: Stamp  # the file (and its `issuer` file) when loaded
     bundle_has_issuer: bool
     life: Life
     sent: tuple[Action, bytes | None] | None = None  # what every sink has confirmed
@@ -212,7 +215,7 @@ class Problem:
     serial: int | None  # the leaf's, when it could be read
     message: str
     reason: Reason  # cert-unusable, or keeper-fault
-    stamp: tuple[int, int]  # the file as it was read: read again only when it changes
+    stamp: Stamp  # the file as it was read: read again when it (or its `issuer` file) changes
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,7 +364,7 @@ class Keeper:
         changed = []
         for path, entry in wanted.items():
             current = self.managed.get(path)
-            stamp = _stamp(path)
+            stamp = _stamp(path, entry.issuer)
             if stamp is None or (current and current.stamp == stamp and current.entry == entry):
                 continue
             problem = self.problems.get(path)
@@ -421,7 +424,7 @@ class Keeper:
         self,
         path: Path,
         entry: CertEntry,
-        stamp: tuple[int, int],
+        stamp: Stamp,
         loaded: Loaded | LoadFailed,
         looked: Looked | None = None,
     ) -> Managed | None:
@@ -514,7 +517,7 @@ class Keeper:
         elif outcome is not None and looked.good:
             self._apply(life, Stale(), now)  # a staple file may be ours: ours to take away
 
-    def _unusable(self, path: Path, stamp: tuple[int, int], message: str, reason: Reason) -> None:
+    def _unusable(self, path: Path, stamp: Stamp, message: str, reason: Reason) -> None:
         self._drop(path)
         key = f"file:{shown(path)}"
         name, must, serial = _identify(path)
@@ -1067,7 +1070,7 @@ class Keeper:
                 for given in paths[at : at + step]:
                     path, entry = covered.find(given)
                     if path not in files:
-                        stamp = _stamp(path)
+                        stamp = _stamp(path, entry.issuer)
                         if stamp is None and refuse:
                             raise InputError(f"{given}: certificate not found")
                         if stamp is not None:
@@ -1106,12 +1109,19 @@ def _host(managed: Managed) -> str:
     return first_host(managed.entry.urls, managed.target.ocsp_urls)
 
 
-def _stamp(path: Path) -> tuple[int, int] | None:
+def _stamp(path: Path, issuer: Path | None = None) -> Stamp | None:
+    """What `path` and its `issuer` file are now (a fixed issuer file is noticed: the file
+    it made unusable is read again), or None when `path` cannot be looked at."""
     try:
         info = path.stat()
     except OSError:
         return None
-    return (info.st_mtime_ns, info.st_size)
+    try:
+        given = os.stat(issuer) if issuer is not None else None
+    except OSError:
+        given = None
+    ends = (given.st_mtime_ns, given.st_size) if given is not None else (-1, -1)
+    return (info.st_mtime_ns, info.st_size, *ends)
 
 
 def _identify(path: Path) -> tuple[str, bool | None, int | None]:
