@@ -138,3 +138,10 @@ def test_target_fields(ca: CA) -> None:
 
 def test_display_name_falls_back_to_common_name_then_serial(ca: CA) -> None:
     assert display_name(ca.cert) == "mustaple test root"
+
+
+def test_a_control_character_in_a_name_is_shown_escaped(ca: CA) -> None:
+    """A name goes into log lines, command output and file names: a newline or an escape in
+    it cannot start a forged line or drive a terminal."""
+    odd = ca.issue("e\n2026 OK www.bank.test: good\x1b[2J")
+    assert display_name(odd.cert) == "e\\n2026 OK www.bank.test: good\\x1b[2J"

@@ -161,6 +161,12 @@ def test_fetch_without_ocsp_url_on_must_staple(
         (["fetch"], "Missing argument 'CERT'"),
         (["inspect", "{garbage}", "--cert", "{cert}", "--at", "yesterday"], "ISO 8601"),
         (["fetch", "{cert}", "--out", "/nonexistent/dir/x.der", "--url", "{url}"], "cannot write"),
+        (["fetch", "{cert}", "--out", "{cert}", "--url", "{url}"], "--out is the input file"),
+        (["fetch", "{cert}", "--out", "{garbage}", "--url", "{url}"], "holds something else"),
+        (["fetch", "{cert}", "--proxy", "http://[::1", "--url", "{url}"], "not a URL"),
+        (["fetch", "{cert}", "--proxy", "http://a..b:3128"], "host is not a name or address"),
+        (["fetch", "{cert}", "--attempts", "1000"], "1000 is not in the range 1<=x<=10"),
+        (["inspect", "{garbage}", "--cert", "{cert}", "--at", "9999-12-31T23:59Z"], "year 2 to"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(
@@ -178,10 +184,12 @@ def test_bad_input_is_one_line_and_exit_2(
     garbage.write_bytes(b"\x00\x01 not a certificate")
     server = serve(answering(response(ca, leaf, now)))
     values = {"garbage": str(garbage), "cert": str(files.fullchain), "url": server.url}
+    before = {path: path.read_bytes() for path in (garbage, files.fullchain)}
     code, out, err = run([a.format(**values) for a in argv], capsys)
     assert code == ExitCode.USAGE
     assert problem in err
     assert "Traceback" not in err + out
+    assert {path: path.read_bytes() for path in before} == before  # nothing overwritten
 
 
 def test_inspect_explains(
@@ -239,6 +247,42 @@ def test_installed_script_never_shows_a_traceback(tmp_path: Path) -> None:
     assert done.stdout == ""
     assert done.stderr.startswith(f"mustaple: {garbage}: not a readable certificate")
     assert done.stderr.count("\n") == 1
+
+
+def test_output_that_cannot_be_written_and_pkcs7_input_are_one_line(
+    site: tuple[Leaf, LeafFiles], tmp_path: Path
+) -> None:
+    """Standard output on a full disk: one line, exit 2 (it was an internal error); a
+    PKCS#7 bundle as openssl crl2pkcs7 makes it: no warning from the library on stderr."""
+    _, files = site
+    script = str(Path(sys.executable).with_name("mustaple"))
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [script, "fetch", str(files.fullchain), "--attempts", "1", "--timeout", "1"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert (done.returncode, done.stderr) == (
+        2,
+        "mustaple: cannot write the output (No space left on device)\n",
+    )
+    bundle = tmp_path / "bundle.p7b"
+    subprocess.run(
+        ["openssl", "crl2pkcs7", "-nocrl", "-certfile", str(files.fullchain), "-out", str(bundle)],
+        check=True,
+    )
+    done = subprocess.run(
+        [script, "fetch", str(bundle), "--attempts", "1", "--timeout", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.stderr == ""
+    assert done.stdout.startswith("FAILED cli.test: ")
 
 
 def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:

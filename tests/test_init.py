@@ -9,6 +9,7 @@ leave every file byte for byte as it was.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -426,8 +427,14 @@ def test_init_refuses_to_overwrite_and_needs_a_server(
     missing = tmp_path / "nope.conf"
     code, said = _init(tree, "--nginx-conf", str(missing), capsys=capsys)
     assert code == 2
-    assert said.strip().endswith("(No such file or directory)")
+    assert said.strip().endswith("configuration not found")
     assert len(said.strip().splitlines()) == 1
+    fifo = tmp_path / "fifo.conf"
+    os.mkfifo(fifo)
+    for odd in ("/dev/zero", str(fifo)):  # never an endless read, never a wait
+        code, said = _init(tree, "--nginx-conf", odd, capsys=capsys)
+        assert code == 2
+        assert said.strip().endswith("not a regular file; give the path of the configuration")
 
 
 def test_init_with_nothing_to_staple_writes_nothing(

@@ -29,6 +29,7 @@ import dataclasses
 import email.utils
 import os
 import random
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
@@ -445,7 +446,12 @@ def _describe(exc: BaseException) -> str:
 
 
 def _unreachable(host: str, port: int | None, error: OSError) -> str:
-    problem = os.strerror(error.errno) if error.errno else str(error) or "connection failed"
+    """What went wrong connecting, in words: the resolver's own for a name that cannot be
+    looked up (its codes are negative: os.strerror(-2) is "Unknown error -2")."""
+    if isinstance(error, socket.gaierror) or not error.errno or error.errno < 0:
+        problem = error.strerror or str(error) or "connection failed"
+    else:
+        problem = os.strerror(error.errno)
     return f"{host}:{port}: {problem}"
 
 

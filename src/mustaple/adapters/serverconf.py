@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from mustaple.adapters.files import MAX_INPUT, read_input
 from mustaple.core.errors import InputError
 
 __all__ = [
@@ -73,16 +74,18 @@ class _Files:
         self.dump = dump
 
     def read(self, path: Path) -> str:
+        """The text of `path` (`-`: standard input), bounded like every input read: a device
+        or a FIFO is one line, never a wait or an endless read."""
         if str(path) == "-":
-            return sys.stdin.read()
+            data = sys.stdin.buffer.read(MAX_INPUT + 1)
+            if len(data) > MAX_INPUT:
+                raise InputError("-: the configuration on standard input is too large")
+            return data.decode(errors="replace")
         if self.dump is not None:
             if path not in self.dump:
                 raise InputError(f"{path}: not in the `nginx -T` output")
             return self.dump[path]
-        try:
-            return path.read_text(errors="replace")
-        except OSError as exc:
-            raise InputError(f"{path}: cannot read the configuration ({exc.strerror})") from None
+        return read_input(path, "configuration").decode(errors="replace")
 
     def glob(self, pattern: Path) -> list[Path]:
         if self.dump is not None:  # as glob would match: a '*' stops at a '/'

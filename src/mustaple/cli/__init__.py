@@ -12,6 +12,8 @@ errors stay quick.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib
 import os
 import sys
@@ -88,16 +90,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         click.echo(f"mustaple: {exc}", err=True)
         return ExitCode.USAGE
+    except OSError as exc:
+        if exc.errno not in _OUTPUT_ERRORS:
+            return _internal(exc)
+        with contextlib.suppress(OSError):  # standard error may be gone too
+            click.echo(f"mustaple: cannot write the output ({exc.strerror})", err=True)
+        return ExitCode.USAGE
     except Exception as exc:  # a bug of ours: one line, no traceback unless asked
-        if os.environ.get("MUSTAPLE_DEBUG"):
-            raise
-        click.echo(
-            f"mustaple: internal error: {type(exc).__name__}: {exc} "
-            "(please report it; MUSTAPLE_DEBUG=1 shows the traceback)",
-            err=True,
-        )
-        return ExitCode.INTERNAL
+        return _internal(exc)
     return int(result) if isinstance(result, int) else ExitCode.GOOD
+
+
+# Writing standard output fails: a pipe closed early, a full disk, a device error.
+_OUTPUT_ERRORS = (errno.EPIPE, errno.ENOSPC, errno.EIO)
+
+
+def _internal(exc: Exception) -> int:
+    """A bug of ours: one line, no traceback unless asked."""
+    if os.environ.get("MUSTAPLE_DEBUG"):
+        raise exc
+    click.echo(
+        f"mustaple: internal error: {type(exc).__name__}: {exc} "
+        "(please report it; MUSTAPLE_DEBUG=1 shows the traceback)",
+        err=True,
+    )
+    return ExitCode.INTERNAL
 
 
 def run() -> None:

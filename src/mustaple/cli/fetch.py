@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -52,10 +53,10 @@ __all__ = ["fetch"]
 )
 @click.option(
     "--attempts",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=10),
     default=3,
     show_default=True,
-    help="Rounds of tries per responder URL.",
+    help="Rounds of tries per responder URL (1 to 10, as `attempts` in the configuration).",
 )
 @proxy_option
 @lenient_option
@@ -81,6 +82,8 @@ def fetch(
     from mustaple.core.report import exit_code, fetch_json, fetch_line
 
     check_urls(urls)
+    if out:
+        _check_out(out, cert, issuer)
     policy = FetchPolicy(
         total_timeout=timeout,
         connect_timeout=min(timeout, 5.0),
@@ -104,6 +107,25 @@ def fetch(
     else:
         click.echo(fetch_line(target, result, now, saved))
     return exit_code(staple or result.rejection)
+
+
+def _check_out(out: str, *inputs: str | None) -> None:
+    """InputError, before anything is fetched, when --out would destroy what is not a staple:
+    the certificate or issuer file given, or a file that holds something else (PEM text)."""
+    from mustaple.adapters.files import read_prefix
+
+    for given in inputs:
+        if given is not None and os.path.exists(out) and os.path.samefile(out, given):
+            raise InputError(f"{out}: --out is the input file {given}; give another path")
+    try:
+        head = read_prefix(out, 16)
+    except OSError:
+        return  # not a regular file, or unreadable: said when it is written
+    if head and (head[:1] != b"\x30" or b"-----" in head):
+        raise InputError(
+            f"{out}: holds something else than an OCSP response; --out replaces only a staple "
+            "file: remove it or give another path"
+        )
 
 
 def _write_out(path: str, data: bytes) -> None:

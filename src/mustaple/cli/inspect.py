@@ -59,6 +59,8 @@ def _parse_time(text: str) -> datetime:
         raise click.BadParameter(f"{text!r} is not an ISO 8601 time", param_hint="--at") from None
     if value.tzinfo is None:
         raise click.BadParameter("give a time zone, e.g. 2026-01-31T12:00:00Z", param_hint="--at")
+    if not 1 < value.year < 9999:  # the checks add and take away days: room on both sides
+        raise click.BadParameter("give a time from the year 2 to 9998", param_hint="--at")
     return value
 
 

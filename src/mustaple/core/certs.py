@@ -7,6 +7,7 @@ rest of mustaple needs to ask for, check and deliver its staple.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -43,12 +44,14 @@ def parse_certificates(data: bytes, *, source: str = "input") -> list[x509.Certi
     when nothing usable is found.
     """
     try:
-        if _PEM_CERT in data:
-            return x509.load_pem_x509_certificates(data)
-        if _PEM_PKCS7 in data:
-            return pkcs7.load_pem_pkcs7_certificates(data)
-        if data[:1] == b"\x30":
-            return _parse_der(data)
+        with warnings.catch_warnings():  # cryptography warns of a PKCS#7 bundle's CRLs: not
+            warnings.simplefilter("ignore", UserWarning)  # ours to say, and two lines of noise
+            if _PEM_CERT in data:
+                return x509.load_pem_x509_certificates(data)
+            if _PEM_PKCS7 in data:
+                return pkcs7.load_pem_pkcs7_certificates(data)
+            if data[:1] == b"\x30":
+                return _parse_der(data)
     except ValueError as exc:
         raise InputError(f"{source}: not a readable certificate ({_first_line(exc)})") from exc
     raise InputError(f"{source}: no certificate found (expected PEM, DER or PKCS#7)")
@@ -216,7 +219,16 @@ def issuer_encoded_differently(
 
 
 def display_name(cert: x509.Certificate) -> str:
-    """A short human name: the first DNS name, else the common name, else the serial."""
+    """A short human name: the first DNS name, else the common name, else the serial; a
+    control character in it (a newline, an escape) written as an escape: the name goes into
+    log lines, command output and file names."""
+    return _name_of(cert).translate(_ESCAPED)
+
+
+_ESCAPED = {code: repr(chr(code))[1:-1] for code in [*range(32), 127]}
+
+
+def _name_of(cert: x509.Certificate) -> str:
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
         names = san.value.get_values_for_type(x509.DNSName)

@@ -190,7 +190,7 @@ def _take(history: Iterator[Taken], kind: type[_T]) -> _T | None:
 def _pause(round_no: int, retry_after: float | None, policy: FetchPolicy) -> Wait:
     """Full jitter exponential backoff after round `round_no` (from 0), at least Retry-After
     (capped)."""
-    backoff = min(policy.backoff_max, policy.backoff_base * 2**round_no)
+    backoff = min(policy.backoff_max, policy.backoff_base * 2.0 ** min(round_no, 64))
     if retry_after is None:
         return Wait(backoff)
     return Wait(backoff, min(retry_after, policy.retry_after_max))

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
+from mustaple.core.urls import url_problem
+
 __all__ = ["Proxy", "ProxyError", "check_proxy_url", "choose_proxy"]
 
 
@@ -34,7 +36,10 @@ class Proxy:
 def check_proxy_url(value: str, source: str = "proxy") -> Proxy:
     """The proxy at `value` (http://[user:password@]host[:port]); ProxyError if unusable."""
     text = value.strip()
-    parts = urlsplit(text if "://" in text else f"http://{text}")
+    try:
+        parts = urlsplit(text if "://" in text else f"http://{text}")
+    except ValueError as exc:  # an unclosed [ of an IPv6 address
+        raise ProxyError(f"{source} {value!r}: not a URL ({exc})") from None
     if parts.scheme != "http":
         raise ProxyError(
             f"{source} {value!r}: only http:// proxies are supported (for https:// "
@@ -46,6 +51,8 @@ def check_proxy_url(value: str, source: str = "proxy") -> Proxy:
         raise ProxyError(f"{source} {value!r}: the port is not a number from 1 to 65535") from None
     if not parts.hostname or parts.path not in ("", "/") or parts.query:
         raise ProxyError(f"{source} {value!r}: give http://HOST:PORT such as http://proxy:3128")
+    if url_problem(f"http://{parts.netloc.rpartition('@')[2]}/") is not None:
+        raise ProxyError(f"{source} {value!r}: the host is not a name or address to connect to")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     user = unquote(parts.username) if parts.username is not None else None
     return Proxy(f"http://{host}:{port}", user, unquote(parts.password or ""))
