@@ -117,10 +117,12 @@ def _check_out(out: str, *inputs: str | None) -> None:
     for given in inputs:
         if given is not None and os.path.exists(out) and os.path.samefile(out, given):
             raise InputError(f"{out}: --out is the input file {given}; give another path")
+    if os.path.exists(out) and not os.path.isfile(out):
+        raise InputError(f"{out}: not a regular file; --out writes only regular files")
     try:
         head = read_prefix(out, 16)
     except OSError:
-        return  # not a regular file, or unreadable: said when it is written
+        return  # unreadable: said when it is written
     if head and (head[:1] != b"\x30" or b"-----" in head):
         raise InputError(
             f"{out}: holds something else than an OCSP response; --out replaces only a staple "
