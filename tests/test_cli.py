@@ -163,7 +163,7 @@ def test_fetch_without_ocsp_url_on_must_staple(
         (["fetch", "{cert}", "--out", "/nonexistent/dir/x.der", "--url", "{url}"], "cannot write"),
         (["fetch", "{cert}", "--out", "{cert}", "--url", "{url}"], "--out is the input file"),
         (["fetch", "{cert}", "--out", "{garbage}", "--url", "{url}"], "holds something else"),
-        (["fetch", "{cert}", "--out", "/tmp", "--url", "{url}"], "/tmp: not a regular file"),
+        (["fetch", "{cert}", "--out", "/tmp", "--url", "{url}"], "/tmp: is a directory"),
         (["fetch", "{cert}", "--proxy", "http://[::1", "--url", "{url}"], "not a URL"),
         (["fetch", "{cert}", "--proxy", "http://a..b:3128"], "host is not a name or address"),
         (["fetch", "{cert}", "--attempts", "1000"], "1000 is not in the range 1<=x<=10"),

@@ -112,15 +112,15 @@ def fetch(
 def _check_out(out: str, *inputs: str | None) -> None:
     """InputError, before anything is fetched, when --out would destroy what is not a staple:
     the certificate or issuer file given, or a file that holds something else (PEM text)."""
-    from mustaple.adapters.files import read_prefix
+    from mustaple.adapters.files import NotRegularFileError, read_prefix
 
     for given in inputs:
         if given is not None and os.path.exists(out) and os.path.samefile(out, given):
             raise InputError(f"{out}: --out is the input file {given}; give another path")
-    if os.path.exists(out) and not os.path.isfile(out):
-        raise InputError(f"{out}: not a regular file; --out writes only regular files")
     try:
         head = read_prefix(out, 16)
+    except NotRegularFileError as exc:
+        raise InputError(f"{out}: {exc.strerror}; --out writes only regular files") from None
     except OSError:
         return  # unreadable: said when it is written
     if head and (head[:1] != b"\x30" or b"-----" in head):
