@@ -71,6 +71,13 @@ def test_a_command_that_cannot_start_is_one_line() -> None:
     assert problem.startswith("`true` could not start")
 
 
+def test_a_command_of_several_lines_fails_in_one_line() -> None:
+    """A reload or command sink written on several lines (a TOML multi-line string): its
+    failure names it in one line, the newlines escaped."""
+    problem = asyncio.run(run_command("set -e\nfalse\n", _MIN))
+    assert problem == "`set -e\\nfalse` exited with status 1"
+
+
 _MIN = timedelta(minutes=1)
 
 

@@ -23,9 +23,10 @@ from cryptography.x509 import ocsp
 
 from conftest import Crowded, Handler, LoopbackServer
 from mustaple.adapters.config import CertEntry, Config, Hooks
+from mustaple.adapters.sinks import FileSink
 from mustaple.adapters.store import SqliteStore
 from mustaple.core.certs import Target
-from mustaple.core.delivery import Action
+from mustaple.core.delivery import Action, Sink
 from mustaple.core.reasons import Reason, Rejection
 from mustaple.core.request import make_cert_id
 from mustaple.keeper import daemon
@@ -234,6 +235,61 @@ def test_a_fixed_issuer_file_is_noticed(tmp_path: Path) -> None:
             issuer.write_bytes(files.issuer.read_bytes())
             await w.keeper.scan()
             assert (len(w.keeper.problems), len(w.keeper.managed)) == (0, 1)
+
+    run(scenario, tmp_path)
+
+
+def test_one_file_a_sink_refuses_beside_another_of_the_same_certificate(tmp_path: Path) -> None:
+    """Two files of one certificate to one file sink, the first's staple path a directory:
+    that delivery fails in one line and is retried, the other's file is written, and the
+    sink's health says the failure (a success after it in the same batch used to hide it,
+    and the retry arithmetic then raised at every pass)."""
+
+    async def scenario(tmp: Path) -> None:
+        clock = ManualClock()
+        w = Offline(tmp, clock, CA(now=clock.now - DAY))
+        w.issue("a.test")
+        copy = tmp / "live" / "b.test" / "fullchain.pem"
+        copy.parent.mkdir()
+        copy.write_bytes((tmp / "live" / "a.test" / "fullchain.pem").read_bytes())
+        (tmp / "live" / "a.test" / "staple.der").mkdir()
+        store = SqliteStore(tmp / "state" / "state.db")
+        sinks: dict[str, Sink] = {"files": FileSink("files", path="{dir}/staple.der")}
+        fetcher = MemoryFetcher(w.answer)
+        try:
+            async with Keeper(config(tmp), store=store, sinks=sinks, clock=clock,
+                              dice=lambda: 0.5, fetcher=fetcher) as keeper:  # fmt: skip
+                await keeper.scan()
+                await keeper.tick()
+                clock.now += timedelta(seconds=10)
+                await keeper.tick()
+                (life,) = keeper.lives.values()
+                assert not life.sinks["files"].ok
+                assert life.sinks["files"].failures == 2
+                assert (tmp / "live" / "b.test" / "staple.der").is_file()
+        finally:
+            store.close()
+
+    run(scenario, tmp_path)
+
+
+def test_a_new_answer_does_not_wait_for_a_failed_sinks_retry(tmp_path: Path) -> None:
+    """One sink fails and its delivery waits for a retry; meanwhile the CA says revoked:
+    the working sink gets the revoked answer at once, not after the retry pause."""
+
+    async def scenario(tmp: Path) -> None:
+        async with offline(tmp) as (w, keeper, _):
+            keeper.sinks["broken"] = RecordingSink("broken", fail=True)
+            w.issue("a.test")
+            await keeper.scan()
+            await keeper.tick()
+            (managed,) = keeper.managed.values()
+            assert managed.retry_at is not None
+            assert managed.retry_at > w.clock.now
+            w.revoked = True
+            await keeper.refresh(managed)
+            await keeper.deliver()
+            assert w.sink.last().action is Action.REVOKED
 
     run(scenario, tmp_path)
 

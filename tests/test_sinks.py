@@ -627,3 +627,20 @@ def test_haproxy_socket_addresses(text: str, address: SocketAddress) -> None:
 def test_a_haproxy_socket_that_is_no_address_is_one_clear_error(text: str) -> None:
     with pytest.raises(ValueError, match="neither a unix socket path"):
         SocketAddress.parse(text)
+    with pytest.raises(ValueError, match="the host is not a name or address"):
+        SocketAddress.parse("foo..bar:9999")  # the resolver could not even encode it
+
+
+def test_a_haproxy_socket_path_that_is_no_socket_is_an_error_not_haproxy_down(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """A regular file or a directory at `socket` is a mistake to fix (said, and retried),
+    not a HAProxy that is not running (which only notes it: the file waits for its start)."""
+    pem = haproxy_pem(pki.leaf, tmp_path / "certs")
+    (tmp_path / "file.sock").write_text("")
+    (tmp_path / "dir.sock").mkdir()
+    for name, kind in (("file.sock", "is a file"), ("dir.sock", "is a directory")):
+        sink = build_sink("h", {"type": "haproxy", "socket": str(tmp_path / name)})
+        [delivered] = deliver(sink, pki.delivery(pem, pki.fresh().der))
+        assert not delivered.ok
+        assert f"{tmp_path / name} {kind}, not a socket" in (delivered.error or "")

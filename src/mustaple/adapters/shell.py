@@ -16,6 +16,8 @@ import signal
 from collections.abc import Mapping
 from datetime import timedelta
 
+from mustaple.core.render import one_line
+
 __all__ = ["TAIL_BYTES", "run_command"]
 
 TAIL_BYTES = 4096  # of standard error kept
@@ -33,7 +35,7 @@ async def run_command(
 
     `label` names the command in that line (default: the command in backquotes).
     """
-    label = label or f"`{command}`"
+    label = label or one_line(f"`{command.strip()}`")
     try:
         process = await asyncio.create_subprocess_shell(
             command,

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import re
+import stat
 import string
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -42,6 +43,7 @@ from mustaple.adapters.files import (
 from mustaple.adapters.shell import run_command
 from mustaple.core.delivery import Action, Delivered, Delivery, Sink
 from mustaple.core.render import human_time
+from mustaple.core.urls import url_problem
 
 __all__ = [
     "CommandSink",
@@ -446,6 +448,8 @@ class SocketAddress:
             raise ValueError(
                 f"{text!r} is neither a unix socket path (starting with /) nor HOST:PORT"
             )
+        if url_problem(f"http://{text}/") is not None:
+            raise ValueError(f"{text!r}: the host is not a name or address to connect to")
         return cls(host=host, port=int(port))
 
     def __str__(self) -> str:
@@ -453,6 +457,20 @@ class SocketAddress:
             return self.path
         host = f"[{self.host}]" if self.host and ":" in self.host else self.host
         return f"{host}:{self.port}"
+
+
+def _not_a_socket(address: SocketAddress) -> str | None:
+    """What a unix socket path is when it is no socket ("is a directory"), else None (a
+    socket, or nothing there: HAProxy not running)."""
+    if address.path is None:
+        return None
+    try:
+        mode = os.stat(address.path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISSOCK(mode):
+        return None
+    return "is a directory" if stat.S_ISDIR(mode) else "is a file"
 
 
 async def ask_haproxy(address: SocketAddress, command: str, timeout: timedelta) -> str:
@@ -556,11 +574,14 @@ class HAProxySink:
         command = f"set ssl ocsp-response {base64.b64encode(der).decode()}"
         if self.master:
             command = f"@1 {command}"
+        kind = _not_a_socket(self.socket)
+        if kind is not None:
+            return f"{_UNREACHABLE}: {self.socket} {kind}, not a socket; fix `socket`"
         try:
             answer = await ask_haproxy(self.socket, command, self.timeout)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             return f"{_NOT_RUNNING} (nothing listens at {self.socket}: {_describe(exc)})"
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, UnicodeError) as exc:
             return f"{_UNREACHABLE} at {self.socket} ({_describe(exc)})"
         first = answer.strip().splitlines()[0] if answer.strip() else "no answer"
         if first == HAPROXY_UPDATED:

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from mustaple.core.proxy import ProxyError, check_proxy_url
+from mustaple.core.render import one_line
 from mustaple.core.urls import url_problem
 
 __all__ = [
@@ -85,13 +86,9 @@ def setup_logging(verbose: bool, level: int = logging.WARNING) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else level, handlers=[handler])
 
 
-# Control characters written as escapes: \n, \r, \t, \x1b ... (not DEL's neighbours above).
-_ESCAPED = {code: repr(chr(code))[1:-1] for code in [*range(32), 127]}
-
-
 class OneLine(logging.Formatter):
     """One event, one line: a newline or a terminal escape in a certificate's name or a file's
     path (both can hold any character) is written escaped, so it cannot forge a log line."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        return super().formatMessage(record).translate(_ESCAPED)
+        return one_line(super().formatMessage(record))

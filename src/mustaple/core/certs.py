@@ -19,6 +19,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 
 from mustaple.core import der
 from mustaple.core.errors import InputError
+from mustaple.core.render import one_line
 
 __all__ = [
     "Target",
@@ -222,10 +223,7 @@ def display_name(cert: x509.Certificate) -> str:
     """A short human name: the first DNS name, else the common name, else the serial; a
     control character in it (a newline, an escape) written as an escape: the name goes into
     log lines, command output and file names."""
-    return _name_of(cert).translate(_ESCAPED)
-
-
-_ESCAPED = {code: repr(chr(code))[1:-1] for code in [*range(32), 127]}
+    return one_line(_name_of(cert))
 
 
 def _name_of(cert: x509.Certificate) -> str:

@@ -10,7 +10,9 @@ so a time or a key reads the same wherever it appears:
 - `staple_json`, `validity_json` and `attempt_json` are the JSON shapes of an accepted response,
   of a held staple's life, and of one HTTP exchange with a responder.
 - `shown` is a file name as text every output can carry: a byte that is not UTF-8 (a legal
-  name on Linux) becomes `\xff`, where it would break a database, a page or a metric.
+  name on Linux) becomes `\xff`, where it would break a database, a page or a metric;
+  `one_line` writes control characters as escapes (`\n`, `\x1b`), where a newline would
+  forge a line of a log or of a command's output.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ __all__ = [
     "human_duration",
     "human_time",
     "iso",
+    "one_line",
     "seconds_until",
     "short_time",
     "shown",
@@ -36,6 +39,14 @@ __all__ = [
     "staple_json",
     "validity_json",
 ]
+
+
+_ESCAPED = {code: repr(chr(code))[1:-1] for code in [*range(32), 127]}
+
+
+def one_line(text: str) -> str:
+    """`text` with every control character written as an escape: `\n`, `\t`, `\x1b`."""
+    return text.translate(_ESCAPED)
 
 
 def shown(text: object) -> str:

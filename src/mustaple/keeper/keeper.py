@@ -173,7 +173,8 @@ class Managed:
     bundle_has_issuer: bool
     life: Life
     sent: tuple[Action, bytes | None] | None = None  # what every sink has confirmed
-    retry_at: datetime | None = None  # a sink failed: deliver again then
+    retry_at: datetime | None = None  # a sink failed: deliver `retrying` again then
+    retrying: tuple[Action, bytes | None] | None = None  # what failed (a new answer waits not)
 
     @property
     def key(self) -> str:
@@ -768,8 +769,9 @@ class Keeper:
             want = self._wanted(managed)
             if want is None or (want == managed.sent and not again):
                 continue
-            if not again and managed.retry_at is not None and managed.retry_at > now:
-                continue
+            waiting = managed.retry_at is not None and managed.retry_at > now
+            if not again and waiting and want == managed.retrying:
+                continue  # a failed delivery waits for its retry; a new answer goes now
             wanted[managed.path] = want
             delivery = self._delivery(managed, want)
             for sink in managed.entry.sinks or tuple(self.sinks):
@@ -780,21 +782,27 @@ class Keeper:
         )
         failed: set[Path] = set()
         done = []
-        for name, group in zip(names, results, strict=True):
-            for (managed, _), delivered in zip(per_sink[name], group, strict=True):
-                done.append(delivered)
-                if not self._took(managed, delivered, now):
-                    failed.add(managed.path)
+        taken = [
+            (managed, delivered)
+            for name, group in zip(names, results, strict=True)
+            for (managed, _), delivered in zip(per_sink[name], group, strict=True)
+        ]
+        # successes first: where two files of one certificate go to one sink, a failure of
+        # either is what that sink's health says
+        for managed, delivered in sorted(taken, key=lambda pair: not pair[1].ok):
+            done.append(delivered)
+            if not self._took(managed, delivered, now):
+                failed.add(managed.path)
         for path, want in wanted.items():
             managed = self.managed[path]
             if path in failed:
-                failures = max(h.failures for h in managed.life.sinks.values())
+                failures = max([1, *(h.failures for h in managed.life.sinks.values())])
                 delay = min(
                     DELIVERY_RETRY * (1 << min(failures - 1, 20)), self.policy.schedule.retry_max
                 )
-                managed.retry_at = now + delay
+                managed.retry_at, managed.retrying = now + delay, want
             else:
-                managed.sent, managed.retry_at = want, None
+                managed.sent, managed.retry_at, managed.retrying = want, None, None
         for life in {self.managed[p].life.key: self.managed[p].life for p in wanted}.values():
             self._save_status(life)
         return done
