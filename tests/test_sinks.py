@@ -631,6 +631,22 @@ def test_a_haproxy_socket_that_is_no_address_is_one_clear_error(text: str) -> No
         SocketAddress.parse("foo..bar:9999")  # the resolver could not even encode it
 
 
+def test_haproxy_ocsp_dir_never_gives_two_certificates_one_file(pki: Pki, tmp_path: Path) -> None:
+    """Two certificate files of the same name (a/site.pem, b/site.pem) with one `ocsp_dir`:
+    the second is refused in one line naming the first, whose .ocsp file stays its own."""
+    first = haproxy_pem(pki.leaf, tmp_path / "a")
+    second = haproxy_pem(pki.leaf, tmp_path / "b")
+    table = {"type": "haproxy", "socket": str(tmp_path / "none.sock"), "ocsp_dir": str(tmp_path)}
+    sink = build_sink("h", table)
+    der = pki.fresh().der
+    other = replace(pki.delivery(second, b"OTHER"), key="another-certificate")
+    kept, refused = deliver(sink, pki.delivery(first, der), other)
+    assert kept.ok
+    assert not refused.ok
+    assert f"holds the staple of another certificate, {first}" in (refused.error or "")
+    assert (tmp_path / "site.pem.ocsp").read_bytes() == der
+
+
 def test_a_haproxy_socket_path_that_is_no_socket_is_an_error_not_haproxy_down(
     pki: Pki, tmp_path: Path
 ) -> None:

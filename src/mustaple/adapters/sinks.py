@@ -230,6 +230,28 @@ def _joined(first: str | None, second: str) -> str:
     return f"{first}; {second}" if first else second
 
 
+class _Owners:
+    """Which certificate file each staple file holds the staple of, so that two certificates
+    are never given one file (a path template, or an `ocsp_dir`, that gives both the same)."""
+
+    def __init__(self, fix: str) -> None:
+        self.fix = fix  # what to change in the configuration, said with the clash
+        self._owners: dict[Path, tuple[str, Path]] = {}  # staple file -> (key, cert file)
+        self._placed: dict[Path, Path] = {}  # cert file -> its staple file, last delivered
+
+    def clash(self, delivery: Delivery, path: Path) -> str | None:
+        """Why `delivery` must not touch `path`: another certificate's file, still there,
+        has its staple in it; else None and `path` is this certificate file's from now on."""
+        owner = self._owners.get(path)
+        if owner is not None and owner[0] != delivery.key and owner[1] != delivery.cert_path:
+            other = owner[1]
+            if self._placed.get(other) == path and other.exists():
+                return f"{path} holds the staple of another certificate, {other}: {self.fix}"
+        self._owners[path] = (delivery.key, delivery.cert_path)
+        self._placed[delivery.cert_path] = path
+        return None
+
+
 class _Cleaner:
     """Removes, once per directory and process, the temporary files that an interrupted
     write (kill -9, power loss) left there: `.NAME.XXXXXXXX` where NAME is a file of ours."""
@@ -307,8 +329,8 @@ class FileSink:
         self.remove_revoked = remove_revoked
         self._reloader = _Reloader(reload, reload_timeout, running)
         self._cleaner = _Cleaner(_file_names(path))
-        self._owners: dict[Path, tuple[str, Path]] = {}  # staple file -> (key, cert file)
-        self._placed: dict[Path, Path] = {}  # cert file -> its staple file, last delivered
+        self._owners = _Owners("the `path` of the sink gives both the same file; add {stem} "
+                               "or {dir} to it")  # fmt: skip
 
     def path_for(self, delivery: Delivery) -> Path:
         """The staple file for `delivery`: the template filled in (a name that is no file
@@ -321,22 +343,6 @@ class FileSink:
                 dir=delivery.cert_path.parent,
             )
         )
-
-    def _clash(self, delivery: Delivery, path: Path) -> str | None:
-        """Why `delivery` must not touch `path`: another certificate's file, still there,
-        has its staple in it (the template gives two certificates one file); else None and
-        `path` is this certificate file's from now on."""
-        owner = self._owners.get(path)
-        if owner is not None and owner[0] != delivery.key and owner[1] != delivery.cert_path:
-            other = owner[1]
-            if self._placed.get(other) == path and other.exists():
-                return (
-                    f"{path} holds the staple of another certificate, {other}: the `path` "
-                    "of the sink gives both the same file; add {stem} or {dir} to it"
-                )
-        self._owners[path] = (delivery.key, delivery.cert_path)
-        self._placed[delivery.cert_path] = path
-        return None
 
     async def deliver(self, batch: Sequence[Delivery]) -> list[Delivered]:
         outcomes = await asyncio.to_thread(self._apply_all, batch)
@@ -351,7 +357,7 @@ class FileSink:
         made: set[Path] = set()  # directories made (or found) in this batch
         for delivery in batch:
             path = self.path_for(delivery)
-            clash = self._clash(delivery, path)
+            clash = self._owners.clash(delivery, path)
             if clash is not None:
                 outcomes.append(_Outcome(False, clash))
                 continue
@@ -533,6 +539,10 @@ class HAProxySink:
         self.timeout = timeout
         self._reloader = _Reloader(reload, reload_timeout)
         self._cleaner = _Cleaner(re.compile(r".+\.(?:ocsp|issuer)"))
+        self._owners = _Owners(
+            "`ocsp_dir` gives certificate files of the same name one .ocsp file there; give "
+            "them names of their own, or leave ocsp_dir out"
+        )
 
     def path_for(self, delivery: Delivery, suffix: str = ".ocsp") -> Path:
         """`<crt>.ocsp` beside the certificate HAProxy loads, or in `ocsp_dir`."""
@@ -544,11 +554,15 @@ class HAProxySink:
         return await self._reloader.finish(self.name, batch, outcomes)
 
     async def _deliver_one(self, delivery: Delivery) -> _Outcome:
+        path = self.path_for(delivery)
+        clash = self._owners.clash(delivery, path)
+        if clash is not None:  # the running HAProxy still takes it: it matches by CertID
+            pushed = await self._push(delivery.der, path) if delivery.der else None
+            return _Outcome(False, _joined(pushed, clash) if pushed else clash)
         if delivery.action is Action.REMOVE:
             return await asyncio.to_thread(self._remove, delivery)
         if delivery.der is None:
             return _Outcome(False, "nothing to staple: the delivery carries no response")
-        path = self.path_for(delivery)
         try:
             changed = await asyncio.to_thread(self._write, delivery, delivery.der)
         except OSError as exc:
