@@ -78,6 +78,13 @@ def test_a_command_of_several_lines_fails_in_one_line() -> None:
     assert problem == "`set -e\\nfalse` exited with status 1"
 
 
+def test_a_command_that_leaves_a_child_in_the_background_is_done_when_it_exits() -> None:
+    """`reload = "(...) & exit 0"`: the shell exits at once, its child holds standard error
+    open; the command is done (exit 0), not timed out and killed."""
+    problem = asyncio.run(run_command("(sleep 8) & exit 0", timedelta(seconds=5)))
+    assert problem is None
+
+
 _MIN = timedelta(minutes=1)
 
 

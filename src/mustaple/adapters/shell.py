@@ -22,6 +22,9 @@ __all__ = ["TAIL_BYTES", "run_command"]
 
 TAIL_BYTES = 4096  # of standard error kept
 _LINE_CHARS = 200  # of the last line shown
+_STDERR_GRACE = 1.0  # seconds standard error may stay open after the command exits
+_POLL = 0.05  # seconds between looks at whether it exited (asyncio's wait() also waits for
+# every pipe to close, which a background child holding stderr never does)
 
 
 async def run_command(
@@ -48,11 +51,17 @@ async def run_command(
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the environment
         return f"{label} could not start ({exc.strerror if isinstance(exc, OSError) else exc})"
     tail = bytearray()
+    assert process.stderr is not None  # a pipe, asked for above
+    reading = asyncio.ensure_future(_keep_tail(process.stderr, tail))
     try:
         async with asyncio.timeout(timeout.total_seconds()):
-            assert process.stderr is not None  # a pipe, asked for above
-            await _keep_tail(process.stderr, tail)
-            await process.wait()
+            while not reading.done() and process.returncode is None:
+                await asyncio.wait({reading}, timeout=_POLL)
+            if reading.done():  # standard error ended: the exit comes with it (or after)
+                await process.wait()
+        if not reading.done():  # it exited, but a child it left in the background (`cmd &`)
+            await asyncio.wait({reading}, timeout=_STDERR_GRACE)  # holds stderr: not waited
+            _let_go(process)
     except TimeoutError:
         _kill_group(process.pid)
         await process.wait()
@@ -60,9 +69,21 @@ async def run_command(
     except asyncio.CancelledError:  # we are stopping: leave nothing running behind us
         _kill_group(process.pid)
         raise
+    finally:
+        reading.cancel()
     if process.returncode == 0:
         return None
     return f"{label} {_how_it_ended(process.returncode)}{_last_line(bytes(tail))}"
+
+
+def _let_go(process: asyncio.subprocess.Process) -> None:
+    """Close our end of the standard error a background child of the command still holds
+    (that child writes there no more: it should send its output elsewhere), so that nothing
+    of the command stays open in this process."""
+    transport = getattr(process, "_transport", None)  # asyncio has no public way to it
+    pipe = transport.get_pipe_transport(2) if transport is not None else None
+    if pipe is not None:
+        pipe.close()
 
 
 async def _keep_tail(stream: asyncio.StreamReader, tail: bytearray) -> None:
