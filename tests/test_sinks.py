@@ -10,8 +10,10 @@ reloads, the command's environment and failures, and config errors that name the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -629,6 +631,26 @@ def test_a_haproxy_socket_that_is_no_address_is_one_clear_error(text: str) -> No
         SocketAddress.parse(text)
     with pytest.raises(ValueError, match="the host is not a name or address"):
         SocketAddress.parse("foo..bar:9999")  # the resolver could not even encode it
+
+
+def test_a_runtime_api_that_floods_is_cut_off(pki: Pki, tmp_path: Path) -> None:
+    """Something at the HAProxy socket that answers without end (never the empty line that
+    ends an answer): cut off at MAX_ANSWER, one line, instead of buffered until the timeout."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def flood() -> None:
+        conn, _ = listener.accept()
+        with conn, contextlib.suppress(OSError):
+            while True:
+                conn.sendall(b"x" * 65536)
+
+    threading.Thread(target=flood, daemon=True).start()
+    pem = haproxy_pem(pki.leaf, tmp_path / "certs")
+    sink = build_sink("h", {"type": "haproxy", "socket": f"127.0.0.1:{listener.getsockname()[1]}"})
+    with listener:
+        [delivered] = deliver(sink, pki.delivery(pem, pki.fresh().der))
+    assert not delivered.ok
+    assert "an answer of over 65536 bytes" in (delivered.error or "")
 
 
 def test_haproxy_ocsp_dir_never_gives_two_certificates_one_file(pki: Pki, tmp_path: Path) -> None:

@@ -62,6 +62,7 @@ DEFAULT_COMMAND_TIMEOUT = timedelta(seconds=60)
 # less left over the socket, and then staples nothing).
 HAPROXY_MARGIN = timedelta(seconds=300)
 HAPROXY_UPDATED = "OCSP Response updated!"
+MAX_ANSWER = 65536  # bytes of a runtime API answer read at most
 _UNREACHABLE = "cannot reach HAProxy's runtime API"
 _NOT_RUNNING = "HAProxy is not running"
 _TEMPLATE_FIELDS = ("name", "stem", "dir")
@@ -501,13 +502,16 @@ async def ask_haproxy(address: SocketAddress, command: str, timeout: timedelta) 
 
 
 async def _read_answer(reader: asyncio.StreamReader) -> bytes:
-    """Up to the empty line that ends every answer (the master CLI keeps the connection open)."""
+    """Up to the empty line that ends every answer (the master CLI keeps the connection open),
+    at most MAX_ANSWER bytes: an answer to `set ssl ocsp-response` is one line."""
     answer = b""
     while not answer.endswith(b"\n\n"):
         chunk = await reader.read(4096)
         if not chunk:
             break
         answer += chunk
+        if len(answer) > MAX_ANSWER:
+            raise ConnectionError(f"an answer of over {MAX_ANSWER} bytes, not HAProxy's")
     return answer
 
 
