@@ -22,6 +22,7 @@ from mustaple.testing import CA, Leaf
 
 OCSP = x509.oid.AuthorityInformationAccessOID.OCSP
 ISSUERS = x509.oid.AuthorityInformationAccessOID.CA_ISSUERS
+AIA_OID = x509.oid.ExtensionOID.AUTHORITY_INFORMATION_ACCESS
 
 DER = serialization.Encoding.DER
 PEM = serialization.Encoding.PEM
@@ -59,8 +60,11 @@ def test_must_staple_and_urls(ca: CA) -> None:
     assert ca_issuer_urls(both.cert) == ["http://c/"]
 
 
-def _with_tls_feature(ca: CA, value: bytes, *, twice: bool = False) -> x509.Certificate:
-    """A leaf whose TLS Feature extension holds `value` (DER), as given (once or twice)."""
+def _with_tls_feature(
+    ca: CA, value: bytes, *, twice: bool = False, aia: bytes | None = None
+) -> x509.Certificate:
+    """A leaf whose TLS Feature extension holds `value` (DER), as given (once or twice),
+    and, when given, `aia` as its AIA extension's DER."""
     leaf = ca.issue("odd.test", must_staple=False)
     feature = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.24")
     builder = (
@@ -78,7 +82,9 @@ def _with_tls_feature(ca: CA, value: bytes, *, twice: bool = False) -> x509.Cert
                     x509.AccessDescription(OCSP, x509.UniformResourceIdentifier("http://o/")),
                     x509.AccessDescription(ISSUERS, x509.UniformResourceIdentifier("http://c/")),
                 ]
-            ),
+            )
+            if aia is None
+            else x509.UnrecognizedExtension(AIA_OID, aia),
             False,
         )
         .add_extension(x509.UnrecognizedExtension(feature, value), False)
@@ -109,6 +115,10 @@ def test_a_tls_feature_cryptography_cannot_read_is_read_from_the_der(ca: CA) -> 
     twice = _with_tls_feature(ca, bytes.fromhex("3003020105"), twice=True)
     with pytest.raises(InputError, match=r"^odd.pem: the certificate's extensions cannot be read"):
         check_extensions(twice, "odd.pem")
+    for aia in ("30023000", "0400"):  # an empty AccessDescription; not a SEQUENCE at all
+        bad = _with_tls_feature(ca, bytes.fromhex("3006020105020112"), aia=bytes.fromhex(aia))
+        with pytest.raises(InputError, match=r"extensions cannot be read"):
+            check_extensions(bad, "odd.pem")
 
 
 def test_find_issuer_checks_the_signature_not_just_the_name(ca: CA, leaf: Leaf) -> None:

@@ -250,6 +250,18 @@ def test_installed_script_never_shows_a_traceback(tmp_path: Path) -> None:
     assert done.stderr.count("\n") == 1
 
 
+def test_fetch_out_over_a_staple_of_a_missing_certificate_says_it_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    staple = tmp_path / "old.der"
+    staple.write_bytes(b"\x30\x03\x0a\x01\x03")  # a staple from before
+    code, _, err = run(["fetch", str(tmp_path / "moved.pem"), "--out", str(staple)], capsys)
+    assert (code, err) == (
+        ExitCode.USAGE,
+        f"mustaple: {tmp_path}/moved.pem: certificate not found\n",
+    )
+
+
 def test_output_that_cannot_be_written_and_pkcs7_input_are_one_line(
     site: tuple[Leaf, LeafFiles], tmp_path: Path
 ) -> None:

@@ -326,6 +326,27 @@ def test_sighup_reloads_and_a_bad_config_keeps_the_running_one(
     assert not (site.tmp / "elsewhere").exists()
 
 
+def test_a_reload_may_move_the_endpoint_to_another_host_on_the_same_port(
+    site: Site, daemon: Callable[..., Daemon]
+) -> None:
+    """127.0.0.1:P to 0.0.0.0:P: both cannot hold P at once, so the old listener frees it
+    first (binding the new one first was refused, and the reload with it)."""
+    site.issue("a.test")
+    port = free_port()
+    write_config(site.tmp, f'[http]\nlisten = "127.0.0.1:{port}"\n')
+    d = daemon()
+    d.notices("READY=1")
+    site.config.write_text(site.config.read_text().replace("127.0.0.1:", "0.0.0.0:"))
+    d.process.send_signal(signal.SIGHUP)
+    assert "READY=1" in d.notices("READY=1")
+    assert _get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+    d.process.send_signal(signal.SIGTERM)
+    assert d.process.wait(20) == 0
+    log = d.process.stderr.read() if d.process.stderr else ""
+    assert "configuration reloaded" in log
+    assert "keeping the running configuration" not in log
+
+
 def test_the_watchdog_is_fed_while_a_pass_waits_on_a_hanging_ca(
     site: Site, daemon: Callable[..., Daemon]
 ) -> None:

@@ -705,3 +705,24 @@ def test_a_fault_in_a_pass_does_not_end_the_daemon(
         run(scenario, tmp_path)
     (line,) = [r.getMessage() for r in caplog.records if "in a pass" in r.getMessage()]
     assert line.startswith("unexpected error in a pass (RuntimeError: a bug in a pass)")
+
+
+def test_a_pass_that_always_fails_is_no_busy_loop(tmp_path: Path) -> None:
+    """What was due stays due when every pass fails: the loop waits 1 s, 2 s ... between
+    them (up to the watch interval), not a pass and an error line as fast as it can."""
+
+    async def scenario(tmp: Path) -> int:
+        async with offline(tmp) as (_, keeper, _fetcher):
+            passes: list[int] = []
+
+            async def tick() -> None:
+                passes.append(1)
+                raise RuntimeError("a bug in every pass")
+
+            keeper.tick = tick  # type: ignore[method-assign]
+            stop = asyncio.Event()
+            asyncio.get_running_loop().call_later(1.5, stop.set)
+            await daemon._loop(keeper, stop, asyncio.Event(), keeper.clock)
+            return len(passes)
+
+    assert asyncio.run(scenario(tmp_path)) == 2  # at 0 s and 1 s (28,000 before)

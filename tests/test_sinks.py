@@ -619,6 +619,7 @@ def test_config_errors_name_the_key(table: Mapping[str, object], message: str) -
         ("127.0.0.1:9999", SocketAddress(host="127.0.0.1", port=9999)),
         ("ipv4@127.0.0.1:9999", SocketAddress(host="127.0.0.1", port=9999)),
         ("[::1]:9999", SocketAddress(host="::1", port=9999)),
+        ("ipv6@::1:9999", SocketAddress(host="::1", port=9999)),  # HAProxy's own way
     ],
 )
 def test_haproxy_socket_addresses(text: str, address: SocketAddress) -> None:

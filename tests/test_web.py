@@ -396,6 +396,9 @@ def test_a_file_name_that_is_not_utf8_breaks_nothing(tmp_path: Path) -> None:
             garbled = tmp / "live" / os.fsdecode(b"bad-\xfe") / "fullchain.pem"
             garbled.parent.mkdir()
             garbled.write_bytes(b"garbled")
+            lookalike = tmp / "live" / "bad-\\xfe" / "fullchain.pem"  # shown the same
+            lookalike.parent.mkdir()
+            lookalike.write_bytes(b"garbled")
             await w.keeper.scan()
             await w.keeper.tick()
             answers = [await get(f"{base}{path}") for path in ("/", "/status", "/metrics")]
@@ -406,6 +409,7 @@ def test_a_file_name_that_is_not_utf8_breaks_nothing(tmp_path: Path) -> None:
         assert shown["odd.example.test"][0] == "good"
         assert "odd-\\xff" in shown["odd.example.test"][1][0]
         assert shown["bad-\\xfe"][0] == "unusable"
+        assert [row.state for row in rows.values()].count("unusable") == 2  # a row each
 
     run(scenario, tmp_path)
 
@@ -515,6 +519,8 @@ def test_an_unusable_file_beside_a_usable_one_of_the_same_certificate_has_its_ow
             await w.keeper.tick()
             page = (await get_json(f"{base}/status"))["certificates"]
             stored = sorted((row.state, row.paths) for row in w.keeper.store.statuses().values())
+            samples = await scrape(base)
+            labels = cert_labels(w, "www.example.test")
         rows = sorted((c["state"], c["serial"], c["paths"]) for c in page)
         serial = f"{leaf.cert.serial_number:x}"
         assert rows == [
@@ -522,6 +528,9 @@ def test_an_unusable_file_beside_a_usable_one_of_the_same_certificate_has_its_ow
             ("unusable", serial, [str(copy)]),
         ]
         assert [state for state, _ in stored] == ["good", "unusable"]
+        # one series per (name, serial): the certificate's own, never the unusable copy's
+        assert sample(samples, "mustaple_status", **labels, state="good") == 1.0
+        assert sample(samples, "mustaple_staple_valid", **labels) == 1.0
 
     run(scenario, tmp_path)
 

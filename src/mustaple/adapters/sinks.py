@@ -455,7 +455,8 @@ class SocketAddress:
             raise ValueError(
                 f"{text!r} is neither a unix socket path (starting with /) nor HOST:PORT"
             )
-        if url_problem(f"http://{text}/") is not None:
+        literal = f"[{host}]" if ":" in host else host  # HAProxy writes ipv6@::1:9999
+        if url_problem(f"http://{literal}:{port}/") is not None:
             raise ValueError(f"{text!r}: the host is not a name or address to connect to")
         return cls(host=host, port=int(port))
 

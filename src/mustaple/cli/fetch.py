@@ -115,7 +115,8 @@ def _check_out(out: str, *inputs: str | None) -> None:
     from mustaple.adapters.files import NotRegularFileError, read_prefix
 
     for given in inputs:
-        if given is not None and os.path.exists(out) and os.path.samefile(out, given):
+        exist = given is not None and os.path.exists(out) and os.path.exists(given)
+        if exist and os.path.samefile(out, str(given)):
             raise InputError(f"{out}: --out is the input file {given}; give another path")
     try:
         head = read_prefix(out, 16)

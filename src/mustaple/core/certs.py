@@ -75,10 +75,13 @@ def check_extensions(cert: x509.Certificate, source: str) -> None:
     twice, a value that is not DER): strict clients refuse such a certificate. One valid but
     unknown to cryptography (a TLS Feature listing feature 18) is not an error."""
     try:
-        cert.extensions  # noqa: B018 (reading them parses them)
-    except (KeyError, TypeError):
-        pass  # read from the DER where needed (`_raw_extension`)
-    except (ValueError, x509.DuplicateExtension) as exc:
+        try:
+            cert.extensions  # noqa: B018 (reading them parses them)
+        except (KeyError, TypeError):  # read from the DER where needed: read them all now
+            _raw_values(cert, _TLS_FEATURE, der.INTEGER)
+            _raw_aia_urls(cert, AuthorityInformationAccessOID.OCSP.dotted_string)
+            _raw_dns_names(cert)
+    except (ValueError, IndexError, x509.DuplicateExtension) as exc:
         raise InputError(
             f"{source}: the certificate's extensions cannot be read ({_first_line(exc)}); "
             "strict clients refuse it: have it issued again"
@@ -128,11 +131,20 @@ def _raw_extension(cert: x509.Certificate, oid: str) -> der.Tlv | None:
     wrapper = next((f for f in der.children(tbs) if f.tag == 0xA3), None)
     if wrapper is None:
         return None
-    for extension in der.children(der.children(wrapper)[0]):
+    (extensions,) = _exactly(der.children(wrapper), 1)
+    for extension in der.children(extensions):
         parts = der.children(extension)
+        if len(parts) not in (2, 3):
+            raise der.DerError("an extension that is not (OID, [critical], value)")
         if der.decode_oid(parts[0]) == oid:
             return der.read_single(parts[-1].content)
     return None
+
+
+def _exactly(items: list[der.Tlv], count: int) -> list[der.Tlv]:
+    if len(items) != count:
+        raise der.DerError(f"{len(items)} elements where {count} belong")
+    return items
 
 
 def _raw_values(cert: x509.Certificate, oid: str, tag: int) -> list[int]:
@@ -148,7 +160,7 @@ def _raw_aia_urls(cert: x509.Certificate, method: str) -> list[str]:
         return []
     urls = []
     for description in der.children(value):
-        kind, location = der.children(description)
+        kind, location = _exactly(der.children(description), 2)
         if der.decode_oid(kind) == method and location.tag == _URI:
             urls.append(location.content.decode("ascii", "replace"))
     return urls

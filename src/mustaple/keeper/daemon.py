@@ -196,6 +196,7 @@ async def _serve(
                 continue  # the running keeper goes on as it was: its backoff, its streaks
             switched = await _switch(running, server, changed, stop, clock)
             if switched is None:
+                server = await _still_serving(server, running, config)
                 continue
             old, (running, server) = running, switched
             config = changed
@@ -233,6 +234,20 @@ async def _switch(
     except Exception as exc:
         await started.close()
         log.error("%s; keeping the running configuration", _why(exc))
+        return None
+
+
+async def _still_serving(
+    server: HttpServer | None, running: _Running, config: Config
+) -> HttpServer | None:
+    """`server`, or, when a failed switch closed it (the new endpoint needed its port and
+    then could not listen), the running configuration's endpoint started again."""
+    if server is None or not server.closed:
+        return server
+    try:
+        return await _serve_http(None, running, config)
+    except Exception as exc:
+        log.error("%s; the HTTP endpoint is down until the next reload", _why(exc))
         return None
 
 
@@ -296,20 +311,13 @@ async def _serve_http(
     server: HttpServer | None, running: _Running, config: Config
 ) -> HttpServer | None:
     """The HTTP endpoint for `config`: the one listening, switched to the new keeper, or
-    a new one (none without `[http]`), listening before the old one closes unless both
-    listen on the same address (the old one must free it first)."""
+    a new one (none without `[http]`), listening before the old one closes unless both use
+    the same port (0.0.0.0 and 127.0.0.1 cannot both hold it: the old one frees it first)."""
     if server is not None and server.http == config.http:
         server.switch(running.keeper, running.metrics)
         return server
     http = config.http
-    if server is not None and (
-        http is None
-        or (server.http.host, server.http.port)
-        == (
-            http.host,
-            http.port,
-        )
-    ):
+    if server is not None and (http is None or server.http.port == http.port):
         await server.cleanup()
         server = None
     if http is None:
@@ -364,19 +372,24 @@ def _summary(keeper: Keeper) -> str:
 
 
 async def _loop(keeper: Keeper, stop: asyncio.Event, reload: asyncio.Event, clock: Clock) -> None:
-    while not (stop.is_set() or reload.is_set()):
+    failed = 0  # passes in a row that failed: the next waits 1 s, 2 s ... at most the watch
+    while not (stop.is_set() or reload.is_set()):  # interval: never a busy loop
         try:
             await keeper.tick()
             await keeper.scan()
         except Exception as exc:  # a bug must not end the daemon: the next pass tries again
+            failed += 1
             log.error(
                 "unexpected error in a pass (%s: %s); the keeper goes on and tries again "
                 "at the next one; please report it",
                 type(exc).__name__,
                 exc,
             )
-        else:
-            notify(f"STATUS={_summary(keeper)}; last pass {human_time(clock())}")
+            limit = keeper.policy.watch_interval.total_seconds()
+            await _wait(stop, reload, min(float(1 << min(failed - 1, 20)), limit))
+            continue
+        failed = 0
+        notify(f"STATUS={_summary(keeper)}; last pass {human_time(clock())}")
         await _wait(stop, reload, _pause(keeper, clock))
 
 

@@ -520,7 +520,7 @@ class Keeper:
 
     def _unusable(self, path: Path, stamp: Stamp, message: str, reason: Reason) -> None:
         self._drop(path)
-        key = f"file:{shown(path)}"
+        key = file_key(path)
         name, must, serial = _identify(path)
         message = shown(message)  # it names the file, which may not be UTF-8
         problem = Problem(path, key, name, must, serial, message, reason, stamp)
@@ -1115,6 +1115,20 @@ def _primed(managed: Managed) -> Primed:
 def _host(managed: Managed) -> str:
     """The host of the first responder URL tried: what `per_host` limits."""
     return first_host(managed.entry.urls, managed.target.ocsp_urls)
+
+
+FILE_KEY = "file:"  # the start of an unusable file's key
+
+
+def file_key(path: Path) -> str:
+    """The key of an unusable file's row: its path, or the hex of its bytes when they are not
+    UTF-8 (where `shown` could give two files one text)."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{FILE_KEY}hex:{os.fsencode(path).hex()}"
+    return f"{FILE_KEY}{text}"
 
 
 def _stamp(path: Path, issuer: Path | None = None) -> Stamp | None:

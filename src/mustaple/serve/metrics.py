@@ -29,7 +29,7 @@ from mustaple.adapters.fetch import FetchResult
 from mustaple.core.clock import Clock, utc_now
 from mustaple.core.lifecycle import Phase
 from mustaple.keeper.fleet import Fleet
-from mustaple.keeper.keeper import CertFile, CertView, Keeper
+from mustaple.keeper.keeper import FILE_KEY, CertFile, CertView, Keeper
 from mustaple.serve.localresponder import served_counts
 
 __all__ = ["STATES", "Metrics", "serial_hex"]
@@ -131,9 +131,11 @@ class _CertificateCollector:
         return iter(families)
 
     def _views(self) -> list[CertView]:
-        """One per (name, serial): the same certificate in two files is one series."""
+        """One per (name, serial): the same certificate in two files is one series, the
+        certificate's own (an unusable file holding the same leaf only says so in /status)."""
         unique: dict[tuple[str, str], CertView] = {}
-        for view in self.keeper.views():
+        views = self.keeper.views()
+        for view in sorted(views, key=lambda v: v.key.startswith(FILE_KEY)):  # lives first
             unique.setdefault((view.name, serial_hex(view)), view)
         return list(unique.values())
 
@@ -142,7 +144,7 @@ class _CertificateCollector:
         cached = self._fetched.get(key)
         if cached is not None and cached[0] is answer:
             return cached[1]
-        stored = self.keeper.store.load(key) if not key.startswith("file:") else None
+        stored = self.keeper.store.load(key) if not key.startswith(FILE_KEY) else None
         fetched = stored.fetched_at if stored and stored.good else None
         if answer is None or (stored is not None and stored.der == answer.der):
             self._fetched[key] = (answer, fetched)  # else the store is not there yet: ask again

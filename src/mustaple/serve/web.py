@@ -131,6 +131,11 @@ class HttpServer:
         self.fast.on_timeout = metrics.request_timeouts.inc
 
     @property
+    def closed(self) -> bool:
+        """Whether `cleanup` ran: it listens no more."""
+        return self.fast.closed
+
+    @property
     def addresses(self) -> list[Any]:
         """The addresses listened on, as `socket.getsockname()` gives them."""
         return [sock.getsockname() for sock in self.server.sockets]
