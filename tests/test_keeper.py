@@ -294,6 +294,31 @@ def test_a_new_answer_does_not_wait_for_a_failed_sinks_retry(tmp_path: Path) -> 
     run(scenario, tmp_path)
 
 
+def test_a_retry_with_nothing_left_to_deliver_is_dropped(tmp_path: Path) -> None:
+    """A sink failed, then the staple expired with at_expiry = "keep" (nothing to deliver
+    any more): the retry time goes with it, so the next wake-up is not left in the past (a
+    daemon loop that never pauses)."""
+
+    async def scenario(tmp: Path) -> None:
+        async with offline(tmp, at_expiry="keep") as (w, keeper, _):
+            w.sink.fail = True
+            w.issue("a.test")
+            await keeper.scan()
+            await keeper.tick()
+            (managed,) = keeper.managed.values()
+            held = managed.held
+            assert held is not None
+            assert managed.retry_at is not None
+            w.failing = Rejection(Reason.TRY_LATER, "try later")
+            w.clock.now = held.effective_expiry + timedelta(minutes=1)
+            await keeper.tick()
+            assert managed.retry_at is None
+            wake = keeper.next_wakeup()
+            assert wake is None or wake >= w.clock.now  # not the old retry, days ago
+
+    run(scenario, tmp_path)
+
+
 def test_a_week_of_refreshes_always_serves_a_valid_staple(tmp_path: Path) -> None:
     async def scenario(tmp: Path) -> None:
         async with offline(tmp) as (w, keeper, fetcher):

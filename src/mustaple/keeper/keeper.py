@@ -767,7 +767,10 @@ class Keeper:
         wanted: dict[Path, tuple[Action, bytes | None]] = {}
         for managed in self.managed.values():
             want = self._wanted(managed)
-            if want is None or (want == managed.sent and not again):
+            if want is None:  # nothing for the sinks any more: no retry to wait for either
+                managed.retry_at = managed.retrying = None
+                continue
+            if want == managed.sent and not again:
                 continue
             waiting = managed.retry_at is not None and managed.retry_at > now
             if not again and waiting and want == managed.retrying:
