@@ -22,7 +22,7 @@ from mustaple.core.render import human_duration, iso, short_time, shown, sink_js
 from mustaple.core.report import ExitCode
 from mustaple.core.schedule import SchedulePolicy
 from mustaple.core.severity import Severity
-from mustaple.keeper.keeper import Primed, Unusable
+from mustaple.keeper.keeper import FILE_KEY, Primed, Unusable
 
 if TYPE_CHECKING:  # redis and rich load where used: `prime` prints neither tables nor fleets
     import redis
@@ -133,7 +133,7 @@ def status_rows(config: Config, now: datetime) -> list[dict[str, Any]]:
 def _row(
     key: str, status: CertStatus, store: SqliteStore | None, now: datetime, policy: SchedulePolicy
 ) -> dict[str, Any]:
-    staple = store.load(key) if store and not key.startswith("file:") else None
+    staple = store.load(key) if store and not key.startswith(FILE_KEY) else None
     held = staple if staple is not None and staple.good and staple.effective_expiry > now else None
     state = status.state
     expired = staple is not None and staple.good and held is None

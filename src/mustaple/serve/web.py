@@ -48,7 +48,7 @@ from mustaple.core.render import (
 )
 from mustaple.core.schedule import SchedulePolicy, refresh_point
 from mustaple.core.severity import Severity
-from mustaple.keeper.keeper import CertView, Keeper
+from mustaple.keeper.keeper import FILE_KEY, CertView, Keeper
 from mustaple.serve.fastpath import (
     FastPath,
     quiet_accept_errors,
@@ -274,7 +274,7 @@ class _Endpoints:
         }
 
     def _certificate(self, view: CertView, now: datetime) -> dict[str, Any]:
-        known = not view.key.startswith("file:")
+        known = not view.key.startswith(FILE_KEY)
         attempts = self.keeper.store.history(view.key, ATTEMPTS_SHOWN) if known else []
         return _certificate_json(view, now, self.keeper.policy.schedule, attempts)
 
