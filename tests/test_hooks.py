@@ -85,6 +85,27 @@ def test_a_command_that_leaves_a_child_in_the_background_is_done_when_it_exits()
     assert problem is None
 
 
+def test_a_timed_out_command_whose_child_left_its_group_is_given_up_at_once(
+    tmp_path: Path,
+) -> None:
+    """A command that hangs, with a child that left its process group (`setsid`) holding
+    standard error: the group is killed at the timeout and the command reported, without
+    waiting for that child to end (asyncio's wait() waits for every pipe to close)."""
+    pid_file = tmp_path / "pid"
+    command = f"setsid sh -c 'echo $$ > {pid_file}; exec sleep 30' & sleep 30"
+
+    async def hang() -> str | None:
+        task = asyncio.create_task(run_command(command, timedelta(seconds=0.5)))
+        await asyncio.wait({task}, timeout=10)
+        return task.result() if task.done() else "still waiting for the command"
+
+    try:
+        problem = asyncio.run(hang())
+    finally:
+        subprocess.run(["pkill", "-F", str(pid_file)], check=False)
+    assert problem == f"`{command}` timed out after 0.5 s and was killed"
+
+
 _MIN = timedelta(minutes=1)
 
 

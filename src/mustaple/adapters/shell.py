@@ -2,9 +2,10 @@
 
 The command runs through /bin/sh in a process group of its own. When its timeout passes, the
 whole group is killed (the shell and every child it started, however deep) and the result
-says "timed out". Its standard error is read as it comes and only the last `TAIL_BYTES` are
-kept, so a command that floods it costs a few KiB, not gigabytes; the last line of it explains
-a failure. Standard input and output are /dev/null.
+says "timed out" (a child that left the group, with `setsid`, is not waited for). Its
+standard error is read as it comes and only the last `TAIL_BYTES` are kept, so a command that
+floods it costs a few KiB, not gigabytes; the last line of it explains a failure. Standard
+input and output are /dev/null.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = ["TAIL_BYTES", "run_command"]
 TAIL_BYTES = 4096  # of standard error kept
 _LINE_CHARS = 200  # of the last line shown
 _STDERR_GRACE = 1.0  # seconds standard error may stay open after the command exits
+_KILL_WAIT = 5.0  # seconds a killed command is waited for at most
 _POLL = 0.05  # seconds between looks at whether it exited (asyncio's wait() also waits for
 # every pipe to close, which a background child holding stderr never does)
 
@@ -64,7 +66,7 @@ async def run_command(
             _let_go(process)
     except TimeoutError:
         _kill_group(process.pid)
-        await process.wait()
+        await _reaped(process, reading)
         return f"{label} timed out after {timeout.total_seconds():g} s and was killed"
     except asyncio.CancelledError:  # we are stopping: leave nothing running behind us
         _kill_group(process.pid)
@@ -74,6 +76,18 @@ async def run_command(
     if process.returncode == 0:
         return None
     return f"{label} {_how_it_ended(process.returncode)}{_last_line(bytes(tail))}"
+
+
+async def _reaped(process: asyncio.subprocess.Process, reading: asyncio.Future[None]) -> None:
+    """Wait, at most `_KILL_WAIT`, for a killed command to end, not for its standard error
+    to close: a child that left its process group (`setsid`) may hold it for as long as it
+    lives. Then let go of it."""
+    for _ in range(round(_KILL_WAIT / _POLL)):
+        if process.returncode is not None:
+            break
+        await asyncio.sleep(_POLL)
+    if not reading.done():
+        _let_go(process)
 
 
 def _let_go(process: asyncio.subprocess.Process) -> None:
