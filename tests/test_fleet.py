@@ -27,7 +27,9 @@ from mustaple.adapters.config import CertEntry, Config, FleetConfig, KeeperPolic
 from mustaple.adapters.fetch import FetchPolicy
 from mustaple.adapters.redisstore import Lease, RedisStore, Retry
 from mustaple.adapters.sinks import build_sink
-from mustaple.adapters.store import SqliteStore, StoredStaple, cert_key
+from mustaple.adapters.store import AttemptRecord, SqliteStore, StoredStaple, cert_key
+from mustaple.core.errors import InputError
+from mustaple.front.status import fleet_view
 from mustaple.keeper.daemon import open_fleet
 from mustaple.keeper.fleet import Fleet
 from mustaple.keeper.keeper import Keeper
@@ -94,10 +96,64 @@ def test_a_write_under_an_older_lease_or_of_an_older_staple_is_refused(
     assert new is not None
     assert b.publish("k", stored(2), new)
     assert not a.publish("k", stored(3), old)  # a newer staple, but a stale lease
-    assert not a.publish("k", stored(1))  # a fresh token, but an older staple
+    assert not a.publish("k", stored(1))  # without a lease, and an older staple
     assert b.load_with_origin("k") == (stored(2), "b")
-    assert a.publish("k", stored(3))  # a fresh token and a newer staple
+    assert a.publish("k", stored(3))  # without a lease, and a newer staple
     assert b.load_with_origin("k") == (stored(3), "a")
+
+
+def test_a_write_without_a_lease_does_not_outrank_the_live_lease(
+    redis_server: RedisServer,
+) -> None:
+    """A member rejoining (catch-up) or `prime` shares an older staple without a lease while
+    another member fetches under its live lease: that member's newer staple still wins."""
+    p = prefix()
+    a = RedisStore(redis_server.url, prefix=p, member="a")
+    b = RedisStore(redis_server.url, prefix=p, member="b")
+    assert a.publish("k", stored(1))
+    lease = a.acquire("k", timedelta(seconds=30))
+    assert lease is not None
+    assert b.publish("k", stored(2))
+    assert a.publish("k", stored(5), lease)
+    assert b.load_with_origin("k") == (stored(5), "a")
+
+
+def test_garbled_records_cost_only_themselves_to_the_fleet_view(
+    redis_server: RedisServer,
+) -> None:
+    """What `status --fleet` reads: a staple record with a field missing, a heartbeat that
+    is not JSON or has a time without a zone, an attempt that is not JSON, a lease key of
+    another type: each is left out or shown as unreadable, never an exception."""
+    p = prefix()
+    a = RedisStore(redis_server.url, prefix=p, member="a")
+    assert a.publish("k", stored(1))
+    a.add_attempts("k", [AttemptRecord(T0, "http://x/", "POST", 200, 0.1, None, "valid")])
+    a.beat(T0, {"host": "h"})
+    client = a.client
+    client.hdel(f"{p}staple:k", "responder_url")
+    client.hset(f"{p}members", "b", "not json")
+    client.hset(f"{p}members", "c", '{"seen": "2026-01-01T00:00:00"}')
+    client.lpush(f"{p}attempts:k", "not json")
+    client.sadd(f"{p}lease:k", "x")
+    record = a.record("k")
+    assert (record.staple, record.fetched_by, record.lease_holder) == (None, None, None)
+    assert [m.name for m in a.members()] == ["a"]
+    assert [r.message for r, _ in a.history_by_member("k")] == ["valid"]
+    client.set(f"{p}retry:k", '{"at": "2099-01-01T00:00:00", "member": "x", "reason": "r"}')
+    assert a.retry("k") is None  # a time without a zone: another writer's, not ours
+
+
+def test_the_fleet_view_says_redis_refused_a_read_not_that_it_is_unreachable(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    p = prefix()
+    config = member_config(tmp_path, "m0", tmp_path / "live", redis_server.url, p)
+    RedisStore(redis_server.url, prefix=p).client.set(f"{p}keys", "garbage")
+    with pytest.raises(InputError) as raised:
+        fleet_view(config, T0)
+    assert str(raised.value).startswith(
+        f"fleet: Redis at {redis_server.url} refused a read (WRONGTYPE "
+    )
 
 
 def test_an_accepted_staple_is_announced(redis_server: RedisServer) -> None:
@@ -357,6 +413,102 @@ def test_a_garbled_shared_record_or_message_is_refused_and_the_member_goes_on(
             w.clock.now = a.keeper.next_wakeup()  # type: ignore[assignment]
             await a.keeper.tick()
             await eventually(lambda: b.served(leaf) == a.served(leaf) is not None, 3.0)
+
+    run(scenario)
+
+
+def test_a_time_without_a_zone_or_a_key_of_another_type_costs_only_that_record(
+    tmp_path: Path, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another writer's record with a time without a zone (it cannot be compared with ours),
+    a staple key and the heartbeats' key of another type (WRONGTYPE): each record is refused
+    with a line, the member fetches for itself, stays in the fleet, keeps beating, and no
+    certificate is marked broken."""
+
+    async def scenario() -> None:
+        async with fleetworld(tmp_path, redis_server, members=2, certificates=2) as w:
+            a, b = w.members
+            first, second = (key_of(leaf) for leaf in w.leaves)
+            b.fleet._stop_listening()  # b finds the records when it claims
+            await a.keeper.tick()
+            client, p = a.fleet.shared.client, a.fleet.shared.prefix
+            client.hset(f"{p}staple:{first}", "fetched_at", "2026-01-01T00:00:00")
+            client.delete(f"{p}staple:{second}")
+            client.set(f"{p}staple:{second}", "garbage")
+            client.delete(f"{p}members")
+            client.sadd(f"{p}members", "garbage")
+            await b.keeper.tick()
+            assert len(w.responder.requests) == 4  # b fetched both for itself
+            for managed in b.keeper.managed.values():
+                assert managed.life.state.phase.value == "good"
+            await asyncio.sleep(b.fleet.beat_interval * 2.5)
+            assert b.fleet.up
+            assert all(not task.done() for task in b.fleet._tasks)
+
+    caplog.set_level("WARNING", "mustaple")
+    run(scenario)
+    lines = [r.getMessage() for r in caplog.records]
+    assert not [line for line in lines if "unexpected error" in line or "unavailable" in line]
+    assert any("no time zone" in line for line in lines)
+    refused = [line for line in lines if "refused the heartbeat" in line]
+    assert len(refused) == 2  # once per member, not at every beat
+
+
+def test_a_forged_shared_staple_from_the_future_is_replaced_by_the_next_fetch(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """A record claiming thisUpdate in 2099 outranks every real staple by its numbers; once
+    a member's validation refused it, that member's next staple replaces it, and the fleet
+    is back to one fetch per window."""
+
+    async def scenario() -> None:
+        async with fleetworld(tmp_path, redis_server, members=3, certificates=1) as w:
+            (leaf,) = w.leaves
+            key = key_of(leaf)
+            await w.tick_all()
+            far = w.clock.now.replace(year=2099)
+            forged = StoredStaple("c0.test", b"\x30\x03\x0a\x01\x00", far, far, w.clock.now, None)
+            shared = w.members[0].fleet.shared
+            assert shared.publish(key, forged)
+            await asyncio.sleep(0.5)
+            for _ in range(2):
+                before = len(w.responder.requests)
+                w.clock.now += VALIDITY / 2 + timedelta(minutes=30)
+                for m in w.members:
+                    await m.keeper.tick()
+                    await asyncio.sleep(0.3)
+                assert (shared.load(key) or forged).der != forged.der
+            assert len(w.responder.requests) - before == 1
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("behind", [timedelta(minutes=3), timedelta(minutes=-30)])
+def test_a_retry_mark_lasts_by_the_clock_of_redis(
+    tmp_path: Path, redis_server: RedisServer, behind: timedelta
+) -> None:
+    """A member whose clock is 3 minutes behind (inside the default clock_skew) or 30 minutes
+    ahead marks a retry after a failure: the others wait for the mark as long as Redis keeps
+    it, neither asking the CA at once nor waiting half an hour."""
+
+    async def scenario() -> None:
+        async with fleetworld(tmp_path, redis_server, members=2, certificates=1) as w:
+            a, b = w.members
+            a.keeper.clock = lambda: w.clock.now - behind
+            await w.tick_all()
+            await asyncio.sleep(0.5)  # each has heard the other's staple
+            w.responder.set_behaviour(Behaviour.TRY_LATER)
+            w.clock.now += VALIDITY / 2 + timedelta(minutes=30)
+            before = len(w.responder.requests)
+            await a.keeper.tick()  # a fails and asks the fleet to wait
+            assert len(w.responder.requests) == before + 1
+            assert a.fleet.shared.retry(key_of(w.leaves[0])) is not None
+            w.clock.now += timedelta(seconds=1)
+            await b.keeper.tick()
+            assert len(w.responder.requests) == before + 1  # b waits
+            (managed,) = b.keeper.managed.values()
+            assert managed.next_due is not None
+            assert managed.next_due - w.clock.now < timedelta(minutes=1)
 
     run(scenario)
 

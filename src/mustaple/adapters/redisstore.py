@@ -12,16 +12,22 @@ through (`mustaple.keeper.fleet`). Everything lives under `prefix`:
   with the message `"{key} {member}"`.
 - `{prefix}lease:{key}`: `"{member} {token}"`, set with SET NX PX semantics by `acquire`
   (the token comes from INCR of `{prefix}fence:{key}`, so it only grows), extended by `renew`
-  and dropped by `release` only by the member holding it.
-- `{prefix}retry:{key}`: after a failed fetch, when the fleet should try again and why.
+  and dropped by `release` only by the member holding it. A write without a lease takes the
+  token of the last lease given.
+- `{prefix}retry:{key}`: after a failed fetch, when the fleet should try again and why; it
+  lives in Redis as long as the fleet should wait, and readers wait for its TTL (Redis's
+  clock), not for the time written in it (the marking member's clock).
 - `{prefix}attempts:{key}`: the bounded history of attempts, newest first, with the member.
 - `{prefix}status:{member}`: each member's view of each certificate (`save_status`).
 - `{prefix}members`: one heartbeat per member (`beat`, `members`).
 - `{prefix}keys`: the set of keys with a stored staple.
 
-Every call raises `redis.RedisError` (usually `ConnectionError` or `TimeoutError`) when Redis
-cannot answer; timeouts are short (`timeout`), so a Redis that does not answer costs seconds,
-not minutes. Calls from one thread at a time (the fleet runs them in one worker thread).
+Times without a time zone, fields missing and keys of another type in what is read (another
+writer's records) make that record unreadable: logged and left out, never an exception. Every
+call raises `redis.RedisError` (usually `ConnectionError` or `TimeoutError`) when Redis
+cannot answer (`ResponseError` when it refuses a write to a key of another type); timeouts
+are short (`timeout`), so a Redis that does not answer costs seconds, not minutes. Calls
+from one thread at a time (the fleet runs them in one worker thread).
 """
 
 from __future__ import annotations
@@ -50,23 +56,33 @@ __all__ = ["FleetRecord", "Lease", "Member", "RedisStore", "Retry", "shown_url"]
 log = logging.getLogger("mustaple")
 
 CHANNEL = "staples"
-# KEYS: staple hash, key set. ARGV: fence, thisUpdate (ms), channel, key, member, effective
-# expiry (ms), revoked ("1"/"0"), fields... Refuses a write under an older fence, and any answer
+# KEYS: staple hash, key set, fence counter. ARGV: fence ('' for a write without a lease: the
+# counter's value, so it neither outranks nor is outranked by the lease live now), thisUpdate
+# (ms), channel, key, member, effective expiry (ms), revoked ("1"/"0"), the DER of a record the
+# writer refused ('' for none), fields... Refuses a write under an older fence, and any answer
 # that may not replace the stored one: `verify.may_replace` on the stored numbers (never older,
-# never expiring sooner, a good answer after a revoked one only when strictly newer).
+# never expiring sooner, a good answer after a revoked one only when strictly newer). A record
+# whose DER is the one the writer refused (it failed validation) is replaced whatever its
+# numbers say: a forged "thisUpdate in 2099" must not hold the fleet's staple for ever.
 _SAVE = """
-local held = redis.call('HMGET', KEYS[1], 'fence', 'this_update_ms', 'expiry_ms', 'revoked')
-if held[1] and tonumber(ARGV[1]) < tonumber(held[1]) then return 0 end
-local this_update, expiry = tonumber(ARGV[2]), tonumber(ARGV[6])
-if held[2] then
-  local held_update = tonumber(held[2])
-  if ARGV[7] == '0' and held[4] == '1' and this_update <= held_update then return 0 end
-  if this_update < held_update then return 0 end
-  if held[3] and expiry < tonumber(held[3]) then return 0 end
+local held = redis.call('HMGET', KEYS[1], 'fence', 'this_update_ms', 'expiry_ms', 'revoked',
+  'der')
+local token = ARGV[1]
+if token == '' then token = redis.call('GET', KEYS[3]) or '0' end
+if not (ARGV[8] ~= '' and held[5] == ARGV[8]) then
+  local held_fence = tonumber(held[1])
+  if held_fence and tonumber(token) < held_fence then return 0 end
+  local this_update, expiry = tonumber(ARGV[2]), tonumber(ARGV[6])
+  local held_update, held_expiry = tonumber(held[2]), tonumber(held[3])
+  if held_update then
+    if ARGV[7] == '0' and held[4] == '1' and this_update <= held_update then return 0 end
+    if this_update < held_update then return 0 end
+  end
+  if held_expiry and expiry < held_expiry then return 0 end
 end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'fence', ARGV[1], 'this_update_ms', ARGV[2], 'expiry_ms', ARGV[6],
-  'revoked', ARGV[7], unpack(ARGV, 8))
+redis.call('HSET', KEYS[1], 'fence', token, 'this_update_ms', ARGV[2], 'expiry_ms', ARGV[6],
+  'revoked', ARGV[7], unpack(ARGV, 9))
 redis.call('SADD', KEYS[2], ARGV[4])
 redis.call('PUBLISH', ARGV[3], ARGV[4] .. ' ' .. ARGV[5])
 return 1
@@ -107,9 +123,10 @@ class Lease:
 class Retry:
     """A failed fetch: the fleet waits until `at` before anyone tries again."""
 
-    at: datetime
+    at: datetime  # by the clock of the member that marked it
     member: str
     reason: str
+    left: timedelta | None = None  # how long Redis keeps the mark: by Redis's clock
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,11 +213,21 @@ class RedisStore:
         """Always empty: a fleet hears other members' writes as announcements instead."""
         return {}
 
-    def publish(self, key: str, staple: StoredStaple, lease: Lease | None = None) -> bool:
+    def publish(
+        self,
+        key: str,
+        staple: StoredStaple,
+        lease: Lease | None = None,
+        *,
+        refused: bytes | None = None,
+    ) -> bool:
         """Store `staple` unless a newer one is stored, or one written under a later lease;
-        announce it. Without `lease`, a fresh token is taken (the write outranks every lease
-        given before it). Returns whether it was stored (inside a transaction: True)."""
-        token = lease.token if lease is not None else self.client.incr(self._k("fence", key))
+        announce it. Without `lease`, the write takes the token of the last lease given (it
+        outranks the leases before it, and a member fetching under the lease live now may
+        still store a newer staple). A stored record whose DER is `refused` (it failed our
+        validation) is replaced whatever it claims. Returns whether it was stored (inside a
+        transaction: True)."""
+        token = lease.token if lease is not None else ""
         fields = {
             "name": staple.name,
             "der": staple.der,
@@ -211,10 +238,10 @@ class RedisStore:
             "fetched_by": self.member,
         }
         args: list[Any] = [token, _ms(staple.this_update), self.channel, key, self.member]
-        args += [_ms(staple.effective_expiry), "1" if staple.revoked else "0"]
+        args += [_ms(staple.effective_expiry), "1" if staple.revoked else "0", refused or b""]
         for name, value in fields.items():
             args += [name, value]
-        keys = [self._k("staple", key), self._k("keys")]
+        keys = [self._k("staple", key), self._k("keys"), self._k("fence", key)]
         if self._pipe is not None:
             self._save(keys=keys, args=args, client=self._pipe)
             return True
@@ -243,7 +270,13 @@ class RedisStore:
     ) -> list[tuple[AttemptRecord, str]]:
         """The most recent attempts with the member that made each, newest first."""
         rows = self.client.lrange(self._k("attempts", key), 0, limit - 1)
-        return [_attempt(json.loads(row)) for row in rows]
+        found = []
+        for row in rows:
+            try:
+                found.append(_attempt(json.loads(row)))
+            except (*_UNREADABLE, json.JSONDecodeError) as exc:
+                log.warning("fleet: an attempt cannot be read (%s: %s): left out", _kind(exc), exc)
+        return found
 
     def keys(self) -> list[str]:
         return sorted(k.decode() for k in self.client.smembers(self._k("keys")))
@@ -269,7 +302,12 @@ class RedisStore:
     def statuses(self, member: str | None = None) -> dict[str, CertStatus]:
         """One member's statuses (this store's member by default), sorted by name."""
         rows = self.client.hgetall(self._k("status", member or self.member))
-        found = {k.decode(): _status(json.loads(v)) for k, v in rows.items()}
+        found = {}
+        for key, raw in rows.items():
+            try:
+                found[key.decode()] = _status(json.loads(raw))
+            except (*_UNREADABLE, json.JSONDecodeError) as exc:  # written again at the next pass
+                log.warning("fleet: a status row cannot be read (%s: %s)", _kind(exc), exc)
         return dict(sorted(found.items(), key=lambda item: item[1].name))
 
     def remove(self, key: str) -> None:
@@ -305,21 +343,23 @@ class RedisStore:
         pipe = self.client.pipeline(transaction=False)
         for key in keys:
             pipe.hgetall(self._k("staple", key))
-        return [_found(fields) for fields in pipe.execute()]
+        return [_found(fields) for fields in _each(pipe)]
 
-    def publish_many(self, staples: list[tuple[str, StoredStaple]]) -> None:
-        """`publish` each (key, staple), in one transaction."""
+    def publish_many(self, staples: list[tuple[str, StoredStaple, bytes | None]]) -> None:
+        """`publish` each (key, staple, refused DER or None), in one transaction."""
         with self.transaction():
-            for key, staple in staples:
-                self.publish(key, staple)
+            for key, staple, refused in staples:
+                self.publish(key, staple, refused=refused)
 
     def look(self, key: str) -> tuple[tuple[StoredStaple, str] | None, Retry | None]:
-        """The stored staple with who fetched it, and the retry mark, in one round trip."""
+        """The stored staple with who fetched it, and the retry mark, in one round trip; a
+        record Redis cannot give (a key of another type) is as one that cannot be read."""
         pipe = self.client.pipeline(transaction=False)
         pipe.hgetall(self._k("staple", key))
         pipe.get(self._k("retry", key))
-        fields, raw = pipe.execute()
-        return _found(fields), _retry(raw)
+        pipe.pttl(self._k("retry", key))
+        fields, raw, left = _each(pipe)
+        return _found(fields), _retry(raw, left)
 
     def acquire_and_look(
         self, key: str, ttl: timedelta
@@ -346,7 +386,10 @@ class RedisStore:
         self._w().delete(self._k("retry", key))
 
     def retry(self, key: str) -> Retry | None:
-        return _retry(self.client.get(self._k("retry", key)))
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(self._k("retry", key))
+        pipe.pttl(self._k("retry", key))
+        return _retry(*_each(pipe))
 
     def beat(self, now: datetime, info: dict[str, Any]) -> None:
         """This member's heartbeat, with what it wants the fleet view to show."""
@@ -354,25 +397,28 @@ class RedisStore:
         self.client.hset(self._k("members"), self.member, value)
 
     def members(self) -> list[Member]:
+        """Every member's last heartbeat; one that cannot be read is left out, said once."""
         rows = self.client.hgetall(self._k("members"))
         found = []
         for name, raw in sorted(rows.items()):
-            data = json.loads(raw)
-            seen = _time(data.pop("seen"))
-            found.append(Member(name.decode(), seen, data))
+            try:
+                data = json.loads(raw)
+                seen = _time(data.pop("seen"))
+                found.append(Member(name.decode(), seen, data))
+            except (*_UNREADABLE, json.JSONDecodeError) as exc:
+                log.warning("fleet: a heartbeat cannot be read (%s: %s): left out", _kind(exc), exc)
         return found
 
     def record(self, key: str) -> FleetRecord:
         """The fleet's view of one certificate."""
-        fields = self.client.hgetall(self._k("staple", key))
-        lease = self.client.get(self._k("lease", key))
-        return FleetRecord(
-            key,
-            _staple(fields) if fields else None,
-            fields[b"fetched_by"].decode() if fields else None,
-            lease.decode().split(" ")[0] if lease else None,
-            self.retry(key),
-        )
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self._k("staple", key))
+        pipe.get(self._k("lease", key))
+        fields, lease = _each(pipe)
+        found = _found(fields)
+        holder = lease.decode(errors="replace").split(" ")[0] if isinstance(lease, bytes) else None
+        staple, by = found if found is not None else (None, None)
+        return FleetRecord(key, staple, by, holder, self.retry(key))
 
 
 def shown_url(url: str) -> str:
@@ -386,7 +432,12 @@ def _iso(value: datetime) -> str:
 
 
 def _time(text: str | bytes) -> datetime:
-    return datetime.fromisoformat(text.decode() if isinstance(text, bytes) else text)
+    """A time as stored; ValueError without a time zone (another writer's, not ours: it
+    could not be compared with ours)."""
+    value = datetime.fromisoformat(text.decode() if isinstance(text, bytes) else text)
+    if value.tzinfo is None:
+        raise ValueError(f"{value.isoformat()} has no time zone")
+    return value
 
 
 def _ms(value: datetime) -> int:
@@ -410,10 +461,19 @@ def _staple(fields: dict[bytes, bytes]) -> StoredStaple:
     )
 
 
-def _found(fields: dict[bytes, bytes]) -> tuple[StoredStaple, str] | None:
+def _each(pipe: Any) -> list[Any]:
+    """A pipeline's answers, each command's error (a key of another type) in its place:
+    one garbled record costs that record, not the whole round trip."""
+    return list(pipe.execute(raise_on_error=False))
+
+
+def _found(fields: dict[bytes, bytes] | Exception) -> tuple[StoredStaple, str] | None:
     """A staple hash as (the staple, who fetched it); None when there is none, or when it
-    cannot be read (a field missing or garbled by another writer: refused, logged, and the
-    member fetches for itself)."""
+    cannot be read (a field missing or garbled by another writer, or a key of another type:
+    refused, logged, and the member fetches for itself)."""
+    if isinstance(fields, Exception):
+        log.warning("fleet: a shared staple cannot be read (%s): refused", _short(fields))
+        return None
     if not fields:
         return None
     try:
@@ -423,13 +483,18 @@ def _found(fields: dict[bytes, bytes]) -> tuple[StoredStaple, str] | None:
         return None
 
 
-def _retry(raw: bytes | None) -> Retry | None:
-    """A retry mark, or None (none, or one that cannot be read: no reason to wait)."""
+def _retry(raw: bytes | Exception | None, left: int | Exception | None = None) -> Retry | None:
+    """A retry mark, with how long Redis keeps it (`left`, its PTTL in ms), or None (none, or
+    one that cannot be read: no reason to wait)."""
     if raw is None:
         return None
+    if isinstance(raw, Exception):
+        log.warning("fleet: a retry mark cannot be read (%s): ignored", _short(raw))
+        return None
+    kept = timedelta(milliseconds=left) if isinstance(left, int) and left >= 0 else None
     try:
         data = json.loads(raw)
-        return Retry(_time(data["at"]), str(data["member"]), str(data["reason"]))
+        return Retry(_time(data["at"]), str(data["member"]), str(data["reason"]), kept)
     except (*_UNREADABLE, json.JSONDecodeError) as exc:
         log.warning("fleet: a retry mark cannot be read (%s: %s): ignored", _kind(exc), exc)
         return None
@@ -441,6 +506,10 @@ _UNREADABLE = (KeyError, ValueError, TypeError, AttributeError, UnicodeDecodeErr
 
 def _kind(exc: BaseException) -> str:
     return type(exc).__name__
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else _kind(exc)
 
 
 def _attempt_json(a: AttemptRecord, member: str) -> str:

@@ -243,12 +243,19 @@ def fleet_view(config: Config, now: datetime) -> dict[str, Any]:
 
 
 def _unreachable(fleet: FleetConfig, exc: redis.RedisError) -> str:
+    import redis
+
     from mustaple.adapters.redisstore import shown_url
 
-    return (
-        f"fleet: cannot reach Redis at {shown_url(fleet.url)} ({exc}); "
-        "`mustaple status` without --fleet shows this member's own view"
+    where = shown_url(fleet.url)
+    problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    said = (
+        f"Redis at {where} refused a read ({problem}: a key under the prefix holds something "
+        "mustaple did not write)"
+        if isinstance(exc, redis.ResponseError)
+        else f"cannot reach Redis at {where} ({problem})"
     )
+    return f"fleet: {said}; `mustaple status` without --fleet shows this member's own view"
 
 
 def _member_json(member: Member, now: datetime) -> dict[str, Any]:

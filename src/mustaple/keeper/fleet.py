@@ -84,6 +84,8 @@ class Fleet:
         self._listening: threading.Event | None = None  # set to stop the listener thread
         self._listener: threading.Thread | None = None
         self._renewals: dict[str, asyncio.Task[None]] = {}
+        self._refusals: dict[str, str] = {}  # what Redis refused last, by record (said once)
+        self._refused: dict[str, bytes] = {}  # shared DER that failed our validation, by key
 
     @property
     def member(self) -> str:
@@ -154,7 +156,19 @@ class Fleet:
         try:
             await self._catch_up(deliver)
         except redis.RedisError as exc:
+            self._trouble(exc, "the catch-up")
+
+    def _trouble(self, exc: redis.RedisError, what: str) -> None:
+        """A Redis call failed: Redis cannot answer (`_lost`), or it answered with an error
+        about one record (a key of another type, written by something else): that record is
+        done without, said once per record and message, and the fleet goes on."""
+        if not isinstance(exc, redis.ResponseError):
             self._lost(exc)
+            return
+        problem = _short(exc)
+        if self._refusals.get(what) != problem:
+            self._refusals[what] = problem
+            log.warning("fleet: Redis refused %s (%s); going on without it", what, problem)
 
     def _lost(self, exc: BaseException) -> None:
         """Redis cannot answer: go on alone until the heartbeat finds it again."""
@@ -179,7 +193,7 @@ class Fleet:
             try:
                 await self._call(self.shared.beat, self.keeper.clock(), self._info())
             except redis.RedisError as exc:
-                self._lost(exc)
+                self._trouble(exc, "the heartbeat")
 
     def _info(self, *, left: bool = False) -> dict[str, Any]:
         managed = list(self.keeper.managed.values())
@@ -204,10 +218,12 @@ class Fleet:
             for managed, shared_staple in zip(batch, found, strict=True):
                 if shared_staple is not None and self._adopt(managed, *shared_staple):
                     adopted += 1
-                elif (answer := managed.life.state.answer) is not None and _newer(
-                    answer, shared_staple
-                ):
-                    newer.append((managed.key, _stored(managed, answer)))
+                    continue
+                answer, refused = managed.life.state.answer, self._refused.get(managed.key)
+                if answer is None:
+                    continue
+                if refused is not None or _newer(answer, shared_staple):
+                    newer.append((managed.key, _stored(managed, answer), refused))
             await self._call(self.shared.publish_many, newer)
             shared += len(newer)
         if adopted and deliver:
@@ -281,7 +297,7 @@ class Fleet:
         try:
             found = await self._call(self.shared.load_with_origin, key)
         except redis.RedisError as exc:
-            self._lost(exc)
+            self._trouble(exc, f"the shared staple of {managed[0].name}")
             return 0
         return sum(self._adopt(m, *found) for m in managed) if found else 0
 
@@ -299,7 +315,9 @@ class Fleet:
         """The shared staple if it passes our own validation; never trusted otherwise."""
         outcome = verify(stored.der, managed.target, self.keeper.clock(), self.keeper.policy.verify)
         if isinstance(outcome, Staple):
+            self._refused.pop(managed.key, None)
             return outcome
+        self._refused[managed.key] = stored.der  # our next staple replaces it, whatever it says
         log.warning(
             "%s: fleet: the shared staple is refused: %s",
             managed.name,
@@ -316,7 +334,7 @@ class Fleet:
         try:
             return await self._claim(managed)
         except redis.RedisError as exc:
-            self._lost(exc)
+            self._trouble(exc, f"the shared records of {managed.name}")
             return Turn()
 
     async def _claim(self, managed: Managed) -> Turn:
@@ -350,11 +368,15 @@ class Fleet:
         turn = self._from_shared(managed, found, now)
         if turn is not None:
             return turn
-        if retry is not None and retry.at > now and retry.member != self.member and not self.eager:
-            # never longer than our own longest retry: a member whose clock runs ahead (or
-            # its bug) must not hold the others back for longer
-            return Turn(wait_until=min(retry.at, now + self.keeper.policy.schedule.retry_max))
-        return None
+        if retry is None or retry.member == self.member or self.eager:
+            return None
+        # how long Redis keeps the mark, by its own clock: members' clocks may differ
+        until = now + retry.left if retry.left is not None else retry.at
+        if until <= now:
+            return None
+        # never longer than our own longest retry: a member whose clock runs ahead (or its
+        # bug) must not hold the others back for longer
+        return Turn(wait_until=min(until, now + self.keeper.policy.schedule.retry_max))
 
     def _from_shared(
         self, managed: Managed, found: tuple[StoredStaple, str] | None, now: datetime
@@ -399,16 +421,27 @@ class Fleet:
             elif lease is not None:  # the fetch raised: nothing to share, the lease goes
                 await self._call(self.shared.release, lease)
         except redis.RedisError as exc:
-            self._lost(exc)
+            self._trouble(exc, f"the shared records of {managed.name}")
+            if lease is not None and isinstance(exc, redis.ResponseError):
+                with contextlib.suppress(redis.RedisError):
+                    await self._call(self.shared.release, lease)
 
     def _share(self, managed: Managed, lease: Lease | None, result: FetchResult) -> None:
         """In the worker thread: attempts, then the staple or the retry mark, then release."""
         shared, key = self.shared, managed.key
-        shared.add_attempts(key, attempt_records(result))
+        try:
+            shared.add_attempts(key, attempt_records(result))
+        except redis.ResponseError as exc:  # the history only: the staple is still shared
+            log.warning("%s: fleet: Redis refused the attempts (%s)", managed.name, _short(exc))
         staple = result.staple
         if staple is not None:
             stored = _stored(managed, staple, result.url, self.keeper.clock())
-            if not shared.publish(key, stored, lease):
+            refused = self._refused.get(key)
+            if shared.publish(key, stored, lease, refused=refused):
+                if refused is not None:
+                    log.warning("%s: fleet: the refused shared staple is replaced", managed.name)
+                    self._refused.pop(key, None)
+            else:
                 log.info("%s: fleet: a newer staple was shared meanwhile", managed.name)
             shared.clear_retry(key)
         elif result.rejection is not None and managed.next_due is not None:
