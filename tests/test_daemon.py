@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -197,6 +198,37 @@ def test_status_after_prime(site: Site, capsys: pytest.CaptureFixture[str]) -> N
     table = capsys.readouterr().out
     assert "a.test" in table
     assert "good" in table
+
+
+def test_status_reads_without_waiting_for_a_writer_and_never_moves_the_database(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`status` only reads: a process holding the write lock does not make it wait (it took
+    the 30 s busy timeout, then failed), and a damaged database is one line, left in place
+    (it was moved aside and a new one made, under a daemon that still had the old one)."""
+    site.issue("a.test")
+    main(["prime", "--config", str(site.config), site.cert("a.test")])
+    capsys.readouterr()
+    db = site.tmp / "state" / "state.db"
+    writer = sqlite3.connect(db, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    started = time.monotonic()
+    try:
+        assert main(["status", "--config", str(site.config), "--json"]) == 0
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert time.monotonic() - started < 10
+    assert [row["state"] for row in json.loads(capsys.readouterr().out)] == ["good"]
+    for name in ("state.db-wal", "state.db-shm"):
+        (db.parent / name).unlink(missing_ok=True)
+    db.write_bytes(b"not a database" * 100)
+    assert main(["status", "--config", str(site.config)]) == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert err == f"mustaple: {db}: cannot read the state database (file is not a database)\n"
+    assert sorted(p.name for p in db.parent.iterdir() if p.name.startswith("state.db")) == [
+        "state.db"
+    ]
 
 
 @dataclass

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -244,6 +245,77 @@ def test_recovery_stored_by_prime_is_taken_by_the_running_keeper(deployment: Dep
     assert (d.tmp / "hooks.log").read_text().split() == ["recovered"]
     keeper.send_signal(signal.SIGTERM)
     assert keeper.wait(20) == 0
+
+
+def test_a_failed_prime_beside_a_running_keeper_does_not_leave_its_row(
+    deployment: Deployment,
+) -> None:
+    """`prime` fails (the CA is down) while the keeper holds a good staple: prime writes its
+    "failing" row, and the keeper's next pass writes its own view over it, so `status` says
+    what the page says (it said "failing", next refresh in seconds, for days)."""
+    d = deployment
+    keeper = d.run()
+    wait_for(lambda: http_get(f"{d.base}/healthz")[0] == 200)
+    wait_for(lambda: certificate(d.status())["state"] == "good")
+    d.responder.stop()
+    failed = d.prime(str(d.fullchain))  # the staple in hand is still valid: exit 0
+    assert "failure" in failed.stderr, failed.stdout + failed.stderr
+
+    def status_row() -> dict[str, Any]:
+        shown = d.mustaple("status", "--config", str(d.config), "--json")
+        (row,) = json.loads(shown.stdout)
+        assert isinstance(row, dict)
+        return row
+
+    wait_for(lambda: status_row()["state"] == "good", timeout=10)
+    page = certificate(d.status())
+    row = status_row()
+    assert (row["state"], row["health"], row["next_refresh"]) == (
+        page["state"],
+        page["health"],
+        page["next_refresh"],
+    )
+    keeper.send_signal(signal.SIGTERM)
+    assert keeper.wait(20) == 0
+
+
+def test_another_process_holding_the_write_lock_does_not_stall_the_keeper(
+    deployment: Deployment,
+) -> None:
+    """A process (an operator's sqlite3 shell) holds the state's write lock for 8 s right
+    after a commit of its own: the keeper's next pass wants to write, and its event loop,
+    which answers /healthz and the local OCSP responder, must not wait for the lock (it
+    waited up to SQLite's 30 s busy timeout). The writes stay pending and land later."""
+    d = deployment
+    keeper = d.run()
+    wait_for(lambda: http_get(f"{d.base}/healthz")[0] == 200)
+    wait_for(lambda: certificate(d.status())["state"] == "good")
+    other = sqlite3.connect(d.tmp / "state" / "state.db", isolation_level=None, timeout=30)
+    other.execute("UPDATE status SET last_message = 'edited'")  # the keeper rewrites it
+    other.execute("BEGIN IMMEDIATE")
+    slowest, until = 0.0, time.monotonic() + 8
+    try:
+        while time.monotonic() < until:
+            started = time.monotonic()
+            assert http_get(f"{d.base}/healthz")[0] == 200
+            slowest = max(slowest, time.monotonic() - started)
+            time.sleep(0.1)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert slowest < 4, slowest
+    assert d.local_answer() == "good"
+
+    def last_message() -> object:
+        shown = d.mustaple("status", "--config", str(d.config), "--json")
+        return json.loads(shown.stdout)[0]["last_message"]
+
+    wait_for(lambda: last_message() != "edited", timeout=10)  # the pending writes landed
+    keeper.send_signal(signal.SIGTERM)
+    assert keeper.wait(20) == 0
+    log = keeper.stderr.read() if keeper.stderr else ""
+    assert "database is locked" in log
+    assert "Traceback" not in log
 
 
 def test_a_second_run_stops_before_it_delivers_or_hooks(deployment: Deployment) -> None:

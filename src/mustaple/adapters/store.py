@@ -64,6 +64,7 @@ __all__ = [
 
 log = logging.getLogger("mustaple")
 HISTORY_LIMIT = 50
+BUSY_TIMEOUT = 30.0  # seconds a write waits for another process's lock (a one-shot command)
 _IN_CHUNK = 500  # keys to one `IN (...)` query (SQLite allows 32,766 parameters)
 _SCHEMA_VERSION = 3  # 3: the signatures table
 _SCHEMA = """
@@ -252,9 +253,18 @@ def _unreadable(key: str, exc: Exception) -> None:
 class SqliteStore:
     """The embedded default backend: one SQLite file in the state directory."""
 
-    def __init__(self, path: str | Path, *, history_limit: int = HISTORY_LIMIT) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        history_limit: int = HISTORY_LIMIT,
+        busy_timeout: float = BUSY_TIMEOUT,
+    ) -> None:
+        """`busy_timeout`: how long a write waits for another process's write lock before it
+        fails (the keeper then keeps it pending: `run` waits little, its loop serves)."""
         self.path = Path(path)
         self.history_limit = history_limit
+        self.busy_timeout = busy_timeout
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = self._open()
@@ -280,7 +290,7 @@ class SqliteStore:
         return store
 
     def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -115,18 +116,24 @@ def prime_exit_code(results: list[Primed], unusable: Sequence[Unusable] = ()) ->
 
 def status_rows(config: Config, now: datetime) -> list[dict[str, Any]]:
     """One row per certificate (a leaf in two files is one row, listing both), from the
-    state the keeper and `prime` share (read only); configured files not seen yet too."""
+    state the keeper and `prime` share, opened read only (a writer holding its lock never
+    makes it wait; a damaged database is one InputError, left where it is); configured files
+    not seen yet too."""
     db = config.state_dir / "state.db"
-    stored = SqliteStore(db) if db.exists() else None
-    known = stored.statuses() if stored else {}
-    schedule = config.policy.schedule
-    rows = [_row(key, status, stored, now, schedule) for key, status in known.items()]
+    stored = SqliteStore.reader(db) if db.exists() else None
+    try:
+        known = stored.statuses() if stored else {}
+        schedule = config.policy.schedule
+        rows = [_row(key, status, stored, now, schedule) for key, status in known.items()]
+    except sqlite3.Error as exc:
+        raise InputError(f"{db}: cannot read the state database ({exc})") from None
+    finally:
+        if stored:
+            stored.close()
     seen = {path for row in rows for path in row["paths"]}
     for path in sorted(configured_files(config)):
         if shown(path) not in seen:
             rows.append(_pending(path))
-    if stored:
-        stored.close()
     return sorted(rows, key=lambda row: (row["name"], row["paths"]))
 
 

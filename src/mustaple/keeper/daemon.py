@@ -29,7 +29,7 @@ from mustaple.adapters.config import Config, ConfigError, load_config
 from mustaple.adapters.http1 import Watcher
 from mustaple.adapters.notify import notify, watchdog_interval
 from mustaple.adapters.sinks import SinkConfigError, build_sink
-from mustaple.adapters.store import SqliteStore
+from mustaple.adapters.store import BUSY_TIMEOUT, SqliteStore
 from mustaple.core.clock import Clock, utc_now
 from mustaple.core.delivery import Sink
 from mustaple.core.errors import InputError
@@ -45,6 +45,10 @@ if TYPE_CHECKING:  # loaded where used: `prime` and `status` need none of redis,
 __all__ = ["build_sinks", "check_config", "open_fleet", "open_keeper", "serve"]
 
 log = logging.getLogger("mustaple")
+# seconds a write of `run` waits for another process's write lock: its event loop serves the
+# local responder and the watchdog meanwhile; a write that cannot wait stays pending and is
+# tried again at the next pass
+RUN_BUSY_TIMEOUT = 1.0
 
 
 def build_sinks(config: Config) -> dict[str, Sink]:
@@ -69,11 +73,12 @@ async def open_keeper(
     clock: Clock = utc_now,
     watchers: Sequence[Watcher] = (),
     fetcher: Fetcher | None = None,
+    busy_timeout: float = BUSY_TIMEOUT,
 ) -> AsyncIterator[Keeper]:
     """A keeper with its state store and sinks, closed on exit (its own HTTP fetcher unless
-    `fetcher` is given)."""
+    `fetcher` is given); its writes wait `busy_timeout` for another process's lock."""
     sinks = build_sinks(config)
-    store = SqliteStore(config.state_dir / "state.db")
+    store = SqliteStore(config.state_dir / "state.db", busy_timeout=busy_timeout)
     try:
         keeper = Keeper(
             config,
@@ -292,7 +297,9 @@ class _Running:
         """Build the keeper, join the fleet, deliver the stored staples (see `_start`)."""
         stack = AsyncExitStack()
         try:
-            keeper = await stack.enter_async_context(open_keeper(config, clock=clock))
+            keeper = await stack.enter_async_context(
+                open_keeper(config, clock=clock, busy_timeout=RUN_BUSY_TIMEOUT)
+            )
             fleet = await stack.enter_async_context(open_fleet(config, keeper))
             from mustaple.serve.metrics import Metrics  # prometheus-client, only for `run`
 

@@ -565,12 +565,16 @@ class Keeper:
 
     def sync(self) -> int:
         """Take in the answers another process (`prime`, a second keeper) stored since the last
-        look: validated here, and taken only where the life cycle allows. Returns how many."""
+        look: validated here, and taken only where the life cycle allows; the status rows it
+        may have written over are written again from this keeper's view at the pass's end.
+        Returns how many answers were taken."""
         try:
             written = self.store.others_wrote()
         except sqlite3.Error as exc:
             self._store_failed(exc)
             return 0
+        if written:
+            self._rewrite_statuses()
         now, taken = self.clock(), 0
         for key, (this_update, revoked) in written.items():
             life = self.lives.get(key)
@@ -585,6 +589,14 @@ class Keeper:
                 self._apply(life, event, now)
                 taken += life.state.answer is outcome
         return taken
+
+    def _rewrite_statuses(self) -> None:
+        """Every status row again at the next flush (a failed `prime` beside a running keeper
+        wrote "failing" over the row of a certificate this keeper holds a good staple for)."""
+        for life in self.lives.values():
+            self._save_status(life)
+        for problem in self.problems.values():
+            self._write_status(problem.key, _problem_status(problem))
 
     def judge_time(self) -> None:
         """Expiry and alerts, for every certificate, at the clock's time."""
@@ -928,8 +940,9 @@ class Keeper:
         self._grouped()
 
     def _grouped(self) -> None:
-        """Apply the pending writes once they make a group."""
-        if len(self._pending) >= WRITE_GROUP:
+        """Apply the pending writes once they make a group (while the store cannot take them,
+        only the pass's last flush tries again: a locked database makes each try wait)."""
+        if len(self._pending) >= WRITE_GROUP and self._store_problem is None:
             self._flush(statuses=False)
 
     def _write_status(self, key: str, status: CertStatus | Life) -> None:
