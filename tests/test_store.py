@@ -237,3 +237,42 @@ def test_others_wrote_tells_only_what_another_process_committed(tmp_path: Path) 
     assert ours.others_wrote() == {}  # told once
     ours.close()
     theirs.close()
+
+
+def test_check_opens_again_a_database_removed_replaced_or_damaged_under_it(
+    tmp_path: Path,
+) -> None:
+    """What `run` looks at each pass: the file it has open may be gone (deleted), another
+    (restored from a backup, or made by a `prime` after the deletion) or no database any
+    more; each is opened again (a damaged one moved aside), and the next `others_wrote`
+    gives every stored answer."""
+    path = tmp_path / "state.db"
+    store = SqliteStore(path)
+    store.save_staple("a", stored(1))
+    assert store.check() is None
+    other = SqliteStore(tmp_path / "other.db")
+    other.save_staple("b", stored(2))
+    other.close()
+    for name in ("state.db", "state.db-wal", "state.db-shm"):  # a restore, with its log
+        (tmp_path / name).unlink(missing_ok=True)
+    (tmp_path / "other.db").replace(path)
+    assert store.check() == "replaced by another file"
+    assert set(store.others_wrote()) == {"b"}
+    for name in ("state.db", "state.db-wal", "state.db-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    assert store.check() == "removed"
+    assert store.load("b") is None
+    prime = SqliteStore(path)  # another process writes to the new database
+    prime.save_staple("c", stored(3))
+    prime.close()
+    assert set(store.others_wrote()) == {"c"}
+    damage = (  # in another process: closing the file here would drop SQLite's locks
+        "import sqlite3, sys; path = sys.argv[1]; "
+        "sqlite3.connect(path).execute('PRAGMA wal_checkpoint(TRUNCATE)').close(); "
+        "f = open(path, 'r+b'); f.write(b'garbage!' * 4096); f.close()"
+    )
+    subprocess.run([sys.executable, "-c", damage, str(path)], check=True)
+    assert store.check() == "damaged (file is not a database)"
+    assert [p.name.startswith("state.db.corrupt-") for p in tmp_path.glob("state.db.*")] == [True]
+    assert store.check() is None
+    store.close()

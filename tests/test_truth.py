@@ -318,6 +318,64 @@ def test_another_process_holding_the_write_lock_does_not_stall_the_keeper(
     assert "Traceback" not in log
 
 
+def test_a_state_database_removed_under_the_keeper_is_made_again_and_a_revocation_reaches_it(
+    deployment: Deployment,
+) -> None:
+    """The database files are deleted while `run` runs, then `prime` finds the certificate
+    revoked and stores that in a new database: the keeper notices the new file, stores its
+    staple again, takes the revocation in and serves it (it went on with the deleted file,
+    saying good, its local responder answering good)."""
+    d = deployment
+    keeper = d.run()
+    wait_for(lambda: http_get(f"{d.base}/healthz")[0] == 200)
+    wait_for(lambda: certificate(d.status())["state"] == "good")
+    for name in ("state.db", "state.db-wal", "state.db-shm"):
+        (d.tmp / "state" / name).unlink(missing_ok=True)
+    d.revoke()
+    assert d.prime(str(d.fullchain)).returncode == 3
+    wait_for(lambda: certificate(d.status())["state"] == "revoked", timeout=10)
+    assert d.local_answer() == "revoked"
+    shown = d.mustaple("status", "--config", str(d.config), "--json")
+    assert [row["state"] for row in json.loads(shown.stdout)] == ["revoked"]
+    keeper.send_signal(signal.SIGTERM)
+    assert keeper.wait(20) == 0
+    log = keeper.stderr.read() if keeper.stderr else ""
+    assert "the state database was " in log
+    assert "Traceback" not in log
+
+
+def test_a_state_database_damaged_under_the_keeper_is_set_aside_and_the_pages_still_answer(
+    deployment: Deployment,
+) -> None:
+    """The database file is overwritten in place: the status page, /status and /metrics
+    still answer (they were 500s with tracebacks), and at its next pass the keeper moves the
+    file aside, starts a new one and stores its staple and rows there."""
+    d = deployment
+    keeper = d.run()
+    wait_for(lambda: http_get(f"{d.base}/healthz")[0] == 200)
+    wait_for(lambda: certificate(d.status())["state"] == "good")
+    db = d.tmp / "state" / "state.db"
+    sqlite3.connect(db).execute("PRAGMA wal_checkpoint(TRUNCATE)").close()
+    with db.open("r+b") as damaged:  # all of it in the file, then every byte of it garbage
+        damaged.write(b"not a database at all" * (db.stat().st_size // 21 + 1))
+    for path in ("/", "/status", "/metrics"):
+        assert http_get(d.base + path)[0] == 200, path
+    wait_for(lambda: any(d.tmp.joinpath("state").glob("state.db.corrupt-*")), timeout=10)
+
+    def stored() -> list[str]:
+        shown = d.mustaple("status", "--config", str(d.config), "--json")
+        return [row["state"] for row in json.loads(shown.stdout)] if shown.returncode == 0 else []
+
+    wait_for(lambda: stored() == ["good"], timeout=10)
+    assert certificate(d.status())["state"] == "good"
+    keeper.send_signal(signal.SIGTERM)
+    assert keeper.wait(20) == 0
+    log = keeper.stderr.read() if keeper.stderr else ""
+    assert "damaged" in log
+    assert "Traceback" not in log
+    assert "unexpected error" not in log
+
+
 def test_a_second_run_stops_before_it_delivers_or_hooks(deployment: Deployment) -> None:
     d = deployment
     first = d.run()

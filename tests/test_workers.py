@@ -338,10 +338,10 @@ def test_a_worker_killed_or_stuck_midway_costs_only_speed(
 
 
 @pytest.mark.parametrize(
-    ("stray", "told"),
-    [
-        (b"hello from a sitecustomize\n", "sent what is not an answer (ValueError)"),
-        (b"\x00\xff\xff\xff\x80", "was silent for 2 s with work in hand"),  # a bogus length
+    ("stray", "told", "silence"),
+    [  # text is caught at once: a busy machine's slow start must not be taken for silence
+        (b"hello from a sitecustomize\n", "sent what is not an answer (ValueError)", 30.0),
+        (b"\x00\xff\xff\xff\x80", "was silent for 2 s with work in hand", 2.0),  # bad length
     ],
 )
 def test_a_worker_whose_output_is_garbled_costs_only_speed(
@@ -350,12 +350,13 @@ def test_a_worker_whose_output_is_garbled_costs_only_speed(
     caplog: pytest.LogCaptureFixture,
     stray: bytes,
     told: str,
+    silence: float,
 ) -> None:
     """Bytes on a worker's stdout before its frames (a print at start-up): text is caught at
     its first bytes; a length no answer ever fills holds every frame back, beats included, so
     the worker is silent and stopped. Either way its work runs in the main process."""
     monkeypatch.setattr(keeper_module, "WORKERS_FROM", 8)
-    monkeypatch.setattr(workers_module, "SILENCE", 2.0)
+    monkeypatch.setattr(workers_module, "SILENCE", silence)
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(

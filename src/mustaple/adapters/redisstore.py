@@ -213,6 +213,11 @@ class RedisStore:
         """Always empty: a fleet hears other members' writes as announcements instead."""
         return {}
 
+    def check(self) -> str | None:
+        """Always None: there is no file to lose (a Redis that returns empty is caught up
+        with by the fleet)."""
+        return None
+
     def publish(
         self,
         key: str,

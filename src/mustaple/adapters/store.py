@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -204,6 +205,8 @@ class Store(Protocol):
 
     def others_wrote(self) -> dict[str, tuple[datetime, bool]]: ...
 
+    def check(self) -> str | None: ...
+
     def add_attempts(self, key: str, attempts: Iterable[AttemptRecord]) -> None: ...
 
     def add_all_attempts(self, items: Sequence[tuple[str, Iterable[AttemptRecord]]]) -> None: ...
@@ -250,6 +253,15 @@ def _unreadable(key: str, exc: Exception) -> None:
     )
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Which file `path` is (device and inode), or None when there is none."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino
+
+
 class SqliteStore:
     """The embedded default backend: one SQLite file in the state directory."""
 
@@ -265,6 +277,9 @@ class SqliteStore:
         self.path = Path(path)
         self.history_limit = history_limit
         self.busy_timeout = busy_timeout
+        self._connect()
+
+    def _connect(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = self._open()
@@ -272,7 +287,35 @@ class SqliteStore:
             if type(exc) is not sqlite3.DatabaseError:  # not corruption: locked, unwritable...
                 raise InputError(f"{self.path}: cannot open the state database ({exc})") from None
             self._db = self._start_afresh(exc)
-        self._version = self._data_version()
+        self._version: int | None = self._data_version()
+        self._identity = _identity(self.path)
+
+    def check(self) -> str | None:
+        """Why the database was opened again, or None when the one open is still there and
+        readable: its file was removed, replaced by another (an operator, a restore), or
+        damaged in place (then moved aside, as at a start). Opened again, it holds what the
+        new file holds: the next `others_wrote` gives every stored answer, and the caller
+        stores its own again. InputError when it cannot be opened again."""
+        why = self._gone()
+        if why is None:
+            return None
+        self._db.close()
+        self._connect()
+        self._version = None
+        return why
+
+    def _gone(self) -> str | None:
+        now = _identity(self.path)
+        if now is None:
+            return "removed"
+        if now != self._identity:
+            return "replaced by another file"
+        try:  # never open the file ourselves: closing it would drop SQLite's locks on it
+            self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.DatabaseError as exc:
+            if type(exc) is sqlite3.DatabaseError:  # not a lock, nor a full disk: damage
+                return f"damaged ({exc})"
+        return None
 
     @classmethod
     def reader(cls, path: str | Path) -> SqliteStore:
@@ -285,6 +328,7 @@ class SqliteStore:
                 f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=30
             )
             store._version = store._data_version()
+            store._identity = _identity(store.path)
         except sqlite3.Error as exc:
             raise InputError(f"{path}: cannot read the state database ({exc})") from None
         return store
@@ -320,7 +364,7 @@ class SqliteStore:
             ) from None
         log.error(
             "%s: the state database is unreadable (%s): moved to %s and started afresh; "
-            "every staple will be fetched again",
+            "staples not in a running keeper's memory will be fetched again",
             self.path,
             exc,
             aside,

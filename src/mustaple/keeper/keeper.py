@@ -569,11 +569,19 @@ class Keeper:
         may have written over are written again from this keeper's view at the pass's end.
         Returns how many answers were taken."""
         try:
+            reopened = self.store.check()
             written = self.store.others_wrote()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, InputError) as exc:
             self._store_failed(exc)
             return 0
-        if written:
+        if reopened is not None:
+            log.warning(
+                "the state database was %s while the keeper ran: opened again; the staples "
+                "in memory are stored in it again, and what it holds is taken in",
+                reopened,
+            )
+            self._store_again()
+        if written or reopened is not None:
             self._rewrite_statuses()
         now, taken = self.clock(), 0
         for key, (this_update, revoked) in written.items():
@@ -589,6 +597,15 @@ class Keeper:
                 self._apply(life, event, now)
                 taken += life.state.answer is outcome
         return taken
+
+    def _store_again(self) -> None:
+        """Every answer in hand stored again (a new database: removed or replaced under us),
+        by the same rules as any write: never over a newer one stored there meanwhile."""
+        for life in self.lives.values():
+            answer = life.state.answer
+            if answer is not None:
+                fetched = lifecycle.Store(answer, answer.produced_at, None)  # not after the fetch
+                self._pending.staples.append((life.key, _stored(life, fetched)))
 
     def _rewrite_statuses(self) -> None:
         """Every status row again at the next flush (a failed `prime` beside a running keeper

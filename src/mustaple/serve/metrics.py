@@ -18,6 +18,7 @@ tests do not collide) and attaches itself to the keeper as an observer:
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -144,7 +145,10 @@ class _CertificateCollector:
         cached = self._fetched.get(key)
         if cached is not None and cached[0] is answer:
             return cached[1]
-        stored = self.keeper.store.load(key) if not key.startswith(FILE_KEY) else None
+        try:
+            stored = self.keeper.store.load(key) if not key.startswith(FILE_KEY) else None
+        except sqlite3.Error:  # the store's trouble is the store's metric: asked again later
+            return None
         fetched = stored.fetched_at if stored and stored.good else None
         if answer is None or (stored is not None and stored.der == answer.der):
             self._fetched[key] = (answer, fetched)  # else the store is not there yet: ask again

@@ -24,7 +24,9 @@ within `http.request_timeout`), is the client's doing: logged at debug level, in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import sqlite3
 from collections.abc import Mapping
 from datetime import datetime
 from html import escape
@@ -274,8 +276,11 @@ class _Endpoints:
         }
 
     def _certificate(self, view: CertView, now: datetime) -> dict[str, Any]:
-        known = not view.key.startswith(FILE_KEY)
-        attempts = self.keeper.store.history(view.key, ATTEMPTS_SHOWN) if known else []
+        attempts: list[AttemptRecord] = []
+        # the store's trouble is said in store_problem: then no history, never a 500
+        with contextlib.suppress(sqlite3.Error):
+            if not view.key.startswith(FILE_KEY):
+                attempts = self.keeper.store.history(view.key, ATTEMPTS_SHOWN)
         return _certificate_json(view, now, self.keeper.policy.schedule, attempts)
 
 
