@@ -71,6 +71,27 @@ class Deployment:
         self.runs.append(process)
         return process
 
+    def run_until_good(self) -> subprocess.Popen[str]:
+        """`run`, once its endpoint answers and its certificate is good."""
+        process = self.run()
+        wait_for(lambda: http_get(f"{self.base}/healthz")[0] == 200)
+        wait_for(lambda: certificate(self.status())["state"] == "good")
+        return process
+
+    def stop(self, process: subprocess.Popen[str]) -> str:
+        """SIGTERM to a `run`: it must exit 0 without a traceback; its log."""
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+        log = process.stderr.read() if process.stderr else ""
+        assert "Traceback" not in log
+        return log
+
+    def stored_rows(self) -> list[dict[str, Any]]:
+        """`mustaple status --json` (empty when it fails)."""
+        shown = self.mustaple("status", "--config", str(self.config), "--json")
+        rows: list[dict[str, Any]] = json.loads(shown.stdout) if shown.returncode == 0 else []
+        return rows
+
     def status(self) -> dict[str, Any]:
         """The running keeper's `/status`."""
         report: dict[str, Any] = get_json(f"{self.base}/status")
@@ -254,29 +275,20 @@ def test_a_failed_prime_beside_a_running_keeper_does_not_leave_its_row(
     "failing" row, and the keeper's next pass writes its own view over it, so `status` says
     what the page says (it said "failing", next refresh in seconds, for days)."""
     d = deployment
-    keeper = d.run()
-    wait_for(lambda: http_get(f"{d.base}/healthz")[0] == 200)
-    wait_for(lambda: certificate(d.status())["state"] == "good")
+    keeper = d.run_until_good()
     d.responder.stop()
     failed = d.prime(str(d.fullchain))  # the staple in hand is still valid: exit 0
     assert "failure" in failed.stderr, failed.stdout + failed.stderr
 
-    def status_row() -> dict[str, Any]:
-        shown = d.mustaple("status", "--config", str(d.config), "--json")
-        (row,) = json.loads(shown.stdout)
-        assert isinstance(row, dict)
-        return row
-
-    wait_for(lambda: status_row()["state"] == "good", timeout=10)
+    wait_for(lambda: [row["state"] for row in d.stored_rows()] == ["good"], timeout=10)
     page = certificate(d.status())
-    row = status_row()
+    (row,) = d.stored_rows()
     assert (row["state"], row["health"], row["next_refresh"]) == (
         page["state"],
         page["health"],
         page["next_refresh"],
     )
-    keeper.send_signal(signal.SIGTERM)
-    assert keeper.wait(20) == 0
+    d.stop(keeper)
 
 
 def test_another_process_holding_the_write_lock_does_not_stall_the_keeper(
@@ -287,9 +299,7 @@ def test_another_process_holding_the_write_lock_does_not_stall_the_keeper(
     which answers /healthz and the local OCSP responder, must not wait for the lock (it
     waited up to SQLite's 30 s busy timeout). The writes stay pending and land later."""
     d = deployment
-    keeper = d.run()
-    wait_for(lambda: http_get(f"{d.base}/healthz")[0] == 200)
-    wait_for(lambda: certificate(d.status())["state"] == "good")
+    keeper = d.run_until_good()
     other = sqlite3.connect(d.tmp / "state" / "state.db", isolation_level=None, timeout=30)
     other.execute("UPDATE status SET last_message = 'edited'")  # the keeper rewrites it
     other.execute("BEGIN IMMEDIATE")
@@ -306,16 +316,9 @@ def test_another_process_holding_the_write_lock_does_not_stall_the_keeper(
     assert slowest < 4, slowest
     assert d.local_answer() == "good"
 
-    def last_message() -> object:
-        shown = d.mustaple("status", "--config", str(d.config), "--json")
-        return json.loads(shown.stdout)[0]["last_message"]
-
-    wait_for(lambda: last_message() != "edited", timeout=10)  # the pending writes landed
-    keeper.send_signal(signal.SIGTERM)
-    assert keeper.wait(20) == 0
-    log = keeper.stderr.read() if keeper.stderr else ""
-    assert "database is locked" in log
-    assert "Traceback" not in log
+    # the pending writes landed
+    wait_for(lambda: d.stored_rows()[0]["last_message"] != "edited", timeout=10)
+    assert "database is locked" in d.stop(keeper)
 
 
 def test_a_state_database_removed_under_the_keeper_is_made_again_and_a_revocation_reaches_it(
@@ -326,22 +329,15 @@ def test_a_state_database_removed_under_the_keeper_is_made_again_and_a_revocatio
     staple again, takes the revocation in and serves it (it went on with the deleted file,
     saying good, its local responder answering good)."""
     d = deployment
-    keeper = d.run()
-    wait_for(lambda: http_get(f"{d.base}/healthz")[0] == 200)
-    wait_for(lambda: certificate(d.status())["state"] == "good")
+    keeper = d.run_until_good()
     for name in ("state.db", "state.db-wal", "state.db-shm"):
         (d.tmp / "state" / name).unlink(missing_ok=True)
     d.revoke()
     assert d.prime(str(d.fullchain)).returncode == 3
     wait_for(lambda: certificate(d.status())["state"] == "revoked", timeout=10)
     assert d.local_answer() == "revoked"
-    shown = d.mustaple("status", "--config", str(d.config), "--json")
-    assert [row["state"] for row in json.loads(shown.stdout)] == ["revoked"]
-    keeper.send_signal(signal.SIGTERM)
-    assert keeper.wait(20) == 0
-    log = keeper.stderr.read() if keeper.stderr else ""
-    assert "the state database was " in log
-    assert "Traceback" not in log
+    assert [row["state"] for row in d.stored_rows()] == ["revoked"]
+    assert "the state database was " in d.stop(keeper)
 
 
 def test_a_state_database_damaged_under_the_keeper_is_set_aside_and_the_pages_still_answer(
@@ -351,9 +347,7 @@ def test_a_state_database_damaged_under_the_keeper_is_set_aside_and_the_pages_st
     still answer (they were 500s with tracebacks), and at its next pass the keeper moves the
     file aside, starts a new one and stores its staple and rows there."""
     d = deployment
-    keeper = d.run()
-    wait_for(lambda: http_get(f"{d.base}/healthz")[0] == 200)
-    wait_for(lambda: certificate(d.status())["state"] == "good")
+    keeper = d.run_until_good()
     db = d.tmp / "state" / "state.db"
     sqlite3.connect(db).execute("PRAGMA wal_checkpoint(TRUNCATE)").close()
     with db.open("r+b") as damaged:  # all of it in the file, then every byte of it garbage
@@ -361,18 +355,10 @@ def test_a_state_database_damaged_under_the_keeper_is_set_aside_and_the_pages_st
     for path in ("/", "/status", "/metrics"):
         assert http_get(d.base + path)[0] == 200, path
     wait_for(lambda: any(d.tmp.joinpath("state").glob("state.db.corrupt-*")), timeout=10)
-
-    def stored() -> list[str]:
-        shown = d.mustaple("status", "--config", str(d.config), "--json")
-        return [row["state"] for row in json.loads(shown.stdout)] if shown.returncode == 0 else []
-
-    wait_for(lambda: stored() == ["good"], timeout=10)
+    wait_for(lambda: [row["state"] for row in d.stored_rows()] == ["good"], timeout=10)
     assert certificate(d.status())["state"] == "good"
-    keeper.send_signal(signal.SIGTERM)
-    assert keeper.wait(20) == 0
-    log = keeper.stderr.read() if keeper.stderr else ""
+    log = d.stop(keeper)
     assert "damaged" in log
-    assert "Traceback" not in log
     assert "unexpected error" not in log
 
 
