@@ -11,12 +11,15 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.x509 import ocsp
+from cryptography.x509.ocsp import OCSPCertStatus
 
-from mustaple.testing import CA, ResponderThread
+from mustaple.testing import CA, Behaviour, ResponderThread
 from outside import get_json, http_get, wait_for
 from servers import free_port
 
@@ -164,3 +167,51 @@ def test_a_full_sink_directory_is_a_sink_failure_that_heals(
     assert code == 0, log
     assert "Traceback" not in log
     assert "a.test: sink files takes the staple again" in log
+
+
+def test_a_revocation_delivered_while_the_state_disk_is_full_survives_a_restart(
+    tmp_path: Path, small_state: Path
+) -> None:
+    """The keeper learns a revocation while nothing can be stored: it delivers it, says at
+    its exit that it could not store it, and the next start, the CA down, takes the revoked
+    answer back from the staple file instead of delivering the older good staple over it."""
+    ca, port = CA(), free_port()
+    config = write_config(tmp_path, small_state, tmp_path / "staples", port)
+    quick = '[policy]\nrefresh_at = 0.001\njitter = 0.0\nmin_interval = "1s"\n'  # seconds
+    config.write_text(config.read_text().replace("[policy]\n", quick))
+    staple = tmp_path / "staples" / "a.test.der"
+    with ResponderThread(ca, validity=timedelta(hours=2), cache_for=timedelta(0)) as responder:
+        leaf = ca.issue("a.test", ocsp_urls=[responder.url])
+        responder.add(leaf)
+        leaf.write(tmp_path / "live" / "a.test")
+        run = [MUSTAPLE, "run", "--config", str(config)]
+        keeper = subprocess.Popen(run, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(staple.exists)
+            filler = fill(small_state)
+            responder.set_behaviour(Behaviour.REVOKED)
+            wait_for(lambda: said(staple) == OCSPCertStatus.REVOKED, timeout=20)
+        finally:
+            keeper.send_signal(signal.SIGTERM)
+            code = keeper.wait(20)
+        log = keeper.stderr.read() if keeper.stderr else ""
+        assert code == 0, log
+        assert "REVOKED, not stored: a.test" in log
+        filler.unlink()
+        responder.set_behaviour(Behaviour.HTTP_500)
+        again = subprocess.Popen(run, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200)
+            assert states(port) == {"a.test": "revoked"}
+            assert said(staple) == OCSPCertStatus.REVOKED
+        finally:
+            again.send_signal(signal.SIGTERM)
+            code = again.wait(20)
+        log = again.stderr.read() if again.stderr else ""
+    assert code == 0, log
+    assert "Traceback" not in log
+    assert "newer than the stored one" in log
+
+
+def said(path: Path) -> OCSPCertStatus:
+    return ocsp.load_der_ocsp_response(path.read_bytes()).certificate_status

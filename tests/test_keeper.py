@@ -25,7 +25,7 @@ from conftest import Crowded, Handler, LoopbackServer
 from mustaple.adapters.config import CertEntry, Config, Hooks
 from mustaple.adapters.sinks import FileSink
 from mustaple.adapters.store import SqliteStore
-from mustaple.core.certs import Target
+from mustaple.core.certs import Target, make_target
 from mustaple.core.delivery import Action, Sink
 from mustaple.core.reasons import Reason, Rejection
 from mustaple.core.request import make_cert_id
@@ -267,6 +267,58 @@ def test_one_file_a_sink_refuses_beside_another_of_the_same_certificate(tmp_path
                 assert not life.sinks["files"].ok
                 assert life.sinks["files"].failures == 2
                 assert (tmp / "live" / "b.test" / "staple.der").is_file()
+        finally:
+            store.close()
+
+    run(scenario, tmp_path)
+
+
+def test_a_start_takes_a_newer_valid_answer_back_from_a_file_sink_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    """At a start, a file sink's staple that is newer than the stored one (delivered while
+    the store could not be written) is taken: a revocation is not undone by the older good
+    staple. Garbage, an older answer or another certificate's answer there is not taken."""
+
+    async def scenario(tmp: Path) -> None:
+        clock = ManualClock()
+        w = Offline(tmp, clock, CA(now=clock.now - DAY))
+        leaf = w.issue("a.test")
+        other = w.issue("b.test")
+        file = tmp / "live" / "a.test" / "staple.der"
+        store = SqliteStore(tmp / "state" / "state.db")
+        sinks: dict[str, Sink] = {"files": FileSink("files", path="{dir}/staple.der")}
+
+        async def start() -> tuple[Keeper, int]:
+            keeper = Keeper(config(tmp), store=store, sinks=sinks, clock=clock,
+                            dice=lambda: 0.5, fetcher=MemoryFetcher(w.answer))  # fmt: skip
+            await keeper.scan()
+            return keeper, keeper.take_from_sinks()
+
+        try:
+            keeper, _ = await start()
+            await keeper.tick()  # stored and delivered: good
+            older = file.read_bytes()
+            clock.now += timedelta(hours=1)
+            w.revoked = True
+            target = make_target(leaf.cert, w.ca.issuing.cert)
+            revoked = w.answer(target, clock.now)
+            assert isinstance(revoked, bytes)
+            b_target = make_target(other.cert, w.ca.issuing.cert)
+            for found in (b"garbage", w.answer(b_target, clock.now)):
+                assert isinstance(found, bytes)
+                file.write_bytes(found)
+                assert (await start())[1] == 0
+            file.write_bytes(revoked)
+            keeper, taken = await start()
+            assert taken == 1
+            (life,) = [x for x in keeper.lives.values() if x.name == "a.test"]
+            assert life.state.revoked is not None
+            await keeper.deliver(again=True)
+            assert file.read_bytes() == revoked
+            keeper._flush()
+            file.write_bytes(older)  # the stored answer is now the revoked one: older stays
+            assert (await start())[1] == 0
         finally:
             store.close()
 

@@ -349,6 +349,14 @@ class FileSink:
         outcomes = await asyncio.to_thread(self._apply_all, batch)
         return await self._reloader.finish(self.name, batch, outcomes)
 
+    def held(self, delivery: Delivery) -> bytes | None:
+        """The bytes of `delivery`'s staple file (at most MAX_INPUT), or None when there is
+        none or it cannot be read."""
+        try:
+            return read_prefix(self.path_for(delivery), MAX_INPUT)
+        except OSError:
+            return None
+
     def _apply_all(self, batch: Sequence[Delivery]) -> list[_Outcome]:
         """Each delivery, in order, with the same outcome as one at a time; the files to write
         are written together (`write_atomic_many`), before any removal and before a file

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 __all__ = ["Action", "Delivered", "Delivery", "Sink", "SinkHealth"]
 
@@ -88,3 +88,12 @@ class Sink(Protocol):
     name: str
 
     async def deliver(self, batch: Sequence[Delivery]) -> list[Delivered]: ...
+
+
+@runtime_checkable
+class KeepsCopies(Protocol):
+    """A sink whose staples can be read back (a file sink): at a start, a staple it holds
+    that is newer than the stored one (delivered when the state could not be written) is
+    not undone by the older one."""
+
+    def held(self, delivery: Delivery) -> bytes | None: ...

@@ -360,9 +360,11 @@ def _reloaded(path: Path, running: Config) -> Config | None:
 
 
 async def _start(keeper: Keeper) -> None:
-    """Deliver every stored staple that is still valid, before the first fetch (the delivery
-    writes every status row: each certificate is new to this process, so each has one)."""
+    """Deliver every stored staple that is still valid (or a newer one a file sink holds),
+    before the first fetch (the delivery writes every status row: each certificate is new to
+    this process, so each has one)."""
     await keeper.scan()
+    keeper.take_from_sinks()
     await keeper.deliver(again=True)
 
 

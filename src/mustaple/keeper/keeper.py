@@ -67,7 +67,7 @@ from mustaple.adapters.workers import DEPTH, Limits, WorkerPool, batch_collector
 from mustaple.core import lifecycle
 from mustaple.core.certs import Target, display_name, is_must_staple, parse_certificates
 from mustaple.core.clock import Clock, utc_now
-from mustaple.core.delivery import Action, Delivered, Delivery, Sink, SinkHealth
+from mustaple.core.delivery import Action, Delivered, Delivery, KeepsCopies, Sink, SinkHealth
 from mustaple.core.errors import InputError
 from mustaple.core.fetchtypes import Fetcher, FetchJob, FetchPolicy, FetchResult
 from mustaple.core.lifecycle import (
@@ -84,7 +84,7 @@ from mustaple.core.reasons import Reason, Rejection
 from mustaple.core.render import human_time, shown
 from mustaple.core.request import CertId, make_cert_id
 from mustaple.core.urls import first_host
-from mustaple.core.verify import Policy, Staple
+from mustaple.core.verify import Policy, Staple, may_replace, verify
 
 __all__ = [
     "CertFile",
@@ -345,6 +345,7 @@ class Keeper:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._flush()
+        self._say_unstored()
         if self._ending:
             await asyncio.wait(self._ending)
         if self._hooks:
@@ -606,6 +607,57 @@ class Keeper:
             if answer is not None:
                 fetched = lifecycle.Store(answer, answer.produced_at, None)  # not after the fetch
                 self._pending.staples.append((life.key, _stored(life, fetched)))
+
+    def _say_unstored(self) -> None:
+        """At exit: the answers the store could not take (a full disk) are lost with this
+        process; said loudly, a revocation first (a file sink keeps its copy: the next start
+        takes it back, see `take_from_sinks`)."""
+        if not self._pending.staples:
+            return
+        lost = dict(self._pending.staples)
+        revoked = sorted(s.name for s in lost.values() if s.revoked)
+        log.error(
+            "the state store could not take %d answers before the exit (%s)%s",
+            len(lost),
+            self._store_problem or "no store",
+            f"; REVOKED, not stored: {', '.join(revoked)}" if revoked else "",
+        )
+
+    def take_from_sinks(self) -> int:
+        """At a start, before the first delivery: a staple a sink holds for a certificate
+        (a file sink's file) that is strictly newer than the one restored from the store is
+        taken, validated as any answer (it was delivered while the store could not be
+        written: a full disk; or written there by another tool). Without it, the start would
+        deliver the older stored staple over it: a revocation undone. Returns how many."""
+        now, taken = self.clock(), 0
+        for managed in self.managed.values():
+            for name in managed.entry.sinks or tuple(self.sinks):
+                sink = self.sinks[name]
+                if isinstance(sink, KeepsCopies):
+                    taken += self._take_copy(managed, sink, name, now)
+        return taken
+
+    def _take_copy(self, managed: Managed, sink: KeepsCopies, name: str, now: datetime) -> bool:
+        answer = managed.life.state.answer
+        der = sink.held(self._delivery(managed, (Action.STAPLE, None)))
+        if der is None or (answer is not None and der == answer.der):
+            return False
+        found = verify(der, managed.target, now, self.policy.verify)
+        if not isinstance(found, Staple):
+            return False
+        if answer is not None and not (
+            may_replace(found, answer) is None and may_replace(answer, found) is not None
+        ):
+            return False
+        log.warning(
+            "%s: the staple in the file of sink %s is newer than the stored one (delivered "
+            "when it could not be stored): taken",
+            managed.name,
+            name,
+        )
+        event = Accepted(found, found.produced_at, None, f"found in the file of sink {name}")
+        self._apply(managed.life, event, now)
+        return managed.life.state.answer is found
 
     def _rewrite_statuses(self) -> None:
         """Every status row again at the next flush (a failed `prime` beside a running keeper
