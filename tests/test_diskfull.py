@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,23 @@ def write_config(tmp_path: Path, state: Path, staples: Path, port: int) -> Path:
         f'[http]\nlisten = "127.0.0.1:{port}"\n'
     )
     return config
+
+
+@contextmanager
+def running(config: Path, log: list[str]) -> Iterator[subprocess.Popen[str]]:
+    """A `mustaple run`, stopped by SIGTERM at the end: it must exit 0 without a
+    traceback; its log is appended to `log`."""
+    keeper = subprocess.Popen(
+        [MUSTAPLE, "run", "--config", str(config)], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        yield keeper
+    finally:
+        keeper.send_signal(signal.SIGTERM)
+        code = keeper.wait(20)
+    log.append(keeper.stderr.read() if keeper.stderr else "")
+    assert code == 0, log[-1]
+    assert "Traceback" not in log[-1]
 
 
 def states(port: int) -> dict[str, str]:
@@ -184,33 +202,20 @@ def test_a_revocation_delivered_while_the_state_disk_is_full_survives_a_restart(
         leaf = ca.issue("a.test", ocsp_urls=[responder.url])
         responder.add(leaf)
         leaf.write(tmp_path / "live" / "a.test")
-        run = [MUSTAPLE, "run", "--config", str(config)]
-        keeper = subprocess.Popen(run, stderr=subprocess.PIPE, text=True)
-        try:
+        logs: list[str] = []
+        with running(config, logs):
             wait_for(staple.exists)
             filler = fill(small_state)
             responder.set_behaviour(Behaviour.REVOKED)
             wait_for(lambda: said(staple) == OCSPCertStatus.REVOKED, timeout=20)
-        finally:
-            keeper.send_signal(signal.SIGTERM)
-            code = keeper.wait(20)
-        log = keeper.stderr.read() if keeper.stderr else ""
-        assert code == 0, log
-        assert "REVOKED, not stored: a.test" in log
+        assert "REVOKED, not stored: a.test" in logs[0]
         filler.unlink()
         responder.set_behaviour(Behaviour.HTTP_500)
-        again = subprocess.Popen(run, stderr=subprocess.PIPE, text=True)
-        try:
+        with running(config, logs):
             wait_for(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200)
             assert states(port) == {"a.test": "revoked"}
             assert said(staple) == OCSPCertStatus.REVOKED
-        finally:
-            again.send_signal(signal.SIGTERM)
-            code = again.wait(20)
-        log = again.stderr.read() if again.stderr else ""
-    assert code == 0, log
-    assert "Traceback" not in log
-    assert "newer than the stored one" in log
+    assert "newer than the stored one" in logs[1]
 
 
 def said(path: Path) -> OCSPCertStatus:
