@@ -21,6 +21,7 @@ from mustaple.testing import CA, Leaf, LeafFiles
 
 Serve = Callable[[Handler], LoopbackServer]
 DAY = timedelta(days=1)
+HOUR = timedelta(hours=1)
 JSON_KEYS = {
     "ok", "status", "reason", "message", "serial", "must_staple", "this_update", "next_update",
     "effective_expiry", "responder_url", "attempts",
@@ -121,6 +122,40 @@ def test_fetch_revoked_exits_3_and_writes_nothing(
     assert out.startswith("REVOKED cli.test: REVOKED at ")
     assert "replace the certificate" in out
     assert not out_file.exists()
+
+
+def test_fetch_out_never_sets_a_staple_file_back(
+    serve: Serve,
+    ca: CA,
+    site: tuple[Leaf, LeafFiles],
+    now: datetime,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The file holds a newer revoked answer (a keeper's sink file): a good answer of two
+    hours before does not replace it (it did, and the keeper never wrote it again); an older
+    answer there, or another certificate's, is replaced as before."""
+    leaf, files = site
+    out_file = tmp_path / "staple.der"
+    revoked = response(ca, leaf, now, status=ocsp.OCSPCertStatus.REVOKED)
+    out_file.write_bytes(revoked)
+    older = build_response(leaf, ca.issuing, this_update=now - 2 * HOUR, next_update=now + DAY)
+    server = serve(answering(older))
+    argv = ["fetch", str(files.fullchain), "--url", server.url, "--out", str(out_file)]
+    code, out, err = run(argv, capsys)
+    assert code == ExitCode.USAGE
+    assert out == ""
+    assert err.startswith(f"mustaple: {out_file}: holds a newer answer for this certificate (")
+    assert err.count("\n") == 1
+    assert out_file.read_bytes() == revoked
+    other = ca.issue("other.test", ocsp_urls=[])
+    for held in (older, response(ca, other, now)):
+        out_file.write_bytes(held)
+        body = response(ca, leaf, now)
+        server = serve(answering(body))
+        argv = ["fetch", str(files.fullchain), "--url", server.url, "--out", str(out_file)]
+        assert run(argv, capsys)[0] == ExitCode.GOOD
+        assert out_file.read_bytes() == body
 
 
 def test_fetch_unknown_and_rejected_exit_1(

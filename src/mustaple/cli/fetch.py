@@ -20,11 +20,15 @@ from mustaple.cli.options import (
 )
 from mustaple.core.clock import utc_now
 from mustaple.core.errors import InputError
+from mustaple.core.render import human_time
 from mustaple.core.request import HASHES
-from mustaple.core.verify import Policy
+from mustaple.core.verify import Policy, Staple, may_replace, verify
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from mustaple.adapters.fetch import FetchPolicy, FetchResult
+    from mustaple.core.certs import Target
 
 __all__ = ["fetch"]
 
@@ -100,6 +104,7 @@ def fetch(
     staple = result.staple
     saved = None
     if out and staple is not None and staple.good:
+        _keep_newer(out, staple, target, now, verify_policy)
         _write_out(out, staple.der)
         saved = out
     if as_json:
@@ -128,6 +133,25 @@ def _check_out(out: str, *inputs: str | None) -> None:
         raise InputError(
             f"{out}: holds something else than an OCSP response; --out replaces only a staple "
             "file: remove it or give another path"
+        )
+
+
+def _keep_newer(path: str, staple: Staple, target: Target, now: datetime, policy: Policy) -> None:
+    """InputError when `path` holds a valid answer for the same certificate that `staple`
+    may not replace (`verify.may_replace`: a newer one, or a revocation of the same age): a
+    staple file a keeper maintains is never set back (a revocation undone)."""
+    from mustaple.adapters.files import MAX_INPUT, read_prefix
+
+    try:
+        held = read_prefix(path, MAX_INPUT)
+    except OSError:
+        return  # unreadable: said when it is written
+    found = verify(held, target, now, policy) if held else None
+    if isinstance(found, Staple) and (older := may_replace(staple, found)) is not None:
+        said = "revoked" if not found.good else "good"
+        raise InputError(
+            f"{path}: holds a newer answer for this certificate ({said}, thisUpdate "
+            f"{human_time(found.this_update)}); not replaced: {older.message}"
         )
 
 
