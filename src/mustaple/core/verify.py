@@ -47,6 +47,7 @@ __all__ = [
     "declares_unused_bits",
     "judge",
     "may_replace",
+    "strictly_newer",
     "verify",
 ]
 
@@ -915,3 +916,9 @@ def may_replace(candidate: Dated, current: Dated) -> Rejection | None:
             f"{human_time(candidate.effective_expiry)} < {human_time(current.effective_expiry)}",
         )
     return None
+
+
+def strictly_newer(candidate: Dated, current: Dated) -> bool:
+    """Whether `candidate` may replace `current` and not the other way round (`may_replace`
+    both ways: the same answer, or one of the same age, is not newer)."""
+    return may_replace(candidate, current) is None and may_replace(current, candidate) is not None

@@ -45,7 +45,7 @@ from mustaple.adapters.config import FleetConfig
 from mustaple.adapters.fetch import FetchResult
 from mustaple.adapters.redisstore import Lease, RedisStore, Retry, shown_url
 from mustaple.adapters.store import StoredStaple
-from mustaple.core.verify import Staple, may_replace, verify
+from mustaple.core.verify import Staple, strictly_newer, verify
 from mustaple.keeper.keeper import Keeper, Managed, Turn, attempt_records
 
 __all__ = ["Fleet"]
@@ -466,12 +466,11 @@ def _stored(
 
 
 def _newer(staple: Staple, found: tuple[StoredStaple, str] | None) -> bool:
-    """Whether ours is strictly newer than the shared one, by `verify.may_replace`: ours may
-    replace it and it may not replace ours."""
+    """Whether ours is strictly newer than the shared one (`verify.strictly_newer`)."""
     if found is None:
         return True
     shared = found[0]
-    return may_replace(staple, shared) is None and may_replace(shared, staple) is not None
+    return strictly_newer(staple, shared)
 
 
 def _short(exc: BaseException) -> str:

@@ -84,7 +84,7 @@ from mustaple.core.reasons import Reason, Rejection
 from mustaple.core.render import human_time, shown
 from mustaple.core.request import CertId, make_cert_id
 from mustaple.core.urls import first_host
-from mustaple.core.verify import Policy, Staple, may_replace, verify
+from mustaple.core.verify import Policy, Staple, strictly_newer, verify
 
 __all__ = [
     "CertFile",
@@ -619,7 +619,7 @@ class Keeper:
         log.error(
             "the state store could not take %d answers before the exit (%s)%s",
             len(lost),
-            self._store_problem or "no store",
+            self._store_problem or "the store failed",
             f"; REVOKED, not stored: {', '.join(revoked)}" if revoked else "",
         )
 
@@ -645,9 +645,7 @@ class Keeper:
         found = verify(der, managed.target, now, self.policy.verify)
         if not isinstance(found, Staple):
             return False
-        if answer is not None and not (
-            may_replace(found, answer) is None and may_replace(answer, found) is not None
-        ):
+        if answer is not None and not strictly_newer(found, answer):
             return False
         log.warning(
             "%s: the staple in the file of sink %s is newer than the stored one (delivered "
