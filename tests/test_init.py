@@ -239,6 +239,7 @@ def test_apply_nginx_is_undone_when_nginx_t_refuses_it(
     assert code == 1, said  # no staple file yet: nginx -t refuses ssl_stapling_file
     assert "its checker refused the change, so it was undone" in said
     assert "mustaple prime" in said
+    assert "init --apply --force again" in said
     after = {p: p.read_bytes() for p in tree.nginx.parent.rglob("*") if p.is_file()}
     assert after == before  # byte for byte, and no backup left behind
     assert _checker(NGINX, "-t", "-c", tree.nginx).returncode == 0
@@ -535,3 +536,99 @@ def test_apply_where_no_backup_can_be_made_changes_nothing(
         "cannot back up or edit (Operation not permitted); every file is as it was"
     )
     assert {p: p.read_bytes() for p in sites.iterdir()} == before
+
+
+def _with_ecdsa_block(tree: Tree) -> Path:
+    """example.test in two certbot lineages (RSA-like and ECDSA), served by two blocks."""
+    le = tree.root / "etc/letsencrypt"
+    ecdsa = _certbot(le, "example.test-ecdsa", tree.ca.issue("example.test", key_type="ec"))
+    example = tree.nginx.parent / "sites-enabled/example.conf"
+    example.write_text(
+        _server("example.test", le / "live/example.test", 8443)
+        + _server("www.example.test", ecdsa.parent, 8444)
+    )
+    return ecdsa
+
+
+def test_two_certificates_of_one_name_never_share_a_staple_file(
+    tree: Tree, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both would get `{name}.der`, and nginx would staple one's answer on the other's
+    handshake: the second is left out, saying why, and its block gets no edit."""
+    ecdsa = _with_ecdsa_block(tree)
+    out = tree.root / "mustaple.toml"
+    code, said = _init(tree, "--nginx-conf", str(tree.nginx), "--out", str(out), capsys=capsys)
+    assert code == 0, said
+    text = out.read_text()
+    assert f"# left out: its staple file would be example.test.der, as for {tree.live}" in text
+    assert f'# paths = ["{ecdsa}"]' in text
+    assert "(server www.example.test):" not in said
+    assert "(server example.test):" in said
+    check_config(out)
+
+
+def test_a_block_of_two_certificates_gets_the_local_responder_in_the_configuration(
+    tree: Tree, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The advice names the local responder: the configuration written turns it on, and the
+    block's certificates go to no nginx file (a file there would be the other's too)."""
+    le = tree.root / "etc/letsencrypt"
+    ecdsa = _certbot(le, "example.test-ecdsa", tree.ca.issue("example.test", key_type="ec"))
+    example = tree.nginx.parent / "sites-enabled/example.conf"
+    example.write_text(
+        _server("example.test", le / "live/example.test", 8443).replace(
+            "    }", f"        ssl_certificate {ecdsa};\n    }}"
+        )
+    )
+    out = tree.root / "mustaple.toml"
+    code, said = _init(tree, "--nginx-conf", str(tree.nginx), "--out", str(out), capsys=capsys)
+    assert code == 0, said
+    config = check_config(out)
+    assert config.http is not None
+    entries = {entry.paths[0]: entry for entry in config.certificates}
+    assert entries[str(ecdsa)].sinks == ()
+    assert entries[str(tree.live)].sinks == ()
+    assert "its staple file would be" not in out.read_text()
+
+
+def test_nginx_dump_keeps_a_files_leading_blank_lines(tmp_path: Path) -> None:
+    """`nginx -T` shows each file after a header line: blank lines it starts with are its
+    own, and the edit goes after the right line (it went before `server {`, at http level)."""
+    conf = tmp_path / "site.conf"
+    conf.write_text("\n\n\nserver {\n    ssl_certificate /x/fullchain.pem;\n}\n")
+    dump = tmp_path / "nginx-T.txt"
+    dump.write_text(f"# configuration file {conf}:\n{conf.read_text()}")
+    main = tmp_path / "nginx.conf"
+    main.write_text(f"events {{}}\nhttp {{\n    include {conf};\n}}\n")
+    dump.write_text(f"# configuration file {main}:\n{main.read_text()}\n{dump.read_text()}")
+    (site,) = read_nginx(dump).sites
+    assert site.line == 5
+
+
+def test_apply_with_a_relative_nginx_conf_and_files_the_server_user_owns(
+    tree: Tree, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--nginx-conf nginx.conf` from its directory: nginx -c took it from its own prefix and
+    every --apply failed; the edited file keeps its owner and group (it became root's)."""
+    sites = tree.nginx.parent / "sites-enabled/example.conf"
+    os.chown(sites, 65534, 65534)
+    _staple(tree, "example.test", tree.leaf)
+    _staple(tree, "plain.test", tree.leaf)
+    monkeypatch.chdir(tree.nginx.parent)
+    code, said = _init(tree, "--nginx-conf", "nginx.conf", "--apply", capsys=capsys)
+    assert code == 0, said
+    assert (sites.stat().st_uid, sites.stat().st_gid) == (65534, 65534)
+    (backup,) = (tree.root / "state/backups").rglob("example.conf")
+    assert backup.stat().st_uid == 65534
+
+
+def test_a_certificate_whose_name_is_not_utf8_is_left_out_not_written_into_toml(
+    tree: Tree, capsys: pytest.CaptureFixture[str]
+) -> None:
+    odd = tree.root / "etc/haproxy/dir" / os.fsdecode(b"caf\xe9.pem")
+    _haproxy_pem(odd, tree.ca.issue("cafe.test"))
+    out = tree.root / "mustaple.toml"
+    code, said = _init(tree, "--haproxy-conf", str(tree.haproxy), "--out", str(out), capsys=capsys)
+    assert code == 0, said
+    assert "its name is not UTF-8, which TOML cannot hold: rename it" in out.read_text()
+    check_config(out)

@@ -187,7 +187,8 @@ def _nginx_dump(text: str) -> dict[Path, str] | None:
     parts = NGINX_DUMP_HEADER.split(text)
     if len(parts) < 3:
         return None
-    return {Path(parts[i]): parts[i + 1].lstrip("\n") for i in range(1, len(parts) - 1, 2)}
+    # only the header's own line end: a file's leading blank lines keep its line numbers
+    return {Path(parts[i]): parts[i + 1].removeprefix("\n") for i in range(1, len(parts) - 1, 2)}
 
 
 def _nginx_included(

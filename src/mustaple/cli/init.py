@@ -108,7 +108,7 @@ def _write_config(out: Path, text: str) -> None:
 
 def _apply(plan: Plan, edits: Sequence[Edit], advice: Sequence[str]) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    failed = False
+    failed = stapling_file_missing = False
     for conf in plan.confs:
         mine = [e for e in edits if e.server == conf.server]
         if not mine:
@@ -121,11 +121,13 @@ def _apply(plan: Plan, edits: Sequence[Edit], advice: Sequence[str]) -> int:
         ok, said = apply_edits(conf.server, conf.main, mine, backups)
         click.echo(said)
         failed = failed or not ok
+        stapling_file_missing |= not ok and str(plan.state_dir / "staples") in said
     for line in advice:
         click.echo(line)
-    if failed and any(c.server == "nginx" for c in plan.confs):
+    if failed and stapling_file_missing:
         click.echo(
             "nginx refuses a missing ssl_stapling_file: run `mustaple prime --config FILE "
-            "CERT...` first, then init --apply again"
+            "--all` first, then init --apply --force again (--force: the configuration it "
+            "writes is there already)"
         )
     return 1 if failed else 0

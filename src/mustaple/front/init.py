@@ -17,7 +17,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -44,6 +44,7 @@ from mustaple.core.certs import (
     parse_certificates,
 )
 from mustaple.core.errors import InputError
+from mustaple.core.render import shown
 
 __all__ = [
     "CHECKERS",
@@ -153,10 +154,49 @@ def make_plan(confs: Sequence[ServerConf], state_dir: Path) -> Plan:
         for site in conf.sites:
             sites.setdefault(site.cert, []).append((conf.server, site))
     found = tuple(_look(cert, tuple(where)) for cert, where in sites.items())
-    return Plan(tuple(confs), found, state_dir)
+    plan = Plan(tuple(confs), found, state_dir)
+    return replace(plan, found=_one_file_per_name(plan))
+
+
+def _one_file_per_name(plan: Plan) -> tuple[Found, ...]:
+    """A certificate whose staple file (`{name}.der`) another usable certificate already
+    has (an RSA and an ECDSA certificate of one name, in two blocks) is left out, saying so:
+    the sink would give both one file, and a server would staple the other's answer."""
+    owners: dict[str, Path] = {}
+    kept = []
+    for found in plan.found:
+        writes = found.usable and bool(_file_sinks(plan, found))
+        first = owners.setdefault(found.name, found.cert) if writes else found.cert
+        if first != found.cert:
+            why = (
+                f"its staple file would be {found.name}.der, as for {first}, another "
+                "certificate of the same name: give one of them a file sink of its own "
+                "(a `path` with {stem} or {dir}, docs/configuration.md)"
+            )
+            kept.append(replace(found, problem=why))
+        else:
+            kept.append(found)
+    return tuple(kept)
+
+
+def _file_sinks(plan: Plan, found: Found) -> list[str]:
+    """The sinks `found` is delivered to: not Apache (it asks the local responder), nor an
+    nginx whose every block serving it serves other certificates too (the local responder
+    again: `ssl_stapling_file` is one file per block)."""
+    several = _blocks_of_several(plan)
+    sinks = []
+    for server in found.servers:
+        blocks = [(server, site.file, site.block) for s, site in found.sites if s == server]
+        if server == "apache" or all(block in several for block in blocks):
+            continue
+        sinks.append(server)
+    return sinks
 
 
 def _look(cert: Path, sites: tuple[tuple[str, Site], ...]) -> Found:
+    if not _utf8(cert):
+        problem = f"{shown(cert)}: its name is not UTF-8, which TOML cannot hold: rename it"
+        return Found(cert, sites, problem=problem)
     try:
         chain = parse_certificates(read_input(cert, "certificate"), source=str(cert))
     except InputError as exc:
@@ -177,6 +217,14 @@ def _look(cert: Path, sites: tuple[tuple[str, Site], ...]) -> Found:
     )  # fmt: skip
 
 
+def _utf8(path: Path) -> bool:
+    try:
+        str(path).encode()
+    except UnicodeEncodeError:  # a byte that is not UTF-8, kept by Python as a surrogate
+        return False
+    return True
+
+
 def _issuer_beside(cert: Path, leaf: x509.Certificate) -> Path | None:
     """certbot's chain.pem, or HAProxy's <crt>.issuer, when it signed the certificate."""
     for candidate in (cert.parent / "chain.pem", Path(f"{cert}.issuer")):
@@ -184,7 +232,7 @@ def _issuer_beside(cert: Path, leaf: x509.Certificate) -> Path | None:
             certs = parse_certificates(candidate.read_bytes(), source=str(candidate))
         except (OSError, InputError):
             continue
-        if find_issuer(leaf, certs) is not None:
+        if find_issuer(leaf, certs) is not None and _utf8(candidate):
             return candidate
     return None
 
@@ -198,15 +246,17 @@ def print_table(plan: Plan, console: Console) -> None:
     for column in ("certificate", "must-staple", "OCSP URL", "issuer", "served by"):
         table.add_column(column, overflow="fold")
     for found in plan.found:
-        where = "\n".join(f"{s}: {site.block} ({site.file}:{site.line})" for s, site in found.sites)
+        where = shown(
+            "\n".join(f"{s}: {site.block} ({site.file}:{site.line})" for s, site in found.sites)
+        )
         if found.problem:
-            table.add_row(escape(str(found.cert)), "?", escape(found.problem), "", escape(where))
+            table.add_row(escape(shown(found.cert)), "?", escape(found.problem), "", escape(where))
             continue
         url = escape("\n".join(found.ocsp_urls)) or (
             "[red]none: can never be stapled[/]" if found.must_staple else "none: nothing to staple"
         )
         table.add_row(
-            escape(f"{found.name}\n{found.cert}"),
+            escape(f"{found.name}\n{shown(found.cert)}"),
             "[bold]yes[/]" if found.must_staple else "no",
             url,
             escape(found.issuer) or "[red]not found: set issuer[/]",
@@ -238,20 +288,33 @@ def render_toml(plan: Plan) -> str:
     ]
     for found in plan.found:
         lines += ["", *_entry(plan, found)]
-    for server in sorted({s for f in plan.found if f.usable for s in f.servers}):
+    for server in _plan_sinks(plan):
         lines += ["", *_sink(plan, server)]
+    if _needs_local_responder(plan):
+        lines += [
+            "",
+            "# Apache's mod_ssl, and an nginx block serving several certificates, ask this",
+            "# local OCSP responder (docs/integrations/apache.md, nginx.md)",
+            "[http]",
+            f"listen = {_q(LOCAL_RESPONDER)}",
+        ]
     return "\n".join(lines) + "\n"
+
+
+def _needs_local_responder(plan: Plan) -> bool:
+    usable = [f for f in plan.found if f.usable]
+    return any("apache" in f.servers for f in usable) or bool(_blocks_of_several(plan))
 
 
 def _entry(plan: Plan, found: Found) -> list[str]:
     served = ", ".join(f"{s} ({site.block})" for s, site in found.sites)
-    head = [f"# {found.name or found.cert}: served by {served}"]
+    head = [f"# {found.name or shown(found.cert)}: served by {served}"]
     body = [f"paths = [{_q(found.cert)}]"]
     if found.issuer_file is not None:
         body.append(f"issuer = {_q(found.issuer_file)}")
-    sinks = [s for s in found.servers if s != "apache"]
+    sinks = _file_sinks(plan, found)
     if sinks != list(found.servers):
-        head.append("# Apache asks the local OCSP responder ([http]): it needs no sink")
+        head.append("# the local OCSP responder ([http]) answers for it where no sink is named")
     if set(sinks) != set(_plan_sinks(plan)):
         body.append(f"sinks = [{', '.join(_q(s) for s in sinks)}]")
     why = _unusable(found)
@@ -261,7 +324,7 @@ def _entry(plan: Plan, found: Found) -> list[str]:
 
 
 def _plan_sinks(plan: Plan) -> list[str]:
-    return sorted({s for f in plan.found if f.usable for s in f.servers if s != "apache"})
+    return sorted({s for f in plan.found if f.usable for s in _file_sinks(plan, f)})
 
 
 def _unusable(found: Found) -> str | None:
@@ -280,12 +343,6 @@ def _unusable(found: Found) -> str | None:
 
 def _sink(plan: Plan, server: str) -> list[str]:
     template = plan.state_dir / "staples" / "{name}.der"
-    if server == "apache":
-        return [
-            "# Apache's mod_ssl asks this local OCSP responder (docs/integrations/apache.md)",
-            "[http]",
-            f"listen = {_q(LOCAL_RESPONDER)}",
-        ]
     if server == "haproxy":
         socket = _haproxy_socket(plan)
         return [
@@ -427,6 +484,7 @@ def apply_edits(
             backup = backups_dir / file.relative_to(file.anchor)
             backup.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(file, backup)
+            _own_as(backup, file.stat())
             backups[file] = backup
         for file, mine in by_file.items():
             _insert(file, mine)
@@ -443,21 +501,31 @@ def apply_edits(
 
 
 def _insert(file: Path, edits: Sequence[Edit]) -> None:
+    """The edits in `file`, its mode, owner and group kept (a file the server's user owns)."""
     lines = file.read_bytes().splitlines(keepends=True)
     for edit in sorted(edits, key=lambda e: -e.after):  # bottom up: line numbers stay true
         lines[edit.after : edit.after] = [f"{line}\n".encode() for line in edit.lines]
-    write_atomic(file, b"".join(lines), mode=file.stat().st_mode & 0o777)
+    info = file.stat()
+    write_atomic(file, b"".join(lines), mode=info.st_mode & 0o777)
+    _own_as(file, info)
+
+
+def _own_as(path: Path, info: os.stat_result) -> None:
+    """`path` owned as `info` says (only root may give a file away: others keep theirs)."""
+    if os.geteuid() == 0:
+        os.chown(path, info.st_uid, info.st_gid)
 
 
 def _restore(backups: dict[Path, Path], backups_dir: Path) -> None:
     """Every file as it was; the backups (made for this run only) go."""
     for file, backup in backups.items():
         if backup.exists():
-            shutil.copy2(backup, file)
+            shutil.copy2(backup, file)  # over the file: its owner stays
     shutil.rmtree(backups_dir, ignore_errors=True)
 
 
 def _check(server: str, main: Path) -> tuple[bool, str]:
+    main = main.absolute()  # nginx -c takes a relative path from its own prefix, not from here
     program, *args = CHECKERS[server]
     found = shutil.which(program, path=f"{os.environ.get('PATH', '')}:{_SBIN}")
     command = " ".join([program, *args, str(main)])
