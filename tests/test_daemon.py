@@ -200,6 +200,25 @@ def test_status_after_prime(site: Site, capsys: pytest.CaptureFixture[str]) -> N
     assert "good" in table
 
 
+def test_status_of_a_state_an_older_mustaple_wrote(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A state of schema 1 (no `revoked`, `paths`, `sinks` columns, no signatures table), as
+    before an upgrade whose daemon has not started yet: `status` upgrades it as it opens it,
+    and shows the rows (read only, it said 'not yet seen by the keeper')."""
+    site.issue("a.test")
+    main(["prime", "--config", str(site.config), site.cert("a.test")])
+    capsys.readouterr()
+    db = sqlite3.connect(site.tmp / "state" / "state.db", isolation_level=None)
+    for table, column in (("staples", "revoked"), ("status", "paths"), ("status", "sinks")):
+        db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    db.execute("DROP TABLE signatures")
+    db.execute("PRAGMA user_version = 1")
+    db.close()
+    assert main(["status", "--config", str(site.config), "--json"]) == 0
+    assert [row["state"] for row in json.loads(capsys.readouterr().out)] == ["good"]
+
+
 def test_status_reads_without_waiting_for_a_writer_and_never_moves_the_database(
     site: Site, capsys: pytest.CaptureFixture[str]
 ) -> None:

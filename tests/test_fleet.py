@@ -454,6 +454,34 @@ def test_a_time_without_a_zone_or_a_key_of_another_type_costs_only_that_record(
     assert len(refused) == 2  # once per member, not at every beat
 
 
+def test_redis_refusing_writes_is_redis_unavailable_not_a_refused_record(
+    tmp_path: Path, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A read-only replica after a failover, or a user without write permission: Redis
+    refuses every write (a ResponseError, as WRONGTYPE is). That is Redis unavailable (one
+    line, the member goes on alone), not one refused record per certificate (two warnings per
+    certificate at every pass, while the member said it was in the fleet)."""
+    user = f"reader{uuid.uuid4().hex[:6]}"
+    RedisStore(redis_server.url).client.execute_command(
+        "ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all", "-@write", "-@scripting"
+    )
+    url = redis_server.url.replace("redis://", f"redis://{user}:pw@")
+
+    async def scenario() -> None:
+        async with fleetworld(tmp_path, redis_server, members=1, certificates=3, url=url) as w:
+            (a,) = w.members
+            await a.keeper.tick()
+            assert len(w.responder.requests) == 3  # fetched alone
+            assert not a.fleet.up
+            assert all(m.held is not None for m in a.keeper.managed.values())
+
+    caplog.set_level("WARNING", "mustaple")
+    run(scenario)
+    lines = [r.getMessage() for r in caplog.records]
+    assert not [line for line in lines if "refused the shared records" in line]
+    assert len([line for line in lines if "unavailable" in line]) == 1
+
+
 def test_a_forged_shared_staple_from_the_future_is_replaced_by_the_next_fetch(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:

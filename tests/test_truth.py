@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -572,3 +573,41 @@ def test_sink_failures_are_shown_and_logged_with_the_name_not_every_pass(
     assert lines
     assert all(HOST in line for line in lines)
     assert len(lines) <= 3  # once, then at doubling counts: not every 1 s pass
+
+
+def test_run_starts_and_reloads_while_another_process_holds_the_write_lock(
+    deployment: Deployment,
+) -> None:
+    """Opening the state waits for another process's lock (the schema check writes), as a
+    one-shot command does: a start or a SIGHUP while an operator's shell holds it for 3 s
+    goes on once it is free (with a 1 s wait for everything, both failed with 'locked')."""
+    d = deployment
+    assert d.prime(str(d.fullchain)).returncode == 0
+    db = d.tmp / "state" / "state.db"
+
+    def locked_for(seconds: float) -> threading.Thread:
+        def hold() -> None:
+            other = sqlite3.connect(db, isolation_level=None, timeout=30)
+            other.execute("BEGIN IMMEDIATE")
+            time.sleep(seconds)
+            other.execute("ROLLBACK")
+            other.close()
+
+        thread = threading.Thread(target=hold)
+        thread.start()
+        time.sleep(0.3)  # the lock is held
+        return thread
+
+    holder = locked_for(3)
+    keeper = d.run()
+    holder.join()
+    wait_for(lambda: http_get(f"{d.base}/healthz")[0] == 200)
+    holder = locked_for(3)
+    keeper.send_signal(signal.SIGHUP)
+    holder.join()
+    time.sleep(1.5)  # the reload is done
+    assert keeper.poll() is None
+    log = d.stop(keeper)
+    assert "cannot open the state database" not in log
+    assert "configuration reloaded" in log
+    assert "keeping the running configuration" not in log

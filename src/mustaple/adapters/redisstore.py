@@ -51,7 +51,7 @@ from mustaple.adapters.store import (
     sinks_json,
 )
 
-__all__ = ["FleetRecord", "Lease", "Member", "RedisStore", "Retry", "shown_url"]
+__all__ = ["FleetRecord", "Lease", "Member", "RedisStore", "Retry", "shown_url", "wrong_type"]
 
 log = logging.getLogger("mustaple")
 
@@ -467,9 +467,20 @@ def _staple(fields: dict[bytes, bytes]) -> StoredStaple:
 
 
 def _each(pipe: Any) -> list[Any]:
-    """A pipeline's answers, each command's error (a key of another type) in its place:
-    one garbled record costs that record, not the whole round trip."""
-    return list(pipe.execute(raise_on_error=False))
+    """A pipeline's answers, a key of another type's error in its place: one garbled record
+    costs that record, not the whole round trip. Any other error (a read-only replica, no
+    permission, out of memory) is Redis's, and raised."""
+    answers = list(pipe.execute(raise_on_error=False))
+    for answer in answers:
+        if isinstance(answer, redis.RedisError) and not wrong_type(answer):
+            raise answer
+    return answers
+
+
+def wrong_type(exc: BaseException) -> bool:
+    """Whether Redis refused a command for a key holding another type (WRONGTYPE): that
+    record is another writer's, not Redis's trouble."""
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith("WRONGTYPE")
 
 
 def _found(fields: dict[bytes, bytes] | Exception) -> tuple[StoredStaple, str] | None:

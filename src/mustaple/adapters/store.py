@@ -287,6 +287,9 @@ class SqliteStore:
             if type(exc) is not sqlite3.DatabaseError:  # not corruption: locked, unwritable...
                 raise InputError(f"{self.path}: cannot open the state database ({exc})") from None
             self._db = self._start_afresh(exc)
+        # opening may wait for another process's lock as long as a one-shot command would
+        # (the schema check writes): only the writes after it wait `busy_timeout`
+        self._db.execute(f"PRAGMA busy_timeout = {round(self.busy_timeout * 1000)}")
         self._version: int | None = self._data_version()
         self._identity = _identity(self.path)
 
@@ -333,8 +336,14 @@ class SqliteStore:
             raise InputError(f"{path}: cannot read the state database ({exc})") from None
         return store
 
+    def outdated(self) -> bool:
+        """Whether the database was written by an older mustaple (its schema is upgraded
+        when a store that writes opens it)."""
+        row = self._db.execute("PRAGMA user_version").fetchone()
+        return int(row[0]) < _SCHEMA_VERSION
+
     def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout)
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")

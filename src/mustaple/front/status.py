@@ -120,7 +120,7 @@ def status_rows(config: Config, now: datetime) -> list[dict[str, Any]]:
     makes it wait; a damaged database is one InputError, left where it is); configured files
     not seen yet too."""
     db = config.state_dir / "state.db"
-    stored = SqliteStore.reader(db) if db.exists() else None
+    stored = _reader(db) if db.exists() else None
     try:
         known = stored.statuses() if stored else {}
         schedule = config.policy.schedule
@@ -135,6 +135,20 @@ def status_rows(config: Config, now: datetime) -> list[dict[str, Any]]:
         if shown(path) not in seen:
             rows.append(_pending(path))
     return sorted(rows, key=lambda row: (row["name"], row["paths"]))
+
+
+def _reader(db: Path) -> SqliteStore:
+    """The state, read only; one an older mustaple wrote is opened to be upgraded first
+    (its rows lack columns this one reads)."""
+    reader = SqliteStore.reader(db)
+    try:
+        if not reader.outdated():
+            return reader
+    except sqlite3.Error as exc:
+        reader.close()
+        raise InputError(f"{db}: cannot read the state database ({exc})") from None
+    reader.close()
+    return SqliteStore(db)
 
 
 def _row(
@@ -252,16 +266,19 @@ def fleet_view(config: Config, now: datetime) -> dict[str, Any]:
 def _unreachable(fleet: FleetConfig, exc: redis.RedisError) -> str:
     import redis
 
-    from mustaple.adapters.redisstore import shown_url
+    from mustaple.adapters.redisstore import shown_url, wrong_type
 
     where = shown_url(fleet.url)
     problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    said = (
-        f"Redis at {where} refused a read ({problem}: a key under the prefix holds something "
-        "mustaple did not write)"
-        if isinstance(exc, redis.ResponseError)
-        else f"cannot reach Redis at {where} ({problem})"
-    )
+    if wrong_type(exc):
+        said = (
+            f"Redis at {where} refused a read ({problem}: a key under the prefix holds "
+            "something mustaple did not write)"
+        )
+    elif isinstance(exc, redis.ResponseError):  # no permission, ...
+        said = f"Redis at {where} refused a read ({problem})"
+    else:
+        said = f"cannot reach Redis at {where} ({problem})"
     return f"fleet: {said}; `mustaple status` without --fleet shows this member's own view"
 
 

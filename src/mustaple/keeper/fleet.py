@@ -43,7 +43,7 @@ import redis
 
 from mustaple.adapters.config import FleetConfig
 from mustaple.adapters.fetch import FetchResult
-from mustaple.adapters.redisstore import Lease, RedisStore, Retry, shown_url
+from mustaple.adapters.redisstore import Lease, RedisStore, Retry, shown_url, wrong_type
 from mustaple.adapters.store import StoredStaple
 from mustaple.core.verify import Staple, strictly_newer, verify
 from mustaple.keeper.keeper import Keeper, Managed, Turn, attempt_records
@@ -159,10 +159,11 @@ class Fleet:
             self._trouble(exc, "the catch-up")
 
     def _trouble(self, exc: redis.RedisError, what: str) -> None:
-        """A Redis call failed: Redis cannot answer (`_lost`), or it answered with an error
-        about one record (a key of another type, written by something else): that record is
-        done without, said once per record and message, and the fleet goes on."""
-        if not isinstance(exc, redis.ResponseError):
+        """A Redis call failed: Redis cannot answer or refuses us (`_lost`: unreachable, a
+        read-only replica, no permission), or it refused one record (a key of another type,
+        written by something else): that record is done without, said once per record and
+        message, and the fleet goes on."""
+        if not wrong_type(exc):
             self._lost(exc)
             return
         problem = _short(exc)
@@ -224,7 +225,12 @@ class Fleet:
                     continue
                 if refused is not None or _newer(answer, shared_staple):
                     newer.append((managed.key, _stored(managed, answer), refused))
-            await self._call(self.shared.publish_many, newer)
+            try:
+                await self._call(self.shared.publish_many, newer)
+            except redis.ResponseError as exc:  # one record of another type: the rest go on
+                if not wrong_type(exc):
+                    raise
+                self._trouble(exc, "a staple shared at the catch-up")
             shared += len(newer)
         if adopted and deliver:
             await self.keeper.deliver()
@@ -422,7 +428,7 @@ class Fleet:
                 await self._call(self.shared.release, lease)
         except redis.RedisError as exc:
             self._trouble(exc, f"the shared records of {managed.name}")
-            if lease is not None and isinstance(exc, redis.ResponseError):
+            if lease is not None and wrong_type(exc):
                 with contextlib.suppress(redis.RedisError):
                     await self._call(self.shared.release, lease)
 
@@ -432,6 +438,8 @@ class Fleet:
         try:
             shared.add_attempts(key, attempt_records(result))
         except redis.ResponseError as exc:  # the history only: the staple is still shared
+            if not wrong_type(exc):
+                raise
             log.warning("%s: fleet: Redis refused the attempts (%s)", managed.name, _short(exc))
         staple = result.staple
         if staple is not None:
