@@ -632,3 +632,35 @@ def test_a_certificate_whose_name_is_not_utf8_is_left_out_not_written_into_toml(
     assert code == 0, said
     assert "its name is not UTF-8, which TOML cannot hold: rename it" in out.read_text()
     check_config(out)
+
+
+def test_a_lighttpd_stapling_file_before_the_pemfile_is_seen(tmp_path: Path) -> None:
+    """lighttpd takes the block's settings in any order: a stapling file written before
+    `ssl.pemfile` is the block's (init proposed a second one, which lighttpd -tt refuses)."""
+    conf = tmp_path / "lighttpd.conf"
+    conf.write_text(
+        '$SERVER["socket"] == "127.0.0.1:8447" {\n'
+        '    ssl.stapling-file = "/var/lib/mustaple/staples/a.der"\n'
+        '    ssl.pemfile = "/etc/ssl/a.pem"\n}\n'
+        '$SERVER["socket"] == "127.0.0.1:8448" {\n    ssl.pemfile = "/etc/ssl/b.pem"\n}\n'
+    )
+    assert [site.stapling_file for site in read_lighttpd(conf).sites] == [
+        "/var/lib/mustaple/staples/a.der",
+        None,
+    ]
+
+
+def test_a_one_line_nginx_block_gets_advice_not_an_edit_outside_it(
+    tree: Tree, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`server { ...; ssl_certificate X; ssl_certificate_key Y; }` on one line: lines added
+    after it would be at http level, stapled by every block (and twice at a second run)."""
+    example = tree.nginx.parent / "sites-enabled/example.conf"
+    example.write_text(
+        "".join(_server(name, tree.live.parent, port).replace("\n", " ") + "\n"
+                for name, port in (("example.test", 8443), ("www.example.test", 8444)))
+    )  # fmt: skip
+    code, said = _init(tree, "--nginx-conf", str(tree.nginx), capsys=capsys)
+    assert code == 0, said
+    assert f"nginx: {example}:1 (server example.test): more follows the block's last" in said
+    assert f"{example}, after line" not in said

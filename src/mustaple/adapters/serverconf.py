@@ -53,6 +53,7 @@ class Site:
     indent: str = ""
     stapling_file: str | None = None  # nginx, lighttpd: the one the block already names
     stapling_on: bool = False  # nginx: `ssl_stapling on` already in the block
+    alone: bool = True  # the directive ends its line (a one-line block: new lines cannot go after)
 
 
 @dataclass
@@ -119,6 +120,7 @@ class _Stmt:
     line: int  # of the terminating ";" or "{"
     indent: str
     children: list[_Stmt] | None = None
+    alone: bool = True  # nothing follows it on its last line: lines may be added after it
 
 
 # a "#" starts a comment where a token could start; inside a word it is the word's (nginx's
@@ -146,7 +148,11 @@ def _nginx_parse(text: str, file: Path) -> list[_Stmt]:
     lines = text.splitlines()
     stack: list[list[_Stmt]] = [[]]
     words: list[tuple[str, int]] = []
+    last: _Stmt | None = None  # the statement ended last, until a token follows on its line
     for token, line, punct in _nginx_tokens(text):
+        if last is not None and line == last.line:
+            last.alone = False
+        last = None
         if not punct:
             words.append((token, line))
             continue
@@ -162,6 +168,7 @@ def _nginx_parse(text: str, file: Path) -> list[_Stmt]:
         indent = first[: len(first) - len(first.lstrip())]
         stmt = _Stmt(words[0][0], [w for w, _ in words[1:]], file, line, indent)
         stack[-1].append(stmt)
+        last = stmt
         words = []
         if token == "{":
             stmt.children = []
@@ -229,7 +236,8 @@ def _nginx_walk(
             continue
         last = block_certs[-1]
         site = Site(_absolute(prefix, value), last.file, last.line, block, last.indent)
-        conf.sites.append(replace(site, stapling_file=stapling_file, stapling_on=stapling_on))
+        site = replace(site, stapling_file=stapling_file, stapling_on=stapling_on)
+        conf.sites.append(replace(site, alone=last.alone))
     for stmt in stmts:
         if stmt.name == "include" and stmt.args:
             for found in files.glob(_absolute(prefix, stmt.args[0])):
@@ -414,6 +422,7 @@ def _lighttpd_file(
     path: Path, conf: ServerConf, base: Path, blocks: list[str], chain: tuple[Path, ...]
 ) -> None:
     pending: dict[str, Site] = {}
+    stapling: dict[str, str] = {}  # a block's ssl.stapling-file, before or after its pemfile
     for number, line in enumerate(_Files().read(path).splitlines(), 1):
         code = _without_comment(line)
         include = _LIGHTTPD_INCLUDE.match(code)
@@ -427,15 +436,16 @@ def _lighttpd_file(
         elif code.rstrip().endswith("{"):
             blocks.append(code.rstrip()[:-1].strip())
         elif code.strip() == "}" and len(blocks) > 1:
-            _lighttpd_close(conf, pending.pop(blocks.pop(), None))
+            block = blocks.pop()
+            _lighttpd_close(conf, pending.pop(block, None), stapling.pop(block, None))
         elif setting and setting[1] == "ssl.pemfile":
             indent = line[: len(line) - len(line.lstrip())]
             site = Site(_absolute(base, setting[2]), path, number, blocks[-1], indent)
             pending[blocks[-1]] = site
-        elif setting and blocks[-1] in pending:
-            pending[blocks[-1]] = replace(pending[blocks[-1]], stapling_file=setting[2])
-    for site in pending.values():
-        _lighttpd_close(conf, site)
+        elif setting:
+            stapling[blocks[-1]] = setting[2]
+    for block, site in pending.items():
+        _lighttpd_close(conf, site, stapling.get(block))
 
 
 def _without_comment(line: str) -> str:
@@ -453,9 +463,9 @@ def _without_comment(line: str) -> str:
     return line
 
 
-def _lighttpd_close(conf: ServerConf, site: Site | None) -> None:
+def _lighttpd_close(conf: ServerConf, site: Site | None, stapling_file: str | None) -> None:
     if site is not None:
-        conf.sites.append(site)
+        conf.sites.append(replace(site, stapling_file=stapling_file or site.stapling_file))
 
 
 def _lighttpd_shell(

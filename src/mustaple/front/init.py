@@ -434,6 +434,13 @@ def _site_edit(plan: Plan, found: Found, server: str, site: Site, advice: list[s
         lines = ([] if site.stapling_on else [f"{pad}ssl_stapling on;"]) + [
             f"{pad}ssl_stapling_file {staple};"
         ]
+        if not site.alone:  # after that line would be outside the block
+            wanted = " ".join(line.strip() for line in lines)
+            advice.append(
+                f"nginx: {site.file}:{site.line} ({site.block}): more follows the block's last "
+                f"ssl_certificate on its line; add there by hand: {wanted}"
+            )
+            return None
         return Edit(server, site.file, site.line, tuple(lines), site.block)
     if server == "lighttpd":
         if site.stapling_file is not None:
