@@ -609,8 +609,10 @@ def test_apply_with_a_relative_nginx_conf_and_files_the_server_user_owns(
     tree: Tree, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`--nginx-conf nginx.conf` from its directory: nginx -c took it from its own prefix and
-    every --apply failed; the edited file keeps its owner and group (it became root's)."""
+    every --apply failed; the edited file keeps its owner and group (it became root's), and
+    its CRLF line ends (the lines added ended in LF)."""
     sites = tree.nginx.parent / "sites-enabled/example.conf"
+    sites.write_bytes(sites.read_bytes().replace(b"\n", b"\r\n"))  # written on Windows
     os.chown(sites, 65534, 65534)
     _staple(tree, "example.test", tree.leaf)
     _staple(tree, "plain.test", tree.leaf)
@@ -618,6 +620,9 @@ def test_apply_with_a_relative_nginx_conf_and_files_the_server_user_owns(
     code, said = _init(tree, "--nginx-conf", "nginx.conf", "--apply", capsys=capsys)
     assert code == 0, said
     assert (sites.stat().st_uid, sites.stat().st_gid) == (65534, 65534)
+    edited = sites.read_bytes()
+    assert edited.count(b"ssl_stapling_file") == 2
+    assert b"\n" not in edited.replace(b"\r\n", b"")  # its line ends kept
     (backup,) = (tree.root / "state/backups").rglob("example.conf")
     assert backup.stat().st_uid == 65534
 

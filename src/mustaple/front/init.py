@@ -508,10 +508,12 @@ def apply_edits(
 
 
 def _insert(file: Path, edits: Sequence[Edit]) -> None:
-    """The edits in `file`, its mode, owner and group kept (a file the server's user owns)."""
+    """The edits in `file`, its mode, owner and group kept (a file the server's user owns),
+    with its line ends (CRLF in a file written on Windows)."""
     lines = file.read_bytes().splitlines(keepends=True)
+    end = b"\r\n" if lines and lines[0].endswith(b"\r\n") else b"\n"
     for edit in sorted(edits, key=lambda e: -e.after):  # bottom up: line numbers stay true
-        lines[edit.after : edit.after] = [f"{line}\n".encode() for line in edit.lines]
+        lines[edit.after : edit.after] = [line.encode() + end for line in edit.lines]
     info = file.stat()
     write_atomic(file, b"".join(lines), mode=info.st_mode & 0o777)
     _own_as(file, info)
