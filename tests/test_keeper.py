@@ -803,3 +803,104 @@ def test_a_pass_that_always_fails_is_no_busy_loop(tmp_path: Path) -> None:
             return len(passes)
 
     assert asyncio.run(scenario(tmp_path)) == 2  # at 0 s and 1 s (28,000 before)
+
+
+@dataclass
+class Cached(Offline):
+    """A responder behind a cache: the same answer (thisUpdate `fixed_at`) again and again."""
+
+    fixed_at: datetime | None = None
+
+    def answer(self, target: Target, now: datetime) -> bytes | Rejection:
+        if self.failing is not None or self.fixed_at is None:
+            return super().answer(target, now)
+        return craft_response(good_spec(self.leaves[target.serial], self.ca.issuing, self.fixed_at))
+
+
+@asynccontextmanager
+async def cached(tmp: Path) -> AsyncIterator[tuple[Cached, Keeper, MemoryFetcher]]:
+    clock = ManualClock()
+    world = Cached(tmp, clock, CA(now=clock.now - DAY))
+    fetcher = MemoryFetcher(world.answer)
+    store = SqliteStore(tmp / "state" / "state.db")
+    try:
+        async with world.keeper(store, fetcher) as keeper:
+            yield world, keeper, fetcher
+    finally:
+        store.close()
+
+
+def test_the_same_answer_again_does_not_raise_the_expiring_alert_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A responder's cache serves one answer until it expires: past 25% left, each refresh
+    took the same answer as news, so on_expiring ran again at every refresh (12 in an hour)."""
+
+    async def scenario(tmp: Path) -> None:
+        async with cached(tmp) as (w, keeper, fetcher):
+            w.issue("a.test")
+            w.fixed_at = w.clock.now
+            await keeper.scan()
+            await keeper.tick()
+            w.clock.now += 4 * DAY * 0.8
+            for _ in range(60):
+                await keeper.tick()
+                w.clock.now += timedelta(minutes=1)
+            assert len(fetcher.fetched) > 10
+
+    caplog.set_level(logging.WARNING, "mustaple")
+    run(scenario, tmp_path)
+    assert len([r for r in caplog.records if "expiring" in r.getMessage()]) == 1
+
+
+def test_a_failure_after_a_long_suspend_does_not_call_the_expired_staple_valid(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Five days suspended, the responder down at the resume: the refresh runs before the
+    pass judges expiry, and its failure said the staple in hand 'stays valid' until a time
+    already past."""
+
+    async def scenario(tmp: Path) -> None:
+        async with offline(tmp) as (w, keeper, _):
+            w.issue("a.test")
+            await keeper.scan()
+            await keeper.tick()
+            w.clock.now += 5 * DAY
+            w.failing = Rejection(Reason.TIMEOUT, "timed out")
+            await keeper.tick()
+
+    caplog.set_level(logging.WARNING, "mustaple")
+    run(scenario, tmp_path)
+    (failure,) = [r.getMessage() for r in caplog.records if "failure" in r.getMessage()]
+    assert "no valid staple in hand: the last one expired at" in failure
+    assert "stays valid" not in failure
+
+
+def test_a_delivery_retry_no_longer_needed_leaves_no_wake_up_in_the_past(tmp_path: Path) -> None:
+    """The sinks hold the removal after an expiry; a new staple's delivery fails; it expires
+    before the retry, so the removal they hold is what is wanted again: the retry was never
+    cleared, the next wake-up stayed in the past and the daemon spun (pauses of 0 s)."""
+
+    async def scenario(tmp: Path) -> None:
+        async with offline(tmp, at_expiry="remove") as (w, keeper, _):
+            w.issue("a.test")
+            await keeper.scan()
+            await keeper.tick()  # delivered
+            w.failing = Rejection(Reason.TIMEOUT, "timed out")
+            w.clock.now += 5 * DAY
+            await keeper.tick()  # expired: the removal delivered
+            w.failing, w.sink.fail = None, True
+            w.clock.now = keeper.next_wakeup() or w.clock.now
+            await keeper.tick()  # a new staple, its delivery failed
+            (managed,) = keeper.managed.values()
+            assert managed.retry_at is not None
+            w.failing, w.sink.fail = Rejection(Reason.TIMEOUT, "timed out"), False
+            w.clock.now += 5 * DAY  # expired before the retry: the removal is wanted again
+            for _ in range(3):  # the pass after the expiry tries the CA again at once
+                await keeper.tick()
+                w.clock.now += timedelta(milliseconds=1)
+            wake = keeper.next_wakeup()
+            assert wake is not None
+            assert wake > w.clock.now
+
+    run(scenario, tmp_path)

@@ -38,7 +38,7 @@ from mustaple.core.reasons import Reason, Rejection
 from mustaple.core.render import human_time
 from mustaple.core.schedule import SchedulePolicy, alert_level, next_refresh, next_retry
 from mustaple.core.severity import Severity
-from mustaple.core.verify import Staple, compare
+from mustaple.core.verify import Staple, compare, strictly_newer
 
 __all__ = [
     "Accepted",
@@ -261,7 +261,9 @@ def _accepted(
         "backoff": 0,
         "rejection": None,
         "next_due": due,
-        "alert": Severity.OK,
+        # the same answer again (a responder's cache) is no news: its alert stays raised,
+        # else on_expiring would run again at every refresh
+        "alert": Severity.OK if current is None or strictly_newer(staple, current) else state.alert,
         "known": True,
     }
     if event.origin == "":
@@ -290,7 +292,9 @@ def _rejected(
     state: CertState, rejection: Rejection, now: datetime, policy: SchedulePolicy, dice: Dice
 ) -> tuple[CertState, list[Effect]]:
     failures, backoff = state.failures + 1, state.backoff + 1
-    held = state.held
+    held, expired_at = state.held, state.expired_at
+    if held is not None and held.effective_expiry <= now:  # expired since the last tick
+        expired_at, held = held.effective_expiry, None  # (a resume): not in hand any more
     expiry = held.effective_expiry if held else None
     due = next_retry(backoff, now, expiry, dice, policy)
     phase = state.phase
@@ -307,8 +311,8 @@ def _rejected(
     )
     if held is not None:
         in_hand = f"the staple in hand stays valid until {human_time(held.effective_expiry)}"
-    elif state.expired_at is not None:
-        in_hand = f"no valid staple in hand: the last one expired at {human_time(state.expired_at)}"
+    elif expired_at is not None:
+        in_hand = f"no valid staple in hand: the last one expired at {human_time(expired_at)}"
     elif state.revoked is not None:
         in_hand = "the revoked answer in hand stays on every server"
     else:

@@ -849,7 +849,8 @@ class Keeper:
             if want is None:  # nothing for the sinks any more: no retry to wait for either
                 managed.retry_at = managed.retrying = None
                 continue
-            if want == managed.sent and not again:
+            if want == managed.sent and not again:  # the sinks have it: no retry to wait for
+                managed.retry_at = managed.retrying = None
                 continue
             waiting = managed.retry_at is not None and managed.retry_at > now
             if not again and waiting and want == managed.retrying:
