@@ -27,8 +27,10 @@ from mustaple.adapters.sinks import FileSink
 from mustaple.adapters.store import SqliteStore
 from mustaple.core.certs import Target, make_target
 from mustaple.core.delivery import Action, Sink
+from mustaple.core.health import health
 from mustaple.core.reasons import Reason, Rejection
 from mustaple.core.request import make_cert_id
+from mustaple.core.severity import Severity
 from mustaple.keeper import daemon
 from mustaple.keeper.keeper import Keeper
 from mustaple.testing import (
@@ -904,3 +906,70 @@ def test_a_delivery_retry_no_longer_needed_leaves_no_wake_up_in_the_past(tmp_pat
             assert wake > w.clock.now
 
     run(scenario, tmp_path)
+
+
+def test_a_clock_stepped_back_does_not_hold_a_retry_back_longer_than_retry_max(
+    tmp_path: Path,
+) -> None:
+    """The clock ran a day ahead, a refresh failed, then NTP stepped it back: the retry,
+    planned by the wrong time, was a day away (retry_max is 1 h): no attempt for 24 hours."""
+
+    async def scenario(tmp: Path) -> None:
+        async with offline(tmp) as (w, keeper, fetcher):
+            w.issue("a.test")
+            await keeper.scan()
+            await keeper.tick()
+            w.clock.now += 2 * DAY + timedelta(hours=1)  # past the refresh point
+            w.failing = Rejection(Reason.HTTP_SERVER_ERROR, "HTTP 503")
+            await keeper.tick()
+            failed = len(fetcher.fetched)
+            w.clock.now -= DAY
+            w.failing = None
+            for _ in range(90):  # an hour and a half of passes, one a minute
+                await keeper.tick()
+                w.clock.now += timedelta(minutes=1)
+            assert len(fetcher.fetched) > failed
+            (life,) = keeper.lives.values()
+            assert life.state.phase.value == "good"
+
+    run(scenario, tmp_path)
+
+
+@dataclass
+class Short(Offline):
+    """A responder whose answers live two hours."""
+
+    def answer(self, target: Target, now: datetime) -> bytes | Rejection:
+        if self.failing is not None:
+            return self.failing
+        leaf = self.leaves[target.serial]
+        return craft_response(good_spec(leaf, self.ca.issuing, now, validity=timedelta(hours=2)))
+
+
+def test_answers_of_two_hours_refreshed_on_time_raise_no_alert(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """'CRITICAL: expires soon' was 6 hours before expiry whatever the window: a responder
+    of 2-hour answers made every fresh staple critical (an alert at every refresh, the page
+    red). It is now the shorter of 6 hours and an eighth of the window."""
+
+    async def scenario(tmp: Path) -> None:
+        clock = ManualClock()
+        world = Short(tmp, clock, CA(now=clock.now - DAY))
+        store = SqliteStore(tmp / "state" / "state.db")
+        try:
+            async with world.keeper(store, MemoryFetcher(world.answer)) as keeper:
+                world.issue("a.test")
+                await keeper.scan()
+                for _ in range(6):
+                    await keeper.tick()
+                    clock.now = max(keeper.next_wakeup() or clock.now, clock.now)
+                (view,) = keeper.views()
+                level, _ = health(view.state, True, (), clock.now, keeper.policy.schedule)
+                assert level is Severity.OK
+        finally:
+            store.close()
+
+    caplog.set_level(logging.WARNING, "mustaple")
+    run(scenario, tmp_path)
+    assert not [r for r in caplog.records if "expiring" in r.getMessage()]

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from mustaple.core.delivery import SinkHealth
 from mustaple.core.lifecycle import CertState, Phase
-from mustaple.core.schedule import SchedulePolicy, refresh_point
+from mustaple.core.schedule import SchedulePolicy, critical_left, refresh_point
 from mustaple.core.severity import Severity
 from mustaple.core.verify import Dated
 
@@ -64,7 +64,7 @@ def judge(
     if held is None or held.effective_expiry <= now:
         worst = Severity.CRITICAL if must_staple else Severity.WARNING
         return worst, _why_no_staple(facts.phase)
-    if held.effective_expiry - now <= policy.critical_left:
+    if held.effective_expiry - now <= critical_left(held, policy):
         return Severity.CRITICAL, "the staple expires soon and no fresh one came"
     failing = [s.sink for s in sinks if not s.ok]
     if failing:

@@ -332,6 +332,12 @@ def _tick(
     state: CertState, now: datetime, policy: SchedulePolicy
 ) -> tuple[CertState, list[Effect]]:
     held, effects = state.held, list[Effect]()
+    stepped_back = state.last_attempt is not None and state.last_attempt > now
+    latest = now + policy.retry_max
+    if stepped_back and state.failures and state.next_due and state.next_due > latest:
+        # the clock went back (NTP, a restored VM): a retry planned from the later time would
+        # wait that long again; never longer than the longest retry
+        state = _evolve(state, next_due=latest)
     if held is not None and held.effective_expiry <= now:
         when = held.effective_expiry
         due = now if state.next_due is None or state.next_due > now else state.next_due

@@ -88,13 +88,21 @@ def next_retry(
     return now + delay
 
 
+def critical_left(staple: Dated, policy: SchedulePolicy = DEFAULT_SCHEDULE) -> timedelta:
+    """How little time left makes a staple's nearing expiry CRITICAL: `critical_left` (6
+    hours), or half the WARNING share of a window too short for that (a responder's 2-hour
+    answers would be CRITICAL from the moment they are fetched)."""
+    window = staple.effective_expiry - staple.this_update
+    return min(policy.critical_left, window * (policy.warn_left / 2))
+
+
 def alert_level(
     staple: Staple | None, now: datetime, policy: SchedulePolicy = DEFAULT_SCHEDULE
 ) -> Severity:
     """How worried the keeper is about a certificate whose freshest valid staple is `staple`:
     WARNING when refreshing is overdue (the window is running out), CRITICAL when expiry is
     near (or passed) with no fresh staple."""
-    if staple is None or staple.effective_expiry - now <= policy.critical_left:
+    if staple is None or staple.effective_expiry - now <= critical_left(staple, policy):
         return Severity.CRITICAL
     if staple.fraction_left(now) < policy.warn_left:
         return Severity.WARNING
