@@ -973,3 +973,36 @@ def test_answers_of_two_hours_refreshed_on_time_raise_no_alert(
     caplog.set_level(logging.WARNING, "mustaple")
     run(scenario, tmp_path)
     assert not [r for r in caplog.records if "expiring" in r.getMessage()]
+
+
+def test_a_certificate_past_its_own_expiry_is_fetched_no_more_and_says_so(
+    tmp_path: Path,
+) -> None:
+    """A leaf past its notAfter was fetched at every refresh for ever and shown as OK (or,
+    with a CA that stops answering for it, retried hourly for ever): it is now unusable,
+    `cert-expired`, nothing fetched, until its file is renewed."""
+
+    async def scenario(tmp: Path) -> None:
+        async with offline(tmp) as (w, keeper, fetcher):
+            leaf = w.ca.issue("a.test", ocsp_urls=[NOWHERE], not_after=w.clock.now + 3 * DAY)
+            w.leaves[leaf.cert.serial_number] = leaf
+            leaf.write(w.tmp / "live" / "a.test")
+            await keeper.scan()
+            await keeper.tick()
+            w.clock.now += 4 * DAY
+            await keeper.tick()
+            fetched = len(fetcher.fetched)
+            for _ in range(5):
+                w.clock.now += DAY
+                await keeper.tick()
+            assert len(fetcher.fetched) == fetched
+            (view,) = keeper.views()
+            assert view.state.phase.value == "unusable"
+            assert view.state.rejection is not None
+            assert view.state.rejection.code == "cert-expired"
+            assert keeper.next_wakeup() is None
+            level, why = health(view.state, True, (), w.clock.now, keeper.policy.schedule)
+            assert level is Severity.CRITICAL
+            assert "the certificate expired at" in why
+
+    run(scenario, tmp_path)

@@ -167,6 +167,11 @@ class Reason(enum.Enum):
         "the certificate file cannot be used (unreadable, or its issuer is not found)",
         False,
     )
+    CERT_EXPIRED = (
+        "cert-expired",
+        "the certificate itself has expired: no staple makes it valid, so none is fetched",
+        False,
+    )
     KEEPER_FAULT = (
         "keeper-fault",
         "mustaple met an unexpected error with this certificate; the others go on",
@@ -272,6 +277,8 @@ _HINTS = {
     "the [[certificates]] entry)",
     Reason.CERT_UNUSABLE: "fix the file, or name the issuer with --issuer (`issuer` in the "
     "[[certificates]] entry)",
+    Reason.CERT_EXPIRED: "renew the certificate: the keeper takes the renewed file at its next "
+    "pass",
     Reason.KEEPER_FAULT: "report it with the log line; the certificate is tried again when its "
     "file changes or at a reload",
     Reason.BAD_URL: "fix the URL in `urls` (or --url); if it is the certificate's AIA OCSP "

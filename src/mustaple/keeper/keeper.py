@@ -666,10 +666,15 @@ class Keeper:
             self._write_status(problem.key, _problem_status(problem))
 
     def judge_time(self) -> None:
-        """Expiry and alerts, for every certificate, at the clock's time."""
+        """Expiry and alerts, for every certificate, at the clock's time; a certificate past
+        its own notAfter is fetched no more (it is unusable until its file is renewed)."""
         now = self.clock()
         for life in self.lives.values():
             self._apply(life, Tick(), now)
+            ended = life.target.leaf.not_valid_after_utc
+            if ended <= now and life.state.phase is not Phase.UNUSABLE:
+                problem = f"the certificate expired at {human_time(ended)}: renew it"
+                self._apply(life, lifecycle.Unusable(problem, Reason.CERT_EXPIRED), now)
 
     def find(self, cert_id: CertId) -> Managed | None:
         """The managed certificate a CertID names (any supported hash), or None."""
