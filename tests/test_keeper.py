@@ -118,10 +118,13 @@ class Offline:
 
 
 @asynccontextmanager
-async def offline(tmp: Path, **policy: Any) -> AsyncIterator[tuple[Offline, Keeper, MemoryFetcher]]:
-    """A keeper of `tmp/live` with no socket: the world, the keeper, its fetcher."""
+async def offline(
+    tmp: Path, kind: type[Offline] | None = None, **policy: Any
+) -> AsyncIterator[tuple[Offline, Keeper, MemoryFetcher]]:
+    """A keeper of `tmp/live` with no socket: the world (an `Offline`, or the `kind` given),
+    the keeper, its fetcher."""
     clock = ManualClock()
-    world = Offline(tmp, clock, CA(now=clock.now - DAY))
+    world = (kind or Offline)(tmp, clock, CA(now=clock.now - DAY))
     fetcher = MemoryFetcher(world.answer)
     store = SqliteStore(tmp / "state" / "state.db")
     try:
@@ -819,19 +822,6 @@ class Cached(Offline):
         return craft_response(good_spec(self.leaves[target.serial], self.ca.issuing, self.fixed_at))
 
 
-@asynccontextmanager
-async def cached(tmp: Path) -> AsyncIterator[tuple[Cached, Keeper, MemoryFetcher]]:
-    clock = ManualClock()
-    world = Cached(tmp, clock, CA(now=clock.now - DAY))
-    fetcher = MemoryFetcher(world.answer)
-    store = SqliteStore(tmp / "state" / "state.db")
-    try:
-        async with world.keeper(store, fetcher) as keeper:
-            yield world, keeper, fetcher
-    finally:
-        store.close()
-
-
 def test_the_same_answer_again_does_not_raise_the_expiring_alert_again(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -839,7 +829,8 @@ def test_the_same_answer_again_does_not_raise_the_expiring_alert_again(
     took the same answer as news, so on_expiring ran again at every refresh (12 in an hour)."""
 
     async def scenario(tmp: Path) -> None:
-        async with cached(tmp) as (w, keeper, fetcher):
+        async with offline(tmp, Cached) as (w, keeper, fetcher):
+            assert isinstance(w, Cached)
             w.issue("a.test")
             w.fixed_at = w.clock.now
             await keeper.scan()
@@ -954,21 +945,15 @@ def test_answers_of_two_hours_refreshed_on_time_raise_no_alert(
     red). It is now the shorter of 6 hours and an eighth of the window."""
 
     async def scenario(tmp: Path) -> None:
-        clock = ManualClock()
-        world = Short(tmp, clock, CA(now=clock.now - DAY))
-        store = SqliteStore(tmp / "state" / "state.db")
-        try:
-            async with world.keeper(store, MemoryFetcher(world.answer)) as keeper:
-                world.issue("a.test")
-                await keeper.scan()
-                for _ in range(6):
-                    await keeper.tick()
-                    clock.now = max(keeper.next_wakeup() or clock.now, clock.now)
-                (view,) = keeper.views()
-                level, _ = health(view.state, True, (), clock.now, keeper.policy.schedule)
-                assert level is Severity.OK
-        finally:
-            store.close()
+        async with offline(tmp, Short) as (w, keeper, _):
+            w.issue("a.test")
+            await keeper.scan()
+            for _ in range(6):
+                await keeper.tick()
+                w.clock.now = max(keeper.next_wakeup() or w.clock.now, w.clock.now)
+            (view,) = keeper.views()
+            level, _ = health(view.state, True, (), w.clock.now, keeper.policy.schedule)
+            assert level is Severity.OK
 
     caplog.set_level(logging.WARNING, "mustaple")
     run(scenario, tmp_path)
