@@ -120,8 +120,11 @@ def status_rows(config: Config, now: datetime) -> list[dict[str, Any]]:
     makes it wait; a damaged database is one InputError, left where it is); configured files
     not seen yet too."""
     db = config.state_dir / "state.db"
-    stored = _reader(db) if db.exists() else None
+    stored = SqliteStore.reader(db) if db.exists() else None
     try:
+        if stored is not None and stored.outdated():  # an older mustaple's: upgraded first
+            stored.close()  # (its rows lack columns this one reads)
+            stored = SqliteStore(db)
         known = stored.statuses() if stored else {}
         schedule = config.policy.schedule
         rows = [_row(key, status, stored, now, schedule) for key, status in known.items()]
@@ -135,20 +138,6 @@ def status_rows(config: Config, now: datetime) -> list[dict[str, Any]]:
         if shown(path) not in seen:
             rows.append(_pending(path))
     return sorted(rows, key=lambda row: (row["name"], row["paths"]))
-
-
-def _reader(db: Path) -> SqliteStore:
-    """The state, read only; one an older mustaple wrote is opened to be upgraded first
-    (its rows lack columns this one reads)."""
-    reader = SqliteStore.reader(db)
-    try:
-        if not reader.outdated():
-            return reader
-    except sqlite3.Error as exc:
-        reader.close()
-        raise InputError(f"{db}: cannot read the state database ({exc})") from None
-    reader.close()
-    return SqliteStore(db)
 
 
 def _row(
