@@ -272,7 +272,12 @@ class _Worker(asyncio.SubprocessProtocol):
                 future.set_exception(RuntimeError(value))
 
     def process_exited(self) -> None:
-        self._gone()
+        """No new call goes to it; the answers it wrote before it ended are still in its
+        pipe, read before `connection_lost` (every pipe closed) sends the rest back to the
+        parent: a fetch already answered is not made again."""
+        if self.alive:
+            self.on_gone()
+        self.alive = False
         if not self.exited.done():
             self.exited.set_result(None)
 
