@@ -499,9 +499,11 @@ def test_a_request_a_worker_waits_on_is_shown_to_the_keeper_watchers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What `prime` shows while it waits: a request hanging in a worker is told to the
-    keeper's watchers after a second, and how it ended."""
+    keeper's watchers after a second, and how it ended. A worker looks at its requests at
+    each beat (every second), so one that lasts only two seconds could fall between two
+    looks; this one lasts three."""
     monkeypatch.setattr(keeper_module, "WORKERS_FROM", 8)
-    fetch = replace(QUICK_FETCH, total_timeout=2.0, attempts_per_url=1)
+    fetch = replace(QUICK_FETCH, total_timeout=3.0, attempts_per_url=1)
 
     async def scenario() -> RecordingWatcher:
         async with leaves(tmp_path, 10, workers=2, fetch=fetch) as fleet:
