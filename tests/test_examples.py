@@ -9,6 +9,7 @@ certificates and staples, and asks the program that reads it: `nginx -t`, `hapro
 
 from __future__ import annotations
 
+import json
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -121,3 +122,73 @@ def test_mustaple_example_passes_check_config(
     assert code == 0, err
     assert out.startswith(f"{config}: OK")
     assert "warning" not in out + err
+
+
+def test_expiring_alerts_scale_with_the_window(tmp_path: Path) -> None:
+    """`promtool test rules` on the example rules: a week's staple is critical with 5 hours
+    left, a 2-hour staple with an hour left is nothing (the keeper refreshes it at half its
+    window), and one with 10 minutes left is critical, as the status page judges them."""
+    rules = tmp_path / "rules.yml"
+    rules.write_text(_without_annotations(EXAMPLES / "prometheus-alerts.yml"))
+    staples = {  # name: (window, seconds left)
+        "week-5h": (604800, 18000),
+        "week-20h": (604800, 72000),
+        "week-30h": (604800, 108000),
+        "short-1h": (7200, 3600),
+        "short-20m": (7200, 1200),
+        "short-10m": (7200, 600),
+    }
+    series = []
+    for name, (window, left) in staples.items():
+        labels = f'{{job="mustaple",name="{name}",serial="1"}}'
+        series += [
+            {"series": f"mustaple_seconds_until_expiry{labels}", "values": f"{left}x30"},
+            {"series": f"mustaple_staple_window_seconds{labels}", "values": f"{window}x30"},
+            {"series": f"mustaple_must_staple{labels}", "values": "1x30"},
+        ]
+
+    def firing(alert: str, severity: str, *names: str) -> dict[str, object]:
+        expected = [
+            {"exp_labels": {"severity": severity, "job": "mustaple", "name": n, "serial": "1"}}
+            for n in names
+        ]
+        return {"eval_time": "20m", "alertname": alert, "exp_alerts": expected}
+
+    tests = {
+        "rule_files": [str(rules)],
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "alert_rule_test": [
+                    firing("MustStapleStapleExpiringSoon", "critical", "week-5h", "short-10m"),
+                    firing(
+                        "MustStapleStapleExpiring",
+                        "warning",
+                        "week-5h",
+                        "week-20h",
+                        "short-20m",
+                        "short-10m",
+                    ),
+                ],
+            }
+        ],
+    }
+    test_file = tmp_path / "test.yml"
+    test_file.write_text(json.dumps(tests))  # JSON is YAML
+    _ok("promtool", "test", "rules", test_file)
+
+
+def _without_annotations(rules: Path) -> str:
+    """The rules with their annotations left out (`promtool test rules` compares them too)."""
+    kept, skipping = [], False
+    for line in rules.read_text().splitlines():
+        indent = len(line) - len(line.lstrip())
+        if line.strip() == "annotations:":
+            skipping, depth = True, indent
+            continue
+        if skipping and (not line.strip() or indent > depth):
+            continue
+        skipping = False
+        kept.append(line)
+    return "\n".join(kept) + "\n"

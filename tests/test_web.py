@@ -155,8 +155,11 @@ def check_times(w: World, samples: Samples) -> None:
         assert held is not None
         left = sample(samples, "mustaple_seconds_until_expiry", **cert_labels(w, name))
         assert left == (held.effective_expiry - now).total_seconds()
+        window = sample(samples, "mustaple_staple_window_seconds", **cert_labels(w, name))
+        assert window == (held.effective_expiry - held.this_update).total_seconds() > 0
     for name in ("mail.example.test", "legacy.example.test"):
         assert sample(samples, "mustaple_seconds_until_expiry", **cert_labels(w, name)) is None
+        assert sample(samples, "mustaple_staple_window_seconds", **cert_labels(w, name)) is None
         assert (
             sample(samples, "mustaple_seconds_since_last_good_fetch", **cert_labels(w, name))
             is None

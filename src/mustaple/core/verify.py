@@ -194,9 +194,14 @@ class Staple:
     def seconds_left(self, now: datetime) -> float:
         return (self.effective_expiry - now).total_seconds()
 
+    @property
+    def window(self) -> timedelta:
+        """From thisUpdate to the effective expiry: how long the answer lives."""
+        return self.effective_expiry - self.this_update
+
     def fraction_left(self, now: datetime) -> float:
         """How much of the validity window remains, from 1.0 (fresh) to 0.0 (expired)."""
-        window = (self.effective_expiry - self.this_update).total_seconds()
+        window = self.window.total_seconds()
         left = self.seconds_left(now)
         return max(0.0, min(1.0, left / window)) if window > 0 else 0.0
 

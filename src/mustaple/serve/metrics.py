@@ -110,7 +110,7 @@ class _CertificateCollector:
     def collect(self) -> Iterator[Metric]:
         now = self.clock()
         families = _families()
-        expiry, since, status, must, valid, sink_failures = families
+        expiry, window, since, status, must, valid, sink_failures = families
         views = self._views()
         for view in views:
             labels = [view.name, serial_hex(view)]
@@ -119,6 +119,7 @@ class _CertificateCollector:
                 held = None  # expired since the last pass: no valid staple, nothing left
             if held is not None:
                 expiry.add_metric(labels, held.seconds_left(now))
+                window.add_metric(labels, held.window.total_seconds())
             fetched = self._last_good_fetch(view)
             if fetched is not None:
                 since.add_metric(labels, (now - fetched).total_seconds())
@@ -212,6 +213,12 @@ def _families() -> tuple[GaugeMetricFamily, ...]:
         GaugeMetricFamily(
             "mustaple_seconds_until_expiry",
             "Seconds until the held staple's effective expiry (absent with no valid staple).",
+            labels=_LABELS,
+        ),
+        GaugeMetricFamily(
+            "mustaple_staple_window_seconds",
+            "Seconds from the held staple's thisUpdate to its effective expiry (absent with no "
+            "valid staple): how long the responder's answers live, for alerts that scale.",
             labels=_LABELS,
         ),
         GaugeMetricFamily(
