@@ -57,6 +57,12 @@ def target(leaf: Leaf) -> Target:
     return make_target(leaf.cert, leaf.issuer)
 
 
+def fake_staple(label: bytes) -> bytes:
+    """Bytes that begin as a DER OCSP response does (a sink replaces or removes only a
+    staple), then `label`: for tests of what a sink writes, not of what clients accept."""
+    return b"\x30\x03\x0a\x01\x00" + label
+
+
 def build_response(
     leaf: Leaf,
     signer: Identity,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 
 from conftest import Handler, LoopbackServer, build_response, ocsp_reply
@@ -198,6 +199,7 @@ def test_fetch_without_ocsp_url_on_must_staple(
         (["fetch", "{cert}", "--out", "/nonexistent/dir/x.der", "--url", "{url}"], "cannot write"),
         (["fetch", "{cert}", "--out", "{cert}", "--url", "{url}"], "--out is the input file"),
         (["fetch", "{cert}", "--out", "{garbage}", "--url", "{url}"], "holds something else"),
+        (["fetch", "{cert}", "--out", "{der}", "--url", "{url}"], "holds something else"),
         (["fetch", "{cert}", "--out", "/tmp", "--url", "{url}"], "/tmp: is a directory"),
         (["fetch", "{cert}", "--proxy", "http://[::1", "--url", "{url}"], "not a URL"),
         (["fetch", "{cert}", "--proxy", "http://a..b:3128"], "host is not a name or address"),
@@ -218,9 +220,12 @@ def test_bad_input_is_one_line_and_exit_2(
     leaf, files = site
     garbage = tmp_path / "garbage.pem"
     garbage.write_bytes(b"\x00\x01 not a certificate")
+    der = tmp_path / "leaf.der"  # begins with a SEQUENCE, as a response does
+    der.write_bytes(leaf.cert.public_bytes(serialization.Encoding.DER))
     server = serve(answering(response(ca, leaf, now)))
     values = {"garbage": str(garbage), "cert": str(files.fullchain), "url": server.url}
-    before = {path: path.read_bytes() for path in (garbage, files.fullchain)}
+    values["der"] = str(der)
+    before = {path: path.read_bytes() for path in (garbage, files.fullchain, der)}
     code, out, err = run([a.format(**values) for a in argv], capsys)
     assert code == ExitCode.USAGE
     assert problem in err

@@ -153,6 +153,42 @@ def test_prime_all_primes_every_configured_file_in_one_batch(
     assert err.count("\n") == 1
 
 
+def test_prime_gives_no_file_to_two_certificates_and_writes_over_no_certificate(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two sinks whose paths meet (each certificate with its own sink): the second
+    certificate fails, naming the first, instead of each server stapling the other's answer;
+    a sink whose path names the certificate itself leaves it as it is."""
+    a = site.issue("a.test")
+    site.issue("b.test")
+    site.config.write_text(f"""
+state_dir = "{site.tmp}/state"
+[[certificates]]
+paths = ["{site.cert("a.test")}"]
+sinks = ["one"]
+[[certificates]]
+paths = ["{site.cert("b.test")}"]
+sinks = ["two", "itself"]
+[sinks.one]
+type = "file"
+path = "{site.tmp}/staple.der"
+[sinks.two]
+type = "file"
+path = "{site.tmp}/staple.der"
+[sinks.itself]
+type = "file"
+path = "{{dir}}/{{stem}}.pem"
+""")
+    certificate = Path(site.cert("b.test")).read_bytes()
+    assert main(["prime", "--config", str(site.config), "--all"]) == ExitCode.NO_STAPLE
+    out = capsys.readouterr().out
+    assert f"staple.der holds the staple of another certificate, {site.cert('a.test')}" in out
+    assert "holds something other than an OCSP response" in out
+    target = make_target(a.cert, a.issuer)
+    assert isinstance(verify((site.tmp / "staple.der").read_bytes(), target, utc_now()), Staple)
+    assert Path(site.cert("b.test")).read_bytes() == certificate
+
+
 def test_prime_all_leaves_out_an_unusable_file_and_primes_the_others(
     site: Site, capsys: pytest.CaptureFixture[str]
 ) -> None:

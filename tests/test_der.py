@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
+from datetime import UTC, datetime
 
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from conftest import build_response
 from mustaple.core import der
+from mustaple.core.der import RESPONSE_HEAD, looks_like_ocsp_response
+from mustaple.testing.pki import CA
 
 
 def test_reads_short_and_long_lengths() -> None:
@@ -66,3 +72,18 @@ def test_oids() -> None:
 def test_bad_oids(raw: str) -> None:
     with pytest.raises(der.DerError):
         der.decode_oid(der.read_single(bytes.fromhex(raw)))
+
+
+def test_what_can_begin_an_ocsp_response() -> None:
+    """The files a sink may replace: a response (long or short length form), not a
+    certificate in DER or PEM, a database, text."""
+    ca = CA(key_type="ec")
+    leaf = ca.issue("www.example.test")
+    now = datetime.now(UTC)
+    response = build_response(leaf, ca.issuing, this_update=now, next_update=now)
+    assert looks_like_ocsp_response(response[:RESPONSE_HEAD])
+    assert looks_like_ocsp_response(b"\x30\x03\x0a\x01\x03")  # tryLater
+    certificate = leaf.cert.public_bytes(serialization.Encoding.DER)
+    for other in (certificate, leaf.fullchain_pem, b"SQLite format 3\x00", b"state_dir = 1", b"0"):
+        assert not looks_like_ocsp_response(other[:RESPONSE_HEAD]), other[:20]
+    assert not looks_like_ocsp_response(b"")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import mustaple.adapters.files as files_module
+from conftest import fake_staple
 from mustaple.adapters.files import SYNC_ONCE_FROM, syncfs_trusted, write_atomic_many
 from mustaple.adapters.sinks import FileSink
 from mustaple.core.delivery import Action, Delivery
@@ -52,15 +53,15 @@ def test_the_order_of_a_batch_is_kept_for_one_file(tmp_path: Path) -> None:
     target = tmp_path / "one.der"
     sink = FileSink("files", path=str(tmp_path / "{name}.der"))
     batch = [
-        delivery("one", b"first"),
-        delivery("one", b"second"),
-        delivery("one", b"second"),
+        delivery("one", fake_staple(b"first")),
+        delivery("one", fake_staple(b"second")),
+        delivery("one", fake_staple(b"second")),
         delivery("one", None, Action.REMOVE),
-        delivery("one", b"third"),
+        delivery("one", fake_staple(b"third")),
     ]
     done = asyncio.run(sink.deliver(batch))
     assert [d.changed for d in done] == [True, True, False, True, True]
-    assert target.read_bytes() == b"third"
+    assert target.read_bytes() == fake_staple(b"third")
 
 
 def test_write_atomic_many_says_what_failed_and_writes_the_rest(tmp_path: Path) -> None:

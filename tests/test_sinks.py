@@ -24,9 +24,10 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from conftest import fake_staple
 from mustaple.adapters.fetch import fetch_staple
 from mustaple.adapters.probe import probe
-from mustaple.adapters.sinks import SinkConfigError, SocketAddress, build_sink
+from mustaple.adapters.sinks import SinkConfigError, SocketAddress, build_sink, build_sinks
 from mustaple.adapters.store import cert_key
 from mustaple.core.certs import make_target
 from mustaple.core.delivery import Action, Delivered, Delivery, Sink
@@ -439,24 +440,82 @@ def test_two_certificates_never_share_one_staple_file(pki: Pki, tmp_path: Path) 
     for cert in (first, second):
         cert.parent.mkdir()
         cert.write_text("a certificate")
-    ec = pki.delivery(first, b"EC staple")
-    rsa = replace(pki.delivery(second, b"RSA staple"), key="another certificate")
+    ec = pki.delivery(first, fake_staple(b"EC staple"))
+    rsa = replace(pki.delivery(second, fake_staple(b"RSA staple")), key="another certificate")
     done = deliver(sink, ec, rsa)
     assert outcome(done[0]) == (None, True)
     assert done[1].error is not None
     assert f"another certificate, {first}" in done[1].error
     staple = tmp_path / "staples" / f"{NAME}.der"
-    assert staple.read_bytes() == b"EC staple"
-    copy = pki.delivery(tmp_path / "copy.pem", b"EC staple")  # the same certificate
+    assert staple.read_bytes() == fake_staple(b"EC staple")
+    copy = pki.delivery(tmp_path / "copy.pem", fake_staple(b"EC staple"))  # the same certificate
     assert outcome(deliver(sink, copy)[0]) == (None, False)
-    renewed = replace(pki.delivery(first, b"renewed"), key="the renewed certificate")
+    renewed = replace(pki.delivery(first, fake_staple(b"renewed")), key="the renewed certificate")
     assert outcome(deliver(sink, renewed)[0]) == (None, True)
     first.unlink()  # the other file gone: the staple file is the second's now
     assert outcome(deliver(sink, rsa)[0]) == (None, True)
-    assert staple.read_bytes() == b"RSA staple"
+    assert staple.read_bytes() == fake_staple(b"RSA staple")
     for name, written in (("..", "__"), (".", "_"), ("", "_")):
         odd = replace(pki.delivery(second, b"x"), name=name)
         assert sink.path_for(odd) == tmp_path / "staples" / f"{written}.der"  # type: ignore[attr-defined]
+
+
+def test_two_sinks_never_give_two_certificates_one_file(pki: Pki, tmp_path: Path) -> None:
+    """Two sinks of one configuration whose paths meet (each certificate with its own sink,
+    both writing one file): the second certificate is refused, naming the first and its
+    sink, and the file keeps the first's staple."""
+    path = str(tmp_path / "staples" / "staple.der")
+    sinks = build_sinks(
+        {"one": {"type": "file", "path": path}, "two": {"type": "file", "path": path}}
+    )
+    first, second = tmp_path / "a" / "fullchain.pem", tmp_path / "b" / "fullchain.pem"
+    for cert in (first, second):
+        cert.parent.mkdir()
+        cert.write_text("a certificate")
+    [one] = deliver(sinks["one"], pki.delivery(first, fake_staple(b"A")))
+    other = replace(pki.delivery(second, fake_staple(b"B")), key="another certificate")
+    [two] = deliver(sinks["two"], other)
+    assert outcome(one) == (None, True)
+    assert two.error == (
+        f"{path} holds the staple of another certificate, {first}: sink one writes it too; "
+        "give the two sinks paths of their own"
+    )
+    assert Path(path).read_bytes() == fake_staple(b"A")
+    [again] = deliver(sinks["two"], pki.delivery(first, fake_staple(b"A")))  # the same one
+    assert outcome(again) == (None, False)
+
+
+def test_a_sink_never_writes_over_or_removes_what_is_no_staple(
+    pki: Pki, files: LeafFiles, tmp_path: Path
+) -> None:
+    """A file sink whose path names the certificate itself ("{dir}/{stem}.pem", a HAProxy
+    habit), its key, the state database or any file that holds no OCSP response: the file is
+    left as it is, for a staple and for a removal, and the delivery says why; HAProxy's
+    `.ocsp` file likewise."""
+    certificate = files.fullchain.read_bytes()
+    state = tmp_path / "state" / "state.db"
+    state.parent.mkdir()
+    state.write_bytes(b"SQLite format 3\x00" + bytes(100))
+    der = pki.fresh().der
+    for template, victim in (("{dir}/{stem}.pem", files.fullchain), (str(state), state)):
+        before = victim.read_bytes()
+        sink = build_sink("oops", {"type": "file", "path": template})
+        for delivery in (pki.delivery(files.fullchain, der), pki.delivery(files.fullchain, None)):
+            [done] = deliver(sink, delivery)
+            assert not done.changed
+            assert done.error == (
+                f"{victim}: holds something other than an OCSP response (a certificate, a key, "
+                "the state database?): left as it is; give the sink a path of its own"
+            )
+            assert victim.read_bytes() == before
+    assert files.fullchain.read_bytes() == certificate
+    ocsp = files.fullchain.parent / "fullchain.pem.ocsp"
+    ocsp.write_bytes(certificate)
+    haproxy = build_sink("haproxy", {"type": "haproxy", "socket": str(tmp_path / "none.sock")})
+    for delivery in (pki.delivery(files.fullchain, der), pki.delivery(files.fullchain, None)):
+        [done] = deliver(haproxy, delivery)
+        assert "holds something other than an OCSP response" in (done.error or "")
+        assert ocsp.read_bytes() == certificate
 
 
 # --- command --------------------------------------------------------------------------------------

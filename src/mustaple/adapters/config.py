@@ -2,7 +2,7 @@
 
 Every problem is a `ConfigError` naming the file, the key and what is wrong; unknown keys are
 errors, not silently ignored. Durations are written with their unit ("30s", "5m", "2h", "1d").
-Sink tables are kept raw here and checked by `sinks.build_sink` when the keeper builds them.
+Sink tables are kept raw here and checked by `sinks.build_sinks` when the keeper builds them.
 """
 
 from __future__ import annotations

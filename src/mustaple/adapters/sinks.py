@@ -25,6 +25,7 @@ import re
 import stat
 import string
 import tempfile
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -42,6 +43,7 @@ from mustaple.adapters.files import (
 )
 from mustaple.adapters.shell import run_command
 from mustaple.core.delivery import Action, Delivered, Delivery, Sink
+from mustaple.core.der import RESPONSE_HEAD, looks_like_ocsp_response
 from mustaple.core.render import human_time
 from mustaple.core.urls import url_problem
 
@@ -51,8 +53,10 @@ __all__ = [
     "HAProxySink",
     "SinkConfigError",
     "SocketAddress",
+    "StapleFiles",
     "ask_haproxy",
     "build_sink",
+    "build_sinks",
 ]
 
 DEFAULT_RELOAD_TIMEOUT = timedelta(seconds=60)
@@ -67,6 +71,11 @@ _UNREACHABLE = "cannot reach HAProxy's runtime API"
 _NOT_RUNNING = "HAProxy is not running"
 _TEMPLATE_FIELDS = ("name", "stem", "dir")
 _FIELDS_TEXT = "{name}, {stem} or {dir}"
+_TEMPLATE_CLASH = "the `path` of the sink gives both the same file; add {stem} or {dir} to it"
+_OCSP_DIR_CLASH = (
+    "`ocsp_dir` gives certificate files of the same name one .ocsp file there; give them "
+    "names of their own, or leave ocsp_dir out"
+)
 MAX_SINK_DURATION = timedelta(days=1)  # the longest timeout or reload_timeout
 log = logging.getLogger("mustaple")
 
@@ -88,9 +97,17 @@ def _reader(name: str, table: Mapping[str, object], kind: str, keys: Sequence[st
     return reader
 
 
-def build_sink(name: str, table: Mapping[str, object]) -> Sink:
-    """The sink that `[sinks.NAME]` describes, or SinkConfigError naming the bad key."""
-    builders: dict[str, Callable[[str, Mapping[str, object]], Sink]] = {
+def build_sinks(tables: Mapping[str, Mapping[str, object]]) -> dict[str, Sink]:
+    """Every sink of a configuration (`[sinks.*]`); those that write staple files share one
+    `StapleFiles`, so that no two certificates get one file even through two sinks."""
+    files = StapleFiles()
+    return {name: build_sink(name, table, files) for name, table in tables.items()}
+
+
+def build_sink(name: str, table: Mapping[str, object], files: StapleFiles | None = None) -> Sink:
+    """The sink that `[sinks.NAME]` describes, or SinkConfigError naming the bad key; `files`
+    is shared with the other sinks of its configuration (a new one without it)."""
+    builders: dict[str, Callable[[str, Mapping[str, object], StapleFiles], Sink]] = {
         "file": _file_sink,
         "haproxy": _haproxy_sink,
         "command": _command_sink,
@@ -100,10 +117,10 @@ def build_sink(name: str, table: Mapping[str, object]) -> Sink:
         choices = ", ".join(f'"{k}"' for k in builders)
         problem = "missing" if kind is None else f"{kind!r} is not a sink type"
         raise SinkConfigError(f"sinks.{name}.type: {problem}; use one of {choices}")
-    return builders[kind](name, table)
+    return builders[kind](name, table, files or StapleFiles())
 
 
-def _file_sink(name: str, table: Mapping[str, object]) -> FileSink:
+def _file_sink(name: str, table: Mapping[str, object], files: StapleFiles) -> FileSink:
     keys = ("path", "reload", "reload_timeout", "remove", "revoked", "running")
     reader = _reader(name, table, "file", keys)
     hint = 'give the staple file, e.g. "/var/lib/mustaple/staples/{name}.der"'
@@ -127,6 +144,7 @@ def _file_sink(name: str, table: Mapping[str, object]) -> FileSink:
         keep_on_remove=remove == "keep",
         remove_revoked=revoked == "remove",
         running=reader.text("running"),
+        files=files,
     )
 
 
@@ -145,7 +163,7 @@ def _check_template(reader: TableReader, path: str) -> None:
         raise reader.error("path", f"{exc}; write placeholders plainly: {_FIELDS_TEXT}") from None
 
 
-def _haproxy_sink(name: str, table: Mapping[str, object]) -> HAProxySink:
+def _haproxy_sink(name: str, table: Mapping[str, object], files: StapleFiles) -> HAProxySink:
     keys = ("socket", "master", "ocsp_dir", "timeout", "reload", "reload_timeout")
     reader = _reader(name, table, "haproxy", keys)
     socket = reader.required(
@@ -164,10 +182,11 @@ def _haproxy_sink(name: str, table: Mapping[str, object]) -> HAProxySink:
         timeout=reader.duration("timeout", DEFAULT_SOCKET_TIMEOUT, MAX_SINK_DURATION),
         reload=reader.text("reload"),
         reload_timeout=reader.duration("reload_timeout", DEFAULT_RELOAD_TIMEOUT, MAX_SINK_DURATION),
+        files=files,
     )
 
 
-def _command_sink(name: str, table: Mapping[str, object]) -> CommandSink:
+def _command_sink(name: str, table: Mapping[str, object], _: StapleFiles) -> CommandSink:
     reader = _reader(name, table, "command", ("command", "timeout"))
     command = reader.required("command", "give a shell command to run for each delivery")
     return CommandSink(
@@ -231,26 +250,34 @@ def _joined(first: str | None, second: str) -> str:
     return f"{first}; {second}" if first else second
 
 
-class _Owners:
-    """Which certificate file each staple file holds the staple of, so that two certificates
-    are never given one file (a path template, or an `ocsp_dir`, that gives both the same)."""
+class StapleFiles:
+    """Which certificate file each staple file holds the staple of, across the sinks of one
+    configuration, so that two certificates are never given one file: a path template or an
+    `ocsp_dir` that gives both the same, or two sinks whose paths meet."""
 
-    def __init__(self, fix: str) -> None:
-        self.fix = fix  # what to change in the configuration, said with the clash
-        self._owners: dict[Path, tuple[str, Path]] = {}  # staple file -> (key, cert file)
-        self._placed: dict[Path, Path] = {}  # cert file -> its staple file, last delivered
+    def __init__(self) -> None:
+        self._owners: dict[Path, tuple[str, str, Path]] = {}  # file -> (sink, key, cert file)
+        self._placed: dict[tuple[str, Path], Path] = {}  # (sink, cert file) -> its last file
+        self._lock = threading.Lock()  # file sinks deliver in threads, side by side
 
-    def clash(self, delivery: Delivery, path: Path) -> str | None:
-        """Why `delivery` must not touch `path`: another certificate's file, still there,
-        has its staple in it; else None and `path` is this certificate file's from now on."""
-        owner = self._owners.get(path)
-        if owner is not None and owner[0] != delivery.key and owner[1] != delivery.cert_path:
-            other = owner[1]
-            if self._placed.get(other) == path and other.exists():
-                return f"{path} holds the staple of another certificate, {other}: {self.fix}"
-        self._owners[path] = (delivery.key, delivery.cert_path)
-        self._placed[delivery.cert_path] = path
-        return None
+    def clash(self, sink: str, delivery: Delivery, path: Path, fix: str) -> str | None:
+        """Why `delivery` must not touch `path` through `sink`: another certificate's file,
+        still there, has its staple in it (`fix` says what to change when that certificate
+        is the same sink's); else None, and `path` is this certificate file's from now on."""
+        with self._lock:
+            owner = self._owners.get(path)
+            if owner is not None and owner[1] != delivery.key and owner[2] != delivery.cert_path:
+                other_sink, _, other = owner
+                if self._placed.get((other_sink, other)) == path and other.exists():
+                    if other_sink != sink:
+                        fix = (
+                            f"sink {other_sink} writes it too; give the two sinks paths of "
+                            "their own"
+                        )
+                    return f"{path} holds the staple of another certificate, {other}: {fix}"
+            self._owners[path] = (sink, delivery.key, delivery.cert_path)
+            self._placed[(sink, delivery.cert_path)] = path
+            return None
 
 
 class _Cleaner:
@@ -277,18 +304,42 @@ def _file_names(template: str) -> re.Pattern[str]:
     )
 
 
-def _replace(path: Path, data: bytes) -> bool:
-    """Write `data` to `path` atomically unless it already holds it; whether it changed."""
-    if read_prefix(path, len(data) + 1) == data:
+class NotAStapleError(OSError):
+    """A file a sink would replace or remove holds something other than an OCSP response:
+    the sink's path names a certificate, a key, the state database... It is left alone."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            0,
+            "holds something other than an OCSP response (a certificate, a key, the state "
+            "database?): left as it is; give the sink a path of its own",
+        )
+
+
+def _staple_file(held: bytes | None) -> None:
+    """NotAStapleError unless `held`, a file's first bytes (or None: no file), is nothing, or
+    the start of an OCSP response."""
+    if held and not looks_like_ocsp_response(held):
+        raise NotAStapleError()
+
+
+def _replace(path: Path, data: bytes, *, staple: bool = True) -> bool:
+    """Write `data` to `path` atomically unless it already holds it; whether it changed.
+    A `staple` file replaces only a staple (NotAStapleError)."""
+    held = read_prefix(path, len(data) + 1)
+    if held == data:
         return False
+    if staple:
+        _staple_file(held)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, data)
     return True
 
 
 def _delete(path: Path) -> bool:
-    """Remove `path`; whether it existed."""
+    """Remove `path`, a staple file (NotAStapleError otherwise); whether it existed."""
     try:
+        _staple_file(read_prefix(path, RESPONSE_HEAD))
         path.unlink()
     except FileNotFoundError:
         return False
@@ -323,6 +374,7 @@ class FileSink:
         keep_on_remove: bool = False,
         remove_revoked: bool = False,
         running: str | None = None,
+        files: StapleFiles | None = None,
     ) -> None:
         self.name = name
         self.path = path
@@ -330,8 +382,7 @@ class FileSink:
         self.remove_revoked = remove_revoked
         self._reloader = _Reloader(reload, reload_timeout, running)
         self._cleaner = _Cleaner(_file_names(path))
-        self._owners = _Owners("the `path` of the sink gives both the same file; add {stem} "
-                               "or {dir} to it")  # fmt: skip
+        self._files = files or StapleFiles()
 
     def path_for(self, delivery: Delivery) -> Path:
         """The staple file for `delivery`: the template filled in (a name that is no file
@@ -366,7 +417,7 @@ class FileSink:
         made: set[Path] = set()  # directories made (or found) in this batch
         for delivery in batch:
             path = self.path_for(delivery)
-            clash = self._owners.clash(delivery, path)
+            clash = self._files.clash(self.name, delivery, path, _TEMPLATE_CLASH)
             if clash is not None:
                 outcomes.append(_Outcome(False, clash))
                 continue
@@ -416,8 +467,10 @@ class FileSink:
         try:
             directory = path.parent
             self._cleaner.once(directory)
-            if read_prefix(path, len(der) + 1) == der:
+            held = read_prefix(path, len(der) + 1)
+            if held == der:
                 return _Outcome(False)
+            _staple_file(held)
             if directory not in made:
                 directory.mkdir(parents=True, exist_ok=True)
                 made.add(directory)
@@ -544,6 +597,7 @@ class HAProxySink:
         timeout: timedelta = DEFAULT_SOCKET_TIMEOUT,
         reload: str | None = None,
         reload_timeout: timedelta = DEFAULT_RELOAD_TIMEOUT,
+        files: StapleFiles | None = None,
     ) -> None:
         self.name = name
         self.socket = socket
@@ -552,10 +606,7 @@ class HAProxySink:
         self.timeout = timeout
         self._reloader = _Reloader(reload, reload_timeout)
         self._cleaner = _Cleaner(re.compile(r".+\.(?:ocsp|issuer)"))
-        self._owners = _Owners(
-            "`ocsp_dir` gives certificate files of the same name one .ocsp file there; give "
-            "them names of their own, or leave ocsp_dir out"
-        )
+        self._files = files or StapleFiles()
 
     def path_for(self, delivery: Delivery, suffix: str = ".ocsp") -> Path:
         """`<crt>.ocsp` beside the certificate HAProxy loads, or in `ocsp_dir`."""
@@ -568,7 +619,7 @@ class HAProxySink:
 
     async def _deliver_one(self, delivery: Delivery) -> _Outcome:
         path = self.path_for(delivery)
-        clash = self._owners.clash(delivery, path)
+        clash = self._files.clash(self.name, delivery, path, _OCSP_DIR_CLASH)
         if clash is not None:  # the running HAProxy still takes it: it matches by CertID
             pushed = await self._push(delivery.der, path) if delivery.der else None
             return _Outcome(False, _joined(pushed, clash) if pushed else clash)
@@ -593,7 +644,7 @@ class HAProxySink:
         cannot match to an issuer."""
         self._cleaner.once(self.path_for(delivery).parent)
         if not delivery.bundle_has_issuer:
-            _replace(self.path_for(delivery, ".issuer"), delivery.issuer_pem)
+            _replace(self.path_for(delivery, ".issuer"), delivery.issuer_pem, staple=False)
         return _replace(self.path_for(delivery), data)
 
     async def _push(self, der: bytes, path: Path) -> str | None:
@@ -625,9 +676,10 @@ class HAProxySink:
         try:
             self._cleaner.once(path.parent)
             previous = read_prefix(path, MAX_INPUT)
+            _staple_file(previous)
             if not delivery.bundle_has_issuer:
-                _replace(self.path_for(delivery, ".issuer"), delivery.issuer_pem)
-            _replace(path, b"")
+                _replace(self.path_for(delivery, ".issuer"), delivery.issuer_pem, staple=False)
+            _replace(path, b"", staple=False)  # checked: `previous` is a staple
         except OSError as exc:
             return _Outcome(False, _os_problem(path, exc))
         if not previous:

@@ -116,20 +116,22 @@ def fetch(
 
 def _check_out(out: str, *inputs: str | None) -> None:
     """InputError, before anything is fetched, when --out would destroy what is not a staple:
-    the certificate or issuer file given, or a file that holds something else (PEM text)."""
+    the certificate or issuer file given, or a file that holds something other than an OCSP
+    response (a certificate or key, PEM or DER)."""
     from mustaple.adapters.files import NotRegularFileError, read_prefix
+    from mustaple.core.der import RESPONSE_HEAD, looks_like_ocsp_response
 
     for given in inputs:
         exist = given is not None and os.path.exists(out) and os.path.exists(given)
         if exist and os.path.samefile(out, str(given)):
             raise InputError(f"{out}: --out is the input file {given}; give another path")
     try:
-        head = read_prefix(out, 16)
+        head = read_prefix(out, RESPONSE_HEAD)
     except NotRegularFileError as exc:
         raise InputError(f"{out}: {exc.strerror}; --out writes only regular files") from None
     except OSError:
         return  # unreadable: said when it is written
-    if head and (head[:1] != b"\x30" or b"-----" in head):
+    if head and not looks_like_ocsp_response(head):
         raise InputError(
             f"{out}: holds something else than an OCSP response; --out replaces only a staple "
             "file: remove it or give another path"

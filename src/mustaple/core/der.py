@@ -28,6 +28,7 @@ __all__ = [
     "decode_oid",
     "encode",
     "encoded",
+    "looks_like_ocsp_response",
     "read_single",
     "read_tlv",
     "without_encoded_defaults",
@@ -43,6 +44,18 @@ ENUMERATED = 0x0A
 BOOLEAN = 0x01
 _EXPLICIT_V1 = bytes([INTEGER, 1, 0])  # [0] EXPLICIT Version holding v1, the DEFAULT
 _FALSE = b"\x00"
+RESPONSE_HEAD = 16  # bytes of a file enough for `looks_like_ocsp_response`
+
+
+def looks_like_ocsp_response(head: bytes) -> bool:
+    """Whether `head`, the first bytes of a file (RESPONSE_HEAD are enough), can begin a DER
+    OCSPResponse: a SEQUENCE whose first element is the one-byte ENUMERATED responseStatus.
+    A certificate or key (PEM or DER), a database, a configuration file cannot."""
+    if len(head) < 2 or head[0] != SEQUENCE:
+        return False
+    first = head[1]
+    at = 2 if first < 0x80 else 2 + (first & 0x7F)
+    return head[at : at + 2] == bytes([ENUMERATED, 1])
 
 
 class DerError(ValueError):

@@ -25,10 +25,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mustaple.adapters import sinks as sink_builders
 from mustaple.adapters.config import Config, ConfigError, load_config
 from mustaple.adapters.http1 import Watcher
 from mustaple.adapters.notify import notify, watchdog_interval
-from mustaple.adapters.sinks import SinkConfigError, build_sink
+from mustaple.adapters.sinks import SinkConfigError
 from mustaple.adapters.store import BUSY_TIMEOUT, SqliteStore
 from mustaple.core.clock import Clock, utc_now
 from mustaple.core.delivery import Sink
@@ -54,7 +55,7 @@ RUN_BUSY_TIMEOUT = 1.0
 def build_sinks(config: Config) -> dict[str, Sink]:
     """Every configured sink, or ConfigError naming the file and the key."""
     try:
-        return {name: build_sink(name, table) for name, table in config.sinks.items()}
+        return sink_builders.build_sinks(config.sinks)
     except SinkConfigError as exc:
         raise ConfigError(f"{config.path}: {exc}") from None
 
