@@ -413,6 +413,34 @@ def test_sighup_reloads_and_a_bad_config_keeps_the_running_one(
     assert not (site.tmp / "elsewhere").exists()
 
 
+def test_a_reload_that_failed_before_is_made_at_the_next_start(
+    site: Site, daemon: Callable[..., Daemon], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`prime` wrote the staple but the server's reload failed: the server may still serve
+    the old staple. Once the reload works again, `mustaple run` starts with the file
+    unchanged, yet reloads the server once: the debt is read from the status rows, no
+    process remembers it otherwise."""
+    site.issue("a.test")
+    ready, reloads = site.tmp / "ready", site.tmp / "reloads.log"
+    reload = f"echo reloaded >> {reloads}"
+    site.config.write_text(site.config.read_text().replace(reload, f"test -e {ready} && {reload}"))
+    assert main(["prime", "--config", str(site.config), site.cert("a.test")]) != 0
+    assert "reload failed" in capsys.readouterr().out
+    staple = site.staple("a.test").read_bytes()
+    ready.touch()
+    d = daemon()
+    d.notices("READY=1")
+    assert site.staple("a.test").read_bytes() == staple  # unchanged: no write, yet reloaded
+    assert reloads.read_text() == "reloaded\n"
+    d.process.send_signal(signal.SIGTERM)
+    assert d.process.wait(20) == 0
+    d = daemon()  # the debt was paid: the next start reloads nothing
+    d.notices("READY=1")
+    d.process.send_signal(signal.SIGTERM)
+    assert d.process.wait(20) == 0
+    assert reloads.read_text() == "reloaded\n"
+
+
 def test_a_reload_may_move_the_endpoint_to_another_host_on_the_same_port(
     site: Site, daemon: Callable[..., Daemon]
 ) -> None:

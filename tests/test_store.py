@@ -26,6 +26,7 @@ from mustaple.adapters.store import (
     StoredStaple,
     cert_key,
 )
+from mustaple.core.delivery import SinkHealth
 from mustaple.core.errors import InputError
 from mustaple.testing import Leaf
 from servers import RedisServer
@@ -143,6 +144,21 @@ def test_statuses_round_trip_sorted_by_name(open_store: Opener) -> None:
     unknown = replace(status("d.test"), must_staple=None)  # a file that cannot be read
     store.save_status("k3", unknown)
     assert open_store().statuses()["k3"] == unknown
+
+
+def test_failed_sinks_are_those_whose_last_delivery_failed(open_store: Opener) -> None:
+    """What a start reads to owe a reload: each sink that failed some certificate's last
+    delivery; one that worked, or only noted the server down, owes nothing."""
+    store = open_store()
+    assert store.failed_sinks() == set()
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    fine = SinkHealth("fine", at)
+    down = SinkHealth("down", at, note="the server is not running")
+    broken = SinkHealth("nginx", None, 'reload failed: `nginx -s reload` "exited"', 1, at)
+    store.save_status("k1", replace(status("a.test"), sinks=(fine, down)))
+    store.save_status("k2", replace(status("b.test"), sinks=(fine, broken)))
+    assert store.failed_sinks() == {"nginx"}
+    assert open_store().failed_sinks() == {"nginx"}
 
 
 def test_a_transaction_writes_all_or_nothing(open_store: Opener) -> None:

@@ -298,6 +298,11 @@ class RedisStore:
         """This member's keys that have a status row."""
         return {k.decode() for k in self.client.hkeys(self._k("status", self.member))}
 
+    def failed_sinks(self) -> set[str]:
+        """This member's sinks whose last delivery of some certificate failed."""
+        rows = self.statuses().values()
+        return {health.sink for row in rows for health in row.sinks if not health.ok}
+
     def forget_statuses(self, keys: Iterable[str]) -> None:
         """Remove this member's status rows of `keys`."""
         gone = list(keys)

@@ -384,6 +384,10 @@ class FileSink:
         self._cleaner = _Cleaner(_file_names(path))
         self._files = files or StapleFiles()
 
+    def owe_reload(self) -> None:
+        """The next delivery reloads the server, even when no file changes (`Reloads`)."""
+        self._reloader.owed = True
+
     def path_for(self, delivery: Delivery) -> Path:
         """The staple file for `delivery`: the template filled in (a name that is no file
         name, such as ".." or "", becomes "_": it never climbs out of the directory)."""
@@ -607,6 +611,10 @@ class HAProxySink:
         self._reloader = _Reloader(reload, reload_timeout)
         self._cleaner = _Cleaner(re.compile(r".+\.(?:ocsp|issuer)"))
         self._files = files or StapleFiles()
+
+    def owe_reload(self) -> None:
+        """The next delivery runs `reload`, if any (`Reloads`): a removal it did not finish."""
+        self._reloader.owed = True
 
     def path_for(self, delivery: Delivery, suffix: str = ".ocsp") -> Path:
         """`<crt>.ocsp` beside the certificate HAProxy loads, or in `ocsp_dir`."""

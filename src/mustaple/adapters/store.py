@@ -225,6 +225,8 @@ class Store(Protocol):
 
     def status_keys(self) -> set[str]: ...
 
+    def failed_sinks(self) -> set[str]: ...
+
     def remove(self, key: str) -> None: ...
 
     def transaction(self) -> AbstractContextManager[None]: ...
@@ -528,6 +530,18 @@ class SqliteStore:
     def status_keys(self) -> set[str]:
         """The keys that have a status row."""
         return {row[0] for row in self._db.execute("SELECT cert_key FROM status")}
+
+    def failed_sinks(self) -> set[str]:
+        """The sinks whose last delivery of some certificate failed, by the status rows (a
+        reload may be owed: see `delivery.Reloads`)."""
+        rows = self._db.execute("""SELECT sinks FROM status WHERE sinks LIKE '%"error": "%'""")
+        failed: set[str] = set()
+        for (text,) in rows:
+            try:
+                failed.update(health.sink for health in sinks_from_json(text) if not health.ok)
+            except (ValueError, KeyError, TypeError):
+                continue  # unreadable: written again at the next pass
+        return failed
 
     def forget_statuses(self, keys: Iterable[str]) -> None:
         """Remove the status rows of `keys` (the staples and attempts stay)."""

@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Action", "Delivered", "Delivery", "Sink", "SinkHealth"]
+__all__ = ["Action", "Delivered", "Delivery", "KeepsCopies", "Reloads", "Sink", "SinkHealth"]
 
 
 class Action(enum.Enum):
@@ -97,3 +97,13 @@ class KeepsCopies(Protocol):
     not undone by the older one."""
 
     def held(self, delivery: Delivery) -> bytes | None: ...
+
+
+@runtime_checkable
+class Reloads(Protocol):
+    """A sink that reloads its server to make it read what it wrote (a file sink's `reload`).
+    A reload that failed is owed: the next delivery reloads even when no file changed. At a
+    start the debt is known only from the stored status rows (a `prime`'s, or this keeper's
+    before a SIGHUP); `owe_reload` hands it to a new sink."""
+
+    def owe_reload(self) -> None: ...

@@ -366,6 +366,7 @@ async def _start(keeper: Keeper) -> None:
     this process, so each has one)."""
     await keeper.scan()
     keeper.take_from_sinks()
+    keeper.owe_reloads()
     await keeper.deliver(again=True)
 
 

@@ -67,7 +67,15 @@ from mustaple.adapters.workers import DEPTH, Limits, WorkerPool, batch_collector
 from mustaple.core import lifecycle
 from mustaple.core.certs import Target, display_name, is_must_staple, parse_certificates
 from mustaple.core.clock import Clock, utc_now
-from mustaple.core.delivery import Action, Delivered, Delivery, KeepsCopies, Sink, SinkHealth
+from mustaple.core.delivery import (
+    Action,
+    Delivered,
+    Delivery,
+    KeepsCopies,
+    Reloads,
+    Sink,
+    SinkHealth,
+)
 from mustaple.core.errors import InputError
 from mustaple.core.fetchtypes import Fetcher, FetchJob, FetchPolicy, FetchResult
 from mustaple.core.lifecycle import (
@@ -637,6 +645,23 @@ class Keeper:
                     taken += self._take_copy(managed, sink, name, now)
         return taken
 
+    def owe_reloads(self) -> list[str]:
+        """Before a first delivery (a start, a `prime`): each sink that, by the stored status
+        rows, last failed to deliver some certificate's staple reloads its server at that
+        delivery even when no file changes. The failed reload (or write) was another
+        process's, or this keeper's before a SIGHUP: the files may be in place while the
+        server still serves the old staple. Returns those sinks' names."""
+        try:
+            failed = self.store.failed_sinks()
+        except (sqlite3.Error, OSError):
+            return []  # the store's trouble is said where it is written
+        owing = sorted(name for name in failed if isinstance(self.sinks.get(name), Reloads))
+        for name in owing:
+            sink = self.sinks[name]
+            assert isinstance(sink, Reloads)
+            sink.owe_reload()
+        return owing
+
     def _take_copy(self, managed: Managed, sink: KeepsCopies, name: str, now: datetime) -> bool:
         answer = managed.life.state.answer
         der = sink.held(self._delivery(managed, (Action.STAPLE, None)))
@@ -1125,6 +1150,7 @@ class Keeper:
                         self._apply(managed.life, Wait(now), now)
                 await self._refresh_all(wanted)
             self.judge_time()
+            self.owe_reloads()
             await self.deliver()
             self._forget_held_elsewhere(loaded)
         return [_primed(m) for m in chosen], unusable
