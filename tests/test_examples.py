@@ -105,6 +105,16 @@ def test_exim_example_passes_exim_bv(root: Path) -> None:
     _ok("/usr/sbin/exim4", "-C", _moved("exim.conf", root), "-bV")
 
 
+def test_exim_example_guards_its_staple_file_as_exim_md_does() -> None:
+    """With a plain `tls_ocsp_file`, Exim refuses every STARTTLS while the file is missing
+    (a revocation with `revoked = "remove"`, an expiry): the example keeps the guarded form
+    that exim.md gives and tests/test_exim.py runs against Exim."""
+    doc = (EXAMPLES.parent / "docs" / "integrations" / "exim.md").read_text()
+    example = (EXAMPLES / "exim.conf").read_text()
+    setting = doc[doc.index("tls_ocsp_file = ${if exists{") :]
+    assert setting[: setting.index("\n```")] in example
+
+
 def test_prometheus_rules_pass_promtool(root: Path) -> None:
     _ok("promtool", "check", "rules", EXAMPLES / "prometheus-alerts.yml")
 

@@ -193,6 +193,9 @@ def test_init_writes_a_config_the_real_loader_accepts(
     assert config.http.port == 8008
     assert set(config.sinks) == {"nginx", "haproxy", "lighttpd"}
     assert config.sinks["nginx"]["remove"] == "keep"
+    assert config.sinks["nginx"]["reload"] == "systemctl reload nginx"
+    # a graceful reload makes lighttpd read root-only keys as www-data, and exit
+    assert config.sinks["lighttpd"]["reload"] == "systemctl restart lighttpd"
     staple = tree.root / "state/staples/example.test.der"
     assert said.count(f"ssl_stapling_file {staple};") == 2  # both server blocks, once each
     assert f'ssl.stapling-file = "{staple}"' in said

@@ -356,12 +356,15 @@ def _sink(plan: Plan, server: str) -> list[str]:
     keep = ['remove = "keep"   # nginx cannot reload without its stapling file'] * (
         server == "nginx"
     )
+    reload = f'reload = "systemctl reload {server}"'
+    if server == "lighttpd":  # its graceful reload reads the keys as server.username
+        reload = 'reload = "systemctl restart lighttpd"   # not reload: see lighttpd.md'
     return [
         f"# {server} staples the file named in its configuration (docs/integrations/{server}.md)",
         f"[sinks.{server}]",
         'type = "file"',
         f"path = {_q(template)}",
-        f'reload = "systemctl reload {server}"',
+        reload,
         *keep,
     ]
 
