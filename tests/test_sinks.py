@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import socket
+import stat
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -24,13 +26,14 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from conftest import fake_staple
+from conftest import build_response, fake_staple
 from mustaple.adapters.fetch import fetch_staple
 from mustaple.adapters.probe import probe
 from mustaple.adapters.sinks import SinkConfigError, SocketAddress, build_sink, build_sinks
 from mustaple.adapters.store import cert_key
 from mustaple.core.certs import make_target
 from mustaple.core.delivery import Action, Delivered, Delivery, Sink
+from mustaple.core.render import human_time
 from mustaple.core.request import make_cert_id
 from mustaple.core.verify import Staple
 from mustaple.testing import (
@@ -57,10 +60,11 @@ WAIT = 10.0  # seconds a reloading server may take to serve the new staple
 
 
 class StepClock:
-    """The responder's clock: an hour ago, moved on two minutes for each fresh staple."""
+    """The responder's clock: six hours ago, moved on two minutes for each fresh staple
+    (room for the module's 180 fresh staples before it reaches the present)."""
 
     def __init__(self) -> None:
-        self.now = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+        self.now = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=6)
 
     def __call__(self) -> datetime:
         return self.now
@@ -429,6 +433,37 @@ def test_haproxy_rules_a_staple_must_keep(pki: Pki, tmp_path: Path) -> None:
         assert staple_from(server.port, NAME) is None  # 300 s before nextUpdate: dropped
 
 
+def test_haproxy_removal_says_the_truth_about_the_staple_it_keeps_serving(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """HAProxy cannot drop a staple at run time: a removal fails, saying until when HAProxy
+    goes on stapling the previous one (300 s before its nextUpdate), and keeps failing at
+    its retries until then (the .ocsp file, emptied the first time, no longer tells); a
+    previous staple HAProxy already stopped stapling by itself is no failure."""
+    pem = haproxy_pem(pki.leaf, tmp_path / "certs")
+    ocsp = Path(f"{pem}.ocsp")
+    now = datetime.now(UTC)
+    sink = build_sink("haproxy", {"type": "haproxy", "socket": str(tmp_path / "none.sock")})
+    removal = pki.delivery(pem, None)
+    ocsp.write_bytes(
+        build_response(
+            pki.leaf, pki.ca.issuing, this_update=now, next_update=now + timedelta(hours=1)
+        )
+    )
+    first, retry = deliver(sink, removal)[0], deliver(sink, removal)[0]
+    assert ocsp.read_bytes() == b""
+    until = human_time((now + timedelta(hours=1) - timedelta(seconds=300)).replace(microsecond=0))
+    for done in (first, retry):
+        assert f"it goes on serving the previous one until {until}" in (done.error or "")
+    ocsp.write_bytes(
+        build_response(
+            pki.leaf, pki.ca.issuing, this_update=now, next_update=now + timedelta(seconds=200)
+        )
+    )
+    assert outcome(deliver(sink, removal)[0]) == (None, True)
+    assert outcome(deliver(sink, removal)[0]) == (None, False)
+
+
 def test_two_certificates_never_share_one_staple_file(pki: Pki, tmp_path: Path) -> None:
     """A template that gives two certificate files one staple file (an ECDSA and an RSA
     certificate of one name; certbot's example.com and example.com-0001): the second is
@@ -458,6 +493,33 @@ def test_two_certificates_never_share_one_staple_file(pki: Pki, tmp_path: Path) 
     for name, written in (("..", "__"), (".", "_"), ("", "_")):
         odd = replace(pki.delivery(second, b"x"), name=name)
         assert sink.path_for(odd) == tmp_path / "staples" / f"{written}.der"  # type: ignore[attr-defined]
+
+
+def test_staple_directories_are_reachable_whatever_the_umask(
+    pki: Pki, files: LeafFiles, tmp_path: Path
+) -> None:
+    """Under a hardened umask (systemd UMask=0077) the directories a sink makes are 0755 as
+    its files are 0644: a server running as another user (Exim's Debian-exim, lighttpd's
+    www-data) must reach them; one made by someone else is left as it is."""
+    sink = build_sink("files", {"type": "file", "path": f"{tmp_path}/a/b/{{name}}.der"})
+    (tmp_path / "a").mkdir(mode=0o750)
+    haproxy_dir = tmp_path / "h" / "ocsp"
+    haproxy = build_sink(
+        "haproxy",
+        {"type": "haproxy", "socket": str(tmp_path / "none.sock"), "ocsp_dir": str(haproxy_dir)},
+    )
+    old = os.umask(0o077)
+    try:
+        [done] = deliver(sink, pki.delivery(files.fullchain, pki.fresh().der))
+        deliver(haproxy, pki.delivery(files.fullchain, pki.fresh().der))
+    finally:
+        os.umask(old)
+    assert done.ok
+    assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o750
+    assert stat.S_IMODE((tmp_path / "a" / "b").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "a" / "b" / f"{NAME}.der").stat().st_mode) == 0o644
+    for directory in (haproxy_dir.parent, haproxy_dir):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o755
 
 
 def test_two_sinks_never_give_two_certificates_one_file(pki: Pki, tmp_path: Path) -> None:
@@ -609,6 +671,34 @@ def test_file_reload_failure_is_reported_and_retried(
     [quiet] = deliver(sink, delivery)
     assert outcome(quiet) == (None, False)
     assert runs.read_text().split() == ["run", "run"]
+
+
+def test_a_running_check_that_cannot_run_is_an_error_not_a_server_down(
+    pki: Pki, files: LeafFiles, tmp_path: Path
+) -> None:
+    """A typo in `running` (its program not found) made every delivery a quiet "the server
+    is not running" and no reload ever ran: it is an error now, and the server is
+    reloaded as without the check."""
+    reloads = tmp_path / "reloads"
+    table = {
+        "type": "file",
+        "path": str(tmp_path / "{name}.der"),
+        "reload": f"echo reloaded >> {reloads}",
+        "running": "systemctl-typo is-active --quiet nginx",
+    }
+    [done] = deliver(build_sink("nginx", table), pki.delivery(files.fullchain, pki.fresh().der))
+    assert done.changed
+    assert done.note is None
+    assert (done.error or "").startswith(
+        "the `running` check cannot run (`systemctl-typo is-active --quiet nginx` exited with "
+        "status 127"
+    )
+    assert reloads.read_text() == "reloaded\n"
+    down = {**table, "running": "false"}  # a server that is down: a note, no reload
+    [noted] = deliver(build_sink("nginx", down), pki.delivery(files.fullchain, pki.fresh().der))
+    assert noted.ok
+    assert "the server is not running" in (noted.note or "")
+    assert reloads.read_text() == "reloaded\n"
 
 
 # --- config ---------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ __all__ = [
     "MAX_INPUT",
     "NotRegularFileError",
     "clean_temporaries",
+    "make_directories",
     "read_input",
     "read_prefix",
     "syncfs_trusted",
@@ -150,6 +151,22 @@ def read_prefix(path: str | Path, size: int) -> bytes | None:
         return _read_upto(fd, size)
     finally:
         os.close(fd)
+
+
+def make_directories(directory: Path, mode: int = 0o755) -> None:
+    """`directory` and its missing parents, each made `mode` whatever the umask (files
+    written for a server running as another user, such as staples, must be reachable: a
+    umask of 077 would hide them behind a directory only root may enter)."""
+    if directory.is_dir():
+        return
+    make_directories(directory.parent, mode)
+    try:
+        directory.mkdir(mode)
+    except FileExistsError:
+        if not directory.is_dir():
+            raise
+        return  # made meanwhile, by someone else: left as they made it
+    os.chmod(directory, mode)
 
 
 def write_atomic(path: str | Path, data: bytes, mode: int = 0o644) -> None:

@@ -15,11 +15,12 @@ import contextlib
 import os
 import signal
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 
 from mustaple.core.render import one_line
 
-__all__ = ["TAIL_BYTES", "run_command"]
+__all__ = ["TAIL_BYTES", "Ran", "run", "run_command"]
 
 TAIL_BYTES = 4096  # of standard error kept
 _LINE_CHARS = 200  # of the last line shown
@@ -27,6 +28,17 @@ _STDERR_GRACE = 1.0  # seconds standard error may stay open after the command ex
 _KILL_WAIT = 5.0  # seconds a killed command is waited for at most
 _POLL = 0.05  # seconds between looks at whether it exited (asyncio's wait() also waits for
 # every pipe to close, which a background child holding stderr never does)
+_NOT_RUN = (126, 127)  # the shell's statuses for a program it cannot execute or find
+
+
+@dataclass(frozen=True, slots=True)
+class Ran:
+    """How a command ended: `problem` is None when it exited 0, else one line; `unrunnable`
+    when it never ran (it could not start, or the shell could not find or execute its
+    program: a typo, not a failure of what it checks)."""
+
+    problem: str | None
+    unrunnable: bool = False
 
 
 async def run_command(
@@ -40,6 +52,17 @@ async def run_command(
 
     `label` names the command in that line (default: the command in backquotes).
     """
+    return (await run(command, timeout, env, label=label)).problem
+
+
+async def run(
+    command: str,
+    timeout: timedelta,
+    env: Mapping[str, str] | None = None,
+    *,
+    label: str | None = None,
+) -> Ran:
+    """`run_command`, telling also whether the command could run at all."""
     label = label or one_line(f"`{command.strip()}`")
     try:
         process = await asyncio.create_subprocess_shell(
@@ -51,7 +74,8 @@ async def run_command(
             start_new_session=True,
         )
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the environment
-        return f"{label} could not start ({exc.strerror if isinstance(exc, OSError) else exc})"
+        why = exc.strerror if isinstance(exc, OSError) else exc
+        return Ran(f"{label} could not start ({why})", unrunnable=True)
     tail = bytearray()
     assert process.stderr is not None  # a pipe, asked for above
     reading = asyncio.ensure_future(_keep_tail(process.stderr, tail))
@@ -67,15 +91,16 @@ async def run_command(
     except TimeoutError:
         _kill_group(process.pid)
         await _reaped(process, reading)
-        return f"{label} timed out after {timeout.total_seconds():g} s and was killed"
+        return Ran(f"{label} timed out after {timeout.total_seconds():g} s and was killed")
     except asyncio.CancelledError:  # we are stopping: leave nothing running behind us
         _kill_group(process.pid)
         raise
     finally:
         reading.cancel()
     if process.returncode == 0:
-        return None
-    return f"{label} {_how_it_ended(process.returncode)}{_last_line(bytes(tail))}"
+        return Ran(None)
+    problem = f"{label} {_how_it_ended(process.returncode)}{_last_line(bytes(tail))}"
+    return Ran(problem, unrunnable=process.returncode in _NOT_RUN)
 
 
 async def _reaped(process: asyncio.subprocess.Process, reading: asyncio.Future[None]) -> None:

@@ -28,7 +28,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography.x509 import ocsp
@@ -37,11 +37,12 @@ from mustaple.adapters.config import TableReader
 from mustaple.adapters.files import (
     MAX_INPUT,
     clean_temporaries,
+    make_directories,
     read_prefix,
     write_atomic,
     write_atomic_many,
 )
-from mustaple.adapters.shell import run_command
+from mustaple.adapters.shell import run, run_command
 from mustaple.core.delivery import Action, Delivered, Delivery, Sink
 from mustaple.core.der import RESPONSE_HEAD, looks_like_ocsp_response
 from mustaple.core.render import human_time
@@ -214,7 +215,8 @@ class _Reloader:
 
     With a `running` check (a command that exits 0 while the server runs), a server that is
     not running is not reloaded: what was written is in place for its start, which is not an
-    error (`mustaple prime` before the servers start)."""
+    error (`mustaple prime` before the servers start). A check that cannot run at all (its
+    program not found: a typo) is an error, and the server is reloaded as without it."""
 
     def __init__(self, command: str | None, timeout: timedelta, running: str | None = None):
         self.command = command
@@ -229,18 +231,22 @@ class _Reloader:
         waiting = [o.needs_reload or (self.owed and o.error is None) for o in outcomes]
         problem = note = None
         if self.command is not None and any(waiting):
-            down = self.running is not None and await run_command(self.running, self.timeout)
-            if down:
-                note = f"the server is not running ({down}): it reads this at its start"
+            checked = await run(self.running, self.timeout) if self.running else None
+            if checked is not None and checked.problem and not checked.unrunnable:
+                note = f"the server is not running ({checked.problem}): it reads this at its start"
                 self.owed = False
             else:
-                problem = await run_command(self.command, self.timeout)
+                failed = await run_command(self.command, self.timeout)
+                problem = f"reload failed: {failed}" if failed else None
+                if checked is not None and checked.unrunnable:
+                    fix = f"the `running` check cannot run ({checked.problem}); fix it"
+                    problem = _joined(problem, fix)
                 self.owed = problem is not None
         done = []
         for delivery, outcome, waits in zip(batch, outcomes, waiting, strict=True):
             error, noted = outcome.error, outcome.note
             if self.command is not None and waits:
-                error = _joined(outcome.error, f"reload failed: {problem}") if problem else None
+                error = _joined(outcome.error, problem) if problem else None
                 noted = noted or note
             done.append(Delivered(delivery.key, sink, outcome.changed, error, noted))
         return done
@@ -331,7 +337,7 @@ def _replace(path: Path, data: bytes, *, staple: bool = True) -> bool:
         return False
     if staple:
         _staple_file(held)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_directories(path.parent)
     write_atomic(path, data)
     return True
 
@@ -476,7 +482,7 @@ class FileSink:
                 return _Outcome(False)
             _staple_file(held)
             if directory not in made:
-                directory.mkdir(parents=True, exist_ok=True)
+                make_directories(directory)
                 made.add(directory)
         except OSError as exc:
             return _Outcome(False, _os_problem(path, exc))
@@ -611,6 +617,9 @@ class HAProxySink:
         self._reloader = _Reloader(reload, reload_timeout)
         self._cleaner = _Cleaner(re.compile(r".+\.(?:ocsp|issuer)"))
         self._files = files or StapleFiles()
+        # .ocsp file emptied -> until when the running HAProxy staples what it held (None:
+        # unknown), kept until that time, a reload, or a new staple pushed
+        self._serving: dict[Path, datetime | None] = {}
 
     def owe_reload(self) -> None:
         """The next delivery runs `reload`, if any (`Reloads`): a removal it did not finish."""
@@ -623,7 +632,11 @@ class HAProxySink:
 
     async def deliver(self, batch: Sequence[Delivery]) -> list[Delivered]:
         outcomes = [await self._deliver_one(d) for d in batch]
-        return await self._reloader.finish(self.name, batch, outcomes)
+        done = await self._reloader.finish(self.name, batch, outcomes)
+        for delivery, delivered in zip(batch, done, strict=True):
+            if delivery.action is Action.REMOVE and delivered.ok:  # reloaded, or none served
+                self._serving.pop(self.path_for(delivery), None)
+        return done
 
     async def _deliver_one(self, delivery: Delivery) -> _Outcome:
         path = self.path_for(delivery)
@@ -641,6 +654,8 @@ class HAProxySink:
             problem = f"{_os_problem(path, exc)}: HAProxy will not have it after a reload"
             return _Outcome(False, _joined(await self._push(delivery.der, path), problem))
         pushed = await self._push(delivery.der, path)
+        if pushed is None:
+            self._serving.pop(path, None)
         if pushed is not None and pushed.startswith(_NOT_RUNNING):
             return _Outcome(changed, note=f"{pushed}: it reads {path} at its start")
         if pushed is not None and pushed.startswith(_UNREACHABLE):
@@ -690,15 +705,20 @@ class HAProxySink:
             _replace(path, b"", staple=False)  # checked: `previous` is a staple
         except OSError as exc:
             return _Outcome(False, _os_problem(path, exc))
-        if not previous:
+        if previous:
+            self._serving[path] = _served_until(previous)
+        if path not in self._serving:
             return _Outcome(False)
-        until = _served_until(previous)
+        until = self._serving[path]
+        if until is not None and until <= datetime.now(UTC):  # HAProxy's own clock
+            del self._serving[path]  # it stopped stapling the previous one by itself
+            return _Outcome(bool(previous))
         when = f"until {human_time(until)}" if until else "until it expires"
         error = (
             "HAProxy cannot drop a staple at run time: it goes on serving the previous one "
             f"{when} or until it is reloaded ({path} is now empty)"
         )
-        return _Outcome(True, error, needs_reload=True)
+        return _Outcome(bool(previous), error, needs_reload=True)
 
 
 def _served_until(der: bytes) -> datetime | None:
