@@ -11,6 +11,8 @@ import pytest
 
 from mustaple.adapters.config import ConfigError, load_config, parse_config, parse_duration
 from mustaple.adapters.redisstore import shown_url
+from mustaple.cli import main
+from mustaple.core.report import ExitCode
 from mustaple.keeper.daemon import check_config
 
 MINIMAL = """
@@ -203,3 +205,29 @@ def test_a_certid_hash_other_than_sha1_is_refused_at_load(tmp_path: Path) -> Non
     )
     with pytest.raises(ConfigError, match=r"policy\.hash: 'sha256' would never give a staple"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("redis://[::1/0", r"'redis://\[::1/0' is not a valid URL \(Invalid IPv6 URL\)"),
+        ("redis://127.0.0.1:99999/0", "the port is not a number from 1 to 65535"),
+        ("redis://:secret@r:0/0", r"'redis://r:0/0': the port is not a number from 1 to"),
+        ("redis://r/0?socket_timeout=abc", "redis-py refuses it .*'socket_timeout'"),
+        ("redis://r/0?colour=blue", "redis-py knows no option 'colour' for this URL"),
+        ("rediss://r/0?ssl_cert_reqs=maybe", "redis-py refuses it"),
+        ("unix://", "names no socket"),
+    ],
+)
+def test_a_redis_url_redis_py_cannot_use_is_refused_at_load(
+    tmp_path: Path, url: str, problem: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`prime`, `run` and `status --fleet` would fail on these with an internal error: the
+    whole URL is read as redis-py reads it, without connecting, and never shows a password."""
+    path = write(tmp_path, f"[fleet]\nredis = '{url}'\n" + MINIMAL)
+    with pytest.raises(ConfigError, match=f"^{path}: fleet.redis: .*{problem}"):
+        load_config(path)
+    assert main(["status", "--fleet", "--config", str(path)]) == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "secret" not in err

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from mustaple.adapters.files import MAX_INPUT, read_input
 from mustaple.core.errors import InputError
@@ -319,15 +319,66 @@ def _is_path(text: str) -> bool:
 
 def _fleet(reader: TableReader) -> FleetConfig:
     reader.only("redis", "prefix", "member", "lease")
-    url = reader.get("redis", str, "")
-    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-        raise reader.error("redis", f"{url!r} is not a redis://, rediss:// or unix:// URL")
+    url = _redis_url(reader)
     defaults = FleetConfig(url)
     member = reader.get("member", str, defaults.member)
     if not member or any(c.isspace() for c in member):
         raise reader.error("member", "must be a name without spaces")
     lease = reader.duration("lease", defaults.lease, _HOUR, low=timedelta(seconds=1))
     return FleetConfig(url, reader.get("prefix", str, defaults.prefix), member, lease)
+
+
+def _redis_url(reader: TableReader) -> str:
+    """The `redis` key: a URL redis-py takes as it is (its port, database and options),
+    checked without connecting; its password is never shown."""
+    url = reader.get("redis", str, "")
+    shown = _without_password(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unclosed [ of an IPv6 address
+        raise reader.error("redis", f"{shown!r} is not a valid URL ({exc})") from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise reader.error("redis", f"{shown!r} is not a redis://, rediss:// or unix:// URL")
+    if not _port_ok(parts):
+        raise reader.error("redis", f"{shown!r}: the port is not a number from 1 to 65535")
+    if parts.scheme == "unix" and not parts.path:
+        raise reader.error("redis", f"{shown!r} names no socket, e.g. unix:///run/redis.sock")
+    problem = _redis_problem(url)
+    if problem is not None:
+        raise reader.error("redis", f"{shown!r}: {problem}")
+    return url
+
+
+def _port_ok(parts: SplitResult) -> bool:
+    """Whether the URL's port, if it has one, is from 1 to 65535."""
+    try:
+        return parts.port != 0
+    except ValueError:  # not a number, or out of range
+        return False
+
+
+def _without_password(url: str) -> str:
+    """A URL fit to show: without its user and password."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url
+
+
+def _redis_problem(url: str) -> str | None:
+    """What redis-py refuses in `url` (a port out of range, an option that is no number or
+    that it does not know), found by building a connection without opening it."""
+    import redis  # noqa: PLC0415 (only a [fleet] loads it: `prime` alone never pays for it)
+
+    try:
+        client = redis.Redis.from_url(url)
+        client.connection_pool.make_connection()
+        client.close()
+    except TypeError as exc:  # an unknown option, passed on to the connection
+        unknown = re.search(r"keyword argument '(\w+)'", str(exc))
+        option = f"{unknown[1]!r} " if unknown else ""
+        return f"redis-py knows no option {option}for this URL; remove it"
+    except (ValueError, redis.RedisError) as exc:
+        return f"redis-py refuses it ({exc})"
+    return None
 
 
 def _http(reader: TableReader) -> HttpConfig:
