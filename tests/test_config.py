@@ -127,11 +127,22 @@ def test_errors_name_the_file_and_the_key(tmp_path: Path, text: str, problem: st
         load_config(path)
 
 
-def test_http_section(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("listen", "host", "port"),
+    [
+        ("[::1]:9000", "::1", 9000),
+        ("127.0.0.1:8008", "127.0.0.1", 8008),
+        ("0.0.0.0:1", "0.0.0.0", 1),
+        ("localhost:65535", "localhost", 65535),
+        ("web-1.example.:8008", "web-1.example.", 8008),
+        ("[fe80::1%eth0]:8008", "fe80::1%eth0", 8008),
+    ],
+)
+def test_http_section(tmp_path: Path, listen: str, host: str, port: int) -> None:
     assert load_config(write(tmp_path, MINIMAL)).http is None
-    config = load_config(write(tmp_path, "[http]\nlisten = '[::1]:9000'\n" + MINIMAL))
+    config = load_config(write(tmp_path, f"[http]\nlisten = '{listen}'\n" + MINIMAL))
     assert config.http is not None
-    assert (config.http.host, config.http.port) == ("::1", 9000)
+    assert (config.http.host, config.http.port) == (host, port)
 
 
 def test_fleet_section(tmp_path: Path) -> None:

@@ -64,6 +64,30 @@ def test_out_of_range_values_are_one_line_everywhere(
     check_all_commands(tmp_path, text, capsys, *words)
 
 
+@pytest.mark.parametrize(
+    ("listen", "problem"),
+    [
+        ("127.0.0.1:" + "9" * 5000, "a port from 1 to 65535"),
+        ("127.0.0.1:0", "a port from 1 to 65535"),
+        ("not a host!:8008", "the host holds spaces"),
+        (" 127.0.0.1:18009", "the host holds spaces"),
+        ("127.0.\\u00000.1:8008", "the host holds spaces or control characters"),
+        ("999.1.1.1:8008", "the host is not an IPv4 address"),
+        ("bad_host:8008", "the host is not an IP address or a host name"),
+        ("-a.example:8008", "the host is not an IP address or a host name"),
+        ("[[::1]]:8008", r"no IPv6 address in [ ]"),
+        ("[127.0.0.1]:8008", r"no IPv6 address in [ ]"),
+        ("::1:8008", "write an IPv6 address in brackets"),
+    ],
+)
+def test_a_listen_address_run_would_refuse_is_refused_everywhere(
+    tmp_path: Path, listen: str, problem: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """check-config passed these, and `run` then refused them (or, for [[::1]], took ::1, and
+    for 5000 digits a reload died with an internal error)."""
+    check_all_commands(tmp_path, f'[http]\nlisten = "{listen}"', capsys, "http.listen", problem)
+
+
 @pytest.mark.parametrize("depth", [17, 100, 5000])
 def test_deeply_nested_arrays_are_one_line(
     tmp_path: Path, depth: int, capsys: pytest.CaptureFixture[str]

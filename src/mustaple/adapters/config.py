@@ -8,6 +8,7 @@ Sink tables are kept raw here and checked by `sinks.build_sinks` when the keeper
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import re
 import socket
@@ -383,16 +384,58 @@ def _redis_problem(url: str) -> str | None:
 
 def _http(reader: TableReader) -> HttpConfig:
     reader.only("listen", "max_request_size", "max_connections", "idle_timeout", "request_timeout")
-    listen = reader.get("listen", str, "127.0.0.1:8008")
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]")
-    if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
-        raise reader.error("listen", f"{listen!r} is not HOST:PORT such as 127.0.0.1:8008")
+    host, port = _listen(reader)
     size = reader.number("max_request_size", HttpConfig.max_request_size, 1, 1024 * 1024)
     cap = reader.number("max_connections", HttpConfig.max_connections, 1, 65536)
     idle = reader.duration("idle_timeout", HttpConfig.idle_timeout, _HOUR, low=_LOOP)
     request = reader.duration("request_timeout", HttpConfig.request_timeout, _HOUR)
-    return HttpConfig(host, int(port), size, cap, idle, request)
+    return HttpConfig(host, port, size, cap, idle, request)
+
+
+def _listen(reader: TableReader) -> tuple[str, int]:
+    """The `listen` key: HOST:PORT, the host an IP address, [IPv6] or a host name."""
+    listen = reader.get("listen", str, "127.0.0.1:8008")
+    shown = repr(listen) if len(listen) <= 80 else f"{listen[:80]!r}..."
+    host, _, port = listen.rpartition(":")
+    if not host:
+        raise reader.error("listen", f"{shown} is not HOST:PORT such as 127.0.0.1:8008")
+    if not (port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536):
+        raise reader.error(
+            "listen", f"{shown} is not HOST:PORT such as 127.0.0.1:8008 (a port from 1 to 65535)"
+        )
+    problem = _host_problem(host)
+    if problem is not None:
+        raise reader.error("listen", f"{shown}: {problem}")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")  # of a host name (RFC 1123)
+
+
+def _host_problem(host: str) -> str | None:
+    """Why `host` is neither an IP address, [IPv6] nor a host name, or None."""
+    if any(c.isspace() or not c.isprintable() for c in host):
+        return "the host holds spaces or control characters"
+    if host.startswith("[") and host.endswith("]"):
+        return None if _is_ip(host[1:-1], ipaddress.IPv6Address) else "no IPv6 address in [ ]"
+    if ":" in host:
+        return "write an IPv6 address in brackets, such as [::1]:8008"
+    if _is_ip(host, ipaddress.IPv4Address):
+        return None
+    labels = host.removesuffix(".").split(".")
+    if len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        return "the host is not an IP address or a host name (letters, digits, - and dots)"
+    if labels[-1].isdigit():
+        return "the host is not an IPv4 address (four numbers from 0 to 255)"
+    return None
+
+
+def _is_ip(text: str, kind: type[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> bool:
+    try:
+        kind(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _sinks(reader: TableReader) -> dict[str, Mapping[str, Any]]:
