@@ -150,18 +150,22 @@ def _file_sink(name: str, table: Mapping[str, object], files: StapleFiles) -> Fi
 
 
 def _check_template(reader: TableReader, path: str) -> None:
-    """Only {name}, {stem} and {dir} may appear in braces, and the template must fill in."""
+    """Only plain {name}, {stem} and {dir} may appear in braces: no conversion ("!r") nor
+    format spec (":>12"), which would make odd file names (or fail when filled in)."""
     try:
-        fields = {field for _, field, _, _ in string.Formatter().parse(path) if field is not None}
+        parsed = list(string.Formatter().parse(path))
     except ValueError as exc:
         raise reader.error("path", f"{exc}; use braces only around {_FIELDS_TEXT}") from None
-    unknown = sorted(fields - set(_TEMPLATE_FIELDS))
-    if unknown:
-        raise reader.error("path", f"unknown placeholder {{{unknown[0]}}}; use {_FIELDS_TEXT}")
-    try:
-        path.format(name="name", stem="stem", dir="dir")
-    except ValueError as exc:
-        raise reader.error("path", f"{exc}; write placeholders plainly: {_FIELDS_TEXT}") from None
+    for _, field, spec, conversion in parsed:
+        if field is not None and field not in _TEMPLATE_FIELDS:
+            raise reader.error("path", f"unknown placeholder {{{field}}}; use {_FIELDS_TEXT}")
+        if spec or conversion:
+            extra = f"!{conversion}" if conversion else f":{spec}"
+            raise reader.error(
+                "path",
+                f"{{{field}{extra}}}: placeholders take no conversion (!) or format (:); "
+                f"write {{{field}}} plainly",
+            )
 
 
 def _haproxy_sink(name: str, table: Mapping[str, object], files: StapleFiles) -> HAProxySink:
