@@ -24,12 +24,15 @@ import pytest
 from cryptography.x509 import ocsp
 from cryptography.x509.ocsp import OCSPCertStatus
 
+from mustaple.adapters.config import Config
 from mustaple.cli import main
 from mustaple.core.certs import make_target
 from mustaple.core.clock import utc_now
 from mustaple.core.report import ExitCode
 from mustaple.core.request import encode_request, get_url, make_cert_id
 from mustaple.core.verify import Staple, verify
+from mustaple.keeper import daemon as daemon_module
+from mustaple.keeper.daemon import check_config
 from mustaple.testing import CA, Behaviour, Leaf, ResponderThread
 from outside import wait_for
 
@@ -439,6 +442,59 @@ def test_a_reload_that_failed_before_is_made_at_the_next_start(
     d.process.send_signal(signal.SIGTERM)
     assert d.process.wait(20) == 0
     assert reloads.read_text() == "reloaded\n"
+
+
+def test_sighup_with_a_config_that_broke_the_checks_keeps_the_running_one(
+    site: Site, daemon: Callable[..., Daemon]
+) -> None:
+    """These stopped the daemon (exit 4, an internal error while checking the new file): each
+    is now one line naming the key, and the same keeper goes on."""
+    site.issue("a.test")
+    good = site.config.read_text()
+    template = f"{site.tmp}/staples/{{name}}.der"
+    unusable = [
+        good + '[fleet]\nredis = "redis://[::1/0"\n',
+        good + f'[http]\nlisten = "127.0.0.1:{"9" * 5000}"\n',
+        good.replace(template, f"{site.tmp}/staples/{{name:{{x}}}}.der"),
+        good.replace(template, f"{site.tmp}/staples/{{name:{{}}}}.der"),
+    ]
+    d = daemon()
+    d.notices("READY=1")
+    for text in unusable:
+        site.config.write_text(text)
+        d.process.send_signal(signal.SIGHUP)
+        seen = d.notices("STATUS=")  # a pass of the same keeper: no new start
+        seen += d.notices("STATUS=")
+        assert "READY=1" not in seen
+        assert d.process.poll() is None
+    d.process.send_signal(signal.SIGTERM)
+    assert d.process.wait(20) == 0
+    log = d.process.stderr.read() if d.process.stderr else ""
+    assert "internal error" not in log
+    assert "fleet.redis: 'redis://[::1/0' is not a valid URL" in log
+    assert "http.listen: '127.0.0.1:999" in log
+    assert "sinks.files.path: {name:{x}}: placeholders take no" in log
+    assert "sinks.files.path: {name:{}}: placeholders take no" in log
+    assert log.count("keeping the running configuration") == 4
+
+
+def test_a_reload_that_fails_unexpectedly_keeps_the_running_configuration(
+    site: Site, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The last resort, for a fault no configuration is known to cause (so one is put in
+    check_config's place): one error line, the running configuration kept."""
+    running = check_config(site.config)
+
+    def broken(path: Path) -> Config:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(daemon_module, "check_config", broken)
+    assert daemon_module._reloaded(site.config, running) is None
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [
+        f"{site.config}: cannot use the new configuration (internal error: RuntimeError: a "
+        "bug; please report it); keeping the running configuration"
+    ]
 
 
 def test_a_reload_may_move_the_endpoint_to_another_host_on_the_same_port(

@@ -340,11 +340,21 @@ async def _serve_http(
 
 def _reloaded(path: Path, running: Config) -> Config | None:
     """The configuration at `path`, or None (said in one line) when it cannot be used: the
-    running one is then kept as it is."""
+    running one is then kept as it is, whatever went wrong: a reload never stops the keeper."""
     try:
         config = check_config(path)
     except ConfigError as exc:
         log.error("%s; keeping the running configuration", exc)
+        return None
+    except Exception as exc:  # a bug of ours, in reading a new file: the keeper goes on
+        log.debug("the new configuration could not be read", exc_info=True)
+        log.error(
+            "%s: cannot use the new configuration (internal error: %s: %s; please report it); "
+            "keeping the running configuration",
+            path,
+            type(exc).__name__,
+            exc,
+        )
         return None
     if config.state_dir != running.state_dir:
         log.error(
