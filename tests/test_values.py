@@ -88,6 +88,28 @@ def test_a_listen_address_run_would_refuse_is_refused_everywhere(
     check_all_commands(tmp_path, f'[http]\nlisten = "{listen}"', capsys, "http.listen", problem)
 
 
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[sinks.f]\ntype = "file"\npath = "/x/{name}\\u0000.der"', "sinks.f.path"),
+        ('[sinks.f]\ntype = "file"\npath = "/x/{name}"\nreload = "true\\u0000"', "sinks.f.reload"),
+        ('[sinks.f]\ntype = "file"\npath = "/x/{name}"\nrunning = "a\\u0000"', "sinks.f.running"),
+        ('[sinks.h]\ntype = "haproxy"\nsocket = "/run/h\\u0000.sock"', "sinks.h.socket"),
+        (
+            '[sinks.h]\ntype = "haproxy"\nsocket = "/run/h"\nocsp_dir = "/x\\u0000"',
+            "sinks.h.ocsp_dir",
+        ),
+        ('[sinks.c]\ntype = "command"\ncommand = "echo \\u0000"', "sinks.c.command"),
+        ('[hooks]\non_failure = "logger \\u0000"', "hooks.on_failure"),
+    ],
+)
+def test_a_nul_character_in_a_path_or_command_is_refused_everywhere(
+    tmp_path: Path, text: str, key: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No system call takes a NUL: each would fail only when used (or crash check-config)."""
+    check_all_commands(tmp_path, text, capsys, f"{key}: ", "holds a NUL character")
+
+
 @pytest.mark.parametrize("depth", [17, 100, 5000])
 def test_deeply_nested_arrays_are_one_line(
     tmp_path: Path, depth: int, capsys: pytest.CaptureFixture[str]

@@ -438,12 +438,18 @@ def _is_ip(text: str, kind: type[ipaddress.IPv4Address | ipaddress.IPv6Address])
     return True
 
 
+_NO_NUL = "no file name or command can; remove it"
+
+
 def _sinks(reader: TableReader) -> dict[str, Mapping[str, Any]]:
     sinks: dict[str, Mapping[str, Any]] = {}
     for name, table in reader.table.items():
         sink = TableReader(reader.source, f"sinks.{name}", table)
         if not isinstance(sink.table.get("type"), str):
             raise sink.error("type", 'required: "file", "haproxy" or "command"')
+        for key, value in sink.table.items():
+            if isinstance(value, str) and "\0" in value:
+                raise sink.error(key, f"{value!r} holds a NUL character ({_NO_NUL})")
         sinks[name] = sink.table
     return sinks
 
@@ -496,6 +502,8 @@ def _hooks(reader: TableReader) -> Hooks:
     for event, command in commands.items():
         if not isinstance(command, str) or not command.strip():
             raise reader.error(event, "must be a shell command (a non-empty string)")
+        if "\0" in command:
+            raise reader.error(event, f"{command!r} holds a NUL character ({_NO_NUL})")
     return Hooks(**commands, timeout=reader.duration("timeout", Hooks.timeout, _DAY))
 
 
