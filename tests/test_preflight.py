@@ -142,3 +142,26 @@ def test_haproxy_writes_beside_the_certificates(
     assert code == ExitCode.USAGE
     problem = f"{immutable} cannot be written to: Operation not permitted"
     assert err == f"mustaple: sinks.ha.ocsp_dir: {problem}\n"
+
+
+def test_a_name_too_long_for_the_file_system_is_one_line(
+    tmp_path: Path, cert: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Looking such a path up raises ENAMETOOLONG, which crashed check-config and status."""
+    long = tmp_path / ("n" * 300)
+    body = _entry(f'"{cert}"') + (
+        f'[sinks.files]\ntype = "file"\npath = "{long}/{{name}}.der"\n'
+        f'[sinks.ha]\ntype = "haproxy"\nsocket = "/run/x.sock"\nocsp_dir = "{long}"\n'
+    )
+    code, out, err = _check(tmp_path, body, capsys, state=long)
+    assert (code, out) == (ExitCode.USAGE, "")
+    assert err.splitlines() == [
+        f"mustaple: {key}: {long} cannot be used: File name too long"
+        for key in ("state_dir", "sinks.files.path", "sinks.ha.ocsp_dir")
+    ]
+    code = main(["status", "--config", str(tmp_path / "mustaple.toml")])
+    out, err = capsys.readouterr()
+    assert (code, out) == (ExitCode.USAGE, "")
+    assert (
+        err == f"mustaple: {long}/state.db: cannot read the state database (File name too long)\n"
+    )

@@ -11,6 +11,7 @@ directory that exists, removed at once.
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import re
@@ -135,11 +136,10 @@ def _fixed_prefix(template: str) -> Path | None:
 
 def _unwritable(directory: Path) -> str | None:
     """Why `directory` cannot be created or written to, or None if it can."""
-    existing = directory
-    while not existing.exists():
-        if existing.is_symlink():
-            return f"{existing} is a dangling symbolic link"
-        existing = existing.parent
+    try:
+        existing = _nearest_existing(directory)
+    except _Unusable as exc:
+        return str(exc)
     if not existing.is_dir():
         return f"{directory} cannot be created: {existing} is not a directory"
     try:
@@ -150,6 +150,28 @@ def _unwritable(directory: Path) -> str | None:
     os.close(fd)
     os.unlink(name)
     return None
+
+
+class _Unusable(Exception):
+    """A path that cannot be created nor used, and why (one line)."""
+
+
+def _nearest_existing(directory: Path) -> Path:
+    """`directory`, or the nearest of its parents that exists; _Unusable when the path cannot
+    be looked up (a name longer than the file system takes) or ends in a dangling link."""
+    existing = directory
+    while True:
+        try:
+            existing.stat()
+            return existing
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise _Unusable(f"{directory} cannot be used: {exc.strerror}") from None
+        if existing.is_symlink():
+            raise _Unusable(f"{existing} is a dangling symbolic link")
+        existing = existing.parent
 
 
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 import sys
 from collections.abc import Sequence
@@ -120,7 +121,7 @@ def status_rows(config: Config, now: datetime) -> list[dict[str, Any]]:
     makes it wait; a damaged database is one InputError, left where it is); configured files
     not seen yet too."""
     db = config.state_dir / "state.db"
-    stored = SqliteStore.reader(db) if db.exists() else None
+    stored = _open_state(db)
     try:
         if stored is not None and stored.outdated():  # an older mustaple's: upgraded first
             stored.close()  # (its rows lack columns this one reads)
@@ -138,6 +139,20 @@ def status_rows(config: Config, now: datetime) -> list[dict[str, Any]]:
         if shown(path) not in seen:
             rows.append(_pending(path))
     return sorted(rows, key=lambda row: (row["name"], row["paths"]))
+
+
+def _open_state(db: Path) -> SqliteStore | None:
+    """The state at `db` opened read only; None when there is none yet, InputError when its
+    path cannot be looked up (a name longer than the file system takes)."""
+    try:
+        db.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None  # as exists() saw it: no state there
+        raise InputError(f"{db}: cannot read the state database ({exc.strerror})") from None
+    return SqliteStore.reader(db)
 
 
 def _row(
