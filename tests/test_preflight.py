@@ -165,3 +165,22 @@ def test_a_name_too_long_for_the_file_system_is_one_line(
     assert (
         err == f"mustaple: {long}/state.db: cannot read the state database (File name too long)\n"
     )
+
+
+@pytest.mark.parametrize("below", ["", "/state"])
+def test_a_symbolic_link_loop_is_called_a_loop(
+    tmp_path: Path, cert: Path, below: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It was called a dangling link (or, under it, not seen at all by status)."""
+    loop = tmp_path / "loop"
+    loop.symlink_to(tmp_path / "round")
+    (tmp_path / "round").symlink_to(loop)
+    code, out, err = _check(tmp_path, _entry(f'"{cert}"'), capsys, state=Path(f"{loop}{below}"))
+    assert (code, out) == (ExitCode.USAGE, "")
+    assert (
+        err
+        == f"mustaple: state_dir: {loop} is a loop of symbolic links (it leads back to itself)\n"
+    )
+    assert main(["status", "--config", str(tmp_path / "mustaple.toml")]) == ExitCode.USAGE
+    problem = "cannot read the state database (Too many levels of symbolic links)"
+    assert capsys.readouterr().err == f"mustaple: {loop}{below}/state.db: {problem}\n"

@@ -158,20 +158,24 @@ class _Unusable(Exception):
 
 def _nearest_existing(directory: Path) -> Path:
     """`directory`, or the nearest of its parents that exists; _Unusable when the path cannot
-    be looked up (a name longer than the file system takes) or ends in a dangling link."""
-    existing = directory
+    be looked up (a name longer than the file system takes, a loop of symbolic links) or ends
+    in a dangling link."""
+    existing, loop = directory, None
     while True:
         try:
             existing.stat()
-            return existing
+            break
         except (FileNotFoundError, NotADirectoryError):
-            pass
+            if loop is None and existing.is_symlink():
+                raise _Unusable(f"{existing} is a dangling symbolic link") from None
         except OSError as exc:
             if exc.errno != errno.ELOOP:
                 raise _Unusable(f"{directory} cannot be used: {exc.strerror}") from None
-        if existing.is_symlink():
-            raise _Unusable(f"{existing} is a dangling symbolic link")
+            loop = existing  # the outermost path that loops is the link to fix
         existing = existing.parent
+    if loop is not None:
+        raise _Unusable(f"{loop} is a loop of symbolic links (it leads back to itself)")
+    return existing
 
 
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")

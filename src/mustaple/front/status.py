@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import errno
 import sqlite3
 import sys
 from collections.abc import Sequence
@@ -143,14 +142,12 @@ def status_rows(config: Config, now: datetime) -> list[dict[str, Any]]:
 
 def _open_state(db: Path) -> SqliteStore | None:
     """The state at `db` opened read only; None when there is none yet, InputError when its
-    path cannot be looked up (a name longer than the file system takes)."""
+    path cannot be looked up (a name longer than the file system takes, a loop of links)."""
     try:
         db.stat()
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return None  # as exists() saw it: no state there
         raise InputError(f"{db}: cannot read the state database ({exc.strerror})") from None
     return SqliteStore.reader(db)
 
