@@ -258,6 +258,41 @@ def test_status_of_a_state_an_older_mustaple_wrote(
     assert [row["state"] for row in json.loads(capsys.readouterr().out)] == ["good"]
 
 
+@pytest.mark.parametrize("name", ["st%41", "st#1", "st?x", "st x"])
+def test_status_reads_a_state_dir_whose_name_holds_uri_characters(
+    site: Site, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The read-only URI held the path unquoted: %41 named another file (status failed), and
+    after # or ? the rest was no path: an empty database `st` was made beside it, found
+    outdated, and the real one opened read-write."""
+    site.config.write_text(
+        site.config.read_text().replace(f"{site.tmp}/state", f"{site.tmp}/{name}")
+    )
+    site.issue("a.test")
+    assert main(["prime", "--config", str(site.config), site.cert("a.test")]) == 0
+    capsys.readouterr()
+    assert main(["status", "--config", str(site.config), "--json"]) == 0
+    assert [row["state"] for row in json.loads(capsys.readouterr().out)] == ["good"]
+    assert not (site.tmp / "st").exists()
+
+
+def test_status_refuses_a_state_database_that_is_a_fifo_without_waiting(site: Site) -> None:
+    """A read-only connect to a FIFO blocks for ever (prime and run refuse it already)."""
+    db = site.tmp / "state" / "state.db"
+    db.parent.mkdir()
+    os.mkfifo(db)
+    done = subprocess.run(
+        [MUSTAPLE, "status", "--config", str(site.config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (ExitCode.USAGE, "")
+    assert done.stderr.startswith(f"mustaple: {db}: not a regular file (a directory, a FIFO")
+    assert done.stderr.count("\n") == 1
+
+
 def test_status_reads_without_waiting_for_a_writer_and_never_moves_the_database(
     site: Site, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -325,12 +326,18 @@ class SqliteStore:
     @classmethod
     def reader(cls, path: str | Path) -> SqliteStore:
         """A read-only connection to an existing store (a worker process looking up answers);
-        InputError when it cannot be opened."""
+        InputError when it cannot be opened, or is no regular file (a FIFO would block the
+        connect for ever). The path is quoted in the URI: a %, ? or # in it is a name."""
         store = cls.__new__(cls)
         store.path, store.history_limit = Path(path), HISTORY_LIMIT
+        if os.path.exists(path) and not os.path.isfile(path):
+            raise InputError(
+                f"{path}: not a regular file (a directory, a FIFO or a device), so no state "
+                "database; move it away: prime or run makes a new one"
+            )
         try:
             store._db = sqlite3.connect(
-                f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=30
+                f"file:{quote(str(path))}?mode=ro", uri=True, isolation_level=None, timeout=30
             )
             store._version = store._data_version()
             store._identity = _identity(store.path)
