@@ -184,3 +184,45 @@ def test_a_symbolic_link_loop_is_called_a_loop(
     assert main(["status", "--config", str(tmp_path / "mustaple.toml")]) == ExitCode.USAGE
     problem = "cannot read the state database (Too many levels of symbolic links)"
     assert capsys.readouterr().err == f"mustaple: {loop}{below}/state.db: {problem}\n"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "umask 022; true",
+        "ulimit -n 100; true",
+        "readonly X=1; times",
+        "(cd /tmp && true)",
+        "{ umask 077; true; }",
+        ">>TMP/hook.log echo hi",
+        "2>/dev/null A=1 true",
+        "! false",
+    ],
+)
+def test_built_ins_subshells_and_redirections_are_not_called_missing(
+    tmp_path: Path, cert: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each runs under sh -c; check-config said their first word was no program."""
+    command = command.replace("TMP", str(tmp_path))
+    assert subprocess.run(["sh", "-c", command], check=False).returncode == 0
+    body = _entry(f'"{cert}"') + f"[hooks]\non_failure = '{command}'\n"
+    code, _, err = _check(tmp_path, body, capsys)
+    assert (code, err) == (ExitCode.GOOD, "")
+
+
+@pytest.mark.parametrize(
+    ("command", "missing"),
+    [
+        ("2>/dev/null no-such-program --now", "'no-such-program' is not found in PATH"),
+        ("( /nonexistent/reload )", "/nonexistent/reload does not exist"),
+        ("{ no-such-program; }", "'no-such-program' is not found in PATH"),
+        (">/dev/null A=1 /nonexistent/reload", "/nonexistent/reload does not exist"),
+    ],
+)
+def test_the_program_after_redirections_and_subshells_is_checked(
+    tmp_path: Path, cert: Path, command: str, missing: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = _entry(f'"{cert}"') + f"[hooks]\non_failure = '{command}'\n"
+    code, _, err = _check(tmp_path, body, capsys)
+    assert code == ExitCode.USAGE
+    assert err.startswith(f"mustaple: hooks.on_failure: {missing}")

@@ -27,36 +27,19 @@ from mustaple.adapters.config import HOOK_EVENTS, Config
 
 __all__ = ["Preflight", "preflight"]
 
-# Shell words that are not programs: the command's program cannot be looked up before it runs.
-_SHELL_WORDS = frozenset(
-    [
-        "!",
-        "[",
-        "[[",
-        ".",
-        ":",
-        "{",
-        "(",
-        "break",
-        "case",
-        "cd",
-        "command",
-        "eval",
-        "exec",
-        "exit",
-        "export",
-        "for",
-        "if",
-        "set",
-        "test",
-        "then",
-        "trap",
-        "true",
-        "false",
-        "until",
-        "while",
-    ]
-)
+# Shell words that are not programs looked up in PATH: the POSIX special and regular
+# built-ins, the reserved words, and what dash and bash build in besides (a command starting
+# with one runs whatever PATH holds).
+_BUILT_IN = """
+    } ) [ [[ . : alias bg break builtin case cd command continue declare do done echo elif
+    else esac eval exec exit export false fc fg fi for function getopts hash if in jobs kill
+    let local newgrp printf pwd read readonly return select set shift source test then time
+    times trap true type typeset ulimit umask unalias unset until wait while
+"""
+_SHELL_WORDS = frozenset(_BUILT_IN.split())
+_OPENERS = frozenset(["(", "{", "!"])  # a subshell, a group, a negation: the command follows
+# Redirection operators, as shlex reads them (punctuation runs); a word follows each.
+_REDIRECTIONS = frozenset(["<", ">", ">>", "<<", "<&", ">&", "<>", ">|", "&>", "&>>"])
 
 
 @dataclass
@@ -183,18 +166,9 @@ _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 
 def _missing_program(command: str) -> str | None:
     """Why the program a shell command starts cannot run, or None if it can (or cannot tell)."""
-    try:
-        words = shlex.split(command)
-    except ValueError:
-        return None  # the shell will say; not a program question
-    while words and _ASSIGNMENT.match(words[0]):  # VAR=value before the program
-        if words.pop(0).startswith("PATH="):
-            return None  # looked up in another PATH than ours
-    if not words or words[0] in _SHELL_WORDS:
+    program = _first_program(command)
+    if program is None:
         return None
-    program = words[0]
-    if program.startswith("~") or any(c in program for c in "$`*?["):
-        return None  # the shell expands it first: cannot tell here
     if "/" not in program:
         if shutil.which(program) is None:
             return f"{program!r} is not found in PATH ({os.environ.get('PATH', '')})"
@@ -204,4 +178,30 @@ def _missing_program(command: str) -> str | None:
         return f"{program} does not exist"
     if path.is_dir() or not os.access(path, os.X_OK):
         return f"{program} is not executable (chmod +x {program})"
+    return None
+
+
+def _first_program(command: str) -> str | None:
+    """The program the shell looks up first for `command`, past a subshell's "(" (a group's
+    "{", a "!"), leading redirections and VAR=value words; None for a shell built-in or
+    reserved word, or when only running it tells (another PATH, a name the shell expands
+    first, bad quoting)."""
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    try:
+        words = list(lexer)
+    except ValueError:
+        return None  # the shell will say; not a program question
+    while words:
+        word = words.pop(0)
+        if word.isdigit() and words and words[0] in _REDIRECTIONS:
+            word = words.pop(0)  # 2>FILE: the descriptor's number, then its operator
+        if word in _REDIRECTIONS:
+            del words[:1]  # the file it names
+        elif _ASSIGNMENT.match(word) and word.startswith("PATH="):
+            return None  # looked up in another PATH than ours
+        elif word in _SHELL_WORDS or word.startswith("~") or any(c in word for c in "$`*?["):
+            return None  # a built-in, or a name the shell expands first: cannot tell here
+        elif word not in _OPENERS and not _ASSIGNMENT.match(word):
+            return word
     return None
