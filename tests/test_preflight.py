@@ -226,3 +226,17 @@ def test_the_program_after_redirections_and_subshells_is_checked(
     code, _, err = _check(tmp_path, body, capsys)
     assert code == ExitCode.USAGE
     assert err.startswith(f"mustaple: hooks.on_failure: {missing}")
+
+
+def test_a_file_sinks_running_check_is_checked_like_its_reload(
+    tmp_path: Path, cert: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A typo there fails the check every time, so every reload is skipped, silently."""
+    body = _entry(f'"{cert}"') + (
+        f'[sinks.files]\ntype = "file"\npath = "{tmp_path}/staples/{{name}}.der"\n'
+        'reload = "true"\nrunning = "systemctl-typo is-active --quiet nginx"\n'
+    )
+    code, _, err = _check(tmp_path, body, capsys)
+    assert code == ExitCode.USAGE
+    assert err.startswith("mustaple: sinks.files.running: 'systemctl-typo' is not found in PATH")
+    assert err.count("\n") == 1

@@ -2,8 +2,8 @@
 
 `preflight(config)` looks at the machine as the keeper will find it, and returns the problems
 that would otherwise show only at run time, each one line naming the config key:
-- errors: a state or sink directory that cannot be created or written, a reload or sink command
-  whose program does not exist, a hook that is not executable;
+- errors: a state or sink directory that cannot be created or written, a reload, running or
+  sink command whose program does not exist, a hook that is not executable;
 - warnings: certificate paths or globs that match no file (yet).
 It writes nothing: a directory's writability is tried with a temporary file in the nearest
 directory that exists, removed at once.
@@ -83,7 +83,7 @@ def _matches(pattern: str) -> list[Path]:
 
 def _sink(table: Mapping[str, object], certs: list[Path]) -> Iterator[str]:
     """'KEY: problem' for each problem of one sink."""
-    for key in ("reload", "command"):
+    for key in ("reload", "command", "running"):
         command = table.get(key)
         problem = _missing_program(command) if isinstance(command, str) else None
         if problem:
