@@ -6,6 +6,7 @@ there); programs are looked up on this machine's PATH and file system.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -240,3 +241,30 @@ def test_a_file_sinks_running_check_is_checked_like_its_reload(
     assert code == ExitCode.USAGE
     assert err.startswith("mustaple: sinks.files.running: 'systemctl-typo' is not found in PATH")
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("kind", ["missing", "fifo", "device", "directory"])
+def test_an_issuer_file_that_cannot_be_read_is_named_by_its_key(
+    tmp_path: Path, cert: Path, kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """check-config passed it; `prime --all` then said only "issuer certificate not found".
+    A FIFO is not opened (it would block the check until a writer came)."""
+    issuer = {"missing": tmp_path / "gone.pem", "fifo": tmp_path / "fifo.pem",
+              "device": Path("/dev/null"), "directory": tmp_path}[kind]  # fmt: skip
+    if kind == "fifo":
+        os.mkfifo(issuer)
+    body = _entry(f'"{cert}"') + f'issuer = "{issuer}"\n'
+    code, out, err = _check(tmp_path, body, capsys)
+    assert (code, out) == (ExitCode.USAGE, "")
+    said = {
+        "missing": "does not exist",
+        "fifo": "is a FIFO, a device or a socket, not a regular file",
+        "device": "is a FIFO, a device or a socket, not a regular file",
+        "directory": "is a directory",
+    }[kind]
+    assert err == (
+        f"mustaple: certificates[0].issuer: {issuer} {said}; give the issuer's certificate file\n"
+    )
+    issuer_file = CA(key_type="ec").issue("c.test").write(tmp_path / "c").issuer
+    code, _, err = _check(tmp_path, _entry(f'"{cert}"') + f'issuer = "{issuer_file}"\n', capsys)
+    assert (code, err) == (ExitCode.GOOD, "")

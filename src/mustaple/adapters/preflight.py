@@ -17,6 +17,7 @@ import os
 import re
 import shlex
 import shutil
+import stat
 import string
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -54,16 +55,7 @@ def preflight(config: Config) -> Preflight:
     """Check `config` against this machine; each finding names the file and the key."""
     found = Preflight()
     where = f"{config.path}: "
-    matched: dict[str, list[Path]] = {}
-    for i, entry in enumerate(config.certificates):
-        for pattern in entry.paths:
-            files = _matches(pattern)
-            if not files:
-                found.warnings.append(
-                    f"{where}certificates[{i}].paths: {pattern!r} matches no file yet"
-                )
-            for sink in entry.sinks if entry.sinks is not None else tuple(config.sinks):
-                matched.setdefault(sink, []).extend(files)
+    matched = _certificates(config, found)
     problem = _unwritable(config.state_dir)
     if problem:
         found.errors.append(f"{where}state_dir: {problem}")
@@ -75,6 +67,43 @@ def preflight(config: Config) -> Preflight:
         if problem:
             found.errors.append(f"{where}hooks.{event}: {problem}")
     return found
+
+
+def _certificates(config: Config, found: Preflight) -> dict[str, list[Path]]:
+    """Note what the [[certificates]] entries name that is not there (a glob matching no file
+    yet, an issuer file that cannot be read); return the files each sink is given."""
+    matched: dict[str, list[Path]] = {}
+    for i, entry in enumerate(config.certificates):
+        key = f"{config.path}: certificates[{i}]"
+        for pattern in entry.paths:
+            files = _matches(pattern)
+            if not files:
+                found.warnings.append(f"{key}.paths: {pattern!r} matches no file yet")
+            for sink in entry.sinks if entry.sinks is not None else tuple(config.sinks):
+                matched.setdefault(sink, []).extend(files)
+        problem = _unreadable(entry.issuer) if entry.issuer is not None else None
+        if problem:
+            found.errors.append(f"{key}.issuer: {problem}")
+    return matched
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why issuer file `path` is no regular file this process can read, or None. It is never
+    opened: a FIFO or a device could block the check."""
+    give = "give the issuer's certificate file"
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return f"{path} does not exist; {give}"
+    except OSError as exc:
+        return f"{path} cannot be used ({exc.strerror}); {give}"
+    if stat.S_ISDIR(mode):
+        return f"{path} is a directory; {give}"
+    if not stat.S_ISREG(mode):
+        return f"{path} is a FIFO, a device or a socket, not a regular file; {give}"
+    if not os.access(path, os.R_OK):
+        return f"{path} cannot be read (permission denied)"
+    return None
 
 
 def _matches(pattern: str) -> list[Path]:
