@@ -175,10 +175,19 @@ def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text).total_seconds() == seconds
 
 
-@pytest.mark.parametrize("text", ["5", "5 m", "m", "-5m", "5w"])
+@pytest.mark.parametrize("text", ["5", "5 m", "m", "-5m", "5w", "\u0665s", "\uff11m", "1.\u0665s"])
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError, match="is not a duration"):
         parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["0.0000000001s", "0.0000005s"])
+def test_a_duration_below_a_microsecond_says_so(text: str) -> None:
+    """It was taken as zero, and then said to be "not more than zero"."""
+    with pytest.raises(ValueError, match="shorter than a microsecond"):
+        parse_duration(text)
+    assert parse_duration("0.000001s") == timedelta(microseconds=1)
+    assert parse_duration("0s") == timedelta(0)
 
 
 def test_the_example_configuration_loads() -> None:

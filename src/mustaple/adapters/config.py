@@ -46,7 +46,7 @@ __all__ = [
 
 _T = TypeVar("_T")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([smhd])$")  # ASCII digits only, as TOML
 _KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 HOOK_EVENTS = ("on_revoked", "on_expiring", "on_failure", "on_recovered")
 MAX_CONFIG_SIZE = 1024 * 1024  # bytes of the configuration file
@@ -68,7 +68,10 @@ def parse_duration(text: str) -> timedelta:
     seconds = float(match[1]) * _UNITS[match[2]]
     if not seconds <= MAX_DURATION.total_seconds():  # also inf
         raise ValueError(f"{text!r} is longer than {MAX_DURATION.days}d")
-    return timedelta(seconds=seconds)
+    value = timedelta(seconds=seconds)
+    if seconds > 0 and not value:
+        raise ValueError(f"{text!r} is shorter than a microsecond, the least duration there is")
+    return value
 
 
 @dataclass(frozen=True)
