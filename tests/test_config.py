@@ -251,3 +251,14 @@ def test_a_redis_url_redis_py_cannot_use_is_refused_at_load(
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "secret" not in err
+
+
+def test_a_byte_order_mark_is_named(tmp_path: Path) -> None:
+    """Editors on Windows save one; tomllib said only "Invalid statement (line 1, column 1)"."""
+    path = tmp_path / "mustaple.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + MINIMAL.encode())
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == (
+        f"{path}: the file starts with a byte-order mark (BOM); save it as UTF-8 without one"
+    )

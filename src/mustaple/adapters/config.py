@@ -7,6 +7,7 @@ Sink tables are kept raw here and checked by `sinks.build_sinks` when the keeper
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import ipaddress
 import math
@@ -153,9 +154,15 @@ def load_config(path: str | Path) -> Config:
     """Read and check a configuration file (a regular file of at most 1 MiB)."""
     p = Path(path)
     try:
-        data = tomllib.loads(read_input(p, "configuration file", MAX_CONFIG_SIZE).decode())
+        raw = read_input(p, "configuration file", MAX_CONFIG_SIZE)
     except InputError as exc:
         raise ConfigError(str(exc)) from None
+    if raw.startswith(codecs.BOM_UTF8):  # TOML has none: tomllib said only "line 1, column 1"
+        raise ConfigError(
+            f"{p}: the file starts with a byte-order mark (BOM); save it as UTF-8 without one"
+        )
+    try:
+        data = tomllib.loads(raw.decode())
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{p}: cannot read the configuration ({exc})") from None
     except tomllib.TOMLDecodeError as exc:
