@@ -114,6 +114,8 @@ def test_full_config(tmp_path: Path) -> None:
         (MINIMAL + "[policy]\nattempts = " + "9" * 5000 + "\n", "not valid TOML"),
         (MINIMAL + "[http]\nlisten = '8008'\n", "http.listen: '8008' is not HOST:PORT"),
         (MINIMAL + "[http]\nport = 1\n", "http.port: unknown key"),
+        (MINIMAL + "proxy = 'http://127.0.0.1:0'\n", r"certificates\[0\].proxy: the port is 0"),
+        (MINIMAL + "[policy]\nproxy = 'u:pw@proxy:0'\n", "policy.proxy: the port is 0; give"),
         (MINIMAL + "[fleet]\n", "fleet.redis: '' is not a redis://, rediss:// or unix:// URL"),
         (MINIMAL + "[fleet]\nredis = 'http://r/'\n", "fleet.redis: 'http://r/' is not a"),
         (MINIMAL + "[fleet]\nredis = 'redis://r/'\nmember = 'a b'\n", "fleet.member: must be"),

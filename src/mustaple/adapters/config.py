@@ -491,12 +491,23 @@ def _entry(reader: TableReader, sinks: Mapping[str, object]) -> CertEntry:
 def _proxy(reader: TableReader) -> str:
     """The `proxy` key: "" (no proxy) or http://[user:password@]host:port."""
     value = reader.get("proxy", str, "")
+    if value and _port_zero(value):  # (check_proxy_url would blame the host)
+        raise reader.error("proxy", "the port is 0; give a port from 1 to 65535")
     if value:
         try:
             check_proxy_url(value)
         except ProxyError as exc:
             raise reader.error("proxy", str(exc).removeprefix(f"proxy {value!r}: ")) from None
     return value
+
+
+def _port_zero(url: str) -> bool:
+    """Whether proxy URL `url` (http:// when it has no scheme) gives port 0."""
+    text = url.strip()
+    try:
+        return urlsplit(text if "://" in text else f"http://{text}").port == 0
+    except ValueError:  # not a URL, or another port problem: check_proxy_url says which
+        return False
 
 
 def with_proxy(policy: FetchPolicy, entry: CertEntry) -> FetchPolicy:
