@@ -114,7 +114,7 @@ def test_check_config_refuses_a_bad_urls_entry(
 ) -> None:
     config = tmp_path / "mustaple.toml"
     config.write_text(
-        f'state_dir = "{tmp_path}"\n[[certificates]]\npaths = ["x.pem"]\nurls = [{url!r}]\n'
+        f'state_dir = "{tmp_path}"\n[[certificates]]\npaths = ["/x.pem"]\nurls = [{url!r}]\n'
     )
     code = main(["run", "--config", str(config), "--check-config"])
     _, err = capsys.readouterr()

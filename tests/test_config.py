@@ -93,7 +93,7 @@ def test_full_config(tmp_path: Path) -> None:
         (MINIMAL + "colour = 'blue'\n", r"certificates\[0\].colour: unknown key"),
         ("[[certificates]]\npaths = []\n", r"certificates\[0\].paths: required"),
         ("[[certificates]]\npaths = 'a.pem'\n", r"certificates\[0\].paths: must be a list"),
-        ("[[certificates]]\npaths = ['a.pem', '']\n", r"certificates\[0\].paths: '' is not a"),
+        ("[[certificates]]\npaths = ['/a.pem', '']\n", r"certificates\[0\].paths: '' is not a"),
         ('[[certificates]]\npaths = ["a\\u0000"]\n', r"certificates\[0\].paths: 'a\\x00' is"),
         (MINIMAL + "issuer = ' '\n", r"certificates\[0\].issuer: ' ' is not a file"),
         (MINIMAL + "issuer = 5\n", r"certificates\[0\].issuer: 5 is not a file"),

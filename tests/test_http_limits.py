@@ -142,7 +142,7 @@ def closed_by_server_now(sock: socket.socket) -> bool:
 
 def test_http_limits_are_read_and_checked(tmp_path: Path) -> None:
     config = tmp_path / "mustaple.toml"
-    base = '[[certificates]]\npaths = ["x.pem"]\n[http]\n'
+    base = '[[certificates]]\npaths = ["/x.pem"]\n[http]\n'
     config.write_text(base + 'max_connections = 100\nidle_timeout = "10s"\n')
     http = load_config(config).http
     assert http is not None

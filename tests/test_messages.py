@@ -84,7 +84,7 @@ def test_missing_next_update_names_the_option_and_the_config_key(
     lenient = ["inspect", str(response), "--cert", str(cert), "--allow-missing-next-update"]
     code, _, _ = _run(lenient, capsys)
     assert code == ExitCode.GOOD
-    config = {"certificates": [{"paths": ["x"]}], "policy": {"allow_missing_next_update": True}}
+    config = {"certificates": [{"paths": ["/x"]}], "policy": {"allow_missing_next_update": True}}
     assert parse_config(config, tmp_path / "m.toml").policy.verify.allow_missing_next_update
 
 

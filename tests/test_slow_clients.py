@@ -332,7 +332,7 @@ def test_timeouts_are_counted_in_the_metrics_of_the_keeper_served(tmp_path: Path
 def load_http(tmp: Path, table: str) -> HttpConfig | None:
     """The [http] of a configuration file with this [http] table."""
     config = tmp / "mustaple.toml"
-    config.write_text(f'[[certificates]]\npaths = ["x.pem"]\n[http]\n{table}')
+    config.write_text(f'[[certificates]]\npaths = ["/x.pem"]\n[http]\n{table}')
     return load_config(config).http
 
 

@@ -20,10 +20,10 @@ COMMANDS = [["run", "--check-config"], ["status"], ["prime", "/nonexistent/fullc
 
 
 def check_all_commands(
-    tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str], *words: str
+    tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str], *words: str, base: str = BASE
 ) -> None:
     config = tmp_path / "mustaple.toml"
-    config.write_text(BASE.format(tmp=tmp_path) + text)
+    config.write_text(base.format(tmp=tmp_path) + text)
     for command in COMMANDS:
         code = main([*command, "--config", str(config)])
         out, err = capsys.readouterr()
@@ -108,6 +108,43 @@ def test_a_nul_character_in_a_path_or_command_is_refused_everywhere(
 ) -> None:
     """No system call takes a NUL: each would fail only when used (or crash check-config)."""
     check_all_commands(tmp_path, text, capsys, f"{key}: ", "holds a NUL character")
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        ('state_dir = "~/mstate"\n', "state_dir", "~ is not expanded here"),
+        ('state_dir = "mstate"\n', "state_dir", "is a relative path"),
+        ('[[certificates]]\npaths = ["live/*.pem"]\n', "certificates[1].paths", "relative"),
+        ('[[certificates]]\npaths = ["~/a.pem"]\n', "certificates[1].paths", "~ is not"),
+        ('[[certificates]]\npaths = ["/a.pem"]\nissuer = "ca.pem"\n', "certificates[1].issuer", ""),
+        ('[sinks.f]\ntype = "file"\npath = "staples/{name}.der"\n', "sinks.f.path", "relative"),
+        ('[sinks.f]\ntype = "file"\npath = "~/{name}.der"\n', "sinks.f.path", "~ is not"),
+        (
+            '[sinks.h]\ntype = "haproxy"\nsocket = "/run/h"\nocsp_dir = "o"\n',
+            "sinks.h.ocsp_dir",
+            "",
+        ),
+    ],
+)
+def test_a_path_not_written_from_the_root_is_refused_everywhere(
+    tmp_path: Path,
+    text: str,
+    key: str,
+    problem: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ "~/mstate" made a directory named "~" in the current directory, and a relative path
+    was taken from wherever mustaple started (/ under systemd)."""
+    monkeypatch.chdir(tmp_path)
+    if key == "state_dir":  # in place of the base's own
+        text, base = "", text + BASE.replace('state_dir = "{tmp}/state"\n', "")
+    else:
+        base = BASE
+    words = [f"{key}: ", problem or "relative", "write the full path, from /"]
+    check_all_commands(tmp_path, text, capsys, *words, base=base)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mustaple.toml"]
 
 
 @pytest.mark.parametrize("depth", [17, 100, 5000])

@@ -308,6 +308,7 @@ def parse_config(data: Mapping[str, Any], source: Path) -> Config:
     state_dir = top.get("state_dir", str, "/var/lib/mustaple")
     if not _is_path(state_dir):
         raise top.error("state_dir", f'{state_dir!r} is not a directory, e.g. "/var/lib/mustaple"')
+    _absolute(top, "state_dir", state_dir)
     return Config(
         path=source,
         state_dir=Path(state_dir),
@@ -320,6 +321,19 @@ def parse_config(data: Mapping[str, Any], source: Path) -> Config:
         if "fleet" in top.table
         else None,
     )
+
+
+def _absolute(reader: TableReader, key: str, path: str) -> None:
+    """Refuse a path that is not written in full from /: "~" is not expanded here, and a
+    relative path would depend on the directory mustaple starts in (/ under systemd)."""
+    if path.startswith("~"):
+        raise reader.error(key, f"{path!r}: ~ is not expanded here; write the full path, from /")
+    if not path.startswith("/"):
+        raise reader.error(
+            key,
+            f"{path!r} is a relative path, which would depend on the directory mustaple starts "
+            "in (/ under systemd); write the full path, from /",
+        )
 
 
 def _is_path(text: str) -> bool:
@@ -460,8 +474,19 @@ def _sinks(reader: TableReader) -> dict[str, Mapping[str, Any]]:
         for key, value in sink.table.items():
             if isinstance(value, str) and "\0" in value:
                 raise sink.error(key, f"{value!r} holds a NUL character ({_NO_NUL})")
+        _sink_paths(sink)
         sinks[name] = sink.table
     return sinks
+
+
+def _sink_paths(sink: TableReader) -> None:
+    """A file sink's `path` (unless it starts at the certificate's {dir}) and a HAProxy
+    sink's `ocsp_dir` are written in full (its `socket` is checked as an address)."""
+    kind, path, ocsp_dir = (sink.table.get(key) for key in ("type", "path", "ocsp_dir"))
+    if kind == "file" and isinstance(path, str) and path.strip() and not path.startswith("{dir}"):
+        _absolute(sink, "path", path)
+    if kind == "haproxy" and isinstance(ocsp_dir, str) and ocsp_dir.strip():
+        _absolute(sink, "ocsp_dir", ocsp_dir)
 
 
 def _entry(reader: TableReader, sinks: Mapping[str, object]) -> CertEntry:
@@ -472,6 +497,7 @@ def _entry(reader: TableReader, sinks: Mapping[str, object]) -> CertEntry:
     for path in paths:
         if not _is_path(path):
             raise reader.error("paths", f"{path!r} is not a file or a glob; give certificate files")
+        _absolute(reader, "paths", path)
     urls = reader.strings("urls") or ()
     for url in urls:
         problem = url_problem(url)
@@ -484,6 +510,8 @@ def _entry(reader: TableReader, sinks: Mapping[str, object]) -> CertEntry:
     issuer = reader.table.get("issuer")
     if issuer is not None and not (isinstance(issuer, str) and _is_path(issuer)):
         raise reader.error("issuer", f"{issuer!r} is not a file; give the issuer's certificate")
+    if issuer is not None:
+        _absolute(reader, "issuer", issuer)
     proxy = _proxy(reader) if "proxy" in reader.table else None
     return CertEntry(paths, Path(issuer) if issuer else None, urls, chosen, proxy)
 
