@@ -224,6 +224,24 @@ def open_on_server(e: Endpoint) -> int:
     return len(fast.connections) + sum(not t.is_closing() for t in fast.handed)
 
 
+@pytest.mark.parametrize("first", ["GET /healthz", "POST /ocsp"])
+def test_a_request_pipelined_behind_one_aiohttp_answers_is_timed_too(
+    tmp_path: Path, first: str
+) -> None:
+    """The head of a POST sent in the same bytes as the end of a request aiohttp answers,
+    and half its body: the first is answered, the POST gets its 408 at the deadline."""
+
+    async def scenario(tmp: Path) -> None:
+        async with endpoint(tmp) as e:
+            answered = head("/healthz") if first == "GET /healthz" else e.post()
+            async with client(e, answered + e.post()[:-10]) as (reader, _):
+                assert (await answer(reader))[0] == 200
+                assert (await until_closed(reader)).startswith(TIMED_OUT)
+            assert e.timeouts() == 1
+
+    run(scenario, tmp_path)
+
+
 def test_an_answered_request_whose_body_never_ends_is_just_closed(tmp_path: Path) -> None:
     async def scenario(tmp: Path) -> None:
         async with endpoint(tmp) as e:

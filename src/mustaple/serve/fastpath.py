@@ -39,8 +39,10 @@ not read its answers are timed once it reads again (till then, the idle timeout)
 handed to aiohttp keeps the deadline of the request under way and is fed through `_Handed`,
 which times each later request from its first byte; `request_deadlines`, the application's
 middleware, tells it when aiohttp has read a head, so that it waits for the end of the body.
-(aiohttp does not say where a request's bytes end: the start of a request pipelined behind
-another in the same bytes is not timed, and only aiohttp's idle timeout closes it if it stops.)
+A request pipelined behind another, its first bytes in the same read as the end of that
+one, is timed from the moment aiohttp has read its head (aiohttp does not say where a
+request's bytes end); if even its head never comes whole, aiohttp's idle timeout
+(`idle_timeout`) closes the connection.
 
 At most `max_connections` connections are open at once, handed off or not, so idle clients can
 never use up the file descriptors. A connection that comes at the cap takes the place of the
@@ -443,9 +445,7 @@ class _Handed(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.deadline is None and data:
-            loop = asyncio.get_running_loop()
-            self.deadline = loop.call_later(self.fast.request_timeout, self._expire)
-            self.answered = False
+            self._time()
         self.handler.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -461,11 +461,26 @@ class _Handed(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.handler.resume_writing()
 
+    def begun(self, request: web.BaseRequest) -> None:
+        """aiohttp has read the head of `request` and is handling it. A request pipelined
+        behind another, its first bytes fed with the end of that one, has no deadline yet:
+        it is timed from now until its body ends."""
+        self.answered = False
+        if self.deadline is None and not request.content.is_eof():
+            self._time()
+        request.content.on_eof(self.received)
+
     def received(self) -> None:
         """The request under way came whole (its body ended) in time."""
         if self.deadline is not None:
             self.deadline.cancel()
             self.deadline = None
+
+    def _time(self) -> None:
+        """Give the request under way `request_timeout` seconds from now to come whole."""
+        loop = asyncio.get_running_loop()
+        self.deadline = loop.call_later(self.fast.request_timeout, self._expire)
+        self.answered = False
 
     def _expire(self) -> None:
         """The request under way did not come whole in time: say so if aiohttp has not
@@ -518,12 +533,13 @@ async def request_deadlines(
 ) -> web.StreamResponse:
     """The application's middleware that tells a connection handed off by the fast path
     (`_Handed`) when aiohttp has read a request's head, so that its deadline ends with the
-    body, and when the request is answered (no 408 then)."""
+    body (or starts, for a request pipelined behind another), and when the request is
+    answered (no 408 then)."""
     transport = request.transport
     handed = transport.get_protocol() if transport is not None else None
     if not isinstance(handed, _Handed):
         return await handler(request)
-    request.content.on_eof(handed.received)
+    handed.begun(request)
     try:
         return await handler(request)
     finally:
