@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -66,11 +66,13 @@ def post_head(length: int) -> bytes:
 
 
 @asynccontextmanager
-async def endpoint(tmp: Path, deadline: timedelta = DEADLINE) -> AsyncIterator[Endpoint]:
+async def endpoint(
+    tmp: Path, deadline: timedelta = DEADLINE, max_connections: int = 512
+) -> AsyncIterator[Endpoint]:
     async with keeper_world(tmp) as w:
         leaf, _, staple = await w.stapled(NAME)
         request = encode_request(make_cert_id(leaf.issuer, leaf.cert.serial_number))
-        http = HttpConfig(port=0, request_timeout=deadline)
+        http = HttpConfig(port=0, request_timeout=deadline, max_connections=max_connections)
         server = await start_http(w.keeper, http, metrics=w.metrics)
         try:
             yield Endpoint(w, server, staple.der, request)
@@ -221,7 +223,7 @@ def test_a_client_that_never_closes_after_its_408_is_closed_after_the_linger(
 def open_on_server(e: Endpoint) -> int:
     """The connections the endpoint holds open."""
     fast = e.server.fast
-    return len(fast.connections) + sum(not t.is_closing() for t in fast.handed)
+    return len(fast.connections) + sum(not h.transport.is_closing() for h in fast.handed)
 
 
 @pytest.mark.parametrize("first", ["GET /healthz", "POST /ocsp"])
@@ -362,3 +364,63 @@ def test_request_timeout_is_read_and_checked(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match=f"http.request_timeout: .*{said}") as raised:
             load_http(tmp_path, f'request_timeout = "{value}"')
         assert "\n" not in str(raised.value)
+
+
+CAP = 4  # max_connections in the tests of the cap
+FULL = "connections open (http.max_connections)"
+
+
+@pytest.mark.parametrize("sent", ["POST /ocsp", "GET /healthz", "P"])
+def test_at_the_cap_a_new_client_takes_the_place_of_one_aiohttp_holds_idle(
+    tmp_path: Path, sent: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """CAP connections handed to aiohttp, each answered (or with the start of a head) and
+    now idle: a new client is answered, in the place of the first of them."""
+
+    async def scenario(tmp: Path) -> None:
+        async with endpoint(tmp, timedelta(seconds=30), max_connections=CAP) as e:
+            first = {"POST /ocsp": e.post(), "GET /healthz": head("/healthz"), "P": b"P"}[sent]
+            async with AsyncExitStack() as stack:
+                idle = [await stack.enter_async_context(client(e, first)) for _ in range(CAP)]
+                if sent != "P":
+                    for reader, _ in idle:
+                        assert (await answer(reader))[0] == 200
+                await until(lambda: e.server.fast.handed_off == CAP)
+                await asyncio.sleep(STEP)  # aiohttp waits for the next request
+                async with client(e, head("/healthz")) as (reader, _):
+                    assert await answer(reader) == (200, b"ok\n")
+                    assert await until_closed(idle[0][0]) in (b"", TIMED_OUT)
+                    assert open_on_server(e) == CAP
+
+    caplog.set_level(logging.WARNING)
+    run(scenario, tmp_path)
+    assert [r.getMessage() for r in caplog.records if FULL in r.getMessage()] == [
+        f"HTTP endpoint: {CAP} {FULL}: closing the one idle longest for each new one"
+    ]
+
+
+def test_at_the_cap_connections_whose_requests_are_handled_are_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """CAP connections whose POSTs aiohttp is reading: a new client is closed at once, and the
+    log says so."""
+
+    async def scenario(tmp: Path) -> None:
+        async with (
+            endpoint(tmp, timedelta(seconds=30), max_connections=CAP) as e,
+            AsyncExitStack() as stack,
+        ):
+            for _ in range(CAP):
+                await stack.enter_async_context(client(e, e.post()[:-10]))
+            await until(lambda: e.server.fast.handed_off == CAP)
+            await asyncio.sleep(STEP)  # aiohttp reads the bodies
+            async with client(e, head("/healthz")) as (reader, _):
+                with suppress(ConnectionResetError):
+                    assert await until_closed(reader) == b""
+            assert open_on_server(e) == CAP
+
+    caplog.set_level(logging.WARNING)
+    run(scenario, tmp_path)
+    assert [r.getMessage() for r in caplog.records if FULL in r.getMessage()] == [
+        f"HTTP endpoint: {CAP} {FULL}: none is idle: refusing new ones"
+    ]

@@ -46,10 +46,11 @@ request's bytes end); if even its head never comes whole, aiohttp's idle timeout
 
 At most `max_connections` connections are open at once, handed off or not, so idle clients can
 never use up the file descriptors. A connection that comes at the cap takes the place of the
-connection of ours idle longest (the first to come among equally idle ones; as nginx reuses
-keep-alive connections when short of them), so
-a fresh request is still answered; if every open connection is aiohttp's, the new one is closed
-at once. Either is logged once a minute at most, as is running out of descriptors in accept()
+connection idle longest (the first to come among equally idle ones; as nginx reuses keep-alive
+connections when short of them), so a fresh request is still answered: ours, or aiohttp's
+while it waits for a request, never one whose request aiohttp is handling (one within a head
+only if every other is too). If there is none, the new connection is closed at once. Either
+is logged once a minute at most, as is running out of descriptors in accept()
 (`quiet_accept_errors`), instead of a traceback a second.
 """
 
@@ -162,8 +163,8 @@ class FastPath:
         self.request_timeout, self.on_timeout = request_timeout, on_timeout
         self.answered = self.handed_off = self.evicted = self.refused = self.timeouts = 0
         self.connections: dict[_Connection, None] = {}  # in the order they came
-        self.handed: set[asyncio.BaseTransport] = set()  # open connections given to aiohttp
-        self._full_logged, self._timeout_logged = _Every(), _Every()
+        self.handed: dict[_Handed, None] = {}  # open connections given to aiohttp, in order
+        self._full_logged, self._refused_logged, self._timeout_logged = _Every(), _Every(), _Every()
         self.closed = False
         self._target = re.compile(re.escape(responder.base.encode()) + b"/" + _REQUEST)
         self.heads: dict[bytes, _Request] = {}
@@ -187,29 +188,41 @@ class FastPath:
 
     def admit(self, connection: _Connection) -> bool:
         """Make room for `connection` under the cap; False if it must be closed instead."""
-        if len(self.connections) + len(self.handed) >= self.max_connections:
-            self.handed = {t for t in self.handed if not t.is_closing()}
-        if len(self.connections) + len(self.handed) < self.max_connections:
-            self.connections[connection] = None
-            return True
-        self._log_full()
-        if not self.connections:
+        if self._full() and not self._evict():
             self.refused += 1
             return False
-        # idle longest: not within a head, most idle checks, then the first to come
-        oldest = max(self.connections, key=lambda c: (not c.buffer, c.idle))
-        del self.connections[oldest]
-        oldest.shut()
-        self.evicted += 1
         self.connections[connection] = None
         return True
 
-    def _log_full(self) -> None:
-        if self._full_logged.due():
+    def _full(self) -> bool:
+        """Whether the cap is reached (connections aiohttp is closing do not count)."""
+        if len(self.connections) + len(self.handed) < self.max_connections:
+            return False
+        self.handed = {h: None for h in self.handed if not h.transport.is_closing()}
+        return len(self.connections) + len(self.handed) >= self.max_connections
+
+    def _evict(self) -> bool:
+        """Close the connection idle longest, ours or aiohttp's (one of aiohttp's only while
+        it waits for a request or its head); False if there is none: every one is aiohttp's,
+        handling a request."""
+        candidates: list[_Connection | _Handed] = [*self.connections]
+        candidates += [h for h in self.handed if h.waiting()]
+        # idle longest: not within a head, most idle checks, then the first to come
+        oldest = max(candidates, key=lambda c: (not c.within_head(), c.idle), default=None)
+        if oldest is None:
+            self._log_full(self._refused_logged, "none is idle: refusing new ones")
+            return False
+        self._log_full(self._full_logged, "closing the one idle longest for each new one")
+        oldest.shut()
+        self.evicted += 1
+        return True
+
+    def _log_full(self, every: _Every, what: str) -> None:
+        if every.due():
             log.warning(
-                "HTTP endpoint: %d connections open (http.max_connections): closing the one "
-                "idle longest for each new one",
+                "HTTP endpoint: %d connections open (http.max_connections): %s",
                 self.max_connections,
+                what,
             )
 
     def timed_out(self) -> bytes:
@@ -258,7 +271,8 @@ class FastPath:
             connection.idle += 1
             if connection.idle > _SWEEPS:
                 connection.shut()
-        self.handed = {t for t in self.handed if not t.is_closing()}
+        for handed in self.handed:  # closed by aiohttp's own idle timeout
+            handed.idle += 1
         loop = asyncio.get_running_loop()
         self._sweeper = loop.call_later(self.idle_timeout / _SWEEPS, self._sweep)
 
@@ -318,13 +332,13 @@ class _Connection(asyncio.Protocol):
 
     def shut(self) -> None:
         """Close now: at once if answers are still waiting to be sent (a stuck client)."""
-        transport = self.transport
-        if transport is None:
-            return
-        if transport.get_write_buffer_size():
-            transport.abort()
-        else:
-            transport.close()
+        self.fast.connections.pop(self, None)
+        if self.transport is not None:
+            _shut(self.transport)
+
+    def within_head(self) -> bool:
+        """Whether the start of a head has come, and not its end."""
+        return bool(self.buffer)
 
     def _serve(self, data: bytes) -> None:
         """Answer the requests in `data`, in order; keep an unfinished head for later; hand
@@ -421,14 +435,14 @@ class _Connection(asyncio.Protocol):
         handler.connection_made(transport)
         handed.data_received(data)
         fast.handed_off += 1
-        fast.handed.add(transport)
+        fast.handed[handed] = None
 
 
 class _Handed(asyncio.Protocol):
     """A connection handed to aiohttp: aiohttp's protocol, fed through this one, which gives
     each request a deadline from its first byte to the end of its body."""
 
-    __slots__ = ("answered", "deadline", "fast", "handler", "transport")
+    __slots__ = ("answered", "deadline", "fast", "handler", "idle", "transport")
 
     def __init__(
         self,
@@ -439,11 +453,13 @@ class _Handed(asyncio.Protocol):
     ) -> None:
         self.fast, self.handler, self.transport = fast, handler, transport
         self.answered = False  # aiohttp has answered the request under way
+        self.idle = 0  # idle checks since the last bytes came or the last answer
         self.deadline: asyncio.TimerHandle | None = None
         if deadline is not None:
             self.deadline = asyncio.get_running_loop().call_at(deadline, self._expire)
 
     def data_received(self, data: bytes) -> None:
+        self.idle = 0
         if self.deadline is None and data:
             self._time()
         self.handler.data_received(data)
@@ -452,6 +468,7 @@ class _Handed(asyncio.Protocol):
         return self.handler.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.fast.handed.pop(self, None)
         self.received()
         self.handler.connection_lost(exc)
 
@@ -469,6 +486,26 @@ class _Handed(asyncio.Protocol):
         if self.deadline is None and not request.content.is_eof():
             self._time()
         request.content.on_eof(self.received)
+
+    def done(self) -> None:
+        """aiohttp's handler has answered the request under way."""
+        self.answered = True
+        self.idle = 0
+
+    def waiting(self) -> bool:
+        """Whether aiohttp waits for a request (or the end of its head): none is being
+        handled, so the connection may be closed to make room (`FastPath.admit`)."""
+        return _waits(self.handler)
+
+    def within_head(self) -> bool:
+        """Whether the start of a request has come, and not its end (asked of a connection
+        `waiting`: then aiohttp waits for the end of its head)."""
+        return self.deadline is not None
+
+    def shut(self) -> None:
+        """Close now (see `_Connection.shut`)."""
+        self.fast.handed.pop(self, None)
+        _shut(self.transport)
 
     def received(self) -> None:
         """The request under way came whole (its body ended) in time."""
@@ -493,6 +530,21 @@ class _Handed(asyncio.Protocol):
             self.transport.close()
         else:
             _linger(self.transport, timed_out, self.connection_lost)
+
+
+def _shut(transport: asyncio.Transport) -> None:
+    """Close now: at once if answers are still waiting to be sent (a stuck client)."""
+    if transport.get_write_buffer_size():
+        transport.abort()
+    else:
+        transport.close()
+
+
+def _waits(handler: asyncio.Protocol) -> bool:
+    """Whether aiohttp's protocol waits for the next request, with none under way or queued
+    (as aiohttp's own idle timeout tells it)."""
+    waiter = getattr(handler, "_waiter", None)
+    return isinstance(waiter, asyncio.Future) and not waiter.done()
 
 
 def _linger(
@@ -543,7 +595,7 @@ async def request_deadlines(
     try:
         return await handler(request)
     finally:
-        handed.answered = True
+        handed.done()
 
 
 class _Every:
