@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import hashlib
 import threading
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -374,6 +376,25 @@ def test_malformed_requests_get_malformed_request(tmp_path: Path) -> None:
         for reply in replies:
             assert (reply.status, reply.body) == (200, MALFORMED_REQUEST)
         assert w.counted() == {"malformed": len(replies)}
+
+    run(scenario, tmp_path)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_body_that_does_not_decode_gets_400_counted_as_malformed(
+    tmp_path: Path, encoding: str
+) -> None:
+    async def scenario(w: World) -> None:
+        leaf, _, held = await w.stapled()
+        request = request_of(leaf)
+        head = "POST /ocsp HTTP/1.0\nContent-Type: application/ocsp-request\n"
+        head += f"Content-Encoding: {encoding}\n"
+        packed = gzip.compress(request) if encoding == "gzip" else zlib.compress(request)
+        for body, status in ((packed, 200), (request, 400), (b"not compressed", 400)):
+            reply = await exchange(w.port, f"{head}Content-Length: {len(body)}\n", body)
+            assert reply.status == status, reply
+            assert reply.body == (held.der if status == 200 else b"OCSP request does not decode\n")
+        assert w.counted() == {"good": 1, "malformed": 2}
 
     run(scenario, tmp_path)
 

@@ -23,10 +23,12 @@ SHA-512). The answer is, byte for byte, the response the keeper holds for it:
   `Cache-Control: no-store`.
 
 A request over `max_request_size` bytes is refused with HTTP 413 (POST body, not read past the
-limit) or 414 (GET path). Nothing here contacts a CA, or anything else: the responder only
-reads the keeper's memory, so it is never an open proxy and answers at once even when the CA
-is down. It answers whoever can reach the app, which listens on loopback unless configured
-otherwise (`mustaple.adapters.config.HttpConfig`).
+limit) or 414 (GET path), counted as "too-large"; a POST body that does not decode (a broken
+gzip or deflate `Content-Encoding`) with HTTP 400, counted as "malformed". Nothing here
+contacts a CA, or anything else: the responder only reads the keeper's memory, so it is never
+an open proxy and answers at once even when the CA is down. It answers whoever can reach the
+app, which listens on loopback unless configured otherwise
+(`mustaple.adapters.config.HttpConfig`).
 
 Every answer is counted by result in `served` (a count for each of `RESPONDER_RESULTS`, kept
 by the caller, such as the metrics), increased in place: a dictionary, not a callback, as the
@@ -55,6 +57,7 @@ from typing import TypeVar
 from urllib.parse import unquote
 
 from aiohttp import web
+from aiohttp.http import HttpProcessingError
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.x509 import ocsp
 
@@ -321,7 +324,14 @@ class Responder:
         return _response(answer)
 
     async def post(self, request: web.Request) -> web.Response:
-        body = await _read_body(request, self.limit)
+        try:
+            body = await _read_body(request, self.limit)
+        except (web.RequestPayloadError, HttpProcessingError):
+            # a gzip or deflate body that does not decode, or chunks that do not parse; not
+            # the client gone in the middle of its body (nobody to answer)
+            if request.transport is None or request.transport.is_closing():
+                raise
+            return await self._refuse(request, 400, "malformed", "OCSP request does not decode")
         if body is None:
             return await self._too_large(request, 413)
         return _response(self.for_body(body, request.headers.get("If-None-Match")))
@@ -340,10 +350,17 @@ class Responder:
         return prepared
 
     async def _too_large(self, request: web.Request, status: int) -> web.Response:
-        """Refuse, then close the connection: the rest of a body too large is never read
-        (aiohttp would read and drop it for up to 10 s before closing)."""
-        self.served["too-large"] += 1
-        response = web.Response(status=status, text=f"OCSP request over {self.limit} bytes\n")
+        return await self._refuse(
+            request, status, "too-large", f"OCSP request over {self.limit} bytes"
+        )
+
+    async def _refuse(
+        self, request: web.Request, status: int, result: str, why: str
+    ) -> web.Response:
+        """Refuse, counted under `result`, then close the connection: the rest of a body is
+        never read (aiohttp would read and drop it for up to 10 s before closing)."""
+        self.served[result] += 1
+        response = web.Response(status=status, text=why + "\n")
         await response.prepare(request)
         await response.write_eof()
         request.protocol.force_close()
