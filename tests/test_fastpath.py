@@ -276,6 +276,21 @@ def test_what_the_answers_say(tmp_path: Path) -> None:
     run(scenario, tmp_path)
 
 
+def test_a_target_in_absolute_form_gets_the_same_answer(tmp_path: Path) -> None:
+    """RFC 9112 3.2.2: a server must accept `GET http://host/ocsp/... HTTP/1.1` (the form a
+    proxy is sent): the fast path hands it to aiohttp, and both answer as to the path."""
+
+    async def scenario(w: World) -> None:
+        origin = dated(await ask_once(w.port, head(w.path)))
+        assert body_of(origin) == w.held.der
+        for target in (f"http://127.0.0.1{w.path}", f"HTTP://x:80{w.path}?a=1"):
+            for port in (w.port, w.plain_port):
+                assert dated(await ask_once(port, head(target))) == origin, target
+        assert (w.counted("good"), w.counted("malformed")) == (5, 0)
+
+    run(scenario, tmp_path)
+
+
 def test_the_date_and_max_age_follow_the_clocks(tmp_path: Path) -> None:
     async def scenario(w: World) -> None:
         first = await ask_once(w.port, head(w.path))

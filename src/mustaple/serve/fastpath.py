@@ -10,7 +10,8 @@ it: the same status line, headers in the same order (Server included), the same 
 `Date` value may differ, being taken at another moment (whole seconds, as aiohttp's). The bytes
 are made once per answer, per second and per connection mode, then reused.
 
-Anything else hands the connection to aiohttp for good, unchanged: another method or path, a
+Anything else hands the connection to aiohttp for good, unchanged: another method or path (a
+target in absolute form, `http://host/ocsp/...`, too: aiohttp answers it alike), a
 body (Content-Length, Transfer-Encoding), an Expect, Upgrade or unusual Connection header, a
 header aiohttp would refuse (HTTP/1.1 without Host, a repeated header, bytes outside printable
 ASCII, a line too long, too many lines), a GET path over the size limit (aiohttp's handler

@@ -5,7 +5,8 @@ For servers that insist on fetching their staples themselves (Apache mod_ssl, ng
 and never breaks. `add_routes(app, keeper)` adds to an aiohttp application, under `prefix`:
 
 - `GET {prefix}/<url-escaped base64 DER request>` (RFC 6960 appendix A.1, RFC 5019 section 5),
-  where a base64 '/' may come escaped (%2F, as nginx sends it) or not;
+  where a base64 '/' may come escaped (%2F, as nginx sends it) or not, the target in origin
+  form or in absolute form (`http://host{prefix}/...`, as through a proxy);
 - `POST {prefix}` and `POST {prefix}/` with the DER request as the body (as Apache sends it).
 
 The request must name exactly one certificate (CertID hashed with SHA-1, SHA-256, SHA-384 or
@@ -318,7 +319,7 @@ class Responder:
         return answer
 
     async def get(self, request: web.Request) -> web.Response:
-        answer = self.for_path(request.raw_path, request.headers.get("If-None-Match"))
+        answer = self.for_path(_origin_form(request), request.headers.get("If-None-Match"))
         if answer is None:
             return await self._too_large(request, 414)
         return _response(answer)
@@ -370,6 +371,13 @@ class Responder:
 def _response(answer: Answer) -> web.Response:
     """`answer` for aiohttp."""
     return web.Response(status=answer.status, body=answer.body or None, headers=answer.headers)
+
+
+def _origin_form(request: web.Request) -> str:
+    """The path and query of the request's target as sent: in the absolute form too
+    (`GET http://host/ocsp/...`, which a server must accept: RFC 9112 section 3.2.2)."""
+    raw_path = request.raw_path
+    return raw_path if raw_path.startswith("/") else request.rel_url.raw_path_qs
 
 
 def _servable(state: CertState, now: datetime) -> Staple | None:
