@@ -244,6 +244,48 @@ def test_a_request_pipelined_behind_one_aiohttp_answers_is_timed_too(
     run(scenario, tmp_path)
 
 
+@pytest.mark.parametrize("sent", ["POST /ocsp", "GET /healthz", "pipelined", "fast path GET"])
+def test_a_client_that_half_closes_after_its_requests_gets_every_answer(
+    tmp_path: Path, sent: str
+) -> None:
+    """A client that shuts its side down once its requests are sent (shutdown(SHUT_WR), as
+    `nc -N` does) gets each answer, then the end of the connection."""
+
+    async def scenario(tmp: Path) -> None:
+        async with endpoint(tmp, timedelta(seconds=30)) as e:
+            requests = {
+                "POST /ocsp": [e.post()],
+                "GET /healthz": [head("/healthz")],
+                "pipelined": [e.post(), head("/healthz"), e.get(), e.post()],
+                "fast path GET": [e.get()],
+            }[sent]
+            async with client(e, b"".join(requests)) as (reader, writer):
+                writer.write_eof()
+                for _ in requests:
+                    assert (await answer(reader))[0] == 200
+                assert await until_closed(reader) == b""
+
+    run(scenario, tmp_path)
+
+
+@pytest.mark.parametrize("sent", ["head", "body"])
+def test_a_client_that_half_closes_within_a_request_is_closed_at_once(
+    tmp_path: Path, sent: str
+) -> None:
+    """Half its head or its body, then a half-close: the request can never come whole, so
+    the connection is closed then, not at the deadline."""
+
+    async def scenario(tmp: Path) -> None:
+        async with endpoint(tmp, timedelta(seconds=30)) as e:
+            half = post_head(len(e.request))[:30] if sent == "head" else e.post()[:-10]
+            async with client(e, half) as (reader, writer):
+                writer.write_eof()
+                assert await until_closed(reader) == b""
+            assert e.timeouts() == 0
+
+    run(scenario, tmp_path)
+
+
 def test_an_answered_request_whose_body_never_ends_is_just_closed(tmp_path: Path) -> None:
     async def scenario(tmp: Path) -> None:
         async with endpoint(tmp) as e:

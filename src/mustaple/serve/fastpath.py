@@ -25,7 +25,9 @@ Connections follow aiohttp's rules: HTTP/1.1 keeps the connection open unless
 are answered in order. Empty lines (CRLF) before a request line are ignored, as aiohttp does
 (RFC 9112 section 2.2): they are no request, and start no deadline. A client that stops
 reading stops being read (the transport's flow control), and a connection idle for
-`idle_timeout` seconds (75 by default) is closed.
+`idle_timeout` seconds (75 by default) is closed. A client that half-closes the connection
+once its requests are sent (shutdown(SHUT_WR)) gets their answers, then the end of the
+connection; within a request (which then can never come whole), just the end.
 `close()` closes every connection not handed off; the aiohttp runner closes the others.
 
 Every request must come whole, head and body, within `request_timeout` seconds (60 by default,
@@ -441,9 +443,19 @@ class _Connection(asyncio.Protocol):
 
 class _Handed(asyncio.Protocol):
     """A connection handed to aiohttp: aiohttp's protocol, fed through this one, which gives
-    each request a deadline from its first byte to the end of its body."""
+    each request a deadline from its first byte to the end of its body, and keeps the
+    connection open to answer a client that half-closes it once its requests are sent."""
 
-    __slots__ = ("answered", "deadline", "fast", "handler", "idle", "transport")
+    __slots__ = (
+        "answered",
+        "deadline",
+        "ended",
+        "fast",
+        "handler",
+        "idle",
+        "reading",
+        "transport",
+    )
 
     def __init__(
         self,
@@ -454,6 +466,8 @@ class _Handed(asyncio.Protocol):
     ) -> None:
         self.fast, self.handler, self.transport = fast, handler, transport
         self.answered = False  # aiohttp has answered the request under way
+        self.reading = False  # aiohttp handles a request whose body has not ended
+        self.ended = False  # the client has half-closed: it sends nothing more
         self.idle = 0  # idle checks since the last bytes came or the last answer
         self.deadline: asyncio.TimerHandle | None = None
         if deadline is not None:
@@ -466,7 +480,15 @@ class _Handed(asyncio.Protocol):
         self.handler.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self.handler.eof_received()
+        """The client has sent all it will (shutdown(SHUT_WR)): keep the connection open to
+        answer its requests, then close (aiohttp alone closes at once, the answers unsent:
+        aiohttp issue #3659); close at once if aiohttp reads a body that cannot end now."""
+        self.handler.eof_received()
+        if self.reading:
+            return None
+        self.ended = True
+        asyncio.get_running_loop().call_soon(self._close_if_idle)
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fast.handed.pop(self, None)
@@ -484,9 +506,15 @@ class _Handed(asyncio.Protocol):
         behind another, its first bytes fed with the end of that one, has no deadline yet:
         it is timed from now until its body ends."""
         self.answered = False
-        if self.deadline is None and not request.content.is_eof():
+        self.reading = not request.content.is_eof()
+        if self.reading and self.ended:  # the client half-closed within the body
+            self.transport.close()
+        elif self.deadline is None and self.reading:
             self._time()
         request.content.on_eof(self.received)
+        task = asyncio.current_task()
+        if task is not None:
+            task.add_done_callback(self._handled)
 
     def done(self) -> None:
         """aiohttp's handler has answered the request under way."""
@@ -510,9 +538,22 @@ class _Handed(asyncio.Protocol):
 
     def received(self) -> None:
         """The request under way came whole (its body ended) in time."""
+        self.reading = False
         if self.deadline is not None:
             self.deadline.cancel()
             self.deadline = None
+
+    def _handled(self, task: asyncio.Task[object]) -> None:
+        """aiohttp has sent its answer (`task` handled a request): after a half-close, close
+        if aiohttp now waits for a request, once aiohttp has gone on to the next one if any."""
+        if self.ended:
+            asyncio.get_running_loop().call_soon(self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        """After a half-close: close (what is written still sent) if aiohttp waits for a
+        request, which can no longer come."""
+        if _waits(self.handler) and not self.transport.is_closing():
+            self.transport.close()
 
     def _time(self) -> None:
         """Give the request under way `request_timeout` seconds from now to come whole."""
@@ -527,10 +568,13 @@ class _Handed(asyncio.Protocol):
         if self.transport.is_closing():
             return
         timed_out = self.fast.timed_out()
-        if self.answered:
-            self.transport.close()
-        else:
-            _linger(self.transport, timed_out, self.connection_lost)
+        if not self.answered:
+            if self.ended:  # the client has closed its side: no need to linger
+                self.transport.write(timed_out)
+            else:
+                _linger(self.transport, timed_out, self.connection_lost)
+                return
+        self.transport.close()
 
 
 def _shut(transport: asyncio.Transport) -> None:
