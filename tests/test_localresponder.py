@@ -16,7 +16,7 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -25,6 +25,7 @@ from typing import TypeVar
 
 import pytest
 from aiohttp import web
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
@@ -49,10 +50,12 @@ from mustaple.testing import (
     Leaf,
     ManualClock,
     OCSPResponder,
+    ResponseSpec,
     keeper_config,
     keeper_world,
 )
 from mustaple.testing import World as KeeperWorld
+from mustaple.testing import responder as testing_responder
 from servers import ApacheServer, NginxServer, Server, staple_from
 
 DAY = timedelta(days=1)
@@ -192,15 +195,44 @@ def test_get_and_post_give_the_held_staple_byte_for_byte(tmp_path: Path) -> None
             await w.get(path_of(request)),
             await w.post(request),
             await w.post(request, "/ocsp/"),
-            await w.get(path_of(request_of(leaf, "sha256"))),
             await w.post(big),
             await w.post(big),
         ]
         for reply in replies:
             assert (reply.status, reply.body) == (200, held.der)
             assert reply.headers["content-type"] == "application/ocsp-response"
-        assert w.counted() == {"good": 6}
+        # the staple names the certificate by its SHA-1 CertID only: a client asking with
+        # another hash would not find its answer in it
+        for hash_name in ("sha256", "sha384", "sha512"):
+            other = request_of(leaf, hash_name)
+            for reply in (await w.get(path_of(other)), await w.post(other)):
+                assert (reply.status, reply.body) == (200, UNAUTHORIZED)
+        assert w.counted() == {"good": 5, "unauthorized": 6}
         assert len(w.responder.requests) == asked  # the CA was never asked
+
+    run(scenario, tmp_path)
+
+
+def test_a_staple_that_answers_a_sha256_cert_id_too_is_given_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CA answer holding the certificate's SHA-1 and SHA-256 CertIDs answers both."""
+    issuers: list[x509.Certificate] = []
+
+    def both(spec: ResponseSpec) -> ResponseSpec:
+        ours = spec.singles[0]
+        sha256 = make_cert_id(issuers[0], ours.cert_id.serial, "sha256")
+        return replace(spec, singles=[ours, replace(ours, cert_id=sha256)])
+
+    monkeypatch.setitem(testing_responder._CHANGES, Behaviour.SEVERAL_RESPONSES, both)
+
+    async def scenario(w: World) -> None:
+        issuers.append(w.ca.cert)
+        w.responder.set_behaviour(Behaviour.SEVERAL_RESPONSES)
+        leaf, _, held = await w.stapled()
+        for hash_name, body in (("sha1", held.der), ("sha256", held.der), ("sha384", UNAUTHORIZED)):
+            assert (await w.get(path_of(request_of(leaf, hash_name)))).body == body
+        assert w.counted() == {"good": 2, "unauthorized": 1}
 
     run(scenario, tmp_path)
 

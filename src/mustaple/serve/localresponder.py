@@ -10,7 +10,12 @@ and never breaks. `add_routes(app, keeper)` adds to an aiohttp application, unde
 - `POST {prefix}` and `POST {prefix}/` with the DER request as the body (as Apache sends it).
 
 The request must name exactly one certificate (CertID hashed with SHA-1, SHA-256, SHA-384 or
-SHA-512). The answer is, byte for byte, the response the keeper holds for it:
+SHA-512). The answer is, byte for byte, the response the keeper holds for it, if that response
+answers this CertID, hash algorithm included. The keeper asks the CA with a SHA-1 CertID (as
+RFC 5019 has clients do), so the CA's answer names the certificate that way; a client that
+asked with another hash would not find its certificate in it (OpenSSL: "No Status found"),
+so it gets `unauthorized` (RFC 6960 section 2.3: a responder not capable of answering
+authoritatively), unless the CA's answer has a SingleResponse under that hash too. So:
 
 - its valid `good` staple, with the caching headers of RFC 5019 section 6.2: `max-age` until
   the staple's refresh point (when mustaple will have a fresher one), `ETag`, `Last-Modified`
@@ -51,6 +56,7 @@ import base64
 import hashlib
 import math
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -184,10 +190,20 @@ class _Prepared:
     """What every answer carrying one staple shares, worked out once per staple; the two
     answers (200 and 304) are made again only when `max-age` changes (once a second at most)."""
 
-    __slots__ = ("_max_age", "answers", "body", "etag", "fixed", "fresh_until", "result")
+    __slots__ = (
+        "_max_age",
+        "answers",
+        "body",
+        "etag",
+        "fixed",
+        "fresh_until",
+        "hashes",
+        "result",
+    )
 
     def __init__(self, staple: Staple, schedule: SchedulePolicy) -> None:
         self.body = staple.der
+        self.hashes = _cert_id_hashes(staple)  # a request's CertID must use one of these
         self.etag = f'"{hashlib.sha256(staple.der).hexdigest()[:32]}"'
         self.fixed = {
             "ETag": self.etag,
@@ -276,6 +292,8 @@ class Responder:
         if staple is None:
             return UNAUTHORIZED_ANSWER, _NEVER
         prepared = self._prepare(staple)
+        if cert_id.hash_name not in prepared.hashes:  # the client would not find its answer
+            return UNAUTHORIZED_ANSWER, staple.effective_expiry
         ok, not_modified, changes = prepared.answers_at(now)
         until = min(changes, staple.effective_expiry)
         if if_none_match is not None and _matches(if_none_match, prepared.etag):
@@ -387,6 +405,19 @@ def _servable(state: CertState, now: datetime) -> Staple | None:
         if staple is not None and staple.effective_expiry > now:
             return staple
     return None
+
+
+def _cert_id_hashes(staple: Staple) -> frozenset[str]:
+    """The hashes of the CertIDs of `staple`'s SingleResponses about its certificate: a
+    client finds its answer in the staple only under the CertID it asked about (OpenSSL's
+    OCSP_resp_find compares the hash algorithm too)."""
+    singles = ocsp.load_der_ocsp_response(staple.der).responses
+    names = {staple.hash_name}
+    for single in singles:
+        with suppress(UnsupportedAlgorithm):
+            if single.serial_number == staple.serial:
+                names.add(single.hash_algorithm.name)
+    return frozenset(names)
 
 
 def _from_path(raw_path: str, start: int) -> bytes:
