@@ -19,7 +19,10 @@ authoritatively), unless the CA's answer has a SingleResponse under that hash to
 
 - its valid `good` staple, with the caching headers of RFC 5019 section 6.2: `max-age` until
   the staple's refresh point (when mustaple will have a fresher one), `ETag`, `Last-Modified`
-  (thisUpdate), `Expires` (the effective expiry); a matching `If-None-Match` gets 304;
+  (thisUpdate), `Expires` (the effective expiry); a matching `If-None-Match` gets 304 on a
+  GET, and is ignored on a POST: RFC 9110 section 13.1.2 allows a 304 for GET and HEAD only
+  and has other methods answered 412, of no use to a server fetching its staple (only GETs
+  are cached: RFC 5019 section 6), while the staple itself is;
 - for a revoked certificate, the CA's signed `revoked` answer (validated by the keeper) while
   it is valid: it is the truth and exactly what the CA itself would answer, so a server that
   staples it (Apache does) tells its clients the certificate is revoked, where `unauthorized`
@@ -328,7 +331,8 @@ class Responder:
         return answer
 
     def for_body(self, body: bytes, if_none_match: str | None) -> Answer:
-        """The answer to a POST of `body` (within the size limit), counted."""
+        """The answer to a POST of `body` (within the size limit), counted. (`post` gives no
+        If-None-Match: see the module docstring.)"""
         cert_id = self._cert_ids.get(body)
         if cert_id is None:
             cert_id = self._read(body, body)
@@ -353,7 +357,8 @@ class Responder:
             return await self._refuse(request, 400, "malformed", "OCSP request does not decode")
         if body is None:
             return await self._too_large(request, 413)
-        return _response(self.for_body(body, request.headers.get("If-None-Match")))
+        # If-None-Match is ignored: a 304 is for GET and HEAD only (RFC 9110 13.1.2)
+        return _response(self.for_body(body, None))
 
     def _read(self, key: str | bytes, request_der: bytes) -> CertId | None:
         cert_id = read_cert_id(request_der)
