@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Itera
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -269,6 +269,26 @@ def test_caching_headers_follow_the_refresh_point(tmp_path: Path) -> None:
         late = await w.get(path)
         assert late.headers["cache-control"].startswith("max-age=0,")
         assert (late.body, late.headers["etag"]) == (held.der, etag)
+
+    run(scenario, tmp_path)
+
+
+def test_last_modified_is_never_later_than_now(tmp_path: Path) -> None:
+    """RFC 9110 8.8.2.1: a CA's clock a little ahead (within the skew the keeper accepts)
+    puts thisUpdate after now; Last-Modified says now then, until thisUpdate comes."""
+
+    async def scenario(w: World) -> None:
+        leaf, _, held = await w.stapled()
+        path = path_of(request_of(leaf))
+        w.clock.now = held.this_update - timedelta(seconds=30, microseconds=500)
+        for reply in (await w.get(path), await w.post(request_of(leaf))):
+            assert reply.headers["last-modified"] == http_date(w.clock.now)
+            date = parsedate_to_datetime(reply.headers["date"])
+            assert parsedate_to_datetime(reply.headers["last-modified"]) <= date
+        w.clock.now += timedelta(seconds=1)  # a second later: not the answer of before
+        assert (await w.get(path)).headers["last-modified"] == http_date(w.clock.now)
+        w.clock.now = held.this_update + timedelta(seconds=5)
+        assert (await w.get(path)).headers["last-modified"] == http_date(held.this_update)
 
     run(scenario, tmp_path)
 

@@ -19,10 +19,11 @@ authoritatively), unless the CA's answer has a SingleResponse under that hash to
 
 - its valid `good` staple, with the caching headers of RFC 5019 section 6.2: `max-age` until
   the staple's refresh point (when mustaple will have a fresher one), `ETag`, `Last-Modified`
-  (thisUpdate), `Expires` (the effective expiry); a matching `If-None-Match` gets 304 on a
-  GET, and is ignored on a POST: RFC 9110 section 13.1.2 allows a 304 for GET and HEAD only
-  and has other methods answered 412, of no use to a server fetching its staple (only GETs
-  are cached: RFC 5019 section 6), while the staple itself is;
+  (thisUpdate, or now while a CA's clock ahead puts thisUpdate later: never after the
+  answer's Date, RFC 9110 section 8.8.2.1), `Expires` (the effective expiry); a matching
+  `If-None-Match` gets 304 on a GET, and is ignored on a POST: RFC 9110 section 13.1.2
+  allows a 304 for GET and HEAD only and has other methods answered 412, of no use to a
+  server fetching its staple (only GETs are cached: RFC 5019 section 6);
 - for a revoked certificate, the CA's signed `revoked` answer (validated by the keeper) while
   it is valid: it is the truth and exactly what the CA itself would answer, so a server that
   staples it (Apache does) tells its clients the certificate is revoked, where `unauthorized`
@@ -195,45 +196,58 @@ class _Prepared:
 
     __slots__ = (
         "_max_age",
+        "_modified",
         "answers",
         "body",
         "etag",
-        "fixed",
+        "expires",
         "fresh_until",
         "hashes",
         "result",
+        "this_update",
     )
 
     def __init__(self, staple: Staple, schedule: SchedulePolicy) -> None:
         self.body = staple.der
         self.hashes = _cert_id_hashes(staple)  # a request's CertID must use one of these
         self.etag = f'"{hashlib.sha256(staple.der).hexdigest()[:32]}"'
-        self.fixed = {
-            "ETag": self.etag,
-            "Last-Modified": _http_date(staple.this_update),
-            "Expires": _http_date(staple.effective_expiry),
-        }
+        self.this_update = staple.this_update
+        self.expires = _http_date(staple.effective_expiry)
         # the refresh point: mustaple should have a fresher answer then
         self.fresh_until = min(refresh_point(staple, schedule), staple.effective_expiry)
         self.result = "good" if staple.good else "revoked"  # the count it goes under
         self._max_age = -1
+        self._modified = _NEVER
         self.answers = (MALFORMED_ANSWER, MALFORMED_ANSWER)  # replaced at the first call
 
     def answers_at(self, now: datetime) -> tuple[Answer, Answer, datetime]:
-        """The 200 answer and the 304 answer at `now`, and when `max-age` next changes."""
+        """The 200 answer and the 304 answer at `now`, and when they next change (`max-age`,
+        or `Last-Modified` while thisUpdate is ahead of `now`)."""
         max_age = max(0, int((self.fresh_until - now).total_seconds()))
-        if max_age != self._max_age:
-            cache_control = _CACHE_CONTROL.format(max_age)
-            headers = {"Content-Type": OCSP_RESPONSE, **self.fixed, "Cache-Control": cache_control}
-            unchanged = {k: v for k, v in headers.items() if k != "Content-Type"}
-            self.answers = (
-                Answer(200, headers, self.body, self.result),
-                Answer(304, unchanged, b"", "not-modified"),
-            )
-            self._max_age = max_age
+        # never later than the answer's Date (RFC 9110 8.8.2.1): a CA's clock may be ahead
+        modified = min(self.this_update, now.replace(microsecond=0))
+        if max_age != self._max_age or modified != self._modified:
+            self.answers = self._answers(max_age, modified)
+            self._max_age, self._modified = max_age, modified
         # max-age stays while fresh_until - now >= max_age: up to and with that moment
         changes = self.fresh_until - timedelta(seconds=max_age) + _TICK if max_age else _NEVER
+        if modified < self.this_update:
+            changes = min(changes, modified + timedelta(seconds=1))
         return (*self.answers, changes)
+
+    def _answers(self, max_age: int, modified: datetime) -> tuple[Answer, Answer]:
+        headers = {
+            "Content-Type": OCSP_RESPONSE,
+            "ETag": self.etag,
+            "Last-Modified": _http_date(modified),
+            "Expires": self.expires,
+            "Cache-Control": _CACHE_CONTROL.format(max_age),
+        }
+        unchanged = {k: v for k, v in headers.items() if k != "Content-Type"}
+        return (
+            Answer(200, headers, self.body, self.result),
+            Answer(304, unchanged, b"", "not-modified"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
