@@ -196,17 +196,19 @@ async def start_http(keeper: Keeper, http: HttpConfig, *, metrics: Metrics) -> H
 
 class _ServerLog(logging.LoggerAdapter[logging.Logger]):
     """aiohttp's server log, where a request aiohttp cannot parse or read to its end (the
-    client's doing) is one line at debug level instead of a traceback; any other error is
-    logged as aiohttp does."""
+    client's doing) is one line at debug level instead of a traceback, at whatever level
+    aiohttp logs it (an error, or debug for a bad method in a connection's first request);
+    any other error is logged as aiohttp does."""
 
     def __init__(self) -> None:
         super().__init__(logging.getLogger("aiohttp.server"))
 
-    def exception(
+    def log(
         self,
+        level: int,
         msg: object,
         *args: object,
-        exc_info: Any = True,
+        exc_info: Any = None,
         stack_info: bool = False,
         stacklevel: int = 1,
         extra: Mapping[str, object] | None = None,
@@ -214,9 +216,10 @@ class _ServerLog(logging.LoggerAdapter[logging.Logger]):
     ) -> None:
         if isinstance(exc_info, HttpProcessingError | web.RequestPayloadError | ConnectionError):
             text = str(msg) % args if args else str(msg)
-            self.debug("%s: %s", text, _one_line(exc_info))
+            super().log(logging.DEBUG, "%s: %s", text, _one_line(exc_info))
             return
-        super().exception(
+        super().log(
+            level,
             msg,
             *args,
             exc_info=exc_info,
