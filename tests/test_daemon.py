@@ -117,6 +117,28 @@ def test_prime_delivers_and_gates(site: Site, capsys: pytest.CaptureFixture[str]
     assert main(["prime", "--config", str(site.config), site.cert("a.test")]) == ExitCode.REVOKED
     # the server keeps running and its clients learn the truth: the CA's revoked answer
     assert check_staple(site, leaf, "a.test").status is OCSPCertStatus.REVOKED
+    assert "every server gets the CA's revoked answer" in capsys.readouterr().out
+
+
+def test_prime_of_a_revocation_a_server_did_not_take_says_so(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A revocation whose answer a sink could not deliver (a full disk, a failed reload) is
+    not "every server gets the CA's revoked answer": that server may still staple the good
+    one, the case where delivery matters most."""
+    site.issue("a.test")
+    assert main(["prime", "--config", str(site.config), site.cert("a.test")]) == 0
+    reload = f"echo reloaded >> {site.tmp}/reloads.log"
+    site.config.write_text(site.config.read_text().replace(reload, "exit 1"))
+    site.responder.set_behaviour(Behaviour.REVOKED)
+    capsys.readouterr()
+    assert main(["prime", "--config", str(site.config), site.cert("a.test")]) == ExitCode.REVOKED
+    out = capsys.readouterr().out
+    assert out.startswith(
+        "REVOKED a.test: the certificate is revoked, and the CA's revoked answer did not reach "
+        "every server (files: reload failed: `exit 1` exited with status 1): one may still "
+        "staple the good one"
+    )
 
 
 def test_prime_fails_without_a_staple(site: Site, capsys: pytest.CaptureFixture[str]) -> None:

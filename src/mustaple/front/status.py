@@ -55,6 +55,12 @@ def prime_line(primed: Primed, now: datetime) -> str:
     name, state = primed.name, primed.state
     held = state.held
     if state.revoked is not None:
+        failing = _failing(primed)
+        if failing:
+            return (
+                f"REVOKED {name}: the certificate is revoked, and the CA's revoked answer did "
+                f"not reach every server ({failing}): one may still staple the good one"
+            )
         return (
             f"REVOKED {name}: the certificate is revoked; every server gets the CA's revoked "
             "answer instead of a good staple"
@@ -71,12 +77,16 @@ def prime_line(primed: Primed, now: datetime) -> str:
     if state.next_due is None:  # unusable: nothing to fetch
         return f"{head} {name}: {state.problem or 'unusable'}"
     if held is not None:
-        failing = [f"{s.sink}: {s.error}" for s in primed.sinks if s.error]
-        why = "; ".join(failing) or "see the log"
+        why = _failing(primed) or "see the log"
         return f"{head} {name}: a valid staple is held but a server did not take it ({why})"
     rejection = state.rejection
     why = f"{rejection.message}; {rejection.hint}" if rejection else "no staple"
     return f"{head} {name}: no valid staple: {why}"
+
+
+def _failing(primed: Primed) -> str:
+    """The sinks that failed to take the delivery, and why, in one line ("" when none)."""
+    return "; ".join(f"{s.sink}: {s.error}" for s in primed.sinks if s.error)
 
 
 def prime_json(primed: Primed, now: datetime) -> dict[str, Any]:
