@@ -29,14 +29,37 @@ from mustaple.core.errors import InputError
 __all__ = ["Coverage", "configured_files"]
 
 
+# HAProxy's files beside a certificate file it loads (mustaple's HAProxy sink writes the first two)
+_COMPANIONS = frozenset((".ocsp", ".issuer", ".key", ".sctl"))
+
+
 def configured_files(config: Config) -> dict[Path, CertEntry]:
-    """Every configured certificate file that exists now, with its entry (first wins)."""
+    """Every configured certificate file that exists now, with its entry (first wins). What a
+    glob matches that is no certificate by its place is left out: the state directory's
+    files, and HAProxy's files beside a certificate file the same glob matches (`a.pem.ocsp`,
+    `.issuer`, `.key`, `.sctl`): with `paths = ["/etc/haproxy/certs/*"]` they would each be
+    an unusable "certificate" once the sink wrote them. A path written out is always kept."""
     found: dict[Path, CertEntry] = {}
     for entry in config.certificates:
         for pattern in entry.paths:
-            for name in sorted(glob.glob(pattern)):  # a name with no magic: if it exists
+            names = sorted(glob.glob(pattern))  # a name with no magic: if it exists
+            if glob.has_magic(pattern):
+                names = _certificates_only(names, config.state_dir)
+            for name in names:
                 found.setdefault(Path(name), entry)
     return found
+
+
+def _certificates_only(names: list[str], state_dir: Path) -> list[str]:
+    """`names` without `state_dir`, what is in it, and HAProxy's companions of another name."""
+    listed, state = set(names), str(state_dir)
+    inside = os.path.join(state, "")
+
+    def companion(name: str) -> bool:
+        stem, dot, suffix = name.rpartition(".")
+        return bool(dot) and f".{suffix}" in _COMPANIONS and stem in listed
+
+    return [n for n in names if n != state and not n.startswith(inside) and not companion(n)]
 
 
 class Coverage:
