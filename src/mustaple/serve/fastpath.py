@@ -15,10 +15,12 @@ target in absolute form, `http://host/ocsp/...`, too: aiohttp answers it alike),
 body (Content-Length, Transfer-Encoding), an Expect, Upgrade or unusual Connection header, a
 header aiohttp would refuse (HTTP/1.1 without Host, a repeated header, bytes outside printable
 ASCII, a line too long, too many lines), a GET path over the size limit (aiohttp's handler
-answers 414), a head not ended within `max_head` bytes, bytes that are not HTTP. `fallback()`
-(the runner's `aiohttp.web.Server`) makes aiohttp's protocol, which takes over the transport
-and is fed every byte not answered yet. So aiohttp serves every other page and every edge case
-exactly as it would alone, and answers what it cannot parse itself.
+answers 414; a request line longer than aiohttp reads, `max_line`, gets its 414 here, counted
+as too-large, where aiohttp would answer a 400 of its own), a head not ended within
+`max_head` bytes, bytes that are not HTTP. `fallback()` (the runner's `aiohttp.web.Server`)
+makes aiohttp's protocol, which takes over the transport and is fed every byte not answered
+yet. So aiohttp serves every other page and every edge case exactly as it would alone, and
+answers what it cannot parse itself.
 
 Connections follow aiohttp's rules: HTTP/1.1 keeps the connection open unless
 `Connection: close`; HTTP/1.0 closes it unless `Connection: keep-alive`. Pipelined requests
@@ -151,6 +153,7 @@ class FastPath:
         fallback: Callable[[], asyncio.Protocol],
         *,
         max_head: int = 32768,
+        max_line: int | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,
         request_timeout: float = REQUEST_TIMEOUT,
@@ -162,6 +165,8 @@ class FastPath:
             raise ValueError("idle_timeout, max_connections and request_timeout must be positive")
         self.responder, self.fallback = responder, fallback
         self.max_head, self.idle_timeout = max_head, idle_timeout
+        self.max_line = max_line  # aiohttp's limit on a request line (None: no such check)
+        self._get = _GET + responder.base.encode() + b"/"
         self.max_connections = max_connections
         self.request_timeout, self.on_timeout = request_timeout, on_timeout
         self.answered = self.handed_off = self.evicted = self.refused = self.timeouts = 0
@@ -241,6 +246,15 @@ class FastPath:
                 self.timeouts,
             )
         return self.wire(_TIMED_OUT, _CLOSE)
+
+    def too_long(self, data: bytes) -> bool:
+        """Whether `data` begins a GET of this responder whose request line is longer than
+        aiohttp reads (`max_line`): aiohttp would refuse it with a 400 of its own, uncounted,
+        where a path over the size limit gets 414."""
+        if self.max_line is None or not data.startswith(self._get):
+            return False
+        end = data.find(_CRLF)
+        return (end if end >= 0 else len(data)) > self.max_line
 
     def request(self, head: bytes) -> _Request | None:
         """The GET in `head` (ending with its blank line), or None if it is not ours."""
@@ -432,6 +446,9 @@ class _Connection(asyncio.Protocol):
         self._met()
         if transport is None or transport.is_closing():
             return
+        if fast.too_long(data):  # 414, counted, as a path over the limit that aiohttp reads
+            _linger(transport, fast.wire(fast.responder.path_too_long(), _CLOSE), _gone)
+            return
         handler = fast.fallback()
         handed = _Handed(fast, handler, transport, deadline)
         transport.set_protocol(handed)
@@ -575,6 +592,10 @@ class _Handed(asyncio.Protocol):
                 _linger(self.transport, timed_out, self.connection_lost)
                 return
         self.transport.close()
+
+
+def _gone(_: Exception | None) -> None:
+    """Nothing to do when a connection refused before any hand-off ends."""
 
 
 def _shut(transport: asyncio.Transport) -> None:

@@ -98,6 +98,7 @@ UNAUTHORIZED = bytes.fromhex("30030a0106")  # OCSPResponse, responseStatus 6
 CACHE_LIMIT = 4096  # entries in each of the two caches: prepared staples, known requests
 CACHED_REQUEST_LIMIT = 512  # bytes: longer requests (big nonces) are read each time
 _CACHE_CONTROL = "max-age={}, public, no-transform, must-revalidate"
+_TEXT = {"Content-Type": "text/plain; charset=utf-8"}  # as aiohttp's web.Response(text=...)
 _NEVER = datetime.max.replace(tzinfo=UTC)
 _TICK = timedelta(microseconds=1)  # the datetime's resolution
 _K = TypeVar("_K")
@@ -386,6 +387,12 @@ class Responder:
             prepared = _Prepared(staple, self.keeper.policy.schedule)
             _put(self._prepared, staple.der, prepared)
         return prepared
+
+    def path_too_long(self) -> Answer:
+        """The answer to a GET whose path is too long even for aiohttp to read (the fast path
+        gives it): 414, as any path over the limit, counted as too-large."""
+        self.served["too-large"] += 1
+        return Answer(414, _TEXT, f"OCSP request over {self.limit} bytes\n".encode(), "too-large")
 
     async def _too_large(self, request: web.Request, status: int) -> web.Response:
         return await self._refuse(

@@ -173,6 +173,7 @@ async def start_http(keeper: Keeper, http: HttpConfig, *, metrics: Metrics) -> H
         responder,
         runner.server,
         max_head=line + HEAD_FIELDS,
+        max_line=line,
         idle_timeout=http.idle_timeout.total_seconds(),
         max_connections=http.max_connections,
         request_timeout=http.request_timeout.total_seconds(),
