@@ -235,6 +235,16 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+def _regular_or_none(path: Path) -> None:
+    """InputError when the database file is there but no regular file: a FIFO would block a
+    read-only connect for ever, and SQLite says only "disk I/O error" of the others."""
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise InputError(
+            f"{path}: not a regular file (a directory, a FIFO or a device), so no state "
+            "database; move it away: prime or run makes a new one"
+        )
+
+
 def _iso(value: datetime) -> str:
     if value.tzinfo is not UTC:  # the keeper's times are in UTC already
         value = value.astimezone(UTC)
@@ -283,6 +293,7 @@ class SqliteStore:
         self._connect()
 
     def _connect(self) -> None:
+        _regular_or_none(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = self._open()
@@ -330,11 +341,7 @@ class SqliteStore:
         connect for ever). The path is quoted in the URI: a %, ? or # in it is a name."""
         store = cls.__new__(cls)
         store.path, store.history_limit = Path(path), HISTORY_LIMIT
-        if os.path.exists(path) and not os.path.isfile(path):
-            raise InputError(
-                f"{path}: not a regular file (a directory, a FIFO or a device), so no state "
-                "database; move it away: prime or run makes a new one"
-            )
+        _regular_or_none(store.path)
         try:
             store._db = sqlite3.connect(
                 f"file:{quote(str(path))}?mode=ro", uri=True, isolation_level=None, timeout=30
