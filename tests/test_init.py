@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from conftest import build_response
 from mustaple.adapters.serverconf import read_apache, read_lighttpd, read_nginx
@@ -449,8 +450,30 @@ def test_init_with_nothing_to_staple_writes_nothing(
     out = tree.root / "mustaple.toml"
     code, said = _init(tree, "--nginx-conf", str(conf), "--out", str(out), capsys=capsys)
     assert code == 1
-    assert "nothing to staple" in said
+    assert f"nothing to staple: no certificate is served in {conf}" in said
     assert not out.exists()
+
+
+def test_init_names_what_certificates_lack_when_none_can_be_stapled(
+    tree: Tree, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A certificate with an OCSP URL but no issuer anywhere (a bundle of the leaf alone, no
+    AIA caIssuers) was "no certificate with an OCSP URL served": it has one."""
+    ca = CA(key_type="ec", ocsp_url="http://127.0.0.1:9/ocsp")
+    leaf = ca.issue("alone.test")
+    cert = tmp_path / "alone.pem"
+    cert.write_bytes(leaf.cert.public_bytes(serialization.Encoding.PEM))
+    conf = tmp_path / "alone.conf"
+    conf.write_text(
+        "events {}\nhttp {\n    server {\n        listen 443 ssl;\n"
+        f"        ssl_certificate {cert};\n        ssl_certificate_key {cert};\n    }}\n}}\n"
+    )
+    code, said = _init(tree, "--nginx-conf", str(conf), capsys=capsys)
+    assert code == 1
+    assert (
+        f"nothing to staple: none of the 1 certificates served in {conf} can be: each needs an "
+        "OCSP URL and its issuer" in said
+    )
 
 
 def test_nginx_t_on_standard_input(tree: Tree) -> None:

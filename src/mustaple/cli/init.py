@@ -83,7 +83,13 @@ def init_command(
     print_table(plan, Console(width=None if sys.stdout.isatty() else 160))
     if not any(found.usable for found in plan.found):
         read = ", ".join(str(conf.main) for conf in plan.confs)
-        click.echo(f"nothing to staple: no certificate with an OCSP URL served in {read}")
+        why = (
+            f"none of the {len(plan.found)} certificates served in {read} can be: each needs "
+            "an OCSP URL and its issuer (the table says what each lacks)"
+            if plan.found
+            else f"no certificate is served in {read}"
+        )
+        click.echo(f"nothing to staple: {why}")
         return 1
     text = render_toml(plan)
     if out is None:
