@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -269,6 +270,27 @@ def test_handshake_failure_with_a_plain_http_server(responder: ResponderThread) 
     assert port is not None
     message = one_line_error(HOST, port)
     assert message.startswith(f"{HOST}:{port}: TLS handshake failed (")
+
+
+def test_a_server_greeting_in_plain_text_is_told_to_need_starttls() -> None:
+    """A mail server on port 25 probed without --starttls: OpenSSL says only "wrong version
+    number"; the line says what to do."""
+    with socket.socket() as listener:
+        listener.bind((HOST, 0))
+        listener.listen()
+
+        def greet() -> None:
+            connection, _ = listener.accept()
+            with connection:
+                connection.sendall(b"220 mail.example.test ESMTP\r\n")
+                connection.recv(4096)
+
+        threading.Thread(target=greet, daemon=True).start()
+        message = one_line_error(HOST, listener.getsockname()[1], timeout=5)
+    assert message.endswith(
+        "; the server answered in plain text: one that starts TLS by STARTTLS needs "
+        "--starttls smtp or --starttls nats"
+    )
 
 
 def test_name_that_does_not_resolve() -> None:

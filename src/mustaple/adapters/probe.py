@@ -35,7 +35,7 @@ from cryptography import x509
 from cryptography.hazmat.bindings.openssl.binding import Binding
 from OpenSSL import SSL, crypto
 
-from mustaple.adapters.starttls import StarttlsError, negotiate
+from mustaple.adapters.starttls import PROTOCOLS, StarttlsError, negotiate
 from mustaple.core.errors import InputError, MustapleError
 
 __all__ = ["ProbeError", "ProbeResult", "probe", "probe_async"]
@@ -49,6 +49,12 @@ _STATUS_REQUEST = 5  # extension type (RFC 6066)
 _STATUS_TYPE_OCSP = 1
 _MSG_CALLBACK = "void(int, int, int, const void *, size_t, SSL *, void *)"
 _BINDING = Binding()  # the OpenSSL that pyOpenSSL itself uses
+# what OpenSSL says when the first bytes are no TLS record (by version)
+_NO_TLS_RECORD = ("wrong version number", "packet length too long", "record layer failure")
+_STARTTLS_HINT = (
+    "; the server answered in plain text: one that starts TLS by STARTTLS needs --starttls "
+    + " or --starttls ".join(PROTOCOLS)
+)
 
 
 class ProbeError(MustapleError):
@@ -108,7 +114,8 @@ def probe(
         if sni:
             conn.set_tlsext_host_name(sni)
         error = _handshake(conn, sock, where, timeout, deadline)
-        return _result(conn, transcript, error, store, where)
+        hint = _STARTTLS_HINT if starttls is None and _plain_text(error) else ""
+        return _result(conn, transcript, error, store, where, hint=hint)
     finally:
         _close(conn, sock)
 
@@ -258,8 +265,10 @@ def _result(
     error: SSL.Error | None,
     store: crypto.X509Store | None,
     where: str,
+    *,
+    hint: str = "",
 ) -> ProbeResult:
-    chain, staple = _served(conn, transcript, error, where)
+    chain, staple = _served(conn, transcript, error, where, hint)
     version = conn.get_protocol_version_name()
     return ProbeResult(
         chain=chain,
@@ -271,10 +280,15 @@ def _result(
 
 
 def _served(
-    conn: SSL.Connection, transcript: _Transcript, error: SSL.Error | None, where: str
+    conn: SSL.Connection,
+    transcript: _Transcript,
+    error: SSL.Error | None,
+    where: str,
+    hint: str,
 ) -> tuple[tuple[x509.Certificate, ...], bytes | None]:
-    """The chain and staple, unless the handshake failed for a reason other than the staple."""
-    failed = f"{where}: TLS handshake failed ({_ssl_reason(error)})" if error else None
+    """The chain and staple, unless the handshake failed for a reason other than the staple
+    (said with `hint` after OpenSSL's reason)."""
+    failed = f"{where}: TLS handshake failed ({_ssl_reason(error)}){hint}" if error else None
     tls13 = conn.get_protocol_version() == SSL.TLS1_3_VERSION
     try:
         served = _read_transcript(transcript.messages, tls13=tls13)
@@ -304,6 +318,15 @@ def _verifies(chain: tuple[x509.Certificate, ...], store: crypto.X509Store) -> b
     except crypto.X509StoreContextError:
         return False
     return True
+
+
+def _plain_text(error: SSL.Error | None) -> bool:
+    """Whether OpenSSL's error says the server's first bytes were no TLS record (a mail or
+    NATS server greeting in plain text, as it does before STARTTLS)."""
+    if error is None:
+        return False
+    reason = _ssl_reason(error)
+    return any(words in reason for words in _NO_TLS_RECORD)
 
 
 def _ssl_reason(exc: SSL.Error) -> str:
