@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -550,6 +551,31 @@ def test_a_reload_that_fails_unexpectedly_keeps_the_running_configuration(
         f"{site.config}: cannot use the new configuration (internal error: RuntimeError: a "
         "bug; please report it); keeping the running configuration"
     ]
+
+
+def test_a_running_keeper_makes_the_reload_a_prime_beside_it_failed(
+    site: Site, daemon: Callable[..., Daemon], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The usual deployment: the keeper under systemd, `prime` in certbot's deploy hook.
+    The prime wrote the staple but its reload failed; the keeper takes the stored staple,
+    finds the file already in place, and still reloads: the debt is in prime's status row,
+    read before the keeper writes its own rows over it."""
+    site.issue("a.test")
+    fail, reloads = site.tmp / "fail", site.tmp / "reloads.log"
+    reload = f"echo reloaded >> {reloads}"
+    site.config.write_text(site.config.read_text().replace(reload, f"test ! -e {fail} && {reload}"))
+    d = daemon()
+    wait_for(reloads.exists)  # its own first delivery
+    assert reloads.read_text() == "reloaded\n"
+    fail.touch()
+    ahead = utc_now() + timedelta(minutes=2)  # past the responder cache: a newer answer
+    site.responder.responder.clock = lambda: ahead
+    assert main(["prime", "--config", str(site.config), site.cert("a.test")]) != 0
+    assert "reload failed" in capsys.readouterr().out
+    fail.unlink()
+    wait_for(lambda: reloads.read_text() == "reloaded\nreloaded\n")
+    d.process.send_signal(signal.SIGTERM)
+    assert d.process.wait(20) == 0
 
 
 def test_a_reload_may_move_the_endpoint_to_another_host_on_the_same_port(

@@ -146,19 +146,24 @@ def test_statuses_round_trip_sorted_by_name(open_store: Opener) -> None:
     assert open_store().statuses()["k3"] == unknown
 
 
-def test_failed_sinks_are_those_whose_last_delivery_failed(open_store: Opener) -> None:
-    """What a start reads to owe a reload: each sink that failed some certificate's last
-    delivery; one that worked, or only noted the server down, owes nothing."""
+def test_owed_reloads_are_the_sinks_whose_reload_failed(open_store: Opener) -> None:
+    """What a start (or a pass after a `prime`) reads to owe a reload: each sink whose
+    reload failed at some certificate's last delivery; one that failed otherwise (a file it
+    refused to replace), worked, or only noted the server down owes none."""
     store = open_store()
-    assert store.failed_sinks() == set()
+    assert store.owed_reloads() == set()
     at = datetime(2026, 1, 1, tzinfo=UTC)
     fine = SinkHealth("fine", at)
     down = SinkHealth("down", at, note="the server is not running")
-    broken = SinkHealth("nginx", None, 'reload failed: `nginx -s reload` "exited"', 1, at)
-    store.save_status("k1", replace(status("a.test"), sinks=(fine, down)))
-    store.save_status("k2", replace(status("b.test"), sinks=(fine, broken)))
-    assert store.failed_sinks() == {"nginx"}
-    assert open_store().failed_sinks() == {"nginx"}
+    refused = SinkHealth("files", None, "/x: holds something other than an OCSP response", 1, at)
+    reload = SinkHealth(
+        "nginx", None, 'reload failed: `nginx -s reload` "exited"', 1, at, None, True
+    )
+    store.save_status("k1", replace(status("a.test"), sinks=(fine, down, refused)))
+    store.save_status("k2", replace(status("b.test"), sinks=(fine, reload)))
+    assert store.owed_reloads() == {"nginx"}
+    assert open_store().owed_reloads() == {"nginx"}
+    assert open_store().statuses()["k2"].sinks == (fine, reload)
 
 
 def test_a_transaction_writes_all_or_nothing(open_store: Opener) -> None:

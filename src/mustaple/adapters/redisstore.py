@@ -298,10 +298,10 @@ class RedisStore:
         """This member's keys that have a status row."""
         return {k.decode() for k in self.client.hkeys(self._k("status", self.member))}
 
-    def failed_sinks(self) -> set[str]:
-        """This member's sinks whose last delivery of some certificate failed."""
+    def owed_reloads(self) -> set[str]:
+        """This member's sinks whose server's reload failed at a last delivery."""
         rows = self.statuses().values()
-        return {health.sink for row in rows for health in row.sinks if not health.ok}
+        return {health.sink for row in rows for health in row.sinks if health.reload_owed}
 
     def forget_statuses(self, keys: Iterable[str]) -> None:
         """Remove this member's status rows of `keys`."""

@@ -252,7 +252,8 @@ class _Reloader:
             if self.command is not None and waits:
                 error = _joined(outcome.error, problem) if problem else None
                 noted = noted or note
-            done.append(Delivered(delivery.key, sink, outcome.changed, error, noted))
+            owed = self.owed and waits and self.command is not None
+            done.append(Delivered(delivery.key, sink, outcome.changed, error, noted, owed))
         return done
 
 

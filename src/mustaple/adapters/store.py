@@ -226,7 +226,7 @@ class Store(Protocol):
 
     def status_keys(self) -> set[str]: ...
 
-    def failed_sinks(self) -> set[str]: ...
+    def owed_reloads(self) -> set[str]: ...
 
     def remove(self, key: str) -> None: ...
 
@@ -545,17 +545,19 @@ class SqliteStore:
         """The keys that have a status row."""
         return {row[0] for row in self._db.execute("SELECT cert_key FROM status")}
 
-    def failed_sinks(self) -> set[str]:
-        """The sinks whose last delivery of some certificate failed, by the status rows (a
-        reload may be owed: see `delivery.Reloads`)."""
-        rows = self._db.execute("""SELECT sinks FROM status WHERE sinks LIKE '%"error": "%'""")
-        failed: set[str] = set()
+    def owed_reloads(self) -> set[str]:
+        """The sinks whose server's reload failed at some certificate's last delivery, by
+        the status rows (see `delivery.Reloads`)."""
+        rows = self._db.execute(
+            """SELECT sinks FROM status WHERE sinks LIKE '%"reload_owed": true%'"""
+        )
+        owed: set[str] = set()
         for (text,) in rows:
             try:
-                failed.update(health.sink for health in sinks_from_json(text) if not health.ok)
+                owed.update(health.sink for health in sinks_from_json(text) if health.reload_owed)
             except (ValueError, KeyError, TypeError):
                 continue  # unreadable: written again at the next pass
-        return failed
+        return owed
 
     def forget_statuses(self, keys: Iterable[str]) -> None:
         """Remove the status rows of `keys` (the staples and attempts stay)."""
@@ -647,6 +649,7 @@ def sinks_json(sinks: Iterable[SinkHealth]) -> str:
                 "failures": s.failures,
                 "since": _iso(s.since) if s.since else None,
                 "note": s.note,
+                "reload_owed": s.reload_owed,
             }
             for s in sinks
         ]
@@ -665,6 +668,7 @@ def sinks_from_json(text: str) -> tuple[SinkHealth, ...]:
             d["failures"],
             when(d["since"]),
             d["note"],
+            d.get("reload_owed", False) is True,  # rows before it: none owed
         )
         for d in json.loads(text)
     )

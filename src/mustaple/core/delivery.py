@@ -60,6 +60,7 @@ class Delivered:
     # In place for the server's next start, but no running server took it (HAProxy not
     # running, or the file sink's `running` check says the server is down): not an error.
     note: str | None = None
+    reload_owed: bool = False  # the server's reload failed: see `Reloads`
 
     @property
     def ok(self) -> bool:
@@ -76,6 +77,7 @@ class SinkHealth:
     failures: int = 0  # failed deliveries in a row
     since: datetime | None = None  # when this run of failures began
     note: str | None = None  # see `Delivered.note`
+    reload_owed: bool = False  # see `Delivered.reload_owed`
 
     @property
     def ok(self) -> bool:
@@ -102,8 +104,9 @@ class KeepsCopies(Protocol):
 @runtime_checkable
 class Reloads(Protocol):
     """A sink that reloads its server to make it read what it wrote (a file sink's `reload`).
-    A reload that failed is owed: the next delivery reloads even when no file changed. At a
-    start the debt is known only from the stored status rows (a `prime`'s, or this keeper's
-    before a SIGHUP); `owe_reload` hands it to a new sink."""
+    A reload that failed is owed: the next delivery reloads even when no file changed. Its
+    `Delivered.reload_owed` says so, and the status rows keep it: a new sink (a start, a
+    SIGHUP) or another process (a keeper taking what a `prime` stored) learns it from them,
+    and `owe_reload` hands it over."""
 
     def owe_reload(self) -> None: ...

@@ -591,6 +591,7 @@ class Keeper:
             )
             self._store_again()
         if written or reopened is not None:
+            self.owe_reloads()  # before the rows are written over: a `prime`'s failed reload
             self._rewrite_statuses()
         now, taken = self.clock(), 0
         for key, (this_update, revoked) in written.items():
@@ -646,16 +647,16 @@ class Keeper:
         return taken
 
     def owe_reloads(self) -> list[str]:
-        """Before a first delivery (a start, a `prime`): each sink that, by the stored status
-        rows, last failed to deliver some certificate's staple reloads its server at that
-        delivery even when no file changes. The failed reload (or write) was another
-        process's, or this keeper's before a SIGHUP: the files may be in place while the
-        server still serves the old staple. Returns those sinks' names."""
+        """Before a delivery that may find the files unchanged (a start, a `prime`, a pass
+        taking what another process stored): each sink whose reload failed, by the stored
+        status rows, reloads its server then. The failure was another process's (a `prime`
+        from a deploy hook), or this keeper's before a SIGHUP: the files are in place while
+        the server may still serve the old staple. Returns those sinks' names."""
         try:
-            failed = self.store.failed_sinks()
+            owed = self.store.owed_reloads()
         except (sqlite3.Error, OSError):
             return []  # the store's trouble is said where it is written
-        owing = sorted(name for name in failed if isinstance(self.sinks.get(name), Reloads))
+        owing = sorted(name for name in owed if isinstance(self.sinks.get(name), Reloads))
         for name in owing:
             sink = self.sinks[name]
             assert isinstance(sink, Reloads)
@@ -934,7 +935,9 @@ class Keeper:
         failures = before.failures + 1 if before is not None and not before.ok else 1
         since = before.since if before is not None and not before.ok and before.since else now
         last = before.last_delivery if before is not None else None
-        life.sinks[sink] = SinkHealth(sink, last, delivered.error, failures, since)
+        life.sinks[sink] = SinkHealth(
+            sink, last, delivered.error, failures, since, reload_owed=delivered.reload_owed
+        )
         if not same or failures & (failures - 1) == 0:
             repeat = f" (failed {failures} times since {human_time(since)})" if failures > 1 else ""
             log.error("%s: sink %s: %s%s", life.name, sink, delivered.error, repeat)
