@@ -133,15 +133,17 @@ def test_links_and_relative_paths_are_resolved_against_the_listing(
 def test_a_glob_leaves_out_the_state_and_haproxy_companions(tmp_path: Path) -> None:
     """`paths = [".../certs/*"]` with a HAProxy sink and the state beside: the .ocsp and
     .issuer files the sink writes (and HAProxy's .key and .sctl) next to a matched
-    certificate, and the state's files, are no certificates; a name written out is kept, and
-    a file of such a name with no certificate beside it is matched as any other."""
+    certificate, and the files right in the state directory, are no certificates; one in a
+    directory below the state is; a name written out is kept, and a file of such a name
+    with no certificate beside it is matched as any other."""
     certs = tmp_path / "certs"
     names = ["a.pem", "a.pem.ocsp", "a.pem.issuer", "a.pem.key", "a.pem.sctl", "b.ocsp"]
-    names += ["state/state.db", "state/signatures.key"]
+    names += ["state/state.db", "state/signatures.key", "state/tls/c.pem"]
     for name in names:
         (certs / name).parent.mkdir(parents=True, exist_ok=True)
         (certs / name).write_text("x")
-    conf = replace(config(tmp_path, ("certs/*", "certs/state/*")), state_dir=certs / "state")
-    assert sorted(p.name for p in configured_files(conf)) == ["a.pem", "b.ocsp"]
+    patterns = ("certs/*", "certs/state/*", "certs/state/*/*.pem")
+    conf = replace(config(tmp_path, patterns), state_dir=certs / "state")
+    assert sorted(p.name for p in configured_files(conf)) == ["a.pem", "b.ocsp", "c.pem"]
     written = config(tmp_path, ("certs/a.pem.ocsp",))
     assert list(configured_files(written)) == [certs / "a.pem.ocsp"]

@@ -35,10 +35,11 @@ _COMPANIONS = frozenset((".ocsp", ".issuer", ".key", ".sctl"))
 
 def configured_files(config: Config) -> dict[Path, CertEntry]:
     """Every configured certificate file that exists now, with its entry (first wins). What a
-    glob matches that is no certificate by its place is left out: the state directory's
-    files, and HAProxy's files beside a certificate file the same glob matches (`a.pem.ocsp`,
-    `.issuer`, `.key`, `.sctl`): with `paths = ["/etc/haproxy/certs/*"]` they would each be
-    an unusable "certificate" once the sink wrote them. A path written out is always kept."""
+    glob matches that is no certificate by its place is left out: the files right in the
+    state directory, and HAProxy's files beside a certificate file the same glob matches
+    (`a.pem.ocsp`, `.issuer`, `.key`, `.sctl`): with `paths = ["/etc/haproxy/certs/*"]`
+    they would each be an unusable "certificate" once the sink wrote them. A path written
+    out is always kept."""
     found: dict[Path, CertEntry] = {}
     for entry in config.certificates:
         for pattern in entry.paths:
@@ -51,15 +52,19 @@ def configured_files(config: Config) -> dict[Path, CertEntry]:
 
 
 def _certificates_only(names: list[str], state_dir: Path) -> list[str]:
-    """`names` without `state_dir`, what is in it, and HAProxy's companions of another name."""
-    listed, state = set(names), str(state_dir)
-    inside = os.path.join(state, "")
+    """`names` without `state_dir`, the files right in it (mustaple's own: the database, its
+    key, its lock; certificates kept in a directory below it stay), and HAProxy's companions
+    of another name."""
+    listed, state = set(names), os.path.normpath(state_dir)
+
+    def ours(name: str) -> bool:
+        return name == state or os.path.dirname(name) == state
 
     def companion(name: str) -> bool:
         stem, dot, suffix = name.rpartition(".")
         return bool(dot) and f".{suffix}" in _COMPANIONS and stem in listed
 
-    return [n for n in names if n != state and not n.startswith(inside) and not companion(n)]
+    return [n for n in names if not ours(n) and not companion(n)]
 
 
 class Coverage:
