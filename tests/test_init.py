@@ -653,6 +653,27 @@ def test_apply_with_a_relative_nginx_conf_and_files_the_server_user_owns(
     assert backup.stat().st_uid == 65534
 
 
+def test_relative_paths_in_a_relative_nginx_conf_become_full_paths(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--nginx-conf nginx/nginx.conf` whose ssl_certificate is relative to nginx's prefix:
+    the config written has full paths, so its own suggested check passes (a configuration
+    takes no relative path)."""
+    leaf = CA(key_type="ec", ocsp_url="http://127.0.0.1:9/ocsp").issue("rel.test")
+    leaf.write(tmp_path / "etc/nginx/certs")
+    (tmp_path / "etc/nginx/nginx.conf").write_text(
+        "events {}\nhttp {\n    server {\n        listen 443 ssl;\n"
+        "        ssl_certificate certs/fullchain.pem;\n"
+        "        ssl_certificate_key certs/privkey.pem;\n    }\n}\n"
+    )
+    monkeypatch.chdir(tmp_path / "etc")
+    args = ["init", "--nginx-conf", "nginx/nginx.conf", "--state-dir", "st", "--out", "x.toml"]
+    assert main(args) == 0, capsys.readouterr()
+    config = check_config(tmp_path / "etc/x.toml")
+    [entry] = config.certificates
+    assert entry.paths == (str(tmp_path / "etc/nginx/certs/fullchain.pem"),)
+
+
 def test_a_certificate_whose_name_is_not_utf8_is_left_out_not_written_into_toml(
     tree: Tree, capsys: pytest.CaptureFixture[str]
 ) -> None:

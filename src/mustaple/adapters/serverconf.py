@@ -105,8 +105,9 @@ def _glob_match(path: Path, pattern: Path) -> bool:
 
 
 def _absolute(base: Path, value: str) -> Path:
-    """`value` relative to `base`, made absolute without resolving symlinks."""
-    return Path(os.path.normpath(base / value))
+    """`value` relative to `base` (itself relative to the current directory when it is, as
+    a relative --nginx-conf), made absolute without resolving symlinks."""
+    return Path(os.path.abspath(base / value))
 
 
 # --- nginx ----------------------------------------------------------------------------------------
