@@ -198,6 +198,9 @@ def test_a_symbolic_link_loop_is_called_a_loop(
         ">>TMP/hook.log echo hi",
         "2>/dev/null A=1 true",
         "! false",
+        "LC_ALL=C; true",
+        "X=1 && true",
+        "f() { :; }; f",
     ],
 )
 def test_built_ins_subshells_and_redirections_are_not_called_missing(
@@ -218,6 +221,7 @@ def test_built_ins_subshells_and_redirections_are_not_called_missing(
         ("( /nonexistent/reload )", "/nonexistent/reload does not exist"),
         ("{ no-such-program; }", "'no-such-program' is not found in PATH"),
         (">/dev/null A=1 /nonexistent/reload", "/nonexistent/reload does not exist"),
+        ("LC_ALL=C; no-such-program reload", "'no-such-program' is not found in PATH"),
     ],
 )
 def test_the_program_after_redirections_and_subshells_is_checked(

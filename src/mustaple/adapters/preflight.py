@@ -41,6 +41,8 @@ _SHELL_WORDS = frozenset(_BUILT_IN.split())
 _OPENERS = frozenset(["(", "{", "!"])  # a subshell, a group, a negation: the command follows
 # Redirection operators, as shlex reads them (punctuation runs); a word follows each.
 _REDIRECTIONS = frozenset(["<", ">", ">>", "<<", "<&", ">&", "<>", ">|", "&>", "&>>"])
+# What ends a command: one of bare assignments (`LC_ALL=C; cmd`) is followed by the next
+_SEPARATORS = frozenset([";", "&&", "||", "|", "&"])
 
 
 @dataclass
@@ -212,9 +214,10 @@ def _missing_program(command: str) -> str | None:
 
 def _first_program(command: str) -> str | None:
     """The program the shell looks up first for `command`, past a subshell's "(" (a group's
-    "{", a "!"), leading redirections and VAR=value words; None for a shell built-in or
-    reserved word, or when only running it tells (another PATH, a name the shell expands
-    first, bad quoting)."""
+    "{", a "!"), leading redirections, VAR=value words and commands of nothing else
+    (`LC_ALL=C; cmd`); None for a shell built-in or reserved word, a function defined
+    there, or when only running it tells (another PATH, a name the shell expands first, bad
+    quoting)."""
     lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
     lexer.whitespace_split = True
     try:
@@ -231,6 +234,8 @@ def _first_program(command: str) -> str | None:
             return None  # looked up in another PATH than ours
         elif word in _SHELL_WORDS or word.startswith("~") or any(c in word for c in "$`*?["):
             return None  # a built-in, or a name the shell expands first: cannot tell here
-        elif word not in _OPENERS and not _ASSIGNMENT.match(word):
+        elif words and words[0] in ("(", "()"):
+            return None  # `f() { ...; }`: a function, defined by the command itself
+        elif word not in _OPENERS | _SEPARATORS and not _ASSIGNMENT.match(word):
             return word
     return None
