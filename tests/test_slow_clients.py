@@ -441,6 +441,35 @@ def test_at_the_cap_a_new_client_takes_the_place_of_one_aiohttp_holds_idle(
     ]
 
 
+def test_at_the_cap_a_client_in_use_is_kept_over_idle_ones(tmp_path: Path) -> None:
+    """Three clients asked /healthz (aiohttp's) and sit idle; a fourth keeps asking the fast
+    path for its staple: a new client takes the place of one of the idle three, not of the
+    one in use (equally idle by the sweeps, the fast path's came first in the list)."""
+
+    async def scenario(tmp: Path) -> None:
+        async with (
+            endpoint(tmp, timedelta(seconds=30), max_connections=CAP) as e,
+            AsyncExitStack() as stack,
+        ):
+            idle = [
+                await stack.enter_async_context(client(e, head("/healthz"))) for _ in range(CAP - 1)
+            ]
+            for reader, _ in idle:
+                assert (await answer(reader))[0] == 200
+            await until(lambda: e.server.fast.handed_off == CAP - 1)
+            reader, writer = await stack.enter_async_context(client(e))
+            for _ in range(5):
+                writer.write(e.get())
+                assert (await answer(reader))[0] == 200
+            async with client(e, head("/healthz")) as (new, _):
+                assert await answer(new) == (200, b"ok\n")
+                assert await until_closed(idle[0][0]) in (b"", TIMED_OUT)
+                writer.write(e.get())  # the client in use is still served
+                assert (await answer(reader))[0] == 200
+
+    run(scenario, tmp_path)
+
+
 def test_at_the_cap_connections_whose_requests_are_handled_are_kept(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -51,10 +51,11 @@ request's bytes end); if even its head never comes whole, aiohttp's idle timeout
 
 At most `max_connections` connections are open at once, handed off or not, so idle clients can
 never use up the file descriptors. A connection that comes at the cap takes the place of the
-connection idle longest (the first to come among equally idle ones; as nginx reuses keep-alive
-connections when short of them), so a fresh request is still answered: ours, or aiohttp's
-while it waits for a request, never one whose request aiohttp is handling (one within a head
-only if every other is too). If there is none, the new connection is closed at once. Either
+connection idle longest (by the idle checks of `idle_timeout` / 5, then by the events on
+any connection since its last bytes; as nginx reuses keep-alive connections when short of
+them), so a fresh request is still answered: ours, or aiohttp's while it waits for a
+request, never one whose request aiohttp is handling (one within a head only if every
+other is too). If there is none, the new connection is closed at once. Either
 is logged once a minute at most, as is running out of descriptors in accept()
 (`quiet_accept_errors`), instead of a traceback a second.
 """
@@ -170,6 +171,7 @@ class FastPath:
         self.max_connections = max_connections
         self.request_timeout, self.on_timeout = request_timeout, on_timeout
         self.answered = self.handed_off = self.evicted = self.refused = self.timeouts = 0
+        self.activity = 0  # bytes received or answers given, on any connection: a clock
         self.connections: dict[_Connection, None] = {}  # in the order they came
         self.handed: dict[_Handed, None] = {}  # open connections given to aiohttp, in order
         self._full_logged, self._refused_logged, self._timeout_logged = _Every(), _Every(), _Every()
@@ -194,6 +196,11 @@ class FastPath:
         for connection in list(self.connections):
             connection.shut()
 
+    def moved(self) -> int:
+        """Count one event (bytes came, an answer went) and return the count."""
+        self.activity += 1
+        return self.activity
+
     def admit(self, connection: _Connection) -> bool:
         """Make room for `connection` under the cap; False if it must be closed instead."""
         if self._full() and not self._evict():
@@ -215,8 +222,7 @@ class FastPath:
         handling a request."""
         candidates: list[_Connection | _Handed] = [*self.connections]
         candidates += [h for h in self.handed if h.waiting()]
-        # idle longest: not within a head, most idle checks, then the first to come
-        oldest = max(candidates, key=lambda c: (not c.within_head(), c.idle), default=None)
+        oldest = max(candidates, key=_idleness, default=None)
         if oldest is None:
             self._log_full(self._refused_logged, "none is idle: refusing new ones")
             return False
@@ -297,7 +303,7 @@ class FastPath:
 class _Connection(asyncio.Protocol):
     """One connection until it is handed to aiohttp (or closed)."""
 
-    __slots__ = ("buffer", "deadline", "fast", "idle", "paused", "scanned", "transport")
+    __slots__ = ("buffer", "deadline", "fast", "idle", "paused", "scanned", "seen", "transport")
 
     def __init__(self, fast: FastPath) -> None:
         self.fast = fast
@@ -305,6 +311,7 @@ class _Connection(asyncio.Protocol):
         self.buffer = bytearray()  # the start of a head, until its end comes
         self.scanned = 0  # bytes of `buffer` known not to hold the end of the head
         self.idle = 0  # idle checks since the last bytes came
+        self.seen = fast.activity  # the count of events at its last bytes (see `_idleness`)
         self.paused = False  # the client does not read: stop answering
         self.deadline: asyncio.TimerHandle | None = None  # of the head in `buffer`
 
@@ -320,7 +327,7 @@ class _Connection(asyncio.Protocol):
         self._met()
 
     def data_received(self, data: bytes) -> None:
-        self.idle = 0
+        self.idle, self.seen = 0, self.fast.moved()
         if not self.buffer:
             self._serve(data)
             return
@@ -471,6 +478,7 @@ class _Handed(asyncio.Protocol):
         "handler",
         "idle",
         "reading",
+        "seen",
         "transport",
     )
 
@@ -486,12 +494,13 @@ class _Handed(asyncio.Protocol):
         self.reading = False  # aiohttp handles a request whose body has not ended
         self.ended = False  # the client has half-closed: it sends nothing more
         self.idle = 0  # idle checks since the last bytes came or the last answer
+        self.seen = fast.moved()  # see `_idleness`
         self.deadline: asyncio.TimerHandle | None = None
         if deadline is not None:
             self.deadline = asyncio.get_running_loop().call_at(deadline, self._expire)
 
     def data_received(self, data: bytes) -> None:
-        self.idle = 0
+        self.idle, self.seen = 0, self.fast.moved()
         if self.deadline is None and data:
             self._time()
         self.handler.data_received(data)
@@ -536,7 +545,7 @@ class _Handed(asyncio.Protocol):
     def done(self) -> None:
         """aiohttp's handler has answered the request under way."""
         self.answered = True
-        self.idle = 0
+        self.idle, self.seen = 0, self.fast.moved()
 
     def waiting(self) -> bool:
         """Whether aiohttp waits for a request (or the end of its head): none is being
@@ -596,6 +605,12 @@ class _Handed(asyncio.Protocol):
 
 def _gone(_: Exception | None) -> None:
     """Nothing to do when a connection refused before any hand-off ends."""
+
+
+def _idleness(connection: _Connection | _Handed) -> tuple[bool, int, int]:
+    """How idle a connection is, the most idle the largest: not within a head, then the most
+    idle checks, then the longest since its last bytes (the fewest events since)."""
+    return (not connection.within_head(), connection.idle, -connection.seen)
 
 
 def _shut(transport: asyncio.Transport) -> None:
