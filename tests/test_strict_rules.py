@@ -263,6 +263,72 @@ def test_extensions(case: str, ec: Pki) -> None:
     check_table(ec, *EXTENSIONS[case])
 
 
+def with_sct_lists(*values: bytes, critical: bool = False, entries: int = 1) -> Maker:
+    """Our SingleResponse (`entries` times), each with SCT lists whose extnValues are `values`."""
+    extensions = [ExtensionSpec(oid=SCT_LIST, value=v, critical=critical) for v in values]
+    return lambda p: spec(p, singles=[ours(p, extensions=extensions)] * entries)
+
+
+EMPTY_SCT_LIST = octet_string(b"\x00\x00")
+SCT_LISTS: dict[str, tuple[Maker, Verdict]] = {
+    "an empty list": (with_sct_lists(EMPTY_SCT_LIST), GOOD),
+    "an empty OCTET STRING": (with_sct_lists(octet_string(b"")), GOOD),
+    "garbage inside the OCTET STRING": (with_sct_lists(octet_string(b"\x01")), GOOD),
+    "another serial's entry with two": (
+        lambda p: spec(
+            p,
+            singles=[
+                ours(p),
+                replace(
+                    other_serial(p),
+                    extensions=[ExtensionSpec(oid=SCT_LIST, value=EMPTY_SCT_LIST)] * 2,
+                ),
+            ],
+        ),
+        GOOD,
+    ),
+    "an empty extnValue (old: good)": (with_sct_lists(b""), Reason.BAD_SCT_LIST),
+    "critical, an empty extnValue (old: good)": (
+        with_sct_lists(b"", critical=True),
+        Reason.BAD_SCT_LIST,
+    ),
+    "twice (old: good)": (with_sct_lists(EMPTY_SCT_LIST, EMPTY_SCT_LIST), Reason.BAD_SCT_LIST),
+    "once in each of two of ours (old: good)": (
+        with_sct_lists(EMPTY_SCT_LIST, entries=2),
+        Reason.BAD_SCT_LIST,
+    ),
+    "not an OCTET STRING (old: good)": (with_sct_lists(b"\x01"), Reason.BAD_SCT_LIST),
+    "an OCTET STRING and a NULL (old: good)": (
+        with_sct_lists(EMPTY_SCT_LIST + b"\x05\x00"),
+        Reason.BAD_SCT_LIST,
+    ),
+    "a constructed OCTET STRING (old: good)": (
+        with_sct_lists(b"\x24\x04" + EMPTY_SCT_LIST),
+        Reason.BAD_SCT_LIST,
+    ),
+    "a long-form length (old: good)": (
+        with_sct_lists(b"\x04\x81\x02\x00\x00"),
+        Reason.BAD_SCT_LIST,
+    ),
+    "not an OCTET STRING, revoked": (
+        lambda p: spec(p, singles=[replace(revoked_ours(p), extensions=[_sct(b"\x01")])]),
+        REVOKED,
+    ),
+}
+
+
+def _sct(value: bytes) -> ExtensionSpec:
+    return ExtensionSpec(oid=SCT_LIST, value=value)
+
+
+@pytest.mark.parametrize("case", SCT_LISTS)
+def test_sct_lists(case: str, ec: Pki) -> None:
+    """mozpkix keeps one SCT list across our SingleResponses, with a non-empty extnValue
+    (RememberSingleExtension), and reads a good response's as one DER OCTET STRING
+    (VerifyEncodedOCSPResponse); a revoked response is refused as revoked first."""
+    check_table(ec, *SCT_LISTS[case])
+
+
 # --- 4. Signature algorithms -------------------------------------------------------------------
 
 

@@ -129,7 +129,8 @@ _TIME_REASONS = (Reason.EXPIRED, Reason.NO_NEXT_UPDATE)
 # - trailing-data: curl parses with d2i_OCSP_RESPONSE, which ignores what follows.
 # - malformed: explicit defaults and BER lengths pass OpenSSL's and GnuTLS's BER parsers, and
 #   a NULL in ecdsa-with-SHA256 passes all three.
-# - unknown-critical-extension, unsupported-version, delegate-is-ca: only mozpkix checks them.
+# - unknown-critical-extension, unsupported-version, delegate-is-ca, bad-sct-list: only
+#   mozpkix checks them.
 # - weak-algorithm: curl verifies an MD5 signature; unsupported-algorithm: GnuTLS and curl
 #   verify Ed25519, curl RSA-PSS with any parameters, mozpkix PSS with SHA-384 and SHA-512.
 # - signer-unknown: GnuTLS tries the issuer whatever the ResponderID says; curl and OpenSSL
@@ -145,6 +146,7 @@ _SOME_CLIENTS_TAKE: dict[Reason, frozenset[Client]] = {
     Reason.TRAILING_DATA: frozenset({Client.CURL}),
     Reason.MALFORMED: frozenset(Client),
     Reason.UNKNOWN_CRITICAL_EXTENSION: frozenset({Client.GNUTLS, Client.CURL}),
+    Reason.BAD_SCT_LIST: frozenset({Client.GNUTLS, Client.CURL}),
     Reason.UNSUPPORTED_VERSION: frozenset({Client.GNUTLS, Client.CURL}),
     Reason.DELEGATE_IS_CA: frozenset({Client.GNUTLS, Client.CURL}),
     Reason.WEAK_ALGORITHM: frozenset({Client.CURL}),

@@ -57,6 +57,11 @@ class Reason(enum.Enum):
         "the response carries a critical extension Firefox does not understand",
         False,
     )
+    BAD_SCT_LIST = (
+        "bad-sct-list",
+        "the SCT list of our SingleResponse is empty, repeated or not an OCTET STRING",
+        False,
+    )
     # responseStatus other than successful
     MALFORMED_REQUEST = ("malformed-request", "the responder says our request is malformed", False)
     INTERNAL_ERROR = ("internal-error", "the responder reports an internal error", True)
@@ -238,6 +243,7 @@ _HINTS = {
     Reason.UNSUPPORTED_VERSION: "no TLS client accepts this response; ask the CA",
     Reason.UNKNOWN_CRITICAL_EXTENSION: "Firefox refuses this response; the CA must drop the "
     "critical flag (a critical nonce included)",
+    Reason.BAD_SCT_LIST: "Firefox refuses this response; report it to the CA",
     Reason.MALFORMED: "often a truncated answer or a proxy, so worth retrying later (a staple "
     "in hand stays valid until it expires); if it lasts, report it to the CA",
     Reason.TRAILING_DATA: "often a proxy, so worth retrying later (a staple in hand stays "

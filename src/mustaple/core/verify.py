@@ -364,10 +364,12 @@ def _verify(data: bytes, target: Target, now: datetime, policy: Policy) -> Stapl
     _check_signature(signature_oid, params, resp.signature, signed, signer_key)
     _check_unused_bits(data, resp.signature)
     ours = _our_singles(singles, facts)
+    sct_list = None
     if len(singles) > 1 or _may_have_single_extensions(resp):
-        _check_single_extensions(envelope or _open_envelope(data), [i for i, _, _ in ours])
+        envelope = envelope or _open_envelope(data)
+        sct_list = _check_single_extensions(envelope, [i for i, _, _ in ours])
     signer_name = delegate.subject.rfc4514_string() if delegate else facts.issuer.text
-    return _build_staple(
+    staple = _build_staple(
         data,
         resp,
         ours,
@@ -378,6 +380,9 @@ def _verify(data: bytes, target: Target, now: datetime, policy: Policy) -> Stapl
         delegate=delegate,
         signer_name=signer_name,
     )
+    if sct_list is not None and staple.good:
+        _check_sct_octets(sct_list)
+    return staple
 
 
 def _short(exc: Exception) -> str:
@@ -525,8 +530,10 @@ def _may_have_single_extensions(resp: ocsp.OCSPResponse) -> bool:
         return True
 
 
-def _check_single_extensions(envelope: _Envelope, indexes: list[int]) -> None:
-    """Critical extensions of our SingleResponses (cryptography shows only the first's)."""
+def _check_single_extensions(envelope: _Envelope, indexes: list[int]) -> bytes | None:
+    """Critical extensions of our SingleResponses (cryptography shows only the first's);
+    returns the extnValue of their one SCT list, if they have one."""
+    sct_lists: list[bytes] = []
     try:
         responses = next(t for t in envelope.tbs_children if t.tag == der.SEQUENCE)
         singles = der.children(responses)
@@ -535,17 +542,45 @@ def _check_single_extensions(envelope: _Envelope, indexes: list[int]) -> None:
             for part in der.children(singles[index])[3:]:
                 if part.tag == 0xA1:
                     for ext in der.children(der.read_single(part.content, der.SEQUENCE)):
-                        _check_raw_extension(ext)
+                        oid, value = _check_raw_extension(ext)
+                        if oid == _SCT_LIST:
+                            sct_lists.append(value)
     except (der.DerError, StopIteration, IndexError) as exc:
         raise _Fail(Reason.MALFORMED, "unreadable singleExtensions") from exc
+    return _one_sct_list(sct_lists)
 
 
-def _check_raw_extension(ext: der.Tlv) -> None:
+def _check_raw_extension(ext: der.Tlv) -> tuple[str, bytes]:
+    """The extension's OID and extnValue contents, once its criticality is judged."""
     fields = der.children(ext)
     critical = len(fields) == 3 and fields[1].tag == der.BOOLEAN and fields[1].content != b"\x00"
     oid = der.decode_oid(fields[0])
     if critical and oid != _SCT_LIST:
         raise _Fail(Reason.UNKNOWN_CRITICAL_EXTENSION, f"{oid} in singleExtensions")
+    return oid, fields[-1].content
+
+
+def _one_sct_list(values: list[bytes]) -> bytes | None:
+    """mozpkix keeps one SCT list across every SingleResponse for our CertID, and refuses an
+    empty extnValue and a second list (pkixocsp.cpp, RememberSingleExtension:
+    ERROR_EXTENSION_VALUE_INVALID), critical or not."""
+    if len(values) > 1:
+        said = f"{len(values)} SCT lists in the SingleResponses for our certificate"
+        raise _Fail(Reason.BAD_SCT_LIST, said + ": Firefox takes one")
+    if values and not values[0]:
+        raise _Fail(Reason.BAD_SCT_LIST, "an SCT list with an empty extnValue")
+    return values[0] if values else None
+
+
+def _check_sct_octets(value: bytes) -> None:
+    """Of a good response, mozpkix reads the SCT list's extnValue as one DER OCTET STRING
+    (pkixocsp.cpp, VerifyEncodedOCSPResponse ->
+    ExtractSignedCertificateTimestampListFromExtension); what it holds is not judged."""
+    try:
+        der.read_single(value, der.OCTET_STRING)
+    except der.DerError as exc:
+        said = f"the SCT list is not one DER OCTET STRING ({exc}): Firefox refuses it"
+        raise _Fail(Reason.BAD_SCT_LIST, said) from exc
 
 
 # --- Which certificate -------------------------------------------------------------------------

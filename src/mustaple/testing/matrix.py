@@ -62,6 +62,7 @@ _CRL_ID = "1.3.6.1.5.5.7.48.1.3"
 _ARCHIVE_CUTOFF = "1.3.6.1.5.5.7.48.1.6"
 _EXTENDED_REVOKE = "1.3.6.1.5.5.7.48.1.9"
 _UNKNOWN_EXTENSION = "1.3.6.1.4.1.55555.1"
+_SCT_LIST = "1.3.6.1.4.1.11129.2.4.5"
 _RSA_PKCS1_OIDS = {
     "md5": "1.2.840.113549.1.1.4",
     "sha1": "1.2.840.113549.1.1.5",
@@ -697,6 +698,40 @@ def _extensions(c: _Catalogue) -> None:
     )
 
 
+def _sct_lists(c: _Catalogue) -> None:
+    """The SCT list, the one single extension mozpkix reads (RememberSingleExtension)."""
+    empty_list = octet_string(b"\x00\x00")  # a SignedCertificateTimestampList of no SCT
+    sct = _ext(_SCT_LIST, False, empty_list)
+    # fmt: off
+    ours: list[tuple[str, str, list[ExtensionSpec]]] = [
+        ("critical", "critical, an empty list", [_ext(_SCT_LIST, True, empty_list)]),
+        ("empty-octets", "an empty OCTET STRING", [_ext(_SCT_LIST, False, octet_string(b""))]),
+        ("empty-value", "an empty extnValue", [_ext(_SCT_LIST, False, b"")]),
+        ("not-octet-string", "an extnValue that is no OCTET STRING",
+         [_ext(_SCT_LIST, False, b"\x01")]),
+        ("trailing", "an OCTET STRING followed by a NULL",
+         [_ext(_SCT_LIST, False, empty_list + null())]),
+        ("twice", "the SCT list twice", [sct, sct]),
+    ]
+    # fmt: on
+    for slug, what, extensions in ours:
+        c.with_singles(
+            f"extensions/single-sct-{slug}",
+            f"our SCT list: {what}",
+            _ours(c, extensions=extensions),
+        )
+    c.with_singles(
+        "extensions/sct-in-two-of-ours",
+        "ours twice, each with an SCT list",
+        lambda leaf: [c.single(leaf, extensions=[sct]), c.single(leaf, extensions=[sct])],
+    )
+    c.with_singles(
+        "extensions/other-single-sct-twice",
+        "ours plain, another serial's SingleResponse with the SCT list twice",
+        lambda leaf: [c.single(leaf), c.other_single(leaf, extensions=[sct, sct])],
+    )
+
+
 def _unused_bit(c: _Catalogue) -> None:
     """A correct RSA signature whose BIT STRING declares 1 unused bit: a signature whose last
     bit is 0 (one leaf in two), so the padding bit is 0 as DER wants."""
@@ -1296,6 +1331,7 @@ _AXES: tuple[Callable[[_Catalogue], None], ...] = (
     _cert_ids,
     _singles,
     _extensions,
+    _sct_lists,
     _signatures,
     _unused_bit,
     _signers,
