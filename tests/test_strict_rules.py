@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
@@ -67,7 +67,7 @@ from mustaple.testing import (
     good_spec,
     unsuccessful,
 )
-from mustaple.testing.craft import octet_string
+from mustaple.testing.craft import key_hash, octet_string
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 DAY = timedelta(days=1)
@@ -461,6 +461,88 @@ def test_delegated_responder(case: str, ec: Pki) -> None:
     and OpenSSL (X509_verify_cert) check it at the time itself. OpenSSL refuses an unhandled
     critical extension (v3_purp.c, X509_supported_extension)."""
     check_table(ec, *DELEGATES[case])
+
+
+def copy_of(who: Identity, not_after: datetime) -> x509.Certificate:
+    """Another self-signed certificate of the root `who`: its name and key, a new serial."""
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(who.cert.subject)
+        .issuer_name(who.cert.subject)
+        .public_key(who.cert.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - 400 * DAY)
+        .not_valid_after(not_after)
+    )
+    return builder.sign(who.key, hashes.SHA256())
+
+
+def with_certs(*make: Callable[[Pki], x509.Certificate], **changes: object) -> Maker:
+    return lambda p: spec(p, certificates=tuple(m(p) for m in make), **changes)
+
+
+def issuer_cert(pki: Pki) -> x509.Certificate:
+    return pki.ca.cert
+
+
+def valid_copy(pki: Pki) -> x509.Certificate:
+    return copy_of(pki.ca.issuing, NOW + 300 * DAY)
+
+
+def expired_copy(pki: Pki) -> x509.Certificate:
+    return copy_of(pki.ca.issuing, NOW - 30 * DAY)
+
+
+def by_issuer_key(pki: Pki) -> bytes:
+    return key_hash(pki.ca.issuing.key.public_key())
+
+
+def claims_issuer_key_id(pki: Pki) -> x509.Certificate:
+    """A leaf of another CA whose subjectKeyIdentifier is our issuer's key hash."""
+    key_id = x509.SubjectKeyIdentifier(by_issuer_key(pki))
+    return pki.other.delegated_signer(name="key id claim", extensions=[(key_id, False)]).cert
+
+
+def delegate_after_key_id_claim(pki: Pki) -> ResponseSpec:
+    """A delegate signs byKey; before its certificate, one claiming its key hash as SKI."""
+    delegate = pki.ca.delegated_signer()
+    key_id = x509.SubjectKeyIdentifier(key_hash(delegate.key.public_key()))
+    claim = pki.other.delegated_signer(name="key id claim", extensions=[(key_id, False)]).cert
+    return replace(
+        good_spec(pki.leaf, delegate, NOW),
+        responder_id=key_hash(delegate.key.public_key()),
+        certificates=(claim, delegate.cert),
+    )
+
+
+ISSUER_COPIES: dict[str, tuple[Maker, Verdict]] = {
+    "the issuer's own certificate": (with_certs(issuer_cert), GOOD),
+    "the issuer's own, then a copy": (with_certs(issuer_cert, valid_copy), GOOD),
+    "a valid copy (old: good)": (with_certs(valid_copy), Reason.AMBIGUOUS_SIGNER),
+    "a valid copy, byKey (old: good)": (
+        lambda p: spec(p, certificates=(valid_copy(p),), responder_id=by_issuer_key(p)),
+        Reason.AMBIGUOUS_SIGNER,
+    ),
+    "an expired copy (old: good)": (with_certs(expired_copy), Reason.AMBIGUOUS_SIGNER),
+    "a certificate with the issuer's key hash as SKI, byKey (old: good)": (
+        lambda p: spec(p, certificates=(claims_issuer_key_id(p),), responder_id=by_issuer_key(p)),
+        Reason.AMBIGUOUS_SIGNER,
+    ),
+    "the same SKI claim, byName": (with_certs(claims_issuer_key_id), GOOD),
+    "a delegate byKey after a certificate claiming its key hash (old: good)": (
+        delegate_after_key_id_claim,
+        Reason.AMBIGUOUS_SIGNER,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", ISSUER_COPIES)
+def test_the_first_certificate_matching_the_responder_id_signs(case: str, rsa: Pki) -> None:
+    """GnuTLS verifies with the first included certificate matching the ResponderID (byName,
+    or byKey by key hash or subjectKeyIdentifier), as a delegated responder unless it is the
+    issuer's very certificate (lib/x509/ocsp.c, find_signercert,
+    gnutls_ocsp_resp_verify_direct)."""
+    check_table(rsa, *ISSUER_COPIES[case])
 
 
 def test_delegate_not_yet_valid_is_worth_retrying() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -22,6 +23,7 @@ from mustaple.core.errors import InputError
 from mustaple.core.render import one_line
 
 __all__ = [
+    "RawExtension",
     "Target",
     "ca_issuer_urls",
     "display_name",
@@ -32,6 +34,7 @@ __all__ = [
     "make_target",
     "ocsp_urls",
     "parse_certificates",
+    "raw_extensions",
 ]
 
 _PEM_CERT = b"-----BEGIN CERTIFICATE-----"
@@ -124,21 +127,37 @@ _STATUS_REQUEST = 5
 _URI, _DNS_NAME = 0x86, 0x82  # GeneralName [6] and [2], IMPLICIT IA5String
 
 
-def _raw_extension(cert: x509.Certificate, oid: str) -> der.Tlv | None:
-    """The extnValue content (the extension's own DER) of `oid`, or None; DerError when
-    the certificate's extensions are not DER."""
+class RawExtension(NamedTuple):
+    """A certificate extension as encoded: its OID, criticality and extnValue's contents."""
+
+    oid: str
+    critical: bool
+    value: bytes
+
+
+def raw_extensions(cert: x509.Certificate) -> list[RawExtension]:
+    """`cert`'s extensions as encoded, whatever cryptography makes of their values; DerError
+    when they are not DER."""
     tbs = der.read_single(cert.tbs_certificate_bytes, der.SEQUENCE)
     wrapper = next((f for f in der.children(tbs) if f.tag == 0xA3), None)
     if wrapper is None:
-        return None
+        return []
     (extensions,) = _exactly(der.children(wrapper), 1)
+    found = []
     for extension in der.children(extensions):
         parts = der.children(extension)
         if len(parts) not in (2, 3):
             raise der.DerError("an extension that is not (OID, [critical], value)")
-        if der.decode_oid(parts[0]) == oid:
-            return der.read_single(parts[-1].content)
-    return None
+        critical = len(parts) == 3 and parts[1].content != b"\x00"
+        found.append(RawExtension(der.decode_oid(parts[0]), critical, parts[-1].content))
+    return found
+
+
+def _raw_extension(cert: x509.Certificate, oid: str) -> der.Tlv | None:
+    """The extnValue content (the extension's own DER) of `oid`, or None; DerError when
+    the certificate's extensions are not DER."""
+    value = next((ext.value for ext in raw_extensions(cert) if ext.oid == oid), None)
+    return None if value is None else der.read_single(value)
 
 
 def _exactly(items: list[der.Tlv], count: int) -> list[der.Tlv]:

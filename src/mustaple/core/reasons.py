@@ -105,6 +105,12 @@ class Reason(enum.Enum):
         "the signer is neither the issuer nor a certificate included in the response",
         False,
     )
+    AMBIGUOUS_SIGNER = (
+        "ambiguous-signer",
+        "another certificate in the response matches the ResponderID first (GnuTLS takes it "
+        "for the signer)",
+        False,
+    )
     BAD_SIGNATURE = ("bad-signature", "the response signature does not verify", False)
     WEAK_ALGORITHM = ("weak-algorithm", "the response is signed with a broken algorithm", False)
     UNSUPPORTED_ALGORITHM = (
@@ -264,6 +270,9 @@ _HINTS = {
     Reason.MIXED_ISSUERS: "curl and OpenSSL clients refuse it; the CA must answer for this "
     "issuer's certificates only",
     Reason.SIGNER_UNKNOWN: "check --issuer; otherwise the responder is misconfigured",
+    Reason.AMBIGUOUS_SIGNER: "GnuTLS clients refuse it; the CA must include no other "
+    "certificate with the signer's name or key (a re-issued, cross-signed or old copy of the "
+    "issuer's)",
     Reason.BAD_SIGNATURE: "do not staple this; check --issuer, otherwise report it to the CA",
     Reason.WEAK_ALGORITHM: "no client accepts this signature; ask the CA",
     Reason.UNSUPPORTED_ALGORITHM: "a strict client refuses this signature algorithm; the CA "

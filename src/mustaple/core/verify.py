@@ -32,7 +32,7 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from mustaple.core import der
-from mustaple.core.certs import Target, encoded_names, signed_by
+from mustaple.core.certs import Target, encoded_names, raw_extensions, signed_by
 from mustaple.core.reasons import Note, Reason, Rejection
 from mustaple.core.render import human_time
 from mustaple.core.request import HASHES, issuer_key_bits, make_cert_id
@@ -118,6 +118,7 @@ _PLAIN_ALGORITHMS = {
 # RememberSingleExtension): the SCT list of RFC 6962. It understands no response extension
 # at all (ExtensionNotUnderstood), a nonce included.
 _SCT_LIST = "1.3.6.1.4.1.11129.2.4.5"
+_SUBJECT_KEY_ID = "2.5.29.14"
 # Certificate extensions that mozpkix (pkixcert.cpp, BackCert::RememberExtension) and OpenSSL
 # (v3_purp.c, X509_supported_extension) both handle: any other one marked critical in a
 # delegated responder's certificate makes OpenSSL refuse it ("unhandled critical extension").
@@ -675,19 +676,63 @@ def _find_signer(
     *,
     now: datetime,
 ) -> tuple[object, x509.Certificate | None]:
-    """The signing key: the issuer's, or an authorised delegated responder's."""
+    """The signing key: the issuer's, or an authorised delegated responder's.
+
+    GnuTLS verifies with the first included certificate that matches the ResponderID, as a
+    delegated responder unless it is the issuer's very certificate (`_gnutls_signer`); mozpkix
+    with the issuer when the ResponderID names it, else with the first matching delegate
+    that passes its checks. Both must find the same signer.
+    """
     issuer = facts.issuer
+    gnutls_signer = _gnutls_signer(resp, by_name, certs)
     if (
         (by_name == issuer.name)
         if by_name is not None
         else (resp.responder_key_hash == issuer.key_hash)
     ):
+        if gnutls_signer is not None and gnutls_signer != target.issuer:
+            raise _Fail(
+                Reason.AMBIGUOUS_SIGNER, _not_the_signer(gnutls_signer, "the issuer's certificate")
+            )
         return issuer.key, None
     for cert in certs:
         if _is_responder(resp, by_name, cert):
+            if gnutls_signer != cert and gnutls_signer is not None:
+                said = _not_the_signer(gnutls_signer, cert.subject.rfc4514_string())
+                raise _Fail(Reason.AMBIGUOUS_SIGNER, said)
             _check_delegate(cert, target.issuer, now)
             return cert.public_key(), cert
     raise _Fail(Reason.SIGNER_UNKNOWN, _responder_text(resp, [target.issuer, *certs]))
+
+
+def _not_the_signer(cert: x509.Certificate, instead_of: str) -> str:
+    return (
+        f"{cert.subject.rfc4514_string()} (serial {cert.serial_number:x}) matches the "
+        f"ResponderID first: GnuTLS verifies the response with it, not with {instead_of}"
+    )
+
+
+def _gnutls_signer(
+    resp: ocsp.OCSPResponse, by_name: bytes | None, certs: list[x509.Certificate]
+) -> x509.Certificate | None:
+    """The first included certificate matching the ResponderID as GnuTLS matches it
+    (lib/x509/ocsp.c, find_signercert): byName as encoded; byKey by key hash or by
+    subjectKeyIdentifier. gnutls_ocsp_resp_verify_direct takes it for a delegated responder
+    unless it is byte for byte the issuer's certificate (gnutls_x509_crt_equals)."""
+    for cert in certs:
+        if _is_responder(resp, by_name, cert):
+            return cert
+        if by_name is None and _subject_key_id(cert) == resp.responder_key_hash:
+            return cert
+    return None
+
+
+def _subject_key_id(cert: x509.Certificate) -> bytes | None:
+    try:
+        value = next((e.value for e in raw_extensions(cert) if e.oid == _SUBJECT_KEY_ID), None)
+        return None if value is None else der.read_single(value, der.OCTET_STRING).content
+    except der.DerError:
+        return None
 
 
 def _responder_text(resp: ocsp.OCSPResponse, known: list[x509.Certificate]) -> str:

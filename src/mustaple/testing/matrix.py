@@ -937,12 +937,70 @@ def _signers(c: _Catalogue) -> None:
         "issuer-signed, the issuer's certificate included",
         certificates=(pki.rsa.cert,),
     )
+    _issuer_copies(c)
     for count in (8, 9):  # mozpkix holds 8 certificates at most
         c.with_spec(
             f"signer/issuer-with-{count}-extra-certs",
             f"issuer-signed, {count} unrelated certificates included",
             certificates=(pki.foreign.cert,) * count,
         )
+
+
+def _issuer_copies(c: _Catalogue) -> None:
+    """Issuer-signed, with another certificate matching the ResponderID included: GnuTLS
+    verifies with the first match as a delegated responder (find_signercert)."""
+    pki, issuer = c.pki, c.pki.rsa.issuing
+    copy = _copy_of(issuer, c.now - _DAY, c.now + 300 * _DAY)
+    old = _copy_of(issuer, c.now - 400 * _DAY, c.now - 30 * _DAY)
+    by_key = key_hash(issuer.key.public_key())
+    # fmt: off
+    copies: list[tuple[str, str, tuple[x509.Certificate, ...], dict[str, Any]]] = [
+        ("issuer-with-copy", "issuer-signed, another valid certificate of the issuer included "
+         "(same name and key)", (copy,), {}),
+        ("issuer-by-key-with-copy", "issuer-signed byKey, another valid certificate of the "
+         "issuer included", (copy,), {"responder_id": by_key}),
+        ("issuer-with-expired-copy", "issuer-signed, an expired earlier certificate of the "
+         "issuer included", (old,), {}),
+        ("issuer-with-own-cert-then-copy", "issuer-signed, the issuer's certificate included, "
+         "then another one of the issuer", (pki.rsa.cert, copy), {}),
+        ("issuer-by-key-with-its-key-id", "issuer-signed byKey, an unrelated certificate whose "
+         "subjectKeyIdentifier is the issuer's key hash included",
+         (_with_key_id(pki.foreign.issuing, by_key),), {"responder_id": by_key}),
+    ]
+    # fmt: on
+    for slug, what, certificates, changes in copies:
+        c.with_spec(f"signer/{slug}", what, certificates=certificates, **changes)
+
+
+def _copy_of(who: Identity, not_before: datetime, not_after: datetime) -> x509.Certificate:
+    """Another self-signed certificate of the root `who`: its name and key, a new serial."""
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(who.cert.subject)
+        .issuer_name(who.cert.subject)
+        .public_key(who.cert.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+    )
+    return builder.sign(who.key, hashes.SHA256())
+
+
+def _with_key_id(issuer: Identity, key_id: bytes) -> x509.Certificate:
+    """A certificate `issuer` issues, whose subjectKeyIdentifier is `key_id`."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name("mustaple matrix key id"))
+        .issuer_name(issuer.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(issuer.cert.not_valid_before_utc)
+        .not_valid_after(issuer.cert.not_valid_after_utc)
+        .add_extension(x509.SubjectKeyIdentifier(key_id), critical=False)
+    )
+    return builder.sign(issuer.key, hashes.SHA256())
 
 
 def _leaf_identity(leaf: Leaf) -> Identity:
