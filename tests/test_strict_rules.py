@@ -430,6 +430,7 @@ def by_delegate(**options: object) -> Maker:
 
 
 UNKNOWN_EXTENSION = x509.UnrecognizedExtension(x509.ObjectIdentifier(UNKNOWN_OID), b"\x05\x00")
+POLICY_CONSTRAINTS = x509.PolicyConstraints(require_explicit_policy=0, inhibit_policy_mapping=None)
 DELEGATES: dict[str, tuple[Maker, Verdict]] = {
     "valid since a second": (by_delegate(not_before=NOW - timedelta(seconds=1)), GOOD),
     "valid in two minutes (old: good)": (
@@ -442,6 +443,18 @@ DELEGATES: dict[str, tuple[Maker, Verdict]] = {
     ),
     "an unknown non-critical extension": (
         by_delegate(extensions=[(UNKNOWN_EXTENSION, False)]),
+        GOOD,
+    ),
+    "a critical policyConstraints (old: good)": (
+        by_delegate(extensions=[(POLICY_CONSTRAINTS, True)]),
+        Reason.DELEGATE_CRITICAL_EXTENSION,
+    ),
+    "a non-critical policyConstraints": (
+        by_delegate(extensions=[(POLICY_CONSTRAINTS, False)]),
+        GOOD,
+    ),
+    "a critical inhibitAnyPolicy": (
+        by_delegate(extensions=[(x509.InhibitAnyPolicy(0), True)]),
         GOOD,
     ),
     "a critical keyUsage": (
@@ -459,7 +472,8 @@ DELEGATES: dict[str, tuple[Maker, Verdict]] = {
 def test_delegated_responder(case: str, ec: Pki) -> None:
     """No clock-skew allowance on the delegate's notBefore: mozpkix (CheckValidity), GnuTLS
     and OpenSSL (X509_verify_cert) check it at the time itself. OpenSSL refuses an unhandled
-    critical extension (v3_purp.c, X509_supported_extension)."""
+    critical extension (v3_purp.c, X509_supported_extension), GnuTLS too (verify.c,
+    check_for_unknown_exts: not policyConstraints)."""
     check_table(ec, *DELEGATES[case])
 
 

@@ -131,6 +131,8 @@ _TIME_REASONS = (Reason.EXPIRED, Reason.NO_NEXT_UPDATE)
 #   a NULL in ecdsa-with-SHA256 passes all three.
 # - unknown-critical-extension, unsupported-version, delegate-is-ca, bad-sct-list: only
 #   mozpkix checks them.
+# - delegate-critical-extension: Firefox and curl handle a critical policyConstraints, GnuTLS
+#   does not.
 # - ambiguous-signer: only GnuTLS verifies with the first certificate matching the
 #   ResponderID; mozpkix and OpenSSL take the issuer (or search on).
 # - weak-algorithm: curl verifies an MD5 signature; unsupported-algorithm: GnuTLS and curl
@@ -150,6 +152,7 @@ _SOME_CLIENTS_TAKE: dict[Reason, frozenset[Client]] = {
     Reason.UNKNOWN_CRITICAL_EXTENSION: frozenset({Client.GNUTLS, Client.CURL}),
     Reason.BAD_SCT_LIST: frozenset({Client.GNUTLS, Client.CURL}),
     Reason.AMBIGUOUS_SIGNER: frozenset({Client.FIREFOX, Client.CURL}),
+    Reason.DELEGATE_CRITICAL_EXTENSION: frozenset({Client.FIREFOX, Client.CURL}),
     Reason.UNSUPPORTED_VERSION: frozenset({Client.GNUTLS, Client.CURL}),
     Reason.DELEGATE_IS_CA: frozenset({Client.GNUTLS, Client.CURL}),
     Reason.WEAK_ALGORITHM: frozenset({Client.CURL}),

@@ -282,8 +282,8 @@ _HINTS = {
     Reason.DELEGATE_EXPIRED: "the CA let its OCSP signing certificate expire; report it",
     Reason.DELEGATE_NOT_YET_VALID: "check this machine's clock (NTP); a responder certificate "
     "the CA just issued becomes valid soon: " + _RETRY_HINT,
-    Reason.DELEGATE_CRITICAL_EXTENSION: "OpenSSL and Firefox refuse this responder "
-    "certificate; report it to the CA",
+    Reason.DELEGATE_CRITICAL_EXTENSION: "a strict client (OpenSSL, GnuTLS or Firefox) "
+    "refuses this responder certificate; report it to the CA",
     Reason.DELEGATE_IS_CA: "the responder is misconfigured; report it to the CA",
     Reason.NO_NEXT_UPDATE: "clients accept it (Firefox for a day after thisUpdate); allow it "
     "with --allow-missing-next-update (keeper: policy.allow_missing_next_update = true), or "

@@ -119,16 +119,17 @@ _PLAIN_ALGORITHMS = {
 # at all (ExtensionNotUnderstood), a nonce included.
 _SCT_LIST = "1.3.6.1.4.1.11129.2.4.5"
 _SUBJECT_KEY_ID = "2.5.29.14"
-# Certificate extensions that mozpkix (pkixcert.cpp, BackCert::RememberExtension) and OpenSSL
-# (v3_purp.c, X509_supported_extension) both handle: any other one marked critical in a
-# delegated responder's certificate makes OpenSSL refuse it ("unhandled critical extension").
+# Certificate extensions that mozpkix (pkixcert.cpp, BackCert::RememberExtension), OpenSSL
+# (v3_purp.c, X509_supported_extension) and GnuTLS (lib/x509/supported_exts.gperf, read by
+# verify.c check_for_unknown_exts) all handle: any other one marked critical in a delegated
+# responder's certificate makes one of them refuse it. Not policyConstraints (2.5.29.36):
+# GnuTLS 3.7.9 does not handle it ("OCSP response invalid" when it is critical).
 _HANDLED_CERT_EXTENSIONS = {
     "2.5.29.15",  # keyUsage
     "2.5.29.17",  # subjectAltName
     "2.5.29.19",  # basicConstraints
     "2.5.29.30",  # nameConstraints
     "2.5.29.32",  # certificatePolicies
-    "2.5.29.36",  # policyConstraints
     "2.5.29.37",  # extKeyUsage
     "2.5.29.54",  # inhibitAnyPolicy
 }
@@ -750,7 +751,7 @@ def _check_delegate(cert: x509.Certificate, issuer: x509.Certificate, now: datet
     Valid means valid at `now` with no allowance: mozpkix (CheckOCSPResponseSignerCert ->
     CheckIssuerIndependentProperties -> CheckValidity), GnuTLS (gnutls_ocsp_resp_verify_direct
     verifies the signer certificate) and OpenSSL (OCSP_basic_verify -> X509_verify_cert)
-    check the time as it is. OpenSSL also refuses an unhandled critical extension.
+    check the time as it is. OpenSSL and GnuTLS also refuse an unhandled critical extension.
     """
     name = cert.subject.rfc4514_string()
     algorithm = cert.signature_algorithm_oid.dotted_string

@@ -904,6 +904,7 @@ def _signers(c: _Catalogue) -> None:
     # fmt: on
     for slug, what, options in delegates:
         c.delegated(f"signer/{slug}", what, pki.delegate(**options))
+    _delegate_extensions(c)
     c.delegated(
         "signer/delegate-not-included",
         "a delegate signs but its certificate is not included",
@@ -944,6 +945,34 @@ def _signers(c: _Catalogue) -> None:
             f"issuer-signed, {count} unrelated certificates included",
             certificates=(pki.foreign.cert,) * count,
         )
+
+
+def _delegate_extensions(c: _Catalogue) -> None:
+    """A delegate with each extension all the clients handle marked critical, and
+    policyConstraints, which GnuTLS does not handle."""
+    policy = x509.PolicyInformation(x509.ObjectIdentifier("1.3.6.1.4.1.55555.7"), None)
+    eku = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING])
+    constraints = x509.PolicyConstraints(require_explicit_policy=0, inhibit_policy_mapping=None)
+    # fmt: off
+    kinds: list[tuple[str, x509.ExtensionType, bool]] = [
+        ("critical-san", x509.SubjectAlternativeName([x509.DNSName("ocsp.example.test")]), True),
+        ("critical-name-constraints", x509.NameConstraints(
+            permitted_subtrees=[x509.DNSName("example.test")], excluded_subtrees=None), True),
+        ("critical-certificate-policies", x509.CertificatePolicies([policy]), True),
+        ("critical-inhibit-any-policy", x509.InhibitAnyPolicy(0), True),
+        ("critical-policy-constraints", constraints, True),
+        ("policy-constraints", constraints, False),
+    ]
+    # fmt: on
+    for slug, extension, critical in kinds:
+        flag = "critical" if critical else "non-critical"
+        what = f"a delegate with a {flag} {type(extension).__name__}"
+        c.delegated(
+            f"signer/delegate-{slug}", what, c.pki.delegate(extensions=[(extension, critical)])
+        )
+    what = "a delegate whose extKeyUsage is critical"
+    delegate = c.pki.delegate(usages=(), extensions=[(eku, True)])
+    c.delegated("signer/delegate-critical-eku", what, delegate)
 
 
 def _issuer_copies(c: _Catalogue) -> None:
