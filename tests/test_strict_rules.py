@@ -468,6 +468,36 @@ DELEGATES: dict[str, tuple[Maker, Verdict]] = {
 }
 
 
+def key_usage(value: str) -> x509.UnrecognizedExtension:
+    """A keyUsage whose extnValue is the hex `value`, as it is."""
+    return x509.UnrecognizedExtension(x509.ObjectIdentifier("2.5.29.15"), bytes.fromhex(value))
+
+
+KEY_USAGES: dict[str, tuple[str, Verdict]] = {
+    "digitalSignature": ("03020780", GOOD),
+    "keyEncipherment only": ("03020520", GOOD),
+    "keyCertSign only, not a CA": ("03020204", GOOD),
+    "digitalSignature with 0 unused bits declared": ("03020080", GOOD),
+    "an empty BIT STRING (old: good)": ("030100", Reason.DELEGATE_BAD_KEY_USAGE),
+    "one byte, no bit set (old: good)": ("03020000", Reason.DELEGATE_BAD_KEY_USAGE),
+    "a bit of the third byte only (old: good)": ("030407000080", Reason.DELEGATE_BAD_KEY_USAGE),
+    "an unused bit set (old: malformed)": ("03020781", Reason.DELEGATE_BAD_KEY_USAGE),
+    "8 unused bits (old: malformed)": ("03020800", Reason.DELEGATE_BAD_KEY_USAGE),
+    "a NULL after the BIT STRING (old: malformed)": ("030207800500", Reason.DELEGATE_BAD_KEY_USAGE),
+    "an OCTET STRING (old: malformed)": ("040180", Reason.DELEGATE_BAD_KEY_USAGE),
+    "an empty extnValue (old: malformed)": ("", Reason.DELEGATE_BAD_KEY_USAGE),
+}
+
+
+@pytest.mark.parametrize("case", KEY_USAGES)
+def test_delegate_key_usage(case: str, ec: Pki) -> None:
+    """mozpkix needs no particular usage of a delegate, but a well-formed keyUsage
+    (pkixcheck.cpp, CheckKeyUsage); OpenSSL one with a usage in its first two bytes
+    (v3_purp.c, ossl_x509v3_cache_extensions)."""
+    value, expected = KEY_USAGES[case]
+    check_table(ec, by_delegate(extensions=[(key_usage(value), False)]), expected)
+
+
 @pytest.mark.parametrize("case", DELEGATES)
 def test_delegated_responder(case: str, ec: Pki) -> None:
     """No clock-skew allowance on the delegate's notBefore: mozpkix (CheckValidity), GnuTLS

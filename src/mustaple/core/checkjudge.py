@@ -133,6 +133,8 @@ _TIME_REASONS = (Reason.EXPIRED, Reason.NO_NEXT_UPDATE)
 #   mozpkix checks them.
 # - delegate-critical-extension: Firefox and curl handle a critical policyConstraints, GnuTLS
 #   does not.
+# - delegate-bad-key-usage: GnuTLS reads no delegate's keyUsage; mozpkix takes one with no
+#   bit set, OpenSSL unused bits set and bytes after the BIT STRING.
 # - ambiguous-signer: only GnuTLS verifies with the first certificate matching the
 #   ResponderID; mozpkix and OpenSSL take the issuer (or search on).
 # - weak-algorithm: curl verifies an MD5 signature; unsupported-algorithm: GnuTLS and curl
@@ -153,6 +155,7 @@ _SOME_CLIENTS_TAKE: dict[Reason, frozenset[Client]] = {
     Reason.BAD_SCT_LIST: frozenset({Client.GNUTLS, Client.CURL}),
     Reason.AMBIGUOUS_SIGNER: frozenset({Client.FIREFOX, Client.CURL}),
     Reason.DELEGATE_CRITICAL_EXTENSION: frozenset({Client.FIREFOX, Client.CURL}),
+    Reason.DELEGATE_BAD_KEY_USAGE: frozenset(Client),
     Reason.UNSUPPORTED_VERSION: frozenset({Client.GNUTLS, Client.CURL}),
     Reason.DELEGATE_IS_CA: frozenset({Client.GNUTLS, Client.CURL}),
     Reason.WEAK_ALGORITHM: frozenset({Client.CURL}),

@@ -144,6 +144,11 @@ class Reason(enum.Enum):
         "the delegated responder certificate has a critical extension clients do not handle",
         False,
     )
+    DELEGATE_BAD_KEY_USAGE = (
+        "delegate-bad-key-usage",
+        "the delegated responder certificate's keyUsage is empty or not well-formed",
+        False,
+    )
     # Time
     PRODUCED_IN_FUTURE = ("produced-in-future", "producedAt is in the future", True)
     THIS_UPDATE_IN_FUTURE = ("this-update-in-future", "thisUpdate is in the future", True)
@@ -284,6 +289,8 @@ _HINTS = {
     "the CA just issued becomes valid soon: " + _RETRY_HINT,
     Reason.DELEGATE_CRITICAL_EXTENSION: "a strict client (OpenSSL, GnuTLS or Firefox) "
     "refuses this responder certificate; report it to the CA",
+    Reason.DELEGATE_BAD_KEY_USAGE: "Firefox or OpenSSL refuses this responder certificate; "
+    "report it to the CA",
     Reason.DELEGATE_IS_CA: "the responder is misconfigured; report it to the CA",
     Reason.NO_NEXT_UPDATE: "clients accept it (Firefox for a day after thisUpdate); allow it "
     "with --allow-missing-next-update (keeper: policy.allow_missing_next_update = true), or "

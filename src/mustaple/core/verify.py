@@ -119,6 +119,7 @@ _PLAIN_ALGORITHMS = {
 # at all (ExtensionNotUnderstood), a nonce included.
 _SCT_LIST = "1.3.6.1.4.1.11129.2.4.5"
 _SUBJECT_KEY_ID = "2.5.29.14"
+_KEY_USAGE = "2.5.29.15"
 # Certificate extensions that mozpkix (pkixcert.cpp, BackCert::RememberExtension), OpenSSL
 # (v3_purp.c, X509_supported_extension) and GnuTLS (lib/x509/supported_exts.gperf, read by
 # verify.c check_for_unknown_exts) all handle: any other one marked critical in a delegated
@@ -764,6 +765,7 @@ def _check_delegate(cert: x509.Certificate, issuer: x509.Certificate, now: datet
         raise _Fail(Reason.UNSUPPORTED_ALGORITHM, said)
     if not signed_by(cert, issuer):
         raise _Fail(Reason.DELEGATE_NOT_ISSUED_BY_ISSUER, name)
+    _check_key_usage(cert, name)
     eku = _extension(cert, x509.ExtendedKeyUsage)
     basic = _extension(cert, x509.BasicConstraints)
     if eku is None or ExtendedKeyUsageOID.OCSP_SIGNING not in eku:
@@ -781,6 +783,34 @@ def _check_delegate(cert: x509.Certificate, issuer: x509.Certificate, now: datet
         raise _Fail(Reason.DELEGATE_NOT_YET_VALID, f"{name} from {cert.not_valid_before_utc}")
     if cert.not_valid_after_utc <= now:
         raise _Fail(Reason.DELEGATE_EXPIRED, f"{name} until {cert.not_valid_after_utc}")
+
+
+def _check_key_usage(cert: x509.Certificate, name: str) -> None:
+    """A delegate's keyUsage, when present, needs no particular usage, but must be one DER
+    BIT STRING of at least one byte, at most 7 unused bits and those zero (mozpkix,
+    pkixcheck.cpp CheckKeyUsage: ERROR_INADEQUATE_KEY_USAGE) with a usage among its first 16
+    bits (OpenSSL, v3_purp.c ossl_x509v3_cache_extensions: an empty keyUsage makes the
+    certificate invalid)."""
+    value = next((e.value for e in raw_extensions(cert) if e.oid == _KEY_USAGE), None)
+    problem = None if value is None else _key_usage_problem(value)
+    if problem is not None:
+        raise _Fail(Reason.DELEGATE_BAD_KEY_USAGE, f"{name}: {problem}")
+
+
+def _key_usage_problem(value: bytes) -> str | None:
+    try:
+        bits = der.read_single(value, der.BIT_STRING).content
+    except der.DerError as exc:
+        return f"not one DER BIT STRING ({exc}): Firefox refuses it"
+    if not bits or bits[0] > 7:
+        return "a BIT STRING without a valid unused-bit count: Firefox refuses it"
+    if len(bits) == 1:
+        return "an empty BIT STRING: Firefox and OpenSSL refuse it"
+    if bits[-1] & ((1 << bits[0]) - 1):
+        return "unused bits set: Firefox refuses it"
+    if not any(bits[1:3]):
+        return "no usage set in its first 16 bits: OpenSSL refuses it"
+    return None
 
 
 def _extension(cert: x509.Certificate, kind: type[_E]) -> _E | None:

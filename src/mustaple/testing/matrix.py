@@ -894,6 +894,18 @@ def _signers(c: _Catalogue) -> None:
          "digitalSignature", {"extensions": [(_key_usage(signature=False), True)]}),
         ("delegate-key-usage-signature", "a delegate whose critical keyUsage has "
          "digitalSignature", {"extensions": [(_key_usage(signature=True), True)]}),
+        ("delegate-key-usage-cert-sign-only", "a delegate (not a CA) whose critical keyUsage "
+         "is keyCertSign only", {"extensions": [(_raw_key_usage("03020204"), True)]}),
+        ("delegate-key-usage-empty", "a delegate whose keyUsage is an empty BIT STRING",
+         {"extensions": [(_raw_key_usage("030100"), False)]}),
+        ("delegate-key-usage-no-bits", "a delegate whose keyUsage has one byte, no bit set",
+         {"extensions": [(_raw_key_usage("03020700"), False)]}),
+        ("delegate-key-usage-third-byte", "a delegate whose keyUsage sets a bit of its third "
+         "byte only", {"extensions": [(_raw_key_usage("030407000080"), False)]}),
+        ("delegate-key-usage-padding-set", "a delegate whose keyUsage sets an unused bit",
+         {"extensions": [(_raw_key_usage("03020781"), False)]}),
+        ("delegate-key-usage-trailing", "a delegate whose keyUsage BIT STRING is followed by a "
+         "NULL", {"extensions": [(_raw_key_usage("030207800500"), False)]}),
         ("delegate-cert-sha224", "a delegate whose certificate the CA signed with "
          "sha224WithRSA", {"sign_hash": hashes.SHA224()}),
         ("delegate-secp256k1", "a delegate with a key on secp256k1",
@@ -1034,6 +1046,11 @@ def _with_key_id(issuer: Identity, key_id: bytes) -> x509.Certificate:
 
 def _leaf_identity(leaf: Leaf) -> Identity:
     return Identity(leaf.cert, leaf.key)
+
+
+def _raw_key_usage(value: str) -> x509.UnrecognizedExtension:
+    """A keyUsage extension whose extnValue holds the bytes `value` (hex), as they are."""
+    return x509.UnrecognizedExtension(x509.ObjectIdentifier("2.5.29.15"), bytes.fromhex(value))
 
 
 def _key_usage(*, signature: bool) -> x509.KeyUsage:
