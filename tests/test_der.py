@@ -5,11 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from conftest import build_response
 from mustaple.core import der
 from mustaple.core.der import RESPONSE_HEAD, looks_like_ocsp_response
+from mustaple.testing.craft import craft_response, good_spec
+from mustaple.testing.matrix import false_spelled_out, with_certificates
 from mustaple.testing.pki import CA
 
 
@@ -87,3 +90,17 @@ def test_what_can_begin_an_ocsp_response() -> None:
     for other in (certificate, leaf.fullchain_pem, b"SQLite format 3\x00", b"state_dir = 1", b"0"):
         assert not looks_like_ocsp_response(other[:RESPONSE_HEAD]), other[:20]
     assert not looks_like_ocsp_response(b"")
+
+
+def test_certificates_lose_their_spelled_out_false_and_are_listed_as_sent() -> None:
+    ca = CA(key_type="ec")
+    leaf = ca.issue("der.test")
+    sent_cert = false_spelled_out(leaf.cert, ca.issuing.key)
+    spec = good_spec(leaf, ca.issuing, datetime.now(UTC))
+    sent = with_certificates(craft_response(spec), [sent_cert])
+    canonical = der.without_encoded_defaults(sent)
+    assert canonical is not None
+    assert der.embedded_certificates(sent) == [sent_cert]
+    (cert,) = der.embedded_certificates(canonical)
+    assert cert != sent_cert
+    assert x509.load_der_x509_certificate(cert).extensions  # cryptography reads it now

@@ -68,6 +68,7 @@ from mustaple.testing import (
     unsuccessful,
 )
 from mustaple.testing.craft import key_hash, octet_string
+from mustaple.testing.matrix import Node, false_spelled_out, with_certificates
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 DAY = timedelta(days=1)
@@ -614,6 +615,59 @@ def test_explicit_defaults(case: str, ec: Pki) -> None:
     """mozpkix reads an explicit v1 (der::OptionalVersion) and an explicit FALSE
     (der::OptionalBoolean) on purpose; OpenSSL and GnuTLS decode BER there."""
     check_table(ec, *DEFAULTS[case])
+
+
+def signed_then_spelled_out(cert: x509.Certificate) -> bytes:
+    """`cert` with critical FALSE spelled out after it was signed: its signature covers the
+    certificate without it."""
+    root = Node.parse(cert.public_bytes(serialization.Encoding.DER))
+    for extension in next(i for i in root.items[0].items if i.tag == 0xA3).items[0].items:
+        if len(extension.items) == 2:
+            extension.items.insert(1, Node(0x01, b"\x00"))
+    return root.encode()
+
+
+def carrying(make_certs: Callable[[Pki, Identity], list[bytes]]) -> Maker:
+    """Signed by a delegate of the issuer, carrying `make_certs(pki, delegate)` as they are."""
+
+    def make(pki: Pki) -> bytes:
+        delegate = pki.ca.delegated_signer()
+        return with_certificates(
+            craft_response(good_spec(pki.leaf, delegate, NOW)), make_certs(pki, delegate)
+        )
+
+    return make
+
+
+def carried_by_issuer(make_certs: Callable[[Pki], list[bytes]]) -> Maker:
+    return lambda p: with_certificates(craft_response(spec(p)), make_certs(p))
+
+
+CERTS_SPELLING_OUT: dict[str, tuple[Maker, Verdict]] = {
+    "the delegate's (old: malformed)": (
+        carrying(lambda p, d: [false_spelled_out(d.cert, p.ca.issuing.key)]),
+        GOOD,
+    ),
+    "the delegate's, signed without it (old: malformed)": (
+        carrying(lambda p, d: [signed_then_spelled_out(d.cert)]),
+        Reason.DELEGATE_NOT_ISSUED_BY_ISSUER,
+    ),
+    "an unrelated one, issuer-signed (old: malformed)": (
+        carried_by_issuer(lambda p: [false_spelled_out(p.leaf.cert, p.ca.issuing.key)]),
+        GOOD,
+    ),
+    "the issuer's own, issuer-signed (old: malformed)": (
+        carried_by_issuer(lambda p: [false_spelled_out(p.ca.cert, p.ca.issuing.key)]),
+        Reason.AMBIGUOUS_SIGNER,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CERTS_SPELLING_OUT)
+def test_certificates_spelling_out_critical_false(case: str, ec: Pki) -> None:
+    """Every client reads a certificate with critical FALSE spelled out; its signature is
+    checked over it as sent, and GnuTLS compares the issuer's certificate byte for byte."""
+    check_table(ec, *CERTS_SPELLING_OUT[case])
 
 
 def test_explicit_defaults_are_stapled_as_sent(ec: Pki) -> None:

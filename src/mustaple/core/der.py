@@ -9,9 +9,10 @@ canonical DER (indefinite lengths, non-minimal lengths, high tag numbers we neve
 bytes in, values out.
 
 One leniency, on purpose: `without_encoded_defaults` rewrites a response whose only fault is
-an explicitly encoded DEFAULT (`version v1`, `critical FALSE`), which every TLS client accepts
-(mozpkix's `der::OptionalVersion` and `OptionalBoolean` say so in their comments) but
-cryptography's parser refuses. The signature is still checked over the original bytes.
+an explicitly encoded DEFAULT (`version v1`, `critical FALSE`, in the response or in a
+certificate it carries), which every TLS client accepts (mozpkix's `der::OptionalVersion` and
+`OptionalBoolean` say so in their comments) but cryptography's parser refuses. Every signature
+is still checked over the original bytes.
 
 Every failure raises `DerError`; callers turn it into a `malformed` rejection.
 """
@@ -26,6 +27,7 @@ __all__ = [
     "children",
     "decode_integer",
     "decode_oid",
+    "embedded_certificates",
     "encode",
     "encoded",
     "looks_like_ocsp_response",
@@ -194,18 +196,45 @@ def without_encoded_defaults(data: bytes) -> bytes | None:
     """The OCSPResponse `data` with explicitly encoded DEFAULTs dropped; None if it has none.
 
     Looks at the ResponseData's version (an explicit v1) and at every Extension of the
-    response and of its SingleResponses (an explicit `critical FALSE`). Embedded certificates
-    are left as they are. Raises DerError when `data` is not shaped like a basic response.
+    response, of its SingleResponses and of the certificates it carries (an explicit
+    `critical FALSE`); a certificate's own signature then no longer covers it (see
+    `embedded_certificates`). Raises DerError when `data` is not shaped like a basic response.
     """
     status, wrapper = children(read_single(data, SEQUENCE))
     response_type, payload = children(read_single(wrapper.content, SEQUENCE))
     tbs, *rest = children(read_single(payload.content, SEQUENCE))
-    new_tbs = _tbs_without_defaults(tbs)
-    if new_tbs == encoded(tbs):
+    parts = [_tbs_without_defaults(tbs)]
+    parts += [_certs_without_defaults(p) if p.tag == 0xA0 else encoded(p) for p in rest]
+    if b"".join(parts) == b"".join(map(encoded, [tbs, *rest])):
         return None
-    basic = encode(SEQUENCE, new_tbs + b"".join(encoded(part) for part in rest))
+    basic = encode(SEQUENCE, b"".join(parts))
     response_bytes = encode(SEQUENCE, encoded(response_type) + encode(OCTET_STRING, basic))
     return encode(SEQUENCE, encoded(status) + encode(wrapper.tag, response_bytes))
+
+
+def embedded_certificates(data: bytes) -> list[bytes]:
+    """The certificates a basic OCSPResponse `data` carries, each as encoded there."""
+    _, wrapper = children(read_single(data, SEQUENCE))
+    _, payload = children(read_single(wrapper.content, SEQUENCE))
+    certs = [p for p in children(read_single(payload.content, SEQUENCE)) if p.tag == 0xA0]
+    if not certs:
+        return []
+    return [encoded(cert) for cert in children(read_single(certs[0].content, SEQUENCE))]
+
+
+def _certs_without_defaults(certs: Tlv) -> bytes:
+    inner = [_cert_without_defaults(cert) for cert in children(read_single(certs.content))]
+    return encode(certs.tag, encode(SEQUENCE, b"".join(inner)))
+
+
+def _cert_without_defaults(cert: Tlv) -> bytes:
+    tbs, *rest = children(cert)
+    # extensions are [3] in a TBSCertificate
+    parts = [
+        _extensions_without_defaults(part) if part.tag == 0xA3 else encoded(part)
+        for part in children(tbs)
+    ]
+    return encode(cert.tag, encode(tbs.tag, b"".join(parts)) + b"".join(map(encoded, rest)))
 
 
 def _tbs_without_defaults(tbs: Tlv) -> bytes:

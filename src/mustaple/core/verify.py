@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import enum
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -226,6 +226,8 @@ class _Envelope:
     tbs_children: list[der.Tlv]
     signature_oid: str
     signature_params: der.Tlv | None
+    # certificates as sent, by their DER without explicit DEFAULTs (those that had any)
+    sent_certs: dict[bytes, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,7 +364,10 @@ def _verify(data: bytes, target: Target, now: datetime, policy: Policy) -> Stapl
         raise _Fail(Reason.MALFORMED, said)
     facts = _target_facts(_Same(target))
     by_name = _responder_name(signed) if resp.responder_key_hash is None else None
-    signer_key, delegate = _find_signer(resp, by_name, certs, target, facts, now=now)
+    sent_certs = envelope.sent_certs if envelope else {}
+    signer_key, delegate = _find_signer(
+        resp, by_name, certs, target, facts, now=now, sent_certs=sent_certs
+    )
     params = envelope.signature_params if envelope else None
     _check_signature(signature_oid, params, resp.signature, signed, signer_key)
     _check_unused_bits(data, resp.signature)
@@ -413,7 +418,9 @@ def _parse(data: bytes) -> tuple[ocsp.OCSPResponse, str, _Envelope | None, bytes
         resp = ocsp.load_der_ocsp_response(data)
     except (ValueError, UnsupportedAlgorithm) as exc:
         envelope = _open_envelope(data)  # raises the precise reason when the walk finds one
-        return _parse_canonical(data, exc), envelope.signature_oid, envelope, _signed(envelope)
+        resp, sent_certs = _parse_canonical(data, exc)
+        envelope = replace(envelope, sent_certs=sent_certs)
+        return resp, envelope.signature_oid, envelope, _signed(envelope)
     if resp.response_status is not _SUCCESSFUL:  # even with responseBytes
         _open_envelope(data)  # raises the status's reason
         raise _Fail(Reason.MALFORMED, f"responseStatus {resp.response_status.name}")
@@ -424,12 +431,18 @@ def _parse(data: bytes) -> tuple[ocsp.OCSPResponse, str, _Envelope | None, bytes
     return resp, envelope.signature_oid, envelope, resp.tbs_response_bytes
 
 
-def _parse_canonical(data: bytes, refused: Exception) -> ocsp.OCSPResponse:
-    """The response without its explicitly encoded DEFAULTs; MALFORMED when that is not it."""
+def _parse_canonical(
+    data: bytes, refused: Exception
+) -> tuple[ocsp.OCSPResponse, dict[bytes, bytes]]:
+    """The response without its explicitly encoded DEFAULTs, and the certificates it carries
+    as sent, by their DER without them (those that changed); MALFORMED when that is not it."""
     try:
         canonical = der.without_encoded_defaults(data)
         if canonical is not None:
-            return ocsp.load_der_ocsp_response(canonical)
+            resp = ocsp.load_der_ocsp_response(canonical)
+            sent = der.embedded_certificates(data)
+            pairs = zip(der.embedded_certificates(canonical), sent, strict=True)
+            return resp, {cert: sent for cert, sent in pairs if cert != sent}
     except (der.DerError, ValueError, UnsupportedAlgorithm):
         pass
     raise _Fail(Reason.MALFORMED, _short(refused)) from refused
@@ -677,6 +690,7 @@ def _find_signer(
     facts: _TargetFacts,
     *,
     now: datetime,
+    sent_certs: dict[bytes, bytes],
 ) -> tuple[object, x509.Certificate | None]:
     """The signing key: the issuer's, or an authorised delegated responder's.
 
@@ -692,7 +706,7 @@ def _find_signer(
         if by_name is not None
         else (resp.responder_key_hash == issuer.key_hash)
     ):
-        if gnutls_signer is not None and gnutls_signer != target.issuer:
+        if gnutls_signer is not None and _as_sent(gnutls_signer, sent_certs) != _der(target.issuer):
             raise _Fail(
                 Reason.AMBIGUOUS_SIGNER, _not_the_signer(gnutls_signer, "the issuer's certificate")
             )
@@ -702,9 +716,19 @@ def _find_signer(
             if gnutls_signer != cert and gnutls_signer is not None:
                 said = _not_the_signer(gnutls_signer, cert.subject.rfc4514_string())
                 raise _Fail(Reason.AMBIGUOUS_SIGNER, said)
-            _check_delegate(cert, target.issuer, now)
+            _check_delegate(cert, target.issuer, now, sent_certs.get(_der(cert)))
             return cert.public_key(), cert
     raise _Fail(Reason.SIGNER_UNKNOWN, _responder_text(resp, [target.issuer, *certs]))
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def _as_sent(cert: x509.Certificate, sent_certs: dict[bytes, bytes]) -> bytes:
+    """`cert` as encoded in the response (cryptography read it without explicit DEFAULTs)."""
+    encoding = _der(cert)
+    return sent_certs.get(encoding, encoding)
 
 
 def _not_the_signer(cert: x509.Certificate, instead_of: str) -> str:
@@ -746,13 +770,17 @@ def _responder_text(resp: ocsp.OCSPResponse, known: list[x509.Certificate]) -> s
     return text
 
 
-def _check_delegate(cert: x509.Certificate, issuer: x509.Certificate, now: datetime) -> None:
+def _check_delegate(
+    cert: x509.Certificate, issuer: x509.Certificate, now: datetime, sent: bytes | None = None
+) -> None:
     """RFC 6960 section 4.2.2.2: issued by our issuer, id-kp-OCSPSigning, valid, not a CA.
 
     Valid means valid at `now` with no allowance: mozpkix (CheckOCSPResponseSignerCert ->
     CheckIssuerIndependentProperties -> CheckValidity), GnuTLS (gnutls_ocsp_resp_verify_direct
     verifies the signer certificate) and OpenSSL (OCSP_basic_verify -> X509_verify_cert)
     check the time as it is. OpenSSL and GnuTLS also refuse an unhandled critical extension.
+    `sent`: the certificate as encoded in the response, when cryptography read it without its
+    explicit DEFAULTs; the issuer's signature covers those bytes.
     """
     name = cert.subject.rfc4514_string()
     algorithm = cert.signature_algorithm_oid.dotted_string
@@ -763,7 +791,7 @@ def _check_delegate(cert: x509.Certificate, issuer: x509.Certificate, now: datet
     if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name not in _DELEGATE_CURVES:
         said = f"{name} has a key on {key.curve.name}: Firefox takes P-256, P-384 and P-521"
         raise _Fail(Reason.UNSUPPORTED_ALGORITHM, said)
-    if not signed_by(cert, issuer):
+    if not (signed_by(cert, issuer) if sent is None else _signed_as_sent(cert, sent, issuer)):
         raise _Fail(Reason.DELEGATE_NOT_ISSUED_BY_ISSUER, name)
     _check_key_usage(cert, name)
     eku = _extension(cert, x509.ExtendedKeyUsage)
@@ -783,6 +811,26 @@ def _check_delegate(cert: x509.Certificate, issuer: x509.Certificate, now: datet
         raise _Fail(Reason.DELEGATE_NOT_YET_VALID, f"{name} from {cert.not_valid_before_utc}")
     if cert.not_valid_after_utc <= now:
         raise _Fail(Reason.DELEGATE_EXPIRED, f"{name} until {cert.not_valid_after_utc}")
+
+
+def _signed_as_sent(cert: x509.Certificate, sent: bytes, issuer: x509.Certificate) -> bool:
+    """`signed_by`, over the TBSCertificate as sent: `cert` is it without explicit DEFAULTs.
+    (A delegate's signature algorithm is RSA or ECDSA: see `_DELEGATE_SIGNATURES`.)"""
+    tbs = der.encoded(der.children(der.read_single(sent))[0])
+    key, params = issuer.public_key(), cert.signature_algorithm_parameters
+    digest = cert.signature_hash_algorithm
+    try:
+        if cert.issuer != issuer.subject or digest is None:
+            return False
+        if isinstance(key, rsa.RSAPublicKey) and isinstance(params, padding.AsymmetricPadding):
+            key.verify(cert.signature, tbs, params, digest)
+        elif isinstance(key, ec.EllipticCurvePublicKey) and isinstance(params, ec.ECDSA):
+            key.verify(cert.signature, tbs, params)
+        else:
+            return False
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+    return True
 
 
 def _check_key_usage(cert: x509.Certificate, name: str) -> None:

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509 import ocsp
@@ -51,7 +51,18 @@ from mustaple.testing.craft import (
 )
 from mustaple.testing.pki import CA, Identity, Leaf
 
-__all__ = ["HOSTNAME", "OCSP_URL", "Case", "Node", "Pki", "build_cases", "resign", "roots_of"]
+__all__ = [
+    "HOSTNAME",
+    "OCSP_URL",
+    "Case",
+    "Node",
+    "Pki",
+    "build_cases",
+    "false_spelled_out",
+    "resign",
+    "roots_of",
+    "with_certificates",
+]
 
 HOSTNAME = "localhost"  # every leaf's name: the clients connect to localhost:<port>
 OCSP_URL = "http://127.0.0.1:9/"  # the leaves' AIA: a closed port, so a live fetch fails fast
@@ -1248,6 +1259,7 @@ def _der_defaults(c: _Catalogue) -> None:
         edit=lambda tbs: _insert_false(_responses(tbs).items[0].items[-1].items[0].items[0]),
         single_extensions=[_ext(_UNKNOWN_EXTENSION)],
     )
+    _spelled_out_in_certs(c)
     c.resigned(
         "der/boolean-true-01",
         "a critical unknown single extension with TRUE encoded as 0x01",
@@ -1281,6 +1293,54 @@ def _der_defaults(c: _Catalogue) -> None:
         c.cases[-1],
         staple=edit_basic(c.cases[-1].staple, lambda basic: _append(basic, explicit(0, seq()))),
     )
+
+
+def _spelled_out_in_certs(c: _Catalogue) -> None:
+    """Certificates in the response with critical FALSE spelled out, signed over that."""
+    pki, issuer = c.pki, c.pki.rsa.issuing
+    delegate = pki.delegate()
+    leaf = pki.leaf()
+    spec = c.spec(leaf, responder_id=delegate.cert.subject, certificates=(delegate.cert,))
+    crafted = resign(craft_response(spec), _natural(delegate.key))
+    c.add(
+        "der/explicit-critical-false-delegate",
+        "a delegate whose certificate spells out critical FALSE",
+        leaf,
+        with_certificates(crafted, [false_spelled_out(delegate.cert, issuer.key)]),
+    )
+    extra = pki.foreign.issue("extra.test")
+    leaf = pki.leaf()
+    c.add(
+        "der/explicit-critical-false-extra-cert",
+        "issuer-signed, an unrelated certificate spelling out critical FALSE included",
+        leaf,
+        with_certificates(
+            craft_response(c.spec(leaf)), [false_spelled_out(extra.cert, pki.foreign.issuing.key)]
+        ),
+    )
+
+
+def false_spelled_out(cert: x509.Certificate, key: CertificateIssuerPrivateKeyTypes) -> bytes:
+    """`cert` with critical FALSE spelled out in its non-critical extensions, signed again
+    by `key` with the algorithm it had (SHA-256)."""
+    root = Node.parse(cert.public_bytes(serialization.Encoding.DER))
+    tbs = root.items[0]
+    extensions = next(item for item in tbs.items if item.tag == 0xA3).items[0]
+    for extension in extensions.items:
+        if len(extension.items) == 2:
+            _insert_false(extension)
+    tbs_der = tbs.encode()
+    return seq(tbs_der, root.items[1].encode(), bit_string(_natural(key).sign(tbs_der)))
+
+
+def with_certificates(staple: bytes, certs: list[bytes]) -> bytes:
+    """`staple` carrying `certs` (as they are) instead of its own certificates."""
+
+    def replaced(basic: bytes) -> bytes:
+        signed = b"".join(item.encode() for item in Node.parse(basic).items[:3])
+        return tlv(0x30, signed + explicit(0, seq(*certs)))
+
+    return edit_basic(staple, replaced)
 
 
 def _set_boolean(extension: Node) -> None:
