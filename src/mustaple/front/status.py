@@ -233,7 +233,9 @@ _TIMES = ("this_update", "effective_expiry", "next_refresh", "last_attempt")
 
 
 def print_status_table(rows: list[dict[str, Any]]) -> None:
-    """The table for people; wide enough to read when piped too."""
+    """The table for people; wide enough to read when piped too. Every value is shown as
+    text: a name or an error with brackets (`[emerg]`, `[/x]`) is no markup."""
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="mustaple status", title_justify="left")
@@ -246,7 +248,8 @@ def print_status_table(rows: list[dict[str, Any]]) -> None:
         errors += [f"sink {s['sink']}: {s['error']}" for s in row["sinks"] if s["error"]]
         error = "; ".join(errors)
         times = (short_time(row[key]) for key in _TIMES)
-        table.add_row(row["name"], must, f"[{style}]{row['state']}[/]", *times, error)
+        state = f"[{style}]{escape(row['state'])}[/]"
+        table.add_row(escape(row["name"]), must, state, *times, escape(error))
     _console().print(table)
 
 
@@ -321,7 +324,9 @@ def _record_json(record: FleetRecord, last: list[Any], now: datetime) -> dict[st
 
 
 def print_fleet_tables(view: dict[str, Any]) -> None:
-    """The members, then the certificates, for people."""
+    """The members, then the certificates, for people (every value shown as text: other
+    members write them)."""
+    from rich.markup import escape
     from rich.table import Table
 
     console = _console()
@@ -331,7 +336,7 @@ def print_fleet_tables(view: dict[str, Any]) -> None:
     for m in view["members"]:
         seen = "left" if m.get("left") else f"{human_duration(m['seconds_since_seen'])} ago"
         cells = (m.get(k, "-") for k in ("host", "pid", "certificates", "good", "failing"))
-        members.add_row(m["member"], seen, *(str(c) for c in cells))
+        members.add_row(escape(str(m["member"])), seen, *(escape(str(c)) for c in cells))
     console.print(members)
     certificates = Table(title="mustaple fleet: certificates", title_justify="left")
     for column in ("certificate", "fetched by", "fetched at", "effective expiry", "lease", "retry"):
@@ -339,12 +344,12 @@ def print_fleet_tables(view: dict[str, Any]) -> None:
     for c in view["certificates"]:
         retry = f"{short_time(c['retry_at'])} ({c['retry_reason']})" if c["retry_at"] else ""
         certificates.add_row(
-            c["name"],
-            c["fetched_by"] or "-",
+            escape(c["name"]),
+            escape(c["fetched_by"] or "-"),
             short_time(c["fetched_at"]),
             short_time(c["effective_expiry"]),
-            c["lease_holder"] or "",
-            retry,
+            escape(c["lease_holder"] or ""),
+            escape(retry),
         )
     console.print(certificates)
 
