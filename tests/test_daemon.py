@@ -159,6 +159,33 @@ def test_prime_fails_without_a_staple(site: Site, capsys: pytest.CaptureFixture[
     assert main(["prime", "--config", str(site.config), "/nonexistent.pem"]) == ExitCode.USAGE
 
 
+def test_a_deploy_hook_can_skip_a_certificate_no_entry_covers(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """certbot runs the hook for every lineage, those `init` left out too (no OCSP URL):
+    `prime` of one of them is exit 2 and the hook never reloads nginx for its renewal;
+    with --skip-uncovered it is said and skipped, and the covered ones are gated as ever."""
+    site.issue("a.test")
+    other = site.ca.issue("other.test", ocsp_urls=[])
+    other.write(site.tmp / "elsewhere")
+    outside = str(site.tmp / "elsewhere" / "fullchain.pem")
+    argv = ["prime", "--config", str(site.config)]
+    assert main([*argv, outside]) == ExitCode.USAGE
+    capsys.readouterr()
+    assert main([*argv, "--skip-uncovered", outside]) == 0
+    out = capsys.readouterr().out
+    assert (
+        out
+        == f"SKIPPED {outside}: no [[certificates]] entry of {site.config} covers it: not gated\n"
+    )
+    assert main([*argv, "--skip-uncovered", outside, site.cert("a.test"), "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(line["state"], line["ok"]) for line in lines] == [("skipped", True), ("good", True)]
+    site.issue("b.test")
+    site.responder.set_behaviour(Behaviour.TRY_LATER)
+    assert main([*argv, "--skip-uncovered", outside, site.cert("b.test")]) == ExitCode.NO_STAPLE
+
+
 def test_prime_all_primes_every_configured_file_in_one_batch(
     site: Site, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -260,6 +287,23 @@ def test_status_after_prime(site: Site, capsys: pytest.CaptureFixture[str]) -> N
     table = capsys.readouterr().out
     assert "a.test" in table
     assert "good" in table
+
+
+def test_status_shows_brackets_in_an_error_as_they_are(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A reload's error naming `[emerg]` and a path with `[/...]` in it: the table showed an
+    internal error (markup) and exit 4, or dropped the bracketed words."""
+    site.issue("a.test")
+    reload = f"echo reloaded >> {site.tmp}/reloads.log"
+    failing = "echo 'nginx: [emerg] cannot load /etc/ssl/[/weird]/k.pem' >&2; exit 1"
+    site.config.write_text(site.config.read_text().replace(reload, failing))
+    main(["prime", "--config", str(site.config), site.cert("a.test")])
+    capsys.readouterr()
+    assert main(["status", "--config", str(site.config)]) == 0
+    table = capsys.readouterr().out  # (it wraps long cells at spaces)
+    assert "[emerg]" in table
+    assert "/etc/ssl/[/weird]/k.pem" in table
 
 
 def test_status_of_a_state_an_older_mustaple_wrote(

@@ -359,6 +359,8 @@ def test_apply_haproxy_adds_the_admin_socket_and_passes_haproxy_c(
     before = tree.haproxy.read_text()
     code, said = _init(tree, "--haproxy-conf", str(tree.haproxy), "--apply", capsys=capsys)
     assert code == 0, said
+    # the socket and the .ocsp files are read at HAProxy's next start or reload: say so
+    assert "applied, not loaded: reload haproxy (after `mustaple prime" in said
     checked = _checker(HAPROXY, "-c", "-f", tree.haproxy)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     after = tree.haproxy.read_text()

@@ -136,4 +136,11 @@ def _apply(plan: Plan, edits: Sequence[Edit], advice: Sequence[str]) -> int:
             "--all` first, then init --apply --force again (--force: the configuration it "
             "writes is there already)"
         )
+    applied = [c.server for c in plan.confs if c.server in CHECKERS and any(
+        e.server == c.server for e in edits)]  # fmt: skip
+    if applied and not failed:
+        click.echo(
+            f"applied, not loaded: reload {' and '.join(dict.fromkeys(applied))} (after "
+            "`mustaple prime --config FILE --all`) for the servers to staple"
+        )
     return 1 if failed else 0

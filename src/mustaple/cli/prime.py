@@ -27,6 +27,12 @@ __all__ = ["prime"]
 )
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per certificate.")
+@click.option(
+    "--skip-uncovered",
+    is_flag=True,
+    help="A file no [[certificates]] entry covers is skipped (said), not an error: for a "
+    "deploy hook that runs for every certificate.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log every step to stderr.")
 @proxy_option
 def prime(
@@ -35,6 +41,7 @@ def prime(
     every: bool,
     config_path: str,
     as_json: bool,
+    skip_uncovered: bool,
     verbose: bool,
     proxy: str | None,
 ) -> int:
@@ -61,6 +68,10 @@ def prime(
     if proxy is not None:
         config = _overriding_proxy(config, proxy_setting(proxy))
     paths = _every_file(config) if every else [Path(c) for c in certs]
+    if skip_uncovered:
+        paths = _covered_only(config, paths, as_json=as_json)
+        if not paths:
+            return 0
     results, unusable = asyncio.run(_prime(config, paths, every=every))
     now = utc_now()
     for primed in results:
@@ -85,6 +96,25 @@ def _every_file(config: Config) -> list[Path]:
             "nothing to prime"
         )
     return files
+
+
+def _covered_only(config: Config, paths: list[Path], *, as_json: bool) -> list[Path]:
+    """The paths an entry covers; each other one is said (SKIPPED) and left out: its
+    certificate is no concern of this configuration, so it gates nothing."""
+    from mustaple.adapters.coverage import Coverage
+    from mustaple.core.errors import InputError
+
+    coverage, covered = Coverage(config), []
+    for path in paths:
+        try:
+            coverage.find(path)
+        except InputError:
+            said = f"no [[certificates]] entry of {config.path} covers it: not gated"
+            shown = {"cert": str(path), "state": "skipped", "ok": True, "message": said}
+            click.echo(json.dumps(shown) if as_json else f"SKIPPED {path}: {said}")
+            continue
+        covered.append(path)
+    return covered
 
 
 def _overriding_proxy(config: Config, proxy: str | None) -> Config:
