@@ -365,6 +365,7 @@ def _sink(plan: Plan, server: str) -> list[str]:
         'type = "file"',
         f"path = {_q(template)}",
         reload,
+        f'running = "systemctl is-active --quiet {server}"   # prime before it starts: no reload',
         *keep,
     ]
 
