@@ -19,7 +19,15 @@ from mustaple.core.delivery import Action
 from mustaple.core.errors import InputError
 from mustaple.core.health import Facts, judge
 from mustaple.core.lifecycle import Phase
-from mustaple.core.render import human_duration, iso, short_time, shown, sink_json, validity_json
+from mustaple.core.render import (
+    human_duration,
+    iso,
+    one_line,
+    short_time,
+    shown,
+    sink_json,
+    validity_json,
+)
 from mustaple.core.report import ExitCode
 from mustaple.core.schedule import SchedulePolicy
 from mustaple.core.severity import Severity
@@ -51,7 +59,12 @@ def delivered(primed: Primed) -> bool:
 
 
 def prime_line(primed: Primed, now: datetime) -> str:
-    """One line per primed certificate."""
+    """One line per primed certificate (control characters in a name or an error written as
+    escapes: no output line can be forged)."""
+    return one_line(_prime_line(primed, now))
+
+
+def _prime_line(primed: Primed, now: datetime) -> str:
     name, state = primed.name, primed.state
     held = state.held
     if state.revoked is not None:
@@ -104,8 +117,9 @@ def prime_json(primed: Primed, now: datetime) -> dict[str, Any]:
 
 
 def unusable_line(left: Unusable) -> str:
-    """The line of a file `prime --all` left out."""
-    return f"UNUSABLE {left.message}"
+    """The line of a file `prime --all` left out (a newline in a file name cannot forge
+    another line)."""
+    return one_line(f"UNUSABLE {left.message}")
 
 
 def unusable_json(left: Unusable) -> dict[str, Any]:
