@@ -272,6 +272,22 @@ def test_prime_all_leaves_out_an_unusable_file_and_primes_the_others(
     assert capsys.readouterr().out == ""
 
 
+def test_a_file_name_cannot_forge_a_line_of_prime(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A garbled file whose name holds a newline and a whole `OK` line: one UNUSABLE line,
+    the newline written as an escape, as in the log."""
+    site.issue("a.test")
+    forged = "zz\nOK h1.test: good staple until 2099-01-01 delivered\n"
+    odd = site.tmp / "live" / forged / "fullchain.pem"
+    odd.parent.mkdir(parents=True)
+    odd.write_text("garbage")
+    assert main(["prime", "--config", str(site.config), "--all"]) == ExitCode.USAGE
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["OK", "UNUSABLE"]
+    assert "zz\\nOK h1.test" in lines[1]
+
+
 def test_status_after_prime(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
     site.issue("a.test")
     site.issue("later.test")

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,6 +21,9 @@ import pytest
 from cryptography.x509 import ocsp
 from cryptography.x509.ocsp import OCSPCertStatus
 
+from mustaple.adapters.store import Looked, SqliteStore, look_up
+from mustaple.core.certs import make_target
+from mustaple.core.clock import utc_now
 from mustaple.testing import CA, Behaviour, ResponderThread
 from outside import get_json, http_get, wait_for
 from servers import free_port
@@ -220,3 +224,31 @@ def test_a_revocation_delivered_while_the_state_disk_is_full_survives_a_restart(
 
 def said(path: Path) -> OCSPCertStatus:
     return ocsp.load_der_ocsp_response(path.read_bytes()).certificate_status
+
+
+def test_a_write_the_full_disk_refuses_says_so_and_leaves_no_transaction(
+    small_state: Path,
+) -> None:
+    """SQLite rolls a transaction back itself when the disk is full: the error raised is the
+    full disk, not "cannot rollback - no transaction is active" from a ROLLBACK after it, and
+    the next write can begin (a COMMIT that failed left nothing open)."""
+    store = SqliteStore(small_state / "state.db")
+    fill(small_state)
+    big = [(f"k{i}", "x" * 2000) for i in range(2000)]
+    for _ in range(2):
+        with pytest.raises(sqlite3.Error) as raised, store.transaction():
+            store._db.executemany("INSERT INTO signatures VALUES (?, ?)", big)
+        assert "full" in str(raised.value)
+        assert not store._db.in_transaction
+
+
+def test_a_damaged_database_reads_as_nothing_stored(tmp_path: Path) -> None:
+    """What a prime looks up, when another hand has damaged the database under it (a table
+    gone): as if nothing were stored, fetched anew; it was an internal error (exit 4)."""
+    store = SqliteStore(tmp_path / "state.db")
+    other = sqlite3.connect(tmp_path / "state.db")
+    other.execute("DROP TABLE staples")
+    other.commit()
+    ca = CA(key_type="ec")
+    leaf = ca.issue("www.example.test")
+    assert look_up(store, "any", make_target(leaf.cert, leaf.issuer), utc_now()) == Looked()

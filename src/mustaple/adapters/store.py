@@ -31,6 +31,7 @@ fetched again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -158,7 +159,10 @@ def look_up(
 ) -> Looked:
     """The stored answer for `key`, validated again at `now` (a process starting, or taking
     in what another process stored)."""
-    stored = store.load(key)
+    try:
+        stored = store.load(key)
+    except sqlite3.Error:  # a damaged database: as if nothing were stored (its writes say it)
+        return Looked()
     if stored is None:
         return Looked()
     outcome = verify(stored.der, target, now, policy)
@@ -694,7 +698,9 @@ def _status(row: tuple[Any, ...]) -> CertStatus:
 
 class _Transaction:
     """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception; inside an open transaction,
-    nothing (the writes join it)."""
+    nothing (the writes join it). An error SQLite has rolled back itself (a full disk) is
+    what is raised, never the "no transaction is active" of a ROLLBACK after it; a COMMIT
+    that fails leaves no transaction open."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
@@ -706,5 +712,18 @@ class _Transaction:
             self._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, kind: object, value: object, tb: object) -> None:
-        if self._outer:
-            self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+        if not self._outer:
+            return
+        if kind is not None:
+            self._roll_back()
+            return
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            self._roll_back()
+            raise
+
+    def _roll_back(self) -> None:
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):  # the error under way is the one to say
+                self._db.execute("ROLLBACK")

@@ -1163,11 +1163,18 @@ class Keeper:
         unusable) lose their paths, and go when none is left: no keeper may be running to
         see it (`prime` from cron only), and `status` must not list a leaf no file holds."""
         known = set(self.lives) | {problem.key for problem in self.problems.values()}
-        others = self.store.status_keys() - known
+        try:
+            others = self.store.status_keys() - known
+        except sqlite3.Error:
+            return  # a damaged database: said by its writes; the rows go at a later prime
         if not others:  # a first prime, or every row is one of these files'
             return
         read = {shown(path) for path in loaded}
-        for key, row in self.store.statuses().items():
+        try:
+            rows = self.store.statuses()
+        except sqlite3.Error:
+            return
+        for key, row in rows.items():
             kept = tuple(path for path in row.paths if path not in read)
             if key not in others or kept == row.paths:
                 continue
