@@ -252,3 +252,22 @@ def test_a_damaged_database_reads_as_nothing_stored(tmp_path: Path) -> None:
     ca = CA(key_type="ec")
     leaf = ca.issue("www.example.test")
     assert look_up(store, "any", make_target(leaf.cert, leaf.issuer), utc_now()) == Looked()
+
+
+def test_a_start_on_a_full_state_disk_names_the_state_not_the_output(
+    tmp_path: Path, small_state: Path
+) -> None:
+    """The pid written into run.lock only informs: on a full disk `run` said "cannot write
+    the output", as if its standard output had failed; now it says what cannot be done."""
+    config = write_config(tmp_path, small_state, tmp_path / "staples", free_port())
+    fill(small_state)
+    done = subprocess.run(
+        [MUSTAPLE, "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "cannot write the output" not in done.stderr
+    assert f"{small_state}/state.db: cannot open the state database" in done.stderr

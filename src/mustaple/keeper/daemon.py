@@ -15,6 +15,7 @@ serving them across a reload); with a `[fleet]` table it joins the fleet on Redi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
@@ -172,10 +173,9 @@ def _only_daemon(state_dir: Path) -> Iterator[None]:
                 f"{state_dir}: another `mustaple run` (pid {holder}) keeps this state "
                 "directory; stop it first, or give this one its own `state_dir`"
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
+        with contextlib.suppress(OSError):  # the pid only informs (a full disk: the lock holds)
+            os.ftruncate(handle.fileno(), 0)  # unbuffered: nothing left to fail at the close
+            os.pwrite(handle.fileno(), f"{os.getpid()}\n".encode(), 0)
         yield
 
 
