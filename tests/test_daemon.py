@@ -489,6 +489,17 @@ def test_sigterm_while_starting_stops_without_waiting_for_the_start(
     assert "Traceback" not in log
 
 
+def reload_refused(d: Daemon, site: Site, text: str) -> None:
+    """SIGHUP with the configuration `text`, which the daemon must refuse: a pass of the same
+    keeper follows (no new start), and it still runs."""
+    site.config.write_text(text)
+    d.process.send_signal(signal.SIGHUP)
+    seen = d.notices("STATUS=")
+    seen += d.notices("STATUS=")
+    assert "READY=1" not in seen
+    assert d.process.poll() is None
+
+
 def test_sighup_reloads_and_a_bad_config_keeps_the_running_one(
     site: Site, daemon: Callable[..., Daemon]
 ) -> None:
@@ -510,12 +521,7 @@ def test_sighup_reloads_and_a_bad_config_keeps_the_running_one(
         good.replace(str(ours), str(busy.getsockname()[1])),
     ]
     for text in unusable:
-        site.config.write_text(text)
-        d.process.send_signal(signal.SIGHUP)
-        seen = d.notices("STATUS=")  # a pass of the same keeper: no new start
-        seen += d.notices("STATUS=")
-        assert "READY=1" not in seen
-        assert d.process.poll() is None
+        reload_refused(d, site, text)
         assert _get(f"http://127.0.0.1:{ours}/healthz")[0] == 200
     site.config.write_text(good)
     d.process.send_signal(signal.SIGHUP)
@@ -577,12 +583,7 @@ def test_sighup_with_a_config_that_broke_the_checks_keeps_the_running_one(
     d = daemon()
     d.notices("READY=1")
     for text in unusable:
-        site.config.write_text(text)
-        d.process.send_signal(signal.SIGHUP)
-        seen = d.notices("STATUS=")  # a pass of the same keeper: no new start
-        seen += d.notices("STATUS=")
-        assert "READY=1" not in seen
-        assert d.process.poll() is None
+        reload_refused(d, site, text)
     d.process.send_signal(signal.SIGTERM)
     assert d.process.wait(20) == 0
     log = d.process.stderr.read() if d.process.stderr else ""

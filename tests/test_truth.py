@@ -355,8 +355,8 @@ def test_a_state_database_damaged_under_the_keeper_is_set_aside_and_the_pages_st
         damaged.write(b"not a database at all" * (db.stat().st_size // 21 + 1))
     for path in ("/", "/status", "/metrics"):
         assert http_get(d.base + path)[0] == 200, path
-    wait_for(lambda: any(d.tmp.joinpath("state").glob("state.db.corrupt-*")), timeout=10)
-    wait_for(lambda: [row["state"] for row in d.stored_rows()] == ["good"], timeout=10)
+    wait_for(lambda: any(d.tmp.joinpath("state").glob("state.db.corrupt-*")), timeout=30)
+    wait_for(lambda: [row["state"] for row in d.stored_rows()] == ["good"], timeout=30)
     assert certificate(d.status())["state"] == "good"
     log = d.stop(keeper)
     assert "damaged" in log
