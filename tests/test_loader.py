@@ -93,3 +93,6 @@ def test_unreachable_aia(ca: CA, tmp_path: Path) -> None:
     cert = leaf.write(tmp_path).cert
     with pytest.raises(InputError, match=r"could not download the issuer .*Connection refused"):
         load(cert, policy=FetchPolicy(attempts_per_url=1))
+    # `prime` and `run` have no --issuer: the key of the entry is said too
+    with pytest.raises(InputError, match=r"or the `issuer` key of its \[\[certificates\]\] entry"):
+        load(cert, policy=FetchPolicy(attempts_per_url=1))

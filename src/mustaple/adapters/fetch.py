@@ -514,8 +514,8 @@ async def fetch_issuer(
     if reply.answer is None or reply.answer.status != 200:
         problem = f"HTTP {reply.answer.status}" if reply.answer else _message(reply.rejection)
         raise InputError(
-            f"could not download the issuer from {url} ({problem}); "
-            "pass the issuer certificate with --issuer"
+            f"could not download the issuer from {url} ({problem}); give the issuer "
+            "certificate: --issuer, or the `issuer` key of its [[certificates]] entry"
         )
     certs = parse_certificates(reply.answer.body, source=f"issuer at {url}")
     if cache is not None:

@@ -330,6 +330,6 @@ def make_target(leaf: x509.Certificate, issuer: x509.Certificate) -> Target:
         raise InputError(
             f"{display_name(leaf)}: the issuer certificate given "
             f"({issuer.subject.rfc4514_string()}) did not sign this certificate; "
-            "pass the right one with --issuer"
+            "give the right one: --issuer, or the `issuer` key of its [[certificates]] entry"
         )
     return Target(leaf, issuer)
