@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
@@ -68,7 +68,7 @@ from mustaple.testing import (
     unsuccessful,
 )
 from mustaple.testing.craft import key_hash, octet_string
-from mustaple.testing.matrix import Node, false_spelled_out, with_certificates
+from mustaple.testing.matrix import Node, copy_of, false_spelled_out, with_certificates
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 DAY = timedelta(days=1)
@@ -508,20 +508,6 @@ def test_delegated_responder(case: str, ec: Pki) -> None:
     check_table(ec, *DELEGATES[case])
 
 
-def copy_of(who: Identity, not_after: datetime) -> x509.Certificate:
-    """Another self-signed certificate of the root `who`: its name and key, a new serial."""
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(who.cert.subject)
-        .issuer_name(who.cert.subject)
-        .public_key(who.cert.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - 400 * DAY)
-        .not_valid_after(not_after)
-    )
-    return builder.sign(who.key, hashes.SHA256())
-
-
 def with_certs(*make: Callable[[Pki], x509.Certificate], **changes: object) -> Maker:
     return lambda p: spec(p, certificates=tuple(m(p) for m in make), **changes)
 
@@ -531,11 +517,11 @@ def issuer_cert(pki: Pki) -> x509.Certificate:
 
 
 def valid_copy(pki: Pki) -> x509.Certificate:
-    return copy_of(pki.ca.issuing, NOW + 300 * DAY)
+    return copy_of(pki.ca.issuing, NOW - 400 * DAY, NOW + 300 * DAY)
 
 
 def expired_copy(pki: Pki) -> x509.Certificate:
-    return copy_of(pki.ca.issuing, NOW - 30 * DAY)
+    return copy_of(pki.ca.issuing, NOW - 400 * DAY, NOW - 30 * DAY)
 
 
 def by_issuer_key(pki: Pki) -> bytes:

@@ -58,6 +58,7 @@ __all__ = [
     "Node",
     "Pki",
     "build_cases",
+    "copy_of",
     "false_spelled_out",
     "resign",
     "roots_of",
@@ -1002,8 +1003,8 @@ def _issuer_copies(c: _Catalogue) -> None:
     """Issuer-signed, with another certificate matching the ResponderID included: GnuTLS
     verifies with the first match as a delegated responder (find_signercert)."""
     pki, issuer = c.pki, c.pki.rsa.issuing
-    copy = _copy_of(issuer, c.now - _DAY, c.now + 300 * _DAY)
-    old = _copy_of(issuer, c.now - 400 * _DAY, c.now - 30 * _DAY)
+    copy = copy_of(issuer, c.now - _DAY, c.now + 300 * _DAY)
+    old = copy_of(issuer, c.now - 400 * _DAY, c.now - 30 * _DAY)
     by_key = key_hash(issuer.key.public_key())
     # fmt: off
     copies: list[tuple[str, str, tuple[x509.Certificate, ...], dict[str, Any]]] = [
@@ -1024,8 +1025,10 @@ def _issuer_copies(c: _Catalogue) -> None:
         c.with_spec(f"signer/{slug}", what, certificates=certificates, **changes)
 
 
-def _copy_of(who: Identity, not_before: datetime, not_after: datetime) -> x509.Certificate:
-    """Another self-signed certificate of the root `who`: its name and key, a new serial."""
+def copy_of(who: Identity, not_before: datetime, not_after: datetime) -> x509.Certificate:
+    """Another self-signed certificate of the root `who` (a re-issued or expired copy of an
+    issuer): its name and key, a new serial; the matrix and tests/test_strict_rules.py share
+    it."""
     builder = (
         x509.CertificateBuilder()
         .subject_name(who.cert.subject)
