@@ -673,6 +673,39 @@ def test_file_reload_failure_is_reported_and_retried(
     assert runs.read_text().split() == ["run", "run"]
 
 
+def test_a_trap_holds_reloads_back_until_its_file_holds_something_else(
+    pki: Pki, files: LeafFiles, tmp_path: Path
+) -> None:
+    """A kept file with another certificate's staple (the one before a renewal): no reload
+    while it is there, the reload owed; deleting the file (the certificate gone) ends it."""
+    runs = tmp_path / "runs"
+    table = {
+        "type": "file",
+        "path": str(tmp_path / "{stem}.der"),
+        "reload": f"echo run >> {runs}",
+        "remove": "keep",
+    }
+    sink = build_sink("nginx", table)
+    other = files.fullchain.with_name("other.pem")
+    other.write_bytes(files.fullchain.read_bytes())
+    [written] = deliver(sink, pki.delivery(files.fullchain, pki.fresh().der))
+    assert outcome(written) == (None, True)
+    renewed = replace(pki.delivery(files.fullchain, None), serial=pki.leaf.cert.serial_number + 1)
+    [kept] = deliver(sink, renewed)
+    assert kept.trap is not None
+    assert kept.trap.serial == pki.leaf.cert.serial_number
+    assert (kept.error or "").endswith("does not reload until this certificate's staple is written")
+    [held] = deliver(sink, pki.delivery(other, pki.fresh().der))
+    assert held.changed
+    assert (held.error or "").startswith("reload held back: ")
+    assert held.reload_owed
+    assert runs.read_text().split() == ["run"]
+    (tmp_path / "fullchain.der").unlink()
+    [paid] = deliver(sink, pki.delivery(other, pki.fresh().der))
+    assert outcome(paid) == (None, True)
+    assert runs.read_text().split() == ["run", "run"]
+
+
 def test_a_running_check_that_cannot_run_is_an_error_not_a_server_down(
     pki: Pki, files: LeafFiles, tmp_path: Path
 ) -> None:

@@ -26,7 +26,7 @@ from mustaple.adapters.store import (
     StoredStaple,
     cert_key,
 )
-from mustaple.core.delivery import SinkHealth
+from mustaple.core.delivery import SinkHealth, Trap
 from mustaple.core.errors import InputError
 from mustaple.testing import Leaf
 from servers import RedisServer
@@ -164,6 +164,26 @@ def test_owed_reloads_are_the_sinks_whose_reload_failed(open_store: Opener) -> N
     assert store.owed_reloads() == {"nginx"}
     assert open_store().owed_reloads() == {"nginx"}
     assert open_store().statuses()["k2"].sinks == (fine, reload)
+
+
+def test_traps_are_the_kept_files_holding_another_certificates_staple(
+    open_store: Opener,
+) -> None:
+    """What a `prime` or a start reads so that its reload does not spring a trap another
+    process found (`delivery.HoldsBack`); rows without one, or from before it, have none."""
+    store = open_store()
+    assert store.traps() == {}
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    trap = Trap("/staples/a.der", 0x1001)
+    trapped = SinkHealth("nginx", at, "/staples/a.der still holds ...", 1, at, trap=trap)
+    held_back = SinkHealth("nginx", None, "reload held back: ...", 1, at, None, True)
+    store.save_status("k1", replace(status("a.test"), sinks=(trapped, SinkHealth("other", at))))
+    store.save_status("k2", replace(status("b.test"), sinks=(held_back,)))
+    assert store.traps() == {"nginx": {trap}}
+    assert open_store().traps() == {"nginx": {trap}}
+    assert open_store().statuses()["k1"].sinks[0] == trapped
+    store.save_status("k1", replace(status("a.test"), sinks=(SinkHealth("nginx", at),)))
+    assert open_store().traps() == {}
 
 
 def test_a_transaction_writes_all_or_nothing(open_store: Opener) -> None:

@@ -49,7 +49,9 @@ from mustaple.adapters.store import (
     StoredStaple,
     sinks_from_json,
     sinks_json,
+    traps_of,
 )
+from mustaple.core.delivery import Trap
 
 __all__ = ["FleetRecord", "Lease", "Member", "RedisStore", "Retry", "shown_url", "wrong_type"]
 
@@ -302,6 +304,10 @@ class RedisStore:
         """This member's sinks whose server's reload failed at a last delivery."""
         rows = self.statuses().values()
         return {health.sink for row in rows for health in row.sinks if health.reload_owed}
+
+    def traps(self) -> dict[str, set[Trap]]:
+        """This member's sinks' traps, by its status rows (see `delivery.HoldsBack`)."""
+        return traps_of(h for row in self.statuses().values() for h in row.sinks)
 
     def forget_statuses(self, keys: Iterable[str]) -> None:
         """Remove this member's status rows of `keys`."""

@@ -43,7 +43,7 @@ from mustaple.adapters.files import (
     write_atomic_many,
 )
 from mustaple.adapters.shell import run, run_command
-from mustaple.core.delivery import Action, Delivered, Delivery, Sink
+from mustaple.core.delivery import Action, Delivered, Delivery, Sink, Trap
 from mustaple.core.der import RESPONSE_HEAD, looks_like_ocsp_response
 from mustaple.core.render import human_time
 from mustaple.core.urls import url_problem
@@ -212,6 +212,7 @@ class _Outcome:
     error: str | None = None
     needs_reload: bool = False  # the server sees this only after a reload
     note: str | None = None  # in place for the next start; no running server took it
+    trap: Trap | None = None  # the file kept holds another certificate's staple
 
 
 class _Reloader:
@@ -229,9 +230,14 @@ class _Reloader:
         self.owed = False  # the last reload failed: the server may not see what was written
 
     async def finish(
-        self, sink: str, batch: Sequence[Delivery], outcomes: Sequence[_Outcome]
+        self,
+        sink: str,
+        batch: Sequence[Delivery],
+        outcomes: Sequence[_Outcome],
+        held_back: str | None = None,
     ) -> list[Delivered]:
-        """Reload if some delivery needs it (or a failed reload is owed); report each one."""
+        """Reload if some delivery needs it (or a failed reload is owed) and nothing holds
+        the reload back (`held_back`: why, a sprung `Trap`; owed then); report each one."""
         waiting = [o.needs_reload or (self.owed and o.error is None) for o in outcomes]
         problem = note = None
         if self.command is not None and any(waiting):
@@ -239,6 +245,8 @@ class _Reloader:
             if checked is not None and checked.problem and not checked.unrunnable:
                 note = f"the server is not running ({checked.problem}): it reads this at its start"
                 self.owed = False
+            elif held_back is not None:
+                problem, self.owed = f"reload held back: {held_back}", True
             else:
                 failed = await run_command(self.command, self.timeout)
                 problem = f"reload failed: {failed}" if failed else None
@@ -253,7 +261,9 @@ class _Reloader:
                 error = _joined(outcome.error, problem) if problem else None
                 noted = noted or note
             owed = self.owed and waits and self.command is not None
-            done.append(Delivered(delivery.key, sink, outcome.changed, error, noted, owed))
+            done.append(
+                Delivered(delivery.key, sink, outcome.changed, error, noted, owed, outcome.trap)
+            )
         return done
 
 
@@ -357,6 +367,17 @@ def _delete(path: Path) -> bool:
     return True
 
 
+def _response_serial(held: bytes | None) -> int | None:
+    """The serial number a staple file's response is about; None for no file, or one whose
+    response cannot be read."""
+    if not held or not looks_like_ocsp_response(held):
+        return None
+    try:
+        return int(ocsp.load_der_ocsp_response(held).serial_number)
+    except ValueError:  # not successful, several SingleResponses, garbled
+        return None
+
+
 def _os_problem(path: Path, exc: OSError) -> str:
     return f"{path}: {exc.strerror or exc}"
 
@@ -394,10 +415,15 @@ class FileSink:
         self._reloader = _Reloader(reload, reload_timeout, running)
         self._cleaner = _Cleaner(_file_names(path))
         self._files = files or StapleFiles()
+        self._traps: dict[Path, int] = {}  # kept file -> the other certificate's serial in it
 
     def owe_reload(self) -> None:
         """The next delivery reloads the server, even when no file changes (`Reloads`)."""
         self._reloader.owed = True
+
+    def hold_back(self, trap: Trap) -> None:
+        """No reload while `trap` is sprung (`HoldsBack`)."""
+        self._traps[Path(trap.path)] = trap.serial
 
     def path_for(self, delivery: Delivery) -> Path:
         """The staple file for `delivery`: the template filled in (a name that is no file
@@ -412,8 +438,30 @@ class FileSink:
         )
 
     async def deliver(self, batch: Sequence[Delivery]) -> list[Delivered]:
-        outcomes = await asyncio.to_thread(self._apply_all, batch)
-        return await self._reloader.finish(self.name, batch, outcomes)
+        outcomes, held_back = await asyncio.to_thread(self._apply_and_look, batch)
+        return await self._reloader.finish(self.name, batch, outcomes, held_back)
+
+    def _apply_and_look(self, batch: Sequence[Delivery]) -> tuple[list[_Outcome], str | None]:
+        outcomes = self._apply_all(batch)
+        return outcomes, self._sprung()
+
+    def _sprung(self) -> str | None:
+        """Why the server must not be reloaded: a trap still sprung (its file still holds
+        that staple); or None. The others are forgotten."""
+        for path, serial in list(self._traps.items()):
+            try:
+                held = _response_serial(read_prefix(path, MAX_INPUT))
+            except OSError:
+                held = serial  # cannot tell: still sprung, as far as we know
+            if held == serial:
+                return (
+                    f"{path} holds the staple of a certificate since renewed (serial "
+                    f"{serial:X}) and none is fetched for the new one yet: a reload would "
+                    "serve the new certificate with it, which clients refuse; the reload "
+                    f"comes when that staple is written, or {path} removed"
+                )
+            del self._traps[path]
+        return None
 
     def held(self, delivery: Delivery) -> bytes | None:
         """The bytes of `delivery`'s staple file (at most MAX_INPUT), or None when there is
@@ -467,13 +515,28 @@ class FileSink:
                 changed = _delete(path)
             elif delivery.action is Action.REMOVE:
                 if self.keep_on_remove:
-                    return _Outcome(False)
+                    return self._kept(delivery, path)
                 changed = _delete(path)
             else:
                 return _Outcome(False, "nothing to staple: the delivery carries no response")
         except OSError as exc:
             return _Outcome(False, _os_problem(path, exc))
         return _Outcome(changed, needs_reload=changed)
+
+    def _kept(self, delivery: Delivery, path: Path) -> _Outcome:
+        """A removal with `remove = "keep"`: the file stays. One that holds the staple of
+        another certificate (the one at this path before a renewal) is a `Trap`."""
+        held = _response_serial(read_prefix(path, MAX_INPUT))
+        if held is None or delivery.serial is None or held == delivery.serial:
+            return _Outcome(False)
+        self._traps[path] = held
+        problem = (
+            f"{path} still holds the staple of the certificate this one renewed (serial "
+            f'{held:X}), and none is fetched for this one yet: kept (remove = "keep"), '
+            "but a reload would serve this certificate with it, which clients refuse; "
+            f"sink {self.name} does not reload until this certificate's staple is written"
+        )
+        return _Outcome(False, problem, trap=Trap(str(path), held))
 
     def _unchanged(self, path: Path, der: bytes, made: set[Path]) -> _Outcome | None:
         """The outcome when `path` needs no write (it holds `der`, or cannot be written);

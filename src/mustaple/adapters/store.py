@@ -49,7 +49,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from mustaple.core.certs import Target
-from mustaple.core.delivery import SinkHealth
+from mustaple.core.delivery import SinkHealth, Trap
 from mustaple.core.errors import InputError
 from mustaple.core.reasons import Rejection
 from mustaple.core.verify import DEFAULT_POLICY, Dated, Policy, Staple, may_replace, verify
@@ -63,6 +63,7 @@ __all__ = [
     "cert_key",
     "sinks_from_json",
     "sinks_json",
+    "traps_of",
 ]
 
 log = logging.getLogger("mustaple")
@@ -231,6 +232,8 @@ class Store(Protocol):
     def status_keys(self) -> set[str]: ...
 
     def owed_reloads(self) -> set[str]: ...
+
+    def traps(self) -> dict[str, set[Trap]]: ...
 
     def remove(self, key: str) -> None: ...
 
@@ -563,6 +566,15 @@ class SqliteStore:
                 continue  # unreadable: written again at the next pass
         return owed
 
+    def traps(self) -> dict[str, set[Trap]]:
+        """The sinks' traps, by the status rows (see `delivery.HoldsBack`)."""
+        rows = self._db.execute("""SELECT sinks FROM status WHERE sinks LIKE '%"trap": {%'""")
+        healths: list[SinkHealth] = []
+        for (text,) in rows:
+            with contextlib.suppress(ValueError, KeyError, TypeError):  # written again soon
+                healths.extend(sinks_from_json(text))
+        return traps_of(healths)
+
     def forget_statuses(self, keys: Iterable[str]) -> None:
         """Remove the status rows of `keys` (the staples and attempts stay)."""
         with self.transaction():
@@ -642,6 +654,15 @@ def _status_values(key: str, status: CertStatus, sinks: str) -> tuple[object, ..
     )
 
 
+def traps_of(healths: Iterable[SinkHealth]) -> dict[str, set[Trap]]:
+    """The traps in sink health, by sink."""
+    found: dict[str, set[Trap]] = {}
+    for health in healths:
+        if health.trap is not None:
+            found.setdefault(health.sink, set()).add(health.trap)
+    return found
+
+
 def sinks_json(sinks: Iterable[SinkHealth]) -> str:
     """Sink health as stored (SQLite and Redis alike)."""
     return json.dumps(
@@ -654,6 +675,7 @@ def sinks_json(sinks: Iterable[SinkHealth]) -> str:
                 "since": _iso(s.since) if s.since else None,
                 "note": s.note,
                 "reload_owed": s.reload_owed,
+                "trap": {"path": s.trap.path, "serial": f"{s.trap.serial:x}"} if s.trap else None,
             }
             for s in sinks
         ]
@@ -673,9 +695,16 @@ def sinks_from_json(text: str) -> tuple[SinkHealth, ...]:
             when(d["since"]),
             d["note"],
             d.get("reload_owed", False) is True,  # rows before it: none owed
+            _trap(d.get("trap")),
         )
         for d in json.loads(text)
     )
+
+
+def _trap(value: Any) -> Trap | None:
+    if not isinstance(value, dict):
+        return None  # rows before it, and sinks with none
+    return Trap(str(value["path"]), int(value["serial"], 16))
 
 
 def _status(row: tuple[Any, ...]) -> CertStatus:

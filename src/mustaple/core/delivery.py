@@ -15,6 +15,10 @@ Rules every sink keeps:
   staple instead. Never the good staple of a revoked certificate.
 - `Action.REMOVE` takes the staple away (an expired staple): a server must never go on
   serving it.
+- A sink that must leave a file in place (nginx's `remove = "keep"`) and finds another
+  certificate's staple in it (the certificate at that path renewed, no staple fetched for the
+  new one yet) reports a `Trap` and reloads its server no more while the file holds it: the
+  reload would serve that staple with the new certificate, and clients refuse it.
 """
 
 from __future__ import annotations
@@ -26,7 +30,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Action", "Delivered", "Delivery", "KeepsCopies", "Reloads", "Sink", "SinkHealth"]
+__all__ = [
+    "Action",
+    "Delivered",
+    "Delivery",
+    "HoldsBack",
+    "KeepsCopies",
+    "Reloads",
+    "Sink",
+    "SinkHealth",
+    "Trap",
+]
 
 
 class Action(enum.Enum):
@@ -47,6 +61,17 @@ class Delivery:
     issuer_pem: bytes  # the issuer certificate, for sinks that need it beside the staple
     bundle_has_issuer: bool  # whether `cert_path` already carries the issuer
     status: str  # "good", "revoked", "expired" ...: for commands and logs
+    serial: int | None = None  # the leaf's serial number: whose staple a kept file holds
+
+
+@dataclass(frozen=True, slots=True)
+class Trap:
+    """A staple file left in place (`remove = "keep"`) that holds the staple of another
+    certificate than the one at its certificate path now: a reload would serve it with that
+    one. It is sprung until the file holds something else (the new staple) or nothing."""
+
+    path: str  # the staple file
+    serial: int  # the serial number in the response it holds
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +86,7 @@ class Delivered:
     # running, or the file sink's `running` check says the server is down): not an error.
     note: str | None = None
     reload_owed: bool = False  # the server's reload failed: see `Reloads`
+    trap: Trap | None = None  # this certificate's file holds another's staple: see `HoldsBack`
 
     @property
     def ok(self) -> bool:
@@ -78,6 +104,7 @@ class SinkHealth:
     since: datetime | None = None  # when this run of failures began
     note: str | None = None  # see `Delivered.note`
     reload_owed: bool = False  # see `Delivered.reload_owed`
+    trap: Trap | None = None  # see `Delivered.trap`
 
     @property
     def ok(self) -> bool:
@@ -110,3 +137,12 @@ class Reloads(Protocol):
     and `owe_reload` hands it over."""
 
     def owe_reload(self) -> None: ...
+
+
+@runtime_checkable
+class HoldsBack(Protocol):
+    """A sink that holds back its server's reloads while a `Trap` is sprung. The status rows
+    keep each trap (`SinkHealth.trap`): another process (a `prime`, a start) learns it from
+    them, and `hold_back` hands it over, so that its reload does not spring it either."""
+
+    def hold_back(self, trap: Trap) -> None: ...

@@ -35,7 +35,7 @@ import logging
 import os
 import random
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -71,11 +71,13 @@ from mustaple.core.delivery import (
     Action,
     Delivered,
     Delivery,
+    HoldsBack,
     KeepsCopies,
     Reloads,
     Sink,
     SinkHealth,
 )
+from mustaple.core.der import looks_like_ocsp_response
 from mustaple.core.errors import InputError
 from mustaple.core.fetchtypes import Fetcher, FetchJob, FetchPolicy, FetchResult
 from mustaple.core.lifecycle import (
@@ -632,14 +634,18 @@ class Keeper:
             f"; REVOKED, not stored: {', '.join(revoked)}" if revoked else "",
         )
 
-    def take_from_sinks(self) -> int:
+    def take_from_sinks(self, among: Iterable[Managed] | None = None) -> int:
         """At a start, before the first delivery: a staple a sink holds for a certificate
         (a file sink's file) that is strictly newer than the one restored from the store is
         taken, validated as any answer (it was delivered while the store could not be
         written: a full disk; or written there by another tool). Without it, the start would
-        deliver the older stored staple over it: a revocation undone. Returns how many."""
+        deliver the older stored staple over it: a revocation undone. A file holding an
+        answer that is no staple of the certificate, when none is held (the one before a
+        renewal no keeper saw), is taken away as a stale one of ours (`wanted`), which
+        sets the trap of `HoldsBack` where the file must stay. `among`: these only (a
+        `prime`: those it has no staple for). Returns how many taken."""
         now, taken = self.clock(), 0
-        for managed in self.managed.values():
+        for managed in self.managed.values() if among is None else among:
             for name in managed.entry.sinks or tuple(self.sinks):
                 sink = self.sinks[name]
                 if isinstance(sink, KeepsCopies):
@@ -651,11 +657,17 @@ class Keeper:
         taking what another process stored): each sink whose reload failed, by the stored
         status rows, reloads its server then. The failure was another process's (a `prime`
         from a deploy hook), or this keeper's before a SIGHUP: the files are in place while
-        the server may still serve the old staple. Returns those sinks' names."""
+        the server may still serve the old staple. The traps in the rows are handed over
+        too: no reload springs them (`HoldsBack`). Returns the owing sinks' names."""
         try:
-            owed = self.store.owed_reloads()
+            owed, traps = self.store.owed_reloads(), self.store.traps()
         except (sqlite3.Error, OSError):
             return []  # the store's trouble is said where it is written
+        for name, found in traps.items():
+            sink = self.sinks.get(name)
+            if isinstance(sink, HoldsBack):
+                for trap in found:
+                    sink.hold_back(trap)
         owing = sorted(name for name in owed if isinstance(self.sinks.get(name), Reloads))
         for name in owing:
             sink = self.sinks[name]
@@ -670,6 +682,10 @@ class Keeper:
             return False
         found = verify(der, managed.target, now, self.policy.verify)
         if not isinstance(found, Staple):
+            if answer is None and looks_like_ocsp_response(der):
+                # an answer of ours that is no staple of this certificate (expired, or the
+                # one before a renewal no keeper saw): ours to take away, as any stale one
+                self._apply(managed.life, Stale(), now)
             return False
         if answer is not None and not strictly_newer(found, answer):
             return False
@@ -936,7 +952,13 @@ class Keeper:
         since = before.since if before is not None and not before.ok and before.since else now
         last = before.last_delivery if before is not None else None
         life.sinks[sink] = SinkHealth(
-            sink, last, delivered.error, failures, since, reload_owed=delivered.reload_owed
+            sink,
+            last,
+            delivered.error,
+            failures,
+            since,
+            reload_owed=delivered.reload_owed,
+            trap=delivered.trap,
         )
         if not same or failures & (failures - 1) == 0:
             repeat = f" (failed {failures} times since {human_time(since)})" if failures > 1 else ""
@@ -954,6 +976,7 @@ class Keeper:
             issuer_pem=_pem(managed.target),
             bundle_has_issuer=managed.bundle_has_issuer,
             status=managed.state(),
+            serial=managed.target.leaf.serial_number,
         )
 
     # --- Events and status ------------------------------------------------------------------------
@@ -1153,6 +1176,7 @@ class Keeper:
                         self._apply(managed.life, Wait(now), now)
                 await self._refresh_all(wanted)
             self.judge_time()
+            self.take_from_sinks(m for m in chosen if m.life.state.answer is None)
             self.owe_reloads()
             await self.deliver()
             self._forget_held_elsewhere(loaded)

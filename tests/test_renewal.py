@@ -1,0 +1,203 @@
+"""A renewed certificate whose new staple cannot be fetched yet, with nginx's `remove = "keep"`.
+
+nginx cannot reload without its stapling file, so the file keeps the staple of the certificate
+before the renewal. The next reload of nginx would serve the new certificate with it, which
+clients refuse (the CertID names the old serial). Such a file is a trap (`delivery.Trap`):
+the sink says so on that certificate, and no reload of ours springs it, in this process or in
+another (`mustaple prime` of another certificate), until the new staple is written. Checked
+on a real nginx: the certificate it serves and the reloads its log records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.x509 import ocsp
+
+from mustaple.adapters.probe import probe
+from mustaple.adapters.sinks import build_sink
+from mustaple.testing import Leaf, World, keeper_config, keeper_world
+from servers import NginxServer
+
+A, B = "a.example.test", "b.example.test"
+MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))
+
+
+def served(nginx: NginxServer) -> tuple[int, int | None]:
+    """The serial number of the certificate nginx serves, and the one its staple is about."""
+    result = probe("127.0.0.1", nginx.port, servername=A)
+    staple = result.staple
+    about = ocsp.load_der_ocsp_response(staple).serial_number if staple else None
+    return result.leaf.serial_number, about
+
+
+def reloads(nginx: NginxServer) -> int:
+    """The reloads nginx's own log records."""
+    return nginx.error_log.read_text().count("reconfiguring")
+
+
+async def until(check: Callable[[], bool], what: str) -> None:
+    for _ in range(500):
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"never: {what}")
+
+
+def write_config(tmp: Path, table: dict[str, str]) -> Path:
+    lines = [f'state_dir = "{tmp}/state"', "[[certificates]]"]
+    lines.append(f'paths = ["{tmp}/live/*/fullchain.pem"]')
+    lines.append("[sinks.nginx]")
+    lines += [f"{key} = {json.dumps(value)}" for key, value in table.items()]
+    path = tmp / "mustaple.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+async def prime(config: Path, *paths: Path) -> tuple[int, str]:
+    """A real `mustaple prime` process (the responder answers it from this event loop)."""
+    process = await asyncio.create_subprocess_exec(
+        MUSTAPLE,
+        "prime",
+        "--config",
+        str(config),
+        *map(str, paths),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
+    out, _ = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode()
+
+
+def sink_of(w: World, name: str) -> tuple[str | None, bool]:
+    """The nginx sink's error on certificate `name`'s status, and whether it is a trap."""
+    (view,) = [v for v in w.keeper.views() if v.name == name]
+    (health,) = view.sinks
+    return health.error, health.trap is not None
+
+
+@dataclass
+class Setting:
+    """A keeper (in this process) of A and B, both stapled, one nginx sink with `remove =
+    "keep"` reloading a real nginx that serves A; the same configuration in a file, for
+    `mustaple` processes."""
+
+    w: World
+    nginx: NginxServer
+    old: x509.Certificate  # A before its renewal
+    config: Path
+
+    def renew(self) -> Leaf:
+        """A renewed; the responder does not know the new one yet (it answers unauthorized)."""
+        new = self.w.ca.issue(A, ocsp_urls=[self.w.responder.url])
+        new.write(self.w.tmp / "live" / A)
+        return new
+
+
+@asynccontextmanager
+async def setting(tmp: Path) -> AsyncIterator[Setting]:
+    live = tmp / "live"
+    nginx = NginxServer(
+        tmp / "nginx",
+        cert=live / A / "fullchain.pem",
+        key=live / A / "privkey.pem",
+        stapling_file=tmp / "staples" / f"{A}.der",
+    )
+    table = {
+        "type": "file",
+        "path": f"{tmp}/staples/{{name}}.der",
+        "remove": "keep",
+        "reload": nginx.reload_command,
+        "running": f"test -s {nginx.directory}/nginx.pid",
+    }
+    config = keeper_config(tmp, sinks={"nginx": table})
+    async with keeper_world(tmp, config, sinks={"nginx": build_sink("nginx", table)}) as w:
+        old, _, _ = await w.stapled(A)
+        w.issue(B)
+        await w.keeper.scan()
+        await w.keeper.tick()
+        nginx.start()
+        try:
+            assert served(nginx) == (old.cert.serial_number, old.cert.serial_number)
+            yield Setting(w, nginx, old.cert, write_config(tmp, table))
+        finally:
+            nginx.stop()
+
+
+def test_no_reload_serves_a_renewed_certificate_with_the_old_ones_staple(tmp_path: Path) -> None:
+    asyncio.run(renewed_under_the_keeper(tmp_path))
+
+
+def test_a_prime_of_the_renewed_certificate_sets_the_trap_for_the_next(tmp_path: Path) -> None:
+    """No keeper saw the renewal: the deploy hook's `prime` of the renewed certificate
+    finds the old staple in its file, and the `prime` of another one does not reload."""
+    asyncio.run(renewed_with_no_keeper(tmp_path))
+
+
+async def renewed_with_no_keeper(tmp: Path) -> None:
+    async with setting(tmp) as s:
+        s.renew()
+        code, out = await prime(s.config, tmp / "live" / A / "fullchain.pem")
+        assert (code, f"FAILED {A}" in out) == (1, True), out
+        assert f"serial {s.old.serial_number:X}), and none is fetched" in out, out
+        before = reloads(s.nginx)
+        s.w.clock.now += timedelta(minutes=2)
+        code, out = await prime(s.config, tmp / "live" / B / "fullchain.pem")
+        assert (code, "reload held back" in out) == (1, True), out
+        assert reloads(s.nginx) == before
+        assert served(s.nginx) == (s.old.serial_number, s.old.serial_number)
+
+
+async def renewed_under_the_keeper(tmp: Path) -> None:
+    async with setting(tmp) as s:
+        await trap_and_release(s)
+
+
+async def trap_and_release(s: Setting) -> None:
+    w, nginx, old, config = s.w, s.nginx, s.old, s.config
+    new = s.renew()
+    await w.keeper.scan()
+    await w.keeper.tick()
+    error, trapped = sink_of(w, A)
+    assert trapped, error
+    assert f"serial {old.serial_number:X}" in (error or ""), error
+    assert (w.tmp / "staples" / f"{A}.der").exists()  # kept: nginx could not reload without
+
+    before = reloads(nginx)
+    # a deploy hook's `prime` of B (another process) writes B's newer staple: it learns the
+    # trap from the status rows and does not reload (its answer is two minutes younger)
+    w.clock.now += timedelta(minutes=2)
+    code, out = await prime(config, w.tmp / "live" / B / "fullchain.pem")
+    assert (code, f"FAILED {B}" in out, "reload held back" in out) == (1, True, True), out
+    assert reloads(nginx) == before
+    assert served(nginx) == (old.serial_number, old.serial_number)
+    # nor does this keeper, at B's next refresh
+    b_staple = w.managed(B).held
+    while w.managed(B).held == b_staple:
+        await w.advance_to_next()
+    error, trapped = sink_of(w, B)
+    assert not trapped
+    assert (error or "").startswith("reload held back: "), error
+    assert reloads(nginx) == before
+    assert served(nginx) == (old.serial_number, old.serial_number)
+
+    # the CA answers for the new certificate: its staple is written, and nginx reloaded
+    w.responder.add(new)
+    while w.managed(A).held is None or sink_of(w, B)[0] is not None:
+        await w.advance_to_next()
+    assert sink_of(w, A) == (None, False)
+    assert reloads(nginx) > before
+    await until(lambda: served(nginx)[0] == new.cert.serial_number, "nginx serves the new one")
+    nginx.settle()
+    assert served(nginx) == (new.cert.serial_number, new.cert.serial_number)
