@@ -346,6 +346,97 @@ def test_haproxy_socket_over_tcp_and_through_the_master_cli(pki: Pki, tmp_path: 
     assert "cannot reach HAProxy" in (stuck.error or "")
 
 
+def stale_socket(path: Path) -> None:
+    """A unix socket file nothing listens on, as a stopped HAProxy leaves its own."""
+    with socket.socket(socket.AF_UNIX) as unused:
+        unused.bind(str(path))
+
+
+def test_haproxy_running_with_nothing_at_socket_fails_until_it_answers(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """HAProxy runs (its `running` check says so) but nothing answers at `socket` (a typo, a
+    `stats socket` line not loaded yet): each new staple would never reach it while the sink
+    said OK. It fails, naming the socket and what to fix, the file written and the push owed;
+    once the socket answers, the retry hands the same staple over, with no reload."""
+    pem = haproxy_pem(pki.leaf, tmp_path / "certs")
+    first = pki.fresh()
+    Path(f"{pem}.ocsp").write_bytes(first.der)
+    with HAProxyServer(tmp_path / "haproxy", pem=pem) as server:
+        worker = server.worker_pid()
+        wrong = server.api_socket.with_name("typo.sock")
+        running = f"kill -0 {server.pid}"
+        sink = build_sink("h", {"type": "haproxy", "socket": str(wrong), "running": running})
+        second = pki.fresh()
+        [missing] = deliver(sink, pki.delivery(pem, second.der))
+        stale_socket(wrong)
+        [refused] = deliver(sink, pki.delivery(pem, second.der))
+        for failed, why in ((missing, "No such file or directory"), (refused, "refused")):
+            assert not failed.ok
+            assert failed.reload_owed
+            runs = f"HAProxy runs (its `running` check exits 0) but nothing listens at {wrong}: "
+            assert (failed.error or "").startswith(runs)
+            assert why in (failed.error or "")
+            assert "`stats socket ... level admin` line" in (failed.error or "")
+            assert f"{pem}.ocsp is written" in (failed.error or "")
+            assert "\n" not in (failed.error or "")
+        assert missing.changed
+        assert not refused.changed
+        assert Path(f"{pem}.ocsp").read_bytes() == second.der
+        assert served(server.port) == first.der  # the running HAProxy never got it
+        wrong.unlink()
+        wrong.symlink_to(server.api_socket)  # the socket answers at the configured path
+        [healed] = deliver(sink, pki.delivery(pem, second.der))  # the retry
+        assert outcome(healed) == (None, False)
+        assert not healed.reload_owed
+        assert healed.note is None
+        assert served(server.port) == second.der
+        assert server.worker_pid() == worker  # pushed, not reloaded
+
+
+def test_haproxy_not_running_stays_ok_with_or_without_a_running_check(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """A stopped HAProxy (no socket file, or the one it left behind, refusing) is no failure:
+    the file is in place for its start. The `running` check says so when it fails; without
+    one, nothing listening at the socket is taken for it. A removal reloads no stopped
+    HAProxy."""
+    pem = haproxy_pem(pki.leaf, tmp_path / "certs")
+    with HAProxyServer(tmp_path / "haproxy", pem=pem) as server:
+        stopped = server.pid
+    gone = tmp_path / "gone.sock"
+    left = tmp_path / "left.sock"
+    stale_socket(left)
+    for path in (gone, left):
+        for extra in ({}, {"running": f"kill -0 {stopped}"}):
+            sink = build_sink("h", {"type": "haproxy", "socket": str(path), **extra})
+            staple = pki.fresh()
+            [done] = deliver(sink, pki.delivery(pem, staple.der))
+            assert outcome(done) == (None, True)
+            assert not done.reload_owed
+            assert "HAProxy is not running (" in (done.note or "")
+            assert f"nothing listens at {path}: " in (done.note or "")
+            assert f"it reads {pem}.ocsp at its start" in (done.note or "")
+            assert ("`kill -0" in (done.note or "")) == bool(extra)
+            assert Path(f"{pem}.ocsp").read_bytes() == staple.der
+    reload = {"reload": "exit 1", "running": f"kill -0 {stopped}"}  # its reload would fail
+    sink = build_sink("h", {"type": "haproxy", "socket": str(gone), **reload})
+    [removed] = deliver(sink, pki.delivery(pem, None))
+    assert outcome(removed) == (None, True)  # nothing served: nothing to reload
+    assert "the server is not running (`kill -0" in (removed.note or "")
+    assert Path(f"{pem}.ocsp").read_bytes() == b""
+
+
+def test_haproxy_running_check_that_cannot_run_is_a_failure(pki: Pki, tmp_path: Path) -> None:
+    pem = haproxy_pem(pki.leaf, tmp_path / "certs")
+    table = {"type": "haproxy", "socket": str(tmp_path / "none.sock"), "running": "no-such-x"}
+    [done] = deliver(build_sink("h", table), pki.delivery(pem, pki.fresh().der))
+    assert not done.ok
+    assert done.reload_owed
+    assert "the `running` check cannot run (" in (done.error or "")
+    assert f"nothing listens at {tmp_path / 'none.sock'}" in (done.error or "")
+
+
 def test_haproxy_started_without_ocsp_file_needs_one_reload(pki: Pki, tmp_path: Path) -> None:
     pem = haproxy_pem(pki.leaf, tmp_path / "certs")
     with HAProxyServer(tmp_path / "haproxy", pem=pem) as server:

@@ -9,9 +9,11 @@
 - `command`: runs a shell command for each delivery, with the event in its environment.
 
 Every sink keeps the `mustaple.core.delivery` rules: a failure of the outside world (a directory
-that cannot be written, a reload that fails, HAProxy not listening) becomes `Delivered.error`,
-one line; nothing here raises for it. Commands and socket calls have timeouts. What each
-server does with the files, and its quirks, is in docs/integrations/.
+that cannot be written, a reload that fails, a running HAProxy that does not answer at
+`socket`) becomes `Delivered.error`, one line; nothing here raises for it. A server that is
+not running is no failure: what it reads at its start is in place (`Delivered.note`).
+Commands and socket calls have timeouts. What each server does with the files, and its
+quirks, is in docs/integrations/.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import string
 import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -42,7 +44,7 @@ from mustaple.adapters.files import (
     write_atomic,
     write_atomic_many,
 )
-from mustaple.adapters.shell import run, run_command
+from mustaple.adapters.shell import Ran, run, run_command
 from mustaple.core.delivery import Action, Delivered, Delivery, Sink, Trap
 from mustaple.core.der import RESPONSE_HEAD, looks_like_ocsp_response
 from mustaple.core.render import human_time
@@ -169,7 +171,7 @@ def _check_template(reader: TableReader, path: str) -> None:
 
 
 def _haproxy_sink(name: str, table: Mapping[str, object], files: StapleFiles) -> HAProxySink:
-    keys = ("socket", "master", "ocsp_dir", "timeout", "reload", "reload_timeout")
+    keys = ("socket", "master", "ocsp_dir", "timeout", "reload", "reload_timeout", "running")
     reader = _reader(name, table, "haproxy", keys)
     socket = reader.required(
         "socket", 'give HAProxy\'s admin socket, e.g. "/run/haproxy/admin.sock"'
@@ -187,6 +189,7 @@ def _haproxy_sink(name: str, table: Mapping[str, object], files: StapleFiles) ->
         timeout=reader.duration("timeout", DEFAULT_SOCKET_TIMEOUT, MAX_SINK_DURATION),
         reload=reader.text("reload"),
         reload_timeout=reader.duration("reload_timeout", DEFAULT_RELOAD_TIMEOUT, MAX_SINK_DURATION),
+        running=reader.text("running"),
         files=files,
     )
 
@@ -213,6 +216,7 @@ class _Outcome:
     needs_reload: bool = False  # the server sees this only after a reload
     note: str | None = None  # in place for the next start; no running server took it
     trap: Trap | None = None  # the file kept holds another certificate's staple
+    owed: bool = False  # the running server did not take it (HAProxy's push failed)
 
 
 class _Reloader:
@@ -260,7 +264,7 @@ class _Reloader:
             if self.command is not None and waits:
                 error = _joined(outcome.error, problem) if problem else None
                 noted = noted or note
-            owed = self.owed and waits and self.command is not None
+            owed = outcome.owed or (self.owed and waits and self.command is not None)
             done.append(
                 Delivered(delivery.key, sink, outcome.changed, error, noted, owed, outcome.trap)
             )
@@ -655,9 +659,41 @@ async def _read_answer(reader: asyncio.StreamReader) -> bytes:
     return answer
 
 
+class _Liveness:
+    """Whether HAProxy runs, by the sink's `running` command: asked only when the socket did
+    not let a push in, at most once per batch."""
+
+    def __init__(self, command: str | None, timeout: timedelta) -> None:
+        self.command = command
+        self.timeout = timeout
+        self._ran: Ran | None = None
+
+    async def check(self) -> Ran | None:
+        """How the check ended; None without one."""
+        if self.command is None:
+            return None
+        if self._ran is None:
+            self._ran = await run(self.command, self.timeout)
+        return self._ran
+
+
+@dataclass(frozen=True, slots=True)
+class _Shut:
+    """The socket did not let a push in: nothing listens there (no socket file, or a
+    refusal: a stopped HAProxy leaves its socket file), or it refused mustaple's user."""
+
+    why: str  # e.g. "nothing listens at /run/haproxy/admin.sock: Connection refused"
+    denied: bool = False
+
+
 class HAProxySink:
     """Keeps `<crt>.ocsp` (and `<crt>.issuer`) for HAProxy's next start and pushes each staple
     to the running HAProxy over its runtime API.
+
+    A push the socket does not let in is HAProxy not running (a note) when the `running`
+    check fails, or, without one, when nothing listens there; otherwise (HAProxy runs, the
+    socket refuses mustaple's user, no answer, an error answer) it is an error, owed: the
+    next delivery pushes again, and a start or a `prime` learns it from the status rows.
 
     HAProxy 2.6 has no runtime command to drop a staple: REMOVE empties `<crt>.ocsp` (stapling
     stays enabled for the certificate, with nothing to send, and later pushes still work) and
@@ -675,6 +711,7 @@ class HAProxySink:
         timeout: timedelta = DEFAULT_SOCKET_TIMEOUT,
         reload: str | None = None,
         reload_timeout: timedelta = DEFAULT_RELOAD_TIMEOUT,
+        running: str | None = None,
         files: StapleFiles | None = None,
     ) -> None:
         self.name = name
@@ -682,7 +719,8 @@ class HAProxySink:
         self.master = master  # the master CLI: send commands to the current worker with "@1"
         self.ocsp_dir = ocsp_dir
         self.timeout = timeout
-        self._reloader = _Reloader(reload, reload_timeout)
+        self.running = running  # a command that exits 0 while HAProxy runs
+        self._reloader = _Reloader(reload, reload_timeout, running)
         self._cleaner = _Cleaner(re.compile(r".+\.(?:ocsp|issuer)"))
         self._files = files or StapleFiles()
         # .ocsp file emptied -> until when the running HAProxy staples what it held (None:
@@ -690,7 +728,8 @@ class HAProxySink:
         self._serving: dict[Path, datetime | None] = {}
 
     def owe_reload(self) -> None:
-        """The next delivery runs `reload`, if any (`Reloads`): a removal it did not finish."""
+        """An earlier process's push or reload failed (`Reloads`): the next delivery pushes
+        as always, and runs `reload`, if any, so that HAProxy reads every file again."""
         self._reloader.owed = True
 
     def path_for(self, delivery: Delivery, suffix: str = ".ocsp") -> Path:
@@ -699,19 +738,21 @@ class HAProxySink:
         return directory / f"{delivery.cert_path.name}{suffix}"
 
     async def deliver(self, batch: Sequence[Delivery]) -> list[Delivered]:
-        outcomes = [await self._deliver_one(d) for d in batch]
+        liveness = _Liveness(self.running, self.timeout)
+        outcomes = [await self._deliver_one(d, liveness) for d in batch]
         done = await self._reloader.finish(self.name, batch, outcomes)
         for delivery, delivered in zip(batch, done, strict=True):
             if delivery.action is Action.REMOVE and delivered.ok:  # reloaded, or none served
                 self._serving.pop(self.path_for(delivery), None)
         return done
 
-    async def _deliver_one(self, delivery: Delivery) -> _Outcome:
+    async def _deliver_one(self, delivery: Delivery, liveness: _Liveness) -> _Outcome:
         path = self.path_for(delivery)
         clash = self._files.clash(self.name, delivery, path, _OCSP_DIR_CLASH)
         if clash is not None:  # the running HAProxy still takes it: it matches by CertID
-            pushed = await self._push(delivery.der, path) if delivery.der else None
-            return _Outcome(False, _joined(pushed, clash) if pushed else clash)
+            if delivery.der is None:
+                return _Outcome(False, clash)
+            return _also(await self._hand(delivery.der, path, liveness), clash)
         if delivery.action is Action.REMOVE:
             return await asyncio.to_thread(self._remove, delivery)
         if delivery.der is None:
@@ -720,15 +761,11 @@ class HAProxySink:
             changed = await asyncio.to_thread(self._write, delivery, delivery.der)
         except OSError as exc:
             problem = f"{_os_problem(path, exc)}: HAProxy will not have it after a reload"
-            return _Outcome(False, _joined(await self._push(delivery.der, path), problem))
-        pushed = await self._push(delivery.der, path)
-        if pushed is None:
+            return _also(await self._hand(delivery.der, path, liveness), problem)
+        handed = await self._hand(delivery.der, path, liveness)
+        if handed.error is None and handed.note is None:  # the running HAProxy took it
             self._serving.pop(path, None)
-        if pushed is not None and pushed.startswith(_NOT_RUNNING):
-            return _Outcome(changed, note=f"{pushed}: it reads {path} at its start")
-        if pushed is not None and pushed.startswith(_UNREACHABLE):
-            pushed += f"; {path} is written: HAProxy reads it at its next start or reload"
-        return _Outcome(changed, pushed)
+        return replace(handed, changed=changed)
 
     def _write(self, delivery: Delivery, data: bytes) -> bool:
         """Write `.issuer` first when needed: HAProxy refuses to start with a `.ocsp` file it
@@ -738,8 +775,50 @@ class HAProxySink:
             _replace(self.path_for(delivery, ".issuer"), delivery.issuer_pem, staple=False)
         return _replace(self.path_for(delivery), data)
 
-    async def _push(self, der: bytes, path: Path) -> str | None:
-        """None when the running HAProxy took the staple, else what went wrong."""
+    async def _hand(self, der: bytes, path: Path, liveness: _Liveness) -> _Outcome:
+        """Push `der` (whose file is `path`) to the running HAProxy: no error when it took
+        it, a note when it is not running, else the error, owed."""
+        pushed = await self._push(der, path)
+        if pushed is None:
+            return _Outcome(False)
+        if isinstance(pushed, _Shut):
+            return await self._shut(pushed, path, liveness)
+        if pushed.startswith(_UNREACHABLE):
+            pushed += f"; {path} is written: HAProxy reads it at its next start or reload"
+        return _Outcome(False, pushed, owed=True)
+
+    async def _shut(self, shut: _Shut, path: Path, liveness: _Liveness) -> _Outcome:
+        """The socket did not let a push in: HAProxy is not running when the `running` check
+        fails, or, without one, when nothing listens there; else an error saying what to fix."""
+        ran = await liveness.check()
+        if ran is not None and ran.problem is not None and not ran.unrunnable:
+            why = f"{_NOT_RUNNING} ({ran.problem}; {shut.why})"
+            return _Outcome(False, note=f"{why}: it reads {path} at its start")
+        if ran is None and not shut.denied:
+            why = f"{_NOT_RUNNING} ({shut.why})"
+            return _Outcome(False, note=f"{why}: it reads {path} at its start")
+        if ran is not None and ran.unrunnable:
+            problem = (
+                f"the `running` check cannot run ({ran.problem}): fix it, it tells a stopped "
+                f"HAProxy from a wrong `socket` ({shut.why})"
+            )
+        elif shut.denied:
+            problem = (
+                f"{shut.why}; give it access with the `mode`, `user` or `group` of that "
+                "`stats socket` line in haproxy.cfg, then reload HAProxy"
+            )
+        else:
+            problem = (
+                f"HAProxy runs (its `running` check exits 0) but {shut.why}; set `socket` to "
+                "the path or address of its `stats socket ... level admin` line, or add that "
+                "line to haproxy.cfg and reload HAProxy"
+            )
+        written = f"{path} is written: HAProxy reads it at its next start or reload"
+        return _Outcome(False, f"{problem}; {written}", owed=True)
+
+    async def _push(self, der: bytes, path: Path) -> str | _Shut | None:
+        """None when the running HAProxy took the staple, `_Shut` when the socket did not
+        let it in, else what went wrong."""
         command = f"set ssl ocsp-response {base64.b64encode(der).decode()}"
         if self.master:
             command = f"@1 {command}"
@@ -749,7 +828,10 @@ class HAProxySink:
         try:
             answer = await ask_haproxy(self.socket, command, self.timeout)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
-            return f"{_NOT_RUNNING} (nothing listens at {self.socket}: {_describe(exc)})"
+            return _Shut(f"nothing listens at {self.socket}: {_describe(exc)}")
+        except PermissionError as exc:
+            why = f"HAProxy's runtime API at {self.socket} refuses mustaple's user"
+            return _Shut(f"{why}: {_describe(exc)}", denied=True)
         except (OSError, TimeoutError, UnicodeError) as exc:
             return f"{_UNREACHABLE} at {self.socket} ({_describe(exc)})"
         first = answer.strip().splitlines()[0] if answer.strip() else "no answer"
@@ -787,6 +869,11 @@ class HAProxySink:
             f"{when} or until it is reloaded ({path} is now empty)"
         )
         return _Outcome(bool(previous), error, needs_reload=True)
+
+
+def _also(handed: _Outcome, problem: str) -> _Outcome:
+    """A push's outcome when the file could not be written too (`problem`): an error."""
+    return _Outcome(False, _joined(handed.error, problem), owed=handed.owed)
 
 
 def _served_until(der: bytes) -> datetime | None:

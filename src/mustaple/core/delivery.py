@@ -7,8 +7,8 @@ once per batch, not once per certificate.
 
 Rules every sink keeps:
 - `deliver` never raises for a failure of the outside world (a missing directory, a
-  reload command that fails, HAProxy not listening): it returns a `Delivered` with `error`
-  set, one line that says what failed, and goes on with the rest of the batch.
+  reload command that fails, a running HAProxy not answering): it returns a `Delivered`
+  with `error` set, one line that says what failed, and goes on with the rest of the batch.
 - Delivering the same staple again is harmless and reports `changed=False`.
 - `Action.REVOKED` serves the CA's revoked answer instead of the good staple, so clients learn
   the truth and the server keeps running; a sink whose server cannot serve one withdraws the
@@ -85,7 +85,9 @@ class Delivered:
     # In place for the server's next start, but no running server took it (HAProxy not
     # running, or the file sink's `running` check says the server is down): not an error.
     note: str | None = None
-    reload_owed: bool = False  # the server's reload failed: see `Reloads`
+    # the running server may not have what was written (its reload failed, or HAProxy
+    # did not take the push): see `Reloads`
+    reload_owed: bool = False
     trap: Trap | None = None  # this certificate's file holds another's staple: see `HoldsBack`
 
     @property
@@ -134,7 +136,9 @@ class Reloads(Protocol):
     A reload that failed is owed: the next delivery reloads even when no file changed. Its
     `Delivered.reload_owed` says so, and the status rows keep it: a new sink (a start, a
     SIGHUP) or another process (a keeper taking what a `prime` stored) learns it from them,
-    and `owe_reload` hands it over."""
+    and `owe_reload` hands it over. A HAProxy push that a running HAProxy did not take is
+    owed the same way: every delivery pushes again, and `owe_reload` makes the next one run
+    the sink's `reload`, if it has one."""
 
     def owe_reload(self) -> None: ...
 
