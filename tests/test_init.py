@@ -199,6 +199,8 @@ def test_init_writes_a_config_the_real_loader_accepts(
     assert config.sinks["lighttpd"]["reload"] == "systemctl restart lighttpd"
     # `prime --all && systemctl start nginx` works: a server not running is not reloaded
     assert config.sinks["nginx"]["running"] == "systemctl is-active --quiet nginx"
+    # a wrong socket is never taken for a stopped HAProxy (docs/integrations/haproxy.md)
+    assert config.sinks["haproxy"]["running"] == "systemctl is-active --quiet haproxy"
     staple = tree.root / "state/staples/example.test.der"
     assert said.count(f"ssl_stapling_file {staple};") == 2  # both server blocks, once each
     assert f'ssl.stapling-file = "{staple}"' in said

@@ -351,6 +351,7 @@ def _sink(plan: Plan, server: str) -> list[str]:
             "[sinks.haproxy]",
             'type = "haproxy"',
             f"socket = {_q(socket)}",
+            'running = "systemctl is-active --quiet haproxy"   # stopped, or a wrong socket?',
             'reload = "systemctl reload haproxy"   # only to take a staple away',
         ]
     keep = ['remove = "keep"   # nginx cannot reload without its stapling file'] * (
