@@ -288,6 +288,41 @@ def test_a_file_name_cannot_forge_a_line_of_prime(
     assert "zz\\nOK h1.test" in lines[1]
 
 
+def mustaple(*argv: str) -> subprocess.CompletedProcess[bytes]:
+    """`mustaple ARGV...` run as a real process, its output kept as bytes."""
+    return subprocess.run([MUSTAPLE, *argv], capture_output=True, timeout=60, check=False)
+
+
+def test_prime_json_spells_a_file_name_that_is_not_utf8_as_status_json_does(
+    site: Site,
+) -> None:
+    """A good certificate, a garbled file and an uncovered one, each under a name that is not
+    UTF-8: `prime --json` gave Python's lone surrogates (`\\udcff`, which strict JSON readers
+    refuse) where `status --json` gives `\\xff`; both now name each file alike."""
+    leaf = site.issue("odd.test")
+    (site.tmp / "live" / "odd.test").rename(site.tmp / "live" / os.fsdecode(b"odd-\xff"))
+    garbled = site.tmp / "live" / os.fsdecode(b"bad-\xfe") / "fullchain.pem"
+    garbled.parent.mkdir()
+    garbled.write_bytes(b"garbled")
+    config = ["--config", str(site.config)]
+    primed = mustaple("prime", *config, "--all", "--json")
+    assert primed.returncode == ExitCode.USAGE, primed.stderr  # the garbled file
+    said = [json.loads(line) for line in primed.stdout.splitlines()]
+    rows = json.loads(mustaple("status", *config, "--json").stdout)
+    live = f"{site.tmp}/live"
+    expected = [f"{live}/odd-\\xff/fullchain.pem", f"{live}/bad-\\xfe/fullchain.pem"]
+    assert [(row["cert"], row["state"]) for row in said] == [
+        (expected[0], "good"), (expected[1], "unusable")
+    ]  # fmt: skip
+    assert sorted(row["cert"] for row in rows) == sorted(expected)
+    leaf.write(site.tmp / os.fsdecode(b"else-\xfd"))
+    argv = ["prime", *config, "--skip-uncovered", f"{site.tmp}/else-\udcfd/fullchain.pem"]
+    skipped = json.loads(mustaple(*argv, "--json").stdout)
+    assert skipped["cert"] == f"{site.tmp}/else-\\xfd/fullchain.pem"
+    line = mustaple(*argv).stdout
+    assert line.startswith(f"SKIPPED {site.tmp}/else-\\xfd/fullchain.pem: ".encode())
+
+
 def test_status_after_prime(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
     site.issue("a.test")
     site.issue("later.test")

@@ -103,15 +103,17 @@ def _covered_only(config: Config, paths: list[Path], *, as_json: bool) -> list[P
     certificate is no concern of this configuration, so it gates nothing."""
     from mustaple.adapters.coverage import Coverage
     from mustaple.core.errors import InputError
+    from mustaple.core.render import one_line, shown
 
     coverage, covered = Coverage(config), []
     for path in paths:
         try:
             coverage.find(path)
         except InputError:
-            said = f"no [[certificates]] entry of {config.path} covers it: not gated"
-            shown = {"cert": str(path), "state": "skipped", "ok": True, "message": said}
-            click.echo(json.dumps(shown) if as_json else f"SKIPPED {path}: {said}")
+            said = shown(f"no [[certificates]] entry of {config.path} covers it: not gated")
+            skipped = {"cert": shown(path), "state": "skipped", "ok": True, "message": said}
+            line = one_line(f"SKIPPED {shown(path)}: {said}")
+            click.echo(json.dumps(skipped) if as_json else line)
             continue
         covered.append(path)
     return covered

@@ -106,7 +106,7 @@ def prime_json(primed: Primed, now: datetime) -> dict[str, Any]:
     held, rejection = primed.state.held, primed.state.rejection
     return {
         "name": primed.name,
-        "cert": str(primed.path),
+        "cert": shown(primed.path),
         "must_staple": primed.must_staple,
         "state": primed.phase,
         "ok": delivered(primed),
@@ -123,7 +123,7 @@ def unusable_line(left: Unusable) -> str:
 
 
 def unusable_json(left: Unusable) -> dict[str, Any]:
-    return {"cert": str(left.path), "state": "unusable", "ok": False, "message": left.message}
+    return {"cert": shown(left.path), "state": "unusable", "ok": False, "message": left.message}
 
 
 def prime_exit_code(results: list[Primed], unusable: Sequence[Unusable] = ()) -> ExitCode:
