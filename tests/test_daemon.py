@@ -323,6 +323,37 @@ def test_prime_json_spells_a_file_name_that_is_not_utf8_as_status_json_does(
     assert line.startswith(f"SKIPPED {site.tmp}/else-\\xfd/fullchain.pem: ".encode())
 
 
+PRIME_KEYS = {
+    "name", "cert", "must_staple", "state", "ok", "effective_expiry", "reason", "message"
+}  # fmt: skip
+
+
+def test_every_object_of_prime_json_has_the_same_keys(site: Site) -> None:
+    """A primed, an unusable and a skipped file: the objects of the last two lacked `name`,
+    `must_staple`, `effective_expiry` and `reason` (a script reading `row["name"]` failed on
+    them); now every object has every key, null where there is no value."""
+    site.issue("a.test")
+    leaf = site.issue("nourl.test", ocsp_urls=[], must_staple=False)
+    broken = site.tmp / "live" / "broken.test" / "fullchain.pem"
+    broken.parent.mkdir(parents=True)
+    broken.write_text("garbage")
+    config = ["--config", str(site.config)]
+    primed = mustaple("prime", *config, "--all", "--json")
+    assert primed.returncode == ExitCode.USAGE, primed.stderr
+    rows = {row["cert"]: row for row in map(json.loads, primed.stdout.splitlines())}
+    leaf.write(site.tmp / "elsewhere")
+    outside = str(site.tmp / "elsewhere" / "fullchain.pem")
+    skipped = mustaple("prime", *config, "--skip-uncovered", outside, "--json")
+    rows[outside] = json.loads(skipped.stdout)
+    assert [set(row) for row in rows.values()] == [PRIME_KEYS] * 4
+    unusable = rows[str(broken)]
+    assert (unusable["name"], unusable["must_staple"]) == ("broken.test", None)
+    assert (unusable["state"], unusable["reason"]) == ("unusable", "cert-unusable")
+    assert rows[site.cert("nourl.test")]["reason"] == "no-ocsp-url"
+    assert rows[outside]["state"] == "skipped"
+    assert rows[outside]["name"] is rows[outside]["reason"] is None
+
+
 def test_status_after_prime(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
     site.issue("a.test")
     site.issue("later.test")

@@ -104,6 +104,7 @@ def _covered_only(config: Config, paths: list[Path], *, as_json: bool) -> list[P
     from mustaple.adapters.coverage import Coverage
     from mustaple.core.errors import InputError
     from mustaple.core.render import one_line, shown
+    from mustaple.front.status import skipped_json
 
     coverage, covered = Coverage(config), []
     for path in paths:
@@ -111,9 +112,8 @@ def _covered_only(config: Config, paths: list[Path], *, as_json: bool) -> list[P
             coverage.find(path)
         except InputError:
             said = shown(f"no [[certificates]] entry of {config.path} covers it: not gated")
-            skipped = {"cert": shown(path), "state": "skipped", "ok": True, "message": said}
             line = one_line(f"SKIPPED {shown(path)}: {said}")
-            click.echo(json.dumps(skipped) if as_json else line)
+            click.echo(json.dumps(skipped_json(path, said)) if as_json else line)
             continue
         covered.append(path)
     return covered

@@ -47,7 +47,10 @@ __all__ = [
     "prime_line",
     "print_fleet_tables",
     "print_status_table",
+    "skipped_json",
     "status_rows",
+    "unusable_json",
+    "unusable_line",
 ]
 
 
@@ -103,6 +106,7 @@ def _failing(primed: Primed) -> str:
 
 
 def prime_json(primed: Primed, now: datetime) -> dict[str, Any]:
+    """The object of a primed file; every object `prime --json` prints has the same keys."""
     held, rejection = primed.state.held, primed.state.rejection
     return {
         "name": primed.name,
@@ -116,6 +120,20 @@ def prime_json(primed: Primed, now: datetime) -> dict[str, Any]:
     }
 
 
+def skipped_json(path: Path, message: str) -> dict[str, Any]:
+    """The object of a file no entry covers, skipped (`--skip-uncovered`): it is not read."""
+    return {
+        "name": None,
+        "cert": shown(path),
+        "must_staple": None,
+        "state": "skipped",
+        "ok": True,
+        "effective_expiry": None,
+        "reason": None,
+        "message": message,
+    }
+
+
 def unusable_line(left: Unusable) -> str:
     """The line of a file `prime --all` left out (a newline in a file name cannot forge
     another line)."""
@@ -123,7 +141,17 @@ def unusable_line(left: Unusable) -> str:
 
 
 def unusable_json(left: Unusable) -> dict[str, Any]:
-    return {"cert": shown(left.path), "state": "unusable", "ok": False, "message": left.message}
+    """The object of a file `prime --all` left out."""
+    return {
+        "name": left.name,
+        "cert": shown(left.path),
+        "must_staple": left.must_staple,
+        "state": "unusable",
+        "ok": False,
+        "effective_expiry": None,
+        "reason": left.reason.code,
+        "message": left.message,
+    }
 
 
 def prime_exit_code(results: list[Primed], unusable: Sequence[Unusable] = ()) -> ExitCode:

@@ -276,9 +276,13 @@ class Primed:
 @dataclass(frozen=True, slots=True)
 class Unusable:
     """A file `prime_usable` was given and left out: missing, or not usable as it is (the
-    message names the file and what to fix)."""
+    message names the file and what to fix), with what could be read of its certificate
+    (else the file's directory name, and must-staple unknown) and the reason code."""
 
     path: Path
+    name: str
+    must_staple: bool | None
+    reason: Reason
     message: str
 
 
@@ -1162,13 +1166,10 @@ class Keeper:
                     if managed is not None:
                         chosen.append(managed)
                         continue
-                    if path in loaded:
-                        message = self.problems[path].message
-                    else:  # gone since it was listed
-                        message = f"{path}: certificate not found"
+                    left = self._left_out(path, loaded)
                     if refuse:
-                        raise InputError(message)
-                    unusable.append(Unusable(path, message))
+                        raise InputError(left.message)
+                    unusable.append(left)
                 now = self.clock()
                 wanted = self._one_per_life(m for m in chosen if m.next_due is not None)
                 for managed in wanted:  # due now, even with a valid staple
@@ -1181,6 +1182,14 @@ class Keeper:
             await self.deliver()
             self._forget_held_elsewhere(loaded)
         return [_primed(m) for m in chosen], unusable
+
+    def _left_out(self, path: Path, loaded: Mapping[Path, Managed | None]) -> Unusable:
+        """A file `prime` could not load, and why."""
+        if path in loaded:
+            said = self.problems[path]
+            return Unusable(path, said.name, said.must_staple, said.reason, said.message)
+        name, must, _ = _identify(path)  # gone since it was listed
+        return Unusable(path, name, must, Reason.CERT_UNUSABLE, f"{path}: certificate not found")
 
     def _forget_held_elsewhere(self, loaded: Mapping[Path, Managed | None]) -> None:
         """The status rows of certificates these files held before (renewed, or turned
