@@ -19,10 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 
 from conftest import Crowded, Handler, LoopbackServer
 from mustaple.adapters.config import CertEntry, Config, Hooks
+from mustaple.adapters.coverage import configured_files
 from mustaple.adapters.sinks import FileSink
 from mustaple.adapters.store import SqliteStore
 from mustaple.core.certs import Target, make_target
@@ -693,6 +696,68 @@ def test_concurrency_per_responder_host_is_bounded(
 
     run(scenario, tmp_path)
     assert crowded.peak == 2
+
+
+GONE = (
+    "{}: the file disappeared while it was being read (a renewal may have replaced it); "
+    "the next prime, or the keeper's next pass, takes it"
+)
+
+
+def test_a_file_gone_between_its_look_and_its_reading_is_said_so(
+    tmp_path: Path, serve: Callable[[Handler], LoopbackServer]
+) -> None:
+    """b.test's file is looked at, then taken away while the keeper waits on a.test's issuer
+    download (the server serving it removes the file): the file disappeared, and the next
+    pass takes it; it said `certificate not found`, of a file the keeper had just seen."""
+    doomed = tmp_path / "live" / "b.test" / "fullchain.pem"
+    issuers: list[bytes] = []
+
+    async def issuer(request: web.Request) -> web.StreamResponse:
+        doomed.unlink()
+        return web.Response(body=issuers[0], content_type="application/pkix-cert")
+
+    server = serve(issuer)
+
+    async def scenario(tmp: Path) -> None:
+        async with world(tmp) as w:
+            a = w.ca.issue("a.test", ocsp_urls=[w.responder.url], ca_issuer_urls=[server.url])
+            issuers.append(a.issuer.public_bytes(serialization.Encoding.DER))
+            (tmp / "live" / "a.test").mkdir(parents=True)
+            (tmp / "live" / "a.test" / "fullchain.pem").write_bytes(a.cert_pem)  # no issuer
+            b = w.issue("b.test")
+            await w.keeper.scan()
+            assert w.keeper.problems[doomed].message == GONE.format(doomed)
+            b.write(tmp / "live" / "b.test")  # the renewal's file
+            await w.keeper.scan()
+            assert doomed in w.keeper.managed
+            assert not w.keeper.problems
+
+    run(scenario, tmp_path)
+    assert len(server.hits) == 1
+
+
+def test_prime_of_a_file_gone_since_it_was_listed_says_it_disappeared(tmp_path: Path) -> None:
+    """`prime --all` lists the files, then primes them: one removed in between disappeared
+    (it said `certificate not found`); a symbolic link to nothing, listed too, is not found."""
+
+    async def scenario(tmp: Path) -> None:
+        async with world(tmp) as w:
+            w.issue("a.test")
+            w.issue("b.test")
+            link = tmp / "live" / "c.test" / "fullchain.pem"
+            link.parent.mkdir()
+            link.symlink_to(tmp / "nowhere.pem")
+            listed = list(configured_files(w.keeper.config))
+            gone = tmp / "live" / "b.test" / "fullchain.pem"
+            gone.unlink()
+            primed, unusable = await w.keeper.prime_usable(listed)
+        assert [p.name for p in primed] == ["a.test"]
+        assert [(u.name, u.message) for u in unusable] == [
+            ("b.test", GONE.format(gone)), ("c.test", f"{link}: certificate not found")
+        ]  # fmt: skip
+
+    run(scenario, tmp_path)
 
 
 def test_find_by_cert_id_and_observers(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from mustaple.core.errors import InputError
 
 __all__ = [
     "MAX_INPUT",
+    "MissingInputError",
     "NotRegularFileError",
     "clean_temporaries",
     "make_directories",
@@ -56,6 +57,15 @@ _NAME_TRIES = 100  # names taken in a row before giving up (mkstemp's TMP_MAX is
 _SYNC_THREADS = 8
 SYNC_ONCE_FROM = 64  # files in one batch from which one syncfs beats an fsync each
 SYNCFS_FROM = (5, 15)  # the first Linux whose syncfs can be trusted (`syncfs_trusted`)
+
+
+class MissingInputError(InputError):
+    """The file `path` read_input was given does not exist (one that was there a moment ago
+    has disappeared: its reader may say so)."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        super().__init__(f"{path}: {what} not found")
+        self.path = path
 
 
 class NotRegularFileError(OSError):
@@ -120,7 +130,7 @@ def read_input(path: str | Path, what: str = "file", limit: int = MAX_INPUT) -> 
         finally:
             os.close(fd)
     except FileNotFoundError:
-        raise InputError(f"{p}: {what} not found") from None
+        raise MissingInputError(p, what) from None
     except NotRegularFileError as exc:
         raise InputError(f"{p}: {exc.strerror}; give the path of the {what}") from None
     except PermissionError:

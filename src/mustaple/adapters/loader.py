@@ -15,7 +15,7 @@ from pathlib import Path
 from cryptography import x509
 
 from mustaple.adapters.fetch import HttpFetcher
-from mustaple.adapters.files import read_input
+from mustaple.adapters.files import MissingInputError, read_input
 from mustaple.adapters.signatures import SignatureCache
 from mustaple.core.certs import (
     Target,
@@ -31,7 +31,7 @@ from mustaple.core.errors import InputError
 from mustaple.core.fetchtypes import DEFAULT_FETCH_POLICY, Fetcher, FetchPolicy
 from mustaple.core.issuers import issuer_over_aia
 
-__all__ = ["LoadFailed", "Loaded", "load_file", "load_or_fail", "load_target"]
+__all__ = ["LoadFailed", "Loaded", "load_file", "load_or_fail", "load_target", "vanished"]
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,10 @@ async def load_or_fail(
     issuers: MutableMapping[x509.Certificate, x509.Certificate],
     signatures: SignatureCache | None = None,
 ) -> Loaded | LoadFailed:
-    """`load_file`, with any failure as a value: a fault in one file stays in that file."""
+    """`load_file`, with any failure as a value: a fault in one file stays in that file.
+
+    `cert_path` is a file that was there a moment ago (listed and looked at): when it is not
+    there any more, the failure says that it disappeared, not that it was never there."""
     try:
         return await load_file(
             cert_path,
@@ -128,10 +131,20 @@ async def load_or_fail(
             issuers=issuers,
             signatures=signatures,
         )
+    except MissingInputError as exc:
+        return LoadFailed(vanished(cert_path) if exc.path == Path(cert_path) else str(exc))
     except InputError as exc:
         return LoadFailed(str(exc))
     except Exception as exc:
         return LoadFailed(f"{type(exc).__name__}: {exc}", unexpected=True)
+
+
+def vanished(cert_path: str | Path) -> str:
+    """The line for a certificate file that disappeared between its listing and its reading."""
+    return (
+        f"{cert_path}: the file disappeared while it was being read (a renewal may have "
+        "replaced it); the next prime, or the keeper's next pass, takes it"
+    )
 
 
 def _refuse_differently_encoded(

@@ -51,7 +51,7 @@ from mustaple.adapters.events import HOOK_FOR, Event, run_hook
 from mustaple.adapters.fetch import HttpFetcher
 from mustaple.adapters.files import read_input
 from mustaple.adapters.http1 import Watcher
-from mustaple.adapters.loader import Loaded, LoadFailed, load_or_fail
+from mustaple.adapters.loader import Loaded, LoadFailed, load_or_fail, vanished
 from mustaple.adapters.signatures import SignatureCache
 from mustaple.adapters.store import (
     AttemptRecord,
@@ -1188,8 +1188,10 @@ class Keeper:
         if path in loaded:
             said = self.problems[path]
             return Unusable(path, said.name, said.must_staple, said.reason, said.message)
-        name, must, _ = _identify(path)  # gone since it was listed
-        return Unusable(path, name, must, Reason.CERT_UNUSABLE, f"{path}: certificate not found")
+        name, must, _ = _identify(path)
+        # There when it was listed, gone when looked at; or a symbolic link to nothing (listed)
+        message = vanished(path) if not os.path.lexists(path) else f"{path}: certificate not found"
+        return Unusable(path, name, must, Reason.CERT_UNUSABLE, shown(message))
 
     def _forget_held_elsewhere(self, loaded: Mapping[Path, Managed | None]) -> None:
         """The status rows of certificates these files held before (renewed, or turned
