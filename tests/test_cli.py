@@ -17,12 +17,13 @@ from cryptography.x509 import ocsp
 
 from conftest import Handler, LoopbackServer, build_response, ocsp_reply
 from mustaple.cli import main
-from mustaple.core.report import STAPLE_KEYS, ExitCode
+from mustaple.core.report import FETCH_KEYS, OUTCOME_KEYS, STAPLE_KEYS, ExitCode
 from mustaple.testing import CA, Leaf, LeafFiles
 
 Serve = Callable[[Handler], LoopbackServer]
 DAY = timedelta(days=1)
 HOUR = timedelta(hours=1)
+MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))
 JSON_KEYS = {
     "ok", "status", "reason", "message", "serial", "must_staple", "this_update", "next_update",
     "effective_expiry", "responder_url", "attempts",
@@ -98,6 +99,8 @@ def test_fetch_json(
     data = json.loads(out)
     assert code == 0
     assert JSON_KEYS | set(STAPLE_KEYS) <= set(data)
+    assert list(data) == list(FETCH_KEYS)
+    assert data["error"] is None
     assert data["ok"] is True
     assert data["status"] == "good"
     assert data["must_staple"] is True
@@ -233,6 +236,57 @@ def test_bad_input_is_one_line_and_exit_2(
     assert {path: path.read_bytes() for path in before} == before  # nothing overwritten
 
 
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (["fetch", "{missing}"], "{missing}: certificate not found"),
+        (["fetch", "{garbage}"], "{garbage}: no certificate found"),
+        (["fetch", "{cert}", "--url", "ftp://x"], "'ftp://x' is not an http:// or https:// URL"),
+        (["fetch", "{cert}", "--out", "{cert}", "--url", "{url}"], "--out is the input file"),
+        (["fetch", "{cert}", "--proxy", "http://[::1", "--url", "{url}"], "not a URL"),
+        (["inspect", "{response}", "--cert", "{garbage}"], "{garbage}: no certificate found"),
+        (["inspect", "{base64}", "--cert", "{cert}"], "{base64}: neither DER nor base64"),
+        (["inspect", "{missing}", "--cert", "{cert}"], "{missing}: OCSP response not found"),
+        (["inspect", "{response}", "--cert", "{cert}", "--at", "yesterday"], "ISO 8601"),
+    ],
+)
+def test_json_gets_one_object_for_bad_input_too(
+    serve: Serve,
+    ca: CA,
+    site: tuple[Leaf, LeafFiles],
+    now: datetime,
+    tmp_path: Path,
+    argv: list[str],
+    problem: str,
+) -> None:
+    """With --json, bad input printed nothing on standard output: a script reading the
+    object failed on empty input. It gets one object now, with the same keys as ever (null)
+    and `error`, and exit 2; standard error has the one line as before."""
+    leaf, files = site
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_bytes(b"not a certificate")
+    answer = tmp_path / "response.der"
+    answer.write_bytes(response(ca, leaf, now))
+    encoded = tmp_path / "hello.b64"  # base64, but of no DER
+    encoded.write_bytes(base64.b64encode(b"hello"))
+    server = serve(answering(response(ca, leaf, now)))
+    values = {"garbage": garbage, "cert": files.fullchain, "url": server.url}
+    values |= {"missing": tmp_path / "missing.pem", "response": answer, "base64": encoded}
+    argv = [MUSTAPLE, *(a.format(**values) for a in argv), "--json"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == ExitCode.USAGE
+    assert done.stderr.startswith("mustaple: ")
+    assert done.stderr.count("\n") == 1
+    said = json.loads(done.stdout)
+    keys = FETCH_KEYS if argv[1] == "fetch" else OUTCOME_KEYS
+    assert list(said) == list(keys)
+    assert problem.format(**values) in said["error"]
+    assert said["error"] == said["message"]
+    assert said["error"] in done.stderr
+    assert said["ok"] is False
+    assert {key for key, value in said.items() if value is not None} == {"ok", "message", "error"}
+
+
 def test_inspect_explains(
     ca: CA,
     site: tuple[Leaf, LeafFiles],
@@ -252,6 +306,7 @@ def test_inspect_explains(
     code, out, _ = run(argv, capsys)
     assert code == ExitCode.NO_STAPLE
     assert json.loads(out)["reason"] == "expired"
+    assert list(json.loads(out)) == list(OUTCOME_KEYS)
 
 
 def test_inspect_base64_and_garbage(

@@ -14,6 +14,7 @@ from mustaple.cli.options import (
     check_urls,
     emit_json,
     finite,
+    json_errors,
     lenient_option,
     proxy_option,
     proxy_setting,
@@ -83,30 +84,29 @@ def fetch(
     3 the certificate is revoked.
     """
     from mustaple.adapters.fetch import FetchPolicy
-    from mustaple.core.report import exit_code, fetch_json, fetch_line
+    from mustaple.core.report import FETCH_KEYS, exit_code, fetch_json, fetch_line
 
-    check_urls(urls)
-    if out:
-        _check_out(out, cert, issuer)
-    policy = FetchPolicy(
-        total_timeout=timeout,
-        connect_timeout=min(timeout, 5.0),
-        attempts_per_url=attempts,
-        proxy=proxy_setting(proxy),
-    )
     verify_policy = Policy(allow_missing_next_update=allow_missing_next_update)
-    target, result = asyncio.run(
-        _fetch(
-            cert, issuer, urls=urls, hash_name=hash_name, policy=policy, verify_policy=verify_policy
+    with json_errors(as_json, FETCH_KEYS):
+        check_urls(urls)
+        if out:
+            _check_out(out, cert, issuer)
+        policy = FetchPolicy(
+            total_timeout=timeout,
+            connect_timeout=min(timeout, 5.0),
+            attempts_per_url=attempts,
+            proxy=proxy_setting(proxy),
         )
-    )
-    now = utc_now()
-    staple = result.staple
-    saved = None
-    if out and staple is not None and staple.good:
-        _keep_newer(out, staple, target, now, verify_policy)
-        _write_out(out, staple.der)
-        saved = out
+        asked = _fetch(cert, issuer, urls=urls, hash_name=hash_name, policy=policy,
+                       verify_policy=verify_policy)  # fmt: skip
+        target, result = asyncio.run(asked)
+        now = utc_now()
+        staple = result.staple
+        saved = None
+        if out and staple is not None and staple.good:
+            _keep_newer(out, staple, target, now, verify_policy)
+            _write_out(out, staple.der)
+            saved = out
     if as_json:
         emit_json(fetch_json(target, result, now, saved))
     else:

@@ -9,7 +9,7 @@ from datetime import datetime
 
 import click
 
-from mustaple.cli.options import emit_json, lenient_option
+from mustaple.cli.options import emit_json, json_errors, lenient_option
 from mustaple.core.clock import utc_now
 from mustaple.core.errors import InputError
 from mustaple.core.verify import Policy, verify
@@ -39,12 +39,14 @@ def inspect(
     """
     from mustaple.adapters.files import read_input
     from mustaple.adapters.loader import load_target
-    from mustaple.core.report import exit_code, explain, outcome_json
+    from mustaple.core.report import OUTCOME_KEYS, exit_code, explain, outcome_json
 
-    now = _parse_time(at) if at else utc_now()
-    data = _response_bytes(read_input(response, "OCSP response"), response)
-    target = asyncio.run(load_target(cert, issuer))
-    outcome = verify(data, target, now, Policy(allow_missing_next_update=allow_missing_next_update))
+    with json_errors(as_json, OUTCOME_KEYS):
+        now = _parse_time(at) if at else utc_now()
+        data = _response_bytes(read_input(response, "OCSP response"), response)
+        target = asyncio.run(load_target(cert, issuer))
+    policy = Policy(allow_missing_next_update=allow_missing_next_update)
+    outcome = verify(data, target, now, policy)
     if as_json:
         emit_json(outcome_json(target, outcome, now, from_file=True))
     else:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import click
 
+from mustaple.core.errors import InputError
 from mustaple.core.proxy import ProxyError, check_proxy_url
-from mustaple.core.render import one_line
+from mustaple.core.render import one_line, shown
 from mustaple.core.urls import url_problem
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "config_option",
     "emit_json",
     "finite",
+    "json_errors",
     "lenient_option",
     "proxy_option",
     "proxy_setting",
@@ -39,6 +42,22 @@ def finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
 
 def emit_json(obj: dict[str, Any]) -> None:
     click.echo(json.dumps(obj, indent=2))
+
+
+@contextlib.contextmanager
+def json_errors(as_json: bool, keys: Sequence[str]) -> Iterator[None]:
+    """With --json, bad input the command finds (an InputError, a bad option value) is one
+    JSON object on standard output too (`report.error_json` of `keys`), so a script always
+    gets its object; the error then goes on to `main`: one line on stderr, exit 2."""
+    from mustaple.core.report import error_json
+
+    try:
+        yield
+    except (InputError, click.BadParameter) as exc:
+        if as_json:
+            said = exc.format_message() if isinstance(exc, click.BadParameter) else str(exc)
+            emit_json(error_json(one_line(shown(said)), keys))
+        raise
 
 
 def check_urls(urls: Sequence[str]) -> None:

@@ -6,6 +6,7 @@ Pure: the clock is passed in. The CLI prints what these functions return.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -20,8 +21,11 @@ if TYPE_CHECKING:
     from mustaple.core.fetchtypes import Attempt, FetchResult
 
 __all__ = [
+    "FETCH_KEYS",
+    "OUTCOME_KEYS",
     "STAPLE_KEYS",
     "ExitCode",
+    "error_json",
     "exit_code",
     "explain",
     "fetch_json",
@@ -70,6 +74,13 @@ def _attempt_json(attempt: Attempt) -> dict[str, Any]:
     }
 
 
+OUTCOME_KEYS = (  # outcome_json's (inspect --json): every one always there
+    "ok", "name", "serial", "must_staple", "status", "reason", "retryable", "message", "hint",
+    *STAPLE_KEYS, "error",
+)  # fmt: skip
+FETCH_KEYS = (*OUTCOME_KEYS, "responder_url", "attempts", "out")  # fetch_json's
+
+
 def outcome_json(
     target: Target, outcome: Staple | Rejection, now: datetime, *, from_file: bool = False
 ) -> dict[str, Any]:
@@ -89,7 +100,14 @@ def outcome_json(
         "message": verdict(target, outcome, now),
         "hint": (file_hint(rejection) if from_file else rejection.hint) if rejection else None,
         **(staple_json(staple, now) if staple else empty),
+        "error": None,
     }
+
+
+def error_json(problem: str, keys: Sequence[str]) -> dict[str, Any]:
+    """The JSON object of a command stopped by bad input (exit 2): `error` and `message` the
+    line standard error gets, `ok` false, every other key of `keys` null."""
+    return dict.fromkeys(keys) | {"ok": False, "message": problem, "error": problem}
 
 
 def fetch_json(
