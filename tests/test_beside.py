@@ -258,7 +258,7 @@ def test_a_keeper_starting_with_many_stored_staples_beside_a_prime_restores_and_
     _, err = b.output(prime)
     # Ready with the staples it restored (w2's revoked answer was stored before it started;
     # the last certificate's was stored last, maybe after the keeper read it).
-    held = ready_status(notify[0]).removeprefix(f"STATUS={COUNT} certificates, ")
+    held = ready_status(notify[0]).removeprefix(f"STATUS={COUNT} certificates from {COUNT} files, ")
     assert held in (f"{COUNT - 2} with a valid staple", f"{COUNT - 1} with a valid staple")
 
     delivered = b.tmp / "kept"

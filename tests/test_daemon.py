@@ -529,6 +529,22 @@ def test_run_delivers_watches_and_stops_gracefully(
     assert "Traceback" not in (d.process.stderr.read() if d.process.stderr else "")
 
 
+def test_ready_counts_certificates_not_files(site: Site, daemon: Callable[..., Daemon]) -> None:
+    """One leaf in two files, a certificate without an OCSP URL and a garbled file: READY
+    said `3 certificates, 2 with a valid staple` (the usable files, a staple counted per
+    file); it is two certificates from four files, one of them unusable, one staple."""
+    site.issue("a.test")
+    shutil.copytree(site.tmp / "live" / "a.test", site.tmp / "live" / "a-copy.test")
+    site.issue("plain.test", ocsp_urls=[], must_staple=False)
+    broken = site.tmp / "live" / "broken.test" / "fullchain.pem"
+    broken.parent.mkdir()
+    broken.write_text("garbage")
+    assert main(["prime", "--config", str(site.config), site.cert("a.test")]) == 0
+    d = daemon()
+    said = "STATUS=2 certificates from 4 files (1 unusable), 1 with a valid staple"
+    assert said in d.notices("READY=1")
+
+
 def test_sigterm_while_starting_stops_without_waiting_for_the_start(
     site: Site, daemon: Callable[..., Daemon]
 ) -> None:

@@ -394,7 +394,7 @@ def test_run_logs_one_line_per_event_by_default(deployment: Deployment) -> None:
     assert keeper.wait(20) == 0
     log = keeper.stderr.read() if keeper.stderr else ""
     assert f"{HOST}: good staple until" in log
-    assert "started: 1 certificates, 0 with a valid staple" in log
+    assert "started: 1 certificate from 1 file, 0 with a valid staple" in log
 
 
 def two_entries(d: Deployment) -> Path:

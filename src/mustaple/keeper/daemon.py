@@ -388,8 +388,17 @@ def _ready(keeper: Keeper) -> None:
 
 
 def _summary(keeper: Keeper) -> str:
-    held = sum(m.held is not None for m in keeper.managed.values())
-    return f"{len(keeper.managed)} certificates, {held} with a valid staple"
+    """The certificates (a file holds one, its leaf; a leaf in two files is one) and the
+    files they come from (a file that cannot be used holds none), and the staples held."""
+    held = sum(life.state.held is not None for life in keeper.lives.values())
+    files = _counted(len(keeper.managed) + len(keeper.problems), "file")
+    unusable = f" ({len(keeper.problems)} unusable)" if keeper.problems else ""
+    certificates = _counted(len(keeper.lives), "certificate")
+    return f"{certificates} from {files}{unusable}, {held} with a valid staple"
+
+
+def _counted(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
 async def _loop(keeper: Keeper, stop: asyncio.Event, reload: asyncio.Event, clock: Clock) -> None:
