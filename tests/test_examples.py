@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import build_response
+from mustaple.adapters.config import load_config
 from mustaple.cli import main
 from mustaple.testing.pki import CA
 
@@ -132,6 +133,19 @@ def test_mustaple_example_passes_check_config(
     assert code == 0, err
     assert out.startswith(f"{config}: OK")
     assert "warning" not in out + err
+
+
+def test_the_example_configuration_serves_what_prometheus_scrapes(root: Path) -> None:
+    """The alert rules need /metrics, which only an `[http]` table serves: the example
+    configuration, loaded by the real loader, has one, where the documented scrape job and
+    the rules' comment look (it had none: following the examples, Prometheus scraped
+    nothing and MustapleDown fired)."""
+    config = load_config(_moved("mustaple.toml", root))
+    assert config.http is not None
+    where = f"{config.http.host}:{config.http.port}"
+    observability = (EXAMPLES.parent / "docs" / "observability.md").read_text()
+    assert f'- targets: ["{where}"]' in observability
+    assert where in (EXAMPLES / "prometheus-alerts.yml").read_text()
 
 
 def test_expiring_alerts_scale_with_the_window(tmp_path: Path) -> None:
