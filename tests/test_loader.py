@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 
 from conftest import Handler, LoopbackServer
 from mustaple.adapters.fetch import FetchPolicy
-from mustaple.adapters.loader import load_target
+from mustaple.adapters.loader import IssuerDownloads, load_file, load_target
 from mustaple.core.certs import Target
 from mustaple.core.errors import InputError
 from mustaple.testing import CA
@@ -66,9 +66,31 @@ def test_issuer_over_aia_is_downloaded_and_cached(
         body = pkcs7.serialize_certificates([ca.cert, ca.root.cert], DER)
     server = serve(serving(body))
     cert = leaf_pointing_at(ca, server, tmp_path)
-    cache: dict[str, bytes] = {}
-    assert load(cert, cache=cache).issuer == ca.cert
-    assert load(cert, cache=cache).issuer == ca.cert
+    downloads = IssuerDownloads()
+    assert load(cert, downloads=downloads).issuer == ca.cert
+    assert load(cert, downloads=downloads).issuer == ca.cert
+    assert server.hits == ["GET /issuer"]
+
+
+def test_concurrent_loads_of_one_url_share_one_download(
+    serve: Serve, ca: CA, tmp_path: Path
+) -> None:
+    """Ten certificates of one CA loaded at once: one request, whose answer all ten take (the
+    server answers slowly, so that every load is under way before the first answer)."""
+
+    async def slowly(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(0.3)
+        return web.Response(body=ca.cert.public_bytes(DER), content_type="application/pkix-cert")
+
+    server = serve(slowly)
+    paths = [leaf_pointing_at(ca, server, tmp_path / str(i)) for i in range(10)]
+
+    async def all_at_once() -> set[object]:
+        downloads = IssuerDownloads()
+        loaded = await asyncio.gather(*(load_file(p, downloads=downloads) for p in paths))
+        return {one.target.issuer for one in loaded}
+
+    assert asyncio.run(all_at_once()) == {ca.cert}
     assert server.hits == ["GET /issuer"]
 
 

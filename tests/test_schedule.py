@@ -11,6 +11,7 @@ from cryptography.x509 import ocsp
 from mustaple.core.schedule import (
     SchedulePolicy,
     alert_level,
+    issuer_retry,
     next_refresh,
     next_retry,
     refresh_point,
@@ -111,3 +112,14 @@ def test_policy_rejects_nonsense(kwargs: dict[str, object]) -> None:
 def test_failures_start_at_one() -> None:
     with pytest.raises(ValueError, match="starting at 1"):
         next_retry(0, T0, None, dice=lambda: 0.5)
+
+
+def test_a_failed_issuer_download_waits_from_retry_base_doubling_up_to_retry_max() -> None:
+    policy = SchedulePolicy(
+        retry_min=timedelta(seconds=40), retry_base=timedelta(seconds=30), retry_max=HOUR
+    )
+    waits = [issuer_retry(n, policy).total_seconds() for n in (1, 2, 3, 7, 8, 1000)]
+    assert waits == [40, 60, 120, 1920, 3600, 3600]
+    assert issuer_retry(1) == timedelta(seconds=30)
+    with pytest.raises(ValueError, match="starting at 1"):
+        issuer_retry(0)

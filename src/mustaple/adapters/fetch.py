@@ -76,6 +76,9 @@ USER_AGENT = f"mustaple/{__version__}"
 _PROXY_REFUSALS = {401, 403, 407}
 
 Sleep = Callable[[float], Awaitable[None]]
+_ISSUER_HINT = (
+    "give the issuer certificate: --issuer, or the `issuer` key of its [[certificates]] entry"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -513,11 +516,11 @@ async def fetch_issuer(
         reply = await _send_aiohttp(http.session, request, policy, proxy)
     if reply.answer is None or reply.answer.status != 200:
         problem = f"HTTP {reply.answer.status}" if reply.answer else _message(reply.rejection)
-        raise InputError(
-            f"could not download the issuer from {url} ({problem}); give the issuer "
-            "certificate: --issuer, or the `issuer` key of its [[certificates]] entry"
-        )
-    certs = parse_certificates(reply.answer.body, source=f"issuer at {url}")
+        raise InputError(f"could not download the issuer from {url} ({problem}); {_ISSUER_HINT}")
+    try:
+        certs = parse_certificates(reply.answer.body, source=f"issuer at {url}")
+    except InputError as exc:
+        raise InputError(f"{exc}; {_ISSUER_HINT}") from None
     if cache is not None:
         cache[url] = reply.answer.body
     return certs

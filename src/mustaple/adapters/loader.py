@@ -4,12 +4,18 @@ The issuer is taken from, in order: an explicit issuer file, the rest of the bun
 (fullchain.pem), or the leaf's AIA caIssuers URL (downloaded, size-capped, cached). Whichever it
 is, its signature on the leaf is checked. Every failure is an InputError with one line saying
 what is wrong and what to do.
+
+The downloads of one process go through its `IssuerDownloads`: one at a time per URL (the
+loads of the other certificates of that CA wait for it and take what it gave), and a failed one
+is remembered, so that a caIssuers URL that hangs costs one timeout, not one per certificate.
 """
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+import asyncio
+from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -27,11 +33,22 @@ from mustaple.core.certs import (
     parse_certificates,
     signed_by,
 )
+from mustaple.core.clock import Clock, utc_now
 from mustaple.core.errors import InputError
 from mustaple.core.fetchtypes import DEFAULT_FETCH_POLICY, Fetcher, FetchPolicy
 from mustaple.core.issuers import issuer_over_aia
 
-__all__ = ["LoadFailed", "Loaded", "load_file", "load_or_fail", "load_target", "vanished"]
+__all__ = [
+    "FailedDownload",
+    "IssuerDownloads",
+    "IssuerNotFound",
+    "LoadFailed",
+    "Loaded",
+    "load_file",
+    "load_or_fail",
+    "load_target",
+    "vanished",
+]
 
 
 @dataclass(frozen=True)
@@ -49,6 +66,91 @@ class LoadFailed:
 
     message: str
     unexpected: bool = False  # a bug of ours, or input nobody foresaw
+    downloads: tuple[FailedDownload, ...] = ()  # the issuer downloads that failed for it
+
+
+@dataclass(frozen=True, slots=True)
+class FailedDownload:
+    """A caIssuers URL whose download failed, asked through the `proxy` setting given (None:
+    the environment's), and the line saying why."""
+
+    url: str
+    proxy: str | None
+    message: str
+
+
+class IssuerNotFound(InputError):
+    """No issuer over AIA; `downloads` are the URLs whose download failed (another try may
+    do better), beside those that gave a certificate that did not sign the leaf."""
+
+    def __init__(self, message: str, downloads: tuple[FailedDownload, ...]) -> None:
+        super().__init__(message)
+        self.downloads = downloads
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    message: str
+    at: datetime
+    count: int  # failures in a row
+
+
+class IssuerDownloads:
+    """The issuer downloads of one process (a keeper, a worker): one at a time per URL and
+    proxy setting, what came kept for good (`cache`, by URL), and what failed remembered.
+
+    A failure is remembered for the rest of the batch of loads it happened in (a prime, a
+    scan: `begin` starts one), whatever its length, and after that for `backoff(failures in a
+    row)`, measured from the failure by `clock`; without `backoff`, for good."""
+
+    def __init__(
+        self, *, clock: Clock = utc_now, backoff: Callable[[int], timedelta] | None = None
+    ) -> None:
+        self.cache: dict[str, bytes] = {}
+        self._clock, self._backoff = clock, backoff
+        self._failed: dict[tuple[str, str | None], _Failure] = {}
+        self._locks: dict[tuple[str, str | None], asyncio.Lock] = {}
+        self._batch = clock()
+
+    def begin(self, now: datetime) -> None:
+        """A new batch of loads, at `now`: a URL whose back-off has passed is asked again."""
+        self._batch = now
+
+    async def download(
+        self, url: str, policy: FetchPolicy, fetcher: Fetcher
+    ) -> list[x509.Certificate]:
+        """The certificates at `url`, downloaded by `fetcher` unless they came before;
+        InputError (the line of the failure) when it failed, now or in a download remembered."""
+        route = (url, policy.proxy)
+        async with self._locks.setdefault(route, asyncio.Lock()):
+            failure = self._failed.get(route)
+            if url not in self.cache and failure is not None and self._holds(failure):
+                raise InputError(failure.message)
+            try:
+                certs = await fetcher.issuer(url, policy=policy, cache=self.cache)
+            except InputError as exc:
+                count = failure.count + 1 if failure is not None else 1
+                self._failed[route] = _Failure(str(exc), self._clock(), count)
+                raise
+            self._failed.pop(route, None)
+            return certs
+
+    def learn(self, downloads: Iterable[FailedDownload]) -> datetime | None:
+        """Take in `downloads` that failed (in a worker process, or here: then they are known
+        already); when the first of them may be asked again (None: not in this run)."""
+        retries = []
+        for failed in downloads:
+            route = (failed.url, failed.proxy)
+            known = self._failed.get(route)
+            if known is None or not self._holds(known):  # asked by a worker, and failed
+                count = known.count + 1 if known is not None else 1
+                known = self._failed[route] = _Failure(failed.message, self._clock(), count)
+            if self._backoff is not None:
+                retries.append(known.at + self._backoff(known.count))
+        return min(retries, default=None)
+
+    def _holds(self, failure: _Failure) -> bool:
+        return self._backoff is None or failure.at + self._backoff(failure.count) > self._batch
 
 
 async def load_target(
@@ -57,10 +159,12 @@ async def load_target(
     *,
     fetcher: Fetcher | None = None,
     policy: FetchPolicy = DEFAULT_FETCH_POLICY,
-    cache: MutableMapping[str, bytes] | None = None,
+    downloads: IssuerDownloads | None = None,
 ) -> Target:
     """The Target for the first certificate in `cert_path`."""
-    loaded = await load_file(cert_path, issuer_path, fetcher=fetcher, policy=policy, cache=cache)
+    loaded = await load_file(
+        cert_path, issuer_path, fetcher=fetcher, policy=policy, downloads=downloads
+    )
     return loaded.target
 
 
@@ -70,12 +174,13 @@ async def load_file(
     *,
     fetcher: Fetcher | None = None,
     policy: FetchPolicy = DEFAULT_FETCH_POLICY,
-    cache: MutableMapping[str, bytes] | None = None,
+    downloads: IssuerDownloads | None = None,
     issuers: MutableMapping[x509.Certificate, x509.Certificate] | None = None,
     signatures: SignatureCache | None = None,
 ) -> Loaded:
     """`cert_path` (read once) with the Target for its first certificate; an issuer found
-    over AIA is downloaded by `fetcher` (default: over HTTP, with clients of its own).
+    over AIA is downloaded by `fetcher` (default: over HTTP, with clients of its own) through
+    `downloads` (default: its own, for this call).
 
     `issuers` makes every Target with the same issuer share one certificate object (memory,
     and caches keyed by the issuer): a found issuer equal to one in it is replaced by it.
@@ -100,7 +205,11 @@ async def load_file(
         if issuer is None:
             _refuse_differently_encoded(leaf, certs[1:], str(cert_path))
             issuer = await _issuer_from_aia(
-                leaf, str(cert_path), fetcher or HttpFetcher(), policy=policy, cache=cache
+                leaf,
+                str(cert_path),
+                fetcher or HttpFetcher(),
+                policy=policy,
+                downloads=downloads or IssuerDownloads(),
             )
     if issuers is not None:
         issuer = issuers.setdefault(issuer, issuer)
@@ -113,7 +222,7 @@ async def load_or_fail(
     *,
     fetcher: Fetcher,
     policy: FetchPolicy,
-    cache: MutableMapping[str, bytes],
+    downloads: IssuerDownloads,
     issuers: MutableMapping[x509.Certificate, x509.Certificate],
     signatures: SignatureCache | None = None,
 ) -> Loaded | LoadFailed:
@@ -127,12 +236,14 @@ async def load_or_fail(
             issuer_path,
             fetcher=fetcher,
             policy=policy,
-            cache=cache,
+            downloads=downloads,
             issuers=issuers,
             signatures=signatures,
         )
     except MissingInputError as exc:
         return LoadFailed(vanished(cert_path) if exc.path == Path(cert_path) else str(exc))
+    except IssuerNotFound as exc:
+        return LoadFailed(str(exc), downloads=exc.downloads)
     except InputError as exc:
         return LoadFailed(str(exc))
     except Exception as exc:
@@ -166,7 +277,7 @@ async def _issuer_from_aia(
     fetcher: Fetcher,
     *,
     policy: FetchPolicy,
-    cache: MutableMapping[str, bytes] | None,
+    downloads: IssuerDownloads,
 ) -> x509.Certificate:
     """Download the issuer named by the leaf's caIssuers URLs; the first that signed it wins."""
     urls = ca_issuer_urls(leaf)
@@ -176,9 +287,16 @@ async def _issuer_from_aia(
             "certificate names no caIssuers URL; use fullchain.pem, or name the issuer's file "
             "(`issuer` in the [[certificates]] entry, --issuer FILE on the command line)"
         )
-    issuer, problems = await issuer_over_aia(
-        leaf, urls, lambda url: fetcher.issuer(url, policy=policy, cache=cache)
-    )
+    failed: list[FailedDownload] = []
+
+    async def download(url: str) -> list[x509.Certificate]:
+        try:
+            return await downloads.download(url, policy, fetcher)
+        except InputError as exc:
+            failed.append(FailedDownload(url, policy.proxy, str(exc)))
+            raise
+
+    issuer, problems = await issuer_over_aia(leaf, urls, download)
     if issuer is not None:
         return issuer
-    raise InputError(f"{source}: no issuer found: {'; '.join(problems)}")
+    raise IssuerNotFound(f"{source}: no issuer found: {'; '.join(problems)}", tuple(failed))

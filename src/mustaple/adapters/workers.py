@@ -52,7 +52,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from mustaple.adapters.fetch import HttpFetcher
 from mustaple.adapters.http1 import Watcher
-from mustaple.adapters.loader import Loaded, LoadFailed, load_or_fail
+from mustaple.adapters.loader import IssuerDownloads, Loaded, LoadFailed, load_or_fail
 from mustaple.adapters.signatures import SignatureCache, Tag
 from mustaple.adapters.store import Looked, SqliteStore, cert_key, look_up
 from mustaple.core.certs import Target
@@ -470,6 +470,7 @@ class WorkerPool:
         *,
         restore: tuple[Path, Policy] | None = None,
         signatures: SignatureCache | None = None,
+        downloads: IssuerDownloads | None = None,
     ) -> None:
         """Load each (certificate file, its issuer file or None, the policy to download an
         issuer with), in chunks spread over the workers; `take(index, outcome, looked)` each
@@ -477,13 +478,17 @@ class WorkerPool:
         validate with), a worker also looks up each certificate's stored answer and validates
         it now (`looked`; None where it did not), and with `signatures` (the keeper's cache,
         of that database) skips the leaf signatures checked before; the new ones are handed
-        to `signatures` to store."""
+        to `signatures` to store. Each worker downloads an issuer once (it remembers a
+        failed download for its life: this batch); files no worker can load are loaded here,
+        their issuers downloaded through `downloads` (the caller's)."""
         reading = self._reading(restore, signatures)
-        starts = range(0, len(files), LOAD_CHUNK)
+        here = downloads or IssuerDownloads()
         await asyncio.gather(
             *(
-                self._load_chunk(files[at : at + LOAD_CHUNK], at, take, reading, signatures)
-                for at in starts
+                self._load_chunk(
+                    files[at : at + LOAD_CHUNK], at, take, reading, signatures, downloads=here
+                )
+                for at in range(0, len(files), LOAD_CHUNK)
             )
         )
 
@@ -505,6 +510,8 @@ class WorkerPool:
         take: Callable[[int, Loaded | LoadFailed, Looked | None], object],
         reading: tuple[str, Policy, bytes | None] | None,
         signatures: SignatureCache | None,
+        *,
+        downloads: IssuerDownloads,
     ) -> None:
         worker = self._pick()
         if worker is not None:
@@ -530,7 +537,7 @@ class WorkerPool:
                 issuer,
                 fetcher=self.fallback,
                 policy=policy,
-                cache={},
+                downloads=downloads,
                 issuers={},
                 signatures=signatures,
             )
@@ -570,7 +577,7 @@ class _Serving(asyncio.Protocol):
         self.limits = limits  # this worker's part
         self.frames = _Frames()
         self.refs: dict[int, Any] = {}
-        self.issuer_cache: dict[str, bytes] = {}
+        self.downloads = IssuerDownloads()  # for the worker's life: one batch
         self.issuers: dict[x509.Certificate, x509.Certificate] = {}
         self.sent: dict[x509.Certificate, int] = {}  # the issuers sent, by number
         self.stores: dict[str, SqliteStore | None] = {}
@@ -639,7 +646,7 @@ class _Serving(asyncio.Protocol):
                 issuer,
                 fetcher=self.fetcher,
                 policy=self.refs[policy],
-                cache=self.issuer_cache,
+                downloads=self.downloads,
                 issuers=self.issuers,
                 signatures=signatures,
             )

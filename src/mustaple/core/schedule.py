@@ -7,6 +7,9 @@
 - After a failure, the next try comes after an exponential backoff with full jitter, but
   never later than a quarter of the time left before the staple in hand expires, so there are
   always several more tries before expiry, more urgent as it nears.
+- An issuer download (an AIA caIssuers URL) that failed is left alone for `retry_base`,
+  doubled at each further failure up to `retry_max`: no jitter, one URL is asked once for
+  every certificate of its CA.
 - Alerts (on the one severity scale, `mustaple.core.severity`) escalate as the expiry
   approaches with no fresh staple.
 """
@@ -20,7 +23,7 @@ from datetime import datetime, timedelta
 from mustaple.core.severity import Severity
 from mustaple.core.verify import Dated, Staple
 
-__all__ = ["SchedulePolicy", "alert_level", "next_refresh", "next_retry"]
+__all__ = ["SchedulePolicy", "alert_level", "issuer_retry", "next_refresh", "next_retry"]
 
 Dice = Callable[[], float]  # uniform in [0, 1)
 
@@ -86,6 +89,16 @@ def next_retry(
         ceiling = min(ceiling, (expiry - now) / 4)
     delay = max(policy.retry_min, ceiling * dice())
     return now + delay
+
+
+def issuer_retry(failures: int, policy: SchedulePolicy = DEFAULT_SCHEDULE) -> timedelta:
+    """How long an issuer download that failed `failures` times in a row (1 for the first)
+    is left alone: `retry_base`, doubled at each further failure, within `retry_min` and
+    `retry_max`."""
+    if failures < 1:
+        raise ValueError("failures counts consecutive failures, starting at 1")
+    wait = policy.retry_base * (1 << min(failures - 1, 20))
+    return max(policy.retry_min, min(wait, policy.retry_max))
 
 
 def critical_left(staple: Dated, policy: SchedulePolicy = DEFAULT_SCHEDULE) -> timedelta:

@@ -51,7 +51,13 @@ from mustaple.adapters.events import HOOK_FOR, Event, run_hook
 from mustaple.adapters.fetch import HttpFetcher
 from mustaple.adapters.files import read_input
 from mustaple.adapters.http1 import Watcher
-from mustaple.adapters.loader import Loaded, LoadFailed, load_or_fail, vanished
+from mustaple.adapters.loader import (
+    IssuerDownloads,
+    Loaded,
+    LoadFailed,
+    load_or_fail,
+    vanished,
+)
 from mustaple.adapters.signatures import SignatureCache
 from mustaple.adapters.store import (
     AttemptRecord,
@@ -93,6 +99,7 @@ from mustaple.core.lifecycle import (
 from mustaple.core.reasons import Reason, Rejection
 from mustaple.core.render import human_time, shown
 from mustaple.core.request import CertId, make_cert_id
+from mustaple.core.schedule import issuer_retry
 from mustaple.core.urls import first_host
 from mustaple.core.verify import Policy, Staple, strictly_newer, verify
 
@@ -227,6 +234,12 @@ class Problem:
     message: str
     reason: Reason  # cert-unusable, or keeper-fault
     stamp: Stamp  # the file as it was read: read again when it (or its `issuer` file) changes
+    retry_at: datetime | None = None  # its issuer download failed: read again from then on
+
+    def left_alone(self, stamp: Stamp, now: datetime) -> bool:
+        """Whether the file is not read again now: it is unchanged (`stamp`), and no failed
+        issuer download of it is to be tried again (it is read again at a reload too)."""
+        return self.stamp == stamp and (self.retry_at is None or self.retry_at > now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,7 +348,9 @@ class Keeper:
         self._rows_swept = False  # the status rows of files gone meanwhile, at the first scan
         self._files: dict[str, list[Managed]] = {}  # by key, in the order of `managed`
         self._delivering = asyncio.Lock()
-        self._issuer_cache: dict[str, bytes] = {}
+        self._downloads = IssuerDownloads(
+            clock=clock, backoff=functools.partial(issuer_retry, policy=self.policy.schedule)
+        )
         self._issuers: dict[x509.Certificate, x509.Certificate] = {}
         self._limits = Limits(self.policy.concurrency, self.policy.per_host)
         self.fetcher: Fetcher = fetcher or HttpFetcher()
@@ -377,15 +392,16 @@ class Keeper:
             self._drop(path)
         for path in set(self.problems) - set(wanted):
             self._forget_status(self.problems.pop(path).key)
-        changed = []
+        now, changed = self.clock(), []
+        self._downloads.begin(now)
         for path, entry in wanted.items():
             current = self.managed.get(path)
             stamp = _stamp(path, entry.issuer)
             if stamp is None or (current and current.stamp == stamp and current.entry == entry):
                 continue
             problem = self.problems.get(path)
-            if current is None and problem is not None and problem.stamp == stamp:
-                continue  # an unusable file is read again only when it changes (or at a reload)
+            if current is None and problem is not None and problem.left_alone(stamp, now):
+                continue
             changed.append((path, entry, stamp))
         with _collecting(len(changed)):
             async with self._helpers(len(changed)):
@@ -412,7 +428,11 @@ class Keeper:
 
         asked = [(path, entry.issuer, self._fetch_policy(entry)) for path, entry, _ in files]
         await self.fetcher.load_many(
-            asked, take, restore=self._restore_from(), signatures=self._signatures
+            asked,
+            take,
+            restore=self._restore_from(),
+            signatures=self._signatures,
+            downloads=self._downloads,
         )
         return taken
 
@@ -428,7 +448,7 @@ class Keeper:
             entry.issuer,
             fetcher=self.fetcher,
             policy=self._fetch_policy(entry),
-            cache=self._issuer_cache,
+            downloads=self._downloads,
             issuers=self._issuers,
             signatures=self._signatures,
         )
@@ -450,7 +470,8 @@ class Keeper:
             if loaded.unexpected:
                 self._unusable(path, stamp, _internal(loaded.message), Reason.KEEPER_FAULT)
             else:
-                self._unusable(path, stamp, loaded.message, Reason.CERT_UNUSABLE)
+                retry_at = self._downloads.learn(loaded.downloads)
+                self._unusable(path, stamp, loaded.message, Reason.CERT_UNUSABLE, retry_at)
             return None
         problem = self.problems.pop(path, None)
         target = loaded.target
@@ -533,12 +554,19 @@ class Keeper:
         elif outcome is not None and looked.good:
             self._apply(life, Stale(), now)  # a staple file may be ours: ours to take away
 
-    def _unusable(self, path: Path, stamp: Stamp, message: str, reason: Reason) -> None:
+    def _unusable(
+        self,
+        path: Path,
+        stamp: Stamp,
+        message: str,
+        reason: Reason,
+        retry_at: datetime | None = None,
+    ) -> None:
         self._drop(path)
         key = file_key(path)
         name, must, serial = _identify(path)
         message = shown(message)  # it names the file, which may not be UTF-8
-        problem = Problem(path, key, name, must, serial, message, reason, stamp)
+        problem = Problem(path, key, name, must, serial, message, reason, stamp, retry_at)
         before = self.problems.get(path)
         if before is None or before.message != message:
             log.error("%s", message)
@@ -748,9 +776,11 @@ class Keeper:
         return self._files.get(key, [])
 
     def next_wakeup(self) -> datetime | None:
-        """When the next certificate falls due (or a failed delivery is tried again)."""
+        """When the next certificate falls due (or a failed delivery, or a failed issuer
+        download, is tried again)."""
         dues = [life.state.next_due for life in self.lives.values()]
         dues += [m.retry_at for m in self.managed.values()]
+        dues += [problem.retry_at for problem in self.problems.values()]
         return min((due for due in dues if due is not None), default=None)
 
     @staticmethod
@@ -1157,6 +1187,7 @@ class Keeper:
         self, paths: Sequence[Path], *, refuse: bool
     ) -> tuple[list[Primed], list[Unusable]]:
         unusable: list[Unusable] = []
+        self._downloads.begin(self.clock())
         with _collecting(len(paths)):
             async with self._helpers(len(paths)):  # workers start while the paths are resolved
                 resolved, loaded = await self._load_given(paths, refuse=refuse)
