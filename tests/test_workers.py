@@ -29,9 +29,13 @@ import mustaple.adapters.workers as workers_module
 import mustaple.keeper.keeper as keeper_module
 from conftest import Crowded, Handler, LoopbackServer
 from mustaple.adapters.config import Config
+from mustaple.adapters.fetch import HttpFetcher
 from mustaple.adapters.store import SqliteStore
+from mustaple.adapters.workers import Limits, WorkerPool
+from mustaple.core.certs import make_target
 from mustaple.core.clock import utc_now
 from mustaple.core.errors import InputError
+from mustaple.core.fetchtypes import FetchJob, FetchResult
 from mustaple.core.verify import Staple, verify
 from mustaple.keeper.keeper import WORKERS_FROM, Keeper, Primed
 from mustaple.testing import (
@@ -527,3 +531,54 @@ def test_a_request_a_worker_waits_on_is_shown_to_the_keeper_watchers(
     outcomes = [outcome for _, outcome in watcher.ended]
     assert "failed (TimeoutError)" in outcomes
     assert set(outcomes) <= {"failed (TimeoutError)", "HTTP 200"}
+
+
+def test_a_worker_leaves_sigint_and_sigterm_to_the_keeper_and_ends_when_its_channel_closes(
+    tmp_path: Path,
+) -> None:
+    """A Ctrl-C, or systemd stopping the unit, signals every process: the workers leave it to
+    the keeper (one that died of it would have its fetches run in the keeper, after the
+    stop), which ends them by closing their channel (an interrupted prime): each exits by
+    itself at once, status 0, dropping its fetch to a responder that hangs (not killed after
+    waiting for it)."""
+
+    async def scenario() -> list[int | None]:
+        ca = CA()
+        async with OCSPResponder(ca) as responder:
+            leaves = [
+                ca.issue(f"s{index}.example", ocsp_urls=[responder.url]) for index in range(4)
+            ]
+            for leaf in leaves[2:]:
+                responder.add(leaf)
+                responder.set_behaviour(Behaviour.HANG, leaf.cert.serial_number)
+            for leaf in leaves[:2]:
+                responder.add(leaf)
+            jobs = [FetchJob(make_target(leaf.cert, leaf.issuer)) for leaf in leaves]
+            fallback = HttpFetcher.open(limit=2)
+            pool = await WorkerPool.start(2, limits=Limits(2, 2), fallback=fallback)
+
+            def fetch(job: FetchJob) -> asyncio.Future[FetchResult]:
+                return asyncio.ensure_future(pool.fetch(job, clock=utc_now, rng=lambda: 0.5))
+
+            good = await asyncio.gather(*map(fetch, jobs[:2]))  # one each: both are serving
+            assert [result.staple is not None for result in good] == [True, True]
+            for worker in pool.workers:
+                assert worker.transport is not None
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    os.kill(worker.transport.get_pid(), signum)
+            hanging = [fetch(job) for job in jobs[2:]]
+            while len(responder.requests) < 4:
+                await asyncio.sleep(0.05)
+            owners = socket_owners()
+            senders = {owners[r.peer[1]] for r in responder.requests[2:] if r.peer}
+            assert len(senders) == 2  # both workers, alive, sent them
+            assert {parent for _, parent in senders} == {os.getpid()}
+            for future in hanging:
+                future.cancel()
+            await pool.close()
+            await fallback.close()
+            return [
+                worker.transport.get_returncode() for worker in pool.workers if worker.transport
+            ]
+
+    assert asyncio.run(scenario()) == [0, 0]

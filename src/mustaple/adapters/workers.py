@@ -17,6 +17,11 @@ once per worker and named by a number after that. A worker that dies (killed, ou
 garbles a frame, or stays silent for SILENCE seconds with calls in flight (it beats every BEAT
 seconds) costs nothing but speed: it is stopped, its calls in flight and every call after run
 in the parent instead, and the pool says so.
+
+Stopping is the keeper's: a worker runs in a session of its own (a terminal's Ctrl-C reaches
+only the keeper) and ignores SIGINT and SIGTERM (systemd signals every process of the unit);
+the keeper ends it by closing its stdin, and it exits at once, dropping the calls still in
+flight (an interrupted `prime`: nothing waits for their answers).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import operator
 import os
 import pickle
 import random
+import signal
 import struct
 import sys
 import time
@@ -317,7 +323,8 @@ class _Worker(asyncio.SubprocessProtocol):
             self.known.add(ref)
 
     async def stop(self, timeout: float = 5.0) -> None:
-        """Close the worker's stdin (it ends when its calls are answered), then make sure."""
+        """Close the worker's stdin (it drops the calls still in flight, which no one awaits
+        any more: none at a normal end, those of an interrupted prime), then make sure."""
         if self.transport is None:
             return
         stdin = self.transport.get_pipe_transport(0)
@@ -378,7 +385,14 @@ class WorkerPool:
                 part = limits.share(index, count)
                 env[_LIMITS] = f"{part.total},{part.per_host}"
                 _, worker = await loop.subprocess_exec(
-                    _Worker, sys.executable, "-c", _ENTRY, stdin=-1, stdout=-1, env=env
+                    _Worker,
+                    sys.executable,
+                    "-c",
+                    _ENTRY,
+                    stdin=-1,
+                    stdout=-1,
+                    env=env,
+                    start_new_session=True,  # a terminal's Ctrl-C is the keeper's (see main)
                 )
                 worker.fetches = part.total > 0 and part.per_host > 0
                 worker.on_wait = functools.partial(pool._waited, len(pool.workers))
@@ -718,6 +732,8 @@ async def _serve() -> None:
     beating = loop.create_task(_beat(out[0], waits))
     try:
         await serving.ended  # the parent closed our stdin: it is done with us
+        for task in serving.tasks:
+            task.cancel()  # a fetch waiting on a hanging responder must not keep us alive
         if serving.tasks:
             await asyncio.wait(serving.tasks)
     finally:
@@ -766,7 +782,12 @@ class _Waits:
 
 
 def main() -> None:
-    """The worker process: serve the parent until it closes the channel."""
+    """The worker process: serve the parent until it closes the channel. SIGINT and SIGTERM
+    are the parent's to act on (systemd stopping the unit signals every process in it): a
+    worker that died of one first would have its calls run in the parent, fetches started
+    after the stop; the parent ends its workers itself, by closing the channel."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format="mustaple worker: %(message)s")
-    with contextlib.suppress(KeyboardInterrupt), batch_collector():  # Ctrl-C: it is stopping
+    with batch_collector():
         asyncio.run(_serve())
