@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.USAGE
     except click.Abort:
         click.echo("mustaple: interrupted", err=True)
-        return 130
+        return ExitCode.INTERRUPTED
     except InputError as exc:
         click.echo(f"mustaple: {exc}", err=True)
         return ExitCode.USAGE

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,10 +13,11 @@ import click
 
 from mustaple.cli.options import config_option, proxy_option, proxy_setting, setup_logging
 from mustaple.core.clock import utc_now
+from mustaple.core.report import ExitCode
 
 if TYPE_CHECKING:
     from mustaple.adapters.config import Config
-    from mustaple.keeper.keeper import Primed, Unusable
+    from mustaple.keeper.keeper import Interrupt, Primed, Unusable
 
 __all__ = ["prime"]
 
@@ -53,6 +55,7 @@ def prime(
     must-staple certificate live without its staple. Same exit codes as fetch.
     """
     from mustaple.front.status import (
+        interrupted_line,
         prime_exit_code,
         prime_json,
         prime_line,
@@ -72,16 +75,37 @@ def prime(
         paths = _covered_only(config, paths, as_json=as_json)
         if not paths:
             return 0
-    results, unusable = asyncio.run(_prime(config, paths, every=every))
+    stop = _Stop()
+    results, unusable = asyncio.run(_prime(config, paths, every=every, stop=stop))
     now = utc_now()
     for primed in results:
+        if stop.signals and not primed.done:  # interrupted before its end: counted below
+            continue
         if as_json:
             click.echo(json.dumps(prime_json(primed, now)))
         else:
             click.echo(prime_line(primed, now))
     for left in unusable:
         click.echo(json.dumps(unusable_json(left)) if as_json else unusable_line(left))
-    return prime_exit_code(results, unusable)
+    if not stop.signals:
+        return prime_exit_code(results, unusable)
+    click.echo(interrupted_line(results, unusable, len(paths), stop.signals), err=True)
+    return ExitCode.INTERRUPTED if stop.signals[0] == signal.SIGINT else ExitCode.TERMINATED
+
+
+class _Stop:
+    """The signals received (SIGINT, SIGTERM), each telling the keeper's prime to stop: the
+    first ends the fetching, the second the delivery (`Interrupt`)."""
+
+    def __init__(self) -> None:
+        from mustaple.keeper.keeper import Interrupt
+
+        self.signals: list[int] = []
+        self.interrupt: Interrupt = Interrupt()
+
+    def received(self, signum: int) -> None:
+        self.signals.append(signum)
+        self.interrupt.ask()
 
 
 def _every_file(config: Config) -> list[Path]:
@@ -128,18 +152,23 @@ def _overriding_proxy(config: Config, proxy: str | None) -> Config:
 
 
 async def _prime(
-    config: Config, paths: list[Path], *, every: bool
+    config: Config, paths: list[Path], *, every: bool, stop: _Stop
 ) -> tuple[list[Primed], list[Unusable]]:
     """`Keeper.prime` of the given paths; with --all, `prime_usable` (an unusable file is
-    left out and said, the others primed)."""
+    left out and said, the others primed). SIGINT and SIGTERM go to `stop` from here on,
+    until the loop is closed: after the threads that write staple files have ended."""
     from mustaple.front.progress import FetchProgress, PrimeProgress
     from mustaple.keeper.daemon import open_fleet, open_keeper
 
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.received, signum)
     progress = PrimeProgress(len(paths))  # on stderr: how many are done, which came last
     waits = FetchProgress("prime", progress.display)  # and each request while it waits
+    interrupt = stop.interrupt
     async with open_keeper(config, watchers=[waits]) as keeper, progress.running():
         keeper.observers.append(progress.refreshed)
         async with open_fleet(config, keeper, for_prime=True):
             if every:
-                return await keeper.prime_usable(paths)
-            return await keeper.prime(paths), []
+                return await keeper.prime_usable(paths, interrupt=interrupt)
+            return await keeper.prime(paths, interrupt=interrupt), []

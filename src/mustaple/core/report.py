@@ -46,6 +46,8 @@ class ExitCode(enum.IntEnum):
     USAGE = 2  # usage error or unreadable input
     REVOKED = 3  # a valid response says the certificate is revoked
     INTERNAL = 4  # a bug in mustaple
+    INTERRUPTED = 130  # SIGINT (Ctrl-C): 128 + its number, as the shell reports it
+    TERMINATED = 143  # SIGTERM (`prime`, which stops cleanly; the others die of it)
 
 
 def exit_code(outcome: Staple | Rejection | None) -> ExitCode:

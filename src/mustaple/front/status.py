@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 import sys
 from collections.abc import Sequence
@@ -42,6 +43,7 @@ if TYPE_CHECKING:  # redis and rich load where used: `prime` prints neither tabl
 __all__ = [
     "delivered",
     "fleet_view",
+    "interrupted_line",
     "prime_exit_code",
     "prime_json",
     "prime_line",
@@ -152,6 +154,25 @@ def unusable_json(left: Unusable) -> dict[str, Any]:
         "reason": left.reason.code,
         "message": left.message,
     }
+
+
+def interrupted_line(
+    results: Sequence[Primed], unusable: Sequence[Unusable], given: int, signals: Sequence[int]
+) -> str:
+    """The one line of a prime that `signals` interrupted: how many of the `given` files were
+    done (fetched and delivered, or said unusable) and how many not, and what that leaves."""
+    done = sum(p.done for p in results) + len(unusable)
+    head = f"mustaple: prime interrupted ({signal.Signals(signals[0]).name}"
+    count = f"{done} of {given} certificates done, {max(given - done, 0)} not done"
+    if len(signals) == 1:
+        return (
+            f"{head}): {count}; what was fetched is stored and delivered; prime again for the rest"
+        )
+    return (
+        f"{head}, then {signal.Signals(signals[1]).name}): {count}; what was fetched is "
+        "stored, but its delivery was cut short: `mustaple status` shows each server that "
+        "did not take its staple; prime again"
+    )
 
 
 def prime_exit_code(results: list[Primed], unusable: Sequence[Unusable] = ()) -> ExitCode:

@@ -35,12 +35,20 @@ import logging
 import os
 import random
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -104,9 +112,11 @@ from mustaple.core.urls import first_host
 from mustaple.core.verify import Policy, Staple, strictly_newer, verify
 
 __all__ = [
+    "NOT_DELIVERED",
     "CertFile",
     "CertView",
     "Coordinator",
+    "Interrupt",
     "Keeper",
     "Life",
     "Managed",
@@ -125,6 +135,11 @@ WRITE_GROUP = 256
 # Called after every refresh with the certificate file and the fetch result (metrics use it).
 Observer = Callable[["CertFile", FetchResult], None]
 STORED_ELSEWHERE = "stored by another mustaple process"
+# A sink's error when an interrupted prime cut its delivery short (`Interrupt`)
+NOT_DELIVERED = (
+    "not delivered: the prime was interrupted before this sink took the staple (its server "
+    "may serve an older one); the next prime or `mustaple run` delivers it"
+)
 # A sink that failed is tried again after this, doubling up to the policy's retry_max.
 DELIVERY_RETRY = timedelta(seconds=5)
 # A batch of this many certificates to load or fetch is worth worker processes (each costs
@@ -135,6 +150,7 @@ RESOLVE_SLICE = 4096  # paths `prime` resolves before their loads go out to the 
 # What a file was when read: (mtime_ns, size), and its entry's `issuer` file's, or (-1, -1)
 Stamp = tuple[int, int, int, int]
 FileToLoad = tuple[Path, "CertEntry", Stamp]  # a file, its entry, its stamp
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -280,6 +296,7 @@ class Primed:
     state: CertState
     sinks: tuple[SinkHealth, ...]
     sent: tuple[Action, bytes | None] | None
+    done: bool = True  # False: an interrupted prime did not fetch and deliver it to the end
 
     @property
     def phase(self) -> str:
@@ -307,6 +324,21 @@ class Turn:
 
     wait_until: datetime | None = None
     token: object = None
+
+
+class Interrupt:
+    """What tells a `prime` to stop (in `mustaple prime`: SIGINT and SIGTERM). Asked once
+    (`stopping`), it starts no new fetch, drops those in flight (and the loads), and stores
+    and delivers what it has, in one batch as at a normal end; asked again (`abandoning`),
+    it cuts that delivery short too, and each status row it writes says which sinks did not
+    take their staple (`NOT_DELIVERED`)."""
+
+    def __init__(self) -> None:
+        self.stopping = asyncio.Event()
+        self.abandoning = asyncio.Event()
+
+    def ask(self) -> None:
+        (self.abandoning if self.stopping.is_set() else self.stopping).set()
 
 
 class Coordinator(Protocol):
@@ -791,9 +823,10 @@ class Keeper:
             first.setdefault(m.key, m)
         return list(first.values())
 
-    async def _refresh_all(self, due: Sequence[Managed]) -> None:
+    async def _refresh_all(self, due: Sequence[Managed], done: set[str] | None = None) -> None:
         """Refresh `due`: per responder host, `per_host` workers take turns (no task per
-        certificate, so a pass over 100k certificates costs no 100k tasks)."""
+        certificate, so a pass over 100k certificates costs no 100k tasks); the key of each
+        certificate whose turn is over goes into `done`."""
         by_host: dict[str, list[Managed]] = {}
         for managed in due:
             by_host.setdefault(_host(managed), []).append(managed)
@@ -801,6 +834,8 @@ class Keeper:
         async def drain(queue: Iterator[Managed]) -> None:
             for managed in queue:
                 await self._guarded_turn(managed)
+                if done is not None:
+                    done.add(managed.key)
 
         workers = []
         for items in by_host.values():
@@ -971,9 +1006,11 @@ class Keeper:
             self._save_status(life)
         return done
 
-    def _took(self, managed: Managed, delivered: Delivered, now: datetime) -> bool:
+    def _took(
+        self, managed: Managed, delivered: Delivered, now: datetime, *, quiet: bool = False
+    ) -> bool:
         """Record how a sink took a delivery; log a repeated failure once, then at doubling
-        counts, with the certificate's name. Returns whether it worked."""
+        counts, with the certificate's name (unless `quiet`). Returns whether it worked."""
         life, sink = managed.life, delivered.sink
         before = life.sinks.get(sink)
         if delivered.ok:
@@ -994,7 +1031,7 @@ class Keeper:
             reload_owed=delivered.reload_owed,
             trap=delivered.trap,
         )
-        if not same or failures & (failures - 1) == 0:
+        if not quiet and (not same or failures & (failures - 1) == 0):
             repeat = f" (failed {failures} times since {human_time(since)})" if failures > 1 else ""
             log.error("%s: sink %s: %s%s", life.name, sink, delivered.error, repeat)
         return False
@@ -1171,54 +1208,102 @@ class Keeper:
         """Which configured file, and entry, a path given to `prime` is."""
         return Coverage(self.config)
 
-    async def prime(self, paths: Sequence[Path]) -> list[Primed]:
+    async def prime(
+        self, paths: Sequence[Path], *, interrupt: Interrupt | None = None
+    ) -> list[Primed]:
         """Load `paths` (each covered by an entry), fetch each now (in fleet mode: unless the
         fleet has just fetched it), deliver to its entry's sinks; one frozen `Primed` per path
-        given; InputError for a missing or unusable file, before anything is fetched."""
-        primed, _ = await self._prime(paths, refuse=True)
+        given; InputError for a missing or unusable file, before anything is fetched. Once
+        `interrupt` is asked, one `Primed` per file loaded so far (see `Interrupt`)."""
+        primed, _ = await self._prime(paths, refuse=True, interrupt=interrupt)
         return primed
 
-    async def prime_usable(self, paths: Sequence[Path]) -> tuple[list[Primed], list[Unusable]]:
+    async def prime_usable(
+        self, paths: Sequence[Path], *, interrupt: Interrupt | None = None
+    ) -> tuple[list[Primed], list[Unusable]]:
         """`prime` of the usable files among `paths`; each file missing or unusable is left
         out and said, in the order given (`prime --all`: a fault in one file stays there)."""
-        return await self._prime(paths, refuse=False)
+        return await self._prime(paths, refuse=False, interrupt=interrupt)
 
     async def _prime(
-        self, paths: Sequence[Path], *, refuse: bool
+        self, paths: Sequence[Path], *, refuse: bool, interrupt: Interrupt | None
     ) -> tuple[list[Primed], list[Unusable]]:
-        unusable: list[Unusable] = []
+        stop = interrupt or Interrupt()  # never asked: to the end
+        refreshed: set[str] = set()  # the certificates whose fetch is over
         self._downloads.begin(self.clock())
         with _collecting(len(paths)):
             async with self._helpers(len(paths)):  # workers start while the paths are resolved
-                resolved, loaded = await self._load_given(paths, refuse=refuse)
-                chosen = []
-                for path in resolved:
-                    managed = loaded.get(path)
-                    if managed is not None:
-                        chosen.append(managed)
-                        continue
-                    left = self._left_out(path, loaded)
-                    if refuse:
-                        raise InputError(left.message)
-                    unusable.append(left)
-                now = self.clock()
-                wanted = self._one_per_life(m for m in chosen if m.next_due is not None)
-                for managed in wanted:  # due now, even with a valid staple
-                    if not managed.life.state.due(now):
-                        self._apply(managed.life, Wait(now), now)
-                await self._refresh_all(wanted)
+                work = await _until(stop.stopping, self._fetch_given(paths, refuse, refreshed))
+                outcome = work.result() if work is not None else None
+            if outcome is not None:
+                chosen, unusable, loaded = outcome
+            else:  # what was loaded before the stop
+                chosen, loaded = list(self.managed.values()), None
+                unusable = [_unusable_of(p) for p in self.problems.values()]
             self.judge_time()
             self.take_from_sinks(m for m in chosen if m.life.state.answer is None)
             self.owe_reloads()
-            await self.deliver()
-            self._forget_held_elsewhere(loaded)
-        return [_primed(m) for m in chosen], unusable
+            unconfirmed = await self._deliver_unless(stop.abandoning)
+            if loaded is not None:
+                self._forget_held_elsewhere(loaded)
+        return [
+            _primed(m, (m.key in refreshed or m.next_due is None) and m.path not in unconfirmed)
+            for m in chosen
+        ], unusable
+
+    async def _fetch_given(
+        self, paths: Sequence[Path], refuse: bool, refreshed: set[str]
+    ) -> tuple[list[Managed], list[Unusable], dict[Path, Managed | None]]:
+        """Load `paths` and fetch each certificate now: the files loaded (in order), those
+        left out, and what each file loaded as (see `_load_given`)."""
+        unusable: list[Unusable] = []
+        resolved, loaded = await self._load_given(paths, refuse=refuse)
+        chosen = []
+        for path in resolved:
+            managed = loaded.get(path)
+            if managed is not None:
+                chosen.append(managed)
+                continue
+            left = self._left_out(path, loaded)
+            if refuse:
+                raise InputError(left.message)
+            unusable.append(left)
+        now = self.clock()
+        wanted = self._one_per_life(m for m in chosen if m.next_due is not None)
+        for managed in wanted:  # due now, even with a valid staple
+            if not managed.life.state.due(now):
+                self._apply(managed.life, Wait(now), now)
+        await self._refresh_all(wanted, refreshed)
+        return chosen, unusable, loaded
+
+    async def _deliver_unless(self, abandon: asyncio.Event) -> set[Path]:
+        """`deliver`, unless `abandon` is set first: then the delivery is cut short, the hooks
+        still running are stopped, and each sink of a file whose staple no sink confirmed
+        is recorded as not having taken it (`NOT_DELIVERED`, and a reload owed: the file may
+        be in place with the server not reloaded). Returns the paths of those files."""
+        delivering = await _until(abandon, self.deliver())
+        if delivering is not None:
+            delivering.result()  # an unexpected error goes on up, as without `abandon`
+            return set()
+        for hook in self._hooks:
+            hook.cancel()  # the command is killed, with every process it started
+        now, left = self.clock(), set()
+        for managed in self.managed.values():
+            want = self._wanted(managed)
+            if want is None or want == managed.sent:
+                continue
+            left.add(managed.path)
+            for name in managed.entry.sinks or tuple(self.sinks):
+                owed = isinstance(self.sinks[name], Reloads)
+                missed = Delivered(managed.key, name, False, NOT_DELIVERED, reload_owed=owed)
+                self._took(managed, missed, now, quiet=True)
+            self._save_status(managed.life)
+        return left
 
     def _left_out(self, path: Path, loaded: Mapping[Path, Managed | None]) -> Unusable:
         """A file `prime` could not load, and why."""
         if path in loaded:
-            said = self.problems[path]
-            return Unusable(path, said.name, said.must_staple, said.reason, said.message)
+            return _unusable_of(self.problems[path])
         name, must, _ = _identify(path)
         # There when it was listed, gone when looked at; or a symbolic link to nothing (listed)
         message = vanished(path) if not os.path.lexists(path) else f"{path}: certificate not found"
@@ -1297,10 +1382,32 @@ def _same(answer: Staple, this_update: datetime, revoked: bool) -> bool:
     return answer.this_update == this_update and answer.good != revoked
 
 
-def _primed(managed: Managed) -> Primed:
+def _unusable_of(problem: Problem) -> Unusable:
+    p = problem
+    return Unusable(p.path, p.name, p.must_staple, p.reason, p.message)
+
+
+async def _until(stop: asyncio.Event, work: Awaitable[_T]) -> asyncio.Future[_T] | None:
+    """`work` run to its end (its future, done: its result or its exception), unless `stop`
+    is set first: then it is cancelled, waited for, and None is returned."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((task, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    return None if task.cancelled() else task
+
+
+def _primed(managed: Managed, done: bool = True) -> Primed:
     life = managed.life
     sinks = tuple(life.sinks.values())
-    return Primed(managed.path, life.name, life.target.must_staple, life.state, sinks, managed.sent)
+    return Primed(
+        managed.path, life.name, life.target.must_staple, life.state, sinks, managed.sent, done
+    )
 
 
 def _host(managed: Managed) -> str:
