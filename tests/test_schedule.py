@@ -73,6 +73,14 @@ def test_retry_backoff_grows_and_is_capped() -> None:
     assert next_retry(1, T0, None, dice=lambda: 0.0) == T0 + timedelta(seconds=5)
 
 
+def test_the_longest_retry_base_allowed_never_overflows() -> None:
+    """retry_base may be a day: doubled 30 times that was past the largest timedelta, so a
+    certificate failing for a month stopped its keeper's pass with an OverflowError."""
+    policy = SchedulePolicy(retry_base=DAY, retry_max=DAY)
+    for failures in (1, 31, 10**6):
+        assert next_retry(failures, T0, None, dice=lambda: 0.5, policy=policy) == T0 + DAY / 2
+
+
 def test_retry_is_more_urgent_near_expiry() -> None:
     far = next_retry(10, T0, T0 + 3 * DAY, dice=lambda: 0.999) - T0
     near = next_retry(10, T0, T0 + 20 * timedelta(minutes=1), dice=lambda: 0.999) - T0

@@ -84,7 +84,7 @@ def next_retry(
     """
     if failures < 1:
         raise ValueError("failures counts consecutive failures, starting at 1")
-    ceiling = min(policy.retry_max, policy.retry_base * (1 << min(failures - 1, 30)))
+    ceiling = min(policy.retry_max, policy.retry_base * (1 << min(failures - 1, 20)))
     if expiry is not None and expiry > now:
         ceiling = min(ceiling, (expiry - now) / 4)
     delay = max(policy.retry_min, ceiling * dice())
