@@ -197,15 +197,16 @@ class Fleet:
                 self._trouble(exc, "the heartbeat")
 
     def _info(self, *, left: bool = False) -> dict[str, Any]:
-        managed = list(self.keeper.managed.values())
+        """The heartbeat: the certificates (a leaf in two files is one) and their states."""
+        states = [life.state for life in self.keeper.lives.values()]
         return {
             "left": left,
             "host": socket.gethostname(),
             "pid": os.getpid(),
-            "certificates": len(managed),
-            "good": sum(m.held is not None for m in managed),
-            "failing": sum(m.failures > 0 for m in managed),
-            "revoked": sum(m.revoked is not None for m in managed),
+            "certificates": len(states),
+            "good": sum(state.held is not None for state in states),
+            "failing": sum(state.failures > 0 for state in states),
+            "revoked": sum(state.revoked is not None for state in states),
         }
 
     async def _catch_up(self, deliver: bool) -> None:
