@@ -4,6 +4,7 @@ returns."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -24,7 +25,9 @@ from cryptography.x509.ocsp import OCSPCertStatus
 from mustaple.adapters.store import Looked, SqliteStore, look_up
 from mustaple.core.certs import make_target
 from mustaple.core.clock import utc_now
-from mustaple.testing import CA, Behaviour, ResponderThread
+from mustaple.core.errors import InputError
+from mustaple.core.request import encode_request, get_url, make_cert_id
+from mustaple.testing import CA, Behaviour, Leaf, ResponderThread
 from outside import get_json, http_get, wait_for
 from servers import free_port
 
@@ -254,12 +257,138 @@ def test_a_damaged_database_reads_as_nothing_stored(tmp_path: Path) -> None:
     assert look_up(store, "any", make_target(leaf.cert, leaf.issuer), utc_now()) == Looked()
 
 
-def test_a_start_on_a_full_state_disk_names_the_state_not_the_output(
+@contextmanager
+def keeping(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A `mustaple run` logging to the file `log` (read while it runs), stopped by SIGTERM
+    at the end: it must exit 0 without a traceback."""
+    with log.open("ab") as out:
+        keeper = subprocess.Popen([MUSTAPLE, "run", "--config", str(config)], stderr=out)
+    try:
+        yield keeper
+    finally:
+        keeper.send_signal(signal.SIGTERM)
+        code = keeper.wait(20)
+    assert code == 0, log.read_text()
+    assert "Traceback" not in log.read_text()
+
+
+def issue(ca: CA, responder: ResponderThread, tmp_path: Path, name: str) -> Leaf:
+    leaf = ca.issue(name, ocsp_urls=[responder.url])
+    responder.add(leaf)
+    leaf.write(tmp_path / "live" / name)
+    return leaf
+
+
+def shown(config: Path) -> dict[str, dict[str, Any]]:
+    """What a separate `mustaple status --json` says, by name."""
+    done = subprocess.run(
+        [MUSTAPLE, "status", "--config", str(config), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return {row["name"]: row for row in json.loads(done.stdout)}
+
+
+def test_run_starts_on_a_full_state_disk_serves_the_stored_staples_and_stores_again(
     tmp_path: Path, small_state: Path
 ) -> None:
-    """The pid written into run.lock only informs: on a full disk `run` said "cannot write
-    the output", as if its standard output had failed; now it says what cannot be done."""
+    """Primed with space; then the state disk full, the CA failing and the staple file gone:
+    `run` starts all the same and serves the stored staple (sink, local responder), says the
+    store is read only, delivers a new staple it cannot store, refuses a reload that would
+    lose it, and stores it once space returns, without a restart."""
+    ca, port = CA(), free_port()
+    staples, log, base = tmp_path / "staples", tmp_path / "run.log", f"http://127.0.0.1:{port}"
+    config = write_config(tmp_path, small_state, staples, port)
+    with ResponderThread(ca) as responder:
+        a = issue(ca, responder, tmp_path, "a.test")
+        primed = subprocess.run(
+            [MUSTAPLE, "prime", "--config", str(config), "--all"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert primed.returncode == 0, primed.stdout + primed.stderr
+        stored = (staples / "a.test.der").read_bytes()
+        (staples / "a.test.der").unlink()  # only the state holds it now
+        responder.set_behaviour(Behaviour.HTTP_500)
+        asked = len(responder.requests)
+        filler = fill(small_state)
+        with keeping(config, log) as keeper:
+            wait_for(lambda: http_get(f"{base}/healthz")[0] == 200)
+            assert (staples / "a.test.der").read_bytes() == stored
+            assert len(responder.requests) == asked  # from the state, not from the CA
+            request = encode_request(make_cert_id(a.issuer, a.cert.serial_number))
+            assert http_get(get_url(f"{base}/ocsp", request)) == (200, stored)
+            assert "full" in status(port)["store_problem"]
+            assert states(port) == {"a.test": "good"}
+            assert b"mustaple_state_store_writable 0.0" in http_get(f"{base}/metrics")[1]
+            assert b"The state store cannot be written" in http_get(f"{base}/")[1]
+            assert shown(config)["a.test"]["state"] == "good"  # `status` reads a full disk
+            responder.set_behaviour(Behaviour.GOOD)
+            issue(ca, responder, tmp_path, "b.test")  # a staple nothing can store
+            wait_for((staples / "b.test.der").exists)
+            assert shown(config).get("b.test", {}).get("effective_expiry") is None
+            keeper.send_signal(signal.SIGHUP)
+            wait_for(lambda: "not reloaded: 1 answers held in memory" in log.read_text())
+            filler.unlink()  # space returns
+            wait_for(lambda: status(port)["store_problem"] is None)
+            assert b"mustaple_state_store_writable 1.0" in http_get(f"{base}/metrics")[1]
+            rows = shown(config)
+            assert {name: row["state"] for name, row in rows.items()} == {
+                "a.test": "good",
+                "b.test": "good",
+            }
+            assert rows["b.test"]["effective_expiry"] is not None  # its staple is stored
+            assert keeper.poll() is None
+    said = log.read_text()
+    assert said.count("the state store cannot be written") == 1
+    assert f"Free space on the file system of {small_state}" in said
+    assert "state store writable again" in said
+
+
+def test_run_starts_on_a_full_state_disk_with_no_state_yet(
+    tmp_path: Path, small_state: Path
+) -> None:
+    """No state database yet, and no space to make one: `run` starts from an empty state
+    in memory (nothing stored is lost: there is none), fetches and delivers, and makes the
+    database once space returns. The pid it writes into run.lock only informs: its failure
+    is no error ("cannot write the output" was said once)."""
+    ca, port = CA(), free_port()
+    staples, log = tmp_path / "staples", tmp_path / "run.log"
+    config = write_config(tmp_path, small_state, staples, port)
+    filler = fill(small_state)
+    with ResponderThread(ca) as responder, keeping(config, log) as keeper:
+        issue(ca, responder, tmp_path, "a.test")
+        wait_for((staples / "a.test.der").exists)
+        wait_for(lambda: states(port) == {"a.test": "good"})
+        assert "full" in status(port)["store_problem"]
+        filler.unlink()
+        wait_for(lambda: status(port)["store_problem"] is None)
+        assert shown(config)["a.test"]["effective_expiry"] is not None
+        assert keeper.poll() is None
+    assert "cannot write the output" not in log.read_text()
+
+
+def test_a_start_on_a_full_disk_that_cannot_read_its_state_is_refused(
+    tmp_path: Path, small_state: Path
+) -> None:
+    """A state whose log holds writes SQLite cannot read without space for its shared memory
+    cannot be served from: one line, exit 2, and nothing is moved."""
     config = write_config(tmp_path, small_state, tmp_path / "staples", free_port())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    store = SqliteStore(elsewhere / "state.db")
+    with contextlib.closing(sqlite3.connect(elsewhere / "state.db")) as reader:
+        reader.execute("SELECT count(*) FROM staples").fetchone()  # no checkpoint at the close
+        store.add_signatures([(b"tag", utc_now())])
+        store.close()
+        for name in ("state.db", "state.db-wal"):  # the log, without its shared memory
+            shutil.copy(elsewhere / name, small_state / name)
+    assert os.path.getsize(small_state / "state.db-wal") > 0
     fill(small_state)
     done = subprocess.run(
         [MUSTAPLE, "run", "--config", str(config)],
@@ -268,6 +397,35 @@ def test_a_start_on_a_full_state_disk_names_the_state_not_the_output(
         timeout=60,
         check=False,
     )
-    assert done.returncode == 2
-    assert "cannot write the output" not in done.stderr
-    assert f"{small_state}/state.db: cannot open the state database" in done.stderr
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"mustaple: {small_state}/state.db: cannot open the state")
+    assert "disk is full" in done.stderr
+    assert len(done.stderr.splitlines()) == 1
+
+
+def test_a_store_on_a_full_disk_is_read_then_written_again_when_space_returns(
+    small_state: Path,
+) -> None:
+    """The daemon's store (`read_when_full`) on a full disk reads what is stored, refuses
+    every write with the full disk's reason, and takes writes again at the first `check`
+    after space returns; the one-shot commands' store still refuses to open."""
+    store = SqliteStore(small_state / "state.db")
+    store.add_signatures([(b"tag", utc_now())])
+    store.close()
+    filler = fill(small_state)
+    with pytest.raises(InputError, match="cannot open the state database"):
+        SqliteStore(small_state / "state.db")
+    full = SqliteStore(small_state / "state.db", read_when_full=True)
+    assert full.read_only is not None
+    assert "full" in full.read_only
+    assert full.has_signature(b"tag")
+    with pytest.raises(sqlite3.Error) as raised:
+        full.add_signatures([(b"new", utc_now())])
+    assert "the state disk is full (No space left on device)" in str(raised.value)
+    assert full.check() is None
+    assert full.read_only is not None
+    filler.unlink()
+    assert full.check() is None
+    assert full.read_only is None
+    full.add_signatures([(b"new", utc_now())])
+    assert SqliteStore.reader(small_state / "state.db").has_signature(b"new")

@@ -27,15 +27,24 @@ store has none: there every start checks every signature).
 durable when it ends. A file that is not a readable database is moved aside
 (`state.db.corrupt-TIME`, one loud line) and a fresh one started: every staple in it can be
 fetched again.
+
+Opened with `read_when_full` (the daemon), a store whose file system is full (ENOSPC, or the
+quota used up: EDQUOT) is opened for reading only instead of refused: `read_only` says why,
+every write raises `StateDiskFull`, and each `check` tries to open it for writing again. Its
+stored answers are read as usual (without even SQLite's shared-memory file, which cannot be
+made on a full disk, when its log holds nothing); a database not made yet is an empty one in
+memory until it can be.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import sqlite3
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
@@ -58,9 +67,11 @@ __all__ = [
     "AttemptRecord",
     "CertStatus",
     "SqliteStore",
+    "StateDiskFull",
     "Store",
     "StoredStaple",
     "cert_key",
+    "disk_full",
     "sinks_from_json",
     "sinks_json",
     "traps_of",
@@ -70,6 +81,8 @@ log = logging.getLogger("mustaple")
 HISTORY_LIMIT = 50
 BUSY_TIMEOUT = 30.0  # seconds a write waits for another process's lock (a one-shot command)
 _IN_CHUNK = 500  # keys to one `IN (...)` query (SQLite allows 32,766 parameters)
+_FULL = (errno.ENOSPC, errno.EDQUOT)  # a file system full, or the quota used up
+_PROBE_SIZE = 65536  # bytes written to tell a full disk: a WAL frame and the shared memory
 _SCHEMA_VERSION = 3  # 3: the signatures table
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS staples (
@@ -242,6 +255,86 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+class StateDiskFull(sqlite3.OperationalError):
+    """A write to a store opened for reading only because its disk is full."""
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether `exc` says the state's file system is full (or its quota used up)."""
+    if isinstance(exc, OSError):
+        return exc.errno in _FULL
+    if isinstance(exc, StateDiskFull):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)  # set on what SQLite itself raised
+    return isinstance(exc, sqlite3.Error) and code == sqlite3.SQLITE_FULL
+
+
+def _no_space(directory: Path) -> str | None:
+    """Why nothing can be written in `directory` (its file system full, or the quota used up),
+    found by writing a small unnamed file there; None when that works, or fails otherwise.
+    SQLite says only "disk I/O error" when it cannot make its shared-memory file."""
+    try:
+        with tempfile.TemporaryFile(dir=directory) as probe:
+            probe.write(bytes(_PROBE_SIZE))
+            probe.flush()
+    except OSError as exc:
+        if exc.errno in _FULL:
+            return exc.strerror or str(exc)
+    return None
+
+
+def _full_disk(why: str) -> str:
+    """What a store open for reading only says of itself (`read_only`)."""
+    return f"the state disk is full ({why}), the state is read only"
+
+
+def _in_memory() -> sqlite3.Connection:
+    """An empty state in memory: what a store reads while its database cannot be made."""
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    db.executescript(_SCHEMA)
+    return db
+
+
+def _empty(path: Path) -> bool:
+    """Whether there is no database at `path`: no file, or an empty one."""
+    try:
+        return os.path.getsize(path) == 0
+    except FileNotFoundError:
+        return True
+
+
+def _log_holds(path: Path) -> bool:
+    """Whether the database's write-ahead log holds anything (an immutable reader skips it)."""
+    try:
+        return os.path.getsize(f"{path}-wal") > 0
+    except OSError:
+        return False
+
+
+def _reading(path: Path, mode: str, timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection:
+    """A connection reading `path` (`mode`: "mode=ro" or "immutable=1"), checked by a read.
+    The path is quoted in the URI: a %, ? or # in it is a name."""
+    uri = f"file:{quote(str(path))}?{mode}"
+    db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=timeout)
+    try:
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _read_on_any_disk(path: Path) -> sqlite3.Connection:
+    """`path` opened to read only, on a full disk too (as immutable, when SQLite cannot make
+    its shared-memory file there and the log holds nothing that would then be missed)."""
+    try:
+        return _reading(path, "mode=ro")
+    except sqlite3.OperationalError:
+        if _log_holds(path) or _no_space(path.parent) is None:
+            raise
+        return _reading(path, "immutable=1")
+
+
 def _regular_or_none(path: Path) -> None:
     """InputError when the database file is there but no regular file: a FIFO would block a
     read-only connect for ever, and SQLite says only "disk I/O error" of the others."""
@@ -291,35 +384,73 @@ class SqliteStore:
         *,
         history_limit: int = HISTORY_LIMIT,
         busy_timeout: float = BUSY_TIMEOUT,
+        read_when_full: bool = False,
     ) -> None:
         """`busy_timeout`: how long a write waits for another process's write lock before it
-        fails (the keeper then keeps it pending: `run` waits little, its loop serves)."""
+        fails (the keeper then keeps it pending: `run` waits little, its loop serves).
+        `read_when_full`: a full disk opens the store for reading only (see the module)
+        instead of raising InputError."""
         self.path = Path(path)
         self.history_limit = history_limit
         self.busy_timeout = busy_timeout
+        self.read_when_full = read_when_full
+        self.read_only: str | None = None  # why it is open for reading only (a full disk)
         self._connect()
 
     def _connect(self) -> None:
         _regular_or_none(self.path)
+        self.read_only = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = self._open()
+            db = self._open()
         except (sqlite3.Error, OSError) as exc:
-            if type(exc) is not sqlite3.DatabaseError:  # not corruption: locked, unwritable...
-                raise InputError(f"{self.path}: cannot open the state database ({exc})") from None
-            self._db = self._start_afresh(exc)
+            db = self._unopened(exc)
+        self._use(db)
+
+    def _use(self, db: sqlite3.Connection) -> None:
+        """Work with `db` from now on: what another process wrote is looked at from here."""
         # opening may wait for another process's lock as long as a one-shot command would
         # (the schema check writes): only the writes after it wait `busy_timeout`
-        self._db.execute(f"PRAGMA busy_timeout = {round(self.busy_timeout * 1000)}")
+        db.execute(f"PRAGMA busy_timeout = {round(self.busy_timeout * 1000)}")
+        self._db = db
         self._version: int | None = self._data_version()
         self._identity = _identity(self.path)
+
+    def _unopened(self, exc: sqlite3.Error | OSError) -> sqlite3.Connection:
+        """What to work with when the database cannot be opened for writing: a damaged one
+        moved aside and a new one; on a full disk, with `read_when_full`, the database read
+        only; else InputError."""
+        if type(exc) is sqlite3.DatabaseError:  # corruption, not locked, unwritable, full...
+            return self._start_afresh(exc)
+        full = _no_space(self.path.parent) if self.read_when_full else None
+        if full is None:
+            raise InputError(f"{self.path}: cannot open the state database ({exc})") from None
+        try:
+            db = self._read_only_db()
+        except sqlite3.Error as again:
+            raise InputError(
+                f"{self.path}: cannot open the state database ({exc}), its disk is full "
+                f"({full}), and it cannot be read either ({again}); free space on it"
+            ) from None
+        self.read_only = _full_disk(full)
+        return db
+
+    def _read_only_db(self) -> sqlite3.Connection:
+        """The database for reading only (`_read_on_any_disk`); an empty one in memory when
+        there is none yet."""
+        if _empty(self.path):  # none yet (or the empty file our own try made)
+            return _in_memory()
+        return _read_on_any_disk(self.path)
 
     def check(self) -> str | None:
         """Why the database was opened again, or None when the one open is still there and
         readable: its file was removed, replaced by another (an operator, a restore), or
         damaged in place (then moved aside, as at a start). Opened again, it holds what the
         new file holds: the next `others_wrote` gives every stored answer, and the caller
-        stores its own again. InputError when it cannot be opened again."""
+        stores its own again. InputError when it cannot be opened again. A store open for
+        reading only (a full disk) is opened for writing when it can be (`read_only` None)."""
+        if self.read_only is not None:
+            return self._writable_again()
         why = self._gone()
         if why is None:
             return None
@@ -327,6 +458,22 @@ class SqliteStore:
         self._connect()
         self._version = None
         return why
+
+    def _writable_again(self) -> str | None:
+        """Open the database for writing if it can be now (space came back); None, or, when
+        the file is another than the one read, why (as `check` says it)."""
+        read = self._identity
+        try:
+            db = self._open(self.busy_timeout)
+        except (sqlite3.Error, OSError):
+            return None  # still full (or locked): read as before, tried again at the next
+        self._db.close()
+        self.read_only = None
+        self._use(db)
+        self._version = None  # another connection: the next `others_wrote` gives every answer
+        if read is not None and read != self._identity:
+            return "replaced by another file"
+        return None
 
     def _gone(self) -> str | None:
         now = _identity(self.path)
@@ -348,11 +495,11 @@ class SqliteStore:
         connect for ever). The path is quoted in the URI: a %, ? or # in it is a name."""
         store = cls.__new__(cls)
         store.path, store.history_limit = Path(path), HISTORY_LIMIT
+        store.busy_timeout, store.read_when_full = BUSY_TIMEOUT, False
+        store.read_only = None
         _regular_or_none(store.path)
         try:
-            store._db = sqlite3.connect(
-                f"file:{quote(str(path))}?mode=ro", uri=True, isolation_level=None, timeout=30
-            )
+            store._db = _read_on_any_disk(store.path)
             store._version = store._data_version()
             store._identity = _identity(store.path)
         except sqlite3.Error as exc:
@@ -365,8 +512,10 @@ class SqliteStore:
         row = self._db.execute("PRAGMA user_version").fetchone()
         return int(row[0]) < _SCHEMA_VERSION
 
-    def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT)
+    def _open(self, timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection:
+        """The database opened for writing, its schema made or upgraded (a current one is not
+        written to: a start on a full disk whose SQLite files are there writes nothing)."""
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=timeout)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
@@ -375,7 +524,8 @@ class SqliteStore:
                 columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
                 if column not in columns:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-            db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+            if db.execute("PRAGMA user_version").fetchone()[0] != _SCHEMA_VERSION:
+                db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
         except BaseException:
             db.close()
             raise
@@ -390,10 +540,15 @@ class SqliteStore:
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
             db = self._open()
         except (sqlite3.Error, OSError) as again:
-            raise InputError(
-                f"{self.path}: the state database is unreadable ({exc}) and could not be "
-                f"replaced ({again}); move it away by hand"
-            ) from None
+            moved = self.read_when_full and _empty(self.path)
+            full = _no_space(self.path.parent) if moved else None
+            if full is None:
+                raise InputError(
+                    f"{self.path}: the state database is unreadable ({exc}) and could not be "
+                    f"replaced ({again}); move it away by hand"
+                ) from None
+            db = _in_memory()  # as if there were none yet, on a full disk
+            self.read_only = _full_disk(full)
         log.error(
             "%s: the state database is unreadable (%s): moved to %s and started afresh; "
             "staples not in a running keeper's memory will be fetched again",
@@ -607,7 +762,10 @@ class SqliteStore:
                 )
 
     def transaction(self) -> _Transaction:
-        """One transaction for every write inside it (see the module docstring)."""
+        """One transaction for every write inside it (see the module docstring);
+        StateDiskFull when the store is open for reading only because its disk is full."""
+        if self.read_only is not None:
+            raise StateDiskFull(self.read_only)
         return _Transaction(self._db)
 
 

@@ -76,11 +76,16 @@ async def open_keeper(
     watchers: Sequence[Watcher] = (),
     fetcher: Fetcher | None = None,
     busy_timeout: float = BUSY_TIMEOUT,
+    read_when_full: bool = False,
 ) -> AsyncIterator[Keeper]:
     """A keeper with its state store and sinks, closed on exit (its own HTTP fetcher unless
-    `fetcher` is given); its writes wait `busy_timeout` for another process's lock."""
+    `fetcher` is given); its writes wait `busy_timeout` for another process's lock. With
+    `read_when_full`, a full state disk opens the store for reading only (the daemon: it
+    serves what is stored) instead of raising InputError."""
     sinks = build_sinks(config)
-    store = SqliteStore(config.state_dir / "state.db", busy_timeout=busy_timeout)
+    store = SqliteStore(
+        config.state_dir / "state.db", busy_timeout=busy_timeout, read_when_full=read_when_full
+    )
     try:
         keeper = Keeper(
             config,
@@ -198,7 +203,7 @@ async def _serve(
                 break
             reload.clear()
             changed = _reloaded(config_path, config)
-            if changed is None:
+            if changed is None or _holds_unstored(running.keeper, config_path):
                 continue  # the running keeper goes on as it was: its backoff, its streaks
             switched = await _switch(running, server, changed, stop, clock)
             if switched is None:
@@ -257,6 +262,23 @@ async def _still_serving(
         return None
 
 
+def _holds_unstored(keeper: Keeper, path: Path) -> bool:
+    """Whether `keeper` holds answers the state store could not take (a full disk), said in
+    one line: a new keeper would start from the older stored ones, and a server without a
+    copy of its own (HAProxy, the local responder) would be given those again."""
+    unstored = keeper.unstored()
+    if unstored:
+        log.error(
+            "%s: not reloaded: %d answers held in memory are not stored yet (%s), and a new "
+            "keeper would start from the older stored ones; reload once the state store is "
+            "writable again; keeping the running configuration",
+            path,
+            unstored,
+            keeper.store_problem,
+        )
+    return unstored > 0
+
+
 def _why(exc: Exception) -> str:
     if isinstance(exc, InputError | ConfigError | OSError):
         return str(exc)
@@ -299,7 +321,7 @@ class _Running:
         stack = AsyncExitStack()
         try:
             keeper = await stack.enter_async_context(
-                open_keeper(config, clock=clock, busy_timeout=RUN_BUSY_TIMEOUT)
+                open_keeper(config, clock=clock, busy_timeout=RUN_BUSY_TIMEOUT, read_when_full=True)
             )
             fleet = await stack.enter_async_context(open_fleet(config, keeper))
             from mustaple.serve.metrics import Metrics  # prometheus-client, only for `run`

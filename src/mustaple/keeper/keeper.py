@@ -75,6 +75,7 @@ from mustaple.adapters.store import (
     Store,
     StoredStaple,
     cert_key,
+    disk_full,
     look_up,
 )
 from mustaple.adapters.workers import DEPTH, Limits, WorkerPool, batch_collector, cores
@@ -394,6 +395,10 @@ class Keeper:
         # pending status rows, one per key: a Life's row is made from its state at the flush
         self._statuses: dict[str, CertStatus | Life | None] = {}  # None: the row goes
         self._store_problem: str | None = None
+        self._store_back = False  # opened for writing again: the next flush says so
+        read_only = _read_only(store)
+        if read_only is not None:  # a full disk at the start: read, served, not written
+            self._store_trouble(read_only, full=True)
         self._signatures = SignatureCache.open(store, self._write, clock())
 
     async def __aenter__(self) -> Keeper:
@@ -643,12 +648,15 @@ class Keeper:
         look: validated here, and taken only where the life cycle allows; the status rows it
         may have written over are written again from this keeper's view at the pass's end.
         Returns how many answers were taken."""
+        was_read_only = _read_only(self.store)
         try:
             reopened = self.store.check()
             written = self.store.others_wrote()
         except (sqlite3.Error, InputError) as exc:
             self._store_failed(exc)
             return 0
+        if was_read_only is not None and _read_only(self.store) is None:
+            self._store_back = True  # space came back: said by the flush, even of nothing
         if reopened is not None:
             log.warning(
                 "the state database was %s while the keeper ran: opened again; the staples "
@@ -1161,7 +1169,7 @@ class Keeper:
         rows: dict[str, CertStatus | Life | None] = {}
         if statuses:
             rows, self._statuses = self._statuses, {}
-        if not writes and not rows:
+        if not writes and not rows and not self._store_back:
             return
         try:
             with self.store.transaction():
@@ -1177,25 +1185,43 @@ class Keeper:
             self._statuses = rows | self._statuses
             self._store_failed(exc)
             return
+        self._store_back = False
         if self._store_problem is not None:
             stored = len(writes) + len(rows)
             log.warning("state store writable again: %d pending writes stored", stored)
             self._store_problem = None
 
     def _store_failed(self, exc: BaseException) -> None:
-        problem = f"{exc}"
+        self._store_trouble(f"{exc}", full=disk_full(exc))
+
+    def _store_trouble(self, problem: str, *, full: bool) -> None:
+        """Say why the store cannot be written, once (again when the reason changes)."""
         if problem != self._store_problem:
-            log.error(
-                "the state store cannot be written (%s): serving from memory, writes kept "
-                "and tried again at every pass",
-                problem,
-            )
+            if full:
+                log.error(
+                    "the state store cannot be written: %s. Free space on the file system of "
+                    "%s (or raise its quota); meanwhile the keeper fetches, delivers and "
+                    "serves from memory, and stores what is pending once it can, without a "
+                    "restart",
+                    problem,
+                    self.config.state_dir,
+                )
+            else:
+                log.error(
+                    "the state store cannot be written (%s): serving from memory, writes "
+                    "kept and tried again at every pass",
+                    problem,
+                )
         self._store_problem = problem
 
     @property
     def store_problem(self) -> str | None:
         """Why the state store cannot be written now, or None."""
         return self._store_problem
+
+    def unstored(self) -> int:
+        """How many answers the store has not taken yet (it cannot be written: a full disk)."""
+        return len(self._pending.staples) if self._store_problem is not None else 0
 
     def save_all_status(self) -> None:
         for life in self.lives.values():
@@ -1375,6 +1401,11 @@ def _collecting(batch: int) -> contextlib.AbstractContextManager[None]:
     """The garbage collector set for a batch of `batch` certificates (`batch_collector`, from
     WORKERS_FROM on: a large batch makes many objects that live until its end)."""
     return batch_collector() if batch >= WORKERS_FROM else contextlib.nullcontext()
+
+
+def _read_only(store: Store) -> str | None:
+    """Why `store` is open for reading only (a full disk at its opening), or None."""
+    return store.read_only if isinstance(store, SqliteStore) else None
 
 
 def _same(answer: Staple, this_update: datetime, revoked: bool) -> bool:

@@ -10,6 +10,7 @@ tests do not collide) and attaches itself to the keeper as an observer:
 - fetch counters and the attempt latency histogram are fed by `observe` after every refresh;
 - local responder counters are `responder_counts`, which the responder increases in place;
 - the HTTP endpoint counts in `request_timeouts` the requests not sent whole in time;
+- whether the state store can be written (0 on a full disk), read from the keeper;
 - in fleet mode, whether Redis answers and how many staples were adopted from other members,
   read from the `Fleet` at scrape time.
 
@@ -76,6 +77,7 @@ class Metrics:
         )
         self._certificates = _CertificateCollector(keeper, clock)
         self.registry.register(self._certificates)
+        self.registry.register(_StoreCollector(keeper))
         if fleet is not None:
             self.registry.register(_FleetCollector(fleet))
         keeper.observers.append(self.observe)
@@ -154,6 +156,29 @@ class _CertificateCollector:
         if answer is None or (stored is not None and stored.der == answer.der):
             self._fetched[key] = (answer, fetched)  # else the store is not there yet: ask again
         return fetched
+
+
+class _StoreCollector:
+    """`mustaple_state_store_writable`, from the keeper's `store_problem` at each scrape."""
+
+    def __init__(self, keeper: Keeper) -> None:
+        self.keeper = keeper
+
+    def describe(self) -> Iterator[Metric]:
+        return iter([self._family()])
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        family.add_metric([], float(self.keeper.store_problem is None))
+        return iter([family])
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "mustaple_state_store_writable",
+            "1 while the state store takes the keeper's writes; 0 while it cannot (a full "
+            "disk): staples are served from memory and stored once it can.",
+        )
 
 
 class _ResponderCollector:

@@ -342,6 +342,7 @@ body { margin: 0; padding: 1.5rem 2rem; font: 15px/1.45 system-ui, sans-serif; c
   background: #f6f8fa; }
 h1 { font-size: 1.5rem; margin: 0 0 .25rem; }
 header p { margin: .2rem 0; color: var(--muted); }
+header p.store { color: var(--critical); font-weight: 600; }
 .summary { font-size: 1.05rem; color: var(--ink); }
 table { width: 100%; border-collapse: collapse; margin-top: 1rem; background: #fff;
   border: 1px solid var(--line); table-layout: fixed; }
@@ -404,6 +405,7 @@ def _page(report: dict[str, Any], now: datetime, policy: SchedulePolicy) -> str:
 <header>
 <h1>mustaple status</h1>
 <p class="summary">{escape(_summary(report))}</p>
+{_store_line(report["store_problem"])}
 <p>At {_time(report["now"], year=True)} · this page reloads every {PAGE_REFRESH_SECONDS} s ·
 <a href="/status">JSON</a> · <a href="/metrics">metrics</a></p>
 </header>
@@ -424,6 +426,14 @@ dashed: refresh point, solid: now</span></th>
 </body>
 </html>
 """
+
+
+def _store_line(problem: str | None) -> str:
+    """The state store's trouble, said above the table (nothing when it is well)."""
+    if problem is None:
+        return ""
+    said = f"The state store cannot be written ({problem}): staples are served from memory"
+    return f'<p class="store">{escape(said)} and stored once it can be written again.</p>'
 
 
 def _summary(report: dict[str, Any]) -> str:
