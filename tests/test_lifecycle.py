@@ -149,6 +149,22 @@ def test_a_revoked_answer_is_stored_so_a_restart_keeps_it() -> None:
     assert wanted(restarted, remove_at_expiry=False) == (Action.REVOKED, REVOKED.der)
 
 
+def test_the_staple_before_a_renewal_is_taken_away_even_when_expired_ones_are_kept() -> None:
+    """`at_expiry = "keep"` keeps a certificate's own expired staple, never the staple of the
+    certificate it renewed (a kept file would be a trap, see `delivery.Trap`), until an
+    answer of the new one is in hand; then its own expiry is kept again."""
+    expired, _ = run(CertState(), Stale())
+    assert wanted(expired, remove_at_expiry=False) is None
+    renewed, _ = run(CertState(), Stale(renewed=True))
+    assert wanted(renewed, remove_at_expiry=False) == (Action.REMOVE, None)
+    assert wanted(run(renewed, FAIL)[0], remove_at_expiry=False) == (Action.REMOVE, None)
+    stapled, _ = run(renewed, Accepted(GOOD, T0))
+    after, _ = run(stapled, Tick(), T0 + 4 * DAY)
+    assert (after.phase, wanted(after, remove_at_expiry=False)) == (Phase.EXPIRED, None)
+    restored, _ = run(renewed, Restored(GOOD, T0))
+    assert not restored.renewed
+
+
 def test_after_expiry_attempts_restart_at_once_and_never_wait_longer_than_retry_max() -> None:
     state = replace(HELD, phase=Phase.FAILING, failures=12, backoff=12, next_due=T0 + 4 * DAY)
     expired, effects = run(state, Tick(), T0 + 4 * DAY + timedelta(seconds=1))

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.x509 import ocsp
 
@@ -53,11 +54,12 @@ async def until(check: Callable[[], bool], what: str) -> None:
     raise AssertionError(f"never: {what}")
 
 
-def write_config(tmp: Path, table: dict[str, str]) -> Path:
+def write_config(tmp: Path, table: dict[str, str], at_expiry: str) -> Path:
     lines = [f'state_dir = "{tmp}/state"', "[[certificates]]"]
     lines.append(f'paths = ["{tmp}/live/*/fullchain.pem"]')
     lines.append("[sinks.nginx]")
     lines += [f"{key} = {json.dumps(value)}" for key, value in table.items()]
+    lines += ["[policy]", f"at_expiry = {json.dumps(at_expiry)}"]
     path = tmp / "mustaple.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -106,7 +108,9 @@ class Setting:
 
 
 @asynccontextmanager
-async def setting(tmp: Path) -> AsyncIterator[Setting]:
+async def setting(tmp: Path, at_expiry: str = "remove") -> AsyncIterator[Setting]:
+    """With `at_expiry` ("keep" keeps an expired staple of the same certificate, never the
+    staple of the one before a renewal)."""
     live = tmp / "live"
     nginx = NginxServer(
         tmp / "nginx",
@@ -121,7 +125,7 @@ async def setting(tmp: Path) -> AsyncIterator[Setting]:
         "reload": nginx.reload_command,
         "running": f"test -s {nginx.directory}/nginx.pid",
     }
-    config = keeper_config(tmp, sinks={"nginx": table})
+    config = keeper_config(tmp, sinks={"nginx": table}, at_expiry=at_expiry)
     async with keeper_world(tmp, config, sinks={"nginx": build_sink("nginx", table)}) as w:
         old, _, _ = await w.stapled(A)
         w.issue(B)
@@ -130,23 +134,32 @@ async def setting(tmp: Path) -> AsyncIterator[Setting]:
         nginx.start()
         try:
             assert served(nginx) == (old.cert.serial_number, old.cert.serial_number)
-            yield Setting(w, nginx, old.cert, write_config(tmp, table))
+            yield Setting(w, nginx, old.cert, write_config(tmp, table, at_expiry))
         finally:
             nginx.stop()
 
 
-def test_no_reload_serves_a_renewed_certificate_with_the_old_ones_staple(tmp_path: Path) -> None:
-    asyncio.run(renewed_under_the_keeper(tmp_path))
+AT_EXPIRY = pytest.mark.parametrize("at_expiry", ["remove", "keep"])
 
 
-def test_a_prime_of_the_renewed_certificate_sets_the_trap_for_the_next(tmp_path: Path) -> None:
+@AT_EXPIRY
+def test_no_reload_serves_a_renewed_certificate_with_the_old_ones_staple(
+    tmp_path: Path, at_expiry: str
+) -> None:
+    asyncio.run(renewed_under_the_keeper(tmp_path, at_expiry))
+
+
+@AT_EXPIRY
+def test_a_prime_of_the_renewed_certificate_sets_the_trap_for_the_next(
+    tmp_path: Path, at_expiry: str
+) -> None:
     """No keeper saw the renewal: the deploy hook's `prime` of the renewed certificate
     finds the old staple in its file, and the `prime` of another one does not reload."""
-    asyncio.run(renewed_with_no_keeper(tmp_path))
+    asyncio.run(renewed_with_no_keeper(tmp_path, at_expiry))
 
 
-async def renewed_with_no_keeper(tmp: Path) -> None:
-    async with setting(tmp) as s:
+async def renewed_with_no_keeper(tmp: Path, at_expiry: str) -> None:
+    async with setting(tmp, at_expiry) as s:
         s.renew()
         code, out = await prime(s.config, tmp / "live" / A / "fullchain.pem")
         assert (code, f"FAILED {A}" in out) == (1, True), out
@@ -159,8 +172,8 @@ async def renewed_with_no_keeper(tmp: Path) -> None:
         assert served(s.nginx) == (s.old.serial_number, s.old.serial_number)
 
 
-async def renewed_under_the_keeper(tmp: Path) -> None:
-    async with setting(tmp) as s:
+async def renewed_under_the_keeper(tmp: Path, at_expiry: str) -> None:
+    async with setting(tmp, at_expiry) as s:
         await trap_and_release(s)
 
 

@@ -45,7 +45,7 @@ from mustaple.adapters.files import (
     write_atomic_many,
 )
 from mustaple.adapters.shell import Ran, run, run_command
-from mustaple.core.delivery import Action, Delivered, Delivery, Sink, Trap
+from mustaple.core.delivery import Action, Delivered, Delivery, Sink, Trap, staple_serial
 from mustaple.core.der import RESPONSE_HEAD, looks_like_ocsp_response
 from mustaple.core.render import human_time
 from mustaple.core.urls import url_problem
@@ -371,17 +371,6 @@ def _delete(path: Path) -> bool:
     return True
 
 
-def _response_serial(held: bytes | None) -> int | None:
-    """The serial number a staple file's response is about; None for no file, or one whose
-    response cannot be read."""
-    if not held or not looks_like_ocsp_response(held):
-        return None
-    try:
-        return int(ocsp.load_der_ocsp_response(held).serial_number)
-    except ValueError:  # not successful, several SingleResponses, garbled
-        return None
-
-
 def _os_problem(path: Path, exc: OSError) -> str:
     return f"{path}: {exc.strerror or exc}"
 
@@ -454,7 +443,7 @@ class FileSink:
         that staple); or None. The others are forgotten."""
         for path, serial in list(self._traps.items()):
             try:
-                held = _response_serial(read_prefix(path, MAX_INPUT))
+                held = staple_serial(read_prefix(path, MAX_INPUT))
             except OSError:
                 held = serial  # cannot tell: still sprung, as far as we know
             if held == serial:
@@ -530,7 +519,7 @@ class FileSink:
     def _kept(self, delivery: Delivery, path: Path) -> _Outcome:
         """A removal with `remove = "keep"`: the file stays. One that holds the staple of
         another certificate (the one at this path before a renewal) is a `Trap`."""
-        held = _response_serial(read_prefix(path, MAX_INPUT))
+        held = staple_serial(read_prefix(path, MAX_INPUT))
         if held is None or delivery.serial is None or held == delivery.serial:
             return _Outcome(False)
         self._traps[path] = held

@@ -30,6 +30,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from cryptography.x509 import ocsp
+
+from mustaple.core.der import looks_like_ocsp_response
+
 __all__ = [
     "Action",
     "Delivered",
@@ -40,6 +44,7 @@ __all__ = [
     "Sink",
     "SinkHealth",
     "Trap",
+    "staple_serial",
 ]
 
 
@@ -72,6 +77,17 @@ class Trap:
 
     path: str  # the staple file
     serial: int  # the serial number in the response it holds
+
+
+def staple_serial(held: bytes | None) -> int | None:
+    """The serial number of the certificate a staple file's response is about (whose staple
+    a kept file holds); None for no file, or a response that cannot be read."""
+    if not held or not looks_like_ocsp_response(held):
+        return None
+    try:
+        return int(ocsp.load_der_ocsp_response(held).serial_number)
+    except ValueError:  # not successful, several SingleResponses, garbled
+        return None
 
 
 @dataclass(frozen=True, slots=True)

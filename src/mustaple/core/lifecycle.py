@@ -87,6 +87,9 @@ class CertState:
     expired_at: datetime | None = None
     alert: Severity = Severity.OK
     known: bool = False  # a staple of ours was stored or served: a staple file may be ours
+    # what a sink may hold is the staple of the certificate this one renewed: no staple of
+    # this one, taken away whatever `at_expiry` says (until an answer is in hand)
+    renewed: bool = False
 
     @property
     def answer(self) -> Staple | None:
@@ -111,7 +114,11 @@ class Restored:
 @dataclass(frozen=True, slots=True)
 class Stale:
     """The stored good staple is no longer valid as a process starts: nothing to serve, but
-    a staple file on a sink may be ours (`known`), so it may be taken away at expiry."""
+    a staple file on a sink may be ours (`known`), so it may be taken away at expiry. With
+    `renewed`, what a sink may hold is the staple of the certificate this one renewed: it
+    is taken away even with `at_expiry = "keep"`, which keeps this certificate's own."""
+
+    renewed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,10 +221,13 @@ def step(
     if isinstance(event, Wait):
         return _evolve(state, next_due=event.until), []
     if isinstance(event, Stale):
-        return _evolve(state, known=True), []
+        return _evolve(state, known=True, renewed=state.renewed or event.renewed), []
     if isinstance(event, Unusable):
         return _unusable(state, event), []
     return _tick(state, now, policy)
+
+
+_IN_HAND = {"known": True, "renewed": False}  # an answer of this certificate in hand
 
 
 def _restored(
@@ -226,13 +236,13 @@ def _restored(
     staple = event.staple
     due = next_refresh(staple, event.fetched_at, dice, policy)
     if staple.good:
-        new = _evolve(state, phase=Phase.GOOD, held=staple, revoked=None, next_due=due, known=True)
+        new = _evolve(state, phase=Phase.GOOD, held=staple, revoked=None, next_due=due, **_IN_HAND)
         line = LogLine(
             "info", "restored a valid staple from the state (until {})", (staple.effective_expiry,)
         )
     else:
         new = _evolve(
-            state, phase=Phase.REVOKED, held=None, revoked=staple, next_due=due, known=True
+            state, phase=Phase.REVOKED, held=None, revoked=staple, next_due=due, **_IN_HAND
         )
         line = LogLine(
             "info",
@@ -265,6 +275,7 @@ def _accepted(
         # else on_expiring would run again at every refresh
         "alert": Severity.OK if current is None or strictly_newer(staple, current) else state.alert,
         "known": True,
+        "renewed": False,
     }
     if event.origin == "":
         changes["last_attempt"] = event.fetched_at
@@ -366,14 +377,16 @@ def wanted(state: CertState, *, remove_at_expiry: bool) -> tuple[Action, bytes |
 
     The good staple held; the CA's revoked answer once revoked (every server keeps running and
     clients learn the truth: nginx, which cannot reload without its stapling file, included);
-    nothing once expired, when `remove_at_expiry`. A certificate never seen with a staple of
-    ours is left alone: what a server has for it then is not ours to take away.
+    nothing once expired, when `remove_at_expiry`, and nothing in place of the staple of the
+    certificate this one renewed, always (`renewed`: it is no staple of this one). A
+    certificate never seen with a staple of ours is left alone: what a server has for it
+    then is not ours to take away.
     """
     if state.held is not None:
         return (Action.STAPLE, state.held.der)
     if state.revoked is not None:
         return (Action.REVOKED, state.revoked.der)
-    if remove_at_expiry and state.known:
+    if state.known and (remove_at_expiry or state.renewed):
         return (Action.REMOVE, None)
     return None
 

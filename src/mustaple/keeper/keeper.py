@@ -91,6 +91,7 @@ from mustaple.core.delivery import (
     Reloads,
     Sink,
     SinkHealth,
+    staple_serial,
 )
 from mustaple.core.der import looks_like_ocsp_response
 from mustaple.core.errors import InputError
@@ -532,7 +533,7 @@ class Keeper:
             self._begin(managed, looked)
             if before is not None and before.key != key and before.sent is not None:
                 # renewed: what the sinks have is the old leaf's answer, ours to take away
-                self._apply(life, Stale(), self.clock())
+                self._apply(life, Stale(renewed=True), self.clock())
         else:
             self._save_status(life)  # its paths
         return managed
@@ -757,7 +758,8 @@ class Keeper:
             if answer is None and looks_like_ocsp_response(der):
                 # an answer of ours that is no staple of this certificate (expired, or the
                 # one before a renewal no keeper saw): ours to take away, as any stale one
-                self._apply(managed.life, Stale(), now)
+                renewed = staple_serial(der) not in (None, managed.target.leaf.serial_number)
+                self._apply(managed.life, Stale(renewed), now)
             return False
         if answer is not None and not strictly_newer(found, answer):
             return False
