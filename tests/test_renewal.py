@@ -13,8 +13,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
+import signal
+import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -26,7 +29,8 @@ from cryptography.x509 import ocsp
 
 from mustaple.adapters.probe import probe
 from mustaple.adapters.sinks import build_sink
-from mustaple.testing import Leaf, World, keeper_config, keeper_world
+from mustaple.testing import CA, Leaf, ResponderThread, World, keeper_config, keeper_world
+from outside import end_all, wait_for
 from servers import NginxServer
 
 A, B = "a.example.test", "b.example.test"
@@ -214,3 +218,134 @@ async def trap_and_release(s: Setting) -> None:
     await until(lambda: served(nginx)[0] == new.cert.serial_number, "nginx serves the new one")
     nginx.settle()
     assert served(nginx) == (new.cert.serial_number, new.cert.serial_number)
+
+
+def test_a_trap_ends_with_its_certificate_and_comes_back_with_the_next(tmp_path: Path) -> None:
+    """A trapped certificate whose file goes (removed from the configuration, or garbled
+    mid-renewal) holds no reload back any more: no status row would say why, and no other
+    process would hold back; a certificate back at that path is trapped again at once."""
+    asyncio.run(trap_goes_and_comes(tmp_path))
+
+
+async def trap_goes_and_comes(tmp: Path) -> None:
+    runs = tmp / "runs"
+    table = {
+        "type": "file",
+        "path": f"{tmp}/staples/{{name}}.der",
+        "remove": "keep",
+        "reload": f"echo run >> {runs}",
+    }
+    config = keeper_config(tmp, sinks={"nginx": table})
+    async with keeper_world(tmp, config, sinks={"nginx": build_sink("nginx", table)}) as w:
+
+        def ran() -> int:
+            return len(runs.read_text().split()) if runs.exists() else 0
+
+        async def refresh_b() -> None:
+            held = w.managed(B).held
+            while w.managed(B).held == held:
+                await w.advance_to_next()
+
+        await w.stapled(A)
+        await w.stapled(B)
+        live = tmp / "live" / A
+        w.ca.issue(A, ocsp_urls=[w.responder.url]).write(live)  # unknown to the responder
+        await w.keeper.scan()
+        await w.keeper.tick()
+        assert sink_of(w, A)[1]
+        before = ran()
+        await refresh_b()
+        assert (sink_of(w, B)[0] or "").startswith("reload held back: ")
+        assert ran() == before
+
+        garbled = (live / "fullchain.pem").read_bytes()
+        (live / "fullchain.pem").write_bytes(b"garbled mid-write")
+        await w.keeper.scan()
+        await refresh_b()  # the owed reload is paid, and B's new staple reloads
+        assert sink_of(w, B) == (None, False)
+        assert ran() > before
+
+        (live / "fullchain.pem").write_bytes(garbled)  # back, still unknown to the CA
+        await w.keeper.scan()
+        await w.keeper.tick()
+        assert sink_of(w, A)[1]
+        before = ran()
+        await refresh_b()
+        assert (sink_of(w, B)[0] or "").startswith("reload held back: ")
+        assert ran() == before
+
+        shutil.rmtree(live)  # gone for good
+        await w.keeper.scan()
+        await refresh_b()
+        assert sink_of(w, B) == (None, False)
+        assert ran() > before
+
+
+def run_config(tmp: Path, nginx: NginxServer, names: Sequence[str]) -> str:
+    """A configuration keeping `names`' files, for real `mustaple` processes; a long
+    watch_interval: `run` makes no pass of its own while the test works beside it."""
+    paths = ", ".join(json.dumps(f"{tmp}/live/{name}/fullchain.pem") for name in names)
+    return f"""state_dir = "{tmp}/state"
+[[certificates]]
+paths = [{paths}]
+[sinks.nginx]
+type = "file"
+path = "{tmp}/staples/{{name}}.der"
+remove = "keep"
+reload = {json.dumps(nginx.reload_command)}
+running = "test -s {nginx.directory}/nginx.pid"
+[policy]
+timeout = "2s"
+attempts = 1
+watch_interval = "1h"
+"""
+
+
+def test_a_certificate_left_out_at_a_sighup_takes_its_trap_along(tmp_path: Path) -> None:
+    """`run` holds a renewed A's trap; a `prime` of B is held back (the reload owed, in B's
+    status row). A SIGHUP with A out of the configuration: the new keeper reloads nginx for
+    B; the old one wrote no row of its own over the prime's, and A's trap went with A."""
+    ca = CA(key_type="ec")
+    config = tmp_path / "mustaple.toml"
+    with ResponderThread(ca, cache_for=timedelta(0)) as responder:  # a new answer each time
+        for name in (A, B):
+            leaf = ca.issue(name, ocsp_urls=[responder.url])
+            responder.add(leaf)
+            leaf.write(tmp_path / "live" / name)
+        live = tmp_path / "live" / A
+        nginx = NginxServer(
+            tmp_path / "nginx",
+            cert=live / "fullchain.pem",
+            key=live / "privkey.pem",
+            stapling_file=tmp_path / "staples" / f"{A}.der",
+        )
+        config.write_text(run_config(tmp_path, nginx, [A, B]))
+        assert mustaple(config, "prime", "--all").returncode == 0
+        with nginx:
+            ca.issue(A, ocsp_urls=[responder.url]).write(live)  # unknown to the responder
+            keeper = subprocess.Popen([MUSTAPLE, "run", "--config", str(config)])
+            try:
+                wait_for(lambda: "renewed" in (sink_errors(config)[A] or ""))
+                before = reloads(nginx)
+                primed = mustaple(config, "prime", str(tmp_path / "live" / B / "fullchain.pem"))
+                assert primed.returncode == 1, primed.stdout
+                assert "reload held back" in primed.stdout
+                config.write_text(run_config(tmp_path, nginx, [B]))
+                keeper.send_signal(signal.SIGHUP)
+                wait_for(lambda: reloads(nginx) > before)
+                assert sink_errors(config) == {B: None}
+                keeper.terminate()
+                assert keeper.wait(20) == 0
+            finally:
+                end_all([keeper])
+
+
+def mustaple(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [MUSTAPLE, *args, "--config", str(config)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
+def sink_errors(config: Path) -> dict[str, str | None]:
+    """Each certificate's nginx sink error, as `mustaple status --json` says."""
+    rows = json.loads(mustaple(config, "status", "--json").stdout)
+    return {row["name"]: row["sinks"][0]["error"] if row["sinks"] else None for row in rows}

@@ -179,8 +179,8 @@ def test_traps_are_the_kept_files_holding_another_certificates_staple(
     held_back = SinkHealth("nginx", None, "reload held back: ...", 1, at, None, True)
     store.save_status("k1", replace(status("a.test"), sinks=(trapped, SinkHealth("other", at))))
     store.save_status("k2", replace(status("b.test"), sinks=(held_back,)))
-    assert store.traps() == {"nginx": {trap}}
-    assert open_store().traps() == {"nginx": {trap}}
+    assert store.traps() == {("k1", "nginx"): trap}
+    assert open_store().traps() == {("k1", "nginx"): trap}
     assert open_store().statuses()["k1"].sinks[0] == trapped
     store.save_status("k1", replace(status("a.test"), sinks=(SinkHealth("nginx", at),)))
     assert open_store().traps() == {}

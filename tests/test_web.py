@@ -445,7 +445,7 @@ def test_the_page_and_mustaple_status_judge_every_certificate_alike(tmp_path: Pa
             await w.keeper.scan()
             faulty = w.managed("fault.example.test")
             w.keeper._broken(faulty, RuntimeError("a bug"))
-            w.keeper.save_all_status()
+            w.keeper.save_pending()
             page = (await get_json(f"{base}/status"))["certificates"]
             rows = status_rows(w.keeper.config, w.clock.now)
             held = w.managed("sinkfail.example.test").held

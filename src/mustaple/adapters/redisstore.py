@@ -305,9 +305,9 @@ class RedisStore:
         rows = self.statuses().values()
         return {health.sink for row in rows for health in row.sinks if health.reload_owed}
 
-    def traps(self) -> dict[str, set[Trap]]:
+    def traps(self) -> dict[tuple[str, str], Trap]:
         """This member's sinks' traps, by its status rows (see `delivery.HoldsBack`)."""
-        return traps_of(h for row in self.statuses().values() for h in row.sinks)
+        return traps_of((key, row.sinks) for key, row in self.statuses().items())
 
     def forget_statuses(self, keys: Iterable[str]) -> None:
         """Remove this member's status rows of `keys`."""

@@ -418,6 +418,11 @@ class FileSink:
         """No reload while `trap` is sprung (`HoldsBack`)."""
         self._traps[Path(trap.path)] = trap.serial
 
+    def let_go(self, trap: Trap) -> None:
+        """Reloads again, whatever `trap`'s file holds: its certificate is not kept any more."""
+        if self._traps.get(Path(trap.path)) == trap.serial:
+            del self._traps[Path(trap.path)]
+
     def path_for(self, delivery: Delivery) -> Path:
         """The staple file for `delivery`: the template filled in (a name that is no file
         name, such as ".." or "", becomes "_": it never climbs out of the directory)."""

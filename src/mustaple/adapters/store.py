@@ -246,7 +246,7 @@ class Store(Protocol):
 
     def owed_reloads(self) -> set[str]: ...
 
-    def traps(self) -> dict[str, set[Trap]]: ...
+    def traps(self) -> dict[tuple[str, str], Trap]: ...
 
     def remove(self, key: str) -> None: ...
 
@@ -721,13 +721,15 @@ class SqliteStore:
                 continue  # unreadable: written again at the next pass
         return owed
 
-    def traps(self) -> dict[str, set[Trap]]:
+    def traps(self) -> dict[tuple[str, str], Trap]:
         """The sinks' traps, by the status rows (see `delivery.HoldsBack`)."""
-        rows = self._db.execute("""SELECT sinks FROM status WHERE sinks LIKE '%"trap": {%'""")
-        healths: list[SinkHealth] = []
-        for (text,) in rows:
+        rows = self._db.execute(
+            """SELECT cert_key, sinks FROM status WHERE sinks LIKE '%"trap": {%'"""
+        )
+        healths: list[tuple[str, tuple[SinkHealth, ...]]] = []
+        for key, text in rows:
             with contextlib.suppress(ValueError, KeyError, TypeError):  # written again soon
-                healths.extend(sinks_from_json(text))
+                healths.append((key, sinks_from_json(text)))
         return traps_of(healths)
 
     def forget_statuses(self, keys: Iterable[str]) -> None:
@@ -812,13 +814,16 @@ def _status_values(key: str, status: CertStatus, sinks: str) -> tuple[object, ..
     )
 
 
-def traps_of(healths: Iterable[SinkHealth]) -> dict[str, set[Trap]]:
-    """The traps in sink health, by sink."""
-    found: dict[str, set[Trap]] = {}
-    for health in healths:
-        if health.trap is not None:
-            found.setdefault(health.sink, set()).add(health.trap)
-    return found
+def traps_of(
+    rows: Iterable[tuple[str, Iterable[SinkHealth]]],
+) -> dict[tuple[str, str], Trap]:
+    """The traps in the sink health of status rows, by certificate key and sink."""
+    return {
+        (key, health.sink): health.trap
+        for key, healths in rows
+        for health in healths
+        if health.trap is not None
+    }
 
 
 def sinks_json(sinks: Iterable[SinkHealth]) -> str:

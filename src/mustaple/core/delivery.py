@@ -163,6 +163,9 @@ class Reloads(Protocol):
 class HoldsBack(Protocol):
     """A sink that holds back its server's reloads while a `Trap` is sprung. The status rows
     keep each trap (`SinkHealth.trap`): another process (a `prime`, a start) learns it from
-    them, and `hold_back` hands it over, so that its reload does not spring it either."""
+    them, and `hold_back` hands it over, so that its reload does not spring it either.
+    `let_go` ends it when its certificate is no longer kept (no row will hold it)."""
 
     def hold_back(self, trap: Trap) -> None: ...
+
+    def let_go(self, trap: Trap) -> None: ...

@@ -198,7 +198,7 @@ async def _serve(
         _ready(running.keeper)
         while True:
             await _loop(running.keeper, stop, reload, clock)
-            running.keeper.save_all_status()
+            running.keeper.save_pending()
             if stop.is_set():
                 break
             reload.clear()
@@ -396,8 +396,8 @@ async def _start(keeper: Keeper) -> None:
     """Deliver every stored staple that is still valid (or a newer one a file sink holds),
     before the first fetch (the delivery writes every status row: each certificate is new to
     this process, so each has one)."""
-    await keeper.scan()
-    keeper.take_from_sinks()
+    await keeper.scan()  # it looks at the sinks' copies of those without a staple
+    keeper.take_from_sinks(m for m in keeper.managed.values() if m.life.state.answer is not None)
     keeper.owe_reloads()
     await keeper.deliver(again=True)
 

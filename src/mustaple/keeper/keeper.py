@@ -91,6 +91,7 @@ from mustaple.core.delivery import (
     Reloads,
     Sink,
     SinkHealth,
+    Trap,
     staple_serial,
 )
 from mustaple.core.der import looks_like_ocsp_response
@@ -427,7 +428,7 @@ class Keeper:
         wanted = configured_files(self.config)
         for path in set(self.managed) - set(wanted):
             log.info("%s: no longer configured or present (%s)", self.managed[path].name, path)
-            self._drop(path)
+            self._drop(path, gone=True)
         for path in set(self.problems) - set(wanted):
             self._forget_status(self.problems.pop(path).key)
         now, changed = self.clock(), []
@@ -444,6 +445,9 @@ class Keeper:
         with _collecting(len(changed)):
             async with self._helpers(len(changed)):
                 loaded = await self._load_all(changed)
+        # new to this process without a staple (a renewal, a file back after a gap): a sink's
+        # file may hold the staple of the certificate it renewed (see `take_from_sinks`)
+        self.take_from_sinks(m for m in loaded if m is not None and m.life.state.answer is None)
         if not self._rows_swept:  # the first scan: rows of files gone while we were not here
             self._rows_swept = True
             shown = set(self.lives) | {problem.key for problem in self.problems.values()}
@@ -600,7 +604,7 @@ class Keeper:
         reason: Reason,
         retry_at: datetime | None = None,
     ) -> None:
-        self._drop(path)
+        self._drop(path, gone=True)
         key = file_key(path)
         name, must, serial = _identify(path)
         message = shown(message)  # it names the file, which may not be UTF-8
@@ -615,8 +619,10 @@ class Keeper:
         self._index.clear()
         self.revision += 1
 
-    def _drop(self, path: Path) -> None:
-        """Forget a file; its certificate's life goes when no file holds it any more."""
+    def _drop(self, path: Path, *, gone: bool = False) -> None:
+        """Forget a file; its certificate's life goes when no file holds it any more. When
+        the file is `gone` (not about to be read again), the sinks stop holding their
+        reloads back for the life's traps: it is not kept any more (see `_let_go`)."""
         managed = self.managed.pop(path, None)
         if managed is None:
             return
@@ -629,6 +635,26 @@ class Keeper:
             del self._files[managed.key]
             self.lives.pop(managed.key, None)
             self._forget_status(managed.key)
+            for health in managed.life.sinks.values():
+                if gone and health.trap is not None:
+                    self._let_go(health.sink, health.trap)
+
+    def _let_go(self, name: str, trap: Trap) -> None:
+        """The certificate of `trap` is no longer kept: sink `name` reloads its server again,
+        said once (a reload would spring it if the server still serves that certificate)."""
+        sink = self.sinks.get(name)
+        if isinstance(sink, HoldsBack):
+            sink.let_go(trap)
+        log.warning(
+            "sink %s: %s holds the staple of serial %X, left in place for a renewed certificate "
+            "that is no longer kept: the sink reloads its server again; if the server still "
+            "serves that certificate, a reload serves it with this staple, which clients "
+            "refuse: take %s out of the server's configuration",
+            name,
+            trap.path,
+            trap.serial,
+            trap.path,
+        )
 
     # --- One pass -------------------------------------------------------------------------------
 
@@ -708,7 +734,8 @@ class Keeper:
         )
 
     def take_from_sinks(self, among: Iterable[Managed] | None = None) -> int:
-        """At a start, before the first delivery: a staple a sink holds for a certificate
+        """At a start (and for a certificate new to a running keeper, without a staple),
+        before the first delivery: a staple a sink holds for a certificate
         (a file sink's file) that is strictly newer than the one restored from the store is
         taken, validated as any answer (it was delivered while the store could not be
         written: a full disk; or written there by another tool). Without it, the start would
@@ -736,11 +763,12 @@ class Keeper:
             owed, traps = self.store.owed_reloads(), self.store.traps()
         except (sqlite3.Error, OSError):
             return []  # the store's trouble is said where it is written
-        for name, found in traps.items():
+        for (key, name), trap in traps.items():
             sink = self.sinks.get(name)
-            if isinstance(sink, HoldsBack):
-                for trap in found:
-                    sink.hold_back(trap)
+            if key in self._statuses and self._statuses[key] is None:
+                self._let_go(name, trap)  # a row this keeper removes: no longer configured
+            elif isinstance(sink, HoldsBack):
+                sink.hold_back(trap)
         owing = sorted(name for name in owed if isinstance(self.sinks.get(name), Reloads))
         for name in owing:
             sink = self.sinks[name]
@@ -1225,9 +1253,10 @@ class Keeper:
         """How many answers the store has not taken yet (it cannot be written: a full disk)."""
         return len(self._pending.staples) if self._store_problem is not None else 0
 
-    def save_all_status(self) -> None:
-        for life in self.lives.values():
-            self._save_status(life)
+    def save_pending(self) -> None:
+        """Store what is pending (a scan's rows), and only that: a row another process wrote
+        since this keeper's last pass (a `prime`'s owed reload, its trap) stays as it is, for
+        the next keeper (a SIGHUP's, a restart's) to read."""
         self._flush()
 
     # --- The deploy gate --------------------------------------------------------------------------
