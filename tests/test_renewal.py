@@ -349,3 +349,23 @@ def sink_errors(config: Path) -> dict[str, str | None]:
     """Each certificate's nginx sink error, as `mustaple status --json` says."""
     rows = json.loads(mustaple(config, "status", "--json").stdout)
     return {row["name"]: row["sinks"][0]["error"] if row["sinks"] else None for row in rows}
+
+
+def test_a_renewal_to_a_certificate_without_ocsp_says_no_staple_will_come(tmp_path: Path) -> None:
+    """Renewed by a CA that left OCSP (no OCSP URL): no staple will ever come for the new
+    certificate, so the trap's line says what the operator must do instead of waiting."""
+    asyncio.run(renewed_without_ocsp(tmp_path))
+
+
+async def renewed_without_ocsp(tmp: Path) -> None:
+    table = {"type": "file", "path": f"{tmp}/staples/{{name}}.der", "remove": "keep"}
+    config = keeper_config(tmp, sinks={"nginx": table})
+    async with keeper_world(tmp, config, sinks={"nginx": build_sink("nginx", table)}) as w:
+        old, _, _ = await w.stapled(A)
+        w.ca.issue(A, ocsp_urls=[]).write(tmp / "live" / A)
+        await w.keeper.scan()
+        await w.keeper.tick()
+        error, trapped = sink_of(w, A)
+        assert trapped
+        assert f"serial {old.cert.serial_number:X}), and this one can have none" in (error or "")
+        assert f"take {tmp}/staples/{A}.der out of the server's configuration" in (error or "")

@@ -80,6 +80,7 @@ _OCSP_DIR_CLASH = (
     "names of their own, or leave ocsp_dir out"
 )
 MAX_SINK_DURATION = timedelta(days=1)  # the longest timeout or reload_timeout
+_UNUSABLE = "unusable"  # a delivery's status (`lifecycle.Phase`): no staple can come
 log = logging.getLogger("mustaple")
 
 
@@ -528,12 +529,22 @@ class FileSink:
         if held is None or delivery.serial is None or held == delivery.serial:
             return _Outcome(False)
         self._traps[path] = held
-        problem = (
-            f"{path} still holds the staple of the certificate this one renewed (serial "
-            f'{held:X}), and none is fetched for this one yet: kept (remove = "keep"), '
-            "but a reload would serve this certificate with it, which clients refuse; "
-            f"sink {self.name} does not reload until this certificate's staple is written"
+        before = (
+            f"{path} still holds the staple of the certificate this one renewed (serial {held:X})"
         )
+        if delivery.status == _UNUSABLE:  # no OCSP URL, expired...: no staple will come
+            problem = (
+                f"{before}, and this one can have none (its status says why): a reload would "
+                f"serve it with that staple, which clients refuse; take {path} out of the "
+                f"server's configuration for this certificate and remove it: sink {self.name} "
+                "does not reload until then"
+            )
+        else:
+            problem = (
+                f'{before}, and none is fetched for this one yet: kept (remove = "keep"), '
+                "but a reload would serve this certificate with it, which clients refuse; "
+                f"sink {self.name} does not reload until this certificate's staple is written"
+            )
         return _Outcome(False, problem, trap=Trap(str(path), held))
 
     def _unchanged(self, path: Path, der: bytes, made: set[Path]) -> _Outcome | None:
