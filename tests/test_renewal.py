@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -199,6 +200,13 @@ async def trap_and_release(s: Setting) -> None:
     assert (code, f"FAILED {B}" in out, "reload held back" in out) == (1, True, True), out
     assert reloads(nginx) == before
     assert served(nginx) == (old.serial_number, old.serial_number)
+    # `status --json` (another process) says both: A's trap, B's reload still to come
+    rows = {row["name"]: row["sinks"][0] for row in status_json(config)}
+    assert rows[A]["trap"] == {
+        "path": f"{w.tmp}/staples/{A}.der",
+        "serial": f"{old.serial_number:x}",
+    }
+    assert (rows[B]["trap"], rows[B]["reload_owed"]) == (None, True)
     # nor does this keeper, at B's next refresh
     b_staple = w.managed(B).held
     while w.managed(B).held == b_staple:
@@ -345,9 +353,15 @@ def mustaple(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
 
 
+def status_json(config: Path) -> list[dict[str, Any]]:
+    rows = json.loads(mustaple(config, "status", "--json").stdout)
+    assert isinstance(rows, list)
+    return rows
+
+
 def sink_errors(config: Path) -> dict[str, str | None]:
     """Each certificate's nginx sink error, as `mustaple status --json` says."""
-    rows = json.loads(mustaple(config, "status", "--json").stdout)
+    rows = status_json(config)
     return {row["name"]: row["sinks"][0]["error"] if row["sinks"] else None for row in rows}
 
 

@@ -168,6 +168,8 @@ def sink_json(sink: SinkHealth) -> dict[str, Any]:
         "failures": sink.failures,
         "failing_since": iso(sink.since),
         "note": sink.note,
+        "reload_owed": sink.reload_owed,
+        "trap": {"path": sink.trap.path, "serial": f"{sink.trap.serial:x}"} if sink.trap else None,
     }
 
 
