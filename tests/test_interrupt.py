@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ class Site:
     responder: ResponderThread
     names: list[str]
     serials: list[int]
+    ca: CA
 
     @property
     def config(self) -> Path:
@@ -121,7 +123,7 @@ def site(tmp: Path, count: int, hanging_from: int) -> Iterator[Site]:
             leaf.write(tmp / "live" / f"w{index:04d}")
             names.append(f"w{index}.example")
             serials.append(leaf.cert.serial_number)
-        yield Site(tmp, responder, names, serials)
+        yield Site(tmp, responder, names, serials, ca)
 
 
 def interrupted(process: subprocess.Popen[str], signum: int, *, group: bool) -> tuple[str, str]:
@@ -268,3 +270,82 @@ def test_a_second_signal_cuts_the_delivery_short_and_the_rows_say_what_no_server
         assert s.reloads.read_text() == "reloaded\n"
         rows = s.rows()
         assert [rows[name]["health"] for name in ("w0.example", "w1.example")] == ["ok", "ok"]
+
+
+def hanging(s: Site) -> int:
+    """How many requests the responder holds, never answering."""
+    return sum(request.behaviour is Behaviour.HANG for request in s.responder.requests)
+
+
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "worker-processes"])
+def test_systemctl_stop_during_a_pass_on_a_hanging_ca_stops_run_without_waiting_for_it(
+    tmp_path: Path, workers: int
+) -> None:
+    """SIGTERM to every process of a `mustaple run` (as `systemctl stop` sends it), while its
+    pass waits on a responder that hangs (10 minutes a request): it ran on until systemd's
+    stop timeout killed it. It stops fetching at once, delivers what it fetched, and exits 0,
+    leaving no worker behind."""
+    count = WORKERS_FROM + 20 if workers else 5
+    with site(tmp_path, count, hanging_from=count // 2) as s:
+        s.configure(workers=workers, reload=f"echo reloaded >> {s.reloads}")
+        process = subprocess.Popen(
+            [MUSTAPLE, "run", "--config", str(s.config)],
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its own process group: the unit's processes
+        )
+        try:
+            # one request at a time per worker (or in process): once each hangs, none can come
+            wait_for(lambda: hanging(s) == max(workers, 1), timeout=120)
+            asked = len(s.responder.requests)
+            helpers = _children(process.pid)
+            assert len(helpers) == workers
+            os.killpg(process.pid, signal.SIGTERM)
+            _, err = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        assert process.returncode == 0, err
+        assert len(s.responder.requests) == asked  # none started after the signal
+    assert "Traceback" not in err
+    assert [p for p in helpers if Path(f"/proc/{p}").exists()] == []
+    assert len(s.delivered()) == asked - max(workers, 1)  # every staple fetched is delivered
+    assert s.temporaries() == []
+    assert s.reloads.read_text() == "reloaded\n"
+    assert_rows_tell_the_truth(s, s.delivered())
+
+
+def test_systemctl_stop_while_a_pass_loads_a_new_file_over_a_hanging_aia_url(
+    tmp_path: Path,
+) -> None:
+    """A certificate file added while `mustaple run` runs names a caIssuers URL that never
+    answers (10 minutes a request): SIGTERM while the pass's scan waits on it stops the
+    keeper at once, exit 0; the file is read at the next start."""
+    with site(tmp_path, 1, hanging_from=1) as s, socket.socket() as aia:
+        aia.bind(("127.0.0.1", 0))
+        aia.listen()
+        aia.settimeout(60)
+        s.configure(workers=0, reload="true")
+        process = subprocess.Popen(
+            [MUSTAPLE, "run", "--config", str(s.config)],
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            wait_for(lambda: s.delivered() == {"w0.example"}, timeout=60)
+            url = f"http://127.0.0.1:{aia.getsockname()[1]}/ca.der"
+            leaf = s.ca.issue("new.example", ocsp_urls=[s.responder.url], ca_issuer_urls=[url])
+            (s.tmp / "live" / "new").mkdir()
+            (s.tmp / "live" / "new" / "fullchain.pem").write_bytes(leaf.cert_pem)
+            connection, _ = aia.accept()  # the pass's scan waits on the download
+            with connection:
+                os.killpg(process.pid, signal.SIGTERM)
+                _, err = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert process.returncode == 0, err
+    assert "Traceback" not in err

@@ -834,7 +834,7 @@ def test_a_fault_in_a_pass_does_not_end_the_daemon(
             passes: list[int] = []
             real_tick = keeper.tick
 
-            async def tick() -> None:
+            async def tick(_: asyncio.Event | None = None) -> None:
                 passes.append(1)
                 if len(passes) == 1:
                     raise RuntimeError("a bug in a pass")
@@ -862,7 +862,7 @@ def test_a_pass_that_always_fails_is_no_busy_loop(tmp_path: Path) -> None:
         async with offline(tmp) as (_, keeper, _fetcher):
             passes: list[int] = []
 
-            async def tick() -> None:
+            async def tick(stop: asyncio.Event | None = None) -> None:
                 passes.append(1)
                 raise RuntimeError("a bug in every pass")
 

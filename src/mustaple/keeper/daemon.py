@@ -1,7 +1,8 @@
 """Running the keeper for real: build it from a config, the daemon loop, reload and stop.
 
 `serve(config_path, stop=..., reload=...)` is embeddable (tests and `mustaple run` use it):
-setting `stop` ends it gracefully after the pass in progress (at once while it starts);
+setting `stop` ends it gracefully: the pass in progress stops fetching and loading, and
+delivers what it fetched (a start is cut short at once);
 setting `reload` re-reads the configuration, and a configuration that fails to load, moves
 `state_dir`, or whose keeper or endpoint cannot start is reported and the running keeper kept
 as it is.
@@ -427,8 +428,8 @@ async def _loop(keeper: Keeper, stop: asyncio.Event, reload: asyncio.Event, cloc
     failed = 0  # passes in a row that failed: the next waits 1 s, 2 s ... at most the watch
     while not (stop.is_set() or reload.is_set()):  # interval: never a busy loop
         try:
-            await keeper.tick()
-            await keeper.scan()
+            await keeper.tick(stop)  # a stop ends its fetching, not its delivery
+            await keeper.scan(stop)
         except Exception as exc:  # a bug must not end the daemon: the next pass tries again
             failed += 1
             log.error(

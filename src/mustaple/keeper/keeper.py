@@ -423,8 +423,9 @@ class Keeper:
 
     # --- Which certificates -------------------------------------------------------------------
 
-    async def scan(self) -> list[Managed]:
-        """Pick up new, changed and removed certificate files; return the new or changed."""
+    async def scan(self, stop: asyncio.Event | None = None) -> list[Managed]:
+        """Pick up new, changed and removed certificate files; return the new or changed.
+        Once `stop` is set, the files not loaded yet are left for the next scan (or start)."""
         wanted = configured_files(self.config)
         for path in set(self.managed) - set(wanted):
             log.info("%s: no longer configured or present (%s)", self.managed[path].name, path)
@@ -444,7 +445,10 @@ class Keeper:
             changed.append((path, entry, stamp))
         with _collecting(len(changed)):
             async with self._helpers(len(changed)):
-                loaded = await self._load_all(changed)
+                loading = await _until(stop or asyncio.Event(), self._load_all(changed))
+        if loading is None:
+            return []
+        loaded = loading.result()
         # new to this process without a staple (a renewal, a file back after a gap): a sink's
         # file may hold the staple of the certificate it renewed (see `take_from_sinks`)
         self.take_from_sinks(m for m in loaded if m is not None and m.life.state.answer is None)
@@ -658,15 +662,19 @@ class Keeper:
 
     # --- One pass -------------------------------------------------------------------------------
 
-    async def tick(self) -> None:
+    async def tick(self, stop: asyncio.Event | None = None) -> None:
         """Take in what others stored, refresh what is due, judge expiry and alerts, store,
-        deliver what changed."""
+        deliver what changed. Once `stop` is set, no fetch starts and those in flight are
+        dropped (a responder that hangs is not waited for): what was fetched is stored and
+        delivered, as at the end of every pass."""
         self.sync()
         now = self.clock()
         due = self._one_per_life(m for m in self.managed.values() if m.life.state.due(now))
         with _collecting(len(due)):
             async with self._helpers(len(due)):
-                await self._refresh_all(due)
+                refreshing = await _until(stop or asyncio.Event(), self._refresh_all(due))
+            if refreshing is not None:
+                refreshing.result()  # an unexpected error goes on up, as without `stop`
             self.judge_time()
             await self.deliver()
 
