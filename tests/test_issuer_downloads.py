@@ -12,6 +12,7 @@ with a hand-moved clock.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -273,5 +274,47 @@ def test_the_keeper_asks_a_failed_url_again_after_its_backoff_and_then_keeps_the
             assert {v.phase for v in keeper.views()} == {"good"}
             assert len(keeper.views()) == 6
             assert len(world.responder.requests) == 6
+
+    asyncio.run(scenario())
+
+
+def test_a_file_gone_when_its_failed_download_is_due_does_not_spin_the_keeper(
+    tmp_path: Path, serve: Callable[[Handler], LoopbackServer]
+) -> None:
+    """A certificate whose caIssuers URL failed, kept through a symbolic link (certbot's live/)
+    that points to nothing when the retry falls due: the scan cannot look at it, so its retry
+    stayed due, in the past, and `mustaple run` made pass after pass without pausing (23,000
+    in 10 s, a core busy). The retry waits for the file; once it is there again (the same
+    bytes), the URL is asked again."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=503, text="busy")
+
+    server = serve(handler)
+    url = server.url + "ca.der"
+
+    async def scenario() -> None:
+        async with keeper_world(tmp_path) as world:
+            keeper, clock = world.keeper, world.clock
+            leaf = world.ca.issue("aia.test", ocsp_urls=[world.responder.url], ca_issuer_urls=[url])
+            archive = tmp_path / "archive" / "cert1.pem"
+            archive.parent.mkdir()
+            archive.write_bytes(leaf.cert_pem)
+            (tmp_path / "live" / "aia.test").mkdir(parents=True)
+            (tmp_path / "live" / "aia.test" / "fullchain.pem").symlink_to(archive)
+            await keeper.scan()
+            assert len(server.hits) == 1
+            was = archive.stat()
+            archive.unlink()  # the link points to nothing
+            clock.now += timedelta(seconds=31)
+            await keeper.tick()
+            await keeper.scan()
+            wake = keeper.next_wakeup()
+            assert wake is None or wake > clock.now  # the daemon's next pause is no zero
+            assert len(keeper.problems) == 1
+            archive.write_bytes(leaf.cert_pem)
+            os.utime(archive, ns=(was.st_atime_ns, was.st_mtime_ns))  # as it was, to the stamp
+            await keeper.scan()
+            assert len(server.hits) == 2
 
     asyncio.run(scenario())

@@ -153,6 +153,7 @@ RESOLVE_SLICE = 4096  # paths `prime` resolves before their loads go out to the 
 # What a file was when read: (mtime_ns, size), and its entry's `issuer` file's, or (-1, -1)
 Stamp = tuple[int, int, int, int]
 FileToLoad = tuple[Path, "CertEntry", Stamp]  # a file, its entry, its stamp
+_UNSEEN: Stamp = (-1, -1, -1, -1)  # no file is stamped so: one read again when seen again
 _T = TypeVar("_T")
 
 
@@ -259,6 +260,12 @@ class Problem:
         """Whether the file is not read again now: it is unchanged (`stamp`), and no failed
         issuer download of it is to be tried again (it is read again at a reload too)."""
         return self.stamp == stamp and (self.retry_at is None or self.retry_at > now)
+
+    def out_of_sight(self) -> Problem:
+        """This problem when its file cannot be looked at (a symbolic link to nothing): no
+        retry is due (a due one would wake the keeper at every pass), and the file is read
+        again as soon as it can be looked at, whatever it is then."""
+        return replace(self, stamp=_UNSEEN, retry_at=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,9 +444,11 @@ class Keeper:
         for path, entry in wanted.items():
             current = self.managed.get(path)
             stamp = _stamp(path, entry.issuer)
+            problem = self.problems.get(path)
+            if stamp is None and problem is not None and problem.retry_at is not None:
+                self.problems[path] = problem.out_of_sight()
             if stamp is None or (current and current.stamp == stamp and current.entry == entry):
                 continue
-            problem = self.problems.get(path)
             if current is None and problem is not None and problem.left_alone(stamp, now):
                 continue
             changed.append((path, entry, stamp))
