@@ -21,7 +21,7 @@ in the parent instead, and the pool says so.
 Stopping is the keeper's: a worker runs in a session of its own (a terminal's Ctrl-C reaches
 only the keeper) and ignores SIGINT and SIGTERM (systemd signals every process of the unit);
 the keeper ends it by closing its stdin, and it exits at once, dropping the calls still in
-flight (an interrupted `prime`: nothing waits for their answers).
+flight (an interrupted `prime`, a `run` stopped mid-pass: nothing waits for their answers).
 """
 
 from __future__ import annotations
