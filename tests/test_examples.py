@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,8 +21,11 @@ from conftest import build_response
 from mustaple.adapters.config import load_config
 from mustaple.cli import main
 from mustaple.testing.pki import CA
+from outside import http_get, wait_for
+from servers import free_port
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))
 MOVED = ("/etc/", "/var/lib/", "/run/", "/usr/local/sbin/")
 CHECKED = {
     "nginx.conf",
@@ -216,3 +220,69 @@ def _without_annotations(rules: Path) -> str:
         skipping = False
         kept.append(line)
     return "\n".join(kept) + "\n"
+
+
+def test_the_unusable_alert_fires_for_every_file_the_status_page_calls_critical(
+    tmp_path: Path,
+) -> None:
+    """`promtool test rules` on what a real `mustaple run` exposes: a must-staple certificate
+    without an OCSP URL and a file that cannot be read at all (whose must-staple flag is not
+    known: `mustaple_must_staple` 0, `serial=""`) both fire MustapleCertificateUnusable, as
+    both are CRITICAL on the status page; a certificate without must-staple and without an
+    OCSP URL does not (the rule needed must-staple 1, so a garbled file never fired)."""
+    ca = CA(key_type="ec")
+    legacy = ca.issue("legacy.example", ocsp_urls=[])
+    legacy.write(tmp_path / "live/legacy.example")
+    ca.issue("plain.example", ocsp_urls=[], must_staple=False).write(tmp_path / "live/plain")
+    broken = tmp_path / "live/broken.example/fullchain.pem"
+    broken.parent.mkdir(parents=True)
+    broken.write_text("not a certificate\n")
+    port = free_port()
+    config = tmp_path / "mustaple.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path}/state"\n[[certificates]]\n'
+        f'paths = ["{tmp_path}/live/*/fullchain.pem"]\n[http]\nlisten = "127.0.0.1:{port}"\n'
+    )
+    samples = _scraped(config, f"http://127.0.0.1:{port}/metrics", 3)
+    rules = tmp_path / "rules.yml"
+    rules.write_text(_without_annotations(EXAMPLES / "prometheus-alerts.yml"))
+    series = [{"series": f"{s}", "values": f"{v}x20"} for s, v in samples]
+    firing = 'count by (name, serial) (ALERTS{alertname="MustapleCertificateUnusable"})'
+    expected = [
+        {"labels": '{name="broken.example"}', "value": 1},  # serial="" is no label at all
+        {
+            "labels": f'{{name="legacy.example", serial="{legacy.cert.serial_number:x}"}}',
+            "value": 1,
+        },
+    ]
+    check = {"expr": firing, "eval_time": "10m", "exp_samples": expected}
+    tests = {
+        "rule_files": [str(rules)],
+        "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": [check]}],
+    }
+    test_file = tmp_path / "test.yml"
+    test_file.write_text(json.dumps(tests))  # JSON is YAML
+    _ok("promtool", "test", "rules", test_file)
+
+
+def _scraped(config: Path, url: str, unusable: int) -> list[tuple[str, str]]:
+    """The `mustaple_status` and `mustaple_must_staple` samples a real `mustaple run` of
+    `config` exposes once `unusable` certificates are in state unusable."""
+    keeper = subprocess.Popen([MUSTAPLE, "run", "--config", str(config)], stderr=subprocess.PIPE)
+    try:
+        wanted = 'state="unusable"} 1.0'
+        wait_for(lambda: http_get(url)[1].decode().count(wanted) == unusable)
+        text = http_get(url)[1].decode()
+    finally:
+        keeper.terminate()
+        log = keeper.communicate(timeout=20)[1].decode()
+    assert keeper.returncode == 0, log
+    samples = []
+    for line in text.splitlines():
+        if line.startswith(_ALERTED_METRICS):
+            series, value = line.rsplit(" ", 1)
+            samples.append((series, value))
+    return samples
+
+
+_ALERTED_METRICS = ("mustaple_status{", "mustaple_must_staple{")
