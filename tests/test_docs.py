@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
+import tomllib
 from pathlib import Path
 
+import pytest
+
+from mustaple.adapters.config import ConfigError, parse_config, parse_duration
+from mustaple.adapters.sinks import SinkConfigError, build_sink
 from mustaple.core.reasons import markdown_tables
 from mustaple.core.report import ExitCode
 
@@ -62,3 +69,117 @@ def test_the_command_is_where_the_readme_says_everywhere() -> None:
             for word in line.split():
                 if word.endswith("/mustaple") and "bin/" in word:
                     assert word in (installed, linked), (page.name, line)
+
+
+def _section(page: str, heading: str) -> str:
+    """The text of `page` (under docs/) from the line `heading` to the next heading of its
+    level or above."""
+    text = (ROOT / "docs" / page).read_text()
+    start = text.index(f"\n{heading}\n")
+    level = heading.split(" ", 1)[0]
+    ends = [text.find(f"\n{'#' * n} ", start + 1) for n in range(1, len(level) + 1)]
+    return text[start : min([e for e in ends if e != -1] or [len(text)])]
+
+
+def _table_keys(section: str) -> set[str]:
+    """The keys in the first column of the tables of `section` (`[[certificates]]` and
+    `[sinks.NAME]` named as the loader names them: certificates, sinks)."""
+    keys = re.findall(r"^\| `([^`]+)` \|", section, re.MULTILINE)
+    return {key.strip("[]").removesuffix(".NAME") for key in keys}
+
+
+def _refused(text: str) -> str:
+    """The one line the real loader gives for the configuration `text`."""
+    with pytest.raises(ConfigError) as refused:
+        parse_config(tomllib.loads(text), Path("/etc/mustaple/mustaple.toml"))
+    return str(refused.value)
+
+
+_ENTRY = '[[certificates]]\npaths = ["/etc/ssl/example.pem"]\n'
+_REDIS = 'redis = "redis://127.0.0.1:6379/0"\n'
+_TABLES = {  # (page, heading): a configuration with the unknown key `zz` in that table
+    ("configuration.md", "## Top level"): f"zz = 1\n{_ENTRY}",
+    ("configuration.md", "## [[certificates]]"): f"{_ENTRY}zz = 1\n",
+    ("configuration.md", "## [hooks]"): f"{_ENTRY}[hooks]\nzz = 1\n",
+    ("configuration.md", "## [policy]"): f"{_ENTRY}[policy]\nzz = 1\n",
+    ("configuration.md", "## [http]"): f"{_ENTRY}[http]\nzz = 1\n",
+    ("configuration.md", "## [fleet]"): f"{_ENTRY}[fleet]\n{_REDIS}zz = 1\n",
+}
+_SINKS = {  # (page, heading): sink type
+    ("integrations/nginx.md", "## mustaple"): "file",
+    ("integrations/haproxy.md", "## mustaple"): "haproxy",
+    ("configuration.md", "### The command sink"): "command",
+}
+
+
+@pytest.mark.parametrize(("page", "heading"), list(_TABLES))
+def test_every_key_the_loader_takes_is_documented_and_no_other(page: str, heading: str) -> None:
+    """The keys of each table of the configuration, as the loader's own "unknown key" line
+    lists them, are the rows of the page's table (the top-level table lacked [fleet])."""
+    line = _refused(_TABLES[page, heading])
+    accepted = set(line.split("expected one of: ", 1)[1].split(", "))
+    assert _table_keys(_section(page, heading)) == accepted
+
+
+@pytest.mark.parametrize(("page", "heading"), list(_SINKS))
+def test_every_key_a_sink_takes_is_documented_and_no_other(page: str, heading: str) -> None:
+    """The keys each sink type takes, as its own "unknown key" line lists them, are the rows
+    of its table (the command sink's keys were in a sentence only, on no page of keys)."""
+    kind = _SINKS[page, heading]
+    with pytest.raises(SinkConfigError) as refused:
+        build_sink("s", {"type": kind, "zz": 1})
+    accepted = set(str(refused.value).split(" sink takes ", 1)[1].split(", "))
+    assert _table_keys(_section(page, heading)) == accepted
+
+
+def _limit_rows() -> list[tuple[str, str, str]]:
+    """(table, key, allowed) for each key of [policy], [hooks], [http] and [fleet] in the
+    Limits table of configuration.md."""
+    table = _section("configuration.md", "## Limits")
+    found = []
+    for keys, allowed in re.findall(r"^\| (`.+?) \| (.+?) \|$", table, re.MULTILINE):
+        for name in re.findall(r"`(policy|hooks|http|fleet)\.([a-z_]+)`", keys):
+            found.append((*name, allowed))
+    return found
+
+
+def _range(allowed: str) -> tuple[list[object], list[object]] | None:
+    """The TOML values a Limits row says are taken (its ends) and refused (just past them),
+    or None for a row that gives no range."""
+    if m := re.match(r"more than zero, at most `(\d+[smhd])`", allowed):
+        return ["0.000001s", m[1]], ["0s", _past(m[1])]
+    if m := re.match(r"`(\d+[smhd])` to `(\d+[smhd])`", allowed):
+        least = parse_duration(m[1]).total_seconds()
+        below = [f"{least - 0.5}s"] if least else []
+        return [m[1], m[2]], [*below, _past(m[2])]
+    if m := re.match(r"(\d+) to (\d+)", allowed):
+        return [int(m[1]), int(m[2])], [int(m[1]) - 1, int(m[2]) + 1]
+    return None
+
+
+# what a table needs beside the key tried: a Redis URL; a retry_min not over a 1s retry_max
+_OTHERS = {"fleet": _REDIS, "policy": 'retry_min = "1s"\n'}
+
+
+def _past(duration: str) -> str:
+    return f"{parse_duration(duration).total_seconds() + 1:.0f}s"
+
+
+def test_the_limits_table_says_what_the_loader_takes() -> None:
+    """Each range of the Limits table, tried with the real loader at both ends and just past
+    them (it said "more than zero" for keys that must be at least 1s)."""
+    checked = 0
+    for table, key, allowed in _limit_rows():
+        ends = _range(allowed)
+        if ends is None:
+            continue
+        taken, refused = ends
+        other = _OTHERS.get(table, "") if key != "retry_min" else ""
+        for value in taken + refused:
+            text = f"{_ENTRY}[{table}]\n{other}{key} = {json.dumps(value)}\n"
+            if value in taken:
+                parse_config(tomllib.loads(text), Path("/etc/mustaple/mustaple.toml"))
+            else:
+                assert f"{table}.{key}: " in _refused(text), (key, value)
+        checked += 1
+    assert checked >= 15
