@@ -6,6 +6,7 @@ import json
 import re
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -183,3 +184,27 @@ def test_the_limits_table_says_what_the_loader_takes() -> None:
                 assert f"{table}.{key}: " in _refused(text), (key, value)
         checked += 1
     assert checked >= 15
+
+
+def _toml_blocks() -> list[tuple[str, dict[str, Any]]]:
+    """(where, table) for every TOML block of README.md and docs/, and examples/mustaple.toml."""
+    found = [
+        ("examples/mustaple.toml", tomllib.loads((ROOT / "examples/mustaple.toml").read_text()))
+    ]
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        for block in re.findall(r"^```toml\n(.*?)^```", page.read_text(), re.MULTILINE | re.DOTALL):
+            found.append((page.name, tomllib.loads(block)))
+    return found
+
+
+def test_every_sink_that_reloads_a_server_says_when_it_runs() -> None:
+    """A sink with `reload` has `running`, as `mustaple init` writes it: without it, a
+    `prime` before the server starts (and `run`, ordered before the servers by the unit)
+    fails on `systemctl reload` of a stopped server, and lighttpd's `systemctl restart`
+    starts it (lighttpd.md and examples/mustaple.toml had none)."""
+    blocks = _toml_blocks()
+    assert len(blocks) >= 10
+    for where, data in blocks:
+        for name, sink in data.get("sinks", {}).items():
+            if "reload" in sink:
+                assert "running" in sink, (where, name)
