@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from mustaple.adapters.config import ConfigError, parse_config, parse_duration
 from mustaple.adapters.sinks import SinkConfigError, build_sink
 from mustaple.core.reasons import markdown_tables
 from mustaple.core.report import ExitCode
+from mustaple.testing.matrix import build_cases
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -208,3 +210,12 @@ def test_every_sink_that_reloads_a_server_says_when_it_runs() -> None:
         for name, sink in data.get("sinks", {}).items():
             if "reload" in sink:
                 assert "running" in sink, (where, name)
+
+
+def test_the_readme_counts_the_cases_of_the_client_matrix() -> None:
+    """README's line on docs/strictness.md says how many staples the matrix judges: the
+    number of its cases (it said 179 when there were 215)."""
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    counted = re.search(r"the client matrix: (\d+) hand-made staples", readme)
+    assert counted is not None
+    assert int(counted[1]) == len(build_cases(datetime.now(UTC)))
