@@ -121,6 +121,24 @@ def test_prime_delivers_and_gates(site: Site, capsys: pytest.CaptureFixture[str]
     assert "every server gets the CA's revoked answer" in capsys.readouterr().out
 
 
+def test_prime_asks_nothing_for_a_certificate_past_its_own_expiry(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An expired certificate is `cert-expired` at once: the responder is asked nothing (it
+    was asked, and a CA that no longer answered for it left a 'failure ... next try at' line
+    of a retry no prime makes), as the state table of observability.md says."""
+    now = utc_now()
+    site.issue("old.test", not_before=now - timedelta(days=30), not_after=now - timedelta(days=1))
+    asked = len(site.responder.requests)
+    code = main(["prime", "--config", str(site.config), site.cert("old.test")])
+    out, err = capsys.readouterr()
+    assert code == ExitCode.NO_STAPLE, out + err
+    assert out.startswith("FAILED old.test: the certificate expired at ")
+    assert len(site.responder.requests) == asked
+    assert "failure" not in err
+    assert not site.staple("old.test").exists()
+
+
 def test_prime_of_a_revocation_a_server_did_not_take_says_so(
     site: Site, capsys: pytest.CaptureFixture[str]
 ) -> None:

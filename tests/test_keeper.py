@@ -32,8 +32,10 @@ from mustaple.core.certs import Target, make_target
 from mustaple.core.delivery import Action, Sink
 from mustaple.core.health import health
 from mustaple.core.reasons import Reason, Rejection
+from mustaple.core.report import ExitCode
 from mustaple.core.request import make_cert_id
 from mustaple.core.severity import Severity
+from mustaple.front.status import prime_exit_code, prime_json, prime_line
 from mustaple.keeper import daemon
 from mustaple.keeper.keeper import Keeper
 from mustaple.testing import (
@@ -1025,12 +1027,37 @@ def test_answers_of_two_hours_refreshed_on_time_raise_no_alert(
     assert not [r for r in caplog.records if "expiring" in r.getMessage()]
 
 
+def test_a_prime_after_the_certificate_expired_fails_its_gate(tmp_path: Path) -> None:
+    """A must-staple certificate past its notAfter whose stored staple is still valid: a
+    prime fetched it again and said `OK ... good staple ..., delivered`, exit 0 (a deploy
+    hook's `&& systemctl reload` ran), while `status` said unusable, CRITICAL. It asks
+    nothing, says FAILED with the expiry, and exits 1."""
+
+    async def scenario(tmp: Path) -> None:
+        async with offline(tmp) as (w, keeper, fetcher):
+            leaf = w.ca.issue("a.test", ocsp_urls=[NOWHERE], not_after=w.clock.now + DAY)
+            w.leaves[leaf.cert.serial_number] = leaf
+            path = leaf.write(w.tmp / "live" / "a.test").fullchain
+            assert prime_exit_code(await keeper.prime([path])) is ExitCode.GOOD
+            w.clock.now += 2 * DAY  # the staple has two days left, the certificate none
+            fetched = len(fetcher.fetched)
+            (primed,) = await keeper.prime([path])
+            assert len(fetcher.fetched) == fetched
+            line = prime_line(primed, w.clock.now)
+            assert line.startswith("FAILED a.test: the certificate expired at "), line
+            assert prime_exit_code([primed]) is ExitCode.NO_STAPLE
+            assert prime_json(primed, w.clock.now)["reason"] == "cert-expired"
+
+    run(scenario, tmp_path)
+
+
 def test_a_certificate_past_its_own_expiry_is_fetched_no_more_and_says_so(
     tmp_path: Path,
 ) -> None:
     """A leaf past its notAfter was fetched at every refresh for ever and shown as OK (or,
     with a CA that stops answering for it, retried hourly for ever): it is now unusable,
-    `cert-expired`, nothing fetched, until its file is renewed."""
+    `cert-expired`, nothing fetched, until its file is renewed; not even once more at the
+    pass that finds it expired (its refresh was due then)."""
 
     async def scenario(tmp: Path) -> None:
         async with offline(tmp) as (w, keeper, fetcher):
@@ -1039,9 +1066,11 @@ def test_a_certificate_past_its_own_expiry_is_fetched_no_more_and_says_so(
             leaf.write(w.tmp / "live" / "a.test")
             await keeper.scan()
             await keeper.tick()
-            w.clock.now += 4 * DAY
-            await keeper.tick()
             fetched = len(fetcher.fetched)
+            w.clock.now += 4 * DAY
+            (managed,) = keeper.managed.values()
+            assert managed.life.state.due(w.clock.now)
+            await keeper.tick()
             for _ in range(5):
                 w.clock.now += DAY
                 await keeper.tick()

@@ -58,9 +58,12 @@ __all__ = [
 
 def delivered(primed: Primed) -> bool:
     """Whether every sink took the staple held now, or has it in place for its server's start
-    (the server not running yet is fine: `prime` before the servers start)."""
+    (the server not running yet is fine: `prime` before the servers start); never for an
+    unusable certificate (one past its notAfter may still hold a valid staple)."""
     held = primed.state.held
-    return held is not None and primed.sent == (Action.STAPLE, held.der)
+    if held is None or primed.state.phase is Phase.UNUSABLE:
+        return False
+    return primed.sent == (Action.STAPLE, held.der)
 
 
 def prime_line(primed: Primed, now: datetime) -> str:
@@ -110,6 +113,7 @@ def _failing(primed: Primed) -> str:
 def prime_json(primed: Primed, now: datetime) -> dict[str, Any]:
     """The object of a primed file; every object `prime --json` prints has the same keys."""
     held, rejection = primed.state.held, primed.state.rejection
+    unusable = primed.state.phase is Phase.UNUSABLE  # past its notAfter, with a staple
     return {
         "name": primed.name,
         "cert": shown(primed.path),
@@ -117,7 +121,7 @@ def prime_json(primed: Primed, now: datetime) -> dict[str, Any]:
         "state": primed.phase,
         "ok": delivered(primed),
         "effective_expiry": iso(held.effective_expiry) if held else None,
-        "reason": rejection.code if rejection and not held else None,
+        "reason": rejection.code if rejection and (not held or unusable) else None,
         "message": prime_line(primed, now),
     }
 

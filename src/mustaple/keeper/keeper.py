@@ -678,6 +678,7 @@ class Keeper:
         delivered, as at the end of every pass."""
         self.sync()
         now = self.clock()
+        self._retire_expired(now)
         due = self._one_per_life(m for m in self.managed.values() if m.life.state.due(now))
         with _collecting(len(due)):
             async with self._helpers(len(due)):
@@ -832,6 +833,12 @@ class Keeper:
         now = self.clock()
         for life in self.lives.values():
             self._apply(life, Tick(), now)
+        self._retire_expired(now)
+
+    def _retire_expired(self, now: datetime) -> None:
+        """Each certificate past its own notAfter is unusable (`cert-expired`) until its file
+        is renewed; done before a fetch too, so that none is asked for it."""
+        for life in self.lives.values():
             ended = life.target.leaf.not_valid_after_utc
             if ended <= now and life.state.phase is not Phase.UNUSABLE:
                 problem = f"the certificate expired at {human_time(ended)}: renew it"
@@ -1343,6 +1350,7 @@ class Keeper:
                 raise InputError(left.message)
             unusable.append(left)
         now = self.clock()
+        self._retire_expired(now)
         wanted = self._one_per_life(m for m in chosen if m.next_due is not None)
         for managed in wanted:  # due now, even with a valid staple
             if not managed.life.state.due(now):
