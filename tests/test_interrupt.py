@@ -297,7 +297,7 @@ def test_systemctl_stop_during_a_pass_on_a_hanging_ca_stops_run_without_waiting_
         try:
             # one request at a time per worker (or in process): once each hangs, none can come
             wait_for(lambda: hanging(s) == max(workers, 1), timeout=120)
-            asked = len(s.responder.requests)
+            asked = s.asked()
             helpers = _children(process.pid)
             assert len(helpers) == workers
             os.killpg(process.pid, signal.SIGTERM)
@@ -307,7 +307,7 @@ def test_systemctl_stop_during_a_pass_on_a_hanging_ca_stops_run_without_waiting_
                 process.kill()
                 process.wait()
         assert process.returncode == 0, err
-        assert len(s.responder.requests) == asked  # none started after the signal
+        assert s.asked() == asked  # none started after the signal
     assert "Traceback" not in err
     assert [p for p in helpers if Path(f"/proc/{p}").exists()] == []
     assert len(s.delivered()) == asked - max(workers, 1)  # every staple fetched is delivered

@@ -254,17 +254,22 @@ async def trap_goes_and_comes(tmp: Path) -> None:
             while w.managed(B).held == held:
                 await w.advance_to_next()
 
+        async def held_back() -> int:
+            """A is trapped: B's refresh reloads nothing. The reloads run so far."""
+            await w.keeper.scan()
+            await w.keeper.tick()
+            assert sink_of(w, A)[1]
+            before = ran()
+            await refresh_b()
+            assert (sink_of(w, B)[0] or "").startswith("reload held back: ")
+            assert ran() == before
+            return before
+
         await w.stapled(A)
         await w.stapled(B)
         live = tmp / "live" / A
         w.ca.issue(A, ocsp_urls=[w.responder.url]).write(live)  # unknown to the responder
-        await w.keeper.scan()
-        await w.keeper.tick()
-        assert sink_of(w, A)[1]
-        before = ran()
-        await refresh_b()
-        assert (sink_of(w, B)[0] or "").startswith("reload held back: ")
-        assert ran() == before
+        before = await held_back()
 
         garbled = (live / "fullchain.pem").read_bytes()
         (live / "fullchain.pem").write_bytes(b"garbled mid-write")
@@ -274,13 +279,7 @@ async def trap_goes_and_comes(tmp: Path) -> None:
         assert ran() > before
 
         (live / "fullchain.pem").write_bytes(garbled)  # back, still unknown to the CA
-        await w.keeper.scan()
-        await w.keeper.tick()
-        assert sink_of(w, A)[1]
-        before = ran()
-        await refresh_b()
-        assert (sink_of(w, B)[0] or "").startswith("reload held back: ")
-        assert ran() == before
+        before = await held_back()
 
         shutil.rmtree(live)  # gone for good
         await w.keeper.scan()
