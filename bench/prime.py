@@ -440,11 +440,17 @@ class TimedKeeper(Keeper):
         finally:
             self.phases.load += time.perf_counter() - start
 
-    async def _refresh_all(self, due: Sequence[Managed], done: set[str] | None = None) -> None:
+    async def _refresh_all(
+        self,
+        due: Sequence[Managed],
+        done: set[str] | None = None,
+        *,
+        started: set[str] | None = None,
+    ) -> None:
         phases = self.phases
         phases.first_fetch, phases.loaded_mib = time.perf_counter(), rss_mib("VmRSS")
         try:
-            await super()._refresh_all(due, done)
+            await super()._refresh_all(due, done, started=started)
         finally:
             phases.last_fetch = time.perf_counter()
 

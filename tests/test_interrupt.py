@@ -349,3 +349,46 @@ def test_systemctl_stop_while_a_pass_loads_a_new_file_over_a_hanging_aia_url(
                 process.wait()
     assert process.returncode == 0, err
     assert "Traceback" not in err
+
+
+def test_sighup_during_a_pass_on_a_hanging_ca_reloads_at_once_and_reaches_those_behind_it(
+    tmp_path: Path,
+) -> None:
+    """SIGHUP to `mustaple run` while its pass waits on a responder that hangs (10 minutes a
+    request) for the second of four certificates: the reload waited for the pass's end. It
+    ends the fetching as a stop does (the first staple is delivered), the new configuration's
+    sink gets the staples at once, and the new pass asks first for the two certificates the
+    cut pass never reached, then again for the hanging one: SIGHUPs however frequent cannot
+    keep a pass from reaching the certificates behind a hanging one."""
+    with site(tmp_path, 4, hanging_from=4) as s:
+        s.responder.set_behaviour(Behaviour.HANG, serial=s.serials[1])
+        s.configure(workers=0, reload=f"echo reloaded >> {s.reloads}")
+        process = subprocess.Popen(
+            [MUSTAPLE, "run", "--config", str(s.config)],
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            wait_for(lambda: hanging(s) == 1, timeout=120)  # one request at a time, in order
+            moved = tmp_path / "staples2"
+            s.config.write_text(s.config.read_text().replace(str(s.staples), str(moved)))
+            process.send_signal(signal.SIGHUP)
+            wait_for(lambda: hanging(s) == 2, timeout=60)  # the new keeper's pass hangs too
+            asked = [r.serial for r in s.responder.requests if r.serial in s.serials]
+            assert asked == [s.serials[i] for i in (0, 1, 2, 3, 1)]
+            assert s.delivered() == {"w0.example"}  # cut short: what it fetched, delivered
+            assert {p.name for p in moved.iterdir()} == {"w0.example.der"}  # reloaded
+            process.send_signal(signal.SIGTERM)
+            _, err = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert process.returncode == 0, err
+    assert "Traceback" not in err
+    assert {p.name for p in moved.iterdir()} == {
+        "w0.example.der",
+        "w2.example.der",
+        "w3.example.der",
+    }

@@ -3,7 +3,9 @@
 `serve(config_path, stop=..., reload=...)` is embeddable (tests and `mustaple run` use it):
 setting `stop` ends it gracefully: the pass in progress stops fetching and loading, and
 delivers what it fetched (a start is cut short at once);
-setting `reload` re-reads the configuration, and a configuration that fails to load, moves
+setting `reload` ends the pass's fetching as a stop does (what it fetched is delivered; what
+it did not reach goes first at the next pass), then re-reads the configuration, and a
+configuration that fails to load, moves
 `state_dir`, or whose keeper or endpoint cannot start is reported and the running keeper kept
 as it is.
 Under systemd (Type=notify) it reports READY, STATUS after each pass, WATCHDOG from a timer of
@@ -210,6 +212,7 @@ async def _serve(
             if switched is None:
                 server = await _still_serving(server, running, config)
                 continue
+            switched[0].keeper.unreached = running.keeper.unreached  # first at its first pass
             old, (running, server) = running, switched
             config = changed
             _ready(running.keeper)
@@ -428,8 +431,9 @@ async def _loop(keeper: Keeper, stop: asyncio.Event, reload: asyncio.Event, cloc
     failed = 0  # passes in a row that failed: the next waits 1 s, 2 s ... at most the watch
     while not (stop.is_set() or reload.is_set()):  # interval: never a busy loop
         try:
-            await keeper.tick(stop)  # a stop ends its fetching, not its delivery
-            await keeper.scan(stop)
+            async with _either(stop, reload) as cut:
+                await keeper.tick(cut)  # a stop or reload ends its fetching, not its delivery
+                await keeper.scan(cut)
         except Exception as exc:  # a bug must not end the daemon: the next pass tries again
             failed += 1
             log.error(
@@ -455,7 +459,24 @@ def _pause(keeper: Keeper, clock: Clock) -> float:
     return pause.total_seconds()
 
 
-async def _wait(stop: asyncio.Event, reload: asyncio.Event, seconds: float) -> None:
+@asynccontextmanager
+async def _either(stop: asyncio.Event, reload: asyncio.Event) -> AsyncIterator[asyncio.Event]:
+    """An event set once `stop` or `reload` is (a pass waiting on a responder that hangs
+    would hold up a SIGHUP as long as a SIGTERM)."""
+    either = asyncio.Event()
+
+    async def watch() -> None:
+        await _wait(stop, reload, None)
+        either.set()
+
+    watching = asyncio.ensure_future(watch())
+    try:
+        yield either
+    finally:
+        watching.cancel()
+
+
+async def _wait(stop: asyncio.Event, reload: asyncio.Event, seconds: float | None) -> None:
     waiters = [asyncio.ensure_future(e.wait()) for e in (stop, reload)]
     try:
         await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)

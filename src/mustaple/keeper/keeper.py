@@ -390,6 +390,8 @@ class Keeper:
         self._rows_swept = False  # the status rows of files gone meanwhile, at the first scan
         self._files: dict[str, list[Managed]] = {}  # by key, in the order of `managed`
         self._delivering = asyncio.Lock()
+        # the keys of due certificates a pass cut short did not fetch: first at the next pass
+        self.unreached: list[str] = []
         self._downloads = IssuerDownloads(
             clock=clock, backoff=functools.partial(issuer_retry, policy=self.policy.schedule)
         )
@@ -675,14 +677,22 @@ class Keeper:
         """Take in what others stored, refresh what is due, judge expiry and alerts, store,
         deliver what changed. Once `stop` is set, no fetch starts and those in flight are
         dropped (a responder that hangs is not waited for): what was fetched is stored and
-        delivered, as at the end of every pass."""
+        delivered, as at the end of every pass; the due certificates whose fetch had not
+        started go first at the next pass (`unreached`), so that passes cut short often
+        (a SIGHUP each) still reach every certificate behind a responder that hangs."""
         self.sync()
         now = self.clock()
         self._retire_expired(now)
         due = self._one_per_life(m for m in self.managed.values() if m.life.state.due(now))
+        first = set(self.unreached)
+        due.sort(key=lambda managed: managed.key not in first)  # stable: else as configured
+        started: set[str] = set()
         with _collecting(len(due)):
             async with self._helpers(len(due)):
-                refreshing = await _until(stop or asyncio.Event(), self._refresh_all(due))
+                work = self._refresh_all(due, started=started)
+                refreshing = await _until(stop or asyncio.Event(), work)
+            cut = refreshing is None
+            self.unreached = [m.key for m in due if m.key not in started] if cut else []
             if refreshing is not None:
                 refreshing.result()  # an unexpected error goes on up, as without `stop`
             self.judge_time()
@@ -885,16 +895,24 @@ class Keeper:
             first.setdefault(m.key, m)
         return list(first.values())
 
-    async def _refresh_all(self, due: Sequence[Managed], done: set[str] | None = None) -> None:
+    async def _refresh_all(
+        self,
+        due: Sequence[Managed],
+        done: set[str] | None = None,
+        *,
+        started: set[str] | None = None,
+    ) -> None:
         """Refresh `due`: per responder host, `per_host` workers take turns (no task per
         certificate, so a pass over 100k certificates costs no 100k tasks); the key of each
-        certificate whose turn is over goes into `done`."""
+        certificate whose turn has begun goes into `started`, and once it is over into `done`."""
         by_host: dict[str, list[Managed]] = {}
         for managed in due:
             by_host.setdefault(_host(managed), []).append(managed)
 
         async def drain(queue: Iterator[Managed]) -> None:
             for managed in queue:
+                if started is not None:
+                    started.add(managed.key)
                 await self._guarded_turn(managed)
                 if done is not None:
                     done.add(managed.key)
