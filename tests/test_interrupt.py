@@ -392,3 +392,67 @@ def test_sighup_during_a_pass_on_a_hanging_ca_reloads_at_once_and_reaches_those_
         "w2.example.der",
         "w3.example.der",
     }
+
+
+def _run(s: Site) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [MUSTAPLE, "run", "--config", str(s.config)],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _stopped(process: subprocess.Popen[str]) -> str:
+    """SIGTERM to the process group of `mustaple run` (as `systemctl stop`); its stderr once
+    it has exited 0, which it must, without a traceback."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, err
+    assert "Traceback" not in err
+    return err
+
+
+def test_a_stop_during_the_delivery_of_a_start_leaves_a_reload_owed_that_the_next_start_pays(
+    tmp_path: Path,
+) -> None:
+    """`mustaple run` writes the stored staples at its start (the staple files were removed)
+    and its reload hangs: SIGTERM kills the reload, and nothing recorded that it was owed, so
+    the next start found the files in place and did not reload (the server kept an older
+    staple, or none, while status said OK). The rows now say that the sink did not take the
+    staples, and the next start reloads over the unchanged files."""
+    with site(tmp_path, 2, hanging_from=2) as s:
+        s.configure(workers=0, reload=f"echo reloaded >> {s.reloads}")
+        primed = subprocess.run(
+            [MUSTAPLE, "prime", "--config", str(s.config), *s.files()],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert primed.returncode == 0, primed.stdout + primed.stderr
+        for staple in s.staples.glob("*.der"):
+            staple.unlink()
+        started = tmp_path / "reload-started"
+        s.configure(workers=0, reload=f"touch {started}; sleep 600")  # a reload that hangs
+        process = _run(s)
+        wait_for(started.exists, timeout=60)  # the files are in place, the reload hangs
+        _stopped(process)
+        assert s.delivered() == {"w0.example", "w1.example"}
+        for row in s.rows().values():
+            assert row["state"] == "good", row
+            (sink,) = row["sinks"]
+            assert not sink["ok"], row
+            assert sink["error"].startswith("not delivered: `mustaple run` was stopped"), row
+        s.configure(workers=0, reload=f"echo reloaded >> {s.reloads}")
+        process = _run(s)
+        try:
+            wait_for(lambda: s.reloads.read_text() == "reloaded\n" * 2, timeout=60)
+        finally:
+            _stopped(process)
+        assert [row["health"] for row in s.rows().values()] == ["ok", "ok"]

@@ -40,7 +40,7 @@ from mustaple.core.delivery import Sink
 from mustaple.core.errors import InputError
 from mustaple.core.fetchtypes import Fetcher
 from mustaple.core.render import human_time
-from mustaple.keeper.keeper import Keeper
+from mustaple.keeper.keeper import NOT_DELIVERED_AT_START, Keeper
 
 if TYPE_CHECKING:  # loaded where used: `prime` and `status` need none of redis, metrics, web
     from mustaple.keeper.fleet import Fleet
@@ -399,11 +399,16 @@ def _reloaded(path: Path, running: Config) -> Config | None:
 async def _start(keeper: Keeper) -> None:
     """Deliver every stored staple that is still valid (or a newer one a file sink holds),
     before the first fetch (the delivery writes every status row: each certificate is new to
-    this process, so each has one)."""
+    this process, so each has one). A stop during the delivery (its reload command killed)
+    leaves rows saying which sinks did not take their staple and owe a reload."""
     await keeper.scan()  # it looks at the sinks' copies of those without a staple
     keeper.take_from_sinks(m for m in keeper.managed.values() if m.life.state.answer is not None)
     keeper.owe_reloads()
-    await keeper.deliver(again=True)
+    try:
+        await keeper.deliver(again=True)
+    except asyncio.CancelledError:  # a stop (`_unless_stopped`): the reload command is killed
+        keeper.not_delivered(NOT_DELIVERED_AT_START)  # the rows owe it: the next start pays it
+        raise
 
 
 def _ready(keeper: Keeper) -> None:

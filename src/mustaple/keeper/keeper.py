@@ -116,6 +116,7 @@ from mustaple.core.verify import Policy, Staple, strictly_newer, verify
 
 __all__ = [
     "NOT_DELIVERED",
+    "NOT_DELIVERED_AT_START",
     "CertFile",
     "CertView",
     "Coordinator",
@@ -142,6 +143,12 @@ STORED_ELSEWHERE = "stored by another mustaple process"
 NOT_DELIVERED = (
     "not delivered: the prime was interrupted before this sink took the staple (its server "
     "may serve an older one); the next prime or `mustaple run` delivers it"
+)
+# A sink's error when a stop cut short the delivery of a start of `mustaple run`
+NOT_DELIVERED_AT_START = (
+    "not delivered: `mustaple run` was stopped while it delivered the stored staples at its "
+    "start, before this sink took this one (its server may serve an older one); the next "
+    "start or prime delivers it"
 )
 # A sink that failed is tried again after this, doubling up to the policy's retry_max.
 DELIVERY_RETRY = timedelta(seconds=5)
@@ -1387,6 +1394,13 @@ class Keeper:
             return set()
         for hook in self._hooks:
             hook.cancel()  # the command is killed, with every process it started
+        return self.not_delivered(NOT_DELIVERED)
+
+    def not_delivered(self, error: str) -> set[Path]:
+        """After a delivery cut short: each sink of a file whose staple no sink confirmed is
+        recorded as not having taken it (`error`, and a reload owed where the sink reloads:
+        the file may be in place with the server not reloaded), in the status rows written
+        at the next flush. Returns the paths of those files."""
         now, left = self.clock(), set()
         for managed in self.managed.values():
             want = self._wanted(managed)
@@ -1395,7 +1409,7 @@ class Keeper:
             left.add(managed.path)
             for name in managed.entry.sinks or tuple(self.sinks):
                 owed = isinstance(self.sinks[name], Reloads)
-                missed = Delivered(managed.key, name, False, NOT_DELIVERED, reload_owed=owed)
+                missed = Delivered(managed.key, name, False, error, reload_owed=owed)
                 self._took(managed, missed, now, quiet=True)
             self._save_status(managed.life)
         return left
