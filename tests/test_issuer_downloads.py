@@ -99,7 +99,8 @@ def failing(
     no certificate, one that answers HTTP 503."""
     if request.param == "silent":
         problem = (
-            f"could not download the issuer from {silent.url} (the responder did not answer in time"
+            f"could not download the issuer from {silent.url} "
+            "(the caIssuers server did not answer in time"
         )
         return Aia(silent.url, silent.connections, problem)
     if request.param == "garbage":
@@ -198,7 +199,7 @@ def test_each_worker_process_asks_a_failing_caissuers_url_once(
         assert len(unusable) == COUNT
         for left in unusable:
             assert (
-                f"could not download the issuer from {silent.url} (the responder did not"
+                f"could not download the issuer from {silent.url} (the caIssuers server did not"
                 in left.message
             )
 

@@ -470,10 +470,6 @@ async def _read(response: aiohttp.ClientResponse, max_size: int) -> _Reply:
     return _Reply(answer, None, _retry_after(response.headers.get("Retry-After")))
 
 
-def _message(rejection: Rejection | None) -> str:
-    return rejection.message if rejection else "no answer"
-
-
 def _too_large(size: int, max_size: int) -> _Reply:
     return _Reply(None, Rejection(Reason.TOO_LARGE, f"over {max_size} bytes (at least {size})"))
 
@@ -492,6 +488,28 @@ def _retry_after(value: str | None, now: float | None = None) -> float | None:
     if when.tzinfo is None:
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+_ISSUER_WORDS = {
+    Reason.TIMEOUT: "the caIssuers server did not answer in time",
+    Reason.CONNECTION_FAILED: "could not connect to the caIssuers server",
+    Reason.TOO_MANY_REDIRECTS: "the caIssuers server redirected too often",
+    Reason.PROXY_ERROR: "the HTTP proxy answered with its own error page (it could not reach "
+    "the caIssuers server?)",
+    Reason.BAD_URL: "the caIssuers URL is malformed; nothing was sent",
+}
+
+
+def _issuer_problem(reply: _Reply) -> str:
+    """Why an issuer download failed, in words about the caIssuers server (a reason's own
+    summary speaks of the OCSP responder, which is not the server at fault here)."""
+    if reply.answer is not None:
+        return f"HTTP {reply.answer.status}"
+    rejection = reply.rejection
+    if rejection is None:
+        return "no answer"
+    words = _ISSUER_WORDS.get(rejection.reason, rejection.reason.summary)
+    return f"{words}: {rejection.detail}" if rejection.detail else words
 
 
 async def fetch_issuer(
@@ -515,7 +533,7 @@ async def fetch_issuer(
     async with _using(clients) as http:
         reply = await _send_aiohttp(http.session, request, policy, proxy)
     if reply.answer is None or reply.answer.status != 200:
-        problem = f"HTTP {reply.answer.status}" if reply.answer else _message(reply.rejection)
+        problem = _issuer_problem(reply)
         raise InputError(f"could not download the issuer from {url} ({problem}); {_ISSUER_HINT}")
     try:
         certs = parse_certificates(reply.answer.body, source=f"issuer at {url}")
