@@ -100,7 +100,7 @@ def check_staple(site: Site, leaf: Leaf, name: str) -> Staple:
 
 def test_check_config(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "--check-config", "--config", str(site.config)]) == 0
-    assert "OK (1 certificate entries, 1 sinks)" in capsys.readouterr().out
+    assert "OK (1 certificate entry, 1 sink)" in capsys.readouterr().out
     site.config.write_text(site.config.read_text() + "bogus = 1\n")
     assert main(["run", "--check-config", "--config", str(site.config)]) == ExitCode.USAGE
     err = capsys.readouterr().err

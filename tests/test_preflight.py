@@ -60,7 +60,7 @@ def test_a_glob_that_matches_nothing_is_a_warning(
     body = _entry(f'"{cert}", "{tmp_path}/none/*.pem"')
     code, out, err = _check(tmp_path, body, capsys)
     assert code == ExitCode.GOOD
-    assert "OK (1 certificate entries, 0 sinks)" in out
+    assert "OK (1 certificate entry, 0 sinks)" in out
     glob = f"'{tmp_path}/none/*.pem'"
     assert err == f"mustaple: warning: certificates[0].paths: {glob} matches no file yet\n"
     code, out, err = _check(tmp_path, _entry(f'"{cert}"'), capsys)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from mustaple.core.render import (
+    counted,
     human_duration,
     human_time,
     iso,
@@ -50,3 +51,9 @@ def test_a_held_staples_life_is_three_keys_null_without_one() -> None:
     assert validity_json(None, T) == dict.fromkeys(
         ("this_update", "effective_expiry", "seconds_left")
     )
+
+
+def test_counts_are_singular_for_one() -> None:
+    assert [counted(n, "sink") for n in (0, 1, 2)] == ["0 sinks", "1 sink", "2 sinks"]
+    entries = [counted(n, "certificate entry", "certificate entries") for n in (1, 3)]
+    assert entries == ["1 certificate entry", "3 certificate entries"]

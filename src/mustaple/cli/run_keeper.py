@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from mustaple.cli.options import config_option, setup_logging
+from mustaple.core.render import counted
 from mustaple.core.report import ExitCode
 
 __all__ = ["run_keeper"]
@@ -36,10 +37,8 @@ def run_keeper(*, config_path: str, check_config: bool, verbose: bool, quiet: bo
             click.echo(f"mustaple: {line}", err=True)
         if found.errors:
             return ExitCode.USAGE
-        click.echo(
-            f"{path}: OK ({len(checked.certificates)} certificate entries, "
-            f"{len(checked.sinks)} sinks)"
-        )
+        entries = counted(len(checked.certificates), "certificate entry", "certificate entries")
+        click.echo(f"{path}: OK ({entries}, {counted(len(checked.sinks), 'sink')})")
         return ExitCode.GOOD
     setup_logging(verbose, logging.WARNING if quiet else logging.INFO)
     asyncio.run(_run(path))

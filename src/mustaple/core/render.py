@@ -28,6 +28,7 @@ __all__ = [
     "STAPLE_KEYS",
     "Dated",
     "attempt_json",
+    "counted",
     "human_duration",
     "human_time",
     "iso",
@@ -42,6 +43,12 @@ __all__ = [
 
 
 _ESCAPED = {code: repr(chr(code))[1:-1] for code in [*range(32), 127]}
+
+
+def counted(count: int, word: str, plural: str = "") -> str:
+    """`count` and `word`, in the plural unless there is one: '1 sink', '2 sinks', '0 certificate
+    entries' (`plural` when adding an s is wrong)."""
+    return f"{count} {word}" if count == 1 else f"{count} {plural or word + 's'}"
 
 
 def one_line(text: str) -> str:

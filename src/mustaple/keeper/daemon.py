@@ -39,7 +39,7 @@ from mustaple.core.clock import Clock, utc_now
 from mustaple.core.delivery import Sink
 from mustaple.core.errors import InputError
 from mustaple.core.fetchtypes import Fetcher
-from mustaple.core.render import human_time
+from mustaple.core.render import counted, human_time
 from mustaple.keeper.keeper import NOT_DELIVERED_AT_START, Keeper
 
 if TYPE_CHECKING:  # loaded where used: `prime` and `status` need none of redis, metrics, web
@@ -422,14 +422,10 @@ def _summary(keeper: Keeper) -> str:
     """The certificates (a file holds one, its leaf; a leaf in two files is one) and the
     files they come from (a file that cannot be used holds none), and the staples held."""
     held = sum(life.state.held is not None for life in keeper.lives.values())
-    files = _counted(len(keeper.managed) + len(keeper.problems), "file")
+    files = counted(len(keeper.managed) + len(keeper.problems), "file")
     unusable = f" ({len(keeper.problems)} unusable)" if keeper.problems else ""
-    certificates = _counted(len(keeper.lives), "certificate")
+    certificates = counted(len(keeper.lives), "certificate")
     return f"{certificates} from {files}{unusable}, {held} with a valid staple"
-
-
-def _counted(count: int, word: str) -> str:
-    return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
 async def _loop(keeper: Keeper, stop: asyncio.Event, reload: asyncio.Event, clock: Clock) -> None:
