@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from cryptography import x509
 
 from mustaple.core.request import encode_request, get_url, make_cert_id
 from mustaple.serve.localresponder import UNAUTHORIZED
+from mustaple.testing import CA, ResponderThread
 from openssl_pki import Pki, Responder, run_openssl, serve_new_pki, start_responder
 from outside import end_all, get_json, http_get, wait_for
 from servers import NginxServer, free_port, staple_from
@@ -611,3 +613,47 @@ def test_run_starts_and_reloads_while_another_process_holds_the_write_lock(
     assert "cannot open the state database" not in log
     assert "configuration reloaded" in log
     assert "keeping the running configuration" not in log
+
+
+def test_a_prime_that_changes_nothing_still_says_the_stopped_nginx_has_not_taken_it(
+    tmp_path: Path,
+) -> None:
+    """A CA serves one answer for a while (as real ones do): a second `prime` finds the file
+    already right, so nothing is written and nothing reloaded, and nginx, still stopped, has
+    loaded it no more than after the first. `status` goes on saying so; once nginx has
+    started and read the file, a prime that changes nothing says no more that it waits."""
+    ca = CA()
+    with ResponderThread(ca, cache_for=timedelta(hours=1)) as responder:
+        leaf = ca.issue(HOST, ocsp_urls=[responder.url])
+        responder.add(leaf)
+        files = leaf.write(tmp_path / "live" / HOST)
+        staple = tmp_path / "staples" / f"{HOST}.der"
+        nginx = NginxServer(
+            tmp_path / "nginx", cert=files.fullchain, key=files.key, stapling_file=staple
+        )
+        config = write_config(tmp_path, nginx, free_port())
+        try:
+            notes = [_primed_note(config, files.fullchain) for _ in range(2)]
+            assert all("the server is not running" in (note or "") for note in notes), notes
+            written = staple.stat().st_mtime_ns
+            nginx.start()
+            assert staple_from(nginx.port, HOST) == staple.read_bytes()
+            assert _primed_note(config, files.fullchain) is None
+            assert staple.stat().st_mtime_ns == written  # the same answer: never rewritten
+        finally:
+            nginx.stop()
+
+
+def _primed_note(config: Path, cert: Path) -> str | None:
+    """A `mustaple prime` of `cert` (exit 0), then the note `mustaple status --json` shows
+    on its one sink (which took the staple)."""
+    run = [MUSTAPLE, "prime", "--config", str(config), str(cert)]
+    primed = subprocess.run(run, capture_output=True, text=True, timeout=60, check=False)
+    assert primed.returncode == 0, primed.stdout + primed.stderr
+    run = [MUSTAPLE, "status", "--config", str(config), "--json"]
+    shown = subprocess.run(run, capture_output=True, text=True, timeout=60, check=False)
+    (row,) = json.loads(shown.stdout)
+    (sink,) = row["sinks"]
+    assert sink["ok"], sink
+    note: str | None = sink["note"]
+    return note

@@ -240,36 +240,64 @@ class _Reloader:
         batch: Sequence[Delivery],
         outcomes: Sequence[_Outcome],
         held_back: str | None = None,
+        *,
+        look: bool = False,
     ) -> list[Delivered]:
         """Reload if some delivery needs it (or a failed reload is owed) and nothing holds
-        the reload back (`held_back`: why, a sprung `Trap`; owed then); report each one."""
+        the reload back (`held_back`: why, a sprung `Trap`; owed then); report each one.
+        With `look`, a batch that needs no reload still asks the `running` check, so that
+        a file left as it was is noted as not taken by a server that is not running."""
         waiting = [o.needs_reload or (self.owed and o.error is None) for o in outcomes]
         problem = note = None
         if self.command is not None and any(waiting):
-            checked = await run(self.running, self.timeout) if self.running else None
-            if checked is not None and checked.problem and not checked.unrunnable:
-                note = f"the server is not running ({checked.problem}): it reads this at its start"
-                self.owed = False
-            elif held_back is not None:
-                problem, self.owed = f"reload held back: {held_back}", True
-            else:
-                failed = await run_command(self.command, self.timeout)
-                problem = f"reload failed: {failed}" if failed else None
-                if checked is not None and checked.unrunnable:
-                    fix = f"the `running` check cannot run ({checked.problem}); fix it"
-                    problem = _joined(problem, fix)
-                self.owed = problem is not None
+            problem, note = await self._reload(held_back)
+        elif look and self.command is not None and any(o.error is None for o in outcomes):
+            note = await self._stopped()
         done = []
         for delivery, outcome, waits in zip(batch, outcomes, waiting, strict=True):
             error, noted = outcome.error, outcome.note
             if self.command is not None and waits:
                 error = _joined(outcome.error, problem) if problem else None
+            if error is None:
                 noted = noted or note
             owed = outcome.owed or (self.owed and waits and self.command is not None)
             done.append(
                 Delivered(delivery.key, sink, outcome.changed, error, noted, owed, outcome.trap)
             )
         return done
+
+    async def _reload(self, held_back: str | None) -> tuple[str | None, str | None]:
+        """Reload the server unless it is not running (a note) or `held_back` (owed): the
+        problem, if any, and the note."""
+        assert self.command is not None
+        checked = await run(self.running, self.timeout) if self.running else None
+        if checked is not None and checked.problem and not checked.unrunnable:
+            self.owed = False  # the server reads every file at its start
+            return None, _not_running(checked.problem)
+        if held_back is not None:
+            self.owed = True
+            return f"reload held back: {held_back}", None
+        failed = await run_command(self.command, self.timeout)
+        problem = f"reload failed: {failed}" if failed else None
+        if checked is not None and checked.unrunnable:
+            fix = f"the `running` check cannot run ({checked.problem}); fix it"
+            problem = _joined(problem, fix)
+        self.owed = problem is not None
+        return problem, None
+
+    async def _stopped(self) -> str | None:
+        """The note when the `running` check says the server is not running, else None (a
+        check that cannot run says nothing here: no reload depends on it)."""
+        if self.running is None:
+            return None
+        checked = await run(self.running, self.timeout)
+        if checked.problem and not checked.unrunnable:
+            return _not_running(checked.problem)
+        return None
+
+
+def _not_running(problem: str) -> str:
+    return f"the server is not running ({problem}): it reads this at its start"
 
 
 def _joined(first: str | None, second: str) -> str:
@@ -438,7 +466,7 @@ class FileSink:
 
     async def deliver(self, batch: Sequence[Delivery]) -> list[Delivered]:
         outcomes, held_back = await asyncio.to_thread(self._apply_and_look, batch)
-        return await self._reloader.finish(self.name, batch, outcomes, held_back)
+        return await self._reloader.finish(self.name, batch, outcomes, held_back, look=True)
 
     def _apply_and_look(self, batch: Sequence[Delivery]) -> tuple[list[_Outcome], str | None]:
         outcomes = self._apply_all(batch)
