@@ -263,20 +263,32 @@ def test_proxy_urls() -> None:
         ("socks5://p:1", "only http:// proxies"),
         ("https://p:1", "only http:// proxies"),
         ("http://p:99999", "port"),
+        ("http://p:0", "the port is not a number from 1 to 65535"),
         ("http://p:1/path", "HOST:PORT"),
     ]:
         with pytest.raises(ProxyError, match=problem):
             check_proxy_url(bad)
 
 
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("socks5://127.0.0.1:1080", "only http:// proxies"),
+        ("http://127.0.0.1:0", "the port is not a number from 1 to 65535"),
+    ],
+)
 def test_a_bad_environment_proxy_is_one_clear_rejection(
-    leaf: Leaf, responder: ResponderThread, monkeypatch: pytest.MonkeyPatch
+    leaf: Leaf,
+    responder: ResponderThread,
+    monkeypatch: pytest.MonkeyPatch,
+    value: str,
+    problem: str,
 ) -> None:
-    monkeypatch.setenv("HTTP_PROXY", "socks5://127.0.0.1:1080")
+    monkeypatch.setenv("HTTP_PROXY", value)
     result = fetch(leaf)
     assert result.rejection is not None
     assert result.rejection.reason is Reason.PROXY_INVALID
-    assert "HTTP_PROXY 'socks5://127.0.0.1:1080': only http:// proxies" in result.rejection.message
+    assert f"HTTP_PROXY {value!r}: {problem}" in result.rejection.message
     assert responder.requests == []
 
 

@@ -46,16 +46,18 @@ def check_proxy_url(value: str, source: str = "proxy") -> Proxy:
             "responders too, through CONNECT)"
         )
     try:
-        port = parts.port or 80
+        port = parts.port
     except ValueError:
-        raise ProxyError(f"{source} {value!r}: the port is not a number from 1 to 65535") from None
+        port = 0  # not a number, or over 65535
+    if port == 0:  # port 0 reaches nothing: before the host is judged, which is not at fault
+        raise ProxyError(f"{source} {value!r}: the port is not a number from 1 to 65535")
     if not parts.hostname or parts.path not in ("", "/") or parts.query:
         raise ProxyError(f"{source} {value!r}: give http://HOST:PORT such as http://proxy:3128")
     if url_problem(f"http://{parts.netloc.rpartition('@')[2]}/") is not None:
         raise ProxyError(f"{source} {value!r}: the host is not a name or address to connect to")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     user = unquote(parts.username) if parts.username is not None else None
-    return Proxy(f"http://{host}:{port}", user, unquote(parts.password or ""))
+    return Proxy(f"http://{host}:{port or 80}", user, unquote(parts.password or ""))
 
 
 def choose_proxy(url: str, setting: str | None, environ: Mapping[str, str]) -> Proxy | None:
