@@ -201,6 +201,10 @@ def test_a_symbolic_link_loop_is_called_a_loop(
         "LC_ALL=C; true",
         "X=1 && true",
         "f() { :; }; f",
+        # what a command before changes for the ones after it cannot be judged here
+        "cd / && bin/true",
+        "PATH=/bin; export PATH; true && true",
+        "true && f() { :; } && f",
     ],
 )
 def test_built_ins_subshells_and_redirections_are_not_called_missing(
@@ -222,6 +226,12 @@ def test_built_ins_subshells_and_redirections_are_not_called_missing(
         ("{ no-such-program; }", "'no-such-program' is not found in PATH"),
         (">/dev/null A=1 /nonexistent/reload", "/nonexistent/reload does not exist"),
         ("LC_ALL=C; no-such-program reload", "'no-such-program' is not found in PATH"),
+        # every simple command of a chain, not only the first one
+        ("sh -c : && no-such-program reload nginx", "'no-such-program' is not found in PATH"),
+        ("sh -n /dev/null||/nonexistent/reload", "/nonexistent/reload does not exist"),
+        ("echo reloading; no-such-program reload", "'no-such-program' is not found in PATH"),
+        ("sh -c : 2>&1 | no-such-logger -t x", "'no-such-logger' is not found in PATH"),
+        ("(sh -c :) && { no-such-program; }", "'no-such-program' is not found in PATH"),
     ],
 )
 def test_the_program_after_redirections_and_subshells_is_checked(

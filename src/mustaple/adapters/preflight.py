@@ -39,10 +39,11 @@ _BUILT_IN = """
 """
 _SHELL_WORDS = frozenset(_BUILT_IN.split())
 _OPENERS = frozenset(["(", "{", "!"])  # a subshell, a group, a negation: the command follows
+_CLOSERS = frozenset([")", "}"])  # the end of a subshell or a group: the next command follows
+# Built-ins that change nothing for the commands after them (no directory, PATH, function)
+_HARMLESS = frozenset([":", "true", "false", "echo", "printf", "test", "[", "[[", "kill", "pwd"])
 # Redirection operators, as shlex reads them (punctuation runs); a word follows each.
 _REDIRECTIONS = frozenset(["<", ">", ">>", "<<", "<&", ">&", "<>", ">|", "&>", "&>>"])
-# What ends a command: one of bare assignments (`LC_ALL=C; cmd`) is followed by the next
-_SEPARATORS = frozenset([";", "&&", "||", "|", "&"])
 
 
 @dataclass
@@ -196,10 +197,16 @@ _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 
 
 def _missing_program(command: str) -> str | None:
-    """Why the program a shell command starts cannot run, or None if it can (or cannot tell)."""
-    program = _first_program(command)
-    if program is None:
-        return None
+    """Why a program a shell command starts cannot run (the first such), or None if each can
+    (or this cannot tell)."""
+    for program in _programs(command):
+        problem = _cannot_run(program)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _cannot_run(program: str) -> str | None:
     if "/" not in program:
         if shutil.which(program) is None:
             return f"{program!r} is not found in PATH ({os.environ.get('PATH', '')})"
@@ -212,30 +219,58 @@ def _missing_program(command: str) -> str | None:
     return None
 
 
-def _first_program(command: str) -> str | None:
-    """The program the shell looks up first for `command`, past a subshell's "(" (a group's
-    "{", a "!"), leading redirections, VAR=value words and commands of nothing else
-    (`LC_ALL=C; cmd`); None for a shell built-in or reserved word, a function defined
-    there, or when only running it tells (another PATH, a name the shell expands first, bad
-    quoting)."""
+def _programs(command: str) -> list[str]:
+    """The programs the shell looks up for `command`: one for each simple command of its
+    `&&`, `||`, `;`, `|` and `&` chains, in order, up to the first command that may change
+    how the next ones are found or that only running tells (see `_program`). A small
+    reader, no shell: bad quoting gives none (the shell will say)."""
     lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
     lexer.whitespace_split = True
     try:
         words = list(lexer)
     except ValueError:
-        return None  # the shell will say; not a program question
+        return []
+    programs = []
     while words:
+        program, go_on = _program(words)
+        while words and not _separator(words.pop(0)):
+            pass  # its arguments, up to and with the separator
+        if program is not None:
+            programs.append(program)
+        if not go_on:
+            break
+    return programs
+
+
+def _program(words: list[str]) -> tuple[str | None, bool]:
+    """The program of the simple command `words` begin with, past a subshell's "(" (a
+    group's "{", a "!"), leading redirections and VAR=value words (None for a command of
+    nothing else, or of a built-in that changes nothing for the next: `echo`, `true`), and
+    whether the commands after it can still be judged: not after a built-in or reserved
+    word that may (`cd`, `export`, `if`), a function it defines, a PATH= word, or a name the
+    shell expands first. Takes the words read off `words`."""
+    while words and not _separator(words[0]):
         word = words.pop(0)
         if word.isdigit() and words and words[0] in _REDIRECTIONS:
             word = words.pop(0)  # 2>FILE: the descriptor's number, then its operator
         if word in _REDIRECTIONS:
             del words[:1]  # the file it names
+        elif word in _OPENERS or word in _CLOSERS:
+            continue
         elif _ASSIGNMENT.match(word) and word.startswith("PATH="):
-            return None  # looked up in another PATH than ours
+            return None, False  # looked up in another PATH than ours
+        elif word in _HARMLESS:
+            return None, True
         elif word in _SHELL_WORDS or word.startswith("~") or any(c in word for c in "$`*?["):
-            return None  # a built-in, or a name the shell expands first: cannot tell here
+            return None, False  # a built-in, or a name the shell expands first: cannot tell
         elif words and words[0] in ("(", "()"):
-            return None  # `f() { ...; }`: a function, defined by the command itself
-        elif word not in _OPENERS | _SEPARATORS and not _ASSIGNMENT.match(word):
-            return word
-    return None
+            return None, False  # `f() { ...; }`: a function, defined by the command itself
+        elif not _ASSIGNMENT.match(word):
+            return word, True
+    return None, True
+
+
+def _separator(word: str) -> bool:
+    """Whether `word` ends a simple command: `;`, `&&`, `||`, `|`, `&`, as shlex reads them
+    (with a ")" run into them: `(a)&&b`), never a redirection such as `>&`."""
+    return word not in _REDIRECTIONS and set(word) <= set("();&|") and any(c in word for c in ";&|")
