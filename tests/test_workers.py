@@ -326,9 +326,11 @@ def test_a_worker_killed_or_stuck_midway_costs_only_speed(
             store.close()
             assert len(hit) == 2
             assert [p.phase for p in primed] == ["good"] * 16
-            # A request a worker had sent when it was hit is sent again: at most one per
-            # worker (each one's part of the limits is one request at a time).
-            assert 16 <= len(fleet.responder.requests) <= 18
+            # A request a worker had sent when it was hit is sent again, and so is one it
+            # had answered in the same turn of its loop, the answer not written yet (a
+            # worker writes its answers together at the turn's end): at most two per worker
+            # (each one's part of the limits is one request at a time).
+            assert 16 <= len(fleet.responder.requests) <= 20
             assert not [pid for pid in hit if Path(f"/proc/{pid}").exists()]
 
     with caplog.at_level(logging.WARNING, logger="mustaple"):
