@@ -383,11 +383,11 @@ def test_a_worker_whose_output_is_garbled_costs_only_speed(
     with caplog.at_level(logging.WARNING, logger="mustaple"):
         asyncio.run(scenario())
     lines = [r.getMessage() for r in caplog.records if "worker process" in r.getMessage()]
-    assert sorted(lines) == [
-        "a worker process ended; its work goes on in the main process",
-        f"a worker process {told}: stopped",
-        f"a worker process {told}: stopped",
-    ]
+    # "ended" is said once when a call was in hand as a worker went; both may be stopped
+    # before the first call goes out (then the calls go to the main process unsaid)
+    ended = "a worker process ended; its work goes on in the main process"
+    assert lines.count(ended) <= 1, lines
+    assert [line for line in lines if line != ended] == [f"a worker process {told}: stopped"] * 2
 
 
 def _workers_of_us() -> list[tuple[int, str]]:
