@@ -278,6 +278,34 @@ def hanging(s: Site) -> int:
     return sum(request.behaviour is Behaviour.HANG for request in s.responder.requests)
 
 
+@contextmanager
+def running(s: Site) -> Iterator[subprocess.Popen[str]]:
+    """`mustaple run` in a process group of its own (a unit's processes), killed if the
+    test leaves it running."""
+    process = subprocess.Popen(
+        [MUSTAPLE, "run", "--config", str(s.config)],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def stopped(process: subprocess.Popen[str]) -> str:
+    """SIGTERM to the process group of `mustaple run` (as `systemctl stop`); its stderr once
+    it has exited 0, which it must, without a traceback."""
+    os.killpg(process.pid, signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "Traceback" not in err
+    return err
+
+
 @pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "worker-processes"])
 def test_systemctl_stop_during_a_pass_on_a_hanging_ca_stops_run_without_waiting_for_it(
     tmp_path: Path, workers: int
@@ -289,27 +317,14 @@ def test_systemctl_stop_during_a_pass_on_a_hanging_ca_stops_run_without_waiting_
     count = WORKERS_FROM + 20 if workers else 5
     with site(tmp_path, count, hanging_from=count // 2) as s:
         s.configure(workers=workers, reload=f"echo reloaded >> {s.reloads}")
-        process = subprocess.Popen(
-            [MUSTAPLE, "run", "--config", str(s.config)],
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,  # its own process group: the unit's processes
-        )
-        try:
+        with running(s) as process:
             # one request at a time per worker (or in process): once each hangs, none can come
             wait_for(lambda: hanging(s) == max(workers, 1), timeout=120)
             asked = s.asked()
             helpers = _children(process.pid)
             assert len(helpers) == workers
-            os.killpg(process.pid, signal.SIGTERM)
-            _, err = process.communicate(timeout=60)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-        assert process.returncode == 0, err
+            stopped(process)
         assert s.asked() == asked  # none started after the signal
-    assert "Traceback" not in err
     assert [p for p in helpers if Path(f"/proc/{p}").exists()] == []
     assert len(s.delivered()) == asked - max(workers, 1)  # every staple fetched is delivered
     assert s.temporaries() == []
@@ -328,13 +343,7 @@ def test_systemctl_stop_while_a_pass_loads_a_new_file_over_a_hanging_aia_url(
         aia.listen()
         aia.settimeout(60)
         s.configure(workers=0, reload="true")
-        process = subprocess.Popen(
-            [MUSTAPLE, "run", "--config", str(s.config)],
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        try:
+        with running(s) as process:
             wait_for(lambda: s.delivered() == {"w0.example"}, timeout=60)
             url = f"http://127.0.0.1:{aia.getsockname()[1]}/ca.der"
             leaf = s.ca.issue("new.example", ocsp_urls=[s.responder.url], ca_issuer_urls=[url])
@@ -342,14 +351,7 @@ def test_systemctl_stop_while_a_pass_loads_a_new_file_over_a_hanging_aia_url(
             (s.tmp / "live" / "new" / "fullchain.pem").write_bytes(leaf.cert_pem)
             connection, _ = aia.accept()  # the pass's scan waits on the download
             with connection:
-                os.killpg(process.pid, signal.SIGTERM)
-                _, err = process.communicate(timeout=60)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    assert process.returncode == 0, err
-    assert "Traceback" not in err
+                stopped(process)
 
 
 def test_sighup_during_a_pass_on_a_hanging_ca_reloads_at_once_and_reaches_those_behind_it(
@@ -364,13 +366,7 @@ def test_sighup_during_a_pass_on_a_hanging_ca_reloads_at_once_and_reaches_those_
     with site(tmp_path, 4, hanging_from=4) as s:
         s.responder.set_behaviour(Behaviour.HANG, serial=s.serials[1])
         s.configure(workers=0, reload=f"echo reloaded >> {s.reloads}")
-        process = subprocess.Popen(
-            [MUSTAPLE, "run", "--config", str(s.config)],
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        try:
+        with running(s) as process:
             wait_for(lambda: hanging(s) == 1, timeout=120)  # one request at a time, in order
             moved = tmp_path / "staples2"
             s.config.write_text(s.config.read_text().replace(str(s.staples), str(moved)))
@@ -380,43 +376,12 @@ def test_sighup_during_a_pass_on_a_hanging_ca_reloads_at_once_and_reaches_those_
             assert asked == [s.serials[i] for i in (0, 1, 2, 3, 1)]
             assert s.delivered() == {"w0.example"}  # cut short: what it fetched, delivered
             assert {p.name for p in moved.iterdir()} == {"w0.example.der"}  # reloaded
-            process.send_signal(signal.SIGTERM)
-            _, err = process.communicate(timeout=60)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    assert process.returncode == 0, err
-    assert "Traceback" not in err
+            stopped(process)
     assert {p.name for p in moved.iterdir()} == {
         "w0.example.der",
         "w2.example.der",
         "w3.example.der",
     }
-
-
-def _run(s: Site) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [MUSTAPLE, "run", "--config", str(s.config)],
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def _stopped(process: subprocess.Popen[str]) -> str:
-    """SIGTERM to the process group of `mustaple run` (as `systemctl stop`); its stderr once
-    it has exited 0, which it must, without a traceback."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        _, err = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 0, err
-    assert "Traceback" not in err
-    return err
 
 
 def test_a_stop_during_the_delivery_of_a_start_leaves_a_reload_owed_that_the_next_start_pays(
@@ -441,9 +406,9 @@ def test_a_stop_during_the_delivery_of_a_start_leaves_a_reload_owed_that_the_nex
             staple.unlink()
         started = tmp_path / "reload-started"
         s.configure(workers=0, reload=f"touch {started}; sleep 600")  # a reload that hangs
-        process = _run(s)
-        wait_for(started.exists, timeout=60)  # the files are in place, the reload hangs
-        _stopped(process)
+        with running(s) as process:
+            wait_for(started.exists, timeout=60)  # the files are in place, the reload hangs
+            stopped(process)
         assert s.delivered() == {"w0.example", "w1.example"}
         for row in s.rows().values():
             assert row["state"] == "good", row
@@ -451,9 +416,7 @@ def test_a_stop_during_the_delivery_of_a_start_leaves_a_reload_owed_that_the_nex
             assert not sink["ok"], row
             assert sink["error"].startswith("not delivered: `mustaple run` was stopped"), row
         s.configure(workers=0, reload=f"echo reloaded >> {s.reloads}")
-        process = _run(s)
-        try:
+        with running(s) as process:
             wait_for(lambda: s.reloads.read_text() == "reloaded\n" * 2, timeout=60)
-        finally:
-            _stopped(process)
+            stopped(process)
         assert [row["health"] for row in s.rows().values()] == ["ok", "ok"]
