@@ -12,13 +12,15 @@ One leniency, on purpose: `without_encoded_defaults` rewrites a response whose o
 an explicitly encoded DEFAULT (`version v1`, `critical FALSE`, in the response or in a
 certificate it carries), which every TLS client accepts (mozpkix's `der::OptionalVersion` and
 `OptionalBoolean` say so in their comments) but cryptography's parser refuses. Every signature
-is still checked over the original bytes.
+is still checked over the original bytes. `edit_certificate_extensions` serves a second one in
+`mustaple.core.certs`: a keyUsage cryptography refuses and every client takes.
 
 Every failure raises `DerError`; callers turn it into a `malformed` rejection.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "children",
     "decode_integer",
     "decode_oid",
+    "edit_certificate_extensions",
     "embedded_certificates",
     "encode",
     "encoded",
@@ -79,6 +82,11 @@ class Tlv(NamedTuple):
     @property
     def content(self) -> bytes:
         return self.data[self.start : self.end]
+
+
+# What `edit_certificate_extensions` does to one Extension: its fields (extnID, critical if
+# encoded, extnValue) in, the encoded fields to put in their place out
+ExtensionEdit = Callable[[list[Tlv]], list[bytes]]
 
 
 def read_tlv(data: bytes, offset: int = 0, limit: int | None = None) -> Tlv:
@@ -222,16 +230,23 @@ def embedded_certificates(data: bytes) -> list[bytes]:
     return [encoded(cert) for cert in children(read_single(certs[0].content, SEQUENCE))]
 
 
+def edit_certificate_extensions(certificate: bytes, edit: ExtensionEdit) -> bytes:
+    """The DER `certificate` with the fields of each of its Extensions replaced by `edit` of
+    them. Its signature is kept as it was, so no longer covers it: the result is for reading
+    what the certificate says, never for checking who signed it."""
+    return _cert_edited(read_single(certificate, SEQUENCE), edit)
+
+
 def _certs_without_defaults(certs: Tlv) -> bytes:
-    inner = [_cert_without_defaults(cert) for cert in children(read_single(certs.content))]
+    inner = [_cert_edited(cert, _without_false) for cert in children(read_single(certs.content))]
     return encode(certs.tag, encode(SEQUENCE, b"".join(inner)))
 
 
-def _cert_without_defaults(cert: Tlv) -> bytes:
+def _cert_edited(cert: Tlv, edit: ExtensionEdit) -> bytes:
     tbs, *rest = children(cert)
     # extensions are [3] in a TBSCertificate
     parts = [
-        _extensions_without_defaults(part) if part.tag == 0xA3 else encoded(part)
+        _extensions_edited(part, edit) if part.tag == 0xA3 else encoded(part)
         for part in children(tbs)
     ]
     return encode(cert.tag, encode(tbs.tag, b"".join(parts)) + b"".join(map(encoded, rest)))
@@ -248,7 +263,7 @@ def _tbs_without_defaults(tbs: Tlv) -> bytes:
             singles = [_single_without_defaults(single) for single in children(part)]
             parts.append(encode(SEQUENCE, b"".join(singles)))
         elif part.tag == 0xA1 and seen_responses:  # responseExtensions
-            parts.append(_extensions_without_defaults(part))
+            parts.append(_extensions_edited(part, _without_false))
         else:
             parts.append(encoded(part))
     return encode(tbs.tag, b"".join(parts))
@@ -257,19 +272,25 @@ def _tbs_without_defaults(tbs: Tlv) -> bytes:
 def _single_without_defaults(single: Tlv) -> bytes:
     # certID, certStatus (`revoked` is also tagged [1]), thisUpdate, then the optional fields
     parts = [
-        _extensions_without_defaults(part) if index >= 3 and part.tag == 0xA1 else encoded(part)
+        _extensions_edited(part, _without_false)
+        if index >= 3 and part.tag == 0xA1
+        else encoded(part)
         for index, part in enumerate(children(single))
     ]
     return encode(single.tag, b"".join(parts))
 
 
-def _extensions_without_defaults(wrapper: Tlv) -> bytes:
-    extensions = []
-    for extension in children(read_single(wrapper.content, SEQUENCE)):
-        fields = children(extension)
-        # extnID, critical (DEFAULT FALSE: only there, and once), extnValue; any other shape
-        # is kept as it is, for the parser to refuse
-        if len(fields) == 3 and fields[1].tag == BOOLEAN and fields[1].content == _FALSE:
-            fields = [fields[0], fields[2]]
-        extensions.append(encode(extension.tag, b"".join(map(encoded, fields))))
+def _extensions_edited(wrapper: Tlv, edit: ExtensionEdit) -> bytes:
+    extensions = [
+        encode(extension.tag, b"".join(edit(children(extension))))
+        for extension in children(read_single(wrapper.content, SEQUENCE))
+    ]
     return encode(wrapper.tag, encode(SEQUENCE, b"".join(extensions)))
+
+
+def _without_false(fields: list[Tlv]) -> list[bytes]:
+    # extnID, critical (DEFAULT FALSE: only there, and once), extnValue; any other shape
+    # is kept as it is, for the parser to refuse
+    if len(fields) == 3 and fields[1].tag == BOOLEAN and fields[1].content == _FALSE:
+        fields = [fields[0], fields[2]]
+    return [encoded(field) for field in fields]
