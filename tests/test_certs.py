@@ -11,6 +11,7 @@ from mustaple.core.certs import (
     ca_issuer_urls,
     check_extensions,
     display_name,
+    extensions_of,
     find_issuer,
     is_must_staple,
     make_target,
@@ -23,6 +24,7 @@ from mustaple.testing import CA, Leaf
 OCSP = x509.oid.AuthorityInformationAccessOID.OCSP
 ISSUERS = x509.oid.AuthorityInformationAccessOID.CA_ISSUERS
 AIA_OID = x509.oid.ExtensionOID.AUTHORITY_INFORMATION_ACCESS
+KEY_USAGE_OID = x509.oid.ExtensionOID.KEY_USAGE
 
 DER = serialization.Encoding.DER
 PEM = serialization.Encoding.PEM
@@ -119,6 +121,46 @@ def test_a_tls_feature_cryptography_cannot_read_is_read_from_the_der(ca: CA) -> 
         bad = _with_tls_feature(ca, bytes.fromhex("3006020105020112"), aia=bytes.fromhex(aia))
         with pytest.raises(InputError, match=r"extensions cannot be read"):
             check_extensions(bad, "odd.pem")
+
+
+def _with_key_usages(ca: CA, *values: str) -> x509.Certificate:
+    """A leaf whose keyUsage extnValues are the hex `values` (more than one: renamed in the DER
+    from a stand-in OID, which the builder takes twice)."""
+    stand_in = x509.ObjectIdentifier("2.5.29.99")  # encoded as long as keyUsage's 2.5.29.15
+    first, *more = (bytes.fromhex(value) for value in values)
+    extensions = [(x509.UnrecognizedExtension(KEY_USAGE_OID, first), True)]
+    extensions += [(x509.UnrecognizedExtension(stand_in, value), True) for value in more]
+    cert = ca.issue("odd.test", ocsp_urls=["http://o/"], extensions=extensions).cert
+    renamed = cert.public_bytes(DER).replace(
+        bytes.fromhex("0603551d63"), bytes.fromhex("0603551d0f")
+    )
+    return x509.load_der_x509_certificate(renamed)
+
+
+def test_a_key_usage_cryptography_refuses_is_read_with_the_rest(ca: CA) -> None:
+    """encipherOnly or decipherOnly without keyAgreement: cryptography refuses the keyUsage,
+    and with it every extension, though every client takes such a leaf beside
+    digitalSignature (docs/strictness.md). Must-staple, the name and the URLs are read all the
+    same, the keyUsage without the two bits (RFC 5280 leaves them undefined then); two
+    keyUsages are still an error of their own."""
+    for value in ("0303078080", "03020081", "0303078180"):
+        cert = _with_key_usages(ca, value)
+        with pytest.raises(ValueError, match="decipher_only can only be true"):
+            cert.extensions  # noqa: B018 (cryptography's refusal, the reason for extensions_of)
+        check_extensions(cert, "odd.pem")
+        assert (is_must_staple(cert), display_name(cert), ocsp_urls(cert)) == (
+            True,
+            "odd.test",
+            ["http://o/"],
+        )
+        usage = extensions_of(cert).get_extension_for_class(x509.KeyUsage).value
+        assert (usage.digital_signature, usage.key_agreement) == (True, False)
+    twice = _with_key_usages(ca, "0303078080", "0303078080")
+    with pytest.raises(InputError, match=r"^odd.pem: .* \(Duplicate 2\.5\.29\.15 extension"):
+        check_extensions(twice, "odd.pem")
+    unused_bit_set = _with_key_usages(ca, "0303078081")
+    with pytest.raises(InputError, match=r"^odd.pem: the certificate's extensions cannot be"):
+        check_extensions(unused_bit_set, "odd.pem")
 
 
 def test_find_issuer_checks_the_signature_not_just_the_name(ca: CA, leaf: Leaf) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 
@@ -343,6 +344,36 @@ def test_installed_script_never_shows_a_traceback(tmp_path: Path) -> None:
     assert done.stdout == ""
     assert done.stderr.startswith(f"mustaple: {garbage}: not a readable certificate")
     assert done.stderr.count("\n") == 1
+
+
+def test_a_key_usage_cryptography_refuses_is_fetched_and_stapled(
+    serve: Serve, ca: CA, now: datetime, tmp_path: Path
+) -> None:
+    """A leaf whose keyUsage is digitalSignature and decipherOnly, its staple signed by a
+    delegate whose keyUsage is decipherOnly alone: no keyAgreement, so cryptography refuses
+    both keyUsages (and every extension with them); every strict client takes both
+    (docs/strictness.md). The installed script loads the leaf, validates and saves the staple."""
+    usage = x509.oid.ExtensionOID.KEY_USAGE
+    leaf = ca.issue("odd.test", ocsp_urls=[], extensions=[(_key_usage(usage, "0303078080"), True)])
+    delegate = ca.delegated_signer(extensions=[(_key_usage(usage, "0303070080"), True)])
+    body = build_response(
+        leaf, delegate, this_update=now, next_update=now + 2 * DAY, include_signer=True
+    )
+    server = serve(answering(body))
+    files = leaf.write(tmp_path / "cert")
+    out_file = tmp_path / "staple.der"
+    argv = ["fetch", str(files.fullchain), "--url", server.url, "--out", str(out_file)]
+    done = subprocess.run(
+        [MUSTAPLE, *argv], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (done.returncode, done.stderr) == (ExitCode.GOOD, ""), done.stdout
+    assert done.stdout.startswith("OK odd.test: good staple, valid until ")
+    assert out_file.read_bytes() == body
+    assert server.hits  # the staple came from the responder
+
+
+def _key_usage(oid: x509.ObjectIdentifier, value: str) -> x509.UnrecognizedExtension:
+    return x509.UnrecognizedExtension(oid, bytes.fromhex(value))
 
 
 def test_fetch_out_over_a_staple_of_a_missing_certificate_says_it_is_missing(

@@ -487,6 +487,11 @@ KEY_USAGES: dict[str, tuple[str, Verdict]] = {
     "a NULL after the BIT STRING (old: malformed)": ("030207800500", Reason.DELEGATE_BAD_KEY_USAGE),
     "an OCTET STRING (old: malformed)": ("040180", Reason.DELEGATE_BAD_KEY_USAGE),
     "an empty extnValue (old: malformed)": ("", Reason.DELEGATE_BAD_KEY_USAGE),
+    "decipherOnly alone, no keyAgreement (old: malformed)": ("0303070080", GOOD),
+    "encipherOnly alone, no keyAgreement (old: malformed)": ("03020001", GOOD),
+    "digitalSignature and decipherOnly (old: malformed)": ("0303078080", GOOD),
+    "encipherOnly and decipherOnly, no keyAgreement (old: malformed)": ("0303070180", GOOD),
+    "decipherOnly in a BIT STRING of 16 bits (old: malformed)": ("0303000080", GOOD),
 }
 
 
@@ -497,6 +502,41 @@ def test_delegate_key_usage(case: str, ec: Pki) -> None:
     (v3_purp.c, ossl_x509v3_cache_extensions)."""
     value, expected = KEY_USAGES[case]
     check_table(ec, by_delegate(extensions=[(key_usage(value), False)]), expected)
+
+
+DECIPHER_ONLY = key_usage("0303070080")  # cryptography refuses it, every client takes it
+NOT_DER_SAN = x509.UnrecognizedExtension(x509.ObjectIdentifier("2.5.29.17"), b"\x30\x03\x82\x01")
+BESIDE_DECIPHER_ONLY: dict[str, tuple[Maker, Verdict]] = {
+    "an unknown critical extension (old: malformed)": (
+        by_delegate(extensions=[(DECIPHER_ONLY, True), (UNKNOWN_EXTENSION, True)]),
+        Reason.DELEGATE_CRITICAL_EXTENSION,
+    ),
+    "no id-kp-OCSPSigning (old: malformed)": (
+        by_delegate(ocsp_signing=False, extensions=[(DECIPHER_ONLY, True)]),
+        Reason.DELEGATE_NO_OCSP_SIGNING,
+    ),
+    "cA TRUE (old: malformed)": (
+        by_delegate(is_ca=True, extensions=[(DECIPHER_ONLY, True)]),
+        Reason.DELEGATE_IS_CA,
+    ),
+    "a subjectAltName that is not DER": (
+        by_delegate(extensions=[(DECIPHER_ONLY, True), (NOT_DER_SAN, False)]),
+        Reason.MALFORMED,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BESIDE_DECIPHER_ONLY)
+def test_the_rest_of_a_delegate_beside_a_key_usage_cryptography_refuses(case: str, ec: Pki) -> None:
+    """cryptography refuses a keyUsage with decipherOnly but no keyAgreement, and with it every
+    extension of the certificate: the others are read all the same (`certs.extensions_of`),
+    so each fault is the one it is. One cryptography cannot read either stays `malformed`, for
+    that extension (GnuTLS and OpenSSL refuse such a delegate: docs/strictness.md)."""
+    make, expected = BESIDE_DECIPHER_ONLY[case]
+    result = judged(ec, make)
+    assert verdict(result) == expected, result
+    assert isinstance(result, Rejection)
+    assert "encipher_only" not in result.detail
 
 
 @pytest.mark.parametrize("case", DELEGATES)

@@ -7,6 +7,7 @@ rest of mustaple needs to ask for, check and deliver its staple.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ __all__ = [
     "ca_issuer_urls",
     "display_name",
     "encoded_names",
+    "extensions_of",
     "find_issuer",
     "is_must_staple",
     "issuer_encoded_differently",
@@ -76,10 +78,11 @@ def _first_line(exc: Exception) -> str:
 def check_extensions(cert: x509.Certificate, source: str) -> None:
     """InputError naming `source` when the certificate's extensions are not valid (one
     twice, a value that is not DER): strict clients refuse such a certificate. One valid but
-    unknown to cryptography (a TLS Feature listing feature 18) is not an error."""
+    unknown to cryptography (a TLS Feature listing feature 18) is not an error, nor a keyUsage
+    it refuses that the clients take (see `extensions_of`)."""
     try:
         try:
-            cert.extensions  # noqa: B018 (reading them parses them)
+            extensions_of(cert)
         except (KeyError, TypeError):  # read from the DER where needed: read them all now
             _raw_values(cert, _TLS_FEATURE, der.INTEGER)
             _raw_aia_urls(cert, AuthorityInformationAccessOID.OCSP.dotted_string)
@@ -94,7 +97,7 @@ def check_extensions(cert: x509.Certificate, source: str) -> None:
 def is_must_staple(cert: x509.Certificate) -> bool:
     """True when the TLS Feature extension lists status_request (RFC 7633)."""
     try:
-        ext = cert.extensions.get_extension_for_class(x509.TLSFeature)
+        ext = extensions_of(cert).get_extension_for_class(x509.TLSFeature)
     except x509.ExtensionNotFound:
         return False
     except (KeyError, TypeError):  # a feature cryptography does not know, or an empty list
@@ -104,7 +107,7 @@ def is_must_staple(cert: x509.Certificate) -> bool:
 
 def _aia_urls(cert: x509.Certificate, method: x509.ObjectIdentifier) -> list[str]:
     try:
-        aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess)
+        aia = extensions_of(cert).get_extension_for_class(x509.AuthorityInformationAccess)
     except x509.ExtensionNotFound:
         return []
     except (KeyError, TypeError):  # another extension cryptography cannot read
@@ -193,6 +196,79 @@ def _raw_dns_names(cert: x509.Certificate) -> list[str]:
     return [name.decode("ascii", "replace") for name in names]
 
 
+def extensions_of(cert: x509.Certificate) -> x509.Extensions:
+    """`cert.extensions`, with one leniency: a keyUsage that sets encipherOnly or decipherOnly
+    without keyAgreement is read without those two bits.
+
+    cryptography refuses such a keyUsage, and with it every extension of the certificate; RFC
+    5280 (4.2.1.3) leaves the two bits undefined without keyAgreement, and every strict client
+    takes the certificate (docs/strictness.md). The other extensions are then read from a
+    stand-in (`_stand_in`): whatever cryptography refuses in them is raised as it would be.
+    A keyUsage that is not one DER BIT STRING, or sets an unused bit, is left refused.
+    """
+    try:
+        return cert.extensions
+    except ValueError:
+        stand_in = _stand_in(cert)
+        if stand_in is None:
+            raise
+    return stand_in.extensions
+
+
+_KEY_USAGE = "2.5.29.15"
+_ENCIPHER_ONLY, _KEY_AGREEMENT = 0x01, 0x08  # in the first byte of a keyUsage's bits
+_DECIPHER_ONLY = 0x80  # in the second byte
+
+
+@functools.lru_cache(maxsize=32)
+def _stand_in(cert: x509.Certificate) -> x509.Certificate | None:
+    """`cert` with encipherOnly and decipherOnly left out of a keyUsage that sets them without
+    keyAgreement, or None when none does (or its extensions are not DER). Its signature does
+    not cover it: it is only read, never verified. Cached: every reader of a Target's or a
+    delegate's extensions comes here, and certificates equal by their DER share one entry."""
+    try:
+        usages = [ext.value for ext in raw_extensions(cert) if ext.oid == _KEY_USAGE]
+        if not any(_cleared_key_usage(value) is not None for value in usages):
+            return None
+        edited = der.edit_certificate_extensions(
+            cert.public_bytes(serialization.Encoding.DER), _with_cleared_key_usage
+        )
+        return x509.load_der_x509_certificate(edited)
+    except (der.DerError, ValueError):
+        return None
+
+
+def _cleared_key_usage(value: bytes) -> bytes | None:
+    """The keyUsage extnValue `value` without encipherOnly and decipherOnly, when it sets one
+    of them without keyAgreement; else None (a shape cryptography has no quarrel with, or one
+    it rightly refuses: not one DER BIT STRING, unused bits set)."""
+    try:
+        bits = bytearray(der.read_single(value, der.BIT_STRING).content)
+    except der.DerError:
+        return None
+    if len(bits) < 2 or bits[0] > 7 or bits[-1] & ((1 << bits[0]) - 1):
+        return None
+    first, second = bits[1], bits[2] if len(bits) > 2 else 0
+    if first & _KEY_AGREEMENT or not (first & _ENCIPHER_ONLY or second & _DECIPHER_ONLY):
+        return None
+    bits[1] &= ~_ENCIPHER_ONLY
+    if len(bits) > 2:
+        bits[2] &= ~_DECIPHER_ONLY
+    return der.encode(der.BIT_STRING, bytes(bits))
+
+
+def _with_cleared_key_usage(fields: list[der.Tlv]) -> list[bytes]:
+    """An Extension's fields, encoded as they are; a keyUsage's value without encipherOnly
+    and decipherOnly when it sets them without keyAgreement (`_cleared_key_usage`)."""
+    encoded = [der.encoded(field) for field in fields]
+    if der.decode_oid(fields[0]) != _KEY_USAGE:
+        return encoded
+    cleared = _cleared_key_usage(fields[-1].content)
+    if cleared is not None:
+        encoded[-1] = der.encode(der.OCTET_STRING, cleared)
+    return encoded
+
+
 def ocsp_urls(cert: x509.Certificate) -> list[str]:
     """The AIA OCSP responder URLs, in the certificate's order."""
     return _aia_urls(cert, AuthorityInformationAccessOID.OCSP)
@@ -259,7 +335,7 @@ def display_name(cert: x509.Certificate) -> str:
 
 def _name_of(cert: x509.Certificate) -> str:
     try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        san = extensions_of(cert).get_extension_for_class(x509.SubjectAlternativeName)
         names = san.value.get_values_for_type(x509.DNSName)
     except x509.ExtensionNotFound:
         names = []

@@ -32,7 +32,13 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from mustaple.core import der
-from mustaple.core.certs import Target, encoded_names, raw_extensions, signed_by
+from mustaple.core.certs import (
+    Target,
+    encoded_names,
+    extensions_of,
+    raw_extensions,
+    signed_by,
+)
 from mustaple.core.reasons import Note, Reason, Rejection
 from mustaple.core.render import human_time
 from mustaple.core.request import HASHES, issuer_key_bits, make_cert_id
@@ -802,7 +808,7 @@ def _check_delegate(
         raise _Fail(Reason.DELEGATE_IS_CA, name)
     unhandled = [
         ext.oid.dotted_string
-        for ext in cert.extensions
+        for ext in extensions_of(cert)
         if ext.critical and ext.oid.dotted_string not in _HANDLED_CERT_EXTENSIONS
     ]
     if unhandled:
@@ -863,7 +869,7 @@ def _key_usage_problem(value: bytes) -> str | None:
 
 def _extension(cert: x509.Certificate, kind: type[_E]) -> _E | None:
     try:
-        return cert.extensions.get_extension_for_class(kind).value
+        return extensions_of(cert).get_extension_for_class(kind).value
     except x509.ExtensionNotFound:
         return None
     except (ValueError, x509.DuplicateExtension) as exc:

@@ -210,8 +210,12 @@ class CA:
         key_type: KeyType | None = None,
         not_before: datetime | None = None,
         not_after: datetime | None = None,
+        extensions: Sequence[tuple[x509.ExtensionType, bool]] = (),
     ) -> Leaf:
-        """A leaf for `hostname`; OCSP URLs default to the CA's `ocsp_url`."""
+        """A leaf for `hostname`; OCSP URLs default to the CA's `ocsp_url`.
+
+        `extensions`: more (extension, critical) pairs, such as a keyUsage.
+        """
         if isinstance(ocsp_urls, str):
             raise TypeError("ocsp_urls takes a sequence of URLs, not one string")
         urls = list(ocsp_urls) if ocsp_urls is not None else [u for u in [self.ocsp_url] if u]
@@ -236,6 +240,8 @@ class CA:
             builder = builder.add_extension(
                 x509.TLSFeature([x509.TLSFeatureType.status_request]), critical=False
             )
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical=critical)
         cert = self._sign(builder)
         return Leaf(cert, key, issuer=self.cert, chain=self.chain, root=self.root.cert)
 
