@@ -107,6 +107,8 @@ _HASH_OIDS = {
 _RSA_PSS = "1.2.840.113549.1.1.10"
 _MGF1 = "1.2.840.113549.1.1.8"
 _PRINTABLE_STRING = 0x13
+# a subjectAltName whose SEQUENCE runs past the end of its extnValue
+_NOT_DER_SAN = x509.UnrecognizedExtension(x509.ObjectIdentifier("2.5.29.17"), b"\x30\x03\x82\x01")
 
 
 @dataclass(frozen=True)
@@ -295,8 +297,12 @@ class Pki:
         self.ec = CA(key_type="ec", name="mustaple matrix EC root", now=now)
         self.foreign = CA(key_type="rsa", name="mustaple matrix foreign root", now=now)
 
-    def leaf(self, ca: CA | None = None) -> Leaf:
-        return (ca or self.rsa).issue(HOSTNAME, key_type="ec", ocsp_urls=[OCSP_URL])
+    def leaf(
+        self, ca: CA | None = None, *, extensions: Sequence[tuple[x509.ExtensionType, bool]] = ()
+    ) -> Leaf:
+        return (ca or self.rsa).issue(
+            HOSTNAME, key_type="ec", ocsp_urls=[OCSP_URL], extensions=extensions
+        )
 
     def delegate(
         self,
@@ -918,6 +924,15 @@ def _signers(c: _Catalogue) -> None:
          {"extensions": [(_raw_key_usage("03020781"), False)]}),
         ("delegate-key-usage-trailing", "a delegate whose keyUsage BIT STRING is followed by a "
          "NULL", {"extensions": [(_raw_key_usage("030207800500"), False)]}),
+        ("delegate-key-usage-decipher-only", "a delegate whose critical keyUsage is "
+         "decipherOnly alone (no keyAgreement)",
+         {"extensions": [(_raw_key_usage("0303070080"), True)]}),
+        ("delegate-key-usage-signature-encipher-only", "a delegate whose critical keyUsage is "
+         "digitalSignature and encipherOnly (no keyAgreement)",
+         {"extensions": [(_raw_key_usage("03020081"), True)]}),
+        ("delegate-key-usage-decipher-only-bad-san", "a delegate whose keyUsage is decipherOnly "
+         "alone and whose subjectAltName is not DER",
+         {"extensions": [(_raw_key_usage("0303070080"), True), (_NOT_DER_SAN, False)]}),
         ("delegate-cert-sha224", "a delegate whose certificate the CA signed with "
          "sha224WithRSA", {"sign_hash": hashes.SHA224()}),
         ("delegate-secp256k1", "a delegate with a key on secp256k1",
@@ -1060,6 +1075,15 @@ def _with_key_id(issuer: Identity, key_id: bytes) -> x509.Certificate:
 
 def _leaf_identity(leaf: Leaf) -> Identity:
     return Identity(leaf.cert, leaf.key)
+
+
+def _leaves(c: _Catalogue) -> None:
+    """A leaf whose own extensions cryptography refuses to read, though every client takes it:
+    a keyUsage with decipherOnly but no keyAgreement (`certs.extensions_of`)."""
+    usage = _raw_key_usage("0303078080")  # digitalSignature, decipherOnly
+    leaf = c.pki.leaf(extensions=[(usage, True)])
+    what = "a leaf whose critical keyUsage is digitalSignature and decipherOnly (no keyAgreement)"
+    c.add("leaf/key-usage-signature-decipher-only", what, leaf, craft_response(c.spec(leaf)))
 
 
 def _raw_key_usage(value: str) -> x509.UnrecognizedExtension:
@@ -1502,6 +1526,7 @@ _AXES: tuple[Callable[[_Catalogue], None], ...] = (
     _signatures,
     _unused_bit,
     _signers,
+    _leaves,
     _responder_ids,
     _names,
     _times,
