@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import pytest
 from mustaple.cli import main
 from mustaple.core.report import ExitCode
 from mustaple.testing.pki import CA
+
+MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))
 
 
 @pytest.fixture
@@ -200,11 +203,21 @@ def test_a_symbolic_link_loop_is_called_a_loop(
         "! false",
         "LC_ALL=C; true",
         "X=1 && true",
-        "f() { :; }; f",
         # what a command before changes for the ones after it cannot be judged here
         "cd / && bin/true",
         "PATH=/bin; export PATH; true && true",
-        "true && f() { :; } && f",
+        # a quoted separator is an argument: what follows it is no program
+        'echo ";" no-such-program',
+        'printf "%s\\n" "&&" no-such-program',
+        "echo a \\| no-such-program",
+        # compound commands: the keywords are no programs
+        "if true; then true; else false; fi",
+        "while false; do :; done; until true; do :; done",
+        "for x in a b; do true $x; done",
+        # prefixes and shells: the programs they start
+        "exec true",
+        "nice -n 5 timeout 10 env A=1 true",
+        'sh -c "true && echo ok"',
     ],
 )
 def test_built_ins_subshells_and_redirections_are_not_called_missing(
@@ -232,6 +245,14 @@ def test_built_ins_subshells_and_redirections_are_not_called_missing(
         ("echo reloading; no-such-program reload", "'no-such-program' is not found in PATH"),
         ("sh -c : 2>&1 | no-such-logger -t x", "'no-such-logger' is not found in PATH"),
         ("(sh -c :) && { no-such-program; }", "'no-such-program' is not found in PATH"),
+        # the commands inside compound commands, sh -c and $(...)
+        ("if true; then no-such-program reload; fi", "'no-such-program' is not found in PATH"),
+        ("if ! no-such-check; then :; fi", "'no-such-check' is not found in PATH"),
+        ("while false; do /nonexistent/reload; done", "/nonexistent/reload does not exist"),
+        ('sh -c "true && no-such-program reload"', "'no-such-program' is not found in PATH"),
+        ("kill -HUP $(no-such-cat /run/x.pid)", "'no-such-cat' is not found in PATH"),
+        ('echo "&&"; no-such-program', "'no-such-program' is not found in PATH"),
+        ("FOO=1 timeout 5 no-such-program", "'no-such-program' is not found in PATH"),
     ],
 )
 def test_the_program_after_redirections_and_subshells_is_checked(
@@ -241,6 +262,67 @@ def test_the_program_after_redirections_and_subshells_is_checked(
     code, _, err = _check(tmp_path, body, capsys)
     assert code == ExitCode.USAGE
     assert err.startswith(f"mustaple: hooks.on_failure: {missing}")
+
+
+@pytest.mark.parametrize(
+    ("command", "why"),
+    [
+        ("cat <<EOF\nreloading\nEOF", "it has a here-document (<<)"),
+        ("logger `date`", "it has a command substitution in backquotes (`...`)"),
+        ("f() { :; }; f", "it defines a function"),
+        ("true && f() { :; } && f", "it defines a function"),
+        ("case x in x) true;; esac", "it has a case statement"),
+        (
+            'sh -c "true $PWD"',
+            "its sh -c string holds an expansion ($...) that the outer shell makes first",
+        ),
+        ('echo "unclosed', 'a " quote is never closed'),
+    ],
+)
+def test_what_cannot_be_read_is_one_warning_line(
+    tmp_path: Path, cert: Path, command: str, why: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not a verdict either way: one line saying the command was not judged, and why."""
+    body = _entry(f'"{cert}"') + f"[hooks]\non_failure = '''{command}'''\n"
+    code, out, err = _check(tmp_path, body, capsys)
+    assert code == ExitCode.GOOD
+    assert "OK (1 certificate entry, 0 sinks)" in out
+    assert err == (
+        "mustaple: warning: hooks.on_failure: check-config could not judge this command: "
+        f"{why}; run it once by hand to check it\n"
+    )
+
+
+def test_the_real_command_reads_commands_as_the_shell_does(tmp_path: Path, cert: Path) -> None:
+    """`mustaple run --check-config` as a process: a typo inside `if` is found, a quoted
+    separator is no separator, a here-document is said to be not judged."""
+    config = tmp_path / "mustaple.toml"
+    head = f'state_dir = "{tmp_path}/state"\n' + _entry(f'"{cert}"')
+    sink = f'[sinks.web]\ntype = "file"\npath = "{tmp_path}/staples/{{name}}.der"\n'
+    hooks = (
+        "[hooks]\non_failure = '''cat <<EOF\nfailed\nEOF'''\n"
+        """on_revoked = 'echo "a;b" "&&" no-such-program && sh -c "true; true"'\n"""
+    )
+
+    def check(reload: str) -> subprocess.CompletedProcess[str]:
+        config.write_text(f"{head}{sink}reload = '{reload}'\n{hooks}")
+        command = [MUSTAPLE, "run", "--check-config", "--config", str(config)]
+        return subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
+
+    warning = (
+        f"mustaple: warning: {config}: hooks.on_failure: check-config could not judge this "
+        "command: it has a here-document (<<); run it once by hand to check it"
+    )
+    typo = check("if nginx-typo -t; then systemctl reload nginx; fi")
+    assert (typo.returncode, typo.stdout) == (ExitCode.USAGE, "")
+    lines = typo.stderr.splitlines()
+    assert lines[0].startswith(
+        f"mustaple: {config}: sinks.web.reload: 'nginx-typo' is not found in PATH ("
+    )
+    assert lines[1:] == [warning]
+    fixed = check('if true; then sh -c "true && echo reloaded"; fi')
+    assert (fixed.returncode, fixed.stderr) == (ExitCode.GOOD, warning + "\n")
+    assert fixed.stdout == f"{config}: OK (1 certificate entry, 1 sink)\n"
 
 
 def test_a_file_sinks_running_check_is_checked_like_its_reload(

@@ -3,8 +3,10 @@
 `preflight(config)` looks at the machine as the keeper will find it, and returns the problems
 that would otherwise show only at run time, each one line naming the config key:
 - errors: a state or sink directory that cannot be created or written, a reload, running or
-  sink command whose program does not exist, a hook that is not executable;
-- warnings: certificate paths or globs that match no file (yet).
+  sink command or a hook that starts a program that does not exist or is not executable
+  (the command read as the shell reads it: `mustaple.core.shellread`);
+- warnings: certificate paths or globs that match no file (yet), and a command with a part
+  that cannot be read (a here-document, backquotes, a function...), so was not judged.
 It writes nothing: a directory's writability is tried with a temporary file in the nearest
 directory that exists, removed at once.
 """
@@ -14,8 +16,6 @@ from __future__ import annotations
 import errno
 import glob
 import os
-import re
-import shlex
 import shutil
 import stat
 import string
@@ -25,25 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mustaple.adapters.config import HOOK_EVENTS, Config
+from mustaple.core.shellread import read_command
 
 __all__ = ["Preflight", "preflight"]
-
-# Shell words that are not programs looked up in PATH: the POSIX special and regular
-# built-ins, the reserved words, and what dash and bash build in besides (a command starting
-# with one runs whatever PATH holds).
-_BUILT_IN = """
-    } ) [ [[ . : alias bg break builtin case cd command continue declare do done echo elif
-    else esac eval exec exit export false fc fg fi for function getopts hash if in jobs kill
-    let local newgrp printf pwd read readonly return select set shift source test then time
-    times trap true type typeset ulimit umask unalias unset until wait while
-"""
-_SHELL_WORDS = frozenset(_BUILT_IN.split())
-_OPENERS = frozenset(["(", "{", "!"])  # a subshell, a group, a negation: the command follows
-_CLOSERS = frozenset([")", "}"])  # the end of a subshell or a group: the next command follows
-# Built-ins that change nothing for the commands after them (no directory, PATH, function)
-_HARMLESS = frozenset([":", "true", "false", "echo", "printf", "test", "[", "[[", "kill", "pwd"])
-# Redirection operators, as shlex reads them (punctuation runs); a word follows each.
-_REDIRECTIONS = frozenset(["<", ">", ">>", "<<", "<&", ">&", "<>", ">|", "&>", "&>>"])
 
 
 @dataclass
@@ -63,12 +47,11 @@ def preflight(config: Config) -> Preflight:
     if problem:
         found.errors.append(f"{where}state_dir: {problem}")
     for name, table in config.sinks.items():
-        found.errors += [f"{where}sinks.{name}.{p}" for p in _sink(table, matched.get(name, []))]
+        _sink(f"{where}sinks.{name}.", table, matched.get(name, []), found)
     for event in HOOK_EVENTS:
         command = config.hooks.command(event)
-        problem = _missing_program(command) if command else None
-        if problem:
-            found.errors.append(f"{where}hooks.{event}: {problem}")
+        if command:
+            _command(f"{where}hooks.{event}", command, found)
     return found
 
 
@@ -113,17 +96,16 @@ def _matches(pattern: str) -> list[Path]:
     return sorted(Path(p) for p in glob.glob(pattern) if Path(p).is_file())
 
 
-def _sink(table: Mapping[str, object], certs: list[Path]) -> Iterator[str]:
-    """'KEY: problem' for each problem of one sink."""
+def _sink(prefix: str, table: Mapping[str, object], certs: list[Path], found: Preflight) -> None:
+    """Note the problems of one sink, each as `prefix` + 'KEY: problem'."""
     for key in ("reload", "command", "running"):
         command = table.get(key)
-        problem = _missing_program(command) if isinstance(command, str) else None
-        if problem:
-            yield f"{key}: {problem}"
+        if isinstance(command, str):
+            _command(prefix + key, command, found)
     for key, directory in _sink_dirs(table, certs):
         problem = _unwritable(directory)
         if problem:
-            yield f"{key}: {problem}"
+            found.errors.append(f"{prefix}{key}: {problem}")
 
 
 def _sink_dirs(table: Mapping[str, object], certs: list[Path]) -> Iterator[tuple[str, Path]]:
@@ -193,17 +175,20 @@ def _nearest_existing(directory: Path) -> Path:
     return existing
 
 
-_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
-
-
-def _missing_program(command: str) -> str | None:
-    """Why a program a shell command starts cannot run (the first such), or None if each can
-    (or this cannot tell)."""
-    for program in _programs(command):
+def _command(key: str, command: str, found: Preflight) -> None:
+    """Note the first program `command` starts that cannot run, as an error; else, when
+    part of it could not be read, that it could not be judged, as a warning."""
+    reading = read_command(command)
+    for program in reading.programs:
         problem = _cannot_run(program)
         if problem is not None:
-            return problem
-    return None
+            found.errors.append(f"{key}: {problem}")
+            return
+    if reading.unread is not None:
+        found.warnings.append(
+            f"{key}: check-config could not judge this command: {reading.unread}; "
+            "run it once by hand to check it"
+        )
 
 
 def _cannot_run(program: str) -> str | None:
@@ -217,60 +202,3 @@ def _cannot_run(program: str) -> str | None:
     if path.is_dir() or not os.access(path, os.X_OK):
         return f"{program} is not executable (chmod +x {program})"
     return None
-
-
-def _programs(command: str) -> list[str]:
-    """The programs the shell looks up for `command`: one for each simple command of its
-    `&&`, `||`, `;`, `|` and `&` chains, in order, up to the first command that may change
-    how the next ones are found or that only running tells (see `_program`). A small
-    reader, no shell: bad quoting gives none (the shell will say)."""
-    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
-    lexer.whitespace_split = True
-    try:
-        words = list(lexer)
-    except ValueError:
-        return []
-    programs = []
-    while words:
-        program, go_on = _program(words)
-        while words and not _separator(words.pop(0)):
-            pass  # its arguments, up to and with the separator
-        if program is not None:
-            programs.append(program)
-        if not go_on:
-            break
-    return programs
-
-
-def _program(words: list[str]) -> tuple[str | None, bool]:
-    """The program of the simple command `words` begin with, past a subshell's "(" (a
-    group's "{", a "!"), leading redirections and VAR=value words (None for a command of
-    nothing else, or of a built-in that changes nothing for the next: `echo`, `true`), and
-    whether the commands after it can still be judged: not after a built-in or reserved
-    word that may (`cd`, `export`, `if`), a function it defines, a PATH= word, or a name the
-    shell expands first. Takes the words read off `words`."""
-    while words and not _separator(words[0]):
-        word = words.pop(0)
-        if word.isdigit() and words and words[0] in _REDIRECTIONS:
-            word = words.pop(0)  # 2>FILE: the descriptor's number, then its operator
-        if word in _REDIRECTIONS:
-            del words[:1]  # the file it names
-        elif word in _OPENERS or word in _CLOSERS:
-            continue
-        elif _ASSIGNMENT.match(word) and word.startswith("PATH="):
-            return None, False  # looked up in another PATH than ours
-        elif word in _HARMLESS:
-            return None, True
-        elif word in _SHELL_WORDS or word.startswith("~") or any(c in word for c in "$`*?["):
-            return None, False  # a built-in, or a name the shell expands first: cannot tell
-        elif words and words[0] in ("(", "()"):
-            return None, False  # `f() { ...; }`: a function, defined by the command itself
-        elif not _ASSIGNMENT.match(word):
-            return word, True
-    return None, True
-
-
-def _separator(word: str) -> bool:
-    """Whether `word` ends a simple command: `;`, `&&`, `||`, `|`, `&`, as shlex reads them
-    (with a ")" run into them: `(a)&&b`), never a redirection such as `>&`."""
-    return word not in _REDIRECTIONS and set(word) <= set("();&|") and any(c in word for c in ";&|")
