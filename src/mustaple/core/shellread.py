@@ -13,13 +13,13 @@ and newlines; comments; redirections; `VAR=value` words; `( ... )`, `{ ...; }`, 
 
 It stops, saying nothing, where what follows depends on what only running tells: after a
 built-in that may change how the next programs are found (`cd`, `export`, a `PATH=` word,
-`source`, `eval` ...) and at a program named by an expansion (`$X`, `~`, a glob). Inside
-`( ... )`, `$(...)` or `sh -c` (a process of their own) it stops only there.
+`source`, `eval` ...) and at a program named by an expansion (`$X`, `~`, a glob, `{a,b}`).
+Inside `( ... )`, `$(...)` or `sh -c` (a process of their own) it stops only there.
 
 What it does not read is `unread`, with the programs before it kept: here-documents,
-backquotes, `case`, functions, `select`, `(( ))`, `<(...)`, an unclosed quote, an `sh -c`
-string that the outer shell expands first. A command it cannot even split into words (a
-here-document, backquotes, an unclosed quote) gives no program at all.
+backquotes, `case`, functions, bash arrays, `select`, `(( ))`, `<(...)`, an unclosed quote,
+an `sh -c` string that the outer shell expands first. A command it cannot even split into
+words (a here-document, backquotes, `<(...)`, an unclosed quote) gives no program at all.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ class _WordReader:
     def __init__(self, text: str, at: int) -> None:
         self.source, self.start, self.at = text, at, at
         self.text: list[str] = []
-        self.plain, self.expands, self.bracket = True, False, False
+        self.plain, self.expands, self.opened = True, False, ""
         self.inner: list[tuple[_Token, ...]] = []
 
     def read(self) -> tuple[_Word, int]:
@@ -154,10 +154,11 @@ class _WordReader:
         return word, self.at
 
     def _plain_char(self, char: str) -> None:
-        """An unquoted character: `~` first, `*`, `?` and `[...]` make the shell expand it."""
+        """An unquoted character: `~` first, `*`, `?`, `[...]` and bash's `{a,b}` make the
+        shell expand the word."""
         self.expands |= char in "*?" or (char == "~" and self.at == self.start)
-        self.expands |= char == "]" and self.bracket
-        self.bracket |= char == "["
+        self.expands |= (char == "]" and "[" in self.opened) or (char == "}" and "{" in self.opened)
+        self.opened += char if char in "[{" else ""
         self.text.append(char)
         self.at += 1
 
@@ -288,6 +289,8 @@ class _Commands:
             return self._for()
         if token.plain and token.text == "[[":
             return self._test()
+        if self._peek(1) == _Op("(") and _ASSIGNMENT.fullmatch(token.raw):
+            raise _Unread("it assigns a bash array (NAME=(...))")
         if self._peek(1) == _Op("("):
             raise _Unread(_UNREAD_KEYWORDS["function"])
         return self._simple()
