@@ -148,8 +148,9 @@ def test_statuses_round_trip_sorted_by_name(open_store: Opener) -> None:
 
 def test_owed_reloads_are_the_sinks_whose_reload_failed(open_store: Opener) -> None:
     """What a start (or a pass after a `prime`) reads to owe a reload: each sink whose
-    reload failed at some certificate's last delivery; one that failed otherwise (a file it
-    refused to replace), worked, or only noted the server down owes none."""
+    reload failed at some certificate's last delivery, with that certificate's key; one
+    that failed otherwise (a file it refused to replace), worked, or only noted the server
+    down owes none."""
     store = open_store()
     assert store.owed_reloads() == set()
     at = datetime(2026, 1, 1, tzinfo=UTC)
@@ -161,8 +162,9 @@ def test_owed_reloads_are_the_sinks_whose_reload_failed(open_store: Opener) -> N
     )
     store.save_status("k1", replace(status("a.test"), sinks=(fine, down, refused)))
     store.save_status("k2", replace(status("b.test"), sinks=(fine, reload)))
-    assert store.owed_reloads() == {"nginx"}
-    assert open_store().owed_reloads() == {"nginx"}
+    store.save_status("k3", replace(status("c.test"), sinks=(reload,)))
+    assert store.owed_reloads() == {("k2", "nginx"), ("k3", "nginx")}
+    assert open_store().owed_reloads() == {("k2", "nginx"), ("k3", "nginx")}
     assert open_store().statuses()["k2"].sinks == (fine, reload)
 
 

@@ -47,6 +47,7 @@ from mustaple.adapters.store import (
     AttemptRecord,
     CertStatus,
     StoredStaple,
+    owed_of,
     sinks_from_json,
     sinks_json,
     traps_of,
@@ -300,10 +301,10 @@ class RedisStore:
         """This member's keys that have a status row."""
         return {k.decode() for k in self.client.hkeys(self._k("status", self.member))}
 
-    def owed_reloads(self) -> set[str]:
-        """This member's sinks whose server's reload failed at a last delivery."""
-        rows = self.statuses().values()
-        return {health.sink for row in rows for health in row.sinks if health.reload_owed}
+    def owed_reloads(self) -> set[tuple[str, str]]:
+        """This member's (certificate key, sink) pairs whose reload failed at that
+        certificate's last delivery to that sink."""
+        return owed_of((key, row.sinks) for key, row in self.statuses().items())
 
     def traps(self) -> dict[tuple[str, str], Trap]:
         """This member's sinks' traps, by its status rows (see `delivery.HoldsBack`)."""

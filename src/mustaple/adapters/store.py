@@ -244,7 +244,7 @@ class Store(Protocol):
 
     def status_keys(self) -> set[str]: ...
 
-    def owed_reloads(self) -> set[str]: ...
+    def owed_reloads(self) -> set[tuple[str, str]]: ...
 
     def traps(self) -> dict[tuple[str, str], Trap]: ...
 
@@ -707,19 +707,18 @@ class SqliteStore:
         """The keys that have a status row."""
         return {row[0] for row in self._db.execute("SELECT cert_key FROM status")}
 
-    def owed_reloads(self) -> set[str]:
-        """The sinks whose server's reload failed at some certificate's last delivery, by
-        the status rows (see `delivery.Reloads`)."""
+    def owed_reloads(self) -> set[tuple[str, str]]:
+        """The (certificate key, sink) pairs whose server's reload failed at that
+        certificate's last delivery to that sink, by the status rows (see
+        `delivery.Reloads`): one query, of the rows that owe one only."""
         rows = self._db.execute(
-            """SELECT sinks FROM status WHERE sinks LIKE '%"reload_owed": true%'"""
+            """SELECT cert_key, sinks FROM status WHERE sinks LIKE '%"reload_owed": true%'"""
         )
-        owed: set[str] = set()
-        for (text,) in rows:
-            try:
-                owed.update(health.sink for health in sinks_from_json(text) if health.reload_owed)
-            except (ValueError, KeyError, TypeError):
-                continue  # unreadable: written again at the next pass
-        return owed
+        healths: list[tuple[str, tuple[SinkHealth, ...]]] = []
+        for key, text in rows:
+            with contextlib.suppress(ValueError, KeyError, TypeError):  # written again soon
+                healths.append((key, sinks_from_json(text)))
+        return owed_of(healths)
 
     def traps(self) -> dict[tuple[str, str], Trap]:
         """The sinks' traps, by the status rows (see `delivery.HoldsBack`)."""
@@ -824,6 +823,11 @@ def traps_of(
         for health in healths
         if health.trap is not None
     }
+
+
+def owed_of(rows: Iterable[tuple[str, Iterable[SinkHealth]]]) -> set[tuple[str, str]]:
+    """The owed reloads in the sink health of status rows: (certificate key, sink) pairs."""
+    return {(key, health.sink) for key, healths in rows for health in healths if health.reload_owed}
 
 
 def sinks_json(sinks: Iterable[SinkHealth]) -> str:

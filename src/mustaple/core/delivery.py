@@ -151,8 +151,9 @@ class Reloads(Protocol):
     """A sink that reloads its server to make it read what it wrote (a file sink's `reload`).
     A reload that failed is owed: the next delivery reloads even when no file changed. Its
     `Delivered.reload_owed` says so, and the status rows keep it: a new sink (a start, a
-    SIGHUP) or another process (a keeper taking what a `prime` stored) learns it from them,
-    and `owe_reload` hands it over. A HAProxy push that a running HAProxy did not take is
+    SIGHUP) or another process (a running keeper at its next look at the store, whether or
+    not the `prime` that failed stored anything new) learns it from them, and `owe_reload`
+    hands it over. A HAProxy push that a running HAProxy did not take is
     owed the same way: every delivery pushes again, and `owe_reload` makes the next one run
     the sink's `reload`, if it has one."""
 

@@ -219,6 +219,10 @@ class Managed:
     sent: tuple[Action, bytes | None] | None = None  # what every sink has confirmed
     retry_at: datetime | None = None  # a sink failed: deliver `retrying` again then
     retrying: tuple[Action, bytes | None] | None = None  # what failed (a new answer waits not)
+    # sinks whose server's reload is owed for this file (a `prime`'s failed, by the status
+    # rows): delivered to again, though `sent` says they have it, until each takes it
+    # (see `owe_reloads`)
+    owed: set[str] = field(default_factory=set)
 
     @property
     def key(self) -> str:
@@ -707,9 +711,10 @@ class Keeper:
 
     def sync(self) -> int:
         """Take in the answers another process (`prime`, a second keeper) stored since the last
-        look: validated here, and taken only where the life cycle allows; the status rows it
-        may have written over are written again from this keeper's view at the pass's end.
-        Returns how many answers were taken."""
+        look: validated here, and taken only where the life cycle allows; the reloads its
+        status rows say are owed are made at this pass's delivery, even when it stored nothing
+        new (`owe_reloads`); the status rows it may have written over are written again from
+        this keeper's view at the pass's end. Returns how many answers were taken."""
         was_read_only = _read_only(self.store)
         try:
             reopened = self.store.check()
@@ -781,7 +786,7 @@ class Keeper:
         `prime`: those it has no staple for). Returns how many taken."""
         now, taken = self.clock(), 0
         for managed in self.managed.values() if among is None else among:
-            for name in managed.entry.sinks or tuple(self.sinks):
+            for name in self._sinks_of(managed):
                 sink = self.sinks[name]
                 if isinstance(sink, KeepsCopies):
                     taken += self._take_copy(managed, sink, name, now)
@@ -789,11 +794,15 @@ class Keeper:
 
     def owe_reloads(self) -> list[str]:
         """Before a delivery that may find the files unchanged (a start, a `prime`, a pass
-        taking what another process stored): each sink whose reload failed, by the stored
+        that saw another process write): each sink whose reload failed, by the stored
         status rows, reloads its server then. The failure was another process's (a `prime`
         from a deploy hook), or this keeper's before a SIGHUP: the files are in place while
-        the server may still serve the old staple. The traps in the rows are handed over
-        too: no reload springs them (`HoldsBack`). Returns the owing sinks' names."""
+        the server may still serve the old staple. Each file of a certificate whose row
+        owes it is delivered to that sink again (`Managed.owed`), even when nothing changed
+        (a `prime` that stored nothing new): the reload runs at once, its outcome goes in
+        the row, and a reload that fails again is retried as any failed delivery. The
+        traps in the rows are handed over too: no reload springs them (`HoldsBack`).
+        Returns the owing sinks' names."""
         try:
             owed, traps = self.store.owed_reloads(), self.store.traps()
         except (sqlite3.Error, OSError):
@@ -804,12 +813,17 @@ class Keeper:
                 self._let_go(name, trap)  # a row this keeper removes: no longer configured
             elif isinstance(sink, HoldsBack):
                 sink.hold_back(trap)
-        owing = sorted(name for name in owed if isinstance(self.sinks.get(name), Reloads))
-        for name in owing:
-            sink = self.sinks[name]
-            assert isinstance(sink, Reloads)
+        owing: set[str] = set()
+        for key, name in owed:
+            sink = self.sinks.get(name)
+            if not isinstance(sink, Reloads):
+                continue
             sink.owe_reload()
-        return owing
+            owing.add(name)
+            for managed in self.by_key(key):
+                if name in self._sinks_of(managed):
+                    managed.owed.add(name)
+        return sorted(owing)
 
     def _take_copy(self, managed: Managed, sink: KeepsCopies, name: str, now: datetime) -> bool:
         answer = managed.life.state.answer
@@ -1051,8 +1065,10 @@ class Keeper:
             want = self._wanted(managed)
             if want is None:  # nothing for the sinks any more: no retry to wait for either
                 managed.retry_at = managed.retrying = None
+                managed.owed.clear()  # nothing to deliver: the sink pays at its next delivery
                 continue
-            if want == managed.sent and not again:  # the sinks have it: no retry to wait for
+            confirmed = want == managed.sent and not again
+            if confirmed and not managed.owed:  # the sinks have it: no retry to wait for
                 managed.retry_at = managed.retrying = None
                 continue
             waiting = managed.retry_at is not None and managed.retry_at > now
@@ -1060,8 +1076,9 @@ class Keeper:
                 continue  # a failed delivery waits for its retry; a new answer goes now
             wanted[managed.path] = want
             delivery = self._delivery(managed, want)
-            for sink in managed.entry.sinks or tuple(self.sinks):
-                per_sink.setdefault(sink, []).append((managed, delivery))
+            for sink in self._sinks_of(managed):
+                if not confirmed or sink in managed.owed:  # else: only where a reload is owed
+                    per_sink.setdefault(sink, []).append((managed, delivery))
         names = list(per_sink)
         results = await asyncio.gather(
             *(self.sinks[name].deliver([d for _, d in per_sink[name]]) for name in names)
@@ -1077,7 +1094,9 @@ class Keeper:
         # either is what that sink's health says
         for managed, delivered in sorted(taken, key=lambda pair: not pair[1].ok):
             done.append(delivered)
-            if not self._took(managed, delivered, now):
+            if self._took(managed, delivered, now):
+                managed.owed.discard(delivered.sink)
+            else:
                 failed.add(managed.path)
         for path, want in wanted.items():
             managed = self.managed[path]
@@ -1122,6 +1141,10 @@ class Keeper:
             repeat = f" (failed {failures} times since {human_time(since)})" if failures > 1 else ""
             log.error("%s: sink %s: %s%s", life.name, sink, delivered.error, repeat)
         return False
+
+    def _sinks_of(self, managed: Managed) -> tuple[str, ...]:
+        """The sinks a file's staple goes to: its entry's, or every sink."""
+        return managed.entry.sinks or tuple(self.sinks)
 
     def _delivery(self, managed: Managed, wanted: tuple[Action, bytes | None]) -> Delivery:
         action, der = wanted
@@ -1407,7 +1430,7 @@ class Keeper:
             if want is None or want == managed.sent:
                 continue
             left.add(managed.path)
-            for name in managed.entry.sinks or tuple(self.sinks):
+            for name in self._sinks_of(managed):
                 owed = isinstance(self.sinks[name], Reloads)
                 missed = Delivered(managed.key, name, False, error, reload_owed=owed)
                 self._took(managed, missed, now, quiet=True)
