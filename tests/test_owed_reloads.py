@@ -15,6 +15,7 @@ flag file is there), `mustaple status --json` reads the rows, sqlite3 the stored
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -100,7 +101,13 @@ def notify_socket(tmp: Path) -> Iterator[tuple[socket.socket, dict[str, str]]]:
 
 
 def passes(sock: socket.socket, count: int) -> None:
-    """Wait for `count` passes of `mustaple run` (each ends with a STATUS of its last pass)."""
+    """Wait for `count` passes of `mustaple run` from now on (each ends with a STATUS of its
+    last pass); what it told before is dropped first."""
+    sock.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while sock.recv(4096):
+            pass
+    sock.settimeout(30)
     seen = 0
     while seen < count:
         lines = sock.recv(4096).decode().splitlines()
