@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography.x509 import ocsp
 
+from mustaple.core.render import human_duration
 from mustaple.core.schedule import (
     SchedulePolicy,
     alert_level,
+    hurried,
+    hurried_note,
     issuer_retry,
     next_refresh,
     next_retry,
@@ -46,9 +50,76 @@ def test_refresh_half_way_minus_jitter() -> None:
     assert next_refresh(held, T0, dice=lambda: 0.999) == T0 + 2 * DAY - 0.4 * DAY * 0.999
 
 
-def test_refresh_never_sooner_than_the_floor() -> None:
-    held = staple(T0, lifetime=4 * 60 * timedelta(seconds=1))  # a 4 minute window
+def test_refresh_never_sooner_than_the_floor_while_it_costs_no_expiry() -> None:
+    """A responder serving an answer already past its refresh point is not asked again at
+    once, and again: `min_interval` after the fetch, while the answer has time for it."""
+    held = staple(T0 - 3 * DAY)  # fetched at T0 with a day left
     assert next_refresh(held, T0, dice=lambda: 0.5) == T0 + timedelta(minutes=5)
+    assert not hurried(held, T0)
+    assert hurried_note(held, T0) is None
+
+
+MINUTE = timedelta(minutes=1)
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "age", "min_interval"),
+    [
+        (4 * MINUTE, timedelta(0), 5 * MINUTE),  # answers shorter than the floor
+        (30 * MINUTE, timedelta(0), HOUR),  # a CA's 30-minute answers, min_interval = "1h"
+        (4 * DAY, 4 * DAY - 8 * MINUTE, 5 * MINUTE),  # thisUpdate well in the past
+        (4 * DAY, 4 * DAY - HOUR, DAY),
+    ],
+)
+def test_the_floor_never_lets_the_staple_expire_before_the_refresh(
+    lifetime: timedelta, age: timedelta, min_interval: timedelta
+) -> None:
+    """`min_interval` past the staple's expiry (or past the share of its time left that a
+    refresh is planned at) gives way: the refresh comes at that share of the time left, and
+    the staple is `hurried`, with a note naming both durations."""
+    policy = SchedulePolicy(min_interval=min_interval)
+    held = staple(T0 - age, lifetime)
+    left = held.effective_expiry - T0
+    for roll in (0.0, 0.5, 0.999):
+        when = next_refresh(held, T0, dice=functools.partial(float, roll), policy=policy)
+        assert T0 < when < held.effective_expiry
+        assert when - T0 <= left * policy.refresh_at
+        assert when - T0 >= left * (policy.refresh_at - policy.jitter)
+    assert hurried(held, T0, policy)
+    note = hurried_note(held, T0, policy)
+    assert note is not None
+    assert f"had {human_duration(left.total_seconds())} left when fetched" in note
+    assert f"policy.min_interval ({human_duration(min_interval.total_seconds())})" in note
+
+
+def test_the_same_late_answer_again_and_again_is_asked_for_a_few_times_only() -> None:
+    """A responder that serves one answer until it expires (`min_interval = "1h"`, two hours
+    left): `min_interval` after the fetch while the answer has time for it, then at shares of
+    what is left, several times before it expires (not once, at its expiry), never sooner than
+    `retry_min` apart: its last hour costs a few requests, not hundreds."""
+    policy = SchedulePolicy(min_interval=HOUR)
+    held = staple(T0 - 4 * DAY + 2 * HOUR)
+    now, lefts = T0, []
+    while now < held.effective_expiry:
+        now = next_refresh(held, now, dice=lambda: 0.5, policy=policy)
+        lefts.append(held.effective_expiry - now)
+    assert lefts[0] == HOUR
+    assert lefts[-1] == timedelta(0)  # the last one at the expiry, not past it
+    assert 5 <= len(lefts) <= 20, lefts
+
+
+def test_min_interval_is_kept_whenever_the_staple_has_time_for_it() -> None:
+    """Random windows, ages at the fetch, floors and dice: the refresh is never past the
+    expiry; never sooner than `min_interval` unless the staple is hurried."""
+    rng = random.Random(11)
+    for _ in range(2000):
+        lifetime = timedelta(seconds=rng.uniform(60, 10 * 86400))
+        age = lifetime * rng.uniform(0, 0.999)
+        policy = SchedulePolicy(min_interval=timedelta(seconds=rng.uniform(1, 86400)))
+        held = staple(T0 - age, lifetime)
+        when = next_refresh(held, T0, dice=rng.random, policy=policy)
+        assert when <= held.effective_expiry
+        assert hurried(held, T0, policy) or when >= T0 + policy.min_interval
 
 
 def test_a_week_of_refreshes_keeps_a_fresh_staple() -> None:

@@ -36,7 +36,13 @@ from typing import Any
 from mustaple.core.delivery import Action
 from mustaple.core.reasons import Reason, Rejection
 from mustaple.core.render import human_time
-from mustaple.core.schedule import SchedulePolicy, alert_level, next_refresh, next_retry
+from mustaple.core.schedule import (
+    SchedulePolicy,
+    alert_level,
+    hurried_note,
+    next_refresh,
+    next_retry,
+)
 from mustaple.core.severity import Severity
 from mustaple.core.verify import Staple, compare, strictly_newer
 
@@ -90,6 +96,9 @@ class CertState:
     # what a sink may hold is the staple of the certificate this one renewed: no staple of
     # this one, taken away whatever `at_expiry` says (until an answer is in hand)
     renewed: bool = False
+    # the answer in hand leaves too little time for `min_interval`: why the keeper refreshes
+    # sooner (`schedule.hurried_note`), said once in the log when it begins
+    schedule_note: str | None = None
 
     @property
     def answer(self) -> Staple | None:
@@ -235,21 +244,44 @@ def _restored(
 ) -> tuple[CertState, list[Effect]]:
     staple = event.staple
     due = next_refresh(staple, event.fetched_at, dice, policy)
+    note = hurried_note(staple, event.fetched_at, policy)
     if staple.good:
-        new = _evolve(state, phase=Phase.GOOD, held=staple, revoked=None, next_due=due, **_IN_HAND)
+        new = _evolve(
+            state,
+            phase=Phase.GOOD,
+            held=staple,
+            revoked=None,
+            next_due=due,
+            schedule_note=note,
+            **_IN_HAND,
+        )
         line = LogLine(
             "info", "restored a valid staple from the state (until {})", (staple.effective_expiry,)
         )
     else:
         new = _evolve(
-            state, phase=Phase.REVOKED, held=None, revoked=staple, next_due=due, **_IN_HAND
+            state,
+            phase=Phase.REVOKED,
+            held=None,
+            revoked=staple,
+            next_due=due,
+            schedule_note=note,
+            **_IN_HAND,
         )
         line = LogLine(
             "info",
             "restored the revoked answer from the state (revoked at {})",
             (staple.revocation_time,),
         )
-    return new, [line]
+    return new, [line, *_hurried(state, note)]
+
+
+def _hurried(before: CertState, note: str | None) -> list[Effect]:
+    """The warning that the keeper refreshes sooner than `min_interval`: once, when it
+    begins (not at every refresh while it lasts)."""
+    if note is None or before.schedule_note is not None:
+        return []
+    return [LogLine("warning", "{}", (note,))]
 
 
 def _accepted(
@@ -265,12 +297,14 @@ def _accepted(
     if current is not None and current.der == staple.der and event.origin:
         return state, []  # the answer in hand, heard again
     due = next_refresh(staple, event.fetched_at, dice, policy)
+    note = hurried_note(staple, event.fetched_at, policy)
     stored = Store(staple, event.fetched_at, event.url)
     changes: dict[str, Any] = {
         "failures": 0,
         "backoff": 0,
         "rejection": None,
         "next_due": due,
+        "schedule_note": note,
         # the same answer again (a responder's cache) is no news: its alert stays raised,
         # else on_expiring would run again at every refresh
         "alert": Severity.OK if current is None or strictly_newer(staple, current) else state.alert,
@@ -281,7 +315,7 @@ def _accepted(
         changes["last_attempt"] = event.fetched_at
     if not staple.good:
         new = _evolve(state, phase=Phase.REVOKED, held=None, revoked=staple, **changes)
-        effects: list[Effect] = [stored]
+        effects: list[Effect] = [stored, *_hurried(state, note)]
         if state.phase is not Phase.REVOKED:
             text = (
                 f"revoked at {_revoked_at(staple)}; every server now gets the CA's revoked answer"
@@ -296,7 +330,7 @@ def _accepted(
         effects.append(Emit("recovered", f"good staple again, until {human_time(until)}{origin}"))
     line = "good staple until {}{}; next refresh at {}"
     effects.append(LogLine("info", line, (until, origin, due)))
-    return new, effects
+    return new, effects + _hurried(state, note)
 
 
 def _rejected(
@@ -353,7 +387,13 @@ def _tick(
         when = held.effective_expiry
         due = now if state.next_due is None or state.next_due > now else state.next_due
         state = _evolve(
-            state, phase=Phase.EXPIRED, held=None, expired_at=when, backoff=0, next_due=due
+            state,
+            phase=Phase.EXPIRED,
+            held=None,
+            expired_at=when,
+            backoff=0,
+            next_due=due,
+            schedule_note=None,
         )
         effects.append(
             Emit("expired", f"the staple expired at {human_time(when)} with no valid replacement")

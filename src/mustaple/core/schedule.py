@@ -3,7 +3,12 @@
 - A held staple is refreshed at a point of its validity window (default: half way from
   thisUpdate to the effective expiry), moved earlier by up to `jitter` of the window so that a
   fleet of certificates issued together does not refresh together, and never sooner than
-  `min_interval` after the last fetch.
+  `min_interval` after the last fetch, so that a responder serving answers already past that
+  point is not asked again at once, and again. The floor never costs an expiry: when
+  `min_interval` is more than `refresh_at` of the time the staple had left when fetched (the
+  responder's answers are shorter than `min_interval`, or come late in their window: the
+  staple is `hurried`), the refresh comes at that share of the time left instead (jittered
+  likewise; never sooner than `retry_min` after the fetch, unless the staple expires sooner).
 - After a failure, the next try comes after an exponential backoff with full jitter, but
   never later than a quarter of the time left before the staple in hand expires, so there are
   always several more tries before expiry, more urgent as it nears.
@@ -20,10 +25,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from mustaple.core.render import human_duration
 from mustaple.core.severity import Severity
 from mustaple.core.verify import Dated, Staple
 
-__all__ = ["SchedulePolicy", "alert_level", "issuer_retry", "next_refresh", "next_retry"]
+__all__ = [
+    "SchedulePolicy",
+    "alert_level",
+    "hurried",
+    "hurried_note",
+    "issuer_retry",
+    "next_refresh",
+    "next_retry",
+]
 
 Dice = Callable[[], float]  # uniform in [0, 1)
 
@@ -65,10 +79,36 @@ def next_refresh(
     dice: Dice,
     policy: SchedulePolicy = DEFAULT_SCHEDULE,
 ) -> datetime:
-    """When to fetch again after obtaining `staple` (fetched at `last_fetch`)."""
-    window = staple.effective_expiry - staple.this_update
-    when = refresh_point(staple, policy) - window * (policy.jitter * dice())
-    return max(when, last_fetch + policy.min_interval)
+    """When to fetch again after obtaining `staple` (fetched at `last_fetch`): see the
+    module docstring."""
+    share = policy.refresh_at - policy.jitter * dice()
+    when = staple.this_update + (staple.effective_expiry - staple.this_update) * share
+    if not hurried(staple, last_fetch, policy):
+        return max(when, last_fetch + policy.min_interval)
+    left = max(staple.effective_expiry - last_fetch, timedelta(0))
+    return max(when, last_fetch + max(left * share, min(policy.retry_min, left)))
+
+
+def hurried(staple: Dated, fetched_at: datetime, policy: SchedulePolicy = DEFAULT_SCHEDULE) -> bool:
+    """Whether `min_interval` after the fetch is more than `refresh_at` of the time `staple`
+    had left then: waiting that long could let it expire before the next refresh, so the
+    keeper refreshes sooner than `min_interval` (`next_refresh`)."""
+    return policy.min_interval > (staple.effective_expiry - fetched_at) * policy.refresh_at
+
+
+def hurried_note(
+    staple: Dated, fetched_at: datetime, policy: SchedulePolicy = DEFAULT_SCHEDULE
+) -> str | None:
+    """What to tell the operator, in one line, when `staple` is `hurried`; else None."""
+    if not hurried(staple, fetched_at, policy):
+        return None
+    left = max((staple.effective_expiry - fetched_at).total_seconds(), 0.0)
+    return (
+        f"the responder's answer had {human_duration(left)} left when fetched, too little for "
+        f"policy.min_interval ({human_duration(policy.min_interval.total_seconds())}): the "
+        "keeper refreshes sooner than min_interval, before the answer expires; set "
+        f"min_interval below {human_duration(left * policy.refresh_at)} to keep to it"
+    )
 
 
 def next_retry(

@@ -30,7 +30,7 @@ from mustaple.core.render import (
     validity_json,
 )
 from mustaple.core.report import ExitCode
-from mustaple.core.schedule import SchedulePolicy
+from mustaple.core.schedule import SchedulePolicy, hurried_note
 from mustaple.core.severity import Severity
 from mustaple.keeper.keeper import FILE_KEY, Primed, Unusable
 
@@ -251,6 +251,7 @@ def _row(
         "health_reason": why,
         **validity_json(held, now),
         "next_refresh": iso(status.next_due),
+        "schedule_note": hurried_note(held, held.fetched_at, policy) if held else None,
         "last_attempt": iso(status.last_attempt),
         "failures": status.failures,
         "last_error": status.last_reason,
@@ -278,6 +279,7 @@ def _pending(path: Path) -> dict[str, Any]:
         "effective_expiry": None,
         "seconds_left": None,
         "next_refresh": None,
+        "schedule_note": None,
         "last_attempt": None,
         "failures": 0,
         "last_error": None,
@@ -313,6 +315,7 @@ def print_status_table(rows: list[dict[str, Any]]) -> None:
         must = {True: "yes", False: "no", None: "?"}[row["must_staple"]]
         errors = [f"{row['last_error']}: {row['last_message']}"] if row["last_error"] else []
         errors += [f"sink {s['sink']}: {s['error']}" for s in row["sinks"] if s["error"]]
+        errors += [f"note: {row['schedule_note']}"] if row["schedule_note"] else []
         error = "; ".join(errors)
         times = (short_time(row[key]) for key in _TIMES)
         state = f"[{style}]{escape(row['state'])}[/]"

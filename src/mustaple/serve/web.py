@@ -309,6 +309,7 @@ def _certificate_json(
         "refresh_point": iso(refresh_point(held, policy)) if held else None,
         "fraction_left": round(held.fraction_left(now), 4) if held else None,
         "next_refresh": iso(state.next_due),
+        "schedule_note": state.schedule_note if held else None,
         "failures": state.failures,
         "last_attempt": iso(state.last_attempt),
         "last_error": rejection.code if rejection else None,
@@ -456,7 +457,7 @@ data-state="{escape(cert["state"])}">
 <span class="state">{escape(cert["state"])}</span>
 <div class="small">{escape(cert["health_reason"])}</div></td>
 <td class="timeline">{_timeline(cert, policy)}</td>
-<td>{_next_refresh(cert["next_refresh"], now)}</td>
+<td>{_next_refresh(cert["next_refresh"], now)}{_note(cert["schedule_note"])}</td>
 <td>{_errors(cert)}</td>
 </tr>
 """
@@ -494,6 +495,10 @@ def _next_refresh(iso: str | None, now: datetime) -> str:
     seconds = (datetime.fromisoformat(iso) - now).total_seconds()
     relative = f"in {human_duration(seconds)}" if seconds > 0 else "due now"
     return f'{_time(iso)}<div class="small">{escape(relative)}</div>'
+
+
+def _note(note: str | None) -> str:
+    return f'<div class="small note">{escape(note)}</div>' if note else ""
 
 
 def _errors(cert: dict[str, Any]) -> str:

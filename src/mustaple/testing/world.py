@@ -22,6 +22,7 @@ from mustaple.core.delivery import Delivered, Delivery, Sink
 from mustaple.core.verify import Staple
 from mustaple.keeper.keeper import Keeper, Managed
 from mustaple.serve.metrics import Metrics
+from mustaple.testing.craft import DEFAULT_VALIDITY
 from mustaple.testing.pki import CA, KeyType, Leaf
 from mustaple.testing.responder import OCSPResponder
 
@@ -133,15 +134,19 @@ async def keeper_world(
     *,
     key_type: KeyType = "ec",
     sinks: Mapping[str, Sink] | None = None,
+    validity: timedelta = DEFAULT_VALIDITY,
 ) -> AsyncIterator[World]:
     """A `World` whose keeper runs `config` (default `keeper_config(tmp)`), delivers to
-    `sinks` (default: the world's recording sink) and rolls its dice at 0.5 (no jitter)."""
+    `sinks` (default: the world's recording sink) and rolls its dice at 0.5 (no jitter);
+    its responder's answers are valid for `validity` (over an hour)."""
     clock = ManualClock()
     ca = CA(now=clock.now - timedelta(days=1), key_type=key_type)
     sink = RecordingSink()
     store = SqliteStore(tmp / "state" / "state.db")
     try:
-        async with OCSPResponder(ca, clock=clock, cache_for=timedelta(0)) as responder:
+        async with OCSPResponder(
+            ca, clock=clock, cache_for=timedelta(0), validity=validity
+        ) as responder:
             keeper = Keeper(
                 config or keeper_config(tmp),
                 store=store,
