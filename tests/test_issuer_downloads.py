@@ -12,14 +12,16 @@ with a hand-moved clock.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -29,6 +31,7 @@ import mustaple.adapters.workers as workers_module
 import mustaple.keeper.keeper as keeper_module
 from conftest import Handler, LoopbackServer
 from mustaple.adapters.store import SqliteStore
+from mustaple.core.render import short_time
 from mustaple.core.report import ExitCode
 from mustaple.keeper.keeper import Keeper
 from mustaple.testing import (
@@ -39,10 +42,13 @@ from mustaple.testing import (
     keeper_config,
     keeper_world,
 )
+from outside import end_all, get_json, http_get, wait_for
+from servers import free_port
 
 MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))
 COUNT = 30  # certificates of the CA whose caIssuers URL fails
 HINT = "or the `issuer` key of its [[certificates]] entry"
+HOUR = timedelta(hours=1)
 
 
 class Silent:
@@ -319,3 +325,57 @@ def test_a_file_gone_when_its_failed_download_is_due_does_not_spin_the_keeper(
             assert len(server.hits) == 2
 
     asyncio.run(scenario())
+
+
+def test_status_says_when_a_failed_issuer_download_is_tried_again(
+    tmp_path: Path, serve: Callable[[Handler], LoopbackServer]
+) -> None:
+    """A real `mustaple run` whose certificate's caIssuers URL answers 503: `mustaple status`
+    (JSON and table) and the `/status` of that run say when the download is tried again
+    (`retry_base` after the failure, 1 h here), as they say a failed fetch's next try; the
+    URL was asked once."""
+    server = serve(answering(b"busy", 503))
+    port = free_port()
+    with ResponderThread(CA()) as responder:
+        ca = responder.responder.ca
+        without_chain(ca, tmp_path / "live", "aia.test", server.url + "ca.der", responder.url)
+        config = prime_config(tmp_path)
+        with config.open("a") as more:
+            more.write(f'retry_base = "1h"\n[http]\nlisten = "127.0.0.1:{port}"\n')
+        start = datetime.now(UTC).replace(microsecond=0)
+        keeper = subprocess.Popen([MUSTAPLE, "run", "--config", str(config)])
+        try:
+            wait_for(lambda: status_json(config)[0]["state"] == "unusable")
+            wait_for(lambda: http_get(f"http://127.0.0.1:{port}/status")[0] == 200)
+            (row,) = status_json(config)
+            end = datetime.now(UTC)
+            (page,) = get_json(f"http://127.0.0.1:{port}/status")["certificates"]
+            table = subprocess.run(
+                [MUSTAPLE, "status", "--config", str(config)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            ).stdout
+            keeper.terminate()
+            assert keeper.wait(20) == 0
+        finally:
+            end_all([keeper])
+    assert (row["name"], row["state"]) == ("aia.test", "unusable")
+    assert row["last_error"] == "cert-unusable"
+    assert row["next_refresh"] is not None, row
+    retry = datetime.fromisoformat(row["next_refresh"])
+    assert start + HOUR <= retry <= end + HOUR
+    assert page["next_refresh"] == row["next_refresh"]
+    assert short_time(row["next_refresh"]) in next(
+        line for line in table.splitlines() if "aia.test" in line
+    )
+    assert server.hits == ["GET /ca.der"]
+
+
+def status_json(config: Path) -> list[dict[str, Any]]:
+    command = [MUSTAPLE, "status", "--json", "--config", str(config)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
+    rows = json.loads(done.stdout)
+    assert isinstance(rows, list)
+    return rows

@@ -1611,7 +1611,7 @@ def _problem_status(problem: Problem) -> CertStatus:
         cert_path=shown(problem.path),
         must_staple=problem.must_staple,
         state=Phase.UNUSABLE.value,
-        next_due=None,
+        next_due=problem.retry_at,  # its failed issuer download's next try, as a fetch's
         failures=0,
         last_attempt=None,
         last_reason=problem.reason.code,
@@ -1622,7 +1622,12 @@ def _problem_status(problem: Problem) -> CertStatus:
 
 def _problem_view(problem: Problem) -> CertView:
     rejection = Rejection(problem.reason, problem.message)
-    state = CertState(phase=Phase.UNUSABLE, problem=problem.message, rejection=rejection)
+    state = CertState(
+        phase=Phase.UNUSABLE,
+        problem=problem.message,
+        rejection=rejection,
+        next_due=problem.retry_at,
+    )
     return CertView(
         problem.key,
         problem.name,
