@@ -382,3 +382,87 @@ async def renewed_without_ocsp(tmp: Path) -> None:
         assert trapped
         assert f"serial {old.cert.serial_number:X}), and this one can have none" in (error or "")
         assert f"take {tmp}/staples/{A}.der out of the server's configuration" in (error or "")
+
+
+def test_a_trap_whose_file_cannot_be_read_stays_a_trap(tmp_path: Path) -> None:
+    """A's staple file, trapped, turns into a directory (a file that cannot be read): the
+    keeper's next removal pass keeps the trap in A's status row, saying why, so a `prime`
+    of B (another process) still does not reload nginx, which goes on serving A's old
+    certificate with its own staple."""
+    asyncio.run(trapped_and_unreadable(tmp_path))
+
+
+async def trapped_and_unreadable(tmp: Path) -> None:
+    async with setting(tmp) as s:
+        w, nginx = s.w, s.nginx
+        s.renew()
+        await w.keeper.scan()
+        await w.keeper.tick()
+        assert sink_of(w, A)[1]
+        staple = tmp / "staples" / f"{A}.der"
+        kept = staple.read_bytes()
+        staple.unlink()
+        staple.mkdir()
+        await w.advance_to_next()  # the removal is delivered again: the file cannot be read
+        error, trapped = sink_of(w, A)
+        assert f"{staple}: is a directory" in (error or ""), error
+        assert f"serial {s.old.serial_number:X}), and may hold it still" in (error or ""), error
+        assert trapped, error
+        rows = {row["name"]: row["sinks"][0] for row in status_json(s.config)}
+        assert rows[A]["trap"] == {"path": str(staple), "serial": f"{s.old.serial_number:x}"}
+        before = reloads(nginx)
+        w.clock.now += timedelta(minutes=2)
+        code, out = await prime(s.config, tmp / "live" / B / "fullchain.pem")
+        assert (code, "reload held back" in out) == (1, True), out
+        assert reloads(nginx) == before
+        assert served(nginx) == (s.old.serial_number, s.old.serial_number)
+        staple.rmdir()
+        staple.write_bytes(kept)  # for nginx to stop with
+
+
+def test_a_trap_whose_file_cannot_be_read_outlives_a_sighup(tmp_path: Path) -> None:
+    """`run` holds a renewed A's trap; A's staple file turns into a directory; a SIGHUP: the
+    new keeper cannot read the file, but learns the trap from the status rows, keeps it in
+    A's row, and a `prime` of B (another process) still does not reload nginx."""
+    ca = CA(key_type="ec")
+    config = tmp_path / "mustaple.toml"
+    staple = tmp_path / "staples" / f"{A}.der"
+    with ResponderThread(ca, cache_for=timedelta(0)) as responder:
+        for name in (A, B):
+            leaf = ca.issue(name, ocsp_urls=[responder.url])
+            responder.add(leaf)
+            leaf.write(tmp_path / "live" / name)
+        live = tmp_path / "live" / A
+        nginx = NginxServer(
+            tmp_path / "nginx",
+            cert=live / "fullchain.pem",
+            key=live / "privkey.pem",
+            stapling_file=staple,
+        )
+        config.write_text(run_config(tmp_path, nginx, [A, B]))
+        assert mustaple(config, "prime", "--all").returncode == 0
+        with nginx:
+            old = x509.load_pem_x509_certificate((live / "fullchain.pem").read_bytes())
+            ca.issue(A, ocsp_urls=[responder.url]).write(live)  # unknown to the responder
+            keeper = subprocess.Popen([MUSTAPLE, "run", "--config", str(config)])
+            try:
+                wait_for(lambda: "renewed" in (sink_errors(config)[A] or ""))
+                kept = staple.read_bytes()
+                staple.unlink()
+                staple.mkdir()
+                keeper.send_signal(signal.SIGHUP)
+                wait_for(lambda: "is a directory" in (sink_errors(config)[A] or ""))
+                rows = {row["name"]: row["sinks"][0] for row in status_json(config)}
+                assert rows[A]["trap"] == {"path": str(staple), "serial": f"{old.serial_number:x}"}
+                before = reloads(nginx)
+                primed = mustaple(config, "prime", str(tmp_path / "live" / B / "fullchain.pem"))
+                assert primed.returncode == 1, primed.stdout
+                assert "reload held back" in primed.stdout, primed.stdout
+                assert reloads(nginx) == before
+                keeper.terminate()
+                assert keeper.wait(20) == 0
+            finally:
+                end_all([keeper])
+                if staple.is_dir():
+                    staple.rmdir()
+                    staple.write_bytes(kept)  # for nginx to stop with

@@ -478,8 +478,13 @@ class FileSink:
         for path, serial in list(self._traps.items()):
             try:
                 held = staple_serial(read_prefix(path, MAX_INPUT))
-            except OSError:
-                held = serial  # cannot tell: still sprung, as far as we know
+            except OSError as exc:  # cannot tell: still sprung, as far as we know
+                return (
+                    f"{_os_problem(path, exc)}, and it held the staple of a certificate since "
+                    f"renewed (serial {serial:X}): it may hold it still, and a reload would "
+                    "then serve the new certificate with it, which clients refuse; the reload "
+                    f"comes when {path} can be read without it, or is removed"
+                )
             if held == serial:
                 return (
                     f"{path} holds the staple of a certificate since renewed (serial "
@@ -513,7 +518,7 @@ class FileSink:
                 continue
             der = self._writes(delivery)
             if der is None or path in pending:
-                _write_pending(pending, outcomes)
+                _write_pending(pending, outcomes, self._failed)
             if der is None:
                 outcomes.append(self._apply(delivery, path))
                 continue
@@ -522,7 +527,7 @@ class FileSink:
                 pending[path] = (len(outcomes), der)
                 outcome = _Outcome(True, needs_reload=True)
             outcomes.append(outcome)
-        _write_pending(pending, outcomes)
+        _write_pending(pending, outcomes, self._failed)
         return outcomes
 
     def _writes(self, delivery: Delivery) -> bytes | None:
@@ -547,12 +552,29 @@ class FileSink:
             else:
                 return _Outcome(False, "nothing to staple: the delivery carries no response")
         except OSError as exc:
-            return _Outcome(False, _os_problem(path, exc))
+            return self._failed(path, exc)
         return _Outcome(changed, needs_reload=changed)
+
+    def _failed(self, path: Path, exc: OSError) -> _Outcome:
+        """A delivery that `exc` stopped at `path`. A trap known there (found by this sink,
+        or handed over from the status rows) stays: a file that cannot be read, or was not
+        replaced, is no proof that it does not hold that staple any more, and the status rows
+        must go on telling every other process not to reload."""
+        problem = _os_problem(path, exc)
+        serial = self._traps.get(path)
+        if serial is None:
+            return _Outcome(False, problem)
+        problem = (
+            f"{problem}; it held the staple of the certificate this one renewed (serial "
+            f"{serial:X}), and may hold it still: sink {self.name} does not reload until "
+            f"{path} can be read without it, or is removed"
+        )
+        return _Outcome(False, problem, trap=Trap(str(path), serial))
 
     def _kept(self, delivery: Delivery, path: Path) -> _Outcome:
         """A removal with `remove = "keep"`: the file stays. One that holds the staple of
-        another certificate (the one at this path before a renewal) is a `Trap`."""
+        another certificate (the one at this path before a renewal) is a `Trap` (one that
+        cannot be read keeps a trap known there: `_failed`)."""
         held = staple_serial(read_prefix(path, MAX_INPUT))
         if held is None or delivery.serial is None or held == delivery.serial:
             return _Outcome(False)
@@ -590,19 +612,24 @@ class FileSink:
                 make_directories(directory)
                 made.add(directory)
         except OSError as exc:
-            return _Outcome(False, _os_problem(path, exc))
+            return self._failed(path, exc)
         return None
 
 
-def _write_pending(pending: dict[Path, tuple[int, bytes]], outcomes: list[_Outcome]) -> None:
-    """Write the pending files together; a file that could not be written says why."""
+def _write_pending(
+    pending: dict[Path, tuple[int, bytes]],
+    outcomes: list[_Outcome],
+    failed: Callable[[Path, OSError], _Outcome],
+) -> None:
+    """Write the pending files together; a file that could not be written says why
+    (`failed`)."""
     if not pending:
         return
     files = [(path, der) for path, (_, der) in pending.items()]
     problems = write_atomic_many(files)
     for (path, (index, _)), problem in zip(pending.items(), problems, strict=True):
         if problem is not None:
-            outcomes[index] = _Outcome(False, _os_problem(path, problem))
+            outcomes[index] = failed(path, problem)
     pending.clear()
 
 

@@ -813,6 +813,7 @@ class Keeper:
                 self._let_go(name, trap)  # a row this keeper removes: no longer configured
             elif isinstance(sink, HoldsBack):
                 sink.hold_back(trap)
+                self._still_trapped(key)
         owing: set[str] = set()
         for key, name in owed:
             sink = self.sinks.get(name)
@@ -824,6 +825,16 @@ class Keeper:
                 if name in self._sinks_of(managed):
                     managed.owed.add(name)
         return sorted(owing)
+
+    def _still_trapped(self, key: str) -> None:
+        """A trap in the status rows for a certificate with no answer in hand here: its file
+        held the staple of the certificate it renewed, and may still, even where this process
+        cannot read the file to see (`take_from_sinks` then sees nothing): that staple is
+        taken away as such (`Stale`), so the sink's next delivery finds the trap again and
+        this process's row keeps it."""
+        life = self.lives.get(key)
+        if life is not None and life.state.answer is None and not life.state.renewed:
+            self._apply(life, Stale(renewed=True), self.clock())
 
     def _take_copy(self, managed: Managed, sink: KeepsCopies, name: str, now: datetime) -> bool:
         answer = managed.life.state.answer
