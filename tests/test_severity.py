@@ -43,4 +43,5 @@ def _row(state: str, health: str) -> dict[str, Any]:
     """A row of `status_rows` with no times and no error: its state and health matter here."""
     row: dict[str, Any] = dict.fromkeys(("this_update", "effective_expiry", "next_refresh"))
     row |= {"last_attempt": None, "last_error": None, "sinks": [], "must_staple": True}
+    row |= {"schedule_note": None}
     return row | {"name": f"cert-{state}-{health}", "state": state, "health": health}
