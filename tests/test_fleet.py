@@ -372,7 +372,7 @@ def test_a_fetch_that_raises_releases_its_lease_and_a_clock_ahead_is_not_trusted
             assert managed.held is not None
             assert managed.next_due is not None
             assert managed.next_due < managed.held.effective_expiry
-            far = Retry(w.clock.now + timedelta(days=30), "m0", "try-later")  # a's mark
+            far = Retry(w.clock.now + timedelta(days=30), "m0", "try-later", timedelta(days=30))
             turn = b.fleet._from_look(managed, None, far, w.clock.now)
             longest = w.clock.now + b.keeper.policy.schedule.retry_max
             assert turn is not None

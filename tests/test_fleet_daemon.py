@@ -220,6 +220,27 @@ def test_kill_9_of_the_lease_holder_hands_over_after_the_lease(fleet: Fleet) -> 
     assert fetched_by <= {"m1", "m2"}
 
 
+def test_a_lease_or_retry_mark_that_never_runs_out_holds_no_member_back(fleet: Fleet) -> None:
+    """Keys no member wrote under the prefix (every lease and retry mark of ours runs out): a
+    lease key without a TTL, one of another type, a retry mark without a TTL. Each certificate
+    is still fetched once for the fleet and delivered by every member (they waited for ever,
+    and the staples ran out in silence); the member that replaced a lease says so."""
+    leaves = [fleet.issue(f"c{n}.test") for n in range(3)]
+    keys = [cert_key(leaf.cert) for leaf in leaves]
+    client, p = fleet.shared().client, fleet.prefix
+    client.set(f"{p}lease:{keys[0]}", "ghost 7")
+    client.sadd(f"{p}lease:{keys[1]}", "ghost")
+    mark = {"at": "2099-01-01T00:00:00+00:00", "member": "ghost", "reason": "try-later"}
+    client.set(f"{p}retry:{keys[2]}", json.dumps(mark))
+    members = [fleet.start("m0"), fleet.start("m1")]
+    wait_for(lambda: all(m.staple(leaf) for m in members for leaf in leaves))
+    assert [fleet.fetches(leaf) for leaf in leaves] == [1, 1, 1]
+    logs = "".join(m.log() for m in members)
+    for leaf in leaves[:2]:
+        said = f"{_name(leaf)}: fleet: the lease key in Redis was no member's lease"
+        assert logs.count(said) == 1, logs
+
+
 def test_redis_stopped_and_restarted_members_keep_serving(fleet: Fleet) -> None:
     members = [fleet.start(f"m{n}") for n in range(3)]
     before = [fleet.issue(f"b{n}.test") for n in range(3)]

@@ -13,10 +13,12 @@ through (`mustaple.keeper.fleet`). Everything lives under `prefix`:
 - `{prefix}lease:{key}`: `"{member} {token}"`, set with SET NX PX semantics by `acquire`
   (the token comes from INCR of `{prefix}fence:{key}`, so it only grows), extended by `renew`
   and dropped by `release` only by the member holding it. A write without a lease takes the
-  token of the last lease given.
+  token of the last lease given. A lease key that never runs out (or of another type) is no
+  member's: `acquire` replaces it.
 - `{prefix}retry:{key}`: after a failed fetch, when the fleet should try again and why; it
   lives in Redis as long as the fleet should wait, and readers wait for its TTL (Redis's
-  clock), not for the time written in it (the marking member's clock).
+  clock), not for the time written in it (the marking member's clock); one without a TTL is
+  no member's (`Retry.left` None), and holds nobody back.
 - `{prefix}attempts:{key}`: the bounded history of attempts, newest first, with the member.
 - `{prefix}status:{member}`: each member's view of each certificate (`save_status`).
 - `{prefix}members`: one heartbeat per member (`beat`, `members`).
@@ -90,12 +92,21 @@ redis.call('SADD', KEYS[2], ARGV[4])
 redis.call('PUBLISH', ARGV[3], ARGV[4] .. ' ' .. ARGV[5])
 return 1
 """
-# KEYS: lease, fence counter. ARGV: member, ttl (ms). Returns the new token, or 0 when taken.
+# KEYS: lease, fence counter. ARGV: member, ttl (ms). Returns {the new token, or 0 when taken;
+# 1 when the key held no lease of ours and was replaced, else 0}. Every lease we write runs
+# out: a key there of another type, or one that never runs out, was written by something else,
+# and would hold every member back for ever.
 _ACQUIRE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local replaced = 0
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind ~= 'none' then
+  if kind == 'string' and redis.call('PTTL', KEYS[1]) >= 0 then return {0, 0} end
+  redis.call('DEL', KEYS[1])
+  replaced = 1
+end
 local token = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. token, 'PX', ARGV[2])
-return token
+return {token, replaced}
 """
 # KEYS: lease. ARGV: value, ttl (ms).
 _RENEW = """
@@ -116,6 +127,7 @@ class Lease:
     key: str
     member: str
     token: int  # the fencing token: grows with every lease of this key
+    replaced: bool = False  # it replaced a key that was no lease (see `acquire`)
 
     @property
     def value(self) -> str:
@@ -129,7 +141,9 @@ class Retry:
     at: datetime  # by the clock of the member that marked it
     member: str
     reason: str
-    left: timedelta | None = None  # how long Redis keeps the mark: by Redis's clock
+    # how long Redis keeps the mark, by its clock; None: it ran out, or it never runs out
+    # (written by something else: every mark of ours runs out)
+    left: timedelta | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,10 +364,12 @@ class RedisStore:
     # --- The fleet's records --------------------------------------------------------------------
 
     def acquire(self, key: str, ttl: timedelta) -> Lease | None:
-        """The lease of `key` for `ttl`, or None when another member holds it."""
+        """The lease of `key` for `ttl`, or None when another member holds it. A lease key
+        that never runs out, or of another type, is no member's (every lease runs out): it
+        is replaced, and the lease says so (`replaced`)."""
         keys = [self._k("lease", key), self._k("fence", key)]
-        token = int(self._acquire(keys=keys, args=[self.member, _ms_delta(ttl)]))
-        return Lease(key, self.member, token) if token else None
+        token, replaced = self._acquire(keys=keys, args=[self.member, _ms_delta(ttl)])
+        return Lease(key, self.member, int(token), bool(replaced)) if token else None
 
     def load_many(self, keys: list[str]) -> list[tuple[StoredStaple, str] | None]:
         """`load_with_origin` of each key, in one round trip."""

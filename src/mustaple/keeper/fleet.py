@@ -356,6 +356,12 @@ class Fleet:
         )
         if lease is None:
             return Turn() if self.eager else Turn(wait_until=now + self.config.lease)
+        if lease.replaced:
+            log.warning(
+                "%s: fleet: the lease key in Redis was no member's lease (it never ran out, or"
+                " held another type): replaced by this member's",
+                managed.name,
+            )
         turn = self._from_look(managed, found, retry, now)
         if turn is not None:
             await self._call(shared.release, lease)
@@ -375,15 +381,12 @@ class Fleet:
         turn = self._from_shared(managed, found, now)
         if turn is not None:
             return turn
-        if retry is None or retry.member == self.member or self.eager:
-            return None
-        # how long Redis keeps the mark, by its own clock: members' clocks may differ
-        until = now + retry.left if retry.left is not None else retry.at
-        if until <= now:
-            return None
-        # never longer than our own longest retry: a member whose clock runs ahead (or its
-        # bug) must not hold the others back for longer
-        return Turn(wait_until=min(until, now + self.keeper.policy.schedule.retry_max))
+        if retry is None or retry.member == self.member or self.eager or retry.left is None:
+            return None  # none, ours, or one that never runs out: no member's, it holds none back
+        # how long Redis keeps the mark, by its own clock: members' clocks may differ; never
+        # longer than our own longest retry (another member's policy, or its bug)
+        until = now + min(retry.left, self.keeper.policy.schedule.retry_max)
+        return Turn(wait_until=until) if until > now else None
 
     def _from_shared(
         self, managed: Managed, found: tuple[StoredStaple, str] | None, now: datetime
