@@ -661,7 +661,7 @@ def test_the_shared_record_names_who_fetched(tmp_path: Path, redis_server: Redis
             assert record.fetched_by == "m0"
             assert record.lease_holder is None  # released after the fetch
             assert record.staple is not None
-            assert [m.name for m in a.fleet.shared.members()] == []  # no beat yet
+            assert [m.name for m in a.fleet.shared.members()] == ["m0", "m1"]  # beat at joining
             history = a.fleet.shared.history_by_member(key_of(w.leaves[0]))
             assert [who for _, who in history] == ["m0"]
 

@@ -265,6 +265,30 @@ def test_redis_stopped_and_restarted_members_keep_serving(fleet: Fleet) -> None:
     assert os.path.exists(fleet.redis.directory / "appendonlydir")
 
 
+def test_a_flushed_redis_is_filled_again_by_the_members(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """FLUSHALL under running members (their connections hold, so nobody rejoins): the fleet
+    view showed no certificate, and a member started then asked the CA for every one again.
+    The members notice their heartbeats gone and share their staples again."""
+    leaves = [fleet.issue(f"c{n}.test") for n in range(2)]
+    members = [fleet.start("m0"), fleet.start("m1")]
+    wait_for(lambda: all(m.staple(leaf) for m in members for leaf in leaves))
+    shared = fleet.shared()
+    shared.client.flushall()
+    wanted = sorted(cert_key(leaf.cert) for leaf in leaves)
+    wait_for(lambda: shared.keys() == wanted, timeout=10)
+    config = str(members[0].directory / "mustaple.toml")
+    assert main(["status", "--fleet", "--json", "--config", config]) == 0
+    rows = json.loads(capsys.readouterr().out)["certificates"]
+    assert [row["name"] for row in rows] == ["c0.test", "c1.test"]
+    assert all(row["seconds_left"] > 0 for row in rows)
+    late = fleet.start("m2")
+    wait_for(lambda: all(late.staple(leaf) for leaf in leaves))
+    assert fleet.fetches(*leaves) == len(leaves)  # m2 adopted: nothing fetched again
+    assert all(m.log().count("lost the fleet's records") == 1 for m in members)
+
+
 def test_prime_uses_and_shares_the_fleets_staples(
     fleet: Fleet, capsys: pytest.CaptureFixture[str]
 ) -> None:

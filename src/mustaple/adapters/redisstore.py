@@ -424,10 +424,11 @@ class RedisStore:
         pipe.pttl(self._k("retry", key))
         return _retry(*_each(pipe))
 
-    def beat(self, now: datetime, info: dict[str, Any]) -> None:
-        """This member's heartbeat, with what it wants the fleet view to show."""
+    def beat(self, now: datetime, info: dict[str, Any]) -> bool:
+        """This member's heartbeat, with what it wants the fleet view to show. Returns
+        whether it is new: Redis held no heartbeat of this member."""
         value = json.dumps({"seen": _iso(now), **info})
-        self.client.hset(self._k("members"), self.member, value)
+        return bool(self.client.hset(self._k("members"), self.member, value))
 
     def members(self) -> list[Member]:
         """Every member's last heartbeat; one that cannot be read is left out, said once."""

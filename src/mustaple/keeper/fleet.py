@@ -76,6 +76,7 @@ class Fleet:
             timeout=timeout,
         )
         self.up = False  # whether Redis answers (else this member goes on alone)
+        self._beaten = False  # a heartbeat was written since we joined (see `_beat`)
         self.adopted = 0  # staples fetched by other members and adopted here
         self._keeper: Keeper | None = None
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="mustaple-redis")
@@ -151,8 +152,13 @@ class Fleet:
         except redis.RedisError as exc:
             self._lost(exc)
             return
-        self.up = True
+        self.up, self._beaten = True, False
         log.info("fleet: joined as %s at %s", self.member, shown_url(self.config.url))
+        await self._catch_up_or_say(deliver)
+        if self.up:
+            await self._beat_once()
+
+    async def _catch_up_or_say(self, deliver: bool) -> None:
         try:
             await self._catch_up(deliver)
         except redis.RedisError as exc:
@@ -187,14 +193,27 @@ class Fleet:
         """Say we are alive, and show what we hold; while Redis is down, probe it to rejoin."""
         while True:
             await asyncio.sleep(self.beat_interval)
-            if not self.up:
+            if self.up:
+                await self._beat_once()
+            else:
                 await self._join()
-                if not self.up:
-                    continue
-            try:
-                await self._call(self.shared.beat, self.keeper.clock(), self._info())
-            except redis.RedisError as exc:
-                self._trouble(exc, "the heartbeat")
+
+    async def _beat_once(self) -> None:
+        """One heartbeat. Ours gone since the last one: Redis lost what it held (flushed, or
+        emptied under a connection that held): share our staples again, as when joining."""
+        try:
+            new = await self._call(self.shared.beat, self.keeper.clock(), self._info())
+        except redis.RedisError as exc:
+            self._trouble(exc, "the heartbeat")
+            return
+        if new and self._beaten:
+            log.warning(
+                "fleet: Redis at %s lost the fleet's records (this member's heartbeat was"
+                " gone: flushed?); sharing this member's staples again",
+                shown_url(self.config.url),
+            )
+            await self._catch_up_or_say(True)
+        self._beaten = True
 
     def _info(self, *, left: bool = False) -> dict[str, Any]:
         """The heartbeat: the certificates (a leaf in two files is one) and their states."""
