@@ -118,6 +118,29 @@ def test_a_write_without_a_lease_does_not_outrank_the_live_lease(
     assert b.load_with_origin("k") == (stored(5), "a")
 
 
+def test_a_garbled_fencing_counter_starts_again_above_the_stored_staple(
+    redis_server: RedisServer,
+) -> None:
+    """A counter that is no whole number: the lease taken next outranks the staple stored
+    under the last good token, and a write without a lease ties with that staple."""
+    p = prefix()
+    a = RedisStore(redis_server.url, prefix=p, member="a")
+    for _ in range(2):
+        a.release(a.acquire("k", timedelta(seconds=30)) or Lease("k", "a", 0))
+    lease = a.acquire("k", timedelta(seconds=30))
+    assert lease is not None
+    a.release(lease)
+    assert lease.replaced == ()
+    assert a.publish("k", stored(1), lease)
+    a.client.set(f"{p}fence:k", "1.5")
+    assert a.publish("k", stored(2))  # without a lease: it ties with the stored token
+    renewed = a.acquire("k", timedelta(seconds=30))
+    assert renewed is not None
+    assert (renewed.token, renewed.replaced) == (lease.token + 1, ("fence",))
+    assert a.publish("k", stored(3), renewed)
+    assert not a.publish("k", stored(4), lease)  # the older lease is still refused
+
+
 def test_garbled_records_cost_only_themselves_to_the_fleet_view(
     redis_server: RedisServer,
 ) -> None:

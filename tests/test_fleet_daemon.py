@@ -241,6 +241,27 @@ def test_a_lease_or_retry_mark_that_never_runs_out_holds_no_member_back(fleet: F
         assert logs.count(said) == 1, logs
 
 
+def test_a_garbled_fencing_counter_costs_no_member_its_place_in_the_fleet(fleet: Fleet) -> None:
+    """A fencing counter no member wrote (not a whole number; a list): every lease of that
+    certificate failed, and each member said Redis was unavailable (it answered), left the
+    fleet and fetched alone. Now the member that takes the lease starts the counter again and
+    says so; the certificate is fetched once for the fleet, and nobody leaves it."""
+    leaves = [fleet.issue(f"c{n}.test") for n in range(2)]
+    client, p = fleet.shared().client, fleet.prefix
+    client.set(f"{p}fence:{cert_key(leaves[0].cert)}", "garbage")
+    client.rpush(f"{p}fence:{cert_key(leaves[1].cert)}", "garbage")
+    members = [fleet.start("m0"), fleet.start("m1")]
+    wait_for(lambda: all(m.staple(leaf) for m in members for leaf in leaves))
+    assert [fleet.fetches(leaf) for leaf in leaves] == [1, 1]
+    logs = "".join(m.log() for m in members)
+    assert "unavailable" not in logs
+    assert logs.count("fleet: the fencing counter in Redis was no member's") == 2, logs
+    assert all(m.log().count("fleet: joined") == 1 for m in members)
+    for leaf in leaves:
+        record = fleet.shared().record(cert_key(leaf.cert))
+        assert record.fetched_by in {"m0", "m1"}
+
+
 def test_redis_stopped_and_restarted_members_keep_serving(fleet: Fleet) -> None:
     members = [fleet.start(f"m{n}") for n in range(3)]
     before = [fleet.issue(f"b{n}.test") for n in range(3)]

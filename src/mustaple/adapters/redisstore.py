@@ -14,7 +14,7 @@ through (`mustaple.keeper.fleet`). Everything lives under `prefix`:
   (the token comes from INCR of `{prefix}fence:{key}`, so it only grows), extended by `renew`
   and dropped by `release` only by the member holding it. A write without a lease takes the
   token of the last lease given. A lease key that never runs out (or of another type) is no
-  member's: `acquire` replaces it.
+  member's, nor is a counter that is not a whole number: `acquire` replaces them.
 - `{prefix}retry:{key}`: after a failed fetch, when the fleet should try again and why; it
   lives in Redis as long as the fleet should wait, and readers wait for its TTL (Redis's
   clock), not for the time written in it (the marking member's clock); one without a TTL is
@@ -61,10 +61,21 @@ __all__ = ["FleetRecord", "Lease", "Member", "RedisStore", "Retry", "shown_url",
 log = logging.getLogger("mustaple")
 
 CHANNEL = "staples"
+# Before the scripts that read a fencing counter: it as a number, or nil when it is none of
+# ours (not a whole number, or the error of a key of another type that `redis.pcall` returns).
+_WHOLE = """
+local function whole(value)
+  if type(value) == 'string' and #value < 16 and string.match(value, '^%d+$') then
+    return tonumber(value)
+  end
+  return nil
+end
+"""
 # KEYS: staple hash, key set, fence counter. ARGV: fence ('' for a write without a lease: the
-# counter's value, so it neither outranks nor is outranked by the lease live now), thisUpdate
-# (ms), channel, key, member, effective expiry (ms), revoked ("1"/"0"), the DER of a record the
-# writer refused ('' for none), fields... Refuses a write under an older fence, and any answer
+# counter's value, so it neither outranks nor is outranked by the lease live now; a counter
+# that is none of ours ties with the stored staple), thisUpdate (ms), channel, key, member,
+# effective expiry (ms), revoked ("1"/"0"), the DER of a record the writer refused ('' for
+# none), fields... Refuses a write under an older fence, and any answer
 # that may not replace the stored one: `verify.may_replace` on the stored numbers (never older,
 # never expiring sooner, a good answer after a revoked one only when strictly newer). A record
 # whose DER is the one the writer refused (it failed validation) is replaced whatever its
@@ -72,11 +83,11 @@ CHANNEL = "staples"
 _SAVE = """
 local held = redis.call('HMGET', KEYS[1], 'fence', 'this_update_ms', 'expiry_ms', 'revoked',
   'der')
-local token = ARGV[1]
-if token == '' then token = redis.call('GET', KEYS[3]) or '0' end
+local held_fence = tonumber(held[1])
+local token = tonumber(ARGV[1])
+if not token then token = whole(redis.pcall('GET', KEYS[3])) or held_fence or 0 end
 if not (ARGV[8] ~= '' and held[5] == ARGV[8]) then
-  local held_fence = tonumber(held[1])
-  if held_fence and tonumber(token) < held_fence then return 0 end
+  if held_fence and token < held_fence then return 0 end
   local this_update, expiry = tonumber(ARGV[2]), tonumber(ARGV[6])
   local held_update, held_expiry = tonumber(held[2]), tonumber(held[3])
   if held_update then
@@ -92,21 +103,29 @@ redis.call('SADD', KEYS[2], ARGV[4])
 redis.call('PUBLISH', ARGV[3], ARGV[4] .. ' ' .. ARGV[5])
 return 1
 """
-# KEYS: lease, fence counter. ARGV: member, ttl (ms). Returns {the new token, or 0 when taken;
-# 1 when the key held no lease of ours and was replaced, else 0}. Every lease we write runs
-# out: a key there of another type, or one that never runs out, was written by something else,
-# and would hold every member back for ever.
+# KEYS: lease, fence counter, staple hash. ARGV: member, ttl (ms). Returns {the new token, or 0
+# when taken; 1 when the lease key was replaced; 1 when the counter was}. Every lease we write
+# runs out: a lease key of another type, or one that never runs out, was written by something
+# else, and would hold every member back for ever; a counter that is none of ours (not a whole
+# number, or another type) would fail every acquire: it starts again from the stored staple's
+# token, so that the next lease still outranks it.
 _ACQUIRE = """
-local replaced = 0
+local lease, counter = 0, 0
 local kind = redis.call('TYPE', KEYS[1]).ok
 if kind ~= 'none' then
-  if kind == 'string' and redis.call('PTTL', KEYS[1]) >= 0 then return {0, 0} end
+  if kind == 'string' and redis.call('PTTL', KEYS[1]) >= 0 then return {0, 0, 0} end
   redis.call('DEL', KEYS[1])
-  replaced = 1
+  lease = 1
+end
+local count = redis.pcall('GET', KEYS[2])
+if count and not whole(count) then
+  redis.call('DEL', KEYS[2])
+  redis.call('SET', KEYS[2], whole(redis.pcall('HGET', KEYS[3], 'fence')) or 0)
+  counter = 1
 end
 local token = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. token, 'PX', ARGV[2])
-return {token, replaced}
+return {token, lease, counter}
 """
 # KEYS: lease. ARGV: value, ttl (ms).
 _RENEW = """
@@ -127,7 +146,7 @@ class Lease:
     key: str
     member: str
     token: int  # the fencing token: grows with every lease of this key
-    replaced: bool = False  # it replaced a key that was no lease (see `acquire`)
+    replaced: tuple[str, ...] = ()  # the keys no member wrote it replaced (see `acquire`)
 
     @property
     def value(self) -> str:
@@ -186,8 +205,8 @@ class RedisStore:
             url, socket_timeout=timeout, socket_connect_timeout=timeout
         )
         self._pipe: Any = None  # the open transaction's pipeline, if any
-        self._save = self.client.register_script(_SAVE)
-        self._acquire = self.client.register_script(_ACQUIRE)
+        self._save = self.client.register_script(_WHOLE + _SAVE)
+        self._acquire = self.client.register_script(_WHOLE + _ACQUIRE)
         self._renew = self.client.register_script(_RENEW)
         self._release = self.client.register_script(_RELEASE)
 
@@ -365,11 +384,15 @@ class RedisStore:
 
     def acquire(self, key: str, ttl: timedelta) -> Lease | None:
         """The lease of `key` for `ttl`, or None when another member holds it. A lease key
-        that never runs out, or of another type, is no member's (every lease runs out): it
-        is replaced, and the lease says so (`replaced`)."""
-        keys = [self._k("lease", key), self._k("fence", key)]
-        token, replaced = self._acquire(keys=keys, args=[self.member, _ms_delta(ttl)])
-        return Lease(key, self.member, int(token), bool(replaced)) if token else None
+        that never runs out, or of another type, is no member's (every lease runs out), nor
+        is a fencing counter that is not a whole number: each is replaced, and the lease
+        says which (`replaced`: "lease", "fence")."""
+        keys = [self._k("lease", key), self._k("fence", key), self._k("staple", key)]
+        token, *flags = self._acquire(keys=keys, args=[self.member, _ms_delta(ttl)])
+        if not token:
+            return None
+        replaced = tuple(name for name, flag in zip(("lease", "fence"), flags, strict=True) if flag)
+        return Lease(key, self.member, int(token), replaced)
 
     def load_many(self, keys: list[str]) -> list[tuple[StoredStaple, str] | None]:
         """`load_with_origin` of each key, in one round trip."""

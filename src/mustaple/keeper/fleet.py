@@ -54,6 +54,13 @@ log = logging.getLogger("mustaple")
 _T = TypeVar("_T")
 GATHER_SECONDS = 0.2  # announcements heard within this are adopted and delivered together
 CATCH_UP_BATCH = 500  # certificates read from Redis in one round trip when catching up
+# what `RedisStore.acquire` replaced: keys under the prefix no member wrote
+_REPLACED = {
+    "lease": "the lease key in Redis was no member's lease (it never ran out, or held another"
+    " type): replaced by this member's",
+    "fence": "the fencing counter in Redis was no member's (not a whole number, or another"
+    " type): started again above the stored staple's token",
+}
 SHARED_HISTORY = 10  # attempts kept in Redis per certificate (each member keeps 50 locally)
 LISTEN_POLL_SECONDS = 0.25  # how soon the listener thread notices it should stop
 
@@ -375,12 +382,8 @@ class Fleet:
         )
         if lease is None:
             return Turn() if self.eager else Turn(wait_until=now + self.config.lease)
-        if lease.replaced:
-            log.warning(
-                "%s: fleet: the lease key in Redis was no member's lease (it never ran out, or"
-                " held another type): replaced by this member's",
-                managed.name,
-            )
+        for replaced in lease.replaced:
+            log.warning("%s: fleet: %s", managed.name, _REPLACED[replaced])
         turn = self._from_look(managed, found, retry, now)
         if turn is not None:
             await self._call(shared.release, lease)
