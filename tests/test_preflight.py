@@ -276,7 +276,6 @@ def test_the_program_after_redirections_and_subshells_is_checked(
             'sh -c "true $PWD"',
             "its sh -c string holds an expansion ($...) that the outer shell makes first",
         ),
-        ('echo "unclosed', 'a " quote is never closed'),
     ],
 )
 def test_what_cannot_be_read_is_one_warning_line(
@@ -290,6 +289,33 @@ def test_what_cannot_be_read_is_one_warning_line(
     assert err == (
         "mustaple: warning: hooks.on_failure: check-config could not judge this command: "
         f"{why}; run it once by hand to check it\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "why"),
+    [
+        ('echo "unclosed', "Syntax error: Unterminated quoted string"),
+        (
+            "if nginx -t; then nginx -s reload",
+            'Syntax error: end of file unexpected (expecting "fi")',
+        ),
+        ("nginx -t && (nginx -s reload", 'Syntax error: end of file unexpected (expecting ")")'),
+        ("nginx -t && && nginx -s reload", 'Syntax error: "&&" unexpected'),
+    ],
+)
+def test_a_command_the_shell_cannot_read_is_an_error(
+    tmp_path: Path, cert: Path, command: str, why: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """/bin/sh, which runs every command, reads it (`sh -n`: nothing runs) and refuses it:
+    the reload or hook would fail at every run, whatever its programs, so check-config says
+    so, in the shell's own words (it used to pass, or say only that it was not judged)."""
+    body = _entry(f'"{cert}"') + f"[hooks]\non_failure = '''{command}'''\n"
+    code, out, err = _check(tmp_path, body, capsys)
+    assert (code, out) == (ExitCode.USAGE, "")
+    assert err == (
+        f"mustaple: hooks.on_failure: /bin/sh cannot read this command ({why}): it would fail "
+        "at every run; fix it\n"
     )
 
 

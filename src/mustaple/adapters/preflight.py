@@ -3,8 +3,10 @@
 `preflight(config)` looks at the machine as the keeper will find it, and returns the problems
 that would otherwise show only at run time, each one line naming the config key:
 - errors: a state or sink directory that cannot be created or written, a reload, running or
-  sink command or a hook that starts a program that does not exist or is not executable
-  (the command read as the shell reads it: `mustaple.core.shellread`);
+  sink command or a hook that /bin/sh (which runs them) cannot read (`sh -n`, which reads
+  and runs nothing: a quote left open, an `if` with no `fi`), or that starts a program that
+  does not exist or is not executable (the command read as the shell reads it:
+  `mustaple.core.shellread`);
 - warnings: certificate paths or globs that match no file (yet), and a command with a part
   that cannot be read (a here-document, backquotes, a function...), so was not judged.
 It writes nothing: a directory's writability is tried with a temporary file in the nearest
@@ -16,18 +18,26 @@ from __future__ import annotations
 import errno
 import glob
 import os
+import re
 import shutil
 import stat
 import string
+import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mustaple.adapters.config import HOOK_EVENTS, Config
+from mustaple.core.render import one_line
 from mustaple.core.shellread import read_command
 
 __all__ = ["Preflight", "preflight"]
+
+SHELL = "/bin/sh"  # what runs every command (asyncio's create_subprocess_shell)
+_SYNTAX_SECONDS = 10.0  # for `sh -n` to read one command (it runs nothing)
+# how a shell starts its complaint: dash's "/bin/sh: 1: ", bash's "/bin/sh: -c: line 1: "
+_SHELL_PREFIX = re.compile(r"^\S+: (?:-c: )?(?:line )?\d+: ")
 
 
 @dataclass
@@ -176,8 +186,13 @@ def _nearest_existing(directory: Path) -> Path:
 
 
 def _command(key: str, command: str, found: Preflight) -> None:
-    """Note the first program `command` starts that cannot run, as an error; else, when
-    part of it could not be read, that it could not be judged, as a warning."""
+    """Note, as an error, that /bin/sh cannot read `command`, or else the first program it
+    starts that cannot run; else, when part of it could not be read here, that it could not
+    be judged, as a warning."""
+    problem = _syntax_error(command)
+    if problem is not None:
+        found.errors.append(f"{key}: {problem}")
+        return
     reading = read_command(command)
     for program in reading.programs:
         problem = _cannot_run(program)
@@ -189,6 +204,27 @@ def _command(key: str, command: str, found: Preflight) -> None:
             f"{key}: check-config could not judge this command: {reading.unread}; "
             "run it once by hand to check it"
         )
+
+
+def _syntax_error(command: str) -> str | None:
+    """Why /bin/sh cannot read `command` (it would fail at every run, whatever the programs),
+    by `sh -n -c`, which reads it and runs nothing; None when it can, or when that cannot be
+    told (no /bin/sh, a shell that hangs)."""
+    try:
+        done = subprocess.run(
+            [SHELL, "-n", "-c", command],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=_SYNTAX_SECONDS,
+            check=False,
+        )
+    except (OSError, ValueError, subprocess.TimeoutExpired):  # ValueError: a NUL byte
+        return None
+    if done.returncode == 0:
+        return None
+    said = [line for line in done.stderr.decode(errors="replace").splitlines() if line.strip()]
+    why = f" ({one_line(_SHELL_PREFIX.sub('', said[-1].strip()))})" if said else ""
+    return f"{SHELL} cannot read this command{why}: it would fail at every run; fix it"
 
 
 def _cannot_run(program: str) -> str | None:
