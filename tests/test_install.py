@@ -9,6 +9,7 @@ unit is checked with `systemd-analyze verify`, its ExecStart against the documen
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -20,9 +21,13 @@ UNIT = ROOT / "examples/mustaple.service"
 
 
 def _run(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`args` run in `cwd` without PYTHONPATH, which would put a source tree before the
+    installed wheel."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     return subprocess.run(
-        [str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=300, check=False
-    )
+        [str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+        check=False,
+    )  # fmt: skip
 
 
 def _install_section() -> str:
