@@ -25,6 +25,7 @@ from mustaple.core.lifecycle import (
     Stale,
     Store,
     Tick,
+    Tried,
     Unusable,
     Wait,
     step,
@@ -72,6 +73,9 @@ REVOKED = answer(T0 + HOUR, good=False)
 FAIL = Rejected(Rejection(Reason.TRY_LATER))
 HELD = CertState(phase=Phase.GOOD, held=GOOD, next_due=T0 + DAY, known=True)
 REVOKED_STATE = CertState(phase=Phase.REVOKED, revoked=REVOKED, next_due=T0 + DAY, known=True)
+REFUSED = Rejection(Reason.HTTP_SERVER_ERROR, "HTTP 500")
+TRIED_FAIL = Tried(T0 + HOUR, REFUSED, failures=1)  # another process's, as it recorded it
+FAILING = replace(HELD, phase=Phase.FAILING, failures=2, backoff=2, rejection=REFUSED)
 
 
 # (name, state before, event, now, phase after, effects, what sinks get)
@@ -120,6 +124,17 @@ TABLE = [
      Phase.PENDING, [], (Action.REMOVE, None)),
     ("the fleet says wait", HELD, Wait(T0 + 2 * HOUR), T0, Phase.GOOD, [],
      (Action.STAPLE, GOOD.der)),
+    ("good, another process's later refresh failed: failing, said in the log only", HELD,
+     TRIED_FAIL, T0 + 2 * HOUR, Phase.FAILING, ["LogLine"], (Action.STAPLE, GOOD.der)),
+    ("good, another process's earlier failure is not taken",
+     replace(HELD, last_attempt=T0 + 2 * HOUR), TRIED_FAIL, T0 + 2 * HOUR, Phase.GOOD, [],
+     (Action.STAPLE, GOOD.der)),
+    ("failing, another process's later refresh got the answer in hand: recovered", FAILING,
+     Tried(T0 + HOUR), T0 + 2 * HOUR, Phase.GOOD, ["recovered"], (Action.STAPLE, GOOD.der)),
+    ("revoked, another process's later refresh failed: still revoked", REVOKED_STATE,
+     TRIED_FAIL, T0 + 2 * HOUR, Phase.REVOKED, ["LogLine"], (Action.REVOKED, REVOKED.der)),
+    ("unusable: another process's refresh is not taken", CertState(phase=Phase.UNUSABLE),
+     TRIED_FAIL, T0 + 2 * HOUR, Phase.UNUSABLE, [], None),
 ]  # fmt: skip
 
 
@@ -186,6 +201,43 @@ def test_after_expiry_attempts_restart_at_once_and_never_wait_longer_than_retry_
     assert max(waits) <= POLICY.retry_max
 
 
+def test_another_processs_refresh_is_the_last_one_when_later_and_told_to_no_hook() -> None:
+    """What another process recorded (a `prime` beside the keeper, the process before a
+    restart) counts as the last refresh when it is later than the one in hand: its time and
+    outcome, the failures in a row (its count when larger: the one before a restart), a
+    retry planned from then; it ran its own hooks. A success ends a run of failures and
+    plans the next refresh from then; without failures it only moves the last attempt."""
+    held = replace(HELD, last_attempt=T0)
+    failed, effects = run(held, Tried(T0 + HOUR, REFUSED, failures=4), T0 + 2 * HOUR)
+    assert (failed.last_attempt, failed.rejection, failed.failures) == (T0 + HOUR, REFUSED, 4)
+    assert failed.held == GOOD
+    assert failed.next_due == T0 + HOUR + POLICY.retry_base * HALF  # from the prime's failure
+    assert not [e for e in effects if isinstance(e, Emit)]  # the other process told the hooks
+    again, effects = run(failed, FAIL, T0 + 3 * HOUR)  # the run of failures goes on
+    assert (again.failures, [e.hook for e in effects if isinstance(e, Emit)]) == (5, [False])
+
+    worked, _ = run(again, Tried(T0 + 4 * HOUR), T0 + 5 * HOUR)
+    assert (worked.phase, worked.failures, worked.backoff) == (Phase.GOOD, 0, 0)
+    assert (worked.rejection, worked.last_attempt) == (None, T0 + 4 * HOUR)
+    assert worked.next_due is not None
+    assert worked.next_due > T0 + 5 * HOUR  # the next refresh, not a retry
+
+    quiet, effects = run(held, Tried(T0 + HOUR), T0 + 2 * HOUR)
+    assert (quiet, effects) == (replace(held, last_attempt=T0 + HOUR), [])
+
+
+@pytest.mark.parametrize("reason", list(Reason))
+def test_a_rejection_reads_back_as_it_was_written(reason: Reason) -> None:
+    """A status row keeps a rejection as its code and message: read back, it says the
+    same (a code this version does not know is a ValueError)."""
+    for detail in ("", "HTTP 500: Internal Server Error", reason.summary):
+        written = Rejection(reason, detail)
+        assert Rejection.read(written.code, written.message).message == written.message
+    assert Rejection.read(reason.code, reason.summary) == Rejection(reason)
+    with pytest.raises(ValueError, match="unknown reason code"):
+        Rejection.read("no-such-code", "what")
+
+
 def test_hooks_run_once_per_run_of_failures() -> None:
     state, hooked = HELD, []
     for _ in range(5):
@@ -196,7 +248,9 @@ def test_hooks_run_once_per_run_of_failures() -> None:
 
 EVENTS = st.lists(
     st.tuples(
-        st.sampled_from(["good", "revoked", "fail", "tick", "stored-good", "stored-revoked"]),
+        st.sampled_from(
+            ["good", "revoked", "fail", "tick", "stored-good", "stored-revoked", "tried", "ok"]
+        ),
         st.integers(min_value=0, max_value=36),  # hours the clock moves before the event
         st.integers(min_value=-24, max_value=24),  # age of the answer relative to now, hours
     ),
@@ -222,6 +276,9 @@ def test_random_lives_keep_the_promises(events: list[tuple[str, int, int]]) -> N
             event = Accepted(revoked, now, origin="" if kind == "revoked" else "x")
         elif kind == "fail":
             event = FAIL
+        elif kind in ("tried", "ok"):  # another process's refresh, `age` hours ago
+            at = now - timedelta(hours=abs(age))
+            event = Tried(at, REFUSED, 1) if kind == "tried" else Tried(at)
         else:
             event = Tick()
         state, _ = run(state, event, now)

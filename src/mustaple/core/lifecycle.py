@@ -21,7 +21,10 @@ Rules a reader can check here rather than in the keeper:
   answer after a revoked one only if strictly newer);
 - after expiry, attempts restart at once and back off again from `retry_base`, never waiting
   more than `retry_max`;
-- a failure is told to the hooks once per run of failures; an alert only when it gets worse.
+- a failure is told to the hooks once per run of failures; an alert only when it gets worse;
+- `last_attempt` is the latest refresh by any process: another process's (a `prime` beside
+  the keeper, or the process before a restart), as it recorded it, is taken in (`Tried`)
+  only when it is later than the one in hand, and then counts as a refresh of this one's.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ __all__ = [
     "Stale",
     "Store",
     "Tick",
+    "Tried",
     "Unusable",
     "Wait",
     "step",
@@ -84,12 +88,12 @@ class CertState:
     phase: Phase = Phase.PENDING
     held: Staple | None = None  # the freshest valid good staple
     revoked: Staple | None = None  # the valid answer saying revoked
-    failures: int = 0  # consecutive failed refreshes
+    failures: int = 0  # consecutive failed refreshes (by any process: see `Tried`)
     backoff: int = 0  # failures counted for the retry backoff (restarts at expiry)
     rejection: Rejection | None = None  # the last failure's reason
     problem: str | None = None  # why the certificate is unusable (names the key to fix)
     next_due: datetime | None = None  # None: nothing to fetch until the file changes
-    last_attempt: datetime | None = None
+    last_attempt: datetime | None = None  # the latest refresh, by any process
     expired_at: datetime | None = None
     alert: Severity = Severity.OK
     known: bool = False  # a staple of ours was stored or served: a staple file may be ours
@@ -149,6 +153,19 @@ class Rejected:
 
 
 @dataclass(frozen=True, slots=True)
+class Tried:
+    """A refresh another process made, as it recorded it (its status row: a `prime` beside
+    the keeper, or the process before a restart): at `at`, it failed with `rejection` (the
+    `failures` in a row it counted), or with None it worked (its answer, when newer than the
+    one in hand, comes as `Accepted`). Taken only when later than this state's last attempt:
+    then it is the last refresh, as if made here, but the other process told the hooks."""
+
+    at: datetime
+    rejection: Rejection | None = None
+    failures: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time passed: expiry and alerts are judged at `now`."""
 
@@ -168,7 +185,7 @@ class Unusable:
     reason: Reason = Reason.NO_OCSP_URL
 
 
-Event = Restored | Stale | Accepted | Rejected | Tick | Wait | Unusable
+Event = Restored | Stale | Accepted | Rejected | Tried | Tick | Wait | Unusable
 
 
 # --- Effects --------------------------------------------------------------------------------------
@@ -227,6 +244,8 @@ def step(
         return _accepted(state, event, now, policy, dice)
     if isinstance(event, Rejected):
         return _rejected(state, event.rejection, now, policy, dice)
+    if isinstance(event, Tried):
+        return _tried(state, event, policy, dice)
     if isinstance(event, Wait):
         return _evolve(state, next_due=event.until), []
     if isinstance(event, Stale):
@@ -336,6 +355,14 @@ def _accepted(
 def _rejected(
     state: CertState, rejection: Rejection, now: datetime, policy: SchedulePolicy, dice: Dice
 ) -> tuple[CertState, list[Effect]]:
+    new, message = _failed(state, rejection, now, policy, dice)
+    return new, [Emit("failure", message, rejection.code, hook=new.failures == 1)]
+
+
+def _failed(
+    state: CertState, rejection: Rejection, now: datetime, policy: SchedulePolicy, dice: Dice
+) -> tuple[CertState, str]:
+    """The state after a refresh failed at `now`, and the line that says so."""
     failures, backoff = state.failures + 1, state.backoff + 1
     held, expired_at = state.held, state.expired_at
     if held is not None and held.effective_expiry <= now:  # expired since the last tick
@@ -362,8 +389,46 @@ def _rejected(
         in_hand = "the revoked answer in hand stays on every server"
     else:
         in_hand = "no valid staple in hand"
-    message = f"{rejection.message}; {in_hand}; next try at {human_time(due)}"
-    return new, [Emit("failure", message, rejection.code, hook=failures == 1)]
+    return new, f"{rejection.message}; {in_hand}; next try at {human_time(due)}"
+
+
+def _tried(
+    state: CertState, event: Tried, policy: SchedulePolicy, dice: Dice
+) -> tuple[CertState, list[Effect]]:
+    """Another process's refresh, later than this state's last attempt, taken as the last
+    refresh: a failure as one of this process's (its retry planned from then), told in the
+    log only; a success ends a run of failures when an answer is in hand (the one it got,
+    or as new: a newer one came as `Accepted`), and plans the next refresh from then."""
+    before = state.last_attempt
+    if state.phase is Phase.UNUSABLE or (before is not None and event.at <= before):
+        return state, []
+    if event.rejection is not None:
+        new, message = _failed(state, event.rejection, event.at, policy, dice)
+        new = _evolve(new, failures=max(new.failures, event.failures))
+        line = "the last refresh, by another mustaple process at {}, failed: {}"
+        return new, [LogLine("info", line, (event.at, message))]
+    answer = state.answer
+    if answer is None or not state.failures:
+        return _evolve(state, last_attempt=event.at), []
+    due = next_refresh(answer, event.at, dice, policy)
+    note = hurried_note(answer, event.at, policy)
+    recovered = state.phase is Phase.FAILING
+    new = _evolve(
+        state,
+        phase=Phase.GOOD if recovered else state.phase,
+        failures=0,
+        backoff=0,
+        rejection=None,
+        next_due=due,
+        schedule_note=note,
+        last_attempt=event.at,
+    )
+    effects: list[Effect] = _hurried(state, note)
+    if recovered:
+        until = human_time(answer.effective_expiry)
+        text = f"good staple again, until {until} (fetched by another mustaple process)"
+        effects.insert(0, Emit("recovered", text))
+    return new, effects
 
 
 def _unusable(state: CertState, event: Unusable) -> CertState:

@@ -335,6 +335,17 @@ class Rejection:
         """One line for a person: the reason, then the specifics when there are any."""
         return f"{self.reason.summary}: {self.detail}" if self.detail else self.reason.summary
 
+    @classmethod
+    def read(cls, code: str, message: str) -> Rejection:
+        """The rejection whose `code` and `message` were written down (a status row), so
+        that its `message` reads as written; ValueError for a code this version does not
+        know."""
+        reason = Reason.from_code(code)
+        head = f"{reason.summary}: "
+        if message.startswith(head):
+            return cls(reason, message[len(head) :])
+        return cls(reason, "" if message == reason.summary else message)
+
 
 def markdown_tables() -> str:
     """The reason and note tables of docs/reasons.md (tests/test_docs.py checks them)."""
