@@ -21,6 +21,7 @@ from mustaple.adapters.store import (
     HISTORY_LIMIT,
     AttemptRecord,
     CertStatus,
+    RecordedAttempt,
     SqliteStore,
     Store,
     StoredStaple,
@@ -144,6 +145,31 @@ def test_statuses_round_trip_sorted_by_name(open_store: Opener) -> None:
     unknown = replace(status("d.test"), must_staple=None)  # a file that cannot be read
     store.save_status("k3", unknown)
     assert open_store().statuses()["k3"] == unknown
+
+
+def test_last_attempts_are_those_the_rows_record(open_store: Opener) -> None:
+    """What a keeper reads (once, when another process wrote, and at its start) to keep
+    another process's attempt: each row's last attempt, its failures in a row and reason;
+    none for a row without one, nor for an unusable certificate or file (its row says why
+    it is unusable); of the keys asked only, in one query however many."""
+    store = open_store()
+    assert store.last_attempts() == {}
+    failed = replace(status("b.test", failures=2), last_reason="timeout", last_message="slow")
+    unusable = replace(failed, state="unusable", last_reason="cert-expired")
+    store.save_statuses(
+        [
+            ("k1", status("a.test")),
+            ("k2", failed),
+            ("k3", replace(status("c.test"), last_attempt=None)),
+            ("k4", unusable),
+        ]
+    )
+    worked = RecordedAttempt(T0, 0, None, None)
+    both = {"k1": worked, "k2": RecordedAttempt(T0, 2, "timeout", "slow")}
+    assert store.last_attempts() == both
+    assert open_store().last_attempts(["k2", "k3", "k4", "never"]) == {"k2": both["k2"]}
+    many = {f"x{n}" for n in range(1200)} | {"k1"}  # more keys than one query names
+    assert store.last_attempts(many) == {"k1": worked}
 
 
 def test_owed_reloads_are_the_sinks_whose_reload_failed(open_store: Opener) -> None:

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -48,6 +48,7 @@ from mustaple.adapters.store import (
     HISTORY_LIMIT,
     AttemptRecord,
     CertStatus,
+    RecordedAttempt,
     StoredStaple,
     owed_of,
     sinks_from_json,
@@ -55,6 +56,7 @@ from mustaple.adapters.store import (
     traps_of,
 )
 from mustaple.core.delivery import Trap
+from mustaple.core.lifecycle import Phase
 
 __all__ = ["FleetRecord", "Lease", "Member", "RedisStore", "Retry", "shown_url", "wrong_type"]
 
@@ -342,6 +344,16 @@ class RedisStore:
     def traps(self) -> dict[tuple[str, str], Trap]:
         """This member's sinks' traps, by its status rows (see `delivery.HoldsBack`)."""
         return traps_of((key, row.sinks) for key, row in self.statuses().items())
+
+    def last_attempts(self, keys: Collection[str] | None = None) -> dict[str, RecordedAttempt]:
+        """The last attempt recorded in this member's status rows (see `SqliteStore`)."""
+        return {
+            key: RecordedAttempt(row.last_attempt, row.failures, row.last_reason, row.last_message)
+            for key, row in self.statuses().items()
+            if row.last_attempt is not None
+            and row.state != Phase.UNUSABLE.value
+            and (keys is None or key in keys)
+        }
 
     def forget_statuses(self, keys: Iterable[str]) -> None:
         """Remove this member's status rows of `keys`."""

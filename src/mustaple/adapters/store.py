@@ -12,6 +12,9 @@
 - `others_wrote()` is empty unless another process committed since the last call; then it
   gives every stored answer's (thisUpdate, revoked), so a running keeper loads only the
   answers that differ from its own (it picks up what `prime` stored without a reload).
+- `last_attempts(keys)` gives the last attempt each status row recorded (by whichever
+  process wrote it), so a keeper keeps showing another process's attempt when it is the
+  latest (a `prime` beside it, or the process before a restart).
 - `load` returns None for an unknown key; it never raises for a missing entry.
 - Stored bytes are not trusted blindly: the keeper validates a loaded staple again before
   delivering it, so a corrupted row costs a fetch, never a bad staple.
@@ -46,7 +49,7 @@ import os
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -60,12 +63,14 @@ from cryptography.hazmat.primitives import hashes
 from mustaple.core.certs import Target
 from mustaple.core.delivery import SinkHealth, Trap
 from mustaple.core.errors import InputError
+from mustaple.core.lifecycle import Phase
 from mustaple.core.reasons import Rejection
 from mustaple.core.verify import DEFAULT_POLICY, Dated, Policy, Staple, may_replace, verify
 
 __all__ = [
     "AttemptRecord",
     "CertStatus",
+    "RecordedAttempt",
     "SqliteStore",
     "StateDiskFull",
     "Store",
@@ -201,6 +206,16 @@ class CertStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordedAttempt:
+    """A certificate's last attempt as its status row recorded it (`Store.last_attempts`)."""
+
+    at: datetime
+    failures: int  # failed refreshes in a row, this one included: 0 when it worked
+    reason: str | None  # the failure's reason code
+    message: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class AttemptRecord:
     """One attempt as kept in the history."""
 
@@ -239,6 +254,8 @@ class Store(Protocol):
     def save_statuses(self, rows: Iterable[tuple[str, CertStatus]]) -> None: ...
 
     def statuses(self) -> dict[str, CertStatus]: ...
+
+    def last_attempts(self, keys: Collection[str] | None = None) -> dict[str, RecordedAttempt]: ...
 
     def forget_statuses(self, keys: Iterable[str]) -> None: ...
 
@@ -706,6 +723,26 @@ class SqliteStore:
     def status_keys(self) -> set[str]:
         """The keys that have a status row."""
         return {row[0] for row in self._db.execute("SELECT cert_key FROM status")}
+
+    def last_attempts(self, keys: Collection[str] | None = None) -> dict[str, RecordedAttempt]:
+        """The last attempt recorded in the status row of each of `keys` (None: of every
+        row) that has one, an unusable file's or certificate's excepted (its row says why
+        it is unusable, not how an attempt went); one query, without the sinks' health."""
+        query = (
+            "SELECT cert_key, last_attempt, failures, last_reason, last_message FROM status "
+            "WHERE last_attempt IS NOT NULL AND state != ?"
+        )
+        asked: list[str] = [Phase.UNUSABLE.value]
+        if keys is not None and len(keys) <= _IN_CHUNK:  # else every row, then those of keys
+            query += f" AND cert_key IN ({','.join('?' * len(keys))})"
+            asked += keys
+        found = {}
+        for key, at, failures, reason, message in self._db.execute(query, asked):
+            if keys is not None and key not in keys:
+                continue
+            with contextlib.suppress(ValueError, TypeError):  # written again at the next pass
+                found[key] = RecordedAttempt(_time(at), int(failures), reason, message)
+        return found
 
     def owed_reloads(self) -> set[tuple[str, str]]:
         """The (certificate key, sink) pairs whose server's reload failed at that
