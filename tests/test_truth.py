@@ -271,26 +271,32 @@ def test_recovery_stored_by_prime_is_taken_by_the_running_keeper(deployment: Dep
     assert keeper.wait(20) == 0
 
 
-def test_a_failed_prime_beside_a_running_keeper_does_not_leave_its_row(
+def test_a_failed_prime_beside_a_running_keeper_says_the_same_in_status_and_on_the_page(
     deployment: Deployment,
 ) -> None:
     """`prime` fails (the CA is down) while the keeper holds a good staple: prime writes its
-    "failing" row, and the keeper's next pass writes its own view over it, so `status` says
-    what the page says (it said "failing", next refresh in seconds, for days)."""
+    "failing" row; the keeper's next pass takes the prime's failure in as the last refresh
+    and writes its own view over the row, so `status` says what the page says: failing, the
+    staple in hand still valid, and the keeper's own next try (the prime's row said "next
+    refresh in seconds" for days, until the keeper wrote "good" over the prime's failure)."""
     d = deployment
     keeper = d.run_until_good()
     d.responder.stop()
     failed = d.prime(str(d.fullchain))  # the staple in hand is still valid: exit 0
     assert "failure" in failed.stderr, failed.stdout + failed.stderr
 
-    wait_for(lambda: [row["state"] for row in d.stored_rows()] == ["good"], timeout=10)
+    shown = ("state", "health", "next_refresh", "last_attempt", "last_error", "failures")
+
+    def same() -> bool:
+        page = certificate(d.status())
+        return [row[key] for row in d.stored_rows() for key in shown] == [
+            page[key] for key in shown
+        ]
+
+    wait_for(lambda: certificate(d.status())["state"] == "failing", timeout=10)
+    wait_for(same, timeout=10)
     page = certificate(d.status())
-    (row,) = d.stored_rows()
-    assert (row["state"], row["health"], row["next_refresh"]) == (
-        page["state"],
-        page["health"],
-        page["next_refresh"],
-    )
+    assert (page["last_error"], page["seconds_left"] > 0) == ("connection-failed", True), page
     d.stop(keeper)
 
 

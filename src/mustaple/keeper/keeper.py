@@ -71,6 +71,7 @@ from mustaple.adapters.store import (
     AttemptRecord,
     CertStatus,
     Looked,
+    RecordedAttempt,
     SqliteStore,
     Store,
     StoredStaple,
@@ -105,6 +106,7 @@ from mustaple.core.lifecycle import (
     Restored,
     Stale,
     Tick,
+    Tried,
     Wait,
 )
 from mustaple.core.reasons import Reason, Rejection
@@ -471,6 +473,7 @@ class Keeper:
         if loading is None:
             return []
         loaded = loading.result()
+        self._take_attempts({m.key: m.life for m in loaded if m is not None}.values())
         # new to this process without a staple (a renewal, a file back after a gap): a sink's
         # file may hold the staple of the certificate it renewed (see `take_from_sinks`)
         self.take_from_sinks(m for m in loaded if m is not None and m.life.state.answer is None)
@@ -711,10 +714,12 @@ class Keeper:
 
     def sync(self) -> int:
         """Take in the answers another process (`prime`, a second keeper) stored since the last
-        look: validated here, and taken only where the life cycle allows; the reloads its
-        status rows say are owed are made at this pass's delivery, even when it stored nothing
-        new (`owe_reloads`); the status rows it may have written over are written again from
-        this keeper's view at the pass's end. Returns how many answers were taken."""
+        look: validated here, and taken only where the life cycle allows; then the attempts
+        its status rows record, where later than this keeper's (`_take_attempts`); the
+        reloads they say are owed are made at this pass's delivery, even when it stored
+        nothing new (`owe_reloads`); the status rows it may have written over are written
+        again from this keeper's view, which now holds its attempts, at the pass's end.
+        Returns how many answers were taken."""
         was_read_only = _read_only(self.store)
         try:
             reopened = self.store.check()
@@ -747,7 +752,27 @@ class Keeper:
                 event = Accepted(outcome, looked.fetched_at, looked.url, STORED_ELSEWHERE)
                 self._apply(life, event, now)
                 taken += life.state.answer is outcome
+        if written or reopened is not None:
+            self._take_attempts(self.lives.values())
         return taken
+
+    def _take_attempts(self, lives: Iterable[Life]) -> None:
+        """The last attempt the status rows of `lives` record (another process's: a `prime`
+        beside this keeper, or the process before a start or a reload), each taken where it
+        is later than the life's own (`lifecycle.Tried`), so that the rows this keeper
+        writes keep it until a later attempt; one query."""
+        wanted = {life.key: life for life in lives}
+        if not wanted:
+            return
+        try:
+            recorded = self.store.last_attempts(wanted.keys())
+        except (sqlite3.Error, OSError):
+            return  # the store's trouble is said where it is written
+        now = self.clock()
+        for key, attempt in recorded.items():
+            event = _recorded(attempt)
+            if event is not None:
+                self._apply(wanted[key], event, now)
 
     def _store_again(self) -> None:
         """Every answer in hand stored again (a new database: removed or replaced under us),
@@ -862,8 +887,8 @@ class Keeper:
         return managed.life.state.answer is found
 
     def _rewrite_statuses(self) -> None:
-        """Every status row again at the next flush (a failed `prime` beside a running keeper
-        wrote "failing" over the row of a certificate this keeper holds a good staple for)."""
+        """Every status row again at the next flush, from this keeper's view (which takes in
+        the attempts the rows record: `_take_attempts`): another process wrote over them."""
         for life in self.lives.values():
             self._save_status(life)
         for problem in self.problems.values():
@@ -1664,6 +1689,20 @@ def _stored(life: Life, effect: lifecycle.Store) -> StoredStaple:
         effect.url,
         revoked=not staple.good,
     )
+
+
+def _recorded(attempt: RecordedAttempt) -> Tried | None:
+    """The life cycle's event for an attempt a status row records; None when it cannot be
+    read (a reason code this version does not know, a failure without one)."""
+    if not attempt.failures:
+        return Tried(attempt.at)
+    if attempt.reason is None:
+        return None
+    try:
+        rejection = Rejection.read(attempt.reason, attempt.message or "")
+    except ValueError:
+        return None
+    return Tried(attempt.at, rejection, attempt.failures)
 
 
 def attempt_records(result: FetchResult) -> list[AttemptRecord]:
