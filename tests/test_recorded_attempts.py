@@ -60,14 +60,14 @@ class Site:
     def staple(self) -> Path:
         return self.tmp / "staples" / f"{NAME}.der"
 
-    def configure(self, watch_interval: str = "1s") -> None:
+    def configure(self) -> None:
         self.config.write_text(
             f'state_dir = "{self.tmp}/state"\n'
             f'[[certificates]]\npaths = ["{self.tmp}/live/*/fullchain.pem"]\n'
             f'[sinks.files]\ntype = "file"\npath = "{self.tmp}/staples/{{name}}.der"\n'
             f'[http]\nlisten = "127.0.0.1:{self.http_port}"\n'
             '[policy]\ntimeout = "2s"\nattempts = 1\nretry_min = "1h"\nretry_base = "1h"\n'
-            f'watch_interval = "{watch_interval}"\n'
+            'watch_interval = "1s"\n'
         )
 
     def issue(self) -> None:
