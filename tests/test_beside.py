@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -243,10 +244,17 @@ def test_a_keeper_starting_with_many_stored_staples_beside_a_prime_restores_and_
     b.revoke(*revoked)
     prime = b.prime()
 
-    # The keeper starts once the prime has written its first group of fetches.
+    # The keeper starts once the prime has written its first group of fetches; the prime is
+    # held there until the keeper's workers are up, so that they read while it writes however
+    # slow the machine (a prime that ends first tests nothing)
     wait_for(lambda: b.rows("SELECT 1, count(*) FROM attempts")[1] > COUNT, timeout=60)
+    prime.send_signal(signal.SIGSTOP)
     kept = b.config("kept", f"{b.tmp}/live/*/fullchain.pem", http=port)
     run = b.start("run", "--config", str(kept), env=notify[1])
+    try:
+        wait_for(lambda: workers_of(run.pid), timeout=60)
+    finally:
+        prime.send_signal(signal.SIGCONT)
     overlap: list[bool] = []
 
     def seen() -> None:  # the keeper's workers read the database while the prime writes it
