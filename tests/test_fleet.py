@@ -28,7 +28,10 @@ from mustaple.adapters.fetch import FetchPolicy
 from mustaple.adapters.redisstore import Lease, RedisStore, Retry
 from mustaple.adapters.sinks import build_sink
 from mustaple.adapters.store import AttemptRecord, SqliteStore, StoredStaple, cert_key
+from mustaple.core.certs import make_target
 from mustaple.core.errors import InputError
+from mustaple.core.schedule import SchedulePolicy
+from mustaple.core.verify import Staple, verify
 from mustaple.front.status import fleet_view
 from mustaple.keeper.daemon import open_fleet
 from mustaple.keeper.fleet import Fleet
@@ -40,6 +43,7 @@ from servers import RedisServer
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)
 VALIDITY = 6 * HOUR  # short windows: a simulated day holds eight refreshes
+GATHER = 0.3  # seconds: a member hears and adopts what another shared (it gathers 0.2 s)
 QUICK = FetchPolicy(total_timeout=2.0, connect_timeout=1.0, attempts_per_url=1)
 
 
@@ -223,23 +227,32 @@ class Member:
         return path.read_bytes() if path.exists() else None
 
 
-def member_config(tmp: Path, name: str, live: Path, url: str, p: str) -> Config:
+def member_config(
+    tmp: Path, name: str, live: Path, url: str, p: str, schedule: SchedulePolicy | None = None
+) -> Config:
     out = tmp / name / "out"
     return Config(
         path=tmp / name / "mustaple.toml",
         state_dir=tmp / name,
         certificates=(CertEntry(paths=(str(live / "*" / "fullchain.pem"),)),),
         sinks={"out": {"type": "file", "path": f"{out}/{{name}}.der"}},
-        policy=KeeperPolicy(fetch=QUICK),
+        policy=KeeperPolicy(fetch=QUICK, schedule=schedule or SchedulePolicy()),
         fleet=FleetConfig(url, prefix=p, member=name, lease=timedelta(seconds=10)),
     )
 
 
 @asynccontextmanager
 async def member(
-    stack: AsyncExitStack, tmp: Path, name: str, live: Path, url: str, p: str, clock: Clock
+    stack: AsyncExitStack,
+    tmp: Path,
+    name: str,
+    live: Path,
+    url: str,
+    p: str,
+    clock: Clock,
+    schedule: SchedulePolicy | None = None,
 ) -> AsyncIterator[Member]:
-    config = member_config(tmp, name, live, url, p)
+    config = member_config(tmp, name, live, url, p, schedule)
     store = SqliteStore(config.state_dir / "state.db")
     stack.callback(store.close)
     sinks = {"out": build_sink("out", config.sinks["out"])}
@@ -283,12 +296,17 @@ async def fleetworld(
     members: int,
     certificates: int,
     url: str | None = None,
+    validity: timedelta = VALIDITY,
+    cache_for: timedelta = timedelta(0),
+    schedule: SchedulePolicy | None = None,
 ) -> AsyncIterator[Fleetworld]:
+    """`members` keepers on one fake clock, `certificates` leaves; the CA's answers last
+    `validity`, and it gives the same answer again for `cache_for`."""
     clock = Clock(datetime.now(UTC).replace(microsecond=0))
     ca = CA(now=clock.now - timedelta(days=1), key_type="ec")
     live = tmp / "live"
     p = prefix()
-    async with OCSPResponder(ca, clock=clock, validity=VALIDITY, cache_for=timedelta(0)) as r:
+    async with OCSPResponder(ca, clock=clock, validity=validity, cache_for=cache_for) as r:
         leaves = []
         for n in range(certificates):
             leaf = ca.issue(f"c{n}.test", ocsp_urls=[r.url], must_staple=True)
@@ -300,7 +318,9 @@ async def fleetworld(
             for n in range(members):
                 found.append(
                     await stack.enter_async_context(
-                        member(stack, tmp, f"m{n}", live, url or redis_server.url, p, clock)
+                        member(
+                            stack, tmp, f"m{n}", live, url or redis_server.url, p, clock, schedule
+                        )
                     )
                 )
             yield Fleetworld(clock, ca, r, leaves, found)
@@ -562,6 +582,56 @@ def test_a_retry_mark_lasts_by_the_clock_of_redis(
             assert managed.next_due - w.clock.now < timedelta(minutes=1)
 
     run(scenario)
+
+
+def test_the_same_short_answer_fetched_again_never_lapses_in_a_fleet(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Answers of 2 hours, min_interval 3 hours: one member refreshes before half the time
+    left (`schedule.next_refresh`), and so must a fleet. When the CA gave the fleet the same
+    answer again (its cache), the members waited min_interval from that fetch, past the
+    answer's expiry, and refreshed only once it expired. Four hours, each member ticked when
+    due: whenever one is due, every file holds a staple with time left (the refresh comes
+    before half of what the answer had left), and the CA is not hammered."""
+    short = timedelta(hours=2)
+    schedule = SchedulePolicy(min_interval=timedelta(hours=3))
+
+    async def scenario() -> None:
+        async with fleetworld(
+            tmp_path,
+            redis_server,
+            members=2,
+            certificates=1,
+            validity=short,
+            cache_for=timedelta(minutes=90),
+            schedule=schedule,
+        ) as w:
+            (leaf,) = w.leaves
+            start = w.clock.now
+            await w.tick_all()
+            while w.clock.now < start + 2 * short:
+                await asyncio.sleep(GATHER)  # what one member shared, the other heard
+                wakes = [m.keeper.next_wakeup() for m in w.members]
+                w.clock.now = max(w.clock.now, min(wake for wake in wakes if wake is not None))
+                for m in w.members:  # due now: the staple in each file has time left
+                    left = served_staple(m, leaf, w.clock.now).effective_expiry - w.clock.now
+                    assert left >= timedelta(minutes=10), f"{m.name}: {left} left"
+                await w.advance()
+            times = w.fetch_times(leaf)
+            # the CA gave the same answer again: the case this is about
+            assert len([t for t in times if t < start + timedelta(minutes=90)]) >= 2, times
+            assert len(times) <= 12, times
+
+    run(scenario)
+
+
+def served_staple(m: Member, leaf: Leaf, now: datetime) -> Staple:
+    """The staple in `m`'s file for `leaf`, validated at `now` (an expired one fails)."""
+    der = m.served(leaf)
+    assert der is not None, f"{m.name} serves no staple"
+    outcome = verify(der, make_target(leaf.cert, leaf.issuer), now)
+    assert isinstance(outcome, Staple), outcome
+    return outcome
 
 
 def test_a_member_adopts_an_announced_staple_within_a_second(

@@ -18,6 +18,7 @@ from mustaple.core.schedule import (
     issuer_retry,
     next_refresh,
     next_retry,
+    refresh_floor,
     refresh_point,
 )
 from mustaple.core.severity import Severity
@@ -120,6 +121,21 @@ def test_min_interval_is_kept_whenever_the_staple_has_time_for_it() -> None:
         when = next_refresh(held, T0, dice=rng.random, policy=policy)
         assert when <= held.effective_expiry
         assert hurried(held, T0, policy) or when >= T0 + policy.min_interval
+
+
+def test_the_floor_alone_is_the_floor_of_next_refresh() -> None:
+    """`refresh_floor` (what a fleet member keeps when another got the same answer again) is
+    `next_refresh` without the refresh point: the same dice, the same time."""
+    rng = random.Random(12)
+    for _ in range(2000):
+        lifetime = timedelta(seconds=rng.uniform(60, 10 * 86400))
+        held = staple(T0 - lifetime * rng.uniform(0, 0.999), lifetime)
+        policy = SchedulePolicy(min_interval=timedelta(seconds=rng.uniform(1, 86400)))
+        roll = functools.partial(float, rng.random())
+        floor = refresh_floor(held, T0, roll, policy)
+        assert floor <= next_refresh(held, T0, roll, policy) <= max(floor, refresh_point(held))
+        assert floor <= held.effective_expiry
+        assert floor == T0 + policy.min_interval or hurried(held, T0, policy)
 
 
 def test_a_week_of_refreshes_keeps_a_fresh_staple() -> None:

@@ -37,6 +37,7 @@ __all__ = [
     "issuer_retry",
     "next_refresh",
     "next_retry",
+    "refresh_floor",
 ]
 
 Dice = Callable[[], float]  # uniform in [0, 1)
@@ -81,12 +82,30 @@ def next_refresh(
 ) -> datetime:
     """When to fetch again after obtaining `staple` (fetched at `last_fetch`): see the
     module docstring."""
-    share = policy.refresh_at - policy.jitter * dice()
+    share = _share(dice, policy)
     when = staple.this_update + (staple.effective_expiry - staple.this_update) * share
+    return max(when, _floor(staple, last_fetch, share, policy))
+
+
+def refresh_floor(
+    staple: Dated, last_fetch: datetime, dice: Dice, policy: SchedulePolicy = DEFAULT_SCHEDULE
+) -> datetime:
+    """The soonest `staple`, fetched at `last_fetch`, is fetched again, whatever its refresh
+    point: `min_interval` later, or sooner when it is `hurried` (the floor of `next_refresh`;
+    a fleet member keeps it when another member got the same answer again)."""
+    return _floor(staple, last_fetch, _share(dice, policy), policy)
+
+
+def _share(dice: Dice, policy: SchedulePolicy) -> float:
+    """The share of a window at which a refresh comes, jittered earlier."""
+    return policy.refresh_at - policy.jitter * dice()
+
+
+def _floor(staple: Dated, last_fetch: datetime, share: float, policy: SchedulePolicy) -> datetime:
     if not hurried(staple, last_fetch, policy):
-        return max(when, last_fetch + policy.min_interval)
+        return last_fetch + policy.min_interval
     left = max(staple.effective_expiry - last_fetch, timedelta(0))
-    return max(when, last_fetch + max(left * share, min(policy.retry_min, left)))
+    return last_fetch + max(left * share, min(policy.retry_min, left))
 
 
 def hurried(staple: Dated, fetched_at: datetime, policy: SchedulePolicy = DEFAULT_SCHEDULE) -> bool:

@@ -4,8 +4,9 @@ A `Fleet` is the keeper's `Coordinator`. For each certificate that falls due it 
 (`claim`), looking at the shared state (`mustaple.adapters.redisstore`):
 
 1. a shared staple newer than ours, that passes our own validation: adopt it, fetch nothing;
-2. the same staple as ours, fetched again by a member less than `min_interval` ago (the CA
-   answered the same): wait until `min_interval` has passed;
+2. the same staple as ours, fetched again by a member just now (the CA answered the same):
+   wait for the floor one member keeps after a fetch (`schedule.refresh_floor`:
+   `min_interval` after that fetch, or sooner for an answer too short for it);
 3. the fleet asked to wait after a failure (a retry mark by another member): wait until then;
 4. the lease of the certificate is ours: fetch (the lease is renewed while fetching); `settle`
    then stores the staple under the lease's fencing token (or marks when to retry), records
@@ -45,6 +46,7 @@ from mustaple.adapters.config import FleetConfig
 from mustaple.adapters.fetch import FetchResult
 from mustaple.adapters.redisstore import Lease, RedisStore, Retry, shown_url, wrong_type
 from mustaple.adapters.store import StoredStaple
+from mustaple.core.schedule import refresh_floor
 from mustaple.core.verify import Staple, strictly_newer, verify
 from mustaple.keeper.keeper import Keeper, Managed, Turn, attempt_records
 
@@ -420,8 +422,11 @@ class Fleet:
         current = managed.life.state.answer
         if current is not None and current.der == stored.der:  # ours: validated already
             # due, unless it was adopted while we looked (its schedule then says when), or a
-            # member fetched it again just now (the CA answered the same: keep the floor)
-            again = min(stored.fetched_at, now) + self.keeper.policy.schedule.min_interval
+            # member fetched it again just now (the CA answered the same): keep the floor
+            # one member keeps after a fetch (`min_interval`, or sooner for an answer too
+            # short for it: never past its expiry)
+            fetched, policy = min(stored.fetched_at, now), self.keeper.policy.schedule
+            again = refresh_floor(current, fetched, self.keeper.dice, policy)
             due = max(again, managed.next_due or now)
             return Turn(wait_until=due) if due > now else None
         if self._adopt(managed, stored, origin):
