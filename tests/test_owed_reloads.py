@@ -32,6 +32,7 @@ from mustaple.adapters.sinks import build_sink
 from mustaple.core.clock import utc_now
 from mustaple.testing import CA, ResponderThread, keeper_config, keeper_world
 from outside import end_all, wait_for
+from servers import RedisServer
 
 MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))
 NAME = "a.example.test"
@@ -225,3 +226,55 @@ async def prime(config: Path, cert: Path) -> tuple[int, str]:
     out, _ = await process.communicate()
     assert process.returncode is not None
     return process.returncode, out.decode()
+
+
+def test_a_running_fleet_member_pays_the_reload_a_prime_failed(tmp_path: Path) -> None:
+    """The same in fleet mode: a real `mustaple run` in a fleet on a real redis-server, and
+    a real `mustaple prime` of the same configuration beside it. The prime stores and shares
+    nothing newer, its reload fails (once); the member reloads once within its watch
+    interval, and the row says the debt is paid."""
+    frozen = utc_now().replace(microsecond=0)
+    ca = CA()
+    table = sink_table(tmp_path, reload_script(tmp_path, once=True))
+    config = write_config(tmp_path, table, "1s")
+    with (
+        RedisServer(tmp_path / "redis") as redis,
+        ResponderThread(ca, cache_for=timedelta(0), clock=lambda: frozen) as responder,
+        notify_socket(tmp_path) as (sock, env),
+    ):
+        fleet = f'[fleet]\nredis = "{redis.url}"\nprefix = "t:"\nmember = "m0"\n'
+        # the prime fetches again (nothing newer: its bytes only differ)
+        text = config.read_text().replace("[policy]\n", '[policy]\nmin_interval = "1s"\n')
+        config.write_text(text + fleet)
+        leaf = ca.issue(NAME, ocsp_urls=[responder.url])
+        responder.add(leaf)
+        files = leaf.write(tmp_path / "live" / NAME)
+        with (tmp_path / "run.err").open("w") as err:
+            run = subprocess.Popen(
+                [MUSTAPLE, "run", "--config", str(config)], env=env, stderr=err, text=True
+            )
+        try:
+            wait_for(lambda: runs(tmp_path) == 1)  # its first delivery
+            passes(sock, 2)  # past min_interval: the prime fetches
+            before = stored_this_update(tmp_path)
+            staple = (tmp_path / "staples" / f"{NAME}.der").read_bytes()
+
+            (tmp_path / "fail").touch()
+            prime = [MUSTAPLE, "prime", "--config", str(config), str(files.fullchain)]
+            primed = subprocess.run(prime, capture_output=True, text=True, timeout=60, check=False)
+            assert primed.returncode == 1, primed.stdout + primed.stderr
+            assert "reload failed" in primed.stdout, primed.stdout
+            assert not (tmp_path / "fail").exists()  # its reload ran, and failed
+            assert stored_this_update(tmp_path) == before  # nothing newer stored
+            assert (tmp_path / "staples" / f"{NAME}.der").read_bytes() != staple  # its bytes
+
+            wait_for(lambda: runs(tmp_path) == 3)  # the start's, the prime's, the member's
+            passes(sock, 3)
+            assert runs(tmp_path) == 3  # once
+            sink = sink_row(config)
+            assert (sink["ok"], sink["error"], sink["reload_owed"]) == (True, None, False), sink
+            run.terminate()
+            assert run.wait(20) == 0
+        finally:
+            end_all([run])
+    assert "Traceback" not in (tmp_path / "run.err").read_text()

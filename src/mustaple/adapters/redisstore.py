@@ -2,7 +2,10 @@
 
 `RedisStore(url, prefix=..., member=...)` keeps the `store.Store` contract (tests/test_store.py
 runs the same suite on it and on SQLite) and adds the records a fleet of members coordinates
-through (`mustaple.keeper.fleet`). Everything lives under `prefix`:
+through (`mustaple.keeper.fleet`). A member's keeper (`run`, and `prime` beside it) keeps its
+own state in SQLite (`store.SqliteStore`), which tells it what the other processes of its host
+wrote; a fleet shares staples through this class, and hears the other members' ones as
+announcements. Everything lives under `prefix`:
 
 - `{prefix}staple:{key}`, a hash: the last good staple (DER and times), who fetched it
   (`fetched_by`) and the fencing token it was written with. `save_staple` is one Lua script:
