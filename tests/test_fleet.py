@@ -145,6 +145,29 @@ def test_a_garbled_fencing_counter_starts_again_above_the_stored_staple(
     assert not a.publish("k", stored(4), lease)  # the older lease is still refused
 
 
+def test_a_fencing_counter_gone_before_its_staple_starts_again_above_it(
+    redis_server: RedisServer,
+) -> None:
+    """The counter has an end now (as the staple record has): one gone while the staple is
+    stored (evicted by a volatile maxmemory policy, deleted by hand) starts again above the
+    stored staple's token, as a garbled one does: the next lease's write is not refused."""
+    p = prefix()
+    a = RedisStore(redis_server.url, prefix=p, member="a")
+    for _ in range(3):
+        lease = a.acquire("k", timedelta(seconds=30))
+        assert lease is not None
+        a.release(lease)
+    assert lease is not None
+    assert a.publish("k", stored(1), lease)
+    a.client.delete(f"{p}fence:k")
+    renewed = a.acquire("k", timedelta(seconds=30))
+    assert renewed is not None
+    assert (renewed.token, renewed.replaced) == (lease.token + 1, ())
+    assert a.publish("k", stored(2), renewed)
+    ends = [a.client.execute_command("PEXPIRETIME", f"{p}{kind}:k") for kind in ("fence", "staple")]
+    assert ends[0] == ends[1] > 0  # the counter ends with the staple record
+
+
 def test_garbled_records_cost_only_themselves_to_the_fleet_view(
     redis_server: RedisServer,
 ) -> None:

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -392,3 +393,46 @@ socket = "{server.api_socket}"
 
 def serves(port: int, name: str, der: bytes) -> bool:
     return staple_from(port, name) == der
+
+
+def test_the_records_of_a_renewed_leaf_end_and_leave_the_fleet_view(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A leaf's records in Redis (staple, attempts, fencing counter) end a day after its
+    staple's effective expiry, counted again at each write: they stayed for ever, so after a
+    renewal the fleet view listed the name twice and Redis grew with every renewal. A member
+    that still serves the old leaf keeps writing its records (each refresh counts their end
+    again); once they end, the fleet view lists the name once and the next write of any
+    staple takes the old key out of the `keys` set."""
+    old = fleet.issue("renewed.test")
+    members = [fleet.start("m0"), fleet.start("m1")]
+    wait_for(lambda: all(m.staple(old) for m in members))
+    shared = fleet.shared()
+    client, p, old_key = shared.client, fleet.prefix, cert_key(old.cert)
+    stored = shared.load(old_key)
+    assert stored is not None
+    ends = stored.effective_expiry + timedelta(days=1)
+    for kind in ("staple", "attempts", "fence"):
+        left = timedelta(milliseconds=client.pttl(f"{p}{kind}:{old_key}"))
+        assert abs(utc_now() + left - ends) < timedelta(minutes=1), (kind, left)
+
+    new = fleet.issue("renewed.test")  # renewed under both members
+    wait_for(lambda: all(m.staple(new) for m in members))
+    config = str(members[0].directory / "mustaple.toml")
+    assert names_in_view(config, capsys) == ["renewed.test", "renewed.test"]  # until the end
+
+    for kind in ("staple", "attempts", "fence"):  # their end, as Redis makes it
+        client.pexpire(f"{p}{kind}:{old_key}", 1)
+    wait_for(lambda: not client.keys(f"{p}*{old_key}*"))
+    assert names_in_view(config, capsys) == ["renewed.test"]
+    other = fleet.issue("other.test")  # a write of another staple sweeps the set
+    wait_for(lambda: all(m.staple(other) for m in members))
+    kept = {key.decode() for key in client.smembers(f"{p}keys")}
+    assert kept == {cert_key(new.cert), cert_key(other.cert)}
+
+
+def names_in_view(config: str, capsys: pytest.CaptureFixture[str]) -> list[str]:
+    """The certificates' names `mustaple status --fleet --json` lists."""
+    capsys.readouterr()
+    assert main(["status", "--fleet", "--json", "--config", config]) == 0
+    return [row["name"] for row in json.loads(capsys.readouterr().out)["certificates"]]

@@ -25,7 +25,14 @@ announcements. Everything lives under `prefix`:
 - `{prefix}attempts:{key}`: the bounded history of attempts, newest first, with the member.
 - `{prefix}status:{member}`: each member's view of each certificate (`save_status`).
 - `{prefix}members`: one heartbeat per member (`beat`, `members`).
-- `{prefix}keys`: the set of keys with a stored staple.
+- `{prefix}keys`: the set of keys with a stored staple; `{prefix}sweep`, where the writes'
+  sweep of that set has got to.
+
+A certificate's staple, fencing counter and attempts end `keep` (a day) after the staple's
+effective expiry, by Redis's clock, counted again at every write: a leaf that no member
+refreshes any more (renewed on every member) leaves nothing behind, while a member that still
+serves it keeps writing them. A key whose staple record ended is not among `keys()`, and each
+staple written takes the next few such keys out of the set.
 
 Times without a time zone, fields missing and keys of another type in what is read (another
 writer's records) make that record unreadable: logged and left out, never an exception. Every
@@ -66,8 +73,12 @@ __all__ = ["FleetRecord", "Lease", "Member", "RedisStore", "Retry", "shown_url",
 log = logging.getLogger("mustaple")
 
 CHANNEL = "staples"
-# Before the scripts that read a fencing counter: it as a number, or nil when it is none of
-# ours (not a whole number, or the error of a key of another type that `redis.pcall` returns).
+# how long a certificate's records outlive its staple's effective expiry when no member writes
+# them again (a leaf renewed everywhere): long enough for the fleet view to show it expired
+KEEP_AFTER_EXPIRY = timedelta(days=1)
+# Before the scripts that need them: a fencing counter as a number, or nil when it is none of
+# ours (not a whole number, or the error of a key of another type that `redis.pcall`
+# returns); Redis's clock; a key kept as long as a staple record.
 _WHOLE = """
 local function whole(value)
   if type(value) == 'string' and #value < 16 and string.match(value, '^%d+$') then
@@ -75,16 +86,32 @@ local function whole(value)
   end
   return nil
 end
+local function now_ms()
+  local clock = redis.call('TIME')
+  return tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+end
+-- key lives as long as the staple record `staple`, and at least `least` ms from now
+local function keep_as(key, staple, least)
+  local left = redis.call('PTTL', staple)
+  if left < least then left = least end
+  redis.call('PEXPIRE', key, left)
+end
 """
-# KEYS: staple hash, key set, fence counter. ARGV: fence ('' for a write without a lease: the
-# counter's value, so it neither outranks nor is outranked by the lease live now; a counter
-# that is none of ours ties with the stored staple), thisUpdate (ms), channel, key, member,
-# effective expiry (ms), revoked ("1"/"0"), the DER of a record the writer refused ('' for
-# none), fields... Refuses a write under an older fence, and any answer
-# that may not replace the stored one: `verify.may_replace` on the stored numbers (never older,
-# never expiring sooner, a good answer after a revoked one only when strictly newer). A record
-# whose DER is the one the writer refused (it failed validation) is replaced whatever its
-# numbers say: a forged "thisUpdate in 2099" must not hold the fleet's staple for ever.
+# KEYS: staple hash, key set, fence counter, attempts list, sweep cursor. ARGV: fence ('' for
+# a write without a lease: the counter's value, so it neither outranks nor is outranked by the
+# lease live now; a counter that is none of ours ties with the stored staple), thisUpdate
+# (ms), channel, key, member, effective expiry (ms), revoked ("1"/"0"), the DER of a record
+# the writer refused ('' for none), how long the records outlive the staple (ms), fields...
+# Refuses a write under an older fence, and any answer that may not replace the stored one:
+# `verify.may_replace` on the stored numbers (never older, never expiring sooner, a good
+# answer after a revoked one only when strictly newer). A record whose DER is the one the
+# writer refused (it failed validation) is replaced whatever its numbers say: a forged
+# "thisUpdate in 2099" must not hold the fleet's staple for ever. The certificate's records
+# (staple, fence, attempts) end that long after the staple's effective expiry (by Redis's
+# clock; at the latest, from now): a leaf no member refreshes any more (renewed everywhere)
+# leaves nothing behind. Each write also sweeps the next few keys of the set (SSCAN, its
+# cursor in KEYS[5]: a small set at once, a large one over a few writes) and takes out those
+# whose staple record has ended.
 _SAVE = """
 local held = redis.call('HMGET', KEYS[1], 'fence', 'this_update_ms', 'expiry_ms', 'revoked',
   'der')
@@ -103,17 +130,34 @@ if not (ARGV[8] ~= '' and held[5] == ARGV[8]) then
 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'fence', token, 'this_update_ms', ARGV[2], 'expiry_ms', ARGV[6],
-  'revoked', ARGV[7], unpack(ARGV, 9))
+  'revoked', ARGV[7], unpack(ARGV, 10))
+local ends = math.max(tonumber(ARGV[6]), now_ms()) + tonumber(ARGV[9])
+redis.call('PEXPIREAT', KEYS[1], ends)
+redis.call('PEXPIREAT', KEYS[3], ends)
+redis.call('PEXPIREAT', KEYS[4], ends)
+local cursor = redis.pcall('GET', KEYS[5])
+if not (type(cursor) == 'string' and #cursor <= 20 and string.match(cursor, '^%d+$')) then
+  cursor = '0'
+end
+local swept = redis.call('SSCAN', KEYS[2], cursor, 'COUNT', 4)
+local staples = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[4])
+for _, other in ipairs(swept[2]) do
+  if redis.call('EXISTS', staples .. other) == 0 then redis.call('SREM', KEYS[2], other) end
+end
+redis.call('SET', KEYS[5], swept[1])
 redis.call('SADD', KEYS[2], ARGV[4])
 redis.call('PUBLISH', ARGV[3], ARGV[4] .. ' ' .. ARGV[5])
 return 1
 """
-# KEYS: lease, fence counter, staple hash. ARGV: member, ttl (ms). Returns {the new token, or 0
-# when taken; 1 when the lease key was replaced; 1 when the counter was}. Every lease we write
-# runs out: a lease key of another type, or one that never runs out, was written by something
-# else, and would hold every member back for ever; a counter that is none of ours (not a whole
-# number, or another type) would fail every acquire: it starts again from the stored staple's
-# token, so that the next lease still outranks it.
+# KEYS: lease, fence counter, staple hash. ARGV: member, ttl (ms), how long the records
+# outlive the staple (ms). Returns {the new token, or 0 when taken; 1 when the lease key was
+# replaced; 1 when the counter was}. Every lease we write runs out: a lease key of another
+# type, or one that never runs out, was written by something else, and would hold every
+# member back for ever; a counter that is none of ours (not a whole number, or another type)
+# would fail every acquire: it starts again from the stored staple's token, so that the next
+# lease still outranks it, as does a counter gone while its staple is stored. The counter
+# ends with the staple record, and never sooner than that margin from now (far beyond any
+# lease).
 _ACQUIRE = """
 local lease, counter = 0, 0
 local kind = redis.call('TYPE', KEYS[1]).ok
@@ -123,14 +167,22 @@ if kind ~= 'none' then
   lease = 1
 end
 local count = redis.pcall('GET', KEYS[2])
-if count and not whole(count) then
+if not (count and whole(count)) then
   redis.call('DEL', KEYS[2])
   redis.call('SET', KEYS[2], whole(redis.pcall('HGET', KEYS[3], 'fence')) or 0)
-  counter = 1
+  if count then counter = 1 end
 end
 local token = redis.call('INCR', KEYS[2])
+keep_as(KEYS[2], KEYS[3], tonumber(ARGV[3]))
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. token, 'PX', ARGV[2])
 return {token, lease, counter}
+"""
+# KEYS: attempts list, staple hash. ARGV: how many to keep, the margin (ms), attempts... Newest
+# first; the list ends with the staple record, and never sooner than the margin from now.
+_ATTEMPTS = """
+redis.call('LPUSH', KEYS[1], unpack(ARGV, 3))
+redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+keep_as(KEYS[1], KEYS[2], tonumber(ARGV[2]))
 """
 # KEYS: lease. ARGV: value, ttl (ms).
 _RENEW = """
@@ -202,9 +254,10 @@ class RedisStore:
         member: str = "local",
         history_limit: int = HISTORY_LIMIT,
         timeout: float = 2.0,
+        keep: timedelta = KEEP_AFTER_EXPIRY,
     ) -> None:
         self.url, self.prefix, self.member = url, prefix, member
-        self.history_limit = history_limit
+        self.history_limit, self.keep = history_limit, keep
         # redis-py's annotations mix its sync and async answers; values are checked here instead
         self.client: Any = redis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout
@@ -212,6 +265,7 @@ class RedisStore:
         self._pipe: Any = None  # the open transaction's pipeline, if any
         self._save = self.client.register_script(_WHOLE + _SAVE)
         self._acquire = self.client.register_script(_WHOLE + _ACQUIRE)
+        self._attempts = self.client.register_script(_WHOLE + _ATTEMPTS)
         self._renew = self.client.register_script(_RENEW)
         self._release = self.client.register_script(_RELEASE)
 
@@ -285,9 +339,11 @@ class RedisStore:
         }
         args: list[Any] = [token, _ms(staple.this_update), self.channel, key, self.member]
         args += [_ms(staple.effective_expiry), "1" if staple.revoked else "0", refused or b""]
+        args.append(_ms_delta(self.keep))
         for name, value in fields.items():
             args += [name, value]
         keys = [self._k("staple", key), self._k("keys"), self._k("fence", key)]
+        keys += [self._k("attempts", key), self._k("sweep")]
         if self._pipe is not None:
             self._save(keys=keys, args=args, client=self._pipe)
             return True
@@ -297,10 +353,9 @@ class RedisStore:
         rows = [_attempt_json(a, self.member) for a in attempts]
         if not rows:
             return
-        name = self._k("attempts", key)
-        with self.transaction():
-            self._w().lpush(name, *rows)
-            self._w().ltrim(name, 0, self.history_limit - 1)
+        keys = [self._k("attempts", key), self._k("staple", key)]
+        args: list[str | int] = [self.history_limit, _ms_delta(self.keep), *rows]
+        self._attempts(keys=keys, args=args, client=self._w())
 
     def add_all_attempts(self, items: Sequence[tuple[str, Iterable[AttemptRecord]]]) -> None:
         with self.transaction():
@@ -325,7 +380,13 @@ class RedisStore:
         return found
 
     def keys(self) -> list[str]:
-        return sorted(k.decode() for k in self.client.smembers(self._k("keys")))
+        """The keys with a staple record (one that ended is left out: the set is cleaned up
+        a little later, see `publish`)."""
+        found = sorted(k.decode() for k in self.client.smembers(self._k("keys")))
+        pipe = self.client.pipeline(transaction=False)
+        for key in found:
+            pipe.exists(self._k("staple", key))
+        return [key for key, there in zip(found, pipe.execute(), strict=True) if there]
 
     def save_status(self, key: str, status: CertStatus) -> None:
         self.save_statuses([(key, status)])
@@ -403,7 +464,8 @@ class RedisStore:
         is a fencing counter that is not a whole number: each is replaced, and the lease
         says which (`replaced`: "lease", "fence")."""
         keys = [self._k("lease", key), self._k("fence", key), self._k("staple", key)]
-        token, *flags = self._acquire(keys=keys, args=[self.member, _ms_delta(ttl)])
+        args: list[str | int] = [self.member, _ms_delta(ttl), _ms_delta(self.keep)]
+        token, *flags = self._acquire(keys=keys, args=args)
         if not token:
             return None
         replaced = tuple(name for name, flag in zip(("lease", "fence"), flags, strict=True) if flag)
