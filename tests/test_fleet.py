@@ -168,6 +168,24 @@ def test_a_fencing_counter_gone_before_its_staple_starts_again_above_it(
     assert ends[0] == ends[1] > 0  # the counter ends with the staple record
 
 
+def test_writes_sweep_ended_keys_out_of_a_large_key_set(redis_server: RedisServer) -> None:
+    """300 keys, the staple records of 100 ended: they leave `keys()` at once, and the writes
+    that follow take them out of the set a few at a time (one pass over the set, not one
+    write per key left behind)."""
+    p = prefix()
+    a = RedisStore(redis_server.url, prefix=p, member="a")
+    a.publish_many([(f"k{n}", stored(1), None) for n in range(300)])
+    a.client.delete(*(f"{p}staple:k{n}" for n in range(0, 300, 3)))
+    assert len(a.keys()) == 200
+    writes = 0
+    while a.client.scard(f"{p}keys") > 200 + writes:
+        assert writes < 300, "the sweep did not come round"
+        assert a.publish(f"new{writes}", stored(1))
+        writes += 1
+    assert len(a.keys()) == 200 + writes
+    assert a.client.pttl(f"{p}staple:k1") > 0  # each has an end
+
+
 def test_garbled_records_cost_only_themselves_to_the_fleet_view(
     redis_server: RedisServer,
 ) -> None:
