@@ -37,6 +37,7 @@ __all__ = [
     "NotRegularFileError",
     "clean_temporaries",
     "make_directories",
+    "os_words",
     "read_input",
     "read_prefix",
     "syncfs_trusted",
@@ -57,6 +58,19 @@ _NAME_TRIES = 100  # names taken in a row before giving up (mkstemp's TMP_MAX is
 _SYNC_THREADS = 8
 SYNC_ONCE_FROM = 64  # files in one batch from which one syncfs beats an fsync each
 SYNCFS_FROM = (5, 15)  # the first Linux whose syncfs can be trusted (`syncfs_trusted`)
+
+
+def os_words(exc: OSError, directory: Path) -> str:
+    """What `exc` says, in the system's words. A read-only file system also says what to do:
+    a systemd unit with ProtectSystem= (examples/mustaple.service) lets mustaple write only
+    below its StateDirectory= and the paths its ReadWritePaths= lines list."""
+    words = exc.strerror or str(exc)
+    if exc.errno != errno.EROFS:
+        return words
+    return (
+        f"{words}; if systemd runs mustaple with ProtectSystem=, add {directory} to its "
+        "unit's ReadWritePaths= (docs/systemd.md)"
+    )
 
 
 class MissingInputError(InputError):

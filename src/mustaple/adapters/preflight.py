@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mustaple.adapters.config import HOOK_EVENTS, Config
+from mustaple.adapters.files import os_words
 from mustaple.core.render import one_line
 from mustaple.core.shellread import read_command
 
@@ -153,7 +154,7 @@ def _unwritable(directory: Path) -> str | None:
         fd, name = tempfile.mkstemp(prefix=".mustaple-check-", dir=existing)
     except OSError as exc:
         verb = "written to" if existing == directory else f"created ({existing} is not writable)"
-        return f"{directory} cannot be {verb}: {exc.strerror}"
+        return f"{directory} cannot be {verb}: {os_words(exc, directory)}"
     os.close(fd)
     os.unlink(name)
     return None

@@ -40,6 +40,7 @@ from mustaple.adapters.files import (
     MAX_INPUT,
     clean_temporaries,
     make_directories,
+    os_words,
     read_prefix,
     write_atomic,
     write_atomic_many,
@@ -401,7 +402,7 @@ def _delete(path: Path) -> bool:
 
 
 def _os_problem(path: Path, exc: OSError) -> str:
-    return f"{path}: {exc.strerror or exc}"
+    return f"{path}: {os_words(exc, path.parent)}"
 
 
 # --- file -----------------------------------------------------------------------------------------

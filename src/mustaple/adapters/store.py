@@ -60,6 +60,7 @@ from urllib.parse import quote
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from mustaple.adapters.files import os_words
 from mustaple.core.certs import Target
 from mustaple.core.delivery import SinkHealth, Trap
 from mustaple.core.errors import InputError
@@ -300,6 +301,18 @@ def _no_space(directory: Path) -> str | None:
     return None
 
 
+def _read_only(directory: Path) -> str | None:
+    """Why nothing can be written in `directory` when its file system is mounted read-only
+    (SQLite says only "unable to open database file"), else None."""
+    try:
+        flags = os.statvfs(directory).f_flag
+    except OSError:
+        return None
+    if not flags & os.ST_RDONLY:
+        return None
+    return os_words(OSError(errno.EROFS, os.strerror(errno.EROFS)), directory)
+
+
 def _full_disk(why: str) -> str:
     """What a store open for reading only says of itself (`read_only`)."""
     return f"the state disk is full ({why}), the state is read only"
@@ -441,7 +454,8 @@ class SqliteStore:
             return self._start_afresh(exc)
         full = _no_space(self.path.parent) if self.read_when_full else None
         if full is None:
-            raise InputError(f"{self.path}: cannot open the state database ({exc})") from None
+            why = _read_only(self.path.parent) or exc
+            raise InputError(f"{self.path}: cannot open the state database ({why})") from None
         try:
             db = self._read_only_db()
         except sqlite3.Error as again:

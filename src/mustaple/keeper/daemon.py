@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from mustaple.adapters import sinks as sink_builders
 from mustaple.adapters.config import Config, ConfigError, load_config
+from mustaple.adapters.files import os_words
 from mustaple.adapters.http1 import Watcher
 from mustaple.adapters.notify import notify, watchdog_interval
 from mustaple.adapters.sinks import SinkConfigError
@@ -170,7 +171,8 @@ def _only_daemon(state_dir: Path) -> Iterator[None]:
         state_dir.mkdir(parents=True, exist_ok=True)
         handle = (state_dir / "run.lock").open("a+")
     except OSError as exc:
-        raise InputError(f"{state_dir}: cannot use the state directory ({exc.strerror})") from None
+        problem = os_words(exc, state_dir)
+        raise InputError(f"{state_dir}: cannot use the state directory ({problem})") from None
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
