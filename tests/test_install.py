@@ -4,7 +4,8 @@ The wheel is built from this tree (`pip wheel --no-deps`, without build isolatio
 installed into a new venv, and `mustaple demo` is run from another directory, so nothing of the
 source tree can stand in for what the wheel holds. The dependencies come from the test venv
 through a path file, as a server's pip would have installed them from the index. The systemd
-unit is checked with `systemd-analyze verify`, its ExecStart against the documented path.
+unit is checked with `systemd-analyze verify`, its ExecStart against the documented path, and
+its sandbox scored by `systemd-analyze security` (tests/test_systemd_unit.py runs it).
 """
 
 from __future__ import annotations
@@ -74,3 +75,7 @@ def _verify_unit(installed: Path, tmp_path: Path) -> None:
     verified = _run("systemd-analyze", "verify", unit, cwd=tmp_path)
     assert verified.returncode == 0, verified.stderr
     assert "Unknown" not in verified.stderr
+    # systemd's own score of the sandbox, 0 (locked down) to 10: at most 2 (it was 9.6)
+    scored = _run("systemd-analyze", "security", "--offline=true", "--threshold=20", unit,
+                  cwd=tmp_path)  # fmt: skip
+    assert scored.returncode == 0, scored.stdout
