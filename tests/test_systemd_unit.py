@@ -14,6 +14,7 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from outside import end_all, get_json, http_get, wait_for
 from sandbox import Sandbox, read_unit
 from servers import NginxServer, free_port, staple_from
 
+MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))
 NAME = "sandboxed.test"
 HARDENING = {  # what the sandbox emulates, as the unit must say it
     "ProtectSystem": "strict",
@@ -309,3 +311,27 @@ def test_what_the_sandbox_refuses_is_one_line_that_says_what_to_do(server: Serve
     failed = s.mustaple("prime", "--all")
     assert failed.returncode == 1, without_traceback(failed)
     assert "reload failed: " in failed.stdout, failed.stdout
+
+
+def test_mustaple_check_in_the_sandbox_says_why_it_cannot_run(server: Server) -> None:
+    """`mustaple check` needs memory both writable and executable (pyOpenSSL's callbacks),
+    which MemoryDenyWriteExecute= refuses: in the sandbox it says so in one line, exit 3
+    (UNKNOWN), where it said "internal error: MemoryError" (exit 4); outside, the same
+    command checks the same nginx."""
+    s = server
+    assert s.mustaple("prime", "--all").returncode == 0
+    s.nginx.start()
+    target = f"127.0.0.1:{s.nginx.port}"
+    inside = in_sandbox(s.sandbox, s.sandbox.mustaple, "check", target, "--servername", NAME)
+    assert inside.returncode == 3, without_traceback(inside)
+    assert "internal error" not in inside.stdout + inside.stderr
+    assert "MemoryDenyWriteExecute=" in inside.stdout + inside.stderr
+    assert "run `mustaple check` from a shell" in inside.stdout + inside.stderr
+    outside = subprocess.run(
+        [MUSTAPLE, "check", target, "--servername", NAME],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert outside.returncode == 0, outside.stdout + outside.stderr

@@ -143,12 +143,23 @@ async def probe_async(
     )
 
 
+_NO_CALLBACK = (
+    "the TLS probe cannot run in this process: it may not make memory both writable and "
+    "executable (systemd's MemoryDenyWriteExecute=, as in examples/mustaple.service), which "
+    "pyOpenSSL's callbacks need; run `mustaple check` from a shell, not from the unit or its "
+    "hooks"
+)
+
+
 class _Transcript:
     """The server's handshake messages as received (decrypted in TLS 1.3), in order."""
 
     def __init__(self) -> None:
         self.messages: list[bytes] = []  # each with its 4-byte header: type, uint24 length
-        self._callback = _BINDING.ffi.callback(_MSG_CALLBACK, self._on_message)
+        try:
+            self._callback = _BINDING.ffi.callback(_MSG_CALLBACK, self._on_message)
+        except MemoryError:  # cffi makes a callback in memory both writable and executable
+            raise ProbeError(_NO_CALLBACK) from None
 
     def install(self, context: SSL.Context) -> None:
         # pyOpenSSL has no public hook for this; its SSL_CTX pointer is `_context`.
