@@ -2,13 +2,17 @@
 
 `preflight(config)` looks at the machine as the keeper will find it, and returns the problems
 that would otherwise show only at run time, each one line naming the config key:
-- errors: a state or sink directory that cannot be created or written, a reload, running or
+- errors: a state or sink directory that cannot be created or written, or that the systemd
+  unit that runs mustaple keeps it from writing (ProtectSystem= and the rest, read by
+  `mustaple.adapters.systemdunit`: from a shell, outside the unit's sandbox, every directory
+  root may write looks writable), a reload, running or
   sink command or a hook that /bin/sh (which runs them) cannot read (`sh -n`, which reads
   and runs nothing: a quote left open, an `if` with no `fi`), or that starts a program that
   does not exist or is not executable (the command read as the shell reads it:
   `mustaple.core.shellread`);
-- warnings: certificate paths or globs that match no file (yet), and a command with a part
-  that cannot be read (a here-document, backquotes, a function...), so was not judged.
+- warnings: certificate paths or globs that match no file (yet), a command with a part
+  that cannot be read (a here-document, backquotes, a function...), so was not judged, and a
+  unit that cannot be read or judged (an error when `--unit` named it).
 It writes nothing: a directory's writability is tried with a temporary file in the nearest
 directory that exists, removed at once.
 """
@@ -24,14 +28,17 @@ import stat
 import string
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mustaple.adapters.config import HOOK_EVENTS, Config
 from mustaple.adapters.files import os_words
+from mustaple.adapters.systemdunit import DIRECTORIES, load_sandbox
+from mustaple.core.errors import InputError
 from mustaple.core.render import one_line
 from mustaple.core.shellread import read_command
+from mustaple.core.unitfile import Sandbox, UnitError
 
 __all__ = ["Preflight", "preflight"]
 
@@ -49,21 +56,55 @@ class Preflight:
     warnings: list[str] = field(default_factory=list)
 
 
-def preflight(config: Config) -> Preflight:
-    """Check `config` against this machine; each finding names the file and the key."""
+def preflight(
+    config: Config,
+    unit_file: Path | None = None,
+    unit_directories: Sequence[Path] = DIRECTORIES,
+) -> Preflight:
+    """Check `config` against this machine, and against the systemd unit that runs mustaple
+    (`unit_file`, else mustaple.service in `unit_directories`, systemd's); each finding
+    names the file and the key."""
     found = Preflight()
     where = f"{config.path}: "
+    unit = _unit(unit_file, unit_directories, found)
     matched = _certificates(config, found)
-    problem = _unwritable(config.state_dir)
-    if problem:
-        found.errors.append(f"{where}state_dir: {problem}")
+    _directory(f"{where}state_dir", config.state_dir, unit, found)
     for name, table in config.sinks.items():
-        _sink(f"{where}sinks.{name}.", table, matched.get(name, []), found)
+        _sink(f"{where}sinks.{name}.", table, matched.get(name, []), unit, found)
     for event in HOOK_EVENTS:
         command = config.hooks.command(event)
         if command:
             _command(f"{where}hooks.{event}", command, found)
     return found
+
+
+def _unit(unit_file: Path | None, directories: Sequence[Path], found: Preflight) -> Sandbox | None:
+    """The unit's sandbox; None when there is no unit, or it cannot be read (noted: an error
+    for the file `--unit` named, a warning for one found)."""
+    try:
+        return load_sandbox(unit_file, directories)
+    except (InputError, UnitError) as exc:
+        line = f"{exc}; what the unit lets mustaple write was not checked"
+        (found.errors if unit_file is not None else found.warnings).append(line)
+        return None
+
+
+def _directory(key: str, directory: Path, unit: Sandbox | None, found: Preflight) -> None:
+    """Note why `directory` cannot be written, from here or by the unit's service."""
+    problem = _unwritable(directory) or _refused(directory, unit)
+    if problem:
+        found.errors.append(f"{key}: {problem}")
+
+
+def _refused(directory: Path, unit: Sandbox | None) -> str | None:
+    """Why the unit's service may not write in `directory` (what it may write there is
+    not known from a shell: `_unwritable` judged root's rights outside it)."""
+    if unit is None or not directory.is_absolute():
+        return None
+    rule = unit.refusal(str(directory))
+    if rule is None:
+        return None
+    return unit.advice(str(directory), rule, exists=directory.is_dir())
 
 
 def _certificates(config: Config, found: Preflight) -> dict[str, list[Path]]:
@@ -107,16 +148,20 @@ def _matches(pattern: str) -> list[Path]:
     return sorted(Path(p) for p in glob.glob(pattern) if Path(p).is_file())
 
 
-def _sink(prefix: str, table: Mapping[str, object], certs: list[Path], found: Preflight) -> None:
+def _sink(
+    prefix: str,
+    table: Mapping[str, object],
+    certs: list[Path],
+    unit: Sandbox | None,
+    found: Preflight,
+) -> None:
     """Note the problems of one sink, each as `prefix` + 'KEY: problem'."""
     for key in ("reload", "command", "running"):
         command = table.get(key)
         if isinstance(command, str):
             _command(prefix + key, command, found)
     for key, directory in _sink_dirs(table, certs):
-        problem = _unwritable(directory)
-        if problem:
-            found.errors.append(f"{prefix}{key}: {problem}")
+        _directory(prefix + key, directory, unit, found)
 
 
 def _sink_dirs(table: Mapping[str, object], certs: list[Path]) -> Iterator[tuple[str, Path]]:

@@ -19,9 +19,18 @@ __all__ = ["run_keeper"]
 @click.command("run")
 @config_option
 @click.option("--check-config", is_flag=True, help="Only check the configuration, then exit.")
+@click.option(
+    "--unit",
+    "unit_file",
+    metavar="FILE",
+    help="With --check-config: the systemd unit file that runs mustaple, when it is not "
+    "mustaple.service in systemd's directories.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log debugging detail too.")
 @click.option("-q", "--quiet", is_flag=True, help="Log only problems (warnings and errors).")
-def run_keeper(*, config_path: str, check_config: bool, verbose: bool, quiet: bool) -> int:
+def run_keeper(
+    *, config_path: str, check_config: bool, unit_file: str | None, verbose: bool, quiet: bool
+) -> int:
     """Run the keeper in the foreground (SIGTERM stops, SIGHUP reloads the configuration).
 
     Logs one line per event to stderr (refreshes, deliveries, problems), as a service should.
@@ -30,9 +39,11 @@ def run_keeper(*, config_path: str, check_config: bool, verbose: bool, quiet: bo
     from mustaple.keeper.daemon import check_config as check_config_file
 
     path = Path(config_path)
+    if unit_file is not None and not check_config:
+        raise click.UsageError("--unit: only with --check-config")
     if check_config:
         checked = check_config_file(path)
-        found = preflight(checked)
+        found = preflight(checked, Path(unit_file) if unit_file is not None else None)
         for line in found.errors + [f"warning: {w}" for w in found.warnings]:
             click.echo(f"mustaple: {line}", err=True)
         if found.errors:
