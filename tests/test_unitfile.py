@@ -178,6 +178,13 @@ def test_the_advice_names_the_directory_the_line_and_the_fix() -> None:
         f"/srv/ro is read-only for mustaple.service (ReadOnlyPaths=/srv/ro in {FRAGMENT}): "
         "take /srv/ro out of that line"
     )
+    full = unit("[Service]\nProtectSystem=full\nReadWritePaths=/etc\n")
+    etc = full.refusal("/etc")  # at the same path, read-only wins over ReadWritePaths=
+    assert etc is not None
+    assert full.advice("/etc", etc, exists=True) == (
+        f"/etc is read-only for mustaple.service (ProtectSystem=full in {FRAGMENT}): "
+        "choose a directory below it, or elsewhere"
+    )
     assert said("/srv/hidden/x") == (
         f"/srv/hidden/x is inaccessible to mustaple.service (InaccessiblePaths=/srv/hidden in "
         f"{FRAGMENT}): choose a directory outside /srv/hidden, or remove that setting"

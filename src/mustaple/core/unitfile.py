@@ -35,7 +35,7 @@ _SYSTEM = {
 _API = ("/dev", "/proc", "/sys")
 _HOMES = ("/home", "/root", "/run/user")
 # the directories systemd makes for a service and leaves writable, under their roots
-_OWN_DIRECTORIES = {
+_OWN_FIXED_SPECIFIERS = {
     "StateDirectory": "/var/lib",
     "CacheDirectory": "/var/cache",
     "LogsDirectory": "/var/log",
@@ -43,7 +43,7 @@ _OWN_DIRECTORIES = {
 }
 _SPECIFIER = re.compile(r"%(.?)")
 # the specifiers of a system service's paths that do not depend on the machine
-_DIRECTORIES = {
+_FIXED_SPECIFIERS = {
     "S": "/var/lib",
     "C": "/var/cache",
     "L": "/var/log",
@@ -184,8 +184,10 @@ class Sandbox:
         said = f"{path} is {_ACCESS[rule.access]} {self.name} ({rule.setting} in {rule.source})"
         if rule.access is Access.INACCESSIBLE:
             return f"{said}: choose a directory outside {rule.path}, or remove that setting"
-        if rule.path == path:
+        if rule.path == path and rule.setting.startswith("ReadOnlyPaths="):
             return f"{said}: take {path} out of that line"
+        if rule.path == path:  # a writable path there would lose to it
+            return f"{said}: choose a directory below it, or elsewhere"
         if path in self.missing:
             return f"{said}: create {path}, which its ReadWritePaths= names (docs/systemd.md)"
         create = "" if exists else f"create {path} (systemd needs it to exist), then "
@@ -210,7 +212,7 @@ def sandbox(unit: Unit) -> Sandbox:
         if unit.last(key) is not None:
             raise UnitError(f"{_where(unit, key)}: the service runs in another root ({key}=)")
     rules = [*_protect_system(unit), *_protect_home(unit), *_private_tmp(unit)]
-    for key, root in _OWN_DIRECTORIES.items():
+    for key, root in _OWN_FIXED_SPECIFIERS.items():
         rules += _path_rules(unit, key, Access.WRITABLE, root)
     rules += _path_rules(unit, "ReadWritePaths", Access.WRITABLE)
     rules += _path_rules(unit, "ReadOnlyPaths", Access.READ_ONLY)
@@ -254,7 +256,8 @@ def _system_level(unit: Unit) -> tuple[str, str, str] | None:
 
 def _protect_home(unit: Unit) -> list[Rule]:
     """ProtectHome=: yes hides /home, /root and /run/user, read-only keeps them from
-    writes (DynamicUser=yes implies read-only); tmpfs gives an empty private one."""
+    writes (DynamicUser=yes implies read-only); tmpfs (an empty one of its own) refuses
+    nothing."""
     protect, dynamic = unit.last("ProtectHome"), unit.last("DynamicUser")
     word = protect.value.lower() if protect else "no"
     if _boolean(word) is False and dynamic is not None and _boolean(dynamic.value):
@@ -309,7 +312,7 @@ def _words(assignment: Assignment, key: str) -> list[str]:
 def _expand(word: str, unit: Unit, assignment: Assignment) -> str:
     """`word` with its specifiers replaced; UnitError for one that depends on the machine."""
     stem = unit.name.rsplit(".", 1)[0]
-    known = {**_DIRECTORIES, "n": unit.name, "N": stem, "p": stem.split("@")[0]}
+    known = {**_FIXED_SPECIFIERS, "n": unit.name, "N": stem, "p": stem.split("@")[0]}
 
     def replace(match: re.Match[str]) -> str:
         letter = match.group(1)
