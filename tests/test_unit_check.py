@@ -155,3 +155,24 @@ def test_check_config_says_what_the_example_unit_keeps_from_being_written(
     allowed = check(config, installed)
     assert (allowed.returncode, allowed.stderr) == (ExitCode.GOOD, "")
     assert allowed.stdout == f"{config}: OK (1 certificate entry, 1 sink)\n"
+
+
+def test_check_config_says_a_sink_in_the_units_private_tmp_reaches_no_server(
+    tmp_path: Path, certs: Path
+) -> None:
+    """A file sink writing below /tmp: from a shell it is writable, and under the example
+    unit too (PrivateTmp=), but into the service's own /tmp, which nginx never sees: exit 2
+    and one line saying so (it passed: every staple would have been lost)."""
+    config = write(
+        tmp_path / "mustaple.toml",
+        f'state_dir = "/var/lib/mustaple"\n[[certificates]]\npaths = ["{certs}/fullchain.pem"]\n'
+        '[sinks.nginx]\ntype = "file"\npath = "/tmp/mustaple-staples/{name}.der"\n',
+    )
+    refused = check(config, UNIT)
+    assert (refused.returncode, refused.stdout) == (ExitCode.USAGE, ""), refused.stderr
+    assert refused.stderr == (
+        f"mustaple: {config}: sinks.nginx.path: /tmp/mustaple-staples is private to "
+        f"mustaple.service (PrivateTmp=true in {UNIT}): no server, and no mustaple command run "
+        "from a shell, sees what it writes in its own /tmp, emptied at every stop; choose a "
+        "directory outside /tmp and /var/tmp\n"
+    )

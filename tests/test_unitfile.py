@@ -203,3 +203,19 @@ def test_the_example_unit_lets_write_what_the_emulated_sandbox_binds_writable() 
     assert box.refusal("/tmp/x") is None
     for outside in ("/etc/haproxy/certs", "/srv/x", "/var/lib", "/opt/mustaple"):
         assert box.refusal(outside) is not None, outside
+
+
+def test_a_directory_in_the_private_tmp_is_said_to_be_the_services_own() -> None:
+    """Writable under PrivateTmp=, but in a /tmp no server and no shell sees, emptied at each
+    stop: a staple written there never reaches a server."""
+    box = unit("[Service]\nProtectSystem=strict\nPrivateTmp=yes\n")
+    said = box.private("/var/tmp/staples/")
+    assert said == (
+        f"/var/tmp/staples is private to mustaple.service (PrivateTmp=yes in {FRAGMENT}): "
+        "no server, and no mustaple command run from a shell, sees what it writes in its own "
+        "/var/tmp, emptied at every stop; choose a directory outside /tmp and /var/tmp"
+    )
+    assert box.private("/srv/staples") is None
+    assert box.private("/tmpfiles") is None
+    assert unit("[Service]\nPrivateTmp=no\n").private("/tmp/x") is None
+    assert unit("[Service]\nDynamicUser=yes\n").private("/tmp/x") is not None

@@ -97,13 +97,14 @@ def _directory(key: str, directory: Path, unit: Sandbox | None, found: Preflight
 
 
 def _refused(directory: Path, unit: Sandbox | None) -> str | None:
-    """Why the unit's service may not write in `directory` (what it may write there is
-    not known from a shell: `_unwritable` judged root's rights outside it)."""
+    """Why the unit's service may not write in `directory`, or writes in its own private
+    copy of it (what it may write there is not known from a shell: `_unwritable` judged
+    root's rights outside it)."""
     if unit is None or not directory.is_absolute():
         return None
     rule = unit.refusal(str(directory))
     if rule is None:
-        return None
+        return unit.private(str(directory))
     return unit.advice(str(directory), rule, exists=directory.is_dir())
 
 

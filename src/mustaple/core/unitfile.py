@@ -177,6 +177,21 @@ class Sandbox:
         decisive = max(applying, key=lambda r: (len(PurePosixPath(r.path).parts), -r.access))
         return None if decisive.access is Access.WRITABLE else decisive
 
+    def private(self, directory: str) -> str | None:
+        """Why absolute `directory` is the service's own (below the /tmp or /var/tmp that
+        PrivateTmp= gives it): the servers, and mustaple run from a shell, see another one,
+        and it is emptied at every stop; None when it is not."""
+        path = posixpath.normpath(directory)
+        for rule in self.rules:
+            if rule.setting.startswith(_PRIVATE) and _below(path, rule.path):
+                return (
+                    f"{path} is private to {self.name} ({rule.setting} in {rule.source}): no "
+                    f"server, and no mustaple command run from a shell, sees what it writes in "
+                    f"its own {rule.path}, emptied at every stop; choose a directory outside "
+                    "/tmp and /var/tmp"
+                )
+        return None
+
     def advice(self, directory: str, rule: Rule, *, exists: bool) -> str:
         """One line: why the service cannot write in `directory` (which `rule` refuses), and
         what to do; `exists`: whether the directory exists on this machine."""
@@ -198,6 +213,7 @@ class Sandbox:
 
 
 _ACCESS = {Access.INACCESSIBLE: "inaccessible to", Access.READ_ONLY: "read-only for"}
+_PRIVATE = ("PrivateTmp=", "DynamicUser=")  # the settings that give the service its own /tmp
 
 
 def _below(path: str, top: str) -> bool:
