@@ -216,8 +216,10 @@ def test_another_processs_refresh_is_the_last_one_when_later_and_told_to_no_hook
     again, effects = run(failed, FAIL, T0 + 3 * HOUR)  # the run of failures goes on
     assert (again.failures, [e.hook for e in effects if isinstance(e, Emit)]) == (5, [False])
 
-    worked, _ = run(again, Tried(T0 + 4 * HOUR), T0 + 5 * HOUR)
+    worked, effects = run(again, Tried(T0 + 4 * HOUR), T0 + 5 * HOUR)
     assert (worked.phase, worked.failures, worked.backoff) == (Phase.GOOD, 0, 0)
+    told = [(e.kind, e.hook) for e in effects if isinstance(e, Emit)]
+    assert told == [("recovered", False)]  # said in the log; the other process ran the hook
     assert (worked.rejection, worked.last_attempt) == (None, T0 + 4 * HOUR)
     assert worked.next_due is not None
     assert worked.next_due > T0 + 5 * HOUR  # the next refresh, not a retry
@@ -323,3 +325,19 @@ def test_a_month_of_random_faults_under_a_fake_clock() -> None:
             assert state.held.effective_expiry > now
             without_since = None
     assert longest < DAY
+
+
+def test_an_answer_another_process_fetched_and_told_runs_no_hook_here() -> None:
+    """A `prime`'s answer taken from the store (`told`): the recovery or revocation is said
+    in the log, and its hook is left to the prime, which ran it; the same answer fetched
+    here (or heard from the fleet) runs it."""
+    failing = replace(HELD, phase=Phase.FAILING, failures=2, backoff=2)
+    cases = [
+        (failing, LATER_GOOD, "recovered"),
+        (HELD, REVOKED, "revoked"),
+    ]
+    for state, staple, kind in cases:
+        for told, origin in ((True, "stored by another process"), (False, ""), (False, "m2")):
+            _, effects = run(state, Accepted(staple, T0 + DAY, None, origin, told), T0 + DAY)
+            emitted = [(e.kind, e.hook) for e in effects if isinstance(e, Emit)]
+            assert emitted == [(kind, not told)], (kind, origin, emitted)

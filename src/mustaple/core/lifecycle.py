@@ -24,7 +24,10 @@ Rules a reader can check here rather than in the keeper:
 - a failure is told to the hooks once per run of failures; an alert only when it gets worse;
 - `last_attempt` is the latest refresh by any process: another process's (a `prime` beside
   the keeper, or the process before a restart), as it recorded it, is taken in (`Tried`)
-  only when it is later than the one in hand, and then counts as a refresh of this one's.
+  only when it is later than the one in hand, and then counts as a refresh of this one's;
+- the hooks are told by the process that made the refresh (it took the recorded attempts in
+  first, so it knows the run of failures it continues or ends): another process's failure,
+  recovery or revocation (`Tried`, `Accepted` with `told`) is said in the log only.
 """
 
 from __future__ import annotations
@@ -137,12 +140,15 @@ class Stale:
 @dataclass(frozen=True, slots=True)
 class Accepted:
     """A valid answer: fetched here, adopted from the fleet, or stored by another process
-    (`origin` says which, for the log). `fetched_at` schedules the next refresh."""
+    (`origin` says which, for the log). `fetched_at` schedules the next refresh. `told`: the
+    process that fetched it ran the hooks (a `prime` on the same state): its news (revoked,
+    recovered) goes to the log only here."""
 
     staple: Staple
     fetched_at: datetime
     url: str | None = None
     origin: str = ""
+    told: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,14 +345,15 @@ def _accepted(
             text = (
                 f"revoked at {_revoked_at(staple)}; every server now gets the CA's revoked answer"
             )
-            effects.append(Emit("revoked", text + _from(event)))
+            effects.append(Emit("revoked", text + _from(event), hook=not event.told))
         return new, effects
     recovered = state.failures > 0 or state.phase in (Phase.EXPIRED, Phase.REVOKED)
     new = _evolve(state, phase=Phase.GOOD, held=staple, revoked=None, expired_at=None, **changes)
     effects = [stored]
     until, origin = staple.effective_expiry, _from(event)
     if recovered:
-        effects.append(Emit("recovered", f"good staple again, until {human_time(until)}{origin}"))
+        text = f"good staple again, until {human_time(until)}{origin}"
+        effects.append(Emit("recovered", text, hook=not event.told))
     line = "good staple until {}{}; next refresh at {}"
     effects.append(LogLine("info", line, (until, origin, due)))
     return new, effects + _hurried(state, note)
@@ -427,7 +434,7 @@ def _tried(
     if recovered:
         until = human_time(answer.effective_expiry)
         text = f"good staple again, until {until} (fetched by another mustaple process)"
-        effects.insert(0, Emit("recovered", text))
+        effects.insert(0, Emit("recovered", text, hook=False))  # the other process told them
     return new, effects
 
 

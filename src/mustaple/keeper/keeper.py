@@ -749,7 +749,9 @@ class Keeper:
             outcome = looked.outcome
             if isinstance(outcome, Staple):
                 assert looked.fetched_at is not None
-                event = Accepted(outcome, looked.fetched_at, looked.url, STORED_ELSEWHERE)
+                event = Accepted(
+                    outcome, looked.fetched_at, looked.url, STORED_ELSEWHERE, told=True
+                )
                 self._apply(life, event, now)
                 taken += life.state.answer is outcome
         if written or reopened is not None:
@@ -1423,6 +1425,9 @@ class Keeper:
         left out, and what each file loaded as (see `_load_given`)."""
         unusable: list[Unusable] = []
         resolved, loaded = await self._load_given(paths, refuse=refuse)
+        # the attempts recorded before (a keeper's, an earlier prime's): this one's failure
+        # continues their run of failures, its success ends it (the hooks are told here)
+        self._take_attempts({m.key: m.life for m in loaded.values() if m}.values())
         chosen = []
         for path in resolved:
             managed = loaded.get(path)

@@ -1,0 +1,112 @@
+"""Hooks across processes: each run of failures, each recovery and each revocation is told
+once, by the process that made the refresh, whether `mustaple run` or `mustaple prime`.
+
+Real `mustaple run` (a pass a second) and real `mustaple prime`s on one state directory, a
+loopback responder the test fails, heals or revokes, and hooks that add a line to a file at
+each run, naming the event and the mustaple command that ran the hook: the file is what is
+judged, with `mustaple status --json`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mustaple.testing import Behaviour
+from outside import wait_for
+from test_recorded_attempts import Site, site
+
+
+def hooked(s: Site) -> Path:
+    """Every hook of the site's configuration adds "EVENT COMMAND" as a line to a file
+    (COMMAND: `run` or `prime`, read from the mustaple process that started the hook)."""
+    told = s.tmp / "told"
+    script = s.tmp / "hook.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        "mustaple=$(ps -o ppid= -p $PPID | tr -d ' ')\n"  # the hook runs under sh -c
+        f'echo "$MUSTAPLE_EVENT $(tr "\\0" "\\n" < /proc/$mustaple/cmdline | sed -n 3p)"'
+        f" >> {told}\n"
+    )
+    script.chmod(0o755)
+    keys = ("on_failure", "on_recovered", "on_revoked")
+    s.config.write_text(
+        s.config.read_text() + "[hooks]\n" + "".join(f'{key} = "{script}"\n' for key in keys)
+    )
+    return told
+
+
+def lines(told: Path) -> list[str]:
+    return told.read_text().splitlines() if told.exists() else []
+
+
+def test_a_prime_that_ends_a_run_of_failures_beside_a_keeper_is_told_once(
+    tmp_path: Path,
+) -> None:
+    """The keeper holds a good staple; a prime fails, a second prime works: each is told
+    once, by the prime that saw it (it knows the run of failures from the rows), and not
+    again by the keeper that takes the attempt in at its next passes."""
+    with site(tmp_path) as s:
+        told = hooked(s)
+        keeper = s.run()
+        s.responder.set_behaviour(Behaviour.HTTP_500)
+        assert s.prime()[0] == 0
+        s.passes()
+        assert (s.row()["state"], s.page()["state"]) == ("failing", "failing")
+        s.responder.set_behaviour(Behaviour.GOOD)
+        assert s.prime()[0] == 0
+        wait_for(lambda: s.page()["state"] == "good")
+        s.passes(3)
+        assert s.row()["state"] == "good"
+        assert lines(told) == ["failure prime", "recovered prime"], lines(told)
+        s.stop(keeper)
+
+
+def test_primes_from_cron_with_no_keeper_count_a_run_of_failures_and_tell_its_end(
+    tmp_path: Path,
+) -> None:
+    """No keeper (a prime from cron): two primes fail, then one works. The second failure
+    continues the first's run (failures 2, no second on_failure), and the prime that works
+    ends it (on_recovered). They said failures 1 twice, on_failure twice, no recovery."""
+    with site(tmp_path) as s:
+        told = hooked(s)
+        assert s.prime()[0] == 0
+        s.responder.set_behaviour(Behaviour.HTTP_500)
+        for failures in (1, 2):
+            assert s.prime()[0] == 0
+            row = s.row()
+            assert (row["state"], row["failures"]) == ("failing", failures), row
+        s.responder.set_behaviour(Behaviour.GOOD)
+        assert s.prime()[0] == 0
+        row = s.row()
+        assert (row["state"], row["failures"]) == ("good", 0), row
+        assert lines(told) == ["failure prime", "recovered prime"], lines(told)
+
+
+def test_a_revocation_a_prime_fetched_beside_a_keeper_is_told_once(tmp_path: Path) -> None:
+    """The keeper holds a good staple; a prime fetches the CA's revoked answer: on_revoked
+    runs once, in the prime, not again in the keeper that takes the stored answer in."""
+    with site(tmp_path) as s:
+        told = hooked(s)
+        keeper = s.run()
+        s.responder.set_behaviour(Behaviour.REVOKED)
+        s.prime()
+        wait_for(lambda: s.page()["state"] == "revoked")
+        s.passes(3)
+        assert lines(told) == ["revoked prime"], lines(told)
+        s.stop(keeper)
+
+
+def test_a_keepers_failures_ended_by_a_prime_are_told_once(tmp_path: Path) -> None:
+    """The keeper fails from its start (no staple); a prime that works ends the run: told
+    once, by the prime, which read the keeper's failures in the rows."""
+    with site(tmp_path) as s:
+        told = hooked(s)
+        s.responder.set_behaviour(Behaviour.HTTP_500)
+        keeper = s.run()
+        wait_for(lambda: lines(told) == ["failure run"])
+        s.responder.set_behaviour(Behaviour.GOOD)
+        assert s.prime()[0] == 0
+        wait_for(lambda: s.page()["state"] == "good")
+        s.passes(3)
+        assert lines(told) == ["failure run", "recovered prime"], lines(told)
+        s.stop(keeper)
