@@ -301,3 +301,25 @@ def test_a_prime_while_the_keeper_is_stopped_shows_after_its_start_and_a_sighup(
         assert s.page()["last_attempt"] == row["last_attempt"]
         assert s.asked() == asked
         s.stop(keeper)
+
+
+def test_a_failed_prime_beside_a_keeper_with_no_staple_stored_yet_is_taken_in(
+    tmp_path: Path,
+) -> None:
+    """The CA fails from the start: the keeper holds nothing and nothing is stored. A prime
+    fails too: the keeper's next passes take its attempt in (the failures counted on, the
+    prime's time), so its page says what the row says (it never looked at the rows: no
+    stored answer, so the store seemed unchanged)."""
+    with site(tmp_path) as s:
+        s.responder.set_behaviour(Behaviour.HTTP_500)
+        keeper = s.run()
+        assert s.page()["failures"] == 1
+        code, before, after = s.prime()
+        assert code == 1  # no staple at all
+        s.passes()
+        row, page = s.row(), s.page()
+        assert (row["state"], row["failures"]) == ("failing", 2), row
+        assert within(row["last_attempt"], before, after), (row, before, after)
+        shown = ("state", "failures", "last_attempt", "last_error", "next_refresh")
+        assert [page[key] for key in shown] == [row[key] for key in shown], (page, row)
+        s.stop(keeper)

@@ -294,16 +294,30 @@ def test_kill_9_during_writes_leaves_a_complete_staple(tmp_path: Path) -> None:
     assert loaded == stored(n)
 
 
+def test_others_wrote_tells_a_status_row_written_with_no_answer_stored(tmp_path: Path) -> None:
+    """Another process wrote only a status row (a `prime` that failed) while no answer is
+    stored: told as a write with no answer (it was told as nothing at all)."""
+    ours, theirs = SqliteStore(tmp_path / "state.db"), SqliteStore(tmp_path / "state.db")
+    ours.others_wrote()
+    assert ours.others_wrote() is None
+    theirs.save_status("a", status("a", failures=1))
+    assert ours.others_wrote() == {}
+    assert ours.others_wrote() is None
+    ours.close()
+    theirs.close()
+
+
 def test_others_wrote_tells_only_what_another_process_committed(tmp_path: Path) -> None:
     ours, theirs = SqliteStore(tmp_path / "state.db"), SqliteStore(tmp_path / "state.db")
     ours.others_wrote()  # opening `theirs` committed its schema check
     ours.save_staple("a", stored(1))
-    assert ours.others_wrote() == {}  # our own write
+    assert ours.others_wrote() is None  # our own write
     theirs.save_staple("b", stored(2))
     seen = ours.others_wrote()
+    assert seen is not None
     assert set(seen) == {"a", "b"}
     assert seen["b"] == (stored(2).this_update, False)
-    assert ours.others_wrote() == {}  # told once
+    assert ours.others_wrote() is None  # told once
     ours.close()
     theirs.close()
 
@@ -326,7 +340,7 @@ def test_check_opens_again_a_database_removed_replaced_or_damaged_under_it(
         (tmp_path / name).unlink(missing_ok=True)
     (tmp_path / "other.db").replace(path)
     assert store.check() == "replaced by another file"
-    assert set(store.others_wrote()) == {"b"}
+    assert set(store.others_wrote() or ()) == {"b"}
     for name in ("state.db", "state.db-wal", "state.db-shm"):
         (tmp_path / name).unlink(missing_ok=True)
     assert store.check() == "removed"
@@ -334,7 +348,7 @@ def test_check_opens_again_a_database_removed_replaced_or_damaged_under_it(
     prime = SqliteStore(path)  # another process writes to the new database
     prime.save_staple("c", stored(3))
     prime.close()
-    assert set(store.others_wrote()) == {"c"}
+    assert set(store.others_wrote() or ()) == {"c"}
     damage = (  # in another process: closing the file here would drop SQLite's locks
         "import sqlite3, sys; path = sys.argv[1]; "
         "sqlite3.connect(path).execute('PRAGMA wal_checkpoint(TRUNCATE)').close(); "

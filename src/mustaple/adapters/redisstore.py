@@ -304,9 +304,9 @@ class RedisStore:
     def save_staples(self, items: Sequence[tuple[str, StoredStaple]]) -> list[bool]:
         return [self.publish(key, staple) for key, staple in items]
 
-    def others_wrote(self) -> dict[str, tuple[datetime, bool]]:
-        """Always empty: a fleet hears other members' writes as announcements instead."""
-        return {}
+    def others_wrote(self) -> dict[str, tuple[datetime, bool]] | None:
+        """Always None: a fleet hears other members' writes as announcements instead."""
+        return None
 
     def check(self) -> str | None:
         """Always None: there is no file to lose (a Redis that returns empty is caught up

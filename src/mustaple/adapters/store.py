@@ -9,8 +9,9 @@
   (`verify.may_replace`: never older; a good answer after a revoked one only when strictly
   newer); it returns whether it wrote. After a crash at any moment, `load` returns either the
   previous answer or the new one, complete.
-- `others_wrote()` is empty unless another process committed since the last call; then it
-  gives every stored answer's (thisUpdate, revoked), so a running keeper loads only the
+- `others_wrote()` is None unless another process committed since the last call; then it
+  gives every stored answer's (thisUpdate, revoked) (none: empty, yet its status rows may
+  have changed), so a running keeper loads only the
   answers that differ from its own (it picks up what `prime` stored without a reload).
 - `last_attempts(keys)` gives the last attempt each status row recorded (by whichever
   process wrote it), so a keeper keeps showing another process's attempt when it is the
@@ -238,7 +239,7 @@ class Store(Protocol):
 
     def save_staples(self, items: Sequence[tuple[str, StoredStaple]]) -> list[bool]: ...
 
-    def others_wrote(self) -> dict[str, tuple[datetime, bool]]: ...
+    def others_wrote(self) -> dict[str, tuple[datetime, bool]] | None: ...
 
     def check(self) -> str | None: ...
 
@@ -651,13 +652,14 @@ class SqliteStore:
                     continue  # unreadable: as if absent, so a new answer replaces it
         return found
 
-    def others_wrote(self) -> dict[str, tuple[datetime, bool]]:
-        """Empty unless another connection (another process) committed since the last call;
-        then every stored answer's (thisUpdate, revoked), in one query without the DER."""
+    def others_wrote(self) -> dict[str, tuple[datetime, bool]] | None:
+        """None unless another connection (another process) committed since the last call;
+        then every stored answer's (thisUpdate, revoked), in one query without the DER: empty
+        when none is stored, although it may have written status rows (a failed `prime`)."""
         version = self._data_version()
         changed, self._version = version != self._version, version
         if not changed:
-            return {}
+            return None
         rows = self._db.execute("SELECT cert_key, this_update, revoked FROM staples")
         written = {}
         for key, this_update, revoked in rows:

@@ -736,11 +736,12 @@ class Keeper:
                 reopened,
             )
             self._store_again()
-        if written or reopened is not None:
+        looked_again = written is not None or reopened is not None
+        if looked_again:  # even with no answer stored: a failed `prime` wrote its rows
             self.owe_reloads()  # before the rows are written over: a `prime`'s failed reload
             self._rewrite_statuses()
         now, taken = self.clock(), 0
-        for key, (this_update, revoked) in written.items():
+        for key, (this_update, revoked) in (written or {}).items():
             life = self.lives.get(key)
             answer = life.state.answer if life is not None else None
             if life is None or (answer is not None and _same(answer, this_update, revoked)):
@@ -754,7 +755,7 @@ class Keeper:
                 )
                 self._apply(life, event, now)
                 taken += life.state.answer is outcome
-        if written or reopened is not None:
+        if looked_again:
             self._take_attempts(self.lives.values())
         return taken
 
