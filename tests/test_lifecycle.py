@@ -228,6 +228,25 @@ def test_another_processs_refresh_is_the_last_one_when_later_and_told_to_no_hook
     assert (quiet, effects) == (replace(held, last_attempt=T0 + HOUR), [])
 
 
+def test_a_time_another_process_recorded_ahead_of_this_clock_is_taken_as_now() -> None:
+    """A `prime` on a host (or at a moment) whose clock ran three days ahead recorded its
+    fetch and its attempt in the future: the next refresh planned from then came after the
+    staple in hand expired (it lapsed, served expired, until the tick of the expiry). Such a
+    time is taken as this process's now."""
+    ahead, now = T0 + 5 * DAY, T0 + 2 * DAY  # GOOD expires at T0 + 4 days
+    failing = replace(FAILING, last_attempt=T0 + DAY)
+    worked, _ = run(failing, Tried(ahead), now)
+    assert worked.last_attempt == now
+    assert worked.next_due is not None
+    assert now < worked.next_due < GOOD.effective_expiry
+    taken, _ = run(CertState(), Accepted(GOOD, ahead, None, "stored by another process"), now)
+    assert taken.next_due is not None
+    assert taken.next_due < GOOD.effective_expiry
+    restored, _ = run(CertState(), Restored(GOOD, ahead), now)
+    assert restored.next_due is not None
+    assert restored.next_due < GOOD.effective_expiry
+
+
 @pytest.mark.parametrize("reason", list(Reason))
 def test_a_rejection_reads_back_as_it_was_written(reason: Reason) -> None:
     """A status row keeps a rejection as its code and message: read back, it says the

@@ -35,7 +35,7 @@ from __future__ import annotations
 import enum
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
 
@@ -244,6 +244,7 @@ def step(
     state: CertState, event: Event, now: datetime, policy: SchedulePolicy, dice: Dice
 ) -> tuple[CertState, list[Effect]]:
     """The state after `event` at `now`, and what to do about it (see the module docstring)."""
+    event = _not_ahead(event, now)
     if isinstance(event, Restored):
         return _restored(state, event, now, policy, dice)
     if isinstance(event, Accepted):
@@ -259,6 +260,17 @@ def step(
     if isinstance(event, Unusable):
         return _unusable(state, event), []
     return _tick(state, now, policy)
+
+
+def _not_ahead(event: Event, now: datetime) -> Event:
+    """`event` with a time another process recorded (its fetch, its attempt) taken as `now`
+    when it is later: a clock ahead of this one (another host's, or one set back since) would
+    plan the next refresh from the future, past the staple's expiry."""
+    if isinstance(event, Restored | Accepted) and event.fetched_at > now:
+        return replace(event, fetched_at=now)
+    if isinstance(event, Tried) and event.at > now:
+        return replace(event, at=now)
+    return event
 
 
 _IN_HAND = {"known": True, "renewed": False}  # an answer of this certificate in hand
