@@ -252,6 +252,28 @@ def test_retry_marks_members_and_history(redis_server: RedisServer) -> None:
     assert (member.name, member.seen, member.info) == ("a", T0, {"certificates": 3})
 
 
+def test_a_heartbeat_drops_the_members_silent_for_a_day_and_no_other(
+    redis_server: RedisServer,
+) -> None:
+    """The `members` hash kept every member that ever joined. Each heartbeat now drops, in
+    the same script, the heartbeats older than a day by its clock (a member that left or
+    died): one a second younger stays, and so does one mustaple did not write (no time
+    with a zone, not JSON). A member dropped that beats again joins again."""
+    p = prefix()
+    gone, late, alive = (RedisStore(redis_server.url, prefix=p, member=m) for m in "abc")
+    day = timedelta(days=1)
+    assert gone.beat(T0, {"left": True}) == (True, [])
+    assert late.beat(T0 + timedelta(seconds=2), {}) == (True, [])
+    client = alive.client
+    client.hset(f"{p}members", "x", '{"seen": "2000-01-01T00:00:00"}')
+    client.hset(f"{p}members", "y", "not json")
+    assert alive.beat(T0 + day + timedelta(seconds=1), {}) == (True, ["a"])
+    assert sorted(client.hkeys(f"{p}members")) == [b"b", b"c", b"x", b"y"]
+    assert alive.beat(T0 + day + timedelta(seconds=3), {}) == (False, ["b"])
+    assert gone.beat(T0 + day + timedelta(seconds=4), {}) == (True, [])  # back: joins again
+    assert [m.name for m in alive.members()] == ["a", "c"]
+
+
 # --- Members taking turns ---------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -436,3 +437,52 @@ def names_in_view(config: str, capsys: pytest.CaptureFixture[str]) -> list[str]:
     capsys.readouterr()
     assert main(["status", "--fleet", "--json", "--config", config]) == 0
     return [row["name"] for row in json.loads(capsys.readouterr().out)["certificates"]]
+
+
+def test_members_that_left_or_died_are_dropped_from_the_fleet_view_a_day_on(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The `members` hash kept every member that ever joined, for ever. A member that
+    stopped is shown left, one killed stale; once their heartbeats are a day old (written
+    back here, as the day would make them), the next heartbeat of a live member drops them
+    from the hash; one that comes back joins again."""
+    fleet.issue("c.test")
+    alive, stopped, killed = (fleet.start(name) for name in ("m0", "m1", "m2"))
+    client, members = fleet.shared().client, f"{fleet.prefix}members"
+    wait_for(lambda: len(client.hkeys(members)) == 3)
+    stopped.process.send_signal(signal.SIGTERM)
+    assert stopped.process.wait(15) == 0
+    killed.process.kill()
+    killed.process.wait()
+    config = str(alive.directory / "mustaple.toml")
+    hour_ago = _beat_written_back(client, members, "m2", timedelta(hours=1))
+    states = _member_states(config, capsys)
+    assert states == {"m0": "alive", "m1": "left", "m2": "stale"}, states
+    assert hour_ago in client.hget(members, "m2").decode()  # a live member left it there
+
+    for name in ("m1", "m2"):
+        _beat_written_back(client, members, name, timedelta(days=1, minutes=1))
+    wait_for(lambda: sorted(client.hkeys(members)) == [b"m0"])
+    assert _member_states(config, capsys) == {"m0": "alive"}
+    assert "member 'm1' dropped from the fleet view: no heartbeat for 1d 0h" in alive.log()
+
+    back = fleet.start("m1")
+    wait_for(lambda: sorted(client.hkeys(members)) == [b"m0", b"m1"])
+    assert _member_states(config, capsys) == {"m0": "alive", "m1": "alive"}
+    wait_for(lambda: "joined as m1" in back.log())
+    assert "lost the fleet's records" not in alive.log() + back.log()
+
+
+def _beat_written_back(client: Any, members: str, name: str, age: timedelta) -> str:
+    """Write `name`'s heartbeat back by `age`, as time passing would leave it; its time."""
+    data = json.loads(client.hget(members, name))
+    data["seen"] = (utc_now() - age).replace(microsecond=0).isoformat()
+    client.hset(members, name, json.dumps(data))
+    return str(data["seen"])
+
+
+def _member_states(config: str, capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
+    """Each member's state as `mustaple status --fleet --json` shows it."""
+    capsys.readouterr()
+    assert main(["status", "--fleet", "--json", "--config", config]) == 0
+    return {row["member"]: row["state"] for row in json.loads(capsys.readouterr().out)["members"]}

@@ -137,6 +137,11 @@ class FleetConfig:
     member: str = field(default_factory=socket.gethostname)
     lease: timedelta = timedelta(seconds=30)
 
+    @property
+    def beat_interval(self) -> float:
+        """Seconds between a member's heartbeats (and Redis probes while it is down)."""
+        return min(10.0, max(0.5, self.lease.total_seconds() / 3))
+
 
 @dataclass(frozen=True)
 class Config:

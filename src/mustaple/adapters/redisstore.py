@@ -24,7 +24,8 @@ announcements. Everything lives under `prefix`:
   no member's (`Retry.left` None), and holds nobody back.
 - `{prefix}attempts:{key}`: the bounded history of attempts, newest first, with the member.
 - `{prefix}status:{member}`: each member's view of each certificate (`save_status`).
-- `{prefix}members`: one heartbeat per member (`beat`, `members`).
+- `{prefix}members`: one heartbeat per member (`beat`, `members`); each heartbeat drops those
+  older than `forget` (a day: members that left or died).
 - `{prefix}keys`: the set of keys with a stored staple; `{prefix}sweep`, where the writes'
   sweep of that set has got to.
 
@@ -76,6 +77,9 @@ CHANNEL = "staples"
 # how long a certificate's records outlive its staple's effective expiry when no member writes
 # them again (a leaf renewed everywhere): long enough for the fleet view to show it expired
 KEEP_AFTER_EXPIRY = timedelta(days=1)
+# how long the fleet view keeps a member that no longer beats (it left, or it died) before the
+# next heartbeat of another member drops it: long enough for people to see it left
+FORGET_MEMBER_AFTER = timedelta(days=1)
 # Before the scripts that need them: a fencing counter as a number, or nil when it is none of
 # ours (not a whole number, or the error of a key of another type that `redis.pcall`
 # returns); Redis's clock; a key kept as long as a staple record.
@@ -184,6 +188,26 @@ redis.call('LPUSH', KEYS[1], unpack(ARGV, 3))
 redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[1]) - 1)
 keep_as(KEYS[1], KEYS[2], tonumber(ARGV[2]))
 """
+# KEYS: members hash. ARGV: member, heartbeat (JSON), the cutoff (UTC, "YYYY-MM-DDTHH:MM:SS").
+# Writes this member's heartbeat, then drops in the same script (so never a heartbeat written
+# meanwhile) every other one whose time (`seen`, UTC as we write it) is before the cutoff. A
+# heartbeat we did not write (not JSON, no such time) is left alone. Returns {1 when this
+# member's heartbeat was not there, the members dropped...}.
+_BEAT = """
+local new = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local found = {new}
+local rows = redis.call('HGETALL', KEYS[1])
+for i = 1, #rows, 2 do
+  local ok, data = pcall(cjson.decode, rows[i + 1])
+  local seen = ok and type(data) == 'table' and data.seen
+  if type(seen) == 'string' and string.match(seen, '^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d')
+      and string.sub(seen, -6) == '+00:00' and string.sub(seen, 1, 19) < ARGV[3] then
+    redis.call('HDEL', KEYS[1], rows[i])
+    table.insert(found, rows[i])
+  end
+end
+return found
+"""
 # KEYS: lease. ARGV: value, ttl (ms).
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -255,9 +279,10 @@ class RedisStore:
         history_limit: int = HISTORY_LIMIT,
         timeout: float = 2.0,
         keep: timedelta = KEEP_AFTER_EXPIRY,
+        forget: timedelta = FORGET_MEMBER_AFTER,
     ) -> None:
         self.url, self.prefix, self.member = url, prefix, member
-        self.history_limit, self.keep = history_limit, keep
+        self.history_limit, self.keep, self.forget = history_limit, keep, forget
         # redis-py's annotations mix its sync and async answers; values are checked here instead
         self.client: Any = redis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout
@@ -268,6 +293,7 @@ class RedisStore:
         self._attempts = self.client.register_script(_WHOLE + _ATTEMPTS)
         self._renew = self.client.register_script(_RENEW)
         self._release = self.client.register_script(_RELEASE)
+        self._beat = self.client.register_script(_BEAT)
 
     @property
     def channel(self) -> str:
@@ -524,11 +550,15 @@ class RedisStore:
         pipe.pttl(self._k("retry", key))
         return _retry(*_each(pipe))
 
-    def beat(self, now: datetime, info: dict[str, Any]) -> bool:
-        """This member's heartbeat, with what it wants the fleet view to show. Returns
-        whether it is new: Redis held no heartbeat of this member."""
+    def beat(self, now: datetime, info: dict[str, Any]) -> tuple[bool, list[str]]:
+        """This member's heartbeat, with what it wants the fleet view to show; every other
+        member's heartbeat older than `forget` by `now` is dropped in the same step (it left,
+        or died: a member that comes back joins again). Returns whether ours is new (Redis
+        held no heartbeat of this member), and the members dropped."""
         value = json.dumps({"seen": _iso(now), **info})
-        return bool(self.client.hset(self._k("members"), self.member, value))
+        cutoff = (now - self.forget).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        new, *dropped = self._beat(keys=[self._k("members")], args=[self.member, value, cutoff])
+        return bool(new), [name.decode(errors="replace") for name in dropped]
 
     def members(self) -> list[Member]:
         """Every member's last heartbeat; one that cannot be read is left out, said once."""

@@ -7,7 +7,7 @@ import signal
 import sqlite3
 import sys
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +54,8 @@ __all__ = [
     "unusable_json",
     "unusable_line",
 ]
+
+STALE_BEATS = 3  # a member that missed this many heartbeats is shown stale
 
 
 def delivered(primed: Primed) -> bool:
@@ -334,7 +336,8 @@ def fleet_view(config: Config, now: datetime) -> dict[str, Any]:
 
     shared = RedisStore(config.fleet.url, prefix=config.fleet.prefix)
     try:
-        members = [_member_json(m, now) for m in shared.members()]
+        silent = timedelta(seconds=STALE_BEATS * config.fleet.beat_interval)
+        members = [_member_json(m, now, silent) for m in shared.members()]
         shared_keys = shared.keys()
         records = [shared.record(key) for key in shared_keys]
         history = {r.key: shared.history_by_member(r.key, limit=1) for r in records}
@@ -366,12 +369,19 @@ def _unreachable(fleet: FleetConfig, exc: redis.RedisError) -> str:
     return f"fleet: {said}; `mustaple status` without --fleet shows this member's own view"
 
 
-def _member_json(member: Member, now: datetime) -> dict[str, Any]:
+def _member_json(member: Member, now: datetime, silent: timedelta) -> dict[str, Any]:
+    """A member's heartbeat, and its state: "left" (it said so when it stopped), "stale" (no
+    heartbeat for `silent`: dead, paused or cut off from Redis) or "alive"."""
+    if member.info.get("left"):
+        state = "left"
+    else:
+        state = "stale" if now - member.seen > silent else "alive"
     return {
         "member": member.name,
         "last_seen": iso(member.seen),
         "seconds_since_seen": round((now - member.seen).total_seconds()),
         **member.info,
+        "state": state,
     }
 
 
@@ -404,7 +414,8 @@ def print_fleet_tables(view: dict[str, Any]) -> None:
     for column in ("member", "last seen", "host", "pid", "certificates", "good", "failing"):
         members.add_column(column, no_wrap=True)
     for m in view["members"]:
-        seen = "left" if m.get("left") else f"{human_duration(m['seconds_since_seen'])} ago"
+        ago = f"{human_duration(m['seconds_since_seen'])} ago"
+        seen = ago if m["state"] == "alive" else f"{m['state']}, {ago}"
         cells = (m.get(k, "-") for k in ("host", "pid", "certificates", "good", "failing"))
         members.add_row(escape(str(m["member"])), seen, *(escape(str(c)) for c in cells))
     console.print(members)

@@ -46,6 +46,7 @@ from mustaple.adapters.config import FleetConfig
 from mustaple.adapters.fetch import FetchResult
 from mustaple.adapters.redisstore import Lease, RedisStore, Retry, shown_url, wrong_type
 from mustaple.adapters.store import StoredStaple
+from mustaple.core.render import human_duration
 from mustaple.core.schedule import refresh_floor
 from mustaple.core.verify import Staple, strictly_newer, verify
 from mustaple.keeper.keeper import Keeper, Managed, Turn, attempt_records
@@ -85,7 +86,7 @@ class Fleet:
             timeout=timeout,
         )
         self.up = False  # whether Redis answers (else this member goes on alone)
-        self._beaten = False  # a heartbeat was written since we joined (see `_beat`)
+        self._beaten: datetime | None = None  # our last heartbeat since we joined (`_beat`)
         self.adopted = 0  # staples fetched by other members and adopted here
         self._keeper: Keeper | None = None
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="mustaple-redis")
@@ -110,7 +111,7 @@ class Fleet:
     @property
     def beat_interval(self) -> float:
         """Seconds between heartbeats (and Redis probes while it is down)."""
-        return min(10.0, max(0.5, self.config.lease.total_seconds() / 3))
+        return self.config.beat_interval
 
     async def _call(self, function: Callable[..., _T], *args: Any) -> _T:
         loop = asyncio.get_running_loop()
@@ -161,7 +162,7 @@ class Fleet:
         except redis.RedisError as exc:
             self._lost(exc)
             return
-        self.up, self._beaten = True, False
+        self.up, self._beaten = True, None
         log.info("fleet: joined as %s at %s", self.member, shown_url(self.config.url))
         await self._catch_up_or_say(deliver)
         if self.up:
@@ -208,21 +209,32 @@ class Fleet:
                 await self._join()
 
     async def _beat_once(self) -> None:
-        """One heartbeat. Ours gone since the last one: Redis lost what it held (flushed, or
-        emptied under a connection that held): share our staples again, as when joining."""
+        """One heartbeat (dropping those of members gone for a day). Ours gone since the last
+        one: Redis lost what it held (flushed, or emptied under a connection that held), or
+        we were silent so long that another member dropped it: share our staples again, as
+        when joining."""
+        now = self.keeper.clock()
         try:
-            new = await self._call(self.shared.beat, self.keeper.clock(), self._info())
+            new, dropped = await self._call(self.shared.beat, now, self._info())
         except redis.RedisError as exc:
             self._trouble(exc, "the heartbeat")
             return
-        if new and self._beaten:
-            log.warning(
-                "fleet: Redis at %s lost the fleet's records (this member's heartbeat was"
-                " gone: flushed?); sharing this member's staples again",
-                shown_url(self.config.url),
+        forget = human_duration(self.shared.forget.total_seconds())
+        for name in dropped:
+            log.info(
+                "fleet: member %r dropped from the fleet view: no heartbeat for %s", name, forget
             )
+        last, self._beaten = self._beaten, now
+        if new and last is not None:
+            if now - last >= self.shared.forget:
+                log.warning("fleet: this member had no heartbeat for %s: joining again", forget)
+            else:
+                log.warning(
+                    "fleet: Redis at %s lost the fleet's records (this member's heartbeat was"
+                    " gone: flushed?); sharing this member's staples again",
+                    shown_url(self.config.url),
+                )
             await self._catch_up_or_say(True)
-        self._beaten = True
 
     def _info(self, *, left: bool = False) -> dict[str, Any]:
         """The heartbeat: the certificates (a leaf in two files is one) and their states."""
