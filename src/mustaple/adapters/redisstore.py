@@ -14,7 +14,8 @@ announcements. Everything lives under `prefix`:
   its successor stored); an accepted staple is announced on the channel `{prefix}staples`
   with the message `"{key} {member}"`.
 - `{prefix}lease:{key}`: `"{member} {token}"`, set with SET NX PX semantics by `acquire`
-  (the token comes from INCR of `{prefix}fence:{key}`, so it only grows), extended by `renew`
+  (the token comes from INCR of `{prefix}fence:{key}`, so it only grows; a counter gone starts
+  again from Redis's clock in ms), extended by `renew`
   and dropped by `release` only by the member holding it. A write without a lease takes the
   token of the last lease given. A lease key that never runs out (or of another type) is no
   member's, nor is a counter that is not a whole number: `acquire` replaces them.
@@ -158,10 +159,12 @@ return 1
 # replaced; 1 when the counter was}. Every lease we write runs out: a lease key of another
 # type, or one that never runs out, was written by something else, and would hold every
 # member back for ever; a counter that is none of ours (not a whole number, or another type)
-# would fail every acquire: it starts again from the stored staple's token, so that the next
-# lease still outranks it, as does a counter gone while its staple is stored. The counter
-# ends with the staple record, and never sooner than that margin from now (far beyond any
-# lease).
+# would fail every acquire: it starts again, as does a counter gone (evicted, deleted), above
+# the stored staple's token and Redis's clock in ms, so above every token given before (no key
+# is leased more than once a millisecond) even when the staple record and the lease went with
+# it (a volatile maxmemory policy evicts what has an end): a member still fetching under an
+# older lease stays fenced out, and the next leases are not. The counter ends with the staple
+# record, and never sooner than that margin from now (far beyond any lease).
 _ACQUIRE = """
 local lease, counter = 0, 0
 local kind = redis.call('TYPE', KEYS[1]).ok
@@ -173,7 +176,8 @@ end
 local count = redis.pcall('GET', KEYS[2])
 if not (count and whole(count)) then
   redis.call('DEL', KEYS[2])
-  redis.call('SET', KEYS[2], whole(redis.pcall('HGET', KEYS[3], 'fence')) or 0)
+  redis.call('SET', KEYS[2], math.max(whole(redis.pcall('HGET', KEYS[3], 'fence')) or 0,
+    now_ms()))
   if count then counter = 1 end
 end
 local token = redis.call('INCR', KEYS[2])
