@@ -439,6 +439,55 @@ def names_in_view(config: str, capsys: pytest.CaptureFixture[str]) -> list[str]:
     return [row["name"] for row in json.loads(capsys.readouterr().out)["certificates"]]
 
 
+def test_a_staple_record_evicted_under_the_members_is_shared_again(fleet: Fleet) -> None:
+    """Records with an end may be evicted (`maxmemory-policy volatile-*`): the staple,
+    attempts and fencing counter of a certificate gone while every member holds its staple.
+    The members kept serving, but a member started then found nothing and asked the CA again.
+    A member's heartbeat finds the record gone and shares its staple again."""
+    leaf = fleet.issue("evicted.test")
+    members = [fleet.start("m0"), fleet.start("m1")]
+    wait_for(lambda: all(m.staple(leaf) for m in members))
+    served = [(m.directory / "staples" / "evicted.test.der").read_bytes() for m in members]
+    shared, key = fleet.shared(), cert_key(leaf.cert)
+    assert fleet.fetches(leaf) == 1
+    shared.client.delete(
+        *(f"{fleet.prefix}{kind}:{key}" for kind in ("staple", "attempts", "fence"))
+    )
+    wait_for(lambda: shared.load(key) is not None)
+    assert shared.load(key).der == served[0] == served[1]  # type: ignore[union-attr]
+    now = [(m.directory / "staples" / "evicted.test.der").read_bytes() for m in members]
+    assert now == served  # each member kept serving its staple
+    late = fleet.start("m2")
+    wait_for(lambda: late.staple(leaf) is not None)
+    assert fleet.fetches(leaf) == 1  # adopted: not asked of the CA again
+    assert sum("shared again" in m.log() for m in members) >= 1
+
+
+def test_a_full_redis_under_noeviction_is_said_once_not_at_every_heartbeat(fleet: Fleet) -> None:
+    """`maxmemory-policy noeviction` and Redis full: it answers PING but refuses every
+    write. A member rejoined on PING at each heartbeat and lost Redis at its first write,
+    logging 'joined' and 'unavailable' every few seconds for as long as Redis stayed full.
+    It joins on a heartbeat written: one line when Redis fills, one when it has room again."""
+    leaf = fleet.issue("full.test")
+    member = fleet.start("m0")
+    wait_for(lambda: member.staple(leaf) is not None)
+    client = fleet.shared().client
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", 1)
+    wait_for(lambda: _refused_for_memory(client) >= 6, timeout=20)  # heartbeats and probes
+    log = member.log()
+    assert log.count("unavailable (command not allowed when used memory") == 1, log
+    assert log.count("joined as m0") == 1, log
+    assert member.staple(leaf) is not None  # served alone meanwhile
+    client.config_set("maxmemory", 0)
+    wait_for(lambda: member.log().count("joined as m0") == 2)
+
+
+def _refused_for_memory(client: Any) -> int:
+    """How many commands Redis refused for want of memory (OOM), by its own count."""
+    return int(client.info("errorstats").get("errorstat_OOM", {}).get("count", 0))
+
+
 def test_members_that_left_or_died_are_dropped_from_the_fleet_view_a_day_on(
     fleet: Fleet, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -413,10 +413,8 @@ class RedisStore:
         """The keys with a staple record (one that ended is left out: the set is cleaned up
         a little later, see `publish`)."""
         found = sorted(k.decode() for k in self.client.smembers(self._k("keys")))
-        pipe = self.client.pipeline(transaction=False)
-        for key in found:
-            pipe.exists(self._k("staple", key))
-        return [key for key, there in zip(found, pipe.execute(), strict=True) if there]
+        gone = set(self.missing(found))
+        return [key for key in found if key not in gone]
 
     def save_status(self, key: str, status: CertStatus) -> None:
         self.save_statuses([(key, status)])
@@ -507,6 +505,13 @@ class RedisStore:
         for key in keys:
             pipe.hgetall(self._k("staple", key))
         return [_found(fields) for fields in _each(pipe)]
+
+    def missing(self, keys: list[str]) -> list[str]:
+        """The keys among `keys` that have no staple record, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.exists(self._k("staple", key))
+        return [key for key, there in zip(keys, pipe.execute(), strict=True) if not there]
 
     def publish_many(self, staples: list[tuple[str, StoredStaple, bytes | None]]) -> None:
         """`publish` each (key, staple, refused DER or None), in one transaction."""

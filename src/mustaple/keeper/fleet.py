@@ -64,6 +64,7 @@ _REPLACED = {
     "fence": "the fencing counter in Redis was no member's (not a whole number, or another"
     " type): started again above the stored staple's token",
 }
+RECHECK_PER_BEAT = 100  # certificates whose shared record each heartbeat looks for
 SHARED_HISTORY = 10  # attempts kept in Redis per certificate (each member keeps 50 locally)
 LISTEN_POLL_SECONDS = 0.25  # how soon the listener thread notices it should stop
 
@@ -97,6 +98,7 @@ class Fleet:
         self._renewals: dict[str, asyncio.Task[None]] = {}
         self._refusals: dict[str, str] = {}  # what Redis refused last, by record (said once)
         self._refused: dict[str, bytes] = {}  # shared DER that failed our validation, by key
+        self._recheck_from = 0  # where the next heartbeat looks for vanished records
 
     @property
     def member(self) -> str:
@@ -151,22 +153,32 @@ class Fleet:
         self._worker.shutdown(wait=True)
 
     async def _join(self, *, deliver: bool = True) -> None:
-        """Listen first (nothing announced from now on is missed), then catch up."""
+        """Beat (a write: a Redis that answers but refuses writes, full under `noeviction` or
+        a read-only replica, is still unavailable), listen (nothing announced from now on is
+        missed), then catch up."""
         try:
-            await self._call(self.shared.ping)
-        except redis.RedisError as exc:
-            self._lost(exc)
-            return
-        try:
+            beaten = await self._first_beat(self.keeper.clock())
             await self._listen()
         except redis.RedisError as exc:
             self._lost(exc)
             return
-        self.up, self._beaten = True, None
+        self.up, self._beaten = True, beaten
         log.info("fleet: joined as %s at %s", self.member, shown_url(self.config.url))
         await self._catch_up_or_say(deliver)
-        if self.up:
-            await self._beat_once()
+
+    async def _first_beat(self, now: datetime) -> datetime | None:
+        """The heartbeat at joining: when it was written, or None when the heartbeat record is
+        of another type (said once: the member joins without it). Raises what Redis raised
+        otherwise."""
+        try:
+            _, dropped = await self._call(self.shared.beat, now, self._info())
+        except redis.ResponseError as exc:
+            if not wrong_type(exc):
+                raise
+            self._trouble(exc, "the heartbeat")
+            return None
+        self._say_dropped(dropped)
+        return now
 
     async def _catch_up_or_say(self, deliver: bool) -> None:
         try:
@@ -219,15 +231,14 @@ class Fleet:
         except redis.RedisError as exc:
             self._trouble(exc, "the heartbeat")
             return
-        forget = human_duration(self.shared.forget.total_seconds())
-        for name in dropped:
-            log.info(
-                "fleet: member %r dropped from the fleet view: no heartbeat for %s", name, forget
-            )
+        self._say_dropped(dropped)
         last, self._beaten = self._beaten, now
         if new and last is not None:
             if now - last >= self.shared.forget:
-                log.warning("fleet: this member had no heartbeat for %s: joining again", forget)
+                log.warning(
+                    "fleet: this member had no heartbeat for %s: joining again",
+                    human_duration((now - last).total_seconds()),
+                )
             else:
                 log.warning(
                     "fleet: Redis at %s lost the fleet's records (this member's heartbeat was"
@@ -235,6 +246,41 @@ class Fleet:
                     shown_url(self.config.url),
                 )
             await self._catch_up_or_say(True)
+        else:
+            await self._share_vanished(now)
+
+    def _say_dropped(self, dropped: list[str]) -> None:
+        forget = human_duration(self.shared.forget.total_seconds())
+        for name in dropped:
+            log.info(
+                "fleet: member %r dropped from the fleet view: no heartbeat for %s", name, forget
+            )
+
+    async def _share_vanished(self, now: datetime) -> None:
+        """Share again the valid staples we hold whose shared record is gone (evicted by
+        Redis's maxmemory policy, deleted by hand): a member starting would fetch them again.
+        Each heartbeat looks at the next `RECHECK_PER_BEAT` certificates."""
+        every = list(self.keeper.managed.values())
+        start = self._recheck_from % len(every) if every else 0
+        batch = every[start : start + RECHECK_PER_BEAT]
+        self._recheck_from = start + len(batch)
+        held = {
+            m.key: (m, a) for m in batch if (a := m.life.state.answer) and a.seconds_left(now) > 0
+        }
+        if not held:
+            return
+        try:
+            gone = await self._call(self.shared.missing, list(held))
+            again = [(key, _stored(*held[key]), None) for key in gone]
+            await self._call(self.shared.publish_many, again)
+        except redis.RedisError as exc:
+            self._trouble(exc, "the records looked for at the heartbeat")
+            return
+        if again:
+            log.warning(
+                "fleet: staples shared again, their records gone from Redis (evicted?): %d",
+                len(again),
+            )
 
     def _info(self, *, left: bool = False) -> dict[str, Any]:
         """The heartbeat: the certificates (a leaf in two files is one) and their states."""
