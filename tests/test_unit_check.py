@@ -112,8 +112,7 @@ def test_a_unit_that_cannot_be_read_is_one_warning(
 def certs() -> Iterator[Path]:
     """A certificate directory outside /tmp (the unit's private /tmp is writable), as
     /etc/haproxy/certs; /var/lib/mustaple-..., next to but not below the StateDirectory=."""
-    if os.geteuid() != 0:
-        pytest.skip("writes a directory in /var/lib, as root (CI runs as root)")
+    assert os.geteuid() == 0, "writes a directory in /var/lib: as root (as CI runs)"
     top = Path(tempfile.mkdtemp(prefix="mustaple-unit-check-", dir="/var/lib"))
     try:
         CA(key_type="ec").issue("ha.test").write(top / "haproxy/certs")
