@@ -175,3 +175,28 @@ def test_check_config_says_a_sink_in_the_units_private_tmp_reaches_no_server(
         "from a shell, sees what it writes in its own /tmp, emptied at every stop; choose a "
         "directory outside /tmp and /var/tmp\n"
     )
+
+
+def test_check_config_judges_the_directory_of_certificates_not_there_yet(
+    tmp_path: Path, certs: Path
+) -> None:
+    """A HAProxy sink given `DIR/*.pem` before any certificate is in DIR (the examples'
+    /etc/haproxy/certs/*.pem on a new server): DIR is where it will write, so the unit's
+    read-only DIR is said now (it was not looked at until certificates came: the check
+    passed, with a warning only, and the unit failed later)."""
+    pending = certs.parent / "pending"
+    pending.mkdir()
+    config = write(
+        tmp_path / "mustaple.toml",
+        f'state_dir = "/var/lib/mustaple"\n[[certificates]]\npaths = ["{pending}/*.pem"]\n'
+        '[sinks.haproxy]\ntype = "haproxy"\nsocket = "/run/haproxy/admin.sock"\n',
+    )
+    refused = check(config, UNIT)
+    assert (refused.returncode, refused.stdout) == (ExitCode.USAGE, ""), refused.stderr
+    assert refused.stderr.splitlines() == [
+        f"mustaple: {config}: sinks.haproxy.ocsp_dir: {pending} is read-only for "
+        f"mustaple.service (ProtectSystem=strict in {UNIT}): add ReadWritePaths={pending} to "
+        "the unit, e.g. with `systemctl edit mustaple.service` (docs/systemd.md)",
+        f"mustaple: warning: {config}: certificates[0].paths: '{pending}/*.pem' matches no "
+        "file yet",
+    ]

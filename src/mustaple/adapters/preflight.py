@@ -70,7 +70,7 @@ def preflight(
     matched = _certificates(config, found)
     _directory(f"{where}state_dir", config.state_dir, unit, found)
     for name, table in config.sinks.items():
-        _sink(f"{where}sinks.{name}.", table, matched.get(name, []), unit, found)
+        _sink(f"{where}sinks.{name}.", table, matched.get(name, set()), unit, found)
     for event in HOOK_EVENTS:
         command = config.hooks.command(event)
         if command:
@@ -108,22 +108,33 @@ def _refused(directory: Path, unit: Sandbox | None) -> str | None:
     return unit.advice(str(directory), rule, exists=directory.is_dir())
 
 
-def _certificates(config: Config, found: Preflight) -> dict[str, list[Path]]:
+def _certificates(config: Config, found: Preflight) -> dict[str, set[Path]]:
     """Note what the [[certificates]] entries name that is not there (a glob matching no file
-    yet, an issuer file that cannot be read); return the files each sink is given."""
-    matched: dict[str, list[Path]] = {}
+    yet, an issuer file that cannot be read); return the directories of the certificates each
+    sink is given: of the files matched, or, for a path matching none yet, the directory its
+    files will be in, when that is fixed (`/etc/haproxy/certs/*.pem`: /etc/haproxy/certs)."""
+    matched: dict[str, set[Path]] = {}
     for i, entry in enumerate(config.certificates):
         key = f"{config.path}: certificates[{i}]"
         for pattern in entry.paths:
-            files = _matches(pattern)
-            if not files:
+            directories = {file.parent for file in _matches(pattern)}
+            if not directories:
                 found.warnings.append(f"{key}.paths: {pattern!r} matches no file yet")
+                directories = _directory_of(pattern)
             for sink in entry.sinks if entry.sinks is not None else tuple(config.sinks):
-                matched.setdefault(sink, []).extend(files)
+                matched.setdefault(sink, set()).update(directories)
         problem = _unreadable(entry.issuer) if entry.issuer is not None else None
         if problem:
             found.errors.append(f"{key}.issuer: {problem}")
     return matched
+
+
+def _directory_of(pattern: str) -> set[Path]:
+    """The directory the files of absolute `pattern` will be in, when no glob is in it."""
+    directory = Path(pattern).parent
+    if not directory.is_absolute() or any(c in str(directory) for c in "*?["):
+        return set()
+    return {directory}
 
 
 def _unreadable(path: Path) -> str | None:
@@ -152,7 +163,7 @@ def _matches(pattern: str) -> list[Path]:
 def _sink(
     prefix: str,
     table: Mapping[str, object],
-    certs: list[Path],
+    certs: set[Path],
     unit: Sandbox | None,
     found: Preflight,
 ) -> None:
@@ -165,8 +176,9 @@ def _sink(
         _directory(prefix + key, directory, unit, found)
 
 
-def _sink_dirs(table: Mapping[str, object], certs: list[Path]) -> Iterator[tuple[str, Path]]:
-    """The directories a sink writes into, as far as they are known before any certificate."""
+def _sink_dirs(table: Mapping[str, object], certs: set[Path]) -> Iterator[tuple[str, Path]]:
+    """The directories a sink writes into, as far as they are known before any certificate
+    (`certs`: the directories of the certificates it is given)."""
     kind, path, ocsp_dir = table.get("type"), table.get("path"), table.get("ocsp_dir")
     if kind == "file" and isinstance(path, str):
         fixed = _fixed_prefix(path)
@@ -175,7 +187,7 @@ def _sink_dirs(table: Mapping[str, object], certs: list[Path]) -> Iterator[tuple
     elif kind == "haproxy" and isinstance(ocsp_dir, str):
         yield "ocsp_dir", Path(ocsp_dir)
     elif kind == "haproxy":
-        for directory in sorted({cert.parent for cert in certs}):
+        for directory in sorted(certs):
             yield "ocsp_dir", directory  # beside each certificate (no ocsp_dir)
 
 
