@@ -115,6 +115,30 @@ def passes(sock: socket.socket, count: int) -> None:
         seen += sum(line.startswith("STATUS=") and "last pass" in line for line in lines)
 
 
+def a_failed_prime_is_paid_once(
+    tmp_path: Path, config: Path, fullchain: Path, sock: socket.socket
+) -> None:
+    """Beside a running keeper that delivered once: a real `mustaple prime` whose reload fails
+    (once) and that stores nothing newer (its bytes only differ); then the keeper reloads
+    once (the start's, the prime's, the keeper's: three runs, and no more over three passes)
+    and the row says the debt is paid."""
+    before = stored_this_update(tmp_path)
+    staple = (tmp_path / "staples" / f"{NAME}.der").read_bytes()
+    (tmp_path / "fail").touch()
+    prime = [MUSTAPLE, "prime", "--config", str(config), str(fullchain)]
+    primed = subprocess.run(prime, capture_output=True, text=True, timeout=60, check=False)
+    assert primed.returncode == 1, primed.stdout + primed.stderr
+    assert "reload failed" in primed.stdout, primed.stdout
+    assert not (tmp_path / "fail").exists()  # its reload ran, and failed
+    assert stored_this_update(tmp_path) == before  # nothing newer stored
+    assert (tmp_path / "staples" / f"{NAME}.der").read_bytes() != staple  # its bytes
+    wait_for(lambda: runs(tmp_path) == 3)
+    passes(sock, 3)
+    assert runs(tmp_path) == 3  # once
+    sink = sink_row(config)
+    assert (sink["ok"], sink["error"], sink["reload_owed"]) == (True, None, False), sink
+
+
 def test_a_running_keeper_pays_the_reload_a_prime_failed_without_storing_anything_new(
     tmp_path: Path,
 ) -> None:
@@ -138,23 +162,7 @@ def test_a_running_keeper_pays_the_reload_a_prime_failed_without_storing_anythin
             )
         try:
             wait_for(lambda: runs(tmp_path) == 1)  # its first delivery
-            before = stored_this_update(tmp_path)
-            staple = (tmp_path / "staples" / f"{NAME}.der").read_bytes()
-
-            (tmp_path / "fail").touch()
-            prime = [MUSTAPLE, "prime", "--config", str(config), str(files.fullchain)]
-            primed = subprocess.run(prime, capture_output=True, text=True, timeout=60, check=False)
-            assert primed.returncode == 1, primed.stdout + primed.stderr
-            assert "reload failed" in primed.stdout, primed.stdout
-            assert not (tmp_path / "fail").exists()  # its reload ran, and failed
-            assert stored_this_update(tmp_path) == before  # nothing newer stored
-            assert (tmp_path / "staples" / f"{NAME}.der").read_bytes() != staple  # its bytes
-
-            wait_for(lambda: runs(tmp_path) == 3)  # the start's, the prime's, the keeper's
-            passes(sock, 3)
-            assert runs(tmp_path) == 3  # once
-            sink = sink_row(config)
-            assert (sink["ok"], sink["error"], sink["reload_owed"]) == (True, None, False), sink
+            a_failed_prime_is_paid_once(tmp_path, config, files.fullchain, sock)
             run.terminate()
             assert run.wait(20) == 0
         finally:
@@ -256,23 +264,7 @@ def test_a_running_fleet_member_pays_the_reload_a_prime_failed(tmp_path: Path) -
         try:
             wait_for(lambda: runs(tmp_path) == 1)  # its first delivery
             passes(sock, 2)  # past min_interval: the prime fetches
-            before = stored_this_update(tmp_path)
-            staple = (tmp_path / "staples" / f"{NAME}.der").read_bytes()
-
-            (tmp_path / "fail").touch()
-            prime = [MUSTAPLE, "prime", "--config", str(config), str(files.fullchain)]
-            primed = subprocess.run(prime, capture_output=True, text=True, timeout=60, check=False)
-            assert primed.returncode == 1, primed.stdout + primed.stderr
-            assert "reload failed" in primed.stdout, primed.stdout
-            assert not (tmp_path / "fail").exists()  # its reload ran, and failed
-            assert stored_this_update(tmp_path) == before  # nothing newer stored
-            assert (tmp_path / "staples" / f"{NAME}.der").read_bytes() != staple  # its bytes
-
-            wait_for(lambda: runs(tmp_path) == 3)  # the start's, the prime's, the member's
-            passes(sock, 3)
-            assert runs(tmp_path) == 3  # once
-            sink = sink_row(config)
-            assert (sink["ok"], sink["error"], sink["reload_owed"]) == (True, None, False), sink
+            a_failed_prime_is_paid_once(tmp_path, config, files.fullchain, sock)
             run.terminate()
             assert run.wait(20) == 0
         finally:

@@ -282,29 +282,16 @@ def _restored(
     staple = event.staple
     due = next_refresh(staple, event.fetched_at, dice, policy)
     note = hurried_note(staple, event.fetched_at, policy)
+    held, revoked = (staple, None) if staple.good else (None, staple)
+    phase = Phase.GOOD if staple.good else Phase.REVOKED
+    new = _evolve(
+        state, phase=phase, held=held, revoked=revoked, next_due=due, schedule_note=note, **_IN_HAND
+    )
     if staple.good:
-        new = _evolve(
-            state,
-            phase=Phase.GOOD,
-            held=staple,
-            revoked=None,
-            next_due=due,
-            schedule_note=note,
-            **_IN_HAND,
-        )
         line = LogLine(
             "info", "restored a valid staple from the state (until {})", (staple.effective_expiry,)
         )
     else:
-        new = _evolve(
-            state,
-            phase=Phase.REVOKED,
-            held=None,
-            revoked=staple,
-            next_due=due,
-            schedule_note=note,
-            **_IN_HAND,
-        )
         line = LogLine(
             "info",
             "restored the revoked answer from the state (revoked at {})",
