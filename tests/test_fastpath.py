@@ -1,7 +1,8 @@
 """The fast path of the HTTP endpoint, over real sockets: its answers against aiohttp's, byte
 for byte, and every way a connection can go (keep-alive, HTTP/1.0, pipelining, a hand-off to
 aiohttp in the middle of a connection, heads in pieces, garbage, heads too long, clients that
-vanish or stop reading, idle connections, shutdown).
+vanish or stop reading, idle connections, shutdown), and a head asked again, answered with the
+bytes sent for it last only while they still hold.
 
 Each test runs two endpoints on one keeper and one fake clock: `start_http` (the fast path in
 front of aiohttp) and the same application served by aiohttp alone.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import shutil
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from aiohttp import web
@@ -31,6 +34,7 @@ from mustaple.core.clock import utc_now
 from mustaple.core.request import encode_request, get_url, make_cert_id
 from mustaple.core.verify import Staple
 from mustaple.keeper.keeper import Keeper
+from mustaple.serve import fastpath
 from mustaple.serve.fastpath import FastPath
 from mustaple.serve.localresponder import MALFORMED_REQUEST, UNAUTHORIZED, add_routes
 from mustaple.serve.metrics import Metrics
@@ -353,6 +357,102 @@ def test_pipelined_requests_are_answered_in_order(tmp_path: Path) -> None:
             writer.write(head(w.path)[20:])
             assert body_of(await read_reply(reader)) == w.held.der
         assert (w.answered, w.handed_off) == (3, 0)
+
+    run(scenario, tmp_path)
+
+
+# --- A head asked again ----------------------------------------------------------------------
+# The same request head, alone in its read, gets the bytes sent for it last while the answer
+# holds: these tests change each thing the answer depends on and ask with the same bytes.
+
+
+def test_a_head_asked_again_follows_the_keeper(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        request = head(w.path)
+        async with connection(w.port) as (reader, writer):
+            for _ in range(3):
+                writer.write(request)
+                assert body_of(await read_reply(reader)) == w.held.der
+            (managed,) = w.keeper.managed.values()
+            assert managed.next_due is not None
+            w.clock.now = managed.next_due  # the keeper fetches a new staple
+            await w.keeper.tick()
+            assert managed.held is not None
+            assert managed.held.der != w.held.der
+            writer.write(request)
+            assert body_of(await read_reply(reader)) == managed.held.der
+            assert w.counted("good") == 4
+            # a reload: another keeper, which manages nothing, at the same revision by chance
+            other = Keeper(config(tmp_path / "other"), store=SqliteStore(":memory:"), sinks={})
+            other.revision = w.keeper.revision
+            reloaded = Metrics(other)
+            responder = w.fast.fast.responder
+            memo = responder.remembered(w.path)
+            assert memo is not None
+            w.fast.switch(other, reloaded)
+            assert not responder.again(memo)  # whoever kept it
+            assert not w.fast.fast.replies  # nothing holds the old keeper's answers alive
+            writer.write(request)
+            assert body_of(await read_reply(reader)) == UNAUTHORIZED
+        sample = reloaded.registry.get_sample_value(REQUESTS, {"result": "unauthorized"})
+        assert (sample, w.counted("good"), w.answered) == (1, 4, 5)
+
+    run(scenario, tmp_path)
+
+
+def test_a_head_asked_again_after_its_certificate_went(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        request = head(w.path)
+        async with connection(w.port) as (reader, writer):
+            for _ in range(2):
+                writer.write(request)
+                assert body_of(await read_reply(reader)) == w.held.der
+            shutil.rmtree(tmp_path / "live" / NAME)  # at the same moment of the clock
+            await w.keeper.scan()
+            assert not w.keeper.managed
+            writer.write(request)
+            assert body_of(await read_reply(reader)) == UNAUTHORIZED
+        assert (w.counted("good"), w.counted("unauthorized")) == (2, 1)
+
+    run(scenario, tmp_path)
+
+
+def test_a_head_asked_again_in_a_new_second_gets_a_new_date(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Date comes from the real clock (as aiohttp's): faked here, a second at a time."""
+    second = [1_800_000_000.25]
+    monkeypatch.setattr(fastpath, "time", SimpleNamespace(time=lambda: second[0]))
+
+    async def scenario(w: World) -> None:
+        request = head(w.path)
+        async with connection(w.port) as (reader, writer):
+            replies = []
+            for step in (0, 0.5, 0.5):  # 0.25 and 0.75 in one second, then the next one
+                second[0] += step
+                writer.write(request)
+                replies.append(await read_reply(reader))
+        dates = [re.search(rb"\r\nDate: ([^\r]+)\r\n", reply) for reply in replies]
+        assert [d[1] if d else None for d in dates] == [
+            b"Fri, 15 Jan 2027 08:00:00 GMT",
+            b"Fri, 15 Jan 2027 08:00:00 GMT",
+            b"Fri, 15 Jan 2027 08:00:01 GMT",
+        ]
+        assert len({body_of(reply) for reply in replies}) == 1
+        assert w.counted("good") == 3
+
+    run(scenario, tmp_path)
+
+
+def test_a_head_asked_again_that_closes_closes_each_time(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        for request in (head(w.path, "Connection: close"), head(w.path, version="1.0")):
+            for _ in range(3):
+                async with connection(w.port) as (reader, writer):
+                    writer.write(request)
+                    assert body_of(await read_reply(reader)) == w.held.der
+                    assert await closed(reader)
+        assert (w.answered, w.counted("good"), w.handed_off) == (6, 6, 0)
 
     run(scenario, tmp_path)
 

@@ -8,7 +8,11 @@ with no body, is answered at once with the responder's own answer (`Responder.fo
 same decision and the same count in `served` as the aiohttp handler), framed as aiohttp frames
 it: the same status line, headers in the same order (Server included), the same body; only the
 `Date` value may differ, being taken at another moment (whole seconds, as aiohttp's). The bytes
-are made once per answer, per second and per connection mode, then reused.
+are made once per answer, per second and per connection mode, then reused. A request that
+comes alone in one read, with a head seen before (the same bytes: the same path, headers and
+connection mode), is answered with the bytes sent for it last, without reading it again, while
+the responder's memo of that answer holds (`Responder.again`, which counts it) and within the
+second of their Date: a client such as nginx asks the same question again and again.
 
 Anything else hands the connection to aiohttp for good, unchanged: another method or path (a
 target in absolute form, `http://host/ocsp/...`, too: aiohttp answers it alike), a
@@ -78,7 +82,7 @@ from typing import cast
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 
-from mustaple.serve.localresponder import Answer, Responder
+from mustaple.serve.localresponder import Answer, Memo, Responder
 
 log = logging.getLogger("mustaple")
 
@@ -103,6 +107,7 @@ MAX_FIELD_SIZE = 8190  # bytes of one header line (aiohttp's max_field_size)
 HEAD_CACHE_LIMIT = 1024  # distinct request heads remembered, parsed
 CACHED_HEAD_SIZE = 2048  # bytes: longer heads are parsed each time
 WIRE_CACHE_LIMIT = 4096  # answers framed per second and connection mode
+REPLY_CACHE_LIMIT = 1024  # whole request heads remembered with the bytes that answered them
 _SWEEPS = 5  # idle checks per idle_timeout
 _END = b"\r\n\r\n"
 _END_SIZE = len(_END)
@@ -136,6 +141,17 @@ class _Request:
     path: str  # as sent, query included
     if_none_match: str | None
     mode: int  # 2 x the HTTP minor version + keep-alive: which framing of the answer
+    close: bool  # close the connection after answering
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """The bytes that answered one whole request head, sent again while `memo` holds and
+    within `second` (of their Date)."""
+
+    wire: bytes
+    memo: Memo
+    second: int
     close: bool  # close the connection after answering
 
 
@@ -178,6 +194,7 @@ class FastPath:
         self.closed = False
         self._target = re.compile(re.escape(responder.base.encode()) + b"/" + _REQUEST)
         self.heads: dict[bytes, _Request] = {}
+        self.replies: dict[bytes, _Reply] = {}
         self._second = -1
         self._date = ""
         self._wires: tuple[dict[Answer, bytes], ...] = ({}, {}, {}, {})
@@ -273,6 +290,18 @@ class FastPath:
                 self.heads[head] = request
         return request
 
+    def remember(self, head: bytes, request: _Request, answer: Answer, wire: bytes) -> None:
+        """Keep `wire`, just sent as `answer` to `head` (a whole request, alone in its read),
+        for the same head again while the responder's memo of `answer` holds."""
+        if request.if_none_match is not None or len(head) > CACHED_HEAD_SIZE:
+            return
+        memo = self.responder.remembered(request.path)
+        if memo is None or memo.answer is not answer:
+            return
+        if len(self.replies) >= REPLY_CACHE_LIMIT:
+            del self.replies[next(iter(self.replies))]
+        self.replies[head] = _Reply(wire, memo, self._second, request.close)
+
     def wire(self, answer: Answer, mode: int) -> bytes:
         """`answer` framed for a connection in `mode`, with the Date of this second."""
         second = int(time.time())
@@ -367,7 +396,18 @@ class _Connection(asyncio.Protocol):
     def _serve(self, data: bytes) -> None:
         """Answer the requests in `data`, in order; keep an unfinished head for later; hand
         the connection off at the first request not ours."""
-        fast, transport, size = self.fast, self.transport, len(data)
+        fast, transport = self.fast, self.transport
+        reply = fast.replies.get(data)
+        if (
+            reply is not None
+            and transport is not None
+            and not self.paused
+            and reply.second == int(time.time())
+            and fast.responder.again(reply.memo)
+        ):
+            self._answered(transport, reply.wire, reply.close)
+            return
+        size = len(data)
         start = 0  # of the next request in `data`
         while transport is not None:
             end = data.find(_END, start) + _END_SIZE
@@ -386,15 +426,21 @@ class _Connection(asyncio.Protocol):
             if answer is None:
                 self._hand_off(data[start:])
                 return
-            transport.write(fast.wire(answer, request.mode))
-            fast.answered += 1
-            if self.deadline is not None:
-                self._met()
-            if request.close:
-                transport.close()
+            wire = fast.wire(answer, request.mode)
+            self._answered(transport, wire, request.close)
+            if start == 0 and end == size:
+                fast.remember(data, request, answer, wire)
             if end == size or transport.is_closing():  # all answered, closed, or client gone
                 return
             start = end
+
+    def _answered(self, transport: asyncio.Transport, wire: bytes, close: bool) -> None:
+        transport.write(wire)
+        self.fast.answered += 1
+        if self.deadline is not None:
+            self._met()
+        if close:
+            transport.close()
 
     def _keep(self, data: bytes) -> None:
         """Wait for the rest of a head (or for the client to read); give aiohttp what does

@@ -51,7 +51,9 @@ A GET path asked again is answered with the answer it got last, without reading 
 or the keeper again, for as long as that answer is the one `answer` would give: until the
 keeper's `revision` changes (a certificate's state changed, or a certificate came or went),
 `max-age` drops by a second, or the staple expires (and anew if the clock goes back). The memo
-reads the clock as POSIX seconds (`mustaple.core.clock.timestamps`).
+reads the clock as POSIX seconds (`mustaple.core.clock.timestamps`). A server may keep what it
+made of a remembered answer (`Responder.remembered`) and use it again while `Responder.again`
+says the memo holds: the fast path keeps the very bytes it sent.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ __all__ = [
     "RESPONDER_RESULTS",
     "UNAUTHORIZED",
     "Answer",
+    "Memo",
     "Responder",
     "add_routes",
     "read_cert_id",
@@ -252,11 +255,13 @@ class _Prepared:
 
 
 @dataclass(frozen=True, slots=True)
-class _Memo:
-    """An answer to one GET path, and while it holds: from `since` to before `until` of the
-    responder's clock (POSIX seconds), while the keeper's `revision` stays `revision`."""
+class Memo:
+    """An answer to one GET path, and while it holds (`Responder.again`): from `since` to
+    before `until` of the responder's clock (POSIX seconds), while `keeper` answers and its
+    `revision` stays `revision`."""
 
     answer: Answer
+    keeper: Keeper
     revision: int
     since: float
     until: float
@@ -285,7 +290,7 @@ class Responder:
         self.path_start = len(base) + 1
         self._cert_ids: dict[str | bytes, CertId] = {}
         self._prepared: dict[bytes, _Prepared] = {}
-        self._memos: dict[str, _Memo] = {}
+        self._memos: dict[str, Memo] = {}
 
     def switch(self, keeper: Keeper, served: dict[str, int]) -> None:
         """Answer from `keeper` from now on (after a configuration reload), counting in
@@ -323,14 +328,9 @@ class Responder:
         for a path over the size limit, which the caller refuses (414, counted there).
 
         A path asked again (without If-None-Match) gets the answer it got last while that
-        answer holds (`_Memo`), with no CertID, state or staple looked up."""
+        answer holds (`Memo`), with no CertID, state or staple looked up."""
         memo = self._memos.get(raw_path) if if_none_match is None else None
-        if (
-            memo
-            and memo.revision == self.keeper.revision
-            and memo.since <= self.stamp() < memo.until
-        ):
-            self.served[memo.answer.result] += 1
+        if memo is not None and self.again(memo):
             return memo.answer
         if len(raw_path) > self.limit:
             return None
@@ -341,9 +341,28 @@ class Responder:
         answer, until = self._answer(cert_id, now, if_none_match)
         if if_none_match is None and len(raw_path) <= CACHED_REQUEST_LIMIT:
             end = math.inf if until == _NEVER else until.timestamp()
-            _put(self._memos, raw_path, _Memo(answer, self.keeper.revision, now.timestamp(), end))
+            memo = Memo(answer, self.keeper, self.keeper.revision, now.timestamp(), end)
+            _put(self._memos, raw_path, memo)
         self.served[answer.result] += 1
         return answer
+
+    def remembered(self, raw_path: str) -> Memo | None:
+        """The answer `GET raw_path` got last and while it holds (None: not remembered), for
+        a server that keeps what it made of that answer."""
+        return self._memos.get(raw_path)
+
+    def again(self, memo: Memo) -> bool:
+        """Whether `memo` still holds (its keeper answers, at the same revision, and the
+        clock is within its window); if so, it is counted as served once more."""
+        keeper = self.keeper
+        if (
+            memo.keeper is keeper
+            and memo.revision == keeper.revision
+            and memo.since <= self.stamp() < memo.until
+        ):
+            self.served[memo.answer.result] += 1
+            return True
+        return False
 
     def for_body(self, body: bytes, if_none_match: str | None) -> Answer:
         """The answer to a POST of `body` (within the size limit), counted. (`post` gives no

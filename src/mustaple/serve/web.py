@@ -130,6 +130,7 @@ class HttpServer:
         """Serve from `keeper` and count in `metrics` from now on."""
         self.endpoints.keeper, self.endpoints.metrics = keeper, metrics
         self.fast.responder.switch(keeper, metrics.responder_counts)
+        self.fast.replies.clear()  # the old keeper's answers: `Responder.again` refuses them
         self.fast.on_timeout = metrics.request_timeouts.inc
 
     @property
