@@ -30,6 +30,7 @@ from mustaple.adapters.sinks import build_sink
 from mustaple.adapters.store import AttemptRecord, SqliteStore, StoredStaple, cert_key
 from mustaple.core.certs import make_target
 from mustaple.core.errors import InputError
+from mustaple.core.leaves import LeafFacts
 from mustaple.core.schedule import SchedulePolicy
 from mustaple.core.verify import Staple, verify
 from mustaple.front.status import fleet_view
@@ -42,6 +43,7 @@ from servers import RedisServer
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
 VALIDITY = 6 * HOUR  # short windows: a simulated day holds eight refreshes
 GATHER = 0.3  # seconds: a member hears and adopts what another shared (it gathers 0.2 s)
 QUICK = FetchPolicy(total_timeout=2.0, connect_timeout=1.0, attempts_per_url=1)
@@ -296,16 +298,101 @@ def test_a_heartbeat_drops_the_members_silent_for_a_day_and_no_other(
     p = prefix()
     gone, late, alive = (RedisStore(redis_server.url, prefix=p, member=m) for m in "abc")
     day = timedelta(days=1)
-    assert gone.beat(T0, {"left": True}) == (True, [])
-    assert late.beat(T0 + timedelta(seconds=2), {}) == (True, [])
+    assert gone.beat(T0, {"left": True}) == (True, False, [])
+    assert late.beat(T0 + timedelta(seconds=2), {}) == (True, False, [])
     client = alive.client
     client.hset(f"{p}members", "x", '{"seen": "2000-01-01T00:00:00"}')
     client.hset(f"{p}members", "y", "not json")
-    assert alive.beat(T0 + day + timedelta(seconds=1), {}) == (True, ["a"])
+    assert alive.beat(T0 + day + timedelta(seconds=1), {}) == (True, False, ["a"])
     assert sorted(client.hkeys(f"{p}members")) == [b"b", b"c", b"x", b"y"]
-    assert alive.beat(T0 + day + timedelta(seconds=3), {}) == (False, ["b"])
-    assert gone.beat(T0 + day + timedelta(seconds=4), {}) == (True, [])  # back: joins again
+    assert alive.beat(T0 + day + timedelta(seconds=3), {}) == (False, False, ["b"])
+    assert gone.beat(T0 + day + timedelta(seconds=4), {}) == (True, False, [])  # back: joins again
     assert [m.name for m in alive.members()] == ["a", "c"]
+
+
+def facts(key: str, issued: datetime, name: str = "a.test", days: int = 90) -> LeafFacts:
+    return LeafFacts(key, name, key, issued, issued + timedelta(days=days))
+
+
+def test_a_members_leaves_end_with_its_heartbeat_and_go_when_it_is_dropped(
+    redis_server: RedisServer,
+) -> None:
+    """Each member records the leaves it manages: what changed, and all of them at once when
+    asked (whatever was there goes). The record ends a day after it is written, and each
+    heartbeat counts that end again in its script; a member dropped from the fleet view goes
+    with its leaves, and a key of another type in its place is no member's: the heartbeat
+    takes it out and says the leaves were not kept."""
+    p, day = prefix(), timedelta(days=1)
+    a, b = (RedisStore(redis_server.url, prefix=p, member=m) for m in "ab")
+    one, two, three = (facts(f"k{n}", T0 - timedelta(days=n)) for n in (1, 2, 3))
+    a.client.hset(f"{p}leaves:a", "stale", "from before")
+    a.record_leaves([one, two], whole=True)
+    assert sorted(a.leaves(["a"])["a"], key=lambda leaf: leaf.key) == [one, two]
+    a.record_leaves([three], gone=["k1"])
+    assert sorted(a.leaves(["a", "b"])["a"], key=lambda leaf: leaf.key) == [two, three]
+    assert day - timedelta(minutes=1) < timedelta(milliseconds=a.client.pttl(f"{p}leaves:a"))
+    a.client.pexpire(f"{p}leaves:a", 60_000)
+    assert a.beat(T0, {}) == (True, True, [])
+    assert day - timedelta(minutes=1) < timedelta(milliseconds=a.client.pttl(f"{p}leaves:a"))
+    assert b.beat(T0 + day + timedelta(seconds=1), {}) == (True, False, ["a"])
+    assert not a.client.exists(f"{p}leaves:a")
+    a.client.set(f"{p}leaves:a", "garbage")
+    assert a.beat(T0 + day, {}).leaves_kept is False
+    assert not a.client.exists(f"{p}leaves:a")
+
+
+def test_the_fleet_view_says_which_members_manage_an_older_leaf(
+    tmp_path: Path, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`status --fleet` could not say which members still manage an old leaf after a renewal
+    on only some of them. It groups the members' leaves by name: the older one is a warning
+    naming the members left behind, critical within a week of its notAfter; a member that
+    left is not counted; garbled records (a key of another type, values that are not ours)
+    are left out with one line per member, never an exception."""
+    p = prefix()
+    config = member_config(tmp_path, "m0", tmp_path / "live", redis_server.url, p)
+    old, new = facts("old", T0 - 60 * DAY), facts("new", T0 - DAY)
+    gone = facts("gone", T0 - 80 * DAY)
+    for name, leaves, info in [
+        ("web1", [new], {}),
+        ("web2", [new], {}),
+        ("web3", [old], {}),
+        ("web4", [gone], {"left": True}),
+        ("web5", [], {}),
+        ("web6", [], {}),
+    ]:
+        store = RedisStore(redis_server.url, prefix=p, member=name)
+        store.beat(T0, info)
+        store.record_leaves(leaves, whole=True)
+    client = RedisStore(redis_server.url, prefix=p).client
+    client.set(f"{p}leaves:web5", "garbage")
+    client.hset(f"{p}leaves:web6", mapping={"x": "not json", "y": '{"name": 1}'})
+    caplog.set_level("WARNING", "mustaple")
+
+    (group,) = fleet_view(config, T0)["names"]
+    assert (group["name"], group["health"]) == ("a.test", "warning")
+    assert group["health_reason"] == (
+        "older leaf on web3: serial old, notAfter 2026-01-31 00:00:00Z (expires in 30d 0h);"
+        " renewed on web1, web2"
+    )
+    rows = [
+        (s["key"], s["members"], s["older"], s["renewed_on"], s["health"]) for s in group["leaves"]
+    ]
+    assert rows == [
+        ("new", ["web1", "web2"], False, [], "ok"),
+        ("old", ["web3"], True, ["web1", "web2"], "warning"),
+    ]
+    assert group["leaves"][1]["not_after"] == "2026-01-31T00:00:00Z"
+    lines = [r.getMessage() for r in caplog.records]
+    assert len([line for line in lines if "'web5' cannot be read" in line]) == 1
+    assert len([line for line in lines if "2 of the leaves of member 'web6'" in line]) == 1
+
+    (group,) = fleet_view(config, T0 + 24 * DAY)["names"]  # a week left: critical
+    assert (group["health"], group["leaves"][1]["health"]) == ("critical", "critical")
+    RedisStore(redis_server.url, prefix=p, member="web3").record_leaves([new], gone=["old"])
+    (group,) = fleet_view(config, T0)["names"]
+    assert (group["health"], group["health_reason"]) == ("ok", None)
+    assert [s["members"] for s in group["leaves"]] == [["web1", "web2", "web3"]]
 
 
 # --- Members taking turns ---------------------------------------------------------------------

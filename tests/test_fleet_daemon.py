@@ -535,3 +535,131 @@ def _member_states(config: str, capsys: pytest.CaptureFixture[str]) -> dict[str,
     capsys.readouterr()
     assert main(["status", "--fleet", "--json", "--config", config]) == 0
     return {row["member"]: row["state"] for row in json.loads(capsys.readouterr().out)["members"]}
+
+
+def test_status_says_which_member_still_manages_the_old_leaf_after_a_renewal(
+    fleet: Fleet,
+) -> None:
+    """A certificate renewed on one member only (the other's deploy hook did not run):
+    `status --fleet` could not say so (Redis held no record of who manages what). Each member
+    records its leaves, writing only what changed (none at a heartbeat that finds nothing
+    new); `status --fleet`, from another process, names the member left behind and its old
+    leaf until that member renews too. A key of another type in place of a member's record
+    is replaced at its next heartbeat."""
+    client = fleet.shared().client
+    client.config_set("notify-keyspace-events", "Kh")  # hash writes, as Redis sees them
+    writes = client.pubsub()
+    writes.psubscribe(f"__keyspace@0__:{fleet.prefix}leaves:*")
+    assert writes.get_message(timeout=5)["type"] == "psubscribe"
+    old = fleet.ca.issue(
+        "split.test",
+        ocsp_urls=[fleet.responder.url],
+        not_before=utc_now() - timedelta(days=30),
+        not_after=utc_now() + timedelta(days=60),
+    )
+    fleet.responder.add(old)
+    members = []
+    for name in ("m0", "m1"):
+        put_leaf(old, fleet.tmp / f"live-{name}" / "split.test")
+        members.append(fleet.start(name, sink=own_live(fleet, name)))
+    first, second = members
+    wait_for(lambda: all(m.staple(old) for m in members))
+    ops = write_member_config(fleet, "ops", fleet.tmp)  # a host that runs no member
+    wait_for(lambda: _leaves_view(ops) == [(serial(old), ["m0", "m1"], [], "ok")])
+    _hash_writes(writes)
+    for member in members:  # a few heartbeats each, with nothing new
+        _heartbeats(client, fleet.prefix, member.name, 3)
+    assert _hash_writes(writes) == []
+
+    new = fleet.issue("split.test")  # renewed on m0 only
+    put_leaf(new, fleet.tmp / "live-m0" / "split.test")
+    wait_for(lambda: first.staple(new) is not None)
+    split = [
+        (serial(new), ["m0"], [], "ok"),
+        (serial(old), ["m1"], ["m0"], "warning"),
+    ]
+    wait_for(lambda: _leaves_view(ops) == split)
+    (group,) = _status(ops, "--json")["names"]
+    assert group["health"] == "warning"
+    assert group["health_reason"].startswith(f"older leaf on m1: serial {serial(old)}, notAfter")
+    table = _status(ops)
+    assert "mustaple fleet: leaves members disagree on" in table
+    assert "older, expires in 59d" in table
+    assert _hash_writes(writes) == [("m0", "hdel"), ("m0", "hset")]  # one write: the change
+
+    client.delete(f"{fleet.prefix}leaves:m1")
+    client.set(f"{fleet.prefix}leaves:m1", "garbage")
+    wait_for(lambda: client.type(f"{fleet.prefix}leaves:m1") == b"hash")
+    assert _leaves_view(ops) == split
+    assert second.log().count("the record of this member's leaves was gone") == 1
+
+    put_leaf(new, fleet.tmp / "live-m1" / "split.test")  # m1's deploy hook runs at last
+    wait_for(lambda: _leaves_view(ops) == [(serial(new), ["m0", "m1"], [], "ok")])
+    assert "mustaple fleet: leaves: no member manages an older leaf" in _status(ops)
+    writes.close()
+
+
+def own_live(fleet: Fleet, name: str) -> str:
+    """A member's own certificates (`live-NAME`) and file sink, as `write_member_config`
+    takes them."""
+    return f"""
+[[certificates]]
+paths = ["{fleet.tmp}/live-{name}/*/fullchain.pem"]
+
+[sinks.files]
+type = "file"
+path = "{fleet.tmp / name}/staples/{{name}}.der"
+"""
+
+
+def put_leaf(leaf: Leaf, directory: Path) -> None:
+    """`leaf`'s fullchain.pem in `directory`, replaced at once (as certbot's link is)."""
+    staging = directory.with_name(directory.name + ".new")
+    leaf.write(staging)
+    directory.mkdir(parents=True, exist_ok=True)
+    os.replace(staging / "fullchain.pem", directory / "fullchain.pem")
+    shutil.rmtree(staging)
+
+
+def serial(leaf: Leaf) -> str:
+    return f"{leaf.cert.serial_number:x}"
+
+
+def _status(config: Path, *options: str) -> Any:
+    """`mustaple status --fleet` run in its own process: its JSON with --json, else its text."""
+    done = subprocess.run(
+        [MUSTAPLE, "status", "--fleet", "--config", str(config), *options],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (0, ""), done
+    return json.loads(done.stdout) if "--json" in options else done.stdout
+
+
+def _leaves_view(config: Path) -> list[tuple[str, list[str], list[str], str]]:
+    """split.test's leaves as `status --fleet --json` shows them: serial, members, renewed
+    on, health."""
+    (group,) = _status(config, "--json")["names"]
+    return [(s["serial"], s["members"], s["renewed_on"], s["health"]) for s in group["leaves"]]
+
+
+def _hash_writes(pubsub: Any) -> list[tuple[str, str]]:
+    """The writes to the members' leaves heard since the last call: (member, command)."""
+    heard = []
+    while (message := pubsub.get_message(timeout=0.2)) is not None:
+        assert message["type"] == "pmessage"
+        heard.append((message["channel"].decode().rpartition(":")[2], message["data"].decode()))
+    return heard
+
+
+def _heartbeats(client: Any, prefix: str, member: str, count: int) -> None:
+    """Until `member` has written `count` more heartbeats."""
+    seen: set[bytes] = set()
+
+    def beaten() -> bool:
+        seen.add(client.hget(f"{prefix}members", member))
+        return len(seen) > count
+
+    wait_for(beaten)

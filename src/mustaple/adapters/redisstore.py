@@ -26,7 +26,11 @@ announcements. Everything lives under `prefix`:
 - `{prefix}attempts:{key}`: the bounded history of attempts, newest first, with the member.
 - `{prefix}status:{member}`: each member's view of each certificate (`save_status`).
 - `{prefix}members`: one heartbeat per member (`beat`, `members`); each heartbeat drops those
-  older than `forget` (a day: members that left or died).
+  older than `forget` (a day: members that left or died), with their leaves.
+- `{prefix}leaves:{member}`, a hash: the leaves a member manages (`record_leaves`, `leaves`),
+  by key: name, serial and validity. A member writes what changed, not at every heartbeat;
+  its heartbeat counts again the end of the whole record (`forget` after it), in the same
+  script, so the record ends with the member's heartbeat.
 - `{prefix}keys`: the set of keys with a stored staple; `{prefix}sweep`, where the writes'
   sweep of that set has got to.
 
@@ -52,7 +56,7 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
@@ -68,9 +72,19 @@ from mustaple.adapters.store import (
     traps_of,
 )
 from mustaple.core.delivery import Trap
+from mustaple.core.leaves import LeafFacts
 from mustaple.core.lifecycle import Phase
 
-__all__ = ["FleetRecord", "Lease", "Member", "RedisStore", "Retry", "shown_url", "wrong_type"]
+__all__ = [
+    "Beat",
+    "FleetRecord",
+    "Lease",
+    "Member",
+    "RedisStore",
+    "Retry",
+    "shown_url",
+    "wrong_type",
+]
 
 log = logging.getLogger("mustaple")
 
@@ -81,6 +95,7 @@ KEEP_AFTER_EXPIRY = timedelta(days=1)
 # how long the fleet view keeps a member that no longer beats (it left, or it died) before the
 # next heartbeat of another member drops it: long enough for people to see it left
 FORGET_MEMBER_AFTER = timedelta(days=1)
+LEAVES_PER_WRITE = 1000  # leaves in one HSET of `record_leaves`
 # Before the scripts that need them: a fencing counter as a number, or nil when it is none of
 # ours (not a whole number, or the error of a key of another type that `redis.pcall`
 # returns); Redis's clock; a key kept as long as a staple record.
@@ -192,14 +207,20 @@ redis.call('LPUSH', KEYS[1], unpack(ARGV, 3))
 redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[1]) - 1)
 keep_as(KEYS[1], KEYS[2], tonumber(ARGV[2]))
 """
-# KEYS: members hash. ARGV: member, heartbeat (JSON), the cutoff (UTC, "YYYY-MM-DDTHH:MM:SS").
-# Writes this member's heartbeat, then drops in the same script (so never a heartbeat written
-# meanwhile) every other one whose time (`seen`, UTC as we write it) is before the cutoff. A
-# heartbeat we did not write (not JSON, no such time) is left alone. Returns {1 when this
-# member's heartbeat was not there, the members dropped...}.
+# KEYS: members hash, this member's leaves. ARGV: member, heartbeat (JSON), the cutoff (UTC,
+# "YYYY-MM-DDTHH:MM:SS"), how long a member's leaves outlive its last heartbeat (ms), the
+# prefix of the members' leaves. Writes this member's heartbeat and counts again the end of
+# its leaves (whatever their number: one command; a key of another type there is no
+# member's: it goes, and the member records its leaves again), then drops in the same script
+# (so never a heartbeat written meanwhile) every other one whose time (`seen`, UTC as we
+# write it) is before the cutoff, with its leaves. A heartbeat we did not write (not JSON, no
+# such time) is left alone. Returns {1 when this member's heartbeat was not there, 1 when its
+# leaves were, the members dropped...}.
 _BEAT = """
 local new = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-local found = {new}
+local kind = redis.call('TYPE', KEYS[2]).ok
+if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', KEYS[2]) end
+local found = {new, redis.call('PEXPIRE', KEYS[2], ARGV[4])}
 local rows = redis.call('HGETALL', KEYS[1])
 for i = 1, #rows, 2 do
   local ok, data = pcall(cjson.decode, rows[i + 1])
@@ -207,6 +228,7 @@ for i = 1, #rows, 2 do
   if type(seen) == 'string' and string.match(seen, '^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d')
       and string.sub(seen, -6) == '+00:00' and string.sub(seen, 1, 19) < ARGV[3] then
     redis.call('HDEL', KEYS[1], rows[i])
+    redis.call('DEL', ARGV[5] .. rows[i])
     table.insert(found, rows[i])
   end
 end
@@ -257,6 +279,16 @@ class Member:
     name: str
     seen: datetime
     info: dict[str, Any]
+
+
+class Beat(NamedTuple):
+    """What a heartbeat found (`RedisStore.beat`)."""
+
+    new: bool  # Redis held no heartbeat of this member
+    # Redis held this member's leaves (not: evicted, deleted, never written, or a key of
+    # another type there, deleted)
+    leaves_kept: bool
+    dropped: list[str]  # the members dropped: silent for `forget`
 
 
 @dataclass(frozen=True, slots=True)
@@ -559,15 +591,49 @@ class RedisStore:
         pipe.pttl(self._k("retry", key))
         return _retry(*_each(pipe))
 
-    def beat(self, now: datetime, info: dict[str, Any]) -> tuple[bool, list[str]]:
-        """This member's heartbeat, with what it wants the fleet view to show; every other
-        member's heartbeat older than `forget` by `now` is dropped in the same step (it left,
-        or died: a member that comes back joins again). Returns whether ours is new (Redis
-        held no heartbeat of this member), and the members dropped."""
+    def beat(self, now: datetime, info: dict[str, Any]) -> Beat:
+        """This member's heartbeat, with what it wants the fleet view to show; the end of its
+        leaves is counted again; every other member's heartbeat older than `forget` by `now`
+        is dropped in the same step, with its leaves (it left, or died: a member that comes
+        back joins again)."""
         value = json.dumps({"seen": _iso(now), **info})
         cutoff = (now - self.forget).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        new, *dropped = self._beat(keys=[self._k("members")], args=[self.member, value, cutoff])
-        return bool(new), [name.decode(errors="replace") for name in dropped]
+        keys = [self._k("members"), self._k("leaves", self.member)]
+        args: list[str | int] = [self.member, value, cutoff, _ms_delta(self.forget)]
+        args.append(self._k("leaves") + ":")
+        new, kept, *dropped = self._beat(keys=keys, args=args)
+        return Beat(bool(new), bool(kept), [name.decode(errors="replace") for name in dropped])
+
+    def record_leaves(
+        self, leaves: Collection[LeafFacts], gone: Collection[str] = (), *, whole: bool = False
+    ) -> None:
+        """Record the leaves this member manages: `leaves` added, the keys `gone` no more;
+        `whole`: `leaves` are all of them (whatever Redis held, even a key of another type, is
+        replaced). One transaction; the record ends `forget` from now, as the heartbeat."""
+        record = self._k("leaves", self.member)
+        pipe = self.client.pipeline(transaction=True)
+        if whole:
+            pipe.delete(record)
+        elif gone:
+            pipe.hdel(record, *gone)
+        rows = list(leaves)
+        for start in range(0, len(rows), LEAVES_PER_WRITE):
+            batch = rows[start : start + LEAVES_PER_WRITE]
+            pipe.hset(record, mapping={leaf.key: _leaf_json(leaf) for leaf in batch})
+        pipe.pexpire(record, _ms_delta(self.forget))
+        pipe.execute()
+
+    def leaves(self, members: Sequence[str]) -> dict[str, list[LeafFacts]]:
+        """The leaves each of `members` manages, in one round trip. A record of another type,
+        or a leaf that cannot be read (another writer's), is left out, said in one line per
+        member."""
+        pipe = self.client.pipeline(transaction=False)
+        for member in members:
+            pipe.hgetall(self._k("leaves", member))
+        return {
+            member: _leaves_of(member, fields)
+            for member, fields in zip(members, _each(pipe), strict=True)
+        }
 
     def members(self) -> list[Member]:
         """Every member's last heartbeat; one that cannot be read is left out, said once."""
@@ -694,6 +760,52 @@ def _kind(exc: BaseException) -> str:
 
 def _short(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else _kind(exc)
+
+
+def _leaf_json(leaf: LeafFacts) -> str:
+    return json.dumps(
+        {
+            "name": leaf.name,
+            "serial": leaf.serial,
+            "not_before": _iso(leaf.not_before),
+            "not_after": _iso(leaf.not_after),
+        }
+    )
+
+
+def _leaf(key: bytes, raw: bytes) -> LeafFacts:
+    data = json.loads(raw)
+    name, serial = data["name"], data["serial"]
+    if not (isinstance(name, str) and isinstance(serial, str)):
+        raise TypeError("the name and the serial must be text")
+    return LeafFacts(
+        key.decode(), name, serial, _time(data["not_before"]), _time(data["not_after"])
+    )
+
+
+def _leaves_of(member: str, fields: dict[bytes, bytes] | Exception) -> list[LeafFacts]:
+    """A member's leaves as recorded; what cannot be read is left out, said in one line."""
+    if isinstance(fields, Exception):
+        log.warning(
+            "fleet: the leaves of member %r cannot be read (%s): left out", member, _short(fields)
+        )
+        return []
+    found, unreadable = [], []
+    for key, raw in fields.items():
+        try:
+            found.append(_leaf(key, raw))
+        except (*_UNREADABLE, json.JSONDecodeError) as exc:
+            unreadable.append(exc)
+    if unreadable:
+        first = unreadable[0]
+        log.warning(
+            "fleet: %d of the leaves of member %r cannot be read (%s: %s): left out",
+            len(unreadable),
+            member,
+            _kind(first),
+            first,
+        )
+    return found
 
 
 def _attempt_json(a: AttemptRecord, member: str) -> str:

@@ -19,11 +19,14 @@ from mustaple.core.certs import display_name, is_must_staple, parse_certificates
 from mustaple.core.delivery import Action
 from mustaple.core.errors import InputError
 from mustaple.core.health import Facts, judge
+from mustaple.core.leaves import NameLeaves, ServedLeaf, by_name
 from mustaple.core.lifecycle import Phase
 from mustaple.core.render import (
     human_duration,
+    human_time,
     iso,
     one_line,
+    seconds_until,
     short_time,
     shown,
     sink_json,
@@ -326,8 +329,10 @@ def print_status_table(rows: list[dict[str, Any]]) -> None:
 
 
 def fleet_view(config: Config, now: datetime) -> dict[str, Any]:
-    """The fleet's view from Redis: its members, and per certificate who fetched what, when,
-    who holds the lease now and when the fleet retries. InputError if Redis cannot answer."""
+    """The fleet's view from Redis: its members; per certificate who fetched what, when,
+    who holds the lease now and when the fleet retries; per name, which leaf each member
+    (that has not left) manages, and which of them are older than another member's.
+    InputError if Redis cannot answer."""
     if config.fleet is None:
         raise ConfigError(f"{config.path}: no [fleet] table: this member is not in a fleet")
     import redis
@@ -338,6 +343,7 @@ def fleet_view(config: Config, now: datetime) -> dict[str, Any]:
     try:
         silent = timedelta(seconds=STALE_BEATS * config.fleet.beat_interval)
         members = [_member_json(m, now, silent) for m in shared.members()]
+        leaves = shared.leaves([m["member"] for m in members if m["state"] != "left"])
         shared_keys = shared.keys()
         records = [shared.record(key) for key in shared_keys]
         history = {r.key: shared.history_by_member(r.key, limit=1) for r in records}
@@ -347,7 +353,8 @@ def fleet_view(config: Config, now: datetime) -> dict[str, Any]:
         shared.close()
     certificates = [_record_json(r, history[r.key], now) for r in records]
     certificates.sort(key=lambda row: str(row["name"]))
-    return {"members": members, "certificates": certificates}
+    names = [_name_json(group, now) for group in by_name(leaves, now)]
+    return {"members": members, "certificates": certificates, "names": names}
 
 
 def _unreachable(fleet: FleetConfig, exc: redis.RedisError) -> str:
@@ -403,9 +410,54 @@ def _record_json(record: FleetRecord, last: list[Any], now: datetime) -> dict[st
     }
 
 
+def _name_json(group: NameLeaves, now: datetime) -> dict[str, Any]:
+    """The leaves the members manage for one name; `health_reason` names the older ones."""
+    older = [_older_line(served, now) for served in group.leaves if served.renewed_on]
+    return {
+        "name": group.name,
+        "health": group.level.word,
+        "health_reason": "; ".join(older) or None,
+        "leaves": [_served_json(served, now) for served in group.leaves],
+    }
+
+
+def _served_json(served: ServedLeaf, now: datetime) -> dict[str, Any]:
+    leaf = served.facts
+    return {
+        "key": leaf.key,
+        "serial": leaf.serial,
+        "not_before": iso(leaf.not_before),
+        "not_after": iso(leaf.not_after),
+        "seconds_left": seconds_until(leaf.not_after, now),
+        "members": list(served.members),
+        "older": bool(served.renewed_on),
+        "renewed_on": list(served.renewed_on),
+        "health": served.level.word,
+    }
+
+
+def _older_line(served: ServedLeaf, now: datetime) -> str:
+    """Which members manage an older leaf, until when, and where it was renewed."""
+    leaf = served.facts
+    expiry = _expiry(seconds_until(leaf.not_after, now))
+    return one_line(
+        f"older leaf on {', '.join(served.members)}: serial {leaf.serial}, notAfter "
+        f"{human_time(leaf.not_after)} ({expiry}); renewed on {', '.join(served.renewed_on)}"
+    )
+
+
+def _expiry(left: int) -> str:
+    """When a leaf with `left` seconds left expires, in words."""
+    return (
+        f"expired {human_duration(-left)} ago"
+        if left <= 0
+        else f"expires in {human_duration(left)}"
+    )
+
+
 def print_fleet_tables(view: dict[str, Any]) -> None:
-    """The members, then the certificates, for people (every value shown as text: other
-    members write them)."""
+    """The members, the certificates, then the names whose members manage different leaves,
+    for people (every value shown as text: other members write them)."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -433,6 +485,41 @@ def print_fleet_tables(view: dict[str, Any]) -> None:
             escape(retry),
         )
     console.print(certificates)
+    _print_split_names(console, view["names"])
+
+
+def _print_split_names(console: Console, names: list[dict[str, Any]]) -> None:
+    """The names whose members manage different leaves, one row per leaf; one line when the
+    members agree on every name."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    split = [name for name in names if name["health"] != Severity.OK.word]
+    if not split:
+        console.print("mustaple fleet: leaves: no member manages an older leaf than another's")
+        return
+    table = Table(title="mustaple fleet: leaves members disagree on", title_justify="left")
+    for column in ("certificate", "serial", "not after", "members", "leaf"):
+        table.add_column(column, no_wrap=column not in ("members", "leaf"))
+    for name in split:
+        for leaf in name["leaves"]:
+            style = Severity[leaf["health"].upper()].colour
+            said = _leaf_word(leaf)
+            table.add_row(
+                escape(one_line(name["name"])),
+                escape(one_line(leaf["serial"])),
+                short_time(leaf["not_after"], year=True),
+                escape(one_line(", ".join(leaf["members"]))),
+                f"[{style}]{escape(one_line(said))}[/]",
+            )
+    console.print(table)
+
+
+def _leaf_word(leaf: dict[str, Any]) -> str:
+    """'current', or 'older, ...: renewed on web-1'."""
+    if not leaf["older"]:
+        return "current"
+    return f"older, {_expiry(leaf['seconds_left'])}: renewed on {', '.join(leaf['renewed_on'])}"
 
 
 def _console() -> Console:

@@ -18,6 +18,10 @@ A member that stores a staple announces it on a channel; every member hears it (
 thread), validates the staple itself and delivers it to its own sinks within a second. A
 shared staple that fails our validation is never delivered: it is logged and we fetch.
 
+Each member records in Redis the leaves it manages (`RedisStore.record_leaves`): all of
+them when it joins (or finds them gone), then at a heartbeat only what changed since, so that
+`mustaple status --fleet` can say which members still manage an older leaf after a renewal.
+
 Redis unavailable: every member goes on alone (fetching for itself, from its local SQLite copy
 of the last good staple), logs it once, probes Redis with its heartbeat, and on its return
 catches up: it adopts shared staples newer than its own and shares its own newer ones.
@@ -44,12 +48,13 @@ import redis
 
 from mustaple.adapters.config import FleetConfig
 from mustaple.adapters.fetch import FetchResult
-from mustaple.adapters.redisstore import Lease, RedisStore, Retry, shown_url, wrong_type
+from mustaple.adapters.redisstore import Beat, Lease, RedisStore, Retry, shown_url, wrong_type
 from mustaple.adapters.store import StoredStaple
+from mustaple.core.leaves import LeafFacts
 from mustaple.core.render import human_duration
 from mustaple.core.schedule import refresh_floor
 from mustaple.core.verify import Staple, strictly_newer, verify
-from mustaple.keeper.keeper import Keeper, Managed, Turn, attempt_records
+from mustaple.keeper.keeper import Keeper, Life, Managed, Turn, attempt_records
 
 __all__ = ["Fleet"]
 
@@ -99,6 +104,7 @@ class Fleet:
         self._refusals: dict[str, str] = {}  # what Redis refused last, by record (said once)
         self._refused: dict[str, bytes] = {}  # shared DER that failed our validation, by key
         self._recheck_from = 0  # where the next heartbeat looks for vanished records
+        self._leaves: set[str] | None = None  # the keys of the leaves recorded (None: none yet)
 
     @property
     def member(self) -> str:
@@ -164,6 +170,8 @@ class Fleet:
             return
         self.up, self._beaten = True, beaten
         log.info("fleet: joined as %s at %s", self.member, shown_url(self.config.url))
+        self._leaves = None  # Redis may have lost them meanwhile: all of them again
+        await self._record_leaves()
         await self._catch_up_or_say(deliver)
 
     async def _first_beat(self, now: datetime) -> datetime | None:
@@ -171,13 +179,13 @@ class Fleet:
         of another type (said once: the member joins without it). Raises what Redis raised
         otherwise."""
         try:
-            _, dropped = await self._call(self.shared.beat, now, self._info())
+            beat = await self._call(self.shared.beat, now, self._info())
         except redis.ResponseError as exc:
             if not wrong_type(exc):
                 raise
             self._trouble(exc, "the heartbeat")
             return None
-        self._say_dropped(dropped)
+        self._say_dropped(beat.dropped)
         return now
 
     async def _catch_up_or_say(self, deliver: bool) -> None:
@@ -224,16 +232,17 @@ class Fleet:
         """One heartbeat (dropping those of members gone for a day). Ours gone since the last
         one: Redis lost what it held (flushed, or emptied under a connection that held), or
         we were silent so long that another member dropped it: share our staples again, as
-        when joining."""
+        when joining. Then record what changed among our leaves (all of them when Redis lost
+        them)."""
         now = self.keeper.clock()
         try:
-            new, dropped = await self._call(self.shared.beat, now, self._info())
+            beat = await self._call(self.shared.beat, now, self._info())
         except redis.RedisError as exc:
             self._trouble(exc, "the heartbeat")
             return
-        self._say_dropped(dropped)
+        self._say_dropped(beat.dropped)
         last, self._beaten = self._beaten, now
-        if new and last is not None:
+        if beat.new and last is not None:
             if now - last >= self.shared.forget:
                 log.warning(
                     "fleet: this member had no heartbeat for %s: joining again",
@@ -248,6 +257,40 @@ class Fleet:
             await self._catch_up_or_say(True)
         else:
             await self._share_vanished(now)
+        self._leaves_kept(beat)
+        if self.up:
+            await self._record_leaves()
+
+    def _leaves_kept(self, beat: Beat) -> None:
+        """Our leaves gone from Redis (flushed, evicted, deleted, or a key of another type
+        there): the next record writes all of them."""
+        if self._leaves and (beat.new or not beat.leaves_kept):
+            if not beat.new:  # a flush is said already
+                log.warning(
+                    "fleet: the record of this member's leaves was gone from Redis (evicted,"
+                    " deleted, or of another type): recorded again"
+                )
+            self._leaves = None
+
+    async def _record_leaves(self) -> None:
+        """Record in Redis the leaves this member manages: what changed since the last
+        record, or all of them when none was recorded (joining, Redis lost them, a write
+        failed). Nothing changed: nothing is written."""
+        lives, written = self.keeper.lives, self._leaves
+        keys = set(lives)
+        added = keys if written is None else keys - written
+        gone = set() if written is None else written - keys
+        if written is not None and not added and not gone:
+            return
+        facts = [_leaf_facts(lives[key]) for key in added]
+        self._leaves = None  # until written
+        write = partial(self.shared.record_leaves, facts, gone, whole=written is None)
+        try:
+            await self._call(write)
+        except redis.RedisError as exc:
+            self._trouble(exc, "the record of this member's leaves")
+            return
+        self._leaves = keys
 
     def _say_dropped(self, dropped: list[str]) -> None:
         forget = human_duration(self.shared.forget.total_seconds())
@@ -559,6 +602,14 @@ def _stored(
         at or staple.produced_at,
         url,
         revoked=not staple.good,
+    )
+
+
+def _leaf_facts(life: Life) -> LeafFacts:
+    leaf = life.target.leaf
+    serial = f"{leaf.serial_number:x}"
+    return LeafFacts(
+        life.key, life.name, serial, leaf.not_valid_before_utc, leaf.not_valid_after_utc
     )
 
 
