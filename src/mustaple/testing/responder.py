@@ -10,6 +10,10 @@ It reads requests like a real responder (GET `/<base64 url-escaped DER>` under a
 prefix, or POST), answers certificates registered with `add` and says `unauthorized` for any
 other. The `good` answer is cached per CertID for `cache_for`, like a CA's pre-produced
 responses, so repeated fetches get the same bytes. Every request is recorded in `requests`.
+
+`hold()` keeps the requests that come from then on waiting, unanswered, and `release(b)`
+answers the one that has waited longest as behaviour `b`: a test orders what several
+processes fetching at once get, and when, without sleeping.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import enum
 import socket
 import struct
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -404,6 +409,8 @@ class OCSPResponder:
         self._behaviours: dict[int | None, Behaviour] = {None: Behaviour.GOOD}
         self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()
+        self._holding = False
+        self._held: deque[asyncio.Future[Behaviour]] = deque()
 
     @property
     def url(self) -> str:
@@ -429,6 +436,25 @@ class OCSPResponder:
 
     def behaviour_for(self, serial: int) -> Behaviour:
         return self._behaviours.get(serial, self._behaviours[None])
+
+    def hold(self, holding: bool = True) -> None:
+        """Keep each request from now on waiting until `release` (with False: answer those
+        to come at once again; those waiting still wait for `release`)."""
+        self._holding = holding
+
+    @property
+    def held(self) -> int:
+        """How many requests are waiting for `release`."""
+        return len(self._held)
+
+    def release(self, behaviour: Behaviour) -> None:
+        """Answer the request that has waited longest as `behaviour`; ValueError when none
+        waits."""
+        if not isinstance(behaviour, Behaviour):
+            raise TypeError(f"behaviour must be a Behaviour, not {type(behaviour).__name__}")
+        if not self._held:
+            raise ValueError("no request is held")
+        self._held.popleft().set_result(behaviour)
 
     async def start(self) -> None:
         if self._runner is not None:
@@ -468,6 +494,10 @@ class OCSPResponder:
         cert_id = _cert_id(data)
         leaf = self._leaf_for(cert_id)
         behaviour = self._choose(cert_id, leaf)
+        if self._holding and leaf is not None:  # a request it can answer
+            waiting = asyncio.get_running_loop().create_future()
+            self._held.append(waiting)
+            behaviour = await waiting
         serial = cert_id.serial if cert_id else None
         peer = request.transport.get_extra_info("peername") if request.transport else None
         self.requests.append(
@@ -613,6 +643,16 @@ class ResponderThread:
 
     def set_behaviour(self, behaviour: Behaviour, serial: int | None = None) -> None:
         self._call(self.responder.set_behaviour, behaviour, serial)
+
+    def hold(self, holding: bool = True) -> None:
+        self._call(self.responder.hold, holding)
+
+    @property
+    def held(self) -> int:
+        return self._call(lambda: self.responder.held)
+
+    def release(self, behaviour: Behaviour) -> None:
+        self._call(self.responder.release, behaviour)
 
     def start(self) -> None:
         """Start serving; returns once the port is open (raises what starting raised)."""
