@@ -9,11 +9,12 @@ judged, with `mustaple status --json`.
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 from mustaple.testing import Behaviour
 from outside import wait_for
-from test_recorded_attempts import Site, site
+from test_recorded_attempts import MUSTAPLE, Site, site
 
 
 def hooked(s: Site) -> Path:
@@ -37,6 +38,96 @@ def hooked(s: Site) -> Path:
 
 def lines(told: Path) -> list[str]:
     return told.read_text().splitlines() if told.exists() else []
+
+
+def patient(s: Site) -> None:
+    """Fetches wait a minute for an answer: the requests the test holds at the responder
+    (`hold`) wait for their `release`, not for a timeout."""
+    s.config.write_text(s.config.read_text().replace('timeout = "2s"', 'timeout = "60s"', 1))
+
+
+def started(s: Site, command: str) -> subprocess.Popen[str]:
+    """`mustaple COMMAND` (`run`, or `prime` of the certificate) started, not waited for."""
+    args = [MUSTAPLE, command, "--config", str(s.config)]
+    args += [str(s.fullchain)] if command == "prime" else []
+    with (s.tmp / f"run{len(s.runs)}.err").open("w") as err:
+        process = subprocess.Popen(args, env=s.env, stderr=err, text=True)
+    s.runs.append(process)
+    return process
+
+
+def waiting(s: Site, command: str) -> subprocess.Popen[str]:
+    """`started`, once its request is held at the responder (it read the rows before)."""
+    held = s.responder.held
+    process = started(s, command)
+    wait_for(lambda: s.responder.held == held + 1)
+    return process
+
+
+def test_a_failure_the_keeper_told_while_a_prime_fetched_is_recovered_once(
+    tmp_path: Path,
+) -> None:
+    """The prime reads the rows (no failure), the keeper's fetch fails (on_failure) while
+    the prime's is under way, then the prime's works: the prime saw no failure and the
+    keeper took its answer as told, so no process ran on_recovered (the pager said failing
+    for ever). The prime's write closes the run the keeper opened: told once, by it."""
+    with site(tmp_path) as s:
+        told = hooked(s)
+        patient(s)
+        s.responder.hold()
+        keeper = waiting(s, "run")
+        prime = waiting(s, "prime")
+        s.responder.release(Behaviour.TRY_LATER)  # the keeper's (one request: no POST after it)
+        wait_for(lambda: lines(told) == ["failure run"])
+        wait_for(lambda: s.row()["failures"] == 1)  # the keeper's failure is written
+        s.responder.release(Behaviour.GOOD)  # the prime's
+        assert prime.wait(60) == 0
+        wait_for(lambda: s.page()["state"] == "good")
+        s.passes(3)
+        assert s.row()["state"] == "good"
+        assert lines(told) == ["failure run", "recovered prime"], lines(told)
+        s.stop(keeper)
+
+
+def test_two_primes_that_end_one_run_of_failures_tell_it_once(tmp_path: Path) -> None:
+    """A failed prime (on_failure); two primes that both read its failure work one after
+    the other: the first to write its answer closes the run and tells on_recovered; the
+    second, which read the same failure, tells nothing (both told it)."""
+    with site(tmp_path) as s:
+        told = hooked(s)
+        patient(s)
+        s.responder.set_behaviour(Behaviour.HTTP_500)
+        assert s.prime()[0] == 1  # no staple at all
+        s.responder.set_behaviour(Behaviour.GOOD)
+        s.responder.hold()
+        first, second = waiting(s, "prime"), waiting(s, "prime")
+        s.responder.release(Behaviour.GOOD)
+        assert first.wait(60) == 0
+        s.responder.release(Behaviour.GOOD)
+        assert second.wait(60) == 0
+        assert lines(told) == ["failure prime", "recovered prime"], lines(told)
+
+
+def test_two_primes_failing_at_once_tell_one_failure_and_one_recovery(tmp_path: Path) -> None:
+    """Two primes read the rows (no failure) and both fail: the first to write opens the
+    run of failures and tells on_failure, the second continues it (both told it). A prime
+    that works then tells on_recovered once; one more tells nothing (no failure before)."""
+    with site(tmp_path) as s:
+        told = hooked(s)
+        patient(s)
+        assert s.prime()[0] == 0
+        s.responder.hold()
+        first, second = waiting(s, "prime"), waiting(s, "prime")
+        s.responder.release(Behaviour.TRY_LATER)
+        assert first.wait(60) == 0  # the staple in hand is still valid
+        s.responder.release(Behaviour.TRY_LATER)
+        assert second.wait(60) == 0
+        assert lines(told) == ["failure prime"], lines(told)
+        s.responder.hold(False)
+        for _ in range(2):
+            assert s.prime()[0] == 0
+        assert lines(told) == ["failure prime", "recovered prime"], lines(told)
+        assert (s.row()["state"], s.row()["failures"]) == ("good", 0)
 
 
 def test_a_prime_that_ends_a_run_of_failures_beside_a_keeper_is_told_once(

@@ -172,6 +172,26 @@ def test_last_attempts_are_those_the_rows_record(open_store: Opener) -> None:
     assert store.last_attempts(many) == {"k1": worked}
 
 
+def test_a_run_of_failures_is_told_by_the_writer_that_opens_it_and_the_one_that_closes_it(
+    open_store: Opener,
+) -> None:
+    """Each process writing its outcomes asks which it tells: a failure only when no run
+    was open (or a revocation's), a recovery only when one was; in order, and kept across
+    a reopening (another process, a restart)."""
+    store = open_store()
+    assert store.settle_runs([]) == []
+    failures = [("a", "failure"), ("a", "failure"), ("b", "recovered")]
+    assert store.settle_runs(failures) == [True, False, False]
+    again = open_store()  # another process: its view of "a" did not see the failure
+    assert again.settle_runs([("a", "failure"), ("a", "recovered")]) == [False, True]
+    assert store.settle_runs([("a", "recovered")]) == [False]  # closed by the other one
+    revoked = [("c", "revoked"), ("c", "failure"), ("c", "failure"), ("c", "recovered")]
+    assert store.settle_runs(revoked) == [False, True, False, True]
+    assert store.settle_runs([("d", "revoked")]) == [False]
+    store.remove("d")
+    assert store.settle_runs([("d", "recovered")]) == [False]
+
+
 def test_owed_reloads_are_the_sinks_whose_reload_failed(open_store: Opener) -> None:
     """What a start (or a pass after a `prime`) reads to owe a reload: each sink whose
     reload failed at some certificate's last delivery, with that certificate's key; one

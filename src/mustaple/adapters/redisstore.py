@@ -25,6 +25,8 @@ announcements. Everything lives under `prefix`:
   no member's (`Retry.left` None), and holds nobody back.
 - `{prefix}attempts:{key}`: the bounded history of attempts, newest first, with the member.
 - `{prefix}status:{member}`: each member's view of each certificate (`save_status`).
+- `{prefix}runs:{member}`: each member's open runs of failures (`settle_runs`, one Lua
+  script: which of the member's processes tells a failure or a recovery to the hooks).
 - `{prefix}members`: one heartbeat per member (`beat`, `members`); each heartbeat drops those
   older than `forget` (a day: members that left or died), with their leaves.
 - `{prefix}leaves:{member}`, a hash: the leaves a member manages (`record_leaves`, `leaves`),
@@ -234,6 +236,22 @@ for i = 1, #rows, 2 do
 end
 return found
 """
+# KEYS: runs. ARGV: key, kind (failure, revoked, recovered), key, kind, ... Returns 1 for
+# each one told (see `SqliteStore.settle_runs`), else 0.
+_RUNS = """
+local told = {}
+for i = 1, #ARGV, 2 do
+  local before = redis.call('HGET', KEYS[1], ARGV[i])
+  if ARGV[i + 1] == 'recovered' then
+    told[#told + 1] = before and 1 or 0
+    redis.call('HDEL', KEYS[1], ARGV[i])
+  else
+    told[#told + 1] = (ARGV[i + 1] == 'failure' and before ~= 'failure') and 1 or 0
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
+return told
+"""
 # KEYS: lease. ARGV: value, ttl (ms).
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -330,6 +348,7 @@ class RedisStore:
         self._renew = self.client.register_script(_RENEW)
         self._release = self.client.register_script(_RELEASE)
         self._beat = self.client.register_script(_BEAT)
+        self._runs = self.client.register_script(_RUNS)
 
     @property
     def channel(self) -> str:
@@ -479,6 +498,14 @@ class RedisStore:
             and (keys is None or key in keys)
         }
 
+    def settle_runs(self, news: Sequence[tuple[str, str]]) -> list[bool]:
+        """This member's runs of failures (see `SqliteStore.settle_runs`), at once even
+        inside a transaction (its reads and writes are one script)."""
+        if not news:
+            return []
+        told = self._runs(keys=[self._k("runs", self.member)], args=[v for n in news for v in n])
+        return [bool(one) for one in told]
+
     def forget_statuses(self, keys: Iterable[str]) -> None:
         """Remove this member's status rows of `keys`."""
         gone = list(keys)
@@ -500,6 +527,7 @@ class RedisStore:
         with self.transaction():
             self._w().delete(self._k("staple", key), self._k("attempts", key))
             self._w().hdel(self._k("status", self.member), key)
+            self._w().hdel(self._k("runs", self.member), key)
             self._w().srem(self._k("keys"), key)
 
     @contextmanager

@@ -16,6 +16,9 @@
 - `last_attempts(keys)` gives the last attempt each status row recorded (by whichever
   process wrote it), so a keeper keeps showing another process's attempt when it is the
   latest (a `prime` beside it, or the process before a restart).
+- `settle_runs(news)` decides, atomically with every other process, which process tells a
+  certificate's run of failures to the hooks: a failure that opens the run, a recovery that
+  closes it (each told once, whatever processes refreshed meanwhile).
 - `load` returns None for an unknown key; it never raises for a missing entry.
 - Stored bytes are not trusted blindly: the keeper validates a loaded staple again before
   delivering it, so a corrupted row costs a fetch, never a bad staple.
@@ -90,7 +93,7 @@ BUSY_TIMEOUT = 30.0  # seconds a write waits for another process's lock (a one-s
 _IN_CHUNK = 500  # keys to one `IN (...)` query (SQLite allows 32,766 parameters)
 _FULL = (errno.ENOSPC, errno.EDQUOT)  # a file system full, or the quota used up
 _PROBE_SIZE = 65536  # bytes written to tell a full disk: a WAL frame and the shared memory
-_SCHEMA_VERSION = 3  # 3: the signatures table
+_SCHEMA_VERSION = 4  # 3: the signatures table; 4: the runs table
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS staples (
     cert_key TEXT PRIMARY KEY,
@@ -127,6 +130,10 @@ CREATE TABLE IF NOT EXISTS status (
     last_message TEXT,
     paths TEXT NOT NULL DEFAULT '[]',
     sinks TEXT NOT NULL DEFAULT '[]'
+);
+CREATE TABLE IF NOT EXISTS runs (
+    cert_key TEXT PRIMARY KEY,
+    opened_by TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS signatures (
     tag BLOB PRIMARY KEY,
@@ -258,6 +265,8 @@ class Store(Protocol):
     def statuses(self) -> dict[str, CertStatus]: ...
 
     def last_attempts(self, keys: Collection[str] | None = None) -> dict[str, RecordedAttempt]: ...
+
+    def settle_runs(self, news: Sequence[tuple[str, str]]) -> list[bool]: ...
 
     def forget_statuses(self, keys: Iterable[str]) -> None: ...
 
@@ -760,6 +769,43 @@ class SqliteStore:
                 found[key] = RecordedAttempt(_time(at), int(failures), reason, message)
         return found
 
+    def settle_runs(self, news: Sequence[tuple[str, str]]) -> list[bool]:
+        """For each of `news` (certificate key, kind), in order: whether the process writing
+        it tells it to the hooks. A "failure" opens the certificate's run of failures and is
+        told when none was open (or only a revocation's); a "revoked" opens it too (told by
+        its fetcher whatever this says); a "recovered" closes it and is told when one was
+        open. Read and written in one transaction: of processes that refresh at the same
+        time, only the first to write a failure tells it, and only the first to write a good
+        answer after it tells the recovery."""
+        if not news:
+            return []
+        with self.transaction():
+            found = self._runs({key for key, _ in news})
+            opened, told = dict(found), []
+            for key, kind in news:
+                before = opened.pop(key, None)
+                if kind == "recovered":
+                    told.append(before is not None)
+                else:
+                    told.append(kind == "failure" and before != "failure")
+                    opened[key] = kind
+            closed = [(key,) for key in found if key not in opened]
+            changed = [(key, kind) for key, kind in opened.items() if found.get(key) != kind]
+            self._db.executemany("DELETE FROM runs WHERE cert_key = ?", closed)
+            self._db.executemany("INSERT OR REPLACE INTO runs VALUES (?, ?)", changed)
+        return told
+
+    def _runs(self, keys: Collection[str]) -> dict[str, str]:
+        """The open runs of failures of `keys`: what opened each ("failure", "revoked")."""
+        found: dict[str, str] = {}
+        listed = list(keys)
+        for at in range(0, len(listed), _IN_CHUNK):
+            chunk = listed[at : at + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT cert_key, opened_by FROM runs WHERE cert_key IN ({marks})"
+            found.update(self._db.execute(query, chunk))
+        return found
+
     def owed_reloads(self) -> set[tuple[str, str]]:
         """The (certificate key, sink) pairs whose server's reload failed at that
         certificate's last delivery to that sink, by the status rows (see
@@ -791,7 +837,7 @@ class SqliteStore:
 
     def remove(self, key: str) -> None:
         with self.transaction():
-            for table in ("staples", "attempts", "status"):
+            for table in ("staples", "attempts", "status", "runs"):
                 self._db.execute(f"DELETE FROM {table} WHERE cert_key = ?", (key,))
 
     def has_signature(self, tag: bytes) -> bool:

@@ -25,9 +25,12 @@ Rules a reader can check here rather than in the keeper:
 - `last_attempt` is the latest refresh by any process: another process's (a `prime` beside
   the keeper, or the process before a restart), as it recorded it, is taken in (`Tried`)
   only when it is later than the one in hand, and then counts as a refresh of this one's;
-- the hooks are told by the process that made the refresh (it took the recorded attempts in
-  first, so it knows the run of failures it continues or ends): another process's failure,
-  recovery or revocation (`Tried`, `Accepted` with `told`) is said in the log only.
+- a run of failures is told to the hooks once, whatever processes refresh meanwhile: its
+  `on_failure` by the process whose write opens it in the shared state, its `on_recovered`
+  by the one whose write closes it (an `Emit` that is `shared`: the state store decides,
+  in one transaction with that write, not what a process read before it fetched); a
+  revocation by the process that fetched it; another process's failure, recovery or
+  revocation (`Tried`, `Accepted` with `told`) is said in the log here.
 """
 
 from __future__ import annotations
@@ -208,12 +211,22 @@ class Store:
 
 @dataclass(frozen=True, slots=True)
 class Emit:
-    """An event for the operator: a log line, and the matching hook when `hook`."""
+    """An event for the operator: a log line, and the matching hook when `hook`.
+
+    `shared`: the hook follows the certificate's run of failures as the shared state keeps
+    it (every process on the state directory), not this process's view of it: a "failure"
+    is told only by the process whose write opens the run, a "recovered" only by the one
+    whose write closes it, a "revoked" opens it (a good answer after it is a recovery).
+    `hook` is then this process's own view, which decides alone when the state cannot be
+    written. `said`: the line is logged at once; else (a good answer after no failure seen
+    here) only when its write closes a run another process opened meanwhile."""
 
     kind: str  # revoked, expiring, expired, failure, recovered
     message: str
     reason: str | None = None
     hook: bool = True
+    shared: bool = False
+    said: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,15 +357,17 @@ def _accepted(
             text = (
                 f"revoked at {_revoked_at(staple)}; every server now gets the CA's revoked answer"
             )
-            effects.append(Emit("revoked", text + _from(event), hook=not event.told))
+            told = event.told
+            effects.append(Emit("revoked", text + _from(event), hook=not told, shared=not told))
         return new, effects
     recovered = state.failures > 0 or state.phase in (Phase.EXPIRED, Phase.REVOKED)
     new = _evolve(state, phase=Phase.GOOD, held=staple, revoked=None, expired_at=None, **changes)
     effects = [stored]
     until, origin = staple.effective_expiry, _from(event)
-    if recovered:
+    if recovered or not event.told:  # not seen here: a run another process opened meanwhile
         text = f"good staple again, until {human_time(until)}{origin}"
-        effects.append(Emit("recovered", text, hook=not event.told))
+        hook = recovered and not event.told
+        effects.append(Emit("recovered", text, hook=hook, shared=True, said=recovered))
     line = "good staple until {}{}; next refresh at {}"
     effects.append(LogLine("info", line, (until, origin, due)))
     return new, effects + _hurried(state, note)
@@ -362,7 +377,7 @@ def _rejected(
     state: CertState, rejection: Rejection, now: datetime, policy: SchedulePolicy, dice: Dice
 ) -> tuple[CertState, list[Effect]]:
     new, message = _failed(state, rejection, now, policy, dice)
-    return new, [Emit("failure", message, rejection.code, hook=new.failures == 1)]
+    return new, [Emit("failure", message, rejection.code, hook=new.failures == 1, shared=True)]
 
 
 def _failed(
@@ -404,7 +419,9 @@ def _tried(
     """Another process's refresh, later than this state's last attempt, taken as the last
     refresh: a failure as one of this process's (its retry planned from then), told in the
     log only; a success ends a run of failures when an answer is in hand (the one it got,
-    or as new: a newer one came as `Accepted`), and plans the next refresh from then."""
+    or as new: a newer one came as `Accepted`), and plans the next refresh from then (its
+    hook is the other process's, unless the shared state says this one opened the run
+    after that process wrote)."""
     before = state.last_attempt
     if state.phase is Phase.UNUSABLE or (before is not None and event.at <= before):
         return state, []
@@ -433,7 +450,8 @@ def _tried(
     if recovered:
         until = human_time(answer.effective_expiry)
         text = f"good staple again, until {until} (fetched by another mustaple process)"
-        effects.insert(0, Emit("recovered", text, hook=False))  # the other process told them
+        # the other process told them, unless this one opened the run after its write
+        effects.insert(0, Emit("recovered", text, hook=False, shared=True))
     return new, effects
 
 

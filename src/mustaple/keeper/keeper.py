@@ -181,17 +181,35 @@ class Life:
         return self.target.name
 
 
+@dataclass(frozen=True, slots=True)
+class _News:
+    """An `Emit` whose hook the shared state decides (`lifecycle.Emit.shared`), waiting for
+    the flush that writes it; `event` is what its hook is told (None: not said yet), and
+    `decided` whether this process already told it or not on its own (the state could not
+    be written then: it is only recorded there)."""
+
+    life: Life
+    emit: lifecycle.Emit
+    event: Event | None
+    decided: bool = False
+
+
 @dataclass
 class _Pending:
     """Store writes not applied yet, by kind: the staples and the attempts are each written
-    in one statement when applied (`WRITE_GROUP` writes to a transaction)."""
+    in one statement when applied (`WRITE_GROUP` writes to a transaction); the news ride
+    along with them (settled at the flush, they count toward no group)."""
 
     staples: list[tuple[str, StoredStaple]] = field(default_factory=list)
     attempts: list[tuple[str, list[AttemptRecord]]] = field(default_factory=list)
     other: list[Callable[[], object]] = field(default_factory=list)
+    news: list[_News] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.staples) + len(self.attempts) + len(self.other)
+
+    def __bool__(self) -> bool:
+        return bool(len(self) or self.news)
 
     def apply(self, store: Store) -> None:
         if self.staples:
@@ -204,7 +222,10 @@ class _Pending:
     def then(self, later: _Pending) -> _Pending:
         """These writes, then `later`'s (to keep what a failed transaction did not store)."""
         return _Pending(
-            self.staples + later.staples, self.attempts + later.attempts, self.other + later.other
+            self.staples + later.staples,
+            self.attempts + later.attempts,
+            self.other + later.other,
+            self.news + later.news,
         )
 
 
@@ -1202,6 +1223,19 @@ class Keeper:
     # --- Events and status ------------------------------------------------------------------------
 
     def _emit(self, life: Life, effect: lifecycle.Emit) -> None:
+        """Say the event and run its hook; a `shared` one's hook waits for the flush that
+        writes it, where the shared state says whether this process tells it (`_tell`)."""
+        event = self._said(life, effect) if effect.said else None
+        if effect.shared:
+            revoked = effect.kind == "revoked"  # told by its fetcher: its run only recorded
+            self._pending.news.append(_News(life, effect, event, decided=revoked))
+            if not revoked:
+                return
+        if effect.hook and event is not None:
+            self._run_hook(effect.kind, event)
+
+    def _said(self, life: Life, effect: lifecycle.Emit) -> Event:
+        """The event as a hook is told it, said in the log now."""
         state = life.state
         staple = state.answer
         paths = [m.path for m in self.by_key(life.key)]
@@ -1225,8 +1259,23 @@ class Keeper:
         if effect.kind == "expired" or (effect.kind == "failure" and state.held is None):
             level = logging.ERROR
         log.log(level, "%s", event.line())
-        command = self.config.hooks.command(HOOK_FOR[effect.kind])
-        if effect.hook and command:
+        return event
+
+    def _tell(self, news: _News) -> None:
+        """Run the hook of news this process tells (said now, if it was not yet)."""
+        event = news.event or self._said(news.life, news.emit)
+        self._run_hook(news.emit.kind, event)
+
+    def _tell_alone(self, news: _News) -> _News:
+        """News the shared state cannot decide (it cannot be written): told as this process
+        sees it (`Emit.hook`), then only recorded there once it can be written."""
+        if not news.decided and news.emit.hook:
+            self._tell(news)
+        return replace(news, decided=True)
+
+    def _run_hook(self, kind: str, event: Event) -> None:
+        command = self.config.hooks.command(HOOK_FOR[kind])
+        if command:
             task = asyncio.get_running_loop().create_task(self._hook(command, event))
             self._hooks.add(task)
             task.add_done_callback(self._hooks.discard)
@@ -1315,6 +1364,7 @@ class Keeper:
         try:
             with self.store.transaction():
                 writes.apply(self.store)
+                told = self.store.settle_runs([(n.life.key, n.emit.kind) for n in writes.news])
                 self.store.save_statuses(
                     (key, status if isinstance(status, CertStatus) else self._status(status))
                     for key, status in rows.items()
@@ -1322,10 +1372,14 @@ class Keeper:
                 )
                 self.store.forget_statuses(key for key, status in rows.items() if status is None)
         except (sqlite3.Error, OSError) as exc:
+            writes.news = [self._tell_alone(news) for news in writes.news]
             self._pending = writes.then(self._pending)
             self._statuses = rows | self._statuses
             self._store_failed(exc)
             return
+        for news, tell in zip(writes.news, told, strict=True):
+            if tell and not news.decided:
+                self._tell(news)
         self._store_back = False
         if self._store_problem is not None:
             stored = len(writes) + len(rows)
