@@ -1,6 +1,7 @@
 """A responder whose answers are valid for less than `policy.min_interval`: the keeper, on a
 fake clock, refreshes sooner than that floor rather than let the staple expire between two
-refreshes, says so once in the log, and `mustaple status` notes it on the certificate.
+refreshes, says so once in the log, `mustaple status` notes it on the certificate and
+/metrics says it (`mustaple_refresh_hurried`).
 """
 
 from __future__ import annotations
@@ -57,6 +58,14 @@ async def short_answers(tmp: Path) -> None:
         assert 8 <= len(w.responder.requests) <= 10
         (row,) = status_json(tmp)
         assert NOTE in (row["schedule_note"] or ""), row
+        # the gauge an operator alerts on says it too
+        hurried = [
+            (sample.labels["name"], sample.value)
+            for family in w.metrics.registry.collect()
+            if family.name == "mustaple_refresh_hurried"
+            for sample in family.samples
+        ]
+        assert hurried == [(NAME, 1.0)], hurried
 
 
 def status_json(tmp: Path) -> list[dict[str, Any]]:

@@ -5,7 +5,8 @@ tests do not collide) and attaches itself to the keeper as an observer:
 
 - per certificate gauges (`name`, `serial` labels) are computed at scrape time from the
   keeper's frozen views (`Keeper.views`), so they are always current, with no timer updating
-  them; unusable certificates are there too (serial "" when the file cannot be read), and each
+  them; unusable certificates are there too (serial "" when the file cannot be read), whether
+  refreshes come sooner than `min_interval` (the `schedule_note` of `/status`), and each
   sink's consecutive failures per certificate;
 - fetch counters and the attempt latency histogram are fed by `observe` after every refresh;
 - local responder counters are `responder_counts`, which the responder increases in place;
@@ -112,7 +113,7 @@ class _CertificateCollector:
     def collect(self) -> Iterator[Metric]:
         now = self.clock()
         families = _families()
-        expiry, window, since, status, must, valid, sink_failures = families
+        expiry, window, since, status, must, valid, hurried, sink_failures = families
         views = self._views()
         for view in views:
             labels = [view.name, serial_hex(view)]
@@ -129,6 +130,7 @@ class _CertificateCollector:
                 status.add_metric([*labels, state], float(view.phase == state))
             must.add_metric(labels, float(bool(view.must_staple)))
             valid.add_metric(labels, float(held is not None))
+            hurried.add_metric(labels, float(held is not None and bool(view.state.schedule_note)))
             for sink in view.sinks:
                 sink_failures.add_metric([*labels, sink.sink], float(sink.failures))
         self._fetched = {v.key: self._fetched[v.key] for v in views if v.key in self._fetched}
@@ -264,6 +266,12 @@ def _families() -> tuple[GaugeMetricFamily, ...]:
         GaugeMetricFamily(
             "mustaple_staple_valid",
             "1 if a valid good staple is in hand for delivery, else 0.",
+            labels=_LABELS,
+        ),
+        GaugeMetricFamily(
+            "mustaple_refresh_hurried",
+            "1 while the answer in hand left too little time for policy.min_interval when "
+            "fetched, and refreshes come sooner than it so the staple never lapses, else 0.",
             labels=_LABELS,
         ),
         GaugeMetricFamily(
