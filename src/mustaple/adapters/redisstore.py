@@ -389,6 +389,10 @@ class RedisStore:
         """Always None: a fleet hears other members' writes as announcements instead."""
         return None
 
+    def written_since_look(self) -> bool:
+        """Always False: a member's status rows are its own (see `others_wrote`)."""
+        return False
+
     def check(self) -> str | None:
         """Always None: there is no file to lose (a Redis that returns empty is caught up
         with by the fleet)."""

@@ -13,6 +13,10 @@
   gives every stored answer's (thisUpdate, revoked) (none: empty, yet its status rows may
   have changed), so a running keeper loads only the
   answers that differ from its own (it picks up what `prime` stored without a reload).
+  `written_since_look()` says only whether one did, without counting as that look: a
+  process about to write its status rows over, inside the transaction that writes them,
+  takes in what another process recorded in them first (a row never goes back to an older
+  view).
 - `last_attempts(keys)` gives the last attempt each status row recorded (by whichever
   process wrote it), so a keeper keeps showing another process's attempt when it is the
   latest (a `prime` beside it, or the process before a restart).
@@ -247,6 +251,8 @@ class Store(Protocol):
     def save_staples(self, items: Sequence[tuple[str, StoredStaple]]) -> list[bool]: ...
 
     def others_wrote(self) -> dict[str, tuple[datetime, bool]] | None: ...
+
+    def written_since_look(self) -> bool: ...
 
     def check(self) -> str | None: ...
 
@@ -677,6 +683,12 @@ class SqliteStore:
             except (ValueError, TypeError) as exc:
                 _unreadable(key, exc)
         return written
+
+    def written_since_look(self) -> bool:
+        """Whether another connection committed since the last `others_wrote`, which still
+        tells it (this is no look). Inside a transaction, which holds the write lock, the
+        answer holds until it ends: no other process writes in between."""
+        return self._data_version() != self._version
 
     def _data_version(self) -> int:
         row = self._db.execute("PRAGMA data_version").fetchone()

@@ -1322,8 +1322,21 @@ class Keeper:
             last_reason=rejection.code if rejection else None,
             last_message=state.problem or (rejection.message if rejection else None),
             paths=paths,
-            sinks=_sinks(life),
+            sinks=self._sinks_owing(life),
         )
+
+    def _sinks_owing(self, life: Life) -> tuple[SinkHealth, ...]:
+        """How each sink took the life's staple, as a status row says it: a reload this
+        keeper owes and has not paid yet (`Managed.owed`: another process's failed one) is
+        said too, so that the next process to read the row (a SIGHUP's keeper, a restart)
+        still owes it."""
+        owed = {name for managed in self.by_key(life.key) for name in managed.owed}
+        sinks = _sinks(life)
+        if not owed:
+            return sinks
+        shown = [replace(h, reload_owed=True) if h.sink in owed else h for h in sinks]
+        shown += [SinkHealth(name, None, reload_owed=True) for name in owed - set(life.sinks)]
+        return tuple(sorted(shown, key=lambda health: health.sink))
 
     def _save_status(self, life: Life) -> None:
         self._write_status(life.key, life)
@@ -1355,14 +1368,15 @@ class Keeper:
         `statuses` is False (a full group, or the staples before a delivery, in the middle of
         a pass: the rows would be written again at its end). When the store cannot take them
         (disk full), they stay pending and the keeper serves from memory until it can."""
-        writes, self._pending = self._pending, _Pending()
-        rows: dict[str, CertStatus | Life | None] = {}
-        if statuses:
-            rows, self._statuses = self._statuses, {}
-        if not writes and not rows and not self._store_back:
+        if not self._pending and not (statuses and self._statuses) and not self._store_back:
             return
+        writes, rows = _Pending(), dict[str, CertStatus | Life | None]()
         try:
             with self.store.transaction():
+                if statuses:
+                    self._take_written_meanwhile()
+                    rows, self._statuses = self._statuses, {}
+                writes, self._pending = self._pending, _Pending()
                 writes.apply(self.store)
                 told = self.store.settle_runs([(n.life.key, n.emit.kind) for n in writes.news])
                 self.store.save_statuses(
@@ -1385,6 +1399,23 @@ class Keeper:
             stored = len(writes) + len(rows)
             log.warning("state store writable again: %d pending writes stored", stored)
             self._store_problem = None
+
+    def _take_written_meanwhile(self) -> None:
+        """Inside the transaction that writes the status rows, before they are made: what
+        another process recorded in them since this keeper last looked at the store (a
+        `prime` that ended while this keeper's pass fetched or delivered) is taken in first:
+        the attempts of the rows about to be written (`_take_attempts`: the later one wins)
+        and the reloads owed (`owe_reloads`: each row keeps its debt until paid). Else the
+        rows would go back to this keeper's older view, and the next look at the store would
+        read them: the other process's facts lost for good. No process writes in between
+        (the transaction holds the write lock)."""
+        try:
+            if not self.store.written_since_look():
+                return
+        except sqlite3.Error:
+            return  # the store's trouble is said where it is written
+        self._take_attempts(self.lives[key] for key in self._statuses if key in self.lives)
+        self.owe_reloads()
 
     def _store_failed(self, exc: BaseException) -> None:
         self._store_trouble(f"{exc}", full=disk_full(exc))
