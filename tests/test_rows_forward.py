@@ -38,15 +38,17 @@ NAME = "a.example.test"
 
 def gated_reload(tmp: Path, sink: str) -> str:
     """A reload command for `sink` that adds a line to `tmp/SINK.runs` at each run; the first
-    run after `tmp/SINK.hold` appears takes it, says so (`tmp/SINK.held`) and waits until
-    `tmp/open` exists; the first run after `tmp/SINK.fail` appears takes it and fails."""
+    run after `tmp/SINK.hold` appears takes it (`tmp/SINK.held.PID` while it waits) and
+    waits until the file the hold names exists; the first run after `tmp/SINK.fail`
+    appears takes it and fails."""
     script = tmp / f"{sink}.sh"
     at = f"{tmp}/{sink}"
     script.write_text(
         "#!/bin/sh\n"
         f"echo run >> {at}.runs\n"
-        f"if mv {at}.hold {at}.held 2>/dev/null; then\n"
-        f"  while [ ! -e {tmp}/open ]; do sleep 0.02; done\n"
+        f"if mv {at}.hold {at}.held.$$ 2>/dev/null; then\n"
+        f'  while [ ! -e "$(cat {at}.held.$$)" ]; do sleep 0.02; done\n'
+        f"  rm {at}.held.$$\n"
         "fi\n"
         f"if rm {at}.fail 2>/dev/null; then exit 1; fi\n"
     )
@@ -66,6 +68,7 @@ class Site:
     env: dict[str, str]
     started: list[subprocess.Popen[str]] = field(default_factory=list)
     sinks: tuple[str, ...] = ("files",)
+    gates: list[Path] = field(default_factory=list)
 
     @property
     def config(self) -> Path:
@@ -132,16 +135,21 @@ class Site:
         assert isinstance(row, dict)
         return row
 
-    def hold(self, sink: str) -> None:
-        """The next reload of `sink` waits (inside its process's delivery) until `release`."""
-        (self.tmp / "open").unlink(missing_ok=True)
-        (self.tmp / f"{sink}.hold").touch()
+    def hold(self, sink: str) -> Path:
+        """The next reload of `sink` waits (inside its process's delivery) until the file
+        returned exists (`release`)."""
+        gate = self.tmp / f"open.{len(self.gates)}"
+        self.gates.append(gate)
+        (self.tmp / f"{sink}.hold").write_text(str(gate))
+        return gate
 
     def holding(self, sink: str) -> bool:
-        return (self.tmp / f"{sink}.held").exists()
+        return any(self.tmp.glob(f"{sink}.held.*"))
 
-    def release(self) -> None:
-        (self.tmp / "open").touch()
+    def release(self, gate: Path | None = None) -> None:
+        """Let the reload held at `gate` (every one, by default) go on."""
+        for each in [gate] if gate else self.gates:
+            each.touch()
 
     def fail(self, sink: str) -> None:
         """The next reload of `sink` fails."""
@@ -176,7 +184,7 @@ def site(
         try:
             yield s
         finally:
-            (tmp / "open").touch()  # no reload left waiting
+            s.release()  # no reload left waiting
             end_all(s.started)
     assert "Traceback" not in s.logs()
 
@@ -257,5 +265,46 @@ def test_a_reload_a_prime_failed_while_the_keeper_delivered_stays_owed_and_is_pa
         assert s.runs("quick") == 4  # once
         quick = {sink["sink"]: sink for sink in s.row()["sinks"]}["quick"]
         assert (quick["ok"], quick["reload_owed"]) == (True, False), quick
+        keeper.send_signal(signal.SIGTERM)
+        assert keeper.wait(20) == 0
+
+
+def test_a_second_run_is_refused_while_a_sighup_switches_keepers(tmp_path: Path) -> None:
+    """A pass in flight (its delivery held) when a SIGHUP comes, then the new keeper's start
+    (its delivery held too): a second `mustaple run` on the same state, started at each of
+    these moments, stops at once (exit 2, one line naming the running one's pid) and
+    delivers nothing; the lock is never free during the reload."""
+    with site(tmp_path) as s:
+        keeper = s.run()
+
+        def refused() -> None:
+            runs = s.runs("files")
+            second = subprocess.run(
+                [MUSTAPLE, "run", "--config", str(s.config)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            lines = second.stderr.strip().splitlines()
+            assert second.returncode == 2, second.stderr
+            assert len(lines) == 1, lines
+            assert f"another `mustaple run` (pid {keeper.pid}) keeps" in lines[0], lines
+            assert s.runs("files") == runs
+
+        in_pass = s.hold("files")
+        s.issue()  # the renewal: the next pass fetches and delivers, and is held
+        wait_for(lambda: s.holding("files"))
+        keeper.send_signal(signal.SIGHUP)
+        refused()
+        s.hold("files")  # the new keeper's start delivers, and is held
+        s.issue()  # (a renewal it sees first: it takes the old leaf's staple away)
+        s.release(in_pass)
+        wait_for(lambda: "configuration reloaded" in s.logs() and s.holding("files"))
+        refused()
+        s.release()
+        passes(s.sock, 2)
+        assert keeper.poll() is None
+        assert s.row()["state"] == "good"
         keeper.send_signal(signal.SIGTERM)
         assert keeper.wait(20) == 0
