@@ -63,6 +63,7 @@ def config(tmp: Path, **policy: Any) -> Config:
         on_failure=f"env > {tmp}/failure.env",
         on_revoked=f"env > {tmp}/revoked.env",
         on_expiring=f"echo $MUSTAPLE_EVENT >> {tmp}/expiring.log",
+        on_recovered=f"echo $MUSTAPLE_EVENT >> {tmp}/recovered.log",
     )
     return keeper_config(tmp, hooks=hooks, fetch=QUICK, **policy)
 
@@ -495,6 +496,51 @@ def test_outage_keeps_the_last_good_staple_until_expiry_then_removes_it(
         assert (tmp / "expiring.log").read_text().split() == ["expiring", "expiring", "expired"]
 
     caplog.set_level(logging.INFO, "mustaple")
+    run(scenario, tmp_path)
+
+
+@dataclass
+class Stale(Offline):
+    """The CA's responder answers from a cache that is never refreshed (while `stale`): the
+    same response again, until it expires."""
+
+    stale: bool = False
+    cached: bytes | Rejection | None = None
+
+    def answer(self, target: Target, now: datetime) -> bytes | Rejection:
+        if not self.stale or self.cached is None:
+            self.cached = super().answer(target, now)
+        return self.cached
+
+
+def test_a_staple_the_ca_let_expire_is_told_expired_then_recovered_once(tmp_path: Path) -> None:
+    """The CA answers the same response again until it expires (on_expiring, then
+    MUSTAPLE_EVENT=expired, and the expired answer is a failure). The fresh answer that then
+    comes ends that run, and on_recovered says so, once, as the state's run of failures
+    decides (the shared `runs` table, not only this process's view)."""
+
+    async def scenario(tmp: Path) -> None:
+        async with offline(tmp, Stale) as (w, keeper, _):
+            assert isinstance(w, Stale)
+            w.issue("a.test")
+            await keeper.scan()
+            await keeper.tick()
+            (managed,) = keeper.managed.values()
+            first = managed.held
+            assert first is not None
+            w.stale = True
+            while w.clock.now < first.effective_expiry:
+                w.clock.now = keeper.next_wakeup()  # type: ignore[assignment]
+                await keeper.tick()
+            assert (managed.held, managed.failures) == (None, 1)
+            w.stale = False
+            for _ in range(2):
+                w.clock.now = keeper.next_wakeup()  # type: ignore[assignment]
+                await keeper.tick()
+            assert (managed.failures, managed.held is not None) == (0, True)
+        assert (tmp / "expiring.log").read_text().split()[-1] == "expired"
+        assert (tmp / "recovered.log").read_text().split() == ["recovered"]
+
     run(scenario, tmp_path)
 
 
