@@ -356,8 +356,20 @@ class _Connection(asyncio.Protocol):
         self._met()
 
     def data_received(self, data: bytes) -> None:
-        self.idle, self.seen = 0, self.fast.moved()
+        fast = self.fast
+        fast.activity += 1
+        self.idle, self.seen = 0, fast.activity
         if not self.buffer:
+            reply = fast.replies.get(data)
+            if (
+                reply is not None
+                and not self.paused
+                and reply.second == int(time.time())
+                and fast.responder.again(reply.memo)
+                and self.transport is not None
+            ):
+                self._answered(self.transport, reply.wire, reply.close)
+                return
             self._serve(data)
             return
         start = len(self.buffer)
@@ -397,16 +409,6 @@ class _Connection(asyncio.Protocol):
         """Answer the requests in `data`, in order; keep an unfinished head for later; hand
         the connection off at the first request not ours."""
         fast, transport = self.fast, self.transport
-        reply = fast.replies.get(data)
-        if (
-            reply is not None
-            and transport is not None
-            and not self.paused
-            and reply.second == int(time.time())
-            and fast.responder.again(reply.memo)
-        ):
-            self._answered(transport, reply.wire, reply.close)
-            return
         size = len(data)
         start = 0  # of the next request in `data`
         while transport is not None:
