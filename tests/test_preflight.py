@@ -145,7 +145,7 @@ def test_haproxy_writes_beside_the_certificates(
     code, _, err = _check(tmp_path, body, capsys)
     assert code == ExitCode.USAGE
     problem = f"{immutable} cannot be written to: Operation not permitted"
-    assert err == f"mustaple: sinks.ha.ocsp_dir: {problem}\n"
+    assert err == f"mustaple: sinks.ha.ocsp_dir (not set: beside the certificates): {problem}\n"
 
 
 def test_a_name_too_long_for_the_file_system_is_one_line(

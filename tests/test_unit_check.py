@@ -141,7 +141,8 @@ def test_check_config_says_what_the_example_unit_keeps_from_being_written(
     refused = check(config, UNIT)
     assert (refused.returncode, refused.stdout) == (ExitCode.USAGE, ""), refused.stderr
     assert refused.stderr == (
-        f"mustaple: {config}: sinks.haproxy.ocsp_dir: {certs} is read-only for "
+        f"mustaple: {config}: sinks.haproxy.ocsp_dir (not set: beside the certificates): "
+        f"{certs} is read-only for "
         f"mustaple.service (ProtectSystem=strict in {UNIT}): add ReadWritePaths={certs} to "
         "the unit, e.g. with `systemctl edit mustaple.service` (docs/systemd.md)\n"
     )
@@ -194,7 +195,8 @@ def test_check_config_judges_the_directory_of_certificates_not_there_yet(
     refused = check(config, UNIT)
     assert (refused.returncode, refused.stdout) == (ExitCode.USAGE, ""), refused.stderr
     assert refused.stderr.splitlines() == [
-        f"mustaple: {config}: sinks.haproxy.ocsp_dir: {pending} is read-only for "
+        f"mustaple: {config}: sinks.haproxy.ocsp_dir (not set: beside the certificates): "
+        f"{pending} is read-only for "
         f"mustaple.service (ProtectSystem=strict in {UNIT}): add ReadWritePaths={pending} to "
         "the unit, e.g. with `systemctl edit mustaple.service` (docs/systemd.md)",
         f"mustaple: warning: {config}: certificates[0].paths: '{pending}/*.pem' matches no "

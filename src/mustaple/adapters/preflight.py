@@ -176,6 +176,11 @@ def _sink(
         _directory(prefix + key, directory, unit, found)
 
 
+# how a problem names the directory of a HAProxy sink's certificates, where it writes when it
+# has no `ocsp_dir`: the key that would move it, said to be unset (not a key in the file)
+BESIDE_CERTIFICATES = "ocsp_dir (not set: beside the certificates)"
+
+
 def _sink_dirs(table: Mapping[str, object], certs: set[Path]) -> Iterator[tuple[str, Path]]:
     """The directories a sink writes into, as far as they are known before any certificate
     (`certs`: the directories of the certificates it is given)."""
@@ -188,7 +193,7 @@ def _sink_dirs(table: Mapping[str, object], certs: set[Path]) -> Iterator[tuple[
         yield "ocsp_dir", Path(ocsp_dir)
     elif kind == "haproxy":
         for directory in sorted(certs):
-            yield "ocsp_dir", directory  # beside each certificate (no ocsp_dir)
+            yield BESIDE_CERTIFICATES, directory
 
 
 def _fixed_prefix(template: str) -> Path | None:
