@@ -351,6 +351,31 @@ def test_the_real_command_reads_commands_as_the_shell_does(tmp_path: Path, cert:
     assert fixed.stdout == f"{config}: OK (1 certificate entry, 1 sink)\n"
 
 
+def test_a_program_the_command_looks_for_first_is_not_required(tmp_path: Path, cert: Path) -> None:
+    """A portable reload that looks for a program before it runs it (`command -v`, `which`)
+    passes where that program is not installed: it exited 2 before, naming the program the
+    command itself guards. An unguarded program is still said."""
+    config = tmp_path / "mustaple.toml"
+    head = f'state_dir = "{tmp_path}/state"\n' + _entry(f'"{cert}"')
+    sink = f'[sinks.web]\ntype = "file"\npath = "{tmp_path}/staples/{{name}}.der"\n'
+
+    def check(reload: str) -> subprocess.CompletedProcess[str]:
+        config.write_text(f"{head}{sink}reload = '{reload}'\n")
+        command = [MUSTAPLE, "run", "--check-config", "--config", str(config)]
+        return subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
+
+    for guarded in (
+        "if command -v no-such-ctl >/dev/null; then no-such-ctl reload web; else true; fi",
+        "command -v no-such-ctl >/dev/null && no-such-ctl reload web || true",
+        "which no-such-ctl >/dev/null 2>&1 && no-such-ctl reload web || true",
+    ):
+        done = check(guarded)
+        assert (done.returncode, done.stderr) == (ExitCode.GOOD, ""), guarded
+    unguarded = check("command -v true >/dev/null && no-such-ctl reload web")
+    assert unguarded.returncode == ExitCode.USAGE
+    assert "sinks.web.reload: 'no-such-ctl' is not found in PATH" in unguarded.stderr
+
+
 def test_a_file_sinks_running_check_is_checked_like_its_reload(
     tmp_path: Path, cert: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -70,7 +70,7 @@ READ_WHOLE = [
     # prefixes: the program they start
     ("exec a -g 'daemon off;'", ("a",)),
     ("exec >/dev/null; a", ("a",)),
-    ("command a && command -v b && c", ("a", "c")),
+    ("command a && c", ("a", "c")),
     ("env -- A=1 a", ("env", "a")),
     ("env -u X a", ("env", "a")),
     ("nice -n 5 a; nice -10 b; nice --adjustment=3 c", ("nice", "a", "nice", "b", "nice", "c")),
@@ -141,9 +141,27 @@ UNREAD = [
 ]
 
 
+# Names the command looks for before it runs them: (command, programs, probed).
+PROBES = [
+    ("command a && command -v b && c", ("a", "c"), {"b"}),
+    ("command -v a >/dev/null && a reload || true", ("a",), {"a"}),
+    ("if command -v a; then a reload; else b reload; fi", ("a", "b"), {"a"}),
+    ("command -pv a b; c", ("c",), {"a", "b"}),
+    ("which -s a && a; /usr/bin/which b", ("which", "a", "/usr/bin/which"), {"a", "b"}),
+    ("command -v $X && a", ("a",), set()),
+]
+
+
 @pytest.mark.parametrize(("command", "programs"), READ_WHOLE + STOPS)
 def test_the_programs_the_shell_looks_up(command: str, programs: tuple[str, ...]) -> None:
     assert read_command(command) == Reading(programs)
+
+
+@pytest.mark.parametrize(("command", "programs", "probed"), PROBES)
+def test_the_names_a_command_looks_for_first(
+    command: str, programs: tuple[str, ...], probed: set[str]
+) -> None:
+    assert read_command(command) == Reading(programs, probed=frozenset(probed))
 
 
 @pytest.mark.parametrize(("command", "programs", "why"), UNREAD)

@@ -251,15 +251,16 @@ def _nearest_existing(directory: Path) -> Path:
 
 def _command(key: str, command: str, found: Preflight) -> None:
     """Note, as an error, that /bin/sh cannot read `command`, or else the first program it
-    starts that cannot run; else, when part of it could not be read here, that it could not
-    be judged, as a warning."""
+    starts that cannot run (not one it looks for first: `command -v NAME`, `which NAME`);
+    else, when part of it could not be read here, that it could not be judged, as a
+    warning."""
     problem = _syntax_error(command)
     if problem is not None:
         found.errors.append(f"{key}: {problem}")
         return
     reading = read_command(command)
     for program in reading.programs:
-        problem = _cannot_run(program)
+        problem = None if program in reading.probed else _cannot_run(program)
         if problem is not None:
             found.errors.append(f"{key}: {problem}")
             return

@@ -16,6 +16,10 @@ built-in that may change how the next programs are found (`cd`, `export`, a `PAT
 `source`, `eval` ...) and at a program named by an expansion (`$X`, `~`, a glob, `{a,b}`).
 Inside `( ... )`, `$(...)` or `sh -c` (a process of their own) it stops only there.
 
+A program the command looks for before it runs it (`command -v NAME`, `command -V NAME`,
+`which NAME`) is in `probed` too: its absence is the command's own business (`if command -v
+systemctl >/dev/null; then systemctl reload nginx; else service nginx reload; fi`).
+
 What it does not read is `unread`, with the programs before it kept: here-documents,
 backquotes, `case`, functions, bash arrays, `select`, `(( ))`, `<(...)`, an unclosed quote,
 an `sh -c` string that the outer shell expands first. A command it cannot even split into
@@ -32,21 +36,31 @@ __all__ = ["Reading", "read_command"]
 
 @dataclass(frozen=True, slots=True)
 class Reading:
-    """The programs a command looks up, in order, and why a part was not read (or None)."""
+    """The programs a command looks up, in order, why a part was not read (or None), and the
+    names it looks for before running them (`command -v NAME`, `which NAME`)."""
 
     programs: tuple[str, ...]
     unread: str | None = None
+    probed: frozenset[str] = frozenset()
 
 
 def read_command(command: str) -> Reading:
     """Read `command` as the shell would; see the module's docstring for what is read."""
-    programs: list[str] = []
+    found = _Found()
     try:
         tokens, _ = _lex(command, 0, closing=False)
-        _Commands(tokens, programs).read()
+        _Commands(tokens, found).read()
     except _Unread as exc:
-        return Reading(tuple(programs), str(exc))
-    return Reading(tuple(programs))
+        return Reading(tuple(found.programs), str(exc), frozenset(found.probed))
+    return Reading(tuple(found.programs), probed=frozenset(found.probed))
+
+
+@dataclass
+class _Found:
+    """What the reading found so far: the programs looked up, the names looked for."""
+
+    programs: list[str] = field(default_factory=list)
+    probed: set[str] = field(default_factory=set)
 
 
 class _Unread(Exception):
@@ -258,10 +272,10 @@ _ASSIGNMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=")
 
 class _Commands:
     """Reads a list of commands run by one shell (a whole command, a `$(...)`, an `sh -c`
-    string), adding each program it looks up to `programs`."""
+    string), adding each program it looks up to `found`."""
 
-    def __init__(self, tokens: list[_Token], programs: list[str]) -> None:
-        self.tokens, self.programs = tokens, programs
+    def __init__(self, tokens: list[_Token], found: _Found) -> None:
+        self.tokens, self.found = tokens, found
         self.at, self.depth = 0, 0  # depth: of ( subshells
 
     def read(self) -> None:
@@ -321,7 +335,7 @@ class _Commands:
     def _inner(self, word: _Word) -> None:
         """Read the commands of the `$(...)` in `word`: they run first, in a subshell."""
         for tokens in word.inner:
-            _Commands(list(tokens), self.programs).read()
+            _Commands(list(tokens), self.found).read()
 
     def _words(self) -> list[_Word]:
         """The words of the simple command here, up to its end; its redirections skipped."""
@@ -339,7 +353,7 @@ class _Commands:
         return words
 
     def _simple(self) -> bool:
-        return _Program(self.programs).shell_command(self._words())
+        return _Program(self.found).shell_command(self._words())
 
     def _for(self) -> bool:
         """`for NAME [in WORDS]; do`: the words run nothing but their `$(...)`."""
@@ -382,8 +396,8 @@ class _Commands:
 class _Program:
     """The program of one simple command, past what runs it: built-ins, prefixes, shells."""
 
-    def __init__(self, programs: list[str]) -> None:
-        self.programs = programs
+    def __init__(self, found: _Found) -> None:
+        self.found = found
 
     def shell_command(self, words: list[_Word]) -> bool:
         """Judge a simple command as the shell runs it; False when the commands after it
@@ -411,9 +425,13 @@ class _Program:
         return True
 
     def _command(self, words: list[_Word]) -> bool:
-        """`command [-p] [-v|-V] NAME ...`: -v and -V only look; -p looks in another PATH."""
+        """`command [-p] [-v|-V] NAME ...`: -v and -V only look (NAME is probed); -p looks in
+        another PATH."""
         flags, rest = _options(words, frozenset())
-        if any(set(flag[1:]) & set("vVp") for flag in flags):
+        letters = "".join(flag[1:] for flag in flags)
+        if set(letters) & set("vV"):
+            self.found.probed.update(word.text for word in rest if not word.expands)
+        if set(letters) & set("vVp"):
             return True
         return self.shell_command(rest)
 
@@ -425,9 +443,12 @@ class _Program:
         name = words[0].text
         if not path_known and "/" not in name:
             return
-        self.programs.append(name)
+        self.found.programs.append(name)
         base = name.rsplit("/", 1)[-1]
-        if base in _SHELLS:
+        if base == "which":
+            names = _options(words[1:], frozenset())[1]
+            self.found.probed.update(word.text for word in names if not word.expands)
+        elif base in _SHELLS:
             self._shell(words[1:])
         elif base in _WRAPPERS:
             rest, known = _WRAPPERS[base](words[1:])
@@ -447,7 +468,7 @@ class _Program:
                 "its sh -c string holds an expansion ($...) that the outer shell makes first"
             )
         tokens, _ = _lex(string.text, 0, closing=False)
-        _Commands(tokens, self.programs).read()
+        _Commands(tokens, self.found).read()
 
 
 def _past_assignments(words: list[_Word]) -> tuple[list[_Word], bool]:
