@@ -264,6 +264,20 @@ def test_the_program_after_redirections_and_subshells_is_checked(
     assert err.startswith(f"mustaple: hooks.on_failure: {missing}")
 
 
+def test_a_hook_that_does_one_thing_per_event_is_judged_clause_by_clause(
+    tmp_path: Path, cert: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`case "$MUSTAPLE_EVENT" in ...`: each clause's programs, as the shell may run any of
+    them. It was one warning (not judged), and the typo failed at the first failure."""
+    hook = 'case "$MUSTAPLE_EVENT" in failure|expired) no-such-pager --page;; *) true;; esac'
+    body = _entry(f'"{cert}"') + f"[hooks]\non_failure = '''{hook}'''\n"
+    code, _, err = _check(tmp_path, body, capsys)
+    assert code == ExitCode.USAGE
+    assert err.startswith("mustaple: hooks.on_failure: 'no-such-pager' is not found in PATH")
+    body = body.replace("no-such-pager", "logger")
+    assert _check(tmp_path, body, capsys)[::2] == (ExitCode.GOOD, "")
+
+
 @pytest.mark.parametrize(
     ("command", "why"),
     [
@@ -271,7 +285,10 @@ def test_the_program_after_redirections_and_subshells_is_checked(
         ("logger `date`", "it has a command substitution in backquotes (`...`)"),
         ("f() { :; }; f", "it defines a function"),
         ("true && f() { :; } && f", "it defines a function"),
-        ("case x in x) true;; esac", "it has a case statement"),
+        (
+            "logger $(case x in x) echo y;; esac)",
+            "a case pattern without ) (a case inside $(...) is not read)",
+        ),
         (
             'sh -c "true $PWD"',
             "its sh -c string holds an expansion ($...) that the outer shell makes first",

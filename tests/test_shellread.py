@@ -78,6 +78,15 @@ READ_WHOLE = [
     ("timeout --preserve-status 5 sh -c 'a'", ("timeout", "sh", "a")),
     ("nohup a; setsid -w b", ("nohup", "a", "setsid", "b")),
     ("nice env A=1 timeout 5 a", ("nice", "env", "timeout", "a")),
+    # case: the commands of every clause, not the word nor the patterns
+    ("a; case x in x) b;; *) c;; esac", ("a", "b", "c")),
+    (
+        'case "$MUSTAPLE_EVENT" in\n  failure|expired) a -s;;\n  (revoked) b; c ;;\nesac; d',
+        ("a", "b", "c", "d"),
+    ),
+    ("case $(a) in y) b ;& z) c; esac", ("a", "b", "c")),
+    ("case in in\n\nin) b;;\nesac", ("b",)),
+    ("case x in x) cd /y; b;; esac; c", ()),
 ]
 
 # The reader stops there, saying nothing: only running tells what comes after.
@@ -118,8 +127,14 @@ UNREAD = [
     ("a; f() { b; }; f", ("a",), "it defines a function"),
     ("function f { b; }; f", (), "it defines a function"),
     ("a; x=(1 2) b", ("a",), "it assigns a bash array (NAME=(...))"),
-    ("a; case $1 in x) b;; esac", ("a",), "it has a case statement"),
-    ("echo $(case x in a) b;; esac)", (), "it has a case statement"),
+    ("a; case $1 in x) b", ("a", "b"), "a case without esac"),
+    ("case x y in x) a;; esac", (), "a case without in"),
+    ("case x in x a;; esac", (), "a case pattern without ) (a case inside $(...) is not read)"),
+    (
+        "echo $(case x in a) b;; esac)",
+        (),
+        "a case pattern without ) (a case inside $(...) is not read)",
+    ),
     ("(cd /x; case y in z) a;; esac); b", (), "it has a case statement"),
     ("select x in a b; do c; done", (), "it has a select loop"),
     ("a && ((n > 1)) && b", ("a",), "it has an arithmetic command ((...))"),
@@ -177,7 +192,7 @@ RUNNABLE = [
     (command, programs)
     for command, programs in READ_WHOLE
     if set(programs) <= set(STUBS) | REAL and set(programs) & set(STUBS)
-    if not any(word in command for word in ("|&", "[[", "while", "for x\n", "/etc/"))
+    if not any(word in command for word in ("|&", "[[", "while", "for x\n", "/etc/", ";&"))
 ]
 
 

@@ -7,7 +7,8 @@ read, or None. It never raises; the caller looks each program up and says `unrea
 
 What it reads: quoting ('...', "...", backslashes); the separators `&&`, `||`, `;`, `|`, `&`
 and newlines; comments; redirections; `VAR=value` words; `( ... )`, `{ ...; }`, `!`,
-`if`/`while`/`until`/`for` (the commands inside, not the keywords); `[[ ... ]]`; the prefixes
+`if`/`while`/`until`/`for`/`case` (the commands inside, not the keywords, words or patterns);
+`[[ ... ]]`; the prefixes
 `exec`, `command`, `env`, `nice`, `timeout`, `nohup`, `setsid` and `sudo`; the string of
 `sh -c` (and `bash -c`, `dash -c`), and `$(...)`, each read as the commands they are.
 
@@ -21,9 +22,11 @@ A program the command looks for before it runs it (`command -v NAME`, `command -
 systemctl >/dev/null; then systemctl reload nginx; else service nginx reload; fi`).
 
 What it does not read is `unread`, with the programs before it kept: here-documents,
-backquotes, `case`, functions, bash arrays, `select`, `(( ))`, `<(...)`, an unclosed quote,
-an `sh -c` string that the outer shell expands first. A command it cannot even split into
-words (a here-document, backquotes, `<(...)`, an unclosed quote) gives no program at all.
+backquotes, functions, bash arrays, `select`, `(( ))`, `<(...)`, an unclosed quote, an `sh -c`
+string that the outer shell expands first, and a `case` inside a `$(...)` or in the part of a
+`( ... )` skipped after a built-in that changes what follows (its patterns end in ")"). A
+command it cannot even split into words (a here-document, backquotes, `<(...)`, an unclosed
+quote) gives no program at all.
 """
 
 from __future__ import annotations
@@ -261,7 +264,7 @@ _CHANGING_WORDS = """
 """
 _CHANGING = frozenset(_CHANGING_WORDS.split())
 _UNREAD_KEYWORDS = {
-    "case": "it has a case statement",
+    "case": "it has a case statement",  # only where a ( ... ) is skipped (its patterns end in ")")
     "select": "it has a select loop",
     "function": "it defines a function",
     "coproc": "it has a coproc",
@@ -297,6 +300,8 @@ class _Commands:
         if token.plain and token.text in _KEYWORDS:
             self.at += 1
             return True
+        if token.plain and token.text == "case":
+            return self._case()
         if token.plain and token.text in _UNREAD_KEYWORDS:
             raise _Unread(_UNREAD_KEYWORDS[token.text])
         if token.plain and token.text == "for":
@@ -368,6 +373,64 @@ class _Commands:
                 self._inner(token)
             self.at += 1
         raise _Unread("a for loop without do")
+
+    def _case(self) -> bool:
+        """`case WORD in [(]PATTERN[|PATTERN]...) COMMANDS ;; ... esac`: the commands of every
+        clause; the word and the patterns run nothing but their `$(...)`."""
+        self.at += 1
+        subject = self._peek()
+        if not isinstance(subject, _Word):
+            raise _Unread("a case without a word")
+        self._inner(subject)
+        self.at += 1
+        self._skip_newlines()
+        if not self._at_word("in"):
+            raise _Unread("a case without in")
+        self.at += 1
+        while True:
+            self._skip_newlines()
+            if self._at_word("esac"):
+                self.at += 1
+                return True
+            self._pattern()
+            if not self._clause():
+                return False
+
+    def _pattern(self) -> None:
+        """`[(]PATTERN[|PATTERN]...)` of a case clause."""
+        if self._peek() == _Op("("):
+            self.at += 1
+        while isinstance(word := self._peek(), _Word):
+            self._inner(word)
+            self.at += 1
+            if self._peek() == _Op(")"):
+                self.at += 1
+                return
+            if self._peek() != _Op("|"):
+                break
+            self.at += 1
+        raise _Unread("a case pattern without ) (a case inside $(...) is not read)")
+
+    def _clause(self) -> bool:
+        """The commands of a case clause, up to its `;;` (or `;&`) or the `esac`; False when
+        the commands after one cannot be judged."""
+        while (token := self._peek()) is not None:
+            if token in (_Op(";;"), _Op(";&")):
+                self.at += 1
+                return True
+            if self._at_word("esac"):
+                return True
+            if not self._command(token):
+                return False
+        raise _Unread("a case without esac")
+
+    def _at_word(self, text: str) -> bool:
+        token = self._peek()
+        return isinstance(token, _Word) and token.plain and token.text == text
+
+    def _skip_newlines(self) -> None:
+        while self._peek() == _Op("\n"):
+            self.at += 1
 
     def _test(self) -> bool:
         """`[[ ... ]]`: its && and || are the test's, not the shell's."""
