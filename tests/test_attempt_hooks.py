@@ -17,19 +17,20 @@ from outside import wait_for
 from test_recorded_attempts import MUSTAPLE, Site, site
 
 
-def hooked(s: Site) -> Path:
-    """Every hook of the site's configuration adds "EVENT COMMAND" as a line to a file
-    (COMMAND: `run` or `prime`, read from the mustaple process that started the hook)."""
+def hooked(s: Site, keys: tuple[str, ...] = ("on_failure", "on_recovered", "on_revoked")) -> Path:
+    """Every hook of `keys` in the site's configuration adds "EVENT COMMAND" as a line to
+    a file (COMMAND: `run` or `prime`, read from the mustaple process that started the
+    hook); an expiring event adds its level too: "expiring WARNING COMMAND"."""
     told = s.tmp / "told"
     script = s.tmp / "hook.sh"
     script.write_text(
         "#!/bin/sh\n"
         "mustaple=$(ps -o ppid= -p $PPID | tr -d ' ')\n"  # the hook runs under sh -c
-        f'echo "$MUSTAPLE_EVENT $(tr "\\0" "\\n" < /proc/$mustaple/cmdline | sed -n 3p)"'
+        'level=""; [ "$MUSTAPLE_EVENT" = expiring ] && level=" ${MUSTAPLE_MESSAGE%%:*}"\n'
+        f'echo "$MUSTAPLE_EVENT$level $(tr "\\0" "\\n" < /proc/$mustaple/cmdline | sed -n 3p)"'
         f" >> {told}\n"
     )
     script.chmod(0o755)
-    keys = ("on_failure", "on_recovered", "on_revoked")
     s.config.write_text(
         s.config.read_text() + "[hooks]\n" + "".join(f'{key} = "{script}"\n' for key in keys)
     )

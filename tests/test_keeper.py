@@ -959,6 +959,48 @@ def test_the_same_answer_again_does_not_raise_the_expiring_alert_again(
     assert len([r for r in caplog.records if "expiring" in r.getMessage()]) == 1
 
 
+def test_a_restarted_keeper_tells_each_level_of_a_staple_once(tmp_path: Path) -> None:
+    """The staple in hand runs out (the CA's cache serves it again): WARNING is told once,
+    and not again by each keeper started after it on the same state (a restart, a SIGHUP:
+    it started at alert OK and told WARNING again at its first pass); CRITICAL is told
+    when it comes, and a newer staple's own decline is told again."""
+
+    async def scenario(tmp: Path) -> None:
+        told = tmp / "expiring.log"
+        async with offline(tmp, Cached) as (w, keeper, fetcher):
+            assert isinstance(w, Cached)
+            w.issue("a.test")
+            w.fixed_at = w.clock.now
+            await keeper.scan()
+            await keeper.tick()
+            w.clock.now += 4 * DAY * 0.8  # a fifth of the 4 days left: WARNING
+            await keeper.tick()
+        assert told.read_text().split() == ["expiring"]
+
+        async def restart(then: timedelta = timedelta(0)) -> None:
+            store = SqliteStore(tmp / "state" / "state.db")
+            try:
+                async with w.keeper(store, fetcher) as keeper:
+                    await keeper.scan()
+                    w.clock.now += then
+                    await keeper.tick()
+            finally:
+                store.close()
+
+        for _ in range(2):
+            await restart()
+        assert told.read_text().split() == ["expiring"], "the same level again"
+        await restart(4 * DAY * 0.15)  # 4.8 hours left: CRITICAL
+        assert told.read_text().split() == ["expiring"] * 2
+        w.fixed_at = w.clock.now + timedelta(minutes=10)  # a fresh answer from then on
+        await restart(timedelta(minutes=10))
+        await restart(4 * DAY * 0.8)  # the fresh one runs out in turn: WARNING
+        await restart()
+        assert told.read_text().split() == ["expiring"] * 3
+
+    run(scenario, tmp_path)
+
+
 def test_a_failure_after_a_long_suspend_does_not_call_the_expired_staple_valid(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from mustaple.core.delivery import Action
 from mustaple.core.lifecycle import (
     Accepted,
+    Alert,
+    Alerted,
     CertState,
     Effect,
     Emit,
@@ -33,6 +35,7 @@ from mustaple.core.lifecycle import (
 )
 from mustaple.core.reasons import Reason, Rejection
 from mustaple.core.schedule import SchedulePolicy
+from mustaple.core.severity import Severity
 from mustaple.core.verify import Signer, Staple
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -263,6 +266,33 @@ def test_a_rejection_reads_back_as_it_was_written(reason: Reason) -> None:
     assert Rejection.read(reason.code, reason.summary) == Rejection(reason)
     with pytest.raises(ValueError, match="unknown reason code"):
         Rejection.read("no-such-code", "what")
+
+
+def test_an_expiring_level_is_told_once_per_staple_from_the_level_recorded() -> None:
+    """The expiring alert names its staple and level, for the shared state to decide who
+    tells it; the level recorded for the staple in hand (another process told it, or the
+    process before a restart) is where a state starts, so that level is not said again; a
+    level recorded for another staple is not this one's."""
+    warning = Alert(GOOD.this_update, GOOD.effective_expiry, Severity.WARNING)
+    at_warning = T0 + 3 * DAY + HOUR
+    _, effects = run(HELD, Tick(), at_warning)
+    (emit,) = effects
+    assert isinstance(emit, Emit)
+    assert (emit.kind, emit.shared, emit.alert) == ("expiring", True, warning)
+    told, effects = run(HELD, Alerted(warning), T0)
+    assert (told.alert, effects) == (Severity.WARNING, [])
+    assert run(told, Tick(), at_warning)[1] == []
+    critical = run(told, Tick(), GOOD.effective_expiry - HOUR)[1]
+    assert [e.alert.level for e in critical if isinstance(e, Emit) and e.alert] == [
+        Severity.CRITICAL
+    ]
+    other = Alert(LATER_GOOD.this_update, LATER_GOOD.effective_expiry, Severity.CRITICAL)
+    assert run(HELD, Alerted(other), T0)[0] is HELD
+    assert run(replace(HELD, alert=Severity.CRITICAL), Alerted(warning), T0)[0].alert == (
+        Severity.CRITICAL
+    )
+    assert warning.news_over(None) and not warning.news_over(warning)
+    assert other.news_over(warning) and not warning.news_over(other)
 
 
 def test_the_shared_state_decides_who_tells_a_run() -> None:

@@ -18,7 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -156,9 +156,10 @@ class Site:
 
 
 @contextmanager
-def site(tmp: Path) -> Iterator[Site]:
-    ca = CA()
-    with ResponderThread(ca) as responder, notify_socket(tmp) as (sock, env):
+def site(tmp: Path, clock: Callable[[], datetime] = utc_now) -> Iterator[Site]:
+    """A `Site` whose responder makes its answers at `clock`'s time (its CA from then on)."""
+    ca = CA(now=min(clock(), utc_now()))
+    with ResponderThread(ca, clock=clock) as responder, notify_socket(tmp) as (sock, env):
         s = Site(tmp, ca, responder, sock, env)
         s.configure()
         s.issue()

@@ -29,6 +29,8 @@ from mustaple.adapters.store import (
 )
 from mustaple.core.delivery import SinkHealth, Trap
 from mustaple.core.errors import InputError
+from mustaple.core.lifecycle import Alert
+from mustaple.core.severity import Severity
 from mustaple.testing import Leaf
 from servers import RedisServer
 
@@ -190,6 +192,37 @@ def test_a_run_of_failures_is_told_by_the_writer_that_opens_it_and_the_one_that_
     assert store.settle_runs([("d", "revoked")]) == [False]
     store.remove("d")
     assert store.settle_runs([("d", "recovered")]) == [False]
+
+
+def test_each_expiring_level_is_told_once_per_staple_by_the_first_writer(
+    open_store: Opener,
+) -> None:
+    """A level is told when it is news over the one recorded: a higher level of the same
+    staple, or any level of a newer one; never the same again (another process, a restart),
+    nor an older staple's. Kept across a reopening; gone with the certificate."""
+    store = open_store()
+    staple = (T0 + timedelta(microseconds=7), T0 + timedelta(days=4))
+    warning, critical = Alert(*staple, Severity.WARNING), Alert(*staple, Severity.CRITICAL)
+    assert store.settle_alerts([]) == []
+    assert store.settle_alerts([("a", warning), ("a", warning), ("b", critical)]) == [
+        True,
+        False,
+        True,
+    ]
+    again = open_store()
+    assert again.alerts(["a", "b", "c"]) == {"a": warning, "b": critical}
+    assert again.settle_alerts([("a", warning), ("a", critical)]) == [False, True]
+    assert store.settle_alerts([("a", critical), ("a", warning)]) == [False, False]
+    newer = Alert(T0 + timedelta(hours=1), T0 + timedelta(days=4, hours=1), Severity.WARNING)
+    longer = Alert(staple[0], staple[1] + timedelta(hours=1), Severity.WARNING)
+    assert store.settle_alerts([("a", longer), ("a", newer), ("a", warning)]) == [
+        True,
+        True,
+        False,
+    ]
+    assert store.alerts(["a"]) == {"a": newer}
+    store.remove("a")
+    assert store.alerts(["a"]) == {}
 
 
 def test_owed_reloads_are_the_sinks_whose_reload_failed(open_store: Opener) -> None:

@@ -27,6 +27,9 @@ announcements. Everything lives under `prefix`:
 - `{prefix}status:{member}`: each member's view of each certificate (`save_status`).
 - `{prefix}runs:{member}`: each member's open runs of failures (`settle_runs`, one Lua
   script: which of the member's processes tells a failure or a recovery to the hooks).
+- `{prefix}alerts:{member}`: the last expiring alert each certificate's staple was told at
+  by the member (`settle_alerts`, one Lua script: `"{thisUpdate} {expiry} {level}"`, the
+  times in µs since 1970), and where its processes start from (`alerts`).
 - `{prefix}members`: one heartbeat per member (`beat`, `members`); each heartbeat drops those
   older than `forget` (a day: members that left or died), with their leaves.
 - `{prefix}leaves:{member}`, a hash: the leaves a member manages (`record_leaves`, `leaves`),
@@ -55,7 +58,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -75,7 +78,8 @@ from mustaple.adapters.store import (
 )
 from mustaple.core.delivery import Trap
 from mustaple.core.leaves import LeafFacts
-from mustaple.core.lifecycle import Phase
+from mustaple.core.lifecycle import Alert, Phase
+from mustaple.core.severity import Severity
 
 __all__ = [
     "Beat",
@@ -252,6 +256,27 @@ for i = 1, #ARGV, 2 do
 end
 return told
 """
+# KEYS: alerts. ARGV: key, thisUpdate, expiry (µs), level, key, ... Returns 1 for each one
+# told (news over the one recorded: see `lifecycle.Alert.news_over`), which it records.
+_ALERTS = """
+local function later(mine, was)
+  for j = 1, 3 do
+    if mine[j] ~= was[j] then return mine[j] > was[j] end
+  end
+  return false
+end
+local told = {}
+for i = 1, #ARGV, 4 do
+  local mine = {tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])}
+  local was = {string.match(redis.call('HGET', KEYS[1], ARGV[i]) or '', '^(%d+) (%d+) (%d+)$')}
+  local news = #was < 3 or later(mine, {tonumber(was[1]), tonumber(was[2]), tonumber(was[3])})
+  if news then
+    redis.call('HSET', KEYS[1], ARGV[i], table.concat(ARGV, ' ', i + 1, i + 3))
+  end
+  told[#told + 1] = news and 1 or 0
+end
+return told
+"""
 # KEYS: lease. ARGV: value, ttl (ms).
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -349,6 +374,7 @@ class RedisStore:
         self._release = self.client.register_script(_RELEASE)
         self._beat = self.client.register_script(_BEAT)
         self._runs = self.client.register_script(_RUNS)
+        self._alerts = self.client.register_script(_ALERTS)
 
     @property
     def channel(self) -> str:
@@ -510,6 +536,29 @@ class RedisStore:
         told = self._runs(keys=[self._k("runs", self.member)], args=[v for n in news for v in n])
         return [bool(one) for one in told]
 
+    def settle_alerts(self, news: Sequence[tuple[str, Alert]]) -> list[bool]:
+        """This member's expiring alerts (see `SqliteStore.settle_alerts`), at once even
+        inside a transaction (its reads and writes are one script)."""
+        if not news:
+            return []
+        args = [v for key, alert in news for v in (key, *_alert_values(alert))]
+        told = self._alerts(keys=[self._k("alerts", self.member)], args=args)
+        return [bool(one) for one in told]
+
+    def alerts(self, keys: Collection[str]) -> dict[str, Alert]:
+        """The last alert this member told for each of `keys` (one that cannot be read is
+        taken as none)."""
+        listed = list(keys)
+        if not listed:
+            return {}
+        found = {}
+        told = self.client.hmget(self._k("alerts", self.member), listed)
+        for key, raw in zip(listed, told, strict=True):
+            with suppress(ValueError, TypeError, AttributeError):
+                this_update, expiry, level = raw.decode().split()
+                found[key] = Alert(_from_us(this_update), _from_us(expiry), Severity(int(level)))
+        return found
+
     def forget_statuses(self, keys: Iterable[str]) -> None:
         """Remove this member's status rows of `keys`."""
         gone = list(keys)
@@ -532,6 +581,7 @@ class RedisStore:
             self._w().delete(self._k("staple", key), self._k("attempts", key))
             self._w().hdel(self._k("status", self.member), key)
             self._w().hdel(self._k("runs", self.member), key)
+            self._w().hdel(self._k("alerts", self.member), key)
             self._w().srem(self._k("keys"), key)
 
     @contextmanager
@@ -709,6 +759,19 @@ def _time(text: str | bytes) -> datetime:
     if value.tzinfo is None:
         raise ValueError(f"{value.isoformat()} has no time zone")
     return value
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _alert_values(alert: Alert) -> tuple[int, int, int]:
+    """An alert as the script compares it: its times in µs since 1970, and its level."""
+    micro = timedelta(microseconds=1)
+    return (alert.this_update - _EPOCH) // micro, (alert.expiry - _EPOCH) // micro, int(alert.level)
+
+
+def _from_us(text: str) -> datetime:
+    return _EPOCH + timedelta(microseconds=int(text))
 
 
 def _ms(value: datetime) -> int:

@@ -22,7 +22,9 @@
   latest (a `prime` beside it, or the process before a restart).
 - `settle_runs(news)` decides, atomically with every other process, which process tells a
   certificate's run of failures to the hooks: a failure that opens the run, a recovery that
-  closes it (each told once, whatever processes refreshed meanwhile).
+  closes it (each told once, whatever processes refreshed meanwhile). `settle_alerts(news)`
+  likewise decides which process tells a staple's expiring alert, each level once per
+  staple, and `alerts(keys)` gives the last one told, for a process to start from.
 - `load` returns None for an unknown key; it never raises for a missing entry.
 - Stored bytes are not trusted blindly: the keeper validates a loaded staple again before
   delivering it, so a corrupted row costs a fetch, never a bad staple.
@@ -72,8 +74,9 @@ from mustaple.adapters.files import os_words
 from mustaple.core.certs import Target
 from mustaple.core.delivery import SinkHealth, Trap
 from mustaple.core.errors import InputError
-from mustaple.core.lifecycle import Phase
+from mustaple.core.lifecycle import Alert, Phase
 from mustaple.core.reasons import Rejection
+from mustaple.core.severity import Severity
 from mustaple.core.verify import DEFAULT_POLICY, Dated, Policy, Staple, may_replace, verify
 
 __all__ = [
@@ -97,7 +100,7 @@ BUSY_TIMEOUT = 30.0  # seconds a write waits for another process's lock (a one-s
 _IN_CHUNK = 500  # keys to one `IN (...)` query (SQLite allows 32,766 parameters)
 _FULL = (errno.ENOSPC, errno.EDQUOT)  # a file system full, or the quota used up
 _PROBE_SIZE = 65536  # bytes written to tell a full disk: a WAL frame and the shared memory
-_SCHEMA_VERSION = 4  # 3: the signatures table; 4: the runs table
+_SCHEMA_VERSION = 4  # 3: the signatures table; 4: the runs and alerts tables
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS staples (
     cert_key TEXT PRIMARY KEY,
@@ -138,6 +141,12 @@ CREATE TABLE IF NOT EXISTS status (
 CREATE TABLE IF NOT EXISTS runs (
     cert_key TEXT PRIMARY KEY,
     opened_by TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    cert_key TEXT PRIMARY KEY,
+    this_update TEXT NOT NULL,
+    effective_expiry TEXT NOT NULL,
+    level INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS signatures (
     tag BLOB PRIMARY KEY,
@@ -273,6 +282,10 @@ class Store(Protocol):
     def last_attempts(self, keys: Collection[str] | None = None) -> dict[str, RecordedAttempt]: ...
 
     def settle_runs(self, news: Sequence[tuple[str, str]]) -> list[bool]: ...
+
+    def settle_alerts(self, news: Sequence[tuple[str, Alert]]) -> list[bool]: ...
+
+    def alerts(self, keys: Collection[str]) -> dict[str, Alert]: ...
 
     def forget_statuses(self, keys: Iterable[str]) -> None: ...
 
@@ -818,6 +831,48 @@ class SqliteStore:
             found.update(self._db.execute(query, chunk))
         return found
 
+    def settle_alerts(self, news: Sequence[tuple[str, Alert]]) -> list[bool]:
+        """For each of `news` (certificate key, alert), in order: whether the process
+        writing it tells it to the hooks: when it is news over the alert recorded for the
+        certificate (`Alert.news_over`: a newer staple's, or a higher level of the same
+        staple), which it then replaces. Read and written in one transaction: of processes
+        that see a staple's level at the same time (a keeper restarted, a `prime` beside
+        it), only the first to write it tells it."""
+        if not news:
+            return []
+        with self.transaction():
+            recorded = self.alerts({key for key, _ in news})
+            told, changed = [], {}
+            for key, alert in news:
+                told.append(alert.news_over(recorded.get(key)))
+                if told[-1]:
+                    recorded[key] = changed[key] = alert
+            self._db.executemany(
+                "INSERT OR REPLACE INTO alerts VALUES (?, ?, ?, ?)",
+                [
+                    (key, _iso(a.this_update), _iso(a.expiry), int(a.level))
+                    for key, a in changed.items()
+                ],
+            )
+        return told
+
+    def alerts(self, keys: Collection[str]) -> dict[str, Alert]:
+        """The last alert told for each of `keys` that has one (a row that cannot be read
+        is taken as none: a level may be told once more, never lost)."""
+        found: dict[str, Alert] = {}
+        listed = list(keys)
+        for at in range(0, len(listed), _IN_CHUNK):
+            chunk = listed[at : at + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            query = (
+                "SELECT cert_key, this_update, effective_expiry, level FROM alerts "
+                f"WHERE cert_key IN ({marks})"
+            )
+            for key, this_update, expiry, level in self._db.execute(query, chunk):
+                with contextlib.suppress(ValueError, TypeError):
+                    found[key] = Alert(_time(this_update), _time(expiry), Severity(level))
+        return found
+
     def owed_reloads(self) -> set[tuple[str, str]]:
         """The (certificate key, sink) pairs whose server's reload failed at that
         certificate's last delivery to that sink, by the status rows (see
@@ -849,7 +904,7 @@ class SqliteStore:
 
     def remove(self, key: str) -> None:
         with self.transaction():
-            for table in ("staples", "attempts", "status", "runs"):
+            for table in ("staples", "attempts", "status", "runs", "alerts"):
                 self._db.execute(f"DELETE FROM {table} WHERE cert_key = ?", (key,))
 
     def has_signature(self, tag: bytes) -> bool:

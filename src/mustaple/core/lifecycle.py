@@ -21,7 +21,10 @@ Rules a reader can check here rather than in the keeper:
   answer after a revoked one only if strictly newer);
 - after expiry, attempts restart at once and back off again from `retry_base`, never waiting
   more than `retry_max`;
-- a failure is told to the hooks once per run of failures; an alert only when it gets worse;
+- a failure is told to the hooks once per run of failures; an alert only when it gets worse,
+  and each level once per staple, whatever processes see it: the shared state keeps the
+  level told for the staple it is about (`Alert`: the process whose write raises it tells
+  it), and a process starts from there (`Alerted`: a restart, a SIGHUP, a `prime`);
 - `last_attempt` is the latest refresh by any process: another process's (a `prime` beside
   the keeper, or the process before a restart), as it recorded it, is taken in (`Tried`)
   only when it is later than the one in hand, and then counts as a refresh of this one's;
@@ -57,6 +60,8 @@ from mustaple.core.verify import Staple, compare, strictly_newer
 
 __all__ = [
     "Accepted",
+    "Alert",
+    "Alerted",
     "CertState",
     "Effect",
     "Emit",
@@ -119,6 +124,30 @@ class CertState:
         return self.next_due is not None and self.next_due <= now
 
 
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """An alert level told for one staple, named by its thisUpdate and effective expiry
+    (together they say which of two staples is newer: `verify.may_replace`). The shared
+    state keeps the last one told per certificate."""
+
+    this_update: datetime
+    expiry: datetime
+    level: Severity
+
+    def about(self, staple: Staple) -> bool:
+        """Whether this alert is about `staple`."""
+        return (self.this_update, self.expiry) == (staple.this_update, staple.effective_expiry)
+
+    def news_over(self, recorded: Alert | None) -> bool:
+        """Whether telling this alert is news after `recorded` (the last one told for the
+        certificate): it is about a newer staple, or a higher level of the same one. Never
+        about an older staple's: a process that holds one has not taken the newer in yet."""
+        if recorded is None:
+            return True
+        mine = (self.this_update, self.expiry, self.level)
+        return mine > (recorded.this_update, recorded.expiry, recorded.level)
+
+
 # --- Events ---------------------------------------------------------------------------------------
 
 
@@ -175,6 +204,15 @@ class Tried:
 
 
 @dataclass(frozen=True, slots=True)
+class Alerted:
+    """The alert the shared state records as told (by any process: the one before a
+    restart or a SIGHUP, a `prime`): taken when it is about the staple in hand and higher
+    than this state's, so that this process does not tell that level again."""
+
+    alert: Alert
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time passed: expiry and alerts are judged at `now`."""
 
@@ -194,7 +232,7 @@ class Unusable:
     reason: Reason = Reason.NO_OCSP_URL
 
 
-Event = Restored | Stale | Accepted | Rejected | Tried | Tick | Wait | Unusable
+Event = Restored | Stale | Accepted | Rejected | Tried | Alerted | Tick | Wait | Unusable
 
 
 # --- Effects --------------------------------------------------------------------------------------
@@ -216,10 +254,12 @@ class Emit:
     `shared`: the hook follows the certificate's run of failures as the shared state keeps
     it (every process on the state directory), not this process's view of it: a "failure"
     is told only by the process whose write opens the run, a "recovered" only by the one
-    whose write closes it, a "revoked" opens it (a good answer after it is a recovery).
-    `hook` is then this process's own view, which decides alone when the state cannot be
-    written. `said`: the line is logged at once; else (a good answer after no failure seen
-    here) only when its write closes a run another process opened meanwhile."""
+    whose write closes it, a "revoked" opens it (a good answer after it is a recovery); an
+    "expiring" (with its `alert`) only by the process whose write raises the level the
+    state keeps for that staple (`Alert.news_over`). `hook` is then this process's own
+    view, which decides alone when the state cannot be written. `said`: the line is logged
+    at once; else (a good answer after no failure seen here) only when its write closes a
+    run another process opened meanwhile."""
 
     kind: str  # revoked, expiring, expired, failure, recovered
     message: str
@@ -227,6 +267,7 @@ class Emit:
     hook: bool = True
     shared: bool = False
     said: bool = True
+    alert: Alert | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +307,8 @@ def step(
         return _rejected(state, event.rejection, now, policy, dice)
     if isinstance(event, Tried):
         return _tried(state, event, policy, dice)
+    if isinstance(event, Alerted):
+        return _alerted(state, event.alert), []
     if isinstance(event, Wait):
         return _evolve(state, next_due=event.until), []
     if isinstance(event, Stale):
@@ -455,6 +498,14 @@ def _tried(
     return new, effects
 
 
+def _alerted(state: CertState, alert: Alert) -> CertState:
+    """The level another process told for the staple in hand, when higher than this one's."""
+    held = state.held
+    if held is None or not alert.about(held) or alert.level <= state.alert:
+        return state
+    return _evolve(state, alert=alert.level)
+
+
 def _unusable(state: CertState, event: Unusable) -> CertState:
     rejection = Rejection(event.reason, event.problem)
     return _evolve(
@@ -490,9 +541,12 @@ def _tick(
     if state.phase in (Phase.REVOKED, Phase.UNUSABLE):
         return state, effects
     level = alert_level(state.held, now, policy)
-    if level > state.alert and state.held is not None:
-        text = f"the staple expires at {human_time(state.held.effective_expiry)}"
-        effects.append(Emit("expiring", f"{level.name}: {text} and no fresh one came yet"))
+    held = state.held
+    if level > state.alert and held is not None:
+        text = f"{level.name}: the staple expires at {human_time(held.effective_expiry)}"
+        told = Alert(held.this_update, held.effective_expiry, level)
+        message = f"{text} and no fresh one came yet"
+        effects.append(Emit("expiring", message, shared=True, alert=told))
     if level != state.alert:
         state = _evolve(state, alert=level)
     return state, effects

@@ -494,7 +494,7 @@ class Keeper:
         if loading is None:
             return []
         loaded = loading.result()
-        self._take_attempts({m.key: m.life for m in loaded if m is not None}.values())
+        self._take_recorded({m.key: m.life for m in loaded if m is not None}.values())
         # new to this process without a staple (a renewal, a file back after a gap): a sink's
         # file may hold the staple of the certificate it renewed (see `take_from_sinks`)
         self.take_from_sinks(m for m in loaded if m is not None and m.life.state.answer is None)
@@ -736,7 +736,7 @@ class Keeper:
     def sync(self) -> int:
         """Take in the answers another process (`prime`, a second keeper) stored since the last
         look: validated here, and taken only where the life cycle allows; then the attempts
-        its status rows record, where later than this keeper's (`_take_attempts`); the
+        its status rows record, where later than this keeper's (`_take_recorded`); the
         reloads they say are owed are made at this pass's delivery, even when it stored
         nothing new (`owe_reloads`); the status rows it may have written over are written
         again from this keeper's view, which now holds its attempts, at the pass's end.
@@ -777,19 +777,22 @@ class Keeper:
                 self._apply(life, event, now)
                 taken += life.state.answer is outcome
         if looked_again:
-            self._take_attempts(self.lives.values())
+            self._take_recorded(self.lives.values())
         return taken
 
-    def _take_attempts(self, lives: Iterable[Life]) -> None:
-        """The last attempt the status rows of `lives` record (another process's: a `prime`
-        beside this keeper, or the process before a start or a reload), each taken where it
-        is later than the life's own (`lifecycle.Tried`), so that the rows this keeper
-        writes keep it until a later attempt; one query."""
+    def _take_recorded(self, lives: Iterable[Life]) -> None:
+        """What the state records of `lives` that another process did (a `prime` beside this
+        keeper, or the process before a start or a reload): the last attempt of each status
+        row, taken where it is later than the life's own (`lifecycle.Tried`), so that the
+        rows this keeper writes keep it until a later attempt; and the last expiring alert
+        told, taken where it is about the staple in hand (`lifecycle.Alerted`), so that its
+        level is not told again. One query each."""
         wanted = {life.key: life for life in lives}
         if not wanted:
             return
         try:
             recorded = self.store.last_attempts(wanted.keys())
+            alerts = self.store.alerts(wanted.keys())
         except (sqlite3.Error, OSError):
             return  # the store's trouble is said where it is written
         now = self.clock()
@@ -797,6 +800,8 @@ class Keeper:
             event = _recorded(attempt)
             if event is not None:
                 self._apply(wanted[key], event, now)
+        for key, alert in alerts.items():
+            self._apply(wanted[key], lifecycle.Alerted(alert), now)
 
     def _store_again(self) -> None:
         """Every answer in hand stored again (a new database: removed or replaced under us),
@@ -912,7 +917,7 @@ class Keeper:
 
     def _rewrite_statuses(self) -> None:
         """Every status row again at the next flush, from this keeper's view (which takes in
-        the attempts the rows record: `_take_attempts`): another process wrote over them."""
+        the attempts the rows record: `_take_recorded`): another process wrote over them."""
         for life in self.lives.values():
             self._save_status(life)
         for problem in self.problems.values():
@@ -1378,7 +1383,7 @@ class Keeper:
                     rows, self._statuses = self._statuses, {}
                 writes, self._pending = self._pending, _Pending()
                 writes.apply(self.store)
-                told = self.store.settle_runs([(n.life.key, n.emit.kind) for n in writes.news])
+                told = self._settle(writes.news)
                 self.store.save_statuses(
                     (key, status if isinstance(status, CertStatus) else self._status(status))
                     for key, status in rows.items()
@@ -1400,11 +1405,21 @@ class Keeper:
             log.warning("state store writable again: %d pending writes stored", stored)
             self._store_problem = None
 
+    def _settle(self, news: Sequence[_News]) -> list[bool]:
+        """Whether this process tells each of `news`, as the shared state decides, inside
+        the transaction that writes them: an expiring alert by the level it keeps per
+        staple (`settle_alerts`), the rest by the run of failures (`settle_runs`)."""
+        runs = [n for n in news if n.emit.alert is None]
+        alerts = [(n.life.key, n.emit.alert) for n in news if n.emit.alert is not None]
+        told_runs = iter(self.store.settle_runs([(n.life.key, n.emit.kind) for n in runs]))
+        told_alerts = iter(self.store.settle_alerts(alerts))
+        return [next(told_runs if n.emit.alert is None else told_alerts) for n in news]
+
     def _take_written_meanwhile(self) -> None:
         """Inside the transaction that writes the status rows, before they are made: what
         another process recorded in them since this keeper last looked at the store (a
         `prime` that ended while this keeper's pass fetched or delivered) is taken in first:
-        the attempts of the rows about to be written (`_take_attempts`: the later one wins)
+        the attempts of the rows about to be written (`_take_recorded`: the later one wins)
         and the reloads owed (`owe_reloads`: each row keeps its debt until paid). Else the
         rows would go back to this keeper's older view, and the next look at the store would
         read them: the other process's facts lost for good. No process writes in between
@@ -1414,7 +1429,7 @@ class Keeper:
                 return
         except sqlite3.Error:
             return  # the store's trouble is said where it is written
-        self._take_attempts(self.lives[key] for key in self._statuses if key in self.lives)
+        self._take_recorded(self.lives[key] for key in self._statuses if key in self.lives)
         self.owe_reloads()
 
     def _store_failed(self, exc: BaseException) -> None:
@@ -1513,7 +1528,7 @@ class Keeper:
         resolved, loaded = await self._load_given(paths, refuse=refuse)
         # the attempts recorded before (a keeper's, an earlier prime's): this one's failure
         # continues their run of failures, its success ends it (the hooks are told here)
-        self._take_attempts({m.key: m.life for m in loaded.values() if m}.values())
+        self._take_recorded({m.key: m.life for m in loaded.values() if m}.values())
         chosen = []
         for path in resolved:
             managed = loaded.get(path)
