@@ -291,8 +291,10 @@ def test_an_expiring_level_is_told_once_per_staple_from_the_level_recorded() -> 
     assert run(replace(HELD, alert=Severity.CRITICAL), Alerted(warning), T0)[0].alert == (
         Severity.CRITICAL
     )
-    assert warning.news_over(None) and not warning.news_over(warning)
-    assert other.news_over(warning) and not warning.news_over(other)
+    assert warning.news_over(None)
+    assert not warning.news_over(warning)
+    assert other.news_over(warning)
+    assert not warning.news_over(other)
 
 
 def test_the_shared_state_decides_who_tells_a_run() -> None:
