@@ -210,8 +210,10 @@ async def _serve(
             changed = _reloaded(config_path, config)
             if changed is None or _holds_unstored(running.keeper, config_path):
                 continue  # the running keeper goes on as it was: its backoff, its streaks
+            await running.pause()  # its fleet: the new keeper's takes over
             switched = await _switch(running, server, changed, stop, clock)
             if switched is None:
+                await running.resume()
                 server = await _still_serving(server, running, config)
                 continue
             switched[0].keeper.unreached = running.keeper.unreached  # first at its first pass
@@ -318,6 +320,7 @@ class _Running:
     """One configuration at work: the keeper, its fleet membership and its metrics."""
 
     keeper: Keeper
+    fleet: Fleet | None
     metrics: Metrics
     stack: AsyncExitStack
 
@@ -337,7 +340,19 @@ class _Running:
         except BaseException:
             await stack.aclose()
             raise
-        return cls(keeper, metrics, stack)
+        return cls(keeper, fleet, metrics, stack)
+
+    async def pause(self) -> None:
+        """Before a reload's switch: the fleet's membership paused (see `Fleet.pause`), so
+        that until this keeper is closed nothing but the daemon's own loop makes it deliver
+        or write (the loop has ended, its writes stored)."""
+        if self.fleet is not None:
+            await self.fleet.pause()
+
+    async def resume(self) -> None:
+        """The switch failed: this keeper goes on, in its fleet again."""
+        if self.fleet is not None:
+            await self.fleet.resume()
 
     async def close(self) -> None:
         await self.stack.aclose()

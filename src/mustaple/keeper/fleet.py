@@ -101,6 +101,7 @@ class Fleet:
         self._listening: threading.Event | None = None  # set to stop the listener thread
         self._listener: threading.Thread | None = None
         self._renewals: dict[str, asyncio.Task[None]] = {}
+        self._adopting: asyncio.Future[None] | None = None  # the last adoption of what was heard
         self._refusals: dict[str, str] = {}  # what Redis refused last, by record (said once)
         self._refused: dict[str, bytes] = {}  # shared DER that failed our validation, by key
         self._recheck_from = 0  # where the next heartbeat looks for vanished records
@@ -140,18 +141,45 @@ class Fleet:
                 self._lost(exc)
             return
         await self._join(deliver=False)
-        self._tasks = [
+        self._tasks = self._background()
+
+    def _background(self) -> list[asyncio.Task[None]]:
+        """The member's work in the background: adopting what is heard, beating."""
+        return [
             asyncio.create_task(self._adopt_heard(), name="fleet-adopt"),
             asyncio.create_task(self._beat(), name="fleet-beat"),
         ]
 
-    async def close(self) -> None:
+    async def _quiet(self) -> None:
+        """Stop listening (the listener thread ended: nothing heard from now on) and the
+        background work (a gathering not adopted yet is dropped)."""
         self._stop_listening()
         if self._listener is not None:
             await asyncio.to_thread(self._listener.join, LISTEN_POLL_SECONDS * 4)
         for task in [*self._tasks, *self._renewals.values()]:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._renewals.values(), return_exceptions=True)
+        if self._adopting is not None:
+            await asyncio.gather(self._adopting, return_exceptions=True)
+        while not self._heard.empty():
+            self._heard.get_nowait()
+
+    async def pause(self) -> None:
+        """Hear no member and beat no more, until `resume` (a reload: this keeper is being
+        replaced, and the new keeper's membership takes over; a staple this one adopted
+        meanwhile would be delivered and recorded as this keeper's view, a certificate or a
+        sink the reload removed included). Closed paused, it does not say it left."""
+        await self._quiet()
+        self._tasks = []
+
+    async def resume(self) -> None:
+        """After `pause` (the reload failed: this keeper goes on): join again, catching up
+        with what was announced meanwhile (delivered), and beat."""
+        await self._join()
+        self._tasks = self._background()
+
+    async def close(self) -> None:
+        await self._quiet()
         if self.up and self._tasks:
             with contextlib.suppress(redis.RedisError):
                 await self._call(self.shared.beat, self.keeper.clock(), self._info(left=True))
@@ -412,8 +440,11 @@ class Fleet:
             await asyncio.sleep(GATHER_SECONDS)
             while not self._heard.empty():
                 heard.add(self._heard.get_nowait())
+            # shielded: leaving (`_quiet`) waits for an adoption's delivery to end instead
+            # of cutting it short (its reload killed, its status rows not written)
+            self._adopting = asyncio.ensure_future(self._adopt_messages(heard))
             try:
-                await self._adopt_messages(heard)
+                await asyncio.shield(self._adopting)
             except Exception as exc:  # keep hearing: a due certificate is claimed anyway
                 log.error("fleet: adopting announced staples failed: %s", _short(exc))
 
