@@ -184,13 +184,17 @@ class Life:
 @dataclass(frozen=True, slots=True)
 class _News:
     """An `Emit` whose hook the shared state decides (`lifecycle.Emit.shared`), waiting for
-    the flush that writes it; `event` is what its hook is told (None: not said yet), and
-    `decided` whether this process already told it or not on its own (the state could not
-    be written then: it is only recorded there)."""
+    the flush that writes it; `event` is what its hook is told (None: not said yet), `own`
+    whether this process tells it whatever the shared state says (a revocation, told by its
+    fetcher), and `decided` whether this process already told it or not on its own (the
+    state could not be written then: it is only recorded there). Every hook starts after
+    the commit of the write that records its news: a process killed in between never ran
+    it, and the next process reads it as told (at most once)."""
 
     life: Life
     emit: lifecycle.Emit
     event: Event | None
+    own: bool = False
     decided: bool = False
 
 
@@ -1233,9 +1237,8 @@ class Keeper:
         event = self._said(life, effect) if effect.said else None
         if effect.shared:
             revoked = effect.kind == "revoked"  # told by its fetcher: its run only recorded
-            self._pending.news.append(_News(life, effect, event, decided=revoked))
-            if not revoked:
-                return
+            self._pending.news.append(_News(life, effect, event, own=revoked))
+            return
         if effect.hook and event is not None:
             self._run_hook(effect.kind, event)
 
@@ -1397,7 +1400,7 @@ class Keeper:
             self._store_failed(exc)
             return
         for news, tell in zip(writes.news, told, strict=True):
-            if tell and not news.decided:
+            if (tell or news.own) and not news.decided:
                 self._tell(news)
         self._store_back = False
         if self._store_problem is not None:
