@@ -383,7 +383,8 @@ def test_a_head_asked_again_follows_the_keeper(tmp_path: Path) -> None:
             assert body_of(await read_reply(reader)) == managed.held.der
             assert w.counted("good") == 4
             # a reload: another keeper, which manages nothing, at the same revision by chance
-            other = Keeper(config(tmp_path / "other"), store=SqliteStore(":memory:"), sinks={})
+            store = SqliteStore(tmp_path / "other" / "state.db")
+            other = Keeper(config(tmp_path / "other"), store=store, sinks={})
             other.revision = w.keeper.revision
             reloaded = Metrics(other)
             responder = w.fast.fast.responder
@@ -394,6 +395,7 @@ def test_a_head_asked_again_follows_the_keeper(tmp_path: Path) -> None:
             assert not w.fast.fast.replies  # nothing holds the old keeper's answers alive
             writer.write(request)
             assert body_of(await read_reply(reader)) == UNAUTHORIZED
+            store.close()
         sample = reloaded.registry.get_sample_value(REQUESTS, {"result": "unauthorized"})
         assert (sample, w.counted("good"), w.answered) == (1, 4, 5)
 

@@ -101,12 +101,13 @@ def notify_socket(tmp: Path) -> Iterator[tuple[socket.socket, dict[str, str]]]:
         yield sock, {**os.environ, "NOTIFY_SOCKET": str(path)}
 
 
-def passes(sock: socket.socket, count: int) -> None:
+def passes(sock: socket.socket, count: int, *, drop: bool = True) -> None:
     """Wait for `count` passes of `mustaple run` from now on (each ends with a STATUS of its
-    last pass); what it told before is dropped first."""
+    last pass); what it told before is dropped first, unless not `drop` (the passes it may
+    have told already count: a pass that follows an event the test waited for otherwise)."""
     sock.setblocking(False)
     with contextlib.suppress(BlockingIOError):
-        while sock.recv(4096):
+        while drop and sock.recv(4096):
             pass
     sock.settimeout(30)
     seen = 0
