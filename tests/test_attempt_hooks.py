@@ -9,6 +9,7 @@ judged, with `mustaple status --json`.
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -202,3 +203,28 @@ def test_a_keepers_failures_ended_by_a_prime_are_told_once(tmp_path: Path) -> No
         s.passes(3)
         assert lines(told) == ["failure run", "recovered prime"], lines(told)
         s.stop(keeper)
+
+
+def test_a_run_of_failures_told_before_an_upgrade_is_told_recovered_after_it(
+    tmp_path: Path,
+) -> None:
+    """A prime of an older mustaple (schema 3: no runs table) told on_failure; after the
+    upgrade, the first prime that works must tell on_recovered. The runs table started empty,
+    so nobody did, and the pager stayed on "failing"; the upgrade now takes the open runs
+    from the status rows."""
+    with site(tmp_path) as s:
+        told = hooked(s)
+        assert s.prime()[0] == 0
+        s.responder.set_behaviour(Behaviour.HTTP_500)
+        assert s.prime()[0] == 0
+        assert lines(told) == ["failure prime"]
+        db = sqlite3.connect(s.tmp / "state" / "state.db", isolation_level=None)
+        db.execute("DROP TABLE runs")  # as schema 3 left it: its status row says failing
+        db.execute("DROP TABLE alerts")
+        db.execute("PRAGMA user_version = 3")
+        db.close()
+        s.responder.set_behaviour(Behaviour.GOOD)
+        assert s.prime()[0] == 0
+        assert lines(told) == ["failure prime", "recovered prime"], lines(told)
+        assert s.prime()[0] == 0  # no run open now: nothing more to tell
+        assert lines(told) == ["failure prime", "recovered prime"], lines(told)

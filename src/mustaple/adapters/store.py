@@ -101,6 +101,15 @@ _IN_CHUNK = 500  # keys to one `IN (...)` query (SQLite allows 32,766 parameters
 _FULL = (errno.ENOSPC, errno.EDQUOT)  # a file system full, or the quota used up
 _PROBE_SIZE = 65536  # bytes written to tell a full disk: a WAL frame and the shared memory
 _SCHEMA_VERSION = 4  # 3: the signatures table; 4: the runs and alerts tables
+# At the upgrade to schema 4: the runs of failures an older mustaple told (its status rows:
+# failures counted, or revoked, or expired), so that the first good answer after the upgrade
+# still tells on_recovered (`settle_runs`), as the process that told on_failure would have.
+_RUNS_FROM_STATUS = """
+INSERT OR IGNORE INTO runs (cert_key, opened_by)
+SELECT cert_key, CASE WHEN state = 'revoked' THEN 'revoked'
+                      WHEN failures > 0 THEN 'failure' ELSE 'expired' END
+FROM status WHERE failures > 0 OR state IN ('revoked', 'expired')
+"""
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS staples (
     cert_key TEXT PRIMARY KEY,
@@ -584,7 +593,10 @@ class SqliteStore:
                 columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
                 if column not in columns:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-            if db.execute("PRAGMA user_version").fetchone()[0] != _SCHEMA_VERSION:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version != _SCHEMA_VERSION:
+                if version < 4:
+                    db.execute(_RUNS_FROM_STATUS)
                 db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
         except BaseException:
             db.close()
