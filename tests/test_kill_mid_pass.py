@@ -13,14 +13,16 @@ the second certificate's request, hooks that add a line to a file (read by the t
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 from pathlib import Path
 
 from mustaple.testing import Behaviour
 from outside import wait_for
 from test_attempt_hooks import hooked, lines, patient
 from test_owed_reloads import passes
-from test_rows_forward import site
+from test_rows_forward import Site, site
 
 SECOND = "z.example.test"  # configured after the site's certificate: fetched second
 
@@ -51,5 +53,44 @@ def test_a_revocation_is_told_once_across_a_kill_before_its_answer_was_stored(
         again = s.start("run", "--config", str(s.config), env=s.env)
         passes(s.sock, 2)
         assert lines(told) == ["revoked run"], lines(told)
+        again.send_signal(signal.SIGTERM)
+        assert again.wait(20) == 0
+
+
+def killed_in_its_reload(s: Site, sink: str, process: subprocess.Popen[str]) -> None:
+    """Kill `process` (SIGKILL) while it waits for the held reload of `sink`, and that reload
+    too (its process group), as a stop of the systemd unit kills every process of it."""
+    wait_for(lambda: s.holding(sink))
+    (held,) = s.tmp.glob(f"{sink}.held.*")
+    group = os.getpgid(int(held.name.rsplit(".", 1)[1]))
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(20) == -signal.SIGKILL
+    os.killpg(group, signal.SIGKILL)
+
+
+def owes_nothing(s: Site, sink: str) -> None:
+    """The certificate's row, as `mustaple status --json` says it: `sink` took the staple
+    and owes no reload."""
+    taken = {each["sink"]: each for each in s.row()["sinks"]}[sink]
+    assert (taken["ok"], taken["reload_owed"]) == (True, False), taken
+
+
+def test_a_reload_a_kill_cut_short_is_made_by_the_next_start(tmp_path: Path) -> None:
+    """The certificate renewed: the running keeper writes the new staple's file, and its
+    reload is held; the keeper is killed then, with the reload, and started again. The new
+    start finds the file as it should be, yet the server never read it: its reload runs
+    once, and the row owes nothing (it never ran: the server kept the old staple until the
+    next refresh, hours or days later)."""
+    with site(tmp_path) as s:
+        keeper = s.run()
+        s.hold("files")
+        s.issue()  # the renewal: the next pass fetches, writes the file, and is held
+        killed_in_its_reload(s, "files", keeper)
+        before = s.runs("files")  # the start's, and the one killed
+        again = s.run()
+        assert s.runs("files") == before + 1
+        passes(s.sock, 2)
+        assert s.runs("files") == before + 1  # once
+        owes_nothing(s, "files")
         again.send_signal(signal.SIGTERM)
         assert again.wait(20) == 0

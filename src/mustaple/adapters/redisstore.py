@@ -30,6 +30,9 @@ announcements. Everything lives under `prefix`:
 - `{prefix}alerts:{member}`: the last expiring alert each certificate's staple was told at
   by the member (`settle_alerts`, one Lua script: `"{thisUpdate} {expiry} {level}"`, the
   times in µs since 1970), and where its processes start from (`alerts`).
+- `{prefix}deliveries:{member}`: the deliveries to sinks under way in the member's
+  processes (`begin_delivery`; fields `[sink, pid, start]` in JSON): those of a process gone
+  were cut short (`take_cut_deliveries`, see the `Store` contract).
 - `{prefix}members`: one heartbeat per member (`beat`, `members`); each heartbeat drops those
   older than `forget` (a day: members that left or died), with their leaves.
 - `{prefix}leaves:{member}`, a hash: the leaves a member manages (`record_leaves`, `leaves`),
@@ -65,6 +68,7 @@ from typing import Any, NamedTuple
 
 import redis
 
+from mustaple.adapters.processes import running, this_process
 from mustaple.adapters.store import (
     HISTORY_LIMIT,
     AttemptRecord,
@@ -517,6 +521,35 @@ class RedisStore:
     def traps(self) -> dict[tuple[str, str], Trap]:
         """This member's sinks' traps, by its status rows (see `delivery.HoldsBack`)."""
         return traps_of((key, row.sinks) for key, row in self.statuses().items())
+
+    def begin_delivery(self, sinks: Collection[str]) -> None:
+        """Record that this member's process delivers to `sinks` (see `SqliteStore`)."""
+        pid, started = this_process()
+        if sinks:
+            fields = {json.dumps([sink, pid, started]): 1 for sink in sinks}
+            self._w().hset(self._k("deliveries", self.member), mapping=fields)
+
+    def end_delivery(self, sinks: Collection[str]) -> None:
+        """Drop this process's records of its delivery to `sinks`."""
+        pid, started = this_process()
+        if sinks:
+            fields = [json.dumps([sink, pid, started]) for sink in sinks]
+            self._w().hdel(self._k("deliveries", self.member), *fields)
+
+    def take_cut_deliveries(self, sinks: Collection[str]) -> set[str]:
+        """Those of `sinks` whose delivery a process of this member that is gone cut
+        short: their records become this process's (see `SqliteStore`)."""
+        cut: dict[bytes, str] = {}
+        for raw in self.client.hkeys(self._k("deliveries", self.member)):
+            with suppress(*_UNREADABLE):  # JSONDecodeError is a ValueError
+                sink, pid, started = json.loads(raw)
+                if sink in sinks and not running(int(pid), str(started)):
+                    cut[raw] = str(sink)
+        if cut:
+            with self.transaction():
+                self._w().hdel(self._k("deliveries", self.member), *cut)
+                self.begin_delivery(set(cut.values()))
+        return set(cut.values())
 
     def last_attempts(self, keys: Collection[str] | None = None) -> dict[str, RecordedAttempt]:
         """The last attempt recorded in this member's status rows (see `SqliteStore`)."""

@@ -25,6 +25,16 @@
   closes it (each told once, whatever processes refreshed meanwhile). `settle_alerts(news)`
   likewise decides which process tells a staple's expiring alert, each level once per
   staple, and `alerts(keys)` gives the last one told, for a process to start from.
+- `begin_delivery(sinks)` records that this process delivers to `sinks` (its pid and start:
+  `mustaple.adapters.processes`), and `end_delivery(sinks)` drops that record once the
+  sinks' outcomes are written (in the commits of the staples and of the status rows: no
+  write of its own, none per certificate). A record whose process is gone says that a
+  delivery was cut short (a SIGKILL, the OOM killer, a power cut, a stop of the unit that
+  killed the reload command): the files may be written and the server not reloaded.
+  `take_cut_deliveries(sinks)` gives those of `sinks` (atomically: of processes starting at
+  once, one takes each) and makes their records this process's, whose delivery pays the
+  reload they owe (`delivery.Reloads`) and ends them; one that never delivers to such a
+  sink leaves the record for the next process.
 - `load` returns None for an unknown key; it never raises for a missing entry.
 - Stored bytes are not trusted blindly: the keeper validates a loaded staple again before
   delivering it, so a corrupted row costs a fetch, never a bad staple.
@@ -71,6 +81,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from mustaple.adapters.files import os_words
+from mustaple.adapters.processes import running, this_process
 from mustaple.core.certs import Target
 from mustaple.core.delivery import SinkHealth, Trap
 from mustaple.core.errors import InputError
@@ -100,7 +111,7 @@ BUSY_TIMEOUT = 30.0  # seconds a write waits for another process's lock (a one-s
 _IN_CHUNK = 500  # keys to one `IN (...)` query (SQLite allows 32,766 parameters)
 _FULL = (errno.ENOSPC, errno.EDQUOT)  # a file system full, or the quota used up
 _PROBE_SIZE = 65536  # bytes written to tell a full disk: a WAL frame and the shared memory
-_SCHEMA_VERSION = 4  # 3: the signatures table; 4: the runs and alerts tables
+_SCHEMA_VERSION = 4  # 3: the signatures table; 4: the runs, alerts and deliveries tables
 # At the upgrade to schema 4: the runs of failures an older mustaple told (its status rows:
 # failures counted, or revoked, or expired), so that the first good answer after the upgrade
 # still tells on_recovered (`settle_runs`), as the process that told on_failure would have.
@@ -157,6 +168,12 @@ CREATE TABLE IF NOT EXISTS alerts (
     effective_expiry TEXT NOT NULL,
     level INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS deliveries (
+    sink TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started TEXT NOT NULL,
+    PRIMARY KEY (sink, pid, started)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS signatures (
     tag BLOB PRIMARY KEY,
     not_after TEXT NOT NULL
@@ -303,6 +320,12 @@ class Store(Protocol):
     def owed_reloads(self) -> set[tuple[str, str]]: ...
 
     def traps(self) -> dict[tuple[str, str], Trap]: ...
+
+    def begin_delivery(self, sinks: Collection[str]) -> None: ...
+
+    def end_delivery(self, sinks: Collection[str]) -> None: ...
+
+    def take_cut_deliveries(self, sinks: Collection[str]) -> set[str]: ...
 
     def remove(self, key: str) -> None: ...
 
@@ -908,6 +931,47 @@ class SqliteStore:
             with contextlib.suppress(ValueError, KeyError, TypeError):  # written again soon
                 healths.append((key, sinks_from_json(text)))
         return traps_of(healths)
+
+    def begin_delivery(self, sinks: Collection[str]) -> None:
+        """Record that this process delivers to `sinks` (see the module docstring)."""
+        pid, started = this_process()
+        with self.transaction():
+            self._db.executemany(
+                "INSERT OR IGNORE INTO deliveries VALUES (?, ?, ?)",
+                [(sink, pid, started) for sink in sinks],
+            )
+
+    def end_delivery(self, sinks: Collection[str]) -> None:
+        """Drop this process's records of its delivery to `sinks`."""
+        self._drop_deliveries([(sink, *this_process()) for sink in sinks])
+
+    def take_cut_deliveries(self, sinks: Collection[str]) -> set[str]:
+        """Those of `sinks` whose delivery a process gone cut short: their records become
+        this process's (see the module docstring). One read of the few records, and no
+        write, when there is none."""
+        if not self._cut(sinks):
+            return set()
+        with self.transaction():  # read again under the write lock: one process takes each
+            cut = self._cut(sinks)
+            self._drop_deliveries(cut)
+            taken = {sink for sink, _, _ in cut}
+            self.begin_delivery(taken)
+        return taken
+
+    def _cut(self, sinks: Collection[str]) -> list[tuple[str, int, str]]:
+        """The records of deliveries to `sinks` whose process is gone."""
+        rows = self._db.execute("SELECT sink, pid, started FROM deliveries").fetchall()
+        return [
+            (sink, pid, started)
+            for sink, pid, started in rows
+            if sink in sinks and not running(pid, started)
+        ]
+
+    def _drop_deliveries(self, records: Iterable[tuple[str, int, str]]) -> None:
+        with self.transaction():
+            self._db.executemany(
+                "DELETE FROM deliveries WHERE sink = ? AND pid = ? AND started = ?", records
+            )
 
     def forget_statuses(self, keys: Iterable[str]) -> None:
         """Remove the status rows of `keys` (the staples and attempts stay)."""

@@ -161,6 +161,8 @@ WORKERS_FROM = 1000
 RESOLVE_SLICE = 4096  # paths `prime` resolves before their loads go out to the workers
 # What a file was when read: (mtime_ns, size), and its entry's `issuer` file's, or (-1, -1)
 Stamp = tuple[int, int, int, int]
+Want = tuple[Action, bytes | None]  # what a file's sinks should have (`lifecycle.wanted`)
+PerSink = dict[str, list[tuple["Managed", Delivery]]]  # the batch of each sink
 FileToLoad = tuple[Path, "CertEntry", Stamp]  # a file, its entry, its stamp
 _UNSEEN: Stamp = (-1, -1, -1, -1)  # no file is stamped so: one read again when seen again
 _T = TypeVar("_T")
@@ -765,6 +767,8 @@ class Keeper:
         if looked_again:  # even with no answer stored: a failed `prime` wrote its rows
             self.owe_reloads()  # before the rows are written over: a `prime`'s failed reload
             self._rewrite_statuses()
+        else:
+            self.owe_cut_deliveries()  # a `prime` killed in its delivery writes nothing more
         now, taken = self.clock(), 0
         for key, (this_update, revoked) in (written or {}).items():
             life = self.lives.get(key)
@@ -860,11 +864,13 @@ class Keeper:
         (a `prime` that stored nothing new): the reload runs at once, its outcome goes in
         the row, and a reload that fails again is retried as any failed delivery. The
         traps in the rows are handed over too: no reload springs them (`HoldsBack`).
+        The deliveries a process killed cut short are owed too (`owe_cut_deliveries`).
         Returns the owing sinks' names."""
+        cut = self.owe_cut_deliveries()
         try:
             owed, traps = self.store.owed_reloads(), self.store.traps()
         except (sqlite3.Error, OSError):
-            return []  # the store's trouble is said where it is written
+            return cut  # the store's trouble is said where it is written
         for (key, name), trap in traps.items():
             sink = self.sinks.get(name)
             if key in self._statuses and self._statuses[key] is None:
@@ -882,7 +888,38 @@ class Keeper:
             for managed in self.by_key(key):
                 if name in self._sinks_of(managed):
                     managed.owed.add(name)
-        return sorted(owing)
+        return sorted(owing | set(cut))
+
+    def owe_cut_deliveries(self) -> list[str]:
+        """Each sink that reloads and whose delivery a process gone cut short (killed
+        after it wrote the files, before its reload ended: `Store.begin_delivery`) reloads
+        its server at its next delivery, even when no file changed: the delivery becomes
+        this process's (`Store.take_cut_deliveries`), the sink owes its reload, and one file
+        that has a staple for it is delivered to it again (`Managed.owed`: its row owes it
+        until paid). Looked at every pass (one read of a few rows): a `prime` killed beside
+        this keeper is paid for at its next pass. Returns the sinks' names."""
+        reloading = [name for name, sink in self.sinks.items() if isinstance(sink, Reloads)]
+        try:
+            cut = self.store.take_cut_deliveries(reloading) if reloading else set()
+        except (sqlite3.Error, OSError):
+            return []  # the store's trouble is said where it is written; the record stays
+        for name in sorted(cut):
+            sink = self.sinks[name]
+            assert isinstance(sink, Reloads)
+            sink.owe_reload()
+            payer = next((m for m in self.managed.values() if self._pays(m, name)), None)
+            if payer is not None:
+                payer.owed.add(name)
+            log.warning(
+                "sink %s: a mustaple process was killed while it delivered to it (its files "
+                "may be new and its server not reloaded): reloaded at its next delivery",
+                name,
+            )
+        return sorted(cut)
+
+    def _pays(self, managed: Managed, sink: str) -> bool:
+        """Whether a delivery of `managed` to `sink` would be made now."""
+        return sink in self._sinks_of(managed) and self._wanted(managed) is not None
 
     def _still_trapped(self, key: str) -> None:
         """A trap in the status rows for a certificate with no answer in hand here: its file
@@ -1119,17 +1156,27 @@ class Keeper:
     async def deliver(self, *, again: bool = False) -> list[Delivered]:
         """Store the pending writes, then send every changed staple (or all, with `again`)
         to its sinks, one batch per sink, then write the status rows (how the sinks took it
-        included: one row per certificate per pass); one delivery at a time."""
+        included: one row per certificate per pass); one delivery at a time. The sinks that
+        reload are recorded as delivered to by this process in the commit of the staples,
+        and no longer in that of the rows (`Store.begin_delivery`): a kill in between leaves
+        the next process a reload to pay (`owe_cut_deliveries`)."""
         async with self._delivering:
+            now = self.clock()
+            per_sink, wanted = self._plan(again, now)
+            reloading = [name for name in per_sink if isinstance(self.sinks[name], Reloads)]
+            if reloading:
+                self._write(functools.partial(self.store.begin_delivery, reloading))
             self._flush(statuses=False)  # a staple is stored before any server is given it
-            done = await self._deliver(again)
+            done = await self._send(per_sink, wanted, now)
+            if reloading:
+                self._write(functools.partial(self.store.end_delivery, reloading))
             self._flush()
             return done
 
-    async def _deliver(self, again: bool) -> list[Delivered]:
-        now = self.clock()
-        per_sink: dict[str, list[tuple[Managed, Delivery]]] = {}
-        wanted: dict[Path, tuple[Action, bytes | None]] = {}
+    def _plan(self, again: bool, now: datetime) -> tuple[PerSink, dict[Path, Want]]:
+        """What each sink is sent (by sink), and what each file sent to some sink wants."""
+        per_sink: PerSink = {}
+        wanted: dict[Path, Want] = {}
         for managed in self.managed.values():
             want = self._wanted(managed)
             if want is None:  # nothing for the sinks any more: no retry to wait for either
@@ -1148,6 +1195,12 @@ class Keeper:
             for sink in self._sinks_of(managed):
                 if not confirmed or sink in managed.owed:  # else: only where a reload is owed
                     per_sink.setdefault(sink, []).append((managed, delivery))
+        return per_sink, wanted
+
+    async def _send(
+        self, per_sink: PerSink, wanted: Mapping[Path, Want], now: datetime
+    ) -> list[Delivered]:
+        """Send each sink its batch, and record how each took each staple."""
         names = list(per_sink)
         results = await asyncio.gather(
             *(self.sinks[name].deliver([d for _, d in per_sink[name]]) for name in names)
