@@ -7,8 +7,14 @@ event as told); a revocation's hook included, which started before that commit, 
 process killed while another certificate's fetch was still under way had told it, and the
 next one, finding nothing stored, fetched it again and told it again.
 
-Real processes: `mustaple run` twice on one state directory, the test's responder holding
-the second certificate's request, hooks that add a line to a file (read by the test).
+A process killed after its file sink wrote the new staple files, before the sink's reload
+ended (its reload command killed with it, as a stop of the systemd unit does), leaves the
+server unreloaded with files that the next process finds unchanged: that process (a start of
+`run`, or a running keeper's next pass) reloads the server once, for the process gone.
+
+Real processes: `mustaple run` twice on one state directory (or `prime` and `run`), the
+test's responder holding the second certificate's request, hooks that add a line to a file,
+and a reload command that counts its runs and can be held (all read by the test).
 """
 
 from __future__ import annotations
@@ -94,3 +100,26 @@ def test_a_reload_a_kill_cut_short_is_made_by_the_next_start(tmp_path: Path) -> 
         owes_nothing(s, "files")
         again.send_signal(signal.SIGTERM)
         assert again.wait(20) == 0
+
+
+def test_a_prime_killed_in_its_reload_beside_a_keeper_is_paid_for_by_the_keeper(
+    tmp_path: Path,
+) -> None:
+    """A deploy hook's prime writes the staple's file, and its reload is held; a keeper
+    starts meanwhile (it finds the file as it should be, and the prime still at work). The
+    prime is killed then, with its reload: the keeper reloads the server at its next pass,
+    once, and the row owes nothing."""
+    with site(tmp_path) as s:
+        s.hold("files")
+        prime = s.start("prime", "--config", str(s.config), str(s.fullchain))
+        wait_for(lambda: s.holding("files"))
+        keeper = s.run()
+        killed_in_its_reload(s, "files", prime)
+        before = s.runs("files")  # the prime's: the keeper's start found the file unchanged
+        passes(s.sock, 1)
+        assert s.runs("files") == before + 1
+        passes(s.sock, 2)
+        assert s.runs("files") == before + 1  # once
+        owes_nothing(s, "files")
+        keeper.send_signal(signal.SIGTERM)
+        assert keeper.wait(20) == 0

@@ -4,6 +4,7 @@ in the middle of SQLite writes."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -245,6 +246,35 @@ def test_owed_reloads_are_the_sinks_whose_reload_failed(open_store: Opener) -> N
     assert store.owed_reloads() == {("k2", "nginx"), ("k3", "nginx")}
     assert open_store().owed_reloads() == {("k2", "nginx"), ("k3", "nginx")}
     assert open_store().statuses()["k2"].sinks == (fine, reload)
+
+
+def test_a_delivery_a_process_gone_cut_short_is_taken_over_by_one_process(
+    open_store: Opener,
+) -> None:
+    """What a start (or a pass) reads to owe a reload a kill cut short: a delivery to a sink
+    begun by a process that is gone (a real child process, ended) and never ended. The
+    first process to ask takes it over (its own delivery pays the reload), so the next one
+    asking finds none; a delivery that ended, one of a process that runs (this one), and
+    one of a sink not asked about (left for a process that delivers to it) are none."""
+    store = open_store()
+    store.begin_delivery(["mine"])
+    child = os.fork()
+    if child == 0:  # the other process: begins its deliveries, ends one, and is gone
+        code = 1
+        try:
+            theirs = open_store()
+            theirs.begin_delivery(["nginx", "haproxy", "done"])
+            theirs.end_delivery(["done"])
+            code = 0
+        finally:
+            os._exit(code)
+    assert os.waitpid(child, 0)[1] == 0
+    asked = ["nginx", "done", "mine", "files"]
+    assert store.take_cut_deliveries(asked) == {"nginx"}
+    assert open_store().take_cut_deliveries(asked) == set()  # now this process's
+    assert open_store().take_cut_deliveries(["haproxy", "nginx"]) == {"haproxy"}
+    store.end_delivery(["nginx", "haproxy", "mine"])
+    assert store.take_cut_deliveries([*asked, "haproxy"]) == set()
 
 
 def test_traps_are_the_kept_files_holding_another_certificates_staple(
