@@ -8,6 +8,7 @@ seconds. Real `mustaple run` processes (kill -9, Redis restarts) are in test_fle
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 import subprocess
@@ -987,3 +988,40 @@ def test_a_fleet_over_tls_and_a_redis_it_cannot_trust(
 
     run(scenario)
     assert "certificate verify failed" in caplog.text.lower()
+
+
+def test_a_member_stopped_while_it_joins_says_it_left(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop (SIGTERM) that comes after the first heartbeat and before the member listens
+    and beats in the background: its heartbeat is in Redis, and its close must say it left
+    (it said nothing: shown alive, then stale, for a day). Held at that point by a listen
+    that never ends."""
+    p = prefix()
+    listening = asyncio.Event()
+
+    async def never(self: Fleet) -> None:
+        listening.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(Fleet, "_listen", never)
+
+    async def scenario() -> None:
+        config = member_config(tmp_path, "m0", tmp_path / "live", redis_server.url, p)
+        store = SqliteStore(config.state_dir / "state.db")
+        async with Keeper(config, store=store, sinks={}) as keeper:
+
+            async def join() -> None:
+                async with open_fleet(config, keeper):
+                    await asyncio.Event().wait()
+
+            joining = asyncio.create_task(join())
+            await asyncio.wait_for(listening.wait(), 10)
+            joining.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await joining
+        store.close()
+
+    asyncio.run(scenario())
+    (member,) = RedisStore(redis_server.url, prefix=p, member="x").members()
+    assert (member.name, member.info.get("left")) == ("m0", True)

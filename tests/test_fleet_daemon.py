@@ -499,6 +499,7 @@ def test_members_that_left_or_died_are_dropped_from_the_fleet_view_a_day_on(
     alive, stopped, killed = (fleet.start(name) for name in ("m0", "m1", "m2"))
     client, members = fleet.shared().client, f"{fleet.prefix}members"
     wait_for(lambda: len(client.hkeys(members)) == 3)
+    wait_for(lambda: "joined as m1" in stopped.log())  # its first heartbeat's call returned
     stopped.process.send_signal(signal.SIGTERM)
     assert stopped.process.wait(15) == 0
     killed.process.kill()

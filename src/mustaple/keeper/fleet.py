@@ -98,6 +98,8 @@ class Fleet:
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="mustaple-redis")
         self._heard: asyncio.Queue[str] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        self._beat_written = False  # a heartbeat of ours is in Redis: say we left at the close
+        self._paused = False  # a reload's new keeper took over (`pause`)
         self._listening: threading.Event | None = None  # set to stop the listener thread
         self._listener: threading.Thread | None = None
         self._renewals: dict[str, asyncio.Task[None]] = {}
@@ -170,17 +172,21 @@ class Fleet:
         meanwhile would be delivered and recorded as this keeper's view, a certificate or a
         sink the reload removed included). Closed paused, it does not say it left."""
         await self._quiet()
-        self._tasks = []
+        self._tasks, self._paused = [], True
 
     async def resume(self) -> None:
         """After `pause` (the reload failed: this keeper goes on): join again, catching up
         with what was announced meanwhile (delivered), and beat."""
+        self._paused = False
         await self._join()
         self._tasks = self._background()
 
     async def close(self) -> None:
+        """Leave: say so in our heartbeat once one is in Redis (also when a stop cut the
+        start short, after the first heartbeat), unless paused (a reload's new keeper beats)."""
         await self._quiet()
-        if self.up and self._tasks:
+        joining = not self._tasks  # Redis answered our first heartbeat; a stop came meanwhile
+        if self._beat_written and not self._paused and (self.up or joining):
             with contextlib.suppress(redis.RedisError):
                 await self._call(self.shared.beat, self.keeper.clock(), self._info(left=True))
         await self._call(self.shared.close)
@@ -213,6 +219,7 @@ class Fleet:
                 raise
             self._trouble(exc, "the heartbeat")
             return None
+        self._beat_written = True
         self._say_dropped(beat.dropped)
         return now
 
