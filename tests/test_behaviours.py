@@ -7,6 +7,8 @@ ones go through `fetch.fetch_staple` with tiny timeouts and a sleep that only re
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ from mustaple.core.reasons import Note, Reason, Rejection
 from mustaple.core.request import CertId, cert_id_for, encode_request, get_url, make_cert_id
 from mustaple.core.verify import HttpAnswer, Signer, Staple, compare, judge
 from mustaple.testing import CA, Behaviour, OCSPResponder, ResponderThread, Served
+from outside import wait_for
 
 B = Behaviour
 Outcome = tuple[ocsp.OCSPCertStatus, Signer, tuple[Note, ...]]
@@ -415,3 +418,32 @@ def test_thread_reports_misuse(ec_ca: CA) -> None:
         _ = thread.url
     with thread, pytest.raises(RuntimeError, match="already started"):
         thread.start()
+
+
+def test_a_held_request_whose_client_went_away_is_no_longer_held(
+    responder: ResponderThread, ec_ca: CA
+) -> None:
+    """A fetch cut short (a SIGHUP ends a pass's fetching) while its request is held: the
+    request no longer waits, and `release` answers the next one that does. It counted as
+    held, and `release` failed on it (InvalidStateError): a test lost its place in the order
+    it meant to give the processes fetching."""
+    target = enrol(responder, ec_ca, Behaviour.GOOD)
+    url = get_url(responder.url, encode_request(cert_id_for(target)))
+    responder.hold()
+    _, _, where, path = url.split("/", 3)
+    host, port = where.split(":")
+    with socket.create_connection((host, int(port))) as cut:
+        cut.sendall(f"GET /{path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        wait_for(lambda: responder.held == 1)
+    wait_for(lambda: responder.held == 0)
+    with pytest.raises(ValueError, match="no request is held"):
+        responder.release(Behaviour.GOOD)
+    answers: list[HttpAnswer] = []
+    asking = threading.Thread(
+        target=lambda: answers.append(ask(responder.url, cert_id_for(target)))
+    )
+    asking.start()
+    wait_for(lambda: responder.held == 1)
+    responder.release(Behaviour.GOOD)
+    asking.join(10)
+    assert isinstance(judge(answers[0], target, datetime.now(UTC)), Staple)

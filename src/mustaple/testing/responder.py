@@ -22,6 +22,7 @@ import asyncio
 import base64
 import binascii
 import concurrent.futures
+import contextlib
 import enum
 import socket
 import struct
@@ -444,7 +445,8 @@ class OCSPResponder:
 
     @property
     def held(self) -> int:
-        """How many requests are waiting for `release`."""
+        """How many requests are waiting for `release` (one whose client went away, a fetch
+        cut short, no longer waits)."""
         return len(self._held)
 
     def release(self, behaviour: Behaviour) -> None:
@@ -497,7 +499,12 @@ class OCSPResponder:
         if self._holding and leaf is not None:  # a request it can answer
             waiting = asyncio.get_running_loop().create_future()
             self._held.append(waiting)
-            behaviour = await waiting
+            try:
+                behaviour = await waiting
+            except asyncio.CancelledError:  # the client went away: nothing to release
+                with contextlib.suppress(ValueError):
+                    self._held.remove(waiting)
+                raise
         serial = cert_id.serial if cert_id else None
         peer = request.transport.get_extra_info("peername") if request.transport else None
         self.requests.append(
