@@ -31,6 +31,7 @@ from mustaple.core.clock import utc_now
 from mustaple.testing import CA, Behaviour, ResponderThread
 from outside import end_all, wait_for
 from test_owed_reloads import notify_socket, passes
+from test_recorded_attempts import within
 
 MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))
 NAME = "a.example.test"
@@ -187,14 +188,6 @@ def site(
             s.release()  # no reload left waiting
             end_all(s.started)
     assert "Traceback" not in s.logs()
-
-
-def within(value: str | None, before: datetime, after: datetime) -> bool:
-    """Whether the time `value` (as status writes it: whole seconds) falls between `before`
-    and `after`."""
-    if value is None:
-        return False
-    return before.replace(microsecond=0) <= datetime.fromisoformat(value) <= after
 
 
 def test_a_keeper_finishing_its_pass_does_not_write_back_over_a_prime_made_meanwhile(

@@ -30,7 +30,8 @@ from mustaple.testing import CA, Behaviour, ResponderThread
 from outside import end_all, get_json, wait_for
 from servers import free_port
 from test_owed_reloads import notify_socket, passes
-from test_rows_forward import Site, within
+from test_recorded_attempts import within
+from test_rows_forward import Site
 
 HOOKS = ("on_failure", "on_recovered", "on_revoked")
 SHOWN = ("state", "failures", "last_attempt", "last_error", "this_update", "sinks")
