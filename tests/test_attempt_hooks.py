@@ -228,3 +228,25 @@ def test_a_run_of_failures_told_before_an_upgrade_is_told_recovered_after_it(
         assert lines(told) == ["failure prime", "recovered prime"], lines(told)
         assert s.prime()[0] == 0  # no run open now: nothing more to tell
         assert lines(told) == ["failure prime", "recovered prime"], lines(told)
+
+
+def test_a_recovery_an_older_mustaple_told_after_a_downgrade_is_not_told_again(
+    tmp_path: Path,
+) -> None:
+    """A failure told by this version (its run recorded), then a downgrade: the older
+    mustaple got a good answer and told on_recovered itself, leaving its status row good
+    and the schema at 3 (it knows no runs table). Upgraded again, the next good answer must
+    not tell on_recovered a second time: the stale run goes at the upgrade."""
+    with site(tmp_path) as s:
+        told = hooked(s)
+        assert s.prime()[0] == 0
+        s.responder.set_behaviour(Behaviour.HTTP_500)
+        assert s.prime()[0] == 0
+        assert lines(told) == ["failure prime"]
+        db = sqlite3.connect(s.tmp / "state" / "state.db", isolation_level=None)
+        db.execute("UPDATE status SET state = 'good', failures = 0")  # as the older one left it
+        db.execute("PRAGMA user_version = 3")
+        db.close()
+        s.responder.set_behaviour(Behaviour.GOOD)
+        assert s.prime()[0] == 0
+        assert lines(told) == ["failure prime"], lines(told)

@@ -112,15 +112,24 @@ _IN_CHUNK = 500  # keys to one `IN (...)` query (SQLite allows 32,766 parameters
 _FULL = (errno.ENOSPC, errno.EDQUOT)  # a file system full, or the quota used up
 _PROBE_SIZE = 65536  # bytes written to tell a full disk: a WAL frame and the shared memory
 _SCHEMA_VERSION = 4  # 3: the signatures table; 4: the runs, alerts and deliveries tables
-# At the upgrade to schema 4: the runs of failures an older mustaple told (its status rows:
-# failures counted, or revoked, or expired), so that the first good answer after the upgrade
-# still tells on_recovered (`settle_runs`), as the process that told on_failure would have.
-_RUNS_FROM_STATUS = """
-INSERT OR IGNORE INTO runs (cert_key, opened_by)
-SELECT cert_key, CASE WHEN state = 'revoked' THEN 'revoked'
-                      WHEN failures > 0 THEN 'failure' ELSE 'expired' END
-FROM status WHERE failures > 0 OR state IN ('revoked', 'expired')
-"""
+# At the upgrade to schema 4: the runs of failures as an older mustaple left them in its
+# status rows (failures counted, or revoked, or expired), so that the first good answer
+# after the upgrade still tells on_recovered (`settle_runs`), as the process that told
+# on_failure would have; and none where its rows say a run ended (a state of schema 4 that
+# an older mustaple wrote to after a downgrade: it told the recovery itself).
+_RUNS_FROM_STATUS = (
+    """
+    DELETE FROM runs WHERE cert_key IN (
+        SELECT cert_key FROM status WHERE failures = 0 AND state NOT IN ('revoked', 'expired')
+    )
+    """,
+    """
+    INSERT OR IGNORE INTO runs (cert_key, opened_by)
+    SELECT cert_key, CASE WHEN state = 'revoked' THEN 'revoked'
+                          WHEN failures > 0 THEN 'failure' ELSE 'expired' END
+    FROM status WHERE failures > 0 OR state IN ('revoked', 'expired')
+    """,
+)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS staples (
     cert_key TEXT PRIMARY KEY,
@@ -619,7 +628,8 @@ class SqliteStore:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version != _SCHEMA_VERSION:
                 if version < 4:
-                    db.execute(_RUNS_FROM_STATUS)
+                    for statement in _RUNS_FROM_STATUS:
+                        db.execute(statement)
                 db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
         except BaseException:
             db.close()
