@@ -205,6 +205,17 @@ def test_a_keepers_failures_ended_by_a_prime_are_told_once(tmp_path: Path) -> No
         s.stop(keeper)
 
 
+def failure_told_then_state(s: Site) -> tuple[Path, sqlite3.Connection]:
+    """A good prime, then a failed one (on_failure told, its run recorded); the hooks' file
+    and the state database opened, for a test to make it what another version left."""
+    told = hooked(s)
+    assert s.prime()[0] == 0
+    s.responder.set_behaviour(Behaviour.HTTP_500)
+    assert s.prime()[0] == 0
+    assert lines(told) == ["failure prime"]
+    return told, sqlite3.connect(s.tmp / "state" / "state.db", isolation_level=None)
+
+
 def test_a_run_of_failures_told_before_an_upgrade_is_told_recovered_after_it(
     tmp_path: Path,
 ) -> None:
@@ -213,12 +224,7 @@ def test_a_run_of_failures_told_before_an_upgrade_is_told_recovered_after_it(
     so nobody did, and the pager stayed on "failing"; the upgrade now takes the open runs
     from the status rows."""
     with site(tmp_path) as s:
-        told = hooked(s)
-        assert s.prime()[0] == 0
-        s.responder.set_behaviour(Behaviour.HTTP_500)
-        assert s.prime()[0] == 0
-        assert lines(told) == ["failure prime"]
-        db = sqlite3.connect(s.tmp / "state" / "state.db", isolation_level=None)
+        told, db = failure_told_then_state(s)
         db.execute("DROP TABLE runs")  # as schema 3 left it: its status row says failing
         db.execute("DROP TABLE alerts")
         db.execute("PRAGMA user_version = 3")
@@ -238,12 +244,7 @@ def test_a_recovery_an_older_mustaple_told_after_a_downgrade_is_not_told_again(
     and the schema at 3 (it knows no runs table). Upgraded again, the next good answer must
     not tell on_recovered a second time: the stale run goes at the upgrade."""
     with site(tmp_path) as s:
-        told = hooked(s)
-        assert s.prime()[0] == 0
-        s.responder.set_behaviour(Behaviour.HTTP_500)
-        assert s.prime()[0] == 0
-        assert lines(told) == ["failure prime"]
-        db = sqlite3.connect(s.tmp / "state" / "state.db", isolation_level=None)
+        told, db = failure_told_then_state(s)
         db.execute("UPDATE status SET state = 'good', failures = 0")  # as the older one left it
         db.execute("PRAGMA user_version = 3")
         db.close()
