@@ -69,7 +69,7 @@ import os
 import sqlite3
 import tempfile
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -710,20 +710,21 @@ class SqliteStore:
     def _stamps(self, keys: Iterable[str]) -> dict[str, Dated]:
         """What `may_replace` reads of the stored answers of `keys` (those stored)."""
         found: dict[str, Dated] = {}
-        keys = list(keys)
-        for at in range(0, len(keys), _IN_CHUNK):
-            chunk = keys[at : at + _IN_CHUNK]
-            rows = self._db.execute(
-                "SELECT cert_key, this_update, effective_expiry, revoked FROM staples "
-                f"WHERE cert_key IN ({','.join('?' * len(chunk))})",
-                chunk,
-            )
-            for key, this_update, expiry, revoked in rows:
-                try:
-                    found[key] = _Stamp(_time(this_update), _time(expiry), not revoked)
-                except (ValueError, TypeError):
-                    continue  # unreadable: as if absent, so a new answer replaces it
+        columns = "cert_key, this_update, effective_expiry, revoked FROM staples"
+        for key, this_update, expiry, revoked in self._rows_of(columns, keys):
+            # unreadable: as if absent, so a new answer replaces it
+            with contextlib.suppress(ValueError, TypeError):
+                found[key] = _Stamp(_time(this_update), _time(expiry), not revoked)
         return found
+
+    def _rows_of(self, columns: str, keys: Iterable[str]) -> Iterator[tuple[Any, ...]]:
+        """`SELECT columns` ("COLUMNS FROM TABLE") of the rows whose cert_key is one of `keys`,
+        `_IN_CHUNK` keys to a query."""
+        listed = list(keys)
+        for at in range(0, len(listed), _IN_CHUNK):
+            chunk = listed[at : at + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            yield from self._db.execute(f"SELECT {columns} WHERE cert_key IN ({marks})", chunk)
 
     def others_wrote(self) -> dict[str, tuple[datetime, bool]] | None:
         """None unless another connection (another process) committed since the last call;
@@ -867,14 +868,7 @@ class SqliteStore:
 
     def _runs(self, keys: Collection[str]) -> dict[str, str]:
         """The open runs of failures of `keys`: what opened each ("failure", "revoked")."""
-        found: dict[str, str] = {}
-        listed = list(keys)
-        for at in range(0, len(listed), _IN_CHUNK):
-            chunk = listed[at : at + _IN_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            query = f"SELECT cert_key, opened_by FROM runs WHERE cert_key IN ({marks})"
-            found.update(self._db.execute(query, chunk))
-        return found
+        return dict(self._rows_of("cert_key, opened_by FROM runs", keys))
 
     def settle_alerts(self, news: Sequence[tuple[str, Alert]]) -> list[bool]:
         """For each of `news` (certificate key, alert), in order: whether the process
@@ -905,17 +899,10 @@ class SqliteStore:
         """The last alert told for each of `keys` that has one (a row that cannot be read
         is taken as none: a level may be told once more, never lost)."""
         found: dict[str, Alert] = {}
-        listed = list(keys)
-        for at in range(0, len(listed), _IN_CHUNK):
-            chunk = listed[at : at + _IN_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            query = (
-                "SELECT cert_key, this_update, effective_expiry, level FROM alerts "
-                f"WHERE cert_key IN ({marks})"
-            )
-            for key, this_update, expiry, level in self._db.execute(query, chunk):
-                with contextlib.suppress(ValueError, TypeError):
-                    found[key] = Alert(_time(this_update), _time(expiry), Severity(level))
+        columns = "cert_key, this_update, effective_expiry, level FROM alerts"
+        for key, this_update, expiry, level in self._rows_of(columns, keys):
+            with contextlib.suppress(ValueError, TypeError):
+                found[key] = Alert(_time(this_update), _time(expiry), Severity(level))
         return found
 
     def owed_reloads(self) -> set[tuple[str, str]]:
