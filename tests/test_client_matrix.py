@@ -31,10 +31,12 @@ from mustaple.testing.strictness import (
     DELIBERATE,
     Table,
     deliberate_cases,
+    installed_versions,
     listed_deliberate,
     mustaple_column,
     open_disagreements,
     parse,
+    recorded_versions,
     render,
 )
 from mustaple.testing.tls import StaplingServer
@@ -51,6 +53,14 @@ def recorded() -> Table:
 def fresh_cases() -> tuple[datetime, list[Case]]:
     now = datetime.now(UTC)
     return now, build_cases(now)
+
+
+def regenerate(client: str) -> str:
+    """What to do when `client`'s column differs from the page, and which packages changed."""
+    page, here = recorded_versions(PAGE.read_text())[client], installed_versions()[client]
+    if page == here:
+        return REGENERATE
+    return f"{REGENERATE} (the page was judged with {page}; this machine has {here})"
 
 
 def differences(column: str, run: dict[str, Verdict], recorded: Table) -> list[str]:
@@ -108,13 +118,13 @@ def test_cli_client_refuses_no_staple_then_its_column_matches(
     _, cases = fresh_cases()
     workspace = Workspace(tmp_path / "matrix", roots_of(cases))
     run = judge_with_cli(workspace, cases, client)
-    assert differences(client, run, recorded) == [], REGENERATE
+    assert differences(client, run, recorded) == [], regenerate(client)
 
 
 def test_openssl_ocsp_column_matches(recorded: Table, tmp_path: Path) -> None:
     _, cases = fresh_cases()
     run = judge_with_cli(Workspace(tmp_path, roots_of(cases)), cases, "openssl")
-    assert differences("openssl", run, recorded) == [], REGENERATE
+    assert differences("openssl", run, recorded) == [], regenerate("openssl")
 
 
 def test_firefox_refuses_no_staple_then_its_column_matches(recorded: Table) -> None:
@@ -130,7 +140,7 @@ def test_firefox_refuses_no_staple_then_its_column_matches(recorded: Table) -> N
 
     control, run = asyncio.run(judge())
     assert control == Verdict(False, "MOZILLA_PKIX_ERROR_REQUIRED_TLS_FEATURE_MISSING")
-    assert differences("firefox", run, recorded) == [], REGENERATE
+    assert differences("firefox", run, recorded) == [], regenerate("firefox")
 
 
 # --- What the page says -------------------------------------------------------------------------
@@ -153,7 +163,10 @@ def test_every_case_refused_only_by_mustaple_is_a_written_choice(recorded: Table
 
 def test_the_page_is_rendered_from_its_table(recorded: Table) -> None:
     _, cases = fresh_cases()
-    assert render(recorded, cases) == PAGE.read_text(), REGENERATE
+    versions = recorded_versions(PAGE.read_text())
+    assert set(versions) == set(CLIENTS)  # the page says which packages judged each column
+    assert all("(missing)" not in packages for packages in versions.values())
+    assert render(recorded, cases, versions) == PAGE.read_text(), REGENERATE
 
 
 # --- mustaple check's client model --------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,9 +29,12 @@ from mustaple.testing.matrix import Case, build_cases, roots_of
 __all__ = [
     "CLIENTS",
     "DELIBERATE",
+    "PACKAGES",
     "Table",
+    "installed_versions",
     "mustaple_verdict",
     "parse",
+    "recorded_versions",
     "render",
     "run",
 ]
@@ -42,6 +46,15 @@ CLIENTS = {
     "openssl": "openssl ocsp",
 }
 COLUMNS = {"mustaple": "mustaple", **CLIENTS}
+# The Debian packages whose code makes each client's verdict: a client's column changes with
+# them (openssl's security update 3.0.19-1~deb12u2 changed six of its cells), so the page says
+# which versions judged, and the tests say which changed when a column differs.
+PACKAGES = {
+    "firefox": ("firefox-esr", "libnss3"),
+    "gnutls": ("gnutls-bin", "libgnutls30"),
+    "curl": ("curl", "libcurl4", "libssl3"),
+    "openssl": ("openssl", "libssl3"),
+}
 Table = dict[str, dict[str, Verdict]]  # case name -> column -> verdict
 
 # Why mustaple refuses a staple that every client accepts: one entry per such case.
@@ -175,14 +188,21 @@ mustaple "accepts" a response it would staple: valid and good. Before judging, e
 is shown to refuse a must-staple certificate served with no staple (tests/test_client_matrix.py).
 
 Regenerate with `python -m mustaple.testing.strictness --write docs/strictness.md`; the tests
-run every client again and compare its column with this page.
+run every client again and compare its column with this page. A client's verdicts change with
+its packages (a Debian security update can change them), so the page says which versions
+judged:
+
+| client | judged with (Debian packages) |
+| --- | --- |
+{versions}
 """
 
 
-def render(table: Table, cases: Sequence[Case]) -> str:
-    """docs/strictness.md for `table`."""
+def render(table: Table, cases: Sequence[Case], versions: Mapping[str, str]) -> str:
+    """docs/strictness.md for `table`, judged by the clients' packages `versions`."""
     what = {case.name: case.what for case in cases}
-    lines = [_INTRO.format(count=len(table)), "## Deliberate choices", ""]
+    judged = "\n".join(f"| {label} | {versions[client]} |" for client, label in CLIENTS.items())
+    lines = [_INTRO.format(count=len(table), versions=judged), "## Deliberate choices", ""]
     lines.append(
         "Cases mustaple refuses although every client accepts them, and why (per reason code: "
         "[reasons.md](reasons.md#deliberate-choices)). Anything else mustaple refuses, at "
@@ -234,6 +254,28 @@ def parse(text: str) -> Table:
     return table
 
 
+def installed_versions() -> dict[str, str]:
+    """Each client's packages on this machine, as the page writes them: "name version, ..."."""
+    return {
+        client: ", ".join(f"{name} {_package_version(name)}" for name in names)
+        for client, names in PACKAGES.items()
+    }
+
+
+def _package_version(name: str) -> str:
+    done = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Version}", name], capture_output=True, text=True, check=False
+    )
+    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else "(missing)"
+
+
+def recorded_versions(text: str) -> dict[str, str]:
+    """The packages a docs/strictness.md says judged: client -> "name version, ..."."""
+    labels = {label: client for client, label in CLIENTS.items()}
+    found = re.findall(r"^\| ([^`|]+?) \| (\S[^|]*?) \|$", text, re.M)
+    return {labels[label]: packages for label, packages in found if label in labels}
+
+
 def listed_deliberate(text: str) -> dict[str, str]:
     """The deliberate choices a docs/strictness.md lists: case -> reason."""
     section = text.split("## Deliberate choices", 1)[1].split("\n## ", 1)[0]
@@ -252,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, row in table.items():
             print(name, *(f"{c}={v.cell}" for c, v in row.items()), sep="  ")
         return 0
-    page = render(table, cases)
+    page = render(table, cases, installed_versions())
     if args.write:
         args.write.write_text(page)
     else:
