@@ -2,13 +2,15 @@
 
 A must-staple certificate makes Firefox, GnuTLS (`gnutls-cli --ocsp`) and curl (`curl
 --cert-status`) refuse a handshake that brings no valid staple. Each test serves one such
-certificate from a real server (nginx, HAProxy, lighttpd) and has the three clients judge
-their first handshakes, each against a server just started (nothing cached, no session to
-resume; lighttpd's test keeps one running, and mustaple delivers to it). Without mustaple
+certificate from a real server (nginx, HAProxy, lighttpd, Apache) and has the three clients
+judge their first handshakes, each against a server just started (nothing cached, no session
+to resume; lighttpd's test keeps one running, and mustaple delivers to it). Without mustaple
 (nginx's own stapling, which fetches only once a first client came, and has nothing while
 the CA answers tryLater; no staple file yet) every client refuses; with the staple a real
-`mustaple prime` delivered, as a deploy hook runs it, every client accepts. The judges are
-those of the client matrix (`mustaple.testing.judges`, docs/strictness.md).
+`mustaple prime` delivered, as a deploy hook runs it, every client accepts. Apache, which
+fetches for itself, fails asking the CA while it answers tryLater, and passes asking a real
+`mustaple run`'s local responder. The judges are those of the client matrix
+(`mustaple.testing.judges`, docs/strictness.md).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from mustaple.core.report import ExitCode
 from mustaple.testing import CA, Behaviour, Leaf, LeafFiles, ResponderThread
 from mustaple.testing.judges import Firefox, Verdict, Workspace, curl, gnutls
 from mustaple.testing.matrix import HOSTNAME
-from servers import HAProxyServer, LighttpdServer, NginxServer, Server
+from outside import end_all, http_get, wait_for
+from servers import ApacheServer, HAProxyServer, LighttpdServer, NginxServer, Server, free_port
 from test_sinks import haproxy_pem
 
 MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))
@@ -160,3 +163,28 @@ def test_running_lighttpd_passes_once_mustaple_prime_delivered(site: Site, tmp_p
         primed = site.prime(sink, [files.fullchain])
         assert primed.returncode == ExitCode.GOOD, primed.stdout + primed.stderr
         assert first_handshakes(site, same) == ACCEPTED  # the reload mustaple ran took it
+
+
+def test_apache_asking_mustaple_passes_while_the_ca_has_a_hiccup(
+    site: Site, tmp_path: Path
+) -> None:
+    files, port = site.files, free_port()
+    primed = site.prime(f'[http]\nlisten = "127.0.0.1:{port}"', [files.fullchain])
+    assert primed.returncode == ExitCode.GOOD, primed.stdout + primed.stderr
+    keeper = subprocess.Popen([MUSTAPLE, "run", "--config", str(site.tmp / "mustaple.toml")])
+    try:
+        wait_for(lambda: http_get(f"http://127.0.0.1:{port}/status")[0] == 200)
+        site.responder.set_behaviour(Behaviour.TRY_LATER)
+
+        def apache(responder: str) -> Callable[[], ApacheServer]:
+            directory = tmp_path / f"apache-{len(responder)}"
+            return lambda: ApacheServer(
+                directory, cert=files.fullchain, key=files.key, responder=responder
+            )
+
+        # mod_ssl fetches in the handshake: from the CA it gets tryLater and staples nothing
+        assert first_handshakes(site, apache(site.responder_url)) == REFUSED
+        local = f"http://127.0.0.1:{port}/ocsp"  # mustaple's local responder, as documented
+        assert first_handshakes(site, apache(local)) == ACCEPTED
+    finally:
+        end_all([keeper])
