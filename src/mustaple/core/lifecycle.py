@@ -257,7 +257,8 @@ class Emit:
     whose write closes it, a "revoked" opens it (a good answer after it is a recovery); an
     "expiring" (with its `alert`) only by the process whose write raises the level the
     state keeps for that staple (`Alert.news_over`). `hook` is then this process's own
-    view, which decides alone when the state cannot be written. `said`: the line is logged
+    view: what it tells alone when the state cannot be written (what it does not tell then,
+    the state decides once it is written). `said`: the line is logged
     at once; else (a good answer after no failure seen here) only when its write closes a
     run another process opened meanwhile."""
 

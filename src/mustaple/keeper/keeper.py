@@ -188,10 +188,11 @@ class _News:
     """An `Emit` whose hook the shared state decides (`lifecycle.Emit.shared`), waiting for
     the flush that writes it; `event` is what its hook is told (None: not said yet), `own`
     whether this process tells it whatever the shared state says (a revocation, told by its
-    fetcher), and `decided` whether this process already told it or not on its own (the
-    state could not be written then: it is only recorded there). Every hook starts after
-    the commit of the write that records its news: a process killed in between never ran
-    it, and the next process reads it as told (at most once)."""
+    fetcher), and `decided` whether this process already told it on its own (the state
+    could not be written then: it is only recorded there; what it did not tell then, the
+    state decides once written). Every hook starts after the commit of the write that
+    records its news, or as soon as a write fails (`_tell_alone`): a process killed in
+    between never ran it, and the next process reads it as told (at most once)."""
 
     life: Life
     emit: lifecycle.Emit
@@ -1328,10 +1329,14 @@ class Keeper:
         self._run_hook(news.emit.kind, event)
 
     def _tell_alone(self, news: _News) -> _News:
-        """News the shared state cannot decide (it cannot be written): told as this process
-        sees it (`Emit.hook`), then only recorded there once it can be written."""
-        if not news.decided and news.emit.hook:
-            self._tell(news)
+        """News the shared state cannot decide now (it cannot be written): told as this
+        process sees it (`Emit.hook`), then only recorded there once it can be written. What
+        this process does not tell on its own (a recovery of a run it never saw opened) is
+        left for the shared state to decide when it is written: else a run another process
+        opened, closed by this write, would be told recovered by nobody."""
+        if news.decided or not news.emit.hook:
+            return news
+        self._tell(news)
         return replace(news, decided=True)
 
     def _run_hook(self, kind: str, event: Event) -> None:
@@ -1447,8 +1452,10 @@ class Keeper:
                 )
                 self.store.forget_statuses(key for key, status in rows.items() if status is None)
         except (sqlite3.Error, OSError) as exc:
-            writes.news = [self._tell_alone(news) for news in writes.news]
+            # the news of every pending write, whether the transaction took them out or
+            # never began (a database locked by another connection)
             self._pending = writes.then(self._pending)
+            self._pending.news = [self._tell_alone(news) for news in self._pending.news]
             self._statuses = rows | self._statuses
             self._store_failed(exc)
             return

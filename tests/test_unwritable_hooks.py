@@ -1,0 +1,127 @@
+"""The hooks when the state cannot be written: each process tells from its own view, and
+what the shared state decides once it can be written again is told once, never lost.
+
+The shared state (`runs`, `alerts`) decides which process tells a run of failures or an
+alert; while it cannot be written (another connection holds its write lock: an operator's
+`sqlite3` shell, a stuck process; or its disk is full), each process tells what it sees
+itself, says one line about the store, and records its news once it can. Real `mustaple
+run` and `mustaple prime` on one state directory, a loopback responder the test holds and
+answers, the state locked by a connection of the test's own (`BEGIN IMMEDIATE`), or its disk
+a full tmpfs (as root, as CI runs); judged by the hooks' file, `status --json` and `/status`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from mustaple.testing import Behaviour
+from outside import get_json, wait_for
+from test_attempt_hooks import hooked, lines, patient, waiting
+from test_diskfull import fill, mounted
+from test_recorded_attempts import Site, site
+
+
+@contextmanager
+def locked(s: Site) -> Iterator[None]:
+    """The state database write-locked by another connection until the block ends (what
+    an operator's `sqlite3 state.db` with `BEGIN IMMEDIATE` open does): it can be read,
+    never written."""
+    db = sqlite3.connect(s.tmp / "state" / "state.db", isolation_level=None)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        yield
+        db.execute("ROLLBACK")
+    finally:
+        db.close()
+
+
+def store_problem(s: Site) -> str | None:
+    problem = get_json(f"http://127.0.0.1:{s.http_port}/status")["store_problem"]
+    assert problem is None or isinstance(problem, str)
+    return problem
+
+
+def quick_retries(s: Site) -> None:
+    """A failed refresh is tried again a second later (each request held until released)."""
+    text = s.config.read_text()
+    s.config.write_text(
+        text.replace('retry_min = "1h"\nretry_base = "1h"', 'retry_min = "1s"\nretry_base = "1s"')
+    )
+
+
+def test_a_keeper_tells_its_failure_and_recovery_at_once_while_the_state_is_locked(
+    tmp_path: Path,
+) -> None:
+    """Another connection holds the state's write lock: the keeper's failure and its
+    recovery are each told at once, from its own view (a page lost or late because the
+    state is broken is a page lost), the store's trouble in one line and on `/status`; once
+    the lock goes, they are recorded and told no second time, and the run is closed in the
+    shared state (a prime's failure after it opens a new one: told). The keeper told nothing
+    while the lock lasted: its write failed before its news were taken out to be told."""
+    with site(tmp_path) as s:
+        told = hooked(s)
+        patient(s)
+        quick_retries(s)
+        s.responder.hold()
+        keeper = waiting(s, "run")
+        with locked(s):
+            s.responder.release(Behaviour.TRY_LATER)
+            wait_for(lambda: lines(told) == ["failure run"])
+            assert "locked" in (store_problem(s) or "")
+            wait_for(lambda: s.responder.held == 1)  # its retry
+            s.responder.release(Behaviour.GOOD)
+            wait_for(lambda: lines(told) == ["failure run", "recovered run"])
+            wait_for(s.staple.exists)  # delivered from memory
+            assert s.row()["state"] == "pending"  # nothing written: the state read as it was
+        wait_for(lambda: store_problem(s) is None)
+        s.passes(3)
+        assert lines(told) == ["failure run", "recovered run"], lines(told)
+        row = s.row()
+        assert (row["state"], row["failures"]) == ("good", 0), row
+        s.responder.hold(False)
+        s.responder.set_behaviour(Behaviour.TRY_LATER)
+        assert s.prime()[0] == 0  # the staple in hand stays valid
+        assert lines(told) == ["failure run", "recovered run", "failure prime"], lines(told)
+        log = s.logs()
+        assert log.count("the state store cannot be written") == 1, log
+        assert "state store writable again" in log
+        s.stop(keeper)
+
+
+def test_a_recovery_written_while_the_state_disk_is_full_is_told_once_space_returns(
+    tmp_path: Path,
+) -> None:
+    """A prime fails and tells on_failure (its write opens the run); the keeper, whose fetch
+    was under way before that write, gets a good answer while the state's disk is full: it
+    saw no failure itself, so it tells nothing then, and once its write closes the prime's
+    run, it must tell on_recovered. It took the news as settled by itself and never told
+    it: the run was closed in the state and the pager stayed on failing for ever."""
+    with site(tmp_path) as s, contextmanager(mounted)(s.tmp / "state") as state:
+        told = hooked(s)
+        patient(s)
+        s.responder.hold()
+        prime = waiting(s, "prime")
+        keeper = waiting(s, "run")
+        s.responder.release(Behaviour.TRY_LATER)  # the prime's (one request): no staple
+        assert prime.wait(60) == 1
+        assert lines(told) == ["failure prime"]
+        filler = fill(state)
+        s.responder.release(Behaviour.GOOD)  # the keeper's
+        wait_for(s.staple.exists)  # delivered from memory
+        wait_for(lambda: "full" in (store_problem(s) or ""))
+        s.passes(2)
+        assert lines(told) == ["failure prime"]  # not seen here: the state decides
+        filler.unlink()
+        wait_for(lambda: store_problem(s) is None)
+        wait_for(lambda: len(lines(told)) == 2)
+        s.passes(3)
+        assert lines(told) == ["failure prime", "recovered run"], lines(told)
+        row = s.row()
+        assert (row["state"], row["failures"]) == ("good", 0), row
+        log = s.logs()
+        assert log.count("the state store cannot be written") == 1, log
+        assert "state store writable again" in log
+        s.stop(keeper)
