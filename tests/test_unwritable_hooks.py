@@ -12,15 +12,18 @@ a full tmpfs (as root, as CI runs); judged by the hooks' file, `status --json` a
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from mustaple.core.clock import utc_now
 from mustaple.testing import Behaviour
 from outside import get_json, wait_for
 from test_attempt_hooks import hooked, lines, patient, waiting
 from test_diskfull import fill, mounted
+from test_expiring_hooks import RUNNING_OUT, reloaded
 from test_recorded_attempts import Site, site
 
 
@@ -124,4 +127,28 @@ def test_a_recovery_written_while_the_state_disk_is_full_is_told_once_space_retu
         log = s.logs()
         assert log.count("the state store cannot be written") == 1, log
         assert "state store writable again" in log
+        s.stop(keeper)
+
+
+def test_an_expiring_staple_is_told_at_once_while_the_state_is_locked_and_not_again(
+    tmp_path: Path,
+) -> None:
+    """The keeper's answer has 12 hours left (WARNING) while another connection holds the
+    state's write lock: on_expiring runs at once (it ran only once the lock went); once
+    the state is written, the level is recorded: the keeper a SIGHUP builds, which starts
+    from the recorded level, does not tell it again."""
+    made = utc_now() - RUNNING_OUT
+    with site(tmp_path, clock=lambda: made) as s:
+        told = hooked(s, ("on_expiring",))
+        patient(s)
+        s.responder.hold()
+        keeper = waiting(s, "run")
+        with locked(s):
+            s.responder.release(Behaviour.GOOD)
+            wait_for(lambda: lines(told) == ["expiring WARNING run"])
+            assert "locked" in (store_problem(s) or "")
+        wait_for(lambda: store_problem(s) is None)
+        keeper.send_signal(signal.SIGHUP)
+        reloaded(s, 1)
+        assert lines(told) == ["expiring WARNING run"], lines(told)
         s.stop(keeper)
