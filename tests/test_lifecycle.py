@@ -21,6 +21,7 @@ from mustaple.core.lifecycle import (
     Effect,
     Emit,
     Event,
+    LogLine,
     Phase,
     Rejected,
     Restored,
@@ -235,6 +236,19 @@ def test_another_processs_refresh_is_the_last_one_when_later_and_told_to_no_hook
 
     quiet, effects = run(held, Tried(T0 + HOUR), T0 + 2 * HOUR)
     assert (quiet, effects) == (replace(held, last_attempt=T0 + HOUR), [])
+
+
+def test_a_refresh_this_process_made_before_its_reload_is_said_as_its_own() -> None:
+    """The keeper a SIGHUP builds takes in the rows its predecessor wrote: their refreshes
+    are this process's, said so (a failure and a recovery), not another process's."""
+    held = replace(HELD, last_attempt=T0)
+    for reloaded, who in ((True, "by this process before its reload"), (False, "by another")):
+        failed, effects = run(held, Tried(T0 + HOUR, REFUSED, 1, reloaded), T0 + 2 * HOUR)
+        (line,) = [e.message for e in effects if isinstance(e, LogLine)]
+        assert line.startswith(f"the last refresh, {who}"), line
+        _, effects = run(failed, Tried(T0 + 2 * HOUR, reloaded=reloaded), T0 + 3 * HOUR)
+        (emit,) = [e for e in effects if isinstance(e, Emit)]
+        assert f"(fetched {who}" in emit.message, emit.message
 
 
 def test_a_time_another_process_recorded_ahead_of_this_clock_is_taken_as_now() -> None:

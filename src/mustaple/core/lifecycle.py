@@ -27,7 +27,8 @@ Rules a reader can check here rather than in the keeper:
   it), and a process starts from there (`Alerted`: a restart, a SIGHUP, a `prime`);
 - `last_attempt` is the latest refresh by any process: another process's (a `prime` beside
   the keeper, or the process before a restart), as it recorded it, is taken in (`Tried`)
-  only when it is later than the one in hand, and then counts as a refresh of this one's;
+  only when it is later than the one in hand, and then counts as a refresh of this one's
+  (said as this process's own when it made it before a reload: `Tried.reloaded`);
 - a run of failures is told to the hooks once, whatever processes refresh meanwhile: its
   `on_failure` by the process whose write opens it in the shared state, its `on_recovered`
   by the one whose write closes it (an `Emit` that is `shared`: the state store decides,
@@ -196,11 +197,14 @@ class Tried:
     the keeper, or the process before a restart): at `at`, it failed with `rejection` (the
     `failures` in a row it counted), or with None it worked (its answer, when newer than the
     one in hand, comes as `Accepted`). Taken only when later than this state's last attempt:
-    then it is the last refresh, as if made here, but the other process told the hooks."""
+    then it is the last refresh, as if made here, but the other process told the hooks.
+    `reloaded`: it was no other process but this one, before a reload (SIGHUP): the keeper
+    it built in its predecessor's place takes in the rows that one wrote."""
 
     at: datetime
     rejection: Rejection | None = None
     failures: int = 0
+    reloaded: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,8 +476,8 @@ def _tried(
     if event.rejection is not None:
         new, message = _failed(state, event.rejection, event.at, policy, dice)
         new = _evolve(new, failures=max(new.failures, event.failures))
-        line = "the last refresh, by another mustaple process at {}, failed: {}"
-        return new, [LogLine("info", line, (event.at, message))]
+        line = "the last refresh, {} at {}, failed: {}"
+        return new, [LogLine("info", line, (_by(event), event.at, message))]
     answer = state.answer
     if answer is None or not state.failures:
         return _evolve(state, last_attempt=event.at), []
@@ -493,10 +497,15 @@ def _tried(
     effects: list[Effect] = _hurried(state, note)
     if recovered:
         until = human_time(answer.effective_expiry)
-        text = f"good staple again, until {until} (fetched by another mustaple process)"
+        text = f"good staple again, until {until} (fetched {_by(event)})"
         # the other process told them, unless this one opened the run after its write
         effects.insert(0, Emit("recovered", text, hook=False, shared=True))
     return new, effects
+
+
+def _by(event: Tried) -> str:
+    """Who made the refresh `event` records, as the log says it."""
+    return "by this process before its reload" if event.reloaded else "by another mustaple process"
 
 
 def _alerted(state: CertState, alert: Alert) -> CertState:

@@ -25,7 +25,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -81,11 +81,13 @@ async def open_keeper(
     fetcher: Fetcher | None = None,
     busy_timeout: float = BUSY_TIMEOUT,
     read_when_full: bool = False,
+    made: dict[str, datetime] | None = None,
 ) -> AsyncIterator[Keeper]:
     """A keeper with its state store and sinks, closed on exit (its own HTTP fetcher unless
     `fetcher` is given); its writes wait `busy_timeout` for another process's lock. With
     `read_when_full`, a full state disk opens the store for reading only (the daemon: it
-    serves what is stored) instead of raising InputError."""
+    serves what is stored) instead of raising InputError. `made`: the refreshes this
+    process made, by a keeper it replaces (`Keeper.made`)."""
     sinks = build_sinks(config)
     store = SqliteStore(
         config.state_dir / "state.db", busy_timeout=busy_timeout, read_when_full=read_when_full
@@ -98,6 +100,7 @@ async def open_keeper(
             clock=clock,
             watchers=watchers,
             fetcher=fetcher,
+            made=made,
         )
         async with keeper:
             yield keeper
@@ -242,7 +245,7 @@ async def _switch(
     start (a state directory that cannot be opened, a port in use: said in one line) or
     `stop` came first; the running ones are then kept, untouched."""
     try:
-        started = await _unless_stopped(_Running.open(config, clock), stop)
+        started = await _unless_stopped(_Running.open(config, clock, running.keeper.made), stop)
     except Exception as exc:
         log.error("%s; keeping the running configuration", _why(exc))
         return None
@@ -325,12 +328,21 @@ class _Running:
     stack: AsyncExitStack
 
     @classmethod
-    async def open(cls, config: Config, clock: Clock) -> _Running:
-        """Build the keeper, join the fleet, deliver the stored staples (see `_start`)."""
+    async def open(
+        cls, config: Config, clock: Clock, made: dict[str, datetime] | None = None
+    ) -> _Running:
+        """Build the keeper, join the fleet, deliver the stored staples (see `_start`);
+        `made`: the refreshes of the keeper it replaces (`Keeper.made`)."""
         stack = AsyncExitStack()
         try:
             keeper = await stack.enter_async_context(
-                open_keeper(config, clock=clock, busy_timeout=RUN_BUSY_TIMEOUT, read_when_full=True)
+                open_keeper(
+                    config,
+                    clock=clock,
+                    busy_timeout=RUN_BUSY_TIMEOUT,
+                    read_when_full=True,
+                    made=made,
+                )
             )
             fleet = await stack.enter_async_context(open_fleet(config, keeper))
             from mustaple.serve.metrics import Metrics  # prometheus-client, only for `run`

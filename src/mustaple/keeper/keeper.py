@@ -141,6 +141,7 @@ WRITE_GROUP = 256
 # Called after every refresh with the certificate file and the fetch result (metrics use it).
 Observer = Callable[["CertFile", FetchResult], None]
 STORED_ELSEWHERE = "stored by another mustaple process"
+STORED_BEFORE_RELOAD = "stored by this process before its reload"  # see `Keeper.made`
 # A sink's error when an interrupted prime cut its delivery short (`Interrupt`)
 NOT_DELIVERED = (
     "not delivered: the prime was interrupted before this sink took the staple (its server "
@@ -415,14 +416,19 @@ class Keeper:
         coordinator: Coordinator | None = None,
         fetcher: Fetcher | None = None,
         watchers: Sequence[Watcher] = (),
+        made: dict[str, datetime] | None = None,
     ) -> None:
         """Without a `fetcher`, the keeper fetches over HTTP with a session of its own,
-        opened on entering it (`watchers` are told its requests)."""
+        opened on entering it (`watchers` are told its requests). `made`: when this process
+        made the last refresh of each certificate key, shared with the keeper it replaces
+        (a reload builds a new one in the same process): what the state records of those
+        is said as this process's, not another's."""
         self.config, self.policy = config, config.policy
         self.store, self.sinks = store, dict(sinks)
         self.clock, self.dice = clock, dice
         self.observers = list(observers)
         self.coordinator = coordinator
+        self.made = {} if made is None else made  # see __init__
         self.managed: dict[Path, Managed] = {}
         self.lives: dict[str, Life] = {}
         self.problems: dict[Path, Problem] = {}
@@ -780,9 +786,9 @@ class Keeper:
             outcome = looked.outcome
             if isinstance(outcome, Staple):
                 assert looked.fetched_at is not None
-                event = Accepted(
-                    outcome, looked.fetched_at, looked.url, STORED_ELSEWHERE, told=True
-                )
+                ours = self.made.get(key) == looked.fetched_at
+                origin = STORED_BEFORE_RELOAD if ours else STORED_ELSEWHERE
+                event = Accepted(outcome, looked.fetched_at, looked.url, origin, told=True)
                 self._apply(life, event, now)
                 taken += life.state.answer is outcome
         if looked_again:
@@ -806,7 +812,7 @@ class Keeper:
             return  # the store's trouble is said where it is written
         now = self.clock()
         for key, attempt in recorded.items():
-            event = _recorded(attempt)
+            event = _recorded(attempt, reloaded=self.made.get(key) == attempt.at)
             if event is not None:
                 self._apply(wanted[key], event, now)
         for key, alert in alerts.items():
@@ -1112,7 +1118,7 @@ class Keeper:
                 current=managed.life.state.answer,
             )
             result = await self.fetcher.fetch(job, clock=self.clock, rng=self.dice)
-        now = self.clock()
+        now = self.made[managed.key] = self.clock()
         self._pending.attempts.append((managed.key, attempt_records(result)))
         self._grouped()
         if self.observers:
@@ -1860,18 +1866,19 @@ def _stored(life: Life, effect: lifecycle.Store) -> StoredStaple:
     )
 
 
-def _recorded(attempt: RecordedAttempt) -> Tried | None:
-    """The life cycle's event for an attempt a status row records; None when it cannot be
-    read (a reason code this version does not know, a failure without one)."""
+def _recorded(attempt: RecordedAttempt, *, reloaded: bool) -> Tried | None:
+    """The life cycle's event for an attempt a status row records (`reloaded`: made by this
+    process before its reload); None when it cannot be read (a reason code this version
+    does not know, a failure without one)."""
     if not attempt.failures:
-        return Tried(attempt.at)
+        return Tried(attempt.at, reloaded=reloaded)
     if attempt.reason is None:
         return None
     try:
         rejection = Rejection.read(attempt.reason, attempt.message or "")
     except ValueError:
         return None
-    return Tried(attempt.at, rejection, attempt.failures)
+    return Tried(attempt.at, rejection, attempt.failures, reloaded)
 
 
 def attempt_records(result: FetchResult) -> list[AttemptRecord]:
