@@ -1001,6 +1001,95 @@ def test_a_restarted_keeper_tells_each_level_of_a_staple_once(tmp_path: Path) ->
     run(scenario, tmp_path)
 
 
+async def _until_expired(keeper: Keeper, w: Offline) -> None:
+    """The keeper's passes, at each time it wakes, until the staple in hand has expired."""
+    (managed,) = keeper.managed.values()
+    held = managed.held
+    assert held is not None
+    while w.clock.now < held.effective_expiry:
+        wake = keeper.next_wakeup()
+        assert wake is not None
+        w.clock.now = wake
+        await keeper.tick()
+    assert managed.held is None
+
+
+async def _told_expired(w: Offline, fetcher: MemoryFetcher) -> datetime:
+    """A keeper fetched a staple, then no fresh answer came until it expired, and one pass
+    a minute later. Returns the expiry."""
+    store = SqliteStore(w.tmp / "state" / "state.db")
+    try:
+        async with w.keeper(store, fetcher) as keeper:
+            await keeper.scan()
+            await keeper.tick()
+            (managed,) = keeper.managed.values()
+            assert managed.held is not None
+            expiry = managed.held.effective_expiry
+            w.failing = Rejection(Reason.TRY_LATER, "try later")
+            await _until_expired(keeper, w)
+            w.clock.now += timedelta(minutes=1)
+            await keeper.tick()
+    finally:
+        store.close()
+    return expiry
+
+
+async def _seen_again(w: Offline, fetcher: MemoryFetcher, expiry: datetime) -> list[str]:
+    """The clock went back an hour before `expiry` (a snapshot restored, NTP); a keeper
+    started on the same state holds that staple again and sees it expire again. The events
+    `on_expiring` was told, in order, by every keeper."""
+    w.clock.now = expiry - timedelta(hours=1)
+    store = SqliteStore(w.tmp / "state" / "state.db")
+    try:
+        async with w.keeper(store, fetcher) as keeper:
+            await keeper.scan()
+            await _until_expired(keeper, w)
+    finally:
+        store.close()
+    return (w.tmp / "expiring.log").read_text().split()
+
+
+def _offline(tmp: Path) -> tuple[Offline, MemoryFetcher]:
+    """The world of `offline`, for keepers the test starts one after the other."""
+    clock = ManualClock()
+    w = Offline(tmp, clock, CA(now=clock.now - DAY))
+    w.issue("a.test")
+    return w, MemoryFetcher(w.answer)
+
+
+def test_an_expiry_told_is_not_told_again_after_a_restart_on_a_clock_set_back(
+    tmp_path: Path,
+) -> None:
+    """The restarted keeper held the staple again (still valid by its clock) and told its
+    expiry a second time: the state records the expiry told for that staple, the step after
+    CRITICAL, and the keeper that sees it again tells nothing."""
+
+    async def scenario() -> list[str]:
+        w, fetcher = _offline(tmp_path)
+        return await _seen_again(w, fetcher, await _told_expired(w, fetcher))
+
+    assert asyncio.run(scenario()) == ["expiring", "expiring", "expired"]
+
+
+def test_an_expiry_an_older_mustaple_told_is_not_told_again_after_the_upgrade(
+    tmp_path: Path,
+) -> None:
+    """An older mustaple (schema 4) told the expiry and recorded only the CRITICAL level
+    before it; its status row says expired. The upgrade records the expiry as told for the
+    stored staple, so that a keeper that holds it again does not tell it again."""
+
+    async def scenario() -> list[str]:
+        w, fetcher = _offline(tmp_path)
+        expiry = await _told_expired(w, fetcher)
+        db = sqlite3.connect(tmp_path / "state" / "state.db", isolation_level=None)
+        db.execute("UPDATE alerts SET level = ?", (int(Severity.CRITICAL),))
+        db.execute("PRAGMA user_version = 4")
+        db.close()
+        return await _seen_again(w, fetcher, expiry)
+
+    assert asyncio.run(scenario()) == ["expiring", "expiring", "expired"]
+
+
 def test_a_failure_after_a_long_suspend_does_not_call_the_expired_staple_valid(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -311,6 +311,27 @@ def test_an_expiring_level_is_told_once_per_staple_from_the_level_recorded() -> 
     assert not warning.news_over(other)
 
 
+def test_an_expiry_is_the_step_after_critical_told_once_per_staple() -> None:
+    """The expiry names its staple for the shared state to decide who tells it (each process
+    that saw it told it): it is news over that staple's CRITICAL, not over itself, and a
+    newer staple's alerts and expiry are news over it."""
+    _, effects = run(HELD, Tick(), GOOD.effective_expiry)
+    (emit,) = [e for e in effects if isinstance(e, Emit)]
+    expiry = Alert(GOOD.this_update, GOOD.effective_expiry, Severity.CRITICAL, expired=True)
+    assert (emit.kind, emit.shared, emit.hook, emit.alert) == ("expired", True, True, expiry)
+    critical = Alert(GOOD.this_update, GOOD.effective_expiry, Severity.CRITICAL)
+    assert expiry.news_over(critical)
+    assert not expiry.news_over(expiry)
+    assert not critical.news_over(expiry)
+    newer = Alert(LATER_GOOD.this_update, LATER_GOOD.effective_expiry, Severity.WARNING)
+    assert newer.news_over(expiry)
+    assert replace(newer, expired=True).news_over(newer)
+    assert Alert.ranked(expiry.this_update, expiry.expiry, expiry.rank) == expiry
+    assert Alert.ranked(critical.this_update, critical.expiry, critical.rank) == critical
+    with pytest.raises(ValueError, match="is not a valid Severity"):
+        Alert.ranked(T0, T0, 9)  # a rank of a newer version: read as none
+
+
 def test_the_shared_state_decides_who_tells_a_run() -> None:
     """A failure fetched here, and every good answer taken but another process's that it
     told, leave their hook to the shared state (`shared`): a good answer after no failure

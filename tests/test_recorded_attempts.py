@@ -156,10 +156,16 @@ class Site:
 
 
 @contextmanager
-def site(tmp: Path, clock: Callable[[], datetime] = utc_now) -> Iterator[Site]:
-    """A `Site` whose responder makes its answers at `clock`'s time (its CA from then on)."""
+def site(
+    tmp: Path, clock: Callable[[], datetime] = utc_now, cache_for: timedelta = timedelta(minutes=1)
+) -> Iterator[Site]:
+    """A `Site` whose responder makes its answers at `clock`'s time (its CA from then on),
+    the same one again for `cache_for`."""
     ca = CA(now=min(clock(), utc_now()))
-    with ResponderThread(ca, clock=clock) as responder, notify_socket(tmp) as (sock, env):
+    with (
+        ResponderThread(ca, clock=clock, cache_for=cache_for) as responder,
+        notify_socket(tmp) as (sock, env),
+    ):
         s = Site(tmp, ca, responder, sock, env)
         s.configure()
         s.issue()

@@ -226,6 +226,29 @@ def test_each_expiring_level_is_told_once_per_staple_by_the_first_writer(
     assert store.alerts(["a"]) == {}
 
 
+def test_a_staples_expiry_is_told_once_after_its_levels(open_store: Opener) -> None:
+    """The expiry of a staple is recorded as its step after CRITICAL: told by the first
+    writer only (another process that saw it too, a restart), read back as an expiry; a
+    newer staple's levels, and its own expiry, are news again."""
+    store = open_store()
+    staple = (T0 + timedelta(microseconds=7), T0 + timedelta(days=4))
+    critical = Alert(*staple, Severity.CRITICAL)
+    expiry = Alert(*staple, Severity.CRITICAL, expired=True)
+    assert store.settle_alerts([("a", critical), ("a", expiry), ("a", critical)]) == [
+        True,
+        True,
+        False,
+    ]
+    again = open_store()
+    assert again.alerts(["a"]) == {"a": expiry}
+    assert again.settle_alerts([("a", expiry)]) == [False]
+    newer = Alert(T0 + timedelta(hours=1), T0 + timedelta(days=4, hours=1), Severity.WARNING)
+    assert store.settle_alerts([("a", newer), ("a", replace(newer, expired=True))]) == [
+        True,
+        True,
+    ]
+
+
 def test_owed_reloads_are_the_sinks_whose_reload_failed(open_store: Opener) -> None:
     """What a start (or a pass after a `prime`) reads to owe a reload: each sink whose
     reload failed at some certificate's last delivery, with that certificate's key; one

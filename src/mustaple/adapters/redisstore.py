@@ -28,8 +28,9 @@ announcements. Everything lives under `prefix`:
 - `{prefix}runs:{member}`: each member's open runs of failures (`settle_runs`, one Lua
   script: which of the member's processes tells a failure or a recovery to the hooks).
 - `{prefix}alerts:{member}`: the last expiring alert each certificate's staple was told at
-  by the member (`settle_alerts`, one Lua script: `"{thisUpdate} {expiry} {level}"`, the
-  times in µs since 1970), and where its processes start from (`alerts`).
+  by the member, or its expiry (`settle_alerts`, one Lua script: `"{thisUpdate} {expiry}
+  {rank}"`, the times in µs since 1970, the rank `lifecycle.Alert.rank`), and where its
+  processes start from (`alerts`).
 - `{prefix}deliveries:{member}`: the deliveries to sinks under way in the member's
   processes (`begin_delivery`; fields `[sink, pid, start]` in JSON): those of a process gone
   were cut short (`take_cut_deliveries`, see the `Store` contract).
@@ -83,7 +84,6 @@ from mustaple.adapters.store import (
 from mustaple.core.delivery import Trap
 from mustaple.core.leaves import LeafFacts
 from mustaple.core.lifecycle import Alert, Phase
-from mustaple.core.severity import Severity
 
 __all__ = [
     "Beat",
@@ -589,7 +589,7 @@ class RedisStore:
         for key, raw in zip(listed, told, strict=True):
             with suppress(ValueError, TypeError, AttributeError):
                 this_update, expiry, level = raw.decode().split()
-                found[key] = Alert(_from_us(this_update), _from_us(expiry), Severity(int(level)))
+                found[key] = Alert.ranked(_from_us(this_update), _from_us(expiry), int(level))
         return found
 
     def forget_statuses(self, keys: Iterable[str]) -> None:
@@ -798,9 +798,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _alert_values(alert: Alert) -> tuple[int, int, int]:
-    """An alert as the script compares it: its times in µs since 1970, and its level."""
+    """An alert as the script compares it: its times in µs since 1970, and its rank."""
     micro = timedelta(microseconds=1)
-    return (alert.this_update - _EPOCH) // micro, (alert.expiry - _EPOCH) // micro, int(alert.level)
+    return (alert.this_update - _EPOCH) // micro, (alert.expiry - _EPOCH) // micro, alert.rank
 
 
 def _from_us(text: str) -> datetime:

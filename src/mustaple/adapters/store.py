@@ -24,7 +24,8 @@
   certificate's run of failures to the hooks: a failure that opens the run, a recovery that
   closes it (each told once, whatever processes refreshed meanwhile). `settle_alerts(news)`
   likewise decides which process tells a staple's expiring alert, each level once per
-  staple, and `alerts(keys)` gives the last one told, for a process to start from.
+  staple, and its expiry once (the step after CRITICAL), and `alerts(keys)` gives the last
+  one told, for a process to start from.
 - `begin_delivery(sinks)` records that this process delivers to `sinks` (its pid and start:
   `mustaple.adapters.processes`), and `end_delivery(sinks)` drops that record once the
   sinks' outcomes are written (in the commits of the staples and of the status rows: no
@@ -85,9 +86,8 @@ from mustaple.adapters.processes import running, this_process
 from mustaple.core.certs import Target
 from mustaple.core.delivery import SinkHealth, Trap
 from mustaple.core.errors import InputError
-from mustaple.core.lifecycle import Alert, Phase
+from mustaple.core.lifecycle import EXPIRY_RANK, Alert, Phase
 from mustaple.core.reasons import Rejection
-from mustaple.core.severity import Severity
 from mustaple.core.verify import DEFAULT_POLICY, Dated, Policy, Staple, may_replace, verify
 
 __all__ = [
@@ -111,7 +111,9 @@ BUSY_TIMEOUT = 30.0  # seconds a write waits for another process's lock (a one-s
 _IN_CHUNK = 500  # keys to one `IN (...)` query (SQLite allows 32,766 parameters)
 _FULL = (errno.ENOSPC, errno.EDQUOT)  # a file system full, or the quota used up
 _PROBE_SIZE = 65536  # bytes written to tell a full disk: a WAL frame and the shared memory
-_SCHEMA_VERSION = 4  # 3: the signatures table; 4: the runs, alerts and deliveries tables
+# 3: the signatures table; 4: the runs, alerts and deliveries tables; 5: an expiry told is
+# recorded in the alerts table too, at `lifecycle.EXPIRY_RANK` (a level no older one reads)
+_SCHEMA_VERSION = 5
 # At the upgrade to schema 4: the runs of failures as an older mustaple left them in its
 # status rows (failures counted, or revoked, or expired), so that the first good answer
 # after the upgrade still tells on_recovered (`settle_runs`), as the process that told
@@ -130,6 +132,20 @@ _RUNS_FROM_STATUS = (
     FROM status WHERE failures > 0 OR state IN ('revoked', 'expired')
     """,
 )
+# At the upgrade to schema 5: the expiries an older mustaple told, as its status rows say
+# them (expired, the stored staple a good one), recorded as told for that staple, so that a
+# process of this version that holds the same staple does not tell its expiry again; never
+# over what is recorded for a newer staple, or already for this one.
+_EXPIRIES_FROM_STATUS = f"""
+    INSERT OR REPLACE INTO alerts (cert_key, this_update, effective_expiry, level)
+    SELECT s.cert_key, s.this_update, s.effective_expiry, {EXPIRY_RANK}
+    FROM staples AS s JOIN status AS t ON t.cert_key = s.cert_key
+    WHERE t.state = 'expired' AND s.revoked = 0 AND NOT EXISTS (
+        SELECT 1 FROM alerts AS a WHERE a.cert_key = s.cert_key
+        AND (a.this_update, a.effective_expiry, a.level)
+            >= (s.this_update, s.effective_expiry, {EXPIRY_RANK})
+    )
+"""
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS staples (
     cert_key TEXT PRIMARY KEY,
@@ -630,6 +646,8 @@ class SqliteStore:
                 if version < 4:
                     for statement in _RUNS_FROM_STATUS:
                         db.execute(statement)
+                if version < 5:
+                    db.execute(_EXPIRIES_FROM_STATUS)
                 db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
         except BaseException:
             db.close()
@@ -888,10 +906,7 @@ class SqliteStore:
                     recorded[key] = changed[key] = alert
             self._db.executemany(
                 "INSERT OR REPLACE INTO alerts VALUES (?, ?, ?, ?)",
-                [
-                    (key, _iso(a.this_update), _iso(a.expiry), int(a.level))
-                    for key, a in changed.items()
-                ],
+                [(key, _iso(a.this_update), _iso(a.expiry), a.rank) for key, a in changed.items()],
             )
         return told
 
@@ -902,7 +917,7 @@ class SqliteStore:
         columns = "cert_key, this_update, effective_expiry, level FROM alerts"
         for key, this_update, expiry, level in self._rows_of(columns, keys):
             with contextlib.suppress(ValueError, TypeError):
-                found[key] = Alert(_time(this_update), _time(expiry), Severity(level))
+                found[key] = Alert.ranked(_time(this_update), _time(expiry), int(level))
         return found
 
     def owed_reloads(self) -> set[tuple[str, str]]:

@@ -24,7 +24,8 @@ Rules a reader can check here rather than in the keeper:
 - a failure is told to the hooks once per run of failures; an alert only when it gets worse,
   and each level once per staple, whatever processes see it: the shared state keeps the
   level told for the staple it is about (`Alert`: the process whose write raises it tells
-  it), and a process starts from there (`Alerted`: a restart, a SIGHUP, a `prime`);
+  it), and a process starts from there (`Alerted`: a restart, a SIGHUP, a `prime`); the
+  expiry of a staple is its step after CRITICAL, told once so too;
 - `last_attempt` is the latest refresh by any process: another process's (a `prime` beside
   the keeper, or the process before a restart), as it recorded it, is taken in (`Tried`)
   only when it is later than the one in hand, and then counts as a refresh of this one's
@@ -60,6 +61,7 @@ from mustaple.core.severity import Severity
 from mustaple.core.verify import Staple, compare, strictly_newer
 
 __all__ = [
+    "EXPIRY_RANK",
     "Accepted",
     "Alert",
     "Alerted",
@@ -125,15 +127,33 @@ class CertState:
         return self.next_due is not None and self.next_due <= now
 
 
+EXPIRY_RANK = 4  # the rank an expiry is recorded at: after every level of its staple
+
+
 @dataclass(frozen=True, slots=True)
 class Alert:
     """An alert level told for one staple, named by its thisUpdate and effective expiry
-    (together they say which of two staples is newer: `verify.may_replace`). The shared
-    state keeps the last one told per certificate."""
+    (together they say which of two staples is newer: `verify.may_replace`); or, with
+    `expired`, the staple's expiry itself (the step after CRITICAL: `level` is CRITICAL).
+    The shared state keeps the last one told per certificate, by its `rank`."""
 
     this_update: datetime
     expiry: datetime
     level: Severity
+    expired: bool = False
+
+    @classmethod
+    def ranked(cls, this_update: datetime, expiry: datetime, rank: int) -> Alert:
+        """The alert the shared state records at `rank` (ValueError for no known rank)."""
+        if rank == EXPIRY_RANK:
+            return cls(this_update, expiry, Severity.CRITICAL, expired=True)
+        return cls(this_update, expiry, Severity(rank))
+
+    @property
+    def rank(self) -> int:
+        """How far the staple's decline went, as the shared state records it: its level,
+        or `EXPIRY_RANK` once it expired."""
+        return EXPIRY_RANK if self.expired else int(self.level)
 
     def about(self, staple: Staple) -> bool:
         """Whether this alert is about `staple`."""
@@ -141,12 +161,13 @@ class Alert:
 
     def news_over(self, recorded: Alert | None) -> bool:
         """Whether telling this alert is news after `recorded` (the last one told for the
-        certificate): it is about a newer staple, or a higher level of the same one. Never
-        about an older staple's: a process that holds one has not taken the newer in yet."""
+        certificate): it is about a newer staple, or a higher rank of the same one (its
+        expiry after its CRITICAL). Never about an older staple's: a process that holds one
+        has not taken the newer in yet."""
         if recorded is None:
             return True
-        mine = (self.this_update, self.expiry, self.level)
-        return mine > (recorded.this_update, recorded.expiry, recorded.level)
+        mine = (self.this_update, self.expiry, self.rank)
+        return mine > (recorded.this_update, recorded.expiry, recorded.rank)
 
 
 # --- Events ---------------------------------------------------------------------------------------
@@ -260,7 +281,8 @@ class Emit:
     is told only by the process whose write opens the run, a "recovered" only by the one
     whose write closes it, a "revoked" opens it (a good answer after it is a recovery); an
     "expiring" (with its `alert`) only by the process whose write raises the level the
-    state keeps for that staple (`Alert.news_over`). `hook` is then this process's own
+    state keeps for that staple (`Alert.news_over`), and an "expired" (its `alert` the
+    staple's expiry, the step after CRITICAL) likewise. `hook` is then this process's own
     view: what it tells alone when the state cannot be written (what it does not tell then,
     the state decides once it is written). `said`: the line is logged
     at once; else (a good answer after no failure seen here) only when its write closes a
@@ -545,9 +567,9 @@ def _tick(
             next_due=due,
             schedule_note=None,
         )
-        effects.append(
-            Emit("expired", f"the staple expired at {human_time(when)} with no valid replacement")
-        )
+        told = Alert(held.this_update, when, Severity.CRITICAL, expired=True)
+        text = f"the staple expired at {human_time(when)} with no valid replacement"
+        effects.append(Emit("expired", text, shared=True, alert=told))
     if state.phase in (Phase.REVOKED, Phase.UNUSABLE):
         return state, effects
     level = alert_level(state.held, now, policy)

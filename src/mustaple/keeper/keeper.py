@@ -1476,8 +1476,8 @@ class Keeper:
 
     def _settle(self, news: Sequence[_News]) -> list[bool]:
         """Whether this process tells each of `news`, as the shared state decides, inside
-        the transaction that writes them: an expiring alert by the level it keeps per
-        staple (`settle_alerts`), the rest by the run of failures (`settle_runs`)."""
+        the transaction that writes them: an expiring alert, or an expiry, by the rank it
+        keeps per staple (`settle_alerts`), the rest by the run of failures (`settle_runs`)."""
         runs = [n for n in news if n.emit.alert is None]
         alerts = [(n.life.key, n.emit.alert) for n in news if n.emit.alert is not None]
         told_runs = iter(self.store.settle_runs([(n.life.key, n.emit.kind) for n in runs]))
