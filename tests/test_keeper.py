@@ -1001,8 +1001,9 @@ def test_a_restarted_keeper_tells_each_level_of_a_staple_once(tmp_path: Path) ->
     run(scenario, tmp_path)
 
 
-async def _until_expired(keeper: Keeper, w: Offline) -> None:
-    """The keeper's passes, at each time it wakes, until the staple in hand has expired."""
+async def _until_expired(keeper: Keeper, w: Offline, last: Callable[[], object] = list) -> None:
+    """The keeper's passes, at each time it wakes, until the staple in hand has expired;
+    `last()` before the pass that finds it expired."""
     (managed,) = keeper.managed.values()
     held = managed.held
     assert held is not None
@@ -1010,14 +1011,20 @@ async def _until_expired(keeper: Keeper, w: Offline) -> None:
         wake = keeper.next_wakeup()
         assert wake is not None
         w.clock.now = wake
+        if wake >= held.effective_expiry:
+            last()
         await keeper.tick()
     assert managed.held is None
 
 
-async def _told_expired(w: Offline, fetcher: MemoryFetcher) -> datetime:
+async def _told_expired(
+    w: Offline, fetcher: MemoryFetcher, locker: sqlite3.Connection | None = None
+) -> datetime:
     """A keeper fetched a staple, then no fresh answer came until it expired, and one pass
-    a minute later. Returns the expiry."""
-    store = SqliteStore(w.tmp / "state" / "state.db")
+    a minute later. With `locker`, another process: it holds the state's write lock from
+    just before the pass that finds the staple expired until the hook told it. Returns the
+    expiry."""
+    store = SqliteStore(w.tmp / "state" / "state.db", busy_timeout=0.1 if locker else 30.0)
     try:
         async with w.keeper(store, fetcher) as keeper:
             await keeper.scan()
@@ -1026,12 +1033,26 @@ async def _told_expired(w: Offline, fetcher: MemoryFetcher) -> datetime:
             assert managed.held is not None
             expiry = managed.held.effective_expiry
             w.failing = Rejection(Reason.TRY_LATER, "try later")
-            await _until_expired(keeper, w)
+            if locker is None:
+                await _until_expired(keeper, w)
+            else:
+                await _until_expired(keeper, w, lambda: locker.execute("BEGIN IMMEDIATE"))
+                await _hooked(w.tmp / "expiring.log", "expired")
+                locker.execute("ROLLBACK")
             w.clock.now += timedelta(minutes=1)
             await keeper.tick()
     finally:
         store.close()
     return expiry
+
+
+async def _hooked(log: Path, event: str) -> None:
+    """Until the hook wrote `event` as the last line of `log` (ten seconds at most)."""
+    for _ in range(200):
+        if log.exists() and log.read_text().split()[-1:] == [event]:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{event} not told: {log.read_text() if log.exists() else None!r}")
 
 
 async def _seen_again(w: Offline, fetcher: MemoryFetcher, expiry: datetime) -> list[str]:
@@ -1069,6 +1090,24 @@ def test_an_expiry_told_is_not_told_again_after_a_restart_on_a_clock_set_back(
         return await _seen_again(w, fetcher, await _told_expired(w, fetcher))
 
     assert asyncio.run(scenario()) == ["expiring", "expiring", "expired"]
+
+
+def test_an_expiry_the_state_could_not_record_is_told_then_recorded(tmp_path: Path) -> None:
+    """Another process holds the state's write lock as the staple expires: the keeper tells
+    the expiry as it sees it (the state cannot decide), records it once it can write (a
+    pass later), and the keeper after a restart on a clock set back does not tell it again."""
+    (tmp_path / "state").mkdir()
+    locker = sqlite3.connect(tmp_path / "state" / "state.db", isolation_level=None)
+
+    async def scenario() -> list[str]:
+        w, fetcher = _offline(tmp_path)
+        return await _seen_again(w, fetcher, await _told_expired(w, fetcher, locker))
+
+    try:
+        told = asyncio.run(scenario())
+    finally:
+        locker.close()
+    assert told == ["expiring", "expiring", "expired"]
 
 
 def test_an_expiry_an_older_mustaple_told_is_not_told_again_after_the_upgrade(

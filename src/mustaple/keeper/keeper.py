@@ -1459,7 +1459,7 @@ class Keeper:
                 self.store.forget_statuses(key for key, status in rows.items() if status is None)
         except (sqlite3.Error, OSError) as exc:
             # the news of every pending write, whether the transaction took them out or
-            # never began (a database locked by another connection)
+            # never began (a lock held too long, a store open for reading only)
             self._pending = writes.then(self._pending)
             self._pending.news = [self._tell_alone(news) for news in self._pending.news]
             self._statuses = rows | self._statuses
