@@ -28,6 +28,7 @@ from mustaple.core.clock import utc_now
 from mustaple.core.errors import InputError
 from mustaple.core.request import encode_request, get_url, make_cert_id
 from mustaple.testing import CA, Behaviour, Leaf, ResponderThread
+from mustaple.testing.craft import DEFAULT_VALIDITY
 from outside import get_json, http_get, wait_for
 from servers import free_port
 
@@ -429,3 +430,39 @@ def test_a_store_on_a_full_disk_is_read_then_written_again_when_space_returns(
     assert full.read_only is None
     full.add_signatures([(b"new", utc_now())])
     assert SqliteStore.reader(small_state / "state.db").has_signature(b"new")
+
+
+def test_an_expiry_seen_on_a_full_state_disk_is_told_then_recorded_once(
+    tmp_path: Path, small_state: Path
+) -> None:
+    """`run` started on a full state disk (its store open for reading only) holds a staple
+    that expires: MUSTAPLE_EVENT=expired is told all the same, on the keeper's own view
+    (the state cannot decide who tells it), and once space returns it is recorded, not told
+    again."""
+    left = timedelta(seconds=15)
+    made = utc_now() - DEFAULT_VALIDITY + left  # the answers expire `left` from now
+    ca, port = CA(now=made), free_port()
+    log, told = tmp_path / "run.log", tmp_path / "told"
+    config = write_config(tmp_path, small_state, tmp_path / "staples", port)
+    config.write_text(
+        config.read_text() + f'[hooks]\non_expiring = "echo $MUSTAPLE_EVENT >> {told}"\n'
+    )
+    with ResponderThread(ca, clock=lambda: made) as responder:
+        issue(ca, responder, tmp_path, "a.test")
+        primed = subprocess.run(
+            [MUSTAPLE, "prime", "--config", str(config), "--all"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert primed.returncode == 0, primed.stdout + primed.stderr
+        responder.set_behaviour(Behaviour.TRY_LATER)
+        filler = fill(small_state)
+        with keeping(config, log):
+            wait_for(lambda: "expired" in told.read_text().split(), left.total_seconds() + 20)
+            assert "full" in status(port)["store_problem"]
+            filler.unlink()  # space returns
+            wait_for(lambda: status(port)["store_problem"] is None)
+            wait_for(lambda: shown(config)["a.test"]["state"] == "expired")
+        assert told.read_text().split().count("expired") == 1

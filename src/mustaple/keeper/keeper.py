@@ -141,6 +141,9 @@ WRITE_GROUP = 256
 # Called after every refresh with the certificate file and the fetch result (metrics use it).
 Observer = Callable[["CertFile", FetchResult], None]
 STORED_ELSEWHERE = "stored by another mustaple process"
+# How long the news of flushes that find the state locked wait for it (`_waits_for_lock`)
+LOCK_PATIENCE = timedelta(seconds=5)
+_LOCKED = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)  # another connection holds the state
 STORED_BEFORE_RELOAD = "stored by this process before its reload"  # see `Keeper.made`
 # A sink's error when an interrupted prime cut its delivery short (`Interrupt`)
 NOT_DELIVERED = (
@@ -454,6 +457,8 @@ class Keeper:
         self._statuses: dict[str, CertStatus | Life | None] = {}  # None: the row goes
         self._store_problem: str | None = None
         self._store_back = False  # opened for writing again: the next flush says so
+        self._locked_since: datetime | None = None  # the first flush the state's lock failed
+        self._patience: asyncio.TimerHandle | None = None  # see `_tell_when_patience_ends`
         read_only = _read_only(store)
         if read_only is not None:  # a full disk at the start: read, served, not written
             self._store_trouble(read_only, full=True)
@@ -469,6 +474,9 @@ class Keeper:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._flush()
+        if self._patience is not None:
+            self._patience.cancel()
+        self._tell_all_alone()  # what the store could not take leaves with this process
         self._say_unstored()
         if self._ending:
             await asyncio.wait(self._ending)
@@ -1458,17 +1466,21 @@ class Keeper:
                 )
                 self.store.forget_statuses(key for key, status in rows.items() if status is None)
         except (sqlite3.Error, OSError) as exc:
-            # the news of every pending write, whether the transaction took them out or
-            # never began (a lock held too long, a store open for reading only)
             self._pending = writes.then(self._pending)
-            self._pending.news = [self._tell_alone(news) for news in self._pending.news]
+            if self._waits_for_lock(exc):
+                self._tell_when_patience_ends()
+            else:
+                self._tell_all_alone()  # every pending news, taken or not
             self._statuses = rows | self._statuses
             self._store_failed(exc)
             return
         for news, tell in zip(writes.news, told, strict=True):
             if (tell or news.own) and not news.decided:
                 self._tell(news)
-        self._store_back = False
+        self._store_back, self._locked_since = False, None
+        if self._patience is not None:
+            self._patience.cancel()
+            self._patience = None
         if self._store_problem is not None:
             stored = len(writes) + len(rows)
             log.warning("state store writable again: %d pending writes stored", stored)
@@ -1500,6 +1512,45 @@ class Keeper:
             return  # the store's trouble is said where it is written
         self._take_recorded(self.lives[key] for key in self._statuses if key in self.lives)
         self.owe_reloads()
+
+    def _waits_for_lock(self, exc: BaseException) -> bool:
+        """Whether the news of a flush that failed wait for the next flush, which the shared
+        state decides: the state was locked by another connection (a `prime`'s group of
+        writes holds the lock for milliseconds, and its process may tell the same news), for
+        less than `LOCK_PATIENCE` so far (a `prime`, which waits 30 s for a lock, tells at
+        once; `run` waits 1 s a flush). Anything else (a full disk, a lock held longer: a
+        stuck process, an `sqlite3` shell left in a transaction) and each news is told now,
+        as this process sees it: a page is never held back by a broken state."""
+        if getattr(exc, "sqlite_errorcode", None) not in _LOCKED:
+            return False
+        now = self.clock()
+        if self._locked_since is None:  # held for the store's busy timeout at least, by now
+            waited = getattr(self.store, "busy_timeout", 0.0)  # SqliteStore's; a lock is its
+            self._locked_since = now - timedelta(seconds=waited)
+        return now - self._locked_since < LOCK_PATIENCE
+
+    def _tell_when_patience_ends(self) -> None:
+        """Tell the pending news alone once the lock has lasted `LOCK_PATIENCE`, unless a
+        flush works before: a page never waits for the next flush (a pass may be waiting on
+        a slow responder meanwhile)."""
+        if self._patience is not None or self._locked_since is None:
+            return
+        left = LOCK_PATIENCE - (self.clock() - self._locked_since)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop to wait in
+            self._tell_all_alone()
+            return
+        self._patience = loop.call_later(max(left.total_seconds(), 0.0), self._patience_over)
+
+    def _patience_over(self) -> None:
+        self._patience = None
+        if self._locked_since is not None:  # no flush worked since
+            self._tell_all_alone()
+
+    def _tell_all_alone(self) -> None:
+        """Every pending news told as this process sees it (`_tell_alone`)."""
+        self._pending.news = [self._tell_alone(news) for news in self._pending.news]
 
     def _store_failed(self, exc: BaseException) -> None:
         self._store_trouble(f"{exc}", full=disk_full(exc))
