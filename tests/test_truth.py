@@ -371,6 +371,32 @@ def test_a_state_database_damaged_under_the_keeper_is_set_aside_and_the_pages_st
     assert "unexpected error" not in log
 
 
+def test_a_state_database_damaged_after_the_keeper_read_it_is_still_set_aside(
+    deployment: Deployment,
+) -> None:
+    """The same damage, once the keeper has read the database since the last checkpoint
+    (the keeper's pass falls between the checkpoint and the damage, as it did now and then
+    on a loaded machine): SQLite kept the pages it read, whose log index the damage does
+    not change, and its look at the file was answered from them at every pass: the
+    keeper went on with the damaged file for ever, and `status` read nothing from it."""
+    d = deployment
+    keeper = d.run_until_good()
+    db = d.tmp / "state" / "state.db"
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("UPDATE status SET last_message = 'edited'")  # the keeper rewrites it
+    other.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    other.close()
+    wait_for(lambda: d.stored_rows()[0]["last_message"] != "edited", timeout=30)
+    # all of it in the file, the log's index left as it is (a restart of the log is a change
+    # the keeper would see, and read the file again)
+    sqlite3.connect(db).execute("PRAGMA wal_checkpoint(PASSIVE)").close()
+    with db.open("r+b") as damaged:
+        damaged.write(b"not a database at all" * (db.stat().st_size // 21 + 1))
+    wait_for(lambda: any(d.tmp.joinpath("state").glob("state.db.corrupt-*")), timeout=30)
+    wait_for(lambda: [row["state"] for row in d.stored_rows()] == ["good"], timeout=30)
+    assert "damaged" in d.stop(keeper)
+
+
 def test_a_second_run_stops_before_it_delivers_or_hooks(deployment: Deployment) -> None:
     d = deployment
     first = d.run()

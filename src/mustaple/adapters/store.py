@@ -50,7 +50,8 @@ store has none: there every start checks every signature).
 `SqliteStore` uses the stdlib sqlite3 in WAL mode with synchronous=FULL: each transaction is
 durable when it ends. A file that is not a readable database is moved aside
 (`state.db.corrupt-TIME`, one loud line) and a fresh one started: every staple in it can be
-fetched again.
+fetched again; `check` finds a file damaged under a running process too (its first page read
+from the file, not from SQLite's cache, which damage does not invalidate).
 
 Opened with `read_when_full` (the daemon), a store whose file system is full (ENOSPC, or the
 quota used up: EDQUOT) is opened for reading only instead of refused: `read_only` says why,
@@ -599,6 +600,11 @@ class SqliteStore:
         if now != self._identity:
             return "replaced by another file"
         try:  # never open the file ourselves: closing it would drop SQLite's locks on it
+            # In WAL mode SQLite keeps its page cache while the log's index is unchanged, and
+            # damage to the file does not change it: a cache filled since another process's
+            # last commit or checkpoint would answer the query below from memory, and say
+            # nothing, at every pass. Dropped first, the file's first page is read again.
+            self._db.execute("PRAGMA shrink_memory")
             self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlite3.DatabaseError as exc:
             if type(exc) is sqlite3.DatabaseError:  # not a lock, nor a full disk: damage
