@@ -71,6 +71,17 @@ def _answers(port: int) -> bool:
     return True
 
 
+def _answers_at(path: Path) -> bool:
+    """Whether a unix socket at `path` takes connections."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(1)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
 class Server(abc.ABC):
     """A server program in the foreground as a child process; subclasses say how to run it."""
 
@@ -125,11 +136,15 @@ class Server(abc.ABC):
             if self.process.poll() is not None:
                 self._close_log()
                 return False
-            if _answers(self.port):
+            if self.answers():
                 return True
             time.sleep(0.02)
         self.stop()
         raise ServerError(f"{self.program} did not answer on port {self.port} in time")
+
+    def answers(self) -> bool:
+        """Whether the server is up: by default, its port takes connections."""
+        return _answers(self.port)
 
     def output(self) -> str:
         """What the program printed, and its error log."""
@@ -299,6 +314,14 @@ class HAProxyServer(Server):
 
     def command(self) -> list[str]:
         return [HAPROXY, "-W", "-db", "-S", str(self.master_socket), "-f", str(self.config)]
+
+    def answers(self) -> bool:
+        """Up once every socket a test or a sink talks to takes connections: HAProxy binds
+        them one after the other, and on a loaded machine the TLS port answered while the
+        admin socket was not there yet."""
+        ports = (self.port, self.api_port)
+        paths = (self.api_socket, self.master_socket)
+        return all(map(_answers, ports)) and all(map(_answers_at, paths))
 
     @property
     def reload_command(self) -> str:
