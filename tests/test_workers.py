@@ -52,21 +52,23 @@ MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))
 
 
 def socket_owners() -> dict[int, tuple[int, int]]:
-    """Local TCP port -> (pid, parent pid) of the process holding that socket (from /proc)."""
+    """Local TCP port -> (pid, parent pid) of the process holding that socket, among this
+    process and its children (from /proc). Not every process of the machine: the tests call
+    this in the event loop their responder answers in, and on a loaded machine reading them
+    all took a fifth of a second or more each time, which held the answers up past the
+    fetches' 1 s timeout."""
     inodes: dict[str, int] = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
             inodes[fields[9]] = int(fields[1].rsplit(":", 1)[1], 16)
     owners: dict[int, tuple[int, int]] = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
+    for pid in (os.getpid(), *children()):
+        proc = Path(f"/proc/{pid}")
         try:
-            pid = int(proc.name)
             holder, fds = (pid, parent_of(pid)), list((proc / "fd").iterdir())
         except OSError:
-            continue  # gone, or not ours to look at
+            continue  # gone meanwhile
         for link in map(_link, fds):
             if link.startswith("socket:[") and link[8:-1] in inodes:
                 owners[inodes[link[8:-1]]] = holder
@@ -78,6 +80,17 @@ def _link(fd: Path) -> str:
         return os.readlink(fd)
     except OSError:  # closed meanwhile (the listing's own descriptor, for one)
         return ""
+
+
+def children() -> list[int]:
+    """The pids of this process's children, whichever of its threads started them."""
+    pids: list[int] = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            pids += map(int, (task / "children").read_text().split())
+        except OSError:
+            continue  # a thread that ended meanwhile
+    return pids
 
 
 def parent_of(pid: int) -> int:
@@ -119,6 +132,19 @@ def new_keeper(fleet: Fleet, store: SqliteStore, sink: RecordingSink) -> Keeper:
     return Keeper(fleet.config, store=store, sinks={sink.name: sink})
 
 
+def noting_owners(fleet: Fleet, owners: dict[int, tuple[int, int]]) -> Callable[..., None]:
+    """An observer of the keeper's fetch results: while the connections are kept alive, it
+    notes in `owners` which process holds the port each request came from, reading /proc only
+    when a request came from a port not noted yet (it runs in the event loop the responder
+    answers in)."""
+
+    def note(*_: object) -> None:
+        if any(r.peer and r.peer[1] not in owners for r in fleet.responder.requests):
+            owners.update(socket_owners())
+
+    return note
+
+
 def fetched_by(fleet: Fleet, owners: dict[int, tuple[int, int]]) -> set[tuple[int, int]]:
     """(pid, parent pid) of each process that sent a request the responder answered."""
     return {owners[served.peer[1]] for served in fleet.responder.requests if served.peer}
@@ -135,7 +161,7 @@ def test_a_large_prime_runs_in_worker_processes_with_the_same_outcome(
             keeper = new_keeper(fleet, store, sink)
             owners: dict[int, tuple[int, int]] = {}
             # While a worker holds its kept-alive connection, find whose it is.
-            keeper.observers.append(lambda *_: owners.update(socket_owners()))
+            keeper.observers.append(noting_owners(fleet, owners))
             primed = await prime_all(fleet, keeper)
             assert [p.phase for p in primed] == ["good"] * 12
             assert len(fleet.responder.requests) == 12
@@ -226,9 +252,9 @@ def test_below_the_threshold_or_with_workers_0_everything_stays_in_process(
 ) -> None:
     async def scenario(workers: int | None, tmp: Path) -> set[tuple[int, int]]:
         async with leaves(tmp, 3, workers=workers) as fleet:
-            store, owners = fleet.state(), {}
+            store, owners = fleet.state(), dict[int, tuple[int, int]]()
             keeper = new_keeper(fleet, store, RecordingSink())
-            keeper.observers.append(lambda *_: owners.update(socket_owners()))
+            keeper.observers.append(noting_owners(fleet, owners))
             primed = await prime_all(fleet, keeper)
             store.close()
             assert [p.phase for p in primed] == ["good"] * 3
