@@ -69,7 +69,7 @@ class Storm(Site):
                 "echo run >>", f"sha256sum < {self.staple} | cut -c1-64 >>", 1
             )
         )
-        text = self.config.read_text().replace('timeout = "2s"', 'timeout = "60s"', 1)
+        text = self.config.read_text().replace('timeout = "10s"', 'timeout = "60s"', 1)
         text += f'[http]\nlisten = "127.0.0.1:{self.port}"\n[hooks]\n'
         self.config.write_text(text + "".join(f'{key} = "{hook}"\n' for key in HOOKS))
 
