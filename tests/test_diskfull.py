@@ -61,6 +61,13 @@ def small_staples(tmp_path: Path) -> Iterator[Path]:
     yield from mounted(tmp_path / "staples")
 
 
+def primed_all(config: Path) -> None:
+    """A real `mustaple prime --all` of `config`, which must pass (exit 0)."""
+    command = [MUSTAPLE, "prime", "--config", str(config), "--all"]
+    primed = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert primed.returncode == 0, primed.stdout + primed.stderr
+
+
 def fill(directory: Path) -> Path:
     """Fill the file system of `directory` to the last byte."""
     filler = directory / "filler"
@@ -305,14 +312,7 @@ def test_run_starts_on_a_full_state_disk_serves_the_stored_staples_and_stores_ag
     config = write_config(tmp_path, small_state, staples, port)
     with ResponderThread(ca) as responder:
         a = issue(ca, responder, tmp_path, "a.test")
-        primed = subprocess.run(
-            [MUSTAPLE, "prime", "--config", str(config), "--all"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert primed.returncode == 0, primed.stdout + primed.stderr
+        primed_all(config)
         stored = (staples / "a.test.der").read_bytes()
         (staples / "a.test.der").unlink()  # only the state holds it now
         responder.set_behaviour(Behaviour.HTTP_500)
@@ -449,14 +449,7 @@ def test_an_expiry_seen_on_a_full_state_disk_is_told_then_recorded_once(
     )
     with ResponderThread(ca, clock=lambda: made) as responder:
         issue(ca, responder, tmp_path, "a.test")
-        primed = subprocess.run(
-            [MUSTAPLE, "prime", "--config", str(config), "--all"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert primed.returncode == 0, primed.stdout + primed.stderr
+        primed_all(config)
         responder.set_behaviour(Behaviour.TRY_LATER)
         filler = fill(small_state)
         with keeping(config, log):

@@ -2,12 +2,13 @@
 what the shared state decides once it can be written again is told once, never lost.
 
 The shared state (`runs`, `alerts`) decides which process tells a run of failures or an
-alert; while it cannot be written (another connection holds its write lock: an operator's
-`sqlite3` shell, a stuck process; or its disk is full), each process tells what it sees
-itself, says one line about the store, and records its news once it can. Real `mustaple
-run` and `mustaple prime` on one state directory, a loopback responder the test holds and
-answers, the state locked by a connection of the test's own (`BEGIN IMMEDIATE`), or its disk
-a full tmpfs (as root, as CI runs); judged by the hooks' file, `status --json` and `/status`.
+alert; while it cannot be written (another connection holds its write lock for more than
+`LOCK_PATIENCE`: an operator's `sqlite3` shell, a stuck process; or its disk is full), each
+process tells what it sees itself, says one line about the store, and records its news once
+it can. Real `mustaple run` and `mustaple prime` on one state directory, a loopback
+responder the test holds and answers, the state locked by a connection of the test's own
+(`BEGIN IMMEDIATE`), or its disk a full tmpfs (as root, as CI runs); judged by the hooks'
+file, `status --json` and `/status`.
 """
 
 from __future__ import annotations
@@ -55,12 +56,20 @@ def quick_retries(s: Site) -> None:
     )
 
 
-def test_a_keeper_tells_its_failure_and_recovery_at_once_while_the_state_is_locked(
+def said_once_and_healed(s: Site) -> None:
+    """The log said once that the state could not be written, then that it could again."""
+    log = s.logs()
+    assert log.count("the state store cannot be written") == 1, log
+    assert "state store writable again" in log
+
+
+def test_a_keeper_tells_its_failure_and_recovery_while_the_state_stays_locked(
     tmp_path: Path,
 ) -> None:
-    """Another connection holds the state's write lock: the keeper's failure and its
-    recovery are each told at once, from its own view (a page lost or late because the
-    state is broken is a page lost), the store's trouble in one line and on `/status`; once
+    """Another connection holds the state's write lock (longer than a `prime`'s writes
+    would: `LOCK_PATIENCE`): the keeper's failure and its recovery are each told while it
+    lasts, from its own view (a page lost or late because the state is broken is a page
+    lost), the store's trouble in one line and on `/status`; once
     the lock goes, they are recorded and told no second time, and the run is closed in the
     shared state (a prime's failure after it opens a new one: told). The keeper told nothing
     while the lock lasted: its write failed before its news were taken out to be told."""
@@ -88,9 +97,7 @@ def test_a_keeper_tells_its_failure_and_recovery_at_once_while_the_state_is_lock
         s.responder.set_behaviour(Behaviour.TRY_LATER)
         assert s.prime()[0] == 0  # the staple in hand stays valid
         assert lines(told) == ["failure run", "recovered run", "failure prime"], lines(told)
-        log = s.logs()
-        assert log.count("the state store cannot be written") == 1, log
-        assert "state store writable again" in log
+        said_once_and_healed(s)
         s.stop(keeper)
 
 
@@ -124,9 +131,7 @@ def test_a_recovery_written_while_the_state_disk_is_full_is_told_once_space_retu
         assert lines(told) == ["failure prime", "recovered run"], lines(told)
         row = s.row()
         assert (row["state"], row["failures"]) == ("good", 0), row
-        log = s.logs()
-        assert log.count("the state store cannot be written") == 1, log
-        assert "state store writable again" in log
+        said_once_and_healed(s)
         s.stop(keeper)
 
 
@@ -134,7 +139,7 @@ def test_an_expiring_staple_is_told_at_once_while_the_state_is_locked_and_not_ag
     tmp_path: Path,
 ) -> None:
     """The keeper's answer has 12 hours left (WARNING) while another connection holds the
-    state's write lock: on_expiring runs at once (it ran only once the lock went); once
+    state's write lock: on_expiring runs while it lasts (it ran only once the lock went); once
     the state is written, the level is recorded: the keeper a SIGHUP builds, which starts
     from the recorded level, does not tell it again."""
     made = utc_now() - RUNNING_OUT
