@@ -4,12 +4,13 @@ A must-staple certificate makes Firefox, GnuTLS (`gnutls-cli --ocsp`) and curl (
 --cert-status`) refuse a handshake that brings no valid staple. Each test serves one such
 certificate from a real server (nginx, HAProxy, lighttpd, Apache) and has the three clients
 judge their first handshakes, each against a server just started (nothing cached, no session
-to resume; lighttpd's test keeps one running, and mustaple delivers to it). Without mustaple
-(nginx's own stapling, which fetches only once a first client came, and has nothing while
-the CA answers tryLater; no staple file yet) every client refuses; with the staple a real
-`mustaple prime` delivered, as a deploy hook runs it, every client accepts. Apache, which
-fetches for itself, fails asking the CA while it answers tryLater, and passes asking a real
-`mustaple run`'s local responder. The judges are those of the client matrix
+to resume; lighttpd's test keeps one running, and mustaple delivers to it), at TLS 1.3 (the
+staple in the Certificate message) and at TLS 1.2 (in a CertificateStatus message). Without
+mustaple (nginx's own stapling, which fetches only once a first client came, and has nothing
+while the CA answers tryLater; no staple file yet) every client refuses; with the staple a
+real `mustaple prime` delivered, as a deploy hook runs it, every client accepts. Apache,
+which fetches for itself, fails asking the CA while it answers tryLater, and passes asking a
+real `mustaple run`'s local responder. The judges are those of the client matrix
 (`mustaple.testing.judges`, docs/strictness.md).
 """
 
@@ -21,6 +22,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, AsyncExitStack, nullcontext
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -75,20 +77,25 @@ def first_handshakes(
     site: Site,
     server: Callable[[], AbstractContextManager[Server]],
     clients: tuple[str, ...] = tuple(REFUSED),
+    *,
+    tls12: bool = False,
 ) -> dict[str, Verdict]:
-    """Each client's verdict on its first handshake with `server()` (entered: started)."""
+    """Each client's verdict on its first handshake with `server()` (entered: started); with
+    `tls12`, every client at TLS 1.2 at most (the staple in a CertificateStatus message,
+    not in the TLS 1.3 Certificate message)."""
 
     async def judge() -> dict[str, Verdict]:
         verdicts = {}
         async with AsyncExitStack() as stack:
             if "firefox" in clients:
-                firefox = await stack.enter_async_context(Firefox([site.leaf.root]))
+                browser = Firefox([site.leaf.root], tls12=tls12)
+                firefox = await stack.enter_async_context(browser)
             for client in clients:
                 with server() as started:
                     if client == "firefox":
                         verdicts[client] = await firefox.judge(started.port)
                     else:
-                        cli = gnutls if client == "gnutls" else curl
+                        cli = partial(gnutls if client == "gnutls" else curl, tls12=tls12)
                         verdicts[client] = await asyncio.to_thread(
                             cli, site.workspace, started.port
                         )
@@ -127,6 +134,7 @@ def test_nginx_fed_by_mustaple_passes_where_its_own_stapling_fails(
     site.responder.set_behaviour(Behaviour.TRY_LATER)  # then the CA has a hiccup
     assert first_handshakes(site, own) == REFUSED
     assert first_handshakes(site, fed) == ACCEPTED
+    assert first_handshakes(site, fed, tls12=True) == ACCEPTED
 
 
 def test_haproxy_started_after_mustaple_prime_passes(site: Site, tmp_path: Path) -> None:
@@ -136,12 +144,14 @@ def test_haproxy_started_after_mustaple_prime_passes(site: Site, tmp_path: Path)
         return HAProxyServer(tmp_path / "haproxy", pem=pem)
 
     assert first_handshakes(site, haproxy) == REFUSED  # no <crt>.ocsp yet
+    assert first_handshakes(site, haproxy, tls12=True) == REFUSED
 
     socket = haproxy().api_socket  # HAProxy is stopped: nothing listens there, which is fine
     primed = site.prime(f'[sinks.haproxy]\ntype = "haproxy"\nsocket = "{socket}"', [pem])
     assert primed.returncode == ExitCode.GOOD, primed.stdout + primed.stderr
     assert Path(f"{pem}.ocsp").is_file()
     assert first_handshakes(site, haproxy) == ACCEPTED
+    assert first_handshakes(site, haproxy, tls12=True) == ACCEPTED
 
 
 def test_running_lighttpd_passes_once_mustaple_prime_delivered(site: Site, tmp_path: Path) -> None:
@@ -163,6 +173,7 @@ def test_running_lighttpd_passes_once_mustaple_prime_delivered(site: Site, tmp_p
         primed = site.prime(sink, [files.fullchain])
         assert primed.returncode == ExitCode.GOOD, primed.stdout + primed.stderr
         assert first_handshakes(site, same) == ACCEPTED  # the reload mustaple ran took it
+        assert first_handshakes(site, same, tls12=True) == ACCEPTED
 
 
 def test_apache_asking_mustaple_passes_while_the_ca_has_a_hiccup(
@@ -186,5 +197,6 @@ def test_apache_asking_mustaple_passes_while_the_ca_has_a_hiccup(
         assert first_handshakes(site, apache(site.responder_url)) == REFUSED
         local = f"http://127.0.0.1:{port}/ocsp"  # mustaple's local responder, as documented
         assert first_handshakes(site, apache(local)) == ACCEPTED
+        assert first_handshakes(site, apache(local), tls12=True) == ACCEPTED
     finally:
         end_all([keeper])

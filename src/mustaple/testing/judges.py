@@ -131,11 +131,13 @@ def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-def gnutls(workspace: Workspace, port: int) -> Verdict:
-    """`gnutls-cli --ocsp`: the handshake verifies the chain and the stapled response."""
+def gnutls(workspace: Workspace, port: int, *, tls12: bool = False) -> Verdict:
+    """`gnutls-cli --ocsp`: the handshake verifies the chain and the stapled response (with
+    `tls12`, TLS 1.2 at most: the staple comes in a CertificateStatus message)."""
     done = _run(
         [
             "gnutls-cli", "--ocsp", "--x509cafile", str(workspace.roots),
+            *(["--priority", "NORMAL:-VERS-TLS1.3"] if tls12 else []),
             "--port", str(port), HOSTNAME,
         ]
     )  # fmt: skip
@@ -148,11 +150,13 @@ def gnutls(workspace: Workspace, port: int) -> Verdict:
     return Verdict(False, _GNUTLS_WORDS.get(status.group(1), status.group(1)))
 
 
-def curl(workspace: Workspace, port: int) -> Verdict:
-    """`curl --cert-status` (OpenSSL): the handshake, then curl's own OCSP checks."""
+def curl(workspace: Workspace, port: int, *, tls12: bool = False) -> Verdict:
+    """`curl --cert-status` (OpenSSL): the handshake, then curl's own OCSP checks (with
+    `tls12`, TLS 1.2 at most)."""
     done = _run(
         [
             "curl", "--silent", "--show-error", "--cert-status",
+            *(["--tls-max", "1.2"] if tls12 else []),
             "--cacert", str(workspace.roots),
             "--resolve", f"{HOSTNAME}:{port}:127.0.0.1",
             "--output", "/dev/null",
@@ -232,8 +236,10 @@ class Firefox:
         verdict = await firefox.judge(port)
     """
 
-    def __init__(self, roots: Iterable[x509.Certificate]) -> None:
+    def __init__(self, roots: Iterable[x509.Certificate], *, tls12: bool = False) -> None:
+        """With `tls12`, TLS 1.2 at most (`security.tls.version.max` 3)."""
         self._roots = tuple(roots)
+        self._prefs = {**_FIREFOX_PREFS, **({"security.tls.version.max": 3} if tls12 else {})}
         self._profile: Path | None = None
         self._process: asyncio.subprocess.Process | None = None
         self._http: aiohttp.ClientSession | None = None
@@ -244,7 +250,7 @@ class Firefox:
     async def __aenter__(self) -> Firefox:
         try:
             self._profile = Path(tempfile.mkdtemp(prefix="mustaple-firefox-"))
-            _make_profile(self._profile, self._roots)
+            _make_profile(self._profile, self._roots, self._prefs)
             url = await self._launch(self._profile)
             self._http = aiohttp.ClientSession()
             self._socket = await self._http.ws_connect(url + "/session", max_msg_size=0)
@@ -333,8 +339,10 @@ async def _drain(stream: asyncio.StreamReader) -> None:
         pass
 
 
-def _make_profile(profile: Path, roots: Iterable[x509.Certificate]) -> None:
-    """An empty NSS database trusting `roots` for TLS, and the prefs in user.js."""
+def _make_profile(
+    profile: Path, roots: Iterable[x509.Certificate], prefs: dict[str, bool | int | str]
+) -> None:
+    """An empty NSS database trusting `roots` for TLS, and `prefs` in user.js."""
     database = f"sql:{profile}"
     _certutil(["-N", "-d", database, "--empty-password"])
     for number, root in enumerate(roots):
@@ -343,8 +351,8 @@ def _make_profile(profile: Path, roots: Iterable[x509.Certificate]) -> None:
         _certutil(
             ["-A", "-d", database, "-n", f"mustaple root {number}", "-t", "C,,", "-i", str(pem)]
         )
-    prefs = (f"user_pref({json.dumps(k)}, {json.dumps(v)});\n" for k, v in _FIREFOX_PREFS.items())
-    (profile / "user.js").write_text("".join(prefs))
+    lines = (f"user_pref({json.dumps(k)}, {json.dumps(v)});\n" for k, v in prefs.items())
+    (profile / "user.js").write_text("".join(lines))
 
 
 def _certutil(arguments: list[str]) -> None:
