@@ -93,6 +93,7 @@ running = "kill -0 {server.pid}"
 [policy]
 timeout = "2s"
 attempts = 1
+retry_max = "5s"
 
 [http]
 listen = "127.0.0.1:{port}"
@@ -128,7 +129,10 @@ def test_running_haproxy_with_its_socket_elsewhere_fails_then_heals(setup: Setup
 
     keeper = subprocess.Popen([MUSTAPLE, "run", "--config", str(setup.config)], text=True)
     try:
-        wait_for(lambda: setup.failures() not in (None, "0.0"))  # its start failed too
+        # its start failed too; its retries come at most `retry_max` (5 s) apart: the sink's
+        # back-off doubles from 5 s, and under load its failures before the socket answers
+        # had pushed the next try past this test's wait
+        wait_for(lambda: setup.failures() not in (None, "0.0"))
         assert staple_from(setup.server.port, NAME) == first
         setup.wrong.symlink_to(setup.server.api_socket)  # now the socket answers
         wait_for(lambda: staple_from(setup.server.port, NAME) == new, timeout=60)
