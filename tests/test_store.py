@@ -342,6 +342,29 @@ def test_a_transaction_writes_all_or_nothing(open_store: Opener) -> None:
     assert "b" not in store.statuses()
 
 
+def test_a_reader_sees_one_state_across_tables_inside_a_snapshot(tmp_path: Path) -> None:
+    """`mustaple status` reads the status rows, then each staple: another process's commit
+    in between made one row mix the two (its row said good, its staple read as the revoked
+    answer stored since, so no thisUpdate). Inside `snapshot` both reads see one state."""
+    writer = SqliteStore(tmp_path / "state.db")
+    writer.save_staple("a", stored(1))
+    writer.save_status("a", status("a.test"))
+    reader = SqliteStore.reader(tmp_path / "state.db")
+    try:
+        with reader.snapshot():
+            rows = reader.statuses()
+            with writer.transaction():  # another process revokes meanwhile
+                writer.save_staple("a", replace(stored(2), revoked=True))
+                writer.save_status("a", replace(status("a.test"), state="revoked"))
+            assert (rows["a"].state, reader.load("a")) == ("good", stored(1))
+        after = reader.load("a")
+        assert after is not None  # the next read sees the commit
+        assert after.revoked
+    finally:
+        reader.close()
+        writer.close()
+
+
 def test_cert_key_is_the_fingerprint(leaf: Leaf) -> None:
     assert len(cert_key(leaf.cert)) == 64
 

@@ -1022,6 +1022,21 @@ class SqliteStore:
                     "DELETE FROM signatures WHERE not_after < ?", (_iso(expired_before),)
                 )
 
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Every read inside sees one committed state of the database (one read
+        transaction: WAL readers keep the snapshot of their first read until it ends), so
+        reads of two tables never mix a state before another process's commit with one
+        after it (a status row saying good beside the revoked answer stored since)."""
+        if self._db.in_transaction:
+            yield
+            return
+        self._db.execute("BEGIN DEFERRED")
+        try:
+            yield
+        finally:
+            self._db.execute("COMMIT")
+
     def transaction(self) -> _Transaction:
         """One transaction for every write inside it (see the module docstring);
         StateDiskFull when the store is open for reading only because its disk is full."""

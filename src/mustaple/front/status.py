@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sqlite3
 import sys
@@ -207,9 +208,10 @@ def status_rows(config: Config, now: datetime) -> list[dict[str, Any]]:
         if stored is not None and stored.outdated():  # an older mustaple's: upgraded first
             stored.close()  # (its rows lack columns this one reads)
             stored = SqliteStore(db)
-        known = stored.statuses() if stored else {}
         schedule = config.policy.schedule
-        rows = [_row(key, status, stored, now, schedule) for key, status in known.items()]
+        with stored.snapshot() if stored else contextlib.nullcontext():  # one state, not two
+            known = stored.statuses() if stored else {}
+            rows = [_row(key, status, stored, now, schedule) for key, status in known.items()]
     except sqlite3.Error as exc:
         raise InputError(f"{db}: cannot read the state database ({exc})") from None
     finally:
