@@ -474,8 +474,7 @@ class Keeper:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._flush()
-        if self._patience is not None:
-            self._patience.cancel()
+        self._end_patience()
         self._tell_all_alone()  # what the store could not take leaves with this process
         self._say_unstored()
         if self._ending:
@@ -1478,9 +1477,7 @@ class Keeper:
             if (tell or news.own) and not news.decided:
                 self._tell(news)
         self._store_back, self._locked_since = False, None
-        if self._patience is not None:
-            self._patience.cancel()
-            self._patience = None
+        self._end_patience()
         if self._store_problem is not None:
             stored = len(writes) + len(rows)
             log.warning("state store writable again: %d pending writes stored", stored)
@@ -1542,6 +1539,12 @@ class Keeper:
             self._tell_all_alone()
             return
         self._patience = loop.call_later(max(left.total_seconds(), 0.0), self._patience_over)
+
+    def _end_patience(self) -> None:
+        """No timer left to tell the pending news (a flush worked, or the keeper closes)."""
+        if self._patience is not None:
+            self._patience.cancel()
+            self._patience = None
 
     def _patience_over(self) -> None:
         self._patience = None
