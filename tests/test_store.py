@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ import pytest
 from mustaple.adapters.redisstore import RedisStore
 from mustaple.adapters.store import (
     HISTORY_LIMIT,
+    STILL_LOCKED_WAIT,
     AttemptRecord,
     CertStatus,
     RecordedAttempt,
@@ -488,3 +490,30 @@ def test_check_opens_again_a_database_removed_replaced_or_damaged_under_it(
     assert [p.name.startswith("state.db.corrupt-") for p in tmp_path.glob("state.db.*")] == [True]
     assert store.check() is None
     store.close()
+
+
+def test_a_lock_that_outlasts_a_whole_wait_is_waited_for_briefly_until_a_write_gets_through(
+    tmp_path: Path,
+) -> None:
+    """Another connection keeps the write lock (an `sqlite3` shell left in a transaction):
+    the first write waits the store's whole `busy_timeout`, the next ones only
+    STILL_LOCKED_WAIT while the lock holds (a prime waited 30 s at each of its writes);
+    once a write gets through, a lock is waited for in full again."""
+    store = SqliteStore(tmp_path / "state.db", busy_timeout=4.0)
+    other = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+
+    def write_while_locked() -> float:
+        other.execute("BEGIN IMMEDIATE")
+        began = time.monotonic()
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            store.save_staple("a" * 64, stored(1))
+        took = time.monotonic() - began
+        other.execute("ROLLBACK")
+        return took
+
+    assert write_while_locked() >= 4.0
+    assert STILL_LOCKED_WAIT <= write_while_locked() < 3.0
+    store.save_staple("a" * 64, stored(1))
+    assert write_while_locked() >= 4.0
+    store.close()
+    other.close()

@@ -15,17 +15,24 @@ from __future__ import annotations
 
 import signal
 import sqlite3
+import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509 import ocsp
+
+from mustaple.adapters.store import BUSY_TIMEOUT
 from mustaple.core.clock import utc_now
 from mustaple.testing import Behaviour
 from outside import get_json, wait_for
 from test_attempt_hooks import hooked, lines, patient, waiting
 from test_diskfull import fill, mounted
 from test_expiring_hooks import RUNNING_OUT, reloaded
-from test_recorded_attempts import Site, site
+from test_recorded_attempts import MUSTAPLE, Site, site
 
 
 @contextmanager
@@ -157,3 +164,43 @@ def test_an_expiring_staple_is_told_at_once_while_the_state_is_locked_and_not_ag
         reloaded(s, 1)
         assert lines(told) == ["expiring WARNING run"], lines(told)
         s.stop(keeper)
+
+
+def stored(s: Site, leaf: x509.Certificate) -> bool:
+    """Whether the state holds an answer for `leaf` (read from the database file)."""
+    db = sqlite3.connect(f"file:{s.tmp / 'state' / 'state.db'}?mode=ro", uri=True)
+    try:
+        key = leaf.fingerprint(hashes.SHA256()).hex()
+        return db.execute("SELECT 1 FROM staples WHERE cert_key = ?", (key,)).fetchone() is not None
+    finally:
+        db.close()
+
+
+def test_a_prime_waits_once_for_a_lock_left_held_and_delivers_from_memory(tmp_path: Path) -> None:
+    """A lock another connection keeps (an `sqlite3` shell left in a transaction, a stuck
+    process): a prime waits `BUSY_TIMEOUT` (30 s) at its first write, then 1 s at each of
+    its later ones while the lock holds. It waited 30 s at every write: 120 s for one
+    certificate, which a deploy hook's timeout would kill. It delivers the renewed
+    certificate's staple from memory, exits 0 (the staple is in place) and names on
+    standard error the answer it could not store; the next prime, the lock gone, stores it."""
+    with site(tmp_path) as s:
+        assert s.prime()[0] == 0
+        s.issue()  # a renewal: the new leaf's staple is fetched
+        leaf = x509.load_pem_x509_certificates(s.fullchain.read_bytes())[0]
+        command = [MUSTAPLE, "prime", "--config", str(s.config), str(s.fullchain)]
+        with locked(s):
+            began = time.monotonic()
+            done = subprocess.run(
+                command, capture_output=True, text=True, timeout=2 * BUSY_TIMEOUT, check=False
+            )
+            took = time.monotonic() - began
+        assert done.returncode == 0, done.stderr
+        assert BUSY_TIMEOUT <= took < BUSY_TIMEOUT + 15, took
+        assert "could not take 1 answers before the exit (database is locked)" in done.stderr
+        assert "Traceback" not in done.stderr
+        assert ocsp.load_der_ocsp_response(s.staple.read_bytes()).serial_number == (
+            leaf.serial_number
+        )
+        assert not stored(s, leaf)
+        assert s.prime()[0] == 0
+        assert stored(s, leaf)

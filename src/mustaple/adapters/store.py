@@ -71,7 +71,7 @@ import os
 import sqlite3
 import tempfile
 import time
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -109,6 +109,11 @@ __all__ = [
 log = logging.getLogger("mustaple")
 HISTORY_LIMIT = 50
 BUSY_TIMEOUT = 30.0  # seconds a write waits for another process's lock (a one-shot command)
+# seconds a write waits while a lock that outlasted a whole busy timeout still holds (an
+# operator's `sqlite3` shell left in a transaction, a stuck process): a prime waits its 30 s
+# once, not at each of its writes
+STILL_LOCKED_WAIT = 1.0
+_LOCKED = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)  # another connection holds the lock
 _IN_CHUNK = 500  # keys to one `IN (...)` query (SQLite allows 32,766 parameters)
 _FULL = (errno.ENOSPC, errno.EDQUOT)  # a file system full, or the quota used up
 _PROBE_SIZE = 65536  # bytes written to tell a full disk: a WAL frame and the shared memory
@@ -374,6 +379,11 @@ def disk_full(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.Error) and code == sqlite3.SQLITE_FULL
 
 
+def _locked(exc: BaseException) -> bool:
+    """Whether `exc` says another connection holds the database's lock."""
+    return getattr(exc, "sqlite_errorcode", None) in _LOCKED
+
+
 def _no_space(directory: Path) -> str | None:
     """Why nothing can be written in `directory` (its file system full, or the quota used up),
     found by writing a small unnamed file there; None when that works, or fails otherwise.
@@ -528,10 +538,24 @@ class SqliteStore:
         """Work with `db` from now on: what another process wrote is looked at from here."""
         # opening may wait for another process's lock as long as a one-shot command would
         # (the schema check writes): only the writes after it wait `busy_timeout`
-        db.execute(f"PRAGMA busy_timeout = {round(self.busy_timeout * 1000)}")
         self._db = db
+        self._wait_for_lock(self.busy_timeout)
         self._version: int | None = self._data_version()
         self._identity = _identity(self.path)
+
+    def _wait_for_lock(self, seconds: float) -> None:
+        """How long the next writes wait for another connection's write lock."""
+        self._db.execute(f"PRAGMA busy_timeout = {round(seconds * 1000)}")
+        self._lock_wait = seconds
+
+    def _waited(self, exc: BaseException | None) -> None:
+        """After a transaction: a lock that outlasted the whole `busy_timeout` makes the next
+        writes wait only STILL_LOCKED_WAIT, until one gets through."""
+        if exc is None:
+            if self._lock_wait != self.busy_timeout:
+                self._wait_for_lock(self.busy_timeout)
+        elif self._lock_wait > STILL_LOCKED_WAIT and _locked(exc):
+            self._wait_for_lock(STILL_LOCKED_WAIT)
 
     def _unopened(self, exc: sqlite3.Error | OSError) -> sqlite3.Connection:
         """What to work with when the database cannot be opened for writing: a damaged one
@@ -619,7 +643,7 @@ class SqliteStore:
         store = cls.__new__(cls)
         store.path, store.history_limit = Path(path), HISTORY_LIMIT
         store.busy_timeout, store.read_when_full = BUSY_TIMEOUT, False
-        store.read_only = None
+        store.read_only, store._lock_wait = None, BUSY_TIMEOUT
         _regular_or_none(store.path)
         try:
             store._db = _read_on_any_disk(store.path)
@@ -1042,7 +1066,7 @@ class SqliteStore:
         StateDiskFull when the store is open for reading only because its disk is full."""
         if self.read_only is not None:
             raise StateDiskFull(self.read_only)
-        return _Transaction(self._db)
+        return _Transaction(self._db, self._waited)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1173,26 +1197,37 @@ class _Transaction:
     what is raised, never the "no transaction is active" of a ROLLBACK after it; a COMMIT
     that fails leaves no transaction open."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(
+        self, db: sqlite3.Connection, ended: Callable[[BaseException | None], None]
+    ) -> None:
+        """`ended`: told how the outer transaction ended (None: committed; else the error)."""
         self._db = db
+        self._ended = ended
         self._outer = False
 
     def __enter__(self) -> None:
         self._outer = not self._db.in_transaction
         if self._outer:
-            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                self._ended(exc)
+                raise
 
-    def __exit__(self, kind: object, value: object, tb: object) -> None:
+    def __exit__(self, kind: object, value: BaseException | None, tb: object) -> None:
         if not self._outer:
             return
-        if kind is not None:
+        if value is not None:
             self._roll_back()
+            self._ended(value)
             return
         try:
             self._db.execute("COMMIT")
-        except sqlite3.Error:
+        except sqlite3.Error as exc:
             self._roll_back()
+            self._ended(exc)
             raise
+        self._ended(None)
 
     def _roll_back(self) -> None:
         if self._db.in_transaction:

@@ -1572,8 +1572,9 @@ class Keeper:
                 )
             else:
                 log.error(
-                    "the state store cannot be written (%s): serving from memory, writes "
-                    "kept and tried again at every pass",
+                    "the state store cannot be written (%s): what is fetched is delivered "
+                    "and served from memory, and stored once the store takes it (tried again "
+                    "at each write, and by `mustaple run` at every pass)",
                     problem,
                 )
         self._store_problem = problem
