@@ -19,6 +19,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -27,6 +28,7 @@ from cryptography.x509 import ocsp
 
 from mustaple.adapters.store import BUSY_TIMEOUT
 from mustaple.core.clock import utc_now
+from mustaple.keeper.keeper import LOCK_PATIENCE
 from mustaple.testing import Behaviour
 from outside import get_json, wait_for
 from test_attempt_hooks import hooked, lines, patient, waiting
@@ -63,6 +65,16 @@ def quick_retries(s: Site) -> None:
     )
 
 
+def held_keeper(s: Site) -> tuple[Path, subprocess.Popen[str]]:
+    """The hooks' file, and a `mustaple run` whose first request the responder holds; a
+    failure is tried again a second later."""
+    told = hooked(s)
+    patient(s)
+    quick_retries(s)
+    s.responder.hold()
+    return told, waiting(s, "run")
+
+
 def said_once_and_healed(s: Site) -> None:
     """The log said once that the state could not be written, then that it could again."""
     log = s.logs()
@@ -81,11 +93,7 @@ def test_a_keeper_tells_its_failure_and_recovery_while_the_state_stays_locked(
     shared state (a prime's failure after it opens a new one: told). The keeper told nothing
     while the lock lasted: its write failed before its news were taken out to be told."""
     with site(tmp_path) as s:
-        told = hooked(s)
-        patient(s)
-        quick_retries(s)
-        s.responder.hold()
-        keeper = waiting(s, "run")
+        told, keeper = held_keeper(s)
         with locked(s):
             s.responder.release(Behaviour.TRY_LATER)
             wait_for(lambda: lines(told) == ["failure run"])
@@ -204,3 +212,42 @@ def test_a_prime_waits_once_for_a_lock_left_held_and_delivers_from_memory(tmp_pa
         assert not stored(s, leaf)
         assert s.prime()[0] == 0
         assert stored(s, leaf)
+
+
+def test_a_failure_told_while_the_state_stays_locked_is_not_told_again_after_a_sighup(
+    tmp_path: Path,
+) -> None:
+    """The keeper told its failure from its own view while the state stayed locked; the
+    news waits in its memory to be recorded. A SIGHUP built a new keeper from the state,
+    which says nothing of it: its next failure paged again. The reload is refused while
+    told news are not recorded (one line, as for answers not stored), and once the lock
+    goes the news is recorded, the reload works, and the new keeper's failures and its
+    recovery are told as the shared run says: the recovery once, the failure no second time."""
+    with site(tmp_path) as s:
+        told, keeper = held_keeper(s)
+        with locked(s):
+            s.responder.release(Behaviour.TRY_LATER)
+            wait_for(lambda: lines(told) == ["failure run"])
+            keeper.send_signal(signal.SIGHUP)
+            wait_for(lambda: "reloaded" in s.logs())  # "not reloaded", or a new keeper
+            wait_for(lambda: s.responder.held == 1)  # a retry, by the old keeper or a new one
+            s.responder.release(Behaviour.TRY_LATER)
+            failed = utc_now()
+            # a new keeper would tell its failure alone once the lock outlasts its patience
+            wait_for(lambda: utc_now() > failed + LOCK_PATIENCE + timedelta(seconds=2))
+            assert lines(told) == ["failure run"], lines(told)
+            assert "not reloaded: 1 hooks told" in s.logs(), s.logs()
+        wait_for(lambda: s.responder.held == 1)  # the pass that writes again, once answered
+        s.responder.release(Behaviour.TRY_LATER)
+        wait_for(lambda: store_problem(s) is None)
+        keeper.send_signal(signal.SIGHUP)
+        wait_for(lambda: "configuration reloaded" in s.logs())
+        wait_for(lambda: s.responder.held == 1)
+        s.responder.release(Behaviour.TRY_LATER)
+        wait_for(lambda: s.responder.held == 1)
+        s.responder.release(Behaviour.GOOD)
+        wait_for(lambda: lines(told) == ["failure run", "recovered run"])
+        s.responder.hold(False)
+        s.passes(2)
+        assert lines(told) == ["failure run", "recovered run"], lines(told)
+        s.stop(keeper)

@@ -274,20 +274,29 @@ async def _still_serving(
 
 
 def _holds_unstored(keeper: Keeper, path: Path) -> bool:
-    """Whether `keeper` holds answers the state store could not take (a full disk), said in
-    one line: a new keeper would start from the older stored ones, and a server without a
-    copy of its own (HAProxy, the local responder) would be given those again."""
-    unstored = keeper.unstored()
-    if unstored:
+    """Whether `keeper` holds what the state store could not take (a full disk, a lock kept
+    by another connection), said in one line: answers (a new keeper would start from the
+    older stored ones, and a server without a copy of its own, HAProxy or the local
+    responder, would be given those again) or hooks told (a new keeper would tell them
+    again)."""
+    held = [
+        f"{count} {what}"
+        for count, what in (
+            (keeper.unstored(), "answers held in memory are not stored yet"),
+            (keeper.unrecorded(), "hooks told are not recorded yet"),
+        )
+        if count
+    ]
+    if held:
         log.error(
-            "%s: not reloaded: %d answers held in memory are not stored yet (%s), and a new "
-            "keeper would start from the older stored ones; reload once the state store is "
-            "writable again; keeping the running configuration",
+            "%s: not reloaded: %s (%s), and a new keeper would start from the older state; "
+            "reload once the state store is writable again; keeping the running "
+            "configuration",
             path,
-            unstored,
+            " and ".join(held),
             keeper.store_problem,
         )
-    return unstored > 0
+    return bool(held)
 
 
 def _why(exc: Exception) -> str:

@@ -1588,6 +1588,12 @@ class Keeper:
         """How many answers the store has not taken yet (it cannot be written: a full disk)."""
         return len(self._pending.staples) if self._store_problem is not None else 0
 
+    def unrecorded(self) -> int:
+        """How many hooks this process told from its own view that the store has not
+        recorded yet (it could not be written): a keeper built from the store would tell
+        them again."""
+        return sum(1 for news in self._pending.news if news.decided)
+
     def save_pending(self) -> None:
         """Store what is pending (a scan's rows), and only that: a row another process wrote
         since this keeper's last pass (a `prime`'s owed reload, its trap) stays as it is, for
