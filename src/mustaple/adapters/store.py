@@ -100,6 +100,7 @@ __all__ = [
     "Store",
     "StoredStaple",
     "cert_key",
+    "damaged",
     "disk_full",
     "sinks_from_json",
     "sinks_json",
@@ -379,6 +380,15 @@ def disk_full(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.Error) and code == sqlite3.SQLITE_FULL
 
 
+def damaged(exc: BaseException) -> bool:
+    """Whether `exc` says the database file is damaged ("database disk image is malformed",
+    "file is not a database"), not locked, full or unwritable."""
+    code = getattr(exc, "sqlite_errorcode", None)  # an extended code: its low byte is the kind
+    if code is None:
+        return type(exc) is sqlite3.DatabaseError
+    return (code & 0xFF) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
 def _locked(exc: BaseException) -> bool:
     """Whether `exc` says another connection holds the database's lock."""
     return getattr(exc, "sqlite_errorcode", None) in _LOCKED
@@ -542,20 +552,24 @@ class SqliteStore:
         self._wait_for_lock(self.busy_timeout)
         self._version: int | None = self._data_version()
         self._identity = _identity(self.path)
+        self._damage: str | None = None  # what a write found damaged, for `check`
 
     def _wait_for_lock(self, seconds: float) -> None:
         """How long the next writes wait for another connection's write lock."""
         self._db.execute(f"PRAGMA busy_timeout = {round(seconds * 1000)}")
         self._lock_wait = seconds
 
-    def _waited(self, exc: BaseException | None) -> None:
+    def _ended(self, exc: BaseException | None) -> None:
         """After a transaction: a lock that outlasted the whole `busy_timeout` makes the next
-        writes wait only STILL_LOCKED_WAIT, until one gets through."""
+        writes wait only STILL_LOCKED_WAIT, until one gets through; damage it met (a page
+        beyond the first, which `check` alone does not read) is what the next `check` says."""
         if exc is None:
             if self._lock_wait != self.busy_timeout:
                 self._wait_for_lock(self.busy_timeout)
         elif self._lock_wait > STILL_LOCKED_WAIT and _locked(exc):
             self._wait_for_lock(STILL_LOCKED_WAIT)
+        elif damaged(exc):
+            self._damage = str(exc)
 
     def _unopened(self, exc: sqlite3.Error | OSError) -> sqlite3.Connection:
         """What to work with when the database cannot be opened for writing: a damaged one
@@ -596,8 +610,13 @@ class SqliteStore:
         why = self._gone()
         if why is None:
             return None
+        damage = self._damage
         self._db.close()
-        self._connect()
+        if damage is None:
+            self._connect()  # a page-1 damage is found again there, and moved aside
+        else:  # the schema reads fine: opened again, the damage would stay
+            self.read_only = None
+            self._use(self._start_afresh(damage))
         self._version = None
         return why
 
@@ -618,6 +637,8 @@ class SqliteStore:
         return None
 
     def _gone(self) -> str | None:
+        if self._damage is not None:
+            return f"damaged ({self._damage})"
         now = _identity(self.path)
         if now is None:
             return "removed"
@@ -643,7 +664,7 @@ class SqliteStore:
         store = cls.__new__(cls)
         store.path, store.history_limit = Path(path), HISTORY_LIMIT
         store.busy_timeout, store.read_when_full = BUSY_TIMEOUT, False
-        store.read_only, store._lock_wait = None, BUSY_TIMEOUT
+        store.read_only, store._lock_wait, store._damage = None, BUSY_TIMEOUT, None
         _regular_or_none(store.path)
         try:
             store._db = _read_on_any_disk(store.path)
@@ -684,8 +705,8 @@ class SqliteStore:
             raise
         return db
 
-    def _start_afresh(self, exc: sqlite3.DatabaseError) -> sqlite3.Connection:
-        """Move an unreadable database aside and start an empty one."""
+    def _start_afresh(self, exc: sqlite3.DatabaseError | str) -> sqlite3.Connection:
+        """Move an unreadable database aside and start an empty one (`exc`: what was wrong)."""
         aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
         try:
             self.path.rename(aside)
@@ -1066,7 +1087,7 @@ class SqliteStore:
         StateDiskFull when the store is open for reading only because its disk is full."""
         if self.read_only is not None:
             raise StateDiskFull(self.read_only)
-        return _Transaction(self._db, self._waited)
+        return _Transaction(self._db, self._ended)
 
 
 @dataclass(frozen=True, slots=True)

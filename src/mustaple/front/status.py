@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from mustaple.adapters.config import Config, ConfigError, FleetConfig
 from mustaple.adapters.coverage import configured_files
 from mustaple.adapters.files import read_input
-from mustaple.adapters.store import CertStatus, SqliteStore
+from mustaple.adapters.store import CertStatus, SqliteStore, damaged
 from mustaple.core.certs import display_name, is_must_staple, parse_certificates
 from mustaple.core.delivery import Action
 from mustaple.core.errors import InputError
@@ -213,7 +213,14 @@ def status_rows(config: Config, now: datetime) -> list[dict[str, Any]]:
             known = stored.statuses() if stored else {}
             rows = [_row(key, status, stored, now, schedule) for key, status in known.items()]
     except sqlite3.Error as exc:
-        raise InputError(f"{db}: cannot read the state database ({exc})") from None
+        fix = (
+            ": it is damaged; the first write of `mustaple run` or `prime` that meets the "
+            "damage moves it aside and starts afresh (or move it aside yourself); the staples "
+            "are fetched again"
+            if damaged(exc)
+            else ""
+        )
+        raise InputError(f"{db}: cannot read the state database ({exc}){fix}") from None
     finally:
         if stored:
             stored.close()

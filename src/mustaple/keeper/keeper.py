@@ -76,6 +76,7 @@ from mustaple.adapters.store import (
     Store,
     StoredStaple,
     cert_key,
+    damaged,
     disk_full,
     look_up,
 )
@@ -771,12 +772,7 @@ class Keeper:
         if was_read_only is not None and _read_only(self.store) is None:
             self._store_back = True  # space came back: said by the flush, even of nothing
         if reopened is not None:
-            log.warning(
-                "the state database was %s while the keeper ran: opened again; the staples "
-                "in memory are stored in it again, and what it holds is taken in",
-                reopened,
-            )
-            self._store_again()
+            self._opened_again(reopened)
         looked_again = written is not None or reopened is not None
         if looked_again:  # even with no answer stored: a failed `prime` wrote its rows
             self.owe_reloads()  # before the rows are written over: a `prime`'s failed reload
@@ -824,6 +820,27 @@ class Keeper:
                 self._apply(wanted[key], event, now)
         for key, alert in alerts.items():
             self._apply(wanted[key], lifecycle.Alerted(alert), now)
+
+    def _opened_again(self, why: str) -> None:
+        log.warning(
+            "the state database was %s while the keeper ran: opened again; the staples "
+            "in memory are stored in it again, and what it holds is taken in",
+            why,
+        )
+        self._store_again()
+
+    def _afresh_when_damaged(self, exc: BaseException) -> bool:
+        """Whether a write that met damage in the database (a page `check` does not read)
+        got a new one (moved aside, as at a start), the answers in hand to be stored again."""
+        if not damaged(exc):
+            return False
+        try:
+            why = self.store.check()
+        except InputError:
+            return False  # it could not be moved aside: said as the store's trouble
+        if why is not None:
+            self._opened_again(why)
+        return why is not None
 
     def _store_again(self) -> None:
         """Every answer in hand stored again (a new database: removed or replaced under us),
@@ -1442,7 +1459,7 @@ class Keeper:
         if key not in self.lives:
             self._statuses[key] = None
 
-    def _flush(self, *, statuses: bool = True) -> None:
+    def _flush(self, *, statuses: bool = True, again: bool = True) -> None:
         """Apply the pending store writes in one transaction, with the status rows unless
         `statuses` is False (a full group, or the staples before a delivery, in the middle of
         a pass: the rows would be written again at its end). When the store cannot take them
@@ -1466,6 +1483,10 @@ class Keeper:
                 self.store.forget_statuses(key for key, status in rows.items() if status is None)
         except (sqlite3.Error, OSError) as exc:
             self._pending = writes.then(self._pending)
+            if again and self._afresh_when_damaged(exc):
+                self._statuses = rows | self._statuses
+                self._flush(statuses=statuses, again=False)
+                return
             if self._waits_for_lock(exc):
                 self._tell_when_patience_ends()
             else:
