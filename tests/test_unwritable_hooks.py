@@ -184,6 +184,30 @@ def stored(s: Site, leaf: x509.Certificate) -> bool:
         db.close()
 
 
+def primed_renewal(s: Site) -> tuple[subprocess.CompletedProcess[str], x509.Certificate]:
+    """A renewal (a new leaf in the site's file), then a real `mustaple prime` of it: how it
+    ended, and the new leaf."""
+    s.issue()
+    leaf = x509.load_pem_x509_certificates(s.fullchain.read_bytes())[0]
+    command = [MUSTAPLE, "prime", "--config", str(s.config), str(s.fullchain)]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=2 * BUSY_TIMEOUT, check=False
+    )
+    assert "Traceback" not in done.stderr
+    return done, leaf
+
+
+def delivered_unstored(
+    s: Site, done: subprocess.CompletedProcess[str], leaf: x509.Certificate
+) -> None:
+    """The prime passed, its staple of `leaf` in the sink's file, not in the state, and said."""
+    assert done.returncode == 0, done.stderr
+    assert "could not take 1 answers before the exit" in done.stderr, done.stderr
+    answer = ocsp.load_der_ocsp_response(s.staple.read_bytes())
+    assert answer.serial_number == leaf.serial_number
+    assert not stored(s, leaf)
+
+
 def test_a_prime_waits_once_for_a_lock_left_held_and_delivers_from_memory(tmp_path: Path) -> None:
     """A lock another connection keeps (an `sqlite3` shell left in a transaction, a stuck
     process): a prime waits `BUSY_TIMEOUT` (30 s) at its first write, then 1 s at each of
@@ -193,23 +217,31 @@ def test_a_prime_waits_once_for_a_lock_left_held_and_delivers_from_memory(tmp_pa
     standard error the answer it could not store; the next prime, the lock gone, stores it."""
     with site(tmp_path) as s:
         assert s.prime()[0] == 0
-        s.issue()  # a renewal: the new leaf's staple is fetched
-        leaf = x509.load_pem_x509_certificates(s.fullchain.read_bytes())[0]
-        command = [MUSTAPLE, "prime", "--config", str(s.config), str(s.fullchain)]
         with locked(s):
             began = time.monotonic()
-            done = subprocess.run(
-                command, capture_output=True, text=True, timeout=2 * BUSY_TIMEOUT, check=False
-            )
+            done, leaf = primed_renewal(s)
             took = time.monotonic() - began
-        assert done.returncode == 0, done.stderr
         assert BUSY_TIMEOUT <= took < BUSY_TIMEOUT + 15, took
-        assert "could not take 1 answers before the exit (database is locked)" in done.stderr
-        assert "Traceback" not in done.stderr
-        assert ocsp.load_der_ocsp_response(s.staple.read_bytes()).serial_number == (
-            leaf.serial_number
-        )
-        assert not stored(s, leaf)
+        delivered_unstored(s, done, leaf)
+        assert "(database is locked)" in done.stderr
+        assert s.prime()[0] == 0
+        assert stored(s, leaf)
+
+
+def test_a_prime_on_a_full_state_disk_delivers_from_memory(tmp_path: Path) -> None:
+    """A deploy hook on a machine whose state disk filled up: the prime stopped at the
+    state's open ("cannot open the state database (disk I/O error)", exit 2), the renewed
+    certificate's staple never written, so a reload of the server by anyone served the new
+    must-staple certificate with no staple. As `run` does, it now reads the state, fetches,
+    delivers, exits 0 and names what it could not store; once space returns, the next
+    prime stores it."""
+    with site(tmp_path) as s, contextmanager(mounted)(s.tmp / "state") as state:
+        assert s.prime()[0] == 0
+        filler = fill(state)
+        done, leaf = primed_renewal(s)
+        filler.unlink()  # (the state is read after: SQLite reads no log without room)
+        delivered_unstored(s, done, leaf)
+        assert "the state disk is full" in done.stderr
         assert s.prime()[0] == 0
         assert stored(s, leaf)
 

@@ -166,7 +166,10 @@ async def _prime(
     progress = PrimeProgress(len(paths))  # on stderr: how many are done, which came last
     waits = FetchProgress("prime", progress.display)  # and each request while it waits
     interrupt = stop.interrupt
-    async with open_keeper(config, watchers=[waits]) as keeper, progress.running():
+    async with (
+        open_keeper(config, watchers=[waits], read_when_full=True) as keeper,
+        progress.running(),
+    ):
         keeper.observers.append(progress.refreshed)
         async with open_fleet(config, keeper, for_prime=True):
             if every:

@@ -1585,9 +1585,9 @@ class Keeper:
             if full:
                 log.error(
                     "the state store cannot be written: %s. Free space on the file system of "
-                    "%s (or raise its quota); meanwhile the keeper fetches, delivers and "
-                    "serves from memory, and stores what is pending once it can, without a "
-                    "restart",
+                    "%s (or raise its quota); meanwhile what is fetched is delivered and "
+                    "served from memory, and stored once it can be (by `mustaple run` without "
+                    "a restart)",
                     problem,
                     self.config.state_dir,
                 )
