@@ -338,6 +338,12 @@ class HAProxyServer(Server):
             raise ServerError("HAProxy's `show info` has no Pid line")
         return int(match[1])
 
+    def restart(self) -> None:
+        """Stop, then start a new HAProxy, as `systemctl restart haproxy` does: it reads its
+        files afresh, on new ports, with its unix sockets at the same paths."""
+        super().stop()
+        self.start()
+
     def stop(self) -> None:
         super().stop()
         shutil.rmtree(self._sockets, ignore_errors=True)

@@ -405,6 +405,20 @@ def _os_problem(path: Path, exc: OSError) -> str:
     return f"{path}: {os_words(exc, path.parent)}"
 
 
+def _astray(path: Path, wanted: bytes | None) -> str | None:
+    """Why `path` no longer holds `wanted` (None: no staple), what a sink left there; None
+    when it does (`Watches`)."""
+    try:
+        held = read_prefix(path, RESPONSE_HEAD if wanted is None else len(wanted) + 1)
+    except OSError as exc:
+        return _os_problem(path, exc)
+    if wanted is None:
+        return f"{path} holds a staple again" if held and looks_like_ocsp_response(held) else None
+    if held == wanted:
+        return None
+    return f"{path} is gone" if held is None else f"{path} holds other bytes than were written"
+
+
 # --- file -----------------------------------------------------------------------------------------
 
 
@@ -464,6 +478,15 @@ class FileSink:
                 dir=delivery.cert_path.parent,
             )
         )
+
+    async def astray(self, batch: Sequence[Delivery]) -> list[str | None]:
+        """Which staple files of deliveries made are no longer as this sink left them."""
+        return await asyncio.to_thread(lambda: [self._astray_one(d) for d in batch])
+
+    def _astray_one(self, delivery: Delivery) -> str | None:
+        if delivery.action is Action.REMOVE and self.keep_on_remove:
+            return None  # left as it was (a `Trap` looks after it)
+        return _astray(self.path_for(delivery), self._writes(delivery))
 
     async def deliver(self, batch: Sequence[Delivery]) -> list[Delivered]:
         outcomes, held_back = await asyncio.to_thread(self._apply_and_look, batch)
@@ -797,6 +820,20 @@ class HAProxySink:
         """`<crt>.ocsp` beside the certificate HAProxy loads, or in `ocsp_dir`."""
         directory = self.ocsp_dir or delivery.cert_path.parent
         return directory / f"{delivery.cert_path.name}{suffix}"
+
+    async def astray(self, batch: Sequence[Delivery]) -> list[str | None]:
+        """Which `.ocsp` (and `.issuer`) files of staples pushed are no longer as this sink
+        wrote them: a HAProxy started without them staples nothing for that certificate."""
+        return await asyncio.to_thread(lambda: [self._astray_one(d) for d in batch])
+
+    def _astray_one(self, delivery: Delivery) -> str | None:
+        if delivery.action is Action.REMOVE or delivery.der is None:
+            return None  # emptied: a HAProxy started since staples nothing, as wanted
+        if not delivery.bundle_has_issuer:
+            issuer = _astray(self.path_for(delivery, ".issuer"), delivery.issuer_pem)
+            if issuer is not None:
+                return issuer
+        return _astray(self.path_for(delivery), delivery.der)
 
     async def deliver(self, batch: Sequence[Delivery]) -> list[Delivered]:
         liveness = _Liveness(self.running, self.timeout)

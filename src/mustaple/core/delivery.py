@@ -44,6 +44,7 @@ __all__ = [
     "Sink",
     "SinkHealth",
     "Trap",
+    "Watches",
     "staple_serial",
 ]
 
@@ -144,6 +145,20 @@ class KeepsCopies(Protocol):
     not undone by the older one."""
 
     def held(self, delivery: Delivery) -> bytes | None: ...
+
+
+@runtime_checkable
+class Watches(Protocol):
+    """A sink whose copies stay where its server reads them at a start or reload (a file
+    sink's staple file, HAProxy's `.ocsp` and `.issuer`), where something else can remove or
+    replace them (an operator, a configuration management tool, a restored backup) while the
+    keeper believes the sink has them: nginx then does not start at all without its
+    `ssl_stapling_file`, and HAProxy staples nothing, and takes no push, for a certificate it
+    loaded without a `.ocsp` file. `astray` says, for deliveries the sink took, why each copy
+    is no longer what the sink left ("... is gone"), or None where it is; the keeper looks at
+    every pass and delivers those again to that sink."""
+
+    async def astray(self, batch: Sequence[Delivery]) -> list[str | None]: ...
 
 
 @runtime_checkable

@@ -94,6 +94,7 @@ from mustaple.core.delivery import (
     Sink,
     SinkHealth,
     Trap,
+    Watches,
     staple_serial,
 )
 from mustaple.core.der import looks_like_ocsp_response
@@ -258,6 +259,8 @@ class Managed:
     # rows): delivered to again, though `sent` says they have it, until each takes it
     # (see `owe_reloads`)
     owed: set[str] = field(default_factory=set)
+    # sinks whose copy of `sent` went astray (`Watches`): delivered to again until each takes it
+    astray: set[str] = field(default_factory=set)
 
     @property
     def key(self) -> str:
@@ -752,6 +755,7 @@ class Keeper:
             if refreshing is not None:
                 refreshing.result()  # an unexpected error goes on up, as without `stop`
             self.judge_time()
+            await self.look_at_copies()
             await self.deliver()
 
     def sync(self) -> int:
@@ -987,6 +991,57 @@ class Keeper:
         self._apply(managed.life, event, now)
         return managed.life.state.answer is found
 
+    async def look_at_copies(self) -> None:
+        """Each sink that keeps copies where its server reads them (`Watches`) is asked
+        whether those of the staples it took are still as it left them; where one is not
+        (removed or replaced by something else) and what is there may not stay
+        (`_as_good_in`), that sink is delivered to again at this pass's delivery
+        (`Managed.astray`), once until it takes it."""
+        now = self.clock()
+        for name, sink in self.sinks.items():
+            if not isinstance(sink, Watches):
+                continue
+            kept = [m for m in self.managed.values() if self._kept_by(m, name)]
+            if not kept:
+                continue
+            found = await sink.astray([self._delivery(m, m.sent) for m in kept if m.sent])
+            for managed, why in zip(kept, found, strict=True):
+                if why is not None and not self._as_good_in(managed, sink, name, now):
+                    log.warning(
+                        "%s: sink %s: %s (removed or replaced by something else): written again",
+                        managed.name,
+                        name,
+                        why,
+                    )
+                    managed.astray.add(name)
+
+    def _kept_by(self, managed: Managed, sink: str) -> bool:
+        """Whether `sink` took `managed`'s staple and owes it nothing."""
+        health = managed.life.sinks.get(sink)
+        return (
+            managed.sent is not None
+            and managed.sent == self._wanted(managed)
+            and sink in self._sinks_of(managed)
+            and sink not in managed.owed | managed.astray
+            and health is not None
+            and health.ok
+        )
+
+    def _as_good_in(self, managed: Managed, sink: Sink, name: str, now: datetime) -> bool:
+        """Whether what `sink` holds for `managed`, though not what it was sent, may stay: a
+        strictly newer staple of the certificate (taken, as at a start), or a good one as
+        new as the one held (another process's, such as a `prime`'s of the same age)."""
+        answer = managed.life.state.answer
+        if not isinstance(sink, KeepsCopies) or answer is None:
+            return False
+        if self._take_copy(managed, sink, name, now):
+            return True
+        if managed.sent is None or managed.sent[0] is not Action.STAPLE:
+            return False  # a revoked answer, or nothing, is what the file must hold
+        der = sink.held(self._delivery(managed, managed.sent))
+        found = verify(der, managed.target, now, self.policy.verify) if der else None
+        return isinstance(found, Staple) and found.good and not strictly_newer(answer, found)
+
     def _rewrite_statuses(self) -> None:
         """Every status row again at the next flush, from this keeper's view (which takes in
         the attempts the rows record: `_take_recorded`): another process wrote over them."""
@@ -1213,9 +1268,11 @@ class Keeper:
             if want is None:  # nothing for the sinks any more: no retry to wait for either
                 managed.retry_at = managed.retrying = None
                 managed.owed.clear()  # nothing to deliver: the sink pays at its next delivery
+                managed.astray.clear()
                 continue
             confirmed = want == managed.sent and not again
-            if confirmed and not managed.owed:  # the sinks have it: no retry to wait for
+            again_to = managed.owed | managed.astray  # sinks that have it, delivered to again
+            if confirmed and not again_to:  # the sinks have it: no retry to wait for
                 managed.retry_at = managed.retrying = None
                 continue
             waiting = managed.retry_at is not None and managed.retry_at > now
@@ -1224,7 +1281,7 @@ class Keeper:
             wanted[managed.path] = want
             delivery = self._delivery(managed, want)
             for sink in self._sinks_of(managed):
-                if not confirmed or sink in managed.owed:  # else: only where a reload is owed
+                if not confirmed or sink in again_to:  # else: only where owed, or astray
                     per_sink.setdefault(sink, []).append((managed, delivery))
         return per_sink, wanted
 
@@ -1249,6 +1306,7 @@ class Keeper:
             done.append(delivered)
             if self._took(managed, delivered, now):
                 managed.owed.discard(delivered.sink)
+                managed.astray.discard(delivered.sink)
             else:
                 failed.add(managed.path)
         for path, want in wanted.items():
