@@ -13,7 +13,9 @@ __all__ = ["notify", "watchdog_interval"]
 
 
 def notify(*lines: str) -> bool:
-    """Send state lines such as 'READY=1'; True when a notify socket took them."""
+    """Send state lines such as 'READY=1'; True when a notify socket took them. Never waits:
+    a socket whose queue is full (a supervisor that does not read it: Linux queues 10
+    datagrams) drops them, where a blocking send would stop the whole daemon."""
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
         return False
@@ -21,6 +23,7 @@ def notify(*lines: str) -> bool:
         address = "\0" + address[1:]  # abstract namespace
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
             sock.sendto("\n".join(lines).encode(), address)
     except OSError:
         return False
