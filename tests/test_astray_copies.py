@@ -25,7 +25,8 @@ from typing import Any
 from mustaple.adapters.fetch import fetch_staple
 from mustaple.adapters.sinks import build_sink
 from mustaple.core.certs import make_target
-from mustaple.testing import CA, ResponderThread, keeper_config, keeper_world
+from mustaple.keeper.keeper import COPIES_EVERY
+from mustaple.testing import CA, ResponderThread, World, keeper_config, keeper_world
 from outside import end_all, wait_for
 from servers import HAProxyServer, NginxServer, staple_from
 from test_owed_reloads import notify_socket, passes
@@ -91,7 +92,7 @@ def test_staple_files_removed_by_hand_are_written_again_for_the_servers_next_sta
 
                 staple.unlink()
                 ocsp.unlink()
-                wait_for(lambda: staple.exists() and ocsp.exists())
+                wait_for(lambda: staple.exists() and ocsp.exists(), timeout=45)  # COPIES_EVERY
                 passes(sock, 1)  # the pass that wrote them has reloaded nginx
                 assert (staple.read_bytes(), ocsp.read_bytes()) == (stored, stored)
                 nginx.stop()
@@ -121,6 +122,12 @@ def reload_script(tmp: Path) -> str:
 def runs(tmp: Path) -> int:
     path = tmp / "runs"
     return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+async def looked_again(w: World) -> None:
+    """A pass once the copies are due to be looked at again (COPIES_EVERY later)."""
+    w.clock.now += COPIES_EVERY
+    await w.keeper.tick()
 
 
 def test_a_staple_file_replaced_or_its_directory_removed_is_written_again_and_reloaded(
@@ -155,7 +162,7 @@ async def replaced(tmp: Path) -> None:
         assert runs(tmp) == 2  # left alone: nothing to do
 
         staple.write_bytes(first.der)  # a backup restored
-        await w.keeper.tick()
+        await looked_again(w)
         assert (staple.read_bytes(), runs(tmp)) == (second.der, 3)
         await w.keeper.tick()
         assert runs(tmp) == 3
@@ -165,7 +172,7 @@ async def replaced(tmp: Path) -> None:
         assert same_age.staple is not None
         assert same_age.staple.der != second.der
         staple.write_bytes(same_age.staple.der)  # another process's, as good: left alone
-        await w.keeper.tick()
+        await looked_again(w)
         assert (staple.read_bytes(), runs(tmp)) == (same_age.staple.der, 3)
 
         w.clock.now += timedelta(minutes=1)  # a newer answer, put there by another tool
@@ -179,7 +186,7 @@ async def replaced(tmp: Path) -> None:
 
         shutil.rmtree(staple.parent)
         staple.parent.write_bytes(b"")  # the directory cannot be made again
-        await w.keeper.tick()
+        await looked_again(w)
         row = sinks_of(path)["files"]
         assert not row["ok"], row
         assert str(staple.parent) in row["error"], row

@@ -29,7 +29,13 @@ from cryptography.hazmat.primitives import serialization
 from conftest import build_response, fake_staple
 from mustaple.adapters.fetch import fetch_staple
 from mustaple.adapters.probe import probe
-from mustaple.adapters.sinks import SinkConfigError, SocketAddress, build_sink, build_sinks
+from mustaple.adapters.sinks import (
+    SinkConfigError,
+    SocketAddress,
+    _Looks,
+    build_sink,
+    build_sinks,
+)
 from mustaple.adapters.store import cert_key
 from mustaple.core.certs import make_target
 from mustaple.core.delivery import Action, Delivered, Delivery, Sink
@@ -962,3 +968,31 @@ def test_a_haproxy_socket_path_that_is_no_socket_is_an_error_not_haproxy_down(
         [delivered] = deliver(sink, pki.delivery(pem, pki.fresh().der))
         assert not delivered.ok
         assert f"{tmp_path / name} {kind}, not a socket" in (delivered.error or "")
+
+
+def test_a_staple_file_that_still_looks_the_same_is_not_read_again(tmp_path: Path) -> None:
+    """The keeper asks about every staple file at every pass: a file whose device, inode,
+    size and modification time are as when last found right is not read again (the same
+    bytes rewritten in place with its old time are taken on trust); one modified in the last
+    two seconds is read each time, whatever its time says (a file system's clock moves in
+    steps: a write within one step keeps the time)."""
+    looks, path = _Looks(), tmp_path / "a.der"
+    wanted, other = b"staple" * 50, b"STAPLE" * 50
+
+    def write(data: bytes, at: int) -> None:
+        path.write_bytes(data)
+        os.utime(path, ns=(at, at))
+
+    now, old = time.time_ns(), time.time_ns() - 10**10
+    write(wanted, now)
+    assert looks.astray(path, wanted) is None
+    write(other, now)  # within the same step
+    assert looks.astray(path, wanted) == f"{path} holds other bytes than were written"
+    write(wanted, old)
+    assert looks.astray(path, wanted) is None
+    write(other, old)  # the same look: not read
+    assert looks.astray(path, wanted) is None
+    assert looks.astray(path, other) is None  # another staple wanted: read again
+    assert looks.astray(path, wanted) == f"{path} holds other bytes than were written"
+    path.unlink()
+    assert looks.astray(path, wanted) == f"{path} is gone"

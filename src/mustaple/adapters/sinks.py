@@ -28,6 +28,7 @@ import stat
 import string
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -419,6 +420,42 @@ def _astray(path: Path, wanted: bytes | None) -> str | None:
     return f"{path} is gone" if held is None else f"{path} holds other bytes than were written"
 
 
+_SETTLED_NS = 2_000_000_000  # a file modified this long ago looks different if modified again
+
+
+class _Looks:
+    """The sink's files as they looked when last found as it left them (`_astray`: None),
+    by a hash of device, inode, size and modification time, and of what the file was to hold
+    (bytes keep their hash: one computation per staple): the keeper asks at every pass,
+    about every staple file (100k of them), and a file that still looks the same is not
+    read again (a stat costs a fifth of a read). A file modified in the last `_SETTLED_NS`
+    is read each time: a file system's clock moves in steps (a few milliseconds; FAT's two
+    seconds), and a file written again within one step keeps its modification time."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, int] = {}
+
+    def astray(self, path: Path, wanted: bytes | None) -> str | None:
+        """`_astray`, read only when the file does not look as it did when last found so."""
+        name = os.fspath(path)
+        try:
+            info = os.stat(name)
+        except FileNotFoundError:
+            self._seen.pop(name, None)
+            return _astray(path, wanted)
+        except OSError as exc:
+            return _os_problem(path, exc)
+        look = hash((info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, wanted))
+        if self._seen.get(name) == look:
+            return None
+        why = _astray(path, wanted)
+        if why is None and time.time_ns() - info.st_mtime_ns > _SETTLED_NS:
+            self._seen[name] = look
+        else:
+            self._seen.pop(name, None)
+        return why
+
+
 # --- file -----------------------------------------------------------------------------------------
 
 
@@ -453,6 +490,7 @@ class FileSink:
         self._cleaner = _Cleaner(_file_names(path))
         self._files = files or StapleFiles()
         self._traps: dict[Path, int] = {}  # kept file -> the other certificate's serial in it
+        self._looks = _Looks()
 
     def owe_reload(self) -> None:
         """The next delivery reloads the server, even when no file changes (`Reloads`)."""
@@ -486,7 +524,7 @@ class FileSink:
     def _astray_one(self, delivery: Delivery) -> str | None:
         if delivery.action is Action.REMOVE and self.keep_on_remove:
             return None  # left as it was (a `Trap` looks after it)
-        return _astray(self.path_for(delivery), self._writes(delivery))
+        return self._looks.astray(self.path_for(delivery), self._writes(delivery))
 
     async def deliver(self, batch: Sequence[Delivery]) -> list[Delivered]:
         outcomes, held_back = await asyncio.to_thread(self._apply_and_look, batch)
@@ -810,6 +848,7 @@ class HAProxySink:
         # .ocsp file emptied -> until when the running HAProxy staples what it held (None:
         # unknown), kept until that time, a reload, or a new staple pushed
         self._serving: dict[Path, datetime | None] = {}
+        self._looks = _Looks()
 
     def owe_reload(self) -> None:
         """An earlier process's push or reload failed (`Reloads`): the next delivery pushes
@@ -830,10 +869,10 @@ class HAProxySink:
         if delivery.action is Action.REMOVE or delivery.der is None:
             return None  # emptied: a HAProxy started since staples nothing, as wanted
         if not delivery.bundle_has_issuer:
-            issuer = _astray(self.path_for(delivery, ".issuer"), delivery.issuer_pem)
+            issuer = self._looks.astray(self.path_for(delivery, ".issuer"), delivery.issuer_pem)
             if issuer is not None:
                 return issuer
-        return _astray(self.path_for(delivery), delivery.der)
+        return self._looks.astray(self.path_for(delivery), delivery.der)
 
     async def deliver(self, batch: Sequence[Delivery]) -> list[Delivered]:
         liveness = _Liveness(self.running, self.timeout)
