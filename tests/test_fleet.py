@@ -223,6 +223,42 @@ def test_writes_sweep_ended_keys_out_of_a_large_key_set(redis_server: RedisServe
     assert a.client.pttl(f"{p}staple:k1") > 0  # each has an end
 
 
+def test_records_an_older_version_wrote_without_an_end_get_one_from_the_sweep(
+    redis_server: RedisServer,
+) -> None:
+    """A version before the records' end wrote them with none (no TTL): those of a leaf
+    renewed before the upgrade, which no member writes again, stayed for ever (the fleet view
+    listed the name twice, Redis kept about 6 KB per leaf). The writes' sweep gives each the
+    end a write gives it: a day after its staple's effective expiry, or a day from now for an
+    expired one; the three keys of each, and nothing else."""
+    p = prefix()
+    a = RedisStore(redis_server.url, prefix=p, member="a")
+    now = datetime.now(UTC)
+    expiry = now + timedelta(days=3)
+    live = StoredStaple("live.test", b"l" * 10, now - HOUR, expiry, now - HOUR, None)
+    for key, staple in (("old-live", live), ("old-expired", stored(1))):
+        lease = a.acquire(key, timedelta(seconds=30))
+        assert lease is not None
+        assert a.publish(key, staple, lease)
+        a.add_attempts(key, [AttemptRecord(T0, "http://x/", "POST", 200, 0.1, None, "valid")])
+        a.release(lease)
+        for kind in ("staple", "fence", "attempts"):  # as an older version left them
+            assert a.client.persist(f"{p}{kind}:{key}")
+    a.client.set(f"{p}unrelated", "kept")
+    for n in range(3):  # the set is small: one write sweeps it all
+        assert a.publish(f"new{n}", stored(1))
+    day = timedelta(days=1)
+    for key, ends in (("old-live", expiry + day), ("old-expired", now + day)):
+        for kind in ("staple", "fence", "attempts"):
+            left = a.client.pttl(f"{p}{kind}:{key}")
+            assert left > 0, (key, kind, left)
+            assert abs(datetime.now(UTC) + timedelta(milliseconds=left) - ends) < timedelta(
+                minutes=1
+            ), (key, kind)
+    assert a.client.pttl(f"{p}unrelated") == -1
+    assert a.keys() == ["new0", "new1", "new2", "old-expired", "old-live"]
+
+
 def test_garbled_records_cost_only_themselves_to_the_fleet_view(
     redis_server: RedisServer,
 ) -> None:

@@ -432,6 +432,31 @@ def test_the_records_of_a_renewed_leaf_end_and_leave_the_fleet_view(
     assert kept == {cert_key(new.cert), cert_key(other.cert)}
 
 
+def test_the_records_of_a_leaf_renewed_before_the_upgrade_end_too(fleet: Fleet) -> None:
+    """An older version wrote a leaf's records without an end; renewed before the upgrade,
+    the leaf is written by no member again, so they stayed for ever (the fleet view listed
+    its name twice). The members' writes of other staples give them the end a write gives:
+    a day after the old staple's effective expiry."""
+    old = fleet.issue("renewed.test")
+    members = [fleet.start("m0"), fleet.start("m1")]
+    wait_for(lambda: all(m.staple(old) for m in members))
+    shared = fleet.shared()
+    client, p, old_key = shared.client, fleet.prefix, cert_key(old.cert)
+    stored = shared.load(old_key)
+    assert stored is not None
+    kinds = ("staple", "attempts", "fence")
+    for kind in kinds:  # as the older version wrote them
+        assert client.persist(f"{p}{kind}:{old_key}")
+    new = fleet.issue("renewed.test")  # renewed under both members
+    others = [fleet.issue(f"c{n}.test") for n in range(3)]
+    wait_for(lambda: all(m.staple(x) for m in members for x in [new, *others]))
+    wait_for(lambda: all(client.pttl(f"{p}{kind}:{old_key}") > 0 for kind in kinds), 10)
+    ends = stored.effective_expiry + timedelta(days=1)
+    for kind in kinds:
+        left = timedelta(milliseconds=client.pttl(f"{p}{kind}:{old_key}"))
+        assert abs(utc_now() + left - ends) < timedelta(minutes=1), (kind, left)
+
+
 def names_in_view(config: str, capsys: pytest.CaptureFixture[str]) -> list[str]:
     """The certificates' names `mustaple status --fleet --json` lists."""
     capsys.readouterr()

@@ -47,7 +47,8 @@ A certificate's staple, fencing counter and attempts end `keep` (a day) after th
 effective expiry, by Redis's clock, counted again at every write: a leaf that no member
 refreshes any more (renewed on every member) leaves nothing behind, while a member that still
 serves it keeps writing them. A key whose staple record ended is not among `keys()`, and each
-staple written takes the next few such keys out of the set.
+staple written takes the next few such keys out of the set, and gives the next few records
+found without an end (an older version's) the end a write gives them.
 
 Times without a time zone, fields missing and keys of another type in what is read (another
 writer's records) make that record unreadable: logged and left out, never an exception. Every
@@ -141,7 +142,9 @@ end
 # clock; at the latest, from now): a leaf no member refreshes any more (renewed everywhere)
 # leaves nothing behind. Each write also sweeps the next few keys of the set (SSCAN, its
 # cursor in KEYS[5]: a small set at once, a large one over a few writes) and takes out those
-# whose staple record has ended.
+# whose staple record has ended; a staple hash it finds without an end (written by a version
+# before the records' end: a leaf renewed before the upgrade is written by nobody again) gets
+# the end a write gives, with its fencing counter and attempts.
 _SAVE = """
 local held = redis.call('HMGET', KEYS[1], 'fence', 'this_update_ms', 'expiry_ms', 'revoked',
   'der')
@@ -170,9 +173,19 @@ if not (type(cursor) == 'string' and #cursor <= 20 and string.match(cursor, '^%d
   cursor = '0'
 end
 local swept = redis.call('SSCAN', KEYS[2], cursor, 'COUNT', 4)
-local staples = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[4])
+local function kind_of(key) return string.sub(key, 1, #key - #ARGV[4]) end
+local staples, fences, attempts = kind_of(KEYS[1]), kind_of(KEYS[3]), kind_of(KEYS[4])
 for _, other in ipairs(swept[2]) do
-  if redis.call('EXISTS', staples .. other) == 0 then redis.call('SREM', KEYS[2], other) end
+  local record = staples .. other
+  if redis.call('EXISTS', record) == 0 then
+    redis.call('SREM', KEYS[2], other)
+  elseif redis.call('PTTL', record) == -1 and redis.call('TYPE', record).ok == 'hash' then
+    local held = tonumber(redis.call('HGET', record, 'expiry_ms')) or 0
+    local at = math.max(held, now_ms()) + tonumber(ARGV[9])
+    redis.call('PEXPIREAT', record, at)
+    redis.call('PEXPIREAT', fences .. other, at)
+    redis.call('PEXPIREAT', attempts .. other, at)
+  end
 end
 redis.call('SET', KEYS[5], swept[1])
 redis.call('SADD', KEYS[2], ARGV[4])
