@@ -663,6 +663,10 @@ def test_a_garbled_shared_record_or_message_is_refused_and_the_member_goes_on(
             assert listener is not None
             assert listener.is_alive()
             b.fleet._stop_listening()  # b finds the record when it claims
+            # the thread ends at its next poll: until then it would hear a's announcement,
+            # and b adopt the staple instead of reading the garbled record (a loaded machine)
+            await asyncio.to_thread(listener.join, 5)
+            assert not listener.is_alive()
             await a.keeper.tick()
             record = f"{a.fleet.shared.prefix}staple:{key}"
             a.fleet.shared.client.hdel(record, "fetched_by")
