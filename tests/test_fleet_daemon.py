@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ import pytest
 
 from mustaple.adapters.fetch import fetch_staple
 from mustaple.adapters.redisstore import RedisStore
-from mustaple.adapters.store import cert_key
+from mustaple.adapters.store import StoredStaple, cert_key
 from mustaple.cli import main
 from mustaple.core.certs import make_target
 from mustaple.core.clock import utc_now
@@ -396,6 +396,24 @@ def serves(port: int, name: str, der: bytes) -> bool:
     return staple_from(port, name) == der
 
 
+def served_by_two(fleet: Fleet, name: str) -> tuple[Leaf, list[Member], StoredStaple]:
+    """A leaf for `name`, two members (m0, m1) serving its staple, and the shared record."""
+    leaf = fleet.issue(name)
+    members = [fleet.start("m0"), fleet.start("m1")]
+    wait_for(lambda: all(m.staple(leaf) for m in members))
+    stored = fleet.shared().load(cert_key(leaf.cert))
+    assert stored is not None
+    return leaf, members, stored
+
+
+def records_end(fleet: Fleet, key: str, ends: datetime) -> None:
+    """The key's staple, attempts and fencing counter end at `ends` (Redis's TTL)."""
+    client = fleet.shared().client
+    for kind in ("staple", "attempts", "fence"):
+        left = timedelta(milliseconds=client.pttl(f"{fleet.prefix}{kind}:{key}"))
+        assert abs(utc_now() + left - ends) < timedelta(minutes=1), (kind, left)
+
+
 def test_the_records_of_a_renewed_leaf_end_and_leave_the_fleet_view(
     fleet: Fleet, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -405,17 +423,9 @@ def test_the_records_of_a_renewed_leaf_end_and_leave_the_fleet_view(
     that still serves the old leaf keeps writing its records (each refresh counts their end
     again); once they end, the fleet view lists the name once and the next write of any
     staple takes the old key out of the `keys` set."""
-    old = fleet.issue("renewed.test")
-    members = [fleet.start("m0"), fleet.start("m1")]
-    wait_for(lambda: all(m.staple(old) for m in members))
-    shared = fleet.shared()
-    client, p, old_key = shared.client, fleet.prefix, cert_key(old.cert)
-    stored = shared.load(old_key)
-    assert stored is not None
-    ends = stored.effective_expiry + timedelta(days=1)
-    for kind in ("staple", "attempts", "fence"):
-        left = timedelta(milliseconds=client.pttl(f"{p}{kind}:{old_key}"))
-        assert abs(utc_now() + left - ends) < timedelta(minutes=1), (kind, left)
+    old, members, stored = served_by_two(fleet, "renewed.test")
+    client, p, old_key = fleet.shared().client, fleet.prefix, cert_key(old.cert)
+    records_end(fleet, old_key, stored.effective_expiry + timedelta(days=1))
 
     new = fleet.issue("renewed.test")  # renewed under both members
     wait_for(lambda: all(m.staple(new) for m in members))
@@ -437,13 +447,8 @@ def test_the_records_of_a_leaf_renewed_before_the_upgrade_end_too(fleet: Fleet) 
     the leaf is written by no member again, so they stayed for ever (the fleet view listed
     its name twice). The members' writes of other staples give them the end a write gives:
     a day after the old staple's effective expiry."""
-    old = fleet.issue("renewed.test")
-    members = [fleet.start("m0"), fleet.start("m1")]
-    wait_for(lambda: all(m.staple(old) for m in members))
-    shared = fleet.shared()
-    client, p, old_key = shared.client, fleet.prefix, cert_key(old.cert)
-    stored = shared.load(old_key)
-    assert stored is not None
+    old, members, stored = served_by_two(fleet, "renewed.test")
+    client, p, old_key = fleet.shared().client, fleet.prefix, cert_key(old.cert)
     kinds = ("staple", "attempts", "fence")
     for kind in kinds:  # as the older version wrote them
         assert client.persist(f"{p}{kind}:{old_key}")
@@ -451,10 +456,7 @@ def test_the_records_of_a_leaf_renewed_before_the_upgrade_end_too(fleet: Fleet) 
     others = [fleet.issue(f"c{n}.test") for n in range(3)]
     wait_for(lambda: all(m.staple(x) for m in members for x in [new, *others]))
     wait_for(lambda: all(client.pttl(f"{p}{kind}:{old_key}") > 0 for kind in kinds), 10)
-    ends = stored.effective_expiry + timedelta(days=1)
-    for kind in kinds:
-        left = timedelta(milliseconds=client.pttl(f"{p}{kind}:{old_key}"))
-        assert abs(utc_now() + left - ends) < timedelta(minutes=1), (kind, left)
+    records_end(fleet, old_key, stored.effective_expiry + timedelta(days=1))
 
 
 def names_in_view(config: str, capsys: pytest.CaptureFixture[str]) -> list[str]:
