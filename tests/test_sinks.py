@@ -457,6 +457,23 @@ def test_haproxy_started_without_ocsp_file_needs_one_reload(pki: Pki, tmp_path: 
         wait_for(server.port, staple.der)  # the new worker read the file
 
 
+def test_haproxy_started_without_ocsp_file_is_reloaded_by_a_sink_with_reload(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """The same HAProxy, started before its `.ocsp` was written (a restart while the file
+    was missing): a sink with a `reload` command reloads it, so that it reads the file, and
+    the delivery is done; it stayed failing, HAProxy stapling nothing, until someone else
+    reloaded it."""
+    pem = haproxy_pem(pki.leaf, tmp_path / "certs")
+    with HAProxyServer(tmp_path / "haproxy", pem=pem) as server:
+        table = {"type": "haproxy", "socket": str(server.api_socket)}
+        sink = build_sink("haproxy", {**table, "reload": server.reload_command})
+        staple = pki.fresh()
+        [done] = deliver(sink, pki.delivery(pem, staple.der))
+        assert (done.ok, done.error, done.reload_owed) == (True, None, False), done
+        wait_for(server.port, staple.der)  # the new worker read the file
+
+
 def test_haproxy_issuer_file_for_a_bundle_without_the_chain(pki: Pki, tmp_path: Path) -> None:
     pem = haproxy_pem(pki.leaf, tmp_path / "certs", chain=False)
     server = HAProxyServer(tmp_path / "haproxy", pem=pem)

@@ -808,6 +808,9 @@ class _Shut:
     denied: bool = False
 
 
+_UNKNOWN_CERT = "does not match any certificate"  # HAProxy loaded the certificate without .ocsp
+
+
 class HAProxySink:
     """Keeps `<crt>.ocsp` (and `<crt>.issuer`) for HAProxy's next start and pushes each staple
     to the running HAProxy over its runtime API.
@@ -922,6 +925,8 @@ class HAProxySink:
             return await self._shut(pushed, path, liveness)
         if pushed.startswith(_UNREACHABLE):
             pushed += f"; {path} is written: HAProxy reads it at its next start or reload"
+        if _UNKNOWN_CERT in pushed:  # started without the file: a reload makes it read it
+            return _Outcome(False, pushed, needs_reload=True, owed=self._reloader.command is None)
         return _Outcome(False, pushed, owed=True)
 
     async def _shut(self, shut: _Shut, path: Path, liveness: _Liveness) -> _Outcome:
@@ -974,7 +979,7 @@ class HAProxySink:
         first = answer.strip().splitlines()[0] if answer.strip() else "no answer"
         if first == HAPROXY_UPDATED:
             return None
-        if "does not match any certificate" in first:
+        if _UNKNOWN_CERT in first:
             return (
                 f"HAProxy refused the staple: {first} (it knows only certificates it loaded "
                 f"with a .ocsp file, by SHA-1 CertID: if it started without {path}, reload it)"
