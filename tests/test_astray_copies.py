@@ -92,7 +92,7 @@ def test_staple_files_removed_by_hand_are_written_again_for_the_servers_next_sta
 
                 staple.unlink()
                 ocsp.unlink()
-                wait_for(lambda: staple.exists() and ocsp.exists(), timeout=45)  # COPIES_EVERY
+                wait_for(lambda: staple.exists() and ocsp.exists())  # COPIES_PASSES: 6 s
                 passes(sock, 1)  # the pass that wrote them has reloaded nginx
                 assert (staple.read_bytes(), ocsp.read_bytes()) == (stored, stored)
                 nginx.stop()

@@ -145,9 +145,11 @@ Observer = Callable[["CertFile", FetchResult], None]
 STORED_ELSEWHERE = "stored by another mustaple process"
 # How long the news of flushes that find the state locked wait for it (`_waits_for_lock`)
 LOCK_PATIENCE = timedelta(seconds=5)
-# how often the copies the sinks keep (staple files) are looked at (`look_at_copies`): each
-# look stats every one of them, 10 to 15 µs a certificate (1.5 s at 100k)
+# how often the copies the sinks keep (staple files) are looked at (`look_at_copies`), at
+# most: every COPIES_PASSES watch intervals when that is sooner. Each look stats every one of
+# them, 10 to 15 µs a certificate (1.5 s at 100k)
 COPIES_EVERY = timedelta(seconds=30)
+COPIES_PASSES = 6
 _LOCKED = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)  # another connection holds the state
 STORED_BEFORE_RELOAD = "stored by this process before its reload"  # see `Keeper.made`
 # A sink's error when an interrupted prime cut its delivery short (`Interrupt`)
@@ -1000,11 +1002,12 @@ class Keeper:
         whether those of the staples it took are still as it left them; where one is not
         (removed or replaced by something else) and what is there may not stay
         (`_as_good_in`), that sink is delivered to again at this pass's delivery
-        (`Managed.astray`), once until it takes it. At most every COPIES_EVERY (the
-        watch interval is seconds; a look costs a stat of every copy)."""
+        (`Managed.astray`), once until it takes it. Every COPIES_PASSES watch intervals,
+        at most every COPIES_EVERY (a look costs a stat of every copy)."""
         now = self.clock()
         last = self._copies_looked
-        if last is not None and last <= now < last + COPIES_EVERY:
+        every = min(COPIES_EVERY, self.policy.watch_interval * COPIES_PASSES)
+        if last is not None and last <= now < last + every:
             return
         self._copies_looked = now
         for name, sink in self.sinks.items():
