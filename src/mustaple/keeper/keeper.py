@@ -1553,15 +1553,14 @@ class Keeper:
                 self.store.forget_statuses(key for key, status in rows.items() if status is None)
         except (sqlite3.Error, OSError) as exc:
             self._pending = writes.then(self._pending)
+            self._statuses = rows | self._statuses
             if again and self._afresh_when_damaged(exc):
-                self._statuses = rows | self._statuses
                 self._flush(statuses=statuses, again=False)
                 return
             if self._waits_for_lock(exc):
                 self._tell_when_patience_ends()
             else:
                 self._tell_all_alone()  # every pending news, taken or not
-            self._statuses = rows | self._statuses
             self._store_failed(exc)
             return
         for news, tell in zip(writes.news, told, strict=True):
