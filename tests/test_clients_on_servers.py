@@ -146,7 +146,9 @@ def test_haproxy_started_after_mustaple_prime_passes(site: Site, tmp_path: Path)
     assert first_handshakes(site, haproxy) == REFUSED  # no <crt>.ocsp yet
     assert first_handshakes(site, haproxy, tls12=True) == REFUSED
 
-    socket = haproxy().api_socket  # HAProxy is stopped: nothing listens there, which is fine
+    stopped = haproxy()  # HAProxy is stopped: nothing listens at its socket, which is fine
+    socket = stopped.api_socket
+    stopped.stop()  # its socket directory goes
     primed = site.prime(f'[sinks.haproxy]\ntype = "haproxy"\nsocket = "{socket}"', [pem])
     assert primed.returncode == ExitCode.GOOD, primed.stdout + primed.stderr
     assert Path(f"{pem}.ocsp").is_file()
