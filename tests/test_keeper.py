@@ -24,10 +24,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 
 from conftest import Crowded, Handler, LoopbackServer
+from mustaple.adapters.collector import Settled
 from mustaple.adapters.config import CertEntry, Config, Hooks
 from mustaple.adapters.coverage import configured_files
 from mustaple.adapters.sinks import FileSink
 from mustaple.adapters.store import SqliteStore
+from mustaple.core import lifecycle
 from mustaple.core.certs import Target, make_target
 from mustaple.core.delivery import Action, Sink
 from mustaple.core.health import health
@@ -37,7 +39,8 @@ from mustaple.core.request import make_cert_id
 from mustaple.core.severity import Severity
 from mustaple.front.status import prime_exit_code, prime_json, prime_line
 from mustaple.keeper import daemon
-from mustaple.keeper.keeper import Keeper
+from mustaple.keeper import keeper as keeper_module
+from mustaple.keeper.keeper import Keeper, Life
 from mustaple.testing import (
     CA,
     QUICK_FETCH,
@@ -75,6 +78,16 @@ def world(tmp: Path, key_type: KeyType = "ec", **policy: Any) -> AbstractAsyncCo
 
 def run(coro: Callable[[Path], object], tmp: Path) -> None:
     asyncio.run(coro(tmp))  # type: ignore[arg-type]
+
+
+class Counted(Settled):
+    """A `Settled` that counts its settles (the daemon's loop settles after each pass)."""
+
+    settles = 0
+
+    def settle(self) -> None:
+        self.settles += 1
+        super().settle()
 
 
 NOWHERE = "http://127.0.0.1:9/"  # nothing listens: only a MemoryFetcher answers for it
@@ -892,9 +905,12 @@ def test_a_fault_in_a_pass_does_not_end_the_daemon(
             monkeypatch.setattr(keeper, "tick", tick)
             monkeypatch.setattr(daemon, "_pause", lambda *_: 0.0)
             await keeper.scan()  # as the daemon's start does
-            await asyncio.wait_for(daemon._loop(keeper, stop, asyncio.Event(), w.clock), 10)
+            settled = Counted()
+            passing = daemon._loop(keeper, stop, asyncio.Event(), w.clock, settled)
+            await asyncio.wait_for(passing, 10)
             assert len(passes) == 2
             assert w.sink.last().name == "a.test"
+            assert settled.settles == 1  # after the pass that ended, not the one that failed
 
     with caplog.at_level(logging.ERROR, logger="mustaple"):
         run(scenario, tmp_path)
@@ -917,7 +933,7 @@ def test_a_pass_that_always_fails_is_no_busy_loop(tmp_path: Path) -> None:
             keeper.tick = tick  # type: ignore[method-assign]
             stop = asyncio.Event()
             asyncio.get_running_loop().call_later(1.5, stop.set)
-            await daemon._loop(keeper, stop, asyncio.Event(), keeper.clock)
+            await daemon._loop(keeper, stop, asyncio.Event(), keeper.clock, Settled())
             return len(passes)
 
     assert asyncio.run(scenario(tmp_path)) == 2  # at 0 s and 1 s (28,000 before)
@@ -1339,5 +1355,68 @@ def test_a_certificate_past_its_own_expiry_is_fetched_no_more_and_says_so(
             level, why = health(view.state, True, (), w.clock.now, keeper.policy.schedule)
             assert level is Severity.CRITICAL
             assert "the certificate expired at" in why
+
+    run(scenario, tmp_path)
+
+
+def test_a_pass_gives_the_event_loop_a_turn_every_turn_of_certificates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 100k certificates a pass held the event loop (and so the local responder) for
+    seconds: it goes through them TURN at a time, the loop turning in between."""
+    monkeypatch.setattr(keeper_module, "TURN", 2)
+
+    async def scenario(tmp: Path) -> None:
+        async with offline(tmp) as (w, keeper, _):
+            for n in range(6):
+                w.issue(f"t{n}.test")
+            await keeper.scan()
+            await keeper.tick()
+            turns = 0
+
+            async def elsewhere() -> None:  # counts the loop's turns meanwhile
+                nonlocal turns
+                while True:
+                    turns += 1
+                    await asyncio.sleep(0)
+
+            judged: list[int] = []  # the loop's turns so far at each certificate judged
+            real = keeper._apply
+
+            def apply(life: Life, event: lifecycle.Event, now: datetime) -> None:
+                if isinstance(event, lifecycle.Tick):
+                    judged.append(turns)
+                real(life, event, now)
+
+            monkeypatch.setattr(keeper, "_apply", apply)
+            counting = asyncio.ensure_future(elsewhere())
+            await asyncio.sleep(0)
+            await keeper.judge_time()
+            counting.cancel()
+            assert len(judged) == 6
+            assert len(set(judged)) == 3  # two at a time, a turn of the loop between
+
+    run(scenario, tmp_path)
+
+
+def test_the_index_built_ahead_in_turns_finds_what_a_look_up_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`run` builds the SHA-1 index of CertIDs in turns after its start; a first look-up
+    would build it in one go (0.4 s at 100k, every answer waiting)."""
+    monkeypatch.setattr(keeper_module, "TURN", 2)
+
+    async def scenario(tmp: Path) -> None:
+        async with offline(tmp) as (w, keeper, _):
+            leaves = [w.issue(f"t{n}.test") for n in range(5)]
+            await keeper.scan()
+            await keeper.build_index()
+            for leaf in leaves:
+                cert_id = make_cert_id(leaf.issuer, leaf.cert.serial_number)
+                found = keeper.find(cert_id)
+                assert found is not None
+                assert found.target.leaf == leaf.cert
+            other = w.ca.issue("other.test", ocsp_urls=[NOWHERE])
+            assert keeper.find(make_cert_id(other.issuer, other.cert.serial_number)) is None
 
     run(scenario, tmp_path)

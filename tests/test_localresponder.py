@@ -237,6 +237,38 @@ def test_a_staple_that_answers_a_sha256_cert_id_too_is_given_for_it(
     run(scenario, tmp_path)
 
 
+def test_the_cert_id_index_follows_files_that_come_go_and_are_renewed(tmp_path: Path) -> None:
+    """The index of CertIDs a first look-up built is kept as files change, not built again:
+    a renewed leaf is found and its old one no more, a leaf in two files is found while one
+    of them is left, and a removed file's leaf is found no more."""
+
+    async def scenario(w: World) -> None:
+        old, _, _ = await w.stapled("a.test")
+        first = await w.get(path_of(request_of(old)))  # builds the SHA-1 index
+        assert first.status == 200
+        renewed = w.issue("a.test")  # a new leaf in the same file
+        copy = w.tmp / "live" / "copy"  # and a second file of it
+        copy.mkdir()
+        (copy / "fullchain.pem").write_bytes(renewed.fullchain_pem)
+        await w.keeper.scan()
+        await w.keeper.tick()
+        held = w.managed("a.test").held
+        assert held is not None
+        assert held.serial == renewed.cert.serial_number
+        found = await w.get(path_of(request_of(renewed)))
+        assert (found.status, found.body) == (200, held.der)
+        assert (await w.get(path_of(request_of(old)))).body == UNAUTHORIZED
+        (w.tmp / "live" / "a.test" / "fullchain.pem").unlink()
+        await w.keeper.scan()
+        assert (await w.get(path_of(request_of(renewed)))).body == held.der  # the copy holds it
+        (copy / "fullchain.pem").unlink()
+        await w.keeper.scan()
+        assert (await w.get(path_of(request_of(renewed)))).body == UNAUTHORIZED
+        assert w.keeper.find(make_cert_id(renewed.issuer, renewed.cert.serial_number)) is None
+
+    run(scenario, tmp_path)
+
+
 def test_get_paths_escaped_or_not(tmp_path: Path) -> None:
     async def scenario(w: World) -> None:
         leaf, managed, held = await w.stapled()

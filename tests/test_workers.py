@@ -10,7 +10,6 @@ tests; the command-line test primes more certificates than the real threshold.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -497,19 +496,6 @@ def test_mustaple_prime_of_many_certificates_delivers_every_staple_and_reloads_o
     assert len(list(staples.glob("*.der"))) == count
     assert reloads.read_text() == "reloaded\n"
     assert "Traceback" not in err
-
-
-def test_a_batch_runs_with_the_collector_set_for_it_and_puts_it_back() -> None:
-    before = gc.get_threshold()
-    with workers_module.batch_collector():
-        assert gc.get_threshold() == (workers_module.BATCH_GC, *before[1:])
-        assert gc.get_freeze_count() > 0
-        cycle: list[object] = []
-        cycle.append(cycle)
-        del cycle
-        assert gc.collect() >= 1  # cycles are still collected
-    assert gc.get_threshold() == before
-    assert gc.get_freeze_count() == 0
 
 
 @dataclass

@@ -20,7 +20,7 @@ import functools
 import glob
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from mustaple.adapters.config import CertEntry, Config
@@ -33,21 +33,25 @@ __all__ = ["Coverage", "configured_files"]
 _COMPANIONS = frozenset((".ocsp", ".issuer", ".key", ".sctl"))
 
 
-def configured_files(config: Config) -> dict[Path, CertEntry]:
+def configured_files(
+    config: Config, known: Mapping[str, Path] | None = None
+) -> dict[Path, CertEntry]:
     """Every configured certificate file that exists now, with its entry (first wins). What a
     glob matches that is no certificate by its place is left out: the files right in the
     state directory, and HAProxy's files beside a certificate file the same glob matches
     (`a.pem.ocsp`, `.issuer`, `.key`, `.sctl`): with `paths = ["/etc/haproxy/certs/*"]`
     they would each be an unusable "certificate" once the sink wrote them. A path written
-    out is always kept."""
+    out is always kept. A name in `known` is given as its `Path` there (none is made)."""
     found: dict[Path, CertEntry] = {}
+    known = known or {}
     for entry in config.certificates:
         for pattern in entry.paths:
             names = sorted(glob.glob(pattern))  # a name with no magic: if it exists
             if glob.has_magic(pattern):
                 names = _certificates_only(names, config.state_dir)
             for name in names:
-                found.setdefault(Path(name), entry)
+                path = known.get(name)
+                found.setdefault(Path(name) if path is None else path, entry)
     return found
 
 

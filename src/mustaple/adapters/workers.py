@@ -31,7 +31,6 @@ import contextlib
 import copyreg
 import dataclasses
 import functools
-import gc
 import logging
 import operator
 import os
@@ -46,7 +45,6 @@ from collections.abc import (
     Awaitable,
     Callable,
     Hashable,
-    Iterator,
     MutableMapping,
     Sequence,
 )
@@ -56,6 +54,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from mustaple.adapters.collector import batch_collector
 from mustaple.adapters.fetch import HttpFetcher
 from mustaple.adapters.http1 import Watcher
 from mustaple.adapters.loader import IssuerDownloads, Loaded, LoadFailed, load_or_fail
@@ -68,7 +67,7 @@ from mustaple.core.fetchtypes import Attempt, Fetcher, FetchJob, FetchPolicy, Fe
 from mustaple.core.urls import first_host
 from mustaple.core.verify import DEFAULT_POLICY, Policy, Staple
 
-__all__ = ["DEPTH", "Limits", "WorkerPool", "batch_collector", "cores"]
+__all__ = ["DEPTH", "Limits", "WorkerPool", "cores"]
 
 log = logging.getLogger("mustaple")
 _LENGTH = struct.Struct(">I")
@@ -79,7 +78,6 @@ LOAD_CHUNK = 64  # files per load message: one message costs about as much as a 
 BEAT = 1.0  # seconds between a worker's signs of life (and its reports of long waits)
 _WAIT = -1  # the call number of a worker's report of a request it has waited on for a while
 SILENCE = 30.0  # a worker with calls in flight silent this long is stopped (its loop is stuck)
-BATCH_GC = 100_000  # allocations between young collections during a batch (see batch_collector)
 # How many times `concurrency` (and `per_host`) fetches the keeper hands a pool at once: the
 # workers keep the limits on requests themselves, and the rest wait in them, so a worker never
 # waits on the main process for its next fetch (at 1x, 16% of two cores stayed idle).
@@ -112,22 +110,6 @@ def _as_constructed(kind: type) -> Callable[[Any], tuple[type, tuple[object, ...
 
 for _kind in (Staple, Attempt, Looked):  # what every answer carries, in both processes
     copyreg.pickle(_kind, _as_constructed(_kind))
-
-
-@contextlib.contextmanager
-def batch_collector() -> Iterator[None]:
-    """The garbage collector set for a large batch, while inside: what exists is frozen
-    (never scanned again), and a young collection runs every BATCH_GC allocations, not every
-    700. A batch makes many objects that live until its end and few reference cycles, so the
-    default spends about a tenth of a 100k prime scanning them; cycles are still collected."""
-    threshold = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(BATCH_GC, *threshold[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*threshold)
-        gc.unfreeze()
 
 
 class Limits:

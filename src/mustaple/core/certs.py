@@ -11,6 +11,7 @@ import functools
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import NamedTuple
 
 from cryptography import x509
@@ -389,6 +390,11 @@ class Target:
     @property
     def serial(self) -> int:
         return self.leaf.serial_number
+
+    @functools.cached_property
+    def not_after(self) -> datetime:
+        """The leaf's notAfter, read once (each pass asks it of every certificate)."""
+        return self.leaf.not_valid_after_utc
 
     def no_url_message(self) -> str:
         """What to tell a person when the certificate has no OCSP URL."""

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mustaple.adapters import sinks as sink_builders
+from mustaple.adapters.collector import Settled
 from mustaple.adapters.config import Config, ConfigError, load_config
 from mustaple.adapters.files import os_words
 from mustaple.adapters.http1 import Watcher
@@ -201,11 +202,13 @@ async def _serve(
         return
     server: HttpServer | None = None
     closing: set[asyncio.Task[None]] = set()  # keepers replaced by a reload, closing
+    settled = Settled()
     try:
         server = await _serve_http(None, running, config)
         _ready(running.keeper)
+        await running.keeper.build_index()
         while True:
-            await _loop(running.keeper, stop, reload, clock)
+            await _loop(running.keeper, stop, reload, clock, settled)
             running.keeper.save_pending()
             if stop.is_set():
                 break
@@ -223,8 +226,10 @@ async def _serve(
             old, (running, server) = running, switched
             config = changed
             _ready(running.keeper)
+            await running.keeper.build_index()
             closing.add(task := asyncio.ensure_future(old.close()))  # its hooks may run on
             task.add_done_callback(closing.discard)
+            task.add_done_callback(lambda _: settled.anew())  # the old keeper is garbage
     finally:
         notify("STOPPING=1")
         if server is not None:
@@ -466,7 +471,11 @@ def _summary(keeper: Keeper) -> str:
     return f"{certificates} from {files}{unusable}, {held} with a valid staple"
 
 
-async def _loop(keeper: Keeper, stop: asyncio.Event, reload: asyncio.Event, clock: Clock) -> None:
+async def _loop(
+    keeper: Keeper, stop: asyncio.Event, reload: asyncio.Event, clock: Clock, settled: Settled
+) -> None:
+    """Passes until `stop` or `reload`; after each, what the keeper holds is settled (see
+    `Settled`: the collector no longer scans it all, 0.6 s at 100k, once a pass)."""
     failed = 0  # passes in a row that failed: the next waits 1 s, 2 s ... at most the watch
     while not (stop.is_set() or reload.is_set()):  # interval: never a busy loop
         try:
@@ -485,7 +494,10 @@ async def _loop(keeper: Keeper, stop: asyncio.Event, reload: asyncio.Event, cloc
             await _wait(stop, reload, min(float(1 << min(failed - 1, 20)), limit))
             continue
         failed = 0
+        settled.settle()
+        await asyncio.sleep(0)  # a turn for the local responder: each step goes through 100k
         notify(f"STATUS={_summary(keeper)}; last pass {human_time(clock())}")
+        await asyncio.sleep(0)
         await _wait(stop, reload, _pause(keeper, clock))
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import os
 import random
@@ -53,6 +54,7 @@ from typing import Protocol, TypeVar
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from mustaple.adapters.collector import batch_collector
 from mustaple.adapters.config import CertEntry, Config, with_proxy
 from mustaple.adapters.coverage import Coverage, configured_files
 from mustaple.adapters.events import HOOK_FOR, Event, run_hook
@@ -80,7 +82,7 @@ from mustaple.adapters.store import (
     disk_full,
     look_up,
 )
-from mustaple.adapters.workers import DEPTH, Limits, WorkerPool, batch_collector, cores
+from mustaple.adapters.workers import DEPTH, Limits, WorkerPool, cores
 from mustaple.core import lifecycle
 from mustaple.core.certs import Target, display_name, is_must_staple, parse_certificates
 from mustaple.core.clock import Clock, utc_now
@@ -170,6 +172,10 @@ DELIVERY_RETRY = timedelta(seconds=5)
 # in process against 2 workers: 1,000 files 1.01 against 0.93 s, 500 files 0.66 against 0.71 s.
 WORKERS_FROM = 1000
 RESOLVE_SLICE = 4096  # paths `prime` resolves before their loads go out to the workers
+# Certificates a pass goes through between two turns of the event loop (`_turns`): each
+# pass judges, plans and compares every one, 10 to 20 µs each; in one go, at 100k, the
+# local responder answered nothing for up to 2.6 s every watch interval
+TURN = 256
 # What a file was when read: (mtime_ns, size), and its entry's `issuer` file's, or (-1, -1)
 Stamp = tuple[int, int, int, int]
 Want = tuple[Action, bytes | None]  # what a file's sinks should have (`lifecycle.wanted`)
@@ -499,25 +505,17 @@ class Keeper:
     async def scan(self, stop: asyncio.Event | None = None) -> list[Managed]:
         """Pick up new, changed and removed certificate files; return the new or changed.
         Once `stop` is set, the files not loaded yet are left for the next scan (or start)."""
-        wanted = configured_files(self.config)
+        known = [*self.managed, *self.problems]
+        wanted = await asyncio.to_thread(_survey, self.config, known)
         for path in set(self.managed) - set(wanted):
             log.info("%s: no longer configured or present (%s)", self.managed[path].name, path)
             self._drop(path, gone=True)
         for path in set(self.problems) - set(wanted):
             self._forget_status(self.problems.pop(path).key)
-        now, changed = self.clock(), []
+        now, changed = self.clock(), list[FileToLoad]()
         self._downloads.begin(now)
-        for path, entry in wanted.items():
-            current = self.managed.get(path)
-            stamp = _stamp(path, entry.issuer)
-            problem = self.problems.get(path)
-            if stamp is None and problem is not None and problem.retry_at is not None:
-                self.problems[path] = problem.out_of_sight()
-            if stamp is None or (current and current.stamp == stamp and current.entry == entry):
-                continue
-            if current is None and problem is not None and problem.left_alone(stamp, now):
-                continue
-            changed.append((path, entry, stamp))
+        async for part in _turns(wanted.items()):
+            changed += self._changed(part, now)
         with _collecting(len(changed)):
             async with self._helpers(len(changed)):
                 loading = await _until(stop or asyncio.Event(), self._load_all(changed))
@@ -534,6 +532,22 @@ class Keeper:
             for key in self.store.status_keys() - shown:
                 self._forget_status(key)
         return [managed for managed in loaded if managed is not None]
+
+    def _changed(
+        self, found: Iterable[tuple[Path, tuple[CertEntry, Stamp | None]]], now: datetime
+    ) -> Iterator[FileToLoad]:
+        """The files of `found` (as `_survey` found them) to load: new or changed, and not
+        left alone as unusable."""
+        for path, (entry, stamp) in found:
+            current = self.managed.get(path)
+            problem = self.problems.get(path)
+            if stamp is None and problem is not None and problem.retry_at is not None:
+                self.problems[path] = problem.out_of_sight()
+            if stamp is None or (current and current.stamp == stamp and current.entry == entry):
+                continue
+            if current is None and problem is not None and problem.left_alone(stamp, now):
+                continue
+            yield path, entry, stamp
 
     async def _load_all(self, files: Sequence[FileToLoad]) -> list[Managed | None]:
         """Load `files` (in worker processes when there are some: each taken as it comes
@@ -610,6 +624,7 @@ class Keeper:
         managed = Managed(path, entry, target, stamp, loaded.bundle_has_issuer, life)
         self.managed[path] = managed
         self._files.setdefault(life.key, []).append(managed)
+        self._indexed(managed)
         self._roster_changed()
         if problem is not None:
             self._forget_status(problem.key)
@@ -696,8 +711,24 @@ class Keeper:
         self._write_status(key, _problem_status(problem))
 
     def _roster_changed(self) -> None:
-        self._index.clear()
         self.revision += 1
+
+    def _indexed(self, managed: Managed) -> None:
+        """`managed` found by its CertID in each index `find` built so far."""
+        for hash_name, index in self._index.items():
+            index[_cert_id(managed, hash_name)] = managed
+
+    def _unindexed(self, managed: Managed, others: Sequence[Managed]) -> None:
+        """`managed` found no more; its CertID names `others`' last (its leaf in another
+        file), if any."""
+        for hash_name, index in self._index.items():
+            cert_id = _cert_id(managed, hash_name)
+            if index.get(cert_id) is not managed:
+                continue
+            if others:
+                index[cert_id] = others[-1]
+            else:
+                del index[cert_id]
 
     def _drop(self, path: Path, *, gone: bool = False) -> None:
         """Forget a file; its certificate's life goes when no file holds it any more. When
@@ -709,6 +740,7 @@ class Keeper:
         self._roster_changed()
         files = self._files[managed.key]
         files.remove(managed)
+        self._unindexed(managed, files)
         if files:
             self._save_status(managed.life)  # its paths
         else:
@@ -747,8 +779,11 @@ class Keeper:
         (a SIGHUP each) still reach every certificate behind a responder that hangs."""
         self.sync()
         now = self.clock()
-        self._retire_expired(now)
-        due = self._one_per_life(m for m in self.managed.values() if m.life.state.due(now))
+        await self._retire_expired(now)
+        found: list[Managed] = []
+        async for part in _turns(self.managed.values()):
+            found += [managed for managed in part if managed.life.state.due(now)]
+        due = self._one_per_life(found)
         first = set(self.unreached)
         due.sort(key=lambda managed: managed.key not in first)  # stable: else as configured
         started: set[str] = set()
@@ -760,7 +795,7 @@ class Keeper:
             self.unreached = [m.key for m in due if m.key not in started] if cut else []
             if refreshing is not None:
                 refreshing.result()  # an unexpected error goes on up, as without `stop`
-            self.judge_time()
+            await self.judge_time()
             await self.look_at_copies()
             await self.deliver()
 
@@ -1013,11 +1048,17 @@ class Keeper:
         for name, sink in self.sinks.items():
             if not isinstance(sink, Watches):
                 continue
-            kept = [m for m in self.managed.values() if self._kept_by(m, name)]
+            kept: list[tuple[Managed, Delivery]] = []
+            async for part in _turns(self.managed.values()):
+                kept += [
+                    (m, self._delivery(m, m.sent))
+                    for m in part
+                    if m.sent is not None and self._kept_by(m, name)
+                ]
             if not kept:
                 continue
-            found = await sink.astray([self._delivery(m, m.sent) for m in kept if m.sent])
-            for managed, why in zip(kept, found, strict=True):
+            found = await sink.astray([delivery for _, delivery in kept])
+            for (managed, _), why in zip(kept, found, strict=True):
                 if why is not None and not self._as_good_in(managed, sink, name, now):
                     log.warning(
                         "%s: sink %s: %s (removed or replaced by something else): written again",
@@ -1062,33 +1103,43 @@ class Keeper:
         for problem in self.problems.values():
             self._write_status(problem.key, _problem_status(problem))
 
-    def judge_time(self) -> None:
+    async def judge_time(self) -> None:
         """Expiry and alerts, for every certificate, at the clock's time; a certificate past
         its own notAfter is fetched no more (it is unusable until its file is renewed)."""
         now = self.clock()
-        for life in self.lives.values():
-            self._apply(life, Tick(), now)
-        self._retire_expired(now)
+        async for part in _turns(self.lives.values()):
+            for life in part:
+                if self.lives.get(life.key) is life:  # not dropped during a turn
+                    self._apply(life, Tick(), now)
+        await self._retire_expired(now)
 
-    def _retire_expired(self, now: datetime) -> None:
+    async def _retire_expired(self, now: datetime) -> None:
         """Each certificate past its own notAfter is unusable (`cert-expired`) until its file
         is renewed; done before a fetch too, so that none is asked for it."""
-        for life in self.lives.values():
-            ended = life.target.leaf.not_valid_after_utc
-            if ended <= now and life.state.phase is not Phase.UNUSABLE:
-                problem = f"the certificate expired at {human_time(ended)}: renew it"
-                self._apply(life, lifecycle.Unusable(problem, Reason.CERT_EXPIRED), now)
+        async for part in _turns(self.lives.values()):
+            for life in part:
+                ended = life.target.not_after
+                if self.lives.get(life.key) is not life:  # dropped during a turn
+                    continue
+                if ended <= now and life.state.phase is not Phase.UNUSABLE:
+                    problem = f"the certificate expired at {human_time(ended)}: renew it"
+                    self._apply(life, lifecycle.Unusable(problem, Reason.CERT_EXPIRED), now)
 
     def find(self, cert_id: CertId) -> Managed | None:
         """The managed certificate a CertID names (any supported hash), or None."""
         index = self._index.get(cert_id.hash_name)
-        if index is None:
-            index = {
-                make_cert_id(m.target.issuer, m.target.serial, cert_id.hash_name): m
-                for m in self.managed.values()
-            }
+        if index is None:  # built once per hash, then kept as files come and go
+            index = {_cert_id(m, cert_id.hash_name): m for m in self.managed.values()}
             self._index[cert_id.hash_name] = index
         return index.get(cert_id)
+
+    async def build_index(self, hash_name: str = "sha1") -> None:
+        """Build `find`'s index for `hash_name` now, in turns (the hash servers ask with,
+        RFC 5019's; else the first look-up builds it in one go: 0.4 s at 100k)."""
+        index: dict[CertId, Managed] = {}
+        async for part in _turns(self.managed.values()):
+            index.update((_cert_id(managed, hash_name), managed) for managed in part)
+        self._index.setdefault(hash_name, index)  # unless a look-up built it meanwhile
 
     def state_of(self, cert_id: CertId) -> CertState | None:
         """The frozen state of the certificate a CertID names (what readers above the keeper,
@@ -1107,13 +1158,15 @@ class Keeper:
     def next_wakeup(self) -> datetime | None:
         """When the next certificate falls due (or a failed delivery, or a failed issuer
         download, is tried again)."""
-        dues = [life.state.next_due for life in self.lives.values()]
-        dues += [m.retry_at for m in self.managed.values()]
-        dues += [problem.retry_at for problem in self.problems.values()]
-        return min((due for due in dues if due is not None), default=None)
+        dues = itertools.chain(
+            (life.state.next_due for life in self.lives.values()),
+            (managed.retry_at for managed in self.managed.values()),
+            (problem.retry_at for problem in self.problems.values()),
+        )
+        return min(filter(None, dues), default=None)
 
     @staticmethod
-    def _one_per_life(managed: Iterator[Managed]) -> list[Managed]:
+    def _one_per_life(managed: Iterable[Managed]) -> list[Managed]:
         """One file per certificate (the first): a leaf in two files is fetched once."""
         first: dict[str, Managed] = {}
         for m in managed:
@@ -1260,7 +1313,7 @@ class Keeper:
         the next process a reload to pay (`owe_cut_deliveries`)."""
         async with self._delivering:
             now = self.clock()
-            per_sink, wanted = self._plan(again, now)
+            per_sink, wanted = await self._plan(again, now)
             reloading = [name for name in per_sink if isinstance(self.sinks[name], Reloads)]
             if reloading:
                 self._write(functools.partial(self.store.begin_delivery, reloading))
@@ -1271,11 +1324,23 @@ class Keeper:
             self._flush()
             return done
 
-    def _plan(self, again: bool, now: datetime) -> tuple[PerSink, dict[Path, Want]]:
+    async def _plan(self, again: bool, now: datetime) -> tuple[PerSink, dict[Path, Want]]:
         """What each sink is sent (by sink), and what each file sent to some sink wants."""
         per_sink: PerSink = {}
         wanted: dict[Path, Want] = {}
-        for managed in self.managed.values():
+        async for part in _turns(self.managed.values()):
+            self._plan_part(part, again, now, per_sink, wanted)
+        return per_sink, wanted
+
+    def _plan_part(
+        self,
+        part: Iterable[Managed],
+        again: bool,
+        now: datetime,
+        per_sink: PerSink,
+        wanted: dict[Path, Want],
+    ) -> None:
+        for managed in part:
             want = self._wanted(managed)
             if want is None:  # nothing for the sinks any more: no retry to wait for either
                 managed.retry_at = managed.retrying = None
@@ -1295,7 +1360,6 @@ class Keeper:
             for sink in self._sinks_of(managed):
                 if not confirmed or sink in again_to:  # else: only where owed, or astray
                     per_sink.setdefault(sink, []).append((managed, delivery))
-        return per_sink, wanted
 
     async def _send(
         self, per_sink: PerSink, wanted: Mapping[Path, Want], now: datetime
@@ -1728,7 +1792,7 @@ class Keeper:
             else:  # what was loaded before the stop
                 chosen, loaded = list(self.managed.values()), None
                 unusable = [_unusable_of(p) for p in self.problems.values()]
-            self.judge_time()
+            await self.judge_time()
             self.take_from_sinks(m for m in chosen if m.life.state.answer is None)
             self.owe_reloads()
             unconfirmed = await self._deliver_unless(stop.abandoning)
@@ -1760,7 +1824,7 @@ class Keeper:
                 raise InputError(left.message)
             unusable.append(left)
         now = self.clock()
-        self._retire_expired(now)
+        await self._retire_expired(now)
         wanted = self._one_per_life(m for m in chosen if m.next_due is not None)
         for managed in wanted:  # due now, even with a valid staple
             if not managed.life.state.due(now):
@@ -1889,6 +1953,31 @@ def _same(answer: Staple, this_update: datetime, revoked: bool) -> bool:
 def _unusable_of(problem: Problem) -> Unusable:
     p = problem
     return Unusable(p.path, p.name, p.must_staple, p.reason, p.message)
+
+
+async def _turns(items: Iterable[_T]) -> AsyncIterator[Sequence[_T]]:
+    """`items` (taken as they are now) in slices of TURN, the event loop given a turn
+    between two: the local responder answers while a pass goes through 100k certificates."""
+    listed = list(items)
+    for start in range(0, len(listed), TURN):
+        if start:
+            await asyncio.sleep(0)
+        yield listed[start : start + TURN]
+
+
+def _cert_id(managed: Managed, hash_name: str) -> CertId:
+    return make_cert_id(managed.target.issuer, managed.target.serial, hash_name)
+
+
+def _survey(config: Config, known: Iterable[Path]) -> dict[Path, tuple[CertEntry, Stamp | None]]:
+    """Every configured certificate file, its entry and what it is now (`_stamp`); run in
+    a thread (a listing and a stat of each file: about 1 s at 100k). A file among `known` is
+    named by the same `Path` (the keeper's dictionaries then find it by identity)."""
+    same = {str(path): path for path in known}
+    return {
+        path: (entry, _stamp(path, entry.issuer))
+        for path, entry in configured_files(config, same).items()
+    }
 
 
 async def _until(stop: asyncio.Event, work: Awaitable[_T]) -> asyncio.Future[_T] | None:
