@@ -4,7 +4,7 @@ The collector scans every object that may hold a reference cycle, young ones oft
 them now and then. A keeper of 100k certificates holds millions of such objects (the
 certificates, their lives, their staples), nearly all for as long as it runs, and makes few
 cycles. Left as it is, the collector scanned them all about once a pass: 0.6 s each time, on
-the event loop's thread, while the local responder answered nothing (bench/restart.py).
+the event loop's thread, while the local responder answered nothing (bench/serving.py).
 
 * `batch_collector`: while a batch runs (a `prime`, a start, a worker process), what existed
   before it is frozen and young collections are rarer.
