@@ -1420,3 +1420,41 @@ def test_the_index_built_ahead_in_turns_finds_what_a_look_up_would(
             assert keeper.find(make_cert_id(other.issuer, other.cert.serial_number)) is None
 
     run(scenario, tmp_path)
+
+
+@pytest.mark.parametrize("quiet_from", [3, 4])
+def test_a_large_start_says_in_one_line_how_many_staples_it_restored(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    quiet_from: int,
+) -> None:
+    """A restart of 100k certificates wrote 100k "restored a valid staple" lines: from
+    QUIET_FROM files, one line gives the count, each certificate's at debug level (a revoked
+    answer restored keeps its own line)."""
+    monkeypatch.setattr(keeper_module, "QUIET_FROM", quiet_from)
+
+    async def scenario(tmp: Path) -> None:
+        async with offline(tmp) as (w, keeper, _):
+            for n in range(3):
+                w.issue(f"t{n}.test")
+            await keeper.scan()
+            await keeper.tick()
+            store = SqliteStore(tmp / "state" / "state.db")
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="mustaple"):
+                async with w.keeper(store, MemoryFetcher(w.answer)) as fresh:
+                    await fresh.scan()
+            store.close()
+
+    run(scenario, tmp_path)
+    lines = [r.getMessage() for r in caplog.records if "restored" in r.getMessage()]
+    if quiet_from == 3:
+        assert lines == [
+            "restored a valid staple from the state for 3 certificates (each one's line at "
+            "debug level)"
+        ]
+    else:  # fewer files than QUIET_FROM: a line each, as always
+        assert [line.split(" (until")[0] for line in sorted(lines)] == [
+            f"t{n}.test: restored a valid staple from the state" for n in range(3)
+        ]
