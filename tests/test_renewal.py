@@ -222,7 +222,8 @@ async def trap_and_release(s: Setting) -> None:
     while w.managed(A).held is None or sink_of(w, B)[0] is not None:
         await w.advance_to_next()
     assert sink_of(w, A) == (None, False)
-    assert reloads(nginx) > before
+    # nginx logs a reload once its master has handled the signal, not when the command returns
+    await until(lambda: reloads(nginx) > before, "nginx reloads")
     await until(lambda: served(nginx)[0] == new.cert.serial_number, "nginx serves the new one")
     nginx.settle()
     assert served(nginx) == (new.cert.serial_number, new.cert.serial_number)
