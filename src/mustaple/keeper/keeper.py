@@ -1131,22 +1131,23 @@ class Keeper:
         its own notAfter is fetched no more (it is unusable until its file is renewed)."""
         now = self.clock()
         async for part in _turns(self.lives.values()):
-            for life in part:
-                if self.lives.get(life.key) is life:  # not dropped during a turn
-                    self._apply(life, Tick(), now)
+            for life in self._still_kept(part):
+                self._apply(life, Tick(), now)
         await self._retire_expired(now)
 
     async def _retire_expired(self, now: datetime) -> None:
         """Each certificate past its own notAfter is unusable (`cert-expired`) until its file
         is renewed; done before a fetch too, so that none is asked for it."""
         async for part in _turns(self.lives.values()):
-            for life in part:
+            for life in self._still_kept(part):
                 ended = life.target.not_after
-                if self.lives.get(life.key) is not life:  # dropped during a turn
-                    continue
                 if ended <= now and life.state.phase is not Phase.UNUSABLE:
                     problem = f"the certificate expired at {human_time(ended)}: renew it"
                     self._apply(life, lifecycle.Unusable(problem, Reason.CERT_EXPIRED), now)
+
+    def _still_kept(self, lives: Iterable[Life]) -> Iterator[Life]:
+        """`lives` without those dropped meanwhile (during a turn of `_turns`)."""
+        return (life for life in lives if self.lives.get(life.key) is life)
 
     def find(self, cert_id: CertId) -> Managed | None:
         """The managed certificate a CertID names (any supported hash), or None."""
