@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mustaple.adapters.collector import BATCH_GC, Settled, batch_collector
+from mustaple.adapters.collector import BATCH_GC, Settled, batch_collector, paused
 
 
 class Node:
@@ -104,3 +104,32 @@ def test_after_a_batch_unfroze_everything_the_next_settle_scans_it_all() -> None
         holder.clear()
     settled.settle()
     assert watched() is None
+
+
+def test_no_collection_runs_inside_overlapping_pauses_and_collecting_resumes_after() -> None:
+    """A sweep over 100k certificates set off a collection of all the pass had made (40 ms
+    while the responder waited): none runs inside `paused`, whose blocks overlap when two
+    coroutines sweep at once; collecting resumes when the last one ends."""
+    first, second = paused(), paused()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # ends before the block that began after it
+    watched = cycle()
+    for _ in range(10 * gc.get_threshold()[0]):
+        Node()  # allocations that would set off young collections
+    assert not gc.isenabled()
+    assert watched() is not None
+    second.__exit__(None, None, None)
+    assert gc.isenabled()
+    gc.collect(0)
+    assert watched() is None
+
+
+def test_a_pause_leaves_a_collector_that_was_off_off() -> None:
+    gc.disable()
+    try:
+        with paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

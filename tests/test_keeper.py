@@ -902,8 +902,11 @@ def test_a_fault_in_a_pass_does_not_end_the_daemon(
                 await real_tick()
                 stop.set()
 
+            async def no_pause(*_: object) -> float:
+                return 0.0
+
             monkeypatch.setattr(keeper, "tick", tick)
-            monkeypatch.setattr(daemon, "_pause", lambda *_: 0.0)
+            monkeypatch.setattr(daemon, "_pause", no_pause)
             await keeper.scan()  # as the daemon's start does
             settled = Counted()
             passing = daemon._loop(keeper, stop, asyncio.Event(), w.clock, settled)
@@ -1363,8 +1366,8 @@ def test_a_pass_gives_the_event_loop_a_turn_every_turn_of_certificates(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """At 100k certificates a pass held the event loop (and so the local responder) for
-    seconds: it goes through them TURN at a time, the loop turning in between."""
-    monkeypatch.setattr(keeper_module, "TURN", 2)
+    seconds: it goes through them a slice at a time, the loop turning in between."""
+    monkeypatch.setattr(keeper_module, "SLICE", (2, 2))
 
     async def scenario(tmp: Path) -> None:
         async with offline(tmp) as (w, keeper, _):
@@ -1399,12 +1402,61 @@ def test_a_pass_gives_the_event_loop_a_turn_every_turn_of_certificates(
     run(scenario, tmp_path)
 
 
+def test_the_wake_up_worked_out_in_turns_is_the_one_worked_out_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`run` works out its next wake-up and the staples it holds in turns after each pass
+    (three looks at each of 100k certificates held the loop 50 ms)."""
+    monkeypatch.setattr(keeper_module, "SLICE", (2, 2))
+
+    async def scenario(tmp: Path) -> None:
+        async with offline(tmp) as (w, keeper, _):
+            for n in range(5):
+                w.issue(f"t{n}.test")
+            await keeper.scan()
+            await keeper.tick()
+            assert await keeper.count_held() == 5
+            for n, life in enumerate(keeper.lives.values()):  # each due at another time
+                life.state = replace(life.state, next_due=w.clock.now + timedelta(hours=9 - n))
+            assert await keeper.wakeup() == keeper.next_wakeup()
+            assert keeper.next_wakeup() == w.clock.now + timedelta(hours=5)
+
+    run(scenario, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("cost", "sizes"),
+    [
+        (2**-16, [8, 32, 32, 32, 10]),  # 15 µs each: slices grow to fit the budget
+        (2**-10, [8] * 5 + [3]),  # 1 ms each: never fewer than SLICE[0]
+        (0.0, [8, 4096, 100]),  # nothing (a coarse clock): the most
+    ],
+)
+def test_a_pass_slices_its_certificates_by_what_they_cost(
+    monkeypatch: pytest.MonkeyPatch, cost: float, sizes: list[int]
+) -> None:
+    """A slice of 256 certificates held the loop 5 ms at 100k (paced p99 5.5 ms): each
+    slice is sized so that going through it takes about TURN seconds."""
+    now = [0.0]
+    monkeypatch.setattr(keeper_module, "_stopwatch", lambda: now[0])
+    items = list(range(sum(sizes)))
+
+    async def slice_all() -> list[int]:
+        seen = []
+        async for part in keeper_module._turns(items):
+            seen.append(len(part))
+            now[0] += cost * len(part)
+        return seen
+
+    assert asyncio.run(slice_all()) == sizes
+
+
 def test_the_index_built_ahead_in_turns_finds_what_a_look_up_would(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`run` builds the SHA-1 index of CertIDs in turns after its start; a first look-up
     would build it in one go (0.4 s at 100k, every answer waiting)."""
-    monkeypatch.setattr(keeper_module, "TURN", 2)
+    monkeypatch.setattr(keeper_module, "SLICE", (2, 2))
 
     async def scenario(tmp: Path) -> None:
         async with offline(tmp) as (w, keeper, _):

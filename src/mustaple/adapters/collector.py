@@ -8,6 +8,9 @@ the event loop's thread, while the local responder answered nothing (bench/servi
 
 * `batch_collector`: while a batch runs (a `prime`, a start, a worker process), what existed
   before it is frozen and young collections are rarer.
+* `paused`: no automatic collection during a sweep over every certificate (each pass makes
+  several): a sweep makes many short-lived objects and no cycles, and at 100k they set off a
+  collection of all that the pass had made, 40 ms at a time, while the responder waited.
 * `Settled`: after each pass of `mustaple run`, what the keeper holds is frozen (Python's
   permanent generation: never scanned again), once the young objects' cycles are collected.
   A cycle that is garbage but was not young, or an object frozen while alive that later ends
@@ -23,11 +26,12 @@ import gc
 import time
 from collections.abc import Callable, Iterator
 
-__all__ = ["ANEW_EVERY", "BATCH_GC", "Settled", "batch_collector"]
+__all__ = ["ANEW_EVERY", "BATCH_GC", "Settled", "batch_collector", "paused"]
 
 BATCH_GC = 100_000  # allocations between young collections during a batch (see batch_collector)
 ANEW_EVERY = 3600.0  # seconds between two scans of everything in a `Settled` process
 _ENDED = [0]  # batches ended in this process: each unfroze everything (see `Settled`)
+_PAUSES = [0, True]  # `paused` blocks inside now, and whether collecting was on before them
 
 
 @contextlib.contextmanager
@@ -46,6 +50,24 @@ def batch_collector() -> Iterator[None]:
         gc.set_threshold(*threshold)
         gc.unfreeze()
         _ENDED[0] += 1
+
+
+@contextlib.contextmanager
+def paused() -> Iterator[None]:
+    """No automatic collection while inside, for a sweep that makes many objects and no
+    cycles (the objects it leaves are scanned at the next collection, as ever). Blocks may
+    nest or overlap (coroutines of one loop): collecting resumes, if it was on before the
+    first, when the last one ends."""
+    if _PAUSES[0] == 0:
+        _PAUSES[1] = gc.isenabled()
+        gc.disable()
+    _PAUSES[0] += 1
+    try:
+        yield
+    finally:
+        _PAUSES[0] -= 1
+        if _PAUSES[0] == 0 and _PAUSES[1]:
+            gc.enable()
 
 
 class Settled:

@@ -41,12 +41,17 @@ def configured_files(
     state directory, and HAProxy's files beside a certificate file the same glob matches
     (`a.pem.ocsp`, `.issuer`, `.key`, `.sctl`): with `paths = ["/etc/haproxy/certs/*"]`
     they would each be an unusable "certificate" once the sink wrote them. A path written
-    out is always kept. A name in `known` is given as its `Path` there (none is made)."""
+    out is always kept. A name in `known` is given as its `Path` there (none is made).
+
+    A glob's names are in sorted order when one of them is not `known` (a pass that finds
+    only known files, every 5 s at 100k, does not sort them: 50 ms in one call)."""
     found: dict[Path, CertEntry] = {}
     known = known or {}
     for entry in config.certificates:
         for pattern in entry.paths:
-            names = sorted(glob.glob(pattern))  # a name with no magic: if it exists
+            names = glob.glob(pattern)  # a name with no magic: if it exists
+            if not all(name in known for name in names):
+                names.sort()
             if glob.has_magic(pattern):
                 names = _certificates_only(names, config.state_dir)
             for name in names:
@@ -59,14 +64,19 @@ def _certificates_only(names: list[str], state_dir: Path) -> list[str]:
     """`names` without `state_dir`, the files right in it (mustaple's own: the database, its
     key, its lock; certificates kept in a directory below it stay), and HAProxy's companions
     of another name."""
-    listed, state = set(names), os.path.normpath(state_dir)
+    listed: set[str] | None = None  # made at the first companion's look (a 100k set)
+    state = os.path.normpath(state_dir)
 
     def ours(name: str) -> bool:
         return name == state or os.path.dirname(name) == state
 
     def companion(name: str) -> bool:
+        nonlocal listed
         stem, dot, suffix = name.rpartition(".")
-        return bool(dot) and f".{suffix}" in _COMPANIONS and stem in listed
+        if not dot or f".{suffix}" not in _COMPANIONS:
+            return False
+        listed = set(names) if listed is None else listed
+        return stem in listed
 
     return [n for n in names if not ours(n) and not companion(n)]
 

@@ -205,7 +205,7 @@ async def _serve(
     settled = Settled()
     try:
         server = await _serve_http(None, running, config)
-        _ready(running.keeper)
+        await _ready(running.keeper)
         await running.keeper.build_index()
         while True:
             await _loop(running.keeper, stop, reload, clock, settled)
@@ -225,7 +225,7 @@ async def _serve(
             switched[0].keeper.unreached = running.keeper.unreached  # first at its first pass
             old, (running, server) = running, switched
             config = changed
-            _ready(running.keeper)
+            await _ready(running.keeper)
             await running.keeper.build_index()
             closing.add(task := asyncio.ensure_future(old.close()))  # its hooks may run on
             task.add_done_callback(closing.discard)
@@ -454,17 +454,17 @@ async def _start(keeper: Keeper) -> None:
         raise
 
 
-def _ready(keeper: Keeper) -> None:
+async def _ready(keeper: Keeper) -> None:
     """Tell systemd (and the log) that we serve: staples delivered, endpoint listening."""
-    status = _summary(keeper)
+    status = await _summary(keeper)
     log.info("started: %s", status)
     notify("READY=1", f"STATUS={status}")
 
 
-def _summary(keeper: Keeper) -> str:
+async def _summary(keeper: Keeper) -> str:
     """The certificates (a file holds one, its leaf; a leaf in two files is one) and the
     files they come from (a file that cannot be used holds none), and the staples held."""
-    held = sum(life.state.held is not None for life in keeper.lives.values())
+    held = await keeper.count_held()
     files = counted(len(keeper.managed) + len(keeper.problems), "file")
     unusable = f" ({len(keeper.problems)} unusable)" if keeper.problems else ""
     certificates = counted(len(keeper.lives), "certificate")
@@ -496,15 +496,14 @@ async def _loop(
         failed = 0
         settled.settle()
         await asyncio.sleep(0)  # a turn for the local responder: each step goes through 100k
-        notify(f"STATUS={_summary(keeper)}; last pass {human_time(clock())}")
-        await asyncio.sleep(0)
-        await _wait(stop, reload, _pause(keeper, clock))
+        notify(f"STATUS={await _summary(keeper)}; last pass {human_time(clock())}")
+        await _wait(stop, reload, await _pause(keeper, clock))
 
 
-def _pause(keeper: Keeper, clock: Clock) -> float:
+async def _pause(keeper: Keeper, clock: Clock) -> float:
     """Seconds until something is due, at most the watch interval."""
     pause = keeper.policy.watch_interval
-    wake = keeper.next_wakeup()
+    wake = await keeper.wakeup()
     if wake is not None:
         pause = min(pause, max(wake - clock(), timedelta(0)))
     return pause.total_seconds()
