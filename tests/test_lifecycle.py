@@ -31,6 +31,7 @@ from mustaple.core.lifecycle import (
     Tried,
     Unusable,
     Wait,
+    calm_until,
     step,
     wanted,
 )
@@ -417,6 +418,43 @@ def test_random_lives_keep_the_promises(events: list[tuple[str, int, int]]) -> N
         assert (state.phase is Phase.REVOKED) == (state.revoked is not None)
         assert state.held is None or state.revoked is None
         assert state.next_due is not None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    EVENTS,
+    st.sampled_from([2, 30, 96, 240]),  # hours an answer lives: short ones meet critical_left
+    st.lists(st.floats(min_value=0, max_value=1), min_size=1, max_size=8),
+)
+def test_a_tick_while_calm_changes_nothing_and_the_calm_ends_when_a_tick_would(
+    events: list[tuple[str, int, int]], hours: int, shares: list[float]
+) -> None:
+    """A keeper skips the certificates whose time is calm (`calm_until`): a tick at any
+    time from the last tick's to the calm's end must leave the state as it is, with nothing
+    to do; and 2 s after that end, a tick must change something (else the calm ends too
+    soon, and a pass judges what it need not)."""
+    life = timedelta(hours=hours)
+    state, now = CertState(next_due=T0), T0
+    for kind, moved, age in events:
+        now += timedelta(hours=moved)
+        this_update = now - timedelta(hours=abs(age))
+        event: Event = Tick()
+        if kind in ("good", "stored-good", "revoked", "stored-revoked"):
+            good = "good" in kind
+            event = Accepted(answer(this_update, good=good, life=life), now, origin="")
+        elif kind == "fail":
+            event = FAIL
+        state, _ = run(state, event, now)
+    state, _ = run(state, Tick(), now)  # as the keeper's pass does before it asks
+    until = calm_until(state, POLICY)
+    end = until if until is not None else now + 400 * DAY
+    for share in shares:
+        at = now + (end - now) * share
+        if at < end:
+            assert run(state, Tick(), at) == (state, [])
+    if until is not None:
+        after, effects = run(state, Tick(), until + timedelta(seconds=2))
+        assert after != state or effects
 
 
 def test_a_month_of_random_faults_under_a_fake_clock() -> None:

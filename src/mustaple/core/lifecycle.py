@@ -44,7 +44,7 @@ import enum
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from mustaple.core.delivery import Action
@@ -53,6 +53,7 @@ from mustaple.core.render import human_time
 from mustaple.core.schedule import (
     SchedulePolicy,
     alert_level,
+    critical_left,
     hurried_note,
     next_refresh,
     next_retry,
@@ -79,6 +80,7 @@ __all__ = [
     "Tried",
     "Unusable",
     "Wait",
+    "calm_until",
     "step",
     "wanted",
 ]
@@ -582,6 +584,33 @@ def _tick(
     if level != state.alert:
         state = _evolve(state, alert=level)
     return state, effects
+
+
+_MARGIN = timedelta(seconds=1)  # before a WARNING whose time is worked out in floats
+
+
+def calm_until(state: CertState, policy: SchedulePolicy) -> datetime | None:
+    """Until when a `Tick` leaves `state` as it is, with nothing to do, given that `state`
+    is what a tick at some time `now` made: at any time from `now` (included) to the one
+    returned (excluded), or from `now` on when None. A keeper of 100k certificates judges
+    each one's time at every pass; it skips those still calm. Before `now` (a clock set
+    back), a tick may change things (an alert lowered): the caller never skips then.
+
+    From `now` on, only the held staple's expiry and its alert level rising can change a
+    tick's outcome (the level only rises with time; a clock seen set back at `now` was
+    dealt with then)."""
+    held = state.held
+    if held is None:
+        return None  # CRITICAL, or revoked or unusable, whatever the time
+    until = held.effective_expiry
+    if state.phase in (Phase.REVOKED, Phase.UNUSABLE):
+        return until
+    if state.alert < Severity.CRITICAL:
+        until = min(until, held.effective_expiry - critical_left(held, policy))
+    if state.alert < Severity.WARNING:
+        share = held.window.total_seconds() * policy.warn_left
+        until = min(until, held.effective_expiry - timedelta(seconds=share) - _MARGIN)
+    return until
 
 
 # --- What the servers should have -----------------------------------------------------------------

@@ -201,10 +201,21 @@ class Life:
     target: Target
     state: CertState = field(default_factory=CertState)
     sinks: dict[str, SinkHealth] = field(default_factory=dict)
+    # the state the last tick made, when, and until when a tick changes nothing in it
+    calm: tuple[CertState, datetime, datetime | None] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     @property
     def name(self) -> str:
         return self.target.name
+
+    def calm_at(self, now: datetime) -> bool:
+        """Whether a tick at `now` would change nothing (`lifecycle.calm_until`)."""
+        if self.calm is None or self.calm[0] is not self.state:
+            return False
+        since, until = self.calm[1:]
+        return since <= now and (until is None or now < until)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1139,12 +1150,15 @@ class Keeper:
             self._write_status(problem.key, _problem_status(problem))
 
     async def judge_time(self) -> None:
-        """Expiry and alerts, for every certificate, at the clock's time; a certificate past
-        its own notAfter is fetched no more (it is unusable until its file is renewed)."""
-        now = self.clock()
+        """Expiry and alerts, for every certificate, at the clock's time (but those whose
+        time is calm: `Life.calm_at`); a certificate past its own notAfter is fetched no
+        more (it is unusable until its file is renewed)."""
+        now, schedule = self.clock(), self.policy.schedule
         async for part in _turns(self.lives.values()):
             for life in self._still_kept(part):
-                self._apply(life, Tick(), now)
+                if not life.calm_at(now):
+                    self._apply(life, Tick(), now)
+                    life.calm = (life.state, now, lifecycle.calm_until(life.state, schedule))
         await self._retire_expired(now)
 
     async def _retire_expired(self, now: datetime) -> None:
