@@ -1362,6 +1362,20 @@ def test_a_certificate_past_its_own_expiry_is_fetched_no_more_and_says_so(
     run(scenario, tmp_path)
 
 
+def on_tick(
+    keeper: Keeper, monkeypatch: pytest.MonkeyPatch, told: Callable[[datetime], object]
+) -> None:
+    """`told(now)` at each certificate the keeper judges the time of (each `Tick` applied)."""
+    real = keeper._apply
+
+    def apply(life: Life, event: lifecycle.Event, now: datetime) -> None:
+        if isinstance(event, lifecycle.Tick):
+            told(now)
+        real(life, event, now)
+
+    monkeypatch.setattr(keeper, "_apply", apply)
+
+
 def test_a_pass_gives_the_event_loop_a_turn_every_turn_of_certificates(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1384,14 +1398,7 @@ def test_a_pass_gives_the_event_loop_a_turn_every_turn_of_certificates(
                     await asyncio.sleep(0)
 
             judged: list[int] = []  # the loop's turns so far at each certificate judged
-            real = keeper._apply
-
-            def apply(life: Life, event: lifecycle.Event, now: datetime) -> None:
-                if isinstance(event, lifecycle.Tick):
-                    judged.append(turns)
-                real(life, event, now)
-
-            monkeypatch.setattr(keeper, "_apply", apply)
+            on_tick(keeper, monkeypatch, lambda _: judged.append(turns))
             for life in keeper.lives.values():
                 life.calm = None  # else skipped: nothing changes that soon
             counting = asyncio.ensure_future(elsewhere())
@@ -1419,14 +1426,7 @@ def test_a_pass_judges_the_time_of_a_certificate_only_when_a_tick_may_change_som
             await keeper.tick()
             (life,) = keeper.lives.values()
             ticks: list[datetime] = []
-            real = keeper._apply
-
-            def apply(life: Life, event: lifecycle.Event, now: datetime) -> None:
-                if isinstance(event, lifecycle.Tick):
-                    ticks.append(now)
-                real(life, event, now)
-
-            monkeypatch.setattr(keeper, "_apply", apply)
+            on_tick(keeper, monkeypatch, ticks.append)
             start = w.clock.now
             for _ in range(3):
                 w.clock.now += timedelta(seconds=5)
