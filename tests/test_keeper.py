@@ -1362,6 +1362,48 @@ def test_a_certificate_past_its_own_expiry_is_fetched_no_more_and_says_so(
     run(scenario, tmp_path)
 
 
+def test_expired_certificates_are_looked_for_only_once_one_may_have_expired(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every pass looked twice at each certificate's notAfter (100k looks each time): now
+    not before the earliest one found, unless a file was taken since; and a certificate is
+    still retired at the first pass past its notAfter."""
+    sweeps = [0]
+    real_turns = keeper_module._turns
+
+    def counted(items: Any) -> Any:
+        sweeps[0] += 1
+        return real_turns(items)
+
+    async def scenario(tmp: Path) -> None:
+        async with offline(tmp) as (w, keeper, _):
+            start = w.clock.now
+            for name, days in (("soon.test", 3), ("later.test", 30)):
+                leaf = w.ca.issue(name, ocsp_urls=[NOWHERE], not_after=start + days * DAY)
+                w.leaves[leaf.cert.serial_number] = leaf
+                leaf.write(w.tmp / "live" / name)
+            await keeper.scan()
+            monkeypatch.setattr(keeper_module, "_turns", counted)
+            await keeper._retire_expired(start)
+            assert sweeps == [1]
+            await keeper._retire_expired(start + 2 * DAY)
+            assert sweeps == [1]  # nothing ends before three days
+            w.issue("new.test")
+            await keeper.scan()  # a file taken: looked at again
+            sweeps[0] = 0
+            await keeper._retire_expired(start + 2 * DAY)
+            assert sweeps == [1]
+            await keeper._retire_expired(start + 3 * DAY)
+            assert sweeps == [2]
+            phases = {life.name: life.state.phase for life in keeper.lives.values()}
+            assert phases["soon.test"] is lifecycle.Phase.UNUSABLE
+            assert phases["later.test"] is not lifecycle.Phase.UNUSABLE
+            await keeper._retire_expired(start + 4 * DAY)
+            assert sweeps == [3]  # an expired one is there: looked at every time
+
+    run(scenario, tmp_path)
+
+
 def on_tick(
     keeper: Keeper, monkeypatch: pytest.MonkeyPatch, told: Callable[[datetime], object]
 ) -> None:

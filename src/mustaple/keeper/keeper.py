@@ -470,6 +470,8 @@ class Keeper:
         self.problems: dict[Path, Problem] = {}
         self._index: dict[str, dict[CertId, Managed]] = {}  # by hash name; see `find`
         self.revision = 0  # see `state_of`
+        self._roster = 0  # changes whenever a file is taken or dropped
+        self._first_end: tuple[int, datetime] | None = None  # see `_retire_expired`
         self._rows_swept = False  # the status rows of files gone meanwhile, at the first scan
         self._files: dict[str, list[Managed]] = {}  # by key, in the order of `managed`
         self._delivering = asyncio.Lock()
@@ -754,6 +756,7 @@ class Keeper:
 
     def _roster_changed(self) -> None:
         self.revision += 1
+        self._roster += 1
 
     def _indexed(self, managed: Managed) -> None:
         """`managed` found by its CertID in each index `find` built so far."""
@@ -1163,13 +1166,21 @@ class Keeper:
 
     async def _retire_expired(self, now: datetime) -> None:
         """Each certificate past its own notAfter is unusable (`cert-expired`) until its file
-        is renewed; done before a fetch too, so that none is asked for it."""
+        is renewed; done before a fetch too, so that none is asked for it. No look at each
+        one while the earliest notAfter found by the last look is ahead and no file was taken
+        or dropped since (two looks at 100k certificates a pass)."""
+        roster, first = self._roster, self._first_end
+        if first is not None and first[0] == roster and now < first[1]:
+            return
+        ends = []
         async for part in _turns(self.lives.values()):
             for life in self._still_kept(part):
                 ended = life.target.not_after
+                ends.append(ended)
                 if ended <= now and life.state.phase is not Phase.UNUSABLE:
                     problem = f"the certificate expired at {human_time(ended)}: renew it"
                     self._apply(life, lifecycle.Unusable(problem, Reason.CERT_EXPIRED), now)
+        self._first_end = (roster, min(ends)) if ends else None
 
     def _still_kept(self, lives: Iterable[Life]) -> Iterator[Life]:
         """`lives` without those dropped meanwhile (during a turn of `_turns`)."""
