@@ -16,6 +16,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -595,6 +596,59 @@ def test_watching_new_changed_and_removed_files(tmp_path: Path) -> None:
             assert sorted(m.name for m in keeper.managed.values()) == ["a.test"]
 
     run(scenario, tmp_path)
+
+
+def test_a_survey_hands_back_only_what_changed_and_stats_an_issuer_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`_survey` on what the keeper holds: nothing when nothing changed (but an unusable
+    file: the keeper says whether it is read again); a file changed, a
+    new one and one whose `issuer` file changed, each with its entry and stamp (a known file
+    under the keeper's own `Path`); the files gone, a problem's too. Two entries cover the
+    same file: the first wins. Each entry's `issuer` file is stat-ed once a pass."""
+    certs, other = tmp_path / "certs", tmp_path / "other"
+    for folder, names in ((certs, "abcd"), (other, "e")):
+        folder.mkdir()
+        for name in names:
+            (folder / f"{name}.pem").write_text(name)
+    issuer = tmp_path / "issuer.pem"
+    issuer.write_text("ca")
+    first = CertEntry(paths=(str(certs / "*.pem"),), issuer=issuer)
+    second = CertEntry(paths=(str(certs / "a.pem"), str(other / "*.pem")))
+    conf = replace(config(tmp_path), certificates=(first, second))
+    found, gone = keeper_module._survey(conf, {}, [])
+    assert gone == []
+    assert {p.name: e for p, (e, _) in found.items()} == {
+        "a.pem": first, "b.pem": first, "c.pem": first, "d.pem": first, "e.pem": second
+    }  # fmt: skip
+    held: dict[Path, Any] = {
+        path: SimpleNamespace(stamp=stamp, entry=entry) for path, (entry, stamp) in found.items()
+    }
+    del held[certs / "d.pem"]  # an unusable file, kept as a problem: the keeper decides
+    found, gone = keeper_module._survey(conf, held, [certs / "d.pem"])
+    assert (list(found), gone) == ([certs / "d.pem"], [])
+    ends = keeper_module._issuer_stamp(issuer)
+    looked: list[str] = []
+    real_stat = os.stat
+
+    def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        looked.append(str(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat)
+    os.utime(certs / "a.pem", ns=(1, 1))
+    (certs / "b.pem").unlink()
+    (certs / "d.pem").unlink()
+    (certs / "f.pem").write_text("f")
+    found, gone = keeper_module._survey(conf, held, [certs / "d.pem"])
+    assert sorted(p.name for p in gone) == ["b.pem", "d.pem"]
+    assert [p.name for p in found] == ["a.pem", "f.pem"]
+    assert next(iter(found)) is next(p for p in held if p.name == "a.pem")  # the keeper's own
+    assert found[certs / "a.pem"] == (first, (1, 1, *ends))
+    assert looked.count(str(issuer)) == 1
+    os.utime(issuer, ns=(2, 2))  # a fixed issuer file: each of its entry's files again
+    found, _ = keeper_module._survey(conf, held, [])
+    assert sorted(p.name for p in found) == ["a.pem", "c.pem", "f.pem"]
 
 
 def test_status_rows_follow_the_files_across_passes(tmp_path: Path) -> None:

@@ -26,11 +26,11 @@ from pathlib import Path
 from mustaple.adapters.config import CertEntry, Config
 from mustaple.core.errors import InputError
 
-__all__ = ["Coverage", "configured_files"]
+__all__ = ["Coverage", "configured_files", "configured_names"]
 
 
 # HAProxy's files beside a certificate file it loads (mustaple's HAProxy sink writes the first two)
-_COMPANIONS = frozenset((".ocsp", ".issuer", ".key", ".sctl"))
+_COMPANIONS = (".ocsp", ".issuer", ".key", ".sctl")
 
 
 def configured_files(
@@ -41,44 +41,53 @@ def configured_files(
     state directory, and HAProxy's files beside a certificate file the same glob matches
     (`a.pem.ocsp`, `.issuer`, `.key`, `.sctl`): with `paths = ["/etc/haproxy/certs/*"]`
     they would each be an unusable "certificate" once the sink wrote them. A path written
-    out is always kept. A name in `known` is given as its `Path` there (none is made).
+    out is always kept. A name in `known` is given as its `Path` there (none is made)."""
+    known = known or {}
+    return {
+        known.get(name) or Path(name): entry
+        for name, entry in configured_names(config, known).items()
+    }
 
-    A glob's names are in sorted order when one of them is not `known` (a pass that finds
+
+def configured_names(
+    config: Config, known: Mapping[str, object] | None = None
+) -> dict[str, CertEntry]:
+    """`configured_files` by name, no `Path` made (a pass over 100k files looks up names).
+
+    A glob's names are in sorted order when one of them is not in `known` (a pass that finds
     only known files, every 5 s at 100k, does not sort them: 50 ms in one call)."""
-    found: dict[Path, CertEntry] = {}
+    found: dict[str, CertEntry] = {}
     known = known or {}
     for entry in config.certificates:
         for pattern in entry.paths:
             names = glob.glob(pattern)  # a name with no magic: if it exists
-            if not all(name in known for name in names):
+            if not all(map(known.__contains__, names)):
                 names.sort()
             if glob.has_magic(pattern):
-                names = _certificates_only(names, config.state_dir)
+                names = _certificates_only(names, pattern, config.state_dir)
             for name in names:
-                path = known.get(name)
-                found.setdefault(Path(name) if path is None else path, entry)
+                found.setdefault(name, entry)
     return found
 
 
-def _certificates_only(names: list[str], state_dir: Path) -> list[str]:
-    """`names` without `state_dir`, the files right in it (mustaple's own: the database, its
-    key, its lock; certificates kept in a directory below it stay), and HAProxy's companions
-    of another name."""
-    listed: set[str] | None = None  # made at the first companion's look (a 100k set)
+def _certificates_only(names: list[str], pattern: str, state_dir: Path) -> list[str]:
+    """`names` (listed by `pattern`) without `state_dir`, the files right in it (mustaple's
+    own: the database, its key, its lock; certificates kept in a directory below it stay),
+    and HAProxy's companions of another name. Plain string tests for each of 100k names."""
     state = os.path.normpath(state_dir)
-
-    def ours(name: str) -> bool:
-        return name == state or os.path.dirname(name) == state
-
-    def companion(name: str) -> bool:
-        nonlocal listed
-        stem, dot, suffix = name.rpartition(".")
-        if not dot or f".{suffix}" not in _COMPANIONS:
-            return False
-        listed = set(names) if listed is None else listed
-        return stem in listed
-
-    return [n for n in names if not ours(n) and not companion(n)]
+    folder = os.path.dirname(pattern)
+    # with no magic above its last part, every name the pattern lists has the same parent
+    parent = None if glob.has_magic(folder) else os.path.dirname(os.path.join(folder, "x"))
+    if parent == state:
+        return []
+    companions = [name for name in names if name.endswith(_COMPANIONS)]
+    if companions:
+        listed = set(names)
+        dropped = {name for name in companions if name.rpartition(".")[0] in listed}
+        names = [name for name in names if name not in dropped]
+    if parent is not None:
+        return [name for name in names if name != state]
+    return [name for name in names if name != state and os.path.dirname(name) != state]
 
 
 class Coverage:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import itertools
 import logging
 import operator
 import os
@@ -58,7 +57,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from mustaple.adapters.collector import batch_collector, paused
 from mustaple.adapters.config import CertEntry, Config, with_proxy
-from mustaple.adapters.coverage import Coverage, configured_files
+from mustaple.adapters.coverage import Coverage, configured_names
 from mustaple.adapters.events import HOOK_FOR, Event, run_hook
 from mustaple.adapters.fetch import HttpFetcher
 from mustaple.adapters.files import read_input
@@ -2074,18 +2073,31 @@ def _survey(
     what it is now (`_stamp`): all but those of `managed` found as they were loaded; and the
     files of `managed` and `problems` no longer configured or present. Run in a thread on
     copies the keeper does not change meanwhile: a listing and a stat of each file, about
-    1 s at 100k. A pass that finds nothing new hands back nothing (100k entries handed back
-    were scanned by the collector, 40 ms at a time). A known file is named by the same
-    `Path` (the keeper's dictionaries then find it by identity)."""
-    same = {str(path): path for path in itertools.chain(managed, problems)}
-    listed = configured_files(config, same)
-    found = {}
-    for path, entry in listed.items():
-        stamp = _stamp(path, entry.issuer)
-        current = managed.get(path)
-        if stamp is None or current is None or current.stamp != stamp or current.entry != entry:
-            found[path] = (entry, stamp)
-    return found, [path for path in same.values() if path not in listed]
+    0.5 s at 100k, names looked up as strings (a `Path`'s hash is a Python call). A pass
+    that finds nothing new hands back nothing (100k entries handed back were scanned by the
+    collector, 40 ms at a time). A known file is named by the same `Path` (the keeper's
+    dictionaries then find it by identity). An entry's `issuer` file is stat-ed once."""
+    known: dict[str, tuple[Path, Managed | None]] = {str(p): (p, None) for p in problems}
+    known.update((str(path), (path, current)) for path, current in managed.items())
+    found, stat, unknown = {}, os.stat, (None, None)
+    last, mtime, size = None, -1, -1
+    for name, entry in configured_names(config, known).items():
+        if entry is not last:
+            last, (mtime, size) = entry, _issuer_stamp(entry.issuer)
+        try:
+            info = stat(name)
+            stamp: Stamp | None = (info.st_mtime_ns, info.st_size, mtime, size)
+        except OSError:
+            stamp = None
+        path, current = known.pop(name, unknown)
+        if (
+            stamp is None
+            or current is None
+            or current.stamp != stamp
+            or (current.entry is not entry and current.entry != entry)
+        ):
+            found[path or Path(name)] = (entry, stamp)
+    return found, [path for path, _ in known.values()]
 
 
 async def _until(stop: asyncio.Event, work: Awaitable[_T]) -> asyncio.Future[_T] | None:
@@ -2137,12 +2149,16 @@ def _stamp(path: Path, issuer: Path | None = None) -> Stamp | None:
         info = path.stat()
     except OSError:
         return None
+    return (info.st_mtime_ns, info.st_size, *_issuer_stamp(issuer))
+
+
+def _issuer_stamp(issuer: Path | None) -> tuple[int, int]:
+    """The `issuer` file's part of a stamp: (-1, -1) without one, or when it is not there."""
     try:
         given = os.stat(issuer) if issuer is not None else None
     except OSError:
         given = None
-    ends = (given.st_mtime_ns, given.st_size) if given is not None else (-1, -1)
-    return (info.st_mtime_ns, info.st_size, *ends)
+    return (given.st_mtime_ns, given.st_size) if given is not None else (-1, -1)
 
 
 def _identify(path: Path) -> tuple[str, bool | None, int | None]:
