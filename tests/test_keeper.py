@@ -298,6 +298,52 @@ def test_one_file_a_sink_refuses_beside_another_of_the_same_certificate(tmp_path
     run(scenario, tmp_path)
 
 
+def test_a_look_at_copies_reads_the_deliveries_that_sent_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The look at a file sink's copies asks it about the deliveries that wrote them, kept
+    with what was sent (it made one for each of 100k staples every 30 s): a delivery is
+    made only for the copy found astray, and that staple file is written again."""
+
+    async def scenario(tmp: Path) -> None:
+        clock = ManualClock()
+        w = Offline(tmp, clock, CA(now=clock.now - DAY))
+        for name in ("a.test", "b.test"):
+            w.issue(name)
+        store = SqliteStore(tmp / "state" / "state.db")
+        sinks: dict[str, Sink] = {"files": FileSink("files", path="{dir}/staple.der")}
+        made: list[str] = []
+        real = Keeper._delivery
+
+        def delivery(keeper: Keeper, managed: Any, wanted: Any) -> Any:
+            made.append(managed.name)
+            return real(keeper, managed, wanted)
+
+        monkeypatch.setattr(Keeper, "_delivery", delivery)
+        try:
+            fetcher = MemoryFetcher(w.answer)
+            async with Keeper(config(tmp), store=store, sinks=sinks, clock=clock,
+                              dice=lambda: 0.5, fetcher=fetcher) as keeper:  # fmt: skip
+                await keeper.scan()
+                await keeper.tick()
+                assert made.count("a.test") >= 1  # the delivery that wrote it, at least
+                made.clear()
+                file = tmp / "live" / "a.test" / "staple.der"
+                written = file.read_bytes()
+                file.unlink()
+                clock.now += keeper_module.COPIES_EVERY
+                await keeper.look_at_copies()
+                assert made == ["a.test"]  # one for the copy astray (is what is there good?)
+                (astray,) = [m for m in keeper.managed.values() if m.astray]
+                assert astray.name == "a.test"
+                await keeper.deliver()
+                assert file.read_bytes() == written
+        finally:
+            store.close()
+
+    run(scenario, tmp_path)
+
+
 def test_a_start_takes_a_newer_valid_answer_back_from_a_file_sink_and_nothing_else(
     tmp_path: Path,
 ) -> None:

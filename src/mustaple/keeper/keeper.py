@@ -281,6 +281,7 @@ class Managed:
     bundle_has_issuer: bool
     life: Life
     sent: tuple[Action, bytes | None] | None = None  # what every sink has confirmed
+    sent_as: Delivery | None = None  # the delivery that sent it (a look at copies reads it)
     retry_at: datetime | None = None  # a sink failed: deliver `retrying` again then
     retrying: tuple[Action, bytes | None] | None = None  # what failed (a new answer waits not)
     # sinks whose server's reload is owed for this file (a `prime`'s failed, by the status
@@ -826,7 +827,7 @@ class Keeper:
         await self._retire_expired(now)
         found: list[Managed] = []
         async for part in _turns(self.managed.values()):
-            found += [managed for managed in part if managed.life.state.due(now)]
+            found += [m for m in part if (at := m.life.state.next_due) is not None and at <= now]
         due = self._one_per_life(found)
         first = set(self.unreached)
         due.sort(key=lambda managed: managed.key not in first)  # stable: else as configured
@@ -1098,11 +1099,7 @@ class Keeper:
         assert isinstance(sink, Watches)
         kept: list[tuple[Managed, Delivery]] = []
         async for part in _turns(self.managed.values()):
-            kept += [
-                (m, self._delivery(m, m.sent))
-                for m in part
-                if m.sent is not None and self._kept_by(m, name)
-            ]
+            kept += [(m, self._sent_as(m)) for m in part if self._kept_by(m, name)]
         if not kept:
             return
         found = await sink.astray([delivery for _, delivery in kept])
@@ -1115,6 +1112,12 @@ class Keeper:
                     why,
                 )
                 managed.astray.add(name)
+
+    def _sent_as(self, managed: Managed) -> Delivery:
+        """The delivery of what the sinks confirmed (`sent`): the one that sent it, kept (a
+        look at 100k copies made 100k deliveries), or one made now."""
+        assert managed.sent is not None
+        return managed.sent_as or self._delivery(managed, managed.sent)
 
     def _kept_by(self, managed: Managed, sink: str) -> bool:
         """Whether `sink` took `managed`'s staple and owes it nothing."""
@@ -1139,7 +1142,7 @@ class Keeper:
             return True
         if managed.sent is None or managed.sent[0] is not Action.STAPLE:
             return False  # a revoked answer, or nothing, is what the file must hold
-        der = sink.held(self._delivery(managed, managed.sent))
+        der = sink.held(self._sent_as(managed))
         found = verify(der, managed.target, now, self.policy.verify) if der else None
         return isinstance(found, Staple) and found.good and not strictly_newer(answer, found)
 
@@ -1157,10 +1160,9 @@ class Keeper:
         more (it is unusable until its file is renewed)."""
         now, schedule = self.clock(), self.policy.schedule
         async for part in _turns(self.lives.values()):
-            for life in self._still_kept(part):
-                if not life.calm_at(now):
-                    self._apply(life, Tick(), now)
-                    life.calm = (life.state, now, lifecycle.calm_until(life.state, schedule))
+            for life in self._still_kept([life for life in part if not life.calm_at(now)]):
+                self._apply(life, Tick(), now)
+                life.calm = (life.state, now, lifecycle.calm_until(life.state, schedule))
         await self._retire_expired(now)
 
     async def _retire_expired(self, now: datetime) -> None:
@@ -1418,18 +1420,19 @@ class Keeper:
         per_sink: PerSink,
         wanted: dict[Path, Want],
     ) -> None:
+        remove_at_expiry = self.policy.at_expiry == "remove"
         for managed in part:
-            want = self._wanted(managed)
+            want = lifecycle.wanted(managed.life.state, remove_at_expiry=remove_at_expiry)
             if want is None:  # nothing for the sinks any more: no retry to wait for either
                 managed.retry_at = managed.retrying = None
                 managed.owed.clear()  # nothing to deliver: the sink pays at its next delivery
                 managed.astray.clear()
                 continue
             confirmed = want == managed.sent and not again
-            again_to = managed.owed | managed.astray  # sinks that have it, delivered to again
-            if confirmed and not again_to:  # the sinks have it: no retry to wait for
-                managed.retry_at = managed.retrying = None
+            if confirmed and not managed.owed and not managed.astray:  # the sinks have it
+                managed.retry_at = managed.retrying = None  # no retry to wait for
                 continue
+            again_to = managed.owed | managed.astray  # sinks that have it, delivered to again
             waiting = managed.retry_at is not None and managed.retry_at > now
             if not again and waiting and want == managed.retrying:
                 continue  # a failed delivery waits for its retry; a new answer goes now
@@ -1449,6 +1452,7 @@ class Keeper:
         )
         failed: set[Path] = set()
         done = []
+        made = {m.path: (m, delivery) for group in per_sink.values() for m, delivery in group}
         taken = [
             (managed, delivered)
             for name, group in zip(names, results, strict=True)
@@ -1473,6 +1477,8 @@ class Keeper:
                 managed.retry_at, managed.retrying = now + delay, want
             else:
                 managed.sent, managed.retry_at, managed.retrying = want, None, None
+                sender, delivery = made.get(path, (None, None))
+                managed.sent_as = delivery if sender is managed else None
         for life in {self.managed[p].life.key: self.managed[p].life for p in wanted}.values():
             self._save_status(life)
         return done
