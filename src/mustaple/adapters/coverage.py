@@ -61,7 +61,7 @@ def configured_names(
     for entry in config.certificates:
         for pattern in entry.paths:
             names = glob.glob(pattern)  # a name with no magic: if it exists
-            if not all(map(known.__contains__, names)):
+            if not all(name in known for name in names):  # in steps: another thread runs
                 names.sort()
             if glob.has_magic(pattern):
                 names = _certificates_only(names, pattern, config.state_dir)
