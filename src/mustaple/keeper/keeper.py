@@ -1097,21 +1097,26 @@ class Keeper:
 
     async def _look_at(self, name: str, sink: Sink, now: datetime) -> None:
         assert isinstance(sink, Watches)
-        kept: list[tuple[Managed, Delivery]] = []
+        kept: list[Managed] = []
+        deliveries: list[Delivery] = []
         async for part in _turns(self.managed.values()):
-            kept += [(m, self._sent_as(m)) for m in part if self._kept_by(m, name)]
+            these = [m for m in part if self._kept_by(m, name)]
+            kept += these
+            deliveries += map(self._sent_as, these)
         if not kept:
             return
-        found = await sink.astray([delivery for _, delivery in kept])
-        for (managed, _), why in zip(kept, found, strict=True):
-            if why is not None and not self._as_good_in(managed, sink, name, now):
-                log.warning(
-                    "%s: sink %s: %s (removed or replaced by something else): written again",
-                    managed.name,
-                    name,
-                    why,
-                )
-                managed.astray.add(name)
+        found = await sink.astray(deliveries)
+        async for indexes in _turns(range(len(found))):  # 100k in one go held every answer
+            for index in indexes:
+                why, managed = found[index], kept[index]
+                if why is not None and not self._as_good_in(managed, sink, name, now):
+                    log.warning(
+                        "%s: sink %s: %s (removed or replaced by something else): written again",
+                        managed.name,
+                        name,
+                        why,
+                    )
+                    managed.astray.add(name)
 
     def _sent_as(self, managed: Managed) -> Delivery:
         """The delivery of what the sinks confirmed (`sent`): the one that sent it, kept (a
