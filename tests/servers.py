@@ -321,7 +321,13 @@ class HAProxyServer(Server):
         admin socket was not there yet."""
         ports = (self.port, self.api_port)
         paths = (self.api_socket, self.master_socket)
-        return all(map(_answers, ports)) and all(map(_answers_at, paths))
+        sockets = all(map(_answers, ports)) and all(map(_answers_at, paths))
+        return sockets and self.master_ready()
+
+    def master_ready(self) -> bool:
+        """Whether the master said its worker is loaded: only from then is it in the loop
+        that takes a reload signal (a USR2 sent before was lost: the reload never came)."""
+        return b"Loading success." in self.log.read_bytes()
 
     @property
     def reload_command(self) -> str:
