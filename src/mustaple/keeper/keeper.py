@@ -2084,7 +2084,7 @@ def _survey(
     what it is now (`_stamp`): all but those of `managed` found as they were loaded; and the
     files of `managed` and `problems` no longer configured or present. Run in a thread on
     copies the keeper does not change meanwhile: a listing and a stat of each file, about
-    0.5 s at 100k, names looked up as strings (a `Path`'s hash is a Python call). A pass
+    0.7 s at 100k, names looked up as strings (a `Path`'s hash is a Python call). A pass
     that finds nothing new hands back nothing (100k entries handed back were scanned by the
     collector, 40 ms at a time). A known file is named by the same `Path` (the keeper's
     dictionaries then find it by identity). An entry's `issuer` file is stat-ed once."""
