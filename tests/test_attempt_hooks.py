@@ -13,6 +13,8 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from mustaple.testing import Behaviour
 from outside import wait_for
 from test_recorded_attempts import MUSTAPLE, Site, site
@@ -62,7 +64,10 @@ def waiting(s: Site, command: str) -> subprocess.Popen[str]:
     """`started`, once its request is held at the responder (it read the rows before)."""
     held = s.responder.held
     process = started(s, command)
-    wait_for(lambda: s.responder.held == held + 1)
+    wait_for(lambda: s.responder.held == held + 1 or process.poll() is not None)
+    if process.poll() is not None:  # say why, not "timed out" (CI once waited 20 s here)
+        error = (s.tmp / f"run{len(s.runs) - 1}.err").read_text()
+        pytest.fail(f"`mustaple {command}` exited {process.returncode}: {error[-2000:]}")
     return process
 
 
