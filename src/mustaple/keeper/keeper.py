@@ -1385,9 +1385,12 @@ class Keeper:
     # --- Delivery -------------------------------------------------------------------------------
 
     def _wanted(self, managed: Managed) -> tuple[Action, bytes | None] | None:
-        return lifecycle.wanted(
-            managed.life.state, remove_at_expiry=self.policy.at_expiry == "remove"
-        )
+        return lifecycle.wanted(managed.life.state, remove_at_expiry=self._removes_at_expiry)
+
+    @property
+    def _removes_at_expiry(self) -> bool:
+        """Whether an expired staple is taken from the sinks (`at_expiry = "remove"`)."""
+        return self.policy.at_expiry == "remove"
 
     async def deliver(self, *, again: bool = False) -> list[Delivered]:
         """Store the pending writes, then send every changed staple (or all, with `again`)
@@ -1425,7 +1428,7 @@ class Keeper:
         per_sink: PerSink,
         wanted: dict[Path, Want],
     ) -> None:
-        remove_at_expiry = self.policy.at_expiry == "remove"
+        remove_at_expiry = self._removes_at_expiry
         for managed in part:
             want = lifecycle.wanted(managed.life.state, remove_at_expiry=remove_at_expiry)
             if want is None:  # nothing for the sinks any more: no retry to wait for either
