@@ -14,13 +14,14 @@ interoperability tests feed to mustaple is OpenSSL's own output.
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from ports import free_port
 
 __all__ = [
     "KEY_TYPES",
@@ -218,14 +219,6 @@ def _make_index(pki: Pki) -> None:
             "ca", "-config", "openssl.cnf", "-cert", "ca.pem", "-keyfile", "ca.key", *args,
             cwd=pki.directory,
         )  # fmt: skip
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now (bound to port 0, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _responder_args(pki: Pki, signer: str, options: tuple[str, ...]) -> list[str]:

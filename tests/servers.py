@@ -27,6 +27,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
+from ports import free_port
+
 __all__ = [
     "ApacheServer",
     "HAProxyServer",
@@ -53,14 +55,6 @@ _IN_USE = "Address already in use"
 
 class ServerError(RuntimeError):
     """A test server would not start, or could not be asked for its staple."""
-
-
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _answers(port: int) -> bool:

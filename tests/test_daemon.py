@@ -37,6 +37,7 @@ from mustaple.keeper import daemon as daemon_module
 from mustaple.keeper.daemon import check_config
 from mustaple.testing import CA, Behaviour, Leaf, ResponderThread
 from outside import wait_for
+from ports import free_port
 
 MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))
 
@@ -823,13 +824,6 @@ def test_kill_9_loses_nothing(site: Site, daemon: Callable[..., Daemon]) -> None
         staple = check_staple(site, leaves[n], f"c{n}.test")
         assert staple.status == ocsp.OCSPCertStatus.GOOD
     assert len(site.responder.requests) - served <= 20 - len(stored)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_run_serves_health_metrics_and_the_local_responder(

@@ -24,17 +24,11 @@ from mustaple.adapters.config import load_config
 from mustaple.core.request import encode_request, get_url, make_cert_id
 from mustaple.serve.fastpath import MAX_CONNECTIONS, SPARE_DESCRIPTORS
 from mustaple.testing import CA, Leaf, ResponderThread
+from ports import free_port
 
 MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))
 SOFT_LIMIT = 1024
 IDLE_CLIENTS = 1100
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture

@@ -39,6 +39,7 @@ from mustaple.testing import (
     craft_response,
     good_spec,
 )
+from ports import free_port
 
 VERSIONS = ("1.2", "1.3")
 HOST = "127.0.0.1"
@@ -352,13 +353,6 @@ def test_curl_cert_status_accepts_the_staple(
     server.set_staple(None)
     done = curl(server.port, files, f"--tlsv{version}", "--tls-max", version)
     assert done.returncode == 91, done.stderr  # CURLE_SSL_INVALIDCERTSTATUS
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 NGINX_CONF = """\
