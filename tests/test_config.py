@@ -49,6 +49,7 @@ concurrency = 8
 per_host = 2
 at_expiry = "keep"
 watch_interval = "2s"
+watch_timeout = "1m"
 clock_skew = "1m"
 """
 
@@ -83,6 +84,8 @@ def test_full_config(tmp_path: Path) -> None:
     assert policy.fetch.total_timeout == 5.0
     assert (policy.hash_name, policy.per_host, policy.at_expiry) == ("sha1", 2, "keep")
     assert policy.verify.clock_skew == timedelta(minutes=1)
+    assert policy.watch_interval == timedelta(seconds=2)
+    assert policy.watch_timeout == timedelta(minutes=1)
 
 
 @pytest.mark.parametrize(
@@ -108,6 +111,8 @@ def test_full_config(tmp_path: Path) -> None:
         (MINIMAL + "[policy]\nconcurrency = 0\n", "policy.concurrency: must be at least 1"),
         (MINIMAL + "[policy]\nattempts = true\n", "policy.attempts: must be an integer, not bool"),
         (MINIMAL + "[policy]\nat_expiry = 'panic'\n", "policy.at_expiry: must be one of"),
+        (MINIMAL + "[policy]\nwatch_timeout = '0.5s'\n", "policy.watch_timeout: must be at"),
+        (MINIMAL + "[policy]\nwatch_timeout = '2h'\n", "policy.watch_timeout: must be at most"),
         (MINIMAL + "[hooks]\non_revoke = 'x'\n", "hooks.on_revoke: unknown key"),
         (MINIMAL + "[hooks]\non_revoked = ''\n", "hooks.on_revoked: must be a shell command"),
         ("[[certificates\n", "not valid TOML"),

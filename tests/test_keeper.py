@@ -697,6 +697,31 @@ def test_a_survey_hands_back_only_what_changed_and_stats_an_issuer_file_once(
     assert sorted(p.name for p in found) == ["a.pem", "c.pem", "f.pem"]
 
 
+def test_a_survey_leaves_a_skipped_entrys_files_as_they_are(tmp_path: Path) -> None:
+    """An entry set aside (its look hangs, see `Surveys`) is not looked at, and the files
+    its patterns match are neither changed nor gone (a dead mount must not remove their
+    staples); `at` says where a look is: the entry's number and the file."""
+    certs, other = tmp_path / "certs", tmp_path / "other"
+    for folder in (certs, other):
+        folder.mkdir()
+        (folder / "a.pem").write_text("a")
+    first = CertEntry(paths=(str(certs / "*.pem"),))
+    second = CertEntry(paths=(str(other / "*.pem"),))
+    conf = replace(config(tmp_path), certificates=(first, second))
+    at: list[object] = []
+    found, _ = keeper_module._survey(conf, {}, [], (), at)
+    assert sorted(found) == [certs / "a.pem", other / "a.pem"]
+    assert at == [1, str(other / "a.pem")]
+    held: dict[Path, Any] = {
+        path: SimpleNamespace(stamp=stamp, entry=entry) for path, (entry, stamp) in found.items()
+    }
+    (certs / "a.pem").unlink()  # what a look would take as gone
+    (other / "a.pem").unlink()
+    found, gone = keeper_module._survey(conf, held, [certs / "b.pem"], {0}, at)
+    assert (found, gone) == ({}, [other / "a.pem"])
+    assert at[0] == 1
+
+
 def test_status_rows_follow_the_files_across_passes(tmp_path: Path) -> None:
     """The stored status rows (what `mustaple status` lists) are those of the files there now:
     a second file's path goes when it goes, a renewed certificate's old leaf goes, a file

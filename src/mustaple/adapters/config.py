@@ -113,6 +113,7 @@ class KeeperPolicy:
     per_host: int = 4
     at_expiry: str = "remove"  # or "keep"
     watch_interval: timedelta = timedelta(seconds=5)
+    watch_timeout: timedelta = timedelta(seconds=30)  # a look at the files that hangs: see Surveys
     workers: int | None = None  # processes for large batches; None: one per core; 0: none
 
 
@@ -595,7 +596,7 @@ def _policy(reader: TableReader) -> KeeperPolicy:
         "refresh_at", "jitter", "min_interval", "retry_min", "retry_base", "retry_max",
         "timeout", "attempts",
         "clock_skew", "allow_missing_next_update", "hash", "concurrency", "per_host",
-        "at_expiry", "watch_interval", "max_response_size", "proxy", "workers",
+        "at_expiry", "watch_interval", "watch_timeout", "max_response_size", "proxy", "workers",
     )  # fmt: skip
     defaults = KeeperPolicy()
     try:
@@ -632,6 +633,7 @@ def _policy(reader: TableReader) -> KeeperPolicy:
         per_host=reader.number("per_host", defaults.per_host, 1, 1024),
         at_expiry=_choice(reader, "at_expiry", ["remove", "keep"], defaults.at_expiry),
         watch_interval=reader.duration("watch_interval", defaults.watch_interval, _DAY, low=_LOOP),
+        watch_timeout=reader.duration("watch_timeout", defaults.watch_timeout, _HOUR, low=_LOOP),
         workers=reader.number("workers", 0, 0, 64) if "workers" in reader.table else None,
     )
 

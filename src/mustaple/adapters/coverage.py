@@ -20,7 +20,7 @@ import functools
 import glob
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from pathlib import Path
 
 from mustaple.adapters.config import CertEntry, Config
@@ -50,16 +50,26 @@ def configured_files(
 
 
 def configured_names(
-    config: Config, known: Mapping[str, object] | None = None
+    config: Config,
+    known: Mapping[str, object] | None = None,
+    skip: Container[int] = (),
+    at: list[object] | None = None,
 ) -> dict[str, CertEntry]:
-    """`configured_files` by name, no `Path` made (a pass over 100k files looks up names).
+    """`configured_files` by name, no `Path` made (a pass over 100k files looks up names),
+    but for the entries numbered in `skip` (their place in `config.certificates`). Before
+    each pattern is listed, `at` (when given) is set to its entry's number and the pattern:
+    what a listing that hangs was doing.
 
     A glob's names are in sorted order when one of them is not in `known` (a pass that finds
     only known files, every 5 s at 100k, does not sort them: 50 ms in one call)."""
     found: dict[str, CertEntry] = {}
     known = known or {}
-    for entry in config.certificates:
+    for number, entry in enumerate(config.certificates):
+        if number in skip:
+            continue
         for pattern in entry.paths:
+            if at is not None:
+                at[:] = (number, pattern)
             names = glob.glob(pattern)  # a name with no magic: if it exists
             if not all(name in known for name in names):  # in steps: another thread runs
                 names.sort()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import functools
 import logging
 import operator
@@ -41,6 +42,7 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Collection,
     Iterable,
     Iterator,
     Mapping,
@@ -120,6 +122,7 @@ from mustaple.core.request import CertId, make_cert_id
 from mustaple.core.schedule import issuer_retry
 from mustaple.core.urls import first_host
 from mustaple.core.verify import Policy, Staple, strictly_newer, verify
+from mustaple.keeper.surveys import Surveys
 
 __all__ = [
     "NOT_DELIVERED",
@@ -495,6 +498,9 @@ class Keeper:
         self._locked_since: datetime | None = None  # the first flush the state's lock failed
         self._patience: asyncio.TimerHandle | None = None  # see `_tell_when_patience_ends`
         self._copies_looked: datetime | None = None  # see `look_at_copies`
+        self._surveys = Surveys(  # the look at the files, which may hang (see `scan`)
+            self.policy.watch_timeout.total_seconds(), lambda n: config.certificates[n].paths
+        )
         self._restored: int | None = None  # see `_restores_summed`
         read_only = _read_only(store)
         if read_only is not None:  # a full disk at the start: read, served, not written
@@ -525,10 +531,14 @@ class Keeper:
 
     async def scan(self, stop: asyncio.Event | None = None) -> list[Managed]:
         """Pick up new, changed and removed certificate files; return the new or changed.
-        Once `stop` is set, the files not loaded yet are left for the next scan (or start)."""
-        with paused():  # 100k entries made at once: no collection of all a pass made so far
-            managed, problems = dict(self.managed), list(self.problems)
-            found, gone = await asyncio.to_thread(_survey, self.config, managed, problems)
+        Once `stop` is set, the files not loaded yet are left for the next scan (or start).
+        An entry whose files hang (a dead NFS mount) is left as last seen (`Surveys`)."""
+        managed, problems = dict(self.managed), list(self.problems)
+        look = functools.partial(_survey, self.config, managed, problems)
+        surveyed = await self._surveys.look(look, stop or asyncio.Event())
+        if surveyed is None:
+            return []
+        found, gone = surveyed
         async for paths in _turns(gone):
             for path in paths:
                 if path in self.managed:
@@ -2081,7 +2091,11 @@ def _cert_id(managed: Managed, hash_name: str) -> CertId:
 
 
 def _survey(
-    config: Config, managed: Mapping[Path, Managed], problems: Iterable[Path]
+    config: Config,
+    managed: Mapping[Path, Managed],
+    problems: Iterable[Path],
+    skip: Collection[int] = (),
+    at: list[object] | None = None,
 ) -> tuple[dict[Path, tuple[CertEntry, Stamp | None]], list[Path]]:
     """The configured certificate files to look at (`_changed`), each with its entry and
     what it is now (`_stamp`): all but those of `managed` found as they were loaded; and the
@@ -2090,14 +2104,22 @@ def _survey(
     0.7 s at 100k, names looked up as strings (a `Path`'s hash is a Python call). A pass
     that finds nothing new hands back nothing (100k entries handed back were scanned by the
     collector, 40 ms at a time). A known file is named by the same `Path` (the keeper's
-    dictionaries then find it by identity). An entry's `issuer` file is stat-ed once."""
+    dictionaries then find it by identity). An entry's `issuer` file is stat-ed once.
+
+    The entries numbered in `skip` are not looked at (their files hang, see `Surveys`): a
+    file one of their patterns matches is not gone. `at` is kept at the entry's number and
+    the pattern or file being looked at (what a look that hangs was doing)."""
     known: dict[str, tuple[Path, Managed | None]] = {str(p): (p, None) for p in problems}
     known.update((str(path), (path, current)) for path, current in managed.items())
+    at = at if at is not None else [None, ""]
+    numbers = {id(entry): number for number, entry in enumerate(config.certificates)}
     found, stat, unknown = {}, os.stat, (None, None)
     last, mtime, size = None, -1, -1
-    for name, entry in configured_names(config, known).items():
+    for name, entry in configured_names(config, known, skip, at).items():
         if entry is not last:
+            at[:] = (numbers[id(entry)], entry.issuer)
             last, (mtime, size) = entry, _issuer_stamp(entry.issuer)
+        at[1] = name
         try:
             info = stat(name)
             stamp: Stamp | None = (info.st_mtime_ns, info.st_size, mtime, size)
@@ -2111,7 +2133,15 @@ def _survey(
             or (current.entry is not entry and current.entry != entry)
         ):
             found[path or Path(name)] = (entry, stamp)
-    return found, [path for path, _ in known.values()]
+    skipped = [p for n in skip for p in config.certificates[n].paths]
+    gone = [path for name, (path, _) in known.items() if not _matched(name, skipped)]
+    return found, gone
+
+
+def _matched(name: str, patterns: Iterable[str]) -> bool:
+    """Whether one of `patterns` may list `name` (fnmatch: a '*' also matches a '/', so
+    more than glob would; used to keep files, not to find them)."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
 async def _until(stop: asyncio.Event, work: Awaitable[_T]) -> asyncio.Future[_T] | None:

@@ -1,0 +1,147 @@
+"""The keeper's look at its certificate files, in a thread that may hang.
+
+A stat or a listing on a file system that does not answer (an NFS server gone away, a FUSE
+daemon that hangs) blocks the thread that made it for as long as that lasts, and nothing can
+cut it short. So each look runs in a daemon thread of its own (one that never holds up the
+process's exit), and `Surveys.look` waits for it at most `patience` seconds
+(`policy.watch_timeout`). A look that has not answered by then has its entry set aside as
+stuck: one error line names the file or pattern it was at, the entry's files are kept as last
+seen (neither changed nor gone), and another look goes over the other entries. The stuck
+entry is looked at again once its thread returns, and one line says so. Meanwhile the passes
+go on: the certificates held are refreshed and delivered, and a stop or a reload is not held
+up by the look.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from mustaple.adapters.collector import paused
+from mustaple.core.render import human_duration
+
+__all__ = ["Surveys"]
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class _Stuck:
+    """An entry whose look has not answered: the look's future, since when, what it was at."""
+
+    future: asyncio.Future[Any]
+    since: float
+    at: str
+
+
+class Surveys:
+    """Looks at the configured files that hang set aside, entry by entry (see the module)."""
+
+    def __init__(
+        self,
+        patience: float,
+        patterns: Callable[[int], Sequence[str]],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.patience, self.patterns, self.clock = patience, patterns, clock
+        self._stuck: dict[int, _Stuck] = {}
+
+    @property
+    def stuck(self) -> frozenset[int]:
+        """The entries whose look has not answered yet."""
+        return frozenset(self._stuck)
+
+    async def look(
+        self, look: Callable[[Collection[int], list[object]], _T], stop: asyncio.Event
+    ) -> _T | None:
+        """What `look` found over every entry not stuck (a stuck one's files kept as last
+        seen), or None once `stop` is set first (the look left to end in its thread).
+        `look` is given the entries not to look at, and a list it keeps at the entry's
+        number and the file or pattern it is at."""
+        self._returned()
+        while True:
+            at: list[object] = [None, ""]
+            future = _in_daemon_thread(look, self.stuck, at)
+            with paused():  # a look makes an entry for each of 100k files: none collected
+                await _first(future, stop, self.patience)
+            if future.done():
+                return future.result()
+            if stop.is_set() or not isinstance(at[0], int) or at[0] in self._stuck:
+                return None
+            self._set_aside(at[0], str(at[1]), future)
+
+    def _set_aside(self, number: int, at: str, future: asyncio.Future[Any]) -> None:
+        self._stuck[number] = _Stuck(future, self.clock(), at)
+        log.error(
+            "certificate files: the look at %s has not answered in %s (a file system that "
+            "does not answer, such as an NFS server gone away?); the files of %s are kept "
+            "as last seen, and every other certificate is looked after as usual, until it "
+            "answers",
+            at,
+            human_duration(self.patience),
+            ", ".join(self.patterns(number)),
+        )
+
+    def _returned(self) -> None:
+        """The stuck entries whose look has ended are looked at again from now on."""
+        for number, stuck in list(self._stuck.items()):
+            if stuck.future.done():
+                del self._stuck[number]
+                if not stuck.future.cancelled():
+                    stuck.future.exception()  # what it found is out of date: not used
+                log.info(
+                    "certificate files: the look at %s answered after %s; the files of %s "
+                    "are looked at again",
+                    stuck.at,
+                    human_duration(self.clock() - stuck.since + self.patience),
+                    ", ".join(self.patterns(number)),
+                )
+
+
+def _in_daemon_thread(
+    look: Callable[[Collection[int], list[object]], _T], skip: Collection[int], at: list[object]
+) -> asyncio.Future[_T]:
+    """`look(skip, at)` run in a new daemon thread; its outcome in the future returned."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[_T] = loop.create_future()
+
+    def run() -> None:
+        try:
+            result = look(skip, at)
+        except Exception as exc:  # the look's own: raised where the keeper waits
+            outcome = functools.partial(_failed, future, exc)
+        else:
+            outcome = functools.partial(_found, future, result)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the process ends
+            loop.call_soon_threadsafe(outcome)
+
+    threading.Thread(target=run, name="mustaple-survey", daemon=True).start()
+    return future
+
+
+def _found(future: asyncio.Future[_T], result: _T) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _failed(future: asyncio.Future[Any], error: Exception) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+async def _first(future: asyncio.Future[_T], stop: asyncio.Event, timeout: float) -> None:
+    """Wait until `future` is done, `stop` is set, or `timeout` seconds have passed."""
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((future, stopped), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()

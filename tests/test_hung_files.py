@@ -1,0 +1,103 @@
+"""A configured file on a file system that hangs (a dead NFS mount; here a real FUSE mount
+whose daemon never answers a look-up, tests/hungfs.py) holds up only its own entry: a real
+`mustaple run` starts, delivers, and picks up new files of its other entries, names the file
+that hangs in one line, stops at once when told, and looks at the entry again once its file
+system answers."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from hungfs import HungFS
+from mustaple.testing import CA, ResponderThread
+from outside import get_json, wait_for
+from ports import free_port
+
+MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))
+STUCK = "has not answered in 1s"
+
+
+def write_config(tmp_path: Path, hung: Path, port: int) -> Path:
+    """The entry on the hung file system first, then one on the local disk; a file sink."""
+    config = tmp_path / "mustaple.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path}/state"\n'
+        f'[[certificates]]\npaths = ["{hung}/hang.pem"]\n'
+        f'[[certificates]]\npaths = ["{tmp_path}/live/*/fullchain.pem"]\n'
+        f'[sinks.files]\ntype = "file"\npath = "{tmp_path}/staples/{{name}}.der"\n'
+        '[policy]\ntimeout = "2s"\nwatch_interval = "1s"\nwatch_timeout = "1s"\n'
+        f'[http]\nlisten = "127.0.0.1:{port}"\n'
+    )
+    return config
+
+
+@contextmanager
+def running(
+    config: Path, log: Path, stopping: Callable[[], None] = lambda: None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A `mustaple run` whose stderr goes to `log`; told to stop (SIGTERM) at the end, then
+    `stopping()`, it must exit 0 within 10 s, without a traceback."""
+    with log.open("wb") as err:
+        keeper = subprocess.Popen([MUSTAPLE, "run", "--config", str(config)], stderr=err)
+        try:
+            yield keeper
+        finally:
+            keeper.send_signal(signal.SIGTERM)
+            stopping()
+            code = keeper.wait(10)
+    said = log.read_text()
+    assert code == 0, said
+    assert "Traceback" not in said
+
+
+def test_a_file_that_hangs_holds_up_only_its_own_entry(tmp_path: Path) -> None:
+    ca, port = CA(), free_port()
+    log = tmp_path / "stderr"
+    with HungFS(["hang.pem"]) as hung, ResponderThread(ca) as responder:
+        config = write_config(tmp_path, hung.root, port)
+        leaves = {name: ca.issue(name, ocsp_urls=[responder.url]) for name in ("a", "b")}
+        for leaf in leaves.values():
+            responder.add(leaf)
+        leaves["a"].write(tmp_path / "live" / "a")
+        with running(config, log):
+            wait_for((tmp_path / "staples" / "a.der").exists)
+            leaves["b"].write(tmp_path / "live" / "b")  # a new file of the other entry
+            wait_for((tmp_path / "staples" / "b.der").exists)
+            status = get_json(f"http://127.0.0.1:{port}/status")
+            assert {c["name"]: c["state"] for c in status["certificates"]} == {
+                "a": "good",
+                "b": "good",
+            }
+            hung.release()  # the file system answers (the file is not there)
+            wait_for(lambda: "answered after" in log.read_text())
+    said = log.read_text()
+    assert said.count(STUCK) == 1, said
+    assert f"the look at {hung.root}/hang.pem {STUCK}" in said
+    assert f"the files of {hung.root}/hang.pem are kept as last seen" in said
+
+
+def test_a_keeper_whose_files_hang_stops_at_once(tmp_path: Path) -> None:
+    """Told to stop while its look at hang.pem still waits, the keeper ends its work at
+    once. The process itself can end only once the file system answers: the kernel lets no
+    thread go while a call of it waits on a FUSE daemon (or an NFS hard mount)."""
+    ca, port = CA(), free_port()
+    log = tmp_path / "stderr"
+    with HungFS(["hang.pem"]) as hung, ResponderThread(ca) as responder:
+        config = write_config(tmp_path, hung.root, port)
+        leaf = ca.issue("a", ocsp_urls=[responder.url])
+        responder.add(leaf)
+        leaf.write(tmp_path / "live" / "a")
+
+        def stopped_then_released() -> None:
+            wait_for(lambda: "INFO stopped" in log.read_text(), timeout=10)
+            hung.release()
+
+        with running(config, log, stopped_then_released):
+            wait_for((tmp_path / "staples" / "a.der").exists)
+            wait_for(lambda: STUCK in log.read_text())
+    assert log.read_text().count(STUCK) == 1
