@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hungfs import HungFS
 from mustaple.testing import CA, ResponderThread
-from outside import get_json, wait_for
+from outside import get_json, http_get, wait_for
 from ports import free_port
 
 MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))
@@ -34,6 +34,17 @@ def write_config(tmp_path: Path, hung: Path, port: int) -> Path:
         f'[http]\nlisten = "127.0.0.1:{port}"\n'
     )
     return config
+
+
+def gauge(port: int) -> str:
+    """mustaple_certificate_files_unanswered, as /metrics says it."""
+    _, body = http_get(f"http://127.0.0.1:{port}/metrics")
+    (line,) = (
+        line
+        for line in body.decode().splitlines()
+        if line.startswith("mustaple_certificate_files_unanswered ")
+    )
+    return line.split()[-1]
 
 
 @contextmanager
@@ -73,8 +84,16 @@ def test_a_file_that_hangs_holds_up_only_its_own_entry(tmp_path: Path) -> None:
                 "a": "good",
                 "b": "good",
             }
+            (unanswered,) = status["files_unanswered"]
+            assert unanswered["at"] == f"{hung.root}/hang.pem"
+            assert unanswered["paths"] == [f"{hung.root}/hang.pem"]
+            assert gauge(port) == "1.0"
+            _, page = http_get(f"http://127.0.0.1:{port}/")
+            assert b"has not answered since" in page
             hung.release()  # the file system answers (the file is not there)
-            wait_for(lambda: "answered after" in log.read_text())
+            wait_for(lambda: "has answered" in log.read_text())
+            wait_for(lambda: not get_json(f"http://127.0.0.1:{port}/status")["files_unanswered"])
+            assert gauge(port) == "0.0"
     said = log.read_text()
     assert said.count(STUCK) == 1, said
     assert f"the look at {hung.root}/hang.pem {STUCK}" in said

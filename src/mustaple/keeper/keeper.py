@@ -122,7 +122,7 @@ from mustaple.core.request import CertId, make_cert_id
 from mustaple.core.schedule import issuer_retry
 from mustaple.core.urls import first_host
 from mustaple.core.verify import Policy, Staple, strictly_newer, verify
-from mustaple.keeper.surveys import Surveys
+from mustaple.keeper.surveys import Surveys, Unanswered
 
 __all__ = [
     "NOT_DELIVERED",
@@ -499,7 +499,7 @@ class Keeper:
         self._patience: asyncio.TimerHandle | None = None  # see `_tell_when_patience_ends`
         self._copies_looked: datetime | None = None  # see `look_at_copies`
         self._surveys = Surveys(  # the look at the files, which may hang (see `scan`)
-            self.policy.watch_timeout.total_seconds(), lambda n: config.certificates[n].paths
+            self.policy.watch_timeout, lambda n: config.certificates[n].paths, clock
         )
         self._restored: int | None = None  # see `_restores_summed`
         read_only = _read_only(store)
@@ -1834,6 +1834,11 @@ class Keeper:
                     problem,
                 )
         self._store_problem = problem
+
+    @property
+    def unanswered(self) -> tuple[Unanswered, ...]:
+        """The entries whose look at their files has not answered (see `Surveys`)."""
+        return self._surveys.unanswered
 
     @property
     def store_problem(self) -> str | None:

@@ -19,15 +19,16 @@ import contextlib
 import functools
 import logging
 import threading
-import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from mustaple.adapters.collector import paused
+from mustaple.core.clock import Clock, utc_now
 from mustaple.core.render import human_duration
 
-__all__ = ["Surveys"]
+__all__ = ["Surveys", "Unanswered"]
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +36,19 @@ _T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
-class _Stuck:
-    """An entry whose look has not answered: the look's future, since when, what it was at."""
+class Unanswered:
+    """An entry whose look at its files has not answered: what the look was at (a file or
+    a pattern), the entry's patterns, and since when it waits."""
 
-    future: asyncio.Future[Any]
-    since: float
     at: str
+    paths: tuple[str, ...]
+    since: datetime
+
+
+@dataclass(frozen=True)
+class _Stuck:
+    future: asyncio.Future[Any]
+    unanswered: Unanswered
 
 
 class Surveys:
@@ -48,17 +56,22 @@ class Surveys:
 
     def __init__(
         self,
-        patience: float,
+        patience: timedelta,
         patterns: Callable[[int], Sequence[str]],
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = utc_now,
     ) -> None:
         self.patience, self.patterns, self.clock = patience, patterns, clock
         self._stuck: dict[int, _Stuck] = {}
 
     @property
     def stuck(self) -> frozenset[int]:
-        """The entries whose look has not answered yet."""
+        """The entries set aside: their look had not answered at the last `look`."""
         return frozenset(self._stuck)
+
+    @property
+    def unanswered(self) -> tuple[Unanswered, ...]:
+        """The entries whose look has not answered yet (for /status and /metrics)."""
+        return tuple(s.unanswered for s in self._stuck.values() if not s.future.done())
 
     async def look(
         self, look: Callable[[Collection[int], list[object]], _T], stop: asyncio.Event
@@ -72,7 +85,7 @@ class Surveys:
             at: list[object] = [None, ""]
             future = _in_daemon_thread(look, self.stuck, at)
             with paused():  # a look makes an entry for each of 100k files: none collected
-                await _first(future, stop, self.patience)
+                await _first(future, stop, self.patience.total_seconds())
             if future.done():
                 return future.result()
             if stop.is_set() or not isinstance(at[0], int) or at[0] in self._stuck:
@@ -80,15 +93,17 @@ class Surveys:
             self._set_aside(at[0], str(at[1]), future)
 
     def _set_aside(self, number: int, at: str, future: asyncio.Future[Any]) -> None:
-        self._stuck[number] = _Stuck(future, self.clock(), at)
+        paths = tuple(self.patterns(number))
+        since = self.clock() - self.patience
+        self._stuck[number] = _Stuck(future, Unanswered(at, paths, since))
         log.error(
             "certificate files: the look at %s has not answered in %s (a file system that "
             "does not answer, such as an NFS server gone away?); the files of %s are kept "
             "as last seen, and every other certificate is looked after as usual, until it "
             "answers",
             at,
-            human_duration(self.patience),
-            ", ".join(self.patterns(number)),
+            human_duration(self.patience.total_seconds()),
+            ", ".join(paths),
         )
 
     def _returned(self) -> None:
@@ -98,12 +113,13 @@ class Surveys:
                 del self._stuck[number]
                 if not stuck.future.cancelled():
                     stuck.future.exception()  # what it found is out of date: not used
+                waited = (self.clock() - stuck.unanswered.since).total_seconds()
                 log.info(
-                    "certificate files: the look at %s answered after %s; the files of %s "
-                    "are looked at again",
-                    stuck.at,
-                    human_duration(self.clock() - stuck.since + self.patience),
-                    ", ".join(self.patterns(number)),
+                    "certificate files: the look at %s has answered, within %s; the files "
+                    "of %s are looked at again",
+                    stuck.unanswered.at,
+                    human_duration(waited),
+                    ", ".join(stuck.unanswered.paths),
                 )
 
 

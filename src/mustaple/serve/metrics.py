@@ -79,6 +79,7 @@ class Metrics:
         self._certificates = _CertificateCollector(keeper, clock)
         self.registry.register(self._certificates)
         self.registry.register(_StoreCollector(keeper))
+        self.registry.register(_UnansweredCollector(keeper))
         if fleet is not None:
             self.registry.register(_FleetCollector(fleet))
         keeper.observers.append(self.observe)
@@ -180,6 +181,30 @@ class _StoreCollector:
             "mustaple_state_store_writable",
             "1 while the state store takes the keeper's writes; 0 while it cannot (a full "
             "disk): staples are served from memory and stored once it can.",
+        )
+
+
+class _UnansweredCollector:
+    """`mustaple_certificate_files_unanswered`, from the keeper's `unanswered` at each scrape."""
+
+    def __init__(self, keeper: Keeper) -> None:
+        self.keeper = keeper
+
+    def describe(self) -> Iterator[Metric]:
+        return iter([self._family()])
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        family.add_metric([], float(len(self.keeper.unanswered)))
+        return iter([family])
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "mustaple_certificate_files_unanswered",
+            "[[certificates]] entries whose look at their files has not answered within "
+            "policy.watch_timeout (a file system that hangs): their files are kept as last "
+            "seen until it answers.",
         )
 
 

@@ -51,6 +51,7 @@ from mustaple.core.render import (
 from mustaple.core.schedule import SchedulePolicy, refresh_point
 from mustaple.core.severity import Severity
 from mustaple.keeper.keeper import FILE_KEY, CertView, Keeper
+from mustaple.keeper.surveys import Unanswered
 from mustaple.serve.fastpath import (
     FastPath,
     quiet_accept_errors,
@@ -277,6 +278,7 @@ class _Endpoints:
             "ready": not missing,
             "not_ready": missing,
             "store_problem": self.keeper.store_problem,
+            "files_unanswered": [_unanswered_json(u) for u in self.keeper.unanswered],
             "certificates": [self._certificate(v, now) for v in views],
         }
 
@@ -408,6 +410,7 @@ def _page(report: dict[str, Any], now: datetime, policy: SchedulePolicy) -> str:
 <h1>mustaple status</h1>
 <p class="summary">{escape(_summary(report))}</p>
 {_store_line(report["store_problem"])}
+{_unanswered_lines(report["files_unanswered"])}
 <p>At {_time(report["now"], year=True)} · this page reloads every {PAGE_REFRESH_SECONDS} s ·
 <a href="/status">JSON</a> · <a href="/metrics">metrics</a></p>
 </header>
@@ -436,6 +439,23 @@ def _store_line(problem: str | None) -> str:
         return ""
     said = f"The state store cannot be written ({problem}): staples are served from memory"
     return f'<p class="store">{escape(said)} and stored once it can be written again.</p>'
+
+
+def _unanswered_json(unanswered: Unanswered) -> dict[str, Any]:
+    return {"at": unanswered.at, "paths": list(unanswered.paths), "since": iso(unanswered.since)}
+
+
+def _unanswered_lines(unanswered: list[dict[str, Any]]) -> str:
+    """The entries whose files hang, said above the table (nothing when none does)."""
+    lines = []
+    for entry in unanswered:
+        paths = escape(", ".join(entry["paths"]))
+        lines.append(
+            f'<p class="store">The look at {escape(entry["at"])} has not answered since '
+            f"{_time(entry['since'])} (a file system that hangs?): the files of {paths} are "
+            "kept as last seen.</p>"
+        )
+    return "\n".join(lines)
 
 
 def _summary(report: dict[str, Any]) -> str:
