@@ -103,7 +103,7 @@ def test_a_file_that_hangs_holds_up_only_its_own_entry(tmp_path: Path) -> None:
 def test_a_keeper_whose_files_hang_stops_at_once(tmp_path: Path) -> None:
     """Told to stop while its look at hang.pem still waits, the keeper ends its work at
     once. The process itself can end only once the file system answers: the kernel lets no
-    thread go while a call of it waits on a FUSE daemon (or an NFS hard mount)."""
+    thread go while its call waits on a FUSE daemon that took it."""
     ca, port = CA(), free_port()
     log = tmp_path / "stderr"
     with HungFS(["hang.pem"]) as hung, ResponderThread(ca) as responder:
