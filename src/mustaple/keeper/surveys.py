@@ -2,14 +2,13 @@
 
 A stat or a listing on a file system that does not answer (an NFS server gone away, a FUSE
 daemon that hangs) blocks the thread that made it for as long as that lasts, and nothing can
-cut it short. So each look runs in a daemon thread of its own (one that never holds up the
-process's exit), and `Surveys.look` waits for it at most `patience` seconds
-(`policy.watch_timeout`). A look that has not answered by then has its entry set aside as
-stuck: one error line names the file or pattern it was at, the entry's files are kept as last
-seen (neither changed nor gone), and another look goes over the other entries. The stuck
-entry is looked at again once its thread returns, and one line says so. Meanwhile the passes
-go on: the certificates held are refreshed and delivered, and a stop or a reload is not held
-up by the look.
+cut it short. So each look runs in a daemon thread of its own (Python does not wait for it
+at exit), and `Surveys.look` waits for it at most `patience` (`policy.watch_timeout`). A look
+that has not answered by then has its entry set aside as stuck: one error line names the
+file or pattern it was at, the entry's files are kept as last seen (neither changed nor
+gone), and another look goes over the other entries. The stuck entry is looked at again
+once its thread returns, and one line says so. Meanwhile the passes go on: the certificates
+held are refreshed and delivered, and a stop or a reload is not held up by the look.
 """
 
 from __future__ import annotations
