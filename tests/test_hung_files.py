@@ -6,6 +6,7 @@ system answers."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -90,7 +91,17 @@ def test_a_file_that_hangs_holds_up_only_its_own_entry(tmp_path: Path) -> None:
             assert gauge(port) == "1.0"
             _, page = http_get(f"http://127.0.0.1:{port}/")
             assert b"has not answered since" in page
+            shown, warnings = tmp_path / "status.json", tmp_path / "status.err"
+            with shown.open("wb") as out, warnings.open("wb") as err:
+                command = [MUSTAPLE, "status", "--config", str(config), "--json"]
+                status_command = subprocess.Popen(command, stdout=out, stderr=err)
+            wait_for(lambda: shown.read_bytes().endswith(b"]\n"))  # given in 1 s, not held
             hung.release()  # the file system answers (the file is not there)
+            assert status_command.wait(10) == 0
+            assert [row["name"] for row in json.loads(shown.read_text())] == ["a", "b"]
+            warned = warnings.read_text()
+            assert warned.count("\n") == 1
+            assert warned.startswith(f"certificate files: the look at {hung.root}/hang.pem has not")
             wait_for(lambda: "has answered" in log.read_text())
             wait_for(lambda: not get_json(f"http://127.0.0.1:{port}/status")["files_unanswered"])
             assert gauge(port) == "0.0"

@@ -4,16 +4,18 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import sqlite3
 import sys
+import threading
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mustaple.adapters.config import Config, ConfigError, FleetConfig
-from mustaple.adapters.coverage import configured_files
+from mustaple.adapters.coverage import configured_names
 from mustaple.adapters.files import read_input
 from mustaple.adapters.store import CertStatus, SqliteStore, damaged
 from mustaple.core.certs import display_name, is_must_staple, parse_certificates
@@ -58,6 +60,8 @@ __all__ = [
     "unusable_json",
     "unusable_line",
 ]
+
+log = logging.getLogger(__name__)
 
 STALE_BEATS = 3  # a member that missed this many heartbeats is shown stale
 
@@ -224,11 +228,37 @@ def status_rows(config: Config, now: datetime) -> list[dict[str, Any]]:
     finally:
         if stored:
             stored.close()
-    seen = {path for row in rows for path in row["paths"]}
-    for path in sorted(configured_files(config)):
-        if shown(path) not in seen:
-            rows.append(_pending(path))
+    rows += _not_seen(config, {path for row in rows for path in row["paths"]})
     return sorted(rows, key=lambda row: (row["name"], row["paths"]))
+
+
+def _not_seen(config: Config, seen: set[str]) -> list[dict[str, Any]]:
+    """A row for each configured file not in `seen` (no process has handled it yet). They
+    are looked at in a daemon thread, waited for at most `policy.watch_timeout`: a file
+    system that does not answer (an NFS server gone away) would hold `status` for as long,
+    so then one warning names where the look waits and the rows found so far are given."""
+    rows: list[dict[str, Any]] = []
+    at: list[object] = [None, ""]
+
+    def look() -> None:
+        for name in sorted(configured_names(config, at=at)):
+            at[1] = name
+            if shown(Path(name)) not in seen:
+                rows.append(_pending(Path(name)))
+
+    looking = threading.Thread(target=look, name="mustaple-status", daemon=True)
+    looking.start()
+    patience = config.policy.watch_timeout
+    looking.join(patience.total_seconds())
+    if looking.is_alive():
+        log.warning(
+            "certificate files: the look at %s has not answered in %s (a file system that "
+            "does not answer, such as an NFS server gone away?); the files no process has "
+            "handled yet are listed only as far as it got",
+            at[1],
+            human_duration(patience.total_seconds()),
+        )
+    return list(rows)
 
 
 def _open_state(db: Path) -> SqliteStore | None:
