@@ -15,7 +15,7 @@ import pytest
 
 from mustaple.keeper.surveys import Surveys
 
-PATIENCE = timedelta(milliseconds=50)
+PATIENCE = timedelta(milliseconds=300)  # wide: a loaded CI machine runs threads late
 NOW = datetime(2026, 12, 6, 12, tzinfo=UTC)
 
 
@@ -83,5 +83,24 @@ def test_a_stop_ends_the_wait_and_a_looks_error_is_raised() -> None:
         assert await kept.look(hanging, stop) is None  # at once, not after 30 s
         assert kept.stuck == set()
         release.set()
+
+    asyncio.run(scenario())
+
+
+def test_a_slow_look_that_moves_on_is_waited_for() -> None:
+    """Files that each answer within the patience, but all of them together in several
+    times it (a slow network file system): the look is waited for, nothing set aside."""
+    pace = threading.Event()
+
+    def slow(skip: Collection[int], at: list[object]) -> str:
+        for index in range(6):
+            at[:] = (0, f"/entry0/{index}.pem")
+            pace.wait(PATIENCE.total_seconds() / 3)  # a third of the patience for each file
+        return "found"
+
+    async def scenario() -> None:
+        kept = surveys()
+        assert await kept.look(slow, asyncio.Event()) == "found"
+        assert kept.stuck == set()
 
     asyncio.run(scenario())

@@ -234,9 +234,10 @@ def status_rows(config: Config, now: datetime) -> list[dict[str, Any]]:
 
 def _not_seen(config: Config, seen: set[str]) -> list[dict[str, Any]]:
     """A row for each configured file not in `seen` (no process has handled it yet). They
-    are looked at in a daemon thread, waited for at most `policy.watch_timeout`: a file
-    system that does not answer (an NFS server gone away) would hold `status` for as long,
-    so then one warning names where the look waits and the rows found so far are given."""
+    are looked at in a daemon thread, waited for while it moves on from file to file: a
+    file system that does not answer (an NFS server gone away) would hold `status` for as
+    long, so once the look stays at one file for `policy.watch_timeout`, one warning names
+    that file and the rows found so far are given."""
     rows: list[dict[str, Any]] = []
     at: list[object] = [None, ""]
 
@@ -248,8 +249,10 @@ def _not_seen(config: Config, seen: set[str]) -> list[dict[str, Any]]:
 
     looking = threading.Thread(target=look, name="mustaple-status", daemon=True)
     looking.start()
-    patience = config.policy.watch_timeout
-    looking.join(patience.total_seconds())
+    patience, place = config.policy.watch_timeout, list[object]()
+    while looking.is_alive() and at != place:  # it moves on: waited for
+        place = list(at)
+        looking.join(patience.total_seconds())
     if looking.is_alive():
         log.warning(
             "certificate files: the look at %s has not answered in %s (a file system that "

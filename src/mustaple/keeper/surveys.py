@@ -3,12 +3,13 @@
 A stat or a listing on a file system that does not answer (an NFS server gone away, a FUSE
 daemon that hangs) blocks the thread that made it for as long as that lasts, and nothing can
 cut it short. So each look runs in a daemon thread of its own (Python does not wait for it
-at exit), and `Surveys.look` waits for it at most `patience` (`policy.watch_timeout`). A look
-that has not answered by then has its entry set aside as stuck: one error line names the
-file or pattern it was at, the entry's files are kept as last seen (neither changed nor
-gone), and another look goes over the other entries. The stuck entry is looked at again
-once its thread returns, and one line says so. Meanwhile the passes go on: the certificates
-held are refreshed and delivered, and a stop or a reload is not held up by the look.
+at exit), and `Surveys.look` waits for it as long as it moves on. A look that stays at one
+file (or one pattern's listing) for all of `patience` (`policy.watch_timeout`) has its
+entry set aside as stuck: one error line names the file or pattern it was at, the entry's
+files are kept as last seen (neither changed nor gone), and another look goes over the
+other entries. The stuck entry is looked at again once its thread returns, and one line
+says so. Meanwhile the passes go on: the certificates held are refreshed and delivered, and
+a stop or a reload is not held up by the look.
 """
 
 from __future__ import annotations
@@ -83,13 +84,26 @@ class Surveys:
         while True:
             at: list[object] = [None, ""]
             future = _in_daemon_thread(look, self.stuck, at)
-            with paused():  # a look makes an entry for each of 100k files: none collected
-                await _first(future, stop, self.patience.total_seconds())
+            await self._until_stuck(future, stop, at)
             if future.done():
                 return future.result()
             if stop.is_set() or not isinstance(at[0], int) or at[0] in self._stuck:
                 return None
             self._set_aside(at[0], str(at[1]), future)
+
+    async def _until_stuck(
+        self, future: asyncio.Future[Any], stop: asyncio.Event, at: list[object]
+    ) -> None:
+        """Until `future` is done, `stop` is set, or the look stays where it is (`at`: one
+        file, or one pattern's listing) for the whole `patience`: a look over many files
+        on a slow file system takes as long as it takes, while it moves on."""
+        seconds = self.patience.total_seconds()
+        while True:
+            place = list(at)
+            with paused():  # a look makes an entry for each of 100k files: none collected
+                await _first(future, stop, seconds)
+            if future.done() or stop.is_set() or at == place:
+                return
 
     def _set_aside(self, number: int, at: str, future: asyncio.Future[Any]) -> None:
         paths = tuple(self.patterns(number))

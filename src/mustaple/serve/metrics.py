@@ -202,7 +202,7 @@ class _UnansweredCollector:
     def _family() -> GaugeMetricFamily:
         return GaugeMetricFamily(
             "mustaple_certificate_files_unanswered",
-            "[[certificates]] entries whose look at their files has not answered within "
+            "[[certificates]] entries whose look at their files has stayed at one file for "
             "policy.watch_timeout (a file system that hangs): their files are kept as last "
             "seen until it answers.",
         )
