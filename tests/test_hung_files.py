@@ -23,14 +23,16 @@ MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))
 STUCK = "has not answered in 1s"
 
 
-def write_config(tmp_path: Path, hung: Path, port: int) -> Path:
-    """The entry on the hung file system first, then one on the local disk; a file sink."""
+def write_config(tmp_path: Path, hung: Path, port: int, sinks: str = "") -> Path:
+    """The entry on the hung file system first, then one on the local disk; a file sink
+    (and `sinks`)."""
     config = tmp_path / "mustaple.toml"
     config.write_text(
         f'state_dir = "{tmp_path}/state"\n'
         f'[[certificates]]\npaths = ["{hung}/hang.pem"]\n'
         f'[[certificates]]\npaths = ["{tmp_path}/live/*/fullchain.pem"]\n'
         f'[sinks.files]\ntype = "file"\npath = "{tmp_path}/staples/{{name}}.der"\n'
+        f"{sinks}"
         '[policy]\ntimeout = "2s"\nwatch_interval = "1s"\nwatch_timeout = "1s"\n'
         f'[http]\nlisten = "127.0.0.1:{port}"\n'
     )
@@ -131,3 +133,32 @@ def test_a_keeper_whose_files_hang_stops_at_once(tmp_path: Path) -> None:
             wait_for((tmp_path / "staples" / "a.der").exists)
             wait_for(lambda: STUCK in log.read_text())
     assert log.read_text().count(STUCK) == 1
+
+
+def test_a_sink_whose_files_hang_holds_up_only_itself(tmp_path: Path) -> None:
+    """A file sink whose directory is on the hung file system: its deliveries fail after 1 s
+    saying which file hangs (and at once after that), while the other sink gets every
+    staple, new certificates included, and the passes go on."""
+    ca, port = CA(), free_port()
+    log = tmp_path / "stderr"
+    with HungFS(["hang.pem"]) as hung, ResponderThread(ca) as responder:
+        stuck = f'[sinks.stuck]\ntype = "file"\npath = "{hung.root}/hang.pem/{{name}}.der"\n'
+        config = write_config(tmp_path, hung.root, port, stuck)
+        leaves = {name: ca.issue(name, ocsp_urls=[responder.url]) for name in ("a", "b")}
+        for leaf in leaves.values():
+            responder.add(leaf)
+        leaves["a"].write(tmp_path / "live" / "a")
+        with running(config, log, hung.release):
+            wait_for((tmp_path / "staples" / "a.der").exists)
+            leaves["b"].write(tmp_path / "live" / "b")
+            wait_for((tmp_path / "staples" / "b.der").exists)
+            rows = get_json(f"http://127.0.0.1:{port}/status")["certificates"]
+            for row in rows:
+                sinks = {sink["sink"]: sink for sink in row["sinks"]}
+                assert sinks["files"]["ok"], sinks
+                assert not sinks["stuck"]["ok"]
+                assert f"{hung.root}/hang.pem/" in sinks["stuck"]["error"]
+                assert "has not answered" in sinks["stuck"]["error"]
+    said = log.read_text()
+    assert f"a: sink stuck: {hung.root}/hang.pem/a.der has not answered" in said
+    assert f"b: sink stuck: {hung.root}/hang.pem/a.der has not answered" in said  # at once

@@ -364,7 +364,7 @@ def test_a_start_takes_a_newer_valid_answer_back_from_a_file_sink_and_nothing_el
             keeper = Keeper(config(tmp), store=store, sinks=sinks, clock=clock,
                             dice=lambda: 0.5, fetcher=MemoryFetcher(w.answer))  # fmt: skip
             await keeper.scan()
-            return keeper, keeper.take_from_sinks()
+            return keeper, await keeper.take_from_sinks()
 
         try:
             keeper, _ = await start()

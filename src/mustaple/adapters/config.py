@@ -54,6 +54,7 @@ MAX_CONFIG_SIZE = 1024 * 1024  # bytes of the configuration file
 MAX_NESTING = 16  # tables and arrays within one another
 MAX_DURATION = timedelta(days=3650)  # no duration may be longer, whatever its key
 _MINUTE, _HOUR, _DAY = timedelta(minutes=1), timedelta(hours=1), timedelta(days=1)
+WATCH_TIMEOUT = timedelta(seconds=30)  # policy.watch_timeout's default
 _LOOP = timedelta(seconds=1)  # the least interval of what repeats (a rescan, a retry, a sweep)
 
 
@@ -113,7 +114,7 @@ class KeeperPolicy:
     per_host: int = 4
     at_expiry: str = "remove"  # or "keep"
     watch_interval: timedelta = timedelta(seconds=5)
-    watch_timeout: timedelta = timedelta(seconds=30)  # a look at the files that hangs: see Surveys
+    watch_timeout: timedelta = WATCH_TIMEOUT  # a file that hangs: see mustaple.adapters.patience
     workers: int | None = None  # processes for large batches; None: one per core; 0: none
 
 

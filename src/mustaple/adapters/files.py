@@ -205,7 +205,7 @@ def write_atomic(path: str | Path, data: bytes, mode: int = 0o644) -> None:
 
 
 def write_atomic_many(
-    files: Sequence[tuple[Path, bytes]], mode: int = 0o644
+    files: Sequence[tuple[Path, bytes]], mode: int = 0o644, at: list[object] | None = None
 ) -> list[OSError | None]:
     """`write_atomic` for each (path, data), with what went wrong for each (None: written).
 
@@ -217,13 +217,16 @@ def write_atomic_many(
     directories opened before the first write. A syncfs that fails fails every file of its
     file system in the batch: the error is the file system's, not one file's. Then they are
     renamed in order, then each directory is fsync-ed once. Every file is in place and durable
-    on return.
+    on return. `at[0]`, when given, is kept at the file or directory being worked on (see
+    `mustaple.adapters.patience`).
     """
     once = len(files) >= SYNC_ONCE_FROM and _syncfs() is not None
     targets = [os.fspath(target) for target, _ in files]
     directories = [os.path.dirname(target) or "." for target in targets]
+    mark = at.__setitem__ if at is not None else _nowhere
 
     def temporary(index: int) -> str | OSError:
+        mark(0, targets[index])
         try:
             return _write_temporary(targets[index], files[index][1], mode, sync=not once)
         except OSError as exc:
@@ -245,6 +248,7 @@ def write_atomic_many(
             written = list(pool.map(temporary, range(len(files))))
     problems: list[OSError | None] = []
     for target, tmp in zip(targets, written, strict=True):
+        mark(0, target)
         try:
             if isinstance(tmp, OSError):
                 raise tmp
@@ -254,6 +258,7 @@ def write_atomic_many(
             problems.append(exc)
     written_to = {d for d, problem in zip(directories, problems, strict=True) if not problem}
     for directory in written_to:
+        mark(0, directory)
         try:
             _sync_directory(directory)
         except OSError as exc:
@@ -261,6 +266,10 @@ def write_atomic_many(
                 if problem is None and directories[index] == directory:
                     problems[index] = exc
     return problems
+
+
+def _nowhere(index: int, where: object) -> None:
+    """Where work is, told to nobody."""
 
 
 def _open_directories(directories: set[str]) -> dict[str, int | OSError]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -36,7 +37,7 @@ from pathlib import Path
 
 from cryptography.x509 import ocsp
 
-from mustaple.adapters.config import TableReader
+from mustaple.adapters.config import WATCH_TIMEOUT, TableReader
 from mustaple.adapters.files import (
     MAX_INPUT,
     clean_temporaries,
@@ -46,6 +47,7 @@ from mustaple.adapters.files import (
     write_atomic,
     write_atomic_many,
 )
+from mustaple.adapters.patience import FilesHang, Patient
 from mustaple.adapters.shell import Ran, run, run_command
 from mustaple.core.delivery import Action, Delivered, Delivery, Sink, Trap, staple_serial
 from mustaple.core.der import RESPONSE_HEAD, looks_like_ocsp_response
@@ -103,17 +105,25 @@ def _reader(name: str, table: Mapping[str, object], kind: str, keys: Sequence[st
     return reader
 
 
-def build_sinks(tables: Mapping[str, Mapping[str, object]]) -> dict[str, Sink]:
+def build_sinks(
+    tables: Mapping[str, Mapping[str, object]], patience: timedelta = WATCH_TIMEOUT
+) -> dict[str, Sink]:
     """Every sink of a configuration (`[sinks.*]`); those that write staple files share one
-    `StapleFiles`, so that no two certificates get one file even through two sinks."""
+    `StapleFiles`, so that no two certificates get one file even through two sinks, and
+    wait `patience` for a file that hangs (`policy.watch_timeout`, see `Patient`)."""
     files = StapleFiles()
-    return {name: build_sink(name, table, files) for name, table in tables.items()}
+    return {name: build_sink(name, table, files, patience) for name, table in tables.items()}
 
 
-def build_sink(name: str, table: Mapping[str, object], files: StapleFiles | None = None) -> Sink:
+def build_sink(
+    name: str,
+    table: Mapping[str, object],
+    files: StapleFiles | None = None,
+    patience: timedelta = WATCH_TIMEOUT,
+) -> Sink:
     """The sink that `[sinks.NAME]` describes, or SinkConfigError naming the bad key; `files`
     is shared with the other sinks of its configuration (a new one without it)."""
-    builders: dict[str, Callable[[str, Mapping[str, object], StapleFiles], Sink]] = {
+    builders: dict[str, Callable[[str, Mapping[str, object], StapleFiles, timedelta], Sink]] = {
         "file": _file_sink,
         "haproxy": _haproxy_sink,
         "command": _command_sink,
@@ -123,10 +133,12 @@ def build_sink(name: str, table: Mapping[str, object], files: StapleFiles | None
         choices = ", ".join(f'"{k}"' for k in builders)
         problem = "missing" if kind is None else f"{kind!r} is not a sink type"
         raise SinkConfigError(f"sinks.{name}.type: {problem}; use one of {choices}")
-    return builders[kind](name, table, files or StapleFiles())
+    return builders[kind](name, table, files or StapleFiles(), patience)
 
 
-def _file_sink(name: str, table: Mapping[str, object], files: StapleFiles) -> FileSink:
+def _file_sink(
+    name: str, table: Mapping[str, object], files: StapleFiles, patience: timedelta
+) -> FileSink:
     keys = ("path", "reload", "reload_timeout", "remove", "revoked", "running")
     reader = _reader(name, table, "file", keys)
     hint = 'give the staple file, e.g. "/var/lib/mustaple/staples/{name}.der"'
@@ -151,6 +163,7 @@ def _file_sink(name: str, table: Mapping[str, object], files: StapleFiles) -> Fi
         remove_revoked=revoked == "remove",
         running=reader.text("running"),
         files=files,
+        patience=patience,
     )
 
 
@@ -173,7 +186,9 @@ def _check_template(reader: TableReader, path: str) -> None:
             )
 
 
-def _haproxy_sink(name: str, table: Mapping[str, object], files: StapleFiles) -> HAProxySink:
+def _haproxy_sink(
+    name: str, table: Mapping[str, object], files: StapleFiles, patience: timedelta
+) -> HAProxySink:
     keys = ("socket", "master", "ocsp_dir", "timeout", "reload", "reload_timeout", "running")
     reader = _reader(name, table, "haproxy", keys)
     socket = reader.required(
@@ -194,10 +209,13 @@ def _haproxy_sink(name: str, table: Mapping[str, object], files: StapleFiles) ->
         reload_timeout=reader.duration("reload_timeout", DEFAULT_RELOAD_TIMEOUT, MAX_SINK_DURATION),
         running=reader.text("running"),
         files=files,
+        patience=patience,
     )
 
 
-def _command_sink(name: str, table: Mapping[str, object], _: StapleFiles) -> CommandSink:
+def _command_sink(
+    name: str, table: Mapping[str, object], _: StapleFiles, __: timedelta
+) -> CommandSink:
     reader = _reader(name, table, "command", ("command", "timeout"))
     command = reader.required("command", "give a shell command to run for each delivery")
     return CommandSink(
@@ -481,6 +499,7 @@ class FileSink:
         remove_revoked: bool = False,
         running: str | None = None,
         files: StapleFiles | None = None,
+        patience: timedelta = WATCH_TIMEOUT,
     ) -> None:
         self.name = name
         self.path = path
@@ -491,6 +510,11 @@ class FileSink:
         self._files = files or StapleFiles()
         self._traps: dict[Path, int] = {}  # kept file -> the other certificate's serial in it
         self._looks = _Looks()
+        self._patient = Patient(patience, self._named)  # its files may hang: see `deliver`
+
+    def _named(self, where: object) -> str:
+        """What `Patient` says a file is: a delivery's staple file, or a path."""
+        return str(self.path_for(where) if isinstance(where, Delivery) else where)
 
     def owe_reload(self) -> None:
         """The next delivery reloads the server, even when no file changes (`Reloads`)."""
@@ -518,8 +542,20 @@ class FileSink:
         )
 
     async def astray(self, batch: Sequence[Delivery]) -> list[str | None]:
-        """Which staple files of deliveries made are no longer as this sink left them."""
-        return await asyncio.to_thread(lambda: [self._astray_one(d) for d in batch])
+        """Which staple files of deliveries made are no longer as this sink left them
+        (none known while its files hang: the deliveries say so)."""
+        try:
+            where = batch[0] if batch else self.path
+            return await self._patient.run(functools.partial(self._astray_all, batch), where)
+        except FilesHang:
+            return [None] * len(batch)
+
+    def _astray_all(self, batch: Sequence[Delivery], at: list[object]) -> list[str | None]:
+        found = []
+        for delivery in batch:
+            at[0] = delivery
+            found.append(self._astray_one(delivery))
+        return found
 
     def _astray_one(self, delivery: Delivery) -> str | None:
         if delivery.action is Action.REMOVE and self.keep_on_remove:
@@ -527,17 +563,27 @@ class FileSink:
         return self._looks.astray(self.path_for(delivery), self._writes(delivery))
 
     async def deliver(self, batch: Sequence[Delivery]) -> list[Delivered]:
-        outcomes, held_back = await asyncio.to_thread(self._apply_and_look, batch)
+        """The batch applied in a thread (`_apply_all`), then the reload. While a file
+        hangs (`Patient`), every delivery of the batch fails saying which, and the reload
+        is owed: what the waiting thread writes in the end is read at the next one."""
+        try:
+            work = functools.partial(self._apply_and_look, batch)
+            outcomes, held_back = await self._patient.run(work, self.path)
+        except FilesHang as hang:
+            self._reloader.owed = True
+            outcomes, held_back = [_Outcome(False, str(hang)) for _ in batch], None
         return await self._reloader.finish(self.name, batch, outcomes, held_back, look=True)
 
-    def _apply_and_look(self, batch: Sequence[Delivery]) -> tuple[list[_Outcome], str | None]:
-        outcomes = self._apply_all(batch)
-        return outcomes, self._sprung()
+    def _apply_and_look(
+        self, batch: Sequence[Delivery], at: list[object]
+    ) -> tuple[list[_Outcome], str | None]:
+        return self._apply_all(batch, at), self._sprung(at)
 
-    def _sprung(self) -> str | None:
+    def _sprung(self, at: list[object]) -> str | None:
         """Why the server must not be reloaded: a trap still sprung (its file still holds
-        that staple); or None. The others are forgotten."""
+        that staple); or None. The others are forgotten. `at[0]`: the file looked at."""
         for path, serial in list(self._traps.items()):
+            at[0] = path
             try:
                 held = staple_serial(read_prefix(path, MAX_INPUT))
             except OSError as exc:  # cannot tell: still sprung, as far as we know
@@ -557,30 +603,43 @@ class FileSink:
             del self._traps[path]
         return None
 
-    def held(self, delivery: Delivery) -> bytes | None:
-        """The bytes of `delivery`'s staple file (at most MAX_INPUT), or None when there is
-        none or it cannot be read."""
+    async def held(self, batch: Sequence[Delivery]) -> list[bytes | None]:
+        """The bytes of each delivery's staple file (at most MAX_INPUT), or None where there
+        is none or it cannot be read; read in a thread, all None while its files hang."""
         try:
-            return read_prefix(self.path_for(delivery), MAX_INPUT)
-        except OSError:
-            return None
+            where = batch[0] if batch else self.path
+            return await self._patient.run(functools.partial(self._held_all, batch), where)
+        except FilesHang:
+            return [None] * len(batch)
 
-    def _apply_all(self, batch: Sequence[Delivery]) -> list[_Outcome]:
+    def _held_all(self, batch: Sequence[Delivery], at: list[object]) -> list[bytes | None]:
+        found: list[bytes | None] = []
+        for delivery in batch:
+            path = at[0] = self.path_for(delivery)
+            try:
+                found.append(read_prefix(path, MAX_INPUT))
+            except OSError:
+                found.append(None)
+        return found
+
+    def _apply_all(self, batch: Sequence[Delivery], at: list[object]) -> list[_Outcome]:
         """Each delivery, in order, with the same outcome as one at a time; the files to write
         are written together (`write_atomic_many`), before any removal and before a file
-        would be written a second time."""
+        would be written a second time. `at[0]`: the file worked on."""
         outcomes: list[_Outcome] = []
         pending: dict[Path, tuple[int, bytes]] = {}  # to write: place in the batch, bytes
         made: set[Path] = set()  # directories made (or found) in this batch
+        failed = self._failed
         for delivery in batch:
             path = self.path_for(delivery)
+            at[0] = path
             clash = self._files.clash(self.name, delivery, path, _TEMPLATE_CLASH)
             if clash is not None:
                 outcomes.append(_Outcome(False, clash))
                 continue
             der = self._writes(delivery)
             if der is None or path in pending:
-                _write_pending(pending, outcomes, self._failed)
+                _write_pending(pending, outcomes, failed, at)
             if der is None:
                 outcomes.append(self._apply(delivery, path))
                 continue
@@ -589,7 +648,7 @@ class FileSink:
                 pending[path] = (len(outcomes), der)
                 outcome = _Outcome(True, needs_reload=True)
             outcomes.append(outcome)
-        _write_pending(pending, outcomes, self._failed)
+        _write_pending(pending, outcomes, failed, at)
         return outcomes
 
     def _writes(self, delivery: Delivery) -> bytes | None:
@@ -682,13 +741,14 @@ def _write_pending(
     pending: dict[Path, tuple[int, bytes]],
     outcomes: list[_Outcome],
     failed: Callable[[Path, OSError], _Outcome],
+    at: list[object],
 ) -> None:
     """Write the pending files together; a file that could not be written says why
-    (`failed`)."""
+    (`failed`). `at[0]`: the file worked on."""
     if not pending:
         return
     files = [(path, der) for path, (_, der) in pending.items()]
-    problems = write_atomic_many(files)
+    problems = write_atomic_many(files, at=at)
     for (path, (index, _)), problem in zip(pending.items(), problems, strict=True):
         if problem is not None:
             outcomes[index] = failed(path, problem)
@@ -838,6 +898,7 @@ class HAProxySink:
         reload_timeout: timedelta = DEFAULT_RELOAD_TIMEOUT,
         running: str | None = None,
         files: StapleFiles | None = None,
+        patience: timedelta = WATCH_TIMEOUT,
     ) -> None:
         self.name = name
         self.socket = socket
@@ -852,6 +913,7 @@ class HAProxySink:
         # unknown), kept until that time, a reload, or a new staple pushed
         self._serving: dict[Path, datetime | None] = {}
         self._looks = _Looks()
+        self._patient = Patient(patience)  # the files beside the certificates may hang
 
     def owe_reload(self) -> None:
         """An earlier process's push or reload failed (`Reloads`): the next delivery pushes
@@ -865,8 +927,19 @@ class HAProxySink:
 
     async def astray(self, batch: Sequence[Delivery]) -> list[str | None]:
         """Which `.ocsp` (and `.issuer`) files of staples pushed are no longer as this sink
-        wrote them: a HAProxy started without them staples nothing for that certificate."""
-        return await asyncio.to_thread(lambda: [self._astray_one(d) for d in batch])
+        wrote them: a HAProxy started without them staples nothing for that certificate
+        (none known while its files hang: the deliveries say so)."""
+        try:
+            return await self._patient.run(functools.partial(self._astray_all, batch), "")
+        except FilesHang:
+            return [None] * len(batch)
+
+    def _astray_all(self, batch: Sequence[Delivery], at: list[object]) -> list[str | None]:
+        found = []
+        for delivery in batch:
+            at[0] = delivery.cert_path
+            found.append(self._astray_one(delivery))
+        return found
 
     def _astray_one(self, delivery: Delivery) -> str | None:
         if delivery.action is Action.REMOVE or delivery.der is None:
@@ -894,12 +967,16 @@ class HAProxySink:
                 return _Outcome(False, clash)
             return _also(await self._hand(delivery.der, path, liveness), clash)
         if delivery.action is Action.REMOVE:
-            return await asyncio.to_thread(self._remove, delivery)
+            try:
+                return await self._patient.run(functools.partial(self._remove, delivery), path)
+            except FilesHang as hang:
+                return _Outcome(False, str(hang))
         if delivery.der is None:
             return _Outcome(False, "nothing to staple: the delivery carries no response")
         try:
-            changed = await asyncio.to_thread(self._write, delivery, delivery.der)
-        except OSError as exc:
+            write = functools.partial(self._write, delivery, delivery.der)
+            changed = await self._patient.run(write, path)
+        except OSError as exc:  # FilesHang too: the push goes on
             problem = f"{_os_problem(path, exc)}: HAProxy will not have it after a reload"
             return _also(await self._hand(delivery.der, path, liveness), problem)
         handed = await self._hand(delivery.der, path, liveness)
@@ -907,9 +984,9 @@ class HAProxySink:
             self._serving.pop(path, None)
         return replace(handed, changed=changed)
 
-    def _write(self, delivery: Delivery, data: bytes) -> bool:
+    def _write(self, delivery: Delivery, data: bytes, at: list[object]) -> bool:
         """Write `.issuer` first when needed: HAProxy refuses to start with a `.ocsp` file it
-        cannot match to an issuer."""
+        cannot match to an issuer. (`at` stays at the `.ocsp` file's path.)"""
         self._cleaner.once(self.path_for(delivery).parent)
         if not delivery.bundle_has_issuer:
             _replace(self.path_for(delivery, ".issuer"), delivery.issuer_pem, staple=False)
@@ -986,8 +1063,8 @@ class HAProxySink:
             )
         return f"HAProxy refused the staple: {first}"
 
-    def _remove(self, delivery: Delivery) -> _Outcome:
-        path = self.path_for(delivery)
+    def _remove(self, delivery: Delivery, at: list[object]) -> _Outcome:
+        path = self.path_for(delivery)  # (`at` stays there)
         try:
             self._cleaner.once(path.parent)
             previous = read_prefix(path, MAX_INPUT)

@@ -144,7 +144,10 @@ class KeepsCopies(Protocol):
     that is newer than the stored one (delivered when the state could not be written) is
     not undone by the older one."""
 
-    def held(self, delivery: Delivery) -> bytes | None: ...
+    async def held(self, batch: Sequence[Delivery]) -> list[bytes | None]:
+        """The bytes of each delivery's copy, or None where there is none or it cannot be
+        read (its file system hangs, too)."""
+        ...
 
 
 @runtime_checkable

@@ -66,7 +66,7 @@ SWITCH = 0.0005
 def build_sinks(config: Config) -> dict[str, Sink]:
     """Every configured sink, or ConfigError naming the file and the key."""
     try:
-        return sink_builders.build_sinks(config.sinks)
+        return sink_builders.build_sinks(config.sinks, config.policy.watch_timeout)
     except SinkConfigError as exc:
         raise ConfigError(f"{config.path}: {exc}") from None
 
@@ -464,7 +464,9 @@ async def _start(keeper: Keeper) -> None:
     this process, so each has one). A stop during the delivery (its reload command killed)
     leaves rows saying which sinks did not take their staple and owe a reload."""
     await keeper.scan()  # it looks at the sinks' copies of those without a staple
-    keeper.take_from_sinks(m for m in keeper.managed.values() if m.life.state.answer is not None)
+    await keeper.take_from_sinks(
+        m for m in keeper.managed.values() if m.life.state.answer is not None
+    )
     keeper.owe_reloads()
     try:
         await keeper.deliver(again=True)

@@ -560,7 +560,9 @@ class Keeper:
         self._take_recorded({m.key: m.life for m in loaded if m is not None}.values())
         # new to this process without a staple (a renewal, a file back after a gap): a sink's
         # file may hold the staple of the certificate it renewed (see `take_from_sinks`)
-        self.take_from_sinks(m for m in loaded if m is not None and m.life.state.answer is None)
+        await self.take_from_sinks(
+            m for m in loaded if m is not None and m.life.state.answer is None
+        )
         if not self._rows_swept:  # the first scan: rows of files gone while we were not here
             self._rows_swept = True
             shown = set(self.lives) | {problem.key for problem in self.problems.values()}
@@ -966,7 +968,7 @@ class Keeper:
             f"; REVOKED, not stored: {', '.join(revoked)}" if revoked else "",
         )
 
-    def take_from_sinks(self, among: Iterable[Managed] | None = None) -> int:
+    async def take_from_sinks(self, among: Iterable[Managed] | None = None) -> int:
         """At a start (and for a certificate new to a running keeper, without a staple),
         before the first delivery: a staple a sink holds for a certificate
         (a file sink's file) that is strictly newer than the one restored from the store is
@@ -978,11 +980,15 @@ class Keeper:
         sets the trap of `HoldsBack` where the file must stay. `among`: these only (a
         `prime`: those it has no staple for). Returns how many taken."""
         now, taken = self.clock(), 0
-        for managed in self.managed.values() if among is None else among:
-            for name in self._sinks_of(managed):
-                sink = self.sinks[name]
-                if isinstance(sink, KeepsCopies):
-                    taken += self._take_copy(managed, sink, name, now)
+        chosen = list(self.managed.values() if among is None else among)
+        for name, sink in self.sinks.items():
+            if not isinstance(sink, KeepsCopies):
+                continue
+            these = [m for m in chosen if name in self._sinks_of(m)]
+            if these:  # read in one go, in a thread (the files may hang: `FileSink.held`)
+                copies = await sink.held([self._delivery(m, (Action.STAPLE, None)) for m in these])
+                for managed, der in zip(these, copies, strict=True):
+                    taken += self._take_copy(managed, der, name, now)
         return taken
 
     def owe_reloads(self) -> list[str]:
@@ -1062,9 +1068,10 @@ class Keeper:
         if life is not None and life.state.answer is None and not life.state.renewed:
             self._apply(life, Stale(renewed=True), self.clock())
 
-    def _take_copy(self, managed: Managed, sink: KeepsCopies, name: str, now: datetime) -> bool:
+    def _take_copy(self, managed: Managed, der: bytes | None, name: str, now: datetime) -> bool:
+        """Take `der`, what sink `name` holds for `managed`, if it is a newer staple (see
+        `take_from_sinks`); whether it was taken."""
         answer = managed.life.state.answer
-        der = sink.held(self._delivery(managed, (Action.STAPLE, None)))
         if der is None or (answer is not None and der == answer.der):
             return False
         found = verify(der, managed.target, now, self.policy.verify)
@@ -1119,7 +1126,7 @@ class Keeper:
         async for indexes in _turns(range(len(found))):  # 100k in one go held every answer
             for index in indexes:
                 why, managed = found[index], kept[index]
-                if why is not None and not self._as_good_in(managed, sink, name, now):
+                if why is not None and not await self._as_good_in(managed, sink, name, now):
                     log.warning(
                         "%s: sink %s: %s (removed or replaced by something else): written again",
                         managed.name,
@@ -1146,18 +1153,20 @@ class Keeper:
             and health.ok
         )
 
-    def _as_good_in(self, managed: Managed, sink: Sink, name: str, now: datetime) -> bool:
+    async def _as_good_in(self, managed: Managed, sink: Sink, name: str, now: datetime) -> bool:
         """Whether what `sink` holds for `managed`, though not what it was sent, may stay: a
         strictly newer staple of the certificate (taken, as at a start), or a good one as
         new as the one held (another process's, such as a `prime`'s of the same age)."""
         answer = managed.life.state.answer
         if not isinstance(sink, KeepsCopies) or answer is None:
             return False
-        if self._take_copy(managed, sink, name, now):
+        fresh = self._delivery(managed, (Action.STAPLE, None))
+        copy, sent_copy = await sink.held([fresh, self._sent_as(managed)])
+        if self._take_copy(managed, copy, name, now):
             return True
         if managed.sent is None or managed.sent[0] is not Action.STAPLE:
             return False  # a revoked answer, or nothing, is what the file must hold
-        der = sink.held(self._sent_as(managed))
+        der = sent_copy
         found = verify(der, managed.target, now, self.policy.verify) if der else None
         return isinstance(found, Staple) and found.good and not strictly_newer(answer, found)
 
@@ -1900,7 +1909,7 @@ class Keeper:
                 chosen, loaded = list(self.managed.values()), None
                 unusable = [_unusable_of(p) for p in self.problems.values()]
             await self.judge_time()
-            self.take_from_sinks(m for m in chosen if m.life.state.answer is None)
+            await self.take_from_sinks(m for m in chosen if m.life.state.answer is None)
             self.owe_reloads()
             unconfirmed = await self._deliver_unless(stop.abandoning)
             if loaded is not None:

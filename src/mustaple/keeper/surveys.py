@@ -15,16 +15,15 @@ a stop or a reload is not held up by the look.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
-import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from mustaple.adapters.collector import paused
+from mustaple.adapters.patience import in_daemon_thread, until_stuck
 from mustaple.core.clock import Clock, utc_now
 from mustaple.core.render import human_duration
 
@@ -83,27 +82,14 @@ class Surveys:
         self._returned()
         while True:
             at: list[object] = [None, ""]
-            future = _in_daemon_thread(look, self.stuck, at)
-            await self._until_stuck(future, stop, at)
+            future = in_daemon_thread(functools.partial(look, self.stuck, at), "mustaple-survey")
+            with paused():  # a look makes an entry for each of 100k files: none collected
+                await until_stuck(future, at, self.patience, stop)
             if future.done():
                 return future.result()
             if stop.is_set() or not isinstance(at[0], int) or at[0] in self._stuck:
                 return None
             self._set_aside(at[0], str(at[1]), future)
-
-    async def _until_stuck(
-        self, future: asyncio.Future[Any], stop: asyncio.Event, at: list[object]
-    ) -> None:
-        """Until `future` is done, `stop` is set, or the look stays where it is (`at`: one
-        file, or one pattern's listing) for the whole `patience`: a look over many files
-        on a slow file system takes as long as it takes, while it moves on."""
-        seconds = self.patience.total_seconds()
-        while True:
-            place = list(at)
-            with paused():  # a look makes an entry for each of 100k files: none collected
-                await _first(future, stop, seconds)
-            if future.done() or stop.is_set() or at == place:
-                return
 
     def _set_aside(self, number: int, at: str, future: asyncio.Future[Any]) -> None:
         paths = tuple(self.patterns(number))
@@ -134,43 +120,3 @@ class Surveys:
                     human_duration(waited),
                     ", ".join(stuck.unanswered.paths),
                 )
-
-
-def _in_daemon_thread(
-    look: Callable[[Collection[int], list[object]], _T], skip: Collection[int], at: list[object]
-) -> asyncio.Future[_T]:
-    """`look(skip, at)` run in a new daemon thread; its outcome in the future returned."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[_T] = loop.create_future()
-
-    def run() -> None:
-        try:
-            result = look(skip, at)
-        except Exception as exc:  # the look's own: raised where the keeper waits
-            outcome = functools.partial(_failed, future, exc)
-        else:
-            outcome = functools.partial(_found, future, result)
-        with contextlib.suppress(RuntimeError):  # the loop is closed: the process ends
-            loop.call_soon_threadsafe(outcome)
-
-    threading.Thread(target=run, name="mustaple-survey", daemon=True).start()
-    return future
-
-
-def _found(future: asyncio.Future[_T], result: _T) -> None:
-    if not future.done():
-        future.set_result(result)
-
-
-def _failed(future: asyncio.Future[Any], error: Exception) -> None:
-    if not future.done():
-        future.set_exception(error)
-
-
-async def _first(future: asyncio.Future[_T], stop: asyncio.Event, timeout: float) -> None:
-    """Wait until `future` is done, `stop` is set, or `timeout` seconds have passed."""
-    stopped = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait((future, stopped), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopped.cancel()
