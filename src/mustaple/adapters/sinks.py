@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography.x509 import ocsp
 
@@ -85,6 +86,7 @@ _OCSP_DIR_CLASH = (
 )
 MAX_SINK_DURATION = timedelta(days=1)  # the longest timeout or reload_timeout
 _UNUSABLE = "unusable"  # a delivery's status (`lifecycle.Phase`): no staple can come
+_V = TypeVar("_V")  # what `_each` finds for each delivery
 log = logging.getLogger("mustaple")
 
 
@@ -510,11 +512,7 @@ class FileSink:
         self._files = files or StapleFiles()
         self._traps: dict[Path, int] = {}  # kept file -> the other certificate's serial in it
         self._looks = _Looks()
-        self._patient = Patient(patience, self._named)  # its files may hang: see `deliver`
-
-    def _named(self, where: object) -> str:
-        """What `Patient` says a file is: a delivery's staple file, or a path."""
-        return str(self.path_for(where) if isinstance(where, Delivery) else where)
+        self._patient = Patient(patience, _named_by(self.path_for))  # its files may hang
 
     def owe_reload(self) -> None:
         """The next delivery reloads the server, even when no file changes (`Reloads`)."""
@@ -544,18 +542,7 @@ class FileSink:
     async def astray(self, batch: Sequence[Delivery]) -> list[str | None]:
         """Which staple files of deliveries made are no longer as this sink left them
         (none known while its files hang: the deliveries say so)."""
-        try:
-            where = batch[0] if batch else self.path
-            return await self._patient.run(functools.partial(self._astray_all, batch), where)
-        except FilesHang:
-            return [None] * len(batch)
-
-    def _astray_all(self, batch: Sequence[Delivery], at: list[object]) -> list[str | None]:
-        found = []
-        for delivery in batch:
-            at[0] = delivery
-            found.append(self._astray_one(delivery))
-        return found
+        return await _each(self._patient, batch, self._astray_one)
 
     def _astray_one(self, delivery: Delivery) -> str | None:
         if delivery.action is Action.REMOVE and self.keep_on_remove:
@@ -606,21 +593,13 @@ class FileSink:
     async def held(self, batch: Sequence[Delivery]) -> list[bytes | None]:
         """The bytes of each delivery's staple file (at most MAX_INPUT), or None where there
         is none or it cannot be read; read in a thread, all None while its files hang."""
-        try:
-            where = batch[0] if batch else self.path
-            return await self._patient.run(functools.partial(self._held_all, batch), where)
-        except FilesHang:
-            return [None] * len(batch)
+        return await _each(self._patient, batch, self._held_one)
 
-    def _held_all(self, batch: Sequence[Delivery], at: list[object]) -> list[bytes | None]:
-        found: list[bytes | None] = []
-        for delivery in batch:
-            path = at[0] = self.path_for(delivery)
-            try:
-                found.append(read_prefix(path, MAX_INPUT))
-            except OSError:
-                found.append(None)
-        return found
+    def _held_one(self, delivery: Delivery) -> bytes | None:
+        try:
+            return read_prefix(self.path_for(delivery), MAX_INPUT)
+        except OSError:
+            return None
 
     def _apply_all(self, batch: Sequence[Delivery], at: list[object]) -> list[_Outcome]:
         """Each delivery, in order, with the same outcome as one at a time; the files to write
@@ -735,6 +714,32 @@ class FileSink:
         except OSError as exc:
             return self._failed(path, exc)
         return None
+
+
+def _named_by(path_for: Callable[[Delivery], Path]) -> Callable[[object], str]:
+    """What a sink's `Patient` says a file is: a delivery's file (`path_for`), or a path."""
+    return lambda where: str(path_for(where) if isinstance(where, Delivery) else where)
+
+
+async def _each(
+    patient: Patient, batch: Sequence[Delivery], one: Callable[[Delivery], _V | None]
+) -> list[_V | None]:
+    """`one(delivery)` for each delivery of `batch`, in a thread (`patient`); all None while
+    the sink's files hang."""
+    try:
+        return await patient.run(functools.partial(_each_of, batch, one), batch[0] if batch else "")
+    except FilesHang:
+        return [None] * len(batch)
+
+
+def _each_of(
+    batch: Sequence[Delivery], one: Callable[[Delivery], _V | None], at: list[object]
+) -> list[_V | None]:
+    found = []
+    for delivery in batch:
+        at[0] = delivery
+        found.append(one(delivery))
+    return found
 
 
 def _write_pending(
@@ -913,7 +918,7 @@ class HAProxySink:
         # unknown), kept until that time, a reload, or a new staple pushed
         self._serving: dict[Path, datetime | None] = {}
         self._looks = _Looks()
-        self._patient = Patient(patience)  # the files beside the certificates may hang
+        self._patient = Patient(patience, _named_by(self.path_for))  # files beside the certs
 
     def owe_reload(self) -> None:
         """An earlier process's push or reload failed (`Reloads`): the next delivery pushes
@@ -929,17 +934,7 @@ class HAProxySink:
         """Which `.ocsp` (and `.issuer`) files of staples pushed are no longer as this sink
         wrote them: a HAProxy started without them staples nothing for that certificate
         (none known while its files hang: the deliveries say so)."""
-        try:
-            return await self._patient.run(functools.partial(self._astray_all, batch), "")
-        except FilesHang:
-            return [None] * len(batch)
-
-    def _astray_all(self, batch: Sequence[Delivery], at: list[object]) -> list[str | None]:
-        found = []
-        for delivery in batch:
-            at[0] = delivery.cert_path
-            found.append(self._astray_one(delivery))
-        return found
+        return await _each(self._patient, batch, self._astray_one)
 
     def _astray_one(self, delivery: Delivery) -> str | None:
         if delivery.action is Action.REMOVE or delivery.der is None:
