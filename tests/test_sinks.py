@@ -27,6 +27,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from conftest import build_response, fake_staple
+from hungfs import HungFS
 from mustaple.adapters.fetch import fetch_staple
 from mustaple.adapters.probe import probe
 from mustaple.adapters.sinks import (
@@ -325,6 +326,33 @@ def test_haproxy_takes_a_new_staple_over_its_socket_without_reload(
         assert outcome(done) == (None, True)
         assert served(server.port) == revoked  # HAProxy takes the CA's revoked answer
         assert server.worker_pid() == worker
+
+
+def test_haproxy_whose_ocsp_dir_hangs_still_takes_each_staple_over_its_socket(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """`ocsp_dir` on a file system that hangs (a real FUSE mount, tests/hungfs.py): the
+    delivery fails after the patience naming the `.ocsp` file, the next one at once, and
+    the running HAProxy takes each staple all the same."""
+    pem = haproxy_pem(pki.leaf, tmp_path / "certs")
+    Path(f"{pem}.ocsp").write_bytes(pki.fresh().der)  # what HAProxy loads at its start
+    server = HAProxyServer(tmp_path / "haproxy", pem=pem)
+    with HungFS(["hang.pem"]) as hung, server:
+        table = {"type": "haproxy", "socket": str(server.api_socket)}
+        table["ocsp_dir"] = str(hung.root / "hang.pem")
+        sink = build_sink("haproxy", table, patience=timedelta(seconds=1))
+        second = pki.fresh()
+        [done] = deliver(sink, pki.delivery(pem, second.der))
+        assert not done.ok
+        assert f"{hung.root}/hang.pem/site.pem.ocsp has not answered in 1s" in (done.error or "")
+        assert served(server.port) == second.der
+        third = pki.fresh()
+        began = time.monotonic()
+        [again] = deliver(sink, pki.delivery(pem, third.der))
+        assert time.monotonic() - began < 1  # no second wait on the file system
+        assert "site.pem.ocsp has not answered for" in (again.error or "")
+        assert served(server.port) == third.der
+        hung.release()
 
 
 def test_haproxy_socket_over_tcp_and_through_the_master_cli(pki: Pki, tmp_path: Path) -> None:
