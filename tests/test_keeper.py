@@ -344,6 +344,43 @@ def test_a_look_at_copies_reads_the_deliveries_that_sent_them(
     run(scenario, tmp_path)
 
 
+def test_a_look_at_copies_takes_a_newer_staple_found_in_a_copy_and_leaves_it(
+    tmp_path: Path,
+) -> None:
+    """A copy replaced by a newer staple of the certificate (another process's, such as a
+    `prime`'s): the look at the copies reads it back (in one batch, `_copies`), takes it
+    and leaves the file as it is; a copy replaced by garbage is written again."""
+
+    async def scenario(tmp: Path) -> None:
+        clock = ManualClock()
+        w = Offline(tmp, clock, CA(now=clock.now - DAY))
+        leaves = {name: w.issue(name) for name in ("a.test", "b.test")}
+        store = SqliteStore(tmp / "state" / "state.db")
+        sinks: dict[str, Sink] = {"files": FileSink("files", path="{dir}/staple.der")}
+        fetcher = MemoryFetcher(w.answer)
+        try:
+            async with Keeper(config(tmp), store=store, sinks=sinks, clock=clock,
+                              dice=lambda: 0.5, fetcher=fetcher) as keeper:  # fmt: skip
+                await keeper.scan()
+                await keeper.tick()
+                clock.now += keeper_module.COPIES_EVERY
+                newer = w.answer(make_target(leaves["a.test"].cert, w.ca.issuing.cert), clock.now)
+                assert isinstance(newer, bytes)
+                a_file, b_file = (tmp / "live" / n / "staple.der" for n in ("a.test", "b.test"))
+                a_file.write_bytes(newer)
+                b_file.write_bytes(b"garbage")
+                await keeper.look_at_copies()
+                assert [m.name for m in keeper.managed.values() if m.astray] == ["b.test"]
+                (life,) = [x for x in keeper.lives.values() if x.name == "a.test"]
+                assert life.state.answer is not None
+                assert life.state.answer.der == newer
+                assert a_file.read_bytes() == newer
+        finally:
+            store.close()
+
+    run(scenario, tmp_path)
+
+
 def test_a_start_takes_a_newer_valid_answer_back_from_a_file_sink_and_nothing_else(
     tmp_path: Path,
 ) -> None:

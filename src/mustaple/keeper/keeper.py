@@ -1123,10 +1123,13 @@ class Keeper:
         if not kept:
             return
         found = await sink.astray(deliveries)
+        astray: list[tuple[Managed, str]] = []
         async for indexes in _turns(range(len(found))):  # 100k in one go held every answer
-            for index in indexes:
-                why, managed = found[index], kept[index]
-                if why is not None and not await self._as_good_in(managed, sink, name, now):
+            astray += [(kept[i], why) for i in indexes if (why := found[i]) is not None]
+        copies = await self._copies(sink, [pair[0] for pair in astray])
+        async for pairs in _turns(zip(astray, copies, strict=True)):
+            for (managed, why), (copy, sent_copy) in pairs:
+                if not self._as_good_in(managed, copy, sent_copy, name, now):
                     log.warning(
                         "%s: sink %s: %s (removed or replaced by something else): written again",
                         managed.name,
@@ -1134,6 +1137,20 @@ class Keeper:
                         why,
                     )
                     managed.astray.add(name)
+
+    async def _copies(
+        self, sink: Sink, among: Sequence[Managed]
+    ) -> list[tuple[bytes | None, bytes | None]]:
+        """What `sink` holds for each of `among`: at the file of a delivery made now, and at
+        that of the one it was sent (most often the same file); read in one go (in a
+        thread: `KeepsCopies.held`); None where it keeps no copies."""
+        if not among or not isinstance(sink, KeepsCopies):
+            return [(None, None)] * len(among)
+        batch: list[Delivery] = []
+        for managed in among:
+            batch += (self._delivery(managed, (Action.STAPLE, None)), self._sent_as(managed))
+        held = await sink.held(batch)
+        return list(zip(held[::2], held[1::2], strict=True))
 
     def _sent_as(self, managed: Managed) -> Delivery:
         """The delivery of what the sinks confirmed (`sent`): the one that sent it, kept (a
@@ -1153,21 +1170,26 @@ class Keeper:
             and health.ok
         )
 
-    async def _as_good_in(self, managed: Managed, sink: Sink, name: str, now: datetime) -> bool:
-        """Whether what `sink` holds for `managed`, though not what it was sent, may stay: a
-        strictly newer staple of the certificate (taken, as at a start), or a good one as
-        new as the one held (another process's, such as a `prime`'s of the same age)."""
+    def _as_good_in(
+        self,
+        managed: Managed,
+        copy: bytes | None,
+        sent_copy: bytes | None,
+        name: str,
+        now: datetime,
+    ) -> bool:
+        """Whether what sink `name` holds for `managed` (`_copies`), though not what it was
+        sent, may stay: a strictly newer staple of the certificate (taken, as at a start),
+        or a good one as new as the one held (another process's, such as a `prime`'s of the
+        same age)."""
         answer = managed.life.state.answer
-        if not isinstance(sink, KeepsCopies) or answer is None:
+        if answer is None:
             return False
-        fresh = self._delivery(managed, (Action.STAPLE, None))
-        copy, sent_copy = await sink.held([fresh, self._sent_as(managed)])
         if self._take_copy(managed, copy, name, now):
             return True
         if managed.sent is None or managed.sent[0] is not Action.STAPLE:
             return False  # a revoked answer, or nothing, is what the file must hold
-        der = sent_copy
-        found = verify(der, managed.target, now, self.policy.verify) if der else None
+        found = verify(sent_copy, managed.target, now, self.policy.verify) if sent_copy else None
         return isinstance(found, Staple) and found.good and not strictly_newer(answer, found)
 
     def _rewrite_statuses(self) -> None:
