@@ -608,7 +608,6 @@ class FileSink:
         outcomes: list[_Outcome] = []
         pending: dict[Path, tuple[int, bytes]] = {}  # to write: place in the batch, bytes
         made: set[Path] = set()  # directories made (or found) in this batch
-        failed = self._failed
         for delivery in batch:
             path = self.path_for(delivery)
             at[0] = path
@@ -618,7 +617,7 @@ class FileSink:
                 continue
             der = self._writes(delivery)
             if der is None or path in pending:
-                _write_pending(pending, outcomes, failed, at)
+                _write_pending(pending, outcomes, self._failed, at)
             if der is None:
                 outcomes.append(self._apply(delivery, path))
                 continue
@@ -627,7 +626,7 @@ class FileSink:
                 pending[path] = (len(outcomes), der)
                 outcome = _Outcome(True, needs_reload=True)
             outcomes.append(outcome)
-        _write_pending(pending, outcomes, failed, at)
+        _write_pending(pending, outcomes, self._failed, at)
         return outcomes
 
     def _writes(self, delivery: Delivery) -> bytes | None:
