@@ -20,7 +20,7 @@ NOW = datetime(2026, 12, 6, 12, tzinfo=UTC)
 
 
 def surveys() -> Surveys:
-    return Surveys(PATIENCE, lambda number: (f"/entry{number}/*.pem",), lambda: NOW)
+    return Surveys(PATIENCE, [(f"/entry{number}/*.pem",) for number in range(2)], lambda: NOW)
 
 
 def test_a_look_that_hangs_sets_its_entry_aside_until_it_returns(
@@ -79,7 +79,7 @@ def test_a_stop_ends_the_wait_and_a_looks_error_is_raised() -> None:
             await surveys().look(failing, asyncio.Event())
         stop = asyncio.Event()
         stop.set()
-        kept = Surveys(timedelta(seconds=30), lambda number: (), lambda: NOW)
+        kept = Surveys(timedelta(seconds=30), [("/entry0/*.pem",)], lambda: NOW)
         assert await kept.look(hanging, stop) is None  # at once, not after 30 s
         assert kept.stuck == set()
         release.set()
@@ -102,5 +102,42 @@ def test_a_slow_look_that_moves_on_is_waited_for() -> None:
         kept = surveys()
         assert await kept.look(slow, asyncio.Event()) == "found"
         assert kept.stuck == set()
+
+    asyncio.run(scenario())
+
+
+def test_a_reloads_surveys_keep_what_hangs_set_aside_by_its_patterns() -> None:
+    """The keeper a reload builds is handed the last one's surveys: an entry still stuck
+    stays set aside by its patterns, wherever it is now in the configuration, without a
+    new look at it; an entry no longer configured is forgotten with its look."""
+    release = threading.Event()
+
+    def hangs_at_entry1(skip: Collection[int], at: list[object]) -> str:
+        if 1 not in skip:
+            at[:] = (1, "/entry1/hang.pem")
+            release.wait(10)
+        return "found"
+
+    async def scenario() -> None:
+        before = surveys()
+        assert await before.look(hangs_at_entry1, asyncio.Event()) == "found"
+        assert before.stuck == {1}
+        entries = [("/entry1/*.pem",), ("/new/*.pem",)]  # reordered, and one new
+        after = Surveys(PATIENCE, entries, lambda: NOW, carried=before)
+        assert after.stuck == {0}
+        (unanswered,) = after.unanswered
+        assert unanswered.at == "/entry1/hang.pem"
+        looked: list[frozenset[int]] = []
+
+        def look(skip: Collection[int], at: list[object]) -> str:
+            looked.append(frozenset(skip))
+            return "found"
+
+        assert await after.look(look, asyncio.Event()) == "found"
+        assert looked == [{0}]
+        gone = Surveys(PATIENCE, [("/new/*.pem",)], lambda: NOW, carried=before)
+        assert gone.stuck == set()
+        assert gone.unanswered == ()
+        release.set()
 
     asyncio.run(scenario())

@@ -44,6 +44,7 @@ from mustaple.core.errors import InputError
 from mustaple.core.fetchtypes import Fetcher
 from mustaple.core.render import counted, human_time
 from mustaple.keeper.keeper import NOT_DELIVERED_AT_START, Keeper
+from mustaple.keeper.surveys import Surveys
 
 if TYPE_CHECKING:  # loaded where used: `prime` and `status` need none of redis, metrics, web
     from mustaple.keeper.fleet import Fleet
@@ -88,12 +89,14 @@ async def open_keeper(
     busy_timeout: float = BUSY_TIMEOUT,
     read_when_full: bool = False,
     made: dict[str, datetime] | None = None,
+    surveys: Surveys | None = None,
 ) -> AsyncIterator[Keeper]:
     """A keeper with its state store and sinks, closed on exit (its own HTTP fetcher unless
     `fetcher` is given); its writes wait `busy_timeout` for another process's lock. With
     `read_when_full`, a full state disk opens the store for reading only (the daemon: it
-    serves what is stored) instead of raising InputError. `made`: the refreshes this
-    process made, by a keeper it replaces (`Keeper.made`)."""
+    serves what is stored) instead of raising InputError. `made` and `surveys`: the
+    refreshes this process made and its look at the files, by a keeper it replaces
+    (`Keeper.made`, `Keeper.surveys`)."""
     sinks = build_sinks(config)
     store = SqliteStore(
         config.state_dir / "state.db", busy_timeout=busy_timeout, read_when_full=read_when_full
@@ -107,6 +110,7 @@ async def open_keeper(
             watchers=watchers,
             fetcher=fetcher,
             made=made,
+            surveys=surveys,
         )
         async with keeper:
             yield keeper
@@ -269,7 +273,9 @@ async def _switch(
     start (a state directory that cannot be opened, a port in use: said in one line) or
     `stop` came first; the running ones are then kept, untouched."""
     try:
-        started = await _unless_stopped(_Running.open(config, clock, running.keeper.made), stop)
+        replaced = running.keeper
+        opening = _Running.open(config, clock, replaced.made, replaced.surveys)
+        started = await _unless_stopped(opening, stop)
     except Exception as exc:
         log.error("%s; keeping the running configuration", _why(exc))
         return None
@@ -362,10 +368,15 @@ class _Running:
 
     @classmethod
     async def open(
-        cls, config: Config, clock: Clock, made: dict[str, datetime] | None = None
+        cls,
+        config: Config,
+        clock: Clock,
+        made: dict[str, datetime] | None = None,
+        surveys: Surveys | None = None,
     ) -> _Running:
         """Build the keeper, join the fleet, deliver the stored staples (see `_start`);
-        `made`: the refreshes of the keeper it replaces (`Keeper.made`)."""
+        `made` and `surveys`: those of the keeper it replaces (`Keeper.made`,
+        `Keeper.surveys`)."""
         stack = AsyncExitStack()
         try:
             keeper = await stack.enter_async_context(
@@ -375,6 +386,7 @@ class _Running:
                     busy_timeout=RUN_BUSY_TIMEOUT,
                     read_when_full=True,
                     made=made,
+                    surveys=surveys,
                 )
             )
             fleet = await stack.enter_async_context(open_fleet(config, keeper))

@@ -456,12 +456,14 @@ class Keeper:
         fetcher: Fetcher | None = None,
         watchers: Sequence[Watcher] = (),
         made: dict[str, datetime] | None = None,
+        surveys: Surveys | None = None,
     ) -> None:
         """Without a `fetcher`, the keeper fetches over HTTP with a session of its own,
         opened on entering it (`watchers` are told its requests). `made`: when this process
         made the last refresh of each certificate key, shared with the keeper it replaces
         (a reload builds a new one in the same process): what the state records of those
-        is said as this process's, not another's."""
+        is said as this process's, not another's. `surveys`: that keeper's look at the
+        files, whose entries that hang stay set aside (see `Surveys`)."""
         self.config, self.policy = config, config.policy
         self.store, self.sinks = store, dict(sinks)
         self.clock, self.dice = clock, dice
@@ -498,9 +500,9 @@ class Keeper:
         self._locked_since: datetime | None = None  # the first flush the state's lock failed
         self._patience: asyncio.TimerHandle | None = None  # see `_tell_when_patience_ends`
         self._copies_looked: datetime | None = None  # see `look_at_copies`
-        self._surveys = Surveys(  # the look at the files, which may hang (see `scan`)
-            self.policy.watch_timeout, lambda n: config.certificates[n].paths, clock
-        )
+        entries = [entry.paths for entry in config.certificates]
+        # the look at the files, which may hang (see `scan`)
+        self.surveys = Surveys(self.policy.watch_timeout, entries, clock, carried=surveys)
         self._restored: int | None = None  # see `_restores_summed`
         read_only = _read_only(store)
         if read_only is not None:  # a full disk at the start: read, served, not written
@@ -535,7 +537,7 @@ class Keeper:
         An entry whose files hang (a dead NFS mount) is left as last seen (`Surveys`)."""
         managed, problems = dict(self.managed), list(self.problems)
         look = functools.partial(_survey, self.config, managed, problems)
-        surveyed = await self._surveys.look(look, stop or asyncio.Event())
+        surveyed = await self.surveys.look(look, stop or asyncio.Event())
         if surveyed is None:
             return []
         found, gone = surveyed
@@ -1869,7 +1871,7 @@ class Keeper:
     @property
     def unanswered(self) -> tuple[Unanswered, ...]:
         """The entries whose look at their files has not answered (see `Surveys`)."""
-        return self._surveys.unanswered
+        return self.surveys.unanswered
 
     @property
     def store_problem(self) -> str | None:

@@ -8,8 +8,9 @@ file (or one pattern's listing) for all of `patience` (`policy.watch_timeout`) h
 entry set aside as stuck: one error line names the file or pattern it was at, the entry's
 files are kept as last seen (neither changed nor gone), and another look goes over the
 other entries. The stuck entry is looked at again once its thread returns, and one line
-says so. Meanwhile the passes go on: the certificates held are refreshed and delivered, and
-a stop or a reload is not held up by the look.
+says so (a reload's new keeper is handed the stuck entries, by their patterns). Meanwhile
+the passes go on: the certificates held are refreshed and delivered, and a stop or a
+reload is not held up by the look.
 """
 
 from __future__ import annotations
@@ -56,16 +57,24 @@ class Surveys:
     def __init__(
         self,
         patience: timedelta,
-        patterns: Callable[[int], Sequence[str]],
+        entries: Sequence[Sequence[str]],
         clock: Clock = utc_now,
+        carried: Surveys | None = None,
     ) -> None:
-        self.patience, self.patterns, self.clock = patience, patterns, clock
-        self._stuck: dict[int, _Stuck] = {}
+        """`entries`: each `[[certificates]]` entry's patterns, in order. `carried`: the
+        surveys of the keeper a reload replaces, whose stuck entries stay set aside here
+        (by their patterns) until their looks return: a reload does not wait on them
+        again, nor say them again, nor leave one more thread waiting."""
+        self.patience, self.clock = patience, clock
+        self.entries = [tuple(paths) for paths in entries]
+        self._stuck: dict[tuple[str, ...], _Stuck] = {}  # by the entry's patterns
+        if carried is not None:  # an entry no longer configured: forgotten
+            self._stuck.update((p, s) for p, s in carried._stuck.items() if p in self.entries)
 
     @property
     def stuck(self) -> frozenset[int]:
         """The entries set aside: their look had not answered at the last `look`."""
-        return frozenset(self._stuck)
+        return frozenset(n for n, paths in enumerate(self.entries) if paths in self._stuck)
 
     @property
     def unanswered(self) -> tuple[Unanswered, ...]:
@@ -87,14 +96,13 @@ class Surveys:
                 await until_stuck(future, at, self.patience, stop)
             if future.done():
                 return future.result()
-            if stop.is_set() or not isinstance(at[0], int) or at[0] in self._stuck:
+            if stop.is_set() or not isinstance(at[0], int) or at[0] in self.stuck:
                 return None
-            self._set_aside(at[0], str(at[1]), future)
+            self._set_aside(self.entries[at[0]], str(at[1]), future)
 
-    def _set_aside(self, number: int, at: str, future: asyncio.Future[Any]) -> None:
-        paths = tuple(self.patterns(number))
+    def _set_aside(self, paths: tuple[str, ...], at: str, future: asyncio.Future[Any]) -> None:
         since = self.clock() - self.patience
-        self._stuck[number] = _Stuck(future, Unanswered(at, paths, since))
+        self._stuck[paths] = _Stuck(future, Unanswered(at, paths, since))
         log.error(
             "certificate files: the look at %s has not answered in %s (a file system that "
             "does not answer, such as an NFS server gone away?); the files of %s are kept "
@@ -107,9 +115,9 @@ class Surveys:
 
     def _returned(self) -> None:
         """The stuck entries whose look has ended are looked at again from now on."""
-        for number, stuck in list(self._stuck.items()):
+        for paths, stuck in list(self._stuck.items()):
             if stuck.future.done():
-                del self._stuck[number]
+                del self._stuck[paths]
                 if not stuck.future.cancelled():
                     stuck.future.exception()  # what it found is out of date: not used
                 waited = (self.clock() - stuck.unanswered.since).total_seconds()
