@@ -15,7 +15,7 @@ import pytest
 
 from mustaple.keeper.surveys import Surveys
 
-PATIENCE = timedelta(milliseconds=300)  # wide: a loaded CI machine runs threads late
+PATIENCE = timedelta(milliseconds=600)  # wide: a loaded CI machine runs threads late
 NOW = datetime(2026, 12, 6, 12, tzinfo=UTC)
 
 
@@ -93,9 +93,9 @@ def test_a_slow_look_that_moves_on_is_waited_for() -> None:
     pace = threading.Event()
 
     def slow(skip: Collection[int], at: list[object]) -> str:
-        for index in range(6):
+        for index in range(8):
             at[:] = (0, f"/entry0/{index}.pem")
-            pace.wait(PATIENCE.total_seconds() / 3)  # a third of the patience for each file
+            pace.wait(PATIENCE.total_seconds() / 4)  # a quarter of the patience for each file
         return "found"
 
     async def scenario() -> None:
