@@ -21,7 +21,7 @@ tests do not collide) and attaches itself to the keeper as an observer:
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -78,8 +78,8 @@ class Metrics:
         )
         self._certificates = _CertificateCollector(keeper, clock)
         self.registry.register(self._certificates)
-        self.registry.register(_StoreCollector(keeper))
-        self.registry.register(_UnansweredCollector(keeper))
+        for gauge in _keeper_gauges(keeper):
+            self.registry.register(gauge)
         if fleet is not None:
             self.registry.register(_FleetCollector(fleet))
         keeper.observers.append(self.observe)
@@ -161,51 +161,43 @@ class _CertificateCollector:
         return fetched
 
 
-class _StoreCollector:
-    """`mustaple_state_store_writable`, from the keeper's `store_problem` at each scrape."""
+class _KeeperGauge:
+    """One gauge with no labels, read from the keeper at each scrape by `value`."""
 
-    def __init__(self, keeper: Keeper) -> None:
-        self.keeper = keeper
+    def __init__(
+        self, keeper: Keeper, name: str, documentation: str, value: Callable[[Keeper], float]
+    ) -> None:
+        self.keeper, self.name, self.documentation, self.value = keeper, name, documentation, value
 
     def describe(self) -> Iterator[Metric]:
-        return iter([self._family()])
+        return iter([GaugeMetricFamily(self.name, self.documentation)])
 
     def collect(self) -> Iterator[Metric]:
-        family = self._family()
-        family.add_metric([], float(self.keeper.store_problem is None))
+        family = GaugeMetricFamily(self.name, self.documentation)
+        family.add_metric([], self.value(self.keeper))
         return iter([family])
 
-    @staticmethod
-    def _family() -> GaugeMetricFamily:
-        return GaugeMetricFamily(
+
+def _keeper_gauges(keeper: Keeper) -> list[_KeeperGauge]:
+    """`mustaple_state_store_writable` (from `store_problem`) and
+    `mustaple_certificate_files_unanswered` (from `unanswered`)."""
+    return [
+        _KeeperGauge(
+            keeper,
             "mustaple_state_store_writable",
             "1 while the state store takes the keeper's writes; 0 while it cannot (a full "
             "disk): staples are served from memory and stored once it can.",
-        )
-
-
-class _UnansweredCollector:
-    """`mustaple_certificate_files_unanswered`, from the keeper's `unanswered` at each scrape."""
-
-    def __init__(self, keeper: Keeper) -> None:
-        self.keeper = keeper
-
-    def describe(self) -> Iterator[Metric]:
-        return iter([self._family()])
-
-    def collect(self) -> Iterator[Metric]:
-        family = self._family()
-        family.add_metric([], float(len(self.keeper.unanswered)))
-        return iter([family])
-
-    @staticmethod
-    def _family() -> GaugeMetricFamily:
-        return GaugeMetricFamily(
+            lambda k: float(k.store_problem is None),
+        ),
+        _KeeperGauge(
+            keeper,
             "mustaple_certificate_files_unanswered",
             "[[certificates]] entries whose look at their files has stayed at one file for "
             "policy.watch_timeout (a file system that hangs): their files are kept as last "
             "seen until it answers.",
-        )
+            lambda k: float(len(k.unanswered)),
+        ),
+    ]
 
 
 class _ResponderCollector:
