@@ -6,6 +6,7 @@ Module files that need more control (misbehaving responders, OpenSSL) build thei
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -161,17 +162,34 @@ def serve() -> Iterator[Callable[[Handler], LoopbackServer]]:
 
 class Crowded:
     """A handler answering 503 after 50 ms that counts the requests in flight at once: `peak`
-    is the most there were (what the limits on fetches promise a responder)."""
+    is the most there were (what the limits on fetches promise a responder). With `gather`,
+    the first requests are held until that many are in flight (at most GATHER_WAIT s): the
+    requests the limits let out at once are then there at once, however late one sender
+    starts (a worker process still importing on a loaded machine)."""
 
-    def __init__(self) -> None:
+    GATHER_WAIT = 5.0
+
+    def __init__(self, gather: int = 0) -> None:
         self.active = self.peak = 0
+        self.gather = gather
+        self._gathered: asyncio.Event | None = None
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         self.active += 1
         self.peak = max(self.peak, self.active)
+        if self.gather:
+            await self._until_gathered()
         await asyncio.sleep(0.05)
         self.active -= 1
         return web.Response(status=503)
+
+    async def _until_gathered(self) -> None:
+        if self._gathered is None:
+            self._gathered = asyncio.Event()
+        if self.active >= self.gather:
+            self._gathered.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._gathered.wait(), self.GATHER_WAIT)
 
 
 def ocsp_reply(body: bytes, status: int = 200, **headers: str) -> web.Response:

@@ -296,9 +296,10 @@ def test_the_workers_keep_the_limits_between_them(
     serve: Callable[[Handler], LoopbackServer],
 ) -> None:
     """The keeper hands the pool more fetches than `concurrency` at once (DEPTH times); the
-    workers keep `per_host` between them: each its part (2 and 1 of 3), on its own requests."""
+    workers keep `per_host` between them: each its part (2 and 1 of 3), on its own requests
+    (the first ones held until 3 are in flight: both workers then have theirs out)."""
     monkeypatch.setattr(keeper_module, "WORKERS_FROM", 8)
-    crowded = Crowded()
+    crowded = Crowded(gather=3)
     server = serve(crowded)
 
     async def scenario() -> None:
