@@ -5,12 +5,18 @@ processes a test started."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
+
+MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 20) -> None:
@@ -44,3 +50,22 @@ def end_all(processes: Iterable[subprocess.Popen[Any]]) -> None:
         if process.poll() is None:
             process.kill()
         process.wait(10)
+
+
+@contextmanager
+def keeping(
+    config: Path, log: Path, *, stopping: Callable[[], None] = lambda: None, within: float = 20
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A `mustaple run` logging to the file `log` (read while it runs), stopped by SIGTERM
+    at the end, then `stopping()`: it must exit 0 within `within` seconds, without a
+    traceback."""
+    with log.open("ab") as out:
+        keeper = subprocess.Popen([MUSTAPLE, "run", "--config", str(config)], stderr=out)
+    try:
+        yield keeper
+    finally:
+        keeper.send_signal(signal.SIGTERM)
+        stopping()
+        code = keeper.wait(within)
+    assert code == 0, log.read_text()
+    assert "Traceback" not in log.read_text()

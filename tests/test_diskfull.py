@@ -29,7 +29,7 @@ from mustaple.core.errors import InputError
 from mustaple.core.request import encode_request, get_url, make_cert_id
 from mustaple.testing import CA, Behaviour, Leaf, ResponderThread
 from mustaple.testing.craft import DEFAULT_VALIDITY
-from outside import get_json, http_get, wait_for
+from outside import get_json, http_get, keeping, wait_for
 from servers import free_port
 
 MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))
@@ -263,21 +263,6 @@ def test_a_damaged_database_reads_as_nothing_stored(tmp_path: Path) -> None:
     ca = CA(key_type="ec")
     leaf = ca.issue("www.example.test")
     assert look_up(store, "any", make_target(leaf.cert, leaf.issuer), utc_now()) == Looked()
-
-
-@contextmanager
-def keeping(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A `mustaple run` logging to the file `log` (read while it runs), stopped by SIGTERM
-    at the end: it must exit 0 without a traceback."""
-    with log.open("ab") as out:
-        keeper = subprocess.Popen([MUSTAPLE, "run", "--config", str(config)], stderr=out)
-    try:
-        yield keeper
-    finally:
-        keeper.send_signal(signal.SIGTERM)
-        code = keeper.wait(20)
-    assert code == 0, log.read_text()
-    assert "Traceback" not in log.read_text()
 
 
 def issue(ca: CA, responder: ResponderThread, tmp_path: Path, name: str) -> Leaf:

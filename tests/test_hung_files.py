@@ -9,17 +9,13 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from hungfs import HungFS
 from mustaple.testing import CA, ResponderThread
-from outside import get_json, http_get, wait_for
+from outside import MUSTAPLE, get_json, http_get, keeping, wait_for
 from ports import free_port
 
-MUSTAPLE = str(Path(sys.executable).with_name("mustaple"))
 STUCK = "has not answered in 2s"  # watch_timeout: wide, a loaded machine is slow
 
 
@@ -50,25 +46,6 @@ def gauge(port: int) -> str:
     return line.split()[-1]
 
 
-@contextmanager
-def running(
-    config: Path, log: Path, stopping: Callable[[], None] = lambda: None
-) -> Iterator[subprocess.Popen[bytes]]:
-    """A `mustaple run` whose stderr goes to `log`; told to stop (SIGTERM) at the end, then
-    `stopping()`, it must exit 0 within 10 s, without a traceback."""
-    with log.open("wb") as err:
-        keeper = subprocess.Popen([MUSTAPLE, "run", "--config", str(config)], stderr=err)
-        try:
-            yield keeper
-        finally:
-            keeper.send_signal(signal.SIGTERM)
-            stopping()
-            code = keeper.wait(10)
-    said = log.read_text()
-    assert code == 0, said
-    assert "Traceback" not in said
-
-
 def test_a_file_that_hangs_holds_up_only_its_own_entry(tmp_path: Path) -> None:
     ca, port = CA(), free_port()
     log = tmp_path / "stderr"
@@ -78,7 +55,7 @@ def test_a_file_that_hangs_holds_up_only_its_own_entry(tmp_path: Path) -> None:
         for leaf in leaves.values():
             responder.add(leaf)
         leaves["a"].write(tmp_path / "live" / "a")
-        with running(config, log) as keeper:
+        with keeping(config, log, within=10) as keeper:
             wait_for((tmp_path / "staples" / "a.der").exists)
             keeper.send_signal(signal.SIGHUP)  # the new keeper does not wait on it again
             wait_for(lambda: "configuration reloaded" in log.read_text())
@@ -131,7 +108,7 @@ def test_a_keeper_whose_files_hang_stops_at_once(tmp_path: Path) -> None:
             wait_for(lambda: "INFO stopped" in log.read_text(), timeout=10)
             hung.release()
 
-        with running(config, log, stopped_then_released):
+        with keeping(config, log, stopping=stopped_then_released, within=10):
             wait_for((tmp_path / "staples" / "a.der").exists)
             wait_for(lambda: STUCK in log.read_text())
     assert log.read_text().count(STUCK) == 1
@@ -150,7 +127,7 @@ def test_a_sink_whose_files_hang_holds_up_only_itself(tmp_path: Path) -> None:
         for leaf in leaves.values():
             responder.add(leaf)
         leaves["a"].write(tmp_path / "live" / "a")
-        with running(config, log, hung.release):
+        with keeping(config, log, stopping=hung.release, within=10):
             wait_for((tmp_path / "staples" / "a.der").exists)
             leaves["b"].write(tmp_path / "live" / "b")
             wait_for((tmp_path / "staples" / "b.der").exists)
