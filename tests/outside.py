@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -54,13 +54,19 @@ def end_all(processes: Iterable[subprocess.Popen[Any]]) -> None:
 
 @contextmanager
 def keeping(
-    config: Path, log: Path, *, stopping: Callable[[], None] = lambda: None, within: float = 20
+    config: Path,
+    log: Path,
+    *,
+    stopping: Callable[[], None] = lambda: None,
+    within: float = 20,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A `mustaple run` logging to the file `log` (read while it runs), stopped by SIGTERM
     at the end, then `stopping()`: it must exit 0 within `within` seconds, without a
-    traceback."""
+    traceback. `env`: its environment (default: this one)."""
     with log.open("ab") as out:
-        keeper = subprocess.Popen([MUSTAPLE, "run", "--config", str(config)], stderr=out)
+        argv = [MUSTAPLE, "run", "--config", str(config)]
+        keeper = subprocess.Popen(argv, stderr=out, env=env)
     try:
         yield keeper
     finally:

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 from aiohttp import web
@@ -757,6 +758,103 @@ def test_a_survey_leaves_a_skipped_entrys_files_as_they_are(tmp_path: Path) -> N
     found, gone = keeper_module._survey(conf, held, [certs / "b.pem"], {0}, at)
     assert (found, gone) == ({}, [other / "a.pem"])
     assert at[0] == 1
+
+
+def test_a_survey_keeps_a_file_a_skipped_entry_listed_first(tmp_path: Path) -> None:
+    """A file of an entry set aside that a later entry's pattern also lists stays the set
+    aside entry's: neither changed (a reload under the other entry) nor gone."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    (certs / "a.pem").write_text("a")
+    first = CertEntry(paths=(str(certs / "a.pem"),))
+    second = CertEntry(paths=(str(certs / "*.pem"),))
+    conf = replace(config(tmp_path), certificates=(first, second))
+    found, _ = keeper_module._survey(conf, {}, [])
+    assert found == {certs / "a.pem": (first, ANY)}
+    held: dict[Path, Any] = {
+        path: SimpleNamespace(stamp=stamp, entry=entry) for path, (entry, stamp) in found.items()
+    }
+    os.utime(certs / "a.pem", ns=(1, 1))
+    assert keeper_module._survey(conf, held, [], {0}) == ({}, [])
+    assert list(keeper_module._survey(conf, held, [], ())[0]) == [certs / "a.pem"]
+
+
+def count_stats(monkeypatch: pytest.MonkeyPatch, looked: list[str]) -> None:
+    """From now on, each stat of a `fullchain.pem` is added to `looked`."""
+    real_stat = os.stat
+
+    def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if str(path).endswith("fullchain.pem"):
+            looked.append(str(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat)
+
+
+def test_a_pass_looks_only_at_entries_whose_directories_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With file events (the passes of `run`): from the second watched pass, a pass in
+    which nothing changed stats no certificate file; a new certificate, a reissued one and
+    a removed one are each seen at the next pass; the rescan interval looks at every file;
+    so does a pass while an unusable file's issuer download is due again."""
+    looked: list[str] = []
+
+    async def scenario(tmp: Path) -> None:
+        async with offline(tmp) as (w, keeper, _):
+            w.issue("a.test")
+            await keeper.scan()  # the start: no watch
+            count_stats(monkeypatch, looked)
+            for _ in range(2):  # the first watched pass sets the watches up
+                assert await keeper.scan(watch=True) == []
+            assert looked
+            looked.clear()
+            assert await keeper.scan(watch=True) == []
+            assert looked == []
+            w.issue("b.test")
+            assert [m.name for m in await keeper.scan(watch=True)] == ["b.test"]
+            await keeper.scan(watch=True)  # b.test's directory now watched from the start
+            looked.clear()
+            w.issue("a.test")  # reissued
+            assert [m.name for m in await keeper.scan(watch=True)] == ["a.test"]
+            (tmp / "live" / "b.test" / "fullchain.pem").unlink()
+            await keeper.scan(watch=True)
+            assert sorted(m.name for m in keeper.managed.values()) == ["a.test"]
+            await keeper.scan(watch=True)
+            looked.clear()
+            await keeper.scan(watch=True)
+            assert looked == []
+            w.clock.now += keeper.policy.rescan_interval
+            await keeper.scan(watch=True)
+            assert looked == [str(tmp / "live" / "a.test" / "fullchain.pem")]
+            looked.clear()
+            await keeper.scan(watch=True)
+            assert looked == []
+            path = tmp / "live" / "a.test" / "fullchain.pem"
+            keeper.problems[path] = SimpleNamespace(retry_at=w.clock.now)  # type: ignore[assignment]
+            await keeper.scan(watch=True)
+            assert looked == [str(path)]
+            del keeper.problems[path]
+
+    run(scenario, tmp_path)
+
+
+def test_without_a_rescan_longer_than_the_watch_every_pass_looks_at_every_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    looked: list[str] = []
+
+    async def scenario(tmp: Path) -> None:
+        five = timedelta(seconds=5)
+        async with offline(tmp, rescan_interval=five, watch_interval=five) as (w, keeper, _):
+            w.issue("a.test")
+            await keeper.scan()
+            count_stats(monkeypatch, looked)
+            for _ in range(3):
+                await keeper.scan(watch=True)
+            assert len(looked) == 3
+
+    run(scenario, tmp_path)
 
 
 def test_status_rows_follow_the_files_across_passes(tmp_path: Path) -> None:

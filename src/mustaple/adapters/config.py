@@ -115,6 +115,9 @@ class KeeperPolicy:
     at_expiry: str = "remove"  # or "keep"
     watch_interval: timedelta = timedelta(seconds=5)
     watch_timeout: timedelta = WATCH_TIMEOUT  # a file that hangs: see mustaple.adapters.patience
+    # with file events (inotify), every file is looked at anyway this often; not above the
+    # watch interval: every file at every pass, no file events (mustaple.keeper.changes)
+    rescan_interval: timedelta = timedelta(minutes=10)
     workers: int | None = None  # processes for large batches; None: one per core; 0: none
 
 
@@ -597,7 +600,8 @@ def _policy(reader: TableReader) -> KeeperPolicy:
         "refresh_at", "jitter", "min_interval", "retry_min", "retry_base", "retry_max",
         "timeout", "attempts",
         "clock_skew", "allow_missing_next_update", "hash", "concurrency", "per_host",
-        "at_expiry", "watch_interval", "watch_timeout", "max_response_size", "proxy", "workers",
+        "at_expiry", "watch_interval", "watch_timeout", "rescan_interval", "max_response_size",
+        "proxy", "workers",
     )  # fmt: skip
     defaults = KeeperPolicy()
     try:
@@ -635,6 +639,9 @@ def _policy(reader: TableReader) -> KeeperPolicy:
         at_expiry=_choice(reader, "at_expiry", ["remove", "keep"], defaults.at_expiry),
         watch_interval=reader.duration("watch_interval", defaults.watch_interval, _DAY, low=_LOOP),
         watch_timeout=reader.duration("watch_timeout", defaults.watch_timeout, _HOUR, low=_LOOP),
+        rescan_interval=reader.duration(
+            "rescan_interval", defaults.rescan_interval, _DAY, low=_LOOP
+        ),
         workers=reader.number("workers", 0, 0, 64) if "workers" in reader.table else None,
     )
 

@@ -514,7 +514,7 @@ async def _loop(
         try:
             async with _either(stop, reload) as cut:
                 await keeper.tick(cut)  # a stop or reload ends its fetching, not its delivery
-                await keeper.scan(cut)
+                await keeper.scan(cut, watch=True)
         except Exception as exc:  # a bug must not end the daemon: the next pass tries again
             failed += 1
             log.error(

@@ -122,6 +122,7 @@ from mustaple.core.request import CertId, make_cert_id
 from mustaple.core.schedule import issuer_retry
 from mustaple.core.urls import first_host
 from mustaple.core.verify import Policy, Staple, strictly_newer, verify
+from mustaple.keeper.changes import Changes
 from mustaple.keeper.surveys import Surveys, Unanswered
 
 __all__ = [
@@ -500,9 +501,17 @@ class Keeper:
         self._locked_since: datetime | None = None  # the first flush the state's lock failed
         self._patience: asyncio.TimerHandle | None = None  # see `_tell_when_patience_ends`
         self._copies_looked: datetime | None = None  # see `look_at_copies`
-        entries = [entry.paths for entry in config.certificates]
+        entries = [(entry.paths, entry.issuer) for entry in config.certificates]
+        # which entries' files changed, from file events (see `scan`)
+        self._changes = Changes(entries, self.policy.rescan_interval)
         # the look at the files, which may hang (see `scan`)
-        self.surveys = Surveys(self.policy.watch_timeout, entries, clock, carried=surveys)
+        self.surveys = Surveys(
+            self.policy.watch_timeout,
+            [paths for paths, _ in entries],
+            clock,
+            carried=surveys,
+            forget=self._changes.forget,
+        )
         self._restored: int | None = None  # see `_restores_summed`
         read_only = _read_only(store)
         if read_only is not None:  # a full disk at the start: read, served, not written
@@ -519,6 +528,7 @@ class Keeper:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._flush()
+        self._changes.close()
         self._end_patience()
         self._tell_all_alone()  # what the store could not take leaves with this process
         self._say_unstored()
@@ -531,13 +541,22 @@ class Keeper:
 
     # --- Which certificates -------------------------------------------------------------------
 
-    async def scan(self, stop: asyncio.Event | None = None) -> list[Managed]:
+    async def scan(self, stop: asyncio.Event | None = None, watch: bool = False) -> list[Managed]:
         """Pick up new, changed and removed certificate files; return the new or changed.
         Once `stop` is set, the files not loaded yet are left for the next scan (or start).
-        An entry whose files hang (a dead NFS mount) is left as last seen (`Surveys`)."""
+        An entry whose files hang (a dead NFS mount) is left as last seen (`Surveys`).
+        `watch` (the passes of `run`): the entries' directories are watched for changes,
+        and an entry in which nothing changed is not looked at (`Changes`), unless
+        `policy.rescan_interval` is no longer than `policy.watch_interval`."""
+        now = self.clock()
+        watch = watch and self.policy.rescan_interval > self.policy.watch_interval
+        quiet = self._quiet(now) if watch else frozenset()
+        if self.surveys.all_set_aside(quiet):
+            return []
         managed, problems = dict(self.managed), list(self.problems)
-        look = functools.partial(_survey, self.config, managed, problems)
-        surveyed = await self.surveys.look(look, stop or asyncio.Event())
+        changes = (self._changes, now) if watch else None
+        look = functools.partial(_survey, self.config, managed, problems, changes=changes)
+        surveyed = await self.surveys.look(look, stop or asyncio.Event(), quiet)
         if surveyed is None:
             return []
         found, gone = surveyed
@@ -571,6 +590,14 @@ class Keeper:
             for key in self.store.status_keys() - shown:
                 self._forget_status(key)
         return [managed for managed in loaded if managed is not None]
+
+    def _quiet(self, now: datetime) -> frozenset[int]:
+        """The entries with nothing changed in their directories (`Changes.quiet`); none
+        while the read of a file whose issuer download failed is due (`Problem.retry_at`)."""
+        due = (p.retry_at for p in self.problems.values() if p.retry_at is not None)
+        if any(retry <= now for retry in due):
+            return frozenset()
+        return self._changes.quiet(now)
 
     def _changed(
         self, found: Iterable[tuple[Path, tuple[CertEntry, Stamp | None]]], now: datetime
@@ -2134,6 +2161,8 @@ def _survey(
     problems: Iterable[Path],
     skip: Collection[int] = (),
     at: list[object] | None = None,
+    *,
+    changes: tuple[Changes, datetime] | None = None,
 ) -> tuple[dict[Path, tuple[CertEntry, Stamp | None]], list[Path]]:
     """The configured certificate files to look at (`_changed`), each with its entry and
     what it is now (`_stamp`): all but those of `managed` found as they were loaded; and the
@@ -2144,26 +2173,35 @@ def _survey(
     collector, 40 ms at a time). A known file is named by the same `Path` (the keeper's
     dictionaries then find it by identity). An entry's `issuer` file is stat-ed once.
 
-    The entries numbered in `skip` are not looked at (their files hang, see `Surveys`): a
-    file one of their patterns matches is not gone. `at` is kept at the entry's number and
-    the pattern or file being looked at (what a look that hangs was doing)."""
+    The entries numbered in `skip` are not looked at (their files hang, see `Surveys`, or
+    nothing changed in their directories, see `Changes`): their files are kept as they were,
+    and a file one of their patterns matches is not gone. `at` is kept at the entry's number
+    and the pattern or file being looked at (what a look that hangs was doing). With
+    `changes` (and when the look began), each entry looked at has its directories watched."""
     known: dict[str, tuple[Path, Managed | None]] = {str(p): (p, None) for p in problems}
     known.update((str(path), (path, current)) for path, current in managed.items())
     at = at if at is not None else [None, ""]
     numbers = {id(entry): number for number, entry in enumerate(config.certificates)}
     found, stat, unknown = {}, os.stat, (None, None)
     last, mtime, size = None, -1, -1
+    listed: dict[int, list[str]] = {n: [] for n in range(len(config.certificates)) if n not in skip}
+    fresh: set[str] = set()
+    names: list[str] = []
     for name, entry in configured_names(config, known, skip, at).items():
         if entry is not last:
             at[:] = (numbers[id(entry)], entry.issuer)
             last, (mtime, size) = entry, _issuer_stamp(entry.issuer)
+            names = listed[numbers[id(entry)]]
         at[1] = name
+        path, current = known.pop(name, unknown)
+        if current is not None and numbers.get(id(current.entry)) in skip:
+            continue  # an entry set aside listed it first: kept as it was
+        names.append(name)
         try:
             info = stat(name)
             stamp: Stamp | None = (info.st_mtime_ns, info.st_size, mtime, size)
         except OSError:
             stamp = None
-        path, current = known.pop(name, unknown)
         if (
             stamp is None
             or current is None
@@ -2171,9 +2209,32 @@ def _survey(
             or (current.entry is not entry and current.entry != entry)
         ):
             found[path or Path(name)] = (entry, stamp)
+            fresh.add(name)
+    if changes is not None:
+        watch, began = changes
+        for number, names in listed.items():
+            at[:] = (number, "")
+            watch.looked(number, began, names, fresh, at)
+    return found, _gone(config, known, skip, numbers)
+
+
+def _gone(
+    config: Config,
+    left: Mapping[str, tuple[Path, Managed | None]],
+    skip: Collection[int],
+    numbers: Mapping[int, int],
+) -> list[Path]:
+    """The files of `left` (known, not listed by a look) that are gone: all but those of an
+    entry set aside (kept as they were), and those one of its patterns may list."""
+    if not skip:
+        return [path for path, _ in left.values()]
     skipped = [p for n in skip for p in config.certificates[n].paths]
-    gone = [path for name, (path, _) in known.items() if not _matched(name, skipped)]
-    return found, gone
+    return [
+        path
+        for name, (path, current) in left.items()
+        if not (current is not None and numbers.get(id(current.entry)) in skip)
+        and not _matched(name, skipped)
+    ]
 
 
 def _matched(name: str, patterns: Iterable[str]) -> bool:

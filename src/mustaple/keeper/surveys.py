@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 
+def _nothing(number: int) -> None:
+    pass
+
+
 @dataclass(frozen=True)
 class Unanswered:
     """An entry whose look at its files has not answered: what the look was at (a file or
@@ -60,12 +64,15 @@ class Surveys:
         entries: Sequence[Sequence[str]],
         clock: Clock = utc_now,
         carried: Surveys | None = None,
+        forget: Callable[[int], None] | None = None,
     ) -> None:
         """`entries`: each `[[certificates]]` entry's patterns, in order. `carried`: the
         surveys of the keeper a reload replaces, whose stuck entries stay set aside here
         (by their patterns) until their looks return: a reload does not wait on them
-        again, nor say them again, nor leave one more thread waiting."""
+        again, nor say them again, nor leave one more thread waiting. `forget` is told the
+        number of an entry set aside or back (its next look is a whole one)."""
         self.patience, self.clock = patience, clock
+        self._forget = forget or _nothing
         self.entries = [tuple(paths) for paths in entries]
         self._stuck: dict[tuple[str, ...], _Stuck] = {}  # by the entry's patterns
         if carried is not None:  # an entry no longer configured: forgotten
@@ -81,17 +88,28 @@ class Surveys:
         """The entries whose look has not answered yet (for /status and /metrics)."""
         return tuple(s.unanswered for s in self._stuck.values() if not s.future.done())
 
+    def all_set_aside(self, quiet: Collection[int]) -> bool:
+        """Whether no entry is to be looked at: each is `quiet` (nothing changed in its
+        directories) or stuck, and at least one is quiet. Stuck entries that returned are
+        taken back first."""
+        self._returned()
+        return bool(quiet) and len(self.stuck | set(quiet)) == len(self.entries)
+
     async def look(
-        self, look: Callable[[Collection[int], list[object]], _T], stop: asyncio.Event
+        self,
+        look: Callable[[Collection[int], list[object]], _T],
+        stop: asyncio.Event,
+        quiet: Collection[int] = (),
     ) -> _T | None:
-        """What `look` found over every entry not stuck (a stuck one's files kept as last
-        seen), or None once `stop` is set first (the look left to end in its thread).
+        """What `look` found over every entry not stuck nor `quiet` (their files kept as
+        last seen), or None once `stop` is set first (the look left to end in its thread).
         `look` is given the entries not to look at, and a list it keeps at the entry's
         number and the file or pattern it is at."""
         self._returned()
         while True:
             at: list[object] = [None, ""]
-            future = in_daemon_thread(functools.partial(look, self.stuck, at), "mustaple-survey")
+            skip = self.stuck | set(quiet)
+            future = in_daemon_thread(functools.partial(look, skip, at), "mustaple-survey")
             with paused():  # a look makes an entry for each of 100k files: none collected
                 await until_stuck(future, at, self.patience, stop)
             if future.done():
@@ -103,6 +121,7 @@ class Surveys:
     def _set_aside(self, paths: tuple[str, ...], at: str, future: asyncio.Future[Any]) -> None:
         since = self.clock() - self.patience
         self._stuck[paths] = _Stuck(future, Unanswered(at, paths, since))
+        self._forget(self.entries.index(paths))
         log.error(
             "certificate files: the look at %s has not answered in %s (a file system that "
             "does not answer, such as an NFS server gone away?); the files of %s are kept "
@@ -118,6 +137,7 @@ class Surveys:
         for paths, stuck in list(self._stuck.items()):
             if stuck.future.done():
                 del self._stuck[paths]
+                self._forget(self.entries.index(paths))
                 if not stuck.future.cancelled():
                     stuck.future.exception()  # what it found is out of date: not used
                 waited = (self.clock() - stuck.unanswered.since).total_seconds()
