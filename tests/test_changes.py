@@ -140,10 +140,9 @@ def test_certbots_links_are_followed_to_their_files(
     (archive / "a.example" / "fullchain1.pem").write_text("in place")  # through the link
     assert changes.quiet(T0 + 3 * SECOND) == frozenset()
     assert settled(changes, T0 + 4 * SECOND) == {0}
-    (archive / "b.example" / "fullchain2.pem").write_text("2")  # a renewal: the new file,
-    assert changes.quiet(T0 + 7 * SECOND) == frozenset()  # then the link moved
-    assert settled(changes, T0 + 8 * SECOND) == {0}
-    (live / "b.example" / "fullchain.pem").unlink()
+    (archive / "b.example" / "fullchain2.pem").write_text("2")  # a renewal: the new file
+    assert changes.quiet(T0 + 7 * SECOND) == {0}  # names no file of the entry yet,
+    (live / "b.example" / "fullchain.pem").unlink()  # then the link is moved to it
     os.symlink("../../archive/b.example/fullchain2.pem", live / "b.example" / "fullchain.pem")
     assert changes.quiet(T0 + 11 * SECOND) == frozenset()
     assert settled(changes, T0 + 12 * SECOND) == {0}
@@ -176,6 +175,29 @@ def test_a_kubernetes_secrets_swap_is_seen(tmp_path: Path, opened: Callable[...,
     assert settled(changes, T0 + 4 * SECOND) == {0}
     (secret / "..2026_12_07_2" / "tls.crt").write_text("written in place")
     assert changes.quiet(T0 + 7 * SECOND) == frozenset()
+
+
+def test_what_mustaples_sinks_write_beside_the_certificates_calls_for_no_look(
+    tmp_path: Path, opened: Callable[..., Changes]
+) -> None:
+    """HAProxy's `.ocsp` and `.issuer` beside each file of `certs/*`, written through a
+    hidden temporary file and a rename; a `file` sink's `{dir}/{stem}.der` beside certbot's
+    `live/NAME/fullchain.pem`. A new certificate beside them still counts."""
+    haproxy, live = tmp_path / "haproxy", tmp_path / "live" / "a.example"
+    haproxy.mkdir()
+    (haproxy / "a.pem").write_text("a")
+    live.mkdir(parents=True)
+    (live / "fullchain.pem").write_text("a")
+    changes = opened((f"{haproxy}/*",), (f"{tmp_path}/live/*/fullchain.pem",))
+    assert settled(changes) == {0, 1}
+    for name in ("a.pem.ocsp", "a.pem.issuer"):
+        (haproxy / f".{name}.x1y2z3").write_text("staple")
+        (haproxy / f".{name}.x1y2z3").rename(haproxy / name)
+    (live / ".fullchain.der.abcdef").write_text("staple")
+    (live / ".fullchain.der.abcdef").rename(live / "fullchain.der")
+    assert changes.quiet(T0 + 3 * SECOND) == {0, 1}
+    (haproxy / "b.pem").write_text("b")
+    assert changes.quiet(T0 + 4 * SECOND) == {1}
 
 
 def test_a_change_in_one_entry_leaves_the_others_quiet(
@@ -280,7 +302,7 @@ def test_the_directories_a_pattern_depends_on(tmp_path: Path) -> None:
     assert parts[: len(above)] == above  # ("/", "tmp") ... each with the next name
     assert sorted(parts[len(above) :], key=str) == [
         (str(tmp_path), "live"),
-        (f"{tmp_path}/live", None),
+        (f"{tmp_path}/live", "*"),
         (f"{tmp_path}/live/a", "fullchain.pem"),
         (f"{tmp_path}/live/b", "fullchain.pem"),
     ]

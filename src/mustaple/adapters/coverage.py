@@ -30,7 +30,7 @@ __all__ = ["Coverage", "configured_files", "configured_names"]
 
 
 # HAProxy's files beside a certificate file it loads (mustaple's HAProxy sink writes the first two)
-_COMPANIONS = (".ocsp", ".issuer", ".key", ".sctl")
+COMPANIONS = (".ocsp", ".issuer", ".key", ".sctl")  # HAProxy's files beside a certificate
 
 
 def configured_files(
@@ -90,7 +90,7 @@ def _certificates_only(names: list[str], pattern: str, state_dir: Path) -> list[
     parent = None if glob.has_magic(folder) else os.path.dirname(os.path.join(folder, "x"))
     if parent == state:
         return []
-    companions = [name for name in names if name.endswith(_COMPANIONS)]
+    companions = [name for name in names if name.endswith(COMPANIONS)]
     if companions:
         listed = set(names)
         dropped = {name for name in companions if name.rpartition(".")[0] in listed}

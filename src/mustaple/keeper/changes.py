@@ -6,16 +6,20 @@ entry is looked at only when something changed in a directory its files depend o
 `policy.rescan_interval` has passed since its last look (what file events cannot show: a
 mount over a directory, a change in a directory no pattern names).
 
-The directories an entry depends on, learned at each of its looks (`needed`): each fixed
-directory of its patterns down to the first one with a wildcard (only the events for the
-next name of the pattern count there: a file written beside `/etc` does not matter), every
-directory a wildcard lists, the directory of each file found and, for a symbolic link (a
-certbot `live` link, a Kubernetes secret's `..data`), the directory of the file it leads to;
-and the same for the entry's `issuer` file. The keeper's look (`_survey`, in its thread)
-hands them to `looked`, which watches them; an entry is *quiet* (not looked at) from a look
-that began with every one of those directories watched already, until an event in one of
-them, an overflow of the kernel's queue, or the rescan interval. A directory that is not
-there is not watched (its parent's event says when it comes).
+The directories an entry depends on, learned at each of its looks (`needed`), each with the
+names whose events count there: each fixed directory of its patterns down to the first one
+with a wildcard, with the pattern's next name (a file written beside `/etc` does not matter);
+every directory a wildcard lists, with the names it lists (not hidden ones, such as the
+temporary files of mustaple's own sinks, nor HAProxy's `.ocsp` and `.issuer` beside a file it
+lists); the directory of each file found, with its name and, for a symbolic link, the first
+name of a relative link (a Kubernetes secret's `..data`) and the directory and name of the
+file it leads to (certbot's `archive/NAME/fullchainN.pem`); the same for the entry's `issuer`
+file. An event on a directory itself (removed, moved, unmounted) always counts. The keeper's
+look (`_survey`, in its thread) hands them to `looked`, which watches them; an entry is
+*quiet* (not looked at) from a look that began with every one of those directories watched
+already, until an event that counts in one of them, an overflow of the kernel's queue, or
+the rescan interval. A directory that is not there is not watched (its parent's event says
+when it comes).
 
 An entry is never quiet (it is looked at at every pass, as without file events) while one of
 its directories is on a file system whose changes this kernel does not see (NFS, SMB, FUSE:
@@ -26,14 +30,17 @@ one line says which and why. When the kernel gives no inotify instance at all, n
 from __future__ import annotations
 
 import errno
+import fnmatch
 import glob
 import logging
 import os
 import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from mustaple.adapters.coverage import COMPANIONS
 from mustaple.adapters.inotify import Inotify, local_file_system
 from mustaple.core.render import human_duration
 
@@ -41,8 +48,23 @@ __all__ = ["Changes", "pattern_dirs"]
 
 log = logging.getLogger(__name__)
 
-Needed = dict[str, str | None]  # directory -> the one name whose events count, or None: any
 _ABSENT = (errno.ENOENT, errno.ENOTDIR)
+
+
+@dataclass
+class Interest:
+    """Which events of a directory count for an entry: those of `names`, those of a name
+    a wildcard of `parts` lists, and those of the directory itself (name "")."""
+
+    names: set[str] = field(default_factory=set)
+    parts: set[str] = field(default_factory=set)
+
+    def counts(self, name: str) -> bool:
+        return not name or name in self.names or any(_lists(p, name) for p in self.parts)
+
+
+Needed = dict[str, Interest]  # by directory
+Link = tuple[str | None, str, str]  # a link's first name (relative), its file's directory, name
 
 
 class Changes:
@@ -62,11 +84,11 @@ class Changes:
         self._off = False  # no inotify instance: every entry looked at every pass
         self._closed = False
         self._lock = threading.Lock()
-        self._wants: dict[str, dict[int, str | None]] = {}  # directory -> entry -> name
+        self._wants: dict[str, dict[int, Interest]] = {}  # directory -> entry -> interest
         self._needs: dict[int, Needed] = {}  # entry -> its directories at its last look
         self._armed: dict[int, datetime] = {}  # entry -> when its last look began
         self._said: dict[int, str] = {}  # entry -> why it is looked at every pass (said)
-        self._targets: dict[int, dict[str, str | None]] = {}  # entry -> file -> link's dir
+        self._targets: dict[int, dict[str, Link | None]] = {}  # entry -> file -> its link
         self._absent: set[str] = set()  # needed directories not there at their last try
 
     def quiet(self, now: datetime) -> frozenset[int]:
@@ -84,9 +106,9 @@ class Changes:
             if overflowed:  # changes may have been missed: every entry looked at
                 self._armed.clear()
             for directory, name in events:
-                for number, want in self._wants.get(directory, {}).items():
-                    if want is None or not name or name == want:
-                        self._armed.pop(number, None)
+                for number, interest in self._wants.get(directory, {}).items():
+                    if number in self._armed and interest.counts(name):
+                        del self._armed[number]
             return frozenset(n for n, began in self._armed.items() if now - began < self.rescan)
 
     def forget(self, number: int) -> None:
@@ -202,8 +224,8 @@ class Changes:
                 self._absent.discard(directory)
                 if self._inotify is not None:
                     self._inotify.remove(directory)
-        for directory, name in needed.items():
-            self._wants.setdefault(directory, {})[number] = name
+        for directory, interest in needed.items():
+            self._wants.setdefault(directory, {})[number] = interest
 
     def _say(self, number: int, why: str | None) -> None:
         """One line when entry `number` starts (or stops) being looked at every pass."""
@@ -228,19 +250,21 @@ class Changes:
 
 
 def _target(
-    name: str, fresh: bool, known: Mapping[str, str | None], at: list[object]
-) -> str | None:
-    """The directory of the file `name` leads to when it is a symbolic link (`known` from the
-    last look, worked out again when the file is new or changed)."""
+    name: str, fresh: bool, known: Mapping[str, Link | None], at: list[object]
+) -> Link | None:
+    """Where the file `name` leads when it is a symbolic link (`known` from the last look,
+    worked out again when the file is new or changed)."""
     if not fresh and name in known:
         return known[name]
     at[1] = name
     try:
-        if not os.path.islink(name):
-            return None
-        return os.path.dirname(os.path.realpath(name))
-    except OSError:
+        text = os.readlink(name)
+    except OSError:  # not a link (or not there)
         return None
+    first = text.split(os.sep, 1)[0]
+    real = os.path.realpath(name)
+    relative = not os.path.isabs(text) and first not in ("", ".", "..")
+    return (first if relative else None, os.path.dirname(real), os.path.basename(real))
 
 
 def _watch_limit() -> str:
@@ -250,41 +274,50 @@ def _watch_limit() -> str:
         return "unknown"
 
 
-def _needed(patterns: Iterable[str], targets: Mapping[str, str | None], at: list[object]) -> Needed:
-    """The directories an entry's files depend on, each with the one name whose events
-    count there (None: any); see the module."""
+def _needed(
+    patterns: Iterable[str], targets: Mapping[str, Link | None], at: list[object]
+) -> Needed:
+    """The directories an entry's files depend on, each with the events that count there
+    (see the module)."""
     needed: Needed = {}
     for pattern in patterns:
         at[1] = pattern
-        for directory, name in pattern_dirs(pattern):
-            _merge(needed, directory, name)
-    for file, target in targets.items():
-        _merge(needed, os.path.dirname(file), None)
-        if target is not None:
-            _merge(needed, target, None)
+        for directory, part in pattern_dirs(pattern):
+            interest = needed.setdefault(directory, Interest())
+            (interest.parts if glob.has_magic(part) else interest.names).add(part)
+    for file, link in targets.items():
+        directory, name = os.path.split(file)
+        needed.setdefault(directory, Interest()).names.add(name)
+        if link is not None:
+            first, real_directory, real_name = link
+            if first is not None:
+                needed[directory].names.add(first)
+            needed.setdefault(real_directory, Interest()).names.add(real_name)
     return needed
 
 
-def _merge(needed: Needed, directory: str, name: str | None) -> None:
-    if directory in needed and needed[directory] != name:
-        name = None
-    needed[directory] = name
+def _lists(part: str, name: str) -> bool:
+    """Whether a glob's wildcard `part` lists `name` as a certificate file: not a hidden
+    name unless `part` starts with a dot, nor a HAProxy companion of a name it lists."""
+    if name.startswith(".") and not part.startswith("."):
+        return False
+    if not fnmatch.fnmatchcase(name, part):
+        return False
+    stem, _, suffix = name.rpartition(".")
+    return not (stem and f".{suffix}" in COMPANIONS and fnmatch.fnmatchcase(stem, part))
 
 
-def pattern_dirs(pattern: str) -> Iterable[tuple[str, str | None]]:
+def pattern_dirs(pattern: str) -> Iterable[tuple[str, str]]:
     """The directories whose events may change what `pattern` (absolute) lists, each with
-    the one name that counts there (None: any): each fixed directory down to the first
-    wildcard, with the next part's name; then every directory the wildcards list."""
+    the part of the pattern that names what is in it: each fixed directory down to the first
+    wildcard, then every directory the wildcards list."""
     parts = pattern.split(os.sep)
     for index in range(1, len(parts)):
-        directory = os.sep.join(parts[:index]) or os.sep
+        yield os.sep.join(parts[:index]) or os.sep, parts[index]
         if glob.has_magic(parts[index]):
-            yield directory, None
             break
-        yield directory, parts[index]
     else:
         return
     for deeper in range(index + 1, len(parts)):
-        name = None if glob.has_magic(parts[deeper]) else parts[deeper]
         for directory in glob.glob(os.sep.join(parts[:deeper]) + os.sep):
-            yield directory.rstrip(os.sep) or os.sep, name
+            yield directory.rstrip(os.sep) or os.sep, parts[deeper]
