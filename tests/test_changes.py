@@ -200,6 +200,28 @@ def test_what_mustaples_sinks_write_beside_the_certificates_calls_for_no_look(
     assert changes.quiet(T0 + 4 * SECOND) == {1}
 
 
+def test_a_look_that_began_before_a_change_was_read_does_not_make_it_quiet(
+    tmp_path: Path, opened: Callable[..., Changes]
+) -> None:
+    """A look that hung (or was slow) began before the event was read: it may have seen the
+    file before the change, so only a look that begins after makes the entry quiet again.
+    The same for every entry after an overflow, and for an entry forgotten (its look hung
+    or came back)."""
+    certs, changes = flat(tmp_path, opened)
+    began = T0 + 3 * SECOND
+    (certs / "a.pem").write_text("changed")
+    assert changes.quiet(T0 + 4 * SECOND) == frozenset()
+    looked(changes, 0, began)  # began before the event was read
+    assert changes.quiet(T0 + 5 * SECOND) == frozenset()
+    looked(changes, 0, T0 + 5 * SECOND)
+    assert changes.quiet(T0 + 6 * SECOND) == {0}
+    changes.forget(0)
+    looked(changes, 0, T0 + 5 * SECOND)
+    assert changes.quiet(T0 + 7 * SECOND) == frozenset()
+    looked(changes, 0, T0 + 7 * SECOND)
+    assert changes.quiet(T0 + 8 * SECOND) == {0}
+
+
 def test_a_change_in_one_entry_leaves_the_others_quiet(
     tmp_path: Path, opened: Callable[..., Changes]
 ) -> None:

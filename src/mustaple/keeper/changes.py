@@ -87,6 +87,11 @@ class Changes:
         self._wants: dict[str, dict[int, Interest]] = {}  # directory -> entry -> interest
         self._needs: dict[int, Needed] = {}  # entry -> its directories at its last look
         self._armed: dict[int, datetime] = {}  # entry -> when its last look began
+        # entry -> the earliest start of a look that may arm it: a look that began before
+        # the event that called for it was read (one that hung meanwhile) may not have seen
+        # what changed
+        self._since: dict[int, datetime] = {}
+        self._latest: datetime | None = None  # the last `quiet`'s time
         self._said: dict[int, str] = {}  # entry -> why it is looked at every pass (said)
         self._targets: dict[int, dict[str, Link | None]] = {}  # entry -> file -> its link
         self._absent: set[str] = set()  # needed directories not there at their last try
@@ -103,18 +108,23 @@ class Changes:
             except OSError as exc:  # the instance is unusable: back to looking every pass
                 self._give_up(f"its events cannot be read ({exc.strerror})")
                 return frozenset()
+            self._latest = now
             if overflowed:  # changes may have been missed: every entry looked at
                 self._armed.clear()
+                self._since = dict.fromkeys(range(len(self.entries)), now)
             for directory, name in events:
                 for number, interest in self._wants.get(directory, {}).items():
-                    if number in self._armed and interest.counts(name):
-                        del self._armed[number]
+                    if interest.counts(name):
+                        self._armed.pop(number, None)
+                        self._since[number] = now
             return frozenset(n for n, began in self._armed.items() if now - began < self.rescan)
 
     def forget(self, number: int) -> None:
         """Entry `number` is looked at at the next pass (its look hung, or came back)."""
         with self._lock:
             self._armed.pop(number, None)
+            if self._latest is not None:
+                self._since[number] = self._latest
 
     def looked(
         self,
@@ -126,7 +136,8 @@ class Changes:
     ) -> None:
         """Entry `number` was looked at from `began` and its files are `names` (`fresh`:
         those new or changed since its last look): watch its directories, and have it quiet
-        from now on if they were all watched before `began`. Called from the look's thread:
+        from now on if they were all watched before `began`, and no event that counts was
+        read after `began` (a look that hung meanwhile). Called from the look's thread:
         `at[1]` is kept at the directory or file worked on (a look that hangs names it)."""
         inotify = self._instance()
         if inotify is None:
@@ -144,7 +155,7 @@ class Changes:
                 return
             self._targets[number] = targets
             self._want(number, needed)
-            if why is None and before:
+            if why is None and before and began >= self._since.get(number, began):
                 self._armed[number] = began
             else:
                 self._armed.pop(number, None)
