@@ -475,7 +475,8 @@ async def _start(keeper: Keeper) -> None:
     before the first fetch (the delivery writes every status row: each certificate is new to
     this process, so each has one). A stop during the delivery (its reload command killed)
     leaves rows saying which sinks did not take their staple and owe a reload."""
-    await keeper.scan()  # it looks at the sinks' copies of those without a staple
+    # it looks at the sinks' copies of those without a staple, and sets the file events up
+    await keeper.scan(watch=True)
     await keeper.take_from_sinks(
         m for m in keeper.managed.values() if m.life.state.answer is not None
     )

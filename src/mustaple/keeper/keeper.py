@@ -545,7 +545,7 @@ class Keeper:
         """Pick up new, changed and removed certificate files; return the new or changed.
         Once `stop` is set, the files not loaded yet are left for the next scan (or start).
         An entry whose files hang (a dead NFS mount) is left as last seen (`Surveys`).
-        `watch` (the passes of `run`): the entries' directories are watched for changes,
+        `watch` (`run`'s start and passes): the entries' directories are watched for changes,
         and an entry in which nothing changed is not looked at (`Changes`), unless
         `policy.rescan_interval` is no longer than `policy.watch_interval`."""
         now = self.clock()
