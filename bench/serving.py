@@ -24,6 +24,11 @@ the figures of that code in the same run.
     .venv/bin/python bench/serving.py --quick    # 1k, 5 s per run (a smoke test)
     .venv/bin/python bench/serving.py --max 10000 --no-write
     .venv/bin/python bench/serving.py --against 0f85418   # and that commit's src/, passes
+    .venv/bin/python bench/serving.py --settle 3   # probe from the end of the third pass
+
+`--settle K`: the probe starts once the first K passes have ended (idle: its first, the only
+one). `run`'s start and first pass look at every file to set the file events up; from the
+second pass on, a pass looks only where something changed, so `--settle 3` measures that.
 
 The figures go to docs/performance.md between the `<!-- bench:serving -->` markers only.
 """
@@ -123,10 +128,17 @@ def write_config(site: Site, port: int, idle: bool) -> Path:
 
 
 def probe_run(
-    site: Site, kind: str, seconds: float, path: str, staple: bytes, *, src: Path | None = None
+    site: Site,
+    kind: str,
+    seconds: float,
+    path: str,
+    staple: bytes,
+    *,
+    src: Path | None = None,
+    settle: int = 1,
 ) -> Probe:
     """A `mustaple run` of `kind` (with `src` first on the path when given), probed once its
-    first pass has ended; stopped after."""
+    first `settle` passes have ended (idle: its first, the only one); stopped after."""
     port = _free_port()
     config = write_config(site, port, idle=kind == "idle")
     notices = site.root / "serving.sock"
@@ -143,7 +155,8 @@ def probe_run(
             )
         try:
             _await(notify, "READY=1")
-            _await(notify, "STATUS=")
+            for _ in range(1 if kind == "idle" else settle):
+                _await(notify, "STATUS=")
             request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
             with socket.create_connection(("127.0.0.1", port)) as conn:
                 first, body = ask(conn, request)
@@ -191,7 +204,13 @@ def _count(notify: socket.socket, notice: str) -> int:
 
 
 def measure(
-    workdir: Workdir, size: int, sock: socket.socket, seconds: float, against: Against | None
+    workdir: Workdir,
+    size: int,
+    sock: socket.socket,
+    seconds: float,
+    against: Against | None,
+    *,
+    settle: int = 1,
 ) -> list[Probe]:
     workdir.grow(size, os.cpu_count() or 1)
     site = Site(
@@ -212,7 +231,7 @@ def measure(
     if against is not None:
         runs.append((f"passes at {against.ref}", against.src))
     for kind, src in runs:
-        probes.append(probe_run(site, kind, seconds, path, staple, src=src))
+        probes.append(probe_run(site, kind, seconds, path, staple, src=src, settle=settle))
         print(f"N={size:,} {line(probes[-1])}", flush=True)
     shutil.rmtree(site.root, ignore_errors=True)
     return probes
@@ -226,13 +245,16 @@ def line(p: Probe) -> str:
     )
 
 
-def section(results: dict[int, list[Probe]], command: str, root: Path, seconds: float) -> str:
+def section(
+    results: dict[int, list[Probe]], command: str, root: Path, seconds: float, settle: int = 1
+) -> str:
+    after = "first pass has" if settle == 1 else f"first {settle} passes have"
     lines = [
         BEGIN,
         "## The local responder while `mustaple run` keeps N certificates (bench/serving.py)",
         "",
         f"Command: `{command}`. One keep-alive connection asks for a staple every"
-        f" {PACE * 1000:.0f} ms for {seconds:.0f} s, once the run's first pass has ended;"
+        f" {PACE * 1000:.0f} ms for {seconds:.0f} s, once the run's {after} ended;"
         " *passes*: the default `watch_interval` (a pass every 5 s through all N);"
         ' *idle*: `watch_interval = "1d"` (no pass during the probe); *passes at REF*'
         " (`--against REF`): passes, with REF's src/ first on the path. Times in ms.",
@@ -282,6 +304,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--against", help="a git ref whose src/ runs a third, passes, run")
     parser.add_argument("--doc", type=Path, default=DOC, help="where to write the figures")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument(
+        "--settle", type=int, default=1, help="passes before the probe starts (1; idle: 1)"
+    )
     return parser.parse_args(argv)
 
 
@@ -301,10 +326,9 @@ def main(argv: list[str]) -> int:
         with listening_socket() as sock:
             workdir = Workdir(root, new_authority(f"http://127.0.0.1:{sock.getsockname()[1]}/"))
             for size in sizes:
-                results[size] = measure(workdir, size, sock, seconds, against)
-        text = section(
-            results, " ".join([".venv/bin/python", "bench/serving.py", *argv]), root, seconds
-        )
+                results[size] = measure(workdir, size, sock, seconds, against, settle=args.settle)
+        command = " ".join([".venv/bin/python", "bench/serving.py", *argv])
+        text = section(results, command, root, seconds, args.settle)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(text)
