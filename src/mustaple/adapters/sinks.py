@@ -50,6 +50,7 @@ from mustaple.adapters.files import (
 )
 from mustaple.adapters.patience import FilesHang, Patient
 from mustaple.adapters.shell import Ran, run, run_command
+from mustaple.adapters.unchanged import Unchanged
 from mustaple.core.delivery import Action, Delivered, Delivery, Sink, Trap, staple_serial
 from mustaple.core.der import RESPONSE_HEAD, looks_like_ocsp_response
 from mustaple.core.render import human_time
@@ -108,13 +109,20 @@ def _reader(name: str, table: Mapping[str, object], kind: str, keys: Sequence[st
 
 
 def build_sinks(
-    tables: Mapping[str, Mapping[str, object]], patience: timedelta = WATCH_TIMEOUT
+    tables: Mapping[str, Mapping[str, object]],
+    patience: timedelta = WATCH_TIMEOUT,
+    rescan: timedelta | None = None,
 ) -> dict[str, Sink]:
     """Every sink of a configuration (`[sinks.*]`); those that write staple files share one
-    `StapleFiles`, so that no two certificates get one file even through two sinks, and
-    wait `patience` for a file that hangs (`policy.watch_timeout`, see `Patient`)."""
+    `StapleFiles`, so that no two certificates get one file even through two sinks, wait
+    `patience` for a file that hangs (`policy.watch_timeout`, see `Patient`) and, given a
+    `rescan`, follow file events in their looks at their files (`follow_events`)."""
     files = StapleFiles()
-    return {name: build_sink(name, table, files, patience) for name, table in tables.items()}
+    sinks = {name: build_sink(name, table, files, patience) for name, table in tables.items()}
+    for sink in sinks.values():
+        if rescan is not None and isinstance(sink, (FileSink, HAProxySink)):
+            sink.follow_events(rescan)
+    return sinks
 
 
 def build_sink(
@@ -452,28 +460,47 @@ class _Looks:
     is read each time: a file system's clock moves in steps (a few milliseconds; FAT's two
     seconds), and a file written again within one step keeps its modification time."""
 
-    def __init__(self) -> None:
+    def __init__(self, unchanged: Unchanged | None = None) -> None:
         self._seen: dict[str, int] = {}
+        self._unchanged = unchanged  # file events: a file nothing touched is not stat-ed
+
+    def begin(self) -> None:
+        """At the start of a look at every file (`Unchanged.begin`)."""
+        if self._unchanged is not None:
+            self._unchanged.begin()
 
     def astray(self, path: Path, wanted: bytes | None) -> str | None:
-        """`_astray`, read only when the file does not look as it did when last found so."""
+        """`_astray`, read only when the file does not look as it did when last found so;
+        not even stat-ed when file events say nothing touched it since (`Unchanged`)."""
         name = os.fspath(path)
+        unchanged = self._unchanged
+        if unchanged is not None and unchanged.unchanged(name, wanted):
+            return None
         try:
             info = os.stat(name)
         except FileNotFoundError:
-            self._seen.pop(name, None)
+            self._not_as_left(name)
             return _astray(path, wanted)
         except OSError as exc:
             return _os_problem(path, exc)
         look = hash((info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, wanted))
         if self._seen.get(name) == look:
+            if unchanged is not None:
+                unchanged.found(name, wanted)
             return None
         why = _astray(path, wanted)
         if why is None and time.time_ns() - info.st_mtime_ns > _SETTLED_NS:
             self._seen[name] = look
+            if unchanged is not None:
+                unchanged.found(name, wanted)
         else:
-            self._seen.pop(name, None)
+            self._not_as_left(name)
         return why
+
+    def _not_as_left(self, name: str) -> None:
+        self._seen.pop(name, None)
+        if self._unchanged is not None:
+            self._unchanged.forget(name)
 
 
 # --- file -----------------------------------------------------------------------------------------
@@ -542,7 +569,12 @@ class FileSink:
     async def astray(self, batch: Sequence[Delivery]) -> list[str | None]:
         """Which staple files of deliveries made are no longer as this sink left them
         (none known while its files hang: the deliveries say so)."""
-        return await _each(self._patient, batch, self._astray_one)
+        return await _each(self._patient, batch, self._astray_one, self._looks.begin)
+
+    def follow_events(self, rescan: timedelta) -> None:
+        """Its look at its files skips those no file event touched since they were found
+        as it left them (`Unchanged`), and looks at every one every `rescan`."""
+        self._looks = _Looks(Unchanged(rescan.total_seconds()))
 
     def _astray_one(self, delivery: Delivery) -> str | None:
         if delivery.action is Action.REMOVE and self.keep_on_remove:
@@ -721,19 +753,27 @@ def _named_by(path_for: Callable[[Delivery], Path]) -> Callable[[object], str]:
 
 
 async def _each(
-    patient: Patient, batch: Sequence[Delivery], one: Callable[[Delivery], _V | None]
+    patient: Patient,
+    batch: Sequence[Delivery],
+    one: Callable[[Delivery], _V | None],
+    first: Callable[[], None] = lambda: None,
 ) -> list[_V | None]:
-    """`one(delivery)` for each delivery of `batch`, in a thread (`patient`); all None while
-    the sink's files hang."""
+    """`first()`, then `one(delivery)` for each delivery of `batch`, in a thread
+    (`patient`); all None while the sink's files hang."""
+    work = functools.partial(_each_of, batch, one, first)
     try:
-        return await patient.run(functools.partial(_each_of, batch, one), batch[0] if batch else "")
+        return await patient.run(work, batch[0] if batch else "")
     except FilesHang:
         return [None] * len(batch)
 
 
 def _each_of(
-    batch: Sequence[Delivery], one: Callable[[Delivery], _V | None], at: list[object]
+    batch: Sequence[Delivery],
+    one: Callable[[Delivery], _V | None],
+    first: Callable[[], None],
+    at: list[object],
 ) -> list[_V | None]:
+    first()
     found = []
     for delivery in batch:
         at[0] = delivery
@@ -933,7 +973,11 @@ class HAProxySink:
         """Which `.ocsp` (and `.issuer`) files of staples pushed are no longer as this sink
         wrote them: a HAProxy started without them staples nothing for that certificate
         (none known while its files hang: the deliveries say so)."""
-        return await _each(self._patient, batch, self._astray_one)
+        return await _each(self._patient, batch, self._astray_one, self._looks.begin)
+
+    def follow_events(self, rescan: timedelta) -> None:
+        """As `FileSink.follow_events`."""
+        self._looks = _Looks(Unchanged(rescan.total_seconds()))
 
     def _astray_one(self, delivery: Delivery) -> str | None:
         if delivery.action is Action.REMOVE or delivery.der is None:

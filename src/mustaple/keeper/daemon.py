@@ -65,9 +65,13 @@ SWITCH = 0.0005
 
 
 def build_sinks(config: Config) -> dict[str, Sink]:
-    """Every configured sink, or ConfigError naming the file and the key."""
+    """Every configured sink, or ConfigError naming the file and the key. With file events
+    (`policy.rescan_interval` longer than `policy.watch_interval`), the sinks' looks at
+    their staple files skip those no event touched."""
+    policy = config.policy
+    rescan = policy.rescan_interval if policy.rescan_interval > policy.watch_interval else None
     try:
-        return sink_builders.build_sinks(config.sinks, config.policy.watch_timeout)
+        return sink_builders.build_sinks(config.sinks, policy.watch_timeout, rescan)
     except SinkConfigError as exc:
         raise ConfigError(f"{config.path}: {exc}") from None
 
