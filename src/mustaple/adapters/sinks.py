@@ -505,6 +505,8 @@ class _Looks:
 
 # --- file -----------------------------------------------------------------------------------------
 
+PATHS_KEPT = 1 << 20  # staple file paths a file sink keeps made (`FileSink.path_for`)
+
 
 class FileSink:
     """Writes each staple to a file made from `path` and reloads the server once per batch.
@@ -539,6 +541,10 @@ class FileSink:
         self._files = files or StapleFiles()
         self._traps: dict[Path, int] = {}  # kept file -> the other certificate's serial in it
         self._looks = _Looks()
+        # (name, certificate file) -> its staple file: the look at 100k copies made 100k
+        # paths from the template each time (the most of its CPU once file events spare it
+        # the stat); dropped whole when it outgrows PATHS_KEPT
+        self._paths: dict[tuple[str, Path], Path] = {}
         self._patient = Patient(patience, _named_by(self.path_for))  # its files may hang
 
     def owe_reload(self) -> None:
@@ -557,12 +563,21 @@ class FileSink:
     def path_for(self, delivery: Delivery) -> Path:
         """The staple file for `delivery`: the template filled in (a name that is no file
         name, such as ".." or "", becomes "_": it never climbs out of the directory)."""
-        name = delivery.name.replace("/", "_").replace("\0", "_")
+        key = (delivery.name, delivery.cert_path)
+        path = self._paths.get(key)
+        if path is None:
+            if len(self._paths) >= PATHS_KEPT:
+                self._paths.clear()
+            path = self._paths[key] = self._fill(*key)
+        return path
+
+    def _fill(self, name: str, cert_path: Path) -> Path:
+        name = name.replace("/", "_").replace("\0", "_")
         return Path(
             self.path.format(
                 name=name if name.strip(".") else name.replace(".", "_") or "_",
-                stem=delivery.cert_path.stem,
-                dir=delivery.cert_path.parent,
+                stem=cert_path.stem,
+                dir=cert_path.parent,
             )
         )
 
