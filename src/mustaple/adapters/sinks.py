@@ -469,7 +469,7 @@ class _Looks:
         if self._unchanged is not None:
             self._unchanged.begin()
 
-    def astray(self, path: Path, wanted: bytes | None) -> str | None:
+    def astray(self, path: Path | str, wanted: bytes | None) -> str | None:
         """`_astray`, read only when the file does not look as it did when last found so;
         not even stat-ed when file events say nothing touched it since (`Unchanged`)."""
         name = os.fspath(path)
@@ -480,15 +480,15 @@ class _Looks:
             info = os.stat(name)
         except FileNotFoundError:
             self._not_as_left(name)
-            return _astray(path, wanted)
+            return _astray(Path(path), wanted)
         except OSError as exc:
-            return _os_problem(path, exc)
+            return _os_problem(Path(path), exc)
         look = hash((info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, wanted))
         if self._seen.get(name) == look:
             if unchanged is not None:
                 unchanged.found(name, wanted)
             return None
-        why = _astray(path, wanted)
+        why = _astray(Path(path), wanted)
         if why is None and time.time_ns() - info.st_mtime_ns > _SETTLED_NS:
             self._seen[name] = look
             if unchanged is not None:
@@ -505,7 +505,7 @@ class _Looks:
 
 # --- file -----------------------------------------------------------------------------------------
 
-PATHS_KEPT = 1 << 20  # staple file paths a file sink keeps made (`FileSink.path_for`)
+PATHS_KEPT = 1 << 20  # staple file names a file sink keeps made (`FileSink._file_name`)
 
 
 class FileSink:
@@ -541,10 +541,10 @@ class FileSink:
         self._files = files or StapleFiles()
         self._traps: dict[Path, int] = {}  # kept file -> the other certificate's serial in it
         self._looks = _Looks()
-        # (name, certificate file) -> its staple file: the look at 100k copies made 100k
-        # paths from the template each time (the most of its CPU once file events spare it
-        # the stat); dropped whole when it outgrows PATHS_KEPT
-        self._paths: dict[tuple[str, Path], Path] = {}
+        # (name, certificate file) -> its staple file's name: the look at 100k copies made
+        # 100k paths from the template each time (the most of its CPU once file events spare
+        # it the stat); dropped whole when it outgrows PATHS_KEPT
+        self._names: dict[tuple[str, Path], str] = {}
         self._patient = Patient(patience, _named_by(self.path_for))  # its files may hang
 
     def owe_reload(self) -> None:
@@ -563,21 +563,27 @@ class FileSink:
     def path_for(self, delivery: Delivery) -> Path:
         """The staple file for `delivery`: the template filled in (a name that is no file
         name, such as ".." or "", becomes "_": it never climbs out of the directory)."""
-        key = (delivery.name, delivery.cert_path)
-        path = self._paths.get(key)
-        if path is None:
-            if len(self._paths) >= PATHS_KEPT:
-                self._paths.clear()
-            path = self._paths[key] = self._fill(*key)
-        return path
+        return Path(self._file_name(delivery))
 
-    def _fill(self, name: str, cert_path: Path) -> Path:
+    def _file_name(self, delivery: Delivery) -> str:
+        """`path_for` as a string, made once per (name, certificate file)."""
+        key = (delivery.name, delivery.cert_path)
+        made = self._names.get(key)
+        if made is None:
+            if len(self._names) >= PATHS_KEPT:
+                self._names.clear()
+            made = self._names[key] = self._fill(*key)
+        return made
+
+    def _fill(self, name: str, cert_path: Path) -> str:
         name = name.replace("/", "_").replace("\0", "_")
-        return Path(
-            self.path.format(
-                name=name if name.strip(".") else name.replace(".", "_") or "_",
-                stem=cert_path.stem,
-                dir=cert_path.parent,
+        return os.fspath(
+            Path(
+                self.path.format(
+                    name=name if name.strip(".") else name.replace(".", "_") or "_",
+                    stem=cert_path.stem,
+                    dir=cert_path.parent,
+                )
             )
         )
 
@@ -594,7 +600,7 @@ class FileSink:
     def _astray_one(self, delivery: Delivery) -> str | None:
         if delivery.action is Action.REMOVE and self.keep_on_remove:
             return None  # left as it was (a `Trap` looks after it)
-        return self._looks.astray(self.path_for(delivery), self._writes(delivery))
+        return self._looks.astray(self._file_name(delivery), self._writes(delivery))
 
     async def deliver(self, batch: Sequence[Delivery]) -> list[Delivered]:
         """The batch applied in a thread (`_apply_all`), then the reload. While a file
