@@ -268,6 +268,9 @@ def test_a_file_system_whose_changes_the_kernel_does_not_see_is_looked_at_every_
     with caplog.at_level(logging.INFO, "mustaple.keeper.changes"):
         assert settled(changes) == frozenset()
         assert settled(changes, T0 + 10 * SECOND) == frozenset()
+    (polled,) = changes.polled
+    assert polled.paths == ("/proc/sys/fs/inotify/*",)
+    assert polled.why.startswith("/proc is on a network or user-space file system")
     said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert said == [
         "certificate files: /proc/sys/fs/inotify/* are looked at every watch_interval, not "

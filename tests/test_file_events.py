@@ -2,8 +2,9 @@
 `archive/NAME/`) waits for file events instead of looking at every file at every pass:
 strace, attached from outside to every thread, sees no look at the certificate files over
 three passes once the watches are set, while with `rescan_interval` no longer than the
-watch every pass looks at each. Either way a renewal (a new archive file, the link moved)
-is delivered, and so is a new certificate."""
+watch every pass looks at each. An entry on /proc, whose changes give no events, is named
+in `/status` and counted in `/metrics`. Either way a renewal (a new archive file, the link
+moved) is delivered, and so is a new certificate."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ import pytest
 from cryptography.x509 import ocsp
 
 from mustaple.testing import CA, Leaf, ResponderThread
-from outside import keeping, wait_for
+from outside import get_json, http_get, keeping, wait_for
+from ports import free_port
 from test_owed_reloads import notify_socket, passes
 
 _LOOK = re.compile(r"\b(stat|lstat|newfstatat|statx|openat|readlink)\(")
@@ -67,11 +69,14 @@ def test_a_running_keeper_waits_for_file_events_instead_of_looking(
     ca = CA()
     log, staples, live = tmp_path / "stderr", tmp_path / "staples", tmp_path / "live"
     config = tmp_path / "mustaple.toml"
+    port = free_port()
     config.write_text(
         f'state_dir = "{tmp_path}/state"\n'
         f'[[certificates]]\npaths = ["{live}/*/fullchain.pem"]\n'
+        '[[certificates]]\npaths = ["/proc/sys/fs/inotify/*.pem"]\n'  # no events there
         f'[sinks.files]\ntype = "file"\npath = "{staples}/{{name}}.der"\n'
         f'[policy]\nwatch_interval = "1s"\nrescan_interval = "{rescan}"\n'
+        f'[http]\nlisten = "127.0.0.1:{port}"\n'
     )
     with ResponderThread(ca) as responder, notify_socket(tmp_path) as (sock, env):
         leaves = {name: ca.issue(name, ocsp_urls=[responder.url]) for name in ("a", "b", "c")}
@@ -87,9 +92,18 @@ def test_a_running_keeper_waits_for_file_events_instead_of_looking(
             lines = trace.read_text().splitlines()
             looks = [line for line in lines if str(live) in line and _LOOK.search(line)]
             assert sum("state.db" in line for line in lines) >= 3  # the trace saw each pass
+            without = get_json(f"http://127.0.0.1:{port}/status")["files_without_events"]
+            _, metrics = http_get(f"http://127.0.0.1:{port}/metrics")
+            gauge = "mustaple_certificate_entries_without_events"
             if rescan == "1h":
                 assert looks == []
-            else:  # each file at each of the passes
+                (polled,) = without  # the entry on /proc, and why
+                assert polled["paths"] == ["/proc/sys/fs/inotify/*.pem"]
+                assert polled["why"].startswith("/proc is on a network or user-space")
+                assert f"\n{gauge} 1.0\n".encode() in metrics
+            else:  # file events off: no entry said to be without them; each file each pass
+                assert without == []
+                assert f"\n{gauge} 0.0\n".encode() in metrics
                 for name in leaves:
                     assert sum(f"/{name}/fullchain.pem" in line for line in looks) >= 3
             renewed = ca.issue("b", ocsp_urls=[responder.url])

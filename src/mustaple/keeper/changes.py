@@ -44,7 +44,7 @@ from mustaple.adapters.coverage import COMPANIONS
 from mustaple.adapters.inotify import Inotify, local_file_system
 from mustaple.core.render import human_duration
 
-__all__ = ["Changes", "pattern_dirs"]
+__all__ = ["Changes", "Polled", "pattern_dirs"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,14 @@ class Interest:
 
     def counts(self, name: str) -> bool:
         return not name or name in self.names or any(_lists(p, name) for p in self.parts)
+
+
+@dataclass(frozen=True)
+class Polled:
+    """An entry looked at every pass for want of file events, and why (for /status)."""
+
+    paths: tuple[str, ...]
+    why: str
 
 
 Needed = dict[str, Interest]  # by directory
@@ -81,7 +89,7 @@ class Changes:
         self.rescan = rescan
         self._open_inotify = open_inotify
         self._inotify: Inotify | None = None
-        self._off = False  # no inotify instance: every entry looked at every pass
+        self._off: str | None = None  # why there is no inotify instance: every entry polled
         self._closed = False
         self._lock = threading.Lock()
         self._wants: dict[str, dict[int, Interest]] = {}  # directory -> entry -> interest
@@ -118,6 +126,14 @@ class Changes:
                         self._armed.pop(number, None)
                         self._since[number] = now
             return frozenset(n for n, began in self._armed.items() if now - began < self.rescan)
+
+    @property
+    def polled(self) -> tuple[Polled, ...]:
+        """The entries looked at every pass for want of file events, with why."""
+        with self._lock:
+            if self._off is not None:
+                return tuple(Polled(paths, self._off) for paths, _ in self.entries)
+            return tuple(Polled(self.entries[n][0], why) for n, why in sorted(self._said.items()))
 
     def forget(self, number: int) -> None:
         """Entry `number` is looked at at the next pass (its look hung, or came back)."""
@@ -169,7 +185,7 @@ class Changes:
 
     def _instance(self) -> Inotify | None:
         with self._lock:
-            if self._inotify is None and not self._off and not self._closed:
+            if self._inotify is None and self._off is None and not self._closed:
                 try:
                     self._inotify = self._open_inotify()
                 except OSError as exc:
@@ -184,7 +200,7 @@ class Changes:
 
     def _give_up(self, why: str) -> None:
         """Called with the lock held."""
-        self._off = True
+        self._off = f"no file events, {why}"
         self._armed.clear()
         if self._inotify is not None:
             self._inotify.close()

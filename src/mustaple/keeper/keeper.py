@@ -122,7 +122,7 @@ from mustaple.core.request import CertId, make_cert_id
 from mustaple.core.schedule import issuer_retry
 from mustaple.core.urls import first_host
 from mustaple.core.verify import Policy, Staple, strictly_newer, verify
-from mustaple.keeper.changes import Changes
+from mustaple.keeper.changes import Changes, Polled
 from mustaple.keeper.surveys import Surveys, Unanswered
 
 __all__ = [
@@ -1899,6 +1899,11 @@ class Keeper:
     def unanswered(self) -> tuple[Unanswered, ...]:
         """The entries whose look at their files has not answered (see `Surveys`)."""
         return self.surveys.unanswered
+
+    @property
+    def without_events(self) -> tuple[Polled, ...]:
+        """The entries looked at every pass for want of file events, and why (`Changes`)."""
+        return self._changes.polled
 
     @property
     def store_problem(self) -> str | None:

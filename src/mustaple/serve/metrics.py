@@ -179,8 +179,9 @@ class _KeeperGauge:
 
 
 def _keeper_gauges(keeper: Keeper) -> list[_KeeperGauge]:
-    """`mustaple_state_store_writable` (from `store_problem`) and
-    `mustaple_certificate_files_unanswered` (from `unanswered`)."""
+    """`mustaple_state_store_writable` (from `store_problem`),
+    `mustaple_certificate_files_unanswered` (from `unanswered`) and
+    `mustaple_certificate_entries_without_events` (from `without_events`)."""
     return [
         _KeeperGauge(
             keeper,
@@ -196,6 +197,14 @@ def _keeper_gauges(keeper: Keeper) -> list[_KeeperGauge]:
             "policy.watch_timeout (a file system that hangs): their files are kept as last "
             "seen until it answers.",
             lambda k: float(len(k.unanswered)),
+        ),
+        _KeeperGauge(
+            keeper,
+            "mustaple_certificate_entries_without_events",
+            "[[certificates]] entries looked at every pass for want of file events (a network "
+            "or FUSE file system, the inotify watch limit): a pass costs a stat of each of "
+            "their files.",
+            lambda k: float(len(k.without_events)),
         ),
     ]
 

@@ -279,6 +279,9 @@ class _Endpoints:
             "not_ready": missing,
             "store_problem": self.keeper.store_problem,
             "files_unanswered": [_unanswered_json(u) for u in self.keeper.unanswered],
+            "files_without_events": [
+                {"paths": list(p.paths), "why": p.why} for p in self.keeper.without_events
+            ],
             "certificates": [self._certificate(v, now) for v in views],
         }
 
