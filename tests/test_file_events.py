@@ -114,3 +114,38 @@ def test_a_running_keeper_waits_for_file_events_instead_of_looking(
             responder.add(added)
             renew(added, live / "d", 1)
             wait_for(lambda: stapled_serial(staples / "d.der") == added.cert.serial_number)
+
+
+def test_a_trusted_staple_file_is_not_looked_at_until_something_else_touches_it(
+    tmp_path: Path,
+) -> None:
+    """Once two looks at the copies (every 6 passes at a 1 s watch) found the staple file as
+    written, the next ones do not stat it (strace); removed by something else, it is written
+    again at the next look, with the same bytes."""
+    ca = CA()
+    log, staples, live = tmp_path / "stderr", tmp_path / "staples", tmp_path / "live"
+    config = tmp_path / "mustaple.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path}/state"\n'
+        f'[[certificates]]\npaths = ["{live}/*/fullchain.pem"]\n'
+        f'[sinks.files]\ntype = "file"\npath = "{staples}/{{name}}.der"\n'
+        '[policy]\nwatch_interval = "1s"\n'
+    )
+    with ResponderThread(ca) as responder, notify_socket(tmp_path) as (sock, env):
+        leaf = ca.issue("a", ocsp_urls=[responder.url])
+        responder.add(leaf)
+        renew(leaf, live / "a", 1)
+        staple = staples / "a.der"
+        with keeping(config, log, env=env) as keeper:
+            wait_for(staple.exists)
+            written = staple.read_bytes()
+            passes(sock, 14)  # two looks at the copies: the second trusts the file
+            trace = tmp_path / "strace.out"
+            with traced(keeper.pid, trace):
+                passes(sock, 7)  # one more look at the copies at least
+            lines = trace.read_text().splitlines()
+            assert sum("state.db" in line for line in lines) >= 7  # the trace saw each pass
+            assert [line for line in lines if str(staple) in line] == []
+            staple.unlink()  # an operator, a configuration management tool
+            wait_for(staple.exists, timeout=20)
+            assert staple.read_bytes() == written
