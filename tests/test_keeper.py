@@ -127,11 +127,17 @@ class Offline:
             spec = replace(spec, singles=(single,))
         return craft_response(spec)
 
-    def keeper(self, store: SqliteStore, fetcher: MemoryFetcher, **policy: Any) -> Keeper:
+    def keeper(
+        self,
+        store: SqliteStore,
+        fetcher: MemoryFetcher,
+        sinks: dict[str, Sink] | None = None,
+        **policy: Any,
+    ) -> Keeper:
         return Keeper(
             config(self.tmp, **policy),
             store=store,
-            sinks={self.sink.name: self.sink},
+            sinks=sinks or {self.sink.name: self.sink},
             clock=self.clock,
             dice=lambda: 0.5,
             fetcher=fetcher,
@@ -140,19 +146,27 @@ class Offline:
 
 @asynccontextmanager
 async def offline(
-    tmp: Path, kind: type[Offline] | None = None, **policy: Any
+    tmp: Path,
+    kind: type[Offline] | None = None,
+    sinks: dict[str, Sink] | None = None,
+    **policy: Any,
 ) -> AsyncIterator[tuple[Offline, Keeper, MemoryFetcher]]:
     """A keeper of `tmp/live` with no socket: the world (an `Offline`, or the `kind` given),
-    the keeper, its fetcher."""
+    the keeper (delivering to `sinks`, default the world's recording sink), its fetcher."""
     clock = ManualClock()
     world = (kind or Offline)(tmp, clock, CA(now=clock.now - DAY))
     fetcher = MemoryFetcher(world.answer)
     store = SqliteStore(tmp / "state" / "state.db")
     try:
-        async with world.keeper(store, fetcher, **policy) as keeper:
+        async with world.keeper(store, fetcher, sinks, **policy) as keeper:
             yield world, keeper, fetcher
     finally:
         store.close()
+
+
+def beside() -> dict[str, Sink]:
+    """One file sink, "files", writing each staple beside its certificate file."""
+    return {"files": FileSink("files", path="{dir}/staple.der")}
 
 
 def test_new_certificate_is_fetched_stored_and_delivered(tmp_path: Path) -> None:
@@ -272,29 +286,20 @@ def test_one_file_a_sink_refuses_beside_another_of_the_same_certificate(tmp_path
     and the retry arithmetic then raised at every pass)."""
 
     async def scenario(tmp: Path) -> None:
-        clock = ManualClock()
-        w = Offline(tmp, clock, CA(now=clock.now - DAY))
-        w.issue("a.test")
-        copy = tmp / "live" / "b.test" / "fullchain.pem"
-        copy.parent.mkdir()
-        copy.write_bytes((tmp / "live" / "a.test" / "fullchain.pem").read_bytes())
-        (tmp / "live" / "a.test" / "staple.der").mkdir()
-        store = SqliteStore(tmp / "state" / "state.db")
-        sinks: dict[str, Sink] = {"files": FileSink("files", path="{dir}/staple.der")}
-        fetcher = MemoryFetcher(w.answer)
-        try:
-            async with Keeper(config(tmp), store=store, sinks=sinks, clock=clock,
-                              dice=lambda: 0.5, fetcher=fetcher) as keeper:  # fmt: skip
-                await keeper.scan()
-                await keeper.tick()
-                clock.now += timedelta(seconds=10)
-                await keeper.tick()
-                (life,) = keeper.lives.values()
-                assert not life.sinks["files"].ok
-                assert life.sinks["files"].failures == 2
-                assert (tmp / "live" / "b.test" / "staple.der").is_file()
-        finally:
-            store.close()
+        async with offline(tmp, sinks=beside()) as (w, keeper, _):
+            w.issue("a.test")
+            copy = tmp / "live" / "b.test" / "fullchain.pem"
+            copy.parent.mkdir()
+            copy.write_bytes((tmp / "live" / "a.test" / "fullchain.pem").read_bytes())
+            (tmp / "live" / "a.test" / "staple.der").mkdir()
+            await keeper.scan()
+            await keeper.tick()
+            w.clock.now += timedelta(seconds=10)
+            await keeper.tick()
+            (life,) = keeper.lives.values()
+            assert not life.sinks["files"].ok
+            assert life.sinks["files"].failures == 2
+            assert (tmp / "live" / "b.test" / "staple.der").is_file()
 
     run(scenario, tmp_path)
 
@@ -307,12 +312,6 @@ def test_a_look_at_copies_reads_the_deliveries_that_sent_them(
     made only for the copy found astray, and that staple file is written again."""
 
     async def scenario(tmp: Path) -> None:
-        clock = ManualClock()
-        w = Offline(tmp, clock, CA(now=clock.now - DAY))
-        for name in ("a.test", "b.test"):
-            w.issue(name)
-        store = SqliteStore(tmp / "state" / "state.db")
-        sinks: dict[str, Sink] = {"files": FileSink("files", path="{dir}/staple.der")}
         made: list[str] = []
         real = Keeper._delivery
 
@@ -321,26 +320,23 @@ def test_a_look_at_copies_reads_the_deliveries_that_sent_them(
             return real(keeper, managed, wanted)
 
         monkeypatch.setattr(Keeper, "_delivery", delivery)
-        try:
-            fetcher = MemoryFetcher(w.answer)
-            async with Keeper(config(tmp), store=store, sinks=sinks, clock=clock,
-                              dice=lambda: 0.5, fetcher=fetcher) as keeper:  # fmt: skip
-                await keeper.scan()
-                await keeper.tick()
-                assert made.count("a.test") >= 1  # the delivery that wrote it, at least
-                made.clear()
-                file = tmp / "live" / "a.test" / "staple.der"
-                written = file.read_bytes()
-                file.unlink()
-                clock.now += keeper_module.COPIES_EVERY
-                await keeper.look_at_copies()
-                assert made == ["a.test"]  # one for the copy astray (is what is there good?)
-                (astray,) = [m for m in keeper.managed.values() if m.astray]
-                assert astray.name == "a.test"
-                await keeper.deliver()
-                assert file.read_bytes() == written
-        finally:
-            store.close()
+        async with offline(tmp, sinks=beside()) as (w, keeper, _):
+            for name in ("a.test", "b.test"):
+                w.issue(name)
+            await keeper.scan()
+            await keeper.tick()
+            assert made.count("a.test") >= 1  # the delivery that wrote it, at least
+            made.clear()
+            file = tmp / "live" / "a.test" / "staple.der"
+            written = file.read_bytes()
+            file.unlink()
+            w.clock.now += keeper_module.COPIES_EVERY
+            await keeper.look_at_copies()
+            assert made == ["a.test"]  # one for the copy astray (is what is there good?)
+            (astray,) = [m for m in keeper.managed.values() if m.astray]
+            assert astray.name == "a.test"
+            await keeper.deliver()
+            assert file.read_bytes() == written
 
     run(scenario, tmp_path)
 
@@ -353,31 +349,22 @@ def test_a_look_at_copies_takes_a_newer_staple_found_in_a_copy_and_leaves_it(
     and leaves the file as it is; a copy replaced by garbage is written again."""
 
     async def scenario(tmp: Path) -> None:
-        clock = ManualClock()
-        w = Offline(tmp, clock, CA(now=clock.now - DAY))
-        leaves = {name: w.issue(name) for name in ("a.test", "b.test")}
-        store = SqliteStore(tmp / "state" / "state.db")
-        sinks: dict[str, Sink] = {"files": FileSink("files", path="{dir}/staple.der")}
-        fetcher = MemoryFetcher(w.answer)
-        try:
-            async with Keeper(config(tmp), store=store, sinks=sinks, clock=clock,
-                              dice=lambda: 0.5, fetcher=fetcher) as keeper:  # fmt: skip
-                await keeper.scan()
-                await keeper.tick()
-                clock.now += keeper_module.COPIES_EVERY
-                newer = w.answer(make_target(leaves["a.test"].cert, w.ca.issuing.cert), clock.now)
-                assert isinstance(newer, bytes)
-                a_file, b_file = (tmp / "live" / n / "staple.der" for n in ("a.test", "b.test"))
-                a_file.write_bytes(newer)
-                b_file.write_bytes(b"garbage")
-                await keeper.look_at_copies()
-                assert [m.name for m in keeper.managed.values() if m.astray] == ["b.test"]
-                (life,) = [x for x in keeper.lives.values() if x.name == "a.test"]
-                assert life.state.answer is not None
-                assert life.state.answer.der == newer
-                assert a_file.read_bytes() == newer
-        finally:
-            store.close()
+        async with offline(tmp, sinks=beside()) as (w, keeper, _):
+            leaves = {name: w.issue(name) for name in ("a.test", "b.test")}
+            await keeper.scan()
+            await keeper.tick()
+            w.clock.now += keeper_module.COPIES_EVERY
+            newer = w.answer(make_target(leaves["a.test"].cert, w.ca.issuing.cert), w.clock.now)
+            assert isinstance(newer, bytes)
+            a_file, b_file = (tmp / "live" / n / "staple.der" for n in ("a.test", "b.test"))
+            a_file.write_bytes(newer)
+            b_file.write_bytes(b"garbage")
+            await keeper.look_at_copies()
+            assert [m.name for m in keeper.managed.values() if m.astray] == ["b.test"]
+            (life,) = [x for x in keeper.lives.values() if x.name == "a.test"]
+            assert life.state.answer is not None
+            assert life.state.answer.der == newer
+            assert a_file.read_bytes() == newer
 
     run(scenario, tmp_path)
 
