@@ -502,7 +502,7 @@ async def _ready(keeper: Keeper) -> None:
 async def _summary(keeper: Keeper) -> str:
     """The certificates (a file holds one, its leaf; a leaf in two files is one) and the
     files they come from (a file that cannot be used holds none), and the staples held."""
-    held = await keeper.count_held()
+    held = keeper.count_held()
     files = counted(len(keeper.managed) + len(keeper.problems), "file")
     unusable = f" ({len(keeper.problems)} unusable)" if keeper.problems else ""
     certificates = counted(len(keeper.lives), "certificate")
@@ -541,7 +541,7 @@ async def _loop(
 async def _pause(keeper: Keeper, clock: Clock) -> float:
     """Seconds until something is due, at most the watch interval."""
     pause = keeper.policy.watch_interval
-    wake = await keeper.wakeup()
+    wake = keeper.next_wakeup()
     if wake is not None:
         pause = min(pause, max(wake - clock(), timedelta(0)))
     return pause.total_seconds()

@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import fnmatch
 import functools
+import itertools
 import logging
 import operator
 import os
@@ -49,10 +50,10 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -87,6 +88,7 @@ from mustaple.adapters.store import (
 )
 from mustaple.adapters.workers import DEPTH, Limits, WorkerPool, cores
 from mustaple.core import lifecycle
+from mustaple.core.agenda import Agenda
 from mustaple.core.certs import Target, display_name, is_must_staple, parse_certificates
 from mustaple.core.clock import Clock, utc_now
 from mustaple.core.delivery import (
@@ -294,6 +296,7 @@ class Managed:
     owed: set[str] = field(default_factory=set)
     # sinks whose copy of `sent` went astray (`Watches`): delivered to again until each takes it
     astray: set[str] = field(default_factory=set)
+    order: int = 0  # when taken, among the files (`Keeper.managed` keeps them in that order)
 
     @property
     def key(self) -> str:
@@ -480,6 +483,17 @@ class Keeper:
         self._first_end: tuple[int, datetime] | None = None  # see `_retire_expired`
         self._rows_swept = False  # the status rows of files gone meanwhile, at the first scan
         self._files: dict[str, list[Managed]] = {}  # by key, in the order of `managed`
+        self._taken = itertools.count()  # `Managed.order`
+        # What a pass looks at, rather than every certificate: the certificates by the moment
+        # each falls due (`tick`) and by the moment a tick may change its state
+        # (`judge_time`); the files whose delivery may have changed since the last plan
+        # (`_plan`); the keys of those holding a staple (`count_held`). Each state's
+        # change goes in at once (`_stirred`).
+        self._due: Agenda[Life] = Agenda(self._due_at, _KEY)
+        self._unjudged: Agenda[Life] = Agenda(self._judged_at, _KEY)
+        self._judged: datetime | None = None  # the last `judge_time`'s clock
+        self._unplanned: dict[Path, Managed] = {}
+        self._holding: set[str] = set()
         self._delivering = asyncio.Lock()
         # the keys of due certificates a pass cut short did not fetch: first at the next pass
         self.unreached: list[str] = []
@@ -706,11 +720,13 @@ class Keeper:
         if life is None:
             life = Life(key, target)
         self.lives[life.key] = life
-        managed = Managed(path, entry, target, stamp, loaded.bundle_has_issuer, life)
+        has_issuer, order = loaded.bundle_has_issuer, next(self._taken)
+        managed = Managed(path, entry, target, stamp, has_issuer, life, order=order)
         self.managed[path] = managed
         self._files.setdefault(life.key, []).append(managed)
         self._indexed(managed)
         self._roster_changed()
+        self._stirred(life)
         if problem is not None:
             self._forget_status(problem.key)
         if fresh:
@@ -832,6 +848,7 @@ class Keeper:
         else:
             del self._files[managed.key]
             self.lives.pop(managed.key, None)
+            self._holding.discard(managed.key)
             self._forget_status(managed.key)
             for health in managed.life.sinks.values():
                 if gone and health.trap is not None:
@@ -866,10 +883,7 @@ class Keeper:
         self.sync()
         now = self.clock()
         await self._retire_expired(now)
-        found: list[Managed] = []
-        async for part in _turns(self.managed.values()):
-            found += [m for m in part if (at := m.life.state.next_due) is not None and at <= now]
-        due = self._one_per_life(found)
+        due = self._due_files(now)
         first = set(self.unreached)
         due.sort(key=lambda managed: managed.key not in first)  # stable: else as configured
         started: set[str] = set()
@@ -1054,6 +1068,7 @@ class Keeper:
             for managed in self.by_key(key):
                 if name in self._sinks_of(managed):
                     managed.owed.add(name)
+                    self._replan(managed)
         return sorted(owing | set(cut))
 
     def owe_cut_deliveries(self) -> list[str]:
@@ -1076,6 +1091,7 @@ class Keeper:
             payer = next((m for m in self.managed.values() if self._pays(m, name)), None)
             if payer is not None:
                 payer.owed.add(name)
+                self._replan(payer)
             log.warning(
                 "sink %s: a mustaple process was killed while it delivered to it (its files "
                 "may be new and its server not reloaded): reloaded at its next delivery",
@@ -1166,6 +1182,7 @@ class Keeper:
                         why,
                     )
                     managed.astray.add(name)
+                    self._replan(managed)
 
     async def _copies(
         self, sink: Sink, among: Sequence[Managed]
@@ -1234,10 +1251,14 @@ class Keeper:
         time is calm: `Life.calm_at`); a certificate past its own notAfter is fetched no
         more (it is unusable until its file is renewed)."""
         now, schedule = self.clock(), self.policy.schedule
-        async for part in _turns(self.lives.values()):
+        back = self._judged is not None and now < self._judged  # a clock set back: all again
+        self._judged = now
+        lives = self.lives.values() if back else self._unjudged.due(now)
+        async for part in _turns(lives):
             for life in self._still_kept([life for life in part if not life.calm_at(now)]):
                 self._apply(life, Tick(), now)
                 life.calm = (life.state, now, lifecycle.calm_until(life.state, schedule))
+                self._unjudged.add(life)  # at its calm's end
         await self._retire_expired(now)
 
     async def _retire_expired(self, now: datetime) -> None:
@@ -1294,28 +1315,15 @@ class Keeper:
 
     def next_wakeup(self) -> datetime | None:
         """When the next certificate falls due (or a failed delivery, or a failed issuer
-        download, is tried again)."""
-        return _earliest(_earliest(map(when, items)) for items, when in self._dues())
+        download, is tried again): no look at every certificate (`_due`; a file whose
+        delivery failed waits among `_unplanned`)."""
+        retries = [m.retry_at for p, m in self._unplanned.items() if self.managed.get(p) is m]
+        problems = map(_RETRY_AT, self.problems.values())
+        return _earliest([self._due.earliest(), _earliest(retries), _earliest(problems)])
 
-    async def wakeup(self) -> datetime | None:
-        """`next_wakeup`, worked out in turns (three looks at each of 100k certificates)."""
-        found = []
-        for items, when in self._dues():
-            async for part in _turns(items):
-                found.append(_earliest(map(when, part)))
-        return _earliest(found)
-
-    def _dues(self) -> Iterator[tuple[Iterable[Any], Callable[[Any], datetime | None]]]:
-        yield self.lives.values(), _NEXT_DUE
-        yield self.managed.values(), _RETRY_AT
-        yield self.problems.values(), _RETRY_AT
-
-    async def count_held(self) -> int:
-        """How many certificates have a valid good staple, counted in turns."""
-        held = 0
-        async for part in _turns(self.lives.values()):
-            held += sum(life.state.held is not None for life in part)
-        return held
+    def count_held(self) -> int:
+        """How many certificates have a valid good staple."""
+        return len(self._holding)
 
     @staticmethod
     def _one_per_life(managed: Iterable[Managed]) -> list[Managed]:
@@ -1324,6 +1332,12 @@ class Keeper:
         for m in managed:
             first.setdefault(m.key, m)
         return list(first.values())
+
+    def _due_files(self, now: datetime) -> list[Managed]:
+        """The certificates due at `now`, by their first file (a leaf in two files is fetched
+        once), in the order of `managed` (as configured)."""
+        first = [self._files[life.key][0] for life in self._due.due(now)]
+        return sorted(first, key=_ORDER)
 
     async def _refresh_all(
         self,
@@ -1449,8 +1463,35 @@ class Keeper:
                     log.log(level, "%s: %s", life.name, effect.message)
         if life.state is not before:
             self.revision += 1
+            self._stirred(life)
         if life.state != before:
             self._save_status(life)
+
+    def _stirred(self, life: Life) -> None:
+        """`life` is new here or its state changed: a pass looks at it again (its due
+        moment, its time judged, its files' delivery planned) and its staple is counted."""
+        if self.lives.get(life.key) is not life:
+            return  # dropped meanwhile (during a turn of `_turns`)
+        self._due.add(life)
+        self._unjudged.add(life)
+        for managed in self._files.get(life.key, ()):
+            self._unplanned[managed.path] = managed
+        if life.state.held is not None:
+            self._holding.add(life.key)
+        else:
+            self._holding.discard(life.key)
+
+    def _due_at(self, life: Life) -> datetime | None:
+        """When `life` falls due (`_due`); None once it is not kept."""
+        return life.state.next_due if self.lives.get(life.key) is life else None
+
+    def _judged_at(self, life: Life) -> datetime | None:
+        """When a tick may change `life`'s state (`_unjudged`): at once unless its time
+        was judged since its last change (`Life.calm`), else at the calm's end."""
+        if self.lives.get(life.key) is not life:
+            return None
+        calm = life.calm
+        return _DAWN if calm is None or calm[0] is not life.state else calm[2]
 
     # --- Delivery -------------------------------------------------------------------------------
 
@@ -1483,12 +1524,30 @@ class Keeper:
             return done
 
     async def _plan(self, again: bool, now: datetime) -> tuple[PerSink, dict[Path, Want]]:
-        """What each sink is sent (by sink), and what each file sent to some sink wants."""
+        """What each sink is sent (by sink), and what each file sent to some sink wants: of
+        the files whose delivery may have changed (`_unplanned`), or of all, `again`."""
         per_sink: PerSink = {}
         wanted: dict[Path, Want] = {}
-        async for part in _turns(self.managed.values()):
+        async for part in _turns(self.managed.values() if again else self._to_plan()):
             self._plan_part(part, again, now, per_sink, wanted)
         return per_sink, wanted
+
+    def _to_plan(self) -> list[Managed]:
+        """The files whose delivery may have changed since a plan last found them settled
+        (`_unplanned`), those still kept, in the order of `managed`."""
+        gone = [path for path, m in self._unplanned.items() if self.managed.get(path) is not m]
+        for path in gone:
+            del self._unplanned[path]
+        return sorted(self._unplanned.values(), key=_ORDER)
+
+    def _replan(self, managed: Managed) -> None:
+        """`managed`'s delivery is planned again at the next delivery (`_unplanned`)."""
+        self._unplanned[managed.path] = managed
+
+    def _settled(self, managed: Managed) -> None:
+        """A plan found nothing to send for `managed`: planned again once something changes."""
+        if self._unplanned.get(managed.path) is managed:
+            del self._unplanned[managed.path]
 
     def _plan_part(
         self,
@@ -1505,10 +1564,12 @@ class Keeper:
                 managed.retry_at = managed.retrying = None
                 managed.owed.clear()  # nothing to deliver: the sink pays at its next delivery
                 managed.astray.clear()
+                self._settled(managed)
                 continue
             confirmed = want == managed.sent and not again
             if confirmed and not managed.owed and not managed.astray:  # the sinks have it
                 managed.retry_at = managed.retrying = None  # no retry to wait for
+                self._settled(managed)
                 continue
             again_to = managed.owed | managed.astray  # sinks that have it, delivered to again
             waiting = managed.retry_at is not None and managed.retry_at > now
@@ -1553,6 +1614,7 @@ class Keeper:
                     DELIVERY_RETRY * (1 << min(failures - 1, 20)), self.policy.schedule.retry_max
                 )
                 managed.retry_at, managed.retrying = now + delay, want
+                self._replan(managed)
             else:
                 managed.sent, managed.retry_at, managed.retrying = want, None, None
                 sender, delivery = made.get(path, (None, None))
@@ -2129,8 +2191,10 @@ def _unusable_of(problem: Problem) -> Unusable:
 
 
 _stopwatch = time.perf_counter  # what a slice of `_turns` took
-_NEXT_DUE = operator.attrgetter("state.next_due")
 _RETRY_AT = operator.attrgetter("retry_at")
+_ORDER = operator.attrgetter("order")
+_KEY = operator.attrgetter("key")
+_DAWN = datetime.min.replace(tzinfo=UTC)  # before any time: due at once
 
 
 def _earliest(times: Iterable[datetime | None]) -> datetime | None:
