@@ -141,3 +141,79 @@ def test_a_sink_whose_files_hang_holds_up_only_itself(tmp_path: Path) -> None:
     said = log.read_text()
     assert f"a: sink stuck: {hung.root}/hang.pem/a.der has not answered" in said
     assert f"b: sink stuck: {hung.root}/hang.pem/a.der has not answered" in said  # at once
+
+
+def test_a_certificate_file_whose_read_hangs_holds_up_only_itself(tmp_path: Path) -> None:
+    """A file whose stat answers but whose read never does (an NFS attribute cache; here a
+    FUSE file whose open is never answered): it was read on the event loop, so `run` never
+    got to READY and delivered nothing. Now the read waits `watch_timeout` in a thread: one
+    line names the file, the other entry's certificate is fetched and delivered, a new one
+    too, the local responder answers, and a stop is obeyed at once."""
+    ca, port = CA(), free_port()
+    log = tmp_path / "stderr"
+    with HungFS([], reads=["hang.pem"]) as hung, ResponderThread(ca) as responder:
+        config = write_config(tmp_path, hung.root, port)
+        leaves = {name: ca.issue(name, ocsp_urls=[responder.url]) for name in ("a", "b")}
+        for leaf in leaves.values():
+            responder.add(leaf)
+        leaves["a"].write(tmp_path / "live" / "a")
+
+        def stopped_then_released() -> None:
+            wait_for(lambda: "INFO stopped" in log.read_text(), timeout=10)
+            hung.release()
+
+        with keeping(config, log, stopping=stopped_then_released, within=10):
+            wait_for((tmp_path / "staples" / "a.der").exists)
+            leaves["b"].write(tmp_path / "live" / "b")
+            wait_for((tmp_path / "staples" / "b.der").exists)
+            rows = get_json(f"http://127.0.0.1:{port}/status")["certificates"]
+            states = {row["cert"]: row["state"] for row in rows}
+            assert states[f"{hung.root}/hang.pem"] == "unusable", states
+            assert list(states.values()).count("good") == 2
+    said = log.read_text()
+    assert said.count(f"{hung.root}/hang.pem: its read has not answered in 2s") == 1, said
+
+
+def test_a_held_certificate_whose_read_starts_to_hang_keeps_its_staple(tmp_path: Path) -> None:
+    """The file of a certificate held is covered by one whose read hangs (the FUSE file
+    bind-mounted over it; file events off, so every pass looks at it): what was held
+    stays (its row good, its staple file as written), one line says so, and another
+    entry's new certificate is still fetched and delivered."""
+    ca, port = CA(), free_port()
+    log, held = tmp_path / "stderr", tmp_path / "live" / "a" / "fullchain.pem"
+    config = tmp_path / "mustaple.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path}/state"\n'
+        f'[[certificates]]\npaths = ["{held}"]\n'
+        f'[[certificates]]\npaths = ["{tmp_path}/more/*/fullchain.pem"]\n'
+        f'[sinks.files]\ntype = "file"\npath = "{tmp_path}/staples/{{name}}.der"\n'
+        '[policy]\ntimeout = "2s"\nwatch_interval = "1s"\nwatch_timeout = "2s"\n'
+        'rescan_interval = "1s"\n'
+        f'[http]\nlisten = "127.0.0.1:{port}"\n'
+    )
+    with HungFS([], reads=["hang.pem"]) as hung, ResponderThread(ca) as responder:
+        leaves = {name: ca.issue(name, ocsp_urls=[responder.url]) for name in ("a", "b")}
+        for leaf in leaves.values():
+            responder.add(leaf)
+        leaves["a"].write(held.parent)
+        staple = tmp_path / "staples" / "a.der"
+
+        def stopped_then_released() -> None:
+            wait_for(lambda: "INFO stopped" in log.read_text(), timeout=10)
+            hung.release()
+
+        try:
+            with keeping(config, log, stopping=stopped_then_released, within=10):
+                wait_for(staple.exists)
+                written = staple.read_bytes()
+                subprocess.run(["mount", "--bind", f"{hung.root}/hang.pem", str(held)], check=True)
+                wait_for(lambda: "what it held is kept" in log.read_text())
+                leaves["b"].write(tmp_path / "more" / "b")
+                wait_for((tmp_path / "staples" / "b.der").exists)
+                rows = get_json(f"http://127.0.0.1:{port}/status")["certificates"]
+                assert {row["name"]: row["state"] for row in rows} == {"a": "good", "b": "good"}
+                assert staple.read_bytes() == written
+        finally:
+            subprocess.run(["umount", "-l", str(held)], check=False)
+    said = log.read_text()
+    assert said.count(f"{held}: its read has not answered in 2s") == 1, said

@@ -13,7 +13,7 @@ is remembered, so that a caIssuers URL that hangs costs one timeout, not one per
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,6 +22,7 @@ from cryptography import x509
 
 from mustaple.adapters.fetch import HttpFetcher
 from mustaple.adapters.files import MissingInputError, read_input
+from mustaple.adapters.patience import FilesHang
 from mustaple.adapters.signatures import SignatureCache
 from mustaple.core.certs import (
     Target,
@@ -44,6 +45,7 @@ __all__ = [
     "IssuerNotFound",
     "LoadFailed",
     "Loaded",
+    "Reader",
     "load_file",
     "load_or_fail",
     "load_target",
@@ -67,6 +69,16 @@ class LoadFailed:
     message: str
     unexpected: bool = False  # a bug of ours, or input nobody foresaw
     downloads: tuple[FailedDownload, ...] = ()  # the issuer downloads that failed for it
+    hung: bool = False  # its read did not answer (`FilesHang`): what was held stays
+
+
+# How a load reads a file (path, what it is for the error line): its bytes, or InputError
+Reader = Callable[[str | Path, str], Awaitable[bytes]]
+
+
+async def read_now(path: str | Path, what: str) -> bytes:
+    """`read_input`, in this thread (a one-shot command, or a worker process)."""
+    return read_input(path, what)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,21 +189,22 @@ async def load_file(
     downloads: IssuerDownloads | None = None,
     issuers: MutableMapping[x509.Certificate, x509.Certificate] | None = None,
     signatures: SignatureCache | None = None,
+    read: Reader = read_now,
 ) -> Loaded:
-    """`cert_path` (read once) with the Target for its first certificate; an issuer found
-    over AIA is downloaded by `fetcher` (default: over HTTP, with clients of its own) through
-    `downloads` (default: its own, for this call).
+    """`cert_path` (read once, by `read`) with the Target for its first certificate; an
+    issuer found over AIA is downloaded by `fetcher` (default: over HTTP, with clients of
+    its own) through `downloads` (default: its own, for this call).
 
     `issuers` makes every Target with the same issuer share one certificate object (memory,
     and caches keyed by the issuer): a found issuer equal to one in it is replaced by it.
     `signatures` skips the check of a leaf's signature this state directory saw verify before.
     """
     signed = signatures.signed_by if signatures is not None else signed_by
-    certs = parse_certificates(read_input(cert_path, "certificate"), source=str(cert_path))
+    certs = parse_certificates(await read(cert_path, "certificate"), source=str(cert_path))
     leaf = certs[0]
     check_extensions(leaf, str(cert_path))
     if issuer_path is not None:
-        data = read_input(issuer_path, "issuer certificate")
+        data = await read(issuer_path, "issuer certificate")
         given = parse_certificates(data, source=str(issuer_path))
         issuer = find_issuer(leaf, given, signed)
         if issuer is None:
@@ -225,8 +238,10 @@ async def load_or_fail(
     downloads: IssuerDownloads,
     issuers: MutableMapping[x509.Certificate, x509.Certificate],
     signatures: SignatureCache | None = None,
+    read: Reader = read_now,
 ) -> Loaded | LoadFailed:
-    """`load_file`, with any failure as a value: a fault in one file stays in that file.
+    """`load_file`, with any failure as a value: a fault in one file stays in that file
+    (a read that did not answer: `hung`).
 
     `cert_path` is a file that was there a moment ago (listed and looked at): when it is not
     there any more, the failure says that it disappeared, not that it was never there."""
@@ -239,7 +254,10 @@ async def load_or_fail(
             downloads=downloads,
             issuers=issuers,
             signatures=signatures,
+            read=read,
         )
+    except FilesHang as exc:
+        return LoadFailed(str(exc), hung=True)
     except MissingInputError as exc:
         return LoadFailed(vanished(cert_path) if exc.path == Path(cert_path) else str(exc))
     except IssuerNotFound as exc:

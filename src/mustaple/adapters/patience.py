@@ -117,6 +117,13 @@ class Patient:
             "such as an NFS server gone away?)"
         )
 
+    @property
+    def waiting_at(self) -> object | None:
+        """What earlier work still waits at (a file), or None."""
+        if self._waiting is None or self._waiting[0].done():
+            return None
+        return self._waiting[1][0]
+
     def _still_waiting(self) -> None:
         """FilesHang while earlier work still waits; else forget it (its outcome is not
         used: the work it did is found by the next, as it is on disk)."""

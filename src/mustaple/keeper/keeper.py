@@ -72,6 +72,7 @@ from mustaple.adapters.loader import (
     load_or_fail,
     vanished,
 )
+from mustaple.adapters.patience import Patient
 from mustaple.adapters.signatures import SignatureCache
 from mustaple.adapters.store import (
     AttemptRecord,
@@ -119,7 +120,7 @@ from mustaple.core.lifecycle import (
     Wait,
 )
 from mustaple.core.reasons import Reason, Rejection
-from mustaple.core.render import counted, human_time, shown
+from mustaple.core.render import counted, human_duration, human_time, shown
 from mustaple.core.request import CertId, make_cert_id
 from mustaple.core.schedule import issuer_retry
 from mustaple.core.urls import first_host
@@ -527,6 +528,10 @@ class Keeper:
             forget=self._changes.forget,
         )
         self._restored: int | None = None  # see `_restores_summed`
+        # the reads of certificate files in this process, per entry (`_read`), and the
+        # files held whose read hangs (`_hung_read`)
+        self._reads: dict[tuple[str, ...], Patient] = {}
+        self._hung: set[Path] = set()
         read_only = _read_only(store)
         if read_only is not None:  # a full disk at the start: read, served, not written
             self._store_trouble(read_only, full=True)
@@ -609,7 +614,7 @@ class Keeper:
         """The entries with nothing changed in their directories (`Changes.quiet`); none
         while the read of a file whose issuer download failed is due (`Problem.retry_at`)."""
         due = (p.retry_at for p in self.problems.values() if p.retry_at is not None)
-        if any(retry <= now for retry in due):
+        if self._hung or any(retry <= now for retry in due):
             return frozenset()
         return self._changes.quiet(now)
 
@@ -686,7 +691,18 @@ class Keeper:
             downloads=self._downloads,
             issuers=self._issuers,
             signatures=self._signatures,
+            read=functools.partial(self._read, entry),
         )
+
+    async def _read(self, entry: CertEntry, path: str | Path, what: str) -> bytes:
+        """A file of `entry` read in a thread given `watch_timeout` (`Patient`): a file whose
+        stat answered may still hang on its read (an NFS attribute cache), and a read on the
+        event loop held up every certificate and the local responder for as long. While one
+        read of the entry waits, its other reads fail at once (`FilesHang`)."""
+        patient = self._reads.get(entry.paths)
+        if patient is None:
+            patient = self._reads[entry.paths] = Patient(self.policy.watch_timeout)
+        return await patient.run(functools.partial(_read_at, path, what), path)
 
     def _fetch_policy(self, entry: CertEntry) -> FetchPolicy:
         return with_proxy(self.policy.fetch, entry)
@@ -701,6 +717,12 @@ class Keeper:
     ) -> Managed | None:
         """A file as loaded becomes a `Managed` (its life begun if it is new, from `looked`
         when a worker looked up its stored answer), or a `Problem`."""
+        if isinstance(loaded, LoadFailed) and loaded.hung:
+            self._hung_read(path, entry, stamp)
+            return None
+        if path in self._hung:
+            self._hung.discard(path)
+            log.info("%s: its read answers again", path)
         if isinstance(loaded, LoadFailed):
             if loaded.unexpected:
                 self._unusable(path, stamp, _internal(loaded.message), Reason.KEEPER_FAULT)
@@ -792,6 +814,30 @@ class Keeper:
         elif outcome is not None and looked.good:
             self._apply(life, Stale(), now)  # a staple file may be ours: ours to take away
 
+    def _hung_read(self, path: Path, entry: CertEntry, stamp: Stamp) -> None:
+        """A file whose read did not answer in `watch_timeout` (its stat did), or that was
+        not read while another read of its entry still waits: a file held stays as it was
+        (its staple still delivered), a new one is a problem; either is read again at the
+        next passes (no entry is quiet meanwhile: `_quiet`). Said once."""
+        patience = human_duration(self.policy.watch_timeout.total_seconds())
+        patient = self._reads.get(entry.paths)
+        waiting = patient.waiting_at if patient is not None else None
+        if waiting is None or Path(str(waiting)) == path:
+            why = f"its read has not answered in {patience}"
+        else:
+            why = f"not read while the read of {waiting}, of the same entry, has not answered"
+        message = (
+            f"{path}: {why} (a file system that hangs, such as an NFS server gone away?); "
+            "it is read again at the next passes"
+        )
+        if path in self.managed:
+            if path not in self._hung:
+                log.error("%s; what it held is kept", message)
+            self._hung.add(path)
+            return
+        retry_at = self.clock() + self.policy.watch_timeout  # not due at once: no busy loop
+        self._unusable(path, stamp, message, Reason.CERT_UNUSABLE, retry_at, readable=False)
+
     def _unusable(
         self,
         path: Path,
@@ -799,10 +845,14 @@ class Keeper:
         message: str,
         reason: Reason,
         retry_at: datetime | None = None,
+        *,
+        readable: bool = True,
     ) -> None:
+        """`path` becomes a problem; its leaf's name and serial are read from it when it is
+        `readable` (not a file whose read hangs)."""
         self._drop(path, gone=True)
         key = file_key(path)
-        name, must, serial = _identify(path)
+        name, must, serial = _identify(path) if readable else _unidentified(path)
         message = shown(message)  # it names the file, which may not be UTF-8
         problem = Problem(path, key, name, must, serial, message, reason, stamp, retry_at)
         before = self.problems.get(path)
@@ -836,6 +886,8 @@ class Keeper:
         """Forget a file; its certificate's life goes when no file holds it any more. When
         the file is `gone` (not about to be read again), the sinks stop holding their
         reloads back for the life's traps: it is not kept any more (see `_let_go`)."""
+        if gone:
+            self._hung.discard(path)
         managed = self.managed.pop(path, None)
         if managed is None:
             return
@@ -2375,12 +2427,22 @@ def _issuer_stamp(issuer: Path | None) -> tuple[int, int]:
 
 def _identify(path: Path) -> tuple[str, bool | None, int | None]:
     """The name, must-staple flag and serial of an unusable file's leaf, when it can be read
-    (else the file's directory name, unknown, none)."""
+    (else `_unidentified`)."""
     try:
         leaf = parse_certificates(read_input(path, "certificate"), source=str(path))[0]
         return display_name(leaf), is_must_staple(leaf), leaf.serial_number
     except Exception:
-        return shown(path.parent.name or path.name), None, None
+        return _unidentified(path)
+
+
+def _unidentified(path: Path) -> tuple[str, bool | None, int | None]:
+    """An unread file's name (its directory's), must-staple flag (unknown) and serial (none)."""
+    return shown(path.parent.name or path.name), None, None
+
+
+def _read_at(path: str | Path, what: str, at: list[object]) -> bytes:
+    """`read_input` for `Patient.run` (which keeps `at` at the file: it stays there)."""
+    return read_input(path, what)
 
 
 def _internal(what: BaseException | str) -> str:
