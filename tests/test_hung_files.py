@@ -19,13 +19,14 @@ from ports import free_port
 STUCK = "has not answered in 2s"  # watch_timeout: wide, a loaded machine is slow
 
 
-def write_config(tmp_path: Path, hung: Path, port: int, sinks: str = "") -> Path:
-    """The entry on the hung file system first, then one on the local disk; a file sink
-    (and `sinks`)."""
+def write_config(tmp_path: Path, hung: Path, port: int, sinks: str = "", beside: str = "") -> Path:
+    """The entry on the hung file system first (and `beside`, a path of the same entry),
+    then one on the local disk; a file sink (and `sinks`)."""
     config = tmp_path / "mustaple.toml"
+    same = f', "{beside}"' if beside else ""
     config.write_text(
         f'state_dir = "{tmp_path}/state"\n'
-        f'[[certificates]]\npaths = ["{hung}/hang.pem"]\n'
+        f'[[certificates]]\npaths = ["{hung}/hang.pem"{same}]\n'
         f'[[certificates]]\npaths = ["{tmp_path}/live/*/fullchain.pem"]\n'
         f'[sinks.files]\ntype = "file"\npath = "{tmp_path}/staples/{{name}}.der"\n'
         f"{sinks}"
@@ -147,31 +148,34 @@ def test_a_certificate_file_whose_read_hangs_holds_up_only_itself(tmp_path: Path
     """A file whose stat answers but whose read never does (an NFS attribute cache; here a
     FUSE file whose open is never answered): it was read on the event loop, so `run` never
     got to READY and delivered nothing. Now the read waits `watch_timeout` in a thread: one
-    line names the file, the other entry's certificate is fetched and delivered, a new one
-    too, the local responder answers, and a stop is obeyed at once."""
+    line names the file, a file of the same entry waits (one line says why), the other
+    entry's certificate is fetched and delivered, a new one too, the local responder
+    answers; once the file system answers, the waiting file is read and delivered."""
     ca, port = CA(), free_port()
-    log = tmp_path / "stderr"
+    log, same = tmp_path / "stderr", tmp_path / "same" / "fullchain.pem"
     with HungFS([], reads=["hang.pem"]) as hung, ResponderThread(ca) as responder:
-        config = write_config(tmp_path, hung.root, port)
-        leaves = {name: ca.issue(name, ocsp_urls=[responder.url]) for name in ("a", "b")}
+        config = write_config(tmp_path, hung.root, port, beside=str(same))
+        names = ("a", "b", "c")
+        leaves = {name: ca.issue(name, ocsp_urls=[responder.url]) for name in names}
         for leaf in leaves.values():
             responder.add(leaf)
         leaves["a"].write(tmp_path / "live" / "a")
-
-        def stopped_then_released() -> None:
-            wait_for(lambda: "INFO stopped" in log.read_text(), timeout=10)
-            hung.release()
-
-        with keeping(config, log, stopping=stopped_then_released, within=10):
+        leaves["c"].write(same.parent)
+        with keeping(config, log, within=10):
             wait_for((tmp_path / "staples" / "a.der").exists)
             leaves["b"].write(tmp_path / "live" / "b")
             wait_for((tmp_path / "staples" / "b.der").exists)
             rows = get_json(f"http://127.0.0.1:{port}/status")["certificates"]
             states = {row["cert"]: row["state"] for row in rows}
             assert states[f"{hung.root}/hang.pem"] == "unusable", states
+            assert states[str(same)] == "unusable", states
             assert list(states.values()).count("good") == 2
+            hung.release()  # the file system answers: the file of the same entry is read
+            wait_for((tmp_path / "staples" / "c.der").exists)
     said = log.read_text()
     assert said.count(f"{hung.root}/hang.pem: its read has not answered in 2s") == 1, said
+    waited = f"{same}: not read while the read of {hung.root}/hang.pem, of the same entry"
+    assert said.count(waited) == 1, said
 
 
 def test_a_held_certificate_whose_read_starts_to_hang_keeps_its_staple(tmp_path: Path) -> None:

@@ -69,10 +69,11 @@ from mustaple.adapters.loader import (
     IssuerDownloads,
     Loaded,
     LoadFailed,
+    Reader,
     load_or_fail,
     vanished,
 )
-from mustaple.adapters.patience import Patient
+from mustaple.adapters.patience import FilesHang, Patient
 from mustaple.adapters.signatures import SignatureCache
 from mustaple.adapters.store import (
     AttemptRecord,
@@ -658,8 +659,10 @@ class Keeper:
         back), in order; an unusable file becomes a `Problem` (None in the list)."""
         taken: list[Managed | None] = [None] * len(files)
         if not isinstance(self.fetcher, WorkerPool):
+            read = await self._read_ahead(files)
             for index, (path, entry, stamp) in enumerate(files):
-                taken[index] = self._take(path, entry, stamp, await self._load_here(path, entry))
+                loaded = await self._load_here(path, entry, read)
+                taken[index] = self._take(path, entry, stamp, loaded)
             return taken
 
         def take(index: int, loaded: Loaded | LoadFailed, looked: Looked | None) -> None:
@@ -682,7 +685,7 @@ class Keeper:
             return self.store.path, self.policy.verify
         return None
 
-    async def _load_here(self, path: Path, entry: CertEntry) -> Loaded | LoadFailed:
+    async def _load_here(self, path: Path, entry: CertEntry, read: Reader) -> Loaded | LoadFailed:
         return await load_or_fail(
             path,
             entry.issuer,
@@ -691,18 +694,30 @@ class Keeper:
             downloads=self._downloads,
             issuers=self._issuers,
             signatures=self._signatures,
-            read=functools.partial(self._read, entry),
+            read=read,
         )
 
-    async def _read(self, entry: CertEntry, path: str | Path, what: str) -> bytes:
-        """A file of `entry` read in a thread given `watch_timeout` (`Patient`): a file whose
-        stat answered may still hang on its read (an NFS attribute cache), and a read on the
-        event loop held up every certificate and the local responder for as long. While one
-        read of the entry waits, its other reads fail at once (`FilesHang`)."""
-        patient = self._reads.get(entry.paths)
-        if patient is None:
-            patient = self._reads[entry.paths] = Patient(self.policy.watch_timeout)
-        return await patient.run(functools.partial(_read_at, path, what), path)
+    async def _read_ahead(self, files: Sequence[FileToLoad]) -> Reader:
+        """The certificate (and `issuer`) files of `files`, read now in a thread per entry
+        given `watch_timeout` (`Patient`), for their loads to take: a file whose stat
+        answered may still hang on its read (an NFS attribute cache), and a read on the
+        event loop held up every certificate and the local responder for as long. A file
+        that read did not reach (it hangs, or an earlier one of its entry does) fails its
+        load with `FilesHang`."""
+        by_entry: dict[tuple[str, ...], dict[str, str]] = {}
+        for path, entry, _ in files:
+            wanted = by_entry.setdefault(entry.paths, {})
+            wanted[str(path)] = "certificate"
+            if entry.issuer is not None:
+                wanted[str(entry.issuer)] = "issuer certificate"
+        got: dict[str, bytes | InputError] = {}
+        for paths, wanted in by_entry.items():
+            patient = self._reads.get(paths)
+            if patient is None:
+                patient = self._reads[paths] = Patient(self.policy.watch_timeout)
+            with contextlib.suppress(FilesHang):  # what was read before it is in `got`
+                await patient.run(functools.partial(_read_into, got, wanted), next(iter(wanted)))
+        return functools.partial(_taken, got)
 
     def _fetch_policy(self, entry: CertEntry) -> FetchPolicy:
         return with_proxy(self.policy.fetch, entry)
@@ -2440,9 +2455,25 @@ def _unidentified(path: Path) -> tuple[str, bool | None, int | None]:
     return shown(path.parent.name or path.name), None, None
 
 
-def _read_at(path: str | Path, what: str, at: list[object]) -> bytes:
-    """`read_input` for `Patient.run` (which keeps `at` at the file: it stays there)."""
-    return read_input(path, what)
+def _read_into(got: dict[str, bytes | InputError], files: dict[str, str], at: list[object]) -> None:
+    """Each of `files` (path: what it is) read into `got` (its bytes, or the InputError
+    saying why not), in order, `at[0]` at the file being read (`Patient.run`)."""
+    for path, what in files.items():
+        at[0] = path
+        try:
+            got[path] = read_input(path, what)
+        except InputError as exc:
+            got[path] = exc
+
+
+async def _taken(got: dict[str, bytes | InputError], path: str | Path, what: str) -> bytes:
+    """A `Reader` of what `_read_into` read (FilesHang for a file it did not reach)."""
+    found = got.get(str(path))
+    if found is None:
+        raise FilesHang(f"{path} was not read (a file system that hangs)")
+    if isinstance(found, InputError):
+        raise found.with_traceback(None)  # one issuer file's error, raised for each leaf
+    return found
 
 
 def _internal(what: BaseException | str) -> str:
