@@ -1788,6 +1788,61 @@ def test_a_pass_in_which_nothing_changed_looks_at_no_certificate(
     run(scenario, tmp_path)
 
 
+def test_a_look_at_the_copies_asks_only_the_files_that_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The look at a file sink's copies (every 30 s) asked each of 100k files whether the
+    sink took its staple: now only those whose state, delivery or sinks' health changed
+    since the last look, and through deliveries, a revocation, a file gone, a new one and
+    a copy removed by hand it knows what asking every file would."""
+
+    async def scenario(tmp: Path) -> None:
+        async with offline(tmp, sinks=beside(), at_expiry="keep") as (w, keeper, _):
+            asked: list[Path] = []
+            kept_by = keeper._kept_by
+
+            def counted(managed: Any, name: str) -> bool:
+                asked.append(managed.path)
+                return kept_by(managed, name)
+
+            monkeypatch.setattr(keeper, "_kept_by", counted)
+
+            async def step() -> None:
+                await keeper.scan()
+                await keeper.tick()  # a look at the copies, then a delivery
+                w.clock.now += timedelta(minutes=1)  # a look is due again (every 30 s)
+                asked.clear()
+                await keeper.look_at_copies()
+                walked = sorted(m.path for m in keeper.managed.values() if kept_by(m, "files"))
+                assert sorted(keeper._kept["files"]) == walked
+                w.clock.now += timedelta(minutes=1)
+
+            for n in range(4):
+                w.issue(f"t{n}.test")
+            await step()
+            await step()
+            assert len(keeper._kept["files"]) == 4
+            await step()
+            assert asked == []  # nothing changed since the last look
+            w.revoked = True
+            await keeper.refresh(keeper.managed[tmp / "live" / "t0.test" / "fullchain.pem"])
+            (tmp / "live" / "t1.test" / "fullchain.pem").unlink()
+            w.issue("t4.test")
+            (tmp / "live" / "t2.test" / "staple.der").unlink()  # by hand: written again
+            await step()
+            await step()
+            assert (tmp / "live" / "t2.test" / "staple.der").exists()
+            assert len(keeper._kept["files"]) == 4
+            await step()
+            assert asked == []
+            w.failing = Rejection(Reason.TRY_LATER, "try later")
+            w.clock.now += 10 * DAY  # the good staples expired, left in the files: not ours
+            await step()
+            assert len(keeper._kept["files"]) < 4
+
+    run(scenario, tmp_path)
+
+
 def test_a_pass_finds_from_what_changed_what_a_look_at_every_certificate_finds(
     tmp_path: Path,
 ) -> None:

@@ -449,6 +449,9 @@ class Coordinator(Protocol):
 class Keeper:
     """Keeps the staples of the certificates in `config` fresh and delivered to `sinks`."""
 
+    _unplanned: dict[Path, Managed]  # see __init__
+    _relook: dict[Path, Managed]
+
     def __init__(
         self,
         config: Config,
@@ -494,8 +497,12 @@ class Keeper:
         self._due: Agenda[Life] = Agenda(self._due_at, _KEY)
         self._unjudged: Agenda[Life] = Agenda(self._judged_at, _KEY)
         self._judged: datetime | None = None  # the last `judge_time`'s clock
-        self._unplanned: dict[Path, Managed] = {}
         self._holding: set[str] = set()
+        # the files each sink that keeps copies (`Watches`) took its staple for, with the
+        # delivery that sent it (`_kept_by`), brought up to date at each look at the copies
+        # from the files whose state, delivery or sinks' health changed since (`_relook`)
+        self._kept: dict[str, dict[Path, tuple[Managed, Delivery]]] = {}
+        self._unplanned, self._relook = {}, {}
         self._delivering = asyncio.Lock()
         # the keys of due certificates a pass cut short did not fetch: first at the next pass
         self.unreached: list[str] = []
@@ -906,6 +913,7 @@ class Keeper:
         managed = self.managed.pop(path, None)
         if managed is None:
             return
+        self._relook[path] = managed  # no copy of it is looked at any more
         self._roster_changed()
         files = self._files[managed.key]
         files.remove(managed)
@@ -1219,25 +1227,23 @@ class Keeper:
         if last is not None and last <= now < last + every:
             return
         self._copies_looked = now
+        relook, self._relook = self._relook, {}
         for name, sink in self.sinks.items():
             if isinstance(sink, Watches):
                 with paused():  # a delivery made for each of 100k copies: none collected
-                    await self._look_at(name, sink, now)
+                    await self._look_at(name, sink, now, relook)
 
-    async def _look_at(self, name: str, sink: Sink, now: datetime) -> None:
+    async def _look_at(
+        self, name: str, sink: Sink, now: datetime, relook: Mapping[Path, Managed]
+    ) -> None:
         assert isinstance(sink, Watches)
-        kept: list[Managed] = []
-        deliveries: list[Delivery] = []
-        async for part in _turns(self.managed.values()):
-            these = [m for m in part if self._kept_by(m, name)]
-            kept += these
-            deliveries += map(self._sent_as, these)
+        kept = list((await self._kept_now(name, relook)).values())
         if not kept:
             return
-        found = await sink.astray(deliveries)
+        found = await sink.astray([delivery for _, delivery in kept])
         astray: list[tuple[Managed, str]] = []
         async for indexes in _turns(range(len(found))):  # 100k in one go held every answer
-            astray += [(kept[i], why) for i in indexes if (why := found[i]) is not None]
+            astray += [(kept[i][0], why) for i in indexes if (why := found[i]) is not None]
         copies = await self._copies(sink, [pair[0] for pair in astray])
         async for pairs in _turns(zip(astray, copies, strict=True)):
             for (managed, why), (copy, sent_copy) in pairs:
@@ -1250,6 +1256,26 @@ class Keeper:
                     )
                     managed.astray.add(name)
                     self._replan(managed)
+
+    async def _kept_now(
+        self, name: str, relook: Mapping[Path, Managed]
+    ) -> dict[Path, tuple[Managed, Delivery]]:
+        """The files sink `name` took its staple for (`_kept_by`), each with the delivery
+        that sent it: found among every file at the first look, then brought up to date
+        from the files whose state, delivery or sinks' health changed since (`relook`):
+        a look at 100k copies does not ask each file again."""
+        kept = self._kept.get(name)
+        changed: Iterable[Path] = relook
+        if kept is None:
+            kept, changed = self._kept.setdefault(name, {}), self.managed
+        async for paths in _turns(changed):
+            for path in paths:
+                managed = self.managed.get(path)
+                if managed is not None and self._kept_by(managed, name):
+                    kept[path] = (managed, self._sent_as(managed))
+                else:
+                    kept.pop(path, None)
+        return kept
 
     async def _copies(
         self, sink: Sink, among: Sequence[Managed]
@@ -1542,7 +1568,7 @@ class Keeper:
         self._due.add(life)
         self._unjudged.add(life)
         for managed in self._files.get(life.key, ()):
-            self._unplanned[managed.path] = managed
+            self._replan(managed)
         if life.state.held is not None:
             self._holding.add(life.key)
         else:
@@ -1608,8 +1634,10 @@ class Keeper:
         return sorted(self._unplanned.values(), key=_ORDER)
 
     def _replan(self, managed: Managed) -> None:
-        """`managed`'s delivery is planned again at the next delivery (`_unplanned`)."""
+        """`managed`'s delivery may have changed: planned again at the next delivery
+        (`_unplanned`), and looked at again by the next look at the copies (`_relook`)."""
         self._unplanned[managed.path] = managed
+        self._relook[managed.path] = managed
 
     def _settled(self, managed: Managed) -> None:
         """A plan found nothing to send for `managed`: planned again once something changes."""
@@ -1697,6 +1725,8 @@ class Keeper:
         counts, with the certificate's name (unless `quiet`). Returns whether it worked."""
         life, sink = managed.life, delivered.sink
         before = life.sinks.get(sink)
+        for other in self._files.get(life.key, ()):  # the health, and what `_send` sent
+            self._relook[other.path] = other
         if delivered.ok:
             if before is not None and not before.ok:
                 log.info("%s: sink %s takes the staple again", life.name, sink)
