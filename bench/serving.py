@@ -6,9 +6,9 @@ a prime stores every staple (the CA is then stopped: every staple is valid for d
 falls due). Then, in alternating order, two real `mustaple run --config FILE` processes on that
 state directory, each with `[http]`, watched through the systemd notify protocol:
 
-* *passes*: the default `watch_interval` (5 s): a pass every 5 s goes through all N
-  certificates (expiry and alerts judged, due ones picked, the delivery planned, every
-  certificate file stat-ed, the sinks' copies looked at every 30 s);
+* *passes*: the default `watch_interval` (5 s): a pass every 5 s (what is due or changed
+  is fetched, judged and delivered, the certificate files looked at where file events say
+  something changed, the sinks' copies looked at every 30 s);
 * *idle*: `watch_interval = "1d"`: after its first pass, none until the probe is over.
 
 Once the first pass has ended (its STATUS notice), one GET for a certificate's staple (its
@@ -256,7 +256,7 @@ def section(
         "",
         f"Command: `{command}`. One keep-alive connection asks for a staple every"
         f" {PACE * 1000:.0f} ms for {seconds:.0f} s, once the run's {after} ended;"
-        " *passes*: the default `watch_interval` (a pass every 5 s through all N);"
+        " *passes*: the default `watch_interval` (a pass every 5 s);"
         ' *idle*: `watch_interval = "1d"` (no pass during the probe); *passes at REF*'
         " (`--against REF`): passes, with REF's src/ first on the path. Times in ms.",
         "",
@@ -285,7 +285,8 @@ def against_line(passes: Probe, idle: Probe, size: int) -> str:
     per_pass = (passes.cpu - idle.cpu) / passes.passes if passes.passes else float("nan")
     if per_pass > 0:
         each = per_pass / size * 1e6
-        cost = f"about {per_pass * 1000:.0f} ms of CPU ({each:.0f} µs a certificate)"
+        digits = 1 if each < 10 else 0
+        cost = f"about {per_pass * 1000:.0f} ms of CPU ({each:.{digits}f} µs a certificate)"
     else:  # the passes took less than two runs differ by
         cost = "less CPU than two runs differ by"
     return (
