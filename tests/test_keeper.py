@@ -24,6 +24,7 @@ import pytest
 from cryptography.x509 import ocsp
 
 from conftest import Crowded, Handler, LoopbackServer
+from mustaple.adapters import files
 from mustaple.adapters.collector import Settled
 from mustaple.adapters.config import CertEntry, Config, Hooks
 from mustaple.adapters.coverage import configured_files
@@ -1993,3 +1994,29 @@ def test_a_large_start_says_in_one_line_how_many_staples_it_restored(
         assert [line.split(" (until")[0] for line in sorted(lines)] == [
             f"t{n}.test: restored a valid staple from the state" for n in range(3)
         ]
+
+
+def test_an_unexpected_error_reading_one_file_stays_in_that_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The files of a scan are read together, in a thread: an error nobody foresaw while
+    reading one makes that file unusable (keeper-fault), and the others are taken."""
+    real = files.read_input
+
+    def read_input(path: str | Path, what: str = "file") -> bytes:
+        if "b.test" in str(path):
+            raise RuntimeError("a bug")
+        return real(path, what)
+
+    monkeypatch.setattr(keeper_module, "read_input", read_input)
+
+    async def scenario(tmp: Path) -> None:
+        async with offline(tmp) as (w, keeper, _):
+            w.issue("a.test")
+            w.issue("b.test")
+            assert [m.name for m in await keeper.scan()] == ["a.test"]
+            (problem,) = keeper.problems.values()
+            assert problem.reason is Reason.KEEPER_FAULT
+            assert "RuntimeError: a bug" in problem.message
+
+    run(scenario, tmp_path)

@@ -536,7 +536,7 @@ class Keeper:
             forget=self._changes.forget,
         )
         self._restored: int | None = None  # see `_restores_summed`
-        # the reads of certificate files in this process, per entry (`_read`), and the
+        # the reads of certificate files in this process, per entry (`_read_ahead`), and the
         # files held whose read hangs (`_hung_read`)
         self._reads: dict[tuple[str, ...], Patient] = {}
         self._hung: set[Path] = set()
@@ -717,7 +717,7 @@ class Keeper:
             wanted[str(path)] = "certificate"
             if entry.issuer is not None:
                 wanted[str(entry.issuer)] = "issuer certificate"
-        got: dict[str, bytes | InputError] = {}
+        got: dict[str, bytes | Exception] = {}
         for paths, wanted in by_entry.items():
             patient = self._reads.get(paths)
             if patient is None:
@@ -2485,23 +2485,24 @@ def _unidentified(path: Path) -> tuple[str, bool | None, int | None]:
     return shown(path.parent.name or path.name), None, None
 
 
-def _read_into(got: dict[str, bytes | InputError], files: dict[str, str], at: list[object]) -> None:
-    """Each of `files` (path: what it is) read into `got` (its bytes, or the InputError
-    saying why not), in order, `at[0]` at the file being read (`Patient.run`)."""
+def _read_into(got: dict[str, bytes | Exception], files: dict[str, str], at: list[object]) -> None:
+    """Each of `files` (path: what it is) read into `got` (its bytes, or the error saying
+    why not: raised by its load, a fault in one file stays there), in order, `at[0]` at the
+    file being read (`Patient.run`)."""
     for path, what in files.items():
         at[0] = path
         try:
             got[path] = read_input(path, what)
-        except InputError as exc:
+        except Exception as exc:
             got[path] = exc
 
 
-async def _taken(got: dict[str, bytes | InputError], path: str | Path, what: str) -> bytes:
+async def _taken(got: dict[str, bytes | Exception], path: str | Path, what: str) -> bytes:
     """A `Reader` of what `_read_into` read (FilesHang for a file it did not reach)."""
     found = got.get(str(path))
     if found is None:
         raise FilesHang(f"{path} was not read (a file system that hangs)")
-    if isinstance(found, InputError):
+    if isinstance(found, Exception):
         raise found.with_traceback(None)  # one issuer file's error, raised for each leaf
     return found
 
