@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 from hungfs import HungFS
+from mustaple.keeper.keeper import WORKERS_FROM
 from mustaple.testing import CA, ResponderThread
 from outside import MUSTAPLE, get_json, http_get, keeping, wait_for
 from ports import free_port
@@ -221,3 +222,37 @@ def test_a_held_certificate_whose_read_starts_to_hang_keeps_its_staple(tmp_path:
             subprocess.run(["umount", "-l", str(held)], check=False)
     said = log.read_text()
     assert said.count(f"{held}: its read has not answered in 2s") == 1, said
+
+
+def test_a_read_that_hangs_in_a_worker_process_holds_up_only_its_file(tmp_path: Path) -> None:
+    """A start with WORKERS_FROM files or more reads them in worker processes. A read there
+    that hung stopped the worker's loop: silent for 30 s, the worker was ended and its files
+    loaded in the keeper's process, on the event loop, where the read hung for good (`run`
+    never got to READY). Now a worker's reads wait `watch_timeout` in threads as the
+    keeper's do: the same lines, the same file of the same entry waiting, the other entry's
+    certificates delivered, no worker ended; released, the waiting file is read."""
+    ca, port = CA(), free_port()
+    log, same = tmp_path / "stderr", tmp_path / "same" / "fullchain.pem"
+    staples = tmp_path / "staples"
+    with HungFS([], reads=["hang.pem"]) as hung, ResponderThread(ca) as responder:
+        config = write_config(tmp_path, hung.root, port, beside=str(same))
+        config.write_text(config.read_text().replace("[policy]\n", "[policy]\nworkers = 2\n"))
+        names = [f"w{index:04d}" for index in range(WORKERS_FROM)]
+        for name in [*names, "c"]:
+            leaf = ca.issue(name, ocsp_urls=[responder.url])
+            responder.add(leaf)
+            leaf.write(same.parent if name == "c" else tmp_path / "live" / name)
+        with keeping(config, log, within=10):
+            wait_for(lambda: len(list(staples.glob("w*.der"))) == len(names), timeout=60)
+            rows = get_json(f"http://127.0.0.1:{port}/status")["certificates"]
+            states = {row["cert"]: row["state"] for row in rows}
+            assert states[f"{hung.root}/hang.pem"] == "unusable", states
+            assert states[str(same)] == "unusable", states
+            assert list(states.values()).count("good") == len(names)
+            hung.release()
+            wait_for((staples / "c.der").exists)
+    said = log.read_text()
+    assert said.count(f"{hung.root}/hang.pem: its read has not answered in 2s") == 1, said
+    waited = f"{same}: not read while the read of {hung.root}/hang.pem, of the same entry"
+    assert said.count(waited) == 1, said
+    assert "worker" not in said, said

@@ -24,7 +24,7 @@ import pytest
 from cryptography.x509 import ocsp
 
 from conftest import Crowded, Handler, LoopbackServer
-from mustaple.adapters import files
+from mustaple.adapters import files, reads
 from mustaple.adapters.collector import Settled
 from mustaple.adapters.config import CertEntry, Config, Hooks
 from mustaple.adapters.coverage import configured_files
@@ -1018,7 +1018,7 @@ def test_a_file_gone_between_its_look_and_its_reading_is_said_so(
     are made together, after the look): the file disappeared, and the next pass takes it;
     it said `certificate not found`, of a file the keeper had just seen."""
     doomed = tmp_path / "live" / "b.test" / "fullchain.pem"
-    read_into = keeper_module._read_into
+    read_into = reads._read_into
 
     def taken_away_first(got: dict[str, Any], files: dict[str, str], at: list[object]) -> None:
         doomed.unlink(missing_ok=True)
@@ -1028,11 +1028,11 @@ def test_a_file_gone_between_its_look_and_its_reading_is_said_so(
         async with world(tmp) as w:
             w.issue("a.test")
             b = w.issue("b.test")
-            monkeypatch.setattr(keeper_module, "_read_into", taken_away_first)
+            monkeypatch.setattr(reads, "_read_into", taken_away_first)
             await w.keeper.scan()
             assert w.keeper.problems[doomed].message == GONE.format(doomed)
             assert [m.name for m in w.keeper.managed.values()] == ["a.test"]
-            monkeypatch.setattr(keeper_module, "_read_into", read_into)
+            monkeypatch.setattr(reads, "_read_into", read_into)
             b.write(tmp / "live" / "b.test")  # the renewal's file
             await w.keeper.scan()
             assert doomed in w.keeper.managed
@@ -2008,7 +2008,7 @@ def test_an_unexpected_error_reading_one_file_stays_in_that_file(
             raise RuntimeError("a bug")
         return real(path, what)
 
-    monkeypatch.setattr(keeper_module, "read_input", read_input)
+    monkeypatch.setattr(reads, "read_input", read_input)
 
     async def scenario(tmp: Path) -> None:
         async with offline(tmp) as (w, keeper, _):

@@ -48,6 +48,7 @@ from collections.abc import (
     MutableMapping,
     Sequence,
 )
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,7 @@ from mustaple.adapters.collector import batch_collector
 from mustaple.adapters.fetch import HttpFetcher
 from mustaple.adapters.http1 import Watcher
 from mustaple.adapters.loader import IssuerDownloads, Loaded, LoadFailed, load_or_fail
+from mustaple.adapters.reads import Group, ReadAhead
 from mustaple.adapters.signatures import SignatureCache, Tag
 from mustaple.adapters.store import Looked, SqliteStore, cert_key, look_up
 from mustaple.core.certs import Target
@@ -67,7 +69,7 @@ from mustaple.core.fetchtypes import Attempt, Fetcher, FetchJob, FetchPolicy, Fe
 from mustaple.core.urls import first_host
 from mustaple.core.verify import DEFAULT_POLICY, Policy, Staple
 
-__all__ = ["DEPTH", "Limits", "WorkerPool", "cores"]
+__all__ = ["DEPTH", "Limits", "Reads", "ToLoad", "WorkerPool", "cores"]
 
 log = logging.getLogger("mustaple")
 _LENGTH = struct.Struct(">I")
@@ -82,6 +84,10 @@ SILENCE = 30.0  # a worker with calls in flight silent this long is stopped (its
 # workers keep the limits on requests themselves, and the rest wait in them, so a worker never
 # waits on the main process for its next fetch (at 1x, 16% of two cores stayed idle).
 DEPTH = 4
+# A file to load: its path, its issuer file or None, the policy to download an issuer with,
+# and its entry (its reads wait on those of the same entry: `ReadAhead`)
+ToLoad = tuple[Path, Path | None, FetchPolicy, Group]
+Reads = tuple[ReadAhead, timedelta]  # the caller's reads of certificate files, and their patience
 # A file as a worker loaded it: the leaf's DER, the issuer's (or, once sent, its number among
 # the issuers this worker sent), `Target.facts`, whether the file carries the issuer, the
 # leaf's `cert_key`, its stored answer validated (None: not looked up), and the tags of the
@@ -461,28 +467,34 @@ class WorkerPool:
 
     async def load_many(
         self,
-        files: Sequence[tuple[Path, Path | None, FetchPolicy]],
+        files: Sequence[ToLoad],
         take: Callable[[int, Loaded | LoadFailed, Looked | None], object],
         *,
+        reads: Reads,
         restore: tuple[Path, Policy] | None = None,
         signatures: SignatureCache | None = None,
         downloads: IssuerDownloads | None = None,
     ) -> None:
         """Load each (certificate file, its issuer file or None, the policy to download an
-        issuer with), in chunks spread over the workers; `take(index, outcome, looked)` each
-        one as its chunk comes back. With `restore` (the state database and the policy to
-        validate with), a worker also looks up each certificate's stored answer and validates
-        it now (`looked`; None where it did not), and with `signatures` (the keeper's cache,
-        of that database) skips the leaf signatures checked before; the new ones are handed
-        to `signatures` to store. Each worker downloads an issuer once (it remembers a
-        failed download for its life: this batch); files no worker can load are loaded here,
-        their issuers downloaded through `downloads` (the caller's)."""
+        issuer with, its entry), in chunks spread over the workers; `take(index, outcome,
+        looked)` each one as its chunk comes back. The files are read as `reads` says (the
+        caller's `ReadAhead` and patience; each worker has its own `ReadAhead`). With
+        `restore` (the state database and the policy to validate with), a worker also looks
+        up each certificate's stored answer and validates it now (`looked`; None where it
+        did not), and with `signatures` (the keeper's cache, of that database) skips the
+        leaf signatures checked before; the new ones are handed to `signatures` to store.
+        Each worker downloads an issuer once (it remembers a failed download for its life:
+        this batch); files no worker can load are loaded here, their issuers downloaded
+        through `downloads` (the caller's)."""
         reading = self._reading(restore, signatures)
         here = downloads or IssuerDownloads()
         await asyncio.gather(
             *(
                 self._load_chunk(
-                    files[at : at + LOAD_CHUNK], at, take, reading, signatures, downloads=here
+                    files[at : at + LOAD_CHUNK],
+                    at,
+                    take,
+                    (reading, reads, signatures, here),
                 )
                 for at in range(0, len(files), LOAD_CHUNK)
             )
@@ -501,23 +513,23 @@ class WorkerPool:
 
     async def _load_chunk(
         self,
-        files: Sequence[tuple[Path, Path | None, FetchPolicy]],
+        files: Sequence[ToLoad],
         first: int,
         take: Callable[[int, Loaded | LoadFailed, Looked | None], object],
-        reading: tuple[str, Policy, bytes | None] | None,
-        signatures: SignatureCache | None,
-        *,
-        downloads: IssuerDownloads,
+        how: tuple[
+            tuple[str, Policy, bytes | None] | None, Reads, SignatureCache | None, IssuerDownloads
+        ],
     ) -> None:
+        reading, (reads, patience), signatures, downloads = how
         worker = self._pick()
         if worker is not None:
             try:
                 asked = [
-                    (str(cert), issuer and str(issuer), self._ref(worker, policy))
-                    for cert, issuer, policy in files
+                    (str(cert), issuer and str(issuer), self._ref(worker, p), self._ref(worker, g))
+                    for cert, issuer, p, g in files
                 ]
                 where = self._ref(worker, reading) if reading else 0
-                answers = await worker.call("load", asked, where)
+                answers = await worker.call("load", asked, where, patience.total_seconds())
             except WorkerGone:
                 self._lost()
             else:
@@ -527,7 +539,8 @@ class WorkerPool:
                         signatures.adopt(tags)
                     take(index, loaded, looked)
                 return
-        for index, (cert, issuer, policy) in enumerate(files, first):
+        read = await reads.read(_groups(files), patience)
+        for index, (cert, issuer, policy, _) in enumerate(files, first):
             loaded = await load_or_fail(
                 cert,
                 issuer,
@@ -536,6 +549,7 @@ class WorkerPool:
                 downloads=downloads,
                 issuers={},
                 signatures=signatures,
+                read=read,
             )
             take(index, loaded, None)
 
@@ -574,6 +588,7 @@ class _Serving(asyncio.Protocol):
         self.frames = _Frames()
         self.refs: dict[int, Any] = {}
         self.downloads = IssuerDownloads()  # for the worker's life: one batch
+        self.reads = ReadAhead()  # of the certificate files, for its life too
         self.issuers: dict[x509.Certificate, x509.Certificate] = {}
         self.sent: dict[x509.Certificate, int] = {}  # the issuers sent, by number
         self.stores: dict[str, SqliteStore | None] = {}
@@ -631,20 +646,26 @@ class _Serving(asyncio.Protocol):
             return await self.fetcher.fetch(job, clock=utc_now, rng=random.random)
 
     async def _load(
-        self, files: list[tuple[str, str | None, int]], reading: int
+        self, files: list[tuple[str, str | None, int, int]], reading: int, patience: float
     ) -> list[_LoadAnswer | LoadFailed]:
         store, verify_policy, signatures = self._reading(reading)
+        given = [
+            (cert, issuer, self.refs[policy], self.refs[group])
+            for cert, issuer, policy, group in files
+        ]
+        read = await self.reads.read(_groups(given), timedelta(seconds=patience))
         answers: list[_LoadAnswer | LoadFailed] = []
         fresh: dict[x509.Certificate, int] = {}  # issuers first sent in this answer
-        for cert, issuer, policy in files:
+        for cert, issuer, policy, _ in given:
             loaded = await load_or_fail(
                 cert,
                 issuer,
                 fetcher=self.fetcher,
-                policy=self.refs[policy],
+                policy=policy,
                 downloads=self.downloads,
                 issuers=self.issuers,
                 signatures=signatures,
+                read=read,
             )
             if isinstance(loaded, LoadFailed):
                 answers.append(loaded)
@@ -693,6 +714,19 @@ class _Serving(asyncio.Protocol):
 
 def _issuer(der: bytes) -> x509.Certificate:
     return x509.load_der_x509_certificate(der)
+
+
+def _groups(
+    files: Sequence[tuple[str | Path, str | Path | None, object, Group]],
+) -> dict[Group, dict[str, str]]:
+    """The files to read for `files`' loads, by entry (`ReadAhead.read`)."""
+    groups: dict[Group, dict[str, str]] = {}
+    for cert, issuer, _, group in files:
+        wanted = groups.setdefault(group, {})
+        wanted[str(cert)] = "certificate"
+        if issuer is not None:
+            wanted[str(issuer)] = "issuer certificate"
+    return groups
 
 
 def _der(cert: x509.Certificate) -> bytes:

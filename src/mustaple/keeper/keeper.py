@@ -73,7 +73,7 @@ from mustaple.adapters.loader import (
     load_or_fail,
     vanished,
 )
-from mustaple.adapters.patience import FilesHang, Patient
+from mustaple.adapters.reads import ReadAhead
 from mustaple.adapters.signatures import SignatureCache
 from mustaple.adapters.store import (
     AttemptRecord,
@@ -121,7 +121,7 @@ from mustaple.core.lifecycle import (
     Wait,
 )
 from mustaple.core.reasons import Reason, Rejection
-from mustaple.core.render import counted, human_duration, human_time, shown
+from mustaple.core.render import counted, human_time, shown
 from mustaple.core.request import CertId, make_cert_id
 from mustaple.core.schedule import issuer_retry
 from mustaple.core.urls import first_host
@@ -541,7 +541,7 @@ class Keeper:
         self._restored: int | None = None  # see `_restores_summed`
         # the reads of certificate files in this process, per entry (`_read_ahead`), and the
         # files held whose read hangs (`_hung_read`)
-        self._reads: dict[tuple[str, ...], Patient] = {}
+        self._reads = ReadAhead()
         self._hung: set[Path] = set()
         read_only = _read_only(store)
         if read_only is not None:  # a full disk at the start: read, served, not written
@@ -681,10 +681,13 @@ class Keeper:
             path, entry, stamp = files[index]
             taken[index] = self._take(path, entry, stamp, loaded, looked)
 
-        asked = [(path, entry.issuer, self._fetch_policy(entry)) for path, entry, _ in files]
+        asked = [
+            (path, entry.issuer, self._fetch_policy(entry), entry.paths) for path, entry, _ in files
+        ]
         await self.fetcher.load_many(
             asked,
             take,
+            reads=(self._reads, self.policy.watch_timeout),
             restore=self._restore_from(),
             signatures=self._signatures,
             downloads=self._downloads,
@@ -711,25 +714,14 @@ class Keeper:
 
     async def _read_ahead(self, files: Sequence[FileToLoad]) -> Reader:
         """The certificate (and `issuer`) files of `files`, read now in a thread per entry
-        given `watch_timeout` (`Patient`), for their loads to take: a file whose stat
-        answered may still hang on its read (an NFS attribute cache), and a read on the
-        event loop held up every certificate and the local responder for as long. A file
-        that read did not reach (it hangs, or an earlier one of its entry does) fails its
-        load with `FilesHang`."""
+        given `watch_timeout` (`mustaple.adapters.reads`), for their loads to take."""
         by_entry: dict[tuple[str, ...], dict[str, str]] = {}
         for path, entry, _ in files:
             wanted = by_entry.setdefault(entry.paths, {})
             wanted[str(path)] = "certificate"
             if entry.issuer is not None:
                 wanted[str(entry.issuer)] = "issuer certificate"
-        got: dict[str, bytes | Exception] = {}
-        for paths, wanted in by_entry.items():
-            patient = self._reads.get(paths)
-            if patient is None:
-                patient = self._reads[paths] = Patient(self.policy.watch_timeout)
-            with contextlib.suppress(FilesHang):  # what was read before it is in `got`
-                await patient.run(functools.partial(_read_into, got, wanted), next(iter(wanted)))
-        return functools.partial(_taken, got)
+        return await self._reads.read(by_entry, self.policy.watch_timeout)
 
     def _fetch_policy(self, entry: CertEntry) -> FetchPolicy:
         return with_proxy(self.policy.fetch, entry)
@@ -745,7 +737,7 @@ class Keeper:
         """A file as loaded becomes a `Managed` (its life begun if it is new, from `looked`
         when a worker looked up its stored answer), or a `Problem`."""
         if isinstance(loaded, LoadFailed) and loaded.hung:
-            self._hung_read(path, entry, stamp)
+            self._hung_read(path, stamp, loaded.message)
             return None
         if path in self._hung:
             self._hung.discard(path)
@@ -841,18 +833,11 @@ class Keeper:
         elif outcome is not None and looked.good:
             self._apply(life, Stale(), now)  # a staple file may be ours: ours to take away
 
-    def _hung_read(self, path: Path, entry: CertEntry, stamp: Stamp) -> None:
+    def _hung_read(self, path: Path, stamp: Stamp, why: str) -> None:
         """A file whose read did not answer in `watch_timeout` (its stat did), or that was
-        not read while another read of its entry still waits: a file held stays as it was
-        (its staple still delivered), a new one is a problem; either is read again at the
-        next passes (no entry is quiet meanwhile: `_quiet`). Said once."""
-        patience = human_duration(self.policy.watch_timeout.total_seconds())
-        patient = self._reads.get(entry.paths)
-        waiting = patient.waiting_at if patient is not None else None
-        if waiting is None or Path(str(waiting)) == path:
-            why = f"its read has not answered in {patience}"
-        else:
-            why = f"not read while the read of {waiting}, of the same entry, has not answered"
+        not read while another read of its entry still waits (`why` says which): a file
+        held stays as it was (its staple still delivered), a new one is a problem; either is
+        read again at the next passes (no entry is quiet meanwhile: `_quiet`). Said once."""
         message = (
             f"{path}: {why} (a file system that hangs, such as an NFS server gone away?); "
             "it is read again at the next passes"
@@ -2488,28 +2473,6 @@ def _identify(path: Path) -> tuple[str, bool | None, int | None]:
 def _unidentified(path: Path) -> tuple[str, bool | None, int | None]:
     """An unread file's name (its directory's), must-staple flag (unknown) and serial (none)."""
     return shown(path.parent.name or path.name), None, None
-
-
-def _read_into(got: dict[str, bytes | Exception], files: dict[str, str], at: list[object]) -> None:
-    """Each of `files` (path: what it is) read into `got` (its bytes, or the error saying
-    why not: raised by its load, a fault in one file stays there), in order, `at[0]` at the
-    file being read (`Patient.run`)."""
-    for path, what in files.items():
-        at[0] = path
-        try:
-            got[path] = read_input(path, what)
-        except Exception as exc:
-            got[path] = exc
-
-
-async def _taken(got: dict[str, bytes | Exception], path: str | Path, what: str) -> bytes:
-    """A `Reader` of what `_read_into` read (FilesHang for a file it did not reach)."""
-    found = got.get(str(path))
-    if found is None:
-        raise FilesHang(f"{path} was not read (a file system that hangs)")
-    if isinstance(found, Exception):
-        raise found.with_traceback(None)  # one issuer file's error, raised for each leaf
-    return found
 
 
 def _internal(what: BaseException | str) -> str:
