@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from hungfs import HungFS
@@ -256,3 +257,40 @@ def test_a_read_that_hangs_in_a_worker_process_holds_up_only_its_file(tmp_path: 
     waited = f"{same}: not read while the read of {hung.root}/hang.pem, of the same entry"
     assert said.count(waited) == 1, said
     assert "worker" not in said, said
+
+
+def test_one_shot_commands_on_a_file_whose_read_hangs_say_so(tmp_path: Path) -> None:
+    """`fetch`, `check --cert` and `inspect` read their files in a thread given a patience
+    (fetch's `--timeout`; the others `watch_timeout`'s default, 30 s): a file whose read
+    hangs is one line and the command's exit code for bad input; they waited, silent, for
+    good. (A process whose thread waits on a FUSE daemon ends only once the daemon answers,
+    or goes: here, once released; on NFS a killed read ends at once.)"""
+    with HungFS([], reads=["hang.pem"]) as hung:
+        stuck = str(hung.root / "hang.pem")
+        response = tmp_path / "response.der"
+        response.write_bytes(b"\x30\x03\x0a\x01\x01")  # malformedRequest: never judged here
+        commands = {
+            "fetch": ["fetch", stuck, "--timeout", "1"],
+            "check": ["check", "--cert", stuck],
+            "inspect": ["inspect", str(response), "--cert", stuck],
+        }
+        started, running = time.monotonic(), {}
+        for name, argv in commands.items():
+            out, err = (tmp_path / f"{name}.{kind}" for kind in ("out", "err"))
+            with out.open("wb") as stdout, err.open("wb") as stderr:
+                running[name] = subprocess.Popen([MUSTAPLE, *argv], stdout=stdout, stderr=stderr)
+
+        def said(name: str, kind: str) -> str:
+            return (tmp_path / f"{name}.{kind}").read_text()
+
+        wait_for(lambda: said("fetch", "err"), timeout=15)
+        assert time.monotonic() - started < 15
+        wait_for(lambda: said("check", "out") and said("inspect", "err"), timeout=60)
+        hung.release()
+        codes = {name: process.wait(30) for name, process in running.items()}
+    assert codes == {"fetch": 2, "check": 3, "inspect": 2}
+    waited = "has not answered in {} (a file system that hangs, such as an NFS server gone away?)"
+    assert said("fetch", "err") == f"mustaple: {stuck} {waited.format('1s')}\n"
+    assert said("check", "out") == f"UNKNOWN {stuck} {waited.format('30s')}\n"
+    assert said("inspect", "err") == f"mustaple: {stuck} {waited.format('30s')}\n"
+    assert not said("fetch", "out") + said("check", "err") + said("inspect", "out")

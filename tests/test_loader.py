@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from conftest import Handler, LoopbackServer
+from mustaple.adapters.config import WATCH_TIMEOUT
 from mustaple.adapters.fetch import FetchPolicy
 from mustaple.adapters.loader import IssuerDownloads, load_file, load_target
 from mustaple.core.certs import Target
@@ -23,7 +24,7 @@ DER = serialization.Encoding.DER
 
 
 def load(cert: Path, issuer: Path | None = None, **kwargs: object) -> Target:
-    return asyncio.run(load_target(cert, issuer, **kwargs))  # type: ignore[arg-type]
+    return asyncio.run(load_target(cert, issuer, patience=WATCH_TIMEOUT, **kwargs))  # type: ignore[arg-type]
 
 
 def serving(body: bytes, content_type: str = "application/pkix-cert") -> Handler:

@@ -37,6 +37,7 @@ from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 
 from conftest import Handler, LoopbackServer, ocsp_reply
+from mustaple.adapters.config import WATCH_TIMEOUT
 from mustaple.adapters.loader import load_target
 from mustaple.check import (
     Client,
@@ -758,7 +759,7 @@ def test_issuer_encoded_differently_is_named(ec: Pki, tmp_path: Path) -> None:
         b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (leaf, ec.ca.cert))
     )
     with pytest.raises(InputError) as caught:
-        asyncio.run(load_target(bundle))
+        asyncio.run(load_target(bundle, patience=WATCH_TIMEOUT))
     message = str(caught.value)
     assert "not in this file" not in message
     assert "encoded differently" in message

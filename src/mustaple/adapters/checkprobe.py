@@ -8,9 +8,9 @@ from collections.abc import Sequence
 
 from cryptography import x509
 
+from mustaple.adapters.config import WATCH_TIMEOUT
 from mustaple.adapters.fetch import fetch_issuer, fetch_staple
-from mustaple.adapters.files import read_input
-from mustaple.adapters.loader import load_target
+from mustaple.adapters.loader import load_target, read_patiently
 from mustaple.adapters.probe import ProbeError, ProbeResult, probe_async
 from mustaple.core.certs import (
     ca_issuer_urls,
@@ -129,18 +129,19 @@ async def _server_issuer(
             "reissue it)",
         )
     if issuer_path is not None:
-        found = _signer_in(issuer_path, "issuer certificate", leaf)
+        found = await _signer_in(issuer_path, "issuer certificate", leaf)
         if found is not None:
             return Issuer(found, "file")
         return Issuer(None, None, f"{issuer_path} did not sign {display_name(leaf)}")
-    found = _signer_in(cafile, "CA file", leaf) if cafile is not None else None
+    found = await _signer_in(cafile, "CA file", leaf) if cafile is not None else None
     if found is not None:
         return Issuer(found, "cafile")
     return await _issuer_from_aia(leaf)
 
 
-def _signer_in(path: str, what: str, leaf: x509.Certificate) -> x509.Certificate | None:
-    return find_issuer(leaf, parse_certificates(read_input(path, what), source=path))
+async def _signer_in(path: str, what: str, leaf: x509.Certificate) -> x509.Certificate | None:
+    data = await read_patiently(path, what, patience=WATCH_TIMEOUT)
+    return find_issuer(leaf, parse_certificates(data, source=path))
 
 
 async def _issuer_from_aia(leaf: x509.Certificate) -> Issuer:
@@ -165,7 +166,7 @@ async def check_responder(
 
     Raises InputError for an unusable certificate or issuer.
     """
-    target = await load_target(cert_path, issuer_path)
+    target = await load_target(cert_path, issuer_path, patience=WATCH_TIMEOUT)
     fetched = await fetch_staple(target, urls=urls)
     source = "file" if issuer_path is not None else "bundle-or-aia"
     return judge_responder(target, fetched, utc_now(), issuer_source=source)

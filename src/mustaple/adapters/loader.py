@@ -13,6 +13,7 @@ is remembered, so that a caIssuers URL that hangs costs one timeout, not one per
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,7 +23,7 @@ from cryptography import x509
 
 from mustaple.adapters.fetch import HttpFetcher
 from mustaple.adapters.files import MissingInputError, read_input
-from mustaple.adapters.patience import FilesHang
+from mustaple.adapters.patience import FilesHang, Patient
 from mustaple.adapters.signatures import SignatureCache
 from mustaple.core.certs import (
     Target,
@@ -77,8 +78,18 @@ Reader = Callable[[str | Path, str], Awaitable[bytes]]
 
 
 async def read_now(path: str | Path, what: str) -> bytes:
-    """`read_input`, in this thread (a one-shot command, or a worker process)."""
+    """`read_input`, in this thread."""
     return read_input(path, what)
+
+
+async def read_patiently(path: str | Path, what: str, *, patience: timedelta) -> bytes:
+    """`read_input` in a daemon thread given `patience` (a one-shot command's read): an
+    InputError saying so when it has not answered by then (a file system that hangs; the
+    thread ends with the process)."""
+    try:
+        return await Patient(patience).run(lambda at: read_input(path, what), str(path))
+    except FilesHang as exc:
+        raise InputError(str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,13 +180,20 @@ async def load_target(
     cert_path: str | Path,
     issuer_path: str | Path | None = None,
     *,
+    patience: timedelta,
     fetcher: Fetcher | None = None,
     policy: FetchPolicy = DEFAULT_FETCH_POLICY,
     downloads: IssuerDownloads | None = None,
 ) -> Target:
-    """The Target for the first certificate in `cert_path`."""
+    """The Target for the first certificate in `cert_path`, for a one-shot command: each
+    file read given `patience` (`read_patiently`)."""
     loaded = await load_file(
-        cert_path, issuer_path, fetcher=fetcher, policy=policy, downloads=downloads
+        cert_path,
+        issuer_path,
+        fetcher=fetcher,
+        policy=policy,
+        downloads=downloads,
+        read=functools.partial(read_patiently, patience=patience),
     )
     return loaded.target
 

@@ -323,6 +323,17 @@ class _Worker(asyncio.SubprocessProtocol):
         self.transport.close()
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Batch:
+    """What every chunk of a `load_many` shares."""
+
+    reading: tuple[str, Policy, bytes | None] | None  # `WorkerPool._reading`
+    reads: ReadAhead  # the caller's, for the files loaded here
+    patience: timedelta
+    signatures: SignatureCache | None
+    downloads: IssuerDownloads  # the caller's, for the files loaded here
+
+
 class WorkerPool:
     """A `Fetcher` whose fetches (and whose `load_many`) run in worker processes.
 
@@ -487,15 +498,10 @@ class WorkerPool:
         this batch); files no worker can load are loaded here, their issuers downloaded
         through `downloads` (the caller's)."""
         reading = self._reading(restore, signatures)
-        here = downloads or IssuerDownloads()
+        batch = _Batch(reading, *reads, signatures, downloads or IssuerDownloads())
         await asyncio.gather(
             *(
-                self._load_chunk(
-                    files[at : at + LOAD_CHUNK],
-                    at,
-                    take,
-                    (reading, reads, signatures, here),
-                )
+                self._load_chunk(files[at : at + LOAD_CHUNK], at, take, batch)
                 for at in range(0, len(files), LOAD_CHUNK)
             )
         )
@@ -516,11 +522,9 @@ class WorkerPool:
         files: Sequence[ToLoad],
         first: int,
         take: Callable[[int, Loaded | LoadFailed, Looked | None], object],
-        how: tuple[
-            tuple[str, Policy, bytes | None] | None, Reads, SignatureCache | None, IssuerDownloads
-        ],
+        batch: _Batch,
     ) -> None:
-        reading, (reads, patience), signatures, downloads = how
+        reading, signatures, patience = batch.reading, batch.signatures, batch.patience
         worker = self._pick()
         if worker is not None:
             try:
@@ -539,14 +543,14 @@ class WorkerPool:
                         signatures.adopt(tags)
                     take(index, loaded, looked)
                 return
-        read = await reads.read(_groups(files), patience)
+        read = await batch.reads.read(_groups(files), patience)
         for index, (cert, issuer, policy, _) in enumerate(files, first):
             loaded = await load_or_fail(
                 cert,
                 issuer,
                 fetcher=self.fallback,
                 policy=policy,
-                downloads=downloads,
+                downloads=batch.downloads,
                 issuers={},
                 signatures=signatures,
                 read=read,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -54,7 +55,7 @@ __all__ = ["fetch"]
     callback=finite,
     default=10.0,
     show_default=True,
-    help="Seconds allowed for each HTTP exchange.",
+    help="Seconds allowed for each HTTP exchange, and for reading each file.",
 )
 @click.option(
     "--attempts",
@@ -183,7 +184,8 @@ async def _fetch(
 
     progress = FetchProgress(cert)  # on stderr: which URL it waits on, for how long
     async with progress.fetcher() as http:
-        target = await load_target(cert, issuer, policy=policy, fetcher=http)
+        patience = timedelta(seconds=policy.total_timeout)
+        target = await load_target(cert, issuer, patience=patience, policy=policy, fetcher=http)
         progress.name = target.name
         result = await fetch_staple(
             target, urls=urls, hash_name=hash_name, policy=policy, verify_policy=verify_policy,

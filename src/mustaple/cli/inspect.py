@@ -37,14 +37,15 @@ def inspect(
 
     Same exit codes as fetch.
     """
-    from mustaple.adapters.files import read_input
-    from mustaple.adapters.loader import load_target
+    from mustaple.adapters.config import WATCH_TIMEOUT
+    from mustaple.adapters.loader import load_target, read_patiently
     from mustaple.core.report import OUTCOME_KEYS, exit_code, explain, outcome_json
 
     with json_errors(as_json, OUTCOME_KEYS):
         now = _parse_time(at) if at else utc_now()
-        data = _response_bytes(read_input(response, "OCSP response"), response)
-        target = asyncio.run(load_target(cert, issuer))
+        read = read_patiently(response, "OCSP response", patience=WATCH_TIMEOUT)
+        data = _response_bytes(asyncio.run(read), response)
+        target = asyncio.run(load_target(cert, issuer, patience=WATCH_TIMEOUT))
     policy = Policy(allow_missing_next_update=allow_missing_next_update)
     outcome = verify(data, target, now, policy)
     if as_json:
