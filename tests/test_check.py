@@ -478,6 +478,8 @@ def test_handshake_failure(responder: ResponderThread) -> None:
         ["127.0.0.1:x"],
         ["[::1"],
         ["127.0.0.1", "--connections", "0"],
+        ["127.0.0.1", "--timeout", "0"],
+        ["127.0.0.1", "--timeout", "nan"],
         ["127.0.0.1", "--tls", "1.1"],
         ["127.0.0.1", "--url", "http://127.0.0.1/"],
         ["127.0.0.1", "--cert", "cert.pem"],
@@ -494,6 +496,20 @@ def test_usage_errors_are_unknown(args: list[str]) -> None:
     assert code == Severity.UNKNOWN
     assert out.startswith("UNKNOWN usage error: ")
     assert len(out.splitlines()) == 1
+
+
+def test_timeout_bounds_the_connection_and_handshake() -> None:
+    """`--timeout` (a monitoring plugin's): a server that accepts and never speaks is
+    UNKNOWN after it, not after the 10 s a check allowed before."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # the kernel accepts; nobody speaks
+        port = silent.getsockname()[1]
+        started = time.monotonic()
+        code, out = run_check(f"127.0.0.1:{port}", "--timeout", "0.5")
+    assert (code, out) == (
+        Severity.UNKNOWN,
+        f"UNKNOWN 127.0.0.1:{port}: no TLS handshake within 0.5 s\n",
+    )
+    assert time.monotonic() - started < 5
 
 
 def test_a_certificate_whose_extensions_cannot_be_read_is_one_line(ca: CA, leaf: Leaf) -> None:

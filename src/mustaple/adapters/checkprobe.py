@@ -4,11 +4,12 @@ issuer, and hand everything to the pure judge (`mustaple.core.checkjudge`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from datetime import timedelta
 
 from cryptography import x509
 
-from mustaple.adapters.config import WATCH_TIMEOUT
 from mustaple.adapters.fetch import fetch_issuer, fetch_staple
 from mustaple.adapters.loader import load_target, read_patiently
 from mustaple.adapters.probe import ProbeError, ProbeResult, probe_async
@@ -23,10 +24,13 @@ from mustaple.core.certs import (
 from mustaple.core.checkjudge import CheckReport, Issuer, judge, judge_responder
 from mustaple.core.clock import utc_now
 from mustaple.core.errors import InputError
+from mustaple.core.fetchtypes import FetchPolicy
 from mustaple.core.issuers import issuer_over_aia
 from mustaple.core.severity import Severity
 
-__all__ = ["DEFAULT_PORT", "check_responder", "check_server", "parse_address"]
+__all__ = ["DEFAULT_PORT", "TIMEOUT", "check_responder", "check_server", "parse_address"]
+
+TIMEOUT = 10.0  # seconds for each connection and handshake, HTTP exchange and file read
 
 DEFAULT_PORT = 443
 
@@ -56,8 +60,10 @@ async def check_server(
     issuer_path: str | None = None,
     connections: int = 1,
     starttls: str | None = None,
+    timeout: float = TIMEOUT,
 ) -> CheckReport:
-    """Connect `connections` times, one after the other, find the issuer and judge.
+    """Connect `connections` times, one after the other, find the issuer and judge; each
+    connection and handshake, HTTP exchange and file read given `timeout` seconds.
 
     Raises ProbeError when the server cannot be probed, InputError for an unreadable file.
     """
@@ -72,6 +78,7 @@ async def check_server(
                 servername=servername,
                 tls_version=tls_version,
                 cafile=cafile,
+                timeout=timeout,
                 starttls=starttls,
             )
         except ProbeError as exc:
@@ -82,7 +89,7 @@ async def check_server(
         _readable(result.leaf, server)
         results.append(result)
     _one_certificate(results, server)
-    issuer = await _server_issuer(results[0].chain, issuer_path, cafile)
+    issuer = await _server_issuer(results[0].chain, issuer_path, cafile, timeout)
     report = judge(results, issuer, utc_now(), server=server)
     if failed is not None and report.level < Severity.CRITICAL:
         raise ProbeError(failed)  # the worst decides: UNKNOWN beats WARNING and OK
@@ -112,7 +119,10 @@ def _readable(leaf: x509.Certificate, server: str) -> None:
 
 
 async def _server_issuer(
-    chain: Sequence[x509.Certificate], issuer_path: str | None, cafile: str | None = None
+    chain: Sequence[x509.Certificate],
+    issuer_path: str | None,
+    cafile: str | None = None,
+    timeout: float = TIMEOUT,
 ) -> Issuer:
     """The leaf's issuer: from the served chain, else `issuer_path`, else `cafile` (the
     issuing CA may be among its roots), else AIA caIssuers."""
@@ -129,22 +139,24 @@ async def _server_issuer(
             "reissue it)",
         )
     if issuer_path is not None:
-        found = await _signer_in(issuer_path, "issuer certificate", leaf)
+        found = await _signer_in(issuer_path, "issuer certificate", leaf, timeout)
         if found is not None:
             return Issuer(found, "file")
         return Issuer(None, None, f"{issuer_path} did not sign {display_name(leaf)}")
-    found = await _signer_in(cafile, "CA file", leaf) if cafile is not None else None
+    found = await _signer_in(cafile, "CA file", leaf, timeout) if cafile is not None else None
     if found is not None:
         return Issuer(found, "cafile")
-    return await _issuer_from_aia(leaf)
+    return await _issuer_from_aia(leaf, timeout)
 
 
-async def _signer_in(path: str, what: str, leaf: x509.Certificate) -> x509.Certificate | None:
-    data = await read_patiently(path, what, patience=WATCH_TIMEOUT)
+async def _signer_in(
+    path: str, what: str, leaf: x509.Certificate, timeout: float
+) -> x509.Certificate | None:
+    data = await read_patiently(path, what, patience=timedelta(seconds=timeout))
     return find_issuer(leaf, parse_certificates(data, source=path))
 
 
-async def _issuer_from_aia(leaf: x509.Certificate) -> Issuer:
+async def _issuer_from_aia(leaf: x509.Certificate, timeout: float) -> Issuer:
     urls = ca_issuer_urls(leaf)
     if not urls:
         return Issuer(
@@ -153,20 +165,26 @@ async def _issuer_from_aia(leaf: x509.Certificate) -> Issuer:
             "the server does not send the issuer and the certificate names no caIssuers "
             "URL; pass it with --issuer FILE",
         )
-    found, problems = await issuer_over_aia(leaf, urls, fetch_issuer)
+    download = functools.partial(fetch_issuer, policy=FetchPolicy.within(timeout))
+    found, problems = await issuer_over_aia(leaf, urls, download)
     if found is not None:
         return Issuer(found, "aia")
     return Issuer(None, None, "no issuer over AIA: " + "; ".join(problems))
 
 
 async def check_responder(
-    cert_path: str, issuer_path: str | None = None, urls: Sequence[str] = ()
+    cert_path: str,
+    issuer_path: str | None = None,
+    urls: Sequence[str] = (),
+    timeout: float = TIMEOUT,
 ) -> CheckReport:
-    """Ask the certificate's responder (or `urls` first) directly, and judge its answer.
+    """Ask the certificate's responder (or `urls` first) directly, and judge its answer;
+    each HTTP exchange and file read given `timeout` seconds.
 
     Raises InputError for an unusable certificate or issuer.
     """
-    target = await load_target(cert_path, issuer_path, patience=WATCH_TIMEOUT)
-    fetched = await fetch_staple(target, urls=urls)
+    patience, policy = timedelta(seconds=timeout), FetchPolicy.within(timeout)
+    target = await load_target(cert_path, issuer_path, patience=patience, policy=policy)
+    fetched = await fetch_staple(target, urls=urls, policy=policy)
     source = "file" if issuer_path is not None else "bundle-or-aia"
     return judge_responder(target, fetched, utc_now(), issuer_source=source)

@@ -13,6 +13,7 @@ import click
 
 from mustaple.adapters.starttls import DEFAULT_PORTS as STARTTLS_PORTS
 from mustaple.adapters.starttls import PROTOCOLS as STARTTLS_PROTOCOLS
+from mustaple.cli.options import MAX_TIMEOUT, finite
 from mustaple.core.checkjudge import CheckReport
 from mustaple.core.errors import InputError
 from mustaple.core.severity import Severity
@@ -64,6 +65,14 @@ class _CheckCommand(click.Command):
 )
 @click.option("--cert", help="No server: ask this certificate's OCSP responder directly.")
 @click.option("--url", "urls", multiple=True, help="With --cert: responder URL to try first.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1, max=MAX_TIMEOUT),
+    callback=finite,
+    default=10.0,
+    show_default=True,
+    help="Seconds allowed for each connection and handshake, HTTP exchange and file read.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
 def check_command(
@@ -78,6 +87,7 @@ def check_command(
     starttls: str | None,
     cert: str | None,
     urls: tuple[str, ...],
+    timeout: float,
     as_json: bool,
 ) -> None:
     """Check that HOST[:PORT] (default port 443) staples safely for must-staple.
@@ -101,7 +111,7 @@ def check_command(
         given = [name for name, used in server_only.items() if used]
         if given:
             raise click.UsageError(f"{', '.join(given)}: only for checking a server")
-        work = check_responder(cert, issuer, urls)
+        work = check_responder(cert, issuer, urls, timeout)
     else:
         assert address is not None
         if urls:
@@ -118,6 +128,7 @@ def check_command(
             issuer_path=issuer,
             connections=connections,
             starttls=starttls,
+            timeout=timeout,
         )
     ctx.exit(int(_run(work, as_json)))
 

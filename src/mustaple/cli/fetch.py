@@ -92,12 +92,7 @@ def fetch(
         check_urls(urls)
         if out:
             _check_out(out, cert, issuer)
-        policy = FetchPolicy(
-            total_timeout=timeout,
-            connect_timeout=min(timeout, 5.0),
-            attempts_per_url=attempts,
-            proxy=proxy_setting(proxy),
-        )
+        policy = FetchPolicy.within(timeout, attempts_per_url=attempts, proxy=proxy_setting(proxy))
         asked = _fetch(cert, issuer, urls=urls, hash_name=hash_name, policy=policy,
                        verify_policy=verify_policy)  # fmt: skip
         target, result = asyncio.run(asked)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import click
 
-from mustaple.cli.options import emit_json, json_errors, lenient_option
+from mustaple.cli.options import MAX_TIMEOUT, emit_json, finite, json_errors, lenient_option
 from mustaple.core.clock import utc_now
 from mustaple.core.errors import InputError
 from mustaple.core.verify import Policy, verify
@@ -22,6 +22,14 @@ __all__ = ["inspect"]
 @click.option("--cert", required=True, help="The certificate the response should be about.")
 @click.option("--issuer", help="Issuer certificate file (default: the bundle, then AIA).")
 @click.option("--at", "at", help="Judge as at this time (ISO 8601, UTC), not now.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1, max=MAX_TIMEOUT),
+    callback=finite,
+    default=10.0,
+    show_default=True,
+    help="Seconds allowed for reading each file, and for an issuer's download over AIA.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @lenient_option
 def inspect(
@@ -30,6 +38,7 @@ def inspect(
     cert: str,
     issuer: str | None,
     at: str | None,
+    timeout: float,
     as_json: bool,
     allow_missing_next_update: bool,
 ) -> int:
@@ -37,15 +46,17 @@ def inspect(
 
     Same exit codes as fetch.
     """
-    from mustaple.adapters.config import WATCH_TIMEOUT
     from mustaple.adapters.loader import load_target, read_patiently
+    from mustaple.core.fetchtypes import FetchPolicy
     from mustaple.core.report import OUTCOME_KEYS, exit_code, explain, outcome_json
 
+    patience = timedelta(seconds=timeout)
     with json_errors(as_json, OUTCOME_KEYS):
         now = _parse_time(at) if at else utc_now()
-        read = read_patiently(response, "OCSP response", patience=WATCH_TIMEOUT)
+        read = read_patiently(response, "OCSP response", patience=patience)
         data = _response_bytes(asyncio.run(read), response)
-        target = asyncio.run(load_target(cert, issuer, patience=WATCH_TIMEOUT))
+        loading = load_target(cert, issuer, patience=patience, policy=FetchPolicy.within(timeout))
+        target = asyncio.run(loading)
     policy = Policy(allow_missing_next_update=allow_missing_next_update)
     outcome = verify(data, target, now, policy)
     if as_json:

@@ -45,6 +45,15 @@ class FetchPolicy:
         if self.proxy:
             check_proxy_url(self.proxy)
 
+    @classmethod
+    def within(
+        cls, timeout: float, *, attempts_per_url: int = 3, proxy: str | None = None
+    ) -> FetchPolicy:
+        """A one-shot command's policy: `timeout` seconds for each HTTP exchange (of which
+        its connection at most 5 s)."""
+        connect = min(timeout, 5.0)
+        return cls(connect, timeout, attempts_per_url=attempts_per_url, proxy=proxy)
+
 
 DEFAULT_FETCH_POLICY = FetchPolicy()
 
