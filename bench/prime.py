@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import base64
 import binascii
+import compileall
 import cProfile
 import json
 import multiprocessing
@@ -91,7 +92,6 @@ GOAL_N, GOAL_FLOOR, GOAL_MIB = 100_000, 1.5, 1024.0  # within 1.5x of the floor'
 GOAL_CRON = 20.0  # `mustaple prime` at least this many times faster than the openssl loop
 LINEAR_SLACK = 1.25  # ms/cert at the largest N may exceed that at the one before by this factor
 CHUNK = 500  # certificates per setup job
-WARM_UP = 10  # certificates primed (and by the command) before any measured run
 SERIAL_BASE = 0x5EED_0000_0000
 RECORD = struct.Struct(">HH")  # lengths of one (request DER, response DER) record
 PEM = serialization.Encoding.PEM
@@ -671,7 +671,6 @@ class Bench:
     cron: Measured | None = None  # the `openssl ocsp` loop
     cli: Measured | None = None  # `mustaple prime` over the same files
     started: float = field(default_factory=time.perf_counter)
-    warm: bool = False  # the bytecode is compiled (`warm_up`)
 
 
 def measure(bench: Bench, workdir: Workdir, size: int, responder: Responder, processes: int) -> Run:
@@ -776,8 +775,6 @@ def run_size(bench: Bench, workdir: Workdir, size: int, sock: socket.socket) -> 
     floors = []
     paired: dict[int, list[float]] = {mode: [] for mode in bench.modes}
     try:
-        if not bench.warm:
-            warm_up(bench, workdir, responder)
         if size == bench.cron_size:
             compare_cron(bench, workdir, size, responder)
         for _ in range(bench.repeat):
@@ -801,21 +798,13 @@ def run_size(bench: Bench, workdir: Workdir, size: int, sock: socket.socket) -> 
     ]
 
 
-def as_installed(pycache: Path) -> None:
-    """The processes started from here find their bytecode compiled, as an installed package
-    has it (pip compiles it at install), in a cache of the run's own: with
-    PYTHONDONTWRITEBYTECODE set (as on the reference machine) every process compiled every
-    module it imported at every start, 0.1 to 0.3 s of each keeper, worker and command."""
-    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-    os.environ["PYTHONPYCACHEPREFIX"] = str(pycache)
-
-
-def warm_up(bench: Bench, workdir: Workdir, responder: Responder) -> None:
-    """A prime and a command over a few files, not measured: every module they import is
-    compiled into the run's cache (`as_installed`), and the disk cache holds them."""
-    measure(bench, workdir, WARM_UP, responder, 0)
-    command_prime(bench, workdir, [cert_path(workdir.certs, i) for i in range(WARM_UP)])
-    bench.warm = True
+def as_installed() -> None:
+    """mustaple's bytecode compiled beside its sources, as an installed package has it (pip
+    compiles it at install; the standard library's and the dependencies' are there): with
+    PYTHONDONTWRITEBYTECODE set (as on the reference machine) and no bytecode, every keeper,
+    worker and command process compiled every mustaple module it imported at every start
+    (py-spy: about 0.14 s of the 1k command's process, as much in each worker)."""
+    compileall.compile_dir(Path(mustaple.__file__).parent, quiet=1)
 
 
 def measure_floor(workdir: Workdir, size: int, responder: Responder) -> Floor:
@@ -1197,9 +1186,8 @@ def method_notes(bench: Bench) -> list[str]:
         "fetches/s counts HTTP exchanges from the first fetch started to the last one ended. "
         "The 2 cores are shared: the responder's CPU time is in the table, and so is what other "
         "processes on the machine used meanwhile (*other CPU*: when it is high, the figures are "
-        "noisy). Setup (building certificates and responses) is not part of the figures; every "
-        "process finds its bytecode compiled, as an installed package has it (a prime and a "
-        f"command over {WARM_UP} files first, not measured). "
+        "noisy). Setup (building certificates and responses) is not part of the figures; "
+        "mustaple's bytecode is compiled first, as an installed package has it. "
         "*Italic* rows are extrapolated from a linear fit of the measured ones, because running "
         f"them would have overrun the {bench.budget:.0f} s budget. How to profile, and what the "
         "profile says: bench/README.md."
@@ -1322,7 +1310,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     bench = bench_from(args)
     root = args.workdir or Path(tempfile.mkdtemp(prefix="mustaple-prime-"))
-    as_installed(root / "pycache")
+    as_installed()
     with listening_socket() as sock:
         url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
         workdir = Workdir(root, new_authority(url))

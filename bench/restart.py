@@ -57,6 +57,7 @@ from mustaple.keeper.daemon import open_keeper
 from prime import (
     Responder,
     Workdir,
+    as_installed,
     cert_path,
     fit,
     listening_socket,
@@ -576,6 +577,7 @@ def main(argv: list[str]) -> int:
         sizes, args.concurrency, args.workers, args.budget, max(1, args.repeat), args.prime_off_max
     )
     root = args.workdir or Path(tempfile.mkdtemp(prefix="mustaple-restart-"))
+    as_installed()
     with listening_socket() as sock:
         workdir = Workdir(root, new_authority(f"http://127.0.0.1:{sock.getsockname()[1]}/"))
         try:
