@@ -13,7 +13,7 @@ import click
 
 from mustaple.adapters.starttls import DEFAULT_PORTS as STARTTLS_PORTS
 from mustaple.adapters.starttls import PROTOCOLS as STARTTLS_PROTOCOLS
-from mustaple.cli.options import MAX_TIMEOUT, finite
+from mustaple.cli.options import timeout_option
 from mustaple.core.checkjudge import CheckReport
 from mustaple.core.errors import InputError
 from mustaple.core.severity import Severity
@@ -65,14 +65,7 @@ class _CheckCommand(click.Command):
 )
 @click.option("--cert", help="No server: ask this certificate's OCSP responder directly.")
 @click.option("--url", "urls", multiple=True, help="With --cert: responder URL to try first.")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0.1, max=MAX_TIMEOUT),
-    callback=finite,
-    default=10.0,
-    show_default=True,
-    help="Seconds allowed for each connection and handshake, HTTP exchange and file read.",
-)
+@timeout_option("each connection and handshake, HTTP exchange and file read")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
 def check_command(

@@ -11,14 +11,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from mustaple.cli.options import (
-    MAX_TIMEOUT,
     check_urls,
     emit_json,
-    finite,
     json_errors,
     lenient_option,
     proxy_option,
     proxy_setting,
+    timeout_option,
 )
 from mustaple.core.clock import utc_now
 from mustaple.core.errors import InputError
@@ -49,14 +48,7 @@ __all__ = ["fetch"]
     show_default=True,
     help="CertID hash algorithm (only sha1 gives a staple curl and OpenSSL accept).",
 )
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0.1, max=MAX_TIMEOUT),
-    callback=finite,
-    default=10.0,
-    show_default=True,
-    help="Seconds allowed for each HTTP exchange, and for reading each file.",
-)
+@timeout_option("each HTTP exchange, and for reading each file")
 @click.option(
     "--attempts",
     type=click.IntRange(min=1, max=10),

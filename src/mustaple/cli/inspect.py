@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 import click
 
-from mustaple.cli.options import MAX_TIMEOUT, emit_json, finite, json_errors, lenient_option
+from mustaple.cli.options import emit_json, json_errors, lenient_option, timeout_option
 from mustaple.core.clock import utc_now
 from mustaple.core.errors import InputError
 from mustaple.core.verify import Policy, verify
@@ -22,14 +22,7 @@ __all__ = ["inspect"]
 @click.option("--cert", required=True, help="The certificate the response should be about.")
 @click.option("--issuer", help="Issuer certificate file (default: the bundle, then AIA).")
 @click.option("--at", "at", help="Judge as at this time (ISO 8601, UTC), not now.")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0.1, max=MAX_TIMEOUT),
-    callback=finite,
-    default=10.0,
-    show_default=True,
-    help="Seconds allowed for reading each file, and for an issuer's download over AIA.",
-)
+@timeout_option("reading each file, and for an issuer's download over AIA")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @lenient_option
 def inspect(

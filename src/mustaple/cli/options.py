@@ -6,8 +6,8 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import click
 
@@ -22,18 +22,19 @@ __all__ = [
     "check_urls",
     "config_option",
     "emit_json",
-    "finite",
     "json_errors",
     "lenient_option",
     "proxy_option",
     "proxy_setting",
     "setup_logging",
+    "timeout_option",
 ]
 
+F = TypeVar("F", bound=Callable[..., Any])  # a command, as click decorates it
 MAX_TIMEOUT = 600.0  # seconds: the longest --timeout
 
 
-def finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
     """Refuse nan, which passes every range check."""
     if not math.isfinite(value):
         raise click.BadParameter(f"{value} is not a number of seconds")
@@ -82,6 +83,18 @@ def proxy_setting(proxy: str | None) -> str | None:
         except ProxyError as exc:
             raise click.BadParameter(str(exc), param_hint="--proxy") from None
     return proxy
+
+
+def timeout_option(allowed: str) -> Callable[[F], F]:
+    """`--timeout SECONDS` (default 10, 0.1 to MAX_TIMEOUT): `allowed` says for what."""
+    return click.option(
+        "--timeout",
+        type=click.FloatRange(min=0.1, max=MAX_TIMEOUT),
+        callback=_finite,
+        default=10.0,
+        show_default=True,
+        help=f"Seconds allowed for {allowed}.",
+    )
 
 
 lenient_option = click.option(
