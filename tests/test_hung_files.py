@@ -293,3 +293,31 @@ def test_one_shot_commands_on_a_file_whose_read_hangs_say_so(tmp_path: Path) -> 
     assert said("check", "out") == f"UNKNOWN {stuck} {waited.format('1s')}\n"
     assert said("inspect", "err") == f"mustaple: {stuck} {waited.format('1s')}\n"
     assert not said("fetch", "out") + said("check", "err") + said("inspect", "out")
+
+
+def test_prime_all_leaves_out_a_file_whose_read_hangs(tmp_path: Path) -> None:
+    """`mustaple prime --all` with a configured file whose read hangs: after `watch_timeout`
+    it is left out (one UNUSABLE line says why), every other file is primed and delivered,
+    and the exit code is 2 (a file left out). A file given by name that hangs stops the
+    prime before anything is fetched, as any unusable file given by name does."""
+    ca = CA()
+    with HungFS([], reads=["hang.pem"]) as hung, ResponderThread(ca) as responder:
+        config = write_config(tmp_path, hung.root, free_port())
+        leaf = ca.issue("a", ocsp_urls=[responder.url])
+        responder.add(leaf)
+        leaf.write(tmp_path / "live" / "a")
+        out, err = tmp_path / "prime.out", tmp_path / "prime.err"
+        with out.open("wb") as stdout, err.open("wb") as stderr:
+            command = [MUSTAPLE, "prime", "--config", str(config), "--all"]
+            prime = subprocess.Popen(command, stdout=stdout, stderr=stderr)
+        wait_for((tmp_path / "staples" / "a.der").exists)
+        wait_for(lambda: "UNUSABLE" in out.read_text())
+        hung.release()
+        code = prime.wait(30)
+    said, printed = err.read_text(), out.read_text()
+    assert code == 2, said
+    why = f"{hung.root}/hang.pem: its read has not answered in 2s"
+    assert said.count(why) == 1, said
+    assert f"UNUSABLE {why}" in printed, printed
+    assert "OK a: good staple" in printed, printed
+    assert "Traceback" not in said
