@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from mustaple.adapters.loader import Reader
 from mustaple.adapters.patience import FilesHang, Patient
 from mustaple.core.render import human_duration
 
-__all__ = ["Group", "ReadAhead"]
+__all__ = ["Group", "ReadAhead", "by_entry"]
 
 Got = dict[str, bytes | Exception]  # a path: its bytes, or the error its load raises
 Group = tuple[str, ...]  # the files' `[[certificates]]` entry (its paths)
@@ -51,6 +51,20 @@ class ReadAhead:
             with contextlib.suppress(FilesHang):  # what was read before it is in `got`
                 await patient.run(functools.partial(_read_into, got, files), next(iter(files)))
         return functools.partial(_taken, got, patients)
+
+
+def by_entry(
+    files: Iterable[tuple[str | Path, str | Path | None, Group]],
+) -> dict[Group, dict[str, str]]:
+    """What `ReadAhead.read` reads for the loads of `files` (certificate file, its issuer
+    file or None, its entry)."""
+    groups: dict[Group, dict[str, str]] = {}
+    for cert, issuer, group in files:
+        wanted = groups.setdefault(group, {})
+        wanted[str(cert)] = "certificate"
+        if issuer is not None:
+            wanted[str(issuer)] = "issuer certificate"
+    return groups
 
 
 def _read_into(got: Got, files: Mapping[str, str], at: list[object]) -> None:

@@ -59,7 +59,7 @@ from mustaple.adapters.collector import batch_collector
 from mustaple.adapters.fetch import HttpFetcher
 from mustaple.adapters.http1 import Watcher
 from mustaple.adapters.loader import IssuerDownloads, Loaded, LoadFailed, load_or_fail
-from mustaple.adapters.reads import Group, ReadAhead
+from mustaple.adapters.reads import Group, ReadAhead, by_entry
 from mustaple.adapters.signatures import SignatureCache, Tag
 from mustaple.adapters.store import Looked, SqliteStore, cert_key, look_up
 from mustaple.core.certs import Target
@@ -543,7 +543,8 @@ class WorkerPool:
                         signatures.adopt(tags)
                     take(index, loaded, looked)
                 return
-        read = await batch.reads.read(_groups(files), patience)
+        wanted = by_entry((cert, issuer, group) for cert, issuer, _, group in files)
+        read = await batch.reads.read(wanted, patience)
         for index, (cert, issuer, policy, _) in enumerate(files, first):
             loaded = await load_or_fail(
                 cert,
@@ -657,7 +658,8 @@ class _Serving(asyncio.Protocol):
             (cert, issuer, self.refs[policy], self.refs[group])
             for cert, issuer, policy, group in files
         ]
-        read = await self.reads.read(_groups(given), timedelta(seconds=patience))
+        wanted = by_entry((cert, issuer, group) for cert, issuer, _, group in given)
+        read = await self.reads.read(wanted, timedelta(seconds=patience))
         answers: list[_LoadAnswer | LoadFailed] = []
         fresh: dict[x509.Certificate, int] = {}  # issuers first sent in this answer
         for cert, issuer, policy, _ in given:
@@ -718,19 +720,6 @@ class _Serving(asyncio.Protocol):
 
 def _issuer(der: bytes) -> x509.Certificate:
     return x509.load_der_x509_certificate(der)
-
-
-def _groups(
-    files: Sequence[tuple[str | Path, str | Path | None, object, Group]],
-) -> dict[Group, dict[str, str]]:
-    """The files to read for `files`' loads, by entry (`ReadAhead.read`)."""
-    groups: dict[Group, dict[str, str]] = {}
-    for cert, issuer, _, group in files:
-        wanted = groups.setdefault(group, {})
-        wanted[str(cert)] = "certificate"
-        if issuer is not None:
-            wanted[str(issuer)] = "issuer certificate"
-    return groups
 
 
 def _der(cert: x509.Certificate) -> bytes:

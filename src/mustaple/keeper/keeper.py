@@ -73,7 +73,7 @@ from mustaple.adapters.loader import (
     load_or_fail,
     vanished,
 )
-from mustaple.adapters.reads import ReadAhead
+from mustaple.adapters.reads import ReadAhead, by_entry
 from mustaple.adapters.signatures import SignatureCache
 from mustaple.adapters.store import (
     AttemptRecord,
@@ -715,13 +715,8 @@ class Keeper:
     async def _read_ahead(self, files: Sequence[FileToLoad]) -> Reader:
         """The certificate (and `issuer`) files of `files`, read now in a thread per entry
         given `watch_timeout` (`mustaple.adapters.reads`), for their loads to take."""
-        by_entry: dict[tuple[str, ...], dict[str, str]] = {}
-        for path, entry, _ in files:
-            wanted = by_entry.setdefault(entry.paths, {})
-            wanted[str(path)] = "certificate"
-            if entry.issuer is not None:
-                wanted[str(entry.issuer)] = "issuer certificate"
-        return await self._reads.read(by_entry, self.policy.watch_timeout)
+        wanted = by_entry((path, entry.issuer, entry.paths) for path, entry, _ in files)
+        return await self._reads.read(wanted, self.policy.watch_timeout)
 
     def _fetch_policy(self, entry: CertEntry) -> FetchPolicy:
         return with_proxy(self.policy.fetch, entry)
