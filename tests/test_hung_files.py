@@ -312,12 +312,24 @@ def test_prime_all_leaves_out_a_file_whose_read_hangs(tmp_path: Path) -> None:
             prime = subprocess.Popen(command, stdout=stdout, stderr=stderr)
         wait_for((tmp_path / "staples" / "a.der").exists)
         wait_for(lambda: "UNUSABLE" in out.read_text())
+        b = ca.issue("b", ocsp_urls=[responder.url])
+        responder.add(b)
+        b.write(tmp_path / "live" / "b")
+        named = [str(tmp_path / "live" / "b" / "fullchain.pem"), f"{hung.root}/hang.pem"]
+        with (tmp_path / "named.err").open("wb") as stderr:
+            command = [MUSTAPLE, "prime", "--config", str(config), *named]
+            by_name = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+        wait_for(lambda: "has not answered" in (tmp_path / "named.err").read_text())
         hung.release()
-        code = prime.wait(30)
+        codes = prime.wait(30), by_name.wait(30)
+        asked = [served.serial for served in responder.requests]
     said, printed = err.read_text(), out.read_text()
-    assert code == 2, said
+    assert codes == (2, 2), said
     why = f"{hung.root}/hang.pem: its read has not answered in 2s"
     assert said.count(why) == 1, said
     assert f"UNUSABLE {why}" in printed, printed
     assert "OK a: good staple" in printed, printed
     assert "Traceback" not in said
+    assert why in (tmp_path / "named.err").read_text()
+    assert b.cert.serial_number not in asked  # stopped before anything was fetched
+    assert not (tmp_path / "staples" / "b.der").exists()
