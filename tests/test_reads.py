@@ -15,9 +15,12 @@ from pathlib import Path
 import pytest
 
 from mustaple.adapters import files, reads
+from mustaple.adapters.fetch import HttpFetcher
+from mustaple.adapters.loader import IssuerDownloads, LoadFailed, load_or_fail
 from mustaple.adapters.patience import FilesHang
 from mustaple.adapters.reads import ReadAhead
 from mustaple.core.errors import InputError
+from mustaple.core.fetchtypes import DEFAULT_FETCH_POLICY
 
 PATIENCE = timedelta(milliseconds=300)
 
@@ -69,5 +72,35 @@ def test_a_read_held_costs_its_entry_the_patience_once(
             held.encode(),
             same.encode(),
         ]
+
+    asyncio.run(scenario())
+
+
+def test_no_thread_to_read_in_is_each_file_s_own_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread that cannot be started (a limit of tasks reached, as systemd's TasksMax sets)
+    is raised by each load of the group, where a fault in one file stays (keeper-fault), not
+    out of the batch (which stopped the whole scan, or a worker's whole chunk)."""
+    path = tmp_path / "fullchain.pem"
+    path.write_bytes(b"not read")
+
+    def start(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    async def scenario() -> None:
+        with monkeypatch.context() as patched:
+            patched.setattr(threading.Thread, "start", start)
+            read = await ReadAhead().read({("a",): {str(path): "certificate"}}, PATIENCE)
+        loaded = await load_or_fail(
+            path,
+            None,
+            fetcher=HttpFetcher(),
+            policy=DEFAULT_FETCH_POLICY,
+            downloads=IssuerDownloads(),
+            issuers={},
+            read=read,
+        )
+        assert loaded == LoadFailed("RuntimeError: can't start new thread", unexpected=True)
 
     asyncio.run(scenario())

@@ -9,12 +9,12 @@ the files a batch of loads needs first, group by group, each group's reads in a 
 `Patient` (`mustaple.adapters.patience`), and the loads take the bytes (`Reader`). A file the
 reads did not reach (its read did not answer within the patience, or an earlier one of its
 group did not, or still does not from an earlier batch) fails its load with `FilesHang`
-saying which; an error reading a file is raised by its own load, as a read there would.
+saying which; an error reading a file is raised by its own load, as a read there would, and
+so is a thread that could not be started for its group.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
@@ -48,8 +48,12 @@ class ReadAhead:
             if patient is None:
                 patient = self._patients[group] = Patient(patience)
             patients.update(dict.fromkeys(files, patient))
-            with contextlib.suppress(FilesHang):  # what was read before it is in `got`
+            try:
                 await patient.run(functools.partial(_read_into, got, files), next(iter(files)))
+            except FilesHang:
+                pass  # what was read before it is in `got`
+            except RuntimeError as exc:  # no thread to read in (a limit of tasks reached)
+                got.update((path, exc) for path in files if path not in got)
         return functools.partial(_taken, got, patients)
 
 
