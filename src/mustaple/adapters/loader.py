@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography import x509
 
@@ -73,6 +74,8 @@ class LoadFailed:
     hung: bool = False  # its read did not answer (`FilesHang`): what was held stays
 
 
+_T = TypeVar("_T")
+
 # How a load reads a file (path, what it is for the error line): its bytes, or InputError
 Reader = Callable[[str | Path, str], Awaitable[bytes]]
 
@@ -83,11 +86,16 @@ async def read_now(path: str | Path, what: str) -> bytes:
 
 
 async def read_patiently(path: str | Path, what: str, *, patience: timedelta) -> bytes:
-    """`read_input` in a daemon thread given `patience` (a one-shot command's read): an
-    InputError saying so when it has not answered by then (a file system that hangs; the
-    thread ends with the process)."""
+    """`read_input` given `patience` (`patiently`)."""
+    return await patiently(functools.partial(read_input, path, what), path, patience)
+
+
+async def patiently(work: Callable[[], _T], where: str | Path, patience: timedelta) -> _T:
+    """`work()` (a one-shot command's work on the file `where`) in a daemon thread given
+    `patience`: an InputError saying so when it has not answered by then (a file system that
+    hangs; the thread ends with the process)."""
     try:
-        return await Patient(patience).run(lambda at: read_input(path, what), str(path))
+        return await Patient(patience).run(lambda at: work(), str(where))
     except FilesHang as exc:
         raise InputError(str(exc)) from None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Sequence
 from datetime import timedelta
@@ -77,23 +78,22 @@ def fetch(
     3 the certificate is revoked.
     """
     from mustaple.adapters.fetch import FetchPolicy
+    from mustaple.adapters.loader import patiently
     from mustaple.core.report import FETCH_KEYS, exit_code, fetch_json, fetch_line
 
     verify_policy = Policy(allow_missing_next_update=allow_missing_next_update)
     with json_errors(as_json, FETCH_KEYS):
         check_urls(urls)
-        if out:
-            _check_out(out, cert, issuer)
         policy = FetchPolicy.within(timeout, attempts_per_url=attempts, proxy=proxy_setting(proxy))
         asked = _fetch(cert, issuer, urls=urls, hash_name=hash_name, policy=policy,
-                       verify_policy=verify_policy)  # fmt: skip
+                       verify_policy=verify_policy, out=out)  # fmt: skip
         target, result = asyncio.run(asked)
         now = utc_now()
         staple = result.staple
         saved = None
         if out and staple is not None and staple.good:
-            _keep_newer(out, staple, target, now, verify_policy)
-            _write_out(out, staple.der)
+            save = functools.partial(_save_out, out, staple, target, now, verify_policy)
+            asyncio.run(patiently(save, out, timedelta(seconds=timeout)))
             saved = out
     if as_json:
         emit_json(fetch_json(target, result, now, saved))
@@ -103,7 +103,8 @@ def fetch(
 
 
 def _check_out(out: str, *inputs: str | None) -> None:
-    """InputError, before anything is fetched, when --out would destroy what is not a staple:
+    """InputError, before anything is fetched (its inputs read), when --out would destroy
+    what is not a staple:
     the certificate or issuer file given, or a file that holds something other than an OCSP
     response (a certificate or key, PEM or DER)."""
     from mustaple.adapters.files import NotRegularFileError, read_prefix
@@ -124,6 +125,12 @@ def _check_out(out: str, *inputs: str | None) -> None:
             f"{out}: holds something else than an OCSP response; --out replaces only a staple "
             "file: remove it or give another path"
         )
+
+
+def _save_out(path: str, staple: Staple, target: Target, now: datetime, policy: Policy) -> None:
+    """--out: `staple` written to `path`, unless `path` holds a newer answer (`_keep_newer`)."""
+    _keep_newer(path, staple, target, now, policy)
+    _write_out(path, staple.der)
 
 
 def _keep_newer(path: str, staple: Staple, target: Target, now: datetime, policy: Policy) -> None:
@@ -164,15 +171,18 @@ async def _fetch(
     hash_name: str,
     policy: FetchPolicy,
     verify_policy: Policy,
+    out: str | None,
 ) -> tuple[Any, FetchResult]:
     from mustaple.adapters.fetch import fetch_staple
-    from mustaple.adapters.loader import load_target
+    from mustaple.adapters.loader import load_target, patiently
     from mustaple.front.progress import FetchProgress
 
     progress = FetchProgress(cert)  # on stderr: which URL it waits on, for how long
     async with progress.fetcher() as http:
         patience = timedelta(seconds=policy.total_timeout)
         target = await load_target(cert, issuer, patience=patience, policy=policy, fetcher=http)
+        if out:
+            await patiently(functools.partial(_check_out, out, cert, issuer), out, patience)
         progress.name = target.name
         result = await fetch_staple(
             target, urls=urls, hash_name=hash_name, policy=policy, verify_policy=verify_policy,
