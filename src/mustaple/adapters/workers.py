@@ -69,7 +69,7 @@ from mustaple.core.fetchtypes import Attempt, Fetcher, FetchJob, FetchPolicy, Fe
 from mustaple.core.urls import first_host
 from mustaple.core.verify import DEFAULT_POLICY, Policy, Staple
 
-__all__ = ["DEPTH", "Limits", "Reads", "ToLoad", "WorkerPool", "cores"]
+__all__ = ["DEPTH", "Limits", "ToLoad", "WorkerPool", "cores"]
 
 log = logging.getLogger("mustaple")
 _LENGTH = struct.Struct(">I")
@@ -87,7 +87,6 @@ DEPTH = 4
 # A file to load: its path, its issuer file or None, the policy to download an issuer with,
 # and its entry (its reads wait on those of the same entry: `ReadAhead`)
 ToLoad = tuple[Path, Path | None, FetchPolicy, Group]
-Reads = tuple[ReadAhead, timedelta]  # the caller's reads of certificate files, and their patience
 # A file as a worker loaded it: the leaf's DER, the issuer's (or, once sent, its number among
 # the issuers this worker sent), `Target.facts`, whether the file carries the issuer, the
 # leaf's `cert_key`, its stored answer validated (None: not looked up), and the tags of the
@@ -481,15 +480,17 @@ class WorkerPool:
         files: Sequence[ToLoad],
         take: Callable[[int, Loaded | LoadFailed, Looked | None], object],
         *,
-        reads: Reads,
+        reads: ReadAhead,
+        patience: timedelta,
         restore: tuple[Path, Policy] | None = None,
         signatures: SignatureCache | None = None,
         downloads: IssuerDownloads | None = None,
     ) -> None:
         """Load each (certificate file, its issuer file or None, the policy to download an
         issuer with, its entry), in chunks spread over the workers; `take(index, outcome,
-        looked)` each one as its chunk comes back. The files are read as `reads` says (the
-        caller's `ReadAhead` and patience; each worker has its own `ReadAhead`). With
+        looked)` each one as its chunk comes back. Each worker reads its files with a
+        `ReadAhead` of its own, the files loaded here with `reads` (the caller's), each
+        entry's reads given `patience`. With
         `restore` (the state database and the policy to validate with), a worker also looks
         up each certificate's stored answer and validates it now (`looked`; None where it
         did not), and with `signatures` (the keeper's cache, of that database) skips the
@@ -498,7 +499,7 @@ class WorkerPool:
         this batch); files no worker can load are loaded here, their issuers downloaded
         through `downloads` (the caller's)."""
         reading = self._reading(restore, signatures)
-        batch = _Batch(reading, *reads, signatures, downloads or IssuerDownloads())
+        batch = _Batch(reading, reads, patience, signatures, downloads or IssuerDownloads())
         await asyncio.gather(
             *(
                 self._load_chunk(files[at : at + LOAD_CHUNK], at, take, batch)

@@ -687,7 +687,8 @@ class Keeper:
         await self.fetcher.load_many(
             asked,
             take,
-            reads=(self._reads, self.policy.watch_timeout),
+            reads=self._reads,
+            patience=self.policy.watch_timeout,
             restore=self._restore_from(),
             signatures=self._signatures,
             downloads=self._downloads,
