@@ -490,14 +490,13 @@ class WorkerPool:
         issuer with, its entry), in chunks spread over the workers; `take(index, outcome,
         looked)` each one as its chunk comes back. Each worker reads its files with a
         `ReadAhead` of its own, the files loaded here with `reads` (the caller's), each
-        entry's reads given `patience`. With
-        `restore` (the state database and the policy to validate with), a worker also looks
-        up each certificate's stored answer and validates it now (`looked`; None where it
-        did not), and with `signatures` (the keeper's cache, of that database) skips the
-        leaf signatures checked before; the new ones are handed to `signatures` to store.
-        Each worker downloads an issuer once (it remembers a failed download for its life:
-        this batch); files no worker can load are loaded here, their issuers downloaded
-        through `downloads` (the caller's)."""
+        entry's reads given `patience`. With `restore` (the state database and the policy
+        to validate with), a worker also looks up each certificate's stored answer and
+        validates it now (`looked`; None where it did not), and with `signatures` (the
+        keeper's cache, of that database) skips the leaf signatures checked before; the new
+        ones are handed to `signatures` to store. Each worker downloads an issuer once (it
+        remembers a failed download for its life: this batch); files no worker can load are
+        loaded here, their issuers downloaded through `downloads` (the caller's)."""
         reading = self._reading(restore, signatures)
         batch = _Batch(reading, reads, patience, signatures, downloads or IssuerDownloads())
         await asyncio.gather(
