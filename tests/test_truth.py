@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+from mustaple.adapters.store import SqliteStore
 from mustaple.core.request import encode_request, get_url, make_cert_id
 from mustaple.serve.localresponder import UNAUTHORIZED
 from mustaple.testing import CA, ResponderThread
@@ -528,6 +529,25 @@ def test_prime_alone_drops_the_row_of_a_certificate_its_file_no_longer_holds(
     assert d.prime("--all").returncode == 2
     (row,) = status_rows(d)
     assert (row["state"], row["must_staple"]) == ("unusable", None)  # not known: not "no"
+
+
+def test_status_between_the_revoked_answer_and_its_row_says_revoked(
+    deployment: Deployment,
+) -> None:
+    """A process stores the CA's revoked answer before it delivers it, and the certificate's
+    row after: a `status` in between shows the revocation, never "good" without a staple."""
+    d = deployment
+    assert d.prime(str(d.fullchain)).returncode == 0
+    store = SqliteStore(d.tmp / "state" / "state.db")
+    try:
+        (key,) = store.keys()
+        staple = store.load(key)
+        assert staple is not None
+        store.save_staple(key, replace(staple, revoked=True))  # the row still says good
+    finally:
+        store.close()
+    (row,) = status_rows(d)
+    assert (row["state"], row["health"], row["this_update"]) == ("revoked", "critical", None)
 
 
 def status_rows(d: Deployment) -> list[dict[str, Any]]:

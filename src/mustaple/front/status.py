@@ -285,7 +285,9 @@ def _row(
     expired = staple is not None and staple.good and held is None
     if expired and state in (Phase.GOOD.value, Phase.FAILING.value):
         state = Phase.EXPIRED.value  # the keeper judges time at its passes; none may run
-    revoked = (staple is not None and not staple.good) or state == Phase.REVOKED.value
+    if staple is not None and not staple.good:  # the revoked answer is stored before its
+        state = Phase.REVOKED.value  # delivery, the row after it: the answer is the news
+    revoked = state == Phase.REVOKED.value
     facts = Facts(state, held, revoked, status.failures, status.last_message)
     level, why = judge(facts, status.must_staple, status.sinks, now, policy)
     return {
