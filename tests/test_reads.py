@@ -17,7 +17,7 @@ import pytest
 from mustaple.adapters import files, reads
 from mustaple.adapters.fetch import HttpFetcher
 from mustaple.adapters.loader import IssuerDownloads, LoadFailed, load_or_fail
-from mustaple.adapters.patience import FilesHang
+from mustaple.adapters.patience import FilesHang, NoThread
 from mustaple.adapters.reads import ReadAhead
 from mustaple.core.errors import InputError
 from mustaple.core.fetchtypes import DEFAULT_FETCH_POLICY
@@ -80,8 +80,9 @@ def test_no_thread_to_read_in_is_each_file_s_own_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A thread that cannot be started (a limit of tasks reached, as systemd's TasksMax sets)
-    is raised by each load of the group, where a fault in one file stays (keeper-fault), not
-    out of the batch (which stopped the whole scan, or a worker's whole chunk)."""
+    is raised by each load of the group, not out of the batch (which stopped the whole scan,
+    or a worker's whole chunk): not read, as a read that hangs (read again later, what the
+    keeper held kept), saying why."""
     path = tmp_path / "fullchain.pem"
     path.write_bytes(b"not read")
 
@@ -101,6 +102,8 @@ def test_no_thread_to_read_in_is_each_file_s_own_error(
             issuers={},
             read=read,
         )
-        assert loaded == LoadFailed("RuntimeError: can't start new thread", unexpected=True)
+        assert loaded == LoadFailed(
+            str(NoThread(RuntimeError("can't start new thread"))), hung=True
+        )
 
     asyncio.run(scenario())

@@ -10,7 +10,8 @@ it. `Patient` does this for a sink's staple files: work that stays at one file f
 patience fails with `FilesHang` naming that file, and so does any work asked for while it
 still waits (one thread at a time waits on a file system that hangs, not one more at each
 delivery). The keeper's look at the certificate files (`mustaple.keeper.surveys`) does it
-entry by entry.
+entry by entry. A thread that cannot be started (the process's limit of tasks reached) is
+`NoThread`, a `FilesHang`: the work was not done, and is tried again later like a hang.
 """
 
 from __future__ import annotations
@@ -26,7 +27,15 @@ from typing import Any, TypeVar
 
 from mustaple.core.render import human_duration
 
-__all__ = ["FilesHang", "Patient", "in_daemon_thread", "until_stuck"]
+__all__ = [
+    "FilesHang",
+    "NoThread",
+    "Patient",
+    "in_daemon_thread",
+    "no_thread",
+    "start_thread",
+    "until_stuck",
+]
 
 _T = TypeVar("_T")
 
@@ -36,8 +45,36 @@ class FilesHang(OSError):
     because earlier work still waits there): its message names the file."""
 
 
+class NoThread(FilesHang):
+    """Work on files not started because no thread could be started for it: the process has
+    reached its limit of tasks. Like a hang, it is done at a later try."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(
+            f"no thread could be started ({exc}): mustaple has reached its limit of tasks "
+            "(systemd's TasksMax, the pids.max of its cgroup, or ulimit -u): raise it"
+        )
+
+
+def no_thread(exc: BaseException) -> bool:
+    """Whether `exc` says that a thread could not be started (`NoThread`, or the
+    RuntimeError of `threading.Thread.start` and of the executors)."""
+    return isinstance(exc, NoThread) or (
+        isinstance(exc, RuntimeError) and "can't start new thread" in str(exc)
+    )
+
+
+def start_thread(thread: threading.Thread) -> None:
+    """`thread.start()`, or NoThread."""
+    try:
+        thread.start()
+    except RuntimeError as exc:
+        raise NoThread(exc) from None
+
+
 def in_daemon_thread(work: Callable[[], _T], name: str) -> asyncio.Future[_T]:
-    """`work()` run in a new daemon thread called `name`; its outcome in the future."""
+    """`work()` run in a new daemon thread called `name`; its outcome in the future.
+    NoThread when no thread can be started."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[_T] = loop.create_future()
 
@@ -51,7 +88,7 @@ def in_daemon_thread(work: Callable[[], _T], name: str) -> asyncio.Future[_T]:
         with contextlib.suppress(RuntimeError):  # the loop is closed: the process ends
             loop.call_soon_threadsafe(outcome)
 
-    threading.Thread(target=run, name=name, daemon=True).start()
+    start_thread(threading.Thread(target=run, name=name, daemon=True))
     return future
 
 

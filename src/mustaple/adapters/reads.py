@@ -22,7 +22,7 @@ from pathlib import Path
 
 from mustaple.adapters.files import read_input
 from mustaple.adapters.loader import Reader
-from mustaple.adapters.patience import FilesHang, Patient
+from mustaple.adapters.patience import FilesHang, NoThread, Patient
 from mustaple.core.render import human_duration
 
 __all__ = ["Group", "ReadAhead", "by_entry"]
@@ -50,10 +50,10 @@ class ReadAhead:
             patients.update(dict.fromkeys(files, patient))
             try:
                 await patient.run(functools.partial(_read_into, got, files), next(iter(files)))
+            except NoThread as exc:  # not read: each file's load fails saying why
+                got.update((path, exc) for path in files if path not in got)
             except FilesHang:
                 pass  # what was read before it is in `got`
-            except RuntimeError as exc:  # no thread to read in (a limit of tasks reached)
-                got.update((path, exc) for path in files if path not in got)
         return functools.partial(_taken, got, patients)
 
 
@@ -97,5 +97,9 @@ def _not_read(path: str, patient: Patient | None) -> str:
         return "it was not read"
     waiting = patient.waiting_at
     if waiting is None or str(waiting) == path:
-        return f"its read has not answered in {human_duration(patient.patience.total_seconds())}"
-    return f"not read while the read of {waiting}, of the same entry, has not answered"
+        waited = human_duration(patient.patience.total_seconds())
+        return f"its read has not answered in {waited} {_HANG}"
+    return f"not read while the read of {waiting}, of the same entry, has not answered {_HANG}"
+
+
+_HANG = "(a file system that hangs, such as an NFS server gone away?)"

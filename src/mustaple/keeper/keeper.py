@@ -737,7 +737,7 @@ class Keeper:
             return None
         if path in self._hung:
             self._hung.discard(path)
-            log.info("%s: its read answers again", path)
+            log.info("%s: read again", path)
         if isinstance(loaded, LoadFailed):
             if loaded.unexpected:
                 self._unusable(path, stamp, _internal(loaded.message), Reason.KEEPER_FAULT)
@@ -831,13 +831,11 @@ class Keeper:
 
     def _hung_read(self, path: Path, stamp: Stamp, why: str) -> None:
         """A file whose read did not answer in `watch_timeout` (its stat did), or that was
-        not read while another read of its entry still waits (`why` says which): a file
-        held stays as it was (its staple still delivered), a new one is a problem; either is
-        read again at the next passes (no entry is quiet meanwhile: `_quiet`). Said once."""
-        message = (
-            f"{path}: {why} (a file system that hangs, such as an NFS server gone away?); "
-            "it is read again at the next passes"
-        )
+        not read while another read of its entry still waits, or for want of a thread to
+        read it in (`why` says which): a file held stays as it was (its staple still
+        delivered), a new one is a problem; either is read again at the next passes (no
+        entry is quiet meanwhile: `_quiet`). Said once."""
+        message = f"{path}: {why}; it is read again at the next passes"
         if path in self.managed:
             if path not in self._hung:
                 log.error("%s; what it held is kept", message)
