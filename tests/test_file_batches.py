@@ -8,6 +8,7 @@ import asyncio
 import ctypes
 import errno
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,32 @@ def test_write_atomic_many_says_what_failed_and_writes_the_rest(tmp_path: Path) 
     assert (tmp_path / "busy").is_dir()
     assert isinstance(problems[2], FileNotFoundError)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "busy"]
+
+
+def test_a_small_batch_is_written_whole_by_the_threads_that_could_be_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch under SYNC_ONCE_FROM is written by a few threads at once; when the process
+    has reached its limit of tasks, by those that could be started and by the caller's own
+    (a pool of threads raised out of the whole batch, and the sink's delivery failed)."""
+    started: list[threading.Thread] = []
+    start = threading.Thread.start
+
+    def one_only(thread: threading.Thread) -> None:
+        if started:
+            raise RuntimeError("can't start new thread")
+        started.append(thread)
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", one_only)
+    batch = [(tmp_path / f"{i}.der", b"der %d" % i) for i in range(SYNC_ONCE_FROM - 2)]
+    problems = write_atomic_many([*batch, (tmp_path / "no" / "c", b"C")])
+    assert len(started) == 1
+    assert problems[:-1] == [None] * len(batch)
+    assert isinstance(problems[-1], FileNotFoundError)
+    for path, data in batch:
+        assert path.read_bytes() == data
+    assert not list(tmp_path.rglob(".*"))  # no temporary left
 
 
 def test_a_large_batch_is_made_durable_by_one_syncfs_per_file_system(

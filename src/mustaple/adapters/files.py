@@ -24,10 +24,11 @@ import os
 import re
 import stat
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar, cast
 
 from mustaple.core.errors import InputError
 
@@ -44,6 +45,8 @@ __all__ = [
     "write_atomic",
     "write_atomic_many",
 ]
+
+_T = TypeVar("_T")
 
 MAX_INPUT = 10 * 1024 * 1024
 _CHUNK = 65536
@@ -204,13 +207,49 @@ def write_atomic(path: str | Path, data: bytes, mode: int = 0o644) -> None:
     _sync_directory(target.parent)
 
 
+def _each_at_once(work: Callable[[int], _T], count: int, threads: int) -> list[_T]:
+    """`work(index)` for each index below `count`, by this thread and up to `threads` - 1
+    more; by fewer, or this one alone, when no more can be started (a limit of tasks)."""
+    results: list[_T | None] = [None] * count
+    indices = iter(range(count))
+    lock = threading.Lock()
+    failed: list[Exception] = []  # raised here, as a map raises the first error
+
+    def drain() -> None:
+        while not failed:
+            with lock:
+                index = next(indices, None)
+            if index is None:
+                return
+            try:
+                results[index] = work(index)
+            except Exception as exc:
+                failed.append(exc)
+
+    helpers = []
+    for _ in range(min(threads, count) - 1):
+        helper = threading.Thread(target=drain, name="mustaple-sync", daemon=True)
+        try:
+            helper.start()
+        except RuntimeError:  # no more threads: the others (and this one) do the rest
+            break
+        helpers.append(helper)
+    drain()
+    for helper in helpers:
+        helper.join()
+    if failed:
+        raise failed[0]
+    return cast(list[_T], results)
+
+
 def write_atomic_many(
     files: Sequence[tuple[Path, bytes]], mode: int = 0o644, at: list[object] | None = None
 ) -> list[OSError | None]:
     """`write_atomic` for each (path, data), with what went wrong for each (None: written).
 
     The same guarantees, for less waiting: the temporary files are written and fsync-ed by a
-    few threads at once (the file system commits their fsyncs together); from SYNC_ONCE_FROM
+    few threads at once (the file system commits their fsyncs together; by this thread alone
+    when no other can be started, a limit of tasks reached); from SYNC_ONCE_FROM
     files, where Linux's syncfs(2) is there and can be trusted (`syncfs_trusted`), written
     without an fsync each and then made durable by one syncfs per file system (a prime's 100k
     fsyncs cost about 15 s more on the reference machine), through descriptors of the
@@ -244,8 +283,7 @@ def write_atomic_many(
                 if isinstance(fd, int):
                     os.close(fd)
     else:
-        with ThreadPoolExecutor(min(_SYNC_THREADS, len(files) or 1)) as pool:
-            written = list(pool.map(temporary, range(len(files))))
+        written = _each_at_once(temporary, len(files), _SYNC_THREADS)
     problems: list[OSError | None] = []
     for target, tmp in zip(targets, written, strict=True):
         mark(0, target)
