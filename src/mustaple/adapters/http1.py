@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
+from mustaple.adapters.patience import NoThread, no_thread
 from mustaple.core.fetchtypes import FetchPolicy
 
 __all__ = [
@@ -323,13 +324,18 @@ class Http1Client:
         if self._open >= self.limit:
             self._evict_one()
         host, port = where.peer
+        proxied = where.proxy is not None
         try:
             async with asyncio.timeout(connect_timeout):
                 reader, writer = await asyncio.open_connection(host, port, limit=_HEAD_LIMIT)
         except TimeoutError:
             raise ConnectTimeout(connect_timeout) from None
         except OSError as exc:
-            raise ConnectFailed(host, port, exc, to_proxy=where.proxy is not None) from None
+            raise ConnectFailed(host, port, exc, to_proxy=proxied) from None
+        except RuntimeError as exc:  # no thread for the name's look-up (a limit of tasks)
+            if not no_thread(exc):
+                raise
+            raise ConnectFailed(host, port, NoThread(exc), to_proxy=proxied) from None
         except UnicodeError as exc:  # a name the resolver cannot encode
             raise BadUrl(f"the host {host[:120]!r} cannot be looked up ({exc})") from None
         self._open += 1

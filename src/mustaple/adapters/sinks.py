@@ -48,7 +48,7 @@ from mustaple.adapters.files import (
     write_atomic,
     write_atomic_many,
 )
-from mustaple.adapters.patience import FilesHang, Patient
+from mustaple.adapters.patience import FilesHang, NoThread, Patient, no_thread
 from mustaple.adapters.shell import Ran, run, run_command
 from mustaple.adapters.unchanged import Unchanged
 from mustaple.core.delivery import Action, Delivered, Delivery, Sink, Trap, staple_serial
@@ -1211,7 +1211,12 @@ class CommandSink:
     async def _run(self, delivery: Delivery) -> str | None:
         staple = ""
         if delivery.action is not Action.REMOVE and delivery.der is not None:
-            staple = await asyncio.to_thread(_temporary_file, delivery.der)
+            try:
+                staple = await asyncio.to_thread(_temporary_file, delivery.der)
+            except RuntimeError as exc:  # a sink failure, saying why
+                if not no_thread(exc):
+                    raise
+                raise NoThread(exc) from None
         env = {
             **os.environ,
             "MUSTAPLE_EVENT": delivery.action.value,

@@ -106,7 +106,13 @@ _OUTPUT_ERRORS = (errno.EPIPE, errno.ENOSPC, errno.EIO)
 
 
 def _internal(exc: Exception) -> int:
-    """A bug of ours: one line, no traceback unless asked."""
+    """A bug of ours: one line, no traceback unless asked; or a thread that could not be
+    started (a limit of tasks reached), said as such."""
+    from mustaple.adapters.patience import NoThread, no_thread
+
+    if no_thread(exc):
+        click.echo(f"mustaple: {exc if isinstance(exc, NoThread) else NoThread(exc)}", err=True)
+        return ExitCode.USAGE
     if os.environ.get("MUSTAPLE_DEBUG"):
         raise exc
     click.echo(

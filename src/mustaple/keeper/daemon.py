@@ -36,6 +36,7 @@ from mustaple.adapters.config import Config, ConfigError, load_config
 from mustaple.adapters.files import os_words
 from mustaple.adapters.http1 import Watcher
 from mustaple.adapters.notify import notify, watchdog_interval
+from mustaple.adapters.patience import NoThread, no_thread
 from mustaple.adapters.sinks import SinkConfigError
 from mustaple.adapters.store import BUSY_TIMEOUT, SqliteStore
 from mustaple.core.clock import Clock, utc_now
@@ -509,6 +510,20 @@ async def _summary(keeper: Keeper) -> str:
     return f"{certificates} from {files}{unusable}, {held} with a valid staple"
 
 
+def _pass_failed(exc: Exception) -> None:
+    """The line of a pass cut short by `exc`: a limit of tasks reached, or a bug."""
+    if no_thread(exc):
+        why = str(exc if isinstance(exc, NoThread) else NoThread(exc))
+        log.error("a pass was cut short: %s; the keeper goes on and tries again", why)
+        return
+    log.error(
+        "unexpected error in a pass (%s: %s); the keeper goes on and tries again at the next "
+        "one; please report it",
+        type(exc).__name__,
+        exc,
+    )
+
+
 async def _loop(
     keeper: Keeper, stop: asyncio.Event, reload: asyncio.Event, clock: Clock, settled: Settled
 ) -> None:
@@ -522,12 +537,7 @@ async def _loop(
                 await keeper.scan(cut, watch=True)
         except Exception as exc:  # a bug must not end the daemon: the next pass tries again
             failed += 1
-            log.error(
-                "unexpected error in a pass (%s: %s); the keeper goes on and tries again "
-                "at the next one; please report it",
-                type(exc).__name__,
-                exc,
-            )
+            _pass_failed(exc)
             limit = keeper.policy.watch_interval.total_seconds()
             await _wait(stop, reload, min(float(1 << min(failed - 1, 20)), limit))
             continue

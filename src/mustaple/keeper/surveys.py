@@ -10,7 +10,10 @@ files are kept as last seen (neither changed nor gone), and another look goes ov
 other entries. The stuck entry is looked at again once its thread returns, and one line
 says so (a reload's new keeper is handed the stuck entries, by their patterns). Meanwhile
 the passes go on: the certificates held are refreshed and delivered, and a stop or a
-reload is not held up by the look.
+reload is not held up by the look. A look whose thread cannot be started (the process's
+limit of tasks reached) is not made: one error line, the files kept as last seen, and the
+next pass tries again; a keeper's first look raises `NoThread` (a start, or a reload, fails
+rather than begin with no files).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from mustaple.adapters.collector import paused
-from mustaple.adapters.patience import in_daemon_thread, until_stuck
+from mustaple.adapters.patience import NoThread, in_daemon_thread, until_stuck
 from mustaple.core.clock import Clock, utc_now
 from mustaple.core.render import human_duration
 
@@ -75,6 +78,8 @@ class Surveys:
         self._forget = forget or _nothing
         self.entries = [tuple(paths) for paths in entries]
         self._stuck: dict[tuple[str, ...], _Stuck] = {}  # by the entry's patterns
+        self._no_thread = False  # the last look could not start its thread
+        self._begun = False  # a look has started
         if carried is not None:  # an entry no longer configured: forgotten
             self._stuck.update((p, s) for p, s in carried._stuck.items() if p in self.entries)
 
@@ -102,14 +107,25 @@ class Surveys:
         quiet: Collection[int] = (),
     ) -> _T | None:
         """What `look` found over every entry not stuck nor `quiet` (their files kept as
-        last seen), or None once `stop` is set first (the look left to end in its thread).
+        last seen), or None once `stop` is set first (the look left to end in its thread)
+        or when no thread could be started for it (NoThread at the first look).
         `look` is given the entries not to look at, and a list it keeps at the entry's
         number and the file or pattern it is at."""
         self._returned()
         while True:
             at: list[object] = [None, ""]
             skip = self.stuck | set(quiet)
-            future = in_daemon_thread(functools.partial(look, skip, at), "mustaple-survey")
+            try:
+                future = in_daemon_thread(functools.partial(look, skip, at), "mustaple-survey")
+            except NoThread as exc:
+                if not self._begun:  # a keeper's start: it would begin with no files
+                    raise
+                self._threadless(exc)
+                return None
+            self._begun = True
+            if self._no_thread:
+                self._no_thread = False
+                log.info("certificate files: looked at again (a thread could be started)")
             with paused():  # a look makes an entry for each of 100k files: none collected
                 await until_stuck(future, at, self.patience, stop)
             if future.done():
@@ -117,6 +133,16 @@ class Surveys:
             if stop.is_set() or not isinstance(at[0], int) or at[0] in self.stuck:
                 return None
             self._set_aside(self.entries[at[0]], str(at[1]), future)
+
+    def _threadless(self, exc: NoThread) -> None:
+        """No look this time: one line, at the first of a run of them."""
+        if not self._no_thread:
+            log.error(
+                "certificate files: not looked at: %s; the files are kept as last seen, and "
+                "looked at at each pass until a thread can be started",
+                exc,
+            )
+        self._no_thread = True
 
     def _set_aside(self, paths: tuple[str, ...], at: str, future: asyncio.Future[Any]) -> None:
         since = self.clock() - self.patience
