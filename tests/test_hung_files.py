@@ -183,8 +183,10 @@ def test_a_certificate_file_whose_read_hangs_holds_up_only_itself(tmp_path: Path
 def test_a_held_certificate_whose_read_starts_to_hang_keeps_its_staple(tmp_path: Path) -> None:
     """The file of a certificate held is covered by one whose read hangs (the FUSE file
     bind-mounted over it; file events off, so every pass looks at it): what was held
-    stays (its row good, its staple file as written), one line says so, and another
-    entry's new certificate is still fetched and delivered."""
+    stays (its row good, its staple file as written), one line says so, /status, the
+    status page and the metric of files that hang list it until it is read again (they
+    said nothing of it), and another entry's new certificate is still fetched and
+    delivered."""
     ca, port = CA(), free_port()
     log, held = tmp_path / "stderr", tmp_path / "live" / "a" / "fullchain.pem"
     config = tmp_path / "mustaple.toml"
@@ -216,9 +218,22 @@ def test_a_held_certificate_whose_read_starts_to_hang_keeps_its_staple(tmp_path:
                 wait_for(lambda: "what it held is kept" in log.read_text())
                 leaves["b"].write(tmp_path / "more" / "b")
                 wait_for((tmp_path / "staples" / "b.der").exists)
-                rows = get_json(f"http://127.0.0.1:{port}/status")["certificates"]
+                status = get_json(f"http://127.0.0.1:{port}/status")
+                rows = status["certificates"]
                 assert {row["name"]: row["state"] for row in rows} == {"a": "good", "b": "good"}
                 assert staple.read_bytes() == written
+                (unanswered,) = status["files_unanswered"]
+                assert (unanswered["at"], unanswered["paths"]) == (str(held), [str(held)])
+                assert unanswered["kind"] == "read"
+                assert gauge(port) == "1.0"
+                _, page = http_get(f"http://127.0.0.1:{port}/")
+                assert f"The read of {held} has not answered since".encode() in page
+                subprocess.run(["umount", "-l", str(held)], check=True)
+                wait_for(lambda: f"{held}: back as it was last read" in log.read_text())
+                wait_for(
+                    lambda: not get_json(f"http://127.0.0.1:{port}/status")["files_unanswered"]
+                )
+                assert gauge(port) == "0.0"
         finally:
             subprocess.run(["umount", "-l", str(held)], check=False)
     said = log.read_text()

@@ -102,8 +102,7 @@ def test_no_thread_to_read_in_is_each_file_s_own_error(
             issuers={},
             read=read,
         )
-        assert loaded == LoadFailed(
-            str(NoThread(RuntimeError("can't start new thread"))), hung=True
-        )
+        no_thread = str(NoThread(RuntimeError("can't start new thread")))
+        assert loaded == LoadFailed(no_thread, hung=True, no_thread=True)
 
     asyncio.run(scenario())

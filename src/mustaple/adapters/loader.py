@@ -24,7 +24,7 @@ from cryptography import x509
 
 from mustaple.adapters.fetch import HttpFetcher
 from mustaple.adapters.files import MissingInputError, read_input
-from mustaple.adapters.patience import FilesHang, Patient
+from mustaple.adapters.patience import FilesHang, NoThread, Patient
 from mustaple.adapters.signatures import SignatureCache
 from mustaple.core.certs import (
     Target,
@@ -72,6 +72,7 @@ class LoadFailed:
     unexpected: bool = False  # a bug of ours, or input nobody foresaw
     downloads: tuple[FailedDownload, ...] = ()  # the issuer downloads that failed for it
     hung: bool = False  # its read did not answer (`FilesHang`): what was held stays
+    no_thread: bool = False  # ... for want of a thread to read in (`NoThread`), not a hang
 
 
 _T = TypeVar("_T")
@@ -282,6 +283,8 @@ async def load_or_fail(
             signatures=signatures,
             read=read,
         )
+    except NoThread as exc:
+        return LoadFailed(str(exc), hung=True, no_thread=True)
     except FilesHang as exc:
         return LoadFailed(str(exc), hung=True)
     except MissingInputError as exc:

@@ -542,7 +542,7 @@ class Keeper:
         # the reads of certificate files in this process, per entry (`_read_ahead`), and the
         # files held whose read hangs (`_hung_read`)
         self._reads = ReadAhead()
-        self._hung: set[Path] = set()
+        self._hung: dict[Path, Unanswered | None] = {}  # None: no thread to read it in
         read_only = _read_only(store)
         if read_only is not None:  # a full disk at the start: read, served, not written
             self._store_trouble(read_only, full=True)
@@ -585,7 +585,10 @@ class Keeper:
             return []
         managed, problems = dict(self.managed), list(self.problems)
         changes = (self._changes, now) if watch else None
-        look = functools.partial(_survey, self.config, managed, problems, changes=changes)
+        again = {str(path) for path in self._hung}
+        look = functools.partial(
+            _survey, self.config, managed, problems, changes=changes, again=again
+        )
         surveyed = await self.surveys.look(look, stop or asyncio.Event(), quiet)
         if surveyed is None:
             return []
@@ -633,13 +636,16 @@ class Keeper:
         self, found: Iterable[tuple[Path, tuple[CertEntry, Stamp | None]]], now: datetime
     ) -> Iterator[FileToLoad]:
         """The files of `found` (as `_survey` found them) to load: new or changed, and not
-        left alone as unusable."""
+        left alone as unusable. A file whose read hung that is back as it was when last
+        read is not read again: it no longer waits."""
         for path, (entry, stamp) in found:
             current = self.managed.get(path)
             problem = self.problems.get(path)
             if stamp is None and problem is not None and problem.retry_at is not None:
                 self.problems[path] = problem.out_of_sight()
             if stamp is None or (current and current.stamp == stamp and current.entry == entry):
+                if stamp is not None and self._hung.pop(path, False) is not False:
+                    log.info("%s: back as it was last read", path)
                 continue
             if current is None and problem is not None and problem.left_alone(stamp, now):
                 continue
@@ -733,10 +739,9 @@ class Keeper:
         """A file as loaded becomes a `Managed` (its life begun if it is new, from `looked`
         when a worker looked up its stored answer), or a `Problem`."""
         if isinstance(loaded, LoadFailed) and loaded.hung:
-            self._hung_read(path, stamp, loaded.message)
+            self._hung_read(path, entry, stamp, loaded)
             return None
-        if path in self._hung:
-            self._hung.discard(path)
+        if self._hung.pop(path, False) is not False:
             log.info("%s: read again", path)
         if isinstance(loaded, LoadFailed):
             if loaded.unexpected:
@@ -829,20 +834,24 @@ class Keeper:
         elif outcome is not None and looked.good:
             self._apply(life, Stale(), now)  # a staple file may be ours: ours to take away
 
-    def _hung_read(self, path: Path, stamp: Stamp, why: str) -> None:
+    def _hung_read(self, path: Path, entry: CertEntry, stamp: Stamp, failed: LoadFailed) -> None:
         """A file whose read did not answer in `watch_timeout` (its stat did), or that was
         not read while another read of its entry still waits, or for want of a thread to
-        read it in (`why` says which): a file held stays as it was (its staple still
+        read it in (`failed` says which): a file held stays as it was (its staple still
         delivered), a new one is a problem; either is read again at the next passes (no
-        entry is quiet meanwhile: `_quiet`). Said once."""
-        message = f"{path}: {why}; it is read again at the next passes"
-        if path in self.managed:
-            if path not in self._hung:
-                log.error("%s; what it held is kept", message)
-            self._hung.add(path)
-            return
-        retry_at = self.clock() + self.policy.watch_timeout  # not due at once: no busy loop
-        self._unusable(path, stamp, message, Reason.CERT_UNUSABLE, retry_at, readable=False)
+        entry is quiet meanwhile: `_quiet`), and listed with the looks that have not
+        answered (`unanswered`) unless no thread was there to read it. Said once."""
+        message = f"{path}: {failed.message}; it is read again at the next passes"
+        read = self._hung.get(path)  # waiting since then, or now
+        if read is None and not failed.no_thread:
+            since = self.clock() - self.policy.watch_timeout
+            read = Unanswered(str(path), entry.paths, since, kind="read")
+        if path not in self.managed:
+            retry_at = self.clock() + self.policy.watch_timeout  # not due at once: no busy loop
+            self._unusable(path, stamp, message, Reason.CERT_UNUSABLE, retry_at, readable=False)
+        elif path not in self._hung:
+            log.error("%s; what it held is kept", message)
+        self._hung[path] = read
 
     def _unusable(
         self,
@@ -893,7 +902,7 @@ class Keeper:
         the file is `gone` (not about to be read again), the sinks stop holding their
         reloads back for the life's traps: it is not kept any more (see `_let_go`)."""
         if gone:
-            self._hung.discard(path)
+            self._hung.pop(path, None)
         managed = self.managed.pop(path, None)
         if managed is None:
             return
@@ -2040,8 +2049,10 @@ class Keeper:
 
     @property
     def unanswered(self) -> tuple[Unanswered, ...]:
-        """The entries whose look at their files has not answered (see `Surveys`)."""
-        return self.surveys.unanswered
+        """The entries whose look at their files has not answered (see `Surveys`), and the
+        files whose read has not answered (`_hung_read`)."""
+        reads = tuple(read for read in self._hung.values() if read is not None)
+        return self.surveys.unanswered + reads
 
     @property
     def without_events(self) -> tuple[Polled, ...]:
@@ -2313,6 +2324,7 @@ def _survey(
     at: list[object] | None = None,
     *,
     changes: tuple[Changes, datetime] | None = None,
+    again: Collection[str] = (),
 ) -> tuple[dict[Path, tuple[CertEntry, Stamp | None]], list[Path]]:
     """The configured certificate files to look at (`_changed`), each with its entry and
     what it is now (`_stamp`): all but those of `managed` found as they were loaded; and the
@@ -2327,7 +2339,8 @@ def _survey(
     nothing changed in their directories, see `Changes`): their files are kept as they were,
     and a file one of their patterns matches is not gone. `at` is kept at the entry's number
     and the pattern or file being looked at (what a look that hangs was doing). With
-    `changes` (and when the look began), each entry looked at has its directories watched."""
+    `changes` (and when the look began), each entry looked at has its directories watched.
+    The files named in `again` (held, their read hung) are handed back found as they are."""
     known: dict[str, tuple[Path, Managed | None]] = {str(p): (p, None) for p in problems}
     known.update((str(path), (path, current)) for path, current in managed.items())
     at = at if at is not None else [None, ""]
@@ -2357,6 +2370,7 @@ def _survey(
             or current is None
             or current.stamp != stamp
             or (current.entry is not entry and current.entry != entry)
+            or name in again
         ):
             found[path or Path(name)] = (entry, stamp)
             fresh.add(name)

@@ -45,11 +45,13 @@ def _nothing(number: int) -> None:
 @dataclass(frozen=True)
 class Unanswered:
     """An entry whose look at its files has not answered: what the look was at (a file or
-    a pattern), the entry's patterns, and since when it waits."""
+    a pattern), the entry's patterns, and since when it waits; or (`kind` "read") a file
+    of the entry whose read has not answered (the keeper's `_hung_read`)."""
 
     at: str
     paths: tuple[str, ...]
     since: datetime
+    kind: str = "look"
 
 
 @dataclass(frozen=True)

@@ -193,10 +193,10 @@ def _keeper_gauges(keeper: Keeper) -> list[_KeeperGauge]:
         _KeeperGauge(
             keeper,
             "mustaple_certificate_files_unanswered",
-            "[[certificates]] entries whose look at their files has stayed at one file for "
-            "policy.watch_timeout (a file system that hangs): their files are kept as last "
-            "seen until it answers.",
-            lambda k: float(len(k.unanswered)),
+            "[[certificates]] entries whose look at their files, or the read of one of "
+            "their files, has stayed at one file for policy.watch_timeout (a file system "
+            "that hangs): their files are kept as last seen until it answers.",
+            lambda k: float(len({u.paths for u in k.unanswered})),
         ),
         _KeeperGauge(
             keeper,

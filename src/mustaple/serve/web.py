@@ -445,19 +445,26 @@ def _store_line(problem: str | None) -> str:
 
 
 def _unanswered_json(unanswered: Unanswered) -> dict[str, Any]:
-    return {"at": unanswered.at, "paths": list(unanswered.paths), "since": iso(unanswered.since)}
+    return {
+        "at": unanswered.at,
+        "paths": list(unanswered.paths),
+        "since": iso(unanswered.since),
+        "kind": unanswered.kind,
+    }
 
 
 def _unanswered_lines(unanswered: list[dict[str, Any]]) -> str:
     """The entries whose files hang, said above the table (nothing when none does)."""
     lines = []
     for entry in unanswered:
-        paths = escape(", ".join(entry["paths"]))
-        lines.append(
-            f'<p class="store">The look at {escape(entry["at"])} has not answered since '
-            f"{_time(entry['since'])} (a file system that hangs?): the files of {paths} are "
-            "kept as last seen.</p>"
-        )
+        at, since = escape(entry["at"]), _time(entry["since"])
+        if entry["kind"] == "read":
+            kept = "it is read again at each pass, and a certificate it held keeps its staple"
+            said = f"The read of {at} has not answered since {since}"
+        else:
+            kept = f"the files of {escape(', '.join(entry['paths']))} are kept as last seen"
+            said = f"The look at {at} has not answered since {since}"
+        lines.append(f'<p class="store">{said} (a file system that hangs?): {kept}.</p>')
     return "\n".join(lines)
 
 
