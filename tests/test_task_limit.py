@@ -127,12 +127,31 @@ def test_a_running_keeper_that_cannot_start_a_thread_says_why_keeps_what_it_hold
         assert "please report it" not in said, said
         assert "internal error" not in said, said
         group.limit(1)
-        inside = f'echo $$ > {group.path}/cgroup.procs && exec "$@"'
-        started = subprocess.run(
-            ["sh", "-c", inside, "sh", MUSTAPLE, "run", "--config", str(s.config)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        started = inside(group, "run", "--config", str(s.config))
         assert (started.returncode, started.stderr) == (2, f"mustaple: {NO_THREAD}\n")
+
+
+def inside(group: Tasks, *args: str) -> subprocess.CompletedProcess[str]:
+    """`mustaple ARGS` run inside `group`."""
+    moved = f'echo $$ > {group.path}/cgroup.procs && exec "$@"'
+    return subprocess.run(
+        ["sh", "-c", moved, "sh", MUSTAPLE, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_check_under_a_limit_of_tasks_is_unknown_not_critical(tmp_path: Path) -> None:
+    """`check` probes a server in a thread: with none to be had it said `mustaple: no
+    thread ...` on standard error with exit 2, which a monitoring system reads as
+    CRITICAL; now UNKNOWN (3), the line on standard output, as for every probe that could
+    not be made; its certificate file read likewise."""
+    with tasks() as group:
+        group.limit(1)
+        probed = inside(group, "check", "127.0.0.1:9")
+        assert (probed.returncode, probed.stdout) == (3, f"UNKNOWN {NO_THREAD}\n")
+        (tmp_path / "cert.pem").write_bytes(b"never read")
+        read = inside(group, "check", "--cert", str(tmp_path / "cert.pem"))
+        assert (read.returncode, read.stdout) == (3, f"UNKNOWN {NO_THREAD}\n")

@@ -149,19 +149,31 @@ def _host_name(name: str, hint: str) -> str:
 
 def _run(work: Coroutine[Any, Any, CheckReport], as_json: bool) -> Severity:
     """Run the check; print the report, or one UNKNOWN line when nothing could be checked."""
+    from mustaple.adapters.patience import NoThread, no_thread
     from mustaple.adapters.probe import ProbeError
-    from mustaple.core.checkrender import error_json, report_json, report_lines
+    from mustaple.core.checkrender import report_json, report_lines
 
     try:
         report = asyncio.run(work)
     except (ProbeError, InputError) as exc:
-        if as_json:
-            click.echo(json.dumps(error_json(str(exc)), indent=2))
-        else:
-            click.echo(f"UNKNOWN {exc}")
-        return Severity.UNKNOWN
+        return _unknown(str(exc), as_json)
+    except RuntimeError as exc:  # no thread for the probe (a limit of tasks): not CRITICAL
+        if not no_thread(exc):
+            raise
+        return _unknown(str(NoThread(exc)), as_json)
     if as_json:
         click.echo(json.dumps(report_json(report), indent=2))
     else:
         click.echo("\n".join(report_lines(report)))
     return report.level
+
+
+def _unknown(message: str, as_json: bool) -> Severity:
+    """Nothing could be checked: one UNKNOWN line (or JSON object) saying why."""
+    from mustaple.core.checkrender import error_json
+
+    if as_json:
+        click.echo(json.dumps(error_json(message), indent=2))
+    else:
+        click.echo(f"UNKNOWN {message}")
+    return Severity.UNKNOWN
