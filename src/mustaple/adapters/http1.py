@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
-from mustaple.adapters.patience import NoThread, no_thread
+from mustaple.adapters.patience import NoThread, thread_problem
 from mustaple.core.fetchtypes import FetchPolicy
 
 __all__ = [
@@ -333,7 +333,7 @@ class Http1Client:
         except OSError as exc:
             raise ConnectFailed(host, port, exc, to_proxy=proxied) from None
         except RuntimeError as exc:  # no thread for the name's look-up (a limit of tasks)
-            if not no_thread(exc):
+            if thread_problem(exc) is None:
                 raise
             raise ConnectFailed(host, port, NoThread(exc), to_proxy=proxied) from None
         except UnicodeError as exc:  # a name the resolver cannot encode

@@ -32,8 +32,7 @@ __all__ = [
     "NoThread",
     "Patient",
     "in_daemon_thread",
-    "no_thread",
-    "start_thread",
+    "thread_problem",
     "until_stuck",
 ]
 
@@ -56,20 +55,14 @@ class NoThread(FilesHang):
         )
 
 
-def no_thread(exc: BaseException) -> bool:
-    """Whether `exc` says that a thread could not be started (`NoThread`, or the
-    RuntimeError of `threading.Thread.start` and of the executors)."""
-    return isinstance(exc, NoThread) or (
-        isinstance(exc, RuntimeError) and "can't start new thread" in str(exc)
-    )
-
-
-def start_thread(thread: threading.Thread) -> None:
-    """`thread.start()`, or NoThread."""
-    try:
-        thread.start()
-    except RuntimeError as exc:
-        raise NoThread(exc) from None
+def thread_problem(exc: BaseException) -> str | None:
+    """The line of `exc` when it says that a thread could not be started (`NoThread`, or
+    the RuntimeError of `threading.Thread.start` and of the executors); else None."""
+    if isinstance(exc, NoThread):
+        return str(exc)
+    if isinstance(exc, RuntimeError) and "can't start new thread" in str(exc):
+        return str(NoThread(exc))
+    return None
 
 
 def in_daemon_thread(work: Callable[[], _T], name: str) -> asyncio.Future[_T]:
@@ -88,7 +81,10 @@ def in_daemon_thread(work: Callable[[], _T], name: str) -> asyncio.Future[_T]:
         with contextlib.suppress(RuntimeError):  # the loop is closed: the process ends
             loop.call_soon_threadsafe(outcome)
 
-    start_thread(threading.Thread(target=run, name=name, daemon=True))
+    try:
+        threading.Thread(target=run, name=name, daemon=True).start()
+    except RuntimeError as exc:
+        raise NoThread(exc) from None
     return future
 
 

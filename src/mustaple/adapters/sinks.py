@@ -48,7 +48,7 @@ from mustaple.adapters.files import (
     write_atomic,
     write_atomic_many,
 )
-from mustaple.adapters.patience import FilesHang, NoThread, Patient, no_thread
+from mustaple.adapters.patience import FilesHang, NoThread, Patient, thread_problem
 from mustaple.adapters.shell import Ran, run, run_command
 from mustaple.adapters.unchanged import Unchanged
 from mustaple.core.delivery import Action, Delivered, Delivery, Sink, Trap, staple_serial
@@ -1214,7 +1214,7 @@ class CommandSink:
             try:
                 staple = await asyncio.to_thread(_temporary_file, delivery.der)
             except RuntimeError as exc:  # a sink failure, saying why
-                if not no_thread(exc):
+                if thread_problem(exc) is None:
                     raise
                 raise NoThread(exc) from None
         env = {

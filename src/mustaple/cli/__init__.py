@@ -108,10 +108,11 @@ _OUTPUT_ERRORS = (errno.EPIPE, errno.ENOSPC, errno.EIO)
 def _internal(exc: Exception) -> int:
     """A bug of ours: one line, no traceback unless asked; or a thread that could not be
     started (a limit of tasks reached), said as such."""
-    from mustaple.adapters.patience import NoThread, no_thread
+    from mustaple.adapters.patience import thread_problem
 
-    if no_thread(exc):
-        click.echo(f"mustaple: {exc if isinstance(exc, NoThread) else NoThread(exc)}", err=True)
+    problem = thread_problem(exc)
+    if problem is not None:
+        click.echo(f"mustaple: {problem}", err=True)
         return ExitCode.USAGE
     if os.environ.get("MUSTAPLE_DEBUG"):
         raise exc

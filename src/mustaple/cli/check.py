@@ -149,7 +149,7 @@ def _host_name(name: str, hint: str) -> str:
 
 def _run(work: Coroutine[Any, Any, CheckReport], as_json: bool) -> Severity:
     """Run the check; print the report, or one UNKNOWN line when nothing could be checked."""
-    from mustaple.adapters.patience import NoThread, no_thread
+    from mustaple.adapters.patience import thread_problem
     from mustaple.adapters.probe import ProbeError
     from mustaple.core.checkrender import report_json, report_lines
 
@@ -158,9 +158,10 @@ def _run(work: Coroutine[Any, Any, CheckReport], as_json: bool) -> Severity:
     except (ProbeError, InputError) as exc:
         return _unknown(str(exc), as_json)
     except RuntimeError as exc:  # no thread for the probe (a limit of tasks): not CRITICAL
-        if not no_thread(exc):
+        problem = thread_problem(exc)
+        if problem is None:
             raise
-        return _unknown(str(NoThread(exc)), as_json)
+        return _unknown(problem, as_json)
     if as_json:
         click.echo(json.dumps(report_json(report), indent=2))
     else:

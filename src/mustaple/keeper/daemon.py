@@ -36,7 +36,7 @@ from mustaple.adapters.config import Config, ConfigError, load_config
 from mustaple.adapters.files import os_words
 from mustaple.adapters.http1 import Watcher
 from mustaple.adapters.notify import notify, watchdog_interval
-from mustaple.adapters.patience import NoThread, no_thread
+from mustaple.adapters.patience import thread_problem
 from mustaple.adapters.sinks import SinkConfigError
 from mustaple.adapters.store import BUSY_TIMEOUT, SqliteStore
 from mustaple.core.clock import Clock, utc_now
@@ -512,8 +512,8 @@ async def _summary(keeper: Keeper) -> str:
 
 def _pass_failed(exc: Exception) -> None:
     """The line of a pass cut short by `exc`: a limit of tasks reached, or a bug."""
-    if no_thread(exc):
-        why = str(exc if isinstance(exc, NoThread) else NoThread(exc))
+    why = thread_problem(exc)
+    if why is not None:
         log.error("a pass was cut short: %s; the keeper goes on and tries again", why)
         return
     log.error(
