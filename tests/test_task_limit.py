@@ -3,8 +3,8 @@
 mustaple works on files that may hang in threads of their own (the look at the certificate
 files, their reads, a sink's staple files), so a process that cannot start one more thread
 meets it at every pass. Judged from outside: a real `mustaple run` moved into a pids cgroup
-whose pids.max is what it already runs (or 1), its log, its `/status`, the staple files and
-its exit code; then the limit is raised and what waited is done.
+whose pids.max is 1 (what runs there goes on; nothing new starts), its log, its `/status`,
+the staple files and its exit code; then the limit is raised and what waited is done.
 """
 
 from __future__ import annotations
@@ -43,10 +43,6 @@ class Tasks:
 
     def limit(self, value: int | str) -> None:
         (self.path / "pids.max").write_text(str(value))
-
-    def freeze(self) -> None:
-        """No task more than those inside now."""
-        self.limit(int((self.path / "pids.current").read_text()))
 
     def release(self) -> None:
         self.limit("max")
@@ -109,7 +105,7 @@ def test_a_running_keeper_that_cannot_start_a_thread_says_why_keeps_what_it_hold
         keeper = s.run()
         old = serial(s)
         group.hold(keeper.pid)
-        group.freeze()
+        group.limit(1)  # no task more than its own (a thread ending now frees no place)
         keeper.send_signal(signal.SIGHUP)
         wait_for(lambda: f"{NO_THREAD}; keeping the running configuration" in s.logs())
         assert s.prime()[0] == 0  # beside it, free of the limit: a newer staple stored
