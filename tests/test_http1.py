@@ -334,6 +334,9 @@ def test_silence_after_any_part_of_an_answer_ends_at_the_total_timeout(reply: Re
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3c\r\n" + b"x" * 60 + b"\r\n"
          b"3c\r\n" + b"x" * 60 + b"\r\n0\r\n\r\n", 120),
         (b"HTTP/1.1 200 OK\r\n\r\n" + b"x" * 150, 150),
+        # more digits than int() takes (4,300): it raised ValueError, out of the fetch
+        (b"HTTP/1.1 200 OK\r\nContent-Length: " + b"1" * 5000 + b"\r\n\r\n", 101),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: " + b"0" * 5000 + b"101\r\n\r\n", 101),
     ],
 )  # fmt: skip
 def test_a_body_over_the_cap_is_refused_while_reading(answer: bytes, size: int) -> None:
@@ -352,6 +355,36 @@ def test_a_body_of_exactly_the_cap_is_read() -> None:
             return await get_once(server.url)
 
     assert asyncio.run(scenario()).body == b"y" * 100
+
+
+def test_a_content_length_with_thousands_of_leading_zeros_is_read() -> None:
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: " + b"0" * 5000 + b"6\r\n\r\nstaple"
+
+    async def scenario() -> Response:
+        async with serving(lambda seen: (answer, CLOSE)) as server:
+            return await get_once(server.url)
+
+    assert asyncio.run(scenario()).body == b"staple"
+
+
+def test_a_retry_after_no_clock_can_hold_leaves_the_answer_as_it_is() -> None:
+    """A Retry-After date of year 10**20 (or a zone as wide) raised OverflowError out of
+    the fetch: a good answer was thrown away, and the keeper took its certificate as its
+    own fault (keeper-fault: not refreshed again until its file changed)."""
+    dates = (
+        "Mon, 01 Jan 99999999999999999999 00:00:00 GMT",
+        "Mon, 01 Jan 2001 0:0:0 +999999999999",
+    )
+
+    async def scenario(date: str) -> _Reply:
+        async with serving(lambda seen: ok(extra=f"Retry-After: {date}\r\n")) as server:
+            return await send(HttpRequest("GET", server.url + "/x"))
+
+    for date in dates:
+        reply = asyncio.run(scenario(date))
+        assert reply.rejection is None
+        assert reply.answer is not None
+        assert (reply.answer.body, reply.retry_after) == (b"staple", None)
 
 
 def _redirecting(seen: Seen) -> tuple[bytes, str]:
@@ -488,6 +521,9 @@ def test_a_refused_connection_says_where_and_why() -> None:
         b"HTTP/1.1 302 Found\r\nLocation: http://[bad/x\r\nContent-Length: 0\r\n\r\n",
         b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:99999/\r\nContent-Length: 0\r\n\r\n",
         b"HTTP/1.1 302 Found\r\nLocation: ftp://x/\r\nContent-Length: 0\r\n\r\n",
+        # the responder's fault, not its configured URL's (bad-url said "nothing was sent")
+        b"HTTP/1.1 302 Found\r\nLocation: https://127.0.0.1:99999/\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 302 Found\r\nLocation: https:///x\r\nContent-Length: 0\r\n\r\n",
     ],
 )
 def test_what_is_not_http_is_a_bad_answer(answer: bytes) -> None:

@@ -475,19 +475,20 @@ def _too_large(size: int, max_size: int) -> _Reply:
 
 
 def _retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date), or None."""
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), or None (also for
+    a date no clock can hold: a year or a zone of twenty digits)."""
     if not value:
         return None
     value = value.strip()
     if value.isascii() and value.isdigit():  # '²' is a digit to isdigit, not to float
-        return float(value)
+        return float(value)  # inf past 10**308: the fetch policy's cap decides
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        if when.tzinfo is None:
+            return None
+        return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    except (TypeError, ValueError, OverflowError):
         return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 _ISSUER_WORDS = {

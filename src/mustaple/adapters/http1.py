@@ -376,8 +376,8 @@ def _redirected(url: str, location: str, proxy: str | None) -> str:
     try:
         onward = urljoin(url, location)
         scheme = urlsplit(onward).scheme
-        if scheme == "http":
-            _where(onward, proxy)  # a host and port a request can go to
+        if scheme in ("http", "https"):  # a host and port a request can go to
+            _where("http" + onward[len(scheme) :], proxy)
     except (ValueError, BadUrl) as exc:
         raise BadAnswer(f"a redirect to a malformed URL {location[:120]!r} ({exc})") from None
     if scheme not in ("http", "https"):
@@ -451,7 +451,8 @@ async def _read_sized(
     text = headers["content-length"]
     if not _DECIMAL.fullmatch(text):
         raise BadAnswer(f"a Content-Length that is not a number: {text[:40]!r}")
-    size = int(text)
+    digits = text.lstrip("0") or "0"  # int() takes at most 4,300 digits
+    size = int(digits) if len(digits) <= len(str(max_size)) else max_size + 1
     if size > max_size:
         raise TooLarge(status, headers, size)
     return await reader.readexactly(size)
