@@ -239,6 +239,25 @@ def test_another_processs_refresh_is_the_last_one_when_later_and_told_to_no_hook
     assert (quiet, effects) == (replace(held, last_attempt=T0 + HOUR), [])
 
 
+def test_a_success_within_the_run_counted_here_leaves_the_failures_after_it() -> None:
+    """Two refreshes at once (two primes held at the responder): the other one worked and
+    wrote its row first, then this one failed. Taken in at the write, the other's success
+    is no later than this state's last attempt, and was ignored: the row said 2 failures
+    in a row for fail, good, fail. Now only the failures after it count; a success before
+    the run, or a failure, changes nothing."""
+    held = replace(HELD, last_attempt=T0)
+    counted, _ = run(held, Tried(T0 + HOUR, REFUSED, failures=1), T0 + HOUR)  # read at start
+    failed, _ = run(counted, FAIL, T0 + 3 * HOUR)  # its own attempt
+    assert failed.failures == 2
+    amid, effects = run(failed, Tried(T0 + 2 * HOUR), T0 + 3 * HOUR)  # the other's success
+    assert (amid.failures, amid.backoff, amid.phase, effects) == (1, 1, Phase.FAILING, [])
+    assert (amid.last_attempt, amid.rejection) == (failed.last_attempt, failed.rejection)
+    again, _ = run(amid, FAIL, T0 + 4 * HOUR)
+    assert again.failures == 2  # the run goes on from there
+    assert run(failed, Tried(T0 + HOUR / 2), T0 + 3 * HOUR)[0] == failed  # before the run
+    assert run(failed, Tried(T0 + 2 * HOUR, REFUSED, 1), T0 + 3 * HOUR)[0] == failed
+
+
 def test_a_refresh_this_process_made_before_its_reload_is_said_as_its_own() -> None:
     """The keeper a SIGHUP builds takes in the rows its predecessor wrote: their refreshes
     are this process's, said so (a failure and a recovery), not another process's."""

@@ -295,3 +295,33 @@ def test_a_reload_a_prime_failed_during_sighups_is_paid_once_by_the_last_keeper(
         assert s.loaded()[-1] == digest(s.staple), s.loaded()
         keeper.send_signal(signal.SIGTERM)
         assert keeper.wait(20) == 0
+
+
+def test_two_primes_at_once_count_only_the_failures_after_the_one_that_worked(
+    tmp_path: Path,
+) -> None:
+    """A failed prime (1 failure in a row), then two primes at once, held at the
+    responder: A's is answered good (its row: 0), then B's try later. B counted on from the
+    1 it read at its start and ignored A's success, no later than its own attempt: its row
+    said 2 failures in a row (and the health "2 in a row") for fail, good, fail. Now 1;
+    each hook told once."""
+    with storm(tmp_path) as s:
+        primed = ("prime", "--config", str(s.config), str(s.fullchain))
+        assert s.start(*primed).wait(60) == 0  # a good staple in hand
+        next_second()
+        s.responder.set_behaviour(Behaviour.TRY_LATER)
+        assert s.start(*primed).wait(60) == 0  # it is still valid
+        assert (s.row()["state"], s.row()["failures"]) == ("failing", 1)
+        s.responder.hold()
+        a, b = s.primed(), s.primed()
+        next_second()  # status shows whole seconds: A's answer a second after the failure
+        s.responder.release(Behaviour.GOOD)
+        assert a.wait(60) == 0
+        assert (s.row()["state"], s.row()["failures"]) == ("good", 0)
+        next_second()
+        s.responder.release(Behaviour.TRY_LATER)
+        assert b.wait(60) == 0  # the staple in hand is still valid
+        row = s.row()
+        assert (row["state"], row["failures"]) == ("failing", 1), row
+        assert "2 in a row" not in row["health_reason"], row
+        assert s.lines() == ["failure prime", "recovered prime", "failure prime"], s.lines()

@@ -22,6 +22,7 @@ import pytest
 from cryptography import x509
 
 from mustaple.adapters.store import SqliteStore
+from mustaple.core.render import iso
 from mustaple.core.request import encode_request, get_url, make_cert_id
 from mustaple.serve.localresponder import UNAUTHORIZED
 from mustaple.testing import CA, ResponderThread
@@ -531,23 +532,38 @@ def test_prime_alone_drops_the_row_of_a_certificate_its_file_no_longer_holds(
     assert (row["state"], row["must_staple"]) == ("unusable", None)  # not known: not "no"
 
 
-def test_status_between_the_revoked_answer_and_its_row_says_revoked(
+def test_status_between_an_answer_and_its_row_follows_the_answer(
     deployment: Deployment,
 ) -> None:
-    """A process stores the CA's revoked answer before it delivers it, and the certificate's
-    row after: a `status` in between shows the revocation, never "good" without a staple."""
+    """A process stores the CA's answer before it delivers it, and the certificate's row
+    after: a `status` in between shows a revocation (it showed "good" without a staple),
+    and a good answer stored after a revocation as good (it showed "revoked" beside the
+    good staple's times); an unusable certificate (past its notAfter) stays unusable, as
+    `/status` and the metrics say it."""
     d = deployment
     assert d.prime(str(d.fullchain)).returncode == 0
     store = SqliteStore(d.tmp / "state" / "state.db")
     try:
         (key,) = store.keys()
-        staple = store.load(key)
+        staple, row = store.load(key), store.statuses()[key]
         assert staple is not None
         store.save_staple(key, replace(staple, revoked=True))  # the row still says good
+        assert said(d) == ("revoked", "critical", None)
+        newer = replace(staple, this_update=staple.this_update + timedelta(seconds=1))
+        assert store.save_staple(key, newer)  # good again, the row still says revoked
+        store.save_status(key, replace(row, state="revoked"))
+        assert said(d) == ("good", "ok", iso(newer.this_update))
+        store.save_staple(key, replace(staple, revoked=True))
+        store.save_status(key, replace(row, state="unusable"))
+        assert said(d)[0] == "unusable"
     finally:
         store.close()
+
+
+def said(d: Deployment) -> tuple[str, str, str | None]:
+    """The state, health and thisUpdate `mustaple status` gives the certificate."""
     (row,) = status_rows(d)
-    assert (row["state"], row["health"], row["this_update"]) == ("revoked", "critical", None)
+    return row["state"], row["health"], row["this_update"]
 
 
 def status_rows(d: Deployment) -> list[dict[str, Any]]:

@@ -105,6 +105,7 @@ class CertState:
     held: Staple | None = None  # the freshest valid good staple
     revoked: Staple | None = None  # the valid answer saying revoked
     failures: int = 0  # consecutive failed refreshes (by any process: see `Tried`)
+    run_from: datetime | None = None  # the first of those failures known here (None: none)
     backoff: int = 0  # failures counted for the retry backoff (restarts at expiry)
     rejection: Rejection | None = None  # the last failure's reason
     problem: str | None = None  # why the certificate is unusable (names the key to fix)
@@ -410,6 +411,7 @@ def _accepted(
     stored = Store(staple, event.fetched_at, event.url)
     changes: dict[str, Any] = {
         "failures": 0,
+        "run_from": None,
         "backoff": 0,
         "rejection": None,
         "next_due": due,
@@ -457,6 +459,7 @@ def _failed(
 ) -> tuple[CertState, str]:
     """The state after a refresh failed at `now`, and the line that says so."""
     failures, backoff = state.failures + 1, state.backoff + 1
+    run_from = state.run_from if state.failures and state.run_from is not None else now
     held, expired_at = state.held, state.expired_at
     if held is not None and held.effective_expiry <= now:  # expired since the last tick
         expired_at, held = held.effective_expiry, None  # (a resume): not in hand any more
@@ -469,6 +472,7 @@ def _failed(
         state,
         phase=phase,
         failures=failures,
+        run_from=run_from,
         backoff=backoff,
         rejection=rejection,
         next_due=due,
@@ -495,8 +499,10 @@ def _tried(
     hook is the other process's, unless the shared state says this one opened the run
     after that process wrote)."""
     before = state.last_attempt
-    if state.phase is Phase.UNUSABLE or (before is not None and event.at <= before):
+    if state.phase is Phase.UNUSABLE:
         return state, []
+    if before is not None and event.at <= before:
+        return _amid(state, event), []
     if event.rejection is not None:
         new, message = _failed(state, event.rejection, event.at, policy, dice)
         new = _evolve(new, failures=max(new.failures, event.failures))
@@ -512,6 +518,7 @@ def _tried(
         state,
         phase=Phase.GOOD if recovered else state.phase,
         failures=0,
+        run_from=None,
         backoff=0,
         rejection=None,
         next_due=due,
@@ -525,6 +532,16 @@ def _tried(
         # the other process told them, unless this one opened the run after its write
         effects.insert(0, Emit("recovered", text, hook=False, shared=True))
     return new, effects
+
+
+def _amid(state: CertState, event: Tried) -> CertState:
+    """Another process's refresh no later than this state's last attempt: nothing new,
+    unless it worked within the run of failures counted here (two refreshes at once, the
+    other one's answered first): only the failures from then on are in a row, this
+    state's last one (no later than it: after it)."""
+    if event.rejection is not None or state.run_from is None or event.at <= state.run_from:
+        return state
+    return _evolve(state, failures=1, backoff=1, run_from=state.last_attempt)
 
 
 def _by(event: Tried) -> str:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from mustaple.adapters.config import Config, ConfigError, FleetConfig
 from mustaple.adapters.coverage import configured_names
 from mustaple.adapters.files import read_input
-from mustaple.adapters.store import CertStatus, SqliteStore, damaged
+from mustaple.adapters.store import CertStatus, SqliteStore, StoredStaple, damaged
 from mustaple.core.certs import display_name, is_must_staple, parse_certificates
 from mustaple.core.delivery import Action
 from mustaple.core.errors import InputError
@@ -281,12 +281,10 @@ def _row(
 ) -> dict[str, Any]:
     staple = store.load(key) if store and not key.startswith(FILE_KEY) else None
     held = staple if staple is not None and staple.good and staple.effective_expiry > now else None
-    state = status.state
+    state = _answered(status.state, staple)
     expired = staple is not None and staple.good and held is None
     if expired and state in (Phase.GOOD.value, Phase.FAILING.value):
         state = Phase.EXPIRED.value  # the keeper judges time at its passes; none may run
-    if staple is not None and not staple.good:  # the revoked answer is stored before its
-        state = Phase.REVOKED.value  # delivery, the row after it: the answer is the news
     revoked = state == Phase.REVOKED.value
     facts = Facts(state, held, revoked, status.failures, status.last_message)
     level, why = judge(facts, status.must_staple, status.sinks, now, policy)
@@ -307,6 +305,20 @@ def _row(
         "last_message": status.last_message,
         "sinks": [sink_json(s) for s in status.sinks],
     }
+
+
+_ANSWER_STATES = {p.value for p in Phase if p is not Phase.UNUSABLE}
+
+
+def _answered(state: str, staple: StoredStaple | None) -> str:
+    """The row's `state` as the stored answer says it: a process stores the CA's answer
+    before it delivers it and writes the row after the delivery, so a row may not say yet
+    that the answer is revoked, or good again. An unusable certificate stays so."""
+    if staple is None or state not in _ANSWER_STATES:
+        return state
+    if not staple.good:
+        return Phase.REVOKED.value
+    return Phase.GOOD.value if state == Phase.REVOKED.value else state
 
 
 def _pending(path: Path) -> dict[str, Any]:
