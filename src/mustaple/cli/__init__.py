@@ -23,6 +23,7 @@ import click
 
 from mustaple import __version__
 from mustaple.core.errors import InputError
+from mustaple.core.render import one_line, shown
 from mustaple.core.report import ExitCode
 
 __all__ = ["COMMANDS", "cli", "main", "run"]
@@ -74,21 +75,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.UsageError as exc:  # one line, as every other problem (docs/cli.md)
-        message = exc.format_message()
-        if "\n" in message:  # no command at all: the help is the message
+        if isinstance(exc, _NO_COMMAND):  # no command at all: the help is the message
             exc.show()
             return ExitCode.USAGE
         command = exc.ctx.command_path if exc.ctx is not None else "mustaple"
-        click.echo(f"mustaple: {message} (see {command} --help)", err=True)
+        click.echo(f"mustaple: {said(exc.format_message())} (see {command} --help)", err=True)
         return ExitCode.USAGE
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"mustaple: {said(exc.format_message())}", err=True)
         return ExitCode.USAGE
     except click.Abort:
         click.echo("mustaple: interrupted", err=True)
         return ExitCode.INTERRUPTED
     except InputError as exc:
-        click.echo(f"mustaple: {exc}", err=True)
+        click.echo(f"mustaple: {said(exc)}", err=True)
         return ExitCode.USAGE
     except OSError as exc:
         if exc.errno not in _OUTPUT_ERRORS:
@@ -99,6 +99,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug of ours: one line, no traceback unless asked
         return _internal(exc)
     return int(result) if isinstance(result, int) else ExitCode.GOOD
+
+
+# `mustaple` alone: click (from 8.2) raises the help as a usage error
+_HELP = getattr(click.exceptions, "NoArgsIsHelpError", None)
+_NO_COMMAND: tuple[type[Exception], ...] = (_HELP,) if _HELP is not None else ()
+
+
+def said(text: object) -> str:
+    """A message as one line of valid Unicode: a file name with a newline in it cannot
+    forge another line, nor one that is not UTF-8 write raw bytes (`\\n`, `\\xff`)."""
+    return one_line(shown(text))
 
 
 # Writing standard output fails: a pipe closed early, a full disk, a device error.
@@ -112,12 +123,12 @@ def _internal(exc: Exception) -> int:
 
     problem = thread_problem(exc)
     if problem is not None:
-        click.echo(f"mustaple: {problem}", err=True)
+        click.echo(f"mustaple: {said(problem)}", err=True)
         return ExitCode.USAGE
     if os.environ.get("MUSTAPLE_DEBUG"):
         raise exc
     click.echo(
-        f"mustaple: internal error: {type(exc).__name__}: {exc} "
+        f"mustaple: internal error: {type(exc).__name__}: {said(exc)} "
         "(please report it; MUSTAPLE_DEBUG=1 shows the traceback)",
         err=True,
     )

@@ -16,6 +16,7 @@ from mustaple.adapters.starttls import PROTOCOLS as STARTTLS_PROTOCOLS
 from mustaple.cli.options import timeout_option
 from mustaple.core.checkjudge import CheckReport
 from mustaple.core.errors import InputError
+from mustaple.core.render import one_line, shown
 from mustaple.core.severity import Severity
 
 __all__ = ["check_command"]
@@ -29,7 +30,8 @@ def _usage_errors_are_unknown() -> Iterator[None]:
     try:
         yield
     except click.UsageError as exc:
-        click.echo(f"UNKNOWN usage error: {exc.format_message()} (see mustaple check --help)")
+        message = one_line(shown(exc.format_message()))
+        click.echo(f"UNKNOWN usage error: {message} (see mustaple check --help)")
         raise click.exceptions.Exit(int(Severity.UNKNOWN)) from exc
 
 
@@ -174,7 +176,7 @@ def _unknown(message: str, as_json: bool) -> Severity:
     from mustaple.core.checkrender import error_json
 
     if as_json:
-        click.echo(json.dumps(error_json(message), indent=2))
+        click.echo(json.dumps(error_json(shown(message)), indent=2))
     else:
-        click.echo(f"UNKNOWN {message}")
+        click.echo(f"UNKNOWN {one_line(shown(message))}")
     return Severity.UNKNOWN

@@ -14,7 +14,7 @@ from cryptography.x509 import ocsp
 
 from mustaple.core.certs import Target
 from mustaple.core.reasons import Reason, Rejection
-from mustaple.core.render import STAPLE_KEYS, human_duration, iso, staple_json
+from mustaple.core.render import STAPLE_KEYS, human_duration, iso, one_line, shown, staple_json
 from mustaple.core.verify import Staple
 
 if TYPE_CHECKING:
@@ -157,7 +157,7 @@ def fetch_line(target: Target, result: FetchResult, now: datetime, out: str | No
     if isinstance(outcome, Staple):
         line += f", from {result.url}"
         if out and outcome.good:
-            line += f"; saved to {out}"
+            line += f"; saved to {one_line(shown(out))}"
         if not outcome.good:
             line += "; replace the certificate"
     elif outcome.reason is not Reason.NO_OCSP_URL:
