@@ -331,6 +331,34 @@ def test_a_block_serving_two_certificates_gets_the_local_responder_not_one_file(
     assert "(server www.example.test):" in said  # the other block of the file still gets one
 
 
+def test_two_blocks_alike_each_serving_one_certificate_each_get_a_staple_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two `server` blocks of one file with the same label (no `server_name`) were taken
+    for one block serving two certificates: no file sink, no `ssl_stapling_file`, advice to
+    use the local responder. Blocks are told apart by where their certificates are named."""
+    ca = CA()
+    for name in ("a", "b"):
+        ca.issue(f"{name}.example", ocsp_urls=["http://127.0.0.1:9/"]).write(tmp_path / name)
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(
+        "http {\n"
+        + "".join(
+            f"    server {{\n        listen {port} ssl;\n"
+            f"        ssl_certificate {tmp_path / name}/fullchain.pem;\n"
+            f"        ssl_certificate_key {tmp_path / name}/privkey.pem;\n    }}\n"
+            for name, port in (("a", 443), ("b", 8443))
+        )
+        + "}\n"
+    )
+    code = main(["init", "--state-dir", str(tmp_path / "state"), "--nginx-conf", str(conf)])
+    said = "".join(capsys.readouterr())
+    assert code == 0, said
+    assert "serves 2 certificates" not in said
+    assert "[sinks.nginx]" in said
+    assert said.count("ssl_stapling_file ") == 2, said
+
+
 def test_apply_edits_a_linked_file_where_it_is_keeps_its_bytes_and_backs_up_outside(
     tree: Tree, capsys: pytest.CaptureFixture[str]
 ) -> None:

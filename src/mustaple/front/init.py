@@ -186,7 +186,7 @@ def _file_sinks(plan: Plan, found: Found) -> list[str]:
     several = _blocks_of_several(plan)
     sinks = []
     for server in found.servers:
-        blocks = [(server, site.file, site.block) for s, site in found.sites if s == server]
+        blocks = [_block(server, site) for s, site in found.sites if s == server]
         if server == "apache" or all(block in several for block in blocks):
             continue
         sinks.append(server)
@@ -389,7 +389,7 @@ def make_edits(plan: Plan) -> tuple[list[Edit], list[str]]:
         if not found.usable:
             continue
         for server, site in found.sites:
-            count = several.get((server, site.file, site.block), 1)
+            count = several.get(_block(server, site), 1)
             if count > 1:
                 advice.append(
                     f"nginx: {site.file} ({site.block}) serves {count} certificates, and nginx "
@@ -414,14 +414,23 @@ def make_edits(plan: Plan) -> tuple[list[Edit], list[str]]:
     return sorted(edits.values(), key=lambda e: (str(e.file), e.after)), list(dict.fromkeys(advice))
 
 
-def _blocks_of_several(plan: Plan) -> dict[tuple[str, Path, str], int]:
+_Block = tuple[str, Path, int]  # a server, and where its block's certificates are named
+
+
+def _block(server: str, site: Site) -> _Block:
+    """The block `site` is in: its certificates' last line (`Site.line`) tells two blocks
+    apart, where their labels (`server NAME`, or `server` without a name) may be alike."""
+    return server, site.file, site.line
+
+
+def _blocks_of_several(plan: Plan) -> dict[_Block, int]:
     """The nginx blocks that serve more than one certificate, and how many: a staple file
     cannot serve them (`ssl_stapling_file` is one file for every certificate of the block)."""
-    blocks: dict[tuple[str, Path, str], set[Path]] = {}
+    blocks: dict[_Block, set[Path]] = {}
     for found in plan.found:
         for server, site in found.sites:
             if server == "nginx":
-                blocks.setdefault((server, site.file, site.block), set()).add(found.cert)
+                blocks.setdefault(_block(server, site), set()).add(found.cert)
     return {block: len(certs) for block, certs in blocks.items() if len(certs) > 1}
 
 
