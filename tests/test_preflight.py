@@ -86,6 +86,44 @@ def test_a_state_dir_that_cannot_be_created_or_written(
     assert err.count("\n") == 1
 
 
+@pytest.mark.parametrize("kind", ["directory", "device"])
+def test_a_state_database_that_is_no_regular_file_is_found_before_the_start(
+    tmp_path: Path, cert: Path, kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--check-config` said OK, then `run` and `prime` stopped at the state database (a
+    directory, a link to /dev/zero): the check now says what they say, exit 2."""
+    (tmp_path / "state").mkdir()
+    db = tmp_path / "state" / "state.db"
+    if kind == "directory":
+        db.mkdir()
+    else:
+        db.symlink_to("/dev/zero")
+    code, out, err = _check(tmp_path, _entry(f'"{cert}"'), capsys)
+    assert (code, out) == (ExitCode.USAGE, "")
+    assert (
+        err == f"mustaple: state_dir: {db}: not a regular file (a directory, a FIFO or a "
+        "device), so no state database; move it away: prime or run makes a new one\n"
+    )
+
+
+def test_a_state_dir_that_is_a_file_is_said_so_by_run_and_prime(tmp_path: Path, cert: Path) -> None:
+    """It said only "(File exists)" (`run`), or "([Errno 17] File exists: ...)" (`prime`)."""
+    state = tmp_path / "state"
+    state.write_text("")
+    config = tmp_path / "mustaple.toml"
+    config.write_text(f'state_dir = "{state}"\n{_entry(repr(str(cert)))}')
+    for command in (["run"], ["prime", str(cert)]):
+        done = subprocess.run(
+            [MUSTAPLE, *command, "--config", str(config)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == ExitCode.USAGE, done.stderr
+        assert f"File exists: {state} is a file, not a directory)\n" in done.stderr, done.stderr
+        assert done.stderr.count("\n") == 1
+
+
 def test_sink_directories_reload_programs_and_hooks(
     tmp_path: Path, cert: Path, immutable: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

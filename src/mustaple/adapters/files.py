@@ -66,8 +66,14 @@ SYNCFS_FROM = (5, 15)  # the first Linux whose syncfs can be trusted (`syncfs_tr
 def os_words(exc: OSError, directory: Path) -> str:
     """What `exc` says, in the system's words. A read-only file system also says what to do:
     a systemd unit with ProtectSystem= (examples/mustaple.service) lets mustaple write only
-    below its StateDirectory= and the paths its ReadWritePaths= lines list."""
+    below its StateDirectory= and the paths its ReadWritePaths= lines list; and a file where
+    a directory should be ("File exists", "Not a directory") which one it is."""
     words = exc.strerror or str(exc)
+    where = exc.filename if exc.filename is not None else directory
+    if exc.errno == errno.EEXIST:
+        return f"{words}: {where} is a file, not a directory"
+    if exc.errno == errno.ENOTDIR:
+        return f"{words}: a part of {where} is a file, not a directory"
     if exc.errno != errno.EROFS:
         return words
     return (

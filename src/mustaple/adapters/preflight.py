@@ -34,6 +34,7 @@ from pathlib import Path
 
 from mustaple.adapters.config import HOOK_EVENTS, Config
 from mustaple.adapters.files import os_words
+from mustaple.adapters.store import regular_or_none
 from mustaple.adapters.systemdunit import DIRECTORIES, load_sandbox
 from mustaple.core.errors import InputError
 from mustaple.core.render import one_line
@@ -56,6 +57,15 @@ class Preflight:
     warnings: list[str] = field(default_factory=list)
 
 
+def _database(key: str, path: Path, found: Preflight) -> None:
+    """The state database, when there, must be a regular file (`run` and `prime` stop at
+    anything else, with the same line)."""
+    try:
+        regular_or_none(path)
+    except InputError as exc:
+        found.errors.append(f"{key}: {exc}")
+
+
 def preflight(
     config: Config,
     unit_file: Path | None = None,
@@ -69,6 +79,7 @@ def preflight(
     unit = _unit(unit_file, unit_directories, found)
     matched = _certificates(config, found)
     _directory(f"{where}state_dir", config.state_dir, unit, found)
+    _database(f"{where}state_dir", config.state_dir / "state.db", found)
     for name, table in config.sinks.items():
         _sink(f"{where}sinks.{name}.", table, matched.get(name, set()), unit, found)
     for event in HOOK_EVENTS:

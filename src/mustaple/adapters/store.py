@@ -102,6 +102,7 @@ __all__ = [
     "cert_key",
     "damaged",
     "disk_full",
+    "regular_or_none",
     "sinks_from_json",
     "sinks_json",
     "traps_of",
@@ -472,7 +473,7 @@ def _read_on_any_disk(path: Path) -> sqlite3.Connection:
         return _reading(path, "immutable=1")
 
 
-def _regular_or_none(path: Path) -> None:
+def regular_or_none(path: Path) -> None:
     """InputError when the database file is there but no regular file: a FIFO would block a
     read-only connect for ever, and SQLite says only "disk I/O error" of the others."""
     if os.path.exists(path) and not os.path.isfile(path):
@@ -501,6 +502,11 @@ def _unreadable(key: str, exc: Exception) -> None:
         key[:16],
         exc,
     )
+
+
+def _words(exc: sqlite3.Error | OSError, directory: Path) -> str:
+    """What `exc` says (an OSError in the system's words: `os_words`)."""
+    return os_words(exc, directory) if isinstance(exc, OSError) else str(exc)
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -535,7 +541,7 @@ class SqliteStore:
         self._connect()
 
     def _connect(self) -> None:
-        _regular_or_none(self.path)
+        regular_or_none(self.path)
         self.read_only = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -579,7 +585,7 @@ class SqliteStore:
             return self._start_afresh(exc)
         full = _no_space(self.path.parent) if self.read_when_full else None
         if full is None:
-            why = _read_only(self.path.parent) or exc
+            why = _read_only(self.path.parent) or _words(exc, self.path.parent)
             raise InputError(f"{self.path}: cannot open the state database ({why})") from None
         try:
             db = self._read_only_db()
@@ -665,7 +671,7 @@ class SqliteStore:
         store.path, store.history_limit = Path(path), HISTORY_LIMIT
         store.busy_timeout, store.read_when_full = BUSY_TIMEOUT, False
         store.read_only, store._lock_wait, store._damage = None, BUSY_TIMEOUT, None
-        _regular_or_none(store.path)
+        regular_or_none(store.path)
         try:
             store._db = _read_on_any_disk(store.path)
             store._version = store._data_version()

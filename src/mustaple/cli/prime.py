@@ -64,8 +64,10 @@ def prime(
     )
     from mustaple.keeper.daemon import check_config as check_config_file
 
-    if every == bool(certs):
+    if every and certs:
         raise click.UsageError("give the certificate files to prime, or --all, not both")
+    if not every and not certs:
+        raise click.UsageError("give the certificate files to prime, or --all for every one")
     setup_logging(verbose)
     config = check_config_file(Path(config_path))
     if proxy is not None:
