@@ -87,6 +87,24 @@ def test_fetch_good_writes_the_staple(
     assert out_file.read_bytes() == body
 
 
+def test_a_chain_with_the_ca_first_is_said_to_be_in_the_wrong_order(
+    site: tuple[Leaf, LeafFiles], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CA's certificate first, the server's after it: it said "the issuer of <the CA> is
+    not in this file ... use fullchain.pem", of a file that is one, in the wrong order."""
+    _, files = site
+    upside_down = tmp_path / "upside-down.pem"
+    upside_down.write_bytes(files.chain.read_bytes() + files.cert.read_bytes())
+    code, out, err = run(["fetch", str(upside_down)], capsys)
+    assert (code, out) == (ExitCode.USAGE, "")
+    assert err == (
+        f"mustaple: {upside_down}: the first certificate is a CA's (mustaple test root) and "
+        "the server's own (cli.test) comes after it: a server sends the first as its own, "
+        "and mustaple staples for it; put the server's certificate first, then its chain "
+        "(certbot's fullchain.pem is in that order)\n"
+    )
+
+
 def test_fetch_json(
     serve: Serve,
     ca: CA,

@@ -230,6 +230,7 @@ async def load_file(
     certs = parse_certificates(await read(cert_path, "certificate"), source=str(cert_path))
     leaf = certs[0]
     check_extensions(leaf, str(cert_path))
+    _refuse_leaf_after_its_ca(certs, str(cert_path))
     if issuer_path is not None:
         data = await read(issuer_path, "issuer certificate")
         given = parse_certificates(data, source=str(issuer_path))
@@ -303,6 +304,30 @@ def vanished(cert_path: str | Path) -> str:
         f"{cert_path}: the file disappeared while it was being read (a renewal may have "
         "replaced it); the next prime, or the keeper's next pass, takes it"
     )
+
+
+def _refuse_leaf_after_its_ca(certs: list[x509.Certificate], source: str) -> None:
+    """InputError when the first certificate is a CA's and a leaf comes after it (the
+    chain in the wrong order): a server sends the first as its own, and so would be
+    stapled; the line said only that the CA's issuer was missing."""
+    if not _is_ca(certs[0]):
+        return
+    leaf = next((cert for cert in certs[1:] if not _is_ca(cert)), None)
+    if leaf is not None:
+        raise InputError(
+            f"{source}: the first certificate is a CA's ({display_name(certs[0])}) and the "
+            f"server's own ({display_name(leaf)}) comes after it: a server sends the first "
+            "as its own, and mustaple staples for it; put the server's certificate first, "
+            "then its chain (certbot's fullchain.pem is in that order)"
+        )
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    """Whether `cert` says it is a CA's (basicConstraints cA); False when it cannot say."""
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except (x509.ExtensionNotFound, ValueError):
+        return False
 
 
 def _refuse_differently_encoded(
