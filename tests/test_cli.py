@@ -340,6 +340,9 @@ def test_inspect_base64_and_garbage(
     b64.write_bytes(base64.encodebytes(response(ca, leaf, now)))
     code, _, _ = run(["inspect", str(b64), "--cert", str(files.fullchain)], capsys)
     assert code == 0
+    b64.write_bytes(b"\xef\xbb\xbf" + b64.read_bytes())  # saved by an editor: a UTF-8 BOM
+    code, _, _ = run(["inspect", str(b64), "--cert", str(files.fullchain)], capsys)
+    assert code == 0  # it said "REJECTED [malformed] ... bad length field"
     junk = tmp_path / "junk.der"
     junk.write_bytes(b"\x30\x82\xff\xff garbage")
     code, out, _ = run(["inspect", str(junk), "--cert", str(files.fullchain)], capsys)

@@ -71,12 +71,16 @@ def _parse_time(text: str) -> datetime:
     return value
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 def _response_bytes(data: bytes, source: str) -> bytes:
-    """DER as is; base64 text (as some tools store responses) decoded."""
+    """DER as is; base64 text (as some tools store responses) decoded, after a UTF-8 byte
+    order mark if an editor wrote one."""
     if data[:1] == b"\x30" or not data.strip():
         return data
     try:
-        decoded = base64.b64decode(b"".join(data.split()), validate=True)
+        decoded = base64.b64decode(b"".join(data.removeprefix(_BOM).split()), validate=True)
     except (binascii.Error, ValueError):
         return data
     if decoded[:1] != b"\x30":
