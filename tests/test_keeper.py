@@ -197,6 +197,58 @@ def test_new_certificate_is_fetched_stored_and_delivered(tmp_path: Path) -> None
     run(scenario, tmp_path)
 
 
+class Faulty(Offline):
+    """An `Offline` world whose answer raises while `fault` is set: an error nobody
+    foresaw in a refresh (such as a responder's absurd header once raised)."""
+
+    fault: bool = False
+
+    def answer(self, target: Target, now: datetime) -> bytes | Rejection:
+        if self.fault:
+            raise OverflowError("Python int too large to convert to C long")
+        return super().answer(target, now)
+
+
+def test_an_unexpected_error_in_a_refresh_is_a_failure_retried_not_the_end_of_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It made the certificate unusable (keeper-fault): never refreshed again until its file
+    changed, so its staple ran out. Now it is a failed refresh: the staple in hand kept and
+    delivered, on_failure told, retried with the back-off, good again once it works."""
+
+    async def scenario(tmp: Path) -> None:
+        async with offline(tmp, Faulty) as (w, keeper, fetcher):
+            assert isinstance(w, Faulty)
+            w.issue("a.test")
+            await keeper.scan()
+            await keeper.tick()
+            (managed,) = keeper.managed.values()
+            held = managed.held
+            assert held is not None
+            assert managed.next_due is not None
+            w.fault = True
+            w.clock.now = managed.next_due
+            await keeper.tick()
+            state = managed.life.state
+            assert (state.phase, state.failures, state.held) == (lifecycle.Phase.FAILING, 1, held)
+            assert state.rejection is not None
+            assert state.rejection.reason is Reason.KEEPER_FAULT
+            assert state.next_due is not None
+            assert state.next_due > w.clock.now
+            assert w.sink.last().der == held.der  # still served
+            w.fault = False
+            w.clock.now = state.next_due
+            await keeper.tick()
+            again = managed.life.state
+            assert (again.phase, again.failures) == (lifecycle.Phase.GOOD, 0)
+            assert len(fetcher.fetched) == 3
+
+    with caplog.at_level(logging.INFO, logger="mustaple"):
+        run(scenario, tmp_path)
+    faults = [r for r in caplog.records if "OverflowError" in r.getMessage()]
+    assert len(faults) == 1, [r.getMessage() for r in faults]
+
+
 def test_a_renewed_certificate_never_keeps_the_old_ones_staple(tmp_path: Path) -> None:
     """A file renewed with a new leaf the CA does not know yet (unauthorized, as just after
     issuance): the staple on the sinks is the old leaf's, which no client can use with the new

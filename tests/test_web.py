@@ -420,9 +420,9 @@ def test_a_file_name_that_is_not_utf8_breaks_nothing(tmp_path: Path) -> None:
 def test_the_page_and_mustaple_status_judge_every_certificate_alike(tmp_path: Path) -> None:
     """One scale, one judgement: /status (and so the page) and `mustaple status`, which reads
     the state store in its own way, give each certificate the same health: unusable without
-    must-staple, pending, a sink that refuses, a staple near expiry, a keeper fault with a
-    staple in hand (nothing will refresh it); and a staple that expired with no pass since
-    (prime from cron) is `expired` in `mustaple status`."""
+    must-staple, pending, a sink that refuses, a staple near expiry, a keeper fault in a
+    refresh with a staple in hand (a failed refresh, retried); and a staple that expired
+    with no pass since (prime from cron) is `expired` in `mustaple status`."""
 
     async def scenario(tmp: Path) -> None:
         sink = RecordingSink()
@@ -464,11 +464,11 @@ def test_the_page_and_mustaple_status_judge_every_certificate_alike(tmp_path: Pa
         assert on_page == {
             "nourl": "warning",
             "soon": "critical",
-            "fault": "critical",
+            "fault": "warning",
             "sinkfail": "warning",
             "pending": "critical",
         }
-        assert {r["name"].split(".")[0]: r["state"] for r in rows}["fault"] == "unusable"
+        assert {r["name"].split(".")[0]: r["state"] for r in rows}["fault"] == "failing"
         lapsed = {r["name"].split(".")[0]: (r["state"], r["health"]) for r in later}
         assert lapsed["sinkfail"] == ("expired", "critical")
         assert lapsed_metrics == (None, 0.0)  # not a negative time left

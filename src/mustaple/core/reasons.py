@@ -301,8 +301,9 @@ _HINTS = {
     "[[certificates]] entry)",
     Reason.CERT_EXPIRED: "renew the certificate: the keeper takes the renewed file at its next "
     "pass",
-    Reason.KEEPER_FAULT: "report it with the log line; the certificate is tried again when its "
-    "file changes or at a reload",
+    Reason.KEEPER_FAULT: "report it with the log line; a refresh that met it is retried with the "
+    "back-off (the staple in hand kept); a file whose load met it, when the file changes or at "
+    "a reload",
     Reason.BAD_URL: "fix the URL in `urls` (or --url); if it is the certificate's AIA OCSP "
     "URL, give a working responder in `urls` or --url, or reissue the certificate",
     Reason.PRODUCED_IN_FUTURE: "check this machine's clock (NTP); " + _RETRY_HINT,

@@ -17,8 +17,9 @@ A certificate has one life (`Life`), keyed by its leaf, shared by every file tha
 file the keeper cannot use is `Unusable`, with a line naming the key to fix, and shown as such.
 Readers above the keeper (status, web, metrics) take `views()`: frozen snapshots.
 
-An unexpected error while handling one certificate marks that certificate unusable with its
-reason and never leaves the loop; a store that cannot be written (disk full) keeps the writes
+An unexpected error while refreshing one certificate is a failed refresh of that certificate
+(`keeper-fault`, retried with the back-off), one while loading its file makes that file
+unusable; neither leaves the loop; a store that cannot be written (disk full) keeps the writes
 pending, serves from memory, says so once, and writes them when it can.
 
 In fleet mode a `Coordinator` (`mustaple.keeper.fleet`) is asked before each due fetch whether to
@@ -1461,9 +1462,13 @@ class Keeper:
             self._broken(managed, exc)
 
     def _broken(self, managed: Managed, exc: Exception) -> None:
-        message = shown(f"{managed.path}: {_internal(exc)}")
-        log.error("%s", message)
-        self._apply(managed.life, lifecycle.Unusable(message, Reason.KEEPER_FAULT), self.clock())
+        """A refresh that met an unexpected error: a failed one (`keeper-fault`), retried
+        with the failures' back-off, the staple in hand kept and delivered. Taken as
+        unusable, the certificate was not refreshed again until its file changed: a fault a
+        responder's odd answer set off made its staple run out."""
+        message = shown(f"{managed.path}: {type(exc).__name__}: {exc}; please report it")
+        failed = lifecycle.Rejected(Rejection(Reason.KEEPER_FAULT, message))
+        self._apply(managed.life, failed, self.clock())  # its line says it
 
     async def _take_turn(self, managed: Managed) -> None:
         """Refresh a due certificate, or do what the coordinator says instead."""
@@ -2483,9 +2488,7 @@ def _unidentified(path: Path) -> tuple[str, bool | None, int | None]:
     return shown(path.parent.name or path.name), None, None
 
 
-def _internal(what: BaseException | str) -> str:
-    if isinstance(what, BaseException):
-        what = f"{type(what).__name__}: {what}"
+def _internal(what: str) -> str:
     return (
         f"unexpected error while handling this certificate ({what}); "
         "the other certificates go on; please report it"
