@@ -38,10 +38,11 @@ from mustaple.core.reasons import Reason, Rejection
 from mustaple.core.report import ExitCode
 from mustaple.core.request import make_cert_id
 from mustaple.core.severity import Severity
+from mustaple.core.verify import Staple
 from mustaple.front.status import prime_exit_code, prime_json, prime_line
 from mustaple.keeper import daemon
 from mustaple.keeper import keeper as keeper_module
-from mustaple.keeper.keeper import Keeper, Life
+from mustaple.keeper.keeper import Keeper, Life, Managed
 from mustaple.testing import (
     CA,
     QUICK_FETCH,
@@ -163,6 +164,17 @@ async def offline(
         store.close()
 
 
+async def one_held(w: Offline, keeper: Keeper) -> tuple[Managed, Staple]:
+    """A certificate issued, looked at and fetched: the keeper's one file, and its staple."""
+    w.issue("a.test")
+    await keeper.scan()
+    await keeper.tick()
+    (managed,) = keeper.managed.values()
+    held = managed.held
+    assert held is not None
+    return managed, held
+
+
 def beside() -> dict[str, Sink]:
     """One file sink, "files", writing each staple beside its certificate file."""
     return {"files": FileSink("files", path="{dir}/staple.der")}
@@ -219,12 +231,7 @@ def test_an_unexpected_error_in_a_refresh_is_a_failure_retried_not_the_end_of_it
     async def scenario(tmp: Path) -> None:
         async with offline(tmp, Faulty) as (w, keeper, fetcher):
             assert isinstance(w, Faulty)
-            w.issue("a.test")
-            await keeper.scan()
-            await keeper.tick()
-            (managed,) = keeper.managed.values()
-            held = managed.held
-            assert held is not None
+            managed, held = await one_held(w, keeper)
             assert managed.next_due is not None
             w.fault = True
             w.clock.now = managed.next_due
@@ -501,12 +508,7 @@ def test_a_retry_with_nothing_left_to_deliver_is_dropped(tmp_path: Path) -> None
     async def scenario(tmp: Path) -> None:
         async with offline(tmp, at_expiry="keep") as (w, keeper, _):
             w.sink.fail = True
-            w.issue("a.test")
-            await keeper.scan()
-            await keeper.tick()
-            (managed,) = keeper.managed.values()
-            held = managed.held
-            assert held is not None
+            managed, held = await one_held(w, keeper)
             assert managed.retry_at is not None
             w.failing = Rejection(Reason.TRY_LATER, "try later")
             w.clock.now = held.effective_expiry + timedelta(minutes=1)
@@ -658,12 +660,7 @@ def test_a_staple_the_ca_let_expire_is_told_expired_then_recovered_once(tmp_path
     async def scenario(tmp: Path) -> None:
         async with offline(tmp, Stale) as (w, keeper, _):
             assert isinstance(w, Stale)
-            w.issue("a.test")
-            await keeper.scan()
-            await keeper.tick()
-            (managed,) = keeper.managed.values()
-            first = managed.held
-            assert first is not None
+            managed, first = await one_held(w, keeper)
             w.stale = True
             while w.clock.now < first.effective_expiry:
                 w.clock.now = keeper.next_wakeup()  # type: ignore[assignment]
