@@ -32,6 +32,7 @@ from mustaple.core.certs import (
     check_extensions,
     display_name,
     find_issuer,
+    is_ca,
     issuer_encoded_differently,
     parse_certificates,
     signed_by,
@@ -310,9 +311,9 @@ def _refuse_leaf_after_its_ca(certs: list[x509.Certificate], source: str) -> Non
     """InputError when the first certificate is a CA's and a leaf comes after it (the
     chain in the wrong order): a server sends the first as its own, and so would be
     stapled; the line said only that the CA's issuer was missing."""
-    if not _is_ca(certs[0]):
+    if not is_ca(certs[0]):
         return
-    leaf = next((cert for cert in certs[1:] if not _is_ca(cert)), None)
+    leaf = next((cert for cert in certs[1:] if not is_ca(cert)), None)
     if leaf is not None:
         raise InputError(
             f"{source}: the first certificate is a CA's ({display_name(certs[0])}) and the "
@@ -320,14 +321,6 @@ def _refuse_leaf_after_its_ca(certs: list[x509.Certificate], source: str) -> Non
             "as its own, and mustaple staples for it; put the server's certificate first, "
             "then its chain (certbot's fullchain.pem is in that order)"
         )
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    """Whether `cert` says it is a CA's (basicConstraints cA); False when it cannot say."""
-    try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except (x509.ExtensionNotFound, ValueError):
-        return False
 
 
 def _refuse_differently_encoded(

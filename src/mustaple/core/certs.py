@@ -32,6 +32,7 @@ __all__ = [
     "encoded_names",
     "extensions_of",
     "find_issuer",
+    "is_ca",
     "is_must_staple",
     "issuer_encoded_differently",
     "make_target",
@@ -104,6 +105,15 @@ def is_must_staple(cert: x509.Certificate) -> bool:
     except (KeyError, TypeError):  # a feature cryptography does not know, or an empty list
         return _STATUS_REQUEST in _raw_values(cert, _TLS_FEATURE, der.INTEGER)
     return x509.TLSFeatureType.status_request in ext.value
+
+
+def is_ca(cert: x509.Certificate) -> bool:
+    """True when basicConstraints says cA; False when it does not, or cannot be read."""
+    try:
+        ext = extensions_of(cert).get_extension_for_class(x509.BasicConstraints)
+    except (x509.ExtensionNotFound, x509.DuplicateExtension, ValueError):
+        return False
+    return bool(ext.value.ca)
 
 
 def _aia_urls(cert: x509.Certificate, method: x509.ObjectIdentifier) -> list[str]:
